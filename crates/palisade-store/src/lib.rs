@@ -1,0 +1,58 @@
+//! Durable state for Palisade, in SQLite.
+//!
+//! Owns the home directory layout ([`Home`]), the master key and the encryption of
+//! secret values ([`crypto`]), versioned schema migrations, and typed access to agents,
+//! secrets, rules, approvals, rate-limit counters and the hash-chained audit log.
+//! Every process (the gateway, each CLI command) opens its own [`Store`]; SQLite in
+//! WAL mode with a busy timeout arbitrates between them, and `BEGIN IMMEDIATE`
+//! transactions make counters and the audit chain exact across processes.
+//! Nothing here ever writes a secret value in plain text: values are AES-256-GCM
+//! sealed under the master key before they reach SQL, agent tokens are stored as
+//! SHA-256 hashes.
+
+pub mod approvals;
+pub mod audit;
+pub mod crypto;
+pub mod home;
+mod migrations;
+pub mod records;
+mod store;
+
+pub use approvals::{Approval, ApprovalDecision, ApprovalStatus, NewApproval};
+pub use audit::{AuditEntry, AuditFilter, AuditRecord, VerifyReport};
+pub use home::Home;
+pub use records::{AgentRecord, NewRule, NewSecret, RuleRecord, SecretRecord};
+pub use store::{RateOutcome, Store};
+
+/// Errors from the store. Messages say what happened and what to do next; none contains a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Io(String),
+    #[error("{what} {name:?} already exists; choose another name or delete it first")]
+    Duplicate { what: &'static str, name: String },
+    #[error("{what} {name:?} not found")]
+    NotFound { what: &'static str, name: String },
+    #[error("master key problem: {0}")]
+    MasterKey(String),
+    #[error("could not decrypt a stored secret: the master key does not match the one it was sealed with")]
+    Decrypt,
+    #[error("invalid value: {0}")]
+    Invalid(String),
+    #[error("approval {0} was already decided")]
+    AlreadyDecided(String),
+    #[error("the database schema version {found} is newer than this palisade understands ({known}); upgrade palisade")]
+    SchemaTooNew { found: i64, known: i64 },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

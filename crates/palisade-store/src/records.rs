@@ -1,0 +1,77 @@
+//! Rows as the CLI and the gateway see them (no secret values).
+
+use palisade_policy::{
+    AgentName, HostPattern, Injection, MethodPattern, PathPattern, Profile, RuleAction, Scope,
+    SecretValue,
+};
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentRecord {
+    pub name: AgentName,
+    pub profile: Profile,
+    pub created_at_ms: i64,
+    /// Whether a token for the standalone TCP listener has been issued.
+    pub has_token: bool,
+    /// Free-form JSON settings owned by the host (model, provider, instructions path…); `{}` by default.
+    pub settings: serde_json::Value,
+}
+
+/// A secret without its value.
+#[derive(Clone, Debug, Serialize)]
+pub struct SecretRecord {
+    pub id: i64,
+    pub name: String,
+    pub host_pattern: String,
+    pub path_pattern: Option<String>,
+    pub injection: String,
+    pub agents: Vec<AgentName>,
+    pub priority: i64,
+    pub created_at_ms: i64,
+}
+
+pub struct NewSecret {
+    pub name: String,
+    pub host: HostPattern,
+    pub path: Option<PathPattern>,
+    pub injection: Injection,
+    pub value: SecretValue,
+    /// Each must exist, else `NotFound` and nothing is written.
+    pub agents: Vec<AgentName>,
+    pub priority: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleRecord {
+    pub id: i64,
+    pub name: String,
+    pub host_pattern: String,
+    pub path_pattern: Option<String>,
+    pub method: String,
+    /// `allow` | `block` | `rate_limit` | `require_approval`
+    pub action: String,
+    pub rate_limit: Option<u32>,
+    /// Canonical window spelling, e.g. `1h`.
+    pub rate_window: Option<String>,
+    pub agent: Option<AgentName>,
+    pub priority: i64,
+    pub expires_at_ms: Option<i64>,
+    pub body_contains: Option<String>,
+    /// `org` | `user`
+    pub scope: String,
+    pub created_at_ms: i64,
+}
+
+pub struct NewRule {
+    pub name: String,
+    pub host: HostPattern,
+    pub path: Option<PathPattern>,
+    pub method: MethodPattern,
+    pub action: RuleAction,
+    /// Must exist if given.
+    pub agent: Option<AgentName>,
+    pub priority: i64,
+    pub expires_at_ms: Option<i64>,
+    pub body_contains: Option<String>,
+    pub scope: Scope,
+}
