@@ -1,1 +1,6 @@
+//! The `palisade` binary: parses arguments and wires the crates together.
+
+mod cmd;
+mod context;
+
 fn main() {}
