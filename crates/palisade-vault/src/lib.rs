@@ -28,3 +28,71 @@ pub struct VaultConfig {
     /// in-process gateways started by `sandbox run`).
     pub advertise: bool,
 }
+
+/// Errors starting or running a gateway. One line each, with what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(transparent)]
+    Store(#[from] palisade_store::StoreError),
+    #[error("cannot listen on {addr}: {source}; is another gateway running? (`palisade vault serve --listen ADDR` picks another address)")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(String),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("--allow-local-upstream pattern {0:?} is invalid: {1}")]
+    AllowPattern(String, String),
+    #[error("cannot read upstream CA file {path}: {reason}")]
+    UpstreamCa { path: String, reason: String },
+}
+
+/// What `run/vault.json` says about a running gateway.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RunningInfo {
+    pub pid: u32,
+    pub listen: Option<SocketAddr>,
+    pub socket_dir: PathBuf,
+    pub started_at_ms: i64,
+}
+
+/// A gateway running in this process.
+pub struct Gateway {
+    _private: (),
+}
+
+impl Gateway {
+    /// Loads (or creates) the CA, binds the listeners, creates one socket per agent and
+    /// starts serving in the current tokio runtime.
+    pub async fn start(config: VaultConfig) -> Result<Gateway, VaultError> {
+        let _ = config;
+        todo!()
+    }
+    /// Bound address of the TCP listener, if any.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        todo!()
+    }
+    /// Path of an agent's socket (exists while the agent exists).
+    pub fn socket_path(&self, agent: &palisade_policy::AgentName) -> PathBuf {
+        let _ = agent;
+        todo!()
+    }
+    /// Stops accepting, lets in-flight requests finish (held approvals get 503), removes sockets.
+    pub async fn shutdown(self) {
+        todo!()
+    }
+}
+
+/// The gateway advertised in `home/run/vault.json`, if its process is still alive.
+pub fn running_gateway(home: &palisade_store::Home) -> Option<RunningInfo> {
+    let _ = home;
+    todo!()
+}
+
+/// The vault CA certificate (PEM), created on first use.
+pub fn ca_certificate_pem(home: &palisade_store::Home) -> Result<String, VaultError> {
+    let _ = home;
+    todo!()
+}
