@@ -15,8 +15,10 @@
 //! then higher priority, then more specific host, then lower id.
 
 use crate::names::{AgentName, Profile};
-use crate::rule::RulePolicy;
+use crate::pattern::PathPattern;
+use crate::rule::{RuleAction, RulePolicy, Scope};
 use crate::secret::SecretPolicy;
+use std::cmp::Reverse;
 
 /// All secrets and rules in force, as loaded from the store.
 #[derive(Clone, Debug, Default)]
@@ -63,26 +65,674 @@ pub struct Evaluation<'a> {
 
 impl PolicySet {
     /// Sorts once so evaluation is a linear scan.
-    pub fn new(secrets: Vec<SecretPolicy>, rules: Vec<RulePolicy>) -> Self {
-        todo!("{secrets:?} {rules:?}")
+    pub fn new(mut secrets: Vec<SecretPolicy>, mut rules: Vec<RulePolicy>) -> Self {
+        rules.sort_by_key(|rule| {
+            (
+                Reverse(rule.priority),
+                Reverse(path_specificity(rule.path.as_ref())),
+                Reverse(rule.host.specificity()),
+                rule.id,
+            )
+        });
+        secrets.sort_by_key(|secret| {
+            (
+                Reverse(path_specificity(secret.path.as_ref())),
+                Reverse(secret.priority),
+                Reverse(secret.host.specificity()),
+                secret.id,
+            )
+        });
+        PolicySet { secrets, rules }
     }
     pub fn secrets(&self) -> &[SecretPolicy] {
         &self.secrets
     }
+    /// In evaluation order.
     pub fn rules(&self) -> &[RulePolicy] {
         &self.rules
     }
     /// Whether some applicable, unexpired rule for this agent/host/path/method has a
     /// `body_contains` condition, so the gateway must read a body prefix before `evaluate`.
+    ///
+    /// A body rule that sits behind a rule which matches regardless of the body, in the
+    /// same layer, can never decide the outcome, so it does not cost a body read.
     pub fn needs_body(&self, facts: &RequestFacts<'_>) -> bool {
-        todo!("{facts:?}")
+        let mut settled = [false, false];
+        for rule in &self.rules {
+            let layer = layer_index(rule.scope);
+            if settled[layer] || !rule_applies(rule, facts) || !rule_matches_head(rule, facts) {
+                continue;
+            }
+            if rule.body_contains.is_some() {
+                return true;
+            }
+            settled[layer] = true;
+            if settled == [true, true] {
+                break;
+            }
+        }
+        false
     }
     pub fn evaluate<'a>(&'a self, facts: &RequestFacts<'_>) -> Evaluation<'a> {
-        todo!("{facts:?}")
+        let mut first_match: [Option<&'a RulePolicy>; 2] = [None, None];
+        let mut host_named = false;
+        for rule in &self.rules {
+            let layer = layer_index(rule.scope);
+            if (first_match[layer].is_some() && host_named)
+                || !rule_applies(rule, facts)
+                || !rule.host.matches(facts.host)
+            {
+                continue;
+            }
+            if rule.action != RuleAction::Block {
+                host_named = true;
+            }
+            if first_match[layer].is_none()
+                && rule_matches_head(rule, facts)
+                && body_condition_holds(rule, facts.body)
+            {
+                first_match[layer] = Some(rule);
+                // Both layers decided: a non-block match names the host, and a block
+                // makes naming irrelevant.
+                if first_match[0].is_some() && first_match[1].is_some() {
+                    break;
+                }
+            }
+        }
+        let matched = || first_match.iter().flatten().copied();
+
+        if let Some(rule) = matched().find(|rule| rule.action == RuleAction::Block) {
+            return Evaluation::refused(Verdict::Block { rule });
+        }
+
+        let mut secret = None;
+        let mut secret_names_host = false;
+        for candidate in &self.secrets {
+            if !candidate.host.matches(facts.host) || !candidate.agents.contains(facts.agent) {
+                continue;
+            }
+            secret_names_host = true;
+            if candidate
+                .path
+                .as_ref()
+                .is_none_or(|p| p.matches(facts.path))
+            {
+                secret = Some(candidate);
+                break;
+            }
+        }
+
+        if facts.profile == Profile::Action && !host_named && !secret_names_host {
+            return Evaluation::refused(Verdict::DefaultDeny);
+        }
+
+        let verdict = match matched().find(|rule| rule.action == RuleAction::RequireApproval) {
+            Some(rule) => Verdict::RequireApproval { rule },
+            None => Verdict::Allow,
+        };
+        let rate_limits = matched()
+            .filter(|rule| matches!(rule.action, RuleAction::RateLimit { .. }))
+            .collect();
+        Evaluation {
+            verdict,
+            rate_limits,
+            secret,
+        }
     }
     /// Secrets granted to `agent` (for `vault env`, listings and the runner's grant tool).
-    pub fn granted_to<'a>(&'a self, agent: &AgentName) -> impl Iterator<Item = &'a SecretPolicy> + 'a {
+    pub fn granted_to<'a>(
+        &'a self,
+        agent: &AgentName,
+    ) -> impl Iterator<Item = &'a SecretPolicy> + 'a {
         let agent = agent.clone();
-        self.secrets.iter().filter(move |s| s.agents.contains(&agent))
+        self.secrets
+            .iter()
+            .filter(move |s| s.agents.contains(&agent))
+    }
+}
+
+impl<'a> Evaluation<'a> {
+    /// A refusal counts no rate limit and injects nothing.
+    fn refused(verdict: Verdict<'a>) -> Self {
+        Evaluation {
+            verdict,
+            rate_limits: Vec::new(),
+            secret: None,
+        }
+    }
+    /// Whether the request must not be forwarded at all.
+    pub fn is_refused(&self) -> bool {
+        matches!(self.verdict, Verdict::Block { .. } | Verdict::DefaultDeny)
+    }
+}
+
+/// A rule or secret without a path pattern is the least specific.
+fn path_specificity(path: Option<&PathPattern>) -> usize {
+    path.map_or(0, |p| p.specificity() + 1)
+}
+
+fn layer_index(scope: Scope) -> usize {
+    match scope {
+        Scope::Org => 0,
+        Scope::User => 1,
+    }
+}
+
+/// Agent binding and expiry: whether the rule is in force for this agent now.
+fn rule_applies(rule: &RulePolicy, facts: &RequestFacts<'_>) -> bool {
+    rule.agent.as_ref().is_none_or(|agent| agent == facts.agent)
+        && rule
+            .expires_at_ms
+            .is_none_or(|expiry| facts.now_ms < expiry)
+}
+
+/// Host, path and method; everything but the body.
+fn rule_matches_head(rule: &RulePolicy, facts: &RequestFacts<'_>) -> bool {
+    rule.host.matches(facts.host)
+        && rule.method.matches(facts.method)
+        && rule.path.as_ref().is_none_or(|p| p.matches(facts.path))
+}
+
+fn body_condition_holds(rule: &RulePolicy, body: Option<&[u8]>) -> bool {
+    match (&rule.body_contains, body) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(needle), Some(body)) => contains(body, needle.as_bytes()),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::injection::Injection;
+    use crate::pattern::{HostPattern, MethodPattern};
+    use crate::rule::RateWindow;
+    use crate::secret::SecretValue;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn agent(name: &str) -> AgentName {
+        AgentName::new(name).unwrap()
+    }
+
+    fn rule(id: i64, host: &str, action: RuleAction) -> RulePolicy {
+        RulePolicy {
+            id,
+            name: format!("rule-{id}"),
+            host: HostPattern::parse(host).unwrap(),
+            path: None,
+            method: MethodPattern::Any,
+            action,
+            agent: None,
+            priority: 0,
+            expires_at_ms: None,
+            body_contains: None,
+            scope: Scope::User,
+        }
+    }
+
+    fn with_path(mut rule: RulePolicy, path: &str) -> RulePolicy {
+        rule.path = Some(PathPattern::parse(path).unwrap());
+        rule
+    }
+
+    fn org(mut rule: RulePolicy) -> RulePolicy {
+        rule.scope = Scope::Org;
+        rule
+    }
+
+    fn limit(n: u32) -> RuleAction {
+        RuleAction::RateLimit {
+            limit: n,
+            window: "1h".parse::<RateWindow>().unwrap(),
+        }
+    }
+
+    fn secret(id: i64, host: &str, path: Option<&str>, agents: &[&str]) -> SecretPolicy {
+        SecretPolicy {
+            id,
+            name: format!("secret-{id}"),
+            host: HostPattern::parse(host).unwrap(),
+            path: path.map(|p| PathPattern::parse(p).unwrap()),
+            injection: Injection::Bearer,
+            value: SecretValue::new(format!("value-{id}")),
+            agents: agents.iter().map(|a| agent(a)).collect(),
+            priority: 0,
+        }
+    }
+
+    struct Request {
+        agent: AgentName,
+        profile: Profile,
+        method: http::Method,
+        host: &'static str,
+        path: &'static str,
+        body: Option<&'static [u8]>,
+    }
+
+    impl Request {
+        fn to(host: &'static str, path: &'static str) -> Self {
+            Request {
+                agent: agent("bot"),
+                profile: Profile::Research,
+                method: http::Method::GET,
+                host,
+                path,
+                body: None,
+            }
+        }
+        fn action(mut self) -> Self {
+            self.profile = Profile::Action;
+            self
+        }
+        fn post(mut self, body: Option<&'static [u8]>) -> Self {
+            self.method = http::Method::POST;
+            self.body = body;
+            self
+        }
+        fn by(mut self, name: &str) -> Self {
+            self.agent = agent(name);
+            self
+        }
+        fn facts(&self) -> RequestFacts<'_> {
+            RequestFacts {
+                agent: &self.agent,
+                profile: self.profile,
+                method: &self.method,
+                host: self.host,
+                path: self.path,
+                body: self.body,
+                now_ms: NOW,
+            }
+        }
+    }
+
+    fn verdict_of(set: &PolicySet, request: &Request) -> (String, Option<i64>) {
+        match set.evaluate(&request.facts()).verdict {
+            Verdict::Allow => ("allow".into(), None),
+            Verdict::RequireApproval { rule } => ("approval".into(), Some(rule.id)),
+            Verdict::Block { rule } => ("block".into(), Some(rule.id)),
+            Verdict::DefaultDeny => ("default_deny".into(), None),
+        }
+    }
+
+    fn rules(rules: Vec<RulePolicy>) -> PolicySet {
+        PolicySet::new(Vec::new(), rules)
+    }
+
+    #[test]
+    fn research_agent_with_no_rules_is_allowed() {
+        let set = PolicySet::default();
+        let eval = set.evaluate(&Request::to("example.com", "/").facts());
+        assert!(matches!(eval.verdict, Verdict::Allow));
+        assert!(eval.rate_limits.is_empty() && eval.secret.is_none());
+    }
+
+    #[test]
+    fn action_agent_is_default_denied_for_unnamed_hosts() {
+        let set = rules(vec![rule(1, "api.example.com", RuleAction::Allow)]);
+        let request = Request::to("other.example.com", "/").action();
+        assert_eq!(verdict_of(&set, &request).0, "default_deny");
+        let named = Request::to("api.example.com", "/").action();
+        assert_eq!(verdict_of(&set, &named).0, "allow");
+    }
+
+    #[test]
+    fn host_named_by_a_rule_whose_path_or_method_does_not_match_is_not_default_denied() {
+        let mut post_only = with_path(
+            rule(1, "api.example.com", RuleAction::RequireApproval),
+            "/send",
+        );
+        post_only.method = MethodPattern::One(http::Method::POST);
+        let set = rules(vec![post_only]);
+        let request = Request::to("api.example.com", "/list").action();
+        assert_eq!(verdict_of(&set, &request).0, "allow");
+    }
+
+    #[test]
+    fn a_block_rule_does_not_name_a_host() {
+        let set = rules(vec![with_path(
+            rule(1, "api.example.com", RuleAction::Block),
+            "/admin/*",
+        )]);
+        let request = Request::to("api.example.com", "/public").action();
+        assert_eq!(verdict_of(&set, &request).0, "default_deny");
+    }
+
+    #[test]
+    fn granted_secret_names_its_host_for_action_agents() {
+        let set = PolicySet::new(
+            vec![secret(1, "api.example.com", Some("/v1/*"), &["bot"])],
+            Vec::new(),
+        );
+        let request = Request::to("api.example.com", "/v1/x").action();
+        let eval = set.evaluate(&request.facts());
+        assert!(matches!(eval.verdict, Verdict::Allow));
+        assert_eq!(eval.secret.map(|s| s.id), Some(1));
+        // Naming is by host only: another path is still allowed, without a secret.
+        let other_path = Request::to("api.example.com", "/v2/x").action();
+        let eval = set.evaluate(&other_path.facts());
+        assert!(matches!(eval.verdict, Verdict::Allow));
+        assert!(eval.secret.is_none());
+        // A secret granted to someone else names nothing for this agent.
+        let stranger = Request::to("api.example.com", "/v1/x").action().by("other");
+        assert_eq!(verdict_of(&set, &stranger).0, "default_deny");
+    }
+
+    #[test]
+    fn expired_rule_is_ignored() {
+        let mut expired = rule(1, "api.example.com", RuleAction::Block);
+        expired.expires_at_ms = Some(NOW - 1);
+        let mut live = rule(2, "api.example.com", RuleAction::RequireApproval);
+        live.expires_at_ms = Some(NOW + 1);
+        let set = rules(vec![expired, live]);
+        assert_eq!(
+            verdict_of(&set, &Request::to("api.example.com", "/")),
+            ("approval".into(), Some(2))
+        );
+
+        let mut expired_allow = rule(3, "api.example.com", RuleAction::Allow);
+        expired_allow.expires_at_ms = Some(NOW);
+        let set = rules(vec![expired_allow]);
+        let request = Request::to("api.example.com", "/").action();
+        assert_eq!(
+            verdict_of(&set, &request).0,
+            "default_deny",
+            "expired grants name nothing"
+        );
+    }
+
+    #[test]
+    fn rule_bound_to_another_agent_does_not_apply() {
+        let mut bound = rule(1, "api.example.com", RuleAction::Block);
+        bound.agent = Some(agent("other"));
+        let set = rules(vec![bound]);
+        assert_eq!(
+            verdict_of(&set, &Request::to("api.example.com", "/")).0,
+            "allow"
+        );
+        let other = Request::to("api.example.com", "/").by("other");
+        assert_eq!(verdict_of(&set, &other), ("block".into(), Some(1)));
+
+        let mut bound_allow = rule(2, "api.example.com", RuleAction::Allow);
+        bound_allow.agent = Some(agent("other"));
+        let set = rules(vec![bound_allow]);
+        let request = Request::to("api.example.com", "/").action();
+        assert_eq!(verdict_of(&set, &request).0, "default_deny");
+    }
+
+    #[test]
+    fn first_match_by_priority_then_path_then_host_then_id() {
+        let mut high = rule(9, "*", RuleAction::Block);
+        high.priority = 10;
+        let set = rules(vec![rule(1, "api.example.com", RuleAction::Allow), high]);
+        assert_eq!(
+            verdict_of(&set, &Request::to("api.example.com", "/")),
+            ("block".into(), Some(9))
+        );
+
+        let set = rules(vec![
+            with_path(rule(1, "api.example.com", RuleAction::Allow), "/v1/*"),
+            with_path(
+                rule(2, "api.example.com", RuleAction::RequireApproval),
+                "/v1/send",
+            ),
+        ]);
+        assert_eq!(
+            verdict_of(&set, &Request::to("api.example.com", "/v1/send")),
+            ("approval".into(), Some(2))
+        );
+        assert_eq!(
+            verdict_of(&set, &Request::to("api.example.com", "/v1/list")).0,
+            "allow"
+        );
+
+        let set = rules(vec![
+            rule(1, "*.example.com", RuleAction::RequireApproval),
+            rule(2, "api.example.com", RuleAction::Allow),
+        ]);
+        assert_eq!(
+            verdict_of(&set, &Request::to("api.example.com", "/")).0,
+            "allow"
+        );
+        assert_eq!(
+            verdict_of(&set, &Request::to("www.example.com", "/")),
+            ("approval".into(), Some(1))
+        );
+
+        let set = rules(vec![
+            rule(7, "api.example.com", RuleAction::Allow),
+            rule(3, "api.example.com", RuleAction::RequireApproval),
+        ]);
+        assert_eq!(
+            verdict_of(&set, &Request::to("api.example.com", "/")),
+            ("approval".into(), Some(3))
+        );
+        assert_eq!(set.rules()[0].id, 3);
+    }
+
+    #[test]
+    fn org_block_beats_user_allow() {
+        let mut user_allow = rule(1, "api.example.com", RuleAction::Allow);
+        user_allow.priority = 1000;
+        let set = rules(vec![
+            user_allow,
+            org(rule(2, "api.example.com", RuleAction::Block)),
+        ]);
+        assert_eq!(
+            verdict_of(&set, &Request::to("api.example.com", "/")),
+            ("block".into(), Some(2))
+        );
+    }
+
+    #[test]
+    fn user_allow_cannot_lift_an_org_default_block() {
+        let mut specific = rule(1, "api.example.com", RuleAction::Allow);
+        specific.priority = 50;
+        let set = rules(vec![specific, org(rule(2, "*", RuleAction::Block))]);
+        let request = Request::to("api.example.com", "/").action();
+        assert_eq!(verdict_of(&set, &request), ("block".into(), Some(2)));
+    }
+
+    #[test]
+    fn user_block_beats_org_allow_and_stricter_wins() {
+        let set = rules(vec![
+            org(rule(1, "api.example.com", RuleAction::Allow)),
+            rule(2, "api.example.com", RuleAction::Block),
+        ]);
+        assert_eq!(
+            verdict_of(&set, &Request::to("api.example.com", "/")),
+            ("block".into(), Some(2))
+        );
+
+        let set = rules(vec![
+            org(rule(1, "api.example.com", RuleAction::RequireApproval)),
+            rule(2, "api.example.com", RuleAction::Allow),
+        ]);
+        assert_eq!(
+            verdict_of(&set, &Request::to("api.example.com", "/")),
+            ("approval".into(), Some(1))
+        );
+    }
+
+    #[test]
+    fn rate_limits_from_both_layers_are_reported() {
+        let set = rules(vec![
+            org(rule(1, "api.example.com", limit(100))),
+            rule(2, "api.example.com", limit(10)),
+            rule(3, "api.example.com", limit(1)),
+        ]);
+        let request = Request::to("api.example.com", "/");
+        let eval = set.evaluate(&request.facts());
+        assert!(matches!(eval.verdict, Verdict::Allow));
+        let mut ids: Vec<i64> = eval.rate_limits.iter().map(|r| r.id).collect();
+        ids.sort();
+        assert_eq!(ids, [1, 2], "at most one per layer: the first match");
+
+        let set = rules(vec![
+            org(rule(1, "api.example.com", limit(5))),
+            rule(2, "api.example.com", RuleAction::RequireApproval),
+        ]);
+        let eval = set.evaluate(&request.facts());
+        assert!(matches!(eval.verdict, Verdict::RequireApproval { rule } if rule.id == 2));
+        assert_eq!(eval.rate_limits.len(), 1);
+
+        let set = rules(vec![
+            org(rule(1, "api.example.com", limit(5))),
+            rule(2, "api.example.com", RuleAction::Block),
+        ]);
+        let eval = set.evaluate(&request.facts());
+        assert!(eval.is_refused());
+        assert!(
+            eval.rate_limits.is_empty(),
+            "a refused request is not counted"
+        );
+    }
+
+    #[test]
+    fn body_contains_needs_the_body() {
+        let mut guarded = rule(1, "api.example.com", RuleAction::RequireApproval);
+        guarded.body_contains = Some("\"to\":\"ceo@".into());
+        let set = rules(vec![guarded]);
+
+        let without_body = Request::to("api.example.com", "/send").post(None);
+        assert!(set.needs_body(&without_body.facts()));
+        assert_eq!(verdict_of(&set, &without_body).0, "allow");
+
+        let matching =
+            Request::to("api.example.com", "/send").post(Some(b"{\"to\":\"ceo@example.com\"}"));
+        assert_eq!(verdict_of(&set, &matching), ("approval".into(), Some(1)));
+
+        let other =
+            Request::to("api.example.com", "/send").post(Some(b"{\"to\":\"bob@example.com\"}"));
+        assert_eq!(verdict_of(&set, &other).0, "allow");
+
+        let elsewhere = Request::to("x.example.com", "/send").post(None);
+        assert!(!set.needs_body(&elsewhere.facts()));
+    }
+
+    #[test]
+    fn needs_body_skips_shadowed_and_inapplicable_body_rules() {
+        let mut body_rule = rule(1, "api.example.com", RuleAction::Block);
+        body_rule.body_contains = Some("x".into());
+        let mut shadow = rule(2, "api.example.com", RuleAction::Allow);
+        shadow.priority = 5;
+        let set = rules(vec![body_rule.clone(), shadow]);
+        assert!(!set.needs_body(&Request::to("api.example.com", "/").facts()));
+
+        let mut expired = body_rule.clone();
+        expired.expires_at_ms = Some(NOW - 1);
+        assert!(!rules(vec![expired]).needs_body(&Request::to("api.example.com", "/").facts()));
+
+        let mut bound = body_rule.clone();
+        bound.agent = Some(agent("other"));
+        assert!(!rules(vec![bound]).needs_body(&Request::to("api.example.com", "/").facts()));
+
+        let mut post_only = body_rule;
+        post_only.method = MethodPattern::One(http::Method::POST);
+        let set = rules(vec![post_only]);
+        assert!(!set.needs_body(&Request::to("api.example.com", "/").facts()));
+        assert!(set.needs_body(&Request::to("api.example.com", "/").post(None).facts()));
+    }
+
+    #[test]
+    fn secret_not_granted_or_on_another_host_is_not_injected() {
+        let set = PolicySet::new(
+            vec![
+                secret(1, "api.example.com", None, &[]),
+                secret(2, "api.example.com", None, &["other"]),
+                secret(3, "other.example.com", None, &["bot"]),
+            ],
+            Vec::new(),
+        );
+        let eval = set.evaluate(&Request::to("api.example.com", "/").facts());
+        assert!(eval.secret.is_none());
+        assert_eq!(
+            set.granted_to(&agent("bot"))
+                .map(|s| s.id)
+                .collect::<Vec<_>>(),
+            [3]
+        );
+    }
+
+    #[test]
+    fn most_specific_secret_wins() {
+        let mut high_priority_broad = secret(1, "*.example.com", None, &["bot"]);
+        high_priority_broad.priority = 100;
+        let set = PolicySet::new(
+            vec![
+                high_priority_broad,
+                secret(2, "api.example.com", Some("/v1/*"), &["bot"]),
+                secret(3, "api.example.com", Some("/v1/messages"), &["bot"]),
+                secret(4, "api.example.com", None, &["bot"]),
+            ],
+            Vec::new(),
+        );
+        let pick = |path: &'static str| {
+            set.evaluate(&Request::to("api.example.com", path).facts())
+                .secret
+                .map(|s| s.id)
+        };
+        assert_eq!(pick("/v1/messages"), Some(3));
+        assert_eq!(pick("/v1/models"), Some(2));
+        assert_eq!(
+            pick("/v2"),
+            Some(1),
+            "no path: priority decides before host"
+        );
+        let www = set.evaluate(&Request::to("www.example.com", "/v1/messages").facts());
+        assert_eq!(www.secret.map(|s| s.id), Some(1));
+    }
+
+    #[test]
+    fn secret_ties_break_on_host_then_id() {
+        let set = PolicySet::new(
+            vec![
+                secret(5, "*.example.com", None, &["bot"]),
+                secret(4, "api.example.com", None, &["bot"]),
+                secret(2, "api.example.com", None, &["bot"]),
+            ],
+            Vec::new(),
+        );
+        let eval = set.evaluate(&Request::to("api.example.com", "/").facts());
+        assert_eq!(eval.secret.map(|s| s.id), Some(2));
+    }
+
+    #[test]
+    fn secrets_go_with_approval_but_not_with_refusals() {
+        let secrets = vec![secret(1, "api.example.com", None, &["bot"])];
+        let held = PolicySet::new(
+            secrets.clone(),
+            vec![rule(1, "api.example.com", RuleAction::RequireApproval)],
+        );
+        let eval = held.evaluate(&Request::to("api.example.com", "/").facts());
+        assert!(matches!(eval.verdict, Verdict::RequireApproval { .. }));
+        assert_eq!(eval.secret.map(|s| s.id), Some(1));
+
+        let blocked = PolicySet::new(secrets, vec![rule(1, "api.example.com", RuleAction::Block)]);
+        let eval = blocked.evaluate(&Request::to("api.example.com", "/").facts());
+        assert!(eval.is_refused() && eval.secret.is_none());
+    }
+
+    #[test]
+    fn method_pattern_is_respected() {
+        let mut post_only = rule(1, "api.example.com", RuleAction::Block);
+        post_only.method = MethodPattern::One(http::Method::POST);
+        let set = rules(vec![post_only]);
+        assert_eq!(
+            verdict_of(&set, &Request::to("api.example.com", "/")).0,
+            "allow"
+        );
+        assert_eq!(
+            verdict_of(&set, &Request::to("api.example.com", "/").post(None)).0,
+            "block"
+        );
     }
 }

@@ -20,5 +20,5 @@ pub use evaluate::{Evaluation, PolicySet, RequestFacts, Verdict};
 pub use injection::{Injection, InjectionError};
 pub use names::{AgentName, NameError, Profile};
 pub use pattern::{HostPattern, MethodPattern, PathPattern, PatternError};
-pub use rule::{RateWindow, RuleAction, RulePolicy, Scope};
+pub use rule::{RateWindow, RuleAction, RuleError, RulePolicy, Scope};
 pub use secret::{SecretPolicy, SecretValue};

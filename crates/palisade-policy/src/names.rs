@@ -5,7 +5,9 @@ use std::str::FromStr;
 
 /// A validated agent name: 1–63 chars of `[a-z0-9_-]`, starting with a letter or digit.
 /// Safe to use as a file name, socket name and SQL value.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct AgentName(String);
 
@@ -19,7 +21,17 @@ pub enum NameError {
 
 impl AgentName {
     pub fn new(name: &str) -> Result<Self, NameError> {
-        todo!("validate {name}")
+        let bytes = name.as_bytes();
+        let well_formed = (1..=63).contains(&bytes.len())
+            && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_');
+        if well_formed {
+            Ok(AgentName(name.to_string()))
+        } else {
+            Err(NameError::Invalid(name.to_string()))
+        }
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -69,11 +81,65 @@ impl Profile {
 impl FromStr for Profile {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        todo!("parse {s}")
+        let trimmed = s.trim();
+        if trimmed.eq_ignore_ascii_case("research") {
+            Ok(Profile::Research)
+        } else if trimmed.eq_ignore_ascii_case("action") {
+            Ok(Profile::Action)
+        } else {
+            Err(NameError::UnknownProfile(s.to_string()))
+        }
     }
 }
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_names() {
+        for good in ["a", "0", "mail-bot", "r_2", &"x".repeat(63)] {
+            assert_eq!(AgentName::new(good).map(String::from).as_deref(), Ok(good));
+        }
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "A",
+            "a b",
+            "a/b",
+            "a.b",
+            "é",
+            &"x".repeat(64),
+        ] {
+            assert_eq!(
+                AgentName::new(bad),
+                Err(NameError::Invalid(bad.to_string()))
+            );
+        }
+    }
+
+    #[test]
+    fn agent_name_serde_validates() {
+        let ok: AgentName = serde_json::from_str("\"bot\"").unwrap();
+        assert_eq!(ok.as_str(), "bot");
+        assert!(serde_json::from_str::<AgentName>("\"../etc\"").is_err());
+        assert_eq!(serde_json::to_string(&ok).unwrap(), "\"bot\"");
+    }
+
+    #[test]
+    fn profiles() {
+        assert_eq!("research".parse(), Ok(Profile::Research));
+        assert_eq!("Action".parse(), Ok(Profile::Action));
+        assert!(matches!(
+            "admin".parse::<Profile>(),
+            Err(NameError::UnknownProfile(_))
+        ));
+        assert_eq!(Profile::Action.to_string(), "action");
     }
 }

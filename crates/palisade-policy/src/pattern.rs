@@ -7,8 +7,12 @@
 //! everything below, but not `/v1beta`. A `*` inside a segment (`/users/*/messages/send`)
 //! matches exactly one non-empty segment. The query string is never part of the match
 //! (callers pass the path without it).
+//!
+//! Patterns are parsed once into a form that matches without allocating, because the
+//! vault matches every rule and secret against every request.
 
 use std::fmt;
+use std::net::Ipv6Addr;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PatternError {
@@ -20,24 +24,152 @@ pub enum PatternError {
     Method(String),
 }
 
+/// Longest DNS name; anything longer cannot be a host a request names.
+const MAX_HOST_LEN: usize = 253;
+/// Generous, but keeps a stored pattern from being a megabyte of text.
+const MAX_PATH_PATTERN_LEN: usize = 2048;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostPattern {
-    // private representation chosen by the implementation
+    /// Canonical spelling: lower-case, IPv6 without brackets.
     raw: String,
+    kind: HostKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HostKind {
+    Any,
+    /// Lower-case name or IPv4 literal.
+    Exact,
+    /// Compared as an address so `::1` and `0:0::1` are the same host.
+    Ipv6(Ipv6Addr),
+    /// `*.example.com`: the suffix starting at the dot (`.example.com`), lower-case.
+    Suffix {
+        labels: usize,
+    },
 }
 
 impl HostPattern {
     pub fn parse(pattern: &str) -> Result<Self, PatternError> {
-        todo!("{pattern}")
+        let fail = |why: &'static str| Err(PatternError::Host(pattern.to_string(), why));
+        if pattern.is_empty() {
+            return fail("it is empty; use a host such as api.example.com, *.example.com or *");
+        }
+        if pattern.chars().any(char::is_whitespace) {
+            return fail("it contains whitespace");
+        }
+        if pattern.contains("://") {
+            return fail("remove the scheme (http:// or https://); give only the host");
+        }
+        if pattern.contains('/') {
+            return fail("a host pattern has no path; give the path as a separate path pattern");
+        }
+        if pattern.contains(['?', '#', '@']) {
+            return fail("give only the host, without query, fragment or user name");
+        }
+        if pattern == "*" {
+            return Ok(HostPattern {
+                raw: String::from("*"),
+                kind: HostKind::Any,
+            });
+        }
+        if let Some(inner) = pattern.strip_prefix('[') {
+            let Some(address) = inner.strip_suffix(']') else {
+                return fail("remove the port; a host pattern matches every port");
+            };
+            return match address.parse::<Ipv6Addr>() {
+                Ok(ip) => Ok(Self::ipv6(ip)),
+                Err(_) => fail("the bracketed part is not an IPv6 address"),
+            };
+        }
+        if pattern.contains(':') {
+            return match pattern.parse::<Ipv6Addr>() {
+                Ok(ip) => Ok(Self::ipv6(ip)),
+                Err(_) if pattern.matches(':').count() == 1 => {
+                    fail("remove the port; a host pattern matches every port")
+                }
+                Err(_) => fail("it is neither a host name nor an IPv6 address"),
+            };
+        }
+        let (wildcard, name) = match pattern.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, pattern),
+        };
+        if name.contains('*') || (!wildcard && pattern.starts_with('*')) {
+            return fail(
+                "'*' is allowed only alone (*) or as the whole first label (*.example.com)",
+            );
+        }
+        if !name.is_ascii() {
+            return fail("write international names in their xn-- (punycode) form");
+        }
+        if name.len() > MAX_HOST_LEN {
+            return fail("it is longer than 253 characters");
+        }
+        if name.split('.').any(str::is_empty) {
+            return fail("it has an empty label (a leading, trailing or doubled '.')");
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return fail("it contains characters not allowed in a host name");
+        }
+        let name = name.to_ascii_lowercase();
+        if wildcard {
+            let labels = name.split('.').count();
+            Ok(HostPattern {
+                raw: format!("*.{name}"),
+                kind: HostKind::Suffix { labels },
+            })
+        } else {
+            Ok(HostPattern {
+                raw: name,
+                kind: HostKind::Exact,
+            })
+        }
     }
+
+    fn ipv6(ip: Ipv6Addr) -> Self {
+        HostPattern {
+            raw: ip.to_string(),
+            kind: HostKind::Ipv6(ip),
+        }
+    }
+
     /// `host` as the request names it (no port); compared case-insensitively.
     pub fn matches(&self, host: &str) -> bool {
-        todo!("{host}")
+        let host = bare_host(host);
+        match &self.kind {
+            HostKind::Any => !host.is_empty(),
+            HostKind::Exact => host.eq_ignore_ascii_case(&self.raw),
+            HostKind::Ipv6(ip) => host.parse::<Ipv6Addr>().is_ok_and(|h| h == *ip),
+            HostKind::Suffix { .. } => {
+                // raw is "*.suffix"; compare against ".suffix" so "example.com" itself
+                // and "badexample.com" stay outside.
+                let dotted = &self.raw.as_bytes()[1..];
+                let host = host.as_bytes();
+                host.len() > dotted.len()
+                    && host[host.len() - dotted.len()..].eq_ignore_ascii_case(dotted)
+            }
+        }
     }
+
     /// Larger is more specific: exact beats wildcard, longer suffix beats shorter.
     pub fn specificity(&self) -> usize {
-        todo!()
+        match self.kind {
+            HostKind::Any => 0,
+            // A label count dominates, then the character count breaks ties.
+            HostKind::Suffix { labels } => 1 + labels * 256 + self.raw.len(),
+            HostKind::Exact | HostKind::Ipv6(_) => 1 << 20,
+        }
     }
+
+    /// Whether this is the bare `*`.
+    pub fn is_any(&self) -> bool {
+        self.kind == HostKind::Any
+    }
+
     pub fn as_str(&self) -> &str {
         &self.raw
     }
@@ -48,23 +180,114 @@ impl fmt::Display for HostPattern {
     }
 }
 
+/// Strips brackets, a port and a trailing root dot, so callers that pass an authority
+/// still match; the documented contract is a bare host, this is only tolerance.
+fn bare_host(host: &str) -> &str {
+    if let Some(inner) = host.strip_prefix('[') {
+        return inner.split(']').next().unwrap_or(inner);
+    }
+    let host = match host.split_once(':') {
+        // A single colon is a port; more colons mean an IPv6 literal without brackets.
+        Some((name, port)) if !port.contains(':') => name,
+        _ => host,
+    };
+    host.strip_suffix('.').unwrap_or(host)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathPattern {
     raw: String,
+    kind: PathKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PathKind {
+    /// No `*` at all: a plain string comparison.
+    Exact,
+    /// Segments split on `/` (the first is the empty text before the leading `/`);
+    /// `None` is a one-segment wildcard. `prefix` means the pattern ended in `/*`.
+    Segments {
+        segments: Vec<Option<String>>,
+        prefix: bool,
+    },
 }
 
 impl PathPattern {
     pub fn parse(pattern: &str) -> Result<Self, PatternError> {
-        todo!("{pattern}")
+        let fail = |why: &'static str| Err(PatternError::Path(pattern.to_string(), why));
+        if !pattern.starts_with('/') {
+            return fail("it must start with '/'");
+        }
+        if pattern.len() > MAX_PATH_PATTERN_LEN {
+            return fail("it is longer than 2048 characters");
+        }
+        if pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return fail("it contains whitespace or control characters");
+        }
+        if pattern.contains(['?', '#']) {
+            return fail("the query string is never matched; remove '?' and what follows");
+        }
+        if !pattern.contains('*') {
+            return Ok(PathPattern {
+                raw: pattern.to_string(),
+                kind: PathKind::Exact,
+            });
+        }
+        let mut segments: Vec<Option<String>> = pattern
+            .split('/')
+            .map(|segment| match segment {
+                "*" => None,
+                literal => Some(literal.to_string()),
+            })
+            .collect();
+        if segments
+            .iter()
+            .flatten()
+            .any(|literal| literal.contains('*'))
+        {
+            return fail("'*' must be a whole segment, as in /v1/* or /users/*/messages");
+        }
+        let prefix = pattern.ends_with("/*");
+        if prefix {
+            segments.pop();
+        }
+        Ok(PathPattern {
+            raw: pattern.to_string(),
+            kind: PathKind::Segments { segments, prefix },
+        })
     }
+
     /// `path` without query string, as sent by the client (percent-decoding is not applied).
     pub fn matches(&self, path: &str) -> bool {
-        todo!("{path}")
+        match &self.kind {
+            PathKind::Exact => path == self.raw,
+            PathKind::Segments { segments, prefix } => {
+                let mut parts = path.split('/');
+                for expected in segments {
+                    match (expected, parts.next()) {
+                        (None, Some(part)) if !part.is_empty() => {}
+                        (Some(literal), Some(part)) if literal == part => {}
+                        _ => return false,
+                    }
+                }
+                *prefix || parts.next().is_none()
+            }
+        }
     }
+
     /// Larger is more specific (exact beats prefix; longer literal beats shorter).
     pub fn specificity(&self) -> usize {
-        todo!()
+        match &self.kind {
+            PathKind::Exact => self.raw.len() * 4 + 3,
+            PathKind::Segments { segments, prefix } => {
+                let literal: usize = segments.iter().flatten().map(String::len).sum();
+                let slashes = segments.len().saturating_sub(1);
+                let tier = if *prefix { 0 } else { 1 };
+                (literal + slashes) * 4 + tier
+            }
+        }
     }
+
     pub fn as_str(&self) -> &str {
         &self.raw
     }
@@ -84,7 +307,19 @@ pub enum MethodPattern {
 
 impl MethodPattern {
     pub fn parse(pattern: &str) -> Result<Self, PatternError> {
-        todo!("{pattern}")
+        if pattern == "*" || pattern.eq_ignore_ascii_case("any") {
+            return Ok(MethodPattern::Any);
+        }
+        let well_formed = (1..=32).contains(&pattern.len())
+            && pattern
+                .bytes()
+                .all(|b| b.is_ascii_alphabetic() || b == b'-');
+        if !well_formed {
+            return Err(PatternError::Method(pattern.to_string()));
+        }
+        http::Method::from_bytes(pattern.to_ascii_uppercase().as_bytes())
+            .map(MethodPattern::One)
+            .map_err(|_| PatternError::Method(pattern.to_string()))
     }
     pub fn matches(&self, method: &http::Method) -> bool {
         match self {
@@ -99,5 +334,225 @@ impl fmt::Display for MethodPattern {
             MethodPattern::Any => f.write_str("*"),
             MethodPattern::One(m) => f.write_str(m.as_str()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(p: &str) -> HostPattern {
+        HostPattern::parse(p).unwrap()
+    }
+    fn path(p: &str) -> PathPattern {
+        PathPattern::parse(p).unwrap()
+    }
+
+    #[test]
+    fn exact_host_is_case_insensitive() {
+        let p = host("API.Example.com");
+        assert_eq!(p.as_str(), "api.example.com");
+        assert!(p.matches("api.example.com"));
+        assert!(p.matches("API.EXAMPLE.COM"));
+        assert!(!p.matches("example.com"));
+        assert!(!p.matches("xapi.example.com"));
+        assert!(!p.matches("api.example.com.evil"));
+    }
+
+    #[test]
+    fn host_matching_tolerates_port_and_root_dot() {
+        let p = host("api.example.com");
+        assert!(p.matches("api.example.com:443"));
+        assert!(p.matches("api.example.com."));
+    }
+
+    #[test]
+    fn wildcard_host_needs_a_label_before_the_suffix() {
+        let p = host("*.example.com");
+        assert!(p.matches("a.example.com"));
+        assert!(p.matches("a.b.EXAMPLE.com"));
+        assert!(!p.matches("example.com"));
+        assert!(!p.matches("badexample.com"));
+        assert!(!p.matches(".example.com"));
+        assert!(!p.matches("example.com.evil.org"));
+    }
+
+    #[test]
+    fn bare_star_matches_every_host() {
+        let p = host("*");
+        assert!(p.is_any());
+        assert!(p.matches("anything.example"));
+        assert!(p.matches("::1"));
+        assert!(p.matches("10.0.0.1"));
+    }
+
+    #[test]
+    fn ipv6_with_and_without_brackets() {
+        for spelling in ["::1", "[::1]", "0:0:0:0:0:0:0:1", "[0::1]"] {
+            let p = host(spelling);
+            assert_eq!(p.as_str(), "::1");
+            assert!(p.matches("::1"), "{spelling}");
+            assert!(p.matches("[::1]"), "{spelling}");
+            assert!(p.matches("0::0:1"), "{spelling}");
+            assert!(!p.matches("::2"), "{spelling}");
+            assert!(!p.matches("localhost"), "{spelling}");
+        }
+        let p = host("[2001:DB8::A]");
+        assert_eq!(p.as_str(), "2001:db8::a");
+        assert!(p.matches("2001:db8::a"));
+        assert!(p.matches("[2001:db8::a]:8443"));
+    }
+
+    #[test]
+    fn ipv4_is_exact() {
+        let p = host("127.0.0.1");
+        assert!(p.matches("127.0.0.1"));
+        assert!(p.matches("127.0.0.1:8080"));
+        assert!(!p.matches("127.0.0.10"));
+    }
+
+    #[test]
+    fn bad_host_patterns_say_why() {
+        let cases = [
+            ("", "empty"),
+            (" api.example.com", "whitespace"),
+            ("api .example.com", "whitespace"),
+            ("https://api.example.com", "scheme"),
+            ("api.example.com/v1", "path"),
+            ("api.example.com:443", "port"),
+            ("[::1]:443", "port"),
+            ("api.*.com", "'*'"),
+            ("*example.com", "'*'"),
+            ("*.*.example.com", "'*'"),
+            ("**", "'*'"),
+            ("example.*", "'*'"),
+            ("a..b", "empty label"),
+            (".example.com", "empty label"),
+            ("example.com.", "empty label"),
+            ("ex!ample.com", "characters"),
+            ("bücher.de", "punycode"),
+            ("[zz]", "IPv6"),
+            ("user@example.com", "user name"),
+        ];
+        for (input, hint) in cases {
+            match HostPattern::parse(input) {
+                Err(err @ PatternError::Host(..)) => {
+                    let text = err.to_string();
+                    assert!(text.contains(hint), "{input:?}: {text}");
+                }
+                other => panic!("{input:?} gave {other:?}"),
+            }
+        }
+        assert!(HostPattern::parse(&"a".repeat(254)).is_err());
+    }
+
+    #[test]
+    fn host_specificity_orders_exact_over_longer_over_shorter_over_any() {
+        let exact = host("api.example.com").specificity();
+        let long = host("*.eu.example.com").specificity();
+        let short = host("*.example.com").specificity();
+        let any = host("*").specificity();
+        assert!(exact > long && long > short && short > any);
+    }
+
+    #[test]
+    fn host_round_trips_through_display() {
+        for p in ["*", "*.example.com", "api.example.com", "::1", "10.1.2.3"] {
+            assert_eq!(host(&host(p).to_string()), host(p));
+        }
+    }
+
+    #[test]
+    fn prefix_path_stops_at_segment_boundary() {
+        let p = path("/v1/*");
+        for yes in ["/v1", "/v1/", "/v1/messages", "/v1/x/y"] {
+            assert!(p.matches(yes), "{yes}");
+        }
+        for no in ["/v1beta", "/v1beta/x", "/v2/x", "/", "v1/x", ""] {
+            assert!(!p.matches(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn root_prefix_matches_everything() {
+        let p = path("/*");
+        assert!(p.matches("/"));
+        assert!(p.matches("/a/b"));
+    }
+
+    #[test]
+    fn exact_path() {
+        let p = path("/v1/messages");
+        assert!(p.matches("/v1/messages"));
+        assert!(!p.matches("/v1/messages/"));
+        assert!(!p.matches("/v1/messages/x"));
+        assert!(!p.matches("/V1/messages"));
+    }
+
+    #[test]
+    fn middle_wildcard_is_one_nonempty_segment() {
+        let p = path("/gmail/v1/users/*/messages/send");
+        assert!(p.matches("/gmail/v1/users/me/messages/send"));
+        assert!(p.matches("/gmail/v1/users/bob%40example.com/messages/send"));
+        assert!(!p.matches("/gmail/v1/users//messages/send"));
+        assert!(!p.matches("/gmail/v1/users/a/b/messages/send"));
+        assert!(!p.matches("/gmail/v1/users/me/messages/send/x"));
+        assert!(!p.matches("/gmail/v1/users/me/messages"));
+    }
+
+    #[test]
+    fn middle_and_trailing_wildcards_together() {
+        let p = path("/repos/*/*/issues/*");
+        assert!(p.matches("/repos/o/r/issues"));
+        assert!(p.matches("/repos/o/r/issues/1/comments"));
+        assert!(!p.matches("/repos/o/issues/1"));
+    }
+
+    #[test]
+    fn bad_path_patterns_say_why() {
+        let cases = [
+            ("", "start with '/'"),
+            ("v1/*", "start with '/'"),
+            ("/v1/x?y=1", "query"),
+            ("/v1/ x", "whitespace"),
+            ("/v1*", "whole segment"),
+            ("/v1/*beta", "whole segment"),
+            ("/**", "whole segment"),
+        ];
+        for (input, hint) in cases {
+            let err = PathPattern::parse(input).unwrap_err();
+            assert!(err.to_string().contains(hint), "{input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn path_specificity() {
+        let exact = path("/v1/messages").specificity();
+        let deeper_prefix = path("/v1/messages/*").specificity();
+        let prefix = path("/v1/*").specificity();
+        let root = path("/*").specificity();
+        assert!(
+            exact > deeper_prefix,
+            "exact beats a prefix of the same literal"
+        );
+        assert!(deeper_prefix > prefix && prefix > root);
+        let literal_middle = path("/users/me/send").specificity();
+        let wild_middle = path("/users/*/send").specificity();
+        assert!(literal_middle > wild_middle);
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(MethodPattern::parse("*"), Ok(MethodPattern::Any));
+        assert_eq!(
+            MethodPattern::parse("post"),
+            Ok(MethodPattern::One(http::Method::POST))
+        );
+        assert_eq!(MethodPattern::parse("GET").unwrap().to_string(), "GET");
+        assert!(MethodPattern::parse("").is_err());
+        assert!(MethodPattern::parse("GE T").is_err());
+        assert!(MethodPattern::parse("GET\r\n").is_err());
+        assert!(MethodPattern::Any.matches(&http::Method::DELETE));
+        assert!(!MethodPattern::One(http::Method::GET).matches(&http::Method::POST));
     }
 }
