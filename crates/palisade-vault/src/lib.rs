@@ -27,6 +27,31 @@ pub struct VaultConfig {
     /// Whether to write `run/vault.json` so other commands find this gateway (false for
     /// in-process gateways started by `sandbox run`).
     pub advertise: bool,
+    /// TCP connect timeout towards upstreams.
+    pub connect_timeout: Duration,
+    /// How long to wait for an upstream's response headers (TLS handshake included).
+    pub upstream_timeout: Duration,
+    /// A response body that sends nothing for this long is cut.
+    pub idle_timeout: Duration,
+}
+
+impl VaultConfig {
+    /// Defaults: no TCP listener, sockets under the home, 10 min approval timeout,
+    /// 10 s connect, 10 min response headers, 5 min idle body.
+    pub fn new(home: palisade_store::Home) -> Self {
+        VaultConfig {
+            home,
+            listen: None,
+            socket_dir: None,
+            upstream_ca: Vec::new(),
+            allow_local_upstream: Vec::new(),
+            approval_timeout: Duration::from_secs(600),
+            advertise: false,
+            connect_timeout: Duration::from_secs(10),
+            upstream_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Errors starting or running a gateway. One line each, with what to do next.
