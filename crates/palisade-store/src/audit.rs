@@ -63,3 +63,43 @@ pub struct VerifyReport {
     pub first_bad_id: Option<i64>,
     pub problem: Option<String>,
 }
+
+/// Hash of the row before the first one.
+pub(crate) const GENESIS_HASH: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The fields a row's hash covers, in a fixed order. `detail` is the stored JSON text,
+/// not a parsed value, so the hash never depends on how a JSON library orders keys.
+/// `status` is an `i64` so a stored value outside `u16` still hashes (and so fails
+/// verification) instead of being unreadable.
+#[derive(Serialize)]
+pub(crate) struct CanonicalRow<'a> {
+    pub id: i64,
+    pub at_ms: i64,
+    pub event: &'a str,
+    pub agent: Option<&'a str>,
+    pub method: Option<&'a str>,
+    pub host: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub decision: Option<&'a str>,
+    pub rule: Option<&'a str>,
+    pub secret: Option<&'a str>,
+    pub status: Option<i64>,
+    pub latency_ms: Option<f64>,
+    pub actor: Option<&'a str>,
+    pub approval_id: Option<&'a str>,
+    pub detail: Option<&'a str>,
+}
+
+impl CanonicalRow<'_> {
+    /// `sha256_hex(prev_hash || "\n" || canonical_json(self))`.
+    pub(crate) fn chain_hash(&self, prev_hash: &str) -> crate::Result<String> {
+        let json = serde_json::to_string(self)
+            .map_err(|e| crate::StoreError::Invalid(format!("cannot encode an audit row: {e}")))?;
+        let mut input = String::with_capacity(prev_hash.len() + 1 + json.len());
+        input.push_str(prev_hash);
+        input.push('\n');
+        input.push_str(&json);
+        Ok(crate::crypto::sha256_hex(input.as_bytes()))
+    }
+}

@@ -8,8 +8,10 @@
 //! agents/<name>/         per-agent folder; agents/<name>/workspace is the sandbox's workspace
 //! logs/                  log files of detached services
 //! ```
-//! Directories are created mode 0700.
+//! Directories are created mode 0700: the home holds the master key, the vault's CA key and
+//! the sockets that *are* agents' identities, so nobody else on the machine may list it.
 
+use crate::StoreError;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug)]
@@ -20,14 +22,67 @@ pub struct Home {
 impl Home {
     /// `explicit` (from `--home`), else `$PALISADE_HOME`, else `~/.palisade`.
     pub fn resolve(explicit: Option<&Path>) -> crate::Result<Self> {
-        todo!("{explicit:?}")
+        Self::resolve_from(
+            explicit,
+            std::env::var_os("PALISADE_HOME"),
+            std::env::var_os("HOME"),
+        )
+    }
+
+    /// The resolution rule with the environment passed in, so it can be tested without
+    /// mutating the process environment (which other threads may be reading).
+    fn resolve_from(
+        explicit: Option<&Path>,
+        palisade_home: Option<std::ffi::OsString>,
+        user_home: Option<std::ffi::OsString>,
+    ) -> crate::Result<Self> {
+        if let Some(path) = explicit {
+            if path.as_os_str().is_empty() {
+                return Err(StoreError::Invalid(
+                    "--home is empty; pass a directory path".into(),
+                ));
+            }
+            return Ok(Home::at(path));
+        }
+        if let Some(path) = palisade_home.filter(|p| !p.is_empty()) {
+            return Ok(Home::at(path));
+        }
+        if let Some(home) = user_home.filter(|p| !p.is_empty()) {
+            return Ok(Home::at(PathBuf::from(home).join(".palisade")));
+        }
+        Err(StoreError::Io(
+            "cannot find a home directory for palisade: neither PALISADE_HOME nor HOME is set; \
+             set PALISADE_HOME or pass --home DIR"
+                .into(),
+        ))
     }
     pub fn at(root: impl Into<PathBuf>) -> Self {
         Home { root: root.into() }
     }
     /// Creates the root and standard subdirectories (0700) if missing.
     pub fn ensure(&self) -> crate::Result<()> {
-        todo!()
+        use std::os::unix::fs::DirBuilderExt;
+        let dirs = [
+            self.root.clone(),
+            self.run_dir(),
+            self.agent_socket_dir(),
+            self.root.join("agents"),
+            self.logs_dir(),
+            self.ca_dir(),
+        ];
+        for dir in dirs {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| {
+                    StoreError::Io(format!(
+                        "cannot create directory {}: {e}; check that its parent is writable",
+                        dir.display()
+                    ))
+                })?;
+        }
+        Ok(())
     }
     pub fn root(&self) -> &Path {
         &self.root
@@ -56,5 +111,50 @@ impl Home {
     }
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn resolution_order() {
+        let explicit = Home::resolve_from(
+            Some(Path::new("/x/explicit")),
+            Some("/x/env".into()),
+            Some("/x/user".into()),
+        )
+        .unwrap();
+        assert_eq!(explicit.root(), Path::new("/x/explicit"));
+
+        let env = Home::resolve_from(None, Some("/x/env".into()), Some("/x/user".into())).unwrap();
+        assert_eq!(env.root(), Path::new("/x/env"));
+
+        let user = Home::resolve_from(None, Some("".into()), Some("/x/user".into())).unwrap();
+        assert_eq!(user.root(), Path::new("/x/user/.palisade"));
+
+        let err = Home::resolve_from(None, None, None).unwrap_err();
+        assert!(err.to_string().contains("PALISADE_HOME"), "{err}");
+    }
+
+    #[test]
+    fn ensure_creates_private_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("home"));
+        home.ensure().unwrap();
+        home.ensure().unwrap();
+        for sub in [
+            home.root().to_path_buf(),
+            home.run_dir(),
+            home.agent_socket_dir(),
+            home.root().join("agents"),
+            home.logs_dir(),
+            home.ca_dir(),
+        ] {
+            let mode = std::fs::metadata(&sub).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", sub.display());
+        }
     }
 }

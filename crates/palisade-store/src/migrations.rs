@@ -1,1 +1,169 @@
 //! Versioned schema migrations (PRAGMA user_version).
+//!
+//! Each entry of [`MIGRATIONS`] moves the schema from version `index` to `index + 1`;
+//! entries are never edited once released, only appended. Migrations run inside one
+//! `BEGIN IMMEDIATE` transaction together with the version bump, so two processes
+//! opening a fresh home at the same time cannot both apply them, and a crash leaves the
+//! schema at the old version. A database written by a newer palisade (higher version
+//! than we know) is refused rather than guessed at.
+
+use crate::{Result, StoreError};
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Secret values, agent tokens and the admin key are stored only in sealed form (`sealed`
+/// columns); tokens also as SHA-256 for lookup. Foreign keys cascade so deleting an agent
+/// removes its token, grants and agent-bound rules in the same statement.
+const V1: &str = r#"
+CREATE TABLE agents (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    profile       TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    settings      TEXT NOT NULL DEFAULT '{}'
+);
+
+CREATE TABLE agent_tokens (
+    agent_id      INTEGER PRIMARY KEY REFERENCES agents(id) ON DELETE CASCADE,
+    token_hash    TEXT NOT NULL UNIQUE,
+    sealed        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE secrets (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    host_pattern  TEXT NOT NULL,
+    path_pattern  TEXT,
+    injection     TEXT NOT NULL,
+    sealed        TEXT NOT NULL,
+    priority      INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE secret_grants (
+    secret_id INTEGER NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,
+    agent_id  INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    PRIMARY KEY (secret_id, agent_id)
+) WITHOUT ROWID;
+CREATE INDEX secret_grants_agent ON secret_grants(agent_id);
+
+CREATE TABLE rules (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    host_pattern  TEXT NOT NULL,
+    path_pattern  TEXT,
+    method        TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    rate_limit    INTEGER,
+    rate_window   TEXT,
+    agent_id      INTEGER REFERENCES agents(id) ON DELETE CASCADE,
+    priority      INTEGER NOT NULL DEFAULT 0,
+    expires_at_ms INTEGER,
+    body_contains TEXT,
+    scope         TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX rules_agent ON rules(agent_id);
+
+CREATE TABLE approvals (
+    id            TEXT PRIMARY KEY,
+    kind          TEXT NOT NULL,
+    agent         TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    title         TEXT NOT NULL,
+    lines         TEXT NOT NULL,
+    detail        TEXT NOT NULL,
+    context       TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    decided_at_ms INTEGER,
+    approver      TEXT,
+    comment       TEXT
+);
+CREATE INDEX approvals_status_created ON approvals(status, created_at_ms);
+CREATE INDEX approvals_created ON approvals(created_at_ms);
+
+CREATE TABLE rate_events (
+    key   TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX rate_events_key_at ON rate_events(key, at_ms);
+
+CREATE TABLE audit (
+    id          INTEGER PRIMARY KEY,
+    at_ms       INTEGER NOT NULL,
+    event       TEXT NOT NULL,
+    agent       TEXT,
+    method      TEXT,
+    host        TEXT,
+    path        TEXT,
+    decision    TEXT,
+    rule        TEXT,
+    secret      TEXT,
+    status      INTEGER,
+    latency_ms  REAL,
+    actor       TEXT,
+    approval_id TEXT,
+    detail      TEXT,
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL
+);
+CREATE INDEX audit_agent ON audit(agent, id);
+CREATE INDEX audit_event ON audit(event, id);
+CREATE INDEX audit_at ON audit(at_ms);
+
+CREATE TABLE audit_head (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    last_id   INTEGER NOT NULL,
+    last_hash TEXT NOT NULL
+);
+INSERT INTO audit_head (id, last_id, last_hash)
+VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#;
+
+const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this build writes.
+pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the schema to [`LATEST`], or refuses a newer one.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    // Cheap check outside a write transaction so a read-only look at a newer database
+    // fails with the clear error instead of waiting for a write lock.
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found > LATEST {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: LATEST,
+        });
+    }
+    if found == LATEST {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found > LATEST {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: LATEST,
+        });
+    }
+    let start = usize::try_from(found).map_err(|_| {
+        StoreError::Invalid(format!(
+            "the database reports schema version {found}; the file is damaged or not a palisade database"
+        ))
+    })?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(start) {
+        tx.execute_batch(sql)?;
+        tracing::debug!(version = index + 1, "applied schema migration");
+    }
+    // PRAGMA does not take bound parameters; LATEST is a compile-time integer.
+    tx.execute_batch(&format!("PRAGMA user_version = {LATEST}"))?;
+    tx.commit()?;
+    Ok(())
+}

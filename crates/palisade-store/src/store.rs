@@ -2,19 +2,42 @@
 //! Cheap to clone (shared connection behind a mutex); open a second `Store` for a
 //! dedicated writer such as the gateway's audit task. All methods are blocking: async
 //! callers use `tokio::task::spawn_blocking`.
+//!
+//! Every write runs in a `BEGIN IMMEDIATE` transaction: the write lock is taken up front,
+//! so concurrent writers queue on the busy timeout instead of failing on a lock upgrade,
+//! and each mutation's audit row commits (or rolls back) with the mutation itself.
+//! The method bodies live in one file per concept under `store/`.
 
-use crate::approvals::{Approval, ApprovalDecision, ApprovalStatus, NewApproval};
-use crate::audit::{AuditEntry, AuditFilter, AuditRecord, VerifyReport};
+mod agents;
+mod approvals;
+mod audit;
+mod policy;
+mod rate;
+mod rules;
+mod secrets;
+
+use crate::audit::AuditEntry;
 use crate::crypto::MasterKey;
-use crate::records::{AgentRecord, NewRule, NewSecret, RuleRecord, SecretRecord};
-use crate::{Home, Result};
-use palisade_policy::{AgentName, PolicySet, Profile, SecretValue};
-use std::sync::{Arc, Mutex};
+use crate::{Home, Result, StoreError};
+use palisade_policy::SecretValue;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+/// Actor recorded on audit rows when the caller did not name one.
+pub const DEFAULT_ACTOR: &str = "cli";
+
+/// How long rate events are kept regardless of key: the longest rate window a rule can
+/// have (31 days) plus a day. Keys nobody asks about again are purged on open.
+const RATE_EVENT_RETENTION_MS: i64 = 32 * 24 * 60 * 60 * 1000;
 
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// Who the audit rows of this handle's mutations name as actor.
+    actor: Arc<str>,
 }
 
 struct Inner {
@@ -26,146 +49,255 @@ struct Inner {
 /// Result of a rate-limit check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RateOutcome {
-    Admitted { remaining: u32 },
+    Admitted {
+        remaining: u32,
+    },
     /// Not admitted; the oldest counted event leaves the window after `retry_after`.
-    Limited { retry_after: Duration },
+    Limited {
+        retry_after: Duration,
+    },
 }
 
 impl Store {
     /// Ensures the home, loads/creates the master key, opens the database and runs migrations.
     pub fn open(home: &Home) -> Result<Self> {
-        todo!("{home:?}")
+        home.ensure()?;
+        let key = MasterKey::load_or_create(home)?;
+        Self::open_with_key(home, key)
     }
+
+    /// Like [`Store::open`] with a key the caller already has (tests, key rotation tools).
+    pub fn open_with_key(home: &Home, key: MasterKey) -> Result<Self> {
+        home.ensure()?;
+        let path = home.database();
+        create_private_file(&path)?;
+        let mut conn = Connection::open(&path)?;
+        configure(&conn)?;
+        crate::migrations::migrate(&mut conn)?;
+        for side in ["palisade.db-wal", "palisade.db-shm"] {
+            restrict_permissions(&home.root().join(side))?;
+        }
+        purge_stale_rate_events(&conn)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                key,
+                home: home.clone(),
+            }),
+            actor: Arc::from(DEFAULT_ACTOR),
+        })
+    }
+
+    /// A handle on the same connection whose mutations are audited with `actor`
+    /// (e.g. `web:admin`, `vault`).
+    pub fn with_actor(&self, actor: &str) -> Store {
+        Store {
+            inner: Arc::clone(&self.inner),
+            actor: Arc::from(actor),
+        }
+    }
+
+    /// The actor this handle records on audit rows.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
     pub fn home(&self) -> &Home {
         &self.inner.home
     }
+
     /// SQLite `PRAGMA data_version` of this connection: changes when another connection commits.
     pub fn data_version(&self) -> Result<i64> {
-        todo!()
+        Ok(self
+            .conn()
+            .query_row("PRAGMA data_version", [], |row| row.get(0))?)
     }
 
-    // --- agents ---
-    pub fn create_agent(&self, name: &AgentName, profile: Profile) -> Result<AgentRecord> {
-        todo!("{name} {profile}")
-    }
-    pub fn get_agent(&self, name: &AgentName) -> Result<AgentRecord> {
-        todo!("{name}")
-    }
-    pub fn list_agents(&self) -> Result<Vec<AgentRecord>> {
-        todo!()
-    }
-    /// Also removes the agent's grants, its agent-bound rules and its token.
-    pub fn delete_agent(&self, name: &AgentName) -> Result<()> {
-        todo!("{name}")
-    }
-    pub fn update_agent_settings(&self, name: &AgentName, settings: &serde_json::Value) -> Result<()> {
-        todo!("{name} {settings}")
-    }
-    pub fn set_agent_profile(&self, name: &AgentName, profile: Profile) -> Result<()> {
-        todo!("{name} {profile}")
-    }
-    /// Returns the existing token if one was issued and `rotate` is false (tokens are
-    /// kept sealed so they can be shown again), else issues a new one (old one stops working).
-    pub fn agent_token(&self, name: &AgentName, rotate: bool) -> Result<SecretValue> {
-        todo!("{name} {rotate}")
-    }
-    /// Map of token hash -> agent, for the gateway's snapshot.
-    pub fn agent_token_hashes(&self) -> Result<Vec<(String, AgentName)>> {
-        todo!()
-    }
-
-    // --- secrets ---
-    pub fn create_secret(&self, secret: NewSecret) -> Result<SecretRecord> {
-        let _ = secret;
-        todo!()
-    }
-    pub fn list_secrets(&self) -> Result<Vec<SecretRecord>> {
-        todo!()
-    }
-    pub fn get_secret(&self, name: &str) -> Result<SecretRecord> {
-        todo!("{name}")
-    }
-    pub fn delete_secret(&self, name: &str) -> Result<()> {
-        todo!("{name}")
-    }
-    pub fn grant_secret(&self, name: &str, agent: &AgentName) -> Result<()> {
-        todo!("{name} {agent}")
-    }
-    pub fn revoke_secret(&self, name: &str, agent: &AgentName) -> Result<()> {
-        todo!("{name} {agent}")
-    }
-
-    // --- rules ---
-    pub fn create_rule(&self, rule: NewRule) -> Result<RuleRecord> {
-        let _ = rule;
-        todo!()
-    }
-    pub fn list_rules(&self) -> Result<Vec<RuleRecord>> {
-        todo!()
-    }
-    /// By name or numeric id.
-    pub fn delete_rule(&self, name_or_id: &str) -> Result<()> {
-        todo!("{name_or_id}")
-    }
-
-    /// Everything the gateway evaluates, secrets decrypted.
-    pub fn load_policy(&self) -> Result<PolicySet> {
-        todo!()
-    }
-
-    // --- approvals ---
-    pub fn create_approval(&self, approval: NewApproval) -> Result<Approval> {
-        let _ = approval;
-        todo!()
-    }
-    pub fn get_approval(&self, id: &str) -> Result<Approval> {
-        todo!("{id}")
-    }
-    /// Newest first; `None` = all statuses. At most `limit` rows.
-    pub fn list_approvals(&self, status: Option<ApprovalStatus>, limit: usize) -> Result<Vec<Approval>> {
-        todo!("{status:?} {limit}")
-    }
-    /// Decides a pending approval; `AlreadyDecided` otherwise. Appends an audit row
-    /// (`approval.decide`, actor = approver) in the same transaction.
-    pub fn decide_approval(&self, id: &str, decision: &ApprovalDecision) -> Result<Approval> {
-        todo!("{id} {decision:?}")
-    }
-    /// Marks a pending approval timed out or cancelled (no-op if already decided); returns the row.
-    pub fn close_approval(&self, id: &str, status: ApprovalStatus) -> Result<Approval> {
-        todo!("{id} {status:?}")
-    }
-    /// Approvals decided (not pending) among `ids` — the gateway polls this for held requests.
-    pub fn decided_among(&self, ids: &[String]) -> Result<Vec<Approval>> {
-        todo!("{ids:?}")
-    }
-
-    // --- rate limits ---
-    /// Sliding window: counts events for `key` in the last `window` at `now_ms`; if fewer
-    /// than `limit`, records one and admits. Exact across threads and processes.
-    pub fn rate_acquire(&self, key: &str, limit: u32, window: Duration, now_ms: i64) -> Result<RateOutcome> {
-        todo!("{key} {limit} {window:?} {now_ms}")
-    }
-
-    // --- audit ---
-    pub fn append_audit(&self, entry: &AuditEntry) -> Result<i64> {
-        let _ = entry;
-        todo!()
-    }
-    /// One transaction for many rows (the gateway's writer batches).
-    pub fn append_audit_batch(&self, entries: &[(i64, AuditEntry)]) -> Result<()> {
-        let _ = entries;
-        todo!()
-    }
-    pub fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        todo!("{filter:?}")
-    }
-    pub fn verify_audit(&self) -> Result<VerifyReport> {
-        todo!()
+    /// Moves everything from the write-ahead log into the main database file and
+    /// truncates the log (backups, tests that inspect the file).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     // --- settings ---
     /// The admin API key for the gateway's OneCLI-compatible API (created on first call, sealed).
     pub fn admin_key(&self, rotate: bool) -> Result<SecretValue> {
-        todo!("{rotate}")
+        const SETTING: &str = "admin_key";
+        const ASSOCIATED: &str = "admin-key";
+        self.write(|tx| {
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT value FROM settings WHERE key = ?1",
+                    [SETTING],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let (Some(sealed), false) = (&existing, rotate) {
+                return self.key().open(ASSOCIATED, sealed);
+            }
+            let key = crate::crypto::new_token();
+            let sealed = self.key().seal(ASSOCIATED, &key)?;
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (SETTING, &sealed),
+            )?;
+            let (event, decision) = if existing.is_some() {
+                ("admin_key.rotate", "rotated")
+            } else {
+                ("admin_key.create", "created")
+            };
+            let mut entry = self.audit_entry(event);
+            entry.decision = Some(decision.into());
+            self.append_in(tx, &entry)?;
+            Ok(key)
+        })
     }
+
+    // --- internals shared by the per-concept files ---
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (an open
+        // transaction rolls back when dropped), so a poisoned lock is still usable.
+        self.inner
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn key(&self) -> &MasterKey {
+        &self.inner.key
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committing only if it succeeds.
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in a read transaction so multi-statement reads see one snapshot.
+    fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let out = f(&tx)?;
+        tx.finish()?;
+        Ok(out)
+    }
+
+    /// An audit entry for a mutation made through this handle.
+    fn audit_entry(&self, event: &str) -> AuditEntry {
+        AuditEntry {
+            event: event.to_string(),
+            actor: Some(self.actor.to_string()),
+            ..AuditEntry::default()
+        }
+    }
+
+    fn append_in(&self, tx: &Transaction<'_>, entry: &AuditEntry) -> Result<i64> {
+        audit::append_in(tx, crate::now_ms(), entry)
+    }
+}
+
+/// Sets the connection PRAGMAs every Store relies on. The busy timeout comes first so
+/// switching to WAL waits for, rather than fails on, a concurrent opener.
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(Duration::from_millis(5000))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Io(format!(
+            "the database could not switch to WAL mode (got {mode}); is it on a network file system?"
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+    Ok(())
+}
+
+/// Creates the database file 0600 before SQLite does, because SQLite creates files with
+/// the process umask (often world-readable) and gives its -wal and -shm files the mode of
+/// the database file.
+fn create_private_file(path: &Path) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            StoreError::Io(format!(
+                "cannot open database {}: {e}; check the home directory's owner and permissions",
+                path.display()
+            ))
+        })?;
+    restrict_permissions(path)
+}
+
+/// Removes group/other access from an existing file (databases made by older tools).
+fn restrict_permissions(path: &Path) -> Result<()> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(StoreError::Io(format!(
+                "cannot inspect {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)).map_err(
+            |e| {
+                StoreError::Io(format!(
+                    "cannot make {} private: {e}; run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                ))
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Deletes rate events too old for any window. Checked with a read first so that an
+/// ordinary open does not commit a write (which would bump every other connection's
+/// `data_version` and make the gateway reload its policy for nothing).
+fn purge_stale_rate_events(conn: &Connection) -> Result<()> {
+    let cutoff = crate::now_ms() - RATE_EVENT_RETENTION_MS;
+    let stale: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM rate_events WHERE at_ms < ?1)",
+        [cutoff],
+        |row| row.get(0),
+    )?;
+    if stale {
+        conn.execute("DELETE FROM rate_events WHERE at_ms < ?1", [cutoff])?;
+    }
+    Ok(())
+}
+
+/// A stored row that does not decode: the database was edited or damaged.
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Invalid(format!(
+        "stored {what} is malformed ({detail}); the database may have been edited or damaged"
+    ))
+}
+
+/// Names of secrets and rules: printable, one line, short enough for a table.
+fn validate_name(what: &str, name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.trim() != name {
+        return Err(StoreError::Invalid(format!(
+            "{what} name {name:?} is empty or has surrounding spaces; choose a name like github-token"
+        )));
+    }
+    if name.chars().count() > 128 || name.chars().any(char::is_control) {
+        return Err(StoreError::Invalid(format!(
+            "{what} name {name:?} is too long or contains control characters; use at most 128 printable characters"
+        )));
+    }
+    Ok(())
 }

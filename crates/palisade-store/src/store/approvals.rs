@@ -1,0 +1,285 @@
+//! Approval rows. The decision is a single conditional UPDATE (`WHERE status =
+//! 'pending'`), so when several approvers click at once, in one process or many, exactly
+//! one of them changes the row and every other gets `AlreadyDecided`.
+
+use super::agents::parse_agent_name;
+use super::{corrupt, Store};
+use crate::approvals::{Approval, ApprovalDecision, ApprovalStatus, NewApproval};
+use crate::{Result, StoreError};
+use rand::Rng;
+use rusqlite::{OptionalExtension, Transaction};
+
+const APPROVAL_COLUMNS: &str = "id, kind, agent, status, title, lines, detail, context, \
+     created_at_ms, expires_at_ms, decided_at_ms, approver, comment";
+
+/// Bounded so a large `decided_among` stays under SQLite's bound-parameter limit.
+const IDS_PER_QUERY: usize = 500;
+
+struct RawApproval {
+    id: String,
+    kind: String,
+    agent: String,
+    status: String,
+    title: String,
+    lines: String,
+    detail: String,
+    context: String,
+    created_at_ms: i64,
+    expires_at_ms: i64,
+    decided_at_ms: Option<i64>,
+    approver: Option<String>,
+    comment: Option<String>,
+}
+
+fn raw_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawApproval> {
+    Ok(RawApproval {
+        id: row.get(0)?,
+        kind: row.get(1)?,
+        agent: row.get(2)?,
+        status: row.get(3)?,
+        title: row.get(4)?,
+        lines: row.get(5)?,
+        detail: row.get(6)?,
+        context: row.get(7)?,
+        created_at_ms: row.get(8)?,
+        expires_at_ms: row.get(9)?,
+        decided_at_ms: row.get(10)?,
+        approver: row.get(11)?,
+        comment: row.get(12)?,
+    })
+}
+
+impl RawApproval {
+    fn decode(self) -> Result<Approval> {
+        Ok(Approval {
+            agent: parse_agent_name(&self.agent)?,
+            status: parse_status(&self.status)?,
+            lines: serde_json::from_str(&self.lines)
+                .map_err(|e| corrupt("approval summary lines", e))?,
+            context: serde_json::from_str(&self.context)
+                .map_err(|e| corrupt("approval context", e))?,
+            id: self.id,
+            kind: self.kind,
+            title: self.title,
+            detail: self.detail,
+            created_at_ms: self.created_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            decided_at_ms: self.decided_at_ms,
+            approver: self.approver,
+            comment: self.comment,
+        })
+    }
+}
+
+fn parse_status(text: &str) -> Result<ApprovalStatus> {
+    [
+        ApprovalStatus::Pending,
+        ApprovalStatus::Approved,
+        ApprovalStatus::Denied,
+        ApprovalStatus::TimedOut,
+        ApprovalStatus::Cancelled,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == text)
+    .ok_or_else(|| corrupt("approval status", format!("{text:?}")))
+}
+
+/// `apr_` + 12 characters of lowercase RFC 4648 base32 (60 random bits): short enough to
+/// type from a chat message, too many to guess.
+pub fn new_approval_id() -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut rng = rand::rngs::OsRng;
+    let mut id = String::with_capacity(16);
+    id.push_str("apr_");
+    for _ in 0..12 {
+        id.push(char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]));
+    }
+    id
+}
+
+fn get_in(tx: &Transaction<'_>, id: &str) -> Result<Approval> {
+    tx.query_row(
+        &format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = ?1"),
+        [id],
+        raw_from_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound {
+        what: "approval",
+        name: id.to_string(),
+    })?
+    .decode()
+}
+
+impl Store {
+    pub fn create_approval(&self, approval: NewApproval) -> Result<Approval> {
+        let lines = serde_json::to_string(&approval.lines)
+            .map_err(|e| StoreError::Invalid(format!("approval lines cannot be encoded: {e}")))?;
+        let context = serde_json::to_string(&approval.context)
+            .map_err(|e| StoreError::Invalid(format!("approval context cannot be encoded: {e}")))?;
+        self.write(|tx| {
+            let id = new_approval_id();
+            tx.execute(
+                "INSERT INTO approvals (id, kind, agent, status, title, lines, detail, context,
+                     created_at_ms, expires_at_ms)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9)",
+                rusqlite::params![
+                    &id,
+                    &approval.kind,
+                    approval.agent.as_str(),
+                    &approval.title,
+                    &lines,
+                    &approval.detail,
+                    &context,
+                    crate::now_ms(),
+                    approval.expires_at_ms,
+                ],
+            )?;
+            let mut entry = self.audit_entry("approval.create");
+            entry.agent = Some(approval.agent.to_string());
+            entry.approval_id = Some(id.clone());
+            entry.decision = Some("held".into());
+            entry.detail = Some(serde_json::json!({
+                "kind": approval.kind,
+                "title": approval.title,
+                "expires_at_ms": approval.expires_at_ms,
+            }));
+            self.append_in(tx, &entry)?;
+            get_in(tx, &id)
+        })
+    }
+
+    pub fn get_approval(&self, id: &str) -> Result<Approval> {
+        self.read(|tx| get_in(tx, id))
+    }
+
+    /// Newest first; `None` = all statuses. At most `limit` rows.
+    pub fn list_approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+        limit: usize,
+    ) -> Result<Vec<Approval>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            let raw = match status {
+                Some(status) => {
+                    let mut stmt = tx.prepare(&format!(
+                        "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE status = ?1
+                         ORDER BY created_at_ms DESC, rowid DESC LIMIT ?2"
+                    ))?;
+                    let rows = stmt
+                        .query_map((status.as_str(), limit), raw_from_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    rows
+                }
+                None => {
+                    let mut stmt = tx.prepare(&format!(
+                        "SELECT {APPROVAL_COLUMNS} FROM approvals
+                         ORDER BY created_at_ms DESC, rowid DESC LIMIT ?1"
+                    ))?;
+                    let rows = stmt
+                        .query_map([limit], raw_from_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    rows
+                }
+            };
+            raw.into_iter().map(RawApproval::decode).collect()
+        })
+    }
+
+    /// Decides a pending approval; `AlreadyDecided` otherwise. Appends an audit row
+    /// (`approval.decide`, actor = approver) in the same transaction.
+    pub fn decide_approval(&self, id: &str, decision: &ApprovalDecision) -> Result<Approval> {
+        if decision.approver.trim().is_empty() {
+            return Err(StoreError::Invalid(
+                "a decision needs the approver's identity".into(),
+            ));
+        }
+        let status = if decision.approve {
+            ApprovalStatus::Approved
+        } else {
+            ApprovalStatus::Denied
+        };
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE approvals SET status = ?1, decided_at_ms = ?2, approver = ?3, comment = ?4
+                 WHERE id = ?5 AND status = 'pending'",
+                (
+                    status.as_str(),
+                    crate::now_ms(),
+                    &decision.approver,
+                    &decision.comment,
+                    id,
+                ),
+            )?;
+            if changed == 0 {
+                // Distinguish a bad id from a lost race.
+                get_in(tx, id)?;
+                return Err(StoreError::AlreadyDecided(id.to_string()));
+            }
+            let approval = get_in(tx, id)?;
+            let mut entry = self.audit_entry("approval.decide");
+            entry.actor = Some(decision.approver.clone());
+            entry.agent = Some(approval.agent.to_string());
+            entry.approval_id = Some(id.to_string());
+            entry.decision = Some(status.as_str().to_string());
+            entry.detail = Some(serde_json::json!({
+                "kind": approval.kind,
+                "title": approval.title,
+                "comment": decision.comment,
+            }));
+            self.append_in(tx, &entry)?;
+            Ok(approval)
+        })
+    }
+
+    /// Marks a pending approval timed out or cancelled (no-op if already decided); returns the row.
+    pub fn close_approval(&self, id: &str, status: ApprovalStatus) -> Result<Approval> {
+        if !matches!(status, ApprovalStatus::TimedOut | ApprovalStatus::Cancelled) {
+            return Err(StoreError::Invalid(format!(
+                "an approval can be closed only as timed_out or cancelled, not {}; use decide for approve/deny",
+                status.as_str()
+            )));
+        }
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE approvals SET status = ?1, decided_at_ms = ?2
+                 WHERE id = ?3 AND status = 'pending'",
+                (status.as_str(), crate::now_ms(), id),
+            )?;
+            let approval = get_in(tx, id)?;
+            if changed > 0 {
+                let mut entry = self.audit_entry("approval.close");
+                entry.agent = Some(approval.agent.to_string());
+                entry.approval_id = Some(id.to_string());
+                entry.decision = Some(status.as_str().to_string());
+                self.append_in(tx, &entry)?;
+            }
+            Ok(approval)
+        })
+    }
+
+    /// Approvals decided (not pending) among `ids` — the gateway polls this for held requests.
+    pub fn decided_among(&self, ids: &[String]) -> Result<Vec<Approval>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(|tx| {
+            let mut decided = Vec::new();
+            for chunk in ids.chunks(IDS_PER_QUERY) {
+                let placeholders = vec!["?"; chunk.len()].join(", ");
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT {APPROVAL_COLUMNS} FROM approvals
+                     WHERE status != 'pending' AND id IN ({placeholders})"
+                ))?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(chunk), raw_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                for raw in rows {
+                    decided.push(raw.decode()?);
+                }
+            }
+            Ok(decided)
+        })
+    }
+}

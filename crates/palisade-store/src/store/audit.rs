@@ -1,0 +1,364 @@
+//! Appending to, reading and verifying the hash-chained audit log.
+//!
+//! Appends read the head (`audit_head`), write the row with the next id and the head's
+//! hash as `prev_hash`, and move the head, all inside the caller's `BEGIN IMMEDIATE`
+//! transaction: the chain stays linear however many processes write.
+
+use super::Store;
+use crate::audit::{
+    AuditEntry, AuditFilter, AuditRecord, CanonicalRow, VerifyReport, GENESIS_HASH,
+};
+use crate::{Result, StoreError};
+use rusqlite::types::Value;
+use rusqlite::Transaction;
+
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 10_000;
+
+const AUDIT_COLUMNS: &str = "id, at_ms, event, agent, method, host, path, decision, rule, \
+     secret, status, latency_ms, actor, approval_id, detail, prev_hash, hash";
+
+/// One stored row, as text and numbers, before any interpretation.
+struct RawAudit {
+    id: i64,
+    at_ms: i64,
+    event: String,
+    agent: Option<String>,
+    method: Option<String>,
+    host: Option<String>,
+    path: Option<String>,
+    decision: Option<String>,
+    rule: Option<String>,
+    secret: Option<String>,
+    status: Option<i64>,
+    latency_ms: Option<f64>,
+    actor: Option<String>,
+    approval_id: Option<String>,
+    detail: Option<String>,
+    prev_hash: String,
+    hash: String,
+}
+
+fn raw_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawAudit> {
+    Ok(RawAudit {
+        id: row.get(0)?,
+        at_ms: row.get(1)?,
+        event: row.get(2)?,
+        agent: row.get(3)?,
+        method: row.get(4)?,
+        host: row.get(5)?,
+        path: row.get(6)?,
+        decision: row.get(7)?,
+        rule: row.get(8)?,
+        secret: row.get(9)?,
+        status: row.get(10)?,
+        latency_ms: row.get(11)?,
+        actor: row.get(12)?,
+        approval_id: row.get(13)?,
+        detail: row.get(14)?,
+        prev_hash: row.get(15)?,
+        hash: row.get(16)?,
+    })
+}
+
+impl RawAudit {
+    fn canonical(&self) -> CanonicalRow<'_> {
+        CanonicalRow {
+            id: self.id,
+            at_ms: self.at_ms,
+            event: &self.event,
+            agent: self.agent.as_deref(),
+            method: self.method.as_deref(),
+            host: self.host.as_deref(),
+            path: self.path.as_deref(),
+            decision: self.decision.as_deref(),
+            rule: self.rule.as_deref(),
+            secret: self.secret.as_deref(),
+            status: self.status,
+            latency_ms: self.latency_ms,
+            actor: self.actor.as_deref(),
+            approval_id: self.approval_id.as_deref(),
+            detail: self.detail.as_deref(),
+        }
+    }
+
+    fn decode(self) -> Result<AuditRecord> {
+        let bad = |what: &str, detail: String| {
+            super::corrupt(&format!("{what} of audit row {}", self.id), detail)
+        };
+        let status = match self.status {
+            Some(s) => Some(u16::try_from(s).map_err(|e| bad("status", e.to_string()))?),
+            None => None,
+        };
+        let detail = match &self.detail {
+            Some(text) => {
+                Some(serde_json::from_str(text).map_err(|e| bad("detail", e.to_string()))?)
+            }
+            None => None,
+        };
+        Ok(AuditRecord {
+            id: self.id,
+            at_ms: self.at_ms,
+            entry: AuditEntry {
+                event: self.event,
+                agent: self.agent,
+                method: self.method,
+                host: self.host,
+                path: self.path,
+                decision: self.decision,
+                rule: self.rule,
+                secret: self.secret,
+                status,
+                latency_ms: self.latency_ms,
+                actor: self.actor,
+                approval_id: self.approval_id,
+                detail,
+            },
+            hash: self.hash,
+        })
+    }
+}
+
+fn read_head(tx: &Transaction<'_>) -> Result<Option<(i64, String)>> {
+    use rusqlite::OptionalExtension;
+    Ok(tx
+        .query_row(
+            "SELECT last_id, last_hash FROM audit_head WHERE id = 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?)
+}
+
+/// Appends one row inside `tx` (which must be a write transaction) and returns its id.
+pub(super) fn append_in(tx: &Transaction<'_>, at_ms: i64, entry: &AuditEntry) -> Result<i64> {
+    let (last_id, prev_hash) = read_head(tx)?.ok_or_else(|| {
+        StoreError::Invalid(
+            "the audit head record is missing; the audit log was tampered with — run `palisade audit verify`"
+                .into(),
+        )
+    })?;
+    let id = last_id + 1;
+    let detail = match &entry.detail {
+        Some(value) => Some(
+            serde_json::to_string(value)
+                .map_err(|e| StoreError::Invalid(format!("audit detail cannot be encoded: {e}")))?,
+        ),
+        None => None,
+    };
+    // SQLite stores NaN as NULL; normalising first keeps the hashed value and the stored
+    // value identical.
+    let latency_ms = entry.latency_ms.filter(|l| l.is_finite());
+    let canonical = CanonicalRow {
+        id,
+        at_ms,
+        event: &entry.event,
+        agent: entry.agent.as_deref(),
+        method: entry.method.as_deref(),
+        host: entry.host.as_deref(),
+        path: entry.path.as_deref(),
+        decision: entry.decision.as_deref(),
+        rule: entry.rule.as_deref(),
+        secret: entry.secret.as_deref(),
+        status: entry.status.map(i64::from),
+        latency_ms,
+        actor: entry.actor.as_deref(),
+        approval_id: entry.approval_id.as_deref(),
+        detail: detail.as_deref(),
+    };
+    let hash = canonical.chain_hash(&prev_hash)?;
+    tx.execute(
+        &format!(
+            "INSERT INTO audit ({AUDIT_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        ),
+        rusqlite::params![
+            id,
+            at_ms,
+            canonical.event,
+            canonical.agent,
+            canonical.method,
+            canonical.host,
+            canonical.path,
+            canonical.decision,
+            canonical.rule,
+            canonical.secret,
+            canonical.status,
+            canonical.latency_ms,
+            canonical.actor,
+            canonical.approval_id,
+            canonical.detail,
+            &prev_hash,
+            &hash,
+        ],
+    )?;
+    tx.execute(
+        "UPDATE audit_head SET last_id = ?1, last_hash = ?2 WHERE id = 1",
+        (id, &hash),
+    )?;
+    Ok(id)
+}
+
+fn bad_row(rows: u64, id: i64, problem: impl Into<String>) -> VerifyReport {
+    VerifyReport {
+        rows,
+        ok: false,
+        first_bad_id: Some(id),
+        problem: Some(problem.into()),
+    }
+}
+
+impl Store {
+    pub fn append_audit(&self, entry: &AuditEntry) -> Result<i64> {
+        self.write(|tx| append_in(tx, crate::now_ms(), entry))
+    }
+
+    /// One transaction for many rows (the gateway's writer batches).
+    pub fn append_audit_batch(&self, entries: &[(i64, AuditEntry)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            for (at_ms, entry) in entries {
+                append_in(tx, *at_ms, entry)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let mut conditions: Vec<&str> = Vec::new();
+        let mut params: Vec<Value> = Vec::new();
+        let text_filters = [
+            ("agent = ?", &filter.agent),
+            ("event = ?", &filter.event),
+            ("decision = ?", &filter.decision),
+            ("host = ?", &filter.host),
+        ];
+        for (condition, value) in text_filters {
+            if let Some(value) = value {
+                conditions.push(condition);
+                params.push(Value::Text(value.clone()));
+            }
+        }
+        if let Some(since) = filter.since_ms {
+            conditions.push("at_ms >= ?");
+            params.push(Value::Integer(since));
+        }
+        if let Some(before) = filter.before_id {
+            conditions.push("id < ?");
+            params.push(Value::Integer(before));
+        }
+        let limit = filter
+            .limit
+            .unwrap_or(DEFAULT_LIST_LIMIT)
+            .min(MAX_LIST_LIMIT);
+        params.push(Value::Integer(limit as i64));
+        let where_clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql =
+            format!("SELECT {AUDIT_COLUMNS} FROM audit {where_clause} ORDER BY id DESC LIMIT ?");
+        self.read(|tx| {
+            let mut stmt = tx.prepare(&sql)?;
+            let raw = stmt
+                .query_map(rusqlite::params_from_iter(params), raw_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            raw.into_iter().map(RawAudit::decode).collect()
+        })
+    }
+
+    /// Recomputes the chain from the first row and compares the end with the head record.
+    /// Reads one snapshot, so appends running meanwhile neither break nor extend it.
+    pub fn verify_audit(&self) -> Result<VerifyReport> {
+        self.read(|tx| {
+            let Some((head_id, head_hash)) = read_head(tx)? else {
+                return Ok(bad_row(
+                    0,
+                    1,
+                    "the audit head record is missing, so truncation cannot be ruled out",
+                ));
+            };
+            let mut stmt = tx.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"))?;
+            let mut rows = stmt.query([])?;
+            let mut count: u64 = 0;
+            let mut expected_id: i64 = 1;
+            let mut expected_prev = GENESIS_HASH.to_string();
+            while let Some(row) = rows.next()? {
+                count += 1;
+                let id: i64 = row.get(0)?;
+                if id != expected_id {
+                    return Ok(bad_row(
+                        count,
+                        id,
+                        format!(
+                            "rows {expected_id} to {} are missing (deleted) before row {id}",
+                            id - 1
+                        ),
+                    ));
+                }
+                let raw = match raw_from_row(row) {
+                    Ok(raw) => raw,
+                    Err(_) => {
+                        return Ok(bad_row(
+                            count,
+                            id,
+                            "the row's fields have been altered (unexpected value types)",
+                        ))
+                    }
+                };
+                if raw.prev_hash != expected_prev {
+                    return Ok(bad_row(
+                        count,
+                        id,
+                        "the link to the previous row is broken (its hash does not match); a row was changed or removed",
+                    ));
+                }
+                let computed = raw.canonical().chain_hash(&expected_prev)?;
+                if computed != raw.hash {
+                    return Ok(bad_row(
+                        count,
+                        id,
+                        "the row's content does not match its hash; the row was edited",
+                    ));
+                }
+                expected_prev = raw.hash;
+                expected_id = id + 1;
+            }
+            let last_id = expected_id - 1;
+            if head_id > last_id {
+                return Ok(bad_row(
+                    count,
+                    last_id + 1,
+                    format!(
+                        "the log ends at row {last_id} but the head records row {head_id}; rows were removed from the end"
+                    ),
+                ));
+            }
+            if head_id < last_id {
+                return Ok(bad_row(
+                    count,
+                    head_id + 1,
+                    format!(
+                        "rows after {head_id} were added without moving the head; they were not written by palisade"
+                    ),
+                ));
+            }
+            if head_hash != expected_prev {
+                return Ok(bad_row(
+                    count,
+                    last_id.max(1),
+                    "the head's hash does not match the last row; the end of the log was rewritten",
+                ));
+            }
+            Ok(VerifyReport {
+                rows: count,
+                ok: true,
+                first_bad_id: None,
+                problem: None,
+            })
+        })
+    }
+}

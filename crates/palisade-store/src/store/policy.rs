@@ -1,0 +1,125 @@
+//! The gateway's view: every secret (decrypted) and rule, parsed into policy types.
+//!
+//! Patterns and injections are stored in their canonical spellings and parsed back
+//! here, so a row that no longer parses (edited by hand, or written by a newer
+//! palisade) fails the load with its name instead of being silently skipped.
+
+use super::rules::all_rules;
+use super::secrets::grants_by_secret;
+use super::{corrupt, Store};
+use crate::records::RuleRecord;
+use crate::Result;
+use palisade_policy::{
+    HostPattern, Injection, MethodPattern, PathPattern, PolicySet, RateWindow, RuleAction,
+    RulePolicy, Scope, SecretPolicy,
+};
+
+struct RawSecret {
+    id: i64,
+    name: String,
+    host: String,
+    path: Option<String>,
+    injection: String,
+    sealed: String,
+    priority: i64,
+}
+
+impl Store {
+    /// Everything the gateway evaluates, secrets decrypted.
+    pub fn load_policy(&self) -> Result<PolicySet> {
+        let (raw_secrets, mut grants, rules) = self.read(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT id, name, host_pattern, path_pattern, injection, sealed, priority
+                 FROM secrets ORDER BY id",
+            )?;
+            let raw = stmt
+                .query_map([], |row| {
+                    Ok(RawSecret {
+                        id: row.get(0)?,
+                        name: row.get(1)?,
+                        host: row.get(2)?,
+                        path: row.get(3)?,
+                        injection: row.get(4)?,
+                        sealed: row.get(5)?,
+                        priority: row.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((raw, grants_by_secret(tx)?, all_rules(tx)?))
+        })?;
+
+        let mut secrets = Vec::with_capacity(raw_secrets.len());
+        for raw in raw_secrets {
+            let what = |field: &str| format!("{field} of secret {:?}", raw.name);
+            secrets.push(SecretPolicy {
+                id: raw.id,
+                host: HostPattern::parse(&raw.host).map_err(|e| corrupt(&what("host"), e))?,
+                path: raw
+                    .path
+                    .as_deref()
+                    .map(PathPattern::parse)
+                    .transpose()
+                    .map_err(|e| corrupt(&what("path"), e))?,
+                injection: raw
+                    .injection
+                    .parse::<Injection>()
+                    .map_err(|e| corrupt(&what("injection"), e))?,
+                value: self.key().open(&raw.name, &raw.sealed)?,
+                agents: grants.remove(&raw.id).unwrap_or_default(),
+                priority: raw.priority,
+                name: raw.name,
+            });
+        }
+        let rules = rules
+            .into_iter()
+            .map(rule_policy)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PolicySet::new(secrets, rules))
+    }
+}
+
+fn rule_policy(record: RuleRecord) -> Result<RulePolicy> {
+    let what = |field: &str| format!("{field} of rule {:?}", record.name);
+    let action = match (
+        record.action.as_str(),
+        record.rate_limit,
+        &record.rate_window,
+    ) {
+        ("allow", _, _) => RuleAction::Allow,
+        ("block", _, _) => RuleAction::Block,
+        ("require_approval", _, _) => RuleAction::RequireApproval,
+        ("rate_limit", Some(limit), Some(window)) => RuleAction::RateLimit {
+            limit,
+            window: window
+                .parse::<RateWindow>()
+                .map_err(|e| corrupt(&what("rate window"), e))?,
+        },
+        (other, _, _) => {
+            return Err(corrupt(
+                &what("action"),
+                format!("{other:?} without a complete rate limit or unknown"),
+            ))
+        }
+    };
+    Ok(RulePolicy {
+        id: record.id,
+        host: HostPattern::parse(&record.host_pattern).map_err(|e| corrupt(&what("host"), e))?,
+        path: record
+            .path_pattern
+            .as_deref()
+            .map(PathPattern::parse)
+            .transpose()
+            .map_err(|e| corrupt(&what("path"), e))?,
+        method: MethodPattern::parse(&record.method).map_err(|e| corrupt(&what("method"), e))?,
+        action,
+        agent: record.agent.clone(),
+        priority: record.priority,
+        expires_at_ms: record.expires_at_ms,
+        body_contains: record.body_contains.clone(),
+        scope: record
+            .scope
+            .parse::<Scope>()
+            .map_err(|e| corrupt(&what("scope"), e))?,
+        name: record.name,
+    })
+}

@@ -1,0 +1,218 @@
+//! Secrets (sealed values, never returned by listing) and their grants to agents.
+
+use super::agents::{agent_id, parse_agent_name};
+use super::{validate_name, Store};
+use crate::records::{NewSecret, SecretRecord};
+use crate::{Result, StoreError};
+use palisade_policy::AgentName;
+use rusqlite::{OptionalExtension, Transaction};
+use std::collections::HashMap;
+
+const SECRET_COLUMNS: &str =
+    "id, name, host_pattern, path_pattern, injection, priority, created_at_ms";
+
+fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRecord> {
+    Ok(SecretRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        host_pattern: row.get(2)?,
+        path_pattern: row.get(3)?,
+        injection: row.get(4)?,
+        agents: Vec::new(),
+        priority: row.get(5)?,
+        created_at_ms: row.get(6)?,
+    })
+}
+
+/// Granted agents of every secret, keyed by secret id, each list sorted by name.
+pub(super) fn grants_by_secret(tx: &Transaction<'_>) -> Result<HashMap<i64, Vec<AgentName>>> {
+    let mut stmt = tx.prepare(
+        "SELECT g.secret_id, a.name FROM secret_grants g
+         JOIN agents a ON a.id = g.agent_id ORDER BY a.name",
+    )?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut grants: HashMap<i64, Vec<AgentName>> = HashMap::new();
+    for (secret_id, name) in rows {
+        grants
+            .entry(secret_id)
+            .or_default()
+            .push(parse_agent_name(&name)?);
+    }
+    Ok(grants)
+}
+
+fn secret_id(tx: &Transaction<'_>, name: &str) -> Result<i64> {
+    tx.query_row("SELECT id FROM secrets WHERE name = ?1", [name], |row| {
+        row.get(0)
+    })
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound {
+        what: "secret",
+        name: name.to_string(),
+    })
+}
+
+fn get_secret_in(tx: &Transaction<'_>, name: &str) -> Result<SecretRecord> {
+    let mut record = tx
+        .query_row(
+            &format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?1"),
+            [name],
+            record_from_row,
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "secret",
+            name: name.to_string(),
+        })?;
+    let mut stmt = tx.prepare(
+        "SELECT a.name FROM secret_grants g JOIN agents a ON a.id = g.agent_id
+         WHERE g.secret_id = ?1 ORDER BY a.name",
+    )?;
+    let names = stmt
+        .query_map([record.id], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    record.agents = names
+        .iter()
+        .map(|n| parse_agent_name(n))
+        .collect::<Result<_>>()?;
+    Ok(record)
+}
+
+impl Store {
+    pub fn create_secret(&self, secret: NewSecret) -> Result<SecretRecord> {
+        validate_name("secret", &secret.name)?;
+        // Sealing needs no database state, so do it before taking the write lock.
+        let sealed = self.key().seal(&secret.name, &secret.value)?;
+        let injection = secret.injection.to_string();
+        let path = secret.path.as_ref().map(|p| p.as_str().to_string());
+        self.write(|tx| {
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM secrets WHERE name = ?1)",
+                [&secret.name],
+                |row| row.get(0),
+            )?;
+            if exists {
+                return Err(StoreError::Duplicate {
+                    what: "secret",
+                    name: secret.name.clone(),
+                });
+            }
+            let agent_ids = secret
+                .agents
+                .iter()
+                .map(|agent| agent_id(tx, agent))
+                .collect::<Result<Vec<_>>>()?;
+            tx.execute(
+                "INSERT INTO secrets (name, host_pattern, path_pattern, injection, sealed, priority, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                (
+                    &secret.name,
+                    secret.host.as_str(),
+                    &path,
+                    &injection,
+                    &sealed,
+                    secret.priority,
+                    crate::now_ms(),
+                ),
+            )?;
+            let id = tx.last_insert_rowid();
+            for agent in agent_ids {
+                tx.execute(
+                    "INSERT OR IGNORE INTO secret_grants (secret_id, agent_id) VALUES (?1, ?2)",
+                    (id, agent),
+                )?;
+            }
+            let mut entry = self.audit_entry("secret.create");
+            entry.secret = Some(secret.name.clone());
+            entry.host = Some(secret.host.as_str().to_string());
+            entry.path = path.clone();
+            entry.decision = Some("created".into());
+            entry.detail = Some(serde_json::json!({
+                "injection": injection,
+                "agents": secret.agents.iter().map(AgentName::as_str).collect::<Vec<_>>(),
+                "priority": secret.priority,
+            }));
+            self.append_in(tx, &entry)?;
+            get_secret_in(tx, &secret.name)
+        })
+    }
+
+    pub fn list_secrets(&self) -> Result<Vec<SecretRecord>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
+            ))?;
+            let mut records = stmt
+                .query_map([], record_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut grants = grants_by_secret(tx)?;
+            for record in &mut records {
+                record.agents = grants.remove(&record.id).unwrap_or_default();
+            }
+            Ok(records)
+        })
+    }
+
+    pub fn get_secret(&self, name: &str) -> Result<SecretRecord> {
+        self.read(|tx| get_secret_in(tx, name))
+    }
+
+    pub fn delete_secret(&self, name: &str) -> Result<()> {
+        self.write(|tx| {
+            let id = secret_id(tx, name)?;
+            tx.execute("DELETE FROM secrets WHERE id = ?1", [id])?;
+            let mut entry = self.audit_entry("secret.delete");
+            entry.secret = Some(name.to_string());
+            entry.decision = Some("deleted".into());
+            self.append_in(tx, &entry)?;
+            Ok(())
+        })
+    }
+
+    /// Granting an already granted agent succeeds and changes nothing.
+    pub fn grant_secret(&self, name: &str, agent: &AgentName) -> Result<()> {
+        self.write(|tx| {
+            let secret = secret_id(tx, name)?;
+            let agent_row = agent_id(tx, agent)?;
+            let added = tx.execute(
+                "INSERT OR IGNORE INTO secret_grants (secret_id, agent_id) VALUES (?1, ?2)",
+                (secret, agent_row),
+            )?;
+            if added > 0 {
+                let mut entry = self.audit_entry("secret.grant");
+                entry.secret = Some(name.to_string());
+                entry.agent = Some(agent.to_string());
+                entry.decision = Some("granted".into());
+                self.append_in(tx, &entry)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn revoke_secret(&self, name: &str, agent: &AgentName) -> Result<()> {
+        self.write(|tx| {
+            let secret = secret_id(tx, name)?;
+            let agent_row = agent_id(tx, agent)?;
+            let removed = tx.execute(
+                "DELETE FROM secret_grants WHERE secret_id = ?1 AND agent_id = ?2",
+                (secret, agent_row),
+            )?;
+            if removed == 0 {
+                return Err(StoreError::NotFound {
+                    what: "grant",
+                    name: format!("secret {name} -> agent {agent}"),
+                });
+            }
+            let mut entry = self.audit_entry("secret.revoke");
+            entry.secret = Some(name.to_string());
+            entry.agent = Some(agent.to_string());
+            entry.decision = Some("revoked".into());
+            self.append_in(tx, &entry)?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,210 @@
+//! Secrets: sealed values, grants, policy loading.
+
+mod common;
+
+use palisade_policy::SecretValue;
+use palisade_store::crypto::MasterKey;
+use palisade_store::{Store, StoreError};
+
+#[test]
+fn create_list_get_without_values() {
+    let t = common::store();
+    common::add_agent(&t.store, "alpha");
+    let record = t
+        .store
+        .create_secret(common::new_secret("github", "ghp_value_1234", &["alpha"]))
+        .unwrap();
+    assert_eq!(record.name, "github");
+    assert_eq!(record.host_pattern, "api.example.com");
+    assert_eq!(record.path_pattern.as_deref(), Some("/v1/*"));
+    assert_eq!(record.injection, "bearer");
+    assert_eq!(record.agents, vec![common::agent("alpha")]);
+
+    let listed = t.store.list_secrets().unwrap();
+    assert_eq!(listed.len(), 1);
+    let json = serde_json::to_string(&listed).unwrap();
+    assert!(!json.contains("ghp_value_1234"));
+    assert_eq!(t.store.get_secret("github").unwrap().id, record.id);
+
+    let dup = t
+        .store
+        .create_secret(common::new_secret("github", "x", &[]))
+        .unwrap_err();
+    assert!(matches!(dup, StoreError::Duplicate { what: "secret", .. }));
+}
+
+#[test]
+fn unknown_agent_writes_nothing() {
+    let t = common::store();
+    common::add_agent(&t.store, "alpha");
+    let audit_before = common::audit_events(&t.store).len();
+    let err = t
+        .store
+        .create_secret(common::new_secret("s", "v", &["alpha", "ghost"]))
+        .unwrap_err();
+    match err {
+        StoreError::NotFound {
+            what: "agent",
+            name,
+        } => assert_eq!(name, "ghost"),
+        other => panic!("unexpected {other}"),
+    }
+    assert!(t.store.list_secrets().unwrap().is_empty());
+    assert_eq!(common::audit_events(&t.store).len(), audit_before);
+    let grants: i64 = common::raw(&t.home)
+        .query_row("SELECT COUNT(*) FROM secret_grants", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(grants, 0);
+}
+
+#[test]
+fn grant_and_revoke() {
+    let t = common::store();
+    let alpha = common::add_agent(&t.store, "alpha");
+    let beta = common::add_agent(&t.store, "beta");
+    t.store
+        .create_secret(common::new_secret("s", "v", &[]))
+        .unwrap();
+    t.store.grant_secret("s", &alpha).unwrap();
+    t.store.grant_secret("s", &alpha).unwrap();
+    t.store.grant_secret("s", &beta).unwrap();
+    assert_eq!(
+        t.store.get_secret("s").unwrap().agents,
+        vec![alpha.clone(), beta.clone()]
+    );
+
+    t.store.revoke_secret("s", &alpha).unwrap();
+    let err = t.store.revoke_secret("s", &alpha).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { what: "grant", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("alpha"), "{err}");
+    assert!(matches!(
+        t.store.grant_secret("nope", &alpha),
+        Err(StoreError::NotFound { what: "secret", .. })
+    ));
+    assert!(matches!(
+        t.store.grant_secret("s", &common::agent("ghost")),
+        Err(StoreError::NotFound { what: "agent", .. })
+    ));
+    assert_eq!(t.store.get_secret("s").unwrap().agents, vec![beta]);
+
+    t.store.delete_secret("s").unwrap();
+    assert!(t.store.list_secrets().unwrap().is_empty());
+    assert!(matches!(
+        t.store.delete_secret("s"),
+        Err(StoreError::NotFound { .. })
+    ));
+    let events = common::audit_events(&t.store);
+    assert_eq!(
+        events,
+        [
+            "agent.create",
+            "agent.create",
+            "secret.create",
+            "secret.grant",
+            "secret.grant",
+            "secret.revoke",
+            "secret.delete"
+        ]
+    );
+}
+
+#[test]
+fn load_policy_decrypts_values() {
+    let t = common::store();
+    common::add_agent(&t.store, "alpha");
+    t.store
+        .create_secret(common::new_secret("a", "value-a", &["alpha"]))
+        .unwrap();
+    let mut other = common::new_secret("b", "value-b", &[]);
+    other.injection = "header:X-Api-Key".parse().unwrap();
+    other.path = None;
+    other.priority = 3;
+    t.store.create_secret(other).unwrap();
+
+    let policy = t.store.load_policy().unwrap();
+    let secrets = policy.secrets();
+    assert_eq!(secrets.len(), 2);
+    assert_eq!(secrets[0].name, "a");
+    assert_eq!(secrets[0].value.expose(), "value-a");
+    assert_eq!(secrets[0].agents, vec![common::agent("alpha")]);
+    assert_eq!(secrets[1].value.expose(), "value-b");
+    assert_eq!(
+        secrets[1].injection.to_string(),
+        "header:X-Api-Key"
+            .parse::<palisade_policy::Injection>()
+            .unwrap()
+            .to_string()
+    );
+    assert!(secrets[1].path.is_none());
+    assert_eq!(secrets[1].priority, 3);
+}
+
+#[test]
+fn wrong_master_key_is_a_decrypt_error() {
+    let t = common::store();
+    t.store
+        .create_secret(common::new_secret("a", "value-a", &[]))
+        .unwrap();
+    let other = Store::open_with_key(&t.home, MasterKey::from_bytes([9u8; 32])).unwrap();
+    assert!(matches!(other.load_policy(), Err(StoreError::Decrypt)));
+}
+
+#[test]
+fn sealed_value_cannot_be_moved_to_another_secret() {
+    let t = common::store();
+    t.store
+        .create_secret(common::new_secret("a", "value-a", &[]))
+        .unwrap();
+    t.store
+        .create_secret(common::new_secret("b", "value-b", &[]))
+        .unwrap();
+    common::raw(&t.home)
+        .execute(
+            "UPDATE secrets SET sealed = (SELECT sealed FROM secrets WHERE name = 'a') WHERE name = 'b'",
+            [],
+        )
+        .unwrap();
+    assert!(matches!(t.store.load_policy(), Err(StoreError::Decrypt)));
+}
+
+#[test]
+fn corrupt_rows_are_errors_not_panics() {
+    let t = common::store();
+    common::add_agent(&t.store, "alpha");
+    t.store
+        .create_secret(common::new_secret("a", "value-a", &["alpha"]))
+        .unwrap();
+    let conn = common::raw(&t.home);
+    conn.execute("UPDATE secrets SET injection = 'smoke-signal'", [])
+        .unwrap();
+    let err = t.store.load_policy().unwrap_err();
+    assert!(err.to_string().contains("injection"), "{err}");
+    conn.execute("UPDATE agents SET profile = 'wizard'", [])
+        .unwrap();
+    assert!(t.store.list_agents().is_err());
+    conn.execute(
+        "UPDATE agents SET profile = 'action', settings = '{nope'",
+        [],
+    )
+    .unwrap();
+    assert!(t.store.list_agents().is_err());
+    conn.execute("UPDATE secrets SET sealed = 'v1:!!'", [])
+        .unwrap();
+    assert!(t.store.load_policy().is_err());
+    let _ = SecretValue::new(String::new());
+}
+
+#[test]
+fn admin_key_is_stable_until_rotated() {
+    let t = common::store();
+    let first = t.store.admin_key(false).unwrap();
+    assert_eq!(first.expose(), t.store.admin_key(false).unwrap().expose());
+    let rotated = t.store.admin_key(true).unwrap();
+    assert_ne!(first.expose(), rotated.expose());
+    assert_eq!(rotated.expose(), t.store.admin_key(false).unwrap().expose());
+    let events = common::audit_events(&t.store);
+    assert_eq!(events, ["admin_key.create", "admin_key.rotate"]);
+}
