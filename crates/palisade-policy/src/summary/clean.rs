@@ -1,0 +1,166 @@
+//! Making untrusted text safe to show a person.
+//!
+//! Everything a summary shows comes from the agent's request, so it may try to mislead
+//! the approver: right-to-left overrides that reverse an address, zero-width characters
+//! that hide a word, tag characters that carry invisible instructions, or sheer length
+//! that pushes the important part off the card. These helpers remove the invisible,
+//! replace the unprintable and cap every length.
+
+/// Characters that render as nothing or reorder what follows. Removed outright, since
+/// showing a replacement for each would let an attacker flood the card with marks.
+pub(crate) fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FFF0}'..='\u{FFF8}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}')
+}
+
+const ELLIPSIS: char = '…';
+
+/// One line: whitespace and line breaks collapse to single spaces, other control
+/// characters become U+FFFD, invisible characters vanish, at most `max_chars` chars.
+pub(crate) fn one_line(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars * 4));
+    let mut count = 0;
+    let mut pending_space = false;
+    for c in text.chars() {
+        if is_invisible(c) {
+            continue;
+        }
+        if c.is_whitespace() {
+            pending_space = count > 0;
+            continue;
+        }
+        if count + usize::from(pending_space) >= max_chars {
+            out.push(ELLIPSIS);
+            return out;
+        }
+        if pending_space {
+            out.push(' ');
+            count += 1;
+            pending_space = false;
+        }
+        out.push(if c.is_control() { '\u{FFFD}' } else { c });
+        count += 1;
+    }
+    out
+}
+
+/// Several lines for a card or detail view: blank runs collapse to one blank line,
+/// each line is [`one_line`]-cleaned, and both the number of lines and the total number
+/// of characters are capped (a final `…` says something was cut).
+pub(crate) fn text_lines(
+    text: &str,
+    max_lines: usize,
+    max_line_chars: usize,
+    max_total_chars: usize,
+) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut total = 0;
+    let mut previous_blank = true;
+    for raw in text.split('\n') {
+        let line = one_line(raw, max_line_chars);
+        if line.is_empty() {
+            if !previous_blank {
+                lines.push(String::new());
+            }
+            previous_blank = true;
+            continue;
+        }
+        previous_blank = false;
+        let length = line.chars().count();
+        if lines.len() >= max_lines || total + length > max_total_chars {
+            let room = max_total_chars.saturating_sub(total);
+            if lines.len() < max_lines && room > 20 {
+                lines.push(one_line(&line, room));
+            } else {
+                lines.push(ELLIPSIS.to_string());
+            }
+            break;
+        }
+        total += length;
+        lines.push(line);
+    }
+    while lines.last().is_some_and(String::is_empty) {
+        lines.pop();
+    }
+    lines
+}
+
+/// Cuts `text` to at most `max_chars` characters on a character boundary.
+pub(crate) fn truncate_chars(text: &mut String, max_chars: usize) {
+    if let Some((index, _)) = text.char_indices().nth(max_chars) {
+        text.truncate(index);
+        text.push(ELLIPSIS);
+    }
+}
+
+/// Body bytes as displayable text, or a note when they are clearly not text.
+pub(crate) fn body_text(body: &[u8], max_bytes: usize) -> String {
+    let prefix = &body[..body.len().min(max_bytes)];
+    let text = String::from_utf8_lossy(prefix);
+    let unprintable = text
+        .chars()
+        .filter(|c| *c == '\u{FFFD}' || (c.is_control() && !c.is_whitespace()))
+        .count();
+    // A few odd bytes happen in text (or where the prefix cut a character in half);
+    // beyond that it is binary and showing it would be noise.
+    if unprintable > 4 && unprintable * 10 > text.chars().count() {
+        return format!("[{} bytes of binary data]", body.len());
+    }
+    text.into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_removes_bidi_and_invisible_and_collapses_space() {
+        let hostile = "pay\u{202E}lapyap\u{202C} to\u{200B} \t\n mallory\u{E0041}\u{FEFF}\u{7}";
+        assert_eq!(one_line(hostile, 100), "paylapyap to mallory\u{FFFD}");
+    }
+
+    #[test]
+    fn one_line_caps_length() {
+        assert_eq!(one_line("abcdef", 3), "abc…");
+        assert_eq!(one_line("abc", 3), "abc");
+        assert_eq!(one_line("  a   b  ", 10), "a b");
+        assert_eq!(one_line("ééééé", 2), "éé…");
+    }
+
+    #[test]
+    fn text_lines_caps_lines_and_total() {
+        let text = "one\r\n\r\n\r\ntwo\nthree\nfour";
+        assert_eq!(
+            text_lines(text, 10, 50, 500),
+            ["one", "", "two", "three", "four"]
+        );
+        assert_eq!(text_lines(text, 2, 50, 500), ["one", "", "…"]);
+        let long = "x".repeat(1000);
+        let lines = text_lines(&long, 10, 2000, 500);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].chars().count() <= 501);
+    }
+
+    #[test]
+    fn binary_bodies_are_described_not_shown() {
+        let binary: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        assert_eq!(body_text(&binary, 4096), "[1000 bytes of binary data]");
+        assert_eq!(body_text(b"hello", 4096), "hello");
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        let mut text = String::from("héllo");
+        truncate_chars(&mut text, 2);
+        assert_eq!(text, "hé…");
+    }
+}

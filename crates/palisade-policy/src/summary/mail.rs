@@ -1,0 +1,555 @@
+//! Just enough RFC 822 / MIME reading to tell a person what an e-mail says.
+//!
+//! Written by hand because the summary needs a best-effort, never-failing reader of a
+//! possibly truncated message, bounded in work, not a conforming parser; mail crates
+//! either reject malformed input or pull in far more than the five headers, one text
+//! part and attachment names a card shows.
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::{alphabet, Engine};
+
+/// Header lines read from one message or part.
+const MAX_HEADERS: usize = 200;
+/// Parts looked at across the whole message, however nested.
+const MAX_PARTS: usize = 64;
+/// Nesting of multiparts followed (mixed → alternative → related is 3).
+const MAX_DEPTH: usize = 4;
+
+const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
+    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(true);
+const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
+
+/// Base64 in either alphabet, padded or not, with line breaks, possibly cut short
+/// (the vault reads a prefix): decodes what can be decoded.
+pub(crate) fn decode_base64_lenient(text: &[u8]) -> Option<Vec<u8>> {
+    let mut cleaned: Vec<u8> = text
+        .iter()
+        .filter(|b| !b.is_ascii_whitespace() && **b != b'=')
+        .map(|b| match b {
+            b'+' => b'-',
+            b'/' => b'_',
+            other => *other,
+        })
+        .collect();
+    // A trailing lone character cannot carry a byte; drop it instead of failing.
+    if cleaned.len() % 4 == 1 {
+        cleaned.pop();
+    }
+    URL_SAFE_LENIENT.decode(&cleaned).ok()
+}
+
+/// A parsed message or MIME part: lower-case header names with unfolded values.
+pub(crate) struct Part<'a> {
+    pub headers: Vec<(String, String)>,
+    pub body: &'a [u8],
+}
+
+impl<'a> Part<'a> {
+    pub(crate) fn parse(bytes: &'a [u8]) -> Part<'a> {
+        let (head, body) = split_head(bytes);
+        Part {
+            headers: parse_headers(head),
+            body,
+        }
+    }
+
+    /// The first header of that name, with encoded words decoded.
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| decode_encoded_words(value))
+    }
+
+    fn content_type(&self) -> (String, String) {
+        let raw = self.header("content-type").unwrap_or_default();
+        let mime = raw
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let mime = if mime.is_empty() {
+            String::from("text/plain")
+        } else {
+            mime
+        };
+        (mime, raw)
+    }
+}
+
+/// What a person needs from a message body.
+#[derive(Default)]
+pub(crate) struct MailContent {
+    pub text: Option<String>,
+    pub attachments: Vec<String>,
+}
+
+/// Walks the MIME tree for the first text/plain part (falling back to text/html with
+/// tags removed) and the names of attachments.
+pub(crate) fn content(message: &Part<'_>) -> MailContent {
+    let mut walker = Walker::default();
+    walker.walk(message, 0);
+    MailContent {
+        text: walker.plain.or(walker.html.map(|html| strip_tags(&html))),
+        attachments: walker.attachments,
+    }
+}
+
+#[derive(Default)]
+struct Walker {
+    plain: Option<String>,
+    html: Option<String>,
+    attachments: Vec<String>,
+    parts_seen: usize,
+}
+
+impl Walker {
+    fn walk(&mut self, part: &Part<'_>, depth: usize) {
+        self.parts_seen += 1;
+        if self.parts_seen > MAX_PARTS {
+            return;
+        }
+        let (mime, raw_type) = part.content_type();
+        let disposition = part.header("content-disposition").unwrap_or_default();
+        let file_name =
+            parameter(&disposition, "filename").or_else(|| parameter(&raw_type, "name"));
+        if disposition
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("attachment")
+            || (file_name.is_some() && !mime.starts_with("multipart/"))
+        {
+            self.attachments
+                .push(file_name.unwrap_or_else(|| String::from("(unnamed)")));
+            return;
+        }
+        if mime.starts_with("multipart/") {
+            if depth >= MAX_DEPTH {
+                return;
+            }
+            let Some(boundary) = parameter(&raw_type, "boundary") else {
+                return;
+            };
+            for body in split_multipart(part.body, boundary.as_bytes()) {
+                self.walk(&Part::parse(body), depth + 1);
+            }
+            return;
+        }
+        let slot = match mime.as_str() {
+            "text/plain" => &mut self.plain,
+            "text/html" => &mut self.html,
+            _ => return,
+        };
+        if slot.is_none() {
+            let encoding = part
+                .header("content-transfer-encoding")
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            let bytes = match encoding.as_str() {
+                "base64" => decode_base64_lenient(part.body).unwrap_or_default(),
+                "quoted-printable" => decode_quoted_printable(part.body),
+                _ => part.body.to_vec(),
+            };
+            let charset = parameter(&raw_type, "charset").unwrap_or_default();
+            *slot = Some(decode_charset(&bytes, &charset));
+        }
+    }
+}
+
+/// Head and body split at the first empty line (CRLF or bare LF); no empty line means
+/// the whole input is head (a message cut off inside its headers).
+fn split_head(bytes: &[u8]) -> (&[u8], &[u8]) {
+    if bytes.starts_with(b"\r\n") {
+        return (&[], &bytes[2..]);
+    }
+    if bytes.starts_with(b"\n") {
+        return (&[], &bytes[1..]);
+    }
+    let mut index = 0;
+    while let Some(offset) = bytes[index..].iter().position(|b| *b == b'\n') {
+        let newline = index + offset;
+        let rest = &bytes[newline + 1..];
+        if rest.starts_with(b"\r\n") {
+            return (&bytes[..newline], &rest[2..]);
+        }
+        if rest.starts_with(b"\n") {
+            return (&bytes[..newline], &rest[1..]);
+        }
+        index = newline + 1;
+    }
+    (bytes, &[])
+}
+
+fn parse_headers(head: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(head);
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.starts_with([' ', '\t']) {
+            // A folded continuation of the previous header.
+            if let Some((_, value)) = headers.last_mut() {
+                if value.len() < 16 * 1024 {
+                    value.push(' ');
+                    value.push_str(line.trim());
+                }
+            }
+            continue;
+        }
+        if headers.len() >= MAX_HEADERS {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    headers
+}
+
+/// A `name=value` parameter of a structured header (`charset`, `boundary`, `filename`),
+/// quoted or not; case-insensitive name.
+fn parameter(header: &str, name: &str) -> Option<String> {
+    for piece in header.split(';').skip(1) {
+        let Some((key, value)) = piece.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        // RFC 2231 `filename*=utf-8''name.pdf`
+        let extended = key.strip_suffix('*');
+        if !key.eq_ignore_ascii_case(name)
+            && !extended.is_some_and(|k| k.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .map(|v| v.strip_suffix('"').unwrap_or(v))
+            .unwrap_or(value);
+        if extended.is_some() {
+            let encoded = value.rsplit('\'').next().unwrap_or(value);
+            return Some(
+                percent_encoding::percent_decode_str(encoded)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            );
+        }
+        return Some(decode_encoded_words(value));
+    }
+    None
+}
+
+/// The bodies between `--boundary` lines, stopping at `--boundary--` or the end.
+fn split_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
+    let mut delimiter = Vec::with_capacity(boundary.len() + 2);
+    delimiter.extend_from_slice(b"--");
+    delimiter.extend_from_slice(boundary);
+    let mut parts = Vec::new();
+    let Some(first) = find(body, &delimiter, 0) else {
+        return parts;
+    };
+    let mut cursor = first;
+    while parts.len() < MAX_PARTS {
+        let after = cursor + delimiter.len();
+        if body[after..].starts_with(b"--") {
+            break;
+        }
+        // The rest of the delimiter line (transport padding) is not content.
+        let start = match body[after..].iter().position(|b| *b == b'\n') {
+            Some(offset) => after + offset + 1,
+            None => break,
+        };
+        match find(body, &delimiter, start) {
+            Some(next) => {
+                let mut end = next;
+                // The line break before a delimiter belongs to the delimiter.
+                if end > start && body[end - 1] == b'\n' {
+                    end -= 1;
+                    if end > start && body[end - 1] == b'\r' {
+                        end -= 1;
+                    }
+                }
+                parts.push(&body[start..end]);
+                cursor = next;
+            }
+            None => {
+                parts.push(&body[start..]);
+                break;
+            }
+        }
+    }
+    parts
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() || from > haystack.len() {
+        return None;
+    }
+    haystack[from..]
+        .windows(needle.len())
+        .position(|window| window == needle)
+        .map(|offset| from + offset)
+}
+
+fn decode_quoted_printable(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        if byte != b'=' {
+            out.push(byte);
+            index += 1;
+            continue;
+        }
+        let rest = &bytes[index + 1..];
+        if rest.starts_with(b"\r\n") {
+            index += 3;
+        } else if rest.starts_with(b"\n") {
+            index += 2;
+        } else if let Some(value) = rest.get(..2).and_then(hex_byte) {
+            out.push(value);
+            index += 3;
+        } else {
+            out.push(byte);
+            index += 1;
+        }
+    }
+    out
+}
+
+fn hex_byte(pair: &[u8]) -> Option<u8> {
+    if !pair.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let text = std::str::from_utf8(pair).ok()?;
+    u8::from_str_radix(text, 16).ok()
+}
+
+/// UTF-8 and ASCII as they are; the Latin-1 family byte for byte (close enough for
+/// a summary); anything else as lossy UTF-8.
+fn decode_charset(bytes: &[u8], charset: &str) -> String {
+    let charset = charset.trim().to_ascii_lowercase();
+    let latin = matches!(
+        charset.as_str(),
+        "iso-8859-1"
+            | "iso8859-1"
+            | "latin1"
+            | "latin-1"
+            | "windows-1252"
+            | "cp1252"
+            | "iso-8859-15"
+    );
+    if latin {
+        bytes.iter().map(|b| char::from(*b)).collect()
+    } else {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
+/// RFC 2047 `=?charset?B|Q?text?=` words, as used in Subject and names in To.
+/// Whitespace between two adjacent encoded words is dropped, as the RFC says.
+pub(crate) fn decode_encoded_words(value: &str) -> String {
+    if !value.contains("=?") {
+        return value.to_string();
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    let mut previous_was_word = false;
+    while let Some(start) = rest.find("=?") {
+        let (before, candidate) = rest.split_at(start);
+        match decode_one_word(candidate) {
+            Some((decoded, consumed)) => {
+                if !(previous_was_word && before.trim().is_empty()) {
+                    out.push_str(before);
+                }
+                out.push_str(&decoded);
+                rest = candidate.get(consumed..).unwrap_or("");
+                previous_was_word = true;
+            }
+            None => {
+                out.push_str(before);
+                out.push_str("=?");
+                rest = candidate.get(2..).unwrap_or("");
+                previous_was_word = false;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One encoded word at the start of `text`; returns the text and the bytes consumed.
+fn decode_one_word(text: &str) -> Option<(String, usize)> {
+    let inner = text.strip_prefix("=?")?;
+    let (charset, after_charset) = inner.split_once('?')?;
+    let (encoding, after_encoding) = after_charset.split_once('?')?;
+    let end = after_encoding.find("?=")?;
+    let encoded = &after_encoding[..end];
+    if charset.is_empty()
+        || charset.len() > 40
+        || encoded.contains(char::is_whitespace)
+        || charset.contains(char::is_whitespace)
+    {
+        return None;
+    }
+    let bytes = match encoding {
+        "B" | "b" => decode_base64_lenient(encoded.as_bytes())?,
+        "Q" | "q" => decode_quoted_printable(encoded.replace('_', " ").as_bytes()),
+        _ => return None,
+    };
+    // Language tags (`utf-8*en`) do not change the decoding.
+    let charset = charset.split('*').next().unwrap_or(charset);
+    let consumed = 2 + charset_len(inner) + 1 + encoding.len() + 1 + end + 2;
+    Some((decode_charset(&bytes, charset), consumed))
+}
+
+fn charset_len(inner: &str) -> usize {
+    inner.find('?').unwrap_or(inner.len())
+}
+
+/// Text of an HTML part: tags removed, common entities decoded, scripts and styles
+/// skipped; good enough to show what a message says.
+fn strip_tags(html: &str) -> String {
+    let mut out = String::with_capacity(html.len().min(64 * 1024));
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&rest[..open]);
+        let tag_and_after = &rest[open + 1..];
+        let (tag, after) = match tag_and_after.find('>') {
+            Some(close) => (&tag_and_after[..close], &tag_and_after[close + 1..]),
+            None => (tag_and_after, ""),
+        };
+        let tag = tag.to_ascii_lowercase();
+        rest = after;
+        for hidden in ["script", "style"] {
+            if tag.starts_with(hidden) {
+                let closing = format!("</{hidden}");
+                let lower = rest.to_ascii_lowercase();
+                rest = match lower.find(&closing) {
+                    Some(at) => &rest[at..],
+                    None => "",
+                };
+            }
+        }
+        if tag.starts_with("br")
+            || tag.starts_with("/p")
+            || tag.starts_with("/div")
+            || tag.starts_with("/li")
+        {
+            out.push('\n');
+        }
+    }
+    out.push_str(rest);
+    out.replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_both_alphabets_padded_or_not_and_truncated() {
+        assert_eq!(decode_base64_lenient(b"aGk/Pz8=").unwrap(), b"hi???");
+        assert_eq!(decode_base64_lenient(b"aGk_Pz8").unwrap(), b"hi???");
+        assert_eq!(decode_base64_lenient(b"aGk/\r\nPz8=").unwrap(), b"hi???");
+        assert_eq!(decode_base64_lenient(b"aGk_Pz8x").unwrap(), b"hi???1");
+        assert_eq!(decode_base64_lenient(b"aGk_P").unwrap(), b"hi?");
+        assert!(decode_base64_lenient(b"a*b!").is_none());
+    }
+
+    #[test]
+    fn encoded_words() {
+        assert_eq!(
+            decode_encoded_words("=?UTF-8?B?SGVsbG8gd8O2cmxk?="),
+            "Hello wörld"
+        );
+        assert_eq!(
+            decode_encoded_words("=?iso-8859-1?Q?Caf=E9_au_lait?="),
+            "Café au lait"
+        );
+        assert_eq!(
+            decode_encoded_words("Re: =?utf-8?q?a?= =?utf-8?q?b?= end"),
+            "Re: ab end"
+        );
+        assert_eq!(decode_encoded_words("=?broken"), "=?broken");
+        assert_eq!(decode_encoded_words("a =?x?Z?y?= b"), "a =?x?Z?y?= b");
+    }
+
+    #[test]
+    fn quoted_printable() {
+        assert_eq!(
+            decode_quoted_printable(b"caf=C3=A9 soft=\r\nbreak =zz="),
+            "café softbreak =zz=".as_bytes()
+        );
+    }
+
+    #[test]
+    fn multipart_prefers_plain_and_lists_attachments() {
+        let message = concat!(
+            "To: bob@example.com\r\n",
+            "Subject: test\r\n",
+            "Content-Type: multipart/mixed; boundary=\"outer\"\r\n",
+            "\r\n",
+            "preamble\r\n",
+            "--outer\r\n",
+            "Content-Type: multipart/alternative; boundary=inner\r\n",
+            "\r\n",
+            "--inner\r\n",
+            "Content-Type: text/html; charset=utf-8\r\n",
+            "\r\n",
+            "<p>HTML version</p>\r\n",
+            "--inner\r\n",
+            "Content-Type: text/plain; charset=utf-8\r\n",
+            "Content-Transfer-Encoding: quoted-printable\r\n",
+            "\r\n",
+            "Plain caf=C3=A9\r\n",
+            "--inner--\r\n",
+            "--outer\r\n",
+            "Content-Type: application/pdf; name=\"q3.pdf\"\r\n",
+            "Content-Disposition: attachment; filename=\"q3.pdf\"\r\n",
+            "Content-Transfer-Encoding: base64\r\n",
+            "\r\n",
+            "JVBERi0=\r\n",
+            "--outer--\r\n",
+        );
+        let part = Part::parse(message.as_bytes());
+        assert_eq!(part.header("subject").as_deref(), Some("test"));
+        let content = content(&part);
+        assert_eq!(content.text.as_deref(), Some("Plain café"));
+        assert_eq!(content.attachments, ["q3.pdf"]);
+    }
+
+    #[test]
+    fn html_only_is_stripped() {
+        let message = "Content-Type: text/html\n\n<html><style>p{}</style><p>Hi &amp; bye</p><script>x()</script>done</html>";
+        let content = content(&Part::parse(message.as_bytes()));
+        assert_eq!(content.text.as_deref(), Some("Hi & bye\ndone"));
+    }
+
+    #[test]
+    fn folded_headers_and_lf_only() {
+        let part = Part::parse(b"Subject: one\n two\nTo: a@b\n\nbody");
+        assert_eq!(part.header("subject").as_deref(), Some("one two"));
+        assert_eq!(part.body, b"body");
+    }
+
+    #[test]
+    fn rfc2231_filename() {
+        assert_eq!(
+            parameter(
+                "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf",
+                "filename"
+            )
+            .as_deref(),
+            Some("résumé.pdf")
+        );
+    }
+}
