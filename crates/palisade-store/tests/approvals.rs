@@ -1,0 +1,219 @@
+//! Approvals: creation, the once-only decision, closing, listing.
+
+mod common;
+
+use palisade_store::{ApprovalDecision, ApprovalStatus, NewApproval, Store, StoreError};
+
+fn new_approval(agent: &str, title: &str) -> NewApproval {
+    NewApproval {
+        kind: "credential_use".into(),
+        agent: common::agent(agent),
+        title: title.into(),
+        lines: vec![
+            "POST api.example.com/v1/charges".into(),
+            "amount: 12 EUR".into(),
+        ],
+        detail: "full request detail".into(),
+        context: serde_json::json!({ "method": "POST", "host": "api.example.com", "rule": "ask" }),
+        expires_at_ms: palisade_store::now_ms() + 600_000,
+    }
+}
+
+fn decision(approve: bool, approver: &str) -> ApprovalDecision {
+    ApprovalDecision {
+        approve,
+        approver: approver.into(),
+        comment: if approve {
+            None
+        } else {
+            Some("not today".into())
+        },
+    }
+}
+
+#[test]
+fn create_and_get() {
+    let t = common::store();
+    common::add_agent(&t.store, "alpha");
+    let created = t
+        .store
+        .create_approval(new_approval("alpha", "Pay"))
+        .unwrap();
+    let id = created.id.clone();
+    assert_eq!(id.len(), 16);
+    assert!(id.starts_with("apr_"));
+    assert!(id[4..]
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)));
+    assert_eq!(created.status, ApprovalStatus::Pending);
+    let fetched = t.store.get_approval(&id).unwrap();
+    assert_eq!(fetched.lines, created.lines);
+    assert_eq!(fetched.context["rule"], "ask");
+    assert!(fetched.decided_at_ms.is_none());
+    assert!(matches!(
+        t.store.get_approval("apr_nope"),
+        Err(StoreError::NotFound {
+            what: "approval",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn decide_once() {
+    let t = common::store();
+    let created = t
+        .store
+        .create_approval(new_approval("alpha", "Pay"))
+        .unwrap();
+    let decided = t
+        .store
+        .decide_approval(&created.id, &decision(false, "slack:U1"))
+        .unwrap();
+    assert_eq!(decided.status, ApprovalStatus::Denied);
+    assert_eq!(decided.approver.as_deref(), Some("slack:U1"));
+    assert_eq!(decided.comment.as_deref(), Some("not today"));
+    assert!(decided.decided_at_ms.is_some());
+
+    let again = t
+        .store
+        .decide_approval(&created.id, &decision(true, "web:admin"))
+        .unwrap_err();
+    assert!(matches!(again, StoreError::AlreadyDecided(_)));
+    assert!(matches!(
+        t.store.decide_approval("apr_missing", &decision(true, "x")),
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let rows = t
+        .store
+        .list_audit(&palisade_store::AuditFilter {
+            event: Some("approval.decide".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].entry.actor.as_deref(), Some("slack:U1"));
+    assert_eq!(rows[0].entry.decision.as_deref(), Some("denied"));
+    assert_eq!(
+        rows[0].entry.approval_id.as_deref(),
+        Some(created.id.as_str())
+    );
+}
+
+#[test]
+fn racing_approvers_one_wins() {
+    let t = common::store();
+    let created = t
+        .store
+        .create_approval(new_approval("alpha", "Pay"))
+        .unwrap();
+    let wins: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let home = t.home.clone();
+                let id = created.id.clone();
+                s.spawn(move || {
+                    let store = Store::open(&home).unwrap();
+                    match store.decide_approval(&id, &decision(i % 2 == 0, &format!("web:{i}"))) {
+                        Ok(_) => 1,
+                        Err(StoreError::AlreadyDecided(_)) => 0,
+                        Err(other) => panic!("{other}"),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(wins, 1);
+    let decide_rows = t
+        .store
+        .list_audit(&palisade_store::AuditFilter {
+            event: Some("approval.decide".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(decide_rows.len(), 1);
+}
+
+#[test]
+fn close_is_a_noop_after_a_decision() {
+    let t = common::store();
+    let a = t.store.create_approval(new_approval("alpha", "A")).unwrap();
+    let b = t.store.create_approval(new_approval("alpha", "B")).unwrap();
+    let closed = t
+        .store
+        .close_approval(&a.id, ApprovalStatus::TimedOut)
+        .unwrap();
+    assert_eq!(closed.status, ApprovalStatus::TimedOut);
+    assert!(matches!(
+        t.store.decide_approval(&a.id, &decision(true, "web:admin")),
+        Err(StoreError::AlreadyDecided(_))
+    ));
+    t.store
+        .decide_approval(&b.id, &decision(true, "web:admin"))
+        .unwrap();
+    let still = t
+        .store
+        .close_approval(&b.id, ApprovalStatus::Cancelled)
+        .unwrap();
+    assert_eq!(still.status, ApprovalStatus::Approved);
+    assert!(matches!(
+        t.store.close_approval(&b.id, ApprovalStatus::Approved),
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[test]
+fn list_newest_first_and_decided_among() {
+    let t = common::store();
+    let ids: Vec<String> = (0..5)
+        .map(|i| {
+            t.store
+                .create_approval(new_approval("alpha", &format!("n{i}")))
+                .unwrap()
+                .id
+        })
+        .collect();
+    t.store
+        .decide_approval(&ids[1], &decision(true, "web:admin"))
+        .unwrap();
+    t.store
+        .close_approval(&ids[3], ApprovalStatus::Cancelled)
+        .unwrap();
+
+    let all = t.store.list_approvals(None, 100).unwrap();
+    let titles: Vec<&str> = all.iter().map(|a| a.title.as_str()).collect();
+    assert_eq!(titles, ["n4", "n3", "n2", "n1", "n0"]);
+    let pending = t
+        .store
+        .list_approvals(Some(ApprovalStatus::Pending), 2)
+        .unwrap();
+    let titles: Vec<&str> = pending.iter().map(|a| a.title.as_str()).collect();
+    assert_eq!(titles, ["n4", "n2"]);
+
+    let mut decided: Vec<String> = t
+        .store
+        .decided_among(&[
+            ids[0].clone(),
+            ids[1].clone(),
+            ids[3].clone(),
+            "apr_zzzz".into(),
+        ])
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    decided.sort();
+    let mut expected = vec![ids[1].clone(), ids[3].clone()];
+    expected.sort();
+    assert_eq!(decided, expected);
+    assert!(t.store.decided_among(&[]).unwrap().is_empty());
+
+    // More ids than one query can bind.
+    let many: Vec<String> = (0..1200)
+        .map(|i| format!("apr_{i:012}"))
+        .chain([ids[1].clone()])
+        .collect();
+    assert_eq!(t.store.decided_among(&many).unwrap().len(), 1);
+}

@@ -1,0 +1,301 @@
+//! The audit chain: appends, listing with filters, and tamper detection.
+
+mod common;
+
+use palisade_store::{AuditEntry, AuditFilter, Store};
+
+fn request(agent: &str, host: &str, decision: &str) -> AuditEntry {
+    AuditEntry {
+        event: "request".into(),
+        agent: Some(agent.into()),
+        method: Some("GET".into()),
+        host: Some(host.into()),
+        path: Some("/v1/things".into()),
+        decision: Some(decision.into()),
+        status: Some(200),
+        latency_ms: Some(12.5),
+        detail: Some(serde_json::json!({ "b": 1, "a": [true, null, "x"] })),
+        ..AuditEntry::default()
+    }
+}
+
+/// A store with `n` request rows appended at t = 1000, 2000, ...
+fn with_rows(n: i64) -> common::TestStore {
+    let t = common::store();
+    let entries: Vec<(i64, AuditEntry)> = (1..=n)
+        .map(|i| {
+            let agent = if i % 2 == 0 { "even" } else { "odd" };
+            let decision = if i % 3 == 0 { "blocked" } else { "allowed" };
+            (
+                i * 1000,
+                request(agent, &format!("h{}.example.com", i % 4), decision),
+            )
+        })
+        .collect();
+    t.store.append_audit_batch(&entries).unwrap();
+    t
+}
+
+fn verify_problem(store: &Store) -> (Option<i64>, String) {
+    let report = store.verify_audit().unwrap();
+    assert!(!report.ok, "tampering went unnoticed");
+    (report.first_bad_id, report.problem.unwrap_or_default())
+}
+
+#[test]
+fn append_list_and_verify() {
+    let t = with_rows(10);
+    let id = t
+        .store
+        .append_audit(&request("odd", "x.example.com", "injected"))
+        .unwrap();
+    assert_eq!(id, 11);
+    let report = t.store.verify_audit().unwrap();
+    assert!(report.ok, "{:?}", report.problem);
+    assert_eq!(report.rows, 11);
+
+    let rows = t.store.list_audit(&AuditFilter::default()).unwrap();
+    assert_eq!(rows.len(), 11);
+    assert_eq!(rows[0].id, 11);
+    assert_eq!(rows[10].id, 1);
+    assert_eq!(rows[10].at_ms, 1000);
+    assert_eq!(rows[10].entry.status, Some(200));
+    assert_eq!(rows[10].entry.latency_ms, Some(12.5));
+    assert_eq!(rows[10].entry.detail.as_ref().unwrap()["a"][2], "x");
+    assert_eq!(rows[10].hash.len(), 64);
+}
+
+#[test]
+fn filters() {
+    let t = with_rows(12);
+    let ids = |filter: AuditFilter| -> Vec<i64> {
+        t.store
+            .list_audit(&filter)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    assert_eq!(
+        ids(AuditFilter {
+            agent: Some("even".into()),
+            limit: Some(3),
+            ..Default::default()
+        }),
+        [12, 10, 8]
+    );
+    assert_eq!(
+        ids(AuditFilter {
+            decision: Some("blocked".into()),
+            ..Default::default()
+        }),
+        [12, 9, 6, 3]
+    );
+    assert_eq!(
+        ids(AuditFilter {
+            host: Some("h1.example.com".into()),
+            ..Default::default()
+        }),
+        [9, 5, 1]
+    );
+    assert_eq!(
+        ids(AuditFilter {
+            since_ms: Some(10_000),
+            ..Default::default()
+        }),
+        [12, 11, 10]
+    );
+    assert_eq!(
+        ids(AuditFilter {
+            before_id: Some(3),
+            ..Default::default()
+        }),
+        [2, 1]
+    );
+    assert_eq!(
+        ids(AuditFilter {
+            event: Some("request".into()),
+            agent: Some("odd".into()),
+            decision: Some("blocked".into()),
+            before_id: Some(9),
+            ..Default::default()
+        }),
+        [3]
+    );
+    assert!(ids(AuditFilter {
+        event: Some("nothing".into()),
+        ..Default::default()
+    })
+    .is_empty());
+}
+
+#[test]
+fn edited_middle_row_is_detected() {
+    let t = with_rows(10);
+    common::raw(&t.home)
+        .execute("UPDATE audit SET decision = 'allowed' WHERE id = 6", [])
+        .unwrap();
+    let (id, problem) = verify_problem(&t.store);
+    assert_eq!(id, Some(6));
+    assert!(problem.contains("edited"), "{problem}");
+}
+
+#[test]
+fn edited_detail_and_number_are_detected() {
+    let t = with_rows(10);
+    common::raw(&t.home)
+        .execute("UPDATE audit SET latency_ms = 1.0 WHERE id = 4", [])
+        .unwrap();
+    assert_eq!(verify_problem(&t.store).0, Some(4));
+
+    let t = with_rows(10);
+    common::raw(&t.home)
+        .execute(
+            "UPDATE audit SET detail = '{\"a\":[true,null,\"y\"],\"b\":1}' WHERE id = 2",
+            [],
+        )
+        .unwrap();
+    assert_eq!(verify_problem(&t.store).0, Some(2));
+
+    let t = with_rows(10);
+    common::raw(&t.home)
+        .execute("UPDATE audit SET status = 'two hundred' WHERE id = 7", [])
+        .unwrap();
+    assert_eq!(verify_problem(&t.store).0, Some(7));
+}
+
+#[test]
+fn edited_and_rechained_row_breaks_the_next_link() {
+    let t = with_rows(10);
+    let conn = common::raw(&t.home);
+    // Forge row 5's hash to match its new content; row 6 still points at the old hash.
+    conn.execute(
+        "UPDATE audit SET hash = 'f' || substr(hash, 2) WHERE id = 5",
+        [],
+    )
+    .unwrap();
+    let (id, _) = verify_problem(&t.store);
+    assert_eq!(id, Some(5));
+}
+
+#[test]
+fn edited_hash_is_detected() {
+    let t = with_rows(10);
+    common::raw(&t.home)
+        .execute(
+            "UPDATE audit SET hash = '0000000000000000000000000000000000000000000000000000000000000001' WHERE id = 3",
+            [],
+        )
+        .unwrap();
+    let (id, problem) = verify_problem(&t.store);
+    assert_eq!(id, Some(3));
+    assert!(!problem.is_empty());
+}
+
+#[test]
+fn deleted_middle_row_is_detected() {
+    let t = with_rows(10);
+    common::raw(&t.home)
+        .execute("DELETE FROM audit WHERE id = 5", [])
+        .unwrap();
+    let (id, problem) = verify_problem(&t.store);
+    assert_eq!(id, Some(6));
+    assert!(problem.contains("missing"), "{problem}");
+}
+
+#[test]
+fn deleted_first_row_is_detected() {
+    let t = with_rows(3);
+    common::raw(&t.home)
+        .execute("DELETE FROM audit WHERE id = 1", [])
+        .unwrap();
+    assert_eq!(verify_problem(&t.store).0, Some(2));
+}
+
+#[test]
+fn truncated_tail_is_detected() {
+    let t = with_rows(10);
+    common::raw(&t.home)
+        .execute("DELETE FROM audit WHERE id >= 9", [])
+        .unwrap();
+    let (id, problem) = verify_problem(&t.store);
+    assert_eq!(id, Some(9));
+    assert!(problem.contains("end"), "{problem}");
+
+    // Appending afterwards does not paper over the gap.
+    t.store
+        .append_audit(&request("odd", "h", "allowed"))
+        .unwrap();
+    assert!(!t.store.verify_audit().unwrap().ok);
+}
+
+#[test]
+fn everything_deleted_is_detected() {
+    let t = with_rows(4);
+    common::raw(&t.home)
+        .execute("DELETE FROM audit", [])
+        .unwrap();
+    assert_eq!(verify_problem(&t.store).0, Some(1));
+}
+
+#[test]
+fn rows_added_behind_the_head_are_detected() {
+    let t = with_rows(2);
+    common::raw(&t.home)
+        .execute(
+            "INSERT INTO audit (id, at_ms, event, prev_hash, hash) VALUES (3, 1, 'forged', 'x', 'y')",
+            [],
+        )
+        .unwrap();
+    let (id, _) = verify_problem(&t.store);
+    assert_eq!(id, Some(3));
+}
+
+#[test]
+fn empty_log_verifies() {
+    let t = common::store();
+    let report = t.store.verify_audit().unwrap();
+    assert!(report.ok);
+    assert_eq!(report.rows, 0);
+}
+
+#[test]
+fn concurrent_writers_keep_one_chain() {
+    let t = common::store();
+    std::thread::scope(|s| {
+        for i in 0..6 {
+            let home = t.home.clone();
+            s.spawn(move || {
+                let store = Store::open(&home).unwrap();
+                for j in 0..20 {
+                    if j % 5 == 0 {
+                        let batch: Vec<_> = (0..3)
+                            .map(|k| (k, request(&format!("w{i}"), "h", "allowed")))
+                            .collect();
+                        store.append_audit_batch(&batch).unwrap();
+                    } else {
+                        store
+                            .append_audit(&request(&format!("w{i}"), "h", "allowed"))
+                            .unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let report = t.store.verify_audit().unwrap();
+    assert!(report.ok, "{:?}", report.problem);
+    assert_eq!(report.rows, 6 * (16 + 4 * 3));
+}
+
+#[test]
+fn mutations_are_audited_with_the_actor() {
+    let t = common::store();
+    let web = t.store.with_actor("web:admin");
+    common::add_agent(&web, "alpha");
+    common::add_agent(&t.store, "beta");
+    let rows = t.store.list_audit(&AuditFilter::default()).unwrap();
+    assert_eq!(rows[0].entry.actor.as_deref(), Some("cli"));
+    assert_eq!(rows[1].entry.actor.as_deref(), Some("web:admin"));
+    assert_eq!(rows[1].entry.event, "agent.create");
+    assert_eq!(rows[1].entry.agent.as_deref(), Some("alpha"));
+}

@@ -1,0 +1,119 @@
+//! Rules: creation, listing, deletion, policy loading.
+
+mod common;
+
+use palisade_policy::{RateWindow, RuleAction, Scope};
+use palisade_store::StoreError;
+
+fn hourly(limit: u32) -> RuleAction {
+    RuleAction::RateLimit {
+        limit,
+        window: "1h".parse::<RateWindow>().unwrap(),
+    }
+}
+
+#[test]
+fn create_list_and_duplicate() {
+    let t = common::store();
+    common::add_agent(&t.store, "alpha");
+    let record = t
+        .store
+        .create_rule(common::new_rule("limit-posts", hourly(20), Some("alpha")))
+        .unwrap();
+    assert_eq!(record.action, "rate_limit");
+    assert_eq!(record.rate_limit, Some(20));
+    assert_eq!(record.rate_window.as_deref(), Some("1h"));
+    assert_eq!(record.agent, Some(common::agent("alpha")));
+    assert_eq!(record.method, "POST");
+    assert_eq!(record.host_pattern, "*.example.com");
+    assert_eq!(record.scope, "user");
+
+    let mut org = common::new_rule("org-block", RuleAction::Block, None);
+    org.scope = Scope::Org;
+    org.priority = 100;
+    org.body_contains = Some("DROP TABLE".into());
+    org.expires_at_ms = Some(4_000_000_000_000);
+    t.store.create_rule(org).unwrap();
+
+    let names: Vec<String> = t
+        .store
+        .list_rules()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["org-block", "limit-posts"]);
+
+    let dup = t
+        .store
+        .create_rule(common::new_rule("org-block", RuleAction::Allow, None))
+        .unwrap_err();
+    assert!(matches!(dup, StoreError::Duplicate { what: "rule", .. }));
+    let ghost = t
+        .store
+        .create_rule(common::new_rule("x", RuleAction::Allow, Some("ghost")))
+        .unwrap_err();
+    assert!(matches!(ghost, StoreError::NotFound { what: "agent", .. }));
+    assert_eq!(t.store.list_rules().unwrap().len(), 2);
+}
+
+#[test]
+fn delete_by_name_or_id() {
+    let t = common::store();
+    let a = t
+        .store
+        .create_rule(common::new_rule("a", RuleAction::Allow, None))
+        .unwrap();
+    t.store
+        .create_rule(common::new_rule("b", RuleAction::Block, None))
+        .unwrap();
+    t.store.delete_rule("b").unwrap();
+    t.store.delete_rule(&a.id.to_string()).unwrap();
+    assert!(t.store.list_rules().unwrap().is_empty());
+    let err = t.store.delete_rule("a").unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { what: "rule", .. }));
+    assert!(matches!(
+        t.store.delete_rule("12345"),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn load_policy_round_trips_rules() {
+    let t = common::store();
+    common::add_agent(&t.store, "alpha");
+    let mut limited = common::new_rule("limited", hourly(7), Some("alpha"));
+    limited.path = Some(palisade_policy::PathPattern::parse("/v1/*").unwrap());
+    limited.body_contains = Some("amount".into());
+    t.store.create_rule(limited).unwrap();
+    let mut approval = common::new_rule("ask", RuleAction::RequireApproval, None);
+    approval.method = palisade_policy::MethodPattern::Any;
+    approval.scope = Scope::Org;
+    t.store.create_rule(approval).unwrap();
+
+    let policy = t.store.load_policy().unwrap();
+    let rules = policy.rules();
+    assert_eq!(rules.len(), 2);
+    let limited = rules.iter().find(|r| r.name == "limited").unwrap();
+    assert_eq!(limited.action, hourly(7));
+    assert_eq!(limited.agent, Some(common::agent("alpha")));
+    assert_eq!(limited.path.as_ref().map(|p| p.as_str()), Some("/v1/*"));
+    assert_eq!(limited.body_contains.as_deref(), Some("amount"));
+    assert_eq!(limited.scope, Scope::User);
+    let ask = rules.iter().find(|r| r.name == "ask").unwrap();
+    assert_eq!(ask.action, RuleAction::RequireApproval);
+    assert_eq!(ask.method, palisade_policy::MethodPattern::Any);
+    assert_eq!(ask.scope, Scope::Org);
+}
+
+#[test]
+fn empty_names_are_refused() {
+    let t = common::store();
+    for name in ["", "  ", " padded", "line\nbreak"] {
+        let err = t
+            .store
+            .create_rule(common::new_rule(name, RuleAction::Allow, None))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{name:?}: {err}");
+    }
+}
