@@ -30,6 +30,27 @@ impl ApprovalStatus {
     }
 }
 
+/// Parses the `as_str` spelling (`pending`, `approved`, `denied`, `timed_out`, `cancelled`).
+impl std::str::FromStr for ApprovalStatus {
+    type Err = crate::StoreError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [
+            ApprovalStatus::Pending,
+            ApprovalStatus::Approved,
+            ApprovalStatus::Denied,
+            ApprovalStatus::TimedOut,
+            ApprovalStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+        .ok_or_else(|| {
+            crate::StoreError::Invalid(format!(
+                "approval status {text:?} is unknown: use pending, approved, denied, timed_out or cancelled"
+            ))
+        })
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Approval {
     pub id: String,

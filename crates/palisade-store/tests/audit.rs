@@ -299,3 +299,23 @@ fn mutations_are_audited_with_the_actor() {
     assert_eq!(rows[1].entry.event, "agent.create");
     assert_eq!(rows[1].entry.agent.as_deref(), Some("alpha"));
 }
+
+#[test]
+fn rewritten_head_is_detected() {
+    let t = with_rows(3);
+    common::raw(&t.home)
+        .execute("UPDATE audit_head SET last_hash = 'abc'", [])
+        .unwrap();
+    assert_eq!(verify_problem(&t.store).0, Some(3));
+}
+
+#[test]
+fn non_finite_latency_is_stored_as_absent() {
+    let t = common::store();
+    let mut entry = request("odd", "h", "allowed");
+    entry.latency_ms = Some(f64::NAN);
+    t.store.append_audit(&entry).unwrap();
+    assert!(t.store.verify_audit().unwrap().ok);
+    let rows = t.store.list_audit(&AuditFilter::default()).unwrap();
+    assert_eq!(rows[0].entry.latency_ms, None);
+}

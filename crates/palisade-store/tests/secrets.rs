@@ -2,7 +2,6 @@
 
 mod common;
 
-use palisade_policy::SecretValue;
 use palisade_store::crypto::MasterKey;
 use palisade_store::{Store, StoreError};
 
@@ -194,7 +193,6 @@ fn corrupt_rows_are_errors_not_panics() {
     conn.execute("UPDATE secrets SET sealed = 'v1:!!'", [])
         .unwrap();
     assert!(t.store.load_policy().is_err());
-    let _ = SecretValue::new(String::new());
 }
 
 #[test]

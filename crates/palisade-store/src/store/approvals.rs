@@ -72,16 +72,8 @@ impl RawApproval {
 }
 
 fn parse_status(text: &str) -> Result<ApprovalStatus> {
-    [
-        ApprovalStatus::Pending,
-        ApprovalStatus::Approved,
-        ApprovalStatus::Denied,
-        ApprovalStatus::TimedOut,
-        ApprovalStatus::Cancelled,
-    ]
-    .into_iter()
-    .find(|s| s.as_str() == text)
-    .ok_or_else(|| corrupt("approval status", format!("{text:?}")))
+    text.parse::<ApprovalStatus>()
+        .map_err(|_| corrupt("approval status", format!("{text:?}")))
 }
 
 /// `apr_` + 12 characters of lowercase RFC 4648 base32 (60 random bits): short enough to
