@@ -1,1 +1,58 @@
-//! placeholder
+//! Sandboxes in which an agent may do anything, and whose only way out is its vault.
+//!
+//! This crate owns everything between "run this command for agent X" and a process
+//! tree that has no network interface but loopback, sees only read-only system
+//! directories, its own workspace and `/tmp`, holds no capability, and is bounded in
+//! memory, processes, CPU and wall time:
+//!
+//! - [`Runtime`]: the trait the host and the CLI use; [`Bubblewrap`] (default, no
+//!   daemon) and [`Oci`] (`podman` or `docker` CLI) implement it.
+//! - [`mounts`]: the `--mount SRC:DST[:rw]` parser, allow-list and refusals.
+//! - [`env`]: the environment every sandbox gets (proxy, CA bundle), and nothing else.
+//! - [`limits`] and [`cgroup`]: resource limits, cgroup v2, v1 or rlimits, honestly
+//!   reported.
+//! - [`shim`]: `palisade shim`, the in-sandbox loopback proxy that relays bytes to the
+//!   agent's vault socket and runs the user's command once it is listening.
+//! - [`image`]: `palisade sandbox image build`, the default OCI image made locally.
+//! - [`doctor`]: which protections this host can actually apply.
+
+pub mod cgroup;
+pub mod doctor;
+pub mod env;
+mod error;
+pub mod image;
+pub mod limits;
+pub mod mounts;
+mod runtime;
+pub mod shim;
+mod workdir;
+
+mod bwrap;
+mod oci;
+
+pub use bwrap::Bubblewrap;
+pub use error::SandboxError;
+pub use limits::{LimitMechanism, LimitReport, Limits};
+pub use mounts::Mount;
+pub use oci::{Oci, OciTool};
+pub use runtime::{runtime_for, Outcome, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode};
+
+/// Where things appear inside every sandbox. Fixed, so nothing about the host's
+/// layout (home directory, user name) reaches the sandbox's environment or argv.
+pub mod paths {
+    /// The `palisade` binary, bind-mounted read-only, which runs the shim.
+    pub const PALISADE_BINARY: &str = "/run/palisade/palisade";
+    /// The agent's vault socket.
+    pub const VAULT_SOCKET: &str = "/run/palisade/vault.sock";
+    /// System roots plus the vault CA.
+    pub const CA_BUNDLE: &str = "/run/palisade/ca-bundle.pem";
+    /// Held open by the parent; the shim ends the sandbox when it closes.
+    pub const LIFELINE: &str = "/run/palisade/lifeline.sock";
+    /// The agent's writable workspace, also `HOME`.
+    pub const WORKSPACE: &str = "/workspace";
+    /// Where the shim listens.
+    pub const SHIM_LISTEN: &str = "127.0.0.1:3128";
+}
+
+/// Result type of this crate.
+pub type Result<T, E = SandboxError> = std::result::Result<T, E>;

@@ -1,0 +1,16 @@
+//! `palisade shim` without the rest of palisade, for this crate's own tests.
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = match args.first().map(String::as_str) {
+        Some("shim") => &args[1..],
+        _ => &args[..],
+    };
+    match palisade_sandbox::shim::ShimOptions::from_args(args) {
+        Ok(options) => std::process::exit(palisade_sandbox::shim::run(options)),
+        Err(e) => {
+            eprintln!("palisade shim: {e}");
+            std::process::exit(palisade_sandbox::shim::SHIM_FAILURE);
+        }
+    }
+}

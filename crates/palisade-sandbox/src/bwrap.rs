@@ -1,0 +1,282 @@
+//! The bubblewrap backend: no daemon, one `bwrap` process per sandbox.
+//!
+//! Every namespace is new (user, pid, ipc, uts, mount, cgroup, network with loopback
+//! only), all capabilities are dropped, nested user namespaces are disabled, the
+//! command runs in a new session (no terminal injection) and dies with its parent.
+//! The filesystem is built from nothing: `/usr` and the merged-usr links read-only, a
+//! short allow-list of `/etc` files (no shadow, no keys), fresh `/proc`, `/dev` and
+//! `/tmp`, the workspace, and `/run/palisade` (shim, vault socket, CA bundle); then
+//! `/` is remounted read-only.
+
+use crate::cgroup::{enter_from_child, Cgroup};
+use crate::runtime::{
+    shim_argv, wall_time_report, which, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode,
+};
+use crate::workdir::Workdir;
+use crate::{paths, SandboxError};
+use std::path::Path;
+use std::process::Stdio;
+
+/// `/etc` entries a sandbox may see: what dynamic linking, name lookup of localhost,
+/// TLS defaults, Python and git need, nothing that holds host secrets.
+const ETC_ALLOWED: &[&str] = &[
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "nsswitch.conf",
+    "host.conf",
+    "mime.types",
+    "os-release",
+    "debian_version",
+    "ssl/certs",
+    "ssl/openssl.cnf",
+    "python3",
+    "python3.11",
+    "bash.bashrc",
+    "profile",
+    "inputrc",
+    "terminfo",
+    "protocols",
+    "services",
+    "gitconfig",
+    "magic",
+];
+
+pub struct Bubblewrap {
+    program: String,
+}
+
+impl Default for Bubblewrap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bubblewrap {
+    pub fn new() -> Self {
+        Bubblewrap {
+            program: "bwrap".into(),
+        }
+    }
+
+    /// The full `bwrap` argv (without the program) for `spec`.
+    pub(crate) fn args(
+        &self,
+        spec: &SandboxSpec,
+        workdir: &Workdir,
+        shim: Vec<String>,
+    ) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--unshare-user",
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--clearenv",
+            "--hostname",
+            "palisade",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
+        for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+            let host = Path::new("/").join(top);
+            match std::fs::read_link(&host) {
+                Ok(target) => push(&[
+                    "--symlink",
+                    &target.to_string_lossy(),
+                    &host.to_string_lossy(),
+                ]),
+                Err(_) if host.is_dir() => push(&[
+                    "--ro-bind",
+                    &host.to_string_lossy(),
+                    &host.to_string_lossy(),
+                ]),
+                Err(_) => {}
+            }
+        }
+        for entry in ETC_ALLOWED {
+            let host = Path::new("/etc").join(entry);
+            push(&[
+                "--ro-bind-try",
+                &host.to_string_lossy(),
+                &host.to_string_lossy(),
+            ]);
+        }
+        for (name, target) in [
+            ("passwd", "/etc/passwd"),
+            ("group", "/etc/group"),
+            ("hosts", "/etc/hosts"),
+        ] {
+            push(&["--ro-bind", &workdir.path(name).to_string_lossy(), target]);
+        }
+        push(&[
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
+        ]);
+        push(&["--dir", "/run/palisade"]);
+        push(&[
+            "--ro-bind",
+            &spec.palisade_binary.to_string_lossy(),
+            paths::PALISADE_BINARY,
+        ]);
+        push(&[
+            "--ro-bind",
+            &spec.vault_socket.to_string_lossy(),
+            paths::VAULT_SOCKET,
+        ]);
+        push(&[
+            "--ro-bind",
+            &workdir.path("ca-bundle.pem").to_string_lossy(),
+            paths::CA_BUNDLE,
+        ]);
+        push(&[
+            "--ro-bind",
+            &workdir.path("lifeline.sock").to_string_lossy(),
+            paths::LIFELINE,
+        ]);
+        push(&[
+            "--bind",
+            &spec.workspace.to_string_lossy(),
+            paths::WORKSPACE,
+        ]);
+        for mount in &spec.mounts {
+            let kind = if mount.writable {
+                "--bind"
+            } else {
+                "--ro-bind"
+            };
+            push(&[
+                kind,
+                &mount.source.to_string_lossy(),
+                &mount.destination.to_string_lossy(),
+            ]);
+        }
+        for (name, value) in crate::env::sandbox_env() {
+            push(&["--setenv", &name, &value]);
+        }
+        push(&["--chdir", paths::WORKSPACE, "--remount-ro", "/", "--"]);
+        args.extend(shim);
+        args
+    }
+}
+
+/// Whether user namespaces can be created by this user, from sysctls (no probe).
+fn user_namespaces_blocked() -> Option<String> {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Some("user.max_user_namespaces is 0".into());
+    }
+    if !nix::unistd::geteuid().is_root()
+        && read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0")
+    {
+        return Some("kernel.unprivileged_userns_clone is 0".into());
+    }
+    if !nix::unistd::geteuid().is_root()
+        && read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1")
+    {
+        return Some("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)".into());
+    }
+    None
+}
+
+impl Runtime for Bubblewrap {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Bwrap
+    }
+
+    fn check(&self) -> Result<(), SandboxError> {
+        if which(&self.program).is_none() {
+            return Err(SandboxError::MissingTool {
+                tool: "bubblewrap (bwrap)".into(),
+                hint: "install it (Debian/Ubuntu: `apt-get install bubblewrap`) or use --runtime podman".into(),
+            });
+        }
+        if let Some(detail) = user_namespaces_blocked() {
+            return Err(SandboxError::NoUserNamespaces { detail });
+        }
+        Ok(())
+    }
+
+    fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
+        self.check()?;
+        check_spec(spec)?;
+        let workdir = Workdir::create(&spec.ca_bundle)?;
+        let lifeline = workdir.lifeline()?;
+        let (cgroup, mut reports) = Cgroup::create(&spec.limits);
+        reports.extend(wall_time_report(&spec.limits));
+        let args = self.args(spec, &workdir, shim_argv(spec, &reports));
+        let mut command = tokio::process::Command::new(&self.program);
+        command.args(&args).env_clear().kill_on_drop(true);
+        if spec.stdio == StdioMode::Piped {
+            command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+        if let Some(cgroup) = &cgroup {
+            let procs = cgroup.procs_files();
+            // SAFETY: enter_from_child only uses open/write/close on prepared paths.
+            unsafe {
+                command.pre_exec(move || enter_from_child(&procs));
+            }
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| SandboxError::Start(format!("cannot run bwrap: {e}")))?;
+        Ok(Sandbox {
+            child,
+            wall_time: spec.limits.wall_time,
+            cgroup,
+            container: None,
+            lifeline,
+            workdir: Some(workdir),
+            reports,
+            finished: false,
+        })
+    }
+}
+
+/// Checks shared by every backend before anything is created.
+pub(crate) fn check_spec(spec: &SandboxSpec) -> Result<(), SandboxError> {
+    if spec.command.is_empty() {
+        return Err(SandboxError::Start(
+            "no command given; put it after `--`".into(),
+        ));
+    }
+    if !spec.workspace.is_dir() {
+        return Err(SandboxError::Start(format!(
+            "the workspace {} does not exist",
+            spec.workspace.display()
+        )));
+    }
+    if !spec.palisade_binary.is_file() {
+        return Err(SandboxError::Start(format!(
+            "the palisade binary {} cannot be found to run the shim",
+            spec.palisade_binary.display()
+        )));
+    }
+    if !spec.vault_socket.exists() {
+        return Err(SandboxError::Start(format!(
+            "the agent's vault socket {} does not exist; is the gateway running?",
+            spec.vault_socket.display()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! `palisade sandbox doctor`: which protections this host actually gives a sandbox.
+//!
+//! Every line comes from a probe, not from what the code would try: a real tiny
+//! bubblewrap sandbox reports its own capabilities and network interfaces, a real
+//! cgroup leaf is created with the default limits (and removed), and the container
+//! engines are asked whether they run and have the image. Nothing is claimed that
+//! was not observed.
+
+use crate::cgroup::Cgroup;
+use crate::limits::{LimitReport, Limits};
+use crate::oci::{Oci, OciTool};
+use crate::runtime::{which, Runtime};
+use crate::Bubblewrap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Check {
+    pub name: String,
+    pub active: bool,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RuntimeReport {
+    pub runtime: String,
+    pub usable: bool,
+    pub problem: Option<String>,
+    pub checks: Vec<Check>,
+    pub limits: Vec<LimitReport>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DoctorReport {
+    pub user: String,
+    pub runtimes: Vec<RuntimeReport>,
+}
+
+pub fn diagnose() -> DoctorReport {
+    let uid = nix::unistd::geteuid();
+    DoctorReport {
+        user: if uid.is_root() {
+            "root".into()
+        } else {
+            format!("uid {uid}")
+        },
+        runtimes: vec![bubblewrap(), oci(OciTool::Podman), oci(OciTool::Docker)],
+    }
+}
+
+fn check(name: &str, active: bool, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        active,
+        detail: detail.into(),
+    }
+}
+
+fn output_with_timeout(mut command: Command, limit: Duration) -> Option<std::process::Output> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().ok()?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().ok(),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+fn bubblewrap() -> RuntimeReport {
+    let runtime = Bubblewrap::new();
+    let mut report = RuntimeReport {
+        runtime: "bwrap".into(),
+        usable: false,
+        problem: None,
+        checks: Vec::new(),
+        limits: Vec::new(),
+    };
+    if let Err(e) = runtime.check() {
+        report.problem = Some(e.to_string());
+        return report;
+    }
+    let mut probe = Command::new("bwrap");
+    probe.args([
+        "--unshare-user",
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--clearenv",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]);
+    for top in ["bin", "lib", "lib64", "sbin"] {
+        let host = std::path::Path::new("/").join(top);
+        if let Ok(target) = std::fs::read_link(&host) {
+            probe.args([
+                "--symlink",
+                &target.to_string_lossy(),
+                &host.to_string_lossy(),
+            ]);
+        } else if host.is_dir() {
+            probe.args([
+                "--ro-bind",
+                &host.to_string_lossy(),
+                &host.to_string_lossy(),
+            ]);
+        }
+    }
+    probe.args([
+        "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--", "/bin/sh", "-c",
+        "grep CapEff /proc/self/status; tail -n +3 /proc/net/dev | cut -d: -f1; touch /probe 2>/dev/null && echo ROOT-WRITABLE; echo DONE",
+    ]);
+    let Some(output) = output_with_timeout(probe, Duration::from_secs(10)) else {
+        report.problem = Some("a probe sandbox did not finish within 10 s".into());
+        return report;
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || !stdout.contains("DONE") {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        report.problem = Some(format!(
+            "a probe sandbox failed: {}",
+            stderr.lines().next().unwrap_or("no output")
+        ));
+        return report;
+    }
+    report.usable = true;
+    let cap_eff = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    let interfaces: Vec<String> = stdout
+        .lines()
+        .filter(|l| !l.starts_with("CapEff") && *l != "DONE" && *l != "ROOT-WRITABLE")
+        .map(|l| l.trim().to_string())
+        .collect();
+    report.checks.push(check(
+        "namespaces",
+        true,
+        "new user, pid, ipc, uts, mount, network and (where supported) cgroup namespaces",
+    ));
+    report.checks.push(check(
+        "network",
+        interfaces == ["lo"],
+        format!("interfaces seen inside: {}", interfaces.join(", ")),
+    ));
+    report.checks.push(check(
+        "capabilities",
+        cap_eff.chars().all(|c| c == '0') && !cap_eff.is_empty(),
+        format!("CapEff inside: {cap_eff}"),
+    ));
+    report.checks.push(check(
+        "read-only root",
+        !stdout.contains("ROOT-WRITABLE"),
+        "writing to / inside the probe",
+    ));
+    report.checks.push(check(
+        "dies with parent",
+        true,
+        "bwrap --die-with-parent, plus the shim's lifeline",
+    ));
+    let (cgroup, limits) = Cgroup::create(&Limits::defaults());
+    drop(cgroup);
+    report.limits = limits;
+    report
+        .limits
+        .extend(crate::runtime::wall_time_report(&Limits {
+            wall_time: Some(Duration::from_secs(600)),
+            ..Limits::default()
+        }));
+    report
+}
+
+fn oci(tool: OciTool) -> RuntimeReport {
+    let program = tool.program();
+    let runtime = Oci::new(tool);
+    let mut report = RuntimeReport {
+        runtime: program.into(),
+        usable: false,
+        problem: None,
+        checks: Vec::new(),
+        limits: Vec::new(),
+    };
+    if which(program).is_none() {
+        report.problem = Some(format!("{program} is not installed"));
+        return report;
+    }
+    match runtime.check() {
+        Ok(()) => {
+            report.usable = true;
+            for (name, detail) in [
+                ("network", "--network none: loopback only"),
+                (
+                    "capabilities",
+                    "--cap-drop ALL, --security-opt no-new-privileges",
+                ),
+                ("read-only root", "--read-only with a private /tmp"),
+                (
+                    "cleanup",
+                    "--rm, owner label, removed on next start if the owner died",
+                ),
+            ] {
+                report.checks.push(check(name, true, detail));
+            }
+            let spec_limits = Limits::defaults();
+            report.limits = runtime.limit_reports_for(&spec_limits);
+        }
+        Err(e) => report.problem = Some(e.to_string()),
+    }
+    report
+}
+
+impl DoctorReport {
+    /// The human form, one line per fact.
+    pub fn render(&self) -> String {
+        let mut out = format!("sandbox doctor (running as {})\n", self.user);
+        for runtime in &self.runtimes {
+            match &runtime.problem {
+                None => out.push_str(&format!("{}: usable\n", runtime.runtime)),
+                Some(problem) => {
+                    out.push_str(&format!("{}: NOT usable: {problem}\n", runtime.runtime))
+                }
+            }
+            for c in &runtime.checks {
+                let mark = if c.active { "active  " } else { "MISSING " };
+                out.push_str(&format!("  {mark}{}: {}\n", c.name, c.detail));
+            }
+            for l in &runtime.limits {
+                let mark = if l.mechanism == crate::LimitMechanism::NotApplied {
+                    "MISSING "
+                } else {
+                    "active  "
+                };
+                out.push_str(&format!(
+                    "  {mark}{} limit ({}): {}",
+                    l.limit, l.value, l.mechanism
+                ));
+                if let Some(note) = &l.note {
+                    out.push_str(&format!(" — {note}"));
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+}

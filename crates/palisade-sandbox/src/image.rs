@@ -1,0 +1,259 @@
+//! `palisade sandbox image build`: the default OCI image, made on this machine.
+//!
+//! No registry is needed: `debootstrap --variant=minbase` creates a Debian root
+//! filesystem with bash, coreutils, curl, git, python3 (with pip and requests) and CA
+//! certificates, which is packed and `podman import`ed (or `docker import`ed) as
+//! [`crate::oci::DEFAULT_IMAGE`]. Building is idempotent: an existing image is kept
+//! unless `force` is set. A user who cannot run debootstrap (it needs root) can import
+//! a root filesystem tarball that root saved with `save_rootfs`.
+//!
+//! The suite defaults to the host's Debian release, because the `palisade` binary is
+//! bind-mounted into the container and needs a C library at least as new as the
+//! host's.
+
+use crate::oci::OciTool;
+use crate::SandboxError;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PACKAGES: &[&str] = &[
+    "bash",
+    "coreutils",
+    "curl",
+    "git",
+    "python3",
+    "python3-pip",
+    "python3-requests",
+    "ca-certificates",
+];
+
+#[derive(Clone, Debug)]
+pub struct ImageBuild {
+    pub tool: OciTool,
+    pub tag: String,
+    pub suite: String,
+    pub mirror: String,
+    /// Import this root filesystem tarball instead of running debootstrap.
+    pub rootfs_tar: Option<PathBuf>,
+    /// Also keep the tarball here (for other users to import).
+    pub save_rootfs: Option<PathBuf>,
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageOutcome {
+    AlreadyPresent,
+    Built,
+}
+
+impl ImageBuild {
+    pub fn new(tool: OciTool) -> Self {
+        ImageBuild {
+            tool,
+            tag: crate::oci::DEFAULT_IMAGE.into(),
+            suite: host_suite().unwrap_or_else(|| "bookworm".into()),
+            mirror: "http://deb.debian.org/debian".into(),
+            rootfs_tar: None,
+            save_rootfs: None,
+            force: false,
+        }
+    }
+
+    /// Builds (or keeps) the image, reporting progress line by line.
+    pub fn run(&self, progress: &mut dyn FnMut(&str)) -> Result<ImageOutcome, SandboxError> {
+        let program = self.tool.program();
+        if crate::runtime::which(program).is_none() {
+            return Err(SandboxError::MissingTool {
+                tool: program.into(),
+                hint: format!("install it first (Debian/Ubuntu: `apt-get install {program}`)"),
+            });
+        }
+        if !self.force && self.image_exists() {
+            progress(&format!(
+                "image {} is already present (use --force to rebuild)",
+                self.tag
+            ));
+            return Ok(ImageOutcome::AlreadyPresent);
+        }
+        if let Some(tar) = &self.rootfs_tar {
+            if !tar.is_file() {
+                return Err(SandboxError::Image(format!(
+                    "root filesystem tarball {} not found",
+                    tar.display()
+                )));
+            }
+            self.import(tar, progress)?;
+            return Ok(ImageOutcome::Built);
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Err(SandboxError::Image(
+                "debootstrap needs root: run `sudo palisade sandbox image build --save-rootfs FILE` once, then `palisade sandbox image build --rootfs-tar FILE` as yourself".into(),
+            ));
+        }
+        for (tool, package) in [("debootstrap", "debootstrap"), ("tar", "tar")] {
+            if crate::runtime::which(tool).is_none() && !Path::new("/usr/sbin").join(tool).exists()
+            {
+                return Err(SandboxError::MissingTool {
+                    tool: tool.into(),
+                    hint: format!("install it (`apt-get install {package}`)"),
+                });
+            }
+        }
+        let scratch = tempfile::Builder::new()
+            .prefix("palisade-image-")
+            .tempdir_in("/var/tmp")
+            .map_err(|e| SandboxError::io("cannot create a build directory in /var/tmp", e))?;
+        let rootfs = scratch.path().join("rootfs");
+        progress(&format!(
+            "debootstrap --variant=minbase {} from {} (a few minutes)…",
+            self.suite, self.mirror
+        ));
+        let mut debootstrap = Command::new("debootstrap");
+        debootstrap
+            .arg("--variant=minbase")
+            .arg(format!("--include={}", PACKAGES.join(",")))
+            .arg(&self.suite)
+            .arg(&rootfs)
+            .arg(&self.mirror);
+        run_with_progress(debootstrap, Duration::from_secs(30 * 60), progress).map_err(|e| {
+            SandboxError::Image(format!(
+                "debootstrap failed: {e}; check that the mirror {} is reachable",
+                self.mirror
+            ))
+        })?;
+        // Package caches make the image bigger and are useless without a network.
+        for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+            if let Ok(entries) = std::fs::read_dir(rootfs.join(dir)) {
+                for entry in entries.flatten() {
+                    if entry.path().is_file() {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+        let tar = match &self.save_rootfs {
+            Some(path) => path.clone(),
+            None => scratch.path().join("rootfs.tar"),
+        };
+        progress("packing the root filesystem…");
+        let mut pack = Command::new("tar");
+        pack.arg("--numeric-owner")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".");
+        run_with_progress(pack, Duration::from_secs(10 * 60), progress)
+            .map_err(|e| SandboxError::Image(format!("packing the root filesystem failed: {e}")))?;
+        if self.save_rootfs.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o644));
+            progress(&format!("saved the root filesystem as {}", tar.display()));
+        }
+        self.import(&tar, progress)?;
+        Ok(ImageOutcome::Built)
+    }
+
+    fn image_exists(&self) -> bool {
+        self.tool
+            .command()
+            .args(["image", "inspect", "--format", "{{.Id}}", &self.tag])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    fn import(&self, tar: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), SandboxError> {
+        progress(&format!("importing as {}…", self.tag));
+        let mut import = self.tool.command();
+        import
+            .args(["import", "--change", "CMD [\"/bin/bash\"]"])
+            .arg(tar)
+            .arg(&self.tag);
+        run_with_progress(import, Duration::from_secs(10 * 60), progress).map_err(|e| {
+            SandboxError::Image(format!("{} import failed: {e}", self.tool.program()))
+        })?;
+        progress(&format!("image {} is ready", self.tag));
+        Ok(())
+    }
+}
+
+/// The host's Debian codename, from /etc/os-release.
+pub fn host_suite() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    let is_debian = text.lines().any(|l| l == "ID=debian");
+    let codename = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim_matches('"').to_string())?;
+    is_debian.then_some(codename)
+}
+
+/// Runs `command`, passing each output line to `progress`, killing it at `limit`.
+fn run_with_progress(
+    mut command: Command,
+    limit: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|e| e.to_string())?;
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<String>(256);
+    let mut readers = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let sender = sender.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        }));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        let sender = sender.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        }));
+    }
+    drop(sender);
+    let deadline = Instant::now() + limit;
+    let mut last = Vec::new();
+    loop {
+        match receiver.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                progress(&format!("  {line}"));
+                last.push(line);
+                if last.len() > 5 {
+                    last.remove(0);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "timed out after {}",
+                humantime::format_duration(limit)
+            ));
+        }
+    }
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{status}; last output: {}", last.join(" | ")))
+    }
+}

@@ -1,0 +1,177 @@
+//! Resource limits of a sandbox and how each one was (or was not) applied.
+//!
+//! A limit is only ever reported as applied by the mechanism that actually enforces
+//! it: a cgroup (v2 or v1) the sandbox was placed in, the OCI runtime's own flags, an
+//! rlimit set by the shim before it runs the command, or the parent's wall-time timer.
+//! Where nothing can enforce a limit, the report says so and why.
+
+use crate::SandboxError;
+use std::fmt;
+use std::time::Duration;
+
+/// Requested limits; `None` = not limited.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// Bytes of memory (without swap).
+    pub memory: Option<u64>,
+    /// Number of processes and threads.
+    pub pids: Option<u64>,
+    /// CPUs worth of time per period (1.5 = one and a half cores).
+    pub cpus: Option<f64>,
+    /// Wall time after which the whole sandbox is killed.
+    pub wall_time: Option<Duration>,
+}
+
+impl Limits {
+    /// The defaults of `palisade sandbox run`: 1 GiB, 512 processes, 1 CPU, no timeout.
+    pub fn defaults() -> Self {
+        Limits {
+            memory: Some(1 << 30),
+            pids: Some(512),
+            cpus: Some(1.0),
+            wall_time: None,
+        }
+    }
+}
+
+/// How a limit is enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitMechanism {
+    CgroupV2,
+    CgroupV1,
+    /// `podman`/`docker` flags, enforced by the container runtime's cgroup.
+    OciRuntime,
+    /// An rlimit on the command (address space for memory, RLIMIT_NPROC for pids).
+    Rlimit,
+    /// The parent's timer, which kills the whole sandbox.
+    ParentTimer,
+    NotApplied,
+}
+
+impl fmt::Display for LimitMechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LimitMechanism::CgroupV2 => "cgroup v2",
+            LimitMechanism::CgroupV1 => "cgroup v1",
+            LimitMechanism::OciRuntime => "container runtime",
+            LimitMechanism::Rlimit => "rlimit",
+            LimitMechanism::ParentTimer => "parent timer",
+            LimitMechanism::NotApplied => "not applied",
+        })
+    }
+}
+
+/// How one requested limit was handled.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LimitReport {
+    pub limit: &'static str,
+    pub value: String,
+    pub mechanism: LimitMechanism,
+    /// Why it is weaker than a cgroup, or why it was not applied.
+    pub note: Option<String>,
+}
+
+/// Parses `512M`, `1G`, `1.5g`, `65536` (bytes), `256k`.
+pub fn parse_memory(text: &str) -> Result<u64, SandboxError> {
+    let bad = |reason: &str| SandboxError::BadLimit {
+        what: "memory",
+        value: text.to_string(),
+        reason: reason.to_string(),
+    };
+    let trimmed = text.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let lower = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (number, multiplier): (&str, u64) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 1 << 10),
+        Some('m') => (&lower[..lower.len() - 1], 1 << 20),
+        Some('g') => (&lower[..lower.len() - 1], 1 << 30),
+        Some('t') => (&lower[..lower.len() - 1], 1 << 40),
+        Some(c) if c.is_ascii_digit() => (lower, 1),
+        _ => return Err(bad("use a size like 512M or 2G")),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| bad("use a size like 512M or 2G"))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(bad("the size must be positive"));
+    }
+    let bytes = (value * multiplier as f64) as u64;
+    if bytes < (8 << 20) {
+        return Err(bad("at least 8M is needed to start a sandbox"));
+    }
+    Ok(bytes)
+}
+
+pub fn parse_pids(text: &str) -> Result<u64, SandboxError> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n >= 8 => Ok(n),
+        _ => Err(SandboxError::BadLimit {
+            what: "pids",
+            value: text.to_string(),
+            reason: "use a whole number of at least 8".into(),
+        }),
+    }
+}
+
+pub fn parse_cpus(text: &str) -> Result<f64, SandboxError> {
+    match text.trim().parse::<f64>() {
+        Ok(n) if (0.01..=1024.0).contains(&n) => Ok(n),
+        _ => Err(SandboxError::BadLimit {
+            what: "cpus",
+            value: text.to_string(),
+            reason: "use a number of CPUs such as 1 or 0.5".into(),
+        }),
+    }
+}
+
+pub fn parse_wall_time(text: &str) -> Result<Duration, SandboxError> {
+    humantime::parse_duration(text.trim())
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| SandboxError::BadLimit {
+            what: "timeout",
+            value: text.to_string(),
+            reason: "use a duration such as 30s, 10m or 1h".into(),
+        })
+}
+
+/// `536870912` → `512M`.
+pub fn format_bytes(bytes: u64) -> String {
+    if bytes % (1 << 30) == 0 {
+        format!("{}G", bytes >> 30)
+    } else if bytes % (1 << 20) == 0 {
+        format!("{}M", bytes >> 20)
+    } else {
+        format!("{bytes}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_memory("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_memory("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_memory("67108864").unwrap(), 64 << 20);
+        for bad in ["", "M", "-1G", "12x", "1k", "nanG"] {
+            assert!(parse_memory(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_bytes(512 << 20), "512M");
+    }
+
+    #[test]
+    fn counts_and_durations() {
+        assert_eq!(parse_pids("256").unwrap(), 256);
+        assert!(parse_pids("0").is_err());
+        assert!(parse_pids("many").is_err());
+        assert_eq!(parse_cpus("0.5").unwrap(), 0.5);
+        assert!(parse_cpus("0").is_err());
+        assert_eq!(parse_wall_time("10m").unwrap(), Duration::from_secs(600));
+        assert!(parse_wall_time("0s").is_err());
+        assert!(parse_wall_time("soon").is_err());
+    }
+}

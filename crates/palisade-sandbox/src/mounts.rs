@@ -1,0 +1,310 @@
+//! Extra mounts: `--mount SRC:DST[:rw]`, an allow-list of where SRC may come from, and
+//! the paths no sandbox may ever see.
+//!
+//! Sources are resolved (symlinks followed) before any check, and a source is refused
+//! if it *is*, *lies inside* or *contains* a refused path: mounting `~` would otherwise
+//! expose `~/.ssh` and `$PALISADE_HOME`. Destinations live under `/mnt`, `/data` or
+//! the workspace, so a mount can never shadow a system directory or `/run/palisade`.
+
+use crate::SandboxError;
+use std::path::{Component, Path, PathBuf};
+
+/// One validated extra mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// Canonical host path.
+    pub source: PathBuf,
+    /// Absolute, normalised path inside the sandbox.
+    pub destination: PathBuf,
+    pub writable: bool,
+}
+
+/// Where extra mounts may come from and what they must never reach.
+#[derive(Clone, Debug)]
+pub struct MountPolicy {
+    /// Roots under which a source may lie.
+    pub allowed_roots: Vec<PathBuf>,
+    /// Paths a source may neither be, lie inside, nor contain.
+    pub refused: Vec<(PathBuf, String)>,
+}
+
+const DESTINATION_ROOTS: &[&str] = &["/mnt", "/data", crate::paths::WORKSPACE];
+
+impl MountPolicy {
+    /// The default policy for a sandbox of `agent` under the home at `palisade_home`.
+    ///
+    /// Allowed roots: the invoking user's home directory, `/home`, `/srv`, `/opt`,
+    /// `/mnt`, `/media`, `/data`, `/tmp`, `/var/tmp`, plus every entry of
+    /// `PALISADE_MOUNT_ALLOW` (colon-separated). Refused, whatever the allow-list says:
+    /// `$PALISADE_HOME` (the master key, the database, every agent's workspace),
+    /// `~/.ssh`, `~/.aws`, `~/.gnupg`, `~/.config/gcloud`, `~/.kube`, `~/.docker`,
+    /// `/root`, `/etc`, the docker and podman sockets, and `/`.
+    pub fn for_host(palisade_home: &Path) -> Self {
+        let user_home = std::env::var_os("HOME").map(PathBuf::from);
+        let mut allowed_roots: Vec<PathBuf> = [
+            "/home", "/srv", "/opt", "/mnt", "/media", "/data", "/tmp", "/var/tmp",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        if let Some(home) = &user_home {
+            allowed_roots.push(home.clone());
+        }
+        if let Some(extra) = std::env::var_os("PALISADE_MOUNT_ALLOW") {
+            allowed_roots.extend(std::env::split_paths(&extra).filter(|p| p.is_absolute()));
+        }
+        let mut refused: Vec<(PathBuf, String)> = vec![(
+            palisade_home.to_path_buf(),
+            "it is (or holds) PALISADE_HOME: the master key, the database and every agent's workspace".into(),
+        )];
+        if let Some(home) = &user_home {
+            for (dir, what) in [
+                (".ssh", "SSH keys"),
+                (".aws", "AWS credentials"),
+                (".gnupg", "GnuPG keys"),
+                (".config/gcloud", "Google Cloud credentials"),
+                (".kube", "Kubernetes credentials"),
+                (".docker", "Docker credentials"),
+                (".palisade", "the default PALISADE_HOME"),
+            ] {
+                refused.push((home.join(dir), format!("it is (or holds) {what}")));
+            }
+        }
+        refused.push((
+            "/root".into(),
+            "it is (or holds) root's home directory".into(),
+        ));
+        refused.push((
+            "/etc".into(),
+            "it is (or holds) /etc, with /etc/shadow and host configuration".into(),
+        ));
+        for socket in [
+            "/var/run/docker.sock",
+            "/run/docker.sock",
+            "/run/docker",
+            "/run/podman",
+            "/var/run/podman",
+            "/run/containerd",
+        ] {
+            refused.push((
+                socket.into(),
+                "it is a container engine socket, which would give host root".into(),
+            ));
+        }
+        if let Some(runtime_dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+            let runtime_dir = PathBuf::from(runtime_dir);
+            refused.push((
+                runtime_dir.join("podman"),
+                "it is a container engine socket, which would give host root".into(),
+            ));
+            refused.push((
+                runtime_dir.join("docker.sock"),
+                "it is a container engine socket, which would give host root".into(),
+            ));
+        }
+        refused.push(("/".into(), "it is the whole host filesystem".into()));
+        MountPolicy {
+            allowed_roots,
+            refused,
+        }
+    }
+
+    /// Parses and checks one `SRC:DST[:rw]` (or `:ro`) spec.
+    pub fn check(&self, spec: &str) -> Result<Mount, SandboxError> {
+        let bad = |reason: &str| SandboxError::BadMount {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (source, destination, writable) = match parts.as_slice() {
+            [s, d] => (*s, *d, false),
+            [s, d, "rw"] => (*s, *d, true),
+            [s, d, "ro"] => (*s, *d, false),
+            [_, _, other] => {
+                return Err(bad(&format!(
+                    "unknown mode {other:?}; use SRC:DST, SRC:DST:ro or SRC:DST:rw"
+                )))
+            }
+            _ => {
+                return Err(bad(
+                    "use SRC:DST[:rw] with absolute paths and no ':' inside them",
+                ))
+            }
+        };
+        if source.is_empty() || destination.is_empty() {
+            return Err(bad("use SRC:DST[:rw] with both paths given"));
+        }
+        let source_path = Path::new(source);
+        if !source_path.is_absolute() {
+            return Err(bad("SRC must be an absolute path"));
+        }
+        let destination = normalise_destination(destination).ok_or_else(|| {
+            bad("DST must be an absolute path without '..' under /mnt, /data or /workspace (e.g. /mnt/data)")
+        })?;
+        let canonical = std::fs::canonicalize(source_path).map_err(|e| {
+            bad(&format!(
+                "SRC cannot be resolved ({e}); check that it exists"
+            ))
+        })?;
+        self.check_source(&canonical)?;
+        Ok(Mount {
+            source: canonical,
+            destination,
+            writable,
+        })
+    }
+
+    fn check_source(&self, source: &Path) -> Result<(), SandboxError> {
+        for (refused, reason) in &self.refused {
+            let refused_canonical =
+                std::fs::canonicalize(refused).unwrap_or_else(|_| refused.clone());
+            for candidate in [refused, &refused_canonical] {
+                // `/` is refused only as itself: everything lies inside it.
+                let inside = candidate != Path::new("/") && source.starts_with(candidate);
+                if inside || candidate.starts_with(source) {
+                    return Err(SandboxError::RefusedMount {
+                        path: source.to_path_buf(),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        let allowed = self.allowed_roots.iter().any(|root| {
+            let root_canonical = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
+            source.starts_with(&root_canonical)
+        });
+        if !allowed {
+            return Err(SandboxError::RefusedMount {
+                path: source.to_path_buf(),
+                reason: "it is outside the mount allow-list (your home, /home, /srv, /opt, /mnt, /media, /data, /tmp, /var/tmp); add its parent to PALISADE_MOUNT_ALLOW to allow it".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn normalise_destination(destination: &str) -> Option<PathBuf> {
+    let path = Path::new(destination);
+    if !path.is_absolute() {
+        return None;
+    }
+    let mut normal = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::RootDir => {}
+            Component::Normal(part) => normal.push(part),
+            Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    let under_allowed_root = DESTINATION_ROOTS
+        .iter()
+        .any(|root| normal.starts_with(root) && normal != Path::new(root));
+    under_allowed_root.then_some(normal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(home: &Path, allowed: &Path) -> MountPolicy {
+        let mut policy = MountPolicy::for_host(home);
+        policy.allowed_roots = vec![allowed.to_path_buf()];
+        policy
+    }
+
+    #[test]
+    fn parses_modes_and_normalises_destinations() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let policy = policy(&home, dir.path());
+        let spec = format!("{}:/mnt/./data", data.display());
+        let mount = policy.check(&spec).unwrap();
+        assert_eq!(mount.destination, PathBuf::from("/mnt/data"));
+        assert!(!mount.writable);
+        assert!(policy.check(&format!("{spec}:rw")).unwrap().writable);
+        assert!(!policy.check(&format!("{spec}:ro")).unwrap().writable);
+    }
+
+    #[test]
+    fn rejects_malformed_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = policy(&dir.path().join("home"), dir.path());
+        let src = dir.path().display().to_string();
+        for spec in [
+            "nocolon".to_string(),
+            format!("{src}:/mnt/x:rx"),
+            format!("{src}:relative"),
+            "relative:/mnt/x".to_string(),
+            format!("{src}:/mnt/../etc"),
+            format!("{src}:/usr/lib"),
+            format!("{src}:/mnt"),
+            format!("{src}:/run/palisade/vault.sock"),
+            format!("{src}/missing:/mnt/x"),
+        ] {
+            let err = policy.check(&spec).unwrap_err();
+            assert!(
+                matches!(err, SandboxError::BadMount { .. }),
+                "{spec}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_home_its_parents_and_secret_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("palisade-home");
+        std::fs::create_dir_all(home.join("agents/other/workspace")).unwrap();
+        let policy = policy(&home, dir.path());
+        for src in [
+            home.clone(),
+            home.join("agents/other/workspace"),
+            dir.path().to_path_buf(),
+        ] {
+            let err = policy
+                .check(&format!("{}:/mnt/x", src.display()))
+                .unwrap_err();
+            assert!(
+                matches!(err, SandboxError::RefusedMount { .. }),
+                "{}: {err}",
+                src.display()
+            );
+        }
+        for src in ["/root", "/etc", "/etc/shadow", "/"] {
+            if Path::new(src).exists() {
+                let err = policy.check(&format!("{src}:/mnt/x")).unwrap_err();
+                assert!(
+                    matches!(err, SandboxError::RefusedMount { .. }),
+                    "{src}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_symlinks_into_refused_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("palisade-home");
+        std::fs::create_dir_all(&home).unwrap();
+        let link = dir.path().join("innocent");
+        std::os::unix::fs::symlink(&home, &link).unwrap();
+        let policy = policy(&home, dir.path());
+        let err = policy
+            .check(&format!("{}:/mnt/x", link.display()))
+            .unwrap_err();
+        assert!(matches!(err, SandboxError::RefusedMount { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_sources_outside_the_allow_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let policy = policy(&dir.path().join("home"), &dir.path().join("allowed"));
+        let err = policy
+            .check(&format!("{}:/mnt/x", outside.path().display()))
+            .unwrap_err();
+        assert!(err.to_string().contains("allow-list"), "{err}");
+    }
+}

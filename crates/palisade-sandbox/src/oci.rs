@@ -1,0 +1,405 @@
+//! The OCI backend: drives the `podman` or `docker` CLI.
+//!
+//! Each sandbox is a `--rm` container with no network (`--network none`, loopback
+//! only), a read-only root, every capability dropped, `no-new-privileges`, explicit
+//! ulimits and, where the engine can enforce them, memory, pids and CPU limits. It is
+//! labelled with the owning process (`palisade.owner=PID:START`); a container whose
+//! owner is gone (the parent was `kill -9`ed) is removed the next time a sandbox
+//! starts, and the shim inside already ends it when the parent's lifeline closes.
+
+use crate::bwrap::check_spec;
+use crate::cgroup::HostCgroups;
+use crate::limits::{LimitMechanism, LimitReport};
+use crate::runtime::{
+    shim_argv, wall_time_report, which, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode,
+};
+use crate::workdir::Workdir;
+use crate::{paths, SandboxError};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// The image `palisade sandbox image build` creates and sandboxes use by default.
+pub const DEFAULT_IMAGE: &str = "localhost/palisade-sandbox:latest";
+const OWNER_LABEL: &str = "palisade.owner";
+const SANDBOX_LABEL: &str = "palisade.sandbox";
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OciTool {
+    Podman,
+    Docker,
+}
+
+impl OciTool {
+    pub fn program(self) -> &'static str {
+        match self {
+            OciTool::Podman => "podman",
+            OciTool::Docker => "docker",
+        }
+    }
+
+    /// The CLI with the global flags this host needs (podman: cgroupfs manager and
+    /// runc, which work without systemd).
+    pub fn command(self) -> std::process::Command {
+        let mut command = std::process::Command::new(self.program());
+        if self == OciTool::Podman {
+            command.args(["--cgroup-manager", "cgroupfs", "--runtime", "runc"]);
+        }
+        command
+    }
+}
+
+pub struct Oci {
+    tool: OciTool,
+    image: String,
+}
+
+impl Oci {
+    pub fn new(tool: OciTool) -> Self {
+        Oci {
+            tool,
+            image: std::env::var("PALISADE_SANDBOX_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.into()),
+        }
+    }
+
+    pub fn with_image(tool: OciTool, image: impl Into<String>) -> Self {
+        Oci {
+            tool,
+            image: image.into(),
+        }
+    }
+
+    /// Whether the engine can enforce cgroup limits for this user: rootful, or
+    /// rootless on cgroup v2 (rootless podman on v1 ignores them).
+    fn engine_limits_work(&self) -> bool {
+        if nix::unistd::geteuid().is_root() || self.tool == OciTool::Docker {
+            return true;
+        }
+        let host = HostCgroups::detect();
+        matches!(&host.v2, Some((root, controllers)) if root == std::path::Path::new("/sys/fs/cgroup") && controllers.iter().any(|c| c == "memory"))
+    }
+
+    fn reports(&self, spec: &SandboxSpec) -> Vec<LimitReport> {
+        self.limit_reports_for(&spec.limits)
+    }
+
+    /// How each of `limits` would be enforced by this engine for this user.
+    pub fn limit_reports_for(&self, limits: &crate::Limits) -> Vec<LimitReport> {
+        let engine = self.engine_limits_work();
+        let root = nix::unistd::geteuid().is_root();
+        let mut reports = Vec::new();
+        if let Some(memory) = limits.memory {
+            reports.push(LimitReport {
+                limit: "memory",
+                value: crate::limits::format_bytes(memory),
+                mechanism: if engine { LimitMechanism::OciRuntime } else { LimitMechanism::Rlimit },
+                note: (!engine).then(|| "rootless engine on cgroup v1 cannot limit memory; address-space rlimit per process instead".to_string()),
+            });
+        }
+        if let Some(pids) = limits.pids {
+            reports.push(LimitReport {
+                limit: "pids",
+                value: pids.to_string(),
+                mechanism: if engine {
+                    LimitMechanism::OciRuntime
+                } else {
+                    LimitMechanism::Rlimit
+                },
+                note: (!engine && !root).then(|| {
+                    "rootless engine on cgroup v1 cannot limit pids; RLIMIT_NPROC instead"
+                        .to_string()
+                }),
+            });
+        }
+        if let Some(cpus) = limits.cpus {
+            reports.push(LimitReport {
+                limit: "cpus",
+                value: cpus.to_string(),
+                mechanism: if engine {
+                    LimitMechanism::OciRuntime
+                } else {
+                    LimitMechanism::NotApplied
+                },
+                note: (!engine)
+                    .then(|| "rootless engine on cgroup v1 cannot limit CPU".to_string()),
+            });
+        }
+        reports.extend(wall_time_report(limits));
+        reports
+    }
+
+    fn image_exists(&self) -> Result<bool, SandboxError> {
+        let status = self
+            .tool
+            .command()
+            .args(["image", "inspect", "--format", "{{.Id}}", &self.image])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| SandboxError::io(format!("cannot run {}", self.tool.program()), e))?;
+        Ok(status.success())
+    }
+
+    pub(crate) fn args(
+        &self,
+        spec: &SandboxSpec,
+        workdir: &Workdir,
+        name: &str,
+        reports: &[LimitReport],
+    ) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
+        push(&["run", "--rm", "-i", "--name", name]);
+        push(&["--label", &format!("{SANDBOX_LABEL}={}", spec.agent)]);
+        push(&[
+            "--label",
+            &format!(
+                "{OWNER_LABEL}={}",
+                owner_token(std::process::id()).unwrap_or_default()
+            ),
+        ]);
+        push(&["--network", "none", "--read-only", "--cap-drop", "ALL"]);
+        push(&[
+            "--security-opt",
+            "no-new-privileges",
+            "--hostname",
+            "palisade",
+        ]);
+        push(&["--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777"]);
+        push(&["--log-driver", "none"]);
+        let engine = reports
+            .iter()
+            .any(|r| r.mechanism == LimitMechanism::OciRuntime);
+        let limits = &spec.limits;
+        if engine {
+            if let Some(memory) = limits.memory {
+                push(&[
+                    "--memory",
+                    &memory.to_string(),
+                    "--memory-swap",
+                    &memory.to_string(),
+                ]);
+            }
+            if let Some(pids) = limits.pids {
+                push(&["--pids-limit", &pids.to_string()]);
+            }
+            if let Some(cpus) = limits.cpus {
+                push(&["--cpus", &cpus.to_string()]);
+            }
+        }
+        let nproc = limits.pids.unwrap_or(4096);
+        push(&[
+            "--ulimit",
+            "nofile=4096:4096",
+            "--ulimit",
+            &format!("nproc={nproc}:{nproc}"),
+        ]);
+        let volume = |source: &std::path::Path, destination: &str, mode: &str| {
+            format!("{}:{destination}:{mode}", source.display())
+        };
+        push(&["-v", &volume(&spec.workspace, paths::WORKSPACE, "rw")]);
+        push(&[
+            "-v",
+            &volume(&spec.palisade_binary, paths::PALISADE_BINARY, "ro"),
+        ]);
+        push(&["-v", &volume(&spec.vault_socket, paths::VAULT_SOCKET, "ro")]);
+        push(&[
+            "-v",
+            &volume(&workdir.path("ca-bundle.pem"), paths::CA_BUNDLE, "ro"),
+        ]);
+        push(&[
+            "-v",
+            &volume(&workdir.path("lifeline.sock"), paths::LIFELINE, "ro"),
+        ]);
+        push(&["-v", &volume(&workdir.path("hosts"), "/etc/hosts", "ro")]);
+        for mount in &spec.mounts {
+            let mode = if mount.writable { "rw" } else { "ro" };
+            push(&[
+                "-v",
+                &volume(&mount.source, &mount.destination.to_string_lossy(), mode),
+            ]);
+        }
+        push(&["--workdir", paths::WORKSPACE]);
+        for (key, value) in crate::env::sandbox_env() {
+            push(&["--env", &format!("{key}={value}")]);
+        }
+        push(&["--entrypoint", paths::PALISADE_BINARY, &self.image]);
+        args.extend(shim_argv(spec, reports).into_iter().skip(1));
+        args
+    }
+}
+
+impl Runtime for Oci {
+    fn kind(&self) -> RuntimeKind {
+        match self.tool {
+            OciTool::Podman => RuntimeKind::Podman,
+            OciTool::Docker => RuntimeKind::Docker,
+        }
+    }
+
+    fn check(&self) -> Result<(), SandboxError> {
+        let program = self.tool.program();
+        if which(program).is_none() {
+            return Err(SandboxError::MissingTool {
+                tool: program.into(),
+                hint: format!("install it (Debian/Ubuntu: `apt-get install {program}`) or use --runtime bwrap"),
+            });
+        }
+        if self.tool == OciTool::Podman && which("runc").is_none() {
+            return Err(SandboxError::MissingTool {
+                tool: "runc".into(),
+                hint:
+                    "podman is run with `--runtime runc` here; install it (`apt-get install runc`)"
+                        .into(),
+            });
+        }
+        if self.tool == OciTool::Docker {
+            let reachable = self
+                .tool
+                .command()
+                .args(["version", "--format", "{{.Server.Version}}"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !reachable {
+                return Err(SandboxError::RuntimeUnusable {
+                    runtime: "docker".into(),
+                    reason: "the docker CLI cannot reach a Docker engine (is dockerd running and is your user allowed to use it?); or use --runtime podman or bwrap".into(),
+                });
+            }
+        }
+        if !self.image_exists()? {
+            return Err(SandboxError::MissingImage {
+                image: self.image.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
+        self.check()?;
+        check_spec(spec)?;
+        remove_stale_containers(self.tool);
+        let workdir = Workdir::create(&spec.ca_bundle)?;
+        let lifeline = workdir.lifeline()?;
+        let reports = self.reports(spec);
+        let name = format!(
+            "palisade-{}-{}-{}",
+            spec.agent,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let args = self.args(spec, &workdir, &name, &reports);
+        let mut command = tokio::process::Command::from(self.tool.command());
+        command.args(&args).kill_on_drop(true);
+        // The engine needs its own environment (XDG_RUNTIME_DIR, HOME for its storage);
+        // none of it reaches the container, whose environment is only what --env sets.
+        if spec.stdio == StdioMode::Piped {
+            command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| SandboxError::Start(format!("cannot run {}: {e}", self.tool.program())))?;
+        Ok(Sandbox {
+            child,
+            wall_time: spec.limits.wall_time,
+            cgroup: None,
+            container: Some((self.tool, name)),
+            lifeline,
+            workdir: Some(workdir),
+            reports,
+            finished: false,
+        })
+    }
+}
+
+/// `PID:START` where START is the process's start time in clock ticks, so a reused
+/// pid is not mistaken for the owner.
+fn owner_token(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let start = after_name.split_whitespace().nth(19)?;
+    Some(format!("{pid}:{start}"))
+}
+
+fn owner_alive(token: &str) -> bool {
+    let Some((pid, _)) = token.split_once(':') else {
+        return false;
+    };
+    pid.parse::<u32>()
+        .ok()
+        .and_then(owner_token)
+        .is_some_and(|current| current == token)
+}
+
+/// Force-removes a container, bounded to 20 s.
+pub(crate) fn remove_container(tool: OciTool, name: &str) {
+    let child = tool
+        .command()
+        .args(["rm", "-f", "-t", "0", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Ok(mut child) = child {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if std::time::Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// Containers labelled as palisade sandboxes, with their owner token.
+pub fn sandbox_containers(tool: OciTool) -> Vec<(String, String)> {
+    let output = tool
+        .command()
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={SANDBOX_LABEL}"),
+            "--format",
+            &format!("{{{{.Names}}}} {{{{index .Labels \"{OWNER_LABEL}\"}}}}"),
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    let Ok(output) = output else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            Some((
+                parts.next()?.to_string(),
+                parts.next().unwrap_or("").to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Removes sandbox containers whose owning palisade process is gone.
+pub fn remove_stale_containers(tool: OciTool) {
+    for (name, owner) in sandbox_containers(tool) {
+        if !owner_alive(&owner) {
+            remove_container(tool, &name);
+        }
+    }
+}

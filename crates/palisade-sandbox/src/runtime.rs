@@ -1,0 +1,225 @@
+//! The `Runtime` trait and what every backend shares: the spec of a sandbox, the
+//! running sandbox with its cleanup guarantees, and its outcome.
+
+use crate::cgroup::Cgroup;
+use crate::limits::{LimitMechanism, LimitReport, Limits};
+use crate::mounts::Mount;
+use crate::shim::ShimOptions;
+use crate::workdir::Workdir;
+use crate::{paths, Bubblewrap, Oci, OciTool, SandboxError};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit code of a sandbox killed at its wall-time limit (as `timeout(1)`).
+pub const TIMED_OUT: i32 = 124;
+
+/// Which backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Bwrap,
+    Podman,
+    Docker,
+}
+
+impl std::str::FromStr for RuntimeKind {
+    type Err = SandboxError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bwrap" | "bubblewrap" => Ok(RuntimeKind::Bwrap),
+            "podman" => Ok(RuntimeKind::Podman),
+            "docker" => Ok(RuntimeKind::Docker),
+            other => Err(SandboxError::UnknownRuntime(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RuntimeKind::Bwrap => "bwrap",
+            RuntimeKind::Podman => "podman",
+            RuntimeKind::Docker => "docker",
+        })
+    }
+}
+
+/// How the sandboxed command's stdio connects to the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdioMode {
+    /// Shares the caller's stdin, stdout and stderr (the CLI).
+    Inherit,
+    /// Pipes, read through [`Sandbox::child_mut`] (the host's runners).
+    Piped,
+}
+
+/// Everything a runtime needs to start one sandbox.
+#[derive(Clone, Debug)]
+pub struct SandboxSpec {
+    /// The agent's (validated) name: labels and names only, never a path inside.
+    pub agent: String,
+    /// Host path of the agent's workspace, mounted read-write at `/workspace`.
+    pub workspace: PathBuf,
+    /// Host path of the binary that runs the shim, mounted read-only.
+    pub palisade_binary: PathBuf,
+    /// Arguments before the shim's options (`["shim"]` for `palisade`).
+    pub shim_subcommand: Vec<String>,
+    /// Host path of the agent's vault socket.
+    pub vault_socket: PathBuf,
+    /// PEM text of the CA bundle (system roots + vault CA).
+    pub ca_bundle: String,
+    pub mounts: Vec<Mount>,
+    pub limits: Limits,
+    pub command: Vec<String>,
+    pub stdio: StdioMode,
+}
+
+/// What became of a sandboxed command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The command's exit code (128 + signal if killed; 124 on timeout).
+    pub code: i32,
+    pub timed_out: bool,
+}
+
+/// A way to run sandboxes.
+pub trait Runtime: Send + Sync {
+    fn kind(&self) -> RuntimeKind;
+    /// Cheap checks that the runtime can work here (tool installed, image present,
+    /// user namespaces allowed), each failing with a one-line cause and a fix.
+    fn check(&self) -> Result<(), SandboxError>;
+    /// Starts a sandbox. Must be called inside a tokio runtime.
+    fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError>;
+}
+
+/// The default backend for `kind`.
+pub fn runtime_for(kind: RuntimeKind) -> Box<dyn Runtime> {
+    match kind {
+        RuntimeKind::Bwrap => Box::new(Bubblewrap::new()),
+        RuntimeKind::Podman => Box::new(Oci::new(OciTool::Podman)),
+        RuntimeKind::Docker => Box::new(Oci::new(OciTool::Docker)),
+    }
+}
+
+/// A running sandbox. Dropping it (or [`Sandbox::wait`] returning) kills whatever is
+/// left inside and removes its cgroup, container and run directory.
+pub struct Sandbox {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) wall_time: Option<Duration>,
+    pub(crate) cgroup: Option<Cgroup>,
+    pub(crate) container: Option<(OciTool, String)>,
+    pub(crate) lifeline: tokio::task::JoinHandle<()>,
+    pub(crate) workdir: Option<Workdir>,
+    pub(crate) reports: Vec<LimitReport>,
+    pub(crate) finished: bool,
+}
+
+impl Sandbox {
+    /// How each requested limit is enforced for this sandbox.
+    pub fn limit_reports(&self) -> &[LimitReport] {
+        &self.reports
+    }
+
+    /// The runtime's process (for piped stdio).
+    pub fn child_mut(&mut self) -> &mut tokio::process::Child {
+        &mut self.child
+    }
+
+    /// Waits for the command, killing the sandbox at its wall-time limit.
+    pub async fn wait(mut self) -> Result<Outcome, SandboxError> {
+        let waited = match self.wall_time {
+            Some(limit) => tokio::time::timeout(limit, self.child.wait()).await.ok(),
+            None => Some(self.child.wait().await),
+        };
+        let outcome = match waited {
+            Some(status) => {
+                let status = status.map_err(|e| SandboxError::io("lost the sandbox process", e))?;
+                self.finished = true;
+                Outcome {
+                    code: crate::shim::exit_code(status),
+                    timed_out: false,
+                }
+            }
+            None => {
+                self.kill().await;
+                Outcome {
+                    code: TIMED_OUT,
+                    timed_out: true,
+                }
+            }
+        };
+        Ok(outcome)
+    }
+
+    async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all();
+        }
+        if let Some((tool, name)) = &self.container {
+            crate::oci::remove_container(*tool, name);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        self.lifeline.abort();
+        if !self.finished {
+            if let Some((tool, name)) = &self.container {
+                crate::oci::remove_container(*tool, name);
+            }
+        }
+        // The cgroup's own Drop kills what is left and removes the leaves.
+        self.cgroup.take();
+        self.workdir.take();
+    }
+}
+
+/// Shim options for `spec`, with rlimits standing in for limits no cgroup enforces.
+pub(crate) fn shim_options(spec: &SandboxSpec, reports: &[LimitReport]) -> ShimOptions {
+    let mut options = ShimOptions::new(spec.command.clone());
+    options.lifeline = Some(PathBuf::from(paths::LIFELINE));
+    for report in reports {
+        if report.mechanism == LimitMechanism::Rlimit {
+            match report.limit {
+                "memory" => options.rlimit_address_space = spec.limits.memory,
+                "pids" => options.rlimit_processes = spec.limits.pids,
+                _ => {}
+            }
+        }
+    }
+    options
+}
+
+/// The shim's full argv inside the sandbox.
+pub(crate) fn shim_argv(spec: &SandboxSpec, reports: &[LimitReport]) -> Vec<String> {
+    let mut argv = vec![paths::PALISADE_BINARY.to_string()];
+    argv.extend(spec.shim_subcommand.iter().cloned());
+    argv.extend(shim_options(spec, reports).to_args());
+    argv
+}
+
+pub(crate) fn wall_time_report(limits: &Limits) -> Option<LimitReport> {
+    limits.wall_time.map(|wall| LimitReport {
+        limit: "wall-time",
+        value: humantime::format_duration(wall).to_string(),
+        mechanism: LimitMechanism::ParentTimer,
+        note: None,
+    })
+}
+
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            candidate
+                .metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}

@@ -1,0 +1,100 @@
+//! The per-run directory on the host: the CA bundle, the lifeline socket and the small
+//! `/etc` files a sandbox gets, in a private (0700) temporary directory named after
+//! the owning process, so a run that was `kill -9`ed is cleaned up by the next one.
+
+use crate::SandboxError;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+const PREFIX: &str = "palisade-sandbox-";
+
+pub(crate) struct Workdir {
+    dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub(crate) fn create(ca_bundle: &str) -> Result<Self, SandboxError> {
+        let base = std::env::temp_dir();
+        cleanup_stale(&base);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{PREFIX}{}-", std::process::id()))
+            .tempdir_in(&base)
+            .map_err(|e| {
+                SandboxError::io(
+                    format!("cannot create a run directory in {}", base.display()),
+                    e,
+                )
+            })?;
+        let workdir = Workdir { dir };
+        workdir.write("ca-bundle.pem", ca_bundle)?;
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let mut passwd = String::from("root:x:0:0:root:/workspace:/bin/bash\n");
+        let mut group = String::from("root:x:0:\n");
+        if uid != 0 {
+            passwd.push_str(&format!("agent:x:{uid}:{gid}:agent:/workspace:/bin/bash\n"));
+            group.push_str(&format!("agent:x:{gid}:\n"));
+        }
+        passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+        group.push_str("nogroup:x:65534:\n");
+        workdir.write("passwd", &passwd)?;
+        workdir.write("group", &group)?;
+        workdir.write(
+            "hosts",
+            "127.0.0.1\tlocalhost palisade\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        )?;
+        Ok(workdir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<(), SandboxError> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text)
+            .map_err(|e| SandboxError::io(format!("cannot write {}", path.display()), e))?;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
+        Ok(())
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Binds the lifeline socket the shim connects to; the parent keeps every accepted
+    /// connection open until the sandbox is dropped (or the parent dies).
+    pub(crate) fn lifeline(&self) -> Result<tokio::task::JoinHandle<()>, SandboxError> {
+        let path = self.path("lifeline.sock");
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| SandboxError::io("cannot create the sandbox lifeline", e))?;
+        Ok(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                if held.len() < 16 {
+                    held.push(stream);
+                }
+            }
+        }))
+    }
+}
+
+fn cleanup_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let mine = entry
+            .metadata()
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == nix::unistd::getuid().as_raw())
+            .unwrap_or(false);
+        if mine && !Path::new(&format!("/proc/{owner}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
