@@ -28,7 +28,7 @@ pub mod shim;
 mod workdir;
 
 mod bwrap;
-mod oci;
+pub mod oci;
 
 pub use bwrap::Bubblewrap;
 pub use error::SandboxError;

@@ -167,6 +167,10 @@ impl Oci {
             "--hostname",
             "palisade",
         ]);
+        if self.tool == OciTool::Podman {
+            // podman's --read-only otherwise also makes /run and /var/tmp writable.
+            push(&["--read-only-tmpfs=false"]);
+        }
         push(&["--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777"]);
         push(&["--log-driver", "none"]);
         let engine = reports
