@@ -1,0 +1,320 @@
+//! The upstream's endpoints.
+//!
+//! | path | answer |
+//! | --- | --- |
+//! | anything else | 200 JSON echo of the request (`method`, `path`, `query`, `headers`, `body_len`, `body_sha256`, `version`) |
+//! | `/sse?n=N&interval_ms=M` | `text/event-stream`, N events `data: event-i`, M ms apart, each flushed alone |
+//! | `/ws` | WebSocket echo; the first server message is the handshake's headers as JSON |
+//! | `/status/{code}` | that status, small JSON body |
+//! | `/redirect` | 302 to `/echo` (a proxy must pass it on, not follow it) |
+//! | `/bytes?n=N` | N bytes of body, streamed in chunks |
+//! | `/slow?ms=N` | the echo, after holding the response headers back N ms |
+//! | `/close` | the connection is dropped without any response |
+//! | `/v1/messages` | fake Anthropic Messages API ([`super::llm`]) |
+//! | `/v1/chat/completions` | fake OpenAI-compatible chat API ([`super::llm`]) |
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::{header_pairs, llm, version_name, RecordedRequest, Shared};
+
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
+
+/// Returned by the service to make hyper drop the connection (used by `/close`).
+#[derive(Debug)]
+pub(crate) struct CloseConnection;
+
+impl std::fmt::Display for CloseConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection closed on purpose by the test upstream")
+    }
+}
+
+impl std::error::Error for CloseConnection {}
+
+/// Largest `/bytes` body, so a typo cannot fill the disk of a proxy under test.
+const MAX_BYTES: u64 = 1 << 30;
+/// Longest `/slow` and SSE delay, so a typo cannot stall a test run.
+const MAX_DELAY_MS: u64 = 120_000;
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    tls: bool,
+    mut request: Request<Incoming>,
+) -> Result<Response<Body>, CloseConnection> {
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().map(str::to_string);
+
+    if path == "/ws" {
+        shared.record(recorded(&request, 0, tls));
+        return Ok(websocket(&mut request));
+    }
+
+    let (parts, body) = request.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return Err(CloseConnection),
+    };
+    let head = Request::from_parts(parts, ());
+    shared.record(recorded(&head, body.len(), tls));
+
+    let params = QueryParams::parse(query.as_deref());
+    let response = match path.as_str() {
+        "/close" => return Err(CloseConnection),
+        "/sse" => sse(
+            params.number("n").unwrap_or(5),
+            params
+                .number("interval_ms")
+                .unwrap_or(100)
+                .min(MAX_DELAY_MS),
+        ),
+        "/redirect" => Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, "/echo")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(r#"{"redirect":"/echo"}"#))
+            .unwrap_or_else(|_| internal_error()),
+        "/bytes" => bytes_body(params.number("n").unwrap_or(1024).min(MAX_BYTES)),
+        "/slow" => {
+            let ms = params.number("ms").unwrap_or(1000).min(MAX_DELAY_MS);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            echo(&head, &body)
+        }
+        "/v1/messages" => llm::anthropic(&shared, &head, &body),
+        "/v1/chat/completions" => llm::openai(&shared, &head, &body),
+        _ => match path.strip_prefix("/status/") {
+            Some(code) => status(code),
+            None => echo(&head, &body),
+        },
+    };
+    Ok(response)
+}
+
+fn recorded<T>(request: &Request<T>, body_len: usize, tls: bool) -> RecordedRequest {
+    RecordedRequest {
+        method: request.method().to_string(),
+        path_and_query: request
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str().to_string())
+            .unwrap_or_else(|| "/".to_string()),
+        headers: header_pairs(request.headers()),
+        body_len,
+        version: version_name(request.version()).to_string(),
+        tls,
+    }
+}
+
+pub(crate) fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(value.to_string()))
+        .unwrap_or_else(|_| internal_error())
+}
+
+fn internal_error() -> Response<Body> {
+    let mut response = Response::new(full("test upstream could not build its response"));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+/// The request's headers as `{lowercase name: [values]}`.
+pub(crate) fn headers_json(request: &Request<()>) -> serde_json::Value {
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in header_pairs(request.headers()) {
+        headers.entry(name).or_default().push(value);
+    }
+    // HTTP/2 carries the host as :authority; show it as `host` so tests can check
+    // it the same way on both versions.
+    if !headers.contains_key("host") {
+        if let Some(authority) = request.uri().authority() {
+            headers.insert("host".into(), vec![authority.to_string()]);
+        }
+    }
+    serde_json::json!(headers)
+}
+
+fn echo(request: &Request<()>, body: &Bytes) -> Response<Body> {
+    let value = serde_json::json!({
+        "method": request.method().as_str(),
+        "path": request.uri().path(),
+        "query": request.uri().query(),
+        "headers": headers_json(request),
+        "body_len": body.len(),
+        "body_sha256": hex::encode(Sha256::digest(body)),
+        "version": version_name(request.version()),
+    });
+    json_response(StatusCode::OK, &value)
+}
+
+fn status(code: &str) -> Response<Body> {
+    let Some(status) = code
+        .parse::<u16>()
+        .ok()
+        .and_then(|c| StatusCode::from_u16(c).ok())
+    else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad_status", "message": format!("not a status code: {code}")}),
+        );
+    };
+    let no_body = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if no_body {
+        let mut response = Response::new(full(Bytes::new()));
+        *response.status_mut() = status;
+        return response;
+    }
+    json_response(status, &serde_json::json!({"status": status.as_u16()}))
+}
+
+fn sse(count: u64, interval_ms: u64) -> Response<Body> {
+    let events = futures_util::stream::unfold(0u64, move |i| async move {
+        if i >= count {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+        }
+        let frame = Frame::data(Bytes::from(format!("data: event-{i}\n\n")));
+        Some((Ok::<_, Infallible>(frame), i + 1))
+    });
+    event_stream(BodyExt::boxed(StreamBody::new(events)))
+}
+
+pub(crate) fn event_stream(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn bytes_body(total: u64) -> Response<Body> {
+    const CHUNK: u64 = 64 * 1024;
+    let chunks = futures_util::stream::unfold(0u64, move |sent| async move {
+        if sent >= total {
+            return None;
+        }
+        let size = CHUNK.min(total - sent);
+        let chunk = Bytes::from(vec![b'x'; size as usize]);
+        Some((Ok::<_, Infallible>(Frame::data(chunk)), sent + size))
+    });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(chunks)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    response
+}
+
+fn websocket(request: &mut Request<Incoming>) -> Response<Body> {
+    let is_upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "not_websocket", "message": "/ws needs a WebSocket upgrade over HTTP/1.1"}),
+        );
+    };
+    if !is_upgrade {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "not_websocket", "message": "/ws needs Upgrade: websocket"}),
+        );
+    }
+    let handshake = Request::builder()
+        .uri(request.uri().clone())
+        .version(request.version())
+        .body(())
+        .map(|mut head| {
+            *head.headers_mut() = request.headers().clone();
+            head
+        })
+        .unwrap_or_default();
+    let greeting = headers_json(&handshake).to_string();
+    let upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        if socket.send(Message::text(greeting)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_close() {
+                break;
+            }
+            // Pings are answered by tungstenite itself; only data is echoed.
+            if (message.is_text() || message.is_binary()) && socket.send(message).await.is_err() {
+                return;
+            }
+        }
+        let _ = socket.close(None).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .body(full(Bytes::new()))
+        .unwrap_or_else(|_| internal_error())
+}
+
+/// Query parameters, last value wins.
+struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    fn parse(query: Option<&str>) -> QueryParams {
+        let pairs = query
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        QueryParams(pairs)
+    }
+
+    fn number(&self, name: &str) -> Option<u64> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse().ok())
+    }
+}

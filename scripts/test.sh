@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what is missing, then runs every check CI runs: format, lints, tests.
+# Works unattended (CI=true, no stdin).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/palisade-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+exec </dev/null
+
+started=$(date +%s)
+stage="install-deps"
+summary() {
+  local status=$?
+  local elapsed=$(( $(date +%s) - started ))
+  if [ "$status" -eq 0 ]; then
+    echo "test.sh: all checks passed (fmt, clippy, tests) in ${elapsed}s"
+  else
+    echo "test.sh: FAILED at ${stage} after ${elapsed}s (exit ${status})"
+  fi
+}
+trap summary EXIT
+
+echo "== install-deps"
+bash scripts/install-deps.sh
+
+stage="cargo fmt"
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+stage="cargo clippy"
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+stage="cargo test"
+echo "== cargo test"
+cargo test --workspace
