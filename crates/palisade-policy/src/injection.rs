@@ -516,6 +516,13 @@ mod tests {
     }
 
     #[test]
+    fn query_on_a_uri_without_path() {
+        let mut p = parts("https://h.example", &[]);
+        apply("query:key", &mut p).unwrap();
+        assert_eq!(p.uri.to_string(), "https://h.example/?key=sk-real-123");
+    }
+
+    #[test]
     fn query_matches_encoded_client_key() {
         let mut p = parts("/x?api%5Fkey=placeholder&q=1", &[]);
         apply("query:api_key", &mut p).unwrap();

@@ -22,3 +22,4 @@ pub use names::{AgentName, NameError, Profile};
 pub use pattern::{HostPattern, MethodPattern, PathPattern, PatternError};
 pub use rule::{RateWindow, RuleAction, RuleError, RulePolicy, Scope};
 pub use secret::{SecretPolicy, SecretValue};
+pub use summary::{summarize, Summary};

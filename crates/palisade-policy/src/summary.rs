@@ -7,6 +7,11 @@
 //! else: method, URL without query values for secret-looking keys, redacted headers
 //! (authorization, cookie, x-api-key and anything named like a key/token/secret show as
 //! `[redacted]`) and a body excerpt (at most 500 chars, non-printable replaced).
+//!
+//! Every byte here comes from the agent, which may be confused or hostile: nothing in
+//! this module fails on malformed input (a shape that cannot be read falls back to the
+//! generic summary), every length is capped, and all shown text goes through
+//! the `clean` helpers so invisible or reordering characters cannot change what a person reads.
 
 use serde::Serialize;
 
