@@ -16,8 +16,10 @@ impl Context {
             json,
         })
     }
-    /// Opens (creating on first use) the home and its database.
+    /// Opens (creating on first use) the home and its database. Changes made through
+    /// the handle are audited as made by the person running the CLI (`cli:NAME`).
     pub fn open_store(&self) -> anyhow::Result<Store> {
-        Ok(Store::open(&self.home)?)
+        let store = Store::open(&self.home)?;
+        Ok(store.with_actor(&crate::input::approver_identity()))
     }
 }

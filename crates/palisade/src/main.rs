@@ -1,6 +1,185 @@
 //! The `palisade` binary: parses arguments and wires the crates together.
+//!
+//! Every command returns `anyhow::Result`; this file turns an error into one line on
+//! stderr (`error: cause: cause`) and exit status 1. Usage errors are clap's (status 2).
 
 mod cmd;
 mod context;
+mod input;
+mod output;
 
-fn main() {}
+use clap::{CommandFactory, Parser, Subcommand};
+use cmd::agents::AgentsCommand;
+use cmd::approvals::ApprovalsCommand;
+use cmd::audit::AuditCommand;
+use cmd::rules::RulesCommand;
+use cmd::sandbox::{SandboxCommand, ShimArgs};
+use cmd::secrets::SecretsCommand;
+use cmd::vault::VaultCommand;
+use context::Context;
+use std::path::PathBuf;
+
+const LONG_ABOUT: &str = "\
+Palisade runs AI agents in sandboxes and puts every control at the sandbox's boundary:
+credentials are injected by the vault gateway on the way out and never enter a sandbox,
+sensitive actions wait for a person's approval, and every request is written to a
+hash-chained audit log.
+
+State lives in $PALISADE_HOME (default ~/.palisade), or the directory given with --home.";
+
+const EXAMPLES: &str = "\
+Examples:
+  palisade agents create mailer --profile action
+  palisade secrets create --name gmail --host-pattern gmail.googleapis.com --inject bearer --agent mailer < token.txt
+  palisade rules create --name ask-before-send --host-pattern gmail.googleapis.com --method POST --action require_approval
+  palisade vault serve
+  palisade approvals list
+  palisade audit verify";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "A personal AI-agent host whose security lives at the sandbox boundary",
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    /// State directory [default: $PALISADE_HOME, else ~/.palisade]
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Print JSON instead of tables (arrays for lists, objects otherwise).
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list, inspect and delete agents; print their gateway tokens.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// Credentials the vault injects into agents' requests (values go in, never out).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Allow, block, rate-limit or require approval for requests by host, path and method.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Held actions waiting for a person: list, show, approve, deny.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+    /// The hash-chained audit log: list rows, verify nothing was edited.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// The vault gateway: serve, CA certificate, container environment, admin key.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+    /// Run commands in an agent's sandbox.
+    Sandbox {
+        #[command(subcommand)]
+        command: SandboxCommand,
+    },
+    /// Inside a sandbox: relay the loopback proxy port to the vault socket.
+    Shim(ShimArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Example:\n  palisade completions bash > ~/.local/share/bash-completion/completions/palisade"
+    )]
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(error) if is_broken_pipe(&error) => 0,
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let context = || Context::new(cli.home.as_deref(), cli.json);
+    match cli.command {
+        Command::Agents(command) => cmd::agents::run(command, &context()?),
+        Command::Secrets(command) => cmd::secrets::run(command, &context()?),
+        Command::Rules(command) => cmd::rules::run(command, &context()?),
+        Command::Approvals(command) => cmd::approvals::run(command, &context()?),
+        Command::Audit(command) => cmd::audit::run(command, &context()?),
+        Command::Vault { command } => cmd::vault::run(command, &context()?),
+        Command::Sandbox { command } => cmd::sandbox::run(command, &context()?),
+        Command::Shim(args) => cmd::sandbox::run_shim(args),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "palisade", &mut script);
+            output::print(&String::from_utf8_lossy(&script))
+        }
+    }
+}
+
+/// The error and its causes on one line, joined with ": ".
+fn one_line(error: &anyhow::Error) -> String {
+    let text = format!("{error:#}");
+    text.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `palisade audit list | head` closing the pipe early is not an error.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Logs go to stderr so stdout stays clean for tables, JSON and tokens. `-v` flags win
+/// over RUST_LOG; without either only warnings and errors are shown.
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match verbose {
+        0 => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        1 => EnvFilter::new("info"),
+        2 => EnvFilter::new("debug"),
+        _ => EnvFilter::new("trace"),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let error = anyhow::anyhow!("inner\nproblem").context("outer");
+        assert_eq!(one_line(&error), "outer: inner problem");
+    }
+}

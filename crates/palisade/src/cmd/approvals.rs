@@ -1,0 +1,183 @@
+//! `palisade approvals …`: see held actions and decide them from a terminal.
+//!
+//! The decision is written to the store; the gateway holding the request notices it
+//! and lets the request through or answers the agent with the denial and comment.
+
+use crate::context::Context;
+use crate::input;
+use crate::output::{self, Details, Table};
+use palisade_store::{Approval, ApprovalDecision, ApprovalStatus};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ApprovalsCommand {
+    /// List approvals: pending ones by default.
+    #[command(
+        after_help = "Examples:\n  palisade approvals list\n  palisade approvals list --all\n  palisade approvals list --status denied --json"
+    )]
+    List {
+        /// Every status, not only pending.
+        #[arg(long, conflicts_with = "status")]
+        all: bool,
+        /// Only this status.
+        #[arg(long, value_name = "pending|approved|denied|timed_out|cancelled")]
+        status: Option<String>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one approval in full: the summary, the request detail and its context.
+    Show { id: String },
+    /// Approve a pending action; the held request goes ahead.
+    #[command(
+        after_help = "Example:\n  palisade approvals approve apr_k3j5m2n4p6q7 --comment 'ok this once'"
+    )]
+    Approve {
+        id: String,
+        /// A note recorded with the decision.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
+    /// Deny a pending action; the agent is told, with your comment.
+    #[command(
+        after_help = "Example:\n  palisade approvals deny apr_k3j5m2n4p6q7 --comment 'not to that list; use the team one'"
+    )]
+    Deny {
+        id: String,
+        /// Returned to the agent so it can adjust.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
+}
+
+pub fn run(command: ApprovalsCommand, ctx: &Context) -> anyhow::Result<()> {
+    match command {
+        ApprovalsCommand::List { all, status, limit } => {
+            let status = match (all, status) {
+                (true, _) => None,
+                (false, Some(text)) => Some(text.parse::<ApprovalStatus>()?),
+                (false, None) => Some(ApprovalStatus::Pending),
+            };
+            let store = ctx.open_store()?;
+            let approvals = store.list_approvals(status, limit)?;
+            if ctx.json {
+                return output::print_json(&approvals);
+            }
+            if approvals.is_empty() {
+                let which = status
+                    .map(|s| format!("{} ", s.as_str()))
+                    .unwrap_or_default();
+                return output::print(&format!("no {which}approvals\n"));
+            }
+            let now = output::now_ms();
+            let mut table = Table::new(&[
+                "ID", "STATUS", "AGENT", "KIND", "TITLE", "ASKED", "DECISION",
+            ]);
+            for approval in &approvals {
+                let decision = match (&approval.approver, approval.decided_at_ms) {
+                    (Some(approver), Some(at)) => {
+                        format!("{approver} {}", output::relative_to(at, now))
+                    }
+                    (_, Some(at)) => output::relative_to(at, now),
+                    _ if approval.status == ApprovalStatus::Pending => {
+                        format!(
+                            "times out {}",
+                            output::relative_to(approval.expires_at_ms, now)
+                        )
+                    }
+                    _ => String::new(),
+                };
+                table.row(vec![
+                    approval.id.clone(),
+                    approval.status.as_str().to_string(),
+                    approval.agent.to_string(),
+                    approval.kind.clone(),
+                    approval.title.clone(),
+                    output::relative_to(approval.created_at_ms, now),
+                    decision,
+                ]);
+            }
+            output::print(&table.render())
+        }
+        ApprovalsCommand::Show { id } => {
+            let store = ctx.open_store()?;
+            let approval = store.get_approval(&id)?;
+            if ctx.json {
+                return output::print_json(&approval);
+            }
+            output::print(&render(&approval))
+        }
+        ApprovalsCommand::Approve { id, comment } => decide(ctx, &id, true, comment),
+        ApprovalsCommand::Deny { id, comment } => decide(ctx, &id, false, comment),
+    }
+}
+
+fn decide(ctx: &Context, id: &str, approve: bool, comment: Option<String>) -> anyhow::Result<()> {
+    let comment = comment.filter(|text| !text.trim().is_empty());
+    let store = ctx.open_store()?;
+    let decision = ApprovalDecision {
+        approve,
+        approver: input::approver_identity(),
+        comment,
+    };
+    let approval = store.decide_approval(id, &decision)?;
+    if ctx.json {
+        return output::print_json(&approval);
+    }
+    output::print(&format!(
+        "{} {}: {} (as {})\n",
+        approval.status.as_str(),
+        approval.id,
+        output::clean(&approval.title),
+        output::clean(&decision.approver),
+    ))
+}
+
+fn render(approval: &Approval) -> String {
+    let mut details = Details::new();
+    details.field("id", &approval.id);
+    details.field("status", approval.status.as_str());
+    details.field("kind", &approval.kind);
+    details.field("agent", approval.agent.as_str());
+    details.field("title", &approval.title);
+    details.field("asked", output::when(approval.created_at_ms));
+    if approval.status == ApprovalStatus::Pending {
+        details.field("times out", output::when(approval.expires_at_ms));
+    }
+    if let Some(at) = approval.decided_at_ms {
+        details.field("decided", output::when(at));
+    }
+    if let Some(approver) = &approval.approver {
+        details.field("approver", approver);
+    }
+    if let Some(comment) = &approval.comment {
+        details.field("comment", comment);
+    }
+    let mut text = details.render();
+    if !approval.lines.is_empty() {
+        text.push_str("\nsummary:\n");
+        for line in &approval.lines {
+            text.push_str(&format!("  {}\n", output::clean(line)));
+        }
+    }
+    if !approval.detail.is_empty() {
+        text.push_str("\ndetail:\n");
+        // The detail is multi-line on purpose (headers, body excerpt); each line is
+        // cleaned on its own so none can carry escape sequences.
+        for line in approval.detail.lines() {
+            text.push_str(&format!("  {}\n", output::clean(line)));
+        }
+    }
+    if !approval.context.is_null() && approval.context.as_object().is_none_or(|o| !o.is_empty()) {
+        text.push_str(&format!(
+            "\ncontext: {}\n",
+            output::clean(&approval.context.to_string())
+        ));
+    }
+    if approval.status == ApprovalStatus::Pending {
+        text.push_str(&format!(
+            "\ndecide with: palisade approvals approve {id}   or   palisade approvals deny {id} --comment TEXT\n",
+            id = approval.id
+        ));
+    }
+    text
+}

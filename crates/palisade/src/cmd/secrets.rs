@@ -1,0 +1,213 @@
+//! `palisade secrets …`: credentials the vault injects, and which agents get them.
+//!
+//! Values go in (from a file or stdin) and never come out: no command here prints one.
+
+use crate::context::Context;
+use crate::input::{self, VALUE_ON_ARGV};
+use crate::output::{self, Table};
+use anyhow::bail;
+use palisade_policy::{AgentName, HostPattern, Injection, PathPattern};
+use palisade_store::{NewSecret, StoreError};
+use std::path::PathBuf;
+
+const CREATE_HELP: &str = "\
+Examples:
+  palisade secrets create --name gmail --host-pattern gmail.googleapis.com --inject bearer --agent mailer < token.txt
+  palisade secrets create --name claude --host-pattern api.anthropic.com --inject anthropic --agent mailer --value-file key.txt
+  palisade secrets create --name gh --host-pattern api.github.com --inject 'header:Authorization:token {value}' --agent coder
+  palisade secrets create --name tg --host-pattern api.telegram.org --inject 'path-template:/bot{value}/' --agent notifier
+
+The value is read from --value-file, or else from stdin (prompted without echo on a
+terminal). One trailing newline is removed. Values are never accepted as arguments.";
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SecretsCommand {
+    /// Store a credential and say where the vault injects it.
+    #[command(after_help = CREATE_HELP)]
+    Create(Box<CreateArgs>),
+    /// List secrets (names, hosts, paths, injection, agents; never values).
+    List,
+    /// Delete a secret; the vault stops injecting it on the next request.
+    Delete { name: String },
+    /// Let an agent have a secret injected.
+    #[command(after_help = "Example:\n  palisade secrets grant gmail --agent mailer")]
+    Grant {
+        name: String,
+        #[arg(long)]
+        agent: String,
+    },
+    /// Stop injecting a secret for an agent.
+    #[command(after_help = "Example:\n  palisade secrets revoke gmail --agent mailer")]
+    Revoke {
+        name: String,
+        #[arg(long)]
+        agent: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// A unique name for the secret.
+    #[arg(long)]
+    name: String,
+    /// Host the secret is sent to: exact (`api.example.com`) or `*.example.com`.
+    #[arg(long, value_name = "PATTERN")]
+    host_pattern: String,
+    /// Only inject on these paths: exact (`/v1/messages`) or a prefix (`/v1/*`).
+    #[arg(long, value_name = "PATTERN")]
+    path_pattern: Option<String>,
+    /// How the value is written: bearer | anthropic | header:NAME[:FORMAT with {value}] |
+    /// query:NAME | path-template:/prefix{value}/
+    #[arg(long, value_name = "SPEC")]
+    inject: String,
+    /// Grant to this agent (repeatable). Without any, no agent gets it until granted.
+    #[arg(long, value_name = "AGENT")]
+    agent: Vec<String>,
+    /// Higher wins among secrets whose paths are equally specific.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i64,
+    /// Read the value from FILE (`-` for stdin) instead of stdin.
+    #[arg(long, value_name = "FILE")]
+    value_file: Option<PathBuf>,
+    /// Refused: values are never taken from the command line.
+    #[arg(long, hide = true, num_args = 0..=1, allow_hyphen_values = true)]
+    value: Option<Option<String>>,
+    /// Refused without echoing: a stray argument is most likely a pasted value.
+    #[arg(hide = true)]
+    stray: Vec<String>,
+}
+
+pub fn run(command: SecretsCommand, ctx: &Context) -> anyhow::Result<()> {
+    match command {
+        SecretsCommand::Create(args) => create(*args, ctx),
+        SecretsCommand::List => {
+            let store = ctx.open_store()?;
+            let secrets = store.list_secrets()?;
+            if ctx.json {
+                return output::print_json(&secrets);
+            }
+            if secrets.is_empty() {
+                return output::print("no secrets yet; add one with `palisade secrets create`\n");
+            }
+            let mut table = Table::new(&[
+                "NAME", "HOST", "PATH", "INJECT", "AGENTS", "PRIORITY", "CREATED",
+            ]);
+            for secret in &secrets {
+                let agents: Vec<&str> = secret.agents.iter().map(AgentName::as_str).collect();
+                table.row(vec![
+                    secret.name.clone(),
+                    secret.host_pattern.clone(),
+                    secret.path_pattern.clone().unwrap_or_default(),
+                    secret.injection.clone(),
+                    agents.join(","),
+                    secret.priority.to_string(),
+                    output::relative(secret.created_at_ms),
+                ]);
+            }
+            output::print(&table.render())
+        }
+        SecretsCommand::Delete { name } => {
+            let store = ctx.open_store()?;
+            store.delete_secret(&name)?;
+            if ctx.json {
+                return output::print_json(&serde_json::json!({ "deleted": name }));
+            }
+            output::print(&format!("deleted secret {}\n", output::clean(&name)))
+        }
+        SecretsCommand::Grant { name, agent } => {
+            let agent = AgentName::new(&agent)?;
+            let store = ctx.open_store()?;
+            store.grant_secret(&name, &agent)?;
+            change_grant(ctx, &store, "granted", &name, &agent)
+        }
+        SecretsCommand::Revoke { name, agent } => {
+            let agent = AgentName::new(&agent)?;
+            let store = ctx.open_store()?;
+            store.revoke_secret(&name, &agent)?;
+            change_grant(ctx, &store, "revoked", &name, &agent)
+        }
+    }
+}
+
+fn change_grant(
+    ctx: &Context,
+    store: &palisade_store::Store,
+    verb: &str,
+    name: &str,
+    agent: &AgentName,
+) -> anyhow::Result<()> {
+    let secret = store.get_secret(name)?;
+    if ctx.json {
+        return output::print_json(&secret);
+    }
+    output::print(&format!(
+        "{verb} secret {} {} agent {agent}\n",
+        output::clean(name),
+        if verb == "granted" { "to" } else { "from" }
+    ))
+}
+
+fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<()> {
+    if args.value.is_some() || !args.stray.is_empty() {
+        bail!(VALUE_ON_ARGV);
+    }
+    let name = super::check_name(&args.name, "secret")?;
+    let host = HostPattern::parse(&args.host_pattern)?;
+    let path = args
+        .path_pattern
+        .as_deref()
+        .map(PathPattern::parse)
+        .transpose()?;
+    let injection: Injection = args.inject.parse()?;
+    let agents = args
+        .agent
+        .iter()
+        .map(|agent| AgentName::new(agent))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let store = ctx.open_store()?;
+    // Check what the store would refuse before asking for the value, so nobody types a
+    // credential only to be told the agent name had a typo.
+    for agent in &agents {
+        store.get_agent(agent)?;
+    }
+    match store.get_secret(&name) {
+        Ok(_) => {
+            return Err(StoreError::Duplicate {
+                what: "secret",
+                name,
+            }
+            .into())
+        }
+        Err(StoreError::NotFound { .. }) => {}
+        Err(error) => return Err(error.into()),
+    }
+    let value = input::read_secret_value(args.value_file.as_deref(), &name)?;
+
+    let record = store.create_secret(NewSecret {
+        name: name.clone(),
+        host,
+        path,
+        injection,
+        value,
+        agents,
+        priority: args.priority,
+    })?;
+    if ctx.json {
+        return output::print_json(&record);
+    }
+    let agents: Vec<&str> = record.agents.iter().map(AgentName::as_str).collect();
+    let mut text = format!(
+        "created secret {} for {}{} ({})",
+        output::clean(&record.name),
+        output::clean(&record.host_pattern),
+        output::clean(record.path_pattern.as_deref().unwrap_or("")),
+        output::clean(&record.injection),
+    );
+    if agents.is_empty() {
+        text.push_str("\nno agent is granted it yet; grant one with `palisade secrets grant NAME --agent AGENT`\n");
+    } else {
+        text.push_str(&format!(", granted to {}\n", agents.join(", ")));
+    }
+    output::print(&text)
+}

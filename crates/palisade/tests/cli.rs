@@ -1,0 +1,1003 @@
+//! Black-box tests of the `palisade` command line: the real binary against a temporary
+//! home, checking exit codes, one-line errors, JSON shapes, and that refused commands
+//! write nothing.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// No single command should take anywhere near this long; a hang fails the test instead
+/// of stalling the suite.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+    #[track_caller]
+    fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "expected success, stderr: {}", self.stderr);
+        self
+    }
+    /// Exit 1 with exactly one stderr line, `error: …` containing `needle`.
+    #[track_caller]
+    fn refused(self, needle: &str) -> Self {
+        assert_eq!(
+            self.code, 1,
+            "expected exit 1; stdout: {} stderr: {}",
+            self.stdout, self.stderr
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one stderr line, got: {}",
+            self.stderr
+        );
+        assert!(lines[0].starts_with("error: "), "stderr: {}", self.stderr);
+        assert!(
+            lines[0].contains(needle),
+            "stderr {:?} should contain {needle:?}",
+            lines[0]
+        );
+        self
+    }
+}
+
+struct Palisade {
+    dir: tempfile::TempDir,
+}
+
+impl Palisade {
+    fn new() -> Self {
+        Palisade {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, None)
+    }
+
+    fn run_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
+        command
+            .args(args)
+            .env("PALISADE_HOME", self.home())
+            .env_remove("PALISADE_MASTER_KEY")
+            .env_remove("RUST_LOG")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn palisade");
+        if let Some(bytes) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin pipe");
+            let bytes = bytes.to_vec();
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&bytes);
+            });
+        }
+        let mut stdout_pipe = child.stdout.take().expect("stdout pipe");
+        let mut stderr_pipe = child.stderr.take().expect("stderr pipe");
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout_pipe.read_to_string(&mut text);
+            text
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr_pipe.read_to_string(&mut text);
+            text
+        });
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for palisade") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("palisade {args:?} did not finish within {COMMAND_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Output {
+            code: status.code().unwrap_or(-1),
+            stdout: stdout.join().expect("stdout reader"),
+            stderr: stderr.join().expect("stderr reader"),
+        }
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        self.run(&full).ok().json()
+    }
+
+    fn count(&self, args: &[&str]) -> usize {
+        self.json(args)
+            .as_array()
+            .unwrap_or_else(|| panic!("{args:?} should print a JSON array"))
+            .len()
+    }
+
+    fn create_agent(&self, name: &str) {
+        self.run(&["agents", "create", name]).ok();
+    }
+
+    fn create_secret(&self, name: &str, agent: &str, value: &str) {
+        self.run_with_stdin(
+            &[
+                "secrets",
+                "create",
+                "--name",
+                name,
+                "--host-pattern",
+                "api.example.com",
+                "--inject",
+                "bearer",
+                "--agent",
+                agent,
+            ],
+            Some(value.as_bytes()),
+        )
+        .ok();
+    }
+
+    fn store(&self) -> palisade_store::Store {
+        palisade_store::Store::open(&palisade_store::Home::at(self.home())).expect("open store")
+    }
+
+    /// Every byte SQLite may have written: the database and its WAL.
+    fn database_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for name in ["palisade.db", "palisade.db-wal", "palisade.db-shm"] {
+            if let Ok(mut content) = std::fs::read(self.home().join(name)) {
+                bytes.append(&mut content);
+            }
+        }
+        bytes
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+#[test]
+fn help_works_on_every_command() {
+    let palisade = Palisade::new();
+    let commands: &[&[&str]] = &[
+        &[],
+        &["agents"],
+        &["agents", "create"],
+        &["agents", "list"],
+        &["agents", "show"],
+        &["agents", "delete"],
+        &["agents", "token"],
+        &["secrets"],
+        &["secrets", "create"],
+        &["secrets", "list"],
+        &["secrets", "delete"],
+        &["secrets", "grant"],
+        &["secrets", "revoke"],
+        &["rules"],
+        &["rules", "create"],
+        &["rules", "list"],
+        &["rules", "delete"],
+        &["approvals"],
+        &["approvals", "list"],
+        &["approvals", "show"],
+        &["approvals", "approve"],
+        &["approvals", "deny"],
+        &["audit"],
+        &["audit", "list"],
+        &["audit", "verify"],
+        &["vault"],
+        &["sandbox"],
+        &["completions"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let output = palisade.run(&args).ok();
+        assert!(
+            output.stdout.contains("Usage: palisade"),
+            "{args:?}: {}",
+            output.stdout
+        );
+    }
+    let version = palisade.run(&["--version"]).ok();
+    assert!(version.stdout.starts_with("palisade "));
+    // Help never creates the home.
+    assert!(!palisade.home().exists());
+}
+
+#[test]
+fn usage_errors_exit_2_like_clap() {
+    let palisade = Palisade::new();
+    assert_eq!(palisade.run(&["agents", "frobnicate"]).code, 2);
+    assert_eq!(palisade.run(&["secrets", "create", "--name", "x"]).code, 2);
+    assert_eq!(palisade.run(&[]).code, 2);
+}
+
+#[test]
+fn completions_are_generated() {
+    let palisade = Palisade::new();
+    let output = palisade.run(&["completions", "bash"]).ok();
+    assert!(output.stdout.contains("palisade"));
+}
+
+#[test]
+fn agents_lifecycle_and_json_shapes() {
+    let palisade = Palisade::new();
+    let created = palisade.json(&["agents", "create", "mailer", "--profile", "action"]);
+    assert_eq!(created["name"], "mailer");
+    assert_eq!(created["profile"], "action");
+    assert!(created["created_at_ms"].is_i64());
+
+    let created = palisade.json(&["agents", "create", "helper"]);
+    assert_eq!(created["profile"], "research", "research is the default");
+
+    let list = palisade.json(&["agents", "list"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&"mailer") && names.contains(&"helper"));
+
+    let table = palisade.run(&["agents", "list"]).ok();
+    assert!(table.stdout.starts_with("NAME"));
+    assert!(table.stdout.contains("mailer"));
+
+    palisade.create_secret("gmail", "mailer", "value-for-show");
+    let shown = palisade.json(&["agents", "show", "mailer"]);
+    assert_eq!(shown["name"], "mailer");
+    assert_eq!(shown["secrets"], serde_json::json!(["gmail"]));
+    assert!(shown["rules"].is_array());
+    palisade.run(&["agents", "show", "mailer"]).ok();
+    palisade
+        .run(&["agents", "show", "nobody"])
+        .refused("not found");
+
+    // --yes (and -y) delete without asking.
+    let deleted = palisade.json(&["agents", "delete", "helper", "--yes"]);
+    assert_eq!(deleted["deleted"], "helper");
+    assert_eq!(palisade.count(&["agents", "list"]), 1);
+    palisade.run(&["agents", "create", "temp"]).ok();
+    palisade.run(&["agents", "delete", "temp", "-y"]).ok();
+    assert_eq!(palisade.count(&["agents", "list"]), 1);
+}
+
+#[test]
+fn agent_bad_input_is_refused_and_writes_nothing() {
+    let palisade = Palisade::new();
+    palisade
+        .run(&["agents", "create", "Bad Name"])
+        .refused("agent name");
+    palisade
+        .run(&["agents", "create", "ok", "--profile", "admin"])
+        .refused("profile \"admin\" is unknown");
+    assert_eq!(palisade.count(&["agents", "list"]), 0);
+
+    palisade.create_agent("mailer");
+    palisade
+        .run(&["agents", "create", "mailer", "--profile", "action"])
+        .refused("already exists");
+    let agents = palisade.json(&["agents", "list"]);
+    assert_eq!(agents.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        agents[0]["profile"], "research",
+        "the duplicate changed nothing"
+    );
+
+    // Without a terminal and without --yes, nothing is deleted.
+    palisade
+        .run(&["agents", "delete", "mailer"])
+        .refused("pass --yes");
+    assert_eq!(palisade.count(&["agents", "list"]), 1);
+    palisade
+        .run(&["agents", "delete", "ghost", "--yes"])
+        .refused("not found");
+    palisade
+        .run(&["agents", "token", "ghost"])
+        .refused("not found");
+}
+
+#[test]
+fn token_is_stable_until_rotated() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    let first = palisade.run(&["agents", "token", "mailer"]).ok().stdout;
+    let token = first.trim_end_matches('\n');
+    assert_eq!(first, format!("{token}\n"), "only the token is printed");
+    assert!(token.starts_with("pal_") && token.len() > 20, "{token}");
+    let again = palisade.run(&["agents", "token", "mailer"]).ok().stdout;
+    assert_eq!(again, first);
+
+    let rotated = palisade
+        .run(&["agents", "token", "mailer", "--rotate"])
+        .ok()
+        .stdout;
+    assert_ne!(rotated, first);
+    let after = palisade.run(&["agents", "token", "mailer"]).ok().stdout;
+    assert_eq!(after, rotated);
+
+    let json = palisade.json(&["agents", "token", "mailer"]);
+    assert_eq!(json["agent"], "mailer");
+    assert_eq!(json["token"].as_str(), Some(rotated.trim_end()));
+    let agents = palisade.json(&["agents", "list"]);
+    assert_eq!(agents[0]["has_token"], true);
+}
+
+#[test]
+fn secrets_create_list_grant_revoke_delete() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    palisade.create_agent("helper");
+
+    let created = palisade
+        .run_with_stdin(
+            &[
+                "--json",
+                "secrets",
+                "create",
+                "--name",
+                "gmail",
+                "--host-pattern",
+                "gmail.googleapis.com",
+                "--path-pattern",
+                "/gmail/v1/*",
+                "--inject",
+                "header:Authorization:token {value}",
+                "--agent",
+                "mailer",
+                "--agent",
+                "helper",
+                "--priority",
+                "-3",
+            ],
+            Some(b"s3cr3t\n"),
+        )
+        .ok()
+        .json();
+    assert_eq!(created["name"], "gmail");
+    assert_eq!(created["host_pattern"], "gmail.googleapis.com");
+    assert_eq!(created["path_pattern"], "/gmail/v1/*");
+    // Header names are stored in their canonical lower-case form.
+    assert_eq!(created["injection"], "header:authorization:token {value}");
+    assert_eq!(created["agents"], serde_json::json!(["helper", "mailer"]));
+    assert_eq!(created["priority"], -3);
+
+    let list = palisade.json(&["secrets", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    assert_eq!(list[0]["name"], "gmail");
+
+    palisade
+        .run(&["secrets", "revoke", "gmail", "--agent", "helper"])
+        .ok();
+    assert_eq!(
+        palisade.json(&["secrets", "list"])[0]["agents"],
+        serde_json::json!(["mailer"])
+    );
+    let granted = palisade.json(&["secrets", "grant", "gmail", "--agent", "helper"]);
+    assert_eq!(granted["agents"], serde_json::json!(["helper", "mailer"]));
+    palisade
+        .run(&["secrets", "grant", "gmail", "--agent", "ghost"])
+        .refused("not found");
+    palisade
+        .run(&["secrets", "grant", "nothing", "--agent", "helper"])
+        .refused("not found");
+
+    let table = palisade.run(&["secrets", "list"]).ok().stdout;
+    assert!(table.starts_with("NAME"));
+    assert!(table.contains("gmail.googleapis.com"));
+
+    palisade.run(&["secrets", "delete", "gmail"]).ok();
+    assert_eq!(palisade.count(&["secrets", "list"]), 0);
+    palisade
+        .run(&["secrets", "delete", "gmail"])
+        .refused("not found");
+}
+
+#[test]
+fn secret_value_file_strips_one_newline() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    let file = palisade.dir.path().join("key.txt");
+    std::fs::write(&file, "key-with-newline\n\n").expect("write key file");
+    palisade
+        .run(&[
+            "secrets",
+            "create",
+            "--name",
+            "claude",
+            "--host-pattern",
+            "api.anthropic.com",
+            "--inject",
+            "anthropic",
+            "--agent",
+            "mailer",
+            "--value-file",
+            file.to_str().expect("utf-8 path"),
+        ])
+        .ok();
+    palisade.create_secret("crlf", "mailer", "crlf-value\r\n");
+    let policy = palisade.store().load_policy().expect("load policy");
+    let value = |name: &str| {
+        policy
+            .secrets()
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.value.expose().to_string())
+    };
+    assert_eq!(value("claude").as_deref(), Some("key-with-newline\n"));
+    assert_eq!(value("crlf").as_deref(), Some("crlf-value"));
+}
+
+#[test]
+fn secret_bad_input_is_refused_and_writes_nothing() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    let base = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut args = vec![
+            "secrets",
+            "create",
+            "--name",
+            "gmail",
+            "--host-pattern",
+            "gmail.googleapis.com",
+            "--inject",
+            "bearer",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let value = Some(&b"the-value"[..]);
+    let argv_refusal = "never taken from the command line";
+
+    for extra in [
+        &["--value", "sk-on-argv-123"][..],
+        &["--value=sk-on-argv-123"][..],
+        &["sk-on-argv-123"][..],
+    ] {
+        let output = palisade
+            .run_with_stdin(&base(extra), value)
+            .refused(argv_refusal);
+        assert!(!output.stderr.contains("sk-on-argv-123"));
+        assert!(!output.stdout.contains("sk-on-argv-123"));
+    }
+    palisade
+        .run_with_stdin(&base(&["--agent", "ghost"]), value)
+        .refused("agent \"ghost\" not found");
+    palisade
+        .run_with_stdin(&base(&["--agent", "Not Valid"]), value)
+        .refused("agent name");
+    palisade
+        .run_with_stdin(&base(&["--path-pattern", "v1/*"]), value)
+        .refused("path pattern");
+    palisade
+        .run_with_stdin(
+            &[
+                "secrets",
+                "create",
+                "--name",
+                "x",
+                "--host-pattern",
+                "https://api.example.com/v1",
+                "--inject",
+                "bearer",
+            ],
+            value,
+        )
+        .refused("host pattern");
+    palisade
+        .run_with_stdin(
+            &[
+                "secrets",
+                "create",
+                "--name",
+                "x",
+                "--host-pattern",
+                "api.example.com",
+                "--inject",
+                "basic",
+            ],
+            value,
+        )
+        .refused("injection");
+    palisade
+        .run_with_stdin(&base(&[]), Some(b"\n"))
+        .refused("the secret value is empty");
+    palisade
+        .run_with_stdin(&base(&[]), Some(b""))
+        .refused("the secret value is empty");
+    palisade
+        .run(&base(&["--value-file", "/nonexistent/key.txt"]))
+        .refused("--value-file");
+    assert_eq!(palisade.count(&["secrets", "list"]), 0);
+
+    palisade.run_with_stdin(&base(&[]), value).ok();
+    palisade
+        .run_with_stdin(&base(&["--agent", "mailer"]), Some(b"other"))
+        .refused("already exists");
+    let list = palisade.json(&["secrets", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    assert_eq!(list[0]["agents"], serde_json::json!([]));
+}
+
+#[test]
+fn secret_value_never_printed_nor_stored_in_plain_text() {
+    let palisade = Palisade::new();
+    let value = "sk-live-9f8e7d6c5b4a-never-shown";
+    palisade.create_agent("mailer");
+    let created = palisade.run_with_stdin(
+        &[
+            "secrets",
+            "create",
+            "--name",
+            "stripe",
+            "--host-pattern",
+            "api.stripe.com",
+            "--inject",
+            "bearer",
+            "--agent",
+            "mailer",
+        ],
+        Some(value.as_bytes()),
+    );
+    let created_json = palisade.run_with_stdin(
+        &[
+            "--json",
+            "secrets",
+            "create",
+            "--name",
+            "stripe2",
+            "--host-pattern",
+            "api.stripe.com",
+            "--inject",
+            "query:key",
+        ],
+        Some(value.as_bytes()),
+    );
+    let mut outputs = vec![created.ok(), created_json.ok()];
+    for args in [
+        &["secrets", "list"][..],
+        &["--json", "secrets", "list"],
+        &["agents", "show", "mailer"],
+        &["--json", "agents", "show", "mailer"],
+        &["audit", "list"],
+        &["--json", "audit", "list"],
+        &["secrets", "grant", "stripe2", "--agent", "mailer"],
+        &[
+            "--json", "secrets", "revoke", "stripe2", "--agent", "mailer",
+        ],
+        &["-vvv", "secrets", "delete", "stripe2"],
+    ] {
+        outputs.push(palisade.run(args).ok());
+    }
+    for output in &outputs {
+        assert!(!output.stdout.contains(value), "stdout: {}", output.stdout);
+        assert!(!output.stderr.contains(value), "stderr: {}", output.stderr);
+    }
+    let bytes = palisade.database_bytes();
+    assert!(!bytes.is_empty());
+    assert!(
+        !contains(&bytes, value),
+        "the value is in the database files"
+    );
+    // Only the half that a naive prefix search would find, too.
+    assert!(!contains(&bytes, "9f8e7d6c5b4a"));
+}
+
+#[test]
+fn rules_create_list_delete_and_json_shapes() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    let limit = palisade.json(&[
+        "rules",
+        "create",
+        "--name",
+        "gmail-send-limit",
+        "--host-pattern",
+        "gmail.googleapis.com",
+        "--path-pattern",
+        "/gmail/v1/users/*/messages/send",
+        "--action",
+        "rate_limit",
+        "--rate-limit",
+        "3",
+        "--rate-window",
+        "1h",
+        "--agent",
+        "mailer",
+    ]);
+    assert_eq!(limit["name"], "gmail-send-limit");
+    assert_eq!(limit["action"], "rate_limit");
+    assert_eq!(limit["rate_limit"], 3);
+    assert_eq!(limit["rate_window"], "1h");
+    assert_eq!(limit["agent"], "mailer");
+    assert_eq!(limit["scope"], "user");
+    assert_eq!(limit["method"], "*");
+
+    // OneCLI's spelling of the window means the same.
+    let onecli = palisade.json(&[
+        "rules",
+        "create",
+        "--name",
+        "daily",
+        "--host-pattern",
+        "*.example.com",
+        "--action",
+        "rate_limit",
+        "--rate-limit",
+        "100",
+        "--rate-limit-window",
+        "day",
+    ]);
+    assert_eq!(onecli["rate_window"], "1d");
+
+    let before = palisade_store::now_ms();
+    let ask = palisade.json(&[
+        "rules",
+        "create",
+        "--name",
+        "ask-before-send",
+        "--host-pattern",
+        "gmail.googleapis.com",
+        "--method",
+        "POST",
+        "--action",
+        "require_approval",
+        "--expires",
+        "2h",
+        "--body-contains",
+        "invoice",
+        "--scope",
+        "org",
+        "--priority",
+        "10",
+    ]);
+    assert_eq!(ask["method"], "POST");
+    assert_eq!(ask["scope"], "org");
+    assert_eq!(ask["body_contains"], "invoice");
+    assert_eq!(ask["priority"], 10);
+    let expires = ask["expires_at_ms"].as_i64().expect("expiry set");
+    assert!((expires - before - 7_200_000).abs() < 60_000, "{expires}");
+
+    let dated = palisade.json(&[
+        "rules",
+        "create",
+        "--name",
+        "until-date",
+        "--host-pattern",
+        "api.github.com",
+        "--action",
+        "allow",
+        "--expires",
+        "2999-12-01T00:00:00Z",
+    ]);
+    assert!(dated["expires_at_ms"].as_i64() > Some(before));
+
+    let list = palisade.json(&["rules", "list"]);
+    let list = list.as_array().expect("array");
+    assert_eq!(list.len(), 4);
+    assert_eq!(list[0]["name"], "ask-before-send", "highest priority first");
+    let table = palisade.run(&["rules", "list"]).ok().stdout;
+    assert!(table.contains("rate_limit 3/1h"), "{table}");
+
+    // Delete by name and by id.
+    palisade.run(&["rules", "delete", "daily"]).ok();
+    let id = limit["id"].as_i64().expect("id").to_string();
+    palisade.run(&["rules", "delete", &id]).ok();
+    assert_eq!(palisade.count(&["rules", "list"]), 2);
+    palisade
+        .run(&["rules", "delete", "daily"])
+        .refused("not found");
+}
+
+#[test]
+fn rule_bad_input_is_refused_and_writes_nothing() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    let rule = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut args = vec![
+            "rules",
+            "create",
+            "--name",
+            "r1",
+            "--host-pattern",
+            "api.example.com",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (&["--action", "rate_limit"], "needs --rate-limit"),
+        (
+            &["--action", "rate_limit", "--rate-limit", "3"],
+            "needs --rate-limit N and --rate-window",
+        ),
+        (
+            &["--action", "rate_limit", "--rate-window", "1h"],
+            "needs --rate-limit",
+        ),
+        (
+            &[
+                "--action",
+                "rate_limit",
+                "--rate-limit",
+                "3",
+                "--rate-window",
+                "5x",
+            ],
+            "rate window",
+        ),
+        (
+            &[
+                "--action",
+                "rate_limit",
+                "--rate-limit",
+                "3",
+                "--rate-limit-window",
+                "fortnight",
+            ],
+            "rate window",
+        ),
+        (
+            &[
+                "--action",
+                "block",
+                "--rate-limit",
+                "3",
+                "--rate-window",
+                "1h",
+            ],
+            "apply only to --action rate_limit",
+        ),
+        (&["--action", "deny"], "action \"deny\" is unknown"),
+        (&["--action", "allow", "--agent", "ghost"], "not found"),
+        (&["--action", "allow", "--method", "FE TCH"], "method"),
+        (
+            &["--action", "allow", "--path-pattern", "nope"],
+            "path pattern",
+        ),
+        (&["--action", "allow", "--expires", "someday"], "--expires"),
+        (
+            &["--action", "allow", "--expires", "2001-01-01T00:00:00Z"],
+            "in the past",
+        ),
+        (&["--action", "allow", "--scope", "team"], "scope"),
+    ];
+    for (extra, needle) in cases {
+        palisade.run(&rule(extra)).refused(needle);
+    }
+    palisade
+        .run(&[
+            "rules",
+            "create",
+            "--name",
+            "bad",
+            "--host-pattern",
+            "a.*.com",
+            "--action",
+            "block",
+        ])
+        .refused("host pattern");
+    palisade
+        .run(&[
+            "rules",
+            "create",
+            "--name",
+            "42",
+            "--host-pattern",
+            "a.com",
+            "--action",
+            "block",
+        ])
+        .refused("all digits");
+    assert_eq!(palisade.count(&["rules", "list"]), 0);
+
+    palisade.run(&rule(&["--action", "block"])).ok();
+    palisade
+        .run(&rule(&["--action", "allow"]))
+        .refused("already exists");
+    let list = palisade.json(&["rules", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    assert_eq!(list[0]["action"], "block");
+}
+
+fn hold(palisade: &Palisade, title: &str) -> String {
+    let store = palisade.store();
+    let agent = palisade_policy::AgentName::new("mailer").expect("name");
+    store
+        .create_approval(palisade_store::NewApproval {
+            kind: "credential_use".into(),
+            agent,
+            title: title.into(),
+            lines: vec!["POST https://gmail.googleapis.com/send".into()],
+            detail: "POST /gmail/v1/users/me/messages/send\nhost: gmail.googleapis.com".into(),
+            context: serde_json::json!({ "method": "POST", "host": "gmail.googleapis.com" }),
+            expires_at_ms: palisade_store::now_ms() + 600_000,
+        })
+        .expect("create approval")
+        .id
+}
+
+#[test]
+fn approvals_list_show_approve_deny() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    let first = hold(&palisade, "Send mail to bob");
+    let second = hold(&palisade, "Send mail to \u{1b}[31mcarol");
+
+    let pending = palisade.json(&["approvals", "list"]);
+    assert_eq!(pending.as_array().map(Vec::len), Some(2));
+    assert_eq!(pending[0]["status"], "pending");
+    let table = palisade.run(&["approvals", "list"]).ok().stdout;
+    assert!(table.contains(&first) && table.contains(&second));
+    assert!(
+        !table.contains('\u{1b}'),
+        "escape sequences are neutralised"
+    );
+
+    let shown = palisade.json(&["approvals", "show", &first]);
+    assert_eq!(shown["id"], first.as_str());
+    assert_eq!(shown["title"], "Send mail to bob");
+    let text = palisade.run(&["approvals", "show", &second]).ok().stdout;
+    assert!(text.contains("gmail.googleapis.com"));
+    assert!(!text.contains('\u{1b}'));
+
+    let approved = palisade.json(&["approvals", "approve", &first, "--comment", "fine"]);
+    assert_eq!(approved["status"], "approved");
+    assert_eq!(approved["comment"], "fine");
+    let approver = approved["approver"].as_str().expect("approver");
+    assert!(
+        approver.starts_with("cli:") && approver.len() > 4,
+        "{approver}"
+    );
+    palisade
+        .run(&["approvals", "deny", &first])
+        .refused("already decided");
+
+    let denied = palisade
+        .run(&["approvals", "deny", &second, "--comment", "not carol"])
+        .ok();
+    assert!(denied.stdout.starts_with("denied"));
+    assert_eq!(palisade.count(&["approvals", "list"]), 0);
+    assert_eq!(palisade.count(&["approvals", "list", "--all"]), 2);
+    let denied = palisade.json(&["approvals", "list", "--status", "denied"]);
+    assert_eq!(denied[0]["comment"], "not carol");
+    palisade
+        .run(&["approvals", "list", "--status", "maybe"])
+        .refused("unknown");
+    palisade
+        .run(&["approvals", "approve", "apr_doesnotexist"])
+        .refused("not found");
+    assert_eq!(
+        palisade.count(&["audit", "list", "--event", "approval.decide"]),
+        2
+    );
+}
+
+#[test]
+fn audit_list_filters() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    palisade.create_agent("helper");
+    palisade.create_secret("gmail", "mailer", "v");
+
+    let all = palisade.json(&["audit", "list"]);
+    let all = all.as_array().expect("array");
+    assert!(all.len() >= 3);
+    let first = &all[0];
+    for field in ["id", "at_ms", "event", "hash"] {
+        assert!(!first[field].is_null(), "{field} in {first}");
+    }
+    assert!(
+        all[0]["id"].as_i64() > all[1]["id"].as_i64(),
+        "newest first"
+    );
+
+    assert_eq!(
+        palisade.count(&["audit", "list", "--event", "agent.create"]),
+        2
+    );
+    assert_eq!(
+        palisade.count(&[
+            "audit",
+            "list",
+            "--event",
+            "agent.create",
+            "--agent",
+            "helper"
+        ]),
+        1
+    );
+    assert_eq!(palisade.count(&["audit", "list", "--limit", "1"]), 1);
+    assert_eq!(
+        palisade.count(&["audit", "list", "--since", "1h"]),
+        all.len()
+    );
+    assert_eq!(
+        palisade.count(&["audit", "list", "--since", "2999-01-01T00:00:00Z"]),
+        0
+    );
+    palisade
+        .run(&["audit", "list", "--since", "yesterday-ish"])
+        .refused("--since");
+    palisade
+        .run(&["audit", "list", "--limit", "0"])
+        .refused("--limit");
+    let table = palisade.run(&["audit", "list"]).ok().stdout;
+    assert!(table.starts_with("ID"));
+}
+
+#[test]
+fn audit_verify_detects_an_edited_row() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    palisade.create_agent("helper");
+    palisade.create_secret("gmail", "mailer", "v");
+
+    let rows = palisade.count(&["audit", "list"]);
+    let verified = palisade.run(&["audit", "verify"]).ok();
+    assert_eq!(
+        verified.stdout,
+        format!("audit chain intact: {rows} rows\n")
+    );
+    let report = palisade.json(&["audit", "verify"]);
+    assert_eq!(report["ok"], true);
+
+    let database: &Path = &palisade.home().join("palisade.db");
+    let connection = rusqlite::Connection::open(database).expect("open database");
+    let changed = connection
+        .execute("UPDATE audit SET agent = 'mallory' WHERE id = 2", [])
+        .expect("edit audit row");
+    assert_eq!(changed, 1);
+    drop(connection);
+
+    palisade
+        .run(&["audit", "verify"])
+        .refused("audit chain broken at row 2: ");
+    let output = palisade.run(&["--json", "audit", "verify"]);
+    assert_eq!(output.code, 1);
+    let report = output.json();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["first_bad_id"], 2);
+}
+
+#[test]
+fn home_flag_overrides_the_environment() {
+    let palisade = Palisade::new();
+    let other = palisade.dir.path().join("other");
+    let other = other.to_str().expect("utf-8 path");
+    palisade
+        .run(&["--home", other, "agents", "create", "elsewhere"])
+        .ok();
+    assert_eq!(palisade.count(&["agents", "list"]), 0);
+    let listed = palisade.json(&["--home", other, "agents", "list"]);
+    assert_eq!(listed[0]["name"], "elsewhere");
+}
