@@ -6,6 +6,23 @@
 //! The gateway MITMs every CONNECT with leaf certificates from its own CA and speaks
 //! HTTP/1.1 and HTTP/2 on both sides.
 
+pub mod admin;
+mod audit_log;
+pub mod body;
+pub mod ca;
+mod front;
+mod gateway;
+mod holds;
+pub mod net_guard;
+mod pipeline;
+mod respond;
+mod state;
+mod tls;
+mod tunnel;
+mod upstream;
+
+pub use admin::{agent_environment, PLACEHOLDER_KEY};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -85,39 +102,45 @@ pub struct RunningInfo {
 
 /// A gateway running in this process.
 pub struct Gateway {
-    _private: (),
+    inner: gateway::GatewayInner,
 }
 
 impl Gateway {
     /// Loads (or creates) the CA, binds the listeners, creates one socket per agent and
     /// starts serving in the current tokio runtime.
     pub async fn start(config: VaultConfig) -> Result<Gateway, VaultError> {
-        let _ = config;
-        todo!()
+        Ok(Gateway {
+            inner: gateway::start(config).await?,
+        })
     }
     /// Bound address of the TCP listener, if any.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        todo!()
+        self.inner.tcp_addr()
     }
     /// Path of an agent's socket (exists while the agent exists).
     pub fn socket_path(&self, agent: &palisade_policy::AgentName) -> PathBuf {
-        let _ = agent;
-        todo!()
+        self.inner.socket_path(agent)
     }
     /// Stops accepting, lets in-flight requests finish (held approvals get 503), removes sockets.
     pub async fn shutdown(self) {
-        todo!()
+        self.inner.shutdown().await
     }
 }
 
 /// The gateway advertised in `home/run/vault.json`, if its process is still alive.
 pub fn running_gateway(home: &palisade_store::Home) -> Option<RunningInfo> {
-    let _ = home;
-    todo!()
+    gateway::running_gateway(home)
 }
 
 /// The vault CA certificate (PEM), created on first use.
 pub fn ca_certificate_pem(home: &palisade_store::Home) -> Result<String, VaultError> {
-    let _ = home;
-    todo!()
+    home.ensure()?;
+    Ok(ca::CertificateAuthority::load_or_create(&home.ca_dir())?
+        .ca_pem()
+        .to_string())
+}
+
+/// Resolves once shutdown has been signalled (or the signal's sender is gone).
+pub(crate) async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
 }

@@ -1,14 +1,189 @@
-//! `palisade vault …` (owned by the vault work; placeholder until it lands).
+//! `palisade vault serve|ca-cert|env|admin-key`: the gateway on its own.
 
 use crate::context::Context;
+use anyhow::Context as _;
+use palisade_policy::AgentName;
+use palisade_vault::{Gateway, VaultConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The standalone listener's default address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:10255";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum VaultCommand {
-    /// Run the gateway in the foreground.
-    Serve,
+    /// Run the gateway in the foreground until SIGINT/SIGTERM (then it drains gracefully).
+    #[command(
+        after_help = "Example:\n  palisade vault serve --listen 127.0.0.1:10255 --upstream-ca test-ca.pem --allow-local-upstream localhost"
+    )]
+    Serve(ServeArgs),
+    /// Print the vault CA certificate (PEM) that agents must trust.
+    CaCert,
+    /// Print the environment a shell or container needs to use the gateway as an agent.
+    #[command(
+        after_help = "Example:\n  eval \"$(palisade vault env --agent mailer)\"\n  curl https://api.example.com/  # now goes through the vault"
+    )]
+    Env(EnvArgs),
+    /// Print the admin API key (for the OneCLI-compatible API: Authorization: Bearer KEY).
+    AdminKey {
+        /// Replace the key; the old one stops working within a second.
+        #[arg(long)]
+        rotate: bool,
+    },
+}
+
+/// Options shared by everything that runs a gateway (`vault serve`, `sandbox run`, `up`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// Extra CA certificates (PEM) to trust for upstream TLS, beside the system roots.
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Let hosts matching PATTERN reach loopback/private addresses (tests, local services).
+    #[arg(long = "allow-local-upstream", value_name = "PATTERN")]
+    pub allow_local_upstream: Vec<String>,
+    /// How long a held request waits for a person before it is denied.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub approval_timeout: Duration,
+    /// How long to wait for an upstream's response headers.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+    /// TCP connect timeout towards upstreams.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Cut a response body that sends nothing for this long.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+impl GatewayArgs {
+    /// A configuration with these options applied over the defaults.
+    pub fn config(&self, ctx: &Context) -> VaultConfig {
+        let mut config = VaultConfig::new(ctx.home.clone());
+        config.upstream_ca = self.upstream_ca.clone();
+        config.allow_local_upstream = self.allow_local_upstream.clone();
+        config.approval_timeout = self.approval_timeout;
+        config.upstream_timeout = self.upstream_timeout;
+        config.connect_timeout = self.connect_timeout;
+        config.idle_timeout = self.idle_timeout;
+        config
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the token-authenticated TCP listener.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Serve only the per-agent Unix sockets, no TCP listener.
+    #[arg(long, conflicts_with = "listen")]
+    pub no_tcp: bool,
+    /// Folder for per-agent sockets (default: $PALISADE_HOME/run/agents).
+    #[arg(long, value_name = "DIR")]
+    pub socket_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnvArgs {
+    /// The agent whose token goes into the proxy URL.
+    #[arg(long)]
+    pub agent: String,
+    /// The gateway's address (default: the running gateway's, else 127.0.0.1:10255).
+    #[arg(long, value_name = "ADDR")]
+    pub gateway: Option<String>,
 }
 
 pub fn run(command: VaultCommand, ctx: &Context) -> anyhow::Result<()> {
-    let _ = (command, ctx);
-    anyhow::bail!("not implemented yet")
+    match command {
+        VaultCommand::Serve(args) => serve(args, ctx),
+        VaultCommand::CaCert => {
+            print!("{}", palisade_vault::ca_certificate_pem(&ctx.home)?);
+            Ok(())
+        }
+        VaultCommand::Env(args) => env(args, ctx),
+        VaultCommand::AdminKey { rotate } => {
+            let store = ctx.open_store()?;
+            let key = store.admin_key(rotate)?;
+            if ctx.json {
+                println!("{}", serde_json::json!({ "admin_key": key.expose() }));
+            } else {
+                println!("{}", key.expose());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(args: ServeArgs, ctx: &Context) -> anyhow::Result<()> {
+    let mut config = args.gateway.config(ctx);
+    config.listen = (!args.no_tcp).then_some(args.listen);
+    config.socket_dir = args.socket_dir;
+    config.advertise = true;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let gateway = Gateway::start(config).await?;
+        match gateway.tcp_addr() {
+            Some(addr) => eprintln!(
+                "palisade vault listening on {addr}; agent sockets in {}",
+                ctx.home.agent_socket_dir().display()
+            ),
+            None => eprintln!(
+                "palisade vault serving agent sockets in {}",
+                ctx.home.agent_socket_dir().display()
+            ),
+        }
+        wait_for_signal().await?;
+        eprintln!("palisade vault stopping: finishing in-flight requests");
+        gateway.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn env(args: EnvArgs, ctx: &Context) -> anyhow::Result<()> {
+    let agent = AgentName::new(&args.agent)?;
+    let store = ctx.open_store()?;
+    store.get_agent(&agent)?;
+    let token = store.agent_token(&agent, false)?;
+    let policy = store.load_policy()?;
+    let gateway = args.gateway.unwrap_or_else(|| {
+        palisade_vault::running_gateway(&ctx.home)
+            .and_then(|info| info.listen)
+            .map(|addr| addr.to_string())
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string())
+    });
+    // Writing the CA here makes the printed path valid even before the first `serve`.
+    palisade_vault::ca_certificate_pem(&ctx.home)?;
+    let ca_path = ctx.home.ca_dir().join("ca.pem");
+    let proxy = format!("http://x:{}@{gateway}", token.expose());
+    let env =
+        palisade_vault::agent_environment(&policy, &agent, &proxy, &ca_path.display().to_string());
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&env)?);
+    } else {
+        for (name, value) in env {
+            println!("export {name}={}", shell_quote(&value));
+        }
+    }
+    Ok(())
+}
+
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
 }

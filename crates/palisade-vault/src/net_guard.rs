@@ -1,0 +1,226 @@
+//! Which upstream addresses an agent may reach.
+//!
+//! Agents must never reach the host's control plane or its neighbours through the
+//! vault, so loopback, private, link-local, CGNAT, multicast, reserved and the host's
+//! own interface addresses are refused unless the host name matches an
+//! `--allow-local-upstream` pattern. The decision is made on the *resolved* address
+//! inside the connector's resolver, and the connection is made to exactly the checked
+//! addresses, so a DNS name cannot smuggle a local address past the check.
+
+use palisade_policy::HostPattern;
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// Shared view of what is local and what is allowed anyway.
+#[derive(Debug)]
+pub struct NetGuard {
+    allowed: Vec<HostPattern>,
+    own_addresses: HashSet<IpAddr>,
+}
+
+/// The error a resolver returns when every address of a name is refused; found again
+/// in the client's error chain to answer 403 `local_upstream_refused`.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves only to local or private addresses, which agents may not reach")]
+pub struct LocalRefused {
+    pub host: String,
+}
+
+impl NetGuard {
+    pub fn new(allowed: Vec<HostPattern>) -> Self {
+        let mut own_addresses = HashSet::new();
+        if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+            for ifaddr in addrs {
+                if let Some(address) = ifaddr.address {
+                    if let Some(v4) = address.as_sockaddr_in() {
+                        own_addresses.insert(IpAddr::V4(v4.ip()));
+                    } else if let Some(v6) = address.as_sockaddr_in6() {
+                        own_addresses.insert(IpAddr::V6(v6.ip()));
+                    }
+                }
+            }
+        }
+        NetGuard {
+            allowed,
+            own_addresses,
+        }
+    }
+
+    /// Whether `host` (as the request names it) may resolve to local addresses.
+    pub fn host_allowed_local(&self, host: &str) -> bool {
+        self.allowed.iter().any(|p| p.matches(host))
+    }
+
+    /// Whether `ip` may be reached by an upstream request for `host`.
+    pub fn permits(&self, host: &str, ip: IpAddr) -> bool {
+        if !is_local(ip) && !self.own_addresses.contains(&ip) {
+            return true;
+        }
+        self.host_allowed_local(host)
+    }
+}
+
+/// Loopback, private, link-local, CGNAT, unspecified, multicast, documentation-free
+/// reserved ranges, and IPv6 forms that embed such an IPv4 address.
+pub fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_local_v4(v4),
+        IpAddr::V6(v6) => is_local_v6(v6),
+    }
+}
+
+fn is_local_v4(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || o[0] == 0
+        || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 carrier-grade NAT
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24 protocol assignments
+        || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15 benchmarking
+        || o[0] >= 240 // reserved
+}
+
+fn is_local_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_local_v4(v4);
+    }
+    let s = ip.segments();
+    // 64:ff9b::/96 NAT64 and ::a.b.c.d (deprecated compatible) embed an IPv4 address.
+    if (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0])
+        || (s[0..6] == [0, 0, 0, 0, 0, 0] && (s[6] != 0 || s[7] > 1))
+    {
+        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+        return is_local_v4(v4);
+    }
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+        || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10
+}
+
+/// A resolver for hyper-util's `HttpConnector` that drops refused addresses.
+#[derive(Clone, Debug)]
+pub struct GuardedResolver {
+    guard: Arc<NetGuard>,
+}
+
+impl GuardedResolver {
+    pub fn new(guard: Arc<NetGuard>) -> Self {
+        GuardedResolver { guard }
+    }
+}
+
+type ResolveFuture =
+    Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, std::io::Error>> + Send>>;
+
+impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = ResolveFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let total = resolved.len();
+            let permitted: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|addr| guard.permits(&host, addr.ip()))
+                .collect();
+            if permitted.is_empty() && total > 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    LocalRefused { host },
+                ));
+            }
+            Ok(permitted.into_iter())
+        })
+    }
+}
+
+/// Finds a [`LocalRefused`] anywhere in an error's source chain.
+pub fn find_local_refused<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a LocalRefused> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(refused) = e.downcast_ref::<LocalRefused>() {
+            return Some(refused);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(refused) = inner.downcast_ref::<LocalRefused>() {
+                    return Some(refused);
+                }
+            }
+        }
+        current = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_ranges_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::7f00:1",
+            "::127.0.0.1",
+        ] {
+            assert!(is_local(ip.parse().unwrap()), "{ip} should be local");
+        }
+        for ip in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+        ] {
+            assert!(!is_local(ip.parse().unwrap()), "{ip} should be public");
+        }
+    }
+
+    #[test]
+    fn allow_patterns_open_local_addresses_for_named_hosts_only() {
+        let guard = NetGuard::new(vec![HostPattern::parse("localhost").unwrap()]);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(guard.permits("localhost", lo));
+        assert!(!guard.permits("evil.example", lo));
+        assert!(guard.permits("evil.example", "1.1.1.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,90 @@
+//! What every connection shares: the policy snapshot, the store, the CA, the upstream
+//! client, held approvals and the audit writer.
+//!
+//! The snapshot is swapped atomically (arc-swap) so the hot path reads it without a
+//! lock; a watcher reloads it when another process commits to the database
+//! (`PRAGMA data_version`), which is how CLI changes reach a running gateway.
+
+use crate::audit_log::AuditSender;
+use crate::ca::CertificateAuthority;
+use crate::holds::Holds;
+use crate::net_guard::NetGuard;
+use crate::upstream::UpstreamClient;
+use crate::VaultConfig;
+use arc_swap::ArcSwap;
+use palisade_policy::{AgentName, PolicySet, Profile};
+use palisade_store::Store;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Policy and identities in force, rebuilt on every change.
+pub struct Snapshot {
+    pub policy: PolicySet,
+    pub agents: HashMap<AgentName, Profile>,
+    /// sha256 hex of a token → agent.
+    pub tokens: HashMap<String, AgentName>,
+    /// sha256 of the admin key.
+    pub admin_key_digest: [u8; 32],
+}
+
+impl Snapshot {
+    pub fn load(store: &Store) -> Result<Snapshot, palisade_store::StoreError> {
+        let policy = store.load_policy()?;
+        let agents = store
+            .list_agents()?
+            .into_iter()
+            .map(|a| (a.name, a.profile))
+            .collect();
+        let tokens = store
+            .agent_token_hashes()?
+            .into_iter()
+            .collect::<HashMap<_, _>>();
+        let admin_key = store.admin_key(false)?;
+        let admin_key_digest = Sha256::digest(admin_key.expose().as_bytes()).into();
+        Ok(Snapshot {
+            policy,
+            agents,
+            tokens,
+            admin_key_digest,
+        })
+    }
+
+    pub fn agent_for_token(&self, token: &str) -> Option<&AgentName> {
+        let hash = hex::encode(Sha256::digest(token.as_bytes()));
+        self.tokens.get(&hash)
+    }
+
+    /// Compares digests so the time taken does not reveal how much of a guess matched.
+    pub fn is_admin_key(&self, candidate: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
+        digest
+            .iter()
+            .zip(self.admin_key_digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+pub struct Shared {
+    pub config: VaultConfig,
+    pub snapshot: ArcSwap<Snapshot>,
+    pub store: Store,
+    pub ca: CertificateAuthority,
+    pub upstream: UpstreamClient,
+    pub guard: Arc<NetGuard>,
+    pub holds: Holds,
+    pub audit: AuditSender,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The TCP listener's bound address, for `container-config` and `gateway-url`.
+    pub tcp_addr: Option<SocketAddr>,
+    /// Every connection and tunnel task, so shutdown can wait for them.
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
+impl Shared {
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}

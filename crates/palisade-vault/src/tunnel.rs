@@ -1,0 +1,77 @@
+//! Inside a CONNECT tunnel: terminate the agent's TLS with a leaf for the CONNECT
+//! host, then serve HTTP/1.1 or HTTP/2 (by ALPN) and run each request through the
+//! pipeline. A client that speaks plain text instead of TLS gets a readable 400.
+
+use crate::pipeline::{self, Target};
+use crate::state::Shared;
+use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use palisade_policy::{AgentName, ErrorBody, GatewayErrorKind};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub async fn run(shared: Arc<Shared>, agent: AgentName, target: Target, upgraded: Upgraded) {
+    let io = TokioIo::new(upgraded);
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    tokio::pin!(acceptor);
+    let start = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.as_mut()).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(_)) => {
+            if let Some(mut io) = acceptor.take_io() {
+                let body = ErrorBody::new(GatewayErrorKind::BadRequest, &target.host)
+                    .with_message(
+                        "expected a TLS handshake after CONNECT; to send plain HTTP, use an absolute http:// URL without CONNECT",
+                    )
+                    .to_json();
+                let response = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nx-should-retry: false\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    let _ = io.write_all(response.as_bytes()).await;
+                    let _ = io.shutdown().await;
+                })
+                .await;
+            }
+            return;
+        }
+        Err(_) => return,
+    };
+    let config = match shared.ca.server_config(&target.host) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::warn!(host = %target.host, error = %e, "cannot mint a leaf certificate");
+            return;
+        }
+    };
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(host = %target.host, error = %e, "agent TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let target = Arc::new(target);
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |req| pipeline::handle(shared.clone(), agent.clone(), target.clone(), req))
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let mut shutdown = shared.shutdown.clone();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = crate::stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
