@@ -65,11 +65,15 @@ impl Target {
         if !valid {
             return None;
         }
-        Some(Target {
-            scheme,
-            host,
-            port: authority.port_u16().unwrap_or(default_port),
-        })
+        // `Authority` accepts an out-of-range port and then reports none; refuse it
+        // rather than silently connecting to the default port.
+        let after_host = &authority.as_str()[authority.host().len()..];
+        let port = match after_host.strip_prefix(':') {
+            None if after_host.is_empty() => default_port,
+            Some(digits) => digits.parse::<u16>().ok().filter(|p| *p != 0)?,
+            None => return None,
+        };
+        Some(Target { scheme, host, port })
     }
 
     pub fn from_uri(uri: &Uri) -> Option<Target> {
