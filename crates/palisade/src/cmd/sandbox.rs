@@ -1,23 +1,316 @@
-//! `palisade sandbox …` and `palisade shim` (owned by the sandbox work; placeholder until it lands).
+//! `palisade sandbox run|doctor|image build` and `palisade shim` (inside a sandbox).
+//!
+//! `sandbox run` wires the pieces: it checks the agent, the runtime and the mounts
+//! before anything starts, finds the running gateway's socket for the agent (or serves
+//! the vault in-process for the command's lifetime), builds the CA bundle, starts the
+//! sandbox, and exits with the command's exit code once everything is cleaned up.
 
 use crate::context::Context;
+use anyhow::Context as _;
+use palisade_policy::AgentName;
+use palisade_sandbox::limits::{parse_cpus, parse_memory, parse_pids, parse_wall_time};
+use palisade_sandbox::{
+    image::ImageBuild, mounts::MountPolicy, LimitMechanism, Limits, Oci, OciTool, Runtime,
+    RuntimeKind, SandboxSpec, StdioMode,
+};
+use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum SandboxCommand {
-    /// Run one command in an agent's sandbox.
-    Run,
+    /// Run one command in an agent's sandbox; the vault is its only way out.
+    #[command(after_help = "Examples:
+  palisade sandbox run --agent research -- curl -s https://example.com/
+  palisade sandbox run --agent coder --mount ~/src/app:/mnt/app:rw --timeout 10m -- bash -c 'cd /mnt/app && make test'
+  palisade sandbox run --agent coder --runtime podman --memory 2G --pids 1024 -- python3 job.py")]
+    Run(RunArgs),
+    /// Report which protections sandboxes get on this host (probed, not assumed).
+    Doctor,
+    /// The default OCI image for --runtime podman|docker.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The agent whose sandbox, workspace and vault socket to use.
+    #[arg(long, value_name = "NAME")]
+    agent: String,
+    /// bwrap (default, no daemon), podman or docker.
+    #[arg(long, default_value = "bwrap", value_name = "RUNTIME")]
+    runtime: String,
+    /// Extra mount, read-only unless `:rw`; DST under /mnt, /data or /workspace.
+    #[arg(long = "mount", value_name = "SRC:DST[:rw]")]
+    mounts: Vec<String>,
+    /// Memory limit (e.g. 512M, 2G), or `none`.
+    #[arg(long, default_value = "1G", value_name = "SIZE")]
+    memory: String,
+    /// Process/thread limit, or `none`.
+    #[arg(long, default_value = "512", value_name = "N")]
+    pids: String,
+    /// CPU limit in CPUs (e.g. 1, 0.5), or `none`.
+    #[arg(long, default_value = "1", value_name = "CPUS")]
+    cpus: String,
+    /// Wall-time limit (e.g. 30s, 10m); the sandbox is killed and the exit code is 124.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// OCI image for podman/docker [default: localhost/palisade-sandbox:latest].
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+    /// In-process vault only: extra CA (PEM) trusted for upstream TLS.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Vec<PathBuf>,
+    /// In-process vault only: host pattern allowed to resolve to a local address.
+    #[arg(long, value_name = "PATTERN")]
+    allow_local_upstream: Vec<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ImageCommand {
+    /// Build the default image locally (debootstrap + import); keeps an existing one.
+    Build(ImageBuildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImageBuildArgs {
+    /// podman (default) or docker.
+    #[arg(long, default_value = "podman")]
+    runtime: String,
+    /// Image name.
+    #[arg(long, default_value = palisade_sandbox::oci::DEFAULT_IMAGE)]
+    tag: String,
+    /// Debian suite [default: the host's release, else bookworm].
+    #[arg(long)]
+    suite: Option<String>,
+    /// Debian mirror.
+    #[arg(long, default_value = "http://deb.debian.org/debian")]
+    mirror: String,
+    /// Import this root filesystem tarball instead of running debootstrap (no root needed).
+    #[arg(long, value_name = "FILE")]
+    rootfs_tar: Option<PathBuf>,
+    /// Also save the root filesystem tarball here, for other users to import.
+    #[arg(long, value_name = "FILE")]
+    save_rootfs: Option<PathBuf>,
+    /// Rebuild even if the image exists.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(command: SandboxCommand, ctx: &Context) -> anyhow::Result<()> {
-    let _ = (command, ctx);
-    anyhow::bail!("not implemented yet")
+    match command {
+        SandboxCommand::Run(args) => run_sandbox(args, ctx),
+        SandboxCommand::Doctor => {
+            let report = palisade_sandbox::doctor::diagnose();
+            if ctx.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
+        SandboxCommand::Image(ImageCommand::Build(args)) => build_image(args),
+    }
 }
 
-/// Arguments of `palisade shim` (runs inside a sandbox).
+fn optional<T>(
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, palisade_sandbox::SandboxError>,
+) -> anyhow::Result<Option<T>> {
+    if text.eq_ignore_ascii_case("none") {
+        Ok(None)
+    } else {
+        Ok(Some(parse(text)?))
+    }
+}
+
+fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
+    // Everything that can be checked is checked before anything starts.
+    let kind: RuntimeKind = args.runtime.parse()?;
+    let limits = Limits {
+        memory: optional(&args.memory, parse_memory)?,
+        pids: optional(&args.pids, parse_pids)?,
+        cpus: optional(&args.cpus, parse_cpus)?,
+        wall_time: args.timeout.as_deref().map(parse_wall_time).transpose()?,
+    };
+    let policy = MountPolicy::for_host(ctx.home.root());
+    let mounts = args
+        .mounts
+        .iter()
+        .map(|spec| policy.check(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    let agent = AgentName::new(&args.agent)?;
+    let store = ctx.open_store()?;
+    if let Err(error) = store.get_agent(&agent) {
+        if matches!(error, palisade_store::StoreError::NotFound { .. }) {
+            anyhow::bail!(
+                "unknown agent \"{agent}\"; create it with `palisade agents create {agent}`"
+            );
+        }
+        return Err(error.into());
+    }
+    drop(store);
+    let runtime: Box<dyn Runtime> = match (kind, &args.image) {
+        (RuntimeKind::Podman, Some(image)) => Box::new(Oci::with_image(OciTool::Podman, image)),
+        (RuntimeKind::Docker, Some(image)) => Box::new(Oci::with_image(OciTool::Docker, image)),
+        _ => palisade_sandbox::runtime_for(kind),
+    };
+    runtime.check()?;
+    let palisade_binary = std::env::current_exe()
+        .context("cannot find the palisade binary to mount into the sandbox")?;
+    let workspace = ctx.home.agent_workspace(agent.as_str());
+    create_private_dir(&workspace)?;
+
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let code = tokio.block_on(async {
+        let mut in_process = None;
+        let socket_dir_guard;
+        let vault_socket = match palisade_vault::running_gateway(&ctx.home) {
+            Some(info) => {
+                let socket = info.socket_dir.join(format!("{agent}.sock"));
+                wait_for_socket(&socket, Duration::from_secs(3)).await.with_context(|| {
+                    format!("the running gateway (pid {}) has no socket for agent {agent:?} yet; try again in a second", info.pid)
+                })?;
+                socket
+            }
+            None => {
+                socket_dir_guard = tempfile::Builder::new()
+                    .prefix("palisade-vault-")
+                    .tempdir()
+                    .context("cannot create a socket directory for the in-process vault")?;
+                let mut config = palisade_vault::VaultConfig::new(ctx.home.clone());
+                config.socket_dir = Some(socket_dir_guard.path().to_path_buf());
+                config.upstream_ca = args.upstream_ca.clone();
+                config.allow_local_upstream = args.allow_local_upstream.clone();
+                config.advertise = false;
+                let gateway = palisade_vault::Gateway::start(config).await?;
+                let socket = gateway.socket_path(&agent);
+                in_process = Some(gateway);
+                wait_for_socket(&socket, Duration::from_secs(3))
+                    .await
+                    .context("the in-process vault did not create the agent's socket")?;
+                socket
+            }
+        };
+        let vault_ca = palisade_vault::ca_certificate_pem(&ctx.home)?;
+        let spec = SandboxSpec {
+            agent: agent.to_string(),
+            workspace,
+            palisade_binary,
+            shim_subcommand: vec!["shim".into()],
+            vault_socket,
+            ca_bundle: palisade_sandbox::env::ca_bundle(&vault_ca),
+            mounts,
+            limits,
+            command: args.command.clone(),
+            stdio: StdioMode::Inherit,
+        };
+        let result = run_to_end(&*runtime, &spec).await;
+        if let Some(gateway) = in_process {
+            let _ = tokio::time::timeout(Duration::from_secs(5), gateway.shutdown()).await;
+        }
+        result
+    });
+    drop(tokio);
+    let code = code?;
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// Starts the sandbox and waits for it, ending it on SIGINT/SIGTERM.
+async fn run_to_end(runtime: &dyn Runtime, spec: &SandboxSpec) -> anyhow::Result<i32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let sandbox = runtime.start(spec)?;
+    for report in sandbox.limit_reports() {
+        if report.mechanism == LimitMechanism::NotApplied {
+            eprintln!(
+                "palisade: warning: {} limit {} not applied: {}",
+                report.limit,
+                report.value,
+                report.note.as_deref().unwrap_or("unsupported here")
+            );
+        }
+    }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let waited = tokio::select! {
+        outcome = sandbox.wait() => outcome?,
+        _ = interrupt.recv() => return Ok(130),
+        _ = terminate.recv() => return Ok(143),
+    };
+    if waited.timed_out {
+        eprintln!(
+            "palisade: the sandbox reached its wall-time limit ({}) and was killed",
+            spec.limits
+                .wall_time
+                .map(|d| humantime::format_duration(d).to_string())
+                .unwrap_or_default()
+        );
+    }
+    Ok(waited.code)
+}
+
+async fn wait_for_socket(path: &std::path::Path, limit: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !path.exists() {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("no socket at {}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create the workspace {}", path.display()))
+}
+
+fn build_image(args: ImageBuildArgs) -> anyhow::Result<()> {
+    let tool = match args.runtime.as_str() {
+        "podman" => OciTool::Podman,
+        "docker" => OciTool::Docker,
+        other => anyhow::bail!("unknown image runtime {other:?}: use podman or docker"),
+    };
+    let mut build = ImageBuild::new(tool);
+    build.tag = args.tag;
+    if let Some(suite) = args.suite {
+        build.suite = suite;
+    }
+    build.mirror = args.mirror;
+    build.rootfs_tar = args.rootfs_tar;
+    build.save_rootfs = args.save_rootfs;
+    build.force = args.force;
+    build.run(&mut |line| eprintln!("{line}"))?;
+    Ok(())
+}
+
+/// Arguments of `palisade shim` (runs inside a sandbox; started by `sandbox run`).
 #[derive(Debug, clap::Args)]
-pub struct ShimArgs {}
+pub struct ShimArgs {
+    /// `--socket PATH --listen ADDR [--lifeline PATH] [--rlimit-as N] [--rlimit-nproc N] -- CMD…`
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    args: Vec<String>,
+}
 
 pub fn run_shim(args: ShimArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("not implemented yet")
+    let options = palisade_sandbox::shim::ShimOptions::from_args(&args.args)
+        .map_err(|e| anyhow::anyhow!("shim: {e}"))?;
+    std::process::exit(palisade_sandbox::shim::run(options));
 }
