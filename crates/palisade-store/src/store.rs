@@ -113,6 +113,21 @@ impl Store {
             .query_row("PRAGMA data_version", [], |row| row.get(0))?)
     }
 
+    /// A counter raised by every change to agents, tokens, secrets, grants, rules,
+    /// approvals and settings (not by request audit rows or rate counters), so a
+    /// gateway can poll for configuration changes without reloading under load.
+    pub fn config_version(&self) -> Result<i64> {
+        let value: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'config_version'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
     /// Moves everything from the write-ahead log into the main database file and
     /// truncates the log (backups, tests that inspect the file).
     pub fn checkpoint(&self) -> Result<()> {
@@ -198,7 +213,14 @@ impl Store {
         }
     }
 
+    /// Every mutation made through a `Store` handle lands here, so this is also where
+    /// the configuration version is bumped, in the same transaction.
     fn append_in(&self, tx: &Transaction<'_>, entry: &AuditEntry) -> Result<i64> {
+        tx.execute(
+            "INSERT INTO settings (key, value) VALUES ('config_version', '1')
+             ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+            [],
+        )?;
         audit::append_in(tx, crate::now_ms(), entry)
     }
 }

@@ -305,8 +305,9 @@ fn sync_sockets(
     }
 }
 
-/// Reloads the snapshot when another process commits, and wakes requests whose
-/// approvals were decided elsewhere.
+/// Reloads the snapshot when the configuration version moves (any process's change to
+/// agents, secrets, rules or settings; not request audit rows, so load does not cause
+/// reloads), and wakes requests whose approvals were decided elsewhere.
 async fn watch_changes(
     shared: Arc<Shared>,
     dir: PathBuf,
@@ -323,7 +324,7 @@ async fn watch_changes(
         let store = shared.store.clone();
         let held = shared.holds.held_ids();
         let result = tokio::task::spawn_blocking(move || {
-            let version = store.data_version()?;
+            let version = store.config_version()?;
             let decided = if held.is_empty() {
                 Vec::new()
             } else {

@@ -3,7 +3,7 @@
 //!
 //! The snapshot is swapped atomically (arc-swap) so the hot path reads it without a
 //! lock; a watcher reloads it when another process commits to the database
-//! (`PRAGMA data_version`), which is how CLI changes reach a running gateway.
+//! (its `config_version` moves), which is how CLI changes reach a running gateway.
 
 use crate::audit_log::AuditSender;
 use crate::ca::CertificateAuthority;
