@@ -200,7 +200,11 @@ pub async fn handle(
             audit.decision = Some("default_denied".into());
             audit.status = Some(403);
             finish_audit(&shared, audit, started).await;
-            return Ok(refuse(GatewayErrorKind::BlockedByDefaultPolicy, host));
+            return Ok(refusal(&ErrorBody::for_agent(
+                GatewayErrorKind::BlockedByDefaultPolicy,
+                host,
+                Some(agent.as_str()),
+            )));
         }
         Verdict::Allow | Verdict::RequireApproval { .. } => {}
     }
