@@ -55,6 +55,11 @@ impl NetGuard {
         self.allowed.iter().any(|p| p.matches(host))
     }
 
+    /// Whether `ip` is one of this machine's interface addresses.
+    pub fn is_own_address(&self, ip: IpAddr) -> bool {
+        self.own_addresses.contains(&ip)
+    }
+
     /// Whether `ip` may be reached by an upstream request for `host`.
     pub fn permits(&self, host: &str, ip: IpAddr) -> bool {
         if !is_local(ip) && !self.own_addresses.contains(&ip) {

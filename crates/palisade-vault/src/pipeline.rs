@@ -161,6 +161,19 @@ pub async fn handle(
         }
     }
 
+    // The gateway's own listener is never an upstream, whatever --allow-local-upstream
+    // says: an agent must not reach the admin API through the proxy.
+    if shared.is_own_listener(host, target.port) {
+        audit.decision = Some("local_refused".into());
+        audit.status = Some(403);
+        finish_audit(&shared, audit, started).await;
+        return Ok(refusal(
+            &ErrorBody::new(GatewayErrorKind::LocalUpstreamRefused, host).with_message(
+                "This is the vault gateway's own address; agents can never reach it through the proxy.",
+            ),
+        ));
+    }
+
     let mut facts = RequestFacts {
         agent: &agent,
         profile,
@@ -324,6 +337,19 @@ pub async fn handle(
     }
 
     if let Some(secret) = evaluation.secret {
+        // A credential never crosses a network in clear text; plain HTTP is only
+        // acceptable to hosts explicitly allowed as local (loopback test servers).
+        if target.scheme == Scheme::Http && !shared.guard.host_allowed_local(host) {
+            audit.decision = Some("plaintext_refused".into());
+            audit.secret = Some(secret.name.clone());
+            audit.status = Some(403);
+            finish_audit(&shared, audit, started).await;
+            return Ok(refusal(
+                &ErrorBody::new(GatewayErrorKind::BlockedByPolicy, host).with_message(format!(
+                    "A credential is configured for {host}, and credentials are only sent over HTTPS. Use https://{host}/... instead of http://."
+                )),
+            ));
+        }
         if let Err(e) = secret.injection.apply(&secret.value, &mut parts) {
             audit.decision = Some("injection_failed".into());
             audit.secret = Some(secret.name.clone());

@@ -87,4 +87,27 @@ impl Shared {
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
+
+    /// Whether `host:port` names this gateway's own TCP listener (by loopback name,
+    /// a loopback address or one of the host's own addresses).
+    pub fn is_own_listener(&self, host: &str, port: u16) -> bool {
+        let Some(own) = self.tcp_addr else {
+            return false;
+        };
+        if own.port() != port {
+            return false;
+        }
+        if host == "localhost" || host.ends_with(".localhost") {
+            return true;
+        }
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                ip == own.ip()
+                    || ip.is_loopback()
+                    || ip.is_unspecified()
+                    || self.guard.is_own_address(ip)
+            }
+            Err(_) => false,
+        }
+    }
 }
