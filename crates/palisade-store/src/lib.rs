@@ -14,6 +14,7 @@ pub mod approvals;
 pub mod audit;
 pub mod crypto;
 pub mod home;
+pub mod messages;
 mod migrations;
 pub mod records;
 mod store;
@@ -21,6 +22,9 @@ mod store;
 pub use approvals::{Approval, ApprovalDecision, ApprovalStatus, NewApproval};
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, VerifyReport};
 pub use home::Home;
+pub use messages::{
+    Accepted, InboundMessage, MessageStatus, ReplyOutcome, ReplyRecord, SessionRecord,
+};
 pub use records::{AgentRecord, NewRule, NewSecret, RuleRecord, SecretRecord};
 pub use store::{RateOutcome, Store};
 

@@ -126,7 +126,44 @@ CREATE TABLE settings (
 );
 "#;
 
-const MIGRATIONS: &[&str] = &[V1];
+/// Durable messaging for the host: one session per (agent, conversation) with its
+/// history, inbound messages that stay queued until answered, and at most one reply per
+/// inbound message (the UNIQUE constraint is what makes a retried delivery idempotent).
+/// Deleting an agent removes its sessions, messages and replies.
+const V2: &str = r#"
+CREATE TABLE sessions (
+    id            INTEGER PRIMARY KEY,
+    agent_id      INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    conversation  TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    history       TEXT NOT NULL DEFAULT '[]',
+    UNIQUE (agent_id, conversation)
+);
+
+CREATE TABLE inbound_messages (
+    id            INTEGER PRIMARY KEY,
+    session_id    INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    channel       TEXT NOT NULL,
+    text          TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'answered')),
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX inbound_messages_status ON inbound_messages(status, id);
+CREATE INDEX inbound_messages_session ON inbound_messages(session_id, id);
+
+CREATE TABLE outbound_replies (
+    id            INTEGER PRIMARY KEY,
+    inbound_id    INTEGER NOT NULL UNIQUE REFERENCES inbound_messages(id) ON DELETE CASCADE,
+    text          TEXT NOT NULL,
+    is_error      INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL,
+    delivered     INTEGER NOT NULL DEFAULT 0
+);
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
