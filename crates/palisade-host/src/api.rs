@@ -1,0 +1,362 @@
+//! The host's local JSON API on 127.0.0.1 (axum), used by `palisade send` and, later,
+//! the web UI.
+//!
+//! Who may call it: the CLI with the token written to `run/host.json` (mode 0600, in
+//! the 0700 home), or the admin with the login token printed once by `palisade up`,
+//! exchanged at `/login?token=…` for a cookie (`HttpOnly`, `SameSite=Strict`) that is
+//! good for reading only; every state-changing call needs the bearer token, so a page
+//! on another site cannot make the browser post for the admin (no CSRF). Sandboxes
+//! never reach it: they have no network and the vault refuses local upstreams.
+
+use crate::host::{Host, StreamEvent, MAX_MESSAGE_BYTES};
+use crate::HostError;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use palisade_policy::AgentName;
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
+
+const COOKIE: &str = "palisade_admin";
+
+/// Credentials of the API: all random, all held only in memory except `cli` (in
+/// `run/host.json`, readable only by the home's owner).
+#[derive(Clone)]
+pub struct ApiTokens {
+    /// Printed once in the login URL.
+    pub admin_login: String,
+    /// What the CLI sends as a bearer token.
+    pub cli: String,
+    /// The cookie value handed out at login.
+    pub session: String,
+}
+
+impl ApiTokens {
+    pub fn generate() -> Self {
+        ApiTokens {
+            admin_login: random_token(),
+            cli: random_token(),
+            session: random_token(),
+        }
+    }
+}
+
+pub fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+#[derive(Clone)]
+struct ApiState {
+    host: Host,
+    tokens: Arc<ApiTokens>,
+    shutdown: watch::Receiver<bool>,
+    started_at_ms: i64,
+}
+
+/// The API's routes. `shutdown` ends streaming responses when the host stops.
+pub fn router(host: Host, tokens: ApiTokens, shutdown: watch::Receiver<bool>) -> Router {
+    let state = ApiState {
+        host,
+        tokens: Arc::new(tokens),
+        shutdown,
+        started_at_ms: palisade_store::now_ms(),
+    };
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/login", get(login))
+        .route("/api/status", get(status))
+        .route("/api/agents/{name}/messages", post(send_message))
+        .route("/api/messages/{id}", get(get_message))
+        .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES * 2 + 64 * 1024))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": code, "message": message.into() })),
+    )
+        .into_response()
+}
+
+fn host_error(error: HostError) -> Response {
+    match &error {
+        HostError::UnknownAgent(_) => error_response(StatusCode::NOT_FOUND, "unknown_agent", error),
+        HostError::EmptyMessage => error_response(StatusCode::BAD_REQUEST, "empty_message", error),
+        HostError::TooLarge { .. } => {
+            error_response(StatusCode::PAYLOAD_TOO_LARGE, "message_too_large", error)
+        }
+        HostError::Invalid(_) | HostError::Store(palisade_store::StoreError::Invalid(_)) => {
+            error_response(StatusCode::BAD_REQUEST, "invalid", error)
+        }
+        HostError::ShuttingDown => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", error)
+        }
+        _ => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", error),
+    }
+}
+
+fn error_response(status: StatusCode, code: &str, cause: HostError) -> Response {
+    error(status, code, cause.to_string())
+}
+
+/// Bearer token (CLI or admin login token) for anything; the cookie for reads.
+fn authorized(state: &ApiState, headers: &HeaderMap, read_only: bool) -> bool {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(token) = value.strip_prefix("Bearer ") {
+            return same(token, &state.tokens.cli) || same(token, &state.tokens.admin_login);
+        }
+    }
+    read_only
+        && headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().strip_prefix(&format!("{COOKIE}=")))
+            .any(|value| same(value, &state.tokens.session))
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "log in with the URL `palisade up` printed, or use the palisade CLI",
+    )
+}
+
+async fn index(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers, true) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "Palisade: open the login URL that `palisade up` printed.\n",
+        )
+            .into_response();
+    }
+    let body = "<!doctype html><meta charset=utf-8><title>Palisade</title>\
+        <h1>Palisade</h1><p>The host is running. The web UI is not built yet; use \
+        <code>palisade send --agent NAME \"text\"</code>.</p>";
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    token: Option<String>,
+}
+
+async fn login(State(state): State<ApiState>, Query(query): Query<LoginQuery>) -> Response {
+    match query.token {
+        Some(token) if same(&token, &state.tokens.admin_login) => {
+            let cookie = format!(
+                "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+                state.tokens.session
+            );
+            (
+                StatusCode::SEE_OTHER,
+                [(header::SET_COOKIE, cookie), (header::LOCATION, "/".into())],
+            )
+                .into_response()
+        }
+        _ => unauthorized(),
+    }
+}
+
+async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers, true) {
+        return unauthorized();
+    }
+    Json(serde_json::json!({
+        "pid": std::process::id(),
+        "started_at_ms": state.started_at_ms,
+        "active_agents": state.host.active_agents(),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    text: String,
+    #[serde(default)]
+    conversation: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+}
+
+/// Accepts a message and streams what happens to it as NDJSON, one [`StreamEvent`] a
+/// line, ending with `reply`.
+async fn send_message(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    if !authorized(&state, &headers, false) {
+        return unauthorized();
+    }
+    let agent = match AgentName::new(&name) {
+        Ok(agent) => agent,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_agent", e.to_string()),
+    };
+    let body: SendBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("expected JSON {{\"text\": …}}: {e}"),
+            )
+        }
+    };
+    let conversation = body.conversation.unwrap_or_else(|| "default".into());
+    let channel = body.channel.unwrap_or_else(|| "api".into());
+    let (accepted, receiver) = match state
+        .host
+        .submit(&agent, &conversation, &channel, &body.text)
+        .await
+    {
+        Ok(accepted) => accepted,
+        Err(e) => return host_error(e),
+    };
+    let first = StreamEvent::Accepted {
+        message_id: accepted.message_id,
+        session_id: accepted.session_id,
+    };
+    let stream = EventStream {
+        host: state.host.clone(),
+        message_id: accepted.message_id,
+        receiver,
+        shutdown: state.shutdown.clone(),
+        pending: Some(first),
+        checked_store: false,
+        done: false,
+    };
+    let body = Body::from_stream(futures_util::stream::unfold(stream, |mut stream| async {
+        let event = stream.next().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), stream))
+    }));
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+struct EventStream {
+    host: Host,
+    message_id: i64,
+    receiver: broadcast::Receiver<StreamEvent>,
+    shutdown: watch::Receiver<bool>,
+    pending: Option<StreamEvent>,
+    checked_store: bool,
+    done: bool,
+}
+
+impl EventStream {
+    async fn stored_reply(&self) -> Option<StreamEvent> {
+        let store = self.host.store().clone();
+        let id = self.message_id;
+        let reply = tokio::task::spawn_blocking(move || store.get_reply(id))
+            .await
+            .ok()?
+            .ok()??;
+        Some(StreamEvent::Reply {
+            text: reply.text,
+            is_error: reply.is_error,
+        })
+    }
+
+    async fn next(&mut self) -> Option<StreamEvent> {
+        if self.done {
+            return None;
+        }
+        if let Some(event) = self.pending.take() {
+            return Some(event);
+        }
+        if !self.checked_store {
+            // The reply may have been stored before we subscribed (a warm runner is fast).
+            self.checked_store = true;
+            if let Some(reply) = self.stored_reply().await {
+                self.done = true;
+                return Some(reply);
+            }
+        }
+        loop {
+            let received = tokio::select! {
+                received = self.receiver.recv() => received,
+                _ = crate::host::stopped(&mut self.shutdown) => {
+                    self.done = true;
+                    return Some(StreamEvent::Status {
+                        message: "the host is shutting down; the message stays queued and will be answered after the next start".into(),
+                    });
+                }
+            };
+            match received {
+                Ok(event) => {
+                    if matches!(event, StreamEvent::Reply { .. }) {
+                        self.done = true;
+                    }
+                    return Some(event);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.done = true;
+                    return self.stored_reply().await;
+                }
+            }
+        }
+    }
+}
+
+async fn get_message(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    if !authorized(&state, &headers, true) {
+        return unauthorized();
+    }
+    let store = state.host.store().clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let message = store.get_message(id)?;
+        let reply = store.get_reply(id)?;
+        Ok::<_, palisade_store::StoreError>((message, reply))
+    })
+    .await;
+    match found {
+        Ok(Ok((message, reply))) => {
+            Json(serde_json::json!({ "message": message, "reply": reply })).into_response()
+        }
+        Ok(Err(palisade_store::StoreError::NotFound { .. })) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_message",
+            format!("no message {id}"),
+        ),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}

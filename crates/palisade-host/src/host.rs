@@ -1,0 +1,272 @@
+//! The router: accepts messages into the durable queue, wakes the agent's worker, and
+//! fans what the runner reports out to whoever is waiting for the reply.
+//!
+//! Each agent gets one worker task (see [`crate::worker`]) the first time it has work;
+//! the worker owns the agent's host socket, its runner and its delivery loop. Waking is
+//! a `tokio::sync::Notify` (a stored permit, so a wake is never lost): nothing polls.
+
+use crate::launcher::RunnerLauncher;
+use crate::HostError;
+use palisade_policy::AgentName;
+use palisade_store::{Accepted, Home, Store, StoreError};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch, Notify};
+use tokio_util::task::TaskTracker;
+
+/// Longest message text accepted from a channel. A delivery frame carries the text and
+/// the session's history within 1 MiB, so the text gets a quarter of it.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// How the host behaves.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    pub home: Home,
+    /// Directory of per-agent host sockets (default `home/run/hosts`).
+    pub socket_dir: PathBuf,
+    /// A runner with nothing to do is stopped after this long.
+    pub idle_timeout: Duration,
+    /// How long a started runner has to connect and say hello.
+    pub start_timeout: Duration,
+    /// How long one message may take before the runner is considered stuck.
+    pub turn_timeout: Duration,
+    /// Deliveries of one message before the host gives up with an error reply.
+    pub max_attempts: i64,
+    /// First back-off after a runner crash; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl HostConfig {
+    pub fn new(home: Home) -> Self {
+        let socket_dir = home.run_dir().join("hosts");
+        HostConfig {
+            home,
+            socket_dir,
+            idle_timeout: Duration::from_secs(600),
+            start_timeout: Duration::from_secs(30),
+            turn_timeout: Duration::from_secs(30 * 60),
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a waiting channel sees about one message, in order. Ends with `Reply`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    Accepted {
+        message_id: i64,
+        session_id: i64,
+    },
+    TextDelta {
+        text: String,
+    },
+    ToolCall {
+        name: String,
+    },
+    ToolResult {
+        name: String,
+        is_error: bool,
+    },
+    Status {
+        message: String,
+    },
+    /// The agent sent a message to the conversation before its final answer.
+    Message {
+        text: String,
+    },
+    Reply {
+        text: String,
+        is_error: bool,
+    },
+}
+
+pub(crate) struct AgentHandle {
+    pub(crate) wake: Arc<Notify>,
+}
+
+pub(crate) struct HostInner {
+    pub(crate) store: Store,
+    pub(crate) config: HostConfig,
+    pub(crate) launcher: Arc<dyn RunnerLauncher>,
+    agents: Mutex<HashMap<AgentName, AgentHandle>>,
+    streams: Mutex<HashMap<i64, broadcast::Sender<StreamEvent>>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    shutdown_tx: watch::Sender<bool>,
+    pub(crate) tasks: TaskTracker,
+}
+
+/// The running host. Cheap to clone.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Host {
+    /// Starts the host and wakes every agent with unanswered messages (redelivery
+    /// after a crash or restart). Must be called inside a tokio runtime.
+    pub async fn start(
+        store: Store,
+        config: HostConfig,
+        launcher: Arc<dyn RunnerLauncher>,
+    ) -> Result<Host, HostError> {
+        crate::settings::create_private_dir(&config.socket_dir)?;
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let host = Host {
+            inner: Arc::new(HostInner {
+                store,
+                config,
+                launcher,
+                agents: Mutex::new(HashMap::new()),
+                streams: Mutex::new(HashMap::new()),
+                shutdown,
+                shutdown_tx,
+                tasks: TaskTracker::new(),
+            }),
+        };
+        let store = host.inner.store.clone();
+        let waiting = tokio::task::spawn_blocking(move || store.agents_with_unanswered())
+            .await
+            .map_err(|e| HostError::Io(format!("startup task failed: {e}")))??;
+        for agent in waiting {
+            tracing::info!(agent = %agent, "redelivering unanswered messages");
+            host.wake(&agent)?;
+        }
+        Ok(host)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.inner.config
+    }
+
+    /// Accepts a message (stored before this returns) and wakes the agent. The
+    /// receiver sees what happens to it, ending with [`StreamEvent::Reply`]; a caller
+    /// that goes away loses nothing (the reply is stored).
+    pub async fn submit(
+        &self,
+        agent: &AgentName,
+        conversation: &str,
+        channel: &str,
+        text: &str,
+    ) -> Result<(Accepted, broadcast::Receiver<StreamEvent>), HostError> {
+        if text.trim().is_empty() {
+            return Err(HostError::EmptyMessage);
+        }
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(HostError::TooLarge {
+                size: text.len(),
+                limit: MAX_MESSAGE_BYTES,
+            });
+        }
+        let store = self.inner.store.clone();
+        let (name, conversation, channel, text) = (
+            agent.clone(),
+            conversation.to_string(),
+            channel.to_string(),
+            text.to_string(),
+        );
+        let accepted = tokio::task::spawn_blocking(move || {
+            store.accept_message(&name, &conversation, &channel, &text)
+        })
+        .await
+        .map_err(|e| HostError::Io(format!("accept task failed: {e}")))?
+        .map_err(|error| match error {
+            StoreError::NotFound { what: "agent", .. } => HostError::UnknownAgent(agent.clone()),
+            other => HostError::Store(other),
+        })?;
+        let receiver = self.subscribe(accepted.message_id);
+        self.wake(agent)?;
+        Ok((accepted, receiver))
+    }
+
+    /// Follows a message's events from now on (callers check the stored reply too).
+    pub fn subscribe(&self, message_id: i64) -> broadcast::Receiver<StreamEvent> {
+        let mut streams = lock(&self.inner.streams);
+        streams
+            .entry(message_id)
+            .or_insert_with(|| broadcast::channel(256).0)
+            .subscribe()
+    }
+
+    /// Wakes `agent`'s worker, starting it if needed.
+    pub fn wake(&self, agent: &AgentName) -> Result<(), HostError> {
+        if *self.inner.shutdown.borrow() {
+            return Err(HostError::ShuttingDown);
+        }
+        let mut agents = lock(&self.inner.agents);
+        if let Some(handle) = agents.get(agent) {
+            handle.wake.notify_one();
+            return Ok(());
+        }
+        let wake = Arc::new(Notify::new());
+        wake.notify_one();
+        let listener = crate::worker::bind_socket(&self.inner.config.socket_dir, agent)?;
+        agents.insert(
+            agent.clone(),
+            AgentHandle {
+                wake: Arc::clone(&wake),
+            },
+        );
+        let inner = Arc::clone(&self.inner);
+        let name = agent.clone();
+        self.inner
+            .tasks
+            .spawn(crate::worker::run(inner, name, wake, listener));
+        Ok(())
+    }
+
+    /// Stops every worker: runners get `shutdown`, then are killed; sockets removed.
+    /// Messages in flight stay unanswered and are delivered again on the next start.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.shutdown_tx.send(true);
+        self.inner.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(20), self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some agent workers did not stop within 20 s");
+        }
+    }
+
+    /// Names of agents whose worker has started.
+    pub fn active_agents(&self) -> Vec<AgentName> {
+        let mut names: Vec<_> = lock(&self.inner.agents).keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+impl HostInner {
+    pub(crate) fn publish(&self, message_id: i64, event: StreamEvent) {
+        let finished = matches!(event, StreamEvent::Reply { .. });
+        let mut streams = lock(&self.streams);
+        if let Some(sender) = streams.get(&message_id) {
+            let _ = sender.send(event);
+        }
+        if finished {
+            streams.remove(&message_id);
+        }
+    }
+}
+
+/// Resolves once shutdown is signalled (or its sender is gone). A helper so no
+/// `watch::Ref` (not `Send`) lives across an await in a spawned task.
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,156 @@
+//! Starting a runner for an agent: behind a trait so the supervisor can be tested with
+//! in-process fake runners, and implemented for real by [`SandboxLauncher`], which
+//! runs `palisade runner` inside the agent's sandbox (palisade-sandbox) with the
+//! agent's host socket bind-mounted at `/run/palisade/host.sock` beside its vault socket.
+
+use crate::HostError;
+use futures_util::future::BoxFuture;
+use palisade_policy::AgentName;
+use palisade_sandbox::{Limits, Mount, Runtime, SandboxSpec, StdioMode};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{oneshot, watch};
+
+/// Where the host socket appears inside a sandbox.
+pub const SANDBOX_HOST_SOCKET: &str = "/run/palisade/host.sock";
+
+/// A running runner, however it was started.
+pub trait RunnerProcess: Send {
+    /// Resolves when the runner has exited.
+    fn exited(&mut self) -> BoxFuture<'_, ()>;
+    /// Ends the runner and waits (bounded) until it is gone.
+    fn kill(&mut self) -> BoxFuture<'_, ()>;
+}
+
+/// Starts runners.
+pub trait RunnerLauncher: Send + Sync {
+    /// Starts a runner for `agent` that will connect to `host_socket` (a host path).
+    fn launch(
+        &self,
+        agent: &AgentName,
+        host_socket: &Path,
+    ) -> Result<Box<dyn RunnerProcess>, HostError>;
+}
+
+/// Runs `palisade runner` in the agent's sandbox.
+pub struct SandboxLauncher {
+    pub runtime: Arc<dyn Runtime>,
+    pub home: palisade_store::Home,
+    /// The `palisade` binary to mount into the sandbox.
+    pub palisade_binary: PathBuf,
+    /// Directory of the vault's per-agent sockets.
+    pub vault_socket_dir: PathBuf,
+    /// PEM of system roots + the vault CA.
+    pub ca_bundle: String,
+    pub limits: Limits,
+}
+
+impl RunnerLauncher for SandboxLauncher {
+    fn launch(
+        &self,
+        agent: &AgentName,
+        host_socket: &Path,
+    ) -> Result<Box<dyn RunnerProcess>, HostError> {
+        let vault_socket = self.vault_socket_dir.join(format!("{agent}.sock"));
+        if !vault_socket.exists() {
+            return Err(HostError::Runner(format!(
+                "the vault has no socket for agent {agent} yet"
+            )));
+        }
+        let workspace = self.home.agent_workspace(agent.as_str());
+        crate::settings::create_private_dir(&workspace)?;
+        let spec = SandboxSpec {
+            agent: agent.to_string(),
+            workspace,
+            palisade_binary: self.palisade_binary.clone(),
+            shim_subcommand: vec!["shim".into()],
+            vault_socket,
+            ca_bundle: self.ca_bundle.clone(),
+            mounts: vec![Mount {
+                source: host_socket.to_path_buf(),
+                destination: PathBuf::from(SANDBOX_HOST_SOCKET),
+                writable: false,
+            }],
+            limits: self.limits.clone(),
+            command: vec![
+                palisade_sandbox::paths::PALISADE_BINARY.to_string(),
+                "runner".to_string(),
+            ],
+            stdio: StdioMode::Piped,
+        };
+        let mut sandbox = self
+            .runtime
+            .start(&spec)
+            .map_err(|e| HostError::Runner(format!("cannot start the sandbox: {e}")))?;
+        let child = sandbox.child_mut();
+        drop(child.stdin.take());
+        // The runner's output is logged line by line (capped), never kept whole.
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(log_lines(agent.clone(), stdout));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(log_lines(agent.clone(), stderr));
+        }
+        let (kill_tx, kill_rx) = oneshot::channel::<()>();
+        let (exited_tx, exited_rx) = watch::channel(false);
+        let name = agent.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                outcome = sandbox.wait() => match outcome {
+                    Ok(outcome) => tracing::info!(agent = %name, code = outcome.code, "runner exited"),
+                    Err(error) => tracing::warn!(agent = %name, %error, "lost the runner"),
+                },
+                // Dropping the wait future drops the sandbox, which kills it and cleans up.
+                _ = kill_rx => tracing::info!(agent = %name, "runner stopped"),
+            }
+            let _ = exited_tx.send(true);
+        });
+        Ok(Box::new(SandboxRunner {
+            kill: Some(kill_tx),
+            exited: exited_rx,
+        }))
+    }
+}
+
+async fn log_lines(agent: AgentName, stream: impl tokio::io::AsyncRead + Unpin) {
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let line: String = line.chars().take(2000).collect();
+        tracing::info!(agent = %agent, "runner: {line}");
+    }
+}
+
+struct SandboxRunner {
+    kill: Option<oneshot::Sender<()>>,
+    exited: watch::Receiver<bool>,
+}
+
+impl RunnerProcess for SandboxRunner {
+    fn exited(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.exited.wait_for(|done| *done).await;
+        })
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(kill) = self.kill.take() {
+                let _ = kill.send(());
+            }
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                self.exited.wait_for(|done| *done),
+            )
+            .await;
+        })
+    }
+}
+
+impl Drop for SandboxRunner {
+    fn drop(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+    }
+}

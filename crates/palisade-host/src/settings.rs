@@ -1,0 +1,200 @@
+//! What the host knows about how an agent runs: model and provider from the agent's
+//! `settings` JSON in the store, instructions and memory from files in the agent's
+//! folder (`agents/NAME/instructions.md`, `agents/NAME/memory.md`), which a person can
+//! edit and which never enter the sandbox as files.
+
+use crate::HostError;
+use palisade_store::Home;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Default model for new agents (configurable per agent).
+pub const DEFAULT_MODEL: &str = "claude-sonnet-4-5";
+pub const DEFAULT_ANTHROPIC_URL: &str = "https://api.anthropic.com";
+
+/// Longest memory file the host reads or appends to.
+pub const MAX_MEMORY_BYTES: usize = 64 * 1024;
+/// Longest instructions file the host sends.
+pub const MAX_INSTRUCTIONS_BYTES: usize = 64 * 1024;
+
+/// The model side of an agent, stored in its `settings`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentSettings {
+    #[serde(default = "default_provider")]
+    pub provider: String,
+    #[serde(default = "default_model")]
+    pub model: String,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tool_iterations: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+}
+
+fn default_provider() -> String {
+    "anthropic".into()
+}
+fn default_model() -> String {
+    DEFAULT_MODEL.into()
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            provider: default_provider(),
+            model: default_model(),
+            base_url: None,
+            tools: None,
+            max_tool_iterations: None,
+            max_output_tokens: None,
+        }
+    }
+}
+
+impl AgentSettings {
+    /// Reads the settings JSON of an agent; unknown keys are kept by the store, ignored here.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, HostError> {
+        if value.as_object().is_some_and(|o| o.is_empty()) || value.is_null() {
+            return Ok(AgentSettings::default());
+        }
+        let settings: AgentSettings = serde_json::from_value(value.clone())
+            .map_err(|e| HostError::Invalid(format!("agent settings are malformed: {e}")))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), HostError> {
+        if !matches!(self.provider.as_str(), "anthropic" | "openai") {
+            return Err(HostError::Invalid(format!(
+                "provider {:?} is not supported: use anthropic or openai",
+                self.provider
+            )));
+        }
+        if self.model.trim().is_empty() || self.model.len() > 200 {
+            return Err(HostError::Invalid(
+                "the model name is empty or too long".into(),
+            ));
+        }
+        if let Some(url) = &self.base_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2000 {
+                return Err(HostError::Invalid(format!(
+                    "base URL {url:?} is invalid: give an http:// or https:// URL"
+                )));
+            }
+        }
+        if self.provider == "openai" && self.base_url.is_none() {
+            return Err(HostError::Invalid(
+                "an openai-compatible agent needs --base-url (the server's URL)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The base URL the runner calls.
+    pub fn effective_base_url(&self) -> String {
+        self.base_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ANTHROPIC_URL.to_string())
+    }
+}
+
+pub fn instructions_path(home: &Home, agent: &str) -> PathBuf {
+    home.agent_dir(agent).join("instructions.md")
+}
+
+pub fn memory_path(home: &Home, agent: &str) -> PathBuf {
+    home.agent_dir(agent).join("memory.md")
+}
+
+/// Reads a text file of the agent's folder, empty if missing, refusing one over `limit`.
+pub fn read_agent_file(path: &std::path::Path, limit: usize) -> Result<String, HostError> {
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.len() > limit => Err(HostError::Invalid(format!(
+            "{} is larger than {} KiB; shorten it",
+            path.display(),
+            limit / 1024
+        ))),
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(error) => Err(HostError::Io(format!(
+            "cannot read {}: {error}",
+            path.display()
+        ))),
+    }
+}
+
+/// Appends a note to the agent's memory file (0600), keeping it under the cap.
+pub fn append_memory(home: &Home, agent: &str, note: &str) -> Result<(), HostError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = memory_path(home, agent);
+    let current = read_agent_file(&path, usize::MAX)?;
+    let note = note.trim_end();
+    if note.is_empty() {
+        return Err(HostError::Invalid("the note is empty".into()));
+    }
+    if current.len() + note.len() + 1 > MAX_MEMORY_BYTES {
+        return Err(HostError::Invalid(format!(
+            "memory is full ({} KiB); ask the person to tidy agents/{agent}/memory.md",
+            MAX_MEMORY_BYTES / 1024
+        )));
+    }
+    create_private_dir(&home.agent_dir(agent))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| HostError::Io(format!("cannot open {}: {e}", path.display())))?;
+    let separator = if current.is_empty() || current.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    writeln!(file, "{separator}{note}")
+        .map_err(|e| HostError::Io(format!("cannot write {}: {e}", path.display())))
+}
+
+pub fn create_private_dir(path: &std::path::Path) -> Result<(), HostError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| HostError::Io(format!("cannot create {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_settings_mean_defaults_and_bad_ones_are_refused() {
+        let settings = AgentSettings::from_json(&serde_json::json!({})).unwrap();
+        assert_eq!(settings.provider, "anthropic");
+        assert_eq!(settings.effective_base_url(), DEFAULT_ANTHROPIC_URL);
+        assert!(AgentSettings::from_json(&serde_json::json!({"provider": "x"})).is_err());
+        assert!(AgentSettings::from_json(&serde_json::json!({"provider": "openai"})).is_err());
+        assert!(AgentSettings::from_json(&serde_json::json!({"base_url": "ftp://x"})).is_err());
+        let openai = AgentSettings::from_json(&serde_json::json!({
+            "provider": "openai", "model": "llama", "base_url": "http://127.0.0.1:8080", "other": 1
+        }))
+        .unwrap();
+        assert_eq!(openai.model, "llama");
+    }
+
+    #[test]
+    fn memory_appends_and_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        append_memory(&home, "a", "first").unwrap();
+        append_memory(&home, "a", "second\n").unwrap();
+        let text = read_agent_file(&memory_path(&home, "a"), MAX_MEMORY_BYTES).unwrap();
+        assert_eq!(text, "first\nsecond\n");
+        assert!(append_memory(&home, "a", &"x".repeat(MAX_MEMORY_BYTES)).is_err());
+        assert!(append_memory(&home, "a", "  ").is_err());
+    }
+}

@@ -1,0 +1,362 @@
+//! The router, queue and supervisor with in-process fake runners on the real host
+//! socket: delivery, streaming, crash and redelivery, idle stop, and runners or
+//! strangers that break the protocol.
+
+use futures_util::future::BoxFuture;
+use palisade_host::protocol::{HostFrame, RunnerConnection, RunnerFrame, PROTOCOL_VERSION};
+use palisade_host::{Host, HostConfig, HostError, RunnerLauncher, RunnerProcess, StreamEvent};
+use palisade_policy::{AgentName, Profile};
+use palisade_store::{Home, MessageStatus, Store};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Answers "echo: TEXT" with a streamed delta and a host tool call.
+    Echo,
+    /// Disconnects on the first delivery of each message id below 0 … i.e. the first
+    /// `crashes` launches crash, later ones echo.
+    CrashFirst(usize),
+    /// Replies with another session id.
+    WrongSession,
+}
+
+struct FakeLauncher {
+    behaviour: Behaviour,
+    launches: Arc<AtomicUsize>,
+}
+
+struct FakeProcess(Option<tokio::task::JoinHandle<()>>);
+
+impl RunnerProcess for FakeProcess {
+    fn exited(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(handle) = &mut self.0 {
+                let _ = handle.await;
+                self.0 = None;
+            } else {
+                std::future::pending::<()>().await
+            }
+        })
+    }
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(handle) = self.0.take() {
+                handle.abort();
+                let _ = handle.await;
+            }
+        })
+    }
+}
+
+impl RunnerLauncher for FakeLauncher {
+    fn launch(
+        &self,
+        _agent: &AgentName,
+        host_socket: &Path,
+    ) -> Result<Box<dyn RunnerProcess>, HostError> {
+        let launch = self.launches.fetch_add(1, Ordering::SeqCst);
+        let behaviour = match self.behaviour {
+            Behaviour::CrashFirst(n) if launch >= n => Behaviour::Echo,
+            other => other,
+        };
+        let socket = host_socket.to_path_buf();
+        Ok(Box::new(FakeProcess(Some(tokio::spawn(async move {
+            let _ = fake_runner(&socket, behaviour).await;
+        })))))
+    }
+}
+
+async fn fake_runner(
+    socket: &Path,
+    behaviour: Behaviour,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let stream = UnixStream::connect(socket).await?;
+    let mut conn: RunnerConnection<UnixStream> = RunnerConnection::new(stream);
+    conn.send(&RunnerFrame::Hello {
+        version: PROTOCOL_VERSION,
+    })
+    .await?;
+    match conn.expect().await? {
+        HostFrame::Hello { .. } => {}
+        other => return Err(format!("expected hello, got {other:?}").into()),
+    }
+    loop {
+        match conn.recv().await? {
+            None | Some(HostFrame::Shutdown) => return Ok(()),
+            Some(HostFrame::Deliver(delivery)) => {
+                if let Behaviour::CrashFirst(_) = behaviour {
+                    return Ok(());
+                }
+                conn.send(&RunnerFrame::Event {
+                    message_id: delivery.message_id,
+                    event: serde_json::json!({"kind": "text_delta", "text": "echo: "}),
+                })
+                .await?;
+                conn.send(&RunnerFrame::ToolCall {
+                    call_id: "c1".into(),
+                    message_id: delivery.message_id,
+                    name: "memory_append".into(),
+                    input: serde_json::json!({"note": format!("saw {}", delivery.text)}),
+                })
+                .await?;
+                match conn.expect().await? {
+                    HostFrame::ToolResult { ok: true, .. } => {}
+                    other => return Err(format!("tool failed: {other:?}").into()),
+                }
+                let mut history = delivery.history.as_array().cloned().unwrap_or_default();
+                history.push(serde_json::json!(delivery.text));
+                let session_id = match behaviour {
+                    Behaviour::WrongSession => delivery.session_id + 1000,
+                    _ => delivery.session_id,
+                };
+                conn.send(&RunnerFrame::Reply {
+                    message_id: delivery.message_id,
+                    session_id,
+                    text: format!("echo: {}", delivery.text),
+                    history: serde_json::Value::Array(history),
+                })
+                .await?;
+            }
+            Some(other) => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    host: Host,
+    agent: AgentName,
+    launches: Arc<AtomicUsize>,
+    home: Home,
+}
+
+async fn fixture(behaviour: Behaviour, tune: impl FnOnce(&mut HostConfig)) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path().join("home"));
+    let store = Store::open(&home).unwrap();
+    let agent = AgentName::new("helper").unwrap();
+    store.create_agent(&agent, Profile::Research).unwrap();
+    let mut config = HostConfig::new(home.clone());
+    config.initial_backoff = Duration::from_millis(20);
+    config.start_timeout = Duration::from_secs(5);
+    tune(&mut config);
+    let launches = Arc::new(AtomicUsize::new(0));
+    let launcher = Arc::new(FakeLauncher {
+        behaviour,
+        launches: Arc::clone(&launches),
+    });
+    let host = Host::start(store.clone(), config, launcher).await.unwrap();
+    Fixture {
+        _dir: dir,
+        store,
+        host,
+        agent,
+        launches,
+        home,
+    }
+}
+
+async fn reply_of(
+    receiver: &mut tokio::sync::broadcast::Receiver<StreamEvent>,
+) -> (Vec<StreamEvent>, String, bool) {
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), receiver.recv())
+            .await
+            .expect("no reply within 20 s")
+            .expect("stream closed");
+        if let StreamEvent::Reply { text, is_error } = &event {
+            return (seen, text.clone(), *is_error);
+        }
+        seen.push(event);
+    }
+}
+
+#[tokio::test]
+async fn message_is_delivered_streamed_answered_and_runner_stays_warm() {
+    let f = fixture(Behaviour::Echo, |_| {}).await;
+    let (accepted, mut events) = f
+        .host
+        .submit(&f.agent, "cli", "cli", "hello")
+        .await
+        .unwrap();
+    let (seen, text, is_error) = reply_of(&mut events).await;
+    assert_eq!(text, "echo: hello");
+    assert!(!is_error);
+    assert!(seen.contains(&StreamEvent::TextDelta {
+        text: "echo: ".into()
+    }));
+    let message = f.store.get_message(accepted.message_id).unwrap();
+    assert_eq!(message.status, MessageStatus::Answered);
+    assert_eq!(message.attempts, 1);
+    let session = f.store.get_session(accepted.session_id).unwrap();
+    assert_eq!(session.history, serde_json::json!(["hello"]));
+    // The second message goes to the same, warm runner with the stored history.
+    let (second, mut events) = f
+        .host
+        .submit(&f.agent, "cli", "cli", "again")
+        .await
+        .unwrap();
+    assert_eq!(reply_of(&mut events).await.1, "echo: again");
+    assert_eq!(f.launches.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        f.store.get_session(second.session_id).unwrap().history,
+        serde_json::json!(["hello", "again"])
+    );
+    let memory = std::fs::read_to_string(f.home.agent_dir("helper").join("memory.md")).unwrap();
+    assert_eq!(memory, "saw hello\nsaw again\n");
+    // The socket is private.
+    use std::os::unix::fs::PermissionsExt;
+    let socket = palisade_host::socket_path(&f.host.config().socket_dir, &f.agent);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    f.host.shutdown().await;
+    assert!(!socket.exists(), "socket removed on shutdown");
+}
+
+#[tokio::test]
+async fn bad_input_is_refused() {
+    let f = fixture(Behaviour::Echo, |_| {}).await;
+    let unknown = AgentName::new("nobody").unwrap();
+    assert!(matches!(
+        f.host.submit(&unknown, "cli", "cli", "hi").await,
+        Err(HostError::UnknownAgent(_))
+    ));
+    assert!(matches!(
+        f.host.submit(&f.agent, "cli", "cli", " \n").await,
+        Err(HostError::EmptyMessage)
+    ));
+    let huge = "x".repeat(palisade_host::MAX_MESSAGE_BYTES + 1);
+    assert!(matches!(
+        f.host.submit(&f.agent, "cli", "cli", &huge).await,
+        Err(HostError::TooLarge { .. })
+    ));
+    assert!(f.store.list_sessions(None).unwrap().is_empty());
+    f.host.shutdown().await;
+}
+
+#[tokio::test]
+async fn crashed_runner_is_restarted_and_the_message_answered_once() {
+    let f = fixture(Behaviour::CrashFirst(2), |_| {}).await;
+    let (accepted, mut events) = f.host.submit(&f.agent, "c", "cli", "boom").await.unwrap();
+    let (_, text, is_error) = reply_of(&mut events).await;
+    assert_eq!(text, "echo: boom");
+    assert!(!is_error);
+    assert_eq!(f.launches.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        f.store.get_message(accepted.message_id).unwrap().attempts,
+        3
+    );
+    assert_eq!(
+        f.store.session_messages(accepted.session_id).unwrap().len(),
+        1
+    );
+    f.host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_crashing_runners_gets_an_error_reply() {
+    let f = fixture(Behaviour::CrashFirst(usize::MAX), |config| {
+        config.max_attempts = 2
+    })
+    .await;
+    let (accepted, mut events) = f.host.submit(&f.agent, "c", "cli", "poison").await.unwrap();
+    let (_, text, is_error) = reply_of(&mut events).await;
+    assert!(is_error, "{text}");
+    assert!(text.contains("failed"), "{text}");
+    assert_eq!(
+        f.store.get_message(accepted.message_id).unwrap().status,
+        MessageStatus::Answered
+    );
+    f.host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_runner_naming_another_session_is_refused() {
+    let f = fixture(Behaviour::WrongSession, |config| config.max_attempts = 2).await;
+    let (accepted, mut events) = f.host.submit(&f.agent, "c", "cli", "hi").await.unwrap();
+    let (_, text, is_error) = reply_of(&mut events).await;
+    assert!(is_error, "{text}");
+    let session = f.store.get_session(accepted.session_id).unwrap();
+    assert_eq!(
+        session.history,
+        serde_json::json!([]),
+        "nothing from the bad runner was stored"
+    );
+    f.host.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbage_on_the_host_socket_does_not_stop_the_host() {
+    let f = fixture(Behaviour::Echo, |_| {}).await;
+    let (_, mut events) = f.host.submit(&f.agent, "c", "cli", "first").await.unwrap();
+    reply_of(&mut events).await;
+    let socket = palisade_host::socket_path(&f.host.config().socket_dir, &f.agent);
+    for garbage in [
+        &b"\xff\xff\xff\xffjunk"[..],
+        b"\x00\x00\x00\x05hello",
+        b"\x00\x00\x00\x10{\"type\":\"reply\"}",
+        b"GET / HTTP/1.1\r\n\r\n",
+    ] {
+        let mut stream = UnixStream::connect(&socket).await.unwrap();
+        let _ = stream.write_all(garbage).await;
+        let _ = stream.shutdown().await;
+    }
+    let (_, mut events) = f.host.submit(&f.agent, "c", "cli", "second").await.unwrap();
+    assert_eq!(reply_of(&mut events).await.1, "echo: second");
+    f.host.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_runner_is_stopped_and_started_again_on_demand() {
+    let f = fixture(Behaviour::Echo, |config| {
+        config.idle_timeout = Duration::from_millis(200)
+    })
+    .await;
+    let (_, mut events) = f.host.submit(&f.agent, "c", "cli", "one").await.unwrap();
+    reply_of(&mut events).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, mut events) = f.host.submit(&f.agent, "c", "cli", "two").await.unwrap();
+    assert_eq!(reply_of(&mut events).await.1, "echo: two");
+    assert_eq!(f.launches.load(Ordering::SeqCst), 2);
+    f.host.shutdown().await;
+}
+
+#[tokio::test]
+async fn unanswered_messages_are_delivered_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path().join("home"));
+    let store = Store::open(&home).unwrap();
+    let agent = AgentName::new("helper").unwrap();
+    store.create_agent(&agent, Profile::Research).unwrap();
+    // Accepted and even delivered once by a host that then died.
+    let accepted = store.accept_message(&agent, "c", "cli", "survive").unwrap();
+    store.mark_delivered(accepted.message_id).unwrap();
+    let launcher = Arc::new(FakeLauncher {
+        behaviour: Behaviour::Echo,
+        launches: Arc::new(AtomicUsize::new(0)),
+    });
+    let host = Host::start(store.clone(), HostConfig::new(home), launcher)
+        .await
+        .unwrap();
+    let answered = async {
+        loop {
+            if let Some(reply) = store.get_reply(accepted.message_id).unwrap() {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(20), answered)
+        .await
+        .unwrap();
+    assert_eq!(reply.text, "echo: survive");
+    assert_eq!(store.get_message(accepted.message_id).unwrap().attempts, 2);
+    host.shutdown().await;
+}
