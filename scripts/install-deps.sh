@@ -6,7 +6,7 @@ set -euo pipefail
 APT_PACKAGES=(
   bubblewrap podman runc uidmap slirp4netns fuse-overlayfs debootstrap
   chromium chromium-driver nginx-light curl git ca-certificates python3-pip
-  sqlite3 iproute2 procps
+  sqlite3 iproute2 procps nodejs
 )
 # pip name, then the module that proves it is installed.
 PIP_PACKAGES=(
@@ -59,6 +59,13 @@ else
 fi
 
 command -v python3 >/dev/null 2>&1 || fail "python3 not found after installing system packages"
+# The @onecli-sh/sdk compatibility test runs the real npm package. Debian ships npm
+# apart from nodejs, while NodeSource's nodejs bundles it (and conflicts with Debian's).
+if ! command -v npm >/dev/null 2>&1; then
+  step "apt-get install npm"
+  run_quiet "${SUDO[@]}" apt-get install -y -q --no-install-recommends npm \
+    || fail "apt-get install failed for: npm"
+fi
 pip_missing=()
 for entry in "${PIP_PACKAGES[@]}"; do
   name=${entry%%:*}
