@@ -244,6 +244,14 @@ fn configure(conn: &Connection) -> Result<()> {
 /// the process umask (often world-readable) and gives its -wal and -shm files the mode of
 /// the database file.
 fn create_private_file(path: &Path) -> Result<()> {
+    // Closing any descriptor of a file drops every POSIX lock this process holds on
+    // it, SQLite's included. A process that opens the store twice (the gateway: its
+    // store and its audit writer) would lose the first connection's locks; another
+    // process could then checkpoint and delete the WAL under it, and that connection
+    // would never see a later change. So an existing database is never opened here.
+    if path.exists() {
+        return restrict_permissions(path);
+    }
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
