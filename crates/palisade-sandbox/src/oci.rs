@@ -344,11 +344,20 @@ fn owner_alive(token: &str) -> bool {
         .is_some_and(|current| current == token)
 }
 
+/// Sends SIGKILL to a container's processes, bounded to 20 s.
+pub(crate) fn kill_container(tool: OciTool, name: &str) {
+    bounded(tool, &["kill", "--signal", "KILL", name]);
+}
+
 /// Force-removes a container, bounded to 20 s.
 pub(crate) fn remove_container(tool: OciTool, name: &str) {
+    bounded(tool, &["rm", "-f", "-t", "0", name]);
+}
+
+fn bounded(tool: OciTool, args: &[&str]) {
     let child = tool
         .command()
-        .args(["rm", "-f", "-t", "0", name])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -152,6 +152,20 @@ impl Sandbox {
     }
 
     async fn kill(&mut self) {
+        if let Some((tool, name)) = &self.container {
+            // Killing the container first lets the engine's client finish its own
+            // `--rm` cleanup; killing the client first leaves the engine to notice.
+            let (tool, name) = (*tool, name.clone());
+            let _ =
+                tokio::task::spawn_blocking(move || crate::oci::kill_container(tool, &name)).await;
+            if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+                .await
+                .is_ok()
+            {
+                self.finished = true;
+                return;
+            }
+        }
         let _ = self.child.start_kill();
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill_all();

@@ -1,0 +1,656 @@
+//! `palisade sandbox run` end to end: the real binary, a temporary home, the real
+//! vault (in-process), bubblewrap and podman, as root and as the unprivileged user
+//! `palisade-test` (created when missing, when the tests run as root).
+//!
+//! The upstream is a Python HTTPS server on 127.0.0.2 with a throwaway CA (made with
+//! `openssl`): `/echo` answers "ok" and logs the request headers to a file only the
+//! test reads, `/repo.git` is a bare git repository served over dumb HTTP, and
+//! `/simple/` a PEP 503 index of a wheel built here. 127.0.0.2 is used because
+//! `localhost`/127.0.0.1 are in the sandbox's NO_PROXY.
+//!
+//! Podman cases are skipped with a message when podman or its image is missing
+//! (`palisade sandbox image build`); set PALISADE_REQUIRE_PODMAN=1 to fail instead.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_palisade");
+const SECRET: &str = "tok-5e1f0c3a9b8d7e6f";
+const TEST_USER: &str = "palisade-test";
+
+fn run_timeout(command: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> Output {
+    use std::io::Write;
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command.process_group(0);
+    let mut child = command.spawn().expect("spawn");
+    if let Some(mut pipe) = child.stdin.take() {
+        let _ = pipe.write_all(stdin.unwrap_or_default());
+    }
+    let pid = child.id() as i32;
+    let killer = std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+                return;
+            }
+        }
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    });
+    let output = child.wait_with_output().expect("wait");
+    let _ = killer.join();
+    output
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Who runs palisade: root, or the unprivileged test user.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum As {
+    Root,
+    User,
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+    home: PathBuf,
+    port: u16,
+    server: Option<std::process::Child>,
+    who: As,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+}
+
+fn sh(script: &str, dir: &Path) {
+    let output = run_timeout(
+        Command::new("bash").arg("-ec").arg(script).current_dir(dir),
+        None,
+        Duration::from_secs(120),
+    );
+    assert!(output.status.success(), "{script}\n{}", text(&output));
+}
+
+const SERVER: &str = r#"
+import http.server, ssl, sys, os, json
+root, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        with open(log, 'a') as f:
+            f.write(json.dumps({'path': self.path, 'headers': dict(self.headers)}) + '\n')
+        if self.path.startswith('/echo') or self.path.startswith('/limited') or self.path.startswith('/blocked'):
+            body = b'ok\n'
+            self.send_response(200)
+            self.send_header('content-length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            super().do_GET()
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(os.path.join(root, '..', 'server.pem'), os.path.join(root, '..', 'server.key'))
+server = http.server.ThreadingHTTPServer(('127.0.0.2', port), Handler)
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+
+fn world(who: As) -> Option<World> {
+    static USER_READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if who == As::User && !*USER_READY.get_or_init(prepare_user) {
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("palisade-sbx-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("www/simple/demo-pkg")).unwrap();
+    sh(
+        r#"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -subj /CN=palisade-test-ca -days 2 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.2 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.2\n' > ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext 2>/dev/null
+mkdir -p src && cd src && git init -q && echo hello-from-repo > README && git add README && git -c user.email=t@t -c user.name=t commit -qm init && cd ..
+git clone -q --bare src www/repo.git && git -C www/repo.git update-server-info
+mkdir -p pkg/demo_pkg && echo 'VALUE = 1' > pkg/demo_pkg/__init__.py
+python3 - <<'PY'
+import zipfile, hashlib, base64
+name = 'www/simple/demo-pkg/demo_pkg-1.0-py3-none-any.whl'
+files = {'demo_pkg/__init__.py': b'VALUE = 1\n',
+         'demo_pkg-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n',
+         'demo_pkg-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n'}
+record = ''
+for p, data in files.items():
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+    record += f'{p},sha256={digest},{len(data)}\n'
+record += 'demo_pkg-1.0.dist-info/RECORD,,\n'
+with zipfile.ZipFile(name, 'w') as z:
+    for p, data in files.items(): z.writestr(p, data)
+    z.writestr('demo_pkg-1.0.dist-info/RECORD', record)
+open('www/simple/index.html', 'w').write('<html><body><a href=\"demo-pkg/\">demo-pkg</a></body></html>')
+open('www/simple/demo-pkg/index.html', 'w').write('<html><body><a href=\"demo_pkg-1.0-py3-none-any.whl\">demo_pkg-1.0-py3-none-any.whl</a></body></html>')
+PY
+chmod -R a+rX ."#,
+        d,
+    );
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    std::fs::write(d.join("server.py"), SERVER).unwrap();
+    let server = Command::new("python3")
+        .arg(d.join("server.py"))
+        .arg(d.join("www"))
+        .arg(port.to_string())
+        .arg(d.join("requests.log"))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
+        assert!(Instant::now() < deadline, "test upstream did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let home = d.join("home");
+    let binary = if who == As::User {
+        let bin = d.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy(BINARY, bin.join("palisade")).unwrap();
+        std::fs::create_dir_all(&home).unwrap();
+        sh(
+            &format!("chmod 755 bin bin/palisade && chown {TEST_USER} home && chmod 755 ."),
+            d,
+        );
+        bin.join("palisade")
+    } else {
+        PathBuf::from(BINARY)
+    };
+    let world = World {
+        dir,
+        binary,
+        home,
+        port,
+        server: Some(server),
+        who,
+    };
+    for args in [
+        &["agents", "create", "a", "--profile", "research"][..],
+        &["agents", "create", "b", "--profile", "research"],
+    ] {
+        let out = world.palisade(args, None, Duration::from_secs(30));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = world.palisade(
+        &[
+            "secrets",
+            "create",
+            "--name",
+            "tok",
+            "--host-pattern",
+            "127.0.0.2",
+            "--inject",
+            "bearer",
+            "--agent",
+            "a",
+        ],
+        Some(SECRET.as_bytes()),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    Some(world)
+}
+
+/// Creates the unprivileged user when running as root; false when it cannot be used.
+fn prepare_user() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPING unprivileged cases: tests are not running as root");
+        return false;
+    }
+    let exists = Command::new("id")
+        .arg(TEST_USER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !exists {
+        let out = run_timeout(
+            Command::new("useradd").args(["-m", TEST_USER]),
+            None,
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "useradd: {}", text(&out));
+    }
+    // Rootless podman defaults to the vfs storage driver here, which copies the whole
+    // image for every container (~25 s); the kernel's rootless overlay is instant.
+    let _ = run_timeout(
+        Command::new("runuser").args(["-u", TEST_USER, "--", "bash", "-c",
+            "cd ~ && test \"$(podman info --format '{{.Store.GraphDriverName}}' 2>/dev/null)\" = vfs || exit 0; mkdir -p ~/.config/containers && printf '[storage]\\ndriver = \"overlay\"\\n' > ~/.config/containers/storage.conf && podman system reset -f"]),
+        None,
+        Duration::from_secs(120),
+    );
+    true
+}
+
+impl World {
+    fn palisade(&self, args: &[&str], stdin: Option<&[u8]>, limit: Duration) -> Output {
+        let mut command = self.command(args);
+        run_timeout(&mut command, stdin, limit)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = match self.who {
+            As::Root => Command::new(&self.binary),
+            As::User => {
+                let mut c = Command::new("runuser");
+                c.args([
+                    "-u",
+                    TEST_USER,
+                    "--",
+                    "env",
+                    "-i",
+                    "PATH=/usr/local/bin:/usr/bin:/bin",
+                    &format!("HOME=/home/{TEST_USER}"),
+                ]);
+                c.arg(&self.binary);
+                // The test's own directory is not the user's to enter.
+                c.current_dir("/");
+                c
+            }
+        };
+        command.arg("--home").arg(&self.home).args(args);
+        command.env("PALISADE_TEST_CANARY", SECRET);
+        command
+    }
+
+    fn sandbox(&self, runtime: &str, extra: &[&str], script: &str) -> Output {
+        let ca = self.dir.path().join("ca.pem");
+        let ca = ca.to_str().unwrap();
+        let mut args = vec![
+            "sandbox",
+            "run",
+            "--agent",
+            "a",
+            "--runtime",
+            runtime,
+            "--upstream-ca",
+            ca,
+            "--allow-local-upstream",
+            "127.0.0.2",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "bash", "-c", script]);
+        self.palisade(&args, None, Duration::from_secs(180))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.2:{}{path}", self.port)
+    }
+
+    fn upstream_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("requests.log")).unwrap_or_default()
+    }
+}
+
+fn runtimes(who: As) -> Vec<&'static str> {
+    static PREPARED: std::sync::Mutex<Option<(Vec<&'static str>, Vec<&'static str>)>> =
+        std::sync::Mutex::new(None);
+    let mut prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner());
+    let (root, user) =
+        prepared.get_or_insert_with(|| (probe_runtimes(As::Root), probe_runtimes(As::User)));
+    match who {
+        As::Root => root.clone(),
+        As::User => user.clone(),
+    }
+}
+
+fn probe_runtimes(who: As) -> Vec<&'static str> {
+    let mut all = vec!["bwrap"];
+    let mut image = Command::new("podman");
+    if who == As::User {
+        image = Command::new("runuser");
+        image.args(["-u", TEST_USER, "--", "podman"]);
+        // Rootless podman has its own image store: load root's image into it once.
+        let _ = run_timeout(
+            Command::new("bash").arg("-c").arg(format!(
+                "runuser -u {TEST_USER} -- podman image exists localhost/palisade-sandbox:latest || (podman save -o /var/tmp/palisade-sandbox-image.tar localhost/palisade-sandbox:latest && chmod 644 /var/tmp/palisade-sandbox-image.tar && runuser -u {TEST_USER} -- podman load -q -i /var/tmp/palisade-sandbox-image.tar; rm -f /var/tmp/palisade-sandbox-image.tar)"
+            )),
+            None,
+            Duration::from_secs(300),
+        );
+    }
+    let present = image
+        .args(["image", "exists", "localhost/palisade-sandbox:latest"])
+        .current_dir("/")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if present {
+        all.push("podman");
+    } else if std::env::var_os("PALISADE_REQUIRE_PODMAN").is_some() {
+        panic!("podman image missing for {who:?}; run `palisade sandbox image build`");
+    } else {
+        eprintln!(
+            "SKIPPING podman for {who:?}: no podman or no image (palisade sandbox image build)"
+        );
+    }
+    all
+}
+
+fn each(check: impl Fn(&World, &str)) {
+    for who in [As::Root, As::User] {
+        let Some(world) = world(who) else { continue };
+        for runtime in runtimes(who) {
+            check(&world, runtime);
+        }
+    }
+}
+
+#[test]
+fn clients_reach_upstream_through_shim_and_vault_with_injection() {
+    each(|w, rt| {
+        let script = format!(
+            "set -e\ncurl -sS --max-time 20 {echo}\n\
+python3 -c \"import requests; print('requests', requests.get('{echo}?py', timeout=20).status_code)\"\n\
+git clone -q {repo} /tmp/clone && cat /tmp/clone/README\n\
+python3 -m pip download -q --no-deps --index-url {simple} -d /tmp/wheels demo-pkg && ls /tmp/wheels\n",
+            echo = w.url("/echo"),
+            repo = w.url("/repo.git"),
+            simple = w.url("/simple/"),
+        );
+        let out = w.sandbox(rt, &[], &script);
+        let all = text(&out);
+        assert!(out.status.success(), "{rt} {:?}: {all}", w.who);
+        assert!(
+            all.contains("ok\n") && all.contains("requests 200"),
+            "{rt}: {all}"
+        );
+        assert!(all.contains("hello-from-repo"), "{rt}: {all}");
+        assert!(all.contains("demo_pkg-1.0-py3-none-any.whl"), "{rt}: {all}");
+        assert!(!all.contains(SECRET), "{rt}: the sandbox saw the secret");
+        let log = w.upstream_log();
+        assert!(
+            log.contains(&format!("Bearer {SECRET}")),
+            "{rt}: no injection upstream: {log}"
+        );
+    });
+}
+
+#[test]
+fn block_and_rate_limit_rules_apply_to_sandboxed_traffic() {
+    each(|w, rt| {
+        for args in [
+            &[
+                "rules",
+                "create",
+                "--name",
+                &format!("block-{rt}"),
+                "--host-pattern",
+                "127.0.0.2",
+                "--path-pattern",
+                "/blocked",
+                "--action",
+                "block",
+            ][..],
+            &[
+                "rules",
+                "create",
+                "--name",
+                &format!("limit-{rt}"),
+                "--host-pattern",
+                "127.0.0.2",
+                "--path-pattern",
+                &format!("/limited-{rt}"),
+                "--action",
+                "rate_limit",
+                "--rate-limit",
+                "2",
+                "--rate-window",
+                "1m",
+            ],
+        ] {
+            let out = w.palisade(args, None, Duration::from_secs(30));
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        let script = format!(
+            "curl -s -o /dev/null -w 'blocked=%{{http_code}}\\n' {blocked}\nfor i in 1 2 3 4 5; do curl -s -o /dev/null -w 'limited=%{{http_code}}\\n' {limited}; done\n",
+            blocked = w.url("/blocked"),
+            limited = w.url(&format!("/limited-{rt}")),
+        );
+        let out = w.sandbox(rt, &[], &script);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("blocked=403"), "{rt}: {}", text(&out));
+        assert_eq!(
+            stdout.matches("limited=200").count(),
+            2,
+            "{rt}: {}",
+            text(&out)
+        );
+        assert_eq!(
+            stdout.matches("limited=429").count(),
+            3,
+            "{rt}: {}",
+            text(&out)
+        );
+        assert!(
+            !w.upstream_log().contains("/blocked"),
+            "{rt}: a blocked request reached upstream"
+        );
+    });
+}
+
+#[test]
+fn escapes_fail() {
+    each(|w, rt| {
+        let home = w.home.display().to_string();
+        let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        host.set_nonblocking(true).unwrap();
+        let port = host.local_addr().unwrap().port();
+        let script = format!(
+            "curl -sS --noproxy '*' --max-time 3 http://127.0.0.1:{port}/ && echo ESCAPE-tcp\n\
+curl -sS --noproxy '*' --max-time 3 https://127.0.0.2:{up}/echo && echo ESCAPE-upstream-direct\n\
+getent hosts example.com && echo ESCAPE-dns\n\
+test \"$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ')\" = lo || echo ESCAPE-interfaces\n\
+for f in {home} {home}/master.key {home}/palisade.db {home}/agents/b/workspace; do ls $f >/dev/null 2>&1 && echo ESCAPE-read $f; done\n\
+cat /proc/*/environ /proc/*/cmdline > /tmp/procdump 2>/dev/null\n\
+part=tok-5e1f; tr '\\0' '\\n' < /tmp/procdump | grep -q \"${{part}}0c3a9b8d7e6f\" && echo ESCAPE-secret-proc\n\
+grep -rqs --exclude=procdump \"${{part}}0c3a9b8d7e6f\" /workspace /run/palisade /etc /tmp && echo ESCAPE-secret-file\n\
+test $(ls -d /proc/[0-9]* | wc -l) -le 6 || echo ESCAPE-processes\n\
+for d in / /usr /etc /run/palisade /var; do touch $d/x 2>/dev/null && echo ESCAPE-write $d; done\n\
+grep -q 'CapEff:.0000000000000000' /proc/self/status || echo ESCAPE-capability\n\
+touch /workspace/mine /tmp/mine && echo writable-ok\n",
+            up = w.port,
+        );
+        let out = w.sandbox(rt, &[], &script);
+        let all = text(&out);
+        assert!(!all.contains("ESCAPE"), "{rt} {:?}: {all}", w.who);
+        assert!(all.contains("writable-ok"), "{rt}: {all}");
+        assert!(host.accept().is_err(), "{rt}: the host port was reached");
+    });
+}
+
+#[test]
+fn limits_hold() {
+    each(|w, rt| {
+        let fork = "python3 -c \"\nimport os, time\nn = 0\ntry:\n    for i in range(400):\n        if os.fork() == 0:\n            time.sleep(15); os._exit(0)\n        n += 1\n    print('FORKED-ALL')\nexcept OSError:\n    print('refused after', n)\n\"";
+        let out = w.sandbox(rt, &["--pids", "48", "--timeout", "60s"], fork);
+        assert!(
+            text(&out).contains("refused after"),
+            "{rt} {:?}: {}",
+            w.who,
+            text(&out)
+        );
+        let memory = "python3 -c \"b = b'x' * (600 << 20); print('ALLOCATED')\"";
+        let out = w.sandbox(rt, &["--memory", "128M"], memory);
+        assert!(
+            !text(&out).contains("ALLOCATED") && !out.status.success(),
+            "{rt}: {}",
+            text(&out)
+        );
+        let started = Instant::now();
+        let out = w.sandbox(rt, &["--timeout", "2s"], "sleep 100; echo SURVIVED");
+        assert_eq!(out.status.code(), Some(124), "{rt}: {}", text(&out));
+        // Generous: rootless podman can take long to create a container.
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{rt}: {:?}",
+            started.elapsed()
+        );
+        assert!(!text(&out).contains("SURVIVED"));
+    });
+}
+
+#[test]
+fn exit_codes_and_bad_input() {
+    each(|w, rt| {
+        let out = w.sandbox(rt, &[], "exit 7");
+        assert_eq!(out.status.code(), Some(7), "{rt}: {}", text(&out));
+        let out = w.palisade(
+            &[
+                "sandbox",
+                "run",
+                "--agent",
+                "nobody",
+                "--runtime",
+                rt,
+                "--",
+                "true",
+            ],
+            None,
+            Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("unknown agent")
+                && err.trim().lines().count() == 1,
+            "{err}"
+        );
+        let mount = format!("{}:/mnt/home", w.home.display());
+        let out = w.sandbox(rt, &["--mount", &mount], "true");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("refusing to mount"),
+            "{err}"
+        );
+        let out = w.sandbox(rt, &["--mount", "nonsense"], "true");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("bad mount"),
+            "{}",
+            text(&out)
+        );
+    });
+}
+
+#[test]
+fn nothing_survives_kill_9_of_the_parent() {
+    each(|w, rt| {
+        let marker = format!("{}", 300 + (w.port % 500));
+        let mut command = w.command(&[
+            "sandbox",
+            "run",
+            "--agent",
+            "a",
+            "--runtime",
+            rt,
+            "--",
+            "sleep",
+            &marker,
+        ]);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().unwrap();
+        let running = |pattern: &str| {
+            let out = Command::new("pgrep")
+                .args(["-f", pattern])
+                .output()
+                .unwrap();
+            !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+        };
+        let sleep_pattern = format!("^sleep {marker}$");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !running(&sleep_pattern) {
+            assert!(Instant::now() < deadline, "{rt}: sandbox did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The palisade process itself (runuser's child when unprivileged).
+        let out = Command::new("pgrep")
+            .args([
+                "-f",
+                &format!("sandbox run --agent a --runtime {rt} -- sleep {marker}"),
+            ])
+            .output()
+            .unwrap();
+        let killed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        for pid in &killed {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while running(&sleep_pattern) {
+            assert!(
+                Instant::now() < deadline,
+                "{rt} {:?}: the sandbox outlived its parent",
+                w.who
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The next start removes what the killed run left (cgroups, containers, run dirs).
+        let out = w.sandbox(rt, &[], "true");
+        assert!(out.status.success(), "{}", text(&out));
+        if rt == "podman" && w.who == As::Root {
+            let out = Command::new("podman")
+                .args([
+                    "ps",
+                    "-a",
+                    "--filter",
+                    "label=palisade.sandbox",
+                    "--format",
+                    "{{.Names}}",
+                ])
+                .output()
+                .unwrap();
+            let names = String::from_utf8_lossy(&out.stdout).to_string();
+            for pid in &killed {
+                assert!(
+                    !names.contains(&format!("-{pid}-")),
+                    "container of the killed run left: {names}"
+                );
+            }
+        }
+    });
+}
