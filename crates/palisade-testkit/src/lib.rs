@@ -29,7 +29,7 @@ pub use clients::{
 };
 pub use palisade::{proxy_url, Palisade};
 pub use process::ChildGuard;
-pub use upstream::{RecordedRequest, ScriptedTurn, Upstream, UpstreamBuilder};
+pub use upstream::{RecordedRequest, ScriptedTurn, Upstream, UpstreamBuilder, RECORDED_BODY_MAX};
 
 use std::sync::Arc;
 

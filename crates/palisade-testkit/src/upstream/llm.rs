@@ -4,7 +4,7 @@
 //! They speak the public wire formats closely enough for the official SDKs to parse
 //! them, streaming included, so tests can run a real SDK through the vault and check
 //! both sides. By default each answers `echo: ` plus the last user text; a test can
-//! queue [`ScriptedTurn`]s (text or a tool call) to drive an agent loop, and the
+//! queue [`ScriptedTurn`]s (text, a tool call or an error response) to drive an agent loop, and the
 //! echo comes back once the script runs out. Every response carries
 //! `x-test-key-header` naming the credential header that arrived (`x-api-key`,
 //! `authorization` or `none`), never its value.
@@ -41,6 +41,14 @@ pub enum ScriptedTurn {
     Text(String),
     /// The assistant calls tool `name` with `input` and stops for the result.
     ToolUse { name: String, input: Value },
+    /// The request is answered with this status, headers and JSON body instead,
+    /// as a refusing vault (`{"error": "blocked_by_policy", ...}`) or an overloaded
+    /// API (`529`, `overloaded_error`) would.
+    Error {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Value,
+    },
 }
 
 impl ScriptedTurn {
@@ -56,6 +64,52 @@ impl ScriptedTurn {
             input,
         }
     }
+
+    /// An error response with `status` and JSON `body`.
+    pub fn error(status: u16, body: Value) -> ScriptedTurn {
+        ScriptedTurn::Error {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    /// The same error response with header `name: value` added (e.g. `retry-after`).
+    pub fn with_header(mut self, name: &str, value: &str) -> ScriptedTurn {
+        if let ScriptedTurn::Error { headers, .. } = &mut self {
+            headers.push((name.to_string(), value.to_string()));
+        }
+        self
+    }
+}
+
+/// The response of a [`ScriptedTurn::Error`], or `None` for an answer turn.
+fn scripted_error(turn: &ScriptedTurn) -> Option<Response<Body>> {
+    let ScriptedTurn::Error {
+        status,
+        headers,
+        body,
+    } = turn
+    else {
+        return None;
+    };
+    let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json_response(status, body);
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    Some(response)
+}
+
+/// The text an error turn stands for where an answer is built (never sent: error
+/// turns are answered by [`scripted_error`] first).
+fn error_text(body: &Value) -> String {
+    body.to_string()
 }
 
 fn key_header(request: &Request<()>) -> &'static str {
@@ -171,6 +225,9 @@ pub(crate) fn anthropic(shared: &Shared, request: &Request<()>, body: &Bytes) ->
     let turn = shared
         .next_anthropic_turn()
         .unwrap_or_else(|| ScriptedTurn::Text(format!("echo: {}", last_user_text(&parsed))));
+    if let Some(response) = scripted_error(&turn) {
+        return with_key_header(response, request);
+    }
     let id = next_id();
     let response = if parsed.get("stream").and_then(Value::as_bool) == Some(true) {
         let events = anthropic_stream(id, &model, input_tokens, &turn);
@@ -201,6 +258,9 @@ fn anthropic_block(id: u64, turn: &ScriptedTurn) -> (Value, &'static str, u64) {
             "tool_use",
             word_count(&input.to_string()),
         ),
+        ScriptedTurn::Error { body, .. } => {
+            anthropic_block(id, &ScriptedTurn::Text(error_text(body)))
+        }
     }
 }
 
@@ -242,6 +302,10 @@ fn anthropic_stream(id: u64, model: &str, input_tokens: u64, turn: &ScriptedTurn
     )];
     // The start event carries the block with its content emptied; deltas fill it.
     let (start_block, deltas): (Value, Vec<Value>) = match turn {
+        ScriptedTurn::Error { body, .. } => {
+            let text = ScriptedTurn::Text(error_text(body));
+            return anthropic_stream(id, model, input_tokens, &text);
+        }
         ScriptedTurn::Text(text) => (
             json!({"type": "text", "text": ""}),
             pieces(text)
@@ -309,6 +373,9 @@ pub(crate) fn openai(shared: &Shared, request: &Request<()>, body: &Bytes) -> Re
     let turn = shared
         .next_openai_turn()
         .unwrap_or_else(|| ScriptedTurn::Text(format!("echo: {}", last_user_text(&parsed))));
+    if let Some(response) = scripted_error(&turn) {
+        return with_key_header(response, request);
+    }
     let id = next_id();
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -341,6 +408,10 @@ fn openai_completion(
     turn: &ScriptedTurn,
 ) -> Value {
     let (message, finish_reason, completion_tokens) = match turn {
+        ScriptedTurn::Error { body, .. } => {
+            let text = ScriptedTurn::Text(error_text(body));
+            return openai_completion(id, created, model, prompt_tokens, &text);
+        }
         ScriptedTurn::Text(text) => (
             json!({"role": "assistant", "content": text}),
             "stop",
@@ -383,6 +454,9 @@ fn openai_stream(id: u64, created: u64, model: &str, turn: &ScriptedTurn) -> Vec
     };
     let mut events = Vec::new();
     match turn {
+        ScriptedTurn::Error { body, .. } => {
+            return openai_stream(id, created, model, &ScriptedTurn::Text(error_text(body)));
+        }
         ScriptedTurn::Text(text) => {
             events.push(chunk(
                 json!({"role": "assistant", "content": ""}),

@@ -32,6 +32,9 @@ use crate::KitError;
 
 pub use llm::ScriptedTurn;
 
+/// Most bytes of a request body kept in [`RecordedRequest::body`].
+pub const RECORDED_BODY_MAX: usize = 1024 * 1024;
+
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,6 +47,8 @@ pub struct RecordedRequest {
     /// Header names lowercase, in arrival order, values lossily decoded.
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    /// The body as received, up to its first [`RECORDED_BODY_MAX`] bytes.
+    pub body: bytes::Bytes,
     /// `HTTP/1.1` or `HTTP/2`.
     pub version: String,
     /// Whether it arrived over TLS (false on the plain HTTP port).
@@ -57,6 +62,11 @@ impl RecordedRequest {
             .split('?')
             .next()
             .unwrap_or(&self.path_and_query)
+    }
+
+    /// The recorded body parsed as JSON (for model requests: model, messages, tools).
+    pub fn body_json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
     }
 
     /// The first value of header `name` (case-insensitive).

@@ -71,7 +71,9 @@ pub(crate) async fn handle(
         Err(_) => return Err(CloseConnection),
     };
     let head = Request::from_parts(parts, ());
-    shared.record(recorded(&head, body.len(), tls));
+    let mut record = recorded(&head, body.len(), tls);
+    record.body = Bytes::copy_from_slice(&body[..body.len().min(super::RECORDED_BODY_MAX)]);
+    shared.record(record);
 
     let params = QueryParams::parse(query.as_deref());
     let response = match path.as_str() {
@@ -115,6 +117,7 @@ fn recorded<T>(request: &Request<T>, body_len: usize, tls: bool) -> RecordedRequ
             .unwrap_or_else(|| "/".to_string()),
         headers: header_pairs(request.headers()),
         body_len,
+        body: Bytes::new(),
         version: version_name(request.version()).to_string(),
         tls,
     }
