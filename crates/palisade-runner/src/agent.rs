@@ -209,6 +209,7 @@ where
     };
     let definitions = tools.definitions();
     let provider = session.provider.clone();
+    close_interrupted_tool_calls(&mut session.history);
     session.history.push(Message::user(user_text));
     let mut turn_start = session.history.len() - 1;
     let mut usage = Usage::default();
@@ -366,6 +367,36 @@ where
             });
         }
         session.history.push(Message {
+            role: Role::User,
+            content: results,
+        });
+    }
+}
+
+/// Answers tool calls left without results: a turn interrupted (the host dropped it
+/// or the runner died) after the model called tools. Both APIs refuse a history in
+/// which a call has no result, so the call is marked as not run.
+fn close_interrupted_tool_calls(history: &mut Vec<Message>) {
+    let Some(last) = history.last() else {
+        return;
+    };
+    if last.role != Role::Assistant {
+        return;
+    }
+    let results: Vec<ContentBlock> = last
+        .content
+        .iter()
+        .filter_map(|block| match block {
+            ContentBlock::ToolUse { id, .. } => Some(ContentBlock::ToolResult {
+                tool_use_id: id.clone(),
+                content: "not run: the turn was interrupted before this tool ran".to_string(),
+                is_error: true,
+            }),
+            _ => None,
+        })
+        .collect();
+    if !results.is_empty() {
+        history.push(Message {
             role: Role::User,
             content: results,
         });

@@ -576,3 +576,34 @@ async fn web_fetch_through_the_proxy_and_its_refusals() {
         .await;
     assert!(bad.is_error);
 }
+
+#[tokio::test]
+async fn restored_history_with_an_unanswered_tool_call_is_closed() {
+    let kit = fixture();
+    let http = kit.http(None);
+    let provider = ProviderConfig::anthropic(&kit.upstream.base_url()).build(http.clone());
+    let tools = kit.tools(http);
+    let history = vec![
+        palisade_runner::Message::user("list files"),
+        palisade_runner::Message {
+            role: palisade_runner::Role::Assistant,
+            content: vec![palisade_runner::ContentBlock::ToolUse {
+                id: "toolu_interrupted".into(),
+                name: "bash".into(),
+                input: json!({"command": "ls"}),
+            }],
+        },
+    ];
+    let mut session = Session::restore(AgentConfig::default(), provider, history, None);
+    let (outcome, _) = turn(&mut session, "are you there?", &tools).await;
+    assert_eq!(outcome.text, "echo: are you there?");
+    let body = kit.upstream.last_request().unwrap().body_json().unwrap();
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 4);
+    assert_eq!(
+        messages[2]["content"][0]["tool_use_id"],
+        "toolu_interrupted"
+    );
+    assert_eq!(messages[2]["content"][0]["is_error"], true);
+    assert_eq!(messages[3]["content"][0]["text"], "are you there?");
+}
