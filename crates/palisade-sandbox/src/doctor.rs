@@ -1,10 +1,11 @@
 //! `palisade sandbox doctor`: which protections this host actually gives a sandbox.
 //!
-//! Every line comes from a probe, not from what the code would try: a real tiny
-//! bubblewrap sandbox reports its own capabilities and network interfaces, a real
-//! cgroup leaf is created with the default limits (and removed), and the container
-//! engines are asked whether they run and have the image. Nothing is claimed that
-//! was not observed.
+//! Bubblewrap lines come from a probe: a real tiny sandbox reports its own
+//! capabilities, network interfaces and whether `/` is writable, and a real cgroup
+//! leaf is created with the default limits (and removed). For podman and docker the
+//! engine is asked whether it runs and has the image; their isolation lines name the
+//! flags every sandbox gets (marked as such; the escape tests verify their effect),
+//! and their limit lines say whether this engine can enforce them for this user.
 
 use crate::cgroup::Cgroup;
 use crate::limits::{LimitReport, Limits};
@@ -219,7 +220,9 @@ fn oci(tool: OciTool) -> RuntimeReport {
                     "--rm, owner label, removed on next start if the owner died",
                 ),
             ] {
-                report.checks.push(check(name, true, detail));
+                report
+                    .checks
+                    .push(check(name, true, format!("{detail} (flags, not probed)")));
             }
             let spec_limits = Limits::defaults();
             report.limits = runtime.limit_reports_for(&spec_limits);
