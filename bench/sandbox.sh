@@ -52,12 +52,12 @@ for _ in $(seq 100); do [ -S "$PALISADE_HOME/run/agents/bench.sock" ] && break; 
 percentiles() { # hyperfine JSON -> "p50 p99" in ms
   python3 -c 'import json,sys; t=sorted(json.load(open(sys.argv[1]))["results"][0]["times"]); q=lambda p: t[min(len(t)-1,int(p*len(t)))]*1000; print(f"{q(0.5):.2f} {q(0.99):.2f}")' "$1"
 }
-declare -A P50 P99
 measure() { # name runs command...
   local name=$1 runs=$2; shift 2
-  hyperfine -N --style none --warmup 3 --runs "$runs" --export-json "$WORK/$name.json" -- "$*" >/dev/null 2>&1
-  read -r P50[$name] P99[$name] < <(percentiles "$WORK/$name.json")
-  printf '%-44s p50 %8s ms   p99 %8s ms\n' "$name" "${P50[$name]}" "${P99[$name]}"
+  hyperfine -N --style none --warmup 3 --runs "$runs" --export-json "$WORK/${name//[^a-z0-9]/_}.json" -- "$(printf "%q " "$@")" >/dev/null 2>&1
+  local p50 p99
+  read -r p50 p99 < <(percentiles "$WORK/${name//[^a-z0-9]/_}.json")
+  printf '%-44s p50 %8s ms   p99 %8s ms\n' "$name" "$p50" "$p99"
 }
 echo "## sandbox start ($RUNS runs each; podman ${PODMAN_RUNS:=20})"
 measure "true" "$RUNS" true
@@ -66,7 +66,7 @@ measure "palisade sandbox run -- true (bwrap)" "$RUNS" "$PALISADE" sandbox run -
 HAS_PODMAN=0
 if podman image exists localhost/palisade-sandbox:latest 2>/dev/null; then
   HAS_PODMAN=1
-  measure "bare podman run --rm --network none true" "$PODMAN_RUNS" podman --cgroup-manager cgroupfs --runtime runc run --rm --network none localhost/palisade-sandbox:latest true
+  measure "bare podman run --rm --network none true" "$PODMAN_RUNS" podman --cgroup-manager cgroupfs --runtime runc run --rm --network none --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 localhost/palisade-sandbox:latest true
   measure "palisade sandbox run -- true (podman)" "$PODMAN_RUNS" "$PALISADE" sandbox run --agent bench --runtime podman -- true
 fi
 # With no gateway running, sandbox run serves the vault in-process.
