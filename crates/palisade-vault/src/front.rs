@@ -43,6 +43,9 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        // A client may shut down its write side after a complete request (`nc -N`,
+        // some shims); it still gets its answer instead of a dropped connection.
+        .half_close(true)
         .max_buf_size(MAX_HEAD_BYTES);
     let builder = builder.http1_only();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
