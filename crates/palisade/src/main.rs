@@ -15,6 +15,7 @@ use cmd::audit::AuditCommand;
 use cmd::rules::RulesCommand;
 use cmd::sandbox::{SandboxCommand, ShimArgs};
 use cmd::secrets::SecretsCommand;
+use cmd::sessions::SessionsCommand;
 use cmd::vault::VaultCommand;
 use context::Context;
 use std::path::PathBuf;
@@ -89,6 +90,24 @@ enum Command {
     },
     /// Inside a sandbox: relay the loopback proxy port to the vault socket.
     Shim(ShimArgs),
+    /// Start the host: vault, agents' runners on demand, local web UI and API.
+    #[command(after_help = "Examples:
+  palisade up
+  ANTHROPIC_API_KEY=... palisade up --detach
+  palisade up --listen 127.0.0.1:8080 --idle-timeout 30m")]
+    Up(cmd::up::UpArgs),
+    /// Stop a host started with `palisade up --detach` (or in another terminal).
+    Down,
+    /// Whether the host is running, where, and which agents are active.
+    Status,
+    /// Send a message to an agent and print its reply as it streams.
+    Send(cmd::send::SendArgs),
+    /// Conversations with agents: list, show, reset.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Inside a sandbox: the agent loop, driven by the host over its socket.
+    #[command(hide = true)]
+    Runner(cmd::runner::RunnerArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Example:\n  palisade completions bash > ~/.local/share/bash-completion/completions/palisade"
@@ -124,6 +143,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vault { command } => cmd::vault::run(command, &context()?),
         Command::Sandbox { command } => cmd::sandbox::run(command, &context()?),
         Command::Shim(args) => cmd::sandbox::run_shim(args),
+        Command::Up(args) => cmd::up::up(args, &context()?),
+        Command::Down => cmd::up::down(&context()?),
+        Command::Status => cmd::up::status(&context()?),
+        Command::Send(args) => cmd::send::run(args, &context()?),
+        Command::Sessions(command) => cmd::sessions::run(command, &context()?),
+        Command::Runner(args) => cmd::runner::run(args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "palisade", &mut script);

@@ -2,14 +2,17 @@
 
 use crate::context::Context;
 use crate::output::{self, Details, Table};
-use anyhow::bail;
+use anyhow::{bail, Context as _};
+use palisade_host::AgentSettings;
 use palisade_policy::{AgentName, Profile};
+use palisade_store::Home;
+use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AgentsCommand {
     /// Register a new agent.
     #[command(
-        after_help = "Examples:\n  palisade agents create helper\n  palisade agents create mailer --profile action"
+        after_help = "Examples:\n  palisade agents create helper\n  palisade agents create mailer --profile action\n  palisade agents create helper --provider anthropic --model claude-sonnet-4-5 --base-url https://api.anthropic.com\n  palisade agents create local --provider openai --model llama3 --base-url http://127.0.0.1:8080"
     )]
     Create {
         /// 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit.
@@ -18,6 +21,19 @@ pub enum AgentsCommand {
         /// `action` is refused every host not named by a rule or a granted secret.
         #[arg(long, default_value = "research", value_name = "research|action")]
         profile: String,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Change an agent's profile, model settings or instructions.
+    #[command(
+        after_help = "Examples:\n  palisade agents edit helper --model claude-sonnet-5-5\n  palisade agents edit helper --instructions-file notes.md\n\nThe instructions are also a plain file: $PALISADE_HOME/agents/NAME/instructions.md."
+    )]
+    Edit {
+        name: String,
+        #[arg(long, value_name = "research|action")]
+        profile: Option<String>,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// List agents.
     List,
@@ -44,17 +60,145 @@ pub enum AgentsCommand {
     },
 }
 
+/// How an agent thinks: stored in its settings, read by the host for each message.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Model API: `anthropic` (Messages API) or `openai` (chat completions, also local servers).
+    #[arg(long, value_name = "anthropic|openai")]
+    provider: Option<String>,
+    /// Model name [default for new agents: claude-sonnet-4-5].
+    #[arg(long, value_name = "MODEL")]
+    model: Option<String>,
+    /// Base URL of the model API [default: https://api.anthropic.com].
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
+    /// Replace the agent's instructions with this markdown file.
+    #[arg(long, value_name = "FILE")]
+    instructions_file: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn apply(&self, settings: &mut AgentSettings) -> anyhow::Result<()> {
+        if let Some(provider) = &self.provider {
+            settings.provider = provider.clone();
+        }
+        if let Some(model) = &self.model {
+            settings.model = model.clone();
+        }
+        if let Some(url) = &self.base_url {
+            settings.base_url = Some(url.trim_end_matches('/').to_string());
+        }
+        settings.validate()?;
+        Ok(())
+    }
+
+    fn instructions(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.instructions_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --instructions-file {}", path.display()))?;
+        if text.len() > palisade_host::settings::MAX_INSTRUCTIONS_BYTES {
+            bail!(
+                "--instructions-file {} is larger than 64 KiB",
+                path.display()
+            );
+        }
+        Ok(Some(text))
+    }
+}
+
+const INSTRUCTIONS_TEMPLATE: &str = "You are a helpful personal assistant. You work in a \
+sandbox: your tools act on your own workspace folder, and any network access goes through a \
+gateway that may refuse a request or hold it for a person's approval. Be concise.\n";
+
+/// Writes the agent's instructions file (0600), with `text` or a starting template.
+pub fn write_instructions(home: &Home, agent: &str, text: Option<&str>) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    palisade_host::settings::create_private_dir(&home.agent_dir(agent))?;
+    let path = palisade_host::settings::instructions_path(home, agent);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.unwrap_or(INSTRUCTIONS_TEMPLATE).as_bytes())?;
+    Ok(())
+}
+
+/// Writes the starting instructions unless the agent already has some.
+pub fn write_instructions_template(home: &Home, agent: &str) -> anyhow::Result<()> {
+    if palisade_host::settings::instructions_path(home, agent).exists() {
+        return Ok(());
+    }
+    write_instructions(home, agent, None)
+}
+
 pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
     match command {
-        AgentsCommand::Create { name, profile } => {
+        AgentsCommand::Create {
+            name,
+            profile,
+            model,
+        } => {
             let name = AgentName::new(&name)?;
             let profile: Profile = profile.parse()?;
+            let mut settings = AgentSettings::default();
+            model.apply(&mut settings)?;
+            let instructions = model.instructions()?;
             let store = ctx.open_store()?;
-            let agent = store.create_agent(&name, profile)?;
+            store.create_agent(&name, profile)?;
+            store.update_agent_settings(&name, &serde_json::to_value(&settings)?)?;
+            match &instructions {
+                Some(text) => write_instructions(&ctx.home, name.as_str(), Some(text))?,
+                None => write_instructions_template(&ctx.home, name.as_str())?,
+            }
+            let agent = store.get_agent(&name)?;
             if ctx.json {
                 return output::print_json(&agent);
             }
-            output::print(&format!("created agent {name} (profile {profile})\n"))
+            output::print(&format!(
+                "created agent {name} (profile {profile}, {} model {})\n",
+                settings.provider, settings.model
+            ))
+        }
+        AgentsCommand::Edit {
+            name,
+            profile,
+            model,
+        } => {
+            let name = AgentName::new(&name)?;
+            let profile: Option<Profile> = profile.map(|p| p.parse()).transpose()?;
+            let instructions = model.instructions()?;
+            let store = ctx.open_store()?;
+            let agent = store.get_agent(&name)?;
+            let mut settings = AgentSettings::from_json(&agent.settings)?;
+            model.apply(&mut settings)?;
+            // Keep keys this version does not know about.
+            let mut value = agent.settings.clone();
+            if !value.is_object() {
+                value = serde_json::json!({});
+            }
+            if let (Some(object), serde_json::Value::Object(known)) =
+                (value.as_object_mut(), serde_json::to_value(&settings)?)
+            {
+                object.extend(known);
+            }
+            store.update_agent_settings(&name, &value)?;
+            if let Some(profile) = profile {
+                store.set_agent_profile(&name, profile)?;
+            }
+            if let Some(text) = &instructions {
+                write_instructions(&ctx.home, name.as_str(), Some(text))?;
+            }
+            let agent = store.get_agent(&name)?;
+            if ctx.json {
+                return output::print_json(&agent);
+            }
+            output::print(&format!("updated agent {name}\n"))
         }
         AgentsCommand::List => {
             let store = ctx.open_store()?;
@@ -109,9 +253,20 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             details.field("token", if agent.has_token { "issued" } else { "none" });
             details.field("secrets", secrets.join(", "));
             details.field("rules", rules.join(", "));
+            if let Ok(settings) = AgentSettings::from_json(&agent.settings) {
+                details.field("provider", &settings.provider);
+                details.field("model", &settings.model);
+                details.field("base url", settings.effective_base_url());
+            }
             if agent.settings.as_object().is_some_and(|o| !o.is_empty()) {
                 details.field("settings", agent.settings.to_string());
             }
+            details.field(
+                "instructions",
+                palisade_host::settings::instructions_path(&ctx.home, name.as_str())
+                    .display()
+                    .to_string(),
+            );
             output::print(&details.render())
         }
         AgentsCommand::Delete { name, yes } => {

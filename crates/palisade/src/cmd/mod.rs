@@ -6,8 +6,12 @@ pub mod agents;
 pub mod approvals;
 pub mod audit;
 pub mod rules;
+pub mod runner;
 pub mod sandbox;
 pub mod secrets;
+pub mod send;
+pub mod sessions;
+pub mod up;
 pub mod vault;
 
 /// Secret and rule names appear in tables, logs and audit rows: keep them one short

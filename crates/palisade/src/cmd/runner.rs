@@ -1,0 +1,313 @@
+//! `palisade runner`: the agent loop inside a sandbox, driven by the host.
+//!
+//! Connects to the host socket (`/run/palisade/host.sock`), says hello, and for each
+//! `deliver` runs one turn of the palisade-runner agent loop with the agent settings
+//! in the frame, streaming `event` frames and ending with `reply`. Host tools
+//! (send_message, memory, list_grants) become `tool_call` frames the host answers.
+//! The runner holds no credential: the model is reached through the shim and the
+//! vault with a placeholder key, and the socket only ever speaks for this agent.
+
+use anyhow::Context as _;
+use futures_util::future::BoxFuture;
+use palisade_host::protocol::{
+    Delivery, HostFrame, RunnerConnection, RunnerFrame, PROTOCOL_VERSION,
+};
+use palisade_runner::{
+    AgentConfig, Event, Grant, HostToolError, HostTools, HttpClient, HttpConfig, Message,
+    ProviderConfig, Session, Tools, Workspace,
+};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a host tool call may take.
+const HOST_TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, clap::Args)]
+pub struct RunnerArgs {
+    /// The host socket.
+    #[arg(long, env = "PALISADE_HOST_SOCKET", default_value = palisade_host::SANDBOX_HOST_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
+    /// The workspace the tools act on [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<(bool, String)>>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn run(args: RunnerArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: RunnerArgs) -> anyhow::Result<()> {
+    let workspace = match args.workspace {
+        Some(dir) => dir,
+        None => std::env::current_dir().context("cannot find the workspace directory")?,
+    };
+    let stream = tokio::time::timeout(Duration::from_secs(10), UnixStream::connect(&args.socket))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out connecting to the host socket"))?
+        .with_context(|| {
+            format!(
+                "cannot connect to the host socket {}",
+                args.socket.display()
+            )
+        })?;
+    let mut conn: RunnerConnection<UnixStream> = RunnerConnection::new(stream);
+    conn.send(&RunnerFrame::Hello {
+        version: PROTOCOL_VERSION,
+    })
+    .await?;
+    match tokio::time::timeout(Duration::from_secs(10), conn.expect()).await {
+        Ok(Ok(HostFrame::Hello { version, .. })) if version == PROTOCOL_VERSION => {}
+        Ok(Ok(HostFrame::Error { message })) => anyhow::bail!("the host refused: {message}"),
+        Ok(Ok(other)) => anyhow::bail!("the host sent {} instead of hello", other.kind()),
+        Ok(Err(error)) => return Err(error.into()),
+        Err(_) => anyhow::bail!("the host did not answer hello within 10 s"),
+    }
+
+    let http = HttpClient::new(HttpConfig::from_env()).context("cannot set up the HTTP client")?;
+    let (out_tx, mut out_rx) = mpsc::channel::<RunnerFrame>(256);
+    let (deliver_tx, deliver_rx) = mpsc::channel::<Delivery>(4);
+    let pending: Pending = Arc::default();
+    let host = Arc::new(SocketHost {
+        out: out_tx.clone(),
+        pending: Arc::clone(&pending),
+        message_id: AtomicI64::new(0),
+        next_call: AtomicU64::new(1),
+    });
+    let turns = tokio::spawn(run_turns(deliver_rx, out_tx, host, http, workspace));
+
+    let result = loop {
+        tokio::select! {
+            frame = conn.recv() => match frame {
+                Ok(Some(HostFrame::Deliver(delivery))) => {
+                    if deliver_tx.send(*delivery).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                Ok(Some(HostFrame::ToolResult { call_id, ok, content })) => {
+                    if let Some(waiter) = lock(&pending).remove(&call_id) {
+                        let _ = waiter.send((ok, content));
+                    }
+                }
+                Ok(Some(HostFrame::Shutdown)) | Ok(None) => break Ok(()),
+                Ok(Some(HostFrame::Error { message })) => break Err(anyhow::anyhow!("the host reported: {message}")),
+                Ok(Some(HostFrame::Hello { .. })) => {}
+                Err(error) => break Err(error.into()),
+            },
+            frame = out_rx.recv() => match frame {
+                Some(frame) => conn.send(&frame).await?,
+                None => break Ok(()),
+            },
+        }
+    };
+    turns.abort();
+    result
+}
+
+/// Runs deliveries one at a time.
+async fn run_turns(
+    mut deliveries: mpsc::Receiver<Delivery>,
+    out: mpsc::Sender<RunnerFrame>,
+    host: Arc<SocketHost>,
+    http: HttpClient,
+    workspace: PathBuf,
+) {
+    while let Some(delivery) = deliveries.recv().await {
+        let message_id = delivery.message_id;
+        host.message_id.store(message_id, Ordering::SeqCst);
+        let frame = match turn(&delivery, &out, &host, &http, &workspace).await {
+            Ok((text, history)) => RunnerFrame::Reply {
+                message_id,
+                session_id: delivery.session_id,
+                text,
+                history,
+            },
+            Err(error) => RunnerFrame::Error {
+                message_id: Some(message_id),
+                message: format!("{error:#}"),
+            },
+        };
+        if out.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn turn(
+    delivery: &Delivery,
+    out: &mpsc::Sender<RunnerFrame>,
+    host: &Arc<SocketHost>,
+    http: &HttpClient,
+    workspace: &std::path::Path,
+) -> anyhow::Result<(String, serde_json::Value)> {
+    let agent = &delivery.agent;
+    let provider = match agent.provider.as_str() {
+        "anthropic" => ProviderConfig::anthropic(&agent.base_url).with_model(&agent.model),
+        "openai" => ProviderConfig::openai(&agent.base_url, &agent.model),
+        other => anyhow::bail!("provider {other:?} is not supported"),
+    }
+    .build(http.clone());
+    let mut config = AgentConfig::default();
+    if !agent.instructions.trim().is_empty() {
+        config.instructions = agent.instructions.clone();
+    }
+    if let Some(n) = agent.max_tool_iterations {
+        config.max_tool_iterations = n;
+    }
+    if let Some(n) = agent.max_output_tokens {
+        config.max_output_tokens = n;
+    }
+    let (history, summary) = decode_history(&delivery.history);
+    let mut session = Session::restore(config, provider, history, summary);
+    let workspace = Workspace::new(workspace).context("cannot open the workspace")?;
+    let host_tools: Arc<dyn HostTools> = host.clone();
+    let mut tools = Tools::new(workspace, host_tools).with_http(http.clone());
+    if let Some(allowed) = &agent.tools {
+        tools = tools.allow_only(allowed.iter().cloned());
+    }
+    let message_id = delivery.message_id;
+    let mut on_event = |event: Event| {
+        let event = match event {
+            Event::TextDelta(text) => serde_json::json!({"kind": "text_delta", "text": text}),
+            Event::ToolCall { name, .. } => serde_json::json!({"kind": "tool_call", "name": name}),
+            Event::ToolResult { name, is_error, .. } => {
+                serde_json::json!({"kind": "tool_result", "name": name, "is_error": is_error})
+            }
+            Event::Retrying { reason, .. } => {
+                serde_json::json!({"kind": "status", "message": format!("retrying: {reason}")})
+            }
+            _ => return,
+        };
+        // Streaming is best effort: the reply carries the whole answer.
+        let _ = out.try_send(RunnerFrame::Event { message_id, event });
+    };
+    let outcome = palisade_runner::run_turn(&mut session, &delivery.text, &tools, &mut on_event)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((outcome.text, encode_history(&session)))
+}
+
+/// History as stored by the host: the messages, preceded by `{"summary": …}` when
+/// older turns were compacted.
+fn encode_history(session: &Session) -> serde_json::Value {
+    let mut items = Vec::new();
+    if let Some(summary) = session.summary() {
+        items.push(serde_json::json!({ "summary": summary }));
+    }
+    items.extend(
+        session
+            .history()
+            .iter()
+            .filter_map(|m| serde_json::to_value(m).ok()),
+    );
+    serde_json::Value::Array(items)
+}
+
+fn decode_history(value: &serde_json::Value) -> (Vec<Message>, Option<String>) {
+    let mut summary = None;
+    let mut messages = Vec::new();
+    for item in value.as_array().into_iter().flatten() {
+        if let Some(text) = item.get("summary").and_then(|s| s.as_str()) {
+            summary = Some(text.to_string());
+            continue;
+        }
+        match serde_json::from_value::<Message>(item.clone()) {
+            Ok(message) => messages.push(message),
+            Err(error) => {
+                tracing::warn!(%error, "stored history is unreadable; starting the conversation afresh");
+                return (Vec::new(), None);
+            }
+        }
+    }
+    (messages, summary)
+}
+
+/// Host tools over the socket.
+struct SocketHost {
+    out: mpsc::Sender<RunnerFrame>,
+    pending: Pending,
+    message_id: AtomicI64,
+    next_call: AtomicU64,
+}
+
+impl SocketHost {
+    async fn call(&self, name: &str, input: serde_json::Value) -> Result<String, HostToolError> {
+        let call_id = format!("h{}", self.next_call.fetch_add(1, Ordering::SeqCst));
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(call_id.clone(), tx);
+        let frame = RunnerFrame::ToolCall {
+            call_id: call_id.clone(),
+            message_id: self.message_id.load(Ordering::SeqCst),
+            name: name.to_string(),
+            input,
+        };
+        if self.out.send(frame).await.is_err() {
+            lock(&self.pending).remove(&call_id);
+            return Err(HostToolError("the host connection is gone".into()));
+        }
+        match tokio::time::timeout(HOST_TOOL_TIMEOUT, rx).await {
+            Ok(Ok((true, content))) => Ok(content),
+            Ok(Ok((false, content))) => Err(HostToolError(content)),
+            Ok(Err(_)) => Err(HostToolError("the host connection is gone".into())),
+            Err(_) => {
+                lock(&self.pending).remove(&call_id);
+                Err(HostToolError("the host did not answer in time".into()))
+            }
+        }
+    }
+}
+
+impl HostTools for SocketHost {
+    fn send_message<'a>(&'a self, text: &'a str) -> BoxFuture<'a, Result<(), HostToolError>> {
+        Box::pin(async move {
+            self.call("send_message", serde_json::json!({ "text": text }))
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn memory_read(&self) -> BoxFuture<'_, Result<String, HostToolError>> {
+        Box::pin(self.call("memory_read", serde_json::json!({})))
+    }
+
+    fn memory_append<'a>(&'a self, note: &'a str) -> BoxFuture<'a, Result<(), HostToolError>> {
+        Box::pin(async move {
+            self.call("memory_append", serde_json::json!({ "note": note }))
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn list_grants(&self) -> BoxFuture<'_, Result<Vec<Grant>, HostToolError>> {
+        Box::pin(async move {
+            let text = self.call("list_grants", serde_json::json!({})).await?;
+            let items: Vec<serde_json::Value> = serde_json::from_str(&text)
+                .map_err(|e| HostToolError(format!("the host's grant list is malformed: {e}")))?;
+            Ok(items
+                .into_iter()
+                .map(|item| Grant {
+                    secret: item["secret"].as_str().unwrap_or_default().to_string(),
+                    host_pattern: item["host_pattern"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    path_pattern: item["path_pattern"].as_str().map(str::to_string),
+                })
+                .collect())
+        })
+    }
+}

@@ -1,0 +1,249 @@
+//! `palisade send`: a message to an agent through the running host, with the reply
+//! streamed to stdout as it comes (NDJSON events from the host's local API).
+
+use super::up::{running_host, HostInfo};
+use crate::context::Context;
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use palisade_policy::AgentName;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  palisade send --agent assistant \"what is in my workspace?\"
+  palisade send --agent helper --conversation project-x \"summarise notes.md\"
+  echo \"long text\" | palisade send --agent helper -")]
+pub struct SendArgs {
+    /// The agent to talk to.
+    #[arg(long, value_name = "NAME")]
+    agent: String,
+    /// Conversation (session) key; the same key continues the same conversation.
+    #[arg(long, default_value = "cli", value_name = "KEY")]
+    conversation: String,
+    /// The message (`-` reads it from stdin).
+    #[arg(value_name = "TEXT")]
+    text: String,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn run(args: SendArgs, ctx: &Context) -> anyhow::Result<()> {
+    let agent = AgentName::new(&args.agent)?;
+    let text = if args.text == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .take(palisade_host::MAX_MESSAGE_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .context("cannot read the message from stdin")?;
+        text
+    } else {
+        args.text
+    };
+    if text.trim().is_empty() {
+        bail!("the message is empty; write something for the agent to answer");
+    }
+    if text.len() > palisade_host::MAX_MESSAGE_BYTES {
+        bail!(
+            "the message is too large ({} bytes; at most {}); send a shorter one or put the text in a file in the agent's workspace",
+            text.len(),
+            palisade_host::MAX_MESSAGE_BYTES
+        );
+    }
+    let Some(info) = running_host(&ctx.home) else {
+        bail!("palisade is not running for this home; start it with `palisade up` (or `palisade up --detach`)");
+    };
+    let body = serde_json::json!({
+        "text": text,
+        "conversation": args.conversation,
+        "channel": "cli",
+    });
+    let path = format!("/api/agents/{agent}/messages");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let json = ctx.json;
+    let outcome = runtime.block_on(async move { stream_reply(&info, &path, body, json).await })?;
+    if let Some(error) = outcome {
+        bail!("{error}");
+    }
+    Ok(())
+}
+
+async fn request(
+    info: &HostInfo,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(info.listen))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the host at {} did not accept a connection within 5 s",
+                info.listen
+            )
+        })?
+        .with_context(|| {
+            format!(
+                "cannot reach the host at {}; is it still running?",
+                info.listen
+            )
+        })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("cannot talk to the host")?;
+    tokio::spawn(connection);
+    let body = match body {
+        Some(value) => Full::new(Bytes::from(serde_json::to_vec(&value)?)),
+        None => Full::new(Bytes::new()),
+    };
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, info.listen.to_string())
+        .header(
+            hyper::header::AUTHORIZATION,
+            format!("Bearer {}", info.token),
+        )
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(body)?;
+    sender
+        .send_request(request)
+        .await
+        .context("the host closed the connection")
+}
+
+/// GETs a JSON document from the host's API.
+pub fn get_json(info: &HostInfo, path: &str) -> anyhow::Result<serde_json::Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let response = tokio::time::timeout(Duration::from_secs(10), async {
+            let response = request(info, "GET", path, None).await?;
+            let status = response.status();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, bytes))
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the host did not answer within 10 s"))??;
+        if !response.0.is_success() {
+            bail!("the host answered {}", response.0);
+        }
+        Ok(serde_json::from_slice(&response.1)?)
+    })
+}
+
+/// Streams the reply; returns the error text when the host refused or gave up.
+async fn stream_reply(
+    info: &HostInfo,
+    path: &str,
+    body: serde_json::Value,
+    json: bool,
+) -> anyhow::Result<Option<String>> {
+    let response = request(info, "POST", path, Some(body)).await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let bytes = tokio::time::timeout(Duration::from_secs(10), body.collect())
+            .await
+            .map_err(|_| anyhow::anyhow!("the host answered {status} and then stalled"))??
+            .to_bytes();
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| {
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| match status.as_u16() {
+                413 => "the message is too large".to_string(),
+                _ => format!("the host answered {status}"),
+            });
+        return Ok(Some(message));
+    }
+    let mut stdout = std::io::stdout();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut streamed_text = false;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("lost the connection to the host while waiting for the reply; the message stays queued and will be answered")?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buffer.extend_from_slice(&data);
+        if buffer.len() > 4 * 1024 * 1024 {
+            bail!("the host sent an oversized event");
+        }
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let Ok(event) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if json {
+                writeln!(stdout, "{}", event)?;
+                stdout.flush()?;
+                if event["type"] == "reply" {
+                    return Ok(None);
+                }
+                continue;
+            }
+            match event["type"].as_str() {
+                Some("text_delta") => {
+                    let text = event["text"].as_str().unwrap_or_default();
+                    write!(stdout, "{}", clean_text(text))?;
+                    stdout.flush()?;
+                    streamed_text = true;
+                }
+                Some("message") => {
+                    let text = event["text"].as_str().unwrap_or_default();
+                    writeln!(stdout, "{}", clean_text(text))?;
+                }
+                Some("tool_call") => {
+                    let name = event["name"].as_str().unwrap_or_default();
+                    eprintln!("[{}]", crate::output::clean(name));
+                }
+                Some("status") => {
+                    let text = event["message"].as_str().unwrap_or_default();
+                    eprintln!("palisade: {}", clean_text(text));
+                }
+                Some("reply") => {
+                    let text = event["text"].as_str().unwrap_or_default();
+                    if event["is_error"].as_bool() == Some(true) {
+                        if streamed_text {
+                            writeln!(stdout)?;
+                        }
+                        return Ok(Some(text.to_string()));
+                    }
+                    // Deltas are the reply as it streamed; print the whole reply only
+                    // when nothing streamed (e.g. a runner that does not stream).
+                    if streamed_text {
+                        writeln!(stdout)?;
+                    } else {
+                        writeln!(stdout, "{}", clean_text(text))?;
+                    }
+                    stdout.flush()?;
+                    return Ok(None);
+                }
+                _ => {}
+            }
+        }
+    }
+    bail!("the host closed the stream before the reply; the message stays queued and will be answered (see `palisade sessions show`)")
+}
+
+/// Agent text keeps its lines and tabs; other control characters (escape sequences)
+/// are shown escaped so a reply cannot restyle the terminal.
+fn clean_text(text: &str) -> String {
+    text.split('\n')
+        .map(|line| {
+            line.split('\t')
+                .map(crate::output::clean)
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,434 @@
+//! `palisade up | down | status`: the host as a foreground process or a service.
+//!
+//! `up` starts the vault in-process (or uses the one `palisade vault serve` runs for
+//! this home), the host with its runner supervisor, and the local JSON API; writes
+//! `run/host.json` (0600: pid, address and the CLI's API token) so `send`, `status`
+//! and `down` find it; prints the login URL once; and stops everything on
+//! SIGINT/SIGTERM. Unanswered messages stay queued across stops and crashes.
+
+use crate::context::Context;
+use anyhow::{bail, Context as _};
+use palisade_host::api::{router, ApiTokens};
+use palisade_host::{Host, HostConfig, SandboxLauncher};
+use palisade_policy::{AgentName, HostPattern, Injection, Profile, SecretValue};
+use palisade_sandbox::{Limits, RuntimeKind};
+use palisade_store::{Home, NewSecret, StoreError};
+use serde::{Deserialize, Serialize};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:10254";
+const DEFAULT_AGENT: &str = "assistant";
+const ANTHROPIC_SECRET: &str = "anthropic";
+/// Set by `up --detach` for the service it starts, so the login token reaches the
+/// parent's terminal and never the log file.
+const LOGIN_TOKEN_ENV: &str = "PALISADE_ADMIN_LOGIN_TOKEN";
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Address of the local web UI and JSON API (loopback only is sensible).
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Run in the background; logs go to $PALISADE_HOME/logs/host.log.
+    #[arg(long)]
+    detach: bool,
+    /// Extra CA (PEM) the vault trusts for upstream TLS.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Vec<PathBuf>,
+    /// Host pattern the vault may reach at a local address (tests, local model servers).
+    #[arg(long, value_name = "PATTERN")]
+    allow_local_upstream: Vec<String>,
+    /// Read the Anthropic API key from this file on first start (else ANTHROPIC_API_KEY, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    anthropic_key_file: Option<PathBuf>,
+    /// A runner with nothing to do is stopped after this long.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    idle_timeout: String,
+    /// Sandbox runtime for runners: bwrap (default), podman or docker.
+    #[arg(long, default_value = "bwrap", value_name = "RUNTIME")]
+    runtime: String,
+    /// Memory limit of each runner's sandbox, or `none`.
+    #[arg(long, default_value = "2G", value_name = "SIZE")]
+    memory: String,
+}
+
+/// What `run/host.json` says about a running host.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub pid: u32,
+    pub listen: SocketAddr,
+    pub started_at_ms: i64,
+    /// Bearer token of the local API for the CLI.
+    pub token: String,
+}
+
+fn info_path(home: &Home) -> PathBuf {
+    home.run_dir().join("host.json")
+}
+
+fn pid_path(home: &Home) -> PathBuf {
+    home.run_dir().join("host.pid")
+}
+
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// The running host of `home`, if its process is alive.
+pub fn running_host(home: &Home) -> Option<HostInfo> {
+    let text = std::fs::read_to_string(info_path(home)).ok()?;
+    let info: HostInfo = serde_json::from_str(&text).ok()?;
+    alive(info.pid).then_some(info)
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    file.write_all(contents.as_bytes())?;
+    std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
+    let idle_timeout = humantime::parse_duration(&args.idle_timeout).with_context(|| {
+        format!(
+            "--idle-timeout {:?} is not a duration such as 10m",
+            args.idle_timeout
+        )
+    })?;
+    let kind: RuntimeKind = args.runtime.parse()?;
+    let memory = if args.memory.eq_ignore_ascii_case("none") {
+        None
+    } else {
+        Some(palisade_sandbox::limits::parse_memory(&args.memory)?)
+    };
+    if let Some(info) = running_host(&ctx.home) {
+        bail!(
+            "palisade is already running for this home (pid {}, http://{}); stop it with `palisade down`",
+            info.pid,
+            info.listen
+        );
+    }
+    let store = ctx.open_store()?.with_actor("host");
+    first_start(&store, &ctx.home, &args)?;
+    if args.detach {
+        return detach(&ctx.home, args.listen);
+    }
+    let login_token = std::env::var(LOGIN_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty());
+    let announce = login_token.is_none();
+    let mut tokens = ApiTokens::generate();
+    if let Some(token) = login_token {
+        tokens.admin_login = token;
+    }
+    let runtime = palisade_sandbox::runtime_for(kind);
+    runtime.check()?;
+    let palisade_binary =
+        std::env::current_exe().context("cannot find the palisade binary for runners")?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    tokio.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}; is something else using it? pick another with --listen", args.listen))?;
+        let listen = listener.local_addr()?;
+        let (gateway, vault_socket_dir) = match palisade_vault::running_gateway(&ctx.home) {
+            Some(info) => {
+                tracing::info!(pid = info.pid, "using the running vault gateway");
+                (None, info.socket_dir)
+            }
+            None => {
+                let mut config = palisade_vault::VaultConfig::new(ctx.home.clone());
+                config.upstream_ca = args.upstream_ca.clone();
+                config.allow_local_upstream = args.allow_local_upstream.clone();
+                config.advertise = true;
+                let gateway = palisade_vault::Gateway::start(config).await?;
+                (Some(gateway), ctx.home.agent_socket_dir())
+            }
+        };
+        let vault_ca = palisade_vault::ca_certificate_pem(&ctx.home)?;
+        let launcher = SandboxLauncher {
+            runtime: Arc::from(runtime),
+            home: ctx.home.clone(),
+            palisade_binary,
+            vault_socket_dir,
+            ca_bundle: palisade_sandbox::env::ca_bundle(&vault_ca),
+            limits: Limits {
+                memory,
+                pids: Some(512),
+                cpus: None,
+                wall_time: None,
+            },
+        };
+        let mut config = HostConfig::new(ctx.home.clone());
+        config.idle_timeout = idle_timeout;
+        let host = Host::start(store, config, Arc::new(launcher)).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let app = router(host.clone(), tokens.clone(), stop_rx.clone());
+        let info = HostInfo {
+            pid: std::process::id(),
+            listen,
+            started_at_ms: palisade_store::now_ms(),
+            token: tokens.cli.clone(),
+        };
+        write_private(&info_path(&ctx.home), &serde_json::to_string_pretty(&info)?)?;
+        if announce {
+            println!("palisade is up: http://{listen}/login?token={}", tokens.admin_login);
+            println!("(the login link is shown only now; `palisade send --agent {DEFAULT_AGENT} \"hello\"` works from this machine)");
+        }
+        eprintln!("palisade: host listening on http://{listen}; stop with Ctrl-C or `palisade down`");
+        let mut shutdown_signal = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown_signal.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        wait_for_signal().await;
+        eprintln!("palisade: stopping");
+        let _ = stop_tx.send(true);
+        host.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        if let Some(gateway) = gateway {
+            let _ = tokio::time::timeout(Duration::from_secs(35), gateway.shutdown()).await;
+        }
+        let _ = std::fs::remove_file(info_path(&ctx.home));
+        let _ = std::fs::remove_file(pid_path(&ctx.home));
+        anyhow::Ok(())
+    })?;
+    drop(tokio);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// Creates the default agent on first start and stores the Anthropic key if one is
+/// given and none is stored yet. The key goes only into the vault's sealed store.
+fn first_start(store: &palisade_store::Store, home: &Home, args: &UpArgs) -> anyhow::Result<()> {
+    let assistant = AgentName::new(DEFAULT_AGENT)?;
+    if store.list_agents()?.is_empty() {
+        store.create_agent(&assistant, Profile::Research)?;
+        let settings = palisade_host::AgentSettings::default();
+        store.update_agent_settings(&assistant, &serde_json::to_value(&settings)?)?;
+        super::agents::write_instructions_template(home, DEFAULT_AGENT)?;
+        eprintln!("palisade: created the default agent `{DEFAULT_AGENT}` (research profile)");
+    }
+    match store.get_secret(ANTHROPIC_SECRET) {
+        Ok(_) => return Ok(()),
+        Err(StoreError::NotFound { .. }) => {}
+        Err(error) => return Err(error.into()),
+    }
+    let Some(key) = anthropic_key(args)? else {
+        eprintln!(
+            "palisade: no Anthropic API key is stored, so agents cannot think yet. Add one with:\n  \
+             palisade secrets create --name {ANTHROPIC_SECRET} --host-pattern api.anthropic.com --inject anthropic --agent {DEFAULT_AGENT} --value-file KEYFILE"
+        );
+        return Ok(());
+    };
+    let agents = if store.get_agent(&assistant).is_ok() {
+        vec![assistant]
+    } else {
+        Vec::new()
+    };
+    store.create_secret(NewSecret {
+        name: ANTHROPIC_SECRET.into(),
+        host: HostPattern::parse("api.anthropic.com")?,
+        path: None,
+        injection: "anthropic".parse::<Injection>()?,
+        value: key,
+        agents,
+        priority: 0,
+    })?;
+    eprintln!("palisade: stored the Anthropic API key in the vault as secret `{ANTHROPIC_SECRET}`, granted to `{DEFAULT_AGENT}`");
+    Ok(())
+}
+
+fn anthropic_key(args: &UpArgs) -> anyhow::Result<Option<SecretValue>> {
+    if let Some(file) = &args.anthropic_key_file {
+        return Ok(Some(crate::input::read_secret_value(
+            Some(file),
+            ANTHROPIC_SECRET,
+        )?));
+    }
+    if let Ok(key) = std::env::var("ANTHROPIC_API_KEY") {
+        let key = key.trim().to_string();
+        if !key.is_empty() {
+            return Ok(Some(SecretValue::new(key)));
+        }
+    }
+    if !args.detach && std::io::stdin().is_terminal() {
+        let typed = rpassword::prompt_password("Anthropic API key (input hidden; empty to skip): ")
+            .context("cannot read the key from the terminal")?;
+        let typed = typed.trim().to_string();
+        if !typed.is_empty() {
+            return Ok(Some(SecretValue::new(typed)));
+        }
+    }
+    Ok(None)
+}
+
+/// Starts `palisade up` again in its own session with output to the log, waits until
+/// it is serving, and prints the login URL.
+fn detach(home: &Home, listen: SocketAddr) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log_path = home.logs_dir().join("host.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open the log {}", log_path.display()))?;
+    let token = palisade_host::api::random_token();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| arg != "--detach")
+        .collect();
+    let exe = std::env::current_exe().context("cannot find the palisade binary")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(&args)
+        .env("PALISADE_HOME", home.root())
+        .env(LOGIN_TOKEN_ENV, &token)
+        // The key, if it came from the environment, is stored already.
+        .env_remove("ANTHROPIC_API_KEY")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let mut child = command
+        .spawn()
+        .context("cannot start the host in the background")?;
+    write_private(&pid_path(home), &format!("{}\n", child.id()))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(info) = running_host(home) {
+            if info.pid == child.id() {
+                println!(
+                    "palisade is up (pid {}): http://{}/login?token={token}",
+                    info.pid, info.listen
+                );
+                println!("logs: {}", log_path.display());
+                return Ok(());
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the host exited during startup ({status}); see {}",
+                log_path.display()
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the host did not start listening on {listen} within 60 s; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn down(ctx: &Context) -> anyhow::Result<()> {
+    let pid = match running_host(&ctx.home) {
+        Some(info) => info.pid,
+        None => {
+            let from_file = std::fs::read_to_string(pid_path(&ctx.home))
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+                .filter(|pid| alive(*pid));
+            match from_file {
+                Some(pid) => pid,
+                None => {
+                    println!("palisade is not running");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let target = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+    nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM)
+        .with_context(|| format!("cannot signal the host (pid {pid})"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while alive(pid) {
+        if std::time::Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+            bail!("the host (pid {pid}) did not stop within 60 s and was killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_file(info_path(&ctx.home));
+    let _ = std::fs::remove_file(pid_path(&ctx.home));
+    println!("palisade stopped (pid {pid})");
+    Ok(())
+}
+
+pub fn status(ctx: &Context) -> anyhow::Result<()> {
+    let Some(info) = running_host(&ctx.home) else {
+        if ctx.json {
+            crate::output::print_json(&serde_json::json!({ "running": false }))?;
+        } else {
+            crate::output::print("palisade is not running; start it with `palisade up`\n")?;
+        }
+        std::process::exit(3);
+    };
+    let detail = super::send::get_json(&info, "/api/status").ok();
+    let active: Vec<String> = detail
+        .as_ref()
+        .and_then(|d| d.get("active_agents"))
+        .and_then(|a| serde_json::from_value(a.clone()).ok())
+        .unwrap_or_default();
+    if ctx.json {
+        return crate::output::print_json(&serde_json::json!({
+            "running": true,
+            "pid": info.pid,
+            "listen": info.listen,
+            "started_at_ms": info.started_at_ms,
+            "responding": detail.is_some(),
+            "active_agents": active,
+        }));
+    }
+    crate::output::print(&format!(
+        "palisade is running (pid {}) on http://{}, started {}{}\nactive agents: {}\n",
+        info.pid,
+        info.listen,
+        crate::output::relative(info.started_at_ms),
+        if detail.is_some() {
+            ""
+        } else {
+            " (not responding)"
+        },
+        if active.is_empty() {
+            "none".into()
+        } else {
+            active.join(", ")
+        }
+    ))
+}
