@@ -25,6 +25,8 @@ trap cleanup EXIT
 export PALISADE_HOME="$WORK/home"
 P() { "$PALISADE" "$@"; }
 P agents create bench >/dev/null
+# Created before the gateway starts, so its listener knows it from the first request.
+TOKEN=$(P agents token bench | tail -1 | awk '{print $NF}')
 
 # Local HTTPS upstream on 127.0.0.2 (127.0.0.1 is in the sandbox's NO_PROXY).
 cd "$WORK"
@@ -39,8 +41,9 @@ class H(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     def log_message(self, *a): pass
     def do_GET(self):
-        body = b'x' * 1024
-        self.send_response(200); self.send_header('content-length', '1024'); self.end_headers(); self.wfile.write(body)
+        # One write: headers and body in separate segments meet Nagle + delayed ACK
+        # (40 ms) on the reading side.
+        self.wfile.write(b'HTTP/1.1 200 OK\r\ncontent-length: 1024\r\n\r\n' + b'x' * 1024)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain('server.pem', 'server.key')
 s = http.server.ThreadingHTTPServer(('127.0.0.2', int(sys.argv[1])), H); s.socket = ctx.wrap_socket(s.socket, server_side=True); s.serve_forever()
 PY
@@ -59,6 +62,7 @@ measure() { # name runs command...
   read -r p50 p99 < <(percentiles "$WORK/${name//[^a-z0-9]/_}.json")
   printf '%-44s p50 %8s ms   p99 %8s ms\n' "$name" "$p50" "$p99"
 }
+if [ -z "${ONLY_CURL:-}" ]; then
 echo "## sandbox start ($RUNS runs each; podman ${PODMAN_RUNS:=20})"
 measure "true" "$RUNS" true
 measure "bare bwrap --unshare-all ... true" "$RUNS" bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --proc /proc --dev /dev -- /usr/bin/true
@@ -95,14 +99,23 @@ if [ "$HAS_PODMAN" = 1 ]; then
   read -r a b < <(first_instruction podman "$PODMAN_RUNS"); printf '%-44s p50 %8s ms   p99 %8s ms\n' "start to first instruction (podman)" "$a" "$b"
 fi
 
+fi
 echo
 echo "## curl per request on one warm tunnel (1 KiB responses, ${REQS:=200} requests)"
-URLS=$(for _ in $(seq "$REQS"); do printf 'https://127.0.0.2:%s/x ' "$UPORT"; done)
-TOKEN=$(P agents token bench | tail -1 | awk '{print $NF}')
+URLS=$(for _ in $(seq "$REQS"); do printf -- '-o /dev/null https://127.0.0.2:%s/x ' "$UPORT"; done)
 P vault ca-cert > bundle.pem 2>/dev/null || true
-summarise() { python3 -c 'import sys; t=sorted(float(x)*1000 for x in sys.stdin.read().split()[1:]); q=lambda p: t[min(len(t)-1,int(p*len(t)))]; print(f"{q(0.5):.3f} {q(0.99):.3f}")'; }
-read -r d50 d99 < <(curl -s --cacert bundle.pem -x "http://x:$TOKEN@127.0.0.1:$VPORT" -o /dev/null -w '%{time_total}\n' $URLS | summarise)
+# Input: "CODE SECONDS" per request; the first (CONNECT + TLS) is left out, any
+# non-200 fails the run.
+summarise() { python3 -c '
+import sys
+rows = [l.split() for l in sys.stdin.read().splitlines() if l.strip()]
+bad = [r for r in rows if r[0] != "200"]
+if bad: sys.exit(f"non-200 responses: {bad[:3]}")
+t = sorted(float(r[1]) * 1000 for r in rows[1:])
+q = lambda p: t[min(len(t) - 1, int(p * len(t)))]
+print(f"{q(0.5):.3f} {q(0.99):.3f}")'; }
+read -r d50 d99 < <(curl -s --cacert bundle.pem -x "http://x:$TOKEN@127.0.0.1:$VPORT" -w '%{http_code} %{time_total}\n' $URLS | summarise)
 printf '%-44s p50 %8s ms   p99 %8s ms\n' "curl -> vault TCP listener (host)" "$d50" "$d99"
-read -r s50 s99 < <(P sandbox run --agent bench -- curl -s -o /dev/null -w '%{time_total}\n' $URLS | summarise)
+read -r s50 s99 < <(P sandbox run --agent bench -- curl -s -w '%{http_code} %{time_total}\n' $URLS | summarise)
 printf '%-44s p50 %8s ms   p99 %8s ms\n' "curl -> shim -> vault socket (bwrap)" "$s50" "$s99"
 python3 -c "print(f'shim adds {float(\"$s50\") - float(\"$d50\"):+.3f} ms per request at p50 (includes unix-socket vs TCP hop)')"
