@@ -49,7 +49,7 @@ s = http.server.ThreadingHTTPServer(('127.0.0.2', int(sys.argv[1])), H); s.socke
 PY
 python3 upstream.py "$UPORT" & PIDS+=($!)
 VPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-P vault serve --listen "127.0.0.1:$VPORT" --upstream-ca ca.pem --allow-local-upstream 127.0.0.2 >"$WORK/vault.log" 2>&1 & PIDS+=($!)
+"$PALISADE" vault serve --listen "127.0.0.1:$VPORT" --upstream-ca ca.pem --allow-local-upstream 127.0.0.2 >"$WORK/vault.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 100); do [ -S "$PALISADE_HOME/run/agents/bench.sock" ] && break; sleep 0.1; done
 
 percentiles() { # hyperfine JSON -> "p50 p99" in ms
@@ -76,7 +76,7 @@ fi
 # With no gateway running, sandbox run serves the vault in-process.
 kill "${PIDS[1]}"; wait "${PIDS[1]}" 2>/dev/null || true
 measure "sandbox run -- true (bwrap, in-process vault)" "$RUNS" "$PALISADE" sandbox run --agent bench -- true
-P vault serve --listen "127.0.0.1:$VPORT" --upstream-ca ca.pem --allow-local-upstream 127.0.0.2 >>"$WORK/vault.log" 2>&1 & PIDS+=($!)
+"$PALISADE" vault serve --listen "127.0.0.1:$VPORT" --upstream-ca ca.pem --allow-local-upstream 127.0.0.2 >>"$WORK/vault.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 100); do [ -S "$PALISADE_HOME/run/agents/bench.sock" ] && break; sleep 0.1; done
 sleep 0.3
 
