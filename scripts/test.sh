@@ -32,6 +32,14 @@ stage="cargo clippy"
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+stage="sandbox image"
+echo "== sandbox image (podman; kept when present)"
+cargo build --quiet -p palisade
+"$CARGO_TARGET_DIR/debug/palisade" sandbox image build
+# The podman cases of the sandbox tests skip without the image unless told not to;
+# here the image was just built, so a missing one is a failure, not a skip.
+export PALISADE_REQUIRE_PODMAN=1
+
 stage="cargo test"
 echo "== cargo test"
 cargo test --workspace
