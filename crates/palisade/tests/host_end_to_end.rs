@@ -1,0 +1,365 @@
+//! `palisade up` + `palisade send` end to end: the real binary, a temporary home, the
+//! vault in-process, runners in bubblewrap sandboxes, and the testkit's fake Anthropic
+//! API on 127.0.0.1 (TLS with a test CA) reached only through the vault, which injects
+//! the key. Also crash recovery (kill -9 of the host with a message in flight) and bad
+//! input, including garbage on an agent's host socket.
+
+use palisade_testkit::{
+    free_port, wait_for_tcp, ChildGuard, Palisade, ScriptedTurn, TestCa, Upstream,
+};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_palisade");
+const KEY: &str = "sk-ant-test-4b1d9c2e7f";
+const STARTUP: Duration = Duration::from_secs(60);
+
+struct World {
+    palisade: Palisade,
+    ca: TestCa,
+    upstream: Upstream,
+    listen: SocketAddr,
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn ok(output: Output) -> Output {
+    assert!(output.status.success(), "{}", text(&output));
+    output
+}
+
+/// A home with agent `helper` whose model API is the fake upstream, and its key
+/// stored as a vault secret for the upstream's host.
+fn world() -> World {
+    let ca = TestCa::new().expect("test CA");
+    let upstream = Upstream::start(&ca).expect("upstream");
+    let palisade = Palisade::new(BINARY);
+    ok(palisade.run(&[
+        "agents",
+        "create",
+        "helper",
+        "--provider",
+        "anthropic",
+        "--model",
+        "claude-test",
+        "--base-url",
+        &upstream.base_url(),
+        "--profile",
+        "research",
+    ]));
+    let key_file = palisade.write_file("key.txt", KEY);
+    ok(palisade.run(&[
+        "secrets",
+        "create",
+        "--name",
+        "claude",
+        "--host-pattern",
+        "localhost",
+        "--inject",
+        "anthropic",
+        "--agent",
+        "helper",
+        "--value-file",
+        key_file.to_str().unwrap(),
+    ]));
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    World {
+        palisade,
+        ca,
+        upstream,
+        listen,
+    }
+}
+
+impl World {
+    fn up(&self) -> ChildGuard {
+        let listen = self.listen.to_string();
+        let ca = self.ca.pem_path().to_str().unwrap().to_string();
+        let mut guard = self.palisade.spawn(&[
+            "-v",
+            "up",
+            "--listen",
+            &listen,
+            "--upstream-ca",
+            &ca,
+            "--allow-local-upstream",
+            "localhost",
+        ]);
+        let deadline = Instant::now() + STARTUP;
+        while !self.palisade.home().join("run/host.json").exists() {
+            if let Ok(Some(status)) = guard.try_wait() {
+                panic!("palisade up exited ({status}): {}", guard.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "palisade up did not start: {}",
+                guard.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(wait_for_tcp(self.listen, STARTUP), "API not listening");
+        guard
+    }
+
+    fn send(&self, agent: &str, message: &str) -> Output {
+        self.palisade.run(&["send", "--agent", agent, message])
+    }
+
+    fn workspace(&self, agent: &str) -> PathBuf {
+        self.palisade
+            .home()
+            .join("agents")
+            .join(agent)
+            .join("workspace")
+    }
+
+    fn model_requests(&self) -> Vec<palisade_testkit::RecordedRequest> {
+        self.upstream
+            .requests()
+            .into_iter()
+            .filter(|r| r.path().starts_with("/v1/messages"))
+            .collect()
+    }
+
+    fn sessions(&self) -> serde_json::Value {
+        let output = ok(self.palisade.run(&["sessions", "list", "--json"]));
+        serde_json::from_slice(&output.stdout).expect("sessions JSON")
+    }
+
+    fn session(&self, id: i64) -> serde_json::Value {
+        let output = ok(self
+            .palisade
+            .run(&["sessions", "show", &id.to_string(), "--json"]));
+        serde_json::from_slice(&output.stdout).expect("session JSON")
+    }
+}
+
+#[test]
+fn a_message_wakes_a_sandboxed_runner_that_uses_the_model_through_the_vault() {
+    let world = world();
+    world.upstream.script_anthropic(vec![
+        ScriptedTurn::tool_use(
+            "bash",
+            serde_json::json!({"command": "echo from-the-agent > note.txt; env > env.txt; cat /proc/self/environ > environ.bin"}),
+        ),
+        ScriptedTurn::text("done: the note is written"),
+    ]);
+    let mut host = world.up();
+
+    let output = world.send("helper", "please write a note");
+    assert!(
+        output.status.success(),
+        "{}\nhost: {}",
+        text(&output),
+        host.stderr()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("done: the note is written"),
+        "{}",
+        text(&output)
+    );
+
+    // The bash tool ran in the agent's workspace, inside the sandbox.
+    let workspace = world.workspace("helper");
+    let note = std::fs::read_to_string(workspace.join("note.txt")).expect("note.txt");
+    assert_eq!(note, "from-the-agent\n");
+    let env = std::fs::read_to_string(workspace.join("env.txt")).expect("env.txt");
+    assert!(env.contains("HTTPS_PROXY=http://127.0.0.1:3128"), "{env}");
+    assert!(
+        !env.contains(KEY),
+        "the key reached the sandbox's environment"
+    );
+    let environ = std::fs::read(workspace.join("environ.bin")).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains(KEY));
+
+    // Every model call carried the injected key; the runner only had a placeholder.
+    let requests = world.model_requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "one call for the tool use, one for the answer"
+    );
+    for request in &requests {
+        assert_eq!(request.api_key(), Some(KEY));
+        assert!(request.tls);
+    }
+
+    // A warm runner answers the next message (the fake API echoes once unscripted).
+    let output = ok(world.send("helper", "and now?"));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("echo: and now?"),
+        "{}",
+        text(&output)
+    );
+
+    let sessions = world.sessions();
+    assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{sessions}");
+    assert_eq!(sessions[0]["agent"], "helper");
+    assert_eq!(sessions[0]["messages"], 2);
+
+    let status = ok(world.palisade.run(&["status", "--json"]));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["running"], true);
+
+    let down = world.palisade.run(&["down"]);
+    assert!(
+        down.status.success(),
+        "{}\nhost: {}",
+        text(&down),
+        host.stderr()
+    );
+    let _ = host.wait_timeout(Duration::from_secs(30));
+    let logs = format!("{}{}", host.stdout(), host.stderr());
+    assert!(!logs.contains(KEY), "the key reached the host's output");
+    assert!(!world.palisade.all_output().contains(KEY));
+}
+
+#[test]
+fn a_message_in_flight_when_the_host_is_killed_is_answered_once_after_restart() {
+    let world = world();
+    // The first delivery makes the runner sleep in a tool, so the host dies mid-turn.
+    world.upstream.script_anthropic(vec![
+        ScriptedTurn::tool_use("bash", serde_json::json!({"command": "sleep 30"})),
+        ScriptedTurn::text("answered after the restart"),
+    ]);
+    let mut host = world.up();
+    let mut sender = world
+        .palisade
+        .spawn(&["send", "--agent", "helper", "survive a crash"]);
+    assert!(
+        world.upstream.wait_for_count(1, STARTUP),
+        "the runner never called the model: {}",
+        host.stderr()
+    );
+    // kill -9 of the host process only, as a crash would; its sandboxes die with it.
+    host.child_mut().kill().expect("kill -9");
+    let _ = host.wait_timeout(Duration::from_secs(10));
+    let status = sender
+        .wait_timeout(Duration::from_secs(30))
+        .unwrap()
+        .expect("send ended");
+    assert!(!status.success(), "send cannot succeed without its host");
+    assert!(
+        sender.stderr().contains("stays queued") || sender.stderr().contains("connection"),
+        "{}",
+        sender.stderr()
+    );
+
+    let mut host = world.up();
+    let sessions = world.sessions();
+    let session_id = sessions[0]["id"].as_i64().expect("session id");
+    let deadline = Instant::now() + STARTUP;
+    let session = loop {
+        let session = world.session(session_id);
+        if session["messages"][0]["reply"].is_object() {
+            break session;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never answered: {session}\n{}",
+            host.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let messages = session["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["message"]["status"], "answered");
+    assert_eq!(messages[0]["message"]["attempts"], 2);
+    assert_eq!(messages[0]["reply"]["text"], "answered after the restart");
+    // Nothing answers it again: no further model call arrives.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(world.model_requests().len(), 2);
+
+    let output = ok(world.send("helper", "still there?"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("echo: still there?"));
+    ok(world.palisade.run(&["down"]));
+    let _ = host.wait_timeout(Duration::from_secs(30));
+}
+
+#[test]
+fn bad_input_gets_one_line_errors_and_garbage_on_the_host_socket_is_survived() {
+    let world = world();
+    // Host not running.
+    let output = world.send("helper", "hello");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("not running"),
+        "{}",
+        text(&output)
+    );
+
+    let mut host = world.up();
+    let output = world.send("nobody", "hello");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown agent \"nobody\""),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let output = world.send("helper", "   ");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("empty"),
+        "{}",
+        text(&output)
+    );
+
+    let huge = vec![b'x'; 2 * 1024 * 1024];
+    let output = world
+        .palisade
+        .run_stdin(&["send", "--agent", "helper", "-"], &huge);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("too large"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(
+        world.sessions().as_array().map(Vec::len),
+        Some(0),
+        "nothing was accepted"
+    );
+
+    // The agent's host socket exists once it has had a message.
+    let output = ok(world.send("helper", "first"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("echo: first"));
+    let socket = world.palisade.home().join("run/hosts/helper.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for garbage in [
+        &b"\xff\xff\xff\xffnot a frame"[..],
+        b"\x00\x00\x00\x04null",
+        b"\x00\x00\x00\x11{\"type\":\"hello\"}",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+        let _ = stream.write_all(garbage);
+        drop(stream);
+    }
+    let output = ok(world.send("helper", "second"));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("echo: second"),
+        "{}",
+        text(&output)
+    );
+    assert!(host.try_wait().unwrap().is_none(), "the host died");
+    ok(world.palisade.run(&["down"]));
+    let _ = host.wait_timeout(Duration::from_secs(30));
+}
