@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# Benchmarks the vault gateway in one run, against a direct HTTPS baseline and
+# mitmproxy as a reference peer, all on 127.0.0.1:
+#   upstream  nginx (TLS from a throwaway CA, HTTP/1.1 + h2, keep-alive, 1 KiB body)
+#   direct    vault-load -> nginx
+#   vault     vault-load -> CONNECT (agent token) -> vault MITM (bearer injected,
+#             allow rule evaluated) -> nginx
+#   mitmproxy vault-load -> CONNECT -> mitmdump -> nginx
+# Modes: warm keep-alive at 1 and 16 connections, a new tunnel per request, then the
+# vault's RSS after load and with 10 000 idle tunnels open.
+#
+# Usage: bash bench/vault.sh
+#   (defaults: BENCH_DURATION=5s BENCH_WARMUP=1s BENCH_ROUNDS=3 BENCH_IDLE_TUNNELS=10000
+#    BENCH_CLIENT_THREADS=2; the table goes to stdout, progress to stderr)
+# Needs: cargo, nginx (Debian nginx-light), openssl, curl; mitmdump is optional (it is
+# installed from PyPI when missing; rows are skipped if that fails).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${BENCH_DURATION:-5s}"
+WARMUP="${BENCH_WARMUP:-1s}"
+IDLE_TUNNELS="${BENCH_IDLE_TUNNELS:-10000}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+THREADS="${BENCH_CLIENT_THREADS:-2}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/palisade-target}"
+SECRET_VALUE="bench-secret-$RANDOM$RANDOM"
+
+work="$(mktemp -d -t palisade-bench.XXXXXX)"
+pids=()
+cleanup() {
+  local status=$? pid
+  if [ "$status" -ne 0 ]; then
+    for log in "$work"/*.log "$work"/nginx/logs/error.log; do
+      [ -s "$log" ] && { echo "--- $log" >&2; tail -n 20 "$log" >&2; }
+    done
+  fi
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '== %s\n' "$*" >&2; }
+
+# Waits (at most ~10 s) until a command succeeds.
+wait_for() {
+  local what="$1"
+  shift
+  for _ in $(seq 100); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "timed out waiting for $what" >&2
+  return 1
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# Ten thousand tunnels need ten thousand descriptors in the gateway and in the client.
+hard_limit="$(ulimit -Hn)"
+if [ "$hard_limit" = unlimited ] || [ "$hard_limit" -gt 65536 ]; then hard_limit=65536; fi
+ulimit -n "$hard_limit"
+if [ "$hard_limit" -lt $((IDLE_TUNNELS + 512)) ]; then
+  IDLE_TUNNELS=$((hard_limit - 512))
+  say "descriptor limit $hard_limit: idle tunnels lowered to $IDLE_TUNNELS"
+fi
+
+say "building release binaries"
+cargo build --release --quiet -p palisade -p palisade-bench
+palisade="$CARGO_TARGET_DIR/release/palisade"
+load="$CARGO_TARGET_DIR/release/vault-load"
+
+if ! command -v mitmdump >/dev/null 2>&1; then
+  say "mitmdump missing: installing mitmproxy from PyPI (wheels only where sources fail to build)"
+  timeout 300 python3 -m pip install --quiet --prefer-binary \
+    --only-binary=zstandard,cryptography,aioquic,pylsqpack,mitmproxy-rs,brotli,ruamel.yaml.clib \
+    'mitmproxy==11.0.2' >&2 || say "mitmproxy could not be installed; its rows are skipped"
+fi
+
+say "test CA and upstream certificate"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -keyout "$work/ca.key" -out "$work/ca.pem" -subj "/CN=Palisade bench CA" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -keyout "$work/upstream.key" -out "$work/upstream.csr" -subj "/CN=localhost" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$work/upstream.ext"
+openssl x509 -req -in "$work/upstream.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+  -CAcreateserial -days 2 -extfile "$work/upstream.ext" -out "$work/upstream.pem" 2>/dev/null
+
+say "nginx upstream"
+nginx_port="$(free_port)"
+mkdir -p "$work/nginx/www" "$work/nginx/logs" "$work/nginx/tmp"
+head -c 1024 /dev/zero | tr '\0' 'x' >"$work/nginx/www/1k"
+cat >"$work/nginx/nginx.conf" <<EOF
+# Workers run as this user so they can read the private temp dir.
+user $(id -un);
+worker_processes 2;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  default_type application/octet-stream;
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  client_body_temp_path $work/nginx/tmp/body;
+  proxy_temp_path $work/nginx/tmp/proxy;
+  fastcgi_temp_path $work/nginx/tmp/fastcgi;
+  uwsgi_temp_path $work/nginx/tmp/uwsgi;
+  scgi_temp_path $work/nginx/tmp/scgi;
+  server {
+    listen 127.0.0.1:$nginx_port ssl http2;
+    server_name localhost;
+    ssl_certificate $work/upstream.pem;
+    ssl_certificate_key $work/upstream.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    root $work/nginx/www;
+    location = /1k { }
+    # 200 only when the vault injected the bench credential.
+    location = /auth-check {
+      if (\$http_authorization != "Bearer $SECRET_VALUE") { return 401; }
+      return 200 "injected\n";
+    }
+  }
+}
+EOF
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/logs/error.log" &
+pids+=($!)
+upstream="https://localhost:$nginx_port/1k"
+wait_for nginx curl -sf --cacert "$work/ca.pem" "$upstream"
+
+say "vault gateway (temporary PALISADE_HOME)"
+export PALISADE_HOME="$work/home"
+"$palisade" agents create bench --profile action >/dev/null
+token="$("$palisade" agents token bench | tr -d '[:space:]')"
+printf '%s' "$SECRET_VALUE" >"$work/secret"
+"$palisade" secrets create --name bench-upstream --host-pattern localhost --inject bearer \
+  --agent bench <"$work/secret" >/dev/null
+rm -f "$work/secret"
+"$palisade" rules create --name bench-allow --host-pattern localhost --action allow >/dev/null
+"$palisade" vault ca-cert >"$work/vault-ca.pem"
+vault_port="$(free_port)"
+RUST_LOG=warn "$palisade" vault serve --listen "127.0.0.1:$vault_port" \
+  --upstream-ca "$work/ca.pem" --allow-local-upstream localhost >"$work/vault.log" 2>&1 &
+vault_pid=$!
+pids+=("$vault_pid")
+wait_for vault curl -sf "http://127.0.0.1:$vault_port/healthz"
+check="$(curl -sS --max-time 10 --proxy "http://127.0.0.1:$vault_port" --proxy-user "x:$token" \
+  --cacert "$work/vault-ca.pem" -o /dev/null -w '%{http_code}' "https://localhost:$nginx_port/auth-check")"
+if [ "$check" != 200 ]; then
+  echo "the vault did not inject the bench credential (upstream answered $check)" >&2
+  exit 1
+fi
+direct_check="$(curl -sS --max-time 10 --cacert "$work/ca.pem" -o /dev/null -w '%{http_code}' \
+  "https://localhost:$nginx_port/auth-check")"
+[ "$direct_check" = 401 ] || { echo "auth-check is not checking (direct got $direct_check)" >&2; exit 1; }
+
+mitm_port=""
+if command -v mitmdump >/dev/null 2>&1; then
+  say "mitmproxy reference peer"
+  mitm_port="$(free_port)"
+  mkdir -p "$work/mitm"
+  mitmdump --quiet --listen-host 127.0.0.1 -p "$mitm_port" --set confdir="$work/mitm" \
+    --set ssl_verify_upstream_trusted_ca="$work/ca.pem" >"$work/mitm.log" 2>&1 &
+  pids+=($!)
+  if ! wait_for mitmproxy curl -sf --max-time 5 --proxy "http://127.0.0.1:$mitm_port" \
+    --cacert "$work/mitm/mitmproxy-ca-cert.pem" "$upstream"; then
+    say "mitmproxy did not come up; its rows are skipped"
+    mitm_port=""
+  fi
+fi
+
+results="$work/results.jsonl"
+vias=(direct vault)
+[ -n "$mitm_port" ] && vias+=(mitmproxy)
+
+# run ROUND VIA NAME MODE CONNECTIONS [EXTRA...]: one timed run, one JSON line appended.
+run() {
+  local round="$1" via="$2" name="$3" mode="$4" connections="$5"
+  shift 5
+  local args=(--url "$upstream" --mode "$mode" --connections "$connections"
+    --duration "$DURATION" --warmup "$WARMUP" --threads "$THREADS" --expect-bytes 1024
+    --label "$via $name" "$@")
+  case "$via" in
+    direct) args+=(--connect-to "127.0.0.1:$nginx_port" --ca "$work/ca.pem") ;;
+    vault) args+=(--proxy "127.0.0.1:$vault_port" --ca "$work/vault-ca.pem") ;;
+    mitmproxy) args+=(--proxy "127.0.0.1:$mitm_port" --ca "$work/mitm/mitmproxy-ca-cert.pem") ;;
+  esac
+  say "round $round: $via $name ($DURATION)"
+  VAULT_LOAD_PROXY_TOKEN="$token" timeout 120 "$load" "${args[@]}" | tee -a "$results" >&2
+}
+
+# Peers run back to back within each mode, and the whole set is repeated, so a burst
+# of background load on the machine hits every peer alike; the table takes medians.
+for round in $(seq "$ROUNDS"); do
+  for via in "${vias[@]}"; do run "$round" "$via" "warm 1" warm 1; done
+  for via in "${vias[@]}"; do run "$round" "$via" "warm 16" warm 16; done
+  for via in "${vias[@]}"; do run "$round" "$via" "new" new 1; done
+  for via in "${vias[@]}"; do run "$round" "$via" "warm 16 h2" warm 16 --http2; done
+done
+
+rss_after_load="$(rss_kib "$vault_pid")"
+say "vault RSS after load: $rss_after_load KiB"
+say "vault: $IDLE_TUNNELS idle tunnels"
+VAULT_LOAD_PROXY_TOKEN="$token" timeout 300 "$load" --url "$upstream" --mode idle \
+  --connections "$IDLE_TUNNELS" --open-concurrency 64 --open-within 180s \
+  --watch-pid "$vault_pid" --threads "$THREADS" --expect-bytes 1024 --label "vault idle" \
+  --proxy "127.0.0.1:$vault_port" --ca "$work/vault-ca.pem" | tee -a "$results" >&2
+sleep 2
+rss_after_idle_closed="$(rss_kib "$vault_pid")"
+
+python3 - "$results" "$rss_after_load" "$rss_after_idle_closed" <<'EOF'
+import json, statistics, sys
+path, rss_load, rss_closed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = [json.loads(line) for line in open(path) if line.strip()]
+idle = [r for r in rows if r["mode"] == "idle"]
+runs = {}
+for r in rows:
+    if r["mode"] != "idle":
+        runs.setdefault(r["label"], []).append(r)
+median = lambda values: statistics.median(values)
+timed = {}
+for label, group in runs.items():
+    timed[label] = {
+        "mode": group[0]["mode"],
+        "requests_per_second": median([g["requests_per_second"] for g in group]),
+        "p50_ms": median([g["p50_ms"] for g in group]),
+        "p99_ms": median([g["p99_ms"] for g in group]),
+        "errors": sum(g["errors"] for g in group),
+        "rounds": len(group),
+        "first_error": next((g["first_error"] for g in group if g.get("first_error")), None),
+    }
+order = ["warm 1", "warm 16", "new", "warm 16 h2"]
+peers = ["direct", "vault", "mitmproxy"]
+def position(label):
+    via, rest = label.split(" ", 1)
+    return (order.index(rest) if rest in order else 99, peers.index(via) if via in peers else 99)
+labels = sorted(timed, key=position)
+print("| run | req/s | p50 ms | p99 ms | errors | vs direct |")
+print("|---|---:|---:|---:|---:|---|")
+for label in labels:
+    r = timed[label]
+    via, rest = label.split(" ", 1)
+    base = timed.get("direct " + rest)
+    if via == "direct" or base is None:
+        ratio = ""
+    elif r["mode"] == "new":
+        ratio = f"{via}/direct p50 = {r['p50_ms'] / base['p50_ms']:.2f}x (+{r['p50_ms'] - base['p50_ms']:.3f} ms)"
+    else:
+        ratio = f"{via}/direct = {r['requests_per_second'] / base['requests_per_second']:.2f}, p50 +{r['p50_ms'] - base['p50_ms']:.3f} ms"
+    print(f"| {label} | {r['requests_per_second']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['errors']} | {ratio} |")
+    if r.get("first_error"):
+        print(f"|  first error: {r['first_error'][:120]} | | | | | |")
+print()
+print(f"medians of {max(r['rounds'] for r in timed.values())} rounds")
+print()
+print(f"vault RSS after load: {rss_load / 1024:.1f} MiB")
+for r in idle:
+    before, after = r["rss_before_kib"] or 0, r["rss_after_kib"] or 0
+    print(f"vault idle tunnels: {r['opened']}/{r['requested']} open in {r['open_seconds']:.1f} s, "
+          f"RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB "
+          f"(+{(after - before) / 1024:.1f} MiB, {r['per_tunnel_kib'] or 0:.1f} KiB per tunnel), errors {r['errors']}")
+    if r.get("first_error"):
+        print(f"  first error: {r['first_error'][:200]}")
+print(f"vault RSS after the idle tunnels closed: {rss_closed / 1024:.1f} MiB")
+EOF

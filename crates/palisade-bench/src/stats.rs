@@ -1,0 +1,101 @@
+//! Latency samples and the summary line each run prints (JSON, one object per line,
+//! so the bench script can build its table from them).
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// Per-request latencies in microseconds; a `u32` holds over an hour.
+#[derive(Default)]
+pub struct Samples {
+    micros: Vec<u32>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+impl Samples {
+    pub fn record(&mut self, took: Duration) {
+        self.micros
+            .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+    }
+
+    pub fn fail(&mut self, error: anyhow::Error) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(format!("{error:#}"));
+        }
+    }
+
+    pub fn merge(&mut self, other: Samples) {
+        self.micros.extend(other.micros);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    pub fn summarize(
+        mut self,
+        label: &str,
+        mode: &str,
+        connections: usize,
+        elapsed: Duration,
+    ) -> Summary {
+        self.micros.sort_unstable();
+        let seconds = elapsed.as_secs_f64();
+        Summary {
+            label: label.to_string(),
+            mode: mode.to_string(),
+            connections,
+            requests: self.micros.len() as u64,
+            errors: self.errors,
+            seconds,
+            requests_per_second: if seconds > 0.0 {
+                self.micros.len() as f64 / seconds
+            } else {
+                0.0
+            },
+            p50_ms: percentile(&self.micros, 50.0),
+            p99_ms: percentile(&self.micros, 99.0),
+            first_error: self.first_error,
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted microseconds, in milliseconds.
+pub fn percentile(sorted_micros: &[u32], pct: f64) -> f64 {
+    if sorted_micros.is_empty() {
+        return 0.0;
+    }
+    let rank = ((pct / 100.0) * sorted_micros.len() as f64).ceil() as usize;
+    let index = rank.clamp(1, sorted_micros.len()) - 1;
+    f64::from(sorted_micros[index]) / 1000.0
+}
+
+#[derive(Serialize)]
+pub struct Summary {
+    pub label: String,
+    pub mode: String,
+    pub connections: usize,
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub requests_per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let sorted: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
+        assert_eq!(percentile(&sorted, 50.0), 50.0);
+        assert_eq!(percentile(&sorted, 99.0), 99.0);
+        assert_eq!(percentile(&[7000], 99.0), 7.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+}
