@@ -103,9 +103,10 @@ pub async fn start(config: VaultConfig) -> Result<GatewayInner, VaultError> {
     let limiter = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut background = Vec::new();
     if let Some(listener) = listener {
-        background.push(tokio::spawn(accept_tcp(
+        background.push(tokio::spawn(accept_loop(
             shared.clone(),
-            listener,
+            Listener::Tcp(listener),
+            Entry::Tcp,
             limiter.clone(),
         )));
     }
@@ -191,39 +192,33 @@ fn socket_path(dir: &Path, agent: &AgentName) -> PathBuf {
     dir.join(format!("{agent}.sock"))
 }
 
-async fn accept_tcp(shared: Arc<Shared>, listener: TcpListener, limiter: Arc<Semaphore>) {
-    let mut shutdown = shared.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = crate::stopped(&mut shutdown) => return,
-        };
-        match accepted {
-            Ok((stream, _peer)) => {
-                let Ok(permit) = limiter.clone().try_acquire_owned() else {
-                    tracing::warn!("connection limit reached; refusing a connection");
-                    continue;
-                };
+/// Either kind of listener, so one accept loop serves both.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+type Stream = tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>;
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Stream> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, _peer) = listener.accept().await?;
                 let _ = stream.set_nodelay(true);
-                let shared2 = shared.clone();
-                shared.tasks.spawn(async move {
-                    serve_connection(shared2, stream, Entry::Tcp).await;
-                    drop(permit);
-                });
+                Ok(Stream::Left(stream))
             }
-            Err(e) => {
-                // Out of descriptors and similar: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Listener::Unix(listener) => Ok(Stream::Right(listener.accept().await?.0)),
         }
     }
 }
 
-async fn accept_agent(
+/// Accepts until shutdown; each connection runs as a tracked task under the global
+/// connection limit.
+async fn accept_loop(
     shared: Arc<Shared>,
-    agent: AgentName,
-    listener: UnixListener,
+    listener: Listener,
+    entry: Entry,
     limiter: Arc<Semaphore>,
 ) {
     let mut shutdown = shared.shutdown.clone();
@@ -233,19 +228,21 @@ async fn accept_agent(
             _ = crate::stopped(&mut shutdown) => return,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok(stream) => {
                 let Ok(permit) = limiter.clone().try_acquire_owned() else {
+                    tracing::warn!(entry = ?entry, "connection limit reached; refusing a connection");
                     continue;
                 };
                 let shared2 = shared.clone();
-                let entry = Entry::Agent(agent.clone());
+                let entry = entry.clone();
                 shared.tasks.spawn(async move {
                     serve_connection(shared2, stream, entry).await;
                     drop(permit);
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, agent = %agent, "accept on agent socket failed");
+                // Out of descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, entry = ?entry, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -291,10 +288,10 @@ fn sync_sockets(
         match UnixListener::bind(&path) {
             Ok(listener) => {
                 let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-                let handle = tokio::spawn(accept_agent(
+                let handle = tokio::spawn(accept_loop(
                     shared.clone(),
-                    agent.clone(),
-                    listener,
+                    Listener::Unix(listener),
+                    Entry::Agent(agent.clone()),
                     limiter.clone(),
                 ));
                 sockets.insert(agent.clone(), handle);
