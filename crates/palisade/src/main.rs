@@ -90,7 +90,7 @@ enum Command {
     },
     /// Inside a sandbox: relay the loopback proxy port to the vault socket.
     Shim(ShimArgs),
-    /// Start the host: vault, agents' runners on demand, local web UI and API.
+    /// Start the host: vault, agents' runners on demand, and the local JSON API (web UI to come).
     #[command(after_help = "Examples:
   palisade up
   ANTHROPIC_API_KEY=... palisade up --detach

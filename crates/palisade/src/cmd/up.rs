@@ -29,7 +29,7 @@ const LOGIN_TOKEN_ENV: &str = "PALISADE_ADMIN_LOGIN_TOKEN";
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// Address of the local web UI and JSON API (loopback only is sensible).
+    /// Address of the local JSON API (and, later, the web UI); loopback only is sensible.
     #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     listen: SocketAddr,
     /// Run in the background; logs go to $PALISADE_HOME/logs/host.log.
