@@ -461,6 +461,7 @@ async fn forward(
     body: ForwardBody,
 ) -> (Response<ProxyBody>, Option<&'static str>) {
     let host = target.host.as_str();
+    let agent_version = parts.version;
     let websocket = parts.version == http::Version::HTTP_11 && is_websocket_upgrade(&parts.headers);
     let client_upgrade = if websocket {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -486,8 +487,10 @@ async fn forward(
     let request = Request::from_parts(parts, body);
     let client = if websocket {
         &shared.upstream.upgrades
-    } else {
+    } else if agent_version == http::Version::HTTP_2 {
         &shared.upstream.pooled
+    } else {
+        &shared.upstream.http1
     };
     let sent = tokio::time::timeout(shared.upstream.header_timeout, client.request(request)).await;
     let mut response = match sent {

@@ -16,7 +16,12 @@ use std::time::Duration;
 type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
 
 pub struct UpstreamClient {
+    /// Offers h2 and HTTP/1.1; used when the agent itself spoke HTTP/2.
     pub pooled: Client<Connector, ForwardBody>,
+    /// HTTP/1.1 only, pooled; used when the agent spoke HTTP/1.1, so concurrent agent
+    /// connections get concurrent upstream connections instead of all being multiplexed
+    /// onto one h2 connection (which capped throughput at 16 connections in bench/).
+    pub http1: Client<Connector, ForwardBody>,
     pub upgrades: Client<Connector, ForwardBody>,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
@@ -39,11 +44,20 @@ impl UpstreamClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http(guard.clone()));
-        let upgrade_connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http(guard));
+        let http1_connector = || {
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http(guard.clone()))
+        };
+        let upgrade_connector = http1_connector();
+        let http1 = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(http1_connector());
         let pooled = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -56,6 +70,7 @@ impl UpstreamClient {
             .build(upgrade_connector);
         Ok(UpstreamClient {
             pooled,
+            http1,
             upgrades,
             header_timeout: config.upstream_timeout,
             idle_timeout: config.idle_timeout,
