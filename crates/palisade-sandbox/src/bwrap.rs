@@ -55,6 +55,23 @@ impl Default for Bubblewrap {
     }
 }
 
+/// The namespace and privilege flags every sandbox gets; `sandbox doctor` probes with
+/// exactly these, so what it reports is what a sandbox runs with.
+pub(crate) const ISOLATION_FLAGS: [&str; 12] = [
+    "--unshare-user",
+    "--unshare-ipc",
+    "--unshare-pid",
+    "--unshare-net",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    "--disable-userns",
+    "--die-with-parent",
+    "--new-session",
+    "--cap-drop",
+    "ALL",
+    "--clearenv",
+];
+
 impl Bubblewrap {
     pub fn new() -> Self {
         Bubblewrap {
@@ -69,28 +86,11 @@ impl Bubblewrap {
         workdir: &Workdir,
         shim: Vec<String>,
     ) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "--unshare-user",
-            "--unshare-ipc",
-            "--unshare-pid",
-            "--unshare-net",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--disable-userns",
-            "--die-with-parent",
-            "--new-session",
-            "--cap-drop",
-            "ALL",
-            "--clearenv",
-            "--hostname",
-            "palisade",
-            "--ro-bind",
-            "/usr",
-            "/usr",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = ISOLATION_FLAGS
+            .iter()
+            .chain(["--hostname", "palisade", "--ro-bind", "/usr", "/usr"].iter())
+            .map(|s| s.to_string())
+            .collect();
         let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
         for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
             let host = Path::new("/").join(top);

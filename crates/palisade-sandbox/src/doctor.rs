@@ -93,23 +93,8 @@ fn bubblewrap() -> RuntimeReport {
         return report;
     }
     let mut probe = Command::new("bwrap");
-    probe.args([
-        "--unshare-user",
-        "--unshare-ipc",
-        "--unshare-pid",
-        "--unshare-net",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--disable-userns",
-        "--die-with-parent",
-        "--new-session",
-        "--cap-drop",
-        "ALL",
-        "--clearenv",
-        "--ro-bind",
-        "/usr",
-        "/usr",
-    ]);
+    probe.args(crate::bwrap::ISOLATION_FLAGS);
+    probe.args(["--ro-bind", "/usr", "/usr"]);
     for top in ["bin", "lib", "lib64", "sbin"] {
         let host = std::path::Path::new("/").join(top);
         if let Ok(target) = std::fs::read_link(&host) {
