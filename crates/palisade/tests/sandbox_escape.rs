@@ -265,7 +265,13 @@ impl World {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut command = match self.who {
-            As::Root => Command::new(&self.binary),
+            As::Root => {
+                let mut c = Command::new(&self.binary);
+                // podman's conmon drops an `oom` marker file in its working directory when
+                // a container is OOM-killed; keep that in the test's temp dir, not the repo.
+                c.current_dir(self.dir.path());
+                c
+            }
             As::User => {
                 let mut c = Command::new("runuser");
                 c.args([
