@@ -227,7 +227,7 @@ fn split_target(target: &str) -> (&str, &str, &str) {
 
 /// Names under which APIs carry credentials; matched as substrings so `x-goog-api-key`,
 /// `access_token` and `client_secret` are all caught. Over-redacting costs nothing.
-fn is_secret_name(name: &str) -> bool {
+pub fn is_secret_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     [
         "auth",
@@ -246,7 +246,8 @@ fn is_secret_name(name: &str) -> bool {
     .any(|marker| lower.contains(marker))
 }
 
-fn redacted_query(query: &str) -> String {
+/// `query` with the values of credential-like parameters replaced by `[redacted]`.
+pub fn redacted_query(query: &str) -> String {
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {

@@ -558,14 +558,12 @@ async fn finish_audit(shared: &Arc<Shared>, mut audit: AuditEntry, started: Inst
     shared.audit.record(audit).await;
 }
 
-const SENSITIVE_HEADER_WORDS: [&str; 6] = ["auth", "key", "token", "secret", "cookie", "session"];
-
-/// Header names and values for a person's eyes, with anything credential-like hidden.
+/// Header names and values for a person's eyes, with anything credential-like hidden
+/// (the same naming test the approval summaries use).
 pub fn redacted_headers(headers: &http::HeaderMap) -> serde_json::Map<String, serde_json::Value> {
     let mut map = serde_json::Map::new();
     for (name, value) in headers {
-        let lower = name.as_str();
-        let shown = if SENSITIVE_HEADER_WORDS.iter().any(|w| lower.contains(w)) {
+        let shown = if palisade_policy::summary::is_secret_name(name.as_str()) {
             "[redacted]".to_string()
         } else {
             String::from_utf8_lossy(value.as_bytes())
@@ -573,30 +571,19 @@ pub fn redacted_headers(headers: &http::HeaderMap) -> serde_json::Map<String, se
                 .take(200)
                 .collect()
         };
-        map.insert(lower.to_string(), serde_json::Value::String(shown));
+        map.insert(name.as_str().to_string(), serde_json::Value::String(shown));
     }
     map
 }
 
 /// The path with values of credential-like query parameters hidden.
 fn redact_query(path_and_query: &str) -> String {
-    let Some((path, query)) = path_and_query.split_once('?') else {
-        return path_and_query.to_string();
-    };
-    let redacted: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _))
-                if SENSITIVE_HEADER_WORDS
-                    .iter()
-                    .any(|w| k.to_ascii_lowercase().contains(w)) =>
-            {
-                format!("{k}=[redacted]")
-            }
-            _ => pair.to_string(),
-        })
-        .collect();
-    format!("{path}?{}", redacted.join("&"))
+    match path_and_query.split_once('?') {
+        Some((path, query)) => {
+            format!("{path}?{}", palisade_policy::summary::redacted_query(query))
+        }
+        None => path_and_query.to_string(),
+    }
 }
 
 #[cfg(test)]
