@@ -6,54 +6,46 @@
 //! `CARGO_TARGET_TMPDIR`), with a time limit; a missing `node`/`npm` fails the test
 //! with the command that installs them, because skipping would hide a broken contract.
 
-use palisade_testkit::{
-    curl, output_text, proxy_url, run_with_timeout, wait_until, ChildGuard, Palisade, TestCa,
-    Upstream,
-};
+mod vault_fixture;
+
+use palisade_testkit::{curl, output_text, proxy_url, run_with_timeout, wait_until};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use vault_fixture::{ok, CurlReply, Setup};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(40);
 const NPM_TIMEOUT: Duration = Duration::from_secs(180);
 const SDK_PACKAGE: &str = "@onecli-sh/sdk";
 
+/// A gateway allowed to reach `localhost` upstreams, and its admin key.
 struct Fixture {
-    palisade: Palisade,
-    _ca: TestCa,
-    upstream: Upstream,
-    _vault: ChildGuard,
+    setup: Setup,
     addr: SocketAddr,
     vault_ca: PathBuf,
     admin_key: String,
 }
 
+impl Deref for Fixture {
+    type Target = Setup;
+    fn deref(&self) -> &Setup {
+        &self.setup
+    }
+}
+
 impl Fixture {
     fn start() -> Fixture {
-        let ca = TestCa::new().expect("test CA");
-        let upstream = Upstream::start(&ca).expect("test upstream");
-        let palisade = Palisade::new(env!("CARGO_BIN_EXE_palisade"));
-        let ca_path = ca.pem_path().display().to_string();
-        let (vault, addr) = palisade.spawn_vault(&[
-            "--upstream-ca",
-            ca_path.as_str(),
-            "--allow-local-upstream",
-            "localhost",
-        ]);
-        let pem = ok(&palisade.run(&["vault", "ca-cert"])).stdout;
-        let vault_ca = palisade.write_file("vault-ca.pem", pem);
-        let admin_key = text(&palisade.run(&["vault", "admin-key"]))
-            .trim()
-            .to_string();
+        let mut setup = Setup::new();
+        let addr = setup.start_vault_exactly(&["--allow-local-upstream", "localhost"]);
+        let vault_ca = setup.vault_ca();
+        let admin_key = setup.cli(&["vault", "admin-key"]).trim().to_string();
         assert!(admin_key.len() >= 20, "a real admin key: {admin_key:?}");
         Fixture {
-            palisade,
-            _ca: ca,
-            upstream,
-            _vault: vault,
+            setup,
             addr,
             vault_ca,
             admin_key,
@@ -61,7 +53,7 @@ impl Fixture {
     }
 
     fn run(&self, args: &[&str]) -> String {
-        text(&self.palisade.run(args))
+        self.cli(args)
     }
 
     fn agent(&self, name: &str) -> String {
@@ -77,7 +69,7 @@ impl Fixture {
     }
 
     /// A direct (not proxied) call to the admin API.
-    fn admin(&self, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> Reply {
+    fn admin(&self, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> CurlReply {
         let url = format!("{}{path}", self.base());
         let mut args: Vec<String> = ["-sS", "-i", "--max-time", "35", "-X", method]
             .iter()
@@ -94,7 +86,7 @@ impl Fixture {
             args.push(body.to_string());
         }
         args.push(url);
-        Reply::parse(&curl(&args, CLIENT_TIMEOUT))
+        CurlReply::parse(&curl(&args, CLIENT_TIMEOUT))
     }
 
     fn key(&self) -> Option<&str> {
@@ -102,7 +94,7 @@ impl Fixture {
     }
 
     /// Starts a proxied request on a thread (held by a require_approval rule).
-    fn send_async(&self, token: &str, path: &str) -> std::thread::JoinHandle<Reply> {
+    fn send_async(&self, token: &str, path: &str) -> std::thread::JoinHandle<CurlReply> {
         let proxy = proxy_url(self.addr, token);
         let ca = self.vault_ca.display().to_string();
         let url = self.upstream.url(path);
@@ -123,7 +115,7 @@ impl Fixture {
                 "hello=world",
                 &url,
             ];
-            Reply::parse(&curl(&args, CLIENT_TIMEOUT))
+            CurlReply::parse(&curl(&args, CLIENT_TIMEOUT))
         })
     }
 
@@ -164,51 +156,6 @@ impl Fixture {
             "require_approval",
         ]);
         std::thread::sleep(Duration::from_millis(600));
-    }
-}
-
-#[track_caller]
-fn ok(output: &Output) -> Output {
-    assert!(output.status.success(), "{}", output_text(output));
-    output.clone()
-}
-
-#[track_caller]
-fn text(output: &Output) -> String {
-    String::from_utf8_lossy(&ok(output).stdout).into_owned()
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    body: String,
-    raw: String,
-}
-
-impl Reply {
-    #[track_caller]
-    fn parse(output: &Output) -> Reply {
-        let raw = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (head, body) = raw
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("no HTTP response: {}", output_text(output)));
-        let status = head
-            .lines()
-            .next()
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|code| code.parse().ok())
-            .unwrap_or_else(|| panic!("no status line: {}", output_text(output)));
-        Reply {
-            status,
-            body: body.to_string(),
-            raw: raw.clone(),
-        }
-    }
-
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.raw))
     }
 }
 

@@ -7,48 +7,48 @@
 //! held requests that send nothing until a person decides, and the audit rows that
 //! record who decided.
 
-use palisade_testkit::{
-    curl, output_text, proxy_url, python, wait_until, ChildGuard, Palisade, TestCa, Upstream,
-};
+mod vault_fixture;
+
+use palisade_testkit::{curl, output_text, proxy_url, python, wait_until, Palisade};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
+use vault_fixture::{ok, CurlReply, Setup};
 
 /// Longest any single client request may take before the test fails instead of hanging.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A gateway with an upstream behind it and the files clients need.
 struct Fixture {
-    palisade: Palisade,
-    // Kept alive for the upstream's certificate file.
-    _ca: TestCa,
-    upstream: Upstream,
-    vault: ChildGuard,
+    setup: Setup,
     addr: SocketAddr,
     vault_ca: PathBuf,
 }
 
+impl Deref for Fixture {
+    type Target = Setup;
+    fn deref(&self) -> &Setup {
+        &self.setup
+    }
+}
+
+impl DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Setup {
+        &mut self.setup
+    }
+}
+
 impl Fixture {
-    /// Starts a gateway that trusts the test CA and may reach `localhost` upstreams.
+    /// Starts a gateway that trusts the test CA, with exactly `extra` otherwise.
     fn start(extra: &[&str]) -> Fixture {
-        let ca = TestCa::new().expect("test CA");
-        let upstream = Upstream::start(&ca).expect("test upstream");
-        let palisade = Palisade::new(env!("CARGO_BIN_EXE_palisade"));
-        let ca_path = ca.pem_path().display().to_string();
-        let mut args = vec!["--upstream-ca", ca_path.as_str()];
-        args.extend_from_slice(extra);
-        let (vault, addr) = palisade.spawn_vault(&args);
-        let pem = ok(&palisade.run(&["vault", "ca-cert"])).stdout;
-        let vault_ca = palisade.write_file("vault-ca.pem", pem);
+        let mut setup = Setup::new();
+        let addr = setup.start_vault_exactly(extra);
+        let vault_ca = setup.vault_ca();
         Fixture {
-            palisade,
-            _ca: ca,
-            upstream,
-            vault,
+            setup,
             addr,
             vault_ca,
         }
@@ -93,7 +93,7 @@ impl Fixture {
     }
 
     /// One request through the gateway with curl.
-    fn send(&self, token: &str, method: &str, url: &str, body: Option<&Path>) -> Reply {
+    fn send(&self, token: &str, method: &str, url: &str, body: Option<&Path>) -> CurlReply {
         let proxy = self.proxy(token);
         let ca = self.vault_ca.display().to_string();
         let mut args: Vec<String> = [
@@ -119,10 +119,10 @@ impl Fixture {
             args.push(format!("@{}", path.display()));
         }
         args.push(url.to_string());
-        Reply::parse(&curl(&args, CLIENT_TIMEOUT))
+        CurlReply::parse(&curl(&args, CLIENT_TIMEOUT))
     }
 
-    fn get(&self, token: &str, url: &str) -> Reply {
+    fn get(&self, token: &str, url: &str) -> CurlReply {
         self.send(token, "GET", url, None)
     }
 
@@ -153,51 +153,12 @@ impl Fixture {
     }
 }
 
-#[track_caller]
-fn ok(output: &Output) -> Output {
-    assert!(output.status.success(), "{}", output_text(output));
-    output.clone()
+/// The vault's refusal shape, checked on a curl reply.
+trait Refusal {
+    fn refused(&self, status: u16, error: &str, retry: bool) -> Value;
 }
 
-/// A response as curl printed it with `-i`.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-    raw: String,
-}
-
-impl Reply {
-    #[track_caller]
-    fn parse(output: &Output) -> Reply {
-        let raw = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (head, body) = raw
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("no HTTP response from curl: {}", output_text(output)));
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|code| code.parse().ok())
-            .unwrap_or_else(|| panic!("no status line: {}", output_text(output)));
-        let headers = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        Reply {
-            status,
-            headers,
-            body: body.to_string(),
-            raw: raw.clone(),
-        }
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.raw))
-    }
-
+impl Refusal for CurlReply {
     /// Requires a JSON refusal with `status`, `error` code and `x-should-retry`.
     #[track_caller]
     fn refused(&self, status: u16, error: &str, retry: bool) -> Value {
@@ -578,7 +539,7 @@ fn send_async(
     method: &str,
     url: String,
     body: Option<PathBuf>,
-) -> std::thread::JoinHandle<Reply> {
+) -> std::thread::JoinHandle<CurlReply> {
     let proxy = fx.proxy(token);
     let ca = fx.vault_ca.clone();
     let method = method.to_string();
@@ -602,7 +563,7 @@ fn send_async(
             args.push(format!("@{}", path.display()));
         }
         args.push(url);
-        Reply::parse(&curl(&args, CLIENT_TIMEOUT))
+        CurlReply::parse(&curl(&args, CLIENT_TIMEOUT))
     })
 }
 
@@ -763,7 +724,7 @@ fn sigterm_answers_held_requests_finishes_in_flight_and_refuses_new_connections(
         fx.upstream.wait_for_count(1, Duration::from_secs(5)),
         "the slow request reached the upstream"
     );
-    fx.vault
+    fx.vault_process()
         .signal_group(nix::sys::signal::Signal::SIGTERM)
         .expect("SIGTERM");
     let signalled = Instant::now();
@@ -787,14 +748,14 @@ fn sigterm_answers_held_requests_finishes_in_flight_and_refuses_new_connections(
     );
     assert!(signalled.elapsed() < Duration::from_secs(5));
     let exited = fx
-        .vault
+        .vault_process()
         .wait_timeout(Duration::from_secs(10))
         .expect("wait");
     let status = exited.expect("the gateway exits after draining");
     assert!(
         status.success(),
         "clean exit: {status:?}\n{}",
-        fx.vault.stderr()
+        fx.vault_process().stderr()
     );
     assert_eq!(fx.upstream.count(), 1, "the held request never went out");
 }

@@ -4,55 +4,45 @@
 //! answer or a closed connection while the gateway keeps serving everyone else; and
 //! the per-agent Unix sockets, where the socket itself is the agent's identity.
 
-use palisade_testkit::{
-    curl, output_text, proxy_url, python, wait_until, ChildGuard, Palisade, TestCa, Upstream,
-};
+mod vault_fixture;
+
+use palisade_testkit::{curl, output_text, proxy_url, python, wait_until};
 use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::ops::Deref;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
+use vault_fixture::{base64, ok, Setup};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a raw socket waits for the gateway's answer before calling it a hang.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A gateway allowed to reach `localhost` upstreams, and agent `robot`'s token.
 struct Fixture {
-    palisade: Palisade,
-    _ca: TestCa,
-    upstream: Upstream,
-    _vault: ChildGuard,
+    setup: Setup,
     addr: SocketAddr,
     vault_ca: PathBuf,
     token: String,
 }
 
+impl Deref for Fixture {
+    type Target = Setup;
+    fn deref(&self) -> &Setup {
+        &self.setup
+    }
+}
+
 impl Fixture {
     fn start() -> Fixture {
-        let ca = TestCa::new().expect("test CA");
-        let upstream = Upstream::start(&ca).expect("test upstream");
-        let palisade = Palisade::new(env!("CARGO_BIN_EXE_palisade"));
-        ok(&palisade.run(&["agents", "create", "robot", "--profile", "research"]));
-        let token =
-            String::from_utf8_lossy(&ok(&palisade.run(&["agents", "token", "robot"])).stdout)
-                .trim()
-                .to_string();
-        let ca_path = ca.pem_path().display().to_string();
-        let (vault, addr) = palisade.spawn_vault(&[
-            "--upstream-ca",
-            ca_path.as_str(),
-            "--allow-local-upstream",
-            "localhost",
-        ]);
-        let pem = ok(&palisade.run(&["vault", "ca-cert"])).stdout;
-        let vault_ca = palisade.write_file("vault-ca.pem", pem);
+        let mut setup = Setup::new();
+        let token = setup.agent("robot");
+        let addr = setup.start_vault_exactly(&["--allow-local-upstream", "localhost"]);
+        let vault_ca = setup.vault_ca();
         Fixture {
-            palisade,
-            _ca: ca,
-            upstream,
-            _vault: vault,
+            setup,
             addr,
             vault_ca,
             token,
@@ -60,10 +50,7 @@ impl Fixture {
     }
 
     fn basic(&self) -> String {
-        let script =
-            "import base64,os;print(base64.b64encode(('x:'+os.environ['T']).encode()).decode())";
-        let output = ok(&python(script, &[("T", &self.token)], CLIENT_TIMEOUT));
-        format!("Basic {}", String::from_utf8_lossy(&output.stdout).trim())
+        format!("Basic {}", base64(format!("x:{}", self.token).as_bytes()))
     }
 
     /// A normal request through the gateway; panics unless it answers 200.
@@ -108,12 +95,6 @@ impl Fixture {
             .expect("timeout");
         stream
     }
-}
-
-#[track_caller]
-fn ok(output: &Output) -> Output {
-    assert!(output.status.success(), "{}", output_text(output));
-    output.clone()
 }
 
 /// What came back on a raw connection.

@@ -1,6 +1,6 @@
-//! Shared set-up for the vault's black-box tests (`vault_clients.rs`,
-//! `vault_injection.rs`): a test CA, a recording TLS upstream on loopback, the real
-//! `palisade` binary against a temporary home, and a running `palisade vault serve`.
+//! Shared set-up for the vault's black-box tests (`vault_*.rs`): a test CA, a
+//! recording TLS upstream on loopback, the real `palisade` binary against a temporary
+//! home, and a running `palisade vault serve`.
 //!
 //! Tests drive the gateway only the way users do: through the CLI and through real
 //! clients (curl, Python) that use it as their proxy. Every client runs with a hard
@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -62,16 +63,7 @@ impl Setup {
     /// Starts `palisade vault serve` trusting the test CA and allowed to reach the
     /// loopback upstream under the names tests use, plus `extra` arguments.
     pub fn start_vault(&mut self, extra: &[&str]) -> SocketAddr {
-        assert!(self.vault.is_none(), "the gateway is already running");
-        let ca_path = self
-            .ca
-            .pem_path()
-            .to_str()
-            .expect("UTF-8 CA path")
-            .to_string();
         let mut args: Vec<&str> = vec![
-            "--upstream-ca",
-            &ca_path,
             "--allow-local-upstream",
             "localhost",
             "--allow-local-upstream",
@@ -80,10 +72,30 @@ impl Setup {
             "::1",
         ];
         args.extend_from_slice(extra);
-        let (guard, addr) = self.palisade.spawn_vault(&args);
+        self.start_vault_exactly(&args)
+    }
+
+    /// Starts `palisade vault serve` trusting the test CA and otherwise with exactly
+    /// `args`: no local upstream is allowed unless `args` allows it.
+    pub fn start_vault_exactly(&mut self, args: &[&str]) -> SocketAddr {
+        assert!(self.vault.is_none(), "the gateway is already running");
+        let ca_path = self
+            .ca
+            .pem_path()
+            .to_str()
+            .expect("UTF-8 CA path")
+            .to_string();
+        let mut full: Vec<&str> = vec!["--upstream-ca", &ca_path];
+        full.extend_from_slice(args);
+        let (guard, addr) = self.palisade.spawn_vault(&full);
         self.vault = Some(guard);
         self.addr = Some(addr);
         addr
+    }
+
+    /// The running gateway's process, for tests that signal it or wait for its exit.
+    pub fn vault_process(&mut self) -> &mut ChildGuard {
+        self.vault.as_mut().expect("the gateway is not running")
     }
 
     /// Stops the gateway (SIGTERM, then SIGKILL after a grace period).
@@ -230,6 +242,54 @@ impl Setup {
         self.upstream
             .last_request()
             .expect("the upstream received no request")
+    }
+}
+
+/// Requires a command to have succeeded; returns its output for chaining.
+#[track_caller]
+pub fn ok(output: &Output) -> Output {
+    assert!(output.status.success(), "{}", output_text(output));
+    output.clone()
+}
+
+/// A response as curl printed it with `-i`: status, lower-case headers, body.
+#[derive(Debug)]
+pub struct CurlReply {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+    pub raw: String,
+}
+
+impl CurlReply {
+    #[track_caller]
+    pub fn parse(output: &Output) -> CurlReply {
+        let raw = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (head, body) = raw
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP response from curl: {}", output_text(output)));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {}", output_text(output)));
+        let headers = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        CurlReply {
+            status,
+            headers,
+            body: body.to_string(),
+            raw: raw.clone(),
+        }
+    }
+
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.raw))
     }
 }
 
