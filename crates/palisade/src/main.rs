@@ -102,6 +102,8 @@ enum Command {
     Status,
     /// Send a message to an agent and print its reply as it streams.
     Send(cmd::send::SendArgs),
+    /// Chat with an agent in the terminal: replies stream, the session's history continues.
+    Chat(cmd::chat::ChatArgs),
     /// Conversations with agents: list, show, reset.
     #[command(subcommand)]
     Sessions(SessionsCommand),
@@ -147,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Down => cmd::up::down(&context()?),
         Command::Status => cmd::up::status(&context()?),
         Command::Send(args) => cmd::send::run(args, &context()?),
+        Command::Chat(args) => cmd::chat::run(args, &context()?),
         Command::Sessions(command) => cmd::sessions::run(command, &context()?),
         Command::Runner(args) => cmd::runner::run(args),
         Command::Completions { shell } => {

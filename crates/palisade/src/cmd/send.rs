@@ -42,16 +42,7 @@ pub fn run(args: SendArgs, ctx: &Context) -> anyhow::Result<()> {
     } else {
         args.text
     };
-    if text.trim().is_empty() {
-        bail!("the message is empty; write something for the agent to answer");
-    }
-    if text.len() > palisade_host::MAX_MESSAGE_BYTES {
-        bail!(
-            "the message is too large ({} bytes; at most {}); send a shorter one or put the text in a file in the agent's workspace",
-            text.len(),
-            palisade_host::MAX_MESSAGE_BYTES
-        );
-    }
+    check_text(&text)?;
     let Some(info) = running_host(&ctx.home) else {
         bail!("palisade is not running for this home; start it with `palisade up` (or `palisade up --detach`)");
     };
@@ -66,13 +57,28 @@ pub fn run(args: SendArgs, ctx: &Context) -> anyhow::Result<()> {
         .build()?;
     let json = ctx.json;
     let outcome = runtime.block_on(async move { stream_reply(&info, &path, body, json).await })?;
-    if let Some(error) = outcome {
+    if let Some(error) = outcome.error {
         bail!("{error}");
     }
     Ok(())
 }
 
-async fn request(
+/// Refuses text the host would refuse, with the same one-line causes.
+pub(crate) fn check_text(text: &str) -> anyhow::Result<()> {
+    if text.trim().is_empty() {
+        bail!("the message is empty; write something for the agent to answer");
+    }
+    if text.len() > palisade_host::MAX_MESSAGE_BYTES {
+        bail!(
+            "the message is too large ({} bytes; at most {}); send a shorter one or put the text in a file in the agent's workspace",
+            text.len(),
+            palisade_host::MAX_MESSAGE_BYTES
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn request(
     info: &HostInfo,
     method: &str,
     path: &str,
@@ -137,13 +143,31 @@ pub fn get_json(info: &HostInfo, path: &str) -> anyhow::Result<serde_json::Value
     })
 }
 
-/// Streams the reply; returns the error text when the host refused or gave up.
-async fn stream_reply(
+/// How one message went, as far as the stream told.
+#[derive(Debug, Default)]
+pub(crate) struct Streamed {
+    /// The host refused the message or answered with an error reply: the cause.
+    pub error: Option<String>,
+    /// The session the message was accepted into.
+    pub session_id: Option<i64>,
+}
+
+impl Streamed {
+    fn failed(error: String, session_id: Option<i64>) -> Self {
+        Streamed {
+            error: Some(error),
+            session_id,
+        }
+    }
+}
+
+/// Streams the reply to stdout as it comes; `Err` only when the host went away.
+pub(crate) async fn stream_reply(
     info: &HostInfo,
     path: &str,
     body: serde_json::Value,
     json: bool,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Streamed> {
     let response = request(info, "POST", path, Some(body)).await?;
     let status = response.status();
     let mut body = response.into_body();
@@ -163,8 +187,9 @@ async fn stream_reply(
                 413 => "the message is too large".to_string(),
                 _ => format!("the host answered {status}"),
             });
-        return Ok(Some(message));
+        return Ok(Streamed::failed(message, None));
     }
+    let mut session_id = None;
     let mut stdout = std::io::stdout();
     let mut buffer: Vec<u8> = Vec::new();
     let mut streamed_text = false;
@@ -182,11 +207,17 @@ async fn stream_reply(
             let Ok(event) = serde_json::from_slice::<serde_json::Value>(&line) else {
                 continue;
             };
+            if event["type"] == "accepted" {
+                session_id = event["session_id"].as_i64();
+            }
             if json {
                 writeln!(stdout, "{}", event)?;
                 stdout.flush()?;
                 if event["type"] == "reply" {
-                    return Ok(None);
+                    return Ok(Streamed {
+                        error: None,
+                        session_id,
+                    });
                 }
                 continue;
             }
@@ -215,7 +246,7 @@ async fn stream_reply(
                         if streamed_text {
                             writeln!(stdout)?;
                         }
-                        return Ok(Some(text.to_string()));
+                        return Ok(Streamed::failed(text.to_string(), session_id));
                     }
                     // Deltas are the reply as it streamed; print the whole reply only
                     // when nothing streamed (e.g. a runner that does not stream).
@@ -225,7 +256,10 @@ async fn stream_reply(
                         writeln!(stdout, "{}", clean_text(text))?;
                     }
                     stdout.flush()?;
-                    return Ok(None);
+                    return Ok(Streamed {
+                        error: None,
+                        session_id,
+                    });
                 }
                 _ => {}
             }

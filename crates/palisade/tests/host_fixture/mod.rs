@@ -1,0 +1,221 @@
+//! Shared set-up for the host's black-box tests (`host_end_to_end.rs`, `host_chat.rs`,
+//! `host_recovery.rs`, `host_robustness.rs`): a temporary home with agent `helper`
+//! whose model API is the testkit's fake server on 127.0.0.1 (TLS with a test CA),
+//! its key stored as a vault secret, and `palisade up` started with the real binary,
+//! the vault in-process and runners in bubblewrap sandboxes.
+
+#![allow(dead_code)]
+
+#[allow(unused_imports)]
+pub use palisade_testkit::{
+    free_port, wait_for_tcp, ChildGuard, Palisade, ScriptedTurn, TestCa, Upstream,
+};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_palisade");
+pub const KEY: &str = "sk-ant-test-4b1d9c2e7f";
+pub const STARTUP: Duration = Duration::from_secs(60);
+
+pub struct World {
+    pub palisade: Palisade,
+    pub ca: TestCa,
+    pub upstream: Upstream,
+    pub listen: SocketAddr,
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+pub fn ok(output: Output) -> Output {
+    assert!(output.status.success(), "{}", text(&output));
+    output
+}
+
+/// A home with agent `helper` whose model API is the fake upstream, and its key
+/// stored as a vault secret for the upstream's host.
+pub fn world() -> World {
+    let ca = TestCa::new().expect("test CA");
+    let upstream = Upstream::start(&ca).expect("upstream");
+    let palisade = Palisade::new(BINARY);
+    ok(palisade.run(&[
+        "agents",
+        "create",
+        "helper",
+        "--provider",
+        "anthropic",
+        "--model",
+        "claude-test",
+        "--base-url",
+        &upstream.base_url(),
+        "--profile",
+        "research",
+    ]));
+    let key_file = palisade.write_file("key.txt", KEY);
+    ok(palisade.run(&[
+        "secrets",
+        "create",
+        "--name",
+        "claude",
+        "--host-pattern",
+        "localhost",
+        "--inject",
+        "anthropic",
+        "--agent",
+        "helper",
+        "--value-file",
+        key_file.to_str().unwrap(),
+    ]));
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    World {
+        palisade,
+        ca,
+        upstream,
+        listen,
+    }
+}
+
+impl World {
+    pub fn up(&self) -> ChildGuard {
+        self.up_with(&[])
+    }
+
+    /// `palisade -v up` on the world's address with extra options, waiting until the
+    /// API listens.
+    pub fn up_with(&self, extra: &[&str]) -> ChildGuard {
+        let listen = self.listen.to_string();
+        let ca = self.ca.pem_path().to_str().unwrap().to_string();
+        let mut args: Vec<&str> = vec![
+            "-v",
+            "up",
+            "--listen",
+            &listen,
+            "--upstream-ca",
+            &ca,
+            "--allow-local-upstream",
+            "localhost",
+        ];
+        args.extend_from_slice(extra);
+        let mut guard = self.palisade.spawn(&args);
+        let deadline = Instant::now() + STARTUP;
+        // A host killed with -9 leaves its run/host.json behind: wait for this one's.
+        let pid = guard.id();
+        let written_by_this_host = || {
+            std::fs::read_to_string(self.palisade.home().join("run/host.json"))
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|info| info["pid"].as_u64())
+                == Some(u64::from(pid))
+        };
+        while !written_by_this_host() {
+            if let Ok(Some(status)) = guard.try_wait() {
+                panic!("palisade up exited ({status}): {}", guard.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "palisade up did not start: {}",
+                guard.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(wait_for_tcp(self.listen, STARTUP), "API not listening");
+        guard
+    }
+
+    pub fn send(&self, agent: &str, message: &str) -> Output {
+        self.palisade.run(&["send", "--agent", agent, message])
+    }
+
+    pub fn workspace(&self, agent: &str) -> PathBuf {
+        self.palisade
+            .home()
+            .join("agents")
+            .join(agent)
+            .join("workspace")
+    }
+
+    pub fn model_requests(&self) -> Vec<palisade_testkit::RecordedRequest> {
+        self.upstream
+            .requests()
+            .into_iter()
+            .filter(|r| r.path().starts_with("/v1/messages"))
+            .collect()
+    }
+
+    pub fn sessions(&self) -> serde_json::Value {
+        let output = ok(self.palisade.run(&["sessions", "list", "--json"]));
+        serde_json::from_slice(&output.stdout).expect("sessions JSON")
+    }
+
+    pub fn session(&self, id: i64) -> serde_json::Value {
+        let output = ok(self
+            .palisade
+            .run(&["sessions", "show", &id.to_string(), "--json"]));
+        serde_json::from_slice(&output.stdout).expect("session JSON")
+    }
+}
+
+impl World {
+    /// Waits until session `id` has `count` messages, all answered; returns it.
+    pub fn wait_answered(&self, id: i64, count: usize, host: &ChildGuard) -> serde_json::Value {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let session = self.session(id);
+            let messages = session["messages"].as_array().cloned().unwrap_or_default();
+            if messages.len() == count && messages.iter().all(|m| m["reply"].is_object()) {
+                return session;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "session {id} not answered: {session}\nhost: {}",
+                host.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The id of the only session.
+    pub fn only_session(&self) -> i64 {
+        let sessions = self.sessions();
+        assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{sessions}");
+        sessions[0]["id"].as_i64().expect("session id")
+    }
+
+    /// Stops the host with `palisade down`.
+    pub fn down(&self, mut host: ChildGuard) {
+        let down = self.palisade.run(&["down"]);
+        assert!(
+            down.status.success(),
+            "{}\nhost: {}",
+            text(&down),
+            host.stderr()
+        );
+        let _ = host.wait_timeout(Duration::from_secs(30));
+    }
+}
+
+/// How many times `needle` occurs in the host's stderr.
+pub fn count_in(host: &ChildGuard, needle: &str) -> usize {
+    host.stderr().matches(needle).count()
+}
+
+/// Waits until `needle` occurs `n` times in the host's stderr.
+pub fn wait_for_log(host: &ChildGuard, needle: &str, n: usize) {
+    let deadline = Instant::now() + STARTUP;
+    while count_in(host, needle) < n {
+        assert!(
+            Instant::now() < deadline,
+            "host never logged {needle:?} {n} times: {}",
+            host.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
