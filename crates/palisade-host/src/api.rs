@@ -208,11 +208,27 @@ async fn send_message(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     if !authorized(&state, &headers, false) {
         return unauthorized();
     }
+    let body = match body {
+        Ok(body) => body,
+        // Over the body limit: say so as the API's JSON error, not axum's plain text.
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let size = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(MAX_MESSAGE_BYTES + 1);
+            return host_error(HostError::TooLarge {
+                size,
+                limit: MAX_MESSAGE_BYTES,
+            });
+        }
+        Err(rejection) => return error(rejection.status(), "invalid_body", rejection.body_text()),
+    };
     let agent = match AgentName::new(&name) {
         Ok(agent) => agent,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_agent", e.to_string()),
@@ -344,12 +360,14 @@ async fn get_message(
     let found = tokio::task::spawn_blocking(move || {
         let message = store.get_message(id)?;
         let reply = store.get_reply(id)?;
-        Ok::<_, palisade_store::StoreError>((message, reply))
+        let sent = store.outbound_messages(id)?;
+        Ok::<_, palisade_store::StoreError>((message, reply, sent))
     })
     .await;
     match found {
-        Ok(Ok((message, reply))) => {
-            Json(serde_json::json!({ "message": message, "reply": reply })).into_response()
+        Ok(Ok((message, reply, sent))) => {
+            Json(serde_json::json!({ "message": message, "sent": sent, "reply": reply }))
+                .into_response()
         }
         Ok(Err(palisade_store::StoreError::NotFound { .. })) => error(
             StatusCode::NOT_FOUND,

@@ -32,6 +32,10 @@ pub struct AgentSettings {
     pub max_tool_iterations: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u32>,
+    /// How long one message may take before the runner is stopped and the message
+    /// answered with an error (else the host's `--turn-timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_timeout_secs: Option<u64>,
 }
 
 fn default_provider() -> String {
@@ -50,6 +54,7 @@ impl Default for AgentSettings {
             tools: None,
             max_tool_iterations: None,
             max_output_tokens: None,
+            turn_timeout_secs: None,
         }
     }
 }
@@ -84,6 +89,11 @@ impl AgentSettings {
                     "base URL {url:?} is invalid: give an http:// or https:// URL"
                 )));
             }
+        }
+        if self.turn_timeout_secs == Some(0) {
+            return Err(HostError::Invalid(
+                "the turn timeout must be at least 1 s".into(),
+            ));
         }
         if self.provider == "openai" && self.base_url.is_none() {
             return Err(HostError::Invalid(

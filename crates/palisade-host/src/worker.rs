@@ -173,6 +173,9 @@ enum Outcome {
     Answered,
     /// The runner failed; deliver again after a back-off.
     RunnerFailed(String),
+    /// The turn took longer than the turn timeout: the message got an error reply and
+    /// the runner must be stopped (it may still be busy with it).
+    TimedOut,
     Shutdown,
 }
 
@@ -249,6 +252,10 @@ pub(crate) async fn run(
         }
         match deliver(&inner, &agent, &message, &mut runner).await {
             Outcome::Answered => failures = 0,
+            Outcome::TimedOut => {
+                failures = 0;
+                runner.stop(&agent, false).await;
+            }
             Outcome::Shutdown => break,
             Outcome::RunnerFailed(reason) => {
                 failures += 1;
@@ -425,10 +432,14 @@ async fn store_reply(
     }
 }
 
-/// What the runner is given for `message`.
-async fn prepare(inner: &HostInner, message: &InboundMessage) -> Result<Delivery, HostError> {
+/// What the runner is given for `message`, and how long it may take.
+async fn prepare(
+    inner: &HostInner,
+    message: &InboundMessage,
+) -> Result<(Delivery, Duration), HostError> {
     let store = inner.store.clone();
     let home = inner.config.home.clone();
+    let default_turn_timeout = inner.config.turn_timeout;
     let message = message.clone();
     tokio::task::spawn_blocking(move || {
         let record = store.get_agent(&message.agent)?;
@@ -443,7 +454,11 @@ async fn prepare(inner: &HostInner, message: &InboundMessage) -> Result<Delivery
             &settings::memory_path(&home, name),
             settings::MAX_MEMORY_BYTES,
         )?;
-        Ok(Delivery {
+        let turn_timeout = settings
+            .turn_timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(default_turn_timeout);
+        let delivery = Delivery {
             message_id: message.id,
             session_id: message.session_id,
             text: message.text.clone(),
@@ -459,7 +474,8 @@ async fn prepare(inner: &HostInner, message: &InboundMessage) -> Result<Delivery
                 max_tool_iterations: settings.max_tool_iterations,
                 max_output_tokens: settings.max_output_tokens,
             },
-        })
+        };
+        Ok((delivery, turn_timeout))
     })
     .await
     .map_err(|e| HostError::Io(format!("prepare task failed: {e}")))?
@@ -496,8 +512,8 @@ async fn deliver(
         .await;
         return Outcome::Answered;
     }
-    let delivery = match prepare(inner, &message).await {
-        Ok(delivery) => delivery,
+    let (delivery, turn_timeout) = match prepare(inner, &message).await {
+        Ok(prepared) => prepared,
         Err(error) => {
             // Bad settings or files: the person must fix them; retrying will not help.
             give_up(inner, &message, &error.to_string()).await;
@@ -522,7 +538,7 @@ async fn deliver(
     }
     tracing::info!(agent = %agent, message_id = message.id, attempt = message.attempts, "delivered");
     let mut shutdown = inner.shutdown.clone();
-    let turn_deadline = tokio::time::sleep(inner.config.turn_timeout);
+    let turn_deadline = tokio::time::sleep(turn_timeout);
     tokio::pin!(turn_deadline);
     loop {
         let Some(conn) = runner.conn.as_mut() else {
@@ -530,9 +546,21 @@ async fn deliver(
         };
         let frame = tokio::select! {
             frame = conn.recv() => frame,
-            _ = &mut turn_deadline => return Outcome::RunnerFailed(format!(
-                "no reply within {} s", inner.config.turn_timeout.as_secs()
-            )),
+            _ = &mut turn_deadline => {
+                // A turn this slow would likely be as slow again: answer instead of retrying.
+                let limit = humantime::format_duration(turn_timeout);
+                tracing::warn!(agent = %agent, message_id = message.id, %limit, "turn timeout; stopping the runner");
+                give_up(
+                    inner,
+                    &message,
+                    &format!(
+                        "the agent did not finish within the turn timeout ({limit}), so its runner was stopped; \
+                         ask again, or raise the limit with `palisade agents edit {agent} --turn-timeout DURATION`"
+                    ),
+                )
+                .await;
+                return Outcome::TimedOut;
+            }
             _ = crate::host::stopped(&mut shutdown) => return Outcome::Shutdown,
         };
         let frame = match frame {
@@ -660,13 +688,26 @@ async fn host_tool(
             if text.trim().is_empty() || text.len() > crate::host::MAX_MESSAGE_BYTES {
                 return (false, "the message is empty or too long".into());
             }
-            inner.publish(
-                message.id,
-                StreamEvent::Message {
-                    text: text.to_string(),
-                },
-            );
-            (true, "sent".into())
+            // Stored before anyone is shown it, so a crash cannot lose or repeat it.
+            let store = inner.store.clone();
+            let (id, owned) = (message.id, text.to_string());
+            let stored =
+                tokio::task::spawn_blocking(move || store.store_outbound_message(id, &owned)).await;
+            match stored {
+                Ok(Ok((_, true))) => {
+                    inner.publish(
+                        message.id,
+                        StreamEvent::Message {
+                            text: text.to_string(),
+                        },
+                    );
+                    (true, "sent".into())
+                }
+                // A retried turn sending the same text again: it was shown already.
+                Ok(Ok((_, false))) => (true, "sent (already sent earlier)".into()),
+                Ok(Err(error)) => (false, error.to_string()),
+                Err(error) => (false, error.to_string()),
+            }
         }
         "memory_read" => {
             let result = tokio::task::spawn_blocking(move || {

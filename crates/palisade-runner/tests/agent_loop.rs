@@ -258,8 +258,9 @@ async fn openai_compatible_bash_tool_then_streamed_answer() {
         ScriptedTurn::text("Done with the local model."),
     ]);
     let http = kit.http(None);
-    let provider =
-        ProviderConfig::openai(&kit.upstream.base_url(), "local-model").build(http.clone());
+    // OpenAI-style base URL, ending in /v1.
+    let base_url = format!("{}/v1", kit.upstream.base_url());
+    let provider = ProviderConfig::openai(&base_url, "local-model").build(http.clone());
     let tools = kit.tools(http);
     let mut session = Session::new(AgentConfig::default(), provider);
 

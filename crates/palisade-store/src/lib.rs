@@ -23,7 +23,8 @@ pub use approvals::{Approval, ApprovalDecision, ApprovalStatus, NewApproval};
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, VerifyReport};
 pub use home::Home;
 pub use messages::{
-    Accepted, InboundMessage, MessageStatus, ReplyOutcome, ReplyRecord, SessionRecord,
+    Accepted, InboundMessage, MessageStatus, OutboundMessage, ReplyOutcome, ReplyRecord,
+    SessionRecord,
 };
 pub use records::{AgentRecord, NewRule, NewSecret, RuleRecord, SecretRecord};
 pub use store::{RateOutcome, Store};

@@ -78,6 +78,17 @@ pub struct ReplyRecord {
     pub delivered: bool,
 }
 
+/// A message the agent sent to the conversation during its turn on `inbound_id`
+/// (before or besides its reply).
+#[derive(Clone, Debug, Serialize)]
+pub struct OutboundMessage {
+    pub id: i64,
+    pub inbound_id: i64,
+    pub text: String,
+    pub created_at_ms: i64,
+    pub delivered: bool,
+}
+
 /// What [`crate::Store::accept_message`] stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Accepted {

@@ -163,7 +163,20 @@ CREATE TABLE outbound_replies (
 );
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+/// Messages an agent sends to the conversation during a turn (its `send_message`
+/// tool), stored before any channel is shown them, so they survive a crash of the host.
+const V3: &str = r#"
+CREATE TABLE outbound_messages (
+    id            INTEGER PRIMARY KEY,
+    inbound_id    INTEGER NOT NULL REFERENCES inbound_messages(id) ON DELETE CASCADE,
+    text          TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    delivered     INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX outbound_messages_inbound ON outbound_messages(inbound_id, id);
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;

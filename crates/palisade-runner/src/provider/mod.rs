@@ -230,7 +230,7 @@ pub enum ProviderKind {
 #[derive(Clone, Debug)]
 pub struct ProviderConfig {
     pub kind: ProviderKind,
-    /// `https://api.anthropic.com`, without a trailing `/v1`.
+    /// `https://api.anthropic.com`, without a trailing `/v1` (stripped for OpenAI).
     pub base_url: String,
     pub model: String,
     /// Sent as `x-api-key` or `Authorization: Bearer`; a placeholder in a sandbox.
@@ -250,8 +250,12 @@ impl ProviderConfig {
         }
     }
 
-    /// An OpenAI-compatible chat API at `base_url`, serving `model`.
+    /// An OpenAI-compatible chat API at `base_url`, serving `model`. OpenAI-style
+    /// base URLs usually end in `/v1` (`https://api.openai.com/v1`,
+    /// `http://127.0.0.1:8080/v1`); both that and the bare server URL work.
     pub fn openai(base_url: &str, model: &str) -> ProviderConfig {
+        let base_url = base_url.trim_end_matches('/');
+        let base_url = base_url.strip_suffix("/v1").unwrap_or(base_url);
         ProviderConfig {
             kind: ProviderKind::OpenAi,
             model: model.to_string(),
@@ -489,6 +493,21 @@ mod tests {
             message: String::new(),
             retry_after: retry_after.map(Duration::from_secs),
             should_retry: should,
+        }
+    }
+
+    #[test]
+    fn openai_base_urls_with_or_without_v1_reach_the_same_endpoint() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8080/",
+            "http://127.0.0.1:8080/v1",
+            "http://127.0.0.1:8080/v1/",
+        ] {
+            assert_eq!(
+                ProviderConfig::openai(url, "m").base_url,
+                "http://127.0.0.1:8080"
+            );
         }
     }
 

@@ -6,7 +6,9 @@
 
 use super::agents::{agent_id, parse_agent_name};
 use super::{corrupt, Store};
-use crate::messages::{Accepted, InboundMessage, ReplyOutcome, ReplyRecord, SessionRecord};
+use crate::messages::{
+    Accepted, InboundMessage, OutboundMessage, ReplyOutcome, ReplyRecord, SessionRecord,
+};
 use crate::{Result, StoreError};
 use palisade_policy::AgentName;
 use rusqlite::{OptionalExtension, Transaction};
@@ -20,6 +22,22 @@ const SESSION_COLUMNS: &str = "s.id, a.name, s.conversation, s.created_at_ms, s.
      s.history, (SELECT COUNT(*) FROM inbound_messages m WHERE m.session_id = s.id)";
 
 const REPLY_COLUMNS: &str = "id, inbound_id, text, is_error, created_at_ms, delivered";
+
+const OUTBOUND_COLUMNS: &str = "o.id, o.inbound_id, o.text, o.created_at_ms, o.delivered";
+
+/// Most messages an agent may send to the conversation while handling one message: a
+/// runaway loop is stopped here, not by whoever reads the chat.
+pub const MAX_OUTBOUND_PER_MESSAGE: i64 = 100;
+
+fn outbound_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboundMessage> {
+    Ok(OutboundMessage {
+        id: row.get(0)?,
+        inbound_id: row.get(1)?,
+        text: row.get(2)?,
+        created_at_ms: row.get(3)?,
+        delivered: row.get(4)?,
+    })
+}
 
 type RawMessage = (i64, i64, String, String, String, String, String, i64, i64);
 
@@ -272,6 +290,92 @@ impl Store {
         })
     }
 
+    /// Stores a message the agent sends to the conversation while handling
+    /// `message_id`. Returns it and whether it is new: a delivery retried after a crash
+    /// that sends the same text again gets the stored one back (`false`), so a channel
+    /// shows it once. Refused once the message is answered or the per-message limit
+    /// ([`MAX_OUTBOUND_PER_MESSAGE`]) is reached.
+    pub fn store_outbound_message(
+        &self,
+        message_id: i64,
+        text: &str,
+    ) -> Result<(OutboundMessage, bool)> {
+        if text.trim().is_empty() {
+            return Err(StoreError::Invalid("the message is empty".into()));
+        }
+        self.write(|tx| {
+            let message = message_in(tx, message_id)?;
+            if message.status == crate::messages::MessageStatus::Answered {
+                return Err(StoreError::Invalid(format!(
+                    "message {message_id} is answered already; nothing more can be sent for it"
+                )));
+            }
+            let existing = tx
+                .query_row(
+                    &format!(
+                        "SELECT {OUTBOUND_COLUMNS} FROM outbound_messages o
+                         WHERE o.inbound_id = ?1 AND o.text = ?2 ORDER BY o.id LIMIT 1"
+                    ),
+                    (message_id, text),
+                    outbound_from_row,
+                )
+                .optional()?;
+            if let Some(existing) = existing {
+                return Ok((existing, false));
+            }
+            let count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM outbound_messages WHERE inbound_id = ?1",
+                [message_id],
+                |row| row.get(0),
+            )?;
+            if count >= MAX_OUTBOUND_PER_MESSAGE {
+                return Err(StoreError::Invalid(format!(
+                    "at most {MAX_OUTBOUND_PER_MESSAGE} messages may be sent while handling one message"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO outbound_messages (inbound_id, text, created_at_ms, delivered)
+                 VALUES (?1, ?2, ?3, 0)",
+                (message_id, text, crate::now_ms()),
+            )?;
+            let id = tx.last_insert_rowid();
+            let stored = tx.query_row(
+                &format!("SELECT {OUTBOUND_COLUMNS} FROM outbound_messages o WHERE o.id = ?1"),
+                [id],
+                outbound_from_row,
+            )?;
+            Ok((stored, true))
+        })
+    }
+
+    /// Messages the agent sent while handling `message_id`, in order.
+    pub fn outbound_messages(&self, message_id: i64) -> Result<Vec<OutboundMessage>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {OUTBOUND_COLUMNS} FROM outbound_messages o WHERE o.inbound_id = ?1 ORDER BY o.id"
+            ))?;
+            let rows = stmt
+                .query_map([message_id], outbound_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Messages the agent sent in session `session_id`, in order.
+    pub fn session_outbound_messages(&self, session_id: i64) -> Result<Vec<OutboundMessage>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {OUTBOUND_COLUMNS} FROM outbound_messages o
+                 JOIN inbound_messages m ON m.id = o.inbound_id
+                 WHERE m.session_id = ?1 ORDER BY o.id"
+            ))?;
+            let rows = stmt
+                .query_map([session_id], outbound_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
     pub fn get_reply(&self, message_id: i64) -> Result<Option<ReplyRecord>> {
         self.read(|tx| reply_in(tx, message_id))
     }
@@ -486,6 +590,59 @@ mod tests {
             store.get_session(first.session_id).unwrap().history,
             history
         );
+    }
+
+    #[test]
+    fn outbound_messages_are_stored_once_and_bounded() {
+        let (_dir, store, agent) = store_with_agent("helper");
+        let accepted = store.accept_message(&agent, "c", "cli", "one").unwrap();
+        let (first, new) = store
+            .store_outbound_message(accepted.message_id, "working on it")
+            .unwrap();
+        assert!(new);
+        assert_eq!(first.inbound_id, accepted.message_id);
+        // The same text again for the same message (a retried turn) is not stored twice.
+        let (again, new) = store
+            .store_outbound_message(accepted.message_id, "working on it")
+            .unwrap();
+        assert!(!new);
+        assert_eq!(again.id, first.id);
+        store
+            .store_outbound_message(accepted.message_id, "half way")
+            .unwrap();
+        let texts: Vec<String> = store
+            .outbound_messages(accepted.message_id)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, vec!["working on it", "half way"]);
+        assert_eq!(
+            store
+                .session_outbound_messages(accepted.session_id)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(store
+            .store_outbound_message(accepted.message_id, "  ")
+            .is_err());
+        for n in 2..super::MAX_OUTBOUND_PER_MESSAGE {
+            store
+                .store_outbound_message(accepted.message_id, &format!("note {n}"))
+                .unwrap();
+        }
+        assert!(matches!(
+            store.store_outbound_message(accepted.message_id, "one too many"),
+            Err(StoreError::Invalid(_))
+        ));
+        store
+            .store_reply(accepted.message_id, "done", None, false)
+            .unwrap();
+        assert!(matches!(
+            store.store_outbound_message(accepted.message_id, "late"),
+            Err(StoreError::Invalid(_))
+        ));
     }
 
     #[test]

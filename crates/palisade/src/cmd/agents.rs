@@ -75,6 +75,10 @@ pub struct ModelArgs {
     /// Replace the agent's instructions with this markdown file.
     #[arg(long, value_name = "FILE")]
     instructions_file: Option<PathBuf>,
+    /// How long one message may take (e.g. 10m) before its runner is stopped and the
+    /// message answered with an error [default: the host's `up --turn-timeout`].
+    #[arg(long, value_name = "DURATION")]
+    turn_timeout: Option<String>,
 }
 
 impl ModelArgs {
@@ -87,6 +91,12 @@ impl ModelArgs {
         }
         if let Some(url) = &self.base_url {
             settings.base_url = Some(url.trim_end_matches('/').to_string());
+        }
+        if let Some(timeout) = &self.turn_timeout {
+            let duration = humantime::parse_duration(timeout).with_context(|| {
+                format!("--turn-timeout {timeout:?} is not a duration such as 10m")
+            })?;
+            settings.turn_timeout_secs = Some(duration.as_secs());
         }
         settings.validate()?;
         Ok(())
@@ -257,6 +267,13 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
                 details.field("provider", &settings.provider);
                 details.field("model", &settings.model);
                 details.field("base url", settings.effective_base_url());
+                if let Some(secs) = settings.turn_timeout_secs {
+                    details.field(
+                        "turn timeout",
+                        humantime::format_duration(std::time::Duration::from_secs(secs))
+                            .to_string(),
+                    );
+                }
             }
             if agent.settings.as_object().is_some_and(|o| !o.is_empty()) {
                 details.field("settings", agent.settings.to_string());

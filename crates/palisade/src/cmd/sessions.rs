@@ -51,10 +51,22 @@ pub fn run(command: SessionsCommand, ctx: &Context) -> anyhow::Result<()> {
         SessionsCommand::Show { id } => {
             let session = store.get_session(id)?;
             let messages = store.session_messages(id)?;
+            let sent = store.session_outbound_messages(id)?;
+            let sent_for = |message_id: i64| {
+                sent.iter()
+                    .filter(move |m| m.inbound_id == message_id)
+                    .collect::<Vec<_>>()
+            };
             if ctx.json {
                 let messages: Vec<_> = messages
                     .iter()
-                    .map(|(message, reply)| serde_json::json!({ "message": message, "reply": reply }))
+                    .map(|(message, reply)| {
+                        serde_json::json!({
+                            "message": message,
+                            "sent": sent_for(message.id),
+                            "reply": reply,
+                        })
+                    })
                     .collect();
                 return output::print_json(&serde_json::json!({
                     "session": session,
@@ -78,6 +90,9 @@ pub fn run(command: SessionsCommand, ctx: &Context) -> anyhow::Result<()> {
                     message.attempts,
                     output::clean(&message.text)
                 ));
+                for outbound in sent_for(message.id) {
+                    text.push_str(&format!("< (sent) {}\n", output::clean(&outbound.text)));
+                }
                 match reply {
                     Some(reply) if reply.is_error => {
                         text.push_str(&format!("! {}\n", output::clean(&reply.text)))

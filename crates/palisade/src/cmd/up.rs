@@ -41,12 +41,20 @@ pub struct UpArgs {
     /// Host pattern the vault may reach at a local address (tests, local model servers).
     #[arg(long, value_name = "PATTERN")]
     allow_local_upstream: Vec<String>,
+    /// Also serve the vault's token-authenticated TCP listener here (agents outside a
+    /// sandbox, the OneCLI admin API), as `palisade vault serve --listen` does.
+    #[arg(long, value_name = "ADDR")]
+    vault_listen: Option<SocketAddr>,
     /// Read the Anthropic API key from this file on first start (else ANTHROPIC_API_KEY, else a prompt).
     #[arg(long, value_name = "FILE")]
     anthropic_key_file: Option<PathBuf>,
     /// A runner with nothing to do is stopped after this long.
     #[arg(long, default_value = "10m", value_name = "DURATION")]
     idle_timeout: String,
+    /// How long one message may take before its runner is stopped and the message
+    /// answered with an error (per agent: `agents edit NAME --turn-timeout`).
+    #[arg(long, default_value = "30m", value_name = "DURATION")]
+    turn_timeout: String,
     /// Sandbox runtime for runners: bwrap (default), podman or docker.
     #[arg(long, default_value = "bwrap", value_name = "RUNTIME")]
     runtime: String,
@@ -117,6 +125,15 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
             args.idle_timeout
         )
     })?;
+    let turn_timeout = humantime::parse_duration(&args.turn_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| {
+            format!(
+                "--turn-timeout {:?} is not a duration such as 30m",
+                args.turn_timeout
+            )
+        })?;
     let kind: RuntimeKind = args.runtime.parse()?;
     let memory = if args.memory.eq_ignore_ascii_case("none") {
         None
@@ -159,6 +176,13 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         let listen = listener.local_addr()?;
         let (gateway, vault_socket_dir) = match palisade_vault::running_gateway(&ctx.home) {
             Some(info) => {
+                if let Some(addr) = args.vault_listen {
+                    bail!(
+                        "--vault-listen {addr}: the vault of this home is already served by `palisade vault serve` (pid {}{}); drop --vault-listen or stop that gateway",
+                        info.pid,
+                        info.listen.map(|a| format!(", listening on {a}")).unwrap_or_default()
+                    );
+                }
                 tracing::info!(pid = info.pid, "using the running vault gateway");
                 (None, info.socket_dir)
             }
@@ -166,8 +190,12 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
                 let mut config = palisade_vault::VaultConfig::new(ctx.home.clone());
                 config.upstream_ca = args.upstream_ca.clone();
                 config.allow_local_upstream = args.allow_local_upstream.clone();
+                config.listen = args.vault_listen;
                 config.advertise = true;
                 let gateway = palisade_vault::Gateway::start(config).await?;
+                if let Some(addr) = gateway.tcp_addr() {
+                    eprintln!("palisade: vault listening on {addr} (agent tokens: `palisade agents token NAME`; admin API key: `palisade vault admin-key`)");
+                }
                 (Some(gateway), ctx.home.agent_socket_dir())
             }
         };
@@ -187,6 +215,7 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         };
         let mut config = HostConfig::new(ctx.home.clone());
         config.idle_timeout = idle_timeout;
+        config.turn_timeout = turn_timeout;
         let host = Host::start(store, config, Arc::new(launcher)).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = router(host.clone(), tokens.clone(), stop_rx.clone());

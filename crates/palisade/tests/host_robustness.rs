@@ -1,0 +1,429 @@
+//! The host against bad input and misbehaving runners, end to end with the real binary:
+//! a 10 MB message (CLI and API), a fake runner on the agent's host socket sending
+//! malformed frames, a runner that never answers (the turn timeout), an agent on the
+//! OpenAI-compatible provider, and the vault's TCP listener served by `palisade up`.
+
+mod host_fixture;
+
+use host_fixture::*;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+fn curl(args: &[&str]) -> std::process::Output {
+    palisade_testkit::curl(args, Duration::from_secs(60))
+}
+
+fn host_token(world: &World) -> String {
+    let info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(world.palisade.home().join("run/host.json")).unwrap(),
+    )
+    .unwrap();
+    info["token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_ten_megabyte_message_is_refused_with_one_line_and_nothing_is_stored() {
+    let world = world();
+    let host = world.up();
+    let huge = vec![b'x'; 10 * 1024 * 1024];
+
+    let output = world
+        .palisade
+        .run_stdin(&["send", "--agent", "helper", "-"], &huge);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("too large"), "{}", text(&output));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    // The API answers the JSON error, not a bare 413 page.
+    let mut body = b"{\"text\":\"".to_vec();
+    body.extend_from_slice(&huge);
+    body.extend_from_slice(b"\"}");
+    let file = world.palisade.write_file("huge.json", &body);
+    let output = curl(&[
+        "-sS",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        &format!("Authorization: Bearer {}", host_token(&world)),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("http://{}/api/agents/helper/messages", world.listen),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (json, status) = stdout.rsplit_once('\n').expect("body and status");
+    assert_eq!(status, "413", "{}", text(&output));
+    let error: serde_json::Value = serde_json::from_str(json).expect("JSON error");
+    assert_eq!(error["error"], "message_too_large");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("too large") && !message.contains('\n'),
+        "{message}"
+    );
+
+    assert_eq!(
+        world.sessions().as_array().map(Vec::len),
+        Some(0),
+        "nothing was stored"
+    );
+    assert!(world.model_requests().is_empty());
+    world.down(host);
+}
+
+/// Writes one frame: 4-byte big-endian length, then the bytes.
+fn write_frame(stream: &mut UnixStream, payload: &[u8]) {
+    stream
+        .write_all(&(payload.len() as u32).to_be_bytes())
+        .unwrap();
+    stream.write_all(payload).unwrap();
+}
+
+fn read_frame(stream: &mut UnixStream) -> serde_json::Value {
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).expect("frame length");
+    let mut payload = vec![0u8; u32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut payload).expect("frame payload");
+    serde_json::from_slice(&payload).expect("frame JSON")
+}
+
+/// Connects to the agent's host socket as a runner and says hello.
+fn fake_runner(world: &World) -> UnixStream {
+    let socket = world.palisade.home().join("run/hosts/helper.sock");
+    let mut stream = UnixStream::connect(socket).expect("connect to the host socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write_frame(&mut stream, br#"{"type":"hello","version":1}"#);
+    let hello = read_frame(&mut stream);
+    assert_eq!(hello["type"], "hello", "{hello}");
+    assert_eq!(hello["agent"], "helper");
+    stream
+}
+
+#[test]
+fn malformed_frames_from_a_runner_end_it_and_the_message_is_retried_and_answered() {
+    let world = world();
+    // Short idle time: the real runner stops between rounds so the fake one is taken.
+    let host = world.up_with(&["--idle-timeout", "3s"]);
+    ok(world.send("helper", "warm up"));
+    // Each case: a name and the bad bytes to send, given (message id, session id).
+    type BadFrame = Box<dyn Fn(i64, i64) -> Vec<u8>>;
+    let cases: Vec<(&str, BadFrame)> = vec![
+        (
+            "oversized",
+            Box::new(|_, _| {
+                let mut bytes = 0x7fff_ffffu32.to_be_bytes().to_vec();
+                bytes.extend_from_slice(b"{\"type\":");
+                bytes
+            }),
+        ),
+        (
+            "bad-json",
+            Box::new(|_, _| {
+                let payload = b"{\"type\": \"reply\", \"message_id\": ";
+                let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+                bytes.extend_from_slice(payload);
+                bytes
+            }),
+        ),
+        (
+            "wrong-session",
+            Box::new(|message_id, session_id| {
+                let payload = serde_json::json!({
+                    "type": "reply", "message_id": message_id,
+                    "session_id": session_id + 1000, "text": "forged", "history": [],
+                })
+                .to_string();
+                let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+                bytes.extend_from_slice(payload.as_bytes());
+                bytes
+            }),
+        ),
+        (
+            "unknown-type",
+            Box::new(|message_id, _| {
+                let payload = serde_json::json!({"type": "format_disk", "message_id": message_id})
+                    .to_string();
+                let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+                bytes.extend_from_slice(payload.as_bytes());
+                bytes
+            }),
+        ),
+    ];
+    for (round, (name, frame)) in cases.iter().enumerate() {
+        // The previous real runner went idle and was stopped.
+        wait_for_log(&host, "runner idle; stopping it", round + 1);
+        let mut runner = fake_runner(&world);
+        let message = format!("round {name}");
+        let mut sender = world
+            .palisade
+            .spawn(&["send", "--agent", "helper", &message]);
+        let deliver = read_frame(&mut runner);
+        assert_eq!(deliver["type"], "deliver", "{deliver}");
+        assert_eq!(deliver["text"], message.as_str());
+        let message_id = deliver["message_id"].as_i64().unwrap();
+        let session_id = deliver["session_id"].as_i64().unwrap();
+        runner
+            .write_all(&frame(message_id, session_id))
+            .expect("send the bad frame");
+        // The host ends this runner's connection.
+        let mut rest = Vec::new();
+        let _ = runner.read_to_end(&mut rest);
+
+        let status = sender
+            .wait_timeout(Duration::from_secs(120))
+            .unwrap()
+            .expect("send finished");
+        assert!(
+            status.success(),
+            "{name}: {}\n{}\nhost: {}",
+            sender.stdout(),
+            sender.stderr(),
+            host.stderr()
+        );
+        assert!(
+            sender.stdout().contains(&format!("echo: {message}")),
+            "{name}: {}",
+            sender.stdout()
+        );
+        let record = world.session(session_id);
+        let stored = record["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["message"]["id"] == message_id)
+            .cloned()
+            .unwrap();
+        assert_eq!(stored["message"]["attempts"], 2, "{name}: {stored}");
+        assert_eq!(stored["reply"]["text"], format!("echo: {message}"));
+    }
+    assert!(!world
+        .model_requests()
+        .iter()
+        .any(|r| String::from_utf8_lossy(&r.body).contains("forged")));
+    world.down(host);
+}
+
+#[test]
+fn a_runner_that_never_answers_is_stopped_at_the_turn_timeout_with_an_error_reply() {
+    let world = world();
+    world.upstream.script_anthropic(vec![
+        ScriptedTurn::tool_use("bash", serde_json::json!({"command": "sleep 600"})),
+        ScriptedTurn::tool_use("bash", serde_json::json!({"command": "sleep 600"})),
+    ]);
+    // The host's limit, then an agent's own (which wins).
+    let host = world.up_with(&["--turn-timeout", "2s"]);
+    let output = world.send("helper", "take forever");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Progress lines (`[bash]`), then one error line.
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("turn timeout (2s)"), "{}", text(&output));
+    let session_id = world.only_session();
+    let session = world.session(session_id);
+    let message = &session["messages"][0];
+    assert_eq!(message["message"]["status"], "answered");
+    assert_eq!(message["message"]["attempts"], 1, "not retried");
+    assert_eq!(message["reply"]["is_error"], true);
+    assert_eq!(world.model_requests().len(), 1);
+    wait_for_log(&host, "turn timeout; stopping the runner", 1);
+
+    ok(world
+        .palisade
+        .run(&["agents", "edit", "helper", "--turn-timeout", "3s"]));
+    let shown = ok(world.palisade.run(&["agents", "show", "helper"]));
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("3s"));
+    let output = world.send("helper", "again");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("turn timeout (3s)"),
+        "{}",
+        text(&output)
+    );
+
+    // The stuck runner was replaced: a new one answers the next message.
+    ok(world
+        .palisade
+        .run(&["agents", "edit", "helper", "--turn-timeout", "10m"]));
+    let output = ok(world.send("helper", "quick one"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("echo: quick one"));
+    assert!(count_in(&host, "runner started") >= 2);
+    let bad = world
+        .palisade
+        .run(&["agents", "edit", "helper", "--turn-timeout", "soon"]);
+    assert!(!bad.status.success());
+    world.down(host);
+}
+
+#[test]
+fn an_openai_compatible_agent_streams_and_round_trips_a_tool_call_through_the_vault() {
+    let world = world();
+    const OPENAI_KEY: &str = "sk-openai-test-93c1aa";
+    let base = format!("{}/v1", world.upstream.base_url());
+    ok(world.palisade.run(&[
+        "agents",
+        "create",
+        "local",
+        "--provider",
+        "openai",
+        "--model",
+        "gpt-test",
+        "--base-url",
+        &base,
+    ]));
+    let key_file = world.palisade.write_file("openai.txt", OPENAI_KEY);
+    ok(world.palisade.run(&[
+        "secrets",
+        "create",
+        "--name",
+        "openai",
+        "--host-pattern",
+        "localhost",
+        "--path-pattern",
+        "/v1/chat/*",
+        "--inject",
+        "bearer",
+        "--agent",
+        "local",
+        "--value-file",
+        key_file.to_str().unwrap(),
+    ]));
+    world.upstream.script_openai(vec![
+        ScriptedTurn::tool_use(
+            "bash",
+            serde_json::json!({"command": "echo tool-ran-$((6*7)) | tee out.txt"}),
+        ),
+        ScriptedTurn::text("the tool printed its line"),
+    ]);
+    let host = world.up();
+    let output = ok(world.send("local", "run the tool"));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("the tool printed its line"),
+        "{}\nhost: {}",
+        text(&output),
+        host.stderr()
+    );
+    assert_eq!(
+        std::fs::read_to_string(world.workspace("local").join("out.txt")).unwrap(),
+        "tool-ran-42\n"
+    );
+    let requests: Vec<_> = world
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.path() == "/v1/chat/completions")
+        .collect();
+    assert_eq!(requests.len(), 2, "tool call, then the answer");
+    for request in &requests {
+        assert_eq!(
+            request.header("authorization"),
+            Some(format!("Bearer {OPENAI_KEY}").as_str()),
+            "the vault injected the key as a bearer token"
+        );
+        let body = request.body_json().unwrap();
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["model"], "gpt-test");
+    }
+    let second = requests[1].body_json().unwrap();
+    let tool_message = second["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .cloned()
+        .expect("the tool result went back to the model");
+    assert!(
+        tool_message["content"].to_string().contains("tool-ran-42"),
+        "{tool_message}"
+    );
+    assert!(world.model_requests().is_empty(), "no Anthropic call");
+    world.down(host);
+    assert!(!world.palisade.all_output().contains(OPENAI_KEY));
+}
+
+#[test]
+fn up_can_serve_the_vaults_tcp_listener_for_agents_outside_a_sandbox() {
+    let world = world();
+    let vault = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Issued before the start, so the gateway's first policy snapshot has it.
+    let token = String::from_utf8(ok(world.palisade.run(&["agents", "token", "helper"])).stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let host = world.up_with(&["--vault-listen", &vault.to_string()]);
+    assert!(wait_for_tcp(vault, STARTUP), "{}", host.stderr());
+    let ca = String::from_utf8(ok(world.palisade.run(&["vault", "ca-cert"])).stdout).unwrap();
+    let ca_file = world.palisade.write_file("vault-ca.pem", ca);
+
+    // curl as an agent outside any sandbox: the vault injects the key.
+    let output = curl(&[
+        "-sS",
+        "--fail-with-body",
+        "--proxy",
+        &format!("http://x:{token}@{vault}"),
+        "--cacert",
+        ca_file.to_str().unwrap(),
+        "-H",
+        "content-type: application/json",
+        "--data",
+        r#"{"model":"claude-test","max_tokens":10,"messages":[{"role":"user","content":"via the listener"}]}"#,
+        &world.upstream.url("/v1/messages"),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("echo: via the listener"));
+    assert_eq!(world.model_requests().last().unwrap().api_key(), Some(KEY));
+
+    // A wrong token is refused (407).
+    let output = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_connect}",
+        "--proxy",
+        &format!("http://x:wrong@{vault}"),
+        "--cacert",
+        ca_file.to_str().unwrap(),
+        &world.upstream.url("/v1/messages"),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "407",
+        "{}",
+        text(&output)
+    );
+
+    // The OneCLI-compatible admin API on the same listener.
+    let admin = String::from_utf8(ok(world.palisade.run(&["vault", "admin-key"])).stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let output = curl(&[
+        "-sS",
+        "--fail-with-body",
+        "-H",
+        &format!("Authorization: Bearer {admin}"),
+        &format!("http://{vault}/v1/container-config?agent=helper"),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let config: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let env = config["env"].to_string();
+    assert!(
+        env.contains(&token) && env.contains(&vault.port().to_string()),
+        "{config}"
+    );
+    // The host's own agents still work through their sockets.
+    let output = ok(world.send("helper", "still sandboxed"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("echo: still sandboxed"));
+    world.down(host);
+    assert!(
+        !wait_for_tcp(vault, Duration::from_millis(500)),
+        "listener closed with the host"
+    );
+}
