@@ -94,7 +94,8 @@ enum Command {
     #[command(after_help = "Examples:
   palisade up
   ANTHROPIC_API_KEY=... palisade up --detach
-  palisade up --listen 127.0.0.1:8080 --idle-timeout 30m")]
+  palisade up --listen 127.0.0.1:8080 --idle-timeout 30m --turn-timeout 1h
+  palisade up --vault-listen 127.0.0.1:10255   # also serve agents outside a sandbox")]
     Up(cmd::up::UpArgs),
     /// Stop a host started with `palisade up --detach` (or in another terminal).
     Down,

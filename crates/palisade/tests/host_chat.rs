@@ -7,6 +7,7 @@
 mod host_fixture;
 
 use host_fixture::*;
+use std::time::Duration;
 
 /// The user texts of one recorded model request, in order.
 fn user_texts(request: &palisade_testkit::RecordedRequest) -> Vec<String> {
@@ -231,5 +232,56 @@ sys.stdout.write(repr(seen) + "\n")
     assert!(stdout.contains("EXIT 0"), "{stdout}");
     let sessions = world.sessions();
     assert_eq!(sessions[0]["messages"], 1, "{sessions}");
+    world.down(host);
+}
+
+#[test]
+fn chat_says_so_when_the_host_dies_mid_reply_and_the_message_is_answered_after_restart() {
+    let world = world();
+    world.upstream.script_anthropic(vec![
+        ScriptedTurn::tool_use("bash", serde_json::json!({"command": "sleep 60"})),
+        ScriptedTurn::text("answered after all"),
+    ]);
+    let mut host = world.up();
+    let mut command = world.palisade.command(&["chat", "--agent", "helper"]);
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut chat = ChildGuard::spawn(&mut command).expect("start chat");
+    {
+        use std::io::Write;
+        let mut stdin = chat.child_mut().stdin.take().unwrap();
+        stdin.write_all(b"slow one\nnext one\n").unwrap();
+    }
+    assert!(
+        world.upstream.wait_for_count(1, STARTUP),
+        "{}",
+        host.stderr()
+    );
+    host.child_mut().kill().expect("kill -9");
+    let _ = host.wait_timeout(Duration::from_secs(10));
+    let status = chat
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap()
+        .expect("chat ended");
+    let mut stderr = String::new();
+    {
+        use std::io::Read;
+        chat.child_mut()
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+    }
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("stays queued"), "{stderr}");
+    assert!(stderr.contains("the host stopped"), "{stderr}");
+    // Only the first line was accepted; it is answered once the host is back.
+    let session = world.only_session();
+    let host = world.up();
+    let shown = world.wait_answered(session, 1, &host);
+    assert_eq!(shown["messages"][0]["reply"]["text"], "answered after all");
     world.down(host);
 }

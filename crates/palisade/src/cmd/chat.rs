@@ -117,9 +117,9 @@ fn read_line(
 
 pub fn run(args: ChatArgs, ctx: &Context) -> anyhow::Result<()> {
     let agent = AgentName::new(&args.agent)?;
-    let Some(info) = running_host(&ctx.home) else {
+    if running_host(&ctx.home).is_none() {
         bail!("palisade is not running for this home; start it with `palisade up` (or `palisade up --detach`)");
-    };
+    }
     let store = ctx.open_store()?;
     store.get_agent(&agent)?;
     let (conversation, mut session_id) = match args.session {
@@ -214,9 +214,10 @@ pub fn run(args: ChatArgs, ctx: &Context) -> anyhow::Result<()> {
                     eprintln!("palisade: {error}");
                     continue;
                 }
-                if running_host(&ctx.home).is_none() {
+                // Looked up each time: a restarted host has a new address and token.
+                let Some(info) = running_host(&ctx.home) else {
                     bail!("the host stopped; start it again with `palisade up` and rerun `palisade chat`");
-                }
+                };
                 if interactive {
                     write!(stdout, "{agent}> ")?;
                     stdout.flush()?;
@@ -226,7 +227,17 @@ pub fn run(args: ChatArgs, ctx: &Context) -> anyhow::Result<()> {
                     "conversation": conversation,
                     "channel": "chat",
                 });
-                let streamed = runtime.block_on(stream_reply(&info, &path, body, false))?;
+                let streamed = match runtime.block_on(stream_reply(&info, &path, body, false)) {
+                    Ok(streamed) => streamed,
+                    Err(error) => {
+                        // The host went away mid-reply: the message stays queued.
+                        if interactive {
+                            writeln!(stdout)?;
+                        }
+                        eprintln!("palisade: {}", crate::output::clean(&format!("{error:#}")));
+                        continue;
+                    }
+                };
                 if streamed.session_id.is_some() {
                     session_id = streamed.session_id;
                 }

@@ -38,6 +38,12 @@ pub fn run(args: SendArgs, ctx: &Context) -> anyhow::Result<()> {
             .take(palisade_host::MAX_MESSAGE_BYTES as u64 + 1)
             .read_to_string(&mut text)
             .context("cannot read the message from stdin")?;
+        if text.len() > palisade_host::MAX_MESSAGE_BYTES {
+            bail!(
+                "the message on stdin is too large (more than {} bytes); send a shorter one or put the text in a file in the agent's workspace",
+                palisade_host::MAX_MESSAGE_BYTES
+            );
+        }
         text
     } else {
         args.text
