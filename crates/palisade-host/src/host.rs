@@ -2,8 +2,9 @@
 //! fans what the runner reports out to whoever is waiting for the reply.
 //!
 //! Each agent gets one worker task (see [`crate::worker`]) the first time it has work;
-//! the worker owns the agent's host socket, its runner and its delivery loop. Waking is
-//! a `tokio::sync::Notify` (a stored permit, so a wake is never lost): nothing polls.
+//! the worker owns the agent's host sockets, runners and delivery loops (one per slot
+//! of its concurrency). Waking is a `tokio::sync::watch` counter (every slot sees every
+//! change, so a wake is never lost): nothing polls.
 
 use crate::launcher::RunnerLauncher;
 use crate::HostError;
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{broadcast, watch};
 use tokio_util::task::TaskTracker;
 
 /// Longest message text accepted from a channel. A delivery frame carries the text and
@@ -88,7 +89,8 @@ pub enum StreamEvent {
 }
 
 pub(crate) struct AgentHandle {
-    pub(crate) wake: Arc<Notify>,
+    /// Bumped to wake the agent's slots; a watch keeps every change, so no wake is lost.
+    pub(crate) wake: watch::Sender<u64>,
 }
 
 pub(crate) struct HostInner {
@@ -211,18 +213,13 @@ impl Host {
         }
         let mut agents = lock(&self.inner.agents);
         if let Some(handle) = agents.get(agent) {
-            handle.wake.notify_one();
+            handle.wake.send_modify(|n| *n = n.wrapping_add(1));
             return Ok(());
         }
-        let wake = Arc::new(Notify::new());
-        wake.notify_one();
+        // New slots look at the queue first, so the wake needs no initial bump.
+        let (wake_tx, wake) = watch::channel(0u64);
         let listener = crate::worker::bind_socket(&self.inner.config.socket_dir, agent)?;
-        agents.insert(
-            agent.clone(),
-            AgentHandle {
-                wake: Arc::clone(&wake),
-            },
-        );
+        agents.insert(agent.clone(), AgentHandle { wake: wake_tx });
         let inner = Arc::clone(&self.inner);
         let name = agent.clone();
         self.inner

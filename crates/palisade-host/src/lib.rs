@@ -3,8 +3,8 @@
 //! - [`protocol`]: frames on the host ↔ runner socket (length-prefixed JSON, versioned).
 //! - [`host`]: [`Host`], the router in front of the durable queue (tables in
 //!   palisade-store), streaming each message's events to whoever waits for it.
-//! - `worker`: one task per agent owning its host socket, runner and delivery loop
-//!   (supervision, back-off, idle stop, redelivery).
+//! - `worker`: one task per agent owning its slots, each a host socket, a runner and a
+//!   delivery loop (supervision, back-off, turn timeout, idle stop, redelivery).
 //! - [`launcher`]: how a runner is started; [`launcher::SandboxLauncher`] runs
 //!   `palisade runner` in the agent's sandbox.
 //! - [`settings`]: an agent's model settings, instructions and memory files.

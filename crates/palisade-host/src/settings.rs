@@ -36,7 +36,17 @@ pub struct AgentSettings {
     /// answered with an error (else the host's `--turn-timeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn_timeout_secs: Option<u64>,
+    /// How long a runner with nothing to do stays warm (else the host's `--idle-timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Messages of different sessions handled at once, each by its own runner
+    /// (default 1; a session's messages are always handled one at a time, in order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
+
+/// Most runners one agent may have at once.
+pub const MAX_CONCURRENCY: u32 = 8;
 
 fn default_provider() -> String {
     "anthropic".into()
@@ -55,6 +65,8 @@ impl Default for AgentSettings {
             max_tool_iterations: None,
             max_output_tokens: None,
             turn_timeout_secs: None,
+            idle_timeout_secs: None,
+            concurrency: None,
         }
     }
 }
@@ -95,12 +107,24 @@ impl AgentSettings {
                 "the turn timeout must be at least 1 s".into(),
             ));
         }
+        if let Some(n) = self.concurrency {
+            if !(1..=MAX_CONCURRENCY).contains(&n) {
+                return Err(HostError::Invalid(format!(
+                    "concurrency {n} is out of range: use 1 to {MAX_CONCURRENCY}"
+                )));
+            }
+        }
         if self.provider == "openai" && self.base_url.is_none() {
             return Err(HostError::Invalid(
                 "an openai-compatible agent needs --base-url (the server's URL)".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Runners this agent may have at once.
+    pub fn effective_concurrency(&self) -> usize {
+        self.concurrency.unwrap_or(1).clamp(1, MAX_CONCURRENCY) as usize
     }
 
     /// The base URL the runner calls.

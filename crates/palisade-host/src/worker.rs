@@ -1,12 +1,16 @@
 //! One agent's worker: its host socket, its runner and its delivery loop.
 //!
-//! The loop takes the oldest unanswered message, makes sure a runner is connected
+//! An agent has one *slot* per message it may handle at once (its `concurrency`
+//! setting, 1 by default); each slot has its own socket and runner. A slot's loop
+//! claims the oldest unanswered message whose session no other slot is busy with (so a
+//! session's messages go one at a time, in order), makes sure its runner is connected
 //! (starting one in the sandbox if needed), hands the message over and relays the
-//! runner's frames until the reply is stored. One message at a time per agent. A
-//! runner that disconnects, crashes or breaks the protocol is stopped and the message
-//! delivered again after an exponential back-off; after `max_attempts` deliveries the
-//! host stores an error reply instead, so one poisonous message cannot wedge the queue.
-//! With nothing to do the runner stays warm for `idle_timeout`, then gets `shutdown`.
+//! runner's frames until the reply is stored. A runner that disconnects, crashes or
+//! breaks the protocol is stopped and the message delivered again after an exponential
+//! back-off; after `max_attempts` deliveries the host stores an error reply instead, so
+//! one poisonous message cannot wedge the queue. A turn longer than the turn timeout
+//! gets an error reply and its runner is stopped. With nothing to do a runner stays
+//! warm for the idle timeout, then gets `shutdown`.
 //!
 //! The socket is the runner's identity: it can only ever speak for this agent, and
 //! every message and session id it sends is checked against what was delivered.
@@ -20,11 +24,12 @@ use crate::settings::{self, AgentSettings};
 use crate::HostError;
 use palisade_policy::AgentName;
 use palisade_store::{InboundMessage, ReplyOutcome};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 type Conn = HostConnection<UnixStream>;
 
@@ -34,8 +39,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds `socket_dir/NAME.sock`, mode 0600, replacing a stale socket.
 pub(crate) fn bind_socket(socket_dir: &Path, agent: &AgentName) -> Result<UnixListener, HostError> {
+    bind_path(&socket_path(socket_dir, agent))
+}
+
+fn bind_path(path: &Path) -> Result<UnixListener, HostError> {
     use std::os::unix::fs::PermissionsExt;
-    let path = socket_path(socket_dir, agent);
+    let path = path.to_path_buf();
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -55,6 +64,16 @@ pub(crate) fn bind_socket(socket_dir: &Path, agent: &AgentName) -> Result<UnixLi
 
 pub fn socket_path(socket_dir: &Path, agent: &AgentName) -> PathBuf {
     socket_dir.join(format!("{agent}.sock"))
+}
+
+/// The socket of an agent's slot: `NAME.sock` for the first, `NAME.2.sock` and so on
+/// for the others (agent names have no dots, so these never name another agent).
+fn slot_socket_path(socket_dir: &Path, agent: &AgentName, slot: usize) -> PathBuf {
+    if slot == 0 {
+        socket_path(socket_dir, agent)
+    } else {
+        socket_dir.join(format!("{agent}.{}.sock", slot + 1))
+    }
 }
 
 /// Accepts connections, handshakes them, and passes good ones to the worker.
@@ -179,12 +198,107 @@ enum Outcome {
     Shutdown,
 }
 
+/// Sessions a slot is handling right now, shared by an agent's slots.
+type Busy = Arc<tokio::sync::Mutex<HashSet<i64>>>;
+
+/// One slot: its socket, its runner and what it needs to claim work.
+struct Slot {
+    inner: Arc<HostInner>,
+    agent: AgentName,
+    socket: PathBuf,
+    busy: Busy,
+    wake: watch::Receiver<u64>,
+}
+
+/// Runs an agent's slots until shutdown. `first` is slot 1's socket, bound by the
+/// caller so a bind error reaches whoever woke the agent.
 pub(crate) async fn run(
     inner: Arc<HostInner>,
     agent: AgentName,
-    wake: Arc<Notify>,
-    listener: UnixListener,
+    wake: watch::Receiver<u64>,
+    first: UnixListener,
 ) {
+    let settings = {
+        let store = inner.store.clone();
+        let name = agent.clone();
+        tokio::task::spawn_blocking(move || store.get_agent(&name)).await
+    };
+    let concurrency = match settings {
+        Ok(Ok(record)) => AgentSettings::from_json(&record.settings)
+            .map(|s| s.effective_concurrency())
+            .unwrap_or(1),
+        _ => 1,
+    };
+    let busy: Busy = Arc::default();
+    let mut slots = Vec::with_capacity(concurrency);
+    slots.push(run_slot(
+        Slot {
+            inner: Arc::clone(&inner),
+            agent: agent.clone(),
+            socket: socket_path(&inner.config.socket_dir, &agent),
+            busy: Arc::clone(&busy),
+            wake: wake.clone(),
+        },
+        first,
+    ));
+    for index in 1..concurrency {
+        let socket = slot_socket_path(&inner.config.socket_dir, &agent, index);
+        match bind_path(&socket) {
+            Ok(listener) => slots.push(run_slot(
+                Slot {
+                    inner: Arc::clone(&inner),
+                    agent: agent.clone(),
+                    socket,
+                    busy: Arc::clone(&busy),
+                    wake: wake.clone(),
+                },
+                listener,
+            )),
+            Err(error) => {
+                tracing::warn!(agent = %agent, %error, "cannot open another slot; handling fewer messages at once");
+            }
+        }
+    }
+    if concurrency > 1 {
+        tracing::info!(agent = %agent, slots = slots.len(), "agent handles several conversations at once");
+    }
+    futures_util::future::join_all(slots).await;
+}
+
+/// Claims the next message for a slot: the oldest first-unanswered message of a
+/// session no other slot is busy with.
+async fn claim(slot: &Slot) -> Result<Option<InboundMessage>, palisade_store::StoreError> {
+    let mut busy = slot.busy.lock().await;
+    let skip: Vec<i64> = busy.iter().copied().collect();
+    let store = slot.inner.store.clone();
+    let agent = slot.agent.clone();
+    let next = tokio::task::spawn_blocking(move || store.next_unanswered_excluding(&agent, &skip))
+        .await
+        .map_err(|e| palisade_store::StoreError::Invalid(format!("queue task failed: {e}")))??;
+    if let Some(message) = &next {
+        busy.insert(message.session_id);
+    }
+    Ok(next)
+}
+
+/// The agent's idle timeout: its own setting, else the host's.
+async fn idle_timeout(inner: &HostInner, agent: &AgentName) -> Duration {
+    let store = inner.store.clone();
+    let name = agent.clone();
+    let record = tokio::task::spawn_blocking(move || store.get_agent(&name)).await;
+    match record {
+        Ok(Ok(record)) => AgentSettings::from_json(&record.settings)
+            .ok()
+            .and_then(|s| s.idle_timeout_secs)
+            .map(Duration::from_secs)
+            .unwrap_or(inner.config.idle_timeout),
+        _ => inner.config.idle_timeout,
+    }
+}
+
+async fn run_slot(mut slot: Slot, listener: UnixListener) {
+    let inner = Arc::clone(&slot.inner);
+    let agent = slot.agent.clone();
     let (conn_tx, mut conn_rx) = mpsc::channel::<Conn>(1);
     let accept = tokio::spawn(accept_loop(
         listener,
@@ -199,28 +313,22 @@ pub(crate) async fn run(
         if *shutdown.borrow() {
             break;
         }
-        let next = {
-            let store = inner.store.clone();
-            let agent = agent.clone();
-            tokio::task::spawn_blocking(move || store.next_unanswered(&agent)).await
-        };
-        let message = match next {
-            Ok(Ok(message)) => message,
-            Ok(Err(error)) => {
+        // Wakes from now on are noticed by `idle`, so none is lost while we look.
+        slot.wake.borrow_and_update();
+        let message = match claim(&slot).await {
+            Ok(message) => message,
+            Err(error) => {
                 tracing::error!(agent = %agent, %error, "cannot read the queue; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            Err(error) => {
-                tracing::error!(agent = %agent, %error, "queue task failed");
-                break;
-            }
         };
         let Some(message) = message else {
+            let timeout = idle_timeout(&inner, &agent).await;
             idle(
-                &inner,
                 &agent,
-                &wake,
+                &mut slot.wake,
+                timeout,
                 &mut runner,
                 &mut conn_rx,
                 &mut shutdown,
@@ -228,70 +336,105 @@ pub(crate) async fn run(
             .await;
             continue;
         };
-        // Make sure a runner is connected.
-        if runner.conn.is_none() {
-            if let Err(error) = connect(&inner, &agent, &mut runner, &mut conn_rx).await {
-                failures += 1;
-                tracing::warn!(agent = %agent, %error, failures, "runner did not start");
-                runner.stop(&agent, false).await;
-                if failures >= inner.config.max_attempts as u32 + 2 {
-                    give_up(
-                        &inner,
-                        &message,
-                        &format!("the agent's runner could not be started: {error}"),
-                    )
-                    .await;
-                    failures = 0;
-                    continue;
-                }
-                if !back_off(&inner, failures, &mut shutdown).await {
-                    break;
-                }
-                continue;
-            }
-        }
-        match deliver(&inner, &agent, &message, &mut runner).await {
-            Outcome::Answered => failures = 0,
-            Outcome::TimedOut => {
-                failures = 0;
-                runner.stop(&agent, false).await;
-            }
-            Outcome::Shutdown => break,
-            Outcome::RunnerFailed(reason) => {
-                failures += 1;
-                tracing::warn!(agent = %agent, message_id = message.id, %reason, "runner failed; the message will be delivered again");
-                inner.publish(
-                    message.id,
-                    StreamEvent::Status {
-                        message: format!("the agent's runner failed ({reason}); retrying"),
-                    },
-                );
-                runner.stop(&agent, false).await;
-                if !back_off(&inner, failures, &mut shutdown).await {
-                    break;
-                }
-            }
+        let go_on = handle(
+            &inner,
+            &agent,
+            &slot.socket,
+            &message,
+            &mut runner,
+            &mut conn_rx,
+            &mut failures,
+            &mut shutdown,
+        )
+        .await;
+        slot.busy.lock().await.remove(&message.session_id);
+        if !go_on {
+            break;
         }
     }
     runner.stop(&agent, true).await;
     accept.abort();
-    let _ = std::fs::remove_file(socket_path(&inner.config.socket_dir, &agent));
+    let _ = std::fs::remove_file(&slot.socket);
+}
+
+/// Connects a runner if needed and delivers `message`, backing off after a failure.
+/// False when the host is shutting down.
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    inner: &HostInner,
+    agent: &AgentName,
+    socket: &Path,
+    message: &InboundMessage,
+    runner: &mut Runner,
+    conn_rx: &mut mpsc::Receiver<Conn>,
+    failures: &mut u32,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    if runner.conn.is_none() {
+        if let Err(error) = connect(inner, agent, socket, runner, conn_rx).await {
+            *failures += 1;
+            tracing::warn!(agent = %agent, %error, failures = *failures, "runner did not start");
+            runner.stop(agent, false).await;
+            if *failures >= inner.config.max_attempts as u32 + 2 {
+                give_up(
+                    inner,
+                    message,
+                    &format!("the agent's runner could not be started: {error}"),
+                )
+                .await;
+                *failures = 0;
+                return true;
+            }
+            return back_off(inner, *failures, shutdown).await;
+        }
+    }
+    match deliver(inner, agent, message, runner).await {
+        Outcome::Answered => {
+            *failures = 0;
+            true
+        }
+        Outcome::TimedOut => {
+            *failures = 0;
+            runner.stop(agent, false).await;
+            true
+        }
+        Outcome::Shutdown => false,
+        Outcome::RunnerFailed(reason) => {
+            *failures += 1;
+            tracing::warn!(agent = %agent, message_id = message.id, %reason, "runner failed; the message will be delivered again");
+            inner.publish(
+                message.id,
+                StreamEvent::Status {
+                    message: format!("the agent's runner failed ({reason}); retrying"),
+                },
+            );
+            runner.stop(agent, false).await;
+            back_off(inner, *failures, shutdown).await
+        }
+    }
+}
+
+/// Resolves when an agent's slots are woken (never, if the host dropped the sender).
+async fn woken(wake: &mut watch::Receiver<u64>) {
+    if wake.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Waits for work, keeping a connected runner warm until the idle timeout.
 async fn idle(
-    inner: &HostInner,
     agent: &AgentName,
-    wake: &Notify,
+    wake: &mut watch::Receiver<u64>,
+    idle_timeout: Duration,
     runner: &mut Runner,
     conn_rx: &mut mpsc::Receiver<Conn>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) {
     let warm = runner.conn.is_some() || runner.process.is_some();
-    let idle_deadline = tokio::time::sleep(inner.config.idle_timeout);
+    let idle_deadline = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle_deadline);
     tokio::select! {
-        _ = wake.notified() => {}
+        _ = woken(wake) => {}
         _ = crate::host::stopped(shutdown) => {}
         _ = &mut idle_deadline, if warm => {
             tracing::info!(agent = %agent, "runner idle; stopping it");
@@ -335,6 +478,7 @@ async fn recv_if_connected(conn: &mut Option<Conn>) -> Result<Option<RunnerFrame
 async fn connect(
     inner: &HostInner,
     agent: &AgentName,
+    socket: &Path,
     runner: &mut Runner,
     conn_rx: &mut mpsc::Receiver<Conn>,
 ) -> Result<(), HostError> {
@@ -344,9 +488,8 @@ async fn connect(
         return Ok(());
     }
     if runner.process.is_none() {
-        let socket = socket_path(&inner.config.socket_dir, agent);
         let launcher = Arc::clone(&inner.launcher);
-        runner.process = Some(launcher.launch(agent, &socket)?);
+        runner.process = Some(launcher.launch(agent, socket)?);
         tracing::info!(agent = %agent, "runner started");
     }
     let deadline = tokio::time::sleep(inner.config.start_timeout);

@@ -250,8 +250,12 @@ fn memory_written_in_one_turn_reaches_the_model_after_the_runner_stopped() {
         ),
         ScriptedTurn::text("noted"),
     ]);
-    // A short idle timeout stops the runner between the two turns.
-    let host = world.up_with(&["--idle-timeout", "1s"]);
+    // The agent's own short idle timeout (the host's is 10 min) stops the runner
+    // between the two turns.
+    ok(world
+        .palisade
+        .run(&["agents", "edit", "helper", "--idle-timeout", "1s"]));
+    let host = world.up();
     let output = ok(world.send("helper", "my cat is called Miso"));
     assert!(String::from_utf8_lossy(&output.stdout).contains("noted"));
     wait_for_log(&host, "runner idle; stopping it", 1);

@@ -1,7 +1,8 @@
 //! The host against bad input and misbehaving runners, end to end with the real binary:
 //! a 10 MB message (CLI and API), a fake runner on the agent's host socket sending
-//! malformed frames, a runner that never answers (the turn timeout), an agent on the
-//! OpenAI-compatible provider, and the vault's TCP listener served by `palisade up`.
+//! malformed frames, a runner that never answers (the turn timeout), an agent handling
+//! two conversations at once, an agent on the OpenAI-compatible provider, and the
+//! vault's TCP listener served by `palisade up`.
 
 mod host_fixture;
 
@@ -217,14 +218,14 @@ fn a_runner_that_never_answers_is_stopped_at_the_turn_timeout_with_an_error_repl
         ScriptedTurn::tool_use("bash", serde_json::json!({"command": "sleep 600"})),
     ]);
     // The host's limit, then an agent's own (which wins).
-    let host = world.up_with(&["--turn-timeout", "2s"]);
+    let host = world.up_with(&["--turn-timeout", "4s"]);
     let output = world.send("helper", "take forever");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     // Progress lines (`[bash]`), then one error line.
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(errors[0].contains("turn timeout (2s)"), "{}", text(&output));
+    assert!(errors[0].contains("turn timeout (4s)"), "{}", text(&output));
     let session_id = world.only_session();
     let session = world.session(session_id);
     let message = &session["messages"][0];
@@ -236,13 +237,13 @@ fn a_runner_that_never_answers_is_stopped_at_the_turn_timeout_with_an_error_repl
 
     ok(world
         .palisade
-        .run(&["agents", "edit", "helper", "--turn-timeout", "3s"]));
+        .run(&["agents", "edit", "helper", "--turn-timeout", "5s"]));
     let shown = ok(world.palisade.run(&["agents", "show", "helper"]));
-    assert!(String::from_utf8_lossy(&shown.stdout).contains("3s"));
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("5s"));
     let output = world.send("helper", "again");
     assert!(!output.status.success());
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("turn timeout (3s)"),
+        String::from_utf8_lossy(&output.stderr).contains("turn timeout (5s)"),
         "{}",
         text(&output)
     );
@@ -426,4 +427,93 @@ fn up_can_serve_the_vaults_tcp_listener_for_agents_outside_a_sandbox() {
         !wait_for_tcp(vault, Duration::from_millis(500)),
         "listener closed with the host"
     );
+}
+
+#[test]
+fn an_agent_with_concurrency_two_answers_another_conversation_while_one_is_busy() {
+    let world = world();
+    ok(world
+        .palisade
+        .run(&["agents", "edit", "helper", "--concurrency", "2"]));
+    let shown = ok(world.palisade.run(&["agents", "show", "helper"]));
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("concurrency"));
+    let bad = world
+        .palisade
+        .run(&["agents", "edit", "helper", "--concurrency", "99"]);
+    assert!(!bad.status.success());
+    // Conversation `a`'s first message keeps its runner in a sleeping tool.
+    world.upstream.script_anthropic(vec![ScriptedTurn::tool_use(
+        "bash",
+        serde_json::json!({"command": "sleep 8; echo slept"}),
+    )]);
+    let host = world.up();
+    let mut first = world.palisade.spawn(&[
+        "send",
+        "--agent",
+        "helper",
+        "--conversation",
+        "a",
+        "slow in a",
+    ]);
+    assert!(
+        world.upstream.wait_for_count(1, STARTUP),
+        "{}",
+        host.stderr()
+    );
+    // A second message in the same conversation waits for the first...
+    let _queued = world.palisade.spawn(&[
+        "send",
+        "--agent",
+        "helper",
+        "--conversation",
+        "a",
+        "next in a",
+    ]);
+    let session_a = world.only_session();
+    let deadline = std::time::Instant::now() + STARTUP;
+    while world.session(session_a)["messages"]
+        .as_array()
+        .map(Vec::len)
+        != Some(2)
+    {
+        assert!(std::time::Instant::now() < deadline, "never queued");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ...while another conversation is answered by the second runner meanwhile.
+    let output = ok(world.palisade.run(&[
+        "send",
+        "--agent",
+        "helper",
+        "--conversation",
+        "b",
+        "quick in b",
+    ]));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("echo: quick in b"));
+    let a = world.session(session_a);
+    assert!(
+        a["messages"][0]["reply"].is_null(),
+        "a's first is still in flight: {a}"
+    );
+    assert_eq!(a["messages"][1]["message"]["status"], "pending", "{a}");
+    assert_eq!(a["messages"][1]["message"]["attempts"], 0);
+    assert_eq!(count_in(&host, "runner started"), 2);
+
+    let status = first
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap()
+        .expect("the slow send finished");
+    assert!(status.success(), "{}", first.stderr());
+    let a = world.wait_answered(session_a, 2, &host);
+    let replies: Vec<i64> = a["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["reply"]["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        replies[0] < replies[1],
+        "a's messages were answered in order"
+    );
+    assert_eq!(a["messages"][1]["reply"]["text"], "echo: next in a");
+    world.down(host);
 }

@@ -211,6 +211,37 @@ impl Store {
         })
     }
 
+    /// The oldest message of `agent` that is the first unanswered one of its session,
+    /// skipping the sessions in `busy` (handled elsewhere right now). A session's
+    /// messages are thus handed out one at a time and in order, while different
+    /// sessions of one agent may be handled side by side.
+    pub fn next_unanswered_excluding(
+        &self,
+        agent: &AgentName,
+        busy: &[i64],
+    ) -> Result<Option<InboundMessage>> {
+        let busy = serde_json::to_string(busy)
+            .map_err(|e| StoreError::Invalid(format!("session list cannot be encoded: {e}")))?;
+        self.read(|tx| {
+            let raw = tx
+                .query_row(
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM}
+                         WHERE a.name = ?1 AND m.status != 'answered'
+                           AND m.session_id NOT IN (SELECT value FROM json_each(?2))
+                           AND m.id = (SELECT MIN(first.id) FROM inbound_messages first
+                                       WHERE first.session_id = m.session_id
+                                         AND first.status != 'answered')
+                         ORDER BY m.id LIMIT 1"
+                    ),
+                    (agent.as_str(), busy),
+                    message_from_row,
+                )
+                .optional()?;
+            raw.map(decode_message).transpose()
+        })
+    }
+
     /// Agents with at least one unanswered message (to wake after a restart).
     pub fn agents_with_unanswered(&self) -> Result<Vec<AgentName>> {
         self.read(|tx| {
@@ -589,6 +620,37 @@ mod tests {
         assert_eq!(
             store.get_session(first.session_id).unwrap().history,
             history
+        );
+    }
+
+    #[test]
+    fn busy_sessions_are_skipped_and_each_session_stays_in_order() {
+        let (_dir, store, agent) = store_with_agent("helper");
+        let a1 = store.accept_message(&agent, "a", "cli", "a1").unwrap();
+        let b1 = store.accept_message(&agent, "b", "cli", "b1").unwrap();
+        let a2 = store.accept_message(&agent, "a", "cli", "a2").unwrap();
+        let next = |busy: &[i64]| {
+            store
+                .next_unanswered_excluding(&agent, busy)
+                .unwrap()
+                .map(|m| m.id)
+        };
+        assert_eq!(next(&[]), Some(a1.message_id));
+        // Session a is busy with a1: b1 is next, never a2 (a's order holds).
+        assert_eq!(next(&[a1.session_id]), Some(b1.message_id));
+        assert_eq!(next(&[a1.session_id, b1.session_id]), None);
+        store.store_reply(a1.message_id, "ok", None, false).unwrap();
+        assert_eq!(next(&[b1.session_id]), Some(a2.message_id));
+        let other = AgentName::new("other").unwrap();
+        store
+            .create_agent(&other, palisade_policy::Profile::Research)
+            .unwrap();
+        assert_eq!(
+            store
+                .next_unanswered_excluding(&other, &[])
+                .unwrap()
+                .map(|m| m.id),
+            None
         );
     }
 

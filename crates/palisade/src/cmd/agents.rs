@@ -79,6 +79,15 @@ pub struct ModelArgs {
     /// message answered with an error [default: the host's `up --turn-timeout`].
     #[arg(long, value_name = "DURATION")]
     turn_timeout: Option<String>,
+    /// How long a runner with nothing to do stays warm (e.g. 1h to keep it ready, 10s to
+    /// free memory soon) [default: the host's `up --idle-timeout`].
+    #[arg(long, value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// Messages of different conversations this agent handles at once, each in its own
+    /// sandbox (1-8; a conversation's messages always go one at a time) [default: 1].
+    /// Takes effect when the agent's worker next starts (e.g. the host's next start).
+    #[arg(long, value_name = "N")]
+    concurrency: Option<u32>,
 }
 
 impl ModelArgs {
@@ -97,6 +106,15 @@ impl ModelArgs {
                 format!("--turn-timeout {timeout:?} is not a duration such as 10m")
             })?;
             settings.turn_timeout_secs = Some(duration.as_secs());
+        }
+        if let Some(timeout) = &self.idle_timeout {
+            let duration = humantime::parse_duration(timeout).with_context(|| {
+                format!("--idle-timeout {timeout:?} is not a duration such as 10m")
+            })?;
+            settings.idle_timeout_secs = Some(duration.as_secs());
+        }
+        if let Some(n) = self.concurrency {
+            settings.concurrency = Some(n);
         }
         settings.validate()?;
         Ok(())
@@ -267,6 +285,14 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
                 details.field("provider", &settings.provider);
                 details.field("model", &settings.model);
                 details.field("base url", settings.effective_base_url());
+                if let Some(secs) = settings.idle_timeout_secs {
+                    details.field(
+                        "idle timeout",
+                        humantime::format_duration(std::time::Duration::from_secs(secs))
+                            .to_string(),
+                    );
+                }
+                details.field("concurrency", settings.effective_concurrency().to_string());
                 if let Some(secs) = settings.turn_timeout_secs {
                     details.field(
                         "turn timeout",
