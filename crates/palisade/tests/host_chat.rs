@@ -102,6 +102,11 @@ fn chat_through_a_pipe_continues_the_session_resets_and_exits() {
     let messages = shown["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 3);
     assert_eq!(messages[1]["message"]["channel"], "chat");
+    // Every reply was printed, so each is acknowledged as delivered.
+    assert!(
+        messages.iter().all(|m| m["reply"]["delivered"] == true),
+        "{shown}"
+    );
 
     // End of input (Ctrl-D on a terminal) ends the chat cleanly; another conversation
     // key is another session.
@@ -283,5 +288,24 @@ fn chat_says_so_when_the_host_dies_mid_reply_and_the_message_is_answered_after_r
     let host = world.up();
     let shown = world.wait_answered(session, 1, &host);
     assert_eq!(shown["messages"][0]["reply"]["text"], "answered after all");
+    assert_eq!(
+        shown["messages"][0]["reply"]["delivered"], false,
+        "no one saw it yet"
+    );
+    // The next chat shows the reply its user missed, once.
+    let output = world
+        .palisade
+        .run_stdin(&["chat", "--agent", "helper"], b"/exit\n");
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("answered after all"),
+        "{}",
+        text(&output)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not seen yet"));
+    let output = world
+        .palisade
+        .run_stdin(&["chat", "--agent", "helper"], b"/exit\n");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("answered after all"));
     world.down(host);
 }

@@ -229,6 +229,15 @@ fn a_reply_stored_but_not_yet_read_survives_a_crash_and_is_not_answered_again() 
     assert_eq!(fetched["reply"]["text"], "echo: ping");
     assert_eq!(fetched["message"]["status"], "answered");
     assert_eq!(fetched["message"]["attempts"], 1);
+    assert_eq!(
+        fetched["reply"]["delivered"], false,
+        "its client never got it"
+    );
+    // A chat in that conversation shows the missed reply first.
+    let output = ok(world
+        .palisade
+        .run_stdin(&["chat", "--agent", "helper"], b"/exit\n"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("echo: ping"));
     ok(world.send("helper", "next"));
     assert_eq!(
         world.model_requests().len(),

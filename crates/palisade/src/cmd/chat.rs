@@ -7,7 +7,7 @@
 //! or end of input (Ctrl-D) ends the chat. Works the same with stdin from a pipe, where
 //! no prompts are printed, so scripts can drive it.
 
-use super::send::{check_text, stream_reply};
+use super::send::{acknowledge, check_text, clean_text, stream_reply};
 use super::up::running_host;
 use crate::context::Context;
 use anyhow::{bail, Context as _};
@@ -158,6 +158,10 @@ pub fn run(args: ChatArgs, ctx: &Context) -> anyhow::Result<()> {
         }
     );
 
+    if let Some(id) = session_id {
+        show_unseen_replies(&store, id)?;
+    }
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -227,7 +231,7 @@ pub fn run(args: ChatArgs, ctx: &Context) -> anyhow::Result<()> {
                     "conversation": conversation,
                     "channel": "chat",
                 });
-                let streamed = match runtime.block_on(stream_reply(&info, &path, body, false)) {
+                let streamed = match runtime.block_on(stream_reply(&info, &path, body, ctx.json)) {
                     Ok(streamed) => streamed,
                     Err(error) => {
                         // The host went away mid-reply: the message stays queued.
@@ -241,6 +245,7 @@ pub fn run(args: ChatArgs, ctx: &Context) -> anyhow::Result<()> {
                 if streamed.session_id.is_some() {
                     session_id = streamed.session_id;
                 }
+                acknowledge(&store, &streamed);
                 if let Some(error) = streamed.error {
                     if interactive {
                         writeln!(stdout)?;
@@ -250,6 +255,40 @@ pub fn run(args: ChatArgs, ctx: &Context) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Prints the replies of this session that no one has seen yet (answered after a
+/// `send` or `chat` lost its host, e.g. in a crash) and marks them seen.
+fn show_unseen_replies(store: &palisade_store::Store, session_id: i64) -> anyhow::Result<()> {
+    let messages = store.session_messages(session_id)?;
+    let unseen: Vec<_> = messages
+        .iter()
+        .filter_map(|(message, reply)| reply.as_ref().map(|reply| (message, reply)))
+        .filter(|(_, reply)| !reply.delivered)
+        .collect();
+    if unseen.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "palisade: {} repl{} you have not seen yet:",
+        unseen.len(),
+        if unseen.len() == 1 { "y" } else { "ies" }
+    );
+    let mut stdout = std::io::stdout();
+    for (message, reply) in unseen {
+        let asked: String = message.text.chars().take(200).collect();
+        writeln!(stdout, "> {}", crate::output::clean(&asked))?;
+        for sent in store.outbound_messages(message.id)? {
+            writeln!(stdout, "{}", clean_text(&sent.text))?;
+        }
+        if reply.is_error {
+            writeln!(stdout, "(error) {}", clean_text(&reply.text))?;
+        } else {
+            writeln!(stdout, "{}", clean_text(&reply.text))?;
+        }
+        store.mark_reply_delivered(message.id)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -63,6 +63,9 @@ pub fn run(args: SendArgs, ctx: &Context) -> anyhow::Result<()> {
         .build()?;
     let json = ctx.json;
     let outcome = runtime.block_on(async move { stream_reply(&info, &path, body, json).await })?;
+    if let Ok(store) = ctx.open_store() {
+        acknowledge(&store, &outcome);
+    }
     if let Some(error) = outcome.error {
         bail!("{error}");
     }
@@ -156,13 +159,19 @@ pub(crate) struct Streamed {
     pub error: Option<String>,
     /// The session the message was accepted into.
     pub session_id: Option<i64>,
+    /// The message's id, once accepted.
+    pub message_id: Option<i64>,
+    /// The reply (or error reply) was received and shown.
+    pub answered: bool,
 }
 
-impl Streamed {
-    fn failed(error: String, session_id: Option<i64>) -> Self {
-        Streamed {
-            error: Some(error),
-            session_id,
+/// Records that the reply to `message_id` reached the person (it was printed), so it is
+/// not shown again as one they have not seen. Best effort: a failure only means the
+/// reply is shown once more later.
+pub(crate) fn acknowledge(store: &palisade_store::Store, streamed: &Streamed) {
+    if let (true, Some(id)) = (streamed.answered, streamed.message_id) {
+        if let Err(error) = store.mark_reply_delivered(id) {
+            tracing::debug!(%error, "could not mark the reply delivered");
         }
     }
 }
@@ -193,9 +202,12 @@ pub(crate) async fn stream_reply(
                 413 => "the message is too large".to_string(),
                 _ => format!("the host answered {status}"),
             });
-        return Ok(Streamed::failed(message, None));
+        return Ok(Streamed {
+            error: Some(message),
+            ..Streamed::default()
+        });
     }
-    let mut session_id = None;
+    let mut streamed = Streamed::default();
     let mut stdout = std::io::stdout();
     let mut buffer: Vec<u8> = Vec::new();
     let mut streamed_text = false;
@@ -214,16 +226,15 @@ pub(crate) async fn stream_reply(
                 continue;
             };
             if event["type"] == "accepted" {
-                session_id = event["session_id"].as_i64();
+                streamed.session_id = event["session_id"].as_i64();
+                streamed.message_id = event["message_id"].as_i64();
             }
             if json {
                 writeln!(stdout, "{}", event)?;
                 stdout.flush()?;
                 if event["type"] == "reply" {
-                    return Ok(Streamed {
-                        error: None,
-                        session_id,
-                    });
+                    streamed.answered = true;
+                    return Ok(streamed);
                 }
                 continue;
             }
@@ -248,11 +259,13 @@ pub(crate) async fn stream_reply(
                 }
                 Some("reply") => {
                     let text = event["text"].as_str().unwrap_or_default();
+                    streamed.answered = true;
                     if event["is_error"].as_bool() == Some(true) {
                         if streamed_text {
                             writeln!(stdout)?;
                         }
-                        return Ok(Streamed::failed(text.to_string(), session_id));
+                        streamed.error = Some(text.to_string());
+                        return Ok(streamed);
                     }
                     // Deltas are the reply as it streamed; print the whole reply only
                     // when nothing streamed (e.g. a runner that does not stream).
@@ -262,10 +275,7 @@ pub(crate) async fn stream_reply(
                         writeln!(stdout, "{}", clean_text(text))?;
                     }
                     stdout.flush()?;
-                    return Ok(Streamed {
-                        error: None,
-                        session_id,
-                    });
+                    return Ok(streamed);
                 }
                 _ => {}
             }
@@ -276,7 +286,7 @@ pub(crate) async fn stream_reply(
 
 /// Agent text keeps its lines and tabs; other control characters (escape sequences)
 /// are shown escaped so a reply cannot restyle the terminal.
-fn clean_text(text: &str) -> String {
+pub(crate) fn clean_text(text: &str) -> String {
     text.split('\n')
         .map(|line| {
             line.split('\t')
