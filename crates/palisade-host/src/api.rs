@@ -84,6 +84,7 @@ pub fn router(host: Host, tokens: ApiTokens, shutdown: watch::Receiver<bool>) ->
         .route("/api/status", get(status))
         .route("/api/agents/{name}/messages", post(send_message))
         .route("/api/messages/{id}", get(get_message))
+        .route("/api/messages/{id}/delivered", post(reply_delivered))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES * 2 + 64 * 1024))
         .with_state(state)
 }
@@ -345,6 +346,43 @@ impl EventStream {
                 }
             }
         }
+    }
+}
+
+/// A client acknowledges that the reply to message `id` reached the person, so it is
+/// not offered again as unseen (`palisade chat` shows unseen replies).
+async fn reply_delivered(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    if !authorized(&state, &headers, false) {
+        return unauthorized();
+    }
+    let store = state.host.store().clone();
+    let marked = tokio::task::spawn_blocking(move || {
+        store.get_message(id)?;
+        let Some(_) = store.get_reply(id)? else {
+            return Ok(false);
+        };
+        store.mark_reply_delivered(id)?;
+        Ok::<_, palisade_store::StoreError>(true)
+    })
+    .await;
+    match marked {
+        Ok(Ok(true)) => Json(serde_json::json!({ "delivered": true })).into_response(),
+        Ok(Ok(false)) => error(
+            StatusCode::CONFLICT,
+            "not_answered",
+            format!("message {id} has no reply yet; acknowledge it once the reply arrived"),
+        ),
+        Ok(Err(palisade_store::StoreError::NotFound { .. })) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_message",
+            format!("no message {id}"),
+        ),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
 

@@ -233,11 +233,45 @@ fn a_reply_stored_but_not_yet_read_survives_a_crash_and_is_not_answered_again() 
         fetched["reply"]["delivered"], false,
         "its client never got it"
     );
-    // A chat in that conversation shows the missed reply first.
+    // A client that fetched it says so through the API (the CLI does it by itself).
+    let bearer = format!("Authorization: Bearer {}", info["token"].as_str().unwrap());
+    let ack = |id: i64| {
+        palisade_testkit::curl(
+            &[
+                "-sS",
+                "-X",
+                "POST",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                &bearer,
+                &format!("http://{}/api/messages/{id}/delivered", world.listen),
+            ],
+            Duration::from_secs(30),
+        )
+    };
+    let unknown = ack(message_id + 1000);
+    assert!(
+        String::from_utf8_lossy(&unknown.stdout).ends_with("404"),
+        "{}",
+        text(&unknown)
+    );
+    let acked = ack(message_id);
+    assert!(
+        String::from_utf8_lossy(&acked.stdout).ends_with("200"),
+        "{}",
+        text(&acked)
+    );
+    let stored = world.session(session_id);
+    assert_eq!(
+        stored["messages"][0]["reply"]["delivered"], true,
+        "{stored}"
+    );
+    // So a chat in that conversation does not offer it as unseen.
     let output = ok(world
         .palisade
         .run_stdin(&["chat", "--agent", "helper"], b"/exit\n"));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("echo: ping"));
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("echo: ping"));
     ok(world.send("helper", "next"));
     assert_eq!(
         world.model_requests().len(),
