@@ -113,7 +113,7 @@ fn bubblewrap() -> RuntimeReport {
     }
     probe.args([
         "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--", "/bin/sh", "-c",
-        "grep CapEff /proc/self/status; tail -n +3 /proc/net/dev | cut -d: -f1; touch /probe 2>/dev/null && echo ROOT-WRITABLE; echo DONE",
+        "grep CapEff /proc/self/status; tail -n +3 /proc/net/dev | cut -d: -f1; touch /probe 2>/dev/null && echo ROOT-WRITABLE; unshare -U true 2>/dev/null && echo NESTED-USERNS; echo DONE",
     ]);
     let Some(output) = output_with_timeout(probe, Duration::from_secs(10)) else {
         report.problem = Some("a probe sandbox did not finish within 10 s".into());
@@ -136,7 +136,9 @@ fn bubblewrap() -> RuntimeReport {
         .unwrap_or_default();
     let interfaces: Vec<String> = stdout
         .lines()
-        .filter(|l| !l.starts_with("CapEff") && *l != "DONE" && *l != "ROOT-WRITABLE")
+        .filter(|l| {
+            !l.starts_with("CapEff") && !["DONE", "ROOT-WRITABLE", "NESTED-USERNS"].contains(l)
+        })
         .map(|l| l.trim().to_string())
         .collect();
     report.checks.push(check(
@@ -158,6 +160,11 @@ fn bubblewrap() -> RuntimeReport {
         "read-only root",
         !stdout.contains("ROOT-WRITABLE"),
         "writing to / inside the probe",
+    ));
+    report.checks.push(check(
+        "nested user namespaces",
+        !stdout.contains("NESTED-USERNS"),
+        "bwrap --disable-userns; `unshare -U` inside the probe",
     ));
     report.checks.push(check(
         "dies with parent",
@@ -208,6 +215,16 @@ fn oci(tool: OciTool) -> RuntimeReport {
                 report
                     .checks
                     .push(check(name, true, format!("{detail} (flags, not probed)")));
+            }
+            if let Some(path) = crate::seccomp::default_profile_path() {
+                report.checks.push(check(
+                    "nested user namespaces",
+                    tool == OciTool::Podman,
+                    match tool {
+                        OciTool::Podman => format!("denied by a seccomp profile derived from {} (clone/unshare with CLONE_NEWUSER: EPERM, clone3: ENOSYS)", path.display()),
+                        OciTool::Docker => "left to docker's default seccomp profile, which refuses them without CAP_SYS_ADMIN (not probed)".into(),
+                    },
+                ));
             }
             let spec_limits = Limits::defaults();
             report.limits = runtime.limit_reports_for(&spec_limits);

@@ -13,6 +13,7 @@
 //!   reported.
 //! - [`shim`]: `palisade shim`, the in-sandbox loopback proxy that relays bytes to the
 //!   agent's vault socket and runs the user's command once it is listening.
+//! - [`seccomp`]: podman's default seccomp rules minus nested user namespaces.
 //! - [`image`]: `palisade sandbox image build`, the default OCI image made locally.
 //! - [`doctor`]: which protections this host can actually apply.
 
@@ -24,6 +25,7 @@ pub mod image;
 pub mod limits;
 pub mod mounts;
 mod runtime;
+pub mod seccomp;
 pub mod shim;
 mod workdir;
 

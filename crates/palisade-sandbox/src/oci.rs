@@ -24,6 +24,8 @@ pub const DEFAULT_IMAGE: &str = "localhost/palisade-sandbox:latest";
 const OWNER_LABEL: &str = "palisade.owner";
 const SANDBOX_LABEL: &str = "palisade.sandbox";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// The podman sandbox's seccomp profile, in the run directory.
+const SECCOMP_FILE: &str = "seccomp.json";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OciTool {
@@ -121,8 +123,9 @@ impl Oci {
                 } else {
                     LimitMechanism::NotApplied
                 },
-                note: (!engine)
-                    .then(|| "rootless engine on cgroup v1 cannot limit CPU".to_string()),
+                note: (!engine).then(|| {
+                    "rootless podman on cgroup v1 ignores --cpus and no rlimit can stand in; to enforce it, run as root or on a cgroup v2 host that delegates `cpu` to this user (systemd: Delegate=yes)".to_string()
+                }),
             });
         }
         reports.extend(wall_time_report(limits));
@@ -170,6 +173,13 @@ impl Oci {
         if self.tool == OciTool::Podman {
             // podman's --read-only otherwise also makes /run and /var/tmp writable.
             push(&["--read-only-tmpfs=false"]);
+            // podman's default rules without nested user namespaces (see seccomp.rs);
+            // docker's own default already refuses them to a process without
+            // CAP_SYS_ADMIN.
+            push(&[
+                "--security-opt",
+                &format!("seccomp={}", workdir.path(SECCOMP_FILE).display()),
+            ]);
         }
         push(&["--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777"]);
         push(&["--log-driver", "none"]);
@@ -259,6 +269,9 @@ impl Runtime for Oci {
                         .into(),
             });
         }
+        if self.tool == OciTool::Podman {
+            crate::seccomp::podman_profile()?;
+        }
         if self.tool == OciTool::Docker {
             let reachable = self
                 .tool
@@ -290,6 +303,9 @@ impl Runtime for Oci {
         check_spec(spec)?;
         remove_stale_containers(self.tool);
         let workdir = Workdir::create(&spec.ca_bundle)?;
+        if self.tool == OciTool::Podman {
+            workdir.write(SECCOMP_FILE, &crate::seccomp::podman_profile()?)?;
+        }
         let lifeline = workdir.lifeline()?;
         let reports = self.reports(spec);
         let name = format!(

@@ -46,7 +46,7 @@ impl Workdir {
         Ok(workdir)
     }
 
-    fn write(&self, name: &str, text: &str) -> Result<(), SandboxError> {
+    pub(crate) fn write(&self, name: &str, text: &str) -> Result<(), SandboxError> {
         let path = self.dir.path().join(name);
         std::fs::write(&path, text)
             .map_err(|e| SandboxError::io(format!("cannot write {}", path.display()), e))?;

@@ -489,6 +489,7 @@ grep -rqs --exclude=procdump \"${{part}}0c3a9b8d7e6f\" /workspace /run/palisade 
 test $(ls -d /proc/[0-9]* | wc -l) -le 6 || echo ESCAPE-processes\n\
 for d in / /usr /etc /run/palisade /var; do touch $d/x 2>/dev/null && echo ESCAPE-write $d; done\n\
 grep -q 'CapEff:.0000000000000000' /proc/self/status || echo ESCAPE-capability\n\
+unshare -U true 2>/dev/null && echo ESCAPE-nested-userns\n\
 touch /workspace/mine /tmp/mine && echo writable-ok\n",
             up = w.port,
         );
