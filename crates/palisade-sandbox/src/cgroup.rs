@@ -5,8 +5,11 @@
 //! cgroup v2 is used where its controllers can be enabled for a `palisade` subtree of
 //! the root; otherwise the v1 `memory`, `pids` and `cpu` hierarchies, each leaf nested
 //! under this process's own cgroup so a host limit on palisade still covers its
-//! sandboxes. Leaves are named `palisade-<owner pid>-<n>`; leaves whose owner is gone
-//! (a `kill -9`) are removed the next time any sandbox starts.
+//! sandboxes. A user who cannot write there (anyone but root, usually) uses a
+//! directory root has delegated to them, `<hierarchy>/palisade-user-<uid>` (see
+//! [`delegated_dir`]), when it exists. Leaves are named `palisade-<owner pid>-<n>`;
+//! leaves whose owner is gone (a `kill -9`) are removed the next time any sandbox
+//! starts.
 //!
 //! Written by hand: the few files involved do not justify a dependency, and the
 //! placement has to happen between fork and exec, where only raw syscalls are safe.
@@ -25,8 +28,32 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub struct HostCgroups {
     /// Mount point of a cgroup2 hierarchy, and the controllers it offers.
     pub v2: Option<(PathBuf, Vec<String>)>,
-    /// v1 controller → directory of this process's cgroup in that hierarchy.
-    pub v1: Vec<(String, PathBuf)>,
+    /// The v1 hierarchies holding a controller palisade uses.
+    pub v1: Vec<V1Hierarchy>,
+}
+
+/// One cgroup v1 hierarchy with one controller palisade uses.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct V1Hierarchy {
+    pub controller: String,
+    /// Where the hierarchy is mounted.
+    pub mount: PathBuf,
+    /// This process's cgroup in it.
+    pub own: PathBuf,
+}
+
+impl V1Hierarchy {
+    /// Where sandbox leaves may go, in order of preference.
+    fn parents(&self) -> [PathBuf; 2] {
+        [self.own.clone(), delegated_dir(&self.mount)]
+    }
+}
+
+/// The directory under a v1 hierarchy `mount` that root may delegate to the current
+/// user (`mkdir` it and `chown` it to them), for sandbox leaves when the user cannot
+/// write to their own cgroup.
+pub fn delegated_dir(mount: &Path) -> PathBuf {
+    mount.join(format!("palisade-user-{}", nix::unistd::geteuid()))
 }
 
 impl HostCgroups {
@@ -66,12 +93,25 @@ impl HostCgroups {
                             .next()
                             .unwrap_or_else(|| "/".into());
                         let dir = Path::new(mount_point).join(relative.trim_start_matches('/'));
-                        host.v1.push((controller.to_string(), dir));
+                        host.v1.push(V1Hierarchy {
+                            controller: controller.to_string(),
+                            mount: PathBuf::from(mount_point),
+                            own: dir,
+                        });
                     }
                 }
             }
         }
         host
+    }
+
+    /// Every directory sandbox leaves may be created in.
+    fn leaf_parents(&self) -> Vec<PathBuf> {
+        let mut parents: Vec<PathBuf> = self.v1.iter().flat_map(|h| h.parents()).collect();
+        if let Some((root, _)) = &self.v2 {
+            parents.push(root.join(V2_PARENT));
+        }
+        parents
     }
 
     fn v2_with(&self, controllers: &[&str]) -> Option<PathBuf> {
@@ -96,14 +136,7 @@ impl Cgroup {
     pub fn create(limits: &Limits) -> (Option<Cgroup>, Vec<LimitReport>) {
         cleanup_stale();
         let host = HostCgroups::detect();
-        let wanted: Vec<&str> = [
-            limits.memory.map(|_| "memory"),
-            limits.pids.map(|_| "pids"),
-            limits.cpus.map(|_| "cpu"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let wanted = wanted_controllers(limits);
         let name = format!(
             "palisade-{}-{}",
             std::process::id(),
@@ -113,7 +146,7 @@ impl Cgroup {
             return (None, Vec::new());
         }
         if let Some(root) = host.v2_with(&wanted) {
-            match create_v2(&root, &name, limits, &wanted) {
+            match create_v2(&root, V2_PARENT, &name, limits) {
                 Ok(cgroup) => {
                     let reports = reports_for(limits, LimitMechanism::CgroupV2, None);
                     return (Some(cgroup), reports);
@@ -124,16 +157,11 @@ impl Cgroup {
         let mut leaves = Vec::new();
         let mut reports = Vec::new();
         for controller in &wanted {
-            let parent = host
-                .v1
-                .iter()
-                .find(|(c, _)| c == controller)
-                .map(|(_, dir)| dir.clone());
-            let outcome = match parent {
+            let outcome = match host.v1.iter().find(|h| h.controller == *controller) {
                 None => Err(format!(
-                    "no cgroup v1 `{controller}` hierarchy and no cgroup v2 with it"
+                    "no cgroup v1 `{controller}` hierarchy and no cgroup v2 offering it"
                 )),
-                Some(parent) => create_v1_leaf(&parent, &name, controller, limits),
+                Some(hierarchy) => create_v1_leaf_in_any(hierarchy, &name, controller, limits),
             };
             match outcome {
                 Ok(leaf) => {
@@ -144,7 +172,10 @@ impl Cgroup {
                     );
                     leaves.push(leaf);
                 }
-                Err(reason) => reports.push(fallback_report(limits, controller, &reason)),
+                Err(reason) => {
+                    let hint = delegation_hint(&host, controller);
+                    reports.push(fallback_report(limits, controller, &reason, &hint))
+                }
             }
         }
         if leaves.is_empty() {
@@ -193,7 +224,7 @@ impl Cgroup {
             if !any || Instant::now() > deadline {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -230,6 +261,18 @@ pub fn enter_from_child(procs_files: &[CString]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The controllers `limits` need, in a fixed order.
+fn wanted_controllers(limits: &Limits) -> Vec<&'static str> {
+    [
+        limits.memory.map(|_| "memory"),
+        limits.pids.map(|_| "pids"),
+        limits.cpus.map(|_| "cpu"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 fn controller_of(limit: &str) -> &'static str {
@@ -273,8 +316,31 @@ fn reports_for(
     reports
 }
 
-/// What replaces a cgroup controller that could not be used.
-fn fallback_report(limits: &Limits, controller: &str, reason: &str) -> LimitReport {
+/// How a user gets a cgroup for `controller` here: root can always create one; else
+/// the exact commands for root to delegate a directory.
+fn delegation_hint(host: &HostCgroups, controller: &str) -> String {
+    if nix::unistd::geteuid().is_root() {
+        return "the host's cgroups are not writable even for root here".into();
+    }
+    match host.v1.iter().find(|h| h.controller == controller) {
+        Some(hierarchy) => {
+            let dir = delegated_dir(&hierarchy.mount);
+            format!(
+                "to enforce it, have root delegate a cgroup: `mkdir {dir} && chown {uid} {dir}`",
+                dir = dir.display(),
+                uid = nix::unistd::geteuid()
+            )
+        }
+        None => {
+            "to enforce it, run palisade as root (a delegated cgroup v2 subtree is not used yet)"
+                .into()
+        }
+    }
+}
+
+/// What replaces a cgroup controller that could not be used: `reason` is why the
+/// cgroup failed, `hint` how to get one.
+fn fallback_report(limits: &Limits, controller: &str, reason: &str, hint: &str) -> LimitReport {
     let root = nix::unistd::geteuid().is_root();
     match controller {
         "memory" => LimitReport {
@@ -282,7 +348,7 @@ fn fallback_report(limits: &Limits, controller: &str, reason: &str) -> LimitRepo
             value: crate::limits::format_bytes(limits.memory.unwrap_or(0)),
             mechanism: LimitMechanism::Rlimit,
             note: Some(format!(
-                "address-space rlimit per process instead of a cgroup ({reason}); allocations beyond it fail instead of being counted across the sandbox"
+                "address-space rlimit per process instead of a cgroup, so allocations beyond it fail instead of being counted across the sandbox ({reason}); {hint}"
             )),
         },
         "pids" if !root => LimitReport {
@@ -290,7 +356,7 @@ fn fallback_report(limits: &Limits, controller: &str, reason: &str) -> LimitRepo
             value: limits.pids.unwrap_or(0).to_string(),
             mechanism: LimitMechanism::Rlimit,
             note: Some(format!(
-                "RLIMIT_NPROC instead of a cgroup ({reason}); it counts this user's processes in the sandbox"
+                "RLIMIT_NPROC instead of a cgroup, which counts all of this user's processes ({reason}); {hint}"
             )),
         },
         "pids" => LimitReport {
@@ -298,7 +364,7 @@ fn fallback_report(limits: &Limits, controller: &str, reason: &str) -> LimitRepo
             value: limits.pids.unwrap_or(0).to_string(),
             mechanism: LimitMechanism::NotApplied,
             note: Some(format!(
-                "{reason}; RLIMIT_NPROC does not bind root, so nothing limits processes"
+                "no cgroup ({reason}) and RLIMIT_NPROC does not bind root; {hint}"
             )),
         },
         _ => LimitReport {
@@ -306,7 +372,7 @@ fn fallback_report(limits: &Limits, controller: &str, reason: &str) -> LimitRepo
             value: limits.cpus.unwrap_or(0.0).to_string(),
             mechanism: LimitMechanism::NotApplied,
             note: Some(format!(
-                "{reason}; CPU can only be limited by a cgroup (run as root, or give palisade a delegated cgroup v2 subtree)"
+                "only a cgroup can limit CPU and none is writable ({reason}); {hint}"
             )),
         },
     }
@@ -316,15 +382,30 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
     std::fs::write(path, value).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-fn create_v2(root: &Path, name: &str, limits: &Limits, wanted: &[&str]) -> Result<Cgroup, String> {
-    let parent = root.join(V2_PARENT);
-    let enable: String = wanted.iter().map(|c| format!("+{c} ")).collect();
-    write(&root.join("cgroup.subtree_control"), enable.trim())?;
+/// Creates the leaf `root/parent_name/name` with `limits`, enabling the controllers
+/// they need on the way down.
+fn create_v2(
+    root: &Path,
+    parent_name: &str,
+    name: &str,
+    limits: &Limits,
+) -> Result<Cgroup, String> {
+    let parent = root.join(parent_name);
+    let enable: Vec<String> = wanted_controllers(limits)
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect();
+    let enable = enable.join(" ");
+    if !enable.is_empty() {
+        write(&root.join("cgroup.subtree_control"), &enable)?;
+    }
     if !parent.exists() {
         std::fs::create_dir(&parent)
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
-    write(&parent.join("cgroup.subtree_control"), enable.trim())?;
+    if !enable.is_empty() {
+        write(&parent.join("cgroup.subtree_control"), &enable)?;
+    }
     let leaf = parent.join(name);
     std::fs::create_dir(&leaf).map_err(|e| format!("cannot create {}: {e}", leaf.display()))?;
     let result = (|| {
@@ -355,6 +436,30 @@ fn create_v2(root: &Path, name: &str, limits: &Limits, wanted: &[&str]) -> Resul
         leaves: vec![leaf],
         procs_files: vec![procs],
     })
+}
+
+/// Creates the leaf for `controller` in the first parent of `hierarchy` this user may
+/// write to; the error names why the preferred one failed and how to delegate.
+fn create_v1_leaf_in_any(
+    hierarchy: &V1Hierarchy,
+    name: &str,
+    controller: &str,
+    limits: &Limits,
+) -> Result<PathBuf, String> {
+    let [own, delegated] = hierarchy.parents();
+    let first = match create_v1_leaf(&own, name, controller, limits) {
+        Ok(leaf) => return Ok(leaf),
+        Err(reason) => reason,
+    };
+    if delegated.is_dir() {
+        return create_v1_leaf(&delegated, name, controller, limits).map_err(|reason| {
+            format!(
+                "{first}; and in the delegated {}: {reason}",
+                delegated.display()
+            )
+        });
+    }
+    Err(first)
 }
 
 fn create_v1_leaf(
@@ -418,7 +523,7 @@ fn remove_leaf(leaf: &Path) {
                     tracing::warn!(leaf = %leaf.display(), error = %e, "could not remove sandbox cgroup");
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
@@ -426,56 +531,298 @@ fn remove_leaf(leaf: &Path) {
 
 /// Removes leaves left by palisade processes that no longer exist.
 pub fn cleanup_stale() {
-    let host = HostCgroups::detect();
-    let mut parents: Vec<PathBuf> = host.v1.iter().map(|(_, dir)| dir.clone()).collect();
-    if let Some((root, _)) = &host.v2 {
-        parents.push(root.join(V2_PARENT));
+    for parent in HostCgroups::detect().leaf_parents() {
+        cleanup_stale_in(&parent);
     }
-    for parent in parents {
-        let Ok(entries) = std::fs::read_dir(&parent) else {
+}
+
+/// The owner pid of a leaf named `palisade-<pid>-<n>`; `None` for any other name
+/// (such as a delegated `palisade-user-<uid>` directory).
+fn leaf_owner(name: &str) -> Option<i32> {
+    let (pid, counter) = name.strip_prefix("palisade-")?.split_once('-')?;
+    counter.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+/// Removes leaves under `parent` whose owning palisade process no longer exists,
+/// killing what still runs in them.
+fn cleanup_stale_in(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(owner) = entry.file_name().to_str().and_then(leaf_owner) else {
             continue;
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(owner) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("palisade-"))
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|pid| pid.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if !Path::new(&format!("/proc/{owner}")).exists() {
-                let leaf = entry.path();
-                for pid in read_pids(&leaf) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                remove_leaf(&leaf);
+        if !Path::new(&format!("/proc/{owner}")).exists() {
+            let leaf = entry.path();
+            for pid in read_pids(&leaf) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
+            remove_leaf(&leaf);
         }
     }
 }
 
 /// Lists sandbox leaves that currently exist (for doctor and tests).
 pub fn existing_leaves() -> Vec<PathBuf> {
-    let host = HostCgroups::detect();
-    let mut parents: Vec<PathBuf> = host.v1.iter().map(|(_, dir)| dir.clone()).collect();
-    if let Some((root, _)) = &host.v2 {
-        parents.push(root.join(V2_PARENT));
-    }
     let mut leaves = Vec::new();
-    for parent in parents {
+    for parent in HostCgroups::detect().leaf_parents() {
         if let Ok(entries) = std::fs::read_dir(&parent) {
             leaves.extend(
                 entries
                     .flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("palisade-"))
+                    .filter(|e| e.file_name().to_str().and_then(leaf_owner).is_some())
                     .map(|e| e.path()),
             );
         }
     }
     leaves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// A cgroup2 root as the kernel presents it, in a plain directory: the files are
+    /// what the v2 code writes to, so their contents show exactly what it wrote.
+    fn fake_v2_root() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        std::fs::write(root.path().join("cgroup.subtree_control"), "").unwrap();
+        root
+    }
+
+    #[test]
+    fn v2_leaf_gets_every_limit_with_the_kernels_units() {
+        let root = fake_v2_root();
+        let limits = Limits {
+            memory: Some(128 << 20),
+            pids: Some(64),
+            cpus: Some(0.5),
+            wall_time: None,
+        };
+        let cgroup = create_v2(root.path(), "palisade", "palisade-1-0", &limits).unwrap();
+        let parent = root.path().join("palisade");
+        let leaf = parent.join("palisade-1-0");
+        // Controllers are enabled at the root and at palisade's parent, so the leaf
+        // has them.
+        assert_eq!(
+            read(&root.path().join("cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
+        assert_eq!(
+            read(&parent.join("cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
+        assert_eq!(read(&leaf.join("memory.max")), (128u64 << 20).to_string());
+        assert_eq!(read(&leaf.join("memory.swap.max")), "0");
+        assert_eq!(read(&leaf.join("pids.max")), "64");
+        assert_eq!(read(&leaf.join("cpu.max")), "50000 100000");
+        assert_eq!(cgroup.leaves(), std::slice::from_ref(&leaf));
+        assert_eq!(
+            cgroup.procs_files(),
+            [CString::new(leaf.join("cgroup.procs").to_str().unwrap()).unwrap()]
+        );
+        // The kernel removes a cgroup's interface files with it; a plain directory
+        // needs them gone first for the leaf's own rmdir to be seen.
+        for file in ["memory.max", "memory.swap.max", "pids.max", "cpu.max"] {
+            std::fs::remove_file(leaf.join(file)).unwrap();
+        }
+        drop(cgroup);
+        assert!(!leaf.exists(), "the leaf outlived its sandbox");
+        assert!(parent.exists(), "the shared parent must stay");
+    }
+
+    #[test]
+    fn v2_only_enables_what_the_limits_need() {
+        let root = fake_v2_root();
+        let limits = Limits {
+            pids: Some(100),
+            cpus: Some(2.0),
+            ..Limits::default()
+        };
+        let cgroup = create_v2(root.path(), "palisade", "palisade-2-0", &limits).unwrap();
+        let leaf = root.path().join("palisade/palisade-2-0");
+        assert_eq!(
+            read(&root.path().join("cgroup.subtree_control")),
+            "+pids +cpu"
+        );
+        assert!(!leaf.join("memory.max").exists());
+        assert_eq!(read(&leaf.join("cpu.max")), "200000 100000");
+        // A tiny CPU share still gets the kernel's minimum quota (1 ms).
+        let tiny = Limits {
+            cpus: Some(0.001),
+            ..Limits::default()
+        };
+        let small = create_v2(root.path(), "palisade", "palisade-2-1", &tiny).unwrap();
+        assert_eq!(
+            read(&root.path().join("palisade/palisade-2-1/cpu.max")),
+            "1000 100000"
+        );
+        std::mem::forget((cgroup, small));
+    }
+
+    #[test]
+    fn v2_failure_to_enable_controllers_creates_nothing() {
+        let root = fake_v2_root();
+        // What the kernel does when a controller is not available: the write fails.
+        std::fs::remove_file(root.path().join("cgroup.subtree_control")).unwrap();
+        std::fs::create_dir(root.path().join("cgroup.subtree_control")).unwrap();
+        let error =
+            create_v2(root.path(), "palisade", "palisade-3-0", &Limits::defaults()).unwrap_err();
+        assert!(error.contains("cgroup.subtree_control"), "{error}");
+        assert!(!root.path().join("palisade").exists());
+    }
+
+    #[test]
+    fn leaf_names_are_told_apart_from_delegated_directories() {
+        assert_eq!(leaf_owner("palisade-1234-0"), Some(1234));
+        assert_eq!(leaf_owner("palisade-user-1001"), None);
+        assert_eq!(leaf_owner("palisade-1234"), None);
+        assert_eq!(leaf_owner("palisade"), None);
+        assert_eq!(leaf_owner("other-1-2"), None);
+    }
+
+    #[test]
+    fn v1_hierarchy_prefers_its_own_cgroup_then_the_delegated_one() {
+        let hierarchy = V1Hierarchy {
+            controller: "cpu".into(),
+            mount: PathBuf::from("/sys/fs/cgroup/cpu"),
+            own: PathBuf::from("/sys/fs/cgroup/cpu/some/where"),
+        };
+        let [own, delegated] = hierarchy.parents();
+        assert_eq!(own, Path::new("/sys/fs/cgroup/cpu/some/where"));
+        assert_eq!(
+            delegated,
+            Path::new(&format!(
+                "/sys/fs/cgroup/cpu/palisade-user-{}",
+                nix::unistd::geteuid()
+            ))
+        );
+    }
+
+    /// A pid that no longer exists (a child that has been reaped).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    /// The host's real cgroup2 hierarchy, when this process may create cgroups in it.
+    /// On hosts whose memory, pids and cpu controllers are bound to v1 it offers none
+    /// of them, but the lifecycle (create, enter between fork and exec, kill, remove,
+    /// clean up after a dead owner) is the same kernel code.
+    fn real_v2_parent() -> Option<(PathBuf, PathBuf)> {
+        let (root, _) = HostCgroups::detect().v2?;
+        let parent = root.join(format!("palisade-test-{}", std::process::id()));
+        match std::fs::create_dir(&parent) {
+            Ok(()) => Some((root, parent)),
+            Err(e) => {
+                eprintln!("SKIPPING real cgroup v2 test: {}: {e}", parent.display());
+                None
+            }
+        }
+    }
+
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            if let Ok(entries) = std::fs::read_dir(&self.0) {
+                for entry in entries.flatten() {
+                    if entry.path().is_dir() {
+                        for pid in read_pids(&entry.path()) {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                        remove_leaf(&entry.path());
+                    }
+                }
+            }
+            remove_leaf(&self.0);
+        }
+    }
+
+    fn spawn_in(cgroup: &Cgroup) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let procs = cgroup.procs_files();
+        let mut command = std::process::Command::new("sleep");
+        command.arg("300");
+        // SAFETY: enter_from_child only uses open/write/close on prepared paths.
+        unsafe {
+            command.pre_exec(move || enter_from_child(&procs));
+        }
+        command.spawn().unwrap()
+    }
+
+    #[test]
+    fn real_v2_leaf_holds_its_process_and_is_removed_with_it() {
+        let Some((root, parent)) = real_v2_parent() else {
+            return;
+        };
+        let _cleanup = RemoveDir(parent.clone());
+        let parent_name = parent.file_name().unwrap().to_str().unwrap().to_string();
+        let cgroup = create_v2(&root, &parent_name, "palisade-7-0", &Limits::default()).unwrap();
+        let leaf = parent.join("palisade-7-0");
+        let mut child = spawn_in(&cgroup);
+        let membership = read(Path::new(&format!("/proc/{}/cgroup", child.id())));
+        assert!(
+            membership
+                .lines()
+                .any(|l| l == format!("0::/{parent_name}/palisade-7-0")),
+            "{membership}"
+        );
+        assert_eq!(read_pids(&leaf), [child.id() as i32]);
+        drop(cgroup);
+        // Killed (cgroup.kill or SIGKILL) and the leaf gone.
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(!leaf.exists());
+    }
+
+    #[test]
+    fn real_v2_leaves_of_a_dead_owner_are_cleaned_up() {
+        let Some((root, parent)) = real_v2_parent() else {
+            return;
+        };
+        let _cleanup = RemoveDir(parent.clone());
+        let parent_name = parent.file_name().unwrap().to_str().unwrap().to_string();
+        let dead = format!("palisade-{}-0", dead_pid());
+        let alive = format!("palisade-{}-99", std::process::id());
+        let stale = create_v2(&root, &parent_name, &dead, &Limits::default()).unwrap();
+        let mut orphan = spawn_in(&stale);
+        // As after `kill -9` of the owner: nobody runs the leaf's Drop.
+        std::mem::forget(stale);
+        let live = create_v2(&root, &parent_name, &alive, &Limits::default()).unwrap();
+        cleanup_stale_in(&parent);
+        let status = orphan.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(!parent.join(&dead).exists(), "the stale leaf was left");
+        assert!(
+            parent.join(&alive).exists(),
+            "a live owner's leaf was removed"
+        );
+        drop(live);
+        assert!(!parent.join(&alive).exists());
+    }
 }
