@@ -38,7 +38,13 @@ pub struct GatewayInner {
     advertised: Option<PathBuf>,
 }
 
-pub async fn start(config: VaultConfig) -> Result<GatewayInner, VaultError> {
+/// Starts a gateway; `prebound` are agent sockets the caller bound already (so a
+/// client could be handed the path before the gateway was up: its connections wait in
+/// the socket's backlog until the gateway accepts them).
+pub async fn start(
+    config: VaultConfig,
+    prebound: Vec<(AgentName, std::os::unix::net::UnixListener)>,
+) -> Result<GatewayInner, VaultError> {
     let home = config.home.clone();
     home.ensure()?;
     let store = {
@@ -110,7 +116,21 @@ pub async fn start(config: VaultConfig) -> Result<GatewayInner, VaultError> {
             limiter.clone(),
         )));
     }
-    let sockets = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let mut serving = HashMap::new();
+    for (agent, listener) in prebound {
+        let listener = listener
+            .set_nonblocking(true)
+            .and_then(|()| UnixListener::from_std(listener))
+            .map_err(|e| VaultError::Io(format!("cannot serve the socket of {agent}: {e}")))?;
+        let handle = tokio::spawn(accept_loop(
+            shared.clone(),
+            Listener::Unix(listener),
+            Entry::Agent(agent.clone()),
+            limiter.clone(),
+        ));
+        serving.insert(agent, handle);
+    }
+    let sockets = Arc::new(std::sync::Mutex::new(serving));
     sync_sockets(&shared, &socket_dir, &sockets, &limiter);
     background.push(tokio::spawn(watch_changes(
         shared.clone(),

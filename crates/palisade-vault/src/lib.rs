@@ -110,7 +110,19 @@ impl Gateway {
     /// starts serving in the current tokio runtime.
     pub async fn start(config: VaultConfig) -> Result<Gateway, VaultError> {
         Ok(Gateway {
-            inner: gateway::start(config).await?,
+            inner: gateway::start(config, Vec::new()).await?,
+        })
+    }
+    /// As [`Gateway::start`], serving sockets the caller already bound for some agents
+    /// (in the socket folder, named as [`Gateway::socket_path`] names them). Whoever
+    /// connects before the gateway is up waits in the socket's backlog; `palisade
+    /// sandbox run` uses this to start the sandbox while the gateway starts.
+    pub async fn start_with_sockets(
+        config: VaultConfig,
+        prebound: Vec<(palisade_policy::AgentName, std::os::unix::net::UnixListener)>,
+    ) -> Result<Gateway, VaultError> {
+        Ok(Gateway {
+            inner: gateway::start(config, prebound).await?,
         })
     }
     /// Bound address of the TCP listener, if any.

@@ -13,6 +13,7 @@ use palisade_sandbox::{
     image::ImageBuild, mounts::MountPolicy, LimitMechanism, Limits, Oci, OciTool, Runtime,
     RuntimeKind, SandboxSpec, StdioMode,
 };
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -169,7 +170,10 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let code = tokio.block_on(async {
-        let mut in_process = None;
+        // The CA first: the in-process gateway loads the same one, and creating it
+        // twice at once could leave two.
+        let vault_ca = palisade_vault::ca_certificate_pem(&ctx.home)?;
+        let mut starting = None;
         let socket_dir_guard;
         let vault_socket = match palisade_vault::running_gateway(&ctx.home) {
             Some(info) => {
@@ -180,25 +184,30 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
                 socket
             }
             None => {
+                // The agent's socket is bound here and the gateway starts while the
+                // sandbox does: a client in the sandbox that connects before the
+                // gateway is up waits in the socket's backlog, not in a retry loop.
                 socket_dir_guard = tempfile::Builder::new()
                     .prefix("palisade-vault-")
                     .tempdir()
                     .context("cannot create a socket directory for the in-process vault")?;
+                let socket = socket_dir_guard.path().join(format!("{agent}.sock"));
+                let listener = std::os::unix::net::UnixListener::bind(&socket)
+                    .context("cannot create the agent's vault socket")?;
+                std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+                    .context("cannot make the agent's vault socket private")?;
                 let mut config = palisade_vault::VaultConfig::new(ctx.home.clone());
                 config.socket_dir = Some(socket_dir_guard.path().to_path_buf());
                 config.upstream_ca = args.upstream_ca.clone();
                 config.allow_local_upstream = args.allow_local_upstream.clone();
                 config.advertise = false;
-                let gateway = palisade_vault::Gateway::start(config).await?;
-                let socket = gateway.socket_path(&agent);
-                in_process = Some(gateway);
-                wait_for_socket(&socket, Duration::from_secs(3))
-                    .await
-                    .context("the in-process vault did not create the agent's socket")?;
+                starting = Some(tokio::spawn(palisade_vault::Gateway::start_with_sockets(
+                    config,
+                    vec![(agent.clone(), listener)],
+                )));
                 socket
             }
         };
-        let vault_ca = palisade_vault::ca_certificate_pem(&ctx.home)?;
         let spec = SandboxSpec {
             agent: agent.to_string(),
             workspace,
@@ -211,7 +220,18 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
             command: args.command.clone(),
             stdio: StdioMode::Inherit,
         };
-        let result = run_to_end(&*runtime, &spec).await;
+        let mut in_process = None;
+        let gateway_ready = async {
+            if let Some(starting) = starting {
+                let gateway = starting
+                    .await
+                    .context("the in-process vault stopped while starting")?
+                    .context("the in-process vault could not start")?;
+                in_process = Some(gateway);
+            }
+            anyhow::Ok(())
+        };
+        let result = run_to_end(&*runtime, &spec, gateway_ready).await;
         if let Some(gateway) = in_process {
             let _ = tokio::time::timeout(Duration::from_secs(5), gateway.shutdown()).await;
         }
@@ -226,7 +246,13 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
 }
 
 /// Starts the sandbox and waits for it, ending it on SIGINT/SIGTERM.
-async fn run_to_end(runtime: &dyn Runtime, spec: &SandboxSpec) -> anyhow::Result<i32> {
+/// `gateway_ready` resolves once the vault serves the sandbox's socket (at once for a
+/// running gateway); if it fails, the sandbox is ended and the error returned.
+async fn run_to_end(
+    runtime: &dyn Runtime,
+    spec: &SandboxSpec,
+    gateway_ready: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<i32> {
     use tokio::signal::unix::{signal, SignalKind};
     let sandbox = runtime.start(spec)?;
     for report in sandbox.limit_reports() {
@@ -241,6 +267,12 @@ async fn run_to_end(runtime: &dyn Runtime, spec: &SandboxSpec) -> anyhow::Result
     }
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    // Dropping the sandbox on any early return ends it.
+    tokio::select! {
+        ready = gateway_ready => ready?,
+        _ = interrupt.recv() => return Ok(130),
+        _ = terminate.recv() => return Ok(143),
+    }
     let waited = tokio::select! {
         outcome = sandbox.wait() => outcome?,
         _ = interrupt.recv() => return Ok(130),
