@@ -4,7 +4,8 @@
 //! only), all capabilities are dropped, nested user namespaces are disabled, the
 //! command runs in a new session (no terminal injection) and dies with its parent.
 //! The filesystem is built from nothing: `/usr` and the merged-usr links read-only, a
-//! short allow-list of `/etc` files (no shadow, no keys), fresh `/proc`, `/dev` and
+//! prepared copy of an allow-list of `/etc` files (no shadow, no keys; see
+//! [`crate::etc_tree`]) as one read-only mount, fresh `/proc`, `/dev` and
 //! `/tmp`, the workspace, and `/run/palisade` (shim, vault socket, CA bundle); then
 //! `/` is remounted read-only.
 
@@ -12,38 +13,10 @@ use crate::cgroup::{enter_from_child, Cgroup};
 use crate::runtime::{
     shim_argv, wall_time_report, which, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode,
 };
-use crate::workdir::Workdir;
+use crate::workdir::{synthetic_etc, Workdir};
 use crate::{paths, SandboxError};
 use std::path::Path;
 use std::process::Stdio;
-
-/// `/etc` entries a sandbox may see: what dynamic linking, name lookup of localhost,
-/// TLS defaults, Python and git need, nothing that holds host secrets.
-const ETC_ALLOWED: &[&str] = &[
-    "alternatives",
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "localtime",
-    "timezone",
-    "nsswitch.conf",
-    "host.conf",
-    "mime.types",
-    "os-release",
-    "debian_version",
-    "ssl/certs",
-    "ssl/openssl.cnf",
-    "python3",
-    "python3.11",
-    "bash.bashrc",
-    "profile",
-    "inputrc",
-    "terminfo",
-    "protocols",
-    "services",
-    "gitconfig",
-    "magic",
-];
 
 pub struct Bubblewrap {
     program: String,
@@ -84,6 +57,7 @@ impl Bubblewrap {
         &self,
         spec: &SandboxSpec,
         workdir: &Workdir,
+        etc: &Path,
         shim: Vec<String>,
     ) -> Vec<String> {
         let mut args: Vec<String> = ISOLATION_FLAGS
@@ -108,21 +82,8 @@ impl Bubblewrap {
                 Err(_) => {}
             }
         }
-        for entry in ETC_ALLOWED {
-            let host = Path::new("/etc").join(entry);
-            push(&[
-                "--ro-bind-try",
-                &host.to_string_lossy(),
-                &host.to_string_lossy(),
-            ]);
-        }
-        for (name, target) in [
-            ("passwd", "/etc/passwd"),
-            ("group", "/etc/group"),
-            ("hosts", "/etc/hosts"),
-        ] {
-            push(&["--ro-bind", &workdir.path(name).to_string_lossy(), target]);
-        }
+        // The allow-listed /etc with synthetic passwd, group and hosts: one mount.
+        push(&["--ro-bind", &etc.to_string_lossy(), "/etc"]);
         push(&[
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
         ]);
@@ -218,10 +179,16 @@ impl Runtime for Bubblewrap {
         self.check()?;
         check_spec(spec)?;
         let workdir = Workdir::create(&spec.ca_bundle)?;
+        let etc = crate::etc_tree::prepare(
+            Path::new("/etc"),
+            crate::etc_tree::ETC_ALLOWED,
+            &synthetic_etc(),
+            &std::env::temp_dir(),
+        )?;
         let lifeline = workdir.lifeline()?;
         let (cgroup, mut reports) = Cgroup::create(&spec.limits);
         reports.extend(wall_time_report(&spec.limits));
-        let args = self.args(spec, &workdir, shim_argv(spec, &reports));
+        let args = self.args(spec, &workdir, etc.path(), shim_argv(spec, &reports));
         let mut command = tokio::process::Command::new(&self.program);
         command.args(&args).env_clear().kill_on_drop(true);
         if spec.stdio == StdioMode::Piped {
@@ -247,6 +214,7 @@ impl Runtime for Bubblewrap {
             container: None,
             lifeline,
             workdir: Some(workdir),
+            etc: Some(etc),
             reports,
             finished: false,
         })

@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod doctor;
 pub mod env;
 mod error;
+mod etc_tree;
 pub mod image;
 pub mod limits;
 pub mod mounts;

@@ -110,6 +110,8 @@ pub struct Sandbox {
     pub(crate) container: Option<(OciTool, String)>,
     pub(crate) lifeline: tokio::task::JoinHandle<()>,
     pub(crate) workdir: Option<Workdir>,
+    /// The bubblewrap sandbox's `/etc`, share-locked while the sandbox runs.
+    pub(crate) etc: Option<crate::etc_tree::EtcTree>,
     pub(crate) reports: Vec<LimitReport>,
     pub(crate) finished: bool,
 }
@@ -189,6 +191,7 @@ impl Drop for Sandbox {
         // The cgroup's own Drop kills what is left and removes the leaves.
         self.cgroup.take();
         self.workdir.take();
+        self.etc.take();
     }
 }
 

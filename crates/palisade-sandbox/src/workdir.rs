@@ -1,5 +1,5 @@
 //! The per-run directory on the host: the CA bundle, the lifeline socket and the small
-//! `/etc` files a sandbox gets, in a private (0700) temporary directory named after
+//! synthetic `/etc` files a sandbox gets, in a private (0700) temporary directory named after
 //! the owning process, so a run that was `kill -9`ed is cleaned up by the next one.
 
 use crate::SandboxError;
@@ -27,22 +27,9 @@ impl Workdir {
             })?;
         let workdir = Workdir { dir };
         workdir.write("ca-bundle.pem", ca_bundle)?;
-        let uid = nix::unistd::getuid().as_raw();
-        let gid = nix::unistd::getgid().as_raw();
-        let mut passwd = String::from("root:x:0:0:root:/workspace:/bin/bash\n");
-        let mut group = String::from("root:x:0:\n");
-        if uid != 0 {
-            passwd.push_str(&format!("agent:x:{uid}:{gid}:agent:/workspace:/bin/bash\n"));
-            group.push_str(&format!("agent:x:{gid}:\n"));
+        for (name, text) in synthetic_etc() {
+            workdir.write(name, &text)?;
         }
-        passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
-        group.push_str("nogroup:x:65534:\n");
-        workdir.write("passwd", &passwd)?;
-        workdir.write("group", &group)?;
-        workdir.write(
-            "hosts",
-            "127.0.0.1\tlocalhost palisade\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-        )?;
         Ok(workdir)
     }
 
@@ -73,6 +60,29 @@ impl Workdir {
             }
         }))
     }
+}
+
+/// The `/etc` files every sandbox gets instead of the host's: users root, the caller
+/// (as `agent`) and nobody; loopback names only.
+pub(crate) fn synthetic_etc() -> Vec<(&'static str, String)> {
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let mut passwd = String::from("root:x:0:0:root:/workspace:/bin/bash\n");
+    let mut group = String::from("root:x:0:\n");
+    if uid != 0 {
+        passwd.push_str(&format!("agent:x:{uid}:{gid}:agent:/workspace:/bin/bash\n"));
+        group.push_str(&format!("agent:x:{gid}:\n"));
+    }
+    passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+    group.push_str("nogroup:x:65534:\n");
+    vec![
+        ("passwd", passwd),
+        ("group", group),
+        (
+            "hosts",
+            "127.0.0.1\tlocalhost palisade\n::1\tlocalhost ip6-localhost ip6-loopback\n".into(),
+        ),
+    ]
 }
 
 fn cleanup_stale(base: &Path) {
