@@ -132,17 +132,35 @@ impl Oci {
         reports
     }
 
+    /// Whether the image is present; an engine failure other than "no such image" is
+    /// reported as such rather than as a missing image.
     fn image_exists(&self) -> Result<bool, SandboxError> {
-        let status = self
+        let output = self
             .tool
             .command()
             .args(["image", "inspect", "--format", "{{.Id}}", &self.image])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .output()
             .map_err(|e| SandboxError::io(format!("cannot run {}", self.tool.program()), e))?;
-        Ok(status.success())
+        if output.status.success() {
+            return Ok(true);
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr).to_lowercase();
+        if stderr.is_empty()
+            || stderr.contains("not known")
+            || stderr.contains("no such image")
+            || stderr.contains("not found")
+        {
+            return Ok(false);
+        }
+        Err(SandboxError::RuntimeUnusable {
+            runtime: self.tool.program().into(),
+            reason: format!(
+                "`{} image inspect` failed: {}",
+                self.tool.program(),
+                stderr.lines().next().unwrap_or_default().trim()
+            ),
+        })
     }
 
     pub(crate) fn args(
@@ -335,6 +353,7 @@ impl Runtime for Oci {
             container: Some((self.tool, name)),
             lifeline,
             workdir: Some(workdir),
+            etc: None,
             reports,
             finished: false,
         })
