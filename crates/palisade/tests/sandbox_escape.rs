@@ -661,3 +661,127 @@ fn nothing_survives_kill_9_of_the_parent() {
         }
     });
 }
+
+/// Removes a delegated cgroup directory and whatever sandbox leaves are left in it.
+struct Delegated(PathBuf);
+
+impl Drop for Delegated {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for leaf in entries.flatten().filter(|e| e.path().is_dir()) {
+                let procs =
+                    std::fs::read_to_string(leaf.path().join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                let _ = std::fs::remove_dir(leaf.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The unprivileged user gets no CPU limit (and is told how to get one) until root
+/// delegates a cgroup v1 `cpu` directory to them; then the sandbox runs in a leaf of it
+/// with the quota written, and the leaf is gone when the sandbox ends.
+#[test]
+fn cpu_limit_applies_to_a_user_once_root_delegates_a_cgroup() {
+    let Some(w) = world(As::User) else { return };
+    let host = palisade_sandbox::cgroup::HostCgroups::detect();
+    let Some(cpu) = host.v1.iter().find(|h| h.controller == "cpu") else {
+        eprintln!("SKIPPING: no cgroup v1 `cpu` hierarchy on this host");
+        return;
+    };
+    let uid = nix::unistd::User::from_name(TEST_USER)
+        .unwrap()
+        .expect("test user")
+        .uid;
+    let dir = cpu.mount.join(format!("palisade-user-{uid}"));
+    let _ = std::fs::remove_dir(&dir);
+    let limits = ["--cpus", "0.5", "--memory", "none", "--pids", "none"];
+
+    let out = w.sandbox("bwrap", &limits, "true");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        err.contains("cpus limit 0.5 not applied")
+            && err.contains(&format!("chown {uid} {}", dir.display())),
+        "{err}"
+    );
+
+    std::fs::create_dir(&dir).unwrap();
+    let _delegated = Delegated(dir.clone());
+    nix::unistd::chown(&dir, Some(uid), None).unwrap();
+    let marker = format!("{}", 900 + (w.port % 90));
+    let ca = w.dir.path().join("ca.pem");
+    let mut args = vec![
+        "sandbox",
+        "run",
+        "--agent",
+        "a",
+        "--upstream-ca",
+        ca.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&limits);
+    args.extend_from_slice(&["--", "sleep", &marker]);
+    let mut child = w.command(&args);
+    child
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = child.spawn().unwrap();
+    let sleeping = || {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("^sleep {marker}$")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .map(str::to_string)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid = loop {
+        if let Some(pid) = sleeping() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the sandbox did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let leaf = membership
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2).zip(l.split(':').nth(1)))
+        .find(|(_, controllers)| controllers.split(',').any(|c| c == "cpu"))
+        .map(|(path, _)| path.to_string())
+        .unwrap_or_default();
+    let prefix = format!("/palisade-user-{uid}/palisade-");
+    let quota = std::fs::read_to_string(
+        cpu.mount
+            .join(leaf.trim_start_matches('/'))
+            .join("cpu.cfs_quota_us"),
+    );
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait().unwrap();
+    let mut stderr = String::new();
+    use std::io::Read;
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    assert!(leaf.starts_with(&prefix), "{membership}");
+    assert_eq!(quota.unwrap_or_default().trim(), "50000", "{leaf}");
+    assert!(!stderr.contains("not applied"), "{stderr}");
+    // The sandbox's leaf went with it.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "leaves left: {left:?}");
+}
