@@ -1,17 +1,18 @@
-//! The host's local JSON API on 127.0.0.1 (axum), used by `palisade send` and, later,
-//! the web UI.
+//! The host's local JSON API on 127.0.0.1 (axum), used by `palisade send`; the web UI
+//! (palisade-web) wraps this router and serves its pages beside it.
 //!
 //! Who may call it: the CLI with the token written to `run/host.json` (mode 0600, in
-//! the 0700 home), or the admin with the login token printed once by `palisade up`,
-//! exchanged at `/login?token=…` for a cookie (`HttpOnly`, `SameSite=Strict`) that is
-//! good for reading only; every state-changing call needs the bearer token, so a page
-//! on another site cannot make the browser post for the admin (no CSRF). Sandboxes
-//! never reach it: they have no network and the vault refuses local upstreams.
+//! the 0700 home), or the admin's browser with the session cookie the web UI hands out
+//! at `/login?token=…` (`HttpOnly`, `SameSite=Strict`), which is good for reading only
+//! here: every state-changing call needs the bearer token, so a page on another site
+//! cannot make the browser post for the admin (the web UI's own writes pass its CSRF
+//! check first). Sandboxes never reach it: they have no network and the vault refuses
+//! local upstreams.
 
 use crate::host::{Host, StreamEvent, MAX_MESSAGE_BYTES};
 use crate::HostError;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +23,8 @@ use serde::Deserialize;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 
-const COOKIE: &str = "palisade_admin";
+/// Name of the admin session cookie (set by the web UI's login).
+pub const COOKIE: &str = "palisade_admin";
 
 /// Credentials of the API: all random, all held only in memory except `cli` (in
 /// `run/host.json`, readable only by the home's owner).
@@ -53,7 +55,8 @@ pub fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn same(a: &str, b: &str) -> bool {
+/// Compares two tokens in time independent of where they differ.
+pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -78,9 +81,7 @@ pub fn router(host: Host, tokens: ApiTokens, shutdown: watch::Receiver<bool>) ->
         started_at_ms: palisade_store::now_ms(),
     };
     Router::new()
-        .route("/", get(index))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/login", get(login))
         .route("/api/status", get(status))
         .route("/api/agents/{name}/messages", post(send_message))
         .route("/api/messages/{id}", get(get_message))
@@ -144,42 +145,6 @@ fn unauthorized() -> Response {
         "unauthorized",
         "log in with the URL `palisade up` printed, or use the palisade CLI",
     )
-}
-
-async fn index(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers, true) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "Palisade: open the login URL that `palisade up` printed.\n",
-        )
-            .into_response();
-    }
-    let body = "<!doctype html><meta charset=utf-8><title>Palisade</title>\
-        <h1>Palisade</h1><p>The host is running. The web UI is not built yet; use \
-        <code>palisade send --agent NAME \"text\"</code>.</p>";
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
-}
-
-#[derive(Deserialize)]
-struct LoginQuery {
-    token: Option<String>,
-}
-
-async fn login(State(state): State<ApiState>, Query(query): Query<LoginQuery>) -> Response {
-    match query.token {
-        Some(token) if same(&token, &state.tokens.admin_login) => {
-            let cookie = format!(
-                "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-                state.tokens.session
-            );
-            (
-                StatusCode::SEE_OTHER,
-                [(header::SET_COOKIE, cookie), (header::LOCATION, "/".into())],
-            )
-                .into_response()
-        }
-        _ => unauthorized(),
-    }
 }
 
 async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Response {

@@ -98,6 +98,8 @@ pub(crate) struct HostInner {
     pub(crate) config: HostConfig,
     pub(crate) launcher: Arc<dyn RunnerLauncher>,
     agents: Mutex<HashMap<AgentName, AgentHandle>>,
+    /// Slots (by socket) whose runner is started or connected: the web UI's "warm".
+    warm: Mutex<std::collections::BTreeSet<(AgentName, PathBuf)>>,
     streams: Mutex<HashMap<i64, broadcast::Sender<StreamEvent>>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
@@ -132,6 +134,7 @@ impl Host {
                 config,
                 launcher,
                 agents: Mutex::new(HashMap::new()),
+                warm: Mutex::new(Default::default()),
                 streams: Mutex::new(HashMap::new()),
                 shutdown,
                 shutdown_tx,
@@ -247,9 +250,29 @@ impl Host {
         names.sort();
         names
     }
+
+    /// Names of agents with at least one runner running now (warm), sorted.
+    pub fn warm_agents(&self) -> Vec<AgentName> {
+        let mut names: Vec<AgentName> = lock(&self.inner.warm)
+            .iter()
+            .map(|(agent, _)| agent.clone())
+            .collect();
+        names.dedup();
+        names
+    }
 }
 
 impl HostInner {
+    pub(crate) fn set_warm(&self, agent: &AgentName, slot: &std::path::Path, warm: bool) {
+        let mut set = lock(&self.warm);
+        let key = (agent.clone(), slot.to_path_buf());
+        if warm {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
     pub(crate) fn publish(&self, message_id: i64, event: StreamEvent) {
         let finished = matches!(event, StreamEvent::Reply { .. });
         let mut streams = lock(&self.streams);

@@ -192,6 +192,30 @@ pub fn append_memory(home: &Home, agent: &str, note: &str) -> Result<(), HostErr
         .map_err(|e| HostError::Io(format!("cannot write {}: {e}", path.display())))
 }
 
+/// Replaces the agent's instructions file (0600) with `text`: the one code path for
+/// `palisade agents create|edit` and the web UI.
+pub fn write_instructions(home: &Home, agent: &str, text: &str) -> Result<(), HostError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if text.len() > MAX_INSTRUCTIONS_BYTES {
+        return Err(HostError::Invalid(format!(
+            "the instructions are larger than {} KiB; shorten them",
+            MAX_INSTRUCTIONS_BYTES / 1024
+        )));
+    }
+    create_private_dir(&home.agent_dir(agent))?;
+    let path = instructions_path(home, agent);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| HostError::Io(format!("cannot write {}: {e}", path.display())))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| HostError::Io(format!("cannot write {}: {e}", path.display())))
+}
+
 pub fn create_private_dir(path: &std::path::Path) -> Result<(), HostError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()

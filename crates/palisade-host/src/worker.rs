@@ -310,6 +310,11 @@ async fn run_slot(mut slot: Slot, listener: UnixListener) {
     let mut runner = Runner::default();
     let mut failures: u32 = 0;
     loop {
+        inner.set_warm(
+            &agent,
+            &slot.socket,
+            runner.process.is_some() || runner.conn.is_some(),
+        );
         if *shutdown.borrow() {
             break;
         }
@@ -353,6 +358,7 @@ async fn run_slot(mut slot: Slot, listener: UnixListener) {
         }
     }
     runner.stop(&agent, true).await;
+    inner.set_warm(&agent, &slot.socket, false);
     accept.abort();
     let _ = std::fs::remove_file(&slot.socket);
 }
@@ -387,6 +393,7 @@ async fn handle(
             }
             return back_off(inner, *failures, shutdown).await;
         }
+        inner.set_warm(agent, socket, true);
     }
     match deliver(inner, agent, message, runner).await {
         Outcome::Answered => {

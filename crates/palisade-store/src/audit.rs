@@ -49,6 +49,11 @@ pub struct AuditFilter {
     pub decision: Option<String>,
     pub host: Option<String>,
     pub since_ms: Option<i64>,
+    /// Only rows older than this (exclusive).
+    pub until_ms: Option<i64>,
+    /// Only rows where this text appears (case-insensitively for ASCII) in the event,
+    /// agent, method, host, path, decision, rule, secret, actor, approval id or detail.
+    pub text: Option<String>,
     /// Newest first; default 100, max 10 000.
     pub limit: Option<usize>,
     /// Only rows with id < before_id (paging).

@@ -127,6 +127,40 @@ fn filters() {
         ..Default::default()
     })
     .is_empty());
+    assert_eq!(
+        ids(AuditFilter {
+            since_ms: Some(4_000),
+            until_ms: Some(7_000),
+            ..Default::default()
+        }),
+        [6, 5, 4]
+    );
+    // Text search spans the columns, ignores ASCII case, and treats `%`/`_` literally.
+    assert_eq!(
+        ids(AuditFilter {
+            text: Some("H1.EXAMPLE".into()),
+            ..Default::default()
+        }),
+        [9, 5, 1]
+    );
+    assert_eq!(
+        ids(AuditFilter {
+            text: Some("blocked".into()),
+            agent: Some("even".into()),
+            ..Default::default()
+        }),
+        [12, 6]
+    );
+    for literal in ["%", "h_.example"] {
+        assert!(
+            ids(AuditFilter {
+                text: Some(literal.into()),
+                ..Default::default()
+            })
+            .is_empty(),
+            "{literal} matched as a wildcard"
+        );
+    }
 }
 
 #[test]

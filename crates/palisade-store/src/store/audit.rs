@@ -240,6 +240,26 @@ impl Store {
             conditions.push("at_ms >= ?");
             params.push(Value::Integer(since));
         }
+        if let Some(until) = filter.until_ms {
+            conditions.push("at_ms < ?");
+            params.push(Value::Integer(until));
+        }
+        if let Some(text) = filter.text.as_deref().filter(|t| !t.is_empty()) {
+            // LIKE with the wildcards of the search text escaped, so `%` and `_` match
+            // themselves; instr would be case-sensitive.
+            let escaped = text
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            conditions.push(
+                "(event || ' ' || coalesce(agent, '') || ' ' || coalesce(method, '') || ' ' \
+                 || coalesce(host, '') || ' ' || coalesce(path, '') || ' ' \
+                 || coalesce(decision, '') || ' ' || coalesce(rule, '') || ' ' \
+                 || coalesce(secret, '') || ' ' || coalesce(actor, '') || ' ' \
+                 || coalesce(approval_id, '') || ' ' || coalesce(detail, '')) LIKE ? ESCAPE '\\'",
+            );
+            params.push(Value::Text(format!("%{escaped}%")));
+        }
         if let Some(before) = filter.before_id {
             conditions.push("id < ?");
             params.push(Value::Integer(before));

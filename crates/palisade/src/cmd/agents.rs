@@ -142,18 +142,11 @@ gateway that may refuse a request or hold it for a person's approval. Be concise
 
 /// Writes the agent's instructions file (0600), with `text` or a starting template.
 pub fn write_instructions(home: &Home, agent: &str, text: Option<&str>) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    palisade_host::settings::create_private_dir(&home.agent_dir(agent))?;
-    let path = palisade_host::settings::instructions_path(home, agent);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(text.unwrap_or(INSTRUCTIONS_TEMPLATE).as_bytes())?;
+    palisade_host::settings::write_instructions(
+        home,
+        agent,
+        text.unwrap_or(INSTRUCTIONS_TEMPLATE),
+    )?;
     Ok(())
 }
 

@@ -63,7 +63,7 @@ pub fn run(command: AuditCommand, ctx: &Context) -> anyhow::Result<()> {
                 host,
                 since_ms,
                 limit: Some(limit),
-                before_id: None,
+                ..Default::default()
             };
             let store = ctx.open_store()?;
             let rows = store.list_audit(&filter)?;

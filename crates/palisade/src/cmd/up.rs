@@ -8,7 +8,7 @@
 
 use crate::context::Context;
 use anyhow::{bail, Context as _};
-use palisade_host::api::{router, ApiTokens};
+use palisade_host::api::ApiTokens;
 use palisade_host::{Host, HostConfig, SandboxLauncher};
 use palisade_policy::{AgentName, HostPattern, Injection, Profile, SecretValue};
 use palisade_sandbox::{Limits, RuntimeKind};
@@ -29,7 +29,7 @@ const LOGIN_TOKEN_ENV: &str = "PALISADE_ADMIN_LOGIN_TOKEN";
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// Address of the local JSON API (and, later, the web UI); loopback only is sensible.
+    /// Address of the web UI and the local JSON API; loopback only is sensible.
     #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     listen: SocketAddr,
     /// Run in the background; logs go to $PALISADE_HOME/logs/host.log.
@@ -218,7 +218,7 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         config.turn_timeout = turn_timeout;
         let host = Host::start(store, config, Arc::new(launcher)).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let app = router(host.clone(), tokens.clone(), stop_rx.clone());
+        let app = palisade_web::app(host.clone(), tokens.clone(), stop_rx.clone(), listen);
         let info = HostInfo {
             pid: std::process::id(),
             listen,

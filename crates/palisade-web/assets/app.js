@@ -1,0 +1,260 @@
+// Palisade web UI script: streamed chat replies and live approvals.
+// Hand-written and small on purpose; served from /assets/app.js (no inline script, the
+// Content-Security-Policy forbids it). Text from agents and models is only ever
+// inserted with textContent, never as HTML.
+"use strict";
+
+(function () {
+  const csrfMeta = document.querySelector('meta[name="csrf-token"]');
+  const csrf = csrfMeta ? csrfMeta.content : "";
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  // ---------- Chat ----------
+  const composer = document.getElementById("composer");
+  const messages = document.getElementById("messages");
+
+  function scrollDown() {
+    if (messages) messages.scrollTop = messages.scrollHeight;
+  }
+
+  function bubble(kind, text) {
+    const wrap = el("div", "msg " + kind);
+    const body = el("div", "bubble", text);
+    wrap.appendChild(body);
+    messages.appendChild(wrap);
+    const empty = document.getElementById("empty-chat");
+    if (empty) empty.remove();
+    scrollDown();
+    return { wrap: wrap, body: body };
+  }
+
+  function showChatError(text) {
+    const box = document.getElementById("chat-error");
+    if (!box) return;
+    box.textContent = text;
+    box.hidden = !text;
+  }
+
+  async function send(text) {
+    const agent = composer.dataset.agent;
+    const input = document.getElementById("message");
+    const button = document.getElementById("send");
+    const status = document.getElementById("chat-status");
+    showChatError("");
+    button.disabled = true;
+    status.textContent = "sending…";
+    const mine = bubble("user", text);
+    let reply = null;
+    let tools = null;
+    let gotReply = false;
+    try {
+      const response = await fetch("/chat/" + encodeURIComponent(agent) + "/send", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: {
+          "Content-Type": "application/json",
+          "X-CSRF-Token": csrf,
+          Accept: "application/x-ndjson",
+        },
+        body: JSON.stringify({ text: text }),
+      });
+      if (!response.ok || !response.body) {
+        let message = "the host answered " + response.status;
+        try {
+          const body = await response.json();
+          if (body && body.message) message = body.message;
+        } catch (_) { /* not JSON */ }
+        mine.wrap.remove();
+        showChatError(message);
+        status.textContent = "";
+        return;
+      }
+      input.value = "";
+      reply = bubble("agent streaming", "");
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffered = "";
+      for (;;) {
+        const chunk = await reader.read();
+        if (chunk.done) break;
+        buffered += decoder.decode(chunk.value, { stream: true });
+        let newline;
+        while ((newline = buffered.indexOf("\n")) >= 0) {
+          const line = buffered.slice(0, newline).trim();
+          buffered = buffered.slice(newline + 1);
+          if (!line) continue;
+          let event;
+          try { event = JSON.parse(line); } catch (_) { continue; }
+          switch (event.type) {
+            case "accepted":
+              status.textContent = "accepted (message #" + event.message_id + "); waiting for " + agent + "…";
+              break;
+            case "text_delta":
+              reply.body.textContent += event.text;
+              reply.wrap.dataset.deltas = String(Number(reply.wrap.dataset.deltas || 0) + 1);
+              status.textContent = agent + " is answering…";
+              break;
+            case "tool_call":
+              if (!tools) {
+                tools = el("div", "tools");
+                reply.wrap.appendChild(tools);
+              }
+              tools.appendChild(el("span", "pill warn", "⚙ " + event.name));
+              status.textContent = agent + " is running " + event.name + "…";
+              break;
+            case "tool_result":
+              if (tools && tools.lastChild) {
+                tools.lastChild.className = "pill " + (event.is_error ? "bad" : "good");
+              }
+              break;
+            case "status": {
+              const note = el("div", "msg note");
+              note.appendChild(el("div", "bubble", event.message));
+              messages.insertBefore(note, reply.wrap);
+              status.textContent = event.message;
+              break;
+            }
+            case "message": {
+              const sent = el("div", "msg agent");
+              sent.appendChild(el("div", "bubble", event.text));
+              messages.insertBefore(sent, reply.wrap);
+              break;
+            }
+            case "reply":
+              gotReply = true;
+              reply.body.textContent = event.text;
+              reply.wrap.classList.remove("streaming");
+              if (event.is_error) reply.wrap.classList.add("error");
+              reply.wrap.appendChild(el("div", "meta", agent + " · just now"));
+              status.textContent = "";
+              break;
+          }
+          scrollDown();
+        }
+      }
+      if (!gotReply) {
+        reply.wrap.classList.remove("streaming");
+        status.textContent = "";
+        showChatError("The connection ended before the reply; the message stays queued and the reply will show here after a reload.");
+      }
+    } catch (error) {
+      if (reply) reply.wrap.classList.remove("streaming");
+      status.textContent = "";
+      showChatError("Could not reach palisade: " + error.message);
+    } finally {
+      button.disabled = false;
+      input.focus();
+    }
+  }
+
+  if (composer && messages) {
+    scrollDown();
+    const input = document.getElementById("message");
+    composer.addEventListener("submit", function (event) {
+      event.preventDefault();
+      const text = input.value;
+      if (!text.trim()) {
+        showChatError("The message is empty; write something for the agent to answer.");
+        return;
+      }
+      send(text);
+    });
+    input.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        composer.requestSubmit();
+      }
+    });
+  }
+
+  // ---------- Approvals ----------
+  const live = document.getElementById("approvals-live");
+  const badge = document.getElementById("approvals-badge");
+  const flash = document.getElementById("approval-flash");
+  const POLL_MS = 2000;
+
+  function showFlash(text, bad) {
+    if (!flash) return;
+    flash.textContent = text;
+    flash.className = bad ? "flash error-box" : "flash";
+    flash.hidden = !text;
+  }
+
+  function setBadge(count) {
+    if (!badge) return;
+    badge.textContent = String(count);
+    badge.hidden = count === 0;
+  }
+
+  async function refreshApprovals() {
+    const response = await fetch(live.dataset.poll, {
+      credentials: "same-origin",
+      headers: { Accept: "text/html" },
+    });
+    if (!response.ok) return;
+    const doc = new DOMParser().parseFromString(await response.text(), "text/html");
+    const fresh = doc.getElementById("pending");
+    const current = document.getElementById("pending");
+    if (!fresh || !current) return;
+    setBadge(Number(fresh.dataset.count || 0));
+    const freshDecided = doc.getElementById("decided");
+    const decided = document.getElementById("decided");
+    if (freshDecided && decided && freshDecided.innerHTML !== decided.innerHTML) {
+      decided.replaceWith(document.importNode(freshDecided, true));
+    }
+    if (fresh.dataset.ids === current.dataset.ids) return;
+    // Keep comments being typed in cards that are still pending.
+    current.querySelectorAll("article[data-id]").forEach(function (card) {
+      const typed = card.querySelector('input[name="comment"]');
+      const same = fresh.querySelector('article[data-id="' + CSS.escape(card.dataset.id) + '"] input[name="comment"]');
+      if (typed && same) same.value = typed.value;
+    });
+    current.replaceWith(document.importNode(fresh, true));
+  }
+
+  if (live) {
+    let polling = false;
+    const poll = function () {
+      if (document.hidden || polling) return;
+      polling = true;
+      refreshApprovals().catch(function () {}).finally(function () { polling = false; });
+    };
+    setInterval(poll, POLL_MS);
+    document.addEventListener("visibilitychange", poll);
+
+    live.addEventListener("submit", async function (event) {
+      const form = event.target;
+      if (!form.classList.contains("decide")) return;
+      event.preventDefault();
+      const data = new URLSearchParams(new FormData(form));
+      const submitter = event.submitter;
+      if (submitter && submitter.name) data.set(submitter.name, submitter.value);
+      form.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
+      try {
+        const response = await fetch(form.action, {
+          method: "POST",
+          credentials: "same-origin",
+          headers: {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-CSRF-Token": csrf,
+            Accept: "application/json",
+          },
+          body: data.toString(),
+        });
+        let body = {};
+        try { body = await response.json(); } catch (_) { /* not JSON */ }
+        showFlash(body.message || ("the host answered " + response.status), !response.ok);
+      } catch (error) {
+        showFlash("Could not reach palisade: " + error.message, true);
+      }
+      await refreshApprovals().catch(function () {});
+      form.querySelectorAll("button").forEach(function (b) { b.disabled = false; });
+    });
+  }
+})();

@@ -1,0 +1,204 @@
+//! Who may use the web UI: the admin who holds the login token `palisade up` printed.
+//!
+//! - `/login?token=…` exchanges that token for the session cookie (`HttpOnly`,
+//!   `SameSite=Strict`, `Path=/`) and redirects to the dashboard, so the token leaves
+//!   the address bar (and, with `Referrer-Policy: no-referrer`, is never sent on).
+//! - Every page needs the cookie; without it the answer is 401 with a hint.
+//! - Every state-changing request (anything but GET/HEAD) additionally needs the CSRF
+//!   token of the session (header `X-CSRF-Token` from the script, or form field
+//!   `csrf`) and an `Origin` (or, failing that, `Referer`) naming this server. The
+//!   check runs in [`require_admin`] before any handler, so no handler can forget it,
+//!   and a refused request changes nothing.
+//!
+//! The CSRF token is derived from the session token (SHA-256 with a purpose label), so
+//! it is tied to the session, needs no storage, and cannot be computed by a page that
+//! cannot read the `HttpOnly` cookie.
+
+use crate::guard::Guard;
+use crate::pages::layout;
+use crate::WebState;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use palisade_host::api::{same, COOKIE};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Form field and header carrying the CSRF token.
+pub const CSRF_FIELD: &str = "csrf";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The CSRF token of the session whose cookie value is `session`.
+pub fn csrf_token(session: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"palisade web csrf v1\n");
+    hasher.update(session.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// The value of cookie `name`, if the request has one.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value)
+        })
+        .collect()
+}
+
+/// Whether the request carries the admin's session cookie.
+pub(crate) fn has_session(state: &WebState, headers: &HeaderMap) -> bool {
+    cookie(headers, COOKIE)
+        .into_iter()
+        .any(|value| same(value, &state.tokens.session))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LoginQuery {
+    token: Option<String>,
+}
+
+pub(crate) async fn login(
+    State(state): State<WebState>,
+    Query(query): Query<LoginQuery>,
+) -> Response {
+    match query.token {
+        Some(token) if same(&token, &state.tokens.admin_login) => {
+            let cookie = format!(
+                "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+                state.tokens.session
+            );
+            (
+                StatusCode::SEE_OTHER,
+                [(header::SET_COOKIE, cookie), (header::LOCATION, "/".into())],
+            )
+                .into_response()
+        }
+        Some(_) => layout::bare_page(
+            StatusCode::UNAUTHORIZED,
+            "This login link is not valid",
+            "The token in this link is not the one the running palisade printed. Copy the whole \
+             login URL that `palisade up` printed when it started; each start prints a new one.",
+        ),
+        None => layout::bare_page(
+            StatusCode::UNAUTHORIZED,
+            "Log in with the link palisade printed",
+            "Open the login URL that `palisade up` printed when it started \
+             (http://…/login?token=…).",
+        ),
+    }
+}
+
+/// What [`require_admin`] needs.
+#[derive(Clone)]
+pub(crate) struct Gate {
+    pub(crate) state: WebState,
+    pub(crate) guard: Guard,
+}
+
+fn wants_html(request: &Request) -> bool {
+    request.method() == Method::GET
+        && request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|accept| accept.contains("text/html") || accept.contains("*/*"))
+}
+
+fn refuse(html: bool, status: StatusCode, title: &str, message: &str) -> Response {
+    if html {
+        return layout::bare_page(status, title, message);
+    }
+    (
+        status,
+        axum::Json(serde_json::json!({
+            "error": if status == StatusCode::UNAUTHORIZED { "unauthorized" } else { "forbidden" },
+            "message": message,
+        })),
+    )
+        .into_response()
+}
+
+/// The origin a request says it comes from: `Origin`, else the origin of `Referer`.
+fn request_origin(headers: &HeaderMap) -> Option<String> {
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        return Some(origin.to_string());
+    }
+    let referer = headers.get(header::REFERER)?.to_str().ok()?;
+    let url = url::Url::parse(referer).ok()?;
+    Some(url.origin().ascii_serialization())
+}
+
+/// Session cookie for everything; CSRF token and same origin for writes.
+pub(crate) async fn require_admin(
+    State(gate): State<Gate>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let html = wants_html(&request);
+    if !has_session(&gate.state, request.headers()) {
+        return refuse(
+            html,
+            StatusCode::UNAUTHORIZED,
+            "Log in first",
+            "You are not logged in. Open the login URL that `palisade up` printed when it \
+             started (http://…/login?token=…).",
+        );
+    }
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
+    let forbidden = |message: &str| refuse(true, StatusCode::FORBIDDEN, "Request refused", message);
+    match request_origin(request.headers()) {
+        Some(origin) if gate.guard.origin_allowed(&origin) => {}
+        _ => {
+            return forbidden(
+                "This change did not come from a palisade page (its Origin is missing or \
+                 another site's), so nothing was changed. Reload the page and try again.",
+            )
+        }
+    }
+    let header_token = request
+        .headers()
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let (request, form_token) = if header_token.is_none() && is_form {
+        let (parts, body) = request.into_parts();
+        let bytes = match axum::body::to_bytes(body, crate::MAX_FORM_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                return refuse(
+                    true,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Too large",
+                    "The form is too large; shorten the text and try again.",
+                )
+            }
+        };
+        let token = url::form_urlencoded::parse(&bytes)
+            .find(|(key, _)| key == CSRF_FIELD)
+            .map(|(_, value)| value.into_owned());
+        (Request::from_parts(parts, Body::from(bytes)), token)
+    } else {
+        (request, None)
+    };
+    match header_token.or(form_token) {
+        Some(token) if same(&token, &gate.state.csrf) => next.run(request).await,
+        _ => forbidden(
+            "This change carried no valid CSRF token for your session, so nothing was \
+             changed. Reload the page and try again.",
+        ),
+    }
+}

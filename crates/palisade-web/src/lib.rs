@@ -1,0 +1,124 @@
+//! Palisade's local web UI, served by `palisade up` on the same address as the host's
+//! JSON API: chat with agents (replies streamed), agents and their settings,
+//! instructions and memory, sessions, pending approvals with Approve/Deny, the audit
+//! log with filters, and the vault's secrets (never values) and rules.
+//!
+//! Why a crate of its own: the UI is a client of the host and the store, like the CLI,
+//! and changes for different reasons than the router and supervisor in palisade-host;
+//! keeping it apart also keeps the template macro's compile time and the embedded
+//! assets out of the host crate. [`app`] wraps the host's JSON API router
+//! ([`palisade_host::api::router`]) so one listener serves both.
+//!
+//! How it is built:
+//! - Pages are rendered on the server with `maud`, which escapes every interpolated
+//!   value, so nothing from the store, a sandbox or a model reaches a page unescaped.
+//! - One small hand-written script (`assets/app.js`, embedded with `include_str!`)
+//!   streams chat replies and decides approvals without a reload; pages work without
+//!   it except for live streaming. No CDN: the stylesheet and script are in the binary.
+//! - [`guard`]: every response carries a strict Content-Security-Policy and the other
+//!   security headers, and a request whose `Host` is not the listen address or a
+//!   loopback name is refused (DNS rebinding).
+//! - [`auth`]: the login exchange, the session cookie, and the CSRF check (session
+//!   cookie + per-session token + same-origin `Origin`/`Referer`) that every
+//!   state-changing browser request passes before any handler runs.
+
+pub mod auth;
+pub mod guard;
+mod pages;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use palisade_host::api::ApiTokens;
+use palisade_host::Host;
+use palisade_store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Who the audit log names for what the web UI's admin does.
+pub const WEB_ACTOR: &str = "web:admin";
+
+/// Largest body a browser form may post (instructions are at most 64 KiB; a chat
+/// message at most [`palisade_host::MAX_MESSAGE_BYTES`], JSON-escaped).
+const MAX_FORM_BYTES: usize = 2 * palisade_host::MAX_MESSAGE_BYTES + 64 * 1024;
+
+#[derive(Clone)]
+pub(crate) struct WebState {
+    pub(crate) host: Host,
+    /// The store as the web admin: its mutations are audited as [`WEB_ACTOR`].
+    pub(crate) store: Store,
+    pub(crate) tokens: Arc<ApiTokens>,
+    /// The CSRF token of the one admin session (derived from the session token).
+    pub(crate) csrf: Arc<str>,
+    /// The JSON API, to which the chat page's sends are handed after the CSRF check,
+    /// so the browser gets exactly the stream the CLI gets.
+    pub(crate) api: Router,
+    pub(crate) started_at_ms: i64,
+}
+
+/// The web UI and the JSON API on one router, behind the Host check and security
+/// headers. `listen` is the address the server is bound to.
+pub fn app(
+    host: Host,
+    tokens: ApiTokens,
+    shutdown: watch::Receiver<bool>,
+    listen: SocketAddr,
+) -> Router {
+    let api = palisade_host::api::router(host.clone(), tokens.clone(), shutdown);
+    let state = WebState {
+        store: host.store().with_actor(WEB_ACTOR),
+        host,
+        csrf: Arc::from(auth::csrf_token(&tokens.session)),
+        tokens: Arc::new(tokens),
+        api: api.clone(),
+        started_at_ms: palisade_store::now_ms(),
+    };
+    let guard = guard::Guard::new(listen);
+
+    // Everything here needs the admin's session; writes also the CSRF check.
+    let pages = Router::new()
+        .route("/", get(pages::dashboard::page))
+        .route("/chat", get(pages::chat::page))
+        .route("/chat/{agent}/send", post(pages::chat::send))
+        .route("/agents", get(pages::agents::list))
+        .route("/agents/{name}", get(pages::agents::show))
+        .route(
+            "/agents/{name}/instructions",
+            post(pages::agents::save_instructions),
+        )
+        .route("/sessions", get(pages::sessions::list))
+        .route("/sessions/{id}", get(pages::sessions::show))
+        .route(
+            "/sessions/{id}/reset",
+            get(pages::sessions::confirm_reset).post(pages::sessions::reset),
+        )
+        .route("/approvals", get(pages::approvals::page))
+        .route(
+            "/approvals/pending",
+            get(pages::approvals::pending_fragment),
+        )
+        .route("/approvals/{id}/decide", post(pages::approvals::decide))
+        .route("/audit", get(pages::audit::page))
+        .route("/vault", get(pages::vault::page))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth::Gate {
+                state: state.clone(),
+                guard: guard.clone(),
+            },
+            auth::require_admin,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES));
+
+    let public = Router::new()
+        .route("/login", get(auth::login))
+        .route("/assets/style.css", get(pages::assets::style))
+        .route("/assets/app.js", get(pages::assets::script));
+
+    pages
+        .merge(public)
+        .with_state(state)
+        .merge(api)
+        .fallback(pages::not_found)
+        .layer(axum::middleware::from_fn_with_state(guard, guard::protect))
+}

@@ -1,0 +1,266 @@
+//! Approvals: held requests waiting for the admin, with their summary as the store
+//! gives it (method, host, path, agent, redacted context), and Approve / Deny with an
+//! optional comment, decided through the store exactly like `palisade approvals
+//! approve|deny` with the web admin as approver. The pending list is also served as a
+//! fragment the script polls (every 2 s, at most 100 approvals), so it updates
+//! without a reload.
+
+use super::layout::{self, Nav};
+use super::{blocking, PageError, PageResult};
+use crate::WebState;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{html, Markup};
+use palisade_store::{Approval, ApprovalDecision, ApprovalStatus, StoreError};
+use serde::Deserialize;
+
+/// Most pending approvals shown (the oldest beyond this wait for the next refresh).
+const PENDING_LIMIT: usize = 100;
+/// Longest comment accepted.
+const MAX_COMMENT_BYTES: usize = 2000;
+
+fn pending_markup(state: &WebState, pending: &[Approval]) -> Markup {
+    let ids: Vec<&str> = pending.iter().map(|a| a.id.as_str()).collect();
+    html! {
+        div #pending data-count=(pending.len()) data-ids=(ids.join(",")) {
+            @if pending.is_empty() {
+                p.muted.empty-state { "Nothing is waiting for you. Held requests appear here as they come in." }
+            }
+            @for approval in pending {
+                article.card.approval data-id=(approval.id) {
+                    div.row-between {
+                        h3 { (approval.title) }
+                        span.muted.small { "times out " (super::relative(approval.expires_at_ms)) }
+                    }
+                    div.approval-meta {
+                        (layout::pill(&approval.kind, "warn")) " "
+                        "agent " a href={ "/agents/" (approval.agent) } { strong { (approval.agent) } }
+                        " · asked " (super::relative(approval.created_at_ms))
+                        " · " code.small { (approval.id) }
+                    }
+                    @if !approval.lines.is_empty() {
+                        ul.summary {
+                            @for line in &approval.lines { li { (line) } }
+                        }
+                    }
+                    @if !approval.detail.is_empty() {
+                        details {
+                            summary { "Full request" }
+                            pre { (approval.detail) }
+                        }
+                    }
+                    @if !approval.context.is_null() {
+                        details {
+                            summary { "Context" }
+                            pre { (serde_json::to_string_pretty(&approval.context).unwrap_or_default()) }
+                        }
+                    }
+                    form.decide method="post" action={ "/approvals/" (approval.id) "/decide" } {
+                        (layout::csrf_field(state))
+                        input type="text" name="comment" maxlength=(MAX_COMMENT_BYTES) placeholder="Comment (optional; a denial's comment is returned to the agent)";
+                        button.primary type="submit" name="decision" value="approve" { "Approve" }
+                        button.danger type="submit" name="decision" value="deny" { "Deny" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn decided_markup(decided: &[Approval]) -> Markup {
+    html! {
+        @if decided.is_empty() {
+            p.muted { "No decisions yet." }
+        } @else {
+            table {
+                thead { tr { th { "Request" } th { "Agent" } th { "Status" } th { "By" } th { "Comment" } th { "When" } } }
+                tbody {
+                    @for approval in decided {
+                        tr {
+                            td { (approval.title) }
+                            td { (approval.agent) }
+                            td {
+                                @let tone = match approval.status { ApprovalStatus::Approved => "good", ApprovalStatus::Denied => "bad", _ => "neutral" };
+                                (layout::pill(approval.status.as_str(), tone))
+                            }
+                            td { (approval.approver.as_deref().unwrap_or("")) }
+                            td { (approval.comment.as_deref().unwrap_or("")) }
+                            td.muted { (approval.decided_at_ms.map(super::relative).unwrap_or_default()) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn load(state: &WebState) -> Result<(Vec<Approval>, Vec<Approval>), PageError> {
+    let store = state.store.clone();
+    blocking(move || {
+        let mut pending = store.list_approvals(Some(ApprovalStatus::Pending), PENDING_LIMIT)?;
+        // Oldest first: the one that times out soonest leads.
+        pending.reverse();
+        let decided: Vec<Approval> = store
+            .list_approvals(None, 60)?
+            .into_iter()
+            .filter(|a| a.status != ApprovalStatus::Pending)
+            .take(20)
+            .collect();
+        Ok((pending, decided))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PageQuery {
+    decided: Option<String>,
+}
+
+pub(crate) async fn page(
+    State(state): State<WebState>,
+    Query(query): Query<PageQuery>,
+) -> PageResult {
+    let (pending, decided) = load(&state).await?;
+    let body = html! {
+        div.page-head {
+            h1 { "Approvals" }
+            p.muted { "Requests an agent made that a rule holds until you decide. Nothing is sent upstream before you approve." }
+        }
+        p #approval-flash.flash hidden[query.decided.is_none()] { (query.decided.as_deref().unwrap_or("")) }
+        section #approvals-live data-poll="/approvals/pending" {
+            (pending_markup(&state, &pending))
+        }
+        section.card {
+            h2 { "Recently decided" }
+            div #decided { (decided_markup(&decided)) }
+        }
+    };
+    Ok(layout::render(&state, Nav::Approvals, "Approvals", body).await)
+}
+
+/// The pending list and the recent decisions alone, for the script's polling.
+pub(crate) async fn pending_fragment(State(state): State<WebState>) -> PageResult {
+    let (pending, decided) = load(&state).await?;
+    let fragment = html! {
+        (pending_markup(&state, &pending))
+        div #decided { (decided_markup(&decided)) }
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        fragment.into_string(),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DecideForm {
+    decision: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+pub(crate) async fn decide(
+    State(state): State<WebState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<DecideForm>,
+) -> Response {
+    let json = wants_json(&headers);
+    let refuse = |status: StatusCode, code: &str, message: String| -> Response {
+        if json {
+            (
+                status,
+                axum::Json(serde_json::json!({ "error": code, "message": message })),
+            )
+                .into_response()
+        } else {
+            PageError::BadRequest(message).into_response()
+        }
+    };
+    let approve = match form.decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_decision",
+                "the decision must be approve or deny".into(),
+            )
+        }
+    };
+    let comment = form
+        .comment
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty());
+    if comment
+        .as_ref()
+        .is_some_and(|c| c.len() > MAX_COMMENT_BYTES)
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "comment_too_long",
+            format!("the comment is longer than {MAX_COMMENT_BYTES} bytes; shorten it"),
+        );
+    }
+    let store = state.store.clone();
+    let decision = ApprovalDecision {
+        approve,
+        approver: crate::WEB_ACTOR.to_string(),
+        comment,
+    };
+    let lookup = id.clone();
+    let result =
+        tokio::task::spawn_blocking(move || store.decide_approval(&lookup, &decision)).await;
+    match result {
+        Ok(Ok(approval)) => {
+            let message = format!(
+                "{} {}: {}",
+                approval.status.as_str(),
+                approval.id,
+                approval.title
+            );
+            if json {
+                axum::Json(serde_json::json!({
+                    "id": approval.id,
+                    "status": approval.status.as_str(),
+                    "message": message,
+                }))
+                .into_response()
+            } else {
+                Redirect::to(&format!(
+                    "/approvals?decided={}",
+                    super::query_value(&message)
+                ))
+                .into_response()
+            }
+        }
+        Ok(Err(StoreError::AlreadyDecided(_))) => refuse(
+            StatusCode::CONFLICT,
+            "already_decided",
+            format!("approval {id} was already decided (or timed out); see Recently decided"),
+        ),
+        Ok(Err(StoreError::NotFound { .. })) => refuse(
+            StatusCode::NOT_FOUND,
+            "unknown_approval",
+            format!("there is no approval {id}"),
+        ),
+        Ok(Err(error)) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        ),
+        Err(error) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        ),
+    }
+}

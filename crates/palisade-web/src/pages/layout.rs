@@ -1,0 +1,117 @@
+//! The frame every page shares: head (stylesheet, script, CSRF meta), the navigation
+//! with the pending-approvals badge, and the bare page used for errors and login.
+
+use crate::WebState;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use maud::{html, Markup, DOCTYPE};
+use palisade_store::ApprovalStatus;
+
+/// Which navigation entry is current.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nav {
+    Dashboard,
+    Chat,
+    Agents,
+    Sessions,
+    Approvals,
+    Audit,
+    Vault,
+}
+
+const ENTRIES: [(Nav, &str, &str); 7] = [
+    (Nav::Dashboard, "/", "Dashboard"),
+    (Nav::Chat, "/chat", "Chat"),
+    (Nav::Agents, "/agents", "Agents"),
+    (Nav::Sessions, "/sessions", "Sessions"),
+    (Nav::Approvals, "/approvals", "Approvals"),
+    (Nav::Audit, "/audit", "Audit log"),
+    (Nav::Vault, "/vault", "Vault"),
+];
+
+fn head(title: &str, csrf: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        meta charset="utf-8";
+        meta name="viewport" content="width=device-width, initial-scale=1";
+        title { (title) " · Palisade" }
+        link rel="stylesheet" href="/assets/style.css";
+        @if let Some(csrf) = csrf {
+            meta name="csrf-token" content=(csrf);
+        }
+        script src="/assets/app.js" defer {}
+    }
+}
+
+fn html_response(status: StatusCode, markup: Markup) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        markup.into_string(),
+    )
+        .into_response()
+}
+
+/// A full page with navigation. Counts pending approvals for the badge.
+pub(crate) async fn render(state: &WebState, nav: Nav, title: &str, body: Markup) -> Response {
+    let store = state.store.clone();
+    let pending = tokio::task::spawn_blocking(move || {
+        store
+            .list_approvals(Some(ApprovalStatus::Pending), 100)
+            .map(|list| list.len())
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or(0);
+    let markup = html! {
+        (head(title, Some(&state.csrf)))
+        body {
+            header.topbar {
+                a.brand href="/" { span.mark { "◆" } " Palisade" }
+                nav {
+                    @for (entry, href, label) in ENTRIES {
+                        a href=(href) class=[(entry == nav).then_some("current")] {
+                            (label)
+                            @if entry == Nav::Approvals {
+                                span #approvals-badge.badge hidden[pending == 0] { (pending) }
+                            }
+                        }
+                    }
+                }
+            }
+            main { (body) }
+            footer {
+                "Palisade host, pid " (std::process::id()) ", up since " (super::when(state.started_at_ms))
+            }
+        }
+    };
+    html_response(StatusCode::OK, markup)
+}
+
+/// A page without navigation (login problems, refusals, errors).
+pub(crate) fn bare_page(status: StatusCode, title: &str, message: &str) -> Response {
+    let markup = html! {
+        (head(title, None))
+        body.bare {
+            main.narrow {
+                div.card {
+                    h1 { (title) }
+                    p { (message) }
+                    p.muted { a href="/" { "Back to the dashboard" } }
+                }
+            }
+        }
+    };
+    html_response(status, markup)
+}
+
+/// A hidden CSRF field for a form.
+pub(crate) fn csrf_field(state: &WebState) -> Markup {
+    html! { input type="hidden" name=(crate::auth::CSRF_FIELD) value=(&*state.csrf); }
+}
+
+/// A small status pill.
+pub(crate) fn pill(text: &str, tone: &str) -> Markup {
+    html! { span class={ "pill " (tone) } { (text) } }
+}

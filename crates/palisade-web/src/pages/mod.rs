@@ -1,0 +1,153 @@
+//! The pages, one module each, plus what they share: the layout, errors as pages, the
+//! bridge from async handlers to the (blocking) store, and time formatting.
+
+pub(crate) mod agents;
+pub(crate) mod approvals;
+pub(crate) mod assets;
+pub(crate) mod audit;
+pub(crate) mod chat;
+pub(crate) mod dashboard;
+pub(crate) mod layout;
+pub(crate) mod sessions;
+pub(crate) mod vault;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use palisade_store::StoreError;
+
+/// What a page handler can fail with; shown as a page with the cause.
+#[derive(Debug)]
+pub(crate) enum PageError {
+    NotFound(String),
+    BadRequest(String),
+    Internal(String),
+}
+
+impl std::fmt::Display for PageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PageError::NotFound(m) | PageError::BadRequest(m) | PageError::Internal(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+impl From<StoreError> for PageError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound { .. } => PageError::NotFound(error.to_string()),
+            StoreError::Invalid(_)
+            | StoreError::AlreadyDecided(_)
+            | StoreError::Duplicate { .. } => PageError::BadRequest(error.to_string()),
+            other => PageError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<palisade_host::HostError> for PageError {
+    fn from(error: palisade_host::HostError) -> Self {
+        match error {
+            palisade_host::HostError::Store(store) => store.into(),
+            palisade_host::HostError::UnknownAgent(_) => PageError::NotFound(error.to_string()),
+            palisade_host::HostError::Invalid(_)
+            | palisade_host::HostError::EmptyMessage
+            | palisade_host::HostError::TooLarge { .. } => PageError::BadRequest(error.to_string()),
+            other => PageError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<palisade_policy::NameError> for PageError {
+    fn from(error: palisade_policy::NameError) -> Self {
+        PageError::BadRequest(error.to_string())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let (status, title, message) = match self {
+            PageError::NotFound(message) => (StatusCode::NOT_FOUND, "Not found", message),
+            PageError::BadRequest(message) => (StatusCode::BAD_REQUEST, "Not done", message),
+            PageError::Internal(message) => {
+                tracing::warn!(%message, "web UI request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Something went wrong",
+                    message,
+                )
+            }
+        };
+        layout::bare_page(status, title, &message)
+    }
+}
+
+pub(crate) type PageResult = Result<Response, PageError>;
+
+/// Runs a store call off the async workers.
+pub(crate) async fn blocking<T, F>(work: F) -> Result<T, PageError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, PageError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| PageError::Internal(format!("a background task failed: {e}")))?
+}
+
+pub(crate) async fn not_found() -> Response {
+    layout::bare_page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no page at this address.",
+    )
+}
+
+/// `2026-11-23 14:05:09 UTC`
+pub(crate) fn when(ms: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => ms.to_string(),
+    }
+}
+
+/// `5 min ago`, `in 9 min`
+pub(crate) fn relative(ms: i64) -> String {
+    let delta = palisade_store::now_ms() - ms;
+    let (seconds, future) = if delta >= 0 {
+        (delta / 1000, false)
+    } else {
+        (-delta / 1000, true)
+    };
+    let text = match seconds {
+        0..=9 => {
+            return if future {
+                "now".into()
+            } else {
+                "just now".into()
+            }
+        }
+        10..=59 => format!("{seconds} s"),
+        60..=3599 => format!("{} min", seconds / 60),
+        3600..=86_399 => format!("{} h", seconds / 3600),
+        _ => format!("{} d", seconds / 86_400),
+    };
+    if future {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
+}
+
+/// Percent-encodes a query parameter value.
+pub(crate) fn query_value(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

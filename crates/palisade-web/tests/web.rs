@@ -1,0 +1,880 @@
+//! The web UI over real HTTP on 127.0.0.1 with a real client (reqwest): login and the
+//! cookie's attributes, 401 without it, CSRF refusals that change nothing, the Host
+//! check, security headers, secret values absent from every page, escaping of what
+//! agents, models and the store hold, chat streaming and its errors, and audit paging.
+//! The host runs in-process with a fake runner on the real host socket, so these tests
+//! need no sandbox; the full `palisade up` in headless Chromium is tested in the
+//! palisade crate (`tests/web_ui.rs`).
+
+use futures_util::future::BoxFuture;
+use palisade_host::api::ApiTokens;
+use palisade_host::protocol::{HostFrame, RunnerConnection, RunnerFrame, PROTOCOL_VERSION};
+use palisade_host::{Host, HostConfig, HostError, RunnerLauncher, RunnerProcess};
+use palisade_policy::{AgentName, HostPattern, Injection, Profile, SecretValue};
+use palisade_store::{
+    ApprovalStatus, AuditEntry, AuditFilter, Home, NewApproval, NewSecret, Store,
+};
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::StatusCode;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tokio::net::UnixStream;
+
+const SECRET_VALUE: &str = "sk-live-Zq8v-7c1d-TOP-SECRET-4e2b";
+const COOKIE_NAME: &str = "palisade_admin";
+
+struct FakeLauncher;
+
+struct FakeProcess(Option<tokio::task::JoinHandle<()>>);
+
+impl RunnerProcess for FakeProcess {
+    fn exited(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            match &mut self.0 {
+                Some(handle) => {
+                    let _ = handle.await;
+                    self.0 = None;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        })
+    }
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(handle) = self.0.take() {
+                handle.abort();
+                let _ = handle.await;
+            }
+        })
+    }
+}
+
+impl RunnerLauncher for FakeLauncher {
+    fn launch(
+        &self,
+        _agent: &AgentName,
+        host_socket: &Path,
+    ) -> Result<Box<dyn RunnerProcess>, HostError> {
+        let socket = host_socket.to_path_buf();
+        Ok(Box::new(FakeProcess(Some(tokio::spawn(async move {
+            let _ = echo_runner(&socket).await;
+        })))))
+    }
+}
+
+/// Streams "echo: " then answers "echo: TEXT".
+async fn echo_runner(socket: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let stream = UnixStream::connect(socket).await?;
+    let mut conn: RunnerConnection<UnixStream> = RunnerConnection::new(stream);
+    conn.send(&RunnerFrame::Hello {
+        version: PROTOCOL_VERSION,
+    })
+    .await?;
+    conn.expect().await?;
+    loop {
+        match conn.recv().await? {
+            None | Some(HostFrame::Shutdown) => return Ok(()),
+            Some(HostFrame::Deliver(delivery)) => {
+                conn.send(&RunnerFrame::Event {
+                    message_id: delivery.message_id,
+                    event: serde_json::json!({"kind": "text_delta", "text": "echo: "}),
+                })
+                .await?;
+                let mut history = delivery.history.as_array().cloned().unwrap_or_default();
+                history.push(serde_json::json!(delivery.text));
+                conn.send(&RunnerFrame::Reply {
+                    message_id: delivery.message_id,
+                    session_id: delivery.session_id,
+                    text: format!("echo: {}", delivery.text),
+                    history: serde_json::Value::Array(history),
+                })
+                .await?;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+struct Web {
+    _dir: tempfile::TempDir,
+    home: Home,
+    store: Store,
+    tokens: ApiTokens,
+    addr: SocketAddr,
+    client: reqwest::Client,
+    stop: tokio::sync::watch::Sender<bool>,
+    host: Host,
+}
+
+impl Web {
+    async fn start() -> Web {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("home"));
+        let store = Store::open(&home).unwrap();
+        let agent = AgentName::new("helper").unwrap();
+        store.create_agent(&agent, Profile::Research).unwrap();
+        palisade_host::settings::write_instructions(&home, "helper", "Be brief.\n").unwrap();
+        let mut config = HostConfig::new(home.clone());
+        config.start_timeout = Duration::from_secs(10);
+        let host = Host::start(store.clone(), config, std::sync::Arc::new(FakeLauncher))
+            .await
+            .unwrap();
+        let tokens = ApiTokens::generate();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let app = palisade_web::app(host.clone(), tokens.clone(), stopped.clone(), addr);
+        let mut until = stopped;
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = until.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()
+            .unwrap();
+        Web {
+            _dir: dir,
+            home,
+            store,
+            tokens,
+            addr,
+            client,
+            stop,
+            host,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn cookie(&self) -> String {
+        format!("{COOKIE_NAME}={}", self.tokens.session)
+    }
+
+    /// The CSRF token, read from a page as the browser's script does.
+    async fn csrf(&self) -> String {
+        let page = self.get("/").await.text().await.unwrap();
+        let marker = "name=\"csrf-token\" content=\"";
+        let start = page.find(marker).expect("csrf meta") + marker.len();
+        page[start..start + 64].to_string()
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .header("cookie", self.cookie())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn get_text(&self, path: &str) -> String {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.text().await.unwrap()
+    }
+
+    /// A form post as a browser on our page sends it.
+    async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("cookie", self.cookie())
+            .header("origin", self.origin())
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn pending_approval(&self, title: &str) -> String {
+        self.store
+            .create_approval(NewApproval {
+                kind: "credential_use".into(),
+                agent: AgentName::new("helper").unwrap(),
+                title: title.into(),
+                lines: vec!["POST https://api.example.com/v1/send".into()],
+                detail: "POST /v1/send HTTP/1.1\nauthorization: [redacted]".into(),
+                context: serde_json::json!({"method": "POST", "host": "api.example.com"}),
+                expires_at_ms: palisade_store::now_ms() + 600_000,
+            })
+            .unwrap()
+            .id
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.host.shutdown().await;
+    }
+}
+
+const PAGES: &[&str] = &[
+    "/",
+    "/chat",
+    "/chat?agent=helper",
+    "/agents",
+    "/agents/helper",
+    "/sessions",
+    "/approvals",
+    "/approvals/pending",
+    "/audit",
+    "/vault",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_exchanges_the_token_for_a_strict_http_only_cookie() {
+    let web = Web::start().await;
+    let response = web
+        .client
+        .get(web.url(&format!("/login?token={}", web.tokens.admin_login)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()["location"], "/");
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let parts: Vec<&str> = cookie.split(';').map(str::trim).collect();
+    assert_eq!(parts[0], web.cookie());
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(parts.contains(&attribute), "{attribute} missing: {cookie}");
+    }
+    assert_eq!(
+        response.headers()["referrer-policy"],
+        "no-referrer",
+        "the token in the URL must not leak on"
+    );
+
+    // The cookie opens the dashboard.
+    let dashboard = web
+        .client
+        .get(web.url("/"))
+        .header("cookie", parts[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dashboard.status(), StatusCode::OK);
+    assert!(dashboard.text().await.unwrap().contains("Dashboard"));
+
+    // A wrong or missing token gets a clear page and no cookie.
+    for path in ["/login?token=0123456789abcdef", "/login", "/login?token="] {
+        let response = web.client.get(web.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert!(response.headers().get("set-cookie").is_none());
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        let body = response.text().await.unwrap();
+        assert!(body.contains("palisade up"), "{path}: {body}");
+    }
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_answers_401_with_a_hint_without_the_cookie() {
+    let web = Web::start().await;
+    for path in PAGES {
+        let response = web.client.get(web.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("login URL"), "{path}: {body}");
+        assert!(!body.contains("helper"), "{path} leaked data: {body}");
+        // A forged cookie is no better.
+        let response = web
+            .client
+            .get(web.url(path))
+            .header("cookie", format!("{COOKIE_NAME}=forged"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    for path in PAGES {
+        assert_eq!(web.get(path).await.status(), StatusCode::OK, "{path}");
+    }
+    // The JSON API keeps its own rule: the cookie reads, a write needs the bearer token.
+    let status = web.get("/api/status").await;
+    assert_eq!(status.status(), StatusCode::OK);
+    let write = web
+        .client
+        .post(web.url("/api/agents/helper/messages"))
+        .header("cookie", web.cookie())
+        .header("origin", web.origin())
+        .json(&serde_json::json!({"text": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), StatusCode::UNAUTHORIZED);
+    let cli = web
+        .client
+        .post(web.url("/api/agents/helper/messages"))
+        .bearer_auth(&web.tokens.cli)
+        .json(&serde_json::json!({"text": "from the cli"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cli.status(), StatusCode::OK);
+    assert!(cli.text().await.unwrap().contains("echo: from the cli"));
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_without_a_valid_csrf_token_and_origin_are_refused_and_change_nothing() {
+    let web = Web::start().await;
+    let csrf = web.csrf().await;
+    let id = web.pending_approval("send the report");
+    let decide = format!("/approvals/{id}/decide");
+    let instructions_before = std::fs::read_to_string(palisade_host::settings::instructions_path(
+        &web.home, "helper",
+    ))
+    .unwrap();
+    // A session with history, to try resetting it.
+    let (accepted, mut events) = web
+        .host
+        .submit(
+            &AgentName::new("helper").unwrap(),
+            "web",
+            "web",
+            "remember me",
+        )
+        .await
+        .unwrap();
+    while !matches!(
+        tokio::time::timeout(Duration::from_secs(20), events.recv())
+            .await
+            .unwrap(),
+        Ok(palisade_host::StreamEvent::Reply { .. })
+    ) {}
+    let session = accepted.session_id;
+    let audit_before = web.store.list_audit(&AuditFilter::default()).unwrap().len();
+
+    let attempts: Vec<Attempt> = vec![
+        (
+            "no token",
+            headers(&[("cookie", &web.cookie()), ("origin", &web.origin())]),
+            vec![],
+        ),
+        (
+            "wrong token",
+            headers(&[("cookie", &web.cookie()), ("origin", &web.origin())]),
+            vec![("csrf", "0".repeat(64))],
+        ),
+        (
+            "wrong header token",
+            headers(&[
+                ("cookie", &web.cookie()),
+                ("origin", &web.origin()),
+                ("x-csrf-token", &"f".repeat(64)),
+            ]),
+            vec![("csrf", csrf.clone())],
+        ),
+        (
+            "foreign origin",
+            headers(&[("cookie", &web.cookie()), ("origin", "http://evil.example")]),
+            vec![("csrf", csrf.clone())],
+        ),
+        (
+            "foreign referer and no origin",
+            headers(&[
+                ("cookie", &web.cookie()),
+                ("referer", "http://evil.example/page"),
+            ]),
+            vec![("csrf", csrf.clone())],
+        ),
+        (
+            "no origin or referer",
+            headers(&[("cookie", &web.cookie())]),
+            vec![("csrf", csrf.clone())],
+        ),
+        (
+            "origin with another port",
+            headers(&[("cookie", &web.cookie()), ("origin", "http://127.0.0.1:1")]),
+            vec![("csrf", csrf.clone())],
+        ),
+    ];
+    for (what, headers, extra) in &attempts {
+        for (path, mut form) in [
+            (
+                decide.as_str(),
+                vec![("decision", "approve".to_string()), ("comment", "x".into())],
+            ),
+            (
+                "/agents/helper/instructions",
+                vec![("instructions", "PWNED".to_string())],
+            ),
+            (&*format!("/sessions/{session}/reset"), vec![]),
+        ] {
+            form.extend(extra.iter().cloned());
+            let response = web
+                .client
+                .post(web.url(path))
+                .headers(headers.clone())
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::FORBIDDEN,
+                "{what} on {path} was not refused"
+            );
+        }
+        // The chat send (JSON) is refused the same way.
+        let mut json_headers = headers.clone();
+        if let (Some((_, token)), false) =
+            (extra.first(), json_headers.contains_key("x-csrf-token"))
+        {
+            json_headers.insert("x-csrf-token", HeaderValue::from_str(token).unwrap());
+        }
+        let response = web
+            .client
+            .post(web.url("/chat/helper/send"))
+            .headers(json_headers)
+            .json(&serde_json::json!({"text": "PWNED"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{what} on chat");
+    }
+    // Without the cookie, even the right token and origin are not enough.
+    let response = web
+        .client
+        .post(web.url(&decide))
+        .header("origin", web.origin())
+        .form(&[("decision", "approve"), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    // Nothing changed.
+    let approval = web.store.get_approval(&id).unwrap();
+    assert_eq!(approval.status, ApprovalStatus::Pending);
+    let instructions = std::fs::read_to_string(palisade_host::settings::instructions_path(
+        &web.home, "helper",
+    ))
+    .unwrap();
+    assert_eq!(instructions, instructions_before);
+    let history = web.store.get_session(session).unwrap().history;
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+    let messages = web.store.session_messages(session).unwrap();
+    assert!(messages.iter().all(|(m, _)| m.text != "PWNED"));
+    assert_eq!(
+        web.store.list_audit(&AuditFilter::default()).unwrap().len(),
+        audit_before
+    );
+
+    // With cookie, token and origin each write goes through.
+    let response = web
+        .post_form(
+            &decide,
+            &[
+                ("decision", "approve"),
+                ("comment", "ok once"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let approval = web.store.get_approval(&id).unwrap();
+    assert_eq!(approval.status, ApprovalStatus::Approved);
+    assert_eq!(approval.approver.as_deref(), Some("web:admin"));
+    assert_eq!(approval.comment.as_deref(), Some("ok once"));
+    let decided = web
+        .store
+        .list_audit(&AuditFilter {
+            event: Some("approval.decide".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0].entry.actor.as_deref(), Some("web:admin"));
+    assert_eq!(decided[0].entry.approval_id.as_deref(), Some(id.as_str()));
+    // Deciding again is refused with a reason.
+    let again = web
+        .client
+        .post(web.url(&decide))
+        .header("cookie", web.cookie())
+        .header("origin", web.origin())
+        .header("x-csrf-token", &csrf)
+        .header("accept", "application/json")
+        .form(&[("decision", "deny")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert!(again.text().await.unwrap().contains("already decided"));
+
+    let response = web
+        .post_form(
+            "/agents/helper/instructions",
+            &[
+                ("instructions", "Answer in French.\r\nAlways."),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let instructions = std::fs::read_to_string(palisade_host::settings::instructions_path(
+        &web.home, "helper",
+    ))
+    .unwrap();
+    assert_eq!(instructions, "Answer in French.\nAlways.");
+
+    let response = web
+        .post_form(&format!("/sessions/{session}/reset"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let history = web.store.get_session(session).unwrap().history;
+    assert_eq!(history, serde_json::json!([]));
+    let actors: Vec<_> = web
+        .store
+        .list_audit(&AuditFilter {
+            agent: Some("helper".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .filter_map(|row| Some((row.entry.event, row.entry.actor?)))
+        .collect();
+    for event in ["agent.instructions", "session.reset"] {
+        assert!(
+            actors.contains(&(event.to_string(), "web:admin".to_string())),
+            "{event} not audited as web:admin: {actors:?}"
+        );
+    }
+    web.stop().await;
+}
+
+/// What a refused write carries: a label, its headers, and extra form fields.
+type Attempt = (&'static str, HeaderMap, Vec<(&'static str, String)>);
+
+fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.insert(*name, HeaderValue::from_str(value).unwrap());
+    }
+    map
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_host_header_is_refused_everywhere() {
+    let web = Web::start().await;
+    let port = web.addr.port();
+    for host in [
+        format!("evil.example:{port}"),
+        "evil.example".to_string(),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+        format!("localhost.evil.example:{port}"),
+    ] {
+        for path in [
+            "/",
+            "/login?token=x",
+            "/api/status",
+            "/assets/app.js",
+            "/vault",
+        ] {
+            let response = web
+                .client
+                .get(web.url(path))
+                .header("host", &host)
+                .header("cookie", web.cookie())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::MISDIRECTED_REQUEST,
+                "Host {host} on {path}"
+            );
+            assert!(!response.text().await.unwrap().contains("helper"));
+        }
+    }
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let response = web
+            .client
+            .get(web.url("/agents"))
+            .header("host", &host)
+            .header("cookie", web.cookie())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "Host {host}");
+    }
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_carries_the_security_headers() {
+    let web = Web::start().await;
+    let mut responses = Vec::new();
+    for path in PAGES {
+        responses.push((path.to_string(), web.get(path).await));
+    }
+    for path in [
+        "/assets/style.css",
+        "/assets/app.js",
+        "/api/status",
+        "/nope",
+    ] {
+        responses.push((path.to_string(), web.get(path).await));
+    }
+    responses.push((
+        "unauthenticated /".into(),
+        web.client.get(web.url("/")).send().await.unwrap(),
+    ));
+    for (path, response) in responses {
+        let h = response.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'self'"), "{path}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert_eq!(h["cache-control"], "no-store", "{path}");
+    }
+    // No page has inline script or inline event handlers (the CSP would block them).
+    for path in PAGES {
+        let body = web.get_text(path).await;
+        assert!(!body.contains("<script>"), "{path} has an inline script");
+        assert!(!body.contains(" onclick="), "{path} has an inline handler");
+        assert!(!body.contains("style=\""), "{path} has an inline style");
+    }
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_page_ever_contains_a_secret_value() {
+    let web = Web::start().await;
+    web.store
+        .create_secret(NewSecret {
+            name: "mail-token".into(),
+            host: HostPattern::parse("api.mail.example").unwrap(),
+            path: None,
+            injection: "bearer".parse::<Injection>().unwrap(),
+            value: SecretValue::new(SECRET_VALUE.into()),
+            agents: vec![AgentName::new("helper").unwrap()],
+            priority: 0,
+        })
+        .unwrap();
+    let id = web.pending_approval("use mail-token");
+    let vault = web.get_text("/vault").await;
+    assert!(vault.contains("mail-token"));
+    assert!(vault.contains("api.mail.example"));
+    assert!(vault.contains("bearer"));
+    let agent = web.get_text("/agents/helper").await;
+    assert!(agent.contains("mail-token"), "grants list the secret");
+    let mut paths: Vec<String> = PAGES.iter().map(|p| p.to_string()).collect();
+    paths.extend([
+        "/audit?q=mail".to_string(),
+        "/api/status".to_string(),
+        format!("/approvals?decided={id}"),
+    ]);
+    let needles = [
+        SECRET_VALUE.to_string(),
+        SECRET_VALUE[8..24].to_string(),
+        hex_of(SECRET_VALUE),
+    ];
+    for path in &paths {
+        let body = web.get(path).await.bytes().await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        for needle in &needles {
+            assert!(!text.contains(needle.as_str()), "{path} shows the secret");
+        }
+    }
+    web.stop().await;
+}
+
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_from_instructions_messages_and_approvals_renders_inert() {
+    let web = Web::start().await;
+    let payload = "<script>alert('x')</script><img src=x onerror=alert(1)>";
+    palisade_host::settings::write_instructions(&web.home, "helper", payload).unwrap();
+    palisade_host::settings::append_memory(&web.home, "helper", payload).unwrap();
+    web.pending_approval(payload);
+    web.store
+        .append_audit(&AuditEntry {
+            event: "request".into(),
+            agent: Some("helper".into()),
+            host: Some("x.example".into()),
+            path: Some(format!("/{payload}")),
+            decision: Some("blocked".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    // The message and the model's echo of it both land in the chat history.
+    let csrf = web.csrf().await;
+    let response = web
+        .client
+        .post(web.url("/chat/helper/send"))
+        .header("cookie", web.cookie())
+        .header("origin", web.origin())
+        .header("x-csrf-token", &csrf)
+        .json(&serde_json::json!({ "text": payload }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.text().await.unwrap();
+    for path in [
+        "/agents/helper",
+        "/chat?agent=helper",
+        "/approvals",
+        "/approvals/pending",
+        "/audit",
+        "/",
+        "/sessions/1",
+    ] {
+        let body = web.get_text(path).await;
+        assert!(!body.contains("<script>alert"), "{path} renders the script");
+        assert!(!body.contains("<img src=x"), "{path} renders the tag");
+        assert!(
+            body.contains("&lt;script&gt;alert") || body.contains("&lt;script&gt;"),
+            "{path} does not show the text at all"
+        );
+    }
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_sends_stream_the_reply_and_errors_come_back_as_json() {
+    let web = Web::start().await;
+    let csrf = web.csrf().await;
+    let post = |body: serde_json::Value, agent: &str| {
+        web.client
+            .post(web.url(&format!("/chat/{agent}/send")))
+            .header("cookie", web.cookie())
+            .header("origin", web.origin())
+            .header("x-csrf-token", &csrf)
+            .json(&body)
+            .send()
+    };
+    let response = post(serde_json::json!({"text": "hello there"}), "helper")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let body = response.text().await.unwrap();
+    let events: Vec<serde_json::Value> = body
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events[0]["type"], "accepted");
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "reply");
+    assert_eq!(last["text"], "echo: hello there");
+    // It is the web conversation's session, shown on the chat page.
+    let sessions = web
+        .store
+        .list_sessions(Some(&AgentName::new("helper").unwrap()))
+        .unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].conversation, "web");
+    let page = web.get_text("/chat?agent=helper").await;
+    assert!(page.contains("hello there"));
+    assert!(page.contains("echo: hello there"));
+
+    for (body, agent, status, needle) in [
+        (serde_json::json!({"text": "   "}), "helper", 400, "empty"),
+        (
+            serde_json::json!({"text": "hi"}),
+            "nobody",
+            404,
+            "unknown agent",
+        ),
+        (serde_json::json!({"text": "hi"}), "Not A Name", 400, ""),
+        (
+            serde_json::json!({"text": "x".repeat(palisade_host::MAX_MESSAGE_BYTES + 1)}),
+            "helper",
+            413,
+            "too large",
+        ),
+        (serde_json::json!({"words": "hi"}), "helper", 400, "text"),
+    ] {
+        let response = post(body, agent).await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{agent} {needle}");
+        let json: serde_json::Value = response.json().await.unwrap();
+        let message = json["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{message}");
+    }
+    assert_eq!(
+        web.store.session_messages(sessions[0].id).unwrap().len(),
+        1,
+        "no refused message was stored"
+    );
+    // A body past the web's limit is refused before anything is read into the host.
+    let huge = "y".repeat(4 * 1024 * 1024);
+    let response = post(serde_json::json!({ "text": huge }), "helper")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_page_filters_and_pages_with_a_bounded_page_size() {
+    let web = Web::start().await;
+    let entries: Vec<(i64, AuditEntry)> = (1..=250)
+        .map(|i| {
+            (
+                i * 1000,
+                AuditEntry {
+                    event: "request".into(),
+                    agent: Some(if i % 2 == 0 { "even" } else { "odd" }.into()),
+                    host: Some(format!("host{i}.example")),
+                    decision: Some("allowed".into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    web.store.append_audit_batch(&entries).unwrap();
+    let rows = |page: &str| page.matches("<tr>").count() - 1;
+    let page = web.get_text("/audit").await;
+    assert_eq!(rows(&page), 50);
+    assert!(page.contains("host250.example"));
+    assert!(!page.contains("host200.example"));
+    let older = page
+        .split("href=\"")
+        .filter_map(|s| s.split('"').next())
+        .find(|href| href.contains("before="))
+        .expect("an Older link")
+        .replace("&amp;", "&");
+    let page = web.get_text(&older).await;
+    assert!(page.contains("host200.example"));
+    assert!(!page.contains("host250.example"));
+
+    let page = web.get_text("/audit?limit=100000").await;
+    assert_eq!(rows(&page), 200, "bounded page size");
+    let page = web.get_text("/audit?agent=odd&q=HOST7").await;
+    // host7, host71, host73, ... host79 among odd rows
+    assert_eq!(rows(&page), 6, "{page}");
+    let page = web
+        .get_text("/audit?since=1970-01-01%2000:00:10&until=1970-01-01T00:00:20")
+        .await;
+    assert_eq!(rows(&page), 10);
+    let response = web.get("/audit?since=yesterday-ish").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(response.text().await.unwrap().contains("not a time"));
+    web.stop().await;
+}

@@ -1,0 +1,423 @@
+//! The web UI of `palisade up` in a real headless Chromium (driven over WebDriver by
+//! chromedriver, via fantoccini): log in with the printed URL, chat with an agent and
+//! see its reply stream in, then approve a request the vault holds — the agent's bash
+//! tool runs curl inside its bubblewrap sandbox, a `require_approval` rule holds it,
+//! the approval appears on the approvals page without a reload, a click on Approve
+//! lets it through, and the final reply appears in the chat. The upstream sees the
+//! held request exactly once, and only after the click.
+//!
+//! Screenshots of the chat and the approvals page are kept under the cargo target dir
+//! in `web-ui/`. chromedriver (and the Chromium it starts, in its process group) and
+//! palisade are ChildGuards, killed even when the test fails; every wait is bounded.
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use palisade_testkit::{
+    free_port, wait_for_tcp, ChildGuard, Palisade, ScriptedTurn, TestCa, Upstream,
+};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_palisade");
+const KEY: &str = "sk-ant-web-ui-test-5e6f7a8b";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const STARTUP: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(60);
+
+fn ok(output: Output) -> Output {
+    assert!(
+        output.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Where screenshots go: `$CARGO_TARGET_DIR/web-ui`, else `target/web-ui` found from
+/// this test binary's path (`target/debug/deps/web_ui-…`).
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.parent()?.to_path_buf())
+        })
+        .expect("cannot find the target directory");
+    let dir = target.join("web-ui");
+    std::fs::create_dir_all(&dir).expect("create the screenshot directory");
+    dir
+}
+
+/// chromedriver on a free loopback port, in its own process group.
+fn start_chromedriver(dir: &std::path::Path) -> (ChildGuard, u16) {
+    assert!(
+        std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
+        "this test needs Debian's chromium and chromium-driver (scripts/install-deps.sh installs them)"
+    );
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("chromedriver.log")).expect("log file");
+    let mut command = Command::new(CHROMEDRIVER);
+    command
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log);
+    let guard = ChildGuard::spawn(&mut command).expect("start chromedriver");
+    assert!(
+        wait_for_tcp(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(20)
+        ),
+        "chromedriver did not listen on {port}"
+    );
+    (guard, port)
+}
+
+async fn browser(port: u16, profile: &std::path::Path) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    tokio::time::timeout(
+        STARTUP,
+        ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}")),
+    )
+    .await
+    .expect("Chromium did not start within 60 s")
+    .expect("cannot start a WebDriver session")
+}
+
+/// Polls `css` until an element's text satisfies `done`; returns that text.
+async fn wait_for_text(
+    client: &Client,
+    css: &str,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(elements) = client.find_all(Locator::Css(css)).await {
+            for element in elements {
+                if let Ok(text) = element.text().await {
+                    if done(&text) {
+                        return text;
+                    }
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            let source = client.source().await.unwrap_or_default();
+            panic!("timed out waiting for {what} ({css}); page:\n{source}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn save_screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.expect("screenshot");
+    let path = screenshot_dir().join(name);
+    std::fs::write(&path, png).expect("write the screenshot");
+    eprintln!("screenshot: {}", path.display());
+}
+
+/// Starts `palisade up` and returns it with the login URL it printed.
+fn start_palisade(palisade: &Palisade, ca: &TestCa, listen: SocketAddr) -> (ChildGuard, String) {
+    let listen = listen.to_string();
+    let ca = ca.pem_path().to_str().unwrap().to_string();
+    let mut guard = palisade.spawn(&[
+        "up",
+        "--listen",
+        &listen,
+        "--upstream-ca",
+        &ca,
+        "--allow-local-upstream",
+        "localhost",
+    ]);
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let stdout = guard.stdout();
+        if let Some(url) = stdout
+            .split_whitespace()
+            .find(|word| word.starts_with("http://") && word.contains("/login?token="))
+        {
+            return (guard, url.to_string());
+        }
+        if let Ok(Some(status)) = guard.try_wait() {
+            panic!("palisade up exited ({status}): {}", guard.stderr());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "palisade up printed no login URL: {}",
+            guard.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn held_requests(upstream: &Upstream) -> usize {
+    upstream
+        .requests()
+        .iter()
+        .filter(|r| r.path().starts_with("/approve-me"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromium() {
+    let ca = TestCa::new().expect("test CA");
+    let upstream = Upstream::start(&ca).expect("upstream");
+    let palisade = Palisade::new(BINARY);
+    ok(palisade.run(&[
+        "agents",
+        "create",
+        "helper",
+        "--provider",
+        "anthropic",
+        "--model",
+        "claude-test",
+        "--base-url",
+        &upstream.base_url(),
+    ]));
+    let key_file = palisade.write_file("key.txt", KEY);
+    ok(palisade.run(&[
+        "secrets",
+        "create",
+        "--name",
+        "claude",
+        "--host-pattern",
+        "localhost",
+        "--inject",
+        "anthropic",
+        "--agent",
+        "helper",
+        "--value-file",
+        key_file.to_str().unwrap(),
+    ]));
+    ok(palisade.run(&[
+        "rules",
+        "create",
+        "--name",
+        "ask-first",
+        "--host-pattern",
+        "localhost",
+        "--path-pattern",
+        "/approve-me/*",
+        "--action",
+        "require_approval",
+    ]));
+    let held_url = upstream.url("/approve-me/report");
+    upstream.script_anthropic(vec![
+        ScriptedTurn::text("Hello from the sandbox, streamed to your browser."),
+        ScriptedTurn::tool_use(
+            "bash",
+            // The sandbox exempts localhost from the proxy; the test upstream lives there.
+            serde_json::json!({ "command": format!("env -u NO_PROXY -u no_proxy curl -sS --max-time 100 {held_url}") }),
+        ),
+        ScriptedTurn::text("The held request went through after your approval."),
+    ]);
+
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (mut host, login_url) = start_palisade(&palisade, &ca, listen);
+    let shots = screenshot_dir();
+    let (mut driver, driver_port) = start_chromedriver(palisade.dir());
+    let profile = palisade.dir().join("chromium-profile");
+    std::fs::create_dir_all(&profile).unwrap();
+    let client = browser(driver_port, &profile).await;
+
+    // Log in: the token is exchanged for the cookie and leaves the address bar.
+    client.goto(&login_url).await.expect("open the login URL");
+    wait_for_text(&client, "h1", "the dashboard", |t| t == "Dashboard").await;
+    let url = client.current_url().await.unwrap();
+    assert_eq!(url.path(), "/");
+    assert!(
+        url.query().is_none(),
+        "the token stayed in the address bar: {url}"
+    );
+
+    // The approvals page, open in its own tab before anything is held.
+    let chat_tab = client.window().await.unwrap();
+    let approvals_tab = client.new_window(true).await.unwrap().handle;
+    client
+        .switch_to_window(approvals_tab.clone())
+        .await
+        .unwrap();
+    client
+        .goto(&format!("http://{listen}/approvals"))
+        .await
+        .unwrap();
+    wait_for_text(&client, "#pending", "the empty approvals list", |t| {
+        t.contains("Nothing is waiting")
+    })
+    .await;
+
+    // Chat: the reply streams into the page.
+    client.switch_to_window(chat_tab.clone()).await.unwrap();
+    client
+        .goto(&format!("http://{listen}/chat?agent=helper"))
+        .await
+        .unwrap();
+    let input = client.find(Locator::Css("#message")).await.unwrap();
+    input.send_keys("Hello, agent!").await.unwrap();
+    client
+        .find(Locator::Css("#send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, ".msg.user .bubble", "my message", |t| {
+        t == "Hello, agent!"
+    })
+    .await;
+    wait_for_text(
+        &client,
+        ".msg.agent:not(.streaming) .bubble",
+        "the reply",
+        |t| t.contains("Hello from the sandbox, streamed to your browser."),
+    )
+    .await;
+    // It came as text deltas (the script counts them), not only as the final reply.
+    let deltas = client
+        .find(Locator::Css(".msg.agent[data-deltas]"))
+        .await
+        .expect("the reply was not streamed")
+        .attr("data-deltas")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(deltas.parse::<u32>().unwrap_or(0) >= 1, "deltas: {deltas}");
+    save_screenshot(&client, "chat.png").await;
+
+    // A request the vault holds.
+    let input = client.find(Locator::Css("#message")).await.unwrap();
+    input.send_keys("Please fetch the report.").await.unwrap();
+    client
+        .find(Locator::Css("#send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "#chat-status", "the tool call", |t| {
+        t.contains("running bash")
+    })
+    .await;
+
+    // The vault holds it (seen from the CLI, so a failure below is the page's).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list = ok(palisade.run(&["approvals", "list", "--json"]));
+        let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        if list.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing was held; upstream saw {:?}\nhost: {}",
+            upstream
+                .requests()
+                .iter()
+                .map(|r| format!("{} {}", r.path(), String::from_utf8_lossy(&r.body)))
+                .collect::<Vec<_>>(),
+            host.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // It shows up on the approvals page without a reload.
+    client.switch_to_window(approvals_tab).await.unwrap();
+    let card = wait_for_text(&client, "article.approval", "the held request", |t| {
+        t.contains("/approve-me/report")
+    })
+    .await;
+    assert!(card.contains("helper"), "{card}");
+    assert!(card.contains("GET"), "{card}");
+    let badge = client
+        .find(Locator::Css("#approvals-badge"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(badge, "1");
+    let source = client.source().await.unwrap();
+    assert!(!source.contains(KEY), "the approvals page shows the key");
+    assert_eq!(held_requests(&upstream), 0, "sent before approval");
+    save_screenshot(&client, "approvals.png").await;
+
+    client
+        .find(Locator::Css("article.approval button[value=approve]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "#approval-flash", "the decision", |t| {
+        t.starts_with("approved")
+    })
+    .await;
+    wait_for_text(&client, "#pending", "the emptied list", |t| {
+        t.contains("Nothing is waiting")
+    })
+    .await;
+    wait_for_text(&client, "#decided", "the decision in the history", |t| {
+        t.contains("web:admin")
+    })
+    .await;
+
+    // The curl completes and the final reply appears in the chat.
+    client.switch_to_window(chat_tab).await.unwrap();
+    wait_for_text(
+        &client,
+        ".msg.agent:not(.streaming) .bubble",
+        "the final reply",
+        |t| t.contains("The held request went through after your approval."),
+    )
+    .await;
+    assert_eq!(
+        held_requests(&upstream),
+        1,
+        "the held request reached upstream once"
+    );
+    save_screenshot(&client, "chat-after-approval.png").await;
+
+    // Decided by the web admin, in the audit chain.
+    let audit = ok(palisade.run(&["audit", "list", "--event", "approval.decide", "--json"]));
+    let rows: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(rows[0]["actor"], "web:admin", "{rows}");
+    assert_eq!(rows[0]["decision"], "approved", "{rows}");
+
+    client.close().await.expect("end the WebDriver session");
+    let _ = driver.terminate();
+    ok(palisade.run(&["down"]));
+    let _ = host.wait_timeout(Duration::from_secs(30));
+    assert!(
+        !palisade.all_output().contains(KEY),
+        "the key reached an output"
+    );
+    assert!(shots.join("chat.png").exists() && shots.join("approvals.png").exists());
+}
