@@ -90,12 +90,16 @@ enum Command {
     },
     /// Inside a sandbox: relay the loopback proxy port to the vault socket.
     Shim(ShimArgs),
-    /// Start the host: vault, agents' runners on demand, and the local JSON API (web UI to come).
+    /// Start the host: vault, agents' runners on demand, the web UI and the local JSON API.
     #[command(after_help = "Examples:
   palisade up
   ANTHROPIC_API_KEY=... palisade up --detach
   palisade up --listen 127.0.0.1:8080 --idle-timeout 30m --turn-timeout 1h
-  palisade up --vault-listen 127.0.0.1:10255   # also serve agents outside a sandbox")]
+  palisade up --vault-listen 127.0.0.1:10255   # also serve agents outside a sandbox
+
+The web UI (chat, agents, sessions, approvals, audit log, vault) is at the --listen
+address. Open the login URL printed at start (http://ADDR/login?token=...): it is
+shown only once and sets the browser's session cookie.")]
     Up(cmd::up::UpArgs),
     /// Stop a host started with `palisade up --detach` (or in another terminal).
     Down,
