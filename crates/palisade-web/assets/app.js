@@ -41,6 +41,16 @@
     box.hidden = !text;
   }
 
+  // Tells palisade the reply to message `id` was shown, so it is not offered again as
+  // unseen. Best effort: a failure only means it is offered again.
+  function acknowledge(id) {
+    fetch("/chat/messages/" + encodeURIComponent(id) + "/delivered", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrf, Accept: "application/json" },
+    }).catch(function () {});
+  }
+
   async function send(text) {
     const agent = composer.dataset.agent;
     const input = document.getElementById("message");
@@ -53,6 +63,7 @@
     let reply = null;
     let tools = null;
     let gotReply = false;
+    let messageId = null;
     try {
       const response = await fetch("/chat/" + encodeURIComponent(agent) + "/send", {
         method: "POST",
@@ -93,6 +104,7 @@
           try { event = JSON.parse(line); } catch (_) { continue; }
           switch (event.type) {
             case "accepted":
+              messageId = event.message_id;
               status.textContent = "accepted (message #" + event.message_id + "); waiting for " + agent + "…";
               break;
             case "text_delta":
@@ -133,6 +145,7 @@
               if (event.is_error) reply.wrap.classList.add("error");
               reply.wrap.appendChild(el("div", "meta", agent + " · just now"));
               status.textContent = "";
+              if (messageId !== null) acknowledge(messageId);
               break;
           }
           scrollDown();
@@ -155,6 +168,10 @@
 
   if (composer && messages) {
     scrollDown();
+    messages.querySelectorAll(".msg[data-ack]").forEach(function (shown) {
+      acknowledge(shown.dataset.ack);
+      shown.removeAttribute("data-ack");
+    });
     const input = document.getElementById("message");
     composer.addEventListener("submit", function (event) {
       event.preventDefault();

@@ -81,6 +81,10 @@ pub fn app(
         .route("/", get(pages::dashboard::page))
         .route("/chat", get(pages::chat::page))
         .route("/chat/{agent}/send", post(pages::chat::send))
+        .route(
+            "/chat/messages/{id}/delivered",
+            post(pages::chat::acknowledge),
+        )
         .route("/agents", get(pages::agents::list))
         .route("/agents/{name}", get(pages::agents::show))
         .route(

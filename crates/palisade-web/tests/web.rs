@@ -793,6 +793,36 @@ async fn chat_sends_stream_the_reply_and_errors_come_back_as_json() {
     let page = web.get_text("/chat?agent=helper").await;
     assert!(page.contains("hello there"));
     assert!(page.contains("echo: hello there"));
+    // The page marks the reply for acknowledgement; the script acknowledges it.
+    let id = events[0]["message_id"].as_i64().unwrap();
+    assert!(page.contains(&format!("data-ack=\"{id}\"")), "{page}");
+    let ack = format!("/chat/messages/{id}/delivered");
+    let refused = web
+        .client
+        .post(web.url(&ack))
+        .header("cookie", web.cookie())
+        .header("origin", web.origin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    assert!(!web.store.get_reply(id).unwrap().unwrap().delivered);
+    let acked = web
+        .client
+        .post(web.url(&ack))
+        .header("cookie", web.cookie())
+        .header("origin", web.origin())
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acked.status(), StatusCode::OK);
+    assert!(web.store.get_reply(id).unwrap().unwrap().delivered);
+    let page = web.get_text("/chat?agent=helper").await;
+    assert!(
+        !page.contains("data-ack="),
+        "acknowledged replies are not offered again"
+    );
 
     for (body, agent, status, needle) in [
         (serde_json::json!({"text": "   "}), "helper", 400, "empty"),
@@ -823,11 +853,18 @@ async fn chat_sends_stream_the_reply_and_errors_come_back_as_json() {
         "no refused message was stored"
     );
     // A body past the web's limit is refused before anything is read into the host.
+    // (The server may answer 413 and close while the client still writes; then the
+    // client sees the connection closed instead of the answer.)
     let huge = "y".repeat(4 * 1024 * 1024);
-    let response = post(serde_json::json!({ "text": huge }), "helper")
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    match post(serde_json::json!({ "text": huge }), "helper").await {
+        Ok(response) => assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE),
+        Err(error) => assert!(error.is_request(), "{error}"),
+    }
+    assert_eq!(
+        web.store.session_messages(sessions[0].id).unwrap().len(),
+        1,
+        "the oversized message was not stored"
+    );
     web.stop().await;
 }
 

@@ -210,6 +210,10 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
         "claude",
         "--host-pattern",
         "localhost",
+        // Only on the model API: the held request goes to the same test server, whose
+        // echo would hand an injected key back to the agent.
+        "--path-pattern",
+        "/v1/*",
         "--inject",
         "anthropic",
         "--agent",
@@ -404,6 +408,25 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
         "the held request reached upstream once"
     );
     save_screenshot(&client, "chat-after-approval.png").await;
+
+    // The page acknowledged the replies it showed (as `palisade chat` does).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sessions = ok(palisade.run(&["sessions", "list", "--json"]));
+        let sessions: serde_json::Value = serde_json::from_slice(&sessions.stdout).unwrap();
+        let id = sessions[0]["id"].as_i64().expect("a session");
+        let session = ok(palisade.run(&["sessions", "show", &id.to_string(), "--json"]));
+        let session: serde_json::Value = serde_json::from_slice(&session.stdout).unwrap();
+        let messages = session["messages"].as_array().cloned().unwrap_or_default();
+        if messages.len() == 2 && messages.iter().all(|m| m["reply"]["delivered"] == true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replies not acknowledged: {session}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Decided by the web admin, in the audit chain.
     let audit = ok(palisade.run(&["audit", "list", "--event", "approval.decide", "--json"]));

@@ -40,7 +40,7 @@ pub(crate) fn message_markup(message: &InboundMessage, reply: Option<&ReplyRecor
         }
         @match reply {
             Some(reply) => {
-                div.msg.agent.error[reply.is_error] {
+                div.msg.agent.error[reply.is_error] data-ack=[(!reply.delivered).then_some(message.id)] {
                     div.bubble { (reply.text) }
                     div.meta { (message.agent) " · " (super::when(reply.created_at_ms)) }
                 }
@@ -213,15 +213,36 @@ pub(crate) async fn send(
         "conversation": CONVERSATION,
         "channel": CONVERSATION,
     });
+    forward_to_api(
+        &state,
+        &format!("/api/agents/{agent}/messages"),
+        Body::from(payload.to_string()),
+    )
+    .await
+}
+
+/// `POST /chat/messages/ID/delivered`: the page showed the reply to message ID, so it
+/// is not offered again as unseen (the API's acknowledgement, as `palisade chat` does).
+pub(crate) async fn acknowledge(State(state): State<WebState>, Path(id): Path<i64>) -> Response {
+    forward_to_api(
+        &state,
+        &format!("/api/messages/{id}/delivered"),
+        Body::empty(),
+    )
+    .await
+}
+
+/// Hands a checked browser write to the JSON API with the CLI's bearer token.
+async fn forward_to_api(state: &WebState, uri: &str, body: Body) -> Response {
     let request = Request::builder()
         .method("POST")
-        .uri(format!("/api/agents/{agent}/messages"))
+        .uri(uri)
         .header(
             header::AUTHORIZATION,
             format!("Bearer {}", state.tokens.cli),
         )
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(payload.to_string()));
+        .body(body);
     let request = match request {
         Ok(request) => request,
         Err(e) => {
