@@ -434,6 +434,25 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
     assert_eq!(rows[0]["actor"], "web:admin", "{rows}");
     assert_eq!(rows[0]["decision"], "approved", "{rows}");
 
+    // The other pages render with what this run produced (kept for a look).
+    for (path, heading, name) in [
+        ("/", "Dashboard", "dashboard.png"),
+        ("/agents/helper", "helper", "agent.png"),
+        ("/sessions", "Sessions", "sessions.png"),
+        ("/audit", "Audit log", "audit.png"),
+        ("/vault", "Vault", "vault.png"),
+    ] {
+        client
+            .goto(&format!("http://{listen}{path}"))
+            .await
+            .unwrap();
+        wait_for_text(&client, "h1", heading, |t| t.starts_with(heading)).await;
+        save_screenshot(&client, name).await;
+    }
+    let vault = client.source().await.unwrap();
+    assert!(vault.contains("ask-first") && vault.contains("claude"));
+    assert!(!vault.contains(KEY), "the vault page shows the key");
+
     client.close().await.expect("end the WebDriver session");
     let _ = driver.terminate();
     ok(palisade.run(&["down"]));

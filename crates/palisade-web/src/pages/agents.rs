@@ -79,7 +79,7 @@ pub(crate) async fn show(
         let rules: Vec<_> = store
             .list_rules()?
             .into_iter()
-            .filter(|r| r.agent.as_ref() == Some(&lookup))
+            .filter(|r| r.agent.is_none() || r.agent.as_ref() == Some(&lookup))
             .collect();
         let sessions = store.list_sessions(Some(&lookup))?;
         let home = store.home().clone();
@@ -153,13 +153,17 @@ pub(crate) async fn show(
                         }
                     }
                 }
-                h3 { "Rules bound to this agent" }
+                h3 { "Rules that apply to it" }
                 @if rules.is_empty() {
-                    p.muted { "None (rules without an agent apply to every agent)." }
+                    p.muted { "None: the " (agent.profile.as_str()) " profile's default egress applies." }
                 } @else {
                     ul.plain {
                         @for rule in &rules {
-                            li { strong { (rule.name) } " " (layout::pill(&rule.action, "neutral")) " " code { (rule.method) " " (rule.host_pattern) (rule.path_pattern.as_deref().unwrap_or("")) } }
+                            li {
+                                strong { (rule.name) } " " (layout::pill(&rule.action, "neutral")) " "
+                                code { (rule.method) " " (rule.host_pattern) (rule.path_pattern.as_deref().unwrap_or("")) }
+                                @if rule.agent.is_none() { span.muted.small { " (every agent)" } }
+                            }
                         }
                     }
                 }

@@ -93,7 +93,7 @@ pub(crate) fn table(rows: &[AuditRecord]) -> Markup {
                                     (entry.path.as_deref().unwrap_or(""))
                                     @if let Some(detail) = &entry.detail {
                                         @if entry.host.is_none() {
-                                            span.muted.small { (truncate(&detail.to_string(), 160)) }
+                                            span.muted.small { (truncate(&detail_text(detail), 160)) }
                                         }
                                     }
                                 }
@@ -106,6 +106,22 @@ pub(crate) fn table(rows: &[AuditRecord]) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// `key: value · key: value` for an object (strings unquoted, nulls left out), else JSON.
+fn detail_text(detail: &serde_json::Value) -> String {
+    match detail.as_object() {
+        Some(object) => object
+            .iter()
+            .filter(|(_, value)| !value.is_null())
+            .map(|(key, value)| match value.as_str() {
+                Some(text) => format!("{key}: {text}"),
+                None => format!("{key}: {value}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" · "),
+        None => detail.to_string(),
     }
 }
 
@@ -189,8 +205,8 @@ pub(crate) async fn page(
             label { "Event " input type="text" name="event" value=(field(&event)) size="14" placeholder="request, approval.decide…"; }
             label { "Decision " input type="text" name="decision" value=(field(&decision)) size="12" placeholder="blocked, held…"; }
             label { "Text " input type="search" name="q" value=(field(&text)) size="16"; }
-            label { "Since " input type="text" name="since" value=(field(&since)) size="14" placeholder="1h or 2026-11-23 14:00"; }
-            label { "Until " input type="text" name="until" value=(field(&until)) size="14" placeholder="UTC"; }
+            label { "Since " input type="text" name="since" value=(field(&since)) size="14" placeholder="1h or UTC time"; }
+            label { "Until " input type="text" name="until" value=(field(&until)) size="14" placeholder="UTC time"; }
             button.primary type="submit" { "Filter" }
             a.button href="/audit" { "Clear" }
         }

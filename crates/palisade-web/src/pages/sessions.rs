@@ -62,7 +62,7 @@ pub(crate) async fn list(
                 p.muted { "No sessions yet. Start one from the " a href="/chat" { "chat" } "." }
             } @else {
                 table {
-                    thead { tr { th { "#" } th { "Agent" } th { "Conversation" } th { "Messages" } th { "Remembered turns" } th { "Last active" } } }
+                    thead { tr { th { "#" } th { "Agent" } th { "Conversation" } th { "Messages" } th { "History entries" } th { "Last active" } } }
                     tbody {
                         @for session in sessions.iter().take(LIST_LIMIT) {
                             tr {
@@ -114,7 +114,7 @@ pub(crate) async fn show(
             }
         }
         p.muted.small {
-            "The agent remembers " (remembered) " turn(s) of this conversation."
+            "The agent remembers " (remembered) " history entries (messages and tool calls) of this conversation."
         }
         section.card {
             div.messages.static {
