@@ -65,6 +65,8 @@ pub enum StreamEvent {
         message_id: i64,
         session_id: i64,
     },
+    /// The runner has the message and is working on it.
+    Started,
     TextDelta {
         text: String,
     },

@@ -801,6 +801,7 @@ fn stream_event(event: &serde_json::Value) -> Option<StreamEvent> {
             .map(|s| s.chars().take(64 * 1024).collect::<String>())
     };
     match event.get("kind").and_then(|k| k.as_str())? {
+        "started" => Some(StreamEvent::Started),
         "text_delta" => Some(StreamEvent::TextDelta {
             text: text("text")?,
         }),

@@ -62,12 +62,21 @@ fn a_message_wakes_a_sandboxed_runner_that_uses_the_model_through_the_vault() {
     }
 
     // A warm runner answers the next message (the fake API echoes once unscripted).
-    let output = ok(world.send("helper", "and now?"));
-    assert!(
-        String::from_utf8_lossy(&output.stdout).contains("echo: and now?"),
-        "{}",
-        text(&output)
-    );
+    // With --json every event is a line; the runner says `started` as soon as it has
+    // the message, before the model answers.
+    let output = ok(world
+        .palisade
+        .run(&["--json", "send", "--agent", "helper", "and now?"]));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"accepted"), "{}", text(&output));
+    assert_eq!(kinds.get(1), Some(&"started"), "{}", text(&output));
+    assert_eq!(kinds.last(), Some(&"reply"), "{}", text(&output));
+    let reply = events.last().unwrap()["text"].as_str().unwrap_or_default();
+    assert!(reply.contains("echo: and now?"), "{}", text(&output));
 
     let sessions = world.sessions();
     assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{sessions}");

@@ -94,6 +94,13 @@ async fn serve(args: RunnerArgs) -> anyhow::Result<()> {
         tokio::select! {
             frame = conn.recv() => match frame {
                 Ok(Some(HostFrame::Deliver(delivery))) => {
+                    // Says at once that the message arrived, before any model call: the
+                    // channel can show the agent is on it (and bench/host.sh times it).
+                    conn.send(&RunnerFrame::Event {
+                        message_id: delivery.message_id,
+                        event: serde_json::json!({"kind": "started"}),
+                    })
+                    .await?;
                     if deliver_tx.send(*delivery).await.is_err() {
                         break Ok(());
                     }
