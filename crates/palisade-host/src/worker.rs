@@ -26,6 +26,7 @@ use palisade_policy::AgentName;
 use palisade_store::{InboundMessage, ReplyOutcome};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
@@ -205,64 +206,98 @@ type Busy = Arc<tokio::sync::Mutex<HashSet<i64>>>;
 struct Slot {
     inner: Arc<HostInner>,
     agent: AgentName,
+    index: usize,
     socket: PathBuf,
     busy: Busy,
+    /// How many slots the agent should have now; a slot at or past it stops.
+    wanted: Arc<AtomicUsize>,
     wake: watch::Receiver<u64>,
 }
 
-/// Runs an agent's slots until shutdown. `first` is slot 1's socket, bound by the
-/// caller so a bind error reaches whoever woke the agent.
+/// The agent's settings, if they can be read (a bad setting is reported on delivery).
+async fn agent_settings(inner: &HostInner, agent: &AgentName) -> Option<AgentSettings> {
+    let store = inner.store.clone();
+    let name = agent.clone();
+    let record = tokio::task::spawn_blocking(move || store.get_agent(&name))
+        .await
+        .ok()?
+        .ok()?;
+    AgentSettings::from_json(&record.settings).ok()
+}
+
+/// Runs an agent's slots until shutdown. `first` is the first slot's socket, bound by
+/// the caller so a bind error reaches whoever woke the agent. On every wake the agent's
+/// `concurrency` is read again: missing slots are opened at once; slots past it stop
+/// when they next look for work.
 pub(crate) async fn run(
     inner: Arc<HostInner>,
     agent: AgentName,
-    wake: watch::Receiver<u64>,
+    mut wake: watch::Receiver<u64>,
     first: UnixListener,
 ) {
-    let settings = {
-        let store = inner.store.clone();
-        let name = agent.clone();
-        tokio::task::spawn_blocking(move || store.get_agent(&name)).await
-    };
-    let concurrency = match settings {
-        Ok(Ok(record)) => AgentSettings::from_json(&record.settings)
-            .map(|s| s.effective_concurrency())
-            .unwrap_or(1),
-        _ => 1,
-    };
     let busy: Busy = Arc::default();
-    let mut slots = Vec::with_capacity(concurrency);
-    slots.push(run_slot(
-        Slot {
-            inner: Arc::clone(&inner),
-            agent: agent.clone(),
-            socket: socket_path(&inner.config.socket_dir, &agent),
-            busy: Arc::clone(&busy),
-            wake: wake.clone(),
-        },
+    let wanted = Arc::new(AtomicUsize::new(1));
+    let slot_wake = wake.clone();
+    let slot = |index: usize, socket: PathBuf| Slot {
+        inner: Arc::clone(&inner),
+        agent: agent.clone(),
+        index,
+        socket,
+        busy: Arc::clone(&busy),
+        wanted: Arc::clone(&wanted),
+        wake: slot_wake.clone(),
+    };
+    let mut running: HashSet<usize> = HashSet::from([0]);
+    // Each slot is its own task, so one slot's waits never hold up another's.
+    let mut slots = tokio::task::JoinSet::new();
+    slots.spawn(run_slot(
+        slot(0, socket_path(&inner.config.socket_dir, &agent)),
         first,
     ));
-    for index in 1..concurrency {
-        let socket = slot_socket_path(&inner.config.socket_dir, &agent, index);
-        match bind_path(&socket) {
-            Ok(listener) => slots.push(run_slot(
-                Slot {
-                    inner: Arc::clone(&inner),
-                    agent: agent.clone(),
-                    socket,
-                    busy: Arc::clone(&busy),
-                    wake: wake.clone(),
-                },
-                listener,
-            )),
-            Err(error) => {
-                tracing::warn!(agent = %agent, %error, "cannot open another slot; handling fewer messages at once");
+    let mut shutdown = inner.shutdown.clone();
+    loop {
+        wake.borrow_and_update();
+        let concurrency = agent_settings(&inner, &agent)
+            .await
+            .map(|s| s.effective_concurrency())
+            .unwrap_or(1);
+        if concurrency != wanted.swap(concurrency, Ordering::SeqCst) {
+            tracing::info!(agent = %agent, concurrency, "conversations handled at once");
+        }
+        for index in 1..concurrency {
+            if running.contains(&index) || *shutdown.borrow() {
+                continue;
+            }
+            let socket = slot_socket_path(&inner.config.socket_dir, &agent, index);
+            match bind_path(&socket) {
+                Ok(listener) => {
+                    running.insert(index);
+                    slots.spawn(run_slot(slot(index, socket), listener));
+                }
+                Err(error) => {
+                    tracing::warn!(agent = %agent, %error, "cannot open another slot; handling fewer conversations at once");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            ended = slots.join_next() => match ended {
+                Some(Ok(index)) => {
+                    running.remove(&index);
+                }
+                Some(Err(error)) => {
+                    // A slot task panicked: its index stays taken rather than looping.
+                    tracing::error!(agent = %agent, %error, "a slot of the agent failed");
+                }
+                None => break,
+            },
+            _ = woken(&mut wake) => {}
+            _ = crate::host::stopped(&mut shutdown) => {
+                while slots.join_next().await.is_some() {}
+                break;
             }
         }
     }
-    if concurrency > 1 {
-        tracing::info!(agent = %agent, slots = slots.len(), "agent handles several conversations at once");
-    }
-    futures_util::future::join_all(slots).await;
 }
 
 /// Claims the next message for a slot: the oldest first-unanswered message of a
@@ -283,20 +318,15 @@ async fn claim(slot: &Slot) -> Result<Option<InboundMessage>, palisade_store::St
 
 /// The agent's idle timeout: its own setting, else the host's.
 async fn idle_timeout(inner: &HostInner, agent: &AgentName) -> Duration {
-    let store = inner.store.clone();
-    let name = agent.clone();
-    let record = tokio::task::spawn_blocking(move || store.get_agent(&name)).await;
-    match record {
-        Ok(Ok(record)) => AgentSettings::from_json(&record.settings)
-            .ok()
-            .and_then(|s| s.idle_timeout_secs)
-            .map(Duration::from_secs)
-            .unwrap_or(inner.config.idle_timeout),
-        _ => inner.config.idle_timeout,
-    }
+    agent_settings(inner, agent)
+        .await
+        .and_then(|s| s.idle_timeout_secs)
+        .map(Duration::from_secs)
+        .unwrap_or(inner.config.idle_timeout)
 }
 
-async fn run_slot(mut slot: Slot, listener: UnixListener) {
+/// One slot's loop; returns the slot's index when it ends.
+async fn run_slot(mut slot: Slot, listener: UnixListener) -> usize {
     let inner = Arc::clone(&slot.inner);
     let agent = slot.agent.clone();
     let (conn_tx, mut conn_rx) = mpsc::channel::<Conn>(1);
@@ -315,7 +345,7 @@ async fn run_slot(mut slot: Slot, listener: UnixListener) {
             &slot.socket,
             runner.process.is_some() || runner.conn.is_some(),
         );
-        if *shutdown.borrow() {
+        if *shutdown.borrow() || slot.index >= slot.wanted.load(Ordering::SeqCst) {
             break;
         }
         // Wakes from now on are noticed by `idle`, so none is lost while we look.
@@ -361,6 +391,7 @@ async fn run_slot(mut slot: Slot, listener: UnixListener) {
     inner.set_warm(&agent, &slot.socket, false);
     accept.abort();
     let _ = std::fs::remove_file(&slot.socket);
+    slot.index
 }
 
 /// Connects a runner if needed and delivers `message`, backing off after a failure.

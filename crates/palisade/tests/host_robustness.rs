@@ -432,6 +432,16 @@ fn up_can_serve_the_vaults_tcp_listener_for_agents_outside_a_sandbox() {
 #[test]
 fn an_agent_with_concurrency_two_answers_another_conversation_while_one_is_busy() {
     let world = world();
+    let host = world.up();
+    // The agent starts with one slot; raising its concurrency applies at the next message.
+    ok(world.palisade.run(&[
+        "send",
+        "--agent",
+        "helper",
+        "--conversation",
+        "warm-up",
+        "hello",
+    ]));
     ok(world
         .palisade
         .run(&["agents", "edit", "helper", "--concurrency", "2"]));
@@ -446,7 +456,7 @@ fn an_agent_with_concurrency_two_answers_another_conversation_while_one_is_busy(
         "bash",
         serde_json::json!({"command": "sleep 8; echo slept"}),
     )]);
-    let host = world.up();
+    let requests_before = world.model_requests().len();
     let mut first = world.palisade.spawn(&[
         "send",
         "--agent",
@@ -456,7 +466,7 @@ fn an_agent_with_concurrency_two_answers_another_conversation_while_one_is_busy(
         "slow in a",
     ]);
     assert!(
-        world.upstream.wait_for_count(1, STARTUP),
+        world.upstream.wait_for_count(requests_before + 1, STARTUP),
         "{}",
         host.stderr()
     );
@@ -469,7 +479,14 @@ fn an_agent_with_concurrency_two_answers_another_conversation_while_one_is_busy(
         "a",
         "next in a",
     ]);
-    let session_a = world.only_session();
+    let session_a = world
+        .sessions()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["conversation"] == "a")
+        .and_then(|s| s["id"].as_i64())
+        .expect("session a");
     let deadline = std::time::Instant::now() + STARTUP;
     while world.session(session_a)["messages"]
         .as_array()
@@ -496,7 +513,11 @@ fn an_agent_with_concurrency_two_answers_another_conversation_while_one_is_busy(
     );
     assert_eq!(a["messages"][1]["message"]["status"], "pending", "{a}");
     assert_eq!(a["messages"][1]["message"]["attempts"], 0);
-    assert_eq!(count_in(&host, "runner started"), 2);
+    assert_eq!(
+        count_in(&host, "runner started"),
+        2,
+        "the second slot's runner"
+    );
 
     let status = first
         .wait_timeout(Duration::from_secs(60))
@@ -515,5 +536,22 @@ fn an_agent_with_concurrency_two_answers_another_conversation_while_one_is_busy(
         "a's messages were answered in order"
     );
     assert_eq!(a["messages"][1]["reply"]["text"], "echo: next in a");
+
+    // Back to one: the second slot closes when it next looks for work.
+    ok(world
+        .palisade
+        .run(&["agents", "edit", "helper", "--concurrency", "1"]));
+    let second_socket = world.palisade.home().join("run/hosts/helper.2.sock");
+    assert!(second_socket.exists());
+    ok(world.send("helper", "one"));
+    ok(world.send("helper", "two"));
+    let deadline = std::time::Instant::now() + STARTUP;
+    while second_socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second slot stayed open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     world.down(host);
 }

@@ -85,7 +85,7 @@ pub struct ModelArgs {
     idle_timeout: Option<String>,
     /// Messages of different conversations this agent handles at once, each in its own
     /// sandbox (1-8; a conversation's messages always go one at a time) [default: 1].
-    /// Takes effect when the agent's worker next starts (e.g. the host's next start).
+    /// A running host applies it at the agent's next message.
     #[arg(long, value_name = "N")]
     concurrency: Option<u32>,
 }
