@@ -39,6 +39,9 @@ pub struct VaultConfig {
     pub upstream_ca: Vec<PathBuf>,
     /// Host patterns allowed to resolve to loopback/private/link-local/own addresses.
     pub allow_local_upstream: Vec<String>,
+    /// The host's own control plane (the web UI and JSON API of `palisade up`): like
+    /// the gateway's own listener, never an upstream, whatever `allow_local_upstream` says.
+    pub protected: Vec<SocketAddr>,
     /// How long a held request waits for a person (default 10 min).
     pub approval_timeout: Duration,
     /// Whether to write `run/vault.json` so other commands find this gateway (false for
@@ -62,6 +65,7 @@ impl VaultConfig {
             socket_dir: None,
             upstream_ca: Vec::new(),
             allow_local_upstream: Vec::new(),
+            protected: Vec::new(),
             approval_timeout: Duration::from_secs(600),
             advertise: false,
             connect_timeout: Duration::from_secs(10),

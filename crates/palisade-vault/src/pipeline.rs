@@ -161,15 +161,15 @@ pub async fn handle(
         }
     }
 
-    // The gateway's own listener is never an upstream, whatever --allow-local-upstream
-    // says: an agent must not reach the admin API through the proxy.
+    // The gateway's own listener and the host's web UI are never an upstream, whatever
+    // --allow-local-upstream says: an agent must not reach a control plane through the proxy.
     if shared.is_own_listener(host, target.port) {
         audit.decision = Some("local_refused".into());
         audit.status = Some(403);
         finish_audit(&shared, audit, started).await;
         return Ok(refusal(
             &ErrorBody::new(GatewayErrorKind::LocalUpstreamRefused, host).with_message(
-                "This is the vault gateway's own address; agents can never reach it through the proxy.",
+                "This is the vault gateway's or the Palisade host's own address; agents can never reach it through the proxy.",
             ),
         ));
     }

@@ -88,12 +88,17 @@ impl Shared {
         *self.shutdown.borrow()
     }
 
-    /// Whether `host:port` names this gateway's own TCP listener (by loopback name,
-    /// a loopback address or one of the host's own addresses).
+    /// Whether `host:port` names this gateway's own TCP listener or a protected
+    /// address of the host (`VaultConfig::protected`: the web UI), by loopback name, a
+    /// loopback address or one of the host's own addresses.
     pub fn is_own_listener(&self, host: &str, port: u16) -> bool {
-        let Some(own) = self.tcp_addr else {
-            return false;
-        };
+        self.tcp_addr
+            .iter()
+            .chain(self.config.protected.iter())
+            .any(|own| self.names(host, port, *own))
+    }
+
+    fn names(&self, host: &str, port: u16, own: SocketAddr) -> bool {
         if own.port() != port {
             return false;
         }

@@ -234,17 +234,24 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
         "require_approval",
     ]));
     let held_url = upstream.url("/approve-me/report");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let port = listen.port();
+    // The sandbox exempts localhost from the proxy; the test upstream lives there. First
+    // the agent tries the web UI itself: through the vault (which may reach `localhost`
+    // in this test, yet refuses the host's own address) and directly (no network).
+    let proxied = "env -u NO_PROXY -u no_proxy curl -s -o /dev/null --max-time 10";
+    let command = format!(
+        "{proxied} -w 'web-ui-via-vault-http:%{{http_code}}\\n' http://localhost:{port}/api/status; \
+         {proxied} -w 'web-ui-via-vault-https:%{{http_code}}\\n' https://localhost:{port}/api/status; \
+         curl -s -o /dev/null --max-time 10 -w 'web-ui-direct:%{{http_code}}\\n' http://127.0.0.1:{port}/api/status; \
+         env -u NO_PROXY -u no_proxy curl -sS --max-time 100 {held_url}"
+    );
     upstream.script_anthropic(vec![
         ScriptedTurn::text("Hello from the sandbox, streamed to your browser."),
-        ScriptedTurn::tool_use(
-            "bash",
-            // The sandbox exempts localhost from the proxy; the test upstream lives there.
-            serde_json::json!({ "command": format!("env -u NO_PROXY -u no_proxy curl -sS --max-time 100 {held_url}") }),
-        ),
+        ScriptedTurn::tool_use("bash", serde_json::json!({ "command": command })),
         ScriptedTurn::text("The held request went through after your approval."),
     ]);
 
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (mut host, login_url) = start_palisade(&palisade, &ca, listen);
     let shots = screenshot_dir();
     let (mut driver, driver_port) = start_chromedriver(palisade.dir());
@@ -407,6 +414,25 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
         1,
         "the held request reached upstream once"
     );
+    // The web UI was out of the sandbox's reach: the vault refused it (403, where the
+    // UI itself would have answered 401) and there is no direct route (000).
+    let tool_result = upstream
+        .requests()
+        .iter()
+        .filter(|r| r.path().starts_with("/v1/messages"))
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .find(|body| body.contains("web-ui-direct:"))
+        .expect("the probe's output reached the model");
+    for expected in [
+        "web-ui-via-vault-http:403",
+        "web-ui-via-vault-https:403",
+        "web-ui-direct:000",
+    ] {
+        assert!(
+            tool_result.contains(expected),
+            "{expected} missing: {tool_result}"
+        );
+    }
     save_screenshot(&client, "chat-after-approval.png").await;
 
     // The page acknowledged the replies it showed (as `palisade chat` does).

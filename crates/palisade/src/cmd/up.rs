@@ -190,6 +190,8 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
                 let mut config = palisade_vault::VaultConfig::new(ctx.home.clone());
                 config.upstream_ca = args.upstream_ca.clone();
                 config.allow_local_upstream = args.allow_local_upstream.clone();
+                // Agents never reach the web UI, even with --allow-local-upstream localhost.
+                config.protected = vec![listen];
                 config.listen = args.vault_listen;
                 config.advertise = true;
                 let gateway = palisade_vault::Gateway::start(config).await?;
