@@ -107,6 +107,9 @@
               messageId = event.message_id;
               status.textContent = "accepted (message #" + event.message_id + "); waiting for " + agent + "…";
               break;
+            case "started":
+              status.textContent = agent + " is working on it…";
+              break;
             case "text_delta":
               reply.body.textContent += event.text;
               reply.wrap.dataset.deltas = String(Number(reply.wrap.dataset.deltas || 0) + 1);

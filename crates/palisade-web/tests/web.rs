@@ -769,6 +769,8 @@ async fn chat_sends_stream_the_reply_and_errors_come_back_as_json() {
             .json(&body)
             .send()
     };
+    let idle = web.get_text("/agents").await;
+    assert!(idle.contains("pill neutral\">idle"), "{idle}");
     let response = post(serde_json::json!({"text": "hello there"}), "helper")
         .await
         .unwrap();
@@ -783,6 +785,9 @@ async fn chat_sends_stream_the_reply_and_errors_come_back_as_json() {
     let last = events.last().unwrap();
     assert_eq!(last["type"], "reply");
     assert_eq!(last["text"], "echo: hello there");
+    // The runner stays warm after answering (the idle timeout is minutes).
+    let warm = web.get_text("/agents").await;
+    assert!(warm.contains("pill good\">warm"), "{warm}");
     // It is the web conversation's session, shown on the chat page.
     let sessions = web
         .store
