@@ -233,6 +233,14 @@ fn a_reply_stored_but_not_yet_read_survives_a_crash_and_is_not_answered_again() 
         fetched["reply"]["delivered"], false,
         "its client never got it"
     );
+    let shown = ok(world
+        .palisade
+        .run(&["sessions", "show", &session_id.to_string()]));
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("echo: ping (not seen yet"),
+        "{}",
+        text(&shown)
+    );
     // A client that fetched it says so through the API (the CLI does it by itself).
     let bearer = format!("Authorization: Bearer {}", info["token"].as_str().unwrap());
     let ack = |id: i64| {

@@ -259,6 +259,13 @@ fn a_runner_that_never_answers_is_stopped_at_the_turn_timeout_with_an_error_repl
         .palisade
         .run(&["agents", "edit", "helper", "--turn-timeout", "soon"]);
     assert!(!bad.status.success());
+    let bad = world.palisade.run(&["up", "--turn-timeout", "0s"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("at least 1s"),
+        "{}",
+        text(&bad)
+    );
     world.down(host);
 }
 

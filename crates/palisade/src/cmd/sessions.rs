@@ -97,6 +97,10 @@ pub fn run(command: SessionsCommand, ctx: &Context) -> anyhow::Result<()> {
                     Some(reply) if reply.is_error => {
                         text.push_str(&format!("! {}\n", output::clean(&reply.text)))
                     }
+                    Some(reply) if !reply.delivered => text.push_str(&format!(
+                        "< {} (not seen yet; `palisade chat` shows it)\n",
+                        output::clean(&reply.text)
+                    )),
                     Some(reply) => text.push_str(&format!("< {}\n", output::clean(&reply.text))),
                     None => text.push_str("(no reply yet)\n"),
                 }

@@ -125,15 +125,15 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
             args.idle_timeout
         )
     })?;
-    let turn_timeout = humantime::parse_duration(&args.turn_timeout)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .with_context(|| {
-            format!(
-                "--turn-timeout {:?} is not a duration such as 30m",
-                args.turn_timeout
-            )
-        })?;
+    let turn_timeout = humantime::parse_duration(&args.turn_timeout).with_context(|| {
+        format!(
+            "--turn-timeout {:?} is not a duration such as 30m",
+            args.turn_timeout
+        )
+    })?;
+    if turn_timeout < Duration::from_secs(1) {
+        bail!("--turn-timeout must be at least 1s; a turn needs time to call the model");
+    }
     let kind: RuntimeKind = args.runtime.parse()?;
     let memory = if args.memory.eq_ignore_ascii_case("none") {
         None
