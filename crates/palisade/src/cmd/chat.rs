@@ -231,17 +231,18 @@ pub fn run(args: ChatArgs, ctx: &Context) -> anyhow::Result<()> {
                     "conversation": conversation,
                     "channel": "chat",
                 });
-                let streamed = match runtime.block_on(stream_reply(&info, &path, body, ctx.json)) {
-                    Ok(streamed) => streamed,
-                    Err(error) => {
-                        // The host went away mid-reply: the message stays queued.
-                        if interactive {
-                            writeln!(stdout)?;
-                        }
-                        eprintln!("palisade: {}", crate::output::clean(&format!("{error:#}")));
-                        continue;
+                // An error here means the message was not accepted: the chat cannot go on.
+                let streamed = runtime
+                    .block_on(stream_reply(&info, &path, body, ctx.json))
+                    .context("the host stopped; start it again with `palisade up` and rerun `palisade chat`")?;
+                if let Some(lost) = &streamed.lost {
+                    // The host went away mid-reply: the message stays queued.
+                    if interactive {
+                        writeln!(stdout)?;
                     }
-                };
+                    eprintln!("palisade: {}", crate::output::clean(lost));
+                    continue;
+                }
                 if streamed.session_id.is_some() {
                     session_id = streamed.session_id;
                 }

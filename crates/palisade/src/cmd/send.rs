@@ -66,7 +66,7 @@ pub fn run(args: SendArgs, ctx: &Context) -> anyhow::Result<()> {
     if let Ok(store) = ctx.open_store() {
         acknowledge(&store, &outcome);
     }
-    if let Some(error) = outcome.error {
+    if let Some(error) = outcome.error.or(outcome.lost) {
         bail!("{error}");
     }
     Ok(())
@@ -163,6 +163,25 @@ pub(crate) struct Streamed {
     pub message_id: Option<i64>,
     /// The reply (or error reply) was received and shown.
     pub answered: bool,
+    /// The message was accepted (stored) but the host went away before the reply:
+    /// what to tell the person.
+    pub lost: Option<String>,
+}
+
+impl Streamed {
+    /// After the host accepted the message, a broken stream is not a failure to send:
+    /// the message stays queued. Before that, it is.
+    fn lost(mut self, error: impl std::fmt::Display) -> anyhow::Result<Streamed> {
+        if self.message_id.is_none() {
+            bail!("{error}");
+        }
+        self.lost = Some(format!(
+            "{error}; message {} stays queued and will be answered after the host starts again (see `palisade sessions show{}`)",
+            self.message_id.unwrap_or_default(),
+            self.session_id.map(|id| format!(" {id}")).unwrap_or_default()
+        ));
+        Ok(self)
+    }
 }
 
 /// Records that the reply to `message_id` reached the person (it was printed), so it is
@@ -212,7 +231,14 @@ pub(crate) async fn stream_reply(
     let mut buffer: Vec<u8> = Vec::new();
     let mut streamed_text = false;
     while let Some(frame) = body.frame().await {
-        let frame = frame.context("lost the connection to the host while waiting for the reply; the message stays queued and will be answered")?;
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                return streamed.lost(format!(
+                    "lost the connection to the host while waiting for the reply ({error})"
+                ))
+            }
+        };
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -281,7 +307,7 @@ pub(crate) async fn stream_reply(
             }
         }
     }
-    bail!("the host closed the stream before the reply; the message stays queued and will be answered (see `palisade sessions show`)")
+    streamed.lost("the host closed the stream before the reply")
 }
 
 /// Agent text keeps its lines and tabs; other control characters (escape sequences)
