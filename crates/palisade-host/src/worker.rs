@@ -247,13 +247,15 @@ pub(crate) async fn run(
         wanted: Arc::clone(&wanted),
         wake: slot_wake.clone(),
     };
-    let mut running: HashSet<usize> = HashSet::from([0]);
     // Each slot is its own task, so one slot's waits never hold up another's.
     let mut slots = tokio::task::JoinSet::new();
-    slots.spawn(run_slot(
+    // Slot index of each running slot task.
+    let mut running: std::collections::HashMap<tokio::task::Id, usize> = Default::default();
+    let task = slots.spawn(run_slot(
         slot(0, socket_path(&inner.config.socket_dir, &agent)),
         first,
     ));
+    running.insert(task.id(), 0);
     let mut shutdown = inner.shutdown.clone();
     loop {
         wake.borrow_and_update();
@@ -264,15 +266,15 @@ pub(crate) async fn run(
         if concurrency != wanted.swap(concurrency, Ordering::SeqCst) {
             tracing::info!(agent = %agent, concurrency, "conversations handled at once");
         }
-        for index in 1..concurrency {
-            if running.contains(&index) || *shutdown.borrow() {
+        for index in 0..concurrency {
+            if running.values().any(|i| *i == index) || *shutdown.borrow() {
                 continue;
             }
             let socket = slot_socket_path(&inner.config.socket_dir, &agent, index);
             match bind_path(&socket) {
                 Ok(listener) => {
-                    running.insert(index);
-                    slots.spawn(run_slot(slot(index, socket), listener));
+                    let task = slots.spawn(run_slot(slot(index, socket), listener));
+                    running.insert(task.id(), index);
                 }
                 Err(error) => {
                     tracing::warn!(agent = %agent, %error, "cannot open another slot; handling fewer conversations at once");
@@ -281,13 +283,16 @@ pub(crate) async fn run(
             }
         }
         tokio::select! {
-            ended = slots.join_next() => match ended {
-                Some(Ok(index)) => {
-                    running.remove(&index);
+            ended = slots.join_next_with_id() => match ended {
+                Some(Ok((task, _))) => {
+                    running.remove(&task);
                 }
                 Some(Err(error)) => {
-                    // A slot task panicked: its index stays taken rather than looping.
+                    // A slot task failed (a bug): it is opened again, after a pause so a
+                    // slot that fails at once cannot spin.
                     tracing::error!(agent = %agent, %error, "a slot of the agent failed");
+                    running.remove(&error.id());
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 None => break,
             },
