@@ -1,6 +1,6 @@
 //! The router, queue and supervisor with in-process fake runners on the real host
-//! socket: delivery, streaming, crash and redelivery, idle stop, and runners or
-//! strangers that break the protocol.
+//! socket: delivery, streaming, crash and redelivery, idle stop, several conversations
+//! of one agent at once, and runners or strangers that break the protocol.
 
 use futures_util::future::BoxFuture;
 use palisade_host::protocol::{HostFrame, RunnerConnection, RunnerFrame, PROTOCOL_VERSION};
@@ -28,6 +28,8 @@ enum Behaviour {
 struct FakeLauncher {
     behaviour: Behaviour,
     launches: Arc<AtomicUsize>,
+    /// A message whose text starts with "hold" waits for a permit before its reply.
+    gate: Arc<tokio::sync::Semaphore>,
 }
 
 struct FakeProcess(Option<tokio::task::JoinHandle<()>>);
@@ -65,8 +67,9 @@ impl RunnerLauncher for FakeLauncher {
             other => other,
         };
         let socket = host_socket.to_path_buf();
+        let gate = Arc::clone(&self.gate);
         Ok(Box::new(FakeProcess(Some(tokio::spawn(async move {
-            let _ = fake_runner(&socket, behaviour).await;
+            let _ = fake_runner(&socket, behaviour, gate).await;
         })))))
     }
 }
@@ -74,6 +77,7 @@ impl RunnerLauncher for FakeLauncher {
 async fn fake_runner(
     socket: &Path,
     behaviour: Behaviour,
+    gate: Arc<tokio::sync::Semaphore>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let stream = UnixStream::connect(socket).await?;
     let mut conn: RunnerConnection<UnixStream> = RunnerConnection::new(stream);
@@ -108,6 +112,9 @@ async fn fake_runner(
                     HostFrame::ToolResult { ok: true, .. } => {}
                     other => return Err(format!("tool failed: {other:?}").into()),
                 }
+                if delivery.text.starts_with("hold") {
+                    gate.acquire().await?.forget();
+                }
                 let mut history = delivery.history.as_array().cloned().unwrap_or_default();
                 history.push(serde_json::json!(delivery.text));
                 let session_id = match behaviour {
@@ -133,6 +140,7 @@ struct Fixture {
     host: Host,
     agent: AgentName,
     launches: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
     home: Home,
 }
 
@@ -147,9 +155,11 @@ async fn fixture(behaviour: Behaviour, tune: impl FnOnce(&mut HostConfig)) -> Fi
     config.start_timeout = Duration::from_secs(5);
     tune(&mut config);
     let launches = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let launcher = Arc::new(FakeLauncher {
         behaviour,
         launches: Arc::clone(&launches),
+        gate: Arc::clone(&gate),
     });
     let host = Host::start(store.clone(), config, launcher).await.unwrap();
     Fixture {
@@ -158,6 +168,7 @@ async fn fixture(behaviour: Behaviour, tune: impl FnOnce(&mut HostConfig)) -> Fi
         host,
         agent,
         launches,
+        gate,
         home,
     }
 }
@@ -341,6 +352,7 @@ async fn unanswered_messages_are_delivered_after_a_restart() {
     let launcher = Arc::new(FakeLauncher {
         behaviour: Behaviour::Echo,
         launches: Arc::new(AtomicUsize::new(0)),
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
     });
     let host = Host::start(store.clone(), HostConfig::new(home), launcher)
         .await
@@ -359,4 +371,57 @@ async fn unanswered_messages_are_delivered_after_a_restart() {
     assert_eq!(reply.text, "echo: survive");
     assert_eq!(store.get_message(accepted.message_id).unwrap().attempts, 2);
     host.shutdown().await;
+}
+
+#[tokio::test]
+async fn conversations_run_side_by_side_up_to_the_agents_concurrency_each_in_order() {
+    let f = fixture(Behaviour::Echo, |_| {}).await;
+    f.store
+        .update_agent_settings(&f.agent, &serde_json::json!({"concurrency": 2}))
+        .unwrap();
+    // a1 is held by its runner; a2 (same conversation) must wait for it, while b1
+    // (another conversation) is answered by the second slot meanwhile.
+    let (a1, mut a1_events) = f
+        .host
+        .submit(&f.agent, "a", "cli", "hold a1")
+        .await
+        .unwrap();
+    let (a2, mut a2_events) = f.host.submit(&f.agent, "a", "cli", "a2").await.unwrap();
+    let (_, mut b1_events) = f.host.submit(&f.agent, "b", "cli", "b1").await.unwrap();
+    assert_eq!(reply_of(&mut b1_events).await.1, "echo: b1");
+    assert_eq!(
+        f.store.get_message(a1.message_id).unwrap().status,
+        MessageStatus::Delivered
+    );
+    let waiting = f.store.get_message(a2.message_id).unwrap();
+    assert_eq!(waiting.status, MessageStatus::Pending);
+    assert_eq!(waiting.attempts, 0);
+    assert_eq!(f.launches.load(Ordering::SeqCst), 2, "one runner per slot");
+    // b1's slot is free again: c1 (held too) takes it, so both slots are busy and d1,
+    // a fourth conversation, waits: there is no third runner.
+    let (_, mut c1_events) = f
+        .host
+        .submit(&f.agent, "c", "cli", "hold c1")
+        .await
+        .unwrap();
+    let (d1, mut d1_events) = f.host.submit(&f.agent, "d", "cli", "d1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        f.store.get_message(d1.message_id).unwrap().status,
+        MessageStatus::Pending,
+        "no third runner: the concurrency is 2"
+    );
+    assert_eq!(f.launches.load(Ordering::SeqCst), 2);
+    f.gate.add_permits(2);
+    assert_eq!(reply_of(&mut a1_events).await.1, "echo: hold a1");
+    assert_eq!(reply_of(&mut c1_events).await.1, "echo: hold c1");
+    assert_eq!(reply_of(&mut a2_events).await.1, "echo: a2");
+    assert_eq!(reply_of(&mut d1_events).await.1, "echo: d1");
+    let session = f.store.get_session(a1.session_id).unwrap();
+    assert_eq!(session.history, serde_json::json!(["hold a1", "a2"]));
+    // Each slot has its own socket, removed on shutdown.
+    let second = f.host.config().socket_dir.join("helper.2.sock");
+    assert!(second.exists());
+    f.host.shutdown().await;
+    assert!(!second.exists());
 }
