@@ -126,6 +126,17 @@ shown only once and sets the browser's session cookie.")]
 }
 
 fn main() {
+    // The shim starts every sandbox: it skips building the whole CLI (its own
+    // arguments are parsed by palisade_sandbox::shim).
+    let argv: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if argv.first().is_some_and(|a| a == "shim")
+        && !argv.get(1).is_some_and(|a| a == "--help" || a == "-h")
+    {
+        cmd::sandbox::run_shim_args(argv[1..].to_vec());
+    }
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let code = match run(cli) {

@@ -130,6 +130,9 @@ fn optional<T>(
 fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
     // Everything that can be checked is checked before anything starts.
     let kind: RuntimeKind = args.runtime.parse()?;
+    if kind == RuntimeKind::Bwrap {
+        palisade_sandbox::cgroup::prime_migration();
+    }
     let limits = Limits {
         memory: optional(&args.memory, parse_memory)?,
         pids: optional(&args.pids, parse_pids)?,
@@ -342,7 +345,16 @@ pub struct ShimArgs {
 }
 
 pub fn run_shim(args: ShimArgs) -> anyhow::Result<()> {
-    let options = palisade_sandbox::shim::ShimOptions::from_args(&args.args)
-        .map_err(|e| anyhow::anyhow!("shim: {e}"))?;
-    std::process::exit(palisade_sandbox::shim::run(options));
+    run_shim_args(args.args)
+}
+
+/// Runs the shim with its own arguments (what follows `shim`) and exits.
+pub fn run_shim_args(args: Vec<String>) -> ! {
+    match palisade_sandbox::shim::ShimOptions::from_args(&args) {
+        Ok(options) => std::process::exit(palisade_sandbox::shim::run(options)),
+        Err(e) => {
+            eprintln!("error: shim: {e}");
+            std::process::exit(palisade_sandbox::shim::SHIM_FAILURE)
+        }
+    }
 }
