@@ -114,8 +114,14 @@ if bad: sys.exit(f"non-200 responses: {bad[:3]}")
 t = sorted(float(r[1]) * 1000 for r in rows[1:])
 q = lambda p: t[min(len(t) - 1, int(p * len(t)))]
 print(f"{q(0.5):.3f} {q(0.99):.3f}")'; }
-read -r d50 d99 < <(curl -s --cacert bundle.pem -x "http://x:$TOKEN@127.0.0.1:$VPORT" -w '%{http_code} %{time_total}\n' $URLS | summarise)
-printf '%-44s p50 %8s ms   p99 %8s ms\n' "curl -> vault TCP listener (host)" "$d50" "$d99"
-read -r s50 s99 < <(P sandbox run --agent bench -- curl -s -w '%{http_code} %{time_total}\n' $URLS | summarise)
-printf '%-44s p50 %8s ms   p99 %8s ms\n' "curl -> shim -> vault socket (bwrap)" "$s50" "$s99"
-python3 -c "print(f'shim adds {float(\"$s50\") - float(\"$d50\"):+.3f} ms per request at p50 (includes unix-socket vs TCP hop)')"
+# Rounds alternate direct and shim so both see the same machine load; the verdict is
+# the median of the per-round differences.
+DELTAS=()
+for round in $(seq "${ROUNDS:=5}"); do
+  read -r d50 d99 < <(curl -s --cacert bundle.pem -x "http://x:$TOKEN@127.0.0.1:$VPORT" -w '%{http_code} %{time_total}\n' $URLS | summarise)
+  printf '%-44s p50 %8s ms   p99 %8s ms\n' "[$round] curl -> vault TCP listener (host)" "$d50" "$d99"
+  read -r s50 s99 < <(P sandbox run --agent bench -- curl -s -w '%{http_code} %{time_total}\n' $URLS | summarise)
+  printf '%-44s p50 %8s ms   p99 %8s ms\n' "[$round] curl -> shim -> vault socket (bwrap)" "$s50" "$s99"
+  DELTAS+=("$(python3 -c "print(float('$s50') - float('$d50'))")")
+done
+python3 -c "import statistics, sys; d = sorted(float(x) for x in sys.argv[1:]); print(f'shim adds {statistics.median(d):+.3f} ms per request at p50 (median of {len(d)} rounds; range {d[0]:+.3f} .. {d[-1]:+.3f}; includes the unix-socket vs TCP difference on the vault side)')" "${DELTAS[@]}"
