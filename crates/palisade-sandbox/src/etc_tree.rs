@@ -222,13 +222,25 @@ fn hash_entry(path: &Path, depth: usize, seen: &mut usize, hasher: &mut DefaultH
     )
         .hash(hasher);
     if meta.is_dir() {
+        // A symlink cannot change in place, only be replaced, which changes the
+        // directory's own mtime (hashed above): no need to stat each of the hundreds
+        // in ssl/certs.
         let mut children: Vec<_> = std::fs::read_dir(path)
-            .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| (e.file_name(), e.file_type().is_ok_and(|t| t.is_symlink())))
+                    .collect()
+            })
             .unwrap_or_default();
         children.sort();
-        for child in children {
+        for (child, symlink) in children {
             child.hash(hasher);
-            hash_entry(&path.join(child), depth + 1, seen, hasher);
+            if symlink {
+                *seen += 1;
+            } else {
+                hash_entry(&path.join(child), depth + 1, seen, hasher);
+            }
         }
     }
 }
