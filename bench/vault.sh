@@ -12,6 +12,12 @@
 # Usage: bash bench/vault.sh
 #   (defaults: BENCH_DURATION=5s BENCH_WARMUP=1s BENCH_ROUNDS=3 BENCH_IDLE_TUNNELS=10000
 #    BENCH_CLIENT_THREADS=2; the table goes to stdout, progress to stderr)
+#   A/B experiments: BENCH_VAULT_B_ENV="NAME=VALUE ..." also runs a second vault
+#   ("vault-b", same home, own socket dir) with that environment, back to back with the
+#   first in every round; BENCH_VAULT_B_BIN=path runs another palisade build as vault-b.
+#   BENCH_NO_MITM=1 leaves mitmproxy out.
+#   BENCH_PERF_DIR=DIR records `perf record -g` of the (first) vault during each of its
+#   timed runs into DIR/vault-MODE.data, and writes DIR/vault-MODE.txt (top symbols).
 # Needs: cargo, nginx (Debian nginx-light), openssl, curl; mitmdump is optional (it is
 # installed from PyPI when missing; rows are skipped if that fails).
 set -euo pipefail
@@ -169,8 +175,20 @@ direct_check="$(curl -sS --max-time 10 --cacert "$work/ca.pem" -o /dev/null -w '
   "https://localhost:$nginx_port/auth-check")"
 [ "$direct_check" = 401 ] || { echo "auth-check is not checking (direct got $direct_check)" >&2; exit 1; }
 
+vault_b_port=""
+if [ -n "${BENCH_VAULT_B_ENV:-}${BENCH_VAULT_B_BIN:-}" ]; then
+  say "vault-b: ${BENCH_VAULT_B_BIN:-same binary} with env ${BENCH_VAULT_B_ENV:-(none)}"
+  vault_b_port="$(free_port)"
+  # shellcheck disable=SC2086 # the variable holds NAME=VALUE words on purpose
+  env ${BENCH_VAULT_B_ENV:-} RUST_LOG=warn "${BENCH_VAULT_B_BIN:-$palisade}" vault serve \
+    --listen "127.0.0.1:$vault_b_port" --socket-dir "$work/sockets-b" \
+    --upstream-ca "$work/ca.pem" --allow-local-upstream localhost >"$work/vault-b.log" 2>&1 &
+  pids+=($!)
+  wait_for vault-b curl -sf "http://127.0.0.1:$vault_b_port/healthz"
+fi
+
 mitm_port=""
-if command -v mitmdump >/dev/null 2>&1; then
+if [ -z "${BENCH_NO_MITM:-}" ] && command -v mitmdump >/dev/null 2>&1; then
   say "mitmproxy reference peer"
   mitm_port="$(free_port)"
   mkdir -p "$work/mitm"
@@ -186,6 +204,7 @@ fi
 
 results="$work/results.jsonl"
 vias=(direct vault)
+[ -n "$vault_b_port" ] && vias+=(vault-b)
 [ -n "$mitm_port" ] && vias+=(mitmproxy)
 
 # run ROUND VIA NAME MODE CONNECTIONS [EXTRA...]: one timed run, one JSON line appended.
@@ -198,10 +217,24 @@ run() {
   case "$via" in
     direct) args+=(--connect-to "127.0.0.1:$nginx_port" --ca "$work/ca.pem") ;;
     vault) args+=(--proxy "127.0.0.1:$vault_port" --ca "$work/vault-ca.pem") ;;
+    vault-b) args+=(--proxy "127.0.0.1:$vault_b_port" --ca "$work/vault-ca.pem") ;;
     mitmproxy) args+=(--proxy "127.0.0.1:$mitm_port" --ca "$work/mitm/mitmproxy-ca-cert.pem") ;;
   esac
   say "round $round: $via $name ($DURATION)"
+  local perf_pid="" perf_out=""
+  if [ -n "${BENCH_PERF_DIR:-}" ] && [ "$via" = vault ]; then
+    mkdir -p "$BENCH_PERF_DIR"
+    perf_out="$BENCH_PERF_DIR/vault-${name// /-}-round$round"
+    perf record -q -F 1999 -g -p "$vault_pid" -o "$perf_out.data" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   VAULT_LOAD_PROXY_TOKEN="$token" timeout 120 "$load" "${args[@]}" | tee -a "$results" >&2
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    perf report -i "$perf_out.data" --stdio --no-children --sort comm,dso,symbol \
+      --percent-limit 1 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60 >"$perf_out.txt" || true
+  fi
 }
 
 # Peers run back to back within each mode, and the whole set is repeated, so a burst
@@ -245,7 +278,7 @@ for label, group in runs.items():
         "first_error": next((g["first_error"] for g in group if g.get("first_error")), None),
     }
 order = ["warm 1", "warm 16", "new", "warm 16 h2"]
-peers = ["direct", "vault", "mitmproxy"]
+peers = ["direct", "vault", "vault-b", "mitmproxy"]
 def position(label):
     via, rest = label.split(" ", 1)
     return (order.index(rest) if rest in order else 99, peers.index(via) if via in peers else 99)
