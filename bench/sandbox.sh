@@ -63,7 +63,7 @@ measure() { # name runs command...
   printf '%-44s p50 %8s ms   p99 %8s ms\n' "$name" "$p50" "$p99"
 }
 if [ -z "${ONLY_CURL:-}" ]; then
-echo "## sandbox start ($RUNS runs each; podman ${PODMAN_RUNS:=20})"
+echo "## sandbox start ($RUNS runs each; podman ${PODMAN_RUNS:=20}; load average $(cut -d' ' -f1-3 /proc/loadavg))"
 measure "true" "$RUNS" true
 measure "bare bwrap --unshare-all ... true" "$RUNS" bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --proc /proc --dev /dev -- /usr/bin/true
 measure "palisade sandbox run -- true (bwrap)" "$RUNS" "$PALISADE" sandbox run --agent bench -- true
@@ -101,7 +101,7 @@ fi
 
 fi
 echo
-echo "## curl per request on one warm tunnel (1 KiB responses, ${REQS:=200} requests)"
+echo "## curl per request on one warm tunnel (1 KiB responses, ${REQS:=200} requests; load average $(cut -d' ' -f1-3 /proc/loadavg))"
 URLS=$(for _ in $(seq "$REQS"); do printf -- '-o /dev/null https://127.0.0.2:%s/x ' "$UPORT"; done)
 P vault ca-cert > bundle.pem 2>/dev/null || true
 # Input: "CODE SECONDS" per request; the first (CONNECT + TLS) is left out, any
@@ -125,3 +125,4 @@ for round in $(seq "${ROUNDS:=5}"); do
   DELTAS+=("$(python3 -c "print(float('$s50') - float('$d50'))")")
 done
 python3 -c "import statistics, sys; d = sorted(float(x) for x in sys.argv[1:]); print(f'shim adds {statistics.median(d):+.3f} ms per request at p50 (median of {len(d)} rounds; range {d[0]:+.3f} .. {d[-1]:+.3f}; includes the unix-socket vs TCP difference on the vault side)')" "${DELTAS[@]}"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
