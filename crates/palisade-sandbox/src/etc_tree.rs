@@ -9,9 +9,16 @@
 //! symlinks: they resolve inside the sandbox, where `/usr` is the host's) and that
 //! directory is bound read-only as `/etc`.
 //!
+//! An allowed entry that is a symlink to somewhere outside `/usr` (so would dangle
+//! inside) is copied by its target's content, as a bind of it would have shown it;
+//! links inside allowed directories stay links, as inside a bind.
+//!
 //! The copy is named after a fingerprint of the entries' metadata (path, size, mtime,
 //! inode, mode), so a change on the host (a package upgrade, new CA certificates)
-//! yields a fresh copy on the next start. Every sandbox holds a shared `flock` on the
+//! yields a fresh copy on the next start. Symlinks inside allowed directories count
+//! by name only (replacing one changes its directory's mtime); the target of such a
+//! link that points outside `/usr` and is edited in place is picked up only once
+//! something else in the fingerprint changes. Every sandbox holds a shared `flock` on the
 //! copy it uses for as long as it runs; copies that are not current and that nobody
 //! holds are removed when a sandbox starts.
 //!
@@ -196,7 +203,12 @@ fn fingerprint(source: &Path, allowed: &[&str], synthetic: &[(&str, String)]) ->
     let mut seen = 0;
     for entry in allowed {
         entry.hash(&mut hasher);
-        hash_entry(&source.join(entry), 0, &mut seen, &mut hasher);
+        let path = source.join(entry);
+        hash_entry(&path, 0, &mut seen, &mut hasher);
+        // An allowed entry copied by its link's target: the target counts.
+        if let Some(target) = followed_target(&path) {
+            hash_entry(&target, 0, &mut seen, &mut hasher);
+        }
     }
     for (name, text) in synthetic {
         (name, text).hash(&mut hasher);
@@ -297,6 +309,14 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
         .map_err(|e| SandboxError::io(format!("cannot set the mode of {}", path.display()), e))
 }
 
+/// Where a symlink leads, when that is outside `/usr` (the only host tree a sandbox
+/// sees besides this copy): such a link would dangle inside, so its target is copied
+/// instead. `None` for links into `/usr` (kept as links) and dangling ones.
+fn followed_target(link: &Path) -> Option<PathBuf> {
+    let target = std::fs::canonicalize(link).ok()?;
+    (!target.starts_with("/usr/")).then_some(target)
+}
+
 /// Copies one entry: directories recursively, regular files by content (0644),
 /// symlinks as symlinks; anything else, or anything unreadable, is left out.
 fn copy_entry(
@@ -317,9 +337,22 @@ fn copy_entry(
     budget.entries -= 1;
     let file_type = meta.file_type();
     if file_type.is_symlink() {
-        if let Ok(target) = std::fs::read_link(from) {
-            std::os::unix::fs::symlink(&target, to)
-                .map_err(|e| SandboxError::io(format!("cannot create {}", to.display()), e))?;
+        // An allowed entry (depth 0) that links outside what the sandbox sees (e.g.
+        // `ssl/certs` -> `/etc/pki/…` on some distributions): its target's content, as
+        // a bind of the entry showed it. Links further down stay links, as inside a
+        // bind, so no link can pull in a file the allow-list does not name.
+        match followed_target(from).filter(|_| depth == 0) {
+            Some(target) => {
+                budget.entries += 1;
+                return copy_entry(&target, to, depth + 1, budget);
+            }
+            None => {
+                if let Ok(target) = std::fs::read_link(from) {
+                    std::os::unix::fs::symlink(&target, to).map_err(|e| {
+                        SandboxError::io(format!("cannot create {}", to.display()), e)
+                    })?;
+                }
+            }
         }
     } else if file_type.is_dir() {
         std::fs::create_dir_all(to)
@@ -413,6 +446,42 @@ mod tests {
         }
         let mode = std::fs::metadata(root).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o755);
+    }
+
+    #[test]
+    fn links_that_would_dangle_inside_are_copied_by_content() {
+        let etc = host_etc();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("real.conf"), "real\n").unwrap();
+        std::os::unix::fs::symlink(
+            elsewhere.path().join("real.conf"),
+            etc.path().join("linked.conf"),
+        )
+        .unwrap();
+        let base = tempfile::tempdir().unwrap();
+        let tree = prepare(etc.path(), &["linked.conf"], &[], base.path()).unwrap();
+        let copied = tree.path().join("linked.conf");
+        assert!(!std::fs::symlink_metadata(&copied)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(copied).unwrap(), "real\n");
+    }
+
+    #[test]
+    fn links_inside_allowed_directories_stay_links() {
+        let etc = host_etc();
+        // A link to a file the allow-list does not name must not bring its content.
+        std::os::unix::fs::symlink(etc.path().join("shadow"), etc.path().join("ssl/certs/evil"))
+            .unwrap();
+        let base = tempfile::tempdir().unwrap();
+        let tree = prepare(etc.path(), ALLOWED, &[], base.path()).unwrap();
+        let evil = tree.path().join("ssl/certs/evil");
+        assert!(std::fs::symlink_metadata(&evil)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_link(evil).unwrap(), etc.path().join("shadow"));
     }
 
     #[test]
