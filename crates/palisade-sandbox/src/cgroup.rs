@@ -580,7 +580,7 @@ fn cleanup_stale_in(parent: &Path) {
         let Some(owner) = entry.file_name().to_str().and_then(leaf_owner) else {
             continue;
         };
-        if !Path::new(&format!("/proc/{owner}")).exists() {
+        if !crate::workdir::process_alive(owner) {
             let leaf = entry.path();
             for pid in read_pids(&leaf) {
                 let _ = nix::sys::signal::kill(

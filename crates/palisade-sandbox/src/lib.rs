@@ -39,6 +39,7 @@ pub use limits::{LimitMechanism, LimitReport, Limits};
 pub use mounts::Mount;
 pub use oci::{Oci, OciTool};
 pub use runtime::{runtime_for, Outcome, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode};
+pub use workdir::remove_stale_run_dirs;
 
 /// Where things appear inside every sandbox. Fixed, so nothing about the host's
 /// layout (home directory, user name) reaches the sandbox's environment or argv.

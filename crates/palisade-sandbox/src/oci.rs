@@ -375,6 +375,7 @@ fn owner_alive(token: &str) -> bool {
     };
     pid.parse::<u32>()
         .ok()
+        .filter(|pid| crate::workdir::process_alive(pid))
         .and_then(owner_token)
         .is_some_and(|current| current == token)
 }

@@ -86,6 +86,25 @@ pub(crate) fn synthetic_etc() -> Vec<(&'static str, String)> {
 }
 
 fn cleanup_stale(base: &Path) {
+    remove_stale_run_dirs(base, PREFIX);
+}
+
+/// Whether `pid` names a process that still runs: a zombie (killed, not yet reaped by
+/// whoever inherited it) counts as gone.
+pub(crate) fn process_alive(pid: impl std::fmt::Display) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+        Err(_) => false,
+    }
+}
+
+/// Removes this user's directories in `base` named `<prefix><pid>-…` whose process is
+/// gone (it was `kill -9`ed before it could remove them).
+pub fn remove_stale_run_dirs(base: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
@@ -93,18 +112,63 @@ fn cleanup_stale(base: &Path) {
         let name = entry.file_name();
         let Some(owner) = name
             .to_str()
-            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|n| n.strip_prefix(prefix))
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
             continue;
         };
-        let mine = entry
-            .metadata()
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == nix::unistd::getuid().as_raw())
+        let mine = std::fs::symlink_metadata(entry.path())
+            .map(|m| {
+                m.is_dir()
+                    && std::os::unix::fs::MetadataExt::uid(&m) == nix::unistd::getuid().as_raw()
+            })
             .unwrap_or(false);
-        if mine && !Path::new(&format!("/proc/{owner}")).exists() {
+        if mine && !process_alive(owner) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zombies_and_missing_processes_are_not_alive() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited but not reaped: a zombie.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_alive(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never became a zombie"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+    }
+
+    #[test]
+    fn stale_run_dirs_of_dead_owners_are_removed_and_live_ones_kept() {
+        let base = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = base.path().join(format!("palisade-x-{dead}-abc"));
+        let live = base
+            .path()
+            .join(format!("palisade-x-{}-abc", std::process::id()));
+        let other = base.path().join("palisade-x-notapid");
+        for dir in [&stale, &live, &other] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        remove_stale_run_dirs(base.path(), "palisade-x-");
+        assert!(!stale.exists());
+        assert!(live.exists() && other.exists());
     }
 }

@@ -639,6 +639,22 @@ fn nothing_survives_kill_9_of_the_parent() {
         // The next start removes what the killed run left (cgroups, containers, run dirs).
         let out = w.sandbox(rt, &[], "true");
         assert!(out.status.success(), "{}", text(&out));
+        let left: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| {
+                killed.iter().any(|pid| {
+                    name.starts_with(&format!("palisade-vault-{pid}-"))
+                        || name.starts_with(&format!("palisade-sandbox-{pid}-"))
+                })
+            })
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{rt} {:?}: left by the killed run: {left:?}",
+            w.who
+        );
         if rt == "podman" && w.who == As::Root {
             let out = Command::new("podman")
                 .args([

@@ -17,6 +17,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Temporary socket folders of in-process vaults: `palisade-vault-<pid>-…`.
+const VAULT_DIR_PREFIX: &str = "palisade-vault-";
+
 #[derive(Debug, clap::Subcommand)]
 pub enum SandboxCommand {
     /// Run one command in an agent's sandbox; the vault is its only way out.
@@ -190,8 +193,14 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
                 // The agent's socket is bound here and the gateway starts while the
                 // sandbox does: a client in the sandbox that connects before the
                 // gateway is up waits in the socket's backlog, not in a retry loop.
+                // Named after this process, so the next run removes it if this one is
+                // `kill -9`ed.
+                palisade_sandbox::remove_stale_run_dirs(
+                    &std::env::temp_dir(),
+                    VAULT_DIR_PREFIX,
+                );
                 socket_dir_guard = tempfile::Builder::new()
-                    .prefix("palisade-vault-")
+                    .prefix(&format!("{VAULT_DIR_PREFIX}{}-", std::process::id()))
                     .tempdir()
                     .context("cannot create a socket directory for the in-process vault")?;
                 let socket = socket_dir_guard.path().join(format!("{agent}.sock"));
@@ -224,6 +233,7 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
             stdio: StdioMode::Inherit,
         };
         let mut in_process = None;
+        let still_starting = starting.as_ref().map(|task| task.abort_handle());
         let gateway_ready = async {
             if let Some(starting) = starting {
                 let gateway = starting
@@ -235,12 +245,22 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
             anyhow::Ok(())
         };
         let result = run_to_end(&*runtime, &spec, gateway_ready).await;
-        if let Some(gateway) = in_process {
-            let _ = tokio::time::timeout(Duration::from_secs(5), gateway.shutdown()).await;
+        match in_process {
+            // Lets in-flight requests finish and flushes the audit log.
+            Some(gateway) => {
+                let _ = tokio::time::timeout(Duration::from_secs(5), gateway.shutdown()).await;
+            }
+            // The command ended before the gateway was up: nothing was served.
+            None => {
+                if let Some(task) = still_starting {
+                    task.abort();
+                }
+            }
         }
         result
     });
-    drop(tokio);
+    // What is left (a gateway start cut short) needs no waiting for: the process ends.
+    tokio.shutdown_background();
     let code = code?;
     if code != 0 {
         std::process::exit(code);
@@ -250,7 +270,7 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
 
 /// Starts the sandbox and waits for it, ending it on SIGINT/SIGTERM.
 /// `gateway_ready` resolves once the vault serves the sandbox's socket (at once for a
-/// running gateway); if it fails, the sandbox is ended and the error returned.
+/// running gateway); if it fails first, the sandbox is ended and the error returned.
 async fn run_to_end(
     runtime: &dyn Runtime,
     spec: &SandboxSpec,
@@ -270,16 +290,23 @@ async fn run_to_end(
     }
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    // Dropping the sandbox on any early return ends it.
-    tokio::select! {
-        ready = gateway_ready => ready?,
-        _ = interrupt.recv() => return Ok(130),
-        _ = terminate.recv() => return Ok(143),
-    }
-    let waited = tokio::select! {
-        outcome = sandbox.wait() => outcome?,
-        _ = interrupt.recv() => return Ok(130),
-        _ = terminate.recv() => return Ok(143),
+    // The sandbox may finish before the gateway is even up (a command that never
+    // connects out). Dropping `wait` on any early return ends the sandbox.
+    let wait = sandbox.wait();
+    tokio::pin!(wait);
+    let gateway_ready = gateway_ready;
+    tokio::pin!(gateway_ready);
+    let mut gateway_up = false;
+    let waited = loop {
+        tokio::select! {
+            ready = &mut gateway_ready, if !gateway_up => {
+                ready?;
+                gateway_up = true;
+            }
+            outcome = &mut wait => break outcome?,
+            _ = interrupt.recv() => return Ok(130),
+            _ = terminate.recv() => return Ok(143),
+        }
     };
     if waited.timed_out {
         eprintln!(
