@@ -20,7 +20,8 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use palisade_policy::AgentName;
 use serde::Deserialize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
 /// Name of the admin session cookie (set by the web UI's login).
@@ -30,20 +31,90 @@ pub const COOKIE: &str = "palisade_admin";
 /// `run/host.json`, readable only by the home's owner).
 #[derive(Clone)]
 pub struct ApiTokens {
-    /// Printed once in the login URL.
+    /// The login token `palisade up` prints once; like every login token it works once.
     pub admin_login: String,
     /// What the CLI sends as a bearer token.
     pub cli: String,
     /// The cookie value handed out at login.
     pub session: String,
+    /// Login tokens not used yet (the printed one and those `palisade login` asked for).
+    pub logins: Arc<LoginTokens>,
 }
 
 impl ApiTokens {
     pub fn generate() -> Self {
+        ApiTokens::with_admin_login(random_token())
+    }
+
+    /// As [`ApiTokens::generate`], with a given printed login token (a detached host
+    /// gets the one its parent printed).
+    pub fn with_admin_login(admin_login: String) -> Self {
+        let logins = LoginTokens::default();
+        logins.add(admin_login.clone(), None);
         ApiTokens {
-            admin_login: random_token(),
+            admin_login,
             cli: random_token(),
             session: random_token(),
+            logins: Arc::new(logins),
+        }
+    }
+}
+
+/// How long a login link asked for with `palisade login` stays valid.
+pub const LOGIN_LINK_TTL: Duration = Duration::from_secs(600);
+/// At most this many unused login tokens are kept; asking for more drops the oldest.
+const MAX_LOGIN_TOKENS: usize = 16;
+
+/// One-time login tokens. A token is consumed by the login that uses it, so a link
+/// left in a terminal's scrollback, a shell history or a browser's history is worth
+/// nothing once the admin has logged in.
+#[derive(Default)]
+pub struct LoginTokens {
+    /// (token, expiry); `None` never expires (the link printed at start, until used).
+    pending: Mutex<Vec<(String, Option<Instant>)>>,
+}
+
+impl LoginTokens {
+    fn add(&self, token: String, expires: Option<Instant>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() >= MAX_LOGIN_TOKENS {
+            // Keep the printed token (no expiry) as long as possible: drop the oldest
+            // expiring one first.
+            let index = pending.iter().position(|(_, e)| e.is_some()).unwrap_or(0);
+            pending.remove(index);
+        }
+        pending.push((token, expires));
+    }
+
+    /// A new login token, valid once within [`LOGIN_LINK_TTL`].
+    pub fn issue(&self) -> String {
+        let token = random_token();
+        self.add(token.clone(), Some(Instant::now() + LOGIN_LINK_TTL));
+        token
+    }
+
+    /// Whether `token` is a valid unused login token; if so it is used up.
+    pub fn consume(&self, token: &str) -> bool {
+        let now = Instant::now();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.retain(|(_, expires)| expires.is_none_or(|at| at > now));
+        // Compare against every entry so the time taken does not say which one matched.
+        let found = pending
+            .iter()
+            .enumerate()
+            .fold(None, |found, (index, (candidate, _))| {
+                if same(candidate, token) {
+                    Some(index)
+                } else {
+                    found
+                }
+            });
+        match found {
+            Some(index) => {
+                pending.remove(index);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -86,6 +157,7 @@ pub fn router(host: Host, tokens: ApiTokens, shutdown: watch::Receiver<bool>) ->
         .route("/api/agents/{name}/messages", post(send_message))
         .route("/api/messages/{id}", get(get_message))
         .route("/api/messages/{id}/delivered", post(reply_delivered))
+        .route("/api/login-links", post(login_link))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES * 2 + 64 * 1024))
         .with_state(state)
 }
@@ -119,14 +191,15 @@ fn error_response(status: StatusCode, code: &str, cause: HostError) -> Response 
     error(status, code, cause.to_string())
 }
 
-/// Bearer token (CLI or admin login token) for anything; the cookie for reads.
+/// The CLI's bearer token for anything; the cookie for reads. Login tokens are not
+/// API credentials: they are good for one login only.
 fn authorized(state: &ApiState, headers: &HeaderMap, read_only: bool) -> bool {
     if let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
         if let Some(token) = value.strip_prefix("Bearer ") {
-            return same(token, &state.tokens.cli) || same(token, &state.tokens.admin_login);
+            return same(token, &state.tokens.cli);
         }
     }
     read_only
@@ -137,6 +210,20 @@ fn authorized(state: &ApiState, headers: &HeaderMap, read_only: bool) -> bool {
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().strip_prefix(&format!("{COOKIE}=")))
             .any(|value| same(value, &state.tokens.session))
+}
+
+/// A new one-time login link for the web UI (`palisade login`); CLI token only, so a
+/// logged-in browser cannot mint more.
+async fn login_link(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers, false) {
+        return unauthorized();
+    }
+    let token = state.tokens.logins.issue();
+    Json(serde_json::json!({
+        "path": format!("/login?token={token}"),
+        "expires_in_seconds": LOGIN_LINK_TTL.as_secs(),
+    }))
+    .into_response()
 }
 
 fn unauthorized() -> Response {
@@ -379,5 +466,39 @@ async fn get_message(
         ),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_token_is_used_up_and_an_expired_one_never_works() {
+        let tokens = ApiTokens::generate();
+        let issued = tokens.logins.issue();
+        tokens.logins.add(
+            "stale".into(),
+            Some(Instant::now() - Duration::from_secs(1)),
+        );
+        assert!(!tokens.logins.consume("stale"));
+        assert!(!tokens.logins.consume(""));
+        assert!(tokens.logins.consume(&issued));
+        assert!(!tokens.logins.consume(&issued));
+        assert!(tokens.logins.consume(&tokens.admin_login));
+        assert!(!tokens.logins.consume(&tokens.admin_login));
+    }
+
+    #[test]
+    fn asking_for_many_links_keeps_the_printed_one_and_drops_the_oldest() {
+        let tokens = ApiTokens::generate();
+        let issued: Vec<String> = (0..MAX_LOGIN_TOKENS + 4)
+            .map(|_| tokens.logins.issue())
+            .collect();
+        let kept = tokens.logins.pending.lock().unwrap().len();
+        assert_eq!(kept, MAX_LOGIN_TOKENS);
+        assert!(!tokens.logins.consume(&issued[0]), "the oldest was dropped");
+        assert!(tokens.logins.consume(issued.last().unwrap()));
+        assert!(tokens.logins.consume(&tokens.admin_login));
     }
 }

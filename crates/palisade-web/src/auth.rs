@@ -1,6 +1,7 @@
 //! Who may use the web UI: the admin who holds the login token `palisade up` printed.
 //!
-//! - `/login?token=…` exchanges that token for the session cookie (`HttpOnly`,
+//! - `/login?token=…` exchanges a one-time login token (the one printed at start, or
+//!   one from `palisade login`) for the session cookie (`HttpOnly`,
 //!   `SameSite=Strict`, `Path=/`) and redirects to the dashboard, so the token leaves
 //!   the address bar (and, with `Referrer-Policy: no-referrer`, is never sent on).
 //! - Every page needs the cookie; without it the answer is 401 with a hint.
@@ -69,7 +70,7 @@ pub(crate) async fn login(
     Query(query): Query<LoginQuery>,
 ) -> Response {
     match query.token {
-        Some(token) if same(&token, &state.tokens.admin_login) => {
+        Some(token) if state.tokens.logins.consume(&token) => {
             let cookie = format!(
                 "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
                 state.tokens.session
@@ -83,14 +84,15 @@ pub(crate) async fn login(
         Some(_) => layout::bare_page(
             StatusCode::UNAUTHORIZED,
             "This login link is not valid",
-            "The token in this link is not the one the running palisade printed. Copy the whole \
-             login URL that `palisade up` printed when it started; each start prints a new one.",
+            "Each login link works once: the one `palisade up` printed, or one from \
+             `palisade login` within 10 minutes, and only with the palisade that printed it. \
+             Run `palisade login` on this machine for a fresh link.",
         ),
         None => layout::bare_page(
             StatusCode::UNAUTHORIZED,
             "Log in with the link palisade printed",
             "Open the login URL that `palisade up` printed when it started \
-             (http://…/login?token=…).",
+             (http://…/login?token=…), or run `palisade login` for a fresh one.",
         ),
     }
 }

@@ -285,6 +285,76 @@ async fn login_exchanges_the_token_for_a_strict_http_only_cookie() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_tokens_work_once_and_only_the_cli_can_ask_for_more() {
+    let web = Web::start().await;
+    let login = |token: String| {
+        let url = web.url(&format!("/login?token={token}"));
+        let client = web.client.clone();
+        async move { client.get(url).send().await.unwrap() }
+    };
+    let first = login(web.tokens.admin_login.clone()).await;
+    assert_eq!(first.status(), StatusCode::SEE_OTHER);
+    // The printed link, used once, is worth nothing: no second cookie from scrollback.
+    let again = login(web.tokens.admin_login.clone()).await;
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+    assert!(again.headers().get("set-cookie").is_none());
+    assert!(again.text().await.unwrap().contains("palisade login"));
+
+    // A login token is no API credential, and a browser session cannot mint links.
+    let fresh = web.tokens.logins.issue();
+    for credential in [
+        ("authorization", format!("Bearer {fresh}")),
+        (
+            "authorization",
+            format!("Bearer {}", web.tokens.admin_login),
+        ),
+        ("cookie", web.cookie()),
+    ] {
+        let response = web
+            .client
+            .post(web.url("/api/login-links"))
+            .header(credential.0, credential.1.clone())
+            .header("origin", web.origin())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                response.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ),
+            "{credential:?}: {}",
+            response.status()
+        );
+    }
+    // An unused link issued earlier still works, once.
+    assert_eq!(login(fresh.clone()).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(login(fresh).await.status(), StatusCode::UNAUTHORIZED);
+
+    // The CLI's bearer token gets a fresh link, which works once.
+    let answer: serde_json::Value = web
+        .client
+        .post(web.url("/api/login-links"))
+        .header("authorization", format!("Bearer {}", web.tokens.cli))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["expires_in_seconds"], 600);
+    let path = answer["path"].as_str().expect("a login path").to_string();
+    let token = path
+        .strip_prefix("/login?token=")
+        .expect("a login link")
+        .to_string();
+    assert_ne!(token, web.tokens.admin_login);
+    assert_eq!(login(token.clone()).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(login(token).await.status(), StatusCode::UNAUTHORIZED);
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_answers_401_with_a_hint_without_the_cookie() {
     let web = Web::start().await;
     for path in PAGES {

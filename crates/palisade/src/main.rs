@@ -98,9 +98,14 @@ enum Command {
   palisade up --vault-listen 127.0.0.1:10255   # also serve agents outside a sandbox
 
 The web UI (chat, agents, sessions, approvals, audit log, vault) is at the --listen
-address. Open the login URL printed at start (http://ADDR/login?token=...): it is
-shown only once and sets the browser's session cookie.")]
+address. Open the login URL printed at start (http://ADDR/login?token=...): it
+works once and sets the browser's session cookie; `palisade login` prints a new one.")]
     Up(cmd::up::UpArgs),
+    /// Print a fresh one-time login link for the running host's web UI.
+    #[command(
+        after_help = "Example:\n  palisade login          # open the printed link in a browser on this machine\n\nEach link works once, within 10 minutes."
+    )]
+    Login,
     /// Stop a host started with `palisade up --detach` (or in another terminal).
     Down,
     /// Whether the host is running, where, and which agents are active.
@@ -162,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sandbox { command } => cmd::sandbox::run(command, &context()?),
         Command::Shim(args) => cmd::sandbox::run_shim(args),
         Command::Up(args) => cmd::up::up(args, &context()?),
+        Command::Login => cmd::up::login(&context()?),
         Command::Down => cmd::up::down(&context()?),
         Command::Status => cmd::up::status(&context()?),
         Command::Send(args) => cmd::send::run(args, &context()?),

@@ -2,7 +2,7 @@
 //! a 10 MB message (CLI and API), a fake runner on the agent's host socket sending
 //! malformed frames, a runner that never answers (the turn timeout), an agent handling
 //! two conversations at once, an agent on the OpenAI-compatible provider, and the
-//! vault's TCP listener served by `palisade up`.
+//! vault's TCP listener served by `palisade up`, and one-time web UI login links.
 
 mod host_fixture;
 
@@ -560,5 +560,57 @@ fn an_agent_with_concurrency_two_answers_another_conversation_while_one_is_busy(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    world.down(host);
+}
+
+/// The status code and `set-cookie` header curl saw for a GET of `url`.
+fn login_attempt(url: &str) -> (String, bool) {
+    let output = ok(curl(&["-sS", "-o", "/dev/null", "-D", "-", url]));
+    let head = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    let status = head
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .unwrap_or_default()
+        .to_string();
+    (status, head.contains("\nset-cookie: palisade_admin="))
+}
+
+#[test]
+fn login_links_work_once_and_palisade_login_prints_a_fresh_one() {
+    let world = world();
+    let refused = world.palisade.run(&["login"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("palisade up"), "{stderr}");
+
+    let host = world.up();
+    // The link is printed just after run/host.json is written.
+    assert!(palisade_testkit::wait_until(
+        Duration::from_secs(10),
+        || host.stdout().contains("/login?token=")
+    ));
+    let printed = host
+        .stdout()
+        .split_whitespace()
+        .find(|word| word.contains("/login?token="))
+        .expect("palisade up printed a login link")
+        .to_string();
+    assert_eq!(login_attempt(&printed), ("303".to_string(), true));
+    assert_eq!(login_attempt(&printed), ("401".to_string(), false));
+
+    let answer: serde_json::Value =
+        serde_json::from_slice(&ok(world.palisade.run(&["--json", "login"])).stdout)
+            .expect("login --json prints JSON");
+    let fresh = answer["url"].as_str().expect("a url").to_string();
+    assert!(
+        fresh.starts_with(&format!("http://{}/login?token=", world.listen)),
+        "{fresh}"
+    );
+    assert_ne!(fresh, printed);
+    assert_eq!(answer["expires_in_seconds"], 600);
+    assert_eq!(login_attempt(&fresh), ("303".to_string(), true));
+    assert_eq!(login_attempt(&fresh), ("401".to_string(), false));
     world.down(host);
 }

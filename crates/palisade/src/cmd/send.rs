@@ -133,12 +133,21 @@ pub(crate) async fn request(
 
 /// GETs a JSON document from the host's API.
 pub fn get_json(info: &HostInfo, path: &str) -> anyhow::Result<serde_json::Value> {
+    call_json(info, "GET", path)
+}
+
+/// POSTs (with no body) to the host's API and returns its JSON answer.
+pub fn post_json(info: &HostInfo, path: &str) -> anyhow::Result<serde_json::Value> {
+    call_json(info, "POST", path)
+}
+
+fn call_json(info: &HostInfo, method: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let response = tokio::time::timeout(Duration::from_secs(10), async {
-            let response = request(info, "GET", path, None).await?;
+            let response = request(info, method, path, None).await?;
             let status = response.status();
             let bytes = response.into_body().collect().await?.to_bytes();
             anyhow::Ok((status, bytes))

@@ -156,10 +156,10 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         .ok()
         .filter(|t| !t.is_empty());
     let announce = login_token.is_none();
-    let mut tokens = ApiTokens::generate();
-    if let Some(token) = login_token {
-        tokens.admin_login = token;
-    }
+    let tokens = match login_token {
+        Some(token) => ApiTokens::with_admin_login(token),
+        None => ApiTokens::generate(),
+    };
     let runtime = palisade_sandbox::runtime_for(kind);
     runtime.check()?;
     let palisade_binary =
@@ -230,7 +230,7 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         write_private(&info_path(&ctx.home), &serde_json::to_string_pretty(&info)?)?;
         if announce {
             println!("palisade is up: http://{listen}/login?token={}", tokens.admin_login);
-            println!("(the login link is shown only now; `palisade send --agent {DEFAULT_AGENT} \"hello\"` works from this machine)");
+            println!("(the login link works once; `palisade login` prints a fresh one, and `palisade send --agent {DEFAULT_AGENT} \"hello\"` works from this machine)");
         }
         eprintln!("palisade: host listening on http://{listen}; stop with Ctrl-C or `palisade down`");
         let mut shutdown_signal = stop_rx.clone();
@@ -392,6 +392,30 @@ fn detach(home: &Home, listen: SocketAddr) -> anyhow::Result<()> {
             );
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `palisade login`: a fresh one-time login link for the running host's web UI.
+pub fn login(ctx: &Context) -> anyhow::Result<()> {
+    let Some(info) = running_host(&ctx.home) else {
+        bail!("the host is not running: start it with `palisade up`, which prints a login link");
+    };
+    let answer = super::send::post_json(&info, "/api/login-links")?;
+    let path = answer["path"]
+        .as_str()
+        .filter(|p| p.starts_with("/login?token="))
+        .context("the host answered without a login link")?;
+    let url = format!("http://{}{path}", info.listen);
+    let expires = answer["expires_in_seconds"].as_u64().unwrap_or_default();
+    if ctx.json {
+        crate::output::print_json(&serde_json::json!({ "url": url, "expires_in_seconds": expires }))
+    } else {
+        println!("{url}");
+        eprintln!(
+            "(works once, within {} minutes; it sets this browser's session cookie)",
+            expires / 60
+        );
+        Ok(())
     }
 }
 
