@@ -49,7 +49,9 @@ const DETAIL_CHARS: usize = 8000;
 const HEADER_VALUE_CHARS: usize = 200;
 const MAX_DETAIL_HEADERS: usize = 50;
 
-/// Builds a summary. `path_and_query` as sent; `body` is the prefix the vault read.
+/// Builds a summary. `host` is the authority the request goes to (`name` or
+/// `name:port`; a non-default port is shown, so the person approves the address that is
+/// really contacted); `path_and_query` as sent; `body` is the prefix the vault read.
 pub fn summarize(
     method: &http::Method,
     host: &str,
@@ -57,10 +59,17 @@ pub fn summarize(
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Summary {
-    let host = one_line(&crate::pattern::bare_host(host).to_ascii_lowercase(), 255);
     let (scheme, path, query) = split_target(path_and_query);
+    let authority = host.to_ascii_lowercase();
+    let default_port = if scheme == "http" { ":80" } else { ":443" };
+    let authority = one_line(
+        authority.strip_suffix(default_port).unwrap_or(&authority),
+        262,
+    );
+    let host = one_line(&crate::pattern::bare_host(host).to_ascii_lowercase(), 255);
     let request = Request {
         method,
+        authority: &authority,
         host: &host,
         path,
         query,
@@ -98,6 +107,9 @@ pub fn summarize(
 
 struct Request<'a> {
     method: &'a http::Method,
+    /// As shown in URLs: the host with its port if one was given.
+    authority: &'a str,
+    /// Without port or brackets: what the recognisers match.
     host: &'a str,
     path: &'a str,
     query: &'a str,
@@ -123,7 +135,7 @@ impl Request<'_> {
     }
 
     fn url(&self, scheme: &str) -> String {
-        let mut url = format!("{scheme}://{}{}", self.host, self.path);
+        let mut url = format!("{scheme}://{}{}", self.authority, self.path);
         if !self.query.is_empty() {
             url.push('?');
             url.push_str(&redacted_query(self.query));
@@ -813,6 +825,40 @@ mod tests {
             &serde_json::to_vec(&blocks).unwrap(),
         );
         assert_eq!(summary.title, "Post to Slack in C1: \"*Alert*: disk full\"");
+    }
+
+    #[test]
+    fn a_non_default_port_is_shown_and_recognisers_still_match() {
+        let generic = summarize(
+            &http::Method::GET,
+            "LocalHost:8443",
+            "/approve-me/report?key=abc",
+            &http::HeaderMap::new(),
+            b"",
+        );
+        assert_eq!(
+            generic.title,
+            "GET https://localhost:8443/approve-me/report?key=[redacted]"
+        );
+        assert!(generic
+            .detail
+            .starts_with("GET https://localhost:8443/approve-me/report"));
+        let v6 = summarize(
+            &http::Method::GET,
+            "[::1]:9000",
+            "/x",
+            &http::HeaderMap::new(),
+            b"",
+        );
+        assert_eq!(v6.title, "GET https://[::1]:9000/x");
+        let slack = summarize(
+            &http::Method::GET,
+            "slack.com:8443",
+            "/api/chat.postMessage?channel=C9&text=hi",
+            &http::HeaderMap::new(),
+            b"",
+        );
+        assert_eq!(slack.title, "Post to Slack in C9: \"hi\"");
     }
 
     #[test]

@@ -269,10 +269,15 @@ pub async fn handle(
                 Err(response) => return Ok(*response),
             }
         }
+        // The summary shows the scheme and any non-default port of the real target.
+        let shown_target = match target.scheme {
+            Scheme::Http => format!("http://{}{path_and_query}", target.authority()),
+            Scheme::Https => path_and_query.clone(),
+        };
         let summary = palisade_policy::summary::summarize(
             &parts.method,
-            host,
-            &path_and_query,
+            &target.authority(),
+            &shown_target,
             &parts.headers,
             prefix.as_deref().unwrap_or_default(),
         );

@@ -601,8 +601,12 @@ fn held_request_waits_for_a_person_then_is_approved_or_denied() {
     assert_eq!(approval["agent"], "poster");
     assert_eq!(approval["kind"], "credential_use");
     let title = approval["title"].as_str().unwrap_or_default();
+    // The person approves the address really contacted, port included.
     assert!(
-        title.contains("POST") && title.contains("localhost"),
+        title.starts_with(&format!(
+            "POST https://localhost:{}/upload",
+            fx.upstream.port()
+        )),
         "the summary says what is asked: {approval}"
     );
     let everything = approval.to_string();
