@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds Palisade and starts it.
-# Until the host (`palisade up`) exists this starts the vault gateway on its own
-# (`palisade vault serve`). Arguments are passed through.
+# Installs what is missing, builds Palisade and starts it in the foreground
+# (`palisade up`: host, vault and web UI; SQLite and bubblewrap). Arguments are passed
+# to `palisade up` (see `palisade up --help`; e.g. --detach, --listen ADDR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,10 +12,5 @@ echo "[up] cargo build --release -p palisade"
 cargo build --release --quiet -p palisade
 palisade="$CARGO_TARGET_DIR/release/palisade"
 [ -x "$palisade" ] || { echo "[up] error: build produced no binary at $palisade" >&2; exit 1; }
-
-if "$palisade" up --help >/dev/null 2>&1; then
-  exec "$palisade" up "$@"
-else
-  echo "[up] 'palisade up' is not there yet; starting the vault gateway standalone"
-  exec "$palisade" vault serve "$@"
-fi
+echo "[up] $palisade up $*"
+exec "$palisade" up "$@"
