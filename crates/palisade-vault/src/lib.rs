@@ -143,6 +143,12 @@ impl Gateway {
     }
 }
 
+/// Checks `--upstream-ca` files without starting anything (cheap: the system roots are
+/// not loaded), so a command can refuse a bad file before it starts a sandbox.
+pub fn check_upstream_ca(paths: &[PathBuf]) -> Result<(), VaultError> {
+    tls::extra_root_certificates(paths).map(drop)
+}
+
 /// The gateway advertised in `home/run/vault.json`, if its process is still alive.
 pub fn running_gateway(home: &palisade_store::Home) -> Option<RunningInfo> {
     gateway::running_gateway(home)

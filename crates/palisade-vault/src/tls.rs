@@ -25,6 +25,26 @@ pub fn upstream_client_config(
         // A single unparsable system certificate must not stop the gateway.
         let _ = roots.add(cert);
     }
+    for cert in extra_root_certificates(extra_roots)? {
+        roots
+            .add(cert)
+            .map_err(|e| VaultError::Tls(e.to_string()))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| VaultError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The certificates of the `--upstream-ca` files, each checked to hold at least one
+/// certificate a trust store accepts.
+pub fn extra_root_certificates(
+    extra_roots: &[PathBuf],
+) -> Result<Vec<CertificateDer<'static>>, VaultError> {
+    let mut all = Vec::new();
     for path in extra_roots {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .map_err(|e| VaultError::UpstreamCa {
@@ -43,17 +63,14 @@ pub fn upstream_client_config(
             });
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| VaultError::UpstreamCa {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            RootCertStore::empty()
+                .add(cert.clone())
+                .map_err(|e| VaultError::UpstreamCa {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            all.push(cert);
         }
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| VaultError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
+    Ok(all)
 }

@@ -571,6 +571,28 @@ fn exit_codes_and_bad_input() {
             "{}",
             text(&out)
         );
+        // The in-process vault starts only when the sandbox first connects, but its
+        // options are checked before the sandbox starts.
+        let bad_ca = w.dir.path().join("not-a-ca.pem");
+        std::fs::write(&bad_ca, "not a certificate\n").unwrap();
+        let out = w.sandbox(
+            rt,
+            &["--upstream-ca", bad_ca.to_str().unwrap()],
+            "echo the-command-ran",
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("no PEM certificate")
+                && err.trim().lines().count() == 1,
+            "{rt}: {}",
+            text(&out)
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("the-command-ran"),
+            "{rt}: the sandbox started: {}",
+            text(&out)
+        );
     });
 }
 

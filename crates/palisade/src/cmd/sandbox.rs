@@ -190,11 +190,14 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
                 socket
             }
             None => {
-                // The agent's socket is bound here and the gateway starts while the
-                // sandbox does: a client in the sandbox that connects before the
-                // gateway is up waits in the socket's backlog, not in a retry loop.
-                // Named after this process, so the next run removes it if this one is
+                // The agent's socket is bound here and the gateway starts when the
+                // sandbox first connects to it: a client waits in the socket's backlog
+                // meanwhile, not in a retry loop, and a command that never reaches out
+                // never pays for (or competes with) the gateway's start. Its options are
+                // checked now, before the sandbox starts. The socket's folder is named
+                // after this process, so the next run removes it if this one is
                 // `kill -9`ed.
+                palisade_vault::check_upstream_ca(&args.upstream_ca)?;
                 palisade_sandbox::remove_stale_run_dirs(
                     &std::env::temp_dir(),
                     VAULT_DIR_PREFIX,
@@ -213,10 +216,19 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
                 config.upstream_ca = args.upstream_ca.clone();
                 config.allow_local_upstream = args.allow_local_upstream.clone();
                 config.advertise = false;
-                starting = Some(tokio::spawn(palisade_vault::Gateway::start_with_sockets(
-                    config,
-                    vec![(agent.clone(), listener)],
-                )));
+                let socket_agent = agent.clone();
+                starting = Some(tokio::spawn(async move {
+                    let listener = first_connection(listener)
+                        .await
+                        .context("cannot wait on the agent's vault socket")?;
+                    anyhow::Ok(
+                        palisade_vault::Gateway::start_with_sockets(
+                            config,
+                            vec![(socket_agent, listener)],
+                        )
+                        .await?,
+                    )
+                }));
                 socket
             }
         };
@@ -266,6 +278,30 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
         std::process::exit(code);
     }
     Ok(())
+}
+
+/// Returns `listener` once a connection waits on it (it stays queued for the gateway).
+/// A blocking poll on its own thread: tokio's safe types offer readiness of a listener
+/// only together with accepting. If the command ends first, the thread is left to the
+/// process's exit.
+async fn first_connection(
+    listener: std::os::unix::net::UnixListener,
+) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(errno) => return Err(std::io::Error::from(errno)),
+            }
+        }
+        Ok(listener)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Starts the sandbox and waits for it, ending it on SIGINT/SIGTERM.
