@@ -8,6 +8,7 @@
 mod client;
 mod dial;
 mod load;
+mod percentile;
 mod stats;
 
 use anyhow::{bail, Context};

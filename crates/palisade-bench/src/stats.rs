@@ -1,6 +1,7 @@
 //! Latency samples and the summary line each run prints (JSON, one object per line,
 //! so the bench script can build its table from them).
 
+use crate::percentile::percentile;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -61,16 +62,6 @@ impl Samples {
     }
 }
 
-/// Nearest-rank percentile of sorted microseconds, in milliseconds.
-pub fn percentile(sorted_micros: &[u32], pct: f64) -> f64 {
-    if sorted_micros.is_empty() {
-        return 0.0;
-    }
-    let rank = ((pct / 100.0) * sorted_micros.len() as f64).ceil() as usize;
-    let index = rank.clamp(1, sorted_micros.len()) - 1;
-    f64::from(sorted_micros[index]) / 1000.0
-}
-
 #[derive(Serialize)]
 pub struct Summary {
     pub label: String,
@@ -84,18 +75,4 @@ pub struct Summary {
     pub p99_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let sorted: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
-        assert_eq!(percentile(&sorted, 50.0), 50.0);
-        assert_eq!(percentile(&sorted, 99.0), 99.0);
-        assert_eq!(percentile(&[7000], 99.0), 7.0);
-        assert_eq!(percentile(&[], 50.0), 0.0);
-    }
 }

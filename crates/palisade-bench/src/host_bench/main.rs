@@ -20,11 +20,14 @@
 
 mod api;
 mod echo;
+#[path = "../percentile.rs"]
+mod percentile;
 mod procs;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use palisade_testkit::{free_port, wait_for_tcp, ChildGuard, Palisade, TestCa, Upstream};
+use percentile::percentile;
 use procs::Memory;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -123,15 +126,6 @@ impl Latency {
                 .collect(),
         )
     }
-}
-
-/// Nearest-rank percentile of sorted microseconds, in milliseconds.
-fn percentile(sorted_micros: &[u32], pct: f64) -> f64 {
-    if sorted_micros.is_empty() {
-        return 0.0;
-    }
-    let rank = ((pct / 100.0) * sorted_micros.len() as f64).ceil() as usize;
-    f64::from(sorted_micros[rank.clamp(1, sorted_micros.len()) - 1]) / 1000.0
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -762,14 +756,6 @@ fn report(r: &Results) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let sorted: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
-        assert_eq!(percentile(&sorted, 50.0), 50.0);
-        assert_eq!(percentile(&sorted, 99.0), 99.0);
-        assert_eq!(percentile(&[], 50.0), 0.0);
-    }
 
     #[test]
     fn the_echo_peer_answers_deliver_with_started() {
