@@ -87,14 +87,7 @@ fn a_message_wakes_a_sandboxed_runner_that_uses_the_model_through_the_vault() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["running"], true);
 
-    let down = world.palisade.run(&["down"]);
-    assert!(
-        down.status.success(),
-        "{}\nhost: {}",
-        text(&down),
-        host.stderr()
-    );
-    let _ = host.wait_timeout(Duration::from_secs(30));
+    world.stop(&mut host);
     let logs = format!("{}{}", host.stdout(), host.stderr());
     assert!(!logs.contains(KEY), "the key reached the host's output");
     assert!(!world.palisade.all_output().contains(KEY));

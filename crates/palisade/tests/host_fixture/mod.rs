@@ -191,6 +191,11 @@ impl World {
 
     /// Stops the host with `palisade down`.
     pub fn down(&self, mut host: ChildGuard) {
+        self.stop(&mut host);
+    }
+
+    /// As [`World::down`], keeping the guard for reading the host's output afterwards.
+    pub fn stop(&self, host: &mut ChildGuard) {
         let down = self.palisade.run(&["down"]);
         assert!(
             down.status.success(),
