@@ -10,32 +10,22 @@
 //! in `web-ui/`. chromedriver (and the Chromium it starts, in its process group) and
 //! palisade are ChildGuards, killed even when the test fails; every wait is bounded.
 
+mod host_fixture;
+
 use fantoccini::{Client, ClientBuilder, Locator};
+use host_fixture::{ok, world_with_secret_path, KEY};
 use palisade_testkit::{
     free_port, wait_for_tcp, ChildGuard, Palisade, ScriptedTurn, TestCa, Upstream,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_palisade");
-const KEY: &str = "sk-ant-web-ui-test-5e6f7a8b";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const STARTUP: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(60);
-
-fn ok(output: Output) -> Output {
-    assert!(
-        output.status.success(),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
 
 /// Where screenshots go: `$CARGO_TARGET_DIR/web-ui`, else `target/web-ui` found from
 /// this test binary's path (`target/debug/deps/web_ui-…`).
@@ -188,39 +178,11 @@ fn held_requests(upstream: &Upstream) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromium() {
-    let ca = TestCa::new().expect("test CA");
-    let upstream = Upstream::start(&ca).expect("upstream");
-    let palisade = Palisade::new(BINARY);
-    ok(palisade.run(&[
-        "agents",
-        "create",
-        "helper",
-        "--provider",
-        "anthropic",
-        "--model",
-        "claude-test",
-        "--base-url",
-        &upstream.base_url(),
-    ]));
-    let key_file = palisade.write_file("key.txt", KEY);
-    ok(palisade.run(&[
-        "secrets",
-        "create",
-        "--name",
-        "claude",
-        "--host-pattern",
-        "localhost",
-        // Only on the model API: the held request goes to the same test server, whose
-        // echo would hand an injected key back to the agent.
-        "--path-pattern",
-        "/v1/*",
-        "--inject",
-        "anthropic",
-        "--agent",
-        "helper",
-        "--value-file",
-        key_file.to_str().unwrap(),
-    ]));
+    // The key only on the model API: the held request goes to the same test server,
+    // whose echo would hand an injected key back to the agent.
+    let world = world_with_secret_path(Some("/v1/*"));
+    let (palisade, ca, upstream, listen) =
+        (&world.palisade, &world.ca, &world.upstream, world.listen);
     ok(palisade.run(&[
         "rules",
         "create",
@@ -234,7 +196,6 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
         "require_approval",
     ]));
     let held_url = upstream.url("/approve-me/report");
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let port = listen.port();
     // The sandbox exempts localhost from the proxy; the test upstream lives there. First
     // the agent tries the web UI itself: through the vault (which may reach `localhost`
@@ -252,7 +213,7 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
         ScriptedTurn::text("The held request went through after your approval."),
     ]);
 
-    let (mut host, login_url) = start_palisade(&palisade, &ca, listen);
+    let (mut host, login_url) = start_palisade(palisade, ca, listen);
     let shots = screenshot_dir();
     let (mut driver, driver_port) = start_chromedriver(palisade.dir());
     let profile = palisade.dir().join("chromium-profile");
@@ -377,7 +338,7 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
     assert_eq!(badge, "1");
     let source = client.source().await.unwrap();
     assert!(!source.contains(KEY), "the approvals page shows the key");
-    assert_eq!(held_requests(&upstream), 0, "sent before approval");
+    assert_eq!(held_requests(upstream), 0, "sent before approval");
     save_screenshot(&client, "approvals.png").await;
 
     client
@@ -410,7 +371,7 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
     )
     .await;
     assert_eq!(
-        held_requests(&upstream),
+        held_requests(upstream),
         1,
         "the held request reached upstream once"
     );

@@ -1,5 +1,5 @@
 //! Shared set-up for the host's black-box tests (`host_end_to_end.rs`, `host_chat.rs`,
-//! `host_recovery.rs`, `host_robustness.rs`): a temporary home with agent `helper`
+//! `host_recovery.rs`, `host_robustness.rs`, `web_ui.rs`): a temporary home with agent `helper`
 //! whose model API is the testkit's fake server on 127.0.0.1 (TLS with a test CA),
 //! its key stored as a vault secret, and `palisade up` started with the real binary,
 //! the vault in-process and runners in bubblewrap sandboxes.
@@ -43,6 +43,12 @@ pub fn ok(output: Output) -> Output {
 /// A home with agent `helper` whose model API is the fake upstream, and its key
 /// stored as a vault secret for the upstream's host.
 pub fn world() -> World {
+    world_with_secret_path(None)
+}
+
+/// As [`world`], with the key's secret limited to `path_pattern` (e.g. `/v1/*`, so a
+/// request to another path of the same test server carries no key).
+pub fn world_with_secret_path(path_pattern: Option<&str>) -> World {
     let ca = TestCa::new().expect("test CA");
     let upstream = Upstream::start(&ca).expect("upstream");
     let palisade = Palisade::new(BINARY);
@@ -60,7 +66,7 @@ pub fn world() -> World {
         "research",
     ]));
     let key_file = palisade.write_file("key.txt", KEY);
-    ok(palisade.run(&[
+    let mut secret = vec![
         "secrets",
         "create",
         "--name",
@@ -73,7 +79,11 @@ pub fn world() -> World {
         "helper",
         "--value-file",
         key_file.to_str().unwrap(),
-    ]));
+    ];
+    if let Some(path_pattern) = path_pattern {
+        secret.extend(["--path-pattern", path_pattern]);
+    }
+    ok(palisade.run(&secret));
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     World {
         palisade,
