@@ -17,7 +17,6 @@ PIP_PACKAGES=(
   "websockets:websockets"
   "websocket-client:websocket"
 )
-TEST_USER=palisade-test
 
 step() { printf '[install-deps] %s\n' "$*"; }
 fail() { printf '[install-deps] error: %s\n' "$*" >&2; exit 1; }
@@ -89,14 +88,6 @@ if [ "${#pip_missing[@]}" -gt 0 ]; then
   fi
 else
   step "python packages: all present"
-fi
-
-if id "$TEST_USER" >/dev/null 2>&1; then
-  step "user $TEST_USER: present"
-else
-  step "creating unprivileged user $TEST_USER"
-  run_quiet "${SUDO[@]}" useradd --create-home --shell /bin/bash "$TEST_USER" \
-    || fail "could not create user $TEST_USER"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

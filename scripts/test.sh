@@ -36,6 +36,11 @@ stage="sandbox image"
 echo "== sandbox image (podman; kept when present)"
 cargo build --quiet -p palisade
 "$CARGO_TARGET_DIR/debug/palisade" sandbox image build
+
+stage="test user"
+echo "== unprivileged test user (account, rootless podman storage, its copy of the image)"
+# Done here, once, before any test runs: the tests only read this state.
+bash scripts/test-user.sh
 # The podman cases of the sandbox tests skip without the image unless told not to;
 # here the image was just built, so a missing one is a failure, not a skip.
 export PALISADE_REQUIRE_PODMAN=1

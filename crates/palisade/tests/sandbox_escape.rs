@@ -120,8 +120,7 @@ server.serve_forever()
 "#;
 
 fn world(who: As) -> Option<World> {
-    static USER_READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if who == As::User && !*USER_READY.get_or_init(prepare_user) {
+    if who == As::User && !prepared().user {
         return None;
     }
     let dir = tempfile::Builder::new()
@@ -225,36 +224,43 @@ chmod -R a+rX ."#,
     Some(world)
 }
 
-/// Creates the unprivileged user when running as root; false when it cannot be used.
-fn prepare_user() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPING unprivileged cases: tests are not running as root");
-        return false;
-    }
-    let exists = Command::new("id")
-        .arg(TEST_USER)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !exists {
-        let out = run_timeout(
-            Command::new("useradd").args(["-m", TEST_USER]),
-            None,
-            Duration::from_secs(30),
-        );
-        assert!(out.status.success(), "useradd: {}", text(&out));
-    }
-    // Rootless podman defaults to the vfs storage driver here, which copies the whole
-    // image for every container (~25 s); the kernel's rootless overlay is instant.
-    let _ = run_timeout(
-        Command::new("runuser").args(["-u", TEST_USER, "--", "bash", "-c",
-            "cd ~ && test \"$(podman info --format '{{.Store.GraphDriverName}}' 2>/dev/null)\" = vfs || exit 0; mkdir -p ~/.config/containers && printf '[storage]\\ndriver = \"overlay\"\\n' > ~/.config/containers/storage.conf && podman system reset -f"]),
-        None,
-        Duration::from_secs(120),
-    );
-    true
+/// What the machine offers the tests, found once before any test builds a world.
+struct Prepared {
+    /// Whether the unprivileged test user can be used.
+    user: bool,
+    root_runtimes: Vec<&'static str>,
+    user_runtimes: Vec<&'static str>,
+}
+
+/// The one-time setup every test waits on: the unprivileged user, its rootless podman
+/// storage and its copy of the image (`scripts/test-user.sh`, idempotent, the same step
+/// `scripts/test.sh` runs before the tests), then which runtimes each user can use.
+/// Done once, behind one lock, so nothing resets or loads a store while a test uses it.
+fn prepared() -> &'static Prepared {
+    static PREPARED: std::sync::OnceLock<Prepared> = std::sync::OnceLock::new();
+    PREPARED.get_or_init(|| {
+        let user = nix::unistd::geteuid().is_root();
+        if user {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/test-user.sh");
+            let out = run_timeout(
+                Command::new("bash").arg(script).current_dir("/"),
+                None,
+                Duration::from_secs(600),
+            );
+            assert!(out.status.success(), "{script}: {}", text(&out));
+        } else {
+            eprintln!("SKIPPING unprivileged cases: tests are not running as root");
+        }
+        Prepared {
+            user,
+            root_runtimes: probe_runtimes(As::Root),
+            user_runtimes: if user {
+                probe_runtimes(As::User)
+            } else {
+                Vec::new()
+            },
+        }
+    })
 }
 
 impl World {
@@ -324,14 +330,10 @@ impl World {
 }
 
 fn runtimes(who: As) -> Vec<&'static str> {
-    static PREPARED: std::sync::Mutex<Option<(Vec<&'static str>, Vec<&'static str>)>> =
-        std::sync::Mutex::new(None);
-    let mut prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner());
-    let (root, user) =
-        prepared.get_or_insert_with(|| (probe_runtimes(As::Root), probe_runtimes(As::User)));
+    let prepared = prepared();
     match who {
-        As::Root => root.clone(),
-        As::User => user.clone(),
+        As::Root => prepared.root_runtimes.clone(),
+        As::User => prepared.user_runtimes.clone(),
     }
 }
 
@@ -341,14 +343,6 @@ fn probe_runtimes(who: As) -> Vec<&'static str> {
     if who == As::User {
         image = Command::new("runuser");
         image.args(["-u", TEST_USER, "--", "podman"]);
-        // Rootless podman has its own image store: load root's image into it once.
-        let _ = run_timeout(
-            Command::new("bash").arg("-c").arg(format!(
-                "runuser -u {TEST_USER} -- podman image exists localhost/palisade-sandbox:latest || (podman save -o /var/tmp/palisade-sandbox-image.tar localhost/palisade-sandbox:latest && chmod 644 /var/tmp/palisade-sandbox-image.tar && runuser -u {TEST_USER} -- podman load -q -i /var/tmp/palisade-sandbox-image.tar; rm -f /var/tmp/palisade-sandbox-image.tar)"
-            )),
-            None,
-            Duration::from_secs(300),
-        );
     }
     let present = image
         .args(["image", "exists", "localhost/palisade-sandbox:latest"])
