@@ -30,6 +30,18 @@ pub enum GatewayErrorKind {
     LocalUpstreamRefused,
     /// 400 `bad_request`
     BadRequest,
+    /// 400 `ambiguous_path`
+    AmbiguousPath,
+    /// 413 `request_too_large_for_approval`
+    RequestTooLargeForApproval,
+    /// 413 `request_too_large_to_inspect`
+    RequestTooLargeToInspect,
+    /// 415 `unsupported_content_encoding`
+    UnsupportedContentEncoding,
+    /// 429 `too_many_pending_approvals`
+    TooManyPendingApprovals,
+    /// 503 `too_many_connections`
+    TooManyConnections,
 }
 
 impl GatewayErrorKind {
@@ -43,8 +55,12 @@ impl GatewayErrorKind {
             GatewayErrorKind::RateLimited => 429,
             GatewayErrorKind::ApprovalTimedOut | GatewayErrorKind::UpstreamTimeout => 504,
             GatewayErrorKind::UpstreamUnreachable => 502,
-            GatewayErrorKind::GatewayRestarting => 503,
-            GatewayErrorKind::BadRequest => 400,
+            GatewayErrorKind::GatewayRestarting | GatewayErrorKind::TooManyConnections => 503,
+            GatewayErrorKind::BadRequest | GatewayErrorKind::AmbiguousPath => 400,
+            GatewayErrorKind::RequestTooLargeForApproval
+            | GatewayErrorKind::RequestTooLargeToInspect => 413,
+            GatewayErrorKind::UnsupportedContentEncoding => 415,
+            GatewayErrorKind::TooManyPendingApprovals => 429,
         }
     }
     pub fn code(self) -> &'static str {
@@ -60,6 +76,12 @@ impl GatewayErrorKind {
             GatewayErrorKind::GatewayRestarting => "gateway_restarting",
             GatewayErrorKind::LocalUpstreamRefused => "local_upstream_refused",
             GatewayErrorKind::BadRequest => "bad_request",
+            GatewayErrorKind::AmbiguousPath => "ambiguous_path",
+            GatewayErrorKind::RequestTooLargeForApproval => "request_too_large_for_approval",
+            GatewayErrorKind::RequestTooLargeToInspect => "request_too_large_to_inspect",
+            GatewayErrorKind::UnsupportedContentEncoding => "unsupported_content_encoding",
+            GatewayErrorKind::TooManyPendingApprovals => "too_many_pending_approvals",
+            GatewayErrorKind::TooManyConnections => "too_many_connections",
         }
     }
     /// Whether the same request may succeed later without anyone changing the policy.
@@ -71,10 +93,12 @@ impl GatewayErrorKind {
                 | GatewayErrorKind::UpstreamTimeout
                 | GatewayErrorKind::GatewayRestarting
                 | GatewayErrorKind::ApprovalTimedOut
+                | GatewayErrorKind::TooManyPendingApprovals
+                | GatewayErrorKind::TooManyConnections
         )
     }
     /// Every kind, for tests and documentation.
-    pub const ALL: [GatewayErrorKind; 11] = [
+    pub const ALL: [GatewayErrorKind; 17] = [
         GatewayErrorKind::ProxyAuthRequired,
         GatewayErrorKind::BlockedByPolicy,
         GatewayErrorKind::BlockedByDefaultPolicy,
@@ -86,6 +110,12 @@ impl GatewayErrorKind {
         GatewayErrorKind::GatewayRestarting,
         GatewayErrorKind::LocalUpstreamRefused,
         GatewayErrorKind::BadRequest,
+        GatewayErrorKind::AmbiguousPath,
+        GatewayErrorKind::RequestTooLargeForApproval,
+        GatewayErrorKind::RequestTooLargeToInspect,
+        GatewayErrorKind::UnsupportedContentEncoding,
+        GatewayErrorKind::TooManyPendingApprovals,
+        GatewayErrorKind::TooManyConnections,
     ];
 }
 
@@ -152,6 +182,24 @@ impl ErrorBody {
             ),
             GatewayErrorKind::BadRequest => format!(
                 "The gateway could not understand this request to {host}. Check the URL, method and headers, then retry with a corrected request."
+            ),
+            GatewayErrorKind::AmbiguousPath => format!(
+                "The path of this request to {host} is spelled in a form that servers read in different ways (an encoded '/' or '\\', a '..' above the root, a control character or a malformed escape), so it was refused. Send the plain path instead."
+            ),
+            GatewayErrorKind::RequestTooLargeForApproval => format!(
+                "This request to {host} needs a person's approval, and its body is larger than the gateway reads for an approval, so it was not sent. Send a smaller request, or ask the owner to raise the limit (--max-judged-body)."
+            ),
+            GatewayErrorKind::RequestTooLargeToInspect => format!(
+                "A rule on {host} looks inside request bodies, and this body is larger than the gateway reads, so it was refused. Send a smaller request, or ask the owner to raise the limit (--max-judged-body)."
+            ),
+            GatewayErrorKind::UnsupportedContentEncoding => format!(
+                "The body of this request to {host} must be read to judge it, and its Content-Encoding is not one the gateway reads (identity, gzip or deflate). Send it uncompressed."
+            ),
+            GatewayErrorKind::TooManyPendingApprovals => format!(
+                "This agent already has the most requests waiting for a person's approval that it may have, so this request to {host} was not held. Wait for a decision on the others, then retry."
+            ),
+            GatewayErrorKind::TooManyConnections => String::from(
+                "This agent has as many connections open through the gateway as it may. Close idle connections or reuse them, then retry.",
             ),
         };
         ErrorBody {
@@ -244,6 +292,32 @@ mod tests {
             (GatewayRestarting, 503, "gateway_restarting", true),
             (LocalUpstreamRefused, 403, "local_upstream_refused", false),
             (BadRequest, 400, "bad_request", false),
+            (AmbiguousPath, 400, "ambiguous_path", false),
+            (
+                RequestTooLargeForApproval,
+                413,
+                "request_too_large_for_approval",
+                false,
+            ),
+            (
+                RequestTooLargeToInspect,
+                413,
+                "request_too_large_to_inspect",
+                false,
+            ),
+            (
+                UnsupportedContentEncoding,
+                415,
+                "unsupported_content_encoding",
+                false,
+            ),
+            (
+                TooManyPendingApprovals,
+                429,
+                "too_many_pending_approvals",
+                true,
+            ),
+            (TooManyConnections, 503, "too_many_connections", true),
         ];
         assert_eq!(expected.len(), GatewayErrorKind::ALL.len());
         for (kind, status, code, retry) in expected {
@@ -278,7 +352,9 @@ mod tests {
             let body = ErrorBody::new(kind, "api.example.com");
             if !matches!(
                 kind,
-                GatewayErrorKind::ProxyAuthRequired | GatewayErrorKind::GatewayRestarting
+                GatewayErrorKind::ProxyAuthRequired
+                    | GatewayErrorKind::GatewayRestarting
+                    | GatewayErrorKind::TooManyConnections
             ) {
                 assert!(body.message.contains("api.example.com"), "{kind:?}");
             }

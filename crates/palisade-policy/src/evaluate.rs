@@ -14,6 +14,7 @@
 //! choosing the most specific path (a secret without path pattern is least specific),
 //! then higher priority, then more specific host, then lower id.
 
+use crate::canonical::CanonicalPath;
 use crate::names::{AgentName, Profile};
 use crate::pattern::PathPattern;
 use crate::rule::{RuleAction, RulePolicy, Scope};
@@ -35,8 +36,8 @@ pub struct RequestFacts<'a> {
     pub method: &'a http::Method,
     /// Lower-case host without port; IPv6 without brackets.
     pub host: &'a str,
-    /// Path without query.
-    pub path: &'a str,
+    /// Path without query, canonical (every pattern compares with this one form).
+    pub path: &'a CanonicalPath,
     /// The body prefix read for rules with `body_contains`, if it was read.
     pub body: Option<&'a [u8]>,
     pub now_ms: i64,
@@ -313,7 +314,7 @@ mod tests {
         profile: Profile,
         method: http::Method,
         host: &'static str,
-        path: &'static str,
+        path: CanonicalPath,
         body: Option<&'static [u8]>,
     }
 
@@ -324,7 +325,7 @@ mod tests {
                 profile: Profile::Research,
                 method: http::Method::GET,
                 host,
-                path,
+                path: CanonicalPath::parse(path).unwrap(),
                 body: None,
             }
         }
@@ -347,7 +348,7 @@ mod tests {
                 profile: self.profile,
                 method: &self.method,
                 host: self.host,
-                path: self.path,
+                path: &self.path,
                 body: self.body,
                 now_ms: NOW,
             }

@@ -6,6 +6,7 @@
 //! and fuzzed without sockets or a database. The store loads a [`PolicySet`]; the
 //! vault evaluates it per request.
 
+pub mod canonical;
 pub mod error_body;
 pub mod evaluate;
 pub mod injection;
@@ -15,6 +16,7 @@ pub mod rule;
 pub mod secret;
 pub mod summary;
 
+pub use canonical::{CanonicalPath, PathRefusal};
 pub use error_body::{ErrorBody, GatewayErrorKind};
 pub use evaluate::{Evaluation, PolicySet, RequestFacts, Verdict};
 pub use injection::{Injection, InjectionError};

@@ -5,12 +5,15 @@
 //! `a.example.com` and `a.b.example.com` but not `example.com`. A bare `*` matches any host.
 //! Path: exact (`/v1/messages`) or ending in `/*`: `/v1/*` matches `/v1`, `/v1/` and
 //! everything below, but not `/v1beta`. A `*` inside a segment (`/users/*/messages/send`)
-//! matches exactly one non-empty segment. The query string is never part of the match
-//! (callers pass the path without it).
+//! matches exactly one non-empty segment. The query string is never part of the match.
+//! Paths are compared in their match form (`crate::canonical`): percent-escapes decoded,
+//! `;parameters`, doubled slashes and a trailing `/` ignored, the same for the pattern
+//! as for the request, so no other spelling of a path escapes a pattern that names it.
 //!
 //! Patterns are parsed once into a form that matches without allocating, because the
 //! vault matches every rule and secret against every request.
 
+use crate::canonical::{CanonicalPath, PathRefusal};
 use std::fmt;
 use std::net::Ipv6Addr;
 
@@ -196,16 +199,18 @@ pub(crate) fn bare_host(host: &str) -> &str {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathPattern {
+    /// As written (shown back to people, stored).
     raw: String,
     kind: PathKind,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum PathKind {
-    /// No `*` at all: a plain string comparison.
-    Exact,
-    /// Segments split on `/` (the first is the empty text before the leading `/`);
-    /// `None` is a one-segment wildcard. `prefix` means the pattern ended in `/*`.
+    /// No `*` at all: the pattern's match form, compared whole.
+    Exact(String),
+    /// Segments of the match form split on `/` (the first is the empty text before the
+    /// leading `/`); `None` is a one-segment wildcard. `prefix` means the pattern ended
+    /// in `/*`.
     Segments {
         segments: Vec<Option<String>>,
         prefix: bool,
@@ -227,13 +232,43 @@ impl PathPattern {
         if pattern.contains(['?', '#']) {
             return fail("the query string is never matched; remove '?' and what follows");
         }
+        if pattern.contains(';') {
+            return fail("it contains ';': path parameters are ignored when paths are matched, so a pattern cannot name them");
+        }
+        let inner = pattern[1..].strip_suffix('/').unwrap_or(&pattern[1..]);
+        if !inner.is_empty() && inner.split('/').any(|segment| segment.is_empty()) {
+            return fail(
+                "it has an empty segment ('//'); requests are matched with doubled slashes merged",
+            );
+        }
+        if pattern
+            .split('/')
+            .any(|segment| matches!(crate::canonical::decode_all(segment).as_str(), "." | ".."))
+        {
+            return fail("it has a '.' or '..' segment; requests are matched after those are resolved, so write the path they lead to");
+        }
+        // The same canonical form and match form requests get, so `%61` and `a`, or a
+        // trailing '/' and none, mean the same in a pattern as in a request.
+        let match_form = match CanonicalPath::parse(pattern) {
+            Ok(path) => path.match_form().to_string(),
+            Err(PathRefusal::EncodedSlash) => {
+                return fail("it contains an encoded '/' (%2F), which requests may not contain")
+            }
+            Err(PathRefusal::Backslash) => {
+                return fail("it contains a backslash, which requests may not contain")
+            }
+            Err(PathRefusal::MalformedEscape) => {
+                return fail("it contains a '%' not followed by two hex digits")
+            }
+            Err(_) => return fail("it is not a path a request can have"),
+        };
         if !pattern.contains('*') {
             return Ok(PathPattern {
                 raw: pattern.to_string(),
-                kind: PathKind::Exact,
+                kind: PathKind::Exact(match_form),
             });
         }
-        let mut segments: Vec<Option<String>> = pattern
+        let mut segments: Vec<Option<String>> = match_form
             .split('/')
             .map(|segment| match segment {
                 "*" => None,
@@ -257,10 +292,12 @@ impl PathPattern {
         })
     }
 
-    /// `path` without query string, as sent by the client (percent-decoding is not applied).
-    pub fn matches(&self, path: &str) -> bool {
+    /// Whether a request's canonical path matches (compared in match form: decoded,
+    /// parameters and a trailing '/' ignored; see `crate::canonical`).
+    pub fn matches(&self, path: &CanonicalPath) -> bool {
+        let path = path.match_form();
         match &self.kind {
-            PathKind::Exact => path == self.raw,
+            PathKind::Exact(exact) => path == exact,
             PathKind::Segments { segments, prefix } => {
                 let mut parts = path.split('/');
                 for expected in segments {
@@ -278,7 +315,7 @@ impl PathPattern {
     /// Larger is more specific (exact beats prefix; longer literal beats shorter).
     pub fn specificity(&self) -> usize {
         match &self.kind {
-            PathKind::Exact => self.raw.len() * 4 + 3,
+            PathKind::Exact(exact) => exact.len() * 4 + 3,
             PathKind::Segments { segments, prefix } => {
                 let literal: usize = segments.iter().flatten().map(String::len).sum();
                 let slashes = segments.len().saturating_sub(1);
@@ -462,50 +499,82 @@ mod tests {
         }
     }
 
+    /// Whether `pattern` matches the request path `raw` (canonicalised as the vault does).
+    fn hits(pattern: &PathPattern, raw: &str) -> bool {
+        pattern.matches(&CanonicalPath::parse(raw).unwrap())
+    }
+
     #[test]
     fn prefix_path_stops_at_segment_boundary() {
         let p = path("/v1/*");
         for yes in ["/v1", "/v1/", "/v1/messages", "/v1/x/y"] {
-            assert!(p.matches(yes), "{yes}");
+            assert!(hits(&p, yes), "{yes}");
         }
-        for no in ["/v1beta", "/v1beta/x", "/v2/x", "/", "v1/x", ""] {
-            assert!(!p.matches(no), "{no}");
+        for no in ["/v1beta", "/v1beta/x", "/v2/x", "/"] {
+            assert!(!hits(&p, no), "{no}");
         }
     }
 
     #[test]
     fn root_prefix_matches_everything() {
         let p = path("/*");
-        assert!(p.matches("/"));
-        assert!(p.matches("/a/b"));
+        assert!(hits(&p, "/"));
+        assert!(hits(&p, "/a/b"));
     }
 
     #[test]
     fn exact_path() {
         let p = path("/v1/messages");
-        assert!(p.matches("/v1/messages"));
-        assert!(!p.matches("/v1/messages/"));
-        assert!(!p.matches("/v1/messages/x"));
-        assert!(!p.matches("/V1/messages"));
+        assert!(hits(&p, "/v1/messages"));
+        // A trailing '/' is the same resource to many servers, so it matches too.
+        assert!(hits(&p, "/v1/messages/"));
+        assert!(!hits(&p, "/v1/messages/x"));
+        assert!(!hits(&p, "/V1/messages"));
+    }
+
+    #[test]
+    fn other_spellings_of_a_path_match_its_pattern() {
+        let admin = path("/admin/*");
+        for spelling in [
+            "/v1/../admin/x",
+            "//admin/x",
+            "/./admin/x",
+            "/%61dmin/x",
+            "/admin;jsessionid=1/x",
+            "/admin/x/",
+        ] {
+            assert!(hits(&admin, spelling), "{spelling}");
+        }
+        let send = path("/v1/send");
+        for spelling in ["/v1/%73end", "/v1/send/", "/v1//send", "/v1/send;x"] {
+            assert!(hits(&send, spelling), "{spelling}");
+        }
+        let escaped = path("/users/bob%40example.com/send");
+        assert!(hits(&escaped, "/users/bob@example.com/send"));
+        assert!(hits(
+            &path("/users/bob@example.com/send"),
+            "/users/bob%40example.com/send"
+        ));
+        assert!(hits(&path("/%61dmin"), "/admin"));
     }
 
     #[test]
     fn middle_wildcard_is_one_nonempty_segment() {
         let p = path("/gmail/v1/users/*/messages/send");
-        assert!(p.matches("/gmail/v1/users/me/messages/send"));
-        assert!(p.matches("/gmail/v1/users/bob%40example.com/messages/send"));
-        assert!(!p.matches("/gmail/v1/users//messages/send"));
-        assert!(!p.matches("/gmail/v1/users/a/b/messages/send"));
-        assert!(!p.matches("/gmail/v1/users/me/messages/send/x"));
-        assert!(!p.matches("/gmail/v1/users/me/messages"));
+        assert!(hits(&p, "/gmail/v1/users/me/messages/send"));
+        assert!(hits(&p, "/gmail/v1/users/bob%40example.com/messages/send"));
+        assert!(!hits(&p, "/gmail/v1/users//messages/send"));
+        assert!(!hits(&p, "/gmail/v1/users/a/b/messages/send"));
+        assert!(!hits(&p, "/gmail/v1/users/me/messages/send/x"));
+        assert!(!hits(&p, "/gmail/v1/users/me/messages"));
     }
 
     #[test]
     fn middle_and_trailing_wildcards_together() {
         let p = path("/repos/*/*/issues/*");
-        assert!(p.matches("/repos/o/r/issues"));
-        assert!(p.matches("/repos/o/r/issues/1/comments"));
-        assert!(!p.matches("/repos/o/issues/1"));
+        assert!(hits(&p, "/repos/o/r/issues"));
+        assert!(hits(&p, "/repos/o/r/issues/1/comments"));
+        assert!(!hits(&p, "/repos/o/issues/1"));
     }
 
     #[test]
@@ -518,6 +587,13 @@ mod tests {
             ("/v1*", "whole segment"),
             ("/v1/*beta", "whole segment"),
             ("/**", "whole segment"),
+            ("/a;b", "';'"),
+            ("/a//b", "empty segment"),
+            ("/a/../b", "'..'"),
+            ("/a/%2e/b", "'..'"),
+            ("/a%2Fb", "encoded '/'"),
+            ("/a\\b", "backslash"),
+            ("/a%zz", "'%'"),
         ];
         for (input, hint) in cases {
             let err = PathPattern::parse(input).unwrap_err();

@@ -1195,8 +1195,11 @@ mod tests {
             if let Ok(pattern) = crate::pattern::HostPattern::parse(&junk_path) {
                 let _ = pattern.matches(&text);
             }
-            if let Ok(pattern) = crate::pattern::PathPattern::parse(&junk_path) {
-                let _ = pattern.matches(&text);
+            if let (Ok(pattern), Ok(path)) = (
+                crate::pattern::PathPattern::parse(&junk_path),
+                crate::canonical::CanonicalPath::parse(&text),
+            ) {
+                let _ = pattern.matches(&path);
             }
             let _ = junk_path.parse::<crate::injection::Injection>();
             let _ = junk_path.parse::<crate::rule::RateWindow>();

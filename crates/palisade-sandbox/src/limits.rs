@@ -138,9 +138,9 @@ pub fn parse_wall_time(text: &str) -> Result<Duration, SandboxError> {
 
 /// `536870912` → `512M`.
 pub fn format_bytes(bytes: u64) -> String {
-    if bytes % (1 << 30) == 0 {
+    if bytes.is_multiple_of(1 << 30) {
         format!("{}G", bytes >> 30)
-    } else if bytes % (1 << 20) == 0 {
+    } else if bytes.is_multiple_of(1 << 20) {
         format!("{}M", bytes >> 20)
     } else {
         format!("{bytes}")

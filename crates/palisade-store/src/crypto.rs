@@ -187,6 +187,21 @@ impl MasterKey {
         Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&self.0[..]))
     }
 
+    /// HMAC-SHA256 of `data` under a key derived from the master key for `purpose`
+    /// (so a MAC made for one purpose is no good for another, and the master key
+    /// itself is never used twice).
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let derive = |key: &[u8], message: &[u8]| -> [u8; 32] {
+            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+                .expect("HMAC takes keys of any length");
+            mac.update(message);
+            mac.finalize().into_bytes().into()
+        };
+        let purpose_key = zeroize::Zeroizing::new(derive(&self.0[..], purpose.as_bytes()));
+        derive(&purpose_key[..], data)
+    }
+
     pub fn seal(&self, associated: &str, value: &SecretValue) -> crate::Result<String> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);

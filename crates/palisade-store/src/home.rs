@@ -103,6 +103,16 @@ impl Home {
     pub fn agent_socket_dir(&self) -> PathBuf {
         self.run_dir().join("agents")
     }
+    /// Control sockets of the running gateways (`<pid>-<n>.sock`), through which a
+    /// process that changed the configuration makes every gateway load it at once.
+    pub fn gateway_control_dir(&self) -> PathBuf {
+        self.run_dir().join("gateways")
+    }
+    /// The audit log's anchor outside the database: the last row's id and hash, signed
+    /// with a key derived from the master key, so deleting the log's tail is detected.
+    pub fn audit_anchor(&self) -> PathBuf {
+        self.root.join("audit.anchor")
+    }
     pub fn agent_dir(&self, agent: &str) -> PathBuf {
         self.root.join("agents").join(agent)
     }

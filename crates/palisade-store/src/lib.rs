@@ -13,6 +13,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod crypto;
+pub mod gateways;
 pub mod home;
 pub mod messages;
 mod migrations;
@@ -48,6 +49,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("approval {0} was already decided")]
     AlreadyDecided(String),
+    #[error("approval {0} expired before it was decided; the request was not sent")]
+    Expired(String),
     #[error("the database schema version {found} is newer than this palisade understands ({known}); upgrade palisade")]
     SchemaTooNew { found: i64, known: i64 },
 }

@@ -24,6 +24,7 @@ use palisade_policy::SecretValue;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -39,12 +40,20 @@ pub struct Store {
     inner: Arc<Inner>,
     /// Who the audit rows of this handle's mutations name as actor.
     actor: Arc<str>,
+    /// Whether a configuration change made through this handle waits until every
+    /// running gateway has loaded it (see [`crate::gateways`]); off for gateways' own
+    /// handles.
+    sync_gateways: bool,
 }
 
 struct Inner {
     conn: Mutex<rusqlite::Connection>,
     key: MasterKey,
     home: Home,
+    /// Set inside a write transaction (under the connection lock) when it raised the
+    /// configuration version or appended audit rows: what to do once it committed.
+    config_changed: AtomicBool,
+    audited: AtomicBool,
 }
 
 /// Result of a rate-limit check.
@@ -84,9 +93,19 @@ impl Store {
                 conn: Mutex::new(conn),
                 key,
                 home: home.clone(),
+                config_changed: AtomicBool::new(false),
+                audited: AtomicBool::new(false),
             }),
             actor: Arc::from(DEFAULT_ACTOR),
+            sync_gateways: true,
         })
+    }
+
+    /// This handle without waiting for gateways after configuration changes (a
+    /// gateway's own handle: it loads its changes itself).
+    pub fn without_gateway_sync(mut self) -> Store {
+        self.sync_gateways = false;
+        self
     }
 
     /// A handle on the same connection whose mutations are audited with `actor`
@@ -95,6 +114,7 @@ impl Store {
         Store {
             inner: Arc::clone(&self.inner),
             actor: Arc::from(actor),
+            sync_gateways: self.sync_gateways,
         }
     }
 
@@ -118,15 +138,7 @@ impl Store {
     /// approvals and settings (not by request audit rows or rate counters), so a
     /// gateway can poll for configuration changes without reloading under load.
     pub fn config_version(&self) -> Result<i64> {
-        let value: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT value FROM settings WHERE key = 'config_version'",
-                [],
-                |row| row.get(0),
-            )
-            .optional()?;
-        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+        read_config_version(&self.conn())
     }
 
     /// Moves everything from the write-ahead log into the main database file and
@@ -188,12 +200,47 @@ impl Store {
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committing only if it succeeds.
+    /// Once committed (and the connection released): the audit anchor moves to the new
+    /// head if rows were appended, and a configuration change is pushed to every
+    /// running gateway before this returns.
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
+        let (out, version, head) = {
+            let mut conn = self.conn();
+            self.inner.config_changed.store(false, Ordering::Relaxed);
+            self.inner.audited.store(false, Ordering::Relaxed);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            let version = if self.inner.config_changed.swap(false, Ordering::Relaxed) {
+                Some(read_config_version(&tx)?)
+            } else {
+                None
+            };
+            let head = if self.inner.audited.swap(false, Ordering::Relaxed) {
+                audit::head(&tx)?
+            } else {
+                None
+            };
+            tx.commit()?;
+            (out, version, head)
+        };
+        if let Some(head) = head {
+            audit::write_anchor(&self.inner.home, &self.inner.key, &head);
+        }
+        if let (Some(version), true) = (version, self.sync_gateways) {
+            for gateway in crate::gateways::sync_gateways(&self.inner.home, version) {
+                tracing::warn!(
+                    gateway = %gateway.gateway,
+                    reason = %gateway.reason,
+                    "a running gateway did not confirm the change; it applies it within 200 ms"
+                );
+            }
+        }
         Ok(out)
+    }
+
+    /// Marks the running write transaction as having appended audit rows.
+    fn mark_audited(&self) {
+        self.inner.audited.store(true, Ordering::Relaxed);
     }
 
     /// Runs `f` in a read transaction so multi-statement reads see one snapshot.
@@ -217,6 +264,8 @@ impl Store {
     /// Every mutation made through a `Store` handle lands here, so this is also where
     /// the configuration version is bumped, in the same transaction.
     fn append_in(&self, tx: &Transaction<'_>, entry: &AuditEntry) -> Result<i64> {
+        self.inner.config_changed.store(true, Ordering::Relaxed);
+        self.mark_audited();
         tx.execute(
             "INSERT INTO settings (key, value) VALUES ('config_version', '1')
              ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
@@ -224,6 +273,17 @@ impl Store {
         )?;
         audit::append_in(tx, crate::now_ms(), entry)
     }
+}
+
+fn read_config_version(conn: &Connection) -> Result<i64> {
+    let value: Option<String> = conn
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'config_version'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
 /// Sets the connection PRAGMAs every Store relies on. The busy timeout comes first so

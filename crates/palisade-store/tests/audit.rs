@@ -263,6 +263,59 @@ fn truncated_tail_is_detected() {
     assert!(!t.store.verify_audit().unwrap().ok);
 }
 
+/// Deleting the newest rows and moving the head back to the new last row leaves a
+/// chain that is consistent in itself; the anchor outside the database still knows
+/// how far the log went.
+#[test]
+fn tail_deleted_with_the_head_rewritten_is_detected() {
+    let t = with_rows(10);
+    let conn = common::raw(&t.home);
+    conn.execute("DELETE FROM audit WHERE id >= 8", []).unwrap();
+    conn.execute(
+        "UPDATE audit_head SET last_id = 7, last_hash = (SELECT hash FROM audit WHERE id = 7)",
+        [],
+    )
+    .unwrap();
+    let (id, problem) = verify_problem(&t.store);
+    assert_eq!(id, Some(8));
+    assert!(problem.contains("anchor records row 10"), "{problem}");
+}
+
+/// The anchor itself cannot be moved back without the master key, nor removed unseen.
+#[test]
+fn an_edited_or_missing_anchor_is_detected() {
+    let t = with_rows(5);
+    let anchor = t.home.audit_anchor();
+    let text = std::fs::read_to_string(&anchor).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(value["last_id"], 5);
+    value["last_id"] = 3.into();
+    std::fs::write(&anchor, value.to_string()).unwrap();
+    let (_, problem) = verify_problem(&t.store);
+    assert!(problem.contains("signature"), "{problem}");
+    std::fs::remove_file(&anchor).unwrap();
+    let (_, problem) = verify_problem(&t.store);
+    assert!(problem.contains("missing"), "{problem}");
+    // The next write anchors the log again.
+    t.store
+        .append_audit(&request("odd", "h", "allowed"))
+        .unwrap();
+    assert!(t.store.verify_audit().unwrap().ok);
+}
+
+/// A row rewritten and re-chained from there to a new head (everything consistent
+/// inside the database) no longer has the hash the anchor signed.
+#[test]
+fn a_rechained_log_is_detected_by_its_anchor() {
+    let t = with_rows(3);
+    let conn = common::raw(&t.home);
+    conn.execute("UPDATE audit SET hash = 'forged' WHERE id = 3", [])
+        .unwrap();
+    conn.execute("UPDATE audit_head SET last_hash = 'forged'", [])
+        .unwrap();
+    assert!(!t.store.verify_audit().unwrap().ok);
+}
+
 #[test]
 fn everything_deleted_is_detected() {
     let t = with_rows(4);

@@ -33,6 +33,20 @@ impl AuditSender {
             .await;
     }
 
+    /// Queues a row without waiting (from `Drop`); dropped with a warning when the
+    /// queue is full.
+    pub fn try_record(&self, entry: AuditEntry) {
+        if self
+            .0
+            .try_send(Item::Row(palisade_store::now_ms(), entry))
+            .is_err()
+        {
+            tracing::warn!(
+                "the audit queue is full; one row about an abandoned request was not written"
+            );
+        }
+    }
+
     /// Waits (bounded) until every row queued before this call is written.
     pub async fn flush(&self, timeout: std::time::Duration) {
         let (tx, rx) = std::sync::mpsc::channel();

@@ -1,84 +1,86 @@
 //! Body types of the proxy.
 //!
-//! Written by hand rather than boxed: the forward body must replay the prefix the
-//! vault read for rules and summaries before streaming the rest, and the response
-//! body must cut an upstream that goes silent, arming its timer only when the stream
-//! actually stalls so the hot path pays no timer per response.
+//! Written by hand rather than boxed: the forward body is either the agent's stream or
+//! the exact bytes the gateway read and judged (a body rule or an approval saw them, so
+//! those bytes and no others go upstream), and the response body must cut an upstream
+//! that goes silent (arming its timer only when the stream actually stalls, so the hot
+//! path pays no timer per response) and must end cleanly where an HTTP/1.1 upstream
+//! ends a close-delimited body without a TLS `close_notify`.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The request body sent upstream: an optional prefix already read, then the rest.
-pub struct ForwardBody {
-    prefix: Option<Bytes>,
-    rest: Option<Incoming>,
-    trailers: Option<http::HeaderMap>,
+/// The request body sent upstream.
+pub enum ForwardBody {
+    /// The agent's body, streamed as it arrives.
+    Streaming(Incoming),
+    /// A body read whole before it was judged; exactly these bytes are sent.
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the body did not arrive within {0:?}")]
+    TimedOut(Duration),
+    #[error("the body could not be read: {0}")]
+    Failed(String),
 }
 
 impl ForwardBody {
-    pub fn streaming(body: Incoming) -> Self {
-        ForwardBody {
-            prefix: None,
-            rest: Some(body),
-            trailers: None,
-        }
-    }
     pub fn empty() -> Self {
-        ForwardBody {
-            prefix: None,
-            rest: None,
+        ForwardBody::Buffered {
+            data: None,
             trailers: None,
         }
     }
-    /// Reads up to about `limit` bytes (whole frames) within `timeout`; returns the body
-    /// that replays them followed by the rest, and a copy of what was read.
-    pub async fn read_prefix(
+
+    /// Reads the whole body (at most `limit` bytes) within `timeout`.
+    pub async fn read_whole(
         mut body: Incoming,
         limit: usize,
         timeout: Duration,
-    ) -> Result<(ForwardBody, Bytes), BoxError> {
+    ) -> Result<(Bytes, Option<http::HeaderMap>), ReadError> {
         use http_body_util::BodyExt;
-        let mut buf = bytes::BytesMut::new();
+        if body.size_hint().lower() > limit as u64 {
+            return Err(ReadError::TooLarge { limit });
+        }
+        let mut buf = BytesMut::new();
         let mut trailers = None;
-        let mut ended = false;
         let read = async {
-            while buf.len() < limit {
-                match body.frame().await {
-                    None => {
-                        ended = true;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ReadError::Failed(e.to_string()))?;
+                match frame.into_data() {
+                    Ok(data) => {
+                        if buf.len() + data.len() > limit {
+                            return Err(ReadError::TooLarge { limit });
+                        }
+                        buf.extend_from_slice(&data);
+                    }
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
                         break;
                     }
-                    Some(Err(e)) => return Err(BoxError::from(e)),
-                    Some(Ok(frame)) => match frame.into_data() {
-                        Ok(data) => buf.extend_from_slice(&data),
-                        Err(frame) => {
-                            trailers = frame.into_trailers().ok();
-                            ended = true;
-                            break;
-                        }
-                    },
                 }
             }
             Ok(())
         };
         tokio::time::timeout(timeout, read)
             .await
-            .map_err(|_| BoxError::from("timed out reading the request body"))??;
-        let prefix = buf.freeze();
-        Ok((
-            ForwardBody {
-                prefix: Some(prefix.clone()),
-                rest: if ended { None } else { Some(body) },
-                trailers,
-            },
-            prefix,
-        ))
+            .map_err(|_| ReadError::TimedOut(timeout))??;
+        Ok((buf.freeze(), trailers))
     }
 }
 
@@ -87,38 +89,34 @@ impl Body for ForwardBody {
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(prefix) = self.prefix.take() {
-            if !prefix.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        match self.get_mut() {
+            ForwardBody::Streaming(incoming) => Pin::new(incoming).poll_frame(cx),
+            ForwardBody::Buffered { data, trailers } => {
+                if let Some(data) = data.take().filter(|d| !d.is_empty()) {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
             }
         }
-        if let Some(rest) = self.rest.as_mut() {
-            return Pin::new(rest).poll_frame(cx);
-        }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.as_ref().is_none_or(|p| p.is_empty())
-            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
-            && self.trailers.is_none()
+        match self {
+            ForwardBody::Streaming(incoming) => incoming.is_end_stream(),
+            ForwardBody::Buffered { data, trailers } => {
+                data.as_ref().is_none_or(Bytes::is_empty) && trailers.is_none()
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        match &self.rest {
-            None => SizeHint::with_exact(prefix),
-            Some(rest) => {
-                let inner = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower() + prefix);
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper + prefix);
-                }
-                hint
+        match self {
+            ForwardBody::Streaming(incoming) => incoming.size_hint(),
+            ForwardBody::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
     }
@@ -130,16 +128,21 @@ pub enum ProxyBody {
         inner: Incoming,
         idle_timeout: Duration,
         idle: Option<Pin<Box<tokio::time::Sleep>>>,
+        /// An HTTP/1.x response with neither length nor chunking: it ends when the
+        /// upstream closes, so an unclean close (no TLS `close_notify`) is its end, not
+        /// an error.
+        close_delimited: bool,
     },
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
-    pub fn upstream(inner: Incoming, idle_timeout: Duration) -> Self {
+    pub fn upstream(inner: Incoming, idle_timeout: Duration, close_delimited: bool) -> Self {
         ProxyBody::Upstream {
             inner,
             idle_timeout,
             idle: None,
+            close_delimited,
         }
     }
     pub fn full(bytes: impl Into<Bytes>) -> Self {
@@ -153,6 +156,20 @@ impl ProxyBody {
 #[derive(Debug, thiserror::Error)]
 #[error("the upstream sent nothing for {0:?}; the response was cut")]
 pub struct IdleTimeout(Duration);
+
+/// Whether an upstream body error is the connection ending without a clean TLS close.
+fn is_unclean_close(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
 
 impl Body for ProxyBody {
     type Data = Bytes;
@@ -168,7 +185,14 @@ impl Body for ProxyBody {
                 inner,
                 idle_timeout,
                 idle,
+                close_delimited,
             } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) if *close_delimited && is_unclean_close(&e) => {
+                    tracing::warn!(
+                        "the upstream ended a close-delimited response without a TLS close_notify; passed on as the end of the body"
+                    );
+                    Poll::Ready(None)
+                }
                 Poll::Ready(frame) => {
                     *idle = None;
                     Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
@@ -200,5 +224,3 @@ impl Body for ProxyBody {
         }
     }
 }
-
-use std::future::Future;

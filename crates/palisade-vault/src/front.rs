@@ -1,10 +1,13 @@
 //! The proxy front door: one HTTP/1.1 connection from an agent (TCP or its Unix
 //! socket), on which it sends CONNECT, absolute-form requests, or — on the TCP
-//! listener only — calls to the admin API.
+//! listener only — calls to the admin API. Authentication happens here (the socket is
+//! the identity; on TCP the token in `Proxy-Authorization`), and so does the agent's
+//! share of connections on the TCP listener.
 
-use crate::body::ProxyBody;
-use crate::pipeline::{self, Scheme, Target};
-use crate::respond::{refusal, refuse};
+use crate::conn::{Activity, ConnectionPermits, Tracked, Watched};
+use crate::pipeline::audit::{refused_at_front, Record};
+use crate::pipeline::{self, Decision, Scheme, Target};
+use crate::respond::refusal;
 use crate::state::Shared;
 use crate::tunnel;
 use base64::Engine;
@@ -13,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_policy::{AgentName, ErrorBody, GatewayErrorKind};
+use sha2::{Digest, Sha256};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,17 +31,42 @@ pub enum Entry {
 
 /// Largest request head accepted; larger ones get 431 from hyper.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection must send its first request head within this time.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn serve_connection<I>(shared: Arc<Shared>, io: I, entry: Entry)
-where
+/// One connection's context: who it is, what it may hold, when it last did something.
+#[derive(Clone)]
+struct Connection {
+    shared: Arc<Shared>,
+    entry: Entry,
+    permits: Arc<ConnectionPermits>,
+    activity: Arc<Activity>,
+}
+
+pub async fn serve_connection<I>(
+    shared: Arc<Shared>,
+    io: I,
+    entry: Entry,
+    permits: Arc<ConnectionPermits>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut shutdown = shared.shutdown.clone();
-    let service = {
-        let shared = shared.clone();
-        service_fn(move |req| front(shared.clone(), entry.clone(), req))
+    let activity = Activity::new();
+    let connection = Connection {
+        shared: shared.clone(),
+        entry,
+        permits,
+        activity: activity.clone(),
     };
+    let service = service_fn(move |req| {
+        let connection = connection.clone();
+        async move {
+            let in_flight = connection.activity.start_request();
+            let response = front(connection, req).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+        }
+    });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -48,10 +77,15 @@ where
         .half_close(true)
         .max_buf_size(MAX_HEAD_BYTES);
     let builder = builder.http1_only();
+    let io = Watched::new(io, activity.clone());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let idle = shared.config.client_idle_timeout;
     tokio::select! {
         _ = conn.as_mut() => {}
+        _ = activity.idle(HEADER_READ_TIMEOUT, idle) => {
+            tracing::debug!("closing an idle client connection");
+        }
         _ = crate::stopped(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
@@ -60,67 +94,146 @@ where
 }
 
 async fn front(
-    shared: Arc<Shared>,
-    entry: Entry,
+    connection: Connection,
     request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Response<crate::body::ProxyBody> {
+    let shared = &connection.shared;
     if request.method() == Method::CONNECT {
-        let agent = match authenticate(&shared, &entry, request.headers()) {
-            Ok(agent) => agent,
-            Err(response) => return Ok(*response),
-        };
-        let Some(target) = request
+        let authority = request
             .uri()
             .authority()
-            .and_then(|a| Target::parse_authority(a.as_str(), Scheme::Https))
-        else {
-            return Ok(refusal(
-                &ErrorBody::new(GatewayErrorKind::BadRequest, "")
-                    .with_message("CONNECT needs a target of the form host:port"),
-            ));
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let agent = match admit(&connection, request.headers(), "CONNECT", &authority).await {
+            Ok(agent) => agent,
+            Err(response) => return response,
+        };
+        let Some(target) = Target::parse_authority(&authority, Scheme::Https) else {
+            let body = ErrorBody::new(GatewayErrorKind::BadRequest, "")
+                .with_message("CONNECT needs a target of the form host:port (a DNS name or an IP address in its usual form)");
+            let response = refusal(&body);
+            let record = Record::about(Some(&agent), "CONNECT", &authority, "");
+            refused_at_front(
+                shared,
+                record,
+                Decision::BadRequest,
+                response.status().as_u16(),
+            )
+            .await;
+            return response;
         };
         if shared.is_shutting_down() {
-            return Ok(refuse(GatewayErrorKind::GatewayRestarting, &target.host));
+            return refusal(&ErrorBody::new(
+                GatewayErrorKind::GatewayRestarting,
+                &target.host,
+            ));
         }
         let on_upgrade = hyper::upgrade::on(request);
         let tracker = shared.tasks.clone();
+        let shared = shared.clone();
+        let permits = connection.permits.clone();
+        let activity = connection.activity.clone();
         tracker.spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => tunnel::run(shared, agent, target, upgraded).await,
+                Ok(upgraded) => {
+                    tunnel::run(shared, agent, target, upgraded, permits, activity).await
+                }
                 Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
             }
         });
-        return Ok(Response::new(ProxyBody::empty()));
+        return Response::new(crate::body::ProxyBody::empty());
     }
     if request.uri().scheme().is_some() {
-        let agent = match authenticate(&shared, &entry, request.headers()) {
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let method = request.method().to_string();
+        let agent = match admit(&connection, request.headers(), &method, &authority).await {
             Ok(agent) => agent,
-            Err(response) => return Ok(*response),
+            Err(response) => return response,
         };
         let Some(target) = Target::from_uri(request.uri()) else {
-            return Ok(refusal(
-                &ErrorBody::new(GatewayErrorKind::BadRequest, "")
-                    .with_message("only http:// and https:// URLs with a valid host are proxied"),
-            ));
+            let body = ErrorBody::new(GatewayErrorKind::BadRequest, "")
+                .with_message("only http:// and https:// URLs with a valid host are proxied");
+            let response = refusal(&body);
+            let record = Record::about(Some(&agent), &method, &authority, request.uri().path());
+            refused_at_front(
+                shared,
+                record,
+                Decision::BadRequest,
+                response.status().as_u16(),
+            )
+            .await;
+            return response;
         };
-        return pipeline::handle(shared, agent, Arc::new(target), request).await;
+        let Ok(response) = pipeline::handle(shared.clone(), agent, Arc::new(target), request).await;
+        return response;
     }
-    match entry {
-        Entry::Tcp => Ok(crate::admin::route(shared, request).await),
-        Entry::Agent(_) => Ok(refusal(
-            &ErrorBody::new(GatewayErrorKind::BadRequest, "").with_message(
-                "this socket is an HTTP proxy: send CONNECT host:port or an absolute http(s):// URL",
-            ),
+    match &connection.entry {
+        Entry::Tcp => crate::admin::route(shared.clone(), request).await,
+        Entry::Agent(_) => refusal(&ErrorBody::new(GatewayErrorKind::BadRequest, "").with_message(
+            "this socket is an HTTP proxy: send CONNECT host:port or an absolute http(s):// URL",
         )),
     }
 }
 
+/// The agent behind a request, counted against its share of connections; otherwise the
+/// refusal (407 without a known token, 503 beyond the agent's share), audited.
+async fn admit(
+    connection: &Connection,
+    headers: &http::HeaderMap,
+    method: &str,
+    authority: &str,
+) -> Result<AgentName, Response<crate::body::ProxyBody>> {
+    let shared = &connection.shared;
+    let agent = match authenticate(shared, &connection.entry, headers).await {
+        Ok(agent) => agent,
+        Err(body) => {
+            let response = refusal(&body);
+            let record = Record::about(None, method, authority, "");
+            refused_at_front(
+                shared,
+                record,
+                Decision::ProxyAuthRequired,
+                response.status().as_u16(),
+            )
+            .await;
+            return Err(response);
+        }
+    };
+    if !connection.permits.ensure_agent(&shared.limits, &agent) {
+        let body = ErrorBody::new(GatewayErrorKind::TooManyConnections, "").with_message(format!(
+            "Agent {agent} has {} connections open through the gateway, the most it may have. Close idle connections or reuse them, then retry.",
+            shared.limits.per_agent_max()
+        ));
+        let mut response = refusal(&body);
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        let record = Record::about(Some(&agent), method, authority, "");
+        refused_at_front(
+            shared,
+            record,
+            Decision::TooManyConnections,
+            response.status().as_u16(),
+        )
+        .await;
+        return Err(response);
+    }
+    Ok(agent)
+}
+
 /// The agent behind a request: the socket's owner, or the token in `Proxy-Authorization`.
-fn authenticate(
+/// A token the snapshot does not know is looked up in the store once (it may belong to
+/// an agent created a moment ago) before the request is refused.
+async fn authenticate(
     shared: &Shared,
     entry: &Entry,
     headers: &http::HeaderMap,
-) -> Result<AgentName, Box<Response<ProxyBody>>> {
+) -> Result<AgentName, ErrorBody> {
     let token = match entry {
         Entry::Agent(name) => return Ok(name.clone()),
         Entry::Tcp => headers
@@ -129,22 +242,37 @@ fn authenticate(
             .and_then(basic_password),
     };
     let unauthorized = |message: &str| {
-        Box::new(refusal(
-            &ErrorBody::new(GatewayErrorKind::ProxyAuthRequired, "").with_message(message),
-        ))
+        ErrorBody::new(GatewayErrorKind::ProxyAuthRequired, "").with_message(message)
     };
     let Some(token) = token else {
         return Err(unauthorized(
             "Proxy authentication required: send Proxy-Authorization: Basic base64(\"x:\" + TOKEN) with the agent's token (`palisade agents token NAME`).",
         ));
     };
-    let snapshot = shared.snapshot.load();
-    match snapshot.agent_for_token(&token) {
-        Some(agent) => Ok(agent.clone()),
-        None => Err(unauthorized(
-            "The proxy token is not known to this gateway (revoked or mistyped); get the current one with `palisade agents token NAME`.",
-        )),
+    if let Some(agent) = shared.snapshot.load().agent_for_token(&token) {
+        return Ok(agent.clone());
     }
+    let unknown = || {
+        unauthorized(
+            "The proxy token is not known to this gateway (revoked or mistyped); get the current one with `palisade agents token NAME`.",
+        )
+    };
+    let Ok(_permit) = shared.token_lookups.try_acquire() else {
+        return Err(unknown());
+    };
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    let store = shared.store.clone();
+    let known = tokio::task::spawn_blocking(move || store.token_hash_known(&hash))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(false);
+    if known && shared.reload_snapshot().await.is_ok() {
+        if let Some(agent) = shared.snapshot.load().agent_for_token(&token) {
+            return Ok(agent.clone());
+        }
+    }
+    Err(unknown())
 }
 
 /// The password of a `Basic` credential (`x:TOKEN` → `TOKEN`).

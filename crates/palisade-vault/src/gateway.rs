@@ -1,9 +1,10 @@
-//! Starting and stopping a gateway: listeners, per-agent sockets, the policy watcher,
-//! and the graceful shutdown (stop accepting, let in-flight requests finish, answer
-//! held approvals 503, remove sockets).
+//! Starting and stopping a gateway: listeners, per-agent sockets, the policy watcher
+//! and control socket, connection caps, and the graceful shutdown (stop accepting, let
+//! in-flight requests finish, answer held approvals 503, remove sockets).
 
 use crate::audit_log;
 use crate::ca::CertificateAuthority;
+use crate::conn::{ConnectionLimits, ConnectionPermits};
 use crate::front::{serve_connection, Entry};
 use crate::holds::Holds;
 use crate::net_guard::NetGuard;
@@ -19,14 +20,20 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How often the watcher looks for changes committed by other processes.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
-/// Most simultaneous client connections (idle tunnels included).
+/// How often pending approvals past their expiry are closed (whoever held them).
+const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Most simultaneous client connections (idle tunnels included), if descriptors allow.
 const MAX_CONNECTIONS: usize = 32_768;
+/// Descriptors kept back from client connections: upstream connections, the store,
+/// agent sockets, logs.
+const RESERVED_DESCRIPTORS: u64 = 256;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct GatewayInner {
@@ -36,6 +43,82 @@ pub struct GatewayInner {
     background: Vec<JoinHandle<()>>,
     sockets: Arc<std::sync::Mutex<HashMap<AgentName, JoinHandle<()>>>>,
     advertised: Option<PathBuf>,
+    control: Option<PathBuf>,
+}
+
+type Sockets = Arc<std::sync::Mutex<HashMap<AgentName, JoinHandle<()>>>>;
+
+/// Brings the gateway up to date with the store: policy snapshot, one socket per
+/// agent, decisions on held requests. Used by the watcher's poll and, at once, by the
+/// control socket when another process has committed a change.
+pub(crate) struct Refresher {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    sockets: Sockets,
+    /// The configuration version loaded (serialises refreshes too).
+    loaded: tokio::sync::Mutex<Option<i64>>,
+}
+
+impl Refresher {
+    /// Reloads what changed; the version now in force, or `None` if the store failed.
+    pub(crate) async fn refresh(&self) -> Option<i64> {
+        let mut loaded = self.loaded.lock().await;
+        let store = self.shared.store.clone();
+        let held = self.shared.holds.held_ids();
+        let result = tokio::task::spawn_blocking(move || {
+            let version = store.config_version()?;
+            let decided = if held.is_empty() {
+                Vec::new()
+            } else {
+                store.decided_among(&held)?
+            };
+            Ok::<_, palisade_store::StoreError>((version, decided))
+        })
+        .await;
+        let Ok(Ok((version, decided))) = result else {
+            return None;
+        };
+        for approval in &decided {
+            self.shared.holds.resolve(approval);
+        }
+        if *loaded == Some(version) {
+            return Some(version);
+        }
+        let store = self.shared.store.clone();
+        match tokio::task::spawn_blocking(move || Snapshot::load(&store)).await {
+            Ok(Ok(snapshot)) => {
+                self.shared.snapshot.store(Arc::new(snapshot));
+                *loaded = Some(version);
+                sync_sockets(&self.shared, &self.dir, &self.sockets);
+                let snapshot = self.shared.snapshot.load();
+                self.shared
+                    .limits
+                    .retain_agents(|agent| snapshot.agents.contains_key(agent));
+                Some(version)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not reload policy; keeping the previous one");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit, and returns
+/// the soft limit now in force.
+fn raise_descriptor_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 1024,
+    }
 }
 
 /// Starts a gateway; `prebound` are agent sockets the caller bound already (so a
@@ -49,7 +132,7 @@ pub async fn start(
     home.ensure()?;
     let store = {
         let home = home.clone();
-        tokio::task::spawn_blocking(move || Store::open(&home))
+        tokio::task::spawn_blocking(move || Store::open(&home).map(Store::without_gateway_sync))
             .await
             .map_err(|e| VaultError::Io(e.to_string()))??
     };
@@ -91,6 +174,13 @@ pub async fn start(
             ))
         })?;
 
+    let descriptors = raise_descriptor_limit();
+    let global_connections =
+        usize::try_from(descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(64) / 2)
+            .unwrap_or(MAX_CONNECTIONS)
+            .min(MAX_CONNECTIONS);
+    let limits = ConnectionLimits::new(global_connections, config.max_connections_per_agent);
+    let holds = Holds::new(config.max_holds_per_agent);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let advertise = config.advertise;
     let shared = Arc::new(Shared {
@@ -100,20 +190,21 @@ pub async fn start(
         ca,
         upstream,
         guard,
-        holds: Holds::default(),
+        holds,
         audit,
+        front_door: Default::default(),
+        limits,
+        token_lookups: tokio::sync::Semaphore::new(4),
         shutdown: shutdown_rx,
         tcp_addr,
         tasks: tokio_util::task::TaskTracker::new(),
     });
-    let limiter = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut background = Vec::new();
     if let Some(listener) = listener {
         background.push(tokio::spawn(accept_loop(
             shared.clone(),
             Listener::Tcp(listener),
             Entry::Tcp,
-            limiter.clone(),
         )));
     }
     let mut serving = HashMap::new();
@@ -126,18 +217,30 @@ pub async fn start(
             shared.clone(),
             Listener::Unix(listener),
             Entry::Agent(agent.clone()),
-            limiter.clone(),
         ));
         serving.insert(agent, handle);
     }
     let sockets = Arc::new(std::sync::Mutex::new(serving));
-    sync_sockets(&shared, &socket_dir, &sockets, &limiter);
-    background.push(tokio::spawn(watch_changes(
-        shared.clone(),
-        socket_dir.clone(),
-        sockets.clone(),
-        limiter,
-    )));
+    sync_sockets(&shared, &socket_dir, &sockets);
+    let refresher = Arc::new(Refresher {
+        shared: shared.clone(),
+        dir: socket_dir.clone(),
+        sockets: sockets.clone(),
+        loaded: tokio::sync::Mutex::new(None),
+    });
+    background.push(tokio::spawn(watch_changes(refresher.clone())));
+    background.push(tokio::spawn(sweep_expired_approvals(shared.clone())));
+    let control = match crate::control::bind(&home) {
+        Some((listener, path)) => {
+            background.push(tokio::spawn(crate::control::serve(
+                listener,
+                refresher,
+                shared.shutdown.clone(),
+            )));
+            Some(path)
+        }
+        None => None,
+    };
 
     let advertised = if advertise {
         let info = RunningInfo {
@@ -165,6 +268,7 @@ pub async fn start(
         background,
         sockets,
         advertised,
+        control,
     })
 }
 
@@ -191,7 +295,7 @@ impl GatewayInner {
             handle.abort();
             let _ = std::fs::remove_file(socket_path(&self.socket_dir, &agent));
         }
-        if let Some(path) = &self.advertised {
+        for path in self.advertised.iter().chain(self.control.iter()) {
             let _ = std::fs::remove_file(path);
         }
         self.shared.tasks.close();
@@ -233,49 +337,101 @@ impl Listener {
     }
 }
 
-/// Accepts until shutdown; each connection runs as a tracked task under the global
-/// connection limit.
-async fn accept_loop(
-    shared: Arc<Shared>,
-    listener: Listener,
-    entry: Entry,
-    limiter: Arc<Semaphore>,
-) {
+/// Accepts until shutdown; each connection runs as a tracked task holding a place
+/// under the gateway-wide cap and, on an agent socket, under its agent's share. A
+/// connection beyond the agent's share is answered 503 and closed, so a greedy agent
+/// is refused while every other agent keeps being served.
+async fn accept_loop(shared: Arc<Shared>, listener: Listener, entry: Entry) {
     let mut shutdown = shared.shutdown.clone();
+    let mut last_warning: Option<std::time::Instant> = None;
+    let mut warn = |what: &str, entry: &Entry| {
+        // At most one line a second, so a flood does not become a flood of logs.
+        if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(entry = ?entry, "{what}");
+            last_warning = Some(std::time::Instant::now());
+        }
+    };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = crate::stopped(&mut shutdown) => return,
         };
-        match accepted {
-            Ok(stream) => {
-                let Ok(permit) = limiter.clone().try_acquire_owned() else {
-                    tracing::warn!(entry = ?entry, "connection limit reached; refusing a connection");
-                    continue;
-                };
-                let shared2 = shared.clone();
-                let entry = entry.clone();
-                shared.tasks.spawn(async move {
-                    serve_connection(shared2, stream, entry).await;
-                    drop(permit);
-                });
-            }
+        let stream = match accepted {
+            Ok(stream) => stream,
             Err(e) => {
                 // Out of descriptors and similar: back off instead of spinning.
-                tracing::warn!(error = %e, entry = ?entry, "accept failed");
+                warn(&format!("accept failed: {e}"), &entry);
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(global) = shared.limits.admit() else {
+            warn(
+                "the gateway's connection cap is reached; refusing a connection",
+                &entry,
+            );
+            refuse_connection(&shared, stream, None);
+            continue;
+        };
+        let permits = ConnectionPermits::with_global(global);
+        if let Entry::Agent(agent) = &entry {
+            match shared.limits.admit_agent(agent) {
+                Some(permit) => permits.hold(agent.clone(), permit),
+                None => {
+                    warn(
+                        &format!("agent {agent} has all the connections it may have; refusing one"),
+                        &entry,
+                    );
+                    refuse_connection(&shared, stream, Some(agent.clone()));
+                    continue;
+                }
             }
         }
+        let connection_shared = shared.clone();
+        let entry = entry.clone();
+        shared.tasks.spawn(async move {
+            serve_connection(connection_shared, stream, entry, permits).await;
+        });
     }
 }
 
+/// Answers a connection over the caps with a short 503 and closes it (bounded: a
+/// client that does not read gets nothing after 2 s).
+fn refuse_connection(shared: &Arc<Shared>, mut stream: Stream, agent: Option<AgentName>) {
+    let body =
+        palisade_policy::ErrorBody::new(palisade_policy::GatewayErrorKind::TooManyConnections, "");
+    let body = match &agent {
+        Some(agent) => body.with_message(format!(
+            "Agent {agent} has {} connections open through the gateway, the most it may have. Close idle connections or reuse them, then retry.",
+            shared.limits.per_agent_max()
+        )),
+        None => body.with_message("The gateway has as many connections open as it can. Retry in a little while."),
+    }
+    .to_json();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-should-retry: true\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+        let record = crate::pipeline::audit::Record::about(agent.as_ref(), "CONNECT", "", "");
+        crate::pipeline::audit::refused_at_front(
+            &shared,
+            record,
+            crate::pipeline::Decision::TooManyConnections,
+            503,
+        )
+        .await;
+    });
+}
+
 /// Makes the socket folder hold exactly one socket per existing agent.
-fn sync_sockets(
-    shared: &Arc<Shared>,
-    dir: &Path,
-    sockets: &Arc<std::sync::Mutex<HashMap<AgentName, JoinHandle<()>>>>,
-    limiter: &Arc<Semaphore>,
-) {
+fn sync_sockets(shared: &Arc<Shared>, dir: &Path, sockets: &Sockets) {
     let snapshot = shared.snapshot.load();
     let Ok(mut sockets) = sockets.lock() else {
         return;
@@ -312,7 +468,6 @@ fn sync_sockets(
                     shared.clone(),
                     Listener::Unix(listener),
                     Entry::Agent(agent.clone()),
-                    limiter.clone(),
                 ));
                 sockets.insert(agent.clone(), handle);
                 tracing::info!(agent = %agent, socket = %path.display(), "agent socket ready");
@@ -322,54 +477,40 @@ fn sync_sockets(
     }
 }
 
-/// Reloads the snapshot when the configuration version moves (any process's change to
-/// agents, secrets, rules or settings; not request audit rows, so load does not cause
-/// reloads), and wakes requests whose approvals were decided elsewhere.
-async fn watch_changes(
-    shared: Arc<Shared>,
-    dir: PathBuf,
-    sockets: Arc<std::sync::Mutex<HashMap<AgentName, JoinHandle<()>>>>,
-    limiter: Arc<Semaphore>,
-) {
-    let mut shutdown = shared.shutdown.clone();
-    let mut last_version = None;
+/// Polls the store for changes committed by processes that did not sync with this
+/// gateway through its control socket (any process's change to agents, secrets, rules
+/// or settings raises the configuration version; request audit rows do not, so load
+/// does not cause reloads), and for decisions on held requests.
+async fn watch_changes(refresher: Arc<Refresher>) {
+    let mut shutdown = refresher.shared.shutdown.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(WATCH_INTERVAL) => {}
             _ = crate::stopped(&mut shutdown) => return,
         }
+        refresher.refresh().await;
+    }
+}
+
+/// Closes pending approvals whose expiry has passed, whether or not the request is
+/// still held anywhere (its gateway may have been killed): an approval never stays
+/// pending past its expiry.
+async fn sweep_expired_approvals(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EXPIRY_SWEEP_INTERVAL) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
         let store = shared.store.clone();
-        let held = shared.holds.held_ids();
-        let result = tokio::task::spawn_blocking(move || {
-            let version = store.config_version()?;
-            let decided = if held.is_empty() {
-                Vec::new()
-            } else {
-                store.decided_among(&held)?
-            };
-            Ok::<_, palisade_store::StoreError>((version, decided))
+        let swept = tokio::task::spawn_blocking(move || {
+            store.expire_overdue_approvals(palisade_store::now_ms())
         })
         .await;
-        let Ok(Ok((version, decided))) = result else {
-            continue;
-        };
-        for approval in &decided {
-            shared.holds.resolve(approval);
-        }
-        if last_version == Some(version) {
-            continue;
-        }
-        let store = shared.store.clone();
-        match tokio::task::spawn_blocking(move || Snapshot::load(&store)).await {
-            Ok(Ok(snapshot)) => {
-                shared.snapshot.store(Arc::new(snapshot));
-                last_version = Some(version);
-                sync_sockets(&shared, &dir, &sockets, &limiter);
+        if let Ok(Ok(expired)) = swept {
+            for approval in &expired {
+                shared.holds.resolve(approval);
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "could not reload policy; keeping the previous one")
-            }
-            Err(_) => {}
         }
     }
 }

@@ -10,6 +10,8 @@ pub mod admin;
 mod audit_log;
 pub mod body;
 pub mod ca;
+mod conn;
+mod control;
 mod front;
 mod gateway;
 mod holds;
@@ -53,11 +55,22 @@ pub struct VaultConfig {
     pub upstream_timeout: Duration,
     /// A response body that sends nothing for this long is cut.
     pub idle_timeout: Duration,
+    /// A client connection (or TLS tunnel) with no request in flight that moves no byte
+    /// for this long is closed.
+    pub client_idle_timeout: Duration,
+    /// Most connections one agent may have open at once (its share, so one agent cannot
+    /// use up what the others need).
+    pub max_connections_per_agent: usize,
+    /// Most requests one agent may have waiting for approval at once.
+    pub max_holds_per_agent: usize,
+    /// Largest body the gateway reads to judge a request (body rules, approvals).
+    pub max_judged_body: usize,
 }
 
 impl VaultConfig {
     /// Defaults: no TCP listener, sockets under the home, 10 min approval timeout,
-    /// 10 s connect, 10 min response headers, 5 min idle body.
+    /// 10 s connect, 10 min response headers, 5 min idle body, 2 min idle client
+    /// connection, 256 connections and 32 held requests per agent, 4 MiB judged body.
     pub fn new(home: palisade_store::Home) -> Self {
         VaultConfig {
             home,
@@ -71,6 +84,10 @@ impl VaultConfig {
             connect_timeout: Duration::from_secs(10),
             upstream_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(300),
+            client_idle_timeout: Duration::from_secs(120),
+            max_connections_per_agent: 256,
+            max_holds_per_agent: 32,
+            max_judged_body: 4 * 1024 * 1024,
         }
     }
 }

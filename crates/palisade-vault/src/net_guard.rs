@@ -55,14 +55,14 @@ impl NetGuard {
         self.allowed.iter().any(|p| p.matches(host))
     }
 
-    /// Whether `ip` is one of this machine's interface addresses.
+    /// Whether `ip` (in any spelling) is one of this machine's interface addresses.
     pub fn is_own_address(&self, ip: IpAddr) -> bool {
-        self.own_addresses.contains(&ip)
+        self.own_addresses.contains(&ip) || self.own_addresses.contains(&unwrap_ipv4(ip))
     }
 
     /// Whether `ip` may be reached by an upstream request for `host`.
     pub fn permits(&self, host: &str, ip: IpAddr) -> bool {
-        if !is_local(ip) && !self.own_addresses.contains(&ip) {
+        if !is_local(ip) && !self.is_own_address(ip) {
             return true;
         }
         self.host_allowed_local(host)
@@ -93,18 +93,40 @@ fn is_local_v4(ip: Ipv4Addr) -> bool {
         || o[0] >= 240 // reserved
 }
 
-fn is_local_v6(ip: Ipv6Addr) -> bool {
+/// The IPv4 address an IPv6 address embeds: IPv4-mapped (`::ffff:a.b.c.d`), NAT64
+/// (`64:ff9b::/96`) and the deprecated IPv4-compatible form (`::a.b.c.d`, except `::`
+/// and `::1`).
+pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = ip.to_ipv4_mapped() {
-        return is_local_v4(v4);
+        return Some(v4);
     }
     let s = ip.segments();
-    // 64:ff9b::/96 NAT64 and ::a.b.c.d (deprecated compatible) embed an IPv4 address.
     if (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0])
         || (s[0..6] == [0, 0, 0, 0, 0, 0] && (s[6] != 0 || s[7] > 1))
     {
-        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+        return Some(Ipv4Addr::new(
+            (s[6] >> 8) as u8,
+            s[6] as u8,
+            (s[7] >> 8) as u8,
+            s[7] as u8,
+        ));
+    }
+    None
+}
+
+/// The address itself, or the IPv4 address an IPv6 spelling embeds.
+pub fn unwrap_ipv4(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => embedded_ipv4(v6).map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn is_local_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = embedded_ipv4(ip) {
         return is_local_v4(v4);
     }
+    let s = ip.segments();
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()

@@ -33,11 +33,6 @@ pub fn refusal(body: &ErrorBody) -> Response<ProxyBody> {
     response
 }
 
-/// Shorthand for a refusal of `kind` about `host`.
-pub fn refuse(kind: GatewayErrorKind, host: &str) -> Response<ProxyBody> {
-    refusal(&ErrorBody::new(kind, host))
-}
-
 /// A JSON response for the admin API.
 pub fn json(status: http::StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(value.to_string()));

@@ -7,8 +7,10 @@
 
 use crate::audit_log::AuditSender;
 use crate::ca::CertificateAuthority;
+use crate::conn::ConnectionLimits;
 use crate::holds::Holds;
 use crate::net_guard::NetGuard;
+use crate::pipeline::audit::FrontDoorBudget;
 use crate::upstream::UpstreamClient;
 use crate::VaultConfig;
 use arc_swap::ArcSwap;
@@ -74,8 +76,15 @@ pub struct Shared {
     pub ca: CertificateAuthority,
     pub upstream: UpstreamClient,
     pub guard: Arc<NetGuard>,
-    pub holds: Holds,
+    pub holds: Arc<Holds>,
     pub audit: AuditSender,
+    /// Rate of audit rows about clients that never authenticated.
+    pub(crate) front_door: FrontDoorBudget,
+    /// The gateway-wide and per-agent connection caps.
+    pub limits: ConnectionLimits,
+    /// Store look-ups of tokens the snapshot does not know (at most a few at once, so
+    /// wrong tokens cannot keep the database busy).
+    pub token_lookups: tokio::sync::Semaphore,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The TCP listener's bound address, for `container-config` and `gateway-url`.
     pub tcp_addr: Option<SocketAddr>,
@@ -102,12 +111,17 @@ impl Shared {
         if own.port() != port {
             return false;
         }
-        if host == "localhost" || host.ends_with(".localhost") {
+        let bare = host.trim_end_matches('.');
+        if bare == "localhost" || bare.ends_with(".localhost") {
             return true;
         }
         match host.parse::<std::net::IpAddr>() {
+            // Every spelling of an address: IPv4-mapped (`::ffff:127.0.0.1`),
+            // IPv4-compatible (`::127.0.0.1`) and NAT64 (`64:ff9b::7f00:1`) forms name
+            // the IPv4 address inside them.
             Ok(ip) => {
-                ip == own.ip()
+                let ip = crate::net_guard::unwrap_ipv4(ip);
+                ip == crate::net_guard::unwrap_ipv4(own.ip())
                     || ip.is_loopback()
                     || ip.is_unspecified()
                     || self.guard.is_own_address(ip)
@@ -116,5 +130,16 @@ impl Shared {
             // (any other name is refused local and own addresses by the resolver).
             Err(_) => self.guard.host_allowed_local(host),
         }
+    }
+
+    /// Reloads the policy snapshot from the store now (a token the snapshot does not
+    /// know may belong to an agent created a moment ago).
+    pub async fn reload_snapshot(&self) -> Result<(), palisade_store::StoreError> {
+        let store = self.store.clone();
+        let snapshot = tokio::task::spawn_blocking(move || Snapshot::load(&store))
+            .await
+            .map_err(|e| palisade_store::StoreError::Io(e.to_string()))??;
+        self.snapshot.store(Arc::new(snapshot));
+        Ok(())
     }
 }

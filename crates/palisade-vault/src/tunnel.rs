@@ -1,7 +1,10 @@
 //! Inside a CONNECT tunnel: terminate the agent's TLS with a leaf for the CONNECT
 //! host, then serve HTTP/1.1 or HTTP/2 (by ALPN) and run each request through the
-//! pipeline. A client that speaks plain text instead of TLS gets a readable 400.
+//! pipeline. A client that speaks plain text instead of TLS gets a readable 400. The
+//! tunnel keeps the connection's permits (its place under the connection caps) and is
+//! closed once idle, like the connection it came from.
 
+use crate::conn::{Activity, ConnectionPermits, Tracked};
 use crate::pipeline::{self, Target};
 use crate::state::Shared;
 use hyper::service::service_fn;
@@ -14,7 +17,16 @@ use tokio::io::AsyncWriteExt;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-pub async fn run(shared: Arc<Shared>, agent: AgentName, target: Target, upgraded: Upgraded) {
+pub async fn run(
+    shared: Arc<Shared>,
+    agent: AgentName,
+    target: Target,
+    upgraded: Upgraded,
+    permits: Arc<ConnectionPermits>,
+    activity: Arc<Activity>,
+) {
+    // Held until the tunnel ends: the tunnel is the same client connection.
+    let _permits = permits;
     let io = TokioIo::new(upgraded);
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     tokio::pin!(acceptor);
@@ -56,19 +68,37 @@ pub async fn run(shared: Arc<Shared>, agent: AgentName, target: Target, upgraded
         }
         Err(_) => return,
     };
+    let host = target.host.clone();
     let target = Arc::new(target);
     let service = {
         let shared = shared.clone();
-        service_fn(move |req| pipeline::handle(shared.clone(), agent.clone(), target.clone(), req))
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let in_flight = activity.start_request();
+            let handled = pipeline::handle(shared.clone(), agent.clone(), target.clone(), req);
+            async move {
+                let Ok(response) = handled.await;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| Tracked::new(body, in_flight)),
+                )
+            }
+        })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(crate::front::HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     let mut shutdown = shared.shutdown.clone();
     tokio::pin!(conn);
+    let idle = shared.config.client_idle_timeout;
     tokio::select! {
         _ = conn.as_mut() => {}
+        _ = activity.idle(idle, idle) => {
+            tracing::debug!(host = %host, "closing an idle tunnel");
+        }
         _ = crate::stopped(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;

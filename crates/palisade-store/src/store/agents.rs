@@ -235,6 +235,15 @@ impl Store {
     }
 
     /// Map of token hash -> agent, for the gateway's snapshot.
+    /// Whether some agent's token has this SHA-256 (hex).
+    pub fn token_hash_known(&self, token_hash: &str) -> Result<bool> {
+        self.read(|tx| {
+            Ok(tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM agent_tokens WHERE token_hash = ?1)")?
+                .query_row([token_hash], |row| row.get(0))?)
+        })
+    }
+
     pub fn agent_token_hashes(&self) -> Result<Vec<(String, AgentName)>> {
         self.read(|tx| {
             let mut stmt = tx.prepare(

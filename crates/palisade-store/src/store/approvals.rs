@@ -192,37 +192,60 @@ impl Store {
         } else {
             ApprovalStatus::Denied
         };
-        self.write(|tx| {
-            let changed = tx.execute(
+        let now = crate::now_ms();
+        let outcome =
+            self.write(|tx| {
+                let changed = tx.execute(
                 "UPDATE approvals SET status = ?1, decided_at_ms = ?2, approver = ?3, comment = ?4
-                 WHERE id = ?5 AND status = 'pending'",
-                (
-                    status.as_str(),
-                    crate::now_ms(),
-                    &decision.approver,
-                    &decision.comment,
-                    id,
-                ),
+                 WHERE id = ?5 AND status = 'pending' AND expires_at_ms > ?2",
+                (status.as_str(), now, &decision.approver, &decision.comment, id),
             )?;
-            if changed == 0 {
-                // Distinguish a bad id from a lost race.
-                get_in(tx, id)?;
-                return Err(StoreError::AlreadyDecided(id.to_string()));
-            }
-            let approval = get_in(tx, id)?;
-            let mut entry = self.audit_entry("approval.decide");
-            entry.actor = Some(decision.approver.clone());
-            entry.agent = Some(approval.agent.to_string());
-            entry.approval_id = Some(id.to_string());
-            entry.decision = Some(status.as_str().to_string());
-            entry.detail = Some(serde_json::json!({
-                "kind": approval.kind,
-                "title": approval.title,
-                "comment": decision.comment,
-            }));
-            self.append_in(tx, &entry)?;
-            Ok(approval)
-        })
+                if changed == 0 {
+                    // Distinguish a bad id, a lost race and an expiry nobody closed yet.
+                    let approval = get_in(tx, id)?;
+                    if approval.status == ApprovalStatus::Pending {
+                        return Ok(Err(StoreError::Expired(id.to_string())));
+                    }
+                    return Err(StoreError::AlreadyDecided(id.to_string()));
+                }
+                let approval = get_in(tx, id)?;
+                let mut entry = self.audit_entry("approval.decide");
+                entry.actor = Some(decision.approver.clone());
+                entry.agent = Some(approval.agent.to_string());
+                entry.approval_id = Some(id.to_string());
+                entry.decision = Some(status.as_str().to_string());
+                entry.detail = Some(serde_json::json!({
+                    "kind": approval.kind,
+                    "title": approval.title,
+                    "comment": decision.comment,
+                }));
+                self.append_in(tx, &entry)?;
+                Ok(Ok(approval))
+            })?;
+        if outcome.is_err() {
+            // Expired while pending: close it, so it never looks decidable again.
+            self.close_approval(id, ApprovalStatus::TimedOut)?;
+        }
+        outcome
+    }
+
+    /// Closes (as timed out) every pending approval whose expiry has passed, whoever
+    /// held it; returns them. A held request normally closes its own approval at its
+    /// expiry; this catches the rest (a gateway that was killed while holding one).
+    pub fn expire_overdue_approvals(&self, now_ms: i64) -> Result<Vec<Approval>> {
+        let overdue: Vec<String> = self.read(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id FROM approvals WHERE status = 'pending' AND expires_at_ms <= ?1 LIMIT 500",
+            )?;
+            let ids = stmt
+                .query_map([now_ms], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(ids)
+        })?;
+        overdue
+            .iter()
+            .map(|id| self.close_approval(id, ApprovalStatus::TimedOut))
+            .collect()
     }
 
     /// Marks a pending approval timed out or cancelled (no-op if already decided); returns the row.

@@ -8,6 +8,8 @@ use super::Store;
 use crate::audit::{
     AuditEntry, AuditFilter, AuditRecord, CanonicalRow, VerifyReport, GENESIS_HASH,
 };
+use crate::crypto::MasterKey;
+use crate::Home;
 use crate::{Result, StoreError};
 use rusqlite::types::Value;
 use rusqlite::Transaction;
@@ -119,6 +121,11 @@ impl RawAudit {
     }
 }
 
+/// The last row's id and hash, as the head record has them.
+pub(super) fn head(tx: &Transaction<'_>) -> Result<Option<(i64, String)>> {
+    read_head(tx)
+}
+
 fn read_head(tx: &Transaction<'_>) -> Result<Option<(i64, String)>> {
     use rusqlite::OptionalExtension;
     Ok(tx
@@ -227,9 +234,133 @@ fn bad_row(rows: u64, id: i64, problem: impl Into<String>) -> VerifyReport {
     }
 }
 
+/// What `audit.anchor` holds: the newest row any process committed, signed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Anchor {
+    last_id: i64,
+    last_hash: String,
+    /// HMAC-SHA256 (hex) of `last_id:last_hash` under a key derived from the master key.
+    mac: String,
+}
+
+const ANCHOR_PURPOSE: &str = "palisade audit anchor v1";
+
+fn anchor_mac(key: &MasterKey, id: i64, hash: &str) -> String {
+    hex::encode(key.mac(ANCHOR_PURPOSE, format!("{id}:{hash}").as_bytes()))
+}
+
+/// Moves the anchor to `head` unless it already records a later row (processes commit
+/// and anchor in either order). Under an exclusive lock, written to a temporary file
+/// and renamed, so a reader never sees half an anchor. Failures are logged: the row is
+/// committed either way, and `audit verify` reports an anchor that fell behind only if
+/// rows were then removed.
+pub(super) fn write_anchor(home: &Home, key: &MasterKey, head: &(i64, String)) {
+    if let Err(e) = try_write_anchor(home, key, head) {
+        tracing::warn!(error = %e, "could not move the audit anchor");
+    }
+}
+
+fn try_write_anchor(home: &Home, key: &MasterKey, head: &(i64, String)) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = home.audit_anchor();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path.with_extension("lock"))?;
+    lock.lock()?;
+    if let Some(current) = read_anchor(&path) {
+        if current.last_id >= head.0 {
+            return Ok(());
+        }
+    }
+    let anchor = Anchor {
+        last_id: head.0,
+        last_hash: head.1.clone(),
+        mac: anchor_mac(key, head.0, &head.1),
+    };
+    let text = serde_json::to_string(&anchor).map_err(std::io::Error::other)?;
+    let temporary = path.with_extension("tmp");
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+    }
+    std::fs::rename(&temporary, &path)
+}
+
+fn read_anchor(path: &std::path::Path) -> Option<Anchor> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Compares a verified chain (its rows by id → hash, through `hash_of`) with the anchor.
+fn check_anchor(
+    home: &Home,
+    key: &MasterKey,
+    rows: u64,
+    last_id: i64,
+    hash_of: impl Fn(i64) -> Result<Option<String>>,
+) -> Result<Option<VerifyReport>> {
+    let path = home.audit_anchor();
+    let Some(anchor) = read_anchor(&path) else {
+        if rows == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(bad_row(
+            rows,
+            last_id.max(1),
+            format!(
+                "the anchor {} is missing or unreadable, so deleted rows at the end cannot be ruled out (a home last written by an older palisade gets its anchor with the next change)",
+                path.display()
+            ),
+        )));
+    };
+    if anchor.mac != anchor_mac(key, anchor.last_id, &anchor.last_hash) {
+        return Ok(Some(bad_row(
+            rows,
+            anchor.last_id.max(1),
+            format!(
+                "the anchor {} does not carry a valid signature; it was edited or written with another master key",
+                path.display()
+            ),
+        )));
+    }
+    if anchor.last_id > last_id {
+        return Ok(Some(bad_row(
+            rows,
+            last_id + 1,
+            format!(
+                "the log ends at row {last_id} but its anchor records row {}; rows were deleted from the end (or the database was restored from an older copy)",
+                anchor.last_id
+            ),
+        )));
+    }
+    if anchor.last_id > 0 && hash_of(anchor.last_id)?.as_deref() != Some(anchor.last_hash.as_str())
+    {
+        return Ok(Some(bad_row(
+            rows,
+            anchor.last_id,
+            format!(
+                "row {} does not have the hash its anchor records; the log was rewritten from there",
+                anchor.last_id
+            ),
+        )));
+    }
+    Ok(None)
+}
+
 impl Store {
     pub fn append_audit(&self, entry: &AuditEntry) -> Result<i64> {
-        self.write(|tx| append_in(tx, crate::now_ms(), entry))
+        self.write(|tx| {
+            self.mark_audited();
+            append_in(tx, crate::now_ms(), entry)
+        })
     }
 
     /// One transaction for many rows (the gateway's writer batches).
@@ -241,6 +372,7 @@ impl Store {
         // at request rate, and those two statements per row were about a fifth of the
         // writer's instructions per row (callgrind, 40-row batches, hashing excluded).
         self.write(|tx| {
+            self.mark_audited();
             let mut head = require_head(tx)?;
             for (at_ms, entry) in entries {
                 insert_row(tx, &mut head, *at_ms, entry)?;
@@ -395,6 +527,15 @@ impl Store {
                     last_id.max(1),
                     "the head's hash does not match the last row; the end of the log was rewritten",
                 ));
+            }
+            let hash_of = |id: i64| -> Result<Option<String>> {
+                use rusqlite::OptionalExtension;
+                Ok(tx
+                    .query_row("SELECT hash FROM audit WHERE id = ?1", [id], |row| row.get(0))
+                    .optional()?)
+            };
+            if let Some(report) = check_anchor(self.home(), self.key(), count, last_id, hash_of)? {
+                return Ok(report);
             }
             Ok(VerifyReport {
                 rows: count,

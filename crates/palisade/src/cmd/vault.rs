@@ -54,6 +54,42 @@ pub struct GatewayArgs {
     /// Cut a response body that sends nothing for this long.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// Close a client connection or tunnel with no request in flight after this long silent.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub client_idle_timeout: Duration,
+    /// Most connections one agent may have open through the gateway (beyond: 503).
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_connections_per_agent: u32,
+    /// Most requests one agent may have waiting for approval (beyond: 429).
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_holds_per_agent: u32,
+    /// Largest body read to judge a request (body rules, approvals), e.g. 4MiB; larger is refused (413).
+    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_size)]
+    pub max_judged_body: usize,
+}
+
+/// A size such as `4MiB`, `512KiB`, `1048576` (bytes), up to 256 MiB.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; write e.g. 4MiB, 512KiB or 1048576"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown unit {other:?}; use B, KiB, MiB or GiB")),
+    };
+    let bytes = number
+        .checked_mul(factor)
+        .filter(|b| (1..=256 * 1024 * 1024).contains(b))
+        .ok_or_else(|| format!("{text:?} must be between 1 byte and 256MiB"))?;
+    usize::try_from(bytes).map_err(|e| e.to_string())
 }
 
 impl GatewayArgs {
@@ -66,6 +102,10 @@ impl GatewayArgs {
         config.upstream_timeout = self.upstream_timeout;
         config.connect_timeout = self.connect_timeout;
         config.idle_timeout = self.idle_timeout;
+        config.client_idle_timeout = self.client_idle_timeout;
+        config.max_connections_per_agent = self.max_connections_per_agent as usize;
+        config.max_holds_per_agent = self.max_holds_per_agent as usize;
+        config.max_judged_body = self.max_judged_body;
         config
     }
 }

@@ -1,0 +1,449 @@
+//! The one canonical form of a request path.
+//!
+//! An upstream acts on the path as it reads it, not as the client spelled it: nginx
+//! decodes `%61dmin` to `admin`, removes `/../` and merges `//`; Tomcat drops `;params`
+//! from segments. If rules and secrets judged the raw spelling, `GET /v1/../admin/x`
+//! would pass a block on `/admin/*`. So the vault canonicalises the path once, before
+//! any rule, secret, rate limit or summary looks at it, and forwards exactly the
+//! canonical form:
+//!
+//! - percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded, every
+//!   other escape is written with upper-case hex;
+//! - runs of `/` become one `/`; `.` segments are removed and `..` removes the segment
+//!   before it (RFC 3986, 5.2.4);
+//! - forms that servers read differently are refused instead of guessed at: an encoded
+//!   `/` or `\`, a raw `\`, a `..` that climbs above the root, a dot segment disguised by
+//!   path parameters (`..;x`), control characters and NUL (raw or encoded), a malformed
+//!   escape, and a path that does not start with `/`.
+//!
+//! Patterns are compared with a second, derived view, the *match form*: each segment
+//! fully percent-decoded (no escape left that could hide a letter from a pattern),
+//! `;parameters` cut off, empty segments and a trailing `/` dropped. It only ever makes
+//! more requests match a pattern, never fewer, so a block, approval or rate-limit rule
+//! cannot be sidestepped by a spelling the upstream treats as the same path.
+//!
+//! Written by hand: URL crates normalise for building URLs (and the `url` crate keeps
+//! `%2e%2e` as a segment); none refuses the ambiguous forms a gateway must refuse.
+
+use std::fmt;
+
+/// Why a path was refused: each is a spelling some upstream reads differently from
+/// another, so no single judgement of it can be right.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathRefusal {
+    #[error("the path does not start with '/'")]
+    NotAbsolute,
+    #[error("the path contains an encoded '/' (%2F), which servers read either as a separator or as a character")]
+    EncodedSlash,
+    #[error("the path contains a backslash (raw or %5C), which some servers read as '/'")]
+    Backslash,
+    #[error("the path contains a control character or NUL (raw or encoded)")]
+    ControlCharacter,
+    #[error("the path contains a malformed percent-escape (a '%' not followed by two hex digits)")]
+    MalformedEscape,
+    #[error("the path climbs above the root with '..'")]
+    AboveRoot,
+    #[error("the path contains a dot segment with parameters ('..;' or '.;'), which some servers read as '..' or '.'")]
+    DisguisedDotSegment,
+    #[error("the path contains a segment of parameters only ('/;x/'), which some servers drop and others keep")]
+    ParametersOnlySegment,
+}
+
+/// A request path (no query) in canonical form, with its match form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanonicalPath {
+    canonical: String,
+    match_form: String,
+}
+
+impl CanonicalPath {
+    /// Canonicalises `raw` (a path without query or fragment, as the client sent it).
+    pub fn parse(raw: &str) -> Result<CanonicalPath, PathRefusal> {
+        if !raw.starts_with('/') {
+            return Err(PathRefusal::NotAbsolute);
+        }
+        let mut segments: Vec<String> = Vec::new();
+        // Whether the canonical path ends with '/' after the last segment.
+        let mut trailing_slash = false;
+        let last = raw.split('/').count() - 1;
+        for (index, raw_segment) in raw.split('/').enumerate().skip(1) {
+            let segment = decode_unreserved(raw_segment)?;
+            let is_last = index == last;
+            match segment.as_str() {
+                "" => {
+                    // Doubled slashes collapse; an empty last segment is a trailing '/'.
+                    if is_last {
+                        trailing_slash = true;
+                    }
+                }
+                "." => trailing_slash = is_last,
+                ".." => {
+                    if segments.pop().is_none() {
+                        return Err(PathRefusal::AboveRoot);
+                    }
+                    trailing_slash = is_last;
+                }
+                _ => {
+                    match decode_all(&segment).split(';').next() {
+                        Some("." | "..") => return Err(PathRefusal::DisguisedDotSegment),
+                        Some("") => return Err(PathRefusal::ParametersOnlySegment),
+                        _ => {}
+                    }
+                    segments.push(segment);
+                    trailing_slash = false;
+                }
+            }
+        }
+        let mut canonical = String::with_capacity(raw.len());
+        for segment in &segments {
+            canonical.push('/');
+            canonical.push_str(segment);
+        }
+        if trailing_slash || segments.is_empty() {
+            canonical.push('/');
+        }
+        let match_form = match_form(&segments);
+        Ok(CanonicalPath {
+            canonical,
+            match_form,
+        })
+    }
+
+    /// The form forwarded upstream and shown to people.
+    pub fn as_str(&self) -> &str {
+        &self.canonical
+    }
+
+    /// The form patterns are compared with (see the module documentation).
+    pub fn match_form(&self) -> &str {
+        &self.match_form
+    }
+}
+
+impl fmt::Display for CanonicalPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.canonical)
+    }
+}
+
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Checks a byte that appears raw or escaped for the refused forms.
+fn check_byte(byte: u8, escaped: bool) -> Result<(), PathRefusal> {
+    match byte {
+        b'/' if escaped => Err(PathRefusal::EncodedSlash),
+        b'\\' => Err(PathRefusal::Backslash),
+        0x00..=0x1f | 0x7f => Err(PathRefusal::ControlCharacter),
+        _ => Ok(()),
+    }
+}
+
+/// One raw segment → its canonical spelling (unreserved escapes decoded, the others
+/// upper-cased), refusing what [`PathRefusal`] names.
+fn decode_unreserved(segment: &str) -> Result<String, PathRefusal> {
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(segment.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if byte != b'%' {
+            check_byte(byte, false)?;
+            // Copy the whole UTF-8 character this byte starts (non-ASCII stays as sent).
+            let width = utf8_width(byte);
+            out.push_str(&segment[i..i + width]);
+            i += width;
+            continue;
+        }
+        let (Some(high), Some(low)) = (
+            bytes.get(i + 1).copied().and_then(hex_value),
+            bytes.get(i + 2).copied().and_then(hex_value),
+        ) else {
+            return Err(PathRefusal::MalformedEscape);
+        };
+        let decoded = high << 4 | low;
+        check_byte(decoded, true)?;
+        if is_unreserved(decoded) {
+            out.push(char::from(decoded));
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(high)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(low)]));
+        }
+        i += 3;
+    }
+    Ok(out)
+}
+
+/// Length of the UTF-8 sequence starting with `first` (the input is a `&str`).
+fn utf8_width(first: u8) -> usize {
+    match first {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
+    }
+}
+
+/// The match form of canonical segments (see the module documentation).
+fn match_form(segments: &[String]) -> String {
+    let mut out = String::new();
+    for segment in segments {
+        let decoded = decode_all(segment);
+        let without_parameters = decoded.split(';').next().unwrap_or_default();
+        if without_parameters.is_empty() {
+            continue;
+        }
+        out.push('/');
+        out.push_str(without_parameters);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Decodes every escape of a canonical segment; bytes that are not UTF-8 once decoded
+/// are written back as upper-case escapes (so they match only a pattern that has the
+/// same bytes). Canonical segments hold no escaped '/' or control character, so
+/// decoding cannot make a new segment.
+pub(crate) fn decode_all(segment: &str) -> String {
+    if !segment.contains('%') {
+        return segment.to_string();
+    }
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(segment).collect();
+    render_bytes(&bytes)
+}
+
+/// Decoded bytes as text: UTF-8 as it is, any other byte as an upper-case escape.
+fn render_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(byte >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(byte & 15)]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canonical(raw: &str) -> String {
+        CanonicalPath::parse(raw)
+            .unwrap_or_else(|e| panic!("{raw:?}: {e}"))
+            .as_str()
+            .to_string()
+    }
+    fn matched(raw: &str) -> String {
+        CanonicalPath::parse(raw).unwrap().match_form().to_string()
+    }
+
+    #[test]
+    fn spellings_of_the_same_path_become_one() {
+        for (raw, expected) in [
+            ("/", "/"),
+            ("/admin/x", "/admin/x"),
+            ("/v1/../admin/x", "/admin/x"),
+            ("//admin/x", "/admin/x"),
+            ("/./admin/x", "/admin/x"),
+            ("/%61dmin/x", "/admin/x"),
+            ("/%2e%2e/", "ERR"),
+            ("/v1/%2e%2e/admin/x", "/admin/x"),
+            ("/v1/%2E/send", "/v1/send"),
+            ("/v1/%73end", "/v1/send"),
+            ("/admin/x/", "/admin/x/"),
+            ("/admin/x//", "/admin/x/"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/./b/../../c", "/c"),
+            ("/a%7eb", "/a~b"),
+            ("/a%3ab", "/a%3Ab"),
+            (
+                "/users/bob%40example.com/send",
+                "/users/bob%40example.com/send",
+            ),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/café", "/café"),
+            ("/a;b/c", "/a;b/c"),
+        ] {
+            if expected == "ERR" {
+                assert!(CanonicalPath::parse(raw).is_err(), "{raw:?}");
+            } else {
+                assert_eq!(canonical(raw), expected, "{raw:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn ambiguous_forms_are_refused_with_their_reason() {
+        for (raw, reason) in [
+            ("/a%2Fb", PathRefusal::EncodedSlash),
+            ("/a%2fb", PathRefusal::EncodedSlash),
+            ("/a%5Cb", PathRefusal::Backslash),
+            ("/a\\b", PathRefusal::Backslash),
+            ("/..", PathRefusal::AboveRoot),
+            ("/a/../../b", PathRefusal::AboveRoot),
+            ("/%2e%2e/etc", PathRefusal::AboveRoot),
+            ("/a/..;x/b", PathRefusal::DisguisedDotSegment),
+            ("/a/.;x/b", PathRefusal::DisguisedDotSegment),
+            ("/a/%2e%2e;/b", PathRefusal::DisguisedDotSegment),
+            ("/a/..%3B/b", PathRefusal::DisguisedDotSegment),
+            ("/a/;/../b", PathRefusal::ParametersOnlySegment),
+            ("/;jsessionid=1", PathRefusal::ParametersOnlySegment),
+            ("/a%00b", PathRefusal::ControlCharacter),
+            ("/a%0Ab", PathRefusal::ControlCharacter),
+            ("/a%7fb", PathRefusal::ControlCharacter),
+            ("/a\tb", PathRefusal::ControlCharacter),
+            ("/a%", PathRefusal::MalformedEscape),
+            ("/a%4", PathRefusal::MalformedEscape),
+            ("/a%zz", PathRefusal::MalformedEscape),
+            ("*", PathRefusal::NotAbsolute),
+            ("", PathRefusal::NotAbsolute),
+            ("admin", PathRefusal::NotAbsolute),
+        ] {
+            assert_eq!(CanonicalPath::parse(raw), Err(reason), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn match_form_decodes_parameters_and_trailing_slash_away() {
+        assert_eq!(
+            matched("/users/bob%40example.com/send"),
+            "/users/bob@example.com/send"
+        );
+        assert_eq!(matched("/admin;jsessionid=1/x"), "/admin/x");
+        assert_eq!(matched("/admin/x/"), "/admin/x");
+        assert_eq!(matched("/"), "/");
+        assert_eq!(matched("/a%20b"), "/a b");
+        // Not UTF-8 once decoded: kept escaped.
+        assert_eq!(matched("/a%FFb"), "/a%FFb");
+    }
+
+    #[test]
+    fn canonical_form_is_a_fixed_point() {
+        for raw in [
+            "/v1/../admin/x",
+            "//a//b/",
+            "/%61%62%63/%3a",
+            "/a;b/./c/..",
+            "/users/bob%40example.com/send",
+        ] {
+            let once = canonical(raw);
+            assert_eq!(canonical(&once), once, "{raw:?}");
+            assert_eq!(
+                CanonicalPath::parse(&once).unwrap().match_form(),
+                matched(raw),
+                "{raw:?}"
+            );
+        }
+    }
+
+    /// How a server that decodes everything reads a path (nginx, most frameworks):
+    /// decode every escape, drop `;parameters`, merge slashes, resolve dot segments.
+    /// `None` where it would climb above the root.
+    fn server_view(raw: &str) -> Option<String> {
+        let decoded = percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>();
+        let mut segments: Vec<Vec<u8>> = Vec::new();
+        for segment in decoded.split(|b| *b == b'/').skip(1) {
+            let segment = segment.split(|b| *b == b';').next().unwrap_or_default();
+            match segment {
+                b"" | b"." => {}
+                b".." => {
+                    segments.pop()?;
+                }
+                other => segments.push(other.to_vec()),
+            }
+        }
+        let mut out = Vec::new();
+        for segment in segments {
+            out.push(b'/');
+            out.extend(segment);
+        }
+        if out.is_empty() {
+            out.push(b'/');
+        }
+        Some(render_bytes(&out))
+    }
+
+    fn path_strategy() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just("/".to_string()),
+            Just("//".to_string()),
+            Just(".".to_string()),
+            Just("..".to_string()),
+            Just("%2e".to_string()),
+            Just("%2E".to_string()),
+            Just("%2f".to_string()),
+            Just("%5c".to_string()),
+            Just("%00".to_string()),
+            Just(";".to_string()),
+            Just("%3b".to_string()),
+            Just("%".to_string()),
+            Just("%41".to_string()),
+            Just("%61".to_string()),
+            Just("%7e".to_string()),
+            Just("%40".to_string()),
+            Just("%C3%A9".to_string()),
+            Just("\\".to_string()),
+            "[a-c]{1,3}",
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|pieces| format!("/{}", pieces.concat()))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn canonical_form_is_stable_and_holds_no_ambiguity(raw in path_strategy()) {
+            if let Ok(path) = CanonicalPath::parse(&raw) {
+                let text = path.as_str();
+                let again = CanonicalPath::parse(text).unwrap();
+                proptest::prop_assert_eq!(again.as_str(), text);
+                proptest::prop_assert_eq!(again.match_form(), path.match_form());
+                for bad in ["//", "/./", "/../", "%2F", "%2f", "%5C", "\\\\", "%00"] {
+                    proptest::prop_assert!(!text.contains(bad), "{:?} -> {:?}", raw, text);
+                }
+                proptest::prop_assert!(!text.ends_with("/.") && !text.ends_with("/.."));
+            }
+        }
+
+        /// What a decoding server reads is what patterns are compared with.
+        #[test]
+        fn match_form_is_what_a_decoding_server_reads(raw in path_strategy()) {
+            if let Ok(path) = CanonicalPath::parse(&raw) {
+                if let Some(server) = server_view(&raw) {
+                    proptest::prop_assert_eq!(path.match_form(), server.as_str(), "raw {:?}", raw);
+                }
+            } else if let Err(reason) = CanonicalPath::parse(&raw) {
+                // Refused only for what the reason names.
+                let lower = raw.to_ascii_lowercase();
+                let named = match reason {
+                    PathRefusal::EncodedSlash => lower.contains("%2f"),
+                    PathRefusal::Backslash => lower.contains("%5c") || raw.contains('\\'),
+                    PathRefusal::ControlCharacter => lower.contains("%00"),
+                    PathRefusal::MalformedEscape => raw.contains('%'),
+                    PathRefusal::AboveRoot => raw.contains("..") || lower.contains("%2e"),
+                    PathRefusal::DisguisedDotSegment | PathRefusal::ParametersOnlySegment => {
+                        raw.contains(';') || lower.contains("%3b")
+                    }
+                    PathRefusal::NotAbsolute => false,
+                };
+                proptest::prop_assert!(named, "{:?} refused as {:?}", raw, reason);
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! What one client connection may use: a place under the gateway's connection cap and
+//! under its agent's share, and time only while it is doing something.
+//!
+//! Without these, one agent's sandbox could open connections until the process ran out
+//! of descriptors and every agent was refused. So every connection holds a permit of
+//! the gateway-wide cap (taken at accept) and one of its agent's cap (at accept on an
+//! agent socket, at the first authenticated request on the TCP listener); the permits
+//! move with the connection into the TLS tunnel it opens. A connection with no request
+//! in flight is closed once it has been silent for the idle timeout (sooner if it never
+//! sent a request), so idle tunnels do not pile up.
+//!
+//! Written by hand: hyper offers a header-read timeout but no idle timeout that knows
+//! whether a request (a held one, a long stream) is still in flight.
+
+use crate::body::ProxyBody;
+use http_body::{Body, Frame, SizeHint};
+use palisade_policy::AgentName;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// The gateway-wide and per-agent connection caps.
+pub struct ConnectionLimits {
+    global: Arc<Semaphore>,
+    per_agent: Mutex<HashMap<AgentName, Arc<Semaphore>>>,
+    per_agent_max: usize,
+}
+
+impl ConnectionLimits {
+    pub fn new(global: usize, per_agent: usize) -> Self {
+        ConnectionLimits {
+            global: Arc::new(Semaphore::new(global.max(1))),
+            per_agent: Mutex::new(HashMap::new()),
+            per_agent_max: per_agent.max(1),
+        }
+    }
+
+    pub fn per_agent_max(&self) -> usize {
+        self.per_agent_max
+    }
+
+    /// A place under the gateway-wide cap, if one is free.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.global.clone().try_acquire_owned().ok()
+    }
+
+    /// A place under `agent`'s cap, if one is free.
+    pub fn admit_agent(&self, agent: &AgentName) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut map = self.per_agent.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(
+                map.entry(agent.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_agent_max))),
+            )
+        };
+        semaphore.try_acquire_owned().ok()
+    }
+
+    /// Forgets the share of agents that no longer exist (and hold no connection).
+    pub fn retain_agents(&self, keep: impl Fn(&AgentName) -> bool) {
+        let max = self.per_agent_max;
+        let mut map = self.per_agent.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|agent, semaphore| keep(agent) || semaphore.available_permits() < max);
+    }
+}
+
+/// The permits a connection holds, shared with the tunnel it opens.
+#[derive(Default)]
+pub struct ConnectionPermits {
+    held: Mutex<Vec<(Option<AgentName>, OwnedSemaphorePermit)>>,
+}
+
+impl ConnectionPermits {
+    pub fn with_global(permit: OwnedSemaphorePermit) -> Arc<Self> {
+        Arc::new(ConnectionPermits {
+            held: Mutex::new(vec![(None, permit)]),
+        })
+    }
+
+    pub fn hold(&self, agent: AgentName, permit: OwnedSemaphorePermit) {
+        self.lock().push((Some(agent), permit));
+    }
+
+    /// Whether this connection already counts against `agent`'s cap, or now does.
+    pub fn ensure_agent(&self, limits: &ConnectionLimits, agent: &AgentName) -> bool {
+        let mut held = self.lock();
+        if held.iter().any(|(a, _)| a.as_ref() == Some(agent)) {
+            return true;
+        }
+        match limits.admit_agent(agent) {
+            Some(permit) => {
+                held.push((Some(agent.clone()), permit));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Option<AgentName>, OwnedSemaphorePermit)>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Milliseconds since the first call (a monotonic clock an atomic can hold; tokio's, so
+/// tests with a paused clock see time move).
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// When a connection last moved a byte, and how many requests it has in flight.
+#[derive(Default)]
+pub struct Activity {
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    used: AtomicBool,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        let activity = Activity::default();
+        activity.last_ms.store(now_ms(), Ordering::Relaxed);
+        Arc::new(activity)
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Counts a request in flight until the returned guard (and the response body it is
+    /// moved into) is dropped.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.used.store(true, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        InFlight(Arc::clone(self))
+    }
+
+    /// Resolves when the connection has had no request in flight and moved no byte for
+    /// `idle` (`first` before its first request).
+    pub async fn idle(&self, first: Duration, idle: Duration) {
+        loop {
+            let limit = if self.used.load(Ordering::Relaxed) {
+                idle
+            } else {
+                first
+            };
+            let limit_ms = limit.as_millis() as u64;
+            let quiet_ms = now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed));
+            if self.in_flight.load(Ordering::Relaxed) == 0 && quiet_ms >= limit_ms {
+                return;
+            }
+            let wait = if self.in_flight.load(Ordering::Relaxed) > 0 {
+                limit
+            } else {
+                Duration::from_millis(limit_ms - quiet_ms.min(limit_ms))
+            };
+            tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
+        }
+    }
+}
+
+/// A request in flight on a connection.
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A response body that keeps its request counted in flight until it ends.
+pub struct Tracked {
+    inner: ProxyBody,
+    _in_flight: InFlight,
+}
+
+impl Tracked {
+    pub fn new(inner: ProxyBody, in_flight: InFlight) -> Self {
+        Tracked {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An I/O stream that records when it last moved a byte.
+pub struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I> Watched<I> {
+    pub fn new(io: I, activity: Arc<Activity>) -> Self {
+        Watched { io, activity }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_share_is_separate_from_others_and_returns_when_released() {
+        let limits = ConnectionLimits::new(10, 2);
+        let a: AgentName = "a".parse().unwrap();
+        let b: AgentName = "b".parse().unwrap();
+        let first = limits.admit_agent(&a).unwrap();
+        let _second = limits.admit_agent(&a).unwrap();
+        assert!(limits.admit_agent(&a).is_none());
+        assert!(limits.admit_agent(&b).is_some());
+        drop(first);
+        assert!(limits.admit_agent(&a).is_some());
+    }
+
+    #[test]
+    fn a_connection_counts_once_against_its_agent() {
+        let limits = ConnectionLimits::new(10, 1);
+        let a: AgentName = "a".parse().unwrap();
+        let permits = ConnectionPermits::with_global(limits.admit().unwrap());
+        assert!(permits.ensure_agent(&limits, &a));
+        assert!(
+            permits.ensure_agent(&limits, &a),
+            "the same connection again"
+        );
+        let other = ConnectionPermits::default();
+        assert!(!other.ensure_agent(&limits, &a), "a second connection of a");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_requests_in_flight() {
+        let activity = Activity::new();
+        let guard = activity.start_request();
+        let idle = activity.idle(Duration::from_secs(1), Duration::from_secs(5));
+        tokio::pin!(idle);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(30), &mut idle)
+                .await
+                .is_err(),
+            "idle while a request is in flight"
+        );
+        drop(guard);
+        assert!(tokio::time::timeout(Duration::from_secs(30), idle)
+            .await
+            .is_ok());
+    }
+}

@@ -1,0 +1,193 @@
+//! Phase 9, audit: the one place a request's audit row is written, whatever ended it.
+//!
+//! [`Pending`] is created before the first phase and finished with the decision; if
+//! the request's future is dropped first (the client went away while it was held or in
+//! flight), its `Drop` records `client_gone` for any request that had reached a hold or
+//! a credential. Refusals at the front door (407 without a valid token, a malformed
+//! CONNECT target) come through [`refused_at_front`]; rows from clients that never
+//! authenticated are rate-limited so nobody can fill the log without a token.
+
+use super::{Decision, Target};
+use crate::state::Shared;
+use palisade_policy::AgentName;
+use palisade_store::AuditEntry;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// What a request's audit row records, filled in as the phases learn it.
+pub(crate) struct Record {
+    pub agent: Option<String>,
+    pub method: String,
+    pub host: String,
+    /// Canonical once the canonical phase has run; as sent before that.
+    pub path: String,
+    pub rule: Option<String>,
+    pub secret: Option<String>,
+    pub approval_id: Option<String>,
+    pub actor: Option<String>,
+    pub detail: Option<serde_json::Value>,
+    started: Instant,
+}
+
+impl Record {
+    pub fn new(
+        agent: Option<&AgentName>,
+        method: &http::Method,
+        target: &Target,
+        path: &str,
+    ) -> Record {
+        Record::about(agent, method.as_str(), &target.host, path)
+    }
+
+    /// A record for a request that has no parsed target (front-door refusals).
+    pub fn about(agent: Option<&AgentName>, method: &str, host: &str, path: &str) -> Record {
+        Record {
+            agent: agent.map(AgentName::to_string),
+            method: method.chars().take(32).collect(),
+            host: host.chars().take(255).collect(),
+            path: path.chars().take(2048).collect(),
+            rule: None,
+            secret: None,
+            approval_id: None,
+            actor: None,
+            detail: None,
+            started: Instant::now(),
+        }
+    }
+
+    fn entry(self, decision: Decision, status: Option<u16>) -> AuditEntry {
+        AuditEntry {
+            event: "request".into(),
+            agent: self.agent,
+            method: Some(self.method),
+            host: Some(self.host),
+            path: Some(self.path),
+            decision: Some(decision.as_str().to_string()),
+            rule: self.rule,
+            secret: self.secret,
+            status,
+            latency_ms: Some(self.started.elapsed().as_secs_f64() * 1000.0),
+            actor: self.actor,
+            approval_id: self.approval_id,
+            detail: self.detail,
+        }
+    }
+}
+
+/// A request's row, written exactly once: by [`Pending::finish`], or on drop.
+pub(crate) struct Pending {
+    shared: Arc<Shared>,
+    record: Option<Record>,
+}
+
+impl Pending {
+    pub fn new(shared: &Arc<Shared>, record: Record) -> Pending {
+        Pending {
+            shared: Arc::clone(shared),
+            record: Some(record),
+        }
+    }
+
+    pub fn record(&mut self) -> &mut Record {
+        self.record
+            .as_mut()
+            .expect("the record is only taken by finish or drop")
+    }
+
+    pub async fn finish(mut self, decision: Decision, status: u16) {
+        let Some(record) = self.record.take() else {
+            return;
+        };
+        if decision.is_audited() {
+            self.shared
+                .audit
+                .record(record.entry(decision, Some(status)))
+                .await;
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(record) = self.record.take() else {
+            return;
+        };
+        // Plain traffic whose client left is not worth a row; a held or credentialed
+        // request is.
+        if record.approval_id.is_some() || record.secret.is_some() {
+            self.shared
+                .audit
+                .try_record(record.entry(Decision::ClientGone, None));
+        }
+    }
+}
+
+/// Rows about clients that never authenticated: at most a burst of this many, then
+/// this many per second; the rest are counted and the count goes on the next row.
+const UNAUTHENTICATED_BURST: f64 = 20.0;
+const UNAUTHENTICATED_PER_SECOND: f64 = 5.0;
+
+/// A token bucket for rows about unauthenticated clients.
+pub(crate) struct FrontDoorBudget {
+    state: Mutex<BudgetState>,
+}
+
+struct BudgetState {
+    tokens: f64,
+    refilled: Instant,
+    suppressed: u64,
+}
+
+impl Default for FrontDoorBudget {
+    fn default() -> Self {
+        FrontDoorBudget {
+            state: Mutex::new(BudgetState {
+                tokens: UNAUTHENTICATED_BURST,
+                refilled: Instant::now(),
+                suppressed: 0,
+            }),
+        }
+    }
+}
+
+impl FrontDoorBudget {
+    /// `Some(rows suppressed since the last one written)` when a row may be written.
+    fn take(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let elapsed = now.duration_since(state.refilled).as_secs_f64();
+        state.tokens =
+            (state.tokens + elapsed * UNAUTHENTICATED_PER_SECOND).min(UNAUTHENTICATED_BURST);
+        state.refilled = now;
+        if state.tokens >= 1.0 {
+            state.tokens -= 1.0;
+            Some(std::mem::take(&mut state.suppressed))
+        } else {
+            state.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// Records a refusal made before any phase ran (no token, bad target). Rows without a
+/// known agent are rate-limited by the gateway's [`FrontDoorBudget`].
+pub(crate) async fn refused_at_front(
+    shared: &Shared,
+    mut record: Record,
+    decision: Decision,
+    status: u16,
+) {
+    if record.agent.is_none() {
+        match shared.front_door.take() {
+            None => return,
+            Some(0) => {}
+            Some(suppressed) => {
+                record.detail = Some(serde_json::json!({ "similar_rows_suppressed": suppressed }));
+            }
+        }
+    }
+    shared
+        .audit
+        .record(record.entry(decision, Some(status)))
+        .await;
+}

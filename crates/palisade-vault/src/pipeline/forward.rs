@@ -1,0 +1,121 @@
+//! Phase 8, forward: hop-by-hop headers and the proxy credential are stripped, `Host`
+//! is rebuilt from the target (never the inner header), and the request goes upstream
+//! over the pooled client that fits: HTTP/2 where the agent spoke HTTP/2 and the
+//! server offers it, pooled HTTP/1.1 otherwise, a connection of its own for a WebSocket
+//! upgrade. Bodies stream both ways; redirects are passed back, never followed.
+
+use super::{error_chain, Decision, Refusal, Target};
+use crate::body::{ForwardBody, ProxyBody};
+use crate::net_guard::find_local_refused;
+use crate::respond::{is_websocket_upgrade, strip_hop_by_hop};
+use crate::state::Shared;
+use http::{Request, Response};
+use palisade_policy::{ErrorBody, GatewayErrorKind};
+
+pub(super) async fn forward(
+    shared: &Shared,
+    target: &Target,
+    mut parts: http::request::Parts,
+    body: ForwardBody,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let host = target.host.as_str();
+    let agent_version = parts.version;
+    let head_request = parts.method == http::Method::HEAD;
+    let websocket = parts.version == http::Version::HTTP_11 && is_websocket_upgrade(&parts.headers);
+    let client_upgrade = if websocket {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    strip_hop_by_hop(&mut parts.headers, websocket);
+    parts.headers.remove(http::header::HOST);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let Some(uri) = target.uri(path_and_query) else {
+        return Err(Refusal::of(
+            Decision::BadRequest,
+            GatewayErrorKind::BadRequest,
+            host,
+        ));
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+    let request = Request::from_parts(parts, body);
+    let client = if websocket {
+        &shared.upstream.upgrades
+    } else if agent_version == http::Version::HTTP_2 {
+        &shared.upstream.pooled
+    } else {
+        &shared.upstream.http1
+    };
+    let sent = tokio::time::timeout(shared.upstream.header_timeout, client.request(request)).await;
+    let mut response = match sent {
+        Err(_) => {
+            return Err(Refusal::of(
+                Decision::UpstreamTimeout,
+                GatewayErrorKind::UpstreamTimeout,
+                host,
+            ))
+        }
+        Ok(Err(e)) => {
+            if find_local_refused(&e).is_some() {
+                return Err(Refusal::of(
+                    Decision::LocalRefused,
+                    GatewayErrorKind::LocalUpstreamRefused,
+                    host,
+                ));
+            }
+            let cause = error_chain(&e);
+            tracing::debug!(host, error = %cause, "upstream request failed");
+            return Err(Refusal::new(
+                Decision::UpstreamUnreachable,
+                ErrorBody::new(GatewayErrorKind::UpstreamUnreachable, host).with_message(format!(
+                    "Could not reach {host}: {cause}. Check the host name, or retry later."
+                )),
+            ));
+        }
+        Ok(Ok(response)) => response,
+    };
+    let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
+                    let mut client = hyper_util::rt::TokioIo::new(client);
+                    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    }
+    let close_delimited = !head_request && is_close_delimited(&response);
+    let (mut head, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut head.headers, switching);
+    let body = if switching {
+        ProxyBody::empty()
+    } else {
+        ProxyBody::upstream(incoming, shared.upstream.idle_timeout, close_delimited)
+    };
+    Ok(Response::from_parts(head, body))
+}
+
+/// An HTTP/1.x response whose body ends when the connection closes: no length, no
+/// chunking, and a status that has a body.
+fn is_close_delimited<B>(response: &Response<B>) -> bool {
+    let status = response.status();
+    response.version() <= http::Version::HTTP_11
+        && !status.is_informational()
+        && status != http::StatusCode::NO_CONTENT
+        && status != http::StatusCode::NOT_MODIFIED
+        && !response
+            .headers()
+            .contains_key(http::header::CONTENT_LENGTH)
+        && !response
+            .headers()
+            .contains_key(http::header::TRANSFER_ENCODING)
+}

@@ -1,0 +1,281 @@
+//! Phase 6, hold: a request a `require_approval` rule matched waits for a person.
+//!
+//! What is approved is what is sent: the whole body is read before the approval is
+//! shown (up to `--max-judged-body`; a larger one is refused with 413
+//! `request_too_large_for_approval`), the summary is built from all of it, the card
+//! carries its size and SHA-256, and exactly those bytes go upstream. Holds are bounded:
+//! a per-agent share of the hold table is reserved first (429
+//! `too_many_pending_approvals` beyond it), the wait ends on a decision, the expiry or
+//! shutdown, and a client that goes away cancels its approval and frees its slot.
+
+use super::{audit, policy, Decision, Refusal, RequestBody, Scheme, Target};
+use crate::holds::{HoldOutcome, HoldsFull};
+use crate::state::Shared;
+use palisade_policy::{
+    AgentName, CanonicalPath, ErrorBody, GatewayErrorKind, RulePolicy, SecretPolicy,
+};
+use palisade_store::{ApprovalStatus, NewApproval};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// Characters of the body shown in the approval's context (the summary has its own).
+const BODY_PREVIEW_CHARS: usize = 2000;
+
+/// The request being held, as the hold phase needs it.
+pub(super) struct Held<'a> {
+    pub agent: &'a AgentName,
+    pub target: &'a Target,
+    pub parts: &'a http::request::Parts,
+    pub path: &'a CanonicalPath,
+    pub rule: &'a RulePolicy,
+    pub secret: Option<&'a SecretPolicy>,
+}
+
+pub(super) async fn hold(
+    shared: &Arc<Shared>,
+    held: Held<'_>,
+    body: &mut RequestBody,
+    audit: &mut audit::Pending,
+) -> Result<(), Refusal> {
+    let host = held.target.host.as_str();
+    let mut slot = shared.holds.reserve(held.agent).map_err(|full| {
+        let message = match full {
+            HoldsFull::Agent => format!(
+                "Agent {} already has {} requests waiting for a person's approval, the most it may have; this request to {host} was not held. Wait for a decision on those, then retry.",
+                held.agent, shared.config.max_holds_per_agent
+            ),
+            HoldsFull::Gateway => format!(
+                "The gateway holds as many requests for approval as it can; this request to {host} was not held. Retry later."
+            ),
+        };
+        Refusal::new(
+            Decision::TooManyPendingApprovals,
+            ErrorBody::new(GatewayErrorKind::TooManyPendingApprovals, host).with_rule(&held.rule.name).with_message(message),
+        )
+    })?;
+    let limit = shared.config.max_judged_body;
+    let data = body.read(limit).await.map_err(|e| {
+        policy::read_refusal(
+            e,
+            host,
+            Decision::TooLargeForApproval,
+            GatewayErrorKind::RequestTooLargeForApproval,
+        )
+    })?;
+    let view = policy::decoded_view(&held.parts.headers, data, limit, host)?;
+    let new = approval_for(shared, &held, data, &view);
+
+    let store = shared.store.clone();
+    let created = tokio::task::spawn_blocking(move || store.create_approval(new)).await;
+    let approval = match created {
+        Ok(Ok(approval)) => approval,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not record an approval");
+            return Err(restarting(host));
+        }
+        Err(_) => return Err(restarting(host)),
+    };
+    let id = approval.id.clone();
+    audit.record().approval_id = Some(id.clone());
+    tracing::info!(approval = %id, title = %approval.title, "request held for approval");
+    // From here on, a client that goes away (the future is dropped) cancels the
+    // approval: nobody should approve a request that can no longer be sent.
+    let mut cancel = CancelOnDrop {
+        shared: Arc::clone(shared),
+        id: Some(id.clone()),
+    };
+    let decided = slot.wait_for(&id);
+    let mut shutdown = shared.shutdown.clone();
+    let outcome = tokio::select! {
+        decided = decided => decided.unwrap_or(HoldOutcome::Cancelled),
+        _ = tokio::time::sleep(shared.config.approval_timeout) => {
+            close(shared, &id, ApprovalStatus::TimedOut).await
+        }
+        _ = crate::stopped(&mut shutdown) => {
+            close(shared, &id, ApprovalStatus::Cancelled).await
+        }
+    };
+    cancel.id = None;
+    drop(slot);
+    let rule = &held.rule.name;
+    match outcome {
+        HoldOutcome::Approved { approver } => {
+            audit.record().actor = approver;
+            Ok(())
+        }
+        HoldOutcome::Denied { approver, comment } => {
+            audit.record().actor = approver.clone();
+            let mut body = ErrorBody::new(GatewayErrorKind::ApprovalDenied, host).with_rule(rule);
+            body.approval_id = Some(id);
+            body.approver = approver;
+            body.comment = comment;
+            Err(Refusal::new(Decision::Denied, body))
+        }
+        HoldOutcome::TimedOut => Err(Refusal::new(
+            Decision::TimedOut,
+            ErrorBody::new(GatewayErrorKind::ApprovalTimedOut, host)
+                .with_rule(rule)
+                .with_approval_id(id),
+        )),
+        HoldOutcome::Cancelled => Err(Refusal::of(
+            Decision::Cancelled,
+            GatewayErrorKind::GatewayRestarting,
+            host,
+        )),
+    }
+}
+
+/// The approval a person is shown: a summary of the whole body, and its size and
+/// digest, so the bytes approved can be told apart from any others.
+fn approval_for(shared: &Shared, held: &Held<'_>, data: &[u8], view: &[u8]) -> NewApproval {
+    let target = held.target;
+    let parts = held.parts;
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{}?{query}", held.path),
+        None => held.path.to_string(),
+    };
+    // The summary shows the scheme and any non-default port of the real target.
+    let shown_target = match target.scheme {
+        Scheme::Http => format!("http://{}{path_and_query}", target.authority()),
+        Scheme::Https => path_and_query.clone(),
+    };
+    let mut summary = palisade_policy::summary::summarize(
+        &parts.method,
+        &target.authority(),
+        &shown_target,
+        &parts.headers,
+        view,
+    );
+    let digest = hex::encode(Sha256::digest(data));
+    if !data.is_empty() {
+        summary.lines.push(format!(
+            "Body: {} bytes, SHA-256 {}…",
+            data.len(),
+            &digest[..16]
+        ));
+        summary.detail.push_str(&format!(
+            "\n\nBody sent if approved: {} bytes, SHA-256 {digest}",
+            data.len()
+        ));
+    }
+    let url = match target.uri("/") {
+        Some(base) => format!(
+            "{}{}",
+            base.to_string().trim_end_matches('/'),
+            redact_query(&path_and_query)
+        ),
+        None => redact_query(&path_and_query),
+    };
+    let context = serde_json::json!({
+        "method": parts.method.as_str(),
+        "url": url,
+        "host": target.host,
+        "path": held.path.as_str(),
+        "headers": redacted_headers(&parts.headers),
+        "bodyPreview": String::from_utf8_lossy(view).chars().take(BODY_PREVIEW_CHARS).collect::<String>(),
+        "bodyBytes": data.len(),
+        "bodySha256": digest,
+        "rule": held.rule.name,
+        "secret": held.secret.map(|s| s.name.clone()),
+    });
+    NewApproval {
+        kind: "credential_use".into(),
+        agent: held.agent.clone(),
+        title: summary.title,
+        lines: summary.lines,
+        detail: summary.detail,
+        context,
+        expires_at_ms: palisade_store::now_ms()
+            + i64::try_from(shared.config.approval_timeout.as_millis()).unwrap_or(i64::MAX / 2),
+    }
+}
+
+fn restarting(host: &str) -> Refusal {
+    Refusal::of(
+        Decision::GatewayRestarting,
+        GatewayErrorKind::GatewayRestarting,
+        host,
+    )
+}
+
+/// Closes a pending approval; if a decision raced in first, that decision stands.
+async fn close(shared: &Shared, id: &str, status: ApprovalStatus) -> HoldOutcome {
+    let store = shared.store.clone();
+    let owned = id.to_string();
+    let closed = tokio::task::spawn_blocking(move || store.close_approval(&owned, status)).await;
+    match closed {
+        Ok(Ok(approval)) => HoldOutcome::from_approval(&approval).unwrap_or(HoldOutcome::TimedOut),
+        _ => match status {
+            ApprovalStatus::Cancelled => HoldOutcome::Cancelled,
+            _ => HoldOutcome::TimedOut,
+        },
+    }
+}
+
+/// Cancels the approval when the held request's future is dropped before it ended
+/// (the client closed its connection or stream).
+struct CancelOnDrop {
+    shared: Arc<Shared>,
+    id: Option<String>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        tracing::info!(approval = %id, "the client went away while its request was held; approval cancelled");
+        let store = self.shared.store.clone();
+        let closing = move || {
+            if let Err(e) = store.close_approval(&id, ApprovalStatus::Cancelled) {
+                tracing::warn!(approval = %id, error = %e, "could not cancel an abandoned approval");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(closing);
+            }
+            Err(_) => closing(),
+        }
+    }
+}
+
+/// Header names and values for a person's eyes, with anything credential-like hidden
+/// (the same naming test the approval summaries use).
+pub fn redacted_headers(headers: &http::HeaderMap) -> serde_json::Map<String, serde_json::Value> {
+    let mut map = serde_json::Map::new();
+    for (name, value) in headers {
+        let shown = if palisade_policy::summary::is_secret_name(name.as_str()) {
+            "[redacted]".to_string()
+        } else {
+            String::from_utf8_lossy(value.as_bytes())
+                .chars()
+                .take(200)
+                .collect()
+        };
+        map.insert(name.as_str().to_string(), serde_json::Value::String(shown));
+    }
+    map
+}
+
+/// The path with values of credential-like query parameters hidden.
+fn redact_query(path_and_query: &str) -> String {
+    match path_and_query.split_once('?') {
+        Some((path, query)) => {
+            format!("{path}?{}", palisade_policy::summary::redacted_query(query))
+        }
+        None => path_and_query.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_like_query_values_are_hidden() {
+        assert_eq!(
+            redact_query("/x?api_key=abc&q=cats&token=zz"),
+            "/x?api_key=[redacted]&q=cats&token=[redacted]"
+        );
+        assert_eq!(redact_query("/plain"), "/plain");
+    }
+}

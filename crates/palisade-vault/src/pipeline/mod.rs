@@ -1,0 +1,175 @@
+//! The phases one agent request goes through, in order, each in its own file:
+//!
+//! admit (the gateway is up, the agent still exists) → canonical (one spelling of the
+//! path, ambiguous ones refused) → local (no loopback, private or own address) → policy
+//! (match rules and secrets, reading the body when a body rule may decide) → rate
+//! (count rate limits) → hold (read the whole body, ask a person, wait) → inject (write
+//! the credential) → forward (send exactly what was judged) → audit (one row for every
+//! outcome, written in one place).
+//!
+//! Each phase returns the next step or a [`Refusal`]; [`handle`] turns whichever comes
+//! back into the response and the audit row, so no exit can skip the audit. Every
+//! refusal happens before a byte is sent upstream.
+
+mod admit;
+pub(crate) mod audit;
+mod canonical;
+mod forward;
+mod hold;
+mod inject;
+mod local;
+mod outcome;
+mod policy;
+mod rate;
+mod target;
+
+pub use outcome::{Decision, Refusal};
+pub use target::{Scheme, Target};
+
+use crate::body::{ForwardBody, ProxyBody, ReadError};
+use crate::state::Shared;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use palisade_policy::{AgentName, RequestFacts, Verdict};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the gateway waits for a body it must read before judging the request.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs one request through the phases; never fails at the HTTP level (refusals are responses).
+pub async fn handle(
+    shared: Arc<Shared>,
+    agent: AgentName,
+    target: Arc<Target>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let mut audit = audit::Pending::new(
+        &shared,
+        audit::Record::new(Some(&agent), &parts.method, &target, parts.uri.path()),
+    );
+    let (decision, response) = match run(&shared, &agent, &target, parts, body, &mut audit).await {
+        Ok((decision, response)) => (decision, response),
+        Err(refusal) => (refusal.decision, refusal.response()),
+    };
+    audit.finish(decision, response.status().as_u16()).await;
+    Ok(response)
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    agent: &AgentName,
+    target: &Target,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    audit: &mut audit::Pending,
+) -> Result<(Decision, Response<ProxyBody>), Refusal> {
+    let (snapshot, profile) = admit::admit(shared, agent, &target.host)?;
+    let path = canonical::canonicalize(&mut parts, target)?;
+    audit.record().path = path.as_str().to_string();
+    local::refuse_local(shared, target)?;
+
+    let mut body = RequestBody::Unread(body);
+    let facts = RequestFacts {
+        agent,
+        profile,
+        method: &parts.method,
+        host: &target.host,
+        path: &path,
+        body: None,
+        now_ms: palisade_store::now_ms(),
+    };
+    let evaluation =
+        policy::judge(shared, &snapshot.policy, facts, &parts.headers, &mut body).await?;
+    match evaluation.verdict {
+        Verdict::Block { rule } => {
+            audit.record().rule = Some(rule.name.clone());
+            return Err(policy::blocked(&target.host, rule));
+        }
+        Verdict::DefaultDeny => return Err(policy::default_denied(&target.host, agent)),
+        Verdict::Allow | Verdict::RequireApproval { .. } => {}
+    }
+    rate::count(shared, agent, &evaluation.rate_limits, &target.host, audit).await?;
+
+    let mut decision = Decision::Allowed;
+    if let Verdict::RequireApproval { rule } = evaluation.verdict {
+        audit.record().rule = Some(rule.name.clone());
+        let approval = hold::Held {
+            agent,
+            target,
+            parts: &parts,
+            path: &path,
+            rule,
+            secret: evaluation.secret,
+        };
+        hold::hold(shared, approval, &mut body, audit).await?;
+        decision = Decision::Approved;
+    }
+    if let Some(secret) = evaluation.secret {
+        audit.record().secret = Some(secret.name.clone());
+        inject::inject(shared, target, secret, &mut parts)?;
+        if decision == Decision::Allowed {
+            decision = Decision::Injected;
+        }
+    }
+    let response = forward::forward(shared, target, parts, body.into_forward()).await?;
+    Ok((decision, response))
+}
+
+/// The agent's request body as the phases see it: still unread (it will be streamed),
+/// or read whole because a rule or an approval had to look at it.
+pub(crate) enum RequestBody {
+    Unread(Incoming),
+    Read {
+        data: Bytes,
+        trailers: Option<http::HeaderMap>,
+    },
+    /// Taken by a failed read; nothing is forwarded after that.
+    Gone,
+}
+
+impl RequestBody {
+    /// The whole body, read once (at most `limit` bytes) and kept for forwarding.
+    async fn read(&mut self, limit: usize) -> Result<&Bytes, ReadError> {
+        if let RequestBody::Unread(_) = self {
+            let RequestBody::Unread(incoming) = std::mem::replace(self, RequestBody::Gone) else {
+                unreachable!("checked just above")
+            };
+            let (data, trailers) =
+                ForwardBody::read_whole(incoming, limit, BODY_READ_TIMEOUT).await?;
+            *self = RequestBody::Read { data, trailers };
+        }
+        match self {
+            RequestBody::Read { data, .. } => Ok(data),
+            _ => Err(ReadError::Failed("the body was already consumed".into())),
+        }
+    }
+
+    fn into_forward(self) -> ForwardBody {
+        match self {
+            RequestBody::Unread(incoming) => ForwardBody::Streaming(incoming),
+            RequestBody::Read { data, trailers } => ForwardBody::Buffered {
+                data: Some(data),
+                trailers,
+            },
+            RequestBody::Gone => ForwardBody::empty(),
+        }
+    }
+}
+
+/// One line: the error and its causes, joined.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut current = error.source();
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ").replace('\n', " ")
+}

@@ -1,0 +1,131 @@
+//! How a request ended, as one value: the decision its audit row records and, for a
+//! refusal, the answer the agent gets. Every phase returns either the next step or a
+//! [`Refusal`]; nothing else can end a request.
+
+use crate::body::ProxyBody;
+use crate::respond::refusal;
+use http::Response;
+use palisade_policy::{ErrorBody, GatewayErrorKind};
+
+/// The decision recorded for a request (`audit.decision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Forwarded with no credential and no approval: not written to the audit log, so
+    /// plain traffic costs no write.
+    Allowed,
+    /// Forwarded with a credential injected.
+    Injected,
+    /// Forwarded after a person approved it.
+    Approved,
+    /// No or unknown proxy token (TCP listener).
+    ProxyAuthRequired,
+    /// A request the gateway cannot parse (bad CONNECT target, missing host).
+    BadRequest,
+    /// A path spelled in a form upstreams read differently (see `palisade_policy::canonical`).
+    AmbiguousPath,
+    /// The agent was deleted while its connection was open.
+    AgentGone,
+    /// The gateway is shutting down, or its store failed.
+    GatewayRestarting,
+    /// The agent already has as many connections as it may.
+    TooManyConnections,
+    /// A loopback, private or own address, or the host's control plane.
+    LocalRefused,
+    /// A block rule matched.
+    Blocked,
+    /// An action-profile agent asked for a host nothing names.
+    DefaultDenied,
+    /// The body a rule or an approval needed could not be read.
+    BodyUnreadable,
+    /// The body a body rule needed is larger than the gateway reads.
+    TooLargeToInspect,
+    /// The body of a request held for approval is larger than the gateway reads.
+    TooLargeForApproval,
+    /// The body is compressed in a way the gateway cannot read to judge it.
+    UnsupportedEncoding,
+    /// A rate-limit rule's window is full.
+    RateLimited,
+    /// The agent already has as many requests waiting for approval as it may.
+    TooManyPendingApprovals,
+    /// A person denied it.
+    Denied,
+    /// Nobody decided in time.
+    TimedOut,
+    /// The gateway shut down while it was held.
+    Cancelled,
+    /// The client went away while it was held or in flight.
+    ClientGone,
+    /// A credential would have crossed the network in clear text.
+    PlaintextRefused,
+    /// The credential could not be written into this request.
+    InjectionFailed,
+    /// The upstream did not send response headers in time.
+    UpstreamTimeout,
+    /// The upstream could not be reached.
+    UpstreamUnreachable,
+}
+
+impl Decision {
+    /// The spelling stored in the audit log and filtered on by `palisade audit list --decision`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Injected => "injected",
+            Decision::Approved => "approved",
+            Decision::ProxyAuthRequired => "proxy_auth_required",
+            Decision::BadRequest => "bad_request",
+            Decision::AmbiguousPath => "ambiguous_path",
+            Decision::AgentGone => "agent_gone",
+            Decision::GatewayRestarting => "gateway_restarting",
+            Decision::TooManyConnections => "too_many_connections",
+            Decision::LocalRefused => "local_refused",
+            Decision::Blocked => "blocked",
+            Decision::DefaultDenied => "default_denied",
+            Decision::BodyUnreadable => "body_unreadable",
+            Decision::TooLargeToInspect => "too_large_to_inspect",
+            Decision::TooLargeForApproval => "too_large_for_approval",
+            Decision::UnsupportedEncoding => "unsupported_encoding",
+            Decision::RateLimited => "rate_limited",
+            Decision::TooManyPendingApprovals => "too_many_pending_approvals",
+            Decision::Denied => "denied",
+            Decision::TimedOut => "timed_out",
+            Decision::Cancelled => "cancelled",
+            Decision::ClientGone => "client_gone",
+            Decision::PlaintextRefused => "plaintext_refused",
+            Decision::InjectionFailed => "injection_failed",
+            Decision::UpstreamTimeout => "upstream_timeout",
+            Decision::UpstreamUnreachable => "upstream_unreachable",
+        }
+    }
+
+    /// Whether the request gets an audit row: everything but plain allowed traffic.
+    pub fn is_audited(self) -> bool {
+        self != Decision::Allowed
+    }
+}
+
+/// A request the gateway answers itself: the decision to record and the JSON body
+/// (boxed: refusals are the rare path, and every phase's result carries one).
+#[derive(Debug)]
+pub struct Refusal {
+    pub decision: Decision,
+    pub body: Box<ErrorBody>,
+}
+
+impl Refusal {
+    pub fn new(decision: Decision, body: ErrorBody) -> Self {
+        Refusal {
+            decision,
+            body: Box::new(body),
+        }
+    }
+
+    /// The refusal of `kind` with its default message about `host`.
+    pub fn of(decision: Decision, kind: GatewayErrorKind, host: &str) -> Self {
+        Refusal::new(decision, ErrorBody::new(kind, host))
+    }
+
+    pub fn response(&self) -> Response<ProxyBody> {
+        refusal(&self.body)
+    }
+}

@@ -1,0 +1,191 @@
+//! Phase 4, policy: rules and secrets are matched (`palisade_policy`), per layer the
+//! first matching rule by priority, the stricter layer winning. When a rule that looks
+//! inside bodies (`--body-contains`) may decide, the whole body is read first (up to
+//! `--max-judged-body`; larger is refused, never judged on a part), and a gzip or
+//! deflate body is judged decoded, so compression cannot hide what a rule looks for.
+
+use super::{Decision, Refusal, RequestBody};
+use crate::body::ReadError;
+use crate::state::Shared;
+use palisade_policy::{
+    AgentName, ErrorBody, Evaluation, GatewayErrorKind, PolicySet, RequestFacts, RulePolicy,
+};
+use std::borrow::Cow;
+use std::io::Read;
+
+pub(super) async fn judge<'p>(
+    shared: &Shared,
+    policy: &'p PolicySet,
+    facts: RequestFacts<'_>,
+    headers: &http::HeaderMap,
+    body: &mut RequestBody,
+) -> Result<Evaluation<'p>, Refusal> {
+    if !policy.needs_body(&facts) {
+        return Ok(policy.evaluate(&facts));
+    }
+    let limit = shared.config.max_judged_body;
+    let data = body.read(limit).await.map_err(|e| {
+        read_refusal(
+            e,
+            facts.host,
+            Decision::TooLargeToInspect,
+            GatewayErrorKind::RequestTooLargeToInspect,
+        )
+    })?;
+    let view = decoded_view(headers, data, limit, facts.host)?;
+    let judged = RequestFacts {
+        body: Some(&view),
+        ..facts
+    };
+    Ok(policy.evaluate(&judged))
+}
+
+pub(super) fn blocked(host: &str, rule: &RulePolicy) -> Refusal {
+    Refusal::new(
+        Decision::Blocked,
+        ErrorBody::new(GatewayErrorKind::BlockedByPolicy, host).with_rule(&rule.name),
+    )
+}
+
+pub(super) fn default_denied(host: &str, agent: &AgentName) -> Refusal {
+    Refusal::new(
+        Decision::DefaultDenied,
+        ErrorBody::for_agent(
+            GatewayErrorKind::BlockedByDefaultPolicy,
+            host,
+            Some(agent.as_str()),
+        ),
+    )
+}
+
+/// A body that could not be read whole: too large (`decision`/`kind` say for what) or broken.
+pub(super) fn read_refusal(
+    error: ReadError,
+    host: &str,
+    decision: Decision,
+    kind: GatewayErrorKind,
+) -> Refusal {
+    match error {
+        ReadError::TooLarge { .. } => Refusal::of(decision, kind, host),
+        other => Refusal::new(
+            Decision::BodyUnreadable,
+            ErrorBody::new(GatewayErrorKind::BadRequest, host)
+                .with_message(format!("could not read the request body: {other}")),
+        ),
+    }
+}
+
+/// The body as the upstream will understand it: decoded when it is sent compressed
+/// (`Content-Encoding: gzip` or `deflate`, at most `limit` bytes once decoded), refused
+/// when compressed in any other way.
+pub(super) fn decoded_view<'b>(
+    headers: &http::HeaderMap,
+    data: &'b [u8],
+    limit: usize,
+    host: &str,
+) -> Result<Cow<'b, [u8]>, Refusal> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(http::header::CONTENT_ENCODING) {
+        let Ok(text) = value.to_str() else {
+            return Err(unsupported(host));
+        };
+        codings.extend(
+            text.split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .filter(|c| !c.is_empty() && c != "identity"),
+        );
+    }
+    let decoded = match codings.as_slice() {
+        [] => return Ok(Cow::Borrowed(data)),
+        [one] if one == "gzip" || one == "x-gzip" => {
+            read_limited(flate2::read::MultiGzDecoder::new(data), limit)
+        }
+        [one] if one == "deflate" => read_limited(flate2::read::ZlibDecoder::new(data), limit),
+        _ => return Err(unsupported(host)),
+    };
+    match decoded {
+        Some(Ok(bytes)) => Ok(Cow::Owned(bytes)),
+        Some(Err(_)) => Err(Refusal::new(
+            Decision::BodyUnreadable,
+            ErrorBody::new(GatewayErrorKind::BadRequest, host).with_message(
+                "The request body does not decode with its Content-Encoding; send it uncompressed or correctly compressed.",
+            ),
+        )),
+        None => Err(Refusal::of(
+            Decision::TooLargeToInspect,
+            GatewayErrorKind::RequestTooLargeToInspect,
+            host,
+        )),
+    }
+}
+
+/// Reads a decoder to its end; `None` when it yields more than `limit` bytes.
+fn read_limited(reader: impl Read, limit: usize) -> Option<std::io::Result<Vec<u8>>> {
+    let mut out = Vec::new();
+    match reader.take(limit as u64 + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() > limit => None,
+        Ok(_) => Some(Ok(out)),
+        Err(e) => Some(Err(e)),
+    }
+}
+
+fn unsupported(host: &str) -> Refusal {
+    Refusal::of(
+        Decision::UnsupportedEncoding,
+        GatewayErrorKind::UnsupportedContentEncoding,
+        host,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn headers(encoding: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_ENCODING,
+            http::HeaderValue::from_str(encoding).unwrap(),
+        );
+        h
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn compressed_bodies_are_judged_decoded() {
+        let plain = br#"{"to":"attacker@evil.example"}"#;
+        let compressed = gzip(plain);
+        let view = decoded_view(&headers("gzip"), &compressed, 1024, "h").unwrap();
+        assert_eq!(&view[..], plain);
+        let view = decoded_view(&http::HeaderMap::new(), plain, 1024, "h").unwrap();
+        assert_eq!(&view[..], plain);
+        let view = decoded_view(&headers("identity"), plain, 1024, "h").unwrap();
+        assert_eq!(&view[..], plain);
+    }
+
+    #[test]
+    fn unknown_stacked_broken_and_oversized_encodings_are_refused() {
+        let plain = b"hello";
+        for encoding in ["br", "zstd", "gzip, gzip", "compress"] {
+            let refused = decoded_view(&headers(encoding), plain, 1024, "h").unwrap_err();
+            assert_eq!(
+                refused.decision,
+                Decision::UnsupportedEncoding,
+                "{encoding}"
+            );
+        }
+        let broken = decoded_view(&headers("gzip"), b"not gzip", 1024, "h").unwrap_err();
+        assert_eq!(broken.decision, Decision::BodyUnreadable);
+        // A small body that decodes past the limit (a zip bomb) is refused, not read.
+        let bomb = gzip(&vec![b'a'; 1 << 20]);
+        assert!(bomb.len() < 4096);
+        let refused = decoded_view(&headers("gzip"), &bomb, 64 * 1024, "h").unwrap_err();
+        assert_eq!(refused.decision, Decision::TooLargeToInspect);
+    }
+}

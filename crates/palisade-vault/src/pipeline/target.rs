@@ -1,0 +1,168 @@
+//! Where a request goes: the CONNECT target of a tunnel (never the inner `Host`
+//! header) or the authority of an absolute-form request, so the host that policy judged
+//! is the host that is reached.
+
+use http::Uri;
+use std::net::IpAddr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// Where a request goes: for tunnels the CONNECT target, never the inner `Host` header,
+/// so the host that policy judged is the host that is reached.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub scheme: Scheme,
+    /// Lower case; IPv6 without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    /// Parses `host:port` (CONNECT) with `default_port` when the port is absent.
+    pub fn parse_authority(authority: &str, scheme: Scheme) -> Option<Target> {
+        let default_port = match scheme {
+            Scheme::Https => 443,
+            Scheme::Http => 80,
+        };
+        let authority: http::uri::Authority = authority.parse().ok()?;
+        if authority.as_str().contains('@') {
+            return None;
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if host.is_empty() || host.len() > 253 {
+            return None;
+        }
+        let valid = host.parse::<IpAddr>().is_ok()
+            || host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+        if !valid || is_ambiguous_numeric_host(&host) {
+            return None;
+        }
+        // `Authority` accepts an out-of-range port and then reports none; refuse it
+        // rather than silently connecting to the default port.
+        let after_host = &authority.as_str()[authority.host().len()..];
+        let port = match after_host.strip_prefix(':') {
+            None if after_host.is_empty() => default_port,
+            Some(digits) => digits.parse::<u16>().ok().filter(|p| *p != 0)?,
+            None => return None,
+        };
+        Some(Target { scheme, host, port })
+    }
+
+    pub fn from_uri(uri: &Uri) -> Option<Target> {
+        let scheme = match uri.scheme_str() {
+            Some("https") => Scheme::Https,
+            Some("http") => Scheme::Http,
+            _ => return None,
+        };
+        Target::parse_authority(uri.authority()?.as_str(), scheme)
+    }
+
+    /// `host[:port]` as a URL names it (port only when not the scheme's default).
+    pub fn authority(&self) -> String {
+        let default = match self.scheme {
+            Scheme::Https => 443,
+            Scheme::Http => 80,
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// The absolute URI of `path_and_query` at this target.
+    pub fn uri(&self, path_and_query: &str) -> Option<Uri> {
+        let scheme = match self.scheme {
+            Scheme::Https => "https",
+            Scheme::Http => "http",
+        };
+        format!("{scheme}://{}{path_and_query}", self.authority())
+            .parse()
+            .ok()
+    }
+}
+
+/// A name whose last label is numeric (`127.1`, `2130706433`, `0x7f.0.0.1`,
+/// `0177.0.0.1`) is no DNS name (no top-level domain is numeric), but resolvers read it
+/// as an IPv4 address in some legacy spelling: a rule naming `127.0.0.1` would not match
+/// it while the connection reaches that address. Only the dotted-decimal spelling of an
+/// IPv4 address is accepted, so every IPv4 host has one form.
+fn is_ambiguous_numeric_host(host: &str) -> bool {
+    if host.contains(':') || host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return false;
+    }
+    let last = host
+        .trim_end_matches('.')
+        .rsplit('.')
+        .next()
+        .unwrap_or_default();
+    let lower = last.to_ascii_lowercase();
+    !last.is_empty()
+        && (last.bytes().all(|b| b.is_ascii_digit())
+            || (lower.starts_with("0x") && lower[2..].bytes().all(|b| b.is_ascii_hexdigit())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_targets_parse_and_reject_garbage() {
+        let t = Target::parse_authority("API.Example.com:8443", Scheme::Https).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("api.example.com", 8443));
+        let t = Target::parse_authority("[::1]:443", Scheme::Https).unwrap();
+        assert_eq!(t.host, "::1");
+        assert_eq!(t.authority(), "[::1]");
+        for fine in [
+            "10.0.0.1:443",
+            "a1.example:443",
+            "x.0xff.example:443",
+            "123.example.com",
+        ] {
+            assert!(
+                Target::parse_authority(fine, Scheme::Https).is_some(),
+                "{fine}"
+            );
+        }
+        assert_eq!(
+            Target::parse_authority("example.com", Scheme::Https)
+                .unwrap()
+                .port,
+            443
+        );
+        for bad in [
+            "",
+            ":443",
+            "user@host:443",
+            "ho st:443",
+            "host:99999",
+            "a/b:1",
+            "127.1:443",
+            "2130706433:443",
+            "0x7f.0.0.1:443",
+            "0177.0.0.1:443",
+            "127.0.0.1.:443",
+            "1.2.3.04:443",
+        ] {
+            assert!(
+                Target::parse_authority(bad, Scheme::Https).is_none(),
+                "{bad:?} must be refused"
+            );
+        }
+    }
+}
