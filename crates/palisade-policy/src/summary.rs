@@ -40,8 +40,8 @@ const LINE_CHARS: usize = 300;
 const MAX_LINES: usize = 20;
 /// Characters of message text, post text or request body shown.
 const EXCERPT_CHARS: usize = 500;
-/// Body bytes decoded for display; more than any excerpt needs, even after base64.
-const BODY_BYTES: usize = 4096;
+/// Characters of the body the detail view shows (its beginning and its end).
+const DETAIL_BODY_CHARS: usize = 4096;
 /// The e-mail inside a Gmail send is base64 in JSON; decode at most this much of it.
 const RAW_MAIL_BYTES: usize = 1 << 20;
 /// The "show more" text.
@@ -51,7 +51,8 @@ const MAX_DETAIL_HEADERS: usize = 50;
 
 /// Builds a summary. `host` is the authority the request goes to (`name` or
 /// `name:port`; a non-default port is shown, so the person approves the address that is
-/// really contacted); `path_and_query` as sent; `body` is the prefix the vault read.
+/// really contacted); `path_and_query` as sent; `body` is the whole body the vault read
+/// (decoded when it was sent compressed).
 pub fn summarize(
     method: &http::Method,
     host: &str,
@@ -166,7 +167,7 @@ impl Request<'_> {
         if !self.body.is_empty() {
             detail.push_str("\n\n");
             let lines = text_lines(
-                &body_text(self.body, BODY_BYTES),
+                &body_text(self.body, DETAIL_BODY_CHARS),
                 40,
                 LINE_CHARS,
                 EXCERPT_CHARS,
@@ -192,9 +193,9 @@ impl Request<'_> {
             } else {
                 format!(", {}", one_line(&content_type, 100))
             };
-            lines.push(format!("Body ({} bytes read{kind}):", self.body.len()));
+            lines.push(format!("Body ({} bytes{kind}):", self.body.len()));
             lines.extend(text_lines(
-                &body_text(self.body, BODY_BYTES),
+                &body_text(self.body, EXCERPT_CHARS - 60),
                 MAX_LINES - 1,
                 LINE_CHARS,
                 EXCERPT_CHARS,

@@ -47,9 +47,10 @@ impl ForwardBody {
         }
     }
 
-    /// Reads the whole body (at most `limit` bytes) within `timeout`.
+    /// Reads the whole body (at most `limit` bytes) within `timeout`. On failure the
+    /// body may be partly read; what is left can still be drained.
     pub async fn read_whole(
-        mut body: Incoming,
+        body: &mut Incoming,
         limit: usize,
         timeout: Duration,
     ) -> Result<(Bytes, Option<http::HeaderMap>), ReadError> {

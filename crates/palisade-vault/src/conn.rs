@@ -114,12 +114,15 @@ fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// When a connection last moved a byte, and how many requests it has in flight.
+/// When a connection last moved a byte, how many requests it has in flight, and
+/// whether its client has gone (closed or reset its side).
 #[derive(Default)]
 pub struct Activity {
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
     used: AtomicBool,
+    gone: AtomicBool,
+    gone_notify: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -131,6 +134,25 @@ impl Activity {
 
     fn touch(&self) {
         self.last_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn mark_gone(&self) {
+        if !self.gone.swap(true, Ordering::Relaxed) {
+            self.gone_notify.notify_waiters();
+        }
+    }
+
+    /// Resolves once the client has closed its side of the connection or it failed. A
+    /// client that only half-closes (shuts down writing and waits for the answer) looks
+    /// the same; the gateway treats it as gone where that matters, for a held request.
+    pub async fn gone(&self) {
+        loop {
+            let notified = self.gone_notify.notified();
+            if self.gone.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Counts a request in flight until the returned guard (and the response body it is
@@ -165,6 +187,11 @@ impl Activity {
         }
     }
 }
+
+/// The connection a request came on, carried in the request's extensions so the hold
+/// phase can tell when the client has gone.
+#[derive(Clone)]
+pub struct ClientConnection(pub Arc<Activity>);
 
 /// A request in flight on a connection.
 pub struct InFlight(Arc<Activity>);
@@ -229,9 +256,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
+        let room = buf.remaining();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.touch();
+        match &polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.activity.touch(),
+            Poll::Ready(Ok(())) if room > 0 => this.activity.mark_gone(),
+            Poll::Ready(Err(_)) => this.activity.mark_gone(),
+            _ => {}
         }
         polled
     }

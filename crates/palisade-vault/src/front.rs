@@ -4,7 +4,7 @@
 //! the identity; on TCP the token in `Proxy-Authorization`), and so does the agent's
 //! share of connections on the TCP listener.
 
-use crate::conn::{Activity, ConnectionPermits, Tracked, Watched};
+use crate::conn::{Activity, ClientConnection, ConnectionPermits, Tracked, Watched};
 use crate::pipeline::audit::{refused_at_front, Record};
 use crate::pipeline::{self, Decision, Scheme, Target};
 use crate::respond::refusal;
@@ -59,8 +59,10 @@ pub async fn serve_connection<I>(
         permits,
         activity: activity.clone(),
     };
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let connection = connection.clone();
+        req.extensions_mut()
+            .insert(ClientConnection(connection.activity.clone()));
         async move {
             let in_flight = connection.activity.start_request();
             let response = front(connection, req).await;
@@ -83,7 +85,7 @@ pub async fn serve_connection<I>(
     let idle = shared.config.client_idle_timeout;
     tokio::select! {
         _ = conn.as_mut() => {}
-        _ = activity.idle(HEADER_READ_TIMEOUT, idle) => {
+        _ = activity.idle(HEADER_READ_TIMEOUT.min(idle), idle) => {
             tracing::debug!("closing an idle client connection");
         }
         _ = crate::stopped(&mut shutdown) => {
@@ -104,7 +106,7 @@ async fn front(
             .authority()
             .map(|a| a.as_str().to_string())
             .unwrap_or_default();
-        let agent = match admit(&connection, request.headers(), "CONNECT", &authority).await {
+        let agent = match admit(&connection, request.headers(), "CONNECT", &authority, "").await {
             Ok(agent) => agent,
             Err(response) => return response,
         };
@@ -150,7 +152,8 @@ async fn front(
             .map(|a| a.as_str().to_string())
             .unwrap_or_default();
         let method = request.method().to_string();
-        let agent = match admit(&connection, request.headers(), &method, &authority).await {
+        let path = request.uri().path().to_string();
+        let agent = match admit(&connection, request.headers(), &method, &authority, &path).await {
             Ok(agent) => agent,
             Err(response) => return response,
         };
@@ -186,13 +189,14 @@ async fn admit(
     headers: &http::HeaderMap,
     method: &str,
     authority: &str,
+    path: &str,
 ) -> Result<AgentName, Response<crate::body::ProxyBody>> {
     let shared = &connection.shared;
     let agent = match authenticate(shared, &connection.entry, headers).await {
         Ok(agent) => agent,
         Err(body) => {
             let response = refusal(&body);
-            let record = Record::about(None, method, authority, "");
+            let record = Record::about(None, method, authority, path);
             refused_at_front(
                 shared,
                 record,
@@ -213,7 +217,7 @@ async fn admit(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),
         );
-        let record = Record::about(Some(&agent), method, authority, "");
+        let record = Record::about(Some(&agent), method, authority, path);
         refused_at_front(
             shared,
             record,

@@ -4,7 +4,7 @@
 //! tunnel keeps the connection's permits (its place under the connection caps) and is
 //! closed once idle, like the connection it came from.
 
-use crate::conn::{Activity, ConnectionPermits, Tracked};
+use crate::conn::{Activity, ClientConnection, ConnectionPermits, Tracked};
 use crate::pipeline::{self, Target};
 use crate::state::Shared;
 use hyper::service::service_fn;
@@ -73,7 +73,9 @@ pub async fn run(
     let service = {
         let shared = shared.clone();
         let activity = activity.clone();
-        service_fn(move |req| {
+        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(ClientConnection(activity.clone()));
             let in_flight = activity.start_request();
             let handled = pipeline::handle(shared.clone(), agent.clone(), target.clone(), req);
             async move {

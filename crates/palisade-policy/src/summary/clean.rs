@@ -102,20 +102,58 @@ pub(crate) fn truncate_chars(text: &mut String, max_chars: usize) {
     }
 }
 
-/// Body bytes as displayable text, or a note when they are clearly not text.
-pub(crate) fn body_text(body: &[u8], max_bytes: usize) -> String {
-    let prefix = &body[..body.len().min(max_bytes)];
-    let text = String::from_utf8_lossy(prefix);
+/// Body bytes as displayable text of about `max_chars` characters, or a note when they
+/// are clearly not text. Runs of white space count as one, so padding cannot push what
+/// matters out of view; a longer text shows its beginning and its end with the number
+/// of characters left out between them, so the end of a body is never hidden behind
+/// its beginning.
+pub(crate) fn body_text(body: &[u8], max_chars: usize) -> String {
+    let text = String::from_utf8_lossy(body);
     let unprintable = text
         .chars()
         .filter(|c| *c == '\u{FFFD}' || (c.is_control() && !c.is_whitespace()))
         .count();
-    // A few odd bytes happen in text (or where the prefix cut a character in half);
-    // beyond that it is binary and showing it would be noise.
+    // A few odd bytes happen in text (or where a character was cut in half); beyond
+    // that it is binary and showing it would be noise.
     if unprintable > 4 && unprintable * 10 > text.chars().count() {
         return format!("[{} bytes of binary data]", body.len());
     }
-    text.into_owned()
+    let squeezed = squeeze_white_space(&text);
+    let count = squeezed.chars().count();
+    if count <= max_chars {
+        return squeezed;
+    }
+    let half = max_chars / 2;
+    let head: String = squeezed.chars().take(half).collect();
+    let tail: String = squeezed.chars().skip(count - half).collect();
+    format!(
+        "{head}\n[… {} characters not shown …]\n{tail}",
+        count - 2 * half
+    )
+}
+
+/// Runs of white space as one character: a newline if the run held one, else a space.
+fn squeeze_white_space(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(1 << 16));
+    let mut run: Option<char> = None;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            run = Some(if c == '\n' || run == Some('\n') {
+                '\n'
+            } else {
+                ' '
+            });
+            continue;
+        }
+        if let Some(white) = run.take() {
+            out.push(white);
+        }
+        out.push(c);
+    }
+    if let Some(white) = run {
+        out.push(white);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -155,6 +193,24 @@ mod tests {
         let binary: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
         assert_eq!(body_text(&binary, 4096), "[1000 bytes of binary data]");
         assert_eq!(body_text(b"hello", 4096), "hello");
+    }
+
+    #[test]
+    fn padding_cannot_hide_the_end_of_a_body() {
+        let padded = format!(
+            "{{\"note\":\"{}\",\"to\":\"mallory@evil.example\"}}",
+            " ".repeat(70_000)
+        );
+        let shown = body_text(padded.as_bytes(), 500);
+        assert!(shown.contains("mallory@evil.example"), "{shown}");
+        let long = format!("{}MIDDLE{}THE-END", "a".repeat(10_000), "b".repeat(10_000));
+        let shown = body_text(long.as_bytes(), 500);
+        assert!(
+            shown.starts_with("aaa") && shown.ends_with("THE-END"),
+            "{shown}"
+        );
+        assert!(shown.contains("characters not shown"), "{shown}");
+        assert!(shown.chars().count() < 600);
     }
 
     #[test]

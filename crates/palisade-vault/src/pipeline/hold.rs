@@ -9,6 +9,7 @@
 //! shutdown, and a client that goes away cancels its approval and frees its slot.
 
 use super::{audit, policy, Decision, Refusal, RequestBody, Scheme, Target};
+use crate::conn::ClientConnection;
 use crate::holds::{HoldOutcome, HoldsFull};
 use crate::state::Shared;
 use palisade_policy::{
@@ -65,12 +66,32 @@ pub(super) async fn hold(
     let view = policy::decoded_view(&held.parts.headers, data, limit, host)?;
     let new = approval_for(shared, &held, data, &view);
 
+    // The approval is created on a blocking thread that finishes even if this request
+    // is dropped meanwhile (its client gone); the guard and that thread agree through
+    // `state` on who cancels it, so no approval is ever left pending without a request.
+    let mut cancel = CancelOnDrop {
+        shared: Arc::clone(shared),
+        state: Arc::new(std::sync::Mutex::new(Creation::Creating)),
+        armed: true,
+    };
     let store = shared.store.clone();
-    let created = tokio::task::spawn_blocking(move || store.create_approval(new)).await;
+    let state = Arc::clone(&cancel.state);
+    let created = tokio::task::spawn_blocking(move || {
+        let approval = store.create_approval(new)?;
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        if *state == Creation::Abandoned {
+            store.close_approval(&approval.id, ApprovalStatus::Cancelled)?;
+        } else {
+            *state = Creation::Created(approval.id.clone());
+        }
+        Ok::<_, palisade_store::StoreError>(approval)
+    })
+    .await;
     let approval = match created {
         Ok(Ok(approval)) => approval,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "could not record an approval");
+            cancel.armed = false;
             return Err(restarting(host));
         }
         Err(_) => return Err(restarting(host)),
@@ -78,16 +99,23 @@ pub(super) async fn hold(
     let id = approval.id.clone();
     audit.record().approval_id = Some(id.clone());
     tracing::info!(approval = %id, title = %approval.title, "request held for approval");
-    // From here on, a client that goes away (the future is dropped) cancels the
-    // approval: nobody should approve a request that can no longer be sent.
-    let mut cancel = CancelOnDrop {
-        shared: Arc::clone(shared),
-        id: Some(id.clone()),
-    };
     let decided = slot.wait_for(&id);
     let mut shutdown = shared.shutdown.clone();
+    let client = held.parts.extensions.get::<ClientConnection>().cloned();
+    let client_gone = async {
+        match &client {
+            Some(ClientConnection(activity)) => activity.gone().await,
+            None => std::future::pending().await,
+        }
+    };
     let outcome = tokio::select! {
         decided = decided => decided.unwrap_or(HoldOutcome::Cancelled),
+        _ = client_gone => {
+            // Dropping the guard cancels the approval; nobody is left to answer.
+            drop(slot);
+            drop(cancel);
+            return Err(Refusal::of(Decision::ClientGone, GatewayErrorKind::GatewayRestarting, host));
+        }
         _ = tokio::time::sleep(shared.config.approval_timeout) => {
             close(shared, &id, ApprovalStatus::TimedOut).await
         }
@@ -95,7 +123,7 @@ pub(super) async fn hold(
             close(shared, &id, ApprovalStatus::Cancelled).await
         }
     };
-    cancel.id = None;
+    cancel.armed = false;
     drop(slot);
     let rule = &held.rule.name;
     match outcome {
@@ -212,16 +240,36 @@ async fn close(shared: &Shared, id: &str, status: ApprovalStatus) -> HoldOutcome
     }
 }
 
+/// Where the approval of a held request is in its creation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Creation {
+    Creating,
+    Created(String),
+    /// The request was dropped before its approval existed: whoever creates it closes it.
+    Abandoned,
+}
+
 /// Cancels the approval when the held request's future is dropped before it ended
-/// (the client closed its connection or stream).
+/// (the client closed its connection or stream), whether or not the approval exists yet.
 struct CancelOnDrop {
     shared: Arc<Shared>,
-    id: Option<String>,
+    state: Arc<std::sync::Mutex<Creation>>,
+    armed: bool,
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        let Some(id) = self.id.take() else { return };
+        if !self.armed {
+            return;
+        }
+        let id = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            match std::mem::replace(&mut *state, Creation::Abandoned) {
+                Creation::Created(id) => id,
+                // The creating thread sees `Abandoned` and closes it itself.
+                Creation::Creating | Creation::Abandoned => return,
+            }
+        };
         tracing::info!(approval = %id, "the client went away while its request was held; approval cancelled");
         let store = self.shared.store.clone();
         let closing = move || {

@@ -38,6 +38,9 @@ use std::time::Duration;
 
 /// How long the gateway waits for a body it must read before judging the request.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A refused request's unread body is drained for at most this long and this much.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+const DRAIN_LIMIT: usize = 256 * 1024;
 
 /// Runs one request through the phases; never fails at the HTTP level (refusals are responses).
 pub async fn handle(
@@ -51,10 +54,18 @@ pub async fn handle(
         &shared,
         audit::Record::new(Some(&agent), &parts.method, &target, parts.uri.path()),
     );
-    let (decision, response) = match run(&shared, &agent, &target, parts, body, &mut audit).await {
-        Ok((decision, response)) => (decision, response),
-        Err(refusal) => (refusal.decision, refusal.response()),
-    };
+    let mut body = RequestBody::Unread(body);
+    let (decision, response) =
+        match run(&shared, &agent, &target, parts, &mut body, &mut audit).await {
+            Ok((decision, response)) => (decision, response),
+            Err(refusal) => {
+                // Let the client finish sending what it started (HTTP/2 clients take a
+                // stream reset before the end of their body as an error, and would
+                // never see the refusal).
+                body.drain_briefly().await;
+                (refusal.decision, refusal.response())
+            }
+        };
     audit.finish(decision, response.status().as_u16()).await;
     Ok(response)
 }
@@ -64,7 +75,7 @@ async fn run(
     agent: &AgentName,
     target: &Target,
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: &mut RequestBody,
     audit: &mut audit::Pending,
 ) -> Result<(Decision, Response<ProxyBody>), Refusal> {
     let (snapshot, profile) = admit::admit(shared, agent, &target.host)?;
@@ -72,7 +83,6 @@ async fn run(
     audit.record().path = path.as_str().to_string();
     local::refuse_local(shared, target)?;
 
-    let mut body = RequestBody::Unread(body);
     let facts = RequestFacts {
         agent,
         profile,
@@ -82,8 +92,7 @@ async fn run(
         body: None,
         now_ms: palisade_store::now_ms(),
     };
-    let evaluation =
-        policy::judge(shared, &snapshot.policy, facts, &parts.headers, &mut body).await?;
+    let evaluation = policy::judge(shared, &snapshot.policy, facts, &parts.headers, body).await?;
     match evaluation.verdict {
         Verdict::Block { rule } => {
             audit.record().rule = Some(rule.name.clone());
@@ -105,7 +114,7 @@ async fn run(
             rule,
             secret: evaluation.secret,
         };
-        hold::hold(shared, approval, &mut body, audit).await?;
+        hold::hold(shared, approval, body, audit).await?;
         decision = Decision::Approved;
     }
     if let Some(secret) = evaluation.secret {
@@ -115,7 +124,8 @@ async fn run(
             decision = Decision::Injected;
         }
     }
-    let response = forward::forward(shared, target, parts, body.into_forward()).await?;
+    let forward_body = std::mem::replace(body, RequestBody::Gone).into_forward();
+    let response = forward::forward(shared, target, parts, forward_body).await?;
     Ok((decision, response))
 }
 
@@ -134,10 +144,9 @@ pub(crate) enum RequestBody {
 impl RequestBody {
     /// The whole body, read once (at most `limit` bytes) and kept for forwarding.
     async fn read(&mut self, limit: usize) -> Result<&Bytes, ReadError> {
-        if let RequestBody::Unread(_) = self {
-            let RequestBody::Unread(incoming) = std::mem::replace(self, RequestBody::Gone) else {
-                unreachable!("checked just above")
-            };
+        if let RequestBody::Unread(incoming) = self {
+            // On failure the body stays `Unread` (partly read): it is never forwarded
+            // after a refusal, but what is left can be drained.
             let (data, trailers) =
                 ForwardBody::read_whole(incoming, limit, BODY_READ_TIMEOUT).await?;
             *self = RequestBody::Read { data, trailers };
@@ -146,6 +155,30 @@ impl RequestBody {
             RequestBody::Read { data, .. } => Ok(data),
             _ => Err(ReadError::Failed("the body was already consumed".into())),
         }
+    }
+
+    /// Reads and drops what is left of an unread body, for at most a moment and a few
+    /// frames, so a refused client finishes its request cleanly.
+    async fn drain_briefly(&mut self) {
+        use http_body_util::BodyExt;
+        let RequestBody::Unread(incoming) = self else {
+            return;
+        };
+        if http_body::Body::is_end_stream(incoming) {
+            return;
+        }
+        let mut drained = 0usize;
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while drained < DRAIN_LIMIT {
+                match incoming.frame().await {
+                    Some(Ok(frame)) => {
+                        drained += frame.data_ref().map_or(0, |d| d.len());
+                    }
+                    _ => break,
+                }
+            }
+        })
+        .await;
     }
 
     fn into_forward(self) -> ForwardBody {

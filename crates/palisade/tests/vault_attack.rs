@@ -1,0 +1,1116 @@
+//! The vault under attack: each test is a way around the boundary that an adversarial
+//! review found (issue 9), tried the way an agent would, with real clients against the
+//! real `palisade vault serve`. Each failed on the gateway as it was and passes now.
+//!
+//! - path spellings that upstreams read as the same path (block, approval, rate limit,
+//!   path-scoped secret; HTTP/1.1 and HTTP/2, curl `--path-as-is`);
+//! - a body extended after the approval was shown;
+//! - abandoned held requests, and one agent's flood of holds;
+//! - one agent's flood of idle connections while another agent works;
+//! - the gateway's own listener spelled as IPv4-mapped IPv6;
+//! - the audit log's tail deleted;
+//! - a change used on the very next request;
+//! - every refusal leaving exactly one audit row.
+
+mod vault_fixture;
+
+use palisade_testkit::{curl, output_text, python, wait_until};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use vault_fixture::{split_status, CurlReply, Setup, CLIENT_TIMEOUT};
+
+/// Agents, a gateway with the given extra arguments, and helpers to talk through it.
+struct Attack {
+    setup: Setup,
+}
+
+impl Attack {
+    fn start(extra: &[&str]) -> Attack {
+        let mut setup = Setup::new();
+        setup.start_vault(extra);
+        Attack { setup }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        self.setup.cli(args)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let text = self.cli(&full);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
+    }
+
+    /// curl through the gateway as `token`: `-i`, the proxy, `--path-as-is`, then `args`.
+    fn curl(&self, token: &str, args: &[&str]) -> CurlReply {
+        let mut full: Vec<String> = vec![
+            "-sS".into(),
+            "-i".into(),
+            "--suppress-connect-headers".into(),
+            "--path-as-is".into(),
+            "--max-time".into(),
+            "20".into(),
+        ];
+        full.extend(self.setup.proxy_args(token));
+        full.extend(args.iter().map(|a| a.to_string()));
+        let output = curl(&full, CLIENT_TIMEOUT);
+        assert!(
+            output.status.success(),
+            "curl {args:?}: {}",
+            output_text(&output)
+        );
+        CurlReply::parse(&output)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.setup.upstream.port())
+    }
+
+    fn pending(&self) -> Vec<Value> {
+        self.json(&["approvals", "list"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[track_caller]
+fn refused(reply: &CurlReply, status: u16, error: &str) {
+    assert_eq!(reply.status, status, "{}", reply.raw);
+    assert_eq!(reply.json()["error"], error, "{}", reply.raw);
+}
+
+/// Every spelling of a path that a server reads as the same path is judged as that
+/// path: block, approval and rate-limit rules and a path-scoped secret all see through
+/// dot segments, doubled slashes, escaped letters, parameters and a trailing slash;
+/// forms servers disagree on are refused; and the upstream receives the canonical path.
+#[test]
+fn path_spellings_cannot_sidestep_rules_or_secrets() {
+    let attack = Attack::start(&["--approval-timeout", "1s"]);
+    let token = attack.setup.agent("probe");
+    attack.setup.secret(
+        "v1-key",
+        "localhost",
+        Some("/v1/*"),
+        "bearer",
+        &["probe"],
+        "tok-v1-only",
+    );
+    attack.cli(&[
+        "rules",
+        "create",
+        "--name",
+        "no-admin",
+        "--host-pattern",
+        "localhost",
+        "--path-pattern",
+        "/admin/*",
+        "--action",
+        "block",
+    ]);
+    attack.cli(&[
+        "rules",
+        "create",
+        "--name",
+        "ask-send",
+        "--host-pattern",
+        "localhost",
+        "--path-pattern",
+        "/v1/send",
+        "--method",
+        "POST",
+        "--action",
+        "require_approval",
+    ]);
+    attack.cli(&[
+        "rules",
+        "create",
+        "--name",
+        "one-rl",
+        "--host-pattern",
+        "localhost",
+        "--path-pattern",
+        "/rl/*",
+        "--action",
+        "rate_limit",
+        "--rate-limit",
+        "1",
+        "--rate-window",
+        "1h",
+    ]);
+    let upstream = &attack.setup.upstream;
+
+    for version in ["--http1.1", "--http2"] {
+        for spelling in [
+            "/admin/x",
+            "/v1/../admin/x",
+            "//admin/x",
+            "/./admin/x",
+            "/%61dmin/x",
+            "/%2e/admin/x",
+            "/admin/x/",
+            "/admin;jsessionid=1/x",
+            "/v1/%2e%2e/admin/x",
+        ] {
+            let before = upstream.count();
+            let reply = attack.curl(&token, &[version, &attack.url(spelling)]);
+            refused(&reply, 403, "blocked_by_policy");
+            assert_eq!(
+                upstream.count(),
+                before,
+                "{version} {spelling} reached the upstream"
+            );
+        }
+        for spelling in [
+            "/v1/%73end",
+            "/v1//send",
+            "/v1/send/",
+            "/v2/../v1/send",
+            "/v1/./send",
+        ] {
+            let before = upstream.count();
+            let reply = attack.curl(
+                &token,
+                &[version, "-X", "POST", "--data", "x", &attack.url(spelling)],
+            );
+            refused(&reply, 504, "approval_timed_out");
+            assert_eq!(
+                upstream.count(),
+                before,
+                "{version} POST {spelling} was sent unapproved"
+            );
+        }
+        for spelling in [
+            "/a%2Fb",
+            "/a%2fb",
+            "/a%5Cb",
+            "/../x",
+            "/v1/../../x",
+            "/a%00b",
+            "/a/..;/b",
+            "/a%zz",
+        ] {
+            let before = upstream.count();
+            let reply = attack.curl(&token, &[version, &attack.url(spelling)]);
+            refused(&reply, 400, "ambiguous_path");
+            assert_eq!(
+                upstream.count(),
+                before,
+                "{version} {spelling} reached the upstream"
+            );
+        }
+    }
+
+    // The secret scoped to /v1/* goes with the path the upstream will serve, whatever
+    // the spelling, and the upstream is sent that canonical path.
+    let reply = attack.curl(&token, &[&attack.url("/v2/../v1/x//y/./z")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.path(), "/v1/x/y/z");
+    assert_eq!(seen.header("authorization"), Some("Bearer tok-v1-only"));
+    let reply = attack.curl(&token, &[&attack.url("/v1/../v2/x")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.path(), "/v2/x");
+    assert_eq!(
+        seen.header("authorization"),
+        None,
+        "the /v1 secret left its scope"
+    );
+    let reply = attack.curl(&token, &[&attack.url("/v1/%7euser?q=%2F")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    assert_eq!(
+        upstream.last_request().unwrap().path_and_query,
+        "/v1/~user?q=%2F",
+        "unreserved escapes decoded, the query left as sent"
+    );
+
+    // One request per window, however the path is spelled.
+    for (index, (version, spelling)) in [
+        ("--http1.1", "/rl/a"),
+        ("--http1.1", "//rl/a"),
+        ("--http2", "/rl/./a"),
+        ("--http2", "/%72l/a"),
+        ("--http1.1", "/rl/a/"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let reply = attack.curl(&token, &[version, &attack.url(spelling)]);
+        if index == 0 {
+            assert_eq!(reply.status, 200, "{}", reply.raw);
+        } else {
+            refused(&reply, 429, "rate_limited");
+        }
+    }
+}
+
+/// A child process killed (and reaped) when the test ends, even on failure.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Python client that opens a TLS tunnel through the gateway, sends a request head
+/// and the first part of its body, says `prefix-sent`, waits for a line on stdin, then
+/// sends the rest and prints the response status and body.
+const SLOW_BODY_CLIENT: &str = r#"
+import base64, json, os, socket, ssl, sys
+proxy_host, proxy_port = os.environ["PROXY"].rsplit(":", 1)
+host, port = "localhost", int(os.environ["UPSTREAM_PORT"])
+prefix, rest = os.environ["PREFIX"].encode(), os.environ["REST"].encode()
+sock = socket.create_connection((proxy_host, int(proxy_port)), timeout=20)
+auth = base64.b64encode(("x:" + os.environ["TOKEN"]).encode()).decode()
+sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
+answer = b""
+while b"\r\n\r\n" not in answer:
+    answer += sock.recv(4096)
+assert answer.startswith(b"HTTP/1.1 200"), answer
+context = ssl.create_default_context(cafile=os.environ["VAULT_CA"])
+tls = context.wrap_socket(sock, server_hostname=host)
+head = f"POST /gmail/send HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: {len(prefix) + len(rest)}\r\n\r\n"
+tls.sendall(head.encode() + prefix)
+print("prefix-sent", flush=True)
+sys.stdin.readline()
+tls.sendall(rest)
+response = b""
+while True:
+    chunk = tls.recv(65536)
+    if not chunk:
+        break
+    response += chunk
+    if b"\r\n\r\n" in response:
+        head_part, _, body = response.partition(b"\r\n\r\n")
+        length = [l for l in head_part.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+        if length and len(body) >= int(length[0].split(b":")[1]):
+            break
+print(response.split(b"\r\n")[0].decode(), flush=True)
+"#;
+
+/// What is approved is what is sent: the approval appears only once the whole body has
+/// arrived, it shows what the end of the body says and the digest of all of it, and the
+/// upstream receives exactly those bytes. (The gateway used to show a card after the
+/// first 64 KiB and stream whatever came after the click.)
+#[test]
+fn a_body_extended_after_approval_is_not_what_gets_approved() {
+    let attack = Attack::start(&["--approval-timeout", "30s"]);
+    let token = attack.setup.agent("mailer");
+    attack.cli(&[
+        "rules",
+        "create",
+        "--name",
+        "ask",
+        "--host-pattern",
+        "localhost",
+        "--method",
+        "POST",
+        "--action",
+        "require_approval",
+    ]);
+    // A harmless-looking prefix longer than the 64 KiB the gateway used to read.
+    let prefix = format!("{{\"note\":\"{}\"", " ".repeat(70 * 1024));
+    let rest = ",\"to\":\"attacker@evil.example\"}".to_string();
+    let mut client = Killed(
+        Command::new("python3")
+            .arg("-c")
+            .arg(SLOW_BODY_CLIENT)
+            .env("PROXY", attack.setup.addr().to_string())
+            .env("UPSTREAM_PORT", attack.setup.upstream.port().to_string())
+            .env("TOKEN", &token)
+            .env("VAULT_CA", attack.setup.vault_ca())
+            .env("PREFIX", &prefix)
+            .env("REST", &rest)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    let mut input = client.0.stdin.take().unwrap();
+    let mut lines = BufReader::new(client.0.stdout.take().unwrap());
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "prefix-sent");
+    // Nothing is put before a person while the body is incomplete.
+    let shown_early = wait_until(Duration::from_secs(2), || !attack.pending().is_empty());
+    assert!(
+        !shown_early,
+        "an approval was shown before the whole body arrived"
+    );
+    writeln!(input, "continue").unwrap();
+    let mut pending = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            pending = attack.pending();
+            !pending.is_empty()
+        }),
+        "the complete request was never held"
+    );
+    let approval = &pending[0];
+    let full = format!("{prefix}{rest}");
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(full.as_bytes()))
+    };
+    let shown = attack.cli(&["approvals", "show", approval["id"].as_str().unwrap()]);
+    assert!(
+        shown.contains(&digest),
+        "the card names the digest of the whole body: {shown}"
+    );
+    assert!(
+        shown.contains("attacker@evil.example"),
+        "the card shows what the end of the body says: {shown}"
+    );
+    attack.cli(&["approvals", "approve", approval["id"].as_str().unwrap()]);
+    line.clear();
+    lines.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let sent = attack.setup.upstream.last_request().unwrap();
+    assert_eq!(
+        sent.body.as_ref(),
+        full.as_bytes(),
+        "exactly the approved bytes went upstream"
+    );
+}
+
+/// Opens `COUNT` TLS tunnels through the gateway one after another; on each it sends a
+/// request that will be held for approval, then closes the connection at once.
+const ABANDONING_CLIENT: &str = r#"
+import base64, os, socket, ssl
+proxy_host, proxy_port = os.environ["PROXY"].rsplit(":", 1)
+host, port = "localhost", int(os.environ["UPSTREAM_PORT"])
+auth = base64.b64encode(("x:" + os.environ["TOKEN"]).encode()).decode()
+context = ssl.create_default_context(cafile=os.environ["VAULT_CA"])
+for i in range(int(os.environ["COUNT"])):
+    sock = socket.create_connection((proxy_host, int(proxy_port)), timeout=20)
+    sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(4096)
+    tls = context.wrap_socket(sock, server_hostname=host)
+    tls.sendall(f"POST /held/{i} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 2\r\n\r\nhi".encode())
+    tls.close()
+print("done", flush=True)
+"#;
+
+/// Sends one request that an `/ask/*` rule holds, then waits to be killed.
+const HOLD_THEN_WAIT_CLIENT: &str = r#"
+import base64, os, socket, ssl, time
+proxy_host, proxy_port = os.environ["PROXY"].rsplit(":", 1)
+host, port = "localhost", int(os.environ["UPSTREAM_PORT"])
+auth = base64.b64encode(("x:" + os.environ["TOKEN"]).encode()).decode()
+sock = socket.create_connection((proxy_host, int(proxy_port)), timeout=20)
+sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
+answer = b""
+while b"\r\n\r\n" not in answer:
+    answer += sock.recv(4096)
+tls = ssl.create_default_context(cafile=os.environ["VAULT_CA"]).wrap_socket(sock, server_hostname=host)
+tls.sendall(f"GET /ask/leaving HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+time.sleep(60)
+"#;
+
+/// A client that leaves while its request is held cancels the approval and frees its
+/// place: after 1,100 abandoned holds (more than the gateway's whole hold table) no
+/// approval is left pending, and the next held request of the same agent, and of
+/// another agent, is shown, approved and sent. One agent's flood of holds is refused
+/// beyond its own share (429) and never fills the table for others.
+#[test]
+fn abandoned_holds_are_cancelled_and_free_their_place() {
+    let attack = Attack::start(&["--approval-timeout", "10m", "--max-holds-per-agent", "8"]);
+    let token = attack.setup.agent("flood");
+    let other = attack.setup.agent("other");
+    attack.cli(&[
+        "rules",
+        "create",
+        "--name",
+        "ask",
+        "--host-pattern",
+        "localhost",
+        "--method",
+        "POST",
+        "--action",
+        "require_approval",
+    ]);
+    let output = python(
+        ABANDONING_CLIENT,
+        &[
+            ("PROXY", &attack.setup.addr().to_string()),
+            ("UPSTREAM_PORT", &attack.setup.upstream.port().to_string()),
+            ("TOKEN", &token),
+            ("VAULT_CA", attack.setup.vault_ca_str().as_str()),
+            ("COUNT", "1100"),
+        ],
+        Duration::from_secs(240),
+    );
+    assert!(output.status.success(), "{}", output_text(&output));
+    let mut pending = Vec::new();
+    let drained = wait_until(Duration::from_secs(60), || {
+        pending = attack.pending();
+        pending.is_empty()
+    });
+    assert!(
+        drained,
+        "abandoned approvals stay pending: {}",
+        pending.len()
+    );
+    let cancelled = attack
+        .json(&[
+            "approvals",
+            "list",
+            "--status",
+            "cancelled",
+            "--limit",
+            "2000",
+        ])
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert!(cancelled > 0, "no abandoned approval was cancelled");
+    assert_eq!(
+        attack.setup.upstream.count(),
+        0,
+        "an abandoned request was sent"
+    );
+
+    // The same agent and another one each get a request held, approved and sent.
+    for (agent_token, path) in [(&token, "/after-flood"), (&other, "/other-agent")] {
+        let url = attack.url(path);
+        let proxy = attack.setup.proxy_args(agent_token);
+        let mut args: Vec<String> = vec!["-sS".into(), "-w".into(), "\n%{http_code}".into()];
+        args.extend(proxy);
+        args.extend(["-X".into(), "POST".into(), "--data".into(), "x".into(), url]);
+        let client = std::thread::spawn(move || curl(&args, CLIENT_TIMEOUT));
+        let mut held = Vec::new();
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                held = attack.pending();
+                held.len() == 1
+            }),
+            "{path} was not held: {held:?}"
+        );
+        attack.cli(&["approvals", "approve", held[0]["id"].as_str().unwrap()]);
+        let output = client.join().unwrap();
+        let (status, body) = split_status(&String::from_utf8_lossy(&output.stdout));
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+
+    // A flood that waits instead of leaving: beyond its share, 429 at once.
+    let mut waiting = Vec::new();
+    for i in 0..8 {
+        let url = attack.url(&format!("/wait/{i}"));
+        let mut args: Vec<String> = vec!["-sS".into(), "-o".into(), "/dev/null".into()];
+        args.extend(attack.setup.proxy_args(&token));
+        args.extend([
+            "--max-time".into(),
+            "20".into(),
+            "-X".into(),
+            "POST".into(),
+            "--data".into(),
+            "x".into(),
+            url,
+        ]);
+        waiting.push(std::thread::spawn(move || curl(&args, CLIENT_TIMEOUT)));
+    }
+    assert!(wait_until(Duration::from_secs(10), || attack
+        .pending()
+        .len()
+        == 8));
+    let reply = attack.curl(
+        &token,
+        &["-X", "POST", "--data", "x", &attack.url("/ninth")],
+    );
+    refused(&reply, 429, "too_many_pending_approvals");
+    // ...while another agent is still held, not refused.
+    let url = attack.url("/other-during-flood");
+    let mut args: Vec<String> = vec!["-sS".into(), "-o".into(), "/dev/null".into()];
+    args.extend(attack.setup.proxy_args(&other));
+    args.extend([
+        "--max-time".into(),
+        "20".into(),
+        "-X".into(),
+        "POST".into(),
+        "--data".into(),
+        "x".into(),
+        url,
+    ]);
+    waiting.push(std::thread::spawn(move || curl(&args, CLIENT_TIMEOUT)));
+    assert!(wait_until(Duration::from_secs(10), || attack
+        .pending()
+        .len()
+        == 9));
+    for approval in attack.pending() {
+        attack.cli(&["approvals", "deny", approval["id"].as_str().unwrap()]);
+    }
+    for client in waiting {
+        let _ = client.join();
+    }
+}
+
+/// Raises this test process's descriptor limit so it can hold many connections.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+}
+
+/// Reads what the gateway sends on `stream` within `wait` (empty if nothing, or closed).
+fn read_some(stream: &mut UnixStream, wait: Duration) -> (String, bool) {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return (String::from_utf8_lossy(&buffer).into_owned(), true),
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            Err(_) => return (String::from_utf8_lossy(&buffer).into_owned(), false),
+        }
+    }
+}
+
+/// One agent opening 1,100 idle connections on its socket gets its share (256) and a
+/// 503 `too_many_connections` beyond it, while another agent's requests and the
+/// health check keep working; idle connections are closed after the idle timeout,
+/// which gives the agent its share back.
+#[test]
+fn one_agent_cannot_exhaust_the_gateways_connections() {
+    raise_descriptor_limit();
+    let attack = Attack::start(&["--client-idle-timeout", "3s"]);
+    let _ = attack.setup.agent("greedy");
+    let other = attack.setup.agent("other");
+    let socket = attack.setup.palisade.home().join("run/agents/greedy.sock");
+    assert!(wait_until(Duration::from_secs(5), || socket.exists()));
+
+    let mut open = Vec::new();
+    for _ in 0..1100 {
+        open.push(UnixStream::connect(&socket).expect("connect to the agent socket"));
+    }
+    // Those beyond the share were answered 503 and closed.
+    let mut refused = 0;
+    for stream in open.iter_mut().skip(256) {
+        let (text, closed) = read_some(stream, Duration::from_millis(200));
+        if text.starts_with("HTTP/1.1 503") && text.contains("too_many_connections") {
+            assert!(closed, "a refused connection is closed");
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 1100 - 256 - 16,
+        "only {refused} connections beyond the share were refused"
+    );
+
+    // Meanwhile everyone else is served.
+    for round in 0..5 {
+        let reply = attack.curl(&other, &[&attack.url(&format!("/echo/{round}"))]);
+        assert_eq!(reply.status, 200, "{}", reply.raw);
+    }
+    let health = curl(
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{}/healthz", attack.setup.addr()),
+        ],
+        CLIENT_TIMEOUT,
+    );
+    assert!(
+        String::from_utf8_lossy(&health.stdout).contains("ok"),
+        "{}",
+        output_text(&health)
+    );
+
+    // The idle ones that were admitted are closed after the idle timeout...
+    let first = &mut open[0];
+    let (_, closed) = read_some(first, Duration::from_secs(10));
+    assert!(closed, "an idle connection outlived the idle timeout");
+    drop(open);
+    // ...and the agent's share is whole again.
+    let mut again = UnixStream::connect(&socket).unwrap();
+    again
+        .write_all(
+            format!(
+                "GET {} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                attack.url("/echo").replace("https", "http")
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let (text, _) = read_some(&mut again, Duration::from_secs(5));
+    assert!(!text.contains("too_many_connections"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 "), "{text}");
+}
+
+/// The gateway's own listener is never an upstream, in any spelling of its address,
+/// even when every host is allowed to be local.
+#[test]
+fn the_gateways_own_listener_is_refused_in_every_spelling() {
+    let attack = Attack::start(&["--allow-local-upstream", "*"]);
+    let token = attack.setup.agent("probe");
+    let port = attack.setup.addr().port();
+    for host in [
+        "127.0.0.1",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[::127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "[0:0:0:0:0:ffff:127.0.0.1]",
+        "localhost",
+        "localhost.",
+        "127.0.0.7",
+    ] {
+        for scheme in ["http", "https"] {
+            let reply = attack.curl(&token, &[&format!("{scheme}://{host}:{port}/healthz")]);
+            refused(&reply, 403, "local_upstream_refused");
+        }
+    }
+    // Legacy spellings of IPv4 addresses are no DNS names; they are refused outright.
+    // (Sent raw: curl would rewrite them to the dotted form itself.)
+    let auth = vault_fixture::base64(format!("x:{token}").as_bytes());
+    for host in ["127.1", "2130706433", "0x7f.0.0.1", "0177.0.0.1"] {
+        for request in [
+            format!("GET http://{host}:{port}/healthz HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"),
+            format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic {auth}\r\nConnection: close\r\n\r\n"),
+        ] {
+            let response = vault_fixture::raw_exchange(attack.setup.addr(), &request);
+            assert_eq!(response.status, 400, "{host}: {response:?}");
+            assert_eq!(response.json()["error"], "bad_request", "{host}");
+        }
+    }
+}
+
+/// Deleting the newest audit rows and moving the head back leaves a chain that is
+/// consistent inside the database; `palisade audit verify` still finds the cut, because
+/// the chain is anchored in a signed file outside it.
+#[test]
+fn deleting_the_audit_tail_is_detected() {
+    let attack = Attack::start(&[]);
+    for name in ["a", "b", "c", "d"] {
+        attack.cli(&["agents", "create", name]);
+    }
+    let verified = attack.setup.palisade.run(&["audit", "verify"]);
+    assert!(verified.status.success(), "{}", output_text(&verified));
+    let database = attack.setup.palisade.home().join("palisade.db");
+    let cut = Command::new("sqlite3")
+        .arg(&database)
+        .arg(
+            "DELETE FROM audit WHERE id > 3; \
+             UPDATE audit_head SET last_id = 3, last_hash = (SELECT hash FROM audit WHERE id = 3);",
+        )
+        .output()
+        .expect("sqlite3");
+    assert!(cut.status.success(), "{}", output_text(&cut));
+    let verified = attack.setup.palisade.run(&["audit", "verify"]);
+    assert!(
+        !verified.status.success(),
+        "the cut went unnoticed: {}",
+        output_text(&verified)
+    );
+    assert!(
+        output_text(&verified).contains("anchor"),
+        "{}",
+        output_text(&verified)
+    );
+}
+
+/// A change made with the CLI is in force when the command returns: a new agent's
+/// token, a new block rule and a new secret each work on the very next request, many
+/// times in a row, with no pause.
+#[test]
+fn changes_apply_to_the_very_next_request() {
+    let attack = Attack::start(&[]);
+    for round in 0..8 {
+        let name = format!("fresh{round}");
+        attack.cli(&["agents", "create", &name]);
+        let token = attack.setup.token(&name);
+        let reply = attack.curl(&token, &[&attack.url(&format!("/open/{round}"))]);
+        assert_eq!(reply.status, 200, "round {round}: {}", reply.raw);
+
+        let blocked = format!("/blocked/{round}");
+        attack.cli(&[
+            "rules",
+            "create",
+            "--name",
+            &format!("block{round}"),
+            "--host-pattern",
+            "localhost",
+            "--path-pattern",
+            &blocked,
+            "--action",
+            "block",
+        ]);
+        let reply = attack.curl(&token, &[&attack.url(&blocked)]);
+        refused(&reply, 403, "blocked_by_policy");
+
+        let scoped = format!("/keyed/{round}");
+        attack.setup.secret(
+            &format!("key{round}"),
+            "localhost",
+            Some(&scoped),
+            "bearer",
+            &[&name],
+            &format!("value-{round}"),
+        );
+        let reply = attack.curl(&token, &[&attack.url(&scoped)]);
+        assert_eq!(reply.status, 200, "{}", reply.raw);
+        let expected = format!("Bearer value-{round}");
+        assert_eq!(
+            attack
+                .setup
+                .upstream
+                .last_request()
+                .unwrap()
+                .header("authorization"),
+            Some(expected.as_str()),
+            "round {round}: the new secret was not used"
+        );
+
+        attack.cli(&["agents", "delete", &name, "--yes"]);
+        let plain = format!(
+            "http://localhost:{}/after-delete",
+            attack.setup.upstream.port()
+        );
+        let reply = attack.curl(&token, &[&plain]);
+        assert_eq!(
+            reply.status, 407,
+            "round {round}: a deleted agent's token still works: {}",
+            reply.raw
+        );
+    }
+}
+
+/// Every way a request can end, refusals above all, leaves exactly one audit row with
+/// its decision: the gateway writes the row in one place, whatever ended the request.
+#[test]
+fn every_outcome_leaves_exactly_one_audit_row() {
+    let attack = Attack::start(&[
+        "--approval-timeout",
+        "1s",
+        "--max-holds-per-agent",
+        "1",
+        "--max-judged-body",
+        "1KiB",
+        "--max-connections-per-agent",
+        "2",
+        "--upstream-timeout",
+        "1s",
+    ]);
+    let token = attack.setup.agent("probe");
+    attack.cli(&["agents", "create", "locked", "--profile", "action"]);
+    let locked = attack.setup.token("locked");
+    let rules: &[&[&str]] = &[
+        &[
+            "--name",
+            "block",
+            "--host-pattern",
+            "localhost",
+            "--path-pattern",
+            "/blocked",
+            "--action",
+            "block",
+        ],
+        &[
+            "--name",
+            "limit",
+            "--host-pattern",
+            "localhost",
+            "--path-pattern",
+            "/limited",
+            "--action",
+            "rate_limit",
+            "--rate-limit",
+            "1",
+            "--rate-window",
+            "1h",
+        ],
+        &[
+            "--name",
+            "ask",
+            "--host-pattern",
+            "localhost",
+            "--path-pattern",
+            "/ask/*",
+            "--action",
+            "require_approval",
+        ],
+        &[
+            "--name",
+            "inspect",
+            "--host-pattern",
+            "localhost",
+            "--path-pattern",
+            "/inspect",
+            "--body-contains",
+            "secret-plan",
+            "--action",
+            "block",
+        ],
+    ];
+    for rule in rules {
+        let mut args = vec!["rules", "create"];
+        args.extend_from_slice(rule);
+        attack.cli(&args);
+    }
+    attack
+        .setup
+        .secret("plain", "api.example.com", None, "bearer", &["probe"], "v");
+    attack.setup.secret(
+        "tmpl",
+        "localhost",
+        Some("/tmpl/*"),
+        "path-template:/bot{value}/",
+        &["probe"],
+        "v",
+    );
+    attack.setup.secret(
+        "injected",
+        "localhost",
+        Some("/keyed"),
+        "bearer",
+        &["probe"],
+        "v",
+    );
+    let big = "x".repeat(2048);
+    let url = |path: &str| attack.url(path);
+    let port = attack.setup.upstream.port();
+
+    let mut expected: Vec<&str> = Vec::new();
+    let mut check = |decision: &'static str, reply: Option<CurlReply>, status: Option<u16>| {
+        if let (Some(reply), Some(status)) = (&reply, status) {
+            assert_eq!(reply.status, status, "{decision}: {}", reply.raw);
+        }
+        expected.push(decision);
+    };
+
+    check(
+        "injected",
+        Some(attack.curl(&token, &[&url("/keyed")])),
+        Some(200),
+    );
+    check(
+        "blocked",
+        Some(attack.curl(&token, &[&url("/blocked")])),
+        Some(403),
+    );
+    check(
+        "default_denied",
+        Some(attack.curl(&locked, &["https://unnamed.example/"])),
+        Some(403),
+    );
+    check(
+        "ambiguous_path",
+        Some(attack.curl(&token, &[&url("/a%2Fb")])),
+        Some(400),
+    );
+    check(
+        "local_refused",
+        Some(attack.curl(&token, &["http://10.255.255.1/"])),
+        Some(403),
+    );
+    attack.curl(&token, &[&url("/limited")]);
+    check(
+        "rate_limited",
+        Some(attack.curl(&token, &[&url("/limited")])),
+        Some(429),
+    );
+    check(
+        "timed_out",
+        Some(attack.curl(&token, &[&url("/ask/timeout")])),
+        Some(504),
+    );
+    check(
+        "too_large_for_approval",
+        Some(attack.curl(&token, &["--data", &big, &url("/ask/large")])),
+        Some(413),
+    );
+    check(
+        "too_large_to_inspect",
+        Some(attack.curl(&token, &["--data", &big, &url("/inspect")])),
+        Some(413),
+    );
+    check(
+        "unsupported_encoding",
+        Some(attack.curl(
+            &token,
+            &[
+                "-H",
+                "content-encoding: br",
+                "--data",
+                "x",
+                &url("/inspect"),
+            ],
+        )),
+        Some(415),
+    );
+    check(
+        "body_unreadable",
+        Some(attack.curl(
+            &token,
+            &[
+                "-H",
+                "content-encoding: gzip",
+                "--data",
+                "not gzip",
+                &url("/inspect"),
+            ],
+        )),
+        Some(400),
+    );
+    check(
+        "plaintext_refused",
+        Some(attack.curl(&token, &["http://api.example.com/x"])),
+        Some(403),
+    );
+    check(
+        "injection_failed",
+        Some(attack.curl(&token, &[&url("/tmpl/x")])),
+        Some(400),
+    );
+    check(
+        "upstream_unreachable",
+        Some(attack.curl(&token, &["https://localhost:1/"])),
+        Some(502),
+    );
+    check(
+        "upstream_timeout",
+        Some(attack.curl(&token, &[&url("/slow?ms=3000")])),
+        Some(504),
+    );
+    let proxy = format!("http://{}", attack.setup.addr());
+    let plain = format!("http://localhost:{port}/no-token");
+    let no_token = curl(
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--proxy",
+            &proxy,
+            &plain,
+        ],
+        CLIENT_TIMEOUT,
+    );
+    assert_eq!(String::from_utf8_lossy(&no_token.stdout), "407");
+    check("proxy_auth_required", None, None);
+    let auth = vault_fixture::base64(format!("x:{token}").as_bytes());
+    let bad = vault_fixture::raw_exchange(
+        attack.setup.addr(),
+        &format!("CONNECT 127.1:443 HTTP/1.1\r\nHost: 127.1:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n"),
+    );
+    assert_eq!(bad.status, 400);
+    check("bad_request", None, None);
+
+    // Approved and denied: a person decides.
+    for (path, verb, decision) in [
+        ("/ask/approve", "approve", "approved"),
+        ("/ask/deny", "deny", "denied"),
+    ] {
+        let mut args: Vec<String> = vec![
+            "-sS".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "--max-time".into(),
+            "20".into(),
+        ];
+        args.extend(attack.setup.proxy_args(&token));
+        args.push(url(path));
+        let client = std::thread::spawn(move || curl(&args, CLIENT_TIMEOUT));
+        let mut held = Vec::new();
+        assert!(wait_until(Duration::from_secs(10), || {
+            held = attack.pending();
+            held.len() == 1
+        }));
+        attack.cli(&["approvals", verb, held[0]["id"].as_str().unwrap()]);
+        let _ = client.join();
+        check(decision, None, None);
+    }
+
+    // One held, then a second of the same agent: beyond its share of one.
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "--max-time".into(),
+        "20".into(),
+    ];
+    args.extend(attack.setup.proxy_args(&token));
+    args.push(url("/ask/first"));
+    let first = std::thread::spawn(move || curl(&args, CLIENT_TIMEOUT));
+    assert!(wait_until(Duration::from_secs(10), || attack
+        .pending()
+        .len()
+        == 1));
+    check(
+        "too_many_pending_approvals",
+        Some(attack.curl(&token, &[&url("/ask/second")])),
+        Some(429),
+    );
+    let _ = first.join();
+    check("timed_out", None, None);
+
+    // A client that leaves while its request is held.
+    let leaving = Killed(
+        Command::new("python3")
+            .arg("-c")
+            .arg(HOLD_THEN_WAIT_CLIENT)
+            .env("PROXY", attack.setup.addr().to_string())
+            .env("UPSTREAM_PORT", port.to_string())
+            .env("TOKEN", &token)
+            .env("VAULT_CA", attack.setup.vault_ca())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    assert!(wait_until(Duration::from_secs(10), || attack
+        .pending()
+        .len()
+        == 1));
+    drop(leaving);
+    assert!(wait_until(Duration::from_secs(10), || attack
+        .pending()
+        .is_empty()));
+    check("client_gone", None, None);
+
+    // Beyond the agent's connection share on its socket.
+    let socket = attack.setup.palisade.home().join("run/agents/probe.sock");
+    let _held: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    let mut third = UnixStream::connect(&socket).unwrap();
+    let (text, _) = read_some(&mut third, Duration::from_secs(3));
+    assert!(text.contains("too_many_connections"), "{text}");
+    check("too_many_connections", None, None);
+
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    let settled = wait_until(Duration::from_secs(10), || {
+        counts.clear();
+        for row in attack
+            .json(&["audit", "list", "--event", "request", "--limit", "10000"])
+            .as_array()
+            .unwrap()
+        {
+            *counts
+                .entry(row["decision"].as_str().unwrap_or("").to_string())
+                .or_default() += 1;
+        }
+        expected.iter().all(|d| counts.contains_key(*d))
+    });
+    assert!(settled, "missing rows: {expected:?} vs {counts:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut wanted = std::collections::BTreeMap::<String, usize>::new();
+    for decision in &expected {
+        *wanted.entry(decision.to_string()).or_default() += 1;
+    }
+    // `allowed` requests are not audited; the rate limit's first request was one.
+    counts.remove("allowed");
+    assert_eq!(counts, wanted, "one row per outcome");
+}
