@@ -44,14 +44,15 @@ pub fn json(status: http::StatusCode, value: &serde_json::Value) -> Response<Pro
     response
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers of one hop. `Trailer` is not among them: it declares end-to-end trailer
+/// fields, and without it an HTTP/1.1 hop drops the trailers (RFC 9110, 6.6.2).
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     HeaderName::from_static("proxy-connection"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
