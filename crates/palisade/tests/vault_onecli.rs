@@ -59,8 +59,6 @@ impl Fixture {
     fn agent(&self, name: &str) -> String {
         self.run(&["agents", "create", name]);
         let token = self.run(&["agents", "token", name]).trim().to_string();
-        // The running gateway learns new tokens within 200 ms (its reload interval).
-        std::thread::sleep(Duration::from_millis(600));
         token
     }
 
@@ -155,7 +153,6 @@ impl Fixture {
             "--action",
             "require_approval",
         ]);
-        std::thread::sleep(Duration::from_millis(600));
     }
 }
 

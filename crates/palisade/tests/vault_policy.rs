@@ -74,18 +74,14 @@ impl Fixture {
     fn agent(&self, name: &str, profile: &str) -> String {
         self.run(&["agents", "create", name, "--profile", profile]);
         let token = self.run(&["agents", "token", name]).trim().to_string();
-        // The running gateway learns new tokens within 200 ms (its reload interval).
-        std::thread::sleep(Duration::from_millis(600));
         token
     }
 
-    /// Creates a rule and waits for the gateway to load it (it polls every 200 ms).
+    /// Creates a rule (in force when the CLI returns).
     fn rule(&self, args: &[&str]) {
         let mut full = vec!["rules", "create"];
         full.extend_from_slice(args);
         self.run(&full);
-        // The gateway reloads within 200 ms of the change; a little margin over that.
-        std::thread::sleep(Duration::from_millis(600));
     }
 
     fn proxy(&self, token: &str) -> String {

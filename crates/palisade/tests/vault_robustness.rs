@@ -418,7 +418,6 @@ fn agent_socket_is_the_identity_and_follows_the_agent() {
         ],
         value.as_bytes(),
     ));
-    std::thread::sleep(Duration::from_millis(600));
     let response = uds_get(&fx, &robot_socket, "/via-socket");
     assert_eq!(status_of(&response), 200, "{response}");
     let echo = json_body(&response);
