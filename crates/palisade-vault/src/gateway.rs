@@ -132,9 +132,11 @@ pub async fn start(
     home.ensure()?;
     let store = {
         let home = home.clone();
-        tokio::task::spawn_blocking(move || Store::open(&home).map(Store::without_gateway_sync))
-            .await
-            .map_err(|e| VaultError::Io(e.to_string()))??
+        tokio::task::spawn_blocking(move || {
+            Store::open(&home).map(|store| store.without_gateway_sync().with_actor("vault"))
+        })
+        .await
+        .map_err(|e| VaultError::Io(e.to_string()))??
     };
     let ca = CertificateAuthority::load_or_create(&home.ca_dir())?;
     let allowed = config
