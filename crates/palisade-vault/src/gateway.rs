@@ -35,6 +35,8 @@ const MAX_CONNECTIONS: usize = 32_768;
 /// agent sockets, logs.
 const RESERVED_DESCRIPTORS: u64 = 256;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most 503 answers to refused connections under way at once.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
 pub struct GatewayInner {
     shared: Arc<Shared>,
@@ -398,8 +400,15 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener, entry: Entry) {
 }
 
 /// Answers a connection over the caps with a short 503 and closes it (bounded: a
-/// client that does not read gets nothing after 2 s).
+/// client that does not read gets nothing after 2 s, and at most
+/// [`MAX_REFUSALS_IN_FLIGHT`] answers are under way; beyond that a connection is just
+/// closed).
 fn refuse_connection(shared: &Arc<Shared>, mut stream: Stream, agent: Option<AgentName>) {
+    static IN_FLIGHT: tokio::sync::Semaphore =
+        tokio::sync::Semaphore::const_new(MAX_REFUSALS_IN_FLIGHT);
+    let Ok(permit) = IN_FLIGHT.try_acquire() else {
+        return;
+    };
     let body =
         palisade_policy::ErrorBody::new(palisade_policy::GatewayErrorKind::TooManyConnections, "");
     let body = match &agent {
@@ -412,6 +421,7 @@ fn refuse_connection(shared: &Arc<Shared>, mut stream: Stream, agent: Option<Age
     .to_json();
     let shared = shared.clone();
     tokio::spawn(async move {
+        let _permit = permit;
         let response = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-should-retry: true\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()

@@ -122,12 +122,12 @@ impl Drop for Pending {
     }
 }
 
-/// Rows about clients that never authenticated: at most a burst of this many, then
-/// this many per second; the rest are counted and the count goes on the next row.
+/// Rows about front-door refusals: at most a burst of this many, then this many per
+/// second; the rest are counted and the count goes on the next row.
 const UNAUTHENTICATED_BURST: f64 = 20.0;
 const UNAUTHENTICATED_PER_SECOND: f64 = 5.0;
 
-/// A token bucket for rows about unauthenticated clients.
+/// A token bucket for rows about front-door refusals.
 pub(crate) struct FrontDoorBudget {
     state: Mutex<BudgetState>,
 }
@@ -169,21 +169,20 @@ impl FrontDoorBudget {
     }
 }
 
-/// Records a refusal made before any phase ran (no token, bad target). Rows without a
-/// known agent are rate-limited by the gateway's [`FrontDoorBudget`].
+/// Records a refusal made before any phase ran (no token, a bad target, a connection
+/// beyond the caps). These cost the client nothing but a connection, so their rows are
+/// rate-limited by the gateway's [`FrontDoorBudget`]: a flood cannot fill the log.
 pub(crate) async fn refused_at_front(
     shared: &Shared,
     mut record: Record,
     decision: Decision,
     status: u16,
 ) {
-    if record.agent.is_none() {
-        match shared.front_door.take() {
-            None => return,
-            Some(0) => {}
-            Some(suppressed) => {
-                record.detail = Some(serde_json::json!({ "similar_rows_suppressed": suppressed }));
-            }
+    match shared.front_door.take() {
+        None => return,
+        Some(0) => {}
+        Some(suppressed) => {
+            record.detail = Some(serde_json::json!({ "similar_rows_suppressed": suppressed }));
         }
     }
     shared
