@@ -592,20 +592,24 @@ fn one_agent_cannot_exhaust_the_gateways_connections() {
     for _ in 0..1100 {
         open.push(UnixStream::connect(&socket).expect("connect to the agent socket"));
     }
-    // Those beyond the share were answered 503 and closed.
-    let mut refused = 0;
+    // Those beyond the share were closed, with a 503 when the gateway had the time to
+    // write one (it answers at most 64 refusals at once; the rest are just closed).
+    let mut answered = 0;
+    let mut closed = 0;
     for stream in open.iter_mut().skip(256) {
-        let (text, closed) = read_some(stream, Duration::from_millis(200));
+        let (text, was_closed) = read_some(stream, Duration::from_millis(200));
+        if was_closed {
+            closed += 1;
+        }
         if text.starts_with("HTTP/1.1 503") && text.contains("too_many_connections") {
-            assert!(closed, "a refused connection is closed");
-            refused += 1;
+            answered += 1;
         }
     }
     assert!(
-        refused >= 1100 - 256 - 16,
-        "only {refused} connections beyond the share were refused"
+        closed >= 1100 - 256 - 16,
+        "only {closed} connections beyond the share were closed"
     );
-
+    assert!(answered > 0, "no refused connection was told why");
     // Meanwhile everyone else is served.
     for round in 0..5 {
         let reply = attack.curl(&other, &[&attack.url(&format!("/echo/{round}"))]);
