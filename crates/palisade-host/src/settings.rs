@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Default model for new agents (configurable per agent).
-pub const DEFAULT_MODEL: &str = "claude-sonnet-4-5";
+pub use palisade_policy::models::DEFAULT_MODEL;
 pub const DEFAULT_ANTHROPIC_URL: &str = "https://api.anthropic.com";
 
 /// Longest memory file the host reads or appends to.

@@ -10,6 +10,7 @@ pub mod canonical;
 pub mod error_body;
 pub mod evaluate;
 pub mod injection;
+pub mod models;
 pub mod names;
 pub mod pattern;
 pub mod rule;

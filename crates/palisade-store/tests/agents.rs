@@ -43,7 +43,7 @@ fn create_get_list_and_duplicate() {
 fn settings_and_profile_updates() {
     let t = common::store();
     let alpha = common::add_agent(&t.store, "alpha");
-    let settings = serde_json::json!({ "model": "claude-sonnet-5-5", "provider": "anthropic" });
+    let settings = serde_json::json!({ "model": "claude-sonnet-4-6", "provider": "anthropic" });
     t.store.update_agent_settings(&alpha, &settings).unwrap();
     t.store
         .set_agent_profile(&alpha, Profile::Research)

@@ -227,6 +227,15 @@ fn help_works_on_every_command() {
             output.stdout
         );
     }
+    // The help names the one default model the host and the runner use.
+    let create = palisade.run(&["agents", "create", "--help"]).ok();
+    assert!(
+        create
+            .stdout
+            .contains(palisade_policy::models::DEFAULT_MODEL),
+        "{}",
+        create.stdout
+    );
     let version = palisade.run(&["--version"]).ok();
     assert!(version.stdout.starts_with("palisade "));
     // Help never creates the home.

@@ -218,14 +218,14 @@ messages = [{"role": "user", "content": "hello vault"}]
 result = {}
 client = anthropic.Anthropic(api_key=placeholder, base_url=os.environ["BASE"],
                              http_client=http, max_retries=0)
-message = client.messages.create(model="claude-sonnet-5-5", max_tokens=64, messages=messages)
+message = client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=messages)
 result["create"] = message.content[0].text
-with client.messages.stream(model="claude-sonnet-5-5", max_tokens=64, messages=messages) as stream:
+with client.messages.stream(model="claude-sonnet-4-6", max_tokens=64, messages=messages) as stream:
     result["stream"] = "".join(stream.text_stream)
 # Older SDKs and some frameworks send the key as x-api-key; cover that too.
 legacy = anthropic.Anthropic(api_key=placeholder, base_url=os.environ["BASE"], http_client=http,
                              max_retries=0, default_headers={"x-api-key": placeholder})
-result["legacy"] = legacy.messages.create(model="claude-sonnet-5-5", max_tokens=64,
+result["legacy"] = legacy.messages.create(model="claude-sonnet-4-6", max_tokens=64,
                                           messages=messages).content[0].text
 print(json.dumps(result))
 "#;

@@ -32,7 +32,7 @@ use crate::sse::{SseDecoder, SseEvent};
 use crate::tools::ToolDefinition;
 
 /// The model used when an agent names none.
-pub const DEFAULT_MODEL: &str = "claude-sonnet-5-5";
+pub use palisade_policy::models::DEFAULT_MODEL;
 
 /// What the runner sends as its API key; the vault swaps in the real one.
 pub const PLACEHOLDER_API_KEY: &str = "palisade-placeholder-key";

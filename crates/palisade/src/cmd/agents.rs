@@ -12,7 +12,7 @@ use std::path::PathBuf;
 pub enum AgentsCommand {
     /// Register a new agent.
     #[command(
-        after_help = "Examples:\n  palisade agents create helper\n  palisade agents create mailer --profile action\n  palisade agents create helper --provider anthropic --model claude-sonnet-4-5 --base-url https://api.anthropic.com\n  palisade agents create local --provider openai --model llama3 --base-url http://127.0.0.1:8080"
+        after_help = "Examples:\n  palisade agents create helper\n  palisade agents create mailer --profile action\n  palisade agents create helper --provider anthropic --model claude-sonnet-4-6 --base-url https://api.anthropic.com\n  palisade agents create local --provider openai --model llama3 --base-url http://127.0.0.1:8080"
     )]
     Create {
         /// 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit.
@@ -26,7 +26,7 @@ pub enum AgentsCommand {
     },
     /// Change an agent's profile, model settings or instructions.
     #[command(
-        after_help = "Examples:\n  palisade agents edit helper --model claude-sonnet-5-5\n  palisade agents edit helper --instructions-file notes.md\n\nThe instructions are also a plain file: $PALISADE_HOME/agents/NAME/instructions.md."
+        after_help = "Examples:\n  palisade agents edit helper --model claude-opus-4-1\n  palisade agents edit helper --instructions-file notes.md\n\nThe instructions are also a plain file: $PALISADE_HOME/agents/NAME/instructions.md."
     )]
     Edit {
         name: String,
@@ -66,7 +66,7 @@ pub struct ModelArgs {
     /// Model API: `anthropic` (Messages API) or `openai` (chat completions, also local servers).
     #[arg(long, value_name = "anthropic|openai")]
     provider: Option<String>,
-    /// Model name [default for new agents: claude-sonnet-4-5].
+    /// Model name [default for new agents: claude-sonnet-4-6].
     #[arg(long, value_name = "MODEL")]
     model: Option<String>,
     /// Base URL of the model API [default: https://api.anthropic.com].
