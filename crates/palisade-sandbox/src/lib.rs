@@ -13,7 +13,8 @@
 //!   reported.
 //! - [`shim`]: `palisade shim`, the in-sandbox loopback proxy that relays bytes to the
 //!   agent's vault socket and runs the user's command once it is listening.
-//! - [`seccomp`]: podman's default seccomp rules minus nested user namespaces.
+//! - [`syscall_filter`]: the system calls no sandbox may make, compiled for bubblewrap;
+//!   [`seccomp`]: podman's default seccomp rules hardened with the same list.
 //! - [`image`]: `palisade sandbox image build`, the default OCI image made locally.
 //! - [`doctor`]: which protections this host can actually apply.
 
@@ -28,6 +29,7 @@ pub mod mounts;
 mod runtime;
 pub mod seccomp;
 pub mod shim;
+pub mod syscall_filter;
 mod workdir;
 
 mod bwrap;

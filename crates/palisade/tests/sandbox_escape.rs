@@ -270,7 +270,18 @@ impl World {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        self.command_under(&[], args)
+    }
+
+    /// `palisade ARGS` run as `PREFIX… palisade ARGS` (a wrapper that execs its arguments).
+    fn command_under(&self, prefix: &[&str], args: &[&str]) -> Command {
         let mut command = match self.who {
+            As::Root if !prefix.is_empty() => {
+                let mut c = Command::new(prefix[0]);
+                c.args(&prefix[1..]).arg(&self.binary);
+                c.current_dir(self.dir.path());
+                c
+            }
             As::Root => {
                 let mut c = Command::new(&self.binary);
                 // podman's conmon drops an `oom` marker file in its working directory when
@@ -289,7 +300,7 @@ impl World {
                     "PATH=/usr/local/bin:/usr/bin:/bin",
                     &format!("HOME=/home/{TEST_USER}"),
                 ]);
-                c.arg(&self.binary);
+                c.args(prefix).arg(&self.binary);
                 // The test's own directory is not the user's to enter.
                 c.current_dir("/");
                 c
@@ -301,6 +312,16 @@ impl World {
     }
 
     fn sandbox(&self, runtime: &str, extra: &[&str], script: &str) -> Output {
+        self.sandbox_under(&[], runtime, extra, script)
+    }
+
+    fn sandbox_under(
+        &self,
+        prefix: &[&str],
+        runtime: &str,
+        extra: &[&str],
+        script: &str,
+    ) -> Output {
         let ca = self.dir.path().join("ca.pem");
         let ca = ca.to_str().unwrap();
         let mut args = vec![
@@ -317,7 +338,11 @@ impl World {
         ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--", "bash", "-c", script]);
-        self.palisade(&args, None, Duration::from_secs(180))
+        run_timeout(
+            &mut self.command_under(prefix, &args),
+            None,
+            Duration::from_secs(180),
+        )
     }
 
     fn url(&self, path: &str) -> String {
@@ -816,4 +841,120 @@ fn cpu_limit_applies_to_a_user_once_root_delegates_a_cgroup() {
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "leaves left: {left:?}");
+}
+
+/// Python that makes raw system calls by number (the image has no strace or keyctl):
+/// `call(NAME, ARGS…)` prints `NAME ALLOWED` or `NAME ERRNO-NAME`.
+const SYSCALL_PROBE: &str = r#"
+import ctypes, errno, os, platform, signal, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+NR = {
+    'x86_64': dict(io_uring_setup=425, keyctl=250, add_key=248, ptrace=101, bpf=321, userfaultfd=323, perf_event_open=298),
+    'aarch64': dict(io_uring_setup=425, keyctl=219, add_key=217, ptrace=117, bpf=280, userfaultfd=282, perf_event_open=241),
+}[platform.machine()]
+def call(name, *args):
+    args = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    result = libc.syscall(ctypes.c_long(NR[name]), *args)
+    code = ctypes.get_errno()
+    print(name, 'ALLOWED' if result >= 0 else errno.errorcode.get(code, str(code)), flush=True)
+    return result
+"#;
+
+/// bubblewrap sandboxes load palisade's seccomp filter: io_uring is unavailable, and the
+/// keyrings, ptrace (even of the sandbox's own processes), bpf, userfaultfd and
+/// perf_event_open are refused.
+#[test]
+fn bubblewrap_sandboxes_deny_io_uring_keyrings_ptrace_and_bpf() {
+    each(|w, rt| {
+        if rt != "bwrap" {
+            return;
+        }
+        let script = format!(
+            "python3 - <<'PY'\n{SYSCALL_PROBE}\n{}\nPY\ngrep -E '^Seccomp(_filters)?:' /proc/self/status",
+            r#"
+call('io_uring_setup', 4, ctypes.create_string_buffer(120))
+call('keyctl', 0, -3, 0)
+call('add_key', b'user', b'planted', b'x', 1, -3)
+child = os.fork()
+if child == 0:
+    time.sleep(30)
+    os._exit(0)
+call('ptrace', 16, child, 0, 0)
+os.kill(child, signal.SIGKILL)
+os.waitpid(child, 0)
+call('bpf', 0, ctypes.create_string_buffer(128), 128)
+call('userfaultfd', 0)
+call('perf_event_open', ctypes.create_string_buffer(128), 0, -1, -1, 0)
+print('probe-done')
+"#
+        );
+        let out = w.sandbox(rt, &[], &script);
+        let all = text(&out);
+        assert!(all.contains("probe-done"), "{:?}: {all}", w.who);
+        for expected in [
+            "io_uring_setup ENOSYS",
+            "keyctl EPERM",
+            "add_key EPERM",
+            "ptrace EPERM",
+            "bpf EPERM",
+            "userfaultfd EPERM",
+            "perf_event_open EPERM",
+        ] {
+            assert!(all.contains(expected), "{:?}: {expected}: {all}", w.who);
+        }
+        assert!(!all.contains("ALLOWED"), "{:?}: {all}", w.who);
+        assert!(all.contains("Seccomp:\t2"), "{:?}: no filter: {all}", w.who);
+    });
+}
+
+/// A key the caller holds in its session keyring (or its user keyring) can neither be
+/// read from inside a sandbox nor be joined by one planted there.
+#[test]
+fn a_host_session_key_is_out_of_reach() {
+    const KEY_CANARY: &str = "keyring-canary-3b7d91";
+    // A fresh session keyring for the caller, holding the canary; after the sandbox, the
+    // caller's keyrings are searched for anything the sandbox planted (and it is removed).
+    let wrapper = format!(
+        "printf %s {KEY_CANARY} | keyctl padd user palisade-canary @s >/dev/null || exit 90
+\"$@\"; code=$?
+for ring in @s @u; do
+  if id=$(keyctl search $ring user palisade-planted 2>/dev/null); then
+    echo HOST-KEYRING-WRITTEN $ring; keyctl unlink $id $ring >/dev/null 2>&1
+  fi
+done
+exit $code"
+    );
+    let prefix = ["keyctl", "session", "-", "bash", "-c", &wrapper, "wrapper"];
+    each(|w, rt| {
+        let script = format!(
+            "python3 - <<'PY'\n{SYSCALL_PROBE}\n{}\nPY",
+            r#"
+buffer = ctypes.create_string_buffer(256)
+key = libc.syscall(ctypes.c_long(NR['keyctl']), ctypes.c_long(10), ctypes.c_long(-3), b'user', b'palisade-canary', ctypes.c_long(0))
+if key >= 0:
+    length = libc.syscall(ctypes.c_long(NR['keyctl']), ctypes.c_long(11), ctypes.c_long(key), buffer, ctypes.c_long(256))
+    print('HOST-KEY-VISIBLE', buffer.raw[:max(length, 0)])
+for ring in (-3, -4, -5):
+    if libc.syscall(ctypes.c_long(NR['add_key']), b'user', b'palisade-planted', b'x', ctypes.c_long(1), ctypes.c_long(ring)) >= 0:
+        print('KEY-ADDED', ring)
+print('probe-done')
+"#
+        );
+        let out = w.sandbox_under(&prefix, rt, &[], &script);
+        let all = text(&out);
+        assert!(
+            out.status.success() && all.contains("probe-done"),
+            "{rt} {:?}: {all}",
+            w.who
+        );
+        for leak in [
+            "HOST-KEY-VISIBLE",
+            KEY_CANARY,
+            "KEY-ADDED",
+            "HOST-KEYRING-WRITTEN",
+        ] {
+            assert!(!all.contains(leak), "{rt} {:?}: {leak}: {all}", w.who);
+        }
+    });
 }
