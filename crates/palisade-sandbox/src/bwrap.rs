@@ -106,18 +106,8 @@ impl Bubblewrap {
         ]);
         push(&[
             "--ro-bind",
-            &spec.vault_socket.to_string_lossy(),
-            paths::VAULT_SOCKET,
-        ]);
-        push(&[
-            "--ro-bind",
             &workdir.path("ca-bundle.pem").to_string_lossy(),
             paths::CA_BUNDLE,
-        ]);
-        push(&[
-            "--ro-bind",
-            &workdir.path("lifeline.sock").to_string_lossy(),
-            paths::LIFELINE,
         ]);
         push(&[
             "--bind",
@@ -196,10 +186,12 @@ impl Runtime for Bubblewrap {
             &synthetic_etc(),
             &std::env::temp_dir(),
         )?;
-        let lifeline = workdir.lifeline()?;
+        let (control, sandbox_end) = crate::broker::channel()
+            .map_err(|e| SandboxError::io("cannot create the sandbox's control channel", e))?;
         let (cgroup, mut reports) = Cgroup::create(&spec.limits);
         reports.extend(wall_time_report(&spec.limits));
-        let (options, shim) = self.args(spec, &workdir, etc.path(), shim_argv(spec, &reports));
+        let shim = shim_argv(spec, &reports, sandbox_end.as_raw_fd());
+        let (options, shim) = self.args(spec, &workdir, etc.path(), shim);
         let mut handoff = Handoff::default();
         let options_fd = handoff.with_filters_and_options(options)?;
         let mut command = tokio::process::Command::new(&self.program);
@@ -215,7 +207,8 @@ impl Runtime for Bubblewrap {
                 .stderr(Stdio::piped());
         }
         let procs = cgroup.as_ref().map(|c| c.procs_files());
-        let inherited = handoff.raw_fds();
+        let mut inherited = handoff.raw_fds();
+        inherited.push(sandbox_end.as_raw_fd());
         // SAFETY: only async-signal-safe calls (fcntl, keyctl, and enter_from_child's
         // open/write/close on prepared paths) run between fork and exec.
         unsafe {
@@ -233,12 +226,15 @@ impl Runtime for Bubblewrap {
             .map_err(|e| SandboxError::Start(format!("cannot run bwrap: {e}")))?;
         // The child has its copies; bwrap reads them before the command starts.
         drop(handoff);
+        drop(sandbox_end);
+        let broker = crate::broker::serve(control, spec.vault_socket.clone())
+            .map_err(|e| SandboxError::io("cannot serve the sandbox's control channel", e))?;
         Ok(Sandbox {
             child,
             wall_time: spec.limits.wall_time,
             cgroup,
             container: None,
-            lifeline,
+            broker,
             workdir: Some(workdir),
             etc: Some(etc),
             reports,

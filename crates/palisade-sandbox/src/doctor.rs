@@ -169,7 +169,7 @@ fn bubblewrap() -> RuntimeReport {
     report.checks.push(check(
         "dies with parent",
         true,
-        "bwrap --die-with-parent, plus the shim's lifeline",
+        "bwrap --die-with-parent, plus the shim's control channel (its lifeline)",
     ));
     let (cgroup, limits) = Cgroup::create(&Limits::defaults());
     drop(cgroup);

@@ -12,12 +12,15 @@
 //! - [`limits`] and [`cgroup`]: resource limits, cgroup v2, v1 or rlimits, honestly
 //!   reported.
 //! - [`shim`]: `palisade shim`, the in-sandbox loopback proxy that relays bytes to the
-//!   agent's vault socket and runs the user's command once it is listening.
+//!   agent's vault and runs the user's command once it is listening; `broker`: the
+//!   inherited control channel through which the parent connects the shim to the vault
+//!   (no socket path is ever mounted into a sandbox).
 //! - [`syscall_filter`]: the system calls no sandbox may make, compiled for bubblewrap;
 //!   [`seccomp`]: podman's default seccomp rules hardened with the same list.
 //! - [`image`]: `palisade sandbox image build`, the default OCI image made locally.
 //! - [`doctor`]: which protections this host can actually apply.
 
+mod broker;
 pub mod cgroup;
 pub mod doctor;
 pub mod env;
@@ -35,6 +38,7 @@ mod workdir;
 mod bwrap;
 pub mod oci;
 
+pub use broker::VaultDialer;
 pub use bwrap::Bubblewrap;
 pub use error::SandboxError;
 pub use limits::{LimitMechanism, LimitReport, Limits};
@@ -48,12 +52,8 @@ pub use workdir::remove_stale_run_dirs;
 pub mod paths {
     /// The `palisade` binary, bind-mounted read-only, which runs the shim.
     pub const PALISADE_BINARY: &str = "/run/palisade/palisade";
-    /// The agent's vault socket.
-    pub const VAULT_SOCKET: &str = "/run/palisade/vault.sock";
     /// System roots plus the vault CA.
     pub const CA_BUNDLE: &str = "/run/palisade/ca-bundle.pem";
-    /// Held open by the parent; the shim ends the sandbox when it closes.
-    pub const LIFELINE: &str = "/run/palisade/lifeline.sock";
     /// The agent's writable workspace, also `HOME`.
     pub const WORKSPACE: &str = "/workspace";
     /// Where the shim listens.

@@ -5,7 +5,9 @@
 //! ulimits and, where the engine can enforce them, memory, pids and CPU limits. It is
 //! labelled with the owning process (`palisade.owner=PID:START`); a container whose
 //! owner is gone (the parent was `kill -9`ed) is removed the next time a sandbox
-//! starts, and the shim inside already ends it when the parent's lifeline closes.
+//! starts, and the shim inside already ends it when the parent's control channel
+//! closes (see broker.rs; it is the engine's descriptor 3, passed in with
+//! `--preserve-fds 1`).
 
 use crate::bwrap::check_spec;
 use crate::cgroup::HostCgroups;
@@ -15,6 +17,7 @@ use crate::runtime::{
 };
 use crate::workdir::Workdir;
 use crate::{paths, SandboxError};
+use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -24,6 +27,8 @@ pub const DEFAULT_IMAGE: &str = "localhost/palisade-sandbox:latest";
 const OWNER_LABEL: &str = "palisade.owner";
 const SANDBOX_LABEL: &str = "palisade.sandbox";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// Where the control channel is in the engine's process and the container's.
+const CONTROL_FD: std::os::fd::RawFd = 3;
 /// The podman sandbox's seccomp profile, in the run directory.
 const SECCOMP_FILE: &str = "seccomp.json";
 
@@ -236,14 +241,9 @@ impl Oci {
             "-v",
             &volume(&spec.palisade_binary, paths::PALISADE_BINARY, "ro"),
         ]);
-        push(&["-v", &volume(&spec.vault_socket, paths::VAULT_SOCKET, "ro")]);
         push(&[
             "-v",
             &volume(&workdir.path("ca-bundle.pem"), paths::CA_BUNDLE, "ro"),
-        ]);
-        push(&[
-            "-v",
-            &volume(&workdir.path("lifeline.sock"), paths::LIFELINE, "ro"),
         ]);
         push(&["-v", &volume(&workdir.path("hosts"), "/etc/hosts", "ro")]);
         for mount in &spec.mounts {
@@ -253,12 +253,14 @@ impl Oci {
                 &volume(&mount.source, &mount.destination.to_string_lossy(), mode),
             ]);
         }
+        // The control channel (see broker.rs), the podman process's descriptor 3.
+        push(&["--preserve-fds", "1"]);
         push(&["--workdir", paths::WORKSPACE]);
         for (key, value) in crate::env::sandbox_env() {
             push(&["--env", &format!("{key}={value}")]);
         }
         push(&["--entrypoint", paths::PALISADE_BINARY, &self.image]);
-        args.extend(shim_argv(spec, reports).into_iter().skip(1));
+        args.extend(shim_argv(spec, reports, CONTROL_FD).into_iter().skip(1));
         args
     }
 }
@@ -324,7 +326,8 @@ impl Runtime for Oci {
         if self.tool == OciTool::Podman {
             workdir.write(SECCOMP_FILE, &crate::seccomp::podman_profile()?)?;
         }
-        let lifeline = workdir.lifeline()?;
+        let (control, sandbox_end) = crate::broker::channel()
+            .map_err(|e| SandboxError::io("cannot create the sandbox's control channel", e))?;
         let reports = self.reports(spec);
         let name = format!(
             "palisade-{}-{}-{}",
@@ -343,21 +346,47 @@ impl Runtime for Oci {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
         }
+        let inherited = sandbox_end.as_raw_fd();
+        // SAFETY: only dup2/fcntl run between fork and exec.
+        unsafe {
+            command.pre_exec(move || place_at(inherited, CONTROL_FD));
+        }
         let child = command
             .spawn()
             .map_err(|e| SandboxError::Start(format!("cannot run {}: {e}", self.tool.program())))?;
+        drop(sandbox_end);
+        let broker = crate::broker::serve(control, spec.vault_socket.clone())
+            .map_err(|e| SandboxError::io("cannot serve the sandbox's control channel", e))?;
         Ok(Sandbox {
             child,
             wall_time: spec.limits.wall_time,
             cgroup: None,
             container: Some((self.tool, name)),
-            lifeline,
+            broker,
             workdir: Some(workdir),
             etc: None,
             reports,
             finished: false,
         })
     }
+}
+
+/// Makes `fd` available as descriptor `target` across exec (in the child).
+fn place_at(fd: std::os::fd::RawFd, target: std::os::fd::RawFd) -> std::io::Result<()> {
+    use nix::libc;
+    // SAFETY: dup2 and fcntl on descriptors of this (forked) process.
+    let result = unsafe {
+        if fd == target {
+            libc::fcntl(fd, libc::F_SETFD, 0)
+        } else {
+            // dup2 leaves the new descriptor without close-on-exec.
+            libc::dup2(fd, target)
+        }
+    };
+    if result == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `PID:START` where START is the process's start time in clock ticks, so a reused

@@ -64,7 +64,8 @@ pub struct SandboxSpec {
     pub palisade_binary: PathBuf,
     /// Arguments before the shim's options (`["shim"]` for `palisade`).
     pub shim_subcommand: Vec<String>,
-    /// Host path of the agent's vault socket.
+    /// Host path of the agent's vault socket. It is never mounted into the sandbox:
+    /// the parent connects to it for the shim (see [`crate::broker`]).
     pub vault_socket: PathBuf,
     /// PEM text of the CA bundle (system roots + vault CA).
     pub ca_bundle: String,
@@ -108,7 +109,8 @@ pub struct Sandbox {
     pub(crate) wall_time: Option<Duration>,
     pub(crate) cgroup: Option<Cgroup>,
     pub(crate) container: Option<(OciTool, String)>,
-    pub(crate) lifeline: tokio::task::JoinHandle<()>,
+    /// Serves the shim's control channel (vault connections, lifeline).
+    pub(crate) broker: tokio::task::JoinHandle<()>,
     pub(crate) workdir: Option<Workdir>,
     /// The bubblewrap sandbox's `/etc`, share-locked while the sandbox runs.
     pub(crate) etc: Option<crate::etc_tree::EtcTree>,
@@ -182,7 +184,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        self.lifeline.abort();
+        self.broker.abort();
         if !self.finished {
             if let Some((tool, name)) = &self.container {
                 crate::oci::remove_container(*tool, name);
@@ -195,10 +197,14 @@ impl Drop for Sandbox {
     }
 }
 
-/// Shim options for `spec`, with rlimits standing in for limits no cgroup enforces.
-pub(crate) fn shim_options(spec: &SandboxSpec, reports: &[LimitReport]) -> ShimOptions {
-    let mut options = ShimOptions::new(spec.command.clone());
-    options.lifeline = Some(PathBuf::from(paths::LIFELINE));
+/// Shim options for `spec`, with rlimits standing in for limits no cgroup enforces;
+/// `control_fd` is the control channel's descriptor number inside the sandbox.
+pub(crate) fn shim_options(
+    spec: &SandboxSpec,
+    reports: &[LimitReport],
+    control_fd: std::os::fd::RawFd,
+) -> ShimOptions {
+    let mut options = ShimOptions::new(control_fd, spec.command.clone());
     for report in reports {
         if report.mechanism == LimitMechanism::Rlimit {
             match report.limit {
@@ -212,10 +218,14 @@ pub(crate) fn shim_options(spec: &SandboxSpec, reports: &[LimitReport]) -> ShimO
 }
 
 /// The shim's full argv inside the sandbox.
-pub(crate) fn shim_argv(spec: &SandboxSpec, reports: &[LimitReport]) -> Vec<String> {
+pub(crate) fn shim_argv(
+    spec: &SandboxSpec,
+    reports: &[LimitReport],
+    control_fd: std::os::fd::RawFd,
+) -> Vec<String> {
     let mut argv = vec![paths::PALISADE_BINARY.to_string()];
     argv.extend(spec.shim_subcommand.iter().cloned());
-    argv.extend(shim_options(spec, reports).to_args());
+    argv.extend(shim_options(spec, reports, control_fd).to_args());
     argv
 }
 

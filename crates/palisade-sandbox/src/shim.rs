@@ -1,22 +1,24 @@
 //! `palisade shim`: the first process of every sandbox.
 //!
 //! It listens on `127.0.0.1:3128` (the sandbox's only network is loopback), relays
-//! the bytes of each connection to the agent's vault socket, and only once it is
-//! listening starts the user's command, so no client in the sandbox can race it. It
-//! applies the rlimits the parent asked for, exits with the command's exit code, and
-//! ends the sandbox when the parent's lifeline closes (the parent died).
+//! the bytes of each connection to a connection to the agent's vault that the parent
+//! makes for it (over the inherited control channel, see [`crate::broker`]), and only
+//! once it is listening starts the user's command, so no client in the sandbox can
+//! race it. It applies the rlimits the parent asked for, exits with the command's exit
+//! code, and ends the sandbox when the control channel closes (the parent died).
 //!
 //! The relay is plain byte copying (`tokio::io::copy_bidirectional`): the vault
 //! speaks the HTTP proxy protocol itself, so the shim never parses a request and
 //! adds as little latency as a copy can.
 
+use crate::broker::VaultDialer;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::fd::RawFd;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 /// Exit code of the shim when it could not run the command at all.
@@ -27,9 +29,9 @@ pub const PARENT_GONE: i32 = 137;
 /// Options of `palisade shim`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShimOptions {
-    pub socket: PathBuf,
+    /// The inherited control channel to the parent: vault connections and lifeline.
+    pub control_fd: RawFd,
     pub listen: SocketAddr,
-    pub lifeline: Option<PathBuf>,
     /// Address-space limit for the command (bytes), when no cgroup limits memory.
     pub rlimit_address_space: Option<u64>,
     /// RLIMIT_NPROC for the command, when no cgroup limits processes.
@@ -39,13 +41,12 @@ pub struct ShimOptions {
 }
 
 impl ShimOptions {
-    pub fn new(command: Vec<String>) -> Self {
+    pub fn new(control_fd: RawFd, command: Vec<String>) -> Self {
         ShimOptions {
-            socket: PathBuf::from(crate::paths::VAULT_SOCKET),
+            control_fd,
             listen: crate::paths::SHIM_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 3128))),
-            lifeline: None,
             rlimit_address_space: None,
             rlimit_processes: None,
             max_connections: 256,
@@ -56,16 +57,13 @@ impl ShimOptions {
     /// The arguments after `shim` that reproduce these options.
     pub fn to_args(&self) -> Vec<String> {
         let mut args = vec![
-            "--socket".to_string(),
-            self.socket.display().to_string(),
+            "--control-fd".to_string(),
+            self.control_fd.to_string(),
             "--listen".into(),
             self.listen.to_string(),
             "--max-connections".into(),
             self.max_connections.to_string(),
         ];
-        if let Some(lifeline) = &self.lifeline {
-            args.extend(["--lifeline".into(), lifeline.display().to_string()]);
-        }
         if let Some(bytes) = self.rlimit_address_space {
             args.extend(["--rlimit-as".into(), bytes.to_string()]);
         }
@@ -79,7 +77,7 @@ impl ShimOptions {
 
     /// Parses what [`ShimOptions::to_args`] produces.
     pub fn from_args(args: &[String]) -> Result<Self, String> {
-        let mut options = ShimOptions::new(Vec::new());
+        let mut options = ShimOptions::new(-1, Vec::new());
         let mut iter = args.iter();
         while let Some(arg) = iter.next() {
             let mut value = |name: &str| {
@@ -92,13 +90,20 @@ impl ShimOptions {
                     options.command = iter.cloned().collect();
                     break;
                 }
-                "--socket" => options.socket = PathBuf::from(value("--socket")?),
+                "--control-fd" => {
+                    options.control_fd = value("--control-fd")?
+                        .parse()
+                        .ok()
+                        .filter(|fd| *fd > 2)
+                        .ok_or_else(|| {
+                            "--control-fd needs a descriptor number above 2".to_string()
+                        })?
+                }
                 "--listen" => {
                     options.listen = value("--listen")?.parse().map_err(|_| {
                         "--listen needs an address such as 127.0.0.1:3128".to_string()
                     })?
                 }
-                "--lifeline" => options.lifeline = Some(PathBuf::from(value("--lifeline")?)),
                 "--rlimit-as" => {
                     options.rlimit_address_space = Some(
                         value("--rlimit-as")?
@@ -126,12 +131,21 @@ impl ShimOptions {
         if options.command.is_empty() {
             return Err("no command given after `--`".into());
         }
+        if options.control_fd < 0 {
+            return Err(
+                "--control-fd is required (the shim runs only in a sandbox started by palisade)"
+                    .into(),
+            );
+        }
         Ok(options)
     }
 }
 
 /// Runs the shim to completion and returns the exit code for the process.
 pub fn run(options: ShimOptions) -> i32 {
+    // Nothing the parent handed over may reach the command: the control channel (and
+    // any other inherited descriptor) is closed on exec from here on.
+    keep_from_command(options.control_fd);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -153,19 +167,16 @@ async fn serve(options: ShimOptions) -> i32 {
             return SHIM_FAILURE;
         }
     };
-    let lifeline = match &options.lifeline {
-        Some(path) => match UnixStream::connect(path).await {
-            Ok(stream) => Some(stream),
-            Err(_) => {
-                eprintln!("palisade shim: the parent palisade process is gone; not starting");
-                return PARENT_GONE;
-            }
-        },
-        None => None,
+    // SAFETY: the descriptor was handed to this process for the shim alone.
+    let dialer = match unsafe { VaultDialer::from_inherited(options.control_fd) } {
+        Ok(dialer) => dialer,
+        Err(_) => {
+            eprintln!("palisade shim: the parent palisade process is gone; not starting");
+            return PARENT_GONE;
+        }
     };
-    let socket = Arc::new(options.socket.clone());
     let permits = Arc::new(Semaphore::new(options.max_connections));
-    let accept = tokio::spawn(accept_loop(listener, socket, permits));
+    let accept = tokio::spawn(accept_loop(listener, dialer.clone(), permits));
 
     // The listener is bound: from here on, every client in the sandbox finds it.
     let mut command = tokio::process::Command::new(&options.command[0]);
@@ -208,7 +219,7 @@ async fn serve(options: ShimOptions) -> i32 {
                 SHIM_FAILURE
             }
         },
-        _ = wait_for_close(lifeline) => {
+        _ = dialer.parent_gone() => {
             let _ = child.start_kill();
             PARENT_GONE
         }
@@ -218,16 +229,27 @@ async fn serve(options: ShimOptions) -> i32 {
     code
 }
 
-async fn wait_for_close(lifeline: Option<UnixStream>) {
-    use tokio::io::AsyncReadExt;
-    let Some(mut stream) = lifeline else {
-        return std::future::pending().await;
+/// Marks every descriptor above stderr close-on-exec, the control channel included.
+fn keep_from_command(control_fd: RawFd) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        // No /proc: the control channel at least.
+        let _ = nix::fcntl::fcntl(
+            // SAFETY: borrowed only for this call; the shim owns it.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(control_fd) },
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        return;
     };
-    let mut buffer = [0u8; 16];
-    loop {
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+    let fds: Vec<RawFd> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: setting a flag on a descriptor of this process; one that was the
+        // directory listing's own (now closed) fails harmlessly.
+        unsafe {
+            nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC);
         }
     }
 }
@@ -250,7 +272,7 @@ async fn forward_signals(child: Option<u32>) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, socket: Arc<PathBuf>, permits: Arc<Semaphore>) {
+async fn accept_loop(listener: TcpListener, dialer: VaultDialer, permits: Arc<Semaphore>) {
     loop {
         // Take a permit before accepting: beyond the bound, clients wait in the
         // kernel's backlog instead of costing memory here.
@@ -264,19 +286,19 @@ async fn accept_loop(listener: TcpListener, socket: Arc<PathBuf>, permits: Arc<S
                 continue;
             }
         };
-        let socket = socket.clone();
+        let dialer = dialer.clone();
         tokio::spawn(async move {
-            relay(client, &socket).await;
+            relay(client, &dialer).await;
             drop(permit);
         });
     }
 }
 
-async fn relay(mut client: TcpStream, socket: &std::path::Path) {
+async fn relay(mut client: TcpStream, dialer: &VaultDialer) {
     let _ = client.set_nodelay(true);
-    let vault = tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(socket)).await;
+    let vault = tokio::time::timeout(Duration::from_secs(10), dialer.dial()).await;
     let mut vault = match vault {
-        Ok(Ok(vault)) => vault,
+        Ok(Some(vault)) => vault,
         _ => {
             let body = r#"{"error":"vault_unreachable","message":"the sandbox's vault gateway is not reachable; the palisade process that started this sandbox may have stopped"}"#;
             let response = format!(
@@ -306,8 +328,7 @@ mod tests {
 
     #[test]
     fn arguments_round_trip() {
-        let mut options = ShimOptions::new(vec!["sh".into(), "-c".into(), "echo --x".into()]);
-        options.lifeline = Some("/run/palisade/lifeline.sock".into());
+        let mut options = ShimOptions::new(3, vec!["sh".into(), "-c".into(), "echo --x".into()]);
         options.rlimit_address_space = Some(1 << 30);
         options.rlimit_processes = Some(64);
         assert_eq!(ShimOptions::from_args(&options.to_args()).unwrap(), options);
@@ -325,6 +346,13 @@ mod tests {
             ],
             vec!["--bogus".to_string(), "--".into(), "true".into()],
             vec!["--rlimit-as".to_string()],
+            vec!["--".to_string(), "true".into()],
+            vec![
+                "--control-fd".to_string(),
+                "1".into(),
+                "--".into(),
+                "true".into(),
+            ],
         ] {
             assert!(ShimOptions::from_args(&args).is_err(), "{args:?}");
         }

@@ -131,7 +131,9 @@ pub async fn start(
         serving.insert(agent, handle);
     }
     let sockets = Arc::new(std::sync::Mutex::new(serving));
-    sync_sockets(&shared, &socket_dir, &sockets, &limiter);
+    if shared.config.sockets_for_every_agent {
+        sync_sockets(&shared, &socket_dir, &sockets, &limiter);
+    }
     background.push(tokio::spawn(watch_changes(
         shared.clone(),
         socket_dir.clone(),
@@ -249,6 +251,12 @@ async fn accept_loop(
         };
         match accepted {
             Ok(stream) => {
+                if let (Entry::Agent(agent), Stream::Right(unix)) = (&entry, &stream) {
+                    if let Err(refused) = shared.config.agent_peers.admit(unix) {
+                        tracing::warn!(agent = %agent, reason = %refused.0, "agent socket: peer refused");
+                        continue;
+                    }
+                }
                 let Ok(permit) = limiter.clone().try_acquire_owned() else {
                     tracing::warn!(entry = ?entry, "connection limit reached; refusing a connection");
                     continue;
@@ -364,7 +372,9 @@ async fn watch_changes(
             Ok(Ok(snapshot)) => {
                 shared.snapshot.store(Arc::new(snapshot));
                 last_version = Some(version);
-                sync_sockets(&shared, &dir, &sockets, &limiter);
+                if shared.config.sockets_for_every_agent {
+                    sync_sockets(&shared, &dir, &sockets, &limiter);
+                }
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "could not reload policy; keeping the previous one")

@@ -14,6 +14,7 @@ mod front;
 mod gateway;
 mod holds;
 pub mod net_guard;
+mod peer;
 mod pipeline;
 mod respond;
 mod state;
@@ -22,6 +23,7 @@ mod tunnel;
 mod upstream;
 
 pub use admin::{agent_environment, PLACEHOLDER_KEY};
+pub use peer::PeerRule;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +55,11 @@ pub struct VaultConfig {
     pub upstream_timeout: Duration,
     /// A response body that sends nothing for this long is cut.
     pub idle_timeout: Duration,
+    /// Which processes an agent socket admits (checked with `SO_PEERCRED`).
+    pub agent_peers: PeerRule,
+    /// Whether to keep one socket per existing agent in the socket folder (false: serve
+    /// only the sockets passed to [`Gateway::start_with_sockets`]).
+    pub sockets_for_every_agent: bool,
 }
 
 impl VaultConfig {
@@ -71,6 +78,8 @@ impl VaultConfig {
             connect_timeout: Duration::from_secs(10),
             upstream_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(300),
+            agent_peers: PeerRule::default(),
+            sockets_for_every_agent: true,
         }
     }
 }

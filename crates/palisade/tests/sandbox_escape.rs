@@ -680,17 +680,34 @@ fn nothing_survives_kill_9_of_the_parent() {
         // The next start removes what the killed run left (cgroups, containers, run dirs).
         let out = w.sandbox(rt, &[], "true");
         assert!(out.status.success(), "{}", text(&out));
-        let left: Vec<String> = std::fs::read_dir(std::env::temp_dir())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| {
-                killed.iter().any(|pid| {
-                    name.starts_with(&format!("palisade-vault-{pid}-"))
-                        || name.starts_with(&format!("palisade-sandbox-{pid}-"))
+        let names = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
                 })
+                .unwrap_or_default()
+        };
+        let mut left: Vec<String> = names(&std::env::temp_dir())
+            .into_iter()
+            .filter(|name| {
+                killed
+                    .iter()
+                    .any(|pid| name.starts_with(&format!("palisade-sandbox-{pid}-")))
             })
             .collect();
+        // The in-process vault's socket folder, in the home.
+        left.extend(
+            names(&w.home.join("run/vaults"))
+                .into_iter()
+                .filter(|name| {
+                    killed
+                        .iter()
+                        .any(|pid| name.starts_with(&format!("{pid}-")))
+                }),
+        );
         assert!(
             left.is_empty(),
             "{rt} {:?}: left by the killed run: {left:?}",
@@ -956,5 +973,172 @@ print('probe-done')
         ] {
             assert!(!all.contains(leak), "{rt} {:?}: {leak}: {all}", w.who);
         }
+    });
+}
+
+/// A command started in the background in its own process group, ended (TERM, then
+/// KILL after 10 s) when dropped, so nothing outlives a failed assertion.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// Every `NAME` socket file under `dir` (not following links), depth-first.
+fn sockets_named(dir: &Path, name: &str, found: &mut Vec<PathBuf>) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            sockets_named(&entry.path(), name, found);
+        } else if kind.is_socket() && entry.file_name() == name {
+            found.push(entry.path());
+        }
+    }
+}
+
+/// While agent b's sandbox runs (with its in-process vault), agent a cannot reach b's
+/// vault socket: `/tmp`, the home's parent and the socket's own folder are refused as
+/// mounts with a one-line reason, and a process other than b's own palisade process is
+/// dropped by the socket itself. b's credential never goes upstream.
+#[test]
+fn another_agents_vault_socket_is_out_of_reach() {
+    const SECRET_B: &str = "tok-b-9c1e5a7f22";
+    each(|w, rt| {
+        let out = w.palisade(
+            &[
+                "secrets",
+                "create",
+                "--name",
+                &format!("tok-b-{rt}"),
+                "--host-pattern",
+                "127.0.0.2",
+                "--inject",
+                "bearer",
+                "--agent",
+                "b",
+            ],
+            Some(SECRET_B.as_bytes()),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let ca = w.dir.path().join("ca.pem");
+        let mut b = w.command(&[
+            "sandbox",
+            "run",
+            "--agent",
+            "b",
+            "--runtime",
+            rt,
+            "--upstream-ca",
+            ca.to_str().unwrap(),
+            "--allow-local-upstream",
+            "127.0.0.2",
+            "--",
+            "sleep",
+            "120",
+        ]);
+        b.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let _b = Background(b.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let socket = loop {
+            let mut found = Vec::new();
+            sockets_named(&w.home.join("run"), "b.sock", &mut found);
+            for entry in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("palisade-vault-")
+                {
+                    sockets_named(&entry.path(), "b.sock", &mut found);
+                }
+            }
+            if let Some(socket) = found.pop() {
+                break socket;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{rt}: b's vault socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let probe = |pattern: &str| {
+            format!(
+                "python3 - <<'PY'\nimport glob, socket\nfor path in glob.glob('{pattern}', recursive=True):\n    try:\n        s = socket.socket(socket.AF_UNIX)\n        s.settimeout(10)\n        s.connect(path)\n        s.sendall(b'CONNECT 127.0.0.2:{port} HTTP/1.1\\r\\nHost: 127.0.0.2:{port}\\r\\n\\r\\n')\n        if b' 200' in s.recv(100):\n            print('B-SOCKET-REACHED', path)\n    except OSError as e:\n        print('unreachable', path, e)\nprint('probe-done')\nPY",
+                port = w.port
+            )
+        };
+        let home_parent = w.home.parent().unwrap().to_path_buf();
+        let socket_dir = socket.parent().unwrap().to_path_buf();
+        for (source, pattern) in [
+            (PathBuf::from("/tmp"), "/mnt/x/**/b.sock"),
+            (home_parent, "/mnt/x/**/b.sock"),
+            (socket_dir, "/mnt/x/b.sock"),
+        ] {
+            let mount = format!("{}:/mnt/x", source.display());
+            let out = w.sandbox(rt, &["--mount", &mount], &probe(pattern));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !text(&out).contains("B-SOCKET-REACHED"),
+                "{rt} {:?}: {mount}: {}",
+                w.who,
+                text(&out)
+            );
+            assert!(
+                !out.status.success()
+                    && err.contains(&format!("refusing to mount {}", source.display()))
+                    && err.trim().lines().count() == 1,
+                "{rt} {:?}: {mount}: {}",
+                w.who,
+                text(&out)
+            );
+        }
+        // The socket itself, from a process that is not b's palisade process.
+        use std::io::{Read, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = stream.write_all(
+            format!(
+                "CONNECT 127.0.0.2:{port} HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\n\r\n",
+                port = w.port
+            )
+            .as_bytes(),
+        );
+        let mut reply = [0u8; 64];
+        let read = stream.read(&mut reply).unwrap_or(0);
+        assert_eq!(
+            read,
+            0,
+            "{rt} {:?}: b's socket answered a stranger: {}",
+            w.who,
+            String::from_utf8_lossy(&reply[..read])
+        );
+        assert!(
+            !w.upstream_log().contains(SECRET_B),
+            "{rt} {:?}: b's credential went upstream",
+            w.who
+        );
     });
 }

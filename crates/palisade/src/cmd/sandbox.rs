@@ -17,8 +17,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Temporary socket folders of in-process vaults: `palisade-vault-<pid>-…`.
-const VAULT_DIR_PREFIX: &str = "palisade-vault-";
+/// Where in-process vaults keep their socket: `run/vaults/<pid>-…/` in the home, a
+/// private (0700) folder per run, and so per agent.
+const VAULT_DIR: &str = "vaults";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum SandboxCommand {
@@ -194,17 +195,18 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
                 // sandbox first connects to it: a client waits in the socket's backlog
                 // meanwhile, not in a retry loop, and a command that never reaches out
                 // never pays for (or competes with) the gateway's start. Its options are
-                // checked now, before the sandbox starts. The socket's folder is named
-                // after this process, so the next run removes it if this one is
-                // `kill -9`ed.
+                // checked now, before the sandbox starts. The socket's folder, private
+                // under the home's `run/`, is named after this process, so the next run
+                // removes it if this one is `kill -9`ed. Only this process connects to
+                // the socket (the sandbox's broker does, for the shim), and the vault
+                // admits no other peer.
                 palisade_vault::check_upstream_ca(&args.upstream_ca)?;
-                palisade_sandbox::remove_stale_run_dirs(
-                    &std::env::temp_dir(),
-                    VAULT_DIR_PREFIX,
-                );
+                let vaults = ctx.home.run_dir().join(VAULT_DIR);
+                create_private_dir(&vaults)?;
+                palisade_sandbox::remove_stale_run_dirs(&vaults, "");
                 socket_dir_guard = tempfile::Builder::new()
-                    .prefix(&format!("{VAULT_DIR_PREFIX}{}-", std::process::id()))
-                    .tempdir()
+                    .prefix(&format!("{}-", std::process::id()))
+                    .tempdir_in(&vaults)
                     .context("cannot create a socket directory for the in-process vault")?;
                 let socket = socket_dir_guard.path().join(format!("{agent}.sock"));
                 let listener = std::os::unix::net::UnixListener::bind(&socket)
@@ -216,6 +218,8 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
                 config.upstream_ca = args.upstream_ca.clone();
                 config.allow_local_upstream = args.allow_local_upstream.clone();
                 config.advertise = false;
+                config.sockets_for_every_agent = false;
+                config.agent_peers = palisade_vault::PeerRule::Process(std::process::id());
                 let socket_agent = agent.clone();
                 starting = Some(tokio::spawn(async move {
                     let listener = first_connection(listener)
@@ -373,7 +377,7 @@ fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .with_context(|| format!("cannot create the workspace {}", path.display()))
+        .with_context(|| format!("cannot create the folder {}", path.display()))
 }
 
 fn build_image(args: ImageBuildArgs) -> anyhow::Result<()> {
@@ -398,7 +402,7 @@ fn build_image(args: ImageBuildArgs) -> anyhow::Result<()> {
 /// Arguments of `palisade shim` (runs inside a sandbox; started by `sandbox run`).
 #[derive(Debug, clap::Args)]
 pub struct ShimArgs {
-    /// `--socket PATH --listen ADDR [--lifeline PATH] [--rlimit-as N] [--rlimit-nproc N] -- CMD…`
+    /// `--control-fd N --listen ADDR [--rlimit-as N] [--rlimit-nproc N] -- CMD…`
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
