@@ -179,6 +179,12 @@ impl Runtime for Bubblewrap {
     fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         self.check()?;
         check_spec(spec)?;
+        if nix::unistd::geteuid().is_root() {
+            // Root's agents run as uid 0 of their user namespace here; a workspace a
+            // rootful podman sandbox used last is handed back (see ownership.rs).
+            let root = crate::ownership::Owner { uid: 0, gid: 0 };
+            crate::ownership::hand_over(&spec.workspace, crate::oci::rootful_agent_owner(), root)?;
+        }
         let workdir = Workdir::create(&spec.ca_bundle)?;
         let etc = crate::etc_tree::prepare(
             Path::new("/etc"),

@@ -29,6 +29,7 @@ mod etc_tree;
 pub mod image;
 pub mod limits;
 pub mod mounts;
+mod ownership;
 mod runtime;
 pub mod seccomp;
 pub mod shim;
@@ -44,6 +45,7 @@ pub use error::SandboxError;
 pub use limits::{LimitMechanism, LimitReport, Limits};
 pub use mounts::Mount;
 pub use oci::{Oci, OciTool};
+pub use ownership::Owner;
 pub use runtime::{runtime_for, Outcome, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode};
 pub use workdir::remove_stale_run_dirs;
 

@@ -6,7 +6,7 @@
 //! expose `~/.ssh` and `$PALISADE_HOME`. Shared temporary directories (`/tmp`,
 //! `/var/tmp`, `$TMPDIR`) hold other programs' sockets (ssh-agent, X11, …) and
 //! palisade's own run files: a source may lie inside one, but may not be or contain
-//! one, nor be one of palisade's `palisade-*` entries there. Destinations live under
+//! one, nor be one of palisade's own entries there (`palisade-sandbox-*`, `palisade-etc-*`). Destinations live under
 //! `/mnt`, `/data` or the workspace, so a mount can never shadow a system directory or
 //! `/run/palisade`.
 
@@ -30,13 +30,16 @@ pub struct MountPolicy {
     pub allowed_roots: Vec<PathBuf>,
     /// Paths a source may neither be, lie inside, nor contain.
     pub refused: Vec<(PathBuf, String)>,
-    /// Shared directories a source may lie inside but neither be nor contain; their
-    /// `palisade-*` entries are refused whole.
+    /// Shared directories a source may lie inside but neither be nor contain; palisade's
+    /// own entries in them are refused whole.
     pub shared_dirs: Vec<PathBuf>,
 }
 
 /// What a shared temporary directory holds that no sandbox may be given.
 const SHARED_DIR_REASON: &str = "it is (or holds) a shared temporary directory, with other programs' sockets (ssh-agent, X11, …) and palisade's run files; mount a folder inside it instead";
+/// Names of palisade's own entries in temporary directories (run directories, `/etc`
+/// copies, and in-process vault folders of older versions).
+const PALISADE_ENTRIES: [&str; 3] = ["palisade-sandbox-", "palisade-etc-", "palisade-vault-"];
 const PALISADE_ENTRY_REASON: &str =
     "it is (or lies inside) palisade's own run files in a temporary directory";
 
@@ -209,7 +212,8 @@ impl MountPolicy {
                     .strip_prefix(candidate)
                     .ok()
                     .and_then(|rest| rest.components().next());
-                if entry.is_some_and(|e| e.as_os_str().to_string_lossy().starts_with("palisade-")) {
+                let ours = |name: &str| PALISADE_ENTRIES.iter().any(|p| name.starts_with(p));
+                if entry.is_some_and(|e| ours(&e.as_os_str().to_string_lossy())) {
                     return Err(SandboxError::RefusedMount {
                         path: source.to_path_buf(),
                         reason: PALISADE_ENTRY_REASON.into(),

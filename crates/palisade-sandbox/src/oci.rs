@@ -27,6 +27,12 @@ pub const DEFAULT_IMAGE: &str = "localhost/palisade-sandbox:latest";
 const OWNER_LABEL: &str = "palisade.owner";
 const SANDBOX_LABEL: &str = "palisade.sandbox";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// The agent's uid and gid inside a podman container (rootful): not root.
+pub const AGENT_ID_IN_CONTAINER: u32 = 1000;
+/// How many ids a rootful podman sandbox's user namespace maps.
+const MAPPED_IDS: u32 = 65536;
+/// The first host id of that range when root has none in /etc/subuid and /etc/subgid.
+pub const DEFAULT_ROOTFUL_BASE: u32 = 0x7000_0000;
 /// Where the control channel is in the engine's process and the container's.
 const CONTROL_FD: std::os::fd::RawFd = 3;
 /// The podman sandbox's seccomp profile, in the run directory.
@@ -194,6 +200,18 @@ impl Oci {
             "palisade",
         ]);
         if self.tool == OciTool::Podman {
+            // The agent is never root in the container, and the container's ids are
+            // never the host's: rootless, the user's own uid (keep-id; the user
+            // namespace maps everything else to the user's subordinate ids); rootful, a
+            // fixed subordinate range, the agent at its id 1000.
+            if nix::unistd::geteuid().is_root() {
+                let base = rootful_id_base().0;
+                let map = format!("0:{base}:{MAPPED_IDS}");
+                let user = format!("{AGENT_ID_IN_CONTAINER}:{AGENT_ID_IN_CONTAINER}");
+                push(&["--uidmap", &map, "--gidmap", &map, "--user", &user]);
+            } else {
+                push(&["--userns=keep-id"]);
+            }
             // podman's --read-only otherwise also makes /run and /var/tmp writable.
             push(&["--read-only-tmpfs=false"]);
             // podman's default rules without nested user namespaces (see seccomp.rs);
@@ -325,6 +343,10 @@ impl Runtime for Oci {
         let workdir = Workdir::create(&spec.ca_bundle)?;
         if self.tool == OciTool::Podman {
             workdir.write(SECCOMP_FILE, &crate::seccomp::podman_profile()?)?;
+            if nix::unistd::geteuid().is_root() {
+                let root = crate::ownership::Owner { uid: 0, gid: 0 };
+                crate::ownership::hand_over(&spec.workspace, root, rootful_agent_owner())?;
+            }
         }
         let (control, sandbox_end) = crate::broker::channel()
             .map_err(|e| SandboxError::io("cannot create the sandbox's control channel", e))?;
@@ -369,6 +391,36 @@ impl Runtime for Oci {
             finished: false,
         })
     }
+}
+
+/// The first host id of the range rootful podman sandboxes map, and where it came
+/// from: root's entry in /etc/subuid and /etc/subgid when both have one of at least
+/// 65536 ids starting at the same id, else [`DEFAULT_ROOTFUL_BASE`].
+pub fn rootful_id_base() -> (u32, &'static str) {
+    let range = |file: &str| -> Option<u32> {
+        let text = std::fs::read_to_string(file).ok()?;
+        text.lines().find_map(|line| {
+            let mut fields = line.trim().split(':');
+            let (name, start, count) = (fields.next()?, fields.next()?, fields.next()?);
+            let (start, count): (u32, u32) = (start.parse().ok()?, count.parse().ok()?);
+            (matches!(name, "root" | "0") && count >= MAPPED_IDS).then_some(start)
+        })
+    };
+    match (range("/etc/subuid"), range("/etc/subgid")) {
+        (Some(uid), Some(gid)) if uid == gid => {
+            (uid, "root's range in /etc/subuid and /etc/subgid")
+        }
+        _ => (
+            DEFAULT_ROOTFUL_BASE,
+            "palisade's default range (root has none in /etc/subuid and /etc/subgid)",
+        ),
+    }
+}
+
+/// The host user and group a rootful podman sandbox's agent runs as.
+pub fn rootful_agent_owner() -> crate::ownership::Owner {
+    let id = rootful_id_base().0 + AGENT_ID_IN_CONTAINER;
+    crate::ownership::Owner { uid: id, gid: id }
 }
 
 /// Makes `fd` available as descriptor `target` across exec (in the child).

@@ -1142,3 +1142,52 @@ fn another_agents_vault_socket_is_out_of_reach() {
         );
     });
 }
+
+/// podman runs the agent as a non-root user in a user namespace: `id -u` is not 0, a
+/// root-only host file mounted in stays unreadable, and the workspace is writable. As
+/// root, the workspace is handed back when the agent next runs in bubblewrap.
+#[test]
+fn podman_runs_the_agent_as_a_user_that_is_not_root() {
+    each(|w, rt| {
+        if rt != "podman" {
+            return;
+        }
+        let host_files = w.dir.path().join("host-files");
+        std::fs::create_dir_all(&host_files).unwrap();
+        let secret = host_files.join("root-only");
+        std::fs::write(&secret, "root-only-content-5d2a\n").unwrap();
+        sh(
+            "chmod 755 host-files && chmod 600 host-files/root-only",
+            w.dir.path(),
+        );
+        let mount = format!("{}:/mnt/host", host_files.display());
+        let out = w.sandbox(
+            rt,
+            &["--mount", &mount],
+            "echo uid=$(id -u) gid=$(id -g)\ncat /mnt/host/root-only 2>/dev/null && echo HOST-FILE-READ\ntouch /workspace/made-in-podman && echo workspace-writable",
+        );
+        let all = text(&out);
+        assert!(out.status.success(), "{:?}: {all}", w.who);
+        assert!(
+            all.contains("uid=") && !all.contains("uid=0 ") && !all.contains("gid=0\n"),
+            "{:?}: {all}",
+            w.who
+        );
+        assert!(!all.contains("HOST-FILE-READ"), "{:?}: {all}", w.who);
+        assert!(!all.contains("root-only-content"), "{:?}: {all}", w.who);
+        assert!(all.contains("workspace-writable"), "{:?}: {all}", w.who);
+        if w.who == As::Root {
+            use std::os::unix::fs::MetadataExt;
+            let made = w.home.join("agents/a/workspace/made-in-podman");
+            assert_ne!(std::fs::metadata(&made).unwrap().uid(), 0);
+            let out = w.sandbox(
+                "bwrap",
+                &[],
+                "rm /workspace/made-in-podman && touch /workspace/made-in-bwrap && echo bwrap-writes",
+            );
+            assert!(text(&out).contains("bwrap-writes"), "{}", text(&out));
+            let made = w.home.join("agents/a/workspace/made-in-bwrap");
+            assert_eq!(std::fs::metadata(&made).unwrap().uid(), 0);
+        }
+    });
+}
