@@ -1191,3 +1191,45 @@ fn podman_runs_the_agent_as_a_user_that_is_not_root() {
         }
     });
 }
+
+/// Nothing in a bubblewrap sandbox's `/proc` tells where things live on the host: the
+/// command lines and environments of its processes (pid 1 included) name no host path,
+/// and its mount table names the home only as the workspace's source (a bind mount
+/// shows its source's path within its filesystem) and no socket at all.
+#[test]
+fn no_host_path_shows_through_proc_in_bubblewrap() {
+    each(|w, rt| {
+        if rt != "bwrap" {
+            return;
+        }
+        let script = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; tr '\\0' ' ' < $p/environ; echo; done > /tmp/procs 2>/dev/null\necho PID1: $(tr '\\0' ' ' < /proc/1/cmdline)\necho ---procs; cat /tmp/procs\necho ---mountinfo; cat /proc/self/mountinfo";
+        let out = w.sandbox(rt, &[], script);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{:?}: {}", w.who, text(&out));
+        let (procs, mountinfo) = stdout
+            .split_once("---mountinfo")
+            .expect("both parts printed");
+        assert!(procs.contains("PID1: bwrap"), "{:?}: {stdout}", w.who);
+        let home = w.home.display().to_string();
+        let world = w.dir.path().display().to_string();
+        let binary = w.binary.display().to_string();
+        for host_path in [&home, &world, &binary, &"/tmp/palisade-".to_string()] {
+            assert!(
+                !procs.contains(host_path.as_str()),
+                "{:?}: {host_path} in a command line or environment: {procs}",
+                w.who
+            );
+        }
+        for line in mountinfo.lines() {
+            if line.contains(&home) {
+                let mount_point = line.split(' ').nth(4).unwrap_or_default();
+                assert_eq!(mount_point, "/workspace", "{:?}: {line}", w.who);
+            }
+            assert!(
+                !line.contains(".sock"),
+                "{:?}: a socket is mounted: {line}",
+                w.who
+            );
+        }
+    });
+}
