@@ -43,7 +43,10 @@ pub struct SandboxLauncher {
     pub vault_socket_dir: PathBuf,
     /// PEM of system roots + the vault CA.
     pub ca_bundle: String,
+    /// Limits of every runner's sandbox; the workspace quota is the agent's own (its
+    /// settings in `store`).
     pub limits: Limits,
+    pub store: palisade_store::Store,
 }
 
 impl RunnerLauncher for SandboxLauncher {
@@ -60,6 +63,15 @@ impl RunnerLauncher for SandboxLauncher {
         }
         let workspace = self.home.agent_workspace(agent.as_str());
         crate::settings::create_private_dir(&workspace)?;
+        let mut limits = self.limits.clone();
+        limits.workspace = Some(
+            self.store
+                .get_agent(agent)
+                .ok()
+                .and_then(|record| crate::AgentSettings::from_json(&record.settings).ok())
+                .unwrap_or_default()
+                .effective_workspace_quota(),
+        );
         let spec = SandboxSpec {
             agent: agent.to_string(),
             workspace,
@@ -72,7 +84,7 @@ impl RunnerLauncher for SandboxLauncher {
                 destination: PathBuf::from(SANDBOX_HOST_SOCKET),
                 writable: false,
             }],
-            limits: self.limits.clone(),
+            limits,
             command: vec![
                 palisade_sandbox::paths::PALISADE_BINARY.to_string(),
                 "runner".to_string(),
@@ -98,6 +110,11 @@ impl RunnerLauncher for SandboxLauncher {
         tokio::spawn(async move {
             tokio::select! {
                 outcome = sandbox.wait() => match outcome {
+                    Ok(outcome) if outcome.workspace_full.is_some() => tracing::warn!(
+                        agent = %name,
+                        reason = %outcome.workspace_full.map(|full| full.to_string()).unwrap_or_default(),
+                        "runner stopped: its workspace is full; free space in it or raise the quota with `palisade agents edit {name} --workspace-quota SIZE`"
+                    ),
                     Ok(outcome) => tracing::info!(agent = %name, code = outcome.code, "runner exited"),
                     Err(error) => tracing::warn!(agent = %name, %error, "lost the runner"),
                 },

@@ -196,6 +196,7 @@ impl Runtime for Bubblewrap {
             .map_err(|e| SandboxError::io("cannot create the sandbox's control channel", e))?;
         let (cgroup, mut reports) = Cgroup::create(&spec.limits);
         reports.extend(wall_time_report(&spec.limits));
+        reports.extend(crate::runtime::workspace_report(&spec.limits));
         let shim = shim_argv(spec, &reports, sandbox_end.as_raw_fd());
         let (options, shim) = self.args(spec, &workdir, etc.path(), shim);
         let mut handoff = Handoff::default();
@@ -238,6 +239,7 @@ impl Runtime for Bubblewrap {
         Ok(Sandbox {
             child,
             wall_time: spec.limits.wall_time,
+            workspace_quota: crate::runtime::workspace_quota(spec),
             cgroup,
             container: None,
             broker,

@@ -10,7 +10,7 @@
 //! - [`mounts`]: the `--mount SRC:DST[:rw]` parser, allow-list and refusals.
 //! - [`env`]: the environment every sandbox gets (proxy, CA bundle), and nothing else.
 //! - [`limits`] and [`cgroup`]: resource limits, cgroup v2, v1 or rlimits, honestly
-//!   reported.
+//!   reported; [`quota`]: the workspace quota.
 //! - [`shim`]: `palisade shim`, the in-sandbox loopback proxy that relays bytes to the
 //!   agent's vault and runs the user's command once it is listening; `broker`: the
 //!   inherited control channel through which the parent connects the shim to the vault
@@ -30,6 +30,7 @@ pub mod image;
 pub mod limits;
 pub mod mounts;
 mod ownership;
+pub mod quota;
 mod runtime;
 pub mod seccomp;
 pub mod shim;
@@ -46,7 +47,11 @@ pub use limits::{LimitMechanism, LimitReport, Limits};
 pub use mounts::Mount;
 pub use oci::{Oci, OciTool};
 pub use ownership::Owner;
-pub use runtime::{runtime_for, Outcome, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode};
+pub use quota::WorkspaceFull;
+pub use runtime::{
+    runtime_for, Outcome, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode, TIMED_OUT,
+    WORKSPACE_FULL,
+};
 pub use workdir::remove_stale_run_dirs;
 
 /// Where things appear inside every sandbox. Fixed, so nothing about the host's

@@ -140,6 +140,7 @@ impl Oci {
             });
         }
         reports.extend(wall_time_report(limits));
+        reports.extend(crate::runtime::workspace_report(limits));
         reports
     }
 
@@ -382,6 +383,7 @@ impl Runtime for Oci {
         Ok(Sandbox {
             child,
             wall_time: spec.limits.wall_time,
+            workspace_quota: crate::runtime::workspace_quota(spec),
             cgroup: None,
             container: Some((self.tool, name)),
             broker,

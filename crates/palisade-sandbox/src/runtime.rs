@@ -12,6 +12,8 @@ use std::time::Duration;
 
 /// Exit code of a sandbox killed at its wall-time limit (as `timeout(1)`).
 pub const TIMED_OUT: i32 = 124;
+/// Exit code of a sandbox stopped because its workspace was full (`EDQUOT`).
+pub const WORKSPACE_FULL: i32 = 122;
 
 /// Which backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -81,6 +83,8 @@ pub struct Outcome {
     /// The command's exit code (128 + signal if killed; 124 on timeout).
     pub code: i32,
     pub timed_out: bool,
+    /// Set when the workspace watcher stopped the sandbox (code [`WORKSPACE_FULL`]).
+    pub workspace_full: Option<crate::quota::WorkspaceFull>,
 }
 
 /// A way to run sandboxes.
@@ -107,6 +111,8 @@ pub fn runtime_for(kind: RuntimeKind) -> Box<dyn Runtime> {
 pub struct Sandbox {
     pub(crate) child: tokio::process::Child,
     pub(crate) wall_time: Option<Duration>,
+    /// The workspace and its quota, watched while the sandbox runs.
+    pub(crate) workspace_quota: Option<(PathBuf, u64)>,
     pub(crate) cgroup: Option<Cgroup>,
     pub(crate) container: Option<(OciTool, String)>,
     /// Serves the shim's control channel (vault connections, lifeline).
@@ -129,26 +135,55 @@ impl Sandbox {
         &mut self.child
     }
 
-    /// Waits for the command, killing the sandbox at its wall-time limit.
+    /// Waits for the command, killing the sandbox at its wall-time limit or when its
+    /// workspace is full.
     pub async fn wait(mut self) -> Result<Outcome, SandboxError> {
-        let waited = match self.wall_time {
-            Some(limit) => tokio::time::timeout(limit, self.child.wait()).await.ok(),
-            None => Some(self.child.wait().await),
+        enum Ended {
+            Exited(std::io::Result<std::process::ExitStatus>),
+            TimedOut,
+            Full(crate::quota::WorkspaceFull),
+        }
+        let wall_time = self.wall_time;
+        let quota = self.workspace_quota.clone();
+        let ended = tokio::select! {
+            status = self.child.wait() => Ended::Exited(status),
+            _ = async {
+                match wall_time {
+                    Some(limit) => tokio::time::sleep(limit).await,
+                    None => std::future::pending().await,
+                }
+            } => Ended::TimedOut,
+            full = async {
+                match quota {
+                    Some((workspace, limit)) => crate::quota::watch(workspace, limit).await,
+                    None => std::future::pending().await,
+                }
+            } => Ended::Full(full),
         };
-        let outcome = match waited {
-            Some(status) => {
+        let outcome = match ended {
+            Ended::Exited(status) => {
                 let status = status.map_err(|e| SandboxError::io("lost the sandbox process", e))?;
                 self.finished = true;
                 Outcome {
                     code: crate::shim::exit_code(status),
                     timed_out: false,
+                    workspace_full: None,
                 }
             }
-            None => {
+            Ended::TimedOut => {
                 self.kill().await;
                 Outcome {
                     code: TIMED_OUT,
                     timed_out: true,
+                    workspace_full: None,
+                }
+            }
+            Ended::Full(full) => {
+                self.kill().await;
+                Outcome {
+                    code: WORKSPACE_FULL,
+                    timed_out: false,
+                    workspace_full: Some(full),
                 }
             }
         };
@@ -205,6 +240,7 @@ pub(crate) fn shim_options(
     control_fd: std::os::fd::RawFd,
 ) -> ShimOptions {
     let mut options = ShimOptions::new(control_fd, spec.command.clone());
+    options.rlimit_file_size = spec.limits.workspace;
     for report in reports {
         if report.mechanism == LimitMechanism::Rlimit {
             match report.limit {
@@ -227,6 +263,23 @@ pub(crate) fn shim_argv(
     argv.extend(spec.shim_subcommand.iter().cloned());
     argv.extend(shim_options(spec, reports, control_fd).to_args());
     argv
+}
+
+/// The report of the workspace quota, if one is set.
+pub(crate) fn workspace_report(limits: &Limits) -> Option<LimitReport> {
+    limits.workspace.map(|bytes| LimitReport {
+        limit: "workspace",
+        value: crate::limits::format_bytes(bytes),
+        mechanism: LimitMechanism::Watcher,
+        note: Some("a burst of many files can pass the quota by what is written between two measurements (at most 250 ms apart); the watcher also stops the sandbox when the disk has less than 256M free".into()),
+    })
+}
+
+/// The quota to watch for `spec`.
+pub(crate) fn workspace_quota(spec: &SandboxSpec) -> Option<(PathBuf, u64)> {
+    spec.limits
+        .workspace
+        .map(|bytes| (spec.workspace.clone(), bytes))
 }
 
 pub(crate) fn wall_time_report(limits: &Limits) -> Option<LimitReport> {

@@ -36,6 +36,8 @@ pub struct ShimOptions {
     pub rlimit_address_space: Option<u64>,
     /// RLIMIT_NPROC for the command, when no cgroup limits processes.
     pub rlimit_processes: Option<u64>,
+    /// RLIMIT_FSIZE for the command: the workspace quota (no file grows past it).
+    pub rlimit_file_size: Option<u64>,
     pub max_connections: usize,
     pub command: Vec<String>,
 }
@@ -49,6 +51,7 @@ impl ShimOptions {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 3128))),
             rlimit_address_space: None,
             rlimit_processes: None,
+            rlimit_file_size: None,
             max_connections: 256,
             command,
         }
@@ -69,6 +72,9 @@ impl ShimOptions {
         }
         if let Some(count) = self.rlimit_processes {
             args.extend(["--rlimit-nproc".into(), count.to_string()]);
+        }
+        if let Some(bytes) = self.rlimit_file_size {
+            args.extend(["--rlimit-fsize".into(), bytes.to_string()]);
         }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
@@ -116,6 +122,13 @@ impl ShimOptions {
                         value("--rlimit-nproc")?
                             .parse()
                             .map_err(|_| "--rlimit-nproc needs a count".to_string())?,
+                    )
+                }
+                "--rlimit-fsize" => {
+                    options.rlimit_file_size = Some(
+                        value("--rlimit-fsize")?
+                            .parse()
+                            .map_err(|_| "--rlimit-fsize needs a byte count".to_string())?,
                     )
                 }
                 "--max-connections" => {
@@ -183,6 +196,7 @@ async fn serve(options: ShimOptions) -> i32 {
     command.args(&options.command[1..]);
     let address_space = options.rlimit_address_space;
     let processes = options.rlimit_processes;
+    let file_size = options.rlimit_file_size;
     // SAFETY: only async-signal-safe syscalls (prctl, setrlimit) run after fork.
     unsafe {
         command.pre_exec(move || {
@@ -193,6 +207,9 @@ async fn serve(options: ShimOptions) -> i32 {
             }
             if let Some(count) = processes {
                 setrlimit(Resource::RLIMIT_NPROC, count, count).map_err(std::io::Error::from)?;
+            }
+            if let Some(bytes) = file_size {
+                setrlimit(Resource::RLIMIT_FSIZE, bytes, bytes).map_err(std::io::Error::from)?;
             }
             Ok(())
         });
@@ -331,6 +348,7 @@ mod tests {
         let mut options = ShimOptions::new(3, vec!["sh".into(), "-c".into(), "echo --x".into()]);
         options.rlimit_address_space = Some(1 << 30);
         options.rlimit_processes = Some(64);
+        options.rlimit_file_size = Some(64 << 20);
         assert_eq!(ShimOptions::from_args(&options.to_args()).unwrap(), options);
     }
 

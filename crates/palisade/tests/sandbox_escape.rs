@@ -1233,3 +1233,50 @@ fn no_host_path_shows_through_proc_in_bubblewrap() {
         }
     });
 }
+
+/// The workspace quota holds in every kind of sandbox: one file cannot grow past it
+/// (the write fails inside with EFBIG), and many files get the sandbox stopped with a
+/// message (exit code 122); the host's side of the workspace is cleaned up by the test.
+#[test]
+fn the_workspace_quota_holds_in_every_sandbox() {
+    each(|w, rt| {
+        let out = w.palisade(
+            &["agents", "edit", "a", "--workspace-quota", "16M"],
+            None,
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let workspace = w.home.join("agents/a/workspace");
+        let clean = || {
+            for entry in std::fs::read_dir(&workspace)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if entry.file_name().to_string_lossy().starts_with("quota-") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        };
+        clean();
+        let one_file = "python3 -c \"\nf = open('/workspace/quota-big', 'wb')\ntry:\n    for _ in range(32):\n        f.write(b'x' * (1 << 20))\n        f.flush()\nexcept OSError as e:\n    print('WRITE-REFUSED', e.errno)\n\"";
+        let out = w.sandbox(rt, &[], one_file);
+        assert!(
+            text(&out).contains("WRITE-REFUSED 27"),
+            "{rt} {:?}: {}",
+            w.who,
+            text(&out)
+        );
+        clean();
+        let many = "for i in $(seq 1 12); do head -c 2M /dev/zero > /workspace/quota-$i; done; sleep 30; echo SURVIVED";
+        let out = w.sandbox(rt, &[], many);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(122), "{rt} {:?}: {all}", w.who);
+        assert!(
+            !all.contains("SURVIVED") && all.contains("the workspace reached its quota"),
+            "{rt} {:?}: {all}",
+            w.who
+        );
+        clean();
+    });
+}

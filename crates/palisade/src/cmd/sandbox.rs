@@ -142,6 +142,7 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
         pids: optional(&args.pids, parse_pids)?,
         cpus: optional(&args.cpus, parse_cpus)?,
         wall_time: args.timeout.as_deref().map(parse_wall_time).transpose()?,
+        workspace: None,
     };
     let policy = MountPolicy::for_host(ctx.home.root());
     let mounts = args
@@ -151,15 +152,22 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let agent = AgentName::new(&args.agent)?;
     let store = ctx.open_store()?;
-    if let Err(error) = store.get_agent(&agent) {
-        if matches!(error, palisade_store::StoreError::NotFound { .. }) {
-            anyhow::bail!(
-                "unknown agent \"{agent}\"; create it with `palisade agents create {agent}`"
-            );
-        }
-        return Err(error.into());
-    }
+    let record = match store.get_agent(&agent) {
+        Ok(record) => record,
+        Err(palisade_store::StoreError::NotFound { .. }) => anyhow::bail!(
+            "unknown agent \"{agent}\"; create it with `palisade agents create {agent}`"
+        ),
+        Err(error) => return Err(error.into()),
+    };
     drop(store);
+    let mut limits = limits;
+    // The agent's own quota (a malformed setting is reported by `agents show`; the
+    // default applies meanwhile).
+    limits.workspace = Some(
+        palisade_host::AgentSettings::from_json(&record.settings)
+            .unwrap_or_default()
+            .effective_workspace_quota(),
+    );
     let runtime: Box<dyn Runtime> = match (kind, &args.image) {
         (RuntimeKind::Podman, Some(image)) => Box::new(Oci::with_image(OciTool::Podman, image)),
         (RuntimeKind::Docker, Some(image)) => Box::new(Oci::with_image(OciTool::Docker, image)),
@@ -348,6 +356,13 @@ async fn run_to_end(
             _ = terminate.recv() => return Ok(143),
         }
     };
+    if let Some(full) = waited.workspace_full {
+        eprintln!(
+            "palisade: {full}, so the sandbox was stopped; delete files in the workspace ({}) or raise the quota with `palisade agents edit {} --workspace-quota SIZE`",
+            spec.workspace.display(),
+            spec.agent
+        );
+    }
     if waited.timed_out {
         eprintln!(
             "palisade: the sandbox reached its wall-time limit ({}) and was killed",
