@@ -299,7 +299,7 @@ impl Handoff {
 }
 
 /// The filters, compiled once per process.
-fn compiled_filters() -> Result<&'static [Vec<u8>], SandboxError> {
+pub(crate) fn compiled_filters() -> Result<&'static [Vec<u8>], SandboxError> {
     static FILTERS: std::sync::OnceLock<Result<Vec<Vec<u8>>, String>> = std::sync::OnceLock::new();
     FILTERS
         .get_or_init(|| crate::syscall_filter::bwrap_filters().map_err(|e| e.to_string()))

@@ -271,7 +271,7 @@ pub(crate) fn workspace_report(limits: &Limits) -> Option<LimitReport> {
         limit: "workspace",
         value: crate::limits::format_bytes(bytes),
         mechanism: LimitMechanism::Watcher,
-        note: Some("a burst of many files can pass the quota by what is written between two measurements (at most 250 ms apart); the watcher also stops the sandbox when the disk has less than 256M free".into()),
+        note: Some("a burst of many files can pass the quota by what is written between two measurements (250 ms apart for a small workspace, up to 30 s for a very large one); the watcher also stops the sandbox when the disk has less than 256M free".into()),
     })
 }
 

@@ -27,7 +27,10 @@ pub enum SandboxCommand {
     #[command(after_help = "Examples:
   palisade sandbox run --agent research -- curl -s https://example.com/
   palisade sandbox run --agent coder --mount ~/src/app:/mnt/app:rw --timeout 10m -- bash -c 'cd /mnt/app && make test'
-  palisade sandbox run --agent coder --runtime podman --memory 2G --pids 1024 -- python3 job.py")]
+  palisade sandbox run --agent coder --runtime podman --memory 2G --pids 1024 -- python3 job.py
+
+Exit code: the command's; 124 when --timeout ended it; 122 when the workspace reached
+the agent's quota (`palisade agents edit NAME --workspace-quota SIZE`) or its disk ran low.")]
     Run(RunArgs),
     /// Report which protections sandboxes get on this host (probed, not assumed).
     Doctor,
@@ -44,7 +47,9 @@ pub struct RunArgs {
     /// bwrap (default, no daemon), podman or docker.
     #[arg(long, default_value = "bwrap", value_name = "RUNTIME")]
     runtime: String,
-    /// Extra mount, read-only unless `:rw`; DST under /mnt, /data or /workspace.
+    /// Extra mount, read-only unless `:rw`; DST under /mnt, /data or /workspace. Refused
+    /// as SRC: the palisade home and what holds it, /tmp and /var/tmp themselves, /run,
+    /// secret folders (~/.ssh, …) and /etc.
     #[arg(long = "mount", value_name = "SRC:DST[:rw]")]
     mounts: Vec<String>,
     /// Memory limit (e.g. 512M, 2G), or `none`.
