@@ -1,9 +1,12 @@
 //! The control channel between a sandbox and the palisade process that started it: the
 //! sandbox's only way to its vault, and its lifeline.
 //!
-//! No socket path of the host is ever mounted into a sandbox. The parent hands the shim
+//! No vault socket of the host is ever mounted into a sandbox. The parent hands the shim
 //! one end of a socket pair as an inherited descriptor (bubblewrap passes it through;
-//! podman with `--preserve-fds`). For each connection a client in the sandbox makes to
+//! podman with `--preserve-fds`). docker cannot pass a descriptor into a container, so
+//! for docker the parent listens on a socket in the sandbox's private run directory,
+//! mounted into the sandbox, and serves the first connection, the shim's, which it
+//! makes before the command starts. For each connection a client in the sandbox makes to
 //! the shim, the shim asks the parent over this channel; the parent connects to the
 //! agent's vault socket itself and passes the connected descriptor back
 //! (`SCM_RIGHTS`). So:
@@ -49,6 +52,21 @@ pub(crate) fn serve(
     parent.set_nonblocking(true)?;
     let parent = UnixStream::from_std(parent)?;
     Ok(tokio::spawn(serve_requests(parent, vault_socket)))
+}
+
+/// As [`serve`], for the first connection on `listener` (docker: see the module doc).
+pub(crate) fn serve_first_connection(
+    listener: std::os::unix::net::UnixListener,
+    vault_socket: PathBuf,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    Ok(tokio::spawn(async move {
+        if let Ok((control, _)) = listener.accept().await {
+            drop(listener);
+            serve_requests(control, vault_socket).await;
+        }
+    }))
 }
 
 async fn serve_requests(mut control: UnixStream, vault_socket: PathBuf) {
@@ -108,14 +126,22 @@ impl VaultDialer {
         // SAFETY: the caller owns `fd`.
         let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
         stream.set_nonblocking(true)?;
-        let stream = UnixStream::from_std(stream)?;
+        Ok(Self::from_stream(UnixStream::from_std(stream)?))
+    }
+
+    /// Connects to the parent's control socket at `path` (docker).
+    pub async fn connect(path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self::from_stream(UnixStream::connect(path).await?))
+    }
+
+    fn from_stream(stream: UnixStream) -> Self {
         let (requests, receiver) = mpsc::channel(1024);
         let (closed_sender, closed) = watch::channel(false);
         tokio::spawn(async move {
             control_loop(stream, receiver).await;
             let _ = closed_sender.send(true);
         });
-        Ok(VaultDialer { requests, closed })
+        VaultDialer { requests, closed }
     }
 
     /// A new connection to the agent's vault, or `None` if the vault (or the parent) is
@@ -239,5 +265,19 @@ mod tests {
             .await
             .expect("parent seen gone");
         assert!(dialer.dial().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_control_socket_serves_its_first_connection_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vault.sock");
+        let _vault = tokio::net::UnixListener::bind(&socket).unwrap();
+        let control = dir.path().join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&control).unwrap();
+        let _server = serve_first_connection(listener, socket).unwrap();
+        let dialer = VaultDialer::connect(&control).await.unwrap();
+        assert!(dialer.dial().await.is_some());
+        // Once the shim is connected nobody else can be: the listener is gone.
+        assert!(VaultDialer::connect(&control).await.is_err());
     }
 }

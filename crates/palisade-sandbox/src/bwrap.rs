@@ -197,7 +197,11 @@ impl Runtime for Bubblewrap {
         let (cgroup, mut reports) = Cgroup::create(&spec.limits);
         reports.extend(wall_time_report(&spec.limits));
         reports.extend(crate::runtime::workspace_report(&spec.limits));
-        let shim = shim_argv(spec, &reports, sandbox_end.as_raw_fd());
+        let shim = shim_argv(
+            spec,
+            &reports,
+            crate::shim::Control::Inherited(sandbox_end.as_raw_fd()),
+        );
         let (options, shim) = self.args(spec, &workdir, etc.path(), shim);
         let mut handoff = Handoff::default();
         let options_fd = handoff.with_filters_and_options(options)?;

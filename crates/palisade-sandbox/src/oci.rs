@@ -33,8 +33,11 @@ pub const AGENT_ID_IN_CONTAINER: u32 = 1000;
 const MAPPED_IDS: u32 = 65536;
 /// The first host id of that range when root has none in /etc/subuid and /etc/subgid.
 pub const DEFAULT_ROOTFUL_BASE: u32 = 0x7000_0000;
-/// Where the control channel is in the engine's process and the container's.
+/// Where the control channel is in the engine's process and the container's (podman).
 const CONTROL_FD: std::os::fd::RawFd = 3;
+/// The parent's control socket in the run directory, and where docker mounts it.
+const CONTROL_SOCKET: &str = "control.sock";
+const CONTROL_SOCKET_INSIDE: &str = "/run/palisade/control.sock";
 /// The podman sandbox's seccomp profile, in the run directory.
 const SECCOMP_FILE: &str = "seccomp.json";
 
@@ -272,14 +275,25 @@ impl Oci {
                 &volume(&mount.source, &mount.destination.to_string_lossy(), mode),
             ]);
         }
-        // The control channel (see broker.rs), the podman process's descriptor 3.
-        push(&["--preserve-fds", "1"]);
+        // The control channel (see broker.rs): podman passes the engine's descriptor 3
+        // in; docker cannot, so it gets the parent's control socket mounted.
+        match self.tool {
+            OciTool::Podman => push(&["--preserve-fds", "1"]),
+            OciTool::Docker => push(&[
+                "-v",
+                &volume(&workdir.path(CONTROL_SOCKET), CONTROL_SOCKET_INSIDE, "ro"),
+            ]),
+        }
         push(&["--workdir", paths::WORKSPACE]);
         for (key, value) in crate::env::sandbox_env() {
             push(&["--env", &format!("{key}={value}")]);
         }
         push(&["--entrypoint", paths::PALISADE_BINARY, &self.image]);
-        args.extend(shim_argv(spec, reports, CONTROL_FD).into_iter().skip(1));
+        let control = match self.tool {
+            OciTool::Podman => crate::shim::Control::Inherited(CONTROL_FD),
+            OciTool::Docker => crate::shim::Control::Socket(CONTROL_SOCKET_INSIDE.into()),
+        };
+        args.extend(shim_argv(spec, reports, control).into_iter().skip(1));
         args
     }
 }
@@ -349,8 +363,6 @@ impl Runtime for Oci {
                 crate::ownership::hand_over(&spec.workspace, root, rootful_agent_owner())?;
             }
         }
-        let (control, sandbox_end) = crate::broker::channel()
-            .map_err(|e| SandboxError::io("cannot create the sandbox's control channel", e))?;
         let reports = self.reports(spec);
         let name = format!(
             "palisade-{}-{}-{}",
@@ -369,17 +381,36 @@ impl Runtime for Oci {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
         }
-        let inherited = sandbox_end.as_raw_fd();
-        // SAFETY: only dup2/fcntl run between fork and exec.
-        unsafe {
-            command.pre_exec(move || place_at(inherited, CONTROL_FD));
-        }
-        let child = command
-            .spawn()
-            .map_err(|e| SandboxError::Start(format!("cannot run {}: {e}", self.tool.program())))?;
-        drop(sandbox_end);
-        let broker = crate::broker::serve(control, spec.vault_socket.clone())
-            .map_err(|e| SandboxError::io("cannot serve the sandbox's control channel", e))?;
+        let no_channel = |e| SandboxError::io("cannot create the sandbox's control channel", e);
+        let broker = match self.tool {
+            OciTool::Podman => {
+                let (control, sandbox_end) = crate::broker::channel().map_err(no_channel)?;
+                let inherited = sandbox_end.as_raw_fd();
+                // SAFETY: only dup2/fcntl run between fork and exec.
+                unsafe {
+                    command.pre_exec(move || place_at(inherited, CONTROL_FD));
+                }
+                let child = command.spawn().map_err(|e| {
+                    SandboxError::Start(format!("cannot run {}: {e}", self.tool.program()))
+                })?;
+                drop(sandbox_end);
+                let broker =
+                    crate::broker::serve(control, spec.vault_socket.clone()).map_err(no_channel)?;
+                (child, broker)
+            }
+            OciTool::Docker => {
+                let listener = std::os::unix::net::UnixListener::bind(workdir.path(CONTROL_SOCKET))
+                    .map_err(no_channel)?;
+                let broker =
+                    crate::broker::serve_first_connection(listener, spec.vault_socket.clone())
+                        .map_err(no_channel)?;
+                let child = command.spawn().map_err(|e| {
+                    SandboxError::Start(format!("cannot run {}: {e}", self.tool.program()))
+                })?;
+                (child, broker)
+            }
+        };
+        let (child, broker) = broker;
         Ok(Sandbox {
             child,
             wall_time: spec.limits.wall_time,

@@ -233,13 +233,13 @@ impl Drop for Sandbox {
 }
 
 /// Shim options for `spec`, with rlimits standing in for limits no cgroup enforces;
-/// `control_fd` is the control channel's descriptor number inside the sandbox.
+/// `control` is how the shim reaches its parent from inside the sandbox.
 pub(crate) fn shim_options(
     spec: &SandboxSpec,
     reports: &[LimitReport],
-    control_fd: std::os::fd::RawFd,
+    control: crate::shim::Control,
 ) -> ShimOptions {
-    let mut options = ShimOptions::new(control_fd, spec.command.clone());
+    let mut options = ShimOptions::new(control, spec.command.clone());
     options.rlimit_file_size = spec.limits.workspace;
     for report in reports {
         if report.mechanism == LimitMechanism::Rlimit {
@@ -257,11 +257,11 @@ pub(crate) fn shim_options(
 pub(crate) fn shim_argv(
     spec: &SandboxSpec,
     reports: &[LimitReport],
-    control_fd: std::os::fd::RawFd,
+    control: crate::shim::Control,
 ) -> Vec<String> {
     let mut argv = vec![paths::PALISADE_BINARY.to_string()];
     argv.extend(spec.shim_subcommand.iter().cloned());
-    argv.extend(shim_options(spec, reports, control_fd).to_args());
+    argv.extend(shim_options(spec, reports, control).to_args());
     argv
 }
 

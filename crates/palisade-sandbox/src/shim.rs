@@ -26,11 +26,20 @@ pub const SHIM_FAILURE: i32 = 125;
 /// Exit code when the parent went away.
 pub const PARENT_GONE: i32 = 137;
 
+/// How the shim reaches its parent (see [`crate::broker`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Control {
+    /// An inherited descriptor (bubblewrap, podman).
+    Inherited(RawFd),
+    /// A socket mounted into the sandbox (docker, which cannot pass descriptors).
+    Socket(std::path::PathBuf),
+}
+
 /// Options of `palisade shim`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShimOptions {
-    /// The inherited control channel to the parent: vault connections and lifeline.
-    pub control_fd: RawFd,
+    /// The control channel to the parent: vault connections and lifeline.
+    pub control: Control,
     pub listen: SocketAddr,
     /// Address-space limit for the command (bytes), when no cgroup limits memory.
     pub rlimit_address_space: Option<u64>,
@@ -43,9 +52,9 @@ pub struct ShimOptions {
 }
 
 impl ShimOptions {
-    pub fn new(control_fd: RawFd, command: Vec<String>) -> Self {
+    pub fn new(control: Control, command: Vec<String>) -> Self {
         ShimOptions {
-            control_fd,
+            control,
             listen: crate::paths::SHIM_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 3128))),
@@ -59,14 +68,18 @@ impl ShimOptions {
 
     /// The arguments after `shim` that reproduce these options.
     pub fn to_args(&self) -> Vec<String> {
-        let mut args = vec![
-            "--control-fd".to_string(),
-            self.control_fd.to_string(),
+        let mut args = match &self.control {
+            Control::Inherited(fd) => vec!["--control-fd".to_string(), fd.to_string()],
+            Control::Socket(path) => {
+                vec!["--control-socket".to_string(), path.display().to_string()]
+            }
+        };
+        args.extend([
             "--listen".into(),
             self.listen.to_string(),
             "--max-connections".into(),
             self.max_connections.to_string(),
-        ];
+        ]);
         if let Some(bytes) = self.rlimit_address_space {
             args.extend(["--rlimit-as".into(), bytes.to_string()]);
         }
@@ -83,7 +96,7 @@ impl ShimOptions {
 
     /// Parses what [`ShimOptions::to_args`] produces.
     pub fn from_args(args: &[String]) -> Result<Self, String> {
-        let mut options = ShimOptions::new(-1, Vec::new());
+        let mut options = ShimOptions::new(Control::Inherited(-1), Vec::new());
         let mut iter = args.iter();
         while let Some(arg) = iter.next() {
             let mut value = |name: &str| {
@@ -97,13 +110,18 @@ impl ShimOptions {
                     break;
                 }
                 "--control-fd" => {
-                    options.control_fd = value("--control-fd")?
-                        .parse()
-                        .ok()
-                        .filter(|fd| *fd > 2)
-                        .ok_or_else(|| {
-                            "--control-fd needs a descriptor number above 2".to_string()
-                        })?
+                    options.control = Control::Inherited(
+                        value("--control-fd")?
+                            .parse()
+                            .ok()
+                            .filter(|fd| *fd > 2)
+                            .ok_or_else(|| {
+                                "--control-fd needs a descriptor number above 2".to_string()
+                            })?,
+                    )
+                }
+                "--control-socket" => {
+                    options.control = Control::Socket(value("--control-socket")?.into())
                 }
                 "--listen" => {
                     options.listen = value("--listen")?.parse().map_err(|_| {
@@ -144,9 +162,9 @@ impl ShimOptions {
         if options.command.is_empty() {
             return Err("no command given after `--`".into());
         }
-        if options.control_fd < 0 {
+        if options.control == Control::Inherited(-1) {
             return Err(
-                "--control-fd is required (the shim runs only in a sandbox started by palisade)"
+                "--control-fd or --control-socket is required (the shim runs only in a sandbox started by palisade)"
                     .into(),
             );
         }
@@ -158,7 +176,10 @@ impl ShimOptions {
 pub fn run(options: ShimOptions) -> i32 {
     // Nothing the parent handed over may reach the command: the control channel (and
     // any other inherited descriptor) is closed on exec from here on.
-    keep_from_command(options.control_fd);
+    keep_from_command(match options.control {
+        Control::Inherited(fd) => Some(fd),
+        Control::Socket(_) => None,
+    });
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -180,8 +201,12 @@ async fn serve(options: ShimOptions) -> i32 {
             return SHIM_FAILURE;
         }
     };
-    // SAFETY: the descriptor was handed to this process for the shim alone.
-    let dialer = match unsafe { VaultDialer::from_inherited(options.control_fd) } {
+    let dialer = match &options.control {
+        // SAFETY: the descriptor was handed to this process for the shim alone.
+        Control::Inherited(fd) => unsafe { VaultDialer::from_inherited(*fd) },
+        Control::Socket(path) => VaultDialer::connect(path).await,
+    };
+    let dialer = match dialer {
         Ok(dialer) => dialer,
         Err(_) => {
             eprintln!("palisade shim: the parent palisade process is gone; not starting");
@@ -247,14 +272,15 @@ async fn serve(options: ShimOptions) -> i32 {
 }
 
 /// Marks every descriptor above stderr close-on-exec, the control channel included.
-fn keep_from_command(control_fd: RawFd) {
+fn keep_from_command(control_fd: Option<RawFd>) {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
         // No /proc: the control channel at least.
-        let _ = nix::fcntl::fcntl(
-            // SAFETY: borrowed only for this call; the shim owns it.
-            unsafe { std::os::fd::BorrowedFd::borrow_raw(control_fd) },
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        );
+        if let Some(fd) = control_fd {
+            // SAFETY: setting a flag on the shim's own descriptor.
+            unsafe {
+                nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC);
+            }
+        }
         return;
     };
     let fds: Vec<RawFd> = entries
@@ -345,10 +371,15 @@ mod tests {
 
     #[test]
     fn arguments_round_trip() {
-        let mut options = ShimOptions::new(3, vec!["sh".into(), "-c".into(), "echo --x".into()]);
+        let mut options = ShimOptions::new(
+            Control::Inherited(3),
+            vec!["sh".into(), "-c".into(), "echo --x".into()],
+        );
         options.rlimit_address_space = Some(1 << 30);
         options.rlimit_processes = Some(64);
         options.rlimit_file_size = Some(64 << 20);
+        assert_eq!(ShimOptions::from_args(&options.to_args()).unwrap(), options);
+        options.control = Control::Socket("/run/palisade/control.sock".into());
         assert_eq!(ShimOptions::from_args(&options.to_args()).unwrap(), options);
     }
 
