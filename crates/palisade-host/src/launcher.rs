@@ -1,19 +1,20 @@
 //! Starting a runner for an agent: behind a trait so the supervisor can be tested with
 //! in-process fake runners, and implemented for real by [`SandboxLauncher`], which
-//! runs `palisade runner` inside the agent's sandbox (palisade-sandbox) with the
-//! agent's host socket bind-mounted at `/run/palisade/host.sock` beside its vault socket.
+//! runs `palisade runner` inside the agent's sandbox (palisade-sandbox); the runner
+//! reaches the agent's host socket at [`SANDBOX_HOST_SOCKET`], an abstract socket the
+//! sandbox's shim relays through its parent like the vault (no socket is mounted).
 
 use crate::HostError;
 use futures_util::future::BoxFuture;
 use palisade_policy::AgentName;
-use palisade_sandbox::{Limits, Mount, Runtime, SandboxSpec, StdioMode};
+use palisade_sandbox::{Limits, Runtime, SandboxSpec, StdioMode};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{oneshot, watch};
 
-/// Where the host socket appears inside a sandbox.
-pub const SANDBOX_HOST_SOCKET: &str = "/run/palisade/host.sock";
+/// Where the host socket is offered inside a sandbox (`@`: an abstract socket).
+pub const SANDBOX_HOST_SOCKET: &str = palisade_sandbox::paths::HOST_SOCKET;
 
 /// A running runner, however it was started.
 pub trait RunnerProcess: Send {
@@ -79,11 +80,8 @@ impl RunnerLauncher for SandboxLauncher {
             shim_subcommand: vec!["shim".into()],
             vault_socket,
             ca_bundle: self.ca_bundle.clone(),
-            mounts: vec![Mount {
-                source: host_socket.to_path_buf(),
-                destination: PathBuf::from(SANDBOX_HOST_SOCKET),
-                writable: false,
-            }],
+            host_socket: Some(host_socket.to_path_buf()),
+            mounts: Vec::new(),
             limits,
             command: vec![
                 palisade_sandbox::paths::PALISADE_BINARY.to_string(),

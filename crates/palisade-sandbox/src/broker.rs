@@ -18,9 +18,13 @@
 //! - the sandbox's user needs no permission on any socket (podman's mapped uid);
 //! - when the parent dies, its end closes and the shim ends the sandbox (the lifeline).
 //!
-//! The protocol is one byte each way, one request at a time: the shim sends `c`; the
-//! parent answers `k` with the descriptor, or `u` if the vault was unreachable. Anything
-//! else from the sandbox closes the channel, which ends the sandbox.
+//! The same channel reaches the host's socket for the agent's runner, when the sandbox
+//! runs one: the shim offers it inside as an abstract socket ([`crate::paths::HOST_SOCKET`]).
+//!
+//! The protocol is one byte each way, one request at a time: the shim sends `c` (the
+//! vault) or `h` (the host); the parent answers `k` with the descriptor, or `u` if the
+//! target was unreachable or the sandbox has none. Anything else from the sandbox closes
+//! the channel, which ends the sandbox.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -30,7 +34,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-const REQUEST: u8 = b'c';
+const REQUEST_VAULT: u8 = b'c';
+const REQUEST_HOST: u8 = b'h';
 const CONNECTED: u8 = b'k';
 const UNREACHABLE: u8 = b'u';
 /// How long the parent waits for the vault to accept a connection.
@@ -43,46 +48,64 @@ pub(crate) fn channel() -> std::io::Result<(std::os::unix::net::UnixStream, Owne
     Ok((parent, OwnedFd::from(sandbox)))
 }
 
+/// What the parent connects to for a sandbox (host paths).
+#[derive(Clone, Debug)]
+pub(crate) struct Targets {
+    pub(crate) vault: PathBuf,
+    pub(crate) host: Option<PathBuf>,
+}
+
+/// What a sandbox asks its parent for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Vault,
+    Host,
+}
+
 /// Serves the shim's requests until the channel closes or the task is aborted (which
 /// closes the parent's end: the shim then ends the sandbox).
 pub(crate) fn serve(
     parent: std::os::unix::net::UnixStream,
-    vault_socket: PathBuf,
+    targets: Targets,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     parent.set_nonblocking(true)?;
     let parent = UnixStream::from_std(parent)?;
-    Ok(tokio::spawn(serve_requests(parent, vault_socket)))
+    Ok(tokio::spawn(serve_requests(parent, targets)))
 }
 
 /// As [`serve`], for the first connection on `listener` (docker: see the module doc).
 pub(crate) fn serve_first_connection(
     listener: std::os::unix::net::UnixListener,
-    vault_socket: PathBuf,
+    targets: Targets,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     Ok(tokio::spawn(async move {
         if let Ok((control, _)) = listener.accept().await {
             drop(listener);
-            serve_requests(control, vault_socket).await;
+            serve_requests(control, targets).await;
         }
     }))
 }
 
-async fn serve_requests(mut control: UnixStream, vault_socket: PathBuf) {
+async fn serve_requests(mut control: UnixStream, targets: Targets) {
     let mut request = [0u8; 1];
     loop {
-        match control.read(&mut request).await {
-            Ok(1) if request[0] == REQUEST => {}
+        let target = match control.read(&mut request).await {
+            Ok(1) if request[0] == REQUEST_VAULT => Some(&targets.vault),
+            Ok(1) if request[0] == REQUEST_HOST => targets.host.as_ref(),
             // Closed, failed, or not the protocol: the channel ends with the sandbox.
             _ => return,
-        }
-        let vault = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&vault_socket))
-            .await
-            .ok()
-            .and_then(Result::ok);
-        let sent = match vault {
-            Some(vault) => send_descriptor(&control, vault.as_raw_fd()).await,
+        };
+        let connected = match target {
+            Some(path) => tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(path))
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
+        let sent = match connected {
+            Some(stream) => send_descriptor(&control, stream.as_raw_fd()).await,
             None => control.write_all(&[UNREACHABLE]).await,
         };
         if sent.is_err() {
@@ -112,7 +135,7 @@ async fn send_descriptor(control: &UnixStream, fd: RawFd) -> std::io::Result<()>
 /// The shim's side: asks for vault connections, and tells when the parent is gone.
 #[derive(Clone)]
 pub struct VaultDialer {
-    requests: mpsc::Sender<oneshot::Sender<Option<OwnedFd>>>,
+    requests: mpsc::Sender<(Target, oneshot::Sender<Option<OwnedFd>>)>,
     closed: watch::Receiver<bool>,
 }
 
@@ -147,8 +170,13 @@ impl VaultDialer {
     /// A new connection to the agent's vault, or `None` if the vault (or the parent) is
     /// unreachable.
     pub async fn dial(&self) -> Option<tokio::net::UnixStream> {
+        self.dial_target(Target::Vault).await
+    }
+
+    /// A new connection to `target`, or `None` if it (or the parent) is unreachable.
+    pub async fn dial_target(&self, target: Target) -> Option<tokio::net::UnixStream> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(reply).await.ok()?;
+        self.requests.send((target, reply)).await.ok()?;
         let fd = answer.await.ok()??;
         let stream = std::os::unix::net::UnixStream::from(fd);
         stream.set_nonblocking(true).ok()?;
@@ -166,12 +194,12 @@ impl VaultDialer {
 /// readable (the parent closing its end, or bytes it should not send) ends the loop.
 async fn control_loop(
     mut control: UnixStream,
-    mut requests: mpsc::Receiver<oneshot::Sender<Option<OwnedFd>>>,
+    mut requests: mpsc::Receiver<(Target, oneshot::Sender<Option<OwnedFd>>)>,
 ) {
     loop {
-        let reply_to = tokio::select! {
+        let (target, reply_to) = tokio::select! {
             request = requests.recv() => match request {
-                Some(reply_to) => reply_to,
+                Some(request) => request,
                 None => return,
             },
             readable = control.readable() => {
@@ -185,7 +213,11 @@ async fn control_loop(
                 }
             }
         };
-        if control.write_all(&[REQUEST]).await.is_err() {
+        let request = match target {
+            Target::Vault => REQUEST_VAULT,
+            Target::Host => REQUEST_HOST,
+        };
+        if control.write_all(&[request]).await.is_err() {
             return;
         }
         match receive_answer(&control).await {
@@ -246,10 +278,16 @@ mod tests {
         let socket = dir.path().join("vault.sock");
         let vault = tokio::net::UnixListener::bind(&socket).unwrap();
         let (parent, sandbox) = channel().unwrap();
-        let server = serve(parent, socket.clone()).unwrap();
+        let targets = Targets {
+            vault: socket.clone(),
+            host: None,
+        };
+        let server = serve(parent, targets).unwrap();
         // SAFETY: the test owns the sandbox's end and hands it over.
         let dialer = unsafe { VaultDialer::from_inherited(sandbox.into_raw_fd()) }.unwrap();
         let mut client = dialer.dial().await.expect("connected");
+        // No host socket for this sandbox: answered, not hung on.
+        assert!(dialer.dial_target(Target::Host).await.is_none());
         let (mut accepted, _) = vault.accept().await.unwrap();
         client.write_all(b"ping").await.unwrap();
         let mut buffer = [0u8; 4];
@@ -274,7 +312,11 @@ mod tests {
         let _vault = tokio::net::UnixListener::bind(&socket).unwrap();
         let control = dir.path().join("control.sock");
         let listener = std::os::unix::net::UnixListener::bind(&control).unwrap();
-        let _server = serve_first_connection(listener, socket).unwrap();
+        let targets = Targets {
+            vault: socket,
+            host: None,
+        };
+        let _server = serve_first_connection(listener, targets).unwrap();
         let dialer = VaultDialer::connect(&control).await.unwrap();
         assert!(dialer.dial().await.is_some());
         // Once the shim is connected nobody else can be: the listener is gone.

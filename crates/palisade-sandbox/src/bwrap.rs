@@ -238,7 +238,7 @@ impl Runtime for Bubblewrap {
         // The child has its copies; bwrap reads them before the command starts.
         drop(handoff);
         drop(sandbox_end);
-        let broker = crate::broker::serve(control, spec.vault_socket.clone())
+        let broker = crate::broker::serve(control, crate::runtime::broker_targets(spec))
             .map_err(|e| SandboxError::io("cannot serve the sandbox's control channel", e))?;
         Ok(Sandbox {
             child,

@@ -40,7 +40,7 @@ mod workdir;
 mod bwrap;
 pub mod oci;
 
-pub use broker::VaultDialer;
+pub use broker::{Target, VaultDialer};
 pub use bwrap::Bubblewrap;
 pub use error::SandboxError;
 pub use limits::{LimitMechanism, LimitReport, Limits};
@@ -61,6 +61,9 @@ pub mod paths {
     pub const PALISADE_BINARY: &str = "/run/palisade/palisade";
     /// System roots plus the vault CA.
     pub const CA_BUNDLE: &str = "/run/palisade/ca-bundle.pem";
+    /// The abstract Unix socket (in the sandbox's own network namespace) on which the
+    /// shim offers the host's socket to a runner, when the sandbox has one.
+    pub const HOST_SOCKET: &str = "@palisade-host";
     /// The agent's writable workspace, also `HOME`.
     pub const WORKSPACE: &str = "/workspace";
     /// Where the shim listens.

@@ -394,16 +394,18 @@ impl Runtime for Oci {
                     SandboxError::Start(format!("cannot run {}: {e}", self.tool.program()))
                 })?;
                 drop(sandbox_end);
-                let broker =
-                    crate::broker::serve(control, spec.vault_socket.clone()).map_err(no_channel)?;
+                let broker = crate::broker::serve(control, crate::runtime::broker_targets(spec))
+                    .map_err(no_channel)?;
                 (child, broker)
             }
             OciTool::Docker => {
                 let listener = std::os::unix::net::UnixListener::bind(workdir.path(CONTROL_SOCKET))
                     .map_err(no_channel)?;
-                let broker =
-                    crate::broker::serve_first_connection(listener, spec.vault_socket.clone())
-                        .map_err(no_channel)?;
+                let broker = crate::broker::serve_first_connection(
+                    listener,
+                    crate::runtime::broker_targets(spec),
+                )
+                .map_err(no_channel)?;
                 let child = command.spawn().map_err(|e| {
                     SandboxError::Start(format!("cannot run {}: {e}", self.tool.program()))
                 })?;

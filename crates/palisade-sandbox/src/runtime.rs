@@ -69,6 +69,9 @@ pub struct SandboxSpec {
     /// Host path of the agent's vault socket. It is never mounted into the sandbox:
     /// the parent connects to it for the shim (see [`crate::broker`]).
     pub vault_socket: PathBuf,
+    /// Host path of the host's socket for this sandbox's runner, if it runs one; offered
+    /// inside at [`paths::HOST_SOCKET`] the same way.
+    pub host_socket: Option<PathBuf>,
     /// PEM text of the CA bundle (system roots + vault CA).
     pub ca_bundle: String,
     pub mounts: Vec<Mount>,
@@ -240,6 +243,9 @@ pub(crate) fn shim_options(
     control: crate::shim::Control,
 ) -> ShimOptions {
     let mut options = ShimOptions::new(control, spec.command.clone());
+    if spec.host_socket.is_some() {
+        options.host_listen = Some(paths::HOST_SOCKET.to_string());
+    }
     options.rlimit_file_size = spec.limits.workspace;
     for report in reports {
         if report.mechanism == LimitMechanism::Rlimit {
@@ -273,6 +279,14 @@ pub(crate) fn workspace_report(limits: &Limits) -> Option<LimitReport> {
         mechanism: LimitMechanism::Watcher,
         note: Some("a burst of many files can pass the quota by what is written between two measurements (250 ms apart for a small workspace, up to 30 s for a very large one); the watcher also stops the sandbox when the disk has less than 256M free".into()),
     })
+}
+
+/// What the parent connects to for `spec`'s sandbox.
+pub(crate) fn broker_targets(spec: &SandboxSpec) -> crate::broker::Targets {
+    crate::broker::Targets {
+        vault: spec.vault_socket.clone(),
+        host: spec.host_socket.clone(),
+    }
 }
 
 /// The quota to watch for `spec`.

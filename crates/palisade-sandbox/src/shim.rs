@@ -47,6 +47,9 @@ pub struct ShimOptions {
     pub rlimit_processes: Option<u64>,
     /// RLIMIT_FSIZE for the command: the workspace quota (no file grows past it).
     pub rlimit_file_size: Option<u64>,
+    /// The Unix socket (`@name` for an abstract one) on which to offer the host's socket
+    /// to a runner, relayed through the parent like the vault.
+    pub host_listen: Option<String>,
     pub max_connections: usize,
     pub command: Vec<String>,
 }
@@ -61,6 +64,7 @@ impl ShimOptions {
             rlimit_address_space: None,
             rlimit_processes: None,
             rlimit_file_size: None,
+            host_listen: None,
             max_connections: 256,
             command,
         }
@@ -88,6 +92,9 @@ impl ShimOptions {
         }
         if let Some(bytes) = self.rlimit_file_size {
             args.extend(["--rlimit-fsize".into(), bytes.to_string()]);
+        }
+        if let Some(name) = &self.host_listen {
+            args.extend(["--host-listen".into(), name.clone()]);
         }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
@@ -149,6 +156,7 @@ impl ShimOptions {
                             .map_err(|_| "--rlimit-fsize needs a byte count".to_string())?,
                     )
                 }
+                "--host-listen" => options.host_listen = Some(value("--host-listen")?),
                 "--max-connections" => {
                     options.max_connections = value("--max-connections")?
                         .parse()
@@ -214,6 +222,16 @@ async fn serve(options: ShimOptions) -> i32 {
         }
     };
     let permits = Arc::new(Semaphore::new(options.max_connections));
+    let host = match &options.host_listen {
+        Some(name) => match bind_unix(name) {
+            Ok(host) => Some(tokio::spawn(host_loop(host, dialer.clone()))),
+            Err(e) => {
+                eprintln!("palisade shim: cannot listen on {name}: {e}");
+                return SHIM_FAILURE;
+            }
+        },
+        None => None,
+    };
     let accept = tokio::spawn(accept_loop(listener, dialer.clone(), permits));
 
     // The listener is bound: from here on, every client in the sandbox finds it.
@@ -268,7 +286,51 @@ async fn serve(options: ShimOptions) -> i32 {
     };
     forward.abort();
     accept.abort();
+    if let Some(host) = host {
+        host.abort();
+    }
     code
+}
+
+/// A listening Unix socket at `name` (`@name`: abstract, in this network namespace).
+fn bind_unix(name: &str) -> std::io::Result<tokio::net::UnixListener> {
+    let listener = match name.strip_prefix('@') {
+        Some(abstract_name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let address = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
+            std::os::unix::net::UnixListener::bind_addr(&address)?
+        }
+        None => std::os::unix::net::UnixListener::bind(name)?,
+    };
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
+}
+
+/// Relays each connection on the host listener to the host's socket, through the parent.
+async fn host_loop(listener: tokio::net::UnixListener, dialer: VaultDialer) {
+    // A runner holds one connection; a few more are a misbehaving sandbox's business.
+    let permits = Arc::new(Semaphore::new(16));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((mut client, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let dialer = dialer.clone();
+        tokio::spawn(async move {
+            let host = tokio::time::timeout(
+                Duration::from_secs(10),
+                dialer.dial_target(crate::broker::Target::Host),
+            )
+            .await;
+            if let Ok(Some(mut host)) = host {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut host).await;
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// Marks every descriptor above stderr close-on-exec, the control channel included.
@@ -378,6 +440,7 @@ mod tests {
         options.rlimit_address_space = Some(1 << 30);
         options.rlimit_processes = Some(64);
         options.rlimit_file_size = Some(64 << 20);
+        options.host_listen = Some("@palisade-host".into());
         assert_eq!(ShimOptions::from_args(&options.to_args()).unwrap(), options);
         options.control = Control::Socket("/run/palisade/control.sock".into());
         assert_eq!(ShimOptions::from_args(&options.to_args()).unwrap(), options);

@@ -255,6 +255,7 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
             palisade_binary,
             shim_subcommand: vec!["shim".into()],
             vault_socket,
+            host_socket: None,
             ca_bundle: palisade_sandbox::env::ca_bundle(&vault_ca),
             mounts,
             limits,
