@@ -258,7 +258,9 @@ impl Oci {
         let volume = |source: &std::path::Path, destination: &str, mode: &str| {
             format!("{}:{destination}:{mode}", source.display())
         };
-        push(&["-v", &volume(&spec.workspace, paths::WORKSPACE, "rw")]);
+        // A relative source would be taken for a named volume (a relative --home).
+        let workspace = std::path::absolute(&spec.workspace).unwrap_or(spec.workspace.clone());
+        push(&["-v", &volume(&workspace, paths::WORKSPACE, "rw")]);
         push(&[
             "-v",
             &volume(&spec.palisade_binary, paths::PALISADE_BINARY, "ro"),
