@@ -132,14 +132,15 @@ async fn send_descriptor(control: &UnixStream, fd: RawFd) -> std::io::Result<()>
         .map(drop)
 }
 
-/// The shim's side: asks for vault connections, and tells when the parent is gone.
+/// The shim's side: asks the parent for connections (to the vault, or to the host for
+/// a runner), and tells when the parent is gone.
 #[derive(Clone)]
-pub struct VaultDialer {
+pub struct ParentDialer {
     requests: mpsc::Sender<(Target, oneshot::Sender<Option<OwnedFd>>)>,
     closed: watch::Receiver<bool>,
 }
 
-impl VaultDialer {
+impl ParentDialer {
     /// Takes over the inherited descriptor `fd` (the sandbox's end of the channel). Must
     /// be called inside a tokio runtime.
     ///
@@ -164,7 +165,7 @@ impl VaultDialer {
             control_loop(stream, receiver).await;
             let _ = closed_sender.send(true);
         });
-        VaultDialer { requests, closed }
+        ParentDialer { requests, closed }
     }
 
     /// A new connection to the agent's vault, or `None` if the vault (or the parent) is
@@ -284,7 +285,7 @@ mod tests {
         };
         let server = serve(parent, targets).unwrap();
         // SAFETY: the test owns the sandbox's end and hands it over.
-        let dialer = unsafe { VaultDialer::from_inherited(sandbox.into_raw_fd()) }.unwrap();
+        let dialer = unsafe { ParentDialer::from_inherited(sandbox.into_raw_fd()) }.unwrap();
         let mut client = dialer.dial().await.expect("connected");
         // No host socket for this sandbox: answered, not hung on.
         assert!(dialer.dial_target(Target::Host).await.is_none());
@@ -317,9 +318,9 @@ mod tests {
             host: None,
         };
         let _server = serve_first_connection(listener, targets).unwrap();
-        let dialer = VaultDialer::connect(&control).await.unwrap();
+        let dialer = ParentDialer::connect(&control).await.unwrap();
         assert!(dialer.dial().await.is_some());
         // Once the shim is connected nobody else can be: the listener is gone.
-        assert!(VaultDialer::connect(&control).await.is_err());
+        assert!(ParentDialer::connect(&control).await.is_err());
     }
 }

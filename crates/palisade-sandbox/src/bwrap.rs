@@ -6,8 +6,9 @@
 //! The filesystem is built from nothing: `/usr` and the merged-usr links read-only, a
 //! prepared copy of an allow-list of `/etc` files (no shadow, no keys; see
 //! [`crate::etc_tree`]) as one read-only mount, fresh `/proc`, `/dev` and
-//! `/tmp`, the workspace, and `/run/palisade` (shim, vault socket, CA bundle); then
-//! `/` is remounted read-only.
+//! `/tmp`, the workspace, and `/run/palisade` (shim, CA bundle); then `/` is remounted
+//! read-only. No socket is mounted: the shim reaches the vault through its parent
+//! ([`crate::broker`]).
 //!
 //! bwrap's argument list and the sandbox's seccomp filters ([`crate::syscall_filter`])
 //! are handed over as inherited file descriptors (`--args FD`, `--add-seccomp-fd FD`),
@@ -256,7 +257,8 @@ impl Runtime for Bubblewrap {
 }
 
 /// Files handed to bwrap by descriptor: its arguments and the seccomp filters. Each is
-/// a sealed memfd, close-on-exec in this process and inherited by the bwrap child only.
+/// a memfd, close-on-exec in this process and inherited by the bwrap child only (bwrap
+/// reads and closes them before the sandbox's command starts).
 #[derive(Default)]
 pub(crate) struct Handoff {
     fds: Vec<OwnedFd>,

@@ -40,7 +40,7 @@ mod workdir;
 mod bwrap;
 pub mod oci;
 
-pub use broker::{Target, VaultDialer};
+pub use broker::{ParentDialer, Target};
 pub use bwrap::Bubblewrap;
 pub use error::SandboxError;
 pub use limits::{LimitMechanism, LimitReport, Limits};

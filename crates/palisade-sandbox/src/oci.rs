@@ -6,8 +6,9 @@
 //! labelled with the owning process (`palisade.owner=PID:START`); a container whose
 //! owner is gone (the parent was `kill -9`ed) is removed the next time a sandbox
 //! starts, and the shim inside already ends it when the parent's control channel
-//! closes (see broker.rs; it is the engine's descriptor 3, passed in with
-//! `--preserve-fds 1`).
+//! closes (see broker.rs; podman: the engine's descriptor 3, passed in with
+//! `--preserve-fds 1`; docker: a socket in the run directory, mounted). The agent is
+//! never root in a podman container (see [`rootful_id_base`]).
 
 use crate::bwrap::check_spec;
 use crate::cgroup::HostCgroups;
@@ -384,7 +385,7 @@ impl Runtime for Oci {
                 .stderr(Stdio::piped());
         }
         let no_channel = |e| SandboxError::io("cannot create the sandbox's control channel", e);
-        let broker = match self.tool {
+        let (child, broker) = match self.tool {
             OciTool::Podman => {
                 let (control, sandbox_end) = crate::broker::channel().map_err(no_channel)?;
                 let inherited = sandbox_end.as_raw_fd();
@@ -414,7 +415,6 @@ impl Runtime for Oci {
                 (child, broker)
             }
         };
-        let (child, broker) = broker;
         Ok(Sandbox {
             child,
             wall_time: spec.limits.wall_time,
@@ -440,7 +440,8 @@ pub fn rootful_id_base() -> (u32, &'static str) {
             let mut fields = line.trim().split(':');
             let (name, start, count) = (fields.next()?, fields.next()?, fields.next()?);
             let (start, count): (u32, u32) = (start.parse().ok()?, count.parse().ok()?);
-            (matches!(name, "root" | "0") && count >= MAPPED_IDS).then_some(start)
+            let fits = start.checked_add(MAPPED_IDS).is_some();
+            (matches!(name, "root" | "0") && count >= MAPPED_IDS && fits).then_some(start)
         })
     };
     match (range("/etc/subuid"), range("/etc/subgid")) {

@@ -11,7 +11,7 @@
 //! speaks the HTTP proxy protocol itself, so the shim never parses a request and
 //! adds as little latency as a copy can.
 
-use crate::broker::VaultDialer;
+use crate::broker::ParentDialer;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::process::ExitStatus;
@@ -211,8 +211,8 @@ async fn serve(options: ShimOptions) -> i32 {
     };
     let dialer = match &options.control {
         // SAFETY: the descriptor was handed to this process for the shim alone.
-        Control::Inherited(fd) => unsafe { VaultDialer::from_inherited(*fd) },
-        Control::Socket(path) => VaultDialer::connect(path).await,
+        Control::Inherited(fd) => unsafe { ParentDialer::from_inherited(*fd) },
+        Control::Socket(path) => ParentDialer::connect(path).await,
     };
     let dialer = match dialer {
         Ok(dialer) => dialer,
@@ -307,7 +307,7 @@ fn bind_unix(name: &str) -> std::io::Result<tokio::net::UnixListener> {
 }
 
 /// Relays each connection on the host listener to the host's socket, through the parent.
-async fn host_loop(listener: tokio::net::UnixListener, dialer: VaultDialer) {
+async fn host_loop(listener: tokio::net::UnixListener, dialer: ParentDialer) {
     // A runner holds one connection; a few more are a misbehaving sandbox's business.
     let permits = Arc::new(Semaphore::new(16));
     loop {
@@ -377,7 +377,7 @@ async fn forward_signals(child: Option<u32>) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, dialer: VaultDialer, permits: Arc<Semaphore>) {
+async fn accept_loop(listener: TcpListener, dialer: ParentDialer, permits: Arc<Semaphore>) {
     loop {
         // Take a permit before accepting: beyond the bound, clients wait in the
         // kernel's backlog instead of costing memory here.
@@ -399,7 +399,7 @@ async fn accept_loop(listener: TcpListener, dialer: VaultDialer, permits: Arc<Se
     }
 }
 
-async fn relay(mut client: TcpStream, dialer: &VaultDialer) {
+async fn relay(mut client: TcpStream, dialer: &ParentDialer) {
     let _ = client.set_nodelay(true);
     let vault = tokio::time::timeout(Duration::from_secs(10), dialer.dial()).await;
     let mut vault = match vault {
