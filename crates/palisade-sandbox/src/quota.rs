@@ -17,8 +17,13 @@
 //! and size-limited filesystems (a loop-mounted image per workspace) would refuse the
 //! write itself, but need root and a filesystem prepared for them; see docs/sandbox.md.
 
+use nix::dir::Dir;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -97,53 +102,108 @@ pub(crate) async fn watch(workspace: PathBuf, limit: u64) -> WorkspaceFull {
 
 /// Bytes allocated to everything under `root` (not following links, not leaving its
 /// filesystem, each inode once); `None` if `root` cannot be read at all.
+///
+/// The walk descends with `openat(O_NOFOLLOW | O_DIRECTORY)` relative to the folder it
+/// has open, so an agent swapping a folder for a link while it is measured cannot send
+/// it (possibly running as root) anywhere outside the workspace.
 pub fn usage(root: &Path) -> Option<u64> {
-    let top = std::fs::symlink_metadata(root).ok()?;
-    let device = top.dev();
-    let mut total = top.blocks() * 512;
-    let mut seen = HashSet::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                // A folder the agent made unreadable still counts: it is this user's
-                // (or, for root, anyone's), so open it up for the owner and retry.
-                if make_readable(&dir).is_err() {
+    let top = open_directory(None, root).ok()?;
+    let stat = fstat(&top).ok()?;
+    let mut walk = Walk {
+        device: stat.st_dev,
+        total: allocated(&stat),
+        seen: HashSet::new(),
+    };
+    walk.directory(top);
+    Some(walk.total)
+}
+
+struct Walk {
+    device: u64,
+    total: u64,
+    /// Inodes with more than one link, counted once.
+    seen: HashSet<u64>,
+}
+
+impl Walk {
+    fn directory(&mut self, dir: Dir) {
+        let mut pending = vec![dir];
+        while let Some(mut dir) = pending.pop() {
+            let Ok(fd) = dir.as_fd().try_clone_to_owned() else {
+                continue;
+            };
+            let names: Vec<std::ffi::CString> = dir
+                .iter()
+                .flatten()
+                .map(|entry| entry.file_name().to_owned())
+                .filter(|name| name.as_bytes() != b"." && name.as_bytes() != b"..")
+                .collect();
+            for name in names {
+                let Ok(stat) = fstatat(&fd, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                    continue;
+                };
+                if stat.st_dev != self.device {
                     continue;
                 }
-                match std::fs::read_dir(&dir) {
-                    Ok(entries) => entries,
-                    Err(_) => continue,
+                let is_dir = stat.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits();
+                if stat.st_nlink > 1 && !is_dir && !self.seen.insert(stat.st_ino) {
+                    continue;
                 }
-            }
-            Err(_) => continue,
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.dev() != device {
-                continue;
-            }
-            if meta.nlink() > 1 && !meta.is_dir() && !seen.insert(meta.ino()) {
-                continue;
-            }
-            total += meta.blocks() * 512;
-            if meta.is_dir() {
-                pending.push(entry.path());
+                self.total += allocated(&stat);
+                if is_dir {
+                    match open_directory(Some(&fd), Path::new(OsStr::from_bytes(name.as_bytes()))) {
+                        Ok(child) => pending.push(child),
+                        Err(nix::Error::EACCES) => {
+                            // A folder the agent made unreadable still counts: it is
+                            // this user's, so open it up for its owner and retry.
+                            if make_readable(&fd, &name).is_ok() {
+                                if let Ok(child) = open_directory(
+                                    Some(&fd),
+                                    Path::new(OsStr::from_bytes(name.as_bytes())),
+                                ) {
+                                    pending.push(child);
+                                }
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                }
             }
         }
     }
-    Some(total)
 }
 
-fn make_readable(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::symlink_metadata(dir)?;
-    if !meta.is_dir() {
-        return Err(std::io::ErrorKind::InvalidInput.into());
+fn allocated(stat: &nix::sys::stat::FileStat) -> u64 {
+    (stat.st_blocks as u64).saturating_mul(512)
+}
+
+/// Opens a directory without following a link, relative to `parent` if given.
+fn open_directory(parent: Option<&OwnedFd>, path: &Path) -> nix::Result<Dir> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match parent {
+        Some(parent) => Dir::openat(parent, path, flags, Mode::empty()),
+        None => Dir::open(path, flags, Mode::empty()),
     }
-    let mode = meta.permissions().mode() | 0o500;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// Adds `u+rx` to the folder `name` in `parent`, if it is one (not a link) and this
+/// process owns it; the change goes through a descriptor of exactly that folder.
+fn make_readable(parent: &OwnedFd, name: &std::ffi::CStr) -> nix::Result<()> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::openat(parent, name, flags, Mode::empty())?;
+    let stat = fstat(&fd)?;
+    if stat.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(nix::Error::EPERM);
+    }
+    // fchmod refuses O_PATH descriptors; the descriptor's /proc entry names exactly
+    // the folder it holds.
+    let mode = Mode::from_bits_truncate(stat.st_mode | 0o500);
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+        mode,
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
 }
 
 fn free_space(path: &Path) -> Option<u64> {

@@ -222,6 +222,14 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
                     .tempdir_in(&vaults)
                     .context("cannot create a socket directory for the in-process vault")?;
                 let socket = socket_dir_guard.path().join(format!("{agent}.sock"));
+                // sun_path holds 108 bytes with its terminating NUL.
+                let length = socket.as_os_str().len();
+                if length > 107 {
+                    anyhow::bail!(
+                        "the agent's vault socket would be {} ({length} bytes), longer than the 107 a Unix socket path may have; use a shorter --home or agent name, or run `palisade vault serve`",
+                        socket.display()
+                    );
+                }
                 let listener = std::os::unix::net::UnixListener::bind(&socket)
                     .context("cannot create the agent's vault socket")?;
                 std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
