@@ -1022,6 +1022,9 @@ fn sockets_named(dir: &Path, name: &str, found: &mut Vec<PathBuf>) {
 fn another_agents_vault_socket_is_out_of_reach() {
     const SECRET_B: &str = "tok-b-9c1e5a7f22";
     each(|w, rt| {
+        // A sleep no other test runs, to see when b's command is up.
+        let offset = if rt == "podman" { 500 } else { 0 };
+        let marker = format!("{}", 1200 + offset + (w.port % 500));
         let out = w.palisade(
             &[
                 "secrets",
@@ -1053,7 +1056,7 @@ fn another_agents_vault_socket_is_out_of_reach() {
             "127.0.0.2",
             "--",
             "sleep",
-            "120",
+            &marker,
         ]);
         b.stdin(Stdio::null())
             .stdout(Stdio::null())
