@@ -434,16 +434,7 @@ impl Runtime for Oci {
 /// from: root's entry in /etc/subuid and /etc/subgid when both have one of at least
 /// 65536 ids starting at the same id, else [`DEFAULT_ROOTFUL_BASE`].
 pub fn rootful_id_base() -> (u32, &'static str) {
-    let range = |file: &str| -> Option<u32> {
-        let text = std::fs::read_to_string(file).ok()?;
-        text.lines().find_map(|line| {
-            let mut fields = line.trim().split(':');
-            let (name, start, count) = (fields.next()?, fields.next()?, fields.next()?);
-            let (start, count): (u32, u32) = (start.parse().ok()?, count.parse().ok()?);
-            let fits = start.checked_add(MAPPED_IDS).is_some();
-            (matches!(name, "root" | "0") && count >= MAPPED_IDS && fits).then_some(start)
-        })
-    };
+    let range = |file: &str| root_range(&std::fs::read_to_string(file).unwrap_or_default());
     match (range("/etc/subuid"), range("/etc/subgid")) {
         (Some(uid), Some(gid)) if uid == gid => {
             (uid, "root's range in /etc/subuid and /etc/subgid")
@@ -453,6 +444,18 @@ pub fn rootful_id_base() -> (u32, &'static str) {
             "palisade's default range (root has none in /etc/subuid and /etc/subgid)",
         ),
     }
+}
+
+/// The start of root's first range of at least [`MAPPED_IDS`] ids in the text of
+/// /etc/subuid or /etc/subgid (`NAME:START:COUNT` lines).
+fn root_range(text: &str) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let mut fields = line.trim().split(':');
+        let (name, start, count) = (fields.next()?, fields.next()?, fields.next()?);
+        let (start, count): (u32, u32) = (start.parse().ok()?, count.parse().ok()?);
+        let fits = start.checked_add(MAPPED_IDS).is_some();
+        (matches!(name, "root" | "0") && count >= MAPPED_IDS && fits).then_some(start)
+    })
 }
 
 /// The host user and group a rootful podman sandbox's agent runs as.
@@ -568,6 +571,26 @@ pub fn remove_stale_containers(tool: OciTool) {
     for (name, owner) in sandbox_containers(tool) {
         if !owner_alive(&owner) {
             remove_container(tool, &name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_subordinate_range_is_found_and_only_a_usable_one() {
+        let text = "alice:100000:65536\nroot:200000:1000\nroot:300000:65536\n";
+        assert_eq!(root_range(text), Some(300000));
+        assert_eq!(root_range("0:400000:70000\n"), Some(400000));
+        for unusable in [
+            "alice:100000:65536",
+            "root:x:65536",
+            "root:4294967000:65536",
+            "",
+        ] {
+            assert_eq!(root_range(unusable), None, "{unusable}");
         }
     }
 }
