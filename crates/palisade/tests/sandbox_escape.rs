@@ -976,14 +976,15 @@ print('probe-done')
     });
 }
 
-/// A command started in the background in its own process group, ended (TERM, then
-/// KILL after 10 s) when dropped, so nothing outlives a failed assertion.
+/// A command started in the background in its own process group, ended when dropped
+/// (TERM to the command, which cleans up after itself; KILL to the whole group after
+/// 10 s), so nothing outlives a failed assertion.
 struct Background(std::process::Child);
 
 impl Drop for Background {
     fn drop(&mut self) {
         let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if matches!(self.0.try_wait(), Ok(Some(_))) {
@@ -1085,6 +1086,19 @@ fn another_agents_vault_socket_is_out_of_reach() {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
+        // b's sandbox is up (ending it while the engine still creates the container
+        // would leave the engine's half-made container behind).
+        let sleeping = || {
+            let out = Command::new("pgrep")
+                .args(["-f", &format!("^sleep {marker}$")])
+                .output()
+                .unwrap();
+            !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+        };
+        while !sleeping() {
+            assert!(Instant::now() < deadline, "{rt}: b's sandbox did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let probe = |pattern: &str| {
             format!(
                 "python3 - <<'PY'\nimport glob, socket\nfor path in glob.glob('{pattern}', recursive=True):\n    try:\n        s = socket.socket(socket.AF_UNIX)\n        s.settimeout(10)\n        s.connect(path)\n        s.sendall(b'CONNECT 127.0.0.2:{port} HTTP/1.1\\r\\nHost: 127.0.0.2:{port}\\r\\n\\r\\n')\n        if b' 200' in s.recv(100):\n            print('B-SOCKET-REACHED', path)\n    except OSError as e:\n        print('unreachable', path, e)\nprint('probe-done')\nPY",
