@@ -375,7 +375,11 @@ impl Runtime for Oci {
         );
         let args = self.args(spec, &workdir, &name, &reports);
         let mut command = tokio::process::Command::from(self.tool.command());
-        command.args(&args).kill_on_drop(true);
+        // Its own process group: a Ctrl-C meant for palisade must not reach the engine's
+        // client in the middle of creating the container (it dies half-way and leaves
+        // conmon and a created container that `podman ps` no longer lists); palisade
+        // ends the sandbox itself.
+        command.args(&args).kill_on_drop(false).process_group(0);
         // The engine needs its own environment (XDG_RUNTIME_DIR, HOME for its storage);
         // none of it reaches the container, whose environment is only what --env sets.
         if spec.stdio == StdioMode::Piped {

@@ -221,11 +221,20 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
+        // The shim ends the sandbox once its control channel closes.
         self.broker.abort();
-        if !self.finished {
-            if let Some((tool, name)) = &self.container {
-                crate::oci::remove_container(*tool, name);
+        match &self.container {
+            // The engine's client is left to end by itself: killed while it creates the
+            // container, it would leave conmon and a created container behind that the
+            // engine no longer lists. Removing the container ends it; a container still
+            // being created ends itself when its shim finds the channel closed.
+            Some((tool, name)) => {
+                if !self.finished {
+                    crate::oci::remove_container(*tool, name);
+                }
+            }
+            None => {
+                let _ = self.child.start_kill();
             }
         }
         // The cgroup's own Drop kills what is left and removes the leaves.

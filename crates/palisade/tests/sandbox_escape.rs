@@ -1297,3 +1297,71 @@ fn the_workspace_quota_holds_in_every_sandbox() {
         clean();
     });
 }
+
+/// Ctrl-C (SIGTERM to the whole process group) while podman is still creating the
+/// container leaves nothing behind: no conmon, no container half-made in runc's state.
+#[test]
+fn interrupting_podman_while_it_creates_the_container_leaves_nothing() {
+    let Some(w) = world(As::Root) else { return };
+    if !runtimes(As::Root).contains(&"podman") {
+        return;
+    }
+    for delay in [150, 200, 250, 300, 400] {
+        let mut command = w.command(&[
+            "sandbox",
+            "run",
+            "--agent",
+            "a",
+            "--runtime",
+            "podman",
+            "--",
+            "sleep",
+            "600",
+        ]);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let child = command.spawn().unwrap();
+        let pid = child.id();
+        let mut background = Background(child);
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(background.0.try_wait(), Ok(Some(_))) {
+            assert!(Instant::now() < deadline, "sandbox run did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(background);
+        // The engine's side ends within a few seconds of palisade.
+        let name = format!("palisade-a-{pid}-");
+        let left = || {
+            let conmon = Command::new("pgrep")
+                .args(["-f", &format!("conmon .* -n {name}")])
+                .output()
+                .unwrap();
+            let runc = Command::new("runc").arg("list").output().unwrap();
+            let containers = Command::new("podman")
+                .args(["ps", "-a", "--format", "{{.Names}}"])
+                .output()
+                .unwrap();
+            !String::from_utf8_lossy(&conmon.stdout).trim().is_empty()
+                || String::from_utf8_lossy(&containers.stdout).contains(&name)
+                || String::from_utf8_lossy(&runc.stdout)
+                    .lines()
+                    .any(|l| l.contains("created"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while left() {
+            assert!(
+                Instant::now() < deadline,
+                "after {delay} ms: the engine left conmon or a container behind"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
