@@ -6,7 +6,7 @@ set -euo pipefail
 APT_PACKAGES=(
   bubblewrap podman runc uidmap slirp4netns fuse-overlayfs debootstrap
   chromium chromium-driver nginx-light curl git ca-certificates python3-pip
-  sqlite3 iproute2 procps nodejs python3-requests openssl hyperfine
+  sqlite3 iproute2 procps nodejs python3-requests openssl hyperfine keyutils
 )
 # pip name, then the module that proves it is installed.
 PIP_PACKAGES=(

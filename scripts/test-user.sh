@@ -64,4 +64,8 @@ if [ "$root_id" != "$user_id" ]; then
   user_id=$(cd / && as_user podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   [ "$root_id" = "$user_id" ] || fail "the image in the store of $TEST_USER differs from root's after loading"
 fi
+# Sandboxes of an unprivileged user run with --userns=keep-id; podman prepares an
+# id-shifted copy of the image the first time (seconds), done here rather than in a test.
+(cd / && as_user podman --cgroup-manager cgroupfs --runtime runc run --rm --network none \
+  --userns=keep-id --ulimit nofile=4096:4096 "$IMAGE" true) || fail "podman run --userns=keep-id failed for $TEST_USER"
 step "ready ($TEST_USER: overlay storage, $IMAGE present)"

@@ -1,19 +1,20 @@
 //! Starting a runner for an agent: behind a trait so the supervisor can be tested with
 //! in-process fake runners, and implemented for real by [`SandboxLauncher`], which
-//! runs `palisade runner` inside the agent's sandbox (palisade-sandbox) with the
-//! agent's host socket bind-mounted at `/run/palisade/host.sock` beside its vault socket.
+//! runs `palisade runner` inside the agent's sandbox (palisade-sandbox); the runner
+//! reaches the agent's host socket at [`SANDBOX_HOST_SOCKET`], an abstract socket the
+//! sandbox's shim relays through its parent like the vault (no socket is mounted).
 
 use crate::HostError;
 use futures_util::future::BoxFuture;
 use palisade_policy::AgentName;
-use palisade_sandbox::{Limits, Mount, Runtime, SandboxSpec, StdioMode};
+use palisade_sandbox::{Limits, Runtime, SandboxSpec, StdioMode};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{oneshot, watch};
 
-/// Where the host socket appears inside a sandbox.
-pub const SANDBOX_HOST_SOCKET: &str = "/run/palisade/host.sock";
+/// Where the host socket is offered inside a sandbox (`@`: an abstract socket).
+pub const SANDBOX_HOST_SOCKET: &str = palisade_sandbox::paths::HOST_SOCKET;
 
 /// A running runner, however it was started.
 pub trait RunnerProcess: Send {
@@ -43,7 +44,10 @@ pub struct SandboxLauncher {
     pub vault_socket_dir: PathBuf,
     /// PEM of system roots + the vault CA.
     pub ca_bundle: String,
+    /// Limits of every runner's sandbox; the workspace quota is the agent's own (its
+    /// settings in `store`).
     pub limits: Limits,
+    pub store: palisade_store::Store,
 }
 
 impl RunnerLauncher for SandboxLauncher {
@@ -60,6 +64,15 @@ impl RunnerLauncher for SandboxLauncher {
         }
         let workspace = self.home.agent_workspace(agent.as_str());
         crate::settings::create_private_dir(&workspace)?;
+        let mut limits = self.limits.clone();
+        limits.workspace = Some(
+            self.store
+                .get_agent(agent)
+                .ok()
+                .and_then(|record| crate::AgentSettings::from_json(&record.settings).ok())
+                .unwrap_or_default()
+                .effective_workspace_quota(),
+        );
         let spec = SandboxSpec {
             agent: agent.to_string(),
             workspace,
@@ -67,12 +80,9 @@ impl RunnerLauncher for SandboxLauncher {
             shim_subcommand: vec!["shim".into()],
             vault_socket,
             ca_bundle: self.ca_bundle.clone(),
-            mounts: vec![Mount {
-                source: host_socket.to_path_buf(),
-                destination: PathBuf::from(SANDBOX_HOST_SOCKET),
-                writable: false,
-            }],
-            limits: self.limits.clone(),
+            host_socket: Some(host_socket.to_path_buf()),
+            mounts: Vec::new(),
+            limits,
             command: vec![
                 palisade_sandbox::paths::PALISADE_BINARY.to_string(),
                 "runner".to_string(),
@@ -98,6 +108,11 @@ impl RunnerLauncher for SandboxLauncher {
         tokio::spawn(async move {
             tokio::select! {
                 outcome = sandbox.wait() => match outcome {
+                    Ok(outcome) if outcome.workspace_full.is_some() => tracing::warn!(
+                        agent = %name,
+                        reason = %outcome.workspace_full.map(|full| full.to_string()).unwrap_or_default(),
+                        "runner stopped: its workspace is full; free space in it or raise the quota with `palisade agents edit {name} --workspace-quota SIZE`"
+                    ),
                     Ok(outcome) => tracing::info!(agent = %name, code = outcome.code, "runner exited"),
                     Err(error) => tracing::warn!(agent = %name, %error, "lost the runner"),
                 },

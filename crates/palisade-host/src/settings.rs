@@ -43,6 +43,10 @@ pub struct AgentSettings {
     /// (default 1; a session's messages are always handled one at a time, in order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// Bytes the agent's workspace may use (default
+    /// [`palisade_sandbox::quota::DEFAULT_WORKSPACE_QUOTA`], 4 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_quota_bytes: Option<u64>,
 }
 
 /// Most runners one agent may have at once.
@@ -67,6 +71,7 @@ impl Default for AgentSettings {
             turn_timeout_secs: None,
             idle_timeout_secs: None,
             concurrency: None,
+            workspace_quota_bytes: None,
         }
     }
 }
@@ -107,6 +112,14 @@ impl AgentSettings {
                 "the turn timeout must be at least 1 s".into(),
             ));
         }
+        if self
+            .workspace_quota_bytes
+            .is_some_and(|bytes| bytes < (1 << 20))
+        {
+            return Err(HostError::Invalid(
+                "the workspace quota must be at least 1M".into(),
+            ));
+        }
         if let Some(n) = self.concurrency {
             if !(1..=MAX_CONCURRENCY).contains(&n) {
                 return Err(HostError::Invalid(format!(
@@ -125,6 +138,12 @@ impl AgentSettings {
     /// Runners this agent may have at once.
     pub fn effective_concurrency(&self) -> usize {
         self.concurrency.unwrap_or(1).clamp(1, MAX_CONCURRENCY) as usize
+    }
+
+    /// Bytes the agent's workspace may use.
+    pub fn effective_workspace_quota(&self) -> u64 {
+        self.workspace_quota_bytes
+            .unwrap_or(palisade_sandbox::quota::DEFAULT_WORKSPACE_QUOTA)
     }
 
     /// The base URL the runner calls.

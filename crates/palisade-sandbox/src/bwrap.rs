@@ -6,8 +6,17 @@
 //! The filesystem is built from nothing: `/usr` and the merged-usr links read-only, a
 //! prepared copy of an allow-list of `/etc` files (no shadow, no keys; see
 //! [`crate::etc_tree`]) as one read-only mount, fresh `/proc`, `/dev` and
-//! `/tmp`, the workspace, and `/run/palisade` (shim, vault socket, CA bundle); then
-//! `/` is remounted read-only.
+//! `/tmp`, the workspace, and `/run/palisade` (shim, CA bundle); then `/` is remounted
+//! read-only. No socket is mounted: the shim reaches the vault through its parent
+//! ([`crate::broker`]).
+//!
+//! bwrap's argument list and the sandbox's seccomp filters ([`crate::syscall_filter`])
+//! are handed over as inherited file descriptors (`--args FD`, `--add-seccomp-fd FD`),
+//! so the command line of bwrap, which is also the command line of the sandbox's first
+//! process (`/proc/1/cmdline` inside), is `bwrap --args N` and names nothing of the
+//! host. Before bwrap starts, the child joins a new, empty session keyring; the filter
+//! denies the keyring calls anyway, this only makes sure nothing of the caller's
+//! session is even attached to the sandbox.
 
 use crate::cgroup::{enter_from_child, Cgroup};
 use crate::runtime::{
@@ -15,6 +24,8 @@ use crate::runtime::{
 };
 use crate::workdir::{synthetic_etc, Workdir};
 use crate::{paths, SandboxError};
+use std::io::{Seek, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::Stdio;
 
@@ -52,14 +63,15 @@ impl Bubblewrap {
         }
     }
 
-    /// The full `bwrap` argv (without the program) for `spec`.
+    /// The `bwrap` options for `spec`, and the command (the shim's argv), which bwrap
+    /// takes only from its real argv, after `--`: it holds only paths inside the sandbox.
     pub(crate) fn args(
         &self,
         spec: &SandboxSpec,
         workdir: &Workdir,
         etc: &Path,
         shim: Vec<String>,
-    ) -> Vec<String> {
+    ) -> (Vec<String>, Vec<String>) {
         let mut args: Vec<String> = ISOLATION_FLAGS
             .iter()
             .chain(["--hostname", "palisade", "--ro-bind", "/usr", "/usr"].iter())
@@ -95,18 +107,8 @@ impl Bubblewrap {
         ]);
         push(&[
             "--ro-bind",
-            &spec.vault_socket.to_string_lossy(),
-            paths::VAULT_SOCKET,
-        ]);
-        push(&[
-            "--ro-bind",
             &workdir.path("ca-bundle.pem").to_string_lossy(),
             paths::CA_BUNDLE,
-        ]);
-        push(&[
-            "--ro-bind",
-            &workdir.path("lifeline.sock").to_string_lossy(),
-            paths::LIFELINE,
         ]);
         push(&[
             "--bind",
@@ -128,9 +130,8 @@ impl Bubblewrap {
         for (name, value) in crate::env::sandbox_env() {
             push(&["--setenv", &name, &value]);
         }
-        push(&["--chdir", paths::WORKSPACE, "--remount-ro", "/", "--"]);
-        args.extend(shim);
-        args
+        push(&["--chdir", paths::WORKSPACE, "--remount-ro", "/"]);
+        (args, shim)
     }
 }
 
@@ -172,12 +173,19 @@ impl Runtime for Bubblewrap {
         if let Some(detail) = user_namespaces_blocked() {
             return Err(SandboxError::NoUserNamespaces { detail });
         }
+        compiled_filters()?;
         Ok(())
     }
 
     fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         self.check()?;
         check_spec(spec)?;
+        if nix::unistd::geteuid().is_root() {
+            // Root's agents run as uid 0 of their user namespace here; a workspace a
+            // rootful podman sandbox used last is handed back (see ownership.rs).
+            let root = crate::ownership::Owner { uid: 0, gid: 0 };
+            crate::ownership::hand_over(&spec.workspace, crate::oci::rootful_agent_owner(), root)?;
+        }
         let workdir = Workdir::create(&spec.ca_bundle)?;
         let etc = crate::etc_tree::prepare(
             Path::new("/etc"),
@@ -185,39 +193,149 @@ impl Runtime for Bubblewrap {
             &synthetic_etc(),
             &std::env::temp_dir(),
         )?;
-        let lifeline = workdir.lifeline()?;
+        let (control, sandbox_end) = crate::broker::channel()
+            .map_err(|e| SandboxError::io("cannot create the sandbox's control channel", e))?;
         let (cgroup, mut reports) = Cgroup::create(&spec.limits);
         reports.extend(wall_time_report(&spec.limits));
-        let args = self.args(spec, &workdir, etc.path(), shim_argv(spec, &reports));
+        reports.extend(crate::runtime::workspace_report(&spec.limits));
+        let shim = shim_argv(
+            spec,
+            &reports,
+            crate::shim::Control::Inherited(sandbox_end.as_raw_fd()),
+        );
+        let (options, shim) = self.args(spec, &workdir, etc.path(), shim);
+        let mut handoff = Handoff::default();
+        let options_fd = handoff.with_filters_and_options(options)?;
         let mut command = tokio::process::Command::new(&self.program);
-        command.args(&args).env_clear().kill_on_drop(true);
+        command
+            .args(["--args", &options_fd.to_string(), "--"])
+            .args(&shim)
+            .env_clear()
+            .kill_on_drop(true);
         if spec.stdio == StdioMode::Piped {
             command
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
         }
-        if let Some(cgroup) = &cgroup {
-            let procs = cgroup.procs_files();
-            // SAFETY: enter_from_child only uses open/write/close on prepared paths.
-            unsafe {
-                command.pre_exec(move || enter_from_child(&procs));
-            }
+        let procs = cgroup.as_ref().map(|c| c.procs_files());
+        let mut inherited = handoff.raw_fds();
+        inherited.push(sandbox_end.as_raw_fd());
+        // SAFETY: only async-signal-safe calls (fcntl, keyctl, and enter_from_child's
+        // open/write/close on prepared paths) run between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                inherit(&inherited)?;
+                join_new_session_keyring();
+                match &procs {
+                    Some(procs) => enter_from_child(procs),
+                    None => Ok(()),
+                }
+            });
         }
         let child = command
             .spawn()
             .map_err(|e| SandboxError::Start(format!("cannot run bwrap: {e}")))?;
+        // The child has its copies; bwrap reads them before the command starts.
+        drop(handoff);
+        drop(sandbox_end);
+        let broker = crate::broker::serve(control, crate::runtime::broker_targets(spec))
+            .map_err(|e| SandboxError::io("cannot serve the sandbox's control channel", e))?;
         Ok(Sandbox {
             child,
             wall_time: spec.limits.wall_time,
+            workspace_quota: crate::runtime::workspace_quota(spec),
             cgroup,
             container: None,
-            lifeline,
+            broker,
             workdir: Some(workdir),
             etc: Some(etc),
             reports,
             finished: false,
         })
+    }
+}
+
+/// Files handed to bwrap by descriptor: its arguments and the seccomp filters. Each is
+/// a memfd, close-on-exec in this process and inherited by the bwrap child only (bwrap
+/// reads and closes them before the sandbox's command starts).
+#[derive(Default)]
+pub(crate) struct Handoff {
+    fds: Vec<OwnedFd>,
+}
+
+impl Handoff {
+    /// Adds the seccomp filters and then `options` (bwrap options, no command); returns
+    /// the descriptor to pass as `bwrap --args FD`.
+    pub(crate) fn with_filters_and_options(
+        &mut self,
+        options: Vec<String>,
+    ) -> Result<RawFd, SandboxError> {
+        let mut all = Vec::new();
+        for filter in compiled_filters()? {
+            let fd = self.add("palisade-seccomp", filter)?;
+            all.extend(["--add-seccomp-fd".to_string(), fd.to_string()]);
+        }
+        all.extend(options);
+        let mut text = Vec::new();
+        for arg in all {
+            text.extend_from_slice(arg.as_bytes());
+            text.push(0);
+        }
+        self.add("palisade-bwrap-args", &text)
+    }
+
+    fn add(&mut self, name: &str, bytes: &[u8]) -> Result<RawFd, SandboxError> {
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let failed = |e: std::io::Error| SandboxError::io("cannot prepare bwrap's arguments", e);
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(|e| failed(e.into()))?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(bytes).map_err(failed)?;
+        // bwrap reads from the current offset, which the child shares.
+        file.rewind().map_err(failed)?;
+        let fd = OwnedFd::from(file);
+        let raw = fd.as_raw_fd();
+        self.fds.push(fd);
+        Ok(raw)
+    }
+
+    pub(crate) fn raw_fds(&self) -> Vec<RawFd> {
+        self.fds.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+}
+
+/// The filters, compiled once per process.
+pub(crate) fn compiled_filters() -> Result<&'static [Vec<u8>], SandboxError> {
+    static FILTERS: std::sync::OnceLock<Result<Vec<Vec<u8>>, String>> = std::sync::OnceLock::new();
+    FILTERS
+        .get_or_init(|| crate::syscall_filter::bwrap_filters().map_err(|e| e.to_string()))
+        .as_deref()
+        .map_err(|e| SandboxError::Start(e.clone()))
+}
+
+/// Clears close-on-exec on `fds` (in the child, between fork and exec).
+pub(crate) fn inherit(fds: &[RawFd]) -> std::io::Result<()> {
+    for &fd in fds {
+        // SAFETY: fcntl on a descriptor this process owns.
+        if unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the caller's session keyring with a new, empty one (in the child, between
+/// fork and exec). Failure (a user at their key quota) is ignored: the seccomp filter
+/// is what keeps the sandbox from the keyrings.
+pub(crate) fn join_new_session_keyring() {
+    const KEYCTL_JOIN_SESSION_KEYRING: nix::libc::c_long = 1;
+    // SAFETY: keyctl with a null name creates and joins an anonymous keyring.
+    unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<nix::libc::c_char>(),
+        );
     }
 }
 

@@ -638,6 +638,7 @@ mod tests {
             pids: Some(64),
             cpus: Some(0.5),
             wall_time: None,
+            workspace: None,
         };
         let cgroup = create_v2(root.path(), "palisade", "palisade-1-0", &limits).unwrap();
         let parent = root.path().join("palisade");

@@ -92,29 +92,57 @@ fn bubblewrap() -> RuntimeReport {
         report.problem = Some(e.to_string());
         return report;
     }
-    let mut probe = Command::new("bwrap");
-    probe.args(crate::bwrap::ISOLATION_FLAGS);
-    probe.args(["--ro-bind", "/usr", "/usr"]);
+    // The probe gets what every sandbox gets: the isolation flags and, through
+    // inherited descriptors, its options and the seccomp filters.
+    let mut options: Vec<String> = crate::bwrap::ISOLATION_FLAGS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    options.extend(["--ro-bind", "/usr", "/usr"].map(String::from));
     for top in ["bin", "lib", "lib64", "sbin"] {
         let host = std::path::Path::new("/").join(top);
         if let Ok(target) = std::fs::read_link(&host) {
-            probe.args([
-                "--symlink",
-                &target.to_string_lossy(),
-                &host.to_string_lossy(),
+            options.extend([
+                "--symlink".into(),
+                target.to_string_lossy().into_owned(),
+                host.to_string_lossy().into_owned(),
             ]);
         } else if host.is_dir() {
-            probe.args([
-                "--ro-bind",
-                &host.to_string_lossy(),
-                &host.to_string_lossy(),
+            options.extend([
+                "--ro-bind".into(),
+                host.to_string_lossy().into_owned(),
+                host.to_string_lossy().into_owned(),
             ]);
         }
     }
+    options.extend(["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/"].map(String::from));
+    let mut handoff = crate::bwrap::Handoff::default();
+    let options_fd = match handoff.with_filters_and_options(options) {
+        Ok(fd) => fd,
+        Err(e) => {
+            report.problem = Some(e.to_string());
+            return report;
+        }
+    };
+    let mut probe = Command::new("bwrap");
     probe.args([
-        "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--", "/bin/sh", "-c",
-        "grep CapEff /proc/self/status; tail -n +3 /proc/net/dev | cut -d: -f1; touch /probe 2>/dev/null && echo ROOT-WRITABLE; unshare -U true 2>/dev/null && echo NESTED-USERNS; echo DONE",
+        "--args".to_string(),
+        options_fd.to_string(),
+        "--".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        "grep CapEff /proc/self/status; grep '^Seccomp' /proc/self/status; tail -n +3 /proc/net/dev | cut -d: -f1; touch /probe 2>/dev/null && echo ROOT-WRITABLE; unshare -U true 2>/dev/null && echo NESTED-USERNS; echo DONE".into(),
     ]);
+    let inherited = handoff.raw_fds();
+    // SAFETY: only fcntl and keyctl run between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        probe.pre_exec(move || {
+            crate::bwrap::inherit(&inherited)?;
+            crate::bwrap::join_new_session_keyring();
+            Ok(())
+        });
+    }
     let Some(output) = output_with_timeout(probe, Duration::from_secs(10)) else {
         report.problem = Some("a probe sandbox did not finish within 10 s".into());
         return report;
@@ -134,10 +162,22 @@ fn bubblewrap() -> RuntimeReport {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .map(|v| v.trim().to_string())
         .unwrap_or_default();
+    let seccomp_mode = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    let seccomp_filters = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
     let interfaces: Vec<String> = stdout
         .lines()
         .filter(|l| {
-            !l.starts_with("CapEff") && !["DONE", "ROOT-WRITABLE", "NESTED-USERNS"].contains(l)
+            !l.starts_with("CapEff")
+                && !l.starts_with("Seccomp")
+                && !["DONE", "ROOT-WRITABLE", "NESTED-USERNS"].contains(l)
         })
         .map(|l| l.trim().to_string())
         .collect();
@@ -167,13 +207,39 @@ fn bubblewrap() -> RuntimeReport {
         "bwrap --disable-userns; `unshare -U` inside the probe",
     ));
     report.checks.push(check(
+        "seccomp filter",
+        seccomp_mode == "2",
+        format!(
+            "{} (filters loaded inside the probe: {})",
+            crate::syscall_filter::summary(),
+            if seccomp_filters.is_empty() {
+                "none".to_string()
+            } else {
+                seccomp_filters
+            }
+        ),
+    ));
+    report.checks.push(check(
+        "kernel keyrings",
+        seccomp_mode == "2",
+        "keyctl, add_key and request_key denied by the filter; bwrap starts in a new, empty session keyring",
+    ));
+    report.checks.push(check(
+        "host paths",
+        true,
+        "bwrap's options are passed by descriptor (--args), so the sandbox's pid 1 shows `bwrap --args N`; no socket is mounted (the vault is reached through the parent's control channel); the workspace's host path still shows in /proc/self/mountinfo (a bind mount's source)",
+    ));
+    report.checks.push(check(
         "dies with parent",
         true,
-        "bwrap --die-with-parent, plus the shim's lifeline",
+        "bwrap --die-with-parent, plus the shim's control channel (its lifeline)",
     ));
     let (cgroup, limits) = Cgroup::create(&Limits::defaults());
     drop(cgroup);
     report.limits = limits;
+    report
+        .limits
+        .extend(crate::runtime::workspace_report(&Limits::defaults()));
     report
         .limits
         .extend(crate::runtime::wall_time_report(&Limits {
@@ -218,14 +284,33 @@ fn oci(tool: OciTool) -> RuntimeReport {
             }
             if let Some(path) = crate::seccomp::default_profile_path() {
                 report.checks.push(check(
-                    "nested user namespaces",
+                    "seccomp filter",
                     tool == OciTool::Podman,
                     match tool {
-                        OciTool::Podman => format!("denied by a seccomp profile derived from {} (clone/unshare with CLONE_NEWUSER: EPERM, clone3: ENOSYS)", path.display()),
-                        OciTool::Docker => "left to docker's default seccomp profile, which refuses them without CAP_SYS_ADMIN (not probed)".into(),
+                        OciTool::Podman => format!("podman's profile ({}) with palisade's denials: {}", path.display(), crate::syscall_filter::summary()),
+                        OciTool::Docker => "docker's default profile, which refuses nested user namespaces and the keyrings without CAP_SYS_ADMIN (not probed)".into(),
                     },
                 ));
             }
+            if tool == OciTool::Podman {
+                let detail = if nix::unistd::geteuid().is_root() {
+                    let (base, source) = crate::oci::rootful_id_base();
+                    format!(
+                        "the agent is uid {} in a user namespace mapping ids 0-65535 to host ids {base}-{} ({source}), so it is host uid {}; not root in the container (flags, not probed)",
+                        crate::oci::AGENT_ID_IN_CONTAINER,
+                        base as u64 + 65535,
+                        crate::oci::rootful_agent_owner().uid
+                    )
+                } else {
+                    "--userns=keep-id: the agent is your own uid, not root in the container (flags, not probed)".to_string()
+                };
+                report.checks.push(check("user", true, detail));
+            }
+            report.checks.push(check(
+                "sockets",
+                true,
+                "none mounted: the vault is reached through the parent's control channel (--preserve-fds 1)",
+            ));
             let spec_limits = Limits::defaults();
             report.limits = runtime.limit_reports_for(&spec_limits);
         }

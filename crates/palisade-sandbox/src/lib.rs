@@ -10,13 +10,17 @@
 //! - [`mounts`]: the `--mount SRC:DST[:rw]` parser, allow-list and refusals.
 //! - [`env`]: the environment every sandbox gets (proxy, CA bundle), and nothing else.
 //! - [`limits`] and [`cgroup`]: resource limits, cgroup v2, v1 or rlimits, honestly
-//!   reported.
+//!   reported; [`quota`]: the workspace quota.
 //! - [`shim`]: `palisade shim`, the in-sandbox loopback proxy that relays bytes to the
-//!   agent's vault socket and runs the user's command once it is listening.
-//! - [`seccomp`]: podman's default seccomp rules minus nested user namespaces.
+//!   agent's vault and runs the user's command once it is listening; `broker`: the
+//!   inherited control channel through which the parent connects the shim to the vault
+//!   (no socket path is ever mounted into a sandbox).
+//! - [`syscall_filter`]: the system calls no sandbox may make, compiled for bubblewrap;
+//!   [`seccomp`]: podman's default seccomp rules hardened with the same list.
 //! - [`image`]: `palisade sandbox image build`, the default OCI image made locally.
 //! - [`doctor`]: which protections this host can actually apply.
 
+mod broker;
 pub mod cgroup;
 pub mod doctor;
 pub mod env;
@@ -25,20 +29,29 @@ mod etc_tree;
 pub mod image;
 pub mod limits;
 pub mod mounts;
+mod ownership;
+pub mod quota;
 mod runtime;
 pub mod seccomp;
 pub mod shim;
+pub mod syscall_filter;
 mod workdir;
 
 mod bwrap;
 pub mod oci;
 
+pub use broker::{ParentDialer, Target};
 pub use bwrap::Bubblewrap;
 pub use error::SandboxError;
 pub use limits::{LimitMechanism, LimitReport, Limits};
 pub use mounts::Mount;
 pub use oci::{Oci, OciTool};
-pub use runtime::{runtime_for, Outcome, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode};
+pub use ownership::Owner;
+pub use quota::WorkspaceFull;
+pub use runtime::{
+    runtime_for, Outcome, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode, TIMED_OUT,
+    WORKSPACE_FULL,
+};
 pub use workdir::remove_stale_run_dirs;
 
 /// Where things appear inside every sandbox. Fixed, so nothing about the host's
@@ -46,12 +59,11 @@ pub use workdir::remove_stale_run_dirs;
 pub mod paths {
     /// The `palisade` binary, bind-mounted read-only, which runs the shim.
     pub const PALISADE_BINARY: &str = "/run/palisade/palisade";
-    /// The agent's vault socket.
-    pub const VAULT_SOCKET: &str = "/run/palisade/vault.sock";
     /// System roots plus the vault CA.
     pub const CA_BUNDLE: &str = "/run/palisade/ca-bundle.pem";
-    /// Held open by the parent; the shim ends the sandbox when it closes.
-    pub const LIFELINE: &str = "/run/palisade/lifeline.sock";
+    /// The abstract Unix socket (in the sandbox's own network namespace) on which the
+    /// shim offers the host's socket to a runner, when the sandbox has one.
+    pub const HOST_SOCKET: &str = "@palisade-host";
     /// The agent's writable workspace, also `HOME`.
     pub const WORKSPACE: &str = "/workspace";
     /// Where the shim listens.

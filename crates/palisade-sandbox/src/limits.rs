@@ -20,16 +20,20 @@ pub struct Limits {
     pub cpus: Option<f64>,
     /// Wall time after which the whole sandbox is killed.
     pub wall_time: Option<Duration>,
+    /// Bytes the workspace may use (see [`crate::quota`]).
+    pub workspace: Option<u64>,
 }
 
 impl Limits {
-    /// The defaults of `palisade sandbox run`: 1 GiB, 512 processes, 1 CPU, no timeout.
+    /// The defaults of `palisade sandbox run`: 1 GiB, 512 processes, 1 CPU, no timeout,
+    /// a 4 GiB workspace.
     pub fn defaults() -> Self {
         Limits {
             memory: Some(1 << 30),
             pids: Some(512),
             cpus: Some(1.0),
             wall_time: None,
+            workspace: Some(crate::quota::DEFAULT_WORKSPACE_QUOTA),
         }
     }
 }
@@ -46,6 +50,9 @@ pub enum LimitMechanism {
     Rlimit,
     /// The parent's timer, which kills the whole sandbox.
     ParentTimer,
+    /// The parent's watcher of the workspace, which stops the sandbox at the quota,
+    /// with RLIMIT_FSIZE at the quota on the command.
+    Watcher,
     NotApplied,
 }
 
@@ -57,6 +64,7 @@ impl fmt::Display for LimitMechanism {
             LimitMechanism::OciRuntime => "container runtime",
             LimitMechanism::Rlimit => "rlimit",
             LimitMechanism::ParentTimer => "parent timer",
+            LimitMechanism::Watcher => "workspace watcher + RLIMIT_FSIZE",
             LimitMechanism::NotApplied => "not applied",
         })
     }
@@ -79,6 +87,16 @@ pub fn parse_memory(text: &str) -> Result<u64, SandboxError> {
         value: text.to_string(),
         reason: reason.to_string(),
     };
+    let bytes = parse_size(text).map_err(|reason| bad(&reason))?;
+    if bytes < (8 << 20) {
+        return Err(bad("at least 8M is needed to start a sandbox"));
+    }
+    Ok(bytes)
+}
+
+/// A size in bytes from `512M`, `1G`, `1.5g`, `65536`, `256k` (powers of 1024), or
+/// why it is not one.
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let lower = trimmed.to_ascii_lowercase();
     let lower = lower.trim_end_matches("ib").trim_end_matches('b');
@@ -88,19 +106,15 @@ pub fn parse_memory(text: &str) -> Result<u64, SandboxError> {
         Some('g') => (&lower[..lower.len() - 1], 1 << 30),
         Some('t') => (&lower[..lower.len() - 1], 1 << 40),
         Some(c) if c.is_ascii_digit() => (lower, 1),
-        _ => return Err(bad("use a size like 512M or 2G")),
+        _ => return Err("use a size like 512M or 2G".into()),
     };
     let value: f64 = number
         .parse()
-        .map_err(|_| bad("use a size like 512M or 2G"))?;
+        .map_err(|_| "use a size like 512M or 2G".to_string())?;
     if !value.is_finite() || value <= 0.0 {
-        return Err(bad("the size must be positive"));
+        return Err("the size must be positive".into());
     }
-    let bytes = (value * multiplier as f64) as u64;
-    if bytes < (8 << 20) {
-        return Err(bad("at least 8M is needed to start a sandbox"));
-    }
-    Ok(bytes)
+    Ok((value * multiplier as f64) as u64)
 }
 
 pub fn parse_pids(text: &str) -> Result<u64, SandboxError> {

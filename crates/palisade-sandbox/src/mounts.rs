@@ -3,8 +3,12 @@
 //!
 //! Sources are resolved (symlinks followed) before any check, and a source is refused
 //! if it *is*, *lies inside* or *contains* a refused path: mounting `~` would otherwise
-//! expose `~/.ssh` and `$PALISADE_HOME`. Destinations live under `/mnt`, `/data` or
-//! the workspace, so a mount can never shadow a system directory or `/run/palisade`.
+//! expose `~/.ssh` and `$PALISADE_HOME`. Shared temporary directories (`/tmp`,
+//! `/var/tmp`, `$TMPDIR`) hold other programs' sockets (ssh-agent, X11, …) and
+//! palisade's own run files: a source may lie inside one, but may not be or contain
+//! one, nor be one of palisade's own entries there (`palisade-sandbox-*`, `palisade-etc-*`). Destinations live under
+//! `/mnt`, `/data` or the workspace, so a mount can never shadow a system directory or
+//! `/run/palisade`.
 
 use crate::SandboxError;
 use std::path::{Component, Path, PathBuf};
@@ -26,7 +30,18 @@ pub struct MountPolicy {
     pub allowed_roots: Vec<PathBuf>,
     /// Paths a source may neither be, lie inside, nor contain.
     pub refused: Vec<(PathBuf, String)>,
+    /// Shared directories a source may lie inside but neither be nor contain; palisade's
+    /// own entries in them are refused whole.
+    pub shared_dirs: Vec<PathBuf>,
 }
+
+/// What a shared temporary directory holds that no sandbox may be given.
+const SHARED_DIR_REASON: &str = "it is (or holds) a shared temporary directory, with other programs' sockets (ssh-agent, X11, …) and palisade's run files; mount a folder inside it instead";
+/// Names of palisade's own entries in temporary directories (run directories, `/etc`
+/// copies, and in-process vault folders of older versions).
+const PALISADE_ENTRIES: [&str; 3] = ["palisade-sandbox-", "palisade-etc-", "palisade-vault-"];
+const PALISADE_ENTRY_REASON: &str =
+    "it is (or lies inside) palisade's own run files in a temporary directory";
 
 const DESTINATION_ROOTS: &[&str] = &["/mnt", "/data", crate::paths::WORKSPACE];
 
@@ -38,7 +53,9 @@ impl MountPolicy {
     /// `PALISADE_MOUNT_ALLOW` (colon-separated). Refused, whatever the allow-list says:
     /// `$PALISADE_HOME` (the master key, the database, every agent's workspace),
     /// `~/.ssh`, `~/.aws`, `~/.gnupg`, `~/.config/gcloud`, `~/.kube`, `~/.docker`,
-    /// `/root`, `/etc`, the docker and podman sockets, and `/`.
+    /// `/root`, `/etc`, `/run` and `$XDG_RUNTIME_DIR` (where sockets live), the docker
+    /// and podman sockets, and `/`. Shared temporary directories: `/tmp`, `/var/tmp`
+    /// and the process's temporary directory.
     pub fn for_host(palisade_home: &Path) -> Self {
         let user_home = std::env::var_os("HOME").map(PathBuf::from);
         let mut allowed_roots: Vec<PathBuf> = [
@@ -91,8 +108,18 @@ impl MountPolicy {
                 "it is a container engine socket, which would give host root".into(),
             ));
         }
+        for run in ["/run", "/var/run"] {
+            refused.push((
+                run.into(),
+                "it is (or holds) /run, where the host's sockets live".into(),
+            ));
+        }
         if let Some(runtime_dir) = std::env::var_os("XDG_RUNTIME_DIR") {
             let runtime_dir = PathBuf::from(runtime_dir);
+            refused.push((
+                runtime_dir.clone(),
+                "it is (or holds) your runtime directory (XDG_RUNTIME_DIR), where your session's sockets live".into(),
+            ));
             refused.push((
                 runtime_dir.join("podman"),
                 "it is a container engine socket, which would give host root".into(),
@@ -103,9 +130,12 @@ impl MountPolicy {
             ));
         }
         refused.push(("/".into(), "it is the whole host filesystem".into()));
+        let mut shared_dirs: Vec<PathBuf> = vec!["/tmp".into(), "/var/tmp".into()];
+        shared_dirs.push(std::env::temp_dir());
         MountPolicy {
             allowed_roots,
             refused,
+            shared_dirs,
         }
     }
 
@@ -165,6 +195,28 @@ impl MountPolicy {
                     return Err(SandboxError::RefusedMount {
                         path: source.to_path_buf(),
                         reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        for shared in &self.shared_dirs {
+            let canonical = std::fs::canonicalize(shared).unwrap_or_else(|_| shared.clone());
+            for candidate in [shared, &canonical] {
+                if candidate.starts_with(source) {
+                    return Err(SandboxError::RefusedMount {
+                        path: source.to_path_buf(),
+                        reason: SHARED_DIR_REASON.into(),
+                    });
+                }
+                let entry = source
+                    .strip_prefix(candidate)
+                    .ok()
+                    .and_then(|rest| rest.components().next());
+                let ours = |name: &str| PALISADE_ENTRIES.iter().any(|p| name.starts_with(p));
+                if entry.is_some_and(|e| ours(&e.as_os_str().to_string_lossy())) {
+                    return Err(SandboxError::RefusedMount {
+                        path: source.to_path_buf(),
+                        reason: PALISADE_ENTRY_REASON.into(),
                     });
                 }
             }
@@ -295,6 +347,44 @@ mod tests {
             .check(&format!("{}:/mnt/x", link.display()))
             .unwrap_err();
         assert!(matches!(err, SandboxError::RefusedMount { .. }), "{err}");
+    }
+
+    #[test]
+    fn shared_temporary_directories_are_refused_whole_but_not_what_lies_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("tmp");
+        let project = shared.join("project");
+        let run_files = shared.join("palisade-sandbox-1-abc");
+        for path in [&project, &run_files.join("inner")] {
+            std::fs::create_dir_all(path).unwrap();
+        }
+        let mut policy = policy(&dir.path().join("home"), dir.path());
+        policy.shared_dirs = vec![shared.clone()];
+        assert!(policy
+            .check(&format!("{}:/mnt/p", project.display()))
+            .is_ok());
+        for src in [
+            &shared,
+            &dir.path().to_path_buf(),
+            &run_files,
+            &run_files.join("inner"),
+        ] {
+            let err = policy
+                .check(&format!("{}:/mnt/x", src.display()))
+                .unwrap_err();
+            assert!(
+                matches!(err, SandboxError::RefusedMount { .. }),
+                "{}: {err}",
+                src.display()
+            );
+        }
+        // The host's own: /tmp itself.
+        let host = MountPolicy::for_host(Path::new("/nonexistent/palisade-home"));
+        let err = host.check("/tmp:/mnt/tmp").unwrap_err();
+        assert!(
+            err.to_string().contains("shared temporary directory"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! ulimits and, where the engine can enforce them, memory, pids and CPU limits. It is
 //! labelled with the owning process (`palisade.owner=PID:START`); a container whose
 //! owner is gone (the parent was `kill -9`ed) is removed the next time a sandbox
-//! starts, and the shim inside already ends it when the parent's lifeline closes.
+//! starts, and the shim inside already ends it when the parent's control channel
+//! closes (see broker.rs; podman: the engine's descriptor 3, passed in with
+//! `--preserve-fds 1`; docker: a socket in the run directory, mounted). The agent is
+//! never root in a podman container (see [`rootful_id_base`]).
 
 use crate::bwrap::check_spec;
 use crate::cgroup::HostCgroups;
@@ -15,6 +18,7 @@ use crate::runtime::{
 };
 use crate::workdir::Workdir;
 use crate::{paths, SandboxError};
+use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -24,6 +28,17 @@ pub const DEFAULT_IMAGE: &str = "localhost/palisade-sandbox:latest";
 const OWNER_LABEL: &str = "palisade.owner";
 const SANDBOX_LABEL: &str = "palisade.sandbox";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// The agent's uid and gid inside a podman container (rootful): not root.
+pub const AGENT_ID_IN_CONTAINER: u32 = 1000;
+/// How many ids a rootful podman sandbox's user namespace maps.
+const MAPPED_IDS: u32 = 65536;
+/// The first host id of that range when root has none in /etc/subuid and /etc/subgid.
+pub const DEFAULT_ROOTFUL_BASE: u32 = 0x7000_0000;
+/// Where the control channel is in the engine's process and the container's (podman).
+const CONTROL_FD: std::os::fd::RawFd = 3;
+/// The parent's control socket in the run directory, and where docker mounts it.
+const CONTROL_SOCKET: &str = "control.sock";
+const CONTROL_SOCKET_INSIDE: &str = "/run/palisade/control.sock";
 /// The podman sandbox's seccomp profile, in the run directory.
 const SECCOMP_FILE: &str = "seccomp.json";
 
@@ -129,6 +144,7 @@ impl Oci {
             });
         }
         reports.extend(wall_time_report(limits));
+        reports.extend(crate::runtime::workspace_report(limits));
         reports
     }
 
@@ -189,6 +205,18 @@ impl Oci {
             "palisade",
         ]);
         if self.tool == OciTool::Podman {
+            // The agent is never root in the container, and the container's ids are
+            // never the host's: rootless, the user's own uid (keep-id; the user
+            // namespace maps everything else to the user's subordinate ids); rootful, a
+            // fixed subordinate range, the agent at its id 1000.
+            if nix::unistd::geteuid().is_root() {
+                let base = rootful_id_base().0;
+                let map = format!("0:{base}:{MAPPED_IDS}");
+                let user = format!("{AGENT_ID_IN_CONTAINER}:{AGENT_ID_IN_CONTAINER}");
+                push(&["--uidmap", &map, "--gidmap", &map, "--user", &user]);
+            } else {
+                push(&["--userns=keep-id"]);
+            }
             // podman's --read-only otherwise also makes /run and /var/tmp writable.
             push(&["--read-only-tmpfs=false"]);
             // podman's default rules without nested user namespaces (see seccomp.rs);
@@ -231,19 +259,16 @@ impl Oci {
         let volume = |source: &std::path::Path, destination: &str, mode: &str| {
             format!("{}:{destination}:{mode}", source.display())
         };
-        push(&["-v", &volume(&spec.workspace, paths::WORKSPACE, "rw")]);
+        // A relative source would be taken for a named volume (a relative --home).
+        let workspace = std::path::absolute(&spec.workspace).unwrap_or(spec.workspace.clone());
+        push(&["-v", &volume(&workspace, paths::WORKSPACE, "rw")]);
         push(&[
             "-v",
             &volume(&spec.palisade_binary, paths::PALISADE_BINARY, "ro"),
         ]);
-        push(&["-v", &volume(&spec.vault_socket, paths::VAULT_SOCKET, "ro")]);
         push(&[
             "-v",
             &volume(&workdir.path("ca-bundle.pem"), paths::CA_BUNDLE, "ro"),
-        ]);
-        push(&[
-            "-v",
-            &volume(&workdir.path("lifeline.sock"), paths::LIFELINE, "ro"),
         ]);
         push(&["-v", &volume(&workdir.path("hosts"), "/etc/hosts", "ro")]);
         for mount in &spec.mounts {
@@ -253,12 +278,25 @@ impl Oci {
                 &volume(&mount.source, &mount.destination.to_string_lossy(), mode),
             ]);
         }
+        // The control channel (see broker.rs): podman passes the engine's descriptor 3
+        // in; docker cannot, so it gets the parent's control socket mounted.
+        match self.tool {
+            OciTool::Podman => push(&["--preserve-fds", "1"]),
+            OciTool::Docker => push(&[
+                "-v",
+                &volume(&workdir.path(CONTROL_SOCKET), CONTROL_SOCKET_INSIDE, "ro"),
+            ]),
+        }
         push(&["--workdir", paths::WORKSPACE]);
         for (key, value) in crate::env::sandbox_env() {
             push(&["--env", &format!("{key}={value}")]);
         }
         push(&["--entrypoint", paths::PALISADE_BINARY, &self.image]);
-        args.extend(shim_argv(spec, reports).into_iter().skip(1));
+        let control = match self.tool {
+            OciTool::Podman => crate::shim::Control::Inherited(CONTROL_FD),
+            OciTool::Docker => crate::shim::Control::Socket(CONTROL_SOCKET_INSIDE.into()),
+        };
+        args.extend(shim_argv(spec, reports, control).into_iter().skip(1));
         args
     }
 }
@@ -323,8 +361,11 @@ impl Runtime for Oci {
         let workdir = Workdir::create(&spec.ca_bundle)?;
         if self.tool == OciTool::Podman {
             workdir.write(SECCOMP_FILE, &crate::seccomp::podman_profile()?)?;
+            if nix::unistd::geteuid().is_root() {
+                let root = crate::ownership::Owner { uid: 0, gid: 0 };
+                crate::ownership::hand_over(&spec.workspace, root, rootful_agent_owner())?;
+            }
         }
-        let lifeline = workdir.lifeline()?;
         let reports = self.reports(spec);
         let name = format!(
             "palisade-{}-{}-{}",
@@ -334,7 +375,11 @@ impl Runtime for Oci {
         );
         let args = self.args(spec, &workdir, &name, &reports);
         let mut command = tokio::process::Command::from(self.tool.command());
-        command.args(&args).kill_on_drop(true);
+        // Its own process group: a Ctrl-C meant for palisade must not reach the engine's
+        // client in the middle of creating the container (it dies half-way and leaves
+        // conmon and a created container that `podman ps` no longer lists); palisade
+        // ends the sandbox itself.
+        command.args(&args).kill_on_drop(false).process_group(0);
         // The engine needs its own environment (XDG_RUNTIME_DIR, HOME for its storage);
         // none of it reaches the container, whose environment is only what --env sets.
         if spec.stdio == StdioMode::Piped {
@@ -343,21 +388,102 @@ impl Runtime for Oci {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
         }
-        let child = command
-            .spawn()
-            .map_err(|e| SandboxError::Start(format!("cannot run {}: {e}", self.tool.program())))?;
+        let no_channel = |e| SandboxError::io("cannot create the sandbox's control channel", e);
+        let (child, broker) = match self.tool {
+            OciTool::Podman => {
+                let (control, sandbox_end) = crate::broker::channel().map_err(no_channel)?;
+                let inherited = sandbox_end.as_raw_fd();
+                // SAFETY: only dup2/fcntl run between fork and exec.
+                unsafe {
+                    command.pre_exec(move || place_at(inherited, CONTROL_FD));
+                }
+                let child = command.spawn().map_err(|e| {
+                    SandboxError::Start(format!("cannot run {}: {e}", self.tool.program()))
+                })?;
+                drop(sandbox_end);
+                let broker = crate::broker::serve(control, crate::runtime::broker_targets(spec))
+                    .map_err(no_channel)?;
+                (child, broker)
+            }
+            OciTool::Docker => {
+                let listener = std::os::unix::net::UnixListener::bind(workdir.path(CONTROL_SOCKET))
+                    .map_err(no_channel)?;
+                let broker = crate::broker::serve_first_connection(
+                    listener,
+                    crate::runtime::broker_targets(spec),
+                )
+                .map_err(no_channel)?;
+                let child = command.spawn().map_err(|e| {
+                    SandboxError::Start(format!("cannot run {}: {e}", self.tool.program()))
+                })?;
+                (child, broker)
+            }
+        };
         Ok(Sandbox {
             child,
             wall_time: spec.limits.wall_time,
+            workspace_quota: crate::runtime::workspace_quota(spec),
             cgroup: None,
             container: Some((self.tool, name)),
-            lifeline,
+            broker,
             workdir: Some(workdir),
             etc: None,
             reports,
             finished: false,
         })
     }
+}
+
+/// The first host id of the range rootful podman sandboxes map, and where it came
+/// from: root's entry in /etc/subuid and /etc/subgid when both have one of at least
+/// 65536 ids starting at the same id, else [`DEFAULT_ROOTFUL_BASE`].
+pub fn rootful_id_base() -> (u32, &'static str) {
+    let range = |file: &str| root_range(&std::fs::read_to_string(file).unwrap_or_default());
+    match (range("/etc/subuid"), range("/etc/subgid")) {
+        (Some(uid), Some(gid)) if uid == gid => {
+            (uid, "root's range in /etc/subuid and /etc/subgid")
+        }
+        _ => (
+            DEFAULT_ROOTFUL_BASE,
+            "palisade's default range (root has none in /etc/subuid and /etc/subgid)",
+        ),
+    }
+}
+
+/// The start of root's first range of at least [`MAPPED_IDS`] ids in the text of
+/// /etc/subuid or /etc/subgid (`NAME:START:COUNT` lines).
+fn root_range(text: &str) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let mut fields = line.trim().split(':');
+        let (name, start, count) = (fields.next()?, fields.next()?, fields.next()?);
+        let (start, count): (u32, u32) = (start.parse().ok()?, count.parse().ok()?);
+        let fits = start.checked_add(MAPPED_IDS).is_some();
+        (matches!(name, "root" | "0") && count >= MAPPED_IDS && fits).then_some(start)
+    })
+}
+
+/// The host user and group a rootful podman sandbox's agent runs as.
+pub fn rootful_agent_owner() -> crate::ownership::Owner {
+    let id = rootful_id_base().0 + AGENT_ID_IN_CONTAINER;
+    crate::ownership::Owner { uid: id, gid: id }
+}
+
+/// Makes `fd` available as descriptor `target` across exec (in the child).
+fn place_at(fd: std::os::fd::RawFd, target: std::os::fd::RawFd) -> std::io::Result<()> {
+    use nix::libc;
+    // SAFETY: dup2 and fcntl on descriptors of this (forked) process.
+    let result = unsafe {
+        if fd == target {
+            libc::fcntl(fd, libc::F_SETFD, 0)
+        } else {
+            // dup2 leaves the new descriptor without close-on-exec.
+            libc::dup2(fd, target)
+        }
+    };
+    if result == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `PID:START` where START is the process's start time in clock ticks, so a reused
@@ -449,6 +575,26 @@ pub fn remove_stale_containers(tool: OciTool) {
     for (name, owner) in sandbox_containers(tool) {
         if !owner_alive(&owner) {
             remove_container(tool, &name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_subordinate_range_is_found_and_only_a_usable_one() {
+        let text = "alice:100000:65536\nroot:200000:1000\nroot:300000:65536\n";
+        assert_eq!(root_range(text), Some(300000));
+        assert_eq!(root_range("0:400000:70000\n"), Some(400000));
+        for unusable in [
+            "alice:100000:65536",
+            "root:x:65536",
+            "root:4294967000:65536",
+            "",
+        ] {
+            assert_eq!(root_range(unusable), None, "{unusable}");
         }
     }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 /// Exit code of a sandbox killed at its wall-time limit (as `timeout(1)`).
 pub const TIMED_OUT: i32 = 124;
+/// Exit code of a sandbox stopped because its workspace was full (`EDQUOT`).
+pub const WORKSPACE_FULL: i32 = 122;
 
 /// Which backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -64,8 +66,12 @@ pub struct SandboxSpec {
     pub palisade_binary: PathBuf,
     /// Arguments before the shim's options (`["shim"]` for `palisade`).
     pub shim_subcommand: Vec<String>,
-    /// Host path of the agent's vault socket.
+    /// Host path of the agent's vault socket. It is never mounted into the sandbox:
+    /// the parent connects to it for the shim (see [`crate::broker`]).
     pub vault_socket: PathBuf,
+    /// Host path of the host's socket for this sandbox's runner, if it runs one; offered
+    /// inside at [`paths::HOST_SOCKET`] the same way.
+    pub host_socket: Option<PathBuf>,
     /// PEM text of the CA bundle (system roots + vault CA).
     pub ca_bundle: String,
     pub mounts: Vec<Mount>,
@@ -80,6 +86,8 @@ pub struct Outcome {
     /// The command's exit code (128 + signal if killed; 124 on timeout).
     pub code: i32,
     pub timed_out: bool,
+    /// Set when the workspace watcher stopped the sandbox (code [`WORKSPACE_FULL`]).
+    pub workspace_full: Option<crate::quota::WorkspaceFull>,
 }
 
 /// A way to run sandboxes.
@@ -106,9 +114,12 @@ pub fn runtime_for(kind: RuntimeKind) -> Box<dyn Runtime> {
 pub struct Sandbox {
     pub(crate) child: tokio::process::Child,
     pub(crate) wall_time: Option<Duration>,
+    /// The workspace and its quota, watched while the sandbox runs.
+    pub(crate) workspace_quota: Option<(PathBuf, u64)>,
     pub(crate) cgroup: Option<Cgroup>,
     pub(crate) container: Option<(OciTool, String)>,
-    pub(crate) lifeline: tokio::task::JoinHandle<()>,
+    /// Serves the shim's control channel (vault connections, lifeline).
+    pub(crate) broker: tokio::task::JoinHandle<()>,
     pub(crate) workdir: Option<Workdir>,
     /// The bubblewrap sandbox's `/etc`, share-locked while the sandbox runs.
     pub(crate) etc: Option<crate::etc_tree::EtcTree>,
@@ -127,26 +138,55 @@ impl Sandbox {
         &mut self.child
     }
 
-    /// Waits for the command, killing the sandbox at its wall-time limit.
+    /// Waits for the command, killing the sandbox at its wall-time limit or when its
+    /// workspace is full.
     pub async fn wait(mut self) -> Result<Outcome, SandboxError> {
-        let waited = match self.wall_time {
-            Some(limit) => tokio::time::timeout(limit, self.child.wait()).await.ok(),
-            None => Some(self.child.wait().await),
+        enum Ended {
+            Exited(std::io::Result<std::process::ExitStatus>),
+            TimedOut,
+            Full(crate::quota::WorkspaceFull),
+        }
+        let wall_time = self.wall_time;
+        let quota = self.workspace_quota.clone();
+        let ended = tokio::select! {
+            status = self.child.wait() => Ended::Exited(status),
+            _ = async {
+                match wall_time {
+                    Some(limit) => tokio::time::sleep(limit).await,
+                    None => std::future::pending().await,
+                }
+            } => Ended::TimedOut,
+            full = async {
+                match quota {
+                    Some((workspace, limit)) => crate::quota::watch(workspace, limit).await,
+                    None => std::future::pending().await,
+                }
+            } => Ended::Full(full),
         };
-        let outcome = match waited {
-            Some(status) => {
+        let outcome = match ended {
+            Ended::Exited(status) => {
                 let status = status.map_err(|e| SandboxError::io("lost the sandbox process", e))?;
                 self.finished = true;
                 Outcome {
                     code: crate::shim::exit_code(status),
                     timed_out: false,
+                    workspace_full: None,
                 }
             }
-            None => {
+            Ended::TimedOut => {
                 self.kill().await;
                 Outcome {
                     code: TIMED_OUT,
                     timed_out: true,
+                    workspace_full: None,
+                }
+            }
+            Ended::Full(full) => {
+                self.kill().await;
+                Outcome {
+                    code: WORKSPACE_FULL,
+                    timed_out: false,
+                    workspace_full: Some(full),
                 }
             }
         };
@@ -181,11 +221,20 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        self.lifeline.abort();
-        if !self.finished {
-            if let Some((tool, name)) = &self.container {
-                crate::oci::remove_container(*tool, name);
+        // The shim ends the sandbox once its control channel closes.
+        self.broker.abort();
+        match &self.container {
+            // The engine's client is left to end by itself: killed while it creates the
+            // container, it would leave conmon and a created container behind that the
+            // engine no longer lists. Removing the container ends it; a container still
+            // being created ends itself when its shim finds the channel closed.
+            Some((tool, name)) => {
+                if !self.finished {
+                    crate::oci::remove_container(*tool, name);
+                }
+            }
+            None => {
+                let _ = self.child.start_kill();
             }
         }
         // The cgroup's own Drop kills what is left and removes the leaves.
@@ -195,10 +244,18 @@ impl Drop for Sandbox {
     }
 }
 
-/// Shim options for `spec`, with rlimits standing in for limits no cgroup enforces.
-pub(crate) fn shim_options(spec: &SandboxSpec, reports: &[LimitReport]) -> ShimOptions {
-    let mut options = ShimOptions::new(spec.command.clone());
-    options.lifeline = Some(PathBuf::from(paths::LIFELINE));
+/// Shim options for `spec`, with rlimits standing in for limits no cgroup enforces;
+/// `control` is how the shim reaches its parent from inside the sandbox.
+pub(crate) fn shim_options(
+    spec: &SandboxSpec,
+    reports: &[LimitReport],
+    control: crate::shim::Control,
+) -> ShimOptions {
+    let mut options = ShimOptions::new(control, spec.command.clone());
+    if spec.host_socket.is_some() {
+        options.host_listen = Some(paths::HOST_SOCKET.to_string());
+    }
+    options.rlimit_file_size = spec.limits.workspace;
     for report in reports {
         if report.mechanism == LimitMechanism::Rlimit {
             match report.limit {
@@ -212,11 +269,40 @@ pub(crate) fn shim_options(spec: &SandboxSpec, reports: &[LimitReport]) -> ShimO
 }
 
 /// The shim's full argv inside the sandbox.
-pub(crate) fn shim_argv(spec: &SandboxSpec, reports: &[LimitReport]) -> Vec<String> {
+pub(crate) fn shim_argv(
+    spec: &SandboxSpec,
+    reports: &[LimitReport],
+    control: crate::shim::Control,
+) -> Vec<String> {
     let mut argv = vec![paths::PALISADE_BINARY.to_string()];
     argv.extend(spec.shim_subcommand.iter().cloned());
-    argv.extend(shim_options(spec, reports).to_args());
+    argv.extend(shim_options(spec, reports, control).to_args());
     argv
+}
+
+/// The report of the workspace quota, if one is set.
+pub(crate) fn workspace_report(limits: &Limits) -> Option<LimitReport> {
+    limits.workspace.map(|bytes| LimitReport {
+        limit: "workspace",
+        value: crate::limits::format_bytes(bytes),
+        mechanism: LimitMechanism::Watcher,
+        note: Some("a burst of many files can pass the quota by what is written between two measurements (250 ms apart for a small workspace, up to 30 s for a very large one); the watcher also stops the sandbox when the disk has less than 256M free".into()),
+    })
+}
+
+/// What the parent connects to for `spec`'s sandbox.
+pub(crate) fn broker_targets(spec: &SandboxSpec) -> crate::broker::Targets {
+    crate::broker::Targets {
+        vault: spec.vault_socket.clone(),
+        host: spec.host_socket.clone(),
+    }
+}
+
+/// The quota to watch for `spec`.
+pub(crate) fn workspace_quota(spec: &SandboxSpec) -> Option<(PathBuf, u64)> {
+    spec.limits
+        .workspace
+        .map(|bytes| (spec.workspace.clone(), bytes))
 }
 
 pub(crate) fn wall_time_report(limits: &Limits) -> Option<LimitReport> {

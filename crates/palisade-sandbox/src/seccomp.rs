@@ -1,13 +1,16 @@
-//! The seccomp profile of podman sandboxes: podman's own default rules, minus nested
-//! user namespaces.
+//! The seccomp profile of podman sandboxes: podman's own default rules, hardened with
+//! the denials every palisade sandbox gets ([`crate::syscall_filter::DENIED`]).
 //!
 //! podman's default profile allows `unshare`, `clone` and `clone3` whatever their
 //! flags, so a process that holds no capability can still create a user namespace
 //! and, inside it, become "root" over fresh mount and network namespaces: no way out
 //! of the sandbox by itself, but kernel attack surface a sandbox has no use for
-//! (bubblewrap sandboxes get `--disable-userns`). This module reads the profile podman
-//! would use anyway and rewrites only those three syscalls:
+//! (bubblewrap sandboxes get `--disable-userns` and the same filter). It also allows
+//! `keyctl` (the kernel keyrings are not namespaced) and `ptrace`. This module reads
+//! the profile podman would use anyway and rewrites only the denied calls:
 //!
+//! - each call denied outright is removed from every rule and answered with its errno
+//!   (`EPERM`, or `ENOSYS` for `clone3` and `io_uring_*` so callers fall back);
 //! - `clone` and `unshare`: allowed only when `CLONE_NEWUSER` is not among the flags,
 //!   `EPERM` when it is (the flags are `clone`'s second argument on s390);
 //! - `clone3`: `ENOSYS`, because its flags sit in memory seccomp cannot read; the C
@@ -16,16 +19,11 @@
 //! Every other rule is kept as podman ships it. Written here with serde_json over the
 //! profile's JSON: no crate models the containers seccomp format.
 
+use crate::syscall_filter::{always_denied, When, CLONE_NEWUSER, DENIED, EPERM};
 use crate::SandboxError;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-/// `CLONE_NEWUSER` from `<linux/sched.h>`.
-const CLONE_NEWUSER: u64 = 0x1000_0000;
-const EPERM: u64 = 1;
-const ENOSYS: u64 = 38;
-/// The syscalls this module owns; every rule of the base profile loses them.
-const REWRITTEN: [&str; 3] = ["clone", "clone3", "unshare"];
 /// Where podman's default profile lives (containers-common).
 const DEFAULT_PROFILES: [&str; 2] = [
     "/usr/share/containers/seccomp.json",
@@ -65,48 +63,64 @@ fn profile_from_file(path: &Path) -> Result<String, SandboxError> {
     };
     let base: Value =
         serde_json::from_str(&text).map_err(|e| unusable(format!("is not valid JSON ({e})")))?;
-    let profile = without_nested_user_namespaces(base).map_err(unusable)?;
+    let profile = hardened(base).map_err(unusable)?;
     serde_json::to_string(&profile).map_err(|e| unusable(e.to_string()))
 }
 
 /// Rewrites `profile` as the module doc says.
-pub fn without_nested_user_namespaces(mut profile: Value) -> Result<Value, String> {
+pub fn hardened(mut profile: Value) -> Result<Value, String> {
     let syscalls = profile
         .get_mut("syscalls")
         .and_then(Value::as_array_mut)
         .ok_or("has no `syscalls` list")?;
+    let rewritten = |name: &str| DENIED.iter().any(|d| d.syscall == name);
     syscalls.retain_mut(|rule| {
         let Some(rule) = rule.as_object_mut() else {
             return false;
         };
         if let Some(names) = rule.get_mut("names").and_then(Value::as_array_mut) {
-            names.retain(|name| !name.as_str().is_some_and(|n| REWRITTEN.contains(&n)));
+            names.retain(|name| !name.as_str().is_some_and(rewritten));
             return !names.is_empty();
         }
         // The older single-name form.
         !rule
             .get("name")
             .and_then(Value::as_str)
-            .is_some_and(|n| REWRITTEN.contains(&n))
+            .is_some_and(rewritten)
     });
+    for denial in always_denied() {
+        syscalls.push(json!({ "names": [denial.syscall], "action": "SCMP_ACT_ERRNO", "errnoRet": denial.answer.errno() }));
+    }
     let without_newuser = |index: u32| json!([{ "index": index, "value": CLONE_NEWUSER, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }]);
     let with_newuser = |index: u32| json!([{ "index": index, "value": CLONE_NEWUSER, "valueTwo": CLONE_NEWUSER, "op": "SCMP_CMP_MASKED_EQ" }]);
     let s390 = json!({ "arches": ["s390", "s390x"] });
-    syscalls.extend([
-        json!({ "names": ["unshare"], "action": "SCMP_ACT_ALLOW", "args": without_newuser(0) }),
-        json!({ "names": ["unshare"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM, "args": with_newuser(0) }),
-        json!({ "names": ["clone"], "action": "SCMP_ACT_ALLOW", "args": without_newuser(0), "excludes": s390 }),
-        json!({ "names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM, "args": with_newuser(0), "excludes": s390 }),
-        json!({ "names": ["clone"], "action": "SCMP_ACT_ALLOW", "args": without_newuser(1), "includes": s390 }),
-        json!({ "names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM, "args": with_newuser(1), "includes": s390 }),
-        json!({ "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS }),
-    ]);
+    for denial in DENIED {
+        let When::FlagSet { flag, .. } = denial.when else {
+            continue;
+        };
+        debug_assert_eq!(flag, CLONE_NEWUSER);
+        let name = denial.syscall;
+        if name == "clone" {
+            syscalls.extend([
+                json!({ "names": [name], "action": "SCMP_ACT_ALLOW", "args": without_newuser(0), "excludes": s390 }),
+                json!({ "names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM, "args": with_newuser(0), "excludes": s390 }),
+                json!({ "names": [name], "action": "SCMP_ACT_ALLOW", "args": without_newuser(1), "includes": s390 }),
+                json!({ "names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM, "args": with_newuser(1), "includes": s390 }),
+            ]);
+        } else {
+            syscalls.extend([
+                json!({ "names": [name], "action": "SCMP_ACT_ALLOW", "args": without_newuser(0) }),
+                json!({ "names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM, "args": with_newuser(0) }),
+            ]);
+        }
+    }
     Ok(profile)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::syscall_filter::ENOSYS;
 
     fn rules_for<'a>(profile: &'a Value, name: &str) -> Vec<&'a Value> {
         profile["syscalls"]
@@ -123,17 +137,17 @@ mod tests {
     }
 
     #[test]
-    fn only_the_three_syscalls_change() {
+    fn only_the_denied_syscalls_change() {
         let base = json!({
             "defaultAction": "SCMP_ACT_ERRNO",
             "syscalls": [
-                { "names": ["read", "clone", "clone3", "unshare", "write"], "action": "SCMP_ACT_ALLOW" },
+                { "names": ["read", "clone", "clone3", "unshare", "keyctl", "ptrace", "write"], "action": "SCMP_ACT_ALLOW" },
                 { "names": ["clone", "unshare"], "action": "SCMP_ACT_ALLOW", "includes": { "caps": ["CAP_SYS_ADMIN"] } },
                 { "name": "clone3", "action": "SCMP_ACT_ALLOW" },
                 { "names": ["setns"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1 },
             ]
         });
-        let profile = without_nested_user_namespaces(base).unwrap();
+        let profile = hardened(base).unwrap();
         assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
         // Untouched neighbours keep their rules.
         assert_eq!(
@@ -141,6 +155,17 @@ mod tests {
             json!(["read", "write"])
         );
         assert_eq!(rules_for(&profile, "setns").len(), 1);
+        // Calls denied outright are answered with their errno by one rule each.
+        for (name, errno) in [
+            ("keyctl", EPERM),
+            ("ptrace", EPERM),
+            ("io_uring_setup", ENOSYS),
+        ] {
+            let rules = rules_for(&profile, name);
+            assert_eq!(rules.len(), 1, "{name}");
+            assert_eq!(rules[0]["action"], "SCMP_ACT_ERRNO", "{name}");
+            assert_eq!(rules[0]["errnoRet"], errno, "{name}");
+        }
         // No rule allows clone3; it answers ENOSYS.
         let clone3 = rules_for(&profile, "clone3");
         assert_eq!(clone3.len(), 1);
@@ -169,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_profile_without_syscalls_is_refused() {
-        assert!(without_nested_user_namespaces(json!({ "defaultAction": "x" })).is_err());
+        assert!(hardened(json!({ "defaultAction": "x" })).is_err());
     }
 
     #[test]

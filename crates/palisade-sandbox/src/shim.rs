@@ -1,22 +1,24 @@
 //! `palisade shim`: the first process of every sandbox.
 //!
 //! It listens on `127.0.0.1:3128` (the sandbox's only network is loopback), relays
-//! the bytes of each connection to the agent's vault socket, and only once it is
-//! listening starts the user's command, so no client in the sandbox can race it. It
-//! applies the rlimits the parent asked for, exits with the command's exit code, and
-//! ends the sandbox when the parent's lifeline closes (the parent died).
+//! the bytes of each connection to a connection to the agent's vault that the parent
+//! makes for it (over the inherited control channel, see [`crate::broker`]), and only
+//! once it is listening starts the user's command, so no client in the sandbox can
+//! race it. It applies the rlimits the parent asked for, exits with the command's exit
+//! code, and ends the sandbox when the control channel closes (the parent died).
 //!
 //! The relay is plain byte copying (`tokio::io::copy_bidirectional`): the vault
 //! speaks the HTTP proxy protocol itself, so the shim never parses a request and
 //! adds as little latency as a copy can.
 
+use crate::broker::ParentDialer;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::fd::RawFd;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 /// Exit code of the shim when it could not run the command at all.
@@ -24,30 +26,45 @@ pub const SHIM_FAILURE: i32 = 125;
 /// Exit code when the parent went away.
 pub const PARENT_GONE: i32 = 137;
 
+/// How the shim reaches its parent (see [`crate::broker`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Control {
+    /// An inherited descriptor (bubblewrap, podman).
+    Inherited(RawFd),
+    /// A socket mounted into the sandbox (docker, which cannot pass descriptors).
+    Socket(std::path::PathBuf),
+}
+
 /// Options of `palisade shim`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShimOptions {
-    pub socket: PathBuf,
+    /// The control channel to the parent: vault connections and lifeline.
+    pub control: Control,
     pub listen: SocketAddr,
-    pub lifeline: Option<PathBuf>,
     /// Address-space limit for the command (bytes), when no cgroup limits memory.
     pub rlimit_address_space: Option<u64>,
     /// RLIMIT_NPROC for the command, when no cgroup limits processes.
     pub rlimit_processes: Option<u64>,
+    /// RLIMIT_FSIZE for the command: the workspace quota (no file grows past it).
+    pub rlimit_file_size: Option<u64>,
+    /// The Unix socket (`@name` for an abstract one) on which to offer the host's socket
+    /// to a runner, relayed through the parent like the vault.
+    pub host_listen: Option<String>,
     pub max_connections: usize,
     pub command: Vec<String>,
 }
 
 impl ShimOptions {
-    pub fn new(command: Vec<String>) -> Self {
+    pub fn new(control: Control, command: Vec<String>) -> Self {
         ShimOptions {
-            socket: PathBuf::from(crate::paths::VAULT_SOCKET),
+            control,
             listen: crate::paths::SHIM_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 3128))),
-            lifeline: None,
             rlimit_address_space: None,
             rlimit_processes: None,
+            rlimit_file_size: None,
+            host_listen: None,
             max_connections: 256,
             command,
         }
@@ -55,22 +72,29 @@ impl ShimOptions {
 
     /// The arguments after `shim` that reproduce these options.
     pub fn to_args(&self) -> Vec<String> {
-        let mut args = vec![
-            "--socket".to_string(),
-            self.socket.display().to_string(),
+        let mut args = match &self.control {
+            Control::Inherited(fd) => vec!["--control-fd".to_string(), fd.to_string()],
+            Control::Socket(path) => {
+                vec!["--control-socket".to_string(), path.display().to_string()]
+            }
+        };
+        args.extend([
             "--listen".into(),
             self.listen.to_string(),
             "--max-connections".into(),
             self.max_connections.to_string(),
-        ];
-        if let Some(lifeline) = &self.lifeline {
-            args.extend(["--lifeline".into(), lifeline.display().to_string()]);
-        }
+        ]);
         if let Some(bytes) = self.rlimit_address_space {
             args.extend(["--rlimit-as".into(), bytes.to_string()]);
         }
         if let Some(count) = self.rlimit_processes {
             args.extend(["--rlimit-nproc".into(), count.to_string()]);
+        }
+        if let Some(bytes) = self.rlimit_file_size {
+            args.extend(["--rlimit-fsize".into(), bytes.to_string()]);
+        }
+        if let Some(name) = &self.host_listen {
+            args.extend(["--host-listen".into(), name.clone()]);
         }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
@@ -79,7 +103,7 @@ impl ShimOptions {
 
     /// Parses what [`ShimOptions::to_args`] produces.
     pub fn from_args(args: &[String]) -> Result<Self, String> {
-        let mut options = ShimOptions::new(Vec::new());
+        let mut options = ShimOptions::new(Control::Inherited(-1), Vec::new());
         let mut iter = args.iter();
         while let Some(arg) = iter.next() {
             let mut value = |name: &str| {
@@ -92,13 +116,25 @@ impl ShimOptions {
                     options.command = iter.cloned().collect();
                     break;
                 }
-                "--socket" => options.socket = PathBuf::from(value("--socket")?),
+                "--control-fd" => {
+                    options.control = Control::Inherited(
+                        value("--control-fd")?
+                            .parse()
+                            .ok()
+                            .filter(|fd| *fd > 2)
+                            .ok_or_else(|| {
+                                "--control-fd needs a descriptor number above 2".to_string()
+                            })?,
+                    )
+                }
+                "--control-socket" => {
+                    options.control = Control::Socket(value("--control-socket")?.into())
+                }
                 "--listen" => {
                     options.listen = value("--listen")?.parse().map_err(|_| {
                         "--listen needs an address such as 127.0.0.1:3128".to_string()
                     })?
                 }
-                "--lifeline" => options.lifeline = Some(PathBuf::from(value("--lifeline")?)),
                 "--rlimit-as" => {
                     options.rlimit_address_space = Some(
                         value("--rlimit-as")?
@@ -113,6 +149,14 @@ impl ShimOptions {
                             .map_err(|_| "--rlimit-nproc needs a count".to_string())?,
                     )
                 }
+                "--rlimit-fsize" => {
+                    options.rlimit_file_size = Some(
+                        value("--rlimit-fsize")?
+                            .parse()
+                            .map_err(|_| "--rlimit-fsize needs a byte count".to_string())?,
+                    )
+                }
+                "--host-listen" => options.host_listen = Some(value("--host-listen")?),
                 "--max-connections" => {
                     options.max_connections = value("--max-connections")?
                         .parse()
@@ -126,12 +170,24 @@ impl ShimOptions {
         if options.command.is_empty() {
             return Err("no command given after `--`".into());
         }
+        if options.control == Control::Inherited(-1) {
+            return Err(
+                "--control-fd or --control-socket is required (the shim runs only in a sandbox started by palisade)"
+                    .into(),
+            );
+        }
         Ok(options)
     }
 }
 
 /// Runs the shim to completion and returns the exit code for the process.
 pub fn run(options: ShimOptions) -> i32 {
+    // Nothing the parent handed over may reach the command: the control channel (and
+    // any other inherited descriptor) is closed on exec from here on.
+    keep_from_command(match options.control {
+        Control::Inherited(fd) => Some(fd),
+        Control::Socket(_) => None,
+    });
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -153,25 +209,37 @@ async fn serve(options: ShimOptions) -> i32 {
             return SHIM_FAILURE;
         }
     };
-    let lifeline = match &options.lifeline {
-        Some(path) => match UnixStream::connect(path).await {
-            Ok(stream) => Some(stream),
-            Err(_) => {
-                eprintln!("palisade shim: the parent palisade process is gone; not starting");
-                return PARENT_GONE;
+    let dialer = match &options.control {
+        // SAFETY: the descriptor was handed to this process for the shim alone.
+        Control::Inherited(fd) => unsafe { ParentDialer::from_inherited(*fd) },
+        Control::Socket(path) => ParentDialer::connect(path).await,
+    };
+    let dialer = match dialer {
+        Ok(dialer) => dialer,
+        Err(_) => {
+            eprintln!("palisade shim: the parent palisade process is gone; not starting");
+            return PARENT_GONE;
+        }
+    };
+    let permits = Arc::new(Semaphore::new(options.max_connections));
+    let host = match &options.host_listen {
+        Some(name) => match bind_unix(name) {
+            Ok(host) => Some(tokio::spawn(host_loop(host, dialer.clone()))),
+            Err(e) => {
+                eprintln!("palisade shim: cannot listen on {name}: {e}");
+                return SHIM_FAILURE;
             }
         },
         None => None,
     };
-    let socket = Arc::new(options.socket.clone());
-    let permits = Arc::new(Semaphore::new(options.max_connections));
-    let accept = tokio::spawn(accept_loop(listener, socket, permits));
+    let accept = tokio::spawn(accept_loop(listener, dialer.clone(), permits));
 
     // The listener is bound: from here on, every client in the sandbox finds it.
     let mut command = tokio::process::Command::new(&options.command[0]);
     command.args(&options.command[1..]);
     let address_space = options.rlimit_address_space;
     let processes = options.rlimit_processes;
+    let file_size = options.rlimit_file_size;
     // SAFETY: only async-signal-safe syscalls (prctl, setrlimit) run after fork.
     unsafe {
         command.pre_exec(move || {
@@ -182,6 +250,9 @@ async fn serve(options: ShimOptions) -> i32 {
             }
             if let Some(count) = processes {
                 setrlimit(Resource::RLIMIT_NPROC, count, count).map_err(std::io::Error::from)?;
+            }
+            if let Some(bytes) = file_size {
+                setrlimit(Resource::RLIMIT_FSIZE, bytes, bytes).map_err(std::io::Error::from)?;
             }
             Ok(())
         });
@@ -208,26 +279,82 @@ async fn serve(options: ShimOptions) -> i32 {
                 SHIM_FAILURE
             }
         },
-        _ = wait_for_close(lifeline) => {
+        _ = dialer.parent_gone() => {
             let _ = child.start_kill();
             PARENT_GONE
         }
     };
     forward.abort();
     accept.abort();
+    if let Some(host) = host {
+        host.abort();
+    }
     code
 }
 
-async fn wait_for_close(lifeline: Option<UnixStream>) {
-    use tokio::io::AsyncReadExt;
-    let Some(mut stream) = lifeline else {
-        return std::future::pending().await;
+/// A listening Unix socket at `name` (`@name`: abstract, in this network namespace).
+fn bind_unix(name: &str) -> std::io::Result<tokio::net::UnixListener> {
+    let listener = match name.strip_prefix('@') {
+        Some(abstract_name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let address = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
+            std::os::unix::net::UnixListener::bind_addr(&address)?
+        }
+        None => std::os::unix::net::UnixListener::bind(name)?,
     };
-    let mut buffer = [0u8; 16];
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
+}
+
+/// Relays each connection on the host listener to the host's socket, through the parent.
+async fn host_loop(listener: tokio::net::UnixListener, dialer: ParentDialer) {
+    // A runner holds one connection; a few more are a misbehaving sandbox's business.
+    let permits = Arc::new(Semaphore::new(16));
     loop {
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((mut client, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let dialer = dialer.clone();
+        tokio::spawn(async move {
+            let host = tokio::time::timeout(
+                Duration::from_secs(10),
+                dialer.dial_target(crate::broker::Target::Host),
+            )
+            .await;
+            if let Ok(Some(mut host)) = host {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut host).await;
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Marks every descriptor above stderr close-on-exec, the control channel included.
+fn keep_from_command(control_fd: Option<RawFd>) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        // No /proc: the control channel at least.
+        if let Some(fd) = control_fd {
+            // SAFETY: setting a flag on the shim's own descriptor.
+            unsafe {
+                nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC);
+            }
+        }
+        return;
+    };
+    let fds: Vec<RawFd> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: setting a flag on a descriptor of this process; one that was the
+        // directory listing's own (now closed) fails harmlessly.
+        unsafe {
+            nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC);
         }
     }
 }
@@ -250,7 +377,7 @@ async fn forward_signals(child: Option<u32>) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, socket: Arc<PathBuf>, permits: Arc<Semaphore>) {
+async fn accept_loop(listener: TcpListener, dialer: ParentDialer, permits: Arc<Semaphore>) {
     loop {
         // Take a permit before accepting: beyond the bound, clients wait in the
         // kernel's backlog instead of costing memory here.
@@ -264,19 +391,19 @@ async fn accept_loop(listener: TcpListener, socket: Arc<PathBuf>, permits: Arc<S
                 continue;
             }
         };
-        let socket = socket.clone();
+        let dialer = dialer.clone();
         tokio::spawn(async move {
-            relay(client, &socket).await;
+            relay(client, &dialer).await;
             drop(permit);
         });
     }
 }
 
-async fn relay(mut client: TcpStream, socket: &std::path::Path) {
+async fn relay(mut client: TcpStream, dialer: &ParentDialer) {
     let _ = client.set_nodelay(true);
-    let vault = tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(socket)).await;
+    let vault = tokio::time::timeout(Duration::from_secs(10), dialer.dial()).await;
     let mut vault = match vault {
-        Ok(Ok(vault)) => vault,
+        Ok(Some(vault)) => vault,
         _ => {
             let body = r#"{"error":"vault_unreachable","message":"the sandbox's vault gateway is not reachable; the palisade process that started this sandbox may have stopped"}"#;
             let response = format!(
@@ -306,10 +433,16 @@ mod tests {
 
     #[test]
     fn arguments_round_trip() {
-        let mut options = ShimOptions::new(vec!["sh".into(), "-c".into(), "echo --x".into()]);
-        options.lifeline = Some("/run/palisade/lifeline.sock".into());
+        let mut options = ShimOptions::new(
+            Control::Inherited(3),
+            vec!["sh".into(), "-c".into(), "echo --x".into()],
+        );
         options.rlimit_address_space = Some(1 << 30);
         options.rlimit_processes = Some(64);
+        options.rlimit_file_size = Some(64 << 20);
+        options.host_listen = Some("@palisade-host".into());
+        assert_eq!(ShimOptions::from_args(&options.to_args()).unwrap(), options);
+        options.control = Control::Socket("/run/palisade/control.sock".into());
         assert_eq!(ShimOptions::from_args(&options.to_args()).unwrap(), options);
     }
 
@@ -325,6 +458,13 @@ mod tests {
             ],
             vec!["--bogus".to_string(), "--".into(), "true".into()],
             vec!["--rlimit-as".to_string()],
+            vec!["--".to_string(), "true".into()],
+            vec![
+                "--control-fd".to_string(),
+                "1".into(),
+                "--".into(),
+                "true".into(),
+            ],
         ] {
             assert!(ShimOptions::from_args(&args).is_err(), "{args:?}");
         }

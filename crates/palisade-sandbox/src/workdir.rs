@@ -1,4 +1,4 @@
-//! The per-run directory on the host: the CA bundle, the lifeline socket and the small
+//! The per-run directory on the host: the CA bundle, podman's seccomp profile and the small
 //! synthetic `/etc` files a sandbox gets, in a private (0700) temporary directory named after
 //! the owning process, so a run that was `kill -9`ed is cleaned up by the next one.
 
@@ -43,22 +43,6 @@ impl Workdir {
 
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
-    }
-
-    /// Binds the lifeline socket the shim connects to; the parent keeps every accepted
-    /// connection open until the sandbox is dropped (or the parent dies).
-    pub(crate) fn lifeline(&self) -> Result<tokio::task::JoinHandle<()>, SandboxError> {
-        let path = self.path("lifeline.sock");
-        let listener = tokio::net::UnixListener::bind(&path)
-            .map_err(|e| SandboxError::io("cannot create the sandbox lifeline", e))?;
-        Ok(tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                if held.len() < 16 {
-                    held.push(stream);
-                }
-            }
-        }))
     }
 }
 

@@ -72,6 +72,7 @@ impl Fixture {
             palisade_binary: PathBuf::from(SHIM),
             shim_subcommand: vec!["shim".into()],
             vault_socket: self.socket.clone(),
+            host_socket: None,
             ca_bundle: palisade_sandbox::env::ca_bundle(
                 "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n",
             ),

@@ -92,7 +92,9 @@ impl Refresher {
             Ok(Ok(snapshot)) => {
                 self.shared.snapshot.store(Arc::new(snapshot));
                 *loaded = Some(version);
-                sync_sockets(&self.shared, &self.dir, &self.sockets);
+                if self.shared.config.sockets_for_every_agent {
+                    sync_sockets(&self.shared, &self.dir, &self.sockets);
+                }
                 let snapshot = self.shared.snapshot.load();
                 self.shared
                     .limits
@@ -226,7 +228,9 @@ pub async fn start(
         serving.insert(agent, handle);
     }
     let sockets = Arc::new(std::sync::Mutex::new(serving));
-    sync_sockets(&shared, &socket_dir, &sockets);
+    if shared.config.sockets_for_every_agent {
+        sync_sockets(&shared, &socket_dir, &sockets);
+    }
     let refresher = Arc::new(Refresher {
         shared: shared.clone(),
         dir: socket_dir.clone(),
@@ -370,6 +374,15 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener, entry: Entry) {
                 continue;
             }
         };
+        if let (Entry::Agent(agent), Stream::Right(unix)) = (&entry, &stream) {
+            if let Err(refused) = shared.config.agent_peers.admit(unix) {
+                warn(
+                    &format!("agent {agent}'s socket: peer refused: {}", refused.0),
+                    &entry,
+                );
+                continue;
+            }
+        }
         let Some(global) = shared.limits.admit() else {
             warn(
                 "the gateway's connection cap is reached; refusing a connection",

@@ -16,6 +16,7 @@ mod front;
 mod gateway;
 mod holds;
 pub mod net_guard;
+mod peer;
 mod pipeline;
 mod respond;
 mod state;
@@ -24,6 +25,7 @@ mod tunnel;
 mod upstream;
 
 pub use admin::{agent_environment, PLACEHOLDER_KEY};
+pub use peer::PeerRule;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +67,11 @@ pub struct VaultConfig {
     pub max_holds_per_agent: usize,
     /// Largest body the gateway reads to judge a request (body rules, approvals).
     pub max_judged_body: usize,
+    /// Which processes an agent socket admits (checked with `SO_PEERCRED`).
+    pub agent_peers: PeerRule,
+    /// Whether to keep one socket per existing agent in the socket folder (false: serve
+    /// only the sockets passed to [`Gateway::start_with_sockets`]).
+    pub sockets_for_every_agent: bool,
 }
 
 impl VaultConfig {
@@ -88,6 +95,8 @@ impl VaultConfig {
             max_connections_per_agent: 256,
             max_holds_per_agent: 32,
             max_judged_body: 4 * 1024 * 1024,
+            agent_peers: PeerRule::default(),
+            sockets_for_every_agent: true,
         }
     }
 }

@@ -16,7 +16,7 @@ fn a_message_wakes_a_sandboxed_runner_that_uses_the_model_through_the_vault() {
     world.upstream.script_anthropic(vec![
         ScriptedTurn::tool_use(
             "bash",
-            serde_json::json!({"command": "echo from-the-agent > note.txt; env > env.txt; cat /proc/self/environ > environ.bin"}),
+            serde_json::json!({"command": "echo from-the-agent > note.txt; env > env.txt; cat /proc/self/environ > environ.bin; cat /proc/self/mountinfo > mounts.txt"}),
         ),
         ScriptedTurn::text("done: the note is written"),
     ]);
@@ -48,6 +48,16 @@ fn a_message_wakes_a_sandboxed_runner_that_uses_the_model_through_the_vault() {
     );
     let environ = std::fs::read(workspace.join("environ.bin")).unwrap();
     assert!(!String::from_utf8_lossy(&environ).contains(KEY));
+    // No socket is mounted into the runner's sandbox (host and vault are reached through
+    // its parent), and the home shows only as the workspace's source.
+    let mounts = std::fs::read_to_string(workspace.join("mounts.txt")).expect("mounts.txt");
+    let home = world.palisade.home().display().to_string();
+    for line in mounts.lines() {
+        assert!(!line.contains(".sock"), "a socket is mounted: {line}");
+        if line.contains(&home) {
+            assert_eq!(line.split(' ').nth(4), Some("/workspace"), "{line}");
+        }
+    }
 
     // Every model call carried the injected key; the runner only had a placeholder.
     let requests = world.model_requests();

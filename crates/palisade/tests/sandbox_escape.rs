@@ -270,7 +270,18 @@ impl World {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        self.command_under(&[], args)
+    }
+
+    /// `palisade ARGS` run as `PREFIX… palisade ARGS` (a wrapper that execs its arguments).
+    fn command_under(&self, prefix: &[&str], args: &[&str]) -> Command {
         let mut command = match self.who {
+            As::Root if !prefix.is_empty() => {
+                let mut c = Command::new(prefix[0]);
+                c.args(&prefix[1..]).arg(&self.binary);
+                c.current_dir(self.dir.path());
+                c
+            }
             As::Root => {
                 let mut c = Command::new(&self.binary);
                 // podman's conmon drops an `oom` marker file in its working directory when
@@ -289,7 +300,7 @@ impl World {
                     "PATH=/usr/local/bin:/usr/bin:/bin",
                     &format!("HOME=/home/{TEST_USER}"),
                 ]);
-                c.arg(&self.binary);
+                c.args(prefix).arg(&self.binary);
                 // The test's own directory is not the user's to enter.
                 c.current_dir("/");
                 c
@@ -301,6 +312,16 @@ impl World {
     }
 
     fn sandbox(&self, runtime: &str, extra: &[&str], script: &str) -> Output {
+        self.sandbox_under(&[], runtime, extra, script)
+    }
+
+    fn sandbox_under(
+        &self,
+        prefix: &[&str],
+        runtime: &str,
+        extra: &[&str],
+        script: &str,
+    ) -> Output {
         let ca = self.dir.path().join("ca.pem");
         let ca = ca.to_str().unwrap();
         let mut args = vec![
@@ -317,7 +338,11 @@ impl World {
         ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--", "bash", "-c", script]);
-        self.palisade(&args, None, Duration::from_secs(180))
+        run_timeout(
+            &mut self.command_under(prefix, &args),
+            None,
+            Duration::from_secs(180),
+        )
     }
 
     fn url(&self, path: &str) -> String {
@@ -655,17 +680,34 @@ fn nothing_survives_kill_9_of_the_parent() {
         // The next start removes what the killed run left (cgroups, containers, run dirs).
         let out = w.sandbox(rt, &[], "true");
         assert!(out.status.success(), "{}", text(&out));
-        let left: Vec<String> = std::fs::read_dir(std::env::temp_dir())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| {
-                killed.iter().any(|pid| {
-                    name.starts_with(&format!("palisade-vault-{pid}-"))
-                        || name.starts_with(&format!("palisade-sandbox-{pid}-"))
+        let names = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
                 })
+                .unwrap_or_default()
+        };
+        let mut left: Vec<String> = names(&std::env::temp_dir())
+            .into_iter()
+            .filter(|name| {
+                killed
+                    .iter()
+                    .any(|pid| name.starts_with(&format!("palisade-sandbox-{pid}-")))
             })
             .collect();
+        // The in-process vault's socket folder, in the home.
+        left.extend(
+            names(&w.home.join("run/vaults"))
+                .into_iter()
+                .filter(|name| {
+                    killed
+                        .iter()
+                        .any(|pid| name.starts_with(&format!("{pid}-")))
+                }),
+        );
         assert!(
             left.is_empty(),
             "{rt} {:?}: left by the killed run: {left:?}",
@@ -816,4 +858,510 @@ fn cpu_limit_applies_to_a_user_once_root_delegates_a_cgroup() {
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "leaves left: {left:?}");
+}
+
+/// Python that makes raw system calls by number (the image has no strace or keyctl):
+/// `call(NAME, ARGS…)` prints `NAME ALLOWED` or `NAME ERRNO-NAME`.
+const SYSCALL_PROBE: &str = r#"
+import ctypes, errno, os, platform, signal, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+NR = {
+    'x86_64': dict(io_uring_setup=425, keyctl=250, add_key=248, ptrace=101, bpf=321, userfaultfd=323, perf_event_open=298),
+    'aarch64': dict(io_uring_setup=425, keyctl=219, add_key=217, ptrace=117, bpf=280, userfaultfd=282, perf_event_open=241),
+}[platform.machine()]
+def call(name, *args):
+    args = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    result = libc.syscall(ctypes.c_long(NR[name]), *args)
+    code = ctypes.get_errno()
+    print(name, 'ALLOWED' if result >= 0 else errno.errorcode.get(code, str(code)), flush=True)
+    return result
+"#;
+
+/// bubblewrap sandboxes load palisade's seccomp filter: io_uring is unavailable, and the
+/// keyrings, ptrace (even of the sandbox's own processes), bpf, userfaultfd and
+/// perf_event_open are refused.
+#[test]
+fn bubblewrap_sandboxes_deny_io_uring_keyrings_ptrace_and_bpf() {
+    each(|w, rt| {
+        if rt != "bwrap" {
+            return;
+        }
+        let script = format!(
+            "python3 - <<'PY'\n{SYSCALL_PROBE}\n{}\nPY\ngrep -E '^Seccomp(_filters)?:' /proc/self/status",
+            r#"
+call('io_uring_setup', 4, ctypes.create_string_buffer(120))
+call('keyctl', 0, -3, 0)
+call('add_key', b'user', b'planted', b'x', 1, -3)
+child = os.fork()
+if child == 0:
+    time.sleep(30)
+    os._exit(0)
+call('ptrace', 16, child, 0, 0)
+os.kill(child, signal.SIGKILL)
+os.waitpid(child, 0)
+call('bpf', 0, ctypes.create_string_buffer(128), 128)
+call('userfaultfd', 0)
+call('perf_event_open', ctypes.create_string_buffer(128), 0, -1, -1, 0)
+print('probe-done')
+"#
+        );
+        let out = w.sandbox(rt, &[], &script);
+        let all = text(&out);
+        assert!(all.contains("probe-done"), "{:?}: {all}", w.who);
+        for expected in [
+            "io_uring_setup ENOSYS",
+            "keyctl EPERM",
+            "add_key EPERM",
+            "ptrace EPERM",
+            "bpf EPERM",
+            "userfaultfd EPERM",
+            "perf_event_open EPERM",
+        ] {
+            assert!(all.contains(expected), "{:?}: {expected}: {all}", w.who);
+        }
+        assert!(!all.contains("ALLOWED"), "{:?}: {all}", w.who);
+        assert!(all.contains("Seccomp:\t2"), "{:?}: no filter: {all}", w.who);
+    });
+}
+
+/// A key the caller holds in its session keyring (or its user keyring) can neither be
+/// read from inside a sandbox nor be joined by one planted there.
+#[test]
+fn a_host_session_key_is_out_of_reach() {
+    const KEY_CANARY: &str = "keyring-canary-3b7d91";
+    // A fresh session keyring for the caller, holding the canary; after the sandbox, the
+    // caller's keyrings are searched for anything the sandbox planted (and it is removed).
+    let wrapper = format!(
+        "printf %s {KEY_CANARY} | keyctl padd user palisade-canary @s >/dev/null || exit 90
+\"$@\"; code=$?
+for ring in @s @u; do
+  if id=$(keyctl search $ring user palisade-planted 2>/dev/null); then
+    echo HOST-KEYRING-WRITTEN $ring; keyctl unlink $id $ring >/dev/null 2>&1
+  fi
+done
+exit $code"
+    );
+    let prefix = ["keyctl", "session", "-", "bash", "-c", &wrapper, "wrapper"];
+    each(|w, rt| {
+        let script = format!(
+            "python3 - <<'PY'\n{SYSCALL_PROBE}\n{}\nPY",
+            r#"
+buffer = ctypes.create_string_buffer(256)
+key = libc.syscall(ctypes.c_long(NR['keyctl']), ctypes.c_long(10), ctypes.c_long(-3), b'user', b'palisade-canary', ctypes.c_long(0))
+if key >= 0:
+    length = libc.syscall(ctypes.c_long(NR['keyctl']), ctypes.c_long(11), ctypes.c_long(key), buffer, ctypes.c_long(256))
+    print('HOST-KEY-VISIBLE', buffer.raw[:max(length, 0)])
+for ring in (-3, -4, -5):
+    if libc.syscall(ctypes.c_long(NR['add_key']), b'user', b'palisade-planted', b'x', ctypes.c_long(1), ctypes.c_long(ring)) >= 0:
+        print('KEY-ADDED', ring)
+print('probe-done')
+"#
+        );
+        let out = w.sandbox_under(&prefix, rt, &[], &script);
+        let all = text(&out);
+        assert!(
+            out.status.success() && all.contains("probe-done"),
+            "{rt} {:?}: {all}",
+            w.who
+        );
+        for leak in [
+            "HOST-KEY-VISIBLE",
+            KEY_CANARY,
+            "KEY-ADDED",
+            "HOST-KEYRING-WRITTEN",
+        ] {
+            assert!(!all.contains(leak), "{rt} {:?}: {leak}: {all}", w.who);
+        }
+    });
+}
+
+/// A command started in the background in its own process group, ended when dropped
+/// (TERM to the command, which cleans up after itself; KILL to the whole group after
+/// 10 s), so nothing outlives a failed assertion.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// Every `NAME` socket file under `dir` (not following links), depth-first.
+fn sockets_named(dir: &Path, name: &str, found: &mut Vec<PathBuf>) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            sockets_named(&entry.path(), name, found);
+        } else if kind.is_socket() && entry.file_name() == name {
+            found.push(entry.path());
+        }
+    }
+}
+
+/// While agent b's sandbox runs (with its in-process vault), agent a cannot reach b's
+/// vault socket: `/tmp`, the home's parent and the socket's own folder are refused as
+/// mounts with a one-line reason, and a process other than b's own palisade process is
+/// dropped by the socket itself. b's credential never goes upstream.
+#[test]
+fn another_agents_vault_socket_is_out_of_reach() {
+    const SECRET_B: &str = "tok-b-9c1e5a7f22";
+    each(|w, rt| {
+        // A sleep no other test runs, to see when b's command is up.
+        let offset = if rt == "podman" { 500 } else { 0 };
+        let marker = format!("{}", 1200 + offset + (w.port % 500));
+        let out = w.palisade(
+            &[
+                "secrets",
+                "create",
+                "--name",
+                &format!("tok-b-{rt}"),
+                "--host-pattern",
+                "127.0.0.2",
+                "--inject",
+                "bearer",
+                "--agent",
+                "b",
+            ],
+            Some(SECRET_B.as_bytes()),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let ca = w.dir.path().join("ca.pem");
+        let mut b = w.command(&[
+            "sandbox",
+            "run",
+            "--agent",
+            "b",
+            "--runtime",
+            rt,
+            "--upstream-ca",
+            ca.to_str().unwrap(),
+            "--allow-local-upstream",
+            "127.0.0.2",
+            "--",
+            "sleep",
+            &marker,
+        ]);
+        b.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let _b = Background(b.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let socket = loop {
+            let mut found = Vec::new();
+            sockets_named(&w.home.join("run"), "b.sock", &mut found);
+            for entry in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("palisade-vault-")
+                {
+                    sockets_named(&entry.path(), "b.sock", &mut found);
+                }
+            }
+            if let Some(socket) = found.pop() {
+                break socket;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{rt}: b's vault socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // b's sandbox is up (ending it while the engine still creates the container
+        // would leave the engine's half-made container behind).
+        let sleeping = || {
+            let out = Command::new("pgrep")
+                .args(["-f", &format!("^sleep {marker}$")])
+                .output()
+                .unwrap();
+            !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+        };
+        while !sleeping() {
+            assert!(Instant::now() < deadline, "{rt}: b's sandbox did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let probe = |pattern: &str| {
+            format!(
+                "python3 - <<'PY'\nimport glob, socket\nfor path in glob.glob('{pattern}', recursive=True):\n    try:\n        s = socket.socket(socket.AF_UNIX)\n        s.settimeout(10)\n        s.connect(path)\n        s.sendall(b'CONNECT 127.0.0.2:{port} HTTP/1.1\\r\\nHost: 127.0.0.2:{port}\\r\\n\\r\\n')\n        if b' 200' in s.recv(100):\n            print('B-SOCKET-REACHED', path)\n    except OSError as e:\n        print('unreachable', path, e)\nprint('probe-done')\nPY",
+                port = w.port
+            )
+        };
+        let home_parent = w.home.parent().unwrap().to_path_buf();
+        let socket_dir = socket.parent().unwrap().to_path_buf();
+        for (source, pattern) in [
+            (PathBuf::from("/tmp"), "/mnt/x/**/b.sock"),
+            (home_parent, "/mnt/x/**/b.sock"),
+            (socket_dir, "/mnt/x/b.sock"),
+        ] {
+            let mount = format!("{}:/mnt/x", source.display());
+            let out = w.sandbox(rt, &["--mount", &mount], &probe(pattern));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !text(&out).contains("B-SOCKET-REACHED"),
+                "{rt} {:?}: {mount}: {}",
+                w.who,
+                text(&out)
+            );
+            assert!(
+                !out.status.success()
+                    && err.contains(&format!("refusing to mount {}", source.display()))
+                    && err.trim().lines().count() == 1,
+                "{rt} {:?}: {mount}: {}",
+                w.who,
+                text(&out)
+            );
+        }
+        // The socket itself, from a process that is not b's palisade process.
+        use std::io::{Read, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = stream.write_all(
+            format!(
+                "CONNECT 127.0.0.2:{port} HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\n\r\n",
+                port = w.port
+            )
+            .as_bytes(),
+        );
+        let mut reply = [0u8; 64];
+        let read = stream.read(&mut reply).unwrap_or(0);
+        assert_eq!(
+            read,
+            0,
+            "{rt} {:?}: b's socket answered a stranger: {}",
+            w.who,
+            String::from_utf8_lossy(&reply[..read])
+        );
+        assert!(
+            !w.upstream_log().contains(SECRET_B),
+            "{rt} {:?}: b's credential went upstream",
+            w.who
+        );
+    });
+}
+
+/// podman runs the agent as a non-root user in a user namespace: `id -u` is not 0, a
+/// root-only host file mounted in stays unreadable, and the workspace is writable. As
+/// root, the workspace is handed back when the agent next runs in bubblewrap.
+#[test]
+fn podman_runs_the_agent_as_a_user_that_is_not_root() {
+    each(|w, rt| {
+        if rt != "podman" {
+            return;
+        }
+        let host_files = w.dir.path().join("host-files");
+        std::fs::create_dir_all(&host_files).unwrap();
+        let secret = host_files.join("root-only");
+        std::fs::write(&secret, "root-only-content-5d2a\n").unwrap();
+        sh(
+            "chmod 755 host-files && chmod 600 host-files/root-only",
+            w.dir.path(),
+        );
+        let mount = format!("{}:/mnt/host", host_files.display());
+        let out = w.sandbox(
+            rt,
+            &["--mount", &mount],
+            "echo uid=$(id -u) gid=$(id -g)\ncat /mnt/host/root-only 2>/dev/null && echo HOST-FILE-READ\ntouch /workspace/made-in-podman && echo workspace-writable",
+        );
+        let all = text(&out);
+        assert!(out.status.success(), "{:?}: {all}", w.who);
+        assert!(
+            all.contains("uid=") && !all.contains("uid=0 ") && !all.contains("gid=0\n"),
+            "{:?}: {all}",
+            w.who
+        );
+        assert!(!all.contains("HOST-FILE-READ"), "{:?}: {all}", w.who);
+        assert!(!all.contains("root-only-content"), "{:?}: {all}", w.who);
+        assert!(all.contains("workspace-writable"), "{:?}: {all}", w.who);
+        if w.who == As::Root {
+            use std::os::unix::fs::MetadataExt;
+            let made = w.home.join("agents/a/workspace/made-in-podman");
+            assert_ne!(std::fs::metadata(&made).unwrap().uid(), 0);
+            let out = w.sandbox(
+                "bwrap",
+                &[],
+                "rm /workspace/made-in-podman && touch /workspace/made-in-bwrap && echo bwrap-writes",
+            );
+            assert!(text(&out).contains("bwrap-writes"), "{}", text(&out));
+            let made = w.home.join("agents/a/workspace/made-in-bwrap");
+            assert_eq!(std::fs::metadata(&made).unwrap().uid(), 0);
+        }
+    });
+}
+
+/// Nothing in a bubblewrap sandbox's `/proc` tells where things live on the host: the
+/// command lines and environments of its processes (pid 1 included) name no host path,
+/// and its mount table names the home only as the workspace's source (a bind mount
+/// shows its source's path within its filesystem) and no socket at all.
+#[test]
+fn no_host_path_shows_through_proc_in_bubblewrap() {
+    each(|w, rt| {
+        if rt != "bwrap" {
+            return;
+        }
+        let script = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; tr '\\0' ' ' < $p/environ; echo; done > /tmp/procs 2>/dev/null\necho PID1: $(tr '\\0' ' ' < /proc/1/cmdline)\necho ---procs; cat /tmp/procs\necho ---mountinfo; cat /proc/self/mountinfo";
+        let out = w.sandbox(rt, &[], script);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{:?}: {}", w.who, text(&out));
+        let (procs, mountinfo) = stdout
+            .split_once("---mountinfo")
+            .expect("both parts printed");
+        assert!(procs.contains("PID1: bwrap"), "{:?}: {stdout}", w.who);
+        let home = w.home.display().to_string();
+        let world = w.dir.path().display().to_string();
+        let binary = w.binary.display().to_string();
+        for host_path in [&home, &world, &binary, &"/tmp/palisade-".to_string()] {
+            assert!(
+                !procs.contains(host_path.as_str()),
+                "{:?}: {host_path} in a command line or environment: {procs}",
+                w.who
+            );
+        }
+        for line in mountinfo.lines() {
+            if line.contains(&home) {
+                let mount_point = line.split(' ').nth(4).unwrap_or_default();
+                assert_eq!(mount_point, "/workspace", "{:?}: {line}", w.who);
+            }
+            assert!(
+                !line.contains(".sock"),
+                "{:?}: a socket is mounted: {line}",
+                w.who
+            );
+        }
+    });
+}
+
+/// The workspace quota holds in every kind of sandbox: one file cannot grow past it
+/// (the write fails inside with EFBIG), and many files get the sandbox stopped with a
+/// message (exit code 122); the host's side of the workspace is cleaned up by the test.
+#[test]
+fn the_workspace_quota_holds_in_every_sandbox() {
+    each(|w, rt| {
+        let out = w.palisade(
+            &["agents", "edit", "a", "--workspace-quota", "16M"],
+            None,
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let workspace = w.home.join("agents/a/workspace");
+        let clean = || {
+            for entry in std::fs::read_dir(&workspace)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if entry.file_name().to_string_lossy().starts_with("quota-") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        };
+        clean();
+        let one_file = "python3 -c \"\nf = open('/workspace/quota-big', 'wb')\ntry:\n    for _ in range(32):\n        f.write(b'x' * (1 << 20))\n        f.flush()\nexcept OSError as e:\n    print('WRITE-REFUSED', e.errno)\n\"";
+        let out = w.sandbox(rt, &[], one_file);
+        assert!(
+            text(&out).contains("WRITE-REFUSED 27"),
+            "{rt} {:?}: {}",
+            w.who,
+            text(&out)
+        );
+        clean();
+        let many = "for i in $(seq 1 12); do head -c 2M /dev/zero > /workspace/quota-$i; done; sleep 30; echo SURVIVED";
+        let out = w.sandbox(rt, &[], many);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(122), "{rt} {:?}: {all}", w.who);
+        assert!(
+            !all.contains("SURVIVED") && all.contains("the workspace reached its quota"),
+            "{rt} {:?}: {all}",
+            w.who
+        );
+        clean();
+    });
+}
+
+/// Ctrl-C (SIGTERM to the whole process group) while podman is still creating the
+/// container leaves nothing behind: no conmon, no container half-made in runc's state.
+#[test]
+fn interrupting_podman_while_it_creates_the_container_leaves_nothing() {
+    let Some(w) = world(As::Root) else { return };
+    if !runtimes(As::Root).contains(&"podman") {
+        return;
+    }
+    for delay in [150, 200, 250, 300, 400] {
+        let mut command = w.command(&[
+            "sandbox",
+            "run",
+            "--agent",
+            "a",
+            "--runtime",
+            "podman",
+            "--",
+            "sleep",
+            "600",
+        ]);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let child = command.spawn().unwrap();
+        let pid = child.id();
+        let mut background = Background(child);
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(background.0.try_wait(), Ok(Some(_))) {
+            assert!(Instant::now() < deadline, "sandbox run did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(background);
+        // The engine's side ends within a few seconds of palisade.
+        let name = format!("palisade-a-{pid}-");
+        let left = || {
+            let conmon = Command::new("pgrep")
+                .args(["-f", &format!("conmon .* -n {name}")])
+                .output()
+                .unwrap();
+            let runc = Command::new("runc").arg("list").output().unwrap();
+            let containers = Command::new("podman")
+                .args(["ps", "-a", "--format", "{{.Names}}"])
+                .output()
+                .unwrap();
+            !String::from_utf8_lossy(&conmon.stdout).trim().is_empty()
+                || String::from_utf8_lossy(&containers.stdout).contains(&name)
+                || String::from_utf8_lossy(&runc.stdout)
+                    .lines()
+                    .any(|l| l.contains("created"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while left() {
+            assert!(
+                Instant::now() < deadline,
+                "after {delay} ms: the engine left conmon or a container behind"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

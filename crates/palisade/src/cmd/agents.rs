@@ -26,7 +26,7 @@ pub enum AgentsCommand {
     },
     /// Change an agent's profile, model settings or instructions.
     #[command(
-        after_help = "Examples:\n  palisade agents edit helper --model claude-opus-4-1\n  palisade agents edit helper --instructions-file notes.md\n\nThe instructions are also a plain file: $PALISADE_HOME/agents/NAME/instructions.md."
+        after_help = "Examples:\n  palisade agents edit helper --model claude-opus-4-1\n  palisade agents edit helper --instructions-file notes.md\n  palisade agents edit helper --workspace-quota 10G\n\nThe instructions are also a plain file: $PALISADE_HOME/agents/NAME/instructions.md."
     )]
     Edit {
         name: String,
@@ -88,6 +88,11 @@ pub struct ModelArgs {
     /// A running host applies it at the agent's next message.
     #[arg(long, value_name = "N")]
     concurrency: Option<u32>,
+    /// Disk the agent's workspace may use (e.g. 512M, 10G) [default: 4G]. A sandbox
+    /// whose workspace reaches it is stopped with a message; no single file may grow
+    /// past it.
+    #[arg(long, value_name = "SIZE")]
+    workspace_quota: Option<String>,
 }
 
 impl ModelArgs {
@@ -115,6 +120,9 @@ impl ModelArgs {
         }
         if let Some(n) = self.concurrency {
             settings.concurrency = Some(n);
+        }
+        if let Some(quota) = &self.workspace_quota {
+            settings.workspace_quota_bytes = Some(palisade_sandbox::quota::parse_quota(quota)?);
         }
         settings.validate()?;
         Ok(())
@@ -286,6 +294,10 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
                     );
                 }
                 details.field("concurrency", settings.effective_concurrency().to_string());
+                details.field(
+                    "workspace quota",
+                    palisade_sandbox::limits::format_bytes(settings.effective_workspace_quota()),
+                );
                 if let Some(secs) = settings.turn_timeout_secs {
                     details.field(
                         "turn timeout",

@@ -29,12 +29,25 @@ const HOST_TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, clap::Args)]
 pub struct RunnerArgs {
-    /// The host socket.
+    /// The host socket (`@NAME`: an abstract socket, as a sandbox offers it).
     #[arg(long, env = "PALISADE_HOST_SOCKET", default_value = palisade_host::SANDBOX_HOST_SOCKET, value_name = "PATH")]
     socket: PathBuf,
     /// The workspace the tools act on [default: the current directory].
     #[arg(long, value_name = "DIR")]
     workspace: Option<PathBuf>,
+}
+
+/// Connects to `path`, or to the abstract socket NAME for `@NAME`.
+async fn connect(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    let abstract_name = path.to_str().and_then(|p| p.strip_prefix('@'));
+    let Some(name) = abstract_name else {
+        return UnixStream::connect(path).await;
+    };
+    use std::os::linux::net::SocketAddrExt;
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let stream = std::os::unix::net::UnixStream::connect_addr(&address)?;
+    stream.set_nonblocking(true)?;
+    UnixStream::from_std(stream)
 }
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<(bool, String)>>>>;
@@ -56,7 +69,7 @@ async fn serve(args: RunnerArgs) -> anyhow::Result<()> {
         Some(dir) => dir,
         None => std::env::current_dir().context("cannot find the workspace directory")?,
     };
-    let stream = tokio::time::timeout(Duration::from_secs(10), UnixStream::connect(&args.socket))
+    let stream = tokio::time::timeout(Duration::from_secs(10), connect(&args.socket))
         .await
         .map_err(|_| anyhow::anyhow!("timed out connecting to the host socket"))?
         .with_context(|| {

@@ -17,8 +17,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Temporary socket folders of in-process vaults: `palisade-vault-<pid>-…`.
-const VAULT_DIR_PREFIX: &str = "palisade-vault-";
+/// Where in-process vaults keep their socket: `run/vaults/<pid>-…/` in the home, a
+/// private (0700) folder per run, and so per agent.
+const VAULT_DIR: &str = "vaults";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum SandboxCommand {
@@ -26,7 +27,10 @@ pub enum SandboxCommand {
     #[command(after_help = "Examples:
   palisade sandbox run --agent research -- curl -s https://example.com/
   palisade sandbox run --agent coder --mount ~/src/app:/mnt/app:rw --timeout 10m -- bash -c 'cd /mnt/app && make test'
-  palisade sandbox run --agent coder --runtime podman --memory 2G --pids 1024 -- python3 job.py")]
+  palisade sandbox run --agent coder --runtime podman --memory 2G --pids 1024 -- python3 job.py
+
+Exit code: the command's; 124 when --timeout ended it; 122 when the workspace reached
+the agent's quota (`palisade agents edit NAME --workspace-quota SIZE`) or its disk ran low.")]
     Run(RunArgs),
     /// Report which protections sandboxes get on this host (probed, not assumed).
     Doctor,
@@ -43,7 +47,9 @@ pub struct RunArgs {
     /// bwrap (default, no daemon), podman or docker.
     #[arg(long, default_value = "bwrap", value_name = "RUNTIME")]
     runtime: String,
-    /// Extra mount, read-only unless `:rw`; DST under /mnt, /data or /workspace.
+    /// Extra mount, read-only unless `:rw`; DST under /mnt, /data or /workspace. Refused
+    /// as SRC: the palisade home and what holds it, /tmp and /var/tmp themselves, /run,
+    /// secret folders (~/.ssh, …) and /etc.
     #[arg(long = "mount", value_name = "SRC:DST[:rw]")]
     mounts: Vec<String>,
     /// Memory limit (e.g. 512M, 2G), or `none`.
@@ -141,6 +147,7 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
         pids: optional(&args.pids, parse_pids)?,
         cpus: optional(&args.cpus, parse_cpus)?,
         wall_time: args.timeout.as_deref().map(parse_wall_time).transpose()?,
+        workspace: None,
     };
     let policy = MountPolicy::for_host(ctx.home.root());
     let mounts = args
@@ -150,15 +157,22 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let agent = AgentName::new(&args.agent)?;
     let store = ctx.open_store()?;
-    if let Err(error) = store.get_agent(&agent) {
-        if matches!(error, palisade_store::StoreError::NotFound { .. }) {
-            anyhow::bail!(
-                "unknown agent \"{agent}\"; create it with `palisade agents create {agent}`"
-            );
-        }
-        return Err(error.into());
-    }
+    let record = match store.get_agent(&agent) {
+        Ok(record) => record,
+        Err(palisade_store::StoreError::NotFound { .. }) => anyhow::bail!(
+            "unknown agent \"{agent}\"; create it with `palisade agents create {agent}`"
+        ),
+        Err(error) => return Err(error.into()),
+    };
     drop(store);
+    let mut limits = limits;
+    // The agent's own quota (a malformed setting is reported by `agents show`; the
+    // default applies meanwhile).
+    limits.workspace = Some(
+        palisade_host::AgentSettings::from_json(&record.settings)
+            .unwrap_or_default()
+            .effective_workspace_quota(),
+    );
     let runtime: Box<dyn Runtime> = match (kind, &args.image) {
         (RuntimeKind::Podman, Some(image)) => Box::new(Oci::with_image(OciTool::Podman, image)),
         (RuntimeKind::Docker, Some(image)) => Box::new(Oci::with_image(OciTool::Docker, image)),
@@ -194,19 +208,28 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
                 // sandbox first connects to it: a client waits in the socket's backlog
                 // meanwhile, not in a retry loop, and a command that never reaches out
                 // never pays for (or competes with) the gateway's start. Its options are
-                // checked now, before the sandbox starts. The socket's folder is named
-                // after this process, so the next run removes it if this one is
-                // `kill -9`ed.
+                // checked now, before the sandbox starts. The socket's folder, private
+                // under the home's `run/`, is named after this process, so the next run
+                // removes it if this one is `kill -9`ed. Only this process connects to
+                // the socket (the sandbox's broker does, for the shim), and the vault
+                // admits no other peer.
                 palisade_vault::check_upstream_ca(&args.upstream_ca)?;
-                palisade_sandbox::remove_stale_run_dirs(
-                    &std::env::temp_dir(),
-                    VAULT_DIR_PREFIX,
-                );
+                let vaults = ctx.home.run_dir().join(VAULT_DIR);
+                create_private_dir(&vaults)?;
+                palisade_sandbox::remove_stale_run_dirs(&vaults, "");
                 socket_dir_guard = tempfile::Builder::new()
-                    .prefix(&format!("{VAULT_DIR_PREFIX}{}-", std::process::id()))
-                    .tempdir()
+                    .prefix(&format!("{}-", std::process::id()))
+                    .tempdir_in(&vaults)
                     .context("cannot create a socket directory for the in-process vault")?;
                 let socket = socket_dir_guard.path().join(format!("{agent}.sock"));
+                // sun_path holds 108 bytes with its terminating NUL.
+                let length = socket.as_os_str().len();
+                if length > 107 {
+                    anyhow::bail!(
+                        "the agent's vault socket would be {} ({length} bytes), longer than the 107 a Unix socket path may have; use a shorter --home or agent name, or run `palisade vault serve`",
+                        socket.display()
+                    );
+                }
                 let listener = std::os::unix::net::UnixListener::bind(&socket)
                     .context("cannot create the agent's vault socket")?;
                 std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
@@ -216,6 +239,8 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
                 config.upstream_ca = args.upstream_ca.clone();
                 config.allow_local_upstream = args.allow_local_upstream.clone();
                 config.advertise = false;
+                config.sockets_for_every_agent = false;
+                config.agent_peers = palisade_vault::PeerRule::Process(std::process::id());
                 let socket_agent = agent.clone();
                 starting = Some(tokio::spawn(async move {
                     let listener = first_connection(listener)
@@ -238,6 +263,7 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
             palisade_binary,
             shim_subcommand: vec!["shim".into()],
             vault_socket,
+            host_socket: None,
             ca_bundle: palisade_sandbox::env::ca_bundle(&vault_ca),
             mounts,
             limits,
@@ -344,6 +370,13 @@ async fn run_to_end(
             _ = terminate.recv() => return Ok(143),
         }
     };
+    if let Some(full) = waited.workspace_full {
+        eprintln!(
+            "palisade: {full}, so the sandbox was stopped; delete files in the workspace ({}) or raise the quota with `palisade agents edit {} --workspace-quota SIZE`",
+            spec.workspace.display(),
+            spec.agent
+        );
+    }
     if waited.timed_out {
         eprintln!(
             "palisade: the sandbox reached its wall-time limit ({}) and was killed",
@@ -373,7 +406,7 @@ fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .with_context(|| format!("cannot create the workspace {}", path.display()))
+        .with_context(|| format!("cannot create the folder {}", path.display()))
 }
 
 fn build_image(args: ImageBuildArgs) -> anyhow::Result<()> {
@@ -398,7 +431,7 @@ fn build_image(args: ImageBuildArgs) -> anyhow::Result<()> {
 /// Arguments of `palisade shim` (runs inside a sandbox; started by `sandbox run`).
 #[derive(Debug, clap::Args)]
 pub struct ShimArgs {
-    /// `--socket PATH --listen ADDR [--lifeline PATH] [--rlimit-as N] [--rlimit-nproc N] -- CMD…`
+    /// `--control-fd N --listen ADDR [--rlimit-as N] [--rlimit-nproc N] -- CMD…`
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,

@@ -213,7 +213,9 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
                 pids: Some(512),
                 cpus: None,
                 wall_time: None,
+                workspace: None,
             },
+            store: store.clone(),
         };
         let mut config = HostConfig::new(ctx.home.clone());
         config.idle_timeout = idle_timeout;
