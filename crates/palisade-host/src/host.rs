@@ -39,6 +39,9 @@ pub struct HostConfig {
     /// First back-off after a runner crash; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Where approvals are announced in this process (shared with the in-process vault
+    /// and the chat channels by `palisade up`).
+    pub approval_events: palisade_approvals::Events,
 }
 
 impl HostConfig {
@@ -53,6 +56,7 @@ impl HostConfig {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            approval_events: palisade_approvals::Events::new(),
         }
     }
 }
@@ -97,6 +101,7 @@ pub(crate) struct AgentHandle {
 
 pub(crate) struct HostInner {
     pub(crate) store: Store,
+    pub(crate) engine: palisade_approvals::Engine,
     pub(crate) config: HostConfig,
     pub(crate) launcher: Arc<dyn RunnerLauncher>,
     agents: Mutex<HashMap<AgentName, AgentHandle>>,
@@ -132,6 +137,10 @@ impl Host {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let host = Host {
             inner: Arc::new(HostInner {
+                engine: palisade_approvals::Engine::new(
+                    store.clone(),
+                    config.approval_events.clone(),
+                ),
                 store,
                 config,
                 launcher,
@@ -160,6 +169,11 @@ impl Host {
 
     pub fn config(&self) -> &HostConfig {
         &self.inner.config
+    }
+
+    /// The approval engine every surface of this host decides through.
+    pub fn engine(&self) -> &palisade_approvals::Engine {
+        &self.inner.engine
     }
 
     /// Accepts a message (stored before this returns) and wakes the agent. The

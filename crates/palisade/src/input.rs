@@ -81,13 +81,13 @@ pub fn confirm(question: &str, action: &str, confirm_flag: &str) -> anyhow::Resu
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
-/// Who is deciding from this CLI: `cli:` + the login name of the real user id, or
-/// `cli:uid-N` when the id has no name.
-pub fn approver_identity() -> String {
+/// Who is deciding from this CLI: the login name of the real user id, or `uid-N` when
+/// the id has no name (recorded as `cli:NAME`).
+pub fn local_user() -> String {
     let uid = nix::unistd::getuid();
     match nix::unistd::User::from_uid(uid) {
-        Ok(Some(user)) if !user.name.is_empty() => format!("cli:{}", user.name),
-        _ => format!("cli:uid-{uid}"),
+        Ok(Some(user)) if !user.name.is_empty() => user.name,
+        _ => format!("uid-{uid}"),
     }
 }
 

@@ -169,6 +169,9 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // One announcement channel for approvals in this process: the vault's held
+    // requests, the host's request_approval calls, the web UI and the chat channels.
+    let approval_events = palisade_approvals::Events::new();
     tokio.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -194,6 +197,7 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
                 config.protected = vec![listen];
                 config.listen = args.vault_listen;
                 config.advertise = true;
+                config.approval_events = Some(approval_events.clone());
                 let gateway = palisade_vault::Gateway::start(config).await?;
                 if let Some(addr) = gateway.tcp_addr() {
                     eprintln!("palisade: vault listening on {addr} (agent tokens: `palisade agents token NAME`; admin API key: `palisade vault admin-key`)");
@@ -218,6 +222,7 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         let mut config = HostConfig::new(ctx.home.clone());
         config.idle_timeout = idle_timeout;
         config.turn_timeout = turn_timeout;
+        config.approval_events = approval_events.clone();
         let host = Host::start(store, config, Arc::new(launcher)).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = palisade_web::app(host.clone(), tokens.clone(), stop_rx.clone(), listen);
