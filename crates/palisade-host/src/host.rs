@@ -102,6 +102,8 @@ pub(crate) struct AgentHandle {
 pub(crate) struct HostInner {
     pub(crate) store: Store,
     pub(crate) engine: palisade_approvals::Engine,
+    /// The agents' `request_approval` calls waiting for a decision.
+    pub(crate) holds: Arc<palisade_approvals::Holds>,
     pub(crate) config: HostConfig,
     pub(crate) launcher: Arc<dyn RunnerLauncher>,
     agents: Mutex<HashMap<AgentName, AgentHandle>>,
@@ -141,6 +143,7 @@ impl Host {
                     store.clone(),
                     config.approval_events.clone(),
                 ),
+                holds: crate::approvals::holds(),
                 store,
                 config,
                 launcher,
@@ -152,6 +155,9 @@ impl Host {
                 tasks: TaskTracker::new(),
             }),
         };
+        host.inner
+            .tasks
+            .spawn(crate::approvals::follow(Arc::clone(&host.inner)));
         let store = host.inner.store.clone();
         let waiting = tokio::task::spawn_blocking(move || store.agents_with_unanswered())
             .await

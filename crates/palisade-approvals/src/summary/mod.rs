@@ -18,6 +18,7 @@
 
 use serde::Serialize;
 
+mod action;
 mod clean;
 mod generic;
 mod github;
@@ -29,6 +30,7 @@ mod stripe;
 #[cfg(test)]
 mod tests;
 
+pub use action::action;
 use clean::{body_text, text_lines, truncate_chars};
 pub use clean::{is_invisible, one_line};
 use params::Params;
