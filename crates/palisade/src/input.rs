@@ -51,6 +51,25 @@ pub fn read_secret_value(file: Option<&Path>, secret_name: &str) -> anyhow::Resu
     Ok(value)
 }
 
+/// A credential (bot token, signing secret) from a file, or from stdin when the file is
+/// `-`; never from argv. Trailing white space is dropped.
+pub fn read_credential(file: &Path, flag: &str) -> anyhow::Result<SecretValue> {
+    let bytes = if file == Path::new("-") {
+        read_limited(std::io::stdin().lock(), "stdin")?
+    } else {
+        let handle = std::fs::File::open(file)
+            .with_context(|| format!("cannot read {flag} {}", file.display()))?;
+        read_limited(handle, &format!("{flag} {}", file.display()))?
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{flag}: the file is not UTF-8 text"))?;
+    let value = SecretValue::new(text.trim().to_string());
+    if value.expose().is_empty() {
+        bail!("{flag}: the file is empty");
+    }
+    Ok(value)
+}
+
 fn read_limited(reader: impl Read, source: &str) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     reader

@@ -428,6 +428,10 @@ impl Store {
             conditions.push("id < ?");
             params.push(Value::Integer(before));
         }
+        if let Some(after) = filter.after_id {
+            conditions.push("id > ?");
+            params.push(Value::Integer(after));
+        }
         let limit = filter
             .limit
             .unwrap_or(DEFAULT_LIST_LIMIT)

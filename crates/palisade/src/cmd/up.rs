@@ -225,7 +225,10 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         config.approval_events = approval_events.clone();
         let host = Host::start(store, config, Arc::new(launcher)).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // Chat channels: each retried on its own when it cannot connect.
+        let hub = palisade_channels::Hub::start(host.clone(), stop_rx.clone());
         let app = palisade_web::app(host.clone(), tokens.clone(), stop_rx.clone(), listen);
+        let app = app.merge(palisade_channels::endpoints::router(hub.clone()));
         let info = HostInfo {
             pid: std::process::id(),
             listen,
@@ -481,10 +484,22 @@ pub fn status(ctx: &Context) -> anyhow::Result<()> {
             "started_at_ms": info.started_at_ms,
             "responding": detail.is_some(),
             "active_agents": active,
+            "channels": super::channels::running_states(ctx),
         }));
     }
+    let channels: Vec<String> = super::channels::running_states(ctx)
+        .iter()
+        .map(|c| {
+            let state = c["state"].as_str().unwrap_or("?");
+            let detail = match (state, c["detail"].as_str()) {
+                ("failing", Some(detail)) => format!(" ({})", crate::output::clean(detail)),
+                _ => String::new(),
+            };
+            format!("{} {state}{detail}", c["name"].as_str().unwrap_or("?"))
+        })
+        .collect();
     crate::output::print(&format!(
-        "palisade is running (pid {}) on http://{}, started {}{}\nactive agents: {}\n",
+        "palisade is running (pid {}) on http://{}, started {}{}\nactive agents: {}\nchannels: {}\n",
         info.pid,
         info.listen,
         crate::output::relative(info.started_at_ms),
@@ -497,6 +512,11 @@ pub fn status(ctx: &Context) -> anyhow::Result<()> {
             "none".into()
         } else {
             active.join(", ")
+        },
+        if channels.is_empty() {
+            "none".into()
+        } else {
+            channels.join(", ")
         }
     ))
 }
