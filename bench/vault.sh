@@ -18,6 +18,9 @@
 #   BENCH_NO_MITM=1 leaves mitmproxy out.
 #   BENCH_PERF_DIR=DIR records `perf record -g` of the (first) vault during each of its
 #   timed runs into DIR/vault-MODE.data, and writes DIR/vault-MODE.txt (top symbols).
+#   An independent load generator, oha (installed with cargo when missing), measures
+#   direct and vault again in the same rounds (warm 1, warm 16, new tunnel per request)
+#   and gets a table of its own. BENCH_NO_OHA=1 leaves it out.
 # Needs: cargo, nginx (Debian nginx-light), openssl, curl; mitmdump is optional (it is
 # installed from PyPI when missing; rows are skipped if that fails).
 set -euo pipefail
@@ -88,6 +91,15 @@ say "building release binaries"
 cargo build --release --quiet -p palisade -p palisade-bench
 palisade="$CARGO_TARGET_DIR/release/palisade"
 load="$CARGO_TARGET_DIR/release/vault-load"
+
+oha=""
+if [ -z "${BENCH_NO_OHA:-}" ]; then
+  if ! command -v oha >/dev/null 2>&1; then
+    say "oha missing: cargo install oha (a few minutes, once)"
+    cargo install --quiet --locked oha >&2 || say "oha could not be installed; its table is skipped"
+  fi
+  oha="$(command -v oha || true)"
+fi
 
 if ! command -v mitmdump >/dev/null 2>&1; then
   say "mitmdump missing: installing mitmproxy from PyPI (wheels only where sources fail to build)"
@@ -160,7 +172,11 @@ rm -f "$work/secret"
 "$palisade" rules create --name bench-allow --host-pattern localhost --action allow >/dev/null
 "$palisade" vault ca-cert >"$work/vault-ca.pem"
 vault_port="$(free_port)"
-RUST_LOG=warn "$palisade" vault serve --listen "127.0.0.1:$vault_port" \
+# One agent opens every benchmark connection, the idle tunnels included: its share of
+# connections is raised above the default (256) and idle tunnels are kept while the
+# idle run counts them.
+vault_limits=(--max-connections-per-agent $((IDLE_TUNNELS + 1024)) --client-idle-timeout 15m)
+RUST_LOG=warn "$palisade" vault serve --listen "127.0.0.1:$vault_port" "${vault_limits[@]}" \
   --upstream-ca "$work/ca.pem" --allow-local-upstream localhost >"$work/vault.log" 2>&1 &
 vault_pid=$!
 pids+=("$vault_pid")
@@ -181,7 +197,7 @@ if [ -n "${BENCH_VAULT_B_ENV:-}${BENCH_VAULT_B_BIN:-}" ]; then
   vault_b_port="$(free_port)"
   # shellcheck disable=SC2086 # the variable holds NAME=VALUE words on purpose
   env ${BENCH_VAULT_B_ENV:-} RUST_LOG=warn "${BENCH_VAULT_B_BIN:-$palisade}" vault serve \
-    --listen "127.0.0.1:$vault_b_port" --socket-dir "$work/sockets-b" \
+    --listen "127.0.0.1:$vault_b_port" --socket-dir "$work/sockets-b" "${vault_limits[@]}" \
     --upstream-ca "$work/ca.pem" --allow-local-upstream localhost >"$work/vault-b.log" 2>&1 &
   pids+=($!)
   wait_for vault-b curl -sf "http://127.0.0.1:$vault_b_port/healthz"
@@ -237,6 +253,37 @@ run() {
   fi
 }
 
+oha_results="$work/oha.jsonl"
+# oha_run ROUND VIA NAME OHA-ARGS...: one timed oha run, one JSON line appended.
+oha_run() {
+  local round="$1" via="$2" name="$3"
+  shift 3
+  local args=(-z "$DURATION" --no-tui --output-format json "$@")
+  case "$via" in
+    direct) args+=(--cacert "$work/ca.pem") ;;
+    vault) args+=(-x "http://127.0.0.1:$vault_port"
+      --proxy-header "Proxy-Authorization: Basic $(printf 'x:%s' "$token" | base64 -w0)"
+      --cacert "$work/vault-ca.pem") ;;
+  esac
+  say "round $round: oha $via $name ($DURATION)"
+  timeout 120 "$oha" "${args[@]}" "$upstream" >"$work/oha-run.json" 2>"$work/oha-run.err" || true
+  python3 "$work/oha_row.py" "$work/oha-run.json" "$via" "$name" "$round" >>"$oha_results"
+}
+cat >"$work/oha_row.py" <<'PY'
+import json, sys
+path, via, name, round_ = sys.argv[1:]
+try:
+    data = json.load(open(path))
+except Exception as error:
+    print(json.dumps({"via": via, "name": name, "round": int(round_), "error": str(error)}))
+    sys.exit(0)
+summary, pct = data.get("summary", {}), data.get("latencyPercentiles", {})
+print(json.dumps({"via": via, "name": name, "round": int(round_),
+    "requests_per_second": summary.get("requestsPerSec") or 0,
+    "p50_ms": (pct.get("p50") or 0) * 1000, "p99_ms": (pct.get("p99") or 0) * 1000,
+    "success_rate": summary.get("successRate") or 0}))
+PY
+
 # Peers run back to back within each mode, and the whole set is repeated, so a burst
 # of background load on the machine hits every peer alike; the table takes medians.
 for round in $(seq "$ROUNDS"); do
@@ -244,6 +291,11 @@ for round in $(seq "$ROUNDS"); do
   for via in "${vias[@]}"; do run "$round" "$via" "warm 16" warm 16; done
   for via in "${vias[@]}"; do run "$round" "$via" "new" new 1; done
   for via in "${vias[@]}"; do run "$round" "$via" "warm 16 h2" warm 16 --http2; done
+  if [ -n "$oha" ]; then
+    for via in direct vault; do oha_run "$round" "$via" "warm 1" -c 1; done
+    for via in direct vault; do oha_run "$round" "$via" "warm 16" -c 16; done
+    for via in direct vault; do oha_run "$round" "$via" "new" -c 1 --disable-keepalive; done
+  fi
 done
 
 rss_after_load="$(rss_kib "$vault_pid")"
@@ -311,3 +363,36 @@ for r in idle:
         print(f"  first error: {r['first_error'][:200]}")
 print(f"vault RSS after the idle tunnels closed: {rss_closed / 1024:.1f} MiB")
 EOF
+
+if [ -s "$oha_results" ]; then
+  python3 - "$oha_results" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+groups = {}
+for r in rows:
+    groups.setdefault((r["via"], r["name"]), []).append(r)
+def median(group, key):
+    values = [g.get(key, 0) for g in group if "error" not in g]
+    return statistics.median(values) if values else 0
+print()
+print("oha (independent load generator), same rounds:")
+print()
+print("| run | req/s | p50 ms | p99 ms | success | vs direct |")
+print("|---|---:|---:|---:|---:|---|")
+for name in ["warm 1", "warm 16", "new"]:
+    base = groups.get(("direct", name), [])
+    for via in ["direct", "vault"]:
+        group = groups.get((via, name))
+        if not group:
+            continue
+        rps, p50, p99 = median(group, "requests_per_second"), median(group, "p50_ms"), median(group, "p99_ms")
+        success = min(g.get("success_rate", 0) for g in group)
+        ratio = ""
+        if via != "direct" and base:
+            if name == "new":
+                ratio = f"p50 +{p50 - median(base, 'p50_ms'):.3f} ms"
+            else:
+                ratio = f"{rps / max(median(base, 'requests_per_second'), 1e-9):.2f}, p50 +{p50 - median(base, 'p50_ms'):.3f} ms"
+        print(f"| oha {via} {name} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {success:.3f} | {ratio} |")
+EOF
+fi

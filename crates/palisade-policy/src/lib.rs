@@ -14,6 +14,7 @@ pub mod injection;
 pub mod names;
 pub mod pattern;
 pub mod rule;
+pub mod sanitize;
 pub mod secret;
 
 pub use canonical::{CanonicalPath, PathRefusal};

@@ -31,9 +31,10 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Most simultaneous client connections (idle tunnels included), if descriptors allow.
 const MAX_CONNECTIONS: usize = 32_768;
-/// Descriptors kept back from client connections: upstream connections, the store,
-/// agent sockets, logs.
-const RESERVED_DESCRIPTORS: u64 = 256;
+/// Descriptors kept back from client connections for upstream connections (pooled,
+/// one per request in flight at most), the store, agent sockets and logs. Idle client
+/// connections hold no upstream descriptor, so the cap is not halved for them.
+const RESERVED_DESCRIPTORS: u64 = 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most 503 answers to refused connections under way at once.
 const MAX_REFUSALS_IN_FLIGHT: usize = 64;
@@ -180,7 +181,7 @@ pub async fn start(
 
     let descriptors = raise_descriptor_limit();
     let global_connections =
-        usize::try_from(descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(64) / 2)
+        usize::try_from(descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(64))
             .unwrap_or(MAX_CONNECTIONS)
             .min(MAX_CONNECTIONS);
     let limits = ConnectionLimits::new(global_connections, config.max_connections_per_agent);

@@ -124,6 +124,8 @@ works once and sets the browser's session cookie; `palisade login` prints a new 
     /// Conversations with agents: list, show, reset.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Show what an agent would receive of a text from another agent (read from stdin).
+    Sanitize(cmd::sanitize::SanitizeArgs),
     /// Inside a sandbox: the agent loop, driven by the host over its socket.
     #[command(hide = true)]
     Runner(cmd::runner::RunnerArgs),
@@ -183,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(args) => cmd::chat::run(args, &context()?),
         Command::Sessions(command) => cmd::sessions::run(command, &context()?),
         Command::Runner(args) => cmd::runner::run(args),
+        Command::Sanitize(args) => cmd::sanitize::run(args, cli.json),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "palisade", &mut script);

@@ -10,6 +10,7 @@ pub mod chat;
 pub mod rules;
 pub mod runner;
 pub mod sandbox;
+pub mod sanitize;
 pub mod secrets;
 pub mod send;
 pub mod sessions;
