@@ -188,7 +188,9 @@ impl ApiClient {
     ) -> Result<(StatusCode, HeaderMap, serde_json::Value), HttpError> {
         let url = self
             .base
-            .join(path.trim_start_matches('/'))
+            // `./` keeps a first segment with a colon (a Telegram token, `bot123:ABC`)
+            // from being read as a URL scheme.
+            .join(&format!("./{}", path.trim_start_matches('/')))
             .map_err(|e| HttpError::Config(format!("{what}: cannot build the request URL: {e}")))?;
         let mut request = Request::builder().method(method).uri(url.as_str());
         for (name, value) in headers {
@@ -297,6 +299,14 @@ fn describe(error: &hyper_util::client::legacy::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_with_a_colon_stays_under_the_base() {
+        let base = url::Url::parse("http://127.0.0.1:9/api/").unwrap();
+        let url = base.join(&format!("./{}", "bot123:secret/getMe")).unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:9/api/bot123:secret/getMe");
+        assert!(base.join("bot123:secret/getMe").unwrap().scheme() == "bot123");
+    }
 
     #[test]
     fn tokens_never_go_in_clear_beyond_loopback() {
