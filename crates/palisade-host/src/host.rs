@@ -39,6 +39,9 @@ pub struct HostConfig {
     /// First back-off after a runner crash; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Where approvals are announced in this process (shared with the in-process vault
+    /// and the chat channels by `palisade up`).
+    pub approval_events: palisade_approvals::Events,
 }
 
 impl HostConfig {
@@ -53,6 +56,7 @@ impl HostConfig {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            approval_events: palisade_approvals::Events::new(),
         }
     }
 }
@@ -97,6 +101,9 @@ pub(crate) struct AgentHandle {
 
 pub(crate) struct HostInner {
     pub(crate) store: Store,
+    pub(crate) engine: palisade_approvals::Engine,
+    /// The agents' `request_approval` calls waiting for a decision.
+    pub(crate) holds: Arc<palisade_approvals::Holds>,
     pub(crate) config: HostConfig,
     pub(crate) launcher: Arc<dyn RunnerLauncher>,
     agents: Mutex<HashMap<AgentName, AgentHandle>>,
@@ -132,6 +139,11 @@ impl Host {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let host = Host {
             inner: Arc::new(HostInner {
+                engine: palisade_approvals::Engine::new(
+                    store.clone(),
+                    config.approval_events.clone(),
+                ),
+                holds: crate::approvals::holds(),
                 store,
                 config,
                 launcher,
@@ -143,6 +155,9 @@ impl Host {
                 tasks: TaskTracker::new(),
             }),
         };
+        host.inner
+            .tasks
+            .spawn(crate::approvals::follow(Arc::clone(&host.inner)));
         let store = host.inner.store.clone();
         let waiting = tokio::task::spawn_blocking(move || store.agents_with_unanswered())
             .await
@@ -160,6 +175,11 @@ impl Host {
 
     pub fn config(&self) -> &HostConfig {
         &self.inner.config
+    }
+
+    /// The approval engine every surface of this host decides through.
+    pub fn engine(&self) -> &palisade_approvals::Engine {
+        &self.inner.engine
     }
 
     /// Accepts a message (stored before this returns) and wakes the agent. The

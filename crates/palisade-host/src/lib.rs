@@ -11,6 +11,7 @@
 //! - [`api`]: the local JSON API `palisade up` serves on 127.0.0.1.
 
 pub mod api;
+mod approvals;
 pub mod host;
 pub mod launcher;
 pub mod protocol;

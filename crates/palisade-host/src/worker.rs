@@ -950,6 +950,7 @@ async fn host_tool(
                 Err(error) => (false, error.to_string()),
             }
         }
+        "request_approval" => crate::approvals::request(inner, message, input).await,
         other => (false, format!("unknown host tool {other:?}")),
     }
 }

@@ -276,6 +276,7 @@ mod tests {
             expires_at_ms: None,
             body_contains: None,
             scope: Scope::User,
+            approval_timeout_ms: None,
         }
     }
 

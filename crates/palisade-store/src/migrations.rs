@@ -176,7 +176,68 @@ CREATE TABLE outbound_messages (
 CREATE INDEX outbound_messages_inbound ON outbound_messages(inbound_id, id);
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+/// Approvals as the approval engine decides them: the choice made, who made it (the
+/// surface or chat channel, the platform user id and display name), the rule a "for
+/// 1 h" or "always" choice created, which gateway holds a held request (so one that
+/// died can be told from one still waiting), and an idempotency key for approvals an
+/// agent asks for (a retried turn finds its approval again). Chat channels with their
+/// sealed credentials, the chats linked to agents, each agent's approvers, and the
+/// approval cards posted (so every card can be edited once its approval is decided,
+/// also after a restart).
+const V4: &str = r#"
+ALTER TABLE approvals ADD COLUMN choice TEXT;
+ALTER TABLE approvals ADD COLUMN approver_channel TEXT;
+ALTER TABLE approvals ADD COLUMN approver_user TEXT;
+ALTER TABLE approvals ADD COLUMN approver_name TEXT;
+ALTER TABLE approvals ADD COLUMN granted_rule TEXT;
+ALTER TABLE approvals ADD COLUMN holder TEXT;
+ALTER TABLE approvals ADD COLUMN request_key TEXT;
+CREATE UNIQUE INDEX approvals_request_key ON approvals(request_key) WHERE request_key IS NOT NULL;
+
+ALTER TABLE rules ADD COLUMN approval_timeout_ms INTEGER;
+
+CREATE TABLE channels (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    platform      TEXT NOT NULL,
+    settings      TEXT NOT NULL DEFAULT '{}',
+    sealed        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE channel_links (
+    channel_id    INTEGER NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+    chat          TEXT NOT NULL,
+    agent_id      INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (channel_id, chat)
+) WITHOUT ROWID;
+
+CREATE TABLE approvers (
+    id            INTEGER PRIMARY KEY,
+    agent_id      INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    channel_id    INTEGER NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+    user_id       TEXT NOT NULL,
+    display_name  TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    UNIQUE (agent_id, channel_id, user_id)
+);
+
+CREATE TABLE approval_cards (
+    id            INTEGER PRIMARY KEY,
+    approval_id   TEXT NOT NULL REFERENCES approvals(id) ON DELETE CASCADE,
+    channel_id    INTEGER NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+    chat          TEXT NOT NULL,
+    message       TEXT,
+    token         TEXT NOT NULL UNIQUE,
+    posted_at_ms  INTEGER NOT NULL,
+    finished      TEXT,
+    UNIQUE (approval_id, channel_id, chat)
+);
+CREATE INDEX approval_cards_open ON approval_cards(finished, approval_id);
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;

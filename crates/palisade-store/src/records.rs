@@ -60,8 +60,12 @@ pub struct RuleRecord {
     /// `org` | `user`
     pub scope: String,
     pub created_at_ms: i64,
+    /// How long a request this rule holds waits for a person (`require_approval` only;
+    /// `None`: the gateway's default).
+    pub approval_timeout_ms: Option<i64>,
 }
 
+#[derive(Clone, Debug)]
 pub struct NewRule {
     pub name: String,
     pub host: HostPattern,
@@ -74,4 +78,6 @@ pub struct NewRule {
     pub expires_at_ms: Option<i64>,
     pub body_contains: Option<String>,
     pub scope: Scope,
+    /// See [`RuleRecord::approval_timeout_ms`].
+    pub approval_timeout_ms: Option<i64>,
 }

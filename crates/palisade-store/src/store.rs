@@ -11,6 +11,7 @@
 mod agents;
 mod approvals;
 mod audit;
+mod channels;
 mod messages;
 mod policy;
 mod rate;

@@ -851,6 +851,8 @@ fn hold(palisade: &Palisade, title: &str) -> String {
             detail: "POST /gmail/v1/users/me/messages/send\nhost: gmail.googleapis.com".into(),
             context: serde_json::json!({ "method": "POST", "host": "gmail.googleapis.com" }),
             expires_at_ms: palisade_store::now_ms() + 600_000,
+            holder: None,
+            request_key: None,
         })
         .expect("create approval")
         .id
@@ -880,7 +882,13 @@ fn approvals_list_show_approve_deny() {
     assert!(text.contains("gmail.googleapis.com"));
     assert!(!text.contains('\u{1b}'));
 
+    // A grant needs the request's host, method, path and rule: this one has no path.
+    palisade
+        .run(&["approvals", "approve", &first, "--always"])
+        .refused("approve once instead");
     let approved = palisade.json(&["approvals", "approve", &first, "--comment", "fine"]);
+    assert_eq!(approved["choice"], "once");
+    assert_eq!(approved["approver_channel"], "cli");
     assert_eq!(approved["status"], "approved");
     assert_eq!(approved["comment"], "fine");
     let approver = approved["approver"].as_str().expect("approver");
@@ -909,6 +917,19 @@ fn approvals_list_show_approve_deny() {
     assert_eq!(
         palisade.count(&["audit", "list", "--event", "approval.decide"]),
         2
+    );
+    let decisions = palisade.json(&["audit", "list", "--approvals"]);
+    let decisions = decisions.as_array().expect("array");
+    assert_eq!(decisions.len(), 2);
+    assert_eq!(decisions[0]["approval_id"], second.as_str());
+    assert_eq!(decisions[0]["decision"], "denied");
+    assert_eq!(decisions[0]["comment"], "not carol");
+    assert_eq!(decisions[0]["channel"], "cli");
+    assert_eq!(decisions[1]["choice"], "once");
+    let table = palisade.run(&["audit", "list", "--approvals"]).ok().stdout;
+    assert!(
+        table.contains("APPROVER") && table.contains(&first),
+        "{table}"
     );
 }
 

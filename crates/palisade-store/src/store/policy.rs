@@ -120,6 +120,7 @@ fn rule_policy(record: RuleRecord) -> Result<RulePolicy> {
             .scope
             .parse::<Scope>()
             .map_err(|e| corrupt(&what("scope"), e))?,
+        approval_timeout_ms: record.approval_timeout_ms,
         name: record.name,
     })
 }

@@ -9,7 +9,7 @@ use rusqlite::{OptionalExtension, Transaction};
 
 const RULE_COLUMNS: &str = "r.id, r.name, r.host_pattern, r.path_pattern, r.method, r.action, \
      r.rate_limit, r.rate_window, a.name, r.priority, r.expires_at_ms, r.body_contains, \
-     r.scope, r.created_at_ms";
+     r.scope, r.created_at_ms, r.approval_timeout_ms";
 
 /// Evaluation order of the policy crate (priority, then age) so listings read the same way.
 const RULE_ORDER: &str = "ORDER BY r.priority DESC, r.id ASC";
@@ -37,6 +37,7 @@ fn raw_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRule> {
             body_contains: row.get(11)?,
             scope: row.get(12)?,
             created_at_ms: row.get(13)?,
+            approval_timeout_ms: row.get(14)?,
         },
         agent: row.get(8)?,
         rate_limit: row.get(6)?,
@@ -81,74 +82,7 @@ fn get_rule_by_id(tx: &Transaction<'_>, id: i64) -> Result<RuleRecord> {
 
 impl Store {
     pub fn create_rule(&self, rule: NewRule) -> Result<RuleRecord> {
-        validate_name("rule", &rule.name)?;
-        if rule.body_contains.as_deref() == Some("") {
-            return Err(StoreError::Invalid(
-                "body-contains is empty; omit it or give the text the body must contain".into(),
-            ));
-        }
-        let (rate_limit, rate_window) = match &rule.action {
-            RuleAction::RateLimit { limit, window } => (Some(*limit), Some(window.to_string())),
-            _ => (None, None),
-        };
-        let path = rule.path.as_ref().map(|p| p.as_str().to_string());
-        let method = rule.method.to_string();
-        self.write(|tx| {
-            let exists: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM rules WHERE name = ?1)",
-                [&rule.name],
-                |row| row.get(0),
-            )?;
-            if exists {
-                return Err(StoreError::Duplicate {
-                    what: "rule",
-                    name: rule.name.clone(),
-                });
-            }
-            let agent_row = match &rule.agent {
-                Some(agent) => Some(agent_id(tx, agent)?),
-                None => None,
-            };
-            tx.execute(
-                "INSERT INTO rules (name, host_pattern, path_pattern, method, action, rate_limit,
-                     rate_window, agent_id, priority, expires_at_ms, body_contains, scope, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                rusqlite::params![
-                    &rule.name,
-                    rule.host.as_str(),
-                    &path,
-                    &method,
-                    rule.action.kind(),
-                    rate_limit,
-                    &rate_window,
-                    agent_row,
-                    rule.priority,
-                    rule.expires_at_ms,
-                    &rule.body_contains,
-                    rule.scope.as_str(),
-                    crate::now_ms(),
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
-            let mut entry = self.audit_entry("rule.create");
-            entry.rule = Some(rule.name.clone());
-            entry.agent = rule.agent.as_ref().map(ToString::to_string);
-            entry.host = Some(rule.host.as_str().to_string());
-            entry.path = path.clone();
-            entry.method = Some(method.clone());
-            entry.decision = Some("created".into());
-            entry.detail = Some(serde_json::json!({
-                "id": id,
-                "action": rule.action.kind(),
-                "rate_limit": rate_limit,
-                "rate_window": rate_window,
-                "priority": rule.priority,
-                "expires_at_ms": rule.expires_at_ms,
-                "scope": rule.scope.as_str(),
-            }));
-            self.append_in(tx, &entry)?;
-            get_rule_by_id(tx, id)
-        })
+        self.write(|tx| self.insert_rule_in(tx, &rule, None))
     }
 
     pub fn list_rules(&self) -> Result<Vec<RuleRecord>> {
@@ -186,5 +120,89 @@ impl Store {
             self.append_in(tx, &entry)?;
             Ok(())
         })
+    }
+
+    /// Creates a rule (with its audit row) inside a write transaction, so another
+    /// change (an approval's decision) can commit together with it.
+    /// `actor` overrides this handle's actor on the audit row (the approver who granted it).
+    pub(super) fn insert_rule_in(
+        &self,
+        tx: &Transaction<'_>,
+        rule: &NewRule,
+        actor: Option<&str>,
+    ) -> Result<RuleRecord> {
+        validate_name("rule", &rule.name)?;
+        if rule.body_contains.as_deref() == Some("") {
+            return Err(StoreError::Invalid(
+                "body-contains is empty; omit it or give the text the body must contain".into(),
+            ));
+        }
+        let (rate_limit, rate_window) = match &rule.action {
+            RuleAction::RateLimit { limit, window } => (Some(*limit), Some(window.to_string())),
+            _ => (None, None),
+        };
+        let path = rule.path.as_ref().map(|p| p.as_str().to_string());
+        let method = rule.method.to_string();
+        {
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM rules WHERE name = ?1)",
+                [&rule.name],
+                |row| row.get(0),
+            )?;
+            if exists {
+                return Err(StoreError::Duplicate {
+                    what: "rule",
+                    name: rule.name.clone(),
+                });
+            }
+            let agent_row = match &rule.agent {
+                Some(agent) => Some(agent_id(tx, agent)?),
+                None => None,
+            };
+            tx.execute(
+                "INSERT INTO rules (name, host_pattern, path_pattern, method, action, rate_limit,
+                     rate_window, agent_id, priority, expires_at_ms, body_contains, scope, created_at_ms,
+                     approval_timeout_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                rusqlite::params![
+                    &rule.name,
+                    rule.host.as_str(),
+                    &path,
+                    &method,
+                    rule.action.kind(),
+                    rate_limit,
+                    &rate_window,
+                    agent_row,
+                    rule.priority,
+                    rule.expires_at_ms,
+                    &rule.body_contains,
+                    rule.scope.as_str(),
+                    crate::now_ms(),
+                    rule.approval_timeout_ms,
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            let mut entry = self.audit_entry("rule.create");
+            if let Some(actor) = actor {
+                entry.actor = Some(actor.to_string());
+            }
+            entry.rule = Some(rule.name.clone());
+            entry.agent = rule.agent.as_ref().map(ToString::to_string);
+            entry.host = Some(rule.host.as_str().to_string());
+            entry.path = path.clone();
+            entry.method = Some(method.clone());
+            entry.decision = Some("created".into());
+            entry.detail = Some(serde_json::json!({
+                "id": id,
+                "action": rule.action.kind(),
+                "rate_limit": rate_limit,
+                "rate_window": rate_window,
+                "priority": rule.priority,
+                "expires_at_ms": rule.expires_at_ms,
+                "scope": rule.scope.as_str(),
+            }));
+            self.append_in(tx, &entry)?;
+            get_rule_by_id(tx, id)
+        }
     }
 }

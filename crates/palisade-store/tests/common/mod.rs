@@ -56,6 +56,7 @@ pub fn new_rule(name: &str, action: RuleAction, agent_name: Option<&str>) -> New
         expires_at_ms: None,
         body_contains: None,
         scope: Scope::User,
+        approval_timeout_ms: None,
     }
 }
 

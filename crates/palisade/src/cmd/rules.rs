@@ -74,6 +74,10 @@ pub struct CreateArgs {
     /// `org` (outer boundary, set by an admin) or `user` (grants within it).
     #[arg(long, default_value = "user", value_name = "org|user")]
     scope: String,
+    /// For require_approval: how long a held request waits for a person before it is
+    /// denied (`5m`, `1h`; default: the gateway's `--approval-timeout`, 10 min).
+    #[arg(long, value_name = "DURATION")]
+    approval_timeout: Option<String>,
 }
 
 pub fn run(command: RulesCommand, ctx: &Context) -> anyhow::Result<()> {
@@ -189,6 +193,26 @@ fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<()> {
     if args.body_contains.as_deref() == Some("") {
         bail!("--body-contains is empty; give the text a body must contain");
     }
+    let approval_timeout_ms = match &args.approval_timeout {
+        None => None,
+        Some(_) if action != RuleAction::RequireApproval => {
+            bail!("--approval-timeout applies only to --action require_approval")
+        }
+        Some(text) => {
+            let duration = humantime::parse_duration(text).map_err(|_| {
+                anyhow::anyhow!(
+                    "--approval-timeout {:?} is not a duration such as 5m or 1h",
+                    output::clean(text)
+                )
+            })?;
+            if duration < std::time::Duration::from_secs(1)
+                || duration > std::time::Duration::from_secs(7 * 24 * 3600)
+            {
+                bail!("--approval-timeout must be between 1s and 7d");
+            }
+            Some(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
+        }
+    };
 
     let store = ctx.open_store()?;
     let record = store.create_rule(NewRule {
@@ -202,6 +226,7 @@ fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<()> {
         expires_at_ms,
         body_contains: args.body_contains,
         scope,
+        approval_timeout_ms,
     })?;
     if ctx.json {
         return output::print_json(&record);

@@ -3,7 +3,8 @@
 //! Connects to the host socket (`/run/palisade/host.sock`), says hello, and for each
 //! `deliver` runs one turn of the palisade-runner agent loop with the agent settings
 //! in the frame, streaming `event` frames and ending with `reply`. Host tools
-//! (send_message, memory, list_grants) become `tool_call` frames the host answers.
+//! (send_message, memory, list_grants, request_approval) become `tool_call` frames the
+//! host answers.
 //! The runner holds no credential: the model is reached through the shim and the
 //! vault with a placeholder key, and the socket only ever speaks for this agent.
 
@@ -26,6 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long a host tool call may take.
 const HOST_TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `request_approval` may wait: a person decides within the approval timeout
+/// (10 min by default, per agent up to 1 h), and the host answers at the expiry.
+const APPROVAL_TOOL_TIMEOUT: Duration = Duration::from_secs(3600 + 60);
 
 #[derive(Debug, clap::Args)]
 pub struct RunnerArgs {
@@ -266,6 +270,15 @@ struct SocketHost {
 
 impl SocketHost {
     async fn call(&self, name: &str, input: serde_json::Value) -> Result<String, HostToolError> {
+        self.call_within(name, input, HOST_TOOL_TIMEOUT).await
+    }
+
+    async fn call_within(
+        &self,
+        name: &str,
+        input: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<String, HostToolError> {
         let call_id = format!("h{}", self.next_call.fetch_add(1, Ordering::SeqCst));
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(call_id.clone(), tx);
@@ -279,7 +292,7 @@ impl SocketHost {
             lock(&self.pending).remove(&call_id);
             return Err(HostToolError("the host connection is gone".into()));
         }
-        match tokio::time::timeout(HOST_TOOL_TIMEOUT, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok((true, content))) => Ok(content),
             Ok(Ok((false, content))) => Err(HostToolError(content)),
             Ok(Err(_)) => Err(HostToolError("the host connection is gone".into())),
@@ -310,6 +323,18 @@ impl HostTools for SocketHost {
                 .await
                 .map(|_| ())
         })
+    }
+
+    fn request_approval<'a>(
+        &'a self,
+        action: &'a str,
+        details: &'a str,
+    ) -> BoxFuture<'a, Result<String, HostToolError>> {
+        Box::pin(self.call_within(
+            "request_approval",
+            serde_json::json!({ "action": action, "details": details }),
+            APPROVAL_TOOL_TIMEOUT,
+        ))
     }
 
     fn list_grants(&self) -> BoxFuture<'_, Result<Vec<Grant>, HostToolError>> {
