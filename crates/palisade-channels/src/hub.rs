@@ -448,8 +448,14 @@ impl Hub {
                 Err(error) => ClickAnswer::Refused(error.to_string()),
             };
         }
-        self.decide(approval.id, identity, data.button.choice(), None)
-            .await
+        self.decide(
+            approval.id,
+            identity,
+            data.button.choice(),
+            None,
+            Some(&data.token),
+        )
+        .await
     }
 
     async fn on_comment(
@@ -468,6 +474,7 @@ impl Hub {
             Self::identity(channel, user),
             Choice::Deny,
             Some(text.to_string()),
+            Some(token),
         )
         .await
     }
@@ -478,6 +485,7 @@ impl Hub {
         identity: ApproverIdentity,
         choice: Choice,
         comment: Option<String>,
+        card_token: Option<&str>,
     ) -> ClickAnswer {
         let engine = self.inner.engine.clone();
         let decided = tokio::task::spawn_blocking(move || {
@@ -487,7 +495,14 @@ impl Hub {
         match decided {
             Ok(Ok(approval)) => {
                 self.inner.wake.notify_one();
-                ClickAnswer::Done(outcome_line(&approval))
+                let text = outcome_line(&approval);
+                match card_token {
+                    Some(token) => ClickAnswer::Decided {
+                        text,
+                        card: Box::new(Card::new(&approval, token)),
+                    },
+                    None => ClickAnswer::Done(text),
+                }
             }
             Ok(Err(ApprovalError::NotAnApprover { agent, .. })) => ClickAnswer::Refused(format!(
                 "You are not an approver of agent {agent}; nothing was decided."
@@ -503,12 +518,15 @@ impl Hub {
             let answer = match command {
                 Ok((id, choice, comment)) => {
                     let answer = self
-                        .decide(id, Self::identity(&channel, &message.user), choice, comment)
+                        .decide(
+                            id,
+                            Self::identity(&channel, &message.user),
+                            choice,
+                            comment,
+                            None,
+                        )
                         .await;
-                    match answer {
-                        ClickAnswer::Done(text) | ClickAnswer::Refused(text) => text,
-                        ClickAnswer::AskComment { .. } => String::new(),
-                    }
+                    answer.text().to_string()
                 }
                 Err(usage) => usage,
             };
