@@ -27,7 +27,10 @@ mod process;
 mod upstream;
 
 pub use ca::{ServerIdentity, TestCa, DEFAULT_SERVER_NAMES};
-pub use chat::{CallbackAnswer, FakeTelegram, TelegramMessage};
+pub use chat::{
+    slack_dm, slack_signature, CallbackAnswer, FakeSlack, FakeTelegram, SlackEphemeral,
+    SlackMessage, SlackView, TelegramMessage, SLACK_BOT_USER,
+};
 pub use clients::{
     curl, free_port, output_text, python, run_with_timeout, wait_for_tcp, wait_until,
 };

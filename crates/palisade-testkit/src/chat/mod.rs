@@ -4,8 +4,15 @@
 //!
 //! - [`FakeTelegram`]: the Bot API (`getMe`, long-polled `getUpdates`, `sendMessage`,
 //!   `editMessageText`, `answerCallbackQuery`) under `/bot<TOKEN>/METHOD`.
+//! - [`FakeSlack`]: the Web API and Socket Mode (envelopes and acknowledgements), and
+//!   the payloads and signatures of the Events API over HTTPS.
 
 mod server;
+mod slack;
 mod telegram;
+mod ws;
 
+pub use slack::{
+    slack_dm, slack_signature, FakeSlack, SlackEphemeral, SlackMessage, SlackView, SLACK_BOT_USER,
+};
 pub use telegram::{CallbackAnswer, FakeTelegram, TelegramMessage};
