@@ -19,9 +19,11 @@
 pub mod card;
 pub mod channel;
 pub mod config;
+pub mod discord;
 pub mod endpoints;
 pub mod http;
 pub mod hub;
+pub mod replay;
 pub mod slack;
 pub mod telegram;
 pub mod ws;

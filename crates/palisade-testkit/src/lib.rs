@@ -28,8 +28,9 @@ mod upstream;
 
 pub use ca::{ServerIdentity, TestCa, DEFAULT_SERVER_NAMES};
 pub use chat::{
-    slack_dm, slack_signature, CallbackAnswer, FakeSlack, FakeTelegram, SlackEphemeral,
-    SlackMessage, SlackView, TelegramMessage, SLACK_BOT_USER,
+    discord_dm, slack_dm, slack_signature, CallbackAnswer, DiscordCallback, DiscordMessage,
+    FakeDiscord, FakeSlack, FakeTelegram, SlackEphemeral, SlackMessage, SlackView, TelegramMessage,
+    DISCORD_APPLICATION, DISCORD_BOT_USER, DISCORD_HEARTBEAT_MS, SLACK_BOT_USER,
 };
 pub use clients::{
     curl, free_port, output_text, python, run_with_timeout, wait_for_tcp, wait_until,

@@ -72,7 +72,7 @@ pub struct Slack {
     /// View id → the card and user a comment modal asks.
     prompts: Arc<Mutex<HashMap<String, Prompt>>>,
     seen_events: Mutex<VecDeque<String>>,
-    seen_requests: signature::SeenRequests,
+    seen_requests: crate::replay::SeenRequests,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -136,7 +136,7 @@ impl Slack {
             inbox: Mutex::default(),
             prompts: Arc::default(),
             seen_events: Mutex::default(),
-            seen_requests: signature::SeenRequests::default(),
+            seen_requests: crate::replay::SeenRequests::new(signature::WINDOW_SECONDS),
         })
     }
 
@@ -419,8 +419,14 @@ impl Slack {
             signature::verify(secret.expose().as_bytes(), timestamp, signature, body, now)
                 .and_then(|()| {
                     let seconds = timestamp.and_then(|t| t.trim().parse().ok()).unwrap_or(now);
-                    self.seen_requests
+                    if self
+                        .seen_requests
                         .first_time(signature.unwrap_or_default(), seconds, now)
+                    {
+                        Ok(())
+                    } else {
+                        Err(signature::SignatureError::Replayed)
+                    }
                 });
         if let Err(error) = checked {
             tracing::warn!(channel = %self.name, %error, "refused a request to the Slack endpoint");

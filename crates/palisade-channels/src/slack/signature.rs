@@ -8,13 +8,9 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::collections::HashMap;
-use std::sync::Mutex;
 
 /// How far a request's timestamp may be from now.
 pub const WINDOW_SECONDS: i64 = 300;
-/// Signatures remembered for replay detection (the oldest go first beyond this).
-const MAX_REMEMBERED: usize = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
@@ -73,39 +69,6 @@ pub fn verify(
         .map_err(|_| SignatureError::Mismatch)
 }
 
-/// Signatures taken in the last window, so the same signed request is taken once.
-#[derive(Default)]
-pub struct SeenRequests {
-    seen: Mutex<HashMap<String, i64>>,
-}
-
-impl SeenRequests {
-    /// Records `signature` (checked already) at `timestamp`; `Replayed` if it was there.
-    pub fn first_time(
-        &self,
-        signature: &str,
-        timestamp_seconds: i64,
-        now_seconds: i64,
-    ) -> Result<(), SignatureError> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.retain(|_, at| (now_seconds - *at).abs() <= WINDOW_SECONDS);
-        if seen.contains_key(signature) {
-            return Err(SignatureError::Replayed);
-        }
-        if seen.len() >= MAX_REMEMBERED {
-            if let Some(oldest) = seen
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(k, _)| k.clone())
-            {
-                seen.remove(&oldest);
-            }
-        }
-        seen.insert(signature.to_string(), timestamp_seconds);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,11 +123,8 @@ mod tests {
             Err(SignatureError::Stale)
         );
         assert!(verify(SECRET, Some("1000"), Some(&signature), body, 1000 + 300).is_ok());
-        let seen = SeenRequests::default();
-        assert_eq!(seen.first_time(&signature, 1000, 1000), Ok(()));
-        assert_eq!(
-            seen.first_time(&signature, 1000, 1001),
-            Err(SignatureError::Replayed)
-        );
+        let seen = crate::replay::SeenRequests::new(WINDOW_SECONDS);
+        assert!(seen.first_time(&signature, 1000, 1000));
+        assert!(!seen.first_time(&signature, 1000, 1001));
     }
 }
