@@ -29,16 +29,9 @@ pub(crate) fn holds() -> Arc<Holds> {
 pub(crate) async fn request(
     inner: &HostInner,
     message: &InboundMessage,
-    input: &serde_json::Value,
+    action: &str,
+    details: &str,
 ) -> (bool, String) {
-    let text = |key: &str| {
-        input
-            .get(key)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (action, details) = (text("action"), text("details"));
     if action.trim().is_empty() {
         return (false, "request_approval needs an \"action\" string".into());
     }
@@ -69,34 +62,43 @@ pub(crate) async fn request(
             .collect::<String>()
     );
     let timeout = agent_timeout(inner, &agent).await;
-    let engine = inner.engine.clone();
-    let summary = palisade_approvals::summary::action(agent.as_str(), &action, &details);
+    let summary = palisade_approvals::summary::action(agent.as_str(), action, details);
     let context = serde_json::json!({
         "message_id": message.id,
         "session_id": message.session_id,
-        "action": palisade_approvals::summary::one_line(&action, 200),
+        "action": palisade_approvals::summary::one_line(action, 200),
     });
-    let asked = tokio::task::spawn_blocking(move || {
-        engine.request(NewRequest {
-            kind: ApprovalKind::ToolAction,
-            agent,
-            summary,
-            context,
-            timeout,
-            holder: None,
-            request_key: Some(key),
-        })
-    })
-    .await;
+    let request = NewRequest {
+        kind: ApprovalKind::ToolAction,
+        agent,
+        summary,
+        context,
+        timeout,
+        holder: None,
+        request_key: Some(key),
+    };
+    match ask_person(inner, &mut slot, request).await {
+        Ok(outcome) => answer(outcome),
+        Err(reason) => (false, reason),
+    }
+}
+
+/// Asks a person (through the engine) and waits for the decision, its expiry or the
+/// host's shutdown, with a place in the agent's share of waiting approvals (`slot`).
+/// An approval with the same `request_key` is found again rather than asked twice, so
+/// a call repeated after a restart waits on the same card. Shutdown leaves it pending.
+pub(crate) async fn ask_person(
+    inner: &HostInner,
+    slot: &mut palisade_approvals::Slot,
+    request: NewRequest,
+) -> Result<Outcome, String> {
+    let agent = request.agent.clone();
+    let engine = inner.engine.clone();
+    let asked = tokio::task::spawn_blocking(move || engine.request(request)).await;
     let approval = match asked {
         Ok(Ok(approval)) => approval,
-        Ok(Err(error)) => {
-            return (
-                false,
-                format!("the approval could not be asked for: {error}"),
-            )
-        }
-        Err(error) => return (false, format!("the approval task failed: {error}")),
+        Ok(Err(error)) => return Err(format!("the approval could not be asked for: {error}")),
+        Err(error) => return Err(format!("the approval task failed: {error}")),
     };
     let mut decided = slot.wait_for(&approval.id);
     // Decided before we started waiting (a repeated call after a restart).
@@ -104,34 +106,37 @@ pub(crate) async fn request(
     let id = approval.id.clone();
     if let Ok(Ok(now)) = tokio::task::spawn_blocking(move || engine.get(&id)).await {
         if let Some(outcome) = Outcome::of(&now) {
-            return answer(outcome);
+            return Ok(outcome);
         }
     }
-    tracing::info!(approval = %approval.id, agent = %message.agent, "waiting for a person's approval");
+    tracing::info!(approval = %approval.id, agent = %agent, "waiting for a person's approval");
     let remaining = approval
         .expires_at_ms
         .saturating_sub(inner.engine.now_ms())
         .max(0);
     let mut shutdown = inner.shutdown.clone();
     tokio::select! {
-        outcome = &mut decided => answer(outcome.unwrap_or(Outcome::Cancelled)),
+        outcome = &mut decided => Ok(outcome.unwrap_or(Outcome::Cancelled)),
         _ = tokio::time::sleep(Duration::from_millis(remaining.unsigned_abs())) => {
             let engine = inner.engine.clone();
             let id = approval.id.clone();
             let closed = tokio::task::spawn_blocking(move || engine.close(&id, ApprovalStatus::TimedOut)).await;
             match closed {
-                Ok(Ok(closed)) => answer(Outcome::of(&closed).unwrap_or(Outcome::TimedOut)),
-                _ => answer(Outcome::TimedOut),
+                Ok(Ok(closed)) => Ok(Outcome::of(&closed).unwrap_or(Outcome::TimedOut)),
+                _ => Ok(Outcome::TimedOut),
             }
         }
         // The approval stays pending: the message is delivered again after the restart
         // and the same call finds it.
-        _ = crate::host::stopped(&mut shutdown) => (false, "the host is restarting; ask again".into()),
+        _ = crate::host::stopped(&mut shutdown) => Err("the host is restarting; ask again".into()),
     }
 }
 
 /// The agent's `approval_timeout_secs` setting, else the default.
-async fn agent_timeout(inner: &HostInner, agent: &palisade_policy::AgentName) -> Duration {
+pub(crate) async fn agent_timeout(
+    inner: &HostInner,
+    agent: &palisade_policy::AgentName,
+) -> Duration {
     let store = inner.store.clone();
     let name = agent.clone();
     let record = tokio::task::spawn_blocking(move || store.get_agent(&name)).await;

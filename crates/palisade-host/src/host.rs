@@ -224,33 +224,12 @@ impl Host {
 
     /// Follows a message's events from now on (callers check the stored reply too).
     pub fn subscribe(&self, message_id: i64) -> broadcast::Receiver<StreamEvent> {
-        let mut streams = lock(&self.inner.streams);
-        streams
-            .entry(message_id)
-            .or_insert_with(|| broadcast::channel(256).0)
-            .subscribe()
+        self.inner.subscribe(message_id)
     }
 
     /// Wakes `agent`'s worker, starting it if needed.
     pub fn wake(&self, agent: &AgentName) -> Result<(), HostError> {
-        if *self.inner.shutdown.borrow() {
-            return Err(HostError::ShuttingDown);
-        }
-        let mut agents = lock(&self.inner.agents);
-        if let Some(handle) = agents.get(agent) {
-            handle.wake.send_modify(|n| *n = n.wrapping_add(1));
-            return Ok(());
-        }
-        // New slots look at the queue first, so the wake needs no initial bump.
-        let (wake_tx, wake) = watch::channel(0u64);
-        let listener = crate::worker::bind_socket(&self.inner.config.socket_dir, agent)?;
-        agents.insert(agent.clone(), AgentHandle { wake: wake_tx });
-        let inner = Arc::clone(&self.inner);
-        let name = agent.clone();
-        self.inner
-            .tasks
-            .spawn(crate::worker::run(inner, name, wake, listener));
-        Ok(())
+        self.inner.wake(agent)
     }
 
     /// Stops every worker: runners get `shutdown`, then are killed; sockets removed.
@@ -285,6 +264,36 @@ impl Host {
 }
 
 impl HostInner {
+    /// Wakes `agent`'s worker, starting it if needed.
+    pub(crate) fn wake(self: &Arc<Self>, agent: &AgentName) -> Result<(), HostError> {
+        if *self.shutdown.borrow() {
+            return Err(HostError::ShuttingDown);
+        }
+        let mut agents = lock(&self.agents);
+        if let Some(handle) = agents.get(agent) {
+            handle.wake.send_modify(|n| *n = n.wrapping_add(1));
+            return Ok(());
+        }
+        // New slots look at the queue first, so the wake needs no initial bump.
+        let (wake_tx, wake) = watch::channel(0u64);
+        let listener = crate::worker::bind_socket(&self.config.socket_dir, agent)?;
+        agents.insert(agent.clone(), AgentHandle { wake: wake_tx });
+        let inner = Arc::clone(self);
+        let name = agent.clone();
+        self.tasks
+            .spawn(crate::worker::run(inner, name, wake, listener));
+        Ok(())
+    }
+
+    /// Follows a message's events from now on (callers check the stored reply too).
+    pub(crate) fn subscribe(&self, message_id: i64) -> broadcast::Receiver<StreamEvent> {
+        let mut streams = lock(&self.streams);
+        streams
+            .entry(message_id)
+            .or_insert_with(|| broadcast::channel(256).0)
+            .subscribe()
+    }
+
     pub(crate) fn set_warm(&self, agent: &AgentName, slot: &std::path::Path, warm: bool) {
         let mut set = lock(&self.warm);
         let key = (agent.clone(), slot.to_path_buf());

@@ -10,6 +10,7 @@
 //! - [`settings`]: an agent's model settings, instructions and memory files.
 //! - [`api`]: the local JSON API `palisade up` serves on 127.0.0.1.
 
+mod a2a;
 pub mod api;
 mod approvals;
 pub mod host;

@@ -27,10 +27,10 @@ pub use audit::{AuditEntry, AuditFilter, AuditRecord, VerifyReport};
 pub use channels::{ApprovalCard, ApproverRecord, ChannelLink, ChannelRecord, NewChannel};
 pub use home::Home;
 pub use messages::{
-    Accepted, InboundMessage, MessageStatus, OutboundMessage, ReplyOutcome, ReplyRecord,
-    SessionRecord,
+    Accepted, InboundMessage, MessageOrigin, MessageStatus, OutboundMessage, ReplyOutcome,
+    ReplyRecord, SessionRecord,
 };
-pub use records::{AgentRecord, NewRule, NewSecret, RuleRecord, SecretRecord};
+pub use records::{AgentLink, AgentRecord, NewRule, NewSecret, RuleRecord, SecretRecord};
 pub use store::{RateOutcome, Store};
 
 /// Errors from the store. Messages say what happened and what to do next; none contains a secret value.

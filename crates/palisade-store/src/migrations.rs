@@ -237,7 +237,31 @@ CREATE TABLE approval_cards (
 CREATE INDEX approval_cards_open ON approval_cards(finished, approval_id);
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+/// Compartments and agent-to-agent messages: secrets marked sensitive (never granted to,
+/// nor injected for, a research agent), the allow-list of which agent may message which
+/// (and whether each direction needs a person's approval), and where an inbound message
+/// came from when another agent sent it (the sender and the chain of agents before it,
+/// for the hop limit and cycle check), with a key so a retried turn does not send twice.
+const V5: &str = r#"
+ALTER TABLE secrets ADD COLUMN sensitive INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE agent_links (
+    from_agent_id    INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    to_agent_id      INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    approve_outbound INTEGER NOT NULL DEFAULT 0,
+    approve_inbound  INTEGER NOT NULL DEFAULT 0,
+    created_at_ms    INTEGER NOT NULL,
+    PRIMARY KEY (from_agent_id, to_agent_id)
+) WITHOUT ROWID;
+CREATE INDEX agent_links_to ON agent_links(to_agent_id);
+
+ALTER TABLE inbound_messages ADD COLUMN origin TEXT;
+ALTER TABLE inbound_messages ADD COLUMN origin_key TEXT;
+CREATE UNIQUE INDEX inbound_messages_origin_key ON inbound_messages(origin_key)
+    WHERE origin_key IS NOT NULL;
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -12,6 +12,7 @@ mod agents;
 mod approvals;
 mod audit;
 mod channels;
+mod links;
 mod messages;
 mod policy;
 mod rate;

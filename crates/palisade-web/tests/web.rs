@@ -743,6 +743,7 @@ async fn no_page_ever_contains_a_secret_value() {
             value: SecretValue::new(SECRET_VALUE.into()),
             agents: vec![AgentName::new("helper").unwrap()],
             priority: 0,
+            sensitive: false,
         })
         .unwrap();
     let id = web.pending_approval("use mail-token");

@@ -1106,3 +1106,121 @@ fn sanitize_shows_what_a_receiving_agent_gets() {
     // It needs no home.
     assert!(!palisade.home().exists());
 }
+
+/// Compartments are enforced when configured: a sensitive secret is never granted to a
+/// research agent (on create, on grant, or by turning its holder into a research agent),
+/// each refusal one line that names the conflict, and nothing is written.
+#[test]
+fn sensitive_secrets_stay_out_of_research_agents() {
+    let palisade = Palisade::new();
+    palisade.run(&["agents", "create", "scout"]).ok();
+    palisade
+        .run(&["agents", "create", "mailer", "--profile", "action"])
+        .ok();
+    palisade
+        .run_with_stdin(
+            &[
+                "secrets",
+                "create",
+                "--name",
+                "gmail",
+                "--host-pattern",
+                "gmail.googleapis.com",
+                "--inject",
+                "bearer",
+                "--sensitive",
+                "--agent",
+                "scout",
+            ],
+            Some(b"tok"),
+        )
+        .refused("research agents read the internet");
+    assert!(palisade
+        .run(&["secrets", "list", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
+    palisade
+        .run_with_stdin(
+            &[
+                "secrets",
+                "create",
+                "--name",
+                "gmail",
+                "--host-pattern",
+                "gmail.googleapis.com",
+                "--inject",
+                "bearer",
+                "--sensitive",
+                "--agent",
+                "mailer",
+            ],
+            Some(b"tok"),
+        )
+        .ok();
+    palisade
+        .run(&["secrets", "grant", "gmail", "--agent", "scout"])
+        .refused("is sensitive and agent scout has the research profile");
+    palisade
+        .run(&["agents", "edit", "mailer", "--profile", "research"])
+        .refused("holds the sensitive secret gmail");
+    let list = palisade.run(&["secrets", "list", "--json"]).ok().json();
+    assert_eq!(list[0]["sensitive"], true);
+    assert_eq!(list[0]["agents"], serde_json::json!(["mailer"]));
+    let mailer = palisade
+        .run(&["agents", "show", "mailer", "--json"])
+        .ok()
+        .json();
+    assert_eq!(mailer["profile"], "action");
+}
+
+/// The agent-to-agent allow-list: nothing by default, entries with their approval
+/// directions, bad input refused in one line.
+#[test]
+fn agents_allow_disallow_and_links() {
+    let palisade = Palisade::new();
+    palisade.run(&["agents", "create", "a"]).ok();
+    palisade.run(&["agents", "create", "b"]).ok();
+    assert!(palisade
+        .run(&["agents", "links", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let link = palisade
+        .run(&[
+            "agents",
+            "allow",
+            "a",
+            "--to",
+            "b",
+            "--approve",
+            "inbound",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(link["approve_inbound"], true);
+    assert_eq!(link["approve_outbound"], false);
+    palisade
+        .run(&["agents", "allow", "a", "--to", "b", "--approve", "sideways"])
+        .refused("use outbound, inbound or both");
+    palisade
+        .run(&["agents", "allow", "a", "--to", "a"])
+        .refused("message itself");
+    palisade
+        .run(&["agents", "allow", "a", "--to", "nobody"])
+        .refused("nobody");
+    let links = palisade
+        .run(&["agents", "links", "b", "--json"])
+        .ok()
+        .json();
+    assert_eq!(links.as_array().unwrap().len(), 1);
+    palisade.run(&["agents", "disallow", "a", "--to", "b"]).ok();
+    palisade
+        .run(&["agents", "disallow", "a", "--to", "b"])
+        .refused("not found");
+}

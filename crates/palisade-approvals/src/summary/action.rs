@@ -26,6 +26,27 @@ pub fn action(agent: &str, action: &str, details: &str) -> Summary {
     }
 }
 
+/// A message between agents waiting for a person: who sends it to whom, and the text
+/// as the receiving agent would get it (already sanitized by the host).
+pub fn agent_message(from: &str, to: &str, sanitized: &str, inbound: bool) -> Summary {
+    let title = if inbound {
+        one_line(&format!("Message for {to} from agent {from}"), TITLE_CHARS)
+    } else {
+        one_line(&format!("Agent {from} wants to message {to}"), TITLE_CHARS)
+    };
+    let lines = text_lines(sanitized, MAX_LINES, LINE_CHARS, EXCERPT_CHARS);
+    let mut detail = format!(
+        "From agent {from} to agent {to}; the text as {to} would receive it (sanitized):\n\n"
+    );
+    detail.push_str(&text_lines(sanitized, 200, LINE_CHARS, DETAIL_CHARS).join("\n"));
+    truncate_chars(&mut detail, DETAIL_CHARS);
+    Summary {
+        title,
+        lines,
+        detail,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,23 @@ pub trait HostTools: Send + Sync {
             ))
         })
     }
+
+    /// Sends `text` to another agent (if this agent's allow-list lets it) and, when
+    /// `wait` is true, waits for that agent's answer, which comes back quoted, labelled
+    /// and sanitized.
+    fn message_agent<'a>(
+        &'a self,
+        agent: &'a str,
+        text: &'a str,
+        wait: bool,
+    ) -> BoxFuture<'a, Result<String, HostToolError>> {
+        let _ = (agent, text, wait);
+        Box::pin(async {
+            Err(HostToolError(
+                "other agents cannot be reached here: no host is connected".into(),
+            ))
+        })
+    }
 }
 
 /// Host tools kept in memory: messages are collected, memory is a string.

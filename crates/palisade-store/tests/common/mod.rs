@@ -41,6 +41,7 @@ pub fn new_secret(name: &str, value: &str, agents: &[&str]) -> NewSecret {
         value: SecretValue::new(value.to_string()),
         agents: agents.iter().map(|a| agent(a)).collect(),
         priority: 0,
+        sensitive: false,
     }
 }
 

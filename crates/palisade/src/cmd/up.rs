@@ -317,6 +317,8 @@ fn first_start(store: &palisade_store::Store, home: &Home, args: &UpArgs) -> any
         value: key,
         agents,
         priority: 0,
+        // The model key: every agent, research ones too, needs it to think.
+        sensitive: false,
     })?;
     eprintln!("palisade: stored the Anthropic API key in the vault as secret `{ANTHROPIC_SECRET}`, granted to `{DEFAULT_AGENT}`");
     Ok(())
