@@ -25,9 +25,11 @@
 use crate::card::{new_token, outcome_line, CallbackData, Card};
 use crate::channel::{Channel, ClickAnswer, Inbound, Incoming, PlatformUser};
 use palisade_approvals::{
-    ApprovalError, ApprovalStatus, ApproverIdentity, Button, Choice, Engine, Event,
+    ApprovalError, ApprovalKind, ApprovalStatus, ApproverIdentity, Button, Choice, Engine, Event,
+    NewRequest,
 };
 use palisade_host::{Host, StreamEvent};
+use palisade_policy::AgentName;
 use palisade_store::{ApprovalCard, AuditFilter, Store};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -47,10 +49,14 @@ const NOTICE_DEBOUNCE: Duration = Duration::from_secs(600);
 const MAX_HANDLERS: usize = 64;
 /// Pending approvals looked at per reconciliation.
 const MAX_PENDING: usize = 500;
+/// Notice keys remembered at most (older ones are dropped when their window ends).
+const MAX_NOTICE_KEYS: usize = 10_000;
+/// How long an access request from a stranger waits for a person.
+const ACCESS_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// A card that could not be posted is tried again after this long.
 const REPOST_AFTER: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelState {
     Connecting,
@@ -58,7 +64,7 @@ pub enum ChannelState {
     Failing,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ChannelStatus {
     pub name: String,
     pub platform: String,
@@ -538,34 +544,9 @@ impl Hub {
             }
             return;
         }
-        let store = self.inner.store.clone();
-        let (name, chat, user) = (
-            channel.name().to_string(),
-            message.chat.clone(),
-            message.user.id.clone(),
-        );
-        let routed = blocking(move || {
-            let Some(agent) = store.linked_agent(&name, &chat)? else {
-                return Ok(None);
-            };
-            let allowed = store.find_approver(&agent, &name, &user)?.is_some();
-            Ok(Some((agent, allowed)))
-        })
-        .await;
-        let agent = match routed {
-            Ok(Some((agent, true))) => agent,
-            Ok(Some((agent, false))) => {
-                tracing::info!(channel = channel.name(), chat = %message.chat, user = %message.user.id, %agent, "a message from someone not allowed to talk to this agent; dropped");
-                return;
-            }
-            Ok(None) => {
-                tracing::info!(channel = channel.name(), chat = %message.chat, user = %message.user.id, "a message in a chat linked to no agent; dropped");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(channel = channel.name(), %error, "cannot route a message");
-                return;
-            }
+        let agent = match self.route(&channel, &message).await {
+            Some(agent) => agent,
+            None => return,
         };
         let conversation = match &message.thread {
             Some(thread) => format!("{}:{}:{}", channel.name(), message.chat, thread),
@@ -627,6 +608,154 @@ impl Hub {
                 _ => {}
             }
         }
+    }
+
+    /// The agent a message goes to, or `None` when it is dropped (a chat linked to no
+    /// agent, someone not allowed to talk to it). A stranger's message starts an access
+    /// request to the agent's approvers when the channel says so
+    /// (`--unknown-senders ask`); it is never delivered itself.
+    async fn route(&self, channel: &Arc<dyn Channel>, message: &Inbound) -> Option<AgentName> {
+        let store = self.inner.store.clone();
+        let (name, chat, user, direct) = (
+            channel.name().to_string(),
+            message.chat.clone(),
+            message.user.id.clone(),
+            message.direct,
+        );
+        let routed = blocking(move || {
+            let settings = store.get_channel(&name)?.settings;
+            let access = AccessSetting::of(&settings);
+            let agent = match store.linked_agent(&name, &chat)? {
+                Some(agent) => agent,
+                // A direct message in an unlinked chat goes to the channel's access
+                // agent, if it has one.
+                None => match access.agent.filter(|_| direct) {
+                    Some(agent) => agent,
+                    None => return Ok(Route::Unlinked),
+                },
+            };
+            if store.may_talk(&agent, &name, &user)? {
+                return Ok(Route::Deliver(agent));
+            }
+            Ok(if access.ask {
+                Route::Stranger(agent)
+            } else {
+                Route::Refused(agent)
+            })
+        })
+        .await;
+        match routed {
+            Ok(Route::Deliver(agent)) => Some(agent),
+            Ok(Route::Stranger(agent)) => self.ask_access(channel, message, agent).await,
+            Ok(Route::Refused(agent)) => {
+                tracing::info!(channel = channel.name(), chat = %message.chat, user = %message.user.id, %agent, "a message from someone not allowed to talk to this agent; dropped");
+                None
+            }
+            Ok(Route::Unlinked) => {
+                tracing::info!(channel = channel.name(), chat = %message.chat, user = %message.user.id, "a message in a chat linked to no agent; dropped");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(channel = channel.name(), %error, "cannot route a message");
+                None
+            }
+        }
+    }
+
+    /// Asks the agent's approvers whether this stranger may talk to it (one request per
+    /// person, agent and channel: asking again finds the same one). The message is
+    /// delivered only if that request was already approved.
+    async fn ask_access(
+        &self,
+        channel: &Arc<dyn Channel>,
+        message: &Inbound,
+        agent: AgentName,
+    ) -> Option<AgentName> {
+        let summary = palisade_approvals::summary::access_request(
+            agent.as_str(),
+            channel.name(),
+            channel.platform().title(),
+            &message.user.id,
+            &message.user.name,
+            &message.text,
+        );
+        let request = NewRequest {
+            kind: ApprovalKind::AccessRequest,
+            agent: agent.clone(),
+            summary,
+            context: serde_json::json!({
+                "channel": channel.name(),
+                "platform": channel.platform().as_str(),
+                "user_id": message.user.id,
+                "display_name": palisade_approvals::summary::one_line(&message.user.name, 64),
+                "chat": message.chat,
+            }),
+            timeout: ACCESS_TIMEOUT,
+            holder: None,
+            request_key: Some(format!(
+                "access:{}:{}:{}",
+                channel.name(),
+                message.user.id,
+                agent
+            )),
+        };
+        let engine = self.inner.engine.clone();
+        let requested = tokio::task::spawn_blocking(move || engine.request(request)).await;
+        let approval = match requested {
+            Ok(Ok(approval)) => approval,
+            Ok(Err(error)) => {
+                tracing::warn!(channel = channel.name(), %error, "cannot ask for a stranger's access");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        match approval.status {
+            ApprovalStatus::Approved => {
+                // Admitted (if the engine could not record it when it was decided).
+                let store = self.inner.store.clone();
+                let (name, user, shown) = (
+                    channel.name().to_string(),
+                    message.user.id.clone(),
+                    palisade_approvals::summary::one_line(&message.user.name, 64),
+                );
+                let admitted = agent.clone();
+                let _ = blocking(move || store.add_sender(&admitted, &name, &user, &shown)).await;
+                Some(agent)
+            }
+            ApprovalStatus::Pending => {
+                tracing::info!(channel = channel.name(), user = %message.user.id, %agent, approval = %approval.id, "a stranger asks to talk to an agent; its approvers are asked");
+                self.inner.wake.notify_one();
+                let key = format!("access|{}|{}|{agent}", channel.name(), message.user.id);
+                if self.first_notice(key) {
+                    let text = format!(
+                        "Your message was not delivered: you may not talk to agent {agent} yet. Its owner has been asked (request {}).",
+                        approval.id
+                    );
+                    let _ = channel
+                        .send_message(&message.chat, message.thread.as_deref(), &text)
+                        .await;
+                }
+                None
+            }
+            _ => {
+                tracing::info!(channel = channel.name(), user = %message.user.id, %agent, "a stranger whose access request was refused or expired wrote again; dropped");
+                None
+            }
+        }
+    }
+
+    /// Whether a notice with this key was not sent in the debounce window (and records
+    /// it as sent now).
+    fn first_notice(&self, key: String) -> bool {
+        let mut notices = lock(&self.inner.notices);
+        notices.retain(|_, at| at.elapsed() < NOTICE_DEBOUNCE);
+        if notices.contains_key(&key) {
+            return false;
+        }
+        if notices.len() < MAX_NOTICE_KEYS {
+            notices.insert(key, Instant::now());
+        }
+        true
     }
 
     async fn send_stored_reply(&self, channel: &Arc<dyn Channel>, message: &Inbound, id: i64) {
@@ -853,13 +982,8 @@ impl Hub {
                         .or_else(|| entry.host.clone())
                         .unwrap_or_default()
                 );
-                {
-                    let mut notices = lock(&self.inner.notices);
-                    notices.retain(|_, at| at.elapsed() < NOTICE_DEBOUNCE);
-                    if notices.contains_key(&key) {
-                        continue;
-                    }
-                    notices.insert(key, Instant::now());
+                if !self.first_notice(key) {
+                    continue;
                 }
                 let request = format!(
                     "{} {}{}",
@@ -896,6 +1020,36 @@ impl Hub {
                     tracing::warn!(channel = channel.name(), %error, "could not send a notice");
                 }
             }
+        }
+    }
+}
+
+/// Where a message goes.
+enum Route {
+    Deliver(AgentName),
+    /// From someone not allowed to talk to this agent, on a channel that asks.
+    Stranger(AgentName),
+    /// From someone not allowed to talk to this agent.
+    Refused(AgentName),
+    Unlinked,
+}
+
+/// What a channel does with strangers (settings `unknown_senders` and `access_agent`).
+pub struct AccessSetting {
+    /// `unknown_senders` is `ask` (else strangers are dropped).
+    pub ask: bool,
+    /// Where strangers' direct messages in unlinked chats ask to go.
+    pub agent: Option<AgentName>,
+}
+
+impl AccessSetting {
+    pub fn of(settings: &serde_json::Value) -> AccessSetting {
+        AccessSetting {
+            ask: settings.get("unknown_senders").and_then(|v| v.as_str()) == Some("ask"),
+            agent: settings
+                .get("access_agent")
+                .and_then(|v| v.as_str())
+                .and_then(|name| AgentName::new(name).ok()),
         }
     }
 }

@@ -10,6 +10,8 @@
 //!   linked chats to agents and replies back, cards for pending approvals to each
 //!   approver, decisions through the approval engine, cards edited when decided, and
 //!   owner notices when a request is blocked or rate-limited.
+//! - [`manage`]: adding, linking, approvers and allowed senders, for the CLI and the
+//!   web UI alike.
 //! - [`config`]: a stored channel (settings + sealed credentials) as a running one.
 //! - One module per platform: [`slack`], [`telegram`], [`discord`].
 //! - [`endpoints`]: the HTTP endpoints Slack and Discord call, signature-checked.
@@ -23,6 +25,7 @@ pub mod discord;
 pub mod endpoints;
 pub mod http;
 pub mod hub;
+pub mod manage;
 pub mod replay;
 pub mod slack;
 pub mod telegram;

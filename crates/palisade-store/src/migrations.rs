@@ -261,7 +261,21 @@ CREATE UNIQUE INDEX inbound_messages_origin_key ON inbound_messages(origin_key)
     WHERE origin_key IS NOT NULL;
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+/// People allowed to talk to an agent on a channel without deciding its approvals
+/// (an approved access request, or `palisade channels allow`).
+const V6: &str = r#"
+CREATE TABLE channel_senders (
+    id            INTEGER PRIMARY KEY,
+    agent_id      INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    channel_id    INTEGER NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+    user_id       TEXT NOT NULL,
+    display_name  TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    UNIQUE (agent_id, channel_id, user_id)
+);
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -18,6 +18,7 @@ mod policy;
 mod rate;
 mod rules;
 mod secrets;
+mod senders;
 
 use crate::audit::AuditEntry;
 use crate::crypto::MasterKey;
