@@ -321,3 +321,129 @@ fn a_held_request_is_decided_from_slack_and_every_card_follows() {
         .all(|r| !String::from_utf8_lossy(&r.body).contains("ignore your rules")));
     world.down(host);
 }
+
+/// The agent's bash tool sending an e-mail through the Gmail API (`messages.send` with
+/// a base64url RFC 822 `raw`), reached at the test server as gmail.googleapis.com.
+fn gmail_send(port: u16) -> serde_json::Value {
+    let command = format!(
+        "raw=$(printf 'To: team@example.com\\r\\nSubject: Quarterly numbers\\r\\nContent-Type: text/plain\\r\\n\\r\\nNumbers attached, see you Monday.\\r\\n' | base64 -w0 | tr '+/' '-_' | tr -d '='); \
+         env -u NO_PROXY -u no_proxy curl -sS --max-time 100 -H 'content-type: application/json' \
+         --data-binary \"{{\\\"raw\\\":\\\"$raw\\\"}}\" https://gmail.googleapis.com:{port}/gmail/v1/users/me/messages/send"
+    );
+    serde_json::json!({ "command": command })
+}
+
+fn get(url: &str) -> serde_json::Value {
+    serde_json::json!({ "command": format!("env -u NO_PROXY -u no_proxy curl -sS --max-time 100 {url}") })
+}
+
+#[test]
+#[rustfmt::skip]
+fn a_held_gmail_send_expiry_and_always_allow_across_slack_and_telegram() {
+    let world = world();
+    let gmail = palisade_testkit::Upstream::builder()
+        .name("gmail.googleapis.com")
+        .start(&world.ca)
+        .expect("the fake Gmail API");
+    let telegram = FakeTelegram::start("123:tg-token").expect("fake telegram");
+    let slack = FakeSlack::start("xoxb-fake-bot-7d2e", "xapp-fake-app-91ac").expect("fake slack");
+    channels(&world, &telegram, &slack);
+    let palisade = &world.palisade;
+    for rule in [
+        vec!["--name", "mail", "--host-pattern", "gmail.googleapis.com", "--path-pattern", "/gmail/v1/users/*/messages/send", "--method", "POST"],
+        vec!["--name", "slow", "--host-pattern", "localhost", "--path-pattern", "/expire/*", "--approval-timeout", "3s"],
+        vec!["--name", "ask-always", "--host-pattern", "localhost", "--path-pattern", "/always/*"],
+    ] {
+        let mut args = vec!["rules", "create", "--action", "require_approval"];
+        args.extend(rule);
+        ok(palisade.run(&args));
+    }
+    world.upstream.script_anthropic(vec![
+        ScriptedTurn::tool_use("bash", gmail_send(gmail.port())),
+        ScriptedTurn::text("Mail sent."),
+        ScriptedTurn::tool_use("bash", get(&world.upstream.url("/expire/x"))),
+        ScriptedTurn::text("It expired."),
+        ScriptedTurn::tool_use("bash", get(&world.upstream.url("/always/same"))),
+        ScriptedTurn::tool_use("bash", get(&world.upstream.url("/always/same"))),
+        ScriptedTurn::tool_use("bash", get(&world.upstream.url("/always/other"))),
+        ScriptedTurn::text("Done."),
+    ]);
+    let host = world.up_with(&[
+        "--upstream-resolve", "gmail.googleapis.com=127.0.0.1",
+        "--allow-local-upstream", "gmail.googleapis.com",
+    ]);
+    wait_until("Slack Socket Mode never connected", &host, || slack.connections() > 0);
+    let dm = slack_dm(BOB);
+
+    // 1. The e-mail, summarised on both platforms; Ana approves on Telegram.
+    slack.user_writes(BOB, &dm, "send the quarterly mail");
+    let bob_card = slack
+        .wait_for_message(&dm, WAIT, |m| m.has_buttons())
+        .unwrap_or_else(|| panic!("no Slack card: {}", host.stderr()));
+    let ana_card = telegram
+        .wait_for_message(ANA, WAIT, |m| m.has_buttons())
+        .unwrap_or_else(|| panic!("no Telegram card: {}", host.stderr()));
+    for text in [bob_card.block_text(), ana_card.text.clone()] {
+        assert!(text.contains("Send e-mail to team@example.com: \"Quarterly numbers\""), "{text}");
+        assert!(text.contains("Numbers attached, see you Monday."), "{text}");
+    }
+    assert_eq!(gmail.count(), 0, "nothing is sent before a decision");
+    let press = telegram.user_presses(ANA, "Ana", ANA, ana_card.message_id, &ana_card.button("Approve once").unwrap());
+    assert!(telegram.wait_for_answer(&press, WAIT).unwrap().text.contains("Approved by Ana"));
+    assert!(gmail.wait_for_count(1, WAIT), "the mail never left: {}", host.stderr());
+    let updated = slack
+        .wait_for_message(&dm, WAIT, |m| m.ts == bob_card.ts && m.edits > 0)
+        .expect("Bob's card updated");
+    assert!(updated.block_text().contains("Approved by Ana (Telegram, tg)"), "{}", updated.block_text());
+    slack.wait_for_message(&dm, WAIT, |m| m.text == "Mail sent.").expect("the reply");
+    assert_eq!(gmail.count(), 1, "exactly once");
+    let raw = gmail.last_request().unwrap().body_json().unwrap()["raw"].as_str().unwrap().to_string();
+    assert!(!raw.is_empty(), "the body approved is the body sent");
+
+    // 2. Nobody decides: the approval expires, is denied, and every card says so.
+    slack.user_writes(BOB, &dm, "try the slow one");
+    let slow = slack
+        .wait_for_message(&dm, WAIT, |m| m.has_buttons() && m.block_text().contains("/expire/x"))
+        .unwrap_or_else(|| panic!("no card for the slow one: {}", host.stderr()));
+    let ana_slow = telegram
+        .wait_for_message(ANA, WAIT, |m| m.has_buttons() && m.text.contains("/expire/x"))
+        .expect("Ana's card for the slow one");
+    let expired = slack
+        .wait_for_message(&dm, WAIT, |m| m.ts == slow.ts && m.edits > 0)
+        .expect("Bob's card edited on expiry");
+    assert!(expired.block_text().contains("Expired, denied") && !expired.has_buttons(), "{}", expired.block_text());
+    let ana_expired = telegram
+        .wait_for_message(ANA, WAIT, |m| m.message_id == ana_slow.message_id && m.edits > 0)
+        .expect("Ana's card edited on expiry");
+    assert!(ana_expired.text.contains("Expired, denied") && !ana_expired.has_buttons());
+    slack.wait_for_message(&dm, WAIT, |m| m.text == "It expired.").expect("the reply after expiry");
+    assert!(world.model_requests().iter().any(|r| String::from_utf8_lossy(&r.body).contains("approval_timed_out")));
+    assert_eq!(arrived(&world, "/expire/"), 0);
+    // A press on the expired card is told so.
+    slack.user_clicks(BOB, "Bob", &slow, &slow.button("Approve once").unwrap());
+    slack.wait_for_ephemeral(BOB, WAIT, |e| e.text.contains("already decided") || e.text.contains("expired"))
+        .expect("a late press on an expired card answered");
+
+    // 3. "Always allow" lets the same request through from then on, not another path.
+    slack.user_writes(BOB, &dm, "and the always ones");
+    let always = slack
+        .wait_for_message(&dm, WAIT, |m| m.has_buttons() && m.block_text().contains("/always/same"))
+        .unwrap_or_else(|| panic!("no card for /always/same: {}", host.stderr()));
+    slack.user_clicks(BOB, "Bob", &always, &always.button("Always allow").unwrap());
+    wait_until("the second identical request did not pass", &host, || arrived(&world, "/always/same") == 2);
+    let other = slack
+        .wait_for_message(&dm, WAIT, |m| m.has_buttons() && m.block_text().contains("/always/other"))
+        .unwrap_or_else(|| panic!("another path was not asked about: {}", host.stderr()));
+    assert_eq!(
+        slack.messages_in(&dm).iter().filter(|m| m.block_text().contains("/always/same")).count(),
+        1,
+        "the same request was not asked about again"
+    );
+    let rules = ok(palisade.run(&["rules", "list", "--json"]));
+    let rules = String::from_utf8_lossy(&rules.stdout).to_string();
+    assert!(rules.contains("always-allowed-") && rules.contains("/always/same"), "{rules}");
+    slack.user_clicks(BOB, "Bob", &other, &other.button("Deny").unwrap());
+    slack.wait_for_message(&dm, WAIT, |m| m.text == "Done.").expect("the last reply");
+    assert_eq!(arrived(&world, "/always/other"), 0);
+    world.down(host);
+}
