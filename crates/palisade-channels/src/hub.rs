@@ -53,6 +53,8 @@ const MAX_PENDING: usize = 500;
 const MAX_NOTICE_KEYS: usize = 10_000;
 /// How long an access request from a stranger waits for a person.
 const ACCESS_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How often replies owed to chats are looked for.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(2);
 /// A card that could not be posted is tried again after this long.
 const REPOST_AFTER: Duration = Duration::from_secs(10);
 
@@ -90,6 +92,11 @@ struct HubInner {
     /// Cards whose post failed, and when (so they are retried, but not in a loop).
     failed_posts: Mutex<HashMap<i64, Instant>>,
     notices: Mutex<HashMap<String, Instant>>,
+    /// Messages whose reply a live handler is waiting for (the others' replies are
+    /// delivered by the recovery loop, e.g. after a restart).
+    watching: Mutex<HashSet<i64>>,
+    /// Replies whose delivery failed, and when.
+    failed_replies: Mutex<HashMap<i64, Instant>>,
 }
 
 /// The running channels of a host. Cheap to clone.
@@ -125,11 +132,14 @@ impl Hub {
                 handlers: Arc::new(Semaphore::new(MAX_HANDLERS)),
                 failed_posts: Mutex::default(),
                 notices: Mutex::default(),
+                watching: Mutex::default(),
+                failed_replies: Mutex::default(),
             }),
         };
         tokio::spawn(hub.clone().supervise());
         tokio::spawn(hub.clone().reconcile_loop());
         tokio::spawn(hub.clone().notice_loop());
+        tokio::spawn(hub.clone().recovery_loop());
         hub
     }
 
@@ -571,6 +581,7 @@ impl Hub {
                 return;
             }
         };
+        let _watch = Watching::new(&self.inner.watching, accepted.message_id);
         // The reply, and what the agent sends meanwhile, go back where the message came from.
         loop {
             let event = match events.recv().await {
@@ -768,6 +779,74 @@ impl Hub {
             {
                 let store = self.inner.store.clone();
                 let _ = blocking(move || store.mark_reply_delivered(id)).await;
+            }
+        }
+    }
+
+    /// Delivers replies owed to chats that no live handler waits for: messages accepted
+    /// before a restart (or a crash) are answered after it, in the chat they came from.
+    async fn recovery_loop(self) {
+        let mut shutdown = self.inner.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RECOVERY_INTERVAL) => {}
+                _ = crate::channel::stopped(&mut shutdown) => return,
+            }
+            let channels: Vec<Arc<dyn Channel>> = {
+                let status = lock(&self.inner.status);
+                lock(&self.inner.channels)
+                    .iter()
+                    .filter(|(name, _)| {
+                        status
+                            .get(*name)
+                            .is_some_and(|s| s.state == ChannelState::Connected)
+                    })
+                    .map(|(_, running)| Arc::clone(&running.channel))
+                    .collect()
+            };
+            for channel in channels {
+                let label = format!("{}:{}", channel.platform().as_str(), channel.name());
+                let store = self.inner.store.clone();
+                let Ok(owed) = blocking(move || store.undelivered_replies(&label, 50)).await else {
+                    continue;
+                };
+                for (conversation, reply) in owed {
+                    if lock(&self.inner.watching).contains(&reply.inbound_id) {
+                        continue;
+                    }
+                    let retry = lock(&self.inner.failed_replies)
+                        .get(&reply.id)
+                        .is_none_or(|at| at.elapsed() >= REPOST_AFTER);
+                    if !retry {
+                        continue;
+                    }
+                    // `CHANNEL:CHAT[:THREAD]`, as `on_message` made it.
+                    let mut parts = conversation.splitn(3, ':');
+                    let (Some(name), Some(chat)) = (parts.next(), parts.next()) else {
+                        continue;
+                    };
+                    if name != channel.name() {
+                        continue;
+                    }
+                    let thread = parts.next();
+                    match channel.send_message(chat, thread, &reply.text).await {
+                        Ok(()) => {
+                            lock(&self.inner.failed_replies).remove(&reply.id);
+                            let store = self.inner.store.clone();
+                            let id = reply.inbound_id;
+                            let _ = blocking(move || store.mark_reply_delivered(id)).await;
+                            tracing::info!(
+                                channel = channel.name(),
+                                message = reply.inbound_id,
+                                "a reply owed from before was delivered"
+                            );
+                        }
+                        Err(error) => {
+                            lock(&self.inner.failed_replies).insert(reply.id, Instant::now());
+                            tracing::warn!(channel = channel.name(), %error, "could not deliver an owed reply; retrying later");
+                        }
+                    }
+                }
             }
         }
     }
@@ -1021,6 +1100,25 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+/// Marks a message as watched by a live handler while it lives.
+struct Watching<'a> {
+    set: &'a Mutex<HashSet<i64>>,
+    id: i64,
+}
+
+impl<'a> Watching<'a> {
+    fn new(set: &'a Mutex<HashSet<i64>>, id: i64) -> Watching<'a> {
+        lock(set).insert(id);
+        Watching { set, id }
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.id);
     }
 }
 
