@@ -4,7 +4,8 @@
 //! card however often the stranger writes; once approved, the stranger's next message
 //! reaches the agent and the reply comes back; a denied stranger never reaches it; a
 //! direct message in an unlinked chat asks for the channel's access agent only when
-//! one is set. A request the vault blocks is told to the approver once per rule.
+//! one is set. A request the vault blocks or rate-limits is told to the approver once
+//! per rule.
 
 mod host_fixture;
 
@@ -49,9 +50,15 @@ fn strangers_ask_for_access_and_blocked_requests_are_told_once() {
         "rules", "create", "--name", "no-blocked", "--host-pattern", "localhost",
         "--path-pattern", "/blocked/*", "--action", "block",
     ]));
+    ok(palisade.run(&[
+        "rules", "create", "--name", "one-a-minute", "--host-pattern", "localhost",
+        "--path-pattern", "/limited/*", "--action", "rate_limit", "--rate-limit", "1", "--rate-window", "1m",
+    ]));
     world.upstream.script_anthropic(vec![
         ScriptedTurn::tool_use("bash", curl(&world.upstream.url("/blocked/a"))),
         ScriptedTurn::tool_use("bash", curl(&world.upstream.url("/blocked/b"))),
+        ScriptedTurn::tool_use("bash", curl(&world.upstream.url("/limited/a"))),
+        ScriptedTurn::tool_use("bash", curl(&world.upstream.url("/limited/b"))),
         ScriptedTurn::text("Hello Mallory."),
     ]);
     let host = world.up();
@@ -97,6 +104,10 @@ fn strangers_ask_for_access_and_blocked_requests_are_told_once() {
     std::thread::sleep(Duration::from_secs(3));
     let notices = telegram.messages_to(ANA).iter().filter(|m| m.text.contains("was blocked")).count();
     assert_eq!(notices, 1, "debounced per rule");
+    let limited = telegram
+        .wait_for_message(ANA, WAIT, |m| m.text.contains("hit a rate limit"))
+        .unwrap_or_else(|| panic!("no notice about the rate limit: {}", host.stderr()));
+    assert!(limited.text.contains("one-a-minute"), "{}", limited.text);
 
     // Eve writes to the bot directly: no linked chat and no access agent, so dropped
     // without asking anyone; with an access agent set, Ana is asked, and a denial

@@ -353,6 +353,7 @@ fn a_held_gmail_send_expiry_and_always_allow_across_slack_and_telegram() {
         vec!["--name", "mail", "--host-pattern", "gmail.googleapis.com", "--path-pattern", "/gmail/v1/users/*/messages/send", "--method", "POST"],
         vec!["--name", "slow", "--host-pattern", "localhost", "--path-pattern", "/expire/*", "--approval-timeout", "3s"],
         vec!["--name", "ask-always", "--host-pattern", "localhost", "--path-pattern", "/always/*"],
+        vec!["--name", "ask-hourly", "--host-pattern", "localhost", "--path-pattern", "/hour/*"],
     ] {
         let mut args = vec!["rules", "create", "--action", "require_approval"];
         args.extend(rule);
@@ -367,6 +368,9 @@ fn a_held_gmail_send_expiry_and_always_allow_across_slack_and_telegram() {
         ScriptedTurn::tool_use("bash", get(&world.upstream.url("/always/same"))),
         ScriptedTurn::tool_use("bash", get(&world.upstream.url("/always/other"))),
         ScriptedTurn::text("Done."),
+        ScriptedTurn::tool_use("bash", get(&world.upstream.url("/hour/x"))),
+        ScriptedTurn::tool_use("bash", get(&world.upstream.url("/hour/x"))),
+        ScriptedTurn::text("Hourly done."),
     ]);
     let host = world.up_with(&[
         "--upstream-resolve", "gmail.googleapis.com=127.0.0.1",
@@ -445,5 +449,29 @@ fn a_held_gmail_send_expiry_and_always_allow_across_slack_and_telegram() {
     slack.user_clicks(BOB, "Bob", &other, &other.button("Deny").unwrap());
     slack.wait_for_message(&dm, WAIT, |m| m.text == "Done.").expect("the last reply");
     assert_eq!(arrived(&world, "/always/other"), 0);
+
+    // 4. "Approve for 1 h": a rule that ends an hour after the decision lets the same
+    // request through meanwhile. (That it stops after the hour is tested on the
+    // engine with an injected clock: palisade-approvals/tests/engine.rs.)
+    slack.user_writes(BOB, &dm, "and the hourly one");
+    let hourly = slack
+        .wait_for_message(&dm, WAIT, |m| m.has_buttons() && m.block_text().contains("/hour/x"))
+        .unwrap_or_else(|| panic!("no card for /hour/x: {}", host.stderr()));
+    let decided_at = now_seconds() * 1000;
+    slack.user_clicks(BOB, "Bob", &hourly, &hourly.button("Approve for 1 h").unwrap());
+    wait_until("the hourly request did not pass twice", &host, || arrived(&world, "/hour/x") == 2);
+    slack.wait_for_message(&dm, WAIT, |m| m.text == "Hourly done.").expect("the hourly reply");
+    assert_eq!(slack.messages_in(&dm).iter().filter(|m| m.block_text().contains("/hour/x")).count(), 1);
+    let rules = ok(palisade.run(&["rules", "list", "--json"]));
+    let rules: serde_json::Value = serde_json::from_slice(&rules.stdout).unwrap();
+    let grant = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"].as_str().is_some_and(|n| n.starts_with("approved-1h-")))
+        .unwrap_or_else(|| panic!("no 1 h rule: {rules}"));
+    let expires = grant["expires_at_ms"].as_i64().expect("the 1 h rule expires");
+    let hour = 3_600_000;
+    assert!((expires - decided_at - hour).abs() < 60_000, "{grant}");
     world.down(host);
 }
