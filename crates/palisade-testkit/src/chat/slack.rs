@@ -31,6 +31,8 @@ pub struct SlackMessage {
     pub blocks: Option<Value>,
     pub thread_ts: Option<String>,
     pub edits: usize,
+    /// When it was posted (benchmarks).
+    pub posted_at: Instant,
 }
 
 impl SlackMessage {
@@ -497,6 +499,7 @@ fn handle(state: &Mutex<State>, method: &str, body: &Value, ws: std::net::Socket
                 blocks: body.get("blocks").cloned(),
                 thread_ts: text("thread_ts"),
                 edits: 0,
+                posted_at: Instant::now(),
             });
             json!({"ok": true, "channel": channel, "ts": ts, "message": {"type": "message", "text": message_text, "user": SLACK_BOT_USER, "ts": ts}})
         }
