@@ -112,3 +112,49 @@ fn the_dial_holds_credentialed_requests_as_set() {
         .iter()
         .any(|row| row["rule"] == "dial:writes"));
 }
+
+/// Approval fatigue: after people approve the same request again and again, `approvals
+/// suggest` proposes the narrow rule that would have spared them, nothing changes until
+/// it is accepted, and once accepted the same request goes through while another path
+/// is still held.
+#[test]
+fn approvals_suggest_proposes_what_people_keep_approving() {
+    let mut setup = Setup::new();
+    setup.start_vault(&[]);
+    let token = setup.agent("mailer");
+    setup.cli(&[
+        "rules",
+        "create",
+        "--name",
+        "ask-posts",
+        "--host-pattern",
+        "localhost",
+        "--method",
+        "POST",
+        "--action",
+        "require_approval",
+    ]);
+    for _ in 0..3 {
+        assert!(held_then_approved(&setup, &token, "POST", "/labels"));
+    }
+    assert!(held_then_approved(&setup, &token, "POST", "/other"));
+    let suggestions: Value =
+        serde_json::from_str(&setup.cli(&["--json", "approvals", "suggest"])).unwrap();
+    let list = suggestions.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{suggestions}");
+    assert_eq!(list[0]["path"], "/labels");
+    assert_eq!(list[0]["approvals"], 3);
+    // Suggesting changed nothing: the same request is still held.
+    assert!(held_then_approved(&setup, &token, "POST", "/labels"));
+    let created: Value =
+        serde_json::from_str(&setup.cli(&["--json", "approvals", "suggest", "--accept", "1"]))
+            .unwrap();
+    assert_eq!(created[0]["action"], "allow");
+    assert!(!held_then_approved(&setup, &token, "POST", "/labels"));
+    assert!(held_then_approved(&setup, &token, "POST", "/other"));
+    let bad = setup
+        .palisade
+        .run(&["approvals", "suggest", "--accept", "9"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("there is no suggestion 9"));
+}
