@@ -660,6 +660,13 @@ async fn prepare(
                 tools: settings.tools,
                 max_tool_iterations: settings.max_tool_iterations,
                 max_output_tokens: settings.max_output_tokens,
+                // Only a dial someone turned changes what web pages look like to it.
+                sanitize_web: record.settings.get("sanitize").map(|_| {
+                    palisade_policy::dial::Dial::from_settings(&record.settings)
+                        .sanitize
+                        .as_str()
+                        .to_string()
+                }),
             },
         };
         Ok((delivery, turn_timeout))
