@@ -8,12 +8,14 @@
 //! - [`launcher`]: how a runner is started; [`launcher::SandboxLauncher`] runs
 //!   `palisade runner` in the agent's sandbox.
 //! - [`settings`]: an agent's model settings, instructions and memory files.
+//! - [`folders`]: host folders shared with agents, checked when named and at launch.
 //! - [`api`]: the local JSON API `palisade up` serves on 127.0.0.1.
 
 mod a2a;
 pub mod api;
 mod approvals;
 mod delivery;
+pub mod folders;
 pub mod host;
 pub mod launcher;
 pub mod protocol;

@@ -12,12 +12,15 @@ mod agents;
 mod approvals;
 mod audit;
 mod channels;
+mod folders;
 mod links;
 mod messages;
 mod policy;
 mod rate;
 mod rules;
 mod secrets;
+
+pub use folders::validate_folder_name;
 
 use crate::audit::AuditEntry;
 use crate::crypto::MasterKey;
