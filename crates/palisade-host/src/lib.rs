@@ -8,21 +8,26 @@
 //! - [`launcher`]: how a runner is started; [`launcher::SandboxLauncher`] runs
 //!   `palisade runner` in the agent's sandbox.
 //! - [`settings`]: an agent's model settings, instructions and memory files.
+//! - [`folders`]: host folders shared with agents, checked when named and at launch.
 //! - [`api`]: the local JSON API `palisade up` serves on 127.0.0.1.
 
 mod a2a;
 pub mod api;
 mod approvals;
+mod delivery;
+pub mod folders;
 pub mod host;
 pub mod launcher;
 pub mod protocol;
+mod runner_socket;
 pub mod settings;
+mod tools;
 mod worker;
 
 pub use host::{Host, HostConfig, StreamEvent, MAX_MESSAGE_BYTES};
 pub use launcher::{RunnerLauncher, RunnerProcess, SandboxLauncher, SANDBOX_HOST_SOCKET};
+pub use runner_socket::socket_path;
 pub use settings::AgentSettings;
-pub use worker::socket_path;
 
 use palisade_policy::AgentName;
 
