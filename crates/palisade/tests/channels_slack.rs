@@ -5,7 +5,8 @@
 //! misplaced presses are refused privately; the Events API endpoint refuses bad, old
 //! and replayed signatures with 401; one approver's press lets the request through
 //! exactly once and every card says who approved; a denial's comment from a Slack
-//! modal reaches the agent; an expired approval edits every card; "always allow" lets
+//! modal reaches the agent; the Events API answers its URL check and takes a signed
+//! message event once; an expired approval edits every card; "always allow" lets
 //! the same request through without asking but still asks for another path.
 
 mod host_fixture;
@@ -197,6 +198,7 @@ fn a_held_request_is_decided_from_slack_and_every_card_follows() {
         ScriptedTurn::text("Sent after your approval."),
         ScriptedTurn::tool_use("bash", curl(&world.upstream.url("/held/second"))),
         ScriptedTurn::text("Understood, not sent."),
+        ScriptedTurn::text("Heard you over HTTP."),
     ]);
     let host = world.up();
     wait_until("Slack Socket Mode never connected", &host, || slack.connections() > 0);
@@ -305,6 +307,37 @@ fn a_held_request_is_decided_from_slack_and_every_card_follows() {
         .expect("Ana's second card says who denied and why");
     assert!(!denied.has_buttons());
     assert_eq!(arrived(&world, "/held/second"), 0);
+
+    // The Events API over HTTPS: the URL check is answered after the signature check,
+    // and a signed message event from Bob reaches the agent like one over Socket Mode
+    // (the same event delivered twice is taken once).
+    let challenge = serde_json::json!({"token": "legacy", "challenge": "c-3f9a", "type": "url_verification"}).to_string();
+    let json_headers = |body: &[u8], timestamp: i64| {
+        let timestamp = timestamp.to_string();
+        vec![
+            ("Content-Type", "application/json".to_string()),
+            ("X-Slack-Request-Timestamp", timestamp.clone()),
+            ("X-Slack-Signature", slack_signature(SIGNING_SECRET, &timestamp, body)),
+        ]
+    };
+    let (status, body) = post(&world, endpoint, &json_headers(challenge.as_bytes(), now_seconds()), challenge.as_bytes());
+    assert_eq!((status, body.as_str()), (200, r#"{"challenge":"c-3f9a"}"#));
+    let event = slack.message_event(BOB, &slack_dm(BOB), "are you there over HTTP?").to_string();
+    let (status, _) = post(&world, endpoint, &json_headers(event.as_bytes(), now_seconds()), event.as_bytes());
+    assert_eq!(status, 200);
+    // Slack retries with a new timestamp (so a new signature): the same event id.
+    let (status, _) = post(&world, endpoint, &json_headers(event.as_bytes(), now_seconds() - 1), event.as_bytes());
+    assert_eq!(status, 200);
+    slack
+        .wait_for_message(&slack_dm(BOB), WAIT, |m| m.text == "Heard you over HTTP.")
+        .unwrap_or_else(|| panic!("no reply to the Events API message: {}", host.stderr()));
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = world
+        .model_requests()
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).matches("are you there over HTTP?").count() > 0)
+        .count();
+    assert_eq!(asked, 1, "the retried event was taken twice");
 
     let decisions = ok(palisade.run(&["audit", "list", "--approvals", "--json"]));
     let decisions: serde_json::Value = serde_json::from_slice(&decisions.stdout).unwrap();
