@@ -280,6 +280,12 @@ fn a_held_request_is_decided_from_slack_and_every_card_follows() {
         .expect("a late press answered");
     assert_eq!(arrived(&world, "/held/report"), 1);
 
+    // Slack asks the app to reconnect (as it does every few hours): a new Socket Mode
+    // connection, and everything goes on.
+    let connections = slack.connections();
+    slack.ask_to_reconnect();
+    wait_until("Socket Mode did not reconnect", &host, || slack.connections() > connections);
+
     // Deny with comment from a Slack modal: the comment reaches the agent.
     slack.user_writes(BOB, &slack_dm(BOB), "now the second one");
     let second = slack
