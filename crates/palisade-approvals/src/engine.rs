@@ -237,6 +237,10 @@ impl Engine {
         match self.store.decide_approval(id, &decision) {
             Ok(decided) => {
                 tracing::info!(approval = %id, choice = choice.as_str(), approver = %decision.approver, "approval decided");
+                if kind == ApprovalKind::AccessRequest && decided.status == ApprovalStatus::Approved
+                {
+                    self.admit_sender(&decided);
+                }
                 self.events.publish(Event::Closed(decided.clone()));
                 Ok(decided)
             }
@@ -278,6 +282,20 @@ impl Engine {
                     }
                 }
             }
+        }
+    }
+
+    /// An approved access request lets its sender talk to the agent on that channel
+    /// (not decide its approvals). Best effort here: the channel also admits the
+    /// sender when they write again and finds the request approved.
+    fn admit_sender(&self, approval: &Approval) {
+        let field = |name: &str| approval.context.get(name).and_then(|v| v.as_str());
+        let (Some(channel), Some(user)) = (field("channel"), field("user_id")) else {
+            return;
+        };
+        let name = field("display_name").unwrap_or(user);
+        if let Err(error) = self.store.add_sender(&approval.agent, channel, user, name) {
+            tracing::warn!(approval = %approval.id, %error, "could not admit the sender of an approved access request");
         }
     }
 

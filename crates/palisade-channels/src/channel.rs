@@ -61,6 +61,10 @@ pub struct Inbound {
 pub enum ClickAnswer {
     /// Taken: a short confirmation.
     Done(String),
+    /// Taken from a card's button or comment prompt: the confirmation and the card as
+    /// it now reads (platforms that edit the pressed message in their answer use it:
+    /// Discord's "update message").
+    Decided { text: String, card: Box<Card> },
     /// Refused or not taken: why (only the clicker sees it).
     Refused(String),
     /// The clicker chose "deny with comment": ask them for the comment.
@@ -152,6 +156,18 @@ pub trait Channel: Send + Sync + 'static {
     /// Checks the credentials with the platform; who the bot is.
     fn check(&self) -> BoxFuture<'_, Result<String, ChannelError>>;
 
+    /// Answers a request the platform made to `palisade up`'s HTTP endpoint for this
+    /// channel (Slack's Events API and interactivity, Discord's interactions), after
+    /// checking its signature. Channels without one answer 404.
+    fn webhook<'a>(
+        &'a self,
+        headers: &'a http::HeaderMap,
+        body: &'a [u8],
+    ) -> BoxFuture<'a, WebhookReply> {
+        let _ = (headers, body);
+        Box::pin(async { WebhookReply::text(404, "this channel has no HTTP endpoint") })
+    }
+
     /// Sends `text` privately to `user_id` (notices to an agent's owners). Where a
     /// user's id also names the direct chat with them (Telegram, Slack), this is
     /// [`Channel::send_message`].
@@ -161,6 +177,53 @@ pub trait Channel: Send + Sync + 'static {
         text: &'a str,
     ) -> BoxFuture<'a, Result<(), ChannelError>> {
         self.send_message(user_id, None, text)
+    }
+}
+
+/// What an HTTP endpoint answers a platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookReply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl WebhookReply {
+    pub fn text(status: u16, text: &str) -> WebhookReply {
+        WebhookReply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: text.as_bytes().to_vec(),
+        }
+    }
+
+    pub fn json(status: u16, value: &serde_json::Value) -> WebhookReply {
+        WebhookReply {
+            status,
+            content_type: "application/json",
+            body: value.to_string().into_bytes(),
+        }
+    }
+
+    /// An empty 200: the platform's acknowledgement.
+    pub fn ok() -> WebhookReply {
+        WebhookReply {
+            status: 200,
+            content_type: "text/plain; charset=utf-8",
+            body: Vec::new(),
+        }
+    }
+}
+
+impl ClickAnswer {
+    /// What the clicker is told, in one line.
+    pub fn text(&self) -> &str {
+        match self {
+            ClickAnswer::Done(text)
+            | ClickAnswer::Refused(text)
+            | ClickAnswer::Decided { text, .. } => text,
+            ClickAnswer::AskComment { .. } => "",
+        }
     }
 }
 

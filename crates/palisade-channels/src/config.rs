@@ -60,10 +60,27 @@ pub fn open(store: &Store, record: &ChannelRecord) -> Result<Arc<dyn Channel>, C
                 token,
             )?))
         }
-        Platform::Slack | Platform::Discord => Err(ChannelError::Config(format!(
-            "channel {}: {} is not supported by this build yet",
-            record.name,
-            platform.title()
-        ))),
+        Platform::Slack => {
+            let bot = credential(&credentials, "bot_token").ok_or_else(|| missing("bot token"))?;
+            let base = setting(record, "api_base").unwrap_or(crate::slack::DEFAULT_API_BASE);
+            Ok(Arc::new(crate::slack::Slack::new(
+                &record.name,
+                base,
+                bot,
+                credential(&credentials, "app_token"),
+                credential(&credentials, "signing_secret"),
+            )?))
+        }
+        Platform::Discord => {
+            let token = credential(&credentials, "token").ok_or_else(|| missing("bot token"))?;
+            let base = setting(record, "api_base").unwrap_or(crate::discord::DEFAULT_API_BASE);
+            Ok(Arc::new(crate::discord::Discord::new(
+                &record.name,
+                base,
+                token,
+                setting(record, "public_key"),
+                setting(record, "gateway_url"),
+            )?))
+        }
     }
 }

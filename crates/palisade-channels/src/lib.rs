@@ -10,20 +10,31 @@
 //!   linked chats to agents and replies back, cards for pending approvals to each
 //!   approver, decisions through the approval engine, cards edited when decided, and
 //!   owner notices when a request is blocked or rate-limited.
+//! - [`manage`]: adding, linking, approvers and allowed senders, for the CLI and the
+//!   web UI alike.
 //! - [`config`]: a stored channel (settings + sealed credentials) as a running one.
-//! - One module per platform: [`telegram`].
-//! - [`http`]: the one small HTTP client the platform modules share.
+//! - One module per platform: [`slack`], [`telegram`], [`discord`].
+//! - [`endpoints`]: the HTTP endpoints Slack and Discord call, signature-checked.
+//! - [`http`] and [`ws`]: the small HTTP client and WebSocket connector the platform
+//!   modules share.
 
 pub mod card;
 pub mod channel;
 pub mod config;
+pub mod discord;
 pub mod endpoints;
 pub mod http;
 pub mod hub;
+pub mod manage;
+pub mod replay;
+pub mod slack;
 pub mod telegram;
+pub mod ws;
 
 pub use card::{CallbackData, Card};
-pub use channel::{Channel, ChannelError, ClickAnswer, Inbound, Incoming, PlatformUser};
+pub use channel::{
+    Channel, ChannelError, ClickAnswer, Inbound, Incoming, PlatformUser, WebhookReply,
+};
 pub use hub::{ChannelState, ChannelStatus, Hub};
 
 /// Splits `text` into parts of at most `max_chars` characters, at line breaks where

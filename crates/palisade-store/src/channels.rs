@@ -53,6 +53,17 @@ pub struct ApproverRecord {
     pub created_at_ms: i64,
 }
 
+/// A person allowed to talk to an agent on one channel (but not to decide its
+/// approvals: that is an [`ApproverRecord`]).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SenderRecord {
+    pub agent: AgentName,
+    pub channel: String,
+    pub user_id: String,
+    pub display_name: String,
+    pub created_at_ms: i64,
+}
+
 /// An approval card posted in a chat.
 #[derive(Clone, Debug, Serialize)]
 pub struct ApprovalCard {

@@ -24,7 +24,9 @@ mod store;
 
 pub use approvals::{Approval, ApprovalDecision, ApprovalStatus, NewApproval};
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, VerifyReport};
-pub use channels::{ApprovalCard, ApproverRecord, ChannelLink, ChannelRecord, NewChannel};
+pub use channels::{
+    ApprovalCard, ApproverRecord, ChannelLink, ChannelRecord, NewChannel, SenderRecord,
+};
 pub use home::Home;
 pub use messages::{
     Accepted, InboundMessage, MessageOrigin, MessageStatus, OutboundMessage, ReplyOutcome,

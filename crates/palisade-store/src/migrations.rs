@@ -280,7 +280,21 @@ CREATE TABLE agent_folders (
 CREATE INDEX agent_folders_folder ON agent_folders(folder_id);
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+/// People allowed to talk to an agent on a channel without deciding its approvals
+/// (an approved access request, or `palisade channels allow`).
+const V7: &str = r#"
+CREATE TABLE channel_senders (
+    id            INTEGER PRIMARY KEY,
+    agent_id      INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    channel_id    INTEGER NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+    user_id       TEXT NOT NULL,
+    display_name  TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    UNIQUE (agent_id, channel_id, user_id)
+);
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;

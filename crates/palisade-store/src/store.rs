@@ -19,6 +19,7 @@ mod policy;
 mod rate;
 mod rules;
 mod secrets;
+mod senders;
 
 pub use folders::validate_folder_name;
 

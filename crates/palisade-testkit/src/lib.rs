@@ -27,7 +27,11 @@ mod process;
 mod upstream;
 
 pub use ca::{ServerIdentity, TestCa, DEFAULT_SERVER_NAMES};
-pub use chat::{CallbackAnswer, FakeTelegram, TelegramMessage};
+pub use chat::{
+    discord_dm, slack_dm, slack_signature, CallbackAnswer, DiscordCallback, DiscordMessage,
+    FakeDiscord, FakeSlack, FakeTelegram, SlackEphemeral, SlackMessage, SlackView, TelegramMessage,
+    DISCORD_APPLICATION, DISCORD_BOT_USER, DISCORD_HEARTBEAT_MS, SLACK_BOT_USER,
+};
 pub use clients::{
     curl, free_port, output_text, python, run_with_timeout, wait_for_tcp, wait_until,
 };

@@ -151,7 +151,7 @@ pub async fn start(
             HostPattern::parse(p).map_err(|e| VaultError::AllowPattern(p.clone(), e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let guard = Arc::new(NetGuard::new(allowed));
+    let guard = Arc::new(NetGuard::new(allowed).with_fixed_addresses(&config.upstream_resolve));
     let upstream = UpstreamClient::new(&config, guard.clone())?;
     let (audit, _audit_thread) = audit_log::start(&home)?;
     let snapshot = Snapshot::load(&store)?;

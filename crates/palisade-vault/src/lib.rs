@@ -42,6 +42,10 @@ pub struct VaultConfig {
     pub upstream_ca: Vec<PathBuf>,
     /// Host patterns allowed to resolve to loopback/private/link-local/own addresses.
     pub allow_local_upstream: Vec<String>,
+    /// Names resolved to a fixed address instead of by DNS (tests and development, like
+    /// curl's `--resolve`). The address is still checked: a loopback or private one
+    /// needs `allow_local_upstream` as well.
+    pub upstream_resolve: Vec<(String, std::net::IpAddr)>,
     /// The host's own control plane (the web UI and JSON API of `palisade up`): like
     /// the gateway's own listener, never an upstream, whatever `allow_local_upstream` says.
     pub protected: Vec<SocketAddr>,
@@ -88,6 +92,7 @@ impl VaultConfig {
             socket_dir: None,
             upstream_ca: Vec::new(),
             allow_local_upstream: Vec::new(),
+            upstream_resolve: Vec::new(),
             protected: Vec::new(),
             approval_timeout: palisade_approvals::DEFAULT_TIMEOUT,
             approval_events: None,

@@ -20,6 +20,8 @@ use std::task::{Context, Poll};
 pub struct NetGuard {
     allowed: Vec<HostPattern>,
     own_addresses: HashSet<IpAddr>,
+    /// Names with a fixed address (`--upstream-resolve`), lowercase.
+    fixed: std::collections::HashMap<String, IpAddr>,
 }
 
 /// The error a resolver returns when every address of a name is refused; found again
@@ -31,6 +33,22 @@ pub struct LocalRefused {
 }
 
 impl NetGuard {
+    /// The same guard, resolving each of `fixed`'s names to its address (still checked
+    /// like any resolved address).
+    pub fn with_fixed_addresses(mut self, fixed: &[(String, IpAddr)]) -> Self {
+        self.fixed = fixed
+            .iter()
+            .map(|(name, ip)| (name.trim_end_matches('.').to_ascii_lowercase(), *ip))
+            .collect();
+        self
+    }
+
+    fn fixed_address(&self, host: &str) -> Option<IpAddr> {
+        self.fixed
+            .get(&host.trim_end_matches('.').to_ascii_lowercase())
+            .copied()
+    }
+
     pub fn new(allowed: Vec<HostPattern>) -> Self {
         let mut own_addresses = HashSet::new();
         if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
@@ -47,6 +65,7 @@ impl NetGuard {
         NetGuard {
             allowed,
             own_addresses,
+            fixed: std::collections::HashMap::new(),
         }
     }
 
@@ -163,8 +182,10 @@ impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for 
         let guard = self.guard.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let resolved: Vec<SocketAddr> = match guard.fixed_address(&host) {
+                Some(ip) => vec![SocketAddr::new(ip, 0)],
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
             let total = resolved.len();
             let permitted: Vec<SocketAddr> = resolved
                 .into_iter()

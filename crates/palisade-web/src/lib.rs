@@ -1,7 +1,8 @@
 //! Palisade's local web UI, served by `palisade up` on the same address as the host's
 //! JSON API: chat with agents (replies streamed), agents and their settings,
-//! instructions and memory, sessions, pending approvals with Approve/Deny, the audit
-//! log with filters, and the vault's secrets (never values) and rules.
+//! instructions and memory, sessions, pending approvals with Approve/Deny, chat
+//! channels (state, links, approvers, add and remove), the audit log with filters, and
+//! the vault's secrets (never values) and rules.
 //!
 //! Why a crate of its own: the UI is a client of the host and the store, like the CLI,
 //! and changes for different reasons than the router and supervisor in palisade-host;
@@ -107,6 +108,29 @@ pub fn app(
             get(pages::approvals::pending_fragment),
         )
         .route("/approvals/{id}/decide", post(pages::approvals::decide))
+        .route(
+            "/channels",
+            get(pages::channels::page).post(pages::channels::add),
+        )
+        .route("/channels/{name}/link", post(pages::channels::link))
+        .route("/channels/{name}/unlink", post(pages::channels::unlink))
+        .route(
+            "/channels/{name}/approvers",
+            post(pages::channels::add_approver),
+        )
+        .route(
+            "/channels/{name}/approvers/remove",
+            post(pages::channels::remove_approver),
+        )
+        .route(
+            "/channels/{name}/senders/remove",
+            post(pages::channels::remove_sender),
+        )
+        .route("/channels/{name}/access", post(pages::channels::set_access))
+        .route(
+            "/channels/{name}/remove",
+            get(pages::channels::confirm_remove).post(pages::channels::remove),
+        )
         .route("/audit", get(pages::audit::page))
         .route("/vault", get(pages::vault::page))
         .route_layer(axum::middleware::from_fn_with_state(

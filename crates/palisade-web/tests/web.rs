@@ -230,6 +230,7 @@ const PAGES: &[&str] = &[
     "/sessions",
     "/approvals",
     "/approvals/pending",
+    "/channels",
     "/audit",
     "/vault",
 ];
@@ -991,5 +992,129 @@ async fn the_audit_page_filters_and_pages_with_a_bounded_page_size() {
     let response = web.get("/audit?since=yesterday-ish").await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert!(response.text().await.unwrap().contains("not a time"));
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_channels_page_adds_links_and_removes_through_the_cli_code_behind_csrf() {
+    let web = Web::start().await;
+    let csrf = web.csrf().await;
+    assert!(web.get_text("/channels").await.contains("No channels yet"));
+    let token = "123456:web-typed-bot-token-93af";
+    let add = |csrf: &str| {
+        vec![
+            ("csrf", csrf.to_string()),
+            ("name", "tg".to_string()),
+            ("platform", "telegram".to_string()),
+            ("token", token.to_string()),
+            ("api_base", "http://127.0.0.1:9".to_string()),
+            ("unknown_senders", "ask".to_string()),
+        ]
+    };
+    // Without the CSRF token nothing is added.
+    let form: Vec<(&str, String)> = add("0000").into_iter().collect();
+    let refused = web
+        .client
+        .post(web.url("/channels"))
+        .header("cookie", web.cookie())
+        .header("origin", web.origin())
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(web.store.list_channels().unwrap().is_empty());
+
+    let form = add(&csrf);
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let added = web.post_form("/channels", &pairs).await;
+    assert_eq!(added.status(), StatusCode::SEE_OTHER);
+    let record = web.store.get_channel("tg").unwrap();
+    assert_eq!(record.settings["unknown_senders"], "ask");
+    // Sealed: never on a page, never in the database file in clear.
+    let page = web.get_text("/channels").await;
+    assert!(page.contains("tg") && !page.contains(token), "{page}");
+    let database = std::fs::read(web.home.root().join("palisade.db")).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&database).contains(token));
+
+    // The same checks as the CLI: Slack needs an app token or a signing secret, a
+    // Discord key is 32 bytes of hex, a token never goes in clear to a remote host,
+    // a name must fit in a URL.
+    for (name, platform, extra, expected) in [
+        ("team", "slack", ("api_base", ""), "app-level token"),
+        ("dc", "discord", ("public_key", "abcd"), "32-byte"),
+        (
+            "tg2",
+            "telegram",
+            ("api_base", "http://api.telegram.org"),
+            "in clear",
+        ),
+        ("<script>", "telegram", ("api_base", ""), "invalid"),
+    ] {
+        let answer = web
+            .post_form(
+                "/channels",
+                &[
+                    ("csrf", &csrf),
+                    ("name", name),
+                    ("platform", platform),
+                    ("token", "t"),
+                    extra,
+                ],
+            )
+            .await;
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{name}");
+        let text = answer.text().await.unwrap();
+        assert!(text.contains(expected), "{name}: {text}");
+        assert!(!text.contains("<script>"), "{text}");
+    }
+    assert_eq!(web.store.list_channels().unwrap().len(), 1);
+
+    for (path, form) in [
+        (
+            "/channels/tg/link",
+            vec![("agent", "helper"), ("chat", "4242")],
+        ),
+        (
+            "/channels/tg/approvers",
+            vec![
+                ("agent", "helper"),
+                ("user", "111"),
+                ("display_name", "Ana"),
+            ],
+        ),
+        (
+            "/channels/tg/access",
+            vec![("unknown_senders", "drop"), ("access_agent", "helper")],
+        ),
+    ] {
+        let mut form = form;
+        form.push(("csrf", &csrf));
+        let answer = web.post_form(path, &form).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{path}");
+    }
+    let page = web.get_text("/channels").await;
+    assert!(page.contains("4242") && page.contains("Ana"), "{page}");
+    let record = web.store.get_channel("tg").unwrap();
+    assert_eq!(record.settings["unknown_senders"], "drop");
+    assert_eq!(record.settings["access_agent"], "helper");
+    let approvers = web.store.list_approvers(None).unwrap();
+    assert_eq!(approvers.len(), 1);
+    let audit = web.store.list_audit(&AuditFilter::default()).unwrap();
+    assert!(audit
+        .iter()
+        .any(|r| r.entry.event == "approver.add" && r.entry.actor.as_deref() == Some("web:admin")));
+
+    // Removal asks first, and needs the CSRF token like every write.
+    let confirm = web.get_text("/channels/tg/remove").await;
+    assert!(confirm.contains("Remove channel tg?"), "{confirm}");
+    let refused = web.post_form("/channels/tg/remove", &[]).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(web.store.get_channel("tg").is_ok());
+    let removed = web
+        .post_form("/channels/tg/remove", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(removed.status(), StatusCode::SEE_OTHER);
+    assert!(web.store.list_channels().unwrap().is_empty());
     web.stop().await;
 }

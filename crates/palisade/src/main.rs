@@ -84,7 +84,7 @@ enum Command {
     /// The hash-chained audit log: list rows, verify nothing was edited.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Chat channels (Telegram, Slack, Discord): add, link chats to agents, test, remove.
+    /// Chat channels (Telegram, Slack, Discord): add, link chats, who may talk, strangers, test, remove.
     #[command(subcommand)]
     Channels(ChannelsCommand),
     /// Who decides an agent's approvals on which channel.

@@ -421,6 +421,35 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
     assert_eq!(rows[0]["actor"], "web:admin", "{rows}");
     assert_eq!(rows[0]["decision"], "approved", "{rows}");
 
+    // A channel whose platform cannot be reached, for the Channels page to show failing.
+    let token = palisade.write_file("tg-token.txt", "123:web-ui-test-token");
+    ok(palisade.run(&[
+        "channels",
+        "add",
+        "telegram",
+        "tg",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--api-base",
+        "http://127.0.0.1:9",
+    ]));
+    ok(palisade.run(&[
+        "approvers",
+        "add",
+        "--agent",
+        "helper",
+        "--channel",
+        "tg",
+        "--user",
+        "111",
+        "--display-name",
+        "Ana",
+    ]));
+    ok(palisade.run(&[
+        "channels", "link", "tg", "--agent", "helper", "--chat", "111",
+    ]));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
     // The other pages render with what this run produced (kept for a look).
     for (path, heading, name) in [
         ("/", "Dashboard", "dashboard.png"),
@@ -439,6 +468,21 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
     let vault = client.source().await.unwrap();
     assert!(vault.contains("ask-first") && vault.contains("claude"));
     assert!(!vault.contains(KEY), "the vault page shows the key");
+    client
+        .goto(&format!("http://{listen}/channels"))
+        .await
+        .unwrap();
+    wait_for_text(&client, "h1", "Channels", |t| t.starts_with("Channels")).await;
+    save_screenshot(&client, "channels.png").await;
+    let channels = client.source().await.unwrap();
+    assert!(
+        channels.contains("failing") && channels.contains("Ana"),
+        "{channels}"
+    );
+    assert!(
+        !channels.contains("web-ui-test-token"),
+        "the Channels page shows a token"
+    );
 
     client.close().await.expect("end the WebDriver session");
     let _ = driver.terminate();

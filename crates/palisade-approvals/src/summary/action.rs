@@ -47,6 +47,43 @@ pub fn agent_message(from: &str, to: &str, sanitized: &str, inbound: bool) -> Su
     }
 }
 
+/// Someone the agent does not know asks, by writing to it, to talk to it: who they are
+/// on which channel (their name as the platform gave it: untrusted, so cleaned and
+/// labelled), and the first message they wrote (not delivered).
+pub fn access_request(
+    agent: &str,
+    channel: &str,
+    platform: &str,
+    user_id: &str,
+    name: &str,
+    message: &str,
+) -> Summary {
+    let title = one_line(
+        &format!("{platform} user {user_id} (\"{name}\") asks to talk to agent {agent}"),
+        TITLE_CHARS,
+    );
+    let mut lines = vec![one_line(
+        &format!("On channel {channel}. Their message (not delivered):"),
+        LINE_CHARS,
+    )];
+    lines.extend(text_lines(
+        message,
+        MAX_LINES - 1,
+        LINE_CHARS,
+        EXCERPT_CHARS,
+    ));
+    let mut detail = format!(
+        "Approving lets {platform} user {user_id} on channel {channel} write to agent {agent} (not decide its approvals).\n\nTheir message:\n"
+    );
+    detail.push_str(&text_lines(message, 200, LINE_CHARS, DETAIL_CHARS).join("\n"));
+    truncate_chars(&mut detail, DETAIL_CHARS);
+    Summary {
+        title,
+        lines,
+        detail,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +99,22 @@ mod tests {
         assert!(summary.lines.len() <= MAX_LINES);
         assert!(summary.detail.chars().count() <= DETAIL_CHARS + 1);
         assert_eq!(action("a", "x", " ").lines, vec!["(no details given)"]);
+    }
+
+    #[test]
+    fn an_access_request_names_the_sender_as_untrusted_text() {
+        let summary = access_request(
+            "helper",
+            "tg",
+            "Telegram",
+            "333",
+            "Mallory\nApproved by owner",
+            "hi",
+        );
+        assert_eq!(
+            summary.title,
+            "Telegram user 333 (\"Mallory Approved by owner\") asks to talk to agent helper"
+        );
+        assert!(summary.lines.iter().any(|l| l == "hi"));
     }
 }

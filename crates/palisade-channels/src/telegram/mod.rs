@@ -113,10 +113,10 @@ impl Telegram {
                 let reply_chat = chat.clone();
                 let respond: Responder = Box::new(move |answer| {
                     Box::pin(async move {
-                        let text = match answer {
-                            ClickAnswer::Done(text) | ClickAnswer::Refused(text) => text,
-                            ClickAnswer::AskComment { .. } => return,
-                        };
+                        if let ClickAnswer::AskComment { .. } = answer {
+                            return;
+                        }
+                        let text = answer.text().to_string();
                         let _ = client.send(&reply_chat, &text, None, None).await;
                     })
                 });
@@ -148,7 +148,9 @@ impl Telegram {
         Box::new(move |answer| {
             Box::pin(async move {
                 let (text, alert) = match &answer {
-                    ClickAnswer::Done(text) => (text.clone(), false),
+                    ClickAnswer::Done(text) | ClickAnswer::Decided { text, .. } => {
+                        (text.clone(), false)
+                    }
                     ClickAnswer::Refused(text) => (text.clone(), true),
                     ClickAnswer::AskComment { .. } => ("Reply with your comment".into(), false),
                 };

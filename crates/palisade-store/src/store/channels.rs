@@ -18,7 +18,7 @@ fn associated(name: &str) -> String {
     format!("channel:{name}")
 }
 
-fn channel_row(tx: &Transaction<'_>, name: &str) -> Result<(i64, String)> {
+pub(super) fn channel_row(tx: &Transaction<'_>, name: &str) -> Result<(i64, String)> {
     tx.query_row(
         "SELECT id, platform FROM channels WHERE name = ?1",
         [name],
@@ -54,7 +54,7 @@ fn decode_record(raw: (i64, String, String, String, i64)) -> Result<ChannelRecor
     })
 }
 
-fn check_id(what: &str, value: &str) -> Result<()> {
+pub(super) fn check_id(what: &str, value: &str) -> Result<()> {
     if value.trim().is_empty()
         || value.chars().count() > MAX_ID_CHARS
         || value.chars().any(char::is_control)
@@ -196,6 +196,27 @@ impl Store {
                 .query_map([], record_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             raw.into_iter().map(decode_record).collect()
+        })
+    }
+
+    /// Replaces the non-secret settings of a channel (audited).
+    pub fn update_channel_settings(
+        &self,
+        name: &str,
+        settings: &serde_json::Value,
+    ) -> Result<ChannelRecord> {
+        let text = settings.to_string();
+        self.write(|tx| {
+            channel_row(tx, name)?;
+            tx.execute(
+                "UPDATE channels SET settings = ?1 WHERE name = ?2",
+                (&text, name),
+            )?;
+            let mut entry = self.audit_entry("channel.update");
+            entry.decision = Some("updated".into());
+            entry.detail = Some(serde_json::json!({ "channel": name, "settings": settings }));
+            self.append_in(tx, &entry)?;
+            self.get_channel_in(tx, name)
         })
     }
 

@@ -504,6 +504,41 @@ impl Store {
     }
 
     /// Marks the reply to `message_id` as handed to its channel.
+    /// Replies stored but not yet delivered to messages that came in on `channel` (a
+    /// chat channel's label), oldest first, with the conversation they belong to: what
+    /// a channel still owes its chats, e.g. after a restart. At most `limit`.
+    pub fn undelivered_replies(
+        &self,
+        channel: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, ReplyRecord)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT s.conversation, r.id, r.inbound_id, r.text, r.is_error, r.created_at_ms, r.delivered
+                 FROM outbound_replies r JOIN inbound_messages m ON m.id = r.inbound_id
+                 JOIN sessions s ON s.id = m.session_id
+                 WHERE m.channel = ?1 AND r.delivered = 0 ORDER BY r.id LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map((channel, limit), |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        ReplyRecord {
+                            id: row.get(1)?,
+                            inbound_id: row.get(2)?,
+                            text: row.get(3)?,
+                            is_error: row.get(4)?,
+                            created_at_ms: row.get(5)?,
+                            delivered: row.get(6)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
     pub fn mark_reply_delivered(&self, message_id: i64) -> Result<()> {
         self.write(|tx| {
             tx.execute(

@@ -147,6 +147,17 @@ impl FakeTelegram {
         }}));
     }
 
+    /// `user` writes `text` in the group `chat` (a negative id).
+    pub fn user_writes_in(&self, chat: i64, user: i64, name: &str, text: &str) {
+        self.push(json!({"message": {
+            "message_id": 3_000_000 + user,
+            "date": 1_700_000_000,
+            "from": {"id": user, "is_bot": false, "first_name": name},
+            "chat": {"id": chat, "type": "supergroup", "title": "Team"},
+            "text": text,
+        }}));
+    }
+
     /// `user` replies in their private chat to the bot's message `to`.
     pub fn user_replies(&self, user: i64, name: &str, to: i64, text: &str) {
         self.push(json!({"message": {

@@ -53,6 +53,8 @@ pub struct RecordedRequest {
     pub version: String,
     /// Whether it arrived over TLS (false on the plain HTTP port).
     pub tls: bool,
+    /// When its head arrived (benchmarks measure up to here).
+    pub received_at: std::time::Instant,
 }
 
 impl RecordedRequest {

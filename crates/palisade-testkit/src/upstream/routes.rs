@@ -125,6 +125,7 @@ fn recorded<T>(request: &Request<T>, body_len: usize, tls: bool) -> RecordedRequ
         body: Bytes::new(),
         version: version_name(request.version()).to_string(),
         tls,
+        received_at: std::time::Instant::now(),
     }
 }
 

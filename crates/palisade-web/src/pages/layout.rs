@@ -15,16 +15,18 @@ pub(crate) enum Nav {
     Agents,
     Sessions,
     Approvals,
+    Channels,
     Audit,
     Vault,
 }
 
-const ENTRIES: [(Nav, &str, &str); 7] = [
+const ENTRIES: [(Nav, &str, &str); 8] = [
     (Nav::Dashboard, "/", "Dashboard"),
     (Nav::Chat, "/chat", "Chat"),
     (Nav::Agents, "/agents", "Agents"),
     (Nav::Sessions, "/sessions", "Sessions"),
     (Nav::Approvals, "/approvals", "Approvals"),
+    (Nav::Channels, "/channels", "Channels"),
     (Nav::Audit, "/audit", "Audit log"),
     (Nav::Vault, "/vault", "Vault"),
 ];

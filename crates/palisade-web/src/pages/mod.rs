@@ -5,6 +5,7 @@ pub(crate) mod agents;
 pub(crate) mod approvals;
 pub(crate) mod assets;
 pub(crate) mod audit;
+pub(crate) mod channels;
 pub(crate) mod chat;
 pub(crate) mod dashboard;
 pub(crate) mod layout;

@@ -2,15 +2,17 @@
 //! Slack app, a Discord bot), the chats linked to agents, and who approves what.
 //!
 //! Tokens are read from files (or stdin with `-`), never from argv, and stored sealed
-//! under the master key. A running `palisade up` picks changes up within seconds.
+//! under the master key. A running `palisade up` picks changes up within seconds. The
+//! checks and writes are `palisade_channels::manage`, which the web UI's Channels page
+//! calls too; this file parses arguments and prints.
 
 use crate::context::Context;
 use crate::input;
 use crate::output::{self, Table};
-use anyhow::{bail, Context as _};
-use palisade_channels::config::credentials_json;
+use anyhow::Context as _;
+use palisade_approvals::Platform;
+use palisade_channels::manage::{self, AddChannel, UnknownSenders};
 use palisade_policy::AgentName;
-use palisade_store::NewChannel;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
@@ -26,21 +28,74 @@ pub enum ChannelsCommand {
         name: String,
         #[arg(long)]
         agent: String,
-        #[arg(long, value_name = "CHAT_ID")]
+        /// Telegram group ids are negative (`--chat -1001234`).
+        #[arg(long, value_name = "CHAT_ID", allow_hyphen_values = true)]
         chat: String,
     },
     /// Unlink a chat.
     Unlink {
         name: String,
-        #[arg(long, value_name = "CHAT_ID")]
+        /// Telegram group ids are negative (`--chat -1001234`).
+        #[arg(long, value_name = "CHAT_ID", allow_hyphen_values = true)]
         chat: String,
     },
-    /// List channels and their linked chats (and, with a running host, their state).
+    /// Let someone talk to an agent on this channel without deciding its approvals.
+    #[command(
+        after_help = "Example:\n  palisade channels allow tg --agent assistant --user 123456789 --display-name Sam\n\nAn approved access request (--unknown-senders ask) does the same."
+    )]
+    Allow {
+        name: String,
+        #[arg(long)]
+        agent: String,
+        /// The platform's user id.
+        #[arg(long, value_name = "PLATFORM_USER_ID")]
+        user: String,
+        #[arg(long, value_name = "TEXT")]
+        display_name: Option<String>,
+    },
+    /// Take back `channels allow` (or an approved access request).
+    Disallow {
+        name: String,
+        #[arg(long)]
+        agent: String,
+        #[arg(long, value_name = "PLATFORM_USER_ID")]
+        user: String,
+    },
+    /// Change what a channel does with messages from people not allowed to talk to
+    /// the agent.
+    #[command(
+        after_help = "Examples:\n  palisade channels set tg --unknown-senders ask\n  palisade channels set tg --unknown-senders ask --access-agent assistant\n\nWith ask, a stranger's message is not delivered; the agent's approvers get an\naccess request card, and once it is approved the person may write to the agent."
+    )]
+    Set {
+        name: String,
+        #[arg(long, value_name = "drop|ask")]
+        unknown_senders: Option<UnknownSenders>,
+        /// The agent a stranger's direct message in an unlinked chat asks to talk to.
+        #[arg(long, value_name = "AGENT", conflicts_with = "no_access_agent")]
+        access_agent: Option<String>,
+        /// Strangers' direct messages in unlinked chats are dropped again.
+        #[arg(long)]
+        no_access_agent: bool,
+    },
+    /// List channels with their state, linked chats, approvers and allowed senders.
     List,
     /// Check a channel's credentials with its platform.
     Test { name: String },
     /// Remove a channel with its links and approvers.
     Remove { name: String },
+}
+
+/// What a new channel does with strangers (every platform).
+#[derive(Debug, clap::Args)]
+pub struct AccessArgs {
+    /// A message from someone not allowed to talk to the linked agent is dropped, or
+    /// dropped and the agent's approvers asked whether that person may talk to it.
+    #[arg(long, value_name = "drop|ask", default_value = "drop")]
+    unknown_senders: UnknownSenders,
+    /// The agent a stranger's direct message in an unlinked chat asks to talk to
+    /// (with --unknown-senders ask).
+    #[arg(long, value_name = "AGENT")]
+    access_agent: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -57,11 +112,13 @@ pub enum AddCommand {
         /// Bot API base URL (default https://api.telegram.org).
         #[arg(long, value_name = "URL")]
         api_base: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
     },
     /// A Slack app: Socket Mode with an app-level token, or the Events API with a
     /// signing secret.
     #[command(
-        after_help = "Example:\n  palisade channels add slack team --bot-token-file bot.txt --app-token-file app.txt"
+        after_help = "Examples:\n  palisade channels add slack team --bot-token-file bot.txt --app-token-file app.txt\n  palisade channels add slack team --bot-token-file bot.txt --signing-secret-file secret.txt\n\nWith a signing secret, point the app's Event Subscriptions and Interactivity\nRequest URL at https://YOUR-HOST/channels/slack/NAME/events (a proxy in front of\npalisade up). Socket Mode needs no public URL."
     )]
     Slack {
         name: String,
@@ -77,10 +134,12 @@ pub enum AddCommand {
         /// Web API base URL (default https://slack.com/api).
         #[arg(long, value_name = "URL")]
         api_base: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
     },
     /// A Discord bot: the gateway for messages and buttons.
     #[command(
-        after_help = "Example:\n  palisade channels add discord ops --token-file discord-token.txt"
+        after_help = "Examples:\n  palisade channels add discord ops --token-file discord-token.txt\n  palisade channels add discord ops --token-file discord-token.txt --public-key HEX\n\nEnable the Message Content intent for the bot. With --public-key, the\nInteractions Endpoint URL may be https://YOUR-HOST/channels/discord/NAME/interactions;\nwithout it, button presses arrive through the gateway."
     )]
     Discord {
         name: String,
@@ -96,6 +155,8 @@ pub enum AddCommand {
         /// Gateway URL (default: the one the API names).
         #[arg(long, value_name = "URL")]
         gateway_url: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
     },
 }
 
@@ -133,33 +194,13 @@ pub enum ApproversCommand {
     },
 }
 
-fn check_url(flag: &str, url: &Option<String>) -> anyhow::Result<()> {
-    if let Some(text) = url {
-        let parsed = url::Url::parse(text)
-            .with_context(|| format!("{flag} {:?} is not a URL", output::clean(text)))?;
-        palisade_channels::http::check_base_url(&parsed)
-            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
-    }
-    Ok(())
-}
-
-fn settings(pairs: &[(&str, &Option<String>)]) -> serde_json::Value {
-    let mut object = serde_json::Map::new();
-    for (key, value) in pairs {
-        if let Some(value) = value {
-            object.insert(key.to_string(), serde_json::Value::String(value.clone()));
-        }
-    }
-    serde_json::Value::Object(object)
-}
-
 pub fn run(command: ChannelsCommand, ctx: &Context) -> anyhow::Result<()> {
     match command {
         ChannelsCommand::Add(add) => add_channel(add, ctx),
         ChannelsCommand::Link { name, agent, chat } => {
             let agent = AgentName::new(&agent)?;
             let store = ctx.open_store()?;
-            let link = store.link_chat(&name, chat.trim(), &agent)?;
+            let link = manage::link(&store, &name, &agent, &chat)?;
             if ctx.json {
                 return output::print_json(&link);
             }
@@ -171,56 +212,130 @@ pub fn run(command: ChannelsCommand, ctx: &Context) -> anyhow::Result<()> {
             ))
         }
         ChannelsCommand::Unlink { name, chat } => {
-            ctx.open_store()?.unlink_chat(&name, chat.trim())?;
+            manage::unlink(&ctx.open_store()?, &name, &chat)?;
             output::print(&format!("unlinked chat {}\n", output::clean(&chat)))
+        }
+        ChannelsCommand::Allow {
+            name,
+            agent,
+            user,
+            display_name,
+        } => {
+            let agent = AgentName::new(&agent)?;
+            let sender = manage::allow_sender(
+                &ctx.open_store()?,
+                &agent,
+                &name,
+                &user,
+                display_name.as_deref(),
+            )?;
+            if ctx.json {
+                return output::print_json(&sender);
+            }
+            output::print(&format!(
+                "{} ({} on {}) may now talk to agent {agent}\n",
+                output::clean(&sender.display_name),
+                output::clean(&sender.user_id),
+                output::clean(&name)
+            ))
+        }
+        ChannelsCommand::Disallow { name, agent, user } => {
+            let agent = AgentName::new(&agent)?;
+            manage::disallow_sender(&ctx.open_store()?, &agent, &name, &user)?;
+            output::print(&format!(
+                "{} on {} may no longer talk to agent {agent}\n",
+                output::clean(&user),
+                output::clean(&name)
+            ))
+        }
+        ChannelsCommand::Set {
+            name,
+            unknown_senders,
+            access_agent,
+            no_access_agent,
+        } => {
+            let access_agent = match (access_agent, no_access_agent) {
+                (Some(agent), _) => Some(Some(AgentName::new(&agent)?)),
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            if unknown_senders.is_none() && access_agent.is_none() {
+                anyhow::bail!("nothing to change: give --unknown-senders, --access-agent or --no-access-agent");
+            }
+            let record =
+                manage::set_access(&ctx.open_store()?, &name, unknown_senders, access_agent)?;
+            if ctx.json {
+                return output::print_json(&record);
+            }
+            output::print(&format!(
+                "changed channel {}\n",
+                output::clean(&record.name)
+            ))
         }
         ChannelsCommand::List => {
             let store = ctx.open_store()?;
-            let channels = store.list_channels()?;
-            let links = store.list_links(None)?;
-            let states = running_states(ctx);
+            let running = super::up::running_host(&ctx.home).is_some();
+            let channels = manage::overview(&store, &ctx.home, running)?;
             if ctx.json {
-                let list: Vec<serde_json::Value> = channels
-                    .iter()
-                    .map(|c| {
-                        serde_json::json!({
-                            "name": c.name,
-                            "platform": c.platform,
-                            "settings": c.settings,
-                            "created_at_ms": c.created_at_ms,
-                            "links": links.iter().filter(|l| l.channel == c.name).collect::<Vec<_>>(),
-                            "status": states.iter().find(|s| s["name"] == c.name.as_str()),
-                        })
-                    })
-                    .collect();
-                return output::print_json(&list);
+                return output::print_json(&channels);
             }
             if channels.is_empty() {
                 return output::print("no channels yet; add one with `palisade channels add telegram|slack|discord`\n");
             }
-            let mut table = Table::new(&["NAME", "PLATFORM", "STATE", "LINKED CHATS"]);
+            let mut table = Table::new(&[
+                "NAME",
+                "PLATFORM",
+                "STATE",
+                "STRANGERS",
+                "LINKED CHATS",
+                "APPROVERS",
+                "ALLOWED",
+            ]);
             for channel in &channels {
-                let linked: Vec<String> = links
+                let linked: Vec<String> = channel
+                    .links
                     .iter()
-                    .filter(|l| l.channel == channel.name)
                     .map(|l| format!("{} → {}", l.chat, l.agent))
                     .collect();
-                let state = states
-                    .iter()
-                    .find(|s| s["name"] == channel.name.as_str())
-                    .map(|s| {
-                        let state = s["state"].as_str().unwrap_or("?");
-                        match s["detail"].as_str() {
+                let people = |list: Vec<String>| list.join(", ");
+                let state = match &channel.status {
+                    Some(status) => {
+                        let state = serde_json::to_value(status.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        match &status.detail {
                             Some(detail) if state == "failing" => format!("failing: {detail}"),
-                            _ => state.to_string(),
+                            _ => state,
                         }
-                    })
-                    .unwrap_or_else(|| "(host not running)".into());
+                    }
+                    None if running => "starting".into(),
+                    None => "(host not running)".into(),
+                };
+                let strangers = channel.record.settings["unknown_senders"]
+                    .as_str()
+                    .unwrap_or("drop")
+                    .to_string();
                 table.row(vec![
-                    channel.name.clone(),
-                    channel.platform.clone(),
+                    channel.record.name.clone(),
+                    channel.record.platform.clone(),
                     state,
+                    strangers,
                     linked.join(", "),
+                    people(
+                        channel
+                            .approvers
+                            .iter()
+                            .map(|a| format!("{} ({})", a.display_name, a.agent))
+                            .collect(),
+                    ),
+                    people(
+                        channel
+                            .senders
+                            .iter()
+                            .map(|a| format!("{} ({})", a.display_name, a.agent))
+                            .collect(),
+                    ),
                 ]);
             }
             output::print(&table.render())
@@ -242,7 +357,7 @@ pub fn run(command: ChannelsCommand, ctx: &Context) -> anyhow::Result<()> {
             ))
         }
         ChannelsCommand::Remove { name } => {
-            ctx.open_store()?.delete_channel(&name)?;
+            manage::remove_channel(&ctx.open_store()?, &name)?;
             output::print(&format!("removed channel {}\n", output::clean(&name)))
         }
     }
@@ -253,97 +368,84 @@ pub fn running_states(ctx: &Context) -> Vec<serde_json::Value> {
     if super::up::running_host(&ctx.home).is_none() {
         return Vec::new();
     }
-    std::fs::read_to_string(ctx.home.run_dir().join("channels.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<Vec<serde_json::Value>>(&text).ok())
-        .unwrap_or_default()
+    manage::running_states(&ctx.home)
+        .into_iter()
+        .filter_map(|s| serde_json::to_value(s).ok())
+        .collect()
+}
+
+fn access_agent(access: &AccessArgs) -> anyhow::Result<Option<AgentName>> {
+    Ok(access
+        .access_agent
+        .as_deref()
+        .map(AgentName::new)
+        .transpose()?)
 }
 
 fn add_channel(add: AddCommand, ctx: &Context) -> anyhow::Result<()> {
-    let (name, platform, settings, credentials) = match add {
+    let add = match add {
         AddCommand::Telegram {
             name,
             token_file,
             api_base,
-        } => {
-            check_url("--api-base", &api_base)?;
-            let token = input::read_credential(&token_file, "--token-file")?;
-            (
-                name,
-                "telegram",
-                settings(&[("api_base", &api_base)]),
-                credentials_json(&[("token", &token)]),
-            )
-        }
+            access,
+        } => AddChannel {
+            token: input::read_credential(&token_file, "--token-file")?,
+            access_agent: access_agent(&access)?,
+            unknown_senders: access.unknown_senders,
+            name,
+            platform: Platform::Telegram,
+            app_token: None,
+            signing_secret: None,
+            api_base,
+            gateway_url: None,
+            public_key: None,
+        },
         AddCommand::Slack {
             name,
             bot_token_file,
             app_token_file,
             signing_secret_file,
             api_base,
-        } => {
-            check_url("--api-base", &api_base)?;
-            if app_token_file.is_none() && signing_secret_file.is_none() {
-                bail!("give --app-token-file (Socket Mode) or --signing-secret-file (Events API over HTTPS), or both");
-            }
-            let bot = input::read_credential(&bot_token_file, "--bot-token-file")?;
-            let app = app_token_file
+            access,
+        } => AddChannel {
+            token: input::read_credential(&bot_token_file, "--bot-token-file")?,
+            app_token: app_token_file
                 .map(|f| input::read_credential(&f, "--app-token-file"))
-                .transpose()?;
-            let signing = signing_secret_file
+                .transpose()?,
+            signing_secret: signing_secret_file
                 .map(|f| input::read_credential(&f, "--signing-secret-file"))
-                .transpose()?;
-            let mut pairs = vec![("bot_token", &bot)];
-            if let Some(app) = &app {
-                pairs.push(("app_token", app));
-            }
-            if let Some(signing) = &signing {
-                pairs.push(("signing_secret", signing));
-            }
-            (
-                name,
-                "slack",
-                settings(&[("api_base", &api_base)]),
-                credentials_json(&pairs),
-            )
-        }
+                .transpose()?,
+            access_agent: access_agent(&access)?,
+            unknown_senders: access.unknown_senders,
+            name,
+            platform: Platform::Slack,
+            api_base,
+            gateway_url: None,
+            public_key: None,
+        },
         AddCommand::Discord {
             name,
             token_file,
             public_key,
             api_base,
             gateway_url,
-        } => {
-            check_url("--api-base", &api_base)?;
-            check_url("--gateway-url", &gateway_url)?;
-            if let Some(key) = &public_key {
-                let bytes = hex::decode(key.trim())
-                    .ok()
-                    .filter(|b| b.len() == 32)
-                    .context("--public-key must be the application's 32-byte Ed25519 public key in hex (64 characters)")?;
-                drop(bytes);
-            }
-            let token = input::read_credential(&token_file, "--token-file")?;
-            (
-                name,
-                "discord",
-                settings(&[
-                    ("api_base", &api_base),
-                    ("gateway_url", &gateway_url),
-                    ("public_key", &public_key.map(|k| k.trim().to_lowercase())),
-                ]),
-                credentials_json(&[("token", &token)]),
-            )
-        }
+            access,
+        } => AddChannel {
+            token: input::read_credential(&token_file, "--token-file")?,
+            access_agent: access_agent(&access)?,
+            unknown_senders: access.unknown_senders,
+            name,
+            platform: Platform::Discord,
+            app_token: None,
+            signing_secret: None,
+            api_base,
+            gateway_url,
+            public_key,
+        },
     };
-    let name = super::check_name(&name, "channel")?;
     let store = ctx.open_store()?;
-    let record = store.create_channel(NewChannel {
-        name,
-        platform: platform.into(),
-        settings,
-        credentials,
-    })?;
+    let record = manage::add_channel(&store, add)?;
     if ctx.json {
         return output::print_json(&record);
     }
@@ -362,10 +464,9 @@ pub fn run_approvers(command: ApproversCommand, ctx: &Context) -> anyhow::Result
             display_name,
         } => {
             let agent = AgentName::new(&agent)?;
-            let user = user.trim().to_string();
-            let name = display_name.unwrap_or_else(|| user.clone());
             let store = ctx.open_store()?;
-            let approver = store.add_approver(&agent, &channel, &user, name.trim())?;
+            let approver =
+                manage::add_approver(&store, &agent, &channel, &user, display_name.as_deref())?;
             if ctx.json {
                 return output::print_json(&approver);
             }
@@ -404,8 +505,7 @@ pub fn run_approvers(command: ApproversCommand, ctx: &Context) -> anyhow::Result
             user,
         } => {
             let agent = AgentName::new(&agent)?;
-            ctx.open_store()?
-                .remove_approver(&agent, &channel, user.trim())?;
+            manage::remove_approver(&ctx.open_store()?, &agent, &channel, &user)?;
             output::print(&format!(
                 "removed approver {} of agent {agent} on {}\n",
                 output::clean(&user),

@@ -41,6 +41,10 @@ pub struct UpArgs {
     /// Host pattern the vault may reach at a local address (tests, local model servers).
     #[arg(long, value_name = "PATTERN")]
     allow_local_upstream: Vec<String>,
+    /// Resolve NAME to IP instead of asking DNS (tests, development); a local IP also
+    /// needs --allow-local-upstream.
+    #[arg(long, value_name = "NAME=IP", value_parser = super::vault::parse_resolve)]
+    upstream_resolve: Vec<(String, std::net::IpAddr)>,
     /// Also serve the vault's token-authenticated TCP listener here (agents outside a
     /// sandbox, the OneCLI admin API), as `palisade vault serve --listen` does.
     #[arg(long, value_name = "ADDR")]
@@ -193,6 +197,7 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
                 let mut config = palisade_vault::VaultConfig::new(ctx.home.clone());
                 config.upstream_ca = args.upstream_ca.clone();
                 config.allow_local_upstream = args.allow_local_upstream.clone();
+                config.upstream_resolve = args.upstream_resolve.clone();
                 // Agents never reach the web UI, even with --allow-local-upstream localhost.
                 config.protected = vec![listen];
                 config.listen = args.vault_listen;

@@ -33,6 +33,24 @@ pub enum VaultCommand {
     },
 }
 
+/// `NAME=IP` of `--upstream-resolve`.
+pub fn parse_resolve(text: &str) -> Result<(String, std::net::IpAddr), String> {
+    let (name, ip) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=IP"))?;
+    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() || name.contains(['/', ':', '*']) {
+        return Err(format!("{name:?} is not a host name"));
+    }
+    let ip = ip
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IP address"))?;
+    Ok((name, ip))
+}
+
 /// Options shared by everything that runs a gateway (`vault serve`, `sandbox run`, `up`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
@@ -42,6 +60,10 @@ pub struct GatewayArgs {
     /// Let hosts matching PATTERN reach loopback/private addresses (tests, local services).
     #[arg(long = "allow-local-upstream", value_name = "PATTERN")]
     pub allow_local_upstream: Vec<String>,
+    /// Resolve NAME to IP instead of asking DNS (tests, development); a local IP also
+    /// needs --allow-local-upstream.
+    #[arg(long = "upstream-resolve", value_name = "NAME=IP", value_parser = parse_resolve)]
+    pub upstream_resolve: Vec<(String, std::net::IpAddr)>,
     /// How long a held request waits for a person before it is denied.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub approval_timeout: Duration,
@@ -98,6 +120,7 @@ impl GatewayArgs {
         let mut config = VaultConfig::new(ctx.home.clone());
         config.upstream_ca = self.upstream_ca.clone();
         config.allow_local_upstream = self.allow_local_upstream.clone();
+        config.upstream_resolve = self.upstream_resolve.clone();
         config.approval_timeout = self.approval_timeout;
         config.upstream_timeout = self.upstream_timeout;
         config.connect_timeout = self.connect_timeout;

@@ -1,0 +1,116 @@
+//! A card as a Discord message: plain content (mentions disabled, so nothing an agent
+//! wrote can ping anyone) and action rows of buttons whose `custom_id` is the card's
+//! [`CallbackData`]; a closed card has no components. The "deny with comment" modal
+//! is here too.
+
+use crate::card::{CallbackData, Card};
+use palisade_approvals::Button;
+use serde_json::{json, Value};
+
+/// Discord's limit on a message's content.
+pub(super) const MAX_CONTENT_CHARS: usize = 2000;
+/// `custom_id` prefix of the comment modal (the card's token follows).
+pub(super) const COMMENT_MODAL: &str = "palisade_comment:";
+pub(super) const COMMENT_INPUT: &str = "comment";
+
+pub(super) fn cut(text: &str, chars: usize) -> String {
+    if text.chars().count() <= chars {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(chars.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// A text message's body.
+pub(super) fn text(content: &str) -> Value {
+    json!({"content": cut(content, MAX_CONTENT_CHARS), "allowed_mentions": {"parse": []}})
+}
+
+/// The message body of a card (for create, edit and an interaction's update).
+pub(super) fn card(card: &Card) -> Value {
+    let buttons: Vec<Value> = card
+        .buttons
+        .iter()
+        .map(|button| {
+            let style = match button {
+                Button::Once => 3,
+                Button::ForHour => 1,
+                Button::Always => 2,
+                Button::Deny | Button::DenyWithComment => 4,
+            };
+            json!({
+                "type": 2,
+                "style": style,
+                "label": button.label(),
+                "custom_id": CallbackData::encode(&card.token, *button),
+            })
+        })
+        .collect();
+    let rows: Vec<Value> = buttons
+        .chunks(5)
+        .map(|row| json!({"type": 1, "components": row}))
+        .collect();
+    json!({
+        "content": cut(&card.text(), MAX_CONTENT_CHARS),
+        "components": rows,
+        "allowed_mentions": {"parse": []},
+    })
+}
+
+/// The modal asking for a denial's comment (interaction response type 9).
+pub(super) fn comment_modal(token: &str) -> Value {
+    json!({
+        "type": 9,
+        "data": {
+            "custom_id": format!("{COMMENT_MODAL}{token}"),
+            "title": "Deny with comment",
+            "components": [{
+                "type": 1,
+                "components": [{
+                    "type": 4,
+                    "custom_id": COMMENT_INPUT,
+                    "style": 2,
+                    "label": "Why deny? The agent reads this.",
+                    "min_length": 1,
+                    "max_length": palisade_approvals::choice::MAX_COMMENT_CHARS,
+                    "required": true,
+                }],
+            }],
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buttons_carry_callback_data_and_a_closed_card_has_none() {
+        let mut sample = Card {
+            approval_id: "apr_abcdefghijkl".into(),
+            token: "abcdefghijklmnop".into(),
+            heading: "Request held at the vault · agent a".into(),
+            title: "POST example.com/x @everyone".into(),
+            lines: vec![],
+            detail: String::new(),
+            buttons: Button::ALL.to_vec(),
+            outcome: None,
+            expires_at_ms: 0,
+        };
+        let body = card(&sample);
+        assert_eq!(body["allowed_mentions"]["parse"], json!([]));
+        let ids: Vec<&str> = body["components"][0]["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["custom_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 5);
+        assert!(ids.iter().all(|id| id.len() <= 100));
+        sample.buttons.clear();
+        sample.outcome = Some("Denied".into());
+        assert_eq!(card(&sample)["components"], json!([]));
+        assert!(cut(&"x".repeat(3000), MAX_CONTENT_CHARS).chars().count() == MAX_CONTENT_CHARS);
+    }
+}

@@ -1,0 +1,136 @@
+//! Strangers and owner notices on a chat channel, end to end (the real `palisade up`,
+//! the fake Telegram): with `--unknown-senders ask`, a message from someone who may not
+//! talk to the agent is not delivered; the agent's approver gets one access-request
+//! card however often the stranger writes; once approved, the stranger's next message
+//! reaches the agent and the reply comes back; a denied stranger never reaches it; a
+//! direct message in an unlinked chat asks for the channel's access agent only when
+//! one is set. A request the vault blocks or rate-limits is told to the approver once
+//! per rule.
+
+mod host_fixture;
+
+use host_fixture::{ok, world, World};
+use palisade_testkit::{FakeTelegram, ScriptedTurn};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+const ANA: i64 = 111_111;
+const MALLORY: i64 = 333_333;
+const EVE: i64 = 444_444;
+const GROUP: i64 = -100_777;
+
+fn never_reached_model(world: &World, text: &str) -> bool {
+    world
+        .model_requests()
+        .iter()
+        .all(|r| !String::from_utf8_lossy(&r.body).contains(text))
+}
+
+fn curl(url: &str) -> serde_json::Value {
+    serde_json::json!({ "command": format!("env -u NO_PROXY -u no_proxy curl -sS --max-time 30 {url}") })
+}
+
+#[test]
+#[rustfmt::skip]
+fn strangers_ask_for_access_and_blocked_requests_are_told_once() {
+    let world = world();
+    let telegram = FakeTelegram::start("123:access-token").expect("fake telegram");
+    let palisade = &world.palisade;
+    let token = palisade.write_file("tg.txt", telegram.token());
+    ok(palisade.run(&[
+        "channels", "add", "telegram", "tg", "--token-file", token.to_str().unwrap(),
+        "--api-base", &telegram.api_base(), "--unknown-senders", "ask",
+    ]));
+    ok(palisade.run(&[
+        "approvers", "add", "--agent", "helper", "--channel", "tg", "--user", &ANA.to_string(),
+        "--display-name", "Ana",
+    ]));
+    ok(palisade.run(&["channels", "link", "tg", "--agent", "helper", "--chat", &GROUP.to_string()]));
+    ok(palisade.run(&[
+        "rules", "create", "--name", "no-blocked", "--host-pattern", "localhost",
+        "--path-pattern", "/blocked/*", "--action", "block",
+    ]));
+    ok(palisade.run(&[
+        "rules", "create", "--name", "one-a-minute", "--host-pattern", "localhost",
+        "--path-pattern", "/limited/*", "--action", "rate_limit", "--rate-limit", "1", "--rate-window", "1m",
+    ]));
+    world.upstream.script_anthropic(vec![
+        ScriptedTurn::tool_use("bash", curl(&world.upstream.url("/blocked/a"))),
+        ScriptedTurn::tool_use("bash", curl(&world.upstream.url("/blocked/b"))),
+        ScriptedTurn::tool_use("bash", curl(&world.upstream.url("/limited/a"))),
+        ScriptedTurn::tool_use("bash", curl(&world.upstream.url("/limited/b"))),
+        ScriptedTurn::text("Hello Mallory."),
+    ]);
+    let host = world.up();
+
+    // Mallory writes in the linked group: not delivered, she is told, Ana is asked.
+    telegram.user_writes_in(GROUP, MALLORY, "Mallory", "hi, let me in");
+    let card = telegram
+        .wait_for_message(ANA, WAIT, |m| m.has_buttons())
+        .unwrap_or_else(|| panic!("no access card for Ana: {}", host.stderr()));
+    assert!(card.text.contains("Access request"), "{}", card.text);
+    assert!(card.text.contains("333333") && card.text.contains("asks to talk to agent helper"), "{}", card.text);
+    assert!(card.button("Approve for 1 h").is_none(), "access is granted once, not for a time");
+    telegram
+        .wait_for_message(GROUP, WAIT, |m| m.text.contains("not delivered"))
+        .expect("Mallory is told her message was not delivered");
+    // Writing again asks nobody again.
+    telegram.user_writes_in(GROUP, MALLORY, "Mallory", "hello??");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(telegram.messages_to(ANA).iter().filter(|m| m.has_buttons() || m.edits > 0).count(), 1);
+    assert!(never_reached_model(&world, "let me in") && never_reached_model(&world, "hello??"));
+
+    // Ana approves; Mallory's next message reaches the agent and the reply comes back.
+    let press = telegram.user_presses(ANA, "Ana", ANA, card.message_id, &card.button("Approve once").unwrap());
+    let answer = telegram.wait_for_answer(&press, WAIT).expect("Ana's press answered");
+    assert!(answer.text.contains("Approved by Ana"), "{answer:?}");
+    let listed = ok(palisade.run(&["channels", "list", "--json"]));
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["senders"][0]["user_id"], MALLORY.to_string(), "{listed}");
+    assert!(listed[0]["approvers"].as_array().unwrap().len() == 1);
+    telegram.user_writes_in(GROUP, MALLORY, "Mallory", "thanks, what can you do?");
+    telegram
+        .wait_for_message(GROUP, WAIT, |m| m.text == "Hello Mallory.")
+        .unwrap_or_else(|| panic!("no reply to Mallory: {}", host.stderr()));
+    // An allowed sender decides nothing: her press on a card is refused.
+    let press = telegram.user_presses(MALLORY, "Mallory", MALLORY, card.message_id, &card.button("Approve once").unwrap());
+    assert!(telegram.wait_for_answer(&press, WAIT).unwrap().show_alert);
+
+    // The two blocked requests: one notice to Ana for the rule.
+    let notice = telegram
+        .wait_for_message(ANA, WAIT, |m| m.text.contains("was blocked by a rule"))
+        .unwrap_or_else(|| panic!("no notice about the blocked request: {}", host.stderr()));
+    assert!(notice.text.contains("no-blocked"), "{}", notice.text);
+    std::thread::sleep(Duration::from_secs(3));
+    let notices = telegram.messages_to(ANA).iter().filter(|m| m.text.contains("was blocked")).count();
+    assert_eq!(notices, 1, "debounced per rule");
+    let limited = telegram
+        .wait_for_message(ANA, WAIT, |m| m.text.contains("hit a rate limit"))
+        .unwrap_or_else(|| panic!("no notice about the rate limit: {}", host.stderr()));
+    assert!(limited.text.contains("one-a-minute"), "{}", limited.text);
+
+    // Eve writes to the bot directly: no linked chat and no access agent, so dropped
+    // without asking anyone; with an access agent set, Ana is asked, and a denial
+    // keeps Eve out.
+    telegram.user_writes(EVE, "Eve", "hello bot");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(telegram.messages_to(ANA).iter().all(|m| !m.text.contains("444444")));
+    ok(palisade.run(&["channels", "set", "tg", "--access-agent", "helper"]));
+    telegram.user_writes(EVE, "Eve", "hello again");
+    let card = telegram
+        .wait_for_message(ANA, WAIT, |m| m.has_buttons() && m.text.contains("444444"))
+        .unwrap_or_else(|| panic!("no access card for Eve: {}", host.stderr()));
+    let press = telegram.user_presses(ANA, "Ana", ANA, card.message_id, &card.button("Deny").unwrap());
+    telegram.wait_for_answer(&press, WAIT).expect("the denial answered");
+    telegram.user_writes(EVE, "Eve", "pretty please");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for text in ["hello bot", "hello again", "pretty please"] {
+        assert!(never_reached_model(&world, text), "{text} reached the agent");
+    }
+    let audit = ok(palisade.run(&["audit", "list", "--json", "--event", "sender.add"]));
+    assert!(String::from_utf8_lossy(&audit.stdout).contains("333333"));
+    world.down(host);
+}
