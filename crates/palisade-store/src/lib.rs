@@ -15,6 +15,7 @@ pub mod audit;
 pub mod crypto;
 pub mod gateways;
 pub mod home;
+pub mod input;
 pub mod messages;
 mod migrations;
 pub mod records;
@@ -28,6 +29,7 @@ pub use messages::{
     SessionRecord,
 };
 pub use records::{AgentRecord, NewRule, NewSecret, RuleRecord, SecretRecord};
+pub use store::traffic::{Outcome, RequestCount};
 pub use store::{RateOutcome, Store};
 
 /// Errors from the store. Messages say what happened and what to do next; none contains a secret value.
@@ -47,6 +49,10 @@ pub enum StoreError {
     Decrypt,
     #[error("invalid value: {0}")]
     Invalid(String),
+    /// Input a person typed (a name, pattern, injection, time) that cannot be used;
+    /// the message names the field and how to write it.
+    #[error("{0}")]
+    Input(String),
     #[error("approval {0} was already decided")]
     AlreadyDecided(String),
     #[error("approval {0} expired before it was decided; the request was not sent")]

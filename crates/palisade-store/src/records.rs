@@ -60,8 +60,11 @@ pub struct RuleRecord {
     /// `org` | `user`
     pub scope: String,
     pub created_at_ms: i64,
+    /// A disabled rule is kept but the gateway ignores it.
+    pub enabled: bool,
 }
 
+#[derive(Clone, Debug)]
 pub struct NewRule {
     pub name: String,
     pub host: HostPattern,

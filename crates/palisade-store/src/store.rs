@@ -16,6 +16,7 @@ mod policy;
 mod rate;
 mod rules;
 mod secrets;
+pub mod traffic;
 
 use crate::audit::AuditEntry;
 use crate::crypto::MasterKey;
