@@ -8,13 +8,19 @@
 //! - [`launcher`]: how a runner is started; [`launcher::SandboxLauncher`] runs
 //!   `palisade runner` in the agent's sandbox.
 //! - [`settings`]: an agent's model settings, instructions and memory files.
+//! - [`agents`]: creating, changing and deleting agents (the CLI and the web UI both).
+//! - [`models`]: the models an agent's provider lists, asked through the vault.
+//! - [`setup`]: the first run: the default agent and its model key.
 //! - [`api`]: the local JSON API `palisade up` serves on 127.0.0.1.
 
+pub mod agents;
 pub mod api;
 pub mod host;
 pub mod launcher;
+pub mod models;
 pub mod protocol;
 pub mod settings;
+pub mod setup;
 mod worker;
 
 pub use host::{Host, HostConfig, StreamEvent, MAX_MESSAGE_BYTES};
