@@ -11,10 +11,12 @@
 //! - [`agents`]: creating, changing and deleting agents (the CLI and the web UI both).
 //! - [`models`]: the models an agent's provider lists, asked through the vault.
 //! - [`setup`]: the first run: the default agent and its model key.
+//! - [`doctor`]: what `palisade doctor` and the web UI's Health page check.
 //! - [`api`]: the local JSON API `palisade up` serves on 127.0.0.1.
 
 pub mod agents;
 pub mod api;
+pub mod doctor;
 pub mod host;
 pub mod launcher;
 pub mod models;

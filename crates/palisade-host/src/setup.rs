@@ -28,7 +28,7 @@ pub struct ModelKey {
     pub provider: String,
     /// The API's URL; empty or `None` for Anthropic's own.
     pub base_url: Option<String>,
-    /// The key; `None` only for an OpenAI-compatible server that needs none.
+    /// The key (refused when `None`: an empty form field).
     pub key: Option<SecretValue>,
     /// The model to use; `None` to choose from the provider's list once the key is in.
     pub model: Option<String>,
@@ -152,10 +152,9 @@ pub fn store_model_key(store: &Store, form: ModelKey) -> Result<AgentRecord, Hos
             }
             Some(checked)
         }
-        None if provider == "openai" => None,
         None => {
             return Err(HostError::Invalid(
-                "the API key is empty; paste the key from your Anthropic console".into(),
+                "the API key is empty; paste the key from your provider's console".into(),
             ))
         }
     };

@@ -29,6 +29,7 @@ pub use messages::{
     SessionRecord,
 };
 pub use records::{AgentRecord, NewRule, NewSecret, RuleRecord, SecretRecord};
+pub use store::traffic;
 pub use store::traffic::{Outcome, RequestCount};
 pub use store::{RateOutcome, Store};
 
