@@ -457,7 +457,7 @@ fn disk_finding(root: &Path) -> Finding {
     };
     match nix::sys::statvfs::statvfs(&probe) {
         Ok(stat) => {
-            let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+            let free = stat.blocks_available().saturating_mul(stat.fragment_size());
             let text = palisade_sandbox::limits::format_bytes(free);
             let (status, fix) = if free < DISK_FAIL_BYTES {
                 (Status::Fail, Some(format!("free space on the file system of {}: agents' workspaces and the database need room", probe.display())))

@@ -42,6 +42,9 @@ pub struct HostConfig {
     /// First back-off after a runner crash; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Where approvals are announced in this process (shared with the in-process vault
+    /// and the chat channels by `palisade up`).
+    pub approval_events: palisade_approvals::Events,
 }
 
 impl HostConfig {
@@ -58,6 +61,7 @@ impl HostConfig {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            approval_events: palisade_approvals::Events::new(),
         }
     }
 }
@@ -102,6 +106,9 @@ pub(crate) struct AgentHandle {
 
 pub(crate) struct HostInner {
     pub(crate) store: Store,
+    pub(crate) engine: palisade_approvals::Engine,
+    /// The agents' `request_approval` calls waiting for a decision.
+    pub(crate) holds: Arc<palisade_approvals::Holds>,
     pub(crate) config: HostConfig,
     pub(crate) launcher: Arc<dyn RunnerLauncher>,
     agents: Mutex<HashMap<AgentName, AgentHandle>>,
@@ -137,6 +144,11 @@ impl Host {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let host = Host {
             inner: Arc::new(HostInner {
+                engine: palisade_approvals::Engine::new(
+                    store.clone(),
+                    config.approval_events.clone(),
+                ),
+                holds: crate::approvals::holds(),
                 store,
                 config,
                 launcher,
@@ -148,6 +160,9 @@ impl Host {
                 tasks: TaskTracker::new(),
             }),
         };
+        host.inner
+            .tasks
+            .spawn(crate::approvals::follow(Arc::clone(&host.inner)));
         let store = host.inner.store.clone();
         let waiting = tokio::task::spawn_blocking(move || store.agents_with_unanswered())
             .await
@@ -173,6 +188,11 @@ impl Host {
 
     pub fn config(&self) -> &HostConfig {
         &self.inner.config
+    }
+
+    /// The approval engine every surface of this host decides through.
+    pub fn engine(&self) -> &palisade_approvals::Engine {
+        &self.inner.engine
     }
 
     /// Accepts a message (stored before this returns) and wakes the agent. The
@@ -217,33 +237,12 @@ impl Host {
 
     /// Follows a message's events from now on (callers check the stored reply too).
     pub fn subscribe(&self, message_id: i64) -> broadcast::Receiver<StreamEvent> {
-        let mut streams = lock(&self.inner.streams);
-        streams
-            .entry(message_id)
-            .or_insert_with(|| broadcast::channel(256).0)
-            .subscribe()
+        self.inner.subscribe(message_id)
     }
 
     /// Wakes `agent`'s worker, starting it if needed.
     pub fn wake(&self, agent: &AgentName) -> Result<(), HostError> {
-        if *self.inner.shutdown.borrow() {
-            return Err(HostError::ShuttingDown);
-        }
-        let mut agents = lock(&self.inner.agents);
-        if let Some(handle) = agents.get(agent) {
-            handle.wake.send_modify(|n| *n = n.wrapping_add(1));
-            return Ok(());
-        }
-        // New slots look at the queue first, so the wake needs no initial bump.
-        let (wake_tx, wake) = watch::channel(0u64);
-        let listener = crate::worker::bind_socket(&self.inner.config.socket_dir, agent)?;
-        agents.insert(agent.clone(), AgentHandle { wake: wake_tx });
-        let inner = Arc::clone(&self.inner);
-        let name = agent.clone();
-        self.inner
-            .tasks
-            .spawn(crate::worker::run(inner, name, wake, listener));
-        Ok(())
+        self.inner.wake(agent)
     }
 
     /// Stops every worker: runners get `shutdown`, then are killed; sockets removed.
@@ -278,6 +277,36 @@ impl Host {
 }
 
 impl HostInner {
+    /// Wakes `agent`'s worker, starting it if needed.
+    pub(crate) fn wake(self: &Arc<Self>, agent: &AgentName) -> Result<(), HostError> {
+        if *self.shutdown.borrow() {
+            return Err(HostError::ShuttingDown);
+        }
+        let mut agents = lock(&self.agents);
+        if let Some(handle) = agents.get(agent) {
+            handle.wake.send_modify(|n| *n = n.wrapping_add(1));
+            return Ok(());
+        }
+        // New slots look at the queue first, so the wake needs no initial bump.
+        let (wake_tx, wake) = watch::channel(0u64);
+        let listener = crate::worker::bind_socket(&self.config.socket_dir, agent)?;
+        agents.insert(agent.clone(), AgentHandle { wake: wake_tx });
+        let inner = Arc::clone(self);
+        let name = agent.clone();
+        self.tasks
+            .spawn(crate::worker::run(inner, name, wake, listener));
+        Ok(())
+    }
+
+    /// Follows a message's events from now on (callers check the stored reply too).
+    pub(crate) fn subscribe(&self, message_id: i64) -> broadcast::Receiver<StreamEvent> {
+        let mut streams = lock(&self.streams);
+        streams
+            .entry(message_id)
+            .or_insert_with(|| broadcast::channel(256).0)
+            .subscribe()
+    }
+
     pub(crate) fn set_warm(&self, agent: &AgentName, slot: &std::path::Path, warm: bool) {
         let mut set = lock(&self.warm);
         let key = (agent.clone(), slot.to_path_buf());

@@ -14,8 +14,10 @@
 //! - [`doctor`]: what `palisade doctor` and the web UI's Health page check.
 //! - [`api`]: the local JSON API `palisade up` serves on 127.0.0.1.
 
+mod a2a;
 pub mod agents;
 pub mod api;
+mod approvals;
 pub mod doctor;
 pub mod host;
 pub mod launcher;

@@ -89,6 +89,58 @@ pub enum HostFrame {
     },
 }
 
+/// What a runner asks of the host (its host tools), one type on both sides: the runner
+/// builds these, the host matches on them. On the wire a `tool_call` frame carries the
+/// call's `name` and `input`, so an unknown or malformed call is answered as a failed
+/// tool call rather than taken for a broken connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name", content = "input", rename_all = "snake_case")]
+pub enum HostCall {
+    /// A message to the conversation before the turn's final answer.
+    SendMessage { text: String },
+    /// The agent's persistent notes.
+    MemoryRead {},
+    /// Adds a note to the agent's persistent notes.
+    MemoryAppend { note: String },
+    /// The credentials granted to the agent (names and scopes, never values).
+    ListGrants {},
+    /// Asks a person whether the agent may do `action`, and waits.
+    RequestApproval {
+        action: String,
+        #[serde(default)]
+        details: String,
+    },
+    /// Sends `text` to agent `agent` and waits for its answer.
+    AskAgent { agent: String, text: String },
+    /// Sends `text` to agent `agent` without waiting.
+    TellAgent { agent: String, text: String },
+}
+
+impl HostCall {
+    /// The call a `tool_call` frame names, or why it is not one.
+    pub fn parse(name: &str, input: &Value) -> Result<HostCall, String> {
+        let input = if input.is_null() {
+            Value::Object(Default::default())
+        } else {
+            input.clone()
+        };
+        serde_json::from_value(serde_json::json!({ "name": name, "input": input }))
+            .map_err(|error| format!("host tool {name:?}: {error}"))
+    }
+
+    /// The `name` and `input` of the frame that carries this call.
+    pub fn into_wire(self) -> (String, Value) {
+        let value = serde_json::to_value(&self).unwrap_or(Value::Null);
+        let name = value
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let input = value.get("input").cloned().unwrap_or(Value::Null);
+        (name, input)
+    }
+}
+
 /// Frames a runner sends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -349,5 +401,37 @@ mod tests {
         assert_eq!(runner.expect().await.unwrap(), HostFrame::Shutdown);
         drop(runner);
         assert!(host.recv().await.unwrap().is_none());
+    }
+
+    #[test]
+    fn host_calls_round_trip_through_the_wire_shape() {
+        let calls = [
+            HostCall::SendMessage { text: "hi".into() },
+            HostCall::MemoryRead {},
+            HostCall::MemoryAppend { note: "n".into() },
+            HostCall::ListGrants {},
+            HostCall::RequestApproval {
+                action: "a".into(),
+                details: "d".into(),
+            },
+            HostCall::AskAgent {
+                agent: "b".into(),
+                text: "t".into(),
+            },
+            HostCall::TellAgent {
+                agent: "b".into(),
+                text: "t".into(),
+            },
+        ];
+        for call in calls {
+            let (name, input) = call.clone().into_wire();
+            assert_eq!(HostCall::parse(&name, &input), Ok(call));
+        }
+        assert_eq!(
+            HostCall::parse("memory_read", &Value::Null),
+            Ok(HostCall::MemoryRead {})
+        );
+        assert!(HostCall::parse("format_disk", &Value::Null).is_err());
+        assert!(HostCall::parse("send_message", &serde_json::json!({})).is_err());
     }
 }

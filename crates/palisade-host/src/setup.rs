@@ -140,6 +140,8 @@ pub fn store_model_key(store: &Store, form: ModelKey) -> Result<AgentRecord, Hos
                 .into(),
                 agents: vec![name.to_string()],
                 priority: 0,
+                // The model key: every agent, research ones too, needs it to think.
+                sensitive: false,
             }
             .check()?;
             match store.check_new_secret(&checked) {

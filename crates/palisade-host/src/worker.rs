@@ -18,7 +18,8 @@
 use crate::host::{HostInner, StreamEvent};
 use crate::launcher::RunnerProcess;
 use crate::protocol::{
-    AgentFrame, Delivery, HostConnection, HostFrame, ProtocolError, RunnerFrame, PROTOCOL_VERSION,
+    AgentFrame, Delivery, HostCall, HostConnection, HostFrame, ProtocolError, RunnerFrame,
+    PROTOCOL_VERSION,
 };
 use crate::settings::{self, AgentSettings};
 use crate::HostError;
@@ -403,7 +404,7 @@ async fn run_slot(mut slot: Slot, listener: UnixListener) -> usize {
 /// False when the host is shutting down.
 #[allow(clippy::too_many_arguments)]
 async fn handle(
-    inner: &HostInner,
+    inner: &Arc<HostInner>,
     agent: &AgentName,
     socket: &Path,
     message: &InboundMessage,
@@ -668,7 +669,7 @@ async fn prepare(
 }
 
 async fn deliver(
-    inner: &HostInner,
+    inner: &Arc<HostInner>,
     agent: &AgentName,
     message: &InboundMessage,
     runner: &mut Runner,
@@ -773,7 +774,10 @@ async fn deliver(
                 name,
                 input,
             } if message_id == message.id => {
-                let (ok, content) = host_tool(inner, &message, &name, &input).await;
+                let (ok, content) = match HostCall::parse(&name, &input) {
+                    Ok(call) => host_tool(inner, &message, call).await,
+                    Err(reason) => (false, reason),
+                };
                 let result = HostFrame::ToolResult {
                     call_id,
                     ok,
@@ -860,34 +864,25 @@ fn stream_event(event: &serde_json::Value) -> Option<StreamEvent> {
 
 /// Runs a host tool for the agent of `message`; returns (ok, content).
 async fn host_tool(
-    inner: &HostInner,
+    inner: &Arc<HostInner>,
     message: &InboundMessage,
-    name: &str,
-    input: &serde_json::Value,
+    call: HostCall,
 ) -> (bool, String) {
     let home = inner.config.home.clone();
     let agent = message.agent.clone();
-    match name {
-        "send_message" => {
-            let Some(text) = input.get("text").and_then(|t| t.as_str()) else {
-                return (false, "send_message needs a \"text\" string".into());
-            };
+    match call {
+        HostCall::SendMessage { text } => {
             if text.trim().is_empty() || text.len() > crate::host::MAX_MESSAGE_BYTES {
                 return (false, "the message is empty or too long".into());
             }
             // Stored before anyone is shown it, so a crash cannot lose or repeat it.
             let store = inner.store.clone();
-            let (id, owned) = (message.id, text.to_string());
+            let (id, owned) = (message.id, text.clone());
             let stored =
                 tokio::task::spawn_blocking(move || store.store_outbound_message(id, &owned)).await;
             match stored {
                 Ok(Ok((_, true))) => {
-                    inner.publish(
-                        message.id,
-                        StreamEvent::Message {
-                            text: text.to_string(),
-                        },
-                    );
+                    inner.publish(message.id, StreamEvent::Message { text });
                     (true, "sent".into())
                 }
                 // A retried turn sending the same text again: it was shown already.
@@ -896,7 +891,7 @@ async fn host_tool(
                 Err(error) => (false, error.to_string()),
             }
         }
-        "memory_read" => {
+        HostCall::MemoryRead {} => {
             let result = tokio::task::spawn_blocking(move || {
                 settings::read_agent_file(
                     &settings::memory_path(&home, agent.as_str()),
@@ -910,14 +905,7 @@ async fn host_tool(
                 Err(error) => (false, error.to_string()),
             }
         }
-        "memory_append" => {
-            let Some(note) = input
-                .get("note")
-                .and_then(|t| t.as_str())
-                .map(str::to_string)
-            else {
-                return (false, "memory_append needs a \"note\" string".into());
-            };
+        HostCall::MemoryAppend { note } => {
             let result = tokio::task::spawn_blocking(move || {
                 settings::append_memory(&home, agent.as_str(), &note)
             })
@@ -928,7 +916,7 @@ async fn host_tool(
                 Err(error) => (false, error.to_string()),
             }
         }
-        "list_grants" => {
+        HostCall::ListGrants {} => {
             let store = inner.store.clone();
             let result = tokio::task::spawn_blocking(move || store.list_secrets()).await;
             match result {
@@ -950,6 +938,14 @@ async fn host_tool(
                 Err(error) => (false, error.to_string()),
             }
         }
-        other => (false, format!("unknown host tool {other:?}")),
+        HostCall::RequestApproval { action, details } => {
+            crate::approvals::request(inner, message, &action, &details).await
+        }
+        HostCall::AskAgent { agent: to, text } => {
+            crate::a2a::send(inner, message, &to, &text, crate::a2a::Wait::ForReply).await
+        }
+        HostCall::TellAgent { agent: to, text } => {
+            crate::a2a::send(inner, message, &to, &text, crate::a2a::Wait::No).await
+        }
     }
 }

@@ -115,6 +115,20 @@ async fn fake_runner(
                 if delivery.text.starts_with("hold") {
                     gate.acquire().await?.forget();
                 }
+                let mut answer = format!("echo: {}", delivery.text);
+                if let Some(action) = delivery.text.strip_prefix("approve:") {
+                    conn.send(&RunnerFrame::ToolCall {
+                        call_id: "c2".into(),
+                        message_id: delivery.message_id,
+                        name: "request_approval".into(),
+                        input: serde_json::json!({"action": action, "details": "because"}),
+                    })
+                    .await?;
+                    match conn.expect().await? {
+                        HostFrame::ToolResult { content, .. } => answer = content,
+                        other => return Err(format!("unexpected {other:?}").into()),
+                    }
+                }
                 let mut history = delivery.history.as_array().cloned().unwrap_or_default();
                 history.push(serde_json::json!(delivery.text));
                 let session_id = match behaviour {
@@ -124,7 +138,7 @@ async fn fake_runner(
                 conn.send(&RunnerFrame::Reply {
                     message_id: delivery.message_id,
                     session_id,
-                    text: format!("echo: {}", delivery.text),
+                    text: answer,
                     history: serde_json::Value::Array(history),
                 })
                 .await?;
@@ -424,4 +438,88 @@ async fn conversations_run_side_by_side_up_to_the_agents_concurrency_each_in_ord
     assert!(second.exists());
     f.host.shutdown().await;
     assert!(!second.exists());
+}
+
+/// The pending approval of `agent`, once one exists.
+async fn pending_approval(store: &Store) -> palisade_store::Approval {
+    for _ in 0..200 {
+        let pending = store
+            .list_approvals(Some(palisade_store::ApprovalStatus::Pending), 10)
+            .unwrap();
+        if let Some(approval) = pending.into_iter().next() {
+            return approval;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no approval was asked for within 5 s");
+}
+
+#[tokio::test]
+async fn request_approval_waits_for_a_person_and_tells_the_agent_who_decided() {
+    let f = fixture(Behaviour::Echo, |_| {}).await;
+    let (_, mut events) = f
+        .host
+        .submit(&f.agent, "a", "cli", "approve:wire 20 EUR")
+        .await
+        .unwrap();
+    let approval = pending_approval(&f.store).await;
+    assert_eq!(approval.kind, "tool_action");
+    assert_eq!(approval.title, "helper asks: wire 20 EUR");
+    assert_eq!(approval.lines, vec!["because"]);
+    // Decided by another process (its own engine and events): found by the poll.
+    let elsewhere = palisade_approvals::Engine::new(f.store.clone(), Default::default());
+    elsewhere
+        .decide(
+            &approval.id,
+            &palisade_approvals::ApproverIdentity::cli("ana"),
+            palisade_approvals::Choice::Once,
+            None,
+        )
+        .unwrap();
+    let (_, text, _) = reply_of(&mut events).await;
+    assert_eq!(text, "approved by cli:ana; go ahead");
+
+    // A denial with a comment, made in this process, reaches the agent at once.
+    let (_, mut events) = f
+        .host
+        .submit(&f.agent, "b", "cli", "approve:delete the backups")
+        .await
+        .unwrap();
+    let approval = pending_approval(&f.store).await;
+    f.host
+        .engine()
+        .decide(
+            &approval.id,
+            &palisade_approvals::ApproverIdentity::web(),
+            palisade_approvals::Choice::Deny,
+            Some("keep last week's"),
+        )
+        .unwrap();
+    let (_, text, _) = reply_of(&mut events).await;
+    assert_eq!(
+        text,
+        "denied by web:admin, who said: keep last week's; do not do it"
+    );
+    f.host.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_approval_expires_denied() {
+    let f = fixture(Behaviour::Echo, |_| {}).await;
+    let mut settings = f.store.get_agent(&f.agent).unwrap().settings;
+    settings["approval_timeout_secs"] = serde_json::json!(1);
+    f.store.update_agent_settings(&f.agent, &settings).unwrap();
+    let (_, mut events) = f
+        .host
+        .submit(&f.agent, "a", "cli", "approve:something")
+        .await
+        .unwrap();
+    let (_, text, _) = reply_of(&mut events).await;
+    assert!(
+        text.starts_with("nobody decided in time, so it is denied"),
+        "{text}"
+    );
+    let all = f.store.list_approvals(None, 10).unwrap();
+    assert_eq!(all[0].status, palisade_store::ApprovalStatus::TimedOut);
+    f.host.shutdown().await;
 }

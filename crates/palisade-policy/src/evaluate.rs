@@ -152,6 +152,11 @@ impl PolicySet {
             if !candidate.host.matches(facts.host) || !candidate.agents.contains(facts.agent) {
                 continue;
             }
+            // Compartments, checked again at run time: a research agent reads the
+            // internet and never gets a sensitive credential, granted or not.
+            if candidate.sensitive && facts.profile == Profile::Research {
+                continue;
+            }
             secret_names_host = true;
             if candidate
                 .path
@@ -276,6 +281,7 @@ mod tests {
             expires_at_ms: None,
             body_contains: None,
             scope: Scope::User,
+            approval_timeout_ms: None,
         }
     }
 
@@ -306,6 +312,7 @@ mod tests {
             value: SecretValue::new(format!("value-{id}")),
             agents: agents.iter().map(|a| agent(a)).collect(),
             priority: 0,
+            sensitive: false,
         }
     }
 
@@ -735,5 +742,16 @@ mod tests {
             verdict_of(&set, &Request::to("api.example.com", "/").post(None)).0,
             "block"
         );
+    }
+
+    #[test]
+    fn a_sensitive_secret_is_never_injected_for_a_research_agent() {
+        let mut mail = secret(1, "gmail.googleapis.com", None, &["bot"]);
+        mail.sensitive = true;
+        let set = PolicySet::new(vec![mail], Vec::new());
+        let research = Request::to("gmail.googleapis.com", "/send");
+        assert!(set.evaluate(&research.facts()).secret.is_none());
+        let action = Request::to("gmail.googleapis.com", "/send").action();
+        assert_eq!(set.evaluate(&action.facts()).secret.map(|s| s.id), Some(1));
     }
 }

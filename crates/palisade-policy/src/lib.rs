@@ -2,7 +2,8 @@
 //!
 //! Everything the gateway decides about a request — which secret to inject, which
 //! rule applies, what the agent is told when it is refused, what a person sees when
-//! asked to approve — is computed here from plain values, so it can be unit-tested
+//! asked to approve — is computed here (the summaries a person reads live in
+//! `palisade-approvals`) from plain values, so it can be unit-tested
 //! and fuzzed without sockets or a database. The store loads a [`PolicySet`]; the
 //! vault evaluates it per request.
 
@@ -16,7 +17,6 @@ pub mod pattern;
 pub mod rule;
 pub mod sanitize;
 pub mod secret;
-pub mod summary;
 
 pub use canonical::{CanonicalPath, PathRefusal};
 pub use error_body::{ErrorBody, GatewayErrorKind};
@@ -26,4 +26,3 @@ pub use names::{AgentName, NameError, Profile};
 pub use pattern::{HostPattern, MethodPattern, PathPattern, PatternError};
 pub use rule::{RateWindow, RuleAction, RuleError, RulePolicy, Scope};
 pub use secret::{SecretPolicy, SecretValue};
-pub use summary::{summarize, Summary};

@@ -185,7 +185,7 @@ impl fmt::Display for HostPattern {
 
 /// Strips brackets, a port and a trailing root dot, so callers that pass an authority
 /// still match; the documented contract is a bare host, this is only tolerance.
-pub(crate) fn bare_host(host: &str) -> &str {
+pub fn bare_host(host: &str) -> &str {
     if let Some(inner) = host.strip_prefix('[') {
         return inner.split(']').next().unwrap_or(inner);
     }

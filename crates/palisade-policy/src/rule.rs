@@ -149,6 +149,8 @@ pub struct RulePolicy {
     /// The rule matches only if the request body (the prefix the vault read) contains this.
     pub body_contains: Option<String>,
     pub scope: Scope,
+    /// How long a request this rule holds waits for a person; `None`: the default.
+    pub approval_timeout_ms: Option<i64>,
 }
 
 #[cfg(test)]

@@ -43,4 +43,6 @@ pub struct SecretPolicy {
     pub agents: Vec<AgentName>,
     /// Higher wins among secrets whose paths are equally specific.
     pub priority: i64,
+    /// Never injected for a research-profile agent, whatever its grants say.
+    pub sensitive: bool,
 }

@@ -58,6 +58,13 @@ pub struct AuditFilter {
     pub limit: Option<usize>,
     /// Only rows with id < before_id (paging).
     pub before_id: Option<i64>,
+    /// Only rows with id > after_id (following the log).
+    pub after_id: Option<i64>,
+    /// Only rows about this approval (its creation, decision and the action it allowed).
+    pub approval_id: Option<String>,
+    /// Only decisions on approvals and refused attempts to decide (`approval.decide`,
+    /// `approval.close`, `approval.refused`).
+    pub approval_decisions: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]

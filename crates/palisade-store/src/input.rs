@@ -164,6 +164,8 @@ pub struct SecretDraft {
     pub inject: String,
     pub agents: Vec<String>,
     pub priority: i64,
+    /// Never granted to, nor injected for, a research-profile agent.
+    pub sensitive: bool,
 }
 
 /// A [`SecretDraft`] whose every field parsed.
@@ -175,6 +177,7 @@ pub struct CheckedSecret {
     pub injection: Injection,
     pub agents: Vec<AgentName>,
     pub priority: i64,
+    pub sensitive: bool,
 }
 
 impl SecretDraft {
@@ -200,6 +203,7 @@ impl SecretDraft {
             injection,
             agents: agent_names(&self.agents)?,
             priority: self.priority,
+            sensitive: self.sensitive,
         })
     }
 }
@@ -214,6 +218,7 @@ impl CheckedSecret {
             value,
             agents: self.agents,
             priority: self.priority,
+            sensitive: self.sensitive,
         }
     }
 }
@@ -238,10 +243,17 @@ pub struct RuleDraft {
     pub body_contains: Option<String>,
     /// `org` or `user`.
     pub scope: String,
+    /// `require_approval` only: how long a held request waits for a person (`5m`,
+    /// `1h`; `None`: the gateway's default).
+    pub approval_timeout: Option<String>,
     /// When editing: the rule's current expiry. `expires` naming exactly this time
     /// keeps it, even if it has passed (an edit need not revive an expired rule).
     pub current_expires_at_ms: Option<i64>,
 }
+
+/// The shortest and longest approval timeout a rule may set.
+pub const MIN_APPROVAL_TIMEOUT: Duration = Duration::from_secs(1);
+pub const MAX_APPROVAL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `2026-12-01T00:00:00.000Z`: how an expiry is shown for editing (milliseconds kept,
 /// so an unchanged field names exactly the stored time).
@@ -266,6 +278,10 @@ impl RuleDraft {
             expires: rule.expires_at_ms.map(format_time),
             body_contains: rule.body_contains.clone(),
             scope: rule.scope.clone(),
+            approval_timeout: rule.approval_timeout_ms.map(|ms| {
+                humantime::format_duration(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+                    .to_string()
+            }),
             current_expires_at_ms: rule.expires_at_ms,
         }
     }
@@ -307,6 +323,21 @@ impl RuleDraft {
                 _ => Some(parse_time(text, "expires", true, now_ms)?),
             },
         };
+        let approval_timeout_ms = match self.approval_timeout.as_deref() {
+            None => None,
+            Some(_) if action != RuleAction::RequireApproval => {
+                return Err(refuse(
+                    "an approval timeout applies only to the action require_approval",
+                ))
+            }
+            Some(text) => {
+                let duration = parse_duration(text, "approval timeout")?;
+                if !(MIN_APPROVAL_TIMEOUT..=MAX_APPROVAL_TIMEOUT).contains(&duration) {
+                    return Err(refuse("the approval timeout must be between 1s and 7d"));
+                }
+                Some(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
+            }
+        };
         match self.body_contains.as_deref() {
             Some("") => {
                 return Err(refuse(
@@ -331,6 +362,7 @@ impl RuleDraft {
             expires_at_ms,
             body_contains: self.body_contains.clone(),
             scope,
+            approval_timeout_ms,
         })
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Owns the home directory layout ([`Home`]), the master key and the encryption of
 //! secret values ([`crypto`]), versioned schema migrations, and typed access to agents,
-//! secrets, rules, approvals, rate-limit counters and the hash-chained audit log.
+//! secrets, rules, approvals, chat channels and approvers, rate-limit counters and the
+//! hash-chained audit log.
 //! Every process (the gateway, each CLI command) opens its own [`Store`]; SQLite in
 //! WAL mode with a busy timeout arbitrates between them, and `BEGIN IMMEDIATE`
 //! transactions make counters and the audit chain exact across processes.
@@ -12,6 +13,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod channels;
 pub mod crypto;
 pub mod gateways;
 pub mod home;
@@ -23,12 +25,13 @@ mod store;
 
 pub use approvals::{Approval, ApprovalDecision, ApprovalStatus, NewApproval};
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, VerifyReport};
+pub use channels::{ApprovalCard, ApproverRecord, ChannelLink, ChannelRecord, NewChannel};
 pub use home::Home;
 pub use messages::{
-    Accepted, InboundMessage, MessageStatus, OutboundMessage, ReplyOutcome, ReplyRecord,
-    SessionRecord,
+    Accepted, InboundMessage, MessageOrigin, MessageStatus, OutboundMessage, ReplyOutcome,
+    ReplyRecord, SessionRecord,
 };
-pub use records::{AgentRecord, NewRule, NewSecret, RuleRecord, SecretRecord};
+pub use records::{AgentLink, AgentRecord, NewRule, NewSecret, RuleRecord, SecretRecord};
 pub use store::traffic;
 pub use store::traffic::{Outcome, RequestCount};
 pub use store::{RateOutcome, Store};

@@ -64,6 +64,18 @@ pub struct InboundMessage {
     pub status: MessageStatus,
     pub attempts: i64,
     pub created_at_ms: i64,
+    /// Set when another agent sent it.
+    pub origin: Option<MessageOrigin>,
+}
+
+/// Where a message from another agent came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MessageOrigin {
+    /// The agent that sent it.
+    pub from: AgentName,
+    /// Every agent the conversation passed through to get here, oldest first, ending
+    /// with `from` (the hop count is its length; a name twice is a cycle).
+    pub chain: Vec<AgentName>,
 }
 
 /// The one answer to an inbound message.

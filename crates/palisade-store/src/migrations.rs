@@ -176,11 +176,96 @@ CREATE TABLE outbound_messages (
 CREATE INDEX outbound_messages_inbound ON outbound_messages(inbound_id, id);
 "#;
 
+/// Approvals as the approval engine decides them: the choice made, who made it (the
+/// surface or chat channel, the platform user id and display name), the rule a "for
+/// 1 h" or "always" choice created, which gateway holds a held request (so one that
+/// died can be told from one still waiting), and an idempotency key for approvals an
+/// agent asks for (a retried turn finds its approval again). Chat channels with their
+/// sealed credentials, the chats linked to agents, each agent's approvers, and the
+/// approval cards posted (so every card can be edited once its approval is decided,
+/// also after a restart).
+const V4: &str = r#"
+ALTER TABLE approvals ADD COLUMN choice TEXT;
+ALTER TABLE approvals ADD COLUMN approver_channel TEXT;
+ALTER TABLE approvals ADD COLUMN approver_user TEXT;
+ALTER TABLE approvals ADD COLUMN approver_name TEXT;
+ALTER TABLE approvals ADD COLUMN granted_rule TEXT;
+ALTER TABLE approvals ADD COLUMN holder TEXT;
+ALTER TABLE approvals ADD COLUMN request_key TEXT;
+CREATE UNIQUE INDEX approvals_request_key ON approvals(request_key) WHERE request_key IS NOT NULL;
+
+ALTER TABLE rules ADD COLUMN approval_timeout_ms INTEGER;
+
+CREATE TABLE channels (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    platform      TEXT NOT NULL,
+    settings      TEXT NOT NULL DEFAULT '{}',
+    sealed        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE channel_links (
+    channel_id    INTEGER NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+    chat          TEXT NOT NULL,
+    agent_id      INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (channel_id, chat)
+) WITHOUT ROWID;
+
+CREATE TABLE approvers (
+    id            INTEGER PRIMARY KEY,
+    agent_id      INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    channel_id    INTEGER NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+    user_id       TEXT NOT NULL,
+    display_name  TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    UNIQUE (agent_id, channel_id, user_id)
+);
+
+CREATE TABLE approval_cards (
+    id            INTEGER PRIMARY KEY,
+    approval_id   TEXT NOT NULL REFERENCES approvals(id) ON DELETE CASCADE,
+    channel_id    INTEGER NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+    chat          TEXT NOT NULL,
+    message       TEXT,
+    token         TEXT NOT NULL UNIQUE,
+    posted_at_ms  INTEGER NOT NULL,
+    finished      TEXT,
+    UNIQUE (approval_id, channel_id, chat)
+);
+CREATE INDEX approval_cards_open ON approval_cards(finished, approval_id);
+"#;
+
+/// Compartments and agent-to-agent messages: secrets marked sensitive (never granted to,
+/// nor injected for, a research agent), the allow-list of which agent may message which
+/// (and whether each direction needs a person's approval), and where an inbound message
+/// came from when another agent sent it (the sender and the chain of agents before it,
+/// for the hop limit and cycle check), with a key so a retried turn does not send twice.
+const V5: &str = r#"
+ALTER TABLE secrets ADD COLUMN sensitive INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE agent_links (
+    from_agent_id    INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    to_agent_id      INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    approve_outbound INTEGER NOT NULL DEFAULT 0,
+    approve_inbound  INTEGER NOT NULL DEFAULT 0,
+    created_at_ms    INTEGER NOT NULL,
+    PRIMARY KEY (from_agent_id, to_agent_id)
+) WITHOUT ROWID;
+CREATE INDEX agent_links_to ON agent_links(to_agent_id);
+
+ALTER TABLE inbound_messages ADD COLUMN origin TEXT;
+ALTER TABLE inbound_messages ADD COLUMN origin_key TEXT;
+CREATE UNIQUE INDEX inbound_messages_origin_key ON inbound_messages(origin_key)
+    WHERE origin_key IS NOT NULL;
+"#;
+
 /// Managing the vault from the web UI: a rule can be switched off without losing it
 /// (`enabled`), and the gateway keeps per-agent, per-hour counts of request outcomes
 /// (plain allowed traffic has no audit row, so charts of an agent's traffic need
 /// these), purged after eight days.
-const V4: &str = r#"
+const V6: &str = r#"
 ALTER TABLE rules ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;
 
 CREATE TABLE request_counts (
@@ -193,7 +278,7 @@ CREATE TABLE request_counts (
 CREATE INDEX request_counts_hour ON request_counts(hour_ms);
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -27,6 +27,8 @@ pub struct SecretRecord {
     pub injection: String,
     pub agents: Vec<AgentName>,
     pub priority: i64,
+    /// Never granted to, nor injected for, a research-profile agent.
+    pub sensitive: bool,
     pub created_at_ms: i64,
 }
 
@@ -39,6 +41,9 @@ pub struct NewSecret {
     /// Each must exist, else `NotFound` and nothing is written.
     pub agents: Vec<AgentName>,
     pub priority: i64,
+    /// A credential to data or actions that matter (mail, payments, code): never
+    /// granted to a research-profile agent.
+    pub sensitive: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -60,6 +65,9 @@ pub struct RuleRecord {
     /// `org` | `user`
     pub scope: String,
     pub created_at_ms: i64,
+    /// How long a request this rule holds waits for a person (`require_approval` only;
+    /// `None`: the gateway's default).
+    pub approval_timeout_ms: Option<i64>,
     /// A disabled rule is kept but the gateway ignores it.
     pub enabled: bool,
 }
@@ -77,4 +85,18 @@ pub struct NewRule {
     pub expires_at_ms: Option<i64>,
     pub body_contains: Option<String>,
     pub scope: Scope,
+    /// See [`RuleRecord::approval_timeout_ms`].
+    pub approval_timeout_ms: Option<i64>,
+}
+
+/// One entry of the agent-to-agent allow-list: `from` may message `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentLink {
+    pub from: AgentName,
+    pub to: AgentName,
+    /// A person approves each message `from` sends to `to` before it leaves.
+    pub approve_outbound: bool,
+    /// A person approves each message from `from` before `to` receives it.
+    pub approve_inbound: bool,
+    pub created_at_ms: i64,
 }

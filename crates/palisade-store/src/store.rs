@@ -11,6 +11,8 @@
 mod agents;
 mod approvals;
 mod audit;
+mod channels;
+mod links;
 mod messages;
 mod policy;
 mod rate;

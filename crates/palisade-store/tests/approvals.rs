@@ -16,6 +16,8 @@ fn new_approval(agent: &str, title: &str) -> NewApproval {
         detail: "full request detail".into(),
         context: serde_json::json!({ "method": "POST", "host": "api.example.com", "rule": "ask" }),
         expires_at_ms: palisade_store::now_ms() + 600_000,
+        holder: None,
+        request_key: None,
     }
 }
 
@@ -28,6 +30,11 @@ fn decision(approve: bool, approver: &str) -> ApprovalDecision {
         } else {
             Some("not today".into())
         },
+        choice: if approve { "once" } else { "deny" }.into(),
+        approver_channel: "cli".into(),
+        approver_user: approver.into(),
+        approver_name: approver.into(),
+        grant: None,
     }
 }
 

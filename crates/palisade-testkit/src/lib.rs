@@ -9,6 +9,8 @@
 //!   `palisade vault serve --upstream-ca FILE` and to clients.
 //! - [`Upstream`]: a recording HTTPS server (HTTP/1.1 + h2, SSE, WebSocket, a fake
 //!   Anthropic Messages API and a fake OpenAI-compatible chat API) on 127.0.0.1:0.
+//! - [`FakeTelegram`] (and the other chat platforms in `chat/`): fake platform APIs
+//!   on 127.0.0.1 speaking the documented wire formats.
 //! - [`ChildGuard`]: a child process in its own process group, killed with the whole
 //!   group on drop, so a failing test never leaves a gateway running.
 //! - [`Palisade`]: runs the binary against a fresh temporary `PALISADE_HOME`.
@@ -18,12 +20,14 @@
 //! Everything here talks only to 127.0.0.1 and ::1, and every wait has a timeout.
 
 mod ca;
+mod chat;
 mod clients;
 mod palisade;
 mod process;
 mod upstream;
 
 pub use ca::{ServerIdentity, TestCa, DEFAULT_SERVER_NAMES};
+pub use chat::{CallbackAnswer, FakeTelegram, TelegramMessage};
 pub use clients::{
     curl, free_port, output_text, python, run_with_timeout, wait_for_tcp, wait_until,
 };

@@ -11,8 +11,9 @@ use crate::state::Shared;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use palisade_approvals::{ApprovalError, ApproverIdentity, Choice};
 use palisade_policy::{AgentName, Injection, Profile};
-use palisade_store::{ApprovalDecision, ApprovalStatus, StoreError};
+use palisade_store::{ApprovalStatus, StoreError};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -102,6 +103,24 @@ fn store_error(e: StoreError) -> Response<ProxyBody> {
             "internal",
             &other.to_string(),
         ),
+    }
+}
+
+fn approval_error(e: ApprovalError) -> Response<ProxyBody> {
+    match e {
+        ApprovalError::NotFound(_) => error(StatusCode::NOT_FOUND, "not_found", &e.to_string()),
+        ApprovalError::AlreadyDecided { .. } | ApprovalError::Expired(_) => {
+            error(StatusCode::GONE, "already_decided", &e.to_string())
+        }
+        ApprovalError::ChoiceNotOffered { .. } => error(
+            StatusCode::BAD_REQUEST,
+            "choice_not_offered",
+            &e.to_string(),
+        ),
+        ApprovalError::NotAnApprover { .. } => {
+            error(StatusCode::FORBIDDEN, "not_an_approver", &e.to_string())
+        }
+        ApprovalError::Store(other) => store_error(other),
     }
 }
 
@@ -341,9 +360,23 @@ async fn decide(shared: &Arc<Shared>, id: &str, request: Request<Incoming>) -> R
             "expected {\"decision\": \"approve\"|\"deny\"}",
         );
     };
-    let approve = match body.get("decision").and_then(Value::as_str) {
-        Some("approve") => true,
-        Some("deny") => false,
+    // OneCLI's contract: "approve" | "deny". Palisade's choices ("1h", "always") may be
+    // given in "choice" beside an approval.
+    let choice = match body.get("decision").and_then(Value::as_str) {
+        Some("approve") => match body.get("choice").and_then(Value::as_str) {
+            None => Choice::Once,
+            Some(text) => match text.parse::<Choice>() {
+                Ok(choice) if choice.approves() => choice,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "choice must be \"once\", \"1h\" or \"always\"",
+                    )
+                }
+            },
+        },
+        Some("deny") => Choice::Deny,
         _ => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -352,29 +385,31 @@ async fn decide(shared: &Arc<Shared>, id: &str, request: Request<Incoming>) -> R
             )
         }
     };
-    let decision = ApprovalDecision {
-        approve,
-        approver: body
-            .get("approver")
-            .and_then(Value::as_str)
-            .map(|a| format!("api:{}", a.chars().take(64).collect::<String>()))
-            .unwrap_or_else(|| "api:admin-key".to_string()),
-        comment: body
-            .get("comment")
-            .and_then(Value::as_str)
-            .map(|c| c.chars().take(2000).collect()),
-    };
-    let store = shared.store.clone();
+    let approver = ApproverIdentity::admin_api(body.get("approver").and_then(Value::as_str));
+    let comment = body
+        .get("comment")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let engine = shared.engine.clone();
     let owned = id.to_string();
-    match blocking(move || store.decide_approval(&owned, &decision)).await {
-        Ok(approval) => {
+    let decided = tokio::task::spawn_blocking(move || {
+        engine.decide(&owned, &approver, choice, comment.as_deref())
+    })
+    .await;
+    match decided {
+        Ok(Ok(approval)) => {
             shared.holds.resolve(&approval);
             json(
                 StatusCode::OK,
                 &json!({"id": approval.id, "status": approval.status.as_str()}),
             )
         }
-        Err(e) => store_error(e),
+        Ok(Err(e)) => approval_error(e),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the decision task failed",
+        ),
     }
 }
 

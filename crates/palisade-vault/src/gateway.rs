@@ -6,12 +6,12 @@ use crate::audit_log;
 use crate::ca::CertificateAuthority;
 use crate::conn::{ConnectionLimits, ConnectionPermits};
 use crate::front::{serve_connection, Entry};
-use crate::holds::Holds;
 use crate::net_guard::NetGuard;
 use crate::state::{Shared, Snapshot};
 use crate::upstream::UpstreamClient;
 use crate::{RunningInfo, VaultConfig, VaultError};
 use arc_swap::ArcSwap;
+use palisade_approvals::{Engine, Event, Holds};
 use palisade_policy::{AgentName, HostPattern};
 use palisade_store::{Home, Store};
 use std::collections::HashMap;
@@ -190,9 +190,12 @@ pub async fn start(
     let holds = Holds::new(config.max_holds_per_agent);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let advertise = config.advertise;
+    let events = config.approval_events.clone().unwrap_or_default();
+    let engine = Engine::new(store.clone(), events);
     let shared = Arc::new(Shared {
         config,
         snapshot: ArcSwap::from_pointee(snapshot),
+        engine,
         store,
         ca,
         upstream,
@@ -239,6 +242,7 @@ pub async fn start(
     });
     background.push(tokio::spawn(watch_changes(refresher.clone())));
     background.push(tokio::spawn(sweep_expired_approvals(shared.clone())));
+    background.push(tokio::spawn(follow_decisions(shared.clone())));
     let control = match crate::control::bind(&home) {
         Some((listener, path)) => {
             background.push(tokio::spawn(crate::control::serve(
@@ -519,8 +523,9 @@ async fn watch_changes(refresher: Arc<Refresher>) {
 }
 
 /// Closes pending approvals whose expiry has passed, whether or not the request is
-/// still held anywhere (its gateway may have been killed): an approval never stays
-/// pending past its expiry.
+/// still held anywhere (an approval never stays pending past its expiry), and cancels
+/// those held by a gateway that is gone (killed while holding them: nobody is left to
+/// send the request, so it must not look approvable).
 async fn sweep_expired_approvals(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -528,15 +533,37 @@ async fn sweep_expired_approvals(shared: Arc<Shared>) {
             _ = tokio::time::sleep(EXPIRY_SWEEP_INTERVAL) => {}
             _ = crate::stopped(&mut shutdown) => return,
         }
-        let store = shared.store.clone();
+        let engine = shared.engine.clone();
         let swept = tokio::task::spawn_blocking(move || {
-            store.expire_overdue_approvals(palisade_store::now_ms())
+            let mut closed = engine.expire_overdue()?;
+            closed.extend(engine.cancel_orphaned_holds()?);
+            Ok::<_, palisade_approvals::ApprovalError>(closed)
         })
         .await;
-        if let Ok(Ok(expired)) = swept {
-            for approval in &expired {
+        if let Ok(Ok(closed)) = swept {
+            for approval in &closed {
                 shared.holds.resolve(approval);
             }
+        }
+    }
+}
+
+/// Wakes held requests as soon as an approval is decided in this process (a chat
+/// channel of the `palisade up` running this gateway), without waiting for the poll.
+async fn follow_decisions(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut events = shared.engine.events().subscribe();
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = crate::stopped(&mut shutdown) => return,
+        };
+        match event {
+            Ok(Event::Closed(approval)) => shared.holds.resolve(&approval),
+            Ok(Event::Created(_)) => {}
+            // Missed some: the poll of the store catches them.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }

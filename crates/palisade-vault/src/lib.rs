@@ -14,7 +14,6 @@ mod conn;
 mod control;
 mod front;
 mod gateway;
-mod holds;
 pub mod net_guard;
 mod peer;
 mod pipeline;
@@ -46,8 +45,12 @@ pub struct VaultConfig {
     /// The host's own control plane (the web UI and JSON API of `palisade up`): like
     /// the gateway's own listener, never an upstream, whatever `allow_local_upstream` says.
     pub protected: Vec<SocketAddr>,
-    /// How long a held request waits for a person (default 10 min).
+    /// How long a held request waits for a person (default 10 min) unless its rule or
+    /// its agent says otherwise.
     pub approval_timeout: Duration,
+    /// Where approvals this gateway creates and decides are announced in this process
+    /// (`palisade up` shares one with its chat channels); `None`: a private one.
+    pub approval_events: Option<palisade_approvals::Events>,
     /// Whether to write `run/vault.json` so other commands find this gateway (false for
     /// in-process gateways started by `sandbox run`).
     pub advertise: bool,
@@ -86,7 +89,8 @@ impl VaultConfig {
             upstream_ca: Vec::new(),
             allow_local_upstream: Vec::new(),
             protected: Vec::new(),
-            approval_timeout: Duration::from_secs(600),
+            approval_timeout: palisade_approvals::DEFAULT_TIMEOUT,
+            approval_events: None,
             advertise: false,
             connect_timeout: Duration::from_secs(10),
             upstream_timeout: Duration::from_secs(600),

@@ -8,12 +8,12 @@
 use crate::audit_log::AuditSender;
 use crate::ca::CertificateAuthority;
 use crate::conn::ConnectionLimits;
-use crate::holds::Holds;
 use crate::net_guard::NetGuard;
 use crate::pipeline::audit::FrontDoorBudget;
 use crate::upstream::UpstreamClient;
 use crate::VaultConfig;
 use arc_swap::ArcSwap;
+use palisade_approvals::{Engine, Holds};
 use palisade_policy::{AgentName, PolicySet, Profile};
 use palisade_store::Store;
 use sha2::{Digest, Sha256};
@@ -29,16 +29,22 @@ pub struct Snapshot {
     pub tokens: HashMap<String, AgentName>,
     /// sha256 of the admin key.
     pub admin_key_digest: [u8; 32],
+    /// Agents with their own approval timeout (`approval_timeout_secs` in their settings).
+    pub approval_timeouts: HashMap<AgentName, std::time::Duration>,
 }
 
 impl Snapshot {
     pub fn load(store: &Store) -> Result<Snapshot, palisade_store::StoreError> {
         let policy = store.load_policy()?;
-        let agents = store
-            .list_agents()?
-            .into_iter()
-            .map(|a| (a.name, a.profile))
+        let records = store.list_agents()?;
+        let approval_timeouts = records
+            .iter()
+            .filter_map(|a| {
+                let secs = a.settings.get("approval_timeout_secs")?.as_u64()?;
+                Some((a.name.clone(), std::time::Duration::from_secs(secs.max(1))))
+            })
             .collect();
+        let agents = records.into_iter().map(|a| (a.name, a.profile)).collect();
         let tokens = store
             .agent_token_hashes()?
             .into_iter()
@@ -50,6 +56,7 @@ impl Snapshot {
             agents,
             tokens,
             admin_key_digest,
+            approval_timeouts,
         })
     }
 
@@ -73,6 +80,9 @@ pub struct Shared {
     pub config: VaultConfig,
     pub snapshot: ArcSwap<Snapshot>,
     pub store: Store,
+    /// The approval engine over `store`: held requests are created, closed and (through
+    /// the admin API) decided through it.
+    pub engine: Engine,
     pub ca: CertificateAuthority,
     pub upstream: UpstreamClient,
     pub guard: Arc<NetGuard>,

@@ -49,6 +49,9 @@ pub(crate) struct WebState {
     pub(crate) host: Host,
     /// The store as the web admin: its mutations are audited as [`WEB_ACTOR`].
     pub(crate) store: Store,
+    /// The host's approval engine (decisions made here reach cards and held requests
+    /// in this process at once).
+    pub(crate) engine: palisade_approvals::Engine,
     pub(crate) tokens: Arc<ApiTokens>,
     /// The CSRF token of the one admin session (derived from the session token).
     pub(crate) csrf: Arc<str>,
@@ -73,6 +76,7 @@ pub fn app(
     let api = palisade_host::api::router(host.clone(), tokens.clone(), shutdown);
     let state = WebState {
         store: host.store().with_actor(WEB_ACTOR),
+        engine: host.engine().clone(),
         host,
         csrf: Arc::from(auth::csrf_token(&tokens.session)),
         tokens: Arc::new(tokens),

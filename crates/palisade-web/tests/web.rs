@@ -208,6 +208,8 @@ impl Web {
                 detail: "POST /v1/send HTTP/1.1\nauthorization: [redacted]".into(),
                 context: serde_json::json!({"method": "POST", "host": "api.example.com"}),
                 expires_at_ms: palisade_store::now_ms() + 600_000,
+                holder: None,
+                request_key: None,
             })
             .unwrap()
             .id
@@ -741,6 +743,7 @@ async fn no_page_ever_contains_a_secret_value() {
             value: SecretValue::new(SECRET_VALUE.into()),
             agents: vec![AgentName::new("helper").unwrap()],
             priority: 0,
+            sensitive: false,
         })
         .unwrap();
     let id = web.pending_approval("use mail-token");

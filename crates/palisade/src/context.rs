@@ -20,6 +20,6 @@ impl Context {
     /// the handle are audited as made by the person running the CLI (`cli:NAME`).
     pub fn open_store(&self) -> anyhow::Result<Store> {
         let store = Store::open(&self.home)?;
-        Ok(store.with_actor(&crate::input::approver_identity()))
+        Ok(store.with_actor(&format!("cli:{}", crate::input::local_user())))
     }
 }

@@ -40,6 +40,25 @@ pub fn read_secret_value(file: Option<&Path>, secret_name: &str) -> anyhow::Resu
     Ok(palisade_store::input::secret_value(value)?)
 }
 
+/// A credential (bot token, signing secret) from a file, or from stdin when the file is
+/// `-`; never from argv. Trailing white space is dropped.
+pub fn read_credential(file: &Path, flag: &str) -> anyhow::Result<SecretValue> {
+    let bytes = if file == Path::new("-") {
+        read_limited(std::io::stdin().lock(), "stdin")?
+    } else {
+        let handle = std::fs::File::open(file)
+            .with_context(|| format!("cannot read {flag} {}", file.display()))?;
+        read_limited(handle, &format!("{flag} {}", file.display()))?
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{flag}: the file is not UTF-8 text"))?;
+    let value = SecretValue::new(text.trim().to_string());
+    if value.expose().is_empty() {
+        bail!("{flag}: the file is empty");
+    }
+    Ok(value)
+}
+
 fn read_limited(reader: impl Read, source: &str) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     reader
@@ -70,13 +89,13 @@ pub fn confirm(question: &str, action: &str, confirm_flag: &str) -> anyhow::Resu
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
-/// Who is deciding from this CLI: `cli:` + the login name of the real user id, or
-/// `cli:uid-N` when the id has no name.
-pub fn approver_identity() -> String {
+/// Who is deciding from this CLI: the login name of the real user id, or `uid-N` when
+/// the id has no name (recorded as `cli:NAME`).
+pub fn local_user() -> String {
     let uid = nix::unistd::getuid();
     match nix::unistd::User::from_uid(uid) {
-        Ok(Some(user)) if !user.name.is_empty() => format!("cli:{}", user.name),
-        _ => format!("cli:uid-{uid}"),
+        Ok(Some(user)) if !user.name.is_empty() => user.name,
+        _ => format!("uid-{uid}"),
     }
 }
 

@@ -12,6 +12,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use cmd::agents::AgentsCommand;
 use cmd::approvals::ApprovalsCommand;
 use cmd::audit::AuditCommand;
+use cmd::channels::{ApproversCommand, ChannelsCommand};
 use cmd::rules::RulesCommand;
 use cmd::sandbox::{SandboxCommand, ShimArgs};
 use cmd::secrets::SecretsCommand;
@@ -78,6 +79,12 @@ enum Command {
     /// The hash-chained audit log: list rows, verify nothing was edited.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Chat channels (Telegram, Slack, Discord): add, link chats to agents, test, remove.
+    #[command(subcommand)]
+    Channels(ChannelsCommand),
+    /// Who decides an agent's approvals on which channel.
+    #[command(subcommand)]
+    Approvers(ApproversCommand),
     /// The vault gateway: serve, CA certificate, container environment, admin key.
     Vault {
         #[command(subcommand)]
@@ -165,6 +172,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules(command) => cmd::rules::run(command, &context()?),
         Command::Approvals(command) => cmd::approvals::run(command, &context()?),
         Command::Audit(command) => cmd::audit::run(command, &context()?),
+        Command::Channels(command) => cmd::channels::run(command, &context()?),
+        Command::Approvers(command) => cmd::channels::run_approvers(command, &context()?),
         Command::Vault { command } => cmd::vault::run(command, &context()?),
         Command::Sandbox { command } => cmd::sandbox::run(command, &context()?),
         Command::Shim(args) => cmd::sandbox::run_shim(args),

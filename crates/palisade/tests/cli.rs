@@ -857,6 +857,8 @@ fn hold(palisade: &Palisade, title: &str) -> String {
             detail: "POST /gmail/v1/users/me/messages/send\nhost: gmail.googleapis.com".into(),
             context: serde_json::json!({ "method": "POST", "host": "gmail.googleapis.com" }),
             expires_at_ms: palisade_store::now_ms() + 600_000,
+            holder: None,
+            request_key: None,
         })
         .expect("create approval")
         .id
@@ -886,7 +888,13 @@ fn approvals_list_show_approve_deny() {
     assert!(text.contains("gmail.googleapis.com"));
     assert!(!text.contains('\u{1b}'));
 
+    // A grant needs the request's host, method, path and rule: this one has no path.
+    palisade
+        .run(&["approvals", "approve", &first, "--always"])
+        .refused("approve once instead");
     let approved = palisade.json(&["approvals", "approve", &first, "--comment", "fine"]);
+    assert_eq!(approved["choice"], "once");
+    assert_eq!(approved["approver_channel"], "cli");
     assert_eq!(approved["status"], "approved");
     assert_eq!(approved["comment"], "fine");
     let approver = approved["approver"].as_str().expect("approver");
@@ -915,6 +923,19 @@ fn approvals_list_show_approve_deny() {
     assert_eq!(
         palisade.count(&["audit", "list", "--event", "approval.decide"]),
         2
+    );
+    let decisions = palisade.json(&["audit", "list", "--approvals"]);
+    let decisions = decisions.as_array().expect("array");
+    assert_eq!(decisions.len(), 2);
+    assert_eq!(decisions[0]["approval_id"], second.as_str());
+    assert_eq!(decisions[0]["decision"], "denied");
+    assert_eq!(decisions[0]["comment"], "not carol");
+    assert_eq!(decisions[0]["channel"], "cli");
+    assert_eq!(decisions[1]["choice"], "once");
+    let table = palisade.run(&["audit", "list", "--approvals"]).ok().stdout;
+    assert!(
+        table.contains("APPROVER") && table.contains(&first),
+        "{table}"
     );
 }
 
@@ -1180,4 +1201,122 @@ fn rules_edit_disable_enable_and_secrets_rotate() {
     ] {
         assert!(events.iter().any(|e| e == event), "{event}: {events:?}");
     }
+}
+
+/// Compartments are enforced when configured: a sensitive secret is never granted to a
+/// research agent (on create, on grant, or by turning its holder into a research agent),
+/// each refusal one line that names the conflict, and nothing is written.
+#[test]
+fn sensitive_secrets_stay_out_of_research_agents() {
+    let palisade = Palisade::new();
+    palisade.run(&["agents", "create", "scout"]).ok();
+    palisade
+        .run(&["agents", "create", "mailer", "--profile", "action"])
+        .ok();
+    palisade
+        .run_with_stdin(
+            &[
+                "secrets",
+                "create",
+                "--name",
+                "gmail",
+                "--host-pattern",
+                "gmail.googleapis.com",
+                "--inject",
+                "bearer",
+                "--sensitive",
+                "--agent",
+                "scout",
+            ],
+            Some(b"tok"),
+        )
+        .refused("research agents read the internet");
+    assert!(palisade
+        .run(&["secrets", "list", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
+    palisade
+        .run_with_stdin(
+            &[
+                "secrets",
+                "create",
+                "--name",
+                "gmail",
+                "--host-pattern",
+                "gmail.googleapis.com",
+                "--inject",
+                "bearer",
+                "--sensitive",
+                "--agent",
+                "mailer",
+            ],
+            Some(b"tok"),
+        )
+        .ok();
+    palisade
+        .run(&["secrets", "grant", "gmail", "--agent", "scout"])
+        .refused("is sensitive and agent scout has the research profile");
+    palisade
+        .run(&["agents", "edit", "mailer", "--profile", "research"])
+        .refused("holds the sensitive secret gmail");
+    let list = palisade.run(&["secrets", "list", "--json"]).ok().json();
+    assert_eq!(list[0]["sensitive"], true);
+    assert_eq!(list[0]["agents"], serde_json::json!(["mailer"]));
+    let mailer = palisade
+        .run(&["agents", "show", "mailer", "--json"])
+        .ok()
+        .json();
+    assert_eq!(mailer["profile"], "action");
+}
+
+/// The agent-to-agent allow-list: nothing by default, entries with their approval
+/// directions, bad input refused in one line.
+#[test]
+fn agents_allow_disallow_and_links() {
+    let palisade = Palisade::new();
+    palisade.run(&["agents", "create", "a"]).ok();
+    palisade.run(&["agents", "create", "b"]).ok();
+    assert!(palisade
+        .run(&["agents", "links", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let link = palisade
+        .run(&[
+            "agents",
+            "allow",
+            "a",
+            "--to",
+            "b",
+            "--approve",
+            "inbound",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(link["approve_inbound"], true);
+    assert_eq!(link["approve_outbound"], false);
+    palisade
+        .run(&["agents", "allow", "a", "--to", "b", "--approve", "sideways"])
+        .refused("use outbound, inbound or both");
+    palisade
+        .run(&["agents", "allow", "a", "--to", "a"])
+        .refused("message itself");
+    palisade
+        .run(&["agents", "allow", "a", "--to", "nobody"])
+        .refused("nobody");
+    let links = palisade
+        .run(&["agents", "links", "b", "--json"])
+        .ok()
+        .json();
+    assert_eq!(links.as_array().unwrap().len(), 1);
+    palisade.run(&["agents", "disallow", "a", "--to", "b"]).ok();
+    palisade
+        .run(&["agents", "disallow", "a", "--to", "b"])
+        .refused("not found");
 }

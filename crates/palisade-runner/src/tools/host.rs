@@ -1,7 +1,8 @@
 //! Host tools: what the agent asks of the host rather than of its workspace.
 //!
 //! The runner cannot do these itself: sending a message reaches a chat channel,
-//! memory outlives the sandbox, grants live in the vault's store. The host implements
+//! memory outlives the sandbox, grants live in the vault's store, and a person's
+//! approval is asked for and decided outside the sandbox (nothing in it can decide). The host implements
 //! [`HostTools`] over its socket protocol; [`InMemoryHost`] stands in for tests and
 //! for running the loop without a host.
 
@@ -39,6 +40,38 @@ pub trait HostTools: Send + Sync {
 
     /// The credentials granted to this agent.
     fn list_grants(&self) -> BoxFuture<'_, Result<Vec<Grant>, HostToolError>>;
+
+    /// Asks the agent's approvers whether it may do `action` (with `details`), and
+    /// waits for the decision; the answer says who decided what (and their comment).
+    fn request_approval<'a>(
+        &'a self,
+        action: &'a str,
+        details: &'a str,
+    ) -> BoxFuture<'a, Result<String, HostToolError>> {
+        let _ = (action, details);
+        Box::pin(async {
+            Err(HostToolError(
+                "approvals cannot be asked for here: no host is connected".into(),
+            ))
+        })
+    }
+
+    /// Sends `text` to another agent (if this agent's allow-list lets it) and, when
+    /// `wait` is true, waits for that agent's answer, which comes back quoted, labelled
+    /// and sanitized.
+    fn message_agent<'a>(
+        &'a self,
+        agent: &'a str,
+        text: &'a str,
+        wait: bool,
+    ) -> BoxFuture<'a, Result<String, HostToolError>> {
+        let _ = (agent, text, wait);
+        Box::pin(async {
+            Err(HostToolError(
+                "other agents cannot be reached here: no host is connected".into(),
+            ))
+        })
+    }
 }
 
 /// Host tools kept in memory: messages are collected, memory is a string.

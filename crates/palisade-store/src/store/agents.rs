@@ -179,6 +179,21 @@ impl Store {
     pub fn set_agent_profile(&self, name: &AgentName, profile: Profile) -> Result<()> {
         self.write(|tx| {
             let id = agent_id(tx, name)?;
+            if profile == Profile::Research {
+                let sensitive: Option<String> = tx
+                    .query_row(
+                        "SELECT s.name FROM secret_grants g JOIN secrets s ON s.id = g.secret_id
+                         WHERE g.agent_id = ?1 AND s.sensitive = 1 ORDER BY s.name LIMIT 1",
+                        [id],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if let Some(secret) = sensitive {
+                    return Err(StoreError::Invalid(format!(
+                        "agent {name} holds the sensitive secret {secret}, and research agents may not: revoke it first (`palisade secrets revoke {secret} --agent {name}`)"
+                    )));
+                }
+            }
             tx.execute(
                 "UPDATE agents SET profile = ?1 WHERE id = ?2",
                 (profile.as_str(), id),

@@ -10,7 +10,8 @@ use rand::Rng;
 use rusqlite::{OptionalExtension, Transaction};
 
 const APPROVAL_COLUMNS: &str = "id, kind, agent, status, title, lines, detail, context, \
-     created_at_ms, expires_at_ms, decided_at_ms, approver, comment";
+     created_at_ms, expires_at_ms, decided_at_ms, approver, comment, choice, approver_channel, \
+     approver_user, approver_name, granted_rule, holder, request_key";
 
 /// Bounded so a large `decided_among` stays under SQLite's bound-parameter limit.
 const IDS_PER_QUERY: usize = 500;
@@ -29,6 +30,13 @@ struct RawApproval {
     decided_at_ms: Option<i64>,
     approver: Option<String>,
     comment: Option<String>,
+    choice: Option<String>,
+    approver_channel: Option<String>,
+    approver_user: Option<String>,
+    approver_name: Option<String>,
+    granted_rule: Option<String>,
+    holder: Option<String>,
+    request_key: Option<String>,
 }
 
 fn raw_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawApproval> {
@@ -46,6 +54,13 @@ fn raw_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawApproval> {
         decided_at_ms: row.get(10)?,
         approver: row.get(11)?,
         comment: row.get(12)?,
+        choice: row.get(13)?,
+        approver_channel: row.get(14)?,
+        approver_user: row.get(15)?,
+        approver_name: row.get(16)?,
+        granted_rule: row.get(17)?,
+        holder: row.get(18)?,
+        request_key: row.get(19)?,
     })
 }
 
@@ -67,6 +82,13 @@ impl RawApproval {
             decided_at_ms: self.decided_at_ms,
             approver: self.approver,
             comment: self.comment,
+            choice: self.choice,
+            approver_channel: self.approver_channel,
+            approver_user: self.approver_user,
+            approver_name: self.approver_name,
+            granted_rule: self.granted_rule,
+            holder: self.holder,
+            request_key: self.request_key,
         })
     }
 }
@@ -110,11 +132,23 @@ impl Store {
         let context = serde_json::to_string(&approval.context)
             .map_err(|e| StoreError::Invalid(format!("approval context cannot be encoded: {e}")))?;
         self.write(|tx| {
+            if let Some(key) = &approval.request_key {
+                let existing: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM approvals WHERE request_key = ?1",
+                        [key],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if let Some(id) = existing {
+                    return get_in(tx, &id);
+                }
+            }
             let id = new_approval_id();
             tx.execute(
                 "INSERT INTO approvals (id, kind, agent, status, title, lines, detail, context,
-                     created_at_ms, expires_at_ms)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9)",
+                     created_at_ms, expires_at_ms, holder, request_key)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 rusqlite::params![
                     &id,
                     &approval.kind,
@@ -125,6 +159,8 @@ impl Store {
                     &context,
                     crate::now_ms(),
                     approval.expires_at_ms,
+                    &approval.holder,
+                    &approval.request_key,
                 ],
             )?;
             let mut entry = self.audit_entry("approval.create");
@@ -179,13 +215,19 @@ impl Store {
         })
     }
 
-    /// Decides a pending approval; `AlreadyDecided` otherwise. Appends an audit row
-    /// (`approval.decide`, actor = approver) in the same transaction.
+    /// Decides a pending approval; `AlreadyDecided` otherwise (`Expired` when its
+    /// expiry passed before anyone closed it: it is closed as timed out then). A grant
+    /// rule, if the decision carries one, is created in the same transaction, and the
+    /// audit row (`approval.decide`, actor = approver) names the approver's channel,
+    /// user id and name, the choice, the comment and the rule.
     pub fn decide_approval(&self, id: &str, decision: &ApprovalDecision) -> Result<Approval> {
-        if decision.approver.trim().is_empty() {
+        if decision.approver.trim().is_empty() || decision.approver_channel.trim().is_empty() {
             return Err(StoreError::Invalid(
                 "a decision needs the approver's identity".into(),
             ));
+        }
+        if decision.grant.is_some() && !decision.approve {
+            return Err(StoreError::Invalid("a denial cannot grant access".into()));
         }
         let status = if decision.approve {
             ApprovalStatus::Approved
@@ -193,40 +235,113 @@ impl Store {
             ApprovalStatus::Denied
         };
         let now = crate::now_ms();
-        let outcome =
-            self.write(|tx| {
-                let changed = tx.execute(
-                "UPDATE approvals SET status = ?1, decided_at_ms = ?2, approver = ?3, comment = ?4
-                 WHERE id = ?5 AND status = 'pending' AND expires_at_ms > ?2",
-                (status.as_str(), now, &decision.approver, &decision.comment, id),
+        let outcome = self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE approvals SET status = ?1, decided_at_ms = ?2, approver = ?3, comment = ?4,
+                     choice = ?5, approver_channel = ?6, approver_user = ?7, approver_name = ?8,
+                     holder = NULL
+                 WHERE id = ?9 AND status = 'pending' AND expires_at_ms > ?2",
+                rusqlite::params![
+                    status.as_str(),
+                    now,
+                    &decision.approver,
+                    &decision.comment,
+                    &decision.choice,
+                    &decision.approver_channel,
+                    &decision.approver_user,
+                    &decision.approver_name,
+                    id
+                ],
             )?;
-                if changed == 0 {
-                    // Distinguish a bad id, a lost race and an expiry nobody closed yet.
-                    let approval = get_in(tx, id)?;
-                    if approval.status == ApprovalStatus::Pending {
-                        return Ok(Err(StoreError::Expired(id.to_string())));
-                    }
-                    return Err(StoreError::AlreadyDecided(id.to_string()));
-                }
+            if changed == 0 {
+                // Distinguish a bad id, a lost race and an expiry nobody closed yet.
                 let approval = get_in(tx, id)?;
-                let mut entry = self.audit_entry("approval.decide");
-                entry.actor = Some(decision.approver.clone());
-                entry.agent = Some(approval.agent.to_string());
-                entry.approval_id = Some(id.to_string());
-                entry.decision = Some(status.as_str().to_string());
-                entry.detail = Some(serde_json::json!({
-                    "kind": approval.kind,
-                    "title": approval.title,
-                    "comment": decision.comment,
-                }));
-                self.append_in(tx, &entry)?;
-                Ok(Ok(approval))
-            })?;
+                if approval.status == ApprovalStatus::Pending {
+                    return Ok(Err(StoreError::Expired(id.to_string())));
+                }
+                return Err(StoreError::AlreadyDecided(id.to_string()));
+            }
+            let granted = match &decision.grant {
+                Some(rule) => {
+                    let record = self.insert_rule_in(tx, rule, Some(&decision.approver))?;
+                    tx.execute(
+                        "UPDATE approvals SET granted_rule = ?1 WHERE id = ?2",
+                        (&record.name, id),
+                    )?;
+                    Some(record.name)
+                }
+                None => None,
+            };
+            let approval = get_in(tx, id)?;
+            let mut entry = self.audit_entry("approval.decide");
+            entry.actor = Some(decision.approver.clone());
+            entry.agent = Some(approval.agent.to_string());
+            entry.approval_id = Some(id.to_string());
+            entry.decision = Some(status.as_str().to_string());
+            entry.rule = granted.clone();
+            entry.detail = Some(serde_json::json!({
+                "kind": approval.kind,
+                "title": approval.title,
+                "choice": decision.choice,
+                "channel": decision.approver_channel,
+                "user": decision.approver_user,
+                "name": decision.approver_name,
+                "comment": decision.comment,
+                "granted_rule": granted,
+            }));
+            self.append_in(tx, &entry)?;
+            Ok(Ok(approval))
+        })?;
         if outcome.is_err() {
             // Expired while pending: close it, so it never looks decidable again.
             self.close_approval(id, ApprovalStatus::TimedOut)?;
         }
         outcome
+    }
+
+    /// Records a refused attempt to decide (someone not listed as an approver, a
+    /// forged or stale callback): who tried, where, and why. Nothing else changes.
+    pub fn audit_refused_decision(
+        &self,
+        id: &str,
+        channel: &str,
+        user: &str,
+        reason: &str,
+    ) -> Result<()> {
+        self.write(|tx| {
+            let agent: Option<String> = tx
+                .query_row("SELECT agent FROM approvals WHERE id = ?1", [id], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            let mut entry = self.audit_entry("approval.refused");
+            entry.actor = Some(format!("{channel}:{user}"));
+            entry.agent = agent;
+            entry.approval_id = Some(id.to_string());
+            entry.decision = Some("refused".into());
+            entry.detail = Some(serde_json::json!({
+                "channel": channel,
+                "user": user,
+                "reason": reason,
+            }));
+            self.append_in(tx, &entry)?;
+            Ok(())
+        })
+    }
+
+    /// Pending approvals held by a gateway (`holder` set), oldest first: the engine
+    /// closes those whose gateway is gone.
+    pub fn held_approvals(&self) -> Result<Vec<Approval>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals
+                 WHERE status = 'pending' AND holder IS NOT NULL ORDER BY created_at_ms LIMIT 2000"
+            ))?;
+            let rows = stmt
+                .query_map([], raw_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter().map(RawApproval::decode).collect()
+        })
     }
 
     /// Closes (as timed out) every pending approval whose expiry has passed, whoever
@@ -258,7 +373,7 @@ impl Store {
         }
         self.write(|tx| {
             let changed = tx.execute(
-                "UPDATE approvals SET status = ?1, decided_at_ms = ?2
+                "UPDATE approvals SET status = ?1, decided_at_ms = ?2, holder = NULL
                  WHERE id = ?3 AND status = 'pending'",
                 (status.as_str(), crate::now_ms(), id),
             )?;

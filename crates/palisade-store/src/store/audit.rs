@@ -389,12 +389,16 @@ impl Store {
             ("event = ?", &filter.event),
             ("decision = ?", &filter.decision),
             ("host = ?", &filter.host),
+            ("approval_id = ?", &filter.approval_id),
         ];
         for (condition, value) in text_filters {
             if let Some(value) = value {
                 conditions.push(condition);
                 params.push(Value::Text(value.clone()));
             }
+        }
+        if filter.approval_decisions {
+            conditions.push("event IN ('approval.decide', 'approval.close', 'approval.refused')");
         }
         if let Some(since) = filter.since_ms {
             conditions.push("at_ms >= ?");
@@ -423,6 +427,10 @@ impl Store {
         if let Some(before) = filter.before_id {
             conditions.push("id < ?");
             params.push(Value::Integer(before));
+        }
+        if let Some(after) = filter.after_id {
+            conditions.push("id > ?");
+            params.push(Value::Integer(after));
         }
         let limit = filter
             .limit

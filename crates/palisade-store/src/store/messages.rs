@@ -7,14 +7,15 @@
 use super::agents::{agent_id, parse_agent_name};
 use super::{corrupt, Store};
 use crate::messages::{
-    Accepted, InboundMessage, OutboundMessage, ReplyOutcome, ReplyRecord, SessionRecord,
+    Accepted, InboundMessage, MessageOrigin, OutboundMessage, ReplyOutcome, ReplyRecord,
+    SessionRecord,
 };
 use crate::{Result, StoreError};
 use palisade_policy::AgentName;
 use rusqlite::{OptionalExtension, Transaction};
 
 const MESSAGE_COLUMNS: &str = "m.id, m.session_id, a.name, s.conversation, m.channel, m.text, \
-     m.status, m.attempts, m.created_at_ms";
+     m.status, m.attempts, m.created_at_ms, m.origin";
 const MESSAGE_FROM: &str = "inbound_messages m JOIN sessions s ON s.id = m.session_id \
      JOIN agents a ON a.id = s.agent_id";
 
@@ -39,7 +40,18 @@ fn outbound_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboundMessag
     })
 }
 
-type RawMessage = (i64, i64, String, String, String, String, String, i64, i64);
+type RawMessage = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+);
 
 fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawMessage> {
     Ok((
@@ -52,11 +64,27 @@ fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawMessage> {
         row.get(6)?,
         row.get(7)?,
         row.get(8)?,
+        row.get(9)?,
     ))
 }
 
 fn decode_message(raw: RawMessage) -> Result<InboundMessage> {
-    let (id, session_id, agent, conversation, channel, text, status, attempts, created_at_ms) = raw;
+    let (
+        id,
+        session_id,
+        agent,
+        conversation,
+        channel,
+        text,
+        status,
+        attempts,
+        created_at_ms,
+        origin,
+    ) = raw;
+    let origin = origin
+        .map(|text| serde_json::from_str::<MessageOrigin>(&text))
+        .transpose()
+        .map_err(|e| corrupt("message origin", e))?;
     Ok(InboundMessage {
         id,
         session_id,
@@ -69,6 +97,7 @@ fn decode_message(raw: RawMessage) -> Result<InboundMessage> {
             .map_err(|e: String| corrupt("message status", e))?,
         attempts,
         created_at_ms,
+        origin,
     })
 }
 
@@ -187,6 +216,67 @@ impl Store {
                 message_id: tx.last_insert_rowid(),
                 session_id,
             })
+        })
+    }
+
+    /// Stores a message one agent sends another (`origin.from` → `to`), in the session
+    /// `to` keeps with that sender. `key` makes it idempotent: a retried turn sending the
+    /// same message gets the first one back (`false`: nothing new was stored).
+    pub fn accept_agent_message(
+        &self,
+        to: &AgentName,
+        origin: &MessageOrigin,
+        key: &str,
+        text: &str,
+    ) -> Result<(Accepted, bool)> {
+        if text.trim().is_empty() {
+            return Err(StoreError::Invalid("the message is empty".into()));
+        }
+        let conversation = format!("agent:{}", origin.from);
+        let origin_json = serde_json::to_string(origin)
+            .map_err(|e| StoreError::Invalid(format!("message origin cannot be encoded: {e}")))?;
+        self.write(|tx| {
+            let existing: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT id, session_id FROM inbound_messages WHERE origin_key = ?1",
+                    [key],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            if let Some((message_id, session_id)) = existing {
+                return Ok((
+                    Accepted {
+                        message_id,
+                        session_id,
+                    },
+                    false,
+                ));
+            }
+            let agent_id = agent_id(tx, to)?;
+            let now = crate::now_ms();
+            tx.execute(
+                "INSERT INTO sessions (agent_id, conversation, created_at_ms, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT(agent_id, conversation) DO UPDATE SET updated_at_ms = excluded.updated_at_ms",
+                (agent_id, &conversation, now),
+            )?;
+            let session_id: i64 = tx.query_row(
+                "SELECT id FROM sessions WHERE agent_id = ?1 AND conversation = ?2",
+                (agent_id, &conversation),
+                |row| row.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO inbound_messages (session_id, channel, text, status, attempts, created_at_ms, origin, origin_key)
+                 VALUES (?1, 'agent', ?2, 'pending', 0, ?3, ?4, ?5)",
+                (session_id, text, now, &origin_json, key),
+            )?;
+            Ok((
+                Accepted {
+                    message_id: tx.last_insert_rowid(),
+                    session_id,
+                },
+                true,
+            ))
         })
     }
 

@@ -22,6 +22,7 @@ struct RawSecret {
     injection: String,
     sealed: String,
     priority: i64,
+    sensitive: bool,
 }
 
 impl Store {
@@ -29,7 +30,7 @@ impl Store {
     pub fn load_policy(&self) -> Result<PolicySet> {
         let (raw_secrets, mut grants, rules) = self.read(|tx| {
             let mut stmt = tx.prepare(
-                "SELECT id, name, host_pattern, path_pattern, injection, sealed, priority
+                "SELECT id, name, host_pattern, path_pattern, injection, sealed, priority, sensitive
                  FROM secrets ORDER BY id",
             )?;
             let raw = stmt
@@ -42,6 +43,7 @@ impl Store {
                         injection: row.get(4)?,
                         sealed: row.get(5)?,
                         priority: row.get(6)?,
+                        sensitive: row.get(7)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -67,6 +69,7 @@ impl Store {
                 value: self.key().open(&raw.name, &raw.sealed)?,
                 agents: grants.remove(&raw.id).unwrap_or_default(),
                 priority: raw.priority,
+                sensitive: raw.sensitive,
                 name: raw.name,
             });
         }
@@ -121,6 +124,7 @@ fn rule_policy(record: RuleRecord) -> Result<RulePolicy> {
             .scope
             .parse::<Scope>()
             .map_err(|e| corrupt(&what("scope"), e))?,
+        approval_timeout_ms: record.approval_timeout_ms,
         name: record.name,
     })
 }

@@ -9,7 +9,7 @@ use rusqlite::{OptionalExtension, Transaction};
 
 const RULE_COLUMNS: &str = "r.id, r.name, r.host_pattern, r.path_pattern, r.method, r.action, \
      r.rate_limit, r.rate_window, a.name, r.priority, r.expires_at_ms, r.body_contains, \
-     r.scope, r.created_at_ms, r.enabled";
+     r.scope, r.created_at_ms, r.approval_timeout_ms, r.enabled";
 
 /// Evaluation order of the policy crate (priority, then age) so listings read the same way.
 const RULE_ORDER: &str = "ORDER BY r.priority DESC, r.id ASC";
@@ -37,7 +37,8 @@ fn raw_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRule> {
             body_contains: row.get(11)?,
             scope: row.get(12)?,
             created_at_ms: row.get(13)?,
-            enabled: row.get(14)?,
+            approval_timeout_ms: row.get(14)?,
+            enabled: row.get(15)?,
         },
         agent: row.get(8)?,
         rate_limit: row.get(6)?,
@@ -162,8 +163,9 @@ impl Store {
             tx.execute(
                 "UPDATE rules SET name = ?1, host_pattern = ?2, path_pattern = ?3, method = ?4,
                      action = ?5, rate_limit = ?6, rate_window = ?7, agent_id = ?8, priority = ?9,
-                     expires_at_ms = ?10, body_contains = ?11, scope = ?12
-                 WHERE id = ?13",
+                     expires_at_ms = ?10, body_contains = ?11, scope = ?12,
+                     approval_timeout_ms = ?13
+                 WHERE id = ?14",
                 rusqlite::params![
                     &rule.name,
                     rule.host.as_str(),
@@ -177,6 +179,7 @@ impl Store {
                     rule.expires_at_ms,
                     &rule.body_contains,
                     rule.scope.as_str(),
+                    rule.approval_timeout_ms,
                     id,
                 ],
             )?;
@@ -196,6 +199,7 @@ impl Store {
                 "priority": rule.priority,
                 "expires_at_ms": rule.expires_at_ms,
                 "scope": rule.scope.as_str(),
+                "approval_timeout_ms": rule.approval_timeout_ms,
             }));
             self.append_in(tx, &entry)?;
             get_rule_by_id(tx, id)
@@ -228,64 +232,7 @@ impl Store {
     }
 
     pub fn create_rule(&self, rule: NewRule) -> Result<RuleRecord> {
-        check_rule(&rule)?;
-        let (rate_limit, rate_window, path, method) = rule_columns(&rule);
-        self.write(|tx| {
-            let exists: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM rules WHERE name = ?1)",
-                [&rule.name],
-                |row| row.get(0),
-            )?;
-            if exists {
-                return Err(StoreError::Duplicate {
-                    what: "rule",
-                    name: rule.name.clone(),
-                });
-            }
-            let agent_row = match &rule.agent {
-                Some(agent) => Some(agent_id(tx, agent)?),
-                None => None,
-            };
-            tx.execute(
-                "INSERT INTO rules (name, host_pattern, path_pattern, method, action, rate_limit,
-                     rate_window, agent_id, priority, expires_at_ms, body_contains, scope, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                rusqlite::params![
-                    &rule.name,
-                    rule.host.as_str(),
-                    &path,
-                    &method,
-                    rule.action.kind(),
-                    rate_limit,
-                    &rate_window,
-                    agent_row,
-                    rule.priority,
-                    rule.expires_at_ms,
-                    &rule.body_contains,
-                    rule.scope.as_str(),
-                    crate::now_ms(),
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
-            let mut entry = self.audit_entry("rule.create");
-            entry.rule = Some(rule.name.clone());
-            entry.agent = rule.agent.as_ref().map(ToString::to_string);
-            entry.host = Some(rule.host.as_str().to_string());
-            entry.path = path.clone();
-            entry.method = Some(method.clone());
-            entry.decision = Some("created".into());
-            entry.detail = Some(serde_json::json!({
-                "id": id,
-                "action": rule.action.kind(),
-                "rate_limit": rate_limit,
-                "rate_window": rate_window,
-                "priority": rule.priority,
-                "expires_at_ms": rule.expires_at_ms,
-                "scope": rule.scope.as_str(),
-            }));
-            self.append_in(tx, &entry)?;
-            get_rule_by_id(tx, id)
-        })
+        self.write(|tx| self.insert_rule_in(tx, &rule, None))
     }
 
     pub fn list_rules(&self) -> Result<Vec<RuleRecord>> {
@@ -304,5 +251,79 @@ impl Store {
             self.append_in(tx, &entry)?;
             Ok(())
         })
+    }
+
+    /// Creates a rule (with its audit row) inside a write transaction, so another
+    /// change (an approval's decision) can commit together with it.
+    /// `actor` overrides this handle's actor on the audit row (the approver who granted it).
+    pub(super) fn insert_rule_in(
+        &self,
+        tx: &Transaction<'_>,
+        rule: &NewRule,
+        actor: Option<&str>,
+    ) -> Result<RuleRecord> {
+        check_rule(rule)?;
+        let (rate_limit, rate_window, path, method) = rule_columns(rule);
+        {
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM rules WHERE name = ?1)",
+                [&rule.name],
+                |row| row.get(0),
+            )?;
+            if exists {
+                return Err(StoreError::Duplicate {
+                    what: "rule",
+                    name: rule.name.clone(),
+                });
+            }
+            let agent_row = match &rule.agent {
+                Some(agent) => Some(agent_id(tx, agent)?),
+                None => None,
+            };
+            tx.execute(
+                "INSERT INTO rules (name, host_pattern, path_pattern, method, action, rate_limit,
+                     rate_window, agent_id, priority, expires_at_ms, body_contains, scope, created_at_ms,
+                     approval_timeout_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                rusqlite::params![
+                    &rule.name,
+                    rule.host.as_str(),
+                    &path,
+                    &method,
+                    rule.action.kind(),
+                    rate_limit,
+                    &rate_window,
+                    agent_row,
+                    rule.priority,
+                    rule.expires_at_ms,
+                    &rule.body_contains,
+                    rule.scope.as_str(),
+                    crate::now_ms(),
+                    rule.approval_timeout_ms,
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            let mut entry = self.audit_entry("rule.create");
+            if let Some(actor) = actor {
+                entry.actor = Some(actor.to_string());
+            }
+            entry.rule = Some(rule.name.clone());
+            entry.agent = rule.agent.as_ref().map(ToString::to_string);
+            entry.host = Some(rule.host.as_str().to_string());
+            entry.path = path.clone();
+            entry.method = Some(method.clone());
+            entry.decision = Some("created".into());
+            entry.detail = Some(serde_json::json!({
+                "id": id,
+                "action": rule.action.kind(),
+                "rate_limit": rate_limit,
+                "rate_window": rate_window,
+                "priority": rule.priority,
+                "expires_at_ms": rule.expires_at_ms,
+                "scope": rule.scope.as_str(),
+            }));
+            self.append_in(tx, &entry)?;
+            get_rule_by_id(tx, id)
+        }
     }
 }

@@ -11,7 +11,7 @@ use rusqlite::{OptionalExtension, Transaction};
 use std::collections::HashMap;
 
 const SECRET_COLUMNS: &str =
-    "id, name, host_pattern, path_pattern, injection, priority, created_at_ms";
+    "id, name, host_pattern, path_pattern, injection, priority, created_at_ms, sensitive";
 
 fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRecord> {
     Ok(SecretRecord {
@@ -23,7 +23,38 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRecord> {
         agents: Vec::new(),
         priority: row.get(5)?,
         created_at_ms: row.get(6)?,
+        sensitive: row.get(7)?,
     })
+}
+
+/// Refuses a grant of a sensitive secret to a research-profile agent: research agents
+/// read the internet, so they hold nothing worth stealing.
+pub(super) fn check_compartment(
+    tx: &Transaction<'_>,
+    secret: &str,
+    sensitive: bool,
+    agent: &AgentName,
+) -> Result<()> {
+    if !sensitive {
+        return Ok(());
+    }
+    let profile: String = tx
+        .query_row(
+            "SELECT profile FROM agents WHERE name = ?1",
+            [agent.as_str()],
+            |row| row.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "agent",
+            name: agent.to_string(),
+        })?;
+    if profile == palisade_policy::Profile::Research.as_str() {
+        return Err(StoreError::Invalid(format!(
+            "secret {secret} is sensitive and agent {agent} has the research profile: research agents read the internet and may not hold sensitive credentials; grant it to an action agent, or make {agent} one with `palisade agents edit {agent} --profile action`"
+        )));
+    }
+    Ok(())
 }
 
 /// Granted agents of every secret, keyed by secret id, each list sorted by name.
@@ -106,11 +137,14 @@ impl Store {
             let agent_ids = secret
                 .agents
                 .iter()
-                .map(|agent| agent_id(tx, agent))
+                .map(|agent| {
+                    check_compartment(tx, &secret.name, secret.sensitive, agent)?;
+                    agent_id(tx, agent)
+                })
                 .collect::<Result<Vec<_>>>()?;
             tx.execute(
-                "INSERT INTO secrets (name, host_pattern, path_pattern, injection, sealed, priority, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO secrets (name, host_pattern, path_pattern, injection, sealed, priority, created_at_ms, sensitive)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 (
                     &secret.name,
                     secret.host.as_str(),
@@ -119,6 +153,7 @@ impl Store {
                     &sealed,
                     secret.priority,
                     crate::now_ms(),
+                    secret.sensitive,
                 ),
             )?;
             let id = tx.last_insert_rowid();
@@ -137,6 +172,7 @@ impl Store {
                 "injection": injection,
                 "agents": secret.agents.iter().map(AgentName::as_str).collect::<Vec<_>>(),
                 "priority": secret.priority,
+                "sensitive": secret.sensitive,
             }));
             self.append_in(tx, &entry)?;
             get_secret_in(tx, &secret.name)
@@ -150,6 +186,7 @@ impl Store {
         self.read(|tx| {
             for agent in &secret.agents {
                 agent_id(tx, agent)?;
+                check_compartment(tx, &secret.name, secret.sensitive, agent)?;
             }
             match secret_id(tx, &secret.name) {
                 Ok(_) => Err(StoreError::Duplicate {
@@ -216,6 +253,12 @@ impl Store {
     pub fn grant_secret(&self, name: &str, agent: &AgentName) -> Result<()> {
         self.write(|tx| {
             let secret = secret_id(tx, name)?;
+            let sensitive: bool = tx.query_row(
+                "SELECT sensitive FROM secrets WHERE id = ?1",
+                [secret],
+                |row| row.get(0),
+            )?;
+            check_compartment(tx, name, sensitive, agent)?;
             let agent_row = agent_id(tx, agent)?;
             let added = tx.execute(
                 "INSERT OR IGNORE INTO secret_grants (secret_id, agent_id) VALUES (?1, ?2)",

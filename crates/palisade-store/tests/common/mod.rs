@@ -41,6 +41,7 @@ pub fn new_secret(name: &str, value: &str, agents: &[&str]) -> NewSecret {
         value: SecretValue::new(value.to_string()),
         agents: agents.iter().map(|a| agent(a)).collect(),
         priority: 0,
+        sensitive: false,
     }
 }
 
@@ -56,6 +57,7 @@ pub fn new_rule(name: &str, action: RuleAction, agent_name: Option<&str>) -> New
         expires_at_ms: None,
         body_contains: None,
         scope: Scope::User,
+        approval_timeout_ms: None,
     }
 }
 

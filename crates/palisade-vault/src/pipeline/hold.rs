@@ -1,5 +1,9 @@
 //! Phase 6, hold: a request a `require_approval` rule matched waits for a person.
 //!
+//! The approval itself is the engine's (`palisade-approvals`): this phase asks it to
+//! create one (kind credential use, held by this process), waits on the engine's hold
+//! table, and asks it to close the approval when nobody decided.
+//!
 //! What is approved is what is sent: the whole body is read before the approval is
 //! shown (up to `--max-judged-body`; a larger one is refused with 413
 //! `request_too_large_for_approval`), the summary is built from all of it, the card
@@ -10,12 +14,12 @@
 
 use super::{audit, policy, Decision, Refusal, RequestBody, Scheme, Target};
 use crate::conn::ClientConnection;
-use crate::holds::{HoldOutcome, HoldsFull};
 use crate::state::Shared;
+use palisade_approvals::{ApprovalKind, Holder, HoldsFull, NewRequest, Outcome};
 use palisade_policy::{
     AgentName, CanonicalPath, ErrorBody, GatewayErrorKind, RulePolicy, SecretPolicy,
 };
-use palisade_store::{ApprovalStatus, NewApproval};
+use palisade_store::ApprovalStatus;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -64,7 +68,8 @@ pub(super) async fn hold(
         )
     })?;
     let view = policy::decoded_view(&held.parts.headers, data, limit, host)?;
-    let new = approval_for(shared, &held, data, &view);
+    let timeout = approval_timeout(shared, &held);
+    let new = approval_for(&held, data, &view, timeout);
 
     // The approval is created on a blocking thread that finishes even if this request
     // is dropped meanwhile (its client gone); the guard and that thread agree through
@@ -74,17 +79,17 @@ pub(super) async fn hold(
         state: Arc::new(std::sync::Mutex::new(Creation::Creating)),
         armed: true,
     };
-    let store = shared.store.clone();
+    let engine = shared.engine.clone();
     let state = Arc::clone(&cancel.state);
     let created = tokio::task::spawn_blocking(move || {
-        let approval = store.create_approval(new)?;
+        let approval = engine.request(new)?;
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         if *state == Creation::Abandoned {
-            store.close_approval(&approval.id, ApprovalStatus::Cancelled)?;
+            engine.close(&approval.id, ApprovalStatus::Cancelled)?;
         } else {
             *state = Creation::Created(approval.id.clone());
         }
-        Ok::<_, palisade_store::StoreError>(approval)
+        Ok::<_, palisade_approvals::ApprovalError>(approval)
     })
     .await;
     let approval = match created {
@@ -109,14 +114,14 @@ pub(super) async fn hold(
         }
     };
     let outcome = tokio::select! {
-        decided = decided => decided.unwrap_or(HoldOutcome::Cancelled),
+        decided = decided => decided.unwrap_or(Outcome::Cancelled),
         _ = client_gone => {
             // Dropping the guard cancels the approval; nobody is left to answer.
             drop(slot);
             drop(cancel);
             return Err(Refusal::of(Decision::ClientGone, GatewayErrorKind::GatewayRestarting, host));
         }
-        _ = tokio::time::sleep(shared.config.approval_timeout) => {
+        _ = tokio::time::sleep(timeout) => {
             close(shared, &id, ApprovalStatus::TimedOut).await
         }
         _ = crate::stopped(&mut shutdown) => {
@@ -127,11 +132,11 @@ pub(super) async fn hold(
     drop(slot);
     let rule = &held.rule.name;
     match outcome {
-        HoldOutcome::Approved { approver } => {
+        Outcome::Approved { approver } => {
             audit.record().actor = approver;
             Ok(())
         }
-        HoldOutcome::Denied { approver, comment } => {
+        Outcome::Denied { approver, comment } => {
             audit.record().actor = approver.clone();
             let mut body = ErrorBody::new(GatewayErrorKind::ApprovalDenied, host).with_rule(rule);
             body.approval_id = Some(id);
@@ -139,13 +144,13 @@ pub(super) async fn hold(
             body.comment = comment;
             Err(Refusal::new(Decision::Denied, body))
         }
-        HoldOutcome::TimedOut => Err(Refusal::new(
+        Outcome::TimedOut => Err(Refusal::new(
             Decision::TimedOut,
             ErrorBody::new(GatewayErrorKind::ApprovalTimedOut, host)
                 .with_rule(rule)
                 .with_approval_id(id),
         )),
-        HoldOutcome::Cancelled => Err(Refusal::of(
+        Outcome::Cancelled => Err(Refusal::of(
             Decision::Cancelled,
             GatewayErrorKind::GatewayRestarting,
             host,
@@ -153,9 +158,29 @@ pub(super) async fn hold(
     }
 }
 
+/// How long this request waits: its rule's approval timeout, else its agent's, else
+/// the gateway's.
+fn approval_timeout(shared: &Shared, held: &Held<'_>) -> std::time::Duration {
+    if let Some(ms) = held.rule.approval_timeout_ms.filter(|ms| *ms > 0) {
+        return std::time::Duration::from_millis(ms.unsigned_abs());
+    }
+    shared
+        .snapshot
+        .load()
+        .approval_timeouts
+        .get(held.agent)
+        .copied()
+        .unwrap_or(shared.config.approval_timeout)
+}
+
 /// The approval a person is shown: a summary of the whole body, and its size and
 /// digest, so the bytes approved can be told apart from any others.
-fn approval_for(shared: &Shared, held: &Held<'_>, data: &[u8], view: &[u8]) -> NewApproval {
+fn approval_for(
+    held: &Held<'_>,
+    data: &[u8],
+    view: &[u8],
+    timeout: std::time::Duration,
+) -> NewRequest {
     let target = held.target;
     let parts = held.parts;
     let path_and_query = match parts.uri.query() {
@@ -167,7 +192,7 @@ fn approval_for(shared: &Shared, held: &Held<'_>, data: &[u8], view: &[u8]) -> N
         Scheme::Http => format!("http://{}{path_and_query}", target.authority()),
         Scheme::Https => path_and_query.clone(),
     };
-    let mut summary = palisade_policy::summary::summarize(
+    let mut summary = palisade_approvals::summarize(
         &parts.method,
         &target.authority(),
         &shown_target,
@@ -206,15 +231,14 @@ fn approval_for(shared: &Shared, held: &Held<'_>, data: &[u8], view: &[u8]) -> N
         "rule": held.rule.name,
         "secret": held.secret.map(|s| s.name.clone()),
     });
-    NewApproval {
-        kind: "credential_use".into(),
+    NewRequest {
+        kind: ApprovalKind::CredentialUse,
         agent: held.agent.clone(),
-        title: summary.title,
-        lines: summary.lines,
-        detail: summary.detail,
+        summary,
         context,
-        expires_at_ms: palisade_store::now_ms()
-            + i64::try_from(shared.config.approval_timeout.as_millis()).unwrap_or(i64::MAX / 2),
+        timeout,
+        holder: Some(Holder::this_process()),
+        request_key: None,
     }
 }
 
@@ -227,15 +251,15 @@ fn restarting(host: &str) -> Refusal {
 }
 
 /// Closes a pending approval; if a decision raced in first, that decision stands.
-async fn close(shared: &Shared, id: &str, status: ApprovalStatus) -> HoldOutcome {
-    let store = shared.store.clone();
+async fn close(shared: &Shared, id: &str, status: ApprovalStatus) -> Outcome {
+    let engine = shared.engine.clone();
     let owned = id.to_string();
-    let closed = tokio::task::spawn_blocking(move || store.close_approval(&owned, status)).await;
+    let closed = tokio::task::spawn_blocking(move || engine.close(&owned, status)).await;
     match closed {
-        Ok(Ok(approval)) => HoldOutcome::from_approval(&approval).unwrap_or(HoldOutcome::TimedOut),
+        Ok(Ok(approval)) => Outcome::of(&approval).unwrap_or(Outcome::TimedOut),
         _ => match status {
-            ApprovalStatus::Cancelled => HoldOutcome::Cancelled,
-            _ => HoldOutcome::TimedOut,
+            ApprovalStatus::Cancelled => Outcome::Cancelled,
+            _ => Outcome::TimedOut,
         },
     }
 }
@@ -271,9 +295,9 @@ impl Drop for CancelOnDrop {
             }
         };
         tracing::info!(approval = %id, "the client went away while its request was held; approval cancelled");
-        let store = self.shared.store.clone();
+        let engine = self.shared.engine.clone();
         let closing = move || {
-            if let Err(e) = store.close_approval(&id, ApprovalStatus::Cancelled) {
+            if let Err(e) = engine.close(&id, ApprovalStatus::Cancelled) {
                 tracing::warn!(approval = %id, error = %e, "could not cancel an abandoned approval");
             }
         };
@@ -291,7 +315,7 @@ impl Drop for CancelOnDrop {
 pub fn redacted_headers(headers: &http::HeaderMap) -> serde_json::Map<String, serde_json::Value> {
     let mut map = serde_json::Map::new();
     for (name, value) in headers {
-        let shown = if palisade_policy::summary::is_secret_name(name.as_str()) {
+        let shown = if palisade_approvals::summary::is_secret_name(name.as_str()) {
             "[redacted]".to_string()
         } else {
             String::from_utf8_lossy(value.as_bytes())
@@ -308,7 +332,10 @@ pub fn redacted_headers(headers: &http::HeaderMap) -> serde_json::Map<String, se
 fn redact_query(path_and_query: &str) -> String {
     match path_and_query.split_once('?') {
         Some((path, query)) => {
-            format!("{path}?{}", palisade_policy::summary::redacted_query(query))
+            format!(
+                "{path}?{}",
+                palisade_approvals::summary::redacted_query(query)
+            )
         }
         None => path_and_query.to_string(),
     }

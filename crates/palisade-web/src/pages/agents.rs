@@ -154,11 +154,30 @@ impl AgentForm {
 fn format_quota(bytes: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
     for (size, unit) in UNITS {
-        if bytes % size == 0 {
+        if bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }
     bytes.to_string()
+}
+
+/// The provider's models as choices, the agent's own first if the provider does not
+/// list it (it stays selectable, marked).
+fn model_choices(models: &[ListedModel], current: &str) -> Vec<(String, String)> {
+    let mut choices: Vec<(String, String)> = models
+        .iter()
+        .map(|m| (m.id.clone(), m.id.clone()))
+        .collect();
+    if !current.is_empty() && !models.iter().any(|m| m.id == current) {
+        choices.insert(
+            0,
+            (
+                current.to_string(),
+                format!("{current} (not listed by the provider)"),
+            ),
+        );
+    }
+    choices
 }
 
 /// The fields both agent forms have. `models`: the provider's list, offered as a choice.
@@ -175,11 +194,7 @@ fn settings_fields(form: &AgentForm, models: Option<&[ListedModel]>) -> Markup {
             (forms::select("Provider", "provider", &providers, if form.provider.is_empty() { "anthropic" } else { &form.provider }, ""))
             @match models {
                 Some(models) if !models.is_empty() => {
-                    @let mut choices: Vec<(String, String)> = models.iter().map(|m| (m.id.clone(), m.id.clone())).collect();
-                    @if !form.model.is_empty() && !models.iter().any(|m| m.id == form.model) {
-                        @let _ = choices.insert(0, (form.model.clone(), format!("{} (not listed by the provider)", form.model)));
-                    }
-                    (forms::select("Model", "model", &choices, &form.model, "the models the provider lists for this agent's key"))
+                    (forms::select("Model", "model", &model_choices(models, &form.model), &form.model, "the models the provider lists for this agent's key"))
                 }
                 _ => {
                     (forms::text("Model", "model", &form.model, &format!("e.g. {DEFAULT_MODEL}")))
@@ -614,7 +629,7 @@ mod tests {
 
     #[test]
     fn quotas_read_back_exactly() {
-        for bytes in [4u64 << 30, 512 << 20, 1536 << 10, 1_000_001] {
+        for bytes in [4u64 << 30, 512 << 20, 1536 << 10, 2_000_001] {
             let text = format_quota(bytes);
             assert_eq!(palisade_sandbox_quota(&text), bytes, "{text}");
         }

@@ -1,9 +1,9 @@
-//! Approvals: held requests waiting for the admin, with their summary as the store
-//! gives it (method, host, path, agent, redacted context), and Approve / Deny with an
-//! optional comment, decided through the store exactly like `palisade approvals
-//! approve|deny` with the web admin as approver. The pending list is also served as a
-//! fragment the script polls (every 2 s, at most 100 approvals), so it updates
-//! without a reload.
+//! Approvals: everything waiting for the admin, with its summary (method, host, path,
+//! agent, redacted context), and the choices its kind offers (approve once, approve
+//! for 1 h, always allow, deny, with an optional comment), decided through the approval
+//! engine exactly like `palisade approvals approve|deny`, with the web admin as
+//! approver. The pending list is also served as a fragment the script polls (every
+//! 2 s, at most 100 approvals), so it updates without a reload.
 
 use super::layout::{self, Nav};
 use super::{blocking, PageError, PageResult};
@@ -12,7 +12,8 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
-use palisade_store::{Approval, ApprovalDecision, ApprovalStatus, StoreError};
+use palisade_approvals::{ApprovalError, ApprovalKind, ApproverIdentity, Choice};
+use palisade_store::{Approval, ApprovalStatus};
 use serde::Deserialize;
 
 /// Most pending approvals shown (the oldest beyond this wait for the next refresh).
@@ -59,7 +60,14 @@ fn pending_markup(state: &WebState, pending: &[Approval]) -> Markup {
                     form.decide method="post" action={ "/approvals/" (approval.id) "/decide" } {
                         (layout::csrf_field(state))
                         input type="text" name="comment" maxlength=(MAX_COMMENT_BYTES) placeholder="Comment (optional; a denial's comment is returned to the agent)";
+                        @let kind = approval.kind.parse::<ApprovalKind>().ok();
                         button.primary type="submit" name="decision" value="approve" { "Approve" }
+                        @if kind.is_some_and(|k| k.offers(Choice::ForHour)) {
+                            button.secondary type="submit" name="decision" value="1h" title="Also allow this agent the same host, method and path for one hour" { "Approve for 1 h" }
+                        }
+                        @if kind.is_some_and(|k| k.offers(Choice::Always)) {
+                            button.secondary type="submit" name="decision" value="always" title="Create a rule allowing this agent the same host, method and path (revoke it on the Vault page or with palisade rules delete)" { "Always allow" }
+                        }
                         button.danger type="submit" name="decision" value="deny" { "Deny" }
                     }
                 }
@@ -73,8 +81,9 @@ fn decided_markup(decided: &[Approval]) -> Markup {
         @if decided.is_empty() {
             p.muted { "No decisions yet." }
         } @else {
+            (super::charts::decision_times(decided))
             table {
-                thead { tr { th { "Request" } th { "Agent" } th { "Status" } th { "By" } th { "Comment" } th { "When" } } }
+                thead { tr { th { "Request" } th { "Agent" } th { "Status" } th { "Choice" } th { "By" } th { "Comment" } th { "Took" } th { "When" } } }
                 tbody {
                     @for approval in decided {
                         tr {
@@ -84,8 +93,13 @@ fn decided_markup(decided: &[Approval]) -> Markup {
                                 @let tone = match approval.status { ApprovalStatus::Approved => "good", ApprovalStatus::Denied => "bad", _ => "neutral" };
                                 (layout::pill(approval.status.as_str(), tone))
                             }
+                            td {
+                                (approval.choice.as_deref().unwrap_or(""))
+                                @if let Some(rule) = &approval.granted_rule { br; span.muted.small { "rule " code { (rule) } } }
+                            }
                             td { (approval.approver.as_deref().unwrap_or("")) }
                             td { (approval.comment.as_deref().unwrap_or("")) }
+                            td.nowrap.took { (approval.decided_at_ms.map(|at| super::charts::seconds(at - approval.created_at_ms)).unwrap_or_default()) }
                             td.muted { (approval.decided_at_ms.map(super::relative).unwrap_or_default()) }
                         }
                     }
@@ -185,16 +199,12 @@ pub(crate) async fn decide(
             PageError::BadRequest(message).into_response()
         }
     };
-    let approve = match form.decision.as_str() {
-        "approve" => true,
-        "deny" => false,
-        _ => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_decision",
-                "the decision must be approve or deny".into(),
-            )
-        }
+    let Ok(choice) = form.decision.parse::<Choice>() else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_decision",
+            "the decision must be approve, 1h, always or deny".into(),
+        );
     };
     let comment = form
         .comment
@@ -210,15 +220,17 @@ pub(crate) async fn decide(
             format!("the comment is longer than {MAX_COMMENT_BYTES} bytes; shorten it"),
         );
     }
-    let store = state.store.clone();
-    let decision = ApprovalDecision {
-        approve,
-        approver: crate::WEB_ACTOR.to_string(),
-        comment,
-    };
+    let engine = state.engine.clone();
     let lookup = id.clone();
-    let result =
-        tokio::task::spawn_blocking(move || store.decide_approval(&lookup, &decision)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        engine.decide(
+            &lookup,
+            &ApproverIdentity::web(),
+            choice,
+            comment.as_deref(),
+        )
+    })
+    .await;
     match result {
         Ok(Ok(approval)) => {
             let message = format!(
@@ -242,15 +254,18 @@ pub(crate) async fn decide(
                 .into_response()
             }
         }
-        Ok(Err(StoreError::AlreadyDecided(_))) => refuse(
-            StatusCode::CONFLICT,
-            "already_decided",
-            format!("approval {id} was already decided (or timed out); see Recently decided"),
-        ),
-        Ok(Err(StoreError::NotFound { .. })) => refuse(
+        Ok(Err(error @ (ApprovalError::AlreadyDecided { .. } | ApprovalError::Expired(_)))) => {
+            refuse(StatusCode::CONFLICT, "already_decided", error.to_string())
+        }
+        Ok(Err(ApprovalError::NotFound(_))) => refuse(
             StatusCode::NOT_FOUND,
             "unknown_approval",
             format!("there is no approval {id}"),
+        ),
+        Ok(Err(error @ ApprovalError::ChoiceNotOffered { .. })) => refuse(
+            StatusCode::BAD_REQUEST,
+            "choice_not_offered",
+            error.to_string(),
         ),
         Ok(Err(error)) => refuse(
             StatusCode::INTERNAL_SERVER_ERROR,

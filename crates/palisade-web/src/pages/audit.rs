@@ -165,6 +165,7 @@ pub(crate) async fn page(
         text: text.clone(),
         limit: Some(limit),
         before_id: query.before,
+        ..AuditFilter::default()
     };
     let store = state.store.clone();
     let rows = blocking(move || Ok(store.list_audit(&filter)?)).await?;

@@ -115,6 +115,19 @@ fn hour_label(ms: i64) -> String {
     }
 }
 
+/// The non-empty parts of one hour's bar, bottom up: (outcome, count below it, count).
+fn stacked(hour: &[u64; 6]) -> Vec<(Outcome, u64, u64)> {
+    let mut below = 0;
+    let mut parts = Vec::new();
+    for (outcome, n) in Outcome::ALL.iter().zip(hour) {
+        if *n > 0 {
+            parts.push((*outcome, below, *n));
+            below += n;
+        }
+    }
+    parts
+}
+
 /// The SVG of one day. `title` names it for screen readers.
 pub(crate) fn day_svg(day: &Day, title: &str) -> Markup {
     let plot_width = WIDTH - LEFT - 6.0;
@@ -150,17 +163,13 @@ pub(crate) fn day_svg(day: &Day, title: &str) -> Markup {
                 @for (i, hour) in day.hours.iter().enumerate() {
                     @let x = LEFT + slot * i as f64 + (slot - bar) / 2.0;
                     @let start = day.start_ms + i as i64 * HOUR_MS;
-                    @let mut base = 0u64;
                     g.hour {
                         title { (hour_label(start)) " UTC: "
                             @for (o, n) in Outcome::ALL.iter().zip(hour) { (n) " " (label(*o)) ", " }
                             (day.approvals[i]) " approvals" }
-                        @for (o, n) in Outcome::ALL.iter().zip(hour) {
-                            @if *n > 0 {
-                                rect class={ "bar " (o.as_str()) } x=(format!("{x:.1}")) y=(format!("{:.1}", y(base + n)))
-                                    width=(format!("{bar:.1}")) height=(format!("{:.1}", (y(base) - y(base + n)).max(0.5))) {}
-                            }
-                            @let _ = { base += n; };
+                        @for (outcome, below, n) in stacked(hour) {
+                            rect class={ "bar " (outcome.as_str()) } x=(format!("{x:.1}")) y=(format!("{:.1}", y(below + n)))
+                                width=(format!("{bar:.1}")) height=(format!("{:.1}", (y(below) - y(below + n)).max(0.5))) {}
                         }
                         @if day.approvals[i] > 0 {
                             circle.approval cx=(format!("{:.1}", x + bar / 2.0)) cy=(TOP - 8.0) r="4" {}
@@ -193,9 +202,7 @@ pub(crate) async fn agent_traffic(
     let days = load_days(state).await?;
     let day = match agent {
         Some(agent) => days.get(agent.as_str()).cloned().unwrap_or_default(),
-        None => days
-            .values()
-            .fold(Day::default(), |acc, day| merge(acc, day)),
+        None => days.values().fold(Day::default(), merge),
     };
     Ok(render_day(
         &day,
@@ -333,7 +340,7 @@ mod tests {
 
     #[test]
     fn counts_land_in_their_hours_and_old_ones_are_left_out() {
-        let now = 1_800_000_000_000 + 30 * 60 * 1000;
+        let now: i64 = 1_800_000_000_000 + 30 * 60 * 1000;
         let current = now - now.rem_euclid(HOUR_MS);
         let count = |hour_ms, outcome, count| RequestCount {
             agent: "a".into(),

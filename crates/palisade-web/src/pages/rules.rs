@@ -42,6 +42,7 @@ struct RuleForm {
     expires: String,
     body_contains: String,
     scope: String,
+    approval_timeout: String,
 }
 
 impl RuleForm {
@@ -61,6 +62,7 @@ impl RuleForm {
             // Kept as typed: leading or trailing spaces may be the point.
             body_contains: field(pairs, "body_contains").to_string(),
             scope: text("scope"),
+            approval_timeout: text("approval_timeout"),
         }
     }
 
@@ -82,6 +84,9 @@ impl RuleForm {
             expires: rule.expires_at_ms.map(format_time).unwrap_or_default(),
             body_contains: rule.body_contains.clone().unwrap_or_default(),
             scope: rule.scope.clone(),
+            approval_timeout: RuleDraft::from_record(rule)
+                .approval_timeout
+                .unwrap_or_default(),
         }
     }
 
@@ -106,6 +111,11 @@ impl RuleForm {
             expires: given(&self.expires),
             body_contains: (!self.body_contains.is_empty()).then(|| self.body_contains.clone()),
             scope: given(&self.scope).unwrap_or_else(|| "user".into()),
+            approval_timeout: if self.action == "require_approval" {
+                given(&self.approval_timeout)
+            } else {
+                None
+            },
             current_expires_at_ms: current_expiry,
         })
     }
@@ -192,6 +202,7 @@ fn form_body(
                     (forms::select("Agent", "agent", &agent_options, &form.agent, ""))
                     (forms::text("Rate limit", "rate_limit", &form.rate_limit, "rate_limit only: requests per window"))
                     (forms::text("Rate window", "rate_window", &form.rate_window, "rate_limit only: 30s, 1m, 1h, 1d"))
+                    (forms::text("Approval timeout", "approval_timeout", &form.approval_timeout, "require_approval only: how long a held request waits, e.g. 5m (empty: the gateway's, 10m)"))
                     (forms::text("Priority", "priority", &form.priority, "higher is evaluated first (empty: 0)"))
                     (forms::text("Expires", "expires", &form.expires, "empty: never; a duration (8h, 7d) or a UTC time"))
                     (forms::text("Body contains", "body_contains", &form.body_contains, "match only requests whose body contains this text"))

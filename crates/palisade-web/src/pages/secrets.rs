@@ -59,6 +59,7 @@ struct SecretForm {
     inject: String,
     agents: Vec<String>,
     priority: String,
+    sensitive: bool,
 }
 
 impl SecretForm {
@@ -70,6 +71,7 @@ impl SecretForm {
             inject: field(pairs, "inject").trim().into(),
             agents: all(pairs, "agent").map(str::to_string).collect(),
             priority: field(pairs, "priority").trim().into(),
+            sensitive: field(pairs, "sensitive") == "true",
         }
     }
 
@@ -81,6 +83,7 @@ impl SecretForm {
             inject: self.inject.clone(),
             agents: self.agents.clone(),
             priority: forms::number(&self.priority, "priority")?.unwrap_or(0),
+            sensitive: self.sensitive,
         })
     }
 }
@@ -130,6 +133,10 @@ fn new_body(
                     (forms::password("Value", "value", "the credential itself; write-only"))
                 }
                 (agent_boxes(agents, &form.agents))
+                label.check {
+                    input type="checkbox" name="sensitive" value="true" checked[form.sensitive];
+                    " Sensitive: a credential to data or actions that matter (mail, payments, code); never granted to, nor injected for, a research agent"
+                }
                 div.form-actions {
                     a.button href="/vault" { "Cancel" }
                     button.primary #create-secret type="submit" { "Add secret" }
@@ -223,6 +230,7 @@ async fn secret_page(
                     dt { "Path" } dd { @if let Some(path) = &secret.path_pattern { code { (path) } } @else { span.muted { "any" } } }
                     dt { "Injection" } dd { code { (secret.injection) } }
                     dt { "Priority" } dd { (secret.priority) }
+                    dt { "Sensitive" } dd { @if secret.sensitive { "yes: never for research agents" } @else { "no" } }
                 }
                 h3 { "Rotate the value" }
                 form #rotate-form method="post" action={ "/vault/secrets/" (secret.name) "/rotate" } autocomplete="off" {

@@ -47,6 +47,29 @@ pub enum AgentsCommand {
         #[arg(short, long)]
         yes: bool,
     },
+    /// Let agent FROM message agent TO (its `ask_agent` and `tell_agent` tools).
+    #[command(
+        after_help = "Examples:\n  palisade agents allow research --to mailer\n  palisade agents allow research --to mailer --approve inbound\n\nNothing is allowed by default. Messages are sanitized at the receiver's strictness\nand labelled with their origin; --approve puts a person before a direction\n(outbound: before FROM's message leaves; inbound: before TO receives it)."
+    )]
+    Allow {
+        /// The sending agent.
+        from: String,
+        /// The receiving agent.
+        #[arg(long, value_name = "AGENT")]
+        to: String,
+        /// Which directions a person approves: outbound, inbound or both.
+        #[arg(long, value_name = "outbound|inbound|both")]
+        approve: Option<String>,
+    },
+    /// Stop agent FROM messaging agent TO.
+    #[command(after_help = "Example:\n  palisade agents disallow research --to mailer")]
+    Disallow {
+        from: String,
+        #[arg(long, value_name = "AGENT")]
+        to: String,
+    },
+    /// The agent-to-agent allow-list (entries from or to NAME, or all).
+    Links { name: Option<String> },
     /// Print the agent's token for the standalone TCP listener (nothing else, so scripts can capture it).
     #[command(
         long_about = "Print the agent's token for the standalone TCP listener.\n\nAn agent outside a sandbox authenticates to `palisade vault serve` with\n`Proxy-Authorization: Basic base64(\"x:\" + TOKEN)`, i.e. a proxy URL of the form\nhttp://x:TOKEN@127.0.0.1:10255. The same token is printed every time until --rotate\nissues a new one; the old one stops working at once.",
@@ -150,6 +173,73 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
                 return output::print_json(&agent);
             }
             output::print(&format!("updated agent {}\n", agent.name))
+        }
+        AgentsCommand::Allow { from, to, approve } => {
+            let (from, to) = (AgentName::new(&from)?, AgentName::new(&to)?);
+            let (outbound, inbound) = match approve.as_deref() {
+                None => (false, false),
+                Some("outbound") => (true, false),
+                Some("inbound") => (false, true),
+                Some("both") => (true, true),
+                Some(other) => bail!(
+                    "--approve {:?} is invalid: use outbound, inbound or both",
+                    output::clean(other)
+                ),
+            };
+            let store = ctx.open_store()?;
+            let link = store.allow_agent(&from, &to, outbound, inbound)?;
+            if ctx.json {
+                return output::print_json(&link);
+            }
+            output::print(&format!(
+                "agent {from} may now message agent {to}{}\n",
+                match (outbound, inbound) {
+                    (false, false) => String::new(),
+                    (true, false) => " (each message approved before it leaves)".into(),
+                    (false, true) => format!(" (each message approved before {to} gets it)"),
+                    (true, true) => " (each message approved in both directions)".into(),
+                }
+            ))
+        }
+        AgentsCommand::Disallow { from, to } => {
+            let (from, to) = (AgentName::new(&from)?, AgentName::new(&to)?);
+            let store = ctx.open_store()?;
+            store.disallow_agent(&from, &to)?;
+            if ctx.json {
+                return output::print_json(
+                    &serde_json::json!({ "from": from, "to": to, "allowed": false }),
+                );
+            }
+            output::print(&format!("agent {from} may no longer message agent {to}\n"))
+        }
+        AgentsCommand::Links { name } => {
+            let name = name.map(|n| AgentName::new(&n)).transpose()?;
+            let store = ctx.open_store()?;
+            let links = store.list_agent_links(name.as_ref())?;
+            if ctx.json {
+                return output::print_json(&links);
+            }
+            if links.is_empty() {
+                return output::print(
+                    "no agent may message another; allow one with `palisade agents allow FROM --to TO`\n",
+                );
+            }
+            let mut table = Table::new(&["FROM", "TO", "APPROVE", "SINCE"]);
+            for link in &links {
+                let approve = match (link.approve_outbound, link.approve_inbound) {
+                    (false, false) => "",
+                    (true, false) => "outbound",
+                    (false, true) => "inbound",
+                    (true, true) => "both",
+                };
+                table.row(vec![
+                    link.from.to_string(),
+                    link.to.to_string(),
+                    approve.to_string(),
+                    output::relative(link.created_at_ms),
+                ]);
+            }
+            output::print(&table.render())
         }
         AgentsCommand::List => {
             let store = ctx.open_store()?;

@@ -1,12 +1,14 @@
 //! `palisade approvals …`: see held actions and decide them from a terminal.
 //!
-//! The decision is written to the store; the gateway holding the request notices it
-//! and lets the request through or answers the agent with the denial and comment.
+//! Decisions go through the approval engine (`palisade-approvals`) as the terminal's
+//! user; the gateway holding the request is told at once and lets it through or
+//! answers the agent with the denial and comment.
 
 use crate::context::Context;
 use crate::input;
 use crate::output::{self, Details, Table};
-use palisade_store::{Approval, ApprovalDecision, ApprovalStatus};
+use palisade_approvals::{ApproverIdentity, Choice, Engine, Events};
+use palisade_store::{Approval, ApprovalStatus};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ApprovalsCommand {
@@ -29,13 +31,19 @@ pub enum ApprovalsCommand {
     Show { id: String },
     /// Approve a pending action; the held request goes ahead.
     #[command(
-        after_help = "Example:\n  palisade approvals approve apr_k3j5m2n4p6q7 --comment 'ok this once'"
+        after_help = "Examples:\n  palisade approvals approve apr_k3j5m2n4p6q7 --comment 'ok this once'\n  palisade approvals approve apr_k3j5m2n4p6q7 --for-1h\n  palisade approvals approve apr_k3j5m2n4p6q7 --always\n\n--for-1h and --always create a rule for this agent and exactly this request's host,\nmethod and path (see `palisade rules list`; delete it to revoke). They apply to\nrequests held at the vault only."
     )]
     Approve {
         id: String,
         /// A note recorded with the decision.
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
+        /// Also allow the same request (host, method, path) from this agent for 1 hour.
+        #[arg(long = "for-1h", conflicts_with = "always")]
+        for_hour: bool,
+        /// Always allow the same request (host, method, path) from this agent.
+        #[arg(long)]
+        always: bool,
     },
     /// Deny a pending action; the agent is told, with your comment.
     #[command(
@@ -106,29 +114,43 @@ pub fn run(command: ApprovalsCommand, ctx: &Context) -> anyhow::Result<()> {
             }
             output::print(&render(&approval))
         }
-        ApprovalsCommand::Approve { id, comment } => decide(ctx, &id, true, comment),
-        ApprovalsCommand::Deny { id, comment } => decide(ctx, &id, false, comment),
+        ApprovalsCommand::Approve {
+            id,
+            comment,
+            for_hour,
+            always,
+        } => {
+            let choice = match (for_hour, always) {
+                (true, _) => Choice::ForHour,
+                (_, true) => Choice::Always,
+                _ => Choice::Once,
+            };
+            decide(ctx, &id, choice, comment)
+        }
+        ApprovalsCommand::Deny { id, comment } => decide(ctx, &id, Choice::Deny, comment),
     }
 }
 
-fn decide(ctx: &Context, id: &str, approve: bool, comment: Option<String>) -> anyhow::Result<()> {
-    let comment = comment.filter(|text| !text.trim().is_empty());
+fn decide(ctx: &Context, id: &str, choice: Choice, comment: Option<String>) -> anyhow::Result<()> {
     let store = ctx.open_store()?;
-    let decision = ApprovalDecision {
-        approve,
-        approver: input::approver_identity(),
-        comment,
-    };
-    let approval = store.decide_approval(id, &decision)?;
+    let engine = Engine::new(store, Events::new());
+    let approver = ApproverIdentity::cli(&input::local_user());
+    let approval = engine.decide(id, &approver, choice, comment.as_deref())?;
     if ctx.json {
         return output::print_json(&approval);
     }
+    let granted = approval
+        .granted_rule
+        .as_deref()
+        .map(|rule| format!("; rule {rule} created (`palisade rules delete {rule}` revokes it)"))
+        .unwrap_or_default();
     output::print(&format!(
-        "{} {}: {} (as {})\n",
+        "{} {}: {} (as {}){}\n",
         approval.status.as_str(),
         approval.id,
         output::clean(&approval.title),
-        output::clean(&decision.approver),
+        output::clean(&approver.shown()),
+        output::clean(&granted),
     ))
 }
 
@@ -148,6 +170,12 @@ fn render(approval: &Approval) -> String {
     }
     if let Some(approver) = &approval.approver {
         details.field("approver", approver);
+    }
+    if let Some(choice) = &approval.choice {
+        details.field("choice", choice);
+    }
+    if let Some(rule) = &approval.granted_rule {
+        details.field("granted rule", rule);
     }
     if let Some(comment) = &approval.comment {
         details.field("comment", comment);
@@ -175,7 +203,7 @@ fn render(approval: &Approval) -> String {
     }
     if approval.status == ApprovalStatus::Pending {
         text.push_str(&format!(
-            "\ndecide with: palisade approvals approve {id}   or   palisade approvals deny {id} --comment TEXT\n",
+            "\ndecide with: palisade approvals approve {id} [--for-1h | --always]   or   palisade approvals deny {id} --comment TEXT\n",
             id = approval.id
         ));
     }

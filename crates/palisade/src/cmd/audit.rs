@@ -10,9 +10,13 @@ use palisade_store::AuditFilter;
 pub enum AuditCommand {
     /// List audit rows, newest first.
     #[command(
-        after_help = "Examples:\n  palisade audit list --agent mailer --since 1h\n  palisade audit list --decision blocked --limit 20\n  palisade audit list --event secret.create --json"
+        after_help = "Examples:\n  palisade audit list --agent mailer --since 1h\n  palisade audit list --decision blocked --limit 20\n  palisade audit list --event secret.create --json\n  palisade audit list --approvals --since 1d"
     )]
     List {
+        /// Only decisions on approvals (and refused attempts), with the approver's name,
+        /// channel and user id, the choice, the comment and the action each allowed.
+        #[arg(long, conflicts_with = "event")]
+        approvals: bool,
         /// Only rows about this agent.
         #[arg(long)]
         agent: Option<String>,
@@ -42,6 +46,7 @@ pub enum AuditCommand {
 pub fn run(command: AuditCommand, ctx: &Context) -> anyhow::Result<()> {
     match command {
         AuditCommand::List {
+            approvals,
             agent,
             event,
             decision,
@@ -63,10 +68,14 @@ pub fn run(command: AuditCommand, ctx: &Context) -> anyhow::Result<()> {
                 host,
                 since_ms,
                 limit: Some(limit),
+                approval_decisions: approvals,
                 ..Default::default()
             };
             let store = ctx.open_store()?;
             let rows = store.list_audit(&filter)?;
+            if approvals {
+                return list_approval_decisions(ctx, &store, &rows);
+            }
             if ctx.json {
                 return output::print_json(&rows);
             }
@@ -131,4 +140,112 @@ pub fn run(command: AuditCommand, ctx: &Context) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `audit list --approvals`: one line per decision with who made it where, the choice,
+/// the comment, and the request (or action) it allowed, found by the approval id.
+fn list_approval_decisions(
+    ctx: &Context,
+    store: &palisade_store::Store,
+    rows: &[palisade_store::AuditRecord],
+) -> anyhow::Result<()> {
+    let mut decisions = Vec::with_capacity(rows.len());
+    for row in rows {
+        let entry = &row.entry;
+        let detail = entry.detail.clone().unwrap_or_default();
+        let text = |key: &str| detail.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        let action = match &entry.approval_id {
+            Some(id) => store
+                .list_audit(&AuditFilter {
+                    approval_id: Some(id.clone()),
+                    event: Some("request".into()),
+                    limit: Some(1),
+                    ..Default::default()
+                })?
+                .into_iter()
+                .next()
+                .map(|request| {
+                    let r = &request.entry;
+                    serde_json::json!({
+                        "audit_id": request.id,
+                        "method": r.method,
+                        "host": r.host,
+                        "path": r.path,
+                        "decision": r.decision,
+                        "status": r.status,
+                    })
+                }),
+            None => None,
+        };
+        decisions.push(serde_json::json!({
+            "id": row.id,
+            "at_ms": row.at_ms,
+            "event": entry.event,
+            "approval_id": entry.approval_id,
+            "agent": entry.agent,
+            "decision": entry.decision,
+            "choice": text("choice"),
+            "approver": entry.actor,
+            "approver_name": text("name"),
+            "channel": text("channel"),
+            "user": text("user"),
+            "comment": text("comment"),
+            "reason": text("reason"),
+            "title": text("title"),
+            "granted_rule": text("granted_rule"),
+            "action": action,
+        }));
+    }
+    if ctx.json {
+        return output::print_json(&decisions);
+    }
+    if decisions.is_empty() {
+        return output::print("no approval decisions match\n");
+    }
+    let now = output::now_ms();
+    let mut table = Table::new(&[
+        "ID", "WHEN", "APPROVAL", "AGENT", "DECISION", "CHOICE", "APPROVER", "CHANNEL", "COMMENT",
+        "ACTION",
+    ]);
+    let field = |value: &serde_json::Value, key: &str| {
+        value
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(output::clean)
+            .unwrap_or_default()
+    };
+    for decision in &decisions {
+        let action = decision
+            .get("action")
+            .filter(|a| !a.is_null())
+            .map(|a| {
+                format!(
+                    "{} {}{} → {}",
+                    field(a, "method"),
+                    field(a, "host"),
+                    field(a, "path"),
+                    a.get("status").map(|s| s.to_string()).unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| field(decision, "title"));
+        let who = match (field(decision, "approver_name"), field(decision, "user")) {
+            (name, user) if !name.is_empty() && !user.is_empty() && name != user => {
+                format!("{name} ({user})")
+            }
+            _ => field(decision, "approver"),
+        };
+        table.row(vec![
+            decision["id"].to_string(),
+            output::relative_to(decision["at_ms"].as_i64().unwrap_or_default(), now),
+            field(decision, "approval_id"),
+            field(decision, "agent"),
+            field(decision, "decision"),
+            field(decision, "choice"),
+            who,
+            field(decision, "channel"),
+            field(decision, "comment"),
+            action,
+        ]);
+    }
+    output::print(&table.render())
 }

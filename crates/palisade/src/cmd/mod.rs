@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod approvals;
 pub mod audit;
+pub mod channels;
 pub mod chat;
 pub mod rules;
 pub mod runner;

@@ -93,6 +93,10 @@ pub struct CreateArgs {
     /// `org` (outer boundary, set by an admin) or `user` (grants within it).
     #[arg(long, default_value = "user", value_name = "org|user")]
     scope: String,
+    /// For require_approval: how long a held request waits for a person before it is
+    /// denied (`5m`, `1h`; default: the gateway's `--approval-timeout`, 10 min).
+    #[arg(long, value_name = "DURATION")]
+    approval_timeout: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,6 +133,9 @@ pub struct EditArgs {
     body_contains: Option<String>,
     #[arg(long, value_name = "org|user")]
     scope: Option<String>,
+    /// For require_approval: how long a held request waits, or `default`.
+    #[arg(long, value_name = "DURATION")]
+    approval_timeout: Option<String>,
 }
 
 /// What a rule command prints about the rule it changed.
@@ -237,6 +244,7 @@ fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<()> {
         expires: args.expires,
         body_contains: args.body_contains,
         scope: args.scope,
+        approval_timeout: args.approval_timeout,
         current_expires_at_ms: None,
     }
     .check(output::now_ms())?;
@@ -288,6 +296,12 @@ fn edit(args: EditArgs, ctx: &Context) -> anyhow::Result<()> {
     }
     if let Some(scope) = args.scope {
         draft.scope = scope;
+    }
+    if let Some(timeout) = args.approval_timeout {
+        draft.approval_timeout = or_none(timeout, "default");
+    }
+    if draft.action != "require_approval" {
+        draft.approval_timeout = None;
     }
     let rule = draft.check(output::now_ms())?;
     let record = store.update_rule(&current.id.to_string(), rule)?;

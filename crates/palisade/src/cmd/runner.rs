@@ -3,14 +3,15 @@
 //! Connects to the host socket (`/run/palisade/host.sock`), says hello, and for each
 //! `deliver` runs one turn of the palisade-runner agent loop with the agent settings
 //! in the frame, streaming `event` frames and ending with `reply`. Host tools
-//! (send_message, memory, list_grants) become `tool_call` frames the host answers.
+//! (send_message, memory, list_grants, request_approval) become `tool_call` frames the
+//! host answers.
 //! The runner holds no credential: the model is reached through the shim and the
 //! vault with a placeholder key, and the socket only ever speaks for this agent.
 
 use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use palisade_host::protocol::{
-    Delivery, HostFrame, RunnerConnection, RunnerFrame, PROTOCOL_VERSION,
+    Delivery, HostCall, HostFrame, RunnerConnection, RunnerFrame, PROTOCOL_VERSION,
 };
 use palisade_runner::{
     AgentConfig, Event, Grant, HostToolError, HostTools, HttpClient, HttpConfig, Message,
@@ -26,6 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long a host tool call may take.
 const HOST_TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `request_approval` may wait: a person decides within the approval timeout
+/// (10 min by default, per agent up to 1 h), and the host answers at the expiry.
+const APPROVAL_TOOL_TIMEOUT: Duration = Duration::from_secs(3600 + 60);
 
 #[derive(Debug, clap::Args)]
 pub struct RunnerArgs {
@@ -275,21 +279,30 @@ struct SocketHost {
 }
 
 impl SocketHost {
-    async fn call(&self, name: &str, input: serde_json::Value) -> Result<String, HostToolError> {
+    async fn call(&self, call: HostCall) -> Result<String, HostToolError> {
+        self.call_within(call, HOST_TOOL_TIMEOUT).await
+    }
+
+    async fn call_within(
+        &self,
+        call: HostCall,
+        timeout: Duration,
+    ) -> Result<String, HostToolError> {
         let call_id = format!("h{}", self.next_call.fetch_add(1, Ordering::SeqCst));
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(call_id.clone(), tx);
+        let (name, input) = call.into_wire();
         let frame = RunnerFrame::ToolCall {
             call_id: call_id.clone(),
             message_id: self.message_id.load(Ordering::SeqCst),
-            name: name.to_string(),
+            name,
             input,
         };
         if self.out.send(frame).await.is_err() {
             lock(&self.pending).remove(&call_id);
             return Err(HostToolError("the host connection is gone".into()));
         }
-        match tokio::time::timeout(HOST_TOOL_TIMEOUT, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok((true, content))) => Ok(content),
             Ok(Ok((false, content))) => Err(HostToolError(content)),
             Ok(Err(_)) => Err(HostToolError("the host connection is gone".into())),
@@ -304,27 +317,62 @@ impl SocketHost {
 impl HostTools for SocketHost {
     fn send_message<'a>(&'a self, text: &'a str) -> BoxFuture<'a, Result<(), HostToolError>> {
         Box::pin(async move {
-            self.call("send_message", serde_json::json!({ "text": text }))
-                .await
-                .map(|_| ())
+            self.call(HostCall::SendMessage {
+                text: text.to_string(),
+            })
+            .await
+            .map(|_| ())
         })
     }
 
     fn memory_read(&self) -> BoxFuture<'_, Result<String, HostToolError>> {
-        Box::pin(self.call("memory_read", serde_json::json!({})))
+        Box::pin(self.call(HostCall::MemoryRead {}))
     }
 
     fn memory_append<'a>(&'a self, note: &'a str) -> BoxFuture<'a, Result<(), HostToolError>> {
         Box::pin(async move {
-            self.call("memory_append", serde_json::json!({ "note": note }))
-                .await
-                .map(|_| ())
+            self.call(HostCall::MemoryAppend {
+                note: note.to_string(),
+            })
+            .await
+            .map(|_| ())
         })
+    }
+
+    fn request_approval<'a>(
+        &'a self,
+        action: &'a str,
+        details: &'a str,
+    ) -> BoxFuture<'a, Result<String, HostToolError>> {
+        Box::pin(self.call_within(
+            HostCall::RequestApproval {
+                action: action.to_string(),
+                details: details.to_string(),
+            },
+            APPROVAL_TOOL_TIMEOUT,
+        ))
+    }
+
+    fn message_agent<'a>(
+        &'a self,
+        agent: &'a str,
+        text: &'a str,
+        wait: bool,
+    ) -> BoxFuture<'a, Result<String, HostToolError>> {
+        let (agent, text) = (agent.to_string(), text.to_string());
+        let call = if wait {
+            HostCall::AskAgent { agent, text }
+        } else {
+            HostCall::TellAgent { agent, text }
+        };
+        // Waiting for the other agent (5 min), and for people where its allow-list
+        // entry asks for approval.
+        Box::pin(self.call_within(call, APPROVAL_TOOL_TIMEOUT))
     }
 
     fn list_grants(&self) -> BoxFuture<'_, Result<Vec<Grant>, HostToolError>> {
         Box::pin(async move {
-            let text = self.call("list_grants", serde_json::json!({})).await?;
+            let text = self.call(HostCall::ListGrants {}).await?;
             let items: Vec<serde_json::Value> = serde_json::from_str(&text)
                 .map_err(|e| HostToolError(format!("the host's grant list is malformed: {e}")))?;
             Ok(items

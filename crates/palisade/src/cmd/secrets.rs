@@ -76,6 +76,10 @@ pub struct CreateArgs {
     /// Higher wins among secrets whose paths are equally specific.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i64,
+    /// A credential to data or actions that matter (mail, payments, code): never granted
+    /// to, nor injected for, a research-profile agent (agents that read the internet).
+    #[arg(long)]
+    sensitive: bool,
     /// Read the value from FILE (`-` for stdin) instead of stdin.
     #[arg(long, value_name = "FILE")]
     value_file: Option<PathBuf>,
@@ -100,7 +104,14 @@ pub fn run(command: SecretsCommand, ctx: &Context) -> anyhow::Result<()> {
                 return output::print("no secrets yet; add one with `palisade secrets create`\n");
             }
             let mut table = Table::new(&[
-                "NAME", "HOST", "PATH", "INJECT", "AGENTS", "PRIORITY", "CREATED",
+                "NAME",
+                "HOST",
+                "PATH",
+                "INJECT",
+                "AGENTS",
+                "PRIORITY",
+                "SENSITIVE",
+                "CREATED",
             ]);
             for secret in &secrets {
                 let agents: Vec<&str> = secret.agents.iter().map(AgentName::as_str).collect();
@@ -111,6 +122,7 @@ pub fn run(command: SecretsCommand, ctx: &Context) -> anyhow::Result<()> {
                     secret.injection.clone(),
                     agents.join(","),
                     secret.priority.to_string(),
+                    if secret.sensitive { "yes" } else { "" }.to_string(),
                     output::relative(secret.created_at_ms),
                 ]);
             }
@@ -182,6 +194,7 @@ fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<()> {
         inject: args.inject,
         agents: args.agent,
         priority: args.priority,
+        sensitive: args.sensitive,
     }
     .check()?;
     let store = ctx.open_store()?;

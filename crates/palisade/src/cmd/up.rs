@@ -172,6 +172,9 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // One announcement channel for approvals in this process: the vault's held
+    // requests, the host's request_approval calls, the web UI and the chat channels.
+    let approval_events = palisade_approvals::Events::new();
     tokio.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -197,6 +200,7 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
                 config.protected = vec![listen];
                 config.listen = args.vault_listen;
                 config.advertise = true;
+                config.approval_events = Some(approval_events.clone());
                 let gateway = palisade_vault::Gateway::start(config).await?;
                 if let Some(addr) = gateway.tcp_addr() {
                     eprintln!("palisade: vault listening on {addr} (agent tokens: `palisade agents token NAME`; admin API key: `palisade vault admin-key`)");
@@ -224,12 +228,16 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         config.idle_timeout = idle_timeout;
         config.turn_timeout = turn_timeout;
         config.vault_socket_dir = launcher.vault_socket_dir.clone();
+        config.approval_events = approval_events.clone();
         let host = Host::start(store, config, Arc::new(launcher)).await?;
         if new_key {
             tokio::spawn(adopt_newest_model(host.clone()));
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // Chat channels: each retried on its own when it cannot connect.
+        let hub = palisade_channels::Hub::start(host.clone(), stop_rx.clone());
         let app = palisade_web::app(host.clone(), tokens.clone(), stop_rx.clone(), listen);
+        let app = app.merge(palisade_channels::endpoints::router(hub.clone()));
         let info = HostInfo {
             pid: std::process::id(),
             listen,
@@ -504,10 +512,22 @@ pub fn status(ctx: &Context) -> anyhow::Result<()> {
             "started_at_ms": info.started_at_ms,
             "responding": detail.is_some(),
             "active_agents": active,
+            "channels": super::channels::running_states(ctx),
         }));
     }
+    let channels: Vec<String> = super::channels::running_states(ctx)
+        .iter()
+        .map(|c| {
+            let state = c["state"].as_str().unwrap_or("?");
+            let detail = match (state, c["detail"].as_str()) {
+                ("failing", Some(detail)) => format!(" ({})", crate::output::clean(detail)),
+                _ => String::new(),
+            };
+            format!("{} {state}{detail}", c["name"].as_str().unwrap_or("?"))
+        })
+        .collect();
     crate::output::print(&format!(
-        "palisade is running (pid {}) on http://{}, started {}{}\nactive agents: {}\n",
+        "palisade is running (pid {}) on http://{}, started {}{}\nactive agents: {}\nchannels: {}\n",
         info.pid,
         info.listen,
         crate::output::relative(info.started_at_ms),
@@ -520,6 +540,11 @@ pub fn status(ctx: &Context) -> anyhow::Result<()> {
             "none".into()
         } else {
             active.join(", ")
+        },
+        if channels.is_empty() {
+            "none".into()
+        } else {
+            channels.join(", ")
         }
     ))
 }

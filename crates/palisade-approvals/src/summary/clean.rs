@@ -8,7 +8,7 @@
 
 /// Characters that render as nothing or reorder what follows. Removed outright, since
 /// showing a replacement for each would let an attacker flood the card with marks.
-pub(crate) fn is_invisible(c: char) -> bool {
+pub fn is_invisible(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
         | '\u{180B}'..='\u{180F}'
@@ -26,7 +26,7 @@ const ELLIPSIS: char = '…';
 
 /// One line: whitespace and line breaks collapse to single spaces, other control
 /// characters become U+FFFD, invisible characters vanish, at most `max_chars` chars.
-pub(crate) fn one_line(text: &str, max_chars: usize) -> String {
+pub fn one_line(text: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_chars * 4));
     let mut count = 0;
     let mut pending_space = false;

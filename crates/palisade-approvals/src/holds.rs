@@ -1,51 +1,23 @@
-//! Requests held for a person's decision, bounded per agent and in all.
+//! Requests waiting in this process for a person's decision, bounded per agent and in
+//! all (the vault's held HTTP requests; the host's `request_approval` calls).
 //!
-//! A held request first reserves a [`Slot`] (refused when its agent already holds its
-//! share, or the gateway holds its most), then waits on a oneshot channel keyed by
-//! approval id. Decisions arrive two ways: through this gateway's admin API (resolved
-//! directly) or through the database from another process such as `palisade approvals
-//! approve` (found by the watcher, which polls `decided_among` for the held ids, and
-//! woken at once by that process through the control socket). Whichever way, the
-//! store's atomic `decide` guarantees one decision per approval. A slot frees itself
-//! when dropped, so a client that goes away never leaks one.
+//! A waiter first reserves a [`Slot`] (refused when its agent already holds its share,
+//! or the process holds its most), then waits on a oneshot channel keyed by approval
+//! id. Decisions arrive three ways: from this process (an [`crate::Event`], or a
+//! surface that resolves directly), or through the database from another process such
+//! as `palisade approvals approve` (found by polling `decided_among` for the held ids,
+//! and woken at once by that process through the gateway's control socket). Whichever
+//! way, the store's atomic decide guarantees one decision per approval. A slot frees
+//! itself when dropped, so a requester that goes away never leaks one.
 
+use crate::Outcome;
 use palisade_policy::AgentName;
-use palisade_store::{Approval, ApprovalStatus};
+use palisade_store::Approval;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, Notify};
 
-#[derive(Clone, Debug)]
-pub enum HoldOutcome {
-    Approved {
-        approver: Option<String>,
-    },
-    Denied {
-        approver: Option<String>,
-        comment: Option<String>,
-    },
-    TimedOut,
-    Cancelled,
-}
-
-impl HoldOutcome {
-    pub fn from_approval(approval: &Approval) -> Option<HoldOutcome> {
-        match approval.status {
-            ApprovalStatus::Pending => None,
-            ApprovalStatus::Approved => Some(HoldOutcome::Approved {
-                approver: approval.approver.clone(),
-            }),
-            ApprovalStatus::Denied => Some(HoldOutcome::Denied {
-                approver: approval.approver.clone(),
-                comment: approval.comment.clone(),
-            }),
-            ApprovalStatus::TimedOut => Some(HoldOutcome::TimedOut),
-            ApprovalStatus::Cancelled => Some(HoldOutcome::Cancelled),
-        }
-    }
-}
-
-/// Most held requests a gateway keeps at once, whatever the per-agent share.
+/// Most requests a process holds at once, whatever the per-agent share.
 pub const MAX_HOLDS: usize = 1024;
 
 /// Why a hold could not be reserved.
@@ -53,7 +25,7 @@ pub const MAX_HOLDS: usize = 1024;
 pub enum HoldsFull {
     /// This agent holds its share already.
     Agent,
-    /// The gateway holds its most.
+    /// The process holds its most.
     Gateway,
 }
 
@@ -66,7 +38,7 @@ pub struct Holds {
 
 #[derive(Default)]
 struct Table {
-    waiters: HashMap<String, oneshot::Sender<HoldOutcome>>,
+    waiters: HashMap<String, oneshot::Sender<Outcome>>,
     per_agent: HashMap<AgentName, usize>,
     total: usize,
 }
@@ -123,9 +95,10 @@ impl Holds {
         self.len() == 0
     }
 
-    /// Wakes the request held under this approval, if it is held here and decided.
+    /// Wakes the request held under this approval, if it is held here and no longer
+    /// pending.
     pub fn resolve(&self, approval: &Approval) {
-        let Some(outcome) = HoldOutcome::from_approval(approval) else {
+        let Some(outcome) = Outcome::of(approval) else {
             return;
         };
         let waiter = self.table().waiters.remove(&approval.id);
@@ -137,7 +110,7 @@ impl Holds {
 
 impl Slot {
     /// Starts waiting for the decision on approval `id`.
-    pub fn wait_for(&mut self, id: &str) -> oneshot::Receiver<HoldOutcome> {
+    pub fn wait_for(&mut self, id: &str) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
         self.holds.table().waiters.insert(id.to_string(), tx);
         self.id = Some(id.to_string());

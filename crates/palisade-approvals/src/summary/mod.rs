@@ -1,0 +1,292 @@
+//! Human summaries of held requests, so a person can decide without opening the detail.
+//! One file per service (`gmail.rs`, `slack.rs`, `github.rs`, `stripe.rs`), the generic
+//! shape in `generic.rs`.
+//!
+//! Recognised shapes: Gmail send (`POST gmail.googleapis.com/gmail/v1/users/*/messages/send`,
+//! JSON `raw` base64url RFC 822 → To, Subject, body excerpt), Slack `chat.postMessage`
+//! (channel + text, JSON or form), GitHub issue/PR creation (repo + title), Stripe charges,
+//! payment intents, transfers and payouts (amount + currency + payee/destination). Anything
+//! else: method, URL without query values for secret-looking keys, redacted headers
+//! (authorization, cookie, x-api-key and anything named like a key/token/secret show as
+//! `[redacted]`) and a body excerpt (at most 500 chars, non-printable replaced) in which
+//! the values of JSON members and form fields named like credentials are masked.
+//!
+//! Every byte here comes from the agent, which may be confused or hostile: nothing in
+//! this module fails on malformed input (a shape that cannot be read falls back to the
+//! generic summary), every length is capped, and all shown text goes through
+//! the `clean` helpers so invisible or reordering characters cannot change what a person reads.
+
+use serde::Serialize;
+
+mod action;
+mod clean;
+mod generic;
+mod github;
+mod gmail;
+mod mail;
+mod params;
+mod slack;
+mod stripe;
+#[cfg(test)]
+mod tests;
+
+pub use action::{action, agent_message};
+use clean::{body_text, text_lines, truncate_chars};
+pub use clean::{is_invisible, one_line};
+use params::Params;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// One line, e.g. "Send e-mail to bob@example.com: \"Quarterly numbers\"".
+    pub title: String,
+    /// Further lines a card shows under the title.
+    pub lines: Vec<String>,
+    /// Full detail (method, URL, redacted headers, body excerpt) for "show more".
+    pub detail: String,
+}
+
+/// Title length a card can show on one line.
+const TITLE_CHARS: usize = 200;
+/// Longest single line under the title.
+const LINE_CHARS: usize = 300;
+/// Lines under the title, including the body excerpt.
+const MAX_LINES: usize = 20;
+/// Characters of message text, post text or request body shown.
+const EXCERPT_CHARS: usize = 500;
+/// Characters of the body the detail view shows (its beginning and its end).
+const DETAIL_BODY_CHARS: usize = 4096;
+/// The e-mail inside a Gmail send is base64 in JSON; decode at most this much of it.
+const RAW_MAIL_BYTES: usize = 1 << 20;
+/// The "show more" text.
+const DETAIL_CHARS: usize = 8000;
+const HEADER_VALUE_CHARS: usize = 200;
+const MAX_DETAIL_HEADERS: usize = 50;
+
+/// Builds a summary. `host` is the authority the request goes to (`name` or
+/// `name:port`; a non-default port is shown, so the person approves the address that is
+/// really contacted); `path_and_query` as sent; `body` is the whole body the vault read
+/// (decoded when it was sent compressed).
+pub fn summarize(
+    method: &http::Method,
+    host: &str,
+    path_and_query: &str,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Summary {
+    let (scheme, path, query) = split_target(path_and_query);
+    let authority = host.to_ascii_lowercase();
+    let default_port = if scheme == "http" { ":80" } else { ":443" };
+    let authority = one_line(
+        authority.strip_suffix(default_port).unwrap_or(&authority),
+        262,
+    );
+    let host = one_line(
+        &palisade_policy::pattern::bare_host(host).to_ascii_lowercase(),
+        255,
+    );
+    let request = Request {
+        method,
+        authority: &authority,
+        host: &host,
+        path,
+        query,
+        headers,
+        body,
+    };
+    let detail = request.detail(scheme);
+    let recognised = if method == http::Method::POST || method == http::Method::GET {
+        recognise(&request)
+    } else {
+        None
+    };
+    match recognised {
+        Some((title, lines)) => {
+            let title = one_line(&title, TITLE_CHARS);
+            let lines = cap_lines(lines);
+            let mut full = String::with_capacity(DETAIL_CHARS);
+            full.push_str(&title);
+            for line in &lines {
+                full.push('\n');
+                full.push_str(line);
+            }
+            full.push_str("\n\n");
+            full.push_str(&detail);
+            truncate_chars(&mut full, DETAIL_CHARS);
+            Summary {
+                title,
+                lines,
+                detail: full,
+            }
+        }
+        None => request.generic(scheme, detail),
+    }
+}
+
+struct Request<'a> {
+    method: &'a http::Method,
+    /// As shown in URLs: the host with its port if one was given.
+    authority: &'a str,
+    /// Without port or brackets: what the recognisers match.
+    host: &'a str,
+    path: &'a str,
+    query: &'a str,
+    headers: &'a http::HeaderMap,
+    body: &'a [u8],
+}
+
+impl Request<'_> {
+    fn content_type(&self) -> String {
+        self.headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn params(&self) -> Params {
+        Params::from_body(&self.content_type(), self.body)
+    }
+
+    /// Path segments after the leading `/`, empty ones dropped.
+    fn segments(&self) -> Vec<&str> {
+        self.path.split('/').filter(|s| !s.is_empty()).collect()
+    }
+
+    fn url(&self, scheme: &str) -> String {
+        let mut url = format!("{scheme}://{}{}", self.authority, self.path);
+        if !self.query.is_empty() {
+            url.push('?');
+            url.push_str(&redacted_query(self.query));
+        }
+        url
+    }
+
+    /// Method, URL, headers with credentials hidden, and a body excerpt.
+    fn detail(&self, scheme: &str) -> String {
+        let mut detail = format!("{} {}", self.method, one_line(&self.url(scheme), 2000));
+        for (name, value) in self.headers.iter().take(MAX_DETAIL_HEADERS) {
+            let shown = if is_secret_name(name.as_str()) {
+                String::from("[redacted]")
+            } else {
+                one_line(
+                    &String::from_utf8_lossy(value.as_bytes()),
+                    HEADER_VALUE_CHARS,
+                )
+            };
+            detail.push('\n');
+            detail.push_str(name.as_str());
+            detail.push_str(": ");
+            detail.push_str(&shown);
+        }
+        if self.headers.len() > MAX_DETAIL_HEADERS {
+            detail.push_str("\n…");
+        }
+        if !self.body.is_empty() {
+            detail.push_str("\n\n");
+            let lines = text_lines(
+                &body_text(&generic::masked(self.body), DETAIL_BODY_CHARS),
+                40,
+                LINE_CHARS,
+                EXCERPT_CHARS,
+            );
+            detail.push_str(&lines.join("\n"));
+        }
+        truncate_chars(&mut detail, DETAIL_CHARS);
+        detail
+    }
+}
+
+fn cap_lines(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .take(MAX_LINES)
+        .map(|line| one_line(&line, LINE_CHARS))
+        .collect()
+}
+
+/// Scheme (when the client sent an absolute URL), path and query, each as sent.
+fn split_target(target: &str) -> (&str, &str, &str) {
+    let (scheme, rest) = match target.split_once("://") {
+        Some((scheme, rest)) if !target.starts_with('/') && scheme.len() <= 10 => {
+            let path_start = rest.find('/').unwrap_or(rest.len());
+            let scheme = if scheme.eq_ignore_ascii_case("http") {
+                "http"
+            } else {
+                "https"
+            };
+            (scheme, &rest[path_start..])
+        }
+        _ => ("https", target),
+    };
+    let without_fragment = rest.split('#').next().unwrap_or(rest);
+    let (path, query) = without_fragment
+        .split_once('?')
+        .unwrap_or((without_fragment, ""));
+    (scheme, if path.is_empty() { "/" } else { path }, query)
+}
+
+/// Names under which APIs carry credentials; matched as substrings so `x-goog-api-key`,
+/// `access_token` and `client_secret` are all caught. Over-redacting costs nothing.
+pub fn is_secret_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [
+        "auth",
+        "key",
+        "token",
+        "secret",
+        "passw",
+        "pwd",
+        "cookie",
+        "session",
+        "sig",
+        "credential",
+        "private",
+    ]
+    .iter()
+    .any(|marker| lower.contains(marker))
+}
+
+/// `query` with the values of credential-like parameters replaced by `[redacted]`.
+pub fn redacted_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if is_secret_name(name) => format!("{name}=[redacted]"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A recognised request: its title and the lines under it.
+type Recognised = (String, Vec<String>);
+
+fn recognise(request: &Request<'_>) -> Option<Recognised> {
+    let segments = request.segments();
+    let post = *request.method == http::Method::POST;
+    match (request.host, segments.as_slice()) {
+        (
+            "gmail.googleapis.com" | "www.googleapis.com",
+            ["gmail", "v1", "users", _, "messages", "send"],
+        ) if post => gmail::send(request, false),
+        (
+            "gmail.googleapis.com" | "www.googleapis.com",
+            ["upload", "gmail", "v1", "users", _, "messages", "send"],
+        ) if post => gmail::send(request, true),
+        (host, ["api", method]) if host == "slack.com" || host.ends_with(".slack.com") => {
+            slack::post(request, method)
+        }
+        ("api.github.com", ["repos", owner, repo, "issues"]) if post => {
+            github::create(request, owner, repo, "issue")
+        }
+        ("api.github.com", ["repos", owner, repo, "pulls"]) if post => {
+            github::create(request, owner, repo, "pull request")
+        }
+        ("api.github.com", ["repos", owner, repo, "issues" | "pulls", number, "comments"])
+            if post =>
+        {
+            github::comment(request, owner, repo, number)
+        }
+        ("api.stripe.com", ["v1", object]) if post => stripe::money(request, object),
+        _ => None,
+    }
+}

@@ -1,0 +1,617 @@
+//! Summaries of every recognised service and of the generic shape, from bytes an agent
+//! could send.
+
+use super::*;
+use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine;
+
+fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    map
+}
+
+fn json_headers() -> http::HeaderMap {
+    headers(&[
+        ("content-type", "application/json"),
+        ("authorization", "Bearer ya29.placeholder"),
+    ])
+}
+
+fn form_headers() -> http::HeaderMap {
+    headers(&[("content-type", "application/x-www-form-urlencoded")])
+}
+
+fn post(host: &str, target: &str, headers: &http::HeaderMap, body: &[u8]) -> Summary {
+    summarize(&http::Method::POST, host, target, headers, body)
+}
+
+const EMAIL: &str = concat!(
+    "From: Assistant <assistant@example.org>\r\n",
+    "To: Bob Example <bob@example.com>\r\n",
+    "Cc: carol@example.com\r\n",
+    "Subject: Quarterly numbers\r\n",
+    "MIME-Version: 1.0\r\n",
+    "Content-Type: text/plain; charset=\"UTF-8\"\r\n",
+    "\r\n",
+    "Hi Bob,\r\n",
+    "\r\n",
+    "Revenue is up 12% this quarter.\r\n",
+    "Details attached soon.\r\n",
+);
+
+fn gmail_body(raw: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "raw": raw, "threadId": "18c" })).unwrap()
+}
+
+#[test]
+fn gmail_send_shows_recipient_subject_and_text() {
+    for raw in [URL_SAFE_NO_PAD.encode(EMAIL), URL_SAFE.encode(EMAIL)] {
+        let summary = post(
+            "gmail.googleapis.com",
+            "/gmail/v1/users/me/messages/send?alt=json",
+            &json_headers(),
+            &gmail_body(&raw),
+        );
+        assert_eq!(
+            summary.title,
+            "Send e-mail to Bob Example <bob@example.com>: \"Quarterly numbers\""
+        );
+        assert!(
+            summary.lines.contains(&"Cc: carol@example.com".to_string()),
+            "{:?}",
+            summary.lines
+        );
+        assert!(summary
+            .lines
+            .contains(&"Revenue is up 12% this quarter.".to_string()));
+        assert!(summary
+            .lines
+            .contains(&"From: Assistant <assistant@example.org>".to_string()));
+        assert!(summary.detail.starts_with(&summary.title));
+        assert!(summary.detail.contains(
+            "POST https://gmail.googleapis.com/gmail/v1/users/me/messages/send?alt=json"
+        ));
+        assert!(summary.detail.contains("authorization: [redacted]"));
+        assert!(!summary.detail.contains("ya29"));
+    }
+}
+
+#[test]
+fn gmail_multipart_with_encoded_subject_and_attachment() {
+    let email = concat!(
+        "To: =?UTF-8?B?SsO8cmdlbg==?= <juergen@example.de>\r\n",
+        "Subject: =?UTF-8?Q?Rechnung_f=C3=BCr_M=C3=A4rz?=\r\n",
+        "Content-Type: multipart/mixed; boundary=\"b1\"\r\n",
+        "\r\n",
+        "--b1\r\n",
+        "Content-Type: text/plain; charset=utf-8\r\n",
+        "Content-Transfer-Encoding: base64\r\n",
+        "\r\n",
+        "SGFsbG8gSsO8cmdlbiwKCmFuYmVpIGRpZSBSZWNobnVuZy4=\r\n",
+        "--b1\r\n",
+        "Content-Type: application/pdf\r\n",
+        "Content-Disposition: attachment; filename=\"rechnung-03.pdf\"\r\n",
+        "\r\n",
+        "JVBERi0xLjQK\r\n",
+        "--b1--\r\n",
+    );
+    let summary = post(
+        "gmail.googleapis.com",
+        "/gmail/v1/users/me/messages/send",
+        &json_headers(),
+        &gmail_body(&URL_SAFE_NO_PAD.encode(email)),
+    );
+    assert_eq!(
+        summary.title,
+        "Send e-mail to Jürgen <juergen@example.de>: \"Rechnung für März\""
+    );
+    assert!(summary
+        .lines
+        .contains(&"Attachments: rechnung-03.pdf".to_string()));
+    assert!(
+        summary.lines.contains(&"Hallo Jürgen,".to_string()),
+        "{:?}",
+        summary.lines
+    );
+    assert!(summary.lines.contains(&"anbei die Rechnung.".to_string()));
+}
+
+#[test]
+fn gmail_truncated_body_still_summarises() {
+    let full = gmail_body(&URL_SAFE_NO_PAD.encode(EMAIL));
+    let cut = &full[..full.len() - 40];
+    let summary = post(
+        "gmail.googleapis.com",
+        "/gmail/v1/users/me/messages/send",
+        &json_headers(),
+        cut,
+    );
+    assert!(
+        summary.title.starts_with("Send e-mail to Bob Example"),
+        "{}",
+        summary.title
+    );
+}
+
+#[test]
+fn gmail_hides_bidi_tricks_in_subject() {
+    let email =
+        "To: bob@example.com\r\nSubject: Invoice \u{202E}fdp.exe\u{202C} \u{200B}ok\r\n\r\nbody";
+    let summary = post(
+        "gmail.googleapis.com",
+        "/gmail/v1/users/me/messages/send",
+        &json_headers(),
+        &gmail_body(&URL_SAFE_NO_PAD.encode(email)),
+    );
+    assert_eq!(
+        summary.title,
+        "Send e-mail to bob@example.com: \"Invoice fdp.exe ok\""
+    );
+}
+
+#[test]
+fn gmail_media_upload() {
+    let summary = post(
+        "www.googleapis.com",
+        "/upload/gmail/v1/users/me/messages/send?uploadType=media",
+        &headers(&[("content-type", "message/rfc822")]),
+        EMAIL.as_bytes(),
+    );
+    assert!(
+        summary.title.contains("\"Quarterly numbers\""),
+        "{}",
+        summary.title
+    );
+}
+
+#[test]
+fn gmail_without_raw_falls_back_to_generic() {
+    let summary = post(
+        "gmail.googleapis.com",
+        "/gmail/v1/users/me/messages/send",
+        &json_headers(),
+        b"{\"id\":\"x\"}",
+    );
+    assert_eq!(
+        summary.title,
+        "POST https://gmail.googleapis.com/gmail/v1/users/me/messages/send"
+    );
+}
+
+#[test]
+fn slack_json_post() {
+    let body = serde_json::json!({
+        "channel": "C024BE91L",
+        "text": "Deploy finished :tada:\nAll green.",
+        "thread_ts": "1503435956.000247"
+    });
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &headers(&[
+            ("content-type", "application/json; charset=utf-8"),
+            ("authorization", "Bearer xoxb-1"),
+        ]),
+        &serde_json::to_vec(&body).unwrap(),
+    );
+    assert_eq!(
+        summary.title,
+        "Post to Slack in C024BE91L: \"Deploy finished :tada: All green.\""
+    );
+    assert!(summary
+        .lines
+        .contains(&"In thread: 1503435956.000247".to_string()));
+    assert!(summary.lines.contains(&"All green.".to_string()));
+    assert!(!summary.detail.contains("xoxb"));
+}
+
+#[test]
+fn slack_form_post_and_blocks() {
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &form_headers(),
+        b"channel=%23general&text=Lunch+at+12%3A30%3F",
+    );
+    assert_eq!(
+        summary.title,
+        "Post to Slack in #general: \"Lunch at 12:30?\""
+    );
+
+    let blocks = serde_json::json!({
+        "channel": "C1",
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "*Alert*: disk full"}}]
+    });
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        &serde_json::to_vec(&blocks).unwrap(),
+    );
+    assert_eq!(summary.title, "Post to Slack in C1: \"*Alert*: disk full\"");
+}
+
+#[test]
+fn a_non_default_port_is_shown_and_recognisers_still_match() {
+    let generic = summarize(
+        &http::Method::GET,
+        "LocalHost:8443",
+        "/approve-me/report?key=abc",
+        &http::HeaderMap::new(),
+        b"",
+    );
+    assert_eq!(
+        generic.title,
+        "GET https://localhost:8443/approve-me/report?key=[redacted]"
+    );
+    assert!(generic
+        .detail
+        .starts_with("GET https://localhost:8443/approve-me/report"));
+    let v6 = summarize(
+        &http::Method::GET,
+        "[::1]:9000",
+        "/x",
+        &http::HeaderMap::new(),
+        b"",
+    );
+    assert_eq!(v6.title, "GET https://[::1]:9000/x");
+    let slack = summarize(
+        &http::Method::GET,
+        "slack.com:8443",
+        "/api/chat.postMessage?channel=C9&text=hi",
+        &http::HeaderMap::new(),
+        b"",
+    );
+    assert_eq!(slack.title, "Post to Slack in C9: \"hi\"");
+}
+
+#[test]
+fn slack_arguments_in_query() {
+    let summary = summarize(
+        &http::Method::GET,
+        "slack.com",
+        "/api/chat.postMessage?channel=C9&text=hi%20there&token=xoxb-secret",
+        &http::HeaderMap::new(),
+        b"",
+    );
+    assert_eq!(summary.title, "Post to Slack in C9: \"hi there\"");
+    assert!(summary.detail.contains("token=[redacted]"));
+    assert!(!summary.detail.contains("xoxb-secret"));
+}
+
+#[test]
+fn github_issue_and_pull_request() {
+    let issue = serde_json::json!({
+        "title": "Crash when the config is empty",
+        "body": "Steps:\n1. run with empty config\n2. boom",
+        "labels": ["bug", "p1"]
+    });
+    let summary = post(
+        "api.github.com",
+        "/repos/octo-org/widgets/issues",
+        &json_headers(),
+        &serde_json::to_vec(&issue).unwrap(),
+    );
+    assert_eq!(
+        summary.title,
+        "Open GitHub issue in octo-org/widgets: \"Crash when the config is empty\""
+    );
+    assert!(summary.lines.contains(&"Labels: bug, p1".to_string()));
+    assert!(summary.lines.contains(&"2. boom".to_string()));
+
+    let pull = serde_json::json!({"title": "Add retries", "head": "feature/retries", "base": "main", "draft": true});
+    let summary = post(
+        "api.github.com",
+        "/repos/octo-org/widgets/pulls",
+        &json_headers(),
+        &serde_json::to_vec(&pull).unwrap(),
+    );
+    assert_eq!(
+        summary.title,
+        "Open GitHub pull request in octo-org/widgets: \"Add retries\""
+    );
+    assert!(summary
+        .lines
+        .contains(&"Merge feature/retries into main".to_string()));
+    assert!(summary.lines.contains(&"As a draft".to_string()));
+
+    let comment = post(
+        "api.github.com",
+        "/repos/octo-org/widgets/issues/42/comments",
+        &json_headers(),
+        br#"{"body":"LGTM"}"#,
+    );
+    assert_eq!(comment.title, "Comment on GitHub octo-org/widgets#42");
+    assert_eq!(comment.lines, ["LGTM"]);
+
+    let listing = summarize(
+        &http::Method::GET,
+        "api.github.com",
+        "/repos/o/r/issues",
+        &json_headers(),
+        b"",
+    );
+    assert_eq!(listing.title, "GET https://api.github.com/repos/o/r/issues");
+}
+
+#[test]
+fn stripe_payments() {
+    let transfer = post(
+        "api.stripe.com",
+        "/v1/transfers",
+        &form_headers(),
+        b"amount=1250&currency=usd&destination=acct_1032D82eZvKYlo2C&description=March+invoice",
+    );
+    assert_eq!(
+        transfer.title,
+        "Pay 12.50 USD to acct_1032D82eZvKYlo2C (Stripe transfer)"
+    );
+    assert!(transfer
+        .lines
+        .contains(&"Description: March invoice".to_string()));
+
+    let charge = post(
+        "api.stripe.com",
+        "/v1/charges",
+        &form_headers(),
+        b"amount=123456789&currency=eur&customer=cus_9s6XKzkNRiz8i3",
+    );
+    assert_eq!(
+        charge.title,
+        "Charge 1,234,567.89 EUR to customer cus_9s6XKzkNRiz8i3 (Stripe charge)"
+    );
+
+    let intent = post(
+        "api.stripe.com",
+        "/v1/payment_intents",
+        &form_headers(),
+        b"amount=5000&currency=jpy&transfer_data%5Bdestination%5D=acct_9&confirm=true",
+    );
+    assert_eq!(
+        intent.title,
+        "Pay 5,000 JPY to acct_9 (Stripe payment intent)"
+    );
+    assert!(intent.lines.contains(&"Confirm now: true".to_string()));
+
+    let payout = post(
+        "api.stripe.com",
+        "/v1/payouts",
+        &form_headers(),
+        b"amount=1005&currency=kwd",
+    );
+    assert_eq!(
+        payout.title,
+        "Pay out 1.005 KWD to the default external account (Stripe payout)"
+    );
+
+    let odd = post(
+        "api.stripe.com",
+        "/v1/transfers",
+        &form_headers(),
+        b"amount=-5&destination=acct_1",
+    );
+    assert_eq!(
+        odd.title,
+        "Pay an unstated amount of (currency not given) to acct_1 (Stripe transfer)"
+    );
+
+    let refund = post(
+        "api.stripe.com",
+        "/v1/refunds",
+        &form_headers(),
+        b"charge=ch_1",
+    );
+    assert_eq!(refund.title, "POST https://api.stripe.com/v1/refunds");
+}
+
+#[test]
+fn thousands_grouping() {
+    assert_eq!(stripe::group_thousands(0), "0");
+    assert_eq!(stripe::group_thousands(999), "999");
+    assert_eq!(stripe::group_thousands(1000), "1,000");
+    assert_eq!(stripe::group_thousands(123456), "123,456");
+    assert_eq!(stripe::group_thousands(1234567), "1,234,567");
+}
+
+#[test]
+fn generic_redacts_and_excerpts() {
+    let summary = summarize(
+        &http::Method::PUT,
+        "API.Example.com:443",
+        "/v2/items/7?api_key=sk-live-1&page=2&access_token=t0k",
+        &headers(&[
+            ("content-type", "application/json"),
+            ("x-api-key", "sk-live-1"),
+            ("cookie", "session=abc"),
+            ("x-custom-token", "tok"),
+            ("accept", "application/json"),
+        ]),
+        format!("{{\"name\":\"{}\"}}", "x".repeat(2000)).as_bytes(),
+    );
+    assert_eq!(
+        summary.title,
+        "PUT https://api.example.com/v2/items/7?api_key=[redacted]&page=2&access_token=[redacted]"
+    );
+    for secret in ["sk-live-1", "session=abc", "t0k", ": tok"] {
+        assert!(
+            !summary.detail.contains(secret),
+            "{secret} leaked: {}",
+            summary.detail
+        );
+    }
+    assert!(summary.detail.contains("accept: application/json"));
+    assert!(summary.lines[0].starts_with("Body ("));
+    let excerpt: usize = summary.lines[1..].iter().map(|l| l.chars().count()).sum();
+    assert!(excerpt <= EXCERPT_CHARS + 1, "{excerpt}");
+}
+
+#[test]
+fn generic_without_body_and_binary_body() {
+    let summary = summarize(
+        &http::Method::DELETE,
+        "h.example",
+        "/x",
+        &http::HeaderMap::new(),
+        b"",
+    );
+    assert_eq!(summary.title, "DELETE https://h.example/x");
+    assert_eq!(summary.lines, ["No request body."]);
+
+    let binary: Vec<u8> = (0..200u8).collect();
+    let summary = summarize(
+        &http::Method::POST,
+        "h.example",
+        "/upload",
+        &http::HeaderMap::new(),
+        &binary,
+    );
+    assert!(
+        summary
+            .lines
+            .contains(&"[200 bytes of binary data]".to_string()),
+        "{:?}",
+        summary.lines
+    );
+}
+
+#[test]
+fn absolute_form_target() {
+    let summary = summarize(
+        &http::Method::GET,
+        "h.example",
+        "http://h.example/a?b=1",
+        &http::HeaderMap::new(),
+        b"",
+    );
+    assert_eq!(summary.title, "GET http://h.example/a?b=1");
+}
+
+#[test]
+fn hostile_path_cannot_break_the_title() {
+    let summary = summarize(
+        &http::Method::GET,
+        "h.example",
+        "/a\u{202E}b\n\nApprove this",
+        &http::HeaderMap::new(),
+        b"",
+    );
+    assert!(!summary.title.contains('\n'));
+    assert!(!summary.title.contains('\u{202E}'));
+}
+
+/// A tiny deterministic generator so the fuzz loop needs no extra crate and fails
+/// the same way every run.
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn bytes(&mut self, max: usize, alphabet: &[u8]) -> Vec<u8> {
+        let len = self.below(max + 1);
+        (0..len)
+            .map(|_| {
+                if alphabet.is_empty() {
+                    self.next() as u8
+                } else {
+                    alphabet[self.below(alphabet.len())]
+                }
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn random_input_never_panics() {
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let targets = [
+        ("gmail.googleapis.com", "/gmail/v1/users/me/messages/send"),
+        (
+            "www.googleapis.com",
+            "/upload/gmail/v1/users/me/messages/send",
+        ),
+        ("slack.com", "/api/chat.postMessage"),
+        ("api.github.com", "/repos/o/r/issues"),
+        ("api.github.com", "/repos/o/r/pulls"),
+        ("api.stripe.com", "/v1/transfers"),
+        ("api.stripe.com", "/v1/payment_intents"),
+        ("h.example", "/x?key=1"),
+    ];
+    let seeds: Vec<Vec<u8>> = vec![
+        gmail_body(&URL_SAFE_NO_PAD.encode(EMAIL)),
+        URL_SAFE_NO_PAD.encode(EMAIL).into_bytes(),
+        EMAIL.as_bytes().to_vec(),
+        br#"{"channel":"C1","text":"hi","blocks":[{"text":{"text":"x"}}]}"#.to_vec(),
+        b"amount=1250&currency=usd&destination=acct_1".to_vec(),
+        b"--b\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n".to_vec(),
+    ];
+    let alphabet: &[u8] = b"=?\"{}[]:,\\u\r\n-_+/%&abcQB0123456789 <>;\xc3\xa9\xe2\x80\xae";
+    let content_types = [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "message/rfc822",
+        "multipart/mixed; boundary=b",
+        "",
+    ];
+    for round in 0..3000 {
+        let (host, path) = targets[round % targets.len()];
+        let body = match round % 3 {
+            0 => rng.bytes(600, &[]),
+            1 => rng.bytes(600, alphabet),
+            _ => {
+                // Mutate a realistic body: flip bytes, cut it short.
+                let mut body = seeds[rng.below(seeds.len())].clone();
+                for _ in 0..rng.below(8) {
+                    if !body.is_empty() {
+                        let at = rng.below(body.len());
+                        body[at] = rng.next() as u8;
+                    }
+                }
+                let keep = rng.below(body.len() + 1);
+                body.truncate(keep);
+                body
+            }
+        };
+        let mut map = http::HeaderMap::new();
+        map.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_types[rng.below(content_types.len())]),
+        );
+        let junk_path = String::from_utf8_lossy(&rng.bytes(40, alphabet)).into_owned();
+        for target in [
+            path.to_string(),
+            format!("{path}?{junk_path}"),
+            junk_path.clone(),
+        ] {
+            let summary = summarize(&http::Method::POST, host, &target, &map, &body);
+            assert!(summary.title.chars().count() <= TITLE_CHARS + 1);
+            assert!(summary.lines.len() <= MAX_LINES);
+            assert!(summary.detail.chars().count() <= DETAIL_CHARS + 1);
+            assert!(!summary.title.contains(['\n', '\r', '\u{202E}']));
+        }
+        let text = String::from_utf8_lossy(&body);
+        let _ = mail::decode_encoded_words(&text);
+        if let Ok(pattern) = palisade_policy::pattern::HostPattern::parse(&junk_path) {
+            let _ = pattern.matches(&text);
+        }
+        if let (Ok(pattern), Ok(path)) = (
+            palisade_policy::pattern::PathPattern::parse(&junk_path),
+            palisade_policy::canonical::CanonicalPath::parse(&text),
+        ) {
+            let _ = pattern.matches(&path);
+        }
+        let _ = junk_path.parse::<palisade_policy::injection::Injection>();
+        let _ = junk_path.parse::<palisade_policy::rule::RateWindow>();
+    }
+}

@@ -1,0 +1,401 @@
+//! The engine against a real store in a temporary home: who may decide, the first
+//! decision wins, choices per kind, grants no wider than the request that expire by
+//! themselves (on an injected clock), expiry that fails closed, idempotent requests and
+//! requests whose holder died.
+
+use palisade_approvals::{
+    ApprovalError, ApprovalKind, ApproverIdentity, Choice, Clock, Engine, Events, Holder,
+    ManualClock, NewRequest, Platform, Summary,
+};
+use palisade_policy::{
+    AgentName, CanonicalPath, HostPattern, MethodPattern, PathPattern, Profile, RequestFacts,
+    RuleAction, Scope, Verdict,
+};
+use palisade_store::{ApprovalStatus, AuditFilter, Home, NewChannel, NewRule, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: Store,
+    clock: Arc<ManualClock>,
+    engine: Engine,
+}
+
+fn agent(name: &str) -> AgentName {
+    AgentName::new(name).unwrap()
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path().join("home"));
+    let store = Store::open(&home).unwrap().without_gateway_sync();
+    store
+        .create_agent(&agent("mailer"), Profile::Research)
+        .unwrap();
+    store
+        .create_rule(NewRule {
+            name: "ask-gmail".into(),
+            host: HostPattern::parse("gmail.googleapis.com").unwrap(),
+            path: Some(PathPattern::parse("/gmail/v1/users/*").unwrap()),
+            method: MethodPattern::Any,
+            action: RuleAction::RequireApproval,
+            agent: None,
+            priority: 3,
+            expires_at_ms: None,
+            body_contains: None,
+            scope: Scope::User,
+            approval_timeout_ms: None,
+        })
+        .unwrap();
+    store
+        .create_channel(NewChannel {
+            name: "team".into(),
+            platform: "slack".into(),
+            settings: serde_json::json!({}),
+            credentials: palisade_policy::SecretValue::new("{}".to_string()),
+        })
+        .unwrap();
+    store
+        .add_approver(&agent("mailer"), "team", "U_ANA", "Ana")
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(palisade_store::now_ms()));
+    let engine = Engine::new(store.clone(), Events::new()).with_clock(clock.clone());
+    World {
+        _dir: dir,
+        store,
+        clock,
+        engine,
+    }
+}
+
+fn held_send(world: &World, path: &str) -> String {
+    world
+        .engine
+        .request(NewRequest {
+            kind: ApprovalKind::CredentialUse,
+            agent: agent("mailer"),
+            summary: Summary {
+                title: "Send e-mail".into(),
+                lines: vec![],
+                detail: String::new(),
+            },
+            context: serde_json::json!({
+                "method": "POST", "host": "gmail.googleapis.com", "path": path, "rule": "ask-gmail",
+            }),
+            timeout: Duration::from_secs(600),
+            holder: Some(Holder::this_process()),
+            request_key: None,
+        })
+        .unwrap()
+        .id
+}
+
+fn verdict(world: &World, path: &str, at_ms: i64) -> &'static str {
+    let policy = world.store.load_policy().unwrap();
+    let path = CanonicalPath::parse(path).unwrap();
+    let name = agent("mailer");
+    let facts = RequestFacts {
+        agent: &name,
+        profile: Profile::Research,
+        method: &http::Method::POST,
+        host: "gmail.googleapis.com",
+        path: &path,
+        body: None,
+        now_ms: at_ms,
+    };
+    match policy.evaluate(&facts).verdict {
+        Verdict::Allow => "allow",
+        Verdict::RequireApproval { .. } => "ask",
+        Verdict::Block { .. } => "block",
+        Verdict::DefaultDeny => "deny",
+    }
+}
+
+fn ana() -> ApproverIdentity {
+    ApproverIdentity::chat("team", Platform::Slack, "U_ANA", "whatever Slack says")
+}
+
+#[test]
+fn only_listed_approvers_count_and_refusals_are_audited() {
+    let w = world();
+    let id = held_send(&w, "/gmail/v1/users/me/messages/send");
+    let mallory = ApproverIdentity::chat("team", Platform::Slack, "U_MALLORY", "Ana");
+    let refused = w.engine.decide(&id, &mallory, Choice::Once, None);
+    assert!(
+        matches!(refused, Err(ApprovalError::NotAnApprover { .. })),
+        "{refused:?}"
+    );
+    // The same user id on another channel is not the listed approver either.
+    let elsewhere = ApproverIdentity::chat("other", Platform::Telegram, "U_ANA", "Ana");
+    assert!(matches!(
+        w.engine.decide(&id, &elsewhere, Choice::Once, None),
+        Err(ApprovalError::NotAnApprover { .. })
+    ));
+    assert_eq!(
+        w.store.get_approval(&id).unwrap().status,
+        ApprovalStatus::Pending
+    );
+    let rows = w
+        .store
+        .list_audit(&AuditFilter {
+            event: Some("approval.refused".into()),
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].entry.approval_id.as_deref(), Some(id.as_str()));
+
+    let decided = w.engine.decide(&id, &ana(), Choice::Once, None).unwrap();
+    assert_eq!(decided.status, ApprovalStatus::Approved);
+    // The name is the one Ana was listed under, not what the platform sent.
+    assert_eq!(decided.approver_name.as_deref(), Some("Ana"));
+    assert_eq!(decided.approver.as_deref(), Some("Ana (Slack, team)"));
+    assert_eq!(decided.approver_channel.as_deref(), Some("team"));
+    assert_eq!(decided.choice.as_deref(), Some("once"));
+
+    // A later click, from anyone, learns who decided.
+    match w
+        .engine
+        .decide(&id, &ApproverIdentity::web(), Choice::Deny, None)
+    {
+        Err(ApprovalError::AlreadyDecided { by, status, .. }) => {
+            assert_eq!(status, ApprovalStatus::Approved);
+            assert_eq!(by.as_deref(), Some("Ana (Slack, team)"));
+        }
+        other => panic!("expected already decided, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_first_of_many_racing_decisions_wins() {
+    let w = world();
+    let id = held_send(&w, "/gmail/v1/users/me/messages/send");
+    let handles: Vec<_> = (0..8)
+        .map(|n| {
+            let engine = w.engine.clone();
+            let id = id.clone();
+            std::thread::spawn(move || {
+                let who = ApproverIdentity::cli(&format!("user{n}"));
+                let choice = if n % 2 == 0 {
+                    Choice::Once
+                } else {
+                    Choice::Deny
+                };
+                engine.decide(&id, &who, choice, None).is_ok()
+            })
+        })
+        .collect();
+    let wins = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|won| *won)
+        .count();
+    assert_eq!(wins, 1);
+}
+
+#[test]
+fn approve_for_an_hour_grants_exactly_that_request_until_the_hour_is_over() {
+    let w = world();
+    let sent = "/gmail/v1/users/me/messages/send";
+    let other = "/gmail/v1/users/me/drafts";
+    let start = w.clock.now_ms();
+    assert_eq!(verdict(&w, sent, start), "ask");
+    let id = held_send(&w, sent);
+    let decided = w.engine.decide(&id, &ana(), Choice::ForHour, None).unwrap();
+    let rule = decided.granted_rule.clone().expect("a grant rule");
+    let record = w
+        .store
+        .list_rules()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.name == rule)
+        .unwrap();
+    assert_eq!(record.action, "allow");
+    assert_eq!(record.host_pattern, "gmail.googleapis.com");
+    assert_eq!(record.path_pattern.as_deref(), Some(sent));
+    assert_eq!(record.method, "POST");
+    assert_eq!(record.agent, Some(agent("mailer")));
+    assert_eq!(record.expires_at_ms, Some(start + 3_600_000));
+
+    assert_eq!(verdict(&w, sent, start + 1), "allow");
+    assert_eq!(
+        verdict(&w, other, start + 1),
+        "ask",
+        "another path still asks"
+    );
+    w.clock.advance(Duration::from_secs(59 * 60));
+    assert_eq!(verdict(&w, sent, w.clock.now_ms()), "allow");
+    w.clock.advance(Duration::from_secs(2 * 60));
+    assert_eq!(
+        verdict(&w, sent, w.clock.now_ms()),
+        "ask",
+        "the grant expired by itself"
+    );
+}
+
+#[test]
+fn always_allow_creates_a_visible_revocable_rule_for_that_path_only() {
+    let w = world();
+    let sent = "/gmail/v1/users/me/messages/send";
+    let id = held_send(&w, sent);
+    let decided = w.engine.decide(&id, &ana(), Choice::Always, None).unwrap();
+    let rule = decided.granted_rule.unwrap();
+    let now = w.clock.now_ms();
+    assert_eq!(verdict(&w, sent, now + 365 * 24 * 3_600_000), "allow");
+    assert_eq!(
+        verdict(&w, "/gmail/v1/users/me/messages/send/x", now),
+        "ask"
+    );
+    w.store.delete_rule(&rule).unwrap();
+    assert_eq!(
+        verdict(&w, sent, now),
+        "ask",
+        "revoking the rule asks again"
+    );
+}
+
+#[test]
+fn grants_are_refused_when_they_would_be_wider_than_the_request() {
+    let w = world();
+    let id = held_send(&w, "/gmail/v1/users/*/x");
+    let refused = w.engine.decide(&id, &ana(), Choice::Always, None);
+    assert!(
+        matches!(refused, Err(ApprovalError::ChoiceNotOffered { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        w.store.get_approval(&id).unwrap().status,
+        ApprovalStatus::Pending
+    );
+    // Tool actions are decided one at a time.
+    let action = w
+        .engine
+        .request(NewRequest {
+            kind: ApprovalKind::ToolAction,
+            agent: agent("mailer"),
+            summary: Summary {
+                title: "Delete the old backups".into(),
+                lines: vec![],
+                detail: String::new(),
+            },
+            context: serde_json::json!({}),
+            timeout: Duration::from_secs(60),
+            holder: None,
+            request_key: Some("mailer:1:abc".into()),
+        })
+        .unwrap();
+    assert!(matches!(
+        w.engine.decide(&action.id, &ana(), Choice::ForHour, None),
+        Err(ApprovalError::ChoiceNotOffered { .. })
+    ));
+    let denied = w
+        .engine
+        .decide(
+            &action.id,
+            &ana(),
+            Choice::Deny,
+            Some("  not the backups\u{202e}  "),
+        )
+        .unwrap();
+    assert_eq!(denied.comment.as_deref(), Some("not the backups"));
+}
+
+#[test]
+fn requests_with_a_key_are_found_again_and_expiry_fails_closed() {
+    let w = world();
+    let ask = |key: &str, timeout: Duration| {
+        w.engine
+            .request(NewRequest {
+                kind: ApprovalKind::ToolAction,
+                agent: agent("mailer"),
+                summary: Summary {
+                    title: "Wire money".into(),
+                    lines: vec![],
+                    detail: String::new(),
+                },
+                context: serde_json::json!({}),
+                timeout,
+                holder: None,
+                request_key: Some(key.into()),
+            })
+            .unwrap()
+    };
+    let first = ask("k1", Duration::from_secs(600));
+    assert_eq!(ask("k1", Duration::from_secs(600)).id, first.id);
+    assert_ne!(ask("k2", Duration::from_secs(600)).id, first.id);
+
+    let short = ask("k3", Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(5));
+    w.clock.advance(Duration::from_secs(1));
+    // Deciding after the expiry is refused and closes it as timed out.
+    assert!(matches!(
+        w.engine.decide(&short.id, &ana(), Choice::Once, None),
+        Err(ApprovalError::Expired(_))
+    ));
+    assert_eq!(
+        w.store.get_approval(&short.id).unwrap().status,
+        ApprovalStatus::TimedOut
+    );
+    w.clock.advance(Duration::from_secs(3600));
+    let expired = w.engine.expire_overdue().unwrap();
+    assert_eq!(
+        expired.len(),
+        2,
+        "every pending approval past its expiry is closed"
+    );
+}
+
+#[test]
+fn requests_whose_holder_died_are_cancelled() {
+    let w = world();
+    let live = held_send(&w, "/gmail/v1/users/me/messages/send");
+    let dead = w
+        .engine
+        .request(NewRequest {
+            kind: ApprovalKind::CredentialUse,
+            agent: agent("mailer"),
+            summary: Summary {
+                title: "x".into(),
+                lines: vec![],
+                detail: String::new(),
+            },
+            context: serde_json::json!({}),
+            timeout: Duration::from_secs(600),
+            holder: None,
+            request_key: None,
+        })
+        .unwrap();
+    // A holder that is not this process's start time: a crashed gateway's pid reused.
+    let me = Holder::this_process();
+    let (pid, start) = me.as_str().split_once('@').unwrap();
+    let stale = format!("{pid}@{}", start.parse::<u64>().unwrap() + 7);
+    let orphan = w
+        .engine
+        .request(NewRequest {
+            kind: ApprovalKind::CredentialUse,
+            agent: agent("mailer"),
+            summary: Summary {
+                title: "y".into(),
+                lines: vec![],
+                detail: String::new(),
+            },
+            context: serde_json::json!({}),
+            timeout: Duration::from_secs(600),
+            holder: Some(Holder::recorded(&stale)),
+            request_key: None,
+        })
+        .unwrap();
+    let cancelled = w.engine.cancel_orphaned_holds().unwrap();
+    assert_eq!(cancelled.len(), 1, "only the request whose holder is gone");
+    assert_eq!(cancelled[0].id, orphan.id);
+    assert_eq!(cancelled[0].status, ApprovalStatus::Cancelled);
+    assert_eq!(
+        w.store.get_approval(&dead.id).unwrap().status,
+        ApprovalStatus::Pending
+    );
+    assert_eq!(
+        w.store.get_approval(&live).unwrap().status,
+        ApprovalStatus::Pending
+    );
+}

@@ -1,0 +1,209 @@
+//! An approval card as every platform shows it: what is asked, by which agent, the
+//! summary lines, the buttons while it is pending, and once it is closed the one line
+//! that says how it ended ("Approved by Ana (Slack, team) at 14:05", "Expired, denied").
+//! Platform modules only render this; they never decide what a card says.
+//!
+//! Buttons carry [`CallbackData`]: a version, the card's opaque token and the button's
+//! one-letter code (`v1:TOKEN:o`, 20 bytes, under Telegram's 64-byte limit). The token
+//! names one card this host posted; the approval id alone would let a click made on
+//! one platform be replayed on another.
+
+use palisade_approvals::{Approval, ApprovalKind, ApprovalStatus, Button};
+use rand::Rng;
+
+/// Characters of the detail a card carries (platform limits are around 3-4 k).
+const CARD_DETAIL_CHARS: usize = 1500;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Card {
+    pub approval_id: String,
+    pub token: String,
+    pub heading: String,
+    pub title: String,
+    pub lines: Vec<String>,
+    /// The request in full (bounded), for "show more" where a platform has it.
+    pub detail: String,
+    /// Empty once the approval is closed.
+    pub buttons: Vec<Button>,
+    /// Set once the approval is closed.
+    pub outcome: Option<String>,
+    pub expires_at_ms: i64,
+}
+
+impl Card {
+    pub fn new(approval: &Approval, token: &str) -> Card {
+        let kind = approval.kind.parse::<ApprovalKind>().ok();
+        let heading = format!(
+            "{} · agent {}",
+            kind.map(ApprovalKind::label).unwrap_or("Approval"),
+            approval.agent
+        );
+        let pending = approval.status == ApprovalStatus::Pending;
+        Card {
+            approval_id: approval.id.clone(),
+            token: token.to_string(),
+            heading,
+            title: approval.title.clone(),
+            lines: approval.lines.clone(),
+            detail: approval.detail.chars().take(CARD_DETAIL_CHARS).collect(),
+            buttons: match (pending, kind) {
+                (true, Some(kind)) => Button::for_kind(kind),
+                (true, None) => vec![Button::Once, Button::Deny, Button::DenyWithComment],
+                (false, _) => Vec::new(),
+            },
+            outcome: (!pending).then(|| outcome_line(approval)),
+            expires_at_ms: approval.expires_at_ms,
+        }
+    }
+
+    /// The card as plain text (Telegram, fallbacks, notifications).
+    pub fn text(&self) -> String {
+        let mut text = format!("{}\n{}", self.heading, self.title);
+        for line in &self.lines {
+            text.push('\n');
+            text.push_str(line);
+        }
+        match &self.outcome {
+            Some(outcome) => {
+                text.push_str("\n\n");
+                text.push_str(outcome);
+            }
+            None => {
+                text.push_str(&format!(
+                    "\n\nExpires {} UTC, then denied. ID {}\nOr reply /approve {} once|1h|always, /deny {} [comment]",
+                    clock_time(self.expires_at_ms),
+                    self.approval_id,
+                    self.approval_id,
+                    self.approval_id
+                ));
+            }
+        }
+        text
+    }
+}
+
+/// How a closed approval ended, in one line.
+pub fn outcome_line(approval: &Approval) -> String {
+    let at = approval
+        .decided_at_ms
+        .map(|ms| format!(", {} UTC", clock_time(ms)))
+        .unwrap_or_default();
+    let by = approval.approver.as_deref().unwrap_or("someone");
+    match approval.status {
+        ApprovalStatus::Pending => String::from("Waiting for a decision"),
+        ApprovalStatus::Approved => {
+            let how = match approval.choice.as_deref() {
+                Some("1h") => "Approved for 1 h",
+                Some("always") => "Always allowed",
+                _ => "Approved",
+            };
+            format!("✅ {how} by {by}{at}")
+        }
+        ApprovalStatus::Denied => match approval.comment.as_deref() {
+            Some(comment) => format!("❌ Denied by {by}{at}: \"{comment}\""),
+            None => format!("❌ Denied by {by}{at}"),
+        },
+        ApprovalStatus::TimedOut => format!("⌛ Expired, denied{at}"),
+        ApprovalStatus::Cancelled => {
+            if approval.kind == ApprovalKind::CredentialUse.as_str() {
+                format!("⏹ Cancelled: the request is gone (the agent left or the gateway restarted){at}")
+            } else {
+                format!("⏹ Cancelled{at}")
+            }
+        }
+    }
+}
+
+/// `HH:MM` of a Unix time in milliseconds, UTC.
+pub fn clock_time(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}", seconds / 3600, (seconds % 3600) / 60)
+}
+
+/// A new card token: 16 characters of lowercase base32 (80 random bits).
+pub fn new_token() -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut rng = rand::rngs::OsRng;
+    (0..16)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// What a button carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallbackData {
+    pub token: String,
+    pub button: Button,
+}
+
+impl CallbackData {
+    pub fn encode(token: &str, button: Button) -> String {
+        format!("v1:{token}:{}", button.code())
+    }
+
+    /// `None` for anything this host did not make (wrong version, shape or length).
+    pub fn decode(data: &str) -> Option<CallbackData> {
+        if data.len() > 64 {
+            return None;
+        }
+        let mut parts = data.split(':');
+        let (Some("v1"), Some(token), Some(code), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let valid_token = token.len() == 16
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+        let mut chars = code.chars();
+        let (Some(code), None) = (chars.next(), chars.next()) else {
+            return None;
+        };
+        if !valid_token {
+            return None;
+        }
+        Some(CallbackData {
+            token: token.to_string(),
+            button: Button::from_code(code)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_data_round_trips_and_refuses_anything_else() {
+        let token = new_token();
+        let data = CallbackData::encode(&token, Button::ForHour);
+        assert!(data.len() <= 64);
+        assert_eq!(
+            CallbackData::decode(&data),
+            Some(CallbackData {
+                token: token.clone(),
+                button: Button::ForHour
+            })
+        );
+        for bad in [
+            "".to_string(),
+            "v2:aaaaaaaaaaaaaaaa:o".into(),
+            "v1:aaaaaaaaaaaaaaaa:z".into(),
+            "v1:aaaaaaaaaaaaaaa:o".into(),
+            "v1:AAAAAAAAAAAAAAAA:o".into(),
+            "v1:aaaaaaaaaaaaaaaa:oo".into(),
+            "v1:aaaaaaaaaaaaaaaa:o:x".into(),
+            "v1:apr_aaaaaaaaaaaa:o".into(),
+            "x".repeat(100),
+        ] {
+            assert_eq!(CallbackData::decode(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn clock_time_is_utc_hours_and_minutes() {
+        assert_eq!(clock_time(0), "00:00");
+        assert_eq!(clock_time((14 * 3600 + 5 * 60) * 1000 + 999), "14:05");
+    }
+}

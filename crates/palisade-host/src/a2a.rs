@@ -1,0 +1,338 @@
+//! Agent-to-agent messages: the `ask_agent` and `tell_agent` host tools.
+//!
+//! What crosses between agents is gated and cleaned, in this order:
+//! 1. the allow-list: `from` may message `to` only if an owner said so
+//!    (`palisade agents allow FROM --to TO`); nothing is allowed by default;
+//! 2. loops and storms: the message carries the chain of agents it passed through; a
+//!    chain that would visit an agent twice (A → B → A) is a cycle and is stopped (the
+//!    owners are told), a chain longer than [`HOP_LIMIT`] is stopped, and each pair may
+//!    exchange at most [`PAIR_LIMIT`] messages an hour;
+//! 3. the sanitizer (`palisade_policy::sanitize`, at the receiving agent's strictness):
+//!    plain, inert text, labelled with its origin, never passed off as the user's words;
+//! 4. a person, if the allow-list entry asks for it in either direction, through the
+//!    approval engine with the sanitized text on the card;
+//! 5. the receiving agent's durable queue, in the session it keeps with that sender.
+//!
+//! `ask_agent` then waits (bounded) for the answer, which is sanitized at the asking
+//! agent's strictness before the asking agent sees it. Every refusal and every message
+//! sent is an audit row (`agent.message`). A message is keyed by the sending turn and
+//! its text, so a turn delivered again after a restart does not send it twice.
+
+use crate::host::{HostInner, StreamEvent};
+use palisade_approvals::{ApprovalKind, NewRequest, Outcome};
+use palisade_policy::sanitize::{self, Options, Strictness};
+use palisade_policy::AgentName;
+use palisade_store::{AuditEntry, InboundMessage, MessageOrigin, RateOutcome};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most agents a chain of messages may pass through (the sender included).
+pub const HOP_LIMIT: usize = 4;
+/// Messages one agent may send another per hour.
+pub const PAIR_LIMIT: u32 = 30;
+const PAIR_WINDOW: Duration = Duration::from_secs(3600);
+/// How long `ask_agent` waits for the answer.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest message an agent may send another (before sanitizing).
+const MAX_TEXT_BYTES: usize = 32 * 1024;
+
+/// Whether the calling agent waits for the other agent's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    ForReply,
+    No,
+}
+
+/// Runs `ask_agent` / `tell_agent {agent, text}` for the agent of `message`; (ok, answer).
+pub(crate) async fn send(
+    inner: &Arc<HostInner>,
+    message: &InboundMessage,
+    to: &str,
+    text: &str,
+    wait: Wait,
+) -> (bool, String) {
+    match try_send(inner, message, to, text, wait).await {
+        Ok(answer) => (true, answer),
+        Err(reason) => (false, reason),
+    }
+}
+
+async fn try_send(
+    inner: &Arc<HostInner>,
+    message: &InboundMessage,
+    to: &str,
+    text: &str,
+    wait: Wait,
+) -> Result<String, String> {
+    let tool = match wait {
+        Wait::ForReply => "ask_agent",
+        Wait::No => "tell_agent",
+    };
+    let from = message.agent.clone();
+    let to: AgentName = to
+        .parse()
+        .map_err(|_| format!("{tool} needs \"agent\": the name of another agent"))?;
+    if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES {
+        return Err(format!(
+            "{tool} needs a \"text\" of 1 to {MAX_TEXT_BYTES} bytes"
+        ));
+    }
+    if to == from {
+        return Err("an agent cannot message itself".into());
+    }
+    let store = inner.store.clone();
+    let (f, t) = (from.clone(), to.clone());
+    let link = blocking(move || store.agent_link(&f, &t)).await?;
+    let Some(link) = link else {
+        audit(inner, &from, &to, "not_allowed", None).await;
+        return Err(format!(
+            "agent {from} may not message agent {to}: it is not on {from}'s allow-list. Tell the user; the owner can allow it with `palisade agents allow {from} --to {to}`."
+        ));
+    };
+
+    // Loops and storms.
+    let mut chain = message
+        .origin
+        .as_ref()
+        .map(|origin| origin.chain.clone())
+        .unwrap_or_default();
+    chain.push(from.clone());
+    let path = || {
+        chain
+            .iter()
+            .chain(std::iter::once(&to))
+            .map(AgentName::as_str)
+            .collect::<Vec<_>>()
+            .join(" → ")
+    };
+    if chain.contains(&to) {
+        audit(inner, &from, &to, "cycle", Some(path())).await;
+        return Err(format!(
+            "not sent: {to} is already part of this conversation ({}), so this would loop. Answer with what you have instead.",
+            path()
+        ));
+    }
+    if chain.len() > HOP_LIMIT {
+        audit(inner, &from, &to, "hop_limit", Some(path())).await;
+        return Err(format!(
+            "not sent: this conversation already passed through {} agents ({}), the most allowed. Answer with what you have instead.",
+            chain.len(),
+            path()
+        ));
+    }
+    let store = inner.store.clone();
+    let key = format!("a2a:{from}:{to}");
+    let limited = blocking(move || {
+        store.rate_acquire(&key, PAIR_LIMIT, PAIR_WINDOW, palisade_store::now_ms())
+    })
+    .await?;
+    if let RateOutcome::Limited { retry_after } = limited {
+        audit(inner, &from, &to, "rate_limited", None).await;
+        return Err(format!(
+            "not sent: {from} sent {to} {PAIR_LIMIT} messages in the last hour, the most allowed; retry in {} minutes.",
+            retry_after.as_secs().div_ceil(60)
+        ));
+    }
+
+    // Cleaned at the receiver's strictness, labelled with its origin.
+    let receiver_strictness = strictness(inner, &to).await;
+    let clean = sanitize::sanitize(
+        text,
+        &Options {
+            strictness: receiver_strictness,
+            max_chars: sanitize::DEFAULT_MAX_CHARS,
+        },
+    )
+    .text;
+    if clean.trim().is_empty() {
+        return Err("not sent: nothing is left of the message once cleaned".into());
+    }
+    let digest = hex::encode(&Sha256::digest(text.as_bytes())[..16]);
+    let key = format!("a2a:{from}:{}:{to}:{digest}", message.id);
+
+    // A person, where the allow-list asks for one.
+    for (wanted, inbound) in [(link.approve_outbound, false), (link.approve_inbound, true)] {
+        if !wanted {
+            continue;
+        }
+        let owner = if inbound { to.clone() } else { from.clone() };
+        let Ok(mut slot) = inner.holds.reserve(&owner) else {
+            return Err(format!(
+                "{owner} already waits for {} approvals; wait for those first",
+                crate::approvals::MAX_WAITING_PER_AGENT
+            ));
+        };
+        let request = NewRequest {
+            kind: if inbound {
+                ApprovalKind::AgentMessageIn
+            } else {
+                ApprovalKind::AgentMessageOut
+            },
+            agent: owner.clone(),
+            summary: palisade_approvals::summary::agent_message(
+                from.as_str(),
+                to.as_str(),
+                &clean,
+                inbound,
+            ),
+            context: serde_json::json!({
+                "from": from.as_str(),
+                "to": to.as_str(),
+                "message_id": message.id,
+                "chain": chain.iter().map(AgentName::as_str).collect::<Vec<_>>(),
+            }),
+            timeout: crate::approvals::agent_timeout(inner, &owner).await,
+            holder: None,
+            request_key: Some(format!("{key}:{}", if inbound { "in" } else { "out" })),
+        };
+        match crate::approvals::ask_person(inner, &mut slot, request).await? {
+            Outcome::Approved { .. } => {}
+            Outcome::Denied { approver, comment } => {
+                audit(inner, &from, &to, "denied", None).await;
+                return Ok(format!(
+                    "not sent: {} denied the message to {to}{}.",
+                    approver.as_deref().unwrap_or("a person"),
+                    comment
+                        .map(|c| format!(", saying: {c}"))
+                        .unwrap_or_default()
+                ));
+            }
+            Outcome::TimedOut | Outcome::Cancelled => {
+                audit(inner, &from, &to, "timed_out", None).await;
+                return Ok(format!(
+                    "not sent: nobody approved the message to {to} in time."
+                ));
+            }
+        }
+    }
+
+    // Into the receiver's durable queue.
+    let origin = MessageOrigin {
+        from: from.clone(),
+        chain: chain.clone(),
+    };
+    let labelled = sanitize::label(&format!("agent {from}"), &clean);
+    let store = inner.store.clone();
+    let (receiver, message_key) = (to.clone(), key.clone());
+    let (accepted, new) =
+        blocking(move || store.accept_agent_message(&receiver, &origin, &message_key, &labelled))
+            .await?;
+    // Subscribed before the wake, so the answer cannot slip past.
+    let mut events = inner.subscribe(accepted.message_id);
+    if new {
+        audit(inner, &from, &to, "sent", None).await;
+    }
+    inner
+        .wake(&to)
+        .map_err(|e| format!("the message to {to} is stored but {to} could not be woken: {e}"))?;
+    if wait == Wait::No {
+        return Ok(format!(
+            "delivered to {to} (message {}); it answers in its own time.",
+            accepted.message_id
+        ));
+    }
+
+    // The answer, cleaned at the asking agent's strictness.
+    let reply = wait_for_reply(inner, accepted.message_id, &mut events).await;
+    let Some((answer, is_error)) = reply else {
+        return Err(format!(
+            "{to} did not answer within {} minutes; its answer stays in its own history. Go on without it, or ask again later.",
+            ASK_TIMEOUT.as_secs() / 60
+        ));
+    };
+    if is_error {
+        return Err(format!("{to} could not answer: {answer}"));
+    }
+    let asker_strictness = strictness(inner, &from).await;
+    let clean_answer = sanitize::sanitize(
+        &answer,
+        &Options {
+            strictness: asker_strictness,
+            max_chars: sanitize::DEFAULT_MAX_CHARS,
+        },
+    )
+    .text;
+    Ok(sanitize::label(
+        &format!("agent {to} (its answer)"),
+        &clean_answer,
+    ))
+}
+
+/// Waits (bounded) for the stored reply to `message_id`: (text, is_error).
+async fn wait_for_reply(
+    inner: &HostInner,
+    message_id: i64,
+    events: &mut tokio::sync::broadcast::Receiver<StreamEvent>,
+) -> Option<(String, bool)> {
+    let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
+    let mut shutdown = inner.shutdown.clone();
+    loop {
+        let store = inner.store.clone();
+        if let Ok(Some(reply)) = blocking(move || store.get_reply(message_id)).await {
+            return Some((reply.text, reply.is_error));
+        }
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(StreamEvent::Reply { text, is_error }) => return Some((text, is_error)),
+                Ok(_) => {}
+                // Lagged or closed: look at the store again (with a pause if closed).
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => return None,
+            _ = crate::host::stopped(&mut shutdown) => return None,
+        }
+    }
+}
+
+/// The agent's sanitizing strictness (its dial; balanced by default).
+async fn strictness(inner: &HostInner, agent: &AgentName) -> Strictness {
+    let store = inner.store.clone();
+    let name = agent.clone();
+    blocking(move || store.get_agent(&name))
+        .await
+        .ok()
+        .and_then(|record| {
+            record
+                .settings
+                .get("sanitize")
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.parse().ok())
+        })
+        .unwrap_or_default()
+}
+
+/// One `agent.message` audit row: the sender, the receiver and what happened.
+async fn audit(
+    inner: &HostInner,
+    from: &AgentName,
+    to: &AgentName,
+    decision: &str,
+    path: Option<String>,
+) {
+    let entry = AuditEntry {
+        event: "agent.message".into(),
+        agent: Some(from.to_string()),
+        decision: Some(decision.into()),
+        actor: Some(format!("agent:{from}")),
+        detail: Some(serde_json::json!({ "to": to.as_str(), "path": path })),
+        ..AuditEntry::default()
+    };
+    let store = inner.store.clone();
+    if let Err(error) = blocking(move || store.append_audit(&entry)).await {
+        tracing::warn!(%error, "could not audit an agent-to-agent message");
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, palisade_store::StoreError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(format!("a store task failed: {error}")),
+    }
+}
