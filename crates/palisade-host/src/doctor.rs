@@ -198,17 +198,12 @@ pub fn offline(home: &Home, host: HostState) -> Report {
 
 fn sandbox_findings(report: &DoctorReport) -> Vec<Finding> {
     let mut findings = Vec::new();
-    let any_usable = report.runtimes.iter().any(|r| r.usable);
     for runtime in &report.runtimes {
         let default = runtime.runtime == "bwrap";
         match &runtime.problem {
             Some(problem) => {
-                // Only bubblewrap is needed; podman and docker are options.
-                let status = if default || !any_usable {
-                    Status::Fail
-                } else {
-                    Status::Ok
-                };
+                // Only bubblewrap (the default) is needed; podman and docker are options.
+                let status = if default { Status::Fail } else { Status::Ok };
                 let what = if default {
                     format!("{}: not usable: {problem}", runtime.runtime)
                 } else {
@@ -245,11 +240,18 @@ fn sandbox_findings(report: &DoctorReport) -> Vec<Finding> {
                 continue;
             }
             let note = limit.note.clone().unwrap_or_default();
-            // Notes end with how to get the limit ("…; to enforce it, …").
+            // The sandbox's notes end with how to get the limit ("…; to enforce it, …")
+            // when there is a way; otherwise the general one.
             let (cause, fix) = match note.rsplit_once("; ") {
-                Some((cause, fix)) => (cause.to_string(), Some(fix.to_string())),
-                None => (note.clone(), None),
+                Some((cause, fix)) if fix.starts_with("to enforce it") => {
+                    (cause.to_string(), fix.to_string())
+                }
+                _ => (
+                    note.clone(),
+                    "to enforce it, run palisade as root, or on a cgroup v2 host that delegates cgroup controllers to this user (systemd: Delegate=yes)".to_string(),
+                ),
             };
+            let fix = Some(fix);
             let applied = if limit.mechanism == LimitMechanism::NotApplied {
                 "cannot be applied"
             } else {
@@ -458,7 +460,7 @@ fn disk_finding(root: &Path) -> Finding {
     match nix::sys::statvfs::statvfs(&probe) {
         Ok(stat) => {
             let free = stat.blocks_available().saturating_mul(stat.fragment_size());
-            let text = palisade_sandbox::limits::format_bytes(free);
+            let text = format!("{:.1} GiB", free as f64 / (1u64 << 30) as f64);
             let (status, fix) = if free < DISK_FAIL_BYTES {
                 (Status::Fail, Some(format!("free space on the file system of {}: agents' workspaces and the database need room", probe.display())))
             } else if free < DISK_WARN_BYTES {

@@ -7,6 +7,7 @@ pub mod approvals;
 pub mod audit;
 pub mod channels;
 pub mod chat;
+pub mod doctor;
 pub mod rules;
 pub mod runner;
 pub mod sandbox;
