@@ -378,6 +378,7 @@ fn detach(home: &Home, listen: SocketAddr, new_key: bool) -> anyhow::Result<()> 
         .append(true)
         .open(&log_path)
         .with_context(|| format!("cannot open the log {}", log_path.display()))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let token = palisade_host::api::random_token();
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -403,7 +404,13 @@ fn detach(home: &Home, listen: SocketAddr, new_key: bool) -> anyhow::Result<()> 
         .spawn()
         .context("cannot start the host in the background")?;
     write_private(&pid_path(home), &format!("{}\n", child.id()))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    eprintln!(
+        "palisade: started the host in the background (pid {}); waiting until it serves http://{listen} …",
+        child.id()
+    );
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let mut next_note = started + DETACH_NOTE_EVERY;
     loop {
         if let Some(info) = running_host(home) {
             if info.pid == child.id() {
@@ -427,8 +434,39 @@ fn detach(home: &Home, listen: SocketAddr, new_key: bool) -> anyhow::Result<()> 
                 log_path.display()
             );
         }
+        if std::time::Instant::now() >= next_note {
+            next_note += DETACH_NOTE_EVERY;
+            eprintln!(
+                "palisade: still waiting for the host to serve http://{listen} ({} s){}",
+                started.elapsed().as_secs(),
+                last_log_line(&log_path, log_start)
+                    .map(|line| format!("; it last logged: {line}"))
+                    .unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// How often `up --detach` says what it is still waiting for.
+const DETACH_NOTE_EVERY: Duration = Duration::from_secs(3);
+
+/// The last non-empty line of the host's log (what a detached start is busy with),
+/// cut to one short line.
+/// Only what was written after byte `from` (this start's part of the log) counts.
+fn last_log_line(path: &Path, from: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let length = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(4096).max(from)))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.take(4096).read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(crate::output::clean(
+        &line.chars().take(160).collect::<String>(),
+    ))
 }
 
 /// `palisade login`: a fresh one-time login link for the running host's web UI.
