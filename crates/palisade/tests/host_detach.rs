@@ -57,7 +57,7 @@ fn up_detach_says_what_it_waits_for_and_the_host_then_runs() {
     let doctor = world.palisade.run(&["doctor"]);
     let report = String::from_utf8_lossy(&doctor.stdout);
     assert!(
-        report.contains(&format!("ok   host     running (pid")) && report.contains(&listen),
+        report.contains("ok   host     running (pid") && report.contains(&listen),
         "{}",
         text(&doctor)
     );
