@@ -29,6 +29,7 @@ pub mod events;
 pub mod holder;
 pub mod holds;
 pub mod kind;
+pub mod suggest;
 pub mod summary;
 
 pub use approver::{ApproverIdentity, Platform, Surface};

@@ -103,10 +103,11 @@ fn verdict(world: &World, path: &str, at_ms: i64) -> &'static str {
         path: &path,
         body: None,
         now_ms: at_ms,
+        approvals: palisade_policy::dial::ApprovalFrequency::Never,
     };
     match policy.evaluate(&facts).verdict {
         Verdict::Allow => "allow",
-        Verdict::RequireApproval { .. } => "ask",
+        Verdict::RequireApproval { .. } | Verdict::DialApproval { .. } => "ask",
         Verdict::Block { .. } => "block",
         Verdict::DefaultDeny => "deny",
     }

@@ -804,7 +804,6 @@ impl Hub {
             let rows = blocking(move || {
                 store.list_audit(&AuditFilter {
                     after_id: Some(after),
-                    event: Some("request".into()),
                     limit: Some(1000),
                     ..AuditFilter::default()
                 })
@@ -816,6 +815,13 @@ impl Hub {
             }
             for row in rows.iter().rev() {
                 let entry = &row.entry;
+                if entry.event == "agent.message" {
+                    self.notice_stopped_loop(entry).await;
+                    continue;
+                }
+                if entry.event != "request" {
+                    continue;
+                }
                 let what = match entry.decision.as_deref() {
                     Some("blocked") => "was blocked by a rule",
                     Some("default_denied") => {
@@ -861,6 +867,40 @@ impl Hub {
                 self.notify_owners(&agent, &text).await;
             }
         }
+    }
+
+    /// Tells an agent's owners that a chain of agent-to-agent messages was stopped
+    /// (a loop, or too many hops), once per agent and path every 10 minutes.
+    async fn notice_stopped_loop(&self, entry: &palisade_store::AuditEntry) {
+        let why = match entry.decision.as_deref() {
+            Some("cycle") => "would have looped back, so it was stopped",
+            Some("hop_limit") => "passed through too many agents, so it was stopped",
+            _ => return,
+        };
+        let Some(agent) = entry.agent.clone() else {
+            return;
+        };
+        let path = entry
+            .detail
+            .as_ref()
+            .and_then(|d| d.get("path"))
+            .and_then(|p| p.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let key = format!("{agent}|loop|{path}");
+        {
+            let mut notices = lock(&self.inner.notices);
+            notices.retain(|_, at| at.elapsed() < NOTICE_DEBOUNCE);
+            if notices.contains_key(&key) {
+                return;
+            }
+            notices.insert(key, Instant::now());
+        }
+        let text = format!(
+            "⚠ Agent {agent}: a chain of messages between agents ({}) {why}. See `palisade audit list --event agent.message`.",
+            palisade_approvals::summary::one_line(&path, 300)
+        );
+        self.notify_owners(&agent, &text).await;
     }
 
     async fn notify_owners(&self, agent: &str, text: &str) {

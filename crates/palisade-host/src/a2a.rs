@@ -295,14 +295,9 @@ async fn strictness(inner: &HostInner, agent: &AgentName) -> Strictness {
     blocking(move || store.get_agent(&name))
         .await
         .ok()
-        .and_then(|record| {
-            record
-                .settings
-                .get("sanitize")
-                .and_then(|v| v.as_str())
-                .and_then(|s| s.parse().ok())
-        })
-        .unwrap_or_default()
+        .map(|record| palisade_policy::dial::Dial::from_settings(&record.settings).sanitize)
+        // An agent that cannot be read is cleaned for most strictly.
+        .unwrap_or(Strictness::Strict)
 }
 
 /// One `agent.message` audit row: the sender, the receiver and what happened.

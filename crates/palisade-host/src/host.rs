@@ -289,7 +289,7 @@ impl HostInner {
         }
         // New slots look at the queue first, so the wake needs no initial bump.
         let (wake_tx, wake) = watch::channel(0u64);
-        let listener = crate::worker::bind_socket(&self.config.socket_dir, agent)?;
+        let listener = crate::runner_socket::bind_socket(&self.config.socket_dir, agent)?;
         agents.insert(agent.clone(), AgentHandle { wake: wake_tx });
         let inner = Arc::clone(self);
         let name = agent.clone();

@@ -18,19 +18,22 @@ mod a2a;
 pub mod agents;
 pub mod api;
 mod approvals;
+mod delivery;
 pub mod doctor;
 pub mod host;
 pub mod launcher;
 pub mod models;
 pub mod protocol;
+mod runner_socket;
 pub mod settings;
 pub mod setup;
+mod tools;
 mod worker;
 
 pub use host::{Host, HostConfig, StreamEvent, MAX_MESSAGE_BYTES};
 pub use launcher::{RunnerLauncher, RunnerProcess, SandboxLauncher, SANDBOX_HOST_SOCKET};
+pub use runner_socket::socket_path;
 pub use settings::AgentSettings;
-pub use worker::socket_path;
 
 use palisade_policy::AgentName;
 

@@ -56,6 +56,10 @@ pub struct AgentFrame {
     pub max_tool_iterations: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u32>,
+    /// When the agent's dial sets a sanitizing strictness, what `web_fetch` hands the
+    /// model is sanitized at it (`strict`, `balanced`, `relaxed`); absent: as fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sanitize_web: Option<String>,
 }
 
 /// One message handed to a runner.
@@ -315,6 +319,7 @@ mod tests {
                 tools: None,
                 max_tool_iterations: None,
                 max_output_tokens: None,
+                sanitize_web: None,
             },
         }));
         let body = encode_body(&frame).unwrap();

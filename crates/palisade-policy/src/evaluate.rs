@@ -15,6 +15,7 @@
 //! then higher priority, then more specific host, then lower id.
 
 use crate::canonical::CanonicalPath;
+use crate::dial::ApprovalFrequency;
 use crate::names::{AgentName, Profile};
 use crate::pattern::PathPattern;
 use crate::rule::{RuleAction, RulePolicy, Scope};
@@ -38,9 +39,11 @@ pub struct RequestFacts<'a> {
     pub host: &'a str,
     /// Path without query, canonical (every pattern compares with this one form).
     pub path: &'a CanonicalPath,
-    /// The body prefix read for rules with `body_contains`, if it was read.
+    /// The body read for rules with `body_contains`, if it was read.
     pub body: Option<&'a [u8]>,
     pub now_ms: i64,
+    /// The agent's dial: when a person approves a request that carries a credential.
+    pub approvals: ApprovalFrequency,
 }
 
 #[derive(Clone, Debug)]
@@ -49,6 +52,11 @@ pub enum Verdict<'a> {
     Allow,
     /// Forward after a person approves (after counting rate limits).
     RequireApproval { rule: &'a RulePolicy },
+    /// Forward after a person approves because the agent's dial asks for it: the
+    /// request carries a credential and `frequency` covers it (after counting rate
+    /// limits). No rule asked; `FirstUse` may be skipped by the gateway when a person
+    /// approved this agent's request to the host within the hour.
+    DialApproval { frequency: ApprovalFrequency },
     /// A block rule matched.
     Block { rule: &'a RulePolicy },
     /// Action profile and nothing names the host.
@@ -174,6 +182,11 @@ impl PolicySet {
 
         let verdict = match matched().find(|rule| rule.action == RuleAction::RequireApproval) {
             Some(rule) => Verdict::RequireApproval { rule },
+            None if secret.is_some() && facts.approvals.holds(facts.method) => {
+                Verdict::DialApproval {
+                    frequency: facts.approvals,
+                }
+            }
             None => Verdict::Allow,
         };
         let rate_limits = matched()
@@ -323,6 +336,7 @@ mod tests {
         host: &'static str,
         path: CanonicalPath,
         body: Option<&'static [u8]>,
+        approvals: ApprovalFrequency,
     }
 
     impl Request {
@@ -334,6 +348,7 @@ mod tests {
                 host,
                 path: CanonicalPath::parse(path).unwrap(),
                 body: None,
+                approvals: ApprovalFrequency::Never,
             }
         }
         fn action(mut self) -> Self {
@@ -358,6 +373,7 @@ mod tests {
                 path: &self.path,
                 body: self.body,
                 now_ms: NOW,
+                approvals: self.approvals,
             }
         }
     }
@@ -368,6 +384,7 @@ mod tests {
             Verdict::RequireApproval { rule } => ("approval".into(), Some(rule.id)),
             Verdict::Block { rule } => ("block".into(), Some(rule.id)),
             Verdict::DefaultDeny => ("default_deny".into(), None),
+            Verdict::DialApproval { .. } => ("dial".into(), None),
         }
     }
 
@@ -753,5 +770,31 @@ mod tests {
         assert!(set.evaluate(&research.facts()).secret.is_none());
         let action = Request::to("gmail.googleapis.com", "/send").action();
         assert_eq!(set.evaluate(&action.facts()).secret.map(|s| s.id), Some(1));
+    }
+
+    #[test]
+    fn the_dial_holds_credentialed_requests_it_covers() {
+        let set = PolicySet::new(
+            vec![secret(1, "api.example.com", None, &["bot"])],
+            Vec::new(),
+        );
+        let mut request = Request::to("api.example.com", "/x");
+        request.approvals = ApprovalFrequency::Writes;
+        assert_eq!(verdict_of(&set, &request).0, "allow", "a read is not held");
+        let mut write = Request::to("api.example.com", "/x").post(None);
+        write.approvals = ApprovalFrequency::Writes;
+        assert_eq!(verdict_of(&set, &write).0, "dial");
+        // No credential, nothing to approve.
+        let mut elsewhere = Request::to("other.example.com", "/x").post(None);
+        elsewhere.approvals = ApprovalFrequency::Every;
+        assert_eq!(verdict_of(&set, &elsewhere).0, "allow");
+        // A block still wins over the dial.
+        let blocked = PolicySet::new(
+            vec![secret(1, "api.example.com", None, &["bot"])],
+            vec![rule(1, "api.example.com", RuleAction::Block)],
+        );
+        let mut request = Request::to("api.example.com", "/x");
+        request.approvals = ApprovalFrequency::Every;
+        assert_eq!(verdict_of(&blocked, &request).0, "block");
     }
 }

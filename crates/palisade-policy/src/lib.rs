@@ -8,6 +8,7 @@
 //! vault evaluates it per request.
 
 pub mod canonical;
+pub mod dial;
 pub mod error_body;
 pub mod evaluate;
 pub mod injection;

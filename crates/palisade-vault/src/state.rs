@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub admin_key_digest: [u8; 32],
     /// Agents with their own approval timeout (`approval_timeout_secs` in their settings).
     pub approval_timeouts: HashMap<AgentName, std::time::Duration>,
+    /// Each agent's dial (absent: the default, which asks only where rules say).
+    pub dials: HashMap<AgentName, palisade_policy::dial::Dial>,
 }
 
 impl Snapshot {
@@ -42,6 +44,15 @@ impl Snapshot {
             .filter_map(|a| {
                 let secs = a.settings.get("approval_timeout_secs")?.as_u64()?;
                 Some((a.name.clone(), std::time::Duration::from_secs(secs.max(1))))
+            })
+            .collect();
+        let dials = records
+            .iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    palisade_policy::dial::Dial::from_settings(&a.settings),
+                )
             })
             .collect();
         let agents = records.into_iter().map(|a| (a.name, a.profile)).collect();
@@ -57,6 +68,7 @@ impl Snapshot {
             tokens,
             admin_key_digest,
             approval_timeouts,
+            dials,
         })
     }
 

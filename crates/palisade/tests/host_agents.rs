@@ -135,6 +135,32 @@ fn a_message_between_agents_arrives_sanitized_and_labelled_and_the_answer_return
 #[test]
 fn an_agent_reaches_only_agents_on_its_allow_list_and_loops_are_stopped() {
     let world = two_agents();
+    // Mailer's owner follows it on Telegram, to be told when a loop is stopped.
+    let telegram = palisade_testkit::FakeTelegram::start("123:loop-token").expect("fake telegram");
+    let token_file = world.palisade.write_file("tg.txt", telegram.token());
+    ok(world.palisade.run(&[
+        "channels",
+        "add",
+        "telegram",
+        "tg",
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--api-base",
+        &telegram.api_base(),
+    ]));
+    const OWNER: i64 = 424_242;
+    ok(world.palisade.run(&[
+        "approvers",
+        "add",
+        "--agent",
+        "mailer",
+        "--channel",
+        "tg",
+        "--user",
+        &OWNER.to_string(),
+        "--display-name",
+        "Owner",
+    ]));
     // Not allowed: the tool fails and mailer's model is never called.
     world.upstream.script_anthropic(vec![
         ScriptedTurn::tool_use(
@@ -199,6 +225,16 @@ fn an_agent_reaches_only_agents_on_its_allow_list_and_loops_are_stopped() {
             "{expected}: {decisions:?}"
         );
     }
+    // The owner of the agent whose message was stopped is told, with the path.
+    let told = telegram.wait_for_message(OWNER, Duration::from_secs(30), |m| {
+        m.text.contains("would have looped back")
+    });
+    let told = told.unwrap_or_else(|| panic!("no notice: {:?}", telegram.messages_to(OWNER)));
+    assert!(
+        told.text.contains("helper → mailer → helper"),
+        "{}",
+        told.text
+    );
     world.stop(&mut host);
 }
 

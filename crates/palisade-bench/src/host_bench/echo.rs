@@ -29,6 +29,7 @@ pub fn sample_delivery(message_id: i64, instructions: &str) -> Delivery {
             tools: None,
             max_tool_iterations: None,
             max_output_tokens: None,
+            sanitize_web: None,
         },
     }
 }

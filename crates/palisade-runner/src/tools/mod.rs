@@ -96,6 +96,8 @@ pub struct Tools {
     http: Option<HttpClient>,
     limits: ToolLimits,
     allowed: Option<BTreeSet<String>>,
+    /// Sanitize `web_fetch` results at this strictness (the agent's dial).
+    sanitize_web: Option<palisade_policy::sanitize::Strictness>,
 }
 
 impl std::fmt::Debug for Tools {
@@ -154,7 +156,15 @@ impl Tools {
             http: None,
             limits: ToolLimits::default(),
             allowed: None,
+            sanitize_web: None,
         }
+    }
+
+    /// Sanitizes what `web_fetch` returns at `strictness` (the agent's dial), labelled
+    /// as the page's, before the model sees it.
+    pub fn sanitize_web(mut self, strictness: palisade_policy::sanitize::Strictness) -> Tools {
+        self.sanitize_web = Some(strictness);
+        self
     }
 
     /// Enables `web_fetch` over `http`.
@@ -255,7 +265,27 @@ impl Tools {
                     .map_err(|error| format!("grep failed: {error}"))?
             }
             "web_fetch" => match &self.http {
-                Some(http) => web::fetch(http, parse(name, input)?, limits).await,
+                Some(http) => {
+                    let args: web::FetchArgs = parse(name, input)?;
+                    let url = args.url.clone();
+                    let page = web::fetch(http, args, limits).await?;
+                    Ok(match self.sanitize_web {
+                        Some(strictness) => {
+                            let clean = palisade_policy::sanitize::sanitize(
+                                &page,
+                                &palisade_policy::sanitize::Options {
+                                    strictness,
+                                    max_chars: limits.output_cap_bytes.max(64),
+                                },
+                            );
+                            palisade_policy::sanitize::label(
+                                &format!("the web page {}", one_line(&url)),
+                                &clean.text,
+                            )
+                        }
+                        None => page,
+                    })
+                }
                 None => Err("web_fetch is not available to this agent".to_string()),
             },
             "send_message" => {
@@ -517,4 +547,9 @@ pub fn all_definitions() -> Vec<ToolDefinition> {
             }),
         ),
     ]
+}
+
+/// A URL as one short line, for labels.
+fn one_line(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(200).collect()
 }

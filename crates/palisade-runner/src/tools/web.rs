@@ -23,7 +23,7 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 
 #[derive(Deserialize)]
 pub(crate) struct FetchArgs {
-    url: String,
+    pub(crate) url: String,
 }
 
 pub(crate) async fn fetch(

@@ -413,3 +413,26 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Whether a person approved a request of `agent` to `host` held by `rule` (its
+    /// recorded context) at or after `since_ms`.
+    pub fn approved_since(
+        &self,
+        agent: &palisade_policy::AgentName,
+        host: &str,
+        rule: &str,
+        since_ms: i64,
+    ) -> Result<bool> {
+        self.read(|tx| {
+            Ok(tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM approvals
+                     WHERE agent = ?1 AND status = 'approved' AND decided_at_ms >= ?2
+                       AND json_extract(context, '$.host') = ?3
+                       AND json_extract(context, '$.rule') = ?4)",
+                )?
+                .query_row((agent.as_str(), since_ms, host, rule), |row| row.get(0))?)
+        })
+    }
+}

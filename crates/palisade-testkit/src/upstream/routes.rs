@@ -93,6 +93,11 @@ pub(crate) async fn handle(
             .body(full(r#"{"redirect":"/echo"}"#))
             .unwrap_or_else(|_| internal_error()),
         "/bytes" => bytes_body(params.number("n").unwrap_or(1024).min(MAX_BYTES)),
+        // A page whose text the test chooses (`?text=`), served as plain text.
+        "/page" => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(full(params.text("text").unwrap_or_default().to_string()))
+            .unwrap_or_else(|_| internal_error()),
         "/slow" => {
             let ms = params.number("ms").unwrap_or(1000).min(MAX_DELAY_MS);
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -315,19 +320,15 @@ impl QueryParams {
         QueryParams(pairs)
     }
 
+    pub(crate) fn number(&self, name: &str) -> Option<u64> {
+        self.text(name).and_then(|v| v.parse().ok())
+    }
+
     pub(crate) fn text(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-    }
-
-    pub(crate) fn number(&self, name: &str) -> Option<u64> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.parse().ok())
     }
 }

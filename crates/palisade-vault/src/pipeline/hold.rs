@@ -1,4 +1,6 @@
-//! Phase 6, hold: a request a `require_approval` rule matched waits for a person.
+//! Phase 6, hold: a request a `require_approval` rule matched, or that the agent's
+//! dial covers (a credentialed request: every one, the first per host and hour, or
+//! writes), waits for a person.
 //!
 //! The approval itself is the engine's (`palisade-approvals`): this phase asks it to
 //! create one (kind credential use, held by this process), waits on the engine's hold
@@ -16,6 +18,7 @@ use super::{audit, policy, Decision, Refusal, RequestBody, Scheme, Target};
 use crate::conn::ClientConnection;
 use crate::state::Shared;
 use palisade_approvals::{ApprovalKind, Holder, HoldsFull, NewRequest, Outcome};
+use palisade_policy::dial::ApprovalFrequency;
 use palisade_policy::{
     AgentName, CanonicalPath, ErrorBody, GatewayErrorKind, RulePolicy, SecretPolicy,
 };
@@ -32,8 +35,59 @@ pub(super) struct Held<'a> {
     pub target: &'a Target,
     pub parts: &'a http::request::Parts,
     pub path: &'a CanonicalPath,
-    pub rule: &'a RulePolicy,
+    pub reason: HoldReason<'a>,
     pub secret: Option<&'a SecretPolicy>,
+}
+
+/// Why a request is held: a `require_approval` rule, or the agent's dial.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum HoldReason<'a> {
+    Rule(&'a RulePolicy),
+    Dial(ApprovalFrequency),
+}
+
+impl HoldReason<'_> {
+    /// The rule's name, or `dial:FREQUENCY` (what the audit row and the card record).
+    pub fn name(&self) -> String {
+        match self {
+            HoldReason::Rule(rule) => rule.name.clone(),
+            HoldReason::Dial(frequency) => format!("{DIAL_PREFIX}{frequency}"),
+        }
+    }
+
+    fn approval_timeout_ms(&self) -> Option<i64> {
+        match self {
+            HoldReason::Rule(rule) => rule.approval_timeout_ms.filter(|ms| *ms > 0),
+            HoldReason::Dial(_) => None,
+        }
+    }
+}
+
+/// How holds by the dial are named (`dial:every`, `dial:first-use`, `dial:writes`).
+const DIAL_PREFIX: &str = "dial:";
+/// How long a person's approval of a first use covers later requests to that host.
+const FIRST_USE_WINDOW_MS: i64 = 60 * 60 * 1000;
+
+/// Whether a `first-use` dial's hold can be skipped: a person approved a request of
+/// this agent to this host, held by the same dial, within the last hour.
+pub(super) async fn approved_recently(
+    shared: &Shared,
+    agent: &AgentName,
+    host: &str,
+    frequency: ApprovalFrequency,
+) -> bool {
+    if frequency != ApprovalFrequency::FirstUse {
+        return false;
+    }
+    let store = shared.store.clone();
+    let (agent, host) = (agent.clone(), host.to_string());
+    let rule = format!("{DIAL_PREFIX}{frequency}");
+    let since = palisade_store::now_ms() - FIRST_USE_WINDOW_MS;
+    tokio::task::spawn_blocking(move || store.approved_since(&agent, &host, &rule, since))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(false)
 }
 
 pub(super) async fn hold(
@@ -55,7 +109,7 @@ pub(super) async fn hold(
         };
         Refusal::new(
             Decision::TooManyPendingApprovals,
-            ErrorBody::new(GatewayErrorKind::TooManyPendingApprovals, host).with_rule(&held.rule.name).with_message(message),
+            ErrorBody::new(GatewayErrorKind::TooManyPendingApprovals, host).with_rule(&held.reason.name()).with_message(message),
         )
     })?;
     let limit = shared.config.max_judged_body;
@@ -130,7 +184,7 @@ pub(super) async fn hold(
     };
     cancel.armed = false;
     drop(slot);
-    let rule = &held.rule.name;
+    let rule = &held.reason.name();
     match outcome {
         Outcome::Approved { approver } => {
             audit.record().actor = approver;
@@ -161,7 +215,7 @@ pub(super) async fn hold(
 /// How long this request waits: its rule's approval timeout, else its agent's, else
 /// the gateway's.
 fn approval_timeout(shared: &Shared, held: &Held<'_>) -> std::time::Duration {
-    if let Some(ms) = held.rule.approval_timeout_ms.filter(|ms| *ms > 0) {
+    if let Some(ms) = held.reason.approval_timeout_ms() {
         return std::time::Duration::from_millis(ms.unsigned_abs());
     }
     shared
@@ -228,7 +282,7 @@ fn approval_for(
         "bodyPreview": String::from_utf8_lossy(view).chars().take(BODY_PREVIEW_CHARS).collect::<String>(),
         "bodyBytes": data.len(),
         "bodySha256": digest,
-        "rule": held.rule.name,
+        "rule": held.reason.name(),
         "secret": held.secret.map(|s| s.name.clone()),
     });
     NewRequest {

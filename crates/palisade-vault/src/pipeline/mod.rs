@@ -91,6 +91,11 @@ async fn run(
         path: &path,
         body: None,
         now_ms: palisade_store::now_ms(),
+        approvals: snapshot
+            .dials
+            .get(agent)
+            .map(|dial| dial.approvals)
+            .unwrap_or_default(),
     };
     let evaluation = policy::judge(shared, &snapshot.policy, facts, &parts.headers, body).await?;
     match evaluation.verdict {
@@ -99,19 +104,30 @@ async fn run(
             return Err(policy::blocked(&target.host, rule));
         }
         Verdict::DefaultDeny => return Err(policy::default_denied(&target.host, agent)),
-        Verdict::Allow | Verdict::RequireApproval { .. } => {}
+        Verdict::Allow | Verdict::RequireApproval { .. } | Verdict::DialApproval { .. } => {}
     }
     rate::count(shared, agent, &evaluation.rate_limits, &target.host, audit).await?;
 
     let mut decision = Decision::Allowed;
-    if let Verdict::RequireApproval { rule } = evaluation.verdict {
-        audit.record().rule = Some(rule.name.clone());
+    let reason = match evaluation.verdict {
+        Verdict::RequireApproval { rule } => Some(hold::HoldReason::Rule(rule)),
+        Verdict::DialApproval { frequency } => {
+            if hold::approved_recently(shared, agent, &target.host, frequency).await {
+                None
+            } else {
+                Some(hold::HoldReason::Dial(frequency))
+            }
+        }
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        audit.record().rule = Some(reason.name());
         let approval = hold::Held {
             agent,
             target,
             parts: &parts,
             path: &path,
-            rule,
+            reason,
             secret: evaluation.secret,
         };
         hold::hold(shared, approval, body, audit).await?;

@@ -5,7 +5,7 @@ use crate::output::{self, Details, Table};
 use anyhow::{bail, Context as _};
 use palisade_host::agents::AgentDraft;
 use palisade_host::AgentSettings;
-use palisade_policy::AgentName;
+use palisade_policy::{AgentName, Profile};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
@@ -67,6 +67,23 @@ pub enum AgentsCommand {
         from: String,
         #[arg(long, value_name = "AGENT")]
         to: String,
+    },
+    /// Turn the dial: how often a person is asked, and how strictly what other agents
+    /// send is cleaned. Without options, explains the agent's current dial.
+    #[command(
+        after_help = "Examples:\n  palisade agents dial mailer --preset strict\n  palisade agents dial mailer --approvals first-use\n  palisade agents dial scout --sanitize strict\n\nPresets: strict = every credentialed request approved, strict sanitizing;\nbalanced = credentialed writes approved, balanced sanitizing; relaxed = only rules ask,\nrelaxed sanitizing. Without a dial an agent is asked only where rules say, balanced."
+    )]
+    Dial {
+        name: String,
+        /// Set every knob from a preset: strict, balanced or relaxed.
+        #[arg(long, value_name = "PRESET")]
+        preset: Option<String>,
+        /// When a person approves a credentialed request: every, first-use, writes or never.
+        #[arg(long, value_name = "FREQUENCY")]
+        approvals: Option<String>,
+        /// How strictly messages from other agents are cleaned: strict, balanced or relaxed.
+        #[arg(long, value_name = "LEVEL")]
+        sanitize: Option<String>,
     },
     /// The agent-to-agent allow-list (entries from or to NAME, or all).
     Links { name: Option<String> },
@@ -212,6 +229,70 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             }
             output::print(&format!("agent {from} may no longer message agent {to}\n"))
         }
+        AgentsCommand::Dial {
+            name,
+            preset,
+            approvals,
+            sanitize,
+        } => {
+            use palisade_policy::dial::{ApprovalFrequency, Dial, Preset};
+            let name = AgentName::new(&name)?;
+            let preset: Option<Preset> = preset
+                .map(|p| p.parse())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let approvals: Option<ApprovalFrequency> = approvals
+                .map(|a| a.parse())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let sanitize: Option<palisade_policy::sanitize::Strictness> = sanitize
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let store = ctx.open_store()?;
+            let agent = store.get_agent(&name)?;
+            let mut dial = preset
+                .map(Preset::dial)
+                .unwrap_or_else(|| Dial::from_settings(&agent.settings));
+            if let Some(approvals) = approvals {
+                dial.approvals = approvals;
+            }
+            if let Some(sanitize) = sanitize {
+                dial.sanitize = sanitize;
+            }
+            let changed = preset.is_some() || approvals.is_some() || sanitize.is_some();
+            if changed {
+                let mut value = agent.settings.clone();
+                if !value.is_object() {
+                    value = serde_json::json!({});
+                }
+                if let Some(object) = value.as_object_mut() {
+                    object.insert("approvals".into(), dial.approvals.as_str().into());
+                    object.insert("sanitize".into(), dial.sanitize.as_str().into());
+                }
+                store.update_agent_settings(&name, &value)?;
+            }
+            if ctx.json {
+                return output::print_json(&serde_json::json!({
+                    "agent": name,
+                    "preset": dial.preset().map(Preset::as_str),
+                    "approvals": dial.approvals.as_str(),
+                    "sanitize": dial.sanitize.as_str(),
+                }));
+            }
+            let mut text = format!(
+                "agent {name}'s dial ({}):\n",
+                dial.preset()
+                    .map(|p| format!("preset {}", p.as_str()))
+                    .unwrap_or_else(|| "custom".into())
+            );
+            for line in dial.explain() {
+                text.push_str("  ");
+                text.push_str(&line);
+                text.push('\n');
+            }
+            output::print(&text)
+        }
         AgentsCommand::Links { name } => {
             let name = name.map(|n| AgentName::new(&n)).transpose()?;
             let store = ctx.open_store()?;
@@ -279,11 +360,13 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
                 .filter(|rule| rule.agent.as_ref() == Some(&name))
                 .map(|rule| rule.name)
                 .collect();
+            let policy = explain_policy(&store, &agent, &secrets, &rules)?;
             if ctx.json {
                 let mut value = serde_json::to_value(&agent)?;
                 if let Some(object) = value.as_object_mut() {
                     object.insert("secrets".into(), serde_json::json!(secrets));
                     object.insert("rules".into(), serde_json::json!(rules));
+                    object.insert("policy".into(), serde_json::json!(policy));
                 }
                 return output::print_json(&value);
             }
@@ -327,7 +410,14 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
                     .display()
                     .to_string(),
             );
-            output::print(&details.render())
+            let mut text = details.render();
+            text.push_str("\nIn plain words:\n");
+            for line in &policy {
+                text.push_str("  - ");
+                text.push_str(line);
+                text.push('\n');
+            }
+            output::print(&text)
         }
         AgentsCommand::Delete { name, yes } => {
             let name = AgentName::new(&name)?;
@@ -361,4 +451,74 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             output::print(&format!("{}\n", token.expose()))
         }
     }
+}
+
+/// The agent's effective policy in plain words: its compartment, its credentials, its
+/// dial, who it may message and who may message it, and the rules bound to it.
+fn explain_policy(
+    store: &palisade_store::Store,
+    agent: &palisade_store::AgentRecord,
+    secrets: &[String],
+    rules: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let name = &agent.name;
+    let mut lines = vec![match agent.profile {
+        Profile::Research => format!(
+            "{name} is a research agent: it may reach any host on the internet, and it can never hold a sensitive secret."
+        ),
+        Profile::Action => format!(
+            "{name} is an action agent: it may reach only the hosts its secrets and rules name; it may hold sensitive secrets."
+        ),
+    }];
+    let granted: Vec<palisade_store::SecretRecord> = store
+        .list_secrets()?
+        .into_iter()
+        .filter(|secret| secrets.contains(&secret.name))
+        .collect();
+    if granted.is_empty() {
+        lines.push(format!("The vault injects no credential for {name}."));
+    }
+    for secret in &granted {
+        lines.push(format!(
+            "The vault injects {}{} for {}{} ({}).",
+            secret.name,
+            if secret.sensitive { " (sensitive)" } else { "" },
+            secret.host_pattern,
+            secret.path_pattern.as_deref().unwrap_or(""),
+            secret.injection
+        ));
+    }
+    lines.extend(palisade_policy::dial::Dial::from_settings(&agent.settings).explain());
+    let links = store.list_agent_links(Some(name))?;
+    let approve = |outbound: bool, inbound: bool| match (outbound, inbound) {
+        (false, false) => String::new(),
+        (true, false) => ", approved before each message leaves".into(),
+        (false, true) => ", approved before each message is delivered".into(),
+        (true, true) => ", approved in both directions".into(),
+    };
+    let (to, from): (Vec<_>, Vec<_>) = links.iter().partition(|link| &link.from == name);
+    if to.is_empty() {
+        lines.push(format!("{name} may message no other agent."));
+    }
+    for link in to {
+        lines.push(format!(
+            "{name} may message {}{}.",
+            link.to,
+            approve(link.approve_outbound, link.approve_inbound)
+        ));
+    }
+    for link in from {
+        lines.push(format!(
+            "{} may message {name}{}.",
+            link.from,
+            approve(link.approve_outbound, link.approve_inbound)
+        ));
+    }
+    if !rules.is_empty() {
+        lines.push(format!(
+            "Rules bound to {name}: {} (and every rule not bound to an agent).",
+            rules.join(", ")
+        ));
+    }
+    Ok(lines)
 }

@@ -7,6 +7,7 @@
 use crate::context::Context;
 use crate::input;
 use crate::output::{self, Details, Table};
+use anyhow::bail;
 use palisade_approvals::{ApproverIdentity, Choice, Engine, Events};
 use palisade_store::{Approval, ApprovalStatus};
 
@@ -45,6 +46,22 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         always: bool,
     },
+    /// Propose the narrowest rules that would have spared repeated identical approvals;
+    /// nothing is applied until you accept one.
+    #[command(
+        after_help = "Examples:\n  palisade approvals suggest\n  palisade approvals suggest --since 30d --min 5\n  palisade approvals suggest --accept 1\n\nA suggestion is an allow rule for exactly one agent, method, host and path that\npeople approved at least --min times in the window and never denied, placed just\nabove the rule that held it. Accepted rules are ordinary rules (`rules list`,\n`rules delete`)."
+    )]
+    Suggest {
+        /// How far back to look (e.g. 7d, 30d).
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// Fewest approvals of the same request worth a rule.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        min: u32,
+        /// Create the rule of suggestion N (repeatable).
+        #[arg(long, value_name = "N")]
+        accept: Vec<usize>,
+    },
     /// Deny a pending action; the agent is told, with your comment.
     #[command(
         after_help = "Example:\n  palisade approvals deny apr_k3j5m2n4p6q7 --comment 'not to that list; use the team one'"
@@ -59,6 +76,55 @@ pub enum ApprovalsCommand {
 
 pub fn run(command: ApprovalsCommand, ctx: &Context) -> anyhow::Result<()> {
     match command {
+        ApprovalsCommand::Suggest { since, min, accept } => {
+            let store = ctx.open_store()?;
+            let since_ms = palisade_store::now_ms()
+                .saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
+            let approvals = store.list_approvals(None, 100_000)?;
+            let rules = store.list_rules()?;
+            let suggestions =
+                palisade_approvals::suggest::suggest(&approvals, &rules, since_ms, min as usize);
+            if accept.is_empty() {
+                if ctx.json {
+                    return output::print_json(&suggestions);
+                }
+                if suggestions.is_empty() {
+                    return output::print(
+                        "nothing to suggest: no request was approved often enough without a denial\n",
+                    );
+                }
+                let mut text = String::new();
+                for suggestion in &suggestions {
+                    text.push_str(&format!(
+                        "{}. {}\n",
+                        suggestion.number,
+                        suggestion.explain()
+                    ));
+                }
+                text.push_str("accept one with `palisade approvals suggest --accept N`\n");
+                return output::print(&text);
+            }
+            let mut created = Vec::new();
+            for number in accept {
+                let Some(suggestion) = suggestions.iter().find(|s| s.number == number) else {
+                    bail!(
+                        "there is no suggestion {number}: run `palisade approvals suggest` to see them ({} now)",
+                        suggestions.len()
+                    );
+                };
+                let rule = suggestion.rule().map_err(anyhow::Error::msg)?;
+                created.push(store.create_rule(rule)?);
+            }
+            if ctx.json {
+                return output::print_json(&created);
+            }
+            let names: Vec<&str> = created.iter().map(|r| r.name.as_str()).collect();
+            output::print(&format!(
+                "created rule{} {}; see `palisade rules list`\n",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            ))
+        }
         ApprovalsCommand::List { all, status, limit } => {
             let status = match (all, status) {
                 (true, _) => None,

@@ -203,6 +203,9 @@ async fn turn(
     if let Some(allowed) = &agent.tools {
         tools = tools.allow_only(allowed.iter().cloned());
     }
+    if let Some(strictness) = agent.sanitize_web.as_deref().and_then(|s| s.parse().ok()) {
+        tools = tools.sanitize_web(strictness);
+    }
     let message_id = delivery.message_id;
     let mut on_event = |event: Event| {
         let event = match event {

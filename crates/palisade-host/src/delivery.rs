@@ -1,0 +1,322 @@
+//! Handing one message to a runner and relaying its frames until the reply is stored:
+//! what the runner is given (`prepare`), the delivery loop (`deliver`), and the two
+//! ways a message ends (a stored reply, or an error reply when giving up).
+
+use crate::host::{HostInner, StreamEvent};
+use crate::protocol::{AgentFrame, Delivery, HostCall, HostFrame, ProtocolError, RunnerFrame};
+use crate::settings::{self, AgentSettings};
+use crate::worker::Runner;
+use crate::HostError;
+use palisade_policy::AgentName;
+use palisade_store::{InboundMessage, ReplyOutcome};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How handling one delivery ended.
+pub(crate) enum Outcome {
+    /// Reply stored (or the message was found answered).
+    Answered,
+    /// The runner failed; deliver again after a back-off.
+    RunnerFailed(String),
+    /// The turn took longer than the turn timeout: the message got an error reply and
+    /// the runner must be stopped (it may still be busy with it).
+    TimedOut,
+    Shutdown,
+}
+
+pub(crate) async fn give_up(inner: &HostInner, message: &InboundMessage, reason: &str) {
+    let text = format!("palisade: this message was not answered: {reason}");
+    store_reply(inner, message.id, &text, None, true).await;
+}
+
+pub(crate) async fn store_reply(
+    inner: &HostInner,
+    message_id: i64,
+    text: &str,
+    history: Option<serde_json::Value>,
+    is_error: bool,
+) -> bool {
+    let store = inner.store.clone();
+    let owned = text.to_string();
+    let stored = tokio::task::spawn_blocking(move || {
+        store.store_reply(message_id, &owned, history.as_ref(), is_error)
+    })
+    .await;
+    match stored {
+        Ok(Ok(outcome)) => {
+            let reply = outcome.reply().clone();
+            if matches!(outcome, ReplyOutcome::AlreadyAnswered(_)) {
+                tracing::info!(
+                    message_id,
+                    "message was already answered; kept the first reply"
+                );
+            }
+            inner.publish(
+                message_id,
+                StreamEvent::Reply {
+                    text: reply.text,
+                    is_error: reply.is_error,
+                },
+            );
+            true
+        }
+        Ok(Err(error)) => {
+            tracing::error!(message_id, %error, "cannot store the reply");
+            false
+        }
+        Err(error) => {
+            tracing::error!(message_id, %error, "reply task failed");
+            false
+        }
+    }
+}
+
+/// What the runner is given for `message`, and how long it may take.
+async fn prepare(
+    inner: &HostInner,
+    message: &InboundMessage,
+) -> Result<(Delivery, Duration), HostError> {
+    let store = inner.store.clone();
+    let home = inner.config.home.clone();
+    let default_turn_timeout = inner.config.turn_timeout;
+    let message = message.clone();
+    tokio::task::spawn_blocking(move || {
+        let record = store.get_agent(&message.agent)?;
+        let settings = AgentSettings::from_json(&record.settings)?;
+        let session = store.get_session(message.session_id)?;
+        let name = message.agent.as_str();
+        let instructions = settings::read_agent_file(
+            &settings::instructions_path(&home, name),
+            settings::MAX_INSTRUCTIONS_BYTES,
+        )?;
+        let memory = settings::read_agent_file(
+            &settings::memory_path(&home, name),
+            settings::MAX_MEMORY_BYTES,
+        )?;
+        let turn_timeout = settings
+            .turn_timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(default_turn_timeout);
+        let delivery = Delivery {
+            message_id: message.id,
+            session_id: message.session_id,
+            text: message.text.clone(),
+            history: session.history,
+            agent: AgentFrame {
+                name: name.to_string(),
+                base_url: settings.effective_base_url(),
+                provider: settings.provider,
+                model: settings.model,
+                instructions,
+                memory,
+                tools: settings.tools,
+                max_tool_iterations: settings.max_tool_iterations,
+                max_output_tokens: settings.max_output_tokens,
+                // Only a dial someone turned changes what web pages look like to it.
+                sanitize_web: record.settings.get("sanitize").map(|_| {
+                    palisade_policy::dial::Dial::from_settings(&record.settings)
+                        .sanitize
+                        .as_str()
+                        .to_string()
+                }),
+            },
+        };
+        Ok((delivery, turn_timeout))
+    })
+    .await
+    .map_err(|e| HostError::Io(format!("prepare task failed: {e}")))?
+}
+
+pub(crate) async fn deliver(
+    inner: &Arc<HostInner>,
+    agent: &AgentName,
+    message: &InboundMessage,
+    runner: &mut Runner,
+) -> Outcome {
+    let marked = {
+        let store = inner.store.clone();
+        let id = message.id;
+        tokio::task::spawn_blocking(move || store.mark_delivered(id)).await
+    };
+    let message = match marked {
+        Ok(Ok(message)) => message,
+        Ok(Err(error)) => return Outcome::RunnerFailed(format!("cannot mark delivery: {error}")),
+        Err(error) => return Outcome::RunnerFailed(format!("delivery task failed: {error}")),
+    };
+    if message.status == palisade_store::MessageStatus::Answered {
+        return Outcome::Answered;
+    }
+    if message.attempts > inner.config.max_attempts {
+        give_up(
+            inner,
+            &message,
+            &format!(
+                "the agent's runner failed {} times while handling it",
+                message.attempts - 1
+            ),
+        )
+        .await;
+        return Outcome::Answered;
+    }
+    let (delivery, turn_timeout) = match prepare(inner, &message).await {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            // Bad settings or files: the person must fix them; retrying will not help.
+            give_up(inner, &message, &error.to_string()).await;
+            return Outcome::Answered;
+        }
+    };
+    let Some(conn) = runner.conn.as_mut() else {
+        return Outcome::RunnerFailed("no runner connected".into());
+    };
+    match conn.send(&HostFrame::Deliver(Box::new(delivery))).await {
+        Ok(()) => {}
+        Err(ProtocolError::TooLarge(size)) => {
+            give_up(
+                inner,
+                &message,
+                &format!("the conversation is too large to hand to the agent ({size} bytes); reset the session with `palisade sessions reset`"),
+            )
+            .await;
+            return Outcome::Answered;
+        }
+        Err(error) => return Outcome::RunnerFailed(error.to_string()),
+    }
+    tracing::info!(agent = %agent, message_id = message.id, attempt = message.attempts, "delivered");
+    let mut shutdown = inner.shutdown.clone();
+    let turn_deadline = tokio::time::sleep(turn_timeout);
+    tokio::pin!(turn_deadline);
+    loop {
+        let Some(conn) = runner.conn.as_mut() else {
+            return Outcome::RunnerFailed("no runner connected".into());
+        };
+        let frame = tokio::select! {
+            frame = conn.recv() => frame,
+            _ = &mut turn_deadline => {
+                // A turn this slow would likely be as slow again: answer instead of retrying.
+                let limit = humantime::format_duration(turn_timeout);
+                tracing::warn!(agent = %agent, message_id = message.id, %limit, "turn timeout; stopping the runner");
+                give_up(
+                    inner,
+                    &message,
+                    &format!(
+                        "the agent did not finish within the turn timeout ({limit}), so its runner was stopped; \
+                         ask again, or raise the limit with `palisade agents edit {agent} --turn-timeout DURATION`"
+                    ),
+                )
+                .await;
+                return Outcome::TimedOut;
+            }
+            _ = crate::host::stopped(&mut shutdown) => return Outcome::Shutdown,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Outcome::RunnerFailed("the runner disconnected".into()),
+            Err(error) => {
+                let _ = conn
+                    .send(&HostFrame::Error {
+                        message: error.to_string(),
+                    })
+                    .await;
+                return Outcome::RunnerFailed(error.to_string());
+            }
+        };
+        match frame {
+            RunnerFrame::Event { message_id, event } if message_id == message.id => {
+                if let Some(event) = stream_event(&event) {
+                    inner.publish(message.id, event);
+                }
+            }
+            RunnerFrame::ToolCall {
+                call_id,
+                message_id,
+                name,
+                input,
+            } if message_id == message.id => {
+                let (ok, content) = match HostCall::parse(&name, &input) {
+                    Ok(call) => crate::tools::run(inner, &message, call).await,
+                    Err(reason) => (false, reason),
+                };
+                let result = HostFrame::ToolResult {
+                    call_id,
+                    ok,
+                    content,
+                };
+                if let Err(error) = conn.send(&result).await {
+                    return Outcome::RunnerFailed(error.to_string());
+                }
+            }
+            RunnerFrame::Reply {
+                message_id,
+                session_id,
+                text,
+                history,
+            } if message_id == message.id && session_id == message.session_id => {
+                if !history.is_array() {
+                    return Outcome::RunnerFailed("the reply's history is not a JSON array".into());
+                }
+                if store_reply(inner, message.id, &text, Some(history), false).await {
+                    return Outcome::Answered;
+                }
+                return Outcome::RunnerFailed("the reply could not be stored".into());
+            }
+            RunnerFrame::Error {
+                message_id,
+                message: reason,
+            } if message_id == Some(message.id) => {
+                // The runner could not handle this message (not a crash): answer with it.
+                let reason: String = reason.chars().take(2000).collect();
+                give_up(inner, &message, &reason).await;
+                return Outcome::Answered;
+            }
+            other => {
+                // Another message or session id, a second hello, or an unknown call:
+                // the runner is confused or hostile. It gets nothing and is replaced.
+                let _ = conn
+                    .send(&HostFrame::Error {
+                        message: format!(
+                            "unexpected {} frame: only message {} of session {} is in flight",
+                            other.kind(),
+                            message.id,
+                            message.session_id
+                        ),
+                    })
+                    .await;
+                return Outcome::RunnerFailed(format!(
+                    "the runner sent an unexpected {} frame",
+                    other.kind()
+                ));
+            }
+        }
+    }
+}
+
+/// Maps a runner's event to what channels see (unknown kinds are dropped).
+fn stream_event(event: &serde_json::Value) -> Option<StreamEvent> {
+    let text = |key: &str| {
+        event
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(|s| s.chars().take(64 * 1024).collect::<String>())
+    };
+    match event.get("kind").and_then(|k| k.as_str())? {
+        "started" => Some(StreamEvent::Started),
+        "text_delta" => Some(StreamEvent::TextDelta {
+            text: text("text")?,
+        }),
+        "tool_call" => Some(StreamEvent::ToolCall {
+            name: text("name")?,
+        }),
+        "tool_result" => Some(StreamEvent::ToolResult {
+            name: text("name").unwrap_or_default(),
+            is_error: event
+                .get("is_error")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+        }),
+        "status" => Some(StreamEvent::Status {
+            message: text("message")?,
+        }),
+        _ => None,
+    }
+}

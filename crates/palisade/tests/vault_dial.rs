@@ -1,0 +1,160 @@
+//! The dial at the vault: an agent's approval frequency holds credentialed requests
+//! for a person without any rule (`every`, `first-use`, `writes`), a change of dial is
+//! in force on the next request, and requests without a credential are never held by it.
+
+mod vault_fixture;
+
+use palisade_testkit::{curl, wait_until};
+use serde_json::Value;
+use std::time::Duration;
+use vault_fixture::{split_status, Setup, CLIENT_TIMEOUT};
+
+fn pending(setup: &Setup) -> Vec<Value> {
+    let text = setup.cli(&["--json", "approvals", "list"]);
+    serde_json::from_str::<Value>(&text)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Sends `method path` in the background; returns the thread with curl's status.
+fn send(setup: &Setup, token: &str, method: &str, path: &str) -> std::thread::JoinHandle<u16> {
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+        "--max-time".into(),
+        "20".into(),
+        "-X".into(),
+        method.into(),
+    ];
+    args.extend(setup.proxy_args(token));
+    args.push(setup.upstream.url(path));
+    std::thread::spawn(move || {
+        let output = curl(&args, CLIENT_TIMEOUT);
+        split_status(&String::from_utf8_lossy(&output.stdout)).0
+    })
+}
+
+/// Whether `method path` is held: it waits for a person, is approved, then arrives.
+fn held_then_approved(setup: &Setup, token: &str, method: &str, path: &str) -> bool {
+    let before = setup.upstream.count();
+    let request = send(setup, token, method, path);
+    let mut found = Vec::new();
+    let held = wait_until(Duration::from_secs(3), || {
+        found = pending(setup);
+        !found.is_empty() || setup.upstream.count() > before
+    }) && !found.is_empty();
+    if held {
+        assert_eq!(
+            setup.upstream.count(),
+            before,
+            "a held request went upstream"
+        );
+        assert!(
+            found[0]["title"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(path)
+                || found[0]["context"]["path"] == path,
+            "{found:?}"
+        );
+        setup.cli(&["approvals", "approve", found[0]["id"].as_str().unwrap()]);
+    }
+    assert_eq!(request.join().unwrap(), 200, "{method} {path}");
+    held
+}
+
+#[test]
+fn the_dial_holds_credentialed_requests_as_set() {
+    let mut setup = Setup::new();
+    setup.start_vault(&[]);
+    let token = setup.agent("mailer");
+    setup.secret("key", "localhost", None, "bearer", &["mailer"], "tok-dial");
+    let other = setup.agent("plain");
+
+    // No dial: nothing is held.
+    assert!(!held_then_approved(&setup, &token, "POST", "/none/write"));
+
+    setup.cli(&["agents", "dial", "mailer", "--approvals", "writes"]);
+    assert!(!held_then_approved(&setup, &token, "GET", "/writes/read"));
+    assert!(held_then_approved(&setup, &token, "POST", "/writes/write"));
+    assert!(held_then_approved(
+        &setup,
+        &token,
+        "DELETE",
+        "/writes/delete"
+    ));
+
+    setup.cli(&["agents", "dial", "mailer", "--preset", "strict"]);
+    assert!(held_then_approved(&setup, &token, "GET", "/every/read"));
+
+    setup.cli(&["agents", "dial", "mailer", "--approvals", "first-use"]);
+    assert!(held_then_approved(&setup, &token, "GET", "/first/one"));
+    assert!(
+        !held_then_approved(&setup, &token, "POST", "/first/two"),
+        "approved once, the host is open for the hour"
+    );
+
+    // Requests that carry no credential are never held by a dial.
+    setup.cli(&["agents", "dial", "plain", "--preset", "strict"]);
+    assert!(!held_then_approved(&setup, &other, "POST", "/plain/write"));
+    // Held requests are audited under the dial, not a rule.
+    let rows: Value =
+        serde_json::from_str(&setup.cli(&["--json", "audit", "list", "--decision", "approved"]))
+            .unwrap();
+    assert!(rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|row| row["rule"] == "dial:writes"));
+}
+
+/// Approval fatigue: after people approve the same request again and again, `approvals
+/// suggest` proposes the narrow rule that would have spared them, nothing changes until
+/// it is accepted, and once accepted the same request goes through while another path
+/// is still held.
+#[test]
+fn approvals_suggest_proposes_what_people_keep_approving() {
+    let mut setup = Setup::new();
+    setup.start_vault(&[]);
+    let token = setup.agent("mailer");
+    setup.cli(&[
+        "rules",
+        "create",
+        "--name",
+        "ask-posts",
+        "--host-pattern",
+        "localhost",
+        "--method",
+        "POST",
+        "--action",
+        "require_approval",
+    ]);
+    for _ in 0..3 {
+        assert!(held_then_approved(&setup, &token, "POST", "/labels"));
+    }
+    assert!(held_then_approved(&setup, &token, "POST", "/other"));
+    let suggestions: Value =
+        serde_json::from_str(&setup.cli(&["--json", "approvals", "suggest"])).unwrap();
+    let list = suggestions.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{suggestions}");
+    assert_eq!(list[0]["path"], "/labels");
+    assert_eq!(list[0]["approvals"], 3);
+    // Suggesting changed nothing: the same request is still held.
+    assert!(held_then_approved(&setup, &token, "POST", "/labels"));
+    let created: Value =
+        serde_json::from_str(&setup.cli(&["--json", "approvals", "suggest", "--accept", "1"]))
+            .unwrap();
+    assert_eq!(created[0]["action"], "allow");
+    assert!(!held_then_approved(&setup, &token, "POST", "/labels"));
+    assert!(held_then_approved(&setup, &token, "POST", "/other"));
+    let bad = setup
+        .palisade
+        .run(&["approvals", "suggest", "--accept", "9"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("there is no suggestion 9"));
+}
