@@ -283,7 +283,10 @@ async fn every_new_form_is_refused_without_the_csrf_token_or_from_another_origin
                 ("value", "x"),
             ],
         ),
-        ("/vault/secrets/gh/rotate".into(), vec![("value", "PWNED")]),
+        (
+            "/vault/secrets/gh/rotate".into(),
+            vec![("value", "PWNED"), ("confirm", "yes")],
+        ),
         ("/vault/secrets/gh/grant".into(), vec![("agent", "helper")]),
         ("/vault/secrets/gh/revoke?agent=helper".into(), vec![]),
         ("/vault/secrets/gh/delete".into(), vec![]),
@@ -650,13 +653,28 @@ async fn secrets_are_written_only_never_shown_and_changes_ask_first() {
     }
     assert_eq!(snapshot(&web.store), before);
 
-    // Rotate: only the value changes; an empty one is refused.
+    // Rotate: only the value changes; an empty one is refused, and so is one whose
+    // confirmation box was not ticked.
     let refused = web
-        .post_refused("/vault/secrets/gh/rotate", &[("value", "")])
+        .post_refused(
+            "/vault/secrets/gh/rotate",
+            &[("value", ""), ("confirm", "yes")],
+        )
         .await;
     assert!(refused.contains("the secret value is empty"), "{refused}");
-    web.post_ok("/vault/secrets/gh/rotate", &[("value", ROTATED)])
+    let unconfirmed = web
+        .post_refused("/vault/secrets/gh/rotate", &[("value", ROTATED)])
         .await;
+    assert!(unconfirmed.contains("tick the box"), "{unconfirmed}");
+    assert_eq!(
+        web.store.load_policy().unwrap().secrets()[0].value.expose(),
+        VALUE
+    );
+    web.post_ok(
+        "/vault/secrets/gh/rotate",
+        &[("value", ROTATED), ("confirm", "yes")],
+    )
+    .await;
     assert_eq!(
         web.store.load_policy().unwrap().secrets()[0].value.expose(),
         ROTATED

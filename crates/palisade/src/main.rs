@@ -104,9 +104,13 @@ enum Command {
   palisade up --listen 127.0.0.1:8080 --idle-timeout 30m --turn-timeout 1h
   palisade up --vault-listen 127.0.0.1:10255   # also serve agents outside a sandbox
 
-The web UI (chat, agents, sessions, approvals, audit log, vault) is at the --listen
-address. Open the login URL printed at start (http://ADDR/login?token=...): it
-works once and sets the browser's session cookie; `palisade login` prints a new one.")]
+The web UI (chat, agents, sessions, approvals, audit log, vault, health) is at the
+--listen address; agents, secrets and rules can be managed there too. Open the login
+URL printed at start (http://ADDR/login?token=...): it works once and sets the
+browser's session cookie; `palisade login` prints a new one.
+
+On a first start with no model key: --anthropic-key-file, else ANTHROPIC_API_KEY, else
+a hidden prompt on a terminal; without any, the web UI's dashboard asks for one.")]
     Up(cmd::up::UpArgs),
     /// Check what Palisade needs on this machine and say how to fix each problem.
     #[command(after_help = "Examples:

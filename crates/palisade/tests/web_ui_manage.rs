@@ -376,6 +376,7 @@ async fn first_run_to_first_answer_and_managing_everything_in_chromium() {
     // Rotate, revoke (confirmed), delete (confirmed).
     open(&client, listen, "/vault/secrets/web-gh", "Secret web-gh").await;
     fill(&client, "#rotate-form", "value", ROTATED).await;
+    click(&client, "#rotate-form input[name=confirm]").await;
     click(&client, "#rotate").await;
     wait_for_text(&client, "#saved", "the rotation", |t| {
         t.contains("Value replaced")

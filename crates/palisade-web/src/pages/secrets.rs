@@ -236,6 +236,10 @@ async fn secret_page(
                 form #rotate-form method="post" action={ "/vault/secrets/" (secret.name) "/rotate" } autocomplete="off" {
                     (layout::csrf_field(state))
                     (forms::password("New value", "value", "replaces the stored value; hosts, injection and grants stay"))
+                    label.check {
+                        input type="checkbox" name="confirm" value="yes" required;
+                        " The old value stops working for agents at once; it cannot be shown or restored."
+                    }
                     div.form-actions { button.primary #rotate type="submit" { "Replace the value" } }
                 }
             }
@@ -318,10 +322,18 @@ pub(crate) async fn rotate(
     Path(name): Path<String>,
     body: Bytes,
 ) -> PageResult {
-    let value = field(&pairs(&body), "value").to_string();
+    let pairs = pairs(&body);
+    let value = field(&pairs, "value").to_string();
+    let confirmed = field(&pairs, "confirm") == "yes";
     let secret = name.clone();
     change(&state, name, "rotated", move |store| {
         store.get_secret(&secret)?;
+        // Replacing a value is not undone: the form's box must say so was understood.
+        if !confirmed {
+            return Err(PageError::BadRequest(
+                "the old value would be lost: tick the box to confirm, then replace it".into(),
+            ));
+        }
         let value = secret_value(value)?;
         store.rotate_secret(&secret, &value)?;
         Ok(())

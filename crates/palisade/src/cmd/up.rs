@@ -48,7 +48,8 @@ pub struct UpArgs {
     /// sandbox, the OneCLI admin API), as `palisade vault serve --listen` does.
     #[arg(long, value_name = "ADDR")]
     vault_listen: Option<SocketAddr>,
-    /// Read the Anthropic API key from this file on first start (else ANTHROPIC_API_KEY, else a prompt).
+    /// Read the Anthropic API key from this file on first start (else ANTHROPIC_API_KEY,
+    /// else a hidden prompt on a terminal, else the web UI's first-run form).
     #[arg(long, value_name = "FILE")]
     anthropic_key_file: Option<PathBuf>,
     /// A runner with nothing to do is stopped after this long.
