@@ -158,6 +158,7 @@ pub fn router(host: Host, tokens: ApiTokens, shutdown: watch::Receiver<bool>) ->
         .route("/api/messages/{id}", get(get_message))
         .route("/api/messages/{id}/delivered", post(reply_delivered))
         .route("/api/login-links", post(login_link))
+        .route("/api/sandboxes/changed", post(sandboxes_changed))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES * 2 + 64 * 1024))
         .with_state(state)
 }
@@ -224,6 +225,16 @@ async fn login_link(State(state): State<ApiState>, headers: HeaderMap) -> Respon
         "expires_in_seconds": LOGIN_LINK_TTL.as_secs(),
     }))
     .into_response()
+}
+
+/// The CLI changed what sandboxes are given (folders): runners whose mounts no longer
+/// match are stopped before this answers. CLI token only.
+async fn sandboxes_changed(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers, false) {
+        return unauthorized();
+    }
+    let waiting = state.host.sandboxes_changed().await;
+    Json(serde_json::json!({ "ok": waiting.is_empty(), "still_running": waiting })).into_response()
 }
 
 fn unauthorized() -> Response {

@@ -97,6 +97,11 @@ async fn prepare(
             .turn_timeout_secs
             .map(Duration::from_secs)
             .unwrap_or(default_turn_timeout);
+        let (mounts, _) = crate::folders::mounts_for(&store, &home, &message.agent)?;
+        let instructions = match crate::folders::describe(&mounts) {
+            Some(folders) => format!("{}\n\n{folders}", instructions.trim_end()),
+            None => instructions,
+        };
         let delivery = Delivery {
             message_id: message.id,
             session_id: message.session_id,
@@ -184,6 +189,7 @@ pub(crate) async fn deliver(
     }
     tracing::info!(agent = %agent, message_id = message.id, attempt = message.attempts, "delivered");
     let mut shutdown = inner.shutdown.clone();
+    let mut sandbox_changes = inner.sandbox_changes.subscribe();
     let turn_deadline = tokio::time::sleep(turn_timeout);
     tokio::pin!(turn_deadline);
     loop {
@@ -208,6 +214,14 @@ pub(crate) async fn deliver(
                 return Outcome::TimedOut;
             }
             _ = crate::host::stopped(&mut shutdown) => return Outcome::Shutdown,
+            _ = crate::worker::sandbox_changed(&mut sandbox_changes) => {
+                // A folder taken away mid-turn is taken away now: the sandbox goes and
+                // the message is delivered again to one started with what is left.
+                if crate::worker::mounts_changed(inner, agent, runner.mounts.clone()).await {
+                    return Outcome::RunnerFailed("the agent's folders changed".into());
+                }
+                continue;
+            }
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,

@@ -118,6 +118,11 @@ pub(crate) struct HostInner {
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
     pub(crate) tasks: TaskTracker,
+    /// Bumped when what a sandbox is given may have changed (folders): every slot
+    /// compares its runner's mounts with the store's and restarts one that differs.
+    pub(crate) sandbox_changes: watch::Sender<u64>,
+    /// Started runners by slot socket: the agent and the mounts it was launched with.
+    launched: Mutex<HashMap<PathBuf, (AgentName, String)>>,
 }
 
 /// The running host. Cheap to clone.
@@ -155,6 +160,8 @@ impl Host {
                 agents: Mutex::new(HashMap::new()),
                 warm: Mutex::new(Default::default()),
                 streams: Mutex::new(HashMap::new()),
+                sandbox_changes: watch::channel(0).0,
+                launched: Mutex::new(HashMap::new()),
                 shutdown,
                 shutdown_tx,
                 tasks: TaskTracker::new(),
@@ -240,6 +247,36 @@ impl Host {
         self.inner.subscribe(message_id)
     }
 
+    /// Says that what sandboxes are given (folders) may have changed: a runner whose
+    /// mounts differ from the store's is stopped now, even mid-turn (its message is
+    /// delivered again to a fresh sandbox), so a folder taken away is gone when the
+    /// command that took it returns.
+    ///
+    /// Returns once no runner's mounts differ from the store's, or after `SETTLE` with
+    /// the agents still waiting to be stopped (each is checked again before its next
+    /// message in any case).
+    pub async fn sandboxes_changed(&self) -> Vec<AgentName> {
+        const SETTLE: Duration = Duration::from_secs(8);
+        self.inner
+            .sandbox_changes
+            .send_modify(|n| *n = n.wrapping_add(1));
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let launched: Vec<(AgentName, String)> =
+                lock(&self.inner.launched).values().cloned().collect();
+            let mut stale = Vec::new();
+            for (agent, mounts) in launched {
+                if crate::worker::mounts_fingerprint(&self.inner, &agent).await != mounts {
+                    stale.push(agent);
+                }
+            }
+            if stale.is_empty() || tokio::time::Instant::now() >= deadline {
+                return stale;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Wakes `agent`'s worker, starting it if needed.
     pub fn wake(&self, agent: &AgentName) -> Result<(), HostError> {
         self.inner.wake(agent)
@@ -278,6 +315,24 @@ impl Host {
 
 impl HostInner {
     /// Wakes `agent`'s worker, starting it if needed.
+    /// Records the mounts the runner of `socket` was started with (`None`: none runs).
+    pub(crate) fn note_launched(
+        &self,
+        socket: &std::path::Path,
+        agent: &AgentName,
+        mounts: Option<&str>,
+    ) {
+        let mut launched = lock(&self.launched);
+        match mounts {
+            Some(mounts) => {
+                launched.insert(socket.to_path_buf(), (agent.clone(), mounts.to_string()));
+            }
+            None => {
+                launched.remove(socket);
+            }
+        }
+    }
+
     pub(crate) fn wake(self: &Arc<Self>, agent: &AgentName) -> Result<(), HostError> {
         if *self.shutdown.borrow() {
             return Err(HostError::ShuttingDown);

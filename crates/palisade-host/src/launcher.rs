@@ -73,6 +73,10 @@ impl RunnerLauncher for SandboxLauncher {
                 .unwrap_or_default()
                 .effective_workspace_quota(),
         );
+        let (mounts, refused) = crate::folders::mounts_for(&self.store, &self.home, agent)?;
+        for reason in refused {
+            tracing::warn!(agent = %agent, %reason, "folder not mounted");
+        }
         let spec = SandboxSpec {
             agent: agent.to_string(),
             workspace,
@@ -81,7 +85,7 @@ impl RunnerLauncher for SandboxLauncher {
             vault_socket,
             ca_bundle: self.ca_bundle.clone(),
             host_socket: Some(host_socket.to_path_buf()),
-            mounts: Vec::new(),
+            mounts,
             limits,
             command: vec![
                 palisade_sandbox::paths::PALISADE_BINARY.to_string(),

@@ -12,6 +12,7 @@
 //! - [`models`]: the models an agent's provider lists, asked through the vault.
 //! - [`setup`]: the first run: the default agent and its model key.
 //! - [`doctor`]: what `palisade doctor` and the web UI's Health page check.
+//! - [`folders`]: host folders shared with agents, checked when named and at launch.
 //! - [`api`]: the local JSON API `palisade up` serves on 127.0.0.1.
 
 mod a2a;
@@ -20,6 +21,7 @@ pub mod api;
 mod approvals;
 mod delivery;
 pub mod doctor;
+pub mod folders;
 pub mod host;
 pub mod launcher;
 pub mod models;

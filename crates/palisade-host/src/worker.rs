@@ -39,10 +39,13 @@ use tokio::sync::{mpsc, watch};
 pub(crate) struct Runner {
     process: Option<Box<dyn RunnerProcess>>,
     pub(crate) conn: Option<Conn>,
+    /// The mounts (see [`mounts_fingerprint`]) the process was started with.
+    pub(crate) mounts: Option<String>,
 }
 
 impl Runner {
     async fn stop(&mut self, agent: &AgentName, polite: bool) {
+        self.mounts = None;
         if let Some(mut conn) = self.conn.take() {
             if polite {
                 let _ = conn.send(&HostFrame::Shutdown).await;
@@ -58,6 +61,52 @@ impl Runner {
             tracing::info!(agent = %agent, "stopping the runner");
             process.kill().await;
         }
+    }
+}
+
+/// What `agent`'s sandbox would mount if started now, as comparable text (an error
+/// reading it compares unequal to any launch, so the runner is replaced).
+pub(crate) async fn mounts_fingerprint(inner: &HostInner, agent: &AgentName) -> String {
+    let store = inner.store.clone();
+    let home = inner.config.home.clone();
+    let agent = agent.clone();
+    tokio::task::spawn_blocking(
+        move || match crate::folders::mounts_for(&store, &home, &agent) {
+            Ok((mounts, _)) => mounts
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}>{}:{}",
+                        m.source.display(),
+                        m.destination.display(),
+                        if m.writable { "rw" } else { "ro" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(error) => format!("unreadable: {error}"),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| format!("unreadable: {e}"))
+}
+
+/// Whether the running runner was started with other mounts than the store now gives.
+pub(crate) async fn mounts_changed(
+    inner: &HostInner,
+    agent: &AgentName,
+    launched: Option<String>,
+) -> bool {
+    match launched {
+        Some(launched) => launched != mounts_fingerprint(inner, agent).await,
+        None => false,
+    }
+}
+
+/// Resolves when what sandboxes are given may have changed.
+pub(crate) async fn sandbox_changed(changes: &mut watch::Receiver<u64>) {
+    if changes.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -220,6 +269,7 @@ async fn run_slot(mut slot: Slot, listener: UnixListener) -> usize {
             &slot.socket,
             runner.process.is_some() || runner.conn.is_some(),
         );
+        inner.note_launched(&slot.socket, &agent, runner.mounts.as_deref());
         if *shutdown.borrow() || slot.index >= slot.wanted.load(Ordering::SeqCst) {
             break;
         }
@@ -236,6 +286,7 @@ async fn run_slot(mut slot: Slot, listener: UnixListener) -> usize {
         let Some(message) = message else {
             let timeout = idle_timeout(&inner, &agent).await;
             idle(
+                &inner,
                 &agent,
                 &mut slot.wake,
                 timeout,
@@ -264,6 +315,7 @@ async fn run_slot(mut slot: Slot, listener: UnixListener) -> usize {
     }
     runner.stop(&agent, true).await;
     inner.set_warm(&agent, &slot.socket, false);
+    inner.note_launched(&slot.socket, &agent, None);
     accept.abort();
     let _ = std::fs::remove_file(&slot.socket);
     slot.index
@@ -282,6 +334,13 @@ async fn handle(
     failures: &mut u32,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
+    if (runner.conn.is_some() || runner.process.is_some())
+        && mounts_changed(inner, agent, runner.mounts.clone()).await
+    {
+        tracing::info!(agent = %agent, "the agent's folders changed; starting a new sandbox");
+        runner.stop(agent, false).await;
+        inner.note_launched(socket, agent, None);
+    }
     if runner.conn.is_none() {
         if let Err(error) = connect(inner, agent, socket, runner, conn_rx).await {
             *failures += 1;
@@ -322,6 +381,7 @@ async fn handle(
                 },
             );
             runner.stop(agent, false).await;
+            inner.note_launched(socket, agent, None);
             back_off(inner, *failures, shutdown).await
         }
     }
@@ -336,6 +396,7 @@ async fn woken(wake: &mut watch::Receiver<u64>) {
 
 /// Waits for work, keeping a connected runner warm until the idle timeout.
 async fn idle(
+    inner: &HostInner,
     agent: &AgentName,
     wake: &mut watch::Receiver<u64>,
     idle_timeout: Duration,
@@ -346,8 +407,15 @@ async fn idle(
     let warm = runner.conn.is_some() || runner.process.is_some();
     let idle_deadline = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle_deadline);
+    let mut changes = inner.sandbox_changes.subscribe();
     tokio::select! {
         _ = woken(wake) => {}
+        _ = sandbox_changed(&mut changes), if warm => {
+            if mounts_changed(inner, agent, runner.mounts.clone()).await {
+                tracing::info!(agent = %agent, "the agent's folders changed; stopping its idle sandbox");
+                runner.stop(agent, false).await;
+            }
+        }
         _ = crate::host::stopped(shutdown) => {}
         _ = &mut idle_deadline, if warm => {
             tracing::info!(agent = %agent, "runner idle; stopping it");
@@ -401,8 +469,12 @@ async fn connect(
         return Ok(());
     }
     if runner.process.is_none() {
+        // Read before the launch, so a change made meanwhile shows as a difference.
+        let mounts = mounts_fingerprint(inner, agent).await;
         let launcher = Arc::clone(&inner.launcher);
         runner.process = Some(launcher.launch(agent, socket)?);
+        inner.note_launched(socket, agent, Some(&mounts));
+        runner.mounts = Some(mounts);
         tracing::info!(agent = %agent, "runner started");
     }
     let deadline = tokio::time::sleep(inner.config.start_timeout);

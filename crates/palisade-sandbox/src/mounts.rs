@@ -184,6 +184,25 @@ impl MountPolicy {
         })
     }
 
+    /// Resolves `source` (absolute, existing, a directory) to its canonical path and
+    /// checks it against the policy: for folders named once and mounted at every launch.
+    pub fn check_folder(&self, source: &Path) -> Result<PathBuf, SandboxError> {
+        let bad = |reason: String| SandboxError::BadMount {
+            spec: source.display().to_string(),
+            reason,
+        };
+        if !source.is_absolute() {
+            return Err(bad("the folder must be an absolute path".into()));
+        }
+        let canonical = std::fs::canonicalize(source)
+            .map_err(|e| bad(format!("it cannot be resolved ({e}); check that it exists")))?;
+        if !canonical.is_dir() {
+            return Err(bad("it is not a directory".into()));
+        }
+        self.check_source(&canonical)?;
+        Ok(canonical)
+    }
+
     fn check_source(&self, source: &Path) -> Result<(), SandboxError> {
         for (refused, reason) in &self.refused {
             let refused_canonical =

@@ -31,9 +31,12 @@ pub use messages::{
     Accepted, InboundMessage, MessageOrigin, MessageStatus, OutboundMessage, ReplyOutcome,
     ReplyRecord, SessionRecord,
 };
-pub use records::{AgentLink, AgentRecord, NewRule, NewSecret, RuleRecord, SecretRecord};
+pub use records::{
+    AgentLink, AgentRecord, FolderMount, FolderRecord, NewRule, NewSecret, RuleRecord, SecretRecord,
+};
 pub use store::traffic;
 pub use store::traffic::{Outcome, RequestCount};
+pub use store::validate_folder_name;
 pub use store::{RateOutcome, Store};
 
 /// Errors from the store. Messages say what happened and what to do next; none contains a secret value.

@@ -261,11 +261,30 @@ CREATE UNIQUE INDEX inbound_messages_origin_key ON inbound_messages(origin_key)
     WHERE origin_key IS NOT NULL;
 "#;
 
+/// Host folders agents may mount (see `store/folders.rs`).
+const V6: &str = r#"
+CREATE TABLE folders (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    path          TEXT NOT NULL UNIQUE,
+    sensitive     INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE agent_folders (
+    agent_id  INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+    folder_id INTEGER NOT NULL REFERENCES folders(id) ON DELETE CASCADE,
+    writable  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (agent_id, folder_id)
+) WITHOUT ROWID;
+CREATE INDEX agent_folders_folder ON agent_folders(folder_id);
+"#;
+
 /// Managing the vault from the web UI: a rule can be switched off without losing it
 /// (`enabled`), and the gateway keeps per-agent, per-hour counts of request outcomes
 /// (plain allowed traffic has no audit row, so charts of an agent's traffic need
 /// these), purged after eight days.
-const V6: &str = r#"
+const V7: &str = r#"
 ALTER TABLE rules ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;
 
 CREATE TABLE request_counts (
@@ -278,7 +297,7 @@ CREATE TABLE request_counts (
 CREATE INDEX request_counts_hour ON request_counts(hour_ms);
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;

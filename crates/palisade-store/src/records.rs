@@ -89,6 +89,26 @@ pub struct NewRule {
     pub approval_timeout_ms: Option<i64>,
 }
 
+/// A host folder agents may mount at `/mnt/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FolderRecord {
+    pub name: String,
+    /// Canonical host path.
+    pub path: std::path::PathBuf,
+    /// Holds data worth stealing: research agents may not mount it.
+    pub sensitive: bool,
+    /// The agents that mount it, by name.
+    pub mounts: Vec<FolderMount>,
+    pub created_at_ms: i64,
+}
+
+/// One agent's mount of a folder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FolderMount {
+    pub agent: AgentName,
+    pub writable: bool,
+}
+
 /// One entry of the agent-to-agent allow-list: `from` may message `to`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AgentLink {

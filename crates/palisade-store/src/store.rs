@@ -12,6 +12,7 @@ mod agents;
 mod approvals;
 mod audit;
 mod channels;
+mod folders;
 mod links;
 mod messages;
 mod policy;
@@ -19,6 +20,8 @@ mod rate;
 mod rules;
 mod secrets;
 pub mod traffic;
+
+pub use folders::validate_folder_name;
 
 use crate::audit::AuditEntry;
 use crate::crypto::MasterKey;

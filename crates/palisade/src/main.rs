@@ -13,6 +13,7 @@ use cmd::agents::AgentsCommand;
 use cmd::approvals::ApprovalsCommand;
 use cmd::audit::AuditCommand;
 use cmd::channels::{ApproversCommand, ChannelsCommand};
+use cmd::folders::FoldersCommand;
 use cmd::rules::RulesCommand;
 use cmd::sandbox::{SandboxCommand, ShimArgs};
 use cmd::secrets::SecretsCommand;
@@ -70,6 +71,10 @@ enum Command {
     /// Credentials the vault injects into agents' requests (values go in, never out).
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Host folders shared with agents' sandboxes at /mnt/NAME (sensitive ones never
+    /// with research agents).
+    #[command(subcommand)]
+    Folders(FoldersCommand),
     /// Allow, block, rate-limit or require approval for requests by host, path and method.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -183,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agents(command) => cmd::agents::run(command, &context()?),
         Command::Secrets(command) => cmd::secrets::run(command, &context()?),
+        Command::Folders(command) => cmd::folders::run(command, &context()?),
         Command::Rules(command) => cmd::rules::run(command, &context()?),
         Command::Approvals(command) => cmd::approvals::run(command, &context()?),
         Command::Audit(command) => cmd::audit::run(command, &context()?),

@@ -1320,3 +1320,108 @@ fn agents_allow_disallow_and_links() {
         .run(&["agents", "disallow", "a", "--to", "b"])
         .refused("not found");
 }
+
+/// Folders: checked against the mount policy when named, sensitive ones kept from
+/// research agents whichever change would bring them together, each refusal one line
+/// and nothing written.
+#[test]
+fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
+    let palisade = Palisade::new();
+    palisade.run(&["agents", "create", "scout"]).ok();
+    palisade
+        .run(&["agents", "create", "mailer", "--profile", "action"])
+        .ok();
+    let shared = palisade.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let shared = shared.to_str().unwrap();
+    let home = palisade.home();
+
+    // What no sandbox may be given, and names that are not one path component.
+    palisade.run(&["folders", "list"]).ok();
+    palisade
+        .run(&["folders", "add", "home", "--path", home.to_str().unwrap()])
+        .refused("PALISADE_HOME");
+    palisade
+        .run(&["folders", "add", "etc", "--path", "/etc"])
+        .refused("/etc");
+    palisade
+        .run(&[
+            "folders",
+            "add",
+            "gone",
+            "--path",
+            "/srv/does-not-exist-here",
+        ])
+        .refused("cannot be resolved");
+    palisade
+        .run(&["folders", "add", "../up", "--path", shared])
+        .refused("lowercase letters");
+    palisade
+        .run(&["folders", "add", "rel", "--path", "relative/dir"])
+        .refused("absolute");
+    assert!(palisade
+        .run(&["--json", "folders", "list"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let added = palisade
+        .run(&[
+            "--json",
+            "folders",
+            "add",
+            "finance",
+            "--path",
+            shared,
+            "--sensitive",
+        ])
+        .ok()
+        .json();
+    assert_eq!(added["sensitive"], true);
+    palisade
+        .run(&["folders", "mount", "finance", "--agent", "scout"])
+        .refused("research agents read the internet and may not mount sensitive folders");
+    palisade
+        .run(&[
+            "folders",
+            "mount",
+            "finance",
+            "--agent",
+            "mailer",
+            "--writable",
+        ])
+        .ok();
+    palisade
+        .run(&["agents", "edit", "mailer", "--profile", "research"])
+        .refused("mounts the sensitive folder finance");
+    palisade
+        .run(&["folders", "edit", "finance", "--not-sensitive"])
+        .ok();
+    palisade
+        .run(&["folders", "mount", "finance", "--agent", "scout"])
+        .ok();
+    palisade
+        .run(&["folders", "edit", "finance", "--sensitive"])
+        .refused("research agent scout mounts folder finance");
+
+    let list = palisade.run(&["--json", "folders", "list"]).ok().json();
+    assert_eq!(list[0]["sensitive"], false);
+    assert_eq!(
+        list[0]["mounts"],
+        serde_json::json!([{"agent": "mailer", "writable": true}, {"agent": "scout", "writable": false}])
+    );
+    let mailer = palisade
+        .run(&["--json", "agents", "show", "mailer"])
+        .ok()
+        .json();
+    assert_eq!(
+        mailer["folders"],
+        serde_json::json!(["finance at /mnt/finance (read-write)"])
+    );
+    palisade.run(&["folders", "remove", "finance"]).ok();
+    palisade
+        .run(&["folders", "unmount", "finance", "--agent", "scout"])
+        .refused("finance");
+}

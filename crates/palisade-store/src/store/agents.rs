@@ -193,6 +193,11 @@ impl Store {
                         "agent {name} holds the sensitive secret {secret}, and research agents may not: revoke it first (`palisade secrets revoke {secret} --agent {name}`)"
                     )));
                 }
+                if let Some(folder) = super::folders::sensitive_mount(tx, id)? {
+                    return Err(StoreError::Invalid(format!(
+                        "agent {name} mounts the sensitive folder {folder}, and research agents may not: unmount it first (`palisade folders unmount {folder} --agent {name}`)"
+                    )));
+                }
             }
             tx.execute(
                 "UPDATE agents SET profile = ?1 WHERE id = ?2",

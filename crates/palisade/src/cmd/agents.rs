@@ -361,9 +361,22 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
                 .map(|rule| rule.name)
                 .collect();
             let policy = explain_policy(&store, &agent, &secrets, &rules)?;
+            let folders: Vec<String> = store
+                .agent_folders(&name)?
+                .into_iter()
+                .map(|(folder, writable)| {
+                    format!(
+                        "{} at {}{}",
+                        folder.name,
+                        palisade_host::folders::destination(&folder.name).display(),
+                        if writable { " (read-write)" } else { "" }
+                    )
+                })
+                .collect();
             if ctx.json {
                 let mut value = serde_json::to_value(&agent)?;
                 if let Some(object) = value.as_object_mut() {
+                    object.insert("folders".into(), serde_json::json!(folders));
                     object.insert("secrets".into(), serde_json::json!(secrets));
                     object.insert("rules".into(), serde_json::json!(rules));
                     object.insert("policy".into(), serde_json::json!(policy));
@@ -377,6 +390,7 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             details.field("token", if agent.has_token { "issued" } else { "none" });
             details.field("secrets", secrets.join(", "));
             details.field("rules", rules.join(", "));
+            details.field("folders", folders.join(", "));
             if let Ok(settings) = AgentSettings::from_json(&agent.settings) {
                 details.field("provider", &settings.provider);
                 details.field("model", &settings.model);

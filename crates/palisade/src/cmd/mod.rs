@@ -8,6 +8,7 @@ pub mod audit;
 pub mod channels;
 pub mod chat;
 pub mod doctor;
+pub mod folders;
 pub mod rules;
 pub mod runner;
 pub mod sandbox;

@@ -1,0 +1,92 @@
+//! Host folders shared with agents: named once (checked against the sandbox's mount
+//! policy), mounted at `/mnt/NAME` in the sandboxes of the agents they are given to.
+//!
+//! Both the CLI and the launcher come through here, so a folder is checked when it is
+//! added and again each time a sandbox starts: a path replaced by a symbolic link since,
+//! a policy that changed, or a sensitive folder somehow given to a research agent is
+//! refused at launch (the agent runs without it and the log says why).
+
+use crate::HostError;
+use palisade_policy::{AgentName, Profile};
+use palisade_sandbox::mounts::MountPolicy;
+use palisade_sandbox::Mount;
+use palisade_store::{FolderRecord, Home, Store};
+use std::path::{Path, PathBuf};
+
+/// Where a folder appears inside the sandbox.
+pub fn destination(name: &str) -> PathBuf {
+    Path::new("/mnt").join(name)
+}
+
+/// Checks `path` with the mount policy of `home` and records it as folder `name`.
+pub fn add(
+    store: &Store,
+    home: &Home,
+    name: &str,
+    path: &Path,
+    sensitive: bool,
+) -> Result<FolderRecord, HostError> {
+    palisade_store::validate_folder_name(name)?;
+    let canonical = MountPolicy::for_host(home.root())
+        .check_folder(path)
+        .map_err(|e| HostError::Invalid(e.to_string()))?;
+    Ok(store.add_folder(name, &canonical, sensitive)?)
+}
+
+/// The mounts `agent`'s sandbox gets now, and a reason for each folder it does not.
+pub fn mounts_for(
+    store: &Store,
+    home: &Home,
+    agent: &AgentName,
+) -> Result<(Vec<Mount>, Vec<String>), HostError> {
+    let profile = store.get_agent(agent)?.profile;
+    let policy = MountPolicy::for_host(home.root());
+    let mut mounts = Vec::new();
+    let mut refused = Vec::new();
+    for (folder, writable) in store.agent_folders(agent)? {
+        if folder.sensitive && profile == Profile::Research {
+            refused.push(format!(
+                "folder {} is sensitive and {agent} is a research agent",
+                folder.name
+            ));
+            continue;
+        }
+        match policy.check_folder(&folder.path) {
+            Ok(canonical) if canonical == folder.path => mounts.push(Mount {
+                source: canonical,
+                destination: destination(&folder.name),
+                writable,
+            }),
+            Ok(canonical) => refused.push(format!(
+                "folder {} now resolves to {} instead of {}; add it again if that is intended",
+                folder.name,
+                canonical.display(),
+                folder.path.display()
+            )),
+            Err(error) => refused.push(format!("folder {}: {error}", folder.name)),
+        }
+    }
+    Ok((mounts, refused))
+}
+
+/// One paragraph for the agent's instructions naming its folders, or `None`.
+pub fn describe(mounts: &[Mount]) -> Option<String> {
+    if mounts.is_empty() {
+        return None;
+    }
+    let mut text = String::from(
+        "## Shared folders\nThese host folders are mounted in your sandbox (use the bash tool to work in them):",
+    );
+    for mount in mounts {
+        text.push_str(&format!(
+            "\n- {} ({})",
+            mount.destination.display(),
+            if mount.writable {
+                "read-write"
+            } else {
+                "read-only"
+            }
+        ));
+    }
+    Some(text)
+}

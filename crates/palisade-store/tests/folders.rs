@@ -1,0 +1,121 @@
+//! Folders agents may mount, and the compartment rule on sensitive ones: a research
+//! agent never mounts a sensitive folder, whichever of the three changes (the mount,
+//! the mark, the profile) would bring them together.
+
+mod common;
+
+use common::*;
+use palisade_policy::Profile;
+use palisade_store::StoreError;
+use std::path::Path;
+
+fn invalid(result: Result<impl std::fmt::Debug, StoreError>) -> String {
+    match result {
+        Err(StoreError::Invalid(message)) => message,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn folders_are_added_mounted_listed_and_removed() {
+    let t = store();
+    let coder = add_agent(&t.store, "coder");
+    let folder = t
+        .store
+        .add_folder("notes", Path::new("/srv/notes"), false)
+        .unwrap();
+    assert_eq!(folder.path, Path::new("/srv/notes"));
+    assert!(folder.mounts.is_empty());
+    t.store.mount_folder("notes", &coder, false).unwrap();
+    // Mounting again changes the mode, not the count.
+    t.store.mount_folder("notes", &coder, true).unwrap();
+    let mounted = t.store.agent_folders(&coder).unwrap();
+    assert_eq!(mounted.len(), 1);
+    assert!(mounted[0].1, "the second mount made it writable");
+    let listed = t.store.list_folders().unwrap();
+    assert_eq!(listed[0].mounts.len(), 1);
+    assert_eq!(listed[0].mounts[0].agent, coder);
+
+    // Names become /mnt/NAME; paths and names are unique.
+    for bad in ["", "Notes", "../x", "a/b", "-x", &"n".repeat(64)] {
+        invalid(t.store.add_folder(bad, Path::new("/srv/other"), false));
+    }
+    assert!(invalid(t.store.add_folder("notes", Path::new("/srv/x"), false)).contains("exists"));
+    assert!(
+        invalid(t.store.add_folder("again", Path::new("/srv/notes"), false))
+            .contains("already folder notes")
+    );
+    invalid(t.store.add_folder("rel", Path::new("srv/rel"), false));
+
+    t.store.unmount_folder("notes", &coder).unwrap();
+    assert!(matches!(
+        t.store.unmount_folder("notes", &coder),
+        Err(StoreError::NotFound { .. })
+    ));
+    t.store.mount_folder("notes", &coder, false).unwrap();
+    let removed = t.store.remove_folder("notes").unwrap();
+    assert_eq!(removed.mounts.len(), 1);
+    assert!(t.store.agent_folders(&coder).unwrap().is_empty());
+    assert!(matches!(
+        t.store.get_folder("notes"),
+        Err(StoreError::NotFound { .. })
+    ));
+    // Every change is in the audit log.
+    let events: Vec<String> = t
+        .store
+        .list_audit(&Default::default())
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|row| row.entry.event)
+        .filter(|event| event.starts_with("folder."))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            "folder.add",
+            "folder.mount",
+            "folder.mount",
+            "folder.unmount",
+            "folder.mount",
+            "folder.remove"
+        ]
+    );
+}
+
+#[test]
+fn research_agents_never_mount_sensitive_folders() {
+    let t = store();
+    let reader = agent("reader");
+    t.store.create_agent(&reader, Profile::Research).unwrap();
+    let doer = add_agent(&t.store, "doer");
+    t.store
+        .add_folder("finance", Path::new("/srv/finance"), true)
+        .unwrap();
+    t.store
+        .add_folder("public", Path::new("/srv/public"), false)
+        .unwrap();
+
+    // The mount.
+    let refusal = invalid(t.store.mount_folder("finance", &reader, false));
+    assert!(
+        refusal.contains("finance") && refusal.contains("research"),
+        "{refusal}"
+    );
+    t.store.mount_folder("finance", &doer, true).unwrap();
+
+    // The mark.
+    t.store.mount_folder("public", &reader, false).unwrap();
+    let refusal = invalid(t.store.set_folder_sensitive("public", true));
+    assert!(refusal.contains("reader"), "{refusal}");
+    assert!(!t.store.get_folder("public").unwrap().sensitive);
+
+    // The profile.
+    let refusal = invalid(t.store.set_agent_profile(&doer, Profile::Research));
+    assert!(refusal.contains("finance"), "{refusal}");
+    assert_eq!(t.store.get_agent(&doer).unwrap().profile, Profile::Action);
+
+    // Unmarked, the same folder may be shared with anyone.
+    t.store.set_folder_sensitive("finance", false).unwrap();
+    t.store.mount_folder("finance", &reader, false).unwrap();
+}
