@@ -1054,6 +1054,24 @@ async fn first_run_stores_the_key_in_the_vault_and_picks_the_newest_model() {
     for page in [dashboard, ready, agent] {
         assert!(!page.contains(MODEL_KEY));
     }
+    // The Health page's online check: one tiny request to the model, through the vault.
+    let online = web.post("/health/online", &[]).await;
+    assert_eq!(online.status(), StatusCode::OK);
+    let online = online.text().await.unwrap();
+    assert!(
+        online.contains("agent helper: claude-sonnet-4-7-20261120 answered through the vault"),
+        "{online}"
+    );
+    let probe = upstream
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path() == "/v1/messages")
+        .expect("the probe reached the model API");
+    assert_eq!(probe.api_key(), Some(MODEL_KEY));
+    assert_eq!(probe.body_json().unwrap()["max_tokens"], 1);
+    assert!(!online.contains(MODEL_KEY));
+
     // A second key under the same name is refused with the way to rotate it.
     let again = web
         .post_refused(
