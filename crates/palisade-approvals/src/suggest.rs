@@ -241,6 +241,7 @@ mod tests {
             scope: "user".into(),
             created_at_ms: 0,
             approval_timeout_ms: None,
+            enabled: true,
         }
     }
 

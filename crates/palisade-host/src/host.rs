@@ -28,6 +28,9 @@ pub struct HostConfig {
     pub home: Home,
     /// Directory of per-agent host sockets (default `home/run/hosts`).
     pub socket_dir: PathBuf,
+    /// Directory of the vault's per-agent sockets (default `home/run/agents`), through
+    /// which the host asks an agent's provider for its models.
+    pub vault_socket_dir: PathBuf,
     /// A runner with nothing to do is stopped after this long.
     pub idle_timeout: Duration,
     /// How long a started runner has to connect and say hello.
@@ -47,9 +50,11 @@ pub struct HostConfig {
 impl HostConfig {
     pub fn new(home: Home) -> Self {
         let socket_dir = home.run_dir().join("hosts");
+        let vault_socket_dir = home.agent_socket_dir();
         HostConfig {
             home,
             socket_dir,
+            vault_socket_dir,
             idle_timeout: Duration::from_secs(600),
             start_timeout: Duration::from_secs(30),
             turn_timeout: Duration::from_secs(30 * 60),
@@ -178,6 +183,14 @@ impl Host {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The vault socket that is `agent`'s identity.
+    pub fn vault_socket(&self, agent: &AgentName) -> PathBuf {
+        self.inner
+            .config
+            .vault_socket_dir
+            .join(format!("{agent}.sock"))
     }
 
     pub fn config(&self) -> &HostConfig {

@@ -8,19 +8,27 @@
 //! - [`launcher`]: how a runner is started; [`launcher::SandboxLauncher`] runs
 //!   `palisade runner` in the agent's sandbox.
 //! - [`settings`]: an agent's model settings, instructions and memory files.
+//! - [`agents`]: creating, changing and deleting agents (the CLI and the web UI both).
+//! - [`models`]: the models an agent's provider lists, asked through the vault.
+//! - [`setup`]: the first run: the default agent and its model key.
+//! - [`doctor`]: what `palisade doctor` and the web UI's Health page check.
 //! - [`folders`]: host folders shared with agents, checked when named and at launch.
 //! - [`api`]: the local JSON API `palisade up` serves on 127.0.0.1.
 
 mod a2a;
+pub mod agents;
 pub mod api;
 mod approvals;
 mod delivery;
+pub mod doctor;
 pub mod folders;
 pub mod host;
 pub mod launcher;
+pub mod models;
 pub mod protocol;
 mod runner_socket;
 pub mod settings;
+pub mod setup;
 mod tools;
 mod worker;
 

@@ -129,7 +129,7 @@ impl AgentSettings {
         }
         if self.provider == "openai" && self.base_url.is_none() {
             return Err(HostError::Invalid(
-                "an openai-compatible agent needs --base-url (the server's URL)".into(),
+                "an openai-compatible agent needs a base URL (the server's, e.g. http://127.0.0.1:8080/v1)".into(),
             ));
         }
         Ok(())

@@ -49,8 +49,44 @@ pub fn newest_of_family(listed: &[ListedModel], family_name: &str) -> Option<Str
         .map(|m| m.id.clone())
 }
 
+/// Whether a model API's refusal says the requested model does not exist or was
+/// retired: Anthropic's `not_found_error`, OpenAI's `model_not_found`, and the
+/// `404 … model …` of other OpenAI-compatible servers. Such a refusal will not change
+/// on a retry; the person has to choose another model.
+pub fn is_model_unavailable(status: u16, kind: &str, message: &str) -> bool {
+    matches!(
+        kind,
+        "not_found_error" | "model_not_found" | "NotFoundError"
+    ) || (status == 404 && message.to_ascii_lowercase().contains("model"))
+}
+
+/// The one line a person sees when `model` is not available to `agent`.
+pub fn model_unavailable_message(model: &str, agent: &str) -> String {
+    format!(
+        "model {model} is not available: choose another on the agent page or with `palisade agents edit {agent} --model M`"
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unavailable_models_are_recognised() {
+        assert!(is_model_unavailable(
+            404,
+            "not_found_error",
+            "model: claude-x"
+        ));
+        assert!(is_model_unavailable(400, "model_not_found", ""));
+        assert!(is_model_unavailable(
+            404,
+            "error",
+            "The model `x` does not exist"
+        ));
+        assert!(!is_model_unavailable(404, "error", "no such route"));
+        assert!(!is_model_unavailable(403, "blocked_by_policy", "model"));
+        assert!(!model_unavailable_message("m", "a").contains('\n'));
+    }
+
     use super::*;
 
     fn listed(id: &str, created: Option<&str>) -> ListedModel {

@@ -84,7 +84,7 @@ impl ImageBuild {
                     tar.display()
                 )));
             }
-            self.import(tar, progress)?;
+            self.import(tar, "[1/1]", progress)?;
             return Ok(ImageOutcome::Built);
         }
         if !nix::unistd::geteuid().is_root() {
@@ -106,8 +106,9 @@ impl ImageBuild {
             .tempdir_in("/var/tmp")
             .map_err(|e| SandboxError::io("cannot create a build directory in /var/tmp", e))?;
         let rootfs = scratch.path().join("rootfs");
+        let started = Instant::now();
         progress(&format!(
-            "debootstrap --variant=minbase {} from {} (a few minutes)…",
+            "[1/3] debootstrap --variant=minbase {} from {} (a few minutes)…",
             self.suite, self.mirror
         ));
         let mut debootstrap = Command::new("debootstrap");
@@ -117,7 +118,14 @@ impl ImageBuild {
             .arg(&self.suite)
             .arg(&rootfs)
             .arg(&self.mirror);
-        run_with_progress(debootstrap, Duration::from_secs(30 * 60), progress).map_err(|e| {
+        run_with_progress(
+            debootstrap,
+            "debootstrap",
+            Duration::from_secs(30 * 60),
+            QUIET,
+            progress,
+        )
+        .map_err(|e| {
             SandboxError::Image(format!(
                 "debootstrap failed: {e}; check that the mirror {} is reachable",
                 self.mirror
@@ -137,7 +145,9 @@ impl ImageBuild {
             Some(path) => path.clone(),
             None => scratch.path().join("rootfs.tar"),
         };
-        progress("packing the root filesystem…");
+        progress(&format!("[1/3] done after {}", elapsed(started)));
+        let packing = Instant::now();
+        progress("[2/3] packing the root filesystem…");
         let mut pack = Command::new("tar");
         pack.arg("--numeric-owner")
             .arg("-C")
@@ -145,14 +155,16 @@ impl ImageBuild {
             .arg("-cf")
             .arg(&tar)
             .arg(".");
-        run_with_progress(pack, Duration::from_secs(10 * 60), progress)
+        run_with_progress(pack, "tar", Duration::from_secs(10 * 60), QUIET, progress)
             .map_err(|e| SandboxError::Image(format!("packing the root filesystem failed: {e}")))?;
+        progress(&format!("[2/3] done after {}", elapsed(packing)));
         if self.save_rootfs.is_some() {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o644));
             progress(&format!("saved the root filesystem as {}", tar.display()));
         }
-        self.import(&tar, progress)?;
+        self.import(&tar, "[3/3]", progress)?;
+        progress(&format!("built in {}", elapsed(started)));
         Ok(ImageOutcome::Built)
     }
 
@@ -168,17 +180,28 @@ impl ImageBuild {
             .unwrap_or(false)
     }
 
-    fn import(&self, tar: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), SandboxError> {
-        progress(&format!("importing as {}…", self.tag));
+    fn import(
+        &self,
+        tar: &Path,
+        step: &str,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), SandboxError> {
+        let started = Instant::now();
+        progress(&format!("{step} importing as {}…", self.tag));
         let mut import = self.tool.command();
         import
             .args(["import", "--change", "CMD [\"/bin/bash\"]"])
             .arg(tar)
             .arg(&self.tag);
-        run_with_progress(import, Duration::from_secs(10 * 60), progress).map_err(|e| {
-            SandboxError::Image(format!("{} import failed: {e}", self.tool.program()))
-        })?;
-        progress(&format!("image {} is ready", self.tag));
+        let what = format!("{} import", self.tool.program());
+        run_with_progress(import, &what, Duration::from_secs(10 * 60), QUIET, progress).map_err(
+            |e| SandboxError::Image(format!("{} import failed: {e}", self.tool.program())),
+        )?;
+        progress(&format!(
+            "{step} done after {}: image {} is ready",
+            elapsed(started),
+            self.tag
+        ));
         Ok(())
     }
 }
@@ -194,12 +217,25 @@ pub fn host_suite() -> Option<String> {
     is_debian.then_some(codename)
 }
 
-/// Runs `command`, passing each output line to `progress`, killing it at `limit`.
+/// How long a step prints nothing before a line says it is still running.
+const QUIET: Duration = Duration::from_secs(15);
+
+/// `2m 31s`, whole seconds.
+fn elapsed(since: Instant) -> String {
+    humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())).to_string()
+}
+
+/// Runs `command` (`what`, in progress lines), passing each output line to `progress`
+/// and, after [`QUIET`] without any, a line saying it still runs; killed at `limit`.
 fn run_with_progress(
     mut command: Command,
+    what: &str,
     limit: Duration,
+    quiet: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), String> {
+    let started = Instant::now();
+    let mut heard = Instant::now();
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -229,6 +265,7 @@ fn run_with_progress(
     loop {
         match receiver.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
+                heard = Instant::now();
                 progress(&format!("  {line}"));
                 last.push(line);
                 if last.len() > 5 {
@@ -236,7 +273,15 @@ fn run_with_progress(
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if heard.elapsed() >= quiet {
+                    heard = Instant::now();
+                    progress(&format!(
+                        "  … {what} is still running ({})",
+                        elapsed(started)
+                    ));
+                }
+            }
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -255,5 +300,39 @@ fn run_with_progress(
         Ok(())
     } else {
         Err(format!("{status}; last output: {}", last.join(" | ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_report_their_output_and_say_when_they_are_quiet() {
+        let mut lines = Vec::new();
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo one; echo two >&2; sleep 0.5; echo three"]);
+        run_with_progress(
+            command,
+            "the step",
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+            &mut |line| lines.push(line.to_string()),
+        )
+        .unwrap();
+        for expected in ["  one", "  two", "  three"] {
+            assert!(lines.iter().any(|l| l == expected), "{expected}: {lines:?}");
+        }
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("  … the step is still running")),
+            "{lines:?}"
+        );
+        let mut failing = Command::new("sh");
+        failing.args(["-c", "echo why; exit 3"]);
+        let error = run_with_progress(failing, "x", Duration::from_secs(10), QUIET, &mut |_| {})
+            .unwrap_err();
+        assert!(error.contains("why"), "{error}");
     }
 }

@@ -17,6 +17,7 @@ pub mod channels;
 pub mod crypto;
 pub mod gateways;
 pub mod home;
+pub mod input;
 pub mod messages;
 mod migrations;
 pub mod records;
@@ -35,6 +36,8 @@ pub use messages::{
 pub use records::{
     AgentLink, AgentRecord, FolderMount, FolderRecord, NewRule, NewSecret, RuleRecord, SecretRecord,
 };
+pub use store::traffic;
+pub use store::traffic::{Outcome, RequestCount};
 pub use store::validate_folder_name;
 pub use store::{RateOutcome, Store};
 
@@ -55,6 +58,10 @@ pub enum StoreError {
     Decrypt,
     #[error("invalid value: {0}")]
     Invalid(String),
+    /// Input a person typed (a name, pattern, injection, time) that cannot be used;
+    /// the message names the field and how to write it.
+    #[error("{0}")]
+    Input(String),
     #[error("approval {0} was already decided")]
     AlreadyDecided(String),
     #[error("approval {0} expired before it was decided; the request was not sent")]

@@ -294,7 +294,24 @@ CREATE TABLE channel_senders (
 );
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+/// Managing the vault from the web UI: a rule can be switched off without losing it
+/// (`enabled`), and the gateway keeps per-agent, per-hour counts of request outcomes
+/// (plain allowed traffic has no audit row, so charts of an agent's traffic need
+/// these), purged after eight days.
+const V8: &str = r#"
+ALTER TABLE rules ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;
+
+CREATE TABLE request_counts (
+    agent         TEXT NOT NULL,
+    hour_ms       INTEGER NOT NULL,
+    outcome       TEXT NOT NULL,
+    count         INTEGER NOT NULL,
+    PRIMARY KEY (agent, hour_ms, outcome)
+) WITHOUT ROWID;
+CREATE INDEX request_counts_hour ON request_counts(hour_ms);
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -68,6 +68,8 @@ pub struct RuleRecord {
     /// How long a request this rule holds waits for a person (`require_approval` only;
     /// `None`: the gateway's default).
     pub approval_timeout_ms: Option<i64>,
+    /// A disabled rule is kept but the gateway ignores it.
+    pub enabled: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -20,6 +20,7 @@ mod rate;
 mod rules;
 mod secrets;
 mod senders;
+pub mod traffic;
 
 pub use folders::validate_folder_name;
 

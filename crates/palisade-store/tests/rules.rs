@@ -117,3 +117,78 @@ fn empty_names_are_refused() {
         assert!(matches!(err, StoreError::Invalid(_)), "{name:?}: {err}");
     }
 }
+
+#[test]
+fn edit_disable_and_enable_keep_the_rule_and_are_audited() {
+    let t = common::store();
+    common::add_agent(&t.store, "alpha");
+    let created = t
+        .store
+        .create_rule(common::new_rule("limit", hourly(20), None))
+        .unwrap();
+    assert!(created.enabled);
+    t.store
+        .create_rule(common::new_rule("taken", RuleAction::Allow, None))
+        .unwrap();
+
+    let mut changed = common::new_rule("limit-alpha", RuleAction::Block, Some("alpha"));
+    changed.priority = 9;
+    let updated = t.store.update_rule("limit", changed).unwrap();
+    assert_eq!(updated.id, created.id);
+    assert_eq!(updated.name, "limit-alpha");
+    assert_eq!(updated.action, "block");
+    assert_eq!(updated.rate_limit, None);
+    assert_eq!(updated.agent, Some(common::agent("alpha")));
+    let clash = t
+        .store
+        .update_rule(
+            "limit-alpha",
+            common::new_rule("taken", RuleAction::Block, None),
+        )
+        .unwrap_err();
+    assert!(matches!(clash, StoreError::Duplicate { .. }), "{clash}");
+
+    let policy = |store: &palisade_store::Store| {
+        store
+            .load_policy()
+            .unwrap()
+            .rules()
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(policy(&t.store).contains(&"limit-alpha".to_string()));
+    let disabled = t.store.set_rule_enabled("limit-alpha", false).unwrap();
+    assert!(!disabled.enabled);
+    assert!(!policy(&t.store).contains(&"limit-alpha".to_string()));
+    assert_eq!(
+        t.store.list_rules().unwrap().len(),
+        2,
+        "a disabled rule is kept"
+    );
+    // Disabling again changes nothing and writes no row.
+    t.store
+        .set_rule_enabled(&created.id.to_string(), false)
+        .unwrap();
+    t.store.set_rule_enabled("limit-alpha", true).unwrap();
+    assert!(policy(&t.store).contains(&"limit-alpha".to_string()));
+
+    let events: Vec<String> = t
+        .store
+        .list_audit(&palisade_store::AuditFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|row| row.entry.event)
+        .filter(|event| event.starts_with("rule."))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "rule.enable",
+            "rule.disable",
+            "rule.update",
+            "rule.create",
+            "rule.create"
+        ]
+    );
+}

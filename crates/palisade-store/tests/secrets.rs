@@ -206,3 +206,95 @@ fn admin_key_is_stable_until_rotated() {
     let events = common::audit_events(&t.store);
     assert_eq!(events, ["admin_key.create", "admin_key.rotate"]);
 }
+
+#[test]
+fn rotating_replaces_the_value_only_and_checks_come_before_the_value() {
+    let t = common::store();
+    common::add_agent(&t.store, "alpha");
+    t.store
+        .create_secret(common::new_secret("gh", "old-value-123", &["alpha"]))
+        .unwrap();
+    let rotated = t
+        .store
+        .rotate_secret(
+            "gh",
+            &palisade_policy::SecretValue::new("new-value-456".into()),
+        )
+        .unwrap();
+    assert_eq!(rotated.agents, vec![common::agent("alpha")]);
+    let policy = t.store.load_policy().unwrap();
+    assert_eq!(policy.secrets()[0].value.expose(), "new-value-456");
+    assert!(t
+        .store
+        .rotate_secret("ghost", &palisade_policy::SecretValue::new("x".into()))
+        .is_err());
+
+    let draft = |name: &str, agent: &str| palisade_store::input::SecretDraft {
+        name: name.into(),
+        host_pattern: "api.example.com".into(),
+        inject: "bearer".into(),
+        agents: vec![agent.into()],
+        ..Default::default()
+    };
+    let taken = t
+        .store
+        .check_new_secret(&draft("gh", "alpha").check().unwrap());
+    assert!(matches!(
+        taken,
+        Err(palisade_store::StoreError::Duplicate { .. })
+    ));
+    let ghost = t
+        .store
+        .check_new_secret(&draft("new", "ghost").check().unwrap());
+    assert!(matches!(
+        ghost,
+        Err(palisade_store::StoreError::NotFound { .. })
+    ));
+    assert!(t
+        .store
+        .check_new_secret(&draft("new", "alpha").check().unwrap())
+        .is_ok());
+    let rows = t
+        .store
+        .list_audit(&palisade_store::AuditFilter {
+            event: Some("secret.rotate".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+}
+
+#[test]
+fn request_counts_add_up_per_hour_and_outcome() {
+    use palisade_store::Outcome;
+    let t = common::store();
+    let now = palisade_store::now_ms();
+    let hour = 3_600_000;
+    t.store
+        .add_request_counts(&[
+            ("a".into(), now, Outcome::Allowed, 3),
+            ("a".into(), now, Outcome::Allowed, 2),
+            ("a".into(), now - hour, Outcome::Blocked, 1),
+            ("b".into(), now, Outcome::Injected, 7),
+            ("a".into(), now - 30 * 24 * hour, Outcome::Held, 1),
+        ])
+        .unwrap();
+    let a = t
+        .store
+        .request_counts(Some(&common::agent("a")), now - 24 * hour)
+        .unwrap();
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(a[0].outcome, Outcome::Blocked);
+    assert_eq!(a[1].outcome, Outcome::Allowed);
+    assert_eq!(a[1].count, 5);
+    assert_eq!(
+        t.store.request_counts(None, now - 24 * hour).unwrap().len(),
+        3
+    );
+    // Counts are not configuration: no gateway reload, no audit row.
+    assert!(t
+        .store
+        .list_audit(&palisade_store::AuditFilter::default())
+        .unwrap()
+        .is_empty());
+}

@@ -37,7 +37,9 @@ pub use clients::{
 };
 pub use palisade::{proxy_url, Palisade};
 pub use process::ChildGuard;
-pub use upstream::{RecordedRequest, ScriptedTurn, Upstream, UpstreamBuilder, RECORDED_BODY_MAX};
+pub use upstream::{
+    RecordedRequest, ScriptedTurn, Upstream, UpstreamBuilder, DEFAULT_MODELS, RECORDED_BODY_MAX,
+};
 
 use std::sync::Arc;
 

@@ -509,3 +509,89 @@ fn palisade_helper_sets_home_and_keeps_output() {
     let all = palisade.all_output();
     assert!(all.contains("service-line") && all.contains("from stdin"));
 }
+
+#[test]
+fn model_list_in_both_shapes_with_paging_and_retired_models() {
+    let (ca, upstream) = fixture();
+    let anthropic = |query: &str| -> Value {
+        let text = curl_ok(
+            &ca,
+            &[
+                "-H",
+                "x-api-key: k",
+                "-H",
+                "anthropic-version: 2023-06-01",
+                &upstream.url(&format!("/v1/models{query}")),
+            ],
+        );
+        serde_json::from_str(&text).expect("model list JSON")
+    };
+    let all = anthropic("?limit=1000");
+    let ids: Vec<&str> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids.first(),
+        Some(&"claude-sonnet-4-6"),
+        "newest first: {ids:?}"
+    );
+    assert_eq!(ids.len(), palisade_testkit::DEFAULT_MODELS.len());
+    assert_eq!(all["has_more"], false);
+    let first = anthropic("?limit=2");
+    assert_eq!(first["has_more"], true);
+    let next = anthropic(&format!(
+        "?limit=2&after_id={}",
+        first["last_id"].as_str().unwrap()
+    ));
+    assert_eq!(next["data"][0]["id"], ids[2]);
+
+    let openai: Value = serde_json::from_str(&curl_ok(
+        &ca,
+        &["-H", "authorization: Bearer k", &upstream.url("/v1/models")],
+    ))
+    .unwrap();
+    assert_eq!(openai["object"], "list");
+    assert!(openai["data"][0]["created"].as_u64().unwrap() > 1_700_000_000);
+    let unauthenticated = curl_ok(
+        &ca,
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &upstream.url("/v1/models"),
+        ],
+    );
+    assert_eq!(unauthenticated, "401");
+
+    upstream.set_models(&[
+        ("claude-sonnet-9-9", "2027-01-01T00:00:00Z"),
+        ("gone-1", "2020-01-01T00:00:00Z"),
+    ]);
+    upstream.retire_model("gone-1");
+    let listed = anthropic("");
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    let refused = curl_ok(
+        &ca,
+        &[
+            "-s",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "x-api-key: k",
+            "--data",
+            r#"{"model":"gone-1","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#,
+            "-w",
+            " %{http_code}",
+            &upstream.url("/v1/messages"),
+        ],
+    );
+    assert!(
+        refused.ends_with(" 404") && refused.contains("not_found_error"),
+        "{refused}"
+    );
+}

@@ -1,8 +1,15 @@
 //! The gateway's audit writer: a bounded queue drained by one thread that appends
 //! batches to the hash chain, so request handling never waits on SQLite commits.
 //! The queue applies back-pressure when full rather than dropping rows.
+//!
+//! The same thread writes the per-agent, per-hour counts of request outcomes the web
+//! UI charts (plain allowed traffic has no audit row). Counting is an in-memory
+//! increment; the counts go to the store with the next batch of rows or on the
+//! gateway's periodic [`AuditSender::write_counts`], whichever comes first.
 
-use palisade_store::{AuditEntry, Home, Store};
+use palisade_store::{AuditEntry, Home, Outcome, Store};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 const QUEUE: usize = 8192;
@@ -20,24 +27,63 @@ enum Item {
     Row(i64, AuditEntry),
     /// Write everything queued so far, then acknowledge.
     Flush(std::sync::mpsc::Sender<()>),
+    /// Write the request counts gathered so far.
+    Counts,
 }
 
+/// Request outcomes counted since they were last written: (agent, hour) → outcome → n.
+type Counts = HashMap<(String, i64), HashMap<Outcome, u64>>;
+
+/// Most distinct (agent, hour) pairs kept between writes; beyond it counts are dropped
+/// (with a warning) rather than memory grown.
+const MAX_COUNTED: usize = 4096;
+
 #[derive(Clone)]
-pub struct AuditSender(mpsc::Sender<Item>);
+pub struct AuditSender {
+    queue: mpsc::Sender<Item>,
+    counts: Arc<Mutex<Counts>>,
+}
+
+fn lock(counts: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
+    counts
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 impl AuditSender {
     pub async fn record(&self, entry: AuditEntry) {
         let _ = self
-            .0
+            .queue
             .send(Item::Row(palisade_store::now_ms(), entry))
             .await;
+    }
+
+    /// Counts one request of `agent` that ended as `outcome` (for the traffic charts).
+    pub fn count(&self, agent: &str, outcome: Outcome) {
+        let now = palisade_store::now_ms();
+        let hour = now - now.rem_euclid(palisade_store::traffic::HOUR_MS);
+        let mut counts = lock(&self.counts);
+        let key = (agent.to_string(), hour);
+        if counts.len() >= MAX_COUNTED && !counts.contains_key(&key) {
+            tracing::warn!("too many request counts waiting to be written; one was dropped");
+            return;
+        }
+        *counts.entry(key).or_default().entry(outcome).or_default() += 1;
+    }
+
+    /// Asks the writer to store the counts gathered so far (the gateway calls this
+    /// every few seconds, so idle periods are charted too).
+    pub fn write_counts(&self) {
+        if !lock(&self.counts).is_empty() {
+            let _ = self.queue.try_send(Item::Counts);
+        }
     }
 
     /// Queues a row without waiting (from `Drop`); dropped with a warning when the
     /// queue is full.
     pub fn try_record(&self, entry: AuditEntry) {
         if self
-            .0
+            .queue
             .try_send(Item::Row(palisade_store::now_ms(), entry))
             .is_err()
         {
@@ -50,7 +96,7 @@ impl AuditSender {
     /// Waits (bounded) until every row queued before this call is written.
     pub async fn flush(&self, timeout: std::time::Duration) {
         let (tx, rx) = std::sync::mpsc::channel();
-        if self.0.send(Item::Flush(tx)).await.is_ok() {
+        if self.queue.send(Item::Flush(tx)).await.is_ok() {
             let _ = tokio::task::spawn_blocking(move || rx.recv_timeout(timeout)).await;
         }
     }
@@ -60,6 +106,8 @@ impl AuditSender {
 pub fn start(home: &Home) -> Result<(AuditSender, std::thread::JoinHandle<()>), crate::VaultError> {
     let store = Store::open(home)?;
     let (tx, mut rx) = mpsc::channel::<Item>(QUEUE);
+    let counts: Arc<Mutex<Counts>> = Arc::default();
+    let gathered = counts.clone();
     let handle = std::thread::Builder::new()
         .name("palisade-audit".into())
         .spawn(move || {
@@ -73,6 +121,7 @@ pub fn start(home: &Home) -> Result<(AuditSender, std::thread::JoinHandle<()>), 
                     match item {
                         Item::Row(at, entry) => batch.push((at, entry)),
                         Item::Flush(ack) => acks.push(ack),
+                        Item::Counts => {}
                     }
                     if batch.len() < BATCH {
                         next = rx.try_recv().ok();
@@ -91,11 +140,32 @@ pub fn start(home: &Home) -> Result<(AuditSender, std::thread::JoinHandle<()>), 
                     batch.clear();
                     last_commit = Some(std::time::Instant::now());
                 }
+                write_counts(&store, &gathered);
                 for ack in acks.drain(..) {
                     let _ = ack.send(());
                 }
             }
         })
         .map_err(|e| crate::VaultError::Io(format!("cannot start the audit writer: {e}")))?;
-    Ok((AuditSender(tx), handle))
+    Ok((AuditSender { queue: tx, counts }, handle))
+}
+
+/// Moves the gathered counts into the store (best effort: a failure is logged and the
+/// counts are lost, never the audit rows).
+fn write_counts(store: &Store, counts: &Mutex<Counts>) {
+    let taken = std::mem::take(&mut *lock(counts));
+    if taken.is_empty() {
+        return;
+    }
+    let rows: Vec<(String, i64, Outcome, u64)> = taken
+        .into_iter()
+        .flat_map(|((agent, hour), outcomes)| {
+            outcomes
+                .into_iter()
+                .map(move |(outcome, n)| (agent.clone(), hour, outcome, n))
+        })
+        .collect();
+    if let Err(e) = store.add_request_counts(&rows) {
+        tracing::warn!(error = %e, "could not store request counts");
+    }
 }

@@ -29,6 +29,8 @@ use tokio::task::JoinHandle;
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// How often pending approvals past their expiry are closed (whoever held them).
 const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often counted request outcomes are written to the store.
+const COUNTS_INTERVAL: Duration = Duration::from_secs(2);
 /// Most simultaneous client connections (idle tunnels included), if descriptors allow.
 const MAX_CONNECTIONS: usize = 32_768;
 /// Descriptors kept back from client connections for upstream connections (pooled,
@@ -242,6 +244,7 @@ pub async fn start(
     });
     background.push(tokio::spawn(watch_changes(refresher.clone())));
     background.push(tokio::spawn(sweep_expired_approvals(shared.clone())));
+    background.push(tokio::spawn(write_request_counts(shared.clone())));
     background.push(tokio::spawn(follow_decisions(shared.clone())));
     let control = match crate::control::bind(&home) {
         Some((listener, path)) => {
@@ -519,6 +522,19 @@ async fn watch_changes(refresher: Arc<Refresher>) {
             _ = crate::stopped(&mut shutdown) => return,
         }
         refresher.refresh().await;
+    }
+}
+
+/// Has the audit writer store the request counts every few seconds, so the web UI's
+/// charts include traffic that produced no audit row to carry them.
+async fn write_request_counts(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(COUNTS_INTERVAL) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+        shared.audit.write_counts();
     }
 }
 

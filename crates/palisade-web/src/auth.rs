@@ -69,6 +69,16 @@ pub(crate) async fn login(
     State(state): State<WebState>,
     Query(query): Query<LoginQuery>,
 ) -> Response {
+    // The URL carries a token: no referrer from this page, not even to this server.
+    let mut response = login_answer(&state, query);
+    response.headers_mut().insert(
+        header::REFERRER_POLICY,
+        axum::http::HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+fn login_answer(state: &WebState, query: LoginQuery) -> Response {
     match query.token {
         Some(token) if state.tokens.logins.consume(&token) => {
             let cookie = format!(

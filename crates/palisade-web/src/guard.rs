@@ -9,7 +9,8 @@
 //!
 //! The headers make pages inert outside their own origin: a Content-Security-Policy
 //! that allows only this origin's script and style (no inline script at all) and no
-//! framing, `nosniff`, no referrer (the login URL carries a token), and `no-store`.
+//! framing, `nosniff`, referrers only to this origin (none at all from the login URL,
+//! which carries a token), and `no-store`.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -113,7 +114,12 @@ pub async fn protect(State(guard): State<Guard>, request: Request, next: Next) -
     );
     set(headers, header::X_FRAME_OPTIONS, "DENY");
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(headers, header::REFERRER_POLICY, "no-referrer");
+    // Our own forms need their Origin: a browser sends `Origin: null` with a form
+    // post under `no-referrer`. `same-origin` sends nothing to any other site; the
+    // login page, whose URL carries a token, sets `no-referrer` itself.
+    if !headers.contains_key(header::REFERRER_POLICY) {
+        set(headers, header::REFERRER_POLICY, "same-origin");
+    }
     set(headers, header::CACHE_CONTROL, "no-store");
     set(
         headers,

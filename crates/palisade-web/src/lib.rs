@@ -25,6 +25,7 @@
 
 pub mod auth;
 pub mod guard;
+mod model_lists;
 mod pages;
 
 use axum::extract::DefaultBodyLimit;
@@ -59,6 +60,10 @@ pub(crate) struct WebState {
     /// so the browser gets exactly the stream the CLI gets.
     pub(crate) api: Router,
     pub(crate) started_at_ms: i64,
+    /// The providers' model lists the agent pages offer, remembered for a while.
+    pub(crate) model_lists: Arc<model_lists::ModelLists>,
+    /// The address this server listens on.
+    pub(crate) listen: SocketAddr,
 }
 
 /// The web UI and the JSON API on one router, behind the Host check and security
@@ -78,6 +83,8 @@ pub fn app(
         tokens: Arc::new(tokens),
         api: api.clone(),
         started_at_ms: palisade_store::now_ms(),
+        model_lists: Arc::default(),
+        listen,
     };
     let guard = guard::Guard::new(listen);
 
@@ -90,11 +97,24 @@ pub fn app(
             "/chat/messages/{id}/delivered",
             post(pages::chat::acknowledge),
         )
-        .route("/agents", get(pages::agents::list))
+        .route("/setup/model-key", post(pages::setup::store_key))
+        .route(
+            "/agents",
+            get(pages::agents::list).post(pages::agents::create),
+        )
+        .route("/agents/new", get(pages::agents::new_form))
         .route("/agents/{name}", get(pages::agents::show))
+        .route(
+            "/agents/{name}/settings",
+            post(pages::agents::save_settings),
+        )
         .route(
             "/agents/{name}/instructions",
             post(pages::agents::save_instructions),
+        )
+        .route(
+            "/agents/{name}/delete",
+            get(pages::agents::confirm_delete).post(pages::agents::delete),
         )
         .route("/sessions", get(pages::sessions::list))
         .route("/sessions/{id}", get(pages::sessions::show))
@@ -133,6 +153,32 @@ pub fn app(
         )
         .route("/audit", get(pages::audit::page))
         .route("/vault", get(pages::vault::page))
+        .route("/vault/secrets", post(pages::secrets::create))
+        .route("/vault/secrets/new", get(pages::secrets::new_form))
+        .route("/vault/secrets/{name}", get(pages::secrets::show))
+        .route("/vault/secrets/{name}/rotate", post(pages::secrets::rotate))
+        .route("/vault/secrets/{name}/grant", post(pages::secrets::grant))
+        .route(
+            "/vault/secrets/{name}/revoke",
+            get(pages::secrets::confirm_revoke).post(pages::secrets::revoke),
+        )
+        .route(
+            "/vault/secrets/{name}/delete",
+            get(pages::secrets::confirm_delete).post(pages::secrets::delete),
+        )
+        .route("/vault/rules", post(pages::rules::create))
+        .route("/vault/rules/new", get(pages::rules::new_form))
+        .route(
+            "/vault/rules/{id}/edit",
+            get(pages::rules::edit_form).post(pages::rules::update),
+        )
+        .route("/vault/rules/{id}/enabled", post(pages::rules::set_enabled))
+        .route(
+            "/vault/rules/{id}/delete",
+            get(pages::rules::confirm_delete).post(pages::rules::delete),
+        )
+        .route("/health", get(pages::health::page))
+        .route("/health/online", post(pages::health::online))
         .route_layer(axum::middleware::from_fn_with_state(
             auth::Gate {
                 state: state.clone(),

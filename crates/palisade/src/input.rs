@@ -8,11 +8,9 @@ use anyhow::{bail, Context as _};
 use palisade_policy::SecretValue;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
-use std::time::{Duration, UNIX_EPOCH};
 
-/// Larger than any credential we know of (service-account JSON keys are ~2 KiB), small
-/// enough that a wrong file (a disk image, /dev/zero) is refused instead of read forever.
-const MAX_SECRET_BYTES: u64 = 64 * 1024;
+/// Same as the store's limit; one byte more is read to tell "too large" from "full".
+const MAX_SECRET_BYTES: u64 = palisade_store::input::MAX_SECRET_BYTES as u64;
 
 pub const VALUE_ON_ARGV: &str = "secret values are never taken from the command line (they would land in shell history and ps); pipe it on stdin or use --value-file FILE";
 
@@ -37,18 +35,9 @@ pub fn read_secret_value(file: Option<&Path>, secret_name: &str) -> anyhow::Resu
             }
         }
     };
-    let mut value = String::from_utf8(bytes)
+    let value = String::from_utf8(bytes)
         .map_err(|_| anyhow::anyhow!("the secret value is not UTF-8 text"))?;
-    if value.ends_with("\r\n") {
-        value.truncate(value.len() - 2);
-    } else if value.ends_with('\n') {
-        value.truncate(value.len() - 1);
-    }
-    let value = SecretValue::new(value);
-    if value.expose().is_empty() {
-        bail!("the secret value is empty; pipe it on stdin or use --value-file FILE");
-    }
-    Ok(value)
+    Ok(palisade_store::input::secret_value(value)?)
 }
 
 /// A credential (bot token, signing secret) from a file, or from stdin when the file is
@@ -111,62 +100,9 @@ pub fn local_user() -> String {
 }
 
 /// A point in time written as a duration from now (`2h`, `7d`) or an RFC 3339 UTC time
-/// (`2026-12-01T00:00:00Z`). `future` says which side of now a duration counts toward.
+/// (`2026-12-01T00:00:00Z`); the store's parser, so the web UI reads times the same way.
 pub fn parse_time(text: &str, flag: &str, future: bool, now_ms: i64) -> anyhow::Result<i64> {
-    let text = text.trim();
-    if let Ok(span) = humantime::parse_duration(text) {
-        if span.is_zero() {
-            bail!("{flag} {text:?} is zero; give a positive duration such as 30m or 2h");
-        }
-        let span = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
-        return Ok(if future {
-            now_ms.saturating_add(span)
-        } else {
-            now_ms.saturating_sub(span)
-        });
-    }
-    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
-        let ms = time
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_millis();
-        let ms = i64::try_from(ms).unwrap_or(i64::MAX);
-        if future && ms <= now_ms {
-            bail!("{flag} {text:?} is in the past; give a future time or a duration such as 2h");
-        }
-        return Ok(ms);
-    }
-    bail!("{flag} {text:?} is neither a duration (e.g. 30m, 2h, 7d) nor an RFC 3339 UTC time (e.g. 2026-12-01T00:00:00Z)")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_count_from_now() {
-        assert_eq!(
-            parse_time("2h", "--expires", true, 1_000).ok(),
-            Some(1_000 + 7_200_000)
-        );
-        assert_eq!(
-            parse_time("1m", "--since", false, 100_000).ok(),
-            Some(40_000)
-        );
-    }
-
-    #[test]
-    fn dates_are_absolute_and_past_expiry_is_refused() {
-        assert_eq!(
-            parse_time("1970-01-02T00:00:00Z", "--since", false, 0).ok(),
-            Some(86_400_000)
-        );
-        assert!(parse_time("1970-01-02T00:00:00Z", "--expires", true, i64::MAX / 2).is_err());
-    }
-
-    #[test]
-    fn nonsense_and_zero_are_refused() {
-        assert!(parse_time("soon", "--expires", true, 0).is_err());
-        assert!(parse_time("0s", "--expires", true, 0).is_err());
-    }
+    Ok(palisade_store::input::parse_time(
+        text, flag, future, now_ms,
+    )?)
 }

@@ -109,10 +109,24 @@ enum Command {
   palisade up --listen 127.0.0.1:8080 --idle-timeout 30m --turn-timeout 1h
   palisade up --vault-listen 127.0.0.1:10255   # also serve agents outside a sandbox
 
-The web UI (chat, agents, sessions, approvals, audit log, vault) is at the --listen
-address. Open the login URL printed at start (http://ADDR/login?token=...): it
-works once and sets the browser's session cookie; `palisade login` prints a new one.")]
+The web UI (chat, agents, sessions, approvals, audit log, vault, health) is at the
+--listen address; agents, secrets and rules can be managed there too. Open the login
+URL printed at start (http://ADDR/login?token=...): it works once and sets the
+browser's session cookie; `palisade login` prints a new one.
+
+On a first start with no model key: --anthropic-key-file, else ANTHROPIC_API_KEY, else
+a hidden prompt on a terminal; without any, the web UI's dashboard asks for one.")]
     Up(cmd::up::UpArgs),
+    /// Check what Palisade needs on this machine and say how to fix each problem.
+    #[command(after_help = "Examples:
+  palisade doctor            # sandbox runtimes and limits, store, master key, audit chain,
+                             # vault CA, model keys, free disk, the running host
+  palisade doctor --online   # also one tiny request per agent to its model, through the vault
+  palisade doctor --json
+
+Exits 1 when something must be fixed (a FAIL line); warnings alone exit 0.
+`palisade sandbox doctor` prints the sandbox part in full.")]
+    Doctor(cmd::doctor::DoctorArgs),
     /// Print a fresh one-time login link for the running host's web UI.
     #[command(
         after_help = "Example:\n  palisade login          # open the printed link in a browser on this machine\n\nEach link works once, within 10 minutes."
@@ -184,6 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sandbox { command } => cmd::sandbox::run(command, &context()?),
         Command::Shim(args) => cmd::sandbox::run_shim(args),
         Command::Up(args) => cmd::up::up(args, &context()?),
+        Command::Doctor(args) => cmd::doctor::run(args, &context()?),
         Command::Login => cmd::up::login(&context()?),
         Command::Down => cmd::up::down(&context()?),
         Command::Status => cmd::up::status(&context()?),

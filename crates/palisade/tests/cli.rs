@@ -745,14 +745,17 @@ fn rule_bad_input_is_refused_and_writes_nothing() {
         args
     };
     let cases: &[(&[&str], &str)] = &[
-        (&["--action", "rate_limit"], "needs --rate-limit"),
+        (
+            &["--action", "rate_limit"],
+            "needs a rate limit N and a rate window",
+        ),
         (
             &["--action", "rate_limit", "--rate-limit", "3"],
-            "needs --rate-limit N and --rate-window",
+            "needs a rate limit N and a rate window",
         ),
         (
             &["--action", "rate_limit", "--rate-window", "1h"],
-            "needs --rate-limit",
+            "needs a rate limit N and a rate window",
         ),
         (
             &[
@@ -785,7 +788,7 @@ fn rule_bad_input_is_refused_and_writes_nothing() {
                 "--rate-window",
                 "1h",
             ],
-            "apply only to --action rate_limit",
+            "apply only to the action rate_limit",
         ),
         (&["--action", "deny"], "action \"deny\" is unknown"),
         (&["--action", "allow", "--agent", "ghost"], "not found"),
@@ -794,7 +797,10 @@ fn rule_bad_input_is_refused_and_writes_nothing() {
             &["--action", "allow", "--path-pattern", "nope"],
             "path pattern",
         ),
-        (&["--action", "allow", "--expires", "someday"], "--expires"),
+        (
+            &["--action", "allow", "--expires", "someday"],
+            "expires \"someday\"",
+        ),
         (
             &["--action", "allow", "--expires", "2001-01-01T00:00:00Z"],
             "in the past",
@@ -1105,6 +1111,96 @@ fn sanitize_shows_what_a_receiving_agent_gets() {
     );
     // It needs no home.
     assert!(!palisade.home().exists());
+}
+
+#[test]
+fn rules_edit_disable_enable_and_secrets_rotate() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    palisade
+        .run(&[
+            "rules",
+            "create",
+            "--name",
+            "limit",
+            "--host-pattern",
+            "api.example.com",
+            "--action",
+            "rate_limit",
+            "--rate-limit",
+            "3",
+            "--rate-window",
+            "1h",
+        ])
+        .ok();
+    let edited = palisade.json(&[
+        "rules",
+        "edit",
+        "limit",
+        "--rate-limit",
+        "5",
+        "--agent",
+        "mailer",
+        "--path-pattern",
+        "/v1/*",
+    ]);
+    assert_eq!(edited["rate_limit"], 5);
+    assert_eq!(edited["rate_window"], "1h", "unchanged fields stay");
+    assert_eq!(edited["agent"], "mailer");
+    assert_eq!(edited["path_pattern"], "/v1/*");
+    let blocked = palisade.json(&[
+        "rules", "edit", "limit", "--action", "block", "--agent", "any",
+    ]);
+    assert_eq!(blocked["action"], "block");
+    assert_eq!(
+        blocked["rate_limit"],
+        Value::Null,
+        "rate fields go with the action"
+    );
+    assert_eq!(blocked["agent"], Value::Null);
+    assert_eq!(blocked["id"], edited["id"]);
+    palisade
+        .run(&["rules", "edit", "limit", "--action", "rate_limit"])
+        .refused("needs a rate limit N and a rate window");
+    palisade
+        .run(&["rules", "edit", "ghost", "--priority", "1"])
+        .refused("not found");
+
+    let disabled = palisade.json(&["rules", "disable", "limit"]);
+    assert_eq!(disabled["enabled"], false);
+    assert!(palisade
+        .run(&["rules", "list"])
+        .ok()
+        .stdout
+        .contains("block (disabled)"));
+    let enabled = palisade.json(&["rules", "enable", "limit"]);
+    assert_eq!(enabled["enabled"], true);
+
+    palisade.create_secret("gh", "mailer", "first-value-1");
+    palisade
+        .run_with_stdin(&["secrets", "rotate", "gh"], Some(b"second-value-2\n"))
+        .ok();
+    palisade
+        .run_with_stdin(&["secrets", "rotate", "ghost"], Some(b"x"))
+        .refused("not found");
+    palisade
+        .run_with_stdin(&["secrets", "rotate", "gh"], Some(b""))
+        .refused("the secret value is empty");
+    let events: Vec<String> = palisade
+        .json(&["audit", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for event in [
+        "rule.update",
+        "rule.disable",
+        "rule.enable",
+        "secret.rotate",
+    ] {
+        assert!(events.iter().any(|e| e == event), "{event}: {events:?}");
+    }
 }
 
 /// Compartments are enforced when configured: a sensitive secret is never granted to a

@@ -138,6 +138,23 @@ impl ModelError {
         }
     }
 
+    /// Whether the API said the model does not exist or was retired (a retry will not
+    /// help; the person has to choose another model).
+    pub fn is_model_unavailable(&self) -> bool {
+        match self {
+            ModelError::Refused {
+                status,
+                kind,
+                message,
+                ..
+            } => palisade_policy::models::is_model_unavailable(*status, kind, message),
+            ModelError::Stream { kind, message } => {
+                palisade_policy::models::is_model_unavailable(0, kind, message)
+            }
+            _ => false,
+        }
+    }
+
     /// A sentence to show the person waiting for an answer.
     pub fn user_message(&self) -> String {
         format!("I could not get an answer from the model. {self}")

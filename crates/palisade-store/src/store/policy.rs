@@ -75,6 +75,7 @@ impl Store {
         }
         let rules = rules
             .into_iter()
+            .filter(|rule| rule.enabled)
             .map(rule_policy)
             .collect::<Result<Vec<_>>>()?;
         Ok(PolicySet::new(secrets, rules))

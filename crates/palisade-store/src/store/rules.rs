@@ -9,7 +9,7 @@ use rusqlite::{OptionalExtension, Transaction};
 
 const RULE_COLUMNS: &str = "r.id, r.name, r.host_pattern, r.path_pattern, r.method, r.action, \
      r.rate_limit, r.rate_window, a.name, r.priority, r.expires_at_ms, r.body_contains, \
-     r.scope, r.created_at_ms, r.approval_timeout_ms";
+     r.scope, r.created_at_ms, r.approval_timeout_ms, r.enabled";
 
 /// Evaluation order of the policy crate (priority, then age) so listings read the same way.
 const RULE_ORDER: &str = "ORDER BY r.priority DESC, r.id ASC";
@@ -38,6 +38,7 @@ fn raw_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRule> {
             scope: row.get(12)?,
             created_at_ms: row.get(13)?,
             approval_timeout_ms: row.get(14)?,
+            enabled: row.get(15)?,
         },
         agent: row.get(8)?,
         rate_limit: row.get(6)?,
@@ -80,7 +81,156 @@ fn get_rule_by_id(tx: &Transaction<'_>, id: i64) -> Result<RuleRecord> {
     .decode()
 }
 
+/// The id and name of the rule called `name_or_id`, or with that id. A name wins over
+/// an id when a rule is named like a number.
+fn find_rule(tx: &Transaction<'_>, name_or_id: &str) -> Result<(i64, String)> {
+    let mut found: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT id, name FROM rules WHERE name = ?1",
+            [name_or_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    if found.is_none() {
+        if let Ok(id) = name_or_id.trim().parse::<i64>() {
+            found = tx
+                .query_row("SELECT id, name FROM rules WHERE id = ?1", [id], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+        }
+    }
+    found.ok_or_else(|| StoreError::NotFound {
+        what: "rule",
+        name: name_or_id.to_string(),
+    })
+}
+
+/// The columns of a rule as written: (rate_limit, rate_window, path, method).
+fn rule_columns(rule: &NewRule) -> (Option<u32>, Option<String>, Option<String>, String) {
+    let (rate_limit, rate_window) = match &rule.action {
+        RuleAction::RateLimit { limit, window } => (Some(*limit), Some(window.to_string())),
+        _ => (None, None),
+    };
+    let path = rule.path.as_ref().map(|p| p.as_str().to_string());
+    (rate_limit, rate_window, path, rule.method.to_string())
+}
+
+fn check_rule(rule: &NewRule) -> Result<()> {
+    validate_name("rule", &rule.name)?;
+    if rule.body_contains.as_deref() == Some("") {
+        return Err(StoreError::Invalid(
+            "body-contains is empty; omit it or give the text the body must contain".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Store {
+    /// A rule by name or id.
+    pub fn get_rule(&self, name_or_id: &str) -> Result<RuleRecord> {
+        self.read(|tx| {
+            let (id, _) = find_rule(tx, name_or_id)?;
+            get_rule_by_id(tx, id)
+        })
+    }
+
+    /// Replaces every field of rule `name_or_id` with `rule` (a rename included); it
+    /// keeps its id, creation time and whether it is enabled. Rate counts of the old
+    /// form are kept (they are per rule and agent).
+    pub fn update_rule(&self, name_or_id: &str, rule: NewRule) -> Result<RuleRecord> {
+        check_rule(&rule)?;
+        let (rate_limit, rate_window, path, method) = rule_columns(&rule);
+        self.write(|tx| {
+            let (id, old_name) = find_rule(tx, name_or_id)?;
+            if rule.name != old_name {
+                let taken: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM rules WHERE name = ?1)",
+                    [&rule.name],
+                    |row| row.get(0),
+                )?;
+                if taken {
+                    return Err(StoreError::Duplicate {
+                        what: "rule",
+                        name: rule.name.clone(),
+                    });
+                }
+            }
+            let agent_row = match &rule.agent {
+                Some(agent) => Some(agent_id(tx, agent)?),
+                None => None,
+            };
+            tx.execute(
+                "UPDATE rules SET name = ?1, host_pattern = ?2, path_pattern = ?3, method = ?4,
+                     action = ?5, rate_limit = ?6, rate_window = ?7, agent_id = ?8, priority = ?9,
+                     expires_at_ms = ?10, body_contains = ?11, scope = ?12,
+                     approval_timeout_ms = ?13
+                 WHERE id = ?14",
+                rusqlite::params![
+                    &rule.name,
+                    rule.host.as_str(),
+                    &path,
+                    &method,
+                    rule.action.kind(),
+                    rate_limit,
+                    &rate_window,
+                    agent_row,
+                    rule.priority,
+                    rule.expires_at_ms,
+                    &rule.body_contains,
+                    rule.scope.as_str(),
+                    rule.approval_timeout_ms,
+                    id,
+                ],
+            )?;
+            let mut entry = self.audit_entry("rule.update");
+            entry.rule = Some(rule.name.clone());
+            entry.agent = rule.agent.as_ref().map(ToString::to_string);
+            entry.host = Some(rule.host.as_str().to_string());
+            entry.path = path.clone();
+            entry.method = Some(method.clone());
+            entry.decision = Some("updated".into());
+            entry.detail = Some(serde_json::json!({
+                "id": id,
+                "previous_name": (old_name != rule.name).then_some(&old_name),
+                "action": rule.action.kind(),
+                "rate_limit": rate_limit,
+                "rate_window": rate_window,
+                "priority": rule.priority,
+                "expires_at_ms": rule.expires_at_ms,
+                "scope": rule.scope.as_str(),
+                "approval_timeout_ms": rule.approval_timeout_ms,
+            }));
+            self.append_in(tx, &entry)?;
+            get_rule_by_id(tx, id)
+        })
+    }
+
+    /// Switches a rule off (the gateway ignores it) or on again, keeping every field.
+    /// Setting the state it already has changes nothing and writes no audit row.
+    pub fn set_rule_enabled(&self, name_or_id: &str, enabled: bool) -> Result<RuleRecord> {
+        self.write(|tx| {
+            let (id, name) = find_rule(tx, name_or_id)?;
+            let changed = tx.execute(
+                "UPDATE rules SET enabled = ?1 WHERE id = ?2 AND enabled != ?1",
+                (enabled, id),
+            )?;
+            if changed > 0 {
+                let event = if enabled {
+                    "rule.enable"
+                } else {
+                    "rule.disable"
+                };
+                let mut entry = self.audit_entry(event);
+                entry.rule = Some(name);
+                entry.decision = Some(if enabled { "enabled" } else { "disabled" }.into());
+                entry.detail = Some(serde_json::json!({ "id": id }));
+                self.append_in(tx, &entry)?;
+            }
+            get_rule_by_id(tx, id)
+        })
+    }
+
     pub fn create_rule(&self, rule: NewRule) -> Result<RuleRecord> {
         self.write(|tx| self.insert_rule_in(tx, &rule, None))
     }
@@ -92,26 +242,7 @@ impl Store {
     /// By name or numeric id. A name wins over an id when a rule is named like a number.
     pub fn delete_rule(&self, name_or_id: &str) -> Result<()> {
         self.write(|tx| {
-            let mut found: Option<(i64, String)> = tx
-                .query_row(
-                    "SELECT id, name FROM rules WHERE name = ?1",
-                    [name_or_id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?;
-            if found.is_none() {
-                if let Ok(id) = name_or_id.trim().parse::<i64>() {
-                    found = tx
-                        .query_row("SELECT id, name FROM rules WHERE id = ?1", [id], |row| {
-                            Ok((row.get(0)?, row.get(1)?))
-                        })
-                        .optional()?;
-                }
-            }
-            let (id, name) = found.ok_or_else(|| StoreError::NotFound {
-                what: "rule",
-                name: name_or_id.to_string(),
-            })?;
+            let (id, name) = find_rule(tx, name_or_id)?;
             tx.execute("DELETE FROM rules WHERE id = ?1", [id])?;
             let mut entry = self.audit_entry("rule.delete");
             entry.rule = Some(name);
@@ -131,18 +262,8 @@ impl Store {
         rule: &NewRule,
         actor: Option<&str>,
     ) -> Result<RuleRecord> {
-        validate_name("rule", &rule.name)?;
-        if rule.body_contains.as_deref() == Some("") {
-            return Err(StoreError::Invalid(
-                "body-contains is empty; omit it or give the text the body must contain".into(),
-            ));
-        }
-        let (rate_limit, rate_window) = match &rule.action {
-            RuleAction::RateLimit { limit, window } => (Some(*limit), Some(window.to_string())),
-            _ => (None, None),
-        };
-        let path = rule.path.as_ref().map(|p| p.as_str().to_string());
-        let method = rule.method.to_string();
+        check_rule(rule)?;
+        let (rate_limit, rate_window, path, method) = rule_columns(rule);
         {
             let exists: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM rules WHERE name = ?1)",

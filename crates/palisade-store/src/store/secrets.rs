@@ -2,9 +2,11 @@
 
 use super::agents::{agent_id, parse_agent_name};
 use super::{validate_name, Store};
+use crate::input::CheckedSecret;
 use crate::records::{NewSecret, SecretRecord};
 use crate::{Result, StoreError};
 use palisade_policy::AgentName;
+use palisade_policy::SecretValue;
 use rusqlite::{OptionalExtension, Transaction};
 use std::collections::HashMap;
 
@@ -174,6 +176,44 @@ impl Store {
             }));
             self.append_in(tx, &entry)?;
             get_secret_in(tx, &secret.name)
+        })
+    }
+
+    /// Whether [`Store::create_secret`] would accept `secret` as far as the store is
+    /// concerned (its name unused, its agents existing), checked before anyone is asked
+    /// for the value, so nobody types a credential only to be told of a typo.
+    pub fn check_new_secret(&self, secret: &CheckedSecret) -> Result<()> {
+        self.read(|tx| {
+            for agent in &secret.agents {
+                agent_id(tx, agent)?;
+                check_compartment(tx, &secret.name, secret.sensitive, agent)?;
+            }
+            match secret_id(tx, &secret.name) {
+                Ok(_) => Err(StoreError::Duplicate {
+                    what: "secret",
+                    name: secret.name.clone(),
+                }),
+                Err(StoreError::NotFound { .. }) => Ok(()),
+                Err(error) => Err(error),
+            }
+        })
+    }
+
+    /// Replaces a secret's value (a new key from the provider); everything else stays.
+    /// In force in every running gateway when this returns.
+    pub fn rotate_secret(&self, name: &str, value: &SecretValue) -> Result<SecretRecord> {
+        let sealed = self.key().seal(name, value)?;
+        self.write(|tx| {
+            let id = secret_id(tx, name)?;
+            tx.execute(
+                "UPDATE secrets SET sealed = ?1 WHERE id = ?2",
+                (&sealed, id),
+            )?;
+            let mut entry = self.audit_entry("secret.rotate");
+            entry.secret = Some(name.to_string());
+            entry.decision = Some("rotated".into());
+            self.append_in(tx, &entry)?;
+            get_secret_in(tx, name)
         })
     }
 

@@ -1,5 +1,5 @@
-//! Fake model APIs: Anthropic Messages (`/v1/messages`) and OpenAI-compatible chat
-//! completions (`/v1/chat/completions`).
+//! Fake model APIs: Anthropic Messages (`/v1/messages`), OpenAI-compatible chat
+//! completions (`/v1/chat/completions`) and the model list both offer (`/v1/models`).
 //!
 //! They speak the public wire formats closely enough for the official SDKs to parse
 //! them, streaming included, so tests can run a real SDK through the vault and check
@@ -7,7 +7,9 @@
 //! queue [`ScriptedTurn`]s (text, a tool call or an error response) to drive an agent loop, and the
 //! echo comes back once the script runs out. Every response carries
 //! `x-test-key-header` naming the credential header that arrived (`x-api-key`,
-//! `authorization` or `none`), never its value.
+//! `authorization` or `none`), never its value. A model the test retired
+//! ([`super::Upstream::retire_model`]) is answered 404 as the real APIs answer an
+//! unknown or retired model, and the model list can be replaced.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +21,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{json, Value};
 
-use super::routes::{event_stream, json_response, Body};
+use super::routes::{event_stream, json_response, Body, QueryParams};
 use super::Shared;
 
 /// Time between streamed events, so tests can tell a stream from a buffered body.
@@ -221,6 +223,13 @@ pub(crate) fn anthropic(shared: &Shared, request: &Request<()>, body: &Bytes) ->
         .and_then(Value::as_str)
         .unwrap_or(DEFAULT_MODEL)
         .to_string();
+    if shared.is_retired(&model) {
+        let error = json!({
+            "type": "error",
+            "error": {"type": "not_found_error", "message": format!("model: {model}")},
+        });
+        return with_key_header(json_response(StatusCode::NOT_FOUND, &error), request);
+    }
     let input_tokens = word_count(&last_user_text(&parsed));
     let turn = shared
         .next_anthropic_turn()
@@ -369,6 +378,17 @@ pub(crate) fn openai(shared: &Shared, request: &Request<()>, body: &Bytes) -> Re
         .and_then(Value::as_str)
         .unwrap_or("gpt-test")
         .to_string();
+    if shared.is_retired(&model) {
+        let error = json!({
+            "error": {
+                "message": format!("The model `{model}` does not exist or you do not have access to it."),
+                "type": "invalid_request_error",
+                "param": null,
+                "code": "model_not_found",
+            },
+        });
+        return with_key_header(json_response(StatusCode::NOT_FOUND, &error), request);
+    }
     let prompt_tokens = word_count(&last_user_text(&parsed));
     let turn = shared
         .next_openai_turn()
@@ -486,4 +506,67 @@ fn openai_stream(id: u64, created: u64, model: &str, turn: &ScriptedTurn) -> Vec
     }
     events.push("data: [DONE]\n\n".to_string());
     events
+}
+
+// ---- Model list ----
+
+/// `GET /v1/models`: Anthropic's shape (newest first, `limit` and `after_id` paging,
+/// `has_more`, `first_id`, `last_id`) when the request speaks Anthropic (an
+/// `anthropic-version` or `x-api-key` header), else OpenAI's (`object: list`,
+/// `created` in Unix seconds). Without any key header: 401, as the real APIs answer.
+pub(crate) fn models(
+    shared: &Shared,
+    request: &Request<()>,
+    params: &QueryParams,
+) -> Response<Body> {
+    let headers = request.headers();
+    let anthropic = headers.contains_key("anthropic-version") || headers.contains_key("x-api-key");
+    if key_header(request) == "none" {
+        let error = if anthropic {
+            json!({"type": "error", "error": {"type": "authentication_error", "message": "x-api-key header is required"}})
+        } else {
+            json!({"error": {"message": "missing API key", "type": "invalid_request_error", "code": "invalid_api_key"}})
+        };
+        return with_key_header(json_response(StatusCode::UNAUTHORIZED, &error), request);
+    }
+    let mut models = shared.models();
+    // Newest first, as both APIs list them.
+    models.sort_by(|a, b| b.1.cmp(&a.1));
+    if !anthropic {
+        let data: Vec<Value> = models
+            .iter()
+            .map(|(id, at)| {
+                let created = humantime::parse_rfc3339_weak(at)
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default();
+                json!({"id": id, "object": "model", "created": created, "owned_by": "test"})
+            })
+            .collect();
+        return with_key_header(
+            json_response(StatusCode::OK, &json!({"object": "list", "data": data})),
+            request,
+        );
+    }
+    let limit = params.number("limit").unwrap_or(20).clamp(1, 1000) as usize;
+    let start = match params.text("after_id") {
+        Some(after) => models
+            .iter()
+            .position(|(id, _)| id == after)
+            .map_or(models.len(), |i| i + 1),
+        None => 0,
+    };
+    let page: Vec<&(String, String)> = models.iter().skip(start).take(limit).collect();
+    let data: Vec<Value> = page
+        .iter()
+        .map(|(id, at)| json!({"type": "model", "id": id, "display_name": id, "created_at": at}))
+        .collect();
+    let body = json!({
+        "data": data,
+        "has_more": start + page.len() < models.len(),
+        "first_id": page.first().map(|(id, _)| id),
+        "last_id": page.last().map(|(id, _)| id),
+    });
+    with_key_header(json_response(StatusCode::OK, &body), request)
 }

@@ -99,13 +99,43 @@ impl RecordedRequest {
     }
 }
 
+/// The models `/v1/models` lists until a test says otherwise: `(id, created_at)`.
+pub const DEFAULT_MODELS: [(&str, &str); 5] = [
+    ("claude-opus-4-1", "2025-08-05T00:00:00Z"),
+    ("claude-sonnet-4-5-20250929", "2025-09-29T00:00:00Z"),
+    ("claude-haiku-4-5", "2025-10-15T00:00:00Z"),
+    ("claude-sonnet-4-6", "2026-02-17T00:00:00Z"),
+    ("claude-opus-4-6", "2026-02-04T00:00:00Z"),
+];
+
 /// State shared between the server thread and the test.
-#[derive(Default)]
 pub(crate) struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     arrived: Condvar,
     anthropic_script: Mutex<VecDeque<ScriptedTurn>>,
     openai_script: Mutex<VecDeque<ScriptedTurn>>,
+    /// What `/v1/models` lists: `(id, created_at)`.
+    models: Mutex<Vec<(String, String)>>,
+    /// Models the model endpoints answer "not found" for.
+    retired: Mutex<Vec<String>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            requests: Mutex::default(),
+            arrived: Condvar::new(),
+            anthropic_script: Mutex::default(),
+            openai_script: Mutex::default(),
+            models: Mutex::new(
+                DEFAULT_MODELS
+                    .iter()
+                    .map(|(id, at)| (id.to_string(), at.to_string()))
+                    .collect(),
+            ),
+            retired: Mutex::default(),
+        }
+    }
 }
 
 impl Shared {
@@ -120,6 +150,19 @@ impl Shared {
 
     pub(crate) fn next_openai_turn(&self) -> Option<ScriptedTurn> {
         lock(&self.openai_script).pop_front()
+    }
+
+    pub(crate) fn models(&self) -> Vec<(String, String)> {
+        let retired = lock(&self.retired).clone();
+        lock(&self.models)
+            .iter()
+            .filter(|(id, _)| !retired.contains(id))
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn is_retired(&self, model: &str) -> bool {
+        lock(&self.retired).iter().any(|m| m == model)
     }
 }
 
@@ -390,6 +433,21 @@ impl Upstream {
     /// the queue is empty the endpoint echoes again.
     pub fn script_anthropic(&self, turns: Vec<ScriptedTurn>) {
         lock(&self.shared.anthropic_script).extend(turns);
+    }
+
+    /// Replaces what `/v1/models` lists: `(id, created_at)` pairs (RFC 3339).
+    pub fn set_models(&self, models: &[(&str, &str)]) {
+        *lock(&self.shared.models) = models
+            .iter()
+            .map(|(id, at)| (id.to_string(), at.to_string()))
+            .collect();
+    }
+
+    /// From now on `model` is unknown: `/v1/messages` and `/v1/chat/completions`
+    /// answer 404 (`not_found_error`, `model_not_found`) for it, as the real APIs do
+    /// for a retired model, and `/v1/models` no longer lists it.
+    pub fn retire_model(&self, model: &str) {
+        lock(&self.shared.retired).push(model.to_string());
     }
 
     /// Queues turns for `/v1/chat/completions`, as [`Upstream::script_anthropic`].

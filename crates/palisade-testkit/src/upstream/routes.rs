@@ -11,6 +11,7 @@
 //! | `/slow?ms=N` | the echo, after holding the response headers back N ms |
 //! | `/close` | the connection is dropped without any response |
 //! | `/v1/messages` | fake Anthropic Messages API ([`super::llm`]) |
+//! | `/v1/models` | fake model list, Anthropic's shape (paged) or OpenAI's ([`super::llm`]) |
 //! | `/v1/chat/completions` | fake OpenAI-compatible chat API ([`super::llm`]) |
 
 use std::collections::BTreeMap;
@@ -104,6 +105,7 @@ pub(crate) async fn handle(
         }
         "/v1/messages" => llm::anthropic(&shared, &head, &body),
         "/v1/chat/completions" => llm::openai(&shared, &head, &body),
+        "/v1/models" => llm::models(&shared, &head, &params),
         _ => match path.strip_prefix("/status/") {
             Some(code) => status(code),
             None => echo(&head, &body),
@@ -305,7 +307,7 @@ fn websocket(request: &mut Request<Incoming>) -> Response<Body> {
 }
 
 /// Query parameters, last value wins.
-struct QueryParams(Vec<(String, String)>);
+pub(crate) struct QueryParams(Vec<(String, String)>);
 
 impl QueryParams {
     fn parse(query: Option<&str>) -> QueryParams {
@@ -319,11 +321,11 @@ impl QueryParams {
         QueryParams(pairs)
     }
 
-    fn number(&self, name: &str) -> Option<u64> {
+    pub(crate) fn number(&self, name: &str) -> Option<u64> {
         self.text(name).and_then(|v| v.parse().ok())
     }
 
-    fn text(&self, name: &str) -> Option<&str> {
+    pub(crate) fn text(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .rev()

@@ -55,6 +55,20 @@ impl Record {
         }
     }
 
+    /// Counts the request for the traffic charts: held if a person was asked,
+    /// whatever came of it, else by its decision.
+    fn count(&self, shared: &Shared, decision: Decision) {
+        let Some(agent) = &self.agent else {
+            return;
+        };
+        let outcome = if self.approval_id.is_some() {
+            palisade_store::Outcome::Held
+        } else {
+            decision.outcome()
+        };
+        shared.audit.count(agent, outcome);
+    }
+
     fn entry(self, decision: Decision, status: Option<u16>) -> AuditEntry {
         AuditEntry {
             event: "request".into(),
@@ -98,6 +112,7 @@ impl Pending {
         let Some(record) = self.record.take() else {
             return;
         };
+        record.count(&self.shared, decision);
         if decision.is_audited() {
             self.shared
                 .audit
@@ -112,6 +127,7 @@ impl Drop for Pending {
         let Some(record) = self.record.take() else {
             return;
         };
+        record.count(&self.shared, Decision::ClientGone);
         // Plain traffic whose client left is not worth a row; a held or credentialed
         // request is.
         if record.approval_id.is_some() || record.secret.is_some() {
@@ -178,6 +194,7 @@ pub(crate) async fn refused_at_front(
     decision: Decision,
     status: u16,
 ) {
+    record.count(shared, decision);
     match shared.front_door.take() {
         None => return,
         Some(0) => {}

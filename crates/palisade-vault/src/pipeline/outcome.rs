@@ -98,6 +98,39 @@ impl Decision {
         }
     }
 
+    /// How the traffic charts group this decision.
+    pub fn outcome(self) -> palisade_store::Outcome {
+        use palisade_store::Outcome;
+        match self {
+            Decision::Allowed => Outcome::Allowed,
+            Decision::Injected => Outcome::Injected,
+            Decision::Approved
+            | Decision::Denied
+            | Decision::TimedOut
+            | Decision::Cancelled
+            | Decision::TooLargeForApproval => Outcome::Held,
+            Decision::Blocked
+            | Decision::DefaultDenied
+            | Decision::LocalRefused
+            | Decision::PlaintextRefused
+            | Decision::AmbiguousPath => Outcome::Blocked,
+            Decision::RateLimited
+            | Decision::TooManyConnections
+            | Decision::TooManyPendingApprovals => Outcome::RateLimited,
+            Decision::ProxyAuthRequired
+            | Decision::BadRequest
+            | Decision::AgentGone
+            | Decision::GatewayRestarting
+            | Decision::BodyUnreadable
+            | Decision::TooLargeToInspect
+            | Decision::UnsupportedEncoding
+            | Decision::ClientGone
+            | Decision::InjectionFailed
+            | Decision::UpstreamTimeout
+            | Decision::UpstreamUnreachable => Outcome::Failed,
+        }
+    }
+
     /// Whether the request gets an audit row: everything but plain allowed traffic.
     pub fn is_audited(self) -> bool {
         self != Decision::Allowed

@@ -81,8 +81,9 @@ fn decided_markup(decided: &[Approval]) -> Markup {
         @if decided.is_empty() {
             p.muted { "No decisions yet." }
         } @else {
+            (super::charts::decision_times(decided))
             table {
-                thead { tr { th { "Request" } th { "Agent" } th { "Status" } th { "Choice" } th { "By" } th { "Comment" } th { "When" } } }
+                thead { tr { th { "Request" } th { "Agent" } th { "Status" } th { "Choice" } th { "By" } th { "Comment" } th { "Took" } th { "When" } } }
                 tbody {
                     @for approval in decided {
                         tr {
@@ -98,6 +99,7 @@ fn decided_markup(decided: &[Approval]) -> Markup {
                             }
                             td { (approval.approver.as_deref().unwrap_or("")) }
                             td { (approval.comment.as_deref().unwrap_or("")) }
+                            td.nowrap.took { (approval.decided_at_ms.map(|at| super::charts::seconds(at - approval.created_at_ms)).unwrap_or_default()) }
                             td.muted { (approval.decided_at_ms.map(super::relative).unwrap_or_default()) }
                         }
                     }

@@ -1,15 +1,42 @@
 //! The dashboard: what is running, what waits for the admin, what happened lately.
+//! While no agent has a model key it starts with the first-run form (`setup.rs`), and
+//! right after one was stored, with the way to a first message.
 
 use super::layout::{self, Nav};
-use super::{audit, blocking, PageResult};
+use super::setup::{self, KeyForm};
+use super::{audit, blocking, charts, PageResult};
 use crate::WebState;
-use axum::extract::State;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use maud::html;
+use palisade_host::AgentSettings;
 use palisade_store::{ApprovalStatus, AuditFilter};
+use serde::Deserialize;
 
-pub(crate) async fn page(State(state): State<WebState>) -> PageResult {
+#[derive(Default, Deserialize)]
+pub(crate) struct DashboardQuery {
+    /// An agent that just got its model key.
+    ready: Option<String>,
+    /// `unlisted`: the provider's models could not be read after the key was stored.
+    models: Option<String>,
+}
+
+pub(crate) async fn page(
+    State(state): State<WebState>,
+    Query(query): Query<DashboardQuery>,
+) -> PageResult {
+    render(&state, None, Some(query)).await
+}
+
+/// The dashboard, with the first-run form's refusal when there is one (then 400).
+pub(crate) async fn render(
+    state: &WebState,
+    refused: Option<(&KeyForm, &str)>,
+    query: Option<DashboardQuery>,
+) -> PageResult {
+    let query = query.unwrap_or_default();
     let store = state.store.clone();
-    let (agents, pending, sessions, recent) = blocking(move || {
+    let (agents, pending, sessions, recent, needs_key) = blocking(move || {
         let agents = store.list_agents()?;
         let pending = store.list_approvals(Some(ApprovalStatus::Pending), 100)?;
         let sessions = store.list_sessions(None)?;
@@ -17,14 +44,26 @@ pub(crate) async fn page(State(state): State<WebState>) -> PageResult {
             limit: Some(8),
             ..Default::default()
         })?;
-        Ok((agents, pending, sessions, recent))
+        let needs_key = palisade_host::setup::needs_model_key(&store)?;
+        Ok((agents, pending, sessions, recent, needs_key))
     })
     .await?;
     let warm = state.host.warm_agents();
+    let names: Vec<_> = agents.iter().map(|a| a.name.clone()).collect();
+    let ready = query.ready.as_deref().and_then(|name| {
+        let agent = agents.iter().find(|a| a.name.as_str() == name)?;
+        let model = AgentSettings::from_json(&agent.settings).ok()?.model;
+        Some(setup::ready_card(name, &model, query.models.is_none()))
+    });
+    let traffic = charts::all_agents(state).await?;
     let body = html! {
         div.page-head {
             h1 { "Dashboard" }
             p.muted { "Your agents, what waits for you, and what happened lately." }
+        }
+        @if let Some(ready) = ready { (ready) }
+        @if needs_key || refused.is_some() {
+            (setup::card(state, &names, refused.map(|(form, _)| form), refused.map(|(_, error)| error)))
         }
         div.stats {
             a.stat href="/agents" {
@@ -52,7 +91,7 @@ pub(crate) async fn page(State(state): State<WebState>) -> PageResult {
             section.card {
                 h2 { "Agents" }
                 @if agents.is_empty() {
-                    p.muted { "No agents yet. Create one with " code { "palisade agents create NAME" } "." }
+                    p.muted { "No agents yet. " a href="/agents/new" { "Create one" } "." }
                 } @else {
                     ul.plain {
                         @for agent in &agents {
@@ -86,6 +125,10 @@ pub(crate) async fn page(State(state): State<WebState>) -> PageResult {
                 }
             }
         }
+        section.card #traffic {
+            h2 { "Requests in the last 24 hours" }
+            (traffic)
+        }
         section.card {
             div.row-between {
                 h2 { "Recent activity" }
@@ -94,5 +137,10 @@ pub(crate) async fn page(State(state): State<WebState>) -> PageResult {
             (audit::table(&recent))
         }
     };
-    Ok(layout::render(&state, Nav::Dashboard, "Dashboard", body).await)
+    let status = if refused.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    Ok(layout::render_status(state, status, Nav::Dashboard, "Dashboard", body).await)
 }

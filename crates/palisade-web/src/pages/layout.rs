@@ -18,9 +18,10 @@ pub(crate) enum Nav {
     Channels,
     Audit,
     Vault,
+    Health,
 }
 
-const ENTRIES: [(Nav, &str, &str); 8] = [
+const ENTRIES: [(Nav, &str, &str); 9] = [
     (Nav::Dashboard, "/", "Dashboard"),
     (Nav::Chat, "/chat", "Chat"),
     (Nav::Agents, "/agents", "Agents"),
@@ -29,6 +30,7 @@ const ENTRIES: [(Nav, &str, &str); 8] = [
     (Nav::Channels, "/channels", "Channels"),
     (Nav::Audit, "/audit", "Audit log"),
     (Nav::Vault, "/vault", "Vault"),
+    (Nav::Health, "/health", "Health"),
 ];
 
 fn head(title: &str, csrf: Option<&str>) -> Markup {
@@ -56,6 +58,17 @@ fn html_response(status: StatusCode, markup: Markup) -> Response {
 
 /// A full page with navigation. Counts pending approvals for the badge.
 pub(crate) async fn render(state: &WebState, nav: Nav, title: &str, body: Markup) -> Response {
+    render_status(state, StatusCode::OK, nav, title, body).await
+}
+
+/// [`render`] with another status (a form answered 400 with its error).
+pub(crate) async fn render_status(
+    state: &WebState,
+    status: StatusCode,
+    nav: Nav,
+    title: &str,
+    body: Markup,
+) -> Response {
     let store = state.store.clone();
     let pending = tokio::task::spawn_blocking(move || {
         store
@@ -88,7 +101,7 @@ pub(crate) async fn render(state: &WebState, nav: Nav, title: &str, body: Markup
             }
         }
     };
-    html_response(StatusCode::OK, markup)
+    html_response(status, markup)
 }
 
 /// A page without navigation (login problems, refusals, errors).

@@ -6,10 +6,16 @@ pub(crate) mod approvals;
 pub(crate) mod assets;
 pub(crate) mod audit;
 pub(crate) mod channels;
+pub(crate) mod charts;
 pub(crate) mod chat;
 pub(crate) mod dashboard;
+pub(crate) mod forms;
+pub(crate) mod health;
 pub(crate) mod layout;
+pub(crate) mod rules;
+pub(crate) mod secrets;
 pub(crate) mod sessions;
+pub(crate) mod setup;
 pub(crate) mod vault;
 
 use axum::http::StatusCode;
@@ -39,6 +45,7 @@ impl From<StoreError> for PageError {
         match error {
             StoreError::NotFound { .. } => PageError::NotFound(error.to_string()),
             StoreError::Invalid(_)
+            | StoreError::Input(_)
             | StoreError::AlreadyDecided(_)
             | StoreError::Duplicate { .. } => PageError::BadRequest(error.to_string()),
             other => PageError::Internal(other.to_string()),
@@ -84,6 +91,17 @@ impl IntoResponse for PageError {
 }
 
 pub(crate) type PageResult = Result<Response, PageError>;
+
+impl PageError {
+    /// The line to show in a form whose input was refused, or the error itself when it
+    /// is not about the input (a broken database is a 500, not a form error).
+    pub(crate) fn for_form(self) -> Result<String, PageError> {
+        match self {
+            PageError::BadRequest(message) | PageError::NotFound(message) => Ok(message),
+            other => Err(other),
+        }
+    }
+}
 
 /// Runs a store call off the async workers.
 pub(crate) async fn blocking<T, F>(work: F) -> Result<T, PageError>

@@ -1,15 +1,24 @@
-//! The vault's configuration, read-only: secrets (name, host and path patterns,
-//! injection, the agents granted; never a value — the store does not even return one
-//! here) and rules with all their fields. Changes go through `palisade secrets|rules`.
+//! The vault's configuration: secrets (name, host and path patterns, injection, the
+//! agents granted; never a value — the store does not even return one here) and rules
+//! with all their fields, with the ways to change them (`secrets.rs`, `rules.rs`).
 
 use super::layout::{self, Nav};
 use super::{blocking, PageResult};
 use crate::WebState;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use maud::html;
 use palisade_policy::AgentName;
+use serde::Deserialize;
 
-pub(crate) async fn page(State(state): State<WebState>) -> PageResult {
+#[derive(Deserialize)]
+pub(crate) struct VaultQuery {
+    saved: Option<String>,
+}
+
+pub(crate) async fn page(
+    State(state): State<WebState>,
+    Query(query): Query<VaultQuery>,
+) -> PageResult {
     let store = state.store.clone();
     let (secrets, rules) =
         blocking(move || Ok((store.list_secrets()?, store.list_rules()?))).await?;
@@ -17,19 +26,25 @@ pub(crate) async fn page(State(state): State<WebState>) -> PageResult {
     let body = html! {
         div.page-head {
             h1 { "Vault" }
-            p.muted { "Credentials the gateway injects into agents' outbound requests, and the rules it applies. Values are sealed in the store and never shown." }
+            p.muted { "Credentials the gateway injects into agents' outbound requests, and the rules it applies. Values are sealed in the store and never shown. Every change here is audited and in force when the page answers." }
+        }
+        @if let Some(saved) = &query.saved {
+            p.flash #saved { @match saved.as_str() { "rule" => { "Rule saved." } "deleted" => { "Deleted." } _ => { "Saved." } } }
         }
         section.card {
-            h2 { "Secrets" }
+            div.row-between {
+                h2 { "Secrets" }
+                a.button.primary #new-secret href="/vault/secrets/new" { "Add secret" }
+            }
             @if secrets.is_empty() {
-                p.muted { "No secrets yet. Add one with " code { "palisade secrets create" } " (the value is read from a file or stdin)." }
+                p.muted { "No secrets yet. Add one here or with " code { "palisade secrets create" } "." }
             } @else {
-                table {
+                table #secrets {
                     thead { tr { th { "Name" } th { "Host" } th { "Path" } th { "Injection" } th { "Granted to" } th { "Priority" } th { "Created" } } }
                     tbody {
                         @for secret in &secrets {
                             tr {
-                                td { strong { (secret.name) } }
+                                td { a href={ "/vault/secrets/" (secret.name) } { strong { (secret.name) } } }
                                 td { code { (secret.host_pattern) } }
                                 td { @if let Some(path) = &secret.path_pattern { code { (path) } } @else { span.muted { "any" } } }
                                 td { code { (secret.injection) } }
@@ -49,14 +64,17 @@ pub(crate) async fn page(State(state): State<WebState>) -> PageResult {
             }
         }
         section.card {
-            h2 { "Rules" }
-            p.muted.small { "Evaluated highest priority first; the first match decides. Org-scoped rules are the outer boundary." }
+            div.row-between {
+                h2 { "Rules" }
+                a.button.primary #new-rule href="/vault/rules/new" { "Add rule" }
+            }
+            p.muted.small { "Evaluated highest priority first; the first match decides. Org-scoped rules are the outer boundary. A disabled rule is kept but not applied." }
             @if rules.is_empty() {
-                p.muted { "No rules yet. Add one with " code { "palisade rules create" } "." }
+                p.muted { "No rules yet. Add one here or with " code { "palisade rules create" } "." }
             } @else {
                 div.table-scroll {
-                    table {
-                        thead { tr { th { "Name" } th { "Action" } th { "Method" } th { "Host" } th { "Path" } th { "Agent" } th { "Rate" } th { "Body contains" } th { "Scope" } th { "Priority" } th { "Expires" } } }
+                    table #rules {
+                        thead { tr { th { "Name" } th { "Action" } th { "Method" } th { "Host" } th { "Path" } th { "Agent" } th { "Rate" } th { "Body contains" } th { "Scope" } th { "Priority" } th { "Expires" } th {} } }
                         tbody {
                             @for rule in &rules {
                                 @let tone = match rule.action.as_str() {
@@ -66,8 +84,8 @@ pub(crate) async fn page(State(state): State<WebState>) -> PageResult {
                                     _ => "neutral",
                                 };
                                 @let expired = rule.expires_at_ms.is_some_and(|at| at <= now);
-                                tr.expired[expired] {
-                                    td { strong { (rule.name) } }
+                                tr.expired[expired || !rule.enabled] data-rule=(rule.name) {
+                                    td { strong { (rule.name) } @if !rule.enabled { " " (layout::pill("disabled", "neutral")) } }
                                     td { (layout::pill(&rule.action, tone)) }
                                     td { code { (rule.method) } }
                                     td { code { (rule.host_pattern) } }
@@ -88,6 +106,17 @@ pub(crate) async fn page(State(state): State<WebState>) -> PageResult {
                                             Some(at) => { (super::relative(at)) }
                                             None => { span.muted { "never" } }
                                         }
+                                    }
+                                    td.actions.nowrap {
+                                        a.button.small href={ "/vault/rules/" (rule.id) "/edit" } { "Edit" }
+                                        " "
+                                        form.inline method="post" action={ "/vault/rules/" (rule.id) "/enabled" } {
+                                            (layout::csrf_field(&state))
+                                            input type="hidden" name="enabled" value=(if rule.enabled { "false" } else { "true" });
+                                            button.small type="submit" { @if rule.enabled { "Disable" } @else { "Enable" } }
+                                        }
+                                        " "
+                                        a.button.small.danger href={ "/vault/rules/" (rule.id) "/delete" } { "Delete…" }
                                     }
                                 }
                             }

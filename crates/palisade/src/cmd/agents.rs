@@ -3,9 +3,9 @@
 use crate::context::Context;
 use crate::output::{self, Details, Table};
 use anyhow::{bail, Context as _};
+use palisade_host::agents::AgentDraft;
 use palisade_host::AgentSettings;
 use palisade_policy::{AgentName, Profile};
-use palisade_store::Home;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
@@ -136,74 +136,27 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn apply(&self, settings: &mut AgentSettings) -> anyhow::Result<()> {
-        if let Some(provider) = &self.provider {
-            settings.provider = provider.clone();
-        }
-        if let Some(model) = &self.model {
-            settings.model = model.clone();
-        }
-        if let Some(url) = &self.base_url {
-            settings.base_url = Some(url.trim_end_matches('/').to_string());
-        }
-        if let Some(timeout) = &self.turn_timeout {
-            let duration = humantime::parse_duration(timeout).with_context(|| {
-                format!("--turn-timeout {timeout:?} is not a duration such as 10m")
-            })?;
-            settings.turn_timeout_secs = Some(duration.as_secs());
-        }
-        if let Some(timeout) = &self.idle_timeout {
-            let duration = humantime::parse_duration(timeout).with_context(|| {
-                format!("--idle-timeout {timeout:?} is not a duration such as 10m")
-            })?;
-            settings.idle_timeout_secs = Some(duration.as_secs());
-        }
-        if let Some(n) = self.concurrency {
-            settings.concurrency = Some(n);
-        }
-        if let Some(quota) = &self.workspace_quota {
-            settings.workspace_quota_bytes = Some(palisade_sandbox::quota::parse_quota(quota)?);
-        }
-        settings.validate()?;
-        Ok(())
+    /// What was typed, for [`palisade_host::agents`], which checks all of it.
+    fn draft(&self, profile: Option<String>) -> anyhow::Result<AgentDraft> {
+        let instructions =
+            match &self.instructions_file {
+                Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read --instructions-file {}", path.display())
+                })?),
+                None => None,
+            };
+        Ok(AgentDraft {
+            profile,
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            base_url: self.base_url.clone(),
+            instructions,
+            turn_timeout: self.turn_timeout.clone(),
+            idle_timeout: self.idle_timeout.clone(),
+            concurrency: self.concurrency.map(|n| n.to_string()),
+            workspace_quota: self.workspace_quota.clone(),
+        })
     }
-
-    fn instructions(&self) -> anyhow::Result<Option<String>> {
-        let Some(path) = &self.instructions_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --instructions-file {}", path.display()))?;
-        if text.len() > palisade_host::settings::MAX_INSTRUCTIONS_BYTES {
-            bail!(
-                "--instructions-file {} is larger than 64 KiB",
-                path.display()
-            );
-        }
-        Ok(Some(text))
-    }
-}
-
-const INSTRUCTIONS_TEMPLATE: &str = "You are a helpful personal assistant. You work in a \
-sandbox: your tools act on your own workspace folder, and any network access goes through a \
-gateway that may refuse a request or hold it for a person's approval. Be concise.\n";
-
-/// Writes the agent's instructions file (0600), with `text` or a starting template.
-pub fn write_instructions(home: &Home, agent: &str, text: Option<&str>) -> anyhow::Result<()> {
-    palisade_host::settings::write_instructions(
-        home,
-        agent,
-        text.unwrap_or(INSTRUCTIONS_TEMPLATE),
-    )?;
-    Ok(())
-}
-
-/// Writes the starting instructions unless the agent already has some.
-pub fn write_instructions_template(home: &Home, agent: &str) -> anyhow::Result<()> {
-    if palisade_host::settings::instructions_path(home, agent).exists() {
-        return Ok(());
-    }
-    write_instructions(home, agent, None)
 }
 
 pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
@@ -213,25 +166,16 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             profile,
             model,
         } => {
-            let name = AgentName::new(&name)?;
-            let profile: Profile = profile.parse()?;
-            let mut settings = AgentSettings::default();
-            model.apply(&mut settings)?;
-            let instructions = model.instructions()?;
+            let draft = model.draft(Some(profile))?;
             let store = ctx.open_store()?;
-            store.create_agent(&name, profile)?;
-            store.update_agent_settings(&name, &serde_json::to_value(&settings)?)?;
-            match &instructions {
-                Some(text) => write_instructions(&ctx.home, name.as_str(), Some(text))?,
-                None => write_instructions_template(&ctx.home, name.as_str())?,
-            }
-            let agent = store.get_agent(&name)?;
+            let agent = palisade_host::agents::create(&store, &name, &draft)?;
             if ctx.json {
                 return output::print_json(&agent);
             }
+            let settings = AgentSettings::from_json(&agent.settings).unwrap_or_default();
             output::print(&format!(
-                "created agent {name} (profile {profile}, {} model {})\n",
-                settings.provider, settings.model
+                "created agent {} (profile {}, {} model {})\n",
+                agent.name, agent.profile, settings.provider, settings.model
             ))
         }
         AgentsCommand::Edit {
@@ -239,35 +183,13 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             profile,
             model,
         } => {
-            let name = AgentName::new(&name)?;
-            let profile: Option<Profile> = profile.map(|p| p.parse()).transpose()?;
-            let instructions = model.instructions()?;
+            let draft = model.draft(profile)?;
             let store = ctx.open_store()?;
-            let agent = store.get_agent(&name)?;
-            let mut settings = AgentSettings::from_json(&agent.settings)?;
-            model.apply(&mut settings)?;
-            // Keep keys this version does not know about.
-            let mut value = agent.settings.clone();
-            if !value.is_object() {
-                value = serde_json::json!({});
-            }
-            if let (Some(object), serde_json::Value::Object(known)) =
-                (value.as_object_mut(), serde_json::to_value(&settings)?)
-            {
-                object.extend(known);
-            }
-            store.update_agent_settings(&name, &value)?;
-            if let Some(profile) = profile {
-                store.set_agent_profile(&name, profile)?;
-            }
-            if let Some(text) = &instructions {
-                write_instructions(&ctx.home, name.as_str(), Some(text))?;
-            }
-            let agent = store.get_agent(&name)?;
+            let agent = palisade_host::agents::edit(&store, &name, &draft)?;
             if ctx.json {
                 return output::print_json(&agent);
             }
-            output::print(&format!("updated agent {name}\n"))
+            output::print(&format!("updated agent {}\n", agent.name))
         }
         AgentsCommand::Allow { from, to, approve } => {
             let (from, to) = (AgentName::new(&from)?, AgentName::new(&to)?);
@@ -525,7 +447,7 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             {
                 bail!("not deleted: agent {name} was kept");
             }
-            store.delete_agent(&name)?;
+            palisade_host::agents::delete(&store, name.as_str())?;
             if ctx.json {
                 return output::print_json(&serde_json::json!({ "deleted": name }));
             }

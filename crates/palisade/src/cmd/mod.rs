@@ -7,6 +7,7 @@ pub mod approvals;
 pub mod audit;
 pub mod channels;
 pub mod chat;
+pub mod doctor;
 pub mod folders;
 pub mod rules;
 pub mod runner;
@@ -17,19 +18,3 @@ pub mod send;
 pub mod sessions;
 pub mod up;
 pub mod vault;
-
-/// Secret and rule names appear in tables, logs and audit rows: keep them one short
-/// token. Rule names may not be all digits because `rules delete` also takes ids.
-pub(crate) fn check_name(name: &str, what: &str) -> anyhow::Result<String> {
-    let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if name.is_empty() || name.len() > 100 || !name.chars().all(fine) {
-        anyhow::bail!(
-            "{what} name {:?} is invalid: use 1-100 letters, digits, '-', '_' or '.'",
-            crate::output::clean(name)
-        );
-    }
-    if what == "rule" && name.chars().all(|c| c.is_ascii_digit()) {
-        anyhow::bail!("rule name {name:?} is invalid: it must not be all digits, which `rules delete` reads as an id");
-    }
-    Ok(name.to_string())
-}

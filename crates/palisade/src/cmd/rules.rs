@@ -1,14 +1,9 @@
 //! `palisade rules …`: what the vault does with requests to a host/path/method.
 
 use crate::context::Context;
-use crate::input;
 use crate::output::{self, Table};
-use anyhow::bail;
-use palisade_policy::rule::RuleError;
-use palisade_policy::{
-    AgentName, HostPattern, MethodPattern, PathPattern, RateWindow, RuleAction, Scope,
-};
-use palisade_store::NewRule;
+use palisade_store::input::RuleDraft;
+use palisade_store::RuleRecord;
 
 const CREATE_HELP: &str = "\
 Examples:
@@ -22,11 +17,35 @@ Examples:
 Rules are evaluated highest --priority first; the first match decides. Org-scoped rules
 are the outer boundary: a user rule can never allow what an org rule blocks.";
 
+const EDIT_HELP: &str = "\
+Examples:
+  palisade rules edit gmail-send-limit --rate-limit 5
+  palisade rules edit ask-before-send --agent mailer --expires 8h
+  palisade rules edit github-today --expires never --name github-always
+
+Changing --action to something other than rate_limit drops the rate fields; changing it
+to rate_limit needs --rate-limit and --rate-window unless the rule has them.";
+
 #[derive(Debug, clap::Subcommand)]
 pub enum RulesCommand {
     /// Add a rule.
     #[command(after_help = CREATE_HELP)]
     Create(Box<CreateArgs>),
+    /// Change a rule: the options given replace its fields, the rest stay.
+    #[command(after_help = EDIT_HELP)]
+    Edit(Box<EditArgs>),
+    /// Switch a rule off: it is kept (and listed) but the vault ignores it.
+    #[command(after_help = "Example:\n  palisade rules disable ask-before-send")]
+    Disable {
+        #[arg(value_name = "NAME_OR_ID")]
+        name_or_id: String,
+    },
+    /// Switch a disabled rule on again.
+    #[command(after_help = "Example:\n  palisade rules enable ask-before-send")]
+    Enable {
+        #[arg(value_name = "NAME_OR_ID")]
+        name_or_id: String,
+    },
     /// List rules, highest priority first.
     List,
     /// Delete a rule by name or id.
@@ -80,9 +99,74 @@ pub struct CreateArgs {
     approval_timeout: Option<String>,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct EditArgs {
+    /// The rule to change.
+    #[arg(value_name = "NAME_OR_ID")]
+    name_or_id: String,
+    /// A new name.
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, value_name = "PATTERN")]
+    host_pattern: Option<String>,
+    /// A path pattern, or `any` to match every path.
+    #[arg(long, value_name = "PATTERN")]
+    path_pattern: Option<String>,
+    #[arg(long)]
+    method: Option<String>,
+    #[arg(long, value_name = "allow|block|rate_limit|require_approval")]
+    action: Option<String>,
+    #[arg(long, value_name = "N")]
+    rate_limit: Option<u32>,
+    #[arg(long, value_name = "WINDOW", visible_alias = "rate-limit-window")]
+    rate_window: Option<String>,
+    /// Bind to this agent, or `any` for every agent.
+    #[arg(long)]
+    agent: Option<String>,
+    #[arg(long, allow_negative_numbers = true)]
+    priority: Option<i64>,
+    /// A duration, an RFC 3339 UTC time, or `never`.
+    #[arg(long, value_name = "DURATION_OR_TIME")]
+    expires: Option<String>,
+    /// Text the body must contain, or an empty string to drop the condition.
+    #[arg(long, value_name = "TEXT")]
+    body_contains: Option<String>,
+    #[arg(long, value_name = "org|user")]
+    scope: Option<String>,
+    /// For require_approval: how long a held request waits, or `default`.
+    #[arg(long, value_name = "DURATION")]
+    approval_timeout: Option<String>,
+}
+
+/// What a rule command prints about the rule it changed.
+fn print_rule(ctx: &Context, verb: &str, record: &RuleRecord) -> anyhow::Result<()> {
+    if ctx.json {
+        return output::print_json(record);
+    }
+    output::print(&format!(
+        "{verb} rule {} (id {}): {} {} {}{}{}\n",
+        output::clean(&record.name),
+        record.id,
+        record.action,
+        output::clean(&record.method),
+        output::clean(&record.host_pattern),
+        output::clean(record.path_pattern.as_deref().unwrap_or("")),
+        if record.enabled { "" } else { " (disabled)" },
+    ))
+}
+
 pub fn run(command: RulesCommand, ctx: &Context) -> anyhow::Result<()> {
     match command {
         RulesCommand::Create(args) => create(*args, ctx),
+        RulesCommand::Edit(args) => edit(*args, ctx),
+        RulesCommand::Disable { name_or_id } => {
+            let record = ctx.open_store()?.set_rule_enabled(&name_or_id, false)?;
+            print_rule(ctx, "disabled", &record)
+        }
+        RulesCommand::Enable { name_or_id } => {
+            let record = ctx.open_store()?.set_rule_enabled(&name_or_id, true)?;
+            print_rule(ctx, "enabled", &record)
+        }
         RulesCommand::List => {
             let store = ctx.open_store()?;
             let mut rules = store.list_rules()?;
@@ -106,6 +190,11 @@ pub fn run(command: RulesCommand, ctx: &Context) -> anyhow::Result<()> {
                 let action = match &rule.body_contains {
                     Some(text) => format!("{action} if body has {text:?}"),
                     None => action,
+                };
+                let action = if rule.enabled {
+                    action
+                } else {
+                    format!("{action} (disabled)")
                 };
                 let expires = match rule.expires_at_ms {
                     Some(at) if at <= now => format!("expired {}", output::relative_to(at, now)),
@@ -141,122 +230,80 @@ pub fn run(command: RulesCommand, ctx: &Context) -> anyhow::Result<()> {
     }
 }
 
-/// Turns `--action` and the rate flags into one action, refusing combinations that
-/// would silently mean something else than what was typed.
-fn parse_action(
-    action: &str,
-    rate_limit: Option<u32>,
-    rate_window: Option<&str>,
-) -> anyhow::Result<RuleAction> {
-    let action = match action {
-        "allow" => RuleAction::Allow,
-        "block" => RuleAction::Block,
-        "require_approval" => RuleAction::RequireApproval,
-        "rate_limit" => {
-            let (Some(limit), Some(window)) = (rate_limit, rate_window) else {
-                bail!("--action rate_limit needs --rate-limit N and --rate-window WINDOW (e.g. --rate-limit 3 --rate-window 1h)");
-            };
-            if limit == 0 {
-                bail!("--rate-limit 0 would admit nothing; use --action block instead");
-            }
-            let window: RateWindow = window.parse()?;
-            return Ok(RuleAction::RateLimit { limit, window });
-        }
-        other => return Err(RuleError::Action(output::clean(other)).into()),
-    };
-    if rate_limit.is_some() || rate_window.is_some() {
-        bail!(
-            "--rate-limit and --rate-window apply only to --action rate_limit, not {}",
-            action.kind()
-        );
-    }
-    Ok(action)
-}
-
 fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<()> {
-    let name = super::check_name(&args.name, "rule")?;
-    let host = HostPattern::parse(&args.host_pattern)?;
-    let path = args
-        .path_pattern
-        .as_deref()
-        .map(PathPattern::parse)
-        .transpose()?;
-    let method = MethodPattern::parse(&args.method)?;
-    let action = parse_action(&args.action, args.rate_limit, args.rate_window.as_deref())?;
-    let agent = args.agent.as_deref().map(AgentName::new).transpose()?;
-    let scope: Scope = args.scope.parse()?;
-    let expires_at_ms = args
-        .expires
-        .as_deref()
-        .map(|text| input::parse_time(text, "--expires", true, output::now_ms()))
-        .transpose()?;
-    if args.body_contains.as_deref() == Some("") {
-        bail!("--body-contains is empty; give the text a body must contain");
-    }
-    let approval_timeout_ms = match &args.approval_timeout {
-        None => None,
-        Some(_) if action != RuleAction::RequireApproval => {
-            bail!("--approval-timeout applies only to --action require_approval")
-        }
-        Some(text) => {
-            let duration = humantime::parse_duration(text).map_err(|_| {
-                anyhow::anyhow!(
-                    "--approval-timeout {:?} is not a duration such as 5m or 1h",
-                    output::clean(text)
-                )
-            })?;
-            if duration < std::time::Duration::from_secs(1)
-                || duration > std::time::Duration::from_secs(7 * 24 * 3600)
-            {
-                bail!("--approval-timeout must be between 1s and 7d");
-            }
-            Some(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
-        }
-    };
-
-    let store = ctx.open_store()?;
-    let record = store.create_rule(NewRule {
-        name,
-        host,
-        path,
-        method,
-        action,
-        agent,
+    let rule = RuleDraft {
+        name: args.name,
+        host_pattern: args.host_pattern,
+        path_pattern: args.path_pattern,
+        method: args.method,
+        action: args.action,
+        rate_limit: args.rate_limit,
+        rate_window: args.rate_window,
+        agent: args.agent,
         priority: args.priority,
-        expires_at_ms,
+        expires: args.expires,
         body_contains: args.body_contains,
-        scope,
-        approval_timeout_ms,
-    })?;
-    if ctx.json {
-        return output::print_json(&record);
+        scope: args.scope,
+        approval_timeout: args.approval_timeout,
+        current_expires_at_ms: None,
     }
-    output::print(&format!(
-        "created rule {} (id {}): {} {} {}{}\n",
-        output::clean(&record.name),
-        record.id,
-        record.action,
-        output::clean(&record.method),
-        output::clean(&record.host_pattern),
-        output::clean(record.path_pattern.as_deref().unwrap_or("")),
-    ))
+    .check(output::now_ms())?;
+    let record = ctx.open_store()?.create_rule(rule)?;
+    print_rule(ctx, "created", &record)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_flags_belong_to_rate_limit_only() {
-        assert!(parse_action("rate_limit", None, Some("1h")).is_err());
-        assert!(parse_action("rate_limit", Some(3), None).is_err());
-        assert!(parse_action("rate_limit", Some(0), Some("1h")).is_err());
-        assert!(parse_action("block", Some(3), None).is_err());
-        assert!(parse_action("allow", None, Some("1h")).is_err());
-        assert!(matches!(
-            parse_action("block", None, None),
-            Ok(RuleAction::Block)
-        ));
-        assert!(parse_action("deny", None, None).is_err());
+fn edit(args: EditArgs, ctx: &Context) -> anyhow::Result<()> {
+    let store = ctx.open_store()?;
+    let current = store.get_rule(&args.name_or_id)?;
+    let mut draft = RuleDraft::from_record(&current);
+    let or_none = |text: String, none: &str| (text != none).then_some(text);
+    if let Some(name) = args.name {
+        draft.name = name;
     }
+    if let Some(host) = args.host_pattern {
+        draft.host_pattern = host;
+    }
+    if let Some(path) = args.path_pattern {
+        draft.path_pattern = or_none(path, "any");
+    }
+    if let Some(method) = args.method {
+        draft.method = method;
+    }
+    if let Some(action) = args.action {
+        if action != "rate_limit" {
+            draft.rate_limit = None;
+            draft.rate_window = None;
+        }
+        draft.action = action;
+    }
+    if let Some(limit) = args.rate_limit {
+        draft.rate_limit = Some(limit);
+    }
+    if let Some(window) = args.rate_window {
+        draft.rate_window = Some(window);
+    }
+    if let Some(agent) = args.agent {
+        draft.agent = or_none(agent, "any");
+    }
+    if let Some(priority) = args.priority {
+        draft.priority = priority;
+    }
+    if let Some(expires) = args.expires {
+        draft.expires = Some(expires);
+    }
+    if let Some(text) = args.body_contains {
+        draft.body_contains = or_none(text, "");
+    }
+    if let Some(scope) = args.scope {
+        draft.scope = scope;
+    }
+    if let Some(timeout) = args.approval_timeout {
+        draft.approval_timeout = or_none(timeout, "default");
+    }
+    if draft.action != "require_approval" {
+        draft.approval_timeout = None;
+    }
+    let rule = draft.check(output::now_ms())?;
+    let record = store.update_rule(&current.id.to_string(), rule)?;
+    print_rule(ctx, "updated", &record)
 }

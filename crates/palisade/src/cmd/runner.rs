@@ -225,6 +225,16 @@ async fn turn(
     let outcome = palisade_runner::run_turn(&mut session, &delivery.text, &tools, &mut on_event)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A model the API does not serve is one line for the person, not a reply the
+    // agent remembers (the message can be sent again once the model is changed).
+    if let palisade_runner::TurnStop::ModelError(error) = &outcome.stop {
+        if error.is_model_unavailable() {
+            anyhow::bail!(palisade_policy::models::model_unavailable_message(
+                &agent.model,
+                &agent.name
+            ));
+        }
+    }
     Ok((outcome.text, encode_history(&session)))
 }
 

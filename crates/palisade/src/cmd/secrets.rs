@@ -6,8 +6,8 @@ use crate::context::Context;
 use crate::input::{self, VALUE_ON_ARGV};
 use crate::output::{self, Table};
 use anyhow::bail;
-use palisade_policy::{AgentName, HostPattern, Injection, PathPattern};
-use palisade_store::{NewSecret, StoreError};
+use palisade_policy::AgentName;
+use palisade_store::input::SecretDraft;
 use std::path::PathBuf;
 
 const CREATE_HELP: &str = "\
@@ -27,6 +27,16 @@ pub enum SecretsCommand {
     Create(Box<CreateArgs>),
     /// List secrets (names, hosts, paths, injection, agents; never values).
     List,
+    /// Replace a secret's value (a new key); hosts, injection and grants stay.
+    #[command(
+        after_help = "Examples:\n  palisade secrets rotate gmail < new-token.txt\n  palisade secrets rotate claude --value-file new-key.txt\n\nThe value is read as for `secrets create`; the vault injects the new one from the next request."
+    )]
+    Rotate {
+        name: String,
+        /// Read the value from FILE (`-` for stdin) instead of stdin.
+        #[arg(long, value_name = "FILE")]
+        value_file: Option<PathBuf>,
+    },
     /// Delete a secret; the vault stops injecting it on the next request.
     Delete { name: String },
     /// Let an agent have a secret injected.
@@ -118,6 +128,20 @@ pub fn run(command: SecretsCommand, ctx: &Context) -> anyhow::Result<()> {
             }
             output::print(&table.render())
         }
+        SecretsCommand::Rotate { name, value_file } => {
+            let store = ctx.open_store()?;
+            // An unknown name is refused before anyone types a value.
+            store.get_secret(&name)?;
+            let value = input::read_secret_value(value_file.as_deref(), &name)?;
+            let record = store.rotate_secret(&name, &value)?;
+            if ctx.json {
+                return output::print_json(&record);
+            }
+            output::print(&format!(
+                "rotated secret {}; the vault injects the new value from the next request\n",
+                output::clean(&name)
+            ))
+        }
         SecretsCommand::Delete { name } => {
             let store = ctx.open_store()?;
             store.delete_secret(&name)?;
@@ -163,49 +187,20 @@ fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<()> {
     if args.value.is_some() || !args.stray.is_empty() {
         bail!(VALUE_ON_ARGV);
     }
-    let name = super::check_name(&args.name, "secret")?;
-    let host = HostPattern::parse(&args.host_pattern)?;
-    let path = args
-        .path_pattern
-        .as_deref()
-        .map(PathPattern::parse)
-        .transpose()?;
-    let injection: Injection = args.inject.parse()?;
-    let agents = args
-        .agent
-        .iter()
-        .map(|agent| AgentName::new(agent))
-        .collect::<Result<Vec<_>, _>>()?;
-
-    let store = ctx.open_store()?;
-    // Check what the store would refuse before asking for the value, so nobody types a
-    // credential only to be told the agent name had a typo.
-    for agent in &agents {
-        store.get_agent(agent)?;
-    }
-    match store.get_secret(&name) {
-        Ok(_) => {
-            return Err(StoreError::Duplicate {
-                what: "secret",
-                name,
-            }
-            .into())
-        }
-        Err(StoreError::NotFound { .. }) => {}
-        Err(error) => return Err(error.into()),
-    }
-    let value = input::read_secret_value(args.value_file.as_deref(), &name)?;
-
-    let record = store.create_secret(NewSecret {
-        name: name.clone(),
-        host,
-        path,
-        injection,
-        value,
-        agents,
+    let checked = SecretDraft {
+        name: args.name,
+        host_pattern: args.host_pattern,
+        path_pattern: args.path_pattern,
+        inject: args.inject,
+        agents: args.agent,
         priority: args.priority,
         sensitive: args.sensitive,
-    })?;
+    }
+    .check()?;
+    let store = ctx.open_store()?;
+    store.check_new_secret(&checked)?;
+    let value = input::read_secret_value(args.value_file.as_deref(), &checked.name)?;
+    let record = store.create_secret(checked.with_value(value))?;
     if ctx.json {
         return output::print_json(&record);
     }

@@ -10,9 +10,9 @@ use crate::context::Context;
 use anyhow::{bail, Context as _};
 use palisade_host::api::ApiTokens;
 use palisade_host::{Host, HostConfig, SandboxLauncher};
-use palisade_policy::{AgentName, HostPattern, Injection, Profile, SecretValue};
+use palisade_policy::{AgentName, SecretValue};
 use palisade_sandbox::{Limits, RuntimeKind};
-use palisade_store::{Home, NewSecret, StoreError};
+use palisade_store::Home;
 use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -21,11 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10254";
-const DEFAULT_AGENT: &str = "assistant";
+use palisade_host::setup::{self, DEFAULT_AGENT};
 const ANTHROPIC_SECRET: &str = "anthropic";
 /// Set by `up --detach` for the service it starts, so the login token reaches the
 /// parent's terminal and never the log file.
 const LOGIN_TOKEN_ENV: &str = "PALISADE_ADMIN_LOGIN_TOKEN";
+/// Set by `up --detach` for the service it starts when it stored a model key, so the
+/// service picks the agent's model from the provider's list once the vault runs.
+const NEW_KEY_ENV: &str = "PALISADE_NEW_MODEL_KEY";
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -49,7 +52,8 @@ pub struct UpArgs {
     /// sandbox, the OneCLI admin API), as `palisade vault serve --listen` does.
     #[arg(long, value_name = "ADDR")]
     vault_listen: Option<SocketAddr>,
-    /// Read the Anthropic API key from this file on first start (else ANTHROPIC_API_KEY, else a prompt).
+    /// Read the Anthropic API key from this file on first start (else ANTHROPIC_API_KEY,
+    /// else a hidden prompt on a terminal, else the web UI's first-run form).
     #[arg(long, value_name = "FILE")]
     anthropic_key_file: Option<PathBuf>,
     /// A runner with nothing to do is stopped after this long.
@@ -152,9 +156,9 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         );
     }
     let store = ctx.open_store()?.with_actor("host");
-    first_start(&store, &ctx.home, &args)?;
+    let new_key = first_start(&store, &args)? || std::env::var_os(NEW_KEY_ENV).is_some();
     if args.detach {
-        return detach(&ctx.home, args.listen);
+        return detach(&ctx.home, args.listen, new_key);
     }
     let login_token = std::env::var(LOGIN_TOKEN_ENV)
         .ok()
@@ -229,8 +233,12 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         let mut config = HostConfig::new(ctx.home.clone());
         config.idle_timeout = idle_timeout;
         config.turn_timeout = turn_timeout;
+        config.vault_socket_dir = launcher.vault_socket_dir.clone();
         config.approval_events = approval_events.clone();
         let host = Host::start(store, config, Arc::new(launcher)).await?;
+        if new_key {
+            tokio::spawn(adopt_newest_model(host.clone()));
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         // Chat channels: each retried on its own when it cannot connect.
         let hub = palisade_channels::Hub::start(host.clone(), stop_rx.clone());
@@ -287,46 +295,59 @@ async fn wait_for_signal() {
 }
 
 /// Creates the default agent on first start and stores the Anthropic key if one is
-/// given and none is stored yet. The key goes only into the vault's sealed store.
-fn first_start(store: &palisade_store::Store, home: &Home, args: &UpArgs) -> anyhow::Result<()> {
-    let assistant = AgentName::new(DEFAULT_AGENT)?;
-    if store.list_agents()?.is_empty() {
-        store.create_agent(&assistant, Profile::Research)?;
-        let settings = palisade_host::AgentSettings::default();
-        store.update_agent_settings(&assistant, &serde_json::to_value(&settings)?)?;
-        super::agents::write_instructions_template(home, DEFAULT_AGENT)?;
+/// given and no agent has a model key yet. The key goes only into the vault's sealed
+/// store (`palisade_host::setup`, as the web UI's first-run form does).
+/// Returns whether it stored a key.
+fn first_start(store: &palisade_store::Store, args: &UpArgs) -> anyhow::Result<bool> {
+    if setup::ensure_default_agent(store)? {
         eprintln!("palisade: created the default agent `{DEFAULT_AGENT}` (research profile)");
     }
-    match store.get_secret(ANTHROPIC_SECRET) {
-        Ok(_) => return Ok(()),
-        Err(StoreError::NotFound { .. }) => {}
-        Err(error) => return Err(error.into()),
+    if !setup::needs_model_key(store)? || store.get_agent(&AgentName::new(DEFAULT_AGENT)?).is_err()
+    {
+        return Ok(false);
     }
     let Some(key) = anthropic_key(args)? else {
         eprintln!(
-            "palisade: no Anthropic API key is stored, so agents cannot think yet. Add one with:\n  \
-             palisade secrets create --name {ANTHROPIC_SECRET} --host-pattern api.anthropic.com --inject anthropic --agent {DEFAULT_AGENT} --value-file KEYFILE"
+            "palisade: no model key is stored, so agents cannot think yet. Add one on the web UI's \
+             dashboard (the login link below), or with:\n  \
+             palisade secrets create --name anthropic --host-pattern api.anthropic.com --inject anthropic --agent {DEFAULT_AGENT} --value-file KEYFILE"
         );
-        return Ok(());
+        return Ok(false);
     };
-    let agents = if store.get_agent(&assistant).is_ok() {
-        vec![assistant]
-    } else {
-        Vec::new()
+    setup::store_model_key(
+        store,
+        setup::ModelKey {
+            agent: DEFAULT_AGENT.into(),
+            provider: "anthropic".into(),
+            base_url: None,
+            key: Some(key),
+            model: None,
+        },
+    )?;
+    eprintln!("palisade: stored the Anthropic API key in the vault as secret `anthropic`, granted to `{DEFAULT_AGENT}`");
+    Ok(true)
+}
+
+/// Once the vault runs: the default agent gets the newest model of the default family
+/// its provider lists (asked through the vault, where the new key is injected).
+async fn adopt_newest_model(host: Host) {
+    let Ok(agent) = AgentName::new(DEFAULT_AGENT) else {
+        return;
     };
-    store.create_secret(NewSecret {
-        name: ANTHROPIC_SECRET.into(),
-        host: HostPattern::parse("api.anthropic.com")?,
-        path: None,
-        injection: "anthropic".parse::<Injection>()?,
-        value: key,
-        agents,
-        priority: 0,
-        // The model key: every agent, research ones too, needs it to think.
-        sensitive: false,
-    })?;
-    eprintln!("palisade: stored the Anthropic API key in the vault as secret `{ANTHROPIC_SECRET}`, granted to `{DEFAULT_AGENT}`");
-    Ok(())
+    let socket = host.vault_socket(&agent);
+    match palisade_host::models::choose_for(host.store(), &socket, &agent, Duration::from_secs(20))
+        .await
+    {
+        Ok(choice) if choice.changed => eprintln!(
+            "palisade: `{DEFAULT_AGENT}` now uses {}, the newest of its family the provider lists",
+            choice.model
+        ),
+        Ok(choice) => tracing::info!(model = %choice.model, "the default agent's model is current"),
+        Err(error) => eprintln!(
+            "palisade: could not list the provider's models ({error}); `{DEFAULT_AGENT}` keeps {}",
+            palisade_policy::models::DEFAULT_MODEL
+        ),
+    }
 }
 
 fn anthropic_key(args: &UpArgs) -> anyhow::Result<Option<SecretValue>> {
@@ -355,7 +376,7 @@ fn anthropic_key(args: &UpArgs) -> anyhow::Result<Option<SecretValue>> {
 
 /// Starts `palisade up` again in its own session with output to the log, waits until
 /// it is serving, and prints the login URL.
-fn detach(home: &Home, listen: SocketAddr) -> anyhow::Result<()> {
+fn detach(home: &Home, listen: SocketAddr, new_key: bool) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let log_path = home.logs_dir().join("host.log");
     let log = std::fs::OpenOptions::new()
@@ -363,6 +384,7 @@ fn detach(home: &Home, listen: SocketAddr) -> anyhow::Result<()> {
         .append(true)
         .open(&log_path)
         .with_context(|| format!("cannot open the log {}", log_path.display()))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let token = palisade_host::api::random_token();
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -374,17 +396,27 @@ fn detach(home: &Home, listen: SocketAddr) -> anyhow::Result<()> {
         .args(&args)
         .env("PALISADE_HOME", home.root())
         .env(LOGIN_TOKEN_ENV, &token)
+        .env_remove(NEW_KEY_ENV)
         // The key, if it came from the environment, is stored already.
         .env_remove("ANTHROPIC_API_KEY")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0);
+    if new_key {
+        command.env(NEW_KEY_ENV, "1");
+    }
     let mut child = command
         .spawn()
         .context("cannot start the host in the background")?;
     write_private(&pid_path(home), &format!("{}\n", child.id()))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    eprintln!(
+        "palisade: started the host in the background (pid {}); waiting until it serves http://{listen} …",
+        child.id()
+    );
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let mut next_note = started + DETACH_NOTE_EVERY;
     loop {
         if let Some(info) = running_host(home) {
             if info.pid == child.id() {
@@ -408,8 +440,39 @@ fn detach(home: &Home, listen: SocketAddr) -> anyhow::Result<()> {
                 log_path.display()
             );
         }
+        if std::time::Instant::now() >= next_note {
+            next_note += DETACH_NOTE_EVERY;
+            eprintln!(
+                "palisade: still waiting for the host to serve http://{listen} ({} s){}",
+                started.elapsed().as_secs(),
+                last_log_line(&log_path, log_start)
+                    .map(|line| format!("; it last logged: {line}"))
+                    .unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// How often `up --detach` says what it is still waiting for.
+const DETACH_NOTE_EVERY: Duration = Duration::from_secs(3);
+
+/// The last non-empty line of the host's log (what a detached start is busy with),
+/// cut to one short line.
+/// Only what was written after byte `from` (this start's part of the log) counts.
+fn last_log_line(path: &Path, from: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let length = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(4096).max(from)))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.take(4096).read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(crate::output::clean(
+        &line.chars().take(160).collect::<String>(),
+    ))
 }
 
 /// `palisade login`: a fresh one-time login link for the running host's web UI.

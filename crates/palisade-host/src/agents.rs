@@ -1,0 +1,320 @@
+//! Creating, changing and deleting agents: the one implementation behind
+//! `palisade agents create|edit|delete`, `palisade up`'s default agent and the web UI's
+//! agent forms, so the same input gets the same checks and the same one-line errors
+//! wherever it is typed.
+//!
+//! An [`AgentDraft`] holds what was typed, field by field; `None` leaves a field as it
+//! is (or at its default for a new agent) and an empty string clears an optional one.
+//! Everything is parsed and validated before anything is written. Writes go through
+//! the store (audited with the handle's actor, and in force in every running gateway
+//! when they return); the instructions file is written by
+//! [`settings::write_instructions`] and audited as `agent.instructions`.
+
+use crate::settings::{self, AgentSettings, MAX_INSTRUCTIONS_BYTES};
+use crate::HostError;
+use palisade_policy::{AgentName, Profile};
+use palisade_store::input::{clean, parse_duration};
+use palisade_store::{AgentRecord, AuditEntry, Store};
+
+/// The instructions a new agent starts with.
+pub const INSTRUCTIONS_TEMPLATE: &str = "You are a helpful personal assistant. You work in a \
+sandbox: your tools act on your own workspace folder, and any network access goes through a \
+gateway that may refuse a request or hold it for a person's approval. Be concise.\n";
+
+/// An agent's fields as typed. `None`: unchanged (or the default for a new agent);
+/// `Some("")` for an optional field: back to the default.
+#[derive(Clone, Debug, Default)]
+pub struct AgentDraft {
+    /// `research` or `action`.
+    pub profile: Option<String>,
+    /// `anthropic` or `openai`.
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub base_url: Option<String>,
+    /// The whole instructions text (markdown).
+    pub instructions: Option<String>,
+    /// How long one message may take, e.g. `10m`.
+    pub turn_timeout: Option<String>,
+    /// How long an idle runner stays warm, e.g. `1h`.
+    pub idle_timeout: Option<String>,
+    /// Messages of different conversations handled at once, 1-8.
+    pub concurrency: Option<String>,
+    /// Disk the workspace may use, e.g. `10G`.
+    pub workspace_quota: Option<String>,
+}
+
+fn invalid(message: String) -> HostError {
+    HostError::Invalid(message)
+}
+
+/// `Some("")` → `Some(None)` (clear), `Some(text)` → `Some(Some(text))`, `None` → unchanged.
+fn optional(field: &Option<String>) -> Option<Option<&str>> {
+    field
+        .as_deref()
+        .map(|text| Some(text.trim()).filter(|t| !t.is_empty()))
+}
+
+impl AgentDraft {
+    fn profile(&self) -> Result<Option<Profile>, HostError> {
+        self.profile
+            .as_deref()
+            .map(|text| {
+                text.trim()
+                    .parse::<Profile>()
+                    .map_err(|e| invalid(e.to_string()))
+            })
+            .transpose()
+    }
+
+    /// `settings` with this draft's fields applied and validated.
+    fn apply(&self, mut settings: AgentSettings) -> Result<AgentSettings, HostError> {
+        if let Some(provider) = &self.provider {
+            settings.provider = provider.trim().to_string();
+        }
+        if let Some(model) = &self.model {
+            settings.model = model.trim().to_string();
+        }
+        if let Some(url) = optional(&self.base_url) {
+            settings.base_url = url.map(|u| u.trim_end_matches('/').to_string());
+        }
+        if let Some(timeout) = optional(&self.turn_timeout) {
+            settings.turn_timeout_secs = timeout
+                .map(|text| parse_duration(text, "turn timeout").map(|d| d.as_secs()))
+                .transpose()?;
+        }
+        if let Some(timeout) = optional(&self.idle_timeout) {
+            settings.idle_timeout_secs = timeout
+                .map(|text| parse_duration(text, "idle timeout").map(|d| d.as_secs()))
+                .transpose()?;
+        }
+        if let Some(concurrency) = optional(&self.concurrency) {
+            settings.concurrency = concurrency
+                .map(|text| {
+                    text.parse::<u32>().map_err(|_| {
+                        invalid(format!(
+                            "concurrency {:?} is not a number from 1 to {}",
+                            clean(text),
+                            settings::MAX_CONCURRENCY
+                        ))
+                    })
+                })
+                .transpose()?;
+        }
+        if let Some(quota) = optional(&self.workspace_quota) {
+            settings.workspace_quota_bytes = quota
+                .map(|text| {
+                    palisade_sandbox::quota::parse_quota(text).map_err(|e| invalid(e.to_string()))
+                })
+                .transpose()?;
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn instructions(&self) -> Result<Option<String>, HostError> {
+        let Some(text) = &self.instructions else {
+            return Ok(None);
+        };
+        // Browsers send a textarea's line breaks as CRLF.
+        let text = text.replace("\r\n", "\n");
+        if text.len() > MAX_INSTRUCTIONS_BYTES {
+            return Err(invalid(format!(
+                "the instructions are larger than {} KiB; shorten them",
+                MAX_INSTRUCTIONS_BYTES / 1024
+            )));
+        }
+        Ok(Some(text))
+    }
+}
+
+/// Settings JSON with `settings` written over `current`, keeping keys this version
+/// does not know.
+fn merged(current: &serde_json::Value, settings: &AgentSettings) -> serde_json::Value {
+    let mut value = current.clone();
+    if !value.is_object() {
+        value = serde_json::json!({});
+    }
+    if let (Some(object), Ok(serde_json::Value::Object(known))) =
+        (value.as_object_mut(), serde_json::to_value(settings))
+    {
+        // Optional fields cleared in `settings` are skipped when it is serialized;
+        // drop them from the stored JSON too.
+        for key in [
+            "base_url",
+            "turn_timeout_secs",
+            "idle_timeout_secs",
+            "concurrency",
+            "workspace_quota_bytes",
+        ] {
+            if !known.contains_key(key) || known[key].is_null() {
+                object.remove(key);
+            }
+        }
+        object.extend(known.into_iter().filter(|(_, v)| !v.is_null()));
+    }
+    value
+}
+
+/// Writes the instructions file and its audit row.
+fn write_instructions(store: &Store, name: &AgentName, text: &str) -> Result<(), HostError> {
+    settings::write_instructions(store.home(), name.as_str(), text)?;
+    store.append_audit(&AuditEntry {
+        event: "agent.instructions".into(),
+        agent: Some(name.to_string()),
+        decision: Some("updated".into()),
+        actor: Some(store.actor().to_string()),
+        detail: Some(serde_json::json!({ "bytes": text.len() })),
+        ..Default::default()
+    })?;
+    Ok(())
+}
+
+/// Creates agent `name` (profile `research` unless the draft says otherwise) with the
+/// draft's settings and instructions, or the starting template.
+pub fn create(store: &Store, name: &str, draft: &AgentDraft) -> Result<AgentRecord, HostError> {
+    let name = AgentName::new(name).map_err(|e| invalid(e.to_string()))?;
+    let profile = draft.profile()?.unwrap_or(Profile::Research);
+    let settings = draft.apply(AgentSettings::default())?;
+    let instructions = draft.instructions()?;
+    store.create_agent(&name, profile)?;
+    store.update_agent_settings(&name, &merged(&serde_json::json!({}), &settings))?;
+    match instructions {
+        Some(text) => write_instructions(store, &name, &text)?,
+        // A leftover file of an earlier agent of that name is kept: it was a person's.
+        None if settings::instructions_path(store.home(), name.as_str()).exists() => {}
+        None => settings::write_instructions(store.home(), name.as_str(), INSTRUCTIONS_TEMPLATE)?,
+    }
+    Ok(store.get_agent(&name)?)
+}
+
+/// Changes agent `name`: the draft's fields replace the agent's, the rest stay.
+/// Nothing is written unless all of it is valid; only what changed is written.
+pub fn edit(store: &Store, name: &str, draft: &AgentDraft) -> Result<AgentRecord, HostError> {
+    let name = AgentName::new(name).map_err(|e| invalid(e.to_string()))?;
+    let profile = draft.profile()?;
+    let instructions = draft.instructions()?;
+    let agent = store.get_agent(&name)?;
+    let current = AgentSettings::from_json(&agent.settings).unwrap_or_default();
+    let settings = draft.apply(current.clone())?;
+    if settings != current {
+        store.update_agent_settings(&name, &merged(&agent.settings, &settings))?;
+    }
+    if let Some(profile) = profile.filter(|p| *p != agent.profile) {
+        store.set_agent_profile(&name, profile)?;
+    }
+    if let Some(text) = instructions {
+        let path = settings::instructions_path(store.home(), name.as_str());
+        let old = settings::read_agent_file(&path, usize::MAX).unwrap_or_default();
+        if old != text {
+            write_instructions(store, &name, &text)?;
+        }
+    }
+    Ok(store.get_agent(&name)?)
+}
+
+/// Deletes agent `name` with its token, grants and bound rules (its folder with the
+/// workspace stays on disk: it is the person's data).
+pub fn delete(store: &Store, name: &str) -> Result<(), HostError> {
+    let name = AgentName::new(name).map_err(|e| invalid(e.to_string()))?;
+    store.delete_agent(&name)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = palisade_store::Home::at(dir.path().join("home"));
+        let store = Store::open(&home).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn create_edit_and_clear_fields() {
+        let (_dir, store) = store();
+        let draft = AgentDraft {
+            provider: Some("openai".into()),
+            model: Some("llama".into()),
+            base_url: Some("http://127.0.0.1:8080/v1/".into()),
+            idle_timeout: Some("1h".into()),
+            concurrency: Some("2".into()),
+            ..AgentDraft::default()
+        };
+        let agent = create(&store, "local", &draft).unwrap();
+        assert_eq!(agent.settings["base_url"], "http://127.0.0.1:8080/v1");
+        assert_eq!(agent.settings["idle_timeout_secs"], 3600);
+        assert_eq!(agent.settings["concurrency"], 2);
+        let text =
+            settings::read_agent_file(&settings::instructions_path(store.home(), "local"), 1 << 20)
+                .unwrap();
+        assert_eq!(text, INSTRUCTIONS_TEMPLATE);
+
+        let cleared = edit(
+            &store,
+            "local",
+            &AgentDraft {
+                idle_timeout: Some(String::new()),
+                profile: Some("action".into()),
+                instructions: Some("Be brief.\r\n".into()),
+                ..AgentDraft::default()
+            },
+        )
+        .unwrap();
+        assert!(cleared.settings.get("idle_timeout_secs").is_none());
+        assert_eq!(cleared.settings["concurrency"], 2, "untouched fields stay");
+        assert_eq!(cleared.profile, Profile::Action);
+        let text =
+            settings::read_agent_file(&settings::instructions_path(store.home(), "local"), 1 << 20)
+                .unwrap();
+        assert_eq!(text, "Be brief.\n");
+    }
+
+    #[test]
+    fn bad_input_writes_nothing() {
+        let (_dir, store) = store();
+        for (draft, needle) in [
+            (
+                AgentDraft {
+                    profile: Some("admin".into()),
+                    ..AgentDraft::default()
+                },
+                "profile",
+            ),
+            (
+                AgentDraft {
+                    provider: Some("openai".into()),
+                    ..AgentDraft::default()
+                },
+                "base URL",
+            ),
+            (
+                AgentDraft {
+                    turn_timeout: Some("soon".into()),
+                    ..AgentDraft::default()
+                },
+                "turn timeout \"soon\"",
+            ),
+            (
+                AgentDraft {
+                    concurrency: Some("9".into()),
+                    ..AgentDraft::default()
+                },
+                "concurrency 9",
+            ),
+            (
+                AgentDraft {
+                    workspace_quota: Some("1k".into()),
+                    ..AgentDraft::default()
+                },
+                "workspace quota",
+            ),
+        ] {
+            let error = create(&store, "x", &draft).unwrap_err().to_string();
+            assert!(error.contains(needle), "{needle}: {error}");
+        }
+        assert!(create(&store, "Bad Name", &AgentDraft::default()).is_err());
+        assert!(store.list_agents().unwrap().is_empty());
+    }
+}

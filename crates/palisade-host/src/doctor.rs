@@ -1,0 +1,569 @@
+//! `palisade doctor` and the web UI's Health page: everything a person needs for
+//! Palisade to work, each problem with its fix in one line.
+//!
+//! One report for both, built here: the sandbox runtimes and their limits (the
+//! sandbox crate's own probe, `palisade sandbox doctor`, included as it is), the store
+//! and its master key, the audit chain, the vault's CA, which agents have a model key,
+//! free disk under the home, and whether the host runs. [`online`] adds, only when
+//! asked, one tiny request per agent to its model through the vault.
+
+use crate::settings::AgentSettings;
+use palisade_sandbox::doctor::DoctorReport;
+use palisade_sandbox::LimitMechanism;
+use palisade_store::{Home, Store};
+use serde::Serialize;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// Free space under the home below which the doctor warns, and fails.
+const DISK_WARN_BYTES: u64 = 1 << 30;
+const DISK_FAIL_BYTES: u64 = 100 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    /// Works, but weaker or incomplete; the fix says how to get the rest.
+    Warn,
+    /// Does not work until fixed.
+    Fail,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// One fact about the machine.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    /// `sandbox`, `store`, `vault`, `model`, `disk`, `host`.
+    pub area: &'static str,
+    pub status: Status,
+    pub what: String,
+    /// One line saying what to do, when something is to be done.
+    pub fix: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    /// The sandbox probe in full (`palisade sandbox doctor`'s report).
+    pub sandbox: DoctorReport,
+}
+
+impl Report {
+    /// The worst status found.
+    pub fn worst(&self) -> Status {
+        self.findings
+            .iter()
+            .map(|f| f.status)
+            .max()
+            .unwrap_or(Status::Ok)
+    }
+
+    /// One line per finding, its fix on the next, indented.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for finding in &self.findings {
+            out.push_str(&format!(
+                "{:<4} {:<8} {}\n",
+                finding.status.as_str(),
+                finding.area,
+                finding.what
+            ));
+            if let Some(fix) = &finding.fix {
+                out.push_str(&format!("              fix: {fix}\n"));
+            }
+        }
+        out
+    }
+}
+
+fn finding(
+    area: &'static str,
+    status: Status,
+    what: impl Into<String>,
+    fix: Option<String>,
+) -> Finding {
+    Finding {
+        area,
+        status,
+        what: what.into(),
+        fix,
+    }
+}
+
+/// Whether a host is running for the home, as the caller knows it.
+#[derive(Clone, Debug)]
+pub enum HostState {
+    /// This process is the host (the web UI asks).
+    This {
+        listen: String,
+    },
+    Running {
+        pid: u32,
+        listen: String,
+    },
+    NotRunning,
+}
+
+/// Everything but the online check. Blocking (it runs probe sandboxes).
+pub fn offline(home: &Home, host: HostState) -> Report {
+    let sandbox = palisade_sandbox::doctor::diagnose();
+    let mut findings = sandbox_findings(&sandbox);
+    let store = match Store::open(home) {
+        Ok(store) => {
+            findings.push(finding(
+                "store",
+                Status::Ok,
+                format!("database {} opens", home.database().display()),
+                None,
+            ));
+            Some(store)
+        }
+        Err(error) => {
+            findings.push(finding(
+                "store",
+                Status::Fail,
+                format!("the store does not open: {error}"),
+                Some(format!(
+                    "check that {} belongs to you and that the master key is the one the database was written with",
+                    home.root().display()
+                )),
+            ));
+            None
+        }
+    };
+    findings.push(master_key_finding(home));
+    if let Some(store) = &store {
+        findings.push(match store.verify_audit() {
+            Ok(report) if report.ok => finding(
+                "store",
+                Status::Ok,
+                format!("audit chain intact ({} rows)", report.rows),
+                None,
+            ),
+            Ok(report) => finding(
+                "store",
+                Status::Fail,
+                format!(
+                    "audit chain broken at row {}: {}",
+                    report.first_bad_id.unwrap_or(0),
+                    report.problem.unwrap_or_default()
+                ),
+                Some("the log was edited or damaged; keep a copy of the database and see `palisade audit verify`".into()),
+            ),
+            Err(error) => finding(
+                "store",
+                Status::Fail,
+                format!("the audit chain cannot be read: {error}"),
+                None,
+            ),
+        });
+    }
+    findings.push(ca_finding(home));
+    if let Some(store) = &store {
+        findings.extend(model_findings(store));
+    }
+    findings.push(disk_finding(home.root()));
+    findings.push(match host {
+        HostState::This { listen } => finding(
+            "host",
+            Status::Ok,
+            format!("running on http://{listen} (this page)"),
+            None,
+        ),
+        HostState::Running { pid, listen } => finding(
+            "host",
+            Status::Ok,
+            format!("running (pid {pid}) on http://{listen}"),
+            None,
+        ),
+        HostState::NotRunning => finding(
+            "host",
+            Status::Warn,
+            "not running: agents answer nobody and the web UI is down",
+            Some("start it with `palisade up` (or `palisade up --detach`)".into()),
+        ),
+    });
+    Report { findings, sandbox }
+}
+
+fn sandbox_findings(report: &DoctorReport) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for runtime in &report.runtimes {
+        let default = runtime.runtime == "bwrap";
+        match &runtime.problem {
+            Some(problem) => {
+                // Only bubblewrap (the default) is needed; podman and docker are options.
+                let status = if default { Status::Fail } else { Status::Ok };
+                let what = if default {
+                    format!("{}: not usable: {problem}", runtime.runtime)
+                } else {
+                    format!("{} (optional): not usable: {problem}", runtime.runtime)
+                };
+                let fix = (status != Status::Ok).then(|| sandbox_fix(&runtime.runtime, problem));
+                findings.push(finding("sandbox", status, what, fix));
+                continue;
+            }
+            None => findings.push(finding(
+                "sandbox",
+                Status::Ok,
+                format!("{}: usable", runtime.runtime),
+                None,
+            )),
+        }
+        for check in runtime.checks.iter().filter(|c| !c.active) {
+            findings.push(finding(
+                "sandbox",
+                Status::Fail,
+                format!("{}: {} is missing ({})", runtime.runtime, check.name, check.detail),
+                Some(format!(
+                    "this kernel or {} does not give sandboxes {}; see docs/sandbox.md, or use another --runtime",
+                    runtime.runtime, check.name
+                )),
+            ));
+        }
+        for limit in &runtime.limits {
+            let weaker = matches!(
+                limit.mechanism,
+                LimitMechanism::NotApplied | LimitMechanism::Rlimit
+            );
+            if !weaker {
+                continue;
+            }
+            let note = limit.note.clone().unwrap_or_default();
+            // The sandbox's notes end with how to get the limit ("…; to enforce it, …")
+            // when there is a way; otherwise the general one.
+            let (cause, fix) = match note.rsplit_once("; ") {
+                Some((cause, fix)) if fix.starts_with("to enforce it") => {
+                    (cause.to_string(), fix.to_string())
+                }
+                _ => (
+                    note.clone(),
+                    "to enforce it, run palisade as root, or on a cgroup v2 host that delegates cgroup controllers to this user (systemd: Delegate=yes)".to_string(),
+                ),
+            };
+            let fix = Some(fix);
+            let applied = if limit.mechanism == LimitMechanism::NotApplied {
+                "cannot be applied"
+            } else {
+                "is only an rlimit"
+            };
+            findings.push(finding(
+                "sandbox",
+                Status::Warn,
+                format!(
+                    "{}: the {} limit ({}) {applied}: {cause}",
+                    runtime.runtime, limit.limit, limit.value
+                ),
+                fix,
+            ));
+        }
+    }
+    findings
+}
+
+/// What to do about a runtime that is not usable, from its problem.
+fn sandbox_fix(runtime: &str, problem: &str) -> String {
+    let lower = problem.to_ascii_lowercase();
+    if lower.contains("not installed") || lower.contains("not found") {
+        return match runtime {
+            "bwrap" => {
+                "install bubblewrap (Debian/Ubuntu: `sudo apt-get install bubblewrap`)".into()
+            }
+            other => format!("install {other}, or keep using bubblewrap (the default)"),
+        };
+    }
+    if lower.contains("user namespace") {
+        return "allow unprivileged user namespaces (Debian: `sudo sysctl -w kernel.unprivileged_userns_clone=1`; Ubuntu 24.04+: an AppArmor profile for bwrap), or run palisade as root".into();
+    }
+    if let Some((_, hint)) = problem.split_once("; ") {
+        return hint.to_string();
+    }
+    format!("see `palisade sandbox doctor` and docs/sandbox.md for {runtime}")
+}
+
+fn master_key_finding(home: &Home) -> Finding {
+    if std::env::var_os(palisade_store::crypto::MASTER_KEY_ENV).is_some() {
+        return finding(
+            "store",
+            Status::Ok,
+            format!("master key from {}", palisade_store::crypto::MASTER_KEY_ENV),
+            None,
+        );
+    }
+    let path = home.master_key();
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.permissions().mode() & 0o077 == 0 => finding(
+            "store",
+            Status::Ok,
+            format!(
+                "master key {} (mode {:o})",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ),
+            None,
+        ),
+        Ok(meta) => finding(
+            "store",
+            Status::Fail,
+            format!(
+                "master key {} is readable by others (mode {:o})",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ),
+            Some(format!("run `chmod 600 {}`", path.display())),
+        ),
+        Err(error) => finding(
+            "store",
+            Status::Fail,
+            format!("master key {}: {error}", path.display()),
+            Some(
+                "it is created on first use; restore it from a backup if the home has secrets"
+                    .into(),
+            ),
+        ),
+    }
+}
+
+fn ca_finding(home: &Home) -> Finding {
+    let cert = home.ca_dir().join("ca.pem");
+    let key = home.ca_dir().join("ca.key");
+    let pem = match std::fs::read_to_string(&cert) {
+        Ok(pem) => pem,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return finding(
+                "vault",
+                Status::Warn,
+                format!("no vault CA yet ({})", cert.display()),
+                Some("it is created on the vault's first start (`palisade up` or `palisade vault serve`)".into()),
+            )
+        }
+        Err(error) => {
+            return finding("vault", Status::Fail, format!("vault CA {}: {error}", cert.display()), None)
+        }
+    };
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return finding(
+            "vault",
+            Status::Fail,
+            format!("vault CA {} is not a PEM certificate", cert.display()),
+            Some(format!(
+                "move {} away; a new CA is created on the next start (clients must trust it again)",
+                home.ca_dir().display()
+            )),
+        );
+    }
+    match std::fs::metadata(&key) {
+        Ok(meta) if meta.permissions().mode() & 0o077 == 0 => finding(
+            "vault",
+            Status::Ok,
+            format!("vault CA {} (its key is private)", cert.display()),
+            None,
+        ),
+        Ok(_) => finding(
+            "vault",
+            Status::Fail,
+            format!("the vault CA's key {} is readable by others", key.display()),
+            Some(format!("run `chmod 600 {}`", key.display())),
+        ),
+        Err(error) => finding(
+            "vault",
+            Status::Fail,
+            format!("the vault CA's key {}: {error}", key.display()),
+            Some(format!(
+                "move {} away; a new CA is created on the next start",
+                home.ca_dir().display()
+            )),
+        ),
+    }
+}
+
+fn model_findings(store: &Store) -> Vec<Finding> {
+    let (agents, secrets) = match (store.list_agents(), store.list_secrets()) {
+        (Ok(agents), Ok(secrets)) => (agents, secrets),
+        (Err(error), _) | (_, Err(error)) => {
+            return vec![finding(
+                "model",
+                Status::Fail,
+                format!("agents cannot be read: {error}"),
+                None,
+            )]
+        }
+    };
+    if agents.is_empty() {
+        return vec![finding(
+            "model",
+            Status::Warn,
+            "no agents",
+            Some("`palisade up` creates `assistant`, or `palisade agents create NAME`".into()),
+        )];
+    }
+    agents
+        .iter()
+        .map(|agent| {
+            let settings = match AgentSettings::from_json(&agent.settings) {
+                Ok(settings) => settings,
+                Err(error) => {
+                    return finding(
+                        "model",
+                        Status::Fail,
+                        format!("agent {}: {error}", agent.name),
+                        Some(format!("fix them with `palisade agents edit {}`", agent.name)),
+                    )
+                }
+            };
+            let host = crate::setup::model_host(&settings).unwrap_or_default();
+            match crate::setup::model_key_secret(agent, &secrets) {
+                Some(secret) => finding(
+                    "model",
+                    Status::Ok,
+                    format!(
+                        "agent {}: {} model {} at {}, key in vault secret {}",
+                        agent.name, settings.provider, settings.model, host, secret.name
+                    ),
+                    None,
+                ),
+                None => finding(
+                    "model",
+                    Status::Warn,
+                    format!("agent {}: no model key is granted to it for {host}", agent.name),
+                    Some(format!(
+                        "add one on the web UI's dashboard, or `palisade secrets create --name {} --host-pattern {host} --inject {} --agent {} --value-file KEYFILE`",
+                        crate::setup::secret_name(&settings.provider),
+                        if settings.provider == "openai" { "bearer" } else { "anthropic" },
+                        agent.name
+                    )),
+                ),
+            }
+        })
+        .collect()
+}
+
+fn disk_finding(root: &Path) -> Finding {
+    let probe = if root.exists() {
+        root.to_path_buf()
+    } else {
+        root.ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"))
+            .to_path_buf()
+    };
+    match nix::sys::statvfs::statvfs(&probe) {
+        Ok(stat) => {
+            let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+            let text = format!("{:.1} GiB", free as f64 / (1u64 << 30) as f64);
+            let (status, fix) = if free < DISK_FAIL_BYTES {
+                (Status::Fail, Some(format!("free space on the file system of {}: agents' workspaces and the database need room", probe.display())))
+            } else if free < DISK_WARN_BYTES {
+                (
+                    Status::Warn,
+                    Some(format!(
+                        "free space on the file system of {} soon",
+                        probe.display()
+                    )),
+                )
+            } else {
+                (Status::Ok, None)
+            };
+            finding(
+                "disk",
+                status,
+                format!("{text} free under {}", probe.display()),
+                fix,
+            )
+        }
+        Err(error) => finding(
+            "disk",
+            Status::Warn,
+            format!("free space under {} unknown: {error}", probe.display()),
+            None,
+        ),
+    }
+}
+
+/// One tiny request per agent that has a model key, to its model through the vault
+/// (`vault_socket(agent)` names the agent's vault socket). Added to `report`.
+pub async fn online(
+    report: &mut Report,
+    store: &Store,
+    vault_socket: impl Fn(&palisade_policy::AgentName) -> std::path::PathBuf,
+    timeout: Duration,
+) {
+    let (agents, secrets) = {
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || {
+            Ok::<_, palisade_store::StoreError>((store.list_agents()?, store.list_secrets()?))
+        })
+        .await
+        {
+            Ok(Ok(pair)) => pair,
+            _ => return,
+        }
+    };
+    for agent in &agents {
+        let Ok(settings) = AgentSettings::from_json(&agent.settings) else {
+            continue;
+        };
+        if crate::setup::model_key_secret(agent, &secrets).is_none() {
+            continue;
+        }
+        let socket = vault_socket(&agent.name);
+        let result = crate::models::probe(&socket, &settings, timeout).await;
+        report.findings.push(match result {
+            Ok(model) => finding(
+                "model",
+                Status::Ok,
+                format!("agent {}: {model} answered through the vault", agent.name),
+                None,
+            ),
+            Err(error) if error.is_model_not_found() => finding(
+                "model",
+                Status::Fail,
+                format!("agent {}: {error}", agent.name),
+                Some(palisade_policy::models::model_unavailable_message(&settings.model, agent.name.as_str())),
+            ),
+            Err(error @ crate::models::ModelsError::Vault { .. }) => finding(
+                "model",
+                Status::Fail,
+                format!("agent {}: {error}", agent.name),
+                Some("start the host (`palisade up`) or the vault (`palisade vault serve`), then ask again".into()),
+            ),
+            Err(error) => finding(
+                "model",
+                Status::Fail,
+                format!("agent {}: the model did not answer: {error}", agent.name),
+                Some(format!(
+                    "check the key (rotate it on the web UI's Vault page or `palisade secrets rotate`) and the agent's model and base URL (`palisade agents show {}`)",
+                    agent.name
+                )),
+            ),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixes_for_runtimes() {
+        assert!(sandbox_fix("bwrap", "bubblewrap (bwrap) is not installed; install it (Debian/Ubuntu: `apt-get install bubblewrap`) or use --runtime podman").contains("apt-get install bubblewrap"));
+        assert!(sandbox_fix("podman", "podman is not installed").contains("install podman"));
+        assert_eq!(
+            sandbox_fix(
+                "docker",
+                "cannot talk to the daemon; start it with `systemctl start docker`"
+            ),
+            "start it with `systemctl start docker`"
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! The first run: the default agent, and the model key that lets agents think.
+//!
+//! `palisade up` (from `ANTHROPIC_API_KEY`, `--anthropic-key-file` or a hidden prompt)
+//! and the web UI's first-run form store a key the same way, here: the key goes
+//! straight into the vault's sealed store as a secret for the host of the agent's
+//! model API, granted to that agent, and the agent's provider and base URL are set to
+//! match. Nothing else ever holds the key; it is never shown again.
+//!
+//! Which agents can think is decided the way the vault decides: an agent has a model
+//! key when a secret granted to it names the host of its model API.
+
+use crate::agents::{self, AgentDraft};
+use crate::settings::AgentSettings;
+use crate::HostError;
+use palisade_policy::{AgentName, HostPattern, SecretValue};
+use palisade_store::input::SecretDraft;
+use palisade_store::{AgentRecord, SecretRecord, Store, StoreError};
+
+/// The agent `palisade up` creates on a first start.
+pub const DEFAULT_AGENT: &str = "assistant";
+
+/// What a first-run form (or `palisade up`) gives.
+#[derive(Debug)]
+pub struct ModelKey {
+    /// The agent that gets the key.
+    pub agent: String,
+    /// `anthropic` or `openai` (any OpenAI-compatible server).
+    pub provider: String,
+    /// The API's URL; empty or `None` for Anthropic's own.
+    pub base_url: Option<String>,
+    /// The key (refused when `None`: an empty form field).
+    pub key: Option<SecretValue>,
+    /// The model to use; `None` to choose from the provider's list once the key is in.
+    pub model: Option<String>,
+}
+
+/// The name the key's secret gets.
+pub fn secret_name(provider: &str) -> &'static str {
+    if provider == "openai" {
+        "openai"
+    } else {
+        "anthropic"
+    }
+}
+
+/// The host of an agent's model API (`api.anthropic.com`), lower case, no port.
+pub fn model_host(settings: &AgentSettings) -> Option<String> {
+    let url = settings.effective_base_url();
+    let uri: http::Uri = url.parse().ok()?;
+    uri.host().map(|h| {
+        h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase()
+    })
+}
+
+/// The secret granted to `agent` that the vault would inject into its model API
+/// requests, if there is one.
+pub fn model_key_secret<'a>(
+    agent: &AgentRecord,
+    secrets: &'a [SecretRecord],
+) -> Option<&'a SecretRecord> {
+    let settings = AgentSettings::from_json(&agent.settings).ok()?;
+    let host = model_host(&settings)?;
+    secrets.iter().find(|secret| {
+        secret.agents.contains(&agent.name)
+            && HostPattern::parse(&secret.host_pattern).is_ok_and(|pattern| pattern.matches(&host))
+    })
+}
+
+/// Whether no agent at all has a model key (the dashboard's first-run case).
+pub fn needs_model_key(store: &Store) -> Result<bool, HostError> {
+    let secrets = store.list_secrets()?;
+    let agents = store.list_agents()?;
+    Ok(!agents
+        .iter()
+        .any(|agent| model_key_secret(agent, &secrets).is_some()))
+}
+
+/// Creates the default agent if there are no agents at all; returns whether it did.
+pub fn ensure_default_agent(store: &Store) -> Result<bool, HostError> {
+    if !store.list_agents()?.is_empty() {
+        return Ok(false);
+    }
+    agents::create(store, DEFAULT_AGENT, &AgentDraft::default())?;
+    Ok(true)
+}
+
+/// Stores the key for `form.agent` and points the agent at the provider. Everything is
+/// checked before anything is written; the key is sealed by the store. Returns the
+/// agent as it is now.
+pub fn store_model_key(store: &Store, form: ModelKey) -> Result<AgentRecord, HostError> {
+    let name = AgentName::new(&form.agent).map_err(|e| HostError::Invalid(e.to_string()))?;
+    let agent = store.get_agent(&name)?;
+    let provider = form.provider.trim().to_string();
+    if !matches!(provider.as_str(), "anthropic" | "openai") {
+        return Err(HostError::Invalid(format!(
+            "provider {:?} is not supported: use anthropic or openai",
+            palisade_store::input::clean(&provider)
+        )));
+    }
+    let base_url = form
+        .base_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string);
+    let draft = AgentDraft {
+        provider: Some(provider.clone()),
+        // An empty base URL means Anthropic's own API.
+        base_url: Some(base_url.clone().unwrap_or_default()),
+        model: form.model.clone().filter(|m| !m.trim().is_empty()),
+        ..AgentDraft::default()
+    };
+    // Check the settings the agent will have, and the secret, before writing anything.
+    let current = AgentSettings::from_json(&agent.settings).unwrap_or_default();
+    let mut planned = current.clone();
+    planned.provider = provider.clone();
+    planned.base_url = base_url.map(|u| u.trim_end_matches('/').to_string());
+    if let Some(model) = &draft.model {
+        planned.model = model.trim().to_string();
+    }
+    planned.validate()?;
+    let host = model_host(&planned).ok_or_else(|| {
+        HostError::Invalid(
+            "the base URL has no host; give a URL such as https://api.anthropic.com".into(),
+        )
+    })?;
+    let secret = match &form.key {
+        Some(_) => {
+            let checked = SecretDraft {
+                name: secret_name(&provider).to_string(),
+                host_pattern: host,
+                path_pattern: None,
+                inject: if provider == "openai" {
+                    "bearer"
+                } else {
+                    "anthropic"
+                }
+                .into(),
+                agents: vec![name.to_string()],
+                priority: 0,
+                // The model key: every agent, research ones too, needs it to think.
+                sensitive: false,
+            }
+            .check()?;
+            match store.check_new_secret(&checked) {
+                Err(StoreError::Duplicate { name, .. }) => {
+                    return Err(HostError::Invalid(format!(
+                        "a secret named {name} exists already; rotate its value on the Vault page (or `palisade secrets rotate {name}`) instead"
+                    )))
+                }
+                other => other?,
+            }
+            Some(checked)
+        }
+        None => {
+            return Err(HostError::Invalid(
+                "the API key is empty; paste the key from your provider's console".into(),
+            ))
+        }
+    };
+    if let (Some(secret), Some(key)) = (secret, form.key) {
+        store.create_secret(secret.with_value(key))?;
+    }
+    agents::edit(store, name.as_str(), &draft)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_key_is_the_agents_model_key_and_a_second_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&palisade_store::Home::at(dir.path().join("home"))).unwrap();
+        assert!(ensure_default_agent(&store).unwrap());
+        assert!(!ensure_default_agent(&store).unwrap());
+        assert!(needs_model_key(&store).unwrap());
+        let form = |key: Option<&str>, url: Option<&str>| ModelKey {
+            agent: DEFAULT_AGENT.into(),
+            provider: "anthropic".into(),
+            base_url: url.map(str::to_string),
+            key: key.map(|k| SecretValue::new(k.to_string())),
+            model: None,
+        };
+        assert!(store_model_key(&store, form(None, None)).is_err());
+        let agent =
+            store_model_key(&store, form(Some("sk-1"), Some("https://localhost:9/"))).unwrap();
+        assert_eq!(agent.settings["base_url"], "https://localhost:9");
+        let secret = store.get_secret("anthropic").unwrap();
+        assert_eq!(secret.host_pattern, "localhost");
+        assert_eq!(secret.injection, "anthropic");
+        assert!(!needs_model_key(&store).unwrap());
+        let again = store_model_key(&store, form(Some("sk-2"), None)).unwrap_err();
+        assert!(again.to_string().contains("rotate"), "{again}");
+        // Pointing the agent elsewhere leaves it without a key for that host.
+        agents::edit(
+            &store,
+            DEFAULT_AGENT,
+            &AgentDraft {
+                base_url: Some(String::new()),
+                ..AgentDraft::default()
+            },
+        )
+        .unwrap();
+        assert!(needs_model_key(&store).unwrap());
+    }
+}

@@ -1,0 +1,152 @@
+//! The first run in the browser: while no agent has a model key, the dashboard starts
+//! with a form for one (provider, the key in a password field, optionally a base URL
+//! and a model). The key goes straight into the vault's sealed store through
+//! [`palisade_host::setup::store_model_key`] (what `palisade up` does with
+//! `ANTHROPIC_API_KEY`), granted to the chosen agent; then the provider is asked,
+//! through the vault, which models it offers and the agent gets the newest of the
+//! default family. The page then offers a first message.
+
+use super::forms;
+use super::layout;
+use super::secrets::{field, pairs};
+use super::{blocking, dashboard, PageError, PageResult};
+use crate::WebState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Redirect};
+use maud::{html, Markup};
+use palisade_host::setup::{self, ModelKey, DEFAULT_AGENT};
+use palisade_policy::{AgentName, SecretValue};
+use std::time::Duration;
+
+/// How long storing a key waits for the provider's model list.
+const LIST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the first-run form was given (never the key).
+#[derive(Clone, Default)]
+pub(crate) struct KeyForm {
+    agent: String,
+    provider: String,
+    base_url: String,
+    model: String,
+}
+
+/// The first-run card: why nothing works yet, and the form that fixes it.
+pub(crate) fn card(
+    state: &WebState,
+    agents: &[AgentName],
+    form: Option<&KeyForm>,
+    error: Option<&str>,
+) -> Markup {
+    let default = KeyForm {
+        agent: if agents.iter().any(|a| a.as_str() == DEFAULT_AGENT) {
+            DEFAULT_AGENT.into()
+        } else {
+            agents.first().map(ToString::to_string).unwrap_or_default()
+        },
+        provider: "anthropic".into(),
+        ..KeyForm::default()
+    };
+    let form = form.unwrap_or(&default);
+    let agent_options: Vec<(String, String)> = agents
+        .iter()
+        .map(|a| (a.to_string(), a.to_string()))
+        .collect();
+    let providers = vec![
+        ("anthropic".to_string(), "Anthropic".to_string()),
+        (
+            "openai".to_string(),
+            "OpenAI-compatible (also local servers)".to_string(),
+        ),
+    ];
+    html! {
+        section.card.first-run #first-run {
+            h2 { "Add a model key so your agents can think" }
+            p {
+                "No agent has a key for its model API yet. Paste one here: it goes straight into the vault's "
+                "sealed store, is granted to the agent you pick, and is never shown again. Agents never hold it; "
+                "the vault adds it to their requests."
+            }
+            @if agents.is_empty() {
+                p.muted { "First " a href="/agents/new" { "create an agent" } "." }
+            } @else {
+                (forms::error_box(error))
+                form #key-form method="post" action="/setup/model-key" autocomplete="off" {
+                    (layout::csrf_field(state))
+                    div.form-grid {
+                        (forms::select("Provider", "provider", &providers, &form.provider, ""))
+                        (forms::select("Agent", "agent", &agent_options, &form.agent, "the agent that gets the key"))
+                        (forms::password("API key", "key", "from your provider's console (a local server without keys: any text)"))
+                        (forms::text("Base URL", "base_url", &form.base_url, "empty: https://api.anthropic.com; for an OpenAI-compatible server its URL, e.g. http://127.0.0.1:8080/v1"))
+                        (forms::text("Model", "model", &form.model, "empty: the newest Claude Sonnet the provider lists"))
+                    }
+                    div.form-actions { button.primary #store-key type="submit" { "Store the key" } }
+                }
+            }
+        }
+    }
+}
+
+/// `POST /setup/model-key`.
+pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> PageResult {
+    let pairs = pairs(&body);
+    let form = KeyForm {
+        agent: field(&pairs, "agent").trim().into(),
+        provider: field(&pairs, "provider").trim().into(),
+        base_url: field(&pairs, "base_url").trim().into(),
+        model: field(&pairs, "model").trim().into(),
+    };
+    let typed_key = field(&pairs, "key").trim().to_string();
+    let store = state.store.clone();
+    let request = ModelKey {
+        agent: form.agent.clone(),
+        provider: form.provider.clone(),
+        base_url: Some(form.base_url.clone()),
+        key: (!typed_key.is_empty()).then(|| SecretValue::new(typed_key)),
+        model: Some(form.model.clone()),
+    };
+    let stored =
+        blocking(move || setup::store_model_key(&store, request).map_err(PageError::from)).await;
+    let agent = match stored {
+        Ok(agent) => agent,
+        Err(error) => {
+            let message = error.for_form()?;
+            return dashboard::render(&state, Some((&form, &message)), None).await;
+        }
+    };
+    state.model_lists.forget_agent(agent.name.as_str());
+    let mut target = format!("/?ready={}", agent.name);
+    if form.model.is_empty() {
+        let socket = state.host.vault_socket(&agent.name);
+        match palisade_host::models::choose_for(&state.store, &socket, &agent.name, LIST_TIMEOUT)
+            .await
+        {
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(agent = %agent.name, %error, "could not list the provider's models after storing a key");
+                target.push_str("&models=unlisted");
+            }
+        }
+    }
+    Ok(Redirect::to(&target).into_response())
+}
+
+/// The card after a key was stored: which model the agent uses, and a first message.
+pub(crate) fn ready_card(agent: &str, model: &str, listed: bool) -> Markup {
+    html! {
+        section.card.first-run.ready #ready {
+            h2 { (agent) " is ready" }
+            p {
+                "The key is in the vault. " (agent) " thinks with " code #ready-model { (model) }
+                @if listed { ", the newest of its family the provider lists." } @else { "." }
+            }
+            @if !listed {
+                p.error-box { "The provider's model list could not be read through the vault, so the model was not checked. If the first message fails, check the key and the model on the agent page." }
+            }
+            div.form-actions {
+                a.button href={ "/agents/" (agent) } { "Agent settings" }
+                a.button.primary #first-message href={ "/chat?agent=" (agent) } { "Send a first message" }
+            }
+        }
+    }
+}

@@ -1,0 +1,1096 @@
+//! Managing Palisade from the web UI, over real HTTP on 127.0.0.1 (reqwest): agents,
+//! secrets and rules created, changed and deleted through forms; bad input answered
+//! with exactly the line the shared code (the CLI's) gives; every new form refused
+//! without the CSRF token or with a foreign origin, changing nothing; destructive
+//! actions behind a confirmation; a secret's value in no page; the rule preview; the
+//! charts; and the first-run form, which stores the key in the vault and picks the
+//! newest model of the default family from the provider's list, asked through a real
+//! in-process vault (with the testkit's fake Anthropic API on 127.0.0.1 over TLS).
+//! The host runs in-process; no runner is ever started here.
+
+use palisade_host::api::ApiTokens;
+use palisade_host::{Host, HostConfig, HostError, RunnerLauncher, RunnerProcess};
+use palisade_policy::{AgentName, Profile};
+use palisade_store::{AuditEntry, AuditFilter, Home, Outcome, Store};
+use palisade_testkit::{ScriptedTurn, TestCa, Upstream};
+use reqwest::StatusCode;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+const COOKIE_NAME: &str = "palisade_admin";
+const VALUE: &str = "ghp_Web-Form-Value-9c1d-NEVER-SHOWN";
+const ROTATED: &str = "ghp_Rotated-Value-7e2a-NEVER-SHOWN";
+const MODEL_KEY: &str = "sk-ant-first-run-3f9b-NEVER-SHOWN";
+
+struct NoRunner;
+
+impl RunnerLauncher for NoRunner {
+    fn launch(
+        &self,
+        agent: &AgentName,
+        _host_socket: &Path,
+    ) -> Result<Box<dyn RunnerProcess>, HostError> {
+        Err(HostError::Runner(format!(
+            "no runners in these tests (agent {agent})"
+        )))
+    }
+}
+
+struct Web {
+    _dir: tempfile::TempDir,
+    home: Home,
+    store: Store,
+    tokens: ApiTokens,
+    addr: SocketAddr,
+    client: reqwest::Client,
+    stop: tokio::sync::watch::Sender<bool>,
+    host: Host,
+    vault: Option<(palisade_vault::Gateway, Upstream, TestCa)>,
+}
+
+impl Web {
+    /// A home with agent `helper`; with `vault`, a real gateway and a fake model API.
+    async fn start(vault: bool) -> Web {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("home"));
+        let store = Store::open(&home).unwrap();
+        store
+            .create_agent(&AgentName::new("helper").unwrap(), Profile::Research)
+            .unwrap();
+        let vault = if vault {
+            let ca = TestCa::new().unwrap();
+            let upstream = Upstream::start(&ca).unwrap();
+            let mut config = palisade_vault::VaultConfig::new(home.clone());
+            config.upstream_ca = vec![ca.pem_path().to_path_buf()];
+            config.allow_local_upstream = vec!["localhost".into()];
+            let gateway = palisade_vault::Gateway::start(config).await.unwrap();
+            Some((gateway, upstream, ca))
+        } else {
+            None
+        };
+        let host = Host::start(
+            store.clone(),
+            HostConfig::new(home.clone()),
+            std::sync::Arc::new(NoRunner),
+        )
+        .await
+        .unwrap();
+        let tokens = ApiTokens::generate();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let app = palisade_web::app(host.clone(), tokens.clone(), stopped.clone(), addr);
+        let mut until = stopped;
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = until.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(60))
+            .no_proxy()
+            .build()
+            .unwrap();
+        Web {
+            _dir: dir,
+            home,
+            store,
+            tokens,
+            addr,
+            client,
+            stop,
+            host,
+            vault,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn cookie(&self) -> String {
+        format!("{COOKIE_NAME}={}", self.tokens.session)
+    }
+
+    fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn csrf(&self) -> String {
+        let page = self.page("/agents").await;
+        let marker = "name=\"csrf-token\" content=\"";
+        let start = page.find(marker).expect("csrf meta") + marker.len();
+        page[start..start + 64].to_string()
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .header("cookie", self.cookie())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn page(&self, path: &str) -> String {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.text().await.unwrap()
+    }
+
+    /// A form post as our own page sends it (cookie, token, origin).
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let csrf = self.csrf().await;
+        let mut fields: Vec<(&str, &str)> = form.to_vec();
+        fields.push(("csrf", &csrf));
+        self.client
+            .post(self.url(path))
+            .header("cookie", self.cookie())
+            .header("origin", self.origin())
+            .form(&fields)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Posts and expects a redirect; returns where to.
+    async fn post_ok(&self, path: &str, form: &[(&str, &str)]) -> String {
+        let response = self.post(path, form).await;
+        let status = response.status();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_string());
+        let body = response.text().await.unwrap();
+        assert_eq!(status, StatusCode::SEE_OTHER, "POST {path}: {body}");
+        location.unwrap()
+    }
+
+    /// Posts input that must be refused; returns the error line the page shows.
+    async fn post_refused(&self, path: &str, form: &[(&str, &str)]) -> String {
+        let response = self.post(path, form).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "POST {path}");
+        form_error(&response.text().await.unwrap())
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.host.shutdown().await;
+        if let Some((gateway, _, _)) = self.vault {
+            gateway.shutdown().await;
+        }
+    }
+}
+
+/// The text of the page's `#form-error` box, unescaped.
+fn form_error(page: &str) -> String {
+    let marker = "id=\"form-error\" role=\"alert\">";
+    let start = page
+        .find(marker)
+        .unwrap_or_else(|| panic!("no form error on the page: {page}"))
+        + marker.len();
+    let end = start + page[start..].find("</p>").unwrap();
+    page[start..end]
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// Everything the store holds that a form could change.
+fn snapshot(store: &Store) -> String {
+    let policy = store.load_policy().unwrap();
+    let values: Vec<String> = policy
+        .secrets()
+        .iter()
+        .map(|s| s.value.expose().to_string())
+        .collect();
+    format!(
+        "{}\n{}\n{}\n{:?}\n{}",
+        serde_json::to_string(&store.list_agents().unwrap()).unwrap(),
+        serde_json::to_string(&store.list_secrets().unwrap()).unwrap(),
+        serde_json::to_string(&store.list_rules().unwrap()).unwrap(),
+        values,
+        store.list_audit(&AuditFilter::default()).unwrap().len(),
+    )
+}
+
+fn create_secret(store: &Store, name: &str, value: &str) {
+    let checked = palisade_store::input::SecretDraft {
+        name: name.into(),
+        host_pattern: "api.github.com".into(),
+        inject: "bearer".into(),
+        agents: vec!["helper".into()],
+        ..Default::default()
+    }
+    .check()
+    .unwrap();
+    store
+        .create_secret(checked.with_value(palisade_policy::SecretValue::new(value.into())))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_new_form_is_refused_without_the_csrf_token_or_from_another_origin() {
+    let web = Web::start(false).await;
+    create_secret(&web.store, "gh", VALUE);
+    let rule = web
+        .store
+        .create_rule(
+            palisade_store::input::RuleDraft {
+                name: "r".into(),
+                host_pattern: "api.example.com".into(),
+                method: "*".into(),
+                action: "block".into(),
+                scope: "user".into(),
+                ..Default::default()
+            }
+            .check(palisade_store::now_ms())
+            .unwrap(),
+        )
+        .unwrap();
+    let before = snapshot(&web.store);
+    let csrf = web.csrf().await;
+    let id = rule.id.to_string();
+    let forms: Vec<(String, Vec<(&str, &str)>)> = vec![
+        ("/agents".into(), vec![("name", "intruder")]),
+        (
+            "/agents/helper/settings".into(),
+            vec![
+                ("provider", "openai"),
+                ("base_url", "http://evil.example"),
+                ("model", "x"),
+                ("profile", "action"),
+            ],
+        ),
+        (
+            "/agents/helper/instructions".into(),
+            vec![("instructions", "PWNED")],
+        ),
+        ("/agents/helper/delete".into(), vec![]),
+        (
+            "/vault/secrets".into(),
+            vec![
+                ("name", "stolen"),
+                ("host_pattern", "evil.example"),
+                ("inject", "bearer"),
+                ("agent", "helper"),
+                ("value", "x"),
+            ],
+        ),
+        (
+            "/vault/secrets/gh/rotate".into(),
+            vec![("value", "PWNED"), ("confirm", "yes")],
+        ),
+        ("/vault/secrets/gh/grant".into(), vec![("agent", "helper")]),
+        ("/vault/secrets/gh/revoke?agent=helper".into(), vec![]),
+        ("/vault/secrets/gh/delete".into(), vec![]),
+        (
+            "/vault/rules".into(),
+            vec![
+                ("name", "open"),
+                ("host_pattern", "*"),
+                ("action", "allow"),
+                ("intent", "save"),
+            ],
+        ),
+        (
+            format!("/vault/rules/{id}/edit"),
+            vec![
+                ("name", "r"),
+                ("host_pattern", "*"),
+                ("action", "allow"),
+                ("intent", "save"),
+            ],
+        ),
+        (
+            format!("/vault/rules/{id}/enabled"),
+            vec![("enabled", "false")],
+        ),
+        (format!("/vault/rules/{id}/delete"), vec![]),
+        (
+            "/setup/model-key".into(),
+            vec![
+                ("agent", "helper"),
+                ("provider", "anthropic"),
+                ("key", "k"),
+                ("base_url", "https://evil.example"),
+            ],
+        ),
+        ("/health/online".into(), vec![]),
+    ];
+    let wrong = "0".repeat(64);
+    for (path, form) in &forms {
+        for (what, token, origin) in [
+            ("no token", None, Some(web.origin())),
+            ("a wrong token", Some(wrong.as_str()), Some(web.origin())),
+            (
+                "another origin",
+                Some(csrf.as_str()),
+                Some("http://evil.example".to_string()),
+            ),
+            ("no origin", Some(csrf.as_str()), None),
+        ] {
+            let mut fields = form.clone();
+            if let Some(token) = token {
+                fields.push(("csrf", token));
+            }
+            let mut request = web
+                .client
+                .post(web.url(path))
+                .header("cookie", web.cookie())
+                .form(&fields);
+            if let Some(origin) = &origin {
+                request = request.header("origin", origin);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::FORBIDDEN,
+                "{path} with {what} was not refused"
+            );
+        }
+    }
+    assert_eq!(
+        snapshot(&web.store),
+        before,
+        "a refused form changed something"
+    );
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_are_created_changed_and_deleted_with_the_clis_checks() {
+    let web = Web::start(false).await;
+    let to = web
+        .post_ok(
+            "/agents",
+            &[
+                ("name", "mailer"),
+                ("profile", "action"),
+                ("provider", "openai"),
+                ("model", "llama3"),
+                ("base_url", "http://127.0.0.1:8080/v1"),
+                ("concurrency", "2"),
+                ("idle_timeout", "1h"),
+                ("turn_timeout", ""),
+                ("workspace_quota", "2G"),
+                ("instructions", "Be brief.\r\n"),
+            ],
+        )
+        .await;
+    assert_eq!(to, "/agents/mailer?saved=created");
+    let mailer = web
+        .store
+        .get_agent(&AgentName::new("mailer").unwrap())
+        .unwrap();
+    assert_eq!(mailer.profile, Profile::Action);
+    assert_eq!(mailer.settings["provider"], "openai");
+    assert_eq!(mailer.settings["base_url"], "http://127.0.0.1:8080/v1");
+    assert_eq!(mailer.settings["concurrency"], 2);
+    assert_eq!(mailer.settings["idle_timeout_secs"], 3600);
+    assert_eq!(mailer.settings["workspace_quota_bytes"], 2u64 << 30);
+    let instructions = std::fs::read_to_string(palisade_host::settings::instructions_path(
+        &web.home, "mailer",
+    ))
+    .unwrap();
+    assert_eq!(instructions, "Be brief.\n");
+    let page = web.page("/agents/mailer?saved=created").await;
+    assert!(page.contains("Agent created."), "{page}");
+    assert!(page.contains("value=\"2G\""), "{page}");
+
+    // The same draft through the shared code, on a second home: the same agent.
+    let other = tempfile::tempdir().unwrap();
+    let other = Store::open(&Home::at(other.path().join("h"))).unwrap();
+    let direct = palisade_host::agents::create(
+        &other,
+        "mailer",
+        &palisade_host::agents::AgentDraft {
+            profile: Some("action".into()),
+            provider: Some("openai".into()),
+            model: Some("llama3".into()),
+            base_url: Some("http://127.0.0.1:8080/v1".into()),
+            concurrency: Some("2".into()),
+            idle_timeout: Some("1h".into()),
+            workspace_quota: Some("2G".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(direct.settings, mailer.settings);
+
+    // Bad input: the page shows exactly the shared code's line, and nothing is written.
+    let before = snapshot(&web.store);
+    for (form, draft) in [
+        (
+            vec![("name", "Bad Name")],
+            palisade_host::agents::AgentDraft::default(),
+        ),
+        (
+            vec![("name", "x"), ("turn_timeout", "soon")],
+            palisade_host::agents::AgentDraft {
+                turn_timeout: Some("soon".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            vec![("name", "x"), ("provider", "openai"), ("model", "m")],
+            palisade_host::agents::AgentDraft {
+                provider: Some("openai".into()),
+                model: Some("m".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            vec![("name", "x"), ("concurrency", "9")],
+            palisade_host::agents::AgentDraft {
+                concurrency: Some("9".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            vec![("name", "helper")],
+            palisade_host::agents::AgentDraft::default(),
+        ),
+    ] {
+        let shown = web.post_refused("/agents", &form).await;
+        let name = form[0].1;
+        let expected = palisade_host::agents::create(&web.store, name, &draft)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(shown, expected, "{form:?}");
+    }
+    assert_eq!(snapshot(&web.store), before);
+
+    // Settings: a refused edit shows the line and keeps the agent; a good one saves.
+    let shown = web
+        .post_refused(
+            "/agents/mailer/settings",
+            &[
+                ("profile", "action"),
+                ("provider", "openai"),
+                ("model", "llama3"),
+                ("base_url", "ftp://x"),
+            ],
+        )
+        .await;
+    assert!(shown.contains("base URL \"ftp://x\" is invalid"), "{shown}");
+    assert_eq!(snapshot(&web.store), before);
+    web.post_ok(
+        "/agents/mailer/settings",
+        &[
+            ("profile", "research"),
+            ("provider", "anthropic"),
+            ("model", "claude-opus-4-6"),
+            ("base_url", ""),
+            ("concurrency", ""),
+            ("idle_timeout", "1h"),
+            ("turn_timeout", "5m"),
+            ("workspace_quota", "2G"),
+        ],
+    )
+    .await;
+    let mailer = web
+        .store
+        .get_agent(&AgentName::new("mailer").unwrap())
+        .unwrap();
+    assert_eq!(mailer.profile, Profile::Research);
+    assert_eq!(mailer.settings["model"], "claude-opus-4-6");
+    assert!(
+        mailer.settings.get("base_url").is_none(),
+        "{}",
+        mailer.settings
+    );
+    assert!(mailer.settings.get("concurrency").is_none());
+    assert_eq!(mailer.settings["turn_timeout_secs"], 300);
+
+    // Deleting asks first; the confirmation page alone changes nothing.
+    let confirm = web.page("/agents/mailer/delete").await;
+    assert!(
+        confirm.contains("Delete the agent")
+            && confirm.contains("action=\"/agents/mailer/delete\"")
+    );
+    assert!(web
+        .store
+        .get_agent(&AgentName::new("mailer").unwrap())
+        .is_ok());
+    assert_eq!(web.post_ok("/agents/mailer/delete", &[]).await, "/agents");
+    assert!(web
+        .store
+        .get_agent(&AgentName::new("mailer").unwrap())
+        .is_err());
+
+    let actors: Vec<(String, String)> = web
+        .store
+        .list_audit(&AuditFilter {
+            agent: Some("mailer".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .filter_map(|row| Some((row.entry.event, row.entry.actor?)))
+        .collect();
+    for event in [
+        "agent.create",
+        "agent.update",
+        "agent.instructions",
+        "agent.delete",
+    ] {
+        assert!(
+            actors.contains(&(event.to_string(), "web:admin".into())),
+            "{event} not audited as web:admin: {actors:?}"
+        );
+    }
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_written_only_never_shown_and_changes_ask_first() {
+    let web = Web::start(false).await;
+    web.store
+        .create_agent(&AgentName::new("mailer").unwrap(), Profile::Action)
+        .unwrap();
+    let to = web
+        .post_ok(
+            "/vault/secrets",
+            &[
+                ("name", "gh"),
+                ("host_pattern", "api.github.com"),
+                ("path_pattern", "/repos/*"),
+                ("inject", "header:Authorization:token {value}"),
+                ("agent", "helper"),
+                ("agent", "mailer"),
+                ("priority", "3"),
+                ("value", VALUE),
+            ],
+        )
+        .await;
+    assert_eq!(to, "/vault/secrets/gh?saved=created");
+    let secret = web.store.get_secret("gh").unwrap();
+    assert_eq!(secret.agents.len(), 2);
+    assert_eq!(secret.injection, "header:authorization:token {value}");
+    assert_eq!(secret.priority, 3);
+    assert_eq!(
+        web.store.load_policy().unwrap().secrets()[0].value.expose(),
+        VALUE
+    );
+
+    // Bad input gets the shared code's line; the value typed is not echoed back.
+    let before = snapshot(&web.store);
+    for (form, needle) in [
+        (
+            vec![
+                ("name", "gh"),
+                ("host_pattern", "api.github.com"),
+                ("inject", "bearer"),
+                ("value", VALUE),
+            ],
+            "already exists",
+        ),
+        (
+            vec![
+                ("name", "x"),
+                ("host_pattern", "a.*.com"),
+                ("inject", "bearer"),
+                ("value", VALUE),
+            ],
+            "host pattern",
+        ),
+        (
+            vec![
+                ("name", "x"),
+                ("host_pattern", "a.com"),
+                ("inject", "cookie"),
+                ("value", VALUE),
+            ],
+            "injection",
+        ),
+        (
+            vec![
+                ("name", "x"),
+                ("host_pattern", "a.com"),
+                ("inject", "bearer"),
+                ("agent", "ghost"),
+                ("value", VALUE),
+            ],
+            "agent \"ghost\" not found",
+        ),
+        (
+            vec![
+                ("name", "x"),
+                ("host_pattern", "a.com"),
+                ("inject", "bearer"),
+                ("value", ""),
+            ],
+            "the secret value is empty",
+        ),
+        (
+            vec![
+                ("name", "x"),
+                ("host_pattern", "a.com"),
+                ("inject", "bearer"),
+                ("agent", "helper"),
+                ("sensitive", "true"),
+                ("value", VALUE),
+            ],
+            "research profile",
+        ),
+    ] {
+        let response = web.post("/vault/secrets", &form).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{form:?}");
+        let page = response.text().await.unwrap();
+        assert!(
+            form_error(&page).contains(needle),
+            "{needle}: {}",
+            form_error(&page)
+        );
+        assert!(!page.contains(VALUE), "the refused form echoed the value");
+    }
+    assert_eq!(snapshot(&web.store), before);
+
+    // Rotate: only the value changes; an empty one is refused, and so is one whose
+    // confirmation box was not ticked.
+    let refused = web
+        .post_refused(
+            "/vault/secrets/gh/rotate",
+            &[("value", ""), ("confirm", "yes")],
+        )
+        .await;
+    assert!(refused.contains("the secret value is empty"), "{refused}");
+    let unconfirmed = web
+        .post_refused("/vault/secrets/gh/rotate", &[("value", ROTATED)])
+        .await;
+    assert!(unconfirmed.contains("tick the box"), "{unconfirmed}");
+    assert_eq!(
+        web.store.load_policy().unwrap().secrets()[0].value.expose(),
+        VALUE
+    );
+    web.post_ok(
+        "/vault/secrets/gh/rotate",
+        &[("value", ROTATED), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(
+        web.store.load_policy().unwrap().secrets()[0].value.expose(),
+        ROTATED
+    );
+    assert_eq!(web.store.get_secret("gh").unwrap().agents.len(), 2);
+
+    // Revoking and deleting ask first.
+    let confirm = web.page("/vault/secrets/gh/revoke?agent=mailer").await;
+    assert!(confirm.contains("Revoke the grant"));
+    assert_eq!(web.store.get_secret("gh").unwrap().agents.len(), 2);
+    web.post_ok("/vault/secrets/gh/revoke?agent=mailer", &[])
+        .await;
+    assert_eq!(
+        web.store.get_secret("gh").unwrap().agents,
+        vec![AgentName::new("helper").unwrap()]
+    );
+    web.post_ok("/vault/secrets/gh/grant", &[("agent", "mailer")])
+        .await;
+    assert_eq!(web.store.get_secret("gh").unwrap().agents.len(), 2);
+
+    // No page shows the value, nor its parts.
+    let mut pages = vec![
+        "/".to_string(),
+        "/vault".into(),
+        "/vault/secrets/gh".into(),
+        "/vault/secrets/gh/delete".into(),
+        "/vault/secrets/gh/revoke?agent=helper".into(),
+        "/vault/secrets/new".into(),
+        "/agents/helper".into(),
+        "/agents/mailer".into(),
+        "/audit".into(),
+        "/health".into(),
+    ];
+    pages.push("/audit?limit=200".into());
+    for path in &pages {
+        let page = web.page(path).await;
+        for value in [VALUE, ROTATED] {
+            for part in [value, &value[4..20], &value[value.len() - 12..]] {
+                assert!(!page.contains(part), "{path} shows {part}");
+            }
+            assert!(
+                !page.contains(&hex_of(value)),
+                "{path} shows the value in hex"
+            );
+        }
+    }
+    // Nor does the database file, in plain text.
+    web.store.checkpoint().unwrap();
+    let database = std::fs::read(web.home.database()).unwrap();
+    for value in [VALUE, ROTATED] {
+        assert!(
+            !database.windows(value.len()).any(|w| w == value.as_bytes()),
+            "the database holds {value} in plain text"
+        );
+    }
+
+    assert!(web
+        .page("/vault/secrets/gh/delete")
+        .await
+        .contains("Delete the secret"));
+    assert!(web.store.get_secret("gh").is_ok());
+    assert_eq!(web.post_ok("/vault/secrets/gh/delete", &[]).await, "/vault");
+    assert!(web.store.get_secret("gh").is_err());
+    let events: Vec<(String, String)> = web
+        .store
+        .list_audit(&AuditFilter::default())
+        .unwrap()
+        .into_iter()
+        .filter_map(|row| Some((row.entry.event, row.entry.actor?)))
+        .collect();
+    for event in [
+        "secret.create",
+        "secret.rotate",
+        "secret.revoke",
+        "secret.grant",
+        "secret.delete",
+    ] {
+        assert!(
+            events.contains(&(event.to_string(), "web:admin".into())),
+            "{event} not audited as web:admin: {events:?}"
+        );
+    }
+    web.stop().await;
+}
+
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_are_previewed_created_edited_disabled_and_deleted() {
+    let web = Web::start(false).await;
+    // Recent requests in the audit log, as the vault writes them.
+    for (agent, method, path, decision) in [
+        (
+            "helper",
+            "POST",
+            "/gmail/v1/users/me/messages/send",
+            "injected",
+        ),
+        ("helper", "GET", "/gmail/v1/users/me/messages", "injected"),
+        (
+            "other",
+            "POST",
+            "/gmail/v1/users/me/messages/send",
+            "blocked",
+        ),
+    ] {
+        web.store
+            .append_audit(&AuditEntry {
+                event: "request".into(),
+                agent: Some(agent.into()),
+                method: Some(method.into()),
+                host: Some("gmail.googleapis.com".into()),
+                path: Some(path.into()),
+                decision: Some(decision.into()),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let form = [
+        ("name", "ask-before-send"),
+        ("host_pattern", "gmail.googleapis.com"),
+        ("path_pattern", "/gmail/v1/users/*/messages/send"),
+        ("method", "POST"),
+        ("action", "require_approval"),
+        ("agent", "helper"),
+        ("priority", "5"),
+        ("approval_timeout", "5m"),
+        ("scope", "user"),
+    ];
+    let mut preview = form.to_vec();
+    preview.push(("intent", "preview"));
+    let response = web.post("/vault/rules", &preview).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = response.text().await.unwrap();
+    assert!(page.contains("id=\"preview-count\">1<"), "{page}");
+    assert!(page.contains("/gmail/v1/users/me/messages/send"));
+    assert!(
+        web.store.list_rules().unwrap().is_empty(),
+        "a preview created a rule"
+    );
+
+    let mut save = form.to_vec();
+    save.push(("intent", "save"));
+    web.post_ok("/vault/rules", &save).await;
+    let rule = web.store.get_rule("ask-before-send").unwrap();
+    assert_eq!(rule.action, "require_approval");
+    assert_eq!(rule.approval_timeout_ms, Some(300_000));
+    assert_eq!(rule.agent, Some(AgentName::new("helper").unwrap()));
+
+    // The shared code's lines for bad input.
+    for (field, value, draft_change) in [
+        (
+            "action",
+            "rate_limit",
+            "needs a rate limit N and a rate window",
+        ),
+        ("host_pattern", "a.*.com", "host pattern"),
+        ("expires", "someday", "expires \"someday\""),
+        ("name", "42", "all digits"),
+    ] {
+        let mut bad: Vec<(&str, &str)> = form
+            .iter()
+            .filter(|(k, _)| *k != field && *k != "name")
+            .cloned()
+            .collect();
+        bad.push((field, value));
+        if field != "name" {
+            bad.push(("name", "other"));
+        }
+        if field == "action" {
+            bad.retain(|(k, _)| *k != "approval_timeout");
+        }
+        bad.push(("intent", "save"));
+        let shown = web.post_refused("/vault/rules", &bad).await;
+        assert!(shown.contains(draft_change), "{field}: {shown}");
+    }
+    assert_eq!(web.store.list_rules().unwrap().len(), 1);
+
+    // Edit keeps the id; disable keeps the rule but takes it out of the policy.
+    let edit = format!("/vault/rules/{}/edit", rule.id);
+    assert!(web.page(&edit).await.contains("value=\"ask-before-send\""));
+    let mut changed: Vec<(&str, &str)> = save
+        .iter()
+        .filter(|(k, _)| *k != "action" && *k != "approval_timeout")
+        .cloned()
+        .collect();
+    changed.push(("action", "block"));
+    web.post_ok(&edit, &changed).await;
+    let edited = web.store.get_rule(&rule.id.to_string()).unwrap();
+    assert_eq!(edited.action, "block");
+    assert_eq!(edited.approval_timeout_ms, None);
+    web.post_ok(
+        &format!("/vault/rules/{}/enabled", rule.id),
+        &[("enabled", "false")],
+    )
+    .await;
+    assert!(!web.store.get_rule("ask-before-send").unwrap().enabled);
+    assert!(web.store.load_policy().unwrap().rules().is_empty());
+    assert!(web.page("/vault").await.contains("disabled"));
+    web.post_ok(
+        &format!("/vault/rules/{}/enabled", rule.id),
+        &[("enabled", "true")],
+    )
+    .await;
+    assert_eq!(web.store.load_policy().unwrap().rules().len(), 1);
+
+    let confirm = web.page(&format!("/vault/rules/{}/delete", rule.id)).await;
+    assert!(confirm.contains("Delete the rule"));
+    assert_eq!(web.store.list_rules().unwrap().len(), 1);
+    web.post_ok(&format!("/vault/rules/{}/delete", rule.id), &[])
+        .await;
+    assert!(web.store.list_rules().unwrap().is_empty());
+    let events: Vec<String> = web
+        .store
+        .list_audit(&AuditFilter {
+            event: None,
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.entry.actor.as_deref() == Some("web:admin"))
+        .map(|row| row.entry.event)
+        .collect();
+    for event in [
+        "rule.create",
+        "rule.update",
+        "rule.disable",
+        "rule.enable",
+        "rule.delete",
+    ] {
+        assert!(events.iter().any(|e| e == event), "{event}: {events:?}");
+    }
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charts_show_a_days_traffic_and_how_long_decisions_took() {
+    let web = Web::start(false).await;
+    let none = web.page("/agents/helper").await;
+    assert!(none.contains("No requests through the vault in the last 24 hours"));
+    let now = palisade_store::now_ms();
+    web.store
+        .add_request_counts(&[
+            ("helper".into(), now, Outcome::Allowed, 7),
+            ("helper".into(), now, Outcome::Injected, 3),
+            ("helper".into(), now - 3_600_000, Outcome::Blocked, 2),
+            (
+                "helper".into(),
+                now - 2 * 3_600_000,
+                Outcome::RateLimited,
+                1,
+            ),
+        ])
+        .unwrap();
+    let page = web.page("/agents/helper").await;
+    let svg = &page[page.find("<svg").expect("a chart")..page.find("</svg>").unwrap()];
+    for class in [
+        "bar allowed",
+        "bar injected",
+        "bar blocked",
+        "bar rate_limited",
+    ] {
+        assert!(svg.contains(class), "{class} missing");
+    }
+    assert!(
+        svg.contains("7 allowed, 3 injected, 2 blocked, 1 rate-limited"),
+        "{svg}"
+    );
+    assert!(!page.contains("<script>"), "no inline script");
+    let dashboard = web.page("/").await;
+    assert!(dashboard.contains("id=\"traffic\"") && dashboard.contains("<svg"));
+
+    // A decided approval: the approvals page says how long it took.
+    let approval = web
+        .store
+        .create_approval(palisade_store::NewApproval {
+            kind: "credential_use".into(),
+            agent: AgentName::new("helper").unwrap(),
+            title: "send the report".into(),
+            lines: vec![],
+            detail: String::new(),
+            context: serde_json::json!({}),
+            expires_at_ms: now + 600_000,
+            holder: None,
+            request_key: None,
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let csrf = web.csrf().await;
+    let decided = web
+        .client
+        .post(web.url(&format!("/approvals/{}/decide", approval.id)))
+        .header("cookie", web.cookie())
+        .header("origin", web.origin())
+        .form(&[("decision", "approve"), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(decided.status(), StatusCode::SEE_OTHER);
+    let approvals = web.page("/approvals").await;
+    assert!(approvals.contains("id=\"decision-times\""), "{approvals}");
+    assert!(approvals.contains("class=\"nowrap took\""));
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_run_stores_the_key_in_the_vault_and_picks_the_newest_model() {
+    let web = Web::start(true).await;
+    let (_, upstream, _) = web.vault.as_ref().unwrap();
+    upstream.set_models(&[
+        ("claude-sonnet-4-5-20250929", "2025-09-29T00:00:00Z"),
+        ("claude-sonnet-4-6", "2026-02-17T00:00:00Z"),
+        ("claude-sonnet-4-7-20261120", "2026-11-20T00:00:00Z"),
+        ("claude-opus-4-7", "2026-12-01T00:00:00Z"),
+    ]);
+    upstream.script_anthropic(vec![ScriptedTurn::text("unused")]);
+    let dashboard = web.page("/").await;
+    assert!(dashboard.contains("id=\"first-run\""), "no first-run form");
+    assert!(dashboard.contains("type=\"password\" name=\"key\""));
+
+    // An empty key is refused with one line, and nothing is stored.
+    let refused = web
+        .post_refused(
+            "/setup/model-key",
+            &[("agent", "helper"), ("provider", "anthropic"), ("key", "")],
+        )
+        .await;
+    assert!(refused.contains("the API key is empty"), "{refused}");
+    assert!(web.store.list_secrets().unwrap().is_empty());
+
+    let to = web
+        .post_ok(
+            "/setup/model-key",
+            &[
+                ("agent", "helper"),
+                ("provider", "anthropic"),
+                ("base_url", &upstream.base_url()),
+                ("key", MODEL_KEY),
+                ("model", ""),
+            ],
+        )
+        .await;
+    assert_eq!(to, "/?ready=helper");
+    let helper = web
+        .store
+        .get_agent(&AgentName::new("helper").unwrap())
+        .unwrap();
+    assert_eq!(
+        helper.settings["model"], "claude-sonnet-4-7-20261120",
+        "the newest of the family, not the newest model"
+    );
+    let secret = web.store.get_secret("anthropic").unwrap();
+    assert_eq!(secret.host_pattern, "localhost");
+    assert_eq!(secret.agents, vec![AgentName::new("helper").unwrap()]);
+    // The list was asked through the vault, which injected the key.
+    let listed: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.path() == "/v1/models")
+        .collect();
+    assert!(!listed.is_empty());
+    assert_eq!(listed[0].api_key(), Some(MODEL_KEY));
+
+    let ready = web.page(&to).await;
+    assert!(ready.contains("id=\"first-message\"") && ready.contains("/chat?agent=helper"));
+    assert!(ready.contains("claude-sonnet-4-7-20261120"));
+    assert!(
+        !ready.contains("id=\"first-run\""),
+        "the form is gone once a key is stored"
+    );
+    // The agent page offers the provider's models as a choice.
+    let agent = web.page("/agents/helper").await;
+    assert!(agent.contains("<select name=\"model\">"), "{agent}");
+    assert!(agent.contains("<option value=\"claude-opus-4-7\""));
+    for page in [dashboard, ready, agent] {
+        assert!(!page.contains(MODEL_KEY));
+    }
+    // The Health page's online check: one tiny request to the model, through the vault.
+    let online = web.post("/health/online", &[]).await;
+    assert_eq!(online.status(), StatusCode::OK);
+    let online = online.text().await.unwrap();
+    assert!(
+        online.contains("agent helper: claude-sonnet-4-7-20261120 answered through the vault"),
+        "{online}"
+    );
+    let probe = upstream
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path() == "/v1/messages")
+        .expect("the probe reached the model API");
+    assert_eq!(probe.api_key(), Some(MODEL_KEY));
+    assert_eq!(probe.body_json().unwrap()["max_tokens"], 1);
+    assert!(!online.contains(MODEL_KEY));
+
+    // A second key under the same name is refused with the way to rotate it.
+    let again = web
+        .post_refused(
+            "/setup/model-key",
+            &[
+                ("agent", "helper"),
+                ("provider", "anthropic"),
+                ("key", "another"),
+            ],
+        )
+        .await;
+    assert!(again.contains("rotate"), "{again}");
+    let rows = web
+        .store
+        .list_audit(&AuditFilter {
+            event: Some("secret.create".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows[0].entry.actor.as_deref(), Some("web:admin"));
+    web.stop().await;
+}

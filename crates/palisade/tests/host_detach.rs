@@ -1,0 +1,65 @@
+//! `palisade up --detach`: it says what it starts and what it waits for, prints the
+//! login link once the host serves, and the host is then running for `status` and
+//! `doctor`. The detached host is stopped by `palisade down`, and killed by its pid if
+//! the test fails first.
+
+mod host_fixture;
+
+use host_fixture::{ok, text, world};
+
+/// Stops the detached host whatever happens to the test.
+struct Detached<'a>(&'a palisade_testkit::Palisade);
+
+impl Drop for Detached<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["down"]);
+        let pid = std::fs::read_to_string(self.0.home().join("run/host.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[test]
+fn up_detach_says_what_it_waits_for_and_the_host_then_runs() {
+    let world = world();
+    let listen = world.listen.to_string();
+    let ca = world.ca.pem_path().to_str().unwrap().to_string();
+    let _stop = Detached(&world.palisade);
+    let started = ok(world.palisade.run(&[
+        "up",
+        "--detach",
+        "--listen",
+        &listen,
+        "--upstream-ca",
+        &ca,
+        "--allow-local-upstream",
+        "localhost",
+    ]));
+    let stderr = String::from_utf8_lossy(&started.stderr);
+    assert!(
+        stderr.contains("started the host in the background (pid")
+            && stderr.contains(&format!("waiting until it serves http://{listen}")),
+        "{}",
+        text(&started)
+    );
+    let stdout = String::from_utf8_lossy(&started.stdout);
+    assert!(
+        stdout.contains(&format!("http://{listen}/login?token=")),
+        "{}",
+        text(&started)
+    );
+    let doctor = world.palisade.run(&["doctor"]);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        report.contains("ok   host     running (pid") && report.contains(&listen),
+        "{}",
+        text(&doctor)
+    );
+    ok(world.palisade.run(&["down"]));
+}
