@@ -98,28 +98,13 @@ async fn try_send(
         .map(|origin| origin.chain.clone())
         .unwrap_or_default();
     chain.push(from.clone());
-    let path = || {
-        chain
-            .iter()
-            .chain(std::iter::once(&to))
-            .map(AgentName::as_str)
-            .collect::<Vec<_>>()
-            .join(" → ")
-    };
-    if chain.contains(&to) {
-        audit(inner, &from, &to, "cycle", Some(path())).await;
-        return Err(format!(
-            "not sent: {to} is already part of this conversation ({}), so this would loop. Answer with what you have instead.",
-            path()
-        ));
-    }
-    if chain.len() > HOP_LIMIT {
-        audit(inner, &from, &to, "hop_limit", Some(path())).await;
-        return Err(format!(
-            "not sent: this conversation already passed through {} agents ({}), the most allowed. Answer with what you have instead.",
-            chain.len(),
-            path()
-        ));
+    if let Err(stop) = check_chain(&chain, &to) {
+        let (decision, path) = match &stop {
+            ChainStop::Cycle { path, .. } => ("cycle", path.clone()),
+            ChainStop::HopLimit { path, .. } => ("hop_limit", path.clone()),
+        };
+        audit(inner, &from, &to, decision, Some(path)).await;
+        return Err(stop.to_string());
     }
     let store = inner.store.clone();
     let key = format!("a2a:{from}:{to}");
@@ -329,5 +314,96 @@ async fn blocking<T: Send + 'static>(
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(error.to_string()),
         Err(error) => Err(format!("a store task failed: {error}")),
+    }
+}
+
+/// Why a chain of agent messages stops before reaching the next agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ChainStop {
+    /// The next agent is already in the chain (A → B → A).
+    Cycle { to: String, path: String },
+    /// The chain already passed through more than [`HOP_LIMIT`] agents.
+    HopLimit { agents: usize, path: String },
+}
+
+impl std::fmt::Display for ChainStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainStop::Cycle { to, path } => write!(
+                f,
+                "not sent: {to} is already part of this conversation ({path}), so this would loop. Answer with what you have instead."
+            ),
+            ChainStop::HopLimit { agents, path } => write!(
+                f,
+                "not sent: this conversation already passed through {agents} agents ({path}), the most allowed. Answer with what you have instead."
+            ),
+        }
+    }
+}
+
+/// Whether a message whose chain of senders is `chain` (oldest first, the sender
+/// last) may go on to `to`: never back to an agent already in it, and never past
+/// [`HOP_LIMIT`] agents.
+fn check_chain(chain: &[AgentName], to: &AgentName) -> Result<(), ChainStop> {
+    let path = || {
+        chain
+            .iter()
+            .chain(std::iter::once(to))
+            .map(AgentName::as_str)
+            .collect::<Vec<_>>()
+            .join(" → ")
+    };
+    if chain.contains(to) {
+        return Err(ChainStop::Cycle {
+            to: to.to_string(),
+            path: path(),
+        });
+    }
+    if chain.len() > HOP_LIMIT {
+        return Err(ChainStop::HopLimit {
+            agents: chain.len(),
+            path: path(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<AgentName> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_chain_stops_at_a_cycle_and_past_the_hop_limit() {
+        let to = |n: &str| n.parse::<AgentName>().unwrap();
+        assert_eq!(check_chain(&names(&["a"]), &to("b")), Ok(()));
+        // Ping-pong: b answering back to a is a cycle, named by its path.
+        let stop = check_chain(&names(&["a", "b"]), &to("a")).unwrap_err();
+        assert_eq!(
+            stop,
+            ChainStop::Cycle {
+                to: "a".into(),
+                path: "a → b → a".into()
+            }
+        );
+        assert!(stop.to_string().contains("a → b → a"));
+        // A long ring without repeats: exactly HOP_LIMIT senders may still pass it on.
+        let ring: Vec<String> = (0..=HOP_LIMIT).map(|i| format!("agent{i}")).collect();
+        let ring: Vec<&str> = ring.iter().map(String::as_str).collect();
+        assert_eq!(check_chain(&names(&ring[..HOP_LIMIT]), &to("next")), Ok(()));
+        let stop = check_chain(&names(&ring), &to("next")).unwrap_err();
+        assert!(
+            matches!(&stop, ChainStop::HopLimit { agents, .. } if *agents == HOP_LIMIT + 1),
+            "{stop:?}"
+        );
+        assert!(stop.to_string().contains("agent0 → agent1"), "{stop}");
+        // A cycle is named as one even in a chain at the limit.
+        assert!(matches!(
+            check_chain(&names(&ring), &to("agent2")),
+            Err(ChainStop::Cycle { .. })
+        ));
     }
 }
