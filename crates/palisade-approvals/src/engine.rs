@@ -343,8 +343,8 @@ impl Engine {
             HostPattern::parse(&host).map_err(|_| not_offered("its host is not a plain name"))?;
         let path = PathPattern::parse(&path)
             .map_err(|_| not_offered("its path cannot be written as an exact pattern"))?;
-        let method =
-            MethodPattern::parse(&method).map_err(|_| not_offered("its method is unusual"))?;
+        let method = MethodPattern::exact(&method)
+            .map_err(|_| not_offered("its method is not one of the standard ones"))?;
         let holding = self
             .store
             .list_rules()?

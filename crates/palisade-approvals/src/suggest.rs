@@ -45,7 +45,7 @@ impl Suggestion {
             name: self.rule_name.clone(),
             host: HostPattern::parse(&self.host).map_err(|e| e.to_string())?,
             path: Some(PathPattern::parse(&self.path).map_err(|e| e.to_string())?),
-            method: MethodPattern::parse(&self.method).map_err(|e| e.to_string())?,
+            method: MethodPattern::exact(&self.method).map_err(|e| e.to_string())?,
             action: RuleAction::Allow,
             agent: Some(self.agent.clone()),
             priority: self.priority,
@@ -133,7 +133,7 @@ pub fn suggest(
         .filter_map(|((agent, method, host, path, held_by), group)| {
             // Only requests a rule still in force held, written exactly.
             let holding = rules.iter().find(|rule| rule.name == held_by)?;
-            if host.contains('*') || path.contains('*') {
+            if host.contains('*') || path.contains('*') || MethodPattern::exact(&method).is_err() {
                 return None;
             }
             let exists = rules.iter().any(|rule| {
@@ -335,6 +335,26 @@ mod tests {
         assert!(only
             .explain()
             .contains("spared 7 approvals (by Ana ×4, Bo ×3)"));
+    }
+
+    #[test]
+    fn a_method_that_reads_as_any_is_never_suggested() {
+        let mut week = Vec::new();
+        for method in ["ANY", "*", "any", "get"] {
+            for day in 0..5 {
+                week.push(approval(
+                    week.len(),
+                    "mailer",
+                    method,
+                    "/gmail/v1/users/me/labels",
+                    ApprovalStatus::Approved,
+                    "Ana",
+                    day,
+                ));
+            }
+        }
+        let suggestions = suggest(&week, &[holding_rule()], NOW - 7 * DAY, 3);
+        assert!(suggestions.is_empty(), "{suggestions:#?}");
     }
 
     #[test]

@@ -257,6 +257,59 @@ fn always_allow_creates_a_visible_revocable_rule_for_that_path_only() {
 }
 
 #[test]
+fn a_grant_is_never_for_more_methods_than_the_request_used() {
+    let w = world();
+    let sent = "/gmail/v1/users/me/messages/send";
+    // `ANY` and `*` are valid method tokens a client can send; as a rule's method they
+    // would mean every method.
+    for method in ["ANY", "*", "any", "get"] {
+        for choice in [Choice::Always, Choice::ForHour] {
+            let id = w
+                .engine
+                .request(NewRequest {
+                    kind: ApprovalKind::CredentialUse,
+                    agent: agent("mailer"),
+                    summary: Summary {
+                        title: format!("{method} {sent}"),
+                        lines: vec![],
+                        detail: String::new(),
+                    },
+                    context: serde_json::json!({
+                        "method": method, "host": "gmail.googleapis.com", "path": sent, "rule": "ask-gmail",
+                    }),
+                    timeout: Duration::from_secs(600),
+                    holder: Some(Holder::this_process()),
+                    request_key: None,
+                })
+                .unwrap()
+                .id;
+            let refused = w.engine.decide(&id, &ana(), choice, None);
+            assert!(
+                matches!(refused, Err(ApprovalError::ChoiceNotOffered { .. })),
+                "{method} {choice:?}: {refused:?}"
+            );
+            w.engine.decide(&id, &ana(), Choice::Once, None).unwrap();
+        }
+    }
+    assert!(
+        w.store
+            .list_rules()
+            .unwrap()
+            .iter()
+            .all(|rule| rule.action != "allow"),
+        "a grant was made"
+    );
+    assert_eq!(verdict(&w, sent, w.clock.now_ms()), "ask");
+    // A standard method is granted as exactly that method.
+    let id = held_send(&w, sent);
+    let decided = w.engine.decide(&id, &ana(), Choice::Always, None).unwrap();
+    let name = decided.granted_rule.unwrap();
+    let rules = w.store.list_rules().unwrap();
+    let rule = rules.iter().find(|r| r.name == name).unwrap();
+    assert_eq!(rule.method, "POST");
+}
+
+#[test]
 fn grants_are_refused_when_they_would_be_wider_than_the_request() {
     let w = world();
     let id = held_send(&w, "/gmail/v1/users/*/x");

@@ -343,6 +343,27 @@ pub enum MethodPattern {
 }
 
 impl MethodPattern {
+    /// Exactly the method a request used, for a rule that must be no wider than that
+    /// request (an approval's grant, a suggestion): one of the standard methods spelt as
+    /// sent. Never [`MethodPattern::Any`]: a request whose method reads `*` or `ANY` to
+    /// [`MethodPattern::parse`] would otherwise become a rule for every method.
+    pub fn exact(method: &str) -> Result<Self, PatternError> {
+        const STANDARD: [http::Method; 7] = [
+            http::Method::GET,
+            http::Method::HEAD,
+            http::Method::POST,
+            http::Method::PUT,
+            http::Method::PATCH,
+            http::Method::DELETE,
+            http::Method::OPTIONS,
+        ];
+        STANDARD
+            .into_iter()
+            .find(|standard| standard.as_str() == method)
+            .map(MethodPattern::One)
+            .ok_or_else(|| PatternError::Method(method.to_string()))
+    }
+
     pub fn parse(pattern: &str) -> Result<Self, PatternError> {
         if pattern == "*" || pattern.eq_ignore_ascii_case("any") {
             return Ok(MethodPattern::Any);
