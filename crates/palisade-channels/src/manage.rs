@@ -79,8 +79,12 @@ pub struct AddChannel {
 /// `-`, `_` and `.`, at most 64.
 pub fn check_channel_name(name: &str) -> Result<(), ManageError> {
     let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    // `slack` and `discord` would shadow the platforms' endpoint paths.
-    let reserved = matches!(name, "slack" | "discord" | "telegram");
+    // `slack` and `discord` would shadow the platforms' endpoint paths; `web`, `cli`
+    // and `api` are the other approval surfaces' names in the audit log.
+    let reserved = matches!(
+        name,
+        "slack" | "discord" | "telegram" | "web" | "cli" | "api"
+    );
     if name.is_empty()
         || name.len() > 64
         || !name.chars().all(fine)
@@ -88,7 +92,7 @@ pub fn check_channel_name(name: &str) -> Result<(), ManageError> {
         || reserved
     {
         return Err(ManageError::Invalid(format!(
-            "channel name {:?} is invalid: use 1-64 letters, digits, '-', '_' or '.' (not a platform's name)",
+            "channel name {:?} is invalid: use 1-64 letters, digits, '-', '_' or '.' (not a platform's name, nor web, cli or api)",
             name.chars().take(80).collect::<String>()
         )));
     }

@@ -10,6 +10,13 @@
 use palisade_policy::AgentName;
 use serde::Serialize;
 
+/// The key of a stranger's request to talk to `agent` on `channel`: asking again finds
+/// the same request. Removing the sender, the agent or the channel forgets decided
+/// ones, so an old approval never lets a removed person back in.
+pub fn access_request_key(channel: &str, user_id: &str, agent: &AgentName) -> String {
+    format!("access:{channel}:{user_id}:{agent}")
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalStatus {

@@ -224,3 +224,64 @@ fn list_newest_first_and_decided_among() {
         .collect();
     assert_eq!(t.store.decided_among(&many).unwrap().len(), 1);
 }
+
+#[test]
+fn deleting_an_agent_or_channel_forgets_its_access_requests_and_pending_approvals() {
+    let t = common::store();
+    common::add_agent(&t.store, "alpha");
+    t.store
+        .create_channel(palisade_store::NewChannel {
+            name: "tg".into(),
+            platform: "telegram".into(),
+            settings: serde_json::json!({}),
+            credentials: palisade_policy::SecretValue::new("{}".to_string()),
+        })
+        .unwrap();
+    let access = |agent: &str| {
+        let mut request = new_approval(agent, "Access request");
+        request.kind = "access_request".into();
+        request.request_key = Some(palisade_store::approvals::access_request_key(
+            "tg",
+            "333",
+            &common::agent(agent),
+        ));
+        t.store.create_approval(request).unwrap()
+    };
+    // Approved once: asking again finds the same, approved request.
+    let first = access("alpha");
+    t.store
+        .decide_approval(&first.id, &decision(true, "ana"))
+        .unwrap();
+    assert_eq!(access("alpha").id, first.id);
+    let pending = t
+        .store
+        .create_approval(new_approval("alpha", "Pay"))
+        .unwrap();
+
+    // A new agent of the same name inherits neither.
+    t.store.delete_agent(&common::agent("alpha")).unwrap();
+    common::add_agent(&t.store, "alpha");
+    let again = access("alpha");
+    assert_ne!(again.id, first.id);
+    assert_eq!(again.status, ApprovalStatus::Pending);
+    assert_eq!(
+        t.store.get_approval(&pending.id).unwrap().status,
+        ApprovalStatus::Cancelled
+    );
+
+    // Nor a new channel of the same name.
+    t.store
+        .decide_approval(&again.id, &decision(true, "ana"))
+        .unwrap();
+    t.store.delete_channel("tg").unwrap();
+    t.store
+        .create_channel(palisade_store::NewChannel {
+            name: "tg".into(),
+            platform: "telegram".into(),
+            settings: serde_json::json!({}),
+            credentials: palisade_policy::SecretValue::new("{}".to_string()),
+        })
+        .unwrap();
+    let third = access("alpha");
+    assert!(third.id != again.id && third.status == ApprovalStatus::Pending);
+}

@@ -132,5 +132,18 @@ fn strangers_ask_for_access_and_blocked_requests_are_told_once() {
     }
     let audit = ok(palisade.run(&["audit", "list", "--json", "--event", "sender.add"]));
     assert!(String::from_utf8_lossy(&audit.stdout).contains("333333"));
+
+    // Taken back, Mallory is a stranger again: her old approval does not let her in,
+    // Ana is asked anew.
+    ok(palisade.run(&["channels", "disallow", "tg", "--agent", "helper", "--user", &MALLORY.to_string()]));
+    telegram.user_writes_in(GROUP, MALLORY, "Mallory", "me again, still allowed?");
+    telegram
+        .wait_for_message(ANA, WAIT, |m| m.has_buttons() && m.text.contains("333333"))
+        .unwrap_or_else(|| panic!("Ana was not asked again about Mallory: {}", host.stderr()));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(never_reached_model(&world, "still allowed?"), "a removed sender reached the agent");
+    let listed = ok(palisade.run(&["channels", "list", "--json"]));
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(listed[0]["senders"].as_array().is_none_or(Vec::is_empty), "{listed}");
     world.down(host);
 }

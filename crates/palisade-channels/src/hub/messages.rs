@@ -190,11 +190,10 @@ impl Hub {
             }),
             timeout: ACCESS_TIMEOUT,
             holder: None,
-            request_key: Some(format!(
-                "access:{}:{}:{}",
+            request_key: Some(palisade_store::approvals::access_request_key(
                 channel.name(),
-                message.user.id,
-                agent
+                &message.user.id,
+                &agent,
             )),
         };
         let engine = self.inner.engine.clone();

@@ -143,6 +143,17 @@ impl Store {
             )?;
             // Foreign keys cascade to agent_tokens, secret_grants and rules.
             tx.execute("DELETE FROM agents WHERE id = ?1", [id])?;
+            // Approvals name the agent as text: a new agent of the same name must not
+            // inherit them (an admitted stranger, a pending card).
+            tx.execute(
+                "UPDATE approvals SET request_key = NULL WHERE agent = ?1 AND request_key LIKE 'access:%'",
+                [name.as_str()],
+            )?;
+            tx.execute(
+                "UPDATE approvals SET status = 'cancelled', decided_at_ms = ?2
+                 WHERE agent = ?1 AND status = 'pending'",
+                (name.as_str(), crate::now_ms()),
+            )?;
             let mut entry = self.audit_entry("agent.delete");
             entry.agent = Some(name.to_string());
             entry.decision = Some("deleted".into());

@@ -242,6 +242,14 @@ impl Store {
         self.write(|tx| {
             let (id, platform) = channel_row(tx, name)?;
             tx.execute("DELETE FROM channels WHERE id = ?1", [id])?;
+            // Strangers admitted on this channel are not admitted on a new channel of
+            // the same name.
+            let prefix = format!("access:{name}:");
+            tx.execute(
+                "UPDATE approvals SET request_key = NULL
+                 WHERE substr(request_key, 1, length(?1)) = ?1 AND status != 'pending'",
+                [&prefix],
+            )?;
             let mut entry = self.audit_entry("channel.delete");
             entry.decision = Some("deleted".into());
             entry.detail = Some(serde_json::json!({ "channel": name, "platform": platform }));

@@ -63,6 +63,11 @@ impl Store {
                     name: format!("{user_id} on {channel} for {agent}"),
                 });
             }
+            // Their approved access request must not admit them again.
+            tx.execute(
+                "UPDATE approvals SET request_key = NULL WHERE request_key = ?1 AND status != 'pending'",
+                [crate::approvals::access_request_key(channel, user_id, agent)],
+            )?;
             let mut entry = self.audit_entry("sender.remove");
             entry.agent = Some(agent.to_string());
             entry.decision = Some("removed".into());
