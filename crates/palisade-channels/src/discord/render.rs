@@ -22,6 +22,33 @@ pub(super) fn cut(text: &str, chars: usize) -> String {
     cut
 }
 
+/// Card text with Discord's markdown made literal: what an agent, a web page or a
+/// stranger wrote must read on the card exactly as written, never as spoilers hiding
+/// a recipient (`||…||`), a masked link (`[shown](elsewhere)`), a heading or small
+/// print. Escapes backslash, `*`, `_`, `~`, `|`, backtick, `[`, `]`, `<` and `>`
+/// everywhere and `#`, `-`, `+` at the start of a line (headings, subtext, lists);
+/// Discord shows an escaped character as itself and the backslash as nothing.
+pub(super) fn escape_markdown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    for line in text.split_inclusive('\n') {
+        let mut at_start = true;
+        for c in line.chars() {
+            let special = matches!(
+                c,
+                '\\' | '*' | '_' | '~' | '|' | '`' | '[' | ']' | '<' | '>'
+            ) || (at_start && matches!(c, '#' | '-' | '+'));
+            if special {
+                out.push('\\');
+            }
+            out.push(c);
+            if !c.is_whitespace() {
+                at_start = false;
+            }
+        }
+    }
+    out
+}
+
 /// A text message's body.
 pub(super) fn text(content: &str) -> Value {
     json!({"content": cut(content, MAX_CONTENT_CHARS), "allowed_mentions": {"parse": []}})
@@ -52,7 +79,7 @@ pub(super) fn card(card: &Card) -> Value {
         .map(|row| json!({"type": 1, "components": row}))
         .collect();
     json!({
-        "content": cut(&card.text(), MAX_CONTENT_CHARS),
+        "content": cut(&escape_markdown(&card.text()), MAX_CONTENT_CHARS),
         "components": rows,
         "allowed_mentions": {"parse": []},
     })
@@ -112,5 +139,63 @@ mod tests {
         sample.outcome = Some("Denied".into());
         assert_eq!(card(&sample)["components"], json!([]));
         assert!(cut(&"x".repeat(3000), MAX_CONTENT_CHARS).chars().count() == MAX_CONTENT_CHARS);
+    }
+
+    #[test]
+    fn what_others_wrote_on_a_card_is_literal_markdown() {
+        let sample = Card {
+            approval_id: "apr_abcdefghijkl".into(),
+            token: "abcdefghijklmnop".into(),
+            heading: "Request held at the vault · agent a".into(),
+            title: "Send e-mail to \"||\" <exfil@evil.example>, \"||\" <bob@corp.example>".into(),
+            lines: vec![
+                "[https://github.com/acme](https://evil.example)".into(),
+                "# Looks official".into(),
+                "-# small print".into(),
+                "> quoted **bold** _it_ ~~gone~~ `code` \\".into(),
+            ],
+            detail: String::new(),
+            buttons: vec![],
+            outcome: None,
+            expires_at_ms: 0,
+        };
+        let content = card(&sample)["content"].as_str().unwrap().to_string();
+        // Every special character is preceded by a backslash (so shown as written).
+        let chars: Vec<char> = content.chars().collect();
+        for (i, c) in chars.iter().enumerate() {
+            if matches!(c, '*' | '_' | '~' | '|' | '`' | '[' | ']' | '<' | '>') {
+                assert_eq!(
+                    chars.get(i.wrapping_sub(1)),
+                    Some(&'\\'),
+                    "{c} unescaped in {content}"
+                );
+            }
+        }
+        assert!(
+            !content.contains("\n#") && !content.contains("\n-#"),
+            "{content}"
+        );
+        assert!(content.contains("\\# Looks official") && content.contains("\\-# small print"));
+        // Text in the middle of a line keeps its dashes and hashes.
+        assert!(content.contains("e-mail"), "{content}");
+        // Shown without the backslashes, it is the text written.
+        let shown: String = {
+            let mut out = String::new();
+            let mut escaped = false;
+            for c in content.chars() {
+                if c == '\\' && !escaped {
+                    escaped = true;
+                    continue;
+                }
+                escaped = false;
+                out.push(c);
+            }
+            out
+        };
+        assert!(shown.contains("\"||\" <exfil@evil.example>"), "{shown}");
+        assert!(
+            shown.contains("> quoted **bold** _it_ ~~gone~~ `code` \\"),
+            "{shown}"
+        );
     }
 }
