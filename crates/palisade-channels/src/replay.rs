@@ -1,6 +1,8 @@
 //! Signed requests already taken, so a captured one cannot be replayed while its
 //! timestamp is still inside the platform's window (Slack's and Discord's signatures
-//! cover a timestamp, not a nonce).
+//! cover a timestamp, not a nonce). A request is remembered by what was signed — its
+//! timestamp and body — not by how its signature was spelt: the same signature in
+//! upper-case hex, or with spaces around it, verifies too and must count as the same.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,9 +23,22 @@ impl SeenRequests {
         }
     }
 
-    /// Records `signature` (already verified) made at `timestamp_seconds`; `false` if
-    /// it was taken before.
-    pub fn first_time(&self, signature: &str, timestamp_seconds: i64, now_seconds: i64) -> bool {
+    /// Records the request signed over `timestamp` and `body` (already verified), made
+    /// at `timestamp_seconds`; `false` if it was taken before.
+    pub fn first_time(
+        &self,
+        timestamp: &str,
+        body: &[u8],
+        timestamp_seconds: i64,
+        now_seconds: i64,
+    ) -> bool {
+        use sha2::Digest;
+        let mut digest = sha2::Sha256::new();
+        digest.update(timestamp.trim().as_bytes());
+        digest.update([0]);
+        digest.update(body);
+        let signature = hex::encode(digest.finalize());
+        let signature = signature.as_str();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.retain(|_, at| (now_seconds - *at).abs() <= self.window_seconds);
         if seen.contains_key(signature) {
@@ -40,5 +55,22 @@ impl SeenRequests {
         }
         seen.insert(signature.to_string(), timestamp_seconds);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_signed_content_is_taken_once_however_it_is_spelt() {
+        let seen = SeenRequests::new(300);
+        assert!(seen.first_time("1700000000", b"payload=x", 1_700_000_000, 1_700_000_010));
+        assert!(!seen.first_time("1700000000", b"payload=x", 1_700_000_000, 1_700_000_020));
+        assert!(!seen.first_time(" 1700000000 ", b"payload=x", 1_700_000_000, 1_700_000_020));
+        assert!(seen.first_time("1700000000", b"payload=y", 1_700_000_000, 1_700_000_020));
+        assert!(seen.first_time("1700000001", b"payload=x", 1_700_000_001, 1_700_000_020));
+        // Outside the window it is forgotten (and the signature check refuses it).
+        assert!(seen.first_time("1700000000", b"payload=x", 1_700_000_000, 1_700_001_000));
     }
 }

@@ -198,6 +198,9 @@ fn discord_messages_cards_modals_and_resume() {
     assert_eq!(answer["data"]["flags"], 64, "{answer}");
     assert!(answer["data"]["content"].as_str().unwrap().contains("already decided"), "{answer}");
     assert_eq!(post(&world, endpoint, &headers, &body).0, 401);
+    let mut respelt = headers.clone();
+    respelt[1].1 = respelt[1].1.to_uppercase();
+    assert_eq!(post(&world, endpoint, &respelt, &body).0, 401, "a re-spelt replay");
     assert_eq!(post(&world, "/channels/discord/nope/interactions", &headers, &body).0, 404);
     assert_eq!(arrived(&world, "/held/one"), 1);
     world.down(host);

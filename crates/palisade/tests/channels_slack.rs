@@ -255,6 +255,12 @@ fn a_held_request_is_decided_from_slack_and_every_card_follows() {
         .wait_for_ephemeral(BOB, WAIT, |e| e.text.contains("does not belong here"))
         .expect("the misplaced press refused");
     assert_eq!(post(&world, endpoint, &headers, &body).0, 401);
+    // The same signature spelt in upper-case hex verifies, and is still a replay.
+    let mut respelt = headers.clone();
+    let signature = respelt[2].1.clone();
+    respelt[2].1 = format!("v0={}", signature.trim_start_matches("v0=").to_uppercase());
+    assert_ne!(respelt[2].1, signature);
+    assert_eq!(post(&world, endpoint, &respelt, &body).0, 401);
     assert_eq!(arrived(&world, "/held/"), 0, "nothing was approved yet");
 
     // Bob approves in Slack.

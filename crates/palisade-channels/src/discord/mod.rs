@@ -331,7 +331,7 @@ impl Discord {
             let seconds = timestamp.and_then(|t| t.trim().parse().ok()).unwrap_or(now);
             if self
                 .seen_requests
-                .first_time(signed.unwrap_or_default(), seconds, now)
+                .first_time(timestamp.unwrap_or_default(), body, seconds, now)
             {
                 Ok(())
             } else {

@@ -419,10 +419,12 @@ impl Slack {
             signature::verify(secret.expose().as_bytes(), timestamp, signature, body, now)
                 .and_then(|()| {
                     let seconds = timestamp.and_then(|t| t.trim().parse().ok()).unwrap_or(now);
-                    if self
-                        .seen_requests
-                        .first_time(signature.unwrap_or_default(), seconds, now)
-                    {
+                    if self.seen_requests.first_time(
+                        timestamp.unwrap_or_default(),
+                        body,
+                        seconds,
+                        now,
+                    ) {
                         Ok(())
                     } else {
                         Err(signature::SignatureError::Replayed)
