@@ -1260,6 +1260,11 @@ async fn the_dial_is_turned_on_the_agent_page_and_in_force_when_it_answers() {
     assert!(
         dial.contains("Approvals (first-use): a person approves the first request to each host")
     );
+    // A custom dial shows no preset as chosen (the form asks for one).
+    assert!(
+        dial.contains("<option value=\"\" disabled selected>custom; choose a preset"),
+        "{dial}"
+    );
 
     // Bad values: the shared code's line (the CLI's), and nothing written.
     let before = snapshot(&web.store);

@@ -126,7 +126,20 @@ pub(crate) fn dial_section(state: &WebState, agent: &AgentRecord, error: Option<
             (forms::error_box(error))
             form #dial-preset-form.inline-form method="post" action=(action) {
                 (layout::csrf_field(state))
-                (forms::select("Preset", "preset", &preset_options(), dial.preset().map(Preset::as_str).unwrap_or("balanced"), "sets both knobs"))
+                label.field {
+                    span.label { "Preset" }
+                    // A custom dial is no preset: none is shown as chosen, and one must be
+                    // picked before the form goes.
+                    select name="preset" required {
+                        @if dial.preset().is_none() {
+                            option value="" disabled selected { "custom; choose a preset" }
+                        }
+                        @for (value, text) in preset_options() {
+                            option value=(value) selected[dial.preset().map(Preset::as_str) == Some(value.as_str())] { (text) }
+                        }
+                    }
+                    span.hint { "sets both knobs" }
+                }
                 button #apply-preset type="submit" { "Apply preset" }
             }
             form #dial-knobs-form method="post" action=(action) {
