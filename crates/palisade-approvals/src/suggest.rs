@@ -7,12 +7,80 @@
 //! priority above the rule that held it, in that rule's layer — the same rule an
 //! "always allow" choice creates. Requests held by the dial (no rule) or for other
 //! kinds of approval are not suggested for; a rule exactly like the suggestion already
-//! existing means it was accepted. Pure: the caller passes the approvals and rules, and
-//! nothing is applied until a person accepts a suggestion.
+//! existing means it was accepted. [`suggest`] is pure: the caller passes the approvals
+//! and rules, and nothing is applied until a person accepts a suggestion.
+//!
+//! Around it, the two store steps every surface shares (`palisade approvals suggest`
+//! and the web UI's suggestions page), so both list the same suggestions under the same
+//! numbers and refuse a stale one with the same line: [`load`] reads the history and
+//! the rules, [`accept`] creates one suggestion's rule (audited, and in force in every
+//! running gateway when it returns).
 
 use palisade_policy::{AgentName, HostPattern, MethodPattern, PathPattern, RuleAction, Scope};
-use palisade_store::{Approval, ApprovalStatus, NewRule, RuleRecord};
+use palisade_store::{Approval, ApprovalStatus, NewRule, RuleRecord, Store, StoreError};
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Most approvals read from the history (newest first).
+const HISTORY_LIMIT: usize = 100_000;
+
+/// Why a suggestion was not accepted. One line each, saying what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("there is no suggestion {number}: run `palisade approvals suggest` to see them ({count} now)")]
+    NoSuchSuggestion { number: usize, count: usize },
+    /// The list moved on since it was shown (another was accepted, an approval came in):
+    /// number N now names another rule.
+    #[error("suggestion {number} is no longer rule {shown} (it is now {now}): look at the suggestions again")]
+    Changed {
+        number: usize,
+        shown: String,
+        now: String,
+    },
+    #[error("{0}")]
+    Rule(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The suggestions for approvals decided within `since` of now, given the rules in force.
+pub fn load(
+    store: &Store,
+    since: Duration,
+    min_approvals: usize,
+) -> Result<Vec<Suggestion>, StoreError> {
+    let since_ms = palisade_store::now_ms()
+        .saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
+    let approvals = store.list_approvals(None, HISTORY_LIMIT)?;
+    let rules = store.list_rules()?;
+    Ok(suggest(&approvals, &rules, since_ms, min_approvals))
+}
+
+/// Creates the rule of suggestion `number` of `suggestions` (as [`load`] gave them).
+/// `shown`: the rule name the person saw under that number, when the list may have
+/// changed since (a page); a different suggestion under it is refused.
+pub fn accept(
+    store: &Store,
+    suggestions: &[Suggestion],
+    number: usize,
+    shown: Option<&str>,
+) -> Result<RuleRecord, AcceptError> {
+    let Some(suggestion) = suggestions.iter().find(|s| s.number == number) else {
+        return Err(AcceptError::NoSuchSuggestion {
+            number,
+            count: suggestions.len(),
+        });
+    };
+    if let Some(shown) = shown.filter(|shown| *shown != suggestion.rule_name) {
+        return Err(AcceptError::Changed {
+            number,
+            shown: palisade_store::input::clean(shown),
+            now: suggestion.rule_name.clone(),
+        });
+    }
+    let rule = suggestion.rule().map_err(AcceptError::Rule)?;
+    Ok(store.create_rule(rule)?)
+}
 
 /// One proposed rule and what it would have allowed.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -377,5 +445,34 @@ mod tests {
         assert!(suggest(&week, &[holding_rule(), existing], NOW - 7 * DAY, 3).is_empty());
         // The rule that held them is gone: nothing to suggest above.
         assert!(suggest(&week, &[], NOW - 7 * DAY, 3).is_empty());
+    }
+
+    #[test]
+    fn accepting_checks_the_number_and_what_was_shown_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&palisade_store::Home::at(dir.path().join("home"))).unwrap();
+        store
+            .create_agent(&"mailer".parse().unwrap(), palisade_policy::Profile::Action)
+            .unwrap();
+        let suggestions = suggest(&recorded_week(), &[holding_rule()], NOW - 7 * DAY, 3);
+        let shown = suggestions[0].rule_name.clone();
+        assert_eq!(
+            accept(&store, &suggestions, 2, None)
+                .unwrap_err()
+                .to_string(),
+            "there is no suggestion 2: run `palisade approvals suggest` to see them (1 now)"
+        );
+        let changed = accept(&store, &suggestions, 1, Some("suggested-mailer-0000"))
+            .unwrap_err()
+            .to_string();
+        assert!(changed.starts_with("suggestion 1 is no longer rule suggested-mailer-0000"));
+        assert!(store.list_rules().unwrap().is_empty(), "nothing created");
+        let rule = accept(&store, &suggestions, 1, Some(&shown)).unwrap();
+        assert_eq!(rule.name, shown);
+        assert_eq!(rule.action, "allow");
+        assert_eq!(
+            rule.path_pattern.as_deref(),
+            Some("/gmail/v1/users/me/labels")
+        );
     }
 }

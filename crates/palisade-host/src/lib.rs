@@ -8,7 +8,8 @@
 //! - [`launcher`]: how a runner is started; [`launcher::SandboxLauncher`] runs
 //!   `palisade runner` in the agent's sandbox.
 //! - [`settings`]: an agent's model settings, instructions and memory files.
-//! - [`agents`]: creating, changing and deleting agents (the CLI and the web UI both).
+//! - [`agents`]: creating, changing and deleting agents, turning their dial, their
+//!   agent-to-agent allow-list and their policy in plain words (the CLI and the web UI both).
 //! - [`models`]: the models an agent's provider lists, asked through the vault.
 //! - [`setup`]: the first run: the default agent and its model key.
 //! - [`doctor`]: what `palisade doctor` and the web UI's Health page check.

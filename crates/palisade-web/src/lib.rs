@@ -1,8 +1,9 @@
 //! Palisade's local web UI, served by `palisade up` on the same address as the host's
 //! JSON API: chat with agents (replies streamed), agents and their settings,
-//! instructions and memory, sessions, pending approvals with Approve/Deny, chat
-//! channels (state, links, approvers, add and remove), the audit log with filters, and
-//! the vault's secrets (never values) and rules.
+//! instructions, memory, dial and agent-to-agent allow-list, sessions, pending approvals
+//! with Approve/Deny and rules suggested from repeated approvals, chat channels (state,
+//! links, approvers, add and remove), the audit log with filters, and the vault's
+//! secrets (never values) and rules.
 //!
 //! Why a crate of its own: the UI is a client of the host and the store, like the CLI,
 //! and changes for different reasons than the router and supervisor in palisade-host;
@@ -112,6 +113,12 @@ pub fn app(
             "/agents/{name}/instructions",
             post(pages::agents::save_instructions),
         )
+        .route("/agents/{name}/dial", post(pages::agent_policy::save_dial))
+        .route("/agents/{name}/links", post(pages::agent_policy::allow))
+        .route(
+            "/agents/{name}/links/remove",
+            get(pages::agent_policy::confirm_disallow).post(pages::agent_policy::disallow),
+        )
         .route(
             "/agents/{name}/delete",
             get(pages::agents::confirm_delete).post(pages::agents::delete),
@@ -128,6 +135,11 @@ pub fn app(
             get(pages::approvals::pending_fragment),
         )
         .route("/approvals/{id}/decide", post(pages::approvals::decide))
+        .route("/approvals/suggest", get(pages::suggestions::page))
+        .route(
+            "/approvals/suggest/accept",
+            post(pages::suggestions::accept),
+        )
         .route(
             "/channels",
             get(pages::channels::page).post(pages::channels::add),

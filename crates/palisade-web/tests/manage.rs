@@ -1,5 +1,8 @@
 //! Managing Palisade from the web UI, over real HTTP on 127.0.0.1 (reqwest): agents,
-//! secrets and rules created, changed and deleted through forms; bad input answered
+//! secrets and rules created, changed and deleted through forms; an agent's dial turned
+//! (and in force at a running vault when the page answers) and its agent-to-agent
+//! allow-list changed; rules suggested from repeated approvals, created only when
+//! accepted; bad input answered
 //! with exactly the line the shared code (the CLI's) gives; every new form refused
 //! without the CSRF token or with a foreign origin, changing nothing; destructive
 //! actions behind a confirmation; a secret's value in no page; the rule preview; the
@@ -64,6 +67,8 @@ impl Web {
             let mut config = palisade_vault::VaultConfig::new(home.clone());
             config.upstream_ca = vec![ca.pem_path().to_path_buf()];
             config.allow_local_upstream = vec!["localhost".into()];
+            // The standalone listener too, so a test can send as an agent with curl.
+            config.listen = Some("127.0.0.1:0".parse().unwrap());
             let gateway = palisade_vault::Gateway::start(config).await.unwrap();
             Some((gateway, upstream, ca))
         } else {
@@ -194,12 +199,26 @@ fn form_error(page: &str) -> String {
         .unwrap_or_else(|| panic!("no form error on the page: {page}"))
         + marker.len();
     let end = start + page[start..].find("</p>").unwrap();
-    page[start..end]
-        .replace("&quot;", "\"")
+    unescape(&page[start..end])
+}
+
+fn unescape(html: &str) -> String {
+    html.replace("&quot;", "\"")
         .replace("&#39;", "'")
         .replace("&lt;", "<")
         .replace("&gt;", ">")
         .replace("&amp;", "&")
+}
+
+/// The page's element with `id` (from its opening tag to the next `</tag>` of the same
+/// name), unescaped.
+fn element(page: &str, tag: &str, id: &str) -> String {
+    let at = page
+        .find(&format!(" id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} on the page: {page}"));
+    let start = page[..at].rfind(&format!("<{tag}")).unwrap();
+    let end = start + page[start..].find(&format!("</{tag}>")).unwrap();
+    unescape(&page[start..end])
 }
 
 /// Everything the store holds that a form could change.
@@ -211,13 +230,72 @@ fn snapshot(store: &Store) -> String {
         .map(|s| s.value.expose().to_string())
         .collect();
     format!(
-        "{}\n{}\n{}\n{:?}\n{}",
+        "{}\n{}\n{}\n{:?}\n{}\n{}",
         serde_json::to_string(&store.list_agents().unwrap()).unwrap(),
         serde_json::to_string(&store.list_secrets().unwrap()).unwrap(),
         serde_json::to_string(&store.list_rules().unwrap()).unwrap(),
         values,
+        serde_json::to_string(&store.list_agent_links(None).unwrap()).unwrap(),
         store.list_audit(&AuditFilter::default()).unwrap().len(),
     )
+}
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `count` approvals of `helper`'s `method api.example.com path`, held by rule
+/// `ask-posts`, decided (approved or denied) by Ana on Slack a minute after being asked.
+fn record_approvals(store: &Store, method: &str, path: &str, approve: bool, count: usize) {
+    for _ in 0..count {
+        let approval = store
+            .create_approval(palisade_store::NewApproval {
+                kind: "credential_use".into(),
+                agent: AgentName::new("helper").unwrap(),
+                title: format!("{method} api.example.com{path}"),
+                lines: vec![],
+                detail: String::new(),
+                context: serde_json::json!({
+                    "method": method, "host": "api.example.com", "path": path, "rule": "ask-posts",
+                }),
+                expires_at_ms: palisade_store::now_ms() + 600_000,
+                holder: None,
+                request_key: None,
+            })
+            .unwrap();
+        store
+            .decide_approval(
+                &approval.id,
+                &palisade_store::ApprovalDecision {
+                    approve,
+                    approver: "Ana (slack:team)".into(),
+                    comment: None,
+                    choice: if approve { "once" } else { "deny" }.into(),
+                    approver_channel: "slack".into(),
+                    approver_user: "U1".into(),
+                    approver_name: "Ana".into(),
+                    grant: None,
+                },
+            )
+            .unwrap();
+    }
+}
+
+/// The rule that holds `record_approvals`' requests.
+fn create_holding_rule(store: &Store) -> palisade_store::RuleRecord {
+    store
+        .create_rule(
+            palisade_store::input::RuleDraft {
+                name: "ask-posts".into(),
+                host_pattern: "api.example.com".into(),
+                method: "POST".into(),
+                action: "require_approval".into(),
+                priority: 5,
+                scope: "user".into(),
+                ..Default::default()
+            }
+            .check(palisade_store::now_ms())
+            .unwrap(),
+        )
+        .unwrap()
 }
 
 fn create_secret(store: &Store, name: &str, value: &str) {
@@ -254,10 +332,46 @@ async fn every_new_form_is_refused_without_the_csrf_token_or_from_another_origin
             .unwrap(),
         )
         .unwrap();
+    // An allow-list entry to disallow, and a suggestion to accept.
+    let (helper, mailer) = (
+        AgentName::new("helper").unwrap(),
+        AgentName::new("mailer").unwrap(),
+    );
+    web.store.create_agent(&mailer, Profile::Action).unwrap();
+    web.store
+        .allow_agent(&helper, &mailer, false, false)
+        .unwrap();
+    create_holding_rule(&web.store);
+    record_approvals(&web.store, "POST", "/labels", true, 3);
+    let suggested = palisade_approvals::suggest::load(&web.store, DAY * 7, 3).unwrap();
+    assert_eq!(suggested.len(), 1, "{suggested:?}");
+    let suggested = suggested[0].rule_name.clone();
     let before = snapshot(&web.store);
     let csrf = web.csrf().await;
     let id = rule.id.to_string();
     let forms: Vec<(String, Vec<(&str, &str)>)> = vec![
+        ("/agents/helper/dial".into(), vec![("preset", "relaxed")]),
+        (
+            "/agents/helper/dial".into(),
+            vec![("approvals", "never"), ("sanitize", "relaxed")],
+        ),
+        (
+            "/agents/helper/links".into(),
+            vec![("direction", "from"), ("agent", "mailer"), ("approve", "")],
+        ),
+        (
+            "/agents/helper/links/remove?from=helper&to=mailer".into(),
+            vec![],
+        ),
+        (
+            "/approvals/suggest/accept".into(),
+            vec![
+                ("number", "1"),
+                ("rule", &suggested),
+                ("since", "7d"),
+                ("min", "3"),
+            ],
+        ),
         ("/agents".into(), vec![("name", "intruder")]),
         (
             "/agents/helper/settings".into(),
@@ -1092,5 +1206,505 @@ async fn first_run_stores_the_key_in_the_vault_and_picks_the_newest_model() {
         })
         .unwrap();
     assert_eq!(rows[0].entry.actor.as_deref(), Some("web:admin"));
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dial_is_turned_on_the_agent_page_and_in_force_when_it_answers() {
+    use palisade_policy::dial::{Dial, Preset};
+    let web = Web::start(true).await;
+    let helper = AgentName::new("helper").unwrap();
+    let dial_of = |page: &str| element(page, "section", "dial");
+
+    // No dial yet: asked only where rules say, balanced sanitizing, which is no preset.
+    let dial = dial_of(&web.page("/agents/helper").await);
+    assert!(dial.contains(">custom<"), "{dial}");
+    for line in Dial::default().explain() {
+        assert!(dial.contains(&line), "{line} missing: {dial}");
+    }
+
+    // A preset sets both knobs, stored in the agent's settings.
+    let to = web
+        .post_ok("/agents/helper/dial", &[("preset", "strict")])
+        .await;
+    assert_eq!(to, "/agents/helper?saved=dial");
+    let settings = web.store.get_agent(&helper).unwrap().settings;
+    assert_eq!(
+        (&settings["approvals"], &settings["sanitize"]),
+        (&serde_json::json!("every"), &serde_json::json!("strict"))
+    );
+    let page = web.page(&to).await;
+    assert!(page.contains("Dial saved"));
+    let dial = dial_of(&page);
+    assert!(dial.contains(">preset strict<"), "{dial}");
+    let plain = element(&page, "section", "plain-words");
+    for line in Preset::Strict.dial().explain() {
+        assert!(dial.contains(&line), "{line} missing: {dial}");
+        assert!(
+            plain.contains(&line),
+            "{line} missing in plain words: {plain}"
+        );
+    }
+
+    // One knob over it: custom, the other knob as it was.
+    web.post_ok(
+        "/agents/helper/dial",
+        &[("approvals", "first-use"), ("sanitize", "strict")],
+    )
+    .await;
+    let settings = web.store.get_agent(&helper).unwrap().settings;
+    assert_eq!(settings["approvals"], "first-use");
+    assert_eq!(settings["sanitize"], "strict");
+    let dial = dial_of(&web.page("/agents/helper").await);
+    assert!(dial.contains(">custom<"), "{dial}");
+    assert!(
+        dial.contains("Approvals (first-use): a person approves the first request to each host")
+    );
+    // A custom dial shows no preset as chosen (the form asks for one).
+    assert!(
+        dial.contains("<option value=\"\" disabled selected>custom; choose a preset"),
+        "{dial}"
+    );
+
+    // Bad values: the shared code's line (the CLI's), and nothing written.
+    let before = snapshot(&web.store);
+    let draft = |preset: &str, approvals: &str, sanitize: &str| {
+        let given = |text: &str| (!text.is_empty()).then(|| text.to_string());
+        palisade_host::agents::DialDraft {
+            preset: given(preset),
+            approvals: given(approvals),
+            sanitize: given(sanitize),
+        }
+    };
+    for (preset, approvals, sanitize, needle) in [
+        ("lax", "", "", "preset \"lax\" is unknown"),
+        (
+            "strict",
+            "sometimes",
+            "",
+            "approval frequency \"sometimes\" is unknown",
+        ),
+        ("", "every", "loose", "strictness \"loose\" is unknown"),
+    ] {
+        let form: Vec<(&str, &str)> = [
+            ("preset", preset),
+            ("approvals", approvals),
+            ("sanitize", sanitize),
+        ]
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
+        let shown = web.post_refused("/agents/helper/dial", &form).await;
+        let expected =
+            palisade_host::agents::dial(&web.store, "helper", &draft(preset, approvals, sanitize))
+                .unwrap_err()
+                .to_string();
+        assert_eq!(shown, expected);
+        assert!(shown.contains(needle), "{shown}");
+    }
+    let unknown = web
+        .post("/agents/ghost/dial", &[("preset", "strict")])
+        .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert!(unknown
+        .text()
+        .await
+        .unwrap()
+        .contains("agent &quot;ghost&quot; not found"));
+    assert_eq!(
+        snapshot(&web.store),
+        before,
+        "a refused dial changed something"
+    );
+
+    let updates = web
+        .store
+        .list_audit(&AuditFilter {
+            agent: Some("helper".into()),
+            event: Some("agent.update".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        updates.len() >= 2
+            && updates
+                .iter()
+                .all(|row| row.entry.actor.as_deref() == Some("web:admin")),
+        "{updates:?}"
+    );
+
+    // In force when the page answers: with the strict preset, a credentialed request
+    // from helper waits for a person at the running vault; with relaxed it goes ahead.
+    let (gateway, upstream, _) = web.vault.as_ref().unwrap();
+    let checked = palisade_store::input::SecretDraft {
+        name: "key".into(),
+        host_pattern: "localhost".into(),
+        inject: "bearer".into(),
+        agents: vec!["helper".into()],
+        ..Default::default()
+    }
+    .check()
+    .unwrap();
+    web.store
+        .create_secret(checked.with_value(palisade_policy::SecretValue::new("tok-dial".into())))
+        .unwrap();
+    let token = web
+        .store
+        .agent_token(&helper, false)
+        .unwrap()
+        .expose()
+        .to_string();
+    let ca = web.home.root().join("vault-ca.pem");
+    std::fs::write(&ca, palisade_vault::ca_certificate_pem(&web.home).unwrap()).unwrap();
+    let proxy = gateway.tcp_addr().unwrap();
+    let send = |path: &str| {
+        let args: Vec<String> = vec![
+            "-sS".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+            "--max-time".into(),
+            "20".into(),
+            "--proxy".into(),
+            format!("http://{proxy}"),
+            "--proxy-user".into(),
+            format!("x:{token}"),
+            "--cacert".into(),
+            ca.to_str().unwrap().into(),
+            upstream.url(path),
+        ];
+        tokio::task::spawn_blocking(move || {
+            let output = palisade_testkit::curl(&args, Duration::from_secs(30));
+            String::from_utf8_lossy(&output.stdout).to_string()
+        })
+    };
+    web.post_ok("/agents/helper/dial", &[("preset", "strict")])
+        .await;
+    let before = upstream.count();
+    let held = send("/dial/held");
+    let mut pending = Vec::new();
+    for _ in 0..100 {
+        pending = web
+            .store
+            .list_approvals(Some(palisade_store::ApprovalStatus::Pending), 10)
+            .unwrap();
+        if !pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending.len(), 1, "the strict dial did not hold the request");
+    assert_eq!(pending[0].context["path"], "/dial/held");
+    assert_eq!(upstream.count(), before, "a held request went upstream");
+    let denied = web
+        .post(
+            &format!("/approvals/{}/decide", pending[0].id),
+            &[("decision", "deny")],
+        )
+        .await;
+    assert_eq!(denied.status(), StatusCode::SEE_OTHER);
+    assert_eq!(held.await.unwrap(), "403");
+    assert_eq!(upstream.count(), before);
+
+    web.post_ok("/agents/helper/dial", &[("preset", "relaxed")])
+        .await;
+    assert_eq!(send("/dial/free").await.unwrap(), "200");
+    assert_eq!(upstream.count(), before + 1);
+    assert!(web
+        .store
+        .list_approvals(Some(palisade_store::ApprovalStatus::Pending), 10)
+        .unwrap()
+        .is_empty());
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allow_list_is_changed_on_the_agent_page_and_disallowing_asks_first() {
+    let web = Web::start(false).await;
+    let (helper, mailer) = (
+        AgentName::new("helper").unwrap(),
+        AgentName::new("mailer").unwrap(),
+    );
+    web.store.create_agent(&mailer, Profile::Action).unwrap();
+    let page = web.page("/agents/helper").await;
+    assert!(element(&page, "p", "may-message").contains("No other agent."));
+    assert!(element(&page, "section", "plain-words").contains("helper may message no other agent."));
+
+    // helper → mailer, a person approving before mailer gets each message.
+    let to = web
+        .post_ok(
+            "/agents/helper/links",
+            &[
+                ("direction", "to"),
+                ("agent", "mailer"),
+                ("approve", "inbound"),
+            ],
+        )
+        .await;
+    assert_eq!(to, "/agents/helper?saved=allowed");
+    let link = web
+        .store
+        .agent_link(&helper, &mailer)
+        .unwrap()
+        .expect("allowed");
+    assert!(link.approve_inbound && !link.approve_outbound);
+    // mailer → helper, nobody asked.
+    web.post_ok(
+        "/agents/helper/links",
+        &[("direction", "from"), ("agent", "mailer"), ("approve", "")],
+    )
+    .await;
+    let link = web
+        .store
+        .agent_link(&mailer, &helper)
+        .unwrap()
+        .expect("allowed");
+    assert!(!link.approve_inbound && !link.approve_outbound);
+    assert_eq!(web.store.list_agent_links(None).unwrap().len(), 2);
+
+    let page = web.page("/agents/helper").await;
+    let may_message = element(&page, "ul", "may-message");
+    assert!(
+        may_message.contains(">mailer<")
+            && may_message.contains("approved before each message is delivered"),
+        "{may_message}"
+    );
+    assert!(element(&page, "ul", "messaged-by").contains(">mailer<"));
+    let plain = element(&page, "section", "plain-words");
+    assert!(plain.contains("helper may message mailer, approved before each message is delivered."));
+    assert!(plain.contains("mailer may message helper."));
+    // The other agent's page shows the same entries the other way round.
+    let other = web.page("/agents/mailer").await;
+    assert!(element(&other, "ul", "may-message").contains(">helper<"));
+    assert!(element(&other, "ul", "messaged-by").contains(">helper<"));
+
+    // Refused input: the shared code's line (the CLI's), nothing written.
+    let before = snapshot(&web.store);
+    for (form, from, to, approve) in [
+        (
+            [
+                ("direction", "to"),
+                ("agent", "mailer"),
+                ("approve", "sideways"),
+            ],
+            "helper",
+            "mailer",
+            Some("sideways"),
+        ),
+        (
+            [("direction", "to"), ("agent", "helper"), ("approve", "")],
+            "helper",
+            "helper",
+            None,
+        ),
+        (
+            [("direction", "from"), ("agent", "ghost"), ("approve", "")],
+            "ghost",
+            "helper",
+            None,
+        ),
+    ] {
+        let shown = web.post_refused("/agents/helper/links", &form).await;
+        let expected = palisade_host::agents::allow(&web.store, from, to, approve)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(shown, expected, "{form:?}");
+    }
+    let shown = web
+        .post_refused(
+            "/agents/helper/links",
+            &[("direction", "sideways"), ("agent", "mailer")],
+        )
+        .await;
+    assert!(
+        shown.contains("direction \"sideways\" is unknown"),
+        "{shown}"
+    );
+    assert_eq!(
+        snapshot(&web.store),
+        before,
+        "a refused allow changed something"
+    );
+
+    // Disallowing asks first; the confirmation page alone changes nothing.
+    let confirm = web
+        .page("/agents/helper/links/remove?from=helper&to=mailer")
+        .await;
+    assert!(
+        confirm.contains("action=\"/agents/helper/links/remove?from=helper&amp;to=mailer\""),
+        "{confirm}"
+    );
+    assert_eq!(snapshot(&web.store), before);
+    let to = web
+        .post_ok("/agents/helper/links/remove?from=helper&to=mailer", &[])
+        .await;
+    assert_eq!(to, "/agents/helper?saved=disallowed");
+    assert!(web.store.agent_link(&helper, &mailer).unwrap().is_none());
+    assert!(
+        web.store.agent_link(&mailer, &helper).unwrap().is_some(),
+        "only that entry"
+    );
+    let page = web.page("/agents/helper").await;
+    assert!(element(&page, "p", "may-message").contains("No other agent."));
+    // Gone already: the store's line, as `agents disallow` says it.
+    let shown = web
+        .post_refused("/agents/helper/links/remove?from=helper&to=mailer", &[])
+        .await;
+    assert_eq!(
+        shown,
+        palisade_host::agents::disallow(&web.store, "helper", "mailer")
+            .unwrap_err()
+            .to_string()
+    );
+    assert_eq!(shown, "allow-list entry \"helper -> mailer\" not found");
+    assert_eq!(
+        web.get("/agents/helper/links/remove?from=helper&to=mailer")
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let events: Vec<(String, String)> = web
+        .store
+        .list_audit(&AuditFilter {
+            agent: Some("helper".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .filter_map(|row| Some((row.entry.event, row.entry.actor?)))
+        .collect();
+    for event in ["agent.allow", "agent.disallow"] {
+        assert!(
+            events.contains(&(event.to_string(), "web:admin".into())),
+            "{event} not audited as web:admin: {events:?}"
+        );
+    }
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suggested_rules_are_shown_and_created_only_when_accepted() {
+    let web = Web::start(false).await;
+    let holding = create_holding_rule(&web.store);
+    // Approved three times: suggested. Approved three times but denied once: never.
+    // Approved twice: below the threshold of 3.
+    record_approvals(&web.store, "POST", "/labels", true, 3);
+    record_approvals(&web.store, "POST", "/send", true, 3);
+    record_approvals(&web.store, "POST", "/send", false, 1);
+    record_approvals(&web.store, "POST", "/drafts", true, 2);
+
+    let approvals = web.page("/approvals").await;
+    assert!(approvals.contains("href=\"/approvals/suggest\""));
+    let page = web.page("/approvals/suggest").await;
+    let expected = palisade_approvals::suggest::load(&web.store, DAY * 7, 3).unwrap();
+    assert_eq!(expected.len(), 1, "{expected:?}");
+    let listed = element(&page, "section", "suggestions");
+    assert_eq!(
+        listed.matches("class=\"card suggestion\"").count(),
+        1,
+        "{listed}"
+    );
+    assert!(listed.contains(&expected[0].explain()), "{listed}");
+    assert!(
+        listed.contains("spared 3 approvals (by Ana ×3)"),
+        "{listed}"
+    );
+    assert!(listed.contains("api.example.com/labels"));
+    assert!(!listed.contains("/send"), "a denied request was suggested");
+    assert!(!listed.contains("/drafts"));
+    // A lower threshold brings the twice-approved one, never the denied one.
+    let lower = element(
+        &web.page("/approvals/suggest?since=30d&min=2").await,
+        "section",
+        "suggestions",
+    );
+    assert!(lower.contains("/drafts") && lower.contains("/labels") && !lower.contains("/send"));
+
+    // Listing applied nothing. A stale number or another rule under it: refused with
+    // the shared line, nothing written.
+    let rule = expected[0].rule_name.clone();
+    let before = snapshot(&web.store);
+    let window = [("since", "7d"), ("min", "3")];
+    let accept = |number: &'static str, rule: String| {
+        let mut form = vec![("number", number.to_string()), ("rule", rule)];
+        form.extend(window.iter().map(|(k, v)| (*k, v.to_string())));
+        form
+    };
+    let stale = accept("2", rule.clone());
+    let stale: Vec<(&str, &str)> = stale.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let shown = web.post_refused("/approvals/suggest/accept", &stale).await;
+    assert_eq!(
+        shown,
+        palisade_approvals::suggest::accept(&web.store, &expected, 2, None)
+            .unwrap_err()
+            .to_string()
+    );
+    assert_eq!(
+        shown,
+        "there is no suggestion 2: run `palisade approvals suggest` to see them (1 now)"
+    );
+    let other = accept("1", "suggested-helper-00000000".into());
+    let other: Vec<(&str, &str)> = other.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let shown = web.post_refused("/approvals/suggest/accept", &other).await;
+    assert!(
+        shown.starts_with("suggestion 1 is no longer rule suggested-helper-00000000"),
+        "{shown}"
+    );
+    assert_eq!(
+        snapshot(&web.store),
+        before,
+        "a refused accept changed something"
+    );
+
+    // Accept: exactly the narrow rule `--accept 1` creates, and the suggestion is gone.
+    let good = accept("1", rule.clone());
+    let good: Vec<(&str, &str)> = good.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let to = web.post_ok("/approvals/suggest/accept", &good).await;
+    assert!(
+        to.starts_with("/approvals/suggest?since=7d&min=3&accepted="),
+        "{to}"
+    );
+    let created = web
+        .store
+        .list_rules()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.name == rule)
+        .expect("the rule was created");
+    assert_eq!(created.action, "allow");
+    assert_eq!(
+        created.agent.as_ref().map(AgentName::as_str),
+        Some("helper")
+    );
+    assert_eq!(created.method, "POST");
+    assert_eq!(created.host_pattern, "api.example.com");
+    assert_eq!(created.path_pattern.as_deref(), Some("/labels"));
+    assert_eq!(created.priority, holding.priority + 1);
+    let page = web.page(&to).await;
+    assert!(element(&page, "p", "saved").contains(&rule));
+    assert!(element(&page, "section", "suggestions").contains("Nothing to suggest"));
+    assert!(palisade_approvals::suggest::load(&web.store, DAY * 7, 3)
+        .unwrap()
+        .is_empty());
+    // Accepting it again: the list moved on.
+    let shown = web.post_refused("/approvals/suggest/accept", &good).await;
+    assert_eq!(
+        shown,
+        "there is no suggestion 1: run `palisade approvals suggest` to see them (0 now)"
+    );
+    let created_by: Vec<String> = web
+        .store
+        .list_audit(&AuditFilter {
+            event: Some("rule.create".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.entry.rule.as_deref() == Some(rule.as_str()))
+        .filter_map(|row| row.entry.actor)
+        .collect();
+    assert_eq!(created_by, vec!["web:admin".to_string()]);
     web.stop().await;
 }

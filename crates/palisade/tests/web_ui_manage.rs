@@ -9,7 +9,8 @@
 //! then answers `not_found_error` for the model, the chat and `palisade send` show the
 //! one line. Agents, secrets and rules are then created, edited and deleted from the
 //! browser and, side by side, with the CLI: `--json` shows the same result, and bad
-//! input gets the CLI's own line. The key and a secret's value appear in no page, page
+//! input gets the CLI's own line; an agent's dial and allow-list set in the browser read
+//! back as the CLI's. The key and a secret's value appear in no page, page
 //! source, log or (in plain text) the database. Screenshots go to `web-ui/` under the
 //! cargo target dir.
 
@@ -303,6 +304,51 @@ async fn first_run_to_first_answer_and_managing_everything_in_chromium() {
         &json(&palisade, &["agents", "show", "web-agent"]),
         &json(&palisade, &["agents", "show", "cli-agent"]),
     );
+
+    // ---- The dial and the allow-list, beside `agents dial|allow` ----
+    open(&client, listen, "/agents/web-agent", "web-agent").await;
+    choose(&client, "#dial-preset-form", "preset", "strict").await;
+    click(&client, "#apply-preset").await;
+    wait_for_text(&client, "#dial-preset", "the strict preset", |t| {
+        t == "preset strict"
+    })
+    .await;
+    choose(&client, "#dial-knobs-form", "approvals", "first-use").await;
+    click(&client, "#save-dial").await;
+    // One knob off the preset: custom.
+    wait_for_text(&client, "#dial-preset", "the custom dial", |t| {
+        t == "custom"
+    })
+    .await;
+    ok(palisade.run(&["agents", "dial", "cli-agent", "--preset", "strict"]));
+    ok(palisade.run(&["agents", "dial", "cli-agent", "--approvals", "first-use"]));
+    let dial = |agent: &str| {
+        let mut value = json(&palisade, &["agents", "dial", agent]);
+        value.as_object_mut().unwrap().remove("agent");
+        value
+    };
+    assert_eq!(dial("web-agent"), dial("cli-agent"));
+    assert_eq!(dial("web-agent")["approvals"], "first-use");
+    choose(&client, "#allow-form", "agent", "cli-agent").await;
+    choose(&client, "#allow-form", "approve", "inbound").await;
+    click(&client, "#allow").await;
+    wait_for_text(&client, "#saved", "the allowed agent", |t| {
+        t.contains("Allowed")
+    })
+    .await;
+    let links = json(&palisade, &["agents", "links", "web-agent"]);
+    assert_eq!(links.as_array().map(Vec::len), Some(1), "{links}");
+    assert_eq!(links[0]["from"], "web-agent");
+    assert_eq!(links[0]["to"], "cli-agent");
+    assert_eq!(links[0]["approve_inbound"], true);
+    open(&client, listen, "/agents/web-agent#dial", "web-agent").await;
+    let explained = wait_for_text(&client, "#dial-explain", "the dial in words", |t| {
+        t.contains("Approvals (first-use)")
+    })
+    .await;
+    assert!(explained.contains("Sanitizing (strict)"), "{explained}");
+    sources.keep(&client).await;
+    save_screenshot(&client, "agent-dial.png").await;
 
     // ---- Secrets ----
     open(&client, listen, "/vault/secrets/new", "New secret").await;

@@ -3,8 +3,10 @@
 //! traffic of the last day) and deleting one behind a confirmation.
 //!
 //! Every change goes through [`palisade_host::agents`], the code `palisade agents
-//! create|edit|delete` runs, so the checks and the one-line errors are the CLI's.
+//! create|edit|delete` runs, so the checks and the one-line errors are the CLI's. The
+//! page's policy sections (plain words, dial, allow-list) are in [`super::agent_policy`].
 
+use super::agent_policy::{self, PolicyView};
 use super::forms::{self, given};
 use super::layout::{self, Nav};
 use super::{blocking, charts, PageError, PageResult};
@@ -309,12 +311,42 @@ pub(crate) struct ShowQuery {
 }
 
 /// What the agent page shows above its forms when one was refused.
-struct Refusal<'a> {
+#[derive(Default)]
+pub(crate) struct Refusal<'a> {
     settings: Option<(&'a AgentForm, &'a str)>,
     instructions: Option<(&'a str, &'a str)>,
+    /// The dial section's error line.
+    dial: Option<&'a str>,
+    /// The allow-list section's error line.
+    links: Option<&'a str>,
 }
 
-async fn agent_page(
+impl<'a> Refusal<'a> {
+    /// The dial form was refused with `message`.
+    pub(crate) fn of_dial(message: &'a str) -> Refusal<'a> {
+        Refusal {
+            dial: Some(message),
+            ..Refusal::default()
+        }
+    }
+
+    /// An allow-list form was refused with `message`.
+    pub(crate) fn of_links(message: &'a str) -> Refusal<'a> {
+        Refusal {
+            links: Some(message),
+            ..Refusal::default()
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.settings.is_some()
+            || self.instructions.is_some()
+            || self.dial.is_some()
+            || self.links.is_some()
+    }
+}
+
+pub(crate) async fn agent_page(
     state: &WebState,
     name: AgentName,
     saved: Option<&str>,
@@ -322,9 +354,10 @@ async fn agent_page(
 ) -> Result<Response, PageError> {
     let store = state.store.clone();
     let lookup = name.clone();
-    let (agent, secrets, rules, sessions, instructions, memory, all_secrets) =
+    let (agent, secrets, rules, sessions, instructions, memory, all_secrets, policy) =
         blocking(move || {
             let agent = store.get_agent(&lookup)?;
+            let policy = PolicyView::load(&store, &agent)?;
             let all_secrets = store.list_secrets()?;
             let secrets: Vec<_> = all_secrets
                 .iter()
@@ -356,6 +389,7 @@ async fn agent_page(
                 instructions,
                 memory,
                 all_secrets,
+                policy,
             ))
         })
         .await?;
@@ -386,7 +420,7 @@ async fn agent_page(
             }
         }
         @if let Some(saved) = saved {
-            p.flash #saved { @match saved { "created" => { "Agent created." } "settings" => { "Settings saved." } _ => { "Saved." } } }
+            p.flash #saved { @match saved { "created" => { "Agent created." } "settings" => { "Settings saved." } "dial" => { "Dial saved; in force from the next request." } "allowed" => { "Allowed." } "disallowed" => { "Disallowed." } _ => { "Saved." } } }
         }
         section.card {
             h2 { "Last 24 hours" }
@@ -449,6 +483,11 @@ async fn agent_page(
                 }
             }
         }
+        (agent_policy::plain_words_section(&policy))
+        div.columns {
+            (agent_policy::dial_section(state, &agent, refusal.dial))
+            (agent_policy::links_section(state, &agent, &policy, refusal.links))
+        }
         section.card {
             div.row-between {
                 h2 { "Instructions" }
@@ -487,7 +526,7 @@ async fn agent_page(
             a.button.danger #delete-agent href={ "/agents/" (agent.name) "/delete" } { "Delete agent…" }
         }
     };
-    let status = if refusal.settings.is_some() || refusal.instructions.is_some() {
+    let status = if refusal.any() {
         axum::http::StatusCode::BAD_REQUEST
     } else {
         axum::http::StatusCode::OK
@@ -501,11 +540,7 @@ pub(crate) async fn show(
     Query(query): Query<ShowQuery>,
 ) -> PageResult {
     let name = AgentName::new(&name)?;
-    let none = Refusal {
-        settings: None,
-        instructions: None,
-    };
-    agent_page(&state, name, query.saved.as_deref(), none).await
+    agent_page(&state, name, query.saved.as_deref(), Refusal::default()).await
 }
 
 pub(crate) async fn save_settings(
@@ -531,7 +566,7 @@ pub(crate) async fn save_settings(
             let message = error.for_form()?;
             let refusal = Refusal {
                 settings: Some((&form, &message)),
-                instructions: None,
+                ..Refusal::default()
             };
             agent_page(&state, name, None, refusal).await
         }
@@ -564,8 +599,8 @@ pub(crate) async fn save_instructions(
         Err(error) => {
             let message = error.for_form()?;
             let refusal = Refusal {
-                settings: None,
                 instructions: Some((&form.instructions, &message)),
+                ..Refusal::default()
             };
             agent_page(&state, name, None, refusal).await
         }

@@ -3,7 +3,8 @@
 //! for 1 h, always allow, deny, with an optional comment), decided through the approval
 //! engine exactly like `palisade approvals approve|deny`, with the web admin as
 //! approver. The pending list is also served as a fragment the script polls (every
-//! 2 s, at most 100 approvals), so it updates without a reload.
+//! 2 s, at most 100 approvals), so it updates without a reload. Rules suggested from
+//! the approvals people keep giving are on their own page, [`super::suggestions`].
 
 use super::layout::{self, Nav};
 use super::{blocking, PageError, PageResult};
@@ -137,9 +138,12 @@ pub(crate) async fn page(
 ) -> PageResult {
     let (pending, decided) = load(&state).await?;
     let body = html! {
-        div.page-head {
-            h1 { "Approvals" }
-            p.muted { "Requests an agent made that a rule holds until you decide. Nothing is sent upstream before you approve." }
+        div.page-head.row-between {
+            div {
+                h1 { "Approvals" }
+                p.muted { "Requests an agent made that a rule holds until you decide. Nothing is sent upstream before you approve." }
+            }
+            a.button #suggested-rules href="/approvals/suggest" title="Rules that would have spared the approvals people keep giving" { "Suggested rules" }
         }
         p #approval-flash.flash hidden[query.decided.is_none()] { (query.decided.as_deref().unwrap_or("")) }
         section #approvals-live data-poll="/approvals/pending" {

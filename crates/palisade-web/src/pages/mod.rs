@@ -1,6 +1,7 @@
 //! The pages, one module each, plus what they share: the layout, errors as pages, the
 //! bridge from async handlers to the (blocking) store, and time formatting.
 
+pub(crate) mod agent_policy;
 pub(crate) mod agents;
 pub(crate) mod approvals;
 pub(crate) mod assets;
@@ -16,6 +17,7 @@ pub(crate) mod rules;
 pub(crate) mod secrets;
 pub(crate) mod sessions;
 pub(crate) mod setup;
+pub(crate) mod suggestions;
 pub(crate) mod vault;
 
 use axum::http::StatusCode;

@@ -5,7 +5,7 @@ use crate::output::{self, Details, Table};
 use anyhow::{bail, Context as _};
 use palisade_host::agents::AgentDraft;
 use palisade_host::AgentSettings;
-use palisade_policy::{AgentName, Profile};
+use palisade_policy::AgentName;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
@@ -192,25 +192,19 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             output::print(&format!("updated agent {}\n", agent.name))
         }
         AgentsCommand::Allow { from, to, approve } => {
-            let (from, to) = (AgentName::new(&from)?, AgentName::new(&to)?);
-            let (outbound, inbound) = match approve.as_deref() {
-                None => (false, false),
-                Some("outbound") => (true, false),
-                Some("inbound") => (false, true),
-                Some("both") => (true, true),
-                Some(other) => bail!(
-                    "--approve {:?} is invalid: use outbound, inbound or both",
-                    output::clean(other)
-                ),
-            };
+            // Names are checked before the store is opened (or created).
+            AgentName::new(&from)?;
+            AgentName::new(&to)?;
             let store = ctx.open_store()?;
-            let link = store.allow_agent(&from, &to, outbound, inbound)?;
+            let link = palisade_host::agents::allow(&store, &from, &to, approve.as_deref())?;
             if ctx.json {
                 return output::print_json(&link);
             }
+            let to = &link.to;
             output::print(&format!(
-                "agent {from} may now message agent {to}{}\n",
-                match (outbound, inbound) {
+                "agent {} may now message agent {to}{}\n",
+                link.from,
+                match (link.approve_outbound, link.approve_inbound) {
                     (false, false) => String::new(),
                     (true, false) => " (each message approved before it leaves)".into(),
                     (false, true) => format!(" (each message approved before {to} gets it)"),
@@ -221,7 +215,7 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
         AgentsCommand::Disallow { from, to } => {
             let (from, to) = (AgentName::new(&from)?, AgentName::new(&to)?);
             let store = ctx.open_store()?;
-            store.disallow_agent(&from, &to)?;
+            palisade_host::agents::disallow(&store, from.as_str(), to.as_str())?;
             if ctx.json {
                 return output::print_json(
                     &serde_json::json!({ "from": from, "to": to, "allowed": false }),
@@ -235,43 +229,15 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             approvals,
             sanitize,
         } => {
-            use palisade_policy::dial::{ApprovalFrequency, Dial, Preset};
+            use palisade_policy::dial::Preset;
+            let draft = palisade_host::agents::DialDraft {
+                preset,
+                approvals,
+                sanitize,
+            };
             let name = AgentName::new(&name)?;
-            let preset: Option<Preset> = preset
-                .map(|p| p.parse())
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
-            let approvals: Option<ApprovalFrequency> = approvals
-                .map(|a| a.parse())
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
-            let sanitize: Option<palisade_policy::sanitize::Strictness> = sanitize
-                .map(|s| s.parse())
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
             let store = ctx.open_store()?;
-            let agent = store.get_agent(&name)?;
-            let mut dial = preset
-                .map(Preset::dial)
-                .unwrap_or_else(|| Dial::from_settings(&agent.settings));
-            if let Some(approvals) = approvals {
-                dial.approvals = approvals;
-            }
-            if let Some(sanitize) = sanitize {
-                dial.sanitize = sanitize;
-            }
-            let changed = preset.is_some() || approvals.is_some() || sanitize.is_some();
-            if changed {
-                let mut value = agent.settings.clone();
-                if !value.is_object() {
-                    value = serde_json::json!({});
-                }
-                if let Some(object) = value.as_object_mut() {
-                    object.insert("approvals".into(), dial.approvals.as_str().into());
-                    object.insert("sanitize".into(), dial.sanitize.as_str().into());
-                }
-                store.update_agent_settings(&name, &value)?;
-            }
+            let dial = palisade_host::agents::dial(&store, name.as_str(), &draft)?;
             if ctx.json {
                 return output::print_json(&serde_json::json!({
                     "agent": name,
@@ -360,7 +326,7 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
                 .filter(|rule| rule.agent.as_ref() == Some(&name))
                 .map(|rule| rule.name)
                 .collect();
-            let policy = explain_policy(&store, &agent, &secrets, &rules)?;
+            let policy = palisade_host::agents::plain_words(&store, &agent)?;
             let folders: Vec<String> = store
                 .agent_folders(&name)?
                 .into_iter()
@@ -465,74 +431,4 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             output::print(&format!("{}\n", token.expose()))
         }
     }
-}
-
-/// The agent's effective policy in plain words: its compartment, its credentials, its
-/// dial, who it may message and who may message it, and the rules bound to it.
-fn explain_policy(
-    store: &palisade_store::Store,
-    agent: &palisade_store::AgentRecord,
-    secrets: &[String],
-    rules: &[String],
-) -> anyhow::Result<Vec<String>> {
-    let name = &agent.name;
-    let mut lines = vec![match agent.profile {
-        Profile::Research => format!(
-            "{name} is a research agent: it may reach any host on the internet, and it can never hold a sensitive secret."
-        ),
-        Profile::Action => format!(
-            "{name} is an action agent: it may reach only the hosts its secrets and rules name; it may hold sensitive secrets."
-        ),
-    }];
-    let granted: Vec<palisade_store::SecretRecord> = store
-        .list_secrets()?
-        .into_iter()
-        .filter(|secret| secrets.contains(&secret.name))
-        .collect();
-    if granted.is_empty() {
-        lines.push(format!("The vault injects no credential for {name}."));
-    }
-    for secret in &granted {
-        lines.push(format!(
-            "The vault injects {}{} for {}{} ({}).",
-            secret.name,
-            if secret.sensitive { " (sensitive)" } else { "" },
-            secret.host_pattern,
-            secret.path_pattern.as_deref().unwrap_or(""),
-            secret.injection
-        ));
-    }
-    lines.extend(palisade_policy::dial::Dial::from_settings(&agent.settings).explain());
-    let links = store.list_agent_links(Some(name))?;
-    let approve = |outbound: bool, inbound: bool| match (outbound, inbound) {
-        (false, false) => String::new(),
-        (true, false) => ", approved before each message leaves".into(),
-        (false, true) => ", approved before each message is delivered".into(),
-        (true, true) => ", approved in both directions".into(),
-    };
-    let (to, from): (Vec<_>, Vec<_>) = links.iter().partition(|link| &link.from == name);
-    if to.is_empty() {
-        lines.push(format!("{name} may message no other agent."));
-    }
-    for link in to {
-        lines.push(format!(
-            "{name} may message {}{}.",
-            link.to,
-            approve(link.approve_outbound, link.approve_inbound)
-        ));
-    }
-    for link in from {
-        lines.push(format!(
-            "{} may message {name}{}.",
-            link.from,
-            approve(link.approve_outbound, link.approve_inbound)
-        ));
-    }
-    if !rules.is_empty() {
-        lines.push(format!(
-            "Rules bound to {name}: {} (and every rule not bound to an agent).",
-            rules.join(", ")
-        ));
-    }
-    Ok(lines)
 }

@@ -7,8 +7,7 @@
 use crate::context::Context;
 use crate::input;
 use crate::output::{self, Details, Table};
-use anyhow::bail;
-use palisade_approvals::{ApproverIdentity, Choice, Engine, Events};
+use palisade_approvals::{suggest, ApproverIdentity, Choice, Engine, Events};
 use palisade_store::{Approval, ApprovalStatus};
 
 #[derive(Debug, clap::Subcommand)]
@@ -78,12 +77,7 @@ pub fn run(command: ApprovalsCommand, ctx: &Context) -> anyhow::Result<()> {
     match command {
         ApprovalsCommand::Suggest { since, min, accept } => {
             let store = ctx.open_store()?;
-            let since_ms = palisade_store::now_ms()
-                .saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
-            let approvals = store.list_approvals(None, 100_000)?;
-            let rules = store.list_rules()?;
-            let suggestions =
-                palisade_approvals::suggest::suggest(&approvals, &rules, since_ms, min as usize);
+            let suggestions = suggest::load(&store, since, min as usize)?;
             if accept.is_empty() {
                 if ctx.json {
                     return output::print_json(&suggestions);
@@ -106,14 +100,7 @@ pub fn run(command: ApprovalsCommand, ctx: &Context) -> anyhow::Result<()> {
             }
             let mut created = Vec::new();
             for number in accept {
-                let Some(suggestion) = suggestions.iter().find(|s| s.number == number) else {
-                    bail!(
-                        "there is no suggestion {number}: run `palisade approvals suggest` to see them ({} now)",
-                        suggestions.len()
-                    );
-                };
-                let rule = suggestion.rule().map_err(anyhow::Error::msg)?;
-                created.push(store.create_rule(rule)?);
+                created.push(suggest::accept(&store, &suggestions, number, None)?);
             }
             if ctx.json {
                 return output::print_json(&created);

@@ -9,6 +9,21 @@
 //! the store (audited with the handle's actor, and in force in every running gateway
 //! when they return); the instructions file is written by
 //! [`settings::write_instructions`] and audited as `agent.instructions`.
+//!
+//! The agent's policy knobs have their own files, shared the same way by
+//! `palisade agents dial|allow|disallow|show` and the web UI's agent page:
+//! - [`dial`]: how often a person is asked and how strictly other agents' messages
+//!   are cleaned;
+//! - [`links`]: the agent-to-agent allow-list (the compartment boundary between agents);
+//! - [`explain`]: the agent's effective policy in plain words.
+
+mod dial;
+mod explain;
+mod links;
+
+pub use dial::{dial, DialDraft};
+pub use explain::plain_words;
+pub use links::{allow, approval_words, disallow};
 
 use crate::settings::{self, AgentSettings, MAX_INSTRUCTIONS_BYTES};
 use crate::HostError;
