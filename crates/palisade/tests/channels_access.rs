@@ -71,9 +71,20 @@ fn strangers_ask_for_access_and_blocked_requests_are_told_once() {
     assert!(card.text.contains("Access request"), "{}", card.text);
     assert!(card.text.contains("333333") && card.text.contains("asks to talk to agent helper"), "{}", card.text);
     assert!(card.button("Approve for 1 h").is_none(), "access is granted once, not for a time");
-    telegram
+    let told = telegram
         .wait_for_message(GROUP, WAIT, |m| m.text.contains("not delivered"))
         .expect("Mallory is told her message was not delivered");
+    // She cannot decide it herself: a text command from someone who approves nothing
+    // is not a command (nothing decided, nothing audited as an attempt).
+    let request = told.text.split("(request ").nth(1).and_then(|r| r.split(')').next()).expect("the request id").to_string();
+    for _ in 0..5 {
+        telegram.user_writes_in(GROUP, MALLORY, "Mallory", &format!("/approve {request} once"));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let refused = ok(palisade.run(&["audit", "list", "--json", "--event", "approval.refused"]));
+    assert_eq!(String::from_utf8_lossy(&refused.stdout).trim(), "[]", "a stranger's command reached the engine");
+    let status = ok(palisade.run(&["approvals", "show", &request, "--json"]));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("\"pending\""));
     // Writing again asks nobody again.
     telegram.user_writes_in(GROUP, MALLORY, "Mallory", "hello??");
     std::thread::sleep(Duration::from_millis(1500));

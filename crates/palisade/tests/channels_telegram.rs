@@ -106,6 +106,12 @@ fn a_held_request_is_approved_from_a_telegram_card() {
     assert!(ana_card.text.contains("localhost"), "{}", ana_card.text);
     assert!(ana_card.text.contains("/held/report"), "{}", ana_card.text);
     assert_eq!(held(&world), 0);
+    // Ana keeps writing while the agent waits for a decision: more messages than the
+    // channel handles at once queue behind the held turn, and presses are still heard.
+    for i in 0..70 {
+        telegram.user_writes(ANA, "Ana", &format!("and another thing {i}"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
 
     // Mallory presses a button of Ana's card (forwarded to her): refused privately.
     let approve = ana_card.button("Approve once").expect("approve button");
@@ -173,6 +179,10 @@ fn a_held_request_is_approved_from_a_telegram_card() {
     telegram
         .wait_for_message(ANA, WAIT, |m| m.text == "Sent after your approval.")
         .unwrap_or_else(|| panic!("no reply in the chat: {}", host.stderr()));
+    // The queued messages are answered after it, none lost.
+    telegram
+        .wait_for_message(ANA, WAIT, |m| m.text.contains("and another thing 69"))
+        .unwrap_or_else(|| panic!("the queued messages were not answered: {}", host.stderr()));
     // A later press is told who decided.
     let late = telegram.user_presses(ANA, "Ana", ANA, ana_card.message_id, &approve);
     let answer = telegram.wait_for_answer(&late, WAIT).unwrap();

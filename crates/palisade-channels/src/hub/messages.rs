@@ -11,9 +11,22 @@ use palisade_policy::AgentName;
 use std::sync::Arc;
 
 impl Hub {
-    pub(super) async fn on_message(&self, channel: Arc<dyn Channel>, message: Inbound) {
+    pub(super) async fn on_message(
+        &self,
+        channel: Arc<dyn Channel>,
+        message: Inbound,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let text = message.text.trim();
-        if let Some(command) = text_command(text) {
+        // Text commands are for approvers; anyone else's `/approve …` is a message like
+        // any other (so a stranger cannot make the engine audit their attempts at will).
+        let command = match text_command(text) {
+            Some(command) if self.is_approver_here(&channel, &message.user.id).await => {
+                Some(command)
+            }
+            _ => None,
+        };
+        if let Some(command) = command {
             let answer = match command {
                 Ok((id, choice, comment)) => {
                     let answer = self
@@ -64,6 +77,17 @@ impl Hub {
                 return;
             }
         };
+        drop(permit);
+        // Wait for the reply here while there is room; otherwise the recovery loop
+        // delivers it to this chat when it is stored.
+        let Ok(_waiting) = Arc::clone(&self.inner.waiting_replies).try_acquire_owned() else {
+            tracing::debug!(
+                channel = channel.name(),
+                message = accepted.message_id,
+                "many replies awaited; this one is delivered by the recovery loop"
+            );
+            return;
+        };
         let _watch = Watching::new(&self.inner.watching, accepted.message_id);
         // The reply, and what the agent sends meanwhile, go back where the message came from.
         loop {
@@ -102,6 +126,20 @@ impl Hub {
                 _ => {}
             }
         }
+    }
+
+    /// Whether `user_id` decides approvals of some agent on this channel.
+    async fn is_approver_here(&self, channel: &Arc<dyn Channel>, user_id: &str) -> bool {
+        let store = self.inner.store.clone();
+        let (name, user) = (channel.name().to_string(), user_id.to_string());
+        blocking(move || store.list_approvers(None))
+            .await
+            .map(|approvers| {
+                approvers
+                    .iter()
+                    .any(|a| a.channel == name && a.user_id == user)
+            })
+            .unwrap_or(false)
     }
 
     /// The agent a message goes to, or `None` when it is dropped (a chat linked to no

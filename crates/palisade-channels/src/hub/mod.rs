@@ -55,8 +55,15 @@ const RELOAD_INTERVAL: Duration = Duration::from_secs(3);
 const NOTICE_INTERVAL: Duration = Duration::from_secs(2);
 /// One notice per agent and rule (or host) in this window.
 const NOTICE_DEBOUNCE: Duration = Duration::from_secs(600);
-/// Incoming events handled at once.
+/// Presses, comments (decisions) handled at once.
 const MAX_HANDLERS: usize = 64;
+/// Chat messages being routed and handed to the host at once. A message's permit ends
+/// when the host has accepted it, so agents that are slow to answer (or held) never
+/// keep decisions or other messages waiting.
+const MAX_MESSAGE_HANDLERS: usize = 64;
+/// Handed-over messages whose reply a live task waits for; beyond this the reply is
+/// delivered by the recovery loop (a few seconds later) instead.
+const MAX_WAITING_REPLIES: usize = 1024;
 /// Pending approvals looked at per reconciliation.
 const MAX_PENDING: usize = 500;
 /// Notice keys remembered at most (older ones are dropped when their window ends).
@@ -99,6 +106,8 @@ struct HubInner {
     wake: Notify,
     shutdown: watch::Receiver<bool>,
     handlers: Arc<Semaphore>,
+    message_handlers: Arc<Semaphore>,
+    waiting_replies: Arc<Semaphore>,
     /// Cards whose post failed, and when (so they are retried, but not in a loop).
     failed_posts: Mutex<HashMap<i64, Instant>>,
     notices: Mutex<HashMap<String, Instant>>,
@@ -139,6 +148,8 @@ impl Hub {
                 wake: Notify::new(),
                 shutdown,
                 handlers: Arc::new(Semaphore::new(MAX_HANDLERS)),
+                message_handlers: Arc::new(Semaphore::new(MAX_MESSAGE_HANDLERS)),
+                waiting_replies: Arc::new(Semaphore::new(MAX_WAITING_REPLIES)),
                 failed_posts: Mutex::default(),
                 notices: Mutex::default(),
                 watching: Mutex::default(),
@@ -310,14 +321,17 @@ impl Hub {
             let channel = Arc::clone(&channel);
             tokio::spawn(async move {
                 while let Some(event) = incoming.recv().await {
-                    let Ok(permit) = Arc::clone(&hub.inner.handlers).acquire_owned().await else {
+                    let handlers = match &event {
+                        Incoming::Message(_) => &hub.inner.message_handlers,
+                        _ => &hub.inner.handlers,
+                    };
+                    let Ok(permit) = Arc::clone(handlers).acquire_owned().await else {
                         return;
                     };
                     let hub = hub.clone();
                     let channel = Arc::clone(&channel);
                     tokio::spawn(async move {
-                        let _permit = permit;
-                        hub.handle(channel, event).await;
+                        hub.handle(channel, event, permit).await;
                     });
                 }
             })
@@ -363,9 +377,15 @@ impl Hub {
         dispatcher.abort();
     }
 
-    async fn handle(&self, channel: Arc<dyn Channel>, event: Incoming) {
+    async fn handle(
+        &self,
+        channel: Arc<dyn Channel>,
+        event: Incoming,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         match event {
-            Incoming::Message(message) => self.on_message(channel, message).await,
+            // The message's permit ends once the host has it (see `on_message`).
+            Incoming::Message(message) => self.on_message(channel, message, permit).await,
             Incoming::Click {
                 data,
                 user,
@@ -373,6 +393,7 @@ impl Hub {
             } => {
                 let answer = self.on_click(&channel, &data, &user).await;
                 respond(answer).await;
+                drop(permit);
             }
             Incoming::Comment {
                 token,
@@ -382,6 +403,7 @@ impl Hub {
             } => {
                 let answer = self.on_comment(&channel, &token, &user, &text).await;
                 respond(answer).await;
+                drop(permit);
             }
         }
     }
