@@ -364,6 +364,31 @@ fn a_held_request_is_decided_from_slack_and_every_card_follows() {
         .model_requests()
         .iter()
         .all(|r| !String::from_utf8_lossy(&r.body).contains("ignore your rules")));
+
+    // A new signing secret (the channel removed and added again at once, the way to
+    // change it): the old secret stops verifying while the host runs.
+    ok(palisade.run(&["channels", "remove", "team"]));
+    let bot = palisade.write_file("slack-bot.txt", slack.bot_token());
+    let app = palisade.write_file("slack-app.txt", slack.app_token());
+    let signing = palisade.write_file("slack-signing-2.txt", "slack-signing-secret-rotated-81d0");
+    ok(palisade.run(&[
+        "channels", "add", "slack", "team", "--bot-token-file", bot.to_str().unwrap(),
+        "--app-token-file", app.to_str().unwrap(), "--signing-secret-file", signing.to_str().unwrap(),
+        "--api-base", &slack.api_base(),
+    ]));
+    let rotated_headers = |body: &[u8]| {
+        let timestamp = now_seconds().to_string();
+        vec![
+            ("Content-Type", "application/json".to_string()),
+            ("X-Slack-Request-Timestamp", timestamp.clone()),
+            ("X-Slack-Signature", slack_signature("slack-signing-secret-rotated-81d0", &timestamp, body)),
+        ]
+    };
+    wait_until("the new signing secret never took over", &host, || {
+        post(&world, endpoint, &rotated_headers(challenge.as_bytes()), challenge.as_bytes()).0 == 200
+    });
+    let (status, _) = post(&world, endpoint, &json_headers(challenge.as_bytes(), now_seconds()), challenge.as_bytes());
+    assert_eq!(status, 401, "the old signing secret still verifies");
     world.down(host);
 }
 

@@ -93,6 +93,11 @@ pub struct ChannelStatus {
 }
 
 struct Running {
+    /// The store row it was opened from (id and creation time, since SQLite may give
+    /// a new row the id of a deleted one): a channel removed and added again under the
+    /// same name (the way to change its token or signing secret) is a new row, and the
+    /// old one must stop, credentials and all.
+    record: (i64, i64),
     channel: Arc<dyn Channel>,
     stop: watch::Sender<bool>,
 }
@@ -253,20 +258,23 @@ impl Hub {
         let Ok(records) = blocking(move || store.list_channels()).await else {
             return;
         };
-        let wanted: HashSet<String> = records.iter().map(|r| r.name.clone()).collect();
+        let wanted: HashMap<String, (i64, i64)> = records
+            .iter()
+            .map(|r| (r.name.clone(), (r.id, r.created_at_ms)))
+            .collect();
         {
             let mut channels = lock(&self.inner.channels);
             let gone: Vec<String> = channels
-                .keys()
-                .filter(|name| !wanted.contains(*name))
-                .cloned()
+                .iter()
+                .filter(|(name, running)| wanted.get(*name) != Some(&running.record))
+                .map(|(name, _)| name.clone())
                 .collect();
             for name in gone {
                 if let Some(running) = channels.remove(&name) {
                     let _ = running.stop.send(true);
                 }
                 lock(&self.inner.status).remove(&name);
-                tracing::info!(channel = %name, "channel removed");
+                tracing::info!(channel = %name, "channel removed or replaced");
             }
         }
         for record in records {
@@ -295,6 +303,7 @@ impl Hub {
             lock(&self.inner.channels).insert(
                 record.name.clone(),
                 Running {
+                    record: (record.id, record.created_at_ms),
                     channel: Arc::clone(&channel),
                     stop,
                 },
