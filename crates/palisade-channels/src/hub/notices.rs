@@ -1,9 +1,11 @@
 //! Owner notices: a request the vault blocked, refused or rate-limited, and a stopped
 //! chain of agent messages, told to the agent's approvers once per agent and rule (or
-//! host, or path) every 10 minutes.
+//! kind of refusal, or path) every 10 minutes, and at most five about one agent in
+//! that time.
 
 use super::{blocking, lock, Hub, MAX_NOTICE_KEYS, NOTICE_DEBOUNCE, NOTICE_INTERVAL};
 use palisade_store::AuditFilter;
+use std::collections::HashMap;
 use std::time::Instant;
 
 impl Hub {
@@ -63,15 +65,17 @@ impl Hub {
                 let Some(agent) = entry.agent.clone() else {
                     continue;
                 };
+                // Per rule; a refusal without a rule (a host off an action agent's
+                // allow-list) per agent, not per host, so an agent asking for a new
+                // host each time cannot send a notice each time.
                 let key = format!(
-                    "{agent}|{}",
+                    "owner|{agent}|{}",
                     entry
                         .rule
                         .clone()
-                        .or_else(|| entry.host.clone())
-                        .unwrap_or_default()
+                        .unwrap_or_else(|| entry.decision.clone().unwrap_or_default())
                 );
-                if !self.first_notice(key) {
+                if !self.first_owner_notice(&agent, key) {
                     continue;
                 }
                 let request = format!(
@@ -112,8 +116,8 @@ impl Hub {
             .and_then(|p| p.as_str())
             .unwrap_or_default()
             .to_string();
-        let key = format!("{agent}|loop|{path}");
-        if !self.first_notice(key) {
+        let key = format!("owner|{agent}|loop|{path}");
+        if !self.first_owner_notice(&agent, key) {
             return;
         }
         let text = format!(
@@ -144,14 +148,72 @@ impl Hub {
     /// Whether a notice with this key was not sent in the debounce window (and records
     /// it as sent now).
     pub(super) fn first_notice(&self, key: String) -> bool {
-        let mut notices = lock(&self.inner.notices);
-        notices.retain(|_, at| at.elapsed() < NOTICE_DEBOUNCE);
-        if notices.contains_key(&key) {
+        remember(&mut lock(&self.inner.notices), key, None, Instant::now())
+    }
+
+    /// As [`Hub::first_notice`] for a notice to `agent`'s owners, who get at most
+    /// [`MAX_NOTICES_PER_AGENT`] about it in a window, whatever the keys.
+    pub(super) fn first_owner_notice(&self, agent: &str, key: String) -> bool {
+        remember(
+            &mut lock(&self.inner.notices),
+            key,
+            Some(agent),
+            Instant::now(),
+        )
+    }
+}
+
+/// Owner notices about one agent at most in one debounce window.
+const MAX_NOTICES_PER_AGENT: usize = 5;
+
+/// Records `key` as sent at `now` unless it was sent in the window, the agent's owners
+/// had their share of notices in it (keys `owner|AGENT|…`), or the book is full (then
+/// nothing is sent: a full book must not turn into no debouncing at all).
+fn remember(
+    notices: &mut HashMap<String, Instant>,
+    key: String,
+    agent: Option<&str>,
+    now: Instant,
+) -> bool {
+    notices.retain(|_, at| now.saturating_duration_since(*at) < NOTICE_DEBOUNCE);
+    if notices.contains_key(&key) || notices.len() >= MAX_NOTICE_KEYS {
+        return false;
+    }
+    if let Some(agent) = agent {
+        let prefix = format!("owner|{agent}|");
+        let sent = notices.keys().filter(|k| k.starts_with(&prefix)).count();
+        if sent >= MAX_NOTICES_PER_AGENT {
             return false;
         }
-        if notices.len() < MAX_NOTICE_KEYS {
-            notices.insert(key, Instant::now());
-        }
-        true
+    }
+    notices.insert(key, now);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_are_debounced_per_key_and_per_agent_and_a_full_book_sends_nothing() {
+        let mut book = HashMap::new();
+        let now = Instant::now();
+        assert!(remember(&mut book, "owner|a|rule".into(), Some("a"), now));
+        assert!(!remember(&mut book, "owner|a|rule".into(), Some("a"), now));
+        // An agent inventing a new key each time gets its share, no more.
+        let sent = (0..20)
+            .filter(|i| remember(&mut book, format!("owner|a|host{i}"), Some("a"), now))
+            .count();
+        assert_eq!(sent, MAX_NOTICES_PER_AGENT - 1);
+        assert!(remember(&mut book, "owner|b|rule".into(), Some("b"), now));
+        // After the window, again.
+        let later = now + NOTICE_DEBOUNCE + std::time::Duration::from_secs(1);
+        assert!(remember(&mut book, "owner|a|rule".into(), Some("a"), later));
+        // A full book sends nothing rather than everything.
+        let mut full: HashMap<String, Instant> = (0..MAX_NOTICE_KEYS)
+            .map(|i| (format!("k{i}"), now))
+            .collect();
+        assert!(!remember(&mut full, "new".into(), None, now));
+        assert!(!remember(&mut full, "new".into(), None, now));
     }
 }
