@@ -285,3 +285,36 @@ fn deleting_an_agent_or_channel_forgets_its_access_requests_and_pending_approval
     let third = access("alpha");
     assert!(third.id != again.id && third.status == ApprovalStatus::Pending);
 }
+
+#[test]
+fn strangers_waiting_for_access_to_one_agent_are_capped() {
+    let t = common::store();
+    let alpha = common::add_agent(&t.store, "alpha");
+    let key = |user: usize, channel: &str| {
+        palisade_store::approvals::access_request_key(channel, &user.to_string(), &alpha)
+    };
+    for user in 0..3 {
+        assert!(t
+            .store
+            .access_request_allowed(&key(user, "tg"), &alpha, "tg", 3)
+            .unwrap());
+        let mut request = new_approval("alpha", "Access request");
+        request.kind = "access_request".into();
+        request.request_key = Some(key(user, "tg"));
+        t.store.create_approval(request).unwrap();
+    }
+    // A fourth stranger waits for nobody; the first asking again finds theirs.
+    assert!(!t
+        .store
+        .access_request_allowed(&key(3, "tg"), &alpha, "tg", 3)
+        .unwrap());
+    assert!(t
+        .store
+        .access_request_allowed(&key(0, "tg"), &alpha, "tg", 3)
+        .unwrap());
+    // Another channel has its own share.
+    assert!(t
+        .store
+        .access_request_allowed(&key(3, "slack"), &alpha, "slack", 3)
+        .unwrap());
+}

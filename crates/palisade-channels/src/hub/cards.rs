@@ -5,11 +5,15 @@
 use super::{blocking, lock, ChannelState, Hub, MAX_PENDING, RECONCILE_INTERVAL, REPOST_AFTER};
 use crate::card::{new_token, Card};
 use crate::channel::Channel;
+use futures_util::StreamExt;
 use palisade_approvals::{ApprovalStatus, Event};
 use palisade_store::ApprovalCard;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Cards posted at once by one reconciliation.
+const MAX_POSTS_AT_ONCE: usize = 16;
 
 impl Hub {
     /// Posts cards for pending approvals and edits cards of closed ones, when woken
@@ -65,7 +69,11 @@ impl Hub {
             return;
         };
         let mut posts = Vec::new();
-        for approval in pending.iter().rev() {
+        // Requests that hold an agent first, the soonest to expire first; strangers'
+        // access requests after them.
+        let mut pending = pending;
+        pending.sort_by_key(|a| (a.kind == "access_request", a.expires_at_ms));
+        for approval in &pending {
             let existing = cards.get(&approval.id).cloned().unwrap_or_default();
             for approver in approvers.iter().filter(|a| a.agent == approval.agent) {
                 let Some(channel) = channels.get(&approver.channel) else {
@@ -103,11 +111,18 @@ impl Hub {
                 }
             }
         }
-        let posting = posts.into_iter().map(|(channel, approval, card)| {
-            let hub = self.clone();
-            async move { hub.post(channel, approval, card).await }
-        });
-        futures_util::future::join_all(posting).await;
+        let posting: Vec<_> = posts
+            .into_iter()
+            .map(|(channel, approval, card)| {
+                let hub = self.clone();
+                Box::pin(async move { hub.post(channel, approval, card).await })
+            })
+            .collect();
+        // A few at a time, in that order: platforms rate-limit bursts of posts.
+        futures_util::stream::iter(posting)
+            .buffered(MAX_POSTS_AT_ONCE)
+            .collect::<Vec<()>>()
+            .await;
 
         let edits = finish.into_iter().filter_map(|card| {
             let channel = channels.get(&card.channel).cloned()?;

@@ -4,6 +4,10 @@
 use super::decisions::text_command;
 use super::replies::Watching;
 use super::{blocking, Hub, ACCESS_TIMEOUT};
+
+/// Strangers' access requests to one agent on one channel that may wait for a person
+/// at once; later strangers are dropped without a card until some are decided.
+const MAX_WAITING_ACCESS_REQUESTS: usize = 20;
 use crate::channel::{Channel, Inbound};
 use palisade_approvals::{ApprovalKind, ApprovalStatus, NewRequest};
 use palisade_host::StreamEvent;
@@ -207,6 +211,25 @@ impl Hub {
         message: &Inbound,
         agent: AgentName,
     ) -> Option<AgentName> {
+        let key =
+            palisade_store::approvals::access_request_key(channel.name(), &message.user.id, &agent);
+        let store = self.inner.store.clone();
+        let (checked_key, checked_agent, checked_channel) =
+            (key.clone(), agent.clone(), channel.name().to_string());
+        let allowed = blocking(move || {
+            store.access_request_allowed(
+                &checked_key,
+                &checked_agent,
+                &checked_channel,
+                MAX_WAITING_ACCESS_REQUESTS,
+            )
+        })
+        .await
+        .unwrap_or(false);
+        if !allowed {
+            tracing::warn!(channel = channel.name(), user = %message.user.id, %agent, "too many strangers wait for access to this agent; this one is dropped unasked");
+            return None;
+        }
         let summary = palisade_approvals::summary::access_request(
             agent.as_str(),
             channel.name(),
@@ -228,11 +251,7 @@ impl Hub {
             }),
             timeout: ACCESS_TIMEOUT,
             holder: None,
-            request_key: Some(palisade_store::approvals::access_request_key(
-                channel.name(),
-                &message.user.id,
-                &agent,
-            )),
+            request_key: Some(key),
         };
         let engine = self.inner.engine.clone();
         let requested = tokio::task::spawn_blocking(move || engine.request(request)).await;

@@ -181,6 +181,40 @@ impl Store {
         self.read(|tx| get_in(tx, id))
     }
 
+    /// Whether a new stranger's access request to `agent` on `channel` may be made:
+    /// either this person already has one (`key`: asking again finds it), or fewer than
+    /// `cap` wait for a person there, so a raid of new accounts cannot bury the
+    /// approvers in cards.
+    pub fn access_request_allowed(
+        &self,
+        key: &str,
+        agent: &palisade_policy::AgentName,
+        channel: &str,
+        cap: usize,
+    ) -> Result<bool> {
+        self.read(|tx| {
+            let existing: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM approvals WHERE request_key = ?1",
+                    [key],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if existing.is_some() {
+                return Ok(true);
+            }
+            let prefix = format!("access:{channel}:");
+            let waiting: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM approvals
+                 WHERE status = 'pending' AND kind = 'access_request' AND agent = ?1
+                   AND substr(request_key, 1, length(?2)) = ?2",
+                (agent.as_str(), &prefix),
+                |row| row.get(0),
+            )?;
+            Ok(usize::try_from(waiting).unwrap_or(usize::MAX) < cap)
+        })
+    }
+
     /// Newest first; `None` = all statuses. At most `limit` rows.
     pub fn list_approvals(
         &self,
