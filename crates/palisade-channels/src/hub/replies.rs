@@ -4,7 +4,10 @@
 
 use super::{blocking, lock, ChannelState, Hub, RECOVERY_INTERVAL, REPOST_AFTER};
 use crate::channel::{Channel, Inbound};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+/// Owed replies looked at per channel and round.
+const OWED_REPLIES_PER_PAGE: usize = 50;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -32,6 +35,7 @@ impl Hub {
     /// before a restart (or a crash) are answered after it, in the chat they came from.
     pub(super) async fn recovery_loop(self) {
         let mut shutdown = self.inner.shutdown.clone();
+        let mut cursors: HashMap<String, i64> = HashMap::new();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(RECOVERY_INTERVAL) => {}
@@ -52,9 +56,22 @@ impl Hub {
             for channel in channels {
                 let label = format!("{}:{}", channel.platform().as_str(), channel.name());
                 let store = self.inner.store.clone();
-                let Ok(owed) = blocking(move || store.undelivered_replies(&label, 50)).await else {
+                // A page at a time from where the last one ended, so replies that
+                // cannot be sent (the bot left that chat) never hide newer ones.
+                let after = cursors.get(channel.name()).copied().unwrap_or(0);
+                let Ok(owed) = blocking(move || {
+                    store.undelivered_replies(&label, after, OWED_REPLIES_PER_PAGE)
+                })
+                .await
+                else {
                     continue;
                 };
+                let next = match owed.last() {
+                    Some((_, last)) if owed.len() == OWED_REPLIES_PER_PAGE => last.id,
+                    _ => 0,
+                };
+                cursors.insert(channel.name().to_string(), next);
+                lock(&self.inner.failed_replies).retain(|_, at| at.elapsed() < REPOST_AFTER);
                 for (conversation, reply) in owed {
                     if lock(&self.inner.watching).contains(&reply.inbound_id) {
                         continue;

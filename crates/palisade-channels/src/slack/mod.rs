@@ -454,6 +454,13 @@ impl Slack {
         };
         if let Some(incoming) = incoming {
             if !self.deliver(incoming).await {
+                // Slack sends it again after a 503: it must not then count as seen.
+                if let Some(id) = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|payload| short(payload.get("event_id")))
+                {
+                    lock(&self.seen_events).retain(|seen| *seen != id);
+                }
                 return WebhookReply::text(503, "the channel is not running; try again");
             }
         }

@@ -50,6 +50,9 @@ pub struct Telegram {
     token: SecretValue,
     /// (chat id, prompt message id) → the card and user it asks.
     prompts: Arc<Mutex<HashMap<(String, String), Prompt>>>,
+    /// The next update to ask for, kept across reconnections: a batch handed to the
+    /// hub is not taken again when polling starts over after a failure.
+    offset: Mutex<Option<i64>>,
 }
 
 impl Telegram {
@@ -70,6 +73,7 @@ impl Telegram {
                 .map_err(|e| ChannelError::Config(e.to_string()))?,
             token,
             prompts: Arc::default(),
+            offset: Mutex::default(),
         })
     }
 
@@ -241,15 +245,16 @@ impl Channel for Telegram {
     ) -> BoxFuture<'_, Result<(), ChannelError>> {
         Box::pin(async move {
             let client = self.client();
-            let mut offset: Option<i64> = None;
             loop {
+                let offset = *self.offset.lock().unwrap_or_else(|p| p.into_inner());
                 let updates = tokio::select! {
                     updates = client.updates(offset, POLL_SECONDS) => updates?,
                     _ = crate::channel::stopped(&mut shutdown) => return Ok(()),
                 };
                 for update in updates {
                     if let Some(id) = update.get("update_id").and_then(Value::as_i64) {
-                        offset = Some(offset.map_or(id + 1, |o| o.max(id + 1)));
+                        let mut offset = self.offset.lock().unwrap_or_else(|p| p.into_inner());
+                        *offset = Some(offset.map_or(id + 1, |o| o.max(id + 1)));
                     }
                     if let Some(incoming) = self.handle_update(&update) {
                         if inbox.send(incoming).await.is_err() {

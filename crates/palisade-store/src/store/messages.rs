@@ -510,6 +510,7 @@ impl Store {
     pub fn undelivered_replies(
         &self,
         channel: &str,
+        after_id: i64,
         limit: usize,
     ) -> Result<Vec<(String, ReplyRecord)>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -518,10 +519,10 @@ impl Store {
                 "SELECT s.conversation, r.id, r.inbound_id, r.text, r.is_error, r.created_at_ms, r.delivered
                  FROM outbound_replies r JOIN inbound_messages m ON m.id = r.inbound_id
                  JOIN sessions s ON s.id = m.session_id
-                 WHERE m.channel = ?1 AND r.delivered = 0 ORDER BY r.id LIMIT ?2",
+                 WHERE m.channel = ?1 AND r.delivered = 0 AND r.id > ?2 ORDER BY r.id LIMIT ?3",
             )?;
             let rows = stmt
-                .query_map((channel, limit), |row| {
+                .query_map((channel, after_id, limit), |row| {
                     Ok((
                         row.get::<_, String>(0)?,
                         ReplyRecord {
