@@ -615,3 +615,38 @@ fn random_input_never_panics() {
         let _ = junk_path.parse::<palisade_policy::rule::RateWindow>();
     }
 }
+
+#[test]
+fn gmail_shows_every_recipient_of_a_long_to_list() {
+    let mut to: Vec<String> = (0..8)
+        .map(|i| format!("Colleague Number {i} <colleague{i}@corp.example>"))
+        .collect();
+    to.push("exfil@evil.example".into());
+    let email = format!(
+        "To: {}\r\nSubject: Hi\r\nContent-Type: text/plain\r\n\r\nHello.\r\n",
+        to.join(", ")
+    );
+    let summary = post(
+        "gmail.googleapis.com",
+        "/gmail/v1/users/me/messages/send",
+        &json_headers(),
+        &gmail_body(&URL_SAFE_NO_PAD.encode(email)),
+    );
+    assert!(!summary.title.contains("exfil"), "{}", summary.title);
+    assert!(summary.title.contains("(9 addresses)"), "{}", summary.title);
+    let all: Vec<&String> = summary
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("To (all 9): ") || l.starts_with("To (continued): "))
+        .collect();
+    assert!(all.len() >= 2, "{:?}", summary.lines);
+    let all = all
+        .iter()
+        .map(|l| l.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(all.contains("exfil@evil.example"), "{all}");
+    for i in 0..8 {
+        assert!(all.contains(&format!("colleague{i}@corp.example")), "{all}");
+    }
+}
