@@ -1107,6 +1107,48 @@ async fn the_channels_page_adds_links_and_removes_through_the_cli_code_behind_cs
         .iter()
         .any(|r| r.entry.event == "approver.add" && r.entry.actor.as_deref() == Some("web:admin")));
 
+    // Unlinking a chat and removing an approver ask first: the first post shows a
+    // page with the confirmed form, and only that changes anything.
+    for (path, form, asks) in [
+        (
+            "/channels/tg/unlink",
+            vec![("chat", "4242")],
+            "Unlink chat 4242 of tg?",
+        ),
+        (
+            "/channels/tg/approvers/remove",
+            vec![("agent", "helper"), ("user", "111")],
+            "Remove approver 111 of helper on tg?",
+        ),
+    ] {
+        let mut form = form;
+        form.push(("csrf", &csrf));
+        let before = (
+            web.store.list_approvers(None).unwrap().len(),
+            web.store.list_links(Some("tg")).unwrap().len(),
+        );
+        let answer = web.post_form(path, &form).await;
+        assert_eq!(answer.status(), StatusCode::OK, "{path}");
+        let page = answer.text().await.unwrap();
+        assert!(
+            page.contains(asks) && page.contains("name=\"confirmed\""),
+            "{page}"
+        );
+        let after = (
+            web.store.list_approvers(None).unwrap().len(),
+            web.store.list_links(Some("tg")).unwrap().len(),
+        );
+        assert_eq!(
+            before, after,
+            "{path} changed something before it was confirmed"
+        );
+        form.push(("confirmed", "1"));
+        let answer = web.post_form(path, &form).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{path}");
+    }
+    assert!(web.store.list_approvers(None).unwrap().is_empty());
+    assert!(web.store.list_links(Some("tg")).unwrap().is_empty());
+
     // Removal asks first, and needs the CSRF token like every write.
     let confirm = web.get_text("/channels/tg/remove").await;
     assert!(confirm.contains("Remove channel tg?"), "{confirm}");

@@ -251,6 +251,38 @@ pub(crate) async fn link(
 #[derive(Deserialize)]
 pub(crate) struct ChatForm {
     chat: String,
+    /// Set by the confirmation page's button; without it the page is shown.
+    confirmed: Option<String>,
+}
+
+/// A page asking before a removal: the same form again, confirmed.
+async fn confirm(
+    state: &WebState,
+    heading: String,
+    text: &str,
+    action: String,
+    fields: &[(&str, &str)],
+    button: &str,
+) -> PageResult {
+    let body = html! {
+        section.card.narrow {
+            h1 { (heading) }
+            p { (text) }
+            form method="post" action=(action) {
+                (layout::csrf_field(state))
+                @for (field, value) in fields {
+                    input type="hidden" name=(field) value=(value);
+                }
+                input type="hidden" name="confirmed" value="1";
+                div.form-actions {
+                    a.button href="/channels" { "Keep it" }
+                    " "
+                    button.danger type="submit" { (button) }
+                }
+            }
+        }
+    };
+    Ok(layout::render(state, Nav::Channels, "Confirm", body).await)
 }
 
 pub(crate) async fn unlink(
@@ -258,6 +290,17 @@ pub(crate) async fn unlink(
     Path(name): Path<String>,
     Form(form): Form<ChatForm>,
 ) -> PageResult {
+    if form.confirmed.is_none() {
+        return confirm(
+            &state,
+            format!("Unlink chat {} of {name}?", form.chat),
+            "Messages in that chat no longer reach its agent, and its replies no longer go there.",
+            format!("/channels/{name}/unlink"),
+            &[("chat", &form.chat)],
+            "Unlink",
+        )
+        .await;
+    }
     let store = state.store.clone();
     blocking(move || Ok(manage::unlink(&store, &name, &form.chat)?)).await?;
     Ok(done("unlinked"))
@@ -268,6 +311,8 @@ pub(crate) struct PersonForm {
     agent: String,
     user: String,
     display_name: Option<String>,
+    /// Set by the confirmation page's button (removals only).
+    confirmed: Option<String>,
 }
 
 pub(crate) async fn add_approver(
@@ -296,6 +341,17 @@ pub(crate) async fn remove_approver(
     Form(form): Form<PersonForm>,
 ) -> PageResult {
     let agent = AgentName::new(&form.agent)?;
+    if form.confirmed.is_none() {
+        return confirm(
+            &state,
+            format!("Remove approver {} of {agent} on {name}?", form.user),
+            "They no longer get the agent's cards, and their presses no longer count.",
+            format!("/channels/{name}/approvers/remove"),
+            &[("agent", agent.as_str()), ("user", &form.user)],
+            "Remove approver",
+        )
+        .await;
+    }
     let store = state.store.clone();
     blocking(move || Ok(manage::remove_approver(&store, &agent, &name, &form.user)?)).await?;
     Ok(done("approver removed"))
@@ -307,6 +363,17 @@ pub(crate) async fn remove_sender(
     Form(form): Form<PersonForm>,
 ) -> PageResult {
     let agent = AgentName::new(&form.agent)?;
+    if form.confirmed.is_none() {
+        return confirm(
+            &state,
+            format!("Remove sender {} of {agent} on {name}?", form.user),
+            "Their messages no longer reach the agent; writing again asks the approvers anew.",
+            format!("/channels/{name}/senders/remove"),
+            &[("agent", agent.as_str()), ("user", &form.user)],
+            "Remove sender",
+        )
+        .await;
+    }
     let store = state.store.clone();
     blocking(move || Ok(manage::disallow_sender(&store, &agent, &name, &form.user)?)).await?;
     Ok(done("sender removed"))
