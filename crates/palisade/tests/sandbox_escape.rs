@@ -66,7 +66,14 @@ enum As {
     User,
 }
 
+/// Tests that run sandboxes as the unprivileged user share this; the one that delegates
+/// a cgroup to that user holds it alone, since sandboxes the user starts meanwhile
+/// would land in the delegated cgroup and its clean-up kills what is in there.
+static USER_SANDBOXES: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 struct World {
+    /// Held while the world lives (user worlds only): see [`USER_SANDBOXES`].
+    _shared: Option<std::sync::RwLockReadGuard<'static, ()>>,
     dir: tempfile::TempDir,
     binary: PathBuf,
     home: PathBuf,
@@ -120,6 +127,12 @@ server.serve_forever()
 "#;
 
 fn world(who: As) -> Option<World> {
+    let shared =
+        (who == As::User).then(|| USER_SANDBOXES.read().unwrap_or_else(|p| p.into_inner()));
+    world_with(who, shared)
+}
+
+fn world_with(who: As, shared: Option<std::sync::RwLockReadGuard<'static, ()>>) -> Option<World> {
     if who == As::User && !prepared().user {
         return None;
     }
@@ -190,6 +203,7 @@ chmod -R a+rX ."#,
         PathBuf::from(BINARY)
     };
     let world = World {
+        _shared: shared,
         dir,
         binary,
         home,
@@ -763,7 +777,10 @@ impl Drop for Delegated {
 /// with the quota written, and the leaf is gone when the sandbox ends.
 #[test]
 fn cpu_limit_applies_to_a_user_once_root_delegates_a_cgroup() {
-    let Some(w) = world(As::User) else { return };
+    let _alone = USER_SANDBOXES.write().unwrap_or_else(|p| p.into_inner());
+    let Some(w) = world_with(As::User, None) else {
+        return;
+    };
     let host = palisade_sandbox::cgroup::HostCgroups::detect();
     let Some(cpu) = host.v1.iter().find(|h| h.controller == "cpu") else {
         eprintln!("SKIPPING: no cgroup v1 `cpu` hierarchy on this host");
