@@ -11,7 +11,9 @@
 //!   `send_message`) goes back to the same place, also after a restart. Anyone else's
 //!   message is dropped and logged, or (per channel) turns into an access request to the
 //!   agent's approvers. `/approve ID once|1h|always` and `/deny ID [comment]` decide
-//!   approvals by text on every platform.
+//!   approvals by text on every platform, from the channel's approvers (anyone
+//!   else's is an ordinary message). A message holds a handler only until the host has
+//!   accepted it; presses and comments have handlers of their own.
 //! - Cards: every pending approval gets one card per approver of its agent, posted
 //!   privately on the approver's channel (recorded with an opaque token before it is
 //!   posted); once the approval is closed, by anyone, anywhere, every card is edited to
@@ -21,8 +23,9 @@
 //! - Clicks: the token names the card, the engine checks the clicker is a listed
 //!   approver and that the approval is still pending; a refusal is answered privately
 //!   and audited.
-//! - Notices: a request blocked or rate-limited at the vault is told to the agent's
-//!   approvers, once per agent and rule (or host) every 10 minutes.
+//! - Notices: a request blocked, refused or rate-limited at the vault is told to the
+//!   agent's approvers, once per agent and rule every 10 minutes, at most five about
+//!   one agent in that time.
 //!
 //! One concept per file: this one runs the channels; [`decisions`] takes presses,
 //! comments and `/approve`/`/deny`; [`messages`] routes messages (and strangers'
@@ -53,7 +56,7 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 const RELOAD_INTERVAL: Duration = Duration::from_secs(3);
 /// How often the audit log is read for blocked and rate-limited requests.
 const NOTICE_INTERVAL: Duration = Duration::from_secs(2);
-/// One notice per agent and rule (or host) in this window.
+/// One notice per agent and rule in this window.
 const NOTICE_DEBOUNCE: Duration = Duration::from_secs(600);
 /// Presses, comments (decisions) handled at once.
 const MAX_HANDLERS: usize = 64;
