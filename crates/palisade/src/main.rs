@@ -65,7 +65,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create, list, inspect and delete agents; print their gateway tokens.
+    /// Create, change, inspect and delete agents; their dial, whom they may message, their tokens.
     #[command(subcommand)]
     Agents(AgentsCommand),
     /// Credentials the vault injects into agents' requests (values go in, never out).
@@ -78,7 +78,7 @@ enum Command {
     /// Allow, block, rate-limit or require approval for requests by host, path and method.
     #[command(subcommand)]
     Rules(RulesCommand),
-    /// Held actions waiting for a person: list, show, approve, deny.
+    /// Held actions waiting for a person: list, show, approve, deny; rules to stop asking.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
     /// The hash-chained audit log: list rows, verify nothing was edited.
