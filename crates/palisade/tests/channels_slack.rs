@@ -262,6 +262,15 @@ fn a_held_request_is_decided_from_slack_and_every_card_follows() {
     assert_ne!(respelt[2].1, signature);
     assert_eq!(post(&world, endpoint, &respelt, &body).0, 401);
     assert_eq!(arrived(&world, "/held/"), 0, "nothing was approved yet");
+    // Bob's user id in another workspace is not Bob: a correctly signed press naming
+    // another team is not taken.
+    let mut foreign_team = slack.click_payload(BOB, "Bob", &bob_card.channel, &bob_card.ts, &approve);
+    foreign_team["team"]["id"] = "T0OTHER".into();
+    foreign_team["user"]["team_id"] = "T0OTHER".into();
+    let (headers, body) = signed_form(&foreign_team, now_seconds());
+    assert_eq!(post(&world, endpoint, &headers, &body).0, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(arrived(&world, "/held/"), 0, "a press from another workspace approved");
 
     // Bob approves in Slack.
     slack.user_clicks(BOB, "Bob", &bob_card, &approve);
@@ -337,6 +346,12 @@ fn a_held_request_is_decided_from_slack_and_every_card_follows() {
     let event = slack.message_event(BOB, &slack_dm(BOB), "are you there over HTTP?").to_string();
     let (status, _) = post(&world, endpoint, &json_headers(event.as_bytes(), now_seconds()), event.as_bytes());
     assert_eq!(status, 200);
+    let mut elsewhere = slack.message_event(BOB, &slack_dm(BOB), "from another workspace");
+    elsewhere["team_id"] = "T0OTHER".into();
+    elsewhere["event_id"] = "Ev0OTHER".into();
+    let elsewhere = elsewhere.to_string();
+    let (status, _) = post(&world, endpoint, &json_headers(elsewhere.as_bytes(), now_seconds()), elsewhere.as_bytes());
+    assert_eq!(status, 200);
     // Slack retries with a new timestamp (so a new signature): the same event id.
     let (status, _) = post(&world, endpoint, &json_headers(event.as_bytes(), now_seconds() - 1), event.as_bytes());
     assert_eq!(status, 200);
@@ -350,6 +365,10 @@ fn a_held_request_is_decided_from_slack_and_every_card_follows() {
         .filter(|r| String::from_utf8_lossy(&r.body).matches("are you there over HTTP?").count() > 0)
         .count();
     assert_eq!(asked, 1, "the retried event was taken twice");
+    assert!(
+        world.model_requests().iter().all(|r| !String::from_utf8_lossy(&r.body).contains("from another workspace")),
+        "an event from another workspace reached the agent"
+    );
 
     let decisions = ok(palisade.run(&["audit", "list", "--approvals", "--json"]));
     let decisions: serde_json::Value = serde_json::from_slice(&decisions.stdout).unwrap();

@@ -67,6 +67,10 @@ pub struct Slack {
     signing_secret: Option<SecretValue>,
     /// The bot's own user id (from `auth.test`): its own messages are not input.
     bot_user: Mutex<Option<String>>,
+    /// The workspace the app is installed in (`auth.test`'s `team_id`): events and
+    /// presses naming another workspace are not taken, so an approver is always a
+    /// user of this workspace, whatever another workspace's user ids look like.
+    team: Mutex<Option<String>>,
     /// Where the HTTP endpoint passes what it receives, while the channel runs.
     inbox: Mutex<Option<mpsc::Sender<Incoming>>>,
     /// View id → the card and user a comment modal asks.
@@ -133,6 +137,7 @@ impl Slack {
             },
             signing_secret,
             bot_user: Mutex::default(),
+            team: Mutex::default(),
             inbox: Mutex::default(),
             prompts: Arc::default(),
             seen_events: Mutex::default(),
@@ -142,7 +147,9 @@ impl Slack {
 
     /// An `event_callback` as what the hub takes: a message someone wrote.
     fn on_event(&self, payload: &Value) -> Option<Incoming> {
-        if payload.get("type").and_then(Value::as_str) != Some("event_callback") {
+        if payload.get("type").and_then(Value::as_str) != Some("event_callback")
+            || !self.from_this_workspace(payload)
+        {
             return None;
         }
         if let Some(id) = short(payload.get("event_id")) {
@@ -184,7 +191,36 @@ impl Slack {
     }
 
     /// An interactivity payload: a button press or a comment modal's submission.
+    /// Whether what the payload says of its workspace (any of the places Slack puts
+    /// it) is this app's workspace. Nothing named: taken (Slack names it on every kind
+    /// handled here; the signature or the Socket Mode connection already vouches for
+    /// the app).
+    fn from_this_workspace(&self, payload: &Value) -> bool {
+        let Some(ours) = lock(&self.team).clone() else {
+            return true;
+        };
+        let named = [
+            payload.get("team_id"),
+            payload.pointer("/team/id"),
+            payload.pointer("/user/team_id"),
+            payload.pointer("/event/team"),
+        ];
+        let foreign = named
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find(|team| *team != ours);
+        if let Some(team) = foreign {
+            tracing::warn!(channel = %self.name, team = %team.chars().take(40).collect::<String>(), "an event or press from another Slack workspace; ignored");
+            return false;
+        }
+        true
+    }
+
     fn on_interaction(&self, payload: &Value) -> Option<Incoming> {
+        if !self.from_this_workspace(payload) {
+            return None;
+        }
         let user = user_of(payload.get("user")?)?;
         match payload.get("type").and_then(Value::as_str)? {
             "block_actions" => {
@@ -563,6 +599,7 @@ impl Channel for Slack {
             let me = self.client.auth_test().await?;
             let user = short(me.get("user_id"));
             *lock(&self.bot_user) = user.clone();
+            *lock(&self.team) = short(me.get("team_id"));
             let mode = match (self.client.app.is_some(), self.signing_secret.is_some()) {
                 (true, true) => "Socket Mode and Events API",
                 (true, false) => "Socket Mode",
