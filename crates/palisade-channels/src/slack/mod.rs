@@ -148,7 +148,7 @@ impl Slack {
     /// An `event_callback` as what the hub takes: a message someone wrote.
     fn on_event(&self, payload: &Value) -> Option<Incoming> {
         if payload.get("type").and_then(Value::as_str) != Some("event_callback")
-            || !self.from_this_workspace(payload)
+            || !self.in_this_workspace(payload)
         {
             return None;
         }
@@ -195,7 +195,7 @@ impl Slack {
     /// it) is this app's workspace. Nothing named: taken (Slack names it on every kind
     /// handled here; the signature or the Socket Mode connection already vouches for
     /// the app).
-    fn from_this_workspace(&self, payload: &Value) -> bool {
+    fn in_this_workspace(&self, payload: &Value) -> bool {
         let Some(ours) = lock(&self.team).clone() else {
             return true;
         };
@@ -218,7 +218,7 @@ impl Slack {
     }
 
     fn on_interaction(&self, payload: &Value) -> Option<Incoming> {
-        if !self.from_this_workspace(payload) {
+        if !self.in_this_workspace(payload) {
             return None;
         }
         let user = user_of(payload.get("user")?)?;
