@@ -39,18 +39,33 @@ impl Card {
             approval.agent
         );
         let pending = approval.status == ApprovalStatus::Pending;
+        let buttons = match (pending, kind) {
+            (true, Some(kind)) => Button::for_kind(kind),
+            (true, None) => vec![Button::Once, Button::Deny, Button::DenyWithComment],
+            (false, _) => Vec::new(),
+        };
+        let mut lines = approval.lines.clone();
+        // What a lasting choice would let through, before anyone presses it.
+        if buttons.contains(&Button::Always) {
+            let field = |name: &str| approval.context.get(name).and_then(|v| v.as_str());
+            if let (Some(method), Some(host), Some(path)) =
+                (field("method"), field("host"), field("path"))
+            {
+                lines.push(String::new());
+                lines.push(format!(
+                    "\"Always allow\" and \"Approve for 1 h\" let {method} {host}{path} through for agent {} without asking (any query string, any port); `palisade rules list` shows the rule.",
+                    approval.agent
+                ));
+            }
+        }
         Card {
             approval_id: approval.id.clone(),
             token: token.to_string(),
             heading,
             title: approval.title.clone(),
-            lines: approval.lines.clone(),
+            lines,
             detail: approval.detail.chars().take(CARD_DETAIL_CHARS).collect(),
-            buttons: match (pending, kind) {
-                (true, Some(kind)) => Button::for_kind(kind),
-                (true, None) => vec![Button::Once, Button::Deny, Button::DenyWithComment],
-                (false, _) => Vec::new(),
-            },
+            buttons,
             outcome: (!pending).then(|| outcome_line(approval)),
             expires_at_ms: approval.expires_at_ms,
         }
@@ -199,6 +214,48 @@ mod tests {
         ] {
             assert_eq!(CallbackData::decode(&bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_card_offering_a_lasting_choice_says_what_it_would_let_through() {
+        let approval = Approval {
+            id: "apr_abcdefghijkl".into(),
+            kind: "credential_use".into(),
+            agent: "mailer".parse().unwrap(),
+            status: ApprovalStatus::Pending,
+            title: "Send e-mail".into(),
+            lines: vec!["To: bob@example.com".into()],
+            detail: String::new(),
+            context: serde_json::json!({
+                "method": "POST", "host": "gmail.googleapis.com",
+                "path": "/gmail/v1/users/me/messages/send", "rule": "ask",
+            }),
+            created_at_ms: 0,
+            expires_at_ms: 0,
+            decided_at_ms: None,
+            approver: None,
+            comment: None,
+            choice: None,
+            approver_channel: None,
+            approver_user: None,
+            approver_name: None,
+            granted_rule: None,
+            holder: None,
+            request_key: None,
+        };
+        let card = Card::new(&approval, &new_token());
+        assert!(card.buttons.contains(&Button::Always));
+        let said = card.lines.join("\n");
+        assert!(
+            said.contains("POST gmail.googleapis.com/gmail/v1/users/me/messages/send through for agent mailer")
+                && said.contains("any query string"),
+            "{said}"
+        );
+        // An action an agent asks about has no lasting choice, and says none.
+        let mut action = approval.clone();
+        action.kind = "tool_action".into();
+        let card = Card::new(&action, &new_token());
+        assert!(!card.lines.join("\n").contains("Always allow"));
     }
 
     #[test]
