@@ -89,12 +89,31 @@ impl Store {
         let path = home.database();
         create_private_file(&path)?;
         let mut conn = Connection::open(&path)?;
-        configure(&conn)?;
-        crate::migrations::migrate(&mut conn)?;
+        // Processes opening a fresh home at once (the CLI while `palisade up` starts)
+        // race to switch it to WAL and create the schema. SQLite answers some of those
+        // races with SQLITE_BUSY at once instead of calling the busy handler (changing
+        // the journal mode, a read lock that cannot become a write lock): every step
+        // here is idempotent, so they are tried again for a bounded time.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let attempt = configure(&conn)
+                .and_then(|()| crate::migrations::migrate(&mut conn))
+                .and_then(|()| purge_stale_rate_events(&conn));
+            match attempt {
+                Err(StoreError::Sql(rusqlite::Error::SqliteFailure(error, _)))
+                    if error.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(
+                        10 + u64::from(rand::random::<u8>() % 40),
+                    ));
+                }
+                other => break other?,
+            }
+        }
         for side in ["palisade.db-wal", "palisade.db-shm"] {
             restrict_permissions(&home.root().join(side))?;
         }
-        purge_stale_rate_events(&conn)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
