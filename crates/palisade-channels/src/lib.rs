@@ -31,6 +31,12 @@ pub mod slack;
 pub mod telegram;
 pub mod ws;
 
+/// A mutex's guard, also after a panic elsewhere poisoned it (every map kept behind one
+/// here stays consistent between statements).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub use card::{CallbackData, Card};
 pub use channel::{
     Channel, ChannelError, ClickAnswer, Inbound, Incoming, PlatformUser, WebhookReply,

@@ -39,7 +39,7 @@ impl SeenRequests {
         digest.update(body);
         let signature = hex::encode(digest.finalize());
         let signature = signature.as_str();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = crate::lock(&self.seen);
         seen.retain(|_, at| (now_seconds - *at).abs() <= self.window_seconds);
         if seen.contains_key(signature) {
             return false;

@@ -30,6 +30,7 @@ use crate::channel::{
     WebhookReply,
 };
 use crate::http::ApiClient;
+use crate::lock;
 use futures_util::future::BoxFuture;
 use palisade_approvals::Platform;
 use palisade_policy::SecretValue;
@@ -67,10 +68,6 @@ pub struct Discord {
     prompts: Arc<Mutex<HashMap<(String, String), Instant>>>,
     inbox: Mutex<Option<mpsc::Sender<Incoming>>>,
     seen_requests: crate::replay::SeenRequests,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn short(value: Option<&Value>) -> Option<String> {

@@ -41,6 +41,7 @@ mod replies;
 pub use messages::AccessSetting;
 
 use crate::channel::{Channel, Incoming};
+use crate::lock;
 use palisade_approvals::Engine;
 use palisade_host::Host;
 use palisade_store::Store;
@@ -130,10 +131,6 @@ struct HubInner {
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<HubInner>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn blocking<T: Send + 'static>(

@@ -25,6 +25,7 @@ use crate::channel::{
     WebhookReply,
 };
 use crate::http::ApiClient;
+use crate::lock;
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use palisade_approvals::Platform;
@@ -77,10 +78,6 @@ pub struct Slack {
     prompts: Arc<Mutex<HashMap<String, Prompt>>>,
     seen_events: Mutex<VecDeque<String>>,
     seen_requests: crate::replay::SeenRequests,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A Slack id or name as kept: bounded, no control characters.

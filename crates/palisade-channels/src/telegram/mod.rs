@@ -18,6 +18,7 @@ use crate::channel::{
     Channel, ChannelError, ClickAnswer, Inbound, Incoming, PlatformUser, Responder,
 };
 use crate::http::ApiClient;
+use crate::lock;
 use futures_util::future::BoxFuture;
 use palisade_approvals::Platform;
 use palisade_policy::SecretValue;
@@ -199,10 +200,6 @@ impl Telegram {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Telegram ids are integers (chat ids up to 52 bits, negative for groups); kept as text.
 fn id_text(value: &Value) -> String {
     match value {
@@ -246,14 +243,14 @@ impl Channel for Telegram {
         Box::pin(async move {
             let client = self.client();
             loop {
-                let offset = *self.offset.lock().unwrap_or_else(|p| p.into_inner());
+                let offset = *lock(&self.offset);
                 let updates = tokio::select! {
                     updates = client.updates(offset, POLL_SECONDS) => updates?,
                     _ = crate::channel::stopped(&mut shutdown) => return Ok(()),
                 };
                 for update in updates {
                     if let Some(id) = update.get("update_id").and_then(Value::as_i64) {
-                        let mut offset = self.offset.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut offset = lock(&self.offset);
                         *offset = Some(offset.map_or(id + 1, |o| o.max(id + 1)));
                     }
                     if let Some(incoming) = self.handle_update(&update) {
