@@ -23,16 +23,11 @@ impl SeenRequests {
         }
     }
 
-    /// Records the request signed over `timestamp` and `body` (already verified), made
-    /// at `timestamp_seconds`; `false` if it was taken before.
-    pub fn first_time(
-        &self,
-        timestamp: &str,
-        body: &[u8],
-        timestamp_seconds: i64,
-        now_seconds: i64,
-    ) -> bool {
+    /// Records the request signed over `timestamp` (the header as sent) and `body`,
+    /// already verified; `false` if it was taken before.
+    pub fn first_time(&self, timestamp: &str, body: &[u8], now_seconds: i64) -> bool {
         use sha2::Digest;
+        let timestamp_seconds = timestamp.trim().parse().unwrap_or(now_seconds);
         let mut digest = sha2::Sha256::new();
         digest.update(timestamp.trim().as_bytes());
         digest.update([0]);
@@ -65,12 +60,12 @@ mod tests {
     #[test]
     fn the_same_signed_content_is_taken_once_however_it_is_spelt() {
         let seen = SeenRequests::new(300);
-        assert!(seen.first_time("1700000000", b"payload=x", 1_700_000_000, 1_700_000_010));
-        assert!(!seen.first_time("1700000000", b"payload=x", 1_700_000_000, 1_700_000_020));
-        assert!(!seen.first_time(" 1700000000 ", b"payload=x", 1_700_000_000, 1_700_000_020));
-        assert!(seen.first_time("1700000000", b"payload=y", 1_700_000_000, 1_700_000_020));
-        assert!(seen.first_time("1700000001", b"payload=x", 1_700_000_001, 1_700_000_020));
+        assert!(seen.first_time("1700000000", b"payload=x", 1_700_000_010));
+        assert!(!seen.first_time("1700000000", b"payload=x", 1_700_000_020));
+        assert!(!seen.first_time(" 1700000000 ", b"payload=x", 1_700_000_020));
+        assert!(seen.first_time("1700000000", b"payload=y", 1_700_000_020));
+        assert!(seen.first_time("1700000001", b"payload=x", 1_700_000_020));
         // Outside the window it is forgotten (and the signature check refuses it).
-        assert!(seen.first_time("1700000000", b"payload=x", 1_700_000_000, 1_700_001_000));
+        assert!(seen.first_time("1700000000", b"payload=x", 1_700_001_000));
     }
 }

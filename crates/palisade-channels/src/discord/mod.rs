@@ -325,10 +325,9 @@ impl Discord {
         );
         let now = palisade_store::now_ms() / 1000;
         let checked = signature::verify(key, timestamp, signed, body, now).and_then(|()| {
-            let seconds = timestamp.and_then(|t| t.trim().parse().ok()).unwrap_or(now);
             if self
                 .seen_requests
-                .first_time(timestamp.unwrap_or_default(), body, seconds, now)
+                .first_time(timestamp.unwrap_or_default(), body, now)
             {
                 Ok(())
             } else {

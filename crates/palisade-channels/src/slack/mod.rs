@@ -451,13 +451,10 @@ impl Slack {
         let checked =
             signature::verify(secret.expose().as_bytes(), timestamp, signature, body, now)
                 .and_then(|()| {
-                    let seconds = timestamp.and_then(|t| t.trim().parse().ok()).unwrap_or(now);
-                    if self.seen_requests.first_time(
-                        timestamp.unwrap_or_default(),
-                        body,
-                        seconds,
-                        now,
-                    ) {
+                    if self
+                        .seen_requests
+                        .first_time(timestamp.unwrap_or_default(), body, now)
+                    {
                         Ok(())
                     } else {
                         Err(signature::SignatureError::Replayed)
