@@ -410,21 +410,15 @@ pub(crate) async fn confirm_remove(
     let store = state.store.clone();
     let lookup = name.clone();
     let record = blocking(move || Ok(store.get_channel(&lookup)?)).await?;
-    let body = html! {
-        section.card.narrow {
-            h1 { "Remove channel " (record.name) "?" }
-            p { "Its sealed credentials, linked chats, approvers and allowed senders go with it; cards already posted are no longer edited. The platform's app or bot itself is not touched." }
-            form method="post" action={ "/channels/" (record.name) "/remove" } {
-                (layout::csrf_field(&state))
-                div.form-actions {
-                    a.button href="/channels" { "Keep it" }
-                    " "
-                    button.danger type="submit" { "Remove " (record.name) }
-                }
-            }
-        }
-    };
-    Ok(layout::render(&state, Nav::Channels, "Remove channel", body).await)
+    confirm(
+        &state,
+        format!("Remove channel {}?", record.name),
+        "Its sealed credentials, linked chats, approvers and allowed senders go with it; cards already posted are no longer edited. The platform's app or bot itself is not touched.",
+        format!("/channels/{}/remove", record.name),
+        &[],
+        &format!("Remove {}", record.name),
+    )
+    .await
 }
 
 pub(crate) async fn remove(State(state): State<WebState>, Path(name): Path<String>) -> PageResult {
