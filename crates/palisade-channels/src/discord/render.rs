@@ -153,6 +153,8 @@ mod tests {
                 "# Looks official".into(),
                 "-# small print".into(),
                 "> quoted **bold** _it_ ~~gone~~ `code` \\".into(),
+                "   ## indented heading".into(),
+                "\u{a0}-# small print after a no-break space".into(),
             ],
             detail: String::new(),
             buttons: vec![],
@@ -176,8 +178,8 @@ mod tests {
             "{content}"
         );
         assert!(content.contains("\\# Looks official") && content.contains("\\-# small print"));
-        // Text in the middle of a line keeps its dashes and hashes.
-        assert!(content.contains("e-mail"), "{content}");
+        // Another spelling of the start of a line: spaces, a no-break space.
+        assert!(content.contains("   \\## indented heading"), "{content}");
         // Shown without the backslashes, it is the text written.
         let shown: String = {
             let mut out = String::new();
