@@ -7,6 +7,7 @@ APT_PACKAGES=(
   bubblewrap podman runc uidmap slirp4netns fuse-overlayfs debootstrap
   chromium chromium-driver nginx-light curl git ca-certificates python3-pip
   sqlite3 iproute2 procps nodejs python3-requests openssl hyperfine keyutils
+  e2fsprogs util-linux mount
 )
 # pip name, then the module that proves it is installed.
 PIP_PACKAGES=(

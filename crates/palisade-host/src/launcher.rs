@@ -50,6 +50,40 @@ pub struct SandboxLauncher {
     pub store: palisade_store::Store,
 }
 
+impl SandboxLauncher {
+    /// The agent's workspace quota: its own setting, else the default.
+    fn workspace_quota(&self, agent: &AgentName) -> u64 {
+        self.store
+            .get_agent(agent)
+            .ok()
+            .and_then(|record| crate::AgentSettings::from_json(&record.settings).ok())
+            .unwrap_or_default()
+            .effective_workspace_quota()
+    }
+
+    /// Makes every agent's workspace ready (mounting images again after a reboot), so
+    /// the host's view of each workspace holds the agent's files from the start; a
+    /// workspace that cannot be made ready is logged, and its agent's next sandbox
+    /// start says why.
+    pub fn prepare_workspaces(&self) {
+        let Ok(agents) = self.store.list_agents() else {
+            return;
+        };
+        for record in agents {
+            let workspace = self.home.agent_workspace(record.name.as_str());
+            let quota = self.workspace_quota(&record.name);
+            match palisade_sandbox::volume::prepare(&workspace, quota) {
+                Ok(prepared) => {
+                    tracing::debug!(agent = %record.name, storage = %prepared.storage, "workspace ready")
+                }
+                Err(error) => {
+                    tracing::warn!(agent = %record.name, %error, "workspace not ready")
+                }
+            }
+        }
+    }
+}
+
 impl RunnerLauncher for SandboxLauncher {
     fn launch(
         &self,
@@ -62,17 +96,12 @@ impl RunnerLauncher for SandboxLauncher {
                 "the vault has no socket for agent {agent} yet"
             )));
         }
-        let workspace = self.home.agent_workspace(agent.as_str());
-        crate::settings::create_private_dir(&workspace)?;
         let mut limits = self.limits.clone();
-        limits.workspace = Some(
-            self.store
-                .get_agent(agent)
-                .ok()
-                .and_then(|record| crate::AgentSettings::from_json(&record.settings).ok())
-                .unwrap_or_default()
-                .effective_workspace_quota(),
-        );
+        let quota = self.workspace_quota(agent);
+        limits.workspace = Some(quota);
+        let workspace = self.home.agent_workspace(agent.as_str());
+        let claim = palisade_sandbox::volume::prepare(&workspace, quota)
+            .map_err(|e| HostError::Runner(format!("cannot prepare the workspace: {e}")))?;
         let (mounts, refused) = crate::folders::mounts_for(&self.store, &self.home, agent)?;
         for reason in refused {
             tracing::warn!(agent = %agent, %reason, "folder not mounted");
@@ -123,6 +152,8 @@ impl RunnerLauncher for SandboxLauncher {
                 // Dropping the wait future drops the sandbox, which kills it and cleans up.
                 _ = kill_rx => tracing::info!(agent = %name, "runner stopped"),
             }
+            // The workspace's image may be unmounted (to grow) once its sandbox is gone.
+            drop(claim);
             let _ = exited_tx.send(true);
         });
         Ok(Box::new(SandboxRunner {

@@ -197,7 +197,10 @@ impl Runtime for Bubblewrap {
             .map_err(|e| SandboxError::io("cannot create the sandbox's control channel", e))?;
         let (cgroup, mut reports) = Cgroup::create(&spec.limits);
         reports.extend(wall_time_report(&spec.limits));
-        reports.extend(crate::runtime::workspace_report(&spec.limits));
+        reports.extend(crate::runtime::workspace_report(
+            &spec.limits,
+            crate::volume::is_mount_point(&spec.workspace),
+        ));
         let shim = shim_argv(
             spec,
             &reports,

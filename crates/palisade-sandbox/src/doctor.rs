@@ -224,10 +224,18 @@ fn bubblewrap() -> RuntimeReport {
         seccomp_mode == "2",
         "keyctl, add_key and request_key denied by the filter; bwrap starts in a new, empty session keyring",
     ));
+    let images = crate::volume::images_unavailable();
+    // Active either way: a folder's path showing is information, not an opening.
     report.checks.push(check(
         "host paths",
         true,
-        "bwrap's options are passed by descriptor (--args), so the sandbox's pid 1 shows `bwrap --args N`; no socket is mounted (the vault is reached through the parent's control channel); the workspace's host path still shows in /proc/self/mountinfo (a bind mount's source)",
+        format!(
+            "bwrap's options are passed by descriptor (--args), so the sandbox's pid 1 shows `bwrap --args N`; no socket is mounted (the vault is reached through the parent's control channel); {}",
+            match &images {
+                None => "each workspace is an ext4 image of its own, so /proc/self/mountinfo shows it as `/` of a loop device, not its host path".to_string(),
+                Some(why) => format!("workspaces are folders ({why}), so a workspace's host path shows in /proc/self/mountinfo as its bind mount's source"),
+            }
+        ),
     ));
     report.checks.push(check(
         "dies with parent",
@@ -237,9 +245,10 @@ fn bubblewrap() -> RuntimeReport {
     let (cgroup, limits) = Cgroup::create(&Limits::defaults());
     drop(cgroup);
     report.limits = limits;
-    report
-        .limits
-        .extend(crate::runtime::workspace_report(&Limits::defaults()));
+    report.limits.extend(crate::runtime::workspace_report(
+        &Limits::defaults(),
+        crate::volume::images_unavailable().is_none(),
+    ));
     report
         .limits
         .extend(crate::runtime::wall_time_report(&Limits {
@@ -313,6 +322,10 @@ fn oci(tool: OciTool) -> RuntimeReport {
             ));
             let spec_limits = Limits::defaults();
             report.limits = runtime.limit_reports_for(&spec_limits);
+            report.limits.extend(crate::runtime::workspace_report(
+                &spec_limits,
+                crate::volume::images_unavailable().is_none(),
+            ));
         }
         Err(e) => report.problem = Some(e.to_string()),
     }

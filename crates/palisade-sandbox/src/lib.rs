@@ -10,7 +10,8 @@
 //! - [`mounts`]: the `--mount SRC:DST[:rw]` parser, allow-list and refusals.
 //! - [`env`]: the environment every sandbox gets (proxy, CA bundle), and nothing else.
 //! - [`limits`] and [`cgroup`]: resource limits, cgroup v2, v1 or rlimits, honestly
-//!   reported; [`quota`]: the workspace quota.
+//!   reported; [`quota`]: the workspace quota; [`volume`]: the workspace on a
+//!   filesystem of its own (a loop-mounted image) where the host allows.
 //! - [`shim`]: `palisade shim`, the in-sandbox loopback proxy that relays bytes to the
 //!   agent's vault and runs the user's command once it is listening; `broker`: the
 //!   inherited control channel through which the parent connects the shim to the vault
@@ -35,6 +36,7 @@ mod runtime;
 pub mod seccomp;
 pub mod shim;
 pub mod syscall_filter;
+pub mod volume;
 mod workdir;
 
 mod bwrap;
@@ -52,6 +54,7 @@ pub use runtime::{
     runtime_for, Outcome, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode, TIMED_OUT,
     WORKSPACE_FULL,
 };
+pub use volume::WorkspaceStorage;
 pub use workdir::remove_stale_run_dirs;
 
 /// Where things appear inside every sandbox. Fixed, so nothing about the host's

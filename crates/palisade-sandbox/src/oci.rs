@@ -98,7 +98,12 @@ impl Oci {
     }
 
     fn reports(&self, spec: &SandboxSpec) -> Vec<LimitReport> {
-        self.limit_reports_for(&spec.limits)
+        let mut reports = self.limit_reports_for(&spec.limits);
+        reports.extend(crate::runtime::workspace_report(
+            &spec.limits,
+            crate::volume::is_mount_point(&spec.workspace),
+        ));
+        reports
     }
 
     /// How each of `limits` would be enforced by this engine for this user.
@@ -144,7 +149,6 @@ impl Oci {
             });
         }
         reports.extend(wall_time_report(limits));
-        reports.extend(crate::runtime::workspace_report(limits));
         reports
     }
 

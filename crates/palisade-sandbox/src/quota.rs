@@ -79,7 +79,10 @@ pub(crate) async fn watch(workspace: PathBuf, limit: u64) -> WorkspaceFull {
         let measured = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let used = usage(&path);
-            let free = free_space(&path);
+            // The disk that holds the workspace folder's parent: the store's, also
+            // when the workspace is an image mounted there (whose own free space is
+            // the image's, bounded by its size).
+            let free = free_space(path.parent().unwrap_or(&path));
             (used, free, started.elapsed())
         })
         .await;

@@ -36,7 +36,7 @@ pub use clients::{
     curl, free_port, output_text, python, run_with_timeout, wait_for_tcp, wait_until,
 };
 pub use palisade::{proxy_url, Palisade};
-pub use process::ChildGuard;
+pub use process::{unmount_under, ChildGuard};
 pub use upstream::{
     RecordedRequest, ScriptedTurn, Upstream, UpstreamBuilder, DEFAULT_MODELS, RECORDED_BODY_MAX,
 };

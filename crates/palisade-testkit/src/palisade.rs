@@ -20,6 +20,12 @@ use crate::process::ChildGuard;
 /// How long a short command (`agents create`, `secrets list`, …) may take.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
+impl Drop for Palisade {
+    fn drop(&mut self) {
+        crate::process::unmount_under(self.temp.path());
+    }
+}
+
 /// The `palisade` binary bound to a temporary home.
 #[derive(Debug)]
 pub struct Palisade {

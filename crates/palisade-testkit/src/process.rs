@@ -164,3 +164,12 @@ fn read_lossy(path: Option<&Path>) -> String {
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .unwrap_or_default()
 }
+
+/// Unmounts (lazily, so a process still using one cannot keep it) everything mounted
+/// inside `dir`, deepest first: the workspace images root's sandboxes mount in a test's
+/// home, so removing the temporary directory afterwards removes them too.
+pub fn unmount_under(dir: &std::path::Path) {
+    for point in palisade_sandbox::volume::mounts_under(dir) {
+        let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

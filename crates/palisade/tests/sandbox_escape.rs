@@ -88,6 +88,7 @@ impl Drop for World {
             let _ = server.kill();
             let _ = server.wait();
         }
+        palisade_testkit::unmount_under(self.dir.path());
     }
 }
 
@@ -1228,12 +1229,24 @@ fn podman_runs_the_agent_as_a_user_that_is_not_root() {
 
 /// Nothing in a bubblewrap sandbox's `/proc` tells where things live on the host: the
 /// command lines and environments of its processes (pid 1 included) name no host path,
-/// and its mount table names the home only as the workspace's source (a bind mount
-/// shows its source's path within its filesystem) and no socket at all.
+/// and its mount table names no socket and, as root, nothing of the home: root's
+/// workspaces are filesystems of their own (a loop-mounted image), shown as `/` of an
+/// ext4 on a loop device. An unprivileged user's workspace is a folder, and a bind
+/// mount shows its source's path within its filesystem, so there the home shows as the
+/// workspace's source and nowhere else. Podman's mount table, as root, names nothing of
+/// the home either.
 #[test]
 fn no_host_path_shows_through_proc_in_bubblewrap() {
     each(|w, rt| {
+        let home = w.home.display().to_string();
         if rt != "bwrap" {
+            if w.who == As::Root {
+                let out = w.sandbox(rt, &[], "cat /proc/self/mountinfo");
+                let all = text(&out);
+                assert!(out.status.success(), "{rt}: {all}");
+                assert!(all.contains(" /workspace "), "{rt}: {all}");
+                assert!(!all.contains(&home), "{rt}: the home shows: {all}");
+            }
             return;
         }
         let script = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; tr '\\0' ' ' < $p/environ; echo; done > /tmp/procs 2>/dev/null\necho PID1: $(tr '\\0' ' ' < /proc/1/cmdline)\necho ---procs; cat /tmp/procs\necho ---mountinfo; cat /proc/self/mountinfo";
@@ -1244,7 +1257,6 @@ fn no_host_path_shows_through_proc_in_bubblewrap() {
             .split_once("---mountinfo")
             .expect("both parts printed");
         assert!(procs.contains("PID1: bwrap"), "{:?}: {stdout}", w.who);
-        let home = w.home.display().to_string();
         let world = w.dir.path().display().to_string();
         let binary = w.binary.display().to_string();
         for host_path in [&home, &world, &binary, &"/tmp/palisade-".to_string()] {
@@ -1254,10 +1266,22 @@ fn no_host_path_shows_through_proc_in_bubblewrap() {
                 w.who
             );
         }
+        let workspace = mountinfo
+            .lines()
+            .find(|line| line.split(' ').nth(4) == Some("/workspace"))
+            .expect("the workspace is mounted");
+        if w.who == As::Root {
+            let fields: Vec<&str> = workspace.split(' ').collect();
+            assert_eq!(fields[3], "/", "{workspace}");
+            assert!(
+                workspace.contains(" - ext4 /dev/loop"),
+                "not an image of its own: {workspace}"
+            );
+        }
         for line in mountinfo.lines() {
             if line.contains(&home) {
-                let mount_point = line.split(' ').nth(4).unwrap_or_default();
-                assert_eq!(mount_point, "/workspace", "{:?}: {line}", w.who);
+                assert_eq!(w.who, As::User, "the home shows: {line}");
+                assert_eq!(line, workspace, "{:?}", w.who);
             }
             assert!(
                 !line.contains(".sock"),

@@ -168,11 +168,10 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
     let mut limits = limits;
     // The agent's own quota (a malformed setting is reported by `agents show`; the
     // default applies meanwhile).
-    limits.workspace = Some(
-        palisade_host::AgentSettings::from_json(&record.settings)
-            .unwrap_or_default()
-            .effective_workspace_quota(),
-    );
+    let quota = palisade_host::AgentSettings::from_json(&record.settings)
+        .unwrap_or_default()
+        .effective_workspace_quota();
+    limits.workspace = Some(quota);
     let runtime: Box<dyn Runtime> = match (kind, &args.image) {
         (RuntimeKind::Podman, Some(image)) => Box::new(Oci::with_image(OciTool::Podman, image)),
         (RuntimeKind::Docker, Some(image)) => Box::new(Oci::with_image(OciTool::Docker, image)),
@@ -182,7 +181,8 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
     let palisade_binary = std::env::current_exe()
         .context("cannot find the palisade binary to mount into the sandbox")?;
     let workspace = ctx.home.agent_workspace(agent.as_str());
-    create_private_dir(&workspace)?;
+    // Held until the sandbox has ended: its image stays mounted meanwhile.
+    let _workspace_claim = palisade_sandbox::volume::prepare(&workspace, quota)?;
 
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -230,12 +230,17 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
             },
             store: store.clone(),
         };
+        let launcher = Arc::new(launcher);
+        let preparing = Arc::clone(&launcher);
+        tokio::task::spawn_blocking(move || preparing.prepare_workspaces())
+            .await
+            .context("cannot prepare the agents' workspaces")?;
         let mut config = HostConfig::new(ctx.home.clone());
         config.idle_timeout = idle_timeout;
         config.turn_timeout = turn_timeout;
         config.vault_socket_dir = launcher.vault_socket_dir.clone();
         config.approval_events = approval_events.clone();
-        let host = Host::start(store, config, Arc::new(launcher)).await?;
+        let host = Host::start(store, config, launcher).await?;
         if new_key {
             tokio::spawn(adopt_newest_model(host.clone()));
         }
