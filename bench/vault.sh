@@ -16,6 +16,9 @@
 #   ("vault-b", same home, own socket dir) with that environment, back to back with the
 #   first in every round; BENCH_VAULT_B_BIN=path runs another palisade build as vault-b.
 #   BENCH_NO_MITM=1 leaves mitmproxy out.
+#   Every timed run also records the CPU time of the load generator, the proxy and
+#   nginx, printed as CPU per request with the ceiling it sets on the ratio when all of
+#   them are CPU-bound on the same cores.
 #   BENCH_PERF_DIR=DIR records `perf record -g` of the (first) vault during each of its
 #   timed runs into DIR/vault-MODE.data, and writes DIR/vault-MODE.txt (top symbols).
 #   An independent load generator, oha (installed with cargo when missing), measures
@@ -77,6 +80,25 @@ free_port() {
 }
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# CPU time (user + system, all threads) of the given processes, in clock ticks.
+ticks_of() {
+  local total=0 pid
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+# CPU time of this shell's finished children (the load generator of each run), in ms,
+# into the variable CHILDREN_MS (`times` must run in this shell, not a subshell).
+children_ms() {
+  times >"$work/times"
+  CHILDREN_MS="$(tail -n 1 "$work/times" | awk '{
+    total = 0
+    for (i = 1; i <= 2; i++) { split($i, part, "m"); total += part[1] * 60000 + part[2] * 1000 }
+    printf "%d\n", total }')"
+}
+CLK_TCK="$(getconf CLK_TCK)"
 
 # Ten thousand tunnels need ten thousand descriptors in the gateway and in the client.
 hard_limit="$(ulimit -Hn)"
@@ -157,7 +179,8 @@ http {
 }
 EOF
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/logs/error.log" &
-pids+=($!)
+nginx_pid=$!
+pids+=("$nginx_pid")
 upstream="https://localhost:$nginx_port/1k"
 wait_for nginx curl -sf --cacert "$work/ca.pem" "$upstream"
 
@@ -199,7 +222,8 @@ if [ -n "${BENCH_VAULT_B_ENV:-}${BENCH_VAULT_B_BIN:-}" ]; then
   env ${BENCH_VAULT_B_ENV:-} RUST_LOG=warn "${BENCH_VAULT_B_BIN:-$palisade}" vault serve \
     --listen "127.0.0.1:$vault_b_port" --socket-dir "$work/sockets-b" "${vault_limits[@]}" \
     --upstream-ca "$work/ca.pem" --allow-local-upstream localhost >"$work/vault-b.log" 2>&1 &
-  pids+=($!)
+  vault_b_pid=$!
+  pids+=("$vault_b_pid")
   wait_for vault-b curl -sf "http://127.0.0.1:$vault_b_port/healthz"
 fi
 
@@ -210,7 +234,8 @@ if [ -z "${BENCH_NO_MITM:-}" ] && command -v mitmdump >/dev/null 2>&1; then
   mkdir -p "$work/mitm"
   mitmdump --quiet --listen-host 127.0.0.1 -p "$mitm_port" --set confdir="$work/mitm" \
     --set ssl_verify_upstream_trusted_ca="$work/ca.pem" >"$work/mitm.log" 2>&1 &
-  pids+=($!)
+  mitm_pid=$!
+  pids+=("$mitm_pid")
   if ! wait_for mitmproxy curl -sf --max-time 5 --proxy "http://127.0.0.1:$mitm_port" \
     --cacert "$work/mitm/mitmproxy-ca-cert.pem" "$upstream"; then
     say "mitmproxy did not come up; its rows are skipped"
@@ -244,7 +269,26 @@ run() {
     perf record -q -F 1999 -g -p "$vault_pid" -o "$perf_out.data" >/dev/null 2>&1 &
     perf_pid=$!
   fi
+  # CPU spent by each process on the path during the run (warm-up included), for the
+  # CPU-per-request table.
+  local proxy_pid=""
+  case "$via" in
+    vault) proxy_pid="$vault_pid" ;;
+    vault-b) proxy_pid="$vault_b_pid" ;;
+    mitmproxy) proxy_pid="$mitm_pid" ;;
+  esac
+  local nginx_all=("$nginx_pid" $(pgrep -P "$nginx_pid" || true))
+  local nginx_before proxy_before load_before
+  nginx_before="$(ticks_of "${nginx_all[@]}")"
+  proxy_before="$(ticks_of $proxy_pid)"
+  children_ms
+  load_before="$CHILDREN_MS"
   VAULT_LOAD_PROXY_TOKEN="$token" timeout 120 "$load" "${args[@]}" | tee -a "$results" >&2
+  children_ms
+  python3 -c 'import json, sys; row = json.loads(open(sys.argv[1]).readlines()[-1]); print(json.dumps({"label": row["label"], "requests_per_second": row["requests_per_second"], "seconds": float(sys.argv[2]), "load_ms": int(sys.argv[3]), "proxy_ms": int(sys.argv[4]), "nginx_ms": int(sys.argv[5])}))' \
+    "$results" "$(( ${DURATION%s} + ${WARMUP%s} ))" "$(( CHILDREN_MS - load_before ))" \
+    "$(( ($(ticks_of $proxy_pid) - proxy_before) * 1000 / CLK_TCK ))" \
+    "$(( ($(ticks_of "${nginx_all[@]}") - nginx_before) * 1000 / CLK_TCK ))" >>"$work/cpu.jsonl"
   if [ -n "$perf_pid" ]; then
     kill -INT "$perf_pid" 2>/dev/null || true
     wait "$perf_pid" 2>/dev/null || true
@@ -305,7 +349,8 @@ VAULT_LOAD_PROXY_TOKEN="$token" timeout 300 "$load" --url "$upstream" --mode idl
   --connections "$IDLE_TUNNELS" --open-concurrency 64 --open-within 180s \
   --watch-pid "$vault_pid" --threads "$THREADS" --expect-bytes 1024 --label "vault idle" \
   --proxy "127.0.0.1:$vault_port" --ca "$work/vault-ca.pem" | tee -a "$results" >&2
-sleep 2
+# The gateway hands freed memory back at most 5 s after many connections closed.
+sleep 7
 rss_after_idle_closed="$(rss_kib "$vault_pid")"
 
 python3 - "$results" "$rss_after_load" "$rss_after_idle_closed" <<'EOF'
@@ -362,6 +407,42 @@ for r in idle:
     if r.get("first_error"):
         print(f"  first error: {r['first_error'][:200]}")
 print(f"vault RSS after the idle tunnels closed: {rss_closed / 1024:.1f} MiB")
+EOF
+
+# CPU per request of each process on the path (medians over the rounds). When every
+# process is CPU-bound on the same cores, the throughput ratio cannot exceed the ratio
+# of the paths' total CPU per request: that is the ceiling this machine allows.
+python3 - "$work/cpu.jsonl" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+groups = {}
+for r in rows:
+    groups.setdefault(r["label"], []).append(r)
+def per_request(r, key):
+    requests = r["requests_per_second"] * r["seconds"]
+    return r[key] * 1000 / requests if requests else 0
+print()
+print("CPU per request, µs (user + system, warm-up included; medians of the rounds):")
+print()
+print("| run | load generator | proxy | nginx | total | ceiling vs direct |")
+print("|---|---:|---:|---:|---:|---|")
+totals = {}
+for label, group in groups.items():
+    cells = {key: statistics.median(per_request(r, key) for r in group)
+             for key in ("load_ms", "proxy_ms", "nginx_ms")}
+    totals[label] = (cells, sum(cells.values()))
+order = ["warm 1", "warm 16", "new", "warm 16 h2"]
+peers = ["direct", "vault", "vault-b", "mitmproxy"]
+def position(label):
+    via, rest = label.split(" ", 1)
+    return (order.index(rest) if rest in order else 99, peers.index(via) if via in peers else 99)
+for label in sorted(totals, key=position):
+    cells, total = totals[label]
+    via, rest = label.split(" ", 1)
+    base = totals.get("direct " + rest)
+    ceiling = f"{base[1] / total:.2f}" if via != "direct" and base and total else ""
+    proxy = f"{cells['proxy_ms']:.1f}" if via != "direct" else ""
+    print(f"| {label} | {cells['load_ms']:.1f} | {proxy} | {cells['nginx_ms']:.1f} | {total:.1f} | {ceiling} |")
 EOF
 
 if [ -s "$oha_results" ]; then

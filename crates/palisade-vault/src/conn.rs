@@ -28,6 +28,9 @@ use tokio::time::Instant;
 /// The gateway-wide and per-agent connection caps.
 pub struct ConnectionLimits {
     global: Arc<Semaphore>,
+    global_max: usize,
+    /// The most connections open at once since [`ConnectionLimits::take_peak`].
+    peak: AtomicUsize,
     per_agent: Mutex<HashMap<AgentName, Arc<Semaphore>>>,
     per_agent_max: usize,
 }
@@ -36,6 +39,8 @@ impl ConnectionLimits {
     pub fn new(global: usize, per_agent: usize) -> Self {
         ConnectionLimits {
             global: Arc::new(Semaphore::new(global.max(1))),
+            global_max: global.max(1),
+            peak: AtomicUsize::new(0),
             per_agent: Mutex::new(HashMap::new()),
             per_agent_max: per_agent.max(1),
         }
@@ -45,9 +50,25 @@ impl ConnectionLimits {
         self.per_agent_max
     }
 
+    /// Connections open now.
+    pub fn live(&self) -> usize {
+        self.global_max
+            .saturating_sub(self.global.available_permits())
+    }
+
+    /// The most connections open at once since the last call (and starts counting
+    /// again from those open now).
+    pub fn take_peak(&self) -> usize {
+        self.peak
+            .swap(self.live(), Ordering::Relaxed)
+            .max(self.live())
+    }
+
     /// A place under the gateway-wide cap, if one is free.
     pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        self.global.clone().try_acquire_owned().ok()
+        let permit = self.global.clone().try_acquire_owned().ok()?;
+        self.peak.fetch_max(self.live(), Ordering::Relaxed);
+        Some(permit)
     }
 
     /// A place under `agent`'s cap, if one is free.
@@ -307,6 +328,19 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peak_is_the_most_open_at_once_since_it_was_last_taken() {
+        let limits = ConnectionLimits::new(10, 2);
+        let mut open: Vec<_> = (0..5).map(|_| limits.admit().unwrap()).collect();
+        open.truncate(1);
+        assert_eq!(limits.live(), 1);
+        assert_eq!(limits.take_peak(), 5);
+        // Counting starts again from what is open now.
+        assert_eq!(limits.take_peak(), 1);
+        let _more: Vec<_> = (0..3).map(|_| limits.admit().unwrap()).collect();
+        assert_eq!(limits.take_peak(), 4);
+    }
 
     #[test]
     fn an_agent_share_is_separate_from_others_and_returns_when_released() {

@@ -246,6 +246,7 @@ pub async fn start(
     background.push(tokio::spawn(sweep_expired_approvals(shared.clone())));
     background.push(tokio::spawn(write_request_counts(shared.clone())));
     background.push(tokio::spawn(follow_decisions(shared.clone())));
+    background.push(tokio::spawn(give_back_memory(shared.clone())));
     let control = match crate::control::bind(&home) {
         Some((listener, path)) => {
             background.push(tokio::spawn(crate::control::serve(
@@ -537,6 +538,47 @@ async fn write_request_counts(shared: Arc<Shared>) {
         shared.audit.write_counts();
     }
 }
+
+/// How often [`give_back_memory`] looks at the connection count.
+const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+/// Connections that must have closed since the last look (from the peak seen) before
+/// memory is handed back: each held ~40 KiB, so 1 000 is ~40 MiB.
+const TRIM_AFTER_CLOSED: usize = 1000;
+
+/// Whether enough connections closed since the peak for a trim to be worth it.
+fn worth_trimming(peak: usize, live: usize) -> bool {
+    peak.saturating_sub(live) >= TRIM_AFTER_CLOSED
+}
+
+/// Hands the memory of closed connections back to the system once many have closed
+/// (glibc's allocator keeps freed memory for the process: after 10 000 idle tunnels
+/// closed, the gateway stayed at 400 MiB). `malloc_trim` walks the heap, so it runs
+/// only after such a drop, off the request threads.
+async fn give_back_memory(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TRIM_INTERVAL) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+        let peak = shared.limits.take_peak();
+        if worth_trimming(peak, shared.limits.live()) {
+            let _ = tokio::task::spawn_blocking(trim_heap).await;
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim takes no pointers and only returns free pages of glibc's
+    // own heap to the kernel; it is safe to call from any thread at any time.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
 
 /// Closes pending approvals whose expiry has passed, whether or not the request is
 /// still held anywhere (an approval never stays pending past its expiry), and cancels
