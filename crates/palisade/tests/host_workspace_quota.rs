@@ -19,6 +19,18 @@ fn writing_past_the_quota_fails_inside_while_other_agents_are_served() {
         text(&show)
     );
     let mut host = world.up();
+    // As root, `up` has given the agent's workspace a filesystem of its own (an image)
+    // before any sandbox of it started.
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let workspace = world.workspace("filler");
+        let device = |p: &std::path::Path| std::fs::metadata(p).unwrap().dev();
+        assert_ne!(
+            device(&workspace),
+            device(workspace.parent().unwrap()),
+            "the workspace is not mounted after up"
+        );
+    }
 
     // One file: RLIMIT_FSIZE refuses the write past the quota, inside.
     let one_file = world.palisade.run(&[
