@@ -130,7 +130,8 @@ pub struct ModelArgs {
     concurrency: Option<u32>,
     /// Disk the agent's workspace may use (e.g. 512M, 10G) [default: 4G]. A sandbox
     /// whose workspace reaches it is stopped with a message; no single file may grow
-    /// past it.
+    /// past it. As root the workspace is an image of its own a little larger than this,
+    /// grown at the agent's next start when the quota is raised.
     #[arg(long, value_name = "SIZE")]
     workspace_quota: Option<String>,
 }
