@@ -241,6 +241,12 @@ fn make_filled_image(
                 quota >> 20
             ));
         }
+        // Shown by default: copying a large workspace takes a while, once.
+        tracing::warn!(
+            workspace = %workspace.display(),
+            "moving the workspace's {} MiB into a filesystem of its own (once)",
+            used >> 20
+        );
     }
     let new = sibling(workspace, "new.img");
     let _ = std::fs::remove_file(&new);
