@@ -229,14 +229,7 @@ fn list_newest_first_and_decided_among() {
 fn deleting_an_agent_or_channel_forgets_its_access_requests_and_pending_approvals() {
     let t = common::store();
     common::add_agent(&t.store, "alpha");
-    t.store
-        .create_channel(palisade_store::NewChannel {
-            name: "tg".into(),
-            platform: "telegram".into(),
-            settings: serde_json::json!({}),
-            credentials: palisade_policy::SecretValue::new("{}".to_string()),
-        })
-        .unwrap();
+    common::add_channel(&t.store, "tg");
     let access = |agent: &str| {
         let mut request = new_approval(agent, "Access request");
         request.kind = "access_request".into();
@@ -274,14 +267,7 @@ fn deleting_an_agent_or_channel_forgets_its_access_requests_and_pending_approval
         .decide_approval(&again.id, &decision(true, "ana"))
         .unwrap();
     t.store.delete_channel("tg").unwrap();
-    t.store
-        .create_channel(palisade_store::NewChannel {
-            name: "tg".into(),
-            platform: "telegram".into(),
-            settings: serde_json::json!({}),
-            credentials: palisade_policy::SecretValue::new("{}".to_string()),
-        })
-        .unwrap();
+    common::add_channel(&t.store, "tg");
     let third = access("alpha");
     assert!(third.id != again.id && third.status == ApprovalStatus::Pending);
 }

@@ -11,6 +11,8 @@
 //! in-process vault (with the testkit's fake Anthropic API on 127.0.0.1 over TLS).
 //! The host runs in-process; no runner is ever started here.
 
+mod common;
+
 use palisade_host::api::ApiTokens;
 use palisade_host::{Host, HostConfig, HostError, RunnerLauncher, RunnerProcess};
 use palisade_policy::{AgentName, Profile};
@@ -639,27 +641,16 @@ async fn agents_are_created_changed_and_deleted_with_the_clis_checks() {
         .get_agent(&AgentName::new("mailer").unwrap())
         .is_err());
 
-    let actors: Vec<(String, String)> = web
-        .store
-        .list_audit(&AuditFilter {
-            agent: Some("mailer".into()),
-            ..Default::default()
-        })
-        .unwrap()
-        .into_iter()
-        .filter_map(|row| Some((row.entry.event, row.entry.actor?)))
-        .collect();
-    for event in [
-        "agent.create",
-        "agent.update",
-        "agent.instructions",
-        "agent.delete",
-    ] {
-        assert!(
-            actors.contains(&(event.to_string(), "web:admin".into())),
-            "{event} not audited as web:admin: {actors:?}"
-        );
-    }
+    common::assert_audited_as_admin(
+        &web.store,
+        Some("mailer"),
+        &[
+            "agent.create",
+            "agent.update",
+            "agent.instructions",
+            "agent.delete",
+        ],
+    );
     web.stop().await;
 }
 
@@ -852,25 +843,17 @@ async fn secrets_are_written_only_never_shown_and_changes_ask_first() {
     assert!(web.store.get_secret("gh").is_ok());
     assert_eq!(web.post_ok("/vault/secrets/gh/delete", &[]).await, "/vault");
     assert!(web.store.get_secret("gh").is_err());
-    let events: Vec<(String, String)> = web
-        .store
-        .list_audit(&AuditFilter::default())
-        .unwrap()
-        .into_iter()
-        .filter_map(|row| Some((row.entry.event, row.entry.actor?)))
-        .collect();
-    for event in [
-        "secret.create",
-        "secret.rotate",
-        "secret.revoke",
-        "secret.grant",
-        "secret.delete",
-    ] {
-        assert!(
-            events.contains(&(event.to_string(), "web:admin".into())),
-            "{event} not audited as web:admin: {events:?}"
-        );
-    }
+    common::assert_audited_as_admin(
+        &web.store,
+        None,
+        &[
+            "secret.create",
+            "secret.rotate",
+            "secret.revoke",
+            "secret.grant",
+            "secret.delete",
+        ],
+    );
     web.stop().await;
 }
 
@@ -1565,22 +1548,11 @@ async fn the_allow_list_is_changed_on_the_agent_page_and_disallowing_asks_first(
         StatusCode::NOT_FOUND
     );
 
-    let events: Vec<(String, String)> = web
-        .store
-        .list_audit(&AuditFilter {
-            agent: Some("helper".into()),
-            ..Default::default()
-        })
-        .unwrap()
-        .into_iter()
-        .filter_map(|row| Some((row.entry.event, row.entry.actor?)))
-        .collect();
-    for event in ["agent.allow", "agent.disallow"] {
-        assert!(
-            events.contains(&(event.to_string(), "web:admin".into())),
-            "{event} not audited as web:admin: {events:?}"
-        );
-    }
+    common::assert_audited_as_admin(
+        &web.store,
+        Some("helper"),
+        &["agent.allow", "agent.disallow"],
+    );
     web.stop().await;
 }
 

@@ -6,6 +6,8 @@
 //! need no sandbox; the full `palisade up` in headless Chromium is tested in the
 //! palisade crate (`tests/web_ui.rs`).
 
+mod common;
+
 use futures_util::future::BoxFuture;
 use palisade_host::api::ApiTokens;
 use palisade_host::protocol::{HostFrame, RunnerConnection, RunnerFrame, PROTOCOL_VERSION};
@@ -614,22 +616,11 @@ async fn writes_without_a_valid_csrf_token_and_origin_are_refused_and_change_not
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     let history = web.store.get_session(session).unwrap().history;
     assert_eq!(history, serde_json::json!([]));
-    let actors: Vec<_> = web
-        .store
-        .list_audit(&AuditFilter {
-            agent: Some("helper".into()),
-            ..Default::default()
-        })
-        .unwrap()
-        .into_iter()
-        .filter_map(|row| Some((row.entry.event, row.entry.actor?)))
-        .collect();
-    for event in ["agent.instructions", "session.reset"] {
-        assert!(
-            actors.contains(&(event.to_string(), "web:admin".to_string())),
-            "{event} not audited as web:admin: {actors:?}"
-        );
-    }
+    common::assert_audited_as_admin(
+        &web.store,
+        Some("helper"),
+        &["agent.instructions", "session.reset"],
+    );
     web.stop().await;
 }
 

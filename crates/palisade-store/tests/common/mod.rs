@@ -32,6 +32,18 @@ pub fn add_agent(store: &Store, name: &str) -> AgentName {
     name
 }
 
+/// A Telegram channel named `name` with empty settings and credentials.
+pub fn add_channel(store: &Store, name: &str) {
+    store
+        .create_channel(palisade_store::NewChannel {
+            name: name.into(),
+            platform: "telegram".into(),
+            settings: serde_json::json!({}),
+            credentials: SecretValue::new("{}".to_string()),
+        })
+        .expect("create channel");
+}
+
 pub fn new_secret(name: &str, value: &str, agents: &[&str]) -> NewSecret {
     NewSecret {
         name: name.to_string(),
