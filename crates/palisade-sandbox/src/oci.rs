@@ -25,6 +25,9 @@ use std::time::Duration;
 
 /// The image `palisade sandbox image build` creates and sandboxes use by default.
 pub const DEFAULT_IMAGE: &str = "localhost/palisade-sandbox:latest";
+/// Where sysfs describes virtual block devices (loop devices among them): hidden in
+/// every container.
+const BLOCK_DEVICES_IN_SYS: &str = "/sys/devices/virtual/block";
 const OWNER_LABEL: &str = "palisade.owner";
 const SANDBOX_LABEL: &str = "palisade.sandbox";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -232,6 +235,16 @@ impl Oci {
             ]);
         }
         push(&["--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777"]);
+        // The container's read-only /sys would name every loop device's backing file
+        // (/sys/block/loopN/loop/backing_file and the links to it): the host path of
+        // each agent's workspace image, so of the home and of the other agents.
+        match self.tool {
+            OciTool::Podman => push(&["--security-opt", &format!("mask={BLOCK_DEVICES_IN_SYS}")]),
+            OciTool::Docker => push(&[
+                "--tmpfs",
+                &format!("{BLOCK_DEVICES_IN_SYS}:ro,nosuid,nodev,noexec,size=4k"),
+            ]),
+        }
         push(&["--log-driver", "none"]);
         let engine = reports
             .iter()

@@ -1233,15 +1233,22 @@ fn podman_runs_the_agent_as_a_user_that_is_not_root() {
 /// workspaces are filesystems of their own (a loop-mounted image), shown as `/` of an
 /// ext4 on a loop device. An unprivileged user's workspace is a folder, and a bind
 /// mount shows its source's path within its filesystem, so there the home shows as the
-/// workspace's source and nowhere else. Podman's mount table, as root, names nothing of
-/// the home either.
+/// workspace's source and nowhere else. As root, podman's mount table names nothing of
+/// the home either, nor does its /sys (whose loop devices would name their images).
 #[test]
 fn no_host_path_shows_through_proc_in_bubblewrap() {
     each(|w, rt| {
         let home = w.home.display().to_string();
         if rt != "bwrap" {
             if w.who == As::Root {
-                let out = w.sandbox(rt, &[], "cat /proc/self/mountinfo");
+                // The mount table, and sysfs's names of loop devices' backing files
+                // (the workspace images, in the home).
+                let out = w.sandbox(
+                    rt,
+                    &[],
+                    "cat /proc/self/mountinfo
+for f in /sys/block/*/loop/backing_file /sys/dev/block/*/loop/backing_file /sys/devices/virtual/block/*/loop/backing_file; do cat $f; done 2>/dev/null; true",
+                );
                 let all = text(&out);
                 assert!(out.status.success(), "{rt}: {all}");
                 assert!(all.contains(" /workspace "), "{rt}: {all}");
