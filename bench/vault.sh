@@ -6,6 +6,11 @@
 #   vault     vault-load -> CONNECT (agent token) -> vault MITM (bearer injected,
 #             allow rule evaluated) -> nginx
 #   mitmproxy vault-load -> CONNECT -> mitmdump -> nginx
+#   nginx-proxy  vault-load -> a second nginx as a TLS reverse proxy (the same bearer
+#             set by proxy_set_header, upstream keep-alive, upstream certificate
+#             verified) -> nginx: no CONNECT, rules, audit or tokens, so it is the
+#             cheapest a second TLS session and HTTP exchange get on this machine, a
+#             measured bound on what any proxy can reach here
 # Modes: warm keep-alive at 1 and 16 connections, a new tunnel per request, then the
 # vault's RSS after load and with 10 000 idle tunnels open.
 #
@@ -15,7 +20,7 @@
 #   A/B experiments: BENCH_VAULT_B_ENV="NAME=VALUE ..." also runs a second vault
 #   ("vault-b", same home, own socket dir) with that environment, back to back with the
 #   first in every round; BENCH_VAULT_B_BIN=path runs another palisade build as vault-b.
-#   BENCH_NO_MITM=1 leaves mitmproxy out.
+#   BENCH_NO_MITM=1 leaves mitmproxy out; BENCH_NO_NGINX_PROXY=1 the nginx proxy.
 #   Every timed run also records the CPU time of the load generator, the proxy and
 #   nginx, printed as CPU per request with the ceiling it sets on the ratio when all of
 #   them are CPU-bound on the same cores.
@@ -227,6 +232,65 @@ if [ -n "${BENCH_VAULT_B_ENV:-}${BENCH_VAULT_B_BIN:-}" ]; then
   wait_for vault-b curl -sf "http://127.0.0.1:$vault_b_port/healthz"
 fi
 
+ref_port=""
+if [ -z "${BENCH_NO_NGINX_PROXY:-}" ]; then
+  say "nginx as a reverse proxy (the reference bound)"
+  ref_port="$(free_port)"
+  mkdir -p "$work/ref/logs" "$work/ref/tmp"
+  cat >"$work/ref/nginx.conf" <<EOF
+user $(id -un);
+worker_processes 2;
+daemon off;
+pid $work/ref/nginx.pid;
+error_log $work/ref/logs/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  client_body_temp_path $work/ref/tmp/body;
+  proxy_temp_path $work/ref/tmp/proxy;
+  fastcgi_temp_path $work/ref/tmp/fastcgi;
+  uwsgi_temp_path $work/ref/tmp/uwsgi;
+  scgi_temp_path $work/ref/tmp/scgi;
+  upstream bench_upstream {
+    server 127.0.0.1:$nginx_port;
+    keepalive 256;
+    keepalive_requests 100000000;
+  }
+  server {
+    listen 127.0.0.1:$ref_port ssl http2;
+    server_name localhost;
+    ssl_certificate $work/upstream.pem;
+    ssl_certificate_key $work/upstream.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass https://bench_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host localhost;
+      proxy_set_header Authorization "Bearer $SECRET_VALUE";
+      proxy_ssl_server_name on;
+      proxy_ssl_name localhost;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $work/ca.pem;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+EOF
+  nginx -p "$work/ref" -c "$work/ref/nginx.conf" -e "$work/ref/logs/error.log" &
+  ref_pid=$!
+  pids+=("$ref_pid")
+  wait_for nginx-proxy curl -sf --cacert "$work/ca.pem" "https://localhost:$ref_port/1k"
+  ref_check="$(curl -sS --max-time 10 --cacert "$work/ca.pem" -o /dev/null -w '%{http_code}' \
+    "https://localhost:$ref_port/auth-check")"
+  if [ "$ref_check" != 200 ]; then
+    echo "the nginx proxy did not set the bench credential (upstream answered $ref_check)" >&2
+    exit 1
+  fi
+fi
+
 mitm_port=""
 if [ -z "${BENCH_NO_MITM:-}" ] && command -v mitmdump >/dev/null 2>&1; then
   say "mitmproxy reference peer"
@@ -246,6 +310,7 @@ fi
 results="$work/results.jsonl"
 vias=(direct vault)
 [ -n "$vault_b_port" ] && vias+=(vault-b)
+[ -n "$ref_port" ] && vias+=(nginx-proxy)
 [ -n "$mitm_port" ] && vias+=(mitmproxy)
 
 # run ROUND VIA NAME MODE CONNECTIONS [EXTRA...]: one timed run, one JSON line appended.
@@ -259,6 +324,7 @@ run() {
     direct) args+=(--connect-to "127.0.0.1:$nginx_port" --ca "$work/ca.pem") ;;
     vault) args+=(--proxy "127.0.0.1:$vault_port" --ca "$work/vault-ca.pem") ;;
     vault-b) args+=(--proxy "127.0.0.1:$vault_b_port" --ca "$work/vault-ca.pem") ;;
+    nginx-proxy) args+=(--connect-to "127.0.0.1:$ref_port" --ca "$work/ca.pem") ;;
     mitmproxy) args+=(--proxy "127.0.0.1:$mitm_port" --ca "$work/mitm/mitmproxy-ca-cert.pem") ;;
   esac
   say "round $round: $via $name ($DURATION)"
@@ -275,6 +341,7 @@ run() {
   case "$via" in
     vault) proxy_pid="$vault_pid" ;;
     vault-b) proxy_pid="$vault_b_pid" ;;
+    nginx-proxy) proxy_pid="$ref_pid $(pgrep -P "$ref_pid" | tr '\n' ' ')" ;;
     mitmproxy) proxy_pid="$mitm_pid" ;;
   esac
   local nginx_all=("$nginx_pid" $(pgrep -P "$nginx_pid" || true))
@@ -302,15 +369,16 @@ oha_results="$work/oha.jsonl"
 oha_run() {
   local round="$1" via="$2" name="$3"
   shift 3
-  local args=(-z "$DURATION" --no-tui --output-format json "$@")
+  local args=(-z "$DURATION" --no-tui --output-format json "$@") url="$upstream"
   case "$via" in
     direct) args+=(--cacert "$work/ca.pem") ;;
+    nginx-proxy) args+=(--cacert "$work/ca.pem") url="https://localhost:$ref_port/1k" ;;
     vault) args+=(-x "http://127.0.0.1:$vault_port"
       --proxy-header "Proxy-Authorization: Basic $(printf 'x:%s' "$token" | base64 -w0)"
       --cacert "$work/vault-ca.pem") ;;
   esac
   say "round $round: oha $via $name ($DURATION)"
-  timeout 120 "$oha" "${args[@]}" "$upstream" >"$work/oha-run.json" 2>"$work/oha-run.err" || true
+  timeout 120 "$oha" "${args[@]}" "$url" >"$work/oha-run.json" 2>"$work/oha-run.err" || true
   python3 "$work/oha_row.py" "$work/oha-run.json" "$via" "$name" "$round" >>"$oha_results"
 }
 cat >"$work/oha_row.py" <<'PY'
@@ -336,9 +404,11 @@ for round in $(seq "$ROUNDS"); do
   for via in "${vias[@]}"; do run "$round" "$via" "new" new 1; done
   for via in "${vias[@]}"; do run "$round" "$via" "warm 16 h2" warm 16 --http2; done
   if [ -n "$oha" ]; then
-    for via in direct vault; do oha_run "$round" "$via" "warm 1" -c 1; done
-    for via in direct vault; do oha_run "$round" "$via" "warm 16" -c 16; done
-    for via in direct vault; do oha_run "$round" "$via" "new" -c 1 --disable-keepalive; done
+    oha_vias=(direct vault)
+    [ -n "$ref_port" ] && oha_vias+=(nginx-proxy)
+    for via in "${oha_vias[@]}"; do oha_run "$round" "$via" "warm 1" -c 1; done
+    for via in "${oha_vias[@]}"; do oha_run "$round" "$via" "warm 16" -c 16; done
+    for via in "${oha_vias[@]}"; do oha_run "$round" "$via" "new" -c 1 --disable-keepalive; done
   fi
 done
 
@@ -375,7 +445,7 @@ for label, group in runs.items():
         "first_error": next((g["first_error"] for g in group if g.get("first_error")), None),
     }
 order = ["warm 1", "warm 16", "new", "warm 16 h2"]
-peers = ["direct", "vault", "vault-b", "mitmproxy"]
+peers = ["direct", "vault", "vault-b", "nginx-proxy", "mitmproxy"]
 def position(label):
     via, rest = label.split(" ", 1)
     return (order.index(rest) if rest in order else 99, peers.index(via) if via in peers else 99)
@@ -432,7 +502,7 @@ for label, group in groups.items():
              for key in ("load_ms", "proxy_ms", "nginx_ms")}
     totals[label] = (cells, sum(cells.values()))
 order = ["warm 1", "warm 16", "new", "warm 16 h2"]
-peers = ["direct", "vault", "vault-b", "mitmproxy"]
+peers = ["direct", "vault", "vault-b", "nginx-proxy", "mitmproxy"]
 def position(label):
     via, rest = label.split(" ", 1)
     return (order.index(rest) if rest in order else 99, peers.index(via) if via in peers else 99)
@@ -462,7 +532,7 @@ print("| run | req/s | p50 ms | p99 ms | success | vs direct |")
 print("|---|---:|---:|---:|---:|---|")
 for name in ["warm 1", "warm 16", "new"]:
     base = groups.get(("direct", name), [])
-    for via in ["direct", "vault"]:
+    for via in ["direct", "vault", "nginx-proxy"]:
         group = groups.get((via, name))
         if not group:
             continue
