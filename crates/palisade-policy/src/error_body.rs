@@ -32,6 +32,8 @@ pub enum GatewayErrorKind {
     BadRequest,
     /// 400 `ambiguous_path`
     AmbiguousPath,
+    /// 400 `ambiguous_method`
+    AmbiguousMethod,
     /// 413 `request_too_large_for_approval`
     RequestTooLargeForApproval,
     /// 413 `request_too_large_to_inspect`
@@ -42,6 +44,8 @@ pub enum GatewayErrorKind {
     TooManyPendingApprovals,
     /// 503 `too_many_connections`
     TooManyConnections,
+    /// 503 `too_many_buffered_bodies`
+    TooManyBufferedBodies,
 }
 
 impl GatewayErrorKind {
@@ -55,8 +59,12 @@ impl GatewayErrorKind {
             GatewayErrorKind::RateLimited => 429,
             GatewayErrorKind::ApprovalTimedOut | GatewayErrorKind::UpstreamTimeout => 504,
             GatewayErrorKind::UpstreamUnreachable => 502,
-            GatewayErrorKind::GatewayRestarting | GatewayErrorKind::TooManyConnections => 503,
-            GatewayErrorKind::BadRequest | GatewayErrorKind::AmbiguousPath => 400,
+            GatewayErrorKind::GatewayRestarting
+            | GatewayErrorKind::TooManyConnections
+            | GatewayErrorKind::TooManyBufferedBodies => 503,
+            GatewayErrorKind::BadRequest
+            | GatewayErrorKind::AmbiguousPath
+            | GatewayErrorKind::AmbiguousMethod => 400,
             GatewayErrorKind::RequestTooLargeForApproval
             | GatewayErrorKind::RequestTooLargeToInspect => 413,
             GatewayErrorKind::UnsupportedContentEncoding => 415,
@@ -77,11 +85,13 @@ impl GatewayErrorKind {
             GatewayErrorKind::LocalUpstreamRefused => "local_upstream_refused",
             GatewayErrorKind::BadRequest => "bad_request",
             GatewayErrorKind::AmbiguousPath => "ambiguous_path",
+            GatewayErrorKind::AmbiguousMethod => "ambiguous_method",
             GatewayErrorKind::RequestTooLargeForApproval => "request_too_large_for_approval",
             GatewayErrorKind::RequestTooLargeToInspect => "request_too_large_to_inspect",
             GatewayErrorKind::UnsupportedContentEncoding => "unsupported_content_encoding",
             GatewayErrorKind::TooManyPendingApprovals => "too_many_pending_approvals",
             GatewayErrorKind::TooManyConnections => "too_many_connections",
+            GatewayErrorKind::TooManyBufferedBodies => "too_many_buffered_bodies",
         }
     }
     /// Whether the same request may succeed later without anyone changing the policy.
@@ -95,10 +105,11 @@ impl GatewayErrorKind {
                 | GatewayErrorKind::ApprovalTimedOut
                 | GatewayErrorKind::TooManyPendingApprovals
                 | GatewayErrorKind::TooManyConnections
+                | GatewayErrorKind::TooManyBufferedBodies
         )
     }
     /// Every kind, for tests and documentation.
-    pub const ALL: [GatewayErrorKind; 17] = [
+    pub const ALL: [GatewayErrorKind; 19] = [
         GatewayErrorKind::ProxyAuthRequired,
         GatewayErrorKind::BlockedByPolicy,
         GatewayErrorKind::BlockedByDefaultPolicy,
@@ -111,11 +122,13 @@ impl GatewayErrorKind {
         GatewayErrorKind::LocalUpstreamRefused,
         GatewayErrorKind::BadRequest,
         GatewayErrorKind::AmbiguousPath,
+        GatewayErrorKind::AmbiguousMethod,
         GatewayErrorKind::RequestTooLargeForApproval,
         GatewayErrorKind::RequestTooLargeToInspect,
         GatewayErrorKind::UnsupportedContentEncoding,
         GatewayErrorKind::TooManyPendingApprovals,
         GatewayErrorKind::TooManyConnections,
+        GatewayErrorKind::TooManyBufferedBodies,
     ];
 }
 
@@ -186,6 +199,9 @@ impl ErrorBody {
             GatewayErrorKind::AmbiguousPath => format!(
                 "The path of this request to {host} is spelled in a form that servers read in different ways (an encoded '/' or '\\', a '..' above the root, a control character or a malformed escape), so it was refused. Send the plain path instead."
             ),
+            GatewayErrorKind::AmbiguousMethod => format!(
+                "The method of this request to {host} is spelled in a form that servers read in different ways (lower-case letters, or a method-override header naming another method), so it was refused. Send the method itself, in capitals."
+            ),
             GatewayErrorKind::RequestTooLargeForApproval => format!(
                 "This request to {host} needs a person's approval, and its body is larger than the gateway reads for an approval, so it was not sent. Send a smaller request, or ask the owner to raise the limit (--max-judged-body)."
             ),
@@ -200,6 +216,9 @@ impl ErrorBody {
             ),
             GatewayErrorKind::TooManyConnections => String::from(
                 "This agent has as many connections open through the gateway as it may. Close idle connections or reuse them, then retry.",
+            ),
+            GatewayErrorKind::TooManyBufferedBodies => format!(
+                "The body of this request to {host} must be read to judge it, and the gateway already holds as many request bodies of this agent as it may. Retry when its other requests are done."
             ),
         };
         ErrorBody {
@@ -293,6 +312,7 @@ mod tests {
             (LocalUpstreamRefused, 403, "local_upstream_refused", false),
             (BadRequest, 400, "bad_request", false),
             (AmbiguousPath, 400, "ambiguous_path", false),
+            (AmbiguousMethod, 400, "ambiguous_method", false),
             (
                 RequestTooLargeForApproval,
                 413,
@@ -318,6 +338,7 @@ mod tests {
                 true,
             ),
             (TooManyConnections, 503, "too_many_connections", true),
+            (TooManyBufferedBodies, 503, "too_many_buffered_bodies", true),
         ];
         assert_eq!(expected.len(), GatewayErrorKind::ALL.len());
         for (kind, status, code, retry) in expected {

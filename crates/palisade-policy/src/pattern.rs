@@ -379,10 +379,15 @@ impl MethodPattern {
             .map(MethodPattern::One)
             .map_err(|_| PatternError::Method(pattern.to_string()))
     }
+    /// Whether a request with `method` is covered. A `GET` pattern covers `HEAD` too:
+    /// servers (Flask, Go, Rails) run the GET handler for a HEAD request, side effects
+    /// included, so a rule about GET that HEAD escaped would be a rule with a hole.
     pub fn matches(&self, method: &http::Method) -> bool {
         match self {
             MethodPattern::Any => true,
-            MethodPattern::One(m) => m == method,
+            MethodPattern::One(m) => {
+                m == method || (*m == http::Method::GET && *method == http::Method::HEAD)
+            }
         }
     }
 }
@@ -404,6 +409,19 @@ mod tests {
     }
     fn path(p: &str) -> PathPattern {
         PathPattern::parse(p).unwrap()
+    }
+
+    #[test]
+    fn a_get_pattern_covers_head_and_nothing_else_widens() {
+        let get = MethodPattern::parse("get").unwrap();
+        assert!(get.matches(&http::Method::GET));
+        assert!(get.matches(&http::Method::HEAD));
+        assert!(!get.matches(&http::Method::POST));
+        let head = MethodPattern::parse("HEAD").unwrap();
+        assert!(head.matches(&http::Method::HEAD));
+        assert!(!head.matches(&http::Method::GET));
+        let post = MethodPattern::parse("POST").unwrap();
+        assert!(!post.matches(&http::Method::from_bytes(b"post").unwrap()));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! path pays no timer per response) and must end cleanly where an HTTP/1.1 upstream
 //! ends a close-delimited body without a TLS `close_notify`.
 
+use crate::body_budget::{Exhausted, Reservation};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -25,6 +26,9 @@ pub enum ForwardBody {
     Buffered {
         data: Option<Bytes>,
         trailers: Option<http::HeaderMap>,
+        /// The bytes it holds of its agent's share, given back when it is dropped
+        /// (once sent).
+        reserved: Option<Reservation>,
     },
 }
 
@@ -37,6 +41,8 @@ pub enum ReadError {
     TimedOut(Duration),
     #[error("the body could not be read: {0}")]
     Failed(String),
+    #[error("the gateway holds as many bodies in memory as it may")]
+    Busy(Exhausted),
 }
 
 impl ForwardBody {
@@ -44,15 +50,18 @@ impl ForwardBody {
         ForwardBody::Buffered {
             data: None,
             trailers: None,
+            reserved: None,
         }
     }
 
-    /// Reads the whole body (at most `limit` bytes) within `timeout`. On failure the
-    /// body may be partly read; what is left can still be drained.
+    /// Reads the whole body (at most `limit` bytes) within `timeout`, drawing each
+    /// frame's bytes from `reserved` before keeping them. On failure the body may be
+    /// partly read; what is left can still be drained.
     pub async fn read_whole(
         body: &mut Incoming,
         limit: usize,
         timeout: Duration,
+        reserved: &mut Reservation,
     ) -> Result<(Bytes, Option<http::HeaderMap>), ReadError> {
         use http_body_util::BodyExt;
         if body.size_hint().lower() > limit as u64 {
@@ -68,6 +77,7 @@ impl ForwardBody {
                         if buf.len() + data.len() > limit {
                             return Err(ReadError::TooLarge { limit });
                         }
+                        reserved.grow(data.len()).map_err(ReadError::Busy)?;
                         buf.extend_from_slice(&data);
                     }
                     Err(frame) => {
@@ -95,7 +105,7 @@ impl Body for ForwardBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ForwardBody::Streaming(incoming) => Pin::new(incoming).poll_frame(cx),
-            ForwardBody::Buffered { data, trailers } => {
+            ForwardBody::Buffered { data, trailers, .. } => {
                 if let Some(data) = data.take().filter(|d| !d.is_empty()) {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -107,7 +117,7 @@ impl Body for ForwardBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ForwardBody::Streaming(incoming) => incoming.is_end_stream(),
-            ForwardBody::Buffered { data, trailers } => {
+            ForwardBody::Buffered { data, trailers, .. } => {
                 data.as_ref().is_none_or(Bytes::is_empty) && trailers.is_none()
             }
         }

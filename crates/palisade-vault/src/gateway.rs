@@ -135,6 +135,12 @@ pub async fn start(
     config: VaultConfig,
     prebound: Vec<(AgentName, std::os::unix::net::UnixListener)>,
 ) -> Result<GatewayInner, VaultError> {
+    if config.max_buffered_bodies_per_agent < config.max_judged_body {
+        return Err(VaultError::Io(format!(
+            "--max-buffered-bodies-per-agent ({} bytes) must be at least --max-judged-body ({} bytes), or no body that large could ever be judged",
+            config.max_buffered_bodies_per_agent, config.max_judged_body
+        )));
+    }
     let home = config.home.clone();
     home.ensure()?;
     let store = {
@@ -190,6 +196,10 @@ pub async fn start(
             .min(MAX_CONNECTIONS);
     let limits = ConnectionLimits::new(global_connections, config.max_connections_per_agent);
     let holds = Holds::new(config.max_holds_per_agent);
+    let bodies = crate::body_budget::BodyBudget::new(
+        config.max_buffered_bodies_per_agent,
+        config.max_buffered_bodies,
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let advertise = config.advertise;
     let events = config.approval_events.clone().unwrap_or_default();
@@ -204,8 +214,9 @@ pub async fn start(
         guard,
         holds,
         audit,
-        front_door: Default::default(),
+        row_budgets: Default::default(),
         limits,
+        bodies,
         token_lookups: tokio::sync::Semaphore::new(4),
         shutdown: shutdown_rx,
         tcp_addr,

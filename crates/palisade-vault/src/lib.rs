@@ -9,6 +9,7 @@
 pub mod admin;
 mod audit_log;
 pub mod body;
+mod body_budget;
 pub mod ca;
 mod conn;
 mod control;
@@ -74,6 +75,11 @@ pub struct VaultConfig {
     pub max_holds_per_agent: usize,
     /// Largest body the gateway reads to judge a request (body rules, approvals).
     pub max_judged_body: usize,
+    /// Most bytes of bodies read whole (to judge or hold them) one agent may have in
+    /// the gateway's memory at once; at least `max_judged_body`.
+    pub max_buffered_bodies_per_agent: usize,
+    /// Most bytes of such bodies in the gateway's memory at once, all agents together.
+    pub max_buffered_bodies: usize,
     /// Which processes an agent socket admits (checked with `SO_PEERCRED`).
     pub agent_peers: PeerRule,
     /// Whether to keep one socket per existing agent in the socket folder (false: serve
@@ -84,7 +90,8 @@ pub struct VaultConfig {
 impl VaultConfig {
     /// Defaults: no TCP listener, sockets under the home, 10 min approval timeout,
     /// 10 s connect, 10 min response headers, 5 min idle body, 2 min idle client
-    /// connection, 256 connections and 32 held requests per agent, 4 MiB judged body.
+    /// connection, 256 connections and 32 held requests per agent, 4 MiB judged body,
+    /// 64 MiB of bodies read whole per agent and 256 MiB in all.
     pub fn new(home: palisade_store::Home) -> Self {
         VaultConfig {
             home,
@@ -104,6 +111,8 @@ impl VaultConfig {
             max_connections_per_agent: 256,
             max_holds_per_agent: 32,
             max_judged_body: 4 * 1024 * 1024,
+            max_buffered_bodies_per_agent: 64 * 1024 * 1024,
+            max_buffered_bodies: 256 * 1024 * 1024,
             agent_peers: PeerRule::default(),
             sockets_for_every_agent: true,
         }

@@ -9,7 +9,7 @@ use crate::audit_log::AuditSender;
 use crate::ca::CertificateAuthority;
 use crate::conn::ConnectionLimits;
 use crate::net_guard::NetGuard;
-use crate::pipeline::audit::FrontDoorBudget;
+use crate::pipeline::audit::RowBudgets;
 use crate::upstream::UpstreamClient;
 use crate::VaultConfig;
 use arc_swap::ArcSwap;
@@ -100,10 +100,13 @@ pub struct Shared {
     pub guard: Arc<NetGuard>,
     pub holds: Arc<Holds>,
     pub audit: AuditSender,
-    /// Rate of audit rows about clients that never authenticated.
-    pub(crate) front_door: FrontDoorBudget,
+    /// Rate of audit rows about clients that never authenticated, and of each agent's
+    /// refusals without a credential or a person.
+    pub(crate) row_budgets: RowBudgets,
     /// The gateway-wide and per-agent connection caps.
     pub limits: ConnectionLimits,
+    /// Bytes of request bodies read whole, per agent and in all.
+    pub bodies: Arc<crate::body_budget::BodyBudget>,
     /// Store look-ups of tokens the snapshot does not know (at most a few at once, so
     /// wrong tokens cannot keep the database busy).
     pub token_lookups: tokio::sync::Semaphore,

@@ -42,7 +42,25 @@ fn is_invisible_format(c: char) -> bool {
     matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
-/// Columns aligned with two spaces between them; empty cells show as `-`.
+/// The widest a table cell is shown: longer values (a 2,000-character path an agent
+/// sent) keep their start and end around `…`, so one row cannot push every other
+/// row's columns off the screen. `show` commands and `--json` give values whole.
+const MAX_CELL: usize = 80;
+
+/// `cell` cut to [`MAX_CELL`] characters: its start, `…`, its last 15 characters.
+fn shorten(cell: String) -> String {
+    let count = cell.chars().count();
+    if count <= MAX_CELL {
+        return cell;
+    }
+    let tail = 15;
+    let head: String = cell.chars().take(MAX_CELL - tail - 1).collect();
+    let end: String = cell.chars().skip(count - tail).collect();
+    format!("{head}…{end}")
+}
+
+/// Columns aligned with two spaces between them; empty cells show as `-`; cells
+/// longer than [`MAX_CELL`] are shortened.
 pub struct Table {
     headers: Vec<&'static str>,
     rows: Vec<Vec<String>>,
@@ -63,7 +81,7 @@ impl Table {
                 if cell.is_empty() {
                     "-".to_string()
                 } else {
-                    clean(&cell)
+                    shorten(clean(&cell))
                 }
             })
             .collect();
@@ -180,6 +198,22 @@ pub fn when(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_cells_keep_their_start_and_end() {
+        let path = format!("GET example.com/admin/{}/end-of-it", "A".repeat(2000));
+        let mut table = Table::new(&["REQUEST", "STATUS"]);
+        table.row(vec![path, "403".into()]);
+        table.row(vec!["GET example.com/".into(), "200".into()]);
+        let text = table.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("GET example.com/admin/AAA"), "{text}");
+        assert!(lines[1].contains("…"), "{text}");
+        assert!(lines[1].contains("AAA/end-of-it  403"), "{text}");
+        assert_eq!(lines[1].chars().count(), MAX_CELL + 2 + 3, "{text}");
+        let column = |line: &str, text: &str| line[..line.find(text).unwrap()].chars().count();
+        assert_eq!(column(lines[2], "200"), column(lines[1], "403"), "{text}");
+    }
 
     #[test]
     fn table_aligns_columns_and_marks_empty_cells() {

@@ -4,9 +4,13 @@
 //!
 //! - path spellings that upstreams read as the same path (block, approval, rate limit,
 //!   path-scoped secret; HTTP/1.1 and HTTP/2, curl `--path-as-is`);
+//! - method spellings (`post`, an override header, HEAD for GET), headers named in
+//!   `Connection`, and a policy changed while a request waited for approval;
 //! - a body extended after the approval was shown;
 //! - abandoned held requests, and one agent's flood of holds;
 //! - one agent's flood of idle connections while another agent works;
+//! - one agent's unfinished bodies that a rule must read whole;
+//! - one agent's loop of refusals flooding the audit log;
 //! - the gateway's own listener spelled as IPv4-mapped IPv6;
 //! - the audit log's tail deleted;
 //! - a change used on the very next request;
@@ -247,6 +251,246 @@ fn path_spellings_cannot_sidestep_rules_or_secrets() {
             refused(&reply, 429, "rate_limited");
         }
     }
+}
+
+/// A method is judged as the upstream will read it: a lower-case `post` or `delete`
+/// (which Flask and Django upper-case and run) and a method-override header naming
+/// another method are refused, and a rule about GET covers HEAD, which servers answer
+/// with the GET handler. HTTP/1.1 and HTTP/2.
+#[test]
+fn method_spellings_cannot_sidestep_rules() {
+    let attack = Attack::start(&["--approval-timeout", "1s"]);
+    let token = attack.setup.agent("probe");
+    for (name, method, path, action) in [
+        ("ask-pay", "POST", "/pay/*", "require_approval"),
+        ("no-delete", "DELETE", "/*", "block"),
+        ("no-item", "GET", "/item/*", "block"),
+    ] {
+        attack.cli(&[
+            "rules",
+            "create",
+            "--name",
+            name,
+            "--host-pattern",
+            "localhost",
+            "--path-pattern",
+            path,
+            "--method",
+            method,
+            "--action",
+            action,
+        ]);
+    }
+    let upstream = &attack.setup.upstream;
+    for version in ["--http1.1", "--http2"] {
+        for (method, path) in [
+            ("post", "/pay/1000"),
+            ("Post", "/pay/1000"),
+            ("delete", "/item/7"),
+            ("get", "/item/9"),
+        ] {
+            let before = upstream.count();
+            let reply = attack.curl(
+                &token,
+                &[
+                    version,
+                    "-X",
+                    method,
+                    "--data",
+                    "amount=1000",
+                    &attack.url(path),
+                ],
+            );
+            refused(&reply, 400, "ambiguous_method");
+            assert_eq!(
+                upstream.count(),
+                before,
+                "{version} {method} {path} was sent"
+            );
+        }
+        for (method, claimed) in [("POST", "DELETE"), ("POST", "get"), ("GET", "DELETE")] {
+            let before = upstream.count();
+            let reply = attack.curl(
+                &token,
+                &[
+                    version,
+                    "-X",
+                    method,
+                    "-H",
+                    &format!("X-HTTP-Method-Override: {claimed}"),
+                    &attack.url("/other"),
+                ],
+            );
+            refused(&reply, 400, "ambiguous_method");
+            assert_eq!(
+                upstream.count(),
+                before,
+                "{version} {method} as {claimed} was sent"
+            );
+        }
+        // HEAD is covered by the GET rule (no body to read on a HEAD answer).
+        let before = upstream.count();
+        let reply = attack.curl(&token, &[version, "--head", &attack.url("/item/9")]);
+        assert_eq!(reply.status, 403, "{}", reply.raw);
+        assert_eq!(upstream.count(), before, "{version} HEAD /item/9 was sent");
+        // The plain spellings still work: an override that names the method itself,
+        // and a HEAD elsewhere.
+        let reply = attack.curl(
+            &token,
+            &[
+                version,
+                "-X",
+                "POST",
+                "-H",
+                "X-HTTP-Method-Override: post",
+                "--data",
+                "x",
+                &attack.url("/other"),
+            ],
+        );
+        assert_eq!(reply.status, 200, "{}", reply.raw);
+        assert_eq!(upstream.last_request().unwrap().method, "POST");
+        let reply = attack.curl(&token, &[version, "--head", &attack.url("/other")]);
+        assert_eq!(reply.status, 200, "{}", reply.raw);
+        assert_eq!(upstream.last_request().unwrap().method, "HEAD");
+    }
+    let refusals = attack.json(&["audit", "list", "--decision", "ambiguous_method"]);
+    assert_eq!(
+        refusals.as_array().map(Vec::len),
+        Some(14),
+        "one row per refused spelling: {refusals}"
+    );
+}
+
+/// Headers the agent names in `Connection` are removed before the request is judged,
+/// so naming the injected header there cannot take the credential off (the audit row
+/// said `injected` for a request that carried none), nor a header the approver saw.
+#[test]
+fn headers_named_in_connection_go_before_injection() {
+    let attack = Attack::start(&[]);
+    let token = attack.setup.agent("probe");
+    attack.setup.secret(
+        "key",
+        "localhost",
+        None,
+        "bearer",
+        &["probe"],
+        "tok-injected",
+    );
+    for version in ["--http1.1", "--http2"] {
+        let reply = attack.curl(
+            &token,
+            &[
+                version,
+                "-H",
+                "Connection: authorization, x-extra",
+                "-H",
+                "X-Extra: 1",
+                &attack.url("/conn"),
+            ],
+        );
+        assert_eq!(reply.status, 200, "{}", reply.raw);
+        let seen = attack.setup.upstream.last_request().unwrap();
+        assert_eq!(
+            seen.header("authorization"),
+            Some("Bearer tok-injected"),
+            "{version}: the credential was stripped after injection"
+        );
+        if version == "--http1.1" {
+            // (HTTP/2 has no `Connection` header: curl leaves it out.)
+            assert_eq!(seen.header("x-extra"), None, "a named header survived");
+        }
+    }
+}
+
+/// A request held for approval is sent under the policy in force when the person
+/// answers: a grant revoked while it waited is not injected, and a block rule added
+/// while it waited stops it (both used to go out as they were judged at first).
+#[test]
+fn a_held_request_is_judged_again_when_approved() {
+    let attack = Attack::start(&["--approval-timeout", "30s"]);
+    let token = attack.setup.agent("payer");
+    attack.setup.secret(
+        "pay-key",
+        "localhost",
+        None,
+        "bearer",
+        &["payer"],
+        "tok-pay",
+    );
+    attack.cli(&[
+        "rules",
+        "create",
+        "--name",
+        "ask-pay",
+        "--host-pattern",
+        "localhost",
+        "--path-pattern",
+        "/pay/*",
+        "--method",
+        "POST",
+        "--action",
+        "require_approval",
+    ]);
+    let upstream = &attack.setup.upstream;
+    // Holds one POST, runs `meanwhile` once it is pending, approves it, and returns
+    // what the agent got.
+    let held_then_approved = |path: &str, meanwhile: &dyn Fn()| -> CurlReply {
+        std::thread::scope(|scope| {
+            let url = attack.url(path);
+            let (attack, token) = (&attack, &token);
+            let waiting =
+                scope.spawn(move || attack.curl(token, &["-X", "POST", "--data", "1", &url]));
+            let mut pending = Vec::new();
+            assert!(
+                wait_until(Duration::from_secs(10), || {
+                    pending = attack.pending();
+                    !pending.is_empty()
+                }),
+                "the request was never held"
+            );
+            meanwhile();
+            attack.cli(&["approvals", "approve", pending[0]["id"].as_str().unwrap()]);
+            waiting.join().expect("the client thread")
+        })
+    };
+
+    let reply = held_then_approved("/pay/1", &|| {
+        attack.cli(&["secrets", "revoke", "pay-key", "--agent", "payer"]);
+    });
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    let sent = upstream.last_request().unwrap();
+    assert_eq!(sent.path(), "/pay/1");
+    assert_eq!(
+        sent.header("authorization"),
+        None,
+        "a credential revoked while the request waited was injected"
+    );
+
+    let before = upstream.count();
+    let reply = held_then_approved("/pay/2", &|| {
+        attack.cli(&[
+            "rules",
+            "create",
+            "--name",
+            "stop-pay",
+            "--host-pattern",
+            "localhost",
+            "--path-pattern",
+            "/pay/*",
+            "--action",
+            "block",
+            "--scope",
+            "org",
+        ]);
+    });
+    refused(&reply, 403, "blocked_by_policy");
+    assert_eq!(reply.json()["rule"], "stop-pay", "{}", reply.raw);
+    assert_eq!(
+        upstream.count(),
+        before,
+        "a request blocked while it waited was sent"
+    );
 }
 
 /// A child process killed (and reaped) when the test ends, even on failure.
@@ -573,6 +817,226 @@ fn read_some(stream: &mut UnixStream, wait: Duration) -> (String, bool) {
             Err(_) => return (String::from_utf8_lossy(&buffer).into_owned(), false),
         }
     }
+}
+
+/// Opens `COUNT` tunnels; on each sends a POST head announcing `LENGTH` bytes and the
+/// first `PART` of them, keeping every one open; prints the status of any that is
+/// answered at once (`i status`), then `sent`. On a line from stdin sends the rest on
+/// those still open and prints their statuses.
+const UNFINISHED_BODIES_CLIENT: &str = r#"
+import base64, os, select, socket, ssl, sys
+proxy_host, proxy_port = os.environ["PROXY"].rsplit(":", 1)
+host, port = "localhost", int(os.environ["UPSTREAM_PORT"])
+auth = base64.b64encode(("x:" + os.environ["TOKEN"]).encode()).decode()
+context = ssl.create_default_context(cafile=os.environ["VAULT_CA"])
+length, part = int(os.environ["LENGTH"]), int(os.environ["PART"])
+
+def status_of(tls, wait):
+    tls.settimeout(wait)
+    answer = b""
+    try:
+        while b"\r\n" not in answer:
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    except (socket.timeout, ssl.SSLError):
+        return None
+    return answer.split(b"\r\n")[0].decode() or None
+
+open_ones = []
+for i in range(int(os.environ["COUNT"])):
+    sock = socket.create_connection((proxy_host, int(proxy_port)), timeout=20)
+    sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(4096)
+    tls = context.wrap_socket(sock, server_hostname=host)
+    tls.sendall(f"POST /scan/{i} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {length}\r\n\r\n".encode() + b"a" * part)
+    status = status_of(tls, 2.0)
+    if status:
+        print(i, status, flush=True)
+    else:
+        open_ones.append((i, tls))
+print("sent", flush=True)
+sys.stdin.readline()
+for i, tls in open_ones:
+    tls.sendall(b"a" * (length - part))
+    print(i, status_of(tls, 20.0), flush=True)
+print("done", flush=True)
+"#;
+
+/// One agent cannot make the gateway keep unbounded request bodies in memory: bodies a
+/// rule must read whole draw on the agent's share (`--max-buffered-bodies-per-agent`),
+/// and a body beyond it is refused with 503 `too_many_buffered_bodies` while another
+/// agent's bodies are still read and judged; once the first agent's requests end, its
+/// share is free again. (One agent's 200 unfinished 4 MiB bodies held 870 MB.)
+#[test]
+fn one_agent_cannot_fill_the_gateways_memory_with_bodies() {
+    let attack = Attack::start(&[
+        "--max-judged-body",
+        "1MiB",
+        "--max-buffered-bodies-per-agent",
+        "2MiB",
+        "--max-buffered-bodies",
+        "8MiB",
+    ]);
+    let greedy = attack.setup.agent("greedy");
+    let other = attack.setup.agent("other");
+    attack.cli(&[
+        "rules",
+        "create",
+        "--name",
+        "scan",
+        "--host-pattern",
+        "localhost",
+        "--path-pattern",
+        "/scan/*",
+        "--body-contains",
+        "FORBIDDEN",
+        "--action",
+        "block",
+    ]);
+    let mut client = Killed(
+        Command::new("python3")
+            .arg("-c")
+            .arg(UNFINISHED_BODIES_CLIENT)
+            .env("PROXY", attack.setup.addr().to_string())
+            .env("UPSTREAM_PORT", attack.setup.upstream.port().to_string())
+            .env("TOKEN", &greedy)
+            .env("VAULT_CA", attack.setup.vault_ca())
+            .env("COUNT", "3")
+            .env("LENGTH", "1000000")
+            .env("PART", "900000")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    let mut input = client.0.stdin.take().unwrap();
+    let mut lines = BufReader::new(client.0.stdout.take().unwrap());
+    let mut read_line = || {
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    // Two bodies of 0.9 MB fit the 2 MiB share; the third does not.
+    assert_eq!(read_line(), "2 HTTP/1.1 503 Service Unavailable");
+    assert_eq!(read_line(), "sent");
+    let refusals = attack.json(&["audit", "list", "--decision", "too_many_buffered_bodies"]);
+    assert_eq!(refusals.as_array().map(Vec::len), Some(1), "{refusals}");
+    assert_eq!(refusals[0]["agent"], "greedy");
+
+    // Another agent's body is read and judged meanwhile.
+    let mut body_file = tempfile::NamedTempFile::new().unwrap();
+    body_file.write_all(&[b'b'; 900_000]).unwrap();
+    let body = format!("@{}", body_file.path().display());
+    let reply = attack.curl(
+        &other,
+        &["--data-binary", &body, &attack.url("/scan/other")],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    let reply = attack.curl(
+        &other,
+        &["--data-binary", "FORBIDDEN", &attack.url("/scan/other")],
+    );
+    refused(&reply, 403, "blocked_by_policy");
+
+    // The held bodies finish and go upstream; then the share is free again.
+    writeln!(input, "finish").unwrap();
+    assert_eq!(read_line(), "0 HTTP/1.1 200 OK");
+    assert_eq!(read_line(), "1 HTTP/1.1 200 OK");
+    assert_eq!(read_line(), "done");
+    let reply = attack.curl(
+        &greedy,
+        &["--data-binary", &body, &attack.url("/scan/again")],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+}
+
+/// One agent's loop of refused requests cannot write the audit log at its own speed:
+/// refusals without a credential or a person are written within the agent's budget
+/// (a burst of 100, then 10 a second), the rest are counted on the next row written,
+/// and rows about a credential are always written. (1,000 blocked requests with 2 KB
+/// paths used to write 1,000 rows of 4.5 KB in 0.16 s.)
+#[test]
+fn one_agent_cannot_flood_the_audit_log() {
+    let attack = Attack::start(&[]);
+    let token = attack.setup.agent("looper");
+    attack.setup.secret(
+        "key",
+        "localhost",
+        Some("/api/*"),
+        "bearer",
+        &["looper"],
+        "tok-api",
+    );
+    attack.cli(&[
+        "rules",
+        "create",
+        "--name",
+        "no-admin",
+        "--host-pattern",
+        "localhost",
+        "--path-pattern",
+        "/admin/*",
+        "--action",
+        "block",
+    ]);
+    let blocked_rows = || {
+        attack
+            .json(&["audit", "list", "--decision", "blocked", "--limit", "10000"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    // 300 blocked requests on one connection (curl's URL range), as fast as it goes.
+    let long = "A".repeat(1500);
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}\\n".into(),
+    ];
+    args.extend(attack.setup.proxy_args(&token));
+    args.push(attack.url(&format!("/admin/{long}/[1-300]")));
+    let output = curl(&args, CLIENT_TIMEOUT);
+    let codes = output_text(&output);
+    assert_eq!(codes.matches("403").count(), 300, "{codes}");
+    // A credential's use is written whatever the budget.
+    let reply = attack.curl(&token, &[&attack.url("/api/x")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+
+    let written = blocked_rows().len();
+    assert!(
+        (100..300).contains(&written),
+        "{written} rows for 300 refusals in a burst"
+    );
+    let injected = attack.json(&["audit", "list", "--decision", "injected"]);
+    assert_eq!(injected.as_array().map(Vec::len), Some(1), "{injected}");
+
+    // Once the budget refills, the next refusal is written with the count of those
+    // left out, so the log still says how many there were.
+    std::thread::sleep(Duration::from_millis(300));
+    let reply = attack.curl(&token, &[&attack.url("/admin/after")]);
+    refused(&reply, 403, "blocked_by_policy");
+    let rows = blocked_rows();
+    assert_eq!(rows.len(), written + 1);
+    let newest = &rows[0];
+    assert_eq!(newest["path"], "/admin/after", "{newest}");
+    let suppressed = newest["detail"]["similar_rows_suppressed"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count of the rows left out: {newest}"));
+    assert_eq!(written as u64 + suppressed, 300, "{newest}");
+    ok_verify(&attack);
+}
+
+/// `palisade audit verify` passes (the rows left out are not holes in the chain).
+fn ok_verify(attack: &Attack) {
+    let report = attack.json(&["audit", "verify"]);
+    assert_eq!(report["ok"], true, "{report}");
 }
 
 /// One agent opening 1,100 idle connections on its socket gets its share (256) and a

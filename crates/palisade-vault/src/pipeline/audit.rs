@@ -5,12 +5,16 @@
 //! flight), its `Drop` records `client_gone` for any request that had reached a hold or
 //! a credential. Refusals at the front door (407 without a valid token, a malformed
 //! CONNECT target) come through [`refused_at_front`]; rows from clients that never
-//! authenticated are rate-limited so nobody can fill the log without a token.
+//! authenticated are rate-limited so nobody can fill the log without a token, and so
+//! are an agent's refusals that involve neither a credential nor a person (each agent
+//! its own budget): the count of rows left out goes on the next row written, and the
+//! traffic charts count every request.
 
 use super::{Decision, Target};
 use crate::state::Shared;
 use palisade_policy::AgentName;
 use palisade_store::AuditEntry;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -109,16 +113,30 @@ impl Pending {
     }
 
     pub async fn finish(mut self, decision: Decision, status: u16) {
-        let Some(record) = self.record.take() else {
+        let Some(mut record) = self.record.take() else {
             return;
         };
         record.count(&self.shared, decision);
-        if decision.is_audited() {
-            self.shared
-                .audit
-                .record(record.entry(decision, Some(status)))
-                .await;
+        if !decision.is_audited() {
+            return;
         }
+        // A row about a credential or a person is always written; an agent's other
+        // refusals are written within its budget, the rest counted on the next one.
+        if record.secret.is_none() && record.approval_id.is_none() {
+            let budget = record
+                .agent
+                .as_deref()
+                .map(|agent| self.shared.row_budgets.agent(agent));
+            match budget {
+                Some(None) => return,
+                Some(Some(suppressed)) => note_suppressed(&mut record, suppressed),
+                None => {}
+            }
+        }
+        self.shared
+            .audit
+            .record(record.entry(decision, Some(status)))
+            .await;
     }
 }
 
@@ -142,52 +160,105 @@ impl Drop for Pending {
 /// second; the rest are counted and the count goes on the next row.
 const UNAUTHENTICATED_BURST: f64 = 20.0;
 const UNAUTHENTICATED_PER_SECOND: f64 = 5.0;
+/// The same for an agent's refusals that involve neither a credential nor a person
+/// (blocked, denied by default, rate-limited, malformed): they cost the agent nothing,
+/// so one agent's loop could otherwise write thousands of rows a second.
+const AGENT_REFUSAL_BURST: f64 = 100.0;
+const AGENT_REFUSALS_PER_SECOND: f64 = 10.0;
+/// Agents whose refusal budget is remembered; beyond it, full buckets are forgotten.
+const MAX_BUDGETED_AGENTS: usize = 4096;
 
-/// A token bucket for rows about front-door refusals.
-pub(crate) struct FrontDoorBudget {
-    state: Mutex<BudgetState>,
-}
-
-struct BudgetState {
+/// A token bucket for audit rows.
+struct Bucket {
     tokens: f64,
     refilled: Instant,
     suppressed: u64,
 }
 
-impl Default for FrontDoorBudget {
-    fn default() -> Self {
-        FrontDoorBudget {
-            state: Mutex::new(BudgetState {
-                tokens: UNAUTHENTICATED_BURST,
-                refilled: Instant::now(),
-                suppressed: 0,
-            }),
+impl Bucket {
+    fn full(burst: f64) -> Bucket {
+        Bucket {
+            tokens: burst,
+            refilled: Instant::now(),
+            suppressed: 0,
         }
     }
-}
 
-impl FrontDoorBudget {
     /// `Some(rows suppressed since the last one written)` when a row may be written.
-    fn take(&self) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    fn take(&mut self, burst: f64, per_second: f64) -> Option<u64> {
         let now = Instant::now();
-        let elapsed = now.duration_since(state.refilled).as_secs_f64();
-        state.tokens =
-            (state.tokens + elapsed * UNAUTHENTICATED_PER_SECOND).min(UNAUTHENTICATED_BURST);
-        state.refilled = now;
-        if state.tokens >= 1.0 {
-            state.tokens -= 1.0;
-            Some(std::mem::take(&mut state.suppressed))
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
         } else {
-            state.suppressed += 1;
+            self.suppressed += 1;
             None
         }
     }
 }
 
+/// The gateway's budgets for audit rows nobody paid for: one for clients that never
+/// authenticated, one per agent for refusals without a credential or a person.
+pub(crate) struct RowBudgets {
+    front_door: Mutex<Bucket>,
+    agents: Mutex<HashMap<String, Bucket>>,
+}
+
+impl Default for RowBudgets {
+    fn default() -> Self {
+        RowBudgets {
+            front_door: Mutex::new(Bucket::full(UNAUTHENTICATED_BURST)),
+            agents: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl RowBudgets {
+    fn front_door(&self) -> Option<u64> {
+        self.front_door
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(UNAUTHENTICATED_BURST, UNAUTHENTICATED_PER_SECOND)
+    }
+
+    fn agent(&self, agent: &str) -> Option<u64> {
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if agents.len() >= MAX_BUDGETED_AGENTS && !agents.contains_key(agent) {
+            // A bucket that has refilled and suppressed nothing is the same as a new one.
+            agents.retain(|_, bucket| {
+                let refill = bucket.refilled.elapsed().as_secs_f64() * AGENT_REFUSALS_PER_SECOND;
+                bucket.suppressed > 0 || bucket.tokens + refill < AGENT_REFUSAL_BURST
+            });
+        }
+        agents
+            .entry(agent.to_string())
+            .or_insert_with(|| Bucket::full(AGENT_REFUSAL_BURST))
+            .take(AGENT_REFUSAL_BURST, AGENT_REFUSALS_PER_SECOND)
+    }
+}
+
+/// Puts the count of rows left out before this one into its `detail`.
+fn note_suppressed(record: &mut Record, suppressed: u64) {
+    if suppressed == 0 {
+        return;
+    }
+    let count = serde_json::Value::from(suppressed);
+    record.detail = Some(match record.detail.take() {
+        Some(serde_json::Value::Object(mut detail)) => {
+            detail.insert("similar_rows_suppressed".into(), count);
+            serde_json::Value::Object(detail)
+        }
+        Some(other) => serde_json::json!({ "detail": other, "similar_rows_suppressed": count }),
+        None => serde_json::json!({ "similar_rows_suppressed": count }),
+    });
+}
+
 /// Records a refusal made before any phase ran (no token, a bad target, a connection
 /// beyond the caps). These cost the client nothing but a connection, so their rows are
-/// rate-limited by the gateway's [`FrontDoorBudget`]: a flood cannot fill the log.
+/// rate-limited by the gateway's [`RowBudgets`]: a flood cannot fill the log.
 pub(crate) async fn refused_at_front(
     shared: &Shared,
     mut record: Record,
@@ -195,13 +266,10 @@ pub(crate) async fn refused_at_front(
     status: u16,
 ) {
     record.count(shared, decision);
-    match shared.front_door.take() {
-        None => return,
-        Some(0) => {}
-        Some(suppressed) => {
-            record.detail = Some(serde_json::json!({ "similar_rows_suppressed": suppressed }));
-        }
-    }
+    let Some(suppressed) = shared.row_budgets.front_door() else {
+        return;
+    };
+    note_suppressed(&mut record, suppressed);
     shared
         .audit
         .record(record.entry(decision, Some(status)))

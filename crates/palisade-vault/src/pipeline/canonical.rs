@@ -1,12 +1,76 @@
-//! Phase 2, canonical: the request's path is rewritten once into its canonical form
-//! (`palisade_policy::canonical`), and ambiguous spellings are refused with 400. Every
-//! later phase, and the upstream, sees only this form: the request forwarded is the
-//! request judged.
+//! Phase 2, canonical: the request is brought into the one form every later phase and
+//! the upstream see, so the request forwarded is the request judged.
+//!
+//! - The path is rewritten once into its canonical form (`palisade_policy::canonical`);
+//!   ambiguous spellings are refused with 400.
+//! - The method must be spelt as the standard spells it: a lower-case `post` is refused,
+//!   because servers that ignore case (Flask, Django) would run the POST a `POST` rule
+//!   exists to hold. A method-override header naming another method is refused for the
+//!   same reason.
+//! - Hop-by-hop headers, and every header the agent names in `Connection`, are removed
+//!   here, before judging: removed later, they could take away the injected credential
+//!   or a header the approver saw.
 
 use super::{Decision, Refusal, Target};
+use crate::respond::{is_websocket_upgrade, strip_hop_by_hop};
 use palisade_policy::{CanonicalPath, ErrorBody, GatewayErrorKind};
 
+/// Headers through which some frameworks let a request claim another method than the
+/// one it was sent with (Google APIs, Rails, Laravel, ASP.NET).
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 pub(super) fn canonicalize(
+    parts: &mut http::request::Parts,
+    target: &Target,
+) -> Result<CanonicalPath, Refusal> {
+    check_method(parts, target)?;
+    let websocket = parts.version == http::Version::HTTP_11 && is_websocket_upgrade(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers, websocket);
+    canonical_path(parts, target)
+}
+
+fn check_method(parts: &http::request::Parts, target: &Target) -> Result<(), Refusal> {
+    let method = parts.method.as_str();
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(ambiguous_method(
+            target,
+            format!(
+                "its method {method:?} has lower-case letters, and servers that ignore case would run {:?}",
+                method.to_ascii_uppercase()
+            ),
+        ));
+    }
+    for name in METHOD_OVERRIDES {
+        for value in parts.headers.get_all(name) {
+            let same = value
+                .to_str()
+                .is_ok_and(|claimed| claimed.trim().eq_ignore_ascii_case(method));
+            if !same {
+                return Err(ambiguous_method(
+                    target,
+                    format!("it is sent as {method} with a {name} header naming another method"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ambiguous_method(target: &Target, reason: String) -> Refusal {
+    Refusal::new(
+        Decision::AmbiguousMethod,
+        ErrorBody::new(GatewayErrorKind::AmbiguousMethod, &target.host).with_message(format!(
+            "The method of this request to {} was refused: {reason}. The gateway judges a request by its method, so send the method itself, in capitals, and no override header.",
+            target.host
+        )),
+    )
+}
+
+fn canonical_path(
     parts: &mut http::request::Parts,
     target: &Target,
 ) -> Result<CanonicalPath, Refusal> {

@@ -1,5 +1,6 @@
-//! Phase 8, forward: hop-by-hop headers and the proxy credential are stripped, `Host`
-//! is rebuilt from the target (never the inner header), and the request goes upstream
+//! Phase 8, forward: `Host` is rebuilt from the target (never the inner header; the
+//! hop-by-hop headers and the proxy credential went in the canonical phase, before the
+//! request was judged), and the request goes upstream
 //! over the pooled client that fits: HTTP/2 where the agent spoke HTTP/2 and the
 //! server offers it, pooled HTTP/1.1 otherwise, a connection of its own for a WebSocket
 //! upgrade. Bodies stream both ways; redirects are passed back, never followed.
@@ -27,7 +28,6 @@ pub(super) async fn forward(
     } else {
         None
     };
-    strip_hop_by_hop(&mut parts.headers, websocket);
     parts.headers.remove(http::header::HOST);
     let path_and_query = parts
         .uri
@@ -96,7 +96,9 @@ pub(super) async fn forward(
     let close_delimited = !head_request && is_close_delimited(&response);
     let (mut head, incoming) = response.into_parts();
     strip_hop_by_hop(&mut head.headers, switching);
-    let body = if switching {
+    // The answer to a HEAD ends with its head, whatever length it announces (an HTTP/2
+    // client resets a stream whose announced length never arrives).
+    let body = if switching || head_request {
         ProxyBody::empty()
     } else {
         ProxyBody::upstream(incoming, shared.upstream.idle_timeout, close_delimited)

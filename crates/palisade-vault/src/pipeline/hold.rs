@@ -113,7 +113,7 @@ pub(super) async fn hold(
         )
     })?;
     let limit = shared.config.max_judged_body;
-    let data = body.read(limit).await.map_err(|e| {
+    let data = body.read(shared, held.agent, limit).await.map_err(|e| {
         policy::read_refusal(
             e,
             host,

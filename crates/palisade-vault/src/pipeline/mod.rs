@@ -27,7 +27,8 @@ pub use outcome::{Decision, Refusal};
 pub use target::{Scheme, Target};
 
 use crate::body::{ForwardBody, ProxyBody, ReadError};
-use crate::state::Shared;
+use crate::body_budget::Reservation;
+use crate::state::{Shared, Snapshot};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -55,6 +56,7 @@ pub async fn handle(
         audit::Record::new(Some(&agent), &parts.method, &target, parts.uri.path()),
     );
     let mut body = RequestBody::Unread(body);
+    let head_request = parts.method == http::Method::HEAD;
     let (decision, response) =
         match run(&shared, &agent, &target, parts, &mut body, &mut audit).await {
             Ok((decision, response)) => (decision, response),
@@ -63,7 +65,13 @@ pub async fn handle(
                 // stream reset before the end of their body as an error, and would
                 // never see the refusal).
                 body.drain_briefly().await;
-                (refusal.decision, refusal.response())
+                let mut response = refusal.response();
+                if head_request {
+                    // The answer to a HEAD has no body (HTTP/2 clients reset the stream
+                    // on one).
+                    *response.body_mut() = ProxyBody::empty();
+                }
+                (refusal.decision, response)
             }
         };
     audit.finish(decision, response.status().as_u16()).await;
@@ -83,29 +91,15 @@ async fn run(
     audit.record().path = path.as_str().to_string();
     local::refuse_local(shared, target)?;
 
-    let facts = RequestFacts {
-        agent,
-        profile,
-        method: &parts.method,
-        host: &target.host,
-        path: &path,
-        body: None,
-        now_ms: palisade_store::now_ms(),
-        approvals: snapshot
-            .dials
-            .get(agent)
-            .map(|dial| dial.approvals)
-            .unwrap_or_default(),
-    };
-    let evaluation = policy::judge(shared, &snapshot.policy, facts, &parts.headers, body).await?;
-    match evaluation.verdict {
-        Verdict::Block { rule } => {
-            audit.record().rule = Some(rule.name.clone());
-            return Err(policy::blocked(&target.host, rule));
-        }
-        Verdict::DefaultDeny => return Err(policy::default_denied(&target.host, agent)),
-        Verdict::Allow | Verdict::RequireApproval { .. } | Verdict::DialApproval { .. } => {}
-    }
+    let evaluation = policy::judge(
+        shared,
+        &snapshot.policy,
+        facts(agent, profile, &snapshot, &parts.method, target, &path),
+        &parts.headers,
+        body,
+    )
+    .await?;
+    refuse_if_blocked(&evaluation, target, agent, audit)?;
     rate::count(shared, agent, &evaluation.rate_limits, &target.host, audit).await?;
 
     let mut decision = Decision::Allowed;
@@ -120,6 +114,9 @@ async fn run(
         }
         _ => None,
     };
+    let mut secret = evaluation.secret;
+    // Declared here so the secret chosen after a hold can borrow from it.
+    let current;
     if let Some(reason) = reason {
         audit.record().rule = Some(reason.name());
         let approval = hold::Held {
@@ -128,12 +125,29 @@ async fn run(
             parts: &parts,
             path: &path,
             reason,
-            secret: evaluation.secret,
+            secret,
         };
         hold::hold(shared, approval, body, audit).await?;
         decision = Decision::Approved;
+        // The wait can last minutes: the request is sent under the policy in force when
+        // the person answered, so a grant revoked or a block added meanwhile holds. The
+        // approval stands for whatever asked for it (its rule or the dial); a block or a
+        // default deny now is final, and the credential is the one granted now (none if
+        // the grant was revoked). Rate limits were counted once.
+        let (snapshot, profile) = admit::admit(shared, agent, &target.host)?;
+        current = snapshot;
+        let now = policy::judge(
+            shared,
+            &current.policy,
+            facts(agent, profile, &current, &parts.method, target, &path),
+            &parts.headers,
+            body,
+        )
+        .await?;
+        refuse_if_blocked(&now, target, agent, audit)?;
+        secret = now.secret;
     }
-    if let Some(secret) = evaluation.secret {
+    if let Some(secret) = secret {
         audit.record().secret = Some(secret.name.clone());
         inject::inject(shared, target, secret, &mut parts)?;
         if decision == Decision::Allowed {
@@ -145,6 +159,48 @@ async fn run(
     Ok((decision, response))
 }
 
+/// What the policy judges a request by, under `snapshot`.
+fn facts<'a>(
+    agent: &'a AgentName,
+    profile: palisade_policy::Profile,
+    snapshot: &'a Snapshot,
+    method: &'a http::Method,
+    target: &'a Target,
+    path: &'a palisade_policy::CanonicalPath,
+) -> RequestFacts<'a> {
+    RequestFacts {
+        agent,
+        profile,
+        method,
+        host: &target.host,
+        path,
+        body: None,
+        now_ms: palisade_store::now_ms(),
+        approvals: snapshot
+            .dials
+            .get(agent)
+            .map(|dial| dial.approvals)
+            .unwrap_or_default(),
+    }
+}
+
+/// Ends the request if the policy blocks it (a rule or the default deny).
+fn refuse_if_blocked(
+    evaluation: &palisade_policy::Evaluation<'_>,
+    target: &Target,
+    agent: &AgentName,
+    audit: &mut audit::Pending,
+) -> Result<(), Refusal> {
+    match evaluation.verdict {
+        Verdict::Block { rule } => {
+            audit.record().rule = Some(rule.name.clone());
+            Err(policy::blocked(&target.host, rule))
+        }
+        Verdict::DefaultDeny => Err(policy::default_denied(&target.host, agent)),
+        Verdict::Allow | Verdict::RequireApproval { .. } | Verdict::DialApproval { .. } => Ok(()),
+    }
+}
+
 /// The agent's request body as the phases see it: still unread (it will be streamed),
 /// or read whole because a rule or an approval had to look at it.
 pub(crate) enum RequestBody {
@@ -152,20 +208,33 @@ pub(crate) enum RequestBody {
     Read {
         data: Bytes,
         trailers: Option<http::HeaderMap>,
+        /// Its bytes' place in the agent's share of body memory.
+        reserved: Reservation,
     },
     /// Taken by a failed read; nothing is forwarded after that.
     Gone,
 }
 
 impl RequestBody {
-    /// The whole body, read once (at most `limit` bytes) and kept for forwarding.
-    async fn read(&mut self, limit: usize) -> Result<&Bytes, ReadError> {
+    /// The whole body, read once (at most `limit` bytes, each drawn from `agent`'s
+    /// share of body memory) and kept for forwarding.
+    async fn read(
+        &mut self,
+        shared: &Shared,
+        agent: &AgentName,
+        limit: usize,
+    ) -> Result<&Bytes, ReadError> {
         if let RequestBody::Unread(incoming) = self {
             // On failure the body stays `Unread` (partly read): it is never forwarded
             // after a refusal, but what is left can be drained.
+            let mut reserved = shared.bodies.reserve(agent);
             let (data, trailers) =
-                ForwardBody::read_whole(incoming, limit, BODY_READ_TIMEOUT).await?;
-            *self = RequestBody::Read { data, trailers };
+                ForwardBody::read_whole(incoming, limit, BODY_READ_TIMEOUT, &mut reserved).await?;
+            *self = RequestBody::Read {
+                data,
+                trailers,
+                reserved,
+            };
         }
         match self {
             RequestBody::Read { data, .. } => Ok(data),
@@ -200,9 +269,14 @@ impl RequestBody {
     fn into_forward(self) -> ForwardBody {
         match self {
             RequestBody::Unread(incoming) => ForwardBody::Streaming(incoming),
-            RequestBody::Read { data, trailers } => ForwardBody::Buffered {
+            RequestBody::Read {
+                data,
+                trailers,
+                reserved,
+            } => ForwardBody::Buffered {
                 data: Some(data),
                 trailers,
+                reserved: Some(reserved),
             },
             RequestBody::Gone => ForwardBody::empty(),
         }

@@ -23,6 +23,9 @@ pub enum Decision {
     BadRequest,
     /// A path spelled in a form upstreams read differently (see `palisade_policy::canonical`).
     AmbiguousPath,
+    /// A method spelt in a form upstreams read differently (lower case, or an override
+    /// header naming another method).
+    AmbiguousMethod,
     /// The agent was deleted while its connection was open.
     AgentGone,
     /// The gateway is shutting down, or its store failed.
@@ -45,6 +48,9 @@ pub enum Decision {
     UnsupportedEncoding,
     /// A rate-limit rule's window is full.
     RateLimited,
+    /// The agent (or the gateway) already holds as many bytes of bodies read whole as
+    /// it may.
+    TooManyBufferedBodies,
     /// The agent already has as many requests waiting for approval as it may.
     TooManyPendingApprovals,
     /// A person denied it.
@@ -75,6 +81,7 @@ impl Decision {
             Decision::ProxyAuthRequired => "proxy_auth_required",
             Decision::BadRequest => "bad_request",
             Decision::AmbiguousPath => "ambiguous_path",
+            Decision::AmbiguousMethod => "ambiguous_method",
             Decision::AgentGone => "agent_gone",
             Decision::GatewayRestarting => "gateway_restarting",
             Decision::TooManyConnections => "too_many_connections",
@@ -86,6 +93,7 @@ impl Decision {
             Decision::TooLargeForApproval => "too_large_for_approval",
             Decision::UnsupportedEncoding => "unsupported_encoding",
             Decision::RateLimited => "rate_limited",
+            Decision::TooManyBufferedBodies => "too_many_buffered_bodies",
             Decision::TooManyPendingApprovals => "too_many_pending_approvals",
             Decision::Denied => "denied",
             Decision::TimedOut => "timed_out",
@@ -113,9 +121,11 @@ impl Decision {
             | Decision::DefaultDenied
             | Decision::LocalRefused
             | Decision::PlaintextRefused
-            | Decision::AmbiguousPath => Outcome::Blocked,
+            | Decision::AmbiguousPath
+            | Decision::AmbiguousMethod => Outcome::Blocked,
             Decision::RateLimited
             | Decision::TooManyConnections
+            | Decision::TooManyBufferedBodies
             | Decision::TooManyPendingApprovals => Outcome::RateLimited,
             Decision::ProxyAuthRequired
             | Decision::BadRequest

@@ -6,6 +6,7 @@
 
 use super::{Decision, Refusal, RequestBody};
 use crate::body::ReadError;
+use crate::body_budget::Exhausted;
 use crate::state::Shared;
 use palisade_policy::{
     AgentName, ErrorBody, Evaluation, GatewayErrorKind, PolicySet, RequestFacts, RulePolicy,
@@ -24,7 +25,7 @@ pub(super) async fn judge<'p>(
         return Ok(policy.evaluate(&facts));
     }
     let limit = shared.config.max_judged_body;
-    let data = body.read(limit).await.map_err(|e| {
+    let data = body.read(shared, facts.agent, limit).await.map_err(|e| {
         read_refusal(
             e,
             facts.host,
@@ -67,6 +68,26 @@ pub(super) fn read_refusal(
 ) -> Refusal {
     match error {
         ReadError::TooLarge { .. } => Refusal::of(decision, kind, host),
+        ReadError::Busy(exhausted) => {
+            let reason = match exhausted {
+                Exhausted::Agent(limit) => format!(
+                    "this agent's other requests already hold {} of request bodies in the gateway, its share",
+                    size(limit)
+                ),
+                Exhausted::Gateway(limit) => format!(
+                    "the gateway already holds {} of request bodies, all it keeps at once",
+                    size(limit)
+                ),
+            };
+            Refusal::new(
+                Decision::TooManyBufferedBodies,
+                ErrorBody::new(GatewayErrorKind::TooManyBufferedBodies, host).with_message(
+                    format!(
+                        "The body of this request to {host} must be read to judge it, and {reason}. Retry when those requests are done."
+                    ),
+                ),
+            )
+        }
         other => Refusal::new(
             Decision::BodyUnreadable,
             ErrorBody::new(GatewayErrorKind::BadRequest, host)
@@ -135,6 +156,18 @@ fn unsupported(host: &str) -> Refusal {
         GatewayErrorKind::UnsupportedContentEncoding,
         host,
     )
+}
+
+/// `bytes` for a person: whole MiB or KiB where exact, bytes otherwise.
+fn size(bytes: usize) -> String {
+    const MIB: usize = 1024 * 1024;
+    if bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes.is_multiple_of(1024) {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 #[cfg(test)]

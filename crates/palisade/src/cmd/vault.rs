@@ -88,6 +88,13 @@ pub struct GatewayArgs {
     /// Largest body read to judge a request (body rules, approvals), e.g. 4MiB; larger is refused (413).
     #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_size)]
     pub max_judged_body: usize,
+    /// Most bytes of bodies read whole (to judge or hold them) one agent may have in
+    /// memory at once (beyond: 503); at least --max-judged-body.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_buffered_bodies_per_agent: usize,
+    /// Most bytes of such bodies in memory at once, all agents together (beyond: 503).
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub max_buffered_bodies: usize,
 }
 
 /// A size such as `4MiB`, `512KiB`, `1048576` (bytes), up to 256 MiB.
@@ -129,6 +136,8 @@ impl GatewayArgs {
         config.max_connections_per_agent = self.max_connections_per_agent as usize;
         config.max_holds_per_agent = self.max_holds_per_agent as usize;
         config.max_judged_body = self.max_judged_body;
+        config.max_buffered_bodies_per_agent = self.max_buffered_bodies_per_agent;
+        config.max_buffered_bodies = self.max_buffered_bodies;
         config
     }
 }
