@@ -281,6 +281,51 @@ fn tail_deleted_with_the_head_rewritten_is_detected() {
     assert!(problem.contains("anchor records row 10"), "{problem}");
 }
 
+/// Writers in several handles (processes, in production) move the one anchor file in
+/// place, each under its lock: it never goes backwards and ends at the last row,
+/// whoever wrote it; an anchor longer than a record (written by hand, or by another
+/// version) is replaced whole.
+#[test]
+fn concurrent_writers_leave_one_whole_anchor_at_the_end() {
+    let t = common::store();
+    let anchor = t.home.audit_anchor();
+    std::fs::write(&anchor, format!("{:1000}", "")).unwrap();
+    let writers: Vec<_> = (0..3)
+        .map(|writer| {
+            let home = t.home.clone();
+            std::thread::spawn(move || {
+                let store = Store::open(&home).unwrap();
+                for i in 0..60 {
+                    let batch = vec![(i, request(&format!("w{writer}"), "h", "blocked")); 3];
+                    store.append_audit_batch(&batch).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        if let Ok(text) = std::fs::read_to_string(&anchor) {
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
+                let id = value["last_id"].as_i64().unwrap();
+                assert!(id >= seen, "the anchor went back from {seen} to {id}");
+                seen = id;
+            }
+        }
+    }
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let text = std::fs::read_to_string(&anchor).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(value["last_id"], 3 * 60 * 3);
+    assert!(
+        text.len() < 1000,
+        "the longer old anchor was not cut: {}",
+        text.len()
+    );
+    assert!(t.store.verify_audit().unwrap().ok);
+}
+
 /// The anchor itself cannot be moved back without the master key, nor removed unseen.
 #[test]
 fn an_edited_or_missing_anchor_is_detected() {

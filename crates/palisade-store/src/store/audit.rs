@@ -250,27 +250,36 @@ fn anchor_mac(key: &MasterKey, id: i64, hash: &str) -> String {
 }
 
 /// Moves the anchor to `head` unless it already records a later row (processes commit
-/// and anchor in either order). Under an exclusive lock, written to a temporary file
-/// and renamed, so a reader never sees half an anchor. Failures are logged: the row is
-/// committed either way, and `audit verify` reports an anchor that fell behind only if
-/// rows were then removed.
+/// and anchor in either order). Failures are logged: the row is committed either way,
+/// and `audit verify` reports an anchor that fell behind only if rows were then removed.
 pub(super) fn write_anchor(home: &Home, key: &MasterKey, head: &(i64, String)) {
     if let Err(e) = try_write_anchor(home, key, head) {
         tracing::warn!(error = %e, "could not move the audit anchor");
     }
 }
 
+/// Every anchor is written as this many bytes (JSON padded with spaces), so a new one
+/// always covers the whole of the old one.
+const ANCHOR_RECORD: usize = 512;
+
+/// The anchor is rewritten in place under an exclusive lock on the file itself, and
+/// read under a shared one, so a reader never sees half an anchor. In place rather than
+/// a new file renamed over the old: the gateway moves the anchor with every batch of
+/// rows, and creating, renaming and freeing a file each time (ext4 also flushes the
+/// data of a file renamed over another) was a quarter of the audit writer's work.
 fn try_write_anchor(home: &Home, key: &MasterKey, head: &(i64, String)) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = home.audit_anchor();
-    let lock = std::fs::OpenOptions::new()
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .mode(0o600)
-        .open(path.with_extension("lock"))?;
-    lock.lock()?;
-    if let Some(current) = read_anchor(&path) {
+        .open(home.audit_anchor())?;
+    file.lock()?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text)?;
+    if let Ok(current) = serde_json::from_str::<Anchor>(&text) {
         if current.last_id >= head.0 {
             return Ok(());
         }
@@ -280,22 +289,23 @@ fn try_write_anchor(home: &Home, key: &MasterKey, head: &(i64, String)) -> std::
         last_hash: head.1.clone(),
         mac: anchor_mac(key, head.0, &head.1),
     };
-    let text = serde_json::to_string(&anchor).map_err(std::io::Error::other)?;
-    let temporary = path.with_extension("tmp");
-    {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&temporary)?;
-        std::io::Write::write_all(&mut file, text.as_bytes())?;
+    let mut record = serde_json::to_vec(&anchor).map_err(std::io::Error::other)?;
+    if record.len() < ANCHOR_RECORD {
+        record.resize(ANCHOR_RECORD - 1, b' ');
+        record.push(b'\n');
     }
-    std::fs::rename(&temporary, &path)
+    file.write_all_at(&record, 0)?;
+    if (text.len() as u64) > record.len() as u64 {
+        file.set_len(record.len() as u64)?;
+    }
+    Ok(())
 }
 
 fn read_anchor(path: &std::path::Path) -> Option<Anchor> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let mut file = std::fs::File::open(path).ok()?;
+    file.lock_shared().ok()?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).ok()?;
     serde_json::from_str(&text).ok()
 }
 
