@@ -94,6 +94,15 @@ ticks_of() {
   done
   echo "$total"
 }
+# Context switches (voluntary and not, all live threads) of the given processes.
+switches_of() {
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(cat /proc/"$pid"/task/*/status 2>/dev/null |
+      awk '/ctxt_switches:/ {n += $2} END {print n + 0}')))
+  done
+  echo "$total"
+}
 # CPU time of this shell's finished children (the load generator of each run), in ms,
 # into the variable CHILDREN_MS (`times` must run in this shell, not a subshell).
 children_ms() {
@@ -345,17 +354,21 @@ run() {
     mitmproxy) proxy_pid="$mitm_pid" ;;
   esac
   local nginx_all=("$nginx_pid" $(pgrep -P "$nginx_pid" || true))
-  local nginx_before proxy_before load_before
+  local nginx_before proxy_before load_before proxy_switches_before nginx_switches_before
   nginx_before="$(ticks_of "${nginx_all[@]}")"
   proxy_before="$(ticks_of $proxy_pid)"
+  nginx_switches_before="$(switches_of "${nginx_all[@]}")"
+  proxy_switches_before="$(switches_of $proxy_pid)"
   children_ms
   load_before="$CHILDREN_MS"
   VAULT_LOAD_PROXY_TOKEN="$token" timeout 120 "$load" "${args[@]}" | tee -a "$results" >&2
   children_ms
-  python3 -c 'import json, sys; row = json.loads(open(sys.argv[1]).readlines()[-1]); print(json.dumps({"label": row["label"], "requests_per_second": row["requests_per_second"], "seconds": float(sys.argv[2]), "load_ms": int(sys.argv[3]), "proxy_ms": int(sys.argv[4]), "nginx_ms": int(sys.argv[5])}))' \
+  python3 -c 'import json, sys; row = json.loads(open(sys.argv[1]).readlines()[-1]); print(json.dumps({"label": row["label"], "requests_per_second": row["requests_per_second"], "seconds": float(sys.argv[2]), "load_ms": int(sys.argv[3]), "proxy_ms": int(sys.argv[4]), "nginx_ms": int(sys.argv[5]), "proxy_switches": int(sys.argv[6]), "nginx_switches": int(sys.argv[7])}))' \
     "$results" "$(( ${DURATION%s} + ${WARMUP%s} ))" "$(( CHILDREN_MS - load_before ))" \
     "$(( ($(ticks_of $proxy_pid) - proxy_before) * 1000 / CLK_TCK ))" \
-    "$(( ($(ticks_of "${nginx_all[@]}") - nginx_before) * 1000 / CLK_TCK ))" >>"$work/cpu.jsonl"
+    "$(( ($(ticks_of "${nginx_all[@]}") - nginx_before) * 1000 / CLK_TCK ))" \
+    "$(( $(switches_of $proxy_pid) - proxy_switches_before ))" \
+    "$(( $(switches_of "${nginx_all[@]}") - nginx_switches_before ))" >>"$work/cpu.jsonl"
   if [ -n "$perf_pid" ]; then
     kill -INT "$perf_pid" 2>/dev/null || true
     wait "$perf_pid" 2>/dev/null || true
@@ -492,15 +505,19 @@ def per_request(r, key):
     requests = r["requests_per_second"] * r["seconds"]
     return r[key] * 1000 / requests if requests else 0
 print()
-print("CPU per request, µs (user + system, warm-up included; medians of the rounds):")
+print("CPU per request, µs (user + system, warm-up included; medians of the rounds), and")
+print("context switches per request of the proxy and of nginx:")
 print()
-print("| run | load generator | proxy | nginx | total | ceiling vs direct |")
-print("|---|---:|---:|---:|---:|---|")
-totals = {}
+print("| run | load generator | proxy | nginx | total | ceiling vs direct | proxy switches | nginx switches |")
+print("|---|---:|---:|---:|---:|---|---:|---:|")
+totals, switches = {}, {}
 for label, group in groups.items():
     cells = {key: statistics.median(per_request(r, key) for r in group)
              for key in ("load_ms", "proxy_ms", "nginx_ms")}
     totals[label] = (cells, sum(cells.values()))
+    # per_request scales by 1000 (ms to µs); switches are counts.
+    switches[label] = {key: statistics.median(per_request(r, key) for r in group) / 1000
+                       for key in ("proxy_switches", "nginx_switches")}
 order = ["warm 1", "warm 16", "new", "warm 16 h2"]
 peers = ["direct", "vault", "vault-b", "nginx-proxy", "mitmproxy"]
 def position(label):
@@ -512,7 +529,9 @@ for label in sorted(totals, key=position):
     base = totals.get("direct " + rest)
     ceiling = f"{base[1] / total:.2f}" if via != "direct" and base and total else ""
     proxy = f"{cells['proxy_ms']:.1f}" if via != "direct" else ""
-    print(f"| {label} | {cells['load_ms']:.1f} | {proxy} | {cells['nginx_ms']:.1f} | {total:.1f} | {ceiling} |")
+    proxy_switches = f"{switches[label]['proxy_switches']:.2f}" if via != "direct" else ""
+    print(f"| {label} | {cells['load_ms']:.1f} | {proxy} | {cells['nginx_ms']:.1f} | {total:.1f} | {ceiling} "
+          f"| {proxy_switches} | {switches[label]['nginx_switches']:.2f} |")
 EOF
 
 if [ -s "$oha_results" ]; then
