@@ -1,8 +1,11 @@
 //! The summary of a request no recogniser knows: method, URL (credential-like query
 //! values hidden), and a body excerpt whose credential-like fields are masked, so a
-//! password or token in a JSON or form body never reaches a card.
+//! password or token in a JSON or form body never reaches a card. A JSON or form field
+//! given several different values is named in a warning, since the excerpt may not reach
+//! the second copy.
 
 use super::clean::{body_text, one_line, text_lines};
+use super::repeated::{self, Repeated};
 use super::{
     cap_lines, is_secret_name, Request, Summary, EXCERPT_CHARS, LINE_CHARS, MAX_LINES, TITLE_CHARS,
 };
@@ -32,11 +35,38 @@ impl Request<'_> {
                 EXCERPT_CHARS,
             ));
         }
+        let repeats = self.repeated_body_fields();
+        let (title, lines) = repeated::flag(title, lines, &repeats);
         Summary {
-            title,
+            title: one_line(&title, TITLE_CHARS),
             lines: cap_lines(lines),
             detail,
         }
+    }
+
+    /// Fields of a JSON or form body given different values, credential-like ones with
+    /// every value shown as `[redacted]`. Other bodies are not read as fields: a stray
+    /// `&` in text or binary data is not a form.
+    fn repeated_body_fields(&self) -> Vec<Repeated> {
+        let params = self.params();
+        if params.is_form()
+            && !self
+                .content_type()
+                .to_ascii_lowercase()
+                .contains("form-urlencoded")
+        {
+            return Vec::new();
+        }
+        params
+            .all_repeated()
+            .into_iter()
+            .map(|mut field| {
+                if is_secret_name(&field.name) {
+                    field.values.fill(String::from("[redacted]"));
+                }
+                field
+            })
+            .collect()
     }
 }
 

@@ -11,6 +11,8 @@ use base64::{alphabet, Engine};
 
 /// Header lines read from one message or part.
 const MAX_HEADERS: usize = 200;
+/// Bytes of one header's value read, folded lines included.
+const HEADER_VALUE_BYTES: usize = 16 * 1024;
 /// Parts looked at across the whole message, however nested.
 const MAX_PARTS: usize = 64;
 /// Nesting of multiparts followed (mixed → alternative → related is 3).
@@ -43,14 +45,19 @@ pub(crate) fn decode_base64_lenient(text: &[u8]) -> Option<Vec<u8>> {
 /// A parsed message or MIME part: lower-case header names with unfolded values.
 pub(crate) struct Part<'a> {
     pub headers: Vec<(String, String)>,
+    /// Header lines past [`MAX_HEADERS`], or folded beyond [`HEADER_VALUE_BYTES`], were
+    /// not read: a recipient may be among them.
+    pub headers_cut: bool,
     pub body: &'a [u8],
 }
 
 impl<'a> Part<'a> {
     pub(crate) fn parse(bytes: &'a [u8]) -> Part<'a> {
         let (head, body) = split_head(bytes);
+        let (headers, headers_cut) = parse_headers(head);
         Part {
-            headers: parse_headers(head),
+            headers,
+            headers_cut,
             body,
         }
     }
@@ -61,6 +68,15 @@ impl<'a> Part<'a> {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, value)| decode_encoded_words(value))
+    }
+
+    /// Every header of that name, in order, with encoded words decoded.
+    pub(crate) fn header_values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, value)| decode_encoded_words(value))
+            .collect()
     }
 
     fn content_type(&self) -> (String, String) {
@@ -184,29 +200,34 @@ fn split_head(bytes: &[u8]) -> (&[u8], &[u8]) {
     (bytes, &[])
 }
 
-fn parse_headers(head: &[u8]) -> Vec<(String, String)> {
+/// The headers, and whether any were left unread for being too many or too long.
+fn parse_headers(head: &[u8]) -> (Vec<(String, String)>, bool) {
     let text = String::from_utf8_lossy(head);
     let mut headers: Vec<(String, String)> = Vec::new();
+    let mut cut = false;
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.starts_with([' ', '\t']) {
             // A folded continuation of the previous header.
             if let Some((_, value)) = headers.last_mut() {
-                if value.len() < 16 * 1024 {
+                if value.len() < HEADER_VALUE_BYTES {
                     value.push(' ');
                     value.push_str(line.trim());
+                } else {
+                    cut |= !line.trim().is_empty();
                 }
             }
             continue;
         }
         if headers.len() >= MAX_HEADERS {
+            cut |= line.contains(':');
             break;
         }
         if let Some((name, value)) = line.split_once(':') {
             headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
         }
     }
-    headers
+    (headers, cut)
 }
 
 /// A `name=value` parameter of a structured header (`charset`, `boundary`, `filename`),

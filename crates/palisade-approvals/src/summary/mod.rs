@@ -11,6 +11,10 @@
 //! `[redacted]`) and a body excerpt (at most 500 chars, non-printable replaced) in which
 //! the values of JSON members and form fields named like credentials are masked.
 //!
+//! A field a summary shows that the request gives more than once with different values
+//! (`channel=C1&channel=C2`, a repeated JSON member, a second `Subject:`) is not shown
+//! as one value: the title starts with a warning naming every value (`repeated.rs`).
+//!
 //! Every byte here comes from the agent, which may be confused or hostile: nothing in
 //! this module fails on malformed input (a shape that cannot be read falls back to the
 //! generic summary), every length is capped, and all shown text goes through
@@ -25,6 +29,7 @@ mod github;
 mod gmail;
 mod mail;
 mod params;
+mod repeated;
 mod slack;
 mod stripe;
 #[cfg(test)]

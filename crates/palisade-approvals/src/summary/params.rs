@@ -1,17 +1,41 @@
-//! Named fields of a request body, whether JSON, form-encoded, or JSON cut short.
+//! Named fields of a request: its query arguments and its body's fields, whether JSON,
+//! form-encoded, or JSON that does not parse.
 //!
-//! The vault reads only a prefix of a held body, so a large JSON document may arrive
-//! truncated and fail to parse. Rather than lose the summary, string fields are then
-//! scanned for loosely; the result is only ever shown to a person, never acted on.
+//! A field may be given more than once: twice in a form, as a repeated member of a JSON
+//! object, or in both the query and the body. Every copy is kept in the order sent.
+//! [`Params::get`] returns the last, as PHP, Rack and `serde_json` do, and each field read
+//! that has more than one distinct value is remembered, so the summary can show them all
+//! and warn (see `repeated.rs`) instead of pretending there is one value.
+//!
+//! JSON that does not parse (cut short or malformed) would lose the summary, so string
+//! fields are then scanned for loosely; the result is only ever shown to a person, never
+//! acted on.
 
+use super::repeated::Repeated;
 use percent_encoding::percent_decode_str;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 
 /// More pairs than any real API call has; keeps a hostile body from costing much.
 const MAX_FORM_PAIRS: usize = 1000;
+/// Characters read of one string value found by the loose scan.
+const LOOSE_VALUE_CHARS: usize = 1 << 20;
 
-pub(crate) enum Params {
-    Json(serde_json::Value),
-    Form(Vec<(String, String)>),
+pub(crate) struct Params {
+    /// Query arguments, then the body's form pairs or JSON members, in the order sent,
+    /// repeats included.
+    fields: Vec<(String, Value)>,
+    body: Body,
+    /// Fields read so far that have more than one distinct value.
+    repeated: RefCell<Vec<Repeated>>,
+}
+
+enum Body {
+    Json,
+    Form,
     /// JSON that did not parse (usually truncated): fields are scanned for.
     Loose(String),
 }
@@ -23,76 +47,216 @@ impl Params {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         let looks_json = content_type.contains("json")
             || (!content_type.contains("form-urlencoded") && first == Some(&b'{'));
-        if looks_json {
-            match serde_json::from_slice::<serde_json::Value>(body) {
-                Ok(value @ serde_json::Value::Object(_)) => Params::Json(value),
-                _ => Params::Loose(String::from_utf8_lossy(body).into_owned()),
+        let (fields, body) = if looks_json {
+            match serde_json::from_slice::<Members>(body) {
+                Ok(Members(members)) => (members, Body::Json),
+                Err(_) => (
+                    Vec::new(),
+                    Body::Loose(String::from_utf8_lossy(body).into_owned()),
+                ),
             }
         } else {
-            Params::Form(form_pairs(&String::from_utf8_lossy(body)))
+            (text_pairs(&String::from_utf8_lossy(body)), Body::Form)
+        };
+        Params {
+            fields,
+            body,
+            repeated: RefCell::new(Vec::new()),
         }
     }
 
-    /// The field as text: strings as they are, numbers and booleans spelled out.
+    /// The field as text: strings as they are, numbers and booleans spelled out. The
+    /// last copy when the field is repeated.
     pub(crate) fn get(&self, key: &str) -> Option<String> {
-        match self {
-            Params::Json(value) => match value.get(key)? {
-                serde_json::Value::String(text) => Some(text.clone()),
-                serde_json::Value::Number(number) => Some(number.to_string()),
-                serde_json::Value::Bool(flag) => Some(flag.to_string()),
-                _ => None,
-            },
-            Params::Form(pairs) => pairs
-                .iter()
-                .find(|(name, _)| name == key)
-                .map(|(_, value)| value.clone()),
-            Params::Loose(text) => loose_json_string(text, key, 1 << 20),
+        let found = self.occurrences(key);
+        self.note_repeats(key, &found);
+        match found.last()?.as_ref() {
+            Value::String(text) => Some(text.clone()),
+            Value::Number(number) => Some(number.to_string()),
+            Value::Bool(flag) => Some(flag.to_string()),
+            _ => None,
         }
     }
 
     /// The field as JSON (for Slack `blocks`, which forms carry as a JSON string).
-    pub(crate) fn get_json(&self, key: &str) -> Option<serde_json::Value> {
-        match self {
-            Params::Json(value) => value.get(key).cloned(),
-            Params::Form(_) | Params::Loose(_) => serde_json::from_str(&self.get(key)?).ok(),
+    pub(crate) fn get_json(&self, key: &str) -> Option<Value> {
+        let found = self.occurrences(key);
+        self.note_repeats(key, &found);
+        match found.into_iter().next_back()? {
+            Cow::Borrowed(Value::String(text)) => serde_json::from_str(text).ok(),
+            Cow::Owned(Value::String(text)) => serde_json::from_str(&text).ok(),
+            other => Some(other.into_owned()),
         }
     }
 
-    /// String items of an array field (JSON), or repeated `key[]` form fields.
+    /// Repeated `key[]` form fields, or the string items of an array field (JSON).
     pub(crate) fn get_list(&self, key: &str) -> Vec<String> {
-        match self {
-            Params::Json(value) => value
-                .get(key)
-                .and_then(serde_json::Value::as_array)
-                .map(|items| {
-                    items
-                        .iter()
-                        .filter_map(|item| item.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Params::Form(pairs) => {
-                let bracketed = format!("{key}[]");
-                pairs
-                    .iter()
-                    .filter(|(name, _)| *name == bracketed)
-                    .map(|(_, value)| value.clone())
-                    .collect()
-            }
-            Params::Loose(_) => Vec::new(),
+        let bracketed = format!("{key}[]");
+        let listed: Vec<String> = self
+            .fields
+            .iter()
+            .filter(|(name, _)| *name == bracketed)
+            .filter_map(|(_, value)| value.as_str().map(str::to_string))
+            .collect();
+        if !listed.is_empty() {
+            return listed;
         }
+        let found = self.occurrences(key);
+        self.note_repeats(key, &found);
+        found
+            .last()
+            .and_then(|value| value.as_array())
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|item| item.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
-    /// Adds query parameters (Slack accepts arguments there too) without overriding body fields.
-    pub(crate) fn with_query(self, query: &str) -> Params {
-        match self {
-            Params::Form(mut pairs) => {
-                pairs.extend(form_pairs(query));
-                Params::Form(pairs)
-            }
-            other => other,
+    /// Every distinct value of the field as text, in the order sent; nothing is noted.
+    /// Values that are not strings are shown as JSON.
+    pub(crate) fn values(&self, key: &str) -> Vec<String> {
+        distinct(self.occurrences(key).iter().map(|value| value.as_ref()))
+    }
+
+    /// The fields read so far (by `get`, `get_json`, `get_list`) that the request gives
+    /// more than one distinct value, in the order first read.
+    pub(crate) fn repeated(&self) -> Vec<Repeated> {
+        self.repeated.borrow().clone()
+    }
+
+    /// Every field of a JSON or form body with more than one distinct value, read or
+    /// not, in the order first sent; for the generic summary, which shows no field
+    /// by name. A body that did not parse is not looked at.
+    pub(crate) fn all_repeated(&self) -> Vec<Repeated> {
+        if matches!(self.body, Body::Loose(_)) {
+            return Vec::new();
+        }
+        let mut order: Vec<&str> = Vec::new();
+        let mut by_name: HashMap<&str, Vec<&Value>> = HashMap::new();
+        for (name, value) in &self.fields {
+            let values = by_name.entry(name).or_insert_with(|| {
+                order.push(name);
+                Vec::new()
+            });
+            values.push(value);
+        }
+        order
+            .into_iter()
+            .filter_map(|name| {
+                let copies = by_name.remove(name)?;
+                if copies.len() < 2 {
+                    return None;
+                }
+                let values = distinct(copies.into_iter());
+                (values.len() > 1).then(|| Repeated {
+                    name: name.to_string(),
+                    values,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the body was read as form fields (not JSON, parsed or not).
+    pub(crate) fn is_form(&self) -> bool {
+        matches!(self.body, Body::Form)
+    }
+
+    /// Adds query parameters (Slack and Stripe accept arguments there too) before the
+    /// body's fields, so a body field of the same name is the one `get` returns, as
+    /// PHP and Rack merge them; a difference between the two is still noted.
+    pub(crate) fn with_query(mut self, query: &str) -> Params {
+        let mut fields = text_pairs(query);
+        if !fields.is_empty() {
+            fields.append(&mut self.fields);
+            self.fields = fields;
+        }
+        self
+    }
+
+    /// Every copy of the field, in the order sent.
+    fn occurrences(&self, key: &str) -> Vec<Cow<'_, Value>> {
+        let mut found: Vec<Cow<'_, Value>> = self
+            .fields
+            .iter()
+            .filter(|(name, _)| name == key)
+            .map(|(_, value)| Cow::Borrowed(value))
+            .collect();
+        if let Body::Loose(text) = &self.body {
+            found.extend(
+                loose_json_strings(text, key, LOOSE_VALUE_CHARS)
+                    .into_iter()
+                    .map(|text| Cow::Owned(Value::String(text))),
+            );
+        }
+        found
+    }
+
+    fn note_repeats(&self, key: &str, found: &[Cow<'_, Value>]) {
+        if found.len() < 2 {
+            return;
+        }
+        let mut repeated = self.repeated.borrow_mut();
+        if repeated.iter().any(|field| field.name == key) {
+            return;
+        }
+        let values = distinct(found.iter().map(|value| value.as_ref()));
+        if values.len() > 1 {
+            repeated.push(Repeated {
+                name: key.to_string(),
+                values,
+            });
         }
     }
+}
+
+/// The values as text (strings as they are, anything else as JSON), each once.
+fn distinct<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    values
+        .map(|value| match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+        .filter(|text| seen.insert(text.clone()))
+        .collect()
+}
+
+/// The members of a JSON object in the order written, repeated names included:
+/// `serde_json::Value` keeps only the last of each, which would hide a repeat.
+struct Members(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+struct MembersVisitor;
+
+impl<'de> Visitor<'de> for MembersVisitor {
+    type Value = Members;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+        let mut members = Vec::new();
+        while let Some(member) = map.next_entry::<String, Value>()? {
+            members.push(member);
+        }
+        Ok(Members(members))
+    }
+}
+
+fn text_pairs(text: &str) -> Vec<(String, Value)> {
+    form_pairs(text)
+        .into_iter()
+        .map(|(name, value)| (name, Value::String(value)))
+        .collect()
 }
 
 /// `application/x-www-form-urlencoded` pairs: `+` is a space, escapes are decoded,
@@ -113,54 +277,71 @@ fn form_decode(text: &str) -> String {
     percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
 }
 
-/// The string value of the first `"key": "…"` in `text`, read up to its closing quote
-/// or the end of the text, with JSON escapes decoded; at most `max_chars` characters.
-pub(crate) fn loose_json_string(text: &str, key: &str, max_chars: usize) -> Option<String> {
+/// The string values of every `"key": "…"` in `text` (at any depth: the text is not
+/// parsed), each read up to its closing quote or the end of the text, with JSON escapes
+/// decoded; at most `max_chars` characters of each. The scan never goes back, so the
+/// work is linear in the text.
+pub(crate) fn loose_json_strings(text: &str, key: &str, max_chars: usize) -> Vec<String> {
     let quoted = format!("\"{key}\"");
+    let mut found = Vec::new();
     let mut search_from = 0;
-    while let Some(found) = text.get(search_from..)?.find(&quoted) {
-        let after_key = search_from + found + quoted.len();
+    while let Some(at) = text.get(search_from..).and_then(|rest| rest.find(&quoted)) {
+        let after_key = search_from + at + quoted.len();
         search_from = after_key;
-        let rest = text.get(after_key..)?.trim_start();
-        let Some(rest) = rest.strip_prefix(':') else {
+        let Some(rest) = text.get(after_key..) else {
+            break;
+        };
+        let Some(after_colon) = rest.trim_start().strip_prefix(':') else {
             continue;
         };
-        let Some(rest) = rest.trim_start().strip_prefix('"') else {
+        let Some(value) = after_colon.trim_start().strip_prefix('"') else {
             continue;
         };
-        return Some(read_json_string(rest, max_chars));
+        let (decoded, consumed) = read_json_string(value, max_chars);
+        found.push(decoded);
+        search_from = text.len() - value.len() + consumed;
     }
-    None
+    found
 }
 
-fn read_json_string(text: &str, max_chars: usize) -> String {
+/// A JSON string's text (after its opening quote) and the bytes read of `text`.
+fn read_json_string(text: &str, max_chars: usize) -> (String, usize) {
     let mut out = String::new();
-    let mut chars = text.chars();
+    let mut chars = text.char_indices();
     let mut count = 0;
-    while let Some(c) = chars.next() {
+    let mut consumed = 0;
+    while let Some((at, c)) = chars.next() {
         if count >= max_chars {
             break;
         }
+        consumed = at + c.len_utf8();
         let decoded = match c {
             '"' => break,
             '\\' => match chars.next() {
-                Some('n') => '\n',
-                Some('t') => '\t',
-                Some('r') => '\r',
-                Some('b') => '\u{8}',
-                Some('f') => '\u{c}',
-                Some('u') => {
-                    let hex: String = chars.by_ref().take(4).collect();
-                    let unit = if hex.len() == 4 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                        u32::from_str_radix(&hex, 16).unwrap_or(0xFFFD)
-                    } else {
-                        0xFFFD
-                    };
-                    // Surrogate halves cannot stand alone; a person loses nothing
-                    // by seeing a replacement character for an emoji here.
-                    char::from_u32(unit).unwrap_or('\u{FFFD}')
+                Some((at, escaped)) => {
+                    consumed = at + escaped.len_utf8();
+                    match escaped {
+                        'n' => '\n',
+                        't' => '\t',
+                        'r' => '\r',
+                        'b' => '\u{8}',
+                        'f' => '\u{c}',
+                        'u' => {
+                            let hex: String = chars.by_ref().take(4).map(|(_, c)| c).collect();
+                            consumed += hex.len();
+                            let unit =
+                                if hex.len() == 4 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                                    u32::from_str_radix(&hex, 16).unwrap_or(0xFFFD)
+                                } else {
+                                    0xFFFD
+                                };
+                            // Surrogate halves cannot stand alone; a person loses nothing
+                            // by seeing a replacement character for an emoji here.
+                            char::from_u32(unit).unwrap_or('\u{FFFD}')
+                        }
+                        other => other,
+                    }
                 }
-                Some(other) => other,
                 None => break,
             },
             other => other,
@@ -168,7 +349,7 @@ fn read_json_string(text: &str, max_chars: usize) -> String {
         out.push(decoded);
         count += 1;
     }
-    out
+    (out, consumed)
 }
 
 #[cfg(test)]
@@ -202,16 +383,58 @@ mod tests {
     #[test]
     fn loose_scanner_skips_keys_that_are_values() {
         let text = r#"{"note": "raw", "raw" : "abc"}"#;
-        assert_eq!(loose_json_string(text, "raw", 100).as_deref(), Some("abc"));
-        assert_eq!(loose_json_string(r#"{"raw": 5}"#, "raw", 100), None);
+        assert_eq!(loose_json_strings(text, "raw", 100), ["abc"]);
+        assert!(loose_json_strings(r#"{"raw": 5}"#, "raw", 100).is_empty());
         assert_eq!(
-            loose_json_string(r#"{"raw": "\u12"#, "raw", 100).as_deref(),
-            Some("\u{FFFD}")
+            loose_json_strings(r#"{"raw": "\u12"#, "raw", 100),
+            ["\u{FFFD}"]
         );
         assert_eq!(
-            loose_json_string(r#"{"raw": "abcdef"}"#, "raw", 3).as_deref(),
-            Some("abc")
+            loose_json_strings(r#"{"raw": "abcdef"}"#, "raw", 3),
+            ["abc"]
         );
+    }
+
+    #[test]
+    fn loose_scanner_finds_every_copy_and_not_keys_inside_values() {
+        let text = r#"{"to": "a\"to\": \"x", "to": "b", "to": "é\u00e9"#;
+        assert_eq!(
+            loose_json_strings(text, "to", 100),
+            ["a\"to\": \"x", "b", "éé"]
+        );
+    }
+
+    #[test]
+    fn repeats_are_kept_and_the_last_copy_is_read() {
+        let form = Params::from_body("", b"channel=C1&text=a&channel=C2&channel=C1&user=U&user=U");
+        assert_eq!(form.get("channel").as_deref(), Some("C1"));
+        assert_eq!(form.get("user").as_deref(), Some("U"));
+        assert_eq!(form.get("text").as_deref(), Some("a"));
+        assert_eq!(
+            form.repeated(),
+            [Repeated {
+                name: "channel".into(),
+                values: vec!["C1".into(), "C2".into()]
+            }]
+        );
+
+        let json = Params::from_body(
+            "application/json",
+            br#"{"amount": 100, "amount": "100", "to": "a", "n": {"x":1}, "to": "b", "n": [2]}"#,
+        );
+        assert_eq!(json.get("to").as_deref(), Some("b"));
+        assert_eq!(json.get("amount").as_deref(), Some("100"));
+        assert_eq!(json.get_json("n"), Some(serde_json::json!([2])));
+        assert_eq!(json.values("to"), ["a", "b"]);
+        let names: Vec<String> = json.repeated().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["to", "n"]);
+        assert_eq!(json.all_repeated()[1].values, [r#"{"x":1}"#, "[2]"]);
+
+        // The body's field wins over the query's, and the difference is noted.
+        let both =
+            Params::from_body("application/json", br#"{"channel":"C1"}"#).with_query("channel=C9");
+        assert_eq!(both.get("channel").as_deref(), Some("C1"));
+        assert_eq!(both.repeated()[0].values, ["C9", "C1"]);
     }
 
     #[test]

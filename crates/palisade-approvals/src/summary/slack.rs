@@ -2,7 +2,7 @@
 //! and text, or the visible text of Block Kit blocks.
 
 use super::clean::{one_line, text_lines};
-use super::{Recognised, Request, EXCERPT_CHARS, LINE_CHARS, MAX_LINES};
+use super::{repeated, Recognised, Request, EXCERPT_CHARS, LINE_CHARS, MAX_LINES};
 
 pub(super) fn post(request: &Request<'_>, api_method: &str) -> Option<Recognised> {
     let verb = match api_method {
@@ -49,7 +49,7 @@ pub(super) fn post(request: &Request<'_>, api_method: &str) -> Option<Recognised
             EXCERPT_CHARS,
         ));
     }
-    Some((title, lines))
+    Some(repeated::flag(title, lines, &params.repeated()))
 }
 
 /// The visible text of Slack Block Kit blocks: every string under a `text` key.

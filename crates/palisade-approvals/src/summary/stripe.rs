@@ -2,7 +2,7 @@
 //! units, currency and payee.
 
 use super::clean::one_line;
-use super::{Recognised, Request};
+use super::{repeated, Recognised, Request};
 
 pub(super) fn money(request: &Request<'_>, object: &str) -> Option<Recognised> {
     let label = match object {
@@ -51,7 +51,7 @@ pub(super) fn money(request: &Request<'_>, object: &str) -> Option<Recognised> {
             lines.push(format!("{label}: {value}"));
         }
     }
-    Some((title, lines))
+    Some(repeated::flag(title, lines, &params.repeated()))
 }
 
 /// Stripe amounts are integers in the currency's smallest unit; most currencies have

@@ -650,3 +650,282 @@ fn gmail_shows_every_recipient_of_a_long_to_list() {
         assert!(all.contains(&format!("colleague{i}@corp.example")), "{all}");
     }
 }
+
+#[test]
+fn slack_form_with_a_repeated_channel_and_text_shows_every_value() {
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &form_headers(),
+        b"channel=C0FRIENDS&text=Lunch%20at%20noon%3F&channel=C0ATTACKER&text=AWS_SECRET%3Dwhatever",
+    );
+    assert_eq!(
+        summary.title,
+        "⚠ 2 values for channel: \"C0FRIENDS\", \"C0ATTACKER\"; 2 values for text: \
+         \"Lunch at noon?\", \"AWS_SECRET=whatever\". \
+         Post to Slack in C0ATTACKER: \"AWS_SECRET=whatever\""
+    );
+    for line in [
+        "⚠ The request gives channel 2 different values; servers differ on which they use:",
+        "channel 1: C0FRIENDS",
+        "channel 2: C0ATTACKER",
+        "text 1: Lunch at noon?",
+        "text 2: AWS_SECRET=whatever",
+    ] {
+        assert!(
+            summary.lines.contains(&line.to_string()),
+            "{line} missing: {:?}",
+            summary.lines
+        );
+    }
+    assert!(summary.detail.starts_with(&summary.title));
+
+    // The same value twice is one value: no warning.
+    let same = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &form_headers(),
+        b"channel=C1&text=hi&channel=C1",
+    );
+    assert_eq!(same.title, "Post to Slack in C1: \"hi\"");
+}
+
+#[test]
+fn slack_query_and_body_disagreeing_is_flagged() {
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage?channel=C0ATTACKER",
+        &json_headers(),
+        br#"{"channel":"C0FRIENDS","text":"hi"}"#,
+    );
+    assert!(
+        summary
+            .title
+            .starts_with("⚠ 2 values for channel: \"C0ATTACKER\", \"C0FRIENDS\"."),
+        "{}",
+        summary.title
+    );
+}
+
+#[test]
+fn slack_json_with_a_repeated_member_shows_every_value() {
+    // serde_json keeps the last copy; the card must not show only that one either.
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        br#"{"channel":"C0FRIENDS","text":"Lunch?","channel":"C0ATTACKER"}"#,
+    );
+    assert_eq!(
+        summary.title,
+        "⚠ 2 values for channel: \"C0FRIENDS\", \"C0ATTACKER\". \
+         Post to Slack in C0ATTACKER: \"Lunch?\""
+    );
+    assert!(summary.lines.contains(&"channel 1: C0FRIENDS".to_string()));
+    assert!(summary.lines.contains(&"channel 2: C0ATTACKER".to_string()));
+}
+
+#[test]
+fn github_json_with_a_repeated_title_shows_every_value() {
+    let summary = post(
+        "api.github.com",
+        "/repos/octo-org/widgets/issues",
+        &json_headers(),
+        br#"{"title":"Typo in README","body":"x","title":"Add deploy key"}"#,
+    );
+    assert!(
+        summary.title.starts_with(
+            "⚠ 2 values for title: \"Typo in README\", \"Add deploy key\". Open GitHub issue"
+        ),
+        "{}",
+        summary.title
+    );
+}
+
+#[test]
+fn stripe_form_with_a_repeated_amount_and_destination_shows_every_value() {
+    let summary = post(
+        "api.stripe.com",
+        "/v1/transfers",
+        &form_headers(),
+        b"amount=1250&currency=usd&destination=acct_FRIEND&amount=9999900&destination=acct_ATTACKER",
+    );
+    assert_eq!(
+        summary.title,
+        "⚠ 2 values for amount: \"1250\", \"9999900\"; \
+         2 values for destination: \"acct_FRIEND\", \"acct_ATTACKER\". \
+         Pay 99,999.00 USD to acct_ATTACKER (Stripe transfer)"
+    );
+    for line in [
+        "amount 1: 1250",
+        "amount 2: 9999900",
+        "destination 1: acct_FRIEND",
+        "destination 2: acct_ATTACKER",
+    ] {
+        assert!(
+            summary.lines.contains(&line.to_string()),
+            "{line} missing: {:?}",
+            summary.lines
+        );
+    }
+}
+
+#[test]
+fn generic_form_and_json_with_repeated_fields_are_flagged() {
+    let form = post(
+        "api.example.com",
+        "/v1/send",
+        &form_headers(),
+        b"to=friend%40example.com&note=hi&to=attacker%40evil.example&password=a&password=b",
+    );
+    assert_eq!(
+        form.title,
+        "⚠ 2 values for to: \"friend@example.com\", \"attacker@evil.example\"; \
+         2 values for password: \"[redacted]\", \"[redacted]\". \
+         POST https://api.example.com/v1/send"
+    );
+    assert!(form
+        .lines
+        .contains(&"to 2: attacker@evil.example".to_string()));
+    assert!(!form.lines.iter().any(|line| line.contains("password 1: a")));
+
+    let json = post(
+        "api.example.com",
+        "/v1/send",
+        &json_headers(),
+        br#"{"to":"friend@example.com","to":"attacker@evil.example"}"#,
+    );
+    assert!(
+        json.title
+            .starts_with("⚠ 2 values for to: \"friend@example.com\", \"attacker@evil.example\"."),
+        "{}",
+        json.title
+    );
+
+    // Text that only looks like pairs is not read as a form.
+    let text = post(
+        "api.example.com",
+        "/v1/note",
+        &headers(&[("content-type", "text/plain")]),
+        b"a=1&a=2",
+    );
+    assert_eq!(text.title, "POST https://api.example.com/v1/note");
+}
+
+#[test]
+fn gmail_combines_every_bcc_line_and_flags_a_second_subject() {
+    let email = concat!(
+        "To: bob@example.com\r\n",
+        "Bcc: carol@example.com\r\n",
+        "Subject: Quarterly numbers\r\n",
+        "Bcc: exfil@evil.example\r\n",
+        "Subject: Re: passwords\r\n",
+        "Content-Type: text/plain\r\n",
+        "\r\n",
+        "Hi.\r\n",
+    );
+    let summary = post(
+        "gmail.googleapis.com",
+        "/gmail/v1/users/me/messages/send",
+        &json_headers(),
+        &gmail_body(&URL_SAFE_NO_PAD.encode(email)),
+    );
+    assert_eq!(
+        summary.title,
+        "⚠ 2 values for Subject: \"Quarterly numbers\", \"Re: passwords\". \
+         Send e-mail to bob@example.com: \"Quarterly numbers\""
+    );
+    assert!(
+        summary
+            .lines
+            .contains(&"Bcc (2 header lines): carol@example.com, exfil@evil.example".to_string()),
+        "{:?}",
+        summary.lines
+    );
+    assert!(summary
+        .lines
+        .contains(&"Subject 2: Re: passwords".to_string()));
+}
+
+#[test]
+fn gmail_combines_every_to_line_in_the_title() {
+    let email = "To: bob@example.com\r\nTo: exfil@evil.example\r\nSubject: Hi\r\n\r\nHello.\r\n";
+    let summary = post(
+        "gmail.googleapis.com",
+        "/gmail/v1/users/me/messages/send",
+        &json_headers(),
+        &gmail_body(&URL_SAFE_NO_PAD.encode(email)),
+    );
+    assert_eq!(
+        summary.title,
+        "Send e-mail to bob@example.com, exfil@evil.example (2 addresses): \"Hi\""
+    );
+}
+
+#[test]
+fn gmail_with_two_raw_messages_describes_both() {
+    let friendly = URL_SAFE_NO_PAD.encode("To: bob@example.com\r\nSubject: Lunch\r\n\r\nHi.\r\n");
+    let hostile =
+        URL_SAFE_NO_PAD.encode("To: exfil@evil.example\r\nSubject: Keys\r\n\r\nAKIA...\r\n");
+    let body = format!(r#"{{"raw":"{friendly}","raw":"{hostile}"}}"#);
+    let summary = post(
+        "gmail.googleapis.com",
+        "/gmail/v1/users/me/messages/send",
+        &json_headers(),
+        body.as_bytes(),
+    );
+    assert_eq!(
+        summary.title,
+        "⚠ 2 values for raw (the message): \"To bob@example.com, Subject Lunch\", \
+         \"To exfil@evil.example, Subject Keys\". Send e-mail to exfil@evil.example: \"Keys\""
+    );
+}
+
+#[test]
+fn many_repeats_stay_bounded() {
+    // A few MiB of one member repeated with different values: linear work, a capped card.
+    let mut body = String::from("{");
+    for i in 0..200_000 {
+        body.push_str(&format!("\"channel\":\"C{i}\","));
+    }
+    body.push_str("\"text\":\"hi\"}");
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        body.as_bytes(),
+    );
+    assert!(
+        summary
+            .title
+            .starts_with("⚠ 200000 values for channel: \"C0\", \"C1\", \"C2\", \"C3\", …."),
+        "{}",
+        summary.title
+    );
+    assert!(summary.lines.len() <= MAX_LINES);
+    assert!(summary
+        .lines
+        .contains(&"… and 199990 more values for channel".to_string()));
+}
+
+#[test]
+fn gmail_says_when_header_lines_were_not_read() {
+    let mut email = String::from("To: bob@example.com\r\nSubject: Hi\r\n");
+    for i in 0..300 {
+        email.push_str(&format!("X-Filler-{i}: x\r\n"));
+    }
+    email.push_str("Bcc: exfil@evil.example\r\n\r\nHello.\r\n");
+    let summary = post(
+        "gmail.googleapis.com",
+        "/gmail/v1/users/me/messages/send",
+        &json_headers(),
+        &gmail_body(&URL_SAFE_NO_PAD.encode(email)),
+    );
+    assert!(
+        summary
+            .title
+            .starts_with("⚠ Header lines not read (too many or too long). Send e-mail to"),
+        "{}",
+        summary.title
+    );
+}
