@@ -24,8 +24,14 @@
 #   Every timed run also records the CPU time of the load generator, the proxy and
 #   nginx, printed as CPU per request with the ceiling it sets on the ratio when all of
 #   them are CPU-bound on the same cores.
-#   BENCH_PERF_DIR=DIR records `perf record -g` of the (first) vault during each of its
-#   timed runs into DIR/vault-MODE.data, and writes DIR/vault-MODE.txt (top symbols).
+#   BENCH_PERF_DIR=DIR records `perf record -g` of the (first) vault and of the nginx
+#   proxy during each of their timed runs into DIR/VIA-MODE.data, and writes
+#   DIR/VIA-MODE.txt (top symbols).
+#   BENCH_SYSCALLS_DIR=DIR counts system calls by kind (and context switches) of the
+#   proxy, or of nginx for the direct runs, during each timed run into DIR/VIA-MODE.csv
+#   (perf stat's CSV, then the run's request count on the last line).
+#   BENCH_PERF_CALLGRAPH="--call-graph dwarf,8192" BENCH_PERF_FREQ=499 gives whole call
+#   stacks (inclusive costs) from a release build without frame pointers.
 #   An independent load generator, oha (installed with cargo when missing), measures
 #   direct and vault again in the same rounds (warm 1, warm 16, new tunnel per request)
 #   and gets a table of its own. BENCH_NO_OHA=1 leaves it out.
@@ -337,13 +343,6 @@ run() {
     mitmproxy) args+=(--proxy "127.0.0.1:$mitm_port" --ca "$work/mitm/mitmproxy-ca-cert.pem") ;;
   esac
   say "round $round: $via $name ($DURATION)"
-  local perf_pid="" perf_out=""
-  if [ -n "${BENCH_PERF_DIR:-}" ] && [ "$via" = vault ]; then
-    mkdir -p "$BENCH_PERF_DIR"
-    perf_out="$BENCH_PERF_DIR/vault-${name// /-}-round$round"
-    perf record -q -F 1999 -g -p "$vault_pid" -o "$perf_out.data" >/dev/null 2>&1 &
-    perf_pid=$!
-  fi
   # CPU spent by each process on the path during the run (warm-up included), for the
   # CPU-per-request table.
   local proxy_pid=""
@@ -354,6 +353,23 @@ run() {
     mitmproxy) proxy_pid="$mitm_pid" ;;
   esac
   local nginx_all=("$nginx_pid" $(pgrep -P "$nginx_pid" || true))
+  local perf_pid="" perf_out=""
+  if [ -n "${BENCH_PERF_DIR:-}" ] && { [ "$via" = vault ] || [ "$via" = nginx-proxy ]; }; then
+    mkdir -p "$BENCH_PERF_DIR"
+    perf_out="$BENCH_PERF_DIR/${via}-${name// /-}-round$round"
+    perf record -q -F "${BENCH_PERF_FREQ:-1999}" ${BENCH_PERF_CALLGRAPH:--g} \
+      -p "$(echo $proxy_pid | tr ' ' ',')" -o "$perf_out.data" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
+  local stat_pid=""
+  if [ -n "${BENCH_SYSCALLS_DIR:-}" ]; then
+    mkdir -p "$BENCH_SYSCALLS_DIR"
+    local counted="$proxy_pid"
+    [ "$via" = direct ] && counted="${nginx_all[*]}"
+    perf stat -x, -e "$syscall_events" -p "$(echo $counted | tr ' ' ',')" \
+      -o "$BENCH_SYSCALLS_DIR/${via}-${name// /-}-round$round.csv" >/dev/null 2>&1 &
+    stat_pid=$!
+  fi
   local nginx_before proxy_before load_before proxy_switches_before nginx_switches_before
   nginx_before="$(ticks_of "${nginx_all[@]}")"
   proxy_before="$(ticks_of $proxy_pid)"
@@ -369,6 +385,12 @@ run() {
     "$(( ($(ticks_of "${nginx_all[@]}") - nginx_before) * 1000 / CLK_TCK ))" \
     "$(( $(switches_of $proxy_pid) - proxy_switches_before ))" \
     "$(( $(switches_of "${nginx_all[@]}") - nginx_switches_before ))" >>"$work/cpu.jsonl"
+  if [ -n "$stat_pid" ]; then
+    kill -INT "$stat_pid" 2>/dev/null || true
+    wait "$stat_pid" 2>/dev/null || true
+    python3 -c 'import json, sys; row = json.loads(open(sys.argv[1]).readlines()[-1]); print("requests (timed and warm-up; estimated)," + str(round(row["requests_per_second"] * float(sys.argv[2]))))' \
+      "$results" "$(( ${DURATION%s} + ${WARMUP%s} ))" >>"$BENCH_SYSCALLS_DIR/${via}-${name// /-}-round$round.csv"
+  fi
   if [ -n "$perf_pid" ]; then
     kill -INT "$perf_pid" 2>/dev/null || true
     wait "$perf_pid" 2>/dev/null || true
@@ -376,6 +398,10 @@ run() {
       --percent-limit 1 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60 >"$perf_out.txt" || true
   fi
 }
+
+# System calls counted per process by BENCH_SYSCALLS_DIR (the proxy's, or nginx's for
+# the direct runs).
+syscall_events="raw_syscalls:sys_enter,syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches"
 
 oha_results="$work/oha.jsonl"
 # oha_run ROUND VIA NAME OHA-ARGS...: one timed oha run, one JSON line appended.

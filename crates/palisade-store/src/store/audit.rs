@@ -149,19 +149,29 @@ fn write_head(tx: &Transaction<'_>, head: &(i64, String)) -> Result<()> {
     Ok(())
 }
 
+/// The statement that inserts one row, with the columns in [`AUDIT_COLUMNS`] order.
+const INSERT_ROW: &str = "INSERT INTO audit (id, at_ms, event, agent, method, host, path, \
+     decision, rule, secret, status, latency_ms, actor, approval_id, detail, prev_hash, hash) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+
 /// Appends one row inside `tx` (which must be a write transaction) and returns its id.
 pub(super) fn append_in(tx: &Transaction<'_>, at_ms: i64, entry: &AuditEntry) -> Result<i64> {
     let mut head = require_head(tx)?;
-    insert_row(tx, &mut head, at_ms, entry)?;
+    insert_row(
+        &mut *tx.prepare_cached(INSERT_ROW)?,
+        &mut head,
+        at_ms,
+        entry,
+    )?;
     write_head(tx, &head)?;
     Ok(head.0)
 }
 
-/// Inserts the row after `head` (last id and hash) and advances `head` to it. The head
-/// record itself is written by the caller: once per transaction is enough, since
-/// nothing else appends inside it.
+/// Inserts the row after `head` (last id and hash) with `insert` (a prepared
+/// [`INSERT_ROW`]) and advances `head` to it. The head record itself is written by the
+/// caller: once per transaction is enough, since nothing else appends inside it.
 fn insert_row(
-    tx: &Transaction<'_>,
+    insert: &mut rusqlite::Statement<'_>,
     head: &mut (i64, String),
     at_ms: i64,
     entry: &AuditEntry,
@@ -196,13 +206,7 @@ fn insert_row(
         detail: detail.as_deref(),
     };
     let hash = canonical.chain_hash(prev_hash)?;
-    // Cached statements: the gateway appends rows at request rate, and re-parsing the
-    // SQL per row was half of the audit writer's CPU in bench/vault.sh.
-    tx.prepare_cached(&format!(
-        "INSERT INTO audit ({AUDIT_COLUMNS})
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-    ))?
-    .execute(rusqlite::params![
+    insert.execute(rusqlite::params![
         id,
         at_ms,
         canonical.event,
@@ -384,9 +388,14 @@ impl Store {
         self.write(|tx| {
             self.mark_audited();
             let mut head = require_head(tx)?;
+            // One prepared statement for the batch (a cached statement per row cost a
+            // formatted SQL string and a cache lookup each; re-parsing it per row was
+            // half of the audit writer's CPU in bench/vault.sh).
+            let mut insert = tx.prepare_cached(INSERT_ROW)?;
             for (at_ms, entry) in entries {
-                insert_row(tx, &mut head, *at_ms, entry)?;
+                insert_row(&mut insert, &mut head, *at_ms, entry)?;
             }
+            drop(insert);
             write_head(tx, &head)
         })
     }
