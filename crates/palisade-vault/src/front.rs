@@ -59,10 +59,8 @@ pub async fn serve_connection<I>(
         permits,
         activity: activity.clone(),
     };
-    let service = service_fn(move |mut req: Request<Incoming>| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let connection = connection.clone();
-        req.extensions_mut()
-            .insert(ClientConnection(connection.activity.clone()));
         async move {
             let in_flight = connection.activity.start_request();
             let response = front(connection, req).await;
@@ -171,7 +169,9 @@ async fn front(
             .await;
             return response;
         };
-        let Ok(response) = pipeline::handle(shared.clone(), agent, Arc::new(target), request).await;
+        let client = ClientConnection(connection.activity.clone());
+        let Ok(response) =
+            pipeline::handle(shared.clone(), agent, Arc::new(target), request, client).await;
         return response;
     }
     match &connection.entry {

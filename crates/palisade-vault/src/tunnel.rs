@@ -73,9 +73,7 @@ pub async fn run(
     let service = {
         let shared = shared.clone();
         let activity = activity.clone();
-        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut()
-                .insert(ClientConnection(activity.clone()));
+        service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let in_flight = activity.start_request();
             // Boxed once here: hyper moves the service's future into its own slot, and
             // the pipeline's future is a few KiB (copying it was ~2 % of the gateway's
@@ -85,6 +83,7 @@ pub async fn run(
                 agent.clone(),
                 target.clone(),
                 req,
+                ClientConnection(activity.clone()),
             ));
             async move {
                 let Ok(response) = handled.await;

@@ -28,13 +28,21 @@ pub(super) async fn forward(
     } else {
         None
     };
-    parts.headers.remove(http::header::HOST);
+    // An HTTP/1.1 upstream gets the target's own `Host`; over HTTP/2 the URI's
+    // authority says it.
+    if agent_version == http::Version::HTTP_2 {
+        parts.headers.remove(http::header::HOST);
+    } else {
+        parts
+            .headers
+            .insert(http::header::HOST, target.host_header());
+    }
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let Some(uri) = target.uri(path_and_query) else {
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let Some(uri) = target.uri_of(path_and_query) else {
         return Err(Refusal::of(
             Decision::BadRequest,
             GatewayErrorKind::BadRequest,

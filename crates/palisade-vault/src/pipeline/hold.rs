@@ -33,6 +33,8 @@ const BODY_PREVIEW_CHARS: usize = 2000;
 pub(super) struct Held<'a> {
     pub agent: &'a AgentName,
     pub target: &'a Target,
+    /// The agent's connection: the hold ends when it goes away.
+    pub client: &'a ClientConnection,
     pub parts: &'a http::request::Parts,
     pub path: &'a CanonicalPath,
     pub reason: HoldReason<'a>,
@@ -160,13 +162,8 @@ pub(super) async fn hold(
     tracing::info!(approval = %id, title = %approval.title, "request held for approval");
     let decided = slot.wait_for(&id);
     let mut shutdown = shared.shutdown.clone();
-    let client = held.parts.extensions.get::<ClientConnection>().cloned();
-    let client_gone = async {
-        match &client {
-            Some(ClientConnection(activity)) => activity.gone().await,
-            None => std::future::pending().await,
-        }
-    };
+    let ClientConnection(activity) = held.client;
+    let client_gone = activity.gone();
     let outcome = tokio::select! {
         decided = decided => decided.unwrap_or(Outcome::Cancelled),
         _ = client_gone => {

@@ -28,6 +28,7 @@ pub use target::{Scheme, Target};
 
 use crate::body::{ForwardBody, ProxyBody, ReadError};
 use crate::body_budget::Reservation;
+use crate::conn::ClientConnection;
 use crate::state::{Shared, Snapshot};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -49,6 +50,7 @@ pub async fn handle(
     agent: AgentName,
     target: Arc<Target>,
     request: Request<Incoming>,
+    client: ClientConnection,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let (parts, body) = request.into_parts();
     let mut audit = audit::Pending::new(
@@ -57,23 +59,26 @@ pub async fn handle(
     );
     let mut body = RequestBody::Unread(body);
     let head_request = parts.method == http::Method::HEAD;
-    let (decision, response) =
-        match run(&shared, &agent, &target, parts, &mut body, &mut audit).await {
-            Ok((decision, response)) => (decision, response),
-            Err(refusal) => {
-                // Let the client finish sending what it started (HTTP/2 clients take a
-                // stream reset before the end of their body as an error, and would
-                // never see the refusal).
-                body.drain_briefly().await;
-                let mut response = refusal.response();
-                if head_request {
-                    // The answer to a HEAD has no body (HTTP/2 clients reset the stream
-                    // on one).
-                    *response.body_mut() = ProxyBody::empty();
-                }
-                (refusal.decision, response)
+    let (decision, response) = match run(
+        &shared, &agent, &target, &client, parts, &mut body, &mut audit,
+    )
+    .await
+    {
+        Ok((decision, response)) => (decision, response),
+        Err(refusal) => {
+            // Let the client finish sending what it started (HTTP/2 clients take a
+            // stream reset before the end of their body as an error, and would
+            // never see the refusal).
+            body.drain_briefly().await;
+            let mut response = refusal.response();
+            if head_request {
+                // The answer to a HEAD has no body (HTTP/2 clients reset the stream
+                // on one).
+                *response.body_mut() = ProxyBody::empty();
             }
-        };
+            (refusal.decision, response)
+        }
+    };
     audit.finish(decision, response.status().as_u16()).await;
     Ok(response)
 }
@@ -82,6 +87,7 @@ async fn run(
     shared: &Arc<Shared>,
     agent: &AgentName,
     target: &Target,
+    client: &ClientConnection,
     mut parts: http::request::Parts,
     body: &mut RequestBody,
     audit: &mut audit::Pending,
@@ -122,6 +128,7 @@ async fn run(
         let approval = hold::Held {
             agent,
             target,
+            client,
             parts: &parts,
             path: &path,
             reason,

@@ -19,6 +19,10 @@ pub struct Target {
     /// Lower case; IPv6 without brackets.
     pub host: String,
     pub port: u16,
+    /// [`Target::authority`], parsed once: every request's upstream URI and `Host`
+    /// header share it instead of formatting and parsing it again.
+    origin: http::uri::Authority,
+    host_header: http::HeaderValue,
 }
 
 impl Target {
@@ -55,7 +59,17 @@ impl Target {
             Some(digits) => digits.parse::<u16>().ok().filter(|p| *p != 0)?,
             None => return None,
         };
-        Some(Target { scheme, host, port })
+        let mut target = Target {
+            scheme,
+            host,
+            port,
+            origin: http::uri::Authority::from_static("invalid"),
+            host_header: http::HeaderValue::from_static("invalid"),
+        };
+        let authority = target.authority();
+        target.origin = authority.parse().ok()?;
+        target.host_header = http::HeaderValue::from_str(&authority).ok()?;
+        Some(target)
     }
 
     pub fn from_uri(uri: &Uri) -> Option<Target> {
@@ -87,13 +101,24 @@ impl Target {
 
     /// The absolute URI of `path_and_query` at this target.
     pub fn uri(&self, path_and_query: &str) -> Option<Uri> {
-        let scheme = match self.scheme {
-            Scheme::Https => "https",
-            Scheme::Http => "http",
-        };
-        format!("{scheme}://{}{path_and_query}", self.authority())
-            .parse()
-            .ok()
+        self.uri_of(path_and_query.parse().ok()?)
+    }
+
+    /// The absolute URI of an already parsed `path_and_query` at this target.
+    pub fn uri_of(&self, path_and_query: http::uri::PathAndQuery) -> Option<Uri> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(match self.scheme {
+            Scheme::Https => http::uri::Scheme::HTTPS,
+            Scheme::Http => http::uri::Scheme::HTTP,
+        });
+        parts.authority = Some(self.origin.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).ok()
+    }
+
+    /// The `Host` header of a request to this target.
+    pub fn host_header(&self) -> http::HeaderValue {
+        self.host_header.clone()
     }
 }
 
@@ -125,9 +150,18 @@ mod tests {
     fn connect_targets_parse_and_reject_garbage() {
         let t = Target::parse_authority("API.Example.com:8443", Scheme::Https).unwrap();
         assert_eq!((t.host.as_str(), t.port), ("api.example.com", 8443));
+        assert_eq!(
+            t.uri("/v1/x?q=1").unwrap().to_string(),
+            "https://api.example.com:8443/v1/x?q=1"
+        );
+        assert_eq!(t.host_header(), "api.example.com:8443");
         let t = Target::parse_authority("[::1]:443", Scheme::Https).unwrap();
         assert_eq!(t.host, "::1");
         assert_eq!(t.authority(), "[::1]");
+        assert_eq!(t.uri("/").unwrap().to_string(), "https://[::1]/");
+        assert_eq!(t.host_header(), "[::1]");
+        let t = Target::parse_authority("example.com:80", Scheme::Http).unwrap();
+        assert_eq!(t.uri("/a").unwrap().to_string(), "http://example.com/a");
         for fine in [
             "10.0.0.1:443",
             "a1.example:443",
