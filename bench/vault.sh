@@ -592,3 +592,45 @@ for name in ["warm 1", "warm 16", "new"]:
         print(f"| oha {via} {name} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {success:.3f} | {ratio} |")
 EOF
 fi
+
+if [ -n "${BENCH_SYSCALLS_DIR:-}" ]; then
+  python3 - "$BENCH_SYSCALLS_DIR" <<'PY'
+import glob, os, statistics, sys
+# Per run and process: system calls by kind and context switches per request (medians
+# over the rounds; the request count includes the warm-up, as perf stat's counts do).
+columns = ["sys_enter", "sys_enter_writev", "sys_enter_write", "sys_enter_sendto",
+           "sys_enter_recvfrom", "sys_enter_read", "sys_enter_epoll_wait",
+           "sys_enter_futex", "context-switches"]
+runs = {}
+for path in glob.glob(os.path.join(sys.argv[1], "*.csv")):
+    label = os.path.basename(path)[:-4].rsplit("-round", 1)[0]
+    lines = [l.strip() for l in open(path) if l.strip() and not l.startswith("#")]
+    requests = int(lines[-1].rsplit(",", 1)[1])
+    if requests <= 0:
+        continue
+    counts = {}
+    for line in lines[:-1]:
+        fields = line.split(",")
+        if fields[0].isdigit():
+            counts[fields[2].split(":")[-1]] = int(fields[0]) / requests
+    runs.setdefault(label, []).append(counts)
+order = {"warm-1": 0, "warm-16": 1, "new": 2, "warm-16-h2": 3}
+def split(label):
+    for via in ("nginx-proxy", "vault-b", "vault", "mitmproxy", "direct"):
+        if label.startswith(via + "-"):
+            return via, label[len(via) + 1:]
+    return label, ""
+def key(label):
+    via, mode = split(label)
+    return (order.get(mode, 9), via)
+print()
+print("System calls and context switches per request (the proxy's; nginx's for direct):")
+print()
+print("| run | all | writev | write | sendto | recvfrom | read | epoll_wait | futex | switches |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for label in sorted(runs, key=key):
+    cells = [f"{statistics.median(r.get(c, 0) for r in runs[label]):.2f}" for c in columns]
+    via, mode = split(label)
+    print(f"| {via} {mode.replace('-', ' ')} | " + " | ".join(cells) + " |")
+PY
+fi
