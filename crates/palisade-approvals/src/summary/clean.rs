@@ -102,22 +102,28 @@ pub(crate) fn truncate_chars(text: &mut String, max_chars: usize) {
     }
 }
 
+/// Whether `body` is clearly not text: a few odd bytes happen in text (or where a
+/// character was cut in half); beyond that it is binary, and neither showing it nor
+/// reading fields out of it makes sense.
+pub(crate) fn is_binary(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    let unprintable = text
+        .chars()
+        .filter(|c| *c == '\u{FFFD}' || (c.is_control() && !c.is_whitespace()))
+        .count();
+    unprintable > 4 && unprintable * 10 > text.chars().count()
+}
+
 /// Body bytes as displayable text of about `max_chars` characters, or a note when they
 /// are clearly not text. Runs of white space count as one, so padding cannot push what
 /// matters out of view; a longer text shows its beginning and its end with the number
 /// of characters left out between them, so the end of a body is never hidden behind
 /// its beginning.
 pub(crate) fn body_text(body: &[u8], max_chars: usize) -> String {
-    let text = String::from_utf8_lossy(body);
-    let unprintable = text
-        .chars()
-        .filter(|c| *c == '\u{FFFD}' || (c.is_control() && !c.is_whitespace()))
-        .count();
-    // A few odd bytes happen in text (or where a character was cut in half); beyond
-    // that it is binary and showing it would be noise.
-    if unprintable > 4 && unprintable * 10 > text.chars().count() {
+    if is_binary(body) {
         return format!("[{} bytes of binary data]", body.len());
     }
+    let text = String::from_utf8_lossy(body);
     let squeezed = squeeze_white_space(&text);
     let count = squeezed.chars().count();
     if count <= max_chars {

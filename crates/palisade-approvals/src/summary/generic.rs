@@ -4,7 +4,7 @@
 //! given several different values is named in a warning, since the excerpt may not reach
 //! the second copy.
 
-use super::clean::{body_text, one_line, text_lines};
+use super::clean::{body_text, is_binary, one_line, text_lines};
 use super::repeated::{self, Repeated};
 use super::{
     cap_lines, is_secret_name, Request, Summary, EXCERPT_CHARS, LINE_CHARS, MAX_LINES, TITLE_CHARS,
@@ -46,14 +46,16 @@ impl Request<'_> {
 
     /// Fields of a JSON or form body given different values, credential-like ones with
     /// every value shown as `[redacted]`. Other bodies are not read as fields: a stray
-    /// `&` in text or binary data is not a form.
+    /// `&` in text or binary data is not a form, even labelled as one (curl labels any
+    /// `--data-binary` upload so).
     fn repeated_body_fields(&self) -> Vec<Repeated> {
         let params = self.params();
         if params.is_form()
-            && !self
-                .content_type()
-                .to_ascii_lowercase()
-                .contains("form-urlencoded")
+            && (is_binary(self.body)
+                || !self
+                    .content_type()
+                    .to_ascii_lowercase()
+                    .contains("form-urlencoded"))
         {
             return Vec::new();
         }
