@@ -605,7 +605,11 @@ runs = {}
 for path in glob.glob(os.path.join(sys.argv[1], "*.csv")):
     label = os.path.basename(path)[:-4].rsplit("-round", 1)[0]
     lines = [l.strip() for l in open(path) if l.strip() and not l.startswith("#")]
-    requests = int(lines[-1].rsplit(",", 1)[1])
+    try:
+        requests = int(lines[-1].rsplit(",", 1)[1])
+    except (IndexError, ValueError):
+        print(f"{path}: no counts (perf stat failed?)", file=sys.stderr)
+        continue
     if requests <= 0:
         continue
     counts = {}

@@ -76,8 +76,9 @@ pub async fn run(
         service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let in_flight = activity.start_request();
             // Boxed once here: hyper moves the service's future into its own slot, and
-            // the pipeline's future is a few KiB (copying it was ~2 % of the gateway's
-            // CPU at 16 connections in bench/vault.sh).
+            // the pipeline's future is a few KiB (memmove under hyper's `recv_msg` was
+            // ~2 % of the gateway's profile at 16 connections in bench/vault.sh; the
+            // A/B after boxing showed no change beyond that machine's noise).
             let handled = Box::pin(pipeline::handle(
                 shared.clone(),
                 agent.clone(),

@@ -28,8 +28,9 @@ pub(super) async fn forward(
     } else {
         None
     };
-    // An HTTP/1.1 upstream gets the target's own `Host`; over HTTP/2 the URI's
-    // authority says it.
+    // An HTTP/1.1 agent's request goes upstream over HTTP/1.1 with the target's own
+    // `Host`. An HTTP/2 agent's request carries the target in the URI's authority, and
+    // the client writes `Host` from it if the upstream turns out to speak HTTP/1.1.
     if agent_version == http::Version::HTTP_2 {
         parts.headers.remove(http::header::HOST);
     } else {
