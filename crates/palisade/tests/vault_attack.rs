@@ -403,6 +403,52 @@ fn headers_named_in_connection_go_before_injection() {
     }
 }
 
+/// The host the upstream is told is the tunnel's target, whatever `Host` (HTTP/1.1) or
+/// `:authority` (HTTP/2, which curl fills from `-H Host:`) the agent wrote inside it:
+/// name-based virtual hosts and routing proxies upstream would otherwise act on a host
+/// the policy never judged.
+#[test]
+fn the_upstream_is_told_the_judged_host_not_the_agents() {
+    let attack = Attack::start(&[]);
+    let token = attack.setup.agent("spoofer");
+    let judged = format!("localhost:{}", attack.setup.upstream.port());
+    for version in ["--http1.1", "--http2"] {
+        for spoof in ["evil.example", "EVIL.example:443", "127.0.0.2"] {
+            let reply = attack.curl(
+                &token,
+                &[
+                    version,
+                    "-H",
+                    &format!("Host: {spoof}"),
+                    &attack.url("/where"),
+                ],
+            );
+            assert_eq!(reply.status, 200, "{version} {spoof}: {}", reply.raw);
+            let seen = attack.setup.upstream.last_request().unwrap();
+            let hosts: Vec<&str> = seen
+                .headers
+                .iter()
+                .filter(|(name, _)| name == "host")
+                .map(|(_, value)| value.as_str())
+                .collect();
+            if seen.version == "HTTP/1.1" {
+                assert_eq!(hosts, [judged.as_str()], "{version} {spoof}: {seen:?}");
+            } else {
+                assert!(
+                    hosts.iter().all(|host| *host == judged),
+                    "{version} {spoof}: {seen:?}"
+                );
+            }
+            assert!(
+                !seen.headers.iter().any(|(_, value)| value
+                    .to_ascii_lowercase()
+                    .contains(&spoof.to_ascii_lowercase())),
+                "{version}: the agent's host {spoof} reached the upstream: {seen:?}"
+            );
+        }
+    }
+}
+
 /// A request held for approval is sent under the policy in force when the person
 /// answers: a grant revoked while it waited is not injected, and a block rule added
 /// while it waited stops it (both used to go out as they were judged at first).
