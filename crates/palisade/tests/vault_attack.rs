@@ -42,6 +42,20 @@ impl Attack {
         self.setup.cli(args)
     }
 
+    /// Creates the rule `name` for host `localhost` with the rest of its options.
+    fn rule(&self, name: &str, options: &[&str]) {
+        let mut args = vec![
+            "rules",
+            "create",
+            "--name",
+            name,
+            "--host-pattern",
+            "localhost",
+        ];
+        args.extend_from_slice(options);
+        self.cli(&args);
+    }
+
     fn json(&self, args: &[&str]) -> Value {
         let mut full = vec!["--json"];
         full.extend_from_slice(args);
@@ -104,48 +118,34 @@ fn path_spellings_cannot_sidestep_rules_or_secrets() {
         &["probe"],
         "tok-v1-only",
     );
-    attack.cli(&[
-        "rules",
-        "create",
-        "--name",
+    attack.rule(
         "no-admin",
-        "--host-pattern",
-        "localhost",
-        "--path-pattern",
-        "/admin/*",
-        "--action",
-        "block",
-    ]);
-    attack.cli(&[
-        "rules",
-        "create",
-        "--name",
+        &["--path-pattern", "/admin/*", "--action", "block"],
+    );
+    attack.rule(
         "ask-send",
-        "--host-pattern",
-        "localhost",
-        "--path-pattern",
-        "/v1/send",
-        "--method",
-        "POST",
-        "--action",
-        "require_approval",
-    ]);
-    attack.cli(&[
-        "rules",
-        "create",
-        "--name",
+        &[
+            "--path-pattern",
+            "/v1/send",
+            "--method",
+            "POST",
+            "--action",
+            "require_approval",
+        ],
+    );
+    attack.rule(
         "one-rl",
-        "--host-pattern",
-        "localhost",
-        "--path-pattern",
-        "/rl/*",
-        "--action",
-        "rate_limit",
-        "--rate-limit",
-        "1",
-        "--rate-window",
-        "1h",
-    ]);
+        &[
+            "--path-pattern",
+            "/rl/*",
+            "--action",
+            "rate_limit",
+            "--rate-limit",
+            "1",
+            "--rate-window",
+            "1h",
+        ],
+    );
     let upstream = &attack.setup.upstream;
 
     for version in ["--http1.1", "--http2"] {
@@ -266,20 +266,17 @@ fn method_spellings_cannot_sidestep_rules() {
         ("no-delete", "DELETE", "/*", "block"),
         ("no-item", "GET", "/item/*", "block"),
     ] {
-        attack.cli(&[
-            "rules",
-            "create",
-            "--name",
+        attack.rule(
             name,
-            "--host-pattern",
-            "localhost",
-            "--path-pattern",
-            path,
-            "--method",
-            method,
-            "--action",
-            action,
-        ]);
+            &[
+                "--path-pattern",
+                path,
+                "--method",
+                method,
+                "--action",
+                action,
+            ],
+        );
     }
     let upstream = &attack.setup.upstream;
     for version in ["--http1.1", "--http2"] {
@@ -464,20 +461,17 @@ fn a_held_request_is_judged_again_when_approved() {
         &["payer"],
         "tok-pay",
     );
-    attack.cli(&[
-        "rules",
-        "create",
-        "--name",
+    attack.rule(
         "ask-pay",
-        "--host-pattern",
-        "localhost",
-        "--path-pattern",
-        "/pay/*",
-        "--method",
-        "POST",
-        "--action",
-        "require_approval",
-    ]);
+        &[
+            "--path-pattern",
+            "/pay/*",
+            "--method",
+            "POST",
+            "--action",
+            "require_approval",
+        ],
+    );
     let upstream = &attack.setup.upstream;
     // Holds one POST, runs `meanwhile` once it is pending, approves it, and returns
     // what the agent got.
@@ -515,20 +509,17 @@ fn a_held_request_is_judged_again_when_approved() {
 
     let before = upstream.count();
     let reply = held_then_approved("/pay/2", &|| {
-        attack.cli(&[
-            "rules",
-            "create",
-            "--name",
+        attack.rule(
             "stop-pay",
-            "--host-pattern",
-            "localhost",
-            "--path-pattern",
-            "/pay/*",
-            "--action",
-            "block",
-            "--scope",
-            "org",
-        ]);
+            &[
+                "--path-pattern",
+                "/pay/*",
+                "--action",
+                "block",
+                "--scope",
+                "org",
+            ],
+        );
     });
     refused(&reply, 403, "blocked_by_policy");
     assert_eq!(reply.json()["rule"], "stop-pay", "{}", reply.raw);
@@ -593,18 +584,7 @@ print(response.split(b"\r\n")[0].decode(), flush=True)
 fn a_body_extended_after_approval_is_not_what_gets_approved() {
     let attack = Attack::start(&["--approval-timeout", "30s"]);
     let token = attack.setup.agent("mailer");
-    attack.cli(&[
-        "rules",
-        "create",
-        "--name",
-        "ask",
-        "--host-pattern",
-        "localhost",
-        "--method",
-        "POST",
-        "--action",
-        "require_approval",
-    ]);
+    attack.rule("ask", &["--method", "POST", "--action", "require_approval"]);
     // A harmless-looking prefix longer than the 64 KiB the gateway used to read.
     let prefix = format!("{{\"note\":\"{}\"", " ".repeat(70 * 1024));
     let rest = ",\"to\":\"attacker@evil.example\"}".to_string();
@@ -717,18 +697,7 @@ fn abandoned_holds_are_cancelled_and_free_their_place() {
     let attack = Attack::start(&["--approval-timeout", "10m", "--max-holds-per-agent", "8"]);
     let token = attack.setup.agent("flood");
     let other = attack.setup.agent("other");
-    attack.cli(&[
-        "rules",
-        "create",
-        "--name",
-        "ask",
-        "--host-pattern",
-        "localhost",
-        "--method",
-        "POST",
-        "--action",
-        "require_approval",
-    ]);
+    attack.rule("ask", &["--method", "POST", "--action", "require_approval"]);
     let output = python(
         ABANDONING_CLIENT,
         &[
@@ -929,20 +898,17 @@ fn one_agent_cannot_fill_the_gateways_memory_with_bodies() {
     ]);
     let greedy = attack.setup.agent("greedy");
     let other = attack.setup.agent("other");
-    attack.cli(&[
-        "rules",
-        "create",
-        "--name",
+    attack.rule(
         "scan",
-        "--host-pattern",
-        "localhost",
-        "--path-pattern",
-        "/scan/*",
-        "--body-contains",
-        "FORBIDDEN",
-        "--action",
-        "block",
-    ]);
+        &[
+            "--path-pattern",
+            "/scan/*",
+            "--body-contains",
+            "FORBIDDEN",
+            "--action",
+            "block",
+        ],
+    );
     let mut client = Killed(
         Command::new("python3")
             .arg("-c")
@@ -1018,18 +984,10 @@ fn one_agent_cannot_flood_the_audit_log() {
         &["looper"],
         "tok-api",
     );
-    attack.cli(&[
-        "rules",
-        "create",
-        "--name",
+    attack.rule(
         "no-admin",
-        "--host-pattern",
-        "localhost",
-        "--path-pattern",
-        "/admin/*",
-        "--action",
-        "block",
-    ]);
+        &["--path-pattern", "/admin/*", "--action", "block"],
+    );
     let blocked_rows = || {
         attack
             .json(&["audit", "list", "--decision", "blocked", "--limit", "10000"])
@@ -1260,18 +1218,10 @@ fn changes_apply_to_the_very_next_request() {
         assert_eq!(reply.status, 200, "round {round}: {}", reply.raw);
 
         let blocked = format!("/blocked/{round}");
-        attack.cli(&[
-            "rules",
-            "create",
-            "--name",
+        attack.rule(
             &format!("block{round}"),
-            "--host-pattern",
-            "localhost",
-            "--path-pattern",
-            &blocked,
-            "--action",
-            "block",
-        ]);
+            &["--path-pattern", &blocked, "--action", "block"],
+        );
         let reply = attack.curl(&token, &[&attack.url(&blocked)]);
         refused(&reply, 403, "blocked_by_policy");
 
