@@ -325,6 +325,31 @@ fn method_spellings_cannot_sidestep_rules() {
                 "{version} {method} as {claimed} was sent"
             );
         }
+        // The `_method` parameter Symfony and Laravel read from a POST's query, in the
+        // spellings PHP decodes to that name.
+        for query in [
+            "_method=DELETE",
+            "_method=delete",
+            "%5Fmethod=DELETE",
+            ".method=DELETE",
+            "+method=DELETE",
+            "a=1&_method=PUT",
+        ] {
+            let before = upstream.count();
+            let reply = attack.curl(
+                &token,
+                &[
+                    version,
+                    "-X",
+                    "POST",
+                    "--data",
+                    "x",
+                    &attack.url(&format!("/item/7?{query}")),
+                ],
+            );
+            refused(&reply, 400, "ambiguous_method");
+            assert_eq!(upstream.count(), before, "{version} POST ?{query} was sent");
+        }
         // HEAD is covered by the GET rule (no body to read on a HEAD answer).
         let before = upstream.count();
         let reply = attack.curl(&token, &[version, "--head", &attack.url("/item/9")]);
@@ -342,7 +367,7 @@ fn method_spellings_cannot_sidestep_rules() {
                 "X-HTTP-Method-Override: post",
                 "--data",
                 "x",
-                &attack.url("/other"),
+                &attack.url("/other?_method=POST&method=DELETE"),
             ],
         );
         assert_eq!(reply.status, 200, "{}", reply.raw);
@@ -354,7 +379,7 @@ fn method_spellings_cannot_sidestep_rules() {
     let refusals = attack.json(&["audit", "list", "--decision", "ambiguous_method"]);
     assert_eq!(
         refusals.as_array().map(Vec::len),
-        Some(14),
+        Some(26),
         "one row per refused spelling: {refusals}"
     );
 }

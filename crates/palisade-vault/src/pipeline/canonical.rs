@@ -6,7 +6,8 @@
 //! - The method must be spelt as the standard spells it: a lower-case `post` is refused,
 //!   because servers that ignore case (Flask, Django) would run the POST a `POST` rule
 //!   exists to hold. A method-override header naming another method is refused for the
-//!   same reason.
+//!   same reason, and so is a `_method` query parameter (Symfony and Laravel read it
+//!   from the query of a POST).
 //! - Hop-by-hop headers, and every header the agent names in `Connection`, are removed
 //!   here, before judging: removed later, they could take away the injected credential
 //!   or a header the approver saw.
@@ -57,7 +58,22 @@ fn check_method(parts: &http::request::Parts, target: &Target) -> Result<(), Ref
             }
         }
     }
+    let query = parts.uri.query().unwrap_or_default();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if php_name(&key) == "_method" && !value.trim().eq_ignore_ascii_case(method) {
+            return Err(ambiguous_method(
+                target,
+                format!("it is sent as {method} with a _method parameter naming another method"),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// A query parameter's name as PHP reads it (Symfony and Laravel run on PHP): spaces
+/// and dots become underscores, so `.method` and `+method` are `_method` there.
+fn php_name(key: &str) -> String {
+    key.replace([' ', '.'], "_")
 }
 
 fn ambiguous_method(target: &Target, reason: String) -> Refusal {
