@@ -60,7 +60,7 @@ fn check_method(parts: &http::request::Parts, target: &Target) -> Result<(), Ref
     }
     let query = parts.uri.query().unwrap_or_default();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if php_name(&key) == "_method" && !value.trim().eq_ignore_ascii_case(method) {
+        if is_method_parameter(&key) && !value.trim().eq_ignore_ascii_case(method) {
             return Err(ambiguous_method(
                 target,
                 format!("it is sent as {method} with a _method parameter naming another method"),
@@ -70,10 +70,11 @@ fn check_method(parts: &http::request::Parts, target: &Target) -> Result<(), Ref
     Ok(())
 }
 
-/// A query parameter's name as PHP reads it (Symfony and Laravel run on PHP): spaces
-/// and dots become underscores, so `.method` and `+method` are `_method` there.
-fn php_name(key: &str) -> String {
-    key.replace([' ', '.'], "_")
+/// Whether a (decoded) query parameter name is `_method` as PHP reads names (Symfony
+/// and Laravel run on PHP): a space or a dot becomes an underscore there, so
+/// `.method` and `+method` are `_method` too.
+fn is_method_parameter(key: &str) -> bool {
+    key.strip_prefix(['_', ' ', '.']) == Some("method")
 }
 
 fn ambiguous_method(target: &Target, reason: String) -> Refusal {
@@ -123,4 +124,19 @@ fn canonical_path(
         })?;
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_method_parameter;
+
+    #[test]
+    fn method_parameters_are_named_as_php_names_them() {
+        for name in ["_method", " method", ".method"] {
+            assert!(is_method_parameter(name), "{name:?}");
+        }
+        for name in ["method", "__method", "_Method", "_method_", "x_method", ""] {
+            assert!(!is_method_parameter(name), "{name:?}");
+        }
+    }
 }
