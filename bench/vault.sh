@@ -164,24 +164,30 @@ say "nginx upstream"
 nginx_port="$(free_port)"
 mkdir -p "$work/nginx/www" "$work/nginx/logs" "$work/nginx/tmp"
 head -c 1024 /dev/zero | tr '\0' 'x' >"$work/nginx/www/1k"
-cat >"$work/nginx/nginx.conf" <<EOF
+# nginx_head DIR: the start of an nginx.conf run from DIR, up to inside `http {`.
+nginx_head() {
+  local dir="$1"
+  cat <<EOF
 # Workers run as this user so they can read the private temp dir.
 user $(id -un);
 worker_processes 2;
 daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
 events { worker_connections 16384; }
 http {
   access_log off;
   default_type application/octet-stream;
   keepalive_timeout 300s;
   keepalive_requests 100000000;
-  client_body_temp_path $work/nginx/tmp/body;
-  proxy_temp_path $work/nginx/tmp/proxy;
-  fastcgi_temp_path $work/nginx/tmp/fastcgi;
-  uwsgi_temp_path $work/nginx/tmp/uwsgi;
-  scgi_temp_path $work/nginx/tmp/scgi;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+EOF
+}
+{ nginx_head "$work/nginx"; cat <<EOF
   server {
     listen 127.0.0.1:$nginx_port ssl http2;
     server_name localhost;
@@ -198,6 +204,7 @@ http {
   }
 }
 EOF
+} >"$work/nginx/nginx.conf"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/logs/error.log" &
 nginx_pid=$!
 pids+=("$nginx_pid")
@@ -252,22 +259,7 @@ if [ -z "${BENCH_NO_NGINX_PROXY:-}" ]; then
   say "nginx as a reverse proxy (the reference bound)"
   ref_port="$(free_port)"
   mkdir -p "$work/ref/logs" "$work/ref/tmp"
-  cat >"$work/ref/nginx.conf" <<EOF
-user $(id -un);
-worker_processes 2;
-daemon off;
-pid $work/ref/nginx.pid;
-error_log $work/ref/logs/error.log warn;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  keepalive_timeout 300s;
-  keepalive_requests 100000000;
-  client_body_temp_path $work/ref/tmp/body;
-  proxy_temp_path $work/ref/tmp/proxy;
-  fastcgi_temp_path $work/ref/tmp/fastcgi;
-  uwsgi_temp_path $work/ref/tmp/uwsgi;
-  scgi_temp_path $work/ref/tmp/scgi;
+  { nginx_head "$work/ref"; cat <<EOF
   upstream bench_upstream {
     server 127.0.0.1:$nginx_port;
     keepalive 256;
@@ -294,6 +286,7 @@ http {
   }
 }
 EOF
+  } >"$work/ref/nginx.conf"
   nginx -p "$work/ref" -c "$work/ref/nginx.conf" -e "$work/ref/logs/error.log" &
   ref_pid=$!
   pids+=("$ref_pid")
