@@ -209,10 +209,14 @@ impl Activity {
     }
 }
 
-/// The connection a request came on, carried in the request's extensions so the hold
-/// phase can tell when the client has gone.
+/// The connection a request came on, handed to the pipeline: the hold phase watches
+/// whether the client has gone, and a connection upgraded to a WebSocket keeps the
+/// connection's permits and idle timeout for as long as it is relayed.
 #[derive(Clone)]
-pub struct ClientConnection(pub Arc<Activity>);
+pub struct ClientConnection {
+    pub activity: Arc<Activity>,
+    pub permits: Arc<ConnectionPermits>,
+}
 
 /// A request in flight on a connection.
 pub struct InFlight(Arc<Activity>);

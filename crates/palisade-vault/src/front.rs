@@ -169,7 +169,10 @@ async fn front(
             .await;
             return response;
         };
-        let client = ClientConnection(connection.activity.clone());
+        let client = ClientConnection {
+            activity: connection.activity.clone(),
+            permits: connection.permits.clone(),
+        };
         let Ok(response) =
             pipeline::handle(shared.clone(), agent, Arc::new(target), request, client).await;
         return response;

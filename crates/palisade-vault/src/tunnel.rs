@@ -25,8 +25,8 @@ pub async fn run(
     permits: Arc<ConnectionPermits>,
     activity: Arc<Activity>,
 ) {
-    // Held until the tunnel ends: the tunnel is the same client connection.
-    let _permits = permits;
+    // `permits` is held until the tunnel ends, and by a WebSocket upgraded inside it
+    // until that ends: the tunnel and the WebSocket are the same client connection.
     let io = TokioIo::new(upgraded);
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     tokio::pin!(acceptor);
@@ -73,6 +73,7 @@ pub async fn run(
     let service = {
         let shared = shared.clone();
         let activity = activity.clone();
+        let permits = permits.clone();
         service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let in_flight = activity.start_request();
             // Boxed once here: hyper moves the service's future into its own slot, and
@@ -84,7 +85,10 @@ pub async fn run(
                 agent.clone(),
                 target.clone(),
                 req,
-                ClientConnection(activity.clone()),
+                ClientConnection {
+                    activity: activity.clone(),
+                    permits: permits.clone(),
+                },
             ));
             async move {
                 let Ok(response) = handled.await;

@@ -8,7 +8,8 @@
 //!   `Connection`, and a policy changed while a request waited for approval;
 //! - a body extended after the approval was shown;
 //! - abandoned held requests, and one agent's flood of holds;
-//! - one agent's flood of idle connections while another agent works;
+//! - one agent's flood of idle connections while another agent works, and its
+//!   WebSockets past its share or left idle;
 //! - one agent's unfinished bodies that a rule must read whole;
 //! - one agent's loop of refusals flooding the audit log;
 //! - the gateway's own listener spelled as IPv4-mapped IPv6;
@@ -1155,6 +1156,117 @@ fn one_agent_cannot_exhaust_the_gateways_connections() {
     let (text, _) = read_some(&mut again, Duration::from_secs(5));
     assert!(!text.contains("too_many_connections"), "{text}");
     assert!(text.starts_with("HTTP/1.1 "), "{text}");
+}
+
+/// Opens `COUNT` WebSockets to the upstream's `/ws`, each in its own tunnel, printing
+/// `i STATUS` for each (the CONNECT's status when it is refused, else the upgrade's),
+/// then `opened`. On a line from stdin, waits up to `WAIT` seconds on each open one and
+/// prints `i closed` or `i open`, then `done`.
+const WEBSOCKETS_CLIENT: &str = r#"
+import base64, os, socket, ssl, sys
+proxy_host, proxy_port = os.environ["PROXY"].rsplit(":", 1)
+host, port = "localhost", int(os.environ["UPSTREAM_PORT"])
+auth = base64.b64encode(("x:" + os.environ["TOKEN"]).encode()).decode()
+context = ssl.create_default_context(cafile=os.environ["VAULT_CA"])
+
+def status_of(sock):
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer.split(b"\r\n")[0].decode()
+
+sockets = []
+for i in range(int(os.environ["COUNT"])):
+    sock = socket.create_connection((proxy_host, int(proxy_port)), timeout=20)
+    sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
+    status = status_of(sock)
+    if " 200" not in status:
+        print(i, status, flush=True)
+        sock.close()
+        continue
+    tls = context.wrap_socket(sock, server_hostname=host)
+    key = base64.b64encode(os.urandom(16)).decode()
+    tls.sendall(f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    print(i, status_of(tls), flush=True)
+    sockets.append((i, tls))
+print("opened", flush=True)
+sys.stdin.readline()
+for i, tls in sockets:
+    tls.settimeout(float(os.environ["WAIT"]))
+    closed = False
+    try:
+        while True:
+            if not tls.recv(65536):
+                closed = True
+                break
+    except socket.timeout:
+        pass
+    except OSError:
+        closed = True
+    print(i, "closed" if closed else "open", flush=True)
+print("done", flush=True)
+"#;
+
+/// A WebSocket is the connection it was upgraded from: it keeps that connection's place
+/// under its agent's share and is closed once idle, like any tunnel. (The tunnel gave
+/// its place back at the upgrade, so one agent could open WebSockets past its share,
+/// and idle ones were never closed.)
+#[test]
+fn websockets_keep_their_place_and_are_closed_when_idle() {
+    let attack = Attack::start(&[
+        "--max-connections-per-agent",
+        "3",
+        "--client-idle-timeout",
+        "2s",
+    ]);
+    let greedy = attack.setup.agent("greedy");
+    let other = attack.setup.agent("other");
+    let mut client = Killed(
+        Command::new("python3")
+            .arg("-c")
+            .arg(WEBSOCKETS_CLIENT)
+            .env("PROXY", attack.setup.addr().to_string())
+            .env("UPSTREAM_PORT", attack.setup.upstream.port().to_string())
+            .env("TOKEN", &greedy)
+            .env("VAULT_CA", attack.setup.vault_ca())
+            .env("COUNT", "5")
+            .env("WAIT", "10")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    let mut input = client.0.stdin.take().unwrap();
+    let mut lines = BufReader::new(client.0.stdout.take().unwrap());
+    let mut read_line = || {
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    for i in 0..3 {
+        assert_eq!(read_line(), format!("{i} HTTP/1.1 101 Switching Protocols"));
+    }
+    for i in 3..5 {
+        assert_eq!(read_line(), format!("{i} HTTP/1.1 503 Service Unavailable"));
+    }
+    assert_eq!(read_line(), "opened");
+    // Another agent is served meanwhile.
+    let reply = attack.curl(&other, &[&attack.url("/echo")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+
+    // Silent WebSockets are closed after the idle timeout...
+    writeln!(input, "check").unwrap();
+    for i in 0..3 {
+        assert_eq!(read_line(), format!("{i} closed"));
+    }
+    assert_eq!(read_line(), "done");
+    // ...and the agent's share is whole again.
+    let reply = attack.curl(&greedy, &[&attack.url("/echo")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
 }
 
 /// The gateway's own listener is never an upstream, in any spelling of its address,

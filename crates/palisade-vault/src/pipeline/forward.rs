@@ -7,15 +7,20 @@
 
 use super::{error_chain, Decision, Refusal, Target};
 use crate::body::{ForwardBody, ProxyBody};
+use crate::conn::ClientConnection;
 use crate::net_guard::find_local_refused;
 use crate::respond::{is_websocket_upgrade, strip_hop_by_hop};
 use crate::state::Shared;
 use http::{Request, Response};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use palisade_policy::{ErrorBody, GatewayErrorKind};
+use std::sync::Arc;
 
 pub(super) async fn forward(
     shared: &Shared,
     target: &Target,
+    client: &ClientConnection,
     mut parts: http::request::Parts,
     body: ForwardBody,
 ) -> Result<Response<ProxyBody>, Refusal> {
@@ -24,7 +29,7 @@ pub(super) async fn forward(
     let head_request = parts.method == http::Method::HEAD;
     let websocket = parts.version == http::Version::HTTP_11 && is_websocket_upgrade(&parts.headers);
     let client_upgrade = if websocket {
-        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        parts.extensions.remove::<OnUpgrade>()
     } else {
         None
     };
@@ -54,14 +59,15 @@ pub(super) async fn forward(
     parts.version = http::Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     let request = Request::from_parts(parts, body);
-    let client = if websocket {
+    let upstream = if websocket {
         &shared.upstream.upgrades
     } else if agent_version == http::Version::HTTP_2 {
         &shared.upstream.pooled
     } else {
         &shared.upstream.http1
     };
-    let sent = tokio::time::timeout(shared.upstream.header_timeout, client.request(request)).await;
+    let sent =
+        tokio::time::timeout(shared.upstream.header_timeout, upstream.request(request)).await;
     let mut response = match sent {
         Err(_) => {
             return Err(Refusal::of(
@@ -93,13 +99,7 @@ pub(super) async fn forward(
     if switching {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
-                if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
-                    let mut client = hyper_util::rt::TokioIo::new(client);
-                    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-            });
+            relay_upgraded(shared, client, client_upgrade, upstream_upgrade);
         }
     }
     let close_delimited = !head_request && is_close_delimited(&response);
@@ -113,6 +113,39 @@ pub(super) async fn forward(
         ProxyBody::upstream(incoming, shared.upstream.idle_timeout, close_delimited)
     };
     Ok(Response::from_parts(head, body))
+}
+
+/// Relays a connection upgraded on both sides (a WebSocket) until either side ends it.
+/// It is still the client connection it was upgraded from: it keeps that connection's
+/// places under the gateway's and its agent's caps, and is closed once no byte has
+/// moved either way for the client idle timeout, or when the gateway stops.
+fn relay_upgraded(
+    shared: &Shared,
+    client: &ClientConnection,
+    client_upgrade: OnUpgrade,
+    upstream_upgrade: OnUpgrade,
+) {
+    let permits = Arc::clone(&client.permits);
+    let activity = Arc::clone(&client.activity);
+    let idle = shared.config.client_idle_timeout;
+    let mut shutdown = shared.shutdown.clone();
+    shared.tasks.spawn(async move {
+        let _permits = permits;
+        let relay = async {
+            if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        };
+        tokio::select! {
+            _ = relay => {}
+            _ = activity.idle(idle, idle) => {
+                tracing::debug!("closing an idle upgraded connection");
+            }
+            _ = crate::stopped(&mut shutdown) => {}
+        }
+    });
 }
 
 /// An HTTP/1.x response whose body ends when the connection closes: no length, no

@@ -162,8 +162,7 @@ pub(super) async fn hold(
     tracing::info!(approval = %id, title = %approval.title, "request held for approval");
     let decided = slot.wait_for(&id);
     let mut shutdown = shared.shutdown.clone();
-    let ClientConnection(activity) = held.client;
-    let client_gone = activity.gone();
+    let client_gone = held.client.activity.gone();
     let outcome = tokio::select! {
         decided = decided => decided.unwrap_or(Outcome::Cancelled),
         _ = client_gone => {

@@ -162,7 +162,7 @@ async fn run(
         }
     }
     let forward_body = std::mem::replace(body, RequestBody::Gone).into_forward();
-    let response = forward::forward(shared, target, parts, forward_body).await?;
+    let response = forward::forward(shared, target, client, parts, forward_body).await?;
     Ok((decision, response))
 }
 
