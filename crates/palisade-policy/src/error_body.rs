@@ -46,6 +46,8 @@ pub enum GatewayErrorKind {
     TooManyConnections,
     /// 503 `too_many_buffered_bodies`
     TooManyBufferedBodies,
+    /// 503 `too_many_requests_in_flight`
+    TooManyRequestsInFlight,
 }
 
 impl GatewayErrorKind {
@@ -61,7 +63,8 @@ impl GatewayErrorKind {
             GatewayErrorKind::UpstreamUnreachable => 502,
             GatewayErrorKind::GatewayRestarting
             | GatewayErrorKind::TooManyConnections
-            | GatewayErrorKind::TooManyBufferedBodies => 503,
+            | GatewayErrorKind::TooManyBufferedBodies
+            | GatewayErrorKind::TooManyRequestsInFlight => 503,
             GatewayErrorKind::BadRequest
             | GatewayErrorKind::AmbiguousPath
             | GatewayErrorKind::AmbiguousMethod => 400,
@@ -92,6 +95,7 @@ impl GatewayErrorKind {
             GatewayErrorKind::TooManyPendingApprovals => "too_many_pending_approvals",
             GatewayErrorKind::TooManyConnections => "too_many_connections",
             GatewayErrorKind::TooManyBufferedBodies => "too_many_buffered_bodies",
+            GatewayErrorKind::TooManyRequestsInFlight => "too_many_requests_in_flight",
         }
     }
     /// Whether the same request may succeed later without anyone changing the policy.
@@ -106,10 +110,11 @@ impl GatewayErrorKind {
                 | GatewayErrorKind::TooManyPendingApprovals
                 | GatewayErrorKind::TooManyConnections
                 | GatewayErrorKind::TooManyBufferedBodies
+                | GatewayErrorKind::TooManyRequestsInFlight
         )
     }
     /// Every kind, for tests and documentation.
-    pub const ALL: [GatewayErrorKind; 19] = [
+    pub const ALL: [GatewayErrorKind; 20] = [
         GatewayErrorKind::ProxyAuthRequired,
         GatewayErrorKind::BlockedByPolicy,
         GatewayErrorKind::BlockedByDefaultPolicy,
@@ -129,6 +134,7 @@ impl GatewayErrorKind {
         GatewayErrorKind::TooManyPendingApprovals,
         GatewayErrorKind::TooManyConnections,
         GatewayErrorKind::TooManyBufferedBodies,
+        GatewayErrorKind::TooManyRequestsInFlight,
     ];
 }
 
@@ -219,6 +225,9 @@ impl ErrorBody {
             ),
             GatewayErrorKind::TooManyBufferedBodies => format!(
                 "The body of this request to {host} must be read to judge it, and the gateway already holds as many request bodies of this agent as it may. Retry when its other requests are done."
+            ),
+            GatewayErrorKind::TooManyRequestsInFlight => format!(
+                "This agent already has as many requests in flight through the gateway as it may, so this request to {host} was not sent. Retry when some of them are done."
             ),
         };
         ErrorBody {
@@ -339,6 +348,12 @@ mod tests {
             ),
             (TooManyConnections, 503, "too_many_connections", true),
             (TooManyBufferedBodies, 503, "too_many_buffered_bodies", true),
+            (
+                TooManyRequestsInFlight,
+                503,
+                "too_many_requests_in_flight",
+                true,
+            ),
         ];
         assert_eq!(expected.len(), GatewayErrorKind::ALL.len());
         for (kind, status, code, retry) in expected {

@@ -33,16 +33,21 @@ pub struct ConnectionLimits {
     peak: AtomicUsize,
     per_agent: Mutex<HashMap<AgentName, Arc<Semaphore>>>,
     per_agent_max: usize,
+    /// Each agent's requests in flight, over all its connections and HTTP/2 streams.
+    requests: Mutex<HashMap<AgentName, Arc<Semaphore>>>,
+    requests_max: usize,
 }
 
 impl ConnectionLimits {
-    pub fn new(global: usize, per_agent: usize) -> Self {
+    pub fn new(global: usize, per_agent: usize, requests_per_agent: usize) -> Self {
         ConnectionLimits {
             global: Arc::new(Semaphore::new(global.max(1))),
             global_max: global.max(1),
             peak: AtomicUsize::new(0),
             per_agent: Mutex::new(HashMap::new()),
             per_agent_max: per_agent.max(1),
+            requests: Mutex::new(HashMap::new()),
+            requests_max: requests_per_agent.max(1),
         }
     }
 
@@ -73,22 +78,41 @@ impl ConnectionLimits {
 
     /// A place under `agent`'s cap, if one is free.
     pub fn admit_agent(&self, agent: &AgentName) -> Option<OwnedSemaphorePermit> {
-        let semaphore = {
-            let mut map = self.per_agent.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(
-                map.entry(agent.clone())
-                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_agent_max))),
-            )
-        };
-        semaphore.try_acquire_owned().ok()
+        share_of(&self.per_agent, agent, self.per_agent_max)
+            .try_acquire_owned()
+            .ok()
     }
 
-    /// Forgets the share of agents that no longer exist (and hold no connection).
-    pub fn retain_agents(&self, keep: impl Fn(&AgentName) -> bool) {
-        let max = self.per_agent_max;
-        let mut map = self.per_agent.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|agent, semaphore| keep(agent) || semaphore.available_permits() < max);
+    /// `agent`'s share of requests in flight: a tunnel takes it once and draws a
+    /// permit from it for each request (see [`InFlight::hold_place`]).
+    pub fn requests_of(&self, agent: &AgentName) -> Arc<Semaphore> {
+        share_of(&self.requests, agent, self.requests_max)
     }
+
+    /// Forgets the shares of agents that no longer exist (and hold no connection or
+    /// request).
+    pub fn retain_agents(&self, keep: impl Fn(&AgentName) -> bool) {
+        for (shares, max) in [
+            (&self.per_agent, self.per_agent_max),
+            (&self.requests, self.requests_max),
+        ] {
+            let mut map = shares.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|agent, semaphore| keep(agent) || semaphore.available_permits() < max);
+        }
+    }
+}
+
+/// `agent`'s semaphore in `shares`, created with `max` permits on first use.
+fn share_of(
+    shares: &Mutex<HashMap<AgentName, Arc<Semaphore>>>,
+    agent: &AgentName,
+    max: usize,
+) -> Arc<Semaphore> {
+    let mut map = shares.lock().unwrap_or_else(|p| p.into_inner());
+    Arc::clone(
+        map.entry(agent.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(max))),
+    )
 }
 
 /// The permits a connection holds, shared with the tunnel it opens.
@@ -182,7 +206,10 @@ impl Activity {
         self.used.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.touch();
-        InFlight(Arc::clone(self))
+        InFlight {
+            activity: Arc::clone(self),
+            place: None,
+        }
     }
 
     /// Resolves when the connection has had no request in flight and moved no byte for
@@ -218,13 +245,26 @@ pub struct ClientConnection {
     pub permits: Arc<ConnectionPermits>,
 }
 
-/// A request in flight on a connection.
-pub struct InFlight(Arc<Activity>);
+/// A request in flight on a connection, and its place under its agent's share of
+/// requests once it has one.
+pub struct InFlight {
+    activity: Arc<Activity>,
+    place: Option<OwnedSemaphorePermit>,
+}
+
+impl InFlight {
+    /// Takes a place for this request from its agent's share (`requests`), held until
+    /// the response has ended; false if the share is used up.
+    pub fn hold_place(&mut self, requests: &Arc<Semaphore>) -> bool {
+        self.place = Arc::clone(requests).try_acquire_owned().ok();
+        self.place.is_some()
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
     }
 }
 
@@ -335,7 +375,7 @@ mod tests {
 
     #[test]
     fn the_peak_is_the_most_open_at_once_since_it_was_last_taken() {
-        let limits = ConnectionLimits::new(10, 2);
+        let limits = ConnectionLimits::new(10, 2, 4);
         let mut open: Vec<_> = (0..5).map(|_| limits.admit().unwrap()).collect();
         open.truncate(1);
         assert_eq!(limits.live(), 1);
@@ -348,7 +388,7 @@ mod tests {
 
     #[test]
     fn an_agent_share_is_separate_from_others_and_returns_when_released() {
-        let limits = ConnectionLimits::new(10, 2);
+        let limits = ConnectionLimits::new(10, 2, 4);
         let a: AgentName = "a".parse().unwrap();
         let b: AgentName = "b".parse().unwrap();
         let first = limits.admit_agent(&a).unwrap();
@@ -361,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_connection_counts_once_against_its_agent() {
-        let limits = ConnectionLimits::new(10, 1);
+        let limits = ConnectionLimits::new(10, 1, 4);
         let a: AgentName = "a".parse().unwrap();
         let permits = ConnectionPermits::with_global(limits.admit().unwrap());
         assert!(permits.ensure_agent(&limits, &a));

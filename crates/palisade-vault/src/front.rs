@@ -4,7 +4,7 @@
 //! the identity; on TCP the token in `Proxy-Authorization`), and so does the agent's
 //! share of connections on the TCP listener.
 
-use crate::conn::{Activity, ClientConnection, ConnectionPermits, Tracked, Watched};
+use crate::conn::{Activity, ClientConnection, ConnectionPermits, InFlight, Tracked, Watched};
 use crate::pipeline::audit::{refused_at_front, Record};
 use crate::pipeline::{self, Decision, Scheme, Target};
 use crate::respond::refusal;
@@ -62,8 +62,8 @@ pub async fn serve_connection<I>(
     let service = service_fn(move |req: Request<Incoming>| {
         let connection = connection.clone();
         async move {
-            let in_flight = connection.activity.start_request();
-            let response = front(connection, req).await;
+            let mut in_flight = connection.activity.start_request();
+            let response = front(connection, req, &mut in_flight).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
         }
     });
@@ -96,6 +96,7 @@ pub async fn serve_connection<I>(
 async fn front(
     connection: Connection,
     request: Request<Incoming>,
+    in_flight: &mut InFlight,
 ) -> Response<crate::body::ProxyBody> {
     let shared = &connection.shared;
     if request.method() == Method::CONNECT {
@@ -173,8 +174,16 @@ async fn front(
             activity: connection.activity.clone(),
             permits: connection.permits.clone(),
         };
-        let Ok(response) =
-            pipeline::handle(shared.clone(), agent, Arc::new(target), request, client).await;
+        let placed = in_flight.hold_place(&shared.limits.requests_of(&agent));
+        let Ok(response) = pipeline::handle(
+            shared.clone(),
+            agent,
+            Arc::new(target),
+            request,
+            client,
+            placed,
+        )
+        .await;
         return response;
     }
     match &connection.entry {

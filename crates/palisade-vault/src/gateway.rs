@@ -194,7 +194,11 @@ pub async fn start(
         usize::try_from(descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(64))
             .unwrap_or(MAX_CONNECTIONS)
             .min(MAX_CONNECTIONS);
-    let limits = ConnectionLimits::new(global_connections, config.max_connections_per_agent);
+    let limits = ConnectionLimits::new(
+        global_connections,
+        config.max_connections_per_agent,
+        config.max_requests_per_agent,
+    );
     let holds = Holds::new(config.max_holds_per_agent);
     let bodies = crate::body_budget::BodyBudget::new(
         config.max_buffered_bodies_per_agent,

@@ -71,6 +71,10 @@ pub struct VaultConfig {
     /// Most connections one agent may have open at once (its share, so one agent cannot
     /// use up what the others need).
     pub max_connections_per_agent: usize,
+    /// Most requests one agent may have in flight at once, over all its connections
+    /// (each HTTP/2 tunnel carries up to 200 streams, and each request may hold an
+    /// upstream connection).
+    pub max_requests_per_agent: usize,
     /// Most requests one agent may have waiting for approval at once.
     pub max_holds_per_agent: usize,
     /// Largest body the gateway reads to judge a request (body rules, approvals).
@@ -109,6 +113,7 @@ impl VaultConfig {
             idle_timeout: Duration::from_secs(300),
             client_idle_timeout: Duration::from_secs(120),
             max_connections_per_agent: 256,
+            max_requests_per_agent: 256,
             max_holds_per_agent: 32,
             max_judged_body: 4 * 1024 * 1024,
             max_buffered_bodies_per_agent: 64 * 1024 * 1024,

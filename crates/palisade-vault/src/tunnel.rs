@@ -74,8 +74,11 @@ pub async fn run(
         let shared = shared.clone();
         let activity = activity.clone();
         let permits = permits.clone();
+        // The agent's share of requests in flight, looked up once per tunnel.
+        let requests = shared.limits.requests_of(&agent);
         service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let in_flight = activity.start_request();
+            let mut in_flight = activity.start_request();
+            let placed = in_flight.hold_place(&requests);
             // Boxed once here: hyper moves the service's future into its own slot, and
             // the pipeline's future is a few KiB (memmove under hyper's `recv_msg` was
             // ~2 % of the gateway's profile at 16 connections in bench/vault.sh; the
@@ -89,6 +92,7 @@ pub async fn run(
                     activity: activity.clone(),
                     permits: permits.clone(),
                 },
+                placed,
             ));
             async move {
                 let Ok(response) = handled.await;

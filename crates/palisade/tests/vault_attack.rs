@@ -8,8 +8,8 @@
 //!   `Connection`, and a policy changed while a request waited for approval;
 //! - a body extended after the approval was shown;
 //! - abandoned held requests, and one agent's flood of holds;
-//! - one agent's flood of idle connections while another agent works, and its
-//!   WebSockets past its share or left idle;
+//! - one agent's flood of idle connections while another agent works, its WebSockets
+//!   past its share or left idle, and its HTTP/2 streams past its share of requests;
 //! - one agent's unfinished bodies that a rule must read whole;
 //! - one agent's loop of refusals flooding the audit log;
 //! - the gateway's own listener spelled as IPv4-mapped IPv6;
@@ -1266,6 +1266,72 @@ fn websockets_keep_their_place_and_are_closed_when_idle() {
     assert_eq!(read_line(), "done");
     // ...and the agent's share is whole again.
     let reply = attack.curl(&greedy, &[&attack.url("/echo")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+}
+
+/// Sends `COUNT` GETs of `URL` at once over one HTTP/2 connection through the proxy and
+/// prints each answer as a JSON line `{"status": S, "error": E}`.
+const CONCURRENT_H2_CLIENT: &str = r#"
+import asyncio, json, os, ssl, httpx
+async def main():
+    context = ssl.create_default_context(cafile=os.environ["VAULT_CA"])
+    async with httpx.AsyncClient(http2=True, proxy=os.environ["PROXY"], verify=context, timeout=30) as client:
+        async def one():
+            r = await client.get(os.environ["URL"])
+            error = r.json().get("error") if r.status_code != 200 else None
+            return {"status": r.status_code, "error": error, "version": r.http_version}
+        for answer in await asyncio.gather(*[one() for _ in range(int(os.environ["COUNT"]))]):
+            print(json.dumps(answer))
+asyncio.run(main())
+"#;
+
+/// One agent cannot have more requests in flight than its share
+/// (`--max-requests-per-agent`), however many HTTP/2 streams it opens: each request to
+/// an upstream that speaks only HTTP/1.1 holds an upstream connection, and one tunnel
+/// carries up to 200 streams. (One agent's 256 tunnels could hold 51,200 upstream
+/// connections.) Those beyond the share get 503 `too_many_requests_in_flight`, each with
+/// an audit row, and the share is free again once the requests end.
+#[test]
+fn one_agent_cannot_have_unbounded_requests_in_flight() {
+    let mut setup = Setup::with_upstream(palisade_testkit::Upstream::builder().http1_only());
+    setup.start_vault(&["--max-requests-per-agent", "4"]);
+    let attack = Attack { setup };
+    let greedy = attack.setup.agent("greedy");
+    let proxy = palisade_testkit::proxy_url(attack.setup.addr(), &greedy);
+    let url = attack.url("/slow?ms=1500");
+    let ca = attack.setup.vault_ca_str();
+    let output = python(
+        CONCURRENT_H2_CLIENT,
+        &[
+            ("PROXY", &proxy),
+            ("URL", &url),
+            ("VAULT_CA", &ca),
+            ("COUNT", "10"),
+        ],
+        CLIENT_TIMEOUT,
+    );
+    assert!(output.status.success(), "{}", output_text(&output));
+    let answers: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 10);
+    assert!(
+        answers.iter().all(|a| a["version"] == "HTTP/2"),
+        "{answers:?}"
+    );
+    let served = answers.iter().filter(|a| a["status"] == 200).count();
+    let refused: Vec<&Value> = answers.iter().filter(|a| a["status"] == 503).collect();
+    assert_eq!(served, 4, "{answers:?}");
+    assert_eq!(refused.len(), 6, "{answers:?}");
+    assert!(refused
+        .iter()
+        .all(|a| a["error"] == "too_many_requests_in_flight"));
+    let rows = attack.json(&["audit", "list", "--decision", "too_many_requests_in_flight"]);
+    assert_eq!(rows.as_array().map(Vec::len), Some(6), "{rows}");
+
+    // Once those requests have ended, the agent's share is whole again.
+    let reply = attack.curl(&greedy, &["--http2", &attack.url("/echo")]);
     assert_eq!(reply.status, 200, "{}", reply.raw);
 }
 

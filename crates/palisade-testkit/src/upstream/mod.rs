@@ -179,6 +179,7 @@ pub struct UpstreamBuilder {
     extra_names: Vec<String>,
     plain_http: bool,
     ipv6: bool,
+    http1_only: bool,
 }
 
 impl UpstreamBuilder {
@@ -191,6 +192,13 @@ impl UpstreamBuilder {
     /// Also serve plain HTTP on a second port ([`Upstream::http_addr`]).
     pub fn plain_http(mut self) -> UpstreamBuilder {
         self.plain_http = true;
+        self
+    }
+
+    /// Offer only HTTP/1.1 over TLS (no h2 in ALPN), like many servers: a proxy then
+    /// needs one connection per request in flight.
+    pub fn http1_only(mut self) -> UpstreamBuilder {
+        self.http1_only = true;
         self
     }
 
@@ -210,7 +218,11 @@ impl UpstreamBuilder {
             .with_no_client_auth()
             .with_single_cert(identity.chain, identity.key)
             .map_err(|error| KitError::Tls(error.to_string()))?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.alpn_protocols = if self.http1_only {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
         let bind_addr: SocketAddr = if self.ipv6 {

@@ -1,6 +1,7 @@
 //! The phases one agent request goes through, in order, each in its own file:
 //!
-//! admit (the gateway is up, the agent still exists) → canonical (one spelling of the
+//! placed (the agent has a request in flight to spare) → admit (the gateway is up, the
+//! agent still exists) → canonical (one spelling of the
 //! path, ambiguous ones refused) → local (no loopback, private or own address) → policy
 //! (match rules and secrets, reading the body when a body rule may decide) → rate
 //! (count rate limits) → hold (read the whole body, ask a person, wait) → inject (write
@@ -33,7 +34,7 @@ use crate::state::{Shared, Snapshot};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use palisade_policy::{AgentName, RequestFacts, Verdict};
+use palisade_policy::{AgentName, GatewayErrorKind, RequestFacts, Verdict};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,13 +45,16 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 const DRAIN_LIMIT: usize = 256 * 1024;
 
-/// Runs one request through the phases; never fails at the HTTP level (refusals are responses).
+/// Runs one request through the phases; never fails at the HTTP level (refusals are
+/// responses). `placed`: whether the request found a place under its agent's share of
+/// requests in flight (taken by the caller, held until the response ends).
 pub async fn handle(
     shared: Arc<Shared>,
     agent: AgentName,
     target: Arc<Target>,
     request: Request<Incoming>,
     client: ClientConnection,
+    placed: bool,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let (parts, body) = request.into_parts();
     let mut audit = audit::Pending::new(
@@ -59,11 +63,20 @@ pub async fn handle(
     );
     let mut body = RequestBody::Unread(body);
     let head_request = parts.method == http::Method::HEAD;
-    let (decision, response) = match run(
-        &shared, &agent, &target, &client, parts, &mut body, &mut audit,
-    )
-    .await
-    {
+    // Phase 0: the request has a place under its agent's share of requests in flight.
+    let outcome = if placed {
+        run(
+            &shared, &agent, &target, &client, parts, &mut body, &mut audit,
+        )
+        .await
+    } else {
+        Err(Refusal::of(
+            Decision::TooManyRequestsInFlight,
+            GatewayErrorKind::TooManyRequestsInFlight,
+            &target.host,
+        ))
+    };
+    let (decision, response) = match outcome {
         Ok((decision, response)) => (decision, response),
         Err(refusal) => {
             // Let the client finish sending what it started (HTTP/2 clients take a

@@ -32,6 +32,8 @@ pub enum Decision {
     GatewayRestarting,
     /// The agent already has as many connections as it may.
     TooManyConnections,
+    /// The agent already has as many requests in flight as it may.
+    TooManyRequestsInFlight,
     /// A loopback, private or own address, or the host's control plane.
     LocalRefused,
     /// A block rule matched.
@@ -85,6 +87,7 @@ impl Decision {
             Decision::AgentGone => "agent_gone",
             Decision::GatewayRestarting => "gateway_restarting",
             Decision::TooManyConnections => "too_many_connections",
+            Decision::TooManyRequestsInFlight => "too_many_requests_in_flight",
             Decision::LocalRefused => "local_refused",
             Decision::Blocked => "blocked",
             Decision::DefaultDenied => "default_denied",
@@ -125,6 +128,7 @@ impl Decision {
             | Decision::AmbiguousMethod => Outcome::Blocked,
             Decision::RateLimited
             | Decision::TooManyConnections
+            | Decision::TooManyRequestsInFlight
             | Decision::TooManyBufferedBodies
             | Decision::TooManyPendingApprovals => Outcome::RateLimited,
             Decision::ProxyAuthRequired

@@ -17,7 +17,7 @@ pub enum VaultCommand {
     #[command(
         after_help = "Example:\n  palisade vault serve --listen 127.0.0.1:10255 --upstream-ca test-ca.pem --allow-local-upstream localhost"
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the vault CA certificate (PEM) that agents must trust.
     CaCert,
     /// Print the environment a shell or container needs to use the gateway as an agent.
@@ -82,6 +82,10 @@ pub struct GatewayArgs {
     /// Most connections one agent may have open through the gateway (beyond: 503).
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_connections_per_agent: u32,
+    /// Most requests one agent may have in flight at once, over all its connections and
+    /// HTTP/2 streams (beyond: 503).
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_requests_per_agent: u32,
     /// Most requests one agent may have waiting for approval (beyond: 429).
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_holds_per_agent: u32,
@@ -134,6 +138,7 @@ impl GatewayArgs {
         config.idle_timeout = self.idle_timeout;
         config.client_idle_timeout = self.client_idle_timeout;
         config.max_connections_per_agent = self.max_connections_per_agent as usize;
+        config.max_requests_per_agent = self.max_requests_per_agent as usize;
         config.max_holds_per_agent = self.max_holds_per_agent as usize;
         config.max_judged_body = self.max_judged_body;
         config.max_buffered_bodies_per_agent = self.max_buffered_bodies_per_agent;
@@ -169,7 +174,7 @@ pub struct EnvArgs {
 
 pub fn run(command: VaultCommand, ctx: &Context) -> anyhow::Result<()> {
     match command {
-        VaultCommand::Serve(args) => serve(args, ctx),
+        VaultCommand::Serve(args) => serve(*args, ctx),
         VaultCommand::CaCert => {
             print!("{}", palisade_vault::ca_certificate_pem(&ctx.home)?);
             Ok(())
