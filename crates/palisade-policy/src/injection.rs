@@ -186,6 +186,21 @@ impl Injection {
     }
 }
 
+/// Every spelling under which [`Injection::apply`] may write `value` into a request: as
+/// is (a header, or inside a header's format), percent-encoded as a query value, and
+/// percent-encoded as a path segment. An upstream that echoes its request sends one of
+/// these back, which is what the gateway looks for in responses.
+pub fn sent_forms(value: &str) -> Vec<String> {
+    let mut forms = vec![value.to_string()];
+    for set in [QUERY_COMPONENT, PATH_SEGMENT] {
+        let form = utf8_percent_encode(value, set).to_string();
+        if !forms.contains(&form) {
+            forms.push(form);
+        }
+    }
+    forms
+}
+
 const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 
 /// A header value marked sensitive so HPACK never indexes it. The error carries no part

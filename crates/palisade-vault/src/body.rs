@@ -145,6 +145,9 @@ pub enum ProxyBody {
         close_delimited: bool,
     },
     Full(Option<Bytes>),
+    /// A response to a request that carried a secret, with the secret masked wherever
+    /// the upstream sent it back.
+    Masked(Box<crate::reflect::Masked>),
 }
 
 impl ProxyBody {
@@ -192,6 +195,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Masked(masked) => Pin::new(masked.as_mut()).poll_frame(cx),
             ProxyBody::Upstream {
                 inner,
                 idle_timeout,
@@ -223,6 +227,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Masked(masked) => masked.is_end_stream(),
             ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -231,6 +236,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Masked(masked) => masked.size_hint(),
             ProxyBody::Upstream { inner, .. } => inner.size_hint(),
         }
     }

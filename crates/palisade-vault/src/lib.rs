@@ -18,6 +18,7 @@ mod gateway;
 pub mod net_guard;
 mod peer;
 mod pipeline;
+mod reflect;
 mod respond;
 mod state;
 mod tls;

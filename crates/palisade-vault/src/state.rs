@@ -33,6 +33,9 @@ pub struct Snapshot {
     pub approval_timeouts: HashMap<AgentName, std::time::Duration>,
     /// Each agent's dial (absent: the default, which asks only where rules say).
     pub dials: HashMap<AgentName, palisade_policy::dial::Dial>,
+    /// Each secret's spellings to mask in responses, by secret id (none for secrets too
+    /// short to search for).
+    pub reflections: HashMap<i64, Arc<crate::reflect::Reflection>>,
 }
 
 impl Snapshot {
@@ -62,7 +65,15 @@ impl Snapshot {
             .collect::<HashMap<_, _>>();
         let admin_key = store.admin_key(false)?;
         let admin_key_digest = Sha256::digest(admin_key.expose().as_bytes()).into();
+        let reflections = policy
+            .secrets()
+            .iter()
+            .filter_map(|secret| {
+                crate::reflect::Reflection::of(secret.value.expose()).map(|r| (secret.id, r))
+            })
+            .collect();
         Ok(Snapshot {
+            reflections,
             policy,
             agents,
             tokens,

@@ -10,7 +10,8 @@ mod vault_fixture;
 use palisade_testkit::{output_text, proxy_url, python, Upstream};
 use serde_json::Value;
 use vault_fixture::{
-    echo_header, header_values, last_json_line, python_ok, split_status, Setup, CLIENT_TIMEOUT,
+    echo_header, header_values, last_json_line, masked, python_ok, split_status, Setup,
+    CLIENT_TIMEOUT,
 };
 
 /// A request the upstream recorded must carry neither the proxy credential header nor
@@ -67,9 +68,15 @@ fn curl_http1_gets_the_credential_injected() {
     assert_eq!(echo["path"], "/echo/one");
     assert_eq!(echo["query"], "a=1");
     assert_eq!(echo["body_len"], 5);
+    // The upstream got the credential; the client sees it masked where the echo
+    // sent it back.
+    assert_eq!(
+        setup.sent_header("authorization"),
+        vec!["Bearer sk-curl-http1-value"]
+    );
     assert_eq!(
         echo_header(&echo, "authorization"),
-        vec!["Bearer sk-curl-http1-value"]
+        vec![format!("Bearer {}", masked("sk-curl-http1-value"))]
     );
     assert_no_proxy_credential(&setup, &token);
 }
@@ -98,7 +105,11 @@ fn curl_http2_negotiates_h2_on_both_sides() {
     let (body, trailer) = text.rsplit_once('\n').expect("curl's -w trailer");
     assert_eq!(trailer, "200 2", "curl must negotiate h2 with the vault");
     let echo: Value = serde_json::from_str(body).expect("echo JSON");
-    assert_eq!(echo_header(&echo, "x-api-key"), vec!["sk-curl-h2-value"]);
+    assert_eq!(setup.sent_header("x-api-key"), vec!["sk-curl-h2-value"]);
+    assert_eq!(
+        echo_header(&echo, "x-api-key"),
+        vec![masked("sk-curl-h2-value")]
+    );
     assert_eq!(echo["path"], "/h2/path");
     let recorded = setup.last_upstream();
     assert_eq!(
@@ -143,8 +154,12 @@ print(json.dumps({"status": r.status_code, "echo": r.json()}))
     assert_eq!(echo["method"], "POST");
     assert_eq!(echo["query"], "page=2");
     assert_eq!(
-        echo_header(echo, "authorization"),
+        setup.sent_header("authorization"),
         vec!["Bearer sk-requests-value"]
+    );
+    assert_eq!(
+        echo_header(echo, "authorization"),
+        vec![format!("Bearer {}", masked("sk-requests-value"))]
     );
     assert_eq!(
         echo["body_len"].as_u64(),
@@ -186,7 +201,14 @@ with httpx.Client(http2=True, proxy=os.environ["PROXY"], verify=context, timeout
         result["version"], "HTTP/2",
         "httpx must negotiate h2 with the vault"
     );
-    assert_eq!(result["echo"]["query"], "q=cats&api_key=sk-httpx-value");
+    assert_eq!(
+        setup.sent_path_and_query().1,
+        "q=cats&api_key=sk-httpx-value"
+    );
+    assert_eq!(
+        result["echo"]["query"],
+        format!("q=cats&api_key={}", masked("sk-httpx-value"))
+    );
     assert_eq!(setup.last_upstream().version, "HTTP/2");
     assert_no_proxy_credential(&setup, &token);
 }
@@ -411,8 +433,12 @@ fn absolute_form_http_to_a_plain_upstream() {
     assert_eq!(echo["path"], "/plain/path");
     assert_eq!(echo["query"], "q=1");
     assert_eq!(
-        echo_header(&echo, "authorization"),
+        setup.sent_header("authorization"),
         vec!["Bearer sk-plain-http-value"]
+    );
+    assert_eq!(
+        echo_header(&echo, "authorization"),
+        vec![format!("Bearer {}", masked("sk-plain-http-value"))]
     );
     let recorded = setup.last_upstream();
     assert!(
@@ -442,7 +468,8 @@ fn ipv6_literal_upstream() {
     for version in ["--http1.1", "--http2"] {
         let echo = setup.echo(&token, &url, &[version]);
         assert_eq!(echo["path"], "/over/v6");
-        assert_eq!(echo_header(&echo, "x-six"), vec!["sk-ipv6-value"]);
+        assert_eq!(setup.sent_header("x-six"), vec!["sk-ipv6-value"]);
+        assert_eq!(echo_header(&echo, "x-six"), vec![masked("sk-ipv6-value")]);
         let host = echo_header(&echo, "host");
         assert_eq!(
             host,
@@ -540,8 +567,24 @@ print(json.dumps({"digest": digest, "h1": h1, "h2": h2, "h2_version": version}))
         assert_eq!(echo["body_sha256"], result["digest"], "{key}");
         assert_eq!(
             echo_header(echo, "authorization"),
-            vec!["Bearer sk-bulk-value"],
+            vec![format!("Bearer {}", masked("sk-bulk-value"))],
             "{key}"
+        );
+    }
+    let uploads: Vec<_> = setup
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(uploads.len(), 2);
+    for upload in uploads {
+        assert!(
+            upload
+                .headers
+                .contains(&("authorization".into(), "Bearer sk-bulk-value".into())),
+            "{:?}",
+            upload.headers
         );
     }
 

@@ -15,8 +15,7 @@ use std::process::Command;
 use palisade_testkit::{output_text, run_with_timeout, Upstream};
 use serde_json::Value;
 use vault_fixture::{
-    base64, echo_header, header_values, last_json_line, python_ok, raw_exchange, Setup,
-    CLIENT_TIMEOUT,
+    base64, header_values, last_json_line, masked, python_ok, raw_exchange, Setup, CLIENT_TIMEOUT,
 };
 
 /// A CLI change is in force when the command returns: the condition must hold on the
@@ -187,13 +186,13 @@ fn header_injection_shapes_replace_what_the_client_sent() {
     let url = |path: &str| setup.upstream.url(path);
 
     for version in ["--http1.1", "--http2"] {
-        let echo = setup.echo(
+        setup.echo(
             &token,
             &url("/bearer/x"),
             &[version, "-H", "Authorization: Bearer client-placeholder"],
         );
         assert_eq!(
-            echo_header(&echo, "authorization"),
+            setup.sent_header("authorization"),
             vec!["Bearer v-bearer-1"],
             "{version}"
         );
@@ -210,39 +209,39 @@ fn header_injection_shapes_replace_what_the_client_sent() {
             ],
         );
         assert_eq!(
-            echo_header(&echo, "x-api-key"),
+            setup.sent_header("x-api-key"),
             vec!["v-anthropic-2"],
             "{version}"
         );
         assert!(
-            echo_header(&echo, "authorization").is_empty(),
+            setup.sent_header("authorization").is_empty(),
             "{version}: anthropic removes Authorization: {echo}"
         );
 
-        let echo = setup.echo(&token, &url("/header/a"), &[version]);
+        setup.echo(&token, &url("/header/a"), &[version]);
         assert_eq!(
-            echo_header(&echo, "x-api-token"),
+            setup.sent_header("x-api-token"),
             vec!["v-header-3"],
             "{version}"
         );
-        let echo = setup.echo(
+        setup.echo(
             &token,
             &url("/header/b"),
             &[version, "-H", "X-Api-Token: client-value"],
         );
         assert_eq!(
-            echo_header(&echo, "x-api-token"),
+            setup.sent_header("x-api-token"),
             vec!["v-header-3"],
             "{version}"
         );
 
-        let echo = setup.echo(
+        setup.echo(
             &token,
             &url("/format/c"),
             &[version, "-H", "Authorization: Bearer client"],
         );
         assert_eq!(
-            echo_header(&echo, "authorization"),
+            setup.sent_header("authorization"),
             vec!["token v-format-4"],
             "{version}"
         );
@@ -271,8 +270,15 @@ fn query_injection_replaces_its_parameter_and_keeps_the_others() {
             .url("/maps/search?a=1&key=client-placeholder&b=two%20words&c"),
         &[],
     );
-    assert_eq!(echo["path"], "/maps/search");
-    let query = echo["query"].as_str().expect("query");
+    let (path, query) = setup.sent_path_and_query();
+    assert_eq!(path, "/maps/search");
+    // The client's echo shows the value masked; the upstream got it.
+    let echoed = echo["query"].as_str().expect("query");
+    assert!(
+        echoed.contains(&format!("key={}", masked("v%20q%2F%26x%3D1"))),
+        "{echoed}"
+    );
+    let query = query.as_str();
     let pairs: Vec<&str> = query.split('&').collect();
     assert!(pairs.contains(&"a=1"), "{query}");
     assert!(pairs.contains(&"b=two%20words"), "{query}");
@@ -284,8 +290,66 @@ fn query_injection_replaces_its_parameter_and_keeps_the_others() {
         "the value added a parameter: {query}"
     );
 
-    let echo = setup.echo(&token, &setup.upstream.url("/no-query"), &[]);
-    assert_eq!(echo["query"], "key=v%20q%2F%26x%3D1");
+    setup.echo(&token, &setup.upstream.url("/no-query"), &[]);
+    assert_eq!(setup.sent_path_and_query().1, "key=v%20q%2F%26x%3D1");
+}
+
+/// A credential the upstream sends back (an echo, an error page quoting the header) is
+/// masked before the agent sees it, in headers and body, over HTTP/1.1 and HTTP/2, byte
+/// for byte; the first time in a response writes a `secret.reflected` audit row. The
+/// upstream itself got the credential.
+#[test]
+fn a_credential_sent_back_is_masked_and_audited() {
+    let mut setup = Setup::new();
+    let token = setup.agent("reflector");
+    let secret = "sk-reflect-7f3a9c";
+    setup.secret(
+        "echoed",
+        "localhost",
+        None,
+        "bearer",
+        &["reflector"],
+        secret,
+    );
+    setup.start_vault(&[]);
+    for version in ["--http1.1", "--http2"] {
+        // A page that quotes the credential in the middle of other text.
+        let url = setup
+            .upstream
+            .url(&format!("/page?text=before%20{secret}%20after"));
+        let (status, body) = setup.fetch(&token, &[version, &url]);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            format!("before {} after", masked(secret)),
+            "{version}"
+        );
+        assert_eq!(
+            setup.sent_header("authorization"),
+            vec![format!("Bearer {secret}")]
+        );
+    }
+    let reflected = || -> Vec<Value> {
+        let text = setup.cli(&["--json", "audit", "list", "--event", "secret.reflected"]);
+        serde_json::from_str::<Value>(&text)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    // The row is queued as the body passes; the writer commits it a moment later.
+    assert!(palisade_testkit::wait_until(
+        std::time::Duration::from_secs(5),
+        || { reflected().len() == 2 }
+    ));
+    let rows = reflected();
+    for row in &rows {
+        assert_eq!(row["agent"], "reflector");
+        assert_eq!(row["secret"], "echoed");
+        assert_eq!(row["path"], "/page");
+        assert_eq!(row["decision"], "masked");
+        assert!(!row.to_string().contains(secret), "{row}");
+    }
 }
 
 /// `path-template:/bot{value}/`: `/bot/…` and `/botPLACEHOLDER/…` both become
@@ -312,9 +376,17 @@ fn path_template_fills_both_shapes_of_path() {
         ("/botPLACEHOLDER/getMe?x=1", "/bot123456:ABC-def_ghi/getMe"),
     ] {
         let echo = setup.echo(&token, &setup.upstream.url(sent), &[]);
-        assert_eq!(echo["path"], expected, "{sent}");
         let query = sent.split_once('?').map(|(_, q)| q).unwrap_or_default();
-        assert_eq!(echo["query"], query, "{sent}");
+        assert_eq!(
+            setup.sent_path_and_query(),
+            (expected.to_string(), query.to_string()),
+            "{sent}"
+        );
+        assert_eq!(
+            echo["path"],
+            expected.replace("123456:ABC-def_ghi", &masked("123456:ABC-def_ghi")),
+            "{sent}"
+        );
     }
 }
 
@@ -359,8 +431,8 @@ fn path_patterns_scope_injection() {
     ];
     for (path, expected) in cases {
         let echo = setup.echo(&token, &setup.upstream.url(path), &[]);
-        let scoped = echo_header(&echo, "x-scoped");
-        let exact = echo_header(&echo, "x-exact");
+        let scoped = setup.sent_header("x-scoped");
+        let exact = setup.sent_header("x-exact");
         match expected {
             Some("X") => {
                 assert_eq!(scoped, vec!["v-scoped"], "{path}");
@@ -405,24 +477,24 @@ fn no_injection_without_a_grant_on_another_host_or_for_another_agent() {
     let on_localhost = setup.upstream.url("/nobody/x");
     let on_ip = setup.upstream.base_url_for("127.0.0.1") + "/nobody/x";
 
-    let echo = setup.echo(&granted, &on_localhost, &[]);
+    setup.echo(&granted, &on_localhost, &[]);
     assert_eq!(
-        echo_header(&echo, "x-mine"),
+        setup.sent_header("x-mine"),
         vec!["v-mine-granted"],
         "control"
     );
-    assert!(echo_header(&echo, "x-nobody").is_empty());
+    assert!(setup.sent_header("x-nobody").is_empty());
 
     let echo = setup.echo(&other, &on_localhost, &[]);
     assert!(
-        echo_header(&echo, "x-mine").is_empty(),
+        setup.sent_header("x-mine").is_empty(),
         "another agent: {echo}"
     );
-    assert!(echo_header(&echo, "x-nobody").is_empty());
+    assert!(setup.sent_header("x-nobody").is_empty());
 
     let echo = setup.echo(&granted, &on_ip, &[]);
     assert!(
-        echo_header(&echo, "x-mine").is_empty(),
+        setup.sent_header("x-mine").is_empty(),
         "another host: {echo}"
     );
 
@@ -477,8 +549,8 @@ fn the_most_specific_secret_wins() {
         ("/api/special/exact", "exact"),
         ("/tie/x", "tie-high"),
     ] {
-        let echo = setup.echo(&token, &setup.upstream.url(path), &[]);
-        assert_eq!(echo_header(&echo, "x-key"), vec![expected], "{path}");
+        setup.echo(&token, &setup.upstream.url(path), &[]);
+        assert_eq!(setup.sent_header("x-key"), vec![expected], "{path}");
     }
 }
 
@@ -578,8 +650,8 @@ fn cli_changes_apply_to_a_running_gateway_within_a_second() {
     setup.start_vault(&[]);
     let url = setup.upstream.url("/hot");
     let hot_header = || {
-        let echo = setup.echo(&token, &url, &[]);
-        echo_header(&echo, "x-hot")
+        setup.echo(&token, &url, &[]);
+        setup.sent_header("x-hot")
     };
     assert!(hot_header().is_empty());
 
@@ -670,8 +742,8 @@ fn the_ca_is_stable_across_gateway_restarts() {
             CLIENT_TIMEOUT,
         );
         assert!(output.status.success(), "{}", output_text(&output));
-        let echo: Value = serde_json::from_slice(&output.stdout).expect("echo JSON");
-        assert_eq!(echo_header(&echo, "authorization"), vec!["Bearer v-steady"]);
+        let _: Value = serde_json::from_slice(&output.stdout).expect("echo JSON");
+        assert_eq!(setup.sent_header("authorization"), vec!["Bearer v-steady"]);
     };
     fetch_with_saved_ca(&setup);
 
@@ -895,7 +967,7 @@ curl -sS --max-time 20 --noproxy '' "$URL"
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", output_text(&output)));
     assert_eq!(echo["path"], "/from/shell");
     assert_eq!(
-        echo_header(&echo, "authorization"),
+        setup.sent_header("authorization"),
         vec!["Bearer v-shell-env"]
     );
     assert_eq!(setup.upstream.count(), 1);

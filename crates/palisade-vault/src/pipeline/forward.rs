@@ -9,6 +9,7 @@ use super::{error_chain, Decision, Refusal, Target};
 use crate::body::{ForwardBody, ProxyBody};
 use crate::conn::ClientConnection;
 use crate::net_guard::find_local_refused;
+use crate::reflect::{Masked, Reflection, Report};
 use crate::respond::{is_websocket_upgrade, strip_hop_by_hop};
 use crate::state::Shared;
 use http::{Request, Response};
@@ -23,6 +24,7 @@ pub(super) async fn forward(
     client: &ClientConnection,
     mut parts: http::request::Parts,
     body: ForwardBody,
+    masking: Option<(Arc<Reflection>, Report)>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let host = target.host.as_str();
     let agent_version = parts.version;
@@ -56,6 +58,13 @@ pub(super) async fn forward(
         ));
     };
     parts.uri = uri;
+    if masking.is_some() {
+        // The response is searched for the credential, so it must come readable.
+        parts.headers.insert(
+            http::header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+    }
     parts.version = http::Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     let request = Request::from_parts(parts, body);
@@ -107,11 +116,31 @@ pub(super) async fn forward(
     strip_hop_by_hop(&mut head.headers, switching);
     // The answer to a HEAD ends with its head, whatever length it announces (an HTTP/2
     // client resets a stream whose announced length never arrives).
-    let body = if switching || head_request {
+    let mut body = if switching || head_request {
         ProxyBody::empty()
     } else {
         ProxyBody::upstream(incoming, shared.upstream.idle_timeout, close_delimited)
     };
+    if let Some((reflection, report)) = masking {
+        let mut report = Some(report);
+        if reflection.mask_headers(&mut head.headers) {
+            if let Some(report) = report.take() {
+                report.send("headers");
+            }
+        }
+        let readable = head
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_none_or(|encoding| encoding.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if !readable {
+            tracing::debug!(
+                host,
+                "a compressed response to a request with a credential passes unsearched"
+            );
+        } else if matches!(body, ProxyBody::Upstream { .. }) {
+            body = ProxyBody::Masked(Box::new(Masked::new(body, reflection, report)));
+        }
+    }
     Ok(Response::from_parts(head, body))
 }
 

@@ -134,6 +134,7 @@ async fn run(
         _ => None,
     };
     let mut secret = evaluation.secret;
+    let mut reflection = secret.and_then(|s| snapshot.reflections.get(&s.id).cloned());
     // Declared here so the secret chosen after a hold can borrow from it.
     let current;
     if let Some(reason) = reason {
@@ -166,16 +167,29 @@ async fn run(
         .await?;
         refuse_if_blocked(&now, target, agent, audit)?;
         secret = now.secret;
+        reflection = secret.and_then(|s| current.reflections.get(&s.id).cloned());
     }
+    let mut masking = None;
     if let Some(secret) = secret {
         audit.record().secret = Some(secret.name.clone());
         inject::inject(shared, target, secret, &mut parts)?;
         if decision == Decision::Allowed {
             decision = Decision::Injected;
         }
+        masking = reflection.map(|reflection| {
+            let report = crate::reflect::Report {
+                audit: shared.audit.clone(),
+                agent: agent.to_string(),
+                method: parts.method.to_string(),
+                host: target.host.clone(),
+                path: audit.record().path.clone(),
+                secret: secret.name.clone(),
+            };
+            (reflection, report)
+        });
     }
     let forward_body = std::mem::replace(body, RequestBody::Gone).into_forward();
-    let response = forward::forward(shared, target, client, parts, forward_body).await?;
+    let response = forward::forward(shared, target, client, parts, forward_body, masking).await?;
     Ok((decision, response))
 }
 

@@ -239,6 +239,31 @@ impl Setup {
             .last_request()
             .expect("the upstream received no request")
     }
+
+    /// The values of header `name` in the last request the upstream received: what the
+    /// gateway sent (the echo a client gets back has any injected credential masked).
+    pub fn sent_header(&self, name: &str) -> Vec<String> {
+        self.last_upstream()
+            .headers
+            .into_iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// The path and the query (empty if none) of the last request the upstream received.
+    pub fn sent_path_and_query(&self) -> (String, String) {
+        let recorded = self.last_upstream().path_and_query;
+        match recorded.split_once('?') {
+            Some((path, query)) => (path.to_string(), query.to_string()),
+            None => (recorded, String::new()),
+        }
+    }
+}
+
+/// `secret` as a client sees it in a response that sent it back: masked byte for byte.
+pub fn masked(secret: &str) -> String {
+    "*".repeat(secret.len())
 }
 
 /// Requires a command to have succeeded; returns its output for chaining.

@@ -1,0 +1,377 @@
+//! Credentials sent back. An upstream that echoes its request (a debugging endpoint,
+//! an error page quoting the header it rejected) would show the agent the secret the
+//! gateway injected, so the response to a request that carried a secret is searched
+//! for every spelling under which the gateway sends it
+//! ([`palisade_policy::injection::sent_forms`], and each as a JSON string would escape
+//! it) and each occurrence is overwritten with `*`, byte for byte, so lengths and
+//! framing stay as the upstream sent them. Headers, body and trailers are searched; the
+//! first occurrence in a response writes a `secret.reflected` audit row.
+//!
+//! The body is searched as it streams: a chunk that ends with the start of a spelling
+//! keeps those bytes back until the next chunk shows whether the spelling completes
+//! (or the body ends). The search itself is aho-corasick's; the streaming around it is
+//! written here because no crate masks a streamed `http_body::Body` in place.
+//!
+//! Limits (docs/vault.md): secrets shorter than [`MIN_MASKED`] bytes are not searched
+//! for (masking every occurrence of a short string would corrupt ordinary responses); a
+//! response the gateway cannot read (compressed although the request asked for
+//! `identity`) passes unsearched; and an upstream that returns chosen slices of its
+//! request (HTTP ranges over an echo) can still be made to return a secret in pieces.
+
+use crate::audit_log::AuditSender;
+use crate::body::{BoxError, ProxyBody};
+use aho_corasick::AhoCorasick;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use palisade_store::AuditEntry;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// Shortest secret looked for in responses.
+pub const MIN_MASKED: usize = 8;
+const MASK: u8 = b'*';
+
+/// The spellings of one secret, ready to search for.
+pub struct Reflection {
+    finder: AhoCorasick,
+    forms: Vec<Vec<u8>>,
+    /// Whether a byte begins some form (to find held-back tails quickly).
+    starts: [bool; 256],
+    longest: usize,
+}
+
+impl Reflection {
+    /// `None` for a secret too short to search for.
+    pub fn of(value: &str) -> Option<Arc<Reflection>> {
+        if value.len() < MIN_MASKED {
+            return None;
+        }
+        let mut forms: Vec<Vec<u8>> = Vec::new();
+        let mut add = |form: String| {
+            if !form.is_empty() && !forms.iter().any(|f| f == form.as_bytes()) {
+                forms.push(form.into_bytes());
+            }
+        };
+        for form in palisade_policy::injection::sent_forms(value) {
+            add(form);
+        }
+        // As a JSON string: quotes, backslashes and control characters escaped, and by
+        // some encoders `/` too.
+        let json = serde_json::to_string(value).ok()?;
+        let json = json[1..json.len() - 1].to_string();
+        add(json.replace('/', "\\/"));
+        add(json);
+        let finder = AhoCorasick::new(&forms).ok()?;
+        let mut starts = [false; 256];
+        for form in &forms {
+            starts[form[0] as usize] = true;
+        }
+        let longest = forms.iter().map(Vec::len).max().unwrap_or(0);
+        Some(Arc::new(Reflection {
+            finder,
+            forms,
+            starts,
+            longest,
+        }))
+    }
+
+    /// Overwrites every occurrence in `buf`; whether there was one.
+    fn mask(&self, buf: &mut [u8]) -> bool {
+        let found: Vec<std::ops::Range<usize>> = self
+            .finder
+            .find_overlapping_iter(&*buf)
+            .map(|m| m.range())
+            .collect();
+        for range in &found {
+            buf[range.clone()].fill(MASK);
+        }
+        !found.is_empty()
+    }
+
+    /// Length of the longest end of `buf` that is the start of some form (and not a
+    /// whole one): what must wait for the next chunk.
+    fn held(&self, buf: &[u8]) -> usize {
+        let from = buf.len().saturating_sub(self.longest.saturating_sub(1));
+        for i in from..buf.len() {
+            if !self.starts[buf[i] as usize] {
+                continue;
+            }
+            let tail = &buf[i..];
+            if self
+                .forms
+                .iter()
+                .any(|form| form.len() > tail.len() && form.starts_with(tail))
+            {
+                return buf.len() - i;
+            }
+        }
+        0
+    }
+
+    /// Masks every header value that holds a form; whether one did.
+    pub fn mask_headers(&self, headers: &mut HeaderMap) -> bool {
+        let mut found = false;
+        for value in headers.values_mut() {
+            if !self.finder.is_match(value.as_bytes()) {
+                continue;
+            }
+            let mut bytes = value.as_bytes().to_vec();
+            self.mask(&mut bytes);
+            *value = HeaderValue::from_bytes(&bytes)
+                .unwrap_or_else(|_| HeaderValue::from_static("[masked]"));
+            found = true;
+        }
+        found
+    }
+}
+
+/// Who to tell when a secret came back: the request's audit facts, written as one
+/// `secret.reflected` row the first time.
+pub struct Report {
+    pub audit: AuditSender,
+    pub agent: String,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub secret: String,
+}
+
+impl Report {
+    pub fn send(self, place: &str) {
+        tracing::warn!(
+            agent = %self.agent,
+            host = %self.host,
+            secret = %self.secret,
+            place,
+            "the upstream sent back the credential the gateway injected; it was masked"
+        );
+        self.audit.try_record(AuditEntry {
+            event: "secret.reflected".into(),
+            agent: Some(self.agent),
+            method: Some(self.method),
+            host: Some(self.host),
+            path: Some(self.path),
+            decision: Some("masked".into()),
+            rule: None,
+            secret: Some(self.secret),
+            status: None,
+            latency_ms: None,
+            actor: None,
+            approval_id: None,
+            detail: Some(serde_json::json!({ "in": place })),
+        });
+    }
+}
+
+/// A response body with every spelling of a secret masked.
+pub struct Masked<B = ProxyBody> {
+    inner: B,
+    reflection: Arc<Reflection>,
+    /// Bytes kept back: the start of a form at the end of the last chunk.
+    carry: BytesMut,
+    /// Trailers waiting for the kept-back bytes to go first.
+    trailers: Option<HeaderMap>,
+    ended: bool,
+    report: Option<Report>,
+}
+
+impl<B> Masked<B> {
+    pub fn new(inner: B, reflection: Arc<Reflection>, report: Option<Report>) -> Self {
+        Masked {
+            inner,
+            reflection,
+            carry: BytesMut::new(),
+            trailers: None,
+            ended: false,
+            report,
+        }
+    }
+
+    fn found(&mut self, place: &str) {
+        if let Some(report) = self.report.take() {
+            report.send(place);
+        }
+    }
+
+    /// What of `data` (after what was kept back) can go now, masked.
+    fn scan(&mut self, data: Bytes) -> Bytes {
+        if self.carry.is_empty() && !self.reflection.finder.is_match(&data[..]) {
+            let hold = self.reflection.held(&data);
+            if hold == 0 {
+                return data;
+            }
+            self.carry.extend_from_slice(&data[data.len() - hold..]);
+            return data.slice(..data.len() - hold);
+        }
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(&data);
+        if self.reflection.mask(&mut buf) {
+            self.found("body");
+        }
+        let hold = self.reflection.held(&buf);
+        self.carry = buf.split_off(buf.len() - hold);
+        buf.freeze()
+    }
+}
+
+impl<B> Body for Masked<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        this.poll_masked(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        if self.ended {
+            self.carry.is_empty() && self.trailers.is_none()
+        } else {
+            self.carry.is_empty() && self.inner.is_end_stream()
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let carried = self.carry.len() as u64;
+        if self.ended {
+            return SizeHint::with_exact(carried);
+        }
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + carried);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + carried);
+        }
+        hint
+    }
+}
+
+impl<B> Masked<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    fn poll_masked(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.ended {
+                if !self.carry.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(self.carry.split().freeze()))));
+                }
+                return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => self.ended = true,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = self.scan(data);
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(mut trailers) = frame.into_trailers() {
+                            if self.reflection.mask_headers(&mut trailers) {
+                                self.found("trailers");
+                            }
+                            self.trailers = Some(trailers);
+                        }
+                        self.ended = true;
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    const SECRET: &str = "sk-live/abc\"def123";
+
+    fn masked_stream(chunks: &[&[u8]]) -> Vec<u8> {
+        let reflection = Reflection::of(SECRET).unwrap();
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let body = Masked::new(inner, reflection, None);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(body.collect())
+            .unwrap()
+            .to_bytes()
+            .to_vec()
+    }
+
+    #[test]
+    fn every_spelling_is_masked_byte_for_byte() {
+        let json = serde_json::to_string(SECRET).unwrap();
+        let query = "sk-live%2Fabc%22def123";
+        let escaped = r#"sk-live\/abc\"def123"#;
+        let text = format!("a {SECRET} b {json} c {query} d {escaped} e");
+        let out = masked_stream(&[text.as_bytes()]);
+        assert_eq!(out.len(), text.len());
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("abc"), "{out}");
+        assert!(out.starts_with("a ***"), "{out}");
+        assert!(out.ends_with("* e"), "{out}");
+    }
+
+    #[test]
+    fn a_secret_split_across_chunks_is_masked() {
+        let text = format!("xx{SECRET}yy");
+        for cut in 0..=text.len() {
+            for second in cut..=text.len() {
+                let (a, rest) = text.as_bytes().split_at(cut);
+                let (b, c) = rest.split_at(second - cut);
+                let out = masked_stream(&[a, b, c]);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    format!("xx{}yy", "*".repeat(SECRET.len())),
+                    "cut at {cut} and {second}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_start_that_does_not_complete_is_passed_on_unchanged() {
+        let out = masked_stream(&[b"ends with sk-li", b"ve but not the rest", b" sk-"]);
+        assert_eq!(out, b"ends with sk-live but not the rest sk-");
+    }
+
+    #[test]
+    fn headers_are_masked_and_short_secrets_are_not_searched() {
+        let reflection = Reflection::of(SECRET).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-echo",
+            HeaderValue::from_str(&format!("Bearer {SECRET}")).unwrap(),
+        );
+        headers.insert("x-other", HeaderValue::from_static("plain"));
+        assert!(reflection.mask_headers(&mut headers));
+        assert_eq!(
+            headers["x-echo"],
+            format!("Bearer {}", "*".repeat(SECRET.len()))
+        );
+        assert_eq!(headers["x-other"], "plain");
+        assert!(Reflection::of("short").is_none());
+    }
+}
