@@ -20,10 +20,13 @@
 
 use crate::audit_log::AuditSender;
 use crate::body::{BoxError, ProxyBody};
+use crate::pipeline::Target;
+use crate::state::Snapshot;
 use aho_corasick::AhoCorasick;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
+use palisade_policy::AgentName;
 use palisade_store::AuditEntry;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,6 +43,7 @@ pub struct Reflection {
     /// Whether a byte begins some form (to find held-back tails quickly).
     starts: [bool; 256],
     longest: usize,
+    shortest: usize,
 }
 
 impl Reflection {
@@ -69,11 +73,13 @@ impl Reflection {
             starts[form[0] as usize] = true;
         }
         let longest = forms.iter().map(Vec::len).max().unwrap_or(0);
+        let shortest = forms.iter().map(Vec::len).min().unwrap_or(0);
         Some(Arc::new(Reflection {
             finder,
             forms,
             starts,
             longest,
+            shortest,
         }))
     }
 
@@ -114,7 +120,7 @@ impl Reflection {
     pub fn mask_headers(&self, headers: &mut HeaderMap) -> bool {
         let mut found = false;
         for value in headers.values_mut() {
-            if !self.finder.is_match(value.as_bytes()) {
+            if value.len() < self.shortest || !self.finder.is_match(value.as_bytes()) {
                 continue;
             }
             let mut bytes = value.as_bytes().to_vec();
@@ -127,35 +133,56 @@ impl Reflection {
     }
 }
 
+impl Drop for Reflection {
+    /// The spellings are copies of the secret: wiped like the secret itself (the
+    /// search automaton's own tables are not reachable to wipe).
+    fn drop(&mut self) {
+        for form in &mut self.forms {
+            zeroize::Zeroize::zeroize(form);
+        }
+    }
+}
+
 /// Who to tell when a secret came back: the request's audit facts, written as one
-/// `secret.reflected` row the first time.
+/// `secret.reflected` row the first time. Kept as shared handles (the secret's name is
+/// looked up only then), since every response to a request with a credential carries
+/// one.
 pub struct Report {
     pub audit: AuditSender,
-    pub agent: String,
-    pub method: String,
-    pub host: String,
+    pub agent: AgentName,
+    pub method: http::Method,
+    pub target: Arc<Target>,
     pub path: String,
-    pub secret: String,
+    /// The policy the secret was granted under, and the secret's id in it.
+    pub snapshot: Arc<Snapshot>,
+    pub secret_id: i64,
 }
 
 impl Report {
     pub fn send(self, place: &str) {
+        let secret = self
+            .snapshot
+            .policy
+            .secrets()
+            .iter()
+            .find(|s| s.id == self.secret_id)
+            .map(|s| s.name.clone());
         tracing::warn!(
             agent = %self.agent,
-            host = %self.host,
-            secret = %self.secret,
+            host = %self.target.host,
+            secret = secret.as_deref().unwrap_or_default(),
             place,
             "the upstream sent back the credential the gateway injected; it was masked"
         );
         self.audit.try_record(AuditEntry {
             event: "secret.reflected".into(),
-            agent: Some(self.agent),
-            method: Some(self.method),
-            host: Some(self.host),
+            agent: Some(self.agent.to_string()),
+            method: Some(self.method.to_string()),
+            host: Some(self.target.host.clone()),
             path: Some(self.path),
             decision: Some("masked".into()),
             rule: None,
-            secret: Some(self.secret),
+            secret,
             status: None,
             latency_ms: None,
             actor: None,

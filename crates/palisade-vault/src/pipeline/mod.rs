@@ -99,7 +99,7 @@ pub async fn handle(
 async fn run(
     shared: &Arc<Shared>,
     agent: &AgentName,
-    target: &Target,
+    target: &Arc<Target>,
     client: &ClientConnection,
     mut parts: http::request::Parts,
     body: &mut RequestBody,
@@ -135,6 +135,7 @@ async fn run(
     };
     let mut secret = evaluation.secret;
     let mut reflection = secret.and_then(|s| snapshot.reflections.get(&s.id).cloned());
+    let mut granted_by = Arc::clone(&snapshot);
     // Declared here so the secret chosen after a hold can borrow from it.
     let current;
     if let Some(reason) = reason {
@@ -168,6 +169,7 @@ async fn run(
         refuse_if_blocked(&now, target, agent, audit)?;
         secret = now.secret;
         reflection = secret.and_then(|s| current.reflections.get(&s.id).cloned());
+        granted_by = Arc::clone(&current);
     }
     let mut masking = None;
     if let Some(secret) = secret {
@@ -179,11 +181,12 @@ async fn run(
         masking = reflection.map(|reflection| {
             let report = crate::reflect::Report {
                 audit: shared.audit.clone(),
-                agent: agent.to_string(),
-                method: parts.method.to_string(),
-                host: target.host.clone(),
+                agent: agent.clone(),
+                method: parts.method.clone(),
+                target: Arc::clone(target),
                 path: audit.record().path.clone(),
-                secret: secret.name.clone(),
+                snapshot: granted_by,
+                secret_id: secret.id,
             };
             (reflection, report)
         });
