@@ -97,6 +97,51 @@ impl Attack {
     }
 }
 
+/// A Python client talking to the gateway as an agent, driven line by line: it gets
+/// `PROXY`, `UPSTREAM_PORT`, `TOKEN` and `VAULT_CA` besides its own variables, and is
+/// killed when dropped.
+struct Interactive {
+    _child: Killed,
+    input: std::process::ChildStdin,
+    output: BufReader<std::process::ChildStdout>,
+}
+
+impl Interactive {
+    fn start(attack: &Attack, script: &str, token: &str, env: &[(&str, &str)]) -> Interactive {
+        let mut command = Command::new("python3");
+        command
+            .arg("-c")
+            .arg(script)
+            .env("PROXY", attack.setup.addr().to_string())
+            .env("UPSTREAM_PORT", attack.setup.upstream.port().to_string())
+            .env("TOKEN", token)
+            .env("VAULT_CA", attack.setup.vault_ca())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = Killed(command.spawn().expect("python3"));
+        Interactive {
+            input: child.0.stdin.take().unwrap(),
+            output: BufReader::new(child.0.stdout.take().unwrap()),
+            _child: child,
+        }
+    }
+
+    /// The client's next line (each client bounds its own waits).
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.input, "{line}").unwrap();
+    }
+}
+
 #[track_caller]
 fn refused(reply: &CurlReply, status: u16, error: &str) {
     assert_eq!(reply.status, status, "{}", reply.raw);
@@ -614,34 +659,20 @@ fn a_body_extended_after_approval_is_not_what_gets_approved() {
     // A harmless-looking prefix longer than the 64 KiB the gateway used to read.
     let prefix = format!("{{\"note\":\"{}\"", " ".repeat(70 * 1024));
     let rest = ",\"to\":\"attacker@evil.example\"}".to_string();
-    let mut client = Killed(
-        Command::new("python3")
-            .arg("-c")
-            .arg(SLOW_BODY_CLIENT)
-            .env("PROXY", attack.setup.addr().to_string())
-            .env("UPSTREAM_PORT", attack.setup.upstream.port().to_string())
-            .env("TOKEN", &token)
-            .env("VAULT_CA", attack.setup.vault_ca())
-            .env("PREFIX", &prefix)
-            .env("REST", &rest)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3"),
+    let mut client = Interactive::start(
+        &attack,
+        SLOW_BODY_CLIENT,
+        &token,
+        &[("PREFIX", &prefix), ("REST", &rest)],
     );
-    let mut input = client.0.stdin.take().unwrap();
-    let mut lines = BufReader::new(client.0.stdout.take().unwrap());
-    let mut line = String::new();
-    lines.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "prefix-sent");
+    assert_eq!(client.line(), "prefix-sent");
     // Nothing is put before a person while the body is incomplete.
     let shown_early = wait_until(Duration::from_secs(2), || !attack.pending().is_empty());
     assert!(
         !shown_early,
         "an approval was shown before the whole body arrived"
     );
-    writeln!(input, "continue").unwrap();
+    client.send("continue");
     let mut pending = Vec::new();
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -666,8 +697,7 @@ fn a_body_extended_after_approval_is_not_what_gets_approved() {
         "the card shows what the end of the body says: {shown}"
     );
     attack.cli(&["approvals", "approve", approval["id"].as_str().unwrap()]);
-    line.clear();
-    lines.read_line(&mut line).unwrap();
+    let line = client.line();
     assert!(line.starts_with("HTTP/1.1 200"), "{line}");
     let sent = attack.setup.upstream.last_request().unwrap();
     assert_eq!(
@@ -935,33 +965,15 @@ fn one_agent_cannot_fill_the_gateways_memory_with_bodies() {
             "block",
         ],
     );
-    let mut client = Killed(
-        Command::new("python3")
-            .arg("-c")
-            .arg(UNFINISHED_BODIES_CLIENT)
-            .env("PROXY", attack.setup.addr().to_string())
-            .env("UPSTREAM_PORT", attack.setup.upstream.port().to_string())
-            .env("TOKEN", &greedy)
-            .env("VAULT_CA", attack.setup.vault_ca())
-            .env("COUNT", "3")
-            .env("LENGTH", "1000000")
-            .env("PART", "900000")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3"),
+    let mut client = Interactive::start(
+        &attack,
+        UNFINISHED_BODIES_CLIENT,
+        &greedy,
+        &[("COUNT", "3"), ("LENGTH", "1000000"), ("PART", "900000")],
     );
-    let mut input = client.0.stdin.take().unwrap();
-    let mut lines = BufReader::new(client.0.stdout.take().unwrap());
-    let mut read_line = || {
-        let mut line = String::new();
-        lines.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
     // Two bodies of 0.9 MB fit the 2 MiB share; the third does not.
-    assert_eq!(read_line(), "2 HTTP/1.1 503 Service Unavailable");
-    assert_eq!(read_line(), "sent");
+    assert_eq!(client.line(), "2 HTTP/1.1 503 Service Unavailable");
+    assert_eq!(client.line(), "sent");
     let refusals = attack.json(&["audit", "list", "--decision", "too_many_buffered_bodies"]);
     assert_eq!(refusals.as_array().map(Vec::len), Some(1), "{refusals}");
     assert_eq!(refusals[0]["agent"], "greedy");
@@ -982,10 +994,10 @@ fn one_agent_cannot_fill_the_gateways_memory_with_bodies() {
     refused(&reply, 403, "blocked_by_policy");
 
     // The held bodies finish and go upstream; then the share is free again.
-    writeln!(input, "finish").unwrap();
-    assert_eq!(read_line(), "0 HTTP/1.1 200 OK");
-    assert_eq!(read_line(), "1 HTTP/1.1 200 OK");
-    assert_eq!(read_line(), "done");
+    client.send("finish");
+    assert_eq!(client.line(), "0 HTTP/1.1 200 OK");
+    assert_eq!(client.line(), "1 HTTP/1.1 200 OK");
+    assert_eq!(client.line(), "done");
     let reply = attack.curl(
         &greedy,
         &["--data-binary", &body, &attack.url("/scan/again")],
@@ -1224,46 +1236,35 @@ fn websockets_keep_their_place_and_are_closed_when_idle() {
     ]);
     let greedy = attack.setup.agent("greedy");
     let other = attack.setup.agent("other");
-    let mut client = Killed(
-        Command::new("python3")
-            .arg("-c")
-            .arg(WEBSOCKETS_CLIENT)
-            .env("PROXY", attack.setup.addr().to_string())
-            .env("UPSTREAM_PORT", attack.setup.upstream.port().to_string())
-            .env("TOKEN", &greedy)
-            .env("VAULT_CA", attack.setup.vault_ca())
-            .env("COUNT", "5")
-            .env("WAIT", "10")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3"),
+    let mut client = Interactive::start(
+        &attack,
+        WEBSOCKETS_CLIENT,
+        &greedy,
+        &[("COUNT", "5"), ("WAIT", "10")],
     );
-    let mut input = client.0.stdin.take().unwrap();
-    let mut lines = BufReader::new(client.0.stdout.take().unwrap());
-    let mut read_line = || {
-        let mut line = String::new();
-        lines.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
     for i in 0..3 {
-        assert_eq!(read_line(), format!("{i} HTTP/1.1 101 Switching Protocols"));
+        assert_eq!(
+            client.line(),
+            format!("{i} HTTP/1.1 101 Switching Protocols")
+        );
     }
     for i in 3..5 {
-        assert_eq!(read_line(), format!("{i} HTTP/1.1 503 Service Unavailable"));
+        assert_eq!(
+            client.line(),
+            format!("{i} HTTP/1.1 503 Service Unavailable")
+        );
     }
-    assert_eq!(read_line(), "opened");
+    assert_eq!(client.line(), "opened");
     // Another agent is served meanwhile.
     let reply = attack.curl(&other, &[&attack.url("/echo")]);
     assert_eq!(reply.status, 200, "{}", reply.raw);
 
     // Silent WebSockets are closed after the idle timeout...
-    writeln!(input, "check").unwrap();
+    client.send("check");
     for i in 0..3 {
-        assert_eq!(read_line(), format!("{i} closed"));
+        assert_eq!(client.line(), format!("{i} closed"));
     }
-    assert_eq!(read_line(), "done");
+    assert_eq!(client.line(), "done");
     // ...and the agent's share is whole again.
     let reply = attack.curl(&greedy, &[&attack.url("/echo")]);
     assert_eq!(reply.status, 200, "{}", reply.raw);
