@@ -79,17 +79,16 @@ impl AuditSender {
         }
     }
 
-    /// Queues a row without waiting (from `Drop`); dropped with a warning when the
-    /// queue is full.
+    /// Queues a row without waiting (from `Drop`, or from a response body as it
+    /// streams); dropped with a warning when the queue is full.
     pub fn try_record(&self, entry: AuditEntry) {
+        let event = entry.event.clone();
         if self
             .queue
             .try_send(Item::Row(palisade_store::now_ms(), entry))
             .is_err()
         {
-            tracing::warn!(
-                "the audit queue is full; one row about an abandoned request was not written"
-            );
+            tracing::warn!(event, "the audit queue is full; one row was not written");
         }
     }
 

@@ -2,7 +2,7 @@
 //! an error page quoting the header it rejected) would show the agent the secret the
 //! gateway injected, so the response to a request that carried a secret is searched
 //! for every spelling under which the gateway sends it
-//! ([`palisade_policy::injection::sent_forms`], and each as a JSON string would escape
+//! ([`palisade_policy::injection::sent_forms`], and the value as a JSON string escapes
 //! it) and each occurrence is overwritten with `*`, byte for byte, so lengths and
 //! framing stay as the upstream sent them. Headers, body and trailers are searched; the
 //! first occurrence in a response writes a `secret.reflected` audit row.
@@ -15,8 +15,10 @@
 //! Limits (docs/vault.md): secrets shorter than [`MIN_MASKED`] bytes are not searched
 //! for (masking every occurrence of a short string would corrupt ordinary responses); a
 //! response the gateway cannot read (compressed although the request asked for
-//! `identity`) passes unsearched; and an upstream that returns chosen slices of its
-//! request (HTTP ranges over an echo) can still be made to return a secret in pieces.
+//! `identity`) passes unsearched; an upstream that transforms what it echoes (byte
+//! ranges, base64) can still be made to return a secret in a form not searched for;
+//! and bytes kept back at the end of a chunk tell a client that controls an echo's
+//! chunking, and times the bytes, that its text begins a spelling.
 
 use crate::audit_log::AuditSender;
 use crate::body::{BoxError, ProxyBody};
