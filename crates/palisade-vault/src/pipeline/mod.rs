@@ -134,8 +134,8 @@ async fn run(
         _ => None,
     };
     let mut secret = evaluation.secret;
-    let mut reflection = secret.and_then(|s| snapshot.reflections.get(&s.id).cloned());
-    let mut granted_by = Arc::clone(&snapshot);
+    // The policy the secret was chosen under (its spellings to mask come from it too).
+    let mut granted_by = &snapshot;
     // Declared here so the secret chosen after a hold can borrow from it.
     let current;
     if let Some(reason) = reason {
@@ -168,8 +168,7 @@ async fn run(
         .await?;
         refuse_if_blocked(&now, target, agent, audit)?;
         secret = now.secret;
-        reflection = secret.and_then(|s| current.reflections.get(&s.id).cloned());
-        granted_by = Arc::clone(&current);
+        granted_by = &current;
     }
     let mut masking = None;
     if let Some(secret) = secret {
@@ -178,17 +177,17 @@ async fn run(
         if decision == Decision::Allowed {
             decision = Decision::Injected;
         }
-        masking = reflection.map(|reflection| {
+        masking = granted_by.reflections.get(&secret.id).map(|reflection| {
             let report = crate::reflect::Report {
                 audit: shared.audit.clone(),
                 agent: agent.clone(),
                 method: parts.method.clone(),
                 target: Arc::clone(target),
                 path: audit.record().path.clone(),
-                snapshot: granted_by,
+                snapshot: Arc::clone(granted_by),
                 secret_id: secret.id,
             };
-            (reflection, report)
+            (Arc::clone(reflection), report)
         });
     }
     let forward_body = std::mem::replace(body, RequestBody::Gone).into_forward();
