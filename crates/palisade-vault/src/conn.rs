@@ -243,6 +243,9 @@ impl Activity {
 pub struct ClientConnection {
     pub activity: Arc<Activity>,
     pub permits: Arc<ConnectionPermits>,
+    /// A tunnel's own HTTP/1.1 connection to its target; `None` for requests on the
+    /// TCP listener, which may each name another target.
+    pub upstream: Option<Arc<crate::upstream::OwnedUpstream>>,
 }
 
 /// A request in flight on a connection, and its place under its agent's share of

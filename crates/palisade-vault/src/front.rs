@@ -173,6 +173,7 @@ async fn front(
         let client = ClientConnection {
             activity: connection.activity.clone(),
             permits: connection.permits.clone(),
+            upstream: None,
         };
         let placed = in_flight.hold_place(&shared.limits.requests_of(&agent));
         let Ok(response) = pipeline::handle(

@@ -33,9 +33,8 @@ const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const COUNTS_INTERVAL: Duration = Duration::from_secs(2);
 /// Most simultaneous client connections (idle tunnels included), if descriptors allow.
 const MAX_CONNECTIONS: usize = 32_768;
-/// Descriptors kept back from client connections for upstream connections (pooled,
-/// one per request in flight at most), the store, agent sockets and logs. Idle client
-/// connections hold no upstream descriptor, so the cap is not halved for them.
+/// Descriptors kept back for the pooled upstream connections of HTTP/2 agents and of
+/// the TCP listener, the store, agent sockets and logs.
 const RESERVED_DESCRIPTORS: u64 = 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most 503 answers to refused connections under way at once.
@@ -128,6 +127,18 @@ fn raise_descriptor_limit() -> u64 {
     }
 }
 
+/// The gateway-wide cap on client connections for a descriptor limit: each client
+/// connection is counted twice, for itself and for the upstream connection its tunnel
+/// owns, after the reserve and the idle upstream connections tunnels left behind.
+fn connection_cap(descriptors: u64) -> usize {
+    let budget = descriptors
+        .saturating_sub(RESERVED_DESCRIPTORS)
+        .saturating_sub(crate::upstream::IDLE_UPSTREAMS as u64);
+    usize::try_from((budget / 2).max(64))
+        .unwrap_or(MAX_CONNECTIONS)
+        .min(MAX_CONNECTIONS)
+}
+
 /// Starts a gateway; `prebound` are agent sockets the caller bound already (so a
 /// client could be handed the path before the gateway was up: its connections wait in
 /// the socket's backlog until the gateway accepts them).
@@ -189,11 +200,7 @@ pub async fn start(
             ))
         })?;
 
-    let descriptors = raise_descriptor_limit();
-    let global_connections =
-        usize::try_from(descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(64))
-            .unwrap_or(MAX_CONNECTIONS)
-            .min(MAX_CONNECTIONS);
+    let global_connections = connection_cap(raise_descriptor_limit());
     let limits = ConnectionLimits::new(
         global_connections,
         config.max_connections_per_agent,
@@ -569,6 +576,7 @@ fn worth_trimming(peak: usize, live: usize) -> bool {
 /// (glibc's allocator keeps freed memory for the process: after 10 000 idle tunnels
 /// closed, the gateway stayed at 400 MiB). `malloc_trim` walks the heap, so it runs
 /// only after such a drop, off the request threads.
+/// Closes the idle upstream connections that have expired on the same beat.
 async fn give_back_memory(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -576,6 +584,7 @@ async fn give_back_memory(shared: Arc<Shared>) {
             _ = tokio::time::sleep(TRIM_INTERVAL) => {}
             _ = crate::stopped(&mut shutdown) => return,
         }
+        shared.upstream.idle.close_expired();
         let peak = shared.limits.take_peak();
         if worth_trimming(peak, shared.limits.live()) {
             let _ = tokio::task::spawn_blocking(trim_heap).await;
@@ -648,4 +657,24 @@ pub fn running_gateway(home: &Home) -> Option<RunningInfo> {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(info.pid).ok()?);
     nix::sys::signal::kill(pid, None).ok()?;
     Some(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_connections_and_their_upstreams_fit_in_the_descriptor_limit() {
+        let idle = crate::upstream::IDLE_UPSTREAMS as u64;
+        for descriptors in [4_096, 20_000, 65_536] {
+            let cap = connection_cap(descriptors) as u64;
+            assert!(
+                2 * cap + idle + RESERVED_DESCRIPTORS <= descriptors,
+                "{descriptors}: {cap}"
+            );
+            assert!(2 * cap + idle + RESERVED_DESCRIPTORS + 2 > descriptors);
+        }
+        assert_eq!(connection_cap(1 << 20), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(1_024), 64);
+    }
 }

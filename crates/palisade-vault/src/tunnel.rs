@@ -76,6 +76,7 @@ pub async fn run(
         let permits = permits.clone();
         // The agent's share of requests in flight, looked up once per tunnel.
         let requests = shared.limits.requests_of(&agent);
+        let upstream = Arc::new(shared.upstream.owned_by(&agent));
         service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let mut in_flight = activity.start_request();
             let placed = in_flight.hold_place(&requests);
@@ -91,6 +92,7 @@ pub async fn run(
                 ClientConnection {
                     activity: activity.clone(),
                     permits: permits.clone(),
+                    upstream: Some(upstream.clone()),
                 },
                 placed,
             ));

@@ -1,17 +1,45 @@
-//! The client side of the vault: pooled HTTP/1.1 and HTTP/2 connections to upstreams,
-//! through the guarded resolver, trusting the system roots plus `--upstream-ca`.
-//! Redirects are never followed (the agent sees the 3xx). WebSocket handshakes use a
-//! separate HTTP/1.1-only client because an upgrade needs a connection of its own.
-
+//! The client side of the vault: connections to upstreams through the guarded resolver,
+//! trusting the system roots plus `--upstream-ca`. Redirects are never followed (the
+//! agent sees the 3xx).
+//!
+//! - An HTTP/1.1 tunnel owns one HTTP/1.1 connection to its target ([`OwnedUpstream`])
+//!   from its first request to its end: its requests come one at a time, so a pool
+//!   would only add a checkout and a spawned return per request, and an upstream
+//!   connection owned by a tunnel is bounded by the tunnel's place under the connection
+//!   caps. When the tunnel ends, its connection waits a while ([`IdleUpstreams`]) for
+//!   the same agent's next tunnel to the same target, so a new tunnel costs no new
+//!   upstream handshake; the idle ones are few, per agent and in all, and expire.
+//!
+//! Written by hand rather than with hyper-util's pool: that pool checks a connection
+//! out and back in (a spawned task) on every request, and shares connections between
+//! agents; these are handed over once per tunnel, and never from one agent to another.
+//! - HTTP/2 agents, and absolute-form requests on the TCP listener, use pooled clients.
+//! - WebSocket handshakes use an HTTP/1.1-only client without a pool, because an upgrade
+//!   needs a connection of its own.
 use crate::body::ForwardBody;
 use crate::net_guard::{GuardedResolver, NetGuard};
 use crate::{VaultConfig, VaultError};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::sync::Arc;
-use std::time::Duration;
+use palisade_policy::AgentName;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The longest a connection a tunnel left behind waits for the next tunnel (less if
+/// the client idle timeout is less: it waits no longer than an idle tunnel would).
+const IDLE_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most connections left behind kept for one agent, and for all agents.
+const IDLE_UPSTREAMS_PER_AGENT: usize = 32;
+pub const IDLE_UPSTREAMS: usize = 1024;
+
+/// An error on the way upstream; its source chain names the cause (a refused local
+/// address among them, see [`crate::net_guard::find_local_refused`]).
+pub type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
 
 type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
 
@@ -23,6 +51,10 @@ pub struct UpstreamClient {
     /// onto one h2 connection (which capped throughput at 16 connections in bench/).
     pub http1: Client<Connector, ForwardBody>,
     pub upgrades: Client<Connector, ForwardBody>,
+    /// Opens the connections tunnels own (HTTP/1.1 only).
+    owned: Connector,
+    /// Connections tunnels left behind, for the next tunnel of the same agent.
+    pub idle: Arc<IdleUpstreams>,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -52,6 +84,7 @@ impl UpstreamClient {
                 .wrap_connector(http(guard.clone()))
         };
         let upgrade_connector = http1_connector();
+        let owned = http1_connector();
         let http1 = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -72,8 +105,241 @@ impl UpstreamClient {
             pooled,
             http1,
             upgrades,
+            owned,
+            idle: Arc::new(IdleUpstreams::new(
+                config.client_idle_timeout.min(IDLE_UPSTREAM_TIMEOUT),
+            )),
             header_timeout: config.upstream_timeout,
             idle_timeout: config.idle_timeout,
         })
+    }
+}
+
+impl UpstreamClient {
+    /// The connection slot for a new tunnel of `agent`.
+    pub fn owned_by(&self, agent: &AgentName) -> OwnedUpstream {
+        OwnedUpstream {
+            agent: agent.clone(),
+            idle: Arc::clone(&self.idle),
+            held: Mutex::new(None),
+        }
+    }
+
+    /// Sends `request` (its URI absolute) over the connection `owned` keeps for that
+    /// target: the one it holds, else one its agent's last tunnel left behind, else a
+    /// new one. A request that a kept connection could not take before a byte was
+    /// written (the upstream closed it while idle) is sent again over a new connection.
+    pub async fn send_owned(
+        &self,
+        owned: &OwnedUpstream,
+        request: http::Request<ForwardBody>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let (mut parts, body) = request.into_parts();
+        let connect_to = std::mem::take(&mut parts.uri);
+        let key = Origin::of(&connect_to);
+        // Over a connection of its own, a request names only its path (origin form).
+        parts.uri = connect_to
+            .path_and_query()
+            .map(|p| http::Uri::from(p.clone()))
+            .unwrap_or_else(|| http::Uri::from_static("/"));
+        let mut request = http::Request::from_parts(parts, body);
+        let mut kept = owned
+            .take(&key)
+            .or_else(|| self.idle.take(&owned.agent, &key));
+        loop {
+            let reused = kept.is_some();
+            let mut sender = match kept.take() {
+                Some(sender) => sender,
+                None => self.connect(&connect_to).await?,
+            };
+            if sender.ready().await.is_err() {
+                if reused {
+                    continue;
+                }
+                return Err("the upstream closed the connection at once".into());
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    owned.keep(key, sender);
+                    return Ok(response);
+                }
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(failed.into_error().into()),
+                },
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        uri: &http::Uri,
+    ) -> Result<http1::SendRequest<ForwardBody>, UpstreamError> {
+        let io = tower_service::Service::call(&mut self.owned.clone(), uri.clone()).await?;
+        let (sender, connection) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// The scheme and authority a connection was opened to.
+#[derive(Clone, PartialEq, Eq)]
+struct Origin(Option<http::uri::Scheme>, Option<http::uri::Authority>);
+
+impl Origin {
+    fn of(uri: &http::Uri) -> Origin {
+        Origin(uri.scheme().cloned(), uri.authority().cloned())
+    }
+}
+
+type Sender = http1::SendRequest<ForwardBody>;
+
+/// The HTTP/1.1 connection a tunnel keeps between its requests. When the tunnel ends
+/// (this is dropped) a connection with no response still streaming is left for the
+/// agent's next tunnel; any other closes once its response has ended.
+pub struct OwnedUpstream {
+    agent: AgentName,
+    idle: Arc<IdleUpstreams>,
+    held: Mutex<Option<(Origin, Sender)>>,
+}
+
+impl OwnedUpstream {
+    /// The connection held for `key`; one held for another origin is left idle.
+    fn take(&self, key: &Origin) -> Option<Sender> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match held {
+            Some((origin, sender)) if origin == *key => Some(sender),
+            Some((origin, sender)) => {
+                self.idle.give(&self.agent, origin, sender);
+                None
+            }
+            None => None,
+        }
+        .filter(|sender| !sender.is_closed())
+    }
+
+    fn keep(&self, key: Origin, sender: Sender) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some((key, sender));
+    }
+}
+
+impl Drop for OwnedUpstream {
+    fn drop(&mut self) {
+        let held = self
+            .held
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((origin, sender)) = held {
+            self.idle.give(&self.agent, origin, sender);
+        }
+    }
+}
+
+/// Connections ended tunnels left behind, by agent: at most
+/// [`IDLE_UPSTREAMS_PER_AGENT`] for one agent and [`IDLE_UPSTREAMS`] in all, each for
+/// [`IDLE_UPSTREAM_TIMEOUT`] at most. A connection is only ever handed to a tunnel of
+/// the agent whose tunnel left it.
+pub struct IdleUpstreams {
+    inner: Mutex<IdleInner>,
+    timeout: Duration,
+}
+
+#[derive(Default)]
+struct IdleInner {
+    by_agent: HashMap<AgentName, Vec<IdleConnection>>,
+    count: usize,
+}
+
+struct IdleConnection {
+    origin: Origin,
+    since: Instant,
+    sender: Sender,
+}
+
+impl IdleConnection {
+    fn usable(&self, now: Instant, timeout: Duration) -> bool {
+        !self.sender.is_closed() && now.duration_since(self.since) < timeout
+    }
+}
+
+impl IdleUpstreams {
+    fn new(timeout: Duration) -> IdleUpstreams {
+        IdleUpstreams {
+            inner: Mutex::default(),
+            timeout,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest usable connection `agent` left for `origin`.
+    fn take(&self, agent: &AgentName, origin: &Origin) -> Option<Sender> {
+        let now = Instant::now();
+        let timeout = self.timeout;
+        let mut inner = self.lock();
+        let list = inner.by_agent.get_mut(agent)?;
+        let before = list.len();
+        list.retain(|idle| idle.usable(now, timeout));
+        let found = list
+            .iter()
+            .rposition(|idle| idle.origin == *origin)
+            .map(|at| list.remove(at).sender);
+        let removed = before - list.len();
+        if list.is_empty() {
+            inner.by_agent.remove(agent);
+        }
+        inner.count -= removed;
+        found
+    }
+
+    /// Keeps `sender` for `agent`'s next tunnel to `origin`, if it is ready for a
+    /// request and there is room (the agent's oldest makes room for it).
+    fn give(&self, agent: &AgentName, origin: Origin, sender: Sender) {
+        if !sender.is_ready() {
+            return;
+        }
+        let now = Instant::now();
+        let timeout = self.timeout;
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let list = inner.by_agent.entry(agent.clone()).or_default();
+        let before = list.len();
+        list.retain(|idle| idle.usable(now, timeout));
+        if list.len() >= IDLE_UPSTREAMS_PER_AGENT {
+            list.remove(0);
+        }
+        inner.count -= before - list.len();
+        if inner.count < IDLE_UPSTREAMS {
+            list.push(IdleConnection {
+                origin,
+                since: now,
+                sender,
+            });
+            inner.count += 1;
+        }
+        if list.is_empty() {
+            inner.by_agent.remove(agent);
+        }
+    }
+
+    /// Closes the connections that have waited too long or that their upstream closed.
+    pub fn close_expired(&self) {
+        let now = Instant::now();
+        let timeout = self.timeout;
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        inner.by_agent.retain(|_, list| {
+            let before = list.len();
+            list.retain(|idle| idle.usable(now, timeout));
+            inner.count -= before - list.len();
+            !list.is_empty()
+        });
     }
 }

@@ -10,6 +10,7 @@
 //! - abandoned held requests, and one agent's flood of holds;
 //! - one agent's flood of idle connections while another agent works, its WebSockets
 //!   past its share or left idle, and its HTTP/2 streams past its share of requests;
+//! - upstream connections kept after the tunnel that used them has gone;
 //! - one agent's unfinished bodies that a rule must read whole;
 //! - one agent's loop of refusals flooding the audit log;
 //! - the gateway's own listener spelled as IPv4-mapped IPv6;
@@ -1334,6 +1335,73 @@ fn one_agent_cannot_have_unbounded_requests_in_flight() {
     // Once those requests have ended, the agent's share is whole again.
     let reply = attack.curl(&greedy, &["--http2", &attack.url("/echo")]);
     assert_eq!(reply.status, 200, "{}", reply.raw);
+}
+
+const SEQUENTIAL_CLIENT: &str = r#"
+import json, os, requests
+session = requests.Session()
+session.proxies = {"https": os.environ["PROXY"]}
+session.verify = os.environ["VAULT_CA"]
+statuses = [session.get(os.environ["BASE"] + path, timeout=20).status_code for path in os.environ["PATHS"].split(",")]
+session.close()
+print(json.dumps(statuses))
+"#;
+
+/// A tunnel's requests go upstream over one connection of its own, replaced when the
+/// upstream closes it. When the tunnel ends, that connection waits for the same agent's
+/// next tunnel to the same target, never another agent's, and closes within the client
+/// idle timeout: upstream connections are bounded by the tunnels that hold places
+/// under the connection caps, and none outlives them for long.
+#[test]
+fn a_tunnels_upstream_connection_is_its_agents_alone_and_expires() {
+    let attack = Attack::start(&["--client-idle-timeout", "3s"]);
+    let first = attack.setup.agent("first");
+    let other = attack.setup.agent("other");
+    let upstream = &attack.setup.upstream;
+    let tunnel = |token: &str, paths: &str| -> Vec<(String, u64)> {
+        upstream.clear();
+        let proxy = palisade_testkit::proxy_url(attack.setup.addr(), token);
+        let output = python(
+            SEQUENTIAL_CLIENT,
+            &[
+                ("PROXY", &proxy),
+                ("BASE", &attack.url("")),
+                ("VAULT_CA", &attack.setup.vault_ca_str()),
+                ("PATHS", paths),
+            ],
+            CLIENT_TIMEOUT,
+        );
+        assert!(output.status.success(), "{}", output_text(&output));
+        let statuses: Vec<u16> = serde_json::from_slice(&output.stdout).unwrap();
+        let expected: Vec<u16> = paths
+            .split(',')
+            .map(|p| if p == "/close" { 502 } else { 200 })
+            .collect();
+        assert_eq!(statuses, expected, "{paths}");
+        upstream
+            .requests()
+            .into_iter()
+            .map(|r| (r.path().to_string(), r.connection))
+            .collect()
+    };
+
+    let seen = tunnel(&first, "/echo,/echo,/close,/echo");
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    let (broken, kept) = (seen[0].1, seen[3].1);
+    assert!(seen[..3].iter().all(|(_, c)| *c == broken), "{seen:?}");
+    assert_ne!(kept, broken, "{seen:?}");
+
+    // The same agent's next tunnel takes the connection up again.
+    assert_eq!(tunnel(&first, "/echo"), [("/echo".to_string(), kept)]);
+    // Another agent's tunnel gets one of its own.
+    let seen = tunnel(&other, "/echo");
+    assert!(seen[0].1 > kept, "{seen:?}");
+
+    assert!(
+        wait_until(Duration::from_secs(15), || upstream.open_connections() == 0),
+        "{} upstream connections still open after the tunnels closed",
+        upstream.open_connections()
+    );
 }
 
 /// The gateway's own listener is never an upstream, in any spelling of its address,

@@ -16,6 +16,7 @@ mod routes;
 
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -53,6 +54,9 @@ pub struct RecordedRequest {
     pub version: String,
     /// Whether it arrived over TLS (false on the plain HTTP port).
     pub tls: bool,
+    /// Which of the upstream's connections it came on, numbered from 1 in the order
+    /// they were accepted.
+    pub connection: u64,
     /// When its head arrived (benchmarks measure up to here).
     pub received_at: std::time::Instant,
 }
@@ -118,6 +122,9 @@ pub(crate) struct Shared {
     models: Mutex<Vec<(String, String)>>,
     /// Models the model endpoints answer "not found" for.
     retired: Mutex<Vec<String>>,
+    /// Connections accepted so far, and those still open.
+    accepted: AtomicU64,
+    open: AtomicUsize,
 }
 
 impl Default for Shared {
@@ -134,6 +141,8 @@ impl Default for Shared {
                     .collect(),
             ),
             retired: Mutex::default(),
+            accepted: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
         }
     }
 }
@@ -319,26 +328,46 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let tls = tls.clone();
+        let connection = shared.accepted.fetch_add(1, Ordering::Relaxed) + 1;
+        let open = OpenConnection::count(&shared);
         tokio::spawn(async move {
+            let _open = open;
             match tls {
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
                     if let Ok(Ok(stream)) = handshake {
-                        serve_connection(TokioIo::new(stream), shared, true).await;
+                        serve_connection(TokioIo::new(stream), shared, true, connection).await;
                     }
                 }
-                None => serve_connection(TokioIo::new(stream), shared, false).await,
+                None => serve_connection(TokioIo::new(stream), shared, false, connection).await,
             }
         });
     }
 }
 
-async fn serve_connection<I>(io: I, shared: Arc<Shared>, tls: bool)
+/// Counts a connection as open until dropped.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn count(shared: &Arc<Shared>) -> OpenConnection {
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(Arc::clone(shared))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_connection<I>(io: I, shared: Arc<Shared>, tls: bool, connection: u64)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| routes::handle(shared.clone(), tls, request));
+    let service =
+        service_fn(move |request| routes::handle(shared.clone(), tls, connection, request));
     let builder = auto::Builder::new(TokioExecutor::new());
     // Errors here are clients hanging up or `/close`; nothing to report.
     let _ = builder.serve_connection_with_upgrades(io, service).await;
@@ -405,6 +434,11 @@ impl Upstream {
     }
 
     /// Every request received so far, in arrival order.
+    /// Client connections open now (TLS and plain together).
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::Relaxed)
+    }
+
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).clone()
     }

@@ -56,13 +56,14 @@ const MAX_DELAY_MS: u64 = 120_000;
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     tls: bool,
+    connection: u64,
     mut request: Request<Incoming>,
 ) -> Result<Response<Body>, CloseConnection> {
     let path = request.uri().path().to_string();
     let query = request.uri().query().map(str::to_string);
 
     if path == "/ws" {
-        shared.record(recorded(&request, 0, tls));
+        shared.record(recorded(&request, 0, tls, connection));
         return Ok(websocket(&mut request));
     }
 
@@ -72,7 +73,7 @@ pub(crate) async fn handle(
         Err(_) => return Err(CloseConnection),
     };
     let head = Request::from_parts(parts, ());
-    let mut record = recorded(&head, body.len(), tls);
+    let mut record = recorded(&head, body.len(), tls, connection);
     record.body = Bytes::copy_from_slice(&body[..body.len().min(super::RECORDED_BODY_MAX)]);
     shared.record(record);
 
@@ -114,7 +115,12 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
-fn recorded<T>(request: &Request<T>, body_len: usize, tls: bool) -> RecordedRequest {
+fn recorded<T>(
+    request: &Request<T>,
+    body_len: usize,
+    tls: bool,
+    connection: u64,
+) -> RecordedRequest {
     RecordedRequest {
         method: request.method().to_string(),
         path_and_query: request
@@ -127,6 +133,7 @@ fn recorded<T>(request: &Request<T>, body_len: usize, tls: bool) -> RecordedRequ
         body: Bytes::new(),
         version: version_name(request.version()).to_string(),
         tls,
+        connection,
         received_at: std::time::Instant::now(),
     }
 }

@@ -1,9 +1,9 @@
 //! Phase 8, forward: `Host` is rebuilt from the target (never the inner header; the
 //! hop-by-hop headers and the proxy credential went in the canonical phase, before the
-//! request was judged), and the request goes upstream
-//! over the pooled client that fits: HTTP/2 where the agent spoke HTTP/2 and the
-//! server offers it, pooled HTTP/1.1 otherwise, a connection of its own for a WebSocket
-//! upgrade. Bodies stream both ways; redirects are passed back, never followed.
+//! request was judged), and the request goes upstream over the connection that fits:
+//! the tunnel's own HTTP/1.1 connection where the agent spoke HTTP/1.1 in a tunnel, the
+//! pooled client otherwise (HTTP/2 where the agent spoke HTTP/2 and the server offers
+//! it), a connection of its own for a WebSocket upgrade. Bodies stream both ways; redirects are passed back, never followed.
 
 use super::{error_chain, Decision, Refusal, Target};
 use crate::body::{ForwardBody, ProxyBody};
@@ -12,6 +12,7 @@ use crate::net_guard::find_local_refused;
 use crate::reflect::{Masked, Reflection, Report};
 use crate::respond::{is_websocket_upgrade, strip_hop_by_hop};
 use crate::state::Shared;
+use crate::upstream::UpstreamError;
 use http::{Request, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -68,15 +69,20 @@ pub(super) async fn forward(
     parts.version = http::Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     let request = Request::from_parts(parts, body);
-    let upstream = if websocket {
-        &shared.upstream.upgrades
-    } else if agent_version == http::Version::HTTP_2 {
-        &shared.upstream.pooled
-    } else {
-        &shared.upstream.http1
+    let upstream = &shared.upstream;
+    let send = async {
+        let pooled = if websocket {
+            &upstream.upgrades
+        } else if agent_version == http::Version::HTTP_2 {
+            &upstream.pooled
+        } else if let Some(owned) = &client.upstream {
+            return upstream.send_owned(owned, request).await;
+        } else {
+            &upstream.http1
+        };
+        pooled.request(request).await.map_err(UpstreamError::from)
     };
-    let sent =
-        tokio::time::timeout(shared.upstream.header_timeout, upstream.request(request)).await;
+    let sent = tokio::time::timeout(upstream.header_timeout, send).await;
     let mut response = match sent {
         Err(_) => {
             return Err(Refusal::of(
@@ -86,14 +92,14 @@ pub(super) async fn forward(
             ))
         }
         Ok(Err(e)) => {
-            if find_local_refused(&e).is_some() {
+            if find_local_refused(&*e).is_some() {
                 return Err(Refusal::of(
                     Decision::LocalRefused,
                     GatewayErrorKind::LocalUpstreamRefused,
                     host,
                 ));
             }
-            let cause = error_chain(&e);
+            let cause = error_chain(&*e);
             tracing::debug!(host, error = %cause, "upstream request failed");
             return Err(Refusal::new(
                 Decision::UpstreamUnreachable,
