@@ -100,6 +100,9 @@ impl Refresher {
                 self.shared
                     .limits
                     .retain_agents(|agent| snapshot.agents.contains_key(agent));
+                self.shared
+                    .upstream
+                    .retain_agents(|agent| snapshot.agents.contains_key(agent));
                 Some(version)
             }
             Ok(Err(e)) => {

@@ -13,7 +13,9 @@
 //! Written by hand rather than with hyper-util's pool: that pool checks a connection
 //! out and back in (a spawned task) on every request, and shares connections between
 //! agents; these are handed over once per tunnel, and never from one agent to another.
-//! - HTTP/2 agents, and absolute-form requests on the TCP listener, use pooled clients.
+//! - HTTP/2 agents, and absolute-form requests on the TCP listener, use pooled clients,
+//!   one pool per agent: an agent's requests never wait for streams or connections that
+//!   another agent's requests fill.
 //! - WebSocket handshakes use an HTTP/1.1-only client without a pool, because an upgrade
 //!   needs a connection of its own.
 use crate::body::ForwardBody;
@@ -44,12 +46,11 @@ pub type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
 type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
 
 pub struct UpstreamClient {
-    /// Offers h2 and HTTP/1.1; used when the agent itself spoke HTTP/2.
-    pub pooled: Client<Connector, ForwardBody>,
-    /// HTTP/1.1 only, pooled; used when the agent spoke HTTP/1.1, so concurrent agent
-    /// connections get concurrent upstream connections instead of all being multiplexed
-    /// onto one h2 connection (which capped throughput at 16 connections in bench/).
-    pub http1: Client<Connector, ForwardBody>,
+    /// Each agent's pooled clients, made at its first pooled request: an agent's
+    /// requests never share a connection (and its streams) with another agent's.
+    agents: Mutex<HashMap<AgentName, AgentClients>>,
+    pooled_connector: Connector,
+    http1_connector: Connector,
     pub upgrades: Client<Connector, ForwardBody>,
     /// Opens the connections tunnels own (HTTP/1.1 only).
     owned: Connector,
@@ -85,25 +86,14 @@ impl UpstreamClient {
         };
         let upgrade_connector = http1_connector();
         let owned = http1_connector();
-        let http1 = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(http1_connector());
-        let pooled = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(pooled_connector);
         let upgrades = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_max_idle_per_host(0)
             .build(upgrade_connector);
         Ok(UpstreamClient {
-            pooled,
-            http1,
+            agents: Mutex::default(),
+            pooled_connector,
+            http1_connector: http1_connector(),
             upgrades,
             owned,
             idle: Arc::new(IdleUpstreams::new(
@@ -115,7 +105,50 @@ impl UpstreamClient {
     }
 }
 
+/// One agent's pooled clients.
+#[derive(Clone)]
+pub struct AgentClients {
+    /// Offers h2 and HTTP/1.1; used when the agent itself spoke HTTP/2.
+    pub pooled: Client<Connector, ForwardBody>,
+    /// HTTP/1.1 only; used for absolute-form requests on the TCP listener (an HTTP/1.1
+    /// agent in a tunnel has a connection of its own).
+    pub http1: Client<Connector, ForwardBody>,
+}
+
 impl UpstreamClient {
+    /// `agent`'s pooled clients.
+    pub fn clients_of(&self, agent: &AgentName) -> AgentClients {
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(clients) = agents.get(agent) {
+            return clients.clone();
+        }
+        let pool = || {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(IDLE_UPSTREAM_TIMEOUT)
+                .pool_max_idle_per_host(IDLE_UPSTREAMS_PER_AGENT);
+            builder
+        };
+        let clients = AgentClients {
+            pooled: pool().build(self.pooled_connector.clone()),
+            http1: pool().build(self.http1_connector.clone()),
+        };
+        agents.insert(agent.clone(), clients.clone());
+        clients
+    }
+
+    /// Forgets the pooled clients (and so closes the idle connections) of agents that
+    /// no longer exist.
+    pub fn retain_agents(&self, keep: impl Fn(&AgentName) -> bool) {
+        self.agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|agent, _| keep(agent));
+        self.idle.retain_agents(keep);
+    }
+
     /// The connection slot for a new tunnel of `agent`.
     pub fn owned_by(&self, agent: &AgentName) -> OwnedUpstream {
         OwnedUpstream {
@@ -327,6 +360,18 @@ impl IdleUpstreams {
         if list.is_empty() {
             inner.by_agent.remove(agent);
         }
+    }
+
+    fn retain_agents(&self, keep: impl Fn(&AgentName) -> bool) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        inner.by_agent.retain(|agent, list| {
+            let kept = keep(agent);
+            if !kept {
+                inner.count -= list.len();
+            }
+            kept
+        });
     }
 
     /// Closes the connections that have waited too long or that their upstream closed.

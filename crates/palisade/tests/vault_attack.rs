@@ -10,7 +10,8 @@
 //! - abandoned held requests, and one agent's flood of holds;
 //! - one agent's flood of idle connections while another agent works, its WebSockets
 //!   past its share or left idle, and its HTTP/2 streams past its share of requests;
-//! - upstream connections kept after the tunnel that used them has gone;
+//! - upstream connections kept after the tunnel that used them has gone, or shared
+//!   with another agent whose streams fill them;
 //! - one agent's unfinished bodies that a rule must read whole;
 //! - one agent's loop of refusals flooding the audit log;
 //! - the gateway's own listener spelled as IPv4-mapped IPv6;
@@ -1402,6 +1403,52 @@ fn a_tunnels_upstream_connection_is_its_agents_alone_and_expires() {
         "{} upstream connections still open after the tunnels closed",
         upstream.open_connections()
     );
+}
+
+/// One agent's HTTP/2 streams cannot hold up another agent's requests to the same
+/// upstream. A server allows a number of streams per connection (here 4); when every
+/// agent's requests shared one upstream connection, an agent that kept them all busy
+/// (long model streams do) made every other agent's request to that host wait.
+#[test]
+fn one_agents_streams_cannot_hold_up_another_agents_requests() {
+    let mut setup =
+        Setup::with_upstream(palisade_testkit::Upstream::builder().max_concurrent_streams(4));
+    setup.start_vault(&[]);
+    let attack = Attack { setup };
+    let greedy = attack.setup.agent("greedy");
+    let other = attack.setup.agent("other");
+    let proxy = palisade_testkit::proxy_url(attack.setup.addr(), &greedy);
+    let url = attack.url("/slow?ms=6000");
+    let ca = attack.setup.vault_ca_str();
+    let streams = std::thread::spawn(move || {
+        python(
+            CONCURRENT_H2_CLIENT,
+            &[
+                ("PROXY", &proxy),
+                ("URL", &url),
+                ("VAULT_CA", &ca),
+                ("COUNT", "4"),
+            ],
+            CLIENT_TIMEOUT,
+        )
+    });
+    let upstream = &attack.setup.upstream;
+    assert!(
+        wait_until(Duration::from_secs(10), || upstream.count() >= 4),
+        "the greedy agent's streams did not arrive"
+    );
+    let reply = attack.curl(
+        &other,
+        &["--http2", "--max-time", "3", &attack.url("/echo")],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    let output = streams.join().unwrap();
+    assert!(output.status.success(), "{}", output_text(&output));
+    let served = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("\"status\": 200"))
+        .count();
+    assert_eq!(served, 4, "{}", output_text(&output));
 }
 
 /// The gateway's own listener is never an upstream, in any spelling of its address,

@@ -125,6 +125,8 @@ pub(crate) struct Shared {
     /// Connections accepted so far, and those still open.
     accepted: AtomicU64,
     open: AtomicUsize,
+    /// [`UpstreamBuilder::max_concurrent_streams`].
+    max_streams: Option<u32>,
 }
 
 impl Default for Shared {
@@ -143,6 +145,7 @@ impl Default for Shared {
             retired: Mutex::default(),
             accepted: AtomicU64::new(0),
             open: AtomicUsize::new(0),
+            max_streams: None,
         }
     }
 }
@@ -189,6 +192,7 @@ pub struct UpstreamBuilder {
     plain_http: bool,
     ipv6: bool,
     http1_only: bool,
+    max_streams: Option<u32>,
 }
 
 impl UpstreamBuilder {
@@ -208,6 +212,13 @@ impl UpstreamBuilder {
     /// needs one connection per request in flight.
     pub fn http1_only(mut self) -> UpstreamBuilder {
         self.http1_only = true;
+        self
+    }
+
+    /// Allow at most `streams` concurrent HTTP/2 streams on each connection (servers
+    /// commonly allow 100 to 250).
+    pub fn max_concurrent_streams(mut self, streams: u32) -> UpstreamBuilder {
+        self.max_streams = Some(streams);
         self
     }
 
@@ -254,7 +265,10 @@ impl UpstreamBuilder {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            max_streams: self.max_streams,
+            ..Shared::default()
+        });
         let (stop_sender, stop) = watch::channel(false);
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -366,9 +380,10 @@ async fn serve_connection<I>(io: I, shared: Arc<Shared>, tls: bool, connection: 
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(shared.max_streams);
     let service =
         service_fn(move |request| routes::handle(shared.clone(), tls, connection, request));
-    let builder = auto::Builder::new(TokioExecutor::new());
     // Errors here are clients hanging up or `/close`; nothing to report.
     let _ = builder.serve_connection_with_upgrades(io, service).await;
 }

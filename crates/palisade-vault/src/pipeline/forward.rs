@@ -2,8 +2,8 @@
 //! hop-by-hop headers and the proxy credential went in the canonical phase, before the
 //! request was judged), and the request goes upstream over the connection that fits:
 //! the tunnel's own HTTP/1.1 connection where the agent spoke HTTP/1.1 in a tunnel, the
-//! pooled client otherwise (HTTP/2 where the agent spoke HTTP/2 and the server offers
-//! it), a connection of its own for a WebSocket upgrade. Bodies stream both ways; redirects are passed back, never followed.
+//! agent's pooled client otherwise (HTTP/2 where the agent spoke HTTP/2 and the server
+//! offers it), a connection of its own for a WebSocket upgrade. Bodies stream both ways; redirects are passed back, never followed.
 
 use super::{error_chain, Decision, Refusal, Target};
 use crate::body::{ForwardBody, ProxyBody};
@@ -16,11 +16,12 @@ use crate::upstream::UpstreamError;
 use http::{Request, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use palisade_policy::{ErrorBody, GatewayErrorKind};
+use palisade_policy::{AgentName, ErrorBody, GatewayErrorKind};
 use std::sync::Arc;
 
 pub(super) async fn forward(
     shared: &Shared,
+    agent: &AgentName,
     target: &Target,
     client: &ClientConnection,
     mut parts: http::request::Parts,
@@ -71,16 +72,16 @@ pub(super) async fn forward(
     let request = Request::from_parts(parts, body);
     let upstream = &shared.upstream;
     let send = async {
-        let pooled = if websocket {
-            &upstream.upgrades
+        let sent = if websocket {
+            upstream.upgrades.request(request).await
         } else if agent_version == http::Version::HTTP_2 {
-            &upstream.pooled
+            upstream.clients_of(agent).pooled.request(request).await
         } else if let Some(owned) = &client.upstream {
             return upstream.send_owned(owned, request).await;
         } else {
-            &upstream.http1
+            upstream.clients_of(agent).http1.request(request).await
         };
-        pooled.request(request).await.map_err(UpstreamError::from)
+        sent.map_err(UpstreamError::from)
     };
     let sent = tokio::time::timeout(upstream.header_timeout, send).await;
     let mut response = match sent {

@@ -191,7 +191,8 @@ async fn run(
         });
     }
     let forward_body = std::mem::replace(body, RequestBody::Gone).into_forward();
-    let response = forward::forward(shared, target, client, parts, forward_body, masking).await?;
+    let response =
+        forward::forward(shared, agent, target, client, parts, forward_body, masking).await?;
     Ok((decision, response))
 }
 
