@@ -212,6 +212,12 @@ impl Activity {
         }
     }
 
+    /// Whether the connection has had no request in flight and moved no byte for `quiet`.
+    pub fn is_quiet(&self, quiet: Duration) -> bool {
+        let quiet_ms = now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        self.in_flight.load(Ordering::Relaxed) == 0 && quiet_ms >= quiet.as_millis() as u64
+    }
+
     /// Resolves when the connection has had no request in flight and moved no byte for
     /// `idle` (`first` before its first request).
     pub async fn idle(&self, first: Duration, idle: Duration) {

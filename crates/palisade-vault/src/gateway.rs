@@ -31,8 +31,9 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often counted request outcomes are written to the store.
 const COUNTS_INTERVAL: Duration = Duration::from_secs(2);
-/// Most simultaneous client connections (idle tunnels included), if descriptors allow.
-const MAX_CONNECTIONS: usize = 32_768;
+/// Most simultaneous connections (client connections, idle tunnels included, and the
+/// upstream connections tunnels own), if descriptors allow.
+const MAX_CONNECTIONS: usize = 65_536;
 /// Descriptors kept back for the pooled upstream connections of HTTP/2 agents and of
 /// the TCP listener, the store, agent sockets and logs.
 const RESERVED_DESCRIPTORS: u64 = 1024;
@@ -130,14 +131,11 @@ fn raise_descriptor_limit() -> u64 {
     }
 }
 
-/// The gateway-wide cap on client connections for a descriptor limit: each client
-/// connection is counted twice, for itself and for the upstream connection its tunnel
-/// owns, after the reserve and the idle upstream connections tunnels left behind.
+/// The gateway-wide cap on connections for a descriptor limit: client connections and
+/// the upstream connections tunnels own (open or left idle) each take one place, after
+/// the reserve.
 fn connection_cap(descriptors: u64) -> usize {
-    let budget = descriptors
-        .saturating_sub(RESERVED_DESCRIPTORS)
-        .saturating_sub(crate::upstream::IDLE_UPSTREAMS as u64);
-    usize::try_from((budget / 2).max(64))
+    usize::try_from(descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(64))
         .unwrap_or(MAX_CONNECTIONS)
         .min(MAX_CONNECTIONS)
 }
@@ -667,15 +665,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_connections_and_their_upstreams_fit_in_the_descriptor_limit() {
-        let idle = crate::upstream::IDLE_UPSTREAMS as u64;
-        for descriptors in [4_096, 20_000, 65_536] {
+    fn connections_fit_in_the_descriptor_limit_after_the_reserve() {
+        for descriptors in [4_096, 20_000] {
             let cap = connection_cap(descriptors) as u64;
-            assert!(
-                2 * cap + idle + RESERVED_DESCRIPTORS <= descriptors,
-                "{descriptors}: {cap}"
-            );
-            assert!(2 * cap + idle + RESERVED_DESCRIPTORS + 2 > descriptors);
+            assert_eq!(cap + RESERVED_DESCRIPTORS, descriptors);
         }
         assert_eq!(connection_cap(1 << 20), MAX_CONNECTIONS);
         assert_eq!(connection_cap(1_024), 64);

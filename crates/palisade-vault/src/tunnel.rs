@@ -7,6 +7,7 @@
 use crate::conn::{Activity, ClientConnection, ConnectionPermits, Tracked};
 use crate::pipeline::{self, Target};
 use crate::state::Shared;
+use crate::upstream::OwnedUpstream;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -16,6 +17,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a tunnel keeps its upstream connection with no request in flight.
+const UPSTREAM_QUIET: Duration = Duration::from_secs(2);
 
 pub async fn run(
     shared: Arc<Shared>,
@@ -70,13 +73,15 @@ pub async fn run(
     };
     let host = target.host.clone();
     let target = Arc::new(target);
+    let upstream = Arc::new(shared.upstream.owned_by(&agent));
     let service = {
         let shared = shared.clone();
+        let upstream = upstream.clone();
         let activity = activity.clone();
         let permits = permits.clone();
         // The agent's share of requests in flight, looked up once per tunnel.
         let requests = shared.limits.requests_of(&agent);
-        let upstream = Arc::new(shared.upstream.owned_by(&agent));
+
         service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let mut in_flight = activity.start_request();
             let placed = in_flight.hold_place(&requests);
@@ -119,9 +124,26 @@ pub async fn run(
         _ = activity.idle(idle, idle) => {
             tracing::debug!(host = %host, "closing an idle tunnel");
         }
+        _ = release_when_quiet(&activity, &upstream) => {}
         _ = crate::stopped(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
+        }
+    }
+}
+
+/// Hands the tunnel's upstream connection to its agent's idle ones whenever the tunnel
+/// has been quiet for [`UPSTREAM_QUIET`], so an idle tunnel holds one descriptor, not
+/// two; between a release and the next request it sleeps. Never resolves.
+async fn release_when_quiet(activity: &Activity, upstream: &OwnedUpstream) {
+    loop {
+        upstream.kept().await;
+        loop {
+            tokio::time::sleep(UPSTREAM_QUIET).await;
+            if activity.is_quiet(UPSTREAM_QUIET) {
+                upstream.release();
+                break;
+            }
         }
     }
 }

@@ -6,9 +6,10 @@
 //!   from its first request to its end: its requests come one at a time, so a pool
 //!   would only add a checkout and a spawned return per request, and an upstream
 //!   connection owned by a tunnel is bounded by the tunnel's place under the connection
-//!   caps. When the tunnel ends, its connection waits a while ([`IdleUpstreams`]) for
-//!   the same agent's next tunnel to the same target, so a new tunnel costs no new
-//!   upstream handshake; the idle ones are few, per agent and in all, and expire.
+//!   caps. When the tunnel ends, or has been quiet for a few seconds, its connection
+//!   waits a while ([`IdleUpstreams`]) for the same agent's next tunnel to the same
+//!   target, so a new tunnel costs no new upstream handshake and an idle tunnel holds
+//!   no upstream connection; the idle ones are few, per agent and in all, and expire.
 //!
 //! Written by hand rather than with hyper-util's pool: that pool checks a connection
 //! out and back in (a spawned task) on every request, and shares connections between
@@ -19,6 +20,7 @@
 //! - WebSocket handshakes use an HTTP/1.1-only client without a pool, because an upgrade
 //!   needs a connection of its own.
 use crate::body::ForwardBody;
+use crate::conn::ConnectionLimits;
 use crate::net_guard::{GuardedResolver, NetGuard};
 use crate::{VaultConfig, VaultError};
 use hyper::body::Incoming;
@@ -29,8 +31,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use palisade_policy::AgentName;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// The longest a connection a tunnel left behind waits for the next tunnel (less if
 /// the client idle timeout is less: it waits no longer than an idle tunnel would).
@@ -155,6 +159,8 @@ impl UpstreamClient {
             agent: agent.clone(),
             idle: Arc::clone(&self.idle),
             held: Mutex::new(None),
+            released: AtomicBool::new(true),
+            kept: Notify::new(),
         }
     }
 
@@ -162,10 +168,15 @@ impl UpstreamClient {
     /// target: the one it holds, else one its agent's last tunnel left behind, else a
     /// new one. A request that a kept connection could not take before a byte was
     /// written (the upstream closed it while idle) is sent again over a new connection.
+    ///
+    /// A new connection takes a place under the gateway's connection cap (`limits`)
+    /// for as long as it is open; with none free the request fails with
+    /// [`NoRoomUpstream`].
     pub async fn send_owned(
         &self,
         owned: &OwnedUpstream,
         request: http::Request<ForwardBody>,
+        limits: &ConnectionLimits,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let (mut parts, body) = request.into_parts();
         let connect_to = std::mem::take(&mut parts.uri);
@@ -183,7 +194,7 @@ impl UpstreamClient {
             let reused = kept.is_some();
             let mut sender = match kept.take() {
                 Some(sender) => sender,
-                None => self.connect(&connect_to).await?,
+                None => self.connect(&connect_to, limits).await?,
             };
             if sender.ready().await.is_err() {
                 if reused {
@@ -207,10 +218,13 @@ impl UpstreamClient {
     async fn connect(
         &self,
         uri: &http::Uri,
+        limits: &ConnectionLimits,
     ) -> Result<http1::SendRequest<ForwardBody>, UpstreamError> {
+        let place = limits.admit().ok_or(NoRoomUpstream)?;
         let io = tower_service::Service::call(&mut self.owned.clone(), uri.clone()).await?;
         let (sender, connection) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {
+            let _place = place;
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
@@ -218,6 +232,18 @@ impl UpstreamClient {
         Ok(sender)
     }
 }
+
+/// No place under the gateway's connection cap for another upstream connection.
+#[derive(Debug)]
+pub struct NoRoomUpstream;
+
+impl std::fmt::Display for NoRoomUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the gateway has no room for another upstream connection")
+    }
+}
+
+impl std::error::Error for NoRoomUpstream {}
 
 /// The scheme and authority a connection was opened to.
 #[derive(Clone, PartialEq, Eq)]
@@ -238,6 +264,10 @@ pub struct OwnedUpstream {
     agent: AgentName,
     idle: Arc<IdleUpstreams>,
     held: Mutex<Option<(Origin, Sender)>>,
+    /// Whether the connection was released since it was last kept, and a signal for
+    /// the first keep after that (so a quiet tunnel's watcher sleeps until then).
+    released: AtomicBool,
+    kept: Notify,
 }
 
 impl OwnedUpstream {
@@ -257,19 +287,30 @@ impl OwnedUpstream {
 
     fn keep(&self, key: Origin, sender: Sender) {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some((key, sender));
+        if self.released.swap(false, Ordering::Relaxed) {
+            self.kept.notify_one();
+        }
+    }
+
+    /// Resolves once a connection is kept after the last release (or the first).
+    pub async fn kept(&self) {
+        self.kept.notified().await;
+    }
+
+    /// Leaves the connection held (if any) with the agent's idle ones, where it waits
+    /// for this or another of the agent's tunnels, or is closed.
+    pub fn release(&self) {
+        self.released.store(true, Ordering::Relaxed);
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((origin, sender)) = held {
+            self.idle.give(&self.agent, origin, sender);
+        }
     }
 }
 
 impl Drop for OwnedUpstream {
     fn drop(&mut self) {
-        let held = self
-            .held
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some((origin, sender)) = held {
-            self.idle.give(&self.agent, origin, sender);
-        }
+        self.release();
     }
 }
 

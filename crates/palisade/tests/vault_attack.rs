@@ -1348,14 +1348,29 @@ session.close()
 print(json.dumps(statuses))
 "#;
 
+const QUIET_TUNNEL_CLIENT: &str = r#"
+import os, time, requests
+def session():
+    s = requests.Session()
+    s.proxies = {"https": os.environ["PROXY"]}
+    s.verify = os.environ["VAULT_CA"]
+    return s
+first, second = session(), session()
+assert first.get(os.environ["BASE"] + "/echo", timeout=20).status_code == 200
+time.sleep(3.5)
+assert second.get(os.environ["BASE"] + "/echo", timeout=20).status_code == 200
+assert first.get(os.environ["BASE"] + "/echo", timeout=20).status_code == 200
+"#;
+
 /// A tunnel's requests go upstream over one connection of its own, replaced when the
 /// upstream closes it. When the tunnel ends, that connection waits for the same agent's
 /// next tunnel to the same target, never another agent's, and closes within the client
-/// idle timeout: upstream connections are bounded by the tunnels that hold places
-/// under the connection caps, and none outlives them for long.
+/// idle timeout; so does the connection of a tunnel that stays open but quiet.
+/// Upstream connections are bounded by the tunnels that hold places under the
+/// connection caps, and none outlives them for long.
 #[test]
 fn a_tunnels_upstream_connection_is_its_agents_alone_and_expires() {
-    let attack = Attack::start(&["--client-idle-timeout", "3s"]);
+    let attack = Attack::start(&["--client-idle-timeout", "6s"]);
     let first = attack.setup.agent("first");
     let other = attack.setup.agent("other");
     let upstream = &attack.setup.upstream;
@@ -1398,8 +1413,27 @@ fn a_tunnels_upstream_connection_is_its_agents_alone_and_expires() {
     let seen = tunnel(&other, "/echo");
     assert!(seen[0].1 > kept, "{seen:?}");
 
+    // A tunnel quiet for 2 s has let its connection go: the agent's next tunnel takes
+    // it up while the first is still open, and the first opens another.
+    upstream.clear();
+    let proxy = palisade_testkit::proxy_url(attack.setup.addr(), &first);
+    let output = python(
+        QUIET_TUNNEL_CLIENT,
+        &[
+            ("PROXY", &proxy),
+            ("BASE", &attack.url("")),
+            ("VAULT_CA", &attack.setup.vault_ca_str()),
+        ],
+        CLIENT_TIMEOUT,
+    );
+    assert!(output.status.success(), "{}", output_text(&output));
+    let connections: Vec<u64> = upstream.requests().iter().map(|r| r.connection).collect();
+    assert_eq!(connections.len(), 3, "{connections:?}");
+    assert_eq!(connections[1], connections[0], "{connections:?}");
+    assert_ne!(connections[2], connections[0], "{connections:?}");
+
     assert!(
-        wait_until(Duration::from_secs(15), || upstream.open_connections() == 0),
+        wait_until(Duration::from_secs(20), || upstream.open_connections() == 0),
         "{} upstream connections still open after the tunnels closed",
         upstream.open_connections()
     );

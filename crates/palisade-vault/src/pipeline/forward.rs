@@ -12,7 +12,7 @@ use crate::net_guard::find_local_refused;
 use crate::reflect::{Masked, Reflection, Report};
 use crate::respond::{is_websocket_upgrade, strip_hop_by_hop};
 use crate::state::Shared;
-use crate::upstream::UpstreamError;
+use crate::upstream::{NoRoomUpstream, UpstreamError};
 use http::{Request, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -77,7 +77,7 @@ pub(super) async fn forward(
         } else if agent_version == http::Version::HTTP_2 {
             upstream.clients_of(agent).pooled.request(request).await
         } else if let Some(owned) = &client.upstream {
-            return upstream.send_owned(owned, request).await;
+            return upstream.send_owned(owned, request, &shared.limits).await;
         } else {
             upstream.clients_of(agent).http1.request(request).await
         };
@@ -93,6 +93,14 @@ pub(super) async fn forward(
             ))
         }
         Ok(Err(e)) => {
+            if e.downcast_ref::<NoRoomUpstream>().is_some() {
+                return Err(Refusal::new(
+                    Decision::TooManyConnections,
+                    ErrorBody::new(GatewayErrorKind::TooManyConnections, host).with_message(
+                        "The gateway has no room for another upstream connection now. Retry later.",
+                    ),
+                ));
+            }
             if find_local_refused(&*e).is_some() {
                 return Err(Refusal::of(
                     Decision::LocalRefused,
