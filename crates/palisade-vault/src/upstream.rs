@@ -10,15 +10,16 @@
 //!   waits a while ([`IdleUpstreams`]) for the same agent's next tunnel to the same
 //!   target, so a new tunnel costs no new upstream handshake and an idle tunnel holds
 //!   no upstream connection; the idle ones are few, per agent and in all, and expire.
-//!
-//! Written by hand rather than with hyper-util's pool: that pool checks a connection
-//! out and back in (a spawned task) on every request, and shares connections between
-//! agents; these are handed over once per tunnel, and never from one agent to another.
 //! - HTTP/2 agents, and absolute-form requests on the TCP listener, use pooled clients,
 //!   one pool per agent: an agent's requests never wait for streams or connections that
 //!   another agent's requests fill.
 //! - WebSocket handshakes use an HTTP/1.1-only client without a pool, because an upgrade
 //!   needs a connection of its own.
+//!
+//! The tunnels' connections are kept by hand rather than in hyper-util's pool: that
+//! pool checks a connection out and back in (a spawned task) on every request, and
+//! shares connections between agents; these are handed over once per quiet spell, and
+//! never from one agent to another.
 use crate::body::ForwardBody;
 use crate::conn::ConnectionLimits;
 use crate::net_guard::{GuardedResolver, NetGuard};
@@ -39,9 +40,10 @@ use tokio::sync::Notify;
 /// The longest a connection a tunnel left behind waits for the next tunnel (less if
 /// the client idle timeout is less: it waits no longer than an idle tunnel would).
 const IDLE_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
-/// Most connections left behind kept for one agent, and for all agents.
+/// Most connections left behind kept for one agent.
 const IDLE_UPSTREAMS_PER_AGENT: usize = 32;
-pub const IDLE_UPSTREAMS: usize = 1024;
+/// Most connections left behind kept for all agents together.
+const IDLE_UPSTREAMS: usize = 1024;
 
 /// An error on the way upstream; its source chain names the cause (a refused local
 /// address among them, see [`crate::net_guard::find_local_refused`]).

@@ -150,12 +150,20 @@ mod tests {
             .arg("5")
             .spawn()
             .expect("sleep");
-        let found = descendants(std::process::id());
+        // The child shows its own argv only once it has exec'd `sleep`: look again
+        // for a bounded while rather than race the exec.
+        let pid = child.id();
+        let is_sleep =
+            |p: &Process| p.pid == pid && p.argv.first().map(String::as_str) == Some("sleep");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = descendants(std::process::id());
+        while !found.iter().any(is_sleep) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            found = descendants(std::process::id());
+        }
         let _ = child.kill();
         let _ = child.wait();
-        assert!(found
-            .iter()
-            .any(|p| p.pid == child.id() && p.argv.first().map(String::as_str) == Some("sleep")));
+        assert!(found.iter().any(is_sleep), "{found:?}");
     }
 
     #[test]

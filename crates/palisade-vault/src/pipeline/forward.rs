@@ -3,7 +3,8 @@
 //! request was judged), and the request goes upstream over the connection that fits:
 //! the tunnel's own HTTP/1.1 connection where the agent spoke HTTP/1.1 in a tunnel, the
 //! agent's pooled client otherwise (HTTP/2 where the agent spoke HTTP/2 and the server
-//! offers it), a connection of its own for a WebSocket upgrade. Bodies stream both ways; redirects are passed back, never followed.
+//! offers it), a connection of its own for a WebSocket upgrade. Bodies stream both
+//! ways; redirects are passed back, never followed.
 
 use super::{error_chain, Decision, Refusal, Target};
 use crate::body::{ForwardBody, ProxyBody};

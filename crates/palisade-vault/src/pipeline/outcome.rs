@@ -30,7 +30,8 @@ pub enum Decision {
     AgentGone,
     /// The gateway is shutting down, or its store failed.
     GatewayRestarting,
-    /// The agent already has as many connections as it may.
+    /// The agent already has as many connections as it may, or the gateway has no
+    /// room for the upstream connection the request needs.
     TooManyConnections,
     /// The agent already has as many requests in flight as it may.
     TooManyRequestsInFlight,
