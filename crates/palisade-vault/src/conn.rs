@@ -69,6 +69,11 @@ impl ConnectionLimits {
             .max(self.live())
     }
 
+    /// The gateway-wide cap's places, which upstream connections take too.
+    pub fn places(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.global)
+    }
+
     /// A place under the gateway-wide cap, if one is free.
     pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
         let permit = self.global.clone().try_acquire_owned().ok()?;

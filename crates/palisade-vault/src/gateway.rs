@@ -31,11 +31,11 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often counted request outcomes are written to the store.
 const COUNTS_INTERVAL: Duration = Duration::from_secs(2);
-/// Most simultaneous connections (client connections, idle tunnels included, and the
-/// upstream connections tunnels own), if descriptors allow.
+/// Most simultaneous connections (client connections, idle tunnels included, and
+/// upstream connections), if descriptors allow.
 const MAX_CONNECTIONS: usize = 65_536;
-/// Descriptors kept back for the pooled upstream connections of HTTP/2 agents and of
-/// the TCP listener, the store, agent sockets and logs.
+/// Descriptors kept back for the store, listeners, agent sockets, logs and the
+/// gateway's own files.
 const RESERVED_DESCRIPTORS: u64 = 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most 503 answers to refused connections under way at once.
@@ -132,8 +132,7 @@ fn raise_descriptor_limit() -> u64 {
 }
 
 /// The gateway-wide cap on connections for a descriptor limit: client connections and
-/// the upstream connections tunnels own (open or left idle) each take one place, after
-/// the reserve.
+/// upstream connections (open or idle) each take one place, after the reserve.
 fn connection_cap(descriptors: u64) -> usize {
     usize::try_from(descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(64))
         .unwrap_or(MAX_CONNECTIONS)
@@ -172,7 +171,12 @@ pub async fn start(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let guard = Arc::new(NetGuard::new(allowed).with_fixed_addresses(&config.upstream_resolve));
-    let upstream = UpstreamClient::new(&config, guard.clone())?;
+    let limits = ConnectionLimits::new(
+        connection_cap(raise_descriptor_limit()),
+        config.max_connections_per_agent,
+        config.max_requests_per_agent,
+    );
+    let upstream = UpstreamClient::new(&config, guard.clone(), limits.places())?;
     let (audit, _audit_thread) = audit_log::start(&home)?;
     let snapshot = Snapshot::load(&store)?;
 
@@ -201,12 +205,6 @@ pub async fn start(
             ))
         })?;
 
-    let global_connections = connection_cap(raise_descriptor_limit());
-    let limits = ConnectionLimits::new(
-        global_connections,
-        config.max_connections_per_agent,
-        config.max_requests_per_agent,
-    );
     let holds = Holds::new(config.max_holds_per_agent);
     let bodies = crate::body_budget::BodyBudget::new(
         config.max_buffered_bodies_per_agent,

@@ -21,21 +21,26 @@
 //! shares connections between agents; these are handed over once per quiet spell, and
 //! never from one agent to another.
 use crate::body::ForwardBody;
-use crate::conn::ConnectionLimits;
 use crate::net_guard::{GuardedResolver, NetGuard};
 use crate::{VaultConfig, VaultError};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioIo;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use palisade_policy::AgentName;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The longest a connection a tunnel left behind waits for the next tunnel (less if
 /// the client idle timeout is less: it waits no longer than an idle tunnel would).
@@ -50,16 +55,17 @@ const IDLE_UPSTREAMS: usize = 1024;
 pub type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
 
 type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
+type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
 
 pub struct UpstreamClient {
     /// Each agent's pooled clients, made at its first pooled request: an agent's
     /// requests never share a connection (and its streams) with another agent's.
     agents: Mutex<HashMap<AgentName, AgentClients>>,
-    pooled_connector: Connector,
-    http1_connector: Connector,
-    pub upgrades: Client<Connector, ForwardBody>,
+    pooled_connector: Counted,
+    http1_connector: Counted,
+    pub upgrades: Client<Counted, ForwardBody>,
     /// Opens the connections tunnels own (HTTP/1.1 only).
-    owned: Connector,
+    owned: Counted,
     /// Connections tunnels left behind, for the next tunnel of the same agent.
     pub idle: Arc<IdleUpstreams>,
     pub header_timeout: Duration,
@@ -67,7 +73,13 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(config: &VaultConfig, guard: Arc<NetGuard>) -> Result<Self, VaultError> {
+    /// Every upstream connection holds one of `places` (the gateway's connection cap)
+    /// while it is open.
+    pub fn new(
+        config: &VaultConfig,
+        guard: Arc<NetGuard>,
+        places: Arc<Semaphore>,
+    ) -> Result<Self, VaultError> {
         let http = |guard: Arc<NetGuard>| {
             let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(guard));
             http.enforce_http(false);
@@ -77,18 +89,22 @@ impl UpstreamClient {
             http
         };
         let tls = crate::tls::upstream_client_config(&config.upstream_ca, &[])?;
-        let pooled_connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls.clone())
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http(guard.clone()));
-        let http1_connector = || {
-            hyper_rustls::HttpsConnectorBuilder::new()
+        let pooled_connector = Counted {
+            inner: hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls.clone())
                 .https_or_http()
                 .enable_http1()
-                .wrap_connector(http(guard.clone()))
+                .enable_http2()
+                .wrap_connector(http(guard.clone())),
+            places: places.clone(),
+        };
+        let http1_connector = || Counted {
+            inner: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http(guard.clone())),
+            places: places.clone(),
         };
         let upgrade_connector = http1_connector();
         let owned = http1_connector();
@@ -115,10 +131,107 @@ impl UpstreamClient {
 #[derive(Clone)]
 pub struct AgentClients {
     /// Offers h2 and HTTP/1.1; used when the agent itself spoke HTTP/2.
-    pub pooled: Client<Connector, ForwardBody>,
+    pub pooled: Client<Counted, ForwardBody>,
     /// HTTP/1.1 only; used for absolute-form requests on the TCP listener (an HTTP/1.1
     /// agent in a tunnel has a connection of its own).
-    pub http1: Client<Connector, ForwardBody>,
+    pub http1: Client<Counted, ForwardBody>,
+}
+
+/// A connector whose every connection holds a place under the gateway's connection
+/// cap until it closes; with no place free it fails with [`NoRoomUpstream`] before
+/// connecting.
+#[derive(Clone)]
+pub struct Counted {
+    inner: Connector,
+    places: Arc<Semaphore>,
+}
+
+impl tower_service::Service<http::Uri> for Counted {
+    type Response = CountedStream;
+    type Error = UpstreamError;
+    type Future = Pin<Box<dyn Future<Output = Result<CountedStream, UpstreamError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let Ok(place) = Arc::clone(&self.places).try_acquire_owned() else {
+            return Box::pin(async { Err(NoRoomUpstream.into()) });
+        };
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            let stream = connecting.await?;
+            Ok(CountedStream {
+                stream,
+                _place: place,
+            })
+        })
+    }
+}
+
+/// An upstream connection and its place under the connection cap.
+pub struct CountedStream {
+    stream: Stream,
+    _place: OwnedSemaphorePermit,
+}
+
+impl hyper::rt::Read for CountedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for CountedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl Connection for CountedStream {
+    fn connected(&self) -> Connected {
+        self.stream.connected()
+    }
+}
+
+/// Whether `error` (or an error it was caused by) is [`NoRoomUpstream`].
+pub fn is_no_room(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<NoRoomUpstream>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 impl UpstreamClient {
@@ -170,15 +283,10 @@ impl UpstreamClient {
     /// target: the one it holds, else one its agent's last tunnel left behind, else a
     /// new one. A request that a kept connection could not take before a byte was
     /// written (the upstream closed it while idle) is sent again over a new connection.
-    ///
-    /// A new connection takes a place under the gateway's connection cap (`limits`)
-    /// for as long as it is open; with none free the request fails with
-    /// [`NoRoomUpstream`].
     pub async fn send_owned(
         &self,
         owned: &OwnedUpstream,
         request: http::Request<ForwardBody>,
-        limits: &ConnectionLimits,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let (mut parts, body) = request.into_parts();
         let connect_to = std::mem::take(&mut parts.uri);
@@ -196,7 +304,7 @@ impl UpstreamClient {
             let reused = kept.is_some();
             let mut sender = match kept.take() {
                 Some(sender) => sender,
-                None => self.connect(&connect_to, limits).await?,
+                None => self.connect(&connect_to).await?,
             };
             if sender.ready().await.is_err() {
                 if reused {
@@ -217,16 +325,10 @@ impl UpstreamClient {
         }
     }
 
-    async fn connect(
-        &self,
-        uri: &http::Uri,
-        limits: &ConnectionLimits,
-    ) -> Result<http1::SendRequest<ForwardBody>, UpstreamError> {
-        let place = limits.admit().ok_or(NoRoomUpstream)?;
+    async fn connect(&self, uri: &http::Uri) -> Result<Sender, UpstreamError> {
         let io = tower_service::Service::call(&mut self.owned.clone(), uri.clone()).await?;
         let (sender, connection) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {
-            let _place = place;
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
@@ -429,5 +531,47 @@ impl IdleUpstreams {
             inner.count -= before - list.len();
             !list.is_empty()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_policy::HostPattern;
+    use tower_service::Service;
+
+    fn counted(places: &Arc<Semaphore>) -> Counted {
+        let guard = NetGuard::new(vec![HostPattern::parse("*").unwrap()]);
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(Arc::new(guard)));
+        http.enforce_http(false);
+        Counted {
+            inner: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(crate::tls::upstream_client_config(&[], &[]).unwrap())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http),
+            places: Arc::clone(places),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_upstream_connection_holds_a_place_until_it_closes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: http::Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let places = Arc::new(Semaphore::new(1));
+        let mut connector = counted(&places);
+        let first = connector.call(uri.clone()).await.expect("a place is free");
+        assert_eq!(places.available_permits(), 0);
+        let refused = connector
+            .call(uri.clone())
+            .await
+            .err()
+            .expect("no place left");
+        assert!(is_no_room(&*refused), "{refused}");
+        drop(first);
+        assert_eq!(places.available_permits(), 1);
+        let _again = connector.call(uri).await.expect("the place was given back");
     }
 }

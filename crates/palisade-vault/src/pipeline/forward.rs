@@ -13,7 +13,7 @@ use crate::net_guard::find_local_refused;
 use crate::reflect::{Masked, Reflection, Report};
 use crate::respond::{is_websocket_upgrade, strip_hop_by_hop};
 use crate::state::Shared;
-use crate::upstream::{NoRoomUpstream, UpstreamError};
+use crate::upstream::{is_no_room, UpstreamError};
 use http::{Request, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -78,7 +78,7 @@ pub(super) async fn forward(
         } else if agent_version == http::Version::HTTP_2 {
             upstream.clients_of(agent).pooled.request(request).await
         } else if let Some(owned) = &client.upstream {
-            return upstream.send_owned(owned, request, &shared.limits).await;
+            return upstream.send_owned(owned, request).await;
         } else {
             upstream.clients_of(agent).http1.request(request).await
         };
@@ -94,7 +94,7 @@ pub(super) async fn forward(
             ))
         }
         Ok(Err(e)) => {
-            if e.downcast_ref::<NoRoomUpstream>().is_some() {
+            if is_no_room(&*e) {
                 return Err(Refusal::new(
                     Decision::TooManyConnections,
                     ErrorBody::new(GatewayErrorKind::TooManyConnections, host).with_message(
