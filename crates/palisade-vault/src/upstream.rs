@@ -63,6 +63,8 @@ pub struct UpstreamClient {
     agents: Mutex<HashMap<AgentName, AgentClients>>,
     pooled_connector: Counted,
     http1_connector: Counted,
+    /// Most pooled upstream connections (open or idle) of one agent.
+    pooled_per_agent: usize,
     pub upgrades: Client<Counted, ForwardBody>,
     /// Opens the connections tunnels own (HTTP/1.1 only).
     owned: Counted,
@@ -97,6 +99,7 @@ impl UpstreamClient {
                 .enable_http2()
                 .wrap_connector(http(guard.clone())),
             places: places.clone(),
+            agent_places: None,
         };
         let http1_connector = || Counted {
             inner: hyper_rustls::HttpsConnectorBuilder::new()
@@ -105,6 +108,7 @@ impl UpstreamClient {
                 .enable_http1()
                 .wrap_connector(http(guard.clone())),
             places: places.clone(),
+            agent_places: None,
         };
         let upgrade_connector = http1_connector();
         let owned = http1_connector();
@@ -116,6 +120,7 @@ impl UpstreamClient {
             agents: Mutex::default(),
             pooled_connector,
             http1_connector: http1_connector(),
+            pooled_per_agent: config.max_requests_per_agent.max(1),
             upgrades,
             owned,
             idle: Arc::new(IdleUpstreams::new(
@@ -138,12 +143,14 @@ pub struct AgentClients {
 }
 
 /// A connector whose every connection holds a place under the gateway's connection
-/// cap until it closes; with no place free it fails with [`NoRoomUpstream`] before
-/// connecting.
+/// cap (and, for an agent's pooled clients, under the agent's share of pooled
+/// connections) until it closes; with no place free it fails with [`NoRoomUpstream`]
+/// before connecting.
 #[derive(Clone)]
 pub struct Counted {
     inner: Connector,
     places: Arc<Semaphore>,
+    agent_places: Option<Arc<Semaphore>>,
 }
 
 impl tower_service::Service<http::Uri> for Counted {
@@ -156,6 +163,13 @@ impl tower_service::Service<http::Uri> for Counted {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let agent_place = match &self.agent_places {
+            Some(places) => match Arc::clone(places).try_acquire_owned() {
+                Ok(place) => Some(place),
+                Err(_) => return Box::pin(async { Err(NoRoomUpstream.into()) }),
+            },
+            None => None,
+        };
         let Ok(place) = Arc::clone(&self.places).try_acquire_owned() else {
             return Box::pin(async { Err(NoRoomUpstream.into()) });
         };
@@ -164,7 +178,7 @@ impl tower_service::Service<http::Uri> for Counted {
             let stream = connecting.await?;
             Ok(CountedStream {
                 stream,
-                _place: place,
+                _places: (place, agent_place),
             })
         })
     }
@@ -173,7 +187,7 @@ impl tower_service::Service<http::Uri> for Counted {
 /// An upstream connection and its place under the connection cap.
 pub struct CountedStream {
     stream: Stream,
-    _place: OwnedSemaphorePermit,
+    _places: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 }
 
 impl hyper::rt::Read for CountedStream {
@@ -250,9 +264,16 @@ impl UpstreamClient {
                 .pool_max_idle_per_host(IDLE_UPSTREAMS_PER_AGENT);
             builder
         };
+        // One share for both clients: an agent's pooled connections, open or idle,
+        // to every host together.
+        let share = Some(Arc::new(Semaphore::new(self.pooled_per_agent)));
+        let with_share = |connector: &Counted| Counted {
+            agent_places: share.clone(),
+            ..connector.clone()
+        };
         let clients = AgentClients {
-            pooled: pool().build(self.pooled_connector.clone()),
-            http1: pool().build(self.http1_connector.clone()),
+            pooled: pool().build(with_share(&self.pooled_connector)),
+            http1: pool().build(with_share(&self.http1_connector)),
         };
         agents.insert(agent.clone(), clients.clone());
         clients
@@ -551,6 +572,7 @@ mod tests {
                 .enable_http1()
                 .wrap_connector(http),
             places: Arc::clone(places),
+            agent_places: None,
         }
     }
 
@@ -572,6 +594,30 @@ mod tests {
         assert!(is_no_room(&*refused), "{refused}");
         drop(first);
         assert_eq!(places.available_permits(), 1);
-        let _again = connector.call(uri).await.expect("the place was given back");
+        let _again = connector
+            .call(uri.clone())
+            .await
+            .expect("the place was given back");
+
+        // An agent's share is counted besides the gateway's cap.
+        let places = Arc::new(Semaphore::new(4));
+        let share = Arc::new(Semaphore::new(1));
+        let mut agent = Counted {
+            agent_places: Some(Arc::clone(&share)),
+            ..counted(&places)
+        };
+        let held = agent.call(uri.clone()).await.expect("the share has room");
+        let refused = agent
+            .call(uri.clone())
+            .await
+            .err()
+            .expect("the share is used up");
+        assert!(is_no_room(&*refused), "{refused}");
+        assert_eq!(places.available_permits(), 3);
+        drop(held);
+        assert_eq!(
+            (places.available_permits(), share.available_permits()),
+            (4, 1)
+        );
     }
 }
