@@ -74,7 +74,8 @@ pub struct VaultConfig {
     pub max_connections_per_agent: usize,
     /// Most requests one agent may have in flight at once, over all its connections
     /// (each HTTP/2 tunnel carries up to 200 streams, and each request may hold an
-    /// upstream connection).
+    /// upstream connection); also the most pooled upstream connections it may hold,
+    /// open or idle.
     pub max_requests_per_agent: usize,
     /// Most requests one agent may have waiting for approval at once.
     pub max_holds_per_agent: usize,

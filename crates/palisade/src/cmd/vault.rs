@@ -83,7 +83,8 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_connections_per_agent: u32,
     /// Most requests one agent may have in flight at once, over all its connections and
-    /// HTTP/2 streams (beyond: 503).
+    /// HTTP/2 streams, and most pooled upstream connections it may hold, open or idle
+    /// (beyond either: 503).
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_requests_per_agent: u32,
     /// Most requests one agent may have waiting for approval (beyond: 429).
