@@ -171,8 +171,9 @@ pub async fn start(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let guard = Arc::new(NetGuard::new(allowed).with_fixed_addresses(&config.upstream_resolve));
+    let cap = connection_cap(raise_descriptor_limit());
     let limits = ConnectionLimits::new(
-        connection_cap(raise_descriptor_limit()),
+        config.max_connections.map_or(cap, |n| n.min(cap)),
         config.max_connections_per_agent,
         config.max_requests_per_agent,
     );

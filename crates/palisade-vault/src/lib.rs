@@ -69,6 +69,9 @@ pub struct VaultConfig {
     /// A client connection (or TLS tunnel) with no request in flight that moves no byte
     /// for this long is closed.
     pub client_idle_timeout: Duration,
+    /// Most connections open at once in all, client and upstream together; `None`
+    /// for what the descriptor limit allows (it is never more than that).
+    pub max_connections: Option<usize>,
     /// Most connections one agent may have open at once (its share, so one agent cannot
     /// use up what the others need).
     pub max_connections_per_agent: usize,
@@ -114,6 +117,7 @@ impl VaultConfig {
             upstream_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(300),
             client_idle_timeout: Duration::from_secs(120),
+            max_connections: None,
             max_connections_per_agent: 256,
             max_requests_per_agent: 256,
             max_holds_per_agent: 32,

@@ -10,8 +10,8 @@
 //! - abandoned held requests, and one agent's flood of holds;
 //! - one agent's flood of idle connections while another agent works, its WebSockets
 //!   past its share or left idle, and its HTTP/2 streams past its share of requests;
-//! - upstream connections kept after the tunnel that used them has gone, or shared
-//!   with another agent whose streams fill them;
+//! - upstream connections kept after the tunnel that used them has gone, shared with
+//!   another agent whose streams fill them, or opened past the gateway's connection cap;
 //! - one agent's unfinished bodies that a rule must read whole;
 //! - one agent's loop of refusals flooding the audit log;
 //! - the gateway's own listener spelled as IPv4-mapped IPv6;
@@ -1483,6 +1483,39 @@ fn one_agents_streams_cannot_hold_up_another_agents_requests() {
         .filter(|line| line.contains("\"status\": 200"))
         .count();
     assert_eq!(served, 4, "{}", output_text(&output));
+}
+
+/// Upstream connections take places under the gateway's connection cap like client
+/// connections do, so a gateway short of places refuses the request that needs one
+/// more (503 `too_many_connections`, with an audit row) instead of running out of
+/// descriptors for everyone; once places are free again, the same request succeeds.
+#[test]
+fn upstream_connections_count_under_the_gateways_cap() {
+    let attack = Attack::start(&["--max-connections", "4"]);
+    attack.setup.agent("greedy");
+    let other = attack.setup.agent("other");
+    let socket = attack.setup.palisade.home().join("run/agents/greedy.sock");
+    assert!(wait_until(Duration::from_secs(5), || socket.exists()));
+    // Three idle connections, and curl's own: the fifth place, for the upstream
+    // connection, is not there.
+    let idle: Vec<UnixStream> = (0..3)
+        .map(|_| UnixStream::connect(&socket).expect("connect to the agent socket"))
+        .collect();
+    let reply = attack.curl(&other, &[&attack.url("/echo")]);
+    refused(&reply, 503, "too_many_connections");
+    assert!(reply.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("upstream connection"));
+    assert_eq!(attack.setup.upstream.count(), 0);
+    let rows = attack.json(&["audit", "list", "--decision", "too_many_connections"]);
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+
+    drop(idle);
+    let served = wait_until(Duration::from_secs(5), || {
+        attack.curl(&other, &[&attack.url("/echo")]).status == 200
+    });
+    assert!(served, "the request was not served once places were free");
 }
 
 /// The gateway's own listener is never an upstream, in any spelling of its address,

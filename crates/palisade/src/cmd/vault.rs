@@ -79,6 +79,10 @@ pub struct GatewayArgs {
     /// Close a client connection or tunnel with no request in flight after this long silent.
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
     pub client_idle_timeout: Duration,
+    /// Most connections open at once in all, client and upstream together (default:
+    /// the descriptor limit less 1,024; never more than that).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_connections: Option<u32>,
     /// Most connections one agent may have open through the gateway (beyond: 503).
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_connections_per_agent: u32,
@@ -138,6 +142,7 @@ impl GatewayArgs {
         config.connect_timeout = self.connect_timeout;
         config.idle_timeout = self.idle_timeout;
         config.client_idle_timeout = self.client_idle_timeout;
+        config.max_connections = self.max_connections.map(|n| n as usize);
         config.max_connections_per_agent = self.max_connections_per_agent as usize;
         config.max_requests_per_agent = self.max_requests_per_agent as usize;
         config.max_holds_per_agent = self.max_holds_per_agent as usize;
