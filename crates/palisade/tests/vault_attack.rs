@@ -1413,6 +1413,24 @@ fn a_tunnels_upstream_connection_is_its_agents_alone_and_expires() {
     let seen = tunnel(&other, "/echo");
     assert!(seen[0].1 > kept, "{seen:?}");
 
+    // A connection is kept for its target alone: the agent's tunnel to another port
+    // of the same host reaches that port's server, never the connection left idle.
+    let second = palisade_testkit::Upstream::start(&attack.setup.ca).unwrap();
+    let proxy = palisade_testkit::proxy_url(attack.setup.addr(), &first);
+    let output = python(
+        SEQUENTIAL_CLIENT,
+        &[
+            ("PROXY", &proxy),
+            ("BASE", &format!("https://localhost:{}", second.port())),
+            ("VAULT_CA", &attack.setup.vault_ca_str()),
+            ("PATHS", "/echo"),
+        ],
+        CLIENT_TIMEOUT,
+    );
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!((second.count(), upstream.count()), (1, 1));
+    drop(second);
+
     // A tunnel quiet for 2 s has let its connection go: the agent's next tunnel takes
     // it up while the first is still open, and the first opens another.
     upstream.clear();
