@@ -221,3 +221,26 @@ pub fn ca_certificate_pem(home: &palisade_store::Home) -> Result<String, VaultEr
 pub(crate) async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
+
+/// Finds an error of type `T` anywhere in `error`'s source chain, including inside an
+/// `io::Error` that wraps it (as connectors and resolvers report their causes).
+pub(crate) fn find_cause<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = inner.downcast_ref::<T>() {
+                return Some(found);
+            }
+        }
+        current = e.source();
+    }
+    None
+}

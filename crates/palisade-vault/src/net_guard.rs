@@ -206,21 +206,7 @@ impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for 
 pub fn find_local_refused<'a>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a LocalRefused> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = current {
-        if let Some(refused) = e.downcast_ref::<LocalRefused>() {
-            return Some(refused);
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(refused) = inner.downcast_ref::<LocalRefused>() {
-                    return Some(refused);
-                }
-            }
-        }
-        current = e.source();
-    }
-    None
+    crate::find_cause(error)
 }
 
 #[cfg(test)]

@@ -238,14 +238,7 @@ impl Connection for CountedStream {
 
 /// Whether `error` (or an error it was caused by) is [`NoRoomUpstream`].
 pub fn is_no_room(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<NoRoomUpstream>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
+    crate::find_cause::<NoRoomUpstream>(error).is_some()
 }
 
 impl UpstreamClient {
