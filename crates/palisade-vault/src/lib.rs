@@ -72,13 +72,12 @@ pub struct VaultConfig {
     /// Most connections open at once in all, client and upstream together; `None`
     /// for what the descriptor limit allows (it is never more than that).
     pub max_connections: Option<usize>,
-    /// Most connections one agent may have open at once (its share, so one agent cannot
-    /// use up what the others need).
+    /// Most client connections one agent may have open at once (its share, so one agent
+    /// cannot use up what the others need); also the most upstream connections it may
+    /// hold, of every kind, open or idle.
     pub max_connections_per_agent: usize,
     /// Most requests one agent may have in flight at once, over all its connections
-    /// (each HTTP/2 tunnel carries up to 200 streams, and each request may hold an
-    /// upstream connection); also the most pooled upstream connections it may hold,
-    /// open or idle.
+    /// (each HTTP/2 tunnel carries up to 200 streams).
     pub max_requests_per_agent: usize,
     /// Most requests one agent may have waiting for approval at once.
     pub max_holds_per_agent: usize,

@@ -16,6 +16,10 @@
 //! - WebSocket handshakes use an HTTP/1.1-only client without a pool, because an upgrade
 //!   needs a connection of its own.
 //!
+//! Every upstream connection holds a place under the gateway's connection cap, and one
+//! of its agent's share of upstream connections (as many as its share of client
+//! connections), whatever its kind and whether open or idle, until it closes.
+//!
 //! The tunnels' connections are kept by hand rather than in hyper-util's pool: that
 //! pool checks a connection out and back in (a spawned task) on every request, and
 //! shares connections between agents; these are handed over once per quiet spell, and
@@ -49,6 +53,8 @@ const IDLE_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 const IDLE_UPSTREAMS_PER_AGENT: usize = 32;
 /// Most connections left behind kept for all agents together.
 const IDLE_UPSTREAMS: usize = 1024;
+/// How long a tunnel waits for the place of an idle connection it closed to make room.
+const FREED_PLACE_WAIT: Duration = Duration::from_secs(1);
 
 /// An error on the way upstream; its source chain names the cause (a refused local
 /// address among them, see [`crate::net_guard::find_local_refused`]).
@@ -63,10 +69,9 @@ pub struct UpstreamClient {
     agents: Mutex<HashMap<AgentName, AgentClients>>,
     pooled_connector: Counted,
     http1_connector: Counted,
-    /// Most pooled upstream connections (open or idle) of one agent.
-    pooled_per_agent: usize,
-    pub upgrades: Client<Counted, ForwardBody>,
-    /// Opens the connections tunnels own (HTTP/1.1 only).
+    /// Most upstream connections of one agent, of every kind, open or idle.
+    share_per_agent: usize,
+    /// Opens the connections tunnels own, and WebSocket handshakes' (HTTP/1.1 only).
     owned: Counted,
     /// Connections tunnels left behind, for the next tunnel of the same agent.
     pub idle: Arc<IdleUpstreams>,
@@ -110,19 +115,12 @@ impl UpstreamClient {
             places: places.clone(),
             agent_places: None,
         };
-        let upgrade_connector = http1_connector();
-        let owned = http1_connector();
-        let upgrades = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_max_idle_per_host(0)
-            .build(upgrade_connector);
         Ok(UpstreamClient {
             agents: Mutex::default(),
             pooled_connector,
             http1_connector: http1_connector(),
-            pooled_per_agent: config.max_requests_per_agent.max(1),
-            upgrades,
-            owned,
+            share_per_agent: config.max_connections_per_agent.max(1),
+            owned: http1_connector(),
             idle: Arc::new(IdleUpstreams::new(
                 config.client_idle_timeout.min(IDLE_UPSTREAM_TIMEOUT),
             )),
@@ -132,7 +130,8 @@ impl UpstreamClient {
     }
 }
 
-/// One agent's pooled clients.
+/// One agent's clients, and its share of upstream connections that all of them, and its
+/// tunnels' own connections, draw on.
 #[derive(Clone)]
 pub struct AgentClients {
     /// Offers h2 and HTTP/1.1; used when the agent itself spoke HTTP/2.
@@ -140,11 +139,14 @@ pub struct AgentClients {
     /// HTTP/1.1 only; used for absolute-form requests on the TCP listener (an HTTP/1.1
     /// agent in a tunnel has a connection of its own).
     pub http1: Client<Counted, ForwardBody>,
+    /// For WebSocket handshakes: HTTP/1.1, no pool.
+    pub upgrades: Client<Counted, ForwardBody>,
+    share: Arc<Semaphore>,
 }
 
 /// A connector whose every connection holds a place under the gateway's connection
-/// cap (and, for an agent's pooled clients, under the agent's share of pooled
-/// connections) until it closes; with no place free it fails with [`NoRoomUpstream`]
+/// cap and (when it connects for an agent) one of the agent's share of upstream
+/// connections until it closes; with no place free it fails with [`NoRoomUpstream`]
 /// before connecting.
 #[derive(Clone)]
 pub struct Counted {
@@ -242,7 +244,7 @@ pub fn is_no_room(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl UpstreamClient {
-    /// `agent`'s pooled clients.
+    /// `agent`'s clients.
     pub fn clients_of(&self, agent: &AgentName) -> AgentClients {
         let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(clients) = agents.get(agent) {
@@ -257,16 +259,21 @@ impl UpstreamClient {
                 .pool_max_idle_per_host(IDLE_UPSTREAMS_PER_AGENT);
             builder
         };
-        // One share for both clients: an agent's pooled connections, open or idle,
-        // to every host together.
-        let share = Some(Arc::new(Semaphore::new(self.pooled_per_agent)));
+        // One share for all: an agent's upstream connections, open or idle, to every
+        // host together.
+        let share = Arc::new(Semaphore::new(self.share_per_agent));
         let with_share = |connector: &Counted| Counted {
-            agent_places: share.clone(),
+            agent_places: Some(Arc::clone(&share)),
             ..connector.clone()
         };
         let clients = AgentClients {
             pooled: pool().build(with_share(&self.pooled_connector)),
             http1: pool().build(with_share(&self.http1_connector)),
+            upgrades: Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_max_idle_per_host(0)
+                .build(with_share(&self.owned)),
+            share: Arc::clone(&share),
         };
         agents.insert(agent.clone(), clients.clone());
         clients
@@ -286,6 +293,7 @@ impl UpstreamClient {
     pub fn owned_by(&self, agent: &AgentName) -> OwnedUpstream {
         OwnedUpstream {
             agent: agent.clone(),
+            share: self.clients_of(agent).share,
             idle: Arc::clone(&self.idle),
             held: Mutex::new(None),
             released: AtomicBool::new(true),
@@ -318,7 +326,7 @@ impl UpstreamClient {
             let reused = kept.is_some();
             let mut sender = match kept.take() {
                 Some(sender) => sender,
-                None => self.connect(&connect_to).await?,
+                None => self.connect(owned, &connect_to).await?,
             };
             if sender.ready().await.is_err() {
                 if reused {
@@ -339,8 +347,23 @@ impl UpstreamClient {
         }
     }
 
-    async fn connect(&self, uri: &http::Uri) -> Result<Sender, UpstreamError> {
-        let io = tower_service::Service::call(&mut self.owned.clone(), uri.clone()).await?;
+    /// A new connection for `owned`'s tunnel, under its agent's share. With the share
+    /// used up, the agent's oldest idle connection (if any) is closed to make room.
+    async fn connect(
+        &self,
+        owned: &OwnedUpstream,
+        uri: &http::Uri,
+    ) -> Result<Sender, UpstreamError> {
+        let share = &owned.share;
+        if share.available_permits() == 0 && self.idle.close_oldest(&owned.agent) {
+            // Its place comes back once its connection's task has seen the sender go.
+            let _ = tokio::time::timeout(FREED_PLACE_WAIT, share.acquire()).await;
+        }
+        let mut connector = Counted {
+            agent_places: Some(Arc::clone(share)),
+            ..self.owned.clone()
+        };
+        let io = tower_service::Service::call(&mut connector, uri.clone()).await?;
         let (sender, connection) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -380,6 +403,8 @@ type Sender = http1::SendRequest<ForwardBody>;
 /// agent's next tunnel; any other closes once its response has ended.
 pub struct OwnedUpstream {
     agent: AgentName,
+    /// The agent's share of upstream connections.
+    share: Arc<Semaphore>,
     idle: Arc<IdleUpstreams>,
     held: Mutex<Option<(Origin, Sender)>>,
     /// Whether the connection was released since it was last kept, and a signal for
@@ -519,6 +544,20 @@ impl IdleUpstreams {
         if list.is_empty() {
             inner.by_agent.remove(agent);
         }
+    }
+
+    /// Closes `agent`'s oldest idle connection; whether there was one.
+    fn close_oldest(&self, agent: &AgentName) -> bool {
+        let mut inner = self.lock();
+        let Some(list) = inner.by_agent.get_mut(agent) else {
+            return false;
+        };
+        list.remove(0);
+        if list.is_empty() {
+            inner.by_agent.remove(agent);
+        }
+        inner.count -= 1;
+        true
     }
 
     fn retain_agents(&self, keep: impl Fn(&AgentName) -> bool) {

@@ -1536,6 +1536,68 @@ fn upstream_connections_count_under_the_gateways_cap() {
     assert!(served, "the request was not served once places were free");
 }
 
+/// An agent's upstream connections of every kind (pooled, a tunnel's own, WebSocket),
+/// open or idle, to every host together, count against one share as large as its
+/// share of client connections. Before, each kind was bounded on its own, so one agent
+/// could hold about four times its share of the gateway's places.
+#[test]
+fn an_agents_upstream_connections_of_every_kind_share_one_bound() {
+    let attack = Attack::start(&["--max-connections-per-agent", "3"]);
+    let greedy = attack.setup.agent("greedy");
+    let other = attack.setup.agent("other");
+    let hosts: Vec<palisade_testkit::Upstream> = (0..4)
+        .map(|_| palisade_testkit::Upstream::start(&attack.setup.ca).unwrap())
+        .collect();
+    let url = |host: &palisade_testkit::Upstream| format!("https://localhost:{}/echo", host.port());
+    let open = || -> usize { hosts.iter().map(|h| h.open_connections()).sum() };
+
+    // Three HTTP/2 requests to three hosts leave three pooled connections idle.
+    for host in &hosts[..3] {
+        let reply = attack.curl(&greedy, &["--http2", &url(host)]);
+        assert_eq!(reply.status, 200, "{}", reply.raw);
+    }
+    assert_eq!(open(), 3);
+    // The fourth host gets no connection of any kind from this agent...
+    refused(
+        &attack.curl(&greedy, &["--http2", &url(&hosts[3])]),
+        503,
+        "too_many_connections",
+    );
+    refused(
+        &attack.curl(&greedy, &["--http1.1", &url(&hosts[3])]),
+        503,
+        "too_many_connections",
+    );
+    let port = hosts[3].port().to_string();
+    let mut websocket = Interactive::start(
+        &attack,
+        WEBSOCKETS_CLIENT,
+        &greedy,
+        &[("COUNT", "1"), ("WAIT", "1"), ("UPSTREAM_PORT", &port)],
+    );
+    assert_eq!(websocket.line(), "0 HTTP/1.1 503 Service Unavailable");
+    assert_eq!(websocket.line(), "opened");
+    drop(websocket);
+    assert_eq!(hosts[3].count(), 0);
+    // ...while another agent's is served.
+    let reply = attack.curl(&other, &["--http1.1", &url(&hosts[3])]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+
+    // A tunnel that needs a connection when its agent's share is full of idle ones it
+    // left closes the oldest to make room.
+    let tunnels = attack.setup.agent("tunnels");
+    for host in &hosts {
+        let reply = attack.curl(&tunnels, &["--http1.1", &url(host)]);
+        assert_eq!(reply.status, 200, "{}", reply.raw);
+    }
+    // greedy's 3, other's 1, and tunnels' 3 (its first was closed for its fourth).
+    assert!(
+        wait_until(Duration::from_secs(5), || open() == 7),
+        "{} upstream connections open",
+        open()
+    );
+}
+
 /// The gateway's own listener is never an upstream, in any spelling of its address,
 /// even when every host is allowed to be local.
 #[test]

@@ -74,7 +74,7 @@ pub(super) async fn forward(
     let upstream = &shared.upstream;
     let send = async {
         let sent = if websocket {
-            upstream.upgrades.request(request).await
+            upstream.clients_of(agent).upgrades.request(request).await
         } else if agent_version == http::Version::HTTP_2 {
             upstream.clients_of(agent).pooled.request(request).await
         } else if let Some(owned) = &client.upstream {

@@ -83,12 +83,12 @@ pub struct GatewayArgs {
     /// the descriptor limit less 1,024; never more than that).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_connections: Option<u32>,
-    /// Most connections one agent may have open through the gateway (beyond: 503).
+    /// Most connections one agent may have open to the gateway, and most upstream
+    /// connections it may hold, of every kind, open or idle (beyond either: 503).
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_connections_per_agent: u32,
     /// Most requests one agent may have in flight at once, over all its connections and
-    /// HTTP/2 streams, and most pooled upstream connections it may hold, open or idle
-    /// (beyond either: 503).
+    /// HTTP/2 streams (beyond: 503).
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_requests_per_agent: u32,
     /// Most requests one agent may have waiting for approval (beyond: 429).
