@@ -48,6 +48,8 @@ pub enum GatewayErrorKind {
     TooManyBufferedBodies,
     /// 503 `too_many_requests_in_flight`
     TooManyRequestsInFlight,
+    /// 502 `unreadable_response`
+    UnreadableResponse,
 }
 
 impl GatewayErrorKind {
@@ -60,7 +62,7 @@ impl GatewayErrorKind {
             | GatewayErrorKind::LocalUpstreamRefused => 403,
             GatewayErrorKind::RateLimited => 429,
             GatewayErrorKind::ApprovalTimedOut | GatewayErrorKind::UpstreamTimeout => 504,
-            GatewayErrorKind::UpstreamUnreachable => 502,
+            GatewayErrorKind::UpstreamUnreachable | GatewayErrorKind::UnreadableResponse => 502,
             GatewayErrorKind::GatewayRestarting
             | GatewayErrorKind::TooManyConnections
             | GatewayErrorKind::TooManyBufferedBodies
@@ -96,6 +98,7 @@ impl GatewayErrorKind {
             GatewayErrorKind::TooManyConnections => "too_many_connections",
             GatewayErrorKind::TooManyBufferedBodies => "too_many_buffered_bodies",
             GatewayErrorKind::TooManyRequestsInFlight => "too_many_requests_in_flight",
+            GatewayErrorKind::UnreadableResponse => "unreadable_response",
         }
     }
     /// Whether the same request may succeed later without anyone changing the policy.
@@ -114,7 +117,7 @@ impl GatewayErrorKind {
         )
     }
     /// Every kind, for tests and documentation.
-    pub const ALL: [GatewayErrorKind; 20] = [
+    pub const ALL: [GatewayErrorKind; 21] = [
         GatewayErrorKind::ProxyAuthRequired,
         GatewayErrorKind::BlockedByPolicy,
         GatewayErrorKind::BlockedByDefaultPolicy,
@@ -135,6 +138,7 @@ impl GatewayErrorKind {
         GatewayErrorKind::TooManyConnections,
         GatewayErrorKind::TooManyBufferedBodies,
         GatewayErrorKind::TooManyRequestsInFlight,
+        GatewayErrorKind::UnreadableResponse,
     ];
 }
 
@@ -228,6 +232,9 @@ impl ErrorBody {
             ),
             GatewayErrorKind::TooManyRequestsInFlight => format!(
                 "This agent already has as many requests in flight through the gateway as it may, so this request to {host} was not sent. Retry when some of them are done."
+            ),
+            GatewayErrorKind::UnreadableResponse => format!(
+                "{host} answered this request, which carried a credential, in a Content-Encoding the gateway cannot read (it reads identity, gzip, deflate, br and zstd), so the answer could not be checked for the credential and was not passed on. Do not retry; tell the user which request failed."
             ),
         };
         ErrorBody {
@@ -354,6 +361,7 @@ mod tests {
                 "too_many_requests_in_flight",
                 true,
             ),
+            (UnreadableResponse, 502, "unreadable_response", false),
         ];
         assert_eq!(expected.len(), GatewayErrorKind::ALL.len());
         for (kind, status, code, retry) in expected {

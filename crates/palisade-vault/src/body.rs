@@ -148,6 +148,8 @@ pub enum ProxyBody {
     /// A response to a request that carried a secret, with the secret masked wherever
     /// the upstream sent it back.
     Masked(Box<crate::reflect::Masked>),
+    /// An upstream body with its compression undone (see [`crate::decoded`]).
+    Decoded(http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>),
 }
 
 impl ProxyBody {
@@ -196,6 +198,7 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Masked(masked) => Pin::new(masked.as_mut()).poll_frame(cx),
+            ProxyBody::Decoded(decoded) => Pin::new(decoded).poll_frame(cx),
             ProxyBody::Upstream {
                 inner,
                 idle_timeout,
@@ -228,6 +231,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Masked(masked) => masked.is_end_stream(),
+            ProxyBody::Decoded(decoded) => decoded.is_end_stream(),
             ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -237,6 +241,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Masked(masked) => masked.size_hint(),
+            ProxyBody::Decoded(decoded) => decoded.size_hint(),
             ProxyBody::Upstream { inner, .. } => inner.size_hint(),
         }
     }

@@ -13,6 +13,7 @@ mod body_budget;
 pub mod ca;
 mod conn;
 mod control;
+mod decoded;
 mod front;
 mod gateway;
 pub mod net_guard;

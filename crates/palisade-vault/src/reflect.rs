@@ -14,8 +14,8 @@
 //!
 //! Limits (docs/vault.md): secrets shorter than [`MIN_MASKED`] bytes are not searched
 //! for (masking every occurrence of a short string would corrupt ordinary responses); a
-//! response the gateway cannot read (compressed although the request asked for
-//! `identity`) passes unsearched; an upstream that transforms what it echoes (byte
+//! response compressed although the request asked for `identity` is decoded first
+//! ([`crate::decoded`]), or refused if it cannot be; an upstream that transforms what it echoes (byte
 //! ranges, base64) can still be made to return a secret in a form not searched for;
 //! and bytes kept back at the end of a chunk tell a client that controls an echo's
 //! chunking, and times the bytes, that its text begins a spelling.

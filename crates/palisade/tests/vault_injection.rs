@@ -294,15 +294,11 @@ fn query_injection_replaces_its_parameter_and_keeps_the_others() {
     assert_eq!(setup.sent_path_and_query().1, "key=v%20q%2F%26x%3D1");
 }
 
-/// A credential the upstream sends back (an echo, an error page quoting the header) is
-/// masked before the agent sees it, in headers and body, over HTTP/1.1 and HTTP/2, byte
-/// for byte; the first time in a response writes a `secret.reflected` audit row. The
-/// upstream itself got the credential.
-#[test]
-fn a_credential_sent_back_is_masked_and_audited() {
+/// A running gateway with agent `reflector`, granted `secret` as a bearer for
+/// localhost; and its token.
+fn reflector_with(secret: &str) -> (Setup, String) {
     let mut setup = Setup::new();
     let token = setup.agent("reflector");
-    let secret = "sk-reflect-7f3a9c";
     setup.secret(
         "echoed",
         "localhost",
@@ -312,6 +308,17 @@ fn a_credential_sent_back_is_masked_and_audited() {
         secret,
     );
     setup.start_vault(&[]);
+    (setup, token)
+}
+
+/// A credential the upstream sends back (an echo, an error page quoting the header) is
+/// masked before the agent sees it, in headers and body, over HTTP/1.1 and HTTP/2, byte
+/// for byte; the first time in a response writes a `secret.reflected` audit row. The
+/// upstream itself got the credential.
+#[test]
+fn a_credential_sent_back_is_masked_and_audited() {
+    let secret = "sk-reflect-7f3a9c";
+    let (setup, token) = reflector_with(secret);
     for version in ["--http1.1", "--http2"] {
         // A page that quotes the credential in the middle of other text.
         let url = setup
@@ -350,6 +357,56 @@ fn a_credential_sent_back_is_masked_and_audited() {
         assert_eq!(row["decision"], "masked");
         assert!(!row.to_string().contains(secret), "{row}");
     }
+}
+
+/// An upstream that compresses its answer although the gateway asked for `identity`
+/// cannot carry a credential it sends back past the search: the answer is decoded (gzip,
+/// deflate, br, zstd), masked and passed on uncompressed, over HTTP/1.1 and HTTP/2. An
+/// answer in a coding the gateway cannot read is refused (502 `unreadable_response`,
+/// with an audit row), never passed on unsearched.
+#[test]
+fn a_credential_sent_back_compressed_is_masked_too() {
+    let secret = "sk-compressed-5e1d";
+    let (setup, token) = reflector_with(secret);
+    let page = |encoding: &str| {
+        setup.upstream.url(&format!(
+            "/page?text=before%20{secret}%20after&encoding={encoding}"
+        ))
+    };
+    for encoding in ["gzip", "deflate", "br", "zstd"] {
+        for version in ["--http1.1", "--http2"] {
+            let (status, answer) =
+                setup.fetch(&token, &["-i", version, "--compressed", &page(encoding)]);
+            assert_eq!(status, 200, "{encoding} {version}: {answer}");
+            let (head, body) = answer.rsplit_once("\r\n\r\n").expect("a head and a body");
+            assert_eq!(
+                body,
+                format!("before {} after", masked(secret)),
+                "{encoding} {version}"
+            );
+            assert!(
+                !head.to_ascii_lowercase().contains("content-encoding"),
+                "{encoding} {version}: {head}"
+            );
+            assert_eq!(setup.sent_header("accept-encoding"), vec!["identity"]);
+        }
+    }
+
+    let (status, answer) = setup.fetch(&token, &[&page("compress")]);
+    assert_eq!(status, 502, "{answer}");
+    assert!(!answer.contains(secret), "{answer}");
+    let refusal: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(refusal["error"], "unreadable_response", "{answer}");
+    let rows = setup.cli(&[
+        "--json",
+        "audit",
+        "list",
+        "--decision",
+        "unreadable_response",
+    ]);
+    let rows: Value = serde_json::from_str(&rows).unwrap();
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["path"], "/page", "{rows}");
 }
 
 /// `path-template:/bot{value}/`: `/bot/…` and `/botPLACEHOLDER/…` both become

@@ -10,6 +10,7 @@
 //! | `/bytes?n=N` | N bytes of body, streamed in chunks |
 //! | `/slow?ms=N` | the echo, after holding the response headers back N ms |
 //! | `/close` | the connection is dropped without any response |
+//! | `/page?text=T[&encoding=E]` | T as plain text; compressed with E (`gzip`, `deflate`, `br`, `zstd`) whatever the client asked, another E named in `Content-Encoding` but not applied |
 //! | `/v1/messages` | fake Anthropic Messages API ([`super::llm`]) |
 //! | `/v1/models` | fake model list, Anthropic's shape (paged) or OpenAI's ([`super::llm`]) |
 //! | `/v1/chat/completions` | fake OpenAI-compatible chat API ([`super::llm`]) |
@@ -94,11 +95,23 @@ pub(crate) async fn handle(
             .body(full(r#"{"redirect":"/echo"}"#))
             .unwrap_or_else(|_| internal_error()),
         "/bytes" => bytes_body(params.number("n").unwrap_or(1024).min(MAX_BYTES)),
-        // A page whose text the test chooses (`?text=`), served as plain text.
-        "/page" => Response::builder()
-            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .body(full(params.text("text").unwrap_or_default().to_string()))
-            .unwrap_or_else(|_| internal_error()),
+        // A page whose text the test chooses (`?text=`), served as plain text; with
+        // `&encoding=`, compressed that way whatever the client asked for (as some
+        // servers do), an unknown encoding named but the text sent as it is.
+        "/page" => {
+            let text = params.text("text").unwrap_or_default().to_string();
+            match params.text("encoding") {
+                Some(encoding) => Response::builder()
+                    .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .header(header::CONTENT_ENCODING, encoding)
+                    .body(full(encoded(text.as_bytes(), encoding).await))
+                    .unwrap_or_else(|_| internal_error()),
+                None => Response::builder()
+                    .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .body(full(text))
+                    .unwrap_or_else(|_| internal_error()),
+            }
+        }
         "/slow" => {
             let ms = params.number("ms").unwrap_or(1000).min(MAX_DELAY_MS);
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -136,6 +149,23 @@ fn recorded<T>(
         connection,
         received_at: std::time::Instant::now(),
     }
+}
+
+/// `data` compressed with `encoding` (`gzip`, `deflate`, `br`, `zstd`); as it is for
+/// any other name.
+async fn encoded(data: &[u8], encoding: &str) -> Vec<u8> {
+    use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZlibEncoder, ZstdEncoder};
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = match encoding {
+        "gzip" => GzipEncoder::new(data).read_to_end(&mut out).await,
+        "deflate" => ZlibEncoder::new(data).read_to_end(&mut out).await,
+        "br" => BrotliEncoder::new(data).read_to_end(&mut out).await,
+        "zstd" => ZstdEncoder::new(data).read_to_end(&mut out).await,
+        _ => return data.to_vec(),
+    };
+    read.expect("compressing in memory cannot fail");
+    out
 }
 
 pub(crate) fn full(body: impl Into<Bytes>) -> Body {

@@ -9,12 +9,14 @@
 use super::{error_chain, Decision, Refusal, Target};
 use crate::body::{ForwardBody, ProxyBody};
 use crate::conn::ClientConnection;
+use crate::decoded;
 use crate::net_guard::find_local_refused;
 use crate::reflect::{Masked, Reflection, Report};
 use crate::respond::{is_websocket_upgrade, strip_hop_by_hop};
 use crate::state::Shared;
 use crate::upstream::{is_no_room, UpstreamError};
 use http::{Request, Response};
+use http_body::Body;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use palisade_policy::{AgentName, ErrorBody, GatewayErrorKind};
@@ -144,16 +146,30 @@ pub(super) async fn forward(
                 report.send("headers");
             }
         }
-        let readable = head
-            .headers
-            .get(http::header::CONTENT_ENCODING)
-            .is_none_or(|encoding| encoding.as_bytes().eq_ignore_ascii_case(b"identity"));
-        if !readable {
-            tracing::debug!(
-                host,
-                "a compressed response to a request with a credential passes unsearched"
-            );
-        } else if matches!(body, ProxyBody::Upstream { .. }) {
+        // An empty body (HEAD, 204, 304, a zero length) has nothing to decode or search.
+        if matches!(body, ProxyBody::Upstream { .. }) && !body.is_end_stream() {
+            match decoded::codings(&head.headers) {
+                Ok(codings) if codings.is_empty() => {}
+                Ok(codings) => {
+                    // Compressed although the gateway asked for identity: passed on
+                    // decoded, so the search sees what the client will read.
+                    head.headers.remove(http::header::CONTENT_ENCODING);
+                    head.headers.remove(http::header::CONTENT_LENGTH);
+                    body = decoded::decoded(body, &codings);
+                }
+                Err(coding) => {
+                    tracing::warn!(
+                        host,
+                        coding,
+                        "an answer that may carry a credential came in an encoding the gateway cannot read; refused"
+                    );
+                    return Err(Refusal::of(
+                        Decision::UnreadableResponse,
+                        GatewayErrorKind::UnreadableResponse,
+                        host,
+                    ));
+                }
+            }
             body = ProxyBody::Masked(Box::new(Masked::new(body, reflection, report)));
         }
     }

@@ -72,6 +72,9 @@ pub enum Decision {
     UpstreamTimeout,
     /// The upstream could not be reached.
     UpstreamUnreachable,
+    /// The answer to a request that carried a credential came in an encoding the
+    /// gateway cannot read to search it for the credential.
+    UnreadableResponse,
 }
 
 impl Decision {
@@ -107,6 +110,7 @@ impl Decision {
             Decision::InjectionFailed => "injection_failed",
             Decision::UpstreamTimeout => "upstream_timeout",
             Decision::UpstreamUnreachable => "upstream_unreachable",
+            Decision::UnreadableResponse => "unreadable_response",
         }
     }
 
@@ -142,7 +146,8 @@ impl Decision {
             | Decision::ClientGone
             | Decision::InjectionFailed
             | Decision::UpstreamTimeout
-            | Decision::UpstreamUnreachable => Outcome::Failed,
+            | Decision::UpstreamUnreachable
+            | Decision::UnreadableResponse => Outcome::Failed,
         }
     }
 
