@@ -25,6 +25,7 @@ mod state;
 mod tls;
 mod tunnel;
 mod upstream;
+mod ws_masked;
 
 pub use admin::{agent_environment, PLACEHOLDER_KEY};
 pub use peer::PeerRule;

@@ -4,8 +4,9 @@
 //! for every spelling under which the gateway sends it
 //! ([`palisade_policy::injection::sent_forms`], and the value as a JSON string escapes
 //! it) and each occurrence is overwritten with `*`, byte for byte, so lengths and
-//! framing stay as the upstream sent them. Headers, body and trailers are searched; the
-//! first occurrence in a response writes a `secret.reflected` audit row.
+//! framing stay as the upstream sent them. Headers, body and trailers are searched, and
+//! the messages of a WebSocket whose handshake carried the secret; the first occurrence
+//! in a response writes a `secret.reflected` audit row.
 //!
 //! The body is searched as it streams: a chunk that ends with the start of a spelling
 //! keeps those bytes back until the next chunk shows whether the spelling completes
@@ -194,30 +195,28 @@ impl Report {
     }
 }
 
-/// A response body with every spelling of a secret masked.
-pub struct Masked<B = ProxyBody> {
-    inner: B,
+/// Masks a stream of bytes as it passes: a chunk that ends with the start of a form
+/// keeps those bytes back until the next chunk shows whether the form completes.
+pub struct Scanner {
     reflection: Arc<Reflection>,
     /// Bytes kept back: the start of a form at the end of the last chunk.
     carry: BytesMut,
-    /// Trailers waiting for the kept-back bytes to go first.
-    trailers: Option<HeaderMap>,
-    ended: bool,
     report: Option<Report>,
+    /// Where the stream is, for the audit row (`body`, `websocket`).
+    place: &'static str,
 }
 
-impl<B> Masked<B> {
-    pub fn new(inner: B, reflection: Arc<Reflection>, report: Option<Report>) -> Self {
-        Masked {
-            inner,
+impl Scanner {
+    pub fn new(reflection: Arc<Reflection>, report: Option<Report>, place: &'static str) -> Self {
+        Scanner {
             reflection,
             carry: BytesMut::new(),
-            trailers: None,
-            ended: false,
             report,
+            place,
         }
     }
 
+    /// Writes the audit row for a form found in `place`, the first time.
     fn found(&mut self, place: &str) {
         if let Some(report) = self.report.take() {
             report.send(place);
@@ -225,7 +224,7 @@ impl<B> Masked<B> {
     }
 
     /// What of `data` (after what was kept back) can go now, masked.
-    fn scan(&mut self, data: Bytes) -> Bytes {
+    pub fn scan(&mut self, data: Bytes) -> Bytes {
         if self.carry.is_empty() && !self.reflection.finder.is_match(&data[..]) {
             let hold = self.reflection.held(&data);
             if hold == 0 {
@@ -237,11 +236,42 @@ impl<B> Masked<B> {
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(&data);
         if self.reflection.mask(&mut buf) {
-            self.found("body");
+            self.found(self.place);
         }
         let hold = self.reflection.held(&buf);
         self.carry = buf.split_off(buf.len() - hold);
         buf.freeze()
+    }
+
+    /// The bytes kept back, at the stream's end (the start of a form that never
+    /// completed, so nothing to mask).
+    pub fn flush(&mut self) -> Bytes {
+        self.carry.split().freeze()
+    }
+
+    /// How many bytes are kept back.
+    pub fn held(&self) -> usize {
+        self.carry.len()
+    }
+}
+
+/// A response body with every spelling of a secret masked.
+pub struct Masked<B = ProxyBody> {
+    inner: B,
+    scanner: Scanner,
+    /// Trailers waiting for the kept-back bytes to go first.
+    trailers: Option<HeaderMap>,
+    ended: bool,
+}
+
+impl<B> Masked<B> {
+    pub fn new(inner: B, reflection: Arc<Reflection>, report: Option<Report>) -> Self {
+        Masked {
+            inner,
+            scanner: Scanner::new(reflection, report, "body"),
+            trailers: None,
+            ended: false,
+        }
     }
 }
 
@@ -262,14 +292,14 @@ where
 
     fn is_end_stream(&self) -> bool {
         if self.ended {
-            self.carry.is_empty() && self.trailers.is_none()
+            self.scanner.held() == 0 && self.trailers.is_none()
         } else {
-            self.carry.is_empty() && self.inner.is_end_stream()
+            self.scanner.held() == 0 && self.inner.is_end_stream()
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        let carried = self.carry.len() as u64;
+        let carried = self.scanner.held() as u64;
         if self.ended {
             return SizeHint::with_exact(carried);
         }
@@ -293,8 +323,8 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
             if self.ended {
-                if !self.carry.is_empty() {
-                    return Poll::Ready(Some(Ok(Frame::data(self.carry.split().freeze()))));
+                if self.scanner.held() > 0 {
+                    return Poll::Ready(Some(Ok(Frame::data(self.scanner.flush()))));
                 }
                 return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
@@ -304,15 +334,15 @@ where
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        let out = self.scan(data);
+                        let out = self.scanner.scan(data);
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
                     }
                     Err(frame) => {
                         if let Ok(mut trailers) = frame.into_trailers() {
-                            if self.reflection.mask_headers(&mut trailers) {
-                                self.found("trailers");
+                            if self.scanner.reflection.mask_headers(&mut trailers) {
+                                self.scanner.found("trailers");
                             }
                             self.trailers = Some(trailers);
                         }

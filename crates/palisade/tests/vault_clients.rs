@@ -291,6 +291,11 @@ print(json.dumps(result))
     assert_no_proxy_credential(&setup, &token);
 }
 
+/// A WebSocket through the vault: the handshake carries the injected credential to
+/// the upstream; messages pass both ways, text and binary; and an upstream that sends
+/// the credential back in a message (this one sends the handshake's headers first)
+/// shows the agent only `*`s, with a `secret.reflected` audit row. Compression is not
+/// offered upstream, so messages stay searchable.
 #[test]
 fn websocket_echo_with_the_credential_on_the_handshake() {
     let mut setup = Setup::new();
@@ -312,7 +317,7 @@ ws = websocket.create_connection(
     http_proxy_host="127.0.0.1", http_proxy_port=int(os.environ["PROXY_PORT"]),
     http_proxy_auth=("x", os.environ["TOKEN"]), proxy_type="http",
     sslopt={"ca_certs": os.environ["VAULT_CA"]},
-    header=["Authorization: Bearer placeholder"])
+    header=["Authorization: Bearer placeholder", "Sec-WebSocket-Extensions: permessage-deflate"])
 greeting = json.loads(ws.recv())
 ws.send("hello through the vault")
 text = ws.recv()
@@ -339,10 +344,28 @@ print(json.dumps({"greeting": greeting, "text": text, "binary": list(binary)}))
     let greeting = &result["greeting"];
     assert_eq!(
         header_values(greeting, "authorization"),
+        vec![format!("Bearer {}", "*".repeat("sk-websocket-value".len()))],
+        "the credential came back unmasked: {greeting}"
+    );
+    assert_eq!(
+        setup.sent_header("authorization"),
         vec!["Bearer sk-websocket-value"],
-        "the handshake carries the injected credential: {greeting}"
+        "the handshake carries the injected credential"
     );
     assert_eq!(header_values(greeting, "upgrade"), vec!["websocket"]);
+    assert!(header_values(greeting, "sec-websocket-extensions").is_empty());
+    let reflected = || {
+        let rows = setup.cli(&["--json", "audit", "list", "--event", "secret.reflected"]);
+        serde_json::from_str::<serde_json::Value>(&rows).unwrap()
+    };
+    assert!(
+        palisade_testkit::wait_until(std::time::Duration::from_secs(5), || reflected()
+            .as_array()
+            .is_some_and(|rows| rows.len() == 1)),
+        "{}",
+        reflected()
+    );
+    assert_eq!(reflected()[0]["detail"]["in"], "websocket");
     assert!(header_values(greeting, "proxy-authorization").is_empty());
     assert_no_proxy_credential(&setup, &token);
 }

@@ -675,9 +675,14 @@ print(json.dumps({"greeting": json.loads(greeting)}))
             ("VAULT_CA", &vault_ca),
         ],
     ));
+    // The upstream got the credential; the agent sees it masked in the greeting.
+    assert_eq!(
+        setup.sent_header("authorization"),
+        vec!["Bearer v-sneaky-secret"]
+    );
     assert_eq!(
         header_values(&result["greeting"], "authorization"),
-        vec!["Bearer v-sneaky-secret"]
+        vec![format!("Bearer {}", "*".repeat("v-sneaky-secret".len()))]
     );
 
     let requests = setup.upstream.requests();

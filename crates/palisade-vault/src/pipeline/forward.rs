@@ -11,7 +11,7 @@ use crate::body::{ForwardBody, ProxyBody};
 use crate::conn::ClientConnection;
 use crate::decoded;
 use crate::net_guard::find_local_refused;
-use crate::reflect::{Masked, Reflection, Report};
+use crate::reflect::{Masked, Reflection, Report, Scanner};
 use crate::respond::{is_websocket_upgrade, strip_hop_by_hop};
 use crate::state::Shared;
 use crate::upstream::{is_no_room, UpstreamError};
@@ -70,6 +70,10 @@ pub(super) async fn forward(
             http::HeaderValue::from_static("identity"),
         );
     }
+    if websocket && masking.is_some() {
+        // Messages are searched for the credential: they must come uncompressed.
+        parts.headers.remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
+    }
     parts.version = http::Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     let request = Request::from_parts(parts, body);
@@ -123,10 +127,24 @@ pub(super) async fn forward(
         Ok(Ok(response)) => response,
     };
     let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let mut masking = masking.map(|(reflection, report)| (reflection, Some(report)));
+    if let Some((reflection, report)) = &mut masking {
+        if reflection.mask_headers(response.headers_mut()) {
+            if let Some(report) = report.take() {
+                report.send("headers");
+            }
+        }
+    }
     if switching {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            relay_upgraded(shared, client, client_upgrade, upstream_upgrade);
+            relay_upgraded(
+                shared,
+                client,
+                client_upgrade,
+                upstream_upgrade,
+                masking.take(),
+            );
         }
     }
     let close_delimited = !head_request && is_close_delimited(&response);
@@ -140,12 +158,6 @@ pub(super) async fn forward(
         ProxyBody::upstream(incoming, shared.upstream.idle_timeout, close_delimited)
     };
     if let Some((reflection, report)) = masking {
-        let mut report = Some(report);
-        if reflection.mask_headers(&mut head.headers) {
-            if let Some(report) = report.take() {
-                report.send("headers");
-            }
-        }
         // An empty body (HEAD, 204, 304, a zero length) has nothing to decode or search.
         if matches!(body, ProxyBody::Upstream { .. }) && !body.is_end_stream() {
             match decoded::codings(&head.headers) {
@@ -179,12 +191,15 @@ pub(super) async fn forward(
 /// Relays a connection upgraded on both sides (a WebSocket) until either side ends it.
 /// It is still the client connection it was upgraded from: it keeps that connection's
 /// places under the gateway's and its agent's caps, and is closed once no byte has
-/// moved either way for the client idle timeout, or when the gateway stops.
+/// moved either way for the client idle timeout, or when the gateway stops. When its
+/// handshake carried a credential, the upstream's frames are searched for it as they
+/// stream ([`relay_masked`]); else both ways are copied byte for byte.
 fn relay_upgraded(
     shared: &Shared,
     client: &ClientConnection,
     client_upgrade: OnUpgrade,
     upstream_upgrade: OnUpgrade,
+    masking: Option<(Arc<Reflection>, Option<Report>)>,
 ) {
     let permits = Arc::clone(&client.permits);
     let activity = Arc::clone(&client.activity);
@@ -196,7 +211,15 @@ fn relay_upgraded(
             if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
                 let mut client = TokioIo::new(client);
                 let mut upstream = TokioIo::new(upstream);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                match masking {
+                    Some((reflection, report)) => {
+                        let scanner = Scanner::new(reflection, report, "websocket");
+                        relay_masked(client, upstream, scanner).await
+                    }
+                    None => {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                }
             }
         };
         tokio::select! {
@@ -207,6 +230,34 @@ fn relay_upgraded(
             _ = crate::stopped(&mut shutdown) => {}
         }
     });
+}
+
+/// Relays a WebSocket whose handshake carried a credential: the upstream's frames
+/// searched for it ([`crate::ws_masked`]), the agent's copied as they are. It ends when
+/// the upstream's side ends (or fails the search); the agent's end only shuts the
+/// upstream's writing side.
+async fn relay_masked<C, U>(client: C, upstream: U, mut scanner: Scanner)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let outbound = async {
+        let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+        let _ = upstream_write.shutdown().await;
+        std::future::pending::<()>().await
+    };
+    let inbound = crate::ws_masked::relay_from_upstream(upstream_read, client_write, &mut scanner);
+    tokio::select! {
+        ended = inbound => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "a WebSocket carrying a credential ended");
+            }
+        }
+        _ = outbound => {}
+    }
 }
 
 /// An HTTP/1.x response whose body ends when the connection closes: no length, no

@@ -1,0 +1,267 @@
+//! The frames of a WebSocket whose handshake carried a credential, searched for it on
+//! their way from the upstream to the agent ([`crate::reflect`]).
+//!
+//! Written by hand: only the headers of the upstream's frames are read (RFC 6455,
+//! 5.2). They pass unchanged, and the payload bytes stream through a [`Scanner`] that
+//! overwrites them in place where they spell the credential, so every frame keeps its
+//! length and nothing is held beyond a credential's length. WebSocket crates read
+//! whole messages, which would hold up to a message's size per connection. The
+//! agent's direction is copied byte for byte.
+//!
+//! A form split across the fragments of one message is found: bytes kept back at the
+//! end of a fragment complete their frame only once the next fragment's first bytes
+//! show whether the form goes on (so a fragment's last few bytes may wait for the next
+//! one). At the end of a message, and before a control frame, they go as they are. A
+//! frame the gateway could not search ends the WebSocket: a masked one (servers never
+//! mask), or one with reserved bits set (an extension, such as compression, that the
+//! gateway did not offer).
+
+use crate::reflect::Scanner;
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::io::{Error, ErrorKind};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Most payload bytes read at once.
+const CHUNK: usize = 16 * 1024;
+/// Most frame headers waiting behind bytes kept back (a run of empty fragments);
+/// beyond it the WebSocket ends.
+const MAX_OWED: usize = 64;
+
+/// A frame's header as read, and what the relay needs of it.
+struct Head {
+    raw: Bytes,
+    payload: u64,
+    fin: bool,
+    control: bool,
+    continuation: bool,
+}
+
+/// Copies the upstream's frames to the agent, masked, until the upstream closes (then
+/// shuts the agent's side) or either side fails.
+pub async fn relay_from_upstream<R, W>(
+    mut from: R,
+    mut to: W,
+    scanner: &mut Scanner,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = Out {
+        owed: VecDeque::new(),
+        written: 0,
+    };
+    let mut scanned: u64 = 0;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let Some(head) = read_head(&mut from).await? else {
+            out.emit(&mut to, scanner.flush()).await?;
+            to.shutdown().await?;
+            return Ok(());
+        };
+        if head.control || !head.continuation {
+            // The frame before must be complete before this one starts.
+            out.emit(&mut to, scanner.flush()).await?;
+        }
+        out.owed.push_back((scanned, head.raw));
+        if out.owed.len() > MAX_OWED {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                "too many empty fragments behind a partial credential",
+            ));
+        }
+        let mut remaining = head.payload;
+        while remaining > 0 {
+            let want = remaining.min(CHUNK as u64) as usize;
+            let n = from.read(&mut buf[..want]).await?;
+            if n == 0 {
+                return Err(ErrorKind::UnexpectedEof.into());
+            }
+            remaining -= n as u64;
+            scanned += n as u64;
+            let masked = scanner.scan(Bytes::copy_from_slice(&buf[..n]));
+            out.emit(&mut to, masked).await?;
+        }
+        let ends_message = head.fin || head.control;
+        let kept = if ends_message {
+            scanner.flush()
+        } else {
+            Bytes::new()
+        };
+        out.emit(&mut to, kept).await?;
+        to.flush().await?;
+    }
+}
+
+/// What has gone to the agent: payload bytes written so far, and frame headers still
+/// to write, each once the payload bytes before it (counted from the start) have gone.
+struct Out {
+    owed: VecDeque<(u64, Bytes)>,
+    written: u64,
+}
+
+impl Out {
+    async fn emit<W: AsyncWrite + Unpin>(
+        &mut self,
+        to: &mut W,
+        mut data: Bytes,
+    ) -> std::io::Result<()> {
+        loop {
+            while self.owed.front().is_some_and(|(at, _)| *at <= self.written) {
+                if let Some((_, head)) = self.owed.pop_front() {
+                    to.write_all(&head).await?;
+                }
+            }
+            if data.is_empty() {
+                return Ok(());
+            }
+            let until_head = self
+                .owed
+                .front()
+                .map_or(u64::MAX, |(at, _)| at - self.written);
+            let take = (data.len() as u64).min(until_head) as usize;
+            to.write_all(&data[..take]).await?;
+            self.written += take as u64;
+            data.advance(take);
+        }
+    }
+}
+
+/// The next frame's header, or `None` if the upstream closed between frames.
+async fn read_head<R: AsyncRead + Unpin>(from: &mut R) -> std::io::Result<Option<Head>> {
+    let mut first = [0u8; 2];
+    if from.read(&mut first[..1]).await? == 0 {
+        return Ok(None);
+    }
+    from.read_exact(&mut first[1..]).await?;
+    let invalid = |what: &str| Error::new(ErrorKind::InvalidData, what.to_string());
+    if first[0] & 0x70 != 0 {
+        return Err(invalid(
+            "a frame with reserved bits set (an extension not offered)",
+        ));
+    }
+    if first[1] & 0x80 != 0 {
+        return Err(invalid("a masked frame from the upstream"));
+    }
+    let mut raw = BytesMut::from(&first[..]);
+    let payload = match first[1] & 0x7f {
+        126 => {
+            let mut len = [0u8; 2];
+            from.read_exact(&mut len).await?;
+            raw.extend_from_slice(&len);
+            u64::from(u16::from_be_bytes(len))
+        }
+        127 => {
+            let mut len = [0u8; 8];
+            from.read_exact(&mut len).await?;
+            raw.extend_from_slice(&len);
+            let len = u64::from_be_bytes(len);
+            if len >> 63 != 0 {
+                return Err(invalid("a frame length with its top bit set"));
+            }
+            len
+        }
+        short => u64::from(short),
+    };
+    let opcode = first[0] & 0x0f;
+    let fin = first[0] & 0x80 != 0;
+    let control = opcode & 0x08 != 0;
+    if control && (payload > 125 || !fin) {
+        return Err(invalid("a control frame that is long or fragmented"));
+    }
+    Ok(Some(Head {
+        raw: raw.freeze(),
+        payload,
+        fin,
+        control,
+        continuation: opcode == 0,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reflect::Reflection;
+
+    const SECRET: &str = "sk-frames-0123456789";
+
+    /// A server frame: FIN, opcode, unmasked payload.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(n as u8),
+            n if n <= 0xffff => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// What the agent receives for `frames` from the upstream.
+    async fn relayed(frames: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut scanner = Scanner::new(Reflection::of(SECRET).unwrap(), None, "websocket");
+        let mut to = Vec::new();
+        relay_from_upstream(frames, &mut to, &mut scanner).await?;
+        Ok(to)
+    }
+
+    #[tokio::test]
+    async fn frames_keep_their_shape_and_the_credential_is_masked() {
+        let stars = "*".repeat(SECRET.len());
+        let long_text = format!("{}{SECRET}{}", "a".repeat(70_000), "b".repeat(10));
+        let mut upstream = frame(true, 1, format!("key={SECRET}!").as_bytes());
+        upstream.extend(frame(true, 9, SECRET.as_bytes())); // a ping
+        upstream.extend(frame(true, 2, long_text.as_bytes()));
+        upstream.extend(frame(true, 1, b"")); // an empty message
+        let mut expected = frame(true, 1, format!("key={stars}!").as_bytes());
+        expected.extend(frame(true, 9, stars.as_bytes()));
+        expected.extend(frame(true, 2, long_text.replace(SECRET, &stars).as_bytes()));
+        expected.extend(frame(true, 1, b""));
+        assert_eq!(relayed(&upstream).await.unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_credential_split_across_fragments_is_masked() {
+        let (a, b) = SECRET.split_at(7);
+        let (b, c) = b.split_at(1);
+        let stars = |s: &str| "*".repeat(s.len());
+        let mut upstream = frame(false, 1, format!("x {a}").as_bytes());
+        upstream.extend(frame(false, 0, b"")); // an empty fragment in the middle
+        upstream.extend(frame(false, 0, b.as_bytes()));
+        upstream.extend(frame(true, 0, format!("{c} y").as_bytes()));
+        let mut expected = frame(false, 1, format!("x {}", stars(a)).as_bytes());
+        expected.extend(frame(false, 0, b""));
+        expected.extend(frame(false, 0, stars(b).as_bytes()));
+        expected.extend(frame(true, 0, format!("{} y", stars(c)).as_bytes()));
+        assert_eq!(relayed(&upstream).await.unwrap(), expected);
+
+        // A partial spelling at the end of a message, or before a control frame, goes
+        // as it is, with its frame whole.
+        let mut upstream = frame(false, 1, a.as_bytes());
+        upstream.extend(frame(true, 10, b"pong"));
+        upstream.extend(frame(true, 0, b"rest"));
+        upstream.extend(frame(true, 1, a.as_bytes()));
+        assert_eq!(relayed(&upstream).await.unwrap(), upstream);
+    }
+
+    #[tokio::test]
+    async fn frames_that_cannot_be_searched_end_the_relay() {
+        // Compressed (RSV1), masked by the server, a long ping, a cut frame.
+        let mut compressed = frame(true, 1, b"abc");
+        compressed[0] |= 0x40;
+        let mut masked = frame(true, 1, b"abcd");
+        masked[1] |= 0x80;
+        let long_ping = frame(true, 9, &[b'p'; 126]);
+        let cut = &frame(true, 1, b"abcdef")[..5];
+        for bad in [&compressed[..], &masked[..], &long_ping[..], cut] {
+            assert!(relayed(bad).await.is_err(), "{bad:?}");
+        }
+    }
+}
