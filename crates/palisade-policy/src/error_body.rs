@@ -234,7 +234,7 @@ impl ErrorBody {
                 "This agent already has as many requests in flight through the gateway as it may, so this request to {host} was not sent. Retry when some of them are done."
             ),
             GatewayErrorKind::UnreadableResponse => format!(
-                "{host} answered this request, which carried a credential, in a Content-Encoding the gateway cannot read (it reads identity, gzip, deflate, br and zstd), so the answer could not be checked for the credential and was not passed on. Do not retry; tell the user which request failed."
+                "{host} is sent credentials through the gateway, and it answered in a Content-Encoding the gateway cannot read (it reads identity, gzip, deflate, br and zstd), so the answer could not be checked for them and was not passed on. Do not retry; tell the user which request failed."
             ),
         };
         ErrorBody {

@@ -145,7 +145,7 @@ pub enum ProxyBody {
         close_delimited: bool,
     },
     Full(Option<Bytes>),
-    /// A response to a request that carried a secret, with the secret masked wherever
+    /// A response from a host the gateway sends secrets to, with them masked wherever
     /// the upstream sent it back.
     Masked(Box<crate::reflect::Masked>),
     /// An upstream body with its compression undone (see [`crate::decoded`]).

@@ -1,5 +1,5 @@
-//! Compressed answers made readable. The answer to a request that carried a credential
-//! is searched for that credential ([`crate::reflect`]); the gateway asks for it
+//! Compressed answers made readable. An answer from a host the gateway sends
+//! credentials to is searched for them ([`crate::reflect`]); the gateway asks for it
 //! uncompressed (`Accept-Encoding: identity`), but an upstream may compress it anyway,
 //! and a compressed echo would carry the credential past the search. Such an answer is
 //! decoded as it streams (and passed on decoded, without its `Content-Encoding` and

@@ -1,12 +1,14 @@
 //! Credentials sent back. An upstream that echoes its request (a debugging endpoint,
 //! an error page quoting the header it rejected) would show the agent the secret the
-//! gateway injected, so the response to a request that carried a secret is searched
-//! for every spelling under which the gateway sends it
-//! ([`palisade_policy::injection::sent_forms`], and the value as a JSON string escapes
-//! it) and each occurrence is overwritten with `*`, byte for byte, so lengths and
-//! framing stay as the upstream sent them. Headers, body and trailers are searched, and
-//! the messages of a WebSocket whose handshake carried the secret; the first occurrence
-//! in a response writes a `secret.reflected` audit row.
+//! gateway injected, and one that keeps what a request carried (a request bin, a log
+//! viewer) could show it to a later request that carried nothing. So every response
+//! from a host the gateway sends secrets to is searched for every spelling under which
+//! the gateway sends each of them ([`palisade_policy::injection::sent_forms`], and the
+//! value as a JSON string escapes it), whichever agent and path they are granted for,
+//! and each occurrence is overwritten with `*`, byte for byte, so lengths and framing
+//! stay as the upstream sent them. Headers, body and trailers are searched, and the
+//! frames of a WebSocket to such a host; the first occurrence in a response writes a
+//! `secret.reflected` audit row naming the secret.
 //!
 //! The body is searched as it streams: a chunk that ends with the start of a spelling
 //! keeps those bytes back until the next chunk shows whether the spelling completes
@@ -39,10 +41,12 @@ use std::task::{Context, Poll};
 pub const MIN_MASKED: usize = 8;
 const MASK: u8 = b'*';
 
-/// The spellings of one secret, ready to search for.
+/// The spellings of some secrets, ready to search for.
 pub struct Reflection {
     finder: AhoCorasick,
     forms: Vec<Vec<u8>>,
+    /// The id of the secret each form spells.
+    owners: Vec<i64>,
     /// Whether a byte begins some form (to find held-back tails quickly).
     starts: [bool; 256],
     longest: usize,
@@ -50,26 +54,44 @@ pub struct Reflection {
 }
 
 impl Reflection {
-    /// `None` for a secret too short to search for.
+    /// One secret's spellings; `None` for a secret too short to search for.
+    #[cfg(test)]
     pub fn of(value: &str) -> Option<Arc<Reflection>> {
-        if value.len() < MIN_MASKED {
+        Reflection::of_secrets([(0, value)])
+    }
+
+    /// The spellings of `secrets` (id, value); `None` if every one is too short to
+    /// search for.
+    pub fn of_secrets<'a>(
+        secrets: impl IntoIterator<Item = (i64, &'a str)>,
+    ) -> Option<Arc<Reflection>> {
+        let mut forms: Vec<Vec<u8>> = Vec::new();
+        let mut owners: Vec<i64> = Vec::new();
+        for (id, value) in secrets {
+            if value.len() < MIN_MASKED {
+                continue;
+            }
+            let mut add = |form: String| {
+                if !form.is_empty() && !forms.iter().any(|f| f == form.as_bytes()) {
+                    forms.push(form.into_bytes());
+                    owners.push(id);
+                }
+            };
+            for form in palisade_policy::injection::sent_forms(value) {
+                add(form);
+            }
+            // As a JSON string: quotes, backslashes and control characters escaped, and
+            // by some encoders `/` too.
+            let Ok(json) = serde_json::to_string(value) else {
+                continue;
+            };
+            let json = json[1..json.len() - 1].to_string();
+            add(json.replace('/', "\\/"));
+            add(json);
+        }
+        if forms.is_empty() {
             return None;
         }
-        let mut forms: Vec<Vec<u8>> = Vec::new();
-        let mut add = |form: String| {
-            if !form.is_empty() && !forms.iter().any(|f| f == form.as_bytes()) {
-                forms.push(form.into_bytes());
-            }
-        };
-        for form in palisade_policy::injection::sent_forms(value) {
-            add(form);
-        }
-        // As a JSON string: quotes, backslashes and control characters escaped, and by
-        // some encoders `/` too.
-        let json = serde_json::to_string(value).ok()?;
-        let json = json[1..json.len() - 1].to_string();
-        add(json.replace('/', "\\/"));
-        add(json);
         let finder = AhoCorasick::new(&forms).ok()?;
         let mut starts = [false; 256];
         for form in &forms {
@@ -80,23 +102,24 @@ impl Reflection {
         Some(Arc::new(Reflection {
             finder,
             forms,
+            owners,
             starts,
             longest,
             shortest,
         }))
     }
 
-    /// Overwrites every occurrence in `buf`; whether there was one.
-    fn mask(&self, buf: &mut [u8]) -> bool {
-        let found: Vec<std::ops::Range<usize>> = self
+    /// Overwrites every occurrence in `buf`; the secret of the first, if any.
+    fn mask(&self, buf: &mut [u8]) -> Option<i64> {
+        let found: Vec<(std::ops::Range<usize>, i64)> = self
             .finder
             .find_overlapping_iter(&*buf)
-            .map(|m| m.range())
+            .map(|m| (m.range(), self.owners[m.pattern().as_usize()]))
             .collect();
-        for range in &found {
+        for (range, _) in &found {
             buf[range.clone()].fill(MASK);
         }
-        !found.is_empty()
+        found.first().map(|(_, owner)| *owner)
     }
 
     /// Length of the longest end of `buf` that is the start of some form (and not a
@@ -119,18 +142,18 @@ impl Reflection {
         0
     }
 
-    /// Masks every header value that holds a form; whether one did.
-    pub fn mask_headers(&self, headers: &mut HeaderMap) -> bool {
-        let mut found = false;
+    /// Masks every header value that holds a form; the secret of the first found.
+    pub fn mask_headers(&self, headers: &mut HeaderMap) -> Option<i64> {
+        let mut found = None;
         for value in headers.values_mut() {
             if value.len() < self.shortest || !self.finder.is_match(value.as_bytes()) {
                 continue;
             }
             let mut bytes = value.as_bytes().to_vec();
-            self.mask(&mut bytes);
+            let owner = self.mask(&mut bytes);
             *value = HeaderValue::from_bytes(&bytes)
                 .unwrap_or_else(|_| HeaderValue::from_static("[masked]"));
-            found = true;
+            found = found.or(owner);
         }
         found
     }
@@ -156,26 +179,26 @@ pub struct Report {
     pub method: http::Method,
     pub target: Arc<Target>,
     pub path: String,
-    /// The policy the secret was granted under, and the secret's id in it.
+    /// The policy in force for the request, which names the secrets.
     pub snapshot: Arc<Snapshot>,
-    pub secret_id: i64,
 }
 
 impl Report {
-    pub fn send(self, place: &str) {
+    /// Records that secret `secret_id` came back in `place`.
+    pub fn send(self, place: &str, secret_id: i64) {
         let secret = self
             .snapshot
             .policy
             .secrets()
             .iter()
-            .find(|s| s.id == self.secret_id)
+            .find(|s| s.id == secret_id)
             .map(|s| s.name.clone());
         tracing::warn!(
             agent = %self.agent,
             host = %self.target.host,
             secret = secret.as_deref().unwrap_or_default(),
             place,
-            "the upstream sent back the credential the gateway injected; it was masked"
+            "the upstream sent back a credential the gateway sends it; it was masked"
         );
         self.audit.try_record(AuditEntry {
             event: "secret.reflected".into(),
@@ -216,10 +239,10 @@ impl Scanner {
         }
     }
 
-    /// Writes the audit row for a form found in `place`, the first time.
-    fn found(&mut self, place: &str) {
+    /// Writes the audit row for secret `owner` found in `place`, the first time.
+    fn found(&mut self, place: &str, owner: i64) {
         if let Some(report) = self.report.take() {
-            report.send(place);
+            report.send(place, owner);
         }
     }
 
@@ -235,8 +258,8 @@ impl Scanner {
         }
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(&data);
-        if self.reflection.mask(&mut buf) {
-            self.found(self.place);
+        if let Some(owner) = self.reflection.mask(&mut buf) {
+            self.found(self.place, owner);
         }
         let hold = self.reflection.held(&buf);
         self.carry = buf.split_off(buf.len() - hold);
@@ -341,8 +364,9 @@ where
                     }
                     Err(frame) => {
                         if let Ok(mut trailers) = frame.into_trailers() {
-                            if self.scanner.reflection.mask_headers(&mut trailers) {
-                                self.scanner.found("trailers");
+                            if let Some(owner) = self.scanner.reflection.mask_headers(&mut trailers)
+                            {
+                                self.scanner.found("trailers", owner);
                             }
                             self.trailers = Some(trailers);
                         }
@@ -377,6 +401,23 @@ mod tests {
             .unwrap()
             .to_bytes()
             .to_vec()
+    }
+
+    #[test]
+    fn several_secrets_are_searched_at_once_and_each_is_named() {
+        let reflection = Reflection::of_secrets([
+            (7, "first-secret-aaaa"),
+            (9, "second-secret-bb"),
+            (11, "short"),
+        ])
+        .unwrap();
+        let mut text = b"x second-secret-bb y first-secret-aaaa z short".to_vec();
+        assert_eq!(reflection.mask(&mut text), Some(9));
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            format!("x {} y {} z short", "*".repeat(16), "*".repeat(17))
+        );
+        assert!(Reflection::of_secrets([(1, "short")]).is_none());
     }
 
     #[test]
@@ -425,7 +466,7 @@ mod tests {
             HeaderValue::from_str(&format!("Bearer {SECRET}")).unwrap(),
         );
         headers.insert("x-other", HeaderValue::from_static("plain"));
-        assert!(reflection.mask_headers(&mut headers));
+        assert_eq!(reflection.mask_headers(&mut headers), Some(0));
         assert_eq!(
             headers["x-echo"],
             format!("Bearer {}", "*".repeat(SECRET.len()))

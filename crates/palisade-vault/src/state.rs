@@ -10,6 +10,7 @@ use crate::ca::CertificateAuthority;
 use crate::conn::ConnectionLimits;
 use crate::net_guard::NetGuard;
 use crate::pipeline::audit::RowBudgets;
+use crate::reflect::Reflection;
 use crate::upstream::UpstreamClient;
 use crate::VaultConfig;
 use arc_swap::ArcSwap;
@@ -19,7 +20,7 @@ use palisade_store::Store;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Policy and identities in force, rebuilt on every change.
 pub struct Snapshot {
@@ -33,10 +34,13 @@ pub struct Snapshot {
     pub approval_timeouts: HashMap<AgentName, std::time::Duration>,
     /// Each agent's dial (absent: the default, which asks only where rules say).
     pub dials: HashMap<AgentName, palisade_policy::dial::Dial>,
-    /// Each secret's spellings to mask in responses, by secret id (none for secrets too
-    /// short to search for).
-    pub reflections: HashMap<i64, Arc<crate::reflect::Reflection>>,
+    /// The spellings to mask in responses, by the ids of the secrets they spell (built
+    /// on first use, see [`Snapshot::masking_for`]).
+    reflections: Mutex<HashMap<Vec<i64>, Arc<Reflection>>>,
 }
+
+/// Most sets of secrets whose spellings are kept ready; past it they are built again.
+const REFLECTIONS_KEPT: usize = 256;
 
 impl Snapshot {
     pub fn load(store: &Store) -> Result<Snapshot, palisade_store::StoreError> {
@@ -65,15 +69,8 @@ impl Snapshot {
             .collect::<HashMap<_, _>>();
         let admin_key = store.admin_key(false)?;
         let admin_key_digest = Sha256::digest(admin_key.expose().as_bytes()).into();
-        let reflections = policy
-            .secrets()
-            .iter()
-            .filter_map(|secret| {
-                crate::reflect::Reflection::of(secret.value.expose()).map(|r| (secret.id, r))
-            })
-            .collect();
         Ok(Snapshot {
-            reflections,
+            reflections: Mutex::default(),
             policy,
             agents,
             tokens,
@@ -81,6 +78,36 @@ impl Snapshot {
             approval_timeouts,
             dials,
         })
+    }
+
+    /// What to search responses from `host` for: every secret the gateway sends to that
+    /// host, whichever agent and path it is granted for, whether or not this request
+    /// carried one. (An upstream may keep what one request carried and show it to a
+    /// later one that carried nothing: a request bin, a log viewer, a path outside the
+    /// secret's path pattern, or another agent.)
+    pub fn masking_for(&self, host: &str) -> Option<Arc<Reflection>> {
+        let secrets: Vec<&palisade_policy::SecretPolicy> = self
+            .policy
+            .secrets()
+            .iter()
+            .filter(|s| {
+                s.value.expose().len() >= crate::reflect::MIN_MASKED && s.host.matches(host)
+            })
+            .collect();
+        if secrets.is_empty() {
+            return None;
+        }
+        let ids: Vec<i64> = secrets.iter().map(|s| s.id).collect();
+        let mut kept = self.reflections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reflection) = kept.get(&ids) {
+            return Some(Arc::clone(reflection));
+        }
+        let reflection = Reflection::of_secrets(secrets.iter().map(|s| (s.id, s.value.expose())))?;
+        if kept.len() >= REFLECTIONS_KEPT {
+            kept.clear();
+        }
+        kept.insert(ids, Arc::clone(&reflection));
+        Some(reflection)
     }
 
     pub fn agent_for_token(&self, token: &str) -> Option<&AgentName> {

@@ -1,5 +1,5 @@
-//! The frames of a WebSocket whose handshake carried a credential, searched for it on
-//! their way from the upstream to the agent ([`crate::reflect`]).
+//! The frames of a WebSocket to a host the gateway sends credentials to, searched for
+//! them on their way from the upstream to the agent ([`crate::reflect`]).
 //!
 //! Written by hand: only the headers of the upstream's frames are read (RFC 6455,
 //! 5.2). They pass unchanged, and the payload bytes stream through a [`Scanner`] that

@@ -359,6 +359,67 @@ fn a_credential_sent_back_is_masked_and_audited() {
     }
 }
 
+/// An upstream may keep what one request carried and show it to a later request that
+/// carried nothing (a request bin, a log viewer). Every response from a host the
+/// gateway sends a secret to is searched for it: a request outside the secret's path
+/// pattern, and a request of an agent the secret is not granted to, see it masked.
+#[test]
+fn a_credential_kept_by_the_upstream_is_masked_for_requests_without_it() {
+    let mut setup = Setup::new();
+    let owner = setup.agent("owner");
+    let stranger = setup.agent("stranger");
+    let secret = "sk-kept-by-upstream-42";
+    setup.secret(
+        "scoped",
+        "localhost",
+        Some("/v1/*"),
+        "bearer",
+        &["owner"],
+        secret,
+    );
+    setup.start_vault(&[]);
+    // What a request bin would show: the credential, under a path the secret does not
+    // cover.
+    let shown = setup
+        .upstream
+        .url(&format!("/page?text=last%20seen:%20Bearer%20{secret}"));
+    for token in [&owner, &stranger] {
+        let (status, body) = setup.fetch(token, &[&shown]);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, format!("last seen: Bearer {}", masked(secret)));
+        assert!(
+            setup.sent_header("authorization").is_empty(),
+            "no credential was sent for this path"
+        );
+    }
+    let rows = || {
+        let text = setup.cli(&["--json", "audit", "list", "--event", "secret.reflected"]);
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    assert!(palisade_testkit::wait_until(
+        std::time::Duration::from_secs(5),
+        || rows().as_array().is_some_and(|r| r.len() == 2)
+    ));
+    let rows = rows();
+    let agents: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["agent"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        agents.contains(&"owner") && agents.contains(&"stranger"),
+        "{rows}"
+    );
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["secret"] == "scoped"),
+        "{rows}"
+    );
+}
+
 /// An upstream that compresses its answer although the gateway asked for `identity`
 /// cannot carry a credential it sends back past the search: the answer is decoded (gzip,
 /// deflate, br, zstd), masked and passed on uncompressed, over HTTP/1.1 and HTTP/2. An

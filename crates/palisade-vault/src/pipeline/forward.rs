@@ -129,9 +129,9 @@ pub(super) async fn forward(
     let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let mut masking = masking.map(|(reflection, report)| (reflection, Some(report)));
     if let Some((reflection, report)) = &mut masking {
-        if reflection.mask_headers(response.headers_mut()) {
+        if let Some(owner) = reflection.mask_headers(response.headers_mut()) {
             if let Some(report) = report.take() {
-                report.send("headers");
+                report.send("headers", owner);
             }
         }
     }
@@ -173,7 +173,7 @@ pub(super) async fn forward(
                     tracing::warn!(
                         host,
                         coding,
-                        "an answer that may carry a credential came in an encoding the gateway cannot read; refused"
+                        "an answer from a host the gateway sends credentials to came in an encoding the gateway cannot read; refused"
                     );
                     return Err(Refusal::of(
                         Decision::UnreadableResponse,
@@ -192,7 +192,8 @@ pub(super) async fn forward(
 /// It is still the client connection it was upgraded from: it keeps that connection's
 /// places under the gateway's and its agent's caps, and is closed once no byte has
 /// moved either way for the client idle timeout, or when the gateway stops. When its
-/// handshake carried a credential, the upstream's frames are searched for it as they
+/// host is one the gateway sends credentials to, the upstream's frames are searched for
+/// them as they
 /// stream ([`relay_masked`]); else both ways are copied byte for byte.
 fn relay_upgraded(
     shared: &Shared,
@@ -232,7 +233,7 @@ fn relay_upgraded(
     });
 }
 
-/// Relays a WebSocket whose handshake carried a credential: the upstream's frames
+/// Relays a WebSocket to a host the gateway sends credentials to: the upstream's frames
 /// searched for it ([`crate::ws_masked`]), the agent's copied as they are. It ends when
 /// the upstream's side ends (or fails the search); the agent's end only shuts the
 /// upstream's writing side.

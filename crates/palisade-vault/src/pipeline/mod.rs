@@ -170,26 +170,24 @@ async fn run(
         secret = now.secret;
         granted_by = &current;
     }
-    let mut masking = None;
     if let Some(secret) = secret {
         audit.record().secret = Some(secret.name.clone());
         inject::inject(shared, target, secret, &mut parts)?;
         if decision == Decision::Allowed {
             decision = Decision::Injected;
         }
-        masking = granted_by.reflections.get(&secret.id).map(|reflection| {
-            let report = crate::reflect::Report {
-                audit: shared.audit.clone(),
-                agent: agent.clone(),
-                method: parts.method.clone(),
-                target: Arc::clone(target),
-                path: audit.record().path.clone(),
-                snapshot: Arc::clone(granted_by),
-                secret_id: secret.id,
-            };
-            (Arc::clone(reflection), report)
-        });
     }
+    let masking = granted_by.masking_for(&target.host).map(|reflection| {
+        let report = crate::reflect::Report {
+            audit: shared.audit.clone(),
+            agent: agent.clone(),
+            method: parts.method.clone(),
+            target: Arc::clone(target),
+            path: audit.record().path.clone(),
+            snapshot: Arc::clone(granted_by),
+        };
+        (reflection, report)
+    });
     let forward_body = std::mem::replace(body, RequestBody::Gone).into_forward();
     let response =
         forward::forward(shared, agent, target, client, parts, forward_body, masking).await?;

@@ -72,8 +72,8 @@ pub enum Decision {
     UpstreamTimeout,
     /// The upstream could not be reached.
     UpstreamUnreachable,
-    /// The answer to a request that carried a credential came in an encoding the
-    /// gateway cannot read to search it for the credential.
+    /// An answer from a host the gateway sends credentials to came in an encoding the
+    /// gateway cannot read to search it for them.
     UnreadableResponse,
 }
 
