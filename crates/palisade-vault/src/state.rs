@@ -34,9 +34,12 @@ pub struct Snapshot {
     pub approval_timeouts: HashMap<AgentName, std::time::Duration>,
     /// Each agent's dial (absent: the default, which asks only where rules say).
     pub dials: HashMap<AgentName, palisade_policy::dial::Dial>,
-    /// The spellings to mask in responses, by the ids of the secrets they spell (built
-    /// on first use, see [`Snapshot::masking_for`]).
-    reflections: Mutex<HashMap<Vec<i64>, Arc<Reflection>>>,
+    /// Each secret's spellings to mask in responses, by secret id (none for secrets too
+    /// short to search for).
+    reflections: HashMap<i64, Arc<Reflection>>,
+    /// The spellings of several secrets sent to the same host, by their ids (built on
+    /// first use, see [`Snapshot::masking_for`]).
+    combined: Mutex<HashMap<Vec<i64>, Arc<Reflection>>>,
 }
 
 /// Most sets of secrets whose spellings are kept ready; past it they are built again.
@@ -69,8 +72,16 @@ impl Snapshot {
             .collect::<HashMap<_, _>>();
         let admin_key = store.admin_key(false)?;
         let admin_key_digest = Sha256::digest(admin_key.expose().as_bytes()).into();
+        let reflections = policy
+            .secrets()
+            .iter()
+            .filter_map(|secret| {
+                Reflection::of_secrets([(secret.id, secret.value.expose())]).map(|r| (secret.id, r))
+            })
+            .collect();
         Ok(Snapshot {
-            reflections: Mutex::default(),
+            reflections,
+            combined: Mutex::default(),
             policy,
             agents,
             tokens,
@@ -86,19 +97,20 @@ impl Snapshot {
     /// later one that carried nothing: a request bin, a log viewer, a path outside the
     /// secret's path pattern, or another agent.)
     pub fn masking_for(&self, host: &str) -> Option<Arc<Reflection>> {
-        let secrets: Vec<&palisade_policy::SecretPolicy> = self
+        let mut sent = self
             .policy
             .secrets()
             .iter()
-            .filter(|s| {
-                s.value.expose().len() >= crate::reflect::MIN_MASKED && s.host.matches(host)
-            })
-            .collect();
-        if secrets.is_empty() {
-            return None;
-        }
+            .filter(|s| self.reflections.contains_key(&s.id) && s.host.matches(host));
+        let first = sent.next()?;
+        let Some(second) = sent.next() else {
+            // The common case: one secret for the host, its spellings ready.
+            return self.reflections.get(&first.id).cloned();
+        };
+        let secrets: Vec<&palisade_policy::SecretPolicy> =
+            [first, second].into_iter().chain(sent).collect();
         let ids: Vec<i64> = secrets.iter().map(|s| s.id).collect();
-        let mut kept = self.reflections.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = self.combined.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(reflection) = kept.get(&ids) {
             return Some(Arc::clone(reflection));
         }

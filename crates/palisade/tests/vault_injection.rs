@@ -377,16 +377,28 @@ fn a_credential_kept_by_the_upstream_is_masked_for_requests_without_it() {
         &["owner"],
         secret,
     );
+    let other = "sk-another-for-v2-77";
+    setup.secret(
+        "other",
+        "localhost",
+        Some("/v2/*"),
+        "header:X-Key",
+        &["owner"],
+        other,
+    );
     setup.start_vault(&[]);
-    // What a request bin would show: the credential, under a path the secret does not
-    // cover.
-    let shown = setup
-        .upstream
-        .url(&format!("/page?text=last%20seen:%20Bearer%20{secret}"));
+    // What a request bin would show: the credentials, under a path neither secret
+    // covers.
+    let shown = setup.upstream.url(&format!(
+        "/page?text=last%20seen:%20Bearer%20{secret}%20and%20{other}"
+    ));
     for token in [&owner, &stranger] {
         let (status, body) = setup.fetch(token, &[&shown]);
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body, format!("last seen: Bearer {}", masked(secret)));
+        assert_eq!(
+            body,
+            format!("last seen: Bearer {} and {}", masked(secret), masked(other))
+        );
         assert!(
             setup.sent_header("authorization").is_empty(),
             "no credential was sent for this path"
