@@ -9,9 +9,12 @@
 //! `StreamReader` and `ReaderStream`). A decoded body has no trailers (compressed
 //! answers with trailers are not seen in practice). A decoder's memory is bounded by
 //! its window: 32 KiB for gzip and deflate, at most 16 MiB for br, and zstd is held to
-//! 8 MiB (the most RFC 8878 asks HTTP decoders to accept).
+//! 8 MiB (the most RFC 8878 asks HTTP decoders to accept). That much is drawn from the
+//! agent's share of the gateway's body memory for as long as the answer streams
+//! ([`memory_for`]), so one agent's many compressed answers meet its own limit.
 
 use crate::body::{BoxError, ProxyBody};
+use crate::body_budget::Reservation;
 use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZlibDecoder, ZstdDecoder};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -62,8 +65,26 @@ pub fn codings(headers: &HeaderMap) -> Result<Vec<Coding>, String> {
     Ok(found)
 }
 
-/// `body` with `codings` (in the order they were applied) undone.
-pub fn decoded(body: ProxyBody, codings: &[Coding]) -> ProxyBody {
+/// The most memory the decoders for `codings` may hold: each one's largest window and
+/// its read buffer.
+pub fn memory_for(codings: &[Coding]) -> usize {
+    const BUFFER: usize = 8 * 1024;
+    codings
+        .iter()
+        .map(|coding| {
+            BUFFER
+                + match coding {
+                    Coding::Gzip | Coding::Deflate => 32 * 1024,
+                    Coding::Brotli => 16 * 1024 * 1024,
+                    Coding::Zstd => 1 << ZSTD_WINDOW_LOG_MAX,
+                }
+        })
+        .sum()
+}
+
+/// `body` with `codings` (in the order they were applied) undone; `reserved` (the
+/// decoders' memory, see [`memory_for`]) is held until the body is dropped.
+pub fn decoded(body: ProxyBody, codings: &[Coding], reserved: Reservation) -> ProxyBody {
     let bytes = BodyDataStream::new(body).map_err(std::io::Error::other);
     let mut reader: Pin<Box<dyn AsyncBufRead + Send>> = Box::pin(StreamReader::new(bytes));
     for coding in codings.iter().rev() {
@@ -84,7 +105,11 @@ pub fn decoded(body: ProxyBody, codings: &[Coding]) -> ProxyBody {
         };
     }
     let frames = ReaderStream::new(reader)
-        .map_ok(|data: Bytes| Frame::data(data))
+        .map_ok(move |data: Bytes| {
+            // The closure owns the reservation, so it lasts as long as the stream.
+            let _held = &reserved;
+            Frame::data(data)
+        })
         .map_err(BoxError::from);
     ProxyBody::Decoded(StreamBody::new(frames).boxed_unsync())
 }
@@ -131,11 +156,31 @@ mod tests {
         let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         zlib.write_all(&gzipped).unwrap();
         let both = zlib.finish().unwrap();
-        let body = decoded(ProxyBody::full(both), &[Coding::Gzip, Coding::Deflate]);
+        let budget = crate::body_budget::BodyBudget::new(1 << 20, 1 << 20);
+        let agent = palisade_policy::AgentName::new("tester").unwrap();
+        let reserve = || budget.reserve(&agent);
+        let body = decoded(
+            ProxyBody::full(both),
+            &[Coding::Gzip, Coding::Deflate],
+            reserve(),
+        );
         let read = body.collect().await.unwrap().to_bytes();
         assert_eq!(read.as_ref(), text.as_slice());
 
-        let corrupt = decoded(ProxyBody::full(&b"not gzip at all"[..]), &[Coding::Gzip]);
+        // The decoders' memory is held until the body is dropped.
+        let mut held = reserve();
+        let memory = memory_for(&[Coding::Gzip]);
+        held.grow(memory).unwrap();
+        let body = decoded(ProxyBody::full(Bytes::new()), &[Coding::Gzip], held);
+        assert_eq!(budget.in_use(&agent).0, memory);
+        drop(body);
+        assert_eq!(budget.in_use(&agent).0, 0);
+
+        let corrupt = decoded(
+            ProxyBody::full(&b"not gzip at all"[..]),
+            &[Coding::Gzip],
+            reserve(),
+        );
         assert!(corrupt.collect().await.is_err());
     }
 }

@@ -85,8 +85,9 @@ pub struct VaultConfig {
     pub max_holds_per_agent: usize,
     /// Largest body the gateway reads to judge a request (body rules, approvals).
     pub max_judged_body: usize,
-    /// Most bytes of bodies read whole (to judge or hold them) one agent may have in
-    /// the gateway's memory at once; at least `max_judged_body`.
+    /// Most bytes of bodies read whole (to judge or hold them), and of decoders for
+    /// compressed answers searched for credentials, one agent may have in the gateway's
+    /// memory at once; at least `max_judged_body`.
     pub max_buffered_bodies_per_agent: usize,
     /// Most bytes of such bodies in the gateway's memory at once, all agents together.
     pub max_buffered_bodies: usize,

@@ -297,6 +297,11 @@ fn query_injection_replaces_its_parameter_and_keeps_the_others() {
 /// A running gateway with agent `reflector`, granted `secret` as a bearer for
 /// localhost; and its token.
 fn reflector_with(secret: &str) -> (Setup, String) {
+    reflector_with_options(secret, &[])
+}
+
+/// [`reflector_with`], the gateway started with `options`.
+fn reflector_with_options(secret: &str, options: &[&str]) -> (Setup, String) {
     let mut setup = Setup::new();
     let token = setup.agent("reflector");
     setup.secret(
@@ -307,7 +312,7 @@ fn reflector_with(secret: &str) -> (Setup, String) {
         &["reflector"],
         secret,
     );
-    setup.start_vault(&[]);
+    setup.start_vault(options);
     (setup, token)
 }
 
@@ -480,6 +485,36 @@ fn a_credential_sent_back_compressed_is_masked_too() {
     let rows: Value = serde_json::from_str(&rows).unwrap();
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
     assert_eq!(rows[0]["path"], "/page", "{rows}");
+}
+
+/// Decoding a compressed answer takes memory (a br window is up to 16 MiB), drawn from
+/// the agent's share of body memory while the answer streams: past the share the answer
+/// is refused (503 `too_many_buffered_bodies`), never passed on unsearched, and a
+/// decoder that fits is served.
+#[test]
+fn decoding_memory_counts_against_the_agents_share() {
+    let (setup, token) = reflector_with_options(
+        "sk-decoder-budget-1",
+        &[
+            "--max-judged-body",
+            "1MiB",
+            "--max-buffered-bodies-per-agent",
+            "1MiB",
+        ],
+    );
+    let page = |encoding: &str| {
+        setup.upstream.url(&format!(
+            "/page?text=sk-decoder-budget-1&encoding={encoding}"
+        ))
+    };
+    let (status, answer) = setup.fetch(&token, &[&page("br")]);
+    assert_eq!(status, 503, "{answer}");
+    assert!(!answer.contains("sk-decoder-budget-1"), "{answer}");
+    let refusal: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(refusal["error"], "too_many_buffered_bodies", "{answer}");
+    let (status, answer) = setup.fetch(&token, &[&page("gzip")]);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, masked("sk-decoder-budget-1"));
 }
 
 /// `path-template:/bot{value}/`: `/bot/…` and `/botPLACEHOLDER/…` both become

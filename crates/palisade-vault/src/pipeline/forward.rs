@@ -165,9 +165,19 @@ pub(super) async fn forward(
                 Ok(codings) => {
                     // Compressed although the gateway asked for identity: passed on
                     // decoded, so the search sees what the client will read.
+                    let mut reserved = shared.bodies.reserve(agent);
+                    if reserved.grow(decoded::memory_for(&codings)).is_err() {
+                        return Err(Refusal::new(
+                            Decision::TooManyBufferedBodies,
+                            ErrorBody::new(GatewayErrorKind::TooManyBufferedBodies, host)
+                                .with_message(format!(
+                                    "The answer from {host} came compressed and must be decoded to check it for credentials, and this agent's other requests already hold as much of the gateway's memory as it may. Retry when those requests are done."
+                                )),
+                        ));
+                    }
                     head.headers.remove(http::header::CONTENT_ENCODING);
                     head.headers.remove(http::header::CONTENT_LENGTH);
-                    body = decoded::decoded(body, &codings);
+                    body = decoded::decoded(body, &codings, reserved);
                 }
                 Err(coding) => {
                     tracing::warn!(

@@ -97,8 +97,9 @@ pub struct GatewayArgs {
     /// Largest body read to judge a request (body rules, approvals), e.g. 4MiB; larger is refused (413).
     #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_size)]
     pub max_judged_body: usize,
-    /// Most bytes of bodies read whole (to judge or hold them) one agent may have in
-    /// memory at once (beyond: 503); at least --max-judged-body.
+    /// Most bytes of bodies read whole (to judge or hold them), and of decoders for
+    /// compressed answers searched for credentials, one agent may have in memory at
+    /// once (beyond: 503); at least --max-judged-body.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub max_buffered_bodies_per_agent: usize,
     /// Most bytes of such bodies in memory at once, all agents together (beyond: 503).
