@@ -158,44 +158,70 @@ pub(super) async fn forward(
         ProxyBody::upstream(incoming, shared.upstream.idle_timeout, close_delimited)
     };
     if let Some((reflection, report)) = masking {
-        // An empty body (HEAD, 204, 304, a zero length) has nothing to decode or search.
-        if matches!(body, ProxyBody::Upstream { .. }) && !body.is_end_stream() {
-            match decoded::codings(&head.headers) {
-                Ok(codings) if codings.is_empty() => {}
-                Ok(codings) => {
-                    // Compressed although the gateway asked for identity: passed on
-                    // decoded, so the search sees what the client will read.
-                    let mut reserved = shared.bodies.reserve(agent);
-                    if reserved.grow(decoded::memory_for(&codings)).is_err() {
-                        return Err(Refusal::new(
-                            Decision::TooManyBufferedBodies,
-                            ErrorBody::new(GatewayErrorKind::TooManyBufferedBodies, host)
-                                .with_message(format!(
-                                    "The answer from {host} came compressed and must be decoded to check it for credentials, and this agent's other requests already hold as much of the gateway's memory as it may. Retry when those requests are done."
-                                )),
-                        ));
-                    }
-                    head.headers.remove(http::header::CONTENT_ENCODING);
-                    head.headers.remove(http::header::CONTENT_LENGTH);
-                    body = decoded::decoded(body, &codings, reserved);
-                }
-                Err(coding) => {
-                    tracing::warn!(
-                        host,
-                        coding,
-                        "an answer from a host the gateway sends credentials to came in an encoding the gateway cannot read; refused"
-                    );
-                    return Err(Refusal::of(
-                        Decision::UnreadableResponse,
-                        GatewayErrorKind::UnreadableResponse,
-                        host,
-                    ));
-                }
-            }
-            body = ProxyBody::Masked(Box::new(Masked::new(body, reflection, report)));
-        }
+        body = searched(
+            shared,
+            agent,
+            host,
+            &mut head.headers,
+            body,
+            reflection,
+            report,
+        )?;
     }
     Ok(Response::from_parts(head, body))
+}
+
+/// `body` searched for the credentials `reflection` spells ([`Masked`]), decoded first
+/// if the upstream compressed it although the gateway asked for `identity`; an empty
+/// body (HEAD, 204, 304, a zero length) has nothing to search. Refused when it cannot
+/// be decoded, or its decoders do not fit in the agent's share of body memory.
+fn searched(
+    shared: &Shared,
+    agent: &AgentName,
+    host: &str,
+    headers: &mut http::HeaderMap,
+    mut body: ProxyBody,
+    reflection: Arc<Reflection>,
+    report: Option<Report>,
+) -> Result<ProxyBody, Refusal> {
+    if !matches!(body, ProxyBody::Upstream { .. }) || body.is_end_stream() {
+        return Ok(body);
+    }
+    match decoded::codings(headers) {
+        Ok(codings) if codings.is_empty() => {}
+        Ok(codings) => {
+            let mut reserved = shared.bodies.reserve(agent);
+            if reserved.grow(decoded::memory_for(&codings)).is_err() {
+                return Err(Refusal::new(
+                    Decision::TooManyBufferedBodies,
+                    ErrorBody::new(GatewayErrorKind::TooManyBufferedBodies, host).with_message(
+                        format!(
+                            "The answer from {host} came compressed and must be decoded to check it for credentials, and this agent's other requests already hold as much of the gateway's memory as it may. Retry when those requests are done."
+                        ),
+                    ),
+                ));
+            }
+            // Passed on decoded, so the search sees what the client will read.
+            headers.remove(http::header::CONTENT_ENCODING);
+            headers.remove(http::header::CONTENT_LENGTH);
+            body = decoded::decoded(body, &codings, reserved);
+        }
+        Err(coding) => {
+            tracing::warn!(
+                host,
+                coding,
+                "an answer from a host the gateway sends credentials to came in an encoding the gateway cannot read; refused"
+            );
+            return Err(Refusal::of(
+                Decision::UnreadableResponse,
+                GatewayErrorKind::UnreadableResponse,
+                host,
+            ));
+        }
+    }
+    Ok(ProxyBody::Masked(Box::new(Masked::new(
+        body, reflection, report,
+    ))))
 }
 
 /// Relays a connection upgraded on both sides (a WebSocket) until either side ends it.
