@@ -66,7 +66,7 @@ type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
 pub struct UpstreamClient {
     /// Each agent's pooled clients, made at its first pooled request: an agent's
     /// requests never share a connection (and its streams) with another agent's.
-    agents: Mutex<HashMap<AgentName, AgentClients>>,
+    agents: Mutex<HashMap<AgentName, Arc<AgentClients>>>,
     pooled_connector: Counted,
     http1_connector: Counted,
     /// Most upstream connections of one agent, of every kind, open or idle.
@@ -132,7 +132,6 @@ impl UpstreamClient {
 
 /// One agent's clients, and its share of upstream connections that all of them, and its
 /// tunnels' own connections, draw on.
-#[derive(Clone)]
 pub struct AgentClients {
     /// Offers h2 and HTTP/1.1; used when the agent itself spoke HTTP/2.
     pub pooled: Client<Counted, ForwardBody>,
@@ -244,11 +243,12 @@ pub fn is_no_room(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl UpstreamClient {
-    /// `agent`'s clients.
-    pub fn clients_of(&self, agent: &AgentName) -> AgentClients {
+    /// `agent`'s clients (shared: one reference count per request, not a copy of each
+    /// client).
+    pub fn clients_of(&self, agent: &AgentName) -> Arc<AgentClients> {
         let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(clients) = agents.get(agent) {
-            return clients.clone();
+            return Arc::clone(clients);
         }
         let pool = || {
             let mut builder = Client::builder(TokioExecutor::new());
@@ -266,7 +266,7 @@ impl UpstreamClient {
             agent_places: Some(Arc::clone(&share)),
             ..connector.clone()
         };
-        let clients = AgentClients {
+        let clients = Arc::new(AgentClients {
             pooled: pool().build(with_share(&self.pooled_connector)),
             http1: pool().build(with_share(&self.http1_connector)),
             upgrades: Client::builder(TokioExecutor::new())
@@ -274,8 +274,8 @@ impl UpstreamClient {
                 .pool_max_idle_per_host(0)
                 .build(with_share(&self.owned)),
             share: Arc::clone(&share),
-        };
-        agents.insert(agent.clone(), clients.clone());
+        });
+        agents.insert(agent.clone(), Arc::clone(&clients));
         clients
     }
 
@@ -293,7 +293,7 @@ impl UpstreamClient {
     pub fn owned_by(&self, agent: &AgentName) -> OwnedUpstream {
         OwnedUpstream {
             agent: agent.clone(),
-            share: self.clients_of(agent).share,
+            share: Arc::clone(&self.clients_of(agent).share),
             idle: Arc::clone(&self.idle),
             held: Mutex::new(None),
             released: AtomicBool::new(true),
