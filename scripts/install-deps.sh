@@ -8,6 +8,8 @@ APT_PACKAGES=(
   chromium chromium-driver nginx-light curl git ca-certificates python3-pip
   sqlite3 iproute2 procps nodejs python3-requests openssl hyperfine keyutils
   e2fsprogs util-linux mount
+  # C compiler and headers: bundled SQLite and zstd are built from their C sources.
+  gcc libc6-dev
 )
 # pip name, then the module that proves it is installed.
 PIP_PACKAGES=(
