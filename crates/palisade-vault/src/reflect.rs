@@ -23,7 +23,6 @@
 //! and bytes kept back at the end of a chunk tell a client that controls an echo's
 //! chunking, and times the bytes, that its text begins a spelling.
 
-use crate::audit_log::AuditSender;
 use crate::body::{BoxError, ProxyBody};
 use crate::pipeline::Target;
 use crate::state::Snapshot;
@@ -174,7 +173,11 @@ impl Drop for Reflection {
 /// looked up only then), since every response to a request with a credential carries
 /// one.
 pub struct Report {
-    pub audit: AuditSender,
+    pub shared: Arc<crate::state::Shared>,
+    /// Whether the request carried a credential. A row about one that did not is
+    /// written within the agent's row budget: an agent with no credential could
+    /// otherwise write a row per request by reading one an upstream kept.
+    pub carried: bool,
     pub agent: AgentName,
     pub method: http::Method,
     pub target: Arc<Target>,
@@ -186,6 +189,14 @@ pub struct Report {
 impl Report {
     /// Records that secret `secret_id` came back in `place`.
     pub fn send(self, place: &str, secret_id: i64) {
+        let mut detail = serde_json::json!({ "in": place });
+        if !self.carried {
+            match self.shared.row_budgets.agent(self.agent.as_str()) {
+                None => return,
+                Some(0) => {}
+                Some(suppressed) => detail["similar_rows_suppressed"] = suppressed.into(),
+            }
+        }
         let secret = self
             .snapshot
             .policy
@@ -200,7 +211,7 @@ impl Report {
             place,
             "the upstream sent back a credential the gateway sends it; it was masked"
         );
-        self.audit.try_record(AuditEntry {
+        self.shared.audit.try_record(AuditEntry {
             event: "secret.reflected".into(),
             agent: Some(self.agent.to_string()),
             method: Some(self.method.to_string()),
@@ -213,7 +224,7 @@ impl Report {
             latency_ms: None,
             actor: None,
             approval_id: None,
-            detail: Some(serde_json::json!({ "in": place })),
+            detail: Some(detail),
         });
     }
 }

@@ -437,6 +437,48 @@ fn a_credential_kept_by_the_upstream_is_masked_for_requests_without_it() {
     );
 }
 
+/// An agent with no credential cannot fill the audit log by reading, over and over, a
+/// credential an upstream kept: rows about credentials found in answers to requests
+/// that carried none are written within the agent's row budget (the rest counted on
+/// the next row), while every answer is still masked.
+#[test]
+fn reading_a_kept_credential_again_and_again_cannot_fill_the_audit_log() {
+    let secret = "sk-kept-and-read-often-9";
+    let (setup, _) = reflector_with_options(secret, &[]);
+    let stranger = setup.agent("stranger");
+    let page = setup.upstream.url(&format!("/page?text={secret}"));
+    let reads = 300;
+    let mut args = vec!["--http1.1"];
+    args.extend(std::iter::repeat_n(page.as_str(), reads));
+    let output = setup.curl(&stranger, &args);
+    assert!(output.status.success(), "{}", output_text(&output));
+    let bodies = String::from_utf8_lossy(&output.stdout);
+    assert!(!bodies.contains(secret));
+    assert_eq!(bodies.matches(&masked(secret)).count(), reads);
+    let rows = || {
+        let text = setup.cli(&[
+            "--json",
+            "audit",
+            "list",
+            "--event",
+            "secret.reflected",
+            "--limit",
+            "1000",
+        ]);
+        serde_json::from_str::<Value>(&text)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(palisade_testkit::wait_until(
+        std::time::Duration::from_secs(5),
+        || !rows().is_empty()
+    ));
+    let written = rows().len();
+    assert!(written < reads / 2, "{written} rows for {reads} reads");
+}
+
 /// An upstream that compresses its answer although the gateway asked for `identity`
 /// cannot carry a credential it sends back past the search: the answer is decoded (gzip,
 /// deflate, br, zstd), masked and passed on uncompressed, over HTTP/1.1 and HTTP/2. An

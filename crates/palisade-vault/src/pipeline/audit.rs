@@ -234,7 +234,7 @@ impl RowBudgets {
             .take(UNAUTHENTICATED_BURST, UNAUTHENTICATED_PER_SECOND)
     }
 
-    fn agent(&self, agent: &str) -> Option<u64> {
+    pub(crate) fn agent(&self, agent: &str) -> Option<u64> {
         let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         if agents.len() >= MAX_BUDGETED_AGENTS && !agents.contains_key(agent) {
             // A bucket that has refilled and suppressed nothing is the same as a new one.

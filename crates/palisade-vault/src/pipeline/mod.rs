@@ -179,7 +179,8 @@ async fn run(
     }
     let masking = granted_by.masking_for(&target.host).map(|reflection| {
         let report = crate::reflect::Report {
-            audit: shared.audit.clone(),
+            shared: Arc::clone(shared),
+            carried: audit.record().secret.is_some(),
             agent: agent.clone(),
             method: parts.method.clone(),
             target: Arc::clone(target),
