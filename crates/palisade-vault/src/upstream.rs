@@ -68,11 +68,11 @@ pub struct UpstreamClient {
     /// requests never share a connection (and its streams) with another agent's.
     agents: Mutex<HashMap<AgentName, Arc<AgentClients>>>,
     pooled_connector: Counted,
+    /// HTTP/1.1 only: for agents' pooled HTTP/1.1 clients, the connections tunnels
+    /// own, and WebSocket handshakes.
     http1_connector: Counted,
     /// Most upstream connections of one agent, of every kind, open or idle.
     share_per_agent: usize,
-    /// Opens the connections tunnels own, and WebSocket handshakes' (HTTP/1.1 only).
-    owned: Counted,
     /// Connections tunnels left behind, for the next tunnel of the same agent.
     pub idle: Arc<IdleUpstreams>,
     pub header_timeout: Duration,
@@ -106,7 +106,7 @@ impl UpstreamClient {
             places: places.clone(),
             agent_places: None,
         };
-        let http1_connector = || Counted {
+        let http1_connector = Counted {
             inner: hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls.clone())
                 .https_or_http()
@@ -118,9 +118,8 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             agents: Mutex::default(),
             pooled_connector,
-            http1_connector: http1_connector(),
+            http1_connector,
             share_per_agent: config.max_connections_per_agent.max(1),
-            owned: http1_connector(),
             idle: Arc::new(IdleUpstreams::new(
                 config.client_idle_timeout.min(IDLE_UPSTREAM_TIMEOUT),
             )),
@@ -272,7 +271,7 @@ impl UpstreamClient {
             upgrades: Client::builder(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .pool_max_idle_per_host(0)
-                .build(with_share(&self.owned)),
+                .build(with_share(&self.http1_connector)),
             share: Arc::clone(&share),
         });
         agents.insert(agent.clone(), Arc::clone(&clients));
@@ -361,7 +360,7 @@ impl UpstreamClient {
         }
         let mut connector = Counted {
             agent_places: Some(Arc::clone(share)),
-            ..self.owned.clone()
+            ..self.http1_connector.clone()
         };
         let io = tower_service::Service::call(&mut connector, uri.clone()).await?;
         let (sender, connection) = http1::Builder::new().handshake(io).await?;

@@ -294,6 +294,24 @@ fn query_injection_replaces_its_parameter_and_keeps_the_others() {
     assert_eq!(setup.sent_path_and_query().1, "key=v%20q%2F%26x%3D1");
 }
 
+/// The `secret.reflected` audit rows so far.
+fn reflected_rows(setup: &Setup) -> Vec<Value> {
+    let text = setup.cli(&[
+        "--json",
+        "audit",
+        "list",
+        "--event",
+        "secret.reflected",
+        "--limit",
+        "1000",
+    ]);
+    serde_json::from_str::<Value>(&text)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// A running gateway with agent `reflector`, granted `secret` as a bearer for
 /// localhost; and its token.
 fn reflector_with(secret: &str) -> (Setup, String) {
@@ -341,14 +359,7 @@ fn a_credential_sent_back_is_masked_and_audited() {
             vec![format!("Bearer {secret}")]
         );
     }
-    let reflected = || -> Vec<Value> {
-        let text = setup.cli(&["--json", "audit", "list", "--event", "secret.reflected"]);
-        serde_json::from_str::<Value>(&text)
-            .unwrap()
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    };
+    let reflected = || reflected_rows(&setup);
     // The row is queued as the body passes; the writer commits it a moment later.
     assert!(palisade_testkit::wait_until(
         std::time::Duration::from_secs(5),
@@ -409,15 +420,11 @@ fn a_credential_kept_by_the_upstream_is_masked_for_requests_without_it() {
             "no credential was sent for this path"
         );
     }
-    let rows = || {
-        let text = setup.cli(&["--json", "audit", "list", "--event", "secret.reflected"]);
-        serde_json::from_str::<Value>(&text).unwrap()
-    };
     assert!(palisade_testkit::wait_until(
         std::time::Duration::from_secs(5),
-        || rows().as_array().is_some_and(|r| r.len() == 2)
+        || reflected_rows(&setup).len() == 2
     ));
-    let rows = rows();
+    let rows = Value::from(reflected_rows(&setup));
     let agents: Vec<&str> = rows
         .as_array()
         .unwrap()
@@ -455,22 +462,7 @@ fn reading_a_kept_credential_again_and_again_cannot_fill_the_audit_log() {
     let bodies = String::from_utf8_lossy(&output.stdout);
     assert!(!bodies.contains(secret));
     assert_eq!(bodies.matches(&masked(secret)).count(), reads);
-    let rows = || {
-        let text = setup.cli(&[
-            "--json",
-            "audit",
-            "list",
-            "--event",
-            "secret.reflected",
-            "--limit",
-            "1000",
-        ]);
-        serde_json::from_str::<Value>(&text)
-            .unwrap()
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    };
+    let rows = || reflected_rows(&setup);
     assert!(palisade_testkit::wait_until(
         std::time::Duration::from_secs(5),
         || !rows().is_empty()
