@@ -14,7 +14,8 @@
 //! - forms that servers read differently are refused instead of guessed at: an encoded
 //!   `/` or `\`, a raw `\`, a `..` that climbs above the root, a dot segment disguised by
 //!   path parameters (`..;x`), control characters and NUL (raw or encoded), a malformed
-//!   escape, and a path that does not start with `/`.
+//!   escape, an escape that is itself escaped (`%252e`, which a server that decodes
+//!   twice reads as `.`), and a path that does not start with `/`.
 //!
 //! Patterns are compared with a second, derived view, the *match form*: each segment
 //! fully percent-decoded (no escape left that could hide a letter from a pattern),
@@ -41,6 +42,8 @@ pub enum PathRefusal {
     ControlCharacter,
     #[error("the path contains a malformed percent-escape (a '%' not followed by two hex digits)")]
     MalformedEscape,
+    #[error("the path contains an escape that is itself escaped (such as %252e), which a server that decodes twice reads as another path")]
+    DoubleEncoded,
     #[error("the path climbs above the root with '..'")]
     AboveRoot,
     #[error("the path contains a dot segment with parameters ('..;' or '.;'), which some servers read as '..' or '.'")]
@@ -68,6 +71,9 @@ impl CanonicalPath {
         let last = raw.split('/').count() - 1;
         for (index, raw_segment) in raw.split('/').enumerate().skip(1) {
             let segment = decode_unreserved(raw_segment)?;
+            if escapes_an_escape(&segment) {
+                return Err(PathRefusal::DoubleEncoded);
+            }
             let is_last = index == last;
             match segment.as_str() {
                 "" => {
@@ -185,6 +191,18 @@ fn decode_unreserved(segment: &str) -> Result<String, PathRefusal> {
     Ok(out)
 }
 
+/// Whether a canonical segment holds an escaped `%` followed by two hex digits: once
+/// decoded, that is an escape again, so a server that decodes twice (some frameworks
+/// behind a decoding proxy do) reads a byte no rule saw, `%252F` as `/`, `%252e%252e`
+/// as `..`. Canonical segments have their unreserved escapes decoded, so `%25%32%65`
+/// is caught here as `%252e`.
+fn escapes_an_escape(segment: &str) -> bool {
+    segment
+        .as_bytes()
+        .windows(5)
+        .any(|w| w[..3] == *b"%25" && hex_value(w[3]).is_some() && hex_value(w[4]).is_some())
+}
+
 /// Length of the UTF-8 sequence starting with `first` (the input is a `&str`).
 fn utf8_width(first: u8) -> usize {
     match first {
@@ -273,6 +291,9 @@ mod tests {
             ("/a/./b/../../c", "/c"),
             ("/a%7eb", "/a~b"),
             ("/a%3ab", "/a%3Ab"),
+            ("/100%25", "/100%25"),
+            ("/100%25off", "/100%25off"),
+            ("/100%25/x", "/100%25/x"),
             (
                 "/users/bob%40example.com/send",
                 "/users/bob%40example.com/send",
@@ -312,6 +333,10 @@ mod tests {
             ("/a%", PathRefusal::MalformedEscape),
             ("/a%4", PathRefusal::MalformedEscape),
             ("/a%zz", PathRefusal::MalformedEscape),
+            ("/v1/%252e%252e/admin", PathRefusal::DoubleEncoded),
+            ("/a%252Fb", PathRefusal::DoubleEncoded),
+            ("/a%25%32%66b", PathRefusal::DoubleEncoded),
+            ("/a%25%32fb", PathRefusal::DoubleEncoded),
             ("*", PathRefusal::NotAbsolute),
             ("", PathRefusal::NotAbsolute),
             ("admin", PathRefusal::NotAbsolute),
@@ -395,6 +420,7 @@ mod tests {
             Just(";".to_string()),
             Just("%3b".to_string()),
             Just("%".to_string()),
+            Just("%25".to_string()),
             Just("%41".to_string()),
             Just("%61".to_string()),
             Just("%7e".to_string()),
@@ -421,13 +447,16 @@ mod tests {
             }
         }
 
-        /// What a decoding server reads is what patterns are compared with.
+        /// What a decoding server reads is what patterns are compared with, and a
+        /// server that decodes twice reads nothing else.
         #[test]
         fn match_form_is_what_a_decoding_server_reads(raw in path_strategy()) {
             if let Ok(path) = CanonicalPath::parse(&raw) {
                 if let Some(server) = server_view(&raw) {
                     proptest::prop_assert_eq!(path.match_form(), server.as_str(), "raw {:?}", raw);
                 }
+                let twice: Vec<u8> = percent_encoding::percent_decode_str(path.match_form()).collect();
+                proptest::prop_assert_eq!(render_bytes(&twice), path.match_form(), "raw {:?}", raw);
             } else if let Err(reason) = CanonicalPath::parse(&raw) {
                 // Refused only for what the reason names.
                 let lower = raw.to_ascii_lowercase();
@@ -436,6 +465,7 @@ mod tests {
                     PathRefusal::Backslash => lower.contains("%5c") || raw.contains('\\'),
                     PathRefusal::ControlCharacter => lower.contains("%00"),
                     PathRefusal::MalformedEscape => raw.contains('%'),
+                    PathRefusal::DoubleEncoded => lower.contains("%25"),
                     PathRefusal::AboveRoot => raw.contains("..") || lower.contains("%2e"),
                     PathRefusal::DisguisedDotSegment | PathRefusal::ParametersOnlySegment => {
                         raw.contains(';') || lower.contains("%3b")

@@ -50,6 +50,8 @@ pub enum GatewayErrorKind {
     TooManyRequestsInFlight,
     /// 502 `unreadable_response`
     UnreadableResponse,
+    /// 503 `store_disk_low`
+    StoreDiskLow,
 }
 
 impl GatewayErrorKind {
@@ -66,7 +68,8 @@ impl GatewayErrorKind {
             GatewayErrorKind::GatewayRestarting
             | GatewayErrorKind::TooManyConnections
             | GatewayErrorKind::TooManyBufferedBodies
-            | GatewayErrorKind::TooManyRequestsInFlight => 503,
+            | GatewayErrorKind::TooManyRequestsInFlight
+            | GatewayErrorKind::StoreDiskLow => 503,
             GatewayErrorKind::BadRequest
             | GatewayErrorKind::AmbiguousPath
             | GatewayErrorKind::AmbiguousMethod => 400,
@@ -99,6 +102,7 @@ impl GatewayErrorKind {
             GatewayErrorKind::TooManyBufferedBodies => "too_many_buffered_bodies",
             GatewayErrorKind::TooManyRequestsInFlight => "too_many_requests_in_flight",
             GatewayErrorKind::UnreadableResponse => "unreadable_response",
+            GatewayErrorKind::StoreDiskLow => "store_disk_low",
         }
     }
     /// Whether the same request may succeed later without anyone changing the policy.
@@ -117,7 +121,7 @@ impl GatewayErrorKind {
         )
     }
     /// Every kind, for tests and documentation.
-    pub const ALL: [GatewayErrorKind; 21] = [
+    pub const ALL: [GatewayErrorKind; 22] = [
         GatewayErrorKind::ProxyAuthRequired,
         GatewayErrorKind::BlockedByPolicy,
         GatewayErrorKind::BlockedByDefaultPolicy,
@@ -139,6 +143,7 @@ impl GatewayErrorKind {
         GatewayErrorKind::TooManyBufferedBodies,
         GatewayErrorKind::TooManyRequestsInFlight,
         GatewayErrorKind::UnreadableResponse,
+        GatewayErrorKind::StoreDiskLow,
     ];
 }
 
@@ -235,6 +240,9 @@ impl ErrorBody {
             ),
             GatewayErrorKind::UnreadableResponse => format!(
                 "{host} is sent credentials through the gateway, and it answered in a Content-Encoding the gateway cannot read (it reads identity, gzip, deflate, br and zstd), so the answer could not be checked for them and was not passed on. Do not retry; tell the user which request failed."
+            ),
+            GatewayErrorKind::StoreDiskLow => format!(
+                "The gateway's disk is nearly full, so it does not send credentials or hold requests it could not record; this request to {host} was not sent. Tell the user; it works again once space is freed."
             ),
         };
         ErrorBody {
@@ -362,6 +370,8 @@ mod tests {
                 true,
             ),
             (UnreadableResponse, 502, "unreadable_response", false),
+            // Someone must free space first: an SDK must not retry in a loop.
+            (StoreDiskLow, 503, "store_disk_low", false),
         ];
         assert_eq!(expected.len(), GatewayErrorKind::ALL.len());
         for (kind, status, code, retry) in expected {

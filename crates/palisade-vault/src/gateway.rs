@@ -215,6 +215,7 @@ pub async fn start(
     let advertise = config.advertise;
     let events = config.approval_events.clone().unwrap_or_default();
     let engine = Engine::new(store.clone(), events);
+    let disk = crate::disk::DiskRoom::new(home.root().to_path_buf(), config.min_free_disk);
     let shared = Arc::new(Shared {
         config,
         snapshot: ArcSwap::from_pointee(snapshot),
@@ -226,6 +227,7 @@ pub async fn start(
         holds,
         audit,
         row_budgets: Default::default(),
+        disk,
         limits,
         bodies,
         token_lookups: tokio::sync::Semaphore::new(4),
@@ -269,6 +271,7 @@ pub async fn start(
     background.push(tokio::spawn(write_request_counts(shared.clone())));
     background.push(tokio::spawn(follow_decisions(shared.clone())));
     background.push(tokio::spawn(give_back_memory(shared.clone())));
+    background.push(tokio::spawn(measure_disk(shared.clone())));
     let control = match crate::control::bind(&home) {
         Some((listener, path)) => {
             background.push(tokio::spawn(crate::control::serve(
@@ -558,6 +561,18 @@ async fn write_request_counts(shared: Arc<Shared>) {
             _ = crate::stopped(&mut shutdown) => return,
         }
         shared.audit.write_counts();
+    }
+}
+
+/// Reads the free disk under the home every second (see `disk.rs`).
+async fn measure_disk(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(crate::disk::MEASURE_EVERY) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+        shared.disk.measure();
     }
 }
 

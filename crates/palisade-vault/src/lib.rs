@@ -14,6 +14,7 @@ pub mod ca;
 mod conn;
 mod control;
 mod decoded;
+mod disk;
 mod front;
 mod gateway;
 pub mod net_guard;
@@ -91,6 +92,9 @@ pub struct VaultConfig {
     pub max_buffered_bodies_per_agent: usize,
     /// Most bytes of such bodies in the gateway's memory at once, all agents together.
     pub max_buffered_bodies: usize,
+    /// Free disk the gateway keeps under the home for its records: below it, requests
+    /// that would send a credential or wait for a person are refused (see `disk.rs`).
+    pub min_free_disk: u64,
     /// Which processes an agent socket admits (checked with `SO_PEERCRED`).
     pub agent_peers: PeerRule,
     /// Whether to keep one socket per existing agent in the socket folder (false: serve
@@ -102,7 +106,7 @@ impl VaultConfig {
     /// Defaults: no TCP listener, sockets under the home, 10 min approval timeout,
     /// 10 s connect, 10 min response headers, 5 min idle body, 2 min idle client
     /// connection, 256 connections and 32 held requests per agent, 4 MiB judged body,
-    /// 64 MiB of bodies read whole per agent and 256 MiB in all.
+    /// 64 MiB of bodies read whole per agent and 256 MiB in all, 128 MiB of disk kept.
     pub fn new(home: palisade_store::Home) -> Self {
         VaultConfig {
             home,
@@ -126,6 +130,7 @@ impl VaultConfig {
             max_judged_body: 4 * 1024 * 1024,
             max_buffered_bodies_per_agent: 64 * 1024 * 1024,
             max_buffered_bodies: 256 * 1024 * 1024,
+            min_free_disk: disk::DEFAULT_MIN_FREE_DISK,
             agent_peers: PeerRule::default(),
             sockets_for_every_agent: true,
         }

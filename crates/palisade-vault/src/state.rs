@@ -153,6 +153,8 @@ pub struct Shared {
     /// Rate of audit rows about clients that never authenticated, and of each agent's
     /// refusals without a credential or a person.
     pub(crate) row_budgets: RowBudgets,
+    /// Free disk under the home against the gateway's reserve.
+    pub(crate) disk: crate::disk::DiskRoom,
     /// The gateway-wide and per-agent connection caps.
     pub limits: ConnectionLimits,
     /// Bytes of request bodies read whole, per agent and in all.

@@ -53,7 +53,7 @@ where
         written: 0,
     };
     let mut scanned: u64 = 0;
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = BytesMut::new();
     loop {
         let Some(head) = read_head(&mut from).await? else {
             out.emit(&mut to, scanner.flush()).await?;
@@ -73,14 +73,19 @@ where
         }
         let mut remaining = head.payload;
         while remaining > 0 {
-            let want = remaining.min(CHUNK as u64) as usize;
-            let n = from.read(&mut buf[..want]).await?;
+            // Read straight into a buffer the scanner can keep a part of, reclaimed for
+            // the next read once nothing refers to it.
+            buf.reserve(CHUNK);
+            let n = (&mut from)
+                .take(remaining.min(CHUNK as u64))
+                .read_buf(&mut buf)
+                .await?;
             if n == 0 {
                 return Err(ErrorKind::UnexpectedEof.into());
             }
             remaining -= n as u64;
             scanned += n as u64;
-            let masked = scanner.scan(Bytes::copy_from_slice(&buf[..n]));
+            let masked = scanner.scan(buf.split().freeze());
             out.emit(&mut to, masked).await?;
         }
         let ends_message = head.fin || head.control;

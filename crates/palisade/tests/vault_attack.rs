@@ -13,7 +13,8 @@
 //! - upstream connections kept after the tunnel that used them has gone, shared with
 //!   another agent whose streams fill them, or opened past the gateway's connection cap;
 //! - one agent's unfinished bodies that a rule must read whole;
-//! - one agent's loop of refusals flooding the audit log;
+//! - one agent's loop of refusals flooding the audit log, and of credentialed
+//!   requests filling the home's disk;
 //! - the gateway's own listener spelled as IPv4-mapped IPv6;
 //! - the audit log's tail deleted;
 //! - a change used on the very next request;
@@ -87,6 +88,21 @@ impl Attack {
         CurlReply::parse(&output)
     }
 
+    /// Creates the agent `probe` with a bearer secret `value` for `localhost` paths
+    /// under `/v1/`; returns its token.
+    fn probe_with_v1_key(&self, value: &str) -> String {
+        let token = self.setup.agent("probe");
+        self.setup.secret(
+            "v1-key",
+            "localhost",
+            Some("/v1/*"),
+            "bearer",
+            &["probe"],
+            value,
+        );
+        token
+    }
+
     fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.setup.upstream.port())
     }
@@ -157,15 +173,7 @@ fn refused(reply: &CurlReply, status: u16, error: &str) {
 #[test]
 fn path_spellings_cannot_sidestep_rules_or_secrets() {
     let attack = Attack::start(&["--approval-timeout", "1s"]);
-    let token = attack.setup.agent("probe");
-    attack.setup.secret(
-        "v1-key",
-        "localhost",
-        Some("/v1/*"),
-        "bearer",
-        &["probe"],
-        "tok-v1-only",
-    );
+    let token = attack.probe_with_v1_key("tok-v1-only");
     attack.rule(
         "no-admin",
         &["--path-pattern", "/admin/*", "--action", "block"],
@@ -245,6 +253,8 @@ fn path_spellings_cannot_sidestep_rules_or_secrets() {
             "/a%00b",
             "/a/..;/b",
             "/a%zz",
+            "/v1/%252e%252e/admin/x",
+            "/v1/%25%32%65%25%32%65/admin/x",
         ] {
             let before = upstream.count();
             let reply = attack.curl(&token, &[version, &attack.url(spelling)]);
@@ -1005,6 +1015,90 @@ fn one_agent_cannot_fill_the_gateways_memory_with_bodies() {
         &["--data-binary", &body, &attack.url("/scan/again")],
     );
     assert_eq!(reply.status, 200, "{}", reply.raw);
+}
+
+/// What one agent can use up for all: the disk. Every credentialed request leaves an
+/// audit row, so an agent in a loop fills the home's disk until the store can record
+/// nothing for anyone. The gateway keeps a reserve: with the home on a 64 MiB
+/// filesystem and `--min-free-disk 24M`, filling the disk to under 24 MiB free makes a
+/// credentialed request and a request that would be held `503 store_disk_low`, sent
+/// to nobody and held for nobody, while a request without a credential is served;
+/// freeing the space serves them again. (Before: the credential was sent.)
+#[test]
+fn a_nearly_full_disk_stops_credentials_not_the_gateway() {
+    let mut setup = Setup::new();
+    let home = setup.palisade.home().to_path_buf();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
+        .arg(&home)
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "mount a tmpfs over the home");
+    setup.start_vault(&["--min-free-disk", "24M", "--approval-timeout", "1s"]);
+    let attack = Attack { setup };
+    let token = attack.probe_with_v1_key("tok-disk-room");
+    attack.rule(
+        "ask-send",
+        &["--path-pattern", "/send", "--action", "require_approval"],
+    );
+    let upstream = &attack.setup.upstream;
+    let credentialed = |expected: u16| {
+        let reply = attack.curl(&token, &[&attack.url("/v1/x")]);
+        reply.status == expected
+    };
+    assert!(credentialed(200));
+    assert_eq!(
+        upstream.last_request().unwrap().header("authorization"),
+        Some("Bearer tok-disk-room")
+    );
+
+    // Fill the home's filesystem to about 14 MiB free.
+    let filler = home.join("filler");
+    std::fs::write(&filler, vec![7u8; 48 << 20]).expect("fill the home's disk");
+    assert!(
+        wait_until(Duration::from_secs(10), || credentialed(503)),
+        "a credentialed request was still served with the disk nearly full"
+    );
+    let before = upstream.count();
+    let reply = attack.curl(&token, &[&attack.url("/v1/x")]);
+    refused(&reply, 503, "store_disk_low");
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("MiB free"),
+        "{}",
+        reply.raw
+    );
+    let reply = attack.curl(&token, &["-X", "POST", "--data", "x", &attack.url("/send")]);
+    refused(&reply, 503, "store_disk_low");
+    assert_eq!(
+        upstream.count(),
+        before,
+        "a refused request reached the upstream"
+    );
+    assert!(
+        attack.pending().is_empty(),
+        "a request was held with no room to record it"
+    );
+    // Without a credential nothing is recorded, so it is served.
+    let reply = attack.curl(&token, &[&attack.url("/open")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    assert_eq!(
+        upstream.last_request().unwrap().header("authorization"),
+        None
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || credentialed(200)),
+        "credentialed requests were not served again once space was freed"
+    );
+    let rows = attack.json(&["audit", "list", "--decision", "store_disk_low"]);
+    assert!(
+        !rows.as_array().unwrap().is_empty(),
+        "no audit row for the refusals: {rows}"
+    );
 }
 
 /// One agent's loop of refused requests cannot write the audit log at its own speed:

@@ -3,8 +3,9 @@
 //! placed (the agent has a request in flight to spare) → admit (the gateway is up, the
 //! agent still exists) → canonical (one spelling of the
 //! path, ambiguous ones refused) → local (no loopback, private or own address) → policy
-//! (match rules and secrets, reading the body when a body rule may decide) → rate
-//! (count rate limits) → hold (read the whole body, ask a person, wait) → inject (write
+//! (match rules and secrets, reading the body when a body rule may decide; a request
+//! that will carry a credential or be held needs room on disk for its rows, `disk.rs`)
+//! → rate (count rate limits) → hold (read the whole body, ask a person, wait) → inject (write
 //! the credential) → forward (send exactly what was judged) → audit (one row for every
 //! outcome, written in one place).
 //!
@@ -119,6 +120,15 @@ async fn run(
     )
     .await?;
     refuse_if_blocked(&evaluation, target, agent, audit)?;
+    if evaluation.secret.is_some()
+        || matches!(
+            evaluation.verdict,
+            Verdict::RequireApproval { .. } | Verdict::DialApproval { .. }
+        )
+    {
+        // It would leave a row the agent does not pay for: only while there is room.
+        shared.disk.room_for_rows(&target.host)?;
+    }
     rate::count(shared, agent, &evaluation.rate_limits, &target.host, audit).await?;
 
     let mut decision = Decision::Allowed;

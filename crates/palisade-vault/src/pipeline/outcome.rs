@@ -75,6 +75,9 @@ pub enum Decision {
     /// An answer from a host the gateway sends credentials to came in an encoding the
     /// gateway cannot read to search it for them.
     UnreadableResponse,
+    /// The home's disk is below the gateway's reserve, so a request that would leave a
+    /// row (a credential, a hold) was not sent.
+    StoreDiskLow,
 }
 
 impl Decision {
@@ -111,6 +114,7 @@ impl Decision {
             Decision::UpstreamTimeout => "upstream_timeout",
             Decision::UpstreamUnreachable => "upstream_unreachable",
             Decision::UnreadableResponse => "unreadable_response",
+            Decision::StoreDiskLow => "store_disk_low",
         }
     }
 
@@ -147,7 +151,8 @@ impl Decision {
             | Decision::InjectionFailed
             | Decision::UpstreamTimeout
             | Decision::UpstreamUnreachable
-            | Decision::UnreadableResponse => Outcome::Failed,
+            | Decision::UnreadableResponse
+            | Decision::StoreDiskLow => Outcome::Failed,
         }
     }
 

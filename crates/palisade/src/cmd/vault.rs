@@ -105,6 +105,10 @@ pub struct GatewayArgs {
     /// Most bytes of such bodies in memory at once, all agents together (beyond: 503).
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
     pub max_buffered_bodies: usize,
+    /// Free disk to keep under the home for the gateway's records, e.g. 128M or 1G:
+    /// below it, requests that would send a credential or wait for approval get 503.
+    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = palisade_sandbox::limits::parse_size)]
+    pub min_free_disk: u64,
 }
 
 /// A size such as `4MiB`, `512KiB`, `1048576` (bytes), up to 256 MiB.
@@ -150,6 +154,7 @@ impl GatewayArgs {
         config.max_judged_body = self.max_judged_body;
         config.max_buffered_bodies_per_agent = self.max_buffered_bodies_per_agent;
         config.max_buffered_bodies = self.max_buffered_bodies;
+        config.min_free_disk = self.min_free_disk;
         config
     }
 }
