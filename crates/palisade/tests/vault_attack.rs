@@ -720,7 +720,8 @@ fn a_body_extended_after_approval_is_not_what_gets_approved() {
 }
 
 /// Opens `COUNT` TLS tunnels through the gateway one after another; on each it sends a
-/// request that will be held for approval, then closes the connection at once.
+/// request that will be held for approval, then closes the connection once an answer
+/// comes (a refusal) or after 50 ms (held by then).
 const ABANDONING_CLIENT: &str = r#"
 import base64, os, socket, ssl
 proxy_host, proxy_port = os.environ["PROXY"].rsplit(":", 1)
@@ -735,6 +736,11 @@ for i in range(int(os.environ["COUNT"])):
         answer += sock.recv(4096)
     tls = context.wrap_socket(sock, server_hostname=host)
     tls.sendall(f"POST /held/{i} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 2\r\n\r\nhi".encode())
+    tls.settimeout(0.05)
+    try:
+        tls.recv(4096)
+    except (socket.timeout, ssl.SSLError):
+        pass
     tls.close()
 print("done", flush=True)
 "#;
@@ -757,26 +763,34 @@ time.sleep(60)
 
 /// A client that leaves while its request is held cancels the approval and frees its
 /// place: after 1,100 abandoned holds (more than the gateway's whole hold table) no
-/// approval is left pending, and the next held request of the same agent, and of
-/// another agent, is shown, approved and sent. One agent's flood of holds is refused
-/// beyond its own share (429) and never fills the table for others.
+/// approval is left pending, and the next held request of another agent, and then of
+/// the same agent, is shown, approved and sent. Each abandoned hold asked a person (a
+/// card in their chat), so an agent may abandon its share of holds, then one every
+/// 10 s: the flood made at most that many approvals (it made one per connection
+/// before), and the flooding agent is told when it may ask again (429, Retry-After).
+/// One agent's flood of holds is refused beyond its own share (429) and never fills
+/// the table for others.
 #[test]
 fn abandoned_holds_are_cancelled_and_free_their_place() {
     let attack = Attack::start(&["--approval-timeout", "10m", "--max-holds-per-agent", "8"]);
     let token = attack.setup.agent("flood");
     let other = attack.setup.agent("other");
     attack.rule("ask", &["--method", "POST", "--action", "require_approval"]);
-    let output = python(
-        ABANDONING_CLIENT,
-        &[
-            ("PROXY", &attack.setup.addr().to_string()),
-            ("UPSTREAM_PORT", &attack.setup.upstream.port().to_string()),
-            ("TOKEN", &token),
-            ("VAULT_CA", attack.setup.vault_ca_str().as_str()),
-            ("COUNT", "1100"),
-        ],
-        Duration::from_secs(240),
-    );
+    let flood = |count: &str| {
+        python(
+            ABANDONING_CLIENT,
+            &[
+                ("PROXY", &attack.setup.addr().to_string()),
+                ("UPSTREAM_PORT", &attack.setup.upstream.port().to_string()),
+                ("TOKEN", &token),
+                ("VAULT_CA", attack.setup.vault_ca_str().as_str()),
+                ("COUNT", count),
+            ],
+            Duration::from_secs(240),
+        )
+    };
+    let flood_started = std::time::Instant::now();
+    let output = flood("1100");
     assert!(output.status.success(), "{}", output_text(&output));
     let mut pending = Vec::new();
     let drained = wait_until(Duration::from_secs(60), || {
@@ -801,14 +815,41 @@ fn abandoned_holds_are_cancelled_and_free_their_place() {
         .map(Vec::len)
         .unwrap_or(0);
     assert!(cancelled > 0, "no abandoned approval was cancelled");
+    // Its share, one per 10 s of flood, and a few that the gateway saw leave only after
+    // the next one had been held.
+    let allowed = 8 + flood_started.elapsed().as_secs() as usize / 10 + 3;
+    assert!(
+        cancelled <= allowed,
+        "the flood asked a person {cancelled} times, more than the {allowed} abandoned holds allowed"
+    );
     assert_eq!(
         attack.setup.upstream.count(),
         0,
         "an abandoned request was sent"
     );
 
-    // The same agent and another one each get a request held, approved and sent.
-    for (agent_token, path) in [(&token, "/after-flood"), (&other, "/other-agent")] {
+    // The flooding agent is told when it may be held again (after a few more abandoned
+    // holds, so its allowance is surely spent now).
+    let output = flood("9");
+    assert!(output.status.success(), "{}", output_text(&output));
+    let reply = attack.curl(
+        &token,
+        &["-X", "POST", "--data", "x", &attack.url("/too-soon")],
+    );
+    refused(&reply, 429, "too_many_pending_approvals");
+    let wait: u64 = reply
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {}", reply.raw));
+    assert!((1..=10).contains(&wait), "{}", reply.raw);
+
+    // Another agent, then (once its wait is over) the same agent, each get a request
+    // held, approved and sent.
+    for (agent_token, path) in [(&other, "/other-agent"), (&token, "/after-flood")] {
+        if path == "/after-flood" {
+            std::thread::sleep(Duration::from_secs(wait));
+        }
         let url = attack.url(path);
         let proxy = attack.setup.proxy_args(agent_token);
         let mut args: Vec<String> = vec!["-sS".into(), "-w".into(), "\n%{http_code}".into()];
@@ -1147,13 +1188,22 @@ fn one_agent_cannot_flood_the_audit_log() {
     let reply = attack.curl(&token, &[&attack.url("/api/x")]);
     assert_eq!(reply.status, 200, "{}", reply.raw);
 
+    // Rows are written in order by one writer: once the credential's row is there,
+    // every refusal's row before it is too.
+    let mut injected = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            injected = attack.json(&["audit", "list", "--decision", "injected"]);
+            injected.as_array().is_some_and(|rows| !rows.is_empty())
+        }),
+        "no row for the credential's use"
+    );
+    assert_eq!(injected.as_array().map(Vec::len), Some(1), "{injected}");
     let written = blocked_rows().len();
     assert!(
         (100..300).contains(&written),
         "{written} rows for 300 refusals in a burst"
     );
-    let injected = attack.json(&["audit", "list", "--decision", "injected"]);
-    assert_eq!(injected.as_array().map(Vec::len), Some(1), "{injected}");
 
     // Once the budget refills, the next refusal is written with the count of those
     // left out, so the log still says how many there were: every row written after a
@@ -1162,7 +1212,11 @@ fn one_agent_cannot_flood_the_audit_log() {
     std::thread::sleep(Duration::from_millis(300));
     let reply = attack.curl(&token, &[&attack.url("/admin/after")]);
     refused(&reply, 403, "blocked_by_policy");
-    let rows = blocked_rows();
+    let mut rows = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        rows = blocked_rows();
+        rows.len() > written
+    });
     assert_eq!(rows.len(), written + 1);
     let newest = &rows[0];
     assert_eq!(newest["path"], "/admin/after", "{newest}");

@@ -100,19 +100,16 @@ pub(super) async fn hold(
 ) -> Result<(), Refusal> {
     let host = held.target.host.as_str();
     let mut slot = shared.holds.reserve(held.agent).map_err(|full| {
-        let message = match full {
-            HoldsFull::Agent => format!(
-                "Agent {} already has {} requests waiting for a person's approval, the most it may have; this request to {host} was not held. Wait for a decision on those, then retry.",
-                held.agent, shared.config.max_holds_per_agent
-            ),
-            HoldsFull::Gateway => format!(
-                "The gateway holds as many requests for approval as it can; this request to {host} was not held. Retry later."
-            ),
-        };
-        Refusal::new(
-            Decision::TooManyPendingApprovals,
-            ErrorBody::new(GatewayErrorKind::TooManyPendingApprovals, host).with_rule(&held.reason.name()).with_message(message),
-        )
+        let reason = full.reason(held.agent, shared.config.max_holds_per_agent);
+        let mut body = ErrorBody::new(GatewayErrorKind::TooManyPendingApprovals, host)
+            .with_rule(&held.reason.name())
+            .with_message(format!(
+                "Not held for approval: {reason}. The request to {host} was not sent."
+            ));
+        if let HoldsFull::Abandoning { retry_after_secs } = full {
+            body = body.with_retry_after(retry_after_secs);
+        }
+        Refusal::new(Decision::TooManyPendingApprovals, body)
     })?;
     let limit = shared.config.max_judged_body;
     let data = body.read(shared, held.agent, limit).await.map_err(|e| {
@@ -132,6 +129,7 @@ pub(super) async fn hold(
     // `state` on who cancels it, so no approval is ever left pending without a request.
     let mut cancel = CancelOnDrop {
         shared: Arc::clone(shared),
+        agent: held.agent.clone(),
         state: Arc::new(std::sync::Mutex::new(Creation::Creating)),
         armed: true,
     };
@@ -327,6 +325,7 @@ enum Creation {
 /// (the client closed its connection or stream), whether or not the approval exists yet.
 struct CancelOnDrop {
     shared: Arc<Shared>,
+    agent: AgentName,
     state: Arc<std::sync::Mutex<Creation>>,
     armed: bool,
 }
@@ -336,6 +335,8 @@ impl Drop for CancelOnDrop {
         if !self.armed {
             return;
         }
+        // Its card may already be in front of a person: counted against the agent.
+        self.shared.holds.note_abandoned(&self.agent);
         let id = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             match std::mem::replace(&mut *state, Creation::Abandoned) {
