@@ -56,7 +56,7 @@ impl HoldsFull {
                 "{agent} already has {share} requests waiting for a person's approval, the most it may have; wait for a decision on those first"
             ),
             HoldsFull::Gateway => {
-                String::from("as many requests wait for approval as can; retry later")
+                String::from("as many requests already wait for approval as can be held; retry later")
             }
             HoldsFull::Abandoning { retry_after_secs } => format!(
                 "{agent} went away from many requests while they waited for approval, and each one asked a person; no new request of {agent} waits for approval for {retry_after_secs} s. Wait for decisions instead of leaving"
