@@ -20,25 +20,27 @@ summary() {
   fi
 }
 trap summary EXIT
+# Each stage's header says how long the run has taken so far, so a slow stage shows.
+header() { echo "== $1 (at $(( $(date +%s) - started ))s)"; }
 
-echo "== install-deps"
+header "install-deps"
 bash scripts/install-deps.sh
 
 stage="cargo fmt"
-echo "== cargo fmt --check"
+header "cargo fmt --check"
 cargo fmt --all -- --check
 
 stage="cargo clippy"
-echo "== cargo clippy"
+header "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 stage="sandbox image"
-echo "== sandbox image (podman; kept when present)"
+header "sandbox image (podman; kept when present)"
 cargo build --quiet -p palisade
 "$CARGO_TARGET_DIR/debug/palisade" sandbox image build
 
 stage="test user"
-echo "== unprivileged test user (account, rootless podman storage, its copy of the image)"
+header "unprivileged test user (account, rootless podman storage, its copy of the image)"
 # Done here, once, before any test runs: the tests only read this state.
 bash scripts/test-user.sh
 # The podman cases of the sandbox tests skip without the image unless told not to;
@@ -46,5 +48,5 @@ bash scripts/test-user.sh
 export PALISADE_REQUIRE_PODMAN=1
 
 stage="cargo test"
-echo "== cargo test"
+header "cargo test"
 cargo test --workspace
