@@ -572,7 +572,9 @@ async fn measure_disk(shared: Arc<Shared>) {
             _ = tokio::time::sleep(crate::disk::MEASURE_EVERY) => {}
             _ = crate::stopped(&mut shutdown) => return,
         }
-        shared.disk.measure();
+        // Off the workers: statvfs on a network filesystem can block.
+        let measuring = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || measuring.disk.measure()).await;
     }
 }
 
