@@ -88,7 +88,14 @@ impl AuditSender {
             .try_send(Item::Row(palisade_store::now_ms(), entry))
             .is_err()
         {
-            tracing::warn!(event, "the audit queue is full; one row was not written");
+            static LOG: crate::log_budget::LogBudget = crate::log_budget::LogBudget::new();
+            if let Some(similar_lines_suppressed) = LOG.take() {
+                tracing::warn!(
+                    event,
+                    similar_lines_suppressed,
+                    "the audit queue is full; one row was not written"
+                );
+            }
         }
     }
 

@@ -385,12 +385,11 @@ impl Listener {
 /// is refused while every other agent keeps being served.
 async fn accept_loop(shared: Arc<Shared>, listener: Listener, entry: Entry) {
     let mut shutdown = shared.shutdown.clone();
-    let mut last_warning: Option<std::time::Instant> = None;
-    let mut warn = |what: &str, entry: &Entry| {
+    let warn = |what: &str, entry: &Entry| {
         // At most one line a second, so a flood does not become a flood of logs.
-        if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            tracing::warn!(entry = ?entry, "{what}");
-            last_warning = Some(std::time::Instant::now());
+        static LOG: crate::log_budget::LogBudget = crate::log_budget::LogBudget::new();
+        if let Some(similar_lines_suppressed) = LOG.take() {
+            tracing::warn!(entry = ?entry, similar_lines_suppressed, "{what}");
         }
     };
     loop {

@@ -59,7 +59,10 @@ pub async fn run(
     let config = match shared.ca.server_config(&target.host) {
         Ok(config) => config,
         Err(e) => {
-            tracing::warn!(host = %target.host, error = %e, "cannot mint a leaf certificate");
+            static LOG: crate::log_budget::LogBudget = crate::log_budget::LogBudget::new();
+            if let Some(similar_lines_suppressed) = LOG.take() {
+                tracing::warn!(host = %target.host, error = %e, similar_lines_suppressed, "cannot mint a leaf certificate");
+            }
             return;
         }
     };

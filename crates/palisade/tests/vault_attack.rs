@@ -107,6 +107,17 @@ impl Attack {
         format!("https://localhost:{}{path}", self.setup.upstream.port())
     }
 
+    /// The audit rows with `decision`, once at least `expected` are there (rows are
+    /// written by the gateway's audit writer a moment after the answer), or after 10 s.
+    fn rows(&self, decision: &str, expected: usize) -> Value {
+        let mut rows = Value::Null;
+        wait_until(Duration::from_secs(10), || {
+            rows = self.json(&["audit", "list", "--decision", decision, "--limit", "10000"]);
+            rows.as_array().is_some_and(|rows| rows.len() >= expected)
+        });
+        rows
+    }
+
     fn pending(&self) -> Vec<Value> {
         self.json(&["approvals", "list"])
             .as_array()
@@ -434,7 +445,7 @@ fn method_spellings_cannot_sidestep_rules() {
         assert_eq!(reply.status, 200, "{}", reply.raw);
         assert_eq!(upstream.last_request().unwrap().method, "HEAD");
     }
-    let refusals = attack.json(&["audit", "list", "--decision", "ambiguous_method"]);
+    let refusals = attack.rows("ambiguous_method", 26);
     assert_eq!(
         refusals.as_array().map(Vec::len),
         Some(26),
@@ -1027,7 +1038,7 @@ fn one_agent_cannot_fill_the_gateways_memory_with_bodies() {
     // Two bodies of 0.9 MB fit the 2 MiB share; the third does not.
     assert_eq!(client.line(), "2 HTTP/1.1 503 Service Unavailable");
     assert_eq!(client.line(), "sent");
-    let refusals = attack.json(&["audit", "list", "--decision", "too_many_buffered_bodies"]);
+    let refusals = attack.rows("too_many_buffered_bodies", 1);
     assert_eq!(refusals.as_array().map(Vec::len), Some(1), "{refusals}");
     assert_eq!(refusals[0]["agent"], "greedy");
 
@@ -1135,7 +1146,7 @@ fn a_nearly_full_disk_stops_credentials_not_the_gateway() {
         wait_until(Duration::from_secs(10), || credentialed(200)),
         "credentialed requests were not served again once space was freed"
     );
-    let rows = attack.json(&["audit", "list", "--decision", "store_disk_low"]);
+    let rows = attack.rows("store_disk_low", 1);
     assert!(
         !rows.as_array().unwrap().is_empty(),
         "no audit row for the refusals: {rows}"
@@ -1190,14 +1201,7 @@ fn one_agent_cannot_flood_the_audit_log() {
 
     // Rows are written in order by one writer: once the credential's row is there,
     // every refusal's row before it is too.
-    let mut injected = Value::Null;
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            injected = attack.json(&["audit", "list", "--decision", "injected"]);
-            injected.as_array().is_some_and(|rows| !rows.is_empty())
-        }),
-        "no row for the credential's use"
-    );
+    let injected = attack.rows("injected", 1);
     assert_eq!(injected.as_array().map(Vec::len), Some(1), "{injected}");
     let written = blocked_rows().len();
     assert!(
@@ -1478,7 +1482,7 @@ fn one_agent_cannot_have_unbounded_requests_in_flight() {
     assert!(refused
         .iter()
         .all(|a| a["error"] == "too_many_requests_in_flight"));
-    let rows = attack.json(&["audit", "list", "--decision", "too_many_requests_in_flight"]);
+    let rows = attack.rows("too_many_requests_in_flight", 6);
     assert_eq!(rows.as_array().map(Vec::len), Some(6), "{rows}");
 
     // Once those requests have ended, the agent's share is whole again.
@@ -1674,7 +1678,7 @@ fn upstream_connections_count_under_the_gateways_cap() {
         .unwrap_or_default()
         .contains("upstream connection"));
     assert_eq!(attack.setup.upstream.count(), 0);
-    let rows = attack.json(&["audit", "list", "--decision", "too_many_connections"]);
+    let rows = attack.rows("too_many_connections", 1);
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
 
     drop(idle);

@@ -348,4 +348,36 @@ fn what_a_client_sees_direct_it_sees_through_the_vault() {
             );
         }
     }
+
+    // The unclean close is logged as a warning, but an agent repeating the request
+    // cannot write the log at its own speed (it goes to the home's disk): one line a
+    // second, the rest counted on the next. (Before: one line per request.)
+    let url = format!("https://localhost:{port}/close-delimited");
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "--max-time".into(),
+        "60".into(),
+        "--proxy".into(),
+        format!("http://{addr}"),
+        "--proxy-user".into(),
+        format!("x:{token}"),
+        "--cacert".into(),
+        vault_ca.clone(),
+    ];
+    for _ in 0..100 {
+        args.extend(["-o".into(), "/dev/null".into(), url.clone()]);
+    }
+    let started = std::time::Instant::now();
+    let output = curl(&args, CLIENT_TIMEOUT);
+    assert!(output.status.success(), "{}", output_text(&output));
+    let seconds = started.elapsed().as_secs() as usize;
+    let lines = setup
+        .vault_output()
+        .lines()
+        .filter(|line| line.contains("without a TLS close_notify"))
+        .count();
+    assert!(
+        (1..=seconds + 3).contains(&lines),
+        "{lines} warning lines for 100 unclean closes in {seconds} s"
+    );
 }

@@ -207,11 +207,15 @@ fn searched(
             body = decoded::decoded(body, &codings, reserved);
         }
         Err(coding) => {
-            tracing::warn!(
-                host,
-                coding,
-                "an answer from a host the gateway sends credentials to came in an encoding the gateway cannot read; refused"
-            );
+            static LOG: crate::log_budget::LogBudget = crate::log_budget::LogBudget::new();
+            if let Some(similar_lines_suppressed) = LOG.take() {
+                tracing::warn!(
+                    host,
+                    coding,
+                    similar_lines_suppressed,
+                    "an answer from a host the gateway sends credentials to came in an encoding the gateway cannot read; refused"
+                );
+            }
             return Err(Refusal::of(
                 Decision::UnreadableResponse,
                 GatewayErrorKind::UnreadableResponse,
