@@ -12,6 +12,7 @@ pub mod dial;
 pub mod error_body;
 pub mod evaluate;
 pub mod injection;
+pub mod log_budget;
 pub mod models;
 pub mod names;
 pub mod pattern;

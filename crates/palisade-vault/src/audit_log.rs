@@ -88,7 +88,8 @@ impl AuditSender {
             .try_send(Item::Row(palisade_store::now_ms(), entry))
             .is_err()
         {
-            static LOG: crate::log_budget::LogBudget = crate::log_budget::LogBudget::new();
+            static LOG: palisade_policy::log_budget::LogBudget =
+                palisade_policy::log_budget::LogBudget::new();
             if let Some(similar_lines_suppressed) = LOG.take() {
                 tracing::warn!(
                     event,

@@ -206,7 +206,8 @@ impl Body for ProxyBody {
                 close_delimited,
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) if *close_delimited && is_unclean_close(&e) => {
-                    static LOG: crate::log_budget::LogBudget = crate::log_budget::LogBudget::new();
+                    static LOG: palisade_policy::log_budget::LogBudget =
+                        palisade_policy::log_budget::LogBudget::new();
                     if let Some(similar_lines_suppressed) = LOG.take() {
                         tracing::warn!(
                             similar_lines_suppressed,

@@ -17,7 +17,6 @@ mod decoded;
 mod disk;
 mod front;
 mod gateway;
-mod log_budget;
 pub mod net_guard;
 mod peer;
 mod pipeline;

@@ -59,7 +59,8 @@ pub async fn run(
     let config = match shared.ca.server_config(&target.host) {
         Ok(config) => config,
         Err(e) => {
-            static LOG: crate::log_budget::LogBudget = crate::log_budget::LogBudget::new();
+            static LOG: palisade_policy::log_budget::LogBudget =
+                palisade_policy::log_budget::LogBudget::new();
             if let Some(similar_lines_suppressed) = LOG.take() {
                 tracing::warn!(host = %target.host, error = %e, similar_lines_suppressed, "cannot mint a leaf certificate");
             }

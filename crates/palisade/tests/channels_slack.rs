@@ -245,6 +245,25 @@ fn a_held_request_is_decided_from_slack_and_every_card_follows() {
     let mut unsigned = headers.clone();
     unsigned.retain(|(name, _)| *name != "X-Slack-Signature");
     assert_eq!(post(&world, endpoint, &unsigned, &body).0, 401);
+    // Anyone on the internet can post to the endpoint: a flood of bad signatures is
+    // refused, and logged at most once a second (the log is on the store's disk).
+    let logged = |host: &palisade_testkit::ChildGuard| {
+        host.stderr()
+            .matches("refused a request to the Slack endpoint")
+            .count()
+    };
+    let before = logged(&host);
+    let started = std::time::Instant::now();
+    for _ in 0..100 {
+        assert_eq!(post(&world, endpoint, &unsigned, &body).0, 401);
+    }
+    let seconds = started.elapsed().as_secs() as usize;
+    std::thread::sleep(Duration::from_millis(200));
+    let flood_lines = logged(&host) - before;
+    assert!(
+        flood_lines <= seconds + 2,
+        "{flood_lines} log lines for 100 refused requests in {seconds} s"
+    );
     // A correctly signed press carrying the Telegram card's token (wrong channel) is
     // refused, and the same signed request again is a replay.
     let foreign = ana_card.button("Approve once").unwrap();

@@ -335,7 +335,11 @@ impl Discord {
             }
         });
         if let Err(error) = checked {
-            tracing::warn!(channel = %self.name, %error, "refused a request to the Discord endpoint");
+            static LOG: palisade_policy::log_budget::LogBudget =
+                palisade_policy::log_budget::LogBudget::new();
+            if let Some(similar_lines_suppressed) = LOG.take() {
+                tracing::warn!(channel = %self.name, %error, similar_lines_suppressed, "refused a request to the Discord endpoint");
+            }
             return WebhookReply::text(401, &format!("refused: {error}"));
         }
         let Ok(interaction) = serde_json::from_slice::<Value>(body) else {

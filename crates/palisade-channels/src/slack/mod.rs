@@ -461,7 +461,11 @@ impl Slack {
                     }
                 });
         if let Err(error) = checked {
-            tracing::warn!(channel = %self.name, %error, "refused a request to the Slack endpoint");
+            static LOG: palisade_policy::log_budget::LogBudget =
+                palisade_policy::log_budget::LogBudget::new();
+            if let Some(similar_lines_suppressed) = LOG.take() {
+                tracing::warn!(channel = %self.name, %error, similar_lines_suppressed, "refused a request to the Slack endpoint");
+            }
             return WebhookReply::text(401, &format!("refused: {error}"));
         }
         let incoming = if body.first() == Some(&b'{') {

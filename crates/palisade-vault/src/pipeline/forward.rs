@@ -207,7 +207,8 @@ fn searched(
             body = decoded::decoded(body, &codings, reserved);
         }
         Err(coding) => {
-            static LOG: crate::log_budget::LogBudget = crate::log_budget::LogBudget::new();
+            static LOG: palisade_policy::log_budget::LogBudget =
+                palisade_policy::log_budget::LogBudget::new();
             if let Some(similar_lines_suppressed) = LOG.take() {
                 tracing::warn!(
                     host,

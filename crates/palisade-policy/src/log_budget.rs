@@ -1,12 +1,14 @@
-//! At most one log line a second from each place an agent's requests can reach.
+//! At most one log line a second from each place that untrusted input can reach.
 //!
-//! A warning that a request can cause (an upstream that closes without `close_notify`,
-//! an answer in an unreadable encoding, a full audit queue) is written once per
-//! request. An agent that repeats the request in a loop would so write the log at the
-//! gateway's speed: `palisade up --detach` appends it to `logs/host.log` in the home,
-//! the disk the store needs, and past the store's disk reserve (`disk.rs`), which
-//! counts only what the store writes. So each such place keeps a [`LogBudget`]: one
-//! line a second, with the number of lines left out since the last one on the next.
+//! A warning that a request can cause (in the vault: an upstream that closes without
+//! `close_notify`, an answer in an unreadable encoding, a full audit queue; on a chat
+//! channel's public endpoint: a request with a bad signature) is written once per
+//! request. Whoever repeats the request in a loop (an agent, anyone on the internet)
+//! would so write the log at full speed: `palisade up --detach` appends it to
+//! `logs/host.log` in the home, the disk the store needs, past the vault's disk
+//! reserve (`palisade-vault/src/disk.rs`), which counts only what the store writes. So
+//! each such place keeps a [`LogBudget`]: one line a second, with the number of lines
+//! left out since the last one on the next.
 //!
 //! Hand-written: a compare-and-swap on a timestamp and a counter; the tracing crates'
 //! filters see a callsite, not a count to put on the next line.
@@ -18,6 +20,7 @@ use std::time::Instant;
 /// One line a second at most.
 const EVERY_MS: u64 = 1000;
 
+#[derive(Default)]
 pub struct LogBudget {
     /// Milliseconds since [`epoch`] before which no line may be written.
     next_ms: AtomicU64,
