@@ -19,6 +19,13 @@ use tokio::io::AsyncWriteExt;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a tunnel keeps its upstream connection with no request in flight.
 const UPSTREAM_QUIET: Duration = Duration::from_secs(2);
+/// How much of its request bodies an HTTP/2 agent may send before the gateway has
+/// passed them on (its flow-control window, per stream and per tunnel): what arrived is
+/// kept while the upstream is slow to take it, so this bounds what one tunnel holds
+/// (hyper's default, 1 MiB, let an agent's 256 tunnels hold 256 MiB). The agent is on
+/// this machine, so a window update is back in microseconds and the window never sets
+/// its speed.
+const AGENT_H2_WINDOW: u32 = 256 * 1024;
 
 pub async fn run(
     shared: Arc<Shared>,
@@ -118,7 +125,12 @@ pub async fn run(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(crate::front::HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_send_buf_size(crate::upstream::H2_SEND_BUFFER)
+        .initial_stream_window_size(AGENT_H2_WINDOW)
+        .initial_connection_window_size(AGENT_H2_WINDOW);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     let mut shutdown = shared.shutdown.clone();
     tokio::pin!(conn);

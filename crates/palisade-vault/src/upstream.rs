@@ -56,6 +56,21 @@ const IDLE_UPSTREAMS: usize = 1024;
 /// How long a tunnel waits for the place of an idle connection it closed to make room.
 const FREED_PLACE_WAIT: Duration = Duration::from_secs(1);
 
+/// How much of its answers an HTTP/2 upstream may send before the gateway has passed
+/// them on: its flow-control window, per stream and per connection. An upstream fills
+/// it whether or not the agent reads, and the gateway keeps what arrived, so an agent
+/// that reads nothing of large downloads holds this much per upstream connection (its
+/// share of connections times this at most; hyper's default, 5 MiB per connection,
+/// let one agent hold 1.25 GiB). 1 MiB still passes a single download at 20 MB/s over
+/// a 50 ms path.
+const UPSTREAM_H2_WINDOW: u32 = 1024 * 1024;
+
+/// Most bytes of one HTTP/2 stream's data queued in the gateway beyond what the peer's
+/// window lets it send (hyper's defaults: 1 MiB towards upstreams, 400 KB towards
+/// agents, per stream: ~100 MiB for one agent's 256 requests in flight that its peer
+/// reads nothing of). The window, not this queue, is what sets a stream's speed.
+pub(crate) const H2_SEND_BUFFER: usize = 64 * 1024;
+
 /// An error on the way upstream; its source chain names the cause (a refused local
 /// address among them, see [`crate::net_guard::find_local_refused`]).
 pub type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
@@ -255,7 +270,10 @@ impl UpstreamClient {
                 .timer(TokioTimer::new())
                 .pool_timer(TokioTimer::new())
                 .pool_idle_timeout(IDLE_UPSTREAM_TIMEOUT)
-                .pool_max_idle_per_host(IDLE_UPSTREAMS_PER_AGENT);
+                .pool_max_idle_per_host(IDLE_UPSTREAMS_PER_AGENT)
+                .http2_initial_stream_window_size(UPSTREAM_H2_WINDOW)
+                .http2_initial_connection_window_size(UPSTREAM_H2_WINDOW)
+                .http2_max_send_buf_size(H2_SEND_BUFFER);
             builder
         };
         // One share for all: an agent's upstream connections, open or idle, to every

@@ -12,7 +12,8 @@
 //!   past its share or left idle, and its HTTP/2 streams past its share of requests;
 //! - upstream connections kept after the tunnel that used them has gone, shared with
 //!   another agent whose streams fill them, or opened past the gateway's connection cap;
-//! - one agent's unfinished bodies that a rule must read whole;
+//! - one agent's unfinished bodies that a rule must read whole, and over HTTP/2 its
+//!   unread answers and bodies no upstream takes, which flow control lets in;
 //! - one agent's loop of refusals flooding the audit log, and of credentialed
 //!   requests filling the home's disk;
 //! - the gateway's own listener spelled as IPv4-mapped IPv6;
@@ -1653,6 +1654,169 @@ fn one_agents_streams_cannot_hold_up_another_agents_requests() {
         .filter(|line| line.contains("\"status\": 200"))
         .count();
     assert_eq!(served, 4, "{}", output_text(&output));
+}
+
+const UNREAD_RESPONSES_CLIENT: &str = r#"
+import asyncio, os, ssl, sys, httpx
+async def main():
+    context = ssl.create_default_context(cafile=os.environ["VAULT_CA"])
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx.AsyncClient(http2=True, proxy=os.environ["PROXY_URL"], verify=context, timeout=20, limits=limits) as client:
+        held = []
+        for url in os.environ["URLS"].split(","):
+            for _ in range(int(os.environ["STREAMS"])):
+                response = await client.send(client.build_request("GET", url), stream=True)
+                assert response.status_code == 200 and response.http_version == "HTTP/2", response
+                held.append(response)
+        print("held", len(held), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        for response in held:
+            await response.aclose()
+    print("done", flush=True)
+asyncio.run(main())
+"#;
+
+/// The gateway's resident memory in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+/// Starts `script` as the agent `token` against `urls` (`PROXY_URL`, `URLS`, `env`)
+/// once the gateway has served it one request (so its allocator and tunnel machinery
+/// are warm); returns the client, the gateway's pid and its resident memory before.
+fn memory_client(
+    attack: &mut Attack,
+    token: &str,
+    script: &str,
+    urls: &[String],
+    env: &[(&str, &str)],
+) -> (Interactive, u32, u64) {
+    let pid = attack.setup.vault_process().id();
+    let reply = attack.curl(token, &["--http2", &attack.url("/echo")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    let before = resident_bytes(pid);
+    let proxy = palisade_testkit::proxy_url(attack.setup.addr(), token);
+    let urls = urls.join(",");
+    let mut full = vec![("PROXY_URL", proxy.as_str()), ("URLS", urls.as_str())];
+    full.extend_from_slice(env);
+    (
+        Interactive::start(attack, script, token, &full),
+        pid,
+        before,
+    )
+}
+
+/// Watches the gateway's resident memory for 3 s (time for its peers to fill whatever
+/// window they are given) and fails if it rose `limit_mib` or more above `before`.
+#[track_caller]
+fn assert_grows_less(pid: u32, before: u64, limit_mib: u64, doing: &str) {
+    let mut peak = 0;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        peak = peak.max(resident_bytes(pid));
+    }
+    let grown = peak.saturating_sub(before);
+    eprintln!("the gateway grew by {} KiB {doing}", grown >> 10);
+    assert!(
+        grown < limit_mib << 20,
+        "the gateway grew by {} MiB {doing}",
+        grown >> 20
+    );
+}
+
+/// One agent cannot make the gateway keep unread answers in memory beyond a small
+/// window per upstream connection. An HTTP/2 upstream sends as much of a response as
+/// the gateway's flow-control window allows, whether or not the agent reads it, and
+/// the gateway keeps what arrived until the agent reads it: with hyper's client
+/// defaults that was up to 5 MiB per upstream connection, so one agent with 16 large
+/// downloads (3 streams each, to 16 hosts), read no further than their headers, made
+/// the gateway hold ~80 MiB; 256 such hosts (its share of connections) would have been
+/// 1.25 GiB. The window is now 1 MiB per connection.
+#[test]
+fn one_agent_cannot_fill_the_gateways_memory_with_unread_answers() {
+    const HOSTS: usize = 16;
+    let mut attack = Attack::start(&[]);
+    let greedy = attack.setup.agent("greedy");
+    let hosts: Vec<palisade_testkit::Upstream> = (0..HOSTS)
+        .map(|_| palisade_testkit::Upstream::start(&attack.setup.ca).unwrap())
+        .collect();
+    let urls: Vec<String> = hosts
+        .iter()
+        .map(|h| format!("https://localhost:{}/bytes?n=268435456", h.port()))
+        .collect();
+    let (mut client, pid, before) = memory_client(
+        &mut attack,
+        &greedy,
+        UNREAD_RESPONSES_CLIENT,
+        &urls,
+        &[("STREAMS", "3")],
+    );
+    assert_eq!(client.line(), format!("held {}", HOSTS * 3));
+    assert_grows_less(pid, before, 40, "holding 16 hosts' unread answers");
+    client.send("finish");
+    assert_eq!(client.line(), "done");
+    // The gateway still serves the agent.
+    let reply = attack.curl(&greedy, &["--http2", &attack.url("/echo")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+}
+
+const UNTAKEN_BODIES_CLIENT: &str = r#"
+import asyncio, os, ssl, sys, httpx
+async def main():
+    context = ssl.create_default_context(cafile=os.environ["VAULT_CA"])
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    body = b"b" * (4 << 20)
+    async with httpx.AsyncClient(http2=True, proxy=os.environ["PROXY_URL"], verify=context, timeout=60, limits=limits) as client:
+        sends = [asyncio.ensure_future(client.post(url, content=body)) for url in os.environ["URLS"].split(",")]
+        print("sending", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        for send in sends:
+            send.cancel()
+    print("done", flush=True)
+asyncio.run(main())
+"#;
+
+/// Nor with request bodies an upstream is slow to take. An HTTP/2 agent sends as much
+/// of a body as the gateway's flow-control window allows, and the gateway keeps it
+/// until the upstream takes it: with hyper's defaults that was 1 MiB per tunnel, so
+/// one agent posting 4 MiB bodies to 32 hosts that accept a connection and then say
+/// nothing made the gateway hold 32 MiB, and its 256 tunnels could hold 256 MiB. The
+/// window is now 256 KiB per tunnel.
+#[test]
+fn one_agent_cannot_fill_the_gateways_memory_with_bodies_nobody_takes() {
+    const HOSTS: usize = 32;
+    let mut attack = Attack::start(&[]);
+    let greedy = attack.setup.agent("greedy");
+    // Listeners that never accept: the kernel completes each connection, and the
+    // gateway's TLS handshake waits for an answer that does not come.
+    let silent: Vec<std::net::TcpListener> = (0..HOSTS)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let urls: Vec<String> = silent
+        .iter()
+        .map(|l| {
+            format!(
+                "https://localhost:{}/upload",
+                l.local_addr().unwrap().port()
+            )
+        })
+        .collect();
+    let (mut client, pid, before) =
+        memory_client(&mut attack, &greedy, UNTAKEN_BODIES_CLIENT, &urls, &[]);
+    assert_eq!(client.line(), "sending");
+    assert_grows_less(pid, before, 20, "holding bodies for 32 silent hosts");
+    client.send("finish");
+    assert_eq!(client.line(), "done");
+    drop(silent);
+    let reply = attack.curl(&greedy, &["--http2", &attack.url("/echo")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
 }
 
 /// Upstream connections take places under the gateway's connection cap like client
