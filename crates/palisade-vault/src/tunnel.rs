@@ -22,9 +22,9 @@ const UPSTREAM_QUIET: Duration = Duration::from_secs(2);
 /// How much of its request bodies an HTTP/2 agent may send before the gateway has
 /// passed them on (its flow-control window, per stream and per tunnel): what arrived is
 /// kept while the upstream is slow to take it, so this bounds what one tunnel holds
-/// (hyper's default, 1 MiB, let an agent's 256 tunnels hold 256 MiB). The agent is on
-/// this machine, so a window update is back in microseconds and the window never sets
-/// its speed.
+/// (hyper's default, 1 MiB, let an agent's 256 tunnels hold 256 MiB). Agents are
+/// sandboxes and containers of this machine, so a window update is back in
+/// microseconds and the window does not set their speed.
 const AGENT_H2_WINDOW: u32 = 256 * 1024;
 
 pub async fn run(
