@@ -30,7 +30,7 @@ pub enum Entry {
 }
 
 /// Largest request head accepted; larger ones get 431 from hyper.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A connection must send its first request head within this time.
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -124,7 +124,8 @@ pub async fn run(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(crate::front::HEADER_READ_TIMEOUT);
+        .header_read_timeout(crate::front::HEADER_READ_TIMEOUT)
+        .max_buf_size(crate::front::MAX_HEAD_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -1819,6 +1819,22 @@ fn one_agent_cannot_fill_the_gateways_memory_with_bodies_nobody_takes() {
     assert_eq!(reply.status, 200, "{}", reply.raw);
 }
 
+/// A request head inside an HTTP/1.1 tunnel is held to the same 64 KiB as one on the
+/// TCP listener: larger gets 431 and goes nowhere. (Tunnels took hyper's default, about
+/// 400 KB, so one agent's 256 tunnels dripping heads could hold 100 MB; an HTTP/2
+/// tunnel's header list is held to 16 KiB by the connection's settings.)
+#[test]
+fn a_tunnels_request_head_is_bounded() {
+    let attack = Attack::start(&[]);
+    let token = attack.setup.agent("probe");
+    let huge = format!("X-Huge: {}", "a".repeat(100 * 1024));
+    let reply = attack.curl(&token, &["--http1.1", "-H", &huge, &attack.url("/echo")]);
+    assert_eq!(reply.status, 431, "{}", reply.raw);
+    assert_eq!(attack.setup.upstream.count(), 0);
+    let reply = attack.curl(&token, &["--http1.1", &attack.url("/echo")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+}
+
 /// Upstream connections take places under the gateway's connection cap like client
 /// connections do, so a gateway short of places refuses the request that needs one
 /// more (503 `too_many_connections`, with an audit row) instead of running out of
