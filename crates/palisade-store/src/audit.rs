@@ -74,6 +74,20 @@ pub struct VerifyReport {
     /// First bad row id and what is wrong with it.
     pub first_bad_id: Option<i64>,
     pub problem: Option<String>,
+    /// The first row the chain keeps, when older ones were pruned (`audit prune`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<i64>,
+}
+
+/// What `Store::prune_audit` removed.
+#[derive(Clone, Debug, Serialize)]
+pub struct PruneReport {
+    /// Rows deleted.
+    pub removed: u64,
+    /// The first row kept (the chain starts here now).
+    pub first_id: i64,
+    /// The `audit.prune` row that records the pruning, when anything was removed.
+    pub recorded_as: Option<i64>,
 }
 
 /// Hash of the row before the first one.

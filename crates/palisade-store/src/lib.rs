@@ -24,7 +24,7 @@ pub mod records;
 mod store;
 
 pub use approvals::{Approval, ApprovalDecision, ApprovalStatus, NewApproval};
-pub use audit::{AuditEntry, AuditFilter, AuditRecord, VerifyReport};
+pub use audit::{AuditEntry, AuditFilter, AuditRecord, PruneReport, VerifyReport};
 pub use channels::{
     ApprovalCard, ApproverRecord, ChannelLink, ChannelRecord, NewChannel, SenderRecord,
 };

@@ -311,7 +311,18 @@ CREATE TABLE request_counts (
 CREATE INDEX request_counts_hour ON request_counts(hour_ms);
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+/// Audit retention: the chain may start after row 1 once old rows are pruned. The head
+/// record keeps where it starts now (`first_id`, and the hash of the row before it) and
+/// a signature of that start under the master key, so deleting rows from the beginning
+/// without `palisade audit prune` is still detected.
+const V9: &str = r#"
+ALTER TABLE audit_head ADD COLUMN first_id INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE audit_head ADD COLUMN first_prev_hash TEXT NOT NULL
+    DEFAULT '0000000000000000000000000000000000000000000000000000000000000000';
+ALTER TABLE audit_head ADD COLUMN start_mac TEXT;
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -451,3 +451,82 @@ fn non_finite_latency_is_stored_as_absent() {
     let rows = t.store.list_audit(&AuditFilter::default()).unwrap();
     assert_eq!(rows[0].entry.latency_ms, None);
 }
+
+/// Pruning removes the rows before a time from the beginning of the log, records
+/// itself as an `audit.prune` row with the actor, and leaves a chain that verifies from
+/// its new, signed start; pruning again at the same time removes nothing.
+#[test]
+fn pruning_keeps_a_verifiable_chain() {
+    let t = with_rows(10);
+    let store = t.store.with_actor("cli:tester");
+    let report = store.prune_audit(5_500).unwrap();
+    assert_eq!(
+        (report.removed, report.first_id, report.recorded_as),
+        (5, 6, Some(11))
+    );
+    let verified = store.verify_audit().unwrap();
+    assert!(verified.ok, "{:?}", verified.problem);
+    assert_eq!((verified.rows, verified.starts_at), (6, Some(6)));
+    let rows = store
+        .list_audit(&AuditFilter {
+            limit: Some(100),
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [11, 10, 9, 8, 7, 6]);
+    let pruned = &rows[0];
+    assert_eq!(pruned.entry.event, "audit.prune");
+    assert_eq!(pruned.entry.actor.as_deref(), Some("cli:tester"));
+    assert_eq!(pruned.entry.detail.as_ref().unwrap()["removed"], 5);
+
+    assert_eq!(store.prune_audit(5_500).unwrap().removed, 0);
+    // Everything before now: all rows go, the pruning's own row starts the chain.
+    let report = store.prune_audit(palisade_store::now_ms() + 1).unwrap();
+    assert_eq!((report.removed, report.first_id), (6, 12));
+    let verified = store.verify_audit().unwrap();
+    assert!(verified.ok, "{:?}", verified.problem);
+    assert_eq!((verified.rows, verified.starts_at), (1, Some(12)));
+    // Appends go on from there.
+    store.append_audit(&request("odd", "h", "allowed")).unwrap();
+    assert!(store.verify_audit().unwrap().ok);
+}
+
+/// After a pruning, deleting rows from the new beginning is still detected, and so is
+/// moving the start by hand past rows deleted without `audit prune`: the start's
+/// signature is made with the master key.
+#[test]
+fn rows_deleted_from_a_pruned_start_are_detected() {
+    let t = with_rows(10);
+    t.store.prune_audit(3_500).unwrap();
+    let conn = common::raw(&t.home);
+    conn.execute("DELETE FROM audit WHERE id = 4", []).unwrap();
+    let (id, problem) = verify_problem(&t.store);
+    assert_eq!(id, Some(5));
+    assert!(problem.contains("rows 4 to 4 are missing"), "{problem}");
+
+    // Moving the start over the gap, with the right hash, is not enough.
+    conn.execute(
+        "UPDATE audit_head SET first_id = 5, first_prev_hash = \
+         (SELECT prev_hash FROM audit WHERE id = 5)",
+        [],
+    )
+    .unwrap();
+    let (id, problem) = verify_problem(&t.store);
+    assert_eq!(id, Some(5));
+    assert!(problem.contains("without a valid signature"), "{problem}");
+}
+
+/// A log that fails verification is not pruned: the rows that show the tampering
+/// stay.
+#[test]
+fn a_tampered_log_is_not_pruned() {
+    let t = with_rows(10);
+    common::raw(&t.home)
+        .execute("UPDATE audit SET decision = 'allowed' WHERE id = 3", [])
+        .unwrap();
+    let error = t.store.prune_audit(8_500).unwrap_err().to_string();
+    assert!(error.contains("nothing was pruned"), "{error}");
+    let (id, _) = verify_problem(&t.store);
+    assert_eq!(id, Some(3));
+}

@@ -212,6 +212,7 @@ fn help_works_on_every_command() {
         &["audit"],
         &["audit", "list"],
         &["audit", "verify"],
+        &["audit", "prune"],
         &["vault"],
         &["sandbox"],
         &["sanitize"],
@@ -1024,6 +1025,48 @@ fn audit_verify_detects_an_edited_row() {
     let report = output.json();
     assert_eq!(report["ok"], false);
     assert_eq!(report["first_bad_id"], 2);
+}
+
+/// `audit prune --before` removes old rows from the beginning, records itself, and
+/// leaves a chain `audit verify` accepts from its new start; a bad time is refused.
+#[test]
+fn audit_prune_removes_old_rows_and_the_chain_still_verifies() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    palisade.create_agent("helper");
+    let rows = palisade.count(&["audit", "list"]);
+    assert!(rows >= 2);
+    // Nothing is older than an hour.
+    let kept = palisade.run(&["audit", "prune", "--before", "1h"]).ok();
+    assert_eq!(
+        kept.stdout,
+        "no audit rows older than 1h; the log starts at row 1\n"
+    );
+    assert_eq!(palisade.count(&["audit", "list"]), rows);
+
+    let report = palisade.json(&["audit", "prune", "--before", "2999-01-01T00:00:00Z"]);
+    assert_eq!(report["removed"], rows);
+    assert_eq!(report["first_id"], rows + 1);
+    let left = palisade.json(&["audit", "list"]);
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
+    assert_eq!(left[0]["event"], "audit.prune");
+    assert!(left[0]["actor"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("cli:"));
+    let verified = palisade.run(&["audit", "verify"]).ok();
+    assert_eq!(
+        verified.stdout,
+        format!(
+            "audit chain intact: 1 rows from row {} (older rows were pruned)\n",
+            rows + 1
+        )
+    );
+    palisade.create_agent("later");
+    assert_eq!(palisade.json(&["audit", "verify"])["ok"], true);
+    palisade
+        .run(&["audit", "prune", "--before", "soon"])
+        .refused("--before");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use super::Store;
 use crate::audit::{
-    AuditEntry, AuditFilter, AuditRecord, CanonicalRow, VerifyReport, GENESIS_HASH,
+    AuditEntry, AuditFilter, AuditRecord, CanonicalRow, PruneReport, VerifyReport, GENESIS_HASH,
 };
 use crate::crypto::MasterKey;
 use crate::Home;
@@ -149,6 +149,37 @@ fn write_head(tx: &Transaction<'_>, head: &(i64, String)) -> Result<()> {
     Ok(())
 }
 
+/// Where the chain starts: the first row it keeps, the hash of the row before it
+/// (the genesis hash while nothing was pruned) and the signature of that start.
+struct Start {
+    first_id: i64,
+    prev_hash: String,
+    mac: Option<String>,
+}
+
+const START_PURPOSE: &str = "palisade audit start v1";
+
+fn start_mac(key: &MasterKey, first_id: i64, prev_hash: &str) -> String {
+    hex::encode(key.mac(START_PURPOSE, format!("{first_id}:{prev_hash}").as_bytes()))
+}
+
+fn read_start(tx: &Transaction<'_>) -> Result<Option<Start>> {
+    use rusqlite::OptionalExtension;
+    Ok(tx
+        .query_row(
+            "SELECT first_id, first_prev_hash, start_mac FROM audit_head WHERE id = 1",
+            [],
+            |row| {
+                Ok(Start {
+                    first_id: row.get(0)?,
+                    prev_hash: row.get(1)?,
+                    mac: row.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
 /// The statement that inserts one row, with the columns in [`AUDIT_COLUMNS`] order.
 const INSERT_ROW: &str = "INSERT INTO audit (id, at_ms, event, agent, method, host, path, \
      decision, rule, secret, status, latency_ms, actor, approval_id, detail, prev_hash, hash) \
@@ -235,6 +266,7 @@ fn bad_row(rows: u64, id: i64, problem: impl Into<String>) -> VerifyReport {
         ok: false,
         first_bad_id: Some(id),
         problem: Some(problem.into()),
+        starts_at: None,
     }
 }
 
@@ -318,6 +350,7 @@ fn check_anchor(
     home: &Home,
     key: &MasterKey,
     rows: u64,
+    (first_id, first_prev): (i64, &str),
     last_id: i64,
     hash_of: impl Fn(i64) -> Result<Option<String>>,
 ) -> Result<Option<VerifyReport>> {
@@ -354,6 +387,18 @@ fn check_anchor(
                 anchor.last_id
             ),
         )));
+    }
+    if anchor.last_id < first_id {
+        // An anchor that fell behind a pruning: of the rows it could name, only the one
+        // before the start is still known (by its hash).
+        if anchor.last_id == first_id - 1 && anchor.last_hash != first_prev {
+            return Ok(Some(bad_row(
+                rows,
+                first_id,
+                "the hash the log's start records is not the one its anchor records; the log was rewritten",
+            )));
+        }
+        return Ok(None);
     }
     if anchor.last_id > 0 && hash_of(anchor.last_id)?.as_deref() != Some(anchor.last_hash.as_str())
     {
@@ -483,11 +528,28 @@ impl Store {
                     "the audit head record is missing, so truncation cannot be ruled out",
                 ));
             };
+            let Some(start) = read_start(tx)? else {
+                return Ok(bad_row(0, 1, "the audit head record is missing"));
+            };
+            let moved = start.first_id != 1 || start.prev_hash != GENESIS_HASH;
+            if moved
+                && start.mac.as_deref()
+                    != Some(start_mac(self.key(), start.first_id, &start.prev_hash).as_str())
+            {
+                return Ok(bad_row(
+                    0,
+                    start.first_id,
+                    format!(
+                        "the log's start was moved to row {} without a valid signature; rows were deleted from the beginning",
+                        start.first_id
+                    ),
+                ));
+            }
             let mut stmt = tx.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"))?;
             let mut rows = stmt.query([])?;
             let mut count: u64 = 0;
-            let mut expected_id: i64 = 1;
-            let mut expected_prev = GENESIS_HASH.to_string();
+            let mut expected_id: i64 = start.first_id;
+            let mut expected_prev = start.prev_hash.clone();
             while let Some(row) = rows.next()? {
                 count += 1;
                 let id: i64 = row.get(0)?;
@@ -561,7 +623,10 @@ impl Store {
                     .query_row("SELECT hash FROM audit WHERE id = ?1", [id], |row| row.get(0))
                     .optional()?)
             };
-            if let Some(report) = check_anchor(self.home(), self.key(), count, last_id, hash_of)? {
+            let first = (start.first_id, start.prev_hash.as_str());
+            if let Some(report) =
+                check_anchor(self.home(), self.key(), count, first, last_id, hash_of)?
+            {
                 return Ok(report);
             }
             Ok(VerifyReport {
@@ -569,6 +634,82 @@ impl Store {
                 ok: true,
                 first_bad_id: None,
                 problem: None,
+                starts_at: moved.then_some(start.first_id),
+            })
+        })
+    }
+
+    /// Removes the rows older than `before_ms` from the beginning of the log (all of
+    /// them up to the first row at or after that time), moves the chain's signed start
+    /// past them, and records the pruning as an `audit.prune` row. A log that fails
+    /// verification is left as it is: pruning would remove the evidence.
+    pub fn prune_audit(&self, before_ms: i64) -> Result<PruneReport> {
+        let report = self.verify_audit()?;
+        if !report.ok {
+            return Err(StoreError::Invalid(format!(
+                "the audit log fails verification at row {}: {}; nothing was pruned, so the evidence stays",
+                report.first_bad_id.unwrap_or(0),
+                report.problem.unwrap_or_default()
+            )));
+        }
+        self.write(|tx| {
+            use rusqlite::OptionalExtension;
+            let head = require_head(tx)?;
+            let start = read_start(tx)?.ok_or_else(|| {
+                StoreError::Invalid("the audit head record is missing".into())
+            })?;
+            let keep_from = tx
+                .query_row(
+                    "SELECT min(id) FROM audit WHERE at_ms >= ?1",
+                    [before_ms],
+                    |row| row.get::<_, Option<i64>>(0),
+                )?
+                .unwrap_or(head.0 + 1);
+            if keep_from <= start.first_id {
+                return Ok(PruneReport {
+                    removed: 0,
+                    first_id: start.first_id,
+                    recorded_as: None,
+                });
+            }
+            let before_start: String = tx
+                .query_row(
+                    "SELECT hash FROM audit WHERE id = ?1",
+                    [keep_from - 1],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .ok_or_else(|| {
+                    StoreError::Invalid(format!(
+                        "audit row {} is missing; run `palisade audit verify`",
+                        keep_from - 1
+                    ))
+                })?;
+            let removed = tx.execute("DELETE FROM audit WHERE id < ?1", [keep_from])? as u64;
+            tx.execute(
+                "UPDATE audit_head SET first_id = ?1, first_prev_hash = ?2, start_mac = ?3 WHERE id = 1",
+                (
+                    keep_from,
+                    &before_start,
+                    start_mac(self.key(), keep_from, &before_start),
+                ),
+            )?;
+            self.mark_audited();
+            let entry = AuditEntry {
+                event: "audit.prune".into(),
+                actor: Some(self.actor().to_string()),
+                detail: Some(serde_json::json!({
+                    "removed": removed,
+                    "first_kept": keep_from,
+                    "before_ms": before_ms,
+                })),
+                ..AuditEntry::default()
+            };
+            let recorded_as = append_in(tx, crate::now_ms(), &entry)?;
+            Ok(PruneReport {
+                removed,
+                first_id: keep_from,
+                recorded_as: Some(recorded_as),
             })
         })
     }

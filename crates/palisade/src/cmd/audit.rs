@@ -41,6 +41,18 @@ pub enum AuditCommand {
         after_help = "Prints `audit chain intact: N rows` and exits 0, or exits 1 with\n`audit chain broken at row ID: PROBLEM`."
     )]
     Verify,
+    /// Delete the rows older than a time from the beginning of the log (retention). The
+    /// chain keeps verifying from its new start, which is signed with the master key;
+    /// the pruning itself is recorded as an `audit.prune` row. A log that fails
+    /// verification is not pruned.
+    #[command(
+        after_help = "Examples:\n  palisade audit prune --before 90d\n  palisade audit prune --before 2026-06-01T00:00:00Z --json\n\nFreed space in the database is reused by new rows; the file does not shrink."
+    )]
+    Prune {
+        /// Remove rows older than a duration ago (`90d`, `12h`) or an RFC 3339 UTC time.
+        #[arg(long, value_name = "DURATION_OR_TIME")]
+        before: String,
+    },
 }
 
 pub fn run(command: AuditCommand, ctx: &Context) -> anyhow::Result<()> {
@@ -121,6 +133,24 @@ pub fn run(command: AuditCommand, ctx: &Context) -> anyhow::Result<()> {
             }
             output::print(&table.render())
         }
+        AuditCommand::Prune { before } => {
+            let before_ms = input::parse_time(&before, "--before", false, output::now_ms())?;
+            let store = ctx.open_store()?;
+            let report = store.prune_audit(before_ms)?;
+            if ctx.json {
+                return output::print_json(&report);
+            }
+            match report.recorded_as {
+                Some(row) => output::print(&format!(
+                    "pruned {} audit rows older than {before}; the log starts at row {} (the pruning is row {row})\n",
+                    report.removed, report.first_id
+                )),
+                None => output::print(&format!(
+                    "no audit rows older than {before}; the log starts at row {}\n",
+                    report.first_id
+                )),
+            }
+        }
         AuditCommand::Verify => {
             let store = ctx.open_store()?;
             let report = store.verify_audit()?;
@@ -129,7 +159,14 @@ pub fn run(command: AuditCommand, ctx: &Context) -> anyhow::Result<()> {
             }
             if report.ok {
                 if !ctx.json {
-                    output::print(&format!("audit chain intact: {} rows\n", report.rows))?;
+                    let start = match report.starts_at {
+                        Some(id) => format!(" from row {id} (older rows were pruned)"),
+                        None => String::new(),
+                    };
+                    output::print(&format!(
+                        "audit chain intact: {} rows{start}\n",
+                        report.rows
+                    ))?;
                 }
                 return Ok(());
             }
