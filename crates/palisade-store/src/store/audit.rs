@@ -180,6 +180,41 @@ fn read_start(tx: &Transaction<'_>) -> Result<Option<Start>> {
         .optional()?)
 }
 
+fn require_start(tx: &Transaction<'_>) -> Result<Start> {
+    read_start(tx)?.ok_or_else(|| StoreError::Invalid("the audit head record is missing".into()))
+}
+
+/// Most rows one pruning transaction deletes.
+const PRUNE_CHUNK: i64 = 20_000;
+
+/// Deletes up to [`PRUNE_CHUNK`] rows from the start of the log, stopping before
+/// `keep_from`, and moves the signed start after them; `None` once the start is there.
+fn prune_chunk(tx: &Transaction<'_>, key: &MasterKey, keep_from: i64) -> Result<Option<u64>> {
+    use rusqlite::OptionalExtension;
+    let start = require_start(tx)?;
+    if start.first_id >= keep_from {
+        return Ok(None);
+    }
+    let upto = keep_from.min(start.first_id.saturating_add(PRUNE_CHUNK));
+    let before_start: String = tx
+        .query_row("SELECT hash FROM audit WHERE id = ?1", [upto - 1], |row| {
+            row.get(0)
+        })
+        .optional()?
+        .ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "audit row {} is missing; run `palisade audit verify`",
+                upto - 1
+            ))
+        })?;
+    let removed = tx.execute("DELETE FROM audit WHERE id < ?1", [upto])? as u64;
+    tx.execute(
+        "UPDATE audit_head SET first_id = ?1, first_prev_hash = ?2, start_mac = ?3 WHERE id = 1",
+        (upto, &before_start, start_mac(key, upto, &before_start)),
+    )?;
+    Ok(Some(removed))
+}
+
 /// The statement that inserts one row, with the columns in [`AUDIT_COLUMNS`] order.
 const INSERT_ROW: &str = "INSERT INTO audit (id, at_ms, event, agent, method, host, path, \
      decision, rule, secret, status, latency_ms, actor, approval_id, detail, prev_hash, hash) \
@@ -643,6 +678,11 @@ impl Store {
     /// them up to the first row at or after that time), moves the chain's signed start
     /// past them, and records the pruning as an `audit.prune` row. A log that fails
     /// verification is left as it is: pruning would remove the evidence.
+    ///
+    /// The `audit.prune` row is written first; the rows then go [`PRUNE_CHUNK`] at a
+    /// time, one transaction each with the start moved, so other writers (a gateway's
+    /// audit writer) never wait long for the lock, and a pruning cut short leaves a
+    /// chain that verifies from wherever it stopped.
     pub fn prune_audit(&self, before_ms: i64) -> Result<PruneReport> {
         let report = self.verify_audit()?;
         if !report.ok {
@@ -652,12 +692,9 @@ impl Store {
                 report.problem.unwrap_or_default()
             )));
         }
-        self.write(|tx| {
-            use rusqlite::OptionalExtension;
+        let planned = self.write(|tx| {
             let head = require_head(tx)?;
-            let start = read_start(tx)?.ok_or_else(|| {
-                StoreError::Invalid("the audit head record is missing".into())
-            })?;
+            let start = require_start(tx)?;
             let keep_from = tx
                 .query_row(
                     "SELECT min(id) FROM audit WHERE at_ms >= ?1",
@@ -666,51 +703,39 @@ impl Store {
                 )?
                 .unwrap_or(head.0 + 1);
             if keep_from <= start.first_id {
-                return Ok(PruneReport {
-                    removed: 0,
-                    first_id: start.first_id,
-                    recorded_as: None,
-                });
+                return Ok(Err(start.first_id));
             }
-            let before_start: String = tx
-                .query_row(
-                    "SELECT hash FROM audit WHERE id = ?1",
-                    [keep_from - 1],
-                    |row| row.get(0),
-                )
-                .optional()?
-                .ok_or_else(|| {
-                    StoreError::Invalid(format!(
-                        "audit row {} is missing; run `palisade audit verify`",
-                        keep_from - 1
-                    ))
-                })?;
-            let removed = tx.execute("DELETE FROM audit WHERE id < ?1", [keep_from])? as u64;
-            tx.execute(
-                "UPDATE audit_head SET first_id = ?1, first_prev_hash = ?2, start_mac = ?3 WHERE id = 1",
-                (
-                    keep_from,
-                    &before_start,
-                    start_mac(self.key(), keep_from, &before_start),
-                ),
-            )?;
             self.mark_audited();
             let entry = AuditEntry {
                 event: "audit.prune".into(),
                 actor: Some(self.actor().to_string()),
                 detail: Some(serde_json::json!({
-                    "removed": removed,
+                    "removes": keep_from - start.first_id,
                     "first_kept": keep_from,
                     "before_ms": before_ms,
                 })),
                 ..AuditEntry::default()
             };
-            let recorded_as = append_in(tx, crate::now_ms(), &entry)?;
-            Ok(PruneReport {
-                removed,
-                first_id: keep_from,
-                recorded_as: Some(recorded_as),
-            })
+            Ok(Ok((keep_from, append_in(tx, crate::now_ms(), &entry)?)))
+        })?;
+        let (keep_from, recorded_as) = match planned {
+            Ok(planned) => planned,
+            Err(first_id) => {
+                return Ok(PruneReport {
+                    removed: 0,
+                    first_id,
+                    recorded_as: None,
+                })
+            }
+        };
+        let mut removed = 0;
+        while let Some(chunk) = self.write(|tx| prune_chunk(tx, self.key(), keep_from))? {
+            removed += chunk;
+        }
+        Ok(PruneReport {
+            removed,
+            first_id: keep_from,
+            recorded_as: Some(recorded_as),
         })
     }
 }
