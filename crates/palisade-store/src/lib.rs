@@ -70,6 +70,22 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
 }
 
+impl StoreError {
+    /// Whether this is SQLite's "database is busy" or "locked" (another connection held
+    /// the lock past the busy timeout): a failure that passes, unlike a full disk or a
+    /// damaged file.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sql(rusqlite::Error::SqliteFailure(failure, _))
+                if matches!(
+                    failure.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                )
+        )
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Unix time in milliseconds.

@@ -141,9 +141,7 @@ pub fn start(home: &Home) -> Result<(AuditSender, std::thread::JoinHandle<()>), 
                     }
                 }
                 if !batch.is_empty() {
-                    if let Err(e) = store.append_audit_batch(&batch) {
-                        tracing::error!(error = %e, rows = batch.len(), "could not append audit rows");
-                    }
+                    append(&store, &batch);
                     batch.clear();
                     last_commit = Some(std::time::Instant::now());
                 }
@@ -155,6 +153,42 @@ pub fn start(home: &Home) -> Result<(AuditSender, std::thread::JoinHandle<()>), 
         })
         .map_err(|e| crate::VaultError::Io(format!("cannot start the audit writer: {e}")))?;
     Ok((AuditSender { queue: tx, counts }, handle))
+}
+
+/// How often a batch is tried again while another process holds the database's write
+/// lock past the busy timeout (a long `audit prune`, a backup), and the longest pause
+/// between tries: about two minutes in all, while the queue fills and requests wait.
+const BUSY_RETRIES: u32 = 16;
+const BUSY_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Appends `batch`, trying again while the database is busy; any other failure (or a
+/// lock held past every retry) is logged and the batch lost.
+fn append(store: &Store, batch: &[(i64, AuditEntry)]) {
+    let mut pause = std::time::Duration::from_millis(100);
+    let mut retries = 0;
+    loop {
+        match store.append_audit_batch(batch) {
+            Ok(()) => return,
+            Err(e) if e.is_busy() && retries < BUSY_RETRIES => {
+                static LOG: palisade_policy::log_budget::LogBudget =
+                    palisade_policy::log_budget::LogBudget::new();
+                if let Some(similar_lines_suppressed) = LOG.take() {
+                    tracing::warn!(
+                        rows = batch.len(),
+                        similar_lines_suppressed,
+                        "the database is busy; audit rows wait and are tried again"
+                    );
+                }
+                retries += 1;
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(BUSY_PAUSE_MAX);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = batch.len(), "could not append audit rows");
+                return;
+            }
+        }
+    }
 }
 
 /// Moves the gathered counts into the store (best effort: a failure is logged and the

@@ -15,7 +15,7 @@
 //! - one agent's unfinished bodies that a rule must read whole, and over HTTP/2 its
 //!   unread answers and bodies no upstream takes, which flow control lets in;
 //! - one agent's loop of refusals flooding the audit log, and of credentialed
-//!   requests filling the home's disk;
+//!   requests filling the home's disk; audit rows written while the database is locked;
 //! - the gateway's own listener spelled as IPv4-mapped IPv6;
 //! - the audit log's tail deleted;
 //! - a change used on the very next request;
@@ -1833,6 +1833,28 @@ fn a_tunnels_request_head_is_bounded() {
     assert_eq!(attack.setup.upstream.count(), 0);
     let reply = attack.curl(&token, &["--http1.1", &attack.url("/echo")]);
     assert_eq!(reply.status, 200, "{}", reply.raw);
+}
+
+/// The audit writer loses no row while another process holds the database's write lock
+/// past SQLite's busy timeout (5 s; a long `audit prune`, a backup): it waits and tries
+/// again. (Before, the batch was logged as an error and dropped, so a credential went
+/// out with no row to show it.)
+#[test]
+fn audit_rows_wait_out_a_locked_database() {
+    let attack = Attack::start(&[]);
+    let token = attack.probe_with_v1_key("locked-out-value-1234");
+    let database = attack.setup.palisade.home().join("palisade.db");
+    let lock = rusqlite::Connection::open(&database).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let reply = attack.curl(&token, &[&attack.url("/v1/while-locked")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    std::thread::sleep(Duration::from_secs(7));
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    let rows = attack.rows("injected", 1);
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["path"], "/v1/while-locked");
+    ok_verify(&attack);
 }
 
 /// Upstream connections take places under the gateway's connection cap like client
