@@ -147,7 +147,13 @@ pub fn offline(home: &Home, host: HostState) -> Report {
             Ok(report) if report.ok => finding(
                 "store",
                 Status::Ok,
-                format!("audit chain intact ({} rows)", report.rows),
+                match report.starts_at {
+                    Some(first) => format!(
+                        "audit chain intact ({} rows from row {first}; older rows were pruned)",
+                        report.rows
+                    ),
+                    None => format!("audit chain intact ({} rows)", report.rows),
+                },
                 None,
             ),
             Ok(report) => finding(
@@ -462,7 +468,7 @@ fn disk_finding(root: &Path) -> Finding {
             let free = stat.blocks_available().saturating_mul(stat.fragment_size());
             let text = format!("{:.1} GiB", free as f64 / (1u64 << 30) as f64);
             let (status, fix) = if free < DISK_FAIL_BYTES {
-                (Status::Fail, Some(format!("free space on the file system of {}: agents' workspaces and the database need room", probe.display())))
+                (Status::Fail, Some(format!("free space on the file system of {}: agents' workspaces and the database need room (`palisade audit prune --before 90d` removes old audit rows)", probe.display())))
             } else if free < DISK_WARN_BYTES {
                 (
                     Status::Warn,

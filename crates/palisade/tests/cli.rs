@@ -1064,6 +1064,11 @@ fn audit_prune_removes_old_rows_and_the_chain_still_verifies() {
     );
     palisade.create_agent("later");
     assert_eq!(palisade.json(&["audit", "verify"])["ok"], true);
+    let doctor = palisade.run(&["doctor"]).stdout;
+    assert!(
+        doctor.contains(&format!("from row {}; older rows were pruned", rows + 1)),
+        "{doctor}"
+    );
     palisade
         .run(&["audit", "prune", "--before", "soon"])
         .refused("--before");
