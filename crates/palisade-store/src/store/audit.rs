@@ -380,17 +380,20 @@ fn read_anchor(path: &std::path::Path) -> Option<Anchor> {
     serde_json::from_str(&text).ok()
 }
 
-/// Compares a verified chain (its rows by id → hash, through `hash_of`) with the anchor.
+/// Compares a verified chain (its rows by id → hash, through `hash_of`) with the anchor
+/// as it was read before the chain's snapshot was taken (`anchor`): the anchor moves
+/// only after a commit, so one read first never names a row the snapshot cannot see,
+/// however many rows other processes append meanwhile.
 fn check_anchor(
-    home: &Home,
+    path: &std::path::Path,
+    anchor: Option<Anchor>,
     key: &MasterKey,
     rows: u64,
     (first_id, first_prev): (i64, &str),
     last_id: i64,
     hash_of: impl Fn(i64) -> Result<Option<String>>,
 ) -> Result<Option<VerifyReport>> {
-    let path = home.audit_anchor();
-    let Some(anchor) = read_anchor(&path) else {
+    let Some(anchor) = anchor else {
         if rows == 0 {
             return Ok(None);
         }
@@ -555,6 +558,9 @@ impl Store {
     /// Recomputes the chain from the first row and compares the end with the head record.
     /// Reads one snapshot, so appends running meanwhile neither break nor extend it.
     pub fn verify_audit(&self) -> Result<VerifyReport> {
+        // Before the read transaction's first statement, which takes its snapshot.
+        let anchor_path = self.home().audit_anchor();
+        let anchor = read_anchor(&anchor_path);
         self.read(|tx| {
             let Some((head_id, head_hash)) = read_head(tx)? else {
                 return Ok(bad_row(
@@ -660,7 +666,7 @@ impl Store {
             };
             let first = (start.first_id, start.prev_hash.as_str());
             if let Some(report) =
-                check_anchor(self.home(), self.key(), count, first, last_id, hash_of)?
+                check_anchor(&anchor_path, anchor, self.key(), count, first, last_id, hash_of)?
             {
                 return Ok(report);
             }
