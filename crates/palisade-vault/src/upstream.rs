@@ -71,6 +71,12 @@ const UPSTREAM_H2_WINDOW: u32 = 1024 * 1024;
 /// reads nothing of). The window, not this queue, is what sets a stream's speed.
 pub(crate) const H2_SEND_BUFFER: usize = 64 * 1024;
 
+/// Largest response head an HTTP/1.1 upstream may send (hyper reads up to about 400 KB
+/// by default, and an upstream may drip it for as long as the response timeout, so one
+/// agent's share of upstream connections could hold 100 MB of heads). nginx as a proxy
+/// takes 4-8 KiB; an HTTP/2 upstream's header list is held to 16 KiB.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
 /// An error on the way upstream; its source chain names the cause (a refused local
 /// address among them, see [`crate::net_guard::find_local_refused`]).
 pub type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
@@ -271,6 +277,7 @@ impl UpstreamClient {
                 .pool_timer(TokioTimer::new())
                 .pool_idle_timeout(IDLE_UPSTREAM_TIMEOUT)
                 .pool_max_idle_per_host(IDLE_UPSTREAMS_PER_AGENT)
+                .http1_max_buf_size(MAX_RESPONSE_HEAD)
                 .http2_initial_stream_window_size(UPSTREAM_H2_WINDOW)
                 .http2_initial_connection_window_size(UPSTREAM_H2_WINDOW)
                 .http2_max_send_buf_size(H2_SEND_BUFFER);
@@ -288,6 +295,7 @@ impl UpstreamClient {
             http1: pool().build(with_share(&self.http1_connector)),
             upgrades: Client::builder(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .http1_max_buf_size(MAX_RESPONSE_HEAD)
                 .pool_max_idle_per_host(0)
                 .build(with_share(&self.http1_connector)),
             share: Arc::clone(&share),
@@ -381,7 +389,10 @@ impl UpstreamClient {
             ..self.http1_connector.clone()
         };
         let io = tower_service::Service::call(&mut connector, uri.clone()).await?;
-        let (sender, connection) = http1::Builder::new().handshake(io).await?;
+        let (sender, connection) = http1::Builder::new()
+            .max_buf_size(MAX_RESPONSE_HEAD)
+            .handshake(io)
+            .await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");

@@ -13,7 +13,8 @@
 //! - upstream connections kept after the tunnel that used them has gone, shared with
 //!   another agent whose streams fill them, or opened past the gateway's connection cap;
 //! - one agent's unfinished bodies that a rule must read whole, and over HTTP/2 its
-//!   unread answers and bodies no upstream takes, which flow control lets in;
+//!   unread answers and bodies no upstream takes, which flow control lets in; request
+//!   and response heads of hundreds of kilobytes;
 //! - one agent's loop of refusals flooding the audit log, and of credentialed
 //!   requests filling the home's disk; audit rows written while the database is locked;
 //! - the gateway's own listener spelled as IPv4-mapped IPv6;
@@ -1855,6 +1856,38 @@ fn audit_rows_wait_out_a_locked_database() {
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
     assert_eq!(rows[0]["path"], "/v1/while-locked");
     ok_verify(&attack);
+}
+
+/// An HTTP/1.1 upstream's response head is held to 64 KiB (hyper read up to ~400 KB,
+/// for as long as the response timeout, so one agent's share of upstream connections
+/// could hold 100 MB of heads): a larger one is refused as `502 unreadable_response`
+/// with its audit row, a head of 30 KB passes whole. (Before, 100 KB passed.)
+#[test]
+fn an_upstreams_response_head_is_bounded() {
+    let setup = Setup::with_upstream(palisade_testkit::Upstream::builder().http1_only());
+    let mut attack = Attack { setup };
+    attack.setup.start_vault(&[]);
+    let token = attack.setup.agent("probe");
+    let reply = attack.curl(&token, &["--http1.1", &attack.url("/big-head?n=30000")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    assert!(reply.raw.contains(&"a".repeat(30000)));
+    let reply = attack.curl(&token, &["--http1.1", &attack.url("/big-head?n=100000")]);
+    assert_eq!(
+        reply.status,
+        502,
+        "{}",
+        &reply.raw[..reply.raw.len().min(300)]
+    );
+    assert_eq!(
+        reply.json()["error"],
+        "unreadable_response",
+        "{}",
+        reply.raw
+    );
+    let rows = attack.rows("unreadable_response", 1);
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    let reply = attack.curl(&token, &["--http1.1", &attack.url("/echo")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
 }
 
 /// Upstream connections take places under the gateway's connection cap like client

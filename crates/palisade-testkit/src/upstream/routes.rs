@@ -117,6 +117,15 @@ pub(crate) async fn handle(
             tokio::time::sleep(Duration::from_millis(ms)).await;
             echo(&head, &body)
         }
+        // A response whose head carries `?n=` bytes of one header (`X-Big`), at most 1 MiB.
+        "/big-head" => {
+            let n = params.number("n").unwrap_or(1024).min(1 << 20) as usize;
+            Response::builder()
+                .header("x-big", "a".repeat(n))
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(full("big head"))
+                .unwrap_or_else(|_| internal_error())
+        }
         "/v1/messages" => llm::anthropic(&shared, &head, &body),
         "/v1/chat/completions" => llm::openai(&shared, &head, &body),
         "/v1/models" => llm::models(&shared, &head, &params),

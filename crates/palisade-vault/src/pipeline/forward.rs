@@ -115,6 +115,17 @@ pub(super) async fn forward(
                     host,
                 ));
             }
+            if crate::find_cause::<hyper::Error>(&*e).is_some_and(hyper::Error::is_parse_too_large)
+            {
+                return Err(Refusal::new(
+                    Decision::UnreadableResponse,
+                    ErrorBody::new(GatewayErrorKind::UnreadableResponse, host).with_message(
+                        format!(
+                            "{host} answered with a response head larger than the gateway reads (64 KiB); the answer was not passed on."
+                        ),
+                    ),
+                ));
+            }
             let cause = error_chain(&*e);
             tracing::debug!(host, error = %cause, "upstream request failed");
             return Err(Refusal::new(
