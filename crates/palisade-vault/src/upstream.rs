@@ -75,7 +75,7 @@ pub(crate) const H2_SEND_BUFFER: usize = 64 * 1024;
 /// by default, and an upstream may drip it for as long as the response timeout, so one
 /// agent's share of upstream connections could hold 100 MB of heads). nginx as a proxy
 /// takes 4-8 KiB; an HTTP/2 upstream's header list is held to 16 KiB.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// An error on the way upstream; its source chain names the cause (a refused local
 /// address among them, see [`crate::net_guard::find_local_refused`]).

@@ -121,7 +121,8 @@ pub(super) async fn forward(
                     Decision::UnreadableResponse,
                     ErrorBody::new(GatewayErrorKind::UnreadableResponse, host).with_message(
                         format!(
-                            "{host} answered with a response head larger than the gateway reads (64 KiB); the answer was not passed on."
+                            "{host} answered with a response head larger than the gateway reads ({} KiB); the answer was not passed on.",
+                            crate::upstream::MAX_RESPONSE_HEAD / 1024
                         ),
                     ),
                 ));
