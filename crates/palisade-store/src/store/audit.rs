@@ -157,6 +157,19 @@ struct Start {
     mac: Option<String>,
 }
 
+impl Start {
+    /// Whether the log starts after row 1 (older rows were pruned).
+    fn moved(&self) -> bool {
+        self.first_id != 1 || self.prev_hash != GENESIS_HASH
+    }
+
+    /// Row 1 with the genesis hash, or a start signed under `key`.
+    fn is_genuine(&self, key: &MasterKey) -> bool {
+        !self.moved()
+            || self.mac.as_deref() == Some(start_mac(key, self.first_id, &self.prev_hash).as_str())
+    }
+}
+
 const START_PURPOSE: &str = "palisade audit start v1";
 
 fn start_mac(key: &MasterKey, first_id: i64, prev_hash: &str) -> String {
@@ -189,24 +202,44 @@ const PRUNE_CHUNK: i64 = 20_000;
 
 /// Deletes up to [`PRUNE_CHUNK`] rows from the start of the log, stopping before
 /// `keep_from`, and moves the signed start after them; `None` once the start is there.
+/// The rows it deletes are checked again inside its own transaction (their ids, links
+/// and hashes from the signed start), so a row edited after the pruning's verification
+/// and before its deletion stops the pruning instead of going unnoticed.
 fn prune_chunk(tx: &Transaction<'_>, key: &MasterKey, keep_from: i64) -> Result<Option<u64>> {
-    use rusqlite::OptionalExtension;
     let start = require_start(tx)?;
     if start.first_id >= keep_from {
         return Ok(None);
     }
+    let changed = |id: i64| {
+        StoreError::Invalid(format!(
+            "audit row {id} changed while it was being pruned; pruning stopped there — run `palisade audit verify`"
+        ))
+    };
+    if !start.is_genuine(key) {
+        return Err(changed(start.first_id));
+    }
     let upto = keep_from.min(start.first_id.saturating_add(PRUNE_CHUNK));
-    let before_start: String = tx
-        .query_row("SELECT hash FROM audit WHERE id = ?1", [upto - 1], |row| {
-            row.get(0)
-        })
-        .optional()?
-        .ok_or_else(|| {
-            StoreError::Invalid(format!(
-                "audit row {} is missing; run `palisade audit verify`",
-                upto - 1
-            ))
-        })?;
+    let mut select = tx.prepare(&format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE id >= ?1 AND id < ?2 ORDER BY id"
+    ))?;
+    let mut rows = select.query([start.first_id, upto])?;
+    let (mut expected_id, mut before_start) = (start.first_id, start.prev_hash);
+    while let Some(row) = rows.next()? {
+        let raw = raw_from_row(row).map_err(|_| changed(expected_id))?;
+        if raw.id != expected_id
+            || raw.prev_hash != before_start
+            || raw.canonical().chain_hash(&before_start)? != raw.hash
+        {
+            return Err(changed(expected_id));
+        }
+        before_start = raw.hash;
+        expected_id += 1;
+    }
+    if expected_id != upto {
+        return Err(changed(expected_id));
+    }
+    drop(rows);
+    drop(select);
     let removed = tx.execute("DELETE FROM audit WHERE id < ?1", [upto])? as u64;
     tx.execute(
         "UPDATE audit_head SET first_id = ?1, first_prev_hash = ?2, start_mac = ?3 WHERE id = 1",
@@ -572,11 +605,7 @@ impl Store {
             let Some(start) = read_start(tx)? else {
                 return Ok(bad_row(0, 1, "the audit head record is missing"));
             };
-            let moved = start.first_id != 1 || start.prev_hash != GENESIS_HASH;
-            if moved
-                && start.mac.as_deref()
-                    != Some(start_mac(self.key(), start.first_id, &start.prev_hash).as_str())
-            {
+            if !start.is_genuine(self.key()) {
                 return Ok(bad_row(
                     0,
                     start.first_id,
@@ -675,7 +704,7 @@ impl Store {
                 ok: true,
                 first_bad_id: None,
                 problem: None,
-                starts_at: moved.then_some(start.first_id),
+                starts_at: start.moved().then_some(start.first_id),
             })
         })
     }
@@ -743,5 +772,50 @@ impl Store {
             first_id: keep_from,
             recorded_as: Some(recorded_as),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row edited after the pruning's verification and before its chunk is deleted
+    /// stops the pruning there, and the row stays.
+    #[test]
+    fn a_row_changed_before_its_chunk_is_deleted_stops_the_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("home"));
+        let store = Store::open(&home).unwrap();
+        let rows: Vec<(i64, AuditEntry)> = (1..=10)
+            .map(|i| {
+                let entry = AuditEntry {
+                    event: "request".into(),
+                    decision: Some("allowed".into()),
+                    ..AuditEntry::default()
+                };
+                (i * 1000, entry)
+            })
+            .collect();
+        store.append_audit_batch(&rows).unwrap();
+        let edited = store.write(|tx| {
+            tx.execute("UPDATE audit SET decision = 'blocked' WHERE id = 3", [])?;
+            prune_chunk(tx, store.key(), 6)
+        });
+        let error = edited.unwrap_err().to_string();
+        assert!(error.contains("audit row 3 changed"), "{error}");
+        // Nothing of that transaction stayed (the edit was rolled back with it): all
+        // ten rows are there.
+        let report = store.verify_audit().unwrap();
+        assert_eq!(report.first_bad_id, None, "{:?}", report.problem);
+        assert_eq!(report.rows, 10);
+
+        // Unchanged, the same chunk goes and the chain verifies from its new start.
+        assert_eq!(
+            store.write(|tx| prune_chunk(tx, store.key(), 6)).unwrap(),
+            Some(5)
+        );
+        let report = store.verify_audit().unwrap();
+        assert!(report.ok, "{:?}", report.problem);
+        assert_eq!(report.starts_at, Some(6));
     }
 }
