@@ -1864,9 +1864,9 @@ fn audit_rows_wait_out_a_locked_database() {
 /// with its audit row, a head of 30 KB passes whole. (Before, 100 KB passed.)
 #[test]
 fn an_upstreams_response_head_is_bounded() {
-    let setup = Setup::with_upstream(palisade_testkit::Upstream::builder().http1_only());
-    let mut attack = Attack { setup };
-    attack.setup.start_vault(&[]);
+    let mut setup = Setup::with_upstream(palisade_testkit::Upstream::builder().http1_only());
+    setup.start_vault(&[]);
+    let attack = Attack { setup };
     let token = attack.setup.agent("probe");
     let reply = attack.curl(&token, &["--http1.1", &attack.url("/big-head?n=30000")]);
     assert_eq!(reply.status, 200, "{}", reply.raw);
