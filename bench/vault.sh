@@ -446,6 +446,11 @@ done
 
 rss_after_load="$(rss_kib "$vault_pid")"
 say "vault RSS after load: $rss_after_load KiB"
+rss_b_after_load=0
+if [ -n "$vault_b_port" ]; then
+  rss_b_after_load="$(rss_kib "$vault_b_pid")"
+  say "vault-b RSS after load: $rss_b_after_load KiB"
+fi
 say "vault: $IDLE_TUNNELS idle tunnels"
 VAULT_LOAD_PROXY_TOKEN="$token" timeout 300 "$load" --url "$upstream" --mode idle \
   --connections "$IDLE_TUNNELS" --open-concurrency 64 --open-within 180s \
@@ -455,9 +460,9 @@ VAULT_LOAD_PROXY_TOKEN="$token" timeout 300 "$load" --url "$upstream" --mode idl
 sleep 7
 rss_after_idle_closed="$(rss_kib "$vault_pid")"
 
-python3 - "$results" "$rss_after_load" "$rss_after_idle_closed" <<'EOF'
+python3 - "$results" "$rss_after_load" "$rss_after_idle_closed" "$rss_b_after_load" <<'EOF'
 import json, statistics, sys
-path, rss_load, rss_closed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, rss_load, rss_closed, rss_b_load = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rows = [json.loads(line) for line in open(path) if line.strip()]
 idle = [r for r in rows if r["mode"] == "idle"]
 runs = {}
@@ -501,6 +506,8 @@ print()
 print(f"medians of {max(r['rounds'] for r in timed.values())} rounds")
 print()
 print(f"vault RSS after load: {rss_load / 1024:.1f} MiB")
+if rss_b_load:
+    print(f"vault-b RSS after load: {rss_b_load / 1024:.1f} MiB")
 for r in idle:
     before, after = r["rss_before_kib"] or 0, r["rss_after_kib"] or 0
     print(f"vault idle tunnels: {r['opened']}/{r['requested']} open in {r['open_seconds']:.1f} s, "
