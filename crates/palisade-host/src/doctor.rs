@@ -174,6 +174,31 @@ pub fn offline(home: &Home, host: HostState) -> Report {
             ),
         });
     }
+    if let Some(store) = &store {
+        findings.push(match store.audit_retention() {
+            Ok(Some(keep)) => finding(
+                "store",
+                Status::Ok,
+                format!(
+                    "audit rows are kept for {}; the gateway prunes older ones hourly",
+                    palisade_store::input::duration_text(keep)
+                ),
+                None,
+            ),
+            Ok(None) => finding(
+                "store",
+                Status::Ok,
+                "audit rows are kept for ever (no retention set)",
+                None,
+            ),
+            Err(error) => finding(
+                "store",
+                Status::Fail,
+                error.to_string(),
+                Some("set it again with `palisade audit retention DURATION` (or `--off`)".into()),
+            ),
+        });
+    }
     findings.push(ca_finding(home));
     if let Some(store) = &store {
         findings.extend(model_findings(store));
@@ -468,7 +493,7 @@ fn disk_finding(root: &Path) -> Finding {
             let free = stat.blocks_available().saturating_mul(stat.fragment_size());
             let text = format!("{:.1} GiB", free as f64 / (1u64 << 30) as f64);
             let (status, fix) = if free < DISK_FAIL_BYTES {
-                (Status::Fail, Some(format!("free space on the file system of {}: agents' workspaces and the database need room (`palisade audit prune --before 90d` removes old audit rows)", probe.display())))
+                (Status::Fail, Some(format!("free space on the file system of {}: agents' workspaces and the database need room (`palisade audit retention 90d` prunes old audit rows now and hourly from then on)", probe.display())))
             } else if free < DISK_WARN_BYTES {
                 (
                     Status::Warn,

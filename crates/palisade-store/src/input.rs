@@ -141,6 +141,21 @@ pub fn parse_duration(text: &str, what: &str) -> Result<Duration> {
     })
 }
 
+/// A duration the way a person types it back: whole days as `90d`, whole hours as
+/// `36h`, anything else as humantime writes it (whose months make 90 days read
+/// `2months 29days 2h 52m 48s`).
+pub fn duration_text(span: Duration) -> String {
+    let secs = span.as_secs();
+    let whole = span.subsec_nanos() == 0 && secs > 0;
+    if whole && secs.is_multiple_of(86_400) {
+        format!("{}d", secs / 86_400)
+    } else if whole && secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else {
+        humantime::format_duration(span).to_string()
+    }
+}
+
 /// Agent names as typed, each checked.
 fn agent_names(names: &[String]) -> Result<Vec<AgentName>> {
     let mut agents = Vec::with_capacity(names.len());
@@ -446,6 +461,16 @@ mod tests {
             scope: "user".into(),
             ..RuleDraft::default()
         }
+    }
+
+    #[test]
+    fn durations_read_back_as_typed() {
+        let parsed = |text: &str| duration_text(humantime::parse_duration(text).unwrap());
+        assert_eq!(parsed("90d"), "90d");
+        assert_eq!(parsed("52weeks"), "364d");
+        assert_eq!(parsed("36h"), "36h");
+        assert_eq!(parsed("90m"), "1h 30m");
+        assert_eq!(parsed("1day 30m"), "1day 30m");
     }
 
     #[test]

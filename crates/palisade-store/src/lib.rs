@@ -39,7 +39,7 @@ pub use records::{
 pub use store::traffic;
 pub use store::traffic::{Outcome, RequestCount};
 pub use store::validate_folder_name;
-pub use store::{RateOutcome, Store};
+pub use store::{RateOutcome, Store, MIN_AUDIT_RETENTION};
 
 /// Errors from the store. Messages say what happened and what to do next; none contains a secret value.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@
 mod agents;
 mod approvals;
 mod audit;
+pub use audit::MIN_AUDIT_RETENTION;
 mod channels;
 mod folders;
 mod links;

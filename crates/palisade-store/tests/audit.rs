@@ -531,6 +531,116 @@ fn a_tampered_log_is_not_pruned() {
     assert_eq!(id, Some(3));
 }
 
+/// A retention prunes what is older than it, recorded as set (`audit.retention`) and
+/// as applied (`audit.prune` with the retention); shorter than a day is refused, and
+/// turning it off stops the pruning.
+#[test]
+fn a_retention_prunes_what_is_older_than_it() {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    let t = common::store();
+    let store = t.store.with_actor("cli:tester");
+    assert_eq!(store.audit_retention().unwrap(), None);
+    let now = palisade_store::now_ms();
+    // Six rows 40 to 35 days old, then four 10 to 7 days old.
+    let entries: Vec<(i64, AuditEntry)> = (0..10)
+        .map(|i| {
+            let age_days = if i < 6 { 40 - i } else { 10 - (i - 6) };
+            (now - age_days * DAY_MS, request("odd", "h", "allowed"))
+        })
+        .collect();
+    store.append_audit_batch(&entries).unwrap();
+    // Nothing is set: nothing goes.
+    assert!(store.prune_expired_audit(now).unwrap().is_none());
+
+    let error = store
+        .set_audit_retention(Some(std::time::Duration::from_secs(3600)))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("at least 24 hours"), "{error}");
+    let thirty_days = std::time::Duration::from_secs(30 * 24 * 3600);
+    let set_as = store.set_audit_retention(Some(thirty_days)).unwrap();
+    assert_eq!(set_as, 11);
+    assert_eq!(store.audit_retention().unwrap(), Some(thirty_days));
+
+    let report = store.prune_expired_audit(now).unwrap().unwrap();
+    assert_eq!((report.removed, report.first_id), (6, 7));
+    let verified = store.verify_audit().unwrap();
+    assert!(verified.ok, "{:?}", verified.problem);
+    assert_eq!(verified.starts_at, Some(7));
+    let newest = &store.list_audit(&AuditFilter::default()).unwrap()[0];
+    assert_eq!(newest.entry.event, "audit.prune");
+    let detail = newest.entry.detail.as_ref().unwrap();
+    assert_eq!(detail["keep_ms"], 30 * DAY_MS);
+    assert_eq!(detail["removes"], 6);
+    // Applied again at once: nothing more is old enough.
+    assert_eq!(store.prune_expired_audit(now).unwrap().unwrap().removed, 0);
+
+    store.set_audit_retention(None).unwrap();
+    assert_eq!(store.audit_retention().unwrap(), None);
+    // A year on, every row is past 30 days; with no retention they stay.
+    assert!(store
+        .prune_expired_audit(now + 365 * DAY_MS)
+        .unwrap()
+        .is_none());
+    assert_eq!(store.verify_audit().unwrap().starts_at, Some(7));
+}
+
+/// The retention decides what is deleted, so it is used only as palisade wrote it:
+/// a value edited in the database, or an earlier setting written back after a later
+/// change (its signature was valid once), prunes nothing and says why.
+#[test]
+fn a_retention_not_written_by_palisade_prunes_nothing() {
+    let t = with_rows(10);
+    let store = &t.store;
+    let day = std::time::Duration::from_secs(24 * 3600);
+    store.set_audit_retention(Some(day)).unwrap();
+    let conn = common::raw(&t.home);
+    let genuine: String = conn
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'audit_retention'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let refused = |store: &Store| {
+        let rows = store.verify_audit().unwrap().rows;
+        let error = store
+            .prune_expired_audit(palisade_store::now_ms())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not written by palisade"), "{error}");
+        assert!(store.audit_retention().is_err());
+        let after = store.verify_audit().unwrap();
+        assert_eq!((after.rows, after.starts_at), (rows, None));
+    };
+    // The same signature over a shorter time.
+    let edited = genuine.replacen(&format!("{}:", day.as_millis()), "1:", 1);
+    assert_ne!(edited, genuine);
+    conn.execute(
+        "UPDATE settings SET value = ?1 WHERE key = 'audit_retention'",
+        [&edited],
+    )
+    .unwrap();
+    refused(store);
+
+    // A longer retention set later, then the first one written back.
+    store.set_audit_retention(Some(day * 365)).unwrap();
+    conn.execute(
+        "UPDATE settings SET value = ?1 WHERE key = 'audit_retention'",
+        [&genuine],
+    )
+    .unwrap();
+    refused(store);
+    // Turned off, then written back: refused too.
+    store.set_audit_retention(None).unwrap();
+    conn.execute(
+        "INSERT INTO settings (key, value) VALUES ('audit_retention', ?1)",
+        [&genuine],
+    )
+    .unwrap();
+    refused(store);
+}
+
 /// A large pruning goes in several transactions (so a gateway writing rows meanwhile
 /// never waits long for the lock), each leaving a chain that verifies.
 #[test]

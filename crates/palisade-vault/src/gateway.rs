@@ -272,6 +272,7 @@ pub async fn start(
     background.push(tokio::spawn(follow_decisions(shared.clone())));
     background.push(tokio::spawn(give_back_memory(shared.clone())));
     background.push(tokio::spawn(measure_disk(shared.clone())));
+    background.push(tokio::spawn(apply_audit_retention(shared.clone())));
     let control = match crate::control::bind(&home) {
         Some((listener, path)) => {
             background.push(tokio::spawn(crate::control::serve(
@@ -575,6 +576,39 @@ async fn measure_disk(shared: Arc<Shared>) {
         // Off the workers: statvfs on a network filesystem can block.
         let measuring = shared.clone();
         let _ = tokio::task::spawn_blocking(move || measuring.disk.measure()).await;
+    }
+}
+
+/// How often audit rows older than the retention are pruned.
+const AUDIT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Prunes audit rows older than the retention (`palisade audit retention`) when the
+/// gateway starts and then hourly, after verifying the log as `palisade audit prune`
+/// does: a log that fails verification keeps every row, and says so here each hour.
+async fn apply_audit_retention(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let store = shared.store.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            store.prune_expired_audit(palisade_store::now_ms())
+        })
+        .await;
+        match pruned {
+            Ok(Ok(Some(report))) if report.removed > 0 => tracing::info!(
+                removed = report.removed,
+                first_kept = report.first_id,
+                "pruned audit rows older than the retention"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "audit rows older than the retention were not pruned")
+            }
+            Err(error) => tracing::warn!(%error, "the audit pruning task failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(AUDIT_PRUNE_INTERVAL) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
     }
 }
 

@@ -213,6 +213,7 @@ fn help_works_on_every_command() {
         &["audit", "list"],
         &["audit", "verify"],
         &["audit", "prune"],
+        &["audit", "retention"],
         &["vault"],
         &["sandbox"],
         &["sanitize"],
@@ -1072,6 +1073,87 @@ fn audit_prune_removes_old_rows_and_the_chain_still_verifies() {
     palisade
         .run(&["audit", "prune", "--before", "soon"])
         .refused("--before");
+}
+
+/// `audit retention 30d` keeps rows for 30 days: the older ones go at once, the
+/// setting is shown back, recorded, and reported by doctor; `--off` keeps every row
+/// again; shorter than a day and bad durations are refused.
+#[test]
+fn audit_retention_prunes_older_rows_at_once_and_is_shown() {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    let palisade = Palisade::new();
+    let shown = palisade.run(&["audit", "retention"]).ok();
+    assert_eq!(
+        shown.stdout,
+        "audit rows are kept for ever; set a retention with `palisade audit retention 90d`\n"
+    );
+    let now = palisade_store::now_ms();
+    let rows: Vec<(i64, palisade_store::AuditEntry)> = [45, 40, 35, 20, 5]
+        .iter()
+        .map(|days| {
+            let entry = palisade_store::AuditEntry {
+                event: "request".into(),
+                agent: Some("mailer".into()),
+                decision: Some("allowed".into()),
+                ..Default::default()
+            };
+            (now - days * DAY_MS, entry)
+        })
+        .collect();
+    palisade.store().append_audit_batch(&rows).expect("append");
+
+    let set = palisade.json(&["audit", "retention", "30d"]);
+    assert_eq!(set["keep"], "30d");
+    assert_eq!(set["keep_ms"], 30 * DAY_MS);
+    assert_eq!(set["recorded_as"], 6);
+    assert_eq!(set["pruned"]["removed"], 3);
+    assert_eq!(set["pruned"]["first_id"], 4);
+    let left = palisade.json(&["audit", "list"]);
+    let events: Vec<&str> = left
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| row["event"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        events,
+        ["audit.prune", "audit.retention", "request", "request"]
+    );
+    assert_eq!(left[0]["detail"]["keep_ms"], 30 * DAY_MS);
+    assert_eq!(palisade.json(&["audit", "verify"])["ok"], true);
+    assert_eq!(
+        palisade.run(&["audit", "retention"]).ok().stdout,
+        "audit rows are kept for 30d; the running gateway prunes older ones hourly\n"
+    );
+    let doctor = palisade.run(&["doctor"]).stdout;
+    assert!(doctor.contains("audit rows are kept for 30d"), "{doctor}");
+
+    let off = palisade.run(&["audit", "retention", "--off"]).ok();
+    assert_eq!(off.stdout, "audit rows are now kept for ever (row 8)\n");
+    assert_eq!(
+        palisade.json(&["audit", "retention"])["keep_ms"],
+        Value::Null
+    );
+    palisade
+        .run(&["audit", "retention", "12h"])
+        .refused("at least 24 hours");
+    // Usage errors are clap's (status 2).
+    for (args, needle) in [
+        (&["audit", "retention", "soon"][..], "invalid value 'soon'"),
+        (
+            &["audit", "retention", "30d", "--off"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let output = palisade.run(args);
+        assert_eq!(output.code, 2, "{args:?}: {}", output.stderr);
+        assert!(
+            output.stderr.contains(needle),
+            "{args:?}: {}",
+            output.stderr
+        );
+    }
+    assert_eq!(palisade.count(&["audit", "list"]), 5);
 }
 
 #[test]

@@ -1858,6 +1858,68 @@ fn audit_rows_wait_out_a_locked_database() {
     ok_verify(&attack);
 }
 
+/// A gateway applies the audit retention on its own: rows older than it are pruned
+/// when it starts (and hourly after), recorded as an `audit.prune` row with the
+/// retention, and the chain still verifies; rows younger than the retention stay.
+/// (The rows are written with old times and the retention set through the store, which
+/// unlike `palisade audit retention` does not prune at once.)
+#[test]
+fn the_gateway_prunes_audit_rows_older_than_the_retention() {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    let mut setup = Setup::new();
+    let home = palisade_store::Home::at(setup.palisade.home());
+    let now = palisade_store::now_ms();
+    let rows: Vec<(i64, palisade_store::AuditEntry)> = [60, 31, 29, 1]
+        .iter()
+        .map(|days| {
+            let entry = palisade_store::AuditEntry {
+                event: "request".into(),
+                agent: Some("earlier".into()),
+                path: Some(format!("/{days}-days-ago")),
+                ..Default::default()
+            };
+            (now - days * DAY_MS, entry)
+        })
+        .collect();
+    let store = palisade_store::Store::open(&home).unwrap();
+    store.append_audit_batch(&rows).unwrap();
+    store
+        .set_audit_retention(Some(Duration::from_secs(30 * 24 * 3600)))
+        .unwrap();
+    drop(store);
+    let paths = |setup: &Setup| -> Vec<String> {
+        let listed: Value =
+            serde_json::from_str(&setup.cli(&["--json", "audit", "list", "--agent", "earlier"]))
+                .unwrap();
+        let mut paths: Vec<String> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["path"].as_str().unwrap_or_default().to_string())
+            .collect();
+        paths.sort();
+        paths
+    };
+    assert_eq!(paths(&setup).len(), 4);
+
+    setup.start_vault(&[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || paths(&setup).len() == 2),
+        "still there: {:?}\n{}",
+        paths(&setup),
+        setup.vault_output()
+    );
+    assert_eq!(paths(&setup), ["/1-days-ago", "/29-days-ago"]);
+    let pruning: Value =
+        serde_json::from_str(&setup.cli(&["--json", "audit", "list", "--event", "audit.prune"]))
+            .unwrap();
+    assert_eq!(pruning[0]["actor"], "vault", "{pruning}");
+    assert_eq!(pruning[0]["detail"]["keep_ms"], 30 * DAY_MS, "{pruning}");
+    assert_eq!(pruning[0]["detail"]["removes"], 2, "{pruning}");
+    let verified: Value = serde_json::from_str(&setup.cli(&["--json", "audit", "verify"])).unwrap();
+    assert_eq!(verified["ok"], true, "{verified}");
+}
+
 /// An HTTP/1.1 upstream's response head is held to 64 KiB (hyper read up to ~400 KB,
 /// for as long as the response timeout, so one agent's share of upstream connections
 /// could hold 100 MB of heads): a larger one is refused as `502 unreadable_response`

@@ -200,6 +200,62 @@ fn require_start(tx: &Transaction<'_>) -> Result<Start> {
 /// Most rows one pruning transaction deletes.
 const PRUNE_CHUNK: i64 = 20_000;
 
+/// The shortest retention [`Store::set_audit_retention`] accepts: a log kept for less
+/// than a day is no record to look back on.
+pub const MIN_AUDIT_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// The `settings` key of the retention: `KEEP_MS:ROW:MAC`, where ROW is the
+/// `audit.retention` row that set it and MAC signs both under the master key.
+const RETENTION_SETTING: &str = "audit_retention";
+const RETENTION_PURPOSE: &str = "palisade audit retention v1";
+
+fn retention_mac(key: &MasterKey, keep_ms: i64, row: i64) -> String {
+    hex::encode(key.mac(RETENTION_PURPOSE, format!("{keep_ms}:{row}").as_bytes()))
+}
+
+/// The retention in force (milliseconds), or `None` to keep every row.
+///
+/// The setting decides what gets deleted, so it is trusted only when palisade wrote it:
+/// its signature must match, and the row that set it must be the log's latest
+/// `audit.retention` row, so writing back an earlier, shorter setting (with its valid
+/// signature) after a later change is refused too while that later change's row is in
+/// the log.
+fn read_retention(tx: &Transaction<'_>, key: &MasterKey) -> Result<Option<i64>> {
+    use rusqlite::OptionalExtension;
+    let value: Option<String> = tx
+        .query_row(
+            "SELECT value FROM settings WHERE key = ?1",
+            [RETENTION_SETTING],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let latest: Option<i64> = tx.query_row(
+        "SELECT max(id) FROM audit WHERE event = 'audit.retention'",
+        [],
+        |row| row.get(0),
+    )?;
+    let refused = || {
+        StoreError::Invalid(
+            "the audit retention setting was not written by palisade (its signature does not match, or a later change was undone); nothing is pruned until it is set again with `palisade audit retention`"
+                .into(),
+        )
+    };
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let mut parts = value.splitn(3, ':');
+    let (Some(keep_ms), Some(row), Some(mac)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(refused());
+    };
+    let (Ok(keep_ms), Ok(row)) = (keep_ms.parse::<i64>(), row.parse::<i64>()) else {
+        return Err(refused());
+    };
+    if mac != retention_mac(key, keep_ms, row) || latest.is_some_and(|latest| latest != row) {
+        return Err(refused());
+    }
+    Ok(Some(keep_ms))
+}
+
 /// Deletes up to [`PRUNE_CHUNK`] rows from the start of the log, stopping before
 /// `keep_from`, and moves the signed start after them; `None` once the start is there.
 /// The rows it deletes are checked again inside its own transaction (their ids, links
@@ -718,6 +774,67 @@ impl Store {
     /// audit writer) never wait long for the lock, and a pruning cut short leaves a
     /// chain that verifies from wherever it stopped.
     pub fn prune_audit(&self, before_ms: i64) -> Result<PruneReport> {
+        self.prune_audit_before(before_ms, None)
+    }
+
+    /// How long audit rows are kept (`None`: for ever). An error when the setting was
+    /// not written by palisade (see `read_retention`).
+    pub fn audit_retention(&self) -> Result<Option<std::time::Duration>> {
+        let keep_ms = self.read(|tx| read_retention(tx, self.key()))?;
+        Ok(keep_ms.map(|ms| std::time::Duration::from_millis(ms.max(0).unsigned_abs())))
+    }
+
+    /// Sets how long audit rows are kept (`None`: for ever, the default), recorded as an
+    /// `audit.retention` row; returns that row's id. Rows older than the retention are
+    /// pruned by [`Store::prune_expired_audit`] (the gateway calls it hourly).
+    pub fn set_audit_retention(&self, keep: Option<std::time::Duration>) -> Result<i64> {
+        let keep_ms = match keep {
+            Some(keep) if keep < MIN_AUDIT_RETENTION => {
+                return Err(StoreError::Invalid(format!(
+                    "audit rows must be kept for at least {} hours",
+                    MIN_AUDIT_RETENTION.as_secs() / 3600
+                )))
+            }
+            Some(keep) => Some(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX)),
+            None => None,
+        };
+        self.write(|tx| {
+            let mut entry = self.audit_entry("audit.retention");
+            entry.detail = Some(serde_json::json!({ "keep_ms": keep_ms }));
+            let row = self.append_in(tx, &entry)?;
+            match keep_ms {
+                Some(keep_ms) => tx.execute(
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (
+                        RETENTION_SETTING,
+                        format!(
+                            "{keep_ms}:{row}:{}",
+                            retention_mac(self.key(), keep_ms, row)
+                        ),
+                    ),
+                )?,
+                None => tx.execute("DELETE FROM settings WHERE key = ?1", [RETENTION_SETTING])?,
+            };
+            Ok(row)
+        })
+    }
+
+    /// Prunes the rows older than the retention as of `now_ms`, as
+    /// [`Store::prune_audit`] does (after verifying the whole log, which takes ~1.4 s
+    /// per million rows); `None` when every row is kept. The `audit.prune` row records
+    /// the retention it applied.
+    pub fn prune_expired_audit(&self, now_ms: i64) -> Result<Option<PruneReport>> {
+        let Some(keep_ms) = self.read(|tx| read_retention(tx, self.key()))? else {
+            return Ok(None);
+        };
+        self.prune_audit_before(now_ms.saturating_sub(keep_ms), Some(keep_ms))
+            .map(Some)
+    }
+
+    /// [`Store::prune_audit`], with the retention that asked for it (if one did) in the
+    /// `audit.prune` row.
+    fn prune_audit_before(&self, before_ms: i64, keep_ms: Option<i64>) -> Result<PruneReport> {
         let report = self.verify_audit()?;
         if !report.ok {
             return Err(StoreError::Invalid(format!(
@@ -743,11 +860,19 @@ impl Store {
             let entry = AuditEntry {
                 event: "audit.prune".into(),
                 actor: Some(self.actor().to_string()),
-                detail: Some(serde_json::json!({
-                    "removes": keep_from - start.first_id,
-                    "first_kept": keep_from,
-                    "before_ms": before_ms,
-                })),
+                detail: Some(match keep_ms {
+                    None => serde_json::json!({
+                        "removes": keep_from - start.first_id,
+                        "first_kept": keep_from,
+                        "before_ms": before_ms,
+                    }),
+                    Some(keep_ms) => serde_json::json!({
+                        "removes": keep_from - start.first_id,
+                        "first_kept": keep_from,
+                        "before_ms": before_ms,
+                        "keep_ms": keep_ms,
+                    }),
+                }),
                 ..AuditEntry::default()
             };
             Ok(Ok((keep_from, append_in(tx, crate::now_ms(), &entry)?)))

@@ -53,6 +53,37 @@ pub enum AuditCommand {
         #[arg(long, value_name = "DURATION_OR_TIME")]
         before: String,
     },
+    /// Show or set how long audit rows are kept. With a duration, rows older than it are
+    /// pruned at once and then hourly by the running gateway, as `audit prune` does
+    /// (a log that fails verification is not pruned). The default keeps every row.
+    #[command(after_help = "Examples:
+  palisade audit retention
+  palisade audit retention 90d
+  palisade audit retention --off --json
+
+The shortest retention is 1 day. Setting it is recorded as an `audit.retention` row,
+each pruning as an `audit.prune` row.")]
+    Retention {
+        /// Keep rows this long (`90d`, `52weeks`); at least a day.
+        #[arg(value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "off")]
+        keep: Option<std::time::Duration>,
+        /// Keep every row again (no pruning).
+        #[arg(long)]
+        off: bool,
+    },
+}
+
+/// `audit retention`'s answer.
+#[derive(serde::Serialize)]
+struct RetentionReport {
+    /// Milliseconds rows are kept; absent: for ever.
+    keep_ms: Option<u64>,
+    /// The same, as a duration (`90days`).
+    keep: Option<String>,
+    /// The `audit.retention` row that records a change made now.
+    recorded_as: Option<i64>,
+    /// What a change made now pruned at once.
+    pruned: Option<palisade_store::PruneReport>,
 }
 
 pub fn run(command: AuditCommand, ctx: &Context) -> anyhow::Result<()> {
@@ -151,6 +182,7 @@ pub fn run(command: AuditCommand, ctx: &Context) -> anyhow::Result<()> {
                 )),
             }
         }
+        AuditCommand::Retention { keep, off } => retention(ctx, keep, off),
         AuditCommand::Verify => {
             let store = ctx.open_store()?;
             let report = store.verify_audit()?;
@@ -177,6 +209,67 @@ pub fn run(command: AuditCommand, ctx: &Context) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `audit retention [DURATION | --off]`: shows the retention, or sets it and applies
+/// it at once.
+fn retention(ctx: &Context, keep: Option<std::time::Duration>, off: bool) -> anyhow::Result<()> {
+    let store = ctx.open_store()?;
+    let change = keep.is_some() || off;
+    let recorded_as = if change {
+        Some(store.set_audit_retention(keep)?)
+    } else {
+        None
+    };
+    let keep = if change {
+        keep
+    } else {
+        store.audit_retention()?
+    };
+    let shown = keep.map(palisade_store::input::duration_text);
+    let pruned = match (change, keep) {
+        (true, Some(_)) => store
+            .prune_expired_audit(output::now_ms())
+            .map_err(|error| {
+                anyhow::anyhow!("the retention is set, but nothing was pruned now: {error}")
+            })?,
+        _ => None,
+    };
+    let report = RetentionReport {
+        keep_ms: keep.map(|keep| u64::try_from(keep.as_millis()).unwrap_or(u64::MAX)),
+        keep: shown.clone(),
+        recorded_as,
+        pruned,
+    };
+    if ctx.json {
+        return output::print_json(&report);
+    }
+    let mut text = match (&shown, recorded_as) {
+        (Some(keep), Some(row)) => format!(
+            "audit rows are now kept for {keep} (row {row}); the running gateway prunes older ones hourly\n"
+        ),
+        (Some(keep), None) => format!(
+            "audit rows are kept for {keep}; the running gateway prunes older ones hourly\n"
+        ),
+        (None, Some(row)) => format!("audit rows are now kept for ever (row {row})\n"),
+        (None, None) => {
+            "audit rows are kept for ever; set a retention with `palisade audit retention 90d`\n"
+                .to_string()
+        }
+    };
+    if let Some(pruned) = &report.pruned {
+        text.push_str(&match pruned.recorded_as {
+            Some(row) => format!(
+                "pruned {} older rows; the log starts at row {} (the pruning is row {row})\n",
+                pruned.removed, pruned.first_id
+            ),
+            None => format!(
+                "no rows are older than that; the log starts at row {}\n",
+                pruned.first_id
+            ),
+        });
+    }
+    output::print(&text)
 }
 
 /// `audit list --approvals`: one line per decision with who made it where, the choice,
