@@ -164,6 +164,7 @@ pub fn app(
             get(pages::channels::confirm_remove).post(pages::channels::remove),
         )
         .route("/audit", get(pages::audit::page))
+        .route("/audit/retention", post(pages::audit::set_retention))
         .route("/vault", get(pages::vault::page))
         .route("/vault/secrets", post(pages::secrets::create))
         .route("/vault/secrets/new", get(pages::secrets::new_form))

@@ -232,13 +232,14 @@ fn snapshot(store: &Store) -> String {
         .map(|s| s.value.expose().to_string())
         .collect();
     format!(
-        "{}\n{}\n{}\n{:?}\n{}\n{}",
+        "{}\n{}\n{}\n{:?}\n{}\n{}\n{:?}",
         serde_json::to_string(&store.list_agents().unwrap()).unwrap(),
         serde_json::to_string(&store.list_secrets().unwrap()).unwrap(),
         serde_json::to_string(&store.list_rules().unwrap()).unwrap(),
         values,
         serde_json::to_string(&store.list_agent_links(None).unwrap()).unwrap(),
         store.list_audit(&AuditFilter::default()).unwrap().len(),
+        store.audit_retention().unwrap(),
     )
 }
 
@@ -439,6 +440,7 @@ async fn every_new_form_is_refused_without_the_csrf_token_or_from_another_origin
             ],
         ),
         ("/health/online".into(), vec![]),
+        ("/audit/retention".into(), vec![("keep", "1d")]),
     ];
     let wrong = "0".repeat(64);
     for (path, form) in &forms {

@@ -607,6 +607,46 @@ async fn first_run_to_first_answer_and_managing_everything_in_chromium() {
         .collect();
     assert_eq!(agents, vec![serde_json::json!("assistant")]);
 
+    // The audit log's retention: too short is refused and changes nothing; a good one
+    // is saved, shown, and what the CLI reads; then every row is kept again.
+    open(&client, listen, "/audit", "Audit log").await;
+    wait_for_text(&client, "#retention-now", "no retention yet", |t| {
+        t == "Every row is kept."
+    })
+    .await;
+    fill(&client, "#retention", "keep", "12h").await;
+    click(&client, "#save-retention").await;
+    wait_for_text(&client, "#form-error", "the refused retention", |t| {
+        t.contains("at least 24 hours")
+    })
+    .await;
+    assert_eq!(
+        json(&palisade, &["audit", "retention"])["keep_ms"],
+        Value::Null
+    );
+    open(&client, listen, "/audit", "Audit log").await;
+    fill(&client, "#retention", "keep", "400d").await;
+    click(&client, "#save-retention").await;
+    wait_for_text(&client, "#retention-saved", "the saved retention", |t| {
+        t.contains("Retention saved. 0 older rows were pruned now.")
+    })
+    .await;
+    wait_for_text(&client, "#retention-now", "the retention shown", |t| {
+        t.starts_with("Rows are kept for 400d;")
+    })
+    .await;
+    assert_eq!(json(&palisade, &["audit", "retention"])["keep"], "400d");
+    save_screenshot(&client, "audit-retention.png").await;
+    click(&client, "#keep-every-row").await;
+    wait_for_text(&client, "#retention-now", "the retention off", |t| {
+        t == "Every row is kept."
+    })
+    .await;
+    assert_eq!(
+        json(&palisade, &["audit", "retention"])["keep_ms"],
+        Value::Null
+    );
+
     // Every change from the browser is audited as the web admin.
     let audit = json(&palisade, &["audit", "list", "--limit", "500"]);
     let by_web: Vec<String> = audit
@@ -628,6 +668,7 @@ async fn first_run_to_first_answer_and_managing_everything_in_chromium() {
         "rule.update",
         "rule.disable",
         "rule.delete",
+        "audit.retention",
     ] {
         assert!(by_web.iter().any(|e| e == event), "{event}: {by_web:?}");
     }

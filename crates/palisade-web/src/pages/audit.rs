@@ -1,10 +1,15 @@
 //! The audit log, newest first, with filters (agent, event, decision, text, time
-//! range) and paging by row id; at most [`MAX_PAGE`] rows a page.
+//! range) and paging by row id; at most [`MAX_PAGE`] rows a page. Its retention is
+//! shown and set here too (as `palisade audit retention` does).
 
+use super::forms;
 use super::layout::{self, Nav};
+use super::secrets::{field, pairs};
 use super::{blocking, query_value, PageError, PageResult};
 use crate::WebState;
+use axum::body::Bytes;
 use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Redirect};
 use maud::{html, Markup};
 use palisade_store::{AuditFilter, AuditRecord};
 use serde::Deserialize;
@@ -24,6 +29,9 @@ pub(crate) struct AuditQuery {
     until: Option<String>,
     before: Option<i64>,
     limit: Option<usize>,
+    /// Set after the retention was changed: `kept` (with how many rows went at once).
+    retention: Option<String>,
+    pruned: Option<u64>,
 }
 
 fn clean(value: &Option<String>) -> Result<Option<String>, PageError> {
@@ -168,7 +176,11 @@ pub(crate) async fn page(
         ..AuditFilter::default()
     };
     let store = state.store.clone();
-    let rows = blocking(move || Ok(store.list_audit(&filter)?)).await?;
+    let (rows, retention) = blocking(move || {
+        let retention = store.audit_retention().map_err(|e| e.to_string());
+        Ok((store.list_audit(&filter)?, retention))
+    })
+    .await?;
     // The link to the next (older) page keeps every filter.
     let mut keep = Vec::new();
     for (name, value) in [
@@ -211,6 +223,12 @@ pub(crate) async fn page(
             button.primary type="submit" { "Filter" }
             a.button href="/audit" { "Clear" }
         }
+        @if query.retention.as_deref() == Some("kept") {
+            p.flash #retention-saved {
+                "Retention saved."
+                @if let Some(pruned) = query.pruned { " " (pruned) " older rows were pruned now." }
+            }
+        }
         section.card {
             (table(&rows))
             div.pager {
@@ -218,6 +236,88 @@ pub(crate) async fn page(
                 @if let Some(older) = &older { a.button href=(older) { "Older →" } }
             }
         }
+        (retention_card(&state, &retention))
     };
     Ok(layout::render(&state, Nav::Audit, "Audit log", body).await)
+}
+
+/// How long rows are kept, and the form that changes it.
+fn retention_card(
+    state: &WebState,
+    retention: &Result<Option<std::time::Duration>, String>,
+) -> Markup {
+    html! {
+        section.card #retention {
+            h2 { "Retention" }
+            @match retention {
+                Ok(Some(keep)) => p #retention-now {
+                    "Rows are kept for " strong { (palisade_store::input::duration_text(*keep)) }
+                    "; the gateway prunes older ones hourly, after verifying the log."
+                },
+                Ok(None) => p #retention-now { "Every row is kept." },
+                Err(error) => p.error-box #retention-now role="alert" { (error) },
+            }
+            form.inline-form method="post" action="/audit/retention" {
+                (layout::csrf_field(state))
+                label { "Keep rows for " input #retention-keep type="text" name="keep" size="8" placeholder="90d" required; }
+                button.primary #save-retention type="submit" { "Save and prune" }
+            }
+            @if !matches!(retention, Ok(None)) {
+                form.inline-form method="post" action="/audit/retention" {
+                    (layout::csrf_field(state))
+                    input type="hidden" name="off" value="true";
+                    button #keep-every-row type="submit" { "Keep every row" }
+                }
+            }
+            p.muted.small { "At least a day. Older rows go at once; each change and each pruning is itself a row of the log." }
+        }
+    }
+}
+
+/// Sets the retention (`keep`, a duration such as `90d`; or `off`) and prunes what is
+/// older at once.
+pub(crate) async fn set_retention(State(state): State<WebState>, body: Bytes) -> PageResult {
+    let form = pairs(&body);
+    let keep = if field(&form, "off") == "true" {
+        None
+    } else {
+        let text = field(&form, "keep");
+        match palisade_store::input::parse_duration(text, "keep rows for") {
+            Ok(keep) => Some(keep),
+            Err(error) => return Ok(retention_refused(&state, &error.to_string()).await),
+        }
+    };
+    let store = state.store.clone();
+    if let Err(error) = blocking(move || Ok(store.set_audit_retention(keep)?)).await {
+        return Ok(retention_refused(&state, &error.for_form()?).await);
+    }
+    if keep.is_none() {
+        return Ok(Redirect::to("/audit?retention=kept").into_response());
+    }
+    let store = state.store.clone();
+    match blocking(move || Ok(store.prune_expired_audit(palisade_store::now_ms())?)).await {
+        Ok(pruned) => Ok(Redirect::to(&format!(
+            "/audit?retention=kept&pruned={}",
+            pruned.map_or(0, |p| p.removed)
+        ))
+        .into_response()),
+        Err(error) => {
+            let reason = format!(
+                "The retention is saved, but nothing was pruned now: {}",
+                error.for_form()?
+            );
+            Ok(retention_refused(&state, &reason).await)
+        }
+    }
+}
+
+async fn retention_refused(state: &WebState, reason: &str) -> axum::response::Response {
+    let body = html! {
+        section.card.narrow {
+            h1 { "Retention" }
+            (forms::error_box(Some(reason)))
+            a.button #back-to-audit href="/audit" { "Back to the audit log" }
+        }
+    };
+    forms::refused(state, Nav::Audit, "Retention", body).await
 }
