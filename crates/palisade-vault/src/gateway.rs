@@ -588,9 +588,13 @@ const AUDIT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 async fn apply_audit_retention(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
+        // On a connection of its own: the verification before a pruning reads the
+        // whole log, and the gateway's own connection serves requests meanwhile.
         let store = shared.store.clone();
         let pruned = tokio::task::spawn_blocking(move || {
-            store.prune_expired_audit(palisade_store::now_ms())
+            store
+                .another_connection()?
+                .prune_expired_audit(palisade_store::now_ms())
         })
         .await;
         match pruned {

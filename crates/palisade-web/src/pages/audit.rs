@@ -294,8 +294,16 @@ pub(crate) async fn set_retention(State(state): State<WebState>, body: Bytes) ->
     if keep.is_none() {
         return Ok(Redirect::to("/audit?retention=kept").into_response());
     }
+    // On a connection of its own: the verification before a pruning reads the whole
+    // log, and the web UI's connection serves every page (and, under `palisade up`,
+    // the host) meanwhile.
     let store = state.store.clone();
-    match blocking(move || Ok(store.prune_expired_audit(palisade_store::now_ms())?)).await {
+    let pruned = blocking(move || {
+        Ok(store
+            .another_connection()?
+            .prune_expired_audit(palisade_store::now_ms())?)
+    });
+    match pruned.await {
         Ok(pruned) => Ok(Redirect::to(&format!(
             "/audit?retention=kept&pruned={}",
             pruned.map_or(0, |p| p.removed)
