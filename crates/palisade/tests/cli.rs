@@ -1154,6 +1154,26 @@ fn audit_retention_prunes_older_rows_at_once_and_is_shown() {
         );
     }
     assert_eq!(palisade.count(&["audit", "list"]), 5);
+
+    // A retention shortened in the database (its signature no longer matches) prunes
+    // nothing, and both the command and doctor say why.
+    palisade.run(&["audit", "retention", "400d"]).ok();
+    let connection =
+        rusqlite::Connection::open(palisade.home().join("palisade.db")).expect("open database");
+    connection
+        .execute(
+            "UPDATE settings SET value = '86400000' || substr(value, instr(value, ':')) \
+             WHERE key = 'audit_retention'",
+            [],
+        )
+        .expect("edit the retention");
+    drop(connection);
+    palisade
+        .run(&["audit", "retention"])
+        .refused("not written by palisade");
+    let doctor = palisade.run(&["doctor"]).stdout;
+    assert!(doctor.contains("not written by palisade"), "{doctor}");
+    assert_eq!(palisade.count(&["audit", "list"]), 6);
 }
 
 #[test]
