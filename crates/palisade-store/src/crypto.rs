@@ -37,14 +37,14 @@ impl std::fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
-    /// `PALISADE_MASTER_KEY` (base64 or hex of 32 bytes) if set, else the key file,
-    /// created (0600, 32 random bytes) if missing. A key file with other permissions than
-    /// 0600/0400 is refused with a message saying how to fix it.
     /// The same key again, for another handle on the same home.
     pub(crate) fn duplicate(&self) -> Self {
         MasterKey(zeroize::Zeroizing::new(*self.0))
     }
 
+    /// `PALISADE_MASTER_KEY` (base64 or hex of 32 bytes) if set, else the key file,
+    /// created (0600, 32 random bytes) if missing. A key file with other permissions than
+    /// 0600/0400 is refused with a message saying how to fix it.
     pub fn load_or_create(home: &crate::Home) -> crate::Result<Self> {
         if let Some(value) = std::env::var_os(MASTER_KEY_ENV) {
             let value = Zeroizing::new(value.into_string().map_err(|_| {

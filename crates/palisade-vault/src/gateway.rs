@@ -591,10 +591,11 @@ async fn apply_audit_retention(shared: Arc<Shared>) {
         // On a connection of its own: the verification before a pruning reads the
         // whole log, and the gateway's own connection serves requests meanwhile.
         let store = shared.store.clone();
-        let pruned = tokio::task::spawn_blocking(move || {
-            store
+        let pruned = tokio::task::spawn_blocking(move || match store.audit_retention()? {
+            Some(_) => store
                 .another_connection()?
-                .prune_expired_audit(palisade_store::now_ms())
+                .prune_expired_audit(palisade_store::now_ms()),
+            None => Ok(None),
         })
         .await;
         match pruned {

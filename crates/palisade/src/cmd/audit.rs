@@ -78,7 +78,7 @@ each pruning as an `audit.prune` row.")]
 struct RetentionReport {
     /// Milliseconds rows are kept; absent: for ever.
     keep_ms: Option<u64>,
-    /// The same, as a duration (`90days`).
+    /// The same, as typed (`90d`).
     keep: Option<String>,
     /// The `audit.retention` row that records a change made now.
     recorded_as: Option<i64>,
