@@ -320,7 +320,17 @@ mod tests {
         let _server = serve_first_connection(listener, targets).unwrap();
         let dialer = ParentDialer::connect(&control).await.unwrap();
         assert!(dialer.dial().await.is_some());
-        // Once the shim is connected nobody else can be: the listener is gone.
-        assert!(ParentDialer::connect(&control).await.is_err());
+        // Once the shim is connected nobody else is served: the listener is gone. A
+        // connect can still succeed for a moment when another thread of this process
+        // forked while the listener was open (the child holds a copy until it execs):
+        // the connection then waits in a backlog nobody accepts from, and its request
+        // is never answered with a descriptor.
+        if let Ok(second) = ParentDialer::connect(&control).await {
+            let dialed = tokio::time::timeout(Duration::from_secs(5), second.dial()).await;
+            assert!(
+                matches!(dialed, Ok(None) | Err(_)),
+                "a second connection was served"
+            );
+        }
     }
 }
