@@ -195,23 +195,13 @@ impl Store {
         const SETTING: &str = "admin_key";
         const ASSOCIATED: &str = "admin-key";
         self.write(|tx| {
-            let existing: Option<String> = tx
-                .query_row(
-                    "SELECT value FROM settings WHERE key = ?1",
-                    [SETTING],
-                    |row| row.get(0),
-                )
-                .optional()?;
+            let existing = read_setting(tx, SETTING)?;
             if let (Some(sealed), false) = (&existing, rotate) {
                 return self.key().open(ASSOCIATED, sealed);
             }
             let key = crate::crypto::new_token();
             let sealed = self.key().seal(ASSOCIATED, &key)?;
-            tx.execute(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (SETTING, &sealed),
-            )?;
+            write_setting(tx, SETTING, &sealed)?;
             let (event, decision) = if existing.is_some() {
                 ("admin_key.rotate", "rotated")
             } else {
@@ -316,14 +306,27 @@ impl Store {
 }
 
 fn read_config_version(conn: &Connection) -> Result<i64> {
-    let value: Option<String> = conn
-        .query_row(
-            "SELECT value FROM settings WHERE key = 'config_version'",
-            [],
-            |row| row.get(0),
-        )
-        .optional()?;
+    let value = read_setting(conn, "config_version")?;
     Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// The value of one row of `settings`, if it is there.
+fn read_setting(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+            row.get(0)
+        })
+        .optional()?)
+}
+
+/// Sets one row of `settings` (inside the caller's write transaction).
+fn write_setting(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )?;
+    Ok(())
 }
 
 /// Sets the connection PRAGMAs every Store relies on. The busy timeout comes first so

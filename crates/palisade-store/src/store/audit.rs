@@ -221,14 +221,7 @@ fn retention_mac(key: &MasterKey, keep_ms: i64, row: i64) -> String {
 /// signature) after a later change is refused too while that later change's row is in
 /// the log.
 fn read_retention(tx: &Transaction<'_>, key: &MasterKey) -> Result<Option<i64>> {
-    use rusqlite::OptionalExtension;
-    let value: Option<String> = tx
-        .query_row(
-            "SELECT value FROM settings WHERE key = ?1",
-            [RETENTION_SETTING],
-            |row| row.get(0),
-        )
-        .optional()?;
+    let value = super::read_setting(tx, RETENTION_SETTING)?;
     let latest: Option<i64> = tx.query_row(
         "SELECT max(id) FROM audit WHERE event = 'audit.retention'",
         [],
@@ -803,19 +796,18 @@ impl Store {
             entry.detail = Some(serde_json::json!({ "keep_ms": keep_ms }));
             let row = self.append_in(tx, &entry)?;
             match keep_ms {
-                Some(keep_ms) => tx.execute(
-                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    (
-                        RETENTION_SETTING,
-                        format!(
-                            "{keep_ms}:{row}:{}",
-                            retention_mac(self.key(), keep_ms, row)
-                        ),
+                Some(keep_ms) => super::write_setting(
+                    tx,
+                    RETENTION_SETTING,
+                    &format!(
+                        "{keep_ms}:{row}:{}",
+                        retention_mac(self.key(), keep_ms, row)
                     ),
                 )?,
-                None => tx.execute("DELETE FROM settings WHERE key = ?1", [RETENTION_SETTING])?,
-            };
+                None => {
+                    tx.execute("DELETE FROM settings WHERE key = ?1", [RETENTION_SETTING])?;
+                }
+            }
             Ok(row)
         })
     }
@@ -857,22 +849,18 @@ impl Store {
                 return Ok(Err(start.first_id));
             }
             self.mark_audited();
+            let mut detail = serde_json::json!({
+                "removes": keep_from - start.first_id,
+                "first_kept": keep_from,
+                "before_ms": before_ms,
+            });
+            if let Some(keep_ms) = keep_ms {
+                detail["keep_ms"] = keep_ms.into();
+            }
             let entry = AuditEntry {
                 event: "audit.prune".into(),
                 actor: Some(self.actor().to_string()),
-                detail: Some(match keep_ms {
-                    None => serde_json::json!({
-                        "removes": keep_from - start.first_id,
-                        "first_kept": keep_from,
-                        "before_ms": before_ms,
-                    }),
-                    Some(keep_ms) => serde_json::json!({
-                        "removes": keep_from - start.first_id,
-                        "first_kept": keep_from,
-                        "before_ms": before_ms,
-                        "keep_ms": keep_ms,
-                    }),
-                }),
+                detail: Some(detail),
                 ..AuditEntry::default()
             };
             Ok(Ok((keep_from, append_in(tx, crate::now_ms(), &entry)?)))
