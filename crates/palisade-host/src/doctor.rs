@@ -498,7 +498,7 @@ fn disk_finding(root: &Path) -> Finding {
                 (
                     Status::Warn,
                     Some(format!(
-                        "free space on the file system of {} soon",
+                        "free space on the file system of {} soon (below 1 GiB free, by default, the vault lets each agent send only 10 credentialed requests a second)",
                         probe.display()
                     )),
                 )

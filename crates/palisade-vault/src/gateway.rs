@@ -215,7 +215,11 @@ pub async fn start(
     let advertise = config.advertise;
     let events = config.approval_events.clone().unwrap_or_default();
     let engine = Engine::new(store.clone(), events);
-    let disk = crate::disk::DiskRoom::new(home.root().to_path_buf(), config.min_free_disk);
+    let disk = crate::disk::DiskRoom::new(
+        home.root().to_path_buf(),
+        config.min_free_disk,
+        config.disk_share_below,
+    );
     let shared = Arc::new(Shared {
         config,
         snapshot: ArcSwap::from_pointee(snapshot),

@@ -95,6 +95,9 @@ pub struct VaultConfig {
     /// Free disk the gateway keeps under the home for its records: below it, requests
     /// that would send a credential or wait for a person are refused (see `disk.rs`).
     pub min_free_disk: u64,
+    /// Below this much free disk, each agent may leave only its share of such rows
+    /// (`disk.rs`), so one agent's loop does not stop every agent.
+    pub disk_share_below: u64,
     /// Which processes an agent socket admits (checked with `SO_PEERCRED`).
     pub agent_peers: PeerRule,
     /// Whether to keep one socket per existing agent in the socket folder (false: serve
@@ -106,7 +109,8 @@ impl VaultConfig {
     /// Defaults: no TCP listener, sockets under the home, 10 min approval timeout,
     /// 10 s connect, 10 min response headers, 5 min idle body, 2 min idle client
     /// connection, 256 connections and 32 held requests per agent, 4 MiB judged body,
-    /// 64 MiB of bodies read whole per agent and 256 MiB in all, 128 MiB of disk kept.
+    /// 64 MiB of bodies read whole per agent and 256 MiB in all, 128 MiB of disk kept,
+    /// each agent's share of the rows counted below 1 GiB free.
     pub fn new(home: palisade_store::Home) -> Self {
         VaultConfig {
             home,
@@ -131,6 +135,7 @@ impl VaultConfig {
             max_buffered_bodies_per_agent: 64 * 1024 * 1024,
             max_buffered_bodies: 256 * 1024 * 1024,
             min_free_disk: disk::DEFAULT_MIN_FREE_DISK,
+            disk_share_below: disk::DEFAULT_DISK_SHARE_BELOW,
             agent_peers: PeerRule::default(),
             sockets_for_every_agent: true,
         }

@@ -16,7 +16,8 @@
 //!   unread answers and bodies no upstream takes, which flow control lets in; request
 //!   and response heads of hundreds of kilobytes;
 //! - one agent's loop of refusals flooding the audit log, and of credentialed
-//!   requests filling the home's disk; audit rows written while the database is locked;
+//!   requests filling the home's disk, for everyone or past its share; audit rows
+//!   written while the database is locked;
 //! - the gateway's own listener spelled as IPv4-mapped IPv6;
 //! - the audit log's tail deleted;
 //! - a change used on the very next request;
@@ -1071,6 +1072,19 @@ fn one_agent_cannot_fill_the_gateways_memory_with_bodies() {
     assert_eq!(reply.status, 200, "{}", reply.raw);
 }
 
+/// A setup whose home is a 64 MiB tmpfs (unmounted with the setup); and the home.
+fn setup_on_a_small_disk() -> (Setup, std::path::PathBuf) {
+    let setup = Setup::new();
+    let home = setup.palisade.home().to_path_buf();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
+        .arg(&home)
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "mount a tmpfs over the home");
+    (setup, home)
+}
+
 /// What one agent can use up for all: the disk. Every credentialed request leaves an
 /// audit row, so an agent in a loop fills the home's disk until the store can record
 /// nothing for anyone. The gateway keeps a reserve: with the home on a 64 MiB
@@ -1080,14 +1094,7 @@ fn one_agent_cannot_fill_the_gateways_memory_with_bodies() {
 /// freeing the space serves them again. (Before: the credential was sent.)
 #[test]
 fn a_nearly_full_disk_stops_credentials_not_the_gateway() {
-    let mut setup = Setup::new();
-    let home = setup.palisade.home().to_path_buf();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
-        .arg(&home)
-        .status()
-        .expect("run mount");
-    assert!(mounted.success(), "mount a tmpfs over the home");
+    let (mut setup, home) = setup_on_a_small_disk();
     setup.start_vault(&["--min-free-disk", "24M", "--approval-timeout", "1s"]);
     let attack = Attack { setup };
     let token = attack.probe_with_v1_key("tok-disk-room");
@@ -1152,6 +1159,123 @@ fn a_nearly_full_disk_stops_credentials_not_the_gateway() {
     assert!(
         !rows.as_array().unwrap().is_empty(),
         "no audit row for the refusals: {rows}"
+    );
+}
+
+/// The same reserve stops every agent alike, so one agent's loop of credentialed
+/// requests would stop them all. Below `--disk-share-below` each agent may send only
+/// its share (a burst of 100, then 10 a second) of requests that leave such rows:
+/// with the home on a 64 MiB filesystem, `--min-free-disk 8M --disk-share-below 40M`
+/// and the disk filled to about 30 MiB free, an agent sending 250 credentialed requests
+/// as fast as it can gets `503 store_disk_low` past its share, none of those reaches
+/// the upstream, and another agent's credentialed request at that moment is served
+/// with its credential. With more than 40 MiB free all 250 were served. (Before: every
+/// request was served until the reserve stopped every agent.)
+#[test]
+fn one_agent_cannot_spend_the_disk_every_agent_needs() {
+    let (mut setup, home) = setup_on_a_small_disk();
+    setup.start_vault(&["--min-free-disk", "8M", "--disk-share-below", "40M"]);
+    let attack = Attack { setup };
+    let looper = attack.setup.agent("looper");
+    let calm = attack.setup.agent("calm");
+    attack.setup.secret(
+        "looper-key",
+        "localhost",
+        Some("/loop/*"),
+        "bearer",
+        &["looper"],
+        "tok-looper",
+    );
+    attack.setup.secret(
+        "calm-key",
+        "localhost",
+        Some("/calm/*"),
+        "bearer",
+        &["calm"],
+        "tok-calm",
+    );
+    let upstream = &attack.setup.upstream;
+    // 250 credentialed requests on one connection; the status and body of each.
+    let burst = || -> Vec<(u16, String)> {
+        let mut args: Vec<String> = vec!["-sS".into(), "--max-time".into(), "60".into()];
+        args.extend(attack.setup.proxy_args(&looper));
+        for n in 0..250 {
+            args.extend([
+                "-w".into(),
+                "\nSTATUS:%{http_code}\n".into(),
+                attack.url(&format!("/loop/{n}")),
+            ]);
+        }
+        let output = curl(&args, CLIENT_TIMEOUT);
+        assert!(output.status.success(), "{}", output_text(&output));
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let mut replies = Vec::new();
+        let mut rest = text.as_str();
+        while let Some((body, after)) = rest.split_once("\nSTATUS:") {
+            let (code, next) = after.split_once('\n').unwrap_or((after, ""));
+            replies.push((code.parse().expect("a status code"), body.to_string()));
+            rest = next;
+        }
+        replies
+    };
+    let statuses = |replies: &[(u16, String)]| replies.iter().map(|r| r.0).collect::<Vec<_>>();
+
+    let replies = burst();
+    assert_eq!(replies.len(), 250);
+    assert!(
+        replies.iter().all(|r| r.0 == 200),
+        "with room on disk every request is served: {:?}",
+        statuses(&replies)
+    );
+
+    // Fill the home's filesystem to about 30 MiB free: under the share line, above the
+    // reserve.
+    std::fs::write(home.join("filler"), vec![7u8; 32 << 20]).expect("fill the home's disk");
+    let mut replies = Vec::new();
+    let mut before = 0;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            before = upstream.count();
+            replies = burst();
+            replies.iter().any(|r| r.0 == 503)
+        }),
+        "one agent's loop was never limited to its share: {:?}",
+        statuses(&replies)
+    );
+    let served = replies.iter().filter(|r| r.0 == 200).count();
+    assert_eq!(
+        upstream.count() - before,
+        served,
+        "a request refused past the agent's share reached the upstream"
+    );
+    for (status, body) in &replies {
+        if *status != 200 {
+            let body: Value = serde_json::from_str(body).expect("a JSON refusal");
+            assert_eq!(
+                (*status, &body["error"]),
+                (503, &Value::from("store_disk_low"))
+            );
+            assert!(
+                body["message"].as_str().unwrap().contains("its share"),
+                "{body}"
+            );
+        }
+    }
+
+    // The other agent is served, with its credential, right after.
+    let reply = attack.curl(&calm, &[&attack.url("/calm/x")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    assert_eq!(
+        upstream.last_request().unwrap().header("authorization"),
+        Some("Bearer tok-calm")
+    );
+    let rows = attack.rows("store_disk_low", 1);
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|row| row["agent"] == "looper"),
+        "only the looper was refused: {rows}"
     );
 }
 

@@ -175,7 +175,7 @@ const UNAUTHENTICATED_PER_SECOND: f64 = 5.0;
 /// so one agent's loop could otherwise write thousands of rows a second.
 const AGENT_REFUSAL_BURST: f64 = 100.0;
 const AGENT_REFUSALS_PER_SECOND: f64 = 10.0;
-/// Agents whose refusal budget is remembered; beyond it, full buckets are forgotten.
+/// Agents whose budget is remembered; beyond it, full buckets are forgotten.
 const MAX_BUDGETED_AGENTS: usize = 4096;
 
 /// A token bucket for audit rows.
@@ -210,18 +210,52 @@ impl Bucket {
     }
 }
 
+/// One token bucket per agent, each a burst of `burst` then `per_second`; at most
+/// [`MAX_BUDGETED_AGENTS`] remembered, beyond which full buckets are forgotten (a full
+/// bucket is the same as a new one).
+pub(crate) struct AgentBuckets {
+    burst: f64,
+    per_second: f64,
+    agents: Mutex<HashMap<String, Bucket>>,
+}
+
+impl AgentBuckets {
+    pub(crate) fn new(burst: f64, per_second: f64) -> AgentBuckets {
+        AgentBuckets {
+            burst,
+            per_second,
+            agents: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(takes refused since the last one allowed)` when `agent` may take one.
+    pub(crate) fn take(&self, agent: &str) -> Option<u64> {
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if agents.len() >= MAX_BUDGETED_AGENTS && !agents.contains_key(agent) {
+            agents.retain(|_, bucket| {
+                let refill = bucket.refilled.elapsed().as_secs_f64() * self.per_second;
+                bucket.suppressed > 0 || bucket.tokens + refill < self.burst
+            });
+        }
+        agents
+            .entry(agent.to_string())
+            .or_insert_with(|| Bucket::full(self.burst))
+            .take(self.burst, self.per_second)
+    }
+}
+
 /// The gateway's budgets for audit rows nobody paid for: one for clients that never
 /// authenticated, one per agent for refusals without a credential or a person.
 pub(crate) struct RowBudgets {
     front_door: Mutex<Bucket>,
-    agents: Mutex<HashMap<String, Bucket>>,
+    agents: AgentBuckets,
 }
 
 impl Default for RowBudgets {
     fn default() -> Self {
         RowBudgets {
             front_door: Mutex::new(Bucket::full(UNAUTHENTICATED_BURST)),
-            agents: Mutex::new(HashMap::new()),
+            agents: AgentBuckets::new(AGENT_REFUSAL_BURST, AGENT_REFUSALS_PER_SECOND),
         }
     }
 }
@@ -235,18 +269,7 @@ impl RowBudgets {
     }
 
     pub(crate) fn agent(&self, agent: &str) -> Option<u64> {
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
-        if agents.len() >= MAX_BUDGETED_AGENTS && !agents.contains_key(agent) {
-            // A bucket that has refilled and suppressed nothing is the same as a new one.
-            agents.retain(|_, bucket| {
-                let refill = bucket.refilled.elapsed().as_secs_f64() * AGENT_REFUSALS_PER_SECOND;
-                bucket.suppressed > 0 || bucket.tokens + refill < AGENT_REFUSAL_BURST
-            });
-        }
-        agents
-            .entry(agent.to_string())
-            .or_insert_with(|| Bucket::full(AGENT_REFUSAL_BURST))
-            .take(AGENT_REFUSAL_BURST, AGENT_REFUSALS_PER_SECOND)
+        self.agents.take(agent)
     }
 }
 

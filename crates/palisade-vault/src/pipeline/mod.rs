@@ -127,7 +127,7 @@ async fn run(
         )
     {
         // It would leave a row the agent does not pay for: only while there is room.
-        shared.disk.room_for_rows(&target.host)?;
+        shared.disk.room_for_rows(agent.as_str(), &target.host)?;
     }
     rate::count(shared, agent, &evaluation.rate_limits, &target.host, audit).await?;
 

@@ -109,6 +109,11 @@ pub struct GatewayArgs {
     /// below it, requests that would send a credential or wait for approval get 503.
     #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = palisade_sandbox::limits::parse_size)]
     pub min_free_disk: u64,
+    /// Below this much free disk under the home, each agent may send at most 10
+    /// credentialed or held requests a second (after a burst of 100); beyond, 503, so
+    /// one agent's loop cannot use up the disk every agent's records need.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = palisade_sandbox::limits::parse_size)]
+    pub disk_share_below: u64,
 }
 
 /// A size such as `4MiB`, `512KiB`, `1048576` (bytes), up to 256 MiB.
@@ -155,6 +160,7 @@ impl GatewayArgs {
         config.max_buffered_bodies_per_agent = self.max_buffered_bodies_per_agent;
         config.max_buffered_bodies = self.max_buffered_bodies;
         config.min_free_disk = self.min_free_disk;
+        config.disk_share_below = self.disk_share_below;
         config
     }
 }
