@@ -104,6 +104,7 @@ fn verdict(world: &World, path: &str, at_ms: i64) -> &'static str {
         body: None,
         now_ms: at_ms,
         approvals: palisade_policy::dial::ApprovalFrequency::Never,
+        model_call: false,
     };
     match policy.evaluate(&facts).verdict {
         Verdict::Allow => "allow",

@@ -8,9 +8,9 @@ use palisade_store::Home;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+pub use palisade_policy::models::DEFAULT_ANTHROPIC_URL;
 /// Default model for new agents (configurable per agent).
 pub use palisade_policy::models::DEFAULT_MODEL;
-pub const DEFAULT_ANTHROPIC_URL: &str = "https://api.anthropic.com";
 
 /// Longest memory file the host reads or appends to.
 pub const MAX_MEMORY_BYTES: usize = 64 * 1024;

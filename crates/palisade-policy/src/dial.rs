@@ -167,6 +167,16 @@ impl Dial {
         }
     }
 
+    /// What to call these knobs: `preset NAME`, `default` (never set: only rules ask,
+    /// balanced sanitizing) or `custom`.
+    pub fn label(&self) -> String {
+        match self.preset() {
+            Some(preset) => format!("preset {}", preset.as_str()),
+            None if *self == Dial::default() => "default".into(),
+            None => "custom".into(),
+        }
+    }
+
     /// The preset these knobs amount to, if any.
     pub fn preset(&self) -> Option<Preset> {
         [Preset::Strict, Preset::Balanced, Preset::Relaxed]
@@ -181,9 +191,14 @@ impl Dial {
             Strictness::Balanced => "messages from other agents reach it as plain text with images and markup removed and instruction-like text removed",
             Strictness::Relaxed => "messages from other agents reach it as plain text with markup removed, quoted and labelled",
         };
+        let model = if self.approvals == ApprovalFrequency::Never {
+            ""
+        } else {
+            " Its calls to its own model are never held by the dial."
+        };
         vec![
             format!(
-                "Approvals ({}): {}.",
+                "Approvals ({}): {}.{model}",
                 self.approvals,
                 self.approvals.explain()
             ),
@@ -207,6 +222,12 @@ mod tests {
             sanitize: Strictness::Strict,
         };
         assert_eq!(custom.preset(), None);
+        assert_eq!(custom.label(), "custom");
+        assert_eq!(Dial::default().label(), "default");
+        assert_eq!(Preset::Strict.dial().label(), "preset strict");
+        // Only a dial that asks says its model calls are not held.
+        assert!(Preset::Strict.dial().explain()[0].contains("own model"));
+        assert!(!Dial::default().explain()[0].contains("own model"));
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct RequestFacts<'a> {
     pub now_ms: i64,
     /// The agent's dial: when a person approves a request that carries a credential.
     pub approvals: ApprovalFrequency,
+    /// Whether the request is one of the agent's calls to its own model
+    /// ([`crate::models::ModelApi`]), which the dial never holds.
+    pub model_call: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -182,7 +185,10 @@ impl PolicySet {
 
         let verdict = match matched().find(|rule| rule.action == RuleAction::RequireApproval) {
             Some(rule) => Verdict::RequireApproval { rule },
-            None if secret.is_some() && facts.approvals.holds(facts.method) => {
+            None if secret.is_some()
+                && !facts.model_call
+                && facts.approvals.holds(facts.method) =>
+            {
                 Verdict::DialApproval {
                     frequency: facts.approvals,
                 }
@@ -337,6 +343,7 @@ mod tests {
         path: CanonicalPath,
         body: Option<&'static [u8]>,
         approvals: ApprovalFrequency,
+        model_call: bool,
     }
 
     impl Request {
@@ -349,6 +356,7 @@ mod tests {
                 path: CanonicalPath::parse(path).unwrap(),
                 body: None,
                 approvals: ApprovalFrequency::Never,
+                model_call: false,
             }
         }
         fn action(mut self) -> Self {
@@ -374,6 +382,7 @@ mod tests {
                 body: self.body,
                 now_ms: NOW,
                 approvals: self.approvals,
+                model_call: self.model_call,
             }
         }
     }
@@ -796,5 +805,16 @@ mod tests {
         let mut request = Request::to("api.example.com", "/x");
         request.approvals = ApprovalFrequency::Every;
         assert_eq!(verdict_of(&blocked, &request).0, "block");
+        // The agent's calls to its own model are never held by the dial, but a rule
+        // still holds them.
+        let mut thought = Request::to("api.example.com", "/x").post(None);
+        thought.approvals = ApprovalFrequency::Every;
+        thought.model_call = true;
+        assert_eq!(verdict_of(&set, &thought).0, "allow");
+        let asked = PolicySet::new(
+            vec![secret(1, "api.example.com", None, &["bot"])],
+            vec![rule(1, "api.example.com", RuleAction::RequireApproval)],
+        );
+        assert_eq!(verdict_of(&asked, &thought).0, "approval");
     }
 }

@@ -13,6 +13,97 @@ pub const DEFAULT_MODEL: &str = "claude-sonnet-4-6";
 /// The family the default belongs to: its id without the version.
 pub const DEFAULT_FAMILY: &str = "claude-sonnet";
 
+/// Where an agent of the `anthropic` provider calls its model unless its settings name
+/// another base URL.
+pub const DEFAULT_ANTHROPIC_URL: &str = "https://api.anthropic.com";
+
+/// The calls an agent makes to its own model's API, as its settings (`provider`,
+/// `base_url`) name it: the model call the runner makes every step (`POST
+/// /v1/messages`, or `/v1/chat/completions` for OpenAI-compatible servers) and the
+/// model list the host reads (`GET /v1/models`), at the base URL's scheme, host, port
+/// and path. The dial never holds these: an agent whose every thought waited for a
+/// person could not work, and its model's provider sees all it thinks anyway. Rules
+/// (`require_approval`, `block`, rate limits) apply to them as to any request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelApi {
+    https: bool,
+    /// Lower case; IPv6 without brackets.
+    host: String,
+    port: u16,
+    /// Each call's method and canonical path.
+    calls: Vec<(http::Method, String)>,
+}
+
+impl ModelApi {
+    /// The model API an agent's settings JSON names; `None` if it names none that
+    /// parses (an OpenAI-compatible agent without a base URL, an unknown provider, a
+    /// URL that is not http or https).
+    pub fn from_settings(settings: &serde_json::Value) -> Option<ModelApi> {
+        let text = |key: &str| settings.get(key).and_then(serde_json::Value::as_str);
+        let provider = text("provider").unwrap_or("anthropic");
+        let base = match (text("base_url"), provider) {
+            (Some(url), "anthropic" | "openai") => url,
+            (None, "anthropic") => DEFAULT_ANTHROPIC_URL,
+            _ => return None,
+        };
+        let uri: http::Uri = base.parse().ok()?;
+        let https = match uri.scheme_str()? {
+            "https" => true,
+            "http" => false,
+            _ => return None,
+        };
+        let host = uri
+            .host()?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        // The host and the OpenAI-compatible runner drop a trailing `/v1` from the base
+        // URL; the Anthropic runner appends to the base URL as it is.
+        let path = uri.path().trim_end_matches('/');
+        let root = path.strip_suffix("/v1").unwrap_or(path);
+        let mut calls = vec![(http::Method::GET, format!("{root}/v1/models"))];
+        if provider == "openai" {
+            calls.push((http::Method::POST, format!("{root}/v1/chat/completions")));
+        } else {
+            calls.push((http::Method::POST, format!("{root}/v1/messages")));
+            calls.push((http::Method::POST, format!("{path}/v1/messages")));
+        }
+        let calls = calls
+            .into_iter()
+            .filter_map(|(method, raw)| {
+                let canonical = crate::CanonicalPath::parse(&raw).ok()?;
+                Some((method, canonical.as_str().to_string()))
+            })
+            .collect();
+        Some(ModelApi {
+            https,
+            host,
+            port,
+            calls,
+        })
+    }
+
+    /// Whether a request is one of these calls. `host` as the gateway holds it (lower
+    /// case, IPv6 without brackets), `path` canonical.
+    pub fn covers(
+        &self,
+        https: bool,
+        host: &str,
+        port: u16,
+        method: &http::Method,
+        path: &crate::CanonicalPath,
+    ) -> bool {
+        self.https == https
+            && self.port == port
+            && self.host == host
+            && self
+                .calls
+                .iter()
+                .any(|(m, p)| m == method && p == path.as_str())
+    }
+}
+
 /// One model a provider lists (`GET /v1/models`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListedModel {
@@ -69,6 +160,151 @@ pub fn model_unavailable_message(model: &str, agent: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::ModelApi;
+    use crate::CanonicalPath;
+    use http::Method;
+    use serde_json::json;
+
+    fn covers(
+        api: &ModelApi,
+        https: bool,
+        host: &str,
+        port: u16,
+        method: Method,
+        path: &str,
+    ) -> bool {
+        api.covers(
+            https,
+            host,
+            port,
+            &method,
+            &CanonicalPath::parse(path).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_model_api_is_read_from_the_agents_settings() {
+        // No settings: Anthropic's API.
+        let api = ModelApi::from_settings(&json!({})).unwrap();
+        assert!(covers(
+            &api,
+            true,
+            "api.anthropic.com",
+            443,
+            Method::POST,
+            "/v1/messages"
+        ));
+        assert!(covers(
+            &api,
+            true,
+            "api.anthropic.com",
+            443,
+            Method::GET,
+            "/v1/models"
+        ));
+        // Only those calls, there.
+        for (https, host, port, method, path) in [
+            (
+                true,
+                "api.anthropic.com",
+                443,
+                Method::POST,
+                "/v1/messages/batches",
+            ),
+            (true, "api.anthropic.com", 443, Method::POST, "/v1/files"),
+            (true, "api.anthropic.com", 443, Method::GET, "/v1/messages"),
+            (
+                true,
+                "api.anthropic.com",
+                8443,
+                Method::POST,
+                "/v1/messages",
+            ),
+            (
+                false,
+                "api.anthropic.com",
+                443,
+                Method::POST,
+                "/v1/messages",
+            ),
+            (true, "evil.example", 443, Method::POST, "/v1/messages"),
+        ] {
+            assert!(
+                !covers(&api, https, host, port, method.clone(), path),
+                "{host}:{port} {method} {path}"
+            );
+        }
+        // Another spelling of the same path is the same call.
+        assert!(covers(
+            &api,
+            true,
+            "api.anthropic.com",
+            443,
+            Method::POST,
+            "//v1/./messages"
+        ));
+
+        let local = ModelApi::from_settings(&json!({
+            "provider": "openai", "base_url": "http://127.0.0.1:8080/v1/", "model": "m"
+        }))
+        .unwrap();
+        assert!(covers(
+            &local,
+            false,
+            "127.0.0.1",
+            8080,
+            Method::POST,
+            "/v1/chat/completions"
+        ));
+        assert!(covers(
+            &local,
+            false,
+            "127.0.0.1",
+            8080,
+            Method::GET,
+            "/v1/models"
+        ));
+        assert!(!covers(
+            &local,
+            false,
+            "127.0.0.1",
+            8080,
+            Method::POST,
+            "/v1/messages"
+        ));
+        let proxied = ModelApi::from_settings(&json!({
+            "provider": "anthropic", "base_url": "https://[::1]:9000/llm"
+        }))
+        .unwrap();
+        assert!(covers(
+            &proxied,
+            true,
+            "::1",
+            9000,
+            Method::POST,
+            "/llm/v1/messages"
+        ));
+        assert!(!covers(
+            &proxied,
+            true,
+            "::1",
+            9000,
+            Method::POST,
+            "/v1/messages"
+        ));
+
+        // Nothing that parses: no model API.
+        assert_eq!(
+            ModelApi::from_settings(&json!({"provider": "openai"})),
+            None
+        );
+        assert_eq!(ModelApi::from_settings(&json!({"provider": "x"})), None);
+        assert_eq!(
+            ModelApi::from_settings(&json!({"base_url": "ftp://x/"})),
+            None
+        );
+    }
+
     #[test]
     fn unavailable_models_are_recognised() {
         assert!(is_model_unavailable(

@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub approval_timeouts: HashMap<AgentName, std::time::Duration>,
     /// Each agent's dial (absent: the default, which asks only where rules say).
     pub dials: HashMap<AgentName, palisade_policy::dial::Dial>,
+    /// Each agent's model API, whose calls its dial never holds.
+    pub model_apis: HashMap<AgentName, palisade_policy::models::ModelApi>,
     /// Each secret's spellings to mask in responses, by secret id (none for secrets too
     /// short to search for).
     reflections: HashMap<i64, Arc<Reflection>>,
@@ -65,6 +67,13 @@ impl Snapshot {
                 )
             })
             .collect();
+        let model_apis = records
+            .iter()
+            .filter_map(|a| {
+                let api = palisade_policy::models::ModelApi::from_settings(&a.settings)?;
+                Some((a.name.clone(), api))
+            })
+            .collect();
         let agents = records.into_iter().map(|a| (a.name, a.profile)).collect();
         let tokens = store
             .agent_token_hashes()?
@@ -88,6 +97,7 @@ impl Snapshot {
             admin_key_digest,
             approval_timeouts,
             dials,
+            model_apis,
         })
     }
 

@@ -103,6 +103,53 @@ fn a_message_wakes_a_sandboxed_runner_that_uses_the_model_through_the_vault() {
     assert!(!world.palisade.all_output().contains(KEY));
 }
 
+/// An agent whose dial is `strict` (a person approves every request that carries one
+/// of its credentials) still thinks on its own: its calls to its own model carry the
+/// key and are not held, so a message is answered with nobody asked. (Before: the model
+/// call itself waited for a person, and the turn never ended unattended.)
+#[test]
+fn a_strict_agent_still_thinks_without_asking_anyone() {
+    let world = world();
+    ok(world
+        .palisade
+        .run(&["agents", "dial", "helper", "--preset", "strict"]));
+    // Were the model call held, the turn would end here, not at the approval timeout.
+    ok(world
+        .palisade
+        .run(&["agents", "edit", "helper", "--turn-timeout", "45s"]));
+    world
+        .upstream
+        .script_anthropic(vec![ScriptedTurn::text("thought it through")]);
+    let mut host = world.up();
+
+    let output = world.send("helper", "think it over");
+    assert!(
+        output.status.success(),
+        "{}\nhost: {}",
+        text(&output),
+        host.stderr()
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("thought it through"),
+        "{}",
+        text(&output)
+    );
+    let calls = world.model_requests();
+    assert!(!calls.is_empty());
+    assert!(calls
+        .iter()
+        .all(|call| call.header("x-api-key") == Some(KEY)));
+    let approvals: serde_json::Value = serde_json::from_slice(
+        &ok(world
+            .palisade
+            .run(&["--json", "approvals", "list", "--all"]))
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(approvals, serde_json::json!([]), "nobody was to be asked");
+    world.stop(&mut host);
+}
+
 #[test]
 fn a_message_in_flight_when_the_host_is_killed_is_answered_once_after_restart() {
     let world = world();

@@ -1,6 +1,7 @@
 //! The dial at the vault: an agent's approval frequency holds credentialed requests
 //! for a person without any rule (`every`, `first-use`, `writes`), a change of dial is
-//! in force on the next request, and requests without a credential are never held by it.
+//! in force on the next request, requests without a credential are never held by it, and
+//! neither are an agent's calls to its own model.
 
 mod vault_fixture;
 
@@ -18,8 +19,15 @@ fn pending(setup: &Setup) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Sends `method path` in the background; returns the thread with curl's status.
-fn send(setup: &Setup, token: &str, method: &str, path: &str) -> std::thread::JoinHandle<u16> {
+/// Sends `method path` (with `body`, if any) in the background; returns the thread with
+/// curl's status.
+fn send(
+    setup: &Setup,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::thread::JoinHandle<u16> {
     let mut args: Vec<String> = vec![
         "-sS".into(),
         "-o".into(),
@@ -31,6 +39,9 @@ fn send(setup: &Setup, token: &str, method: &str, path: &str) -> std::thread::Jo
         "-X".into(),
         method.into(),
     ];
+    if let Some(body) = body {
+        args.extend(["--data".into(), body.into()]);
+    }
     args.extend(setup.proxy_args(token));
     args.push(setup.upstream.url(path));
     std::thread::spawn(move || {
@@ -41,8 +52,19 @@ fn send(setup: &Setup, token: &str, method: &str, path: &str) -> std::thread::Jo
 
 /// Whether `method path` is held: it waits for a person, is approved, then arrives.
 fn held_then_approved(setup: &Setup, token: &str, method: &str, path: &str) -> bool {
+    held_then_approved_with(setup, token, method, path, None)
+}
+
+/// The same with a body.
+fn held_then_approved_with(
+    setup: &Setup,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> bool {
     let before = setup.upstream.count();
-    let request = send(setup, token, method, path);
+    let request = send(setup, token, method, path, body);
     let mut found = Vec::new();
     let held = wait_until(Duration::from_secs(3), || {
         found = pending(setup);
@@ -111,6 +133,92 @@ fn the_dial_holds_credentialed_requests_as_set() {
         .unwrap()
         .iter()
         .any(|row| row["rule"] == "dial:writes"));
+}
+
+/// The dial never holds an agent's calls to its own model: with `--preset strict` an
+/// agent whose model API is an OpenAI-compatible server (its settings' base URL) sends
+/// `POST /v1/chat/completions` and `GET /v1/models` there unheld, with its credential,
+/// while its other credentialed requests to the same server are held, and the same
+/// call by an agent whose model is elsewhere is held. A `require_approval` rule still
+/// holds the model call. (Before: every step of a dialed agent's thinking waited for a
+/// person, so a `strict` or `balanced` agent could not answer on its own.)
+#[test]
+fn the_dial_never_holds_an_agents_calls_to_its_own_model() {
+    let mut setup = Setup::new();
+    setup.start_vault(&[]);
+    let thinker = setup.agent("thinker");
+    let other = setup.agent("other");
+    setup.secret(
+        "model-key",
+        "localhost",
+        None,
+        "bearer",
+        &["thinker", "other"],
+        "tok-model",
+    );
+    let base_url = setup.upstream.url("/v1");
+    setup.cli(&[
+        "agents",
+        "edit",
+        "thinker",
+        "--provider",
+        "openai",
+        "--base-url",
+        &base_url,
+        "--model",
+        "local-model",
+    ]);
+    setup.cli(&["agents", "dial", "thinker", "--preset", "strict"]);
+    setup.cli(&["agents", "dial", "other", "--preset", "strict"]);
+
+    let thought = r#"{"model":"local-model","messages":[{"role":"user","content":"hi"}]}"#;
+    assert!(!held_then_approved_with(
+        &setup,
+        &thinker,
+        "POST",
+        "/v1/chat/completions",
+        Some(thought)
+    ));
+    assert_eq!(
+        setup
+            .upstream
+            .last_request()
+            .unwrap()
+            .header("authorization"),
+        Some("Bearer tok-model")
+    );
+    assert!(!held_then_approved(&setup, &thinker, "GET", "/v1/models"));
+    // Anything else there carries the credential and is held, as the dial says.
+    assert!(held_then_approved(&setup, &thinker, "POST", "/v1/files"));
+    assert!(held_then_approved(&setup, &thinker, "GET", "/v1/files"));
+    // Another agent's model is elsewhere (Anthropic's API, by default).
+    assert!(held_then_approved_with(
+        &setup,
+        &other,
+        "POST",
+        "/v1/chat/completions",
+        Some(thought)
+    ));
+    // A rule still holds the model call.
+    setup.cli(&[
+        "rules",
+        "create",
+        "--name",
+        "ask-thoughts",
+        "--host-pattern",
+        "localhost",
+        "--path-pattern",
+        "/v1/chat/*",
+        "--action",
+        "require_approval",
+    ]);
+    assert!(held_then_approved_with(
+        &setup,
+        &thinker,
+        "POST",
+        "/v1/chat/completions",
+        Some(thought)
+    ));
 }
 
 /// Approval fatigue: after people approve the same request again and again, `approvals

@@ -227,6 +227,15 @@ fn facts<'a>(
             .get(agent)
             .map(|dial| dial.approvals)
             .unwrap_or_default(),
+        model_call: snapshot.model_apis.get(agent).is_some_and(|api| {
+            api.covers(
+                target.scheme == Scheme::Https,
+                &target.host,
+                target.port,
+                method,
+                path,
+            )
+        }),
     }
 }
 

@@ -112,12 +112,7 @@ pub(crate) fn dial_section(state: &WebState, agent: &AgentRecord, error: Option<
         section.card #dial {
             div.row-between {
                 h2 { "Dial" }
-                span #dial-preset {
-                    @match dial.preset() {
-                        Some(preset) => { (layout::pill(&format!("preset {}", preset.as_str()), "neutral")) }
-                        None => { (layout::pill("custom", "neutral")) }
-                    }
-                }
+                span #dial-preset { (layout::pill(&dial.label(), "neutral")) }
             }
             p.muted.small { "How often a person is asked, and how strictly what other agents send is cleaned. The same as " code { "palisade agents dial " (agent.name) } "." }
             ul.plain #dial-explain {
@@ -132,7 +127,7 @@ pub(crate) fn dial_section(state: &WebState, agent: &AgentRecord, error: Option<
                     // picked before the form goes.
                     select name="preset" required {
                         @if dial.preset().is_none() {
-                            option value="" disabled selected { "custom; choose a preset" }
+                            option value="" disabled selected { (dial.label()) "; choose a preset" }
                         }
                         @for (value, text) in preset_options() {
                             option value=(value) selected[dial.preset().map(Preset::as_str) == Some(value.as_str())] { (text) }

@@ -247,12 +247,7 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
                     "sanitize": dial.sanitize.as_str(),
                 }));
             }
-            let mut text = format!(
-                "agent {name}'s dial ({}):\n",
-                dial.preset()
-                    .map(|p| format!("preset {}", p.as_str()))
-                    .unwrap_or_else(|| "custom".into())
-            );
+            let mut text = format!("agent {name}'s dial ({}):\n", dial.label());
             for line in dial.explain() {
                 text.push_str("  ");
                 text.push_str(&line);
