@@ -265,11 +265,12 @@ pub(crate) async fn deliver(
                 session_id,
                 text,
                 history,
+                is_error,
             } if message_id == message.id && session_id == message.session_id => {
                 if !history.is_array() {
                     return Outcome::RunnerFailed("the reply's history is not a JSON array".into());
                 }
-                if store_reply(inner, message.id, &text, Some(history), false).await {
+                if store_reply(inner, message.id, &text, Some(history), is_error).await {
                     return Outcome::Answered;
                 }
                 return Outcome::RunnerFailed("the reply could not be stored".into());

@@ -161,6 +161,10 @@ pub enum RunnerFrame {
         session_id: i64,
         text: String,
         history: Value,
+        /// The turn ended on an error (the model could not be asked): the text says
+        /// why, and the reply is stored and shown as an error.
+        #[serde(default)]
+        is_error: bool,
     },
     ToolCall {
         call_id: String,

@@ -140,6 +140,7 @@ async fn fake_runner(
                     session_id,
                     text: answer,
                     history: serde_json::Value::Array(history),
+                    is_error: false,
                 })
                 .await?;
             }

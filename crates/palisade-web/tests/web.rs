@@ -90,6 +90,7 @@ async fn echo_runner(socket: &Path) -> Result<(), Box<dyn std::error::Error>> {
                     session_id: delivery.session_id,
                     text: format!("echo: {}", delivery.text),
                     history: serde_json::Value::Array(history),
+                    is_error: false,
                 })
                 .await?;
             }

@@ -2,11 +2,14 @@
 //! in-process) with the testkit's fake Anthropic API answering `404 not_found_error`
 //! for the agent's model. `palisade send` exits 1 with one line saying which model is
 //! not available and how to choose another, the model is asked once (no retries), and
-//! after `palisade agents edit --model` the next message is answered.
+//! after `palisade agents edit --model` the next message is answered. Any other refusal
+//! of the model call is an error reply too: `send` exits 1 with its cause, and the
+//! session records it as an error.
 
 mod host_fixture;
 
 use host_fixture::{ok, text, world, KEY};
+use palisade_testkit::ScriptedTurn;
 
 #[test]
 fn a_retired_model_is_one_line_and_changing_it_fixes_the_next_message() {
@@ -45,4 +48,48 @@ fn a_retired_model_is_one_line_and_changing_it_fixes_the_next_message() {
     assert_eq!(last.body_json().unwrap()["model"], "claude-sonnet-4-6");
     world.down(host);
     assert!(!world.palisade.all_output().contains(KEY));
+}
+
+/// The model API refuses the call (a wrong key): the reply says why and is an error,
+/// so `palisade send` exits 1 with that one line and the session shows it as an error,
+/// not as the agent's answer; the next message is answered as usual. (Before: `send`
+/// printed the refusal as the agent's words and exited 0.)
+#[test]
+fn a_refused_model_call_is_an_error_reply_not_an_answer() {
+    let world = world();
+    world.upstream.script_anthropic(vec![
+        ScriptedTurn::error(
+            401,
+            serde_json::json!({
+                "type": "error",
+                "error": {"type": "authentication_error", "message": "invalid x-api-key"},
+            }),
+        ),
+        ScriptedTurn::text("fine now"),
+    ]);
+    let host = world.up();
+
+    let refused = world.send("helper", "hello?");
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("invalid x-api-key"),
+        "{stderr}"
+    );
+    let session = world.session(world.only_session());
+    let reply = &session["messages"][0]["reply"];
+    assert_eq!(reply["is_error"], true, "{session}");
+    assert!(reply["text"]
+        .as_str()
+        .unwrap()
+        .contains("authentication_error"));
+
+    let answered = ok(world.send("helper", "and now?"));
+    assert!(
+        String::from_utf8_lossy(&answered.stdout).contains("fine now"),
+        "{}",
+        text(&answered)
+    );
+    world.down(host);
 }

@@ -157,7 +157,8 @@ impl ModelError {
 
     /// A sentence to show the person waiting for an answer.
     pub fn user_message(&self) -> String {
-        format!("I could not get an answer from the model. {self}")
+        // The error's own text starts in lower case, to follow a colon.
+        format!("I could not get an answer from the model: {self}")
     }
 
     fn retryable(&self) -> bool {
@@ -453,13 +454,22 @@ async fn refusal(response: HttpResponse) -> ModelError {
     }
 }
 
-/// `(kind, message)` from a JSON error body of any of the known shapes.
+/// `(kind, message)` from a JSON error body of any of the known shapes. The vault's
+/// refusals may name the person who denied a request and their comment, which is meant
+/// for the agent: both are added to the message.
 pub(crate) fn error_fields(body: &[u8]) -> Option<(String, String)> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let text = |value: Option<&Value>| value.and_then(Value::as_str).map(str::to_string);
     match value.get("error") {
         Some(Value::String(kind)) => {
-            Some((kind.clone(), text(value.get("message")).unwrap_or_default()))
+            let mut message = text(value.get("message")).unwrap_or_default();
+            if let Some(approver) = text(value.get("approver")) {
+                message.push_str(&format!(" Decided by: {}.", truncate(&approver, 200)));
+            }
+            if let Some(comment) = text(value.get("comment")) {
+                message.push_str(&format!(" Their comment: {:?}", truncate(&comment, 1000)));
+            }
+            Some((kind.clone(), message))
         }
         Some(Value::Object(inner)) => {
             let kind = text(inner.get("type"))
@@ -580,6 +590,15 @@ mod tests {
         assert_eq!(
             error_fields(br#"{"error":{"message":"m","type":null,"code":"rate"}}"#),
             Some(("rate".into(), "m".into()))
+        );
+        assert_eq!(
+            error_fields(
+                br#"{"error":"approval_denied","message":"Denied.","approver":"Ana","comment":"not now"}"#
+            ),
+            Some((
+                "approval_denied".into(),
+                "Denied. Decided by: Ana. Their comment: \"not now\"".into()
+            ))
         );
         assert_eq!(error_fields(b"<html>"), None);
     }

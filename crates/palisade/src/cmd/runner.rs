@@ -154,11 +154,12 @@ async fn run_turns(
         let message_id = delivery.message_id;
         host.message_id.store(message_id, Ordering::SeqCst);
         let frame = match turn(&delivery, &out, &host, &http, &workspace).await {
-            Ok((text, history)) => RunnerFrame::Reply {
+            Ok((text, history, is_error)) => RunnerFrame::Reply {
                 message_id,
                 session_id: delivery.session_id,
                 text,
                 history,
+                is_error,
             },
             Err(error) => RunnerFrame::Error {
                 message_id: Some(message_id),
@@ -177,7 +178,7 @@ async fn turn(
     host: &Arc<SocketHost>,
     http: &HttpClient,
     workspace: &std::path::Path,
-) -> anyhow::Result<(String, serde_json::Value)> {
+) -> anyhow::Result<(String, serde_json::Value, bool)> {
     let agent = &delivery.agent;
     let provider = match agent.provider.as_str() {
         "anthropic" => ProviderConfig::anthropic(&agent.base_url).with_model(&agent.model),
@@ -227,15 +228,19 @@ async fn turn(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     // A model the API does not serve is one line for the person, not a reply the
     // agent remembers (the message can be sent again once the model is changed).
-    if let palisade_runner::TurnStop::ModelError(error) = &outcome.stop {
-        if error.is_model_unavailable() {
+    // Another model error ends the turn with what the agent did before it (its history
+    // keeps the tools it ran) and a reply marked as an error.
+    let failed = match &outcome.stop {
+        palisade_runner::TurnStop::ModelError(error) if error.is_model_unavailable() => {
             anyhow::bail!(palisade_policy::models::model_unavailable_message(
                 &agent.model,
                 &agent.name
             ));
         }
-    }
-    Ok((outcome.text, encode_history(&session)))
+        palisade_runner::TurnStop::ModelError(_) => true,
+        _ => false,
+    };
+    Ok((outcome.text, encode_history(&session), failed))
 }
 
 /// History as stored by the host: the messages, preceded by `{"summary": …}` when
