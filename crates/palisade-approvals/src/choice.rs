@@ -53,7 +53,8 @@ impl std::str::FromStr for Choice {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text.trim().to_ascii_lowercase().as_str() {
-            "once" | "approve" | "" => Ok(Choice::Once),
+            // No empty spelling: a form or call that names no choice approves nothing.
+            "once" | "approve" => Ok(Choice::Once),
             "1h" | "hour" | "for-1h" | "for_1h" => Ok(Choice::ForHour),
             "always" => Ok(Choice::Always),
             "deny" => Ok(Choice::Deny),
@@ -162,6 +163,8 @@ mod tests {
             assert_eq!(choice.as_str().parse::<Choice>(), Ok(choice));
         }
         assert!("sometimes".parse::<Choice>().is_err());
+        assert!("".parse::<Choice>().is_err());
+        assert!(" ".parse::<Choice>().is_err());
         assert_eq!(
             Button::for_kind(crate::ApprovalKind::ToolAction),
             vec![Button::Once, Button::Deny, Button::DenyWithComment]

@@ -229,13 +229,35 @@
       decided.replaceWith(document.importNode(freshDecided, true));
     }
     if (fresh.dataset.ids === current.dataset.ids) return;
-    // Keep comments being typed in cards that are still pending.
+    const freshCards = fresh.querySelectorAll("article[data-id]");
+    if (freshCards.length === 0) {
+      // Nothing is waiting: no card is left that a click could land on.
+      current.replaceWith(document.importNode(fresh, true));
+      return;
+    }
+    // Cards never move under the pointer: a click aimed at one card must not land on
+    // the next because the one above it was decided elsewhere or timed out. A card no
+    // longer waiting stays where it is, greyed and without buttons; new ones are added
+    // at the end (the list is oldest first).
+    const shown = new Set();
     current.querySelectorAll("article[data-id]").forEach(function (card) {
-      const typed = card.querySelector('input[name="comment"]');
-      const same = fresh.querySelector('article[data-id="' + CSS.escape(card.dataset.id) + '"] input[name="comment"]');
-      if (typed && same) same.value = typed.value;
+      shown.add(card.dataset.id);
+      const still = fresh.querySelector('article[data-id="' + CSS.escape(card.dataset.id) + '"]');
+      if (still || card.classList.contains("closed")) return;
+      card.classList.add("closed");
+      card.querySelectorAll("button, textarea").forEach(function (control) { control.disabled = true; });
+      const note = document.createElement("p");
+      note.className = "muted small closed-note";
+      note.textContent = "No longer waiting: decided elsewhere, timed out or withdrawn (see the decisions below).";
+      card.appendChild(note);
     });
-    current.replaceWith(document.importNode(fresh, true));
+    const empty = current.querySelector(".empty-state");
+    if (empty) empty.remove();
+    freshCards.forEach(function (card) {
+      if (!shown.has(card.dataset.id)) current.appendChild(document.importNode(card, true));
+    });
+    current.dataset.ids = fresh.dataset.ids;
+    current.dataset.count = fresh.dataset.count;
   }
 
   if (live) {
@@ -270,6 +292,9 @@
         let body = {};
         try { body = await response.json(); } catch (_) { /* not JSON */ }
         showFlash(body.message || ("the host answered " + response.status), !response.ok);
+        // The card the person just decided goes (their click has landed).
+        const card = form.closest("article[data-id]");
+        if (response.ok && card) card.remove();
       } catch (error) {
         showFlash("Could not reach palisade: " + error.message, true);
       }

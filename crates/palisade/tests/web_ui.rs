@@ -195,6 +195,31 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
     assert_eq!(held_requests(upstream), 0, "sent before approval");
     save_screenshot(&client, "approvals.png").await;
 
+    // Enter in the comment box starts a new line and decides nothing (in a one-line
+    // input it submitted the form with its first button, Approve: a person typing the
+    // reason for a denial approved).
+    let comment = client
+        .find(Locator::Css("article.approval textarea[name=comment]"))
+        .await
+        .unwrap();
+    comment
+        .send_keys(&format!(
+            "no, wrong recipient{}",
+            char::from(fantoccini::key::Key::Enter)
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let still = ok(palisade.run(&["approvals", "list", "--json"]));
+    let still: serde_json::Value = serde_json::from_slice(&still.stdout).unwrap();
+    assert_eq!(
+        still.as_array().map(Vec::len),
+        Some(1),
+        "Enter in the comment decided the approval: {still}"
+    );
+    assert_eq!(held_requests(upstream), 0, "Enter sent the held request");
+    comment.clear().await.unwrap();
+
     client
         .find(Locator::Css("article.approval button[value=approve]"))
         .await

@@ -60,7 +60,10 @@ fn pending_markup(state: &WebState, pending: &[Approval]) -> Markup {
                     }
                     form.decide method="post" action={ "/approvals/" (approval.id) "/decide" } {
                         (layout::csrf_field(state))
-                        input type="text" name="comment" maxlength=(MAX_COMMENT_BYTES) placeholder="Comment (optional; a denial's comment is returned to the agent)";
+                        // A text area, not a one-line input: Enter in a one-line input
+                        // submits the form with its first button, Approve, so a person
+                        // typing the reason for a denial would approve.
+                        textarea name="comment" rows="2" maxlength=(MAX_COMMENT_BYTES) placeholder="Comment (optional; a denial's comment is returned to the agent)" {}
                         @let kind = approval.kind.parse::<ApprovalKind>().ok();
                         button.primary type="submit" name="decision" value="approve" { "Approve" }
                         @if kind.is_some_and(|k| k.offers(Choice::ForHour)) {
