@@ -13,6 +13,9 @@ use rand::Rng;
 
 /// Characters of the detail a card carries (platform limits are around 3-4 k).
 const CARD_DETAIL_CHARS: usize = 1500;
+/// Characters of the title a card shows (the summary's title is already bounded; this
+/// leaves room for the rest on every platform).
+const CARD_TITLE_CHARS: usize = 500;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Card {
@@ -20,7 +23,12 @@ pub struct Card {
     pub token: String,
     pub heading: String,
     pub title: String,
+    /// The summary's lines: built from what the agent sent, so as long as it likes.
     pub lines: Vec<String>,
+    /// What "Always allow" and "Approve for 1 h" would let through, when offered. Not
+    /// one of `lines`: a card cut to a platform's limit keeps it whatever the agent's
+    /// lines take.
+    pub scope: Option<String>,
     /// The request in full (bounded), for "show more" where a platform has it.
     pub detail: String,
     /// Empty once the approval is closed.
@@ -44,15 +52,14 @@ impl Card {
             (true, None) => vec![Button::Once, Button::Deny, Button::DenyWithComment],
             (false, _) => Vec::new(),
         };
-        let mut lines = approval.lines.clone();
         // What a lasting choice would let through, before anyone presses it.
+        let mut scope = None;
         if buttons.contains(&Button::Always) {
             let field = |name: &str| approval.context.get(name).and_then(|v| v.as_str());
             if let (Some(method), Some(host), Some(path)) =
                 (field("method"), field("host"), field("path"))
             {
-                lines.push(String::new());
-                lines.push(format!(
+                scope = Some(format!(
                     "\"Always allow\" and \"Approve for 1 h\" let {method} {host}{path} through for agent {} without asking (any query string, any port); `palisade rules list` shows the rule.",
                     approval.agent
                 ));
@@ -62,8 +69,9 @@ impl Card {
             approval_id: approval.id.clone(),
             token: token.to_string(),
             heading,
-            title: approval.title.clone(),
-            lines,
+            title: cut(&approval.title, CARD_TITLE_CHARS),
+            lines: approval.lines.clone(),
+            scope,
             detail: approval.detail.chars().take(CARD_DETAIL_CHARS).collect(),
             buttons,
             outcome: (!pending).then(|| outcome_line(approval)),
@@ -71,30 +79,81 @@ impl Card {
         }
     }
 
-    /// The card as plain text (Telegram, fallbacks, notifications).
+    /// The card as plain text (fallbacks, notifications), whole.
     pub fn text(&self) -> String {
-        let mut text = format!("{}\n{}", self.heading, self.title);
-        for line in &self.lines {
+        self.text_within(usize::MAX, &|text| text.chars().count())
+    }
+
+    /// The card as plain text in at most `max` characters as `measure` counts them
+    /// (a platform's escaping can lengthen text). The heading, the title, what a
+    /// lasting choice lets through and the expiry or outcome are always there; the
+    /// summary's lines, which the agent's request decides, fill what is left, and those
+    /// left out are counted on the card (see [`fit_lines`]), so no line the agent
+    /// made long can push the rest off a card unseen.
+    pub fn text_within(&self, max: usize, measure: &dyn Fn(&str) -> usize) -> String {
+        let footer = match &self.outcome {
+            Some(outcome) => outcome.clone(),
+            None => format!(
+                "Expires {} UTC, then denied. ID {}\nOr reply /approve {} once|1h|always, /deny {} [comment]",
+                clock_time(self.expires_at_ms),
+                self.approval_id,
+                self.approval_id,
+                self.approval_id
+            ),
+        };
+        let mut head = format!("{}\n{}", self.heading, self.title);
+        if let Some(scope) = &self.scope {
+            head.push('\n');
+            head.push_str(scope);
+        }
+        let fixed = measure(&head) + measure(&footer) + 2;
+        let lines = fit_lines(&self.lines, max.saturating_sub(fixed), measure);
+        let mut text = head;
+        for line in &lines {
             text.push('\n');
             text.push_str(line);
         }
-        match &self.outcome {
-            Some(outcome) => {
-                text.push_str("\n\n");
-                text.push_str(outcome);
-            }
-            None => {
-                text.push_str(&format!(
-                    "\n\nExpires {} UTC, then denied. ID {}\nOr reply /approve {} once|1h|always, /deny {} [comment]",
-                    clock_time(self.expires_at_ms),
-                    self.approval_id,
-                    self.approval_id,
-                    self.approval_id
-                ));
-            }
-        }
+        text.push_str("\n\n");
+        text.push_str(&footer);
         text
     }
+}
+
+/// `lines` in order while they fit in `budget` characters (`measure` of each, plus one
+/// for its line break); when some do not, the last kept is followed by a line saying
+/// how many were left out and where to read them all.
+pub fn fit_lines(lines: &[String], budget: usize, measure: &dyn Fn(&str) -> usize) -> Vec<String> {
+    let total: usize = lines.iter().map(|line| measure(line) + 1).sum();
+    if total <= budget {
+        return lines.to_vec();
+    }
+    let notice = |left: usize| {
+        format!("… {left} more line(s) not shown here: the web UI's Approvals page shows them all")
+    };
+    let room = budget.saturating_sub(measure(&notice(lines.len())) + 1);
+    let mut kept = Vec::new();
+    let mut used = 0;
+    for line in lines {
+        let cost = measure(line) + 1;
+        if used + cost > room {
+            break;
+        }
+        used += cost;
+        kept.push(line.clone());
+    }
+    let left = lines.len() - kept.len();
+    kept.push(notice(left));
+    kept
+}
+
+/// `text` cut to `chars` characters, with `…` when cut.
+pub fn cut(text: &str, chars: usize) -> String {
+    if text.chars().count() <= chars {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(chars.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 /// How a closed approval ended, in one line.
@@ -245,7 +304,7 @@ mod tests {
         };
         let card = Card::new(&approval, &new_token());
         assert!(card.buttons.contains(&Button::Always));
-        let said = card.lines.join("\n");
+        let said = card.text();
         assert!(
             said.contains("POST gmail.googleapis.com/gmail/v1/users/me/messages/send through for agent mailer")
                 && said.contains("any query string"),
@@ -255,7 +314,26 @@ mod tests {
         let mut action = approval.clone();
         action.kind = "tool_action".into();
         let card = Card::new(&action, &new_token());
-        assert!(!card.lines.join("\n").contains("Always allow"));
+        assert!(!card.text().contains("Always allow"));
+
+        // However long the agent made the summary, a card cut to a platform's limit
+        // keeps what a lasting choice lets through, the expiry and the id, and says how
+        // many lines it left out.
+        let mut long = approval.clone();
+        long.lines = (0..20)
+            .map(|n| format!("To: person_{n} <{}@corp.example>", "x".repeat(250)))
+            .collect();
+        long.lines.push("Bcc: exfil@evil.example".into());
+        let card = Card::new(&long, &new_token());
+        let text = card.text_within(2000, &|t| t.chars().count());
+        assert!(text.chars().count() <= 2000, "{}", text.chars().count());
+        assert!(text.contains("through for agent mailer"), "{text}");
+        assert!(text.contains("ID apr_abcdefghijkl"), "{text}");
+        assert!(text.contains("more line(s) not shown here"), "{text}");
+        assert!(!text.contains("exfil@evil.example"));
+        // Nothing is left out when it fits.
+        assert!(card.text().contains("Bcc: exfil@evil.example"));
+        assert!(!card.text().contains("not shown here"));
     }
 
     #[test]

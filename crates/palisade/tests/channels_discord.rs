@@ -123,6 +123,9 @@ fn discord_messages_cards_modals_and_resume() {
         .wait_for_message(&dm, WAIT, |m| m.has_buttons())
         .unwrap_or_else(|| panic!("no card for Carol: {}", host.stderr()));
     assert!(card.content.contains("/held/one"), "{}", card.content);
+    // No link previews: Discord must not fetch a URL the agent put on the card, nor
+    // show an embed of that page's choosing under it.
+    assert_eq!(card.flags & 4, 4, "embeds not suppressed on the card");
     let approve = card.button("Approve once").expect("an approve button");
 
     // A stranger's press and a forged one are refused privately.
@@ -142,9 +145,10 @@ fn discord_messages_cards_modals_and_resume() {
     assert!(answer.content().contains("Approved by Carol (Discord, dc)"), "{answer:?}");
     assert_eq!(answer.response["data"]["components"], serde_json::json!([]));
     wait_until("the approved request never arrived", &host, || arrived(&world, "/held/one") == 1);
-    discord
+    let reply = discord
         .wait_for_message(&dm, WAIT, |m| m.content == "Done one.")
         .unwrap_or_else(|| panic!("no reply on Discord: {}", host.stderr()));
+    assert_eq!(reply.flags & 4, 4, "embeds not suppressed on a reply");
 
     // The connection drops; what is sent meanwhile arrives after the resume.
     let resumes = discord.resumes();
@@ -195,7 +199,9 @@ fn discord_messages_cards_modals_and_resume() {
     let (status, answer) = post(&world, endpoint, &headers, &body);
     assert_eq!(status, 200);
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
-    assert_eq!(answer["data"]["flags"], 64, "{answer}");
+    let flags = answer["data"]["flags"].as_u64().unwrap_or(0);
+    assert_eq!(flags & 64, 64, "not ephemeral: {answer}");
+    assert_eq!(flags & 4, 4, "embeds not suppressed: {answer}");
     assert!(answer["data"]["content"].as_str().unwrap().contains("already decided"), "{answer}");
     assert_eq!(post(&world, endpoint, &headers, &body).0, 401);
     let mut respelt = headers.clone();

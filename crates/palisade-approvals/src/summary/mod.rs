@@ -200,12 +200,28 @@ impl Request<'_> {
     }
 }
 
+/// At most [`MAX_LINES`] lines, each one line of at most [`LINE_CHARS`]; when there are
+/// more, the last says how many were left out, so a card never looks complete when it
+/// is not.
 fn cap_lines(lines: Vec<String>) -> Vec<String> {
-    lines
+    let total = lines.len();
+    let keep = if total > MAX_LINES {
+        MAX_LINES - 1
+    } else {
+        total
+    };
+    let mut capped: Vec<String> = lines
         .into_iter()
-        .take(MAX_LINES)
+        .take(keep)
         .map(|line| one_line(&line, LINE_CHARS))
-        .collect()
+        .collect();
+    if total > keep {
+        capped.push(format!(
+            "… {} more line(s) left out of this summary; read the request itself before approving",
+            total - keep
+        ));
+    }
+    capped
 }
 
 /// Scheme (when the client sent an absolute URL), path and query, each as sent.

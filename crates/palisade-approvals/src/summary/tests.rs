@@ -946,6 +946,30 @@ fn many_repeats_stay_bounded() {
         .contains(&"… and 199990 more values for channel".to_string()));
 }
 
+/// A summary with more lines than a card shows says how many it left out, as its last
+/// line: eleven different subjects push the recipients past the cap.
+#[test]
+fn a_summary_cut_short_says_so() {
+    let mut body = String::from("{");
+    for i in 0..30 {
+        body.push_str(&format!("\"channel\":\"C{i}\",\"text\":\"t{i}\","));
+    }
+    body.push_str("\"unfurl_links\":true}");
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        body.as_bytes(),
+    );
+    assert_eq!(summary.lines.len(), MAX_LINES, "{:?}", summary.lines);
+    let last = summary.lines.last().unwrap();
+    assert!(
+        last.starts_with("… ") && last.contains("more line(s) left out of this summary"),
+        "{:?}",
+        summary.lines
+    );
+}
+
 #[test]
 fn gmail_says_when_header_lines_were_not_read() {
     let mut email = String::from("To: bob@example.com\r\nSubject: Hi\r\n");

@@ -121,7 +121,7 @@ impl Reply {
 fn ephemeral(text: &str) -> Value {
     json!({
         "type": CHANNEL_MESSAGE,
-        "data": {"content": render::cut(text, render::MAX_CONTENT_CHARS), "flags": EPHEMERAL, "allowed_mentions": {"parse": []}},
+        "data": {"content": render::cut(text, render::MAX_CONTENT_CHARS), "flags": EPHEMERAL | render::SUPPRESS_EMBEDS, "allowed_mentions": {"parse": []}},
     })
 }
 

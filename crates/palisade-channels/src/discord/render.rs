@@ -1,7 +1,8 @@
 //! A card as a Discord message: plain content (mentions disabled, so nothing an agent
-//! wrote can ping anyone) and action rows of buttons whose `custom_id` is the card's
-//! [`CallbackData`]; a closed card has no components. The "deny with comment" modal
-//! is here too.
+//! wrote can ping anyone; link previews suppressed, so no URL it wrote is fetched by
+//! Discord or shown as an embed of the page's choosing) and action rows of buttons
+//! whose `custom_id` is the card's [`CallbackData`]; a closed card has no components.
+//! The "deny with comment" modal is here too.
 
 use crate::card::{CallbackData, Card};
 use palisade_approvals::Button;
@@ -12,15 +13,10 @@ pub(super) const MAX_CONTENT_CHARS: usize = 2000;
 /// `custom_id` prefix of the comment modal (the card's token follows).
 pub(super) const COMMENT_MODAL: &str = "palisade_comment:";
 pub(super) const COMMENT_INPUT: &str = "comment";
+/// Message flag: no embeds (link previews) for URLs in the content.
+pub(super) const SUPPRESS_EMBEDS: u64 = 1 << 2;
 
-pub(super) fn cut(text: &str, chars: usize) -> String {
-    if text.chars().count() <= chars {
-        return text.to_string();
-    }
-    let mut cut: String = text.chars().take(chars.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
-}
+pub(super) use crate::card::cut;
 
 /// Card text with Discord's markdown made literal: what an agent, a web page or a
 /// stranger wrote must read on the card exactly as written, never as spoilers hiding
@@ -51,7 +47,11 @@ pub(super) fn escape_markdown(text: &str) -> String {
 
 /// A text message's body.
 pub(super) fn text(content: &str) -> Value {
-    json!({"content": cut(content, MAX_CONTENT_CHARS), "allowed_mentions": {"parse": []}})
+    json!({
+        "content": cut(content, MAX_CONTENT_CHARS),
+        "allowed_mentions": {"parse": []},
+        "flags": SUPPRESS_EMBEDS,
+    })
 }
 
 /// The message body of a card (for create, edit and an interaction's update).
@@ -78,10 +78,14 @@ pub(super) fn card(card: &Card) -> Value {
         .chunks(5)
         .map(|row| json!({"type": 1, "components": row}))
         .collect();
+    let text = card.text_within(MAX_CONTENT_CHARS, &|text| {
+        escape_markdown(text).chars().count()
+    });
     json!({
-        "content": cut(&escape_markdown(&card.text()), MAX_CONTENT_CHARS),
+        "content": cut(&escape_markdown(&text), MAX_CONTENT_CHARS),
         "components": rows,
         "allowed_mentions": {"parse": []},
+        "flags": SUPPRESS_EMBEDS,
     })
 }
 
@@ -120,6 +124,7 @@ mod tests {
             heading: "Request held at the vault · agent a".into(),
             title: "POST example.com/x @everyone".into(),
             lines: vec![],
+            scope: None,
             detail: String::new(),
             buttons: Button::ALL.to_vec(),
             outcome: None,
@@ -127,6 +132,11 @@ mod tests {
         };
         let body = card(&sample);
         assert_eq!(body["allowed_mentions"]["parse"], json!([]));
+        assert_eq!(body["flags"], json!(SUPPRESS_EMBEDS));
+        assert_eq!(
+            text("see https://evil.example/x")["flags"],
+            json!(SUPPRESS_EMBEDS)
+        );
         let ids: Vec<&str> = body["components"][0]["components"]
             .as_array()
             .unwrap()
@@ -139,6 +149,35 @@ mod tests {
         sample.outcome = Some("Denied".into());
         assert_eq!(card(&sample)["components"], json!([]));
         assert!(cut(&"x".repeat(3000), MAX_CONTENT_CHARS).chars().count() == MAX_CONTENT_CHARS);
+    }
+
+    /// Escaping lengthens what an agent wrote (`[Ops]_Team` doubles its specials); a
+    /// card still fits, and keeps the scope of a lasting choice and its id.
+    #[test]
+    fn a_long_card_keeps_its_scope_and_id_after_escaping() {
+        let sample = Card {
+            approval_id: "apr_abcdefghijkl".into(),
+            token: "abcdefghijklmnop".into(),
+            heading: "Request held at the vault · agent a".into(),
+            title: "Send e-mail".into(),
+            lines: (0..40)
+                .map(|n| format!("To: [Ops]_Team_Member_{n} <ops_team_member_{n}@corp.example>"))
+                .collect(),
+            scope: Some("\"Always allow\" lets POST gmail.googleapis.com/send through".into()),
+            detail: String::new(),
+            buttons: vec![Button::Once, Button::Always],
+            outcome: None,
+            expires_at_ms: 0,
+        };
+        let content = card(&sample)["content"].as_str().unwrap().to_string();
+        assert!(content.chars().count() <= MAX_CONTENT_CHARS);
+        assert!(
+            content.contains("lets POST gmail.googleapis.com/send through"),
+            "{content}"
+        );
+        assert!(content.contains("ID apr\\_abcdefghijkl"), "{content}");
+        assert!(content.contains("more line(s) not shown here"), "{content}");
+        assert!(!content.ends_with('…'), "cut short: {content}");
     }
 
     #[test]
@@ -156,6 +195,7 @@ mod tests {
                 "   ## indented heading".into(),
                 "\u{a0}-# small print after a no-break space".into(),
             ],
+            scope: None,
             detail: String::new(),
             buttons: vec![],
             outcome: None,

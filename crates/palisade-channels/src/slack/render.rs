@@ -16,14 +16,7 @@ pub(super) const COMMENT_VIEW: &str = "palisade_deny_comment";
 pub(super) const COMMENT_BLOCK: &str = "comment_block";
 pub(super) const COMMENT_INPUT: &str = "comment";
 
-fn cut(text: &str, chars: usize) -> String {
-    if text.chars().count() <= chars {
-        return text.to_string();
-    }
-    let mut cut: String = text.chars().take(chars.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
-}
+use crate::card::cut;
 
 fn plain(text: &str, chars: usize) -> Value {
     // Slack refuses an empty text object.
@@ -38,8 +31,11 @@ pub(super) fn card(card: &Card) -> (String, Value) {
         json!({"type": "section", "text": plain(&card.title, SECTION_CHARS)}),
     ];
     if !card.lines.is_empty() {
-        blocks
-            .push(json!({"type": "section", "text": plain(&card.lines.join("\n"), SECTION_CHARS)}));
+        let lines = crate::card::fit_lines(&card.lines, SECTION_CHARS, &|t| t.chars().count());
+        blocks.push(json!({"type": "section", "text": plain(&lines.join("\n"), SECTION_CHARS)}));
+    }
+    if let Some(scope) = &card.scope {
+        blocks.push(json!({"type": "section", "text": plain(scope, SECTION_CHARS)}));
     }
     match &card.outcome {
         Some(outcome) => {
@@ -80,7 +76,10 @@ pub(super) fn card(card: &Card) -> (String, Value) {
         }
     }
     (
-        escape(&cut(&card.text(), SECTION_CHARS)),
+        escape(&cut(
+            &card.text_within(SECTION_CHARS, &|text| escape(text).chars().count()),
+            SECTION_CHARS,
+        )),
         Value::Array(blocks),
     )
 }
@@ -131,6 +130,7 @@ mod tests {
             heading: "Request held at the vault · agent mailer".into(),
             title: "Send an e-mail to <!channel>".into(),
             lines: vec!["To: ana@example.com".into()],
+            scope: None,
             detail: String::new(),
             buttons: if outcome.is_some() {
                 vec![]

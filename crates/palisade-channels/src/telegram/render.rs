@@ -5,7 +5,8 @@ use crate::card::{CallbackData, Card};
 use serde_json::{json, Value};
 
 pub(super) fn card(card: &Card) -> (String, Option<Value>) {
-    let text: String = card.text().chars().take(super::MAX_TEXT_CHARS).collect();
+    let text = card.text_within(super::MAX_TEXT_CHARS, &|text| text.chars().count());
+    let text: String = text.chars().take(super::MAX_TEXT_CHARS).collect();
     if card.buttons.is_empty() {
         // An empty keyboard removes the buttons of an edited card.
         return (text, Some(json!({"inline_keyboard": []})));

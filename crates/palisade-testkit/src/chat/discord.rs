@@ -33,6 +33,8 @@ pub struct DiscordMessage {
     pub id: String,
     pub content: String,
     pub components: Value,
+    /// The message flags as last sent (`4`: no embeds, so no link previews).
+    pub flags: u64,
     pub edits: usize,
 }
 
@@ -471,6 +473,7 @@ fn handle(
                             m.content = content.to_string();
                         }
                         m.components = body["data"]["components"].clone();
+                        m.flags = body["data"]["flags"].as_u64().unwrap_or(0);
                         m.edits += 1;
                     }
                 }
@@ -510,6 +513,7 @@ fn handle(
                 id: id.clone(),
                 content: content.clone(),
                 components: body.get("components").cloned().unwrap_or(json!([])),
+                flags: body["flags"].as_u64().unwrap_or(0),
                 edits: 0,
             });
             (
@@ -530,6 +534,9 @@ fn handle(
             }
             if let Some(components) = body.get("components") {
                 m.components = components.clone();
+            }
+            if let Some(flags) = body["flags"].as_u64() {
+                m.flags = flags;
             }
             m.edits += 1;
             (
