@@ -1194,6 +1194,42 @@ async fn first_run_stores_the_key_in_the_vault_and_picks_the_newest_model() {
     web.stop().await;
 }
 
+/// A local model server the vault is not allowed to reach (the gateway allows only
+/// `localhost` here): the key is stored, and the ready card names the refused host and
+/// the option that allows it, instead of only saying the model list was not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_run_names_the_option_a_local_model_server_needs() {
+    let web = Web::start(true).await;
+    let (_, upstream, _) = web.vault.as_ref().unwrap();
+    let local = upstream.base_url().replace("localhost", "127.0.0.1");
+    let to = web
+        .post_ok(
+            "/setup/model-key",
+            &[
+                ("agent", "helper"),
+                ("provider", "openai"),
+                ("base_url", &format!("{local}/v1")),
+                ("key", MODEL_KEY),
+                ("model", ""),
+            ],
+        )
+        .await;
+    assert_eq!(to, "/?ready=helper&models=local");
+    let ready = web.page(&to).await;
+    let card = element(&ready, "p", "local-refused");
+    assert!(
+        card.contains("palisade up --allow-local-upstream 127.0.0.1"),
+        "{card}"
+    );
+    // The host named is the agent's, whatever a link says.
+    assert!(!web
+        .page("/?ready=helper&models=local&host=evil")
+        .await
+        .contains("evil"));
+    assert!(!ready.contains(MODEL_KEY));
+    web.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dial_is_turned_on_the_agent_page_and_in_force_when_it_answers() {
     use palisade_policy::dial::{Dial, Preset};
@@ -1203,7 +1239,7 @@ async fn the_dial_is_turned_on_the_agent_page_and_in_force_when_it_answers() {
 
     // No dial yet: asked only where rules say, balanced sanitizing, which is no preset.
     let dial = dial_of(&web.page("/agents/helper").await);
-    assert!(dial.contains(">custom<"), "{dial}");
+    assert!(dial.contains(">default<"), "{dial}");
     for line in Dial::default().explain() {
         assert!(dial.contains(&line), "{line} missing: {dial}");
     }

@@ -17,7 +17,8 @@ use serde::Deserialize;
 pub(crate) struct DashboardQuery {
     /// An agent that just got its model key.
     ready: Option<String>,
-    /// `unlisted`: the provider's models could not be read after the key was stored.
+    /// `unlisted`: the provider's models could not be read after the key was stored;
+    /// `local`: the vault refused the base URL's host as a local address.
     models: Option<String>,
 }
 
@@ -52,8 +53,21 @@ pub(crate) async fn render(
     let names: Vec<_> = agents.iter().map(|a| a.name.clone()).collect();
     let ready = query.ready.as_deref().and_then(|name| {
         let agent = agents.iter().find(|a| a.name.as_str() == name)?;
-        let model = AgentSettings::from_json(&agent.settings).ok()?.model;
-        Some(setup::ready_card(name, &model, query.models.is_none()))
+        let settings = AgentSettings::from_json(&agent.settings).ok()?;
+        // The host named comes from the agent's settings, never from the query.
+        let listing = match query.models.as_deref() {
+            None => setup::Listing::Listed,
+            Some("local") => setup::Listing::LocalRefused {
+                host: settings
+                    .effective_base_url()
+                    .parse::<axum::http::Uri>()
+                    .ok()
+                    .and_then(|uri| uri.host().map(str::to_string))
+                    .unwrap_or_else(|| "HOST".into()),
+            },
+            Some(_) => setup::Listing::Unlisted,
+        };
+        Some(setup::ready_card(name, &settings.model, &listing))
     });
     let traffic = charts::all_agents(state).await?;
     let body = html! {

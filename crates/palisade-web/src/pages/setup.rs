@@ -124,15 +124,37 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(agent = %agent.name, %error, "could not list the provider's models after storing a key");
-                target.push_str("&models=unlisted");
+                let local = matches!(
+                    &error,
+                    palisade_host::models::ModelsError::Refused { kind, .. }
+                        if kind == "local_upstream_refused"
+                );
+                target.push_str(if local {
+                    "&models=local"
+                } else {
+                    "&models=unlisted"
+                });
             }
         }
     }
     Ok(Redirect::to(&target).into_response())
 }
 
+/// Whether the provider's model list was read after a key was stored.
+pub(crate) enum Listing {
+    Listed,
+    /// It could not be read (the reason is in the host's log).
+    Unlisted,
+    /// The vault refused to reach `host`: a local address, which agents reach only when
+    /// `palisade up` allows it.
+    LocalRefused {
+        host: String,
+    },
+}
+
 /// The card after a key was stored: which model the agent uses, and a first message.
-pub(crate) fn ready_card(agent: &str, model: &str, listed: bool) -> Markup {
+pub(crate) fn ready_card(agent: &str, model: &str, listing: &Listing) -> Markup {
+    let listed = matches!(listing, Listing::Listed);
     html! {
         section.card.first-run.ready #ready {
             h2 { (agent) " is ready" }
@@ -140,8 +162,16 @@ pub(crate) fn ready_card(agent: &str, model: &str, listed: bool) -> Markup {
                 "The key is in the vault. " (agent) " thinks with " code #ready-model { (model) }
                 @if listed { ", the newest of its family the provider lists." } @else { "." }
             }
-            @if !listed {
-                p.error-box { "The provider's model list could not be read through the vault, so the model was not checked. If the first message fails, check the key and the model on the agent page." }
+            @match listing {
+                Listing::Listed => {}
+                Listing::Unlisted => {
+                    p.error-box { "The provider's model list could not be read through the vault, so the model was not checked. If the first message fails, check the key and the model on the agent page." }
+                }
+                Listing::LocalRefused { host } => {
+                    p.error-box #local-refused {
+                        "The vault refused to reach " code { (host) } ": it is a local address, and agents reach local addresses only when " code { "palisade up" } " allows them. Stop Palisade (" code { "palisade down" } ") and start it again with " code { "palisade up --allow-local-upstream " (host) } "; the model was not checked, so check it on the agent page then."
+                    }
+                }
             }
             div.form-actions {
                 a.button href={ "/agents/" (agent) } { "Agent settings" }
