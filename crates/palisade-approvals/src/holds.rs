@@ -188,14 +188,18 @@ impl Holds {
     }
 
     /// Wakes the request held under this approval, if it is held here and no longer
-    /// pending.
-    pub fn resolve(&self, approval: &Approval) {
+    /// pending; whether it woke one.
+    pub fn resolve(&self, approval: &Approval) -> bool {
         let Some(outcome) = Outcome::of(approval) else {
-            return;
+            return false;
         };
         let waiter = self.table().waiters.remove(&approval.id);
-        if let Some(tx) = waiter {
-            let _ = tx.send(outcome);
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(outcome);
+                true
+            }
+            None => false,
         }
     }
 }

@@ -186,7 +186,9 @@ pub(crate) async fn follow(inner: Arc<HostInner>) {
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Ok(palisade_approvals::Event::Closed(approval)) => inner.holds.resolve(&approval),
+                Ok(palisade_approvals::Event::Closed(approval)) => {
+                    inner.holds.resolve(&approval);
+                }
                 Ok(palisade_approvals::Event::Created(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

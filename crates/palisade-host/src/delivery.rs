@@ -190,6 +190,8 @@ pub(crate) async fn deliver(
     tracing::info!(agent = %agent, message_id = message.id, attempt = message.attempts, "delivered");
     let mut shutdown = inner.shutdown.clone();
     let mut sandbox_changes = inner.sandbox_changes.subscribe();
+    let mut approvals = inner.config.approval_events.subscribe();
+    let mut approvals_open = true;
     let turn_deadline = tokio::time::sleep(turn_timeout);
     tokio::pin!(turn_deadline);
     loop {
@@ -214,6 +216,19 @@ pub(crate) async fn deliver(
                 return Outcome::TimedOut;
             }
             _ = crate::host::stopped(&mut shutdown) => return Outcome::Shutdown,
+            event = approvals.recv(), if approvals_open => {
+                use tokio::sync::broadcast::error::RecvError;
+                match event {
+                    Ok(event) => {
+                        if let Some(text) = approval_status(&event, agent) {
+                            inner.publish(message.id, StreamEvent::Status { message: text });
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => approvals_open = false,
+                }
+                continue;
+            }
             _ = crate::worker::sandbox_changed(&mut sandbox_changes) => {
                 // A folder taken away mid-turn is taken away now: the sandbox goes and
                 // the message is delivered again to one started with what is left.
@@ -270,6 +285,11 @@ pub(crate) async fn deliver(
                 if !history.is_array() {
                     return Outcome::RunnerFailed("the reply's history is not a JSON array".into());
                 }
+                let text = if is_error {
+                    with_key_hint(inner, agent, text).await
+                } else {
+                    text
+                };
                 if store_reply(inner, message.id, &text, Some(history), is_error).await {
                     return Outcome::Answered;
                 }
@@ -304,6 +324,57 @@ pub(crate) async fn deliver(
             }
         }
     }
+}
+
+/// An error reply of an agent that has no key for its model API says so: the call went
+/// out with none (a local server may need none, so it is a note, not the verdict).
+async fn with_key_hint(inner: &HostInner, agent: &AgentName, text: String) -> String {
+    let (store, name) = (inner.store.clone(), agent.clone());
+    let missing = tokio::task::spawn_blocking(move || {
+        let record = store.get_agent(&name).ok()?;
+        let secrets = store.list_secrets().ok()?;
+        Some(crate::setup::model_key_secret(&record, &secrets).is_none())
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !missing {
+        return text;
+    }
+    format!(
+        "{text} (agent {agent} has no key for its model API; if it needs one, add it on the web UI's dashboard or with `palisade secrets create --name NAME --host-pattern HOST --inject anthropic|bearer --agent {agent} --value-file FILE`)"
+    )
+}
+
+/// What the person waiting for a message sees while a request of its agent waits for
+/// approval, and when that ends: a turn that seems to hang is usually waiting for
+/// someone. (A held request does not say which of the agent's turns made it, so each
+/// of its messages in flight is told.)
+fn approval_status(event: &palisade_approvals::Event, agent: &AgentName) -> Option<String> {
+    use palisade_store::ApprovalStatus;
+    let (approval, created) = match event {
+        palisade_approvals::Event::Created(approval) => (approval, true),
+        palisade_approvals::Event::Closed(approval) => (approval, false),
+    };
+    if &approval.agent != agent {
+        return None;
+    }
+    let id = &approval.id;
+    let by = approval.approver.as_deref().unwrap_or("someone");
+    Some(match (created, approval.status) {
+        (true, ApprovalStatus::Pending) => {
+            let title: String = approval.title.chars().take(200).collect();
+            format!(
+                "waiting for a person to approve {title} ({id}): on the web UI's Approvals page, in a linked chat, or with `palisade approvals approve {id}`"
+            )
+        }
+        (_, ApprovalStatus::Approved) => format!("{id} was approved by {by}"),
+        (_, ApprovalStatus::Denied) => format!("{id} was denied by {by}"),
+        (_, ApprovalStatus::TimedOut) => format!("{id} timed out unanswered, so it was denied"),
+        (_, ApprovalStatus::Cancelled) => format!("{id} was cancelled"),
+        (false, ApprovalStatus::Pending) => return None,
+    })
 }
 
 /// Maps a runner's event to what channels see (unknown kinds are dropped).

@@ -106,6 +106,17 @@ impl AgentSettings {
                     "base URL {url:?} is invalid: give an http:// or https:// URL"
                 )));
             }
+            // The runner appends the endpoint; one already there would be called twice
+            // over (`…/chat/completions/v1/chat/completions`).
+            let path = url.trim_end_matches('/');
+            if let Some(endpoint) = ["/chat/completions", "/v1/messages"]
+                .into_iter()
+                .find(|endpoint| path.ends_with(endpoint))
+            {
+                return Err(HostError::Invalid(format!(
+                    "base URL {url:?} ends with the endpoint {endpoint}: give the server's base URL (e.g. http://127.0.0.1:8080/v1), the endpoint is added to it"
+                )));
+            }
         }
         if self.turn_timeout_secs == Some(0) {
             return Err(HostError::Invalid(
@@ -256,6 +267,15 @@ mod tests {
         assert!(AgentSettings::from_json(&serde_json::json!({"provider": "x"})).is_err());
         assert!(AgentSettings::from_json(&serde_json::json!({"provider": "openai"})).is_err());
         assert!(AgentSettings::from_json(&serde_json::json!({"base_url": "ftp://x"})).is_err());
+        for endpoint in ["/v1/chat/completions", "/v1/messages/"] {
+            let url = format!("http://127.0.0.1:8080{endpoint}");
+            let error = AgentSettings::from_json(
+                &serde_json::json!({"provider": "openai", "base_url": url}),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains("ends with the endpoint"), "{error}");
+        }
         let openai = AgentSettings::from_json(&serde_json::json!({
             "provider": "openai", "model": "llama", "base_url": "http://127.0.0.1:8080", "other": 1
         }))

@@ -83,8 +83,16 @@ impl Refresher {
         let Ok(Ok((version, decided))) = result else {
             return None;
         };
-        for approval in &decided {
-            self.shared.holds.resolve(approval);
+        for approval in decided {
+            // Decided by another process (`palisade approvals approve`): announced here
+            // too, once, so this process's listeners (the host telling the person
+            // waiting on the agent's message) hear of it as of a decision made in it.
+            if self.shared.holds.resolve(&approval) {
+                self.shared
+                    .engine
+                    .events()
+                    .publish(palisade_approvals::Event::Closed(approval));
+            }
         }
         if *loaded == Some(version) {
             return Some(version);
@@ -701,7 +709,9 @@ async fn follow_decisions(shared: Arc<Shared>) {
             _ = crate::stopped(&mut shutdown) => return,
         };
         match event {
-            Ok(Event::Closed(approval)) => shared.holds.resolve(&approval),
+            Ok(Event::Closed(approval)) => {
+                shared.holds.resolve(&approval);
+            }
             Ok(Event::Created(_)) => {}
             // Missed some: the poll of the store catches them.
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

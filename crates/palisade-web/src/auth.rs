@@ -159,8 +159,9 @@ pub(crate) async fn require_admin(
             html,
             StatusCode::UNAUTHORIZED,
             "Log in first",
-            "You are not logged in. Open the login URL that `palisade up` printed when it \
-             started (http://…/login?token=…).",
+            "You are not logged in. Run `palisade login` on this machine and open the link it \
+             prints (each link works once; the one `palisade up` printed at its start may be \
+             used already).",
         );
     }
     if matches!(*request.method(), Method::GET | Method::HEAD) {

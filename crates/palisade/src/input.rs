@@ -17,11 +17,25 @@ pub const VALUE_ON_ARGV: &str = "secret values are never taken from the command 
 /// Reads a secret value from `file` (`-` for stdin) or else stdin, prompting without echo
 /// when stdin is a terminal. One trailing newline is removed; an empty value is refused.
 pub fn read_secret_value(file: Option<&Path>, secret_name: &str) -> anyhow::Result<SecretValue> {
+    read_secret_value_from(file, "--value-file", secret_name)
+}
+
+/// As [`read_secret_value`], naming the option `flag` gave the file in its errors.
+pub fn read_secret_value_from(
+    file: Option<&Path>,
+    flag: &str,
+    secret_name: &str,
+) -> anyhow::Result<SecretValue> {
     let bytes = match file {
         Some(path) if path != Path::new("-") => {
-            let handle = std::fs::File::open(path)
-                .with_context(|| format!("cannot read --value-file {}", path.display()))?;
-            read_limited(handle, &format!("--value-file {}", path.display()))?
+            let source = format!("{flag} {}", path.display());
+            let handle =
+                std::fs::File::open(path).with_context(|| format!("cannot read {source}"))?;
+            let bytes = read_limited(handle, &source)?;
+            if String::from_utf8_lossy(&bytes).trim().is_empty() {
+                bail!("{source} is empty: it should hold the value of secret {secret_name}");
+            }
+            bytes
         }
         _ => {
             let stdin = std::io::stdin();

@@ -244,8 +244,10 @@ fn init_tracing(verbose: u8) {
         2 => EnvFilter::new("debug"),
         _ => EnvFilter::new("trace"),
     };
+    // Colour only on a terminal: a detached host's stderr is its log file.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .with_target(false)
         .try_init();

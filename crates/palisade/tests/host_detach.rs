@@ -63,3 +63,30 @@ fn up_detach_says_what_it_waits_for_and_the_host_then_runs() {
     );
     ok(world.palisade.run(&["down"]));
 }
+
+/// A detached start that fails says why on the terminal, not only in the log: with an
+/// `--upstream-ca` file that does not exist the host exits at once, and `up --detach`
+/// exits 1 with the host's own one-line cause. (Before: only "the host exited during
+/// startup; see logs/host.log".)
+#[test]
+fn a_failed_detached_start_says_why() {
+    let world = world();
+    let listen = world.listen.to_string();
+    let _stop = Detached(&world.palisade);
+    let missing = world.palisade.home().join("no-such-ca.pem");
+    let failed = world.palisade.run(&[
+        "up",
+        "--detach",
+        "--listen",
+        &listen,
+        "--upstream-ca",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    let cause = stderr
+        .lines()
+        .find(|line| line.contains("the host exited during startup"))
+        .unwrap_or_else(|| panic!("{}", text(&failed)));
+    assert!(cause.contains("no-such-ca.pem"), "{}", text(&failed));
+}

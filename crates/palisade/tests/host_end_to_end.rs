@@ -150,6 +150,70 @@ fn a_strict_agent_still_thinks_without_asking_anyone() {
     world.stop(&mut host);
 }
 
+/// A turn that waits for a person says so: the agent's tool makes a request that a rule
+/// holds, and `palisade send` prints (on stderr) that it waits for approval and how to
+/// give it, then that it was approved, then the answer. (Before: nothing was printed
+/// while it waited, and the command looked hung.)
+#[test]
+fn a_turn_held_for_approval_says_where_to_decide() {
+    let world = world();
+    ok(world.palisade.run(&[
+        "rules",
+        "create",
+        "--name",
+        "ask-report",
+        "--host-pattern",
+        "localhost",
+        "--path-pattern",
+        "/held/*",
+        "--action",
+        "require_approval",
+    ]));
+    let command = format!(
+        "env -u NO_PROXY -u no_proxy curl -sS --max-time 100 {}",
+        world.upstream.url("/held/report")
+    );
+    world.upstream.script_anthropic(vec![
+        ScriptedTurn::tool_use("bash", serde_json::json!({ "command": command })),
+        ScriptedTurn::text("got the report"),
+    ]);
+    let mut host = world.up();
+
+    std::thread::scope(|scope| {
+        let sent = scope.spawn(|| world.send("helper", "fetch the report"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let id = loop {
+            let list = ok(world.palisade.run(&["approvals", "list", "--json"]));
+            let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+            if let Some(id) = list[0]["id"].as_str() {
+                break id.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing was held: {}",
+                host.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        ok(world.palisade.run(&["approvals", "approve", &id]));
+        let output = sent.join().unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stdout.contains("got the report"), "{}", text(&output));
+        assert!(
+            stderr.contains("waiting for a person to approve")
+                && stderr.contains(&format!("palisade approvals approve {id}")),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("{id} was approved by")),
+            "{stderr}"
+        );
+    });
+    world.stop(&mut host);
+}
+
 #[test]
 fn a_message_in_flight_when_the_host_is_killed_is_answered_once_after_restart() {
     let world = world();

@@ -77,6 +77,8 @@ fn a_refused_model_call_is_an_error_reply_not_an_answer() {
         stderr.starts_with("error: ") && stderr.contains("invalid x-api-key"),
         "{stderr}"
     );
+    // helper has a key, so no word about a missing one.
+    assert!(!stderr.contains("has no key"), "{stderr}");
     let session = world.session(world.only_session());
     let reply = &session["messages"][0]["reply"];
     assert_eq!(reply["is_error"], true, "{session}");
@@ -90,6 +92,41 @@ fn a_refused_model_call_is_an_error_reply_not_an_answer() {
         String::from_utf8_lossy(&answered.stdout).contains("fine now"),
         "{}",
         text(&answered)
+    );
+    world.down(host);
+}
+
+/// An agent with no key for its model API whose call is refused is told so, with how to
+/// add one. (Before: only the provider's 401.)
+#[test]
+fn an_agent_without_a_model_key_is_told_it_has_none() {
+    let world = world();
+    ok(world.palisade.run(&[
+        "agents",
+        "create",
+        "keyless",
+        "--provider",
+        "anthropic",
+        "--model",
+        "claude-test",
+        "--base-url",
+        &world.upstream.base_url(),
+    ]));
+    world.upstream.script_anthropic(vec![ScriptedTurn::error(
+        401,
+        serde_json::json!({
+            "type": "error",
+            "error": {"type": "authentication_error", "message": "x-api-key header is required"},
+        }),
+    )]);
+    let host = world.up();
+    let refused = world.send("keyless", "hello?");
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("agent keyless has no key for its model API")
+            && stderr.contains("palisade secrets create"),
+        "{stderr}"
     );
     world.down(host);
 }

@@ -148,8 +148,11 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
         .click()
         .await
         .unwrap();
-    wait_for_text(&client, "#chat-status", "the tool call", |t| {
-        t.contains("running bash")
+    // The tool's request is held: the chat says the turn waits for a person, and where
+    // to decide (it used to say only "running bash" until the approval).
+    wait_for_text(&client, "#chat-status", "the wait for approval", |t| {
+        t.contains("waiting for a person to approve")
+            && t.contains("palisade approvals approve apr_")
     })
     .await;
 

@@ -299,6 +299,8 @@ pub(crate) async fn stream_reply(
                         if streamed_text {
                             writeln!(stdout)?;
                         }
+                        // Shown after `error: `; the host's own prefix would double it.
+                        let text = text.strip_prefix("palisade: ").unwrap_or(text);
                         streamed.error = Some(text.to_string());
                         return Ok(streamed);
                     }

@@ -357,8 +357,9 @@ async fn adopt_newest_model(host: Host) {
 
 fn anthropic_key(args: &UpArgs) -> anyhow::Result<Option<SecretValue>> {
     if let Some(file) = &args.anthropic_key_file {
-        return Ok(Some(crate::input::read_secret_value(
+        return Ok(Some(crate::input::read_secret_value_from(
             Some(file),
+            "--anthropic-key-file",
             ANTHROPIC_SECRET,
         )?));
     }
@@ -434,10 +435,18 @@ fn detach(home: &Home, listen: SocketAddr, new_key: bool) -> anyhow::Result<()> 
             }
         }
         if let Some(status) = child.try_wait()? {
-            bail!(
-                "the host exited during startup ({status}); see {}",
-                log_path.display()
-            );
+            // Its last line is usually the one-line cause (`error: …`): say it here.
+            match last_log_line(&log_path, log_start) {
+                Some(line) => bail!(
+                    "the host exited during startup ({status}): {}; see {}",
+                    line.strip_prefix("error: ").unwrap_or(&line),
+                    log_path.display()
+                ),
+                None => bail!(
+                    "the host exited during startup ({status}); see {}",
+                    log_path.display()
+                ),
+            }
         }
         if std::time::Instant::now() > deadline {
             bail!(
