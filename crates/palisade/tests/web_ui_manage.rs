@@ -734,3 +734,122 @@ async fn first_run_to_first_answer_and_managing_everything_in_chromium() {
         }
     }
 }
+
+/// Creates a pending approval for agent `mailer` straight in the store (as a gateway
+/// holding a request would) and returns its id.
+fn hold(palisade: &Palisade, title: &str) -> String {
+    let store = palisade_store::Store::open(&palisade_store::Home::at(palisade.home()))
+        .expect("open the store");
+    store
+        .create_approval(palisade_store::NewApproval {
+            kind: "credential_use".into(),
+            agent: palisade_policy::AgentName::new("mailer").unwrap(),
+            title: title.into(),
+            lines: vec![format!("POST https://api.example.com/{title}")],
+            detail: String::new(),
+            context: serde_json::json!({"method": "POST", "host": "api.example.com"}),
+            expires_at_ms: palisade_store::now_ms() + 600_000,
+            holder: None,
+            request_key: None,
+        })
+        .expect("create an approval")
+        .id
+}
+
+/// Where a card is on the page (its top edge).
+async fn top_of(client: &Client, id: &str) -> f64 {
+    client
+        .find(Locator::Css(&format!("article[data-id=\"{id}\"]")))
+        .await
+        .unwrap_or_else(|_| panic!("no card for {id}"))
+        .rectangle()
+        .await
+        .unwrap()
+        .1
+}
+
+/// The live approvals list never moves a card under the pointer: when the card above
+/// another is decided elsewhere (here with the CLI), it stays in its place, greyed and
+/// without buttons, so a click aimed at the card below cannot land on the one that
+/// moves up into its place; a new approval is added at the end; the card a person
+/// decides on the page goes. (Before: the whole list was replaced, and every card below
+/// a closed one moved up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_cards_never_move_under_the_pointer() {
+    let ca = TestCa::new().expect("test CA");
+    let palisade = Palisade::new(BINARY).env("ANTHROPIC_API_KEY", "");
+    ok(palisade.run(&["agents", "create", "mailer"]));
+    let first = hold(&palisade, "first");
+    let second = hold(&palisade, "second");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (mut host, login_url) = start_palisade(&palisade, &ca, listen);
+    let (mut driver, driver_port) = start_chromedriver(palisade.dir());
+    let profile = palisade.dir().join("chromium-profile");
+    std::fs::create_dir_all(&profile).unwrap();
+    let client = browser(driver_port, &profile).await;
+    client.goto(&login_url).await.expect("open the login URL");
+    wait_for_text(&client, "h1", "the dashboard", |t| t == "Dashboard").await;
+    open(&client, listen, "/approvals", "Approvals").await;
+    let second_top = top_of(&client, &second).await;
+    assert!(top_of(&client, &first).await < second_top);
+
+    // Decided elsewhere: the first card stays where it was, closed.
+    ok(palisade.run(&["approvals", "deny", &first]));
+    let closed = format!("article[data-id=\"{first}\"] .closed-note");
+    wait_for_text(&client, &closed, "the closed card's note", |t| {
+        t.contains("No longer waiting")
+    })
+    .await;
+    assert_eq!(
+        top_of(&client, &second).await,
+        second_top,
+        "the card below a closed one moved"
+    );
+    let first_buttons = client
+        .find_all(Locator::Css(&format!(
+            "article[data-id=\"{first}\"] button"
+        )))
+        .await
+        .unwrap();
+    for button in first_buttons {
+        assert_eq!(
+            button.attr("disabled").await.unwrap().as_deref(),
+            Some("true"),
+            "a closed card can still be clicked"
+        );
+    }
+    // A new one is added at the end.
+    let third = hold(&palisade, "third");
+    let third_card = format!("article[data-id=\"{third}\"]");
+    wait_for_text(&client, &third_card, "the new card", |t| {
+        t.contains("third")
+    })
+    .await;
+    assert!(top_of(&client, &third).await > second_top);
+    assert_eq!(top_of(&client, &second).await, second_top);
+
+    // The card decided here goes.
+    click(
+        &client,
+        &format!("article[data-id=\"{second}\"] button[value=deny]"),
+    )
+    .await;
+    wait_for_text(&client, "#approval-flash", "the decision", |t| {
+        t.starts_with("denied")
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while client
+        .find(Locator::Css(&format!("article[data-id=\"{second}\"]")))
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "the decided card stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    client.close().await.expect("end the WebDriver session");
+    let _ = driver.terminate();
+    ok(palisade.run(&["down"]));
+    let _ = host.wait_timeout(Duration::from_secs(30));
+}
