@@ -135,6 +135,29 @@ pub fn prepare(workspace: &Path, quota: u64) -> Result<PreparedWorkspace, Sandbo
     })
 }
 
+/// Unmounts `workspace`'s image when nothing uses it: no sandbox holds a claim on it and
+/// no process has a file open in it. `Ok(true)` when it was mounted and no longer is.
+/// Its files stay in the image; the next [`prepare`] mounts it again. (`palisade down`
+/// does this, so a stopped Palisade leaves no loop mount behind.)
+pub fn release(workspace: &Path) -> Result<bool, SandboxError> {
+    let image = image_path(workspace);
+    if mounted_image(workspace, &image).is_none() {
+        return Ok(false);
+    }
+    let _preparing = lock_file(&sibling(workspace, "lock"), Claim::Exclusive)?;
+    let Some(_alone) = lock_file_if(&sibling(workspace, "in-use"), Claim::ExclusiveNow)? else {
+        return Ok(false);
+    };
+    // A plain umount fails while anything has a file open in the workspace.
+    match run(Command::new("umount").arg(workspace)) {
+        Ok(()) => Ok(true),
+        Err(why) => {
+            tracing::info!(workspace = %workspace.display(), %why, "the workspace is in use; it stays mounted");
+            Ok(false)
+        }
+    }
+}
+
 enum Claim {
     Shared,
     Exclusive,

@@ -194,6 +194,44 @@ fn the_image_is_a_hard_limit_and_grows_with_the_quota() {
     assert_eq!((written, error), (80 << 20, None));
 }
 
+/// `release` unmounts an image nothing uses, and only then: not while a sandbox holds its
+/// claim, not while a file in it is open. Its files are there at the next mount.
+#[test]
+fn an_unused_image_is_released_and_comes_back_with_its_files() {
+    if !root() {
+        return;
+    }
+    let agent = AgentDir::new();
+    let workspace = agent.workspace();
+    let running = volume::prepare(&workspace, 8 << 20).unwrap();
+    std::fs::write(workspace.join("kept"), b"still here").unwrap();
+    assert!(
+        !volume::release(&workspace).unwrap(),
+        "released under a claim"
+    );
+    assert_ne!(device(&workspace), device(agent.0.path()));
+    drop(running);
+    let open = std::fs::File::open(workspace.join("kept")).unwrap();
+    assert!(
+        !volume::release(&workspace).unwrap(),
+        "released with a file open"
+    );
+    drop(open);
+    assert!(volume::release(&workspace).unwrap());
+    assert_eq!(device(&workspace), device(agent.0.path()), "still mounted");
+    assert!(!workspace.join("kept").exists());
+    assert!(
+        !volume::release(&workspace).unwrap(),
+        "nothing left to release"
+    );
+    let again = volume::prepare(&workspace, 8 << 20).unwrap();
+    assert!(matches!(again.storage, WorkspaceStorage::Image { .. }));
+    assert_eq!(
+        std::fs::read(workspace.join("kept")).unwrap(),
+        b"still here"
+    );
+}
+
 #[test]
 fn after_a_reboot_the_image_comes_back_and_a_clash_is_refused() {
     if !root() {

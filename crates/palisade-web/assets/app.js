@@ -299,7 +299,10 @@
         showFlash("Could not reach palisade: " + error.message, true);
       }
       await refreshApprovals().catch(function () {});
-      form.querySelectorAll("button").forEach(function (b) { b.disabled = false; });
+      // A card closed meanwhile (decided elsewhere) keeps its buttons disabled.
+      if (!form.closest("article.closed")) {
+        form.querySelectorAll("button").forEach(function (b) { b.disabled = false; });
+      }
     });
   }
 })();

@@ -367,7 +367,7 @@ async fn every_page_answers_401_with_a_hint_without_the_cookie() {
         let response = web.client.get(web.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
         let body = response.text().await.unwrap();
-        assert!(body.contains("login URL"), "{path}: {body}");
+        assert!(body.contains("palisade login"), "{path}: {body}");
         assert!(!body.contains("helper"), "{path} leaked data: {body}");
         // A forged cookie is no better.
         let response = web

@@ -95,4 +95,7 @@ fn writing_past_the_quota_fails_inside_while_other_agents_are_served() {
         .palisade
         .run(&["sandbox", "run", "--agent", "filler", "--", "true"]));
     world.stop(&mut host);
+    // Stopped, Palisade leaves no workspace mounted (so the home can be removed).
+    let mounted = palisade_sandbox::volume::mounts_under(world.palisade.home());
+    assert!(mounted.is_empty(), "still mounted after down: {mounted:?}");
 }

@@ -489,6 +489,21 @@ fn last_log_line(path: &Path, from: u64) -> Option<String> {
     ))
 }
 
+/// Unmounts the agents' workspace images that nothing uses any more, so a stopped
+/// Palisade leaves no loop mount behind (the next start mounts them again). A workspace
+/// a standalone sandbox still uses stays mounted.
+fn release_workspaces(ctx: &Context) {
+    let Ok(entries) = std::fs::read_dir(ctx.home.root().join("agents")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let workspace = entry.path().join("workspace");
+        if let Err(error) = palisade_sandbox::volume::release(&workspace) {
+            tracing::warn!(workspace = %workspace.display(), %error, "cannot unmount the workspace");
+        }
+    }
+}
+
 /// `palisade login`: a fresh one-time login link for the running host's web UI.
 pub fn login(ctx: &Context) -> anyhow::Result<()> {
     let Some(info) = running_host(&ctx.home) else {
@@ -543,6 +558,7 @@ pub fn down(ctx: &Context) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(info_path(&ctx.home));
     let _ = std::fs::remove_file(pid_path(&ctx.home));
+    release_workspaces(ctx);
     println!("palisade stopped (pid {pid})");
     Ok(())
 }
