@@ -214,6 +214,22 @@ fn facts<'a>(
     target: &'a Target,
     path: &'a palisade_policy::CanonicalPath,
 ) -> RequestFacts<'a> {
+    let approvals = snapshot
+        .dials
+        .get(agent)
+        .map(|dial| dial.approvals)
+        .unwrap_or_default();
+    // Only a dial that asks needs to know (most agents have none).
+    let model_call = approvals != palisade_policy::dial::ApprovalFrequency::Never
+        && snapshot.model_apis.get(agent).is_some_and(|api| {
+            api.covers(
+                target.scheme == Scheme::Https,
+                &target.host,
+                target.port,
+                method,
+                path,
+            )
+        });
     RequestFacts {
         agent,
         profile,
@@ -222,20 +238,8 @@ fn facts<'a>(
         path,
         body: None,
         now_ms: palisade_store::now_ms(),
-        approvals: snapshot
-            .dials
-            .get(agent)
-            .map(|dial| dial.approvals)
-            .unwrap_or_default(),
-        model_call: snapshot.model_apis.get(agent).is_some_and(|api| {
-            api.covers(
-                target.scheme == Scheme::Https,
-                &target.host,
-                target.port,
-                method,
-                path,
-            )
-        }),
+        approvals,
+        model_call,
     }
 }
 
