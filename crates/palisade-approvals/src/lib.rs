@@ -16,6 +16,7 @@
 //! - [`choice`]: approve once, approve for 1 h, always allow, deny (with a comment).
 //! - [`engine`]: create, decide, close, expire; the store does the atomic writes.
 //! - [`holds`]: requests waiting for a decision in this process, bounded per agent.
+//! - [`outcome`]: how a closed approval ended, in the one line every surface shows.
 //! - [`events`]: decisions and new approvals announced within the process (cards are
 //!   posted and edited from them at once; other processes' changes are found by polling).
 //! - [`summary`]: what a person reads, built from the request (one file per service).
@@ -29,6 +30,7 @@ pub mod events;
 pub mod holder;
 pub mod holds;
 pub mod kind;
+pub mod outcome;
 pub mod suggest;
 pub mod summary;
 
@@ -40,5 +42,6 @@ pub use events::{Event, Events};
 pub use holder::Holder;
 pub use holds::{Holds, HoldsFull, Slot};
 pub use kind::ApprovalKind;
+pub use outcome::{clock_time, outcome_line};
 pub use palisade_store::{Approval, ApprovalStatus};
 pub use summary::{summarize, Summary};

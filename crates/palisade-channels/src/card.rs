@@ -8,6 +8,7 @@
 //! names one card this host posted; the approval id alone would let a click made on
 //! one platform be replayed on another.
 
+pub use palisade_approvals::{clock_time, outcome_line};
 use palisade_approvals::{Approval, ApprovalKind, ApprovalStatus, Button};
 use rand::Rng;
 
@@ -156,44 +157,6 @@ pub fn cut(text: &str, chars: usize) -> String {
     cut
 }
 
-/// How a closed approval ended, in one line.
-pub fn outcome_line(approval: &Approval) -> String {
-    let at = approval
-        .decided_at_ms
-        .map(|ms| format!(", {} UTC", clock_time(ms)))
-        .unwrap_or_default();
-    let by = approval.approver.as_deref().unwrap_or("someone");
-    match approval.status {
-        ApprovalStatus::Pending => String::from("Waiting for a decision"),
-        ApprovalStatus::Approved => {
-            let how = match approval.choice.as_deref() {
-                Some("1h") => "Approved for 1 h",
-                Some("always") => "Always allowed",
-                _ => "Approved",
-            };
-            format!("✅ {how} by {by}{at}")
-        }
-        ApprovalStatus::Denied => match approval.comment.as_deref() {
-            Some(comment) => format!("❌ Denied by {by}{at}: \"{comment}\""),
-            None => format!("❌ Denied by {by}{at}"),
-        },
-        ApprovalStatus::TimedOut => format!("⌛ Expired, denied{at}"),
-        ApprovalStatus::Cancelled => {
-            if approval.kind == ApprovalKind::CredentialUse.as_str() {
-                format!("⏹ Cancelled: the request is gone (the agent left or the gateway restarted){at}")
-            } else {
-                format!("⏹ Cancelled{at}")
-            }
-        }
-    }
-}
-
-/// `HH:MM` of a Unix time in milliseconds, UTC.
-pub fn clock_time(ms: i64) -> String {
-    let seconds = ms.div_euclid(1000).rem_euclid(86_400);
-    format!("{:02}:{:02}", seconds / 3600, (seconds % 3600) / 60)
-}
-
 /// A new card token: 16 characters of lowercase base32 (80 random bits).
 pub fn new_token() -> String {
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
@@ -334,11 +297,5 @@ mod tests {
         // Nothing is left out when it fits.
         assert!(card.text().contains("Bcc: exfil@evil.example"));
         assert!(!card.text().contains("not shown here"));
-    }
-
-    #[test]
-    fn clock_time_is_utc_hours_and_minutes() {
-        assert_eq!(clock_time(0), "00:00");
-        assert_eq!(clock_time((14 * 3600 + 5 * 60) * 1000 + 999), "14:05");
     }
 }

@@ -361,7 +361,6 @@ fn approval_status(event: &palisade_approvals::Event, agent: &AgentName) -> Opti
         return None;
     }
     let id = &approval.id;
-    let by = approval.approver.as_deref().unwrap_or("someone");
     Some(match (created, approval.status) {
         (true, ApprovalStatus::Pending) => {
             let title: String = approval.title.chars().take(200).collect();
@@ -369,11 +368,9 @@ fn approval_status(event: &palisade_approvals::Event, agent: &AgentName) -> Opti
                 "waiting for a person to approve {title} ({id}): on the web UI's Approvals page, in a linked chat, or with `palisade approvals approve {id}`"
             )
         }
-        (_, ApprovalStatus::Approved) => format!("{id} was approved by {by}"),
-        (_, ApprovalStatus::Denied) => format!("{id} was denied by {by}"),
-        (_, ApprovalStatus::TimedOut) => format!("{id} timed out unanswered, so it was denied"),
-        (_, ApprovalStatus::Cancelled) => format!("{id} was cancelled"),
         (false, ApprovalStatus::Pending) => return None,
+        // Said as a chat card's last line says it.
+        _ => format!("{id}: {}", palisade_approvals::outcome_line(approval)),
     })
 }
 

@@ -165,144 +165,84 @@ mod tests {
     use http::Method;
     use serde_json::json;
 
-    fn covers(
-        api: &ModelApi,
-        https: bool,
-        host: &str,
-        port: u16,
-        method: Method,
-        path: &str,
-    ) -> bool {
-        api.covers(
-            https,
-            host,
-            port,
-            &method,
-            &CanonicalPath::parse(path).unwrap(),
-        )
-    }
-
     #[test]
     fn the_model_api_is_read_from_the_agents_settings() {
         // No settings: Anthropic's API.
-        let api = ModelApi::from_settings(&json!({})).unwrap();
-        assert!(covers(
-            &api,
-            true,
-            "api.anthropic.com",
-            443,
-            Method::POST,
-            "/v1/messages"
-        ));
-        assert!(covers(
-            &api,
-            true,
-            "api.anthropic.com",
-            443,
-            Method::GET,
-            "/v1/models"
-        ));
-        // Only those calls, there.
-        for (https, host, port, method, path) in [
+        let anthropic = json!({});
+        let local =
+            json!({"provider": "openai", "base_url": "http://127.0.0.1:8080/v1/", "model": "m"});
+        let proxied = json!({"provider": "anthropic", "base_url": "https://[::1]:9000/llm"});
+        let (get, post) = (Method::GET, Method::POST);
+        let api = "api.anthropic.com";
+        // (settings, https, host, port, method, path, one of its calls)
+        let cases = [
+            (&anthropic, true, api, 443, &post, "/v1/messages", true),
+            (&anthropic, true, api, 443, &get, "/v1/models", true),
+            // Another spelling of the same path is the same call.
+            (&anthropic, true, api, 443, &post, "//v1/./messages", true),
+            // Only those calls, there.
             (
+                &anthropic,
                 true,
-                "api.anthropic.com",
+                api,
                 443,
-                Method::POST,
+                &post,
                 "/v1/messages/batches",
-            ),
-            (true, "api.anthropic.com", 443, Method::POST, "/v1/files"),
-            (true, "api.anthropic.com", 443, Method::GET, "/v1/messages"),
-            (
-                true,
-                "api.anthropic.com",
-                8443,
-                Method::POST,
-                "/v1/messages",
-            ),
-            (
                 false,
-                "api.anthropic.com",
-                443,
-                Method::POST,
-                "/v1/messages",
             ),
-            (true, "evil.example", 443, Method::POST, "/v1/messages"),
-        ] {
-            assert!(
-                !covers(&api, https, host, port, method.clone(), path),
-                "{host}:{port} {method} {path}"
+            (&anthropic, true, api, 443, &post, "/v1/files", false),
+            (&anthropic, true, api, 443, &get, "/v1/messages", false),
+            (&anthropic, true, api, 8443, &post, "/v1/messages", false),
+            (&anthropic, false, api, 443, &post, "/v1/messages", false),
+            (
+                &anthropic,
+                true,
+                "evil.example",
+                443,
+                &post,
+                "/v1/messages",
+                false,
+            ),
+            (
+                &local,
+                false,
+                "127.0.0.1",
+                8080,
+                &post,
+                "/v1/chat/completions",
+                true,
+            ),
+            (&local, false, "127.0.0.1", 8080, &get, "/v1/models", true),
+            (
+                &local,
+                false,
+                "127.0.0.1",
+                8080,
+                &post,
+                "/v1/messages",
+                false,
+            ),
+            (&proxied, true, "::1", 9000, &post, "/llm/v1/messages", true),
+            (&proxied, true, "::1", 9000, &post, "/v1/messages", false),
+        ];
+        for (settings, https, host, port, method, path, expected) in cases {
+            let model = ModelApi::from_settings(settings).unwrap();
+            let path = CanonicalPath::parse(path).unwrap();
+            assert_eq!(
+                model.covers(https, host, port, method, &path),
+                expected,
+                "{settings} {host}:{port} {method} {path}"
             );
         }
-        // Another spelling of the same path is the same call.
-        assert!(covers(
-            &api,
-            true,
-            "api.anthropic.com",
-            443,
-            Method::POST,
-            "//v1/./messages"
-        ));
-
-        let local = ModelApi::from_settings(&json!({
-            "provider": "openai", "base_url": "http://127.0.0.1:8080/v1/", "model": "m"
-        }))
-        .unwrap();
-        assert!(covers(
-            &local,
-            false,
-            "127.0.0.1",
-            8080,
-            Method::POST,
-            "/v1/chat/completions"
-        ));
-        assert!(covers(
-            &local,
-            false,
-            "127.0.0.1",
-            8080,
-            Method::GET,
-            "/v1/models"
-        ));
-        assert!(!covers(
-            &local,
-            false,
-            "127.0.0.1",
-            8080,
-            Method::POST,
-            "/v1/messages"
-        ));
-        let proxied = ModelApi::from_settings(&json!({
-            "provider": "anthropic", "base_url": "https://[::1]:9000/llm"
-        }))
-        .unwrap();
-        assert!(covers(
-            &proxied,
-            true,
-            "::1",
-            9000,
-            Method::POST,
-            "/llm/v1/messages"
-        ));
-        assert!(!covers(
-            &proxied,
-            true,
-            "::1",
-            9000,
-            Method::POST,
-            "/v1/messages"
-        ));
 
         // Nothing that parses: no model API.
-        assert_eq!(
-            ModelApi::from_settings(&json!({"provider": "openai"})),
-            None
-        );
-        assert_eq!(ModelApi::from_settings(&json!({"provider": "x"})), None);
-        assert_eq!(
-            ModelApi::from_settings(&json!({"base_url": "ftp://x/"})),
-            None
-        );
+        for settings in [
+            json!({"provider": "openai"}),
+            json!({"provider": "x"}),
+            json!({"base_url": "ftp://x/"}),
+        ] {
+            assert_eq!(ModelApi::from_settings(&settings), None, "{settings}");
+        }
     }
 
     #[test]

@@ -207,7 +207,7 @@ fn a_turn_held_for_approval_says_where_to_decide() {
             "{stderr}"
         );
         assert!(
-            stderr.contains(&format!("{id} was approved by")),
+            stderr.contains(&format!("{id}: ✅ Approved by")),
             "{stderr}"
         );
     });

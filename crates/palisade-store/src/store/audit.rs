@@ -221,7 +221,9 @@ fn retention_mac(key: &MasterKey, keep_ms: i64, row: i64) -> String {
 /// signature) after a later change is refused too while that later change's row is in
 /// the log.
 fn read_retention(tx: &Transaction<'_>, key: &MasterKey) -> Result<Option<i64>> {
-    let value = super::read_setting(tx, RETENTION_SETTING)?;
+    let Some(value) = super::read_setting(tx, RETENTION_SETTING)? else {
+        return Ok(None);
+    };
     let latest: Option<i64> = tx.query_row(
         "SELECT max(id) FROM audit WHERE event = 'audit.retention'",
         [],
@@ -232,9 +234,6 @@ fn read_retention(tx: &Transaction<'_>, key: &MasterKey) -> Result<Option<i64>> 
             "the audit retention setting was not written by palisade (its signature does not match, or a later change was undone); nothing is pruned until it is set again with `palisade audit retention`"
                 .into(),
         )
-    };
-    let Some(value) = value else {
-        return Ok(None);
     };
     let mut parts = value.splitn(3, ':');
     let (Some(keep_ms), Some(row), Some(mac)) = (parts.next(), parts.next(), parts.next()) else {
