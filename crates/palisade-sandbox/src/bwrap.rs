@@ -3,6 +3,8 @@
 //! Every namespace is new (user, pid, ipc, uts, mount, cgroup, network with loopback
 //! only), all capabilities are dropped, nested user namespaces are disabled, the
 //! command runs in a new session (no terminal injection) and dies with its parent.
+//! Started by root, nothing of the sandbox is the host's root: see [`RootMaps`].
+//! Extra mounts go by descriptor, not by path: see [`MountSources`].
 //! The filesystem is built from nothing: `/usr` and the merged-usr links read-only, a
 //! prepared copy of an allow-list of `/etc` files (no shadow, no keys; see
 //! [`crate::etc_tree`]) as one read-only mount, fresh `/proc`, `/dev` and
@@ -71,12 +73,25 @@ impl Bubblewrap {
         workdir: &Workdir,
         etc: &Path,
         shim: Vec<String>,
+        root: Option<&RootMaps>,
+        sources: &MountSources,
     ) -> (Vec<String>, Vec<String>) {
         let mut args: Vec<String> = ISOLATION_FLAGS
             .iter()
-            .chain(["--hostname", "palisade", "--ro-bind", "/usr", "/usr"].iter())
+            // As root, the parent writes the user namespace's maps (see RootMaps), which
+            // bwrap allows only without its own second namespace (nested user namespaces
+            // stay denied by the seccomp filter).
+            .filter(|flag| root.is_none() || **flag != "--disable-userns")
             .map(|s| s.to_string())
             .collect();
+        if let Some(maps) = root {
+            args.extend(maps.bwrap_options());
+        }
+        args.extend(
+            ["--hostname", "palisade", "--ro-bind", "/usr", "/usr"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
         let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
         for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
             let host = Path::new("/").join(top);
@@ -96,9 +111,14 @@ impl Bubblewrap {
         }
         // The allow-listed /etc with synthetic passwd, group and hosts: one mount.
         push(&["--ro-bind", &etc.to_string_lossy(), "/etc"]);
-        push(&[
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
-        ]);
+        push(&["--proc", "/proc", "--dev", "/dev"]);
+        // Writable by whichever uid the agent is, and bounded: a RAM filesystem's pages
+        // count against no rlimit, so without a size one sandbox could fill half the
+        // host's memory in each.
+        let tmp_size = spec.limits.memory.unwrap_or(TMP_SIZE_DEFAULT).to_string();
+        for tmp in ["/tmp", "/var/tmp"] {
+            push(&["--perms", "1777", "--size", &tmp_size, "--tmpfs", tmp]);
+        }
         push(&["--dir", "/run/palisade"]);
         push(&[
             "--ro-bind",
@@ -115,24 +135,257 @@ impl Bubblewrap {
             &spec.workspace.to_string_lossy(),
             paths::WORKSPACE,
         ]);
-        for mount in &spec.mounts {
-            let kind = if mount.writable {
-                "--bind"
-            } else {
-                "--ro-bind"
-            };
-            push(&[
-                kind,
-                &mount.source.to_string_lossy(),
-                &mount.destination.to_string_lossy(),
-            ]);
+        for (index, mount) in spec.mounts.iter().enumerate() {
+            // bwrap would create the mount point's parents readable by their owner
+            // only, which is not the agent when root starts the sandbox.
+            let mut parents: Vec<&Path> = mount
+                .destination
+                .ancestors()
+                .skip(1)
+                .filter(|p| p.parent().is_some())
+                .collect();
+            parents.reverse();
+            for parent in parents {
+                push(&["--dir", &parent.to_string_lossy()]);
+            }
+            let destination = mount.destination.to_string_lossy();
+            match sources.fds.get(index) {
+                Some(fd) => {
+                    let kind = if mount.writable {
+                        "--bind-fd"
+                    } else {
+                        "--ro-bind-fd"
+                    };
+                    push(&[kind, &fd.as_raw_fd().to_string(), &destination]);
+                }
+                None => {
+                    let kind = if mount.writable {
+                        "--bind"
+                    } else {
+                        "--ro-bind"
+                    };
+                    push(&[kind, &mount.source.to_string_lossy(), &destination]);
+                }
+            }
         }
         for (name, value) in crate::env::sandbox_env() {
             push(&["--setenv", &name, &value]);
         }
-        push(&["--chdir", paths::WORKSPACE, "--remount-ro", "/"]);
+        // As root, bwrap (host uid 0 without capabilities) may not enter the agent's
+        // workspace; the shim changes into it once it is the agent.
+        if root.is_none() {
+            push(&["--chdir", paths::WORKSPACE]);
+        }
+        push(&["--remount-ro", "/"]);
         (args, shim)
     }
+}
+
+/// The extra mounts' sources, opened once by the parent and checked to be the very
+/// folders that were checked, for `--bind-fd`: bwrap then mounts what the descriptor
+/// holds (and checks that it did), not whatever a path names by the time it gets to
+/// it. A path is resolved again at each use, so an agent able to write to any part of
+/// a source's path (a folder shared writable with it) could otherwise swap a directory
+/// for a link between the check and the mount and have another sandbox mount any
+/// folder of the host, the home with its master key among them.
+///
+/// Empty when this bubblewrap has no `--bind-fd` (before 0.10, unless its distribution
+/// added it): the mounts then go by path, as before.
+pub(crate) struct MountSources {
+    fds: Vec<OwnedFd>,
+}
+
+impl MountSources {
+    fn open(mounts: &[crate::Mount]) -> Result<Self, SandboxError> {
+        if mounts.is_empty() || !bind_fd_supported() {
+            return Ok(MountSources { fds: Vec::new() });
+        }
+        let mut fds = Vec::with_capacity(mounts.len());
+        for mount in mounts {
+            let fd = nix::fcntl::open(
+                &mount.source,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| {
+                SandboxError::io(
+                    format!("cannot open {} to mount it", mount.source.display()),
+                    e.into(),
+                )
+            })?;
+            // What was opened, named by the kernel now: it must be what was checked.
+            let opened = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .map_err(|e| SandboxError::io("cannot tell what was opened", e))?;
+            if opened != mount.source {
+                return Err(SandboxError::Start(format!(
+                    "{} changed while the sandbox was starting (it now leads to {}); not mounted",
+                    mount.source.display(),
+                    opened.display()
+                )));
+            }
+            fds.push(fd);
+        }
+        Ok(MountSources { fds })
+    }
+}
+
+/// Whether this `bwrap` takes `--bind-fd` (asked once per process).
+fn bind_fd_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        std::process::Command::new("bwrap")
+            .arg("--help")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).contains("--bind-fd"))
+            .unwrap_or(false)
+    })
+}
+
+/// Size of each of `/tmp` and `/var/tmp` when no memory limit is set.
+const TMP_SIZE_DEFAULT: u64 = 1 << 30;
+
+/// The agent's uid and gid inside a sandbox started by root (the same as in podman).
+const AGENT_ID: u32 = crate::oci::AGENT_ID_IN_CONTAINER;
+
+/// How long bwrap may take to create its user namespace and say so.
+const USERNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The user namespace of a sandbox started by root.
+///
+/// bwrap maps exactly one id, the sandbox's uid to the caller's; started by root that
+/// makes every process of the sandbox the host's root, without capabilities but with
+/// everything the kernel grants uid 0 itself (the `/proc/sys` files, the owner of files
+/// it writes to a shared folder, setuid bits on them). So for root the parent writes
+/// the maps instead, while bwrap's child waits (`--userns-block-fd`, `--info-fd`):
+/// uid and gid 0 stay the host's root, which bwrap needs while it builds the sandbox
+/// from root's files, and [`AGENT_ID`] is the agent's subordinate host id
+/// ([`crate::oci::rootful_agent_owner`]). bwrap keeps only `CAP_SETUID` and
+/// `CAP_SETGID` for the shim, whose first act is to become [`AGENT_ID`] for good
+/// (losing both), before the command or anything else of the sandbox runs.
+pub(crate) struct RootMaps {
+    /// bwrap writes `{"child-pid": N, …}` here, then closes it.
+    info_read: std::fs::File,
+    info_write: OwnedFd,
+    /// bwrap's child waits for a byte here.
+    block_read: OwnedFd,
+    block_write: std::fs::File,
+}
+
+impl RootMaps {
+    fn new() -> Result<Self, SandboxError> {
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+                SandboxError::io("cannot create a pipe for the user namespace", e.into())
+            })
+        };
+        let (info_read, info_write) = pipe()?;
+        let (block_read, block_write) = pipe()?;
+        Ok(RootMaps {
+            info_read: info_read.into(),
+            info_write,
+            block_read,
+            block_write: block_write.into(),
+        })
+    }
+
+    fn bwrap_options(&self) -> Vec<String> {
+        vec![
+            "--userns-block-fd".into(),
+            self.block_read.as_raw_fd().to_string(),
+            "--info-fd".into(),
+            self.info_write.as_raw_fd().to_string(),
+            "--cap-add".into(),
+            "CAP_SETUID".into(),
+            "--cap-add".into(),
+            "CAP_SETGID".into(),
+        ]
+    }
+
+    fn child_fds(&self) -> [RawFd; 2] {
+        [self.block_read.as_raw_fd(), self.info_write.as_raw_fd()]
+    }
+
+    /// Reads the child's pid, writes its maps (`agent` for [`AGENT_ID`]) and lets it go.
+    fn write_and_release(self, agent: crate::ownership::Owner) -> Result<(), SandboxError> {
+        let RootMaps {
+            info_read,
+            info_write,
+            block_read,
+            mut block_write,
+        } = self;
+        // bwrap has its copies; ours would keep the info pipe from ever ending.
+        drop(info_write);
+        drop(block_read);
+        let info = read_to_end_within(info_read, USERNS_TIMEOUT)?;
+        let pid = child_pid(&info).ok_or_else(|| {
+            SandboxError::Start(format!(
+                "bwrap did not say which process to give its user namespace ({:?})",
+                String::from_utf8_lossy(&info[..info.len().min(200)])
+            ))
+        })?;
+        let write = |file: &str, text: String| {
+            let path = format!("/proc/{pid}/{file}");
+            std::fs::write(&path, text).map_err(|e| {
+                SandboxError::io(format!("cannot write the sandbox's {file} ({path})"), e)
+            })
+        };
+        write("uid_map", format!("0 0 1\n{AGENT_ID} {} 1\n", agent.uid))?;
+        write("gid_map", format!("0 0 1\n{AGENT_ID} {} 1\n", agent.gid))?;
+        block_write
+            .write_all(b"1")
+            .map_err(|e| SandboxError::io("cannot let the sandbox start", e))
+    }
+}
+
+/// Everything `file` gives until its writers close it, within `timeout`.
+fn read_to_end_within(
+    file: std::fs::File,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, SandboxError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut file = file;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(SandboxError::Start(format!(
+                "bwrap did not create the sandbox's user namespace within {timeout:?}"
+            )));
+        }
+        let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) | Err(nix::Error::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(SandboxError::io("cannot wait for bwrap", e.into())),
+        }
+        match file.read(&mut chunk) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) if bytes.len() + n <= 64 * 1024 => bytes.extend_from_slice(&chunk[..n]),
+            Ok(_) => {
+                return Err(SandboxError::Start(
+                    "bwrap said too much on --info-fd".into(),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(SandboxError::io("cannot read from bwrap", e)),
+        }
+    }
+}
+
+/// The `"child-pid"` of bwrap's `--info-fd` JSON.
+fn child_pid(info: &[u8]) -> Option<i32> {
+    let value: serde_json::Value = serde_json::from_slice(info).ok()?;
+    value["child-pid"]
+        .as_i64()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .filter(|pid| *pid > 1)
 }
 
 /// Whether user namespaces can be created by this user, from sysctls (no probe).
@@ -180,17 +433,28 @@ impl Runtime for Bubblewrap {
     fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         self.check()?;
         check_spec(spec)?;
-        if nix::unistd::geteuid().is_root() {
-            // Root's agents run as uid 0 of their user namespace here; a workspace a
-            // rootful podman sandbox used last is handed back (see ownership.rs).
+        let root = if nix::unistd::geteuid().is_root() {
+            // Root's agents run as the agent's subordinate host uid, as in rootful
+            // podman; a workspace an older version's sandbox left to root is handed
+            // over (see ownership.rs).
             let root = crate::ownership::Owner { uid: 0, gid: 0 };
-            crate::ownership::hand_over(&spec.workspace, crate::oci::rootful_agent_owner(), root)?;
-        }
+            crate::ownership::hand_over(&spec.workspace, root, crate::oci::rootful_agent_owner())?;
+            Some(RootMaps::new()?)
+        } else {
+            None
+        };
+        let (uid, gid) = match root {
+            Some(_) => (AGENT_ID, AGENT_ID),
+            None => (
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            ),
+        };
         let workdir = Workdir::create(&spec.ca_bundle)?;
         let etc = crate::etc_tree::prepare(
             Path::new("/etc"),
             crate::etc_tree::ETC_ALLOWED,
-            &synthetic_etc(),
+            &synthetic_etc(uid, gid),
             &std::env::temp_dir(),
         )?;
         let (control, sandbox_end) = crate::broker::channel()
@@ -205,8 +469,10 @@ impl Runtime for Bubblewrap {
             spec,
             &reports,
             crate::shim::Control::Inherited(sandbox_end.as_raw_fd()),
+            root.as_ref().map(|_| (AGENT_ID, AGENT_ID)),
         );
-        let (options, shim) = self.args(spec, &workdir, etc.path(), shim);
+        let sources = MountSources::open(&spec.mounts)?;
+        let (options, shim) = self.args(spec, &workdir, etc.path(), shim, root.as_ref(), &sources);
         let mut handoff = Handoff::default();
         let options_fd = handoff.with_filters_and_options(options)?;
         let mut command = tokio::process::Command::new(&self.program);
@@ -224,6 +490,10 @@ impl Runtime for Bubblewrap {
         let procs = cgroup.as_ref().map(|c| c.procs_files());
         let mut inherited = handoff.raw_fds();
         inherited.push(sandbox_end.as_raw_fd());
+        if let Some(maps) = &root {
+            inherited.extend(maps.child_fds());
+        }
+        inherited.extend(sources.fds.iter().map(|fd| fd.as_raw_fd()));
         // SAFETY: only async-signal-safe calls (fcntl, keyctl, and enter_from_child's
         // open/write/close on prepared paths) run between fork and exec.
         unsafe {
@@ -242,6 +512,11 @@ impl Runtime for Bubblewrap {
         // The child has its copies; bwrap reads them before the command starts.
         drop(handoff);
         drop(sandbox_end);
+        drop(sources);
+        if let Some(maps) = root {
+            // On failure the child is killed when dropped (kill_on_drop).
+            maps.write_and_release(crate::oci::rootful_agent_owner())?;
+        }
         let broker = crate::broker::serve(control, crate::runtime::broker_targets(spec))
             .map_err(|e| SandboxError::io("cannot serve the sandbox's control channel", e))?;
         Ok(Sandbox {

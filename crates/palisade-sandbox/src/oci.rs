@@ -313,7 +313,7 @@ impl Oci {
             OciTool::Podman => crate::shim::Control::Inherited(CONTROL_FD),
             OciTool::Docker => crate::shim::Control::Socket(CONTROL_SOCKET_INSIDE.into()),
         };
-        args.extend(shim_argv(spec, reports, control).into_iter().skip(1));
+        args.extend(shim_argv(spec, reports, control, None).into_iter().skip(1));
         args
     }
 }

@@ -1,13 +1,11 @@
 //! Who owns an agent's workspace on the host, when palisade runs as root.
 //!
-//! A rootful podman sandbox runs the agent as an unprivileged user in a user namespace
-//! whose ids map to a subordinate range of the host ([`crate::oci::rootful_agent_id`]),
-//! so its files belong to that host uid. A bubblewrap sandbox started by root runs the
-//! agent as uid 0 of its own user namespace, without capabilities, so it can write only
-//! what host uid 0 owns. When an agent's workspace is used by the other kind of
-//! sandbox than last time, its files are handed over: every entry owned by the previous
-//! owner is re-owned to the new one (user and group). Entries owned by anyone else are
-//! left alone.
+//! Both kinds of sandbox run root's agents as an unprivileged subordinate host uid
+//! ([`crate::oci::rootful_agent_owner`]), so their files belong to it. Earlier versions
+//! ran a bubblewrap agent as the host's uid 0, so a workspace may still belong to root:
+//! its files are then handed over when a sandbox starts: every entry owned by the
+//! previous owner is re-owned to the new one (user and group). Entries owned by anyone
+//! else are left alone.
 //!
 //! The walk never follows a symbolic link and never leaves the workspace's filesystem
 //! (descends with `openat(O_NOFOLLOW | O_DIRECTORY)`, changes with

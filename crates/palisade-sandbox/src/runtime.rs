@@ -269,14 +269,18 @@ pub(crate) fn shim_options(
 }
 
 /// The shim's full argv inside the sandbox.
+/// `user`: the ids (inside the sandbox) the shim becomes first, when it starts as uid 0.
 pub(crate) fn shim_argv(
     spec: &SandboxSpec,
     reports: &[LimitReport],
     control: crate::shim::Control,
+    user: Option<(u32, u32)>,
 ) -> Vec<String> {
     let mut argv = vec![paths::PALISADE_BINARY.to_string()];
     argv.extend(spec.shim_subcommand.iter().cloned());
-    argv.extend(shim_options(spec, reports, control).to_args());
+    let mut options = shim_options(spec, reports, control);
+    options.user = user;
+    argv.extend(options.to_args());
     argv
 }
 

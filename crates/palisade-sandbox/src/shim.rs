@@ -51,6 +51,10 @@ pub struct ShimOptions {
     /// to a runner, relayed through the parent like the vault.
     pub host_listen: Option<String>,
     pub max_connections: usize,
+    /// The user and group (ids inside the sandbox) the shim becomes before anything
+    /// else, when it starts as uid 0 of its user namespace: a bubblewrap sandbox started
+    /// by root, whose uid 0 is the host's root (see `bwrap.rs`).
+    pub user: Option<(u32, u32)>,
     pub command: Vec<String>,
 }
 
@@ -66,6 +70,7 @@ impl ShimOptions {
             rlimit_file_size: None,
             host_listen: None,
             max_connections: 256,
+            user: None,
             command,
         }
     }
@@ -95,6 +100,9 @@ impl ShimOptions {
         }
         if let Some(name) = &self.host_listen {
             args.extend(["--host-listen".into(), name.clone()]);
+        }
+        if let Some((uid, gid)) = self.user {
+            args.extend(["--user".into(), format!("{uid}:{gid}")]);
         }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
@@ -157,6 +165,15 @@ impl ShimOptions {
                     )
                 }
                 "--host-listen" => options.host_listen = Some(value("--host-listen")?),
+                "--user" => {
+                    let text = value("--user")?;
+                    options.user = text
+                        .split_once(':')
+                        .and_then(|(uid, gid)| Some((uid.parse().ok()?, gid.parse().ok()?)))
+                        .filter(|(uid, gid)| *uid != 0 && *gid != 0)
+                        .map(Some)
+                        .ok_or_else(|| "--user needs UID:GID, neither 0".to_string())?;
+                }
                 "--max-connections" => {
                     options.max_connections = value("--max-connections")?
                         .parse()
@@ -182,12 +199,35 @@ impl ShimOptions {
 
 /// Runs the shim to completion and returns the exit code for the process.
 pub fn run(options: ShimOptions) -> i32 {
+    // Before anything else: nothing of the sandbox may run as the uid it started as.
+    if let Some((uid, gid)) = options.user {
+        if let Err(e) = become_user(uid, gid) {
+            eprintln!("palisade shim: cannot become uid {uid}: {e}; not starting");
+            return SHIM_FAILURE;
+        }
+        // Where bwrap would have started the command, had it been allowed in.
+        if let Err(e) = std::env::set_current_dir(crate::paths::WORKSPACE) {
+            eprintln!(
+                "palisade shim: cannot enter {}: {e}",
+                crate::paths::WORKSPACE
+            );
+            return SHIM_FAILURE;
+        }
+    }
     // Nothing the parent handed over may reach the command: the control channel (and
     // any other inherited descriptor) is closed on exec from here on.
     keep_from_command(match options.control {
         Control::Inherited(fd) => Some(fd),
         Control::Socket(_) => None,
     });
+    // The command runs as the same user: without this it could read and write the
+    // shim's memory through /proc/PID/mem (ptrace is denied, that file is not) and
+    // take over its connections to the parent. The command's own exec makes it
+    // dumpable again, for its own processes.
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        nix::libc::prctl(nix::libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -199,6 +239,26 @@ pub fn run(options: ShimOptions) -> i32 {
         }
     };
     runtime.block_on(serve(options))
+}
+
+/// Becomes `uid`:`gid` with no supplementary groups, for good: real, effective and
+/// saved ids all change, which also clears every capability (the process holds no
+/// `SECBIT_KEEP_CAPS`) and makes it undumpable, so the command it starts cannot read
+/// or write its memory through `/proc`. Checked afterwards, not assumed.
+fn become_user(uid: u32, gid: u32) -> nix::Result<()> {
+    use nix::unistd::{getresgid, getresuid, setgroups, setresgid, setresuid, Gid, Uid};
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    setgroups(&[])?;
+    setresgid(gid, gid, gid)?;
+    setresuid(uid, uid, uid)?;
+    let users = getresuid()?;
+    let groups = getresgid()?;
+    let same = [users.real, users.effective, users.saved] == [uid; 3]
+        && [groups.real, groups.effective, groups.saved] == [gid; 3];
+    if !same || setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok() {
+        return Err(nix::Error::EPERM);
+    }
+    Ok(())
 }
 
 async fn serve(options: ShimOptions) -> i32 {
@@ -441,6 +501,7 @@ mod tests {
         options.rlimit_processes = Some(64);
         options.rlimit_file_size = Some(64 << 20);
         options.host_listen = Some("@palisade-host".into());
+        options.user = Some((1000, 1001));
         assert_eq!(ShimOptions::from_args(&options.to_args()).unwrap(), options);
         options.control = Control::Socket("/run/palisade/control.sock".into());
         assert_eq!(ShimOptions::from_args(&options.to_args()).unwrap(), options);
@@ -458,6 +519,18 @@ mod tests {
             ],
             vec!["--bogus".to_string(), "--".into(), "true".into()],
             vec!["--rlimit-as".to_string()],
+            vec![
+                "--user".to_string(),
+                "0:0".into(),
+                "--".into(),
+                "true".into(),
+            ],
+            vec![
+                "--user".to_string(),
+                "1000".into(),
+                "--".into(),
+                "true".into(),
+            ],
             vec!["--".to_string(), "true".into()],
             vec![
                 "--control-fd".to_string(),

@@ -27,7 +27,8 @@ impl Workdir {
             })?;
         let workdir = Workdir { dir };
         workdir.write("ca-bundle.pem", ca_bundle)?;
-        for (name, text) in synthetic_etc() {
+        let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+        for (name, text) in synthetic_etc(uid.as_raw(), gid.as_raw()) {
             workdir.write(name, &text)?;
         }
         Ok(workdir)
@@ -48,9 +49,8 @@ impl Workdir {
 
 /// The `/etc` files every sandbox gets instead of the host's: users root, the caller
 /// (as `agent`) and nobody; loopback names only.
-pub(crate) fn synthetic_etc() -> Vec<(&'static str, String)> {
-    let uid = nix::unistd::getuid().as_raw();
-    let gid = nix::unistd::getgid().as_raw();
+/// `uid`/`gid`: the agent's ids inside the sandbox.
+pub(crate) fn synthetic_etc(uid: u32, gid: u32) -> Vec<(&'static str, String)> {
     let mut passwd = String::from("root:x:0:0:root:/workspace:/bin/bash\n");
     let mut group = String::from("root:x:0:\n");
     if uid != 0 {

@@ -302,6 +302,98 @@ echo processes: $(ls -d /proc/[0-9]* | wc -l)\n",
     }
 }
 
+/// Nothing in a sandbox is the host's root, even when root starts it: without
+/// capabilities, uid 0 itself is still what the kernel checks for the host-wide
+/// settings under /proc/sys (kernel.core_pattern runs a program as root) and is the
+/// owner of what the agent writes to a shared folder (a setuid-root program for any
+/// local user). And the command cannot reach into the shim's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_in_the_sandbox_is_the_hosts_root() {
+    let fx = fixture().await;
+    let shared = fx.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    // Writable by the agent whatever host uid it is.
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    // A setting is written back with the value it has, so a failure changes nothing.
+    let script = "v=$(cat /proc/sys/kernel/printk_ratelimit)\n\
+echo \"$v\" > /proc/sys/kernel/printk_ratelimit 2>/dev/null && echo WROTE-SYSCTL\n\
+cp /bin/true /mnt/shared/planted && chmod 4755 /mnt/shared/planted && echo planted\n\
+for p in /proc/[0-9]*; do\n\
+  if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^/run/palisade/palisade shim'; then\n\
+    echo shim-found; head -c 16 $p/mem > /dev/null 2>&1 && echo READ-SHIM-MEMORY\n\
+  fi\n\
+done\n";
+    for runtime in runtimes() {
+        let _ = std::fs::remove_file(shared.join("planted"));
+        let mut spec = fx.spec(script, no_limits());
+        spec.mounts = vec![palisade_sandbox::Mount {
+            source: shared.clone(),
+            destination: PathBuf::from("/mnt/shared"),
+            writable: true,
+        }];
+        let ran = run(&*runtime, spec).await;
+        let kind = runtime.kind();
+        assert!(
+            !ran.stdout.contains("WROTE-SYSCTL"),
+            "{kind}: {}",
+            ran.stdout
+        );
+        assert!(
+            ran.stdout.contains("planted"),
+            "{kind}: {} {}",
+            ran.stdout,
+            ran.stderr
+        );
+        let owner = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata(shared.join("planted")).unwrap(),
+        );
+        assert_ne!(
+            owner, 0,
+            "{kind}: the agent's file belongs to the host's root"
+        );
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(
+                owner,
+                palisade_sandbox::oci::rootful_agent_owner().uid,
+                "{kind}"
+            );
+        }
+        assert!(ran.stdout.contains("shim-found"), "{kind}: {}", ran.stdout);
+        assert!(
+            !ran.stdout.contains("READ-SHIM-MEMORY"),
+            "{kind}: {}",
+            ran.stdout
+        );
+    }
+}
+
+/// What bubblewrap mounts is the folder that was checked, not what its path leads to
+/// by the time bwrap gets to it: a source whose path no longer leads to itself (here
+/// a link, as an agent could swap a directory it can write for one between the check
+/// and the mount) is refused, and nothing starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_whose_path_now_leads_elsewhere_is_refused() {
+    let fx = fixture().await;
+    let swapped = fx.dir.path().join("docs");
+    std::os::unix::fs::symlink(fx.home(), &swapped).unwrap();
+    let mut spec = fx.spec("ls /mnt/docs", no_limits());
+    spec.mounts = vec![palisade_sandbox::Mount {
+        source: swapped.clone(),
+        destination: PathBuf::from("/mnt/docs"),
+        writable: false,
+    }];
+    let error = palisade_sandbox::Bubblewrap::new()
+        .start(&spec)
+        .err()
+        .expect("a sandbox started with the home mounted");
+    let message = error.to_string();
+    assert!(
+        message.contains("changed while the sandbox was starting")
+            && message.contains(&fx.home().display().to_string()),
+        "{message}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_only_in_workspace_and_tmp_and_no_capabilities() {
     let fx = fixture().await;

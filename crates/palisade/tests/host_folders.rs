@@ -23,6 +23,13 @@ fn shown(world: &World, index: usize) -> String {
 fn a_folder_is_mounted_where_given_and_gone_as_soon_as_it_is_taken_away() {
     let world = world();
     let folder = tempfile::tempdir().expect("folder");
+    // Readable by others, as a folder shared with an agent must be: when root runs
+    // Palisade the agent is a subordinate uid of its own, not root.
+    std::fs::set_permissions(
+        folder.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::write(folder.path().join("hello.txt"), "the folder says hi").unwrap();
     let path = folder.path().to_str().unwrap();
     ok(world

@@ -1180,7 +1180,8 @@ fn another_agents_vault_socket_is_out_of_reach() {
 
 /// podman runs the agent as a non-root user in a user namespace: `id -u` is not 0, a
 /// root-only host file mounted in stays unreadable, and the workspace is writable. As
-/// root, the workspace is handed back when the agent next runs in bubblewrap.
+/// root, a bubblewrap sandbox runs the agent as the same subordinate host uid, so the
+/// agent goes on with its files from one kind of sandbox to the other.
 #[test]
 fn podman_runs_the_agent_as_a_user_that_is_not_root() {
     each(|w, rt| {
@@ -1214,7 +1215,8 @@ fn podman_runs_the_agent_as_a_user_that_is_not_root() {
         if w.who == As::Root {
             use std::os::unix::fs::MetadataExt;
             let made = w.home.join("agents/a/workspace/made-in-podman");
-            assert_ne!(std::fs::metadata(&made).unwrap().uid(), 0);
+            let agent = std::fs::metadata(&made).unwrap().uid();
+            assert_ne!(agent, 0);
             let out = w.sandbox(
                 "bwrap",
                 &[],
@@ -1222,7 +1224,7 @@ fn podman_runs_the_agent_as_a_user_that_is_not_root() {
             );
             assert!(text(&out).contains("bwrap-writes"), "{}", text(&out));
             let made = w.home.join("agents/a/workspace/made-in-bwrap");
-            assert_eq!(std::fs::metadata(&made).unwrap().uid(), 0);
+            assert_eq!(std::fs::metadata(&made).unwrap().uid(), agent);
         }
     });
 }
