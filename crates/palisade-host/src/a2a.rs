@@ -226,9 +226,8 @@ async fn try_send(
             ASK_TIMEOUT.as_secs() / 60
         ));
     };
-    if is_error {
-        return Err(format!("{to} could not answer: {answer}"));
-    }
+    // Cleaned at the asking agent's strictness and labelled, an error as much as an
+    // answer: its text comes from the other agent's model or model server.
     let asker_strictness = strictness(inner, &from).await;
     let clean_answer = sanitize::sanitize(
         &answer,
@@ -238,6 +237,12 @@ async fn try_send(
         },
     )
     .text;
+    if is_error {
+        return Err(format!(
+            "{to} could not answer. {}",
+            sanitize::label(&format!("agent {to} (its error)"), &clean_answer)
+        ));
+    }
     Ok(sanitize::label(
         &format!("agent {to} (its answer)"),
         &clean_answer,

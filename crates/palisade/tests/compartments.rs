@@ -28,6 +28,16 @@ const MAILER_NOTE: &str = "mailer-private-7f3a9c";
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// What of [`PAGE`] must never reach a model that gets it from another agent or a page.
+const NEVER_PASSED_ON: [&str; 6] = [
+    "Ignore previous instructions",
+    "evil.example/?d=KEY",
+    "</system>",
+    "\u{200B}",
+    "\\u200b",
+    "\u{E0041}",
+];
+
 /// Percent-encodes everything but unreserved characters, for a query value.
 fn query_value(text: &str) -> String {
     text.bytes()
@@ -63,6 +73,23 @@ fn shown(world: &World, index: usize) -> String {
     body["messages"].to_string()
 }
 
+/// Creates agent `name` with `profile`, thinking with the fake Anthropic API's key.
+fn create_agent(world: &World, name: &str, profile: &str) {
+    ok(world.palisade.run(&[
+        "agents",
+        "create",
+        name,
+        "--profile",
+        profile,
+        "--provider",
+        "anthropic",
+        "--model",
+        "claude-test",
+        "--base-url",
+        &world.upstream.base_url(),
+    ]));
+}
+
 fn pending_approvals(world: &World) -> Vec<Value> {
     let output = ok(world.palisade.run(&["approvals", "list", "--json"]));
     let list: Value = serde_json::from_slice(&output.stdout).expect("approvals JSON");
@@ -79,20 +106,8 @@ fn an_injected_page_crosses_to_the_action_agent_inert_and_its_mail_waits_for_a_p
     let palisade = &world.palisade;
     // `helper` (from the fixture) is the research agent; `mailer` acts, with the Gmail
     // key marked sensitive; `keeper` is an agent nobody allowed helper to reach.
-    for (name, profile) in [("mailer", "action"), ("keeper", "action")] {
-        ok(palisade.run(&[
-            "agents",
-            "create",
-            name,
-            "--profile",
-            profile,
-            "--provider",
-            "anthropic",
-            "--model",
-            "claude-test",
-            "--base-url",
-            &world.upstream.base_url(),
-        ]));
+    for name in ["mailer", "keeper"] {
+        create_agent(&world, name, "action");
     }
     ok(palisade.run(&["secrets", "grant", "claude", "--agent", "mailer"]));
     let gmail_key = "ya29.gmail-token-5c1e";
@@ -241,14 +256,7 @@ fn an_injected_page_crosses_to_the_action_agent_inert_and_its_mail_waits_for_a_p
     );
     assert!(received.contains("revenue up 4%"), "{received}");
     for (index, seen) in [(1, &page), (2, &received)] {
-        for gone in [
-            "Ignore previous instructions",
-            "evil.example/?d=KEY",
-            "</system>",
-            "\u{200B}",
-            "\\u200b",
-            "\u{E0041}",
-        ] {
+        for gone in NEVER_PASSED_ON {
             assert!(!seen.contains(gone), "{gone:?} in request {index}: {seen}");
         }
     }
@@ -296,5 +304,52 @@ fn an_injected_page_crosses_to_the_action_agent_inert_and_its_mail_waits_for_a_p
         audit.contains("not_allowed") && audit.contains("sent"),
         "{audit}"
     );
+    world.down(host);
+}
+
+/// An agent that cannot answer another's question returns an error, whose text comes
+/// from its model server, which may be hostile: it reaches the asking agent cleaned
+/// and labelled as that agent's, like an answer. (Before, it went through raw.)
+#[test]
+fn an_error_of_the_asked_agent_reaches_the_asker_cleaned_and_labelled() {
+    let world = world();
+    let palisade = &world.palisade;
+    create_agent(&world, "mailer", "action");
+    ok(palisade.run(&["secrets", "grant", "claude", "--agent", "mailer"]));
+    ok(palisade.run(&["agents", "allow", "mailer", "--to", "helper"]));
+    world.upstream.script_anthropic(vec![
+        // 0 mailer: asks helper.
+        ScriptedTurn::tool_use(
+            "ask_agent",
+            serde_json::json!({"agent": "helper", "text": "summarise the report"}),
+        ),
+        // 1 helper: its model server answers with an error that carries an injection.
+        ScriptedTurn::error(
+            400,
+            serde_json::json!({
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": PAGE},
+            }),
+        ),
+        // 2 mailer: done.
+        ScriptedTurn::text("mailer: done"),
+    ]);
+    let host = world.up();
+    let sent = world.send("mailer", "ask helper for the summary");
+    assert!(
+        String::from_utf8_lossy(&sent.stdout).contains("mailer: done"),
+        "{}\nhost: {}",
+        text(&sent),
+        host.stderr()
+    );
+    let told = shown(&world, 2);
+    assert!(told.contains("helper could not answer"), "{told}");
+    assert!(
+        told.contains("Message from agent helper (its error)"),
+        "{told}"
+    );
+    for gone in NEVER_PASSED_ON {
+        assert!(!told.contains(gone), "{gone:?} reached mailer: {told}");
+    }
     world.down(host);
 }

@@ -27,7 +27,7 @@ const ELLIPSIS: char = '…';
 /// One line: whitespace and line breaks collapse to single spaces, other control
 /// characters become U+FFFD, invisible characters vanish, at most `max_chars` chars.
 pub fn one_line(text: &str, max_chars: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max_chars * 4));
+    let mut out = String::with_capacity(text.len().min(max_chars.saturating_mul(4)));
     let mut count = 0;
     let mut pending_space = false;
     for c in text.chars() {
@@ -53,20 +53,29 @@ pub fn one_line(text: &str, max_chars: usize) -> String {
     out
 }
 
-/// Several lines for a card or detail view: blank runs collapse to one blank line,
-/// each line is [`one_line`]-cleaned, and both the number of lines and the total number
-/// of characters are capped (a final `…` says something was cut).
+/// Several lines for a card or detail view: [`wrapped_lines`] at `max_line_chars`, at
+/// most `max_lines` of them and about `max_total_chars` characters, keeping both ends
+/// ([`head_and_tail`]) when they do not fit.
 pub(crate) fn text_lines(
     text: &str,
     max_lines: usize,
     max_line_chars: usize,
     max_total_chars: usize,
 ) -> Vec<String> {
-    let mut lines: Vec<String> = Vec::new();
-    let mut total = 0;
+    head_and_tail(
+        wrapped_lines(text, max_line_chars),
+        max_lines,
+        max_total_chars,
+    )
+}
+
+/// Every line of `text`, cleaned as [`one_line`] cleans and wrapped (never cut) at
+/// `width` characters; runs of blank lines collapse to one.
+pub(crate) fn wrapped_lines(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
     let mut previous_blank = true;
     for raw in text.split('\n') {
-        let line = one_line(raw, max_line_chars);
+        let line = one_line(raw, usize::MAX);
         if line.is_empty() {
             if !previous_blank {
                 lines.push(String::new());
@@ -75,23 +84,60 @@ pub(crate) fn text_lines(
             continue;
         }
         previous_blank = false;
-        let length = line.chars().count();
-        if lines.len() >= max_lines || total + length > max_total_chars {
-            let room = max_total_chars.saturating_sub(total);
-            if lines.len() < max_lines && room > 20 {
-                lines.push(one_line(&line, room));
-            } else {
-                lines.push(ELLIPSIS.to_string());
-            }
-            break;
-        }
-        total += length;
-        lines.push(line);
+        let chars: Vec<char> = line.chars().collect();
+        lines.extend(
+            chars
+                .chunks(width.max(1))
+                .map(|c| c.iter().collect::<String>()),
+        );
     }
     while lines.last().is_some_and(String::is_empty) {
         lines.pop();
     }
     lines
+}
+
+/// At most `max_lines` of `lines` and about `max_chars` characters, keeping both ends:
+/// when something must go it is the middle, and a line in its place says how much went.
+/// So words an agent puts after padding are on the card as surely as its first ones.
+pub(crate) fn head_and_tail(lines: Vec<String>, max_lines: usize, max_chars: usize) -> Vec<String> {
+    let length = |line: &String| line.chars().count();
+    let total: usize = lines.iter().map(length).sum();
+    if lines.len() <= max_lines && total <= max_chars {
+        return lines;
+    }
+    // One line goes to the note; the head gets the odd one of the rest.
+    let room = max_lines.saturating_sub(1);
+    let char_budget = max_chars / 2;
+    // Whole lines from one end while they fit; the next one cut, its far part kept.
+    let take = |from: &mut dyn Iterator<Item = &String>, from_end: bool, line_budget: usize| {
+        let (mut taken, mut chars) = (Vec::new(), 0);
+        for line in from {
+            if taken.len() >= line_budget || chars >= char_budget {
+                break;
+            }
+            let room = char_budget - chars;
+            let count = length(line);
+            let shown: String = match (count <= room, from_end) {
+                (true, _) => line.clone(),
+                (false, false) => line.chars().take(room).collect(),
+                (false, true) => line.chars().skip(count - room).collect(),
+            };
+            chars += length(&shown);
+            taken.push(shown);
+        }
+        (taken, chars)
+    };
+    let (head, head_chars) = take(&mut lines.iter(), false, room.div_ceil(2));
+    let (mut tail, tail_chars) = take(&mut lines.iter().rev(), true, room / 2);
+    tail.reverse();
+    let mut out = head;
+    out.push(format!(
+        "[… {} characters not shown …]",
+        total.saturating_sub(head_chars + tail_chars)
+    ));
+    out.extend(tail);
+    out
 }
 
 /// Cuts `text` to at most `max_chars` characters on a character boundary.
@@ -187,11 +233,22 @@ mod tests {
             text_lines(text, 10, 50, 500),
             ["one", "", "two", "three", "four"]
         );
-        assert_eq!(text_lines(text, 2, 50, 500), ["one", "", "…"]);
-        let long = "x".repeat(1000);
+        assert_eq!(
+            text_lines(text, 2, 50, 500),
+            ["one", "[… 12 characters not shown …]"]
+        );
+        assert_eq!(
+            text_lines(text, 4, 50, 500),
+            ["one", "", "[… 8 characters not shown …]", "four"]
+        );
+        // A long line keeps its start and its end.
+        let long = format!("{}{}", "x".repeat(1000), "END");
         let lines = text_lines(&long, 10, 2000, 500);
-        assert_eq!(lines.len(), 1);
-        assert!(lines[0].chars().count() <= 501);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("xxx") && lines[2].ends_with("END"));
+        assert_eq!(lines[1], "[… 503 characters not shown …]");
+        // Lines past the width are wrapped, not cut.
+        assert_eq!(text_lines("abcdef", 10, 4, 500), ["abcd", "ef"]);
     }
 
     #[test]
