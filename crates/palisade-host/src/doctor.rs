@@ -118,6 +118,19 @@ pub enum HostState {
 pub fn offline(home: &Home, host: HostState) -> Report {
     let sandbox = palisade_sandbox::doctor::diagnose();
     let mut findings = sandbox_findings(&sandbox);
+    // A doctor does not create what it examines: a mistyped --home would otherwise
+    // become a new, empty home that looks healthy.
+    if !home.root().exists() {
+        findings.push(finding(
+            "store",
+            Status::Warn,
+            format!("no Palisade home at {} yet", home.root().display()),
+            Some("`palisade up` creates it; if yours is elsewhere, give --home DIR or set PALISADE_HOME".into()),
+        ));
+        findings.push(disk_finding(home.root()));
+        findings.push(host_finding(host));
+        return Report { findings, sandbox };
+    }
     let store = match Store::open(home) {
         Ok(store) => {
             findings.push(finding(
@@ -204,7 +217,12 @@ pub fn offline(home: &Home, host: HostState) -> Report {
         findings.extend(model_findings(store));
     }
     findings.push(disk_finding(home.root()));
-    findings.push(match host {
+    findings.push(host_finding(host));
+    Report { findings, sandbox }
+}
+
+fn host_finding(host: HostState) -> Finding {
+    match host {
         HostState::This { listen } => finding(
             "host",
             Status::Ok,
@@ -223,8 +241,7 @@ pub fn offline(home: &Home, host: HostState) -> Report {
             "not running: agents answer nobody and the web UI is down",
             Some("start it with `palisade up` (or `palisade up --detach`)".into()),
         ),
-    });
-    Report { findings, sandbox }
+    }
 }
 
 fn sandbox_findings(report: &DoctorReport) -> Vec<Finding> {
@@ -238,7 +255,7 @@ fn sandbox_findings(report: &DoctorReport) -> Vec<Finding> {
                 let what = if default {
                     format!("{}: not usable: {problem}", runtime.runtime)
                 } else {
-                    format!("{} (optional): not usable: {problem}", runtime.runtime)
+                    format!("{} (optional, not used): {problem}", runtime.runtime)
                 };
                 let fix = (status != Status::Ok).then(|| sandbox_fix(&runtime.runtime, problem));
                 findings.push(finding("sandbox", status, what, fix));

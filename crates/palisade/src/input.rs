@@ -14,6 +14,34 @@ const MAX_SECRET_BYTES: u64 = palisade_store::input::MAX_SECRET_BYTES as u64;
 
 pub const VALUE_ON_ARGV: &str = "secret values are never taken from the command line (they would land in shell history and ps); pipe it on stdin or use --value-file FILE";
 
+/// An address to listen on, as `HOST:PORT` with an IP (`127.0.0.1:8080`, `[::1]:8080`);
+/// `localhost:PORT` means `127.0.0.1:PORT`. A clap value parser, so a bare host or a
+/// name says what is wanted rather than clap's "invalid socket address syntax".
+pub fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    if let Some(port) = text.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    let bare_ip = text.parse::<std::net::IpAddr>().is_ok()
+        || text
+            .trim_matches(['[', ']'])
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok();
+    if bare_ip || text == "localhost" {
+        return Err(format!(
+            "{text:?} has no port: give HOST:PORT, e.g. 127.0.0.1:8080 (IPv6: [::1]:8080)"
+        ));
+    }
+    Err(format!(
+        "{text:?} is not an address to listen on: give an IP and a port, e.g. 127.0.0.1:8080 (IPv6: [::1]:8080)"
+    ))
+}
+
 /// Reads a secret value from `file` (`-` for stdin) or else stdin, prompting without echo
 /// when stdin is a terminal. One trailing newline is removed; an empty value is refused.
 pub fn read_secret_value(file: Option<&Path>, secret_name: &str) -> anyhow::Result<SecretValue> {
@@ -119,4 +147,33 @@ pub fn parse_time(text: &str, flag: &str, future: bool, now_ms: i64) -> anyhow::
     Ok(palisade_store::input::parse_time(
         text, flag, future, now_ms,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen;
+
+    #[test]
+    fn listen_addresses_are_ip_and_port() {
+        assert_eq!(
+            parse_listen("127.0.0.1:8080").unwrap().to_string(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(parse_listen("[::1]:9").unwrap().to_string(), "[::1]:9");
+        assert_eq!(
+            parse_listen("localhost:8080").unwrap().to_string(),
+            "127.0.0.1:8080"
+        );
+        for bare in ["127.0.0.1", "::1", "[::1]", "localhost"] {
+            let error = parse_listen(bare).unwrap_err();
+            assert!(error.contains("has no port"), "{bare}: {error}");
+        }
+        for wrong in ["example.com:80", "127.0.0.1:99999", ""] {
+            let error = parse_listen(wrong).unwrap_err();
+            assert!(
+                error.contains("not an address to listen on"),
+                "{wrong}: {error}"
+            );
+        }
+    }
 }

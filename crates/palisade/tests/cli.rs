@@ -250,6 +250,28 @@ fn usage_errors_exit_2_like_clap() {
     assert_eq!(palisade.run(&["agents", "frobnicate"]).code, 2);
     assert_eq!(palisade.run(&["secrets", "create", "--name", "x"]).code, 2);
     assert_eq!(palisade.run(&[]).code, 2);
+    // An address without a port says what is wanted, before anything starts.
+    for (flag, value) in [
+        (["up", "--listen"], "127.0.0.1"),
+        (["up", "--vault-listen"], "[::1]"),
+        (["vault", "serve"], "localhost"),
+    ] {
+        let mut args = flag.to_vec();
+        if flag[0] == "vault" {
+            args.push("--listen");
+        }
+        args.push(value);
+        let output = palisade.run(&args);
+        assert_eq!(output.code, 2, "{}", output.stderr);
+        assert!(
+            output
+                .stderr
+                .contains("has no port: give HOST:PORT, e.g. 127.0.0.1:8080"),
+            "{}",
+            output.stderr
+        );
+    }
+    assert!(!palisade.home().join("palisade.db").exists());
 }
 
 #[test]
@@ -336,6 +358,38 @@ fn agent_bad_input_is_refused_and_writes_nothing() {
     palisade
         .run(&["agents", "token", "ghost"])
         .refused("not found");
+
+    // A new provider without a model would send Claude's model name to it.
+    palisade
+        .run(&["agents", "create", "local", "--provider", "openai"])
+        .refused("--provider openai needs --model too");
+    palisade
+        .run(&["agents", "edit", "mailer", "--provider", "openai"])
+        .refused("the agent's model claude-");
+    let agents = palisade.json(&["agents", "list"]);
+    assert_eq!(agents.as_array().map(Vec::len), Some(1));
+    let shown = palisade.json(&["agents", "show", "mailer"]);
+    assert!(
+        !shown.to_string().contains("openai"),
+        "the refused edit changed nothing: {shown}"
+    );
+    palisade
+        .run(&[
+            "agents",
+            "edit",
+            "mailer",
+            "--provider",
+            "openai",
+            "--model",
+            "llama3",
+            "--base-url",
+            "http://127.0.0.1:8080/v1",
+        ])
+        .ok();
+    // The same provider again needs no model.
+    palisade
+        .run(&["agents", "edit", "mailer", "--provider", "openai"])
+        .ok();
 }
 
 #[test]

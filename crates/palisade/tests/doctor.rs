@@ -55,7 +55,7 @@ fn a_missing_runtime_fails_with_its_cause_and_fix() {
         "{fix}"
     );
     // Optional runtimes are named, not failed.
-    let (podman, _) = finding(&stdout, "podman (optional)");
+    let (podman, _) = finding(&stdout, "podman (optional, not used)");
     assert!(podman.starts_with("ok"), "{podman}");
     // The rest of the machine is still checked.
     for needle in [
@@ -80,6 +80,31 @@ fn a_missing_runtime_fails_with_its_cause_and_fix() {
     assert_eq!(failed.len(), 1, "{report}");
     assert!(failed[0]["fix"].as_str().unwrap().contains("bubblewrap"));
     assert_eq!(report["sandbox"]["runtimes"][0]["runtime"], "bwrap");
+}
+
+/// A doctor does not create the home it examines (a mistyped --home would become a
+/// new home that looks healthy): it says there is none, and how one is made.
+#[test]
+fn a_missing_home_is_named_not_created() {
+    let palisade = Palisade::new(BINARY);
+    let nowhere = palisade.dir().join("no-such-home");
+    for online in [false, true] {
+        let mut args = vec!["--home", nowhere.to_str().unwrap(), "doctor"];
+        if online {
+            args.push("--online");
+        }
+        let mut command = Command::new(BINARY);
+        command.args(&args);
+        let output = run_with_timeout(&mut command, None, LIMIT);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (line, fix) = finding(&stdout, "no Palisade home at");
+        assert!(line.starts_with("warn store"), "{}", text(&output));
+        assert!(fix.contains("`palisade up` creates it"), "{fix}");
+        finding(&stdout, "free under");
+        finding(&stdout, "not running");
+        assert!(!stdout.contains("master key"), "{stdout}");
+        assert!(!nowhere.exists(), "doctor created {}", nowhere.display());
+    }
 }
 
 #[test]

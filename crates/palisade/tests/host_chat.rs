@@ -135,6 +135,24 @@ fn chat_through_a_pipe_continues_the_session_resets_and_exits() {
         user_texts(world.model_requests().last().unwrap()),
         vec!["after the reset", "by id"]
     );
+    // A chat opened on a session that was reset says the agent has none of its
+    // messages, though they stay listed (4 of them here).
+    let output = world.palisade.run_stdin(
+        &["chat", "--agent", "helper"],
+        b"/reset
+",
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let output = world
+        .palisade
+        .run_stdin(&["chat", "--agent", "helper"], b"");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!(
+            "session {session}, reset: the agent remembers none of its 4 earlier message(s)"
+        )),
+        "{}",
+        text(&output)
+    );
     ok(world.palisade.run(&["agents", "create", "other"]));
     let output = world.palisade.run_stdin(
         &[

@@ -137,6 +137,20 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Refuses a new provider without a model: the agent's model (Claude's by default)
+    /// belongs to the provider it had, and would be sent to the new one as it is.
+    fn check_provider_change(&self, current: &AgentSettings) -> anyhow::Result<()> {
+        match (&self.provider, &self.model) {
+            (Some(provider), None) if provider.trim() != current.provider => bail!(
+                "--provider {} needs --model too: the agent's model {} is {}'s",
+                crate::output::clean(provider.trim()),
+                current.model,
+                current.provider
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// What was typed, for [`palisade_host::agents`], which checks all of it.
     fn draft(&self, profile: Option<String>) -> anyhow::Result<AgentDraft> {
         let instructions =
@@ -167,6 +181,7 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             profile,
             model,
         } => {
+            model.check_provider_change(&AgentSettings::default())?;
             let draft = model.draft(Some(profile))?;
             let store = ctx.open_store()?;
             let agent = palisade_host::agents::create(&store, &name, &draft)?;
@@ -186,6 +201,10 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
         } => {
             let draft = model.draft(profile)?;
             let store = ctx.open_store()?;
+            let current = store.get_agent(&AgentName::new(&name)?)?;
+            model.check_provider_change(
+                &AgentSettings::from_json(&current.settings).unwrap_or_default(),
+            )?;
             let agent = palisade_host::agents::edit(&store, &name, &draft)?;
             if ctx.json {
                 return output::print_json(&agent);

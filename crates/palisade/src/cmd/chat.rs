@@ -145,14 +145,22 @@ pub fn run(args: ChatArgs, ctx: &Context) -> anyhow::Result<()> {
         }
     };
     let interactive = std::io::stdin().is_terminal();
-    let earlier = match session_id {
-        Some(id) => store.get_session(id)?.messages,
-        None => 0,
+    // Messages stay listed after a reset, but the agent no longer has them.
+    let (earlier, forgotten) = match session_id {
+        Some(id) => {
+            let session = store.get_session(id)?;
+            let forgotten = session.history.as_array().is_some_and(Vec::is_empty);
+            (session.messages, forgotten)
+        }
+        None => (0, false),
     };
     eprintln!(
         "palisade: chatting with {agent} (conversation {:?}{}); /reset forgets the history, /exit or Ctrl-D ends",
         crate::output::clean(&conversation),
         match session_id {
+            Some(id) if forgotten && earlier > 0 => format!(
+                ", session {id}, reset: the agent remembers none of its {earlier} earlier message(s)"
+            ),
             Some(id) => format!(", session {id}, {earlier} earlier message(s)"),
             None => ", new session".to_string(),
         }

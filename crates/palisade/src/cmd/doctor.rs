@@ -26,7 +26,8 @@ pub fn run(args: DoctorArgs, ctx: &Context) -> anyhow::Result<()> {
         None => HostState::NotRunning,
     };
     let mut report = doctor::offline(&ctx.home, host);
-    if args.online {
+    // Without a home there is nothing to probe (and opening the store would create one).
+    if args.online && ctx.home.root().exists() {
         let store = ctx.open_store()?;
         // The running gateway's sockets (`palisade up` serves them under the home).
         let socket_dir = palisade_vault::running_gateway(&ctx.home)

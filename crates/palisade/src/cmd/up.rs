@@ -33,7 +33,7 @@ const NEW_KEY_ENV: &str = "PALISADE_NEW_MODEL_KEY";
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
     /// Address of the web UI and the local JSON API; loopback only is sensible.
-    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR", value_parser = crate::input::parse_listen)]
     listen: SocketAddr,
     /// Run in the background; logs go to $PALISADE_HOME/logs/host.log.
     #[arg(long)]
@@ -50,7 +50,7 @@ pub struct UpArgs {
     upstream_resolve: Vec<(String, std::net::IpAddr)>,
     /// Also serve the vault's token-authenticated TCP listener here (agents outside a
     /// sandbox, the OneCLI admin API), as `palisade vault serve --listen` does.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = crate::input::parse_listen)]
     vault_listen: Option<SocketAddr>,
     /// Read the Anthropic API key from this file on first start (else ANTHROPIC_API_KEY,
     /// else a hidden prompt on a terminal, else the web UI's first-run form).

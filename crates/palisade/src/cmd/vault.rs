@@ -168,7 +168,7 @@ impl GatewayArgs {
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address of the token-authenticated TCP listener.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN, value_parser = crate::input::parse_listen)]
     pub listen: SocketAddr,
     /// Serve only the per-agent Unix sockets, no TCP listener.
     #[arg(long, conflicts_with = "listen")]
