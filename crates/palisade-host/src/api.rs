@@ -50,7 +50,7 @@ impl ApiTokens {
     /// gets the one its parent printed).
     pub fn with_admin_login(admin_login: String) -> Self {
         let logins = LoginTokens::default();
-        logins.add(admin_login.clone(), None);
+        logins.add(admin_login.clone(), Instant::now() + START_LINK_TTL, true);
         ApiTokens {
             admin_login,
             cli: random_token(),
@@ -62,6 +62,9 @@ impl ApiTokens {
 
 /// How long a login link asked for with `palisade login` stays valid.
 pub const LOGIN_LINK_TTL: Duration = Duration::from_secs(600);
+/// How long the login link `palisade up` prints at start stays valid: it lands in
+/// logs (a service's journal), and `palisade login` gives a fresh one at any time.
+pub const START_LINK_TTL: Duration = Duration::from_secs(3600);
 /// At most this many unused login tokens are kept; asking for more drops the oldest.
 const MAX_LOGIN_TOKENS: usize = 16;
 
@@ -70,26 +73,25 @@ const MAX_LOGIN_TOKENS: usize = 16;
 /// nothing once the admin has logged in.
 #[derive(Default)]
 pub struct LoginTokens {
-    /// (token, expiry); `None` never expires (the link printed at start, until used).
-    pending: Mutex<Vec<(String, Option<Instant>)>>,
+    /// (token, expiry, whether it is the link printed at start).
+    pending: Mutex<Vec<(String, Instant, bool)>>,
 }
 
 impl LoginTokens {
-    fn add(&self, token: String, expires: Option<Instant>) {
+    fn add(&self, token: String, expires: Instant, printed: bool) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.len() >= MAX_LOGIN_TOKENS {
-            // Keep the printed token (no expiry) as long as possible: drop the oldest
-            // expiring one first.
-            let index = pending.iter().position(|(_, e)| e.is_some()).unwrap_or(0);
+            // Keep the printed token as long as possible: drop the oldest other first.
+            let index = pending.iter().position(|entry| !entry.2).unwrap_or(0);
             pending.remove(index);
         }
-        pending.push((token, expires));
+        pending.push((token, expires, printed));
     }
 
     /// A new login token, valid once within [`LOGIN_LINK_TTL`].
     pub fn issue(&self) -> String {
         let token = random_token();
-        self.add(token.clone(), Some(Instant::now() + LOGIN_LINK_TTL));
+        self.add(token.clone(), Instant::now() + LOGIN_LINK_TTL, false);
         token
     }
 
@@ -97,12 +99,12 @@ impl LoginTokens {
     pub fn consume(&self, token: &str) -> bool {
         let now = Instant::now();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.retain(|(_, expires)| expires.is_none_or(|at| at > now));
+        pending.retain(|(_, expires, _)| *expires > now);
         // Compare against every entry so the time taken does not say which one matched.
         let found = pending
             .iter()
             .enumerate()
-            .fold(None, |found, (index, (candidate, _))| {
+            .fold(None, |found, (index, (candidate, _, _))| {
                 if same(candidate, token) {
                     Some(index)
                 } else {
@@ -490,7 +492,8 @@ mod tests {
         let issued = tokens.logins.issue();
         tokens.logins.add(
             "stale".into(),
-            Some(Instant::now() - Duration::from_secs(1)),
+            Instant::now() - Duration::from_secs(1),
+            false,
         );
         assert!(!tokens.logins.consume("stale"));
         assert!(!tokens.logins.consume(""));

@@ -4,7 +4,10 @@
 //!   one from `palisade login`) for the session cookie (`HttpOnly`,
 //!   `SameSite=Strict`, `Path=/`) and redirects to the dashboard, so the token leaves
 //!   the address bar (and, with `Referrer-Policy: no-referrer`, is never sent on).
-//! - Every page needs the cookie; without it the answer is 401 with a hint.
+//! - Every page needs the cookie; without it the answer is 401 with a hint. The cookie
+//!   is good only on connections of the local user whose browser logged in (when the
+//!   login came from this machine): browsers send it to every port of 127.0.0.1, so
+//!   another user's server there could otherwise take it and replay it ([`peer`]).
 //! - Every state-changing request (anything but GET/HEAD) additionally needs the CSRF
 //!   token of the session (header `X-CSRF-Token` from the script, or form field
 //!   `csrf`) and an `Origin` (or, failing that, `Referer`) naming this server. The
@@ -17,9 +20,10 @@
 
 use crate::guard::Guard;
 use crate::pages::layout;
+use crate::peer;
 use crate::WebState;
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -53,11 +57,34 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// Whether the request carries the admin's session cookie.
-pub(crate) fn has_session(state: &WebState, headers: &HeaderMap) -> bool {
-    cookie(headers, COOKIE)
+/// The client's address, as the server was told it (see the crate's docs).
+fn peer_address(extensions: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0)
+}
+
+/// Whether the request carries the admin's session cookie, on a connection of the
+/// user who logged in.
+pub(crate) fn has_session(
+    state: &WebState,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> bool {
+    let cookie_ok = cookie(headers, COOKIE)
         .into_iter()
-        .any(|value| same(value, &state.tokens.session))
+        .any(|value| same(value, &state.tokens.session));
+    if !cookie_ok {
+        return false;
+    }
+    let bound = *state.session_uid.lock().unwrap_or_else(|e| e.into_inner());
+    match bound {
+        None => true,
+        Some(uid) => {
+            peer_address(extensions).and_then(|address| peer::uid_of(address, state.listen.port()))
+                == Some(uid)
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -68,9 +95,10 @@ pub(crate) struct LoginQuery {
 pub(crate) async fn login(
     State(state): State<WebState>,
     Query(query): Query<LoginQuery>,
+    extensions: axum::http::Extensions,
 ) -> Response {
     // The URL carries a token: no referrer from this page, not even to this server.
-    let mut response = login_answer(&state, query);
+    let mut response = login_answer(&state, query, &extensions);
     response.headers_mut().insert(
         header::REFERRER_POLICY,
         axum::http::HeaderValue::from_static("no-referrer"),
@@ -78,9 +106,18 @@ pub(crate) async fn login(
     response
 }
 
-fn login_answer(state: &WebState, query: LoginQuery) -> Response {
+fn login_answer(
+    state: &WebState,
+    query: LoginQuery,
+    extensions: &axum::http::Extensions,
+) -> Response {
     match query.token {
         Some(token) if state.tokens.logins.consume(&token) => {
+            // From now on the cookie is good on this user's connections only (on
+            // anyone's when the browser is on another machine).
+            let uid = peer_address(extensions)
+                .and_then(|address| peer::uid_of(address, state.listen.port()));
+            *state.session_uid.lock().unwrap_or_else(|e| e.into_inner()) = uid;
             let cookie = format!(
                 "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
                 state.tokens.session
@@ -94,8 +131,9 @@ fn login_answer(state: &WebState, query: LoginQuery) -> Response {
         Some(_) => layout::bare_page(
             StatusCode::UNAUTHORIZED,
             "This login link is not valid",
-            "Each login link works once: the one `palisade up` printed, or one from \
-             `palisade login` within 10 minutes, and only with the palisade that printed it. \
+            "Each login link works once: the one `palisade up` printed within an hour, or \
+             one from `palisade login` within 10 minutes, and only with the palisade that \
+             printed it. \
              Run `palisade login` on this machine for a fresh link.",
         ),
         None => layout::bare_page(
@@ -154,7 +192,7 @@ pub(crate) async fn require_admin(
     next: Next,
 ) -> Response {
     let html = wants_html(&request);
-    if !has_session(&gate.state, request.headers()) {
+    if !has_session(&gate.state, request.headers(), request.extensions()) {
         return refuse(
             html,
             StatusCode::UNAUTHORIZED,

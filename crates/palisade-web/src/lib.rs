@@ -20,14 +20,19 @@
 //! - [`guard`]: every response carries a strict Content-Security-Policy and the other
 //!   security headers, and a request whose `Host` is not the listen address or a
 //!   loopback name is refused (DNS rebinding).
-//! - [`auth`]: the login exchange, the session cookie, and the CSRF check (session
-//!   cookie + per-session token + same-origin `Origin`/`Referer`) that every
-//!   state-changing browser request passes before any handler runs.
+//! - [`auth`]: the login exchange, the session cookie (bound to the local user who
+//!   logged in, [`peer`]), and the CSRF check (session cookie + per-session token +
+//!   same-origin `Origin`/`Referer`) that every state-changing browser request passes
+//!   before any handler runs.
+//!
+//! The server must be run with the peer's address as connect info
+//! (`into_make_service_with_connect_info::<SocketAddr>()`), for [`peer`].
 
 pub mod auth;
 pub mod guard;
 mod model_lists;
 mod pages;
+pub mod peer;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -65,6 +70,9 @@ pub(crate) struct WebState {
     pub(crate) model_lists: Arc<model_lists::ModelLists>,
     /// The address this server listens on.
     pub(crate) listen: SocketAddr,
+    /// The local user whose browser last logged in, when it was one of this machine
+    /// ([`peer`]): the session cookie is good only on that user's connections.
+    pub(crate) session_uid: Arc<std::sync::Mutex<Option<u32>>>,
 }
 
 /// The web UI and the JSON API on one router, behind the Host check and security
@@ -86,6 +94,7 @@ pub fn app(
         started_at_ms: palisade_store::now_ms(),
         model_lists: Arc::default(),
         listen,
+        session_uid: Arc::default(),
     };
     let guard = guard::Guard::new(listen);
 

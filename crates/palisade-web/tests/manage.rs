@@ -90,11 +90,14 @@ impl Web {
         let app = palisade_web::app(host.clone(), tokens.clone(), stopped.clone(), addr);
         let mut until = stopped;
         tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = until.wait_for(|s| *s).await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = until.wait_for(|s| *s).await;
+            })
+            .await
         });
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

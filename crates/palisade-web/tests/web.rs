@@ -130,11 +130,14 @@ impl Web {
         let app = palisade_web::app(host.clone(), tokens.clone(), stopped.clone(), addr);
         let mut until = stopped;
         tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = until.wait_for(|s| *s).await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = until.wait_for(|s| *s).await;
+            })
+            .await
         });
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -160,6 +163,15 @@ impl Web {
 
     fn origin(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Logs in with the printed token, as a browser's first visit does.
+    async fn login(&self) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/login?token={}", self.tokens.admin_login)))
+            .send()
+            .await
+            .unwrap()
     }
 
     fn cookie(&self) -> String {
@@ -241,12 +253,7 @@ const PAGES: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_exchanges_the_token_for_a_strict_http_only_cookie() {
     let web = Web::start().await;
-    let response = web
-        .client
-        .get(web.url(&format!("/login?token={}", web.tokens.admin_login)))
-        .send()
-        .await
-        .unwrap();
+    let response = web.login().await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(response.headers()["location"], "/");
     let cookie = response.headers()["set-cookie"]
@@ -287,6 +294,82 @@ async fn login_exchanges_the_token_for_a_strict_http_only_cookie() {
         let body = response.text().await.unwrap();
         assert!(body.contains("palisade up"), "{path}: {body}");
     }
+    web.stop().await;
+}
+
+/// `curl` for `url` with `cookie`, as `user` when given; the status it got.
+async fn curl_status(user: Option<&str>, cookie: &str, url: &str) -> String {
+    let mut command = match user {
+        Some(user) => {
+            let mut command = tokio::process::Command::new("runuser");
+            command.args(["-u", user, "--", "curl"]);
+            command
+        }
+        None => tokio::process::Command::new("curl"),
+    };
+    command
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ])
+        .args(["--noproxy", "*", "-H", &format!("Cookie: {cookie}"), url])
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("curl finished")
+        .expect("curl ran");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Browsers send 127.0.0.1's cookies to every port of it, so another local user's
+/// server there can collect the session cookie. Replayed from that user's connection
+/// it opens nothing: the session is bound to the user whose browser logged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_is_good_only_for_the_user_who_logged_in() {
+    use std::os::unix::fs::MetadataExt;
+    const TEST_USER: &str = "palisade-test";
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!(
+            "SKIPPING: another user's connection can be made only when the tests run as root"
+        );
+        return;
+    }
+    let known = std::process::Command::new("id").arg(TEST_USER).output();
+    if !known.map(|o| o.status.success()).unwrap_or(false) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/test-user.sh");
+        let made = std::process::Command::new("bash")
+            .arg(script)
+            .current_dir("/")
+            .status()
+            .unwrap();
+        assert!(made.success(), "scripts/test-user.sh failed");
+    }
+    let web = Web::start().await;
+    let cookie = web.cookie();
+    let url = web.url("/");
+    // Before a login nothing is bound; the login binds the cookie to this user.
+    let response = web.login().await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(curl_status(None, &cookie, &url).await, "200");
+    assert_eq!(
+        curl_status(Some(TEST_USER), &cookie, &url).await,
+        "401",
+        "another user's replay of the cookie was let in"
+    );
+    // Every page alike.
+    assert_eq!(
+        curl_status(None, &cookie, &web.url("/approvals")).await,
+        "200"
+    );
+    assert_eq!(
+        curl_status(Some(TEST_USER), &cookie, &web.url("/approvals")).await,
+        "401"
+    );
     web.stop().await;
 }
 

@@ -111,8 +111,9 @@ enum Command {
 
 The web UI (chat, agents, sessions, approvals, audit log, vault, health) is at the
 --listen address; agents, secrets and rules can be managed there too. Open the login
-URL printed at start (http://ADDR/login?token=...): it works once and sets the
-browser's session cookie; `palisade login` prints a new one.
+URL printed at start (http://ADDR/login?token=...): it works once, within an hour,
+and sets the browser's session cookie (good only for the local user whose browser
+logged in); `palisade login` prints a new one.
 
 On a first start with no model key: --anthropic-key-file, else ANTHROPIC_API_KEY, else
 a hidden prompt on a terminal; without any, the web UI's dashboard asks for one.")]

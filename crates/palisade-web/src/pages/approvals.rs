@@ -55,7 +55,7 @@ fn pending_markup(state: &WebState, pending: &[Approval]) -> Markup {
                     @if !approval.context.is_null() {
                         details {
                             summary { "Context" }
-                            pre { (serde_json::to_string_pretty(&approval.context).unwrap_or_default()) }
+                            pre { (visible_json(&approval.context)) }
                         }
                     }
                     form.decide method="post" action={ "/approvals/" (approval.id) "/decide" } {
@@ -284,5 +284,34 @@ pub(crate) async fn decide(
             "internal",
             error.to_string(),
         ),
+    }
+}
+
+/// `value` as indented JSON with every invisible or reordering character (a
+/// right-to-left override an agent put in a header, say) written as its `\u` escape, as
+/// the summary lines drop them: the context holds the request as the agent sent it.
+fn visible_json(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value)
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if palisade_approvals::summary::is_invisible(c) {
+                format!("\\u{{{:04x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::visible_json;
+
+    #[test]
+    fn the_context_shows_reordering_characters_as_escapes() {
+        let shown = visible_json(&serde_json::json!({"x-note": "abc\u{202e}def\u{200b}"}));
+        assert!(shown.contains("abc\\u{202e}def\\u{200b}"), "{shown}");
+        assert!(!shown.contains('\u{202e}') && !shown.contains('\u{200b}'));
     }
 }

@@ -263,7 +263,10 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         eprintln!("palisade: host listening on http://{listen}; stop with Ctrl-C or `palisade down`");
         let mut shutdown_signal = stop_rx.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
                 .with_graceful_shutdown(async move {
                     let _ = shutdown_signal.wait_for(|stop| *stop).await;
                 })
