@@ -291,6 +291,31 @@ async fn strictness(inner: &HostInner, agent: &AgentName) -> Strictness {
 }
 
 /// One `agent.message` audit row: the sender, the receiver and what happened.
+/// Rows of refused messages (off the allow-list, a loop, too many hops, over the rate)
+/// cost the sending agent nothing, so one turn's thousands of calls could write
+/// thousands of rows: each agent may have a burst of this many, then this many a
+/// second; the rest are counted on the next row written.
+const REFUSAL_ROWS_BURST: f64 = 100.0;
+const REFUSAL_ROWS_PER_SECOND: f64 = 10.0;
+
+pub(crate) fn refusal_budget() -> palisade_policy::budget::AgentBuckets {
+    palisade_policy::budget::AgentBuckets::new(REFUSAL_ROWS_BURST, REFUSAL_ROWS_PER_SECOND)
+}
+
+/// `Some(rows left out before this one)` when the row of `from`'s message with
+/// `decision` is written: always for what was sent or what a person decided, within
+/// `budget` for refusals.
+fn row_allowed(
+    budget: &palisade_policy::budget::AgentBuckets,
+    from: &AgentName,
+    decision: &str,
+) -> Option<u64> {
+    match decision {
+        "not_allowed" | "cycle" | "hop_limit" | "rate_limited" => budget.take(from.as_str()),
+        _ => Some(0),
+    }
+}
+
 async fn audit(
     inner: &HostInner,
     from: &AgentName,
@@ -298,12 +323,19 @@ async fn audit(
     decision: &str,
     path: Option<String>,
 ) {
+    let mut detail = serde_json::json!({ "to": to.as_str(), "path": path });
+    let Some(left_out) = row_allowed(&inner.message_refusals, from, decision) else {
+        return;
+    };
+    if left_out > 0 {
+        detail["similar_rows_suppressed"] = left_out.into();
+    }
     let entry = AuditEntry {
         event: "agent.message".into(),
         agent: Some(from.to_string()),
         decision: Some(decision.into()),
         actor: Some(format!("agent:{from}")),
-        detail: Some(serde_json::json!({ "to": to.as_str(), "path": path })),
+        detail: Some(detail),
         ..AuditEntry::default()
     };
     let store = inner.store.clone();
@@ -379,6 +411,23 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<AgentName> {
         list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    /// One agent's loop of refused messages writes a bounded number of rows; what it
+    /// sends, and what a person decides, is always written.
+    #[test]
+    fn refused_messages_write_rows_within_a_budget() {
+        let budget = refusal_budget();
+        let (looping, other) = ("looper".parse().unwrap(), "other".parse().unwrap());
+        let written = (0..1000)
+            .filter(|_| row_allowed(&budget, &looping, "not_allowed").is_some())
+            .count();
+        // The burst, and what a second's rate adds while the loop runs.
+        assert!((100..=110).contains(&written), "{written}");
+        for decision in ["sent", "denied", "timed_out"] {
+            assert_eq!(row_allowed(&budget, &looping, decision), Some(0));
+        }
+        assert_eq!(row_allowed(&budget, &other, "cycle"), Some(0));
     }
 
     #[test]

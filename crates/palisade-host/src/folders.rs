@@ -44,12 +44,14 @@ pub fn mounts_for(
     let mut mounts = Vec::new();
     let mut refused = Vec::new();
     for (folder, writable) in store.agent_folders(agent)? {
-        if folder.sensitive && profile == Profile::Research {
-            refused.push(format!(
-                "folder {} is sensitive and {agent} is a research agent",
-                folder.name
-            ));
-            continue;
+        if profile == Profile::Research {
+            if let Some(sensitive) = store.folder_sensitive_overlap(&folder.name)? {
+                refused.push(format!(
+                    "folder {} is or overlaps the sensitive folder {sensitive} and {agent} is a research agent",
+                    folder.name
+                ));
+                continue;
+            }
         }
         match policy.check_folder(&folder.path) {
             Ok(canonical) if canonical == folder.path => mounts.push(Mount {

@@ -123,6 +123,8 @@ pub(crate) struct HostInner {
     pub(crate) sandbox_changes: watch::Sender<u64>,
     /// Started runners by slot socket: the agent and the mounts it was launched with.
     launched: Mutex<HashMap<PathBuf, (AgentName, String)>>,
+    /// Each agent's budget for audit rows of its refused messages to other agents.
+    pub(crate) message_refusals: palisade_policy::budget::AgentBuckets,
 }
 
 /// The running host. Cheap to clone.
@@ -158,6 +160,7 @@ impl Host {
                 config,
                 launcher,
                 agents: Mutex::new(HashMap::new()),
+                message_refusals: crate::a2a::refusal_budget(),
                 warm: Mutex::new(Default::default()),
                 streams: Mutex::new(HashMap::new()),
                 sandbox_changes: watch::channel(0).0,

@@ -82,7 +82,7 @@ pub fn ensure_default_agent(store: &Store) -> Result<bool, HostError> {
     if !store.list_agents()?.is_empty() {
         return Ok(false);
     }
-    agents::create(store, DEFAULT_AGENT, &AgentDraft::default())?;
+    agents::create_checked(store, DEFAULT_AGENT, &AgentDraft::default(), false)?;
     Ok(true)
 }
 

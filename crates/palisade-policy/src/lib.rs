@@ -7,6 +7,7 @@
 //! and fuzzed without sockets or a database. The store loads a [`PolicySet`]; the
 //! vault evaluates it per request.
 
+pub mod budget;
 pub mod canonical;
 pub mod dial;
 pub mod error_body;

@@ -119,3 +119,66 @@ fn research_agents_never_mount_sensitive_folders() {
     t.store.set_folder_sensitive("finance", false).unwrap();
     t.store.mount_folder("finance", &reader, false).unwrap();
 }
+
+/// A folder around a sensitive one shows its files, and one inside it part of them:
+/// to a research agent each is as sensitive as the folder it overlaps, whichever is
+/// added, marked or mounted first.
+#[test]
+fn folders_around_or_inside_a_sensitive_one_stay_out_of_research_agents() {
+    let t = store();
+    let reader = agent("reader");
+    t.store.create_agent(&reader, Profile::Research).unwrap();
+    let doer = add_agent(&t.store, "doer");
+    t.store
+        .add_folder("mail", Path::new("/srv/data/mail"), true)
+        .unwrap();
+    t.store
+        .add_folder("data", Path::new("/srv/data"), false)
+        .unwrap();
+    t.store
+        .add_folder("recent", Path::new("/srv/data/mail/2026"), false)
+        .unwrap();
+    t.store
+        .add_folder("datasets", Path::new("/srv/datasets"), false)
+        .unwrap();
+    for (folder, overlaps) in [("data", "mail"), ("recent", "mail")] {
+        let refusal = invalid(t.store.mount_folder(folder, &reader, false));
+        assert!(
+            refusal.contains(&format!(
+                "folder {folder} holds or lies in the sensitive folder {overlaps}"
+            )),
+            "{refusal}"
+        );
+        assert_eq!(
+            t.store.folder_sensitive_overlap(folder).unwrap().as_deref(),
+            Some(overlaps)
+        );
+    }
+    // A name that only starts the same is not inside.
+    t.store.mount_folder("datasets", &reader, false).unwrap();
+    assert_eq!(t.store.folder_sensitive_overlap("datasets").unwrap(), None);
+
+    // The profile: an action agent mounting the folder around may not become research.
+    t.store.mount_folder("data", &doer, false).unwrap();
+    let refusal = invalid(t.store.set_agent_profile(&doer, Profile::Research));
+    assert!(refusal.contains("data"), "{refusal}");
+
+    // The mark, and a new sensitive folder, inside what a research agent mounts.
+    let refusal = invalid(
+        t.store
+            .add_folder("keys", Path::new("/srv/datasets/keys"), true),
+    );
+    assert!(
+        refusal.contains("reader") && refusal.contains("datasets"),
+        "{refusal}"
+    );
+    t.store
+        .add_folder("keys", Path::new("/srv/datasets/keys"), false)
+        .unwrap();
+    let refusal = invalid(t.store.set_folder_sensitive("keys", true));
+    assert!(
+        refusal.contains("reader") && refusal.contains("datasets"),
+        "{refusal}"
+    );
+    assert!(!t.store.get_folder("keys").unwrap().sensitive);
+}

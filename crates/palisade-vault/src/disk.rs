@@ -29,8 +29,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::pipeline::audit::AgentBuckets;
 use crate::pipeline::{Decision, Refusal};
+use palisade_policy::budget::AgentBuckets;
 
 /// The default reserve: half of what sandboxes keep (they stop at 256 MiB free, see
 /// docs/sandbox.md), so a full disk stops the agents before the gateway refuses.

@@ -187,10 +187,32 @@ fn write_instructions(store: &Store, name: &AgentName, text: &str) -> Result<(),
 /// Creates agent `name` (profile `research` unless the draft says otherwise) with the
 /// draft's settings and instructions, or the starting template.
 pub fn create(store: &Store, name: &str, draft: &AgentDraft) -> Result<AgentRecord, HostError> {
+    create_checked(store, name, draft, true)
+}
+
+/// [`create`]; `leftovers`: refuse a research agent whose folder holds an earlier
+/// agent's memory or files. `palisade up` re-creating its default agent in a home with
+/// no agents skips that: the folder is the person's own default agent's, and a start
+/// that fails on it would leave them with nothing.
+pub(crate) fn create_checked(
+    store: &Store,
+    name: &str,
+    draft: &AgentDraft,
+    leftovers: bool,
+) -> Result<AgentRecord, HostError> {
     let name = AgentName::new(name).map_err(|e| invalid(e.to_string()))?;
     let profile = draft.profile()?.unwrap_or(Profile::Research);
     let settings = draft.apply(AgentSettings::default())?;
     let instructions = draft.instructions()?;
+    if leftovers && profile == Profile::Research {
+        let left = carried_over(store, &name, false);
+        if !left.is_empty() {
+            return Err(invalid(format!(
+                "agents/{name} still holds {} of an earlier agent of that name, which a research agent must not start with (an action agent's may hold what its credentials fetched); move them away first, or pick another name",
+                left.join(" and ")
+            )));
+        }
+    }
     store.create_agent(&name, profile)?;
     store.update_agent_settings(&name, &merged(&serde_json::json!({}), &settings))?;
     match instructions {
@@ -215,6 +237,15 @@ pub fn edit(store: &Store, name: &str, draft: &AgentDraft) -> Result<AgentRecord
         store.update_agent_settings(&name, &merged(&agent.settings, &settings))?;
     }
     if let Some(profile) = profile.filter(|p| *p != agent.profile) {
+        if profile == Profile::Research {
+            let left = carried_over(store, &name, true);
+            if !left.is_empty() {
+                return Err(invalid(format!(
+                    "{name} cannot become a research agent: its {} may hold what its credentials fetched, and a research agent reads the open web; create a research agent instead",
+                    left.join(" and ")
+                )));
+            }
+        }
         store.set_agent_profile(&name, profile)?;
     }
     if let Some(text) = instructions {
@@ -225,6 +256,39 @@ pub fn edit(store: &Store, name: &str, draft: &AgentDraft) -> Result<AgentRecord
         }
     }
     Ok(store.get_agent(&name)?)
+}
+
+/// What agent `name` would carry into a research profile: its conversations (when
+/// `sessions`: a deleted agent's are gone), its memory and its workspace's files.
+fn carried_over(store: &Store, name: &AgentName, sessions: bool) -> Vec<&'static str> {
+    let mut left = Vec::new();
+    if sessions
+        && store
+            .list_sessions(Some(name))
+            .map(|s| !s.is_empty())
+            .unwrap_or(true)
+    {
+        left.push("conversations");
+    }
+    let memory = settings::memory_path(store.home(), name.as_str());
+    if std::fs::metadata(&memory)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false)
+    {
+        left.push("memory (memory.md)");
+    }
+    let workspace = store.home().agent_workspace(name.as_str());
+    let has_files = std::fs::read_dir(&workspace)
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|entry| entry.file_name() != "lost+found")
+        })
+        .unwrap_or(false);
+    if has_files {
+        left.push("workspace files");
+    }
+    left
 }
 
 /// Deletes agent `name` with its token, grants and bound rules (its folder with the
@@ -244,6 +308,50 @@ mod tests {
         let home = palisade_store::Home::at(dir.path().join("home"));
         let store = Store::open(&home).unwrap();
         (dir, store)
+    }
+
+    /// A research agent reads the open web, so it must not start with what an action
+    /// agent gathered with its credentials: its memory, its workspace's files, its
+    /// conversations; neither by a change of profile nor by a new agent of the name.
+    #[test]
+    fn a_research_agent_never_starts_with_an_action_agents_data() {
+        let (_dir, store) = store();
+        let action = AgentDraft {
+            profile: Some("action".into()),
+            ..AgentDraft::default()
+        };
+        let research = AgentDraft {
+            profile: Some("research".into()),
+            ..AgentDraft::default()
+        };
+        create(&store, "mailer", &action).unwrap();
+        let home = store.home().clone();
+        let memory = settings::memory_path(&home, "mailer");
+        let workspace = home.agent_workspace("mailer");
+        std::fs::write(&memory, "the inbox said: SECRET\n").unwrap();
+        std::fs::create_dir_all(&workspace).unwrap();
+        std::fs::write(workspace.join("inbox.txt"), "SECRET").unwrap();
+        let error = edit(&store, "mailer", &research).unwrap_err().to_string();
+        assert!(
+            error.contains("cannot become a research agent")
+                && error.contains("memory (memory.md) and workspace files"),
+            "{error}"
+        );
+        let name = AgentName::new("mailer").unwrap();
+        assert_eq!(store.get_agent(&name).unwrap().profile, Profile::Action);
+
+        // Deleted and created again: the folder's leftovers keep a research agent out.
+        delete(&store, "mailer").unwrap();
+        let error = create(&store, "mailer", &research).unwrap_err().to_string();
+        assert!(error.contains("earlier agent of that name"), "{error}");
+        assert!(store.get_agent(&name).is_err(), "nothing was created");
+        // Once they are moved away (or as an action agent) it may be made.
+        std::fs::remove_file(&memory).unwrap();
+        std::fs::remove_file(workspace.join("inbox.txt")).unwrap();
+        create(&store, "mailer", &research).unwrap();
+        // An action agent with nothing gathered may still become a research one.
+        create(&store, "fresh", &action).unwrap();
+        edit(&store, "fresh", &research).unwrap();
     }
 
     #[test]

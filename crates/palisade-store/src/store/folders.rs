@@ -1,7 +1,8 @@
 //! Host folders an agent's sandbox may mount, each under `/mnt/NAME`. A folder marked
 //! sensitive holds data worth stealing, so research agents (which read the internet)
-//! may not mount it: refused when a mount, a mark or a profile change would break that,
-//! and again by the host when it starts a sandbox.
+//! may not mount it, nor a folder around it (which shows its files) or inside it (which
+//! shows part of them): refused when a mount, a mark, a new folder or a profile change
+//! would break that, and again by the host when it starts a sandbox.
 //!
 //! The store keeps the canonical path it was given; checking that a path is fit to be
 //! mounted (not the palisade home, not `~/.ssh`, …) belongs to the sandbox crate's
@@ -48,22 +49,86 @@ fn folder_id(tx: &Transaction<'_>, name: &str) -> Result<(i64, bool)> {
     })
 }
 
-fn research_refusal(folder: &str, agent: &AgentName) -> StoreError {
+fn research_refusal(folder: &str, sensitive: &str, agent: &AgentName) -> StoreError {
+    let what = if folder == sensitive {
+        format!("folder {folder} is sensitive")
+    } else {
+        format!("folder {folder} holds or lies in the sensitive folder {sensitive}")
+    };
     StoreError::Invalid(format!(
-        "folder {folder} is sensitive and agent {agent} has the research profile: research agents read the internet and may not mount sensitive folders; mount it for an action agent, or make {agent} one with `palisade agents edit {agent} --profile action`"
+        "{what} and agent {agent} has the research profile: research agents read the internet and may not mount sensitive folders; mount it for an action agent, or make {agent} one with `palisade agents edit {agent} --profile action`"
     ))
 }
 
 /// The sensitive folder `agent_id` mounts, if any (first by name).
+/// Whether one of two canonical paths lies within the other (or they are the same).
+fn nested(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// The (name, path) rows `sql` selects.
+fn names_and_paths(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(String, String)>> {
+    let mut stmt = tx.prepare(sql)?;
+    let rows = stmt
+        .query_map(params, |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The sensitive folder that `path` is, lies in or holds, if any.
+fn sensitive_overlap(tx: &Transaction<'_>, path: &Path) -> Result<Option<String>> {
+    let sensitive = names_and_paths(
+        tx,
+        "SELECT name, path FROM folders WHERE sensitive = 1 ORDER BY name",
+        [],
+    )?;
+    Ok(sensitive
+        .into_iter()
+        .find(|(_, sensitive)| nested(path, Path::new(sensitive)))
+        .map(|(name, _)| name))
+}
+
+/// (folder, research agent) for a research agent's mount of a folder that `path` is,
+/// lies in or holds, if any.
+fn research_mount_around(tx: &Transaction<'_>, path: &Path) -> Result<Option<(String, String)>> {
+    let mut stmt = tx.prepare(
+        "SELECT f.name, f.path, a.name FROM agent_folders m
+         JOIN folders f ON f.id = m.folder_id JOIN agents a ON a.id = m.agent_id
+         WHERE a.profile = ?1 ORDER BY f.name, a.name",
+    )?;
+    let rows = stmt
+        .query_map([Profile::Research.as_str()], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows
+        .into_iter()
+        .find(|(_, mounted, _)| nested(path, Path::new(mounted)))
+        .map(|(folder, _, agent)| (folder, agent)))
+}
+
+/// A folder `agent_id` mounts that is, lies in or holds a sensitive folder, if any.
 pub(super) fn sensitive_mount(tx: &Transaction<'_>, agent_id: i64) -> Result<Option<String>> {
-    Ok(tx
-        .query_row(
-            "SELECT f.name FROM agent_folders m JOIN folders f ON f.id = m.folder_id
-             WHERE m.agent_id = ?1 AND f.sensitive = 1 ORDER BY f.name LIMIT 1",
-            [agent_id],
-            |row| row.get(0),
-        )
-        .optional()?)
+    let mounted = names_and_paths(
+        tx,
+        "SELECT f.name, f.path FROM agent_folders m JOIN folders f ON f.id = m.folder_id
+         WHERE m.agent_id = ?1 ORDER BY f.name",
+        [agent_id],
+    )?;
+    for (name, path) in mounted {
+        if sensitive_overlap(tx, Path::new(&path))?.is_some() {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
 }
 
 fn mounts_of(tx: &Transaction<'_>, folder_id: i64) -> Result<Vec<FolderMount>> {
@@ -132,6 +197,13 @@ impl Store {
             )));
         }
         self.write(|tx| {
+            if sensitive {
+                if let Some((folder, agent)) = research_mount_around(tx, path)? {
+                    return Err(StoreError::Invalid(format!(
+                        "research agent {agent} mounts folder {folder}, which holds or lies in {path_text}, and research agents may not see sensitive folders: unmount it first (`palisade folders unmount {folder} --agent {agent}`)"
+                    )));
+                }
+            }
             let taken: Option<String> = tx
                 .query_row(
                     "SELECT name FROM folders WHERE name = ?1 OR path = ?2",
@@ -183,17 +255,18 @@ impl Store {
         self.write(|tx| {
             let (id, _) = folder_id(tx, name)?;
             if sensitive {
-                let research: Option<String> = tx
-                    .query_row(
-                        "SELECT a.name FROM agent_folders m JOIN agents a ON a.id = m.agent_id
-                         WHERE m.folder_id = ?1 AND a.profile = ?2 ORDER BY a.name LIMIT 1",
-                        (id, Profile::Research.as_str()),
-                        |row| row.get(0),
-                    )
-                    .optional()?;
-                if let Some(agent) = research {
+                let path: String =
+                    tx.query_row("SELECT path FROM folders WHERE id = ?1", [id], |row| {
+                        row.get(0)
+                    })?;
+                if let Some((folder, agent)) = research_mount_around(tx, Path::new(&path))? {
+                    let which = if folder == name {
+                        format!("folder {name}")
+                    } else {
+                        format!("folder {folder}, which holds or lies in {name},")
+                    };
                     return Err(StoreError::Invalid(format!(
-                        "research agent {agent} mounts folder {name}, and research agents may not mount sensitive folders: unmount it first (`palisade folders unmount {name} --agent {agent}`)"
+                        "research agent {agent} mounts {which} and research agents may not mount sensitive folders: unmount it first (`palisade folders unmount {folder} --agent {agent}`)"
                     )));
                 }
             }
@@ -229,15 +302,21 @@ impl Store {
     /// `writable`); replaces the mode of an existing mount.
     pub fn mount_folder(&self, name: &str, agent: &AgentName, writable: bool) -> Result<()> {
         self.write(|tx| {
-            let (folder, sensitive) = folder_id(tx, name)?;
+            let (folder, _) = folder_id(tx, name)?;
             let agent_row = agent_id(tx, agent)?;
             let profile: String = tx.query_row(
                 "SELECT profile FROM agents WHERE id = ?1",
                 [agent_row],
                 |row| row.get(0),
             )?;
-            if sensitive && profile == Profile::Research.as_str() {
-                return Err(research_refusal(name, agent));
+            if profile == Profile::Research.as_str() {
+                let path: String =
+                    tx.query_row("SELECT path FROM folders WHERE id = ?1", [folder], |row| {
+                        row.get(0)
+                    })?;
+                if let Some(sensitive) = sensitive_overlap(tx, Path::new(&path))? {
+                    return Err(research_refusal(name, &sensitive, agent));
+                }
             }
             tx.execute(
                 "INSERT INTO agent_folders (agent_id, folder_id, writable) VALUES (?1, ?2, ?3)
@@ -273,6 +352,14 @@ impl Store {
             entry.detail = Some(serde_json::json!({ "folder": name }));
             self.append_in(tx, &entry)?;
             Ok(())
+        })
+    }
+
+    /// The sensitive folder that folder `name` is, lies in or holds, if any.
+    pub fn folder_sensitive_overlap(&self, name: &str) -> Result<Option<String>> {
+        self.read(|tx| {
+            let folder = record(tx, name)?;
+            sensitive_overlap(tx, &folder.path)
         })
     }
 

@@ -12,9 +12,9 @@
 
 use super::{Decision, Target};
 use crate::state::Shared;
+use palisade_policy::budget::{AgentBuckets, Bucket};
 use palisade_policy::AgentName;
 use palisade_store::AuditEntry;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -175,75 +175,6 @@ const UNAUTHENTICATED_PER_SECOND: f64 = 5.0;
 /// so one agent's loop could otherwise write thousands of rows a second.
 const AGENT_REFUSAL_BURST: f64 = 100.0;
 const AGENT_REFUSALS_PER_SECOND: f64 = 10.0;
-/// Agents whose budget is remembered; beyond it, full buckets are forgotten.
-const MAX_BUDGETED_AGENTS: usize = 4096;
-
-/// A token bucket for audit rows.
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
-    suppressed: u64,
-}
-
-impl Bucket {
-    fn full(burst: f64) -> Bucket {
-        Bucket {
-            tokens: burst,
-            refilled: Instant::now(),
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(rows suppressed since the last one written)` when a row may be written.
-    fn take(&mut self, burst: f64, per_second: f64) -> Option<u64> {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * per_second).min(burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Some(std::mem::take(&mut self.suppressed))
-        } else {
-            self.suppressed += 1;
-            None
-        }
-    }
-}
-
-/// One token bucket per agent, each a burst of `burst` then `per_second`; at most
-/// [`MAX_BUDGETED_AGENTS`] remembered, beyond which full buckets are forgotten (a full
-/// bucket is the same as a new one).
-pub(crate) struct AgentBuckets {
-    burst: f64,
-    per_second: f64,
-    agents: Mutex<HashMap<String, Bucket>>,
-}
-
-impl AgentBuckets {
-    pub(crate) fn new(burst: f64, per_second: f64) -> AgentBuckets {
-        AgentBuckets {
-            burst,
-            per_second,
-            agents: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// `Some(takes refused since the last one allowed)` when `agent` may take one.
-    pub(crate) fn take(&self, agent: &str) -> Option<u64> {
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
-        if agents.len() >= MAX_BUDGETED_AGENTS && !agents.contains_key(agent) {
-            agents.retain(|_, bucket| {
-                let refill = bucket.refilled.elapsed().as_secs_f64() * self.per_second;
-                bucket.suppressed > 0 || bucket.tokens + refill < self.burst
-            });
-        }
-        agents
-            .entry(agent.to_string())
-            .or_insert_with(|| Bucket::full(self.burst))
-            .take(self.burst, self.per_second)
-    }
-}
-
 /// The gateway's budgets for audit rows nobody paid for: one for clients that never
 /// authenticated, one per agent for refusals without a credential or a person.
 pub(crate) struct RowBudgets {
