@@ -10,7 +10,10 @@
 //!   not following links, not leaving its filesystem) from the start and then at an
 //!   interval that grows with the cost of a walk (250 ms to 30 s, at most ~5 % of a
 //!   core), and stops the sandbox once the workspace reaches the quota, or once the
-//!   filesystem holding it has less than [`DISK_RESERVE`] free, whichever comes first.
+//!   filesystem holding it has less than [`DISK_RESERVE`] free, or fewer free inodes
+//!   than [`inode_reserve`] keeps (empty files use no blocks, so a workspace of many
+//!   of them passes the quota while the store can no longer create a file), whichever
+//!   comes first.
 //!
 //! Many files written quickly can overshoot the quota by what is written between two
 //! measurements; the disk reserve bounds what that can cost the store. Project quotas
@@ -32,6 +35,11 @@ pub const DEFAULT_WORKSPACE_QUOTA: u64 = 4 << 30;
 /// Free space the watcher keeps on the workspace's filesystem, for the store and the
 /// rest of the host.
 pub const DISK_RESERVE: u64 = 256 << 20;
+/// Free inodes the watcher keeps on a filesystem of `total` inodes: 1 % of them, at
+/// least 1024. (A filesystem that makes inodes as needed reports none: nothing kept.)
+pub fn inode_reserve(total: u64) -> u64 {
+    (total / 100).max(1024)
+}
 const FASTEST: Duration = Duration::from_millis(250);
 const SLOWEST: Duration = Duration::from_secs(30);
 /// The interval is this many times the last walk's duration.
@@ -44,6 +52,8 @@ pub enum WorkspaceFull {
     Quota { used: u64, limit: u64 },
     /// The filesystem holding the workspace had only `free` bytes left.
     Disk { free: u64 },
+    /// The filesystem holding the workspace had only `free` of its `total` inodes left.
+    Inodes { free: u64, total: u64 },
 }
 
 impl std::fmt::Display for WorkspaceFull {
@@ -66,6 +76,11 @@ impl std::fmt::Display for WorkspaceFull {
                 "the disk holding the workspace is nearly full ({} free; palisade keeps {} for the store)",
                 format_bytes(*free),
                 format_bytes(DISK_RESERVE)
+            ),
+            WorkspaceFull::Inodes { free, total } => write!(
+                f,
+                "the disk holding the workspace is nearly out of inodes (files): {free} of {total} free; palisade keeps {} for the store",
+                inode_reserve(*total)
             ),
         }
     }
@@ -94,9 +109,15 @@ pub(crate) async fn watch(workspace: PathBuf, limit: u64) -> WorkspaceFull {
                 return WorkspaceFull::Quota { used, limit };
             }
         }
-        if let Some(free) = free {
-            if free < DISK_RESERVE {
-                return WorkspaceFull::Disk { free };
+        if let Some(space) = free {
+            if space.bytes < DISK_RESERVE {
+                return WorkspaceFull::Disk { free: space.bytes };
+            }
+            if space.inodes_total > 0 && space.inodes < inode_reserve(space.inodes_total) {
+                return WorkspaceFull::Inodes {
+                    free: space.inodes,
+                    total: space.inodes_total,
+                };
             }
         }
         tokio::time::sleep((took * COST_FACTOR).clamp(FASTEST, SLOWEST)).await;
@@ -209,9 +230,20 @@ fn make_readable(parent: &OwnedFd, name: &std::ffi::CStr) -> nix::Result<()> {
     )
 }
 
-fn free_space(path: &Path) -> Option<u64> {
+/// What is left on a filesystem for an unprivileged writer.
+struct Free {
+    bytes: u64,
+    inodes: u64,
+    inodes_total: u64,
+}
+
+fn free_space(path: &Path) -> Option<Free> {
     let stat = nix::sys::statvfs::statvfs(path).ok()?;
-    Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+    Some(Free {
+        bytes: stat.blocks_available() as u64 * stat.fragment_size() as u64,
+        inodes: stat.files_available() as u64,
+        inodes_total: stat.files() as u64,
+    })
 }
 
 /// Parses a quota: `512M`, `4G`, `1.5G`, bytes; at least 1M.
@@ -277,6 +309,50 @@ mod tests {
             matches!(full, WorkspaceFull::Quota { used, limit } if used >= limit),
             "{full:?}"
         );
+    }
+
+    /// Empty files use no blocks: a workspace of many stays under its quota while the
+    /// filesystem runs out of inodes, and the store could no longer create a file.
+    #[tokio::test]
+    async fn the_watcher_fires_before_the_disk_runs_out_of_inodes() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPING: a filesystem with few inodes is mounted only as root");
+            return;
+        }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            // Larger than the disk reserve, so only the inodes can run short.
+            Some("size=1g,nr_inodes=2048"),
+        )
+        .unwrap();
+        let _unmount = Unmount(dir.path().to_path_buf());
+        let workspace = dir.path().join("agents/a/workspace");
+        std::fs::create_dir_all(&workspace).unwrap();
+        let watcher = tokio::spawn(watch(workspace.clone(), 1 << 30));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!watcher.is_finished());
+        for i in 0..1100 {
+            std::fs::write(workspace.join(format!("f{i}")), b"").unwrap();
+        }
+        let full = tokio::time::timeout(Duration::from_secs(10), watcher)
+            .await
+            .expect("fired")
+            .unwrap();
+        assert!(
+            matches!(full, WorkspaceFull::Inodes { free, total: 2048 } if free < 1024),
+            "{full:?}"
+        );
+        assert!(full.to_string().contains("out of inodes"), "{full}");
     }
 
     #[test]

@@ -292,8 +292,8 @@ pub(crate) fn workspace_report(limits: &Limits, own_filesystem: bool) -> Option<
         value: crate::limits::format_bytes(bytes),
         mechanism: LimitMechanism::Watcher,
         note: Some(match own_filesystem {
-            true => "the workspace is an image of its own a little larger than the quota, so a burst of writes between two measurements (250 ms to 30 s apart) stops at the image's size; the watcher also stops the sandbox when the disk has less than 256M free".into(),
-            false => "a burst of many files can pass the quota by what is written between two measurements (250 ms apart for a small workspace, up to 30 s for a very large one); the watcher also stops the sandbox when the disk has less than 256M free".into(),
+            true => "the workspace is an image of its own a little larger than the quota, so a burst of writes between two measurements (250 ms to 30 s apart) stops at the image's size; the watcher also stops the sandbox when the disk has less than 256M free or few free inodes".into(),
+            false => "a burst of many files can pass the quota by what is written between two measurements (250 ms apart for a small workspace, up to 30 s for a very large one); the watcher also stops the sandbox when the disk has less than 256M free or few free inodes".into(),
         }),
     })
 }

@@ -1624,6 +1624,24 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
         mailer["folders"],
         serde_json::json!(["finance at /mnt/finance (read-write)"])
     );
+    // Shared with a second agent while one may write: said, since text then passes
+    // between them unsanitized.
+    palisade
+        .run(&["agents", "create", "clerk", "--profile", "action"])
+        .ok();
+    let shared_mount = palisade
+        .run(&["folders", "mount", "finance", "--agent", "clerk"])
+        .ok();
+    assert!(
+        shared_mount
+            .stderr
+            .contains("warning: agent(s) mailer, scout also mount folder finance")
+            && shared_mount
+                .stderr
+                .contains("without the allow-list, the sanitizer"),
+        "{}",
+        shared_mount.stderr
+    );
     palisade.run(&["folders", "remove", "finance"]).ok();
     palisade
         .run(&["folders", "unmount", "finance", "--agent", "scout"])

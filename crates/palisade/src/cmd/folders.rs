@@ -166,6 +166,21 @@ pub fn run(command: FoldersCommand, ctx: &Context) -> anyhow::Result<()> {
             let store = ctx.open_store()?;
             store.mount_folder(&name, &agent, writable)?;
             tell_host(ctx)?;
+            // A folder two agents share, one of them able to write, carries text from one
+            // to the other past everything agent-to-agent messages go through.
+            let others: Vec<_> = store
+                .get_folder(&name)?
+                .mounts
+                .into_iter()
+                .filter(|m| m.agent != agent)
+                .collect();
+            if !others.is_empty() && (writable || others.iter().any(|m| m.writable)) {
+                let names: Vec<&str> = others.iter().map(|m| m.agent.as_str()).collect();
+                eprintln!(
+                    "palisade: warning: agent(s) {} also mount folder {name}, and at least one of you may write to it: what one agent writes there the other reads as it is, without the allow-list, the sanitizer or a label that messages between agents get",
+                    names.join(", ")
+                );
+            }
             if ctx.json {
                 return output::print_json(&serde_json::json!({
                     "folder": name, "agent": agent, "mounted": true, "writable": writable,
