@@ -304,9 +304,11 @@ impl Store {
     /// The oldest message of `agent` that is the first unanswered one of its session,
     /// skipping the sessions in `busy` (handled elsewhere right now). A session's
     /// messages are thus handed out one at a time and in order, while different
-    /// sessions of one agent may be handled side by side. The status is matched with
-    /// `IN` so the status index finds the few unanswered rows and answered history
-    /// costs nothing.
+    /// sessions of one agent may be handled side by side. People's messages go before
+    /// other agents' (a session holds only one kind), so another agent's burst of
+    /// messages cannot keep the agent's own people waiting behind it. The status is
+    /// matched with `IN` so the status index finds the few unanswered rows and answered
+    /// history costs nothing.
     pub fn next_unanswered_excluding(
         &self,
         agent: &AgentName,
@@ -324,7 +326,7 @@ impl Store {
                            AND m.id = (SELECT MIN(first.id) FROM inbound_messages first
                                        WHERE first.session_id = m.session_id
                                          AND first.status IN ('pending', 'delivered'))
-                         ORDER BY m.id LIMIT 1"
+                         ORDER BY (m.origin IS NOT NULL), m.id LIMIT 1"
                     ),
                     (agent.as_str(), busy),
                     message_from_row,
@@ -780,6 +782,30 @@ mod tests {
                 .map(|m| m.id),
             None
         );
+    }
+
+    /// Another agent's burst of messages does not keep a person waiting behind it.
+    #[test]
+    fn a_persons_message_goes_before_other_agents_messages() {
+        let (_dir, store, agent) = store_with_agent("helper");
+        let origin = crate::messages::MessageOrigin {
+            from: AgentName::new("chatty").unwrap(),
+            chain: vec![AgentName::new("chatty").unwrap()],
+        };
+        let (from_agent, _) = store
+            .accept_agent_message(&agent, &origin, "k1", "from chatty")
+            .unwrap();
+        let person = store
+            .accept_message(&agent, "owner", "cli", "from a person")
+            .unwrap();
+        let next = |busy: &[i64]| {
+            store
+                .next_unanswered_excluding(&agent, busy)
+                .unwrap()
+                .map(|m| m.id)
+        };
+        assert_eq!(next(&[]), Some(person.message_id));
+        assert_eq!(next(&[person.session_id]), Some(from_agent.message_id));
     }
 
     #[test]
