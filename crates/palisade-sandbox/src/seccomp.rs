@@ -16,7 +16,9 @@
 //! - `clone3`: `ENOSYS`, because its flags sit in memory seccomp cannot read; the C
 //!   library then falls back to `clone`, which the rule above checks.
 //!
-//! Every other rule is kept as podman ships it. Written here with serde_json over the
+//! Every other rule is kept as podman ships it; `socket(AF_VSOCK)`, which bubblewrap
+//! sandboxes are denied, is left to podman's own `socket` rules (they already hold
+//! argument conditions, and one rule may compare an argument only once). Written here with serde_json over the
 //! profile's JSON: no crate models the containers seccomp format.
 
 use crate::syscall_filter::{always_denied, When, CLONE_NEWUSER, DENIED, EPERM};
@@ -73,7 +75,13 @@ pub fn hardened(mut profile: Value) -> Result<Value, String> {
         .get_mut("syscalls")
         .and_then(Value::as_array_mut)
         .ok_or("has no `syscalls` list")?;
-    let rewritten = |name: &str| DENIED.iter().any(|d| d.syscall == name);
+    // A denial by argument value (`socket(AF_VSOCK)`) is not applied here: the
+    // profile's own conditional `socket` rules cannot be merged with it safely.
+    let rewritten = |name: &str| {
+        DENIED
+            .iter()
+            .any(|d| d.syscall == name && !matches!(d.when, When::Equals { .. }))
+    };
     syscalls.retain_mut(|rule| {
         let Some(rule) = rule.as_object_mut() else {
             return false;

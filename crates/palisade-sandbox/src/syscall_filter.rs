@@ -18,6 +18,10 @@
 //! - nested user namespaces (`clone`/`unshare` with `CLONE_NEWUSER`; `clone3`, whose
 //!   flags seccomp cannot read, answers `ENOSYS` so the C library falls back to
 //!   `clone`), exactly as podman sandboxes (see [`crate::seccomp`]);
+//! - `socket(AF_VSOCK)`: virtual machine sockets are not confined by the network
+//!   namespace, so on a virtual machine with a vsock service (the hypervisor's, a
+//!   guest agent's) a sandbox could reach it past the vault (bubblewrap only: podman's
+//!   own profile already has conditional `socket` rules this cannot be merged with);
 //! - mounting, module loading, kexec, swap, reboot and the like, refused already for
 //!   lack of capabilities, denied here too so a kernel bug in a capability check does
 //!   not open them.
@@ -68,7 +72,15 @@ pub enum When {
         arg: u8,
         flag: u64,
     },
+    /// Only when (32-bit) argument `arg` is `value`.
+    Equals {
+        arg: u8,
+        value: u64,
+    },
 }
+
+/// `AF_VSOCK` from `<linux/socket.h>`.
+pub(crate) const AF_VSOCK: u64 = 40;
 
 /// One denied system call.
 #[derive(Clone, Copy, Debug)]
@@ -116,6 +128,14 @@ pub const DENIED: &[Denial] = &[
         when: When::FlagSet {
             arg: 0,
             flag: CLONE_NEWUSER,
+        },
+    },
+    Denial {
+        syscall: "socket",
+        answer: Answer::Refused,
+        when: When::Equals {
+            arg: 0,
+            value: AF_VSOCK,
         },
     },
     always("setns", Answer::Refused),
@@ -169,6 +189,7 @@ fn number(name: &str) -> Option<i64> {
         "clone" => libc::SYS_clone,
         "unshare" => libc::SYS_unshare,
         "setns" => libc::SYS_setns,
+        "socket" => libc::SYS_socket,
         "mount" => libc::SYS_mount,
         "umount2" => libc::SYS_umount2,
         "pivot_root" => libc::SYS_pivot_root,
@@ -256,6 +277,14 @@ pub fn bwrap_filters() -> Result<Vec<Vec<u8>>, SandboxError> {
                 )
                 .map_err(|e| failed(&e))?])
                 .map_err(|e| failed(&e))?],
+                When::Equals { arg, value } => vec![SeccompRule::new(vec![SeccompCondition::new(
+                    arg,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    value,
+                )
+                .map_err(|e| failed(&e))?])
+                .map_err(|e| failed(&e))?],
             };
             for number in std::iter::once(native).chain(x32_numbers(denial.syscall, native)) {
                 rules.insert(number, conditions.clone());
@@ -291,9 +320,10 @@ pub fn summary() -> String {
         .iter()
         .map(|d| match d.when {
             When::Always => d.syscall,
-            When::FlagSet { .. } => match d.syscall {
+            When::FlagSet { .. } | When::Equals { .. } => match d.syscall {
                 "clone" => "clone(CLONE_NEWUSER)",
                 "unshare" => "unshare(CLONE_NEWUSER)",
+                "socket" => "socket(AF_VSOCK)",
                 other => other,
             },
         })

@@ -203,6 +203,8 @@ try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=3); print('TCP
 except OSError as e: print('tcp refused', e)\n\
 try:\n    socket.getaddrinfo('example.com', 443); print('DNS-RESOLVED')\n\
 except OSError as e: print('dns failed', e)\n\
+try:\n    socket.socket(40, socket.SOCK_STREAM); print('VSOCK-OPENED')\n\
+except OSError as e: print('vsock refused', e)\n\
 EOF\n\
 curl -sS --noproxy '*' --max-time 3 http://127.0.0.1:{port}/ && echo CURL-CONNECTED\n\
 echo interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1)\n"
@@ -217,6 +219,15 @@ echo interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1)\n"
             ran.stderr
         );
         assert!(ran.stdout.contains("dns failed"), "{kind}: {}", ran.stdout);
+        // Virtual machine sockets are not confined by the network namespace
+        // (bubblewrap's filter; podman keeps its own socket rules).
+        if kind == palisade_sandbox::RuntimeKind::Bwrap {
+            assert!(
+                ran.stdout.contains("vsock refused") && !ran.stdout.contains("VSOCK-OPENED"),
+                "{kind}: {}",
+                ran.stdout
+            );
+        }
         assert!(
             ran.stdout.contains("interfaces: lo\n"),
             "{kind}: {}",
