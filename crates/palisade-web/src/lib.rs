@@ -215,6 +215,11 @@ pub fn app(
         .route("/assets/style.css", get(pages::assets::style))
         .route("/assets/app.js", get(pages::assets::script));
 
+    // The JSON API takes the cookie for reads: only on the connections it is bound to.
+    let api = api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::bound_cookie,
+    ));
     pages
         .merge(public)
         .with_state(state)

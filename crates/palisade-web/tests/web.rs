@@ -361,15 +361,19 @@ async fn the_session_cookie_is_good_only_for_the_user_who_logged_in() {
         "401",
         "another user's replay of the cookie was let in"
     );
-    // Every page alike.
-    assert_eq!(
-        curl_status(None, &cookie, &web.url("/approvals")).await,
-        "200"
-    );
-    assert_eq!(
-        curl_status(Some(TEST_USER), &cookie, &web.url("/approvals")).await,
-        "401"
-    );
+    // Every page alike, and the JSON API, which takes the cookie for reads.
+    for path in ["/approvals", "/api/status"] {
+        assert_eq!(
+            curl_status(None, &cookie, &web.url(path)).await,
+            "200",
+            "{path}"
+        );
+        assert_eq!(
+            curl_status(Some(TEST_USER), &cookie, &web.url(path)).await,
+            "401",
+            "{path}"
+        );
+    }
     web.stop().await;
 }
 

@@ -233,20 +233,23 @@ pub fn edit(store: &Store, name: &str, draft: &AgentDraft) -> Result<AgentRecord
     let agent = store.get_agent(&name)?;
     let current = AgentSettings::from_json(&agent.settings).unwrap_or_default();
     let settings = draft.apply(current.clone())?;
+    let new_profile = profile.filter(|p| *p != agent.profile);
+    if new_profile == Some(Profile::Research) {
+        let left = carried_over(store, &name, true);
+        if !left.is_empty() {
+            return Err(invalid(format!(
+                "{name} cannot become a research agent: its {} may hold what its credentials fetched, and a research agent reads the open web; create a research agent instead",
+                left.join(" and ")
+            )));
+        }
+    }
+    // The profile first: the store may still refuse it (a sensitive secret or folder),
+    // and then nothing else is written either.
+    if let Some(profile) = new_profile {
+        store.set_agent_profile(&name, profile)?;
+    }
     if settings != current {
         store.update_agent_settings(&name, &merged(&agent.settings, &settings))?;
-    }
-    if let Some(profile) = profile.filter(|p| *p != agent.profile) {
-        if profile == Profile::Research {
-            let left = carried_over(store, &name, true);
-            if !left.is_empty() {
-                return Err(invalid(format!(
-                    "{name} cannot become a research agent: its {} may hold what its credentials fetched, and a research agent reads the open web; create a research agent instead",
-                    left.join(" and ")
-                )));
-            }
-        }
-        store.set_agent_profile(&name, profile)?;
     }
     if let Some(text) = instructions {
         let path = settings::instructions_path(store.home(), name.as_str());
@@ -331,7 +334,19 @@ mod tests {
         std::fs::write(&memory, "the inbox said: SECRET\n").unwrap();
         std::fs::create_dir_all(&workspace).unwrap();
         std::fs::write(workspace.join("inbox.txt"), "SECRET").unwrap();
-        let error = edit(&store, "mailer", &research).unwrap_err().to_string();
+        let research_and_more = AgentDraft {
+            idle_timeout: Some("1h".into()),
+            ..research.clone()
+        };
+        let error = edit(&store, "mailer", &research_and_more)
+            .unwrap_err()
+            .to_string();
+        let unchanged = store.get_agent(&AgentName::new("mailer").unwrap()).unwrap();
+        assert!(
+            !unchanged.settings.to_string().contains("idle_timeout"),
+            "a refused edit wrote: {}",
+            unchanged.settings
+        );
         assert!(
             error.contains("cannot become a research agent")
                 && error.contains("memory (memory.md) and workspace files"),
