@@ -642,5 +642,20 @@ pub(crate) fn check_spec(spec: &SandboxSpec) -> Result<(), SandboxError> {
             spec.vault_socket.display()
         )));
     }
+    // A mount inside another would be made through the outer one's files, which the
+    // agent may have written (a link there leads the inner mount anywhere).
+    for (index, outer) in spec.mounts.iter().enumerate() {
+        for inner in &spec.mounts[index + 1..] {
+            if outer.destination.starts_with(&inner.destination)
+                || inner.destination.starts_with(&outer.destination)
+            {
+                return Err(SandboxError::Start(format!(
+                    "mounts may not lie inside one another ({} and {})",
+                    outer.destination.display(),
+                    inner.destination.display()
+                )));
+            }
+        }
+    }
     Ok(())
 }

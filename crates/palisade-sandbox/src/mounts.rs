@@ -7,7 +7,7 @@
 //! `/var/tmp`, `$TMPDIR`) hold other programs' sockets (ssh-agent, X11, …) and
 //! palisade's own run files: a source may lie inside one, but may not be or contain
 //! one, nor be one of palisade's own entries there (`palisade-sandbox-*`, `palisade-etc-*`). Destinations live under
-//! `/mnt`, `/data` or the workspace, so a mount can never shadow a system directory or
+//! `/mnt` or `/data`, so a mount can never shadow a system directory or
 //! `/run/palisade`.
 
 use crate::SandboxError;
@@ -43,7 +43,11 @@ const PALISADE_ENTRIES: [&str; 3] = ["palisade-sandbox-", "palisade-etc-", "pali
 const PALISADE_ENTRY_REASON: &str =
     "it is (or lies inside) palisade's own run files in a temporary directory";
 
-const DESTINATION_ROOTS: &[&str] = &["/mnt", "/data", crate::paths::WORKSPACE];
+/// Where a mount may go: folders on the sandbox's own root, which nothing of the agent's
+/// exists in while bwrap builds the sandbox. Not the workspace: a link an agent left
+/// there would lead bwrap's mount (made as root, for root's sandboxes) anywhere it
+/// points, over the sandbox's libraries or on the host.
+const DESTINATION_ROOTS: &[&str] = &["/mnt", "/data"];
 
 impl MountPolicy {
     /// The default policy for a sandbox of `agent` under the home at `palisade_home`.
@@ -169,7 +173,7 @@ impl MountPolicy {
             return Err(bad("SRC must be an absolute path"));
         }
         let destination = normalise_destination(destination).ok_or_else(|| {
-            bad("DST must be an absolute path without '..' under /mnt, /data or /workspace (e.g. /mnt/data)")
+            bad("DST must be an absolute path without '..' under /mnt or /data (e.g. /mnt/data)")
         })?;
         let canonical = std::fs::canonicalize(source_path).map_err(|e| {
             bad(&format!(
@@ -314,6 +318,9 @@ mod tests {
             format!("{src}:/mnt"),
             format!("{src}:/run/palisade/vault.sock"),
             format!("{src}/missing:/mnt/x"),
+            // The workspace holds the agent's links, which bwrap would follow.
+            format!("{src}:/workspace/x"),
+            format!("{src}:/workspace/app/vendor/lib"),
         ] {
             let err = policy.check(&spec).unwrap_err();
             assert!(

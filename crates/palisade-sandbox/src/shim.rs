@@ -242,9 +242,12 @@ pub fn run(options: ShimOptions) -> i32 {
 }
 
 /// Becomes `uid`:`gid` with no supplementary groups, for good: real, effective and
-/// saved ids all change, which also clears every capability (the process holds no
-/// `SECBIT_KEEP_CAPS`) and makes it undumpable, so the command it starts cannot read
-/// or write its memory through `/proc`. Checked afterwards, not assumed.
+/// saved ids all change, which clears the permitted, effective and ambient
+/// capabilities (the process holds no `SECBIT_KEEP_CAPS`) and makes it undumpable, so
+/// the command it starts cannot read or write its memory through `/proc`; then the
+/// inheritable set is emptied too. (The bounding set keeps `CAP_SETUID` and
+/// `CAP_SETGID`, which only `CAP_SETPCAP` could drop; with no-new-privileges and
+/// `nosuid` mounts nothing can raise them again.) Checked afterwards, not assumed.
 fn become_user(uid: u32, gid: u32) -> nix::Result<()> {
     use nix::unistd::{getresgid, getresuid, setgroups, setresgid, setresuid, Gid, Uid};
     let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
@@ -258,7 +261,39 @@ fn become_user(uid: u32, gid: u32) -> nix::Result<()> {
     if !same || setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok() {
         return Err(nix::Error::EPERM);
     }
-    Ok(())
+    clear_capabilities()
+}
+
+/// Empties the effective, permitted and inheritable capability sets (`capset(2)`,
+/// which nix does not wrap; lowering needs no privilege).
+fn clear_capabilities() -> nix::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [Data::default(); 2];
+    // SAFETY: capset with a version 3 header and the two data structs it reads.
+    let result = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_capset,
+            &mut header as *mut Header,
+            data.as_ptr(),
+        )
+    };
+    nix::errno::Errno::result(result).map(drop)
 }
 
 async fn serve(options: ShimOptions) -> i32 {

@@ -333,7 +333,8 @@ for p in /proc/[0-9]*; do\n\
   if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^/run/palisade/palisade shim'; then\n\
     echo shim-found; head -c 16 $p/mem > /dev/null 2>&1 && echo READ-SHIM-MEMORY\n\
   fi\n\
-done\n";
+done\n\
+grep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status\n";
     for runtime in runtimes() {
         let _ = std::fs::remove_file(shared.join("planted"));
         let mut spec = fx.spec(script, no_limits());
@@ -370,6 +371,13 @@ done\n";
             );
         }
         assert!(ran.stdout.contains("shim-found"), "{kind}: {}", ran.stdout);
+        for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+            assert!(
+                ran.stdout.contains(&format!("{set}:\t0000000000000000")),
+                "{kind}: {set}: {}",
+                ran.stdout
+            );
+        }
         assert!(
             !ran.stdout.contains("READ-SHIM-MEMORY"),
             "{kind}: {}",
@@ -596,4 +604,30 @@ fn bad_input_is_refused_before_anything_starts() {
         );
         assert!(!Path::new(&text).exists());
     });
+}
+
+/// A mount inside another would be made through the outer one's files, which the agent
+/// may have written: refused before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounts_inside_one_another_are_refused() {
+    let fx = fixture().await;
+    let folder = fx.dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let mut spec = fx.spec("true", no_limits());
+    spec.mounts = ["/mnt/a", "/mnt/a/lib"]
+        .into_iter()
+        .map(|destination| palisade_sandbox::Mount {
+            source: folder.clone(),
+            destination: PathBuf::from(destination),
+            writable: true,
+        })
+        .collect();
+    for runtime in runtimes() {
+        let error = runtime.start(&spec).err().expect("a sandbox started");
+        assert!(
+            error.to_string().contains("may not lie inside one another"),
+            "{}: {error}",
+            runtime.kind()
+        );
+    }
 }

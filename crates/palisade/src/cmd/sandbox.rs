@@ -47,7 +47,7 @@ pub struct RunArgs {
     /// bwrap (default, no daemon), podman or docker.
     #[arg(long, default_value = "bwrap", value_name = "RUNTIME")]
     runtime: String,
-    /// Extra mount, read-only unless `:rw`; DST under /mnt, /data or /workspace. Refused
+    /// Extra mount, read-only unless `:rw`; DST under /mnt or /data. Refused
     /// as SRC: the palisade home and what holds it, /tmp and /var/tmp themselves, /run,
     /// secret folders (~/.ssh, …) and /etc.
     #[arg(long = "mount", value_name = "SRC:DST[:rw]")]
