@@ -18,6 +18,39 @@ pub fn destination(name: &str) -> PathBuf {
     Path::new("/mnt").join(name)
 }
 
+/// Why an agent of root's sandboxes (a subordinate uid of its own, not root) could not
+/// use `path` as mounted, from its mode bits: `None` when it can, or when this process
+/// is not root (the agent is then this user). ACLs are not read, so a folder opened up
+/// by one is named here too.
+pub fn agent_cannot_use(path: &Path, writable: bool) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let agent = palisade_sandbox::oci::rootful_agent_owner();
+    let meta = std::fs::metadata(path).ok()?;
+    let bits = if meta.uid() == agent.uid {
+        meta.mode() >> 6
+    } else if meta.gid() == agent.gid {
+        meta.mode() >> 3
+    } else {
+        meta.mode()
+    } & 0o7;
+    let needed = if writable { 0o7 } else { 0o5 };
+    (bits & needed != needed).then(|| {
+        format!(
+            "root's agents run as uid {}, which may not {} {} (mode {:o}); give it access, e.g. `setfacl -m u:{}:{} {}`",
+            agent.uid,
+            if writable { "write to" } else { "read" },
+            path.display(),
+            meta.mode() & 0o7777,
+            agent.uid,
+            if writable { "rwx" } else { "rx" },
+            path.display()
+        )
+    })
+}
+
 /// Checks `path` with the mount policy of `home` and records it as folder `name`.
 pub fn add(
     store: &Store,

@@ -175,6 +175,9 @@ impl MountPolicy {
         let destination = normalise_destination(destination).ok_or_else(|| {
             bad("DST must be an absolute path without '..' under /mnt or /data (e.g. /mnt/data)")
         })?;
+        if let Some(problem) = foreign_link(source_path) {
+            return Err(bad(&problem));
+        }
         let canonical = std::fs::canonicalize(source_path).map_err(|e| {
             bad(&format!(
                 "SRC cannot be resolved ({e}); check that it exists"
@@ -197,6 +200,9 @@ impl MountPolicy {
         };
         if !source.is_absolute() {
             return Err(bad("the folder must be an absolute path".into()));
+        }
+        if let Some(problem) = foreign_link(source) {
+            return Err(bad(problem));
         }
         let canonical = std::fs::canonicalize(source)
             .map_err(|e| bad(format!("it cannot be resolved ({e}); check that it exists")))?;
@@ -258,6 +264,63 @@ impl MountPolicy {
     }
 }
 
+/// A symbolic link on the way to `path` (its own components and every link's target,
+/// as the kernel resolves them) that belongs to neither root nor this user: an agent's
+/// (root's agents are a uid of their own), left in a folder shared with it, would lead
+/// a later mount of a path through it to any folder it names. Said as the refusal.
+fn foreign_link(path: &Path) -> Option<String> {
+    use std::collections::VecDeque;
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let parts = |p: &Path| -> VecDeque<std::ffi::OsString> {
+        p.components()
+            .map(|c| match c {
+                Component::RootDir => "/".into(),
+                other => other.as_os_str().to_os_string(),
+            })
+            .collect()
+    };
+    let mut pending = parts(path);
+    let mut current = PathBuf::from("/");
+    // As the kernel does, give up after this many links.
+    let mut links_left = 40;
+    while let Some(part) = pending.pop_front() {
+        match part.to_str() {
+            Some("/") => current = PathBuf::from("/"),
+            Some(".") => {}
+            Some("..") => {
+                current.pop();
+            }
+            _ => {
+                let next = current.join(&part);
+                let Ok(meta) = std::fs::symlink_metadata(&next) else {
+                    return None;
+                };
+                if !meta.file_type().is_symlink() {
+                    current = next;
+                    continue;
+                }
+                if meta.uid() != 0 && meta.uid() != me {
+                    return Some(format!(
+                        "it passes through {}, a link owned by uid {} (an agent's, perhaps), which could lead it anywhere; give the path it leads to",
+                        next.display(),
+                        meta.uid()
+                    ));
+                }
+                links_left -= 1;
+                let target = std::fs::read_link(&next).ok()?;
+                if links_left == 0 {
+                    return None;
+                }
+                let mut resolved = parts(&target);
+                resolved.extend(pending);
+                pending = resolved;
+            }
+        }
+    }
+    None
+}
+
 fn normalise_destination(destination: &str) -> Option<PathBuf> {
     let path = Path::new(destination);
     if !path.is_absolute() {
@@ -301,6 +364,57 @@ mod tests {
         assert!(!mount.writable);
         assert!(policy.check(&format!("{spec}:rw")).unwrap().writable);
         assert!(!policy.check(&format!("{spec}:ro")).unwrap().writable);
+    }
+
+    /// An agent's link in a folder shared with it would lead a later mount of a path
+    /// through it anywhere: a path passing through a link of another user is refused,
+    /// wherever on the way the link is, while links of root or this user are followed.
+    #[test]
+    fn a_path_through_another_users_link_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPING: a link of another user is made only as root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let policy = policy(&dir.path().join("home"), dir.path());
+        let share = dir.path().join("share");
+        let victim = dir.path().join("victim");
+        std::fs::create_dir_all(&share).unwrap();
+        std::fs::create_dir_all(victim.join("inner")).unwrap();
+        let planted = share.join("project");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let agent = Some(nix::unistd::Uid::from_raw(1_879_049_192));
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &planted,
+            agent,
+            None,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+        // Root's own link to the share, then the agent's link inside it.
+        let via = dir.path().join("via");
+        std::os::unix::fs::symlink(&share, &via).unwrap();
+        for path in [
+            planted.join("inner"),
+            via.join("project/inner"),
+            planted.clone(),
+        ] {
+            let error = policy
+                .check(&format!("{}:/mnt/p", path.display()))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("a link owned by uid 1879049192"),
+                "{}: {error}",
+                path.display()
+            );
+            let error = policy.check_folder(&path).unwrap_err().to_string();
+            assert!(error.contains("a link owned by uid 1879049192"), "{error}");
+        }
+        // Root's link alone is followed as before.
+        let mount = policy.check(&format!("{}:/mnt/p", via.display())).unwrap();
+        assert_eq!(mount.source, std::fs::canonicalize(&share).unwrap());
     }
 
     #[test]

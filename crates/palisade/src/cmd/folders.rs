@@ -166,10 +166,14 @@ pub fn run(command: FoldersCommand, ctx: &Context) -> anyhow::Result<()> {
             let store = ctx.open_store()?;
             store.mount_folder(&name, &agent, writable)?;
             tell_host(ctx)?;
+            let folder = store.get_folder(&name)?;
+            if let Some(problem) = palisade_host::folders::agent_cannot_use(&folder.path, writable)
+            {
+                eprintln!("palisade: warning: {problem}");
+            }
             // A folder two agents share, one of them able to write, carries text from one
             // to the other past everything agent-to-agent messages go through.
-            let others: Vec<_> = store
-                .get_folder(&name)?
+            let others: Vec<_> = folder
                 .mounts
                 .into_iter()
                 .filter(|m| m.agent != agent)
