@@ -328,7 +328,11 @@ async fn nothing_in_the_sandbox_is_the_hosts_root() {
     // A setting is written back with the value it has, so a failure changes nothing.
     let script = "v=$(cat /proc/sys/kernel/printk_ratelimit)\n\
 echo \"$v\" > /proc/sys/kernel/printk_ratelimit 2>/dev/null && echo WROTE-SYSCTL\n\
-cp /bin/true /mnt/shared/planted && chmod 4755 /mnt/shared/planted && echo planted\n\
+cp /bin/true /mnt/shared/planted && echo planted\n\
+chmod 4755 /mnt/shared/planted 2>/dev/null && echo SETUID-SET\n\
+chmod 2755 /mnt/shared/planted 2>/dev/null && echo SETGID-SET\n\
+chmod 755 /mnt/shared/planted && echo plain-chmod-ok\n\
+python3 -c \"import os; os.open('/mnt/shared/made', os.O_CREAT | os.O_WRONLY, 0o4755)\" 2>/dev/null && echo CREATED-SETUID\n\
 for p in /proc/[0-9]*; do\n\
   if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^/run/palisade/palisade shim'; then\n\
     echo shim-found; head -c 16 $p/mem > /dev/null 2>&1 && echo READ-SHIM-MEMORY\n\
@@ -337,6 +341,7 @@ done\n\
 grep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status\n";
     for runtime in runtimes() {
         let _ = std::fs::remove_file(shared.join("planted"));
+        let _ = std::fs::remove_file(shared.join("made"));
         let mut spec = fx.spec(script, no_limits());
         spec.mounts = vec![palisade_sandbox::Mount {
             source: shared.clone(),
@@ -363,6 +368,23 @@ grep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status\n";
             owner, 0,
             "{kind}: the agent's file belongs to the host's root"
         );
+        assert!(
+            ran.stdout.contains("plain-chmod-ok"),
+            "{kind}: {}",
+            ran.stdout
+        );
+        // bubblewrap's filter refuses the set-id bits (podman keeps its own rules).
+        if kind == palisade_sandbox::RuntimeKind::Bwrap {
+            for set in ["SETUID-SET", "SETGID-SET", "CREATED-SETUID"] {
+                assert!(!ran.stdout.contains(set), "{kind}: {set}: {}", ran.stdout);
+            }
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(shared.join("planted"))
+                    .unwrap()
+                    .permissions(),
+            );
+            assert_eq!(mode & 0o6000, 0, "{kind}: mode {mode:o}");
+        }
         if nix::unistd::geteuid().is_root() {
             assert_eq!(
                 owner,
