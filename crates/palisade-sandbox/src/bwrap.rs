@@ -233,7 +233,9 @@ impl MountSources {
 fn bind_fd_supported() -> bool {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SUPPORTED.get_or_init(|| {
+        // Found the way the sandbox's own `bwrap` is: with no environment.
         std::process::Command::new("bwrap")
+            .env_clear()
             .arg("--help")
             .stdin(Stdio::null())
             .stderr(Stdio::null())

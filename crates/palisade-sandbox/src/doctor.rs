@@ -204,7 +204,7 @@ fn bubblewrap() -> RuntimeReport {
     report.checks.push(check(
         "nested user namespaces",
         !stdout.contains("NESTED-USERNS"),
-        "bwrap --disable-userns; `unshare -U` inside the probe",
+        "the seccomp filter (and bwrap --disable-userns, except for root's sandboxes); `unshare -U` inside the probe",
     ));
     report.checks.push(check(
         "seccomp filter",

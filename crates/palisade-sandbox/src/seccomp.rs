@@ -5,7 +5,8 @@
 //! flags, so a process that holds no capability can still create a user namespace
 //! and, inside it, become "root" over fresh mount and network namespaces: no way out
 //! of the sandbox by itself, but kernel attack surface a sandbox has no use for
-//! (bubblewrap sandboxes get `--disable-userns` and the same filter). It also allows
+//! (bubblewrap sandboxes get the same filter, and `--disable-userns` unless root starts
+//! them). It also allows
 //! `keyctl` (the kernel keyrings are not namespaced) and `ptrace`. This module reads
 //! the profile podman would use anyway and rewrites only the denied calls:
 //!

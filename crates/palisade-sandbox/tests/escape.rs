@@ -466,9 +466,9 @@ perl -e 'my $p = syscall(56, 17, 0, 0, 0, 0); if ($p == 0) { exit 0 } waitpid($p
             "{kind}: {}",
             ran.stdout
         );
-        // No nested user namespace by unshare, clone or clone3 (bubblewrap:
-        // --disable-userns; podman: palisade's seccomp profile), while a plain clone
-        // (fork) still works.
+        // No nested user namespace by unshare, clone or clone3 (palisade's seccomp
+        // filter or profile; bubblewrap also --disable-userns unless root starts it),
+        // while a plain clone (fork) still works.
         assert!(
             !ran.stdout.contains("NESTED-USERNS"),
             "{kind}: {}",
