@@ -17,6 +17,10 @@
 //! - `clone3`: `ENOSYS`, because its flags sit in memory seccomp cannot read; the C
 //!   library then falls back to `clone`, which the rule above checks.
 //!
+//! - the calls that can set the setuid or setgid bit (`chmod`, `fchmod`, `fchmodat`,
+//!   and the create mode of `open`, `openat`, `creat`, `mknod`, `mknodat`): allowed
+//!   when both bits are clear, `EPERM` when either is set.
+//!
 //! Every other rule is kept as podman ships it; `socket(AF_VSOCK)`, which bubblewrap
 //! sandboxes are denied, is left to podman's own `socket` rules (they already hold
 //! argument conditions, and one rule may compare an argument only once). Written here with serde_json over the
@@ -79,9 +83,9 @@ pub fn hardened(mut profile: Value) -> Result<Value, String> {
     // A denial by argument value (`socket(AF_VSOCK)`) is not applied here: the
     // profile's own conditional `socket` rules cannot be merged with it safely.
     let rewritten = |name: &str| {
-        DENIED.iter().any(|d| {
-            d.syscall == name && !matches!(d.when, When::Equals { .. } | When::SetIdMode { .. })
-        })
+        DENIED
+            .iter()
+            .any(|d| d.syscall == name && !matches!(d.when, When::Equals { .. }))
     };
     syscalls.retain_mut(|rule| {
         let Some(rule) = rule.as_object_mut() else {
@@ -103,6 +107,18 @@ pub fn hardened(mut profile: Value) -> Result<Value, String> {
     let without_newuser = |index: u32| json!([{ "index": index, "value": CLONE_NEWUSER, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }]);
     let with_newuser = |index: u32| json!([{ "index": index, "value": CLONE_NEWUSER, "valueTwo": CLONE_NEWUSER, "op": "SCMP_CMP_MASKED_EQ" }]);
     let s390 = json!({ "arches": ["s390", "s390x"] });
+    // The set-id bits: allowed when both are clear, refused when either is set (the
+    // rules do not overlap, as for clone below).
+    for denial in DENIED {
+        let When::SetIdMode { arg } = denial.when else {
+            continue;
+        };
+        let name = denial.syscall;
+        syscalls.push(json!({ "names": [name], "action": "SCMP_ACT_ALLOW", "args": [{ "index": arg, "value": 0o6000, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }] }));
+        for bit in [0o4000, 0o2000] {
+            syscalls.push(json!({ "names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM, "args": [{ "index": arg, "value": bit, "valueTwo": bit, "op": "SCMP_CMP_MASKED_EQ" }] }));
+        }
+    }
     for denial in DENIED {
         let When::FlagSet { flag, .. } = denial.when else {
             continue;
@@ -150,7 +166,7 @@ mod tests {
         let base = json!({
             "defaultAction": "SCMP_ACT_ERRNO",
             "syscalls": [
-                { "names": ["read", "clone", "clone3", "unshare", "keyctl", "ptrace", "write"], "action": "SCMP_ACT_ALLOW" },
+                { "names": ["read", "clone", "clone3", "unshare", "keyctl", "ptrace", "write", "fchmod"], "action": "SCMP_ACT_ALLOW" },
                 { "names": ["clone", "unshare"], "action": "SCMP_ACT_ALLOW", "includes": { "caps": ["CAP_SYS_ADMIN"] } },
                 { "name": "clone3", "action": "SCMP_ACT_ALLOW" },
                 { "names": ["setns"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1 },
@@ -174,6 +190,24 @@ mod tests {
             assert_eq!(rules.len(), 1, "{name}");
             assert_eq!(rules[0]["action"], "SCMP_ACT_ERRNO", "{name}");
             assert_eq!(rules[0]["errnoRet"], errno, "{name}");
+        }
+        // fchmod is allowed only with both set-id bits clear, refused with either.
+        let fchmod = rules_for(&profile, "fchmod");
+        assert_eq!(fchmod.len(), 3, "{fchmod:?}");
+        for rule in fchmod {
+            let arg = &rule["args"][0];
+            assert_eq!(arg["index"], 1);
+            assert_eq!(arg["op"], "SCMP_CMP_MASKED_EQ");
+            match rule["action"].as_str() {
+                Some("SCMP_ACT_ALLOW") => {
+                    assert_eq!(
+                        (arg["value"].clone(), arg["valueTwo"].clone()),
+                        (json!(0o6000), json!(0))
+                    )
+                }
+                Some("SCMP_ACT_ERRNO") => assert_eq!(arg["value"], arg["valueTwo"]),
+                other => panic!("fchmod: unexpected action {other:?}"),
+            }
         }
         // No rule allows clone3; it answers ENOSYS.
         let clone3 = rules_for(&profile, "clone3");

@@ -27,7 +27,7 @@
 //!   whose modes seccomp cannot always read, answer `ENOSYS` so the C library falls
 //!   back): `nosuid` holds only inside the sandbox, and a setuid file the agent left in
 //!   a folder shared with it would run as the agent's host uid for whoever starts it
-//!   on the host (bubblewrap only, as for `AF_VSOCK`);
+//!   on the host;
 //! - mounting, module loading, kexec, swap, reboot and the like, refused already for
 //!   lack of capabilities, denied here too so a kernel bug in a capability check does
 //!   not open them.
