@@ -25,8 +25,8 @@
 //!   same-origin `Origin`/`Referer`) that every state-changing browser request passes
 //!   before any handler runs.
 //!
-//! The server must be run with the peer's address as connect info
-//! (`into_make_service_with_connect_info::<SocketAddr>()`), for [`peer`].
+//! [`serve`] runs the app with the peer's address as connect info, which [`peer`]
+//! needs: every server of it starts there.
 
 pub mod auth;
 pub mod guard;
@@ -73,6 +73,23 @@ pub(crate) struct WebState {
     /// The local user whose browser last logged in, when it was one of this machine
     /// ([`peer`]): the session cookie is good only on that user's connections.
     pub(crate) session_uid: Arc<std::sync::Mutex<Option<u32>>>,
+}
+
+/// Serves `app` (from [`app`]) on `listener` until `stop` turns true, telling handlers
+/// each connection's peer address.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    })
+    .await
 }
 
 /// The web UI and the JSON API on one router, behind the Host check and security

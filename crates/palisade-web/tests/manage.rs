@@ -88,17 +88,7 @@ impl Web {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let app = palisade_web::app(host.clone(), tokens.clone(), stopped.clone(), addr);
-        let mut until = stopped;
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = until.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        tokio::spawn(palisade_web::serve(listener, app, stopped));
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(60))

@@ -73,23 +73,6 @@ fn shown(world: &World, index: usize) -> String {
     body["messages"].to_string()
 }
 
-/// Creates agent `name` with `profile`, thinking with the fake Anthropic API's key.
-fn create_agent(world: &World, name: &str, profile: &str) {
-    ok(world.palisade.run(&[
-        "agents",
-        "create",
-        name,
-        "--profile",
-        profile,
-        "--provider",
-        "anthropic",
-        "--model",
-        "claude-test",
-        "--base-url",
-        &world.upstream.base_url(),
-    ]));
-}
-
 fn pending_approvals(world: &World) -> Vec<Value> {
     let output = ok(world.palisade.run(&["approvals", "list", "--json"]));
     let list: Value = serde_json::from_slice(&output.stdout).expect("approvals JSON");
@@ -107,7 +90,7 @@ fn an_injected_page_crosses_to_the_action_agent_inert_and_its_mail_waits_for_a_p
     // `helper` (from the fixture) is the research agent; `mailer` acts, with the Gmail
     // key marked sensitive; `keeper` is an agent nobody allowed helper to reach.
     for name in ["mailer", "keeper"] {
-        create_agent(&world, name, "action");
+        world.create_agent(name, "action");
     }
     ok(palisade.run(&["secrets", "grant", "claude", "--agent", "mailer"]));
     let gmail_key = "ya29.gmail-token-5c1e";
@@ -314,7 +297,7 @@ fn an_injected_page_crosses_to_the_action_agent_inert_and_its_mail_waits_for_a_p
 fn an_error_of_the_asked_agent_reaches_the_asker_cleaned_and_labelled() {
     let world = world();
     let palisade = &world.palisade;
-    create_agent(&world, "mailer", "action");
+    world.create_agent("mailer", "action");
     ok(palisade.run(&["secrets", "grant", "claude", "--agent", "mailer"]));
     ok(palisade.run(&["agents", "allow", "mailer", "--to", "helper"]));
     world.upstream.script_anthropic(vec![

@@ -101,17 +101,7 @@ fn a_refused_model_call_is_an_error_reply_not_an_answer() {
 #[test]
 fn an_agent_without_a_model_key_is_told_it_has_none() {
     let world = world();
-    ok(world.palisade.run(&[
-        "agents",
-        "create",
-        "keyless",
-        "--provider",
-        "anthropic",
-        "--model",
-        "claude-test",
-        "--base-url",
-        &world.upstream.base_url(),
-    ]));
+    world.create_agent("keyless", "research");
     world.upstream.script_anthropic(vec![ScriptedTurn::error(
         401,
         serde_json::json!({

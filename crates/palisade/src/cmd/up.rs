@@ -261,17 +261,7 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
             println!("(the login link works once; `palisade login` prints a fresh one, and `palisade send --agent {DEFAULT_AGENT} \"hello\"` works from this machine)");
         }
         eprintln!("palisade: host listening on http://{listen}; stop with Ctrl-C or `palisade down`");
-        let mut shutdown_signal = stop_rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-                .with_graceful_shutdown(async move {
-                    let _ = shutdown_signal.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
+        let server = tokio::spawn(palisade_web::serve(listener, app, stop_rx.clone()));
         wait_for_signal().await;
         eprintln!("palisade: stopping");
         let _ = stop_tx.send(true);

@@ -42,6 +42,23 @@ pub fn ok(output: Output) -> Output {
 
 /// A home with agent `helper` whose model API is the fake upstream, and its key
 /// stored as a vault secret for the upstream's host.
+/// Creates agent `name` with `profile`, thinking with `upstream`'s fake Anthropic API.
+pub fn create_agent(palisade: &Palisade, upstream: &Upstream, name: &str, profile: &str) {
+    ok(palisade.run(&[
+        "agents",
+        "create",
+        name,
+        "--provider",
+        "anthropic",
+        "--model",
+        "claude-test",
+        "--base-url",
+        &upstream.base_url(),
+        "--profile",
+        profile,
+    ]));
+}
+
 pub fn world() -> World {
     world_with_secret_path(None)
 }
@@ -52,19 +69,7 @@ pub fn world_with_secret_path(path_pattern: Option<&str>) -> World {
     let ca = TestCa::new().expect("test CA");
     let upstream = Upstream::start(&ca).expect("upstream");
     let palisade = Palisade::new(BINARY);
-    ok(palisade.run(&[
-        "agents",
-        "create",
-        "helper",
-        "--provider",
-        "anthropic",
-        "--model",
-        "claude-test",
-        "--base-url",
-        &upstream.base_url(),
-        "--profile",
-        "research",
-    ]));
+    create_agent(&palisade, &upstream, "helper", "research");
     let key_file = palisade.write_file("key.txt", KEY);
     let mut secret = vec![
         "secrets",
@@ -138,6 +143,11 @@ impl World {
         }
         assert!(wait_for_tcp(self.listen, STARTUP), "API not listening");
         guard
+    }
+
+    /// [`create_agent`] in this world.
+    pub fn create_agent(&self, name: &str, profile: &str) {
+        create_agent(&self.palisade, &self.upstream, name, profile);
     }
 
     pub fn send(&self, agent: &str, message: &str) -> Output {
