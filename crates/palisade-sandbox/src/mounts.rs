@@ -395,10 +395,28 @@ mod tests {
         // Root's own link to the share, then the agent's link inside it.
         let via = dir.path().join("via");
         std::os::unix::fs::symlink(&share, &via).unwrap();
+        // Other spellings of the same path, and a relative link of the agent's to its
+        // own link.
+        std::fs::create_dir(share.join("x")).unwrap();
+        let relative = share.join("rel");
+        std::os::unix::fs::symlink("project", &relative).unwrap();
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &relative,
+            agent,
+            None,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+        let spelled = |text: &str| PathBuf::from(format!("{}{text}", share.display()));
         for path in [
             planted.join("inner"),
             via.join("project/inner"),
             planted.clone(),
+            spelled("//project/inner"),
+            spelled("/./project/"),
+            spelled("/x/../project"),
+            relative.join("inner"),
         ] {
             let error = policy
                 .check(&format!("{}:/mnt/p", path.display()))

@@ -146,16 +146,16 @@ fn login_answer(
 }
 
 /// For the JSON API, which accepts the session cookie for reads: a request that
-/// carries it (and no bearer token) on a connection of another user than the one who
-/// logged in gets 401, as a page would.
+/// carries it on a connection of another user than the one who logged in gets 401, as
+/// a page would, whatever else it carries (the API falls back to the cookie after an
+/// `Authorization` that is not its bearer token; the CLI sends no cookie).
 pub(crate) async fn bound_cookie(
     State(state): State<WebState>,
     request: Request,
     next: Next,
 ) -> Response {
-    let bearer = request.headers().contains_key(header::AUTHORIZATION);
     let with_cookie = !cookie(request.headers(), COOKIE).is_empty();
-    if !bearer && with_cookie && !has_session(&state, request.headers(), request.extensions()) {
+    if with_cookie && !has_session(&state, request.headers(), request.extensions()) {
         return refuse(
             false,
             StatusCode::UNAUTHORIZED,

@@ -287,8 +287,13 @@ async fn login_exchanges_the_token_for_a_strict_http_only_cookie() {
     web.stop().await;
 }
 
-/// `curl` for `url` with `cookie`, as `user` when given; the status it got.
+/// `curl` for `url` with `cookie` (and `extra` headers), as `user` when given; the
+/// status it got.
 async fn curl_status(user: Option<&str>, cookie: &str, url: &str) -> String {
+    curl_status_with(user, cookie, url, &[]).await
+}
+
+async fn curl_status_with(user: Option<&str>, cookie: &str, url: &str, extra: &[&str]) -> String {
     let mut command = match user {
         Some(user) => {
             let mut command = tokio::process::Command::new("runuser");
@@ -307,7 +312,9 @@ async fn curl_status(user: Option<&str>, cookie: &str, url: &str) -> String {
             "--max-time",
             "20",
         ])
-        .args(["--noproxy", "*", "-H", &format!("Cookie: {cookie}"), url])
+        .args(["--noproxy", "*", "-H", &format!("Cookie: {cookie}")])
+        .args(extra.iter().flat_map(|header| ["-H", header]))
+        .arg(url)
         .kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(30), command.output())
         .await
@@ -350,6 +357,18 @@ async fn the_session_cookie_is_good_only_for_the_user_who_logged_in() {
         curl_status(Some(TEST_USER), &cookie, &url).await,
         "401",
         "another user's replay of the cookie was let in"
+    );
+    // An Authorization that is not the CLI's token does not lift the binding (the API
+    // goes on to the cookie after one).
+    assert_eq!(
+        curl_status_with(
+            Some(TEST_USER),
+            &cookie,
+            &web.url("/api/status"),
+            &["Authorization: Basic eDp5"]
+        )
+        .await,
+        "401"
     );
     // Every page alike, and the JSON API, which takes the cookie for reads.
     for path in ["/approvals", "/api/status"] {
