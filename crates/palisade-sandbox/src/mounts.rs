@@ -381,17 +381,20 @@ mod tests {
         let victim = dir.path().join("victim");
         std::fs::create_dir_all(&share).unwrap();
         std::fs::create_dir_all(victim.join("inner")).unwrap();
+        // A link at `at` to `target`, owned by an agent's uid.
+        let agents_link = |target: &Path, at: &Path| {
+            std::os::unix::fs::symlink(target, at).unwrap();
+            nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                at,
+                Some(nix::unistd::Uid::from_raw(1_879_049_192)),
+                None,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .unwrap();
+        };
         let planted = share.join("project");
-        std::os::unix::fs::symlink(&victim, &planted).unwrap();
-        let agent = Some(nix::unistd::Uid::from_raw(1_879_049_192));
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            &planted,
-            agent,
-            None,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .unwrap();
+        agents_link(&victim, &planted);
         // Root's own link to the share, then the agent's link inside it.
         let via = dir.path().join("via");
         std::os::unix::fs::symlink(&share, &via).unwrap();
@@ -399,15 +402,7 @@ mod tests {
         // own link.
         std::fs::create_dir(share.join("x")).unwrap();
         let relative = share.join("rel");
-        std::os::unix::fs::symlink("project", &relative).unwrap();
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            &relative,
-            agent,
-            None,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .unwrap();
+        agents_link(Path::new("project"), &relative);
         let spelled = |text: &str| PathBuf::from(format!("{}{text}", share.display()));
         for path in [
             planted.join("inner"),
