@@ -3,7 +3,7 @@
 //! Every namespace is new (user, pid, ipc, uts, mount, cgroup, network with loopback
 //! only), all capabilities are dropped, nested user namespaces are disabled, the
 //! command runs in a new session (no terminal injection) and dies with its parent.
-//! Started by root, nothing of the sandbox is the host's root: see [`RootMaps`].
+//! Started by root, nothing of the sandbox is the host's root: see [`Gate`].
 //! Extra mounts go by descriptor, not by path: see [`MountSources`].
 //! The filesystem is built from nothing: `/usr` and the merged-usr links read-only, a
 //! prepared copy of an allow-list of `/etc` files (no shadow, no keys; see
@@ -73,20 +73,18 @@ impl Bubblewrap {
         workdir: &Workdir,
         etc: &Path,
         shim: Vec<String>,
-        root: Option<&RootMaps>,
+        gate: &Gate,
         sources: &MountSources,
     ) -> (Vec<String>, Vec<String>) {
         let mut args: Vec<String> = ISOLATION_FLAGS
             .iter()
-            // As root, the parent writes the user namespace's maps (see RootMaps), which
+            // As root, the parent writes the user namespace's maps (see Gate), which
             // bwrap allows only without its own second namespace (nested user namespaces
             // stay denied by the seccomp filter).
-            .filter(|flag| root.is_none() || **flag != "--disable-userns")
+            .filter(|flag| !gate.root() || **flag != "--disable-userns")
             .map(|s| s.to_string())
             .collect();
-        if let Some(maps) = root {
-            args.extend(maps.bwrap_options());
-        }
+        args.extend(gate.bwrap_options());
         args.extend(
             ["--hostname", "palisade", "--ro-bind", "/usr", "/usr"]
                 .iter()
@@ -173,7 +171,7 @@ impl Bubblewrap {
         }
         // As root, bwrap (host uid 0 without capabilities) may not enter the agent's
         // workspace; the shim changes into it once it is the agent.
-        if root.is_none() {
+        if !gate.root() {
             push(&["--chdir", paths::WORKSPACE]);
         }
         push(&["--remount-ro", "/"]);
@@ -254,90 +252,132 @@ const AGENT_ID: u32 = crate::oci::AGENT_ID_IN_CONTAINER;
 /// How long bwrap may take to create its user namespace and say so.
 const USERNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The user namespace of a sandbox started by root.
+/// Where bwrap's child waits for the parent before the sandbox's command starts.
 ///
-/// bwrap maps exactly one id, the sandbox's uid to the caller's; started by root that
-/// makes every process of the sandbox the host's root, without capabilities but with
-/// everything the kernel grants uid 0 itself (the `/proc/sys` files, the owner of files
-/// it writes to a shared folder, setuid bits on them). So for root the parent writes
-/// the maps instead, while bwrap's child waits (`--userns-block-fd`, `--info-fd`):
-/// uid and gid 0 stay the host's root, which bwrap needs while it builds the sandbox
-/// from root's files, and [`AGENT_ID`] is the agent's subordinate host id
+/// bwrap says which process is the sandbox's (`--info-fd`, `{"child-pid": N, …}`), and
+/// that process waits for a byte (`--block-fd`) before it starts the shim. Meanwhile
+/// the parent bounds the sandbox's share of the kernel's per-user pools from outside
+/// (see [`crate::pools`]), which nothing inside the sandbox could do.
+///
+/// Started by root, the parent also writes the user namespace's maps, while the child
+/// waits on a second descriptor (`--userns-block-fd`). bwrap maps exactly one id, the
+/// sandbox's uid to the caller's; started by root that makes every process of the
+/// sandbox the host's root, without capabilities but with everything the kernel
+/// grants uid 0 itself (the `/proc/sys` files, the owner of files it writes to a
+/// shared folder, setuid bits on them). So for root, uid and gid 0 stay the host's
+/// root, which bwrap needs while it builds the sandbox from root's files, and
+/// [`AGENT_ID`] is the agent's subordinate host id
 /// ([`crate::oci::rootful_agent_owner`]). bwrap keeps only `CAP_SETUID` and
 /// `CAP_SETGID` for the shim, whose first act is to become [`AGENT_ID`] for good
 /// (losing both), before the command or anything else of the sandbox runs.
-pub(crate) struct RootMaps {
+pub(crate) struct Gate {
     /// bwrap writes `{"child-pid": N, …}` here, then closes it.
     info_read: std::fs::File,
     info_write: OwnedFd,
-    /// bwrap's child waits for a byte here.
+    /// bwrap's child waits for a byte here before it starts the shim.
     block_read: OwnedFd,
     block_write: std::fs::File,
+    /// Root only: bwrap's child waits here for its user namespace's maps.
+    userns: Option<(OwnedFd, std::fs::File)>,
 }
 
-impl RootMaps {
-    fn new() -> Result<Self, SandboxError> {
+impl Gate {
+    fn new(root: bool) -> Result<Self, SandboxError> {
         let pipe = || {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
-                SandboxError::io("cannot create a pipe for the user namespace", e.into())
+                SandboxError::io("cannot create a pipe for the sandbox's start", e.into())
             })
         };
         let (info_read, info_write) = pipe()?;
         let (block_read, block_write) = pipe()?;
-        Ok(RootMaps {
+        let userns = match root {
+            true => {
+                let (read, write) = pipe()?;
+                Some((read, write.into()))
+            }
+            false => None,
+        };
+        Ok(Gate {
             info_read: info_read.into(),
             info_write,
             block_read,
             block_write: block_write.into(),
+            userns,
         })
     }
 
+    /// Whether the parent writes the user namespace's maps: root started the sandbox.
+    fn root(&self) -> bool {
+        self.userns.is_some()
+    }
+
     fn bwrap_options(&self) -> Vec<String> {
-        vec![
-            "--userns-block-fd".into(),
-            self.block_read.as_raw_fd().to_string(),
+        let mut options = vec![
             "--info-fd".into(),
             self.info_write.as_raw_fd().to_string(),
-            "--cap-add".into(),
-            "CAP_SETUID".into(),
-            "--cap-add".into(),
-            "CAP_SETGID".into(),
-        ]
+            "--block-fd".into(),
+            self.block_read.as_raw_fd().to_string(),
+        ];
+        if let Some((read, _)) = &self.userns {
+            options.extend([
+                "--userns-block-fd".into(),
+                read.as_raw_fd().to_string(),
+                "--cap-add".into(),
+                "CAP_SETUID".into(),
+                "--cap-add".into(),
+                "CAP_SETGID".into(),
+            ]);
+        }
+        options
     }
 
-    fn child_fds(&self) -> [RawFd; 2] {
-        [self.block_read.as_raw_fd(), self.info_write.as_raw_fd()]
+    fn child_fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.info_write.as_raw_fd(), self.block_read.as_raw_fd()];
+        fds.extend(self.userns.as_ref().map(|(read, _)| read.as_raw_fd()));
+        fds
     }
 
-    /// Reads the child's pid, writes its maps (`agent` for [`AGENT_ID`]) and lets it go.
-    fn write_and_release(self, agent: crate::ownership::Owner) -> Result<(), SandboxError> {
-        let RootMaps {
+    /// Reads the child's pid; as root writes its maps (`agent` for [`AGENT_ID`]);
+    /// bounds its kernel pools; then lets the shim start.
+    fn open(self, agent: crate::ownership::Owner) -> Result<(), SandboxError> {
+        let Gate {
             info_read,
             info_write,
             block_read,
             mut block_write,
+            userns,
         } = self;
         // bwrap has its copies; ours would keep the info pipe from ever ending.
         drop(info_write);
         drop(block_read);
+        let userns = userns.map(|(read, write)| {
+            drop(read);
+            write
+        });
         let info = read_to_end_within(info_read, USERNS_TIMEOUT)?;
         let pid = child_pid(&info).ok_or_else(|| {
             SandboxError::Start(format!(
-                "bwrap did not say which process to give its user namespace ({:?})",
+                "bwrap did not say which process is the sandbox's ({:?})",
                 String::from_utf8_lossy(&info[..info.len().min(200)])
             ))
         })?;
-        let write = |file: &str, text: String| {
-            let path = format!("/proc/{pid}/{file}");
-            std::fs::write(&path, text).map_err(|e| {
-                SandboxError::io(format!("cannot write the sandbox's {file} ({path})"), e)
-            })
-        };
-        write("uid_map", format!("0 0 1\n{AGENT_ID} {} 1\n", agent.uid))?;
-        write("gid_map", format!("0 0 1\n{AGENT_ID} {} 1\n", agent.gid))?;
+        if let Some(mut userns) = userns {
+            let write = |file: &str, text: String| {
+                let path = format!("/proc/{pid}/{file}");
+                std::fs::write(&path, text).map_err(|e| {
+                    SandboxError::io(format!("cannot write the sandbox's {file} ({path})"), e)
+                })
+            };
+            write("uid_map", format!("0 0 1\n{AGENT_ID} {} 1\n", agent.uid))?;
+            write("gid_map", format!("0 0 1\n{AGENT_ID} {} 1\n", agent.gid))?;
+            userns
+                .write_all(b"1")
+                .map_err(|e| SandboxError::io("cannot let the sandbox start", e))?;
+        }
+        crate::pools::bound(pid)?;
         block_write
             .write_all(b"1")
-            .map_err(|e| SandboxError::io("cannot let the sandbox start", e))
+            .map_err(|e| SandboxError::io("cannot let the sandbox's command start", e))
     }
 }
 
@@ -435,19 +475,18 @@ impl Runtime for Bubblewrap {
     fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         self.check()?;
         check_spec(spec)?;
-        let root = if nix::unistd::geteuid().is_root() {
+        let root = nix::unistd::geteuid().is_root();
+        if root {
             // Root's agents run as the agent's subordinate host uid, as in rootful
             // podman; a workspace an older version's sandbox left to root is handed
             // over (see ownership.rs).
             let root = crate::ownership::Owner { uid: 0, gid: 0 };
             crate::ownership::hand_over(&spec.workspace, root, crate::oci::rootful_agent_owner())?;
-            Some(RootMaps::new()?)
-        } else {
-            None
-        };
+        }
+        let gate = Gate::new(root)?;
         let (uid, gid) = match root {
-            Some(_) => (AGENT_ID, AGENT_ID),
-            None => (
+            true => (AGENT_ID, AGENT_ID),
+            false => (
                 nix::unistd::getuid().as_raw(),
                 nix::unistd::getgid().as_raw(),
             ),
@@ -463,6 +502,7 @@ impl Runtime for Bubblewrap {
             .map_err(|e| SandboxError::io("cannot create the sandbox's control channel", e))?;
         let (cgroup, mut reports) = Cgroup::create(&spec.limits);
         reports.extend(wall_time_report(&spec.limits));
+        reports.push(crate::limits::open_files_report(&spec.limits));
         reports.extend(crate::runtime::workspace_report(
             &spec.limits,
             crate::volume::is_mount_point(&spec.workspace),
@@ -471,10 +511,10 @@ impl Runtime for Bubblewrap {
             spec,
             &reports,
             crate::shim::Control::Inherited(sandbox_end.as_raw_fd()),
-            root.as_ref().map(|_| (AGENT_ID, AGENT_ID)),
+            root.then_some((AGENT_ID, AGENT_ID)),
         );
         let sources = MountSources::open(&spec.mounts)?;
-        let (options, shim) = self.args(spec, &workdir, etc.path(), shim, root.as_ref(), &sources);
+        let (options, shim) = self.args(spec, &workdir, etc.path(), shim, &gate, &sources);
         let mut handoff = Handoff::default();
         let options_fd = handoff.with_filters_and_options(options)?;
         let mut command = tokio::process::Command::new(&self.program);
@@ -492,9 +532,7 @@ impl Runtime for Bubblewrap {
         let procs = cgroup.as_ref().map(|c| c.procs_files());
         let mut inherited = handoff.raw_fds();
         inherited.push(sandbox_end.as_raw_fd());
-        if let Some(maps) = &root {
-            inherited.extend(maps.child_fds());
-        }
+        inherited.extend(gate.child_fds());
         inherited.extend(sources.fds.iter().map(|fd| fd.as_raw_fd()));
         // SAFETY: only async-signal-safe calls (fcntl, keyctl, and enter_from_child's
         // open/write/close on prepared paths) run between fork and exec.
@@ -515,10 +553,8 @@ impl Runtime for Bubblewrap {
         drop(handoff);
         drop(sandbox_end);
         drop(sources);
-        if let Some(maps) = root {
-            // On failure the child is killed when dropped (kill_on_drop).
-            maps.write_and_release(crate::oci::rootful_agent_owner())?;
-        }
+        // On failure the child is killed when dropped (kill_on_drop).
+        gate.open(crate::oci::rootful_agent_owner())?;
         let broker = crate::broker::serve(control, crate::runtime::broker_targets(spec))
             .map_err(|e| SandboxError::io("cannot serve the sandbox's control channel", e))?;
         Ok(Sandbox {

@@ -31,6 +31,7 @@ pub mod image;
 pub mod limits;
 pub mod mounts;
 mod ownership;
+mod pools;
 pub mod quota;
 mod runtime;
 pub mod seccomp;

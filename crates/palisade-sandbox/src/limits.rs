@@ -38,6 +38,44 @@ impl Limits {
     }
 }
 
+/// The most open files (`RLIMIT_NOFILE`) each process of a sandbox may hold: 1,024
+/// (the usual soft limit), lowered so that a sandbox full of processes (`pids`) holds
+/// at most an eighth of the host's open-file table (`fs.file-max`). The table is one
+/// for the whole machine and no cgroup bounds it; without this, a sandbox inherited
+/// the gateway's raised limit and one agent could fill the table, after which no
+/// process of the host but root's could open a file. Never below 64.
+pub fn open_files_per_process(pids: Option<u64>) -> u64 {
+    let file_max = std::fs::read_to_string("/proc/sys/fs/file-max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    open_files_within(file_max, pids)
+}
+
+fn open_files_within(file_max: Option<u64>, pids: Option<u64>) -> u64 {
+    const USUAL: u64 = 1024;
+    match (file_max, pids) {
+        (Some(file_max), Some(pids)) if pids > 0 => (file_max / 8 / pids).clamp(64, USUAL),
+        _ => USUAL,
+    }
+}
+
+/// The report of [`open_files_per_process`].
+pub(crate) fn open_files_report(limits: &Limits) -> LimitReport {
+    let each = open_files_per_process(limits.pids);
+    LimitReport {
+        limit: "open-files",
+        value: format!("{each} per process"),
+        mechanism: LimitMechanism::Rlimit,
+        note: Some(match limits.pids {
+            Some(pids) => format!(
+                "at most {} in all with {pids} processes; the host's table holds what fs.file-max says",
+                each * pids
+            ),
+            None => "no process limit, so the sandbox's total is not bounded".into(),
+        }),
+    }
+}
+
 /// How a limit is enforced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -181,6 +219,19 @@ mod tests {
     fn counts_and_durations() {
         assert_eq!(parse_pids("256").unwrap(), 256);
         assert!(parse_pids("0").is_err());
+    }
+
+    #[test]
+    fn a_full_sandbox_holds_at_most_an_eighth_of_the_file_table() {
+        // This machine's table, the default 512 processes: 602 each, 308,224 in all.
+        let each = open_files_within(Some(2_466_097), Some(512));
+        assert_eq!(each, 602);
+        assert!(each * 512 <= 2_466_097 / 8);
+        // A few processes keep the usual limit; many never go below 64.
+        assert_eq!(open_files_within(Some(2_466_097), Some(48)), 1024);
+        assert_eq!(open_files_within(Some(100_000), Some(100_000)), 64);
+        assert_eq!(open_files_within(None, Some(512)), 1024);
+        assert_eq!(open_files_within(Some(2_466_097), None), 1024);
         assert!(parse_pids("many").is_err());
         assert_eq!(parse_cpus("0.5").unwrap(), 0.5);
         assert!(parse_cpus("0").is_err());

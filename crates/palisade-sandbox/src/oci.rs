@@ -152,6 +152,7 @@ impl Oci {
             });
         }
         reports.extend(wall_time_report(limits));
+        reports.push(crate::limits::open_files_report(limits));
         reports
     }
 
@@ -267,9 +268,10 @@ impl Oci {
             }
         }
         let nproc = limits.pids.unwrap_or(4096);
+        let nofile = crate::limits::open_files_per_process(limits.pids);
         push(&[
             "--ulimit",
-            "nofile=4096:4096",
+            &format!("nofile={nofile}:{nofile}"),
             "--ulimit",
             &format!("nproc={nproc}:{nproc}"),
         ]);

@@ -256,6 +256,7 @@ pub(crate) fn shim_options(
         options.host_listen = Some(paths::HOST_SOCKET.to_string());
     }
     options.rlimit_file_size = spec.limits.workspace;
+    options.rlimit_open_files = Some(crate::limits::open_files_per_process(spec.limits.pids));
     for report in reports {
         if report.mechanism == LimitMechanism::Rlimit {
             match report.limit {

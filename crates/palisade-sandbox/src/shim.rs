@@ -47,6 +47,8 @@ pub struct ShimOptions {
     pub rlimit_processes: Option<u64>,
     /// RLIMIT_FSIZE for the command: the workspace quota (no file grows past it).
     pub rlimit_file_size: Option<u64>,
+    /// RLIMIT_NOFILE for the command (see [`crate::limits::open_files_per_process`]).
+    pub rlimit_open_files: Option<u64>,
     /// The Unix socket (`@name` for an abstract one) on which to offer the host's socket
     /// to a runner, relayed through the parent like the vault.
     pub host_listen: Option<String>,
@@ -68,6 +70,7 @@ impl ShimOptions {
             rlimit_address_space: None,
             rlimit_processes: None,
             rlimit_file_size: None,
+            rlimit_open_files: None,
             host_listen: None,
             max_connections: 256,
             user: None,
@@ -97,6 +100,9 @@ impl ShimOptions {
         }
         if let Some(bytes) = self.rlimit_file_size {
             args.extend(["--rlimit-fsize".into(), bytes.to_string()]);
+        }
+        if let Some(count) = self.rlimit_open_files {
+            args.extend(["--rlimit-nofile".into(), count.to_string()]);
         }
         if let Some(name) = &self.host_listen {
             args.extend(["--host-listen".into(), name.clone()]);
@@ -162,6 +168,13 @@ impl ShimOptions {
                         value("--rlimit-fsize")?
                             .parse()
                             .map_err(|_| "--rlimit-fsize needs a byte count".to_string())?,
+                    )
+                }
+                "--rlimit-nofile" => {
+                    options.rlimit_open_files = Some(
+                        value("--rlimit-nofile")?
+                            .parse()
+                            .map_err(|_| "--rlimit-nofile needs a count".to_string())?,
                     )
                 }
                 "--host-listen" => options.host_listen = Some(value("--host-listen")?),
@@ -335,6 +348,7 @@ async fn serve(options: ShimOptions) -> i32 {
     let address_space = options.rlimit_address_space;
     let processes = options.rlimit_processes;
     let file_size = options.rlimit_file_size;
+    let open_files = options.rlimit_open_files;
     // SAFETY: only async-signal-safe syscalls (prctl, setrlimit) run after fork.
     unsafe {
         command.pre_exec(move || {
@@ -348,6 +362,9 @@ async fn serve(options: ShimOptions) -> i32 {
             }
             if let Some(bytes) = file_size {
                 setrlimit(Resource::RLIMIT_FSIZE, bytes, bytes).map_err(std::io::Error::from)?;
+            }
+            if let Some(count) = open_files {
+                setrlimit(Resource::RLIMIT_NOFILE, count, count).map_err(std::io::Error::from)?;
             }
             Ok(())
         });
@@ -535,6 +552,7 @@ mod tests {
         options.rlimit_address_space = Some(1 << 30);
         options.rlimit_processes = Some(64);
         options.rlimit_file_size = Some(64 << 20);
+        options.rlimit_open_files = Some(600);
         options.host_listen = Some("@palisade-host".into());
         options.user = Some((1000, 1001));
         assert_eq!(ShimOptions::from_args(&options.to_args()).unwrap(), options);

@@ -1415,3 +1415,57 @@ fn interrupting_podman_while_it_creates_the_container_leaves_nothing() {
         }
     }
 }
+
+/// Pools the kernel counts per user, not per cgroup, are shared by every sandbox of
+/// that user (and by the user's own programs). One sandbox that takes all the inotify
+/// instances it can get leaves the next sandbox some, and no sandbox may keep more
+/// open files than its share of the host's table.
+#[test]
+fn one_sandbox_cannot_take_a_users_kernel_pools_from_the_next() {
+    each(|w, rt| {
+        if rt != "bwrap" {
+            return;
+        }
+        let workspace = w.home.join("agents/a/workspace");
+        for name in ["pool-held", "pool-done"] {
+            let _ = std::fs::remove_file(workspace.join(name));
+        }
+        // Takes inotify instances until refused, says so in the workspace, and holds
+        // them until the test is done with the second sandbox (30 s at most).
+        let greedy = "python3 - <<'PY'\nimport ctypes, os, time\nlibc = ctypes.CDLL(None, use_errno=True)\nheld = []\nwhile len(held) < 1000:\n    fd = libc.inotify_init1(0)\n    if fd < 0:\n        break\n    held.append(fd)\nopen('/workspace/pool-held', 'w').write(str(len(held)))\nfor _ in range(300):\n    if os.path.exists('/workspace/pool-done'):\n        break\n    time.sleep(0.1)\nPY";
+        std::thread::scope(|scope| {
+            let first = scope.spawn(|| w.sandbox(rt, &[], greedy));
+            let held = workspace.join("pool-held");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !held.exists() && Instant::now() < deadline && !first.is_finished() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let first_count = std::fs::read_to_string(&held).unwrap_or_default();
+            let probe = "python3 - <<'PY'\nimport ctypes, resource\nlibc = ctypes.CDLL(None, use_errno=True)\nprint('inotify', 'ok' if libc.inotify_init1(0) >= 0 else 'refused')\nprint('nofile', resource.getrlimit(resource.RLIMIT_NOFILE)[1])\ntry:\n    resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20, 1 << 20))\n    print('NOFILE-RAISED')\nexcept (ValueError, OSError):\n    pass\nPY";
+            let second = w.sandbox(rt, &[], probe);
+            let _ = std::fs::write(workspace.join("pool-done"), "");
+            let first = first.join().unwrap();
+            let all = format!("first: {}\nsecond: {}", text(&first), text(&second));
+            let first_count: u32 = first_count
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{:?}: the first sandbox said nothing: {all}", w.who));
+            assert!(
+                (1..=16).contains(&first_count),
+                "{:?}: one sandbox took {first_count} inotify instances: {all}",
+                w.who
+            );
+            assert!(text(&second).contains("inotify ok"), "{:?}: {all}", w.who);
+            let nofile: u64 = text(&second)
+                .lines()
+                .find_map(|line| line.strip_prefix("nofile "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{:?}: {all}", w.who));
+            assert!((64..=1024).contains(&nofile), "{:?}: {all}", w.who);
+            assert!(!all.contains("NOFILE-RAISED"), "{:?}: {all}", w.who);
+        });
+        for name in ["pool-held", "pool-done"] {
+            let _ = std::fs::remove_file(workspace.join(name));
+        }
+    });
+}
