@@ -117,6 +117,14 @@ impl Bubblewrap {
         for tmp in ["/tmp", "/var/tmp"] {
             push(&["--perms", "1777", "--size", &tmp_size, "--tmpfs", tmp]);
         }
+        // bwrap's /dev is a RAM filesystem as large as half the host's memory, and
+        // writable by the agent when no root starts the sandbox (where no cgroup may
+        // count its pages either): /dev/shm gets a small one of its own, and /dev is
+        // made read-only below (its devices still read and write).
+        let shm_size = SHM_SIZE.to_string();
+        push(&[
+            "--perms", "1777", "--size", &shm_size, "--tmpfs", "/dev/shm",
+        ]);
         push(&["--dir", "/run/palisade"]);
         push(&[
             "--ro-bind",
@@ -174,7 +182,7 @@ impl Bubblewrap {
         if !gate.root() {
             push(&["--chdir", paths::WORKSPACE]);
         }
-        push(&["--remount-ro", "/"]);
+        push(&["--remount-ro", "/", "--remount-ro", "/dev"]);
         (args, shim)
     }
 }
@@ -245,6 +253,9 @@ fn bind_fd_supported() -> bool {
 
 /// Size of each of `/tmp` and `/var/tmp` when no memory limit is set.
 const TMP_SIZE_DEFAULT: u64 = 1 << 30;
+
+/// Size of `/dev/shm` (POSIX shared memory, semaphores), as in docker's containers.
+const SHM_SIZE: u64 = 64 << 20;
 
 /// The agent's uid and gid inside a sandbox started by root (the same as in podman).
 const AGENT_ID: u32 = crate::oci::AGENT_ID_IN_CONTAINER;

@@ -59,6 +59,17 @@ fn open_files_within(file_max: Option<u64>, pids: Option<u64>) -> u64 {
     }
 }
 
+/// Signals a sandbox may have queued at once (`RLIMIT_SIGPENDING`). Counted per user
+/// and namespace, and charged to the namespace's owner too: without it one sandbox
+/// queued every real-time signal root may queue, and root's `timer_create` and
+/// `sigqueue` failed on the whole host.
+pub const SIGNALS_QUEUED: u64 = 1024;
+
+/// Bytes of POSIX message queues a sandbox may create (`RLIMIT_MSGQUEUE`): an eighth of
+/// the usual 800 KiB per user, charged like [`SIGNALS_QUEUED`]; one queue of the
+/// default size.
+pub const MESSAGE_QUEUE_BYTES: u64 = 102_400;
+
 /// The report of [`open_files_per_process`].
 pub(crate) fn open_files_report(limits: &Limits) -> LimitReport {
     let each = open_files_per_process(limits.pids);

@@ -366,6 +366,12 @@ async fn serve(options: ShimOptions) -> i32 {
             if let Some(count) = open_files {
                 setrlimit(Resource::RLIMIT_NOFILE, count, count).map_err(std::io::Error::from)?;
             }
+            // Counted per user, so bounded for every sandbox (see limits.rs).
+            let signals = crate::limits::SIGNALS_QUEUED;
+            setrlimit(Resource::RLIMIT_SIGPENDING, signals, signals)
+                .map_err(std::io::Error::from)?;
+            let queues = crate::limits::MESSAGE_QUEUE_BYTES;
+            setrlimit(Resource::RLIMIT_MSGQUEUE, queues, queues).map_err(std::io::Error::from)?;
             Ok(())
         });
     }

@@ -1418,8 +1418,9 @@ fn interrupting_podman_while_it_creates_the_container_leaves_nothing() {
 
 /// Pools the kernel counts per user, not per cgroup, are shared by every sandbox of
 /// that user (and by the user's own programs). One sandbox that takes all the inotify
-/// instances it can get leaves the next sandbox some, and no sandbox may keep more
-/// open files than its share of the host's table.
+/// instances and queued signals it can get leaves the next sandbox some, and no
+/// sandbox may keep more open files than its share of the host's table, nor fill
+/// RAM through `/dev`.
 #[test]
 fn one_sandbox_cannot_take_a_users_kernel_pools_from_the_next() {
     each(|w, rt| {
@@ -1430,9 +1431,10 @@ fn one_sandbox_cannot_take_a_users_kernel_pools_from_the_next() {
         for name in ["pool-held", "pool-done"] {
             let _ = std::fs::remove_file(workspace.join(name));
         }
-        // Takes inotify instances until refused, says so in the workspace, and holds
-        // them until the test is done with the second sandbox (30 s at most).
-        let greedy = "python3 - <<'PY'\nimport ctypes, os, time\nlibc = ctypes.CDLL(None, use_errno=True)\nheld = []\nwhile len(held) < 1000:\n    fd = libc.inotify_init1(0)\n    if fd < 0:\n        break\n    held.append(fd)\nopen('/workspace/pool-held', 'w').write(str(len(held)))\nfor _ in range(300):\n    if os.path.exists('/workspace/pool-done'):\n        break\n    time.sleep(0.1)\nPY";
+        // Takes inotify instances and queues real-time signals until refused, says so
+        // in the workspace, and holds both until the test is done with the second
+        // sandbox (30 s at most).
+        let greedy = "python3 - <<'PY'\nimport ctypes, os, signal, time\nlibc = ctypes.CDLL(None, use_errno=True)\nheld = []\nwhile len(held) < 1000:\n    fd = libc.inotify_init1(0)\n    if fd < 0:\n        break\n    held.append(fd)\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])\nqueued = 0\nwhile queued < 200000 and libc.sigqueue(os.getpid(), int(signal.SIGRTMIN), ctypes.c_void_p(0)) == 0:\n    queued += 1\nopen('/workspace/pool-held', 'w').write(f'{len(held)} {queued}')\nfor _ in range(300):\n    if os.path.exists('/workspace/pool-done'):\n        break\n    time.sleep(0.1)\nPY";
         std::thread::scope(|scope| {
             let first = scope.spawn(|| w.sandbox(rt, &[], greedy));
             let held = workspace.join("pool-held");
@@ -1440,29 +1442,48 @@ fn one_sandbox_cannot_take_a_users_kernel_pools_from_the_next() {
             while !held.exists() && Instant::now() < deadline && !first.is_finished() {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let first_count = std::fs::read_to_string(&held).unwrap_or_default();
-            let probe = "python3 - <<'PY'\nimport ctypes, resource\nlibc = ctypes.CDLL(None, use_errno=True)\nprint('inotify', 'ok' if libc.inotify_init1(0) >= 0 else 'refused')\nprint('nofile', resource.getrlimit(resource.RLIMIT_NOFILE)[1])\ntry:\n    resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20, 1 << 20))\n    print('NOFILE-RAISED')\nexcept (ValueError, OSError):\n    pass\nPY";
+            let first_counts = std::fs::read_to_string(&held).unwrap_or_default();
+            let probe = "python3 - <<'PY'\nimport ctypes, os, resource, signal\nlibc = ctypes.CDLL(None, use_errno=True)\nprint('inotify', 'ok' if libc.inotify_init1(0) >= 0 else 'refused')\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])\nprint('signal', 'ok' if libc.sigqueue(os.getpid(), int(signal.SIGRTMIN), ctypes.c_void_p(0)) == 0 else 'refused')\nprint('nofile', resource.getrlimit(resource.RLIMIT_NOFILE)[1])\nprint('msgqueue', resource.getrlimit(resource.RLIMIT_MSGQUEUE)[1])\ntry:\n    resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20, 1 << 20))\n    print('NOFILE-RAISED')\nexcept (ValueError, OSError):\n    pass\nPY\nhead -c 100M /dev/zero > /dev/shm/big 2>/dev/null || echo shm-bounded $(du -m /dev/shm/big | cut -f1)\nrm -f /dev/shm/big\necho x > /dev/planted 2>/dev/null && echo DEV-WRITABLE\necho ok > /dev/null && echo devices-work";
             let second = w.sandbox(rt, &[], probe);
             let _ = std::fs::write(workspace.join("pool-done"), "");
             let first = first.join().unwrap();
             let all = format!("first: {}\nsecond: {}", text(&first), text(&second));
-            let first_count: u32 = first_count
-                .trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("{:?}: the first sandbox said nothing: {all}", w.who));
+            let counts: Vec<u32> = first_counts
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            let [instances, signals] = counts[..] else {
+                panic!("{:?}: the first sandbox said nothing: {all}", w.who)
+            };
             assert!(
-                (1..=16).contains(&first_count),
-                "{:?}: one sandbox took {first_count} inotify instances: {all}",
+                (1..=16).contains(&instances),
+                "{:?}: one sandbox took {instances} inotify instances: {all}",
                 w.who
             );
-            assert!(text(&second).contains("inotify ok"), "{:?}: {all}", w.who);
-            let nofile: u64 = text(&second)
+            assert!(
+                (1..=1024).contains(&signals),
+                "{:?}: one sandbox queued {signals} signals: {all}",
+                w.who
+            );
+            let second = text(&second);
+            for expected in ["inotify ok", "signal ok", "msgqueue 102400", "devices-work"] {
+                assert!(second.contains(expected), "{:?}: {expected}: {all}", w.who);
+            }
+            let nofile: u64 = second
                 .lines()
                 .find_map(|line| line.strip_prefix("nofile "))
                 .and_then(|n| n.trim().parse().ok())
                 .unwrap_or_else(|| panic!("{:?}: {all}", w.who));
             assert!((64..=1024).contains(&nofile), "{:?}: {all}", w.who);
-            assert!(!all.contains("NOFILE-RAISED"), "{:?}: {all}", w.who);
+            let shm: u64 = second
+                .lines()
+                .find_map(|line| line.strip_prefix("shm-bounded "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{:?}: /dev/shm not bounded at 64M: {all}", w.who));
+            assert!(shm <= 64, "{:?}: {all}", w.who);
+            for refused in ["NOFILE-RAISED", "DEV-WRITABLE"] {
+                assert!(!all.contains(refused), "{:?}: {refused}: {all}", w.who);
+            }
         });
         for name in ["pool-held", "pool-done"] {
             let _ = std::fs::remove_file(workspace.join(name));
