@@ -26,10 +26,12 @@
 //!   before any handler runs.
 //!
 //! [`serve`] runs the app with the peer's address as connect info, which [`peer`]
-//! needs: every server of it starts there.
+//! needs, on a bounded number of connections that must not idle ([`listener`]):
+//! every server of it starts there.
 
 pub mod auth;
 pub mod guard;
+mod listener;
 mod model_lists;
 mod pages;
 pub mod peer;
@@ -37,6 +39,7 @@ pub mod peer;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
+pub use listener::{serve, HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 use palisade_host::api::ApiTokens;
 use palisade_host::Host;
 use palisade_store::Store;
@@ -73,23 +76,6 @@ pub(crate) struct WebState {
     /// The local user whose browser last logged in, when it was one of this machine
     /// ([`peer`]): the session cookie is good only on that user's connections.
     pub(crate) session_uid: Arc<std::sync::Mutex<Option<u32>>>,
-}
-
-/// Serves `app` (from [`app`]) on `listener` until `stop` turns true, telling handlers
-/// each connection's peer address.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    mut stop: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    })
-    .await
 }
 
 /// The web UI and the JSON API on one router, behind the Host check and security

@@ -1250,3 +1250,73 @@ async fn the_channels_page_adds_links_and_removes_through_the_cli_code_behind_cs
     assert!(web.store.list_channels().unwrap().is_empty());
     web.stop().await;
 }
+
+/// Connections that send nothing, or a request head a byte at a time, cannot take the
+/// host's descriptors: past [`palisade_web::MAX_CONNECTIONS`] new ones are closed at
+/// once, every idle one is closed after [`palisade_web::HEADER_READ_TIMEOUT`], and
+/// the pages answer again as soon as they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_bounded_and_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let web = Web::start().await;
+    let extra = 20;
+    let mut idle = Vec::new();
+    for _ in 0..palisade_web::MAX_CONNECTIONS + extra {
+        idle.push(tokio::net::TcpStream::connect(web.addr).await.unwrap());
+    }
+    // One of them dribbles a request head, a byte every half second.
+    let slow = tokio::spawn({
+        let addr = web.addr;
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            for byte in head {
+                if stream.write_all(&[*byte]).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            false
+        }
+    });
+    // The ones past the limit are closed at once (the last ones opened, give or take
+    // the order in which the server took them); every other one within the timeout.
+    async fn closed(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(within, stream.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+    let mut closed_at_once = 0;
+    for stream in idle.iter_mut().rev().take(2 * extra) {
+        if closed(stream, Duration::from_millis(200)).await {
+            closed_at_once += 1;
+        }
+    }
+    assert!(
+        closed_at_once >= extra,
+        "only {closed_at_once} of the {extra} connections past the limit were closed at once"
+    );
+    let limit = palisade_web::HEADER_READ_TIMEOUT + Duration::from_secs(20);
+    let started = std::time::Instant::now();
+    for stream in &mut idle {
+        let left = limit.saturating_sub(started.elapsed());
+        assert!(
+            closed(stream, left).await,
+            "an idle connection is still open after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), slow)
+            .await
+            .unwrap()
+            .unwrap(),
+        "a request head sent a byte at a time was never cut off"
+    );
+    drop(idle);
+    web.login().await;
+    assert_eq!(web.get("/").await.status(), StatusCode::OK);
+    web.stop().await;
+}

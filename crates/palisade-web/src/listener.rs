@@ -1,0 +1,83 @@
+//! The web server's own accept loop: a bounded number of connections, each of which
+//! must send a request head within [`HEADER_READ_TIMEOUT`] (also between requests on a
+//! kept-alive one).
+//!
+//! `axum::serve` accepts without limit and never times a connection out, and this
+//! listener is shared with the Slack and Discord webhooks that a reverse proxy may
+//! expose: 20,000 idle connections took every descriptor the host process may open,
+//! and with them the gateway's listener, the channels' connections and the audit
+//! anchor. Here a full server closes new connections at once, and each connection is
+//! hyper's HTTP/1.1 with axum's router as the service.
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use tower_service::Service;
+
+/// Connections served at once; more are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A connection must send a whole request head within this time, the first one and
+/// each next one on a kept-alive connection (browsers open a new one).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a stop waits for the requests under way.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `stop` turns true, with each connection's peer
+/// address as [`ConnectInfo`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, or a connection reset before it was taken:
+                    // wait a little rather than spin.
+                    tracing::warn!(%error, "web server: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|stop| *stop).await; } => break,
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "web server full: connection closed");
+            continue;
+        };
+        let app = app.clone();
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            let _place = place;
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    let mut app = app.clone();
+                    async move { app.call(request).await }
+                });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, connection).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(DRAIN, connections.wait()).await;
+    Ok(())
+}
