@@ -5,7 +5,11 @@
 //! of descriptors and every agent was refused. So every connection holds a permit of
 //! the gateway-wide cap (taken at accept) and one of its agent's cap (at accept on an
 //! agent socket, at the first authenticated request on the TCP listener); the permits
-//! move with the connection into the TLS tunnel it opens. A connection with no request
+//! move with the connection into the TLS tunnel it opens. Until its first request
+//! authenticates, a connection on the TCP listener also holds a place among the
+//! anonymous ones (a quarter of the cap, at most 1,024), so connections that never
+//! authenticate (any local process may open them) cannot take the places of the
+//! agents' sockets. A connection with no request
 //! in flight is closed once it has been silent for the idle timeout (sooner if it never
 //! sent a request), so idle tunnels do not pile up.
 //!
@@ -36,6 +40,13 @@ pub struct ConnectionLimits {
     /// Each agent's requests in flight, over all its connections and HTTP/2 streams.
     requests: Mutex<HashMap<AgentName, Arc<Semaphore>>>,
     requests_max: usize,
+    /// TCP connections that have not authenticated yet.
+    anonymous: Arc<Semaphore>,
+}
+
+/// The most connections that have not authenticated yet, of a gateway-wide cap.
+fn anonymous_max(global: usize) -> usize {
+    (global / 4).clamp(1, 1024)
 }
 
 impl ConnectionLimits {
@@ -48,7 +59,13 @@ impl ConnectionLimits {
             per_agent_max: per_agent.max(1),
             requests: Mutex::new(HashMap::new()),
             requests_max: requests_per_agent.max(1),
+            anonymous: Arc::new(Semaphore::new(anonymous_max(global.max(1)))),
         }
+    }
+
+    /// A place among the connections that have not authenticated yet, if one is free.
+    pub fn admit_anonymous(&self) -> Option<OwnedSemaphorePermit> {
+        self.anonymous.clone().try_acquire_owned().ok()
     }
 
     pub fn per_agent_max(&self) -> usize {
@@ -124,13 +141,22 @@ fn share_of(
 #[derive(Default)]
 pub struct ConnectionPermits {
     held: Mutex<Vec<(Option<AgentName>, OwnedSemaphorePermit)>>,
+    /// Given back at the first request that authenticates.
+    anonymous: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl ConnectionPermits {
     pub fn with_global(permit: OwnedSemaphorePermit) -> Arc<Self> {
         Arc::new(ConnectionPermits {
             held: Mutex::new(vec![(None, permit)]),
+            anonymous: Mutex::new(None),
         })
+    }
+
+    /// Also holds a place among the connections not yet authenticated.
+    pub fn with_anonymous(self: Arc<Self>, permit: OwnedSemaphorePermit) -> Arc<Self> {
+        *self.anonymous.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
+        self
     }
 
     pub fn hold(&self, agent: AgentName, permit: OwnedSemaphorePermit) {
@@ -146,6 +172,10 @@ impl ConnectionPermits {
         match limits.admit_agent(agent) {
             Some(permit) => {
                 held.push((Some(agent.clone()), permit));
+                self.anonymous
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
                 true
             }
             None => false,
@@ -257,6 +287,10 @@ pub struct ClientConnection {
     /// A tunnel's own HTTP/1.1 connection to its target; `None` for requests on the
     /// TCP listener, which may each name another target.
     pub upstream: Option<Arc<crate::upstream::OwnedUpstream>>,
+    /// The digest of the token a tunnel was opened with: its requests are refused once
+    /// that token is no longer its agent's (rotated). `None` on an agent's socket, and
+    /// for requests on the TCP listener, which each show their token.
+    pub token: Option<Arc<str>>,
 }
 
 /// A request in flight on a connection, and its place under its agent's share of

@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_policy::{AgentName, ErrorBody, GatewayErrorKind};
-use sha2::{Digest, Sha256};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,10 +104,11 @@ async fn front(
             .authority()
             .map(|a| a.as_str().to_string())
             .unwrap_or_default();
-        let agent = match admit(&connection, request.headers(), "CONNECT", &authority, "").await {
-            Ok(agent) => agent,
-            Err(response) => return response,
-        };
+        let (agent, token) =
+            match admit(&connection, request.headers(), "CONNECT", &authority, "").await {
+                Ok(caller) => caller,
+                Err(response) => return response,
+            };
         let Some(target) = Target::parse_authority(&authority, Scheme::Https) else {
             let body = ErrorBody::new(GatewayErrorKind::BadRequest, "")
                 .with_message("CONNECT needs a target of the form host:port (a DNS name or an IP address in its usual form)");
@@ -137,7 +137,8 @@ async fn front(
         tracker.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    tunnel::run(shared, agent, target, upgraded, permits, activity).await
+                    let caller = tunnel::Caller { agent, token };
+                    tunnel::run(shared, caller, target, upgraded, permits, activity).await
                 }
                 Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
             }
@@ -152,8 +153,9 @@ async fn front(
             .unwrap_or_default();
         let method = request.method().to_string();
         let path = request.uri().path().to_string();
+        // Each request on this listener carries its token, checked here.
         let agent = match admit(&connection, request.headers(), &method, &authority, &path).await {
-            Ok(agent) => agent,
+            Ok((agent, _)) => agent,
             Err(response) => return response,
         };
         let Some(target) = Target::from_uri(request.uri()) else {
@@ -174,6 +176,7 @@ async fn front(
             activity: connection.activity.clone(),
             permits: connection.permits.clone(),
             upstream: None,
+            token: None,
         };
         let placed = in_flight.hold_place(&shared.limits.requests_of(&agent));
         let Ok(response) = pipeline::handle(
@@ -195,20 +198,27 @@ async fn front(
     }
 }
 
-/// The agent behind a request, counted against its share of connections; otherwise the
-/// refusal (407 without a known token, 503 beyond the agent's share), audited.
+/// The agent behind a request and the digest of the token it showed (none on an agent's
+/// socket), counted against its share of connections; otherwise the refusal (407
+/// without a known token, 503 beyond the agent's share), audited.
 async fn admit(
     connection: &Connection,
     headers: &http::HeaderMap,
     method: &str,
     authority: &str,
     path: &str,
-) -> Result<AgentName, Response<crate::body::ProxyBody>> {
+) -> Result<(AgentName, Option<Arc<str>>), Response<crate::body::ProxyBody>> {
     let shared = &connection.shared;
-    let agent = match authenticate(shared, &connection.entry, headers).await {
-        Ok(agent) => agent,
+    let (agent, token) = match authenticate(shared, &connection.entry, headers).await {
+        Ok(caller) => caller,
         Err(body) => {
-            let response = refusal(&body);
+            // And the connection ends: one that never authenticates may not stay open
+            // by sending a request now and then (see conn.rs on its place).
+            let mut response = refusal(&body);
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
             let record = Record::about(None, method, authority, path);
             refused_at_front(
                 shared,
@@ -240,7 +250,7 @@ async fn admit(
         .await;
         return Err(response);
     }
-    Ok(agent)
+    Ok((agent, token))
 }
 
 /// The agent behind a request: the socket's owner, or the token in `Proxy-Authorization`.
@@ -250,9 +260,9 @@ async fn authenticate(
     shared: &Shared,
     entry: &Entry,
     headers: &http::HeaderMap,
-) -> Result<AgentName, ErrorBody> {
+) -> Result<(AgentName, Option<Arc<str>>), ErrorBody> {
     let token = match entry {
-        Entry::Agent(name) => return Ok(name.clone()),
+        Entry::Agent(name) => return Ok((name.clone(), None)),
         Entry::Tcp => headers
             .get(http::header::PROXY_AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -266,8 +276,9 @@ async fn authenticate(
             "Proxy authentication required: send Proxy-Authorization: Basic base64(\"x:\" + TOKEN) with the agent's token (`palisade agents token NAME`).",
         ));
     };
+    let digest = || Some(Arc::from(crate::state::token_digest(&token)));
     if let Some(agent) = shared.snapshot.load().agent_for_token(&token) {
-        return Ok(agent.clone());
+        return Ok((agent.clone(), digest()));
     }
     let unknown = || {
         unauthorized(
@@ -277,7 +288,7 @@ async fn authenticate(
     let Ok(_permit) = shared.token_lookups.try_acquire() else {
         return Err(unknown());
     };
-    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    let hash = crate::state::token_digest(&token);
     let store = shared.store.clone();
     let known = tokio::task::spawn_blocking(move || store.token_hash_known(&hash))
         .await
@@ -286,7 +297,7 @@ async fn authenticate(
         .unwrap_or(false);
     if known && shared.reload_snapshot().await.is_ok() {
         if let Some(agent) = shared.snapshot.load().agent_for_token(&token) {
-            return Ok(agent.clone());
+            return Ok((agent.clone(), digest()));
         }
     }
     Err(unknown())

@@ -437,7 +437,18 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener, entry: Entry) {
             refuse_connection(&shared, stream, None);
             continue;
         };
-        let permits = ConnectionPermits::with_global(global);
+        let mut permits = ConnectionPermits::with_global(global);
+        if let Entry::Tcp = &entry {
+            let Some(anonymous) = shared.limits.admit_anonymous() else {
+                warn(
+                    "as many connections as may wait to authenticate are open; refusing one",
+                    &entry,
+                );
+                refuse_connection(&shared, stream, None);
+                continue;
+            };
+            permits = permits.with_anonymous(anonymous);
+        }
         if let Entry::Agent(agent) = &entry {
             match shared.limits.admit_agent(agent) {
                 Some(permit) => permits.hold(agent.clone(), permit),

@@ -133,8 +133,12 @@ impl Snapshot {
     }
 
     pub fn agent_for_token(&self, token: &str) -> Option<&AgentName> {
-        let hash = hex::encode(Sha256::digest(token.as_bytes()));
-        self.tokens.get(&hash)
+        self.tokens.get(&token_digest(token))
+    }
+
+    /// Whether the token with this digest is still `agent`'s.
+    pub fn token_is_agents(&self, digest: &str, agent: &AgentName) -> bool {
+        self.tokens.get(digest) == Some(agent)
     }
 
     /// Compares digests so the time taken does not reveal how much of a guess matched.
@@ -146,6 +150,11 @@ impl Snapshot {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
     }
+}
+
+/// How the store and the snapshot know a token: its SHA-256, in hex.
+pub fn token_digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 pub struct Shared {

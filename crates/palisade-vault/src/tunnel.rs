@@ -27,14 +27,22 @@ const UPSTREAM_QUIET: Duration = Duration::from_secs(2);
 /// microseconds and the window does not set their speed.
 const AGENT_H2_WINDOW: u32 = 256 * 1024;
 
+/// Who opened a tunnel: the agent, and the digest of the token it showed (none on its
+/// socket).
+pub struct Caller {
+    pub agent: AgentName,
+    pub token: Option<Arc<str>>,
+}
+
 pub async fn run(
     shared: Arc<Shared>,
-    agent: AgentName,
+    caller: Caller,
     target: Target,
     upgraded: Upgraded,
     permits: Arc<ConnectionPermits>,
     activity: Arc<Activity>,
 ) {
+    let Caller { agent, token } = caller;
     // `permits` is held until the tunnel ends, and by a WebSocket upgraded inside it
     // until that ends: the tunnel and the WebSocket are the same client connection.
     let io = TokioIo::new(upgraded);
@@ -109,6 +117,7 @@ pub async fn run(
                     activity: activity.clone(),
                     permits: permits.clone(),
                     upstream: Some(upstream.clone()),
+                    token: token.clone(),
                 },
                 placed,
             ));

@@ -944,8 +944,26 @@ fn raise_descriptor_limit() {
 }
 
 /// Reads what the gateway sends on `stream` within `wait` (empty if nothing, or closed).
-fn read_some(stream: &mut UnixStream, wait: Duration) -> (String, bool) {
-    stream.set_read_timeout(Some(wait)).unwrap();
+/// A stream whose reads can time out, over either kind of socket.
+trait TimedRead: Read {
+    fn time_out_after(&self, wait: Duration);
+}
+
+impl TimedRead for UnixStream {
+    fn time_out_after(&self, wait: Duration) {
+        self.set_read_timeout(Some(wait)).unwrap();
+    }
+}
+
+impl TimedRead for std::net::TcpStream {
+    fn time_out_after(&self, wait: Duration) {
+        self.set_read_timeout(Some(wait)).unwrap();
+    }
+}
+
+/// What `stream` says within `wait`, and whether it was closed.
+fn read_some(stream: &mut impl TimedRead, wait: Duration) -> (String, bool) {
+    stream.time_out_after(wait);
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -1448,6 +1466,96 @@ fn one_agent_cannot_exhaust_the_gateways_connections() {
     let (text, _) = read_some(&mut again, Duration::from_secs(5));
     assert!(!text.contains("too_many_connections"), "{text}");
     assert!(text.starts_with("HTTP/1.1 "), "{text}");
+}
+
+/// Connections that never authenticate have places of their own (a quarter of the
+/// gateway's cap), so a flood of them, which any local process may open on the TCP
+/// listener, leaves the agents' sockets served; and a 407 ends its connection, so none
+/// stays open unauthenticated by sending a request now and then. (Before, 60 idle TCP
+/// connections took all 40 places and every agent got 503, and a connection answered
+/// 407 every 25 s stayed open for good.)
+#[test]
+fn connections_that_never_authenticate_cannot_crowd_out_the_agents() {
+    let attack = Attack::start(&["--max-connections", "40"]);
+    attack.setup.agent("worker");
+    let socket = attack.setup.palisade.home().join("run/agents/worker.sock");
+    assert!(wait_until(Duration::from_secs(5), || socket.exists()));
+    let mut idle: Vec<std::net::TcpStream> = (0..60)
+        .filter_map(|_| std::net::TcpStream::connect(attack.setup.addr()).ok())
+        .collect();
+    assert_eq!(idle.len(), 60);
+    // The last one is past any cap: once it is refused, the gateway has taken them all.
+    let (_, refused) = read_some(idle.last_mut().unwrap(), Duration::from_secs(10));
+    assert!(refused, "the 60th idle connection was never refused");
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        attack.url("/echo").replace("https", "http")
+    );
+    let mut agent = UnixStream::connect(&socket).unwrap();
+    agent.write_all(request.as_bytes()).unwrap();
+    let (text, _) = read_some(&mut agent, Duration::from_secs(10));
+    assert!(!text.contains("too_many_connections"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 "), "{text}");
+    drop(idle);
+
+    // Once the gateway has seen the idle ones go, a request without a token gets 407,
+    // and its connection ends.
+    let mut answer = (String::new(), false);
+    wait_until(Duration::from_secs(10), || {
+        let mut anonymous = std::net::TcpStream::connect(attack.setup.addr()).unwrap();
+        anonymous
+            .write_all(b"GET http://localhost/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        answer = read_some(&mut anonymous, Duration::from_secs(5));
+        !answer.0.starts_with("HTTP/1.1 503")
+    });
+    let (text, closed) = answer;
+    assert!(text.starts_with("HTTP/1.1 407"), "{text}");
+    assert!(closed, "the connection stayed open after its 407: {text}");
+}
+
+/// Sends one request in a TLS tunnel, prints `before STATUS`, waits for a line on stdin,
+/// then sends another in the same tunnel and prints `after STATUS`.
+const TWO_REQUESTS_CLIENT: &str = r#"
+import base64, http.client, os, ssl, sys
+proxy_host, proxy_port = os.environ["PROXY"].rsplit(":", 1)
+auth = base64.b64encode(("x:" + os.environ["TOKEN"]).encode()).decode()
+context = ssl.create_default_context(cafile=os.environ["VAULT_CA"])
+conn = http.client.HTTPSConnection(proxy_host, int(proxy_port), context=context, timeout=20)
+conn.set_tunnel("localhost", int(os.environ["UPSTREAM_PORT"]), headers={"Proxy-Authorization": "Basic " + auth})
+for step in ("before", "after"):
+    if step == "after":
+        sys.stdin.readline()
+    conn.request("GET", "/v1/" + step)
+    response = conn.getresponse()
+    response.read()
+    print(step, response.status, flush=True)
+"#;
+
+/// A token rotated while a tunnel opened with it is still up ends that tunnel's use:
+/// its next request is refused (407) and nothing reaches the upstream, with or without
+/// the agent's credential. (Only new connections were refused before; an open HTTP/1.1
+/// or HTTP/2 tunnel kept getting the credential injected for as long as it lived.)
+#[test]
+fn a_rotated_token_ends_the_tunnels_opened_with_it() {
+    let attack = Attack::start(&[]);
+    let token = attack.probe_with_v1_key("v1-secret-value-8d2f");
+    let mut client = Interactive::start(&attack, TWO_REQUESTS_CLIENT, &token, &[]);
+    assert_eq!(client.line(), "before 200");
+    let served = attack.setup.upstream.count();
+    let rotated = attack.json(&["agents", "token", "probe", "--rotate"]);
+    assert_ne!(rotated["token"].as_str(), Some(token.as_str()), "{rotated}");
+    client.send("go");
+    assert_eq!(client.line(), "after 407");
+    assert_eq!(
+        attack.setup.upstream.count(),
+        served,
+        "the request went upstream"
+    );
+    // The new token works, on a new connection.
+    let new = rotated["token"].as_str().unwrap();
+    let reply = attack.curl(new, &[&attack.url("/v1/again")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
 }
 
 /// Opens `COUNT` WebSockets to the upstream's `/ws`, each in its own tunnel, printing

@@ -1,6 +1,8 @@
-//! Phase 1, admit: the gateway is not shutting down and the agent still exists (its
-//! connection may have opened before it was deleted). Yields the policy snapshot the
-//! rest of the request is judged by, so one request sees one consistent policy.
+//! Phase 1, admit: the gateway is not shutting down, the agent still exists (its
+//! connection may have opened before it was deleted), and the token a tunnel was
+//! opened with is still the agent's (it may have been rotated since). Yields the
+//! policy snapshot the rest of the request is judged by, so one request sees one
+//! consistent policy.
 
 use super::{Decision, Refusal};
 use crate::state::{Shared, Snapshot};
@@ -11,6 +13,7 @@ pub(super) fn admit(
     shared: &Shared,
     agent: &AgentName,
     host: &str,
+    token: Option<&str>,
 ) -> Result<(Arc<Snapshot>, Profile), Refusal> {
     if shared.is_shutting_down() {
         return Err(Refusal::of(
@@ -28,5 +31,13 @@ pub(super) fn admit(
             )),
         ));
     };
+    if token.is_some_and(|digest| !snapshot.token_is_agents(digest, agent)) {
+        return Err(Refusal::new(
+            Decision::ProxyAuthRequired,
+            ErrorBody::new(GatewayErrorKind::ProxyAuthRequired, host).with_message(format!(
+                "the token this connection was opened with is no longer agent {agent}'s (rotated); open a new connection with the current one"
+            )),
+        ));
+    }
     Ok((snapshot, profile))
 }

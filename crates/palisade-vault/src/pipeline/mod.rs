@@ -106,7 +106,7 @@ async fn run(
     body: &mut RequestBody,
     audit: &mut audit::Pending,
 ) -> Result<(Decision, Response<ProxyBody>), Refusal> {
-    let (snapshot, profile) = admit::admit(shared, agent, &target.host)?;
+    let (snapshot, profile) = admit::admit(shared, agent, &target.host, client.token.as_deref())?;
     let path = canonical::canonicalize(&mut parts, target)?;
     audit.record().path = path.as_str().to_string();
     local::refuse_local(shared, target)?;
@@ -166,7 +166,8 @@ async fn run(
         // approval stands for whatever asked for it (its rule or the dial); a block or a
         // default deny now is final, and the credential is the one granted now (none if
         // the grant was revoked). Rate limits were counted once.
-        let (snapshot, profile) = admit::admit(shared, agent, &target.host)?;
+        let (snapshot, profile) =
+            admit::admit(shared, agent, &target.host, client.token.as_deref())?;
         current = snapshot;
         let now = policy::judge(
             shared,
