@@ -429,44 +429,55 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener, entry: Entry) {
                 continue;
             }
         }
-        let Some(global) = shared.limits.admit() else {
-            warn(
-                "the gateway's connection cap is reached; refusing a connection",
-                &entry,
-            );
-            refuse_connection(&shared, stream, None);
-            continue;
-        };
-        let mut permits = ConnectionPermits::with_global(global);
-        if let Entry::Tcp = &entry {
-            let Some(anonymous) = shared.limits.admit_anonymous() else {
-                warn(
-                    "as many connections as may wait to authenticate are open; refusing one",
-                    &entry,
-                );
-                refuse_connection(&shared, stream, None);
+        let permits = match places_for(&shared.limits, &entry) {
+            Ok(permits) => permits,
+            Err((why, agent)) => {
+                warn(&why, &entry);
+                refuse_connection(&shared, stream, agent);
                 continue;
-            };
-            permits = permits.with_anonymous(anonymous);
-        }
-        if let Entry::Agent(agent) = &entry {
-            match shared.limits.admit_agent(agent) {
-                Some(permit) => permits.hold(agent.clone(), permit),
-                None => {
-                    warn(
-                        &format!("agent {agent} has all the connections it may have; refusing one"),
-                        &entry,
-                    );
-                    refuse_connection(&shared, stream, Some(agent.clone()));
-                    continue;
-                }
             }
-        }
+        };
         let connection_shared = shared.clone();
         let entry = entry.clone();
         shared.tasks.spawn(async move {
             serve_connection(connection_shared, stream, entry, permits).await;
         });
+    }
+}
+
+/// The places a new connection on `entry` holds: one under the gateway-wide cap, and
+/// one of its agent's share (agent socket) or one of those kept for connections not yet
+/// authenticated (TCP); or why there is none, and whose share is full.
+fn places_for(
+    limits: &crate::conn::ConnectionLimits,
+    entry: &Entry,
+) -> Result<Arc<ConnectionPermits>, (String, Option<AgentName>)> {
+    let global = limits.admit().ok_or_else(|| {
+        (
+            "the gateway's connection cap is reached; refusing a connection".to_string(),
+            None,
+        )
+    })?;
+    let permits = ConnectionPermits::with_global(global);
+    match entry {
+        Entry::Tcp => match limits.admit_anonymous() {
+            Some(anonymous) => Ok(permits.with_anonymous(anonymous)),
+            None => Err((
+                "as many connections as may wait to authenticate are open; refusing one"
+                    .to_string(),
+                None,
+            )),
+        },
+        Entry::Agent(agent) => match limits.admit_agent(agent) {
+            Some(permit) => {
+                permits.hold(agent.clone(), permit);
+                Ok(permits)
+            }
+            None => Err((
+                format!("agent {agent} has all the connections it may have; refusing one"),
+                Some(agent.clone()),
+            )),
+        },
     }
 }
 
