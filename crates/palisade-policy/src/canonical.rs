@@ -50,6 +50,8 @@ pub enum PathRefusal {
     DisguisedDotSegment,
     #[error("the path contains a segment of parameters only ('/;x/'), which some servers drop and others keep")]
     ParametersOnlySegment,
+    #[error("the path contains percent-escapes that do not decode to UTF-8 (such as the overlong %C0%AE for '.'), which some servers read as other characters")]
+    NotUtf8,
 }
 
 /// A request path (no query) in canonical form, with its match form.
@@ -73,6 +75,14 @@ impl CanonicalPath {
             let segment = decode_unreserved(raw_segment)?;
             if escapes_an_escape(&segment) {
                 return Err(PathRefusal::DoubleEncoded);
+            }
+            if segment.contains('%')
+                && std::str::from_utf8(
+                    &percent_encoding::percent_decode_str(&segment).collect::<Vec<u8>>(),
+                )
+                .is_err()
+            {
+                return Err(PathRefusal::NotUtf8);
             }
             let is_last = index == last;
             match segment.as_str() {
@@ -337,6 +347,9 @@ mod tests {
             ("/a%252Fb", PathRefusal::DoubleEncoded),
             ("/a%25%32%66b", PathRefusal::DoubleEncoded),
             ("/a%25%32fb", PathRefusal::DoubleEncoded),
+            ("/a%FFb", PathRefusal::NotUtf8),
+            ("/%c0%ae%c0%ae/admin/x", PathRefusal::NotUtf8),
+            ("/admin%C3/x", PathRefusal::NotUtf8),
             ("*", PathRefusal::NotAbsolute),
             ("", PathRefusal::NotAbsolute),
             ("admin", PathRefusal::NotAbsolute),
@@ -355,8 +368,6 @@ mod tests {
         assert_eq!(matched("/admin/x/"), "/admin/x");
         assert_eq!(matched("/"), "/");
         assert_eq!(matched("/a%20b"), "/a b");
-        // Not UTF-8 once decoded: kept escaped.
-        assert_eq!(matched("/a%FFb"), "/a%FFb");
     }
 
     #[test]
@@ -464,7 +475,7 @@ mod tests {
                     PathRefusal::EncodedSlash => lower.contains("%2f"),
                     PathRefusal::Backslash => lower.contains("%5c") || raw.contains('\\'),
                     PathRefusal::ControlCharacter => lower.contains("%00"),
-                    PathRefusal::MalformedEscape => raw.contains('%'),
+                    PathRefusal::MalformedEscape | PathRefusal::NotUtf8 => raw.contains('%'),
                     PathRefusal::DoubleEncoded => lower.contains("%25"),
                     PathRefusal::AboveRoot => raw.contains("..") || lower.contains("%2e"),
                     PathRefusal::DisguisedDotSegment | PathRefusal::ParametersOnlySegment => {

@@ -79,14 +79,9 @@ impl Reflection {
             for form in palisade_policy::injection::sent_forms(value) {
                 add(form);
             }
-            // As a JSON string: quotes, backslashes and control characters escaped, and
-            // by some encoders `/` too.
-            let Ok(json) = serde_json::to_string(value) else {
-                continue;
-            };
-            let json = json[1..json.len() - 1].to_string();
-            add(json.replace('/', "\\/"));
-            add(json);
+            for form in echo_forms(value) {
+                add(form);
+            }
         }
         if forms.is_empty() {
             return None;
@@ -154,8 +149,90 @@ impl Reflection {
                 .unwrap_or_else(|_| HeaderValue::from_static("[masked]"));
             found = found.or(owner);
         }
+        // A name that spells a secret cannot be overwritten in place: the header goes.
+        let named: Vec<http::HeaderName> = headers
+            .keys()
+            .filter(|name| self.finder.is_match(name.as_str().as_bytes()))
+            .cloned()
+            .collect();
+        for name in named {
+            let mut bytes = name.as_str().as_bytes().to_vec();
+            found = found.or(self.mask(&mut bytes));
+            headers.remove(&name);
+        }
         found
     }
+}
+
+/// Spellings under which an upstream may echo `value` other than those the gateway
+/// sends it in: as a JSON string (with `/` escaped by some encoders, `<`, `>` and `&` as
+/// `\u00XX` by Go's, everything beyond ASCII as `\u` escapes by Python's), HTML-escaped,
+/// form-encoded (`+` for a space, as Python's `urlencode` and browsers write it),
+/// percent-encoded with lower-case hex digits, and all in lower case (header names come
+/// back lower-cased; masking more than the secret is harmless).
+fn echo_forms(value: &str) -> Vec<String> {
+    let mut forms = Vec::new();
+    if let Ok(json) = serde_json::to_string(value) {
+        let json = json[1..json.len() - 1].to_string();
+        forms.push(json.replace('/', "\\/"));
+        forms.push(
+            json.replace('<', "\\u003c")
+                .replace('>', "\\u003e")
+                .replace('&', "\\u0026"),
+        );
+        let mut ascii = String::new();
+        for c in json.chars() {
+            if c.is_ascii() {
+                ascii.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    ascii.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+        forms.push(ascii);
+        forms.push(json);
+    }
+    forms.push(
+        value
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#x27;"),
+    );
+    forms.push(value.replace('&', "&amp;").replace('\'', "&#39;"));
+    let form_encoded: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    for percent in [
+        form_encoded.clone(),
+        form_encoded.replace('+', "%20"),
+        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+            .to_string(),
+    ] {
+        forms.push(lower_case_escapes(&percent));
+        forms.push(percent);
+    }
+    forms.push(value.to_ascii_lowercase());
+    forms
+}
+
+/// `text` with the hex digits of its `%XX` escapes in lower case.
+fn lower_case_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut left = 0;
+    for c in text.chars() {
+        if c == '%' {
+            left = 2;
+            out.push(c);
+        } else if left > 0 {
+            left -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Reflection {
@@ -443,6 +520,44 @@ mod tests {
         assert!(!out.contains("abc"), "{out}");
         assert!(out.starts_with("a ***"), "{out}");
         assert!(out.ends_with("* e"), "{out}");
+    }
+
+    /// The spellings an echo in another language or format gives back, each written
+    /// here by hand (not with the functions that make the search's forms).
+    #[test]
+    fn echoes_in_other_encodings_are_masked() {
+        let value = "QUERYSECRET&x=1 z<é>'";
+        let reflection = Reflection::of(value).unwrap();
+        for echoed in [
+            r"QUERYSECRET\u0026x=1 z\u003cé\u003e'",
+            r"QUERYSECRET&x=1 z<\u00e9>'",
+            "QUERYSECRET%26x%3D1+z%3C%C3%A9%3E%27",
+            "QUERYSECRET%26x%3d1%20z%3c%c3%a9%3e%27",
+            "QUERYSECRET&amp;x=1 z&lt;é&gt;&#x27;",
+            "QUERYSECRET&amp;x=1 z<é>&#39;",
+            "querysecret&x=1 z<é>'",
+        ] {
+            let mut text = format!("[{echoed}]").into_bytes();
+            assert_eq!(reflection.mask(&mut text), Some(0), "{echoed}");
+            let text = String::from_utf8_lossy(&text).into_owned();
+            assert!(
+                !text.contains("SECRET") && !text.contains("secret"),
+                "{echoed}: {text}"
+            );
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::HeaderName::from_static("querysecret"),
+            HeaderValue::from_static("1"),
+        );
+        headers.insert(http::header::SERVER, HeaderValue::from_static("echo"));
+        assert_eq!(
+            Reflection::of("QUERYSECRET")
+                .unwrap()
+                .mask_headers(&mut headers),
+            Some(0)
+        );
+        assert_eq!(headers.len(), 1, "{headers:?}");
     }
 
     #[test]

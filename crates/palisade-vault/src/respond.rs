@@ -56,6 +56,34 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Moves an answer's transfer codings other than `chunked` (`Transfer-Encoding: gzip,
+/// chunked`) to the end of its `Content-Encoding`. hyper undoes only the chunking, so
+/// the body is still in those codings, and `Transfer-Encoding` is a header of one hop:
+/// without this the client got the compressed bytes with nothing saying so, and the
+/// search for credentials sent back ([`crate::reflect`]) saw them compressed. As
+/// content codings, the client reads them and the search decodes them (or refuses an
+/// answer in a coding it cannot read). A value that is not text counts as a coding no
+/// one can read.
+pub fn transfer_codings_to_content(headers: &mut HeaderMap) {
+    let codings: Vec<String> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| match value.to_str() {
+            Ok(text) => text
+                .split(',')
+                .map(|coding| coding.trim().to_string())
+                .collect::<Vec<_>>(),
+            Err(_) => vec!["unreadable".to_string()],
+        })
+        .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
+        .collect();
+    for coding in codings {
+        let value = HeaderValue::from_str(&coding)
+            .unwrap_or_else(|_| HeaderValue::from_static("unreadable"));
+        headers.append(header::CONTENT_ENCODING, value);
+    }
+}
+
 /// Removes hop-by-hop headers (and those named by `Connection`). With `keep_upgrade`,
 /// `Connection: upgrade` and `Upgrade` survive so a WebSocket handshake can pass.
 /// `TE: trailers` is kept because gRPC-style clients need it end to end.

@@ -504,6 +504,18 @@ fn a_credential_sent_back_compressed_is_masked_too() {
         }
     }
 
+    // Compressed as a transfer coding (`Transfer-Encoding: gzip, chunked`), which the
+    // gateway used to pass on compressed and unsearched, without saying so.
+    for coding in ["gzip", "deflate"] {
+        let url = setup.upstream.url(&format!(
+            "/page?text=before%20{secret}%20after&transfer={coding}"
+        ));
+        let (status, answer) = setup.fetch(&token, &["-i", "--http1.1", &url]);
+        assert_eq!(status, 200, "{coding}: {answer}");
+        let (_, body) = answer.rsplit_once("\r\n\r\n").expect("a head and a body");
+        assert_eq!(body, format!("before {} after", masked(secret)), "{coding}");
+    }
+
     let (status, answer) = setup.fetch(&token, &[&page("compress")]);
     assert_eq!(status, 502, "{answer}");
     assert!(!answer.contains(secret), "{answer}");

@@ -10,7 +10,7 @@
 //! | `/bytes?n=N` | N bytes of body, streamed in chunks |
 //! | `/slow?ms=N` | the echo, after holding the response headers back N ms |
 //! | `/close` | the connection is dropped without any response |
-//! | `/page?text=T[&encoding=E]` | T as plain text; compressed with E (`gzip`, `deflate`, `br`, `zstd`) whatever the client asked, another E named in `Content-Encoding` but not applied |
+//! | `/page?text=T[&encoding=E]` | T as plain text; compressed with E (`gzip`, `deflate`, `br`, `zstd`) whatever the client asked, another E named in `Content-Encoding` but not applied; `&transfer=E` instead: compressed as a transfer coding (`Transfer-Encoding: E, chunked`) |
 //! | `/v1/messages` | fake Anthropic Messages API ([`super::llm`]) |
 //! | `/v1/models` | fake model list, Anthropic's shape (paged) or OpenAI's ([`super::llm`]) |
 //! | `/v1/chat/completions` | fake OpenAI-compatible chat API ([`super::llm`]) |
@@ -100,6 +100,14 @@ pub(crate) async fn handle(
         // servers do), an unknown encoding named but the text sent as it is.
         "/page" => {
             let text = params.text("text").unwrap_or_default().to_string();
+            // `&transfer=`: compressed as a transfer coding instead (HTTP/1.1 only).
+            if let Some(coding) = params.text("transfer") {
+                return Ok(Response::builder()
+                    .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .header(header::TRANSFER_ENCODING, format!("{coding}, chunked"))
+                    .body(full(encoded(text.as_bytes(), coding).await))
+                    .unwrap_or_else(|_| internal_error()));
+            }
             match params.text("encoding") {
                 Some(encoding) => Response::builder()
                     .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")

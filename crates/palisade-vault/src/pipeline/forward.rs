@@ -12,7 +12,7 @@ use crate::conn::ClientConnection;
 use crate::decoded;
 use crate::net_guard::find_local_refused;
 use crate::reflect::{Masked, Reflection, Report, Scanner};
-use crate::respond::{is_websocket_upgrade, strip_hop_by_hop};
+use crate::respond::{is_websocket_upgrade, strip_hop_by_hop, transfer_codings_to_content};
 use crate::state::Shared;
 use crate::upstream::{is_no_room, UpstreamError};
 use http::{Request, Response};
@@ -161,6 +161,7 @@ pub(super) async fn forward(
     }
     let close_delimited = !head_request && is_close_delimited(&response);
     let (mut head, incoming) = response.into_parts();
+    transfer_codings_to_content(&mut head.headers);
     strip_hop_by_hop(&mut head.headers, switching);
     // The answer to a HEAD ends with its head, whatever length it announces (an HTTP/2
     // client resets a stream whose announced length never arrives).
