@@ -16,16 +16,20 @@
 //! - One module per platform: [`slack`], [`telegram`], [`discord`].
 //! - [`endpoints`]: the HTTP endpoints Slack and Discord call, signature-checked.
 //! - [`http`] and [`ws`]: the small HTTP client and WebSocket connector the platform
-//!   modules share.
+//!   modules share; [`platform_text`]: a platform's error text without the channel's
+//!   secrets, printable and bounded.
 
 pub mod card;
 pub mod channel;
 pub mod config;
 pub mod discord;
 pub mod endpoints;
+#[cfg(test)]
+mod fake_api;
 pub mod http;
 pub mod hub;
 pub mod manage;
+pub mod platform_text;
 pub mod replay;
 pub mod slack;
 pub mod telegram;
