@@ -79,7 +79,8 @@ const MAX_NOTICE_KEYS: usize = 10_000;
 const ACCESS_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// How often replies owed to chats are looked for.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(2);
-/// A card that could not be posted is tried again after this long.
+/// A card that could not be posted is tried again after this long (or after the
+/// platform's `Retry-After`, when longer).
 const REPOST_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -120,7 +121,8 @@ struct HubInner {
     handlers: Arc<Semaphore>,
     message_handlers: Arc<Semaphore>,
     waiting_replies: Arc<Semaphore>,
-    /// Cards whose post failed, and when (so they are retried, but not in a loop).
+    /// Cards whose post failed, and when they may be tried again (so they are
+    /// retried, but not in a loop, nor before a rate limit ends).
     failed_posts: Mutex<HashMap<i64, Instant>>,
     notices: Mutex<HashMap<String, Instant>>,
     /// Messages whose reply a live handler is waiting for (the others' replies are
