@@ -130,7 +130,8 @@ impl Client {
         text: &str,
         alert: bool,
     ) -> Result<(), ChannelError> {
-        let text: String = text.chars().take(200).collect();
+        // 200 UTF-16 code units, as Telegram counts.
+        let text = crate::cut_measured(text, 200, crate::utf16_units);
         self.call(
             "answerCallbackQuery",
             json!({"callback_query_id": query, "text": text, "show_alert": alert}),

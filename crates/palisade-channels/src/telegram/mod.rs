@@ -36,8 +36,8 @@ const POLL_SECONDS: u64 = 25;
 const PROMPT_LIFETIME: Duration = Duration::from_secs(600);
 /// Prompts kept at once (oldest dropped first).
 const MAX_PROMPTS: usize = 256;
-/// Telegram's limit on a message's text.
-pub(crate) const MAX_TEXT_CHARS: usize = 4096;
+/// Telegram's limit on a message's text, in UTF-16 code units (how it counts).
+pub(crate) const MAX_TEXT_UNITS: usize = 4096;
 /// Update ids are above zero and fit in 52 bits (Telegram's integers do); an update
 /// with another id is not one to take, and its id is no offset to ask for next.
 const MAX_UPDATE_ID: i64 = 1 << 52;
@@ -318,7 +318,7 @@ impl Channel for Telegram {
     ) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
             let client = self.client();
-            for part in crate::split_text(text, MAX_TEXT_CHARS) {
+            for part in crate::split_text_measured(text, MAX_TEXT_UNITS, crate::utf16_units) {
                 client.send(chat, &part, None, None).await?;
             }
             Ok(())
