@@ -22,6 +22,10 @@ pub enum ChannelError {
     Platform(String),
     #[error("the channel is shutting down")]
     Stopped,
+    /// The channel's own code failed (a panic, or its receive loop ended unasked);
+    /// the hub starts it again.
+    #[error("the channel stopped on an internal error ({0}); it is started again")]
+    Crashed(String),
 }
 
 impl ChannelError {
@@ -29,8 +33,17 @@ impl ChannelError {
     pub fn is_transient(&self) -> bool {
         match self {
             ChannelError::Http(e) => e.is_transient(),
-            ChannelError::Platform(_) => true,
+            ChannelError::Platform(_) | ChannelError::Crashed(_) => true,
             ChannelError::Config(_) | ChannelError::Stopped => false,
+        }
+    }
+
+    /// How long the platform asked to wait before trying again (a rate limit's
+    /// `Retry-After`), bounded by [`crate::http::MAX_RETRY_AFTER`].
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ChannelError::Http(crate::http::HttpError::Status { retry_after, .. }) => *retry_after,
+            _ => None,
         }
     }
 }

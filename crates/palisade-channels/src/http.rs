@@ -9,6 +9,7 @@
 //! in logs or errors, and no credential sent in clear to anything but a loopback
 //! address.
 
+use crate::platform_text::Scrubber;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -61,6 +62,9 @@ pub struct ApiClient {
     client: Client<Https, Full<Bytes>>,
     base: Arc<url::Url>,
     timeout: Duration,
+    /// Keeps the channel's secrets out of what the platform answers (see
+    /// [`crate::platform_text`]).
+    scrubber: Scrubber,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -138,7 +142,21 @@ impl ApiClient {
             client,
             base: Arc::new(base),
             timeout,
+            scrubber: Scrubber::default(),
         })
+    }
+
+    /// The same client, keeping `scrubber`'s secrets out of every error it makes of a
+    /// platform's answer.
+    pub fn scrubbing(mut self, scrubber: Scrubber) -> ApiClient {
+        self.scrubber = scrubber;
+        self
+    }
+
+    /// A platform's text made fit for an error or a log line: this channel's secrets
+    /// replaced, printable, bounded.
+    pub fn clean(&self, text: &str) -> String {
+        self.scrubber.clean(text)
     }
 
     pub fn base(&self) -> &url::Url {
@@ -251,20 +269,15 @@ impl ApiClient {
                         reason: e.to_string(),
                     })
                 }
-                Err(_) => serde_json::Value::String(
-                    String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-                ),
+                // Whole here: secrets are replaced before the text is cut.
+                Err(_) => serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()),
             }
         };
         if !status.is_success() && !(200..300).contains(&status.as_u16()) {
-            let retry_after = headers
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 3600.0)));
+            let retry_after = retry_after(&headers, &json);
             let shown = match &json {
-                serde_json::Value::String(text) => text.clone(),
-                other => other.to_string().chars().take(300).collect(),
+                serde_json::Value::String(text) => self.scrubber.clean(text),
+                other => self.scrubber.clean(&other.to_string()),
             };
             return Err(HttpError::Status {
                 what: what.to_string(),
@@ -275,6 +288,28 @@ impl ApiClient {
         }
         Ok((status, headers, json))
     }
+}
+
+/// Longest wait a platform may ask for before a call is tried again.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// How long the platform asked to wait: the `Retry-After` header (Slack, Discord), or
+/// the answer's `retry_after` (Discord, seconds with a fraction) or
+/// `parameters.retry_after` (Telegram). Bounded by [`MAX_RETRY_AFTER`]; a value that is
+/// not a finite number of seconds is no answer.
+fn retry_after(headers: &HeaderMap, json: &serde_json::Value) -> Option<Duration> {
+    let header = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    let body = json
+        .get("retry_after")
+        .or_else(|| json.pointer("/parameters/retry_after"))
+        .and_then(serde_json::Value::as_f64);
+    header
+        .or(body)
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        .map(|seconds| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64())))
 }
 
 /// One line, without the URL (which may carry a token, as Telegram's does).

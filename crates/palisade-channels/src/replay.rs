@@ -35,7 +35,7 @@ impl SeenRequests {
         let signature = hex::encode(digest.finalize());
         let signature = signature.as_str();
         let mut seen = crate::lock(&self.seen);
-        seen.retain(|_, at| (now_seconds - *at).abs() <= self.window_seconds);
+        seen.retain(|_, at| now_seconds.abs_diff(*at) <= self.window_seconds.unsigned_abs());
         if seen.contains_key(signature) {
             return false;
         }

@@ -31,6 +31,7 @@ use crate::channel::{
 };
 use crate::http::ApiClient;
 use crate::lock;
+use crate::platform_text::Scrubber;
 use futures_util::future::BoxFuture;
 use palisade_approvals::Platform;
 use palisade_policy::SecretValue;
@@ -162,7 +163,8 @@ impl Discord {
             name: name.to_string(),
             client: api::Client {
                 api: ApiClient::new(api_base, Duration::from_secs(20))
-                    .map_err(|e| ChannelError::Config(e.to_string()))?,
+                    .map_err(|e| ChannelError::Config(e.to_string()))?
+                    .scrubbing(Scrubber::new([&token])),
                 token,
             },
             public_key,
@@ -466,5 +468,42 @@ impl Channel for Discord {
         body: &'a [u8],
     ) -> BoxFuture<'a, WebhookReply> {
         Box::pin(self.on_http(headers, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_api::FakeApi;
+
+    const TOKEN: &str = "MTIzNDU2Nzg5MDEyMzQ1Njc4.DISCORDSECRET.abcdefghijklmnopqrstuvwxyz0";
+
+    #[tokio::test]
+    async fn a_refusal_that_echoes_the_token_is_cleaned_and_retry_after_kept() {
+        let fake = FakeApi::start(|_, _, before| match before {
+            0 => (
+                403,
+                vec![],
+                json!({"message": format!("Missing Access for Bot {TOKEN}"), "code": 50001}),
+            ),
+            _ => (
+                429,
+                vec![],
+                json!({"message": "You are being rate limited.", "retry_after": 12.5, "global": false}),
+            ),
+        })
+        .await;
+        let discord =
+            Discord::new("d", &fake.base, SecretValue::new(TOKEN.into()), None, None).unwrap();
+        let refused = discord
+            .send_message("123", None, "hi")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("Missing Access"), "{refused}");
+        assert!(!refused.contains("DISCORDSECRET"), "{refused}");
+        assert!(!refused.contains("MTIzNDU2Nzg5MDEyMzQ1Njc4"), "{refused}");
+        let limited = discord.send_message("123", None, "hi").await.unwrap_err();
+        assert_eq!(limited.retry_after(), Some(Duration::from_millis(12_500)));
     }
 }

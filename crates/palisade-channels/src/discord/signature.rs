@@ -44,7 +44,8 @@ pub fn verify(
         .ok()
         .filter(|bytes| bytes.len() == 64)
         .ok_or(SignatureError::Malformed)?;
-    if (now_seconds - seconds).abs() > WINDOW_SECONDS {
+    // `abs_diff`: a timestamp of i64::MIN must be stale, not an overflow.
+    if now_seconds.abs_diff(seconds) > WINDOW_SECONDS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     let mut message = Vec::with_capacity(timestamp.len() + body.len());
@@ -72,6 +73,20 @@ mod tests {
         };
         let signature = signed("1700000000", body);
         let now = 1_700_000_010;
+        // Timestamps at the ends of i64 are stale, not an overflow.
+        for extreme in [i64::MIN, i64::MAX] {
+            let timestamp = extreme.to_string();
+            assert_eq!(
+                verify(
+                    &key,
+                    Some(&timestamp),
+                    Some(&signed(&timestamp, body)),
+                    body,
+                    now
+                ),
+                Err(SignatureError::Stale)
+            );
+        }
         assert_eq!(
             verify(&key, Some("1700000000"), Some(&signature), body, now),
             Ok(())

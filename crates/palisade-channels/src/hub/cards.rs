@@ -4,16 +4,26 @@
 
 use super::{blocking, lock, ChannelState, Hub, MAX_PENDING, RECONCILE_INTERVAL, REPOST_AFTER};
 use crate::card::{new_token, Card};
-use crate::channel::Channel;
+use crate::channel::{Channel, ChannelError};
 use futures_util::StreamExt;
 use palisade_approvals::{ApprovalStatus, Event};
 use palisade_store::ApprovalCard;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Cards posted at once by one reconciliation.
 const MAX_POSTS_AT_ONCE: usize = 16;
+
+/// How long after a failed post the card is tried again: [`REPOST_AFTER`], or as long
+/// as the platform's rate limit asked (its `Retry-After`, already bounded to
+/// [`crate::http::MAX_RETRY_AFTER`]) when that is longer, so a rate-limited channel is
+/// not asked again while it still refuses.
+fn repost_after(error: &ChannelError) -> Duration {
+    error
+        .retry_after()
+        .map_or(REPOST_AFTER, |asked| asked.max(REPOST_AFTER))
+}
 
 impl Hub {
     /// Posts cards for pending approvals and edits cards of closed ones, when woken
@@ -88,7 +98,7 @@ impl Hub {
                     Some(card) => {
                         let retry = lock(&self.inner.failed_posts)
                             .get(&card.id)
-                            .is_none_or(|at| at.elapsed() >= REPOST_AFTER);
+                            .is_none_or(|not_before| Instant::now() >= *not_before);
                         if retry {
                             posts.push((Arc::clone(channel), approval.clone(), card));
                         }
@@ -148,8 +158,9 @@ impl Hub {
                 tracing::info!(channel = channel.name(), approval = %approval.id, "approval card posted");
             }
             Err(error) => {
-                lock(&self.inner.failed_posts).insert(card.id, Instant::now());
-                tracing::warn!(channel = channel.name(), approval = %approval.id, %error, "could not post an approval card; retrying later");
+                let wait = repost_after(&error);
+                lock(&self.inner.failed_posts).insert(card.id, Instant::now() + wait);
+                tracing::warn!(channel = channel.name(), approval = %approval.id, %error, retry_in = ?wait, "could not post an approval card; retrying later");
             }
         }
     }
@@ -177,5 +188,40 @@ impl Hub {
         }
         let store = self.inner.store.clone();
         let _ = blocking(move || store.finish_card(card.id, &state)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{HttpError, MAX_RETRY_AFTER};
+
+    fn rate_limited(retry_after: Option<Duration>) -> ChannelError {
+        ChannelError::Http(HttpError::Status {
+            what: "Slack chat.postMessage".into(),
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+            body: "ratelimited".into(),
+            retry_after,
+        })
+    }
+
+    /// A card refused with a 30 s rate limit is not posted again after the usual 10 s.
+    #[test]
+    fn a_rate_limited_card_waits_as_long_as_the_platform_asks() {
+        let thirty = Duration::from_secs(30);
+        assert_eq!(repost_after(&rate_limited(Some(thirty))), thirty);
+        assert_eq!(
+            repost_after(&rate_limited(Some(MAX_RETRY_AFTER))),
+            MAX_RETRY_AFTER
+        );
+        assert_eq!(
+            repost_after(&rate_limited(Some(Duration::from_secs(1)))),
+            REPOST_AFTER
+        );
+        assert_eq!(repost_after(&rate_limited(None)), REPOST_AFTER);
+        assert_eq!(
+            repost_after(&ChannelError::Platform("channel_not_found".into())),
+            REPOST_AFTER
+        );
     }
 }

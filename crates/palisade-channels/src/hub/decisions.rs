@@ -9,9 +9,68 @@ use palisade_approvals::{ApprovalError, ApprovalStatus, ApproverIdentity, Button
 use palisade_store::ApprovalCard;
 use std::sync::Arc;
 
+/// What a typed decision is told when the id names no approval, or one this person may
+/// not decide: the same words, so neither is told apart.
+pub(super) const NO_SUCH_APPROVAL: &str =
+    "No pending approval with that id for you; nothing was decided.";
+/// A press on a card by someone not listed (the card already says whose it is).
+const NOT_AN_APPROVER: &str = "You are not an approver of this agent; nothing was decided.";
+
 impl Hub {
+    /// Who is deciding, for the engine. Named by the platform's user id (labelled):
+    /// a refused attempt is logged and audited under it, never under a display name
+    /// the person chose; a listed approver's decision records the name they were
+    /// listed under (the engine puts it in).
     pub(super) fn identity(channel: &Arc<dyn Channel>, user: &PlatformUser) -> ApproverIdentity {
-        ApproverIdentity::chat(channel.name(), channel.platform(), &user.id, &user.name)
+        let labelled = format!("user id {}", user.id);
+        ApproverIdentity::chat(channel.name(), channel.platform(), &user.id, &labelled)
+    }
+
+    /// `/approve ID …` or `/deny ID …` typed by one of the channel's approvers. Anyone
+    /// who is not an approver of that approval's agent here is told the same as for an
+    /// id that does not exist (so an approver of one agent cannot learn another's
+    /// approval ids, agents or outcomes); the attempt is still audited.
+    pub(super) async fn decide_typed(
+        &self,
+        channel: &Arc<dyn Channel>,
+        user: &PlatformUser,
+        (id, choice, comment): TextDecision,
+    ) -> ClickAnswer {
+        let store = self.inner.store.clone();
+        let (wanted, channel_name, user_id) =
+            (id.clone(), channel.name().to_string(), user.id.clone());
+        let found = blocking(move || {
+            let approval = match store.get_approval(&wanted) {
+                Ok(approval) => approval,
+                Err(palisade_store::StoreError::NotFound { .. }) => return Ok(None),
+                Err(error) => return Err(error),
+            };
+            let listed = store
+                .find_approver(&approval.agent, &channel_name, &user_id)?
+                .is_some();
+            Ok(Some((approval.id, listed)))
+        })
+        .await;
+        let identity = Self::identity(channel, user);
+        match found {
+            Ok(Some((_, true))) => self.decide(id, identity, choice, comment, None).await,
+            Ok(Some((id, false))) => {
+                let engine = self.inner.engine.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    engine.refused(&id, &identity, "not an approver of this agent")
+                })
+                .await;
+                ClickAnswer::Refused(NO_SUCH_APPROVAL.into())
+            }
+            Ok(None) => {
+                tracing::info!(channel = channel.name(), user = %user.id, "a typed decision named no approval");
+                ClickAnswer::Refused(NO_SUCH_APPROVAL.into())
+            }
+            Err(error) => {
+                tracing::warn!(channel = channel.name(), %error, "could not look up a typed decision's approval");
+                ClickAnswer::Refused("Palisade could not look the approval up; try again.".into())
+            }
+        }
     }
 
     /// The card a token names, if it was posted on this channel.
@@ -89,10 +148,7 @@ impl Hub {
                         engine.refused(&id, &identity, "not an approver of this agent")
                     })
                     .await;
-                    ClickAnswer::Refused(format!(
-                        "You are not an approver of agent {}; nothing was decided.",
-                        approval.agent
-                    ))
+                    ClickAnswer::Refused(NOT_AN_APPROVER.into())
                 }
                 Err(error) => ClickAnswer::Refused(error.to_string()),
             };
@@ -153,9 +209,10 @@ impl Hub {
                     None => ClickAnswer::Done(text),
                 }
             }
-            Ok(Err(ApprovalError::NotAnApprover { agent, .. })) => ClickAnswer::Refused(format!(
-                "You are not an approver of agent {agent}; nothing was decided."
-            )),
+            Ok(Err(ApprovalError::NotAnApprover { .. })) => {
+                ClickAnswer::Refused(NOT_AN_APPROVER.into())
+            }
+            Ok(Err(ApprovalError::NotFound(_))) => ClickAnswer::Refused(NO_SUCH_APPROVAL.into()),
             Ok(Err(error)) => ClickAnswer::Refused(error.to_string()),
             Err(error) => ClickAnswer::Refused(format!("the decision failed: {error}")),
         }

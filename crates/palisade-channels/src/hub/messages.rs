@@ -32,18 +32,11 @@ impl Hub {
         };
         if let Some(command) = command {
             let answer = match command {
-                Ok((id, choice, comment)) => {
-                    let answer = self
-                        .decide(
-                            id,
-                            Self::identity(&channel, &message.user),
-                            choice,
-                            comment,
-                            None,
-                        )
-                        .await;
-                    answer.text().to_string()
-                }
+                Ok(decision) => self
+                    .decide_typed(&channel, &message.user, decision)
+                    .await
+                    .text()
+                    .to_string(),
                 Err(usage) => usage,
             };
             if let Err(error) = channel

@@ -1,8 +1,9 @@
 //! What `palisade up` runs for chat channels.
 //!
 //! - Every configured channel runs in its own task. One that cannot connect (its
-//!   `check` or its receive loop fails) is shown as failing and tried again after a
-//!   back-off (1 s doubling to 1 min); it never takes the host down. The list of
+//!   `check` or its receive loop fails, panics, or ends unasked) is shown as failing
+//!   and tried again after a back-off (1 s doubling to 1 min, or what a rate limit
+//!   asks); it never takes the host down. The list of
 //!   channels is read again every few seconds, so `channels add|remove` take effect
 //!   without a restart.
 //! - Messages: a message in a chat linked to an agent, from one of that agent's
@@ -40,8 +41,10 @@ mod replies;
 
 pub use messages::AccessSetting;
 
-use crate::channel::{Channel, Incoming};
+use crate::channel::{Channel, ChannelError, Incoming};
 use crate::lock;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use palisade_approvals::Engine;
 use palisade_host::Host;
 use palisade_store::Store;
@@ -76,7 +79,8 @@ const MAX_NOTICE_KEYS: usize = 10_000;
 const ACCESS_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// How often replies owed to chats are looked for.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(2);
-/// A card that could not be posted is tried again after this long.
+/// A card that could not be posted is tried again after this long (or after the
+/// platform's `Retry-After`, when longer).
 const REPOST_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -117,7 +121,8 @@ struct HubInner {
     handlers: Arc<Semaphore>,
     message_handlers: Arc<Semaphore>,
     waiting_replies: Arc<Semaphore>,
-    /// Cards whose post failed, and when (so they are retried, but not in a loop).
+    /// Cards whose post failed, and when they may be tried again (so they are
+    /// retried, but not in a loop, nor before a rate limit ends).
     failed_posts: Mutex<HashMap<i64, Instant>>,
     notices: Mutex<HashMap<String, Instant>>,
     /// Messages whose reply a live handler is waiting for (the others' replies are
@@ -318,11 +323,11 @@ impl Hub {
         }
     }
 
-    /// One channel's life: check, receive until it fails, back off, again.
-    async fn run_channel(self, channel: Arc<dyn Channel>, mut stop: watch::Receiver<bool>) {
+    /// One channel's life: its events dispatched to handlers while [`keep_running`]
+    /// checks it, receives until it fails, backs off and starts it again.
+    async fn run_channel(self, channel: Arc<dyn Channel>, stop: watch::Receiver<bool>) {
         let name = channel.name().to_string();
         let platform = channel.platform().as_str();
-        let mut failures: u32 = 0;
         let (inbox, mut incoming) = mpsc::channel::<Incoming>(256);
         // Everything received is handled in its own task, bounded.
         let dispatcher = {
@@ -345,44 +350,13 @@ impl Hub {
                 }
             })
         };
-        loop {
-            if *stop.borrow() || *self.inner.shutdown.borrow() {
-                break;
+        let report = |state: ChannelState, detail: Option<String>| {
+            self.set_status(&name, platform, state, detail);
+            if state == ChannelState::Connected {
+                self.inner.wake.notify_one();
             }
-            let outcome = match channel.check().await {
-                Ok(who) => {
-                    failures = 0;
-                    self.set_status(&name, platform, ChannelState::Connected, Some(who));
-                    self.inner.wake.notify_one();
-                    let mut shutdown = self.inner.shutdown.clone();
-                    tokio::select! {
-                        outcome = channel.run(inbox.clone(), stop.clone()) => outcome,
-                        _ = crate::channel::stopped(&mut shutdown) => Ok(()),
-                    }
-                }
-                Err(error) => Err(error),
-            };
-            match outcome {
-                Ok(()) => break,
-                Err(error) => {
-                    failures += 1;
-                    let delay = Duration::from_secs(1 << failures.min(6).saturating_sub(1))
-                        .min(Duration::from_secs(60));
-                    tracing::warn!(channel = %name, %error, retry_in = ?delay, "channel failing");
-                    self.set_status(
-                        &name,
-                        platform,
-                        ChannelState::Failing,
-                        Some(error.to_string()),
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = crate::channel::stopped(&mut stop) => break,
-                    }
-                }
-            }
-        }
-        drop(inbox);
+        };
+        keep_running(channel, inbox, stop, self.inner.shutdown.clone(), report).await;
         dispatcher.abort();
     }
 
@@ -415,5 +389,210 @@ impl Hub {
                 drop(permit);
             }
         }
+    }
+}
+
+/// Back-off after the first failure in a row; it doubles up to [`MAX_BACK_OFF`].
+const FIRST_BACK_OFF: Duration = Duration::from_secs(1);
+const MAX_BACK_OFF: Duration = Duration::from_secs(60);
+
+/// Runs `channel` until `stop` or `shutdown`: checks it, receives until it fails,
+/// backs off (1 s doubling to 1 min, or longer when the platform asked for it with a
+/// rate limit's `Retry-After`) and starts it again. A channel whose code panics, or
+/// whose receive loop ends without being asked to, counts as failing like one that
+/// lost its connection: it is reported and started again, and never takes the host
+/// (or this loop) down. `report` is told every change of state.
+async fn keep_running(
+    channel: Arc<dyn Channel>,
+    inbox: mpsc::Sender<Incoming>,
+    mut stop: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    report: impl Fn(ChannelState, Option<String>),
+) {
+    let name = channel.name().to_string();
+    let mut failures: u32 = 0;
+    let asked_to_stop = |stop: &watch::Receiver<bool>| *stop.borrow() || *shutdown.borrow();
+    loop {
+        if asked_to_stop(&stop) {
+            break;
+        }
+        let outcome = match unwinding(channel.check()).await {
+            Ok(who) => {
+                failures = 0;
+                report(ChannelState::Connected, Some(who));
+                let mut shutdown = shutdown.clone();
+                tokio::select! {
+                    outcome = unwinding(channel.run(inbox.clone(), stop.clone())) => outcome,
+                    _ = crate::channel::stopped(&mut shutdown) => Ok(()),
+                }
+            }
+            Err(error) => Err(error),
+        };
+        let error = match outcome {
+            Ok(()) if asked_to_stop(&stop) => break,
+            Ok(()) => ChannelError::Crashed("it stopped receiving without being asked to".into()),
+            Err(error) => error,
+        };
+        failures = failures.saturating_add(1);
+        let back_off = FIRST_BACK_OFF
+            .saturating_mul(1 << failures.min(7).saturating_sub(1))
+            .min(MAX_BACK_OFF);
+        let delay = error
+            .retry_after()
+            .map_or(back_off, |asked| asked.max(back_off));
+        tracing::warn!(channel = %name, %error, retry_in = ?delay, "channel failing");
+        report(ChannelState::Failing, Some(error.to_string()));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = crate::channel::stopped(&mut stop) => break,
+        }
+    }
+}
+
+/// `future`'s outcome, with a panic in it as a [`ChannelError::Crashed`] (the panic
+/// itself is printed by the panic hook where it happened).
+async fn unwinding<T>(future: BoxFuture<'_, Result<T, ChannelError>>) -> Result<T, ChannelError> {
+    match std::panic::AssertUnwindSafe(future).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let said = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(ChannelError::Crashed(format!(
+                "a panic: {}",
+                crate::platform_text::Scrubber::default().clean(&said)
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::card::Card;
+    use crate::channel::CardRef;
+    use palisade_approvals::Platform;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A channel whose receive loop panics the first time, returns unasked the second,
+    /// and runs until stopped the third.
+    struct Faulty {
+        runs: AtomicUsize,
+    }
+
+    impl Channel for Faulty {
+        fn name(&self) -> &str {
+            "faulty"
+        }
+        fn platform(&self) -> Platform {
+            Platform::Telegram
+        }
+        fn run(
+            &self,
+            _inbox: mpsc::Sender<Incoming>,
+            mut shutdown: watch::Receiver<bool>,
+        ) -> BoxFuture<'_, Result<(), ChannelError>> {
+            Box::pin(async move {
+                match self.runs.fetch_add(1, Ordering::SeqCst) {
+                    0 => {
+                        let id = i64::MAX;
+                        let next = id.checked_add(1);
+                        panic!("attempt to add with overflow ({next:?})")
+                    }
+                    1 => Ok(()),
+                    _ => {
+                        crate::channel::stopped(&mut shutdown).await;
+                        Ok(())
+                    }
+                }
+            })
+        }
+        fn send_message<'a>(
+            &'a self,
+            _: &'a str,
+            _: Option<&'a str>,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<(), ChannelError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn post_card<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a Card,
+        ) -> BoxFuture<'a, Result<CardRef, ChannelError>> {
+            Box::pin(async { Err(ChannelError::Stopped) })
+        }
+        fn update_card<'a>(
+            &'a self,
+            _: &'a CardRef,
+            _: &'a Card,
+        ) -> BoxFuture<'a, Result<(), ChannelError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn check(&self) -> BoxFuture<'_, Result<String, ChannelError>> {
+            Box::pin(async { Ok("the fake bot".into()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_that_panics_or_ends_is_reported_failing_and_started_again() {
+        let channel = Arc::new(Faulty {
+            runs: AtomicUsize::new(0),
+        });
+        type Reports = Vec<(ChannelState, Option<String>)>;
+        let reports: Arc<Mutex<Reports>> = Arc::default();
+        let (inbox, _incoming) = mpsc::channel(8);
+        let (stop, stopped) = watch::channel(false);
+        let (_shutdown, shutdown) = watch::channel(false);
+        let running = {
+            let reports = Arc::clone(&reports);
+            let channel: Arc<dyn Channel> = channel.clone();
+            tokio::spawn(keep_running(
+                channel,
+                inbox,
+                stopped,
+                shutdown,
+                move |s, d| lock(&reports).push((s, d)),
+            ))
+        };
+        // Back-offs of 1 s and 2 s, then the third run lasts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while channel.runs.load(Ordering::SeqCst) < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "not started again: {:?}",
+                lock(&reports)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seen = lock(&reports).clone();
+        let states: Vec<ChannelState> = seen.iter().map(|(state, _)| *state).collect();
+        assert_eq!(
+            states,
+            [
+                ChannelState::Connected,
+                ChannelState::Failing,
+                ChannelState::Connected,
+                ChannelState::Failing,
+                ChannelState::Connected
+            ],
+            "{seen:?}"
+        );
+        let panicked = seen[1].1.clone().unwrap_or_default();
+        assert!(
+            panicked.contains("internal error") && panicked.contains("overflow"),
+            "{panicked}"
+        );
+        let ended = seen[3].1.clone().unwrap_or_default();
+        assert!(ended.contains("without being asked"), "{ended}");
+        // Asked to stop, it stops (and is not started again).
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("stops when asked")
+            .expect("never panics itself");
+        assert_eq!(channel.runs.load(Ordering::SeqCst), 3);
     }
 }

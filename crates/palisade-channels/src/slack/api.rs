@@ -2,7 +2,9 @@
 //! app-level token), `chat.postMessage`, `chat.update`, `chat.postEphemeral`,
 //! `views.open`. Every answer is `{"ok": bool, "error": …}`, mostly with HTTP 200; a
 //! refused token is a configuration error (retrying will not help), `ratelimited` a
-//! transient one. Tokens travel only in the `Authorization` header (marked sensitive).
+//! transient one. Tokens travel only in the `Authorization` header (marked sensitive);
+//! an `error` that echoes one is cleaned before it goes anywhere
+//! ([`crate::platform_text`]).
 
 use crate::channel::ChannelError;
 use crate::http::{ApiClient, HttpError};
@@ -67,13 +69,12 @@ impl Client {
         if answer.get("ok").and_then(Value::as_bool) == Some(true) {
             return Ok(answer);
         }
-        let error: String = answer
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("no error given")
-            .chars()
-            .take(100)
-            .collect();
+        let error = self.api.clean(
+            answer
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no error given"),
+        );
         if TOKEN_ERRORS.contains(&error.as_str()) {
             return Err(ChannelError::Config(format!(
                 "{what}: Slack refused the token ({error}); check the token and the app's scopes"

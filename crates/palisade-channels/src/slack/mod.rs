@@ -26,6 +26,7 @@ use crate::channel::{
 };
 use crate::http::ApiClient;
 use crate::lock;
+use crate::platform_text::Scrubber;
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use palisade_approvals::Platform;
@@ -124,11 +125,21 @@ impl Slack {
                 "a Slack channel needs an app-level token (Socket Mode) or a signing secret (Events API)".into(),
             ));
         }
+        let scrubber = Scrubber::new(
+            [
+                Some(&bot_token),
+                app_token.as_ref(),
+                signing_secret.as_ref(),
+            ]
+            .into_iter()
+            .flatten(),
+        );
         Ok(Slack {
             name: name.to_string(),
             client: api::Client {
                 api: ApiClient::new(api_base, Duration::from_secs(20))
-                    .map_err(|e| ChannelError::Config(e.to_string()))?,
+                    .map_err(|e| ChannelError::Config(e.to_string()))?
+                    .scrubbing(scrubber),
                 bot: bot_token,
                 app: app_token,
             },
@@ -618,5 +629,81 @@ impl Channel for Slack {
         body: &'a [u8],
     ) -> BoxFuture<'a, WebhookReply> {
         Box::pin(self.on_http(headers, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_api::FakeApi;
+
+    const BOT: &str = "xoxb-SLACKBOTSECRET-1111";
+    const SIGNING: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+
+    fn slack(base: &str) -> Slack {
+        Slack::new(
+            "team",
+            base,
+            SecretValue::new(BOT.into()),
+            None,
+            Some(SecretValue::new(SIGNING.into())),
+        )
+        .unwrap()
+    }
+
+    /// Slack's `error` (as a fake answered the outside review: the token echoed) goes
+    /// into errors, and so the log and `channels list`, without the channel's secrets.
+    #[tokio::test]
+    async fn an_error_that_echoes_a_secret_is_cleaned() {
+        let fake = FakeApi::start(|_, _, before| {
+            let error = match before {
+                0 => format!("invalid_auth {BOT}"),
+                _ => format!("bad signing secret {SIGNING}\n\u{202E}"),
+            };
+            (200, vec![], json!({"ok": false, "error": error}))
+        })
+        .await;
+        let slack = slack(&fake.base);
+        for _ in 0..2 {
+            let error = slack
+                .send_message("U1", None, "hi")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("[redacted]"), "{error}");
+            for secret in ["SLACKBOTSECRET", SIGNING, "\n", "\u{202E}"] {
+                assert!(!error.contains(secret), "{error:?}");
+            }
+        }
+    }
+
+    /// A 429's `Retry-After` reaches the hub, bounded; one that is no number is none.
+    #[tokio::test]
+    async fn retry_after_is_kept_and_bounded() {
+        let fake = FakeApi::start(|_, _, before| {
+            let wait = ["30", "86400", "NaN", "soon"][before.min(3)];
+            (
+                429,
+                vec![("retry-after", wait.to_string())],
+                json!({"ok": false, "error": "ratelimited"}),
+            )
+        })
+        .await;
+        let slack = slack(&fake.base);
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let error = slack.send_message("U1", None, "hi").await.unwrap_err();
+            assert!(error.is_transient(), "{error}");
+            waits.push(error.retry_after());
+        }
+        assert_eq!(
+            waits,
+            [
+                Some(Duration::from_secs(30)),
+                Some(crate::http::MAX_RETRY_AFTER),
+                None,
+                None
+            ]
+        );
     }
 }

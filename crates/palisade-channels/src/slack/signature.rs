@@ -56,7 +56,8 @@ pub fn verify(
         .and_then(|h| hex::decode(h).ok())
         .filter(|bytes| bytes.len() == 32)
         .ok_or(SignatureError::Malformed)?;
-    if (now_seconds - seconds).abs() > WINDOW_SECONDS {
+    // `abs_diff`: a timestamp of i64::MIN must be stale, not an overflow.
+    if now_seconds.abs_diff(seconds) > WINDOW_SECONDS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
@@ -123,6 +124,20 @@ mod tests {
             Err(SignatureError::Stale)
         );
         assert!(verify(SECRET, Some("1000"), Some(&signature), body, 1000 + 300).is_ok());
+        // Timestamps at the ends of i64 are stale, not an overflow.
+        for extreme in [i64::MIN, i64::MAX] {
+            let timestamp = extreme.to_string();
+            let signature = sign(SECRET, &timestamp, body);
+            for now in [i64::MIN, -1, 1_700_000_000, i64::MAX] {
+                if now == extreme {
+                    continue;
+                }
+                assert_eq!(
+                    verify(SECRET, Some(&timestamp), Some(&signature), body, now),
+                    Err(SignatureError::Stale)
+                );
+            }
+        }
         let seen = crate::replay::SeenRequests::new(WINDOW_SECONDS);
         assert!(seen.first_time("1000", body, 1000));
         assert!(!seen.first_time("1000", body, 1001));

@@ -1,6 +1,7 @@
 //! The Bot API calls Palisade makes: `getMe`, `getUpdates`, `sendMessage`,
 //! `editMessageText`, `answerCallbackQuery`. Every answer is `{"ok": bool, "result":
-//! …, "description": …}`; the token is part of the path and never appears in an error.
+//! …, "description": …}`; the token is part of the path and never appears in an error
+//! (a description or body that echoes it is cleaned: [`crate::platform_text`]).
 
 use crate::channel::ChannelError;
 use crate::http::{ApiClient, HttpError};
@@ -24,6 +25,7 @@ impl Client {
         let what = format!("Telegram {method}");
         let answer = match self.api.post_json(&what, &path, &[], &body, timeout).await {
             Ok((_, _, answer)) => answer,
+            // `body` was cleaned by the client (no token, bounded).
             Err(HttpError::Status { status, body, .. }) if status.as_u16() == 401 => {
                 return Err(ChannelError::Config(format!(
                     "{what}: the bot token was refused ({body}); check it with @BotFather"
@@ -32,13 +34,12 @@ impl Client {
             Err(error) => return Err(error.into()),
         };
         if answer.get("ok").and_then(Value::as_bool) != Some(true) {
-            let description = answer
-                .get("description")
-                .and_then(Value::as_str)
-                .unwrap_or("no description")
-                .chars()
-                .take(300)
-                .collect::<String>();
+            let description = self.api.clean(
+                answer
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no description"),
+            );
             return Err(ChannelError::Platform(format!("{what}: {description}")));
         }
         Ok(answer.get("result").cloned().unwrap_or(Value::Null))
@@ -129,7 +130,8 @@ impl Client {
         text: &str,
         alert: bool,
     ) -> Result<(), ChannelError> {
-        let text: String = text.chars().take(200).collect();
+        // 200 UTF-16 code units, as Telegram counts.
+        let text = crate::cut_measured(text, 200, crate::utf16_units);
         self.call(
             "answerCallbackQuery",
             json!({"callback_query_id": query, "text": text, "show_alert": alert}),

@@ -19,6 +19,7 @@ use crate::channel::{
 };
 use crate::http::ApiClient;
 use crate::lock;
+use crate::platform_text::Scrubber;
 use futures_util::future::BoxFuture;
 use palisade_approvals::Platform;
 use palisade_policy::SecretValue;
@@ -35,8 +36,14 @@ const POLL_SECONDS: u64 = 25;
 const PROMPT_LIFETIME: Duration = Duration::from_secs(600);
 /// Prompts kept at once (oldest dropped first).
 const MAX_PROMPTS: usize = 256;
-/// Telegram's limit on a message's text.
-pub(crate) const MAX_TEXT_CHARS: usize = 4096;
+/// Telegram's limit on a message's text, in UTF-16 code units (how it counts).
+pub(crate) const MAX_TEXT_UNITS: usize = 4096;
+/// Update ids are above zero and fit in 52 bits (Telegram's integers do); an update
+/// with another id is not one to take, and its id is no offset to ask for next.
+const MAX_UPDATE_ID: i64 = 1 << 52;
+/// Wait before polling again when a whole batch was updates not taken (Telegram
+/// hands an update it was not told to forget again at once).
+const UNTAKEN_BATCH_PAUSE: Duration = Duration::from_secs(2);
 
 /// A "reply with your comment" prompt waiting for its answer.
 struct Prompt {
@@ -54,6 +61,8 @@ pub struct Telegram {
     /// The next update to ask for, kept across reconnections: a batch handed to the
     /// hub is not taken again when polling starts over after a failure.
     offset: Mutex<Option<i64>>,
+    /// The last update skipped for its id, so one that comes back is logged once.
+    skipped: Mutex<Option<String>>,
 }
 
 impl Telegram {
@@ -71,10 +80,12 @@ impl Telegram {
         Ok(Telegram {
             name: name.to_string(),
             api: ApiClient::new(api_base, Duration::from_secs(20))
-                .map_err(|e| ChannelError::Config(e.to_string()))?,
+                .map_err(|e| ChannelError::Config(e.to_string()))?
+                .scrubbing(Scrubber::new([&token])),
             token,
             prompts: Arc::default(),
             offset: Mutex::default(),
+            skipped: Mutex::default(),
         })
     }
 
@@ -82,6 +93,34 @@ impl Telegram {
         api::Client {
             api: self.api.clone(),
             token: self.token.clone(),
+        }
+    }
+
+    /// Moves the offset past `update` when its id is one Telegram could have given;
+    /// `false` (logged once per id) when it is not, and the update is not to be taken.
+    fn confirm(&self, update: &Value) -> bool {
+        let id = update.get("update_id");
+        match id.and_then(Value::as_i64) {
+            Some(id) if (0..MAX_UPDATE_ID).contains(&id) => {
+                let next = id + 1;
+                let mut offset = lock(&self.offset);
+                *offset = Some(offset.map_or(next, |o| o.max(next)));
+                true
+            }
+            _ => {
+                let shown: String = id
+                    .map(Value::to_string)
+                    .unwrap_or_else(|| "none".into())
+                    .chars()
+                    .take(40)
+                    .collect();
+                let mut skipped = lock(&self.skipped);
+                if skipped.as_deref() != Some(shown.as_str()) {
+                    tracing::warn!(channel = %self.name, update_id = %shown, "a Telegram update with an impossible id; skipped");
+                    *skipped = Some(shown);
+                }
+                false
+            }
         }
     }
 
@@ -248,15 +287,23 @@ impl Channel for Telegram {
                     updates = client.updates(offset, POLL_SECONDS) => updates?,
                     _ = crate::channel::stopped(&mut shutdown) => return Ok(()),
                 };
+                let mut taken = 0;
+                let batch = updates.len();
                 for update in updates {
-                    if let Some(id) = update.get("update_id").and_then(Value::as_i64) {
-                        let mut offset = lock(&self.offset);
-                        *offset = Some(offset.map_or(id + 1, |o| o.max(id + 1)));
+                    if !self.confirm(&update) {
+                        continue;
                     }
+                    taken += 1;
                     if let Some(incoming) = self.handle_update(&update) {
                         if inbox.send(incoming).await.is_err() {
                             return Ok(());
                         }
+                    }
+                }
+                if batch > 0 && taken == 0 {
+                    tokio::select! {
+                        _ = tokio::time::sleep(UNTAKEN_BATCH_PAUSE) => {}
+                        _ = crate::channel::stopped(&mut shutdown) => return Ok(()),
                     }
                 }
             }
@@ -271,7 +318,7 @@ impl Channel for Telegram {
     ) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
             let client = self.client();
-            for part in crate::split_text(text, MAX_TEXT_CHARS) {
+            for part in crate::split_text_measured(text, MAX_TEXT_UNITS, crate::utf16_units) {
                 client.send(chat, &part, None, None).await?;
             }
             Ok(())
@@ -317,5 +364,112 @@ impl Channel for Telegram {
                 .unwrap_or_else(|| "the bot".into());
             Ok(format!("Telegram bot {name} (id {})", id_text(&me["id"])))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_api::FakeApi;
+
+    const TOKEN: &str = "123456:TELEGRAMBOTSECRET0123456789abcdefghij";
+
+    fn message(id: i64, text: &str) -> Value {
+        json!({"update_id": id, "message": {
+            "message_id": 1, "text": text,
+            "from": {"id": 42, "is_bot": false, "first_name": "Ana"},
+            "chat": {"id": 42, "type": "private"},
+        }})
+    }
+
+    fn text_of(incoming: Incoming) -> String {
+        match incoming {
+            Incoming::Message(message) => message.text,
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    /// An update whose id cannot be one of Telegram's (`id + 1` used to overflow and
+    /// end the channel's task for good) is skipped; the updates around it are taken,
+    /// the offset moves past them, and polling goes on.
+    #[tokio::test]
+    async fn an_impossible_update_id_is_skipped_and_polling_goes_on() {
+        let fake = FakeApi::start(|_, _, before| {
+            let result = match before {
+                0 => json!([message(i64::MAX, "boom"), message(5, "first")]),
+                1 => json!([message(6, "second"), message(-3, "boom"), {"update_id": 1.5}]),
+                _ => json!([message(i64::MAX, "boom")]),
+            };
+            (200, vec![], json!({"ok": true, "result": result}))
+        })
+        .await;
+        let telegram = Telegram::new("tg", &fake.base, SecretValue::new(TOKEN.into())).unwrap();
+        let (inbox, mut incoming) = mpsc::channel(8);
+        let (stop, stopped) = watch::channel(false);
+        let running = tokio::spawn(async move { telegram.run(inbox, stopped).await });
+        for expected in ["first", "second"] {
+            let got = tokio::time::timeout(Duration::from_secs(5), incoming.recv())
+                .await
+                .expect("the channel keeps polling")
+                .expect("the channel is running");
+            assert_eq!(text_of(got), expected);
+        }
+        // A batch of nothing to take is polled again, after a pause.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fake.calls().len() < 4 {
+            assert!(Instant::now() < deadline, "polling stopped");
+            assert!(!running.is_finished(), "the channel ended: {running:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let offsets: Vec<Value> = fake
+            .calls()
+            .iter()
+            .take(4)
+            .map(|(_, body)| body["offset"].clone())
+            .collect();
+        assert_eq!(offsets, [Value::Null, json!(6), json!(7), json!(7)]);
+        assert!(
+            incoming.try_recv().is_err(),
+            "an impossible update was taken"
+        );
+        stop.send(true).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("stops when asked")
+            .expect("never panics");
+        assert!(ended.is_ok());
+    }
+
+    /// What Telegram says goes into errors and the log without the bot token, and a
+    /// rate limit's `retry_after` is kept for the hub.
+    #[tokio::test]
+    async fn errors_never_carry_the_token_and_keep_retry_after() {
+        let fake = FakeApi::start(|path, _, _| {
+            let echo = format!("Bad Request: bot{TOKEN} is\u{1b}[2J not welcome");
+            match path.rsplit('/').next() {
+                Some("sendMessage") => (200, vec![], json!({"ok": false, "description": echo})),
+                Some("getMe") => (401, vec![], json!({"ok": false, "description": echo})),
+                _ => (
+                    429,
+                    vec![],
+                    json!({"ok": false, "description": "Too Many Requests: retry after 30",
+                           "parameters": {"retry_after": 30}}),
+                ),
+            }
+        })
+        .await;
+        let telegram = Telegram::new("tg", &fake.base, SecretValue::new(TOKEN.into())).unwrap();
+        let secret_part = "TELEGRAMBOTSECRET";
+        let sent = telegram.send_message("42", None, "hi").await.unwrap_err();
+        let checked = telegram.check().await.unwrap_err();
+        for error in [sent.to_string(), checked.to_string()] {
+            assert!(!error.contains(secret_part), "{error}");
+            assert!(!error.contains('\u{1b}'), "{error:?}");
+            assert!(error.contains("not welcome"), "{error}");
+        }
+        let (inbox, _incoming) = mpsc::channel(8);
+        let (_stop, stopped) = watch::channel(false);
+        let limited = telegram.run(inbox, stopped).await.unwrap_err();
+        assert_eq!(limited.retry_after(), Some(Duration::from_secs(30)));
     }
 }

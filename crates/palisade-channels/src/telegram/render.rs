@@ -1,12 +1,14 @@
 //! A card as a Telegram message: plain text (no parse mode, so nothing an agent wrote
-//! can be read as markup) and an inline keyboard, two buttons a row.
+//! can be read as markup) and an inline keyboard, two buttons a row. Lengths are
+//! UTF-16 code units, as Telegram counts them.
 
 use crate::card::{CallbackData, Card};
 use serde_json::{json, Value};
 
 pub(super) fn card(card: &Card) -> (String, Option<Value>) {
-    let text = card.text_within(super::MAX_TEXT_CHARS, &|text| text.chars().count());
-    let text: String = text.chars().take(super::MAX_TEXT_CHARS).collect();
+    // Telegram counts UTF-16 code units: an emoji in a summary is two.
+    let text = card.text_within(super::MAX_TEXT_UNITS, &|text| text.encode_utf16().count());
+    let text = crate::cut_measured(&text, super::MAX_TEXT_UNITS, crate::utf16_units);
     if card.buttons.is_empty() {
         // An empty keyboard removes the buttons of an edited card.
         return (text, Some(json!({"inline_keyboard": []})));
@@ -23,4 +25,32 @@ pub(super) fn card(card: &Card) -> (String, Option<Value>) {
         .collect();
     let rows: Vec<Value> = buttons.chunks(2).map(|row| json!(row)).collect();
     (text, Some(json!({ "inline_keyboard": rows })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_approvals::Button;
+
+    /// A summary of emoji fits Telegram's 4,096 UTF-16 code units (counted as
+    /// characters it was 4,096 characters, nearly 8,192 units, and refused).
+    #[test]
+    fn a_card_of_emoji_fits_in_utf16_units() {
+        let sample = Card {
+            approval_id: "apr_abcdefghijkl".into(),
+            token: "abcdefghijklmnop".into(),
+            heading: "Request held at the vault · agent a".into(),
+            title: "Post \u{1F680}".into(),
+            lines: (0..60).map(|_| "\u{1F600}".repeat(60)).collect(),
+            scope: None,
+            detail: String::new(),
+            buttons: vec![Button::Once, Button::Deny],
+            outcome: None,
+            expires_at_ms: 0,
+        };
+        let (text, _) = card(&sample);
+        assert!(text.encode_utf16().count() <= super::super::MAX_TEXT_UNITS);
+        assert!(text.contains("ID apr_abcdefghijkl"), "cut short");
+        assert!(text.contains("more line(s) not shown here"));
+    }
 }
