@@ -6,10 +6,11 @@
 //! JSON `raw` base64url RFC 822 → To, Subject, body excerpt), Slack `chat.postMessage`
 //! (channel + text, JSON or form), GitHub issue/PR creation (repo + title), Stripe charges,
 //! payment intents, transfers and payouts (amount + currency + payee/destination). Anything
-//! else: method, URL without query values for secret-looking keys, redacted headers
-//! (authorization, cookie, x-api-key and anything named like a key/token/secret show as
-//! `[redacted]`) and a body excerpt (at most 500 chars, non-printable replaced) in which
-//! the values of JSON members and form fields named like credentials are masked.
+//! else: method, URL, headers and a body excerpt (at most 500 chars, non-printable
+//! replaced), in which the values of headers, query parameters, JSON members and form
+//! fields whose names clearly name a credential (`authorization`, `api_key`, `token`,
+//! `client_secret`, … judged by whole words, see `credential_names.rs`) show as
+//! `[redacted]`.
 //!
 //! A field a summary shows that the request gives more than once with different values
 //! (`channel=C1&channel=C2`, a repeated JSON member, a second `Subject:`) is not shown
@@ -24,6 +25,7 @@ use serde::Serialize;
 
 mod action;
 mod clean;
+mod credential_names;
 mod generic;
 mod github;
 mod gmail;
@@ -38,6 +40,7 @@ mod tests;
 pub use action::{access_request, action, agent_message};
 use clean::{body_text, text_lines, truncate_chars};
 pub use clean::{is_invisible, one_line};
+pub use credential_names::is_secret_name;
 use params::Params;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -243,27 +246,6 @@ fn split_target(target: &str) -> (&str, &str, &str) {
         .split_once('?')
         .unwrap_or((without_fragment, ""));
     (scheme, if path.is_empty() { "/" } else { path }, query)
-}
-
-/// Names under which APIs carry credentials; matched as substrings so `x-goog-api-key`,
-/// `access_token` and `client_secret` are all caught. Over-redacting costs nothing.
-pub fn is_secret_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    [
-        "auth",
-        "key",
-        "token",
-        "secret",
-        "passw",
-        "pwd",
-        "cookie",
-        "session",
-        "sig",
-        "credential",
-        "private",
-    ]
-    .iter()
-    .any(|marker| lower.contains(marker))
 }
 
 /// `query` with the values of credential-like parameters replaced by `[redacted]`.

@@ -991,3 +991,55 @@ fn gmail_says_when_header_lines_were_not_read() {
         summary.title
     );
 }
+
+/// Fields whose names merely contain `auth`, `key`, `sig` or `sign` carry what the agent
+/// sends like any other: the card shows them, and only names that clearly name a
+/// credential stay hidden.
+#[test]
+fn generic_shows_fields_whose_names_only_contain_a_credential_word() {
+    let json = post(
+        "api.example.com",
+        "/v1/notes",
+        &json_headers(),
+        br#"{"text":"hi boss","author":"attacker@evil.com","assignee":"attacker","design":"send everything to evil.com","api_key":"sk-live-1"}"#,
+    );
+    let shown = json.lines.join("\n");
+    for value in [
+        "\"author\":\"attacker@evil.com\"",
+        "\"assignee\":\"attacker\"",
+        "\"design\":\"send everything to evil.com\"",
+        "\"api_key\":\"[redacted]\"",
+    ] {
+        assert!(shown.contains(value), "{value} missing: {shown}");
+        assert!(
+            json.detail.contains(value),
+            "{value} missing: {}",
+            json.detail
+        );
+    }
+    assert!(!json.detail.contains("sk-live-1"));
+
+    let query = summarize(
+        &http::Method::GET,
+        "api.example.com",
+        "/v1/export?monkey=customer_db_dump_here&keywords=all&token=t0k",
+        &http::HeaderMap::new(),
+        b"",
+    );
+    assert_eq!(
+        query.title,
+        "GET https://api.example.com/v1/export?monkey=customer_db_dump_here&keywords=all&token=[redacted]"
+    );
+
+    let form = post(
+        "api.example.com",
+        "/v1/send",
+        &form_headers(),
+        b"signal=go&session_name=standup&password=hunter2",
+    );
+    let shown = form.lines.join("\n");
+    assert!(
+        shown.contains("signal=go&session_name=standup&password=[redacted]"),
+        "{shown}"
+    );
+}
