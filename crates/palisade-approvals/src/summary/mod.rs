@@ -3,7 +3,8 @@
 //! shape in `generic.rs`.
 //!
 //! Recognised shapes: Gmail send (`POST gmail.googleapis.com/gmail/v1/users/*/messages/send`,
-//! JSON `raw` base64url RFC 822 → To, Subject, body excerpt), Slack `chat.postMessage`
+//! JSON `raw` base64url RFC 822, or the message uploaded to `/upload/gmail/…/send` →
+//! every recipient or at least every recipient domain, Subject, body excerpt), Slack `chat.postMessage`
 //! (channel + text, JSON or form), GitHub issue/PR creation (repo + title), Stripe charges,
 //! payment intents, transfers and payouts (amount + currency + payee/destination). Anything
 //! else: method, URL, headers and a body excerpt (at most 500 chars, non-printable
@@ -31,6 +32,7 @@ mod github;
 mod gmail;
 mod mail;
 mod params;
+mod recipients;
 mod repeated;
 mod slack;
 mod stripe;
@@ -102,7 +104,10 @@ pub fn summarize(
         body,
     };
     let detail = request.detail(scheme);
-    let recognised = if method == http::Method::POST || method == http::Method::GET {
+    let recognised = if method == http::Method::POST
+        || method == http::Method::GET
+        || method == http::Method::PUT
+    {
         recognise(&request)
     } else {
         None
@@ -266,6 +271,8 @@ type Recognised = (String, Vec<String>);
 fn recognise(request: &Request<'_>) -> Option<Recognised> {
     let segments = request.segments();
     let post = *request.method == http::Method::POST;
+    // The data of a resumable upload is PUT to the session's address.
+    let put = *request.method == http::Method::PUT;
     match (request.host, segments.as_slice()) {
         (
             "gmail.googleapis.com" | "www.googleapis.com",
@@ -274,8 +281,10 @@ fn recognise(request: &Request<'_>) -> Option<Recognised> {
         (
             "gmail.googleapis.com" | "www.googleapis.com",
             ["upload", "gmail", "v1", "users", _, "messages", "send"],
-        ) if post => gmail::send(request, true),
-        (host, ["api", method]) if host == "slack.com" || host.ends_with(".slack.com") => {
+        ) if post || put => gmail::send(request, true),
+        (host, ["api", method])
+            if !put && (host == "slack.com" || host.ends_with(".slack.com")) =>
+        {
             slack::post(request, method)
         }
         ("api.github.com", ["repos", owner, repo, "issues"]) if post => {
