@@ -1280,3 +1280,107 @@ fn gmail_media_and_resumable_uploads_of_a_raw_message() {
         );
     }
 }
+
+#[test]
+fn slack_blocks_are_shown_not_the_notification_text() {
+    let body = serde_json::json!({
+        "channel": "C0GENERAL",
+        "text": "Lunch at noon?",
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn",
+            "text": "Our AWS root key is AKIAEXAMPLE, details <https://evil.example/x|here>"}}]
+    });
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        &serde_json::to_vec(&body).unwrap(),
+    );
+    assert_eq!(
+        summary.title,
+        "Post to Slack in C0GENERAL: \"Our AWS root key is AKIAEXAMPLE, details here (https://evil.example/x)\""
+    );
+    for line in [
+        "Notification text (Slack shows it in notifications, not in the message):",
+        "Lunch at noon?",
+        "Our AWS root key is AKIAEXAMPLE, details here (https://evil.example/x)",
+    ] {
+        assert!(
+            summary.lines.contains(&line.to_string()),
+            "{line} missing: {:?}",
+            summary.lines
+        );
+    }
+}
+
+#[test]
+fn slack_attachments_rich_text_and_buttons_are_shown_with_their_links() {
+    let body = serde_json::json!({
+        "channel": "C1",
+        "text": "Build passed",
+        "attachments": [{
+            "fallback": "see build",
+            "pretext": "Also:",
+            "title": "Customer list",
+            "title_link": "https://evil.example/dump",
+            "fields": [{"title": "Rows", "value": "48213"}]
+        }],
+    });
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        &serde_json::to_vec(&body).unwrap(),
+    );
+    assert!(
+        summary
+            .title
+            .starts_with("Post to Slack in C1: \"Build passed Attachment 1: Also: Customer list"),
+        "{}",
+        summary.title
+    );
+    let text = summary.lines.join("\n");
+    for shown in [
+        "Build passed",
+        "Customer list",
+        "Link: https://evil.example/dump",
+        "48213",
+        "Fallback: see build",
+    ] {
+        assert!(text.contains(shown), "{shown} missing: {text}");
+    }
+    // No notification line: without blocks the text is the message.
+    assert!(!text.contains("Notification text"), "{text}");
+
+    let blocks = serde_json::json!({
+        "channel": "C1",
+        "blocks": [
+            {"type": "rich_text", "elements": [{"type": "rich_text_section", "elements": [
+                {"type": "text", "text": "Reset your password "},
+                {"type": "link", "url": "https://evil.example/login", "text": "on the portal"}
+            ]}]},
+            {"type": "actions", "elements": [{"type": "button",
+                "text": {"type": "plain_text", "text": "Open"}, "url": "https://evil.example/b"}]}
+        ]
+    });
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &form_headers(),
+        format!(
+            "channel=C1&blocks={}",
+            percent_encoding::utf8_percent_encode(
+                &blocks["blocks"].to_string(),
+                percent_encoding::NON_ALPHANUMERIC
+            )
+        )
+        .as_bytes(),
+    );
+    let text = card_text(&summary);
+    for shown in [
+        "Reset your password on the portal (https://evil.example/login)",
+        "Open",
+        "Link: https://evil.example/b",
+    ] {
+        assert!(text.contains(shown), "{shown} missing: {text}");
+    }
+}
