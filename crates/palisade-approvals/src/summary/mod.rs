@@ -4,9 +4,11 @@
 //!
 //! Recognised shapes: Gmail send (`POST gmail.googleapis.com/gmail/v1/users/*/messages/send`,
 //! JSON `raw` base64url RFC 822, or the message uploaded to `/upload/gmail/…/send` →
-//! every recipient or at least every recipient domain, Subject, body excerpt), Slack `chat.postMessage`
-//! (channel + what Slack shows: blocks and attachments with link targets, or text; JSON or form), GitHub issue/PR creation (repo + title), Stripe charges,
-//! payment intents, transfers and payouts (amount + currency + payee/destination). Anything
+//! every recipient or at least every recipient domain, Subject, body excerpt), Slack
+//! `chat.postMessage` (channel + what Slack shows: blocks and attachments with link
+//! targets, or text; JSON or form), GitHub issue/PR creation (repo + title), Stripe
+//! charges, payment intents, transfers and payouts (amount + currency +
+//! payee/destination). Anything
 //! else: method, URL, headers and a body excerpt (at most 500 chars, non-printable
 //! replaced), in which the values of headers, query parameters, JSON members and form
 //! fields whose names clearly name a credential (`authorization`, `api_key`, `token`,
