@@ -1,35 +1,29 @@
-//! Gmail `messages.send` (JSON with a base64url RFC 822 `raw`, or a media upload of the
-//! message itself): recipients, subject, attachment names and a text excerpt.
+//! Gmail `messages.send`: JSON with a base64url RFC 822 `raw`, or an upload of the
+//! message itself (`uploadType=media` with a `message/rfc822` body, `multipart` with JSON
+//! metadata and then the message, or the data of a resumable upload). The card shows
+//! recipients (every address, or every domain when they do not all fit, see
+//! `recipients.rs`), subject, attachment names and a text excerpt.
 
 use super::clean::{one_line, text_lines};
+use super::params::Params;
+use super::recipients::{self, AddressField};
 use super::repeated::{self, Repeated};
 use super::{mail, Recognised, Request, EXCERPT_CHARS, LINE_CHARS, MAX_LINES, RAW_MAIL_BYTES};
 
-/// The To line with every address (cards allow 2 000 characters or more in all).
-const ALL_RECIPIENTS_CHARS: usize = 1000;
+/// Characters of the To list in the title; the lines show every address.
+const TITLE_TO_CHARS: usize = 120;
 /// Different messages in a repeated `raw` member that are decoded to be described.
 const MAX_RAW_MESSAGES: usize = 8;
 
 pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
-    let content_type = request.content_type().to_ascii_lowercase();
     let mut repeats = Vec::new();
-    let message_bytes = if upload && content_type.starts_with("message/rfc822") {
-        request.body.to_vec()
+    let message_bytes = if upload {
+        uploaded_message(request, &mut repeats)?
     } else {
-        // A repeated `raw` is two messages in one request: the card summarises the
-        // last copy (the one a JSON parser keeps) and describes every one in its warning.
-        let params = request.params();
-        let raws = params.values("raw");
-        if raws.len() > 1 {
-            repeats.push(Repeated {
-                name: String::from("raw (the message)"),
-                values: describe_messages(&raws),
-            });
-        }
-        decode_raw(&params.get("raw")?)?
+        raw_message(&request.params(), &mut repeats)?
     };
     let message = mail::Part::parse(&message_bytes);
-    let to = addresses(&message, "to").map(|(to, _)| to);
+    let to_values = message.header_values("to");
     let mut subjects = message.header_values("subject");
     let mut seen = std::collections::HashSet::new();
     subjects.retain(|subject| seen.insert(subject.clone()));
@@ -40,19 +34,28 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
         });
     }
     let subject = subjects.into_iter().next();
-    let to_text = to
-        .as_deref()
-        .map(|to| one_line(to, 120))
-        .unwrap_or_else(|| String::from("(no recipient in To)"));
-    // A long To list must not hide a recipient past the title's cut: every address is
-    // on a line of its own below, and how many there are is in the title.
-    let to_full = to.as_deref().map(|to| one_line(to, ALL_RECIPIENTS_CHARS));
-    let addresses_in_to = to.as_deref().map_or(0, |to| to.matches('@').count());
-    let to_text = match &to_full {
-        Some(full) if full.chars().count() > to_text.chars().count() || addresses_in_to > 1 => {
-            format!("{to_text} ({addresses_in_to} addresses)")
-        }
-        _ => to_text,
+    // A long To list must not hide a recipient past the title's cut: the lines below
+    // show every address (or every domain), and the title says how many there are.
+    let to = AddressField::new("To", &to_values);
+    let to_whole = one_line(&to_values.join(", "), usize::MAX);
+    let to_text = one_line(&to_whole, TITLE_TO_CHARS);
+    let title_cut = to_text.chars().count() < to_whole.chars().count();
+    let to_text = if to_values.is_empty() {
+        String::from("(no recipient in To)")
+    } else if title_cut && to.domain_count() > 1 {
+        format!(
+            "{to_text} ({} addresses at {} domains)",
+            to.count(),
+            to.domain_count()
+        )
+    } else if title_cut || to.count() > 1 {
+        let count = to.count();
+        format!(
+            "{to_text} ({count} address{})",
+            if count == 1 { "" } else { "es" }
+        )
+    } else {
+        to_text
     };
     let subject_text = subject
         .as_deref()
@@ -60,21 +63,9 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| String::from("(no subject)"));
     let title = format!("Send e-mail to {to_text}: \"{subject_text}\"");
-    let mut lines = Vec::new();
-    if let Some(full) = to_full.filter(|_| addresses_in_to > 1) {
-        // Lines are capped at LINE_CHARS: the list goes on over as many as it needs.
-        let mut line = format!("To (all {addresses_in_to}):");
-        for address in full.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            if line.chars().count() + address.chars().count() + 2 > LINE_CHARS {
-                lines.push(line);
-                line = String::from("To (continued):");
-            }
-            line.push(' ');
-            line.push_str(address);
-            line.push(',');
-        }
-        line.pop();
-        lines.push(line);
+    let mut fields = Vec::new();
+    if title_cut || to.count() > 1 {
+        fields.push(to);
     }
     for (name, label) in [
         ("from", "From"),
@@ -82,15 +73,9 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
         ("bcc", "Bcc"),
         ("reply-to", "Reply-To"),
     ] {
-        match addresses(&message, name) {
-            Some((value, 1)) => lines.push(format!("{label}: {}", one_line(&value, LINE_CHARS))),
-            Some((value, header_lines)) => lines.push(format!(
-                "{label} ({header_lines} header lines): {}",
-                one_line(&value, LINE_CHARS)
-            )),
-            None => {}
-        }
+        fields.push(AddressField::new(label, &message.header_values(name)));
     }
+    let (mut lines, domains_left_out) = recipients::lines(&fields);
     let content = mail::content(&message);
     if !content.attachments.is_empty() {
         let names: Vec<String> = content
@@ -114,6 +99,9 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
         None => lines.push(String::from("(no readable text body)")),
     }
     let (mut title, mut lines) = repeated::flag(title, lines, &repeats);
+    if domains_left_out {
+        title = format!("⚠ Recipients at more domains than a card can list. {title}");
+    }
     if message.headers_cut {
         title = format!("⚠ Header lines not read (too many or too long). {title}");
         lines.insert(
@@ -126,15 +114,76 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
     Some((title, lines))
 }
 
-/// Every header of an address field (To, Cc, Bcc, From, Reply-To) as one list, and
-/// how many header lines it came from: a second `Bcc:` line adds recipients, so all
-/// are shown, not only the first line's.
-fn addresses(message: &mail::Part<'_>, name: &str) -> Option<(String, usize)> {
-    let values = message.header_values(name);
-    if values.is_empty() {
-        return None;
+/// The message in a JSON or form body's `raw` member. A repeated `raw` is two messages
+/// in one request: the card summarises the last copy (the one a JSON parser keeps) and
+/// describes every one in its warning.
+fn raw_message(params: &Params, repeats: &mut Vec<Repeated>) -> Option<Vec<u8>> {
+    let raws = params.values("raw");
+    if raws.len() > 1 {
+        repeats.push(Repeated {
+            name: String::from("raw (the message)"),
+            values: describe_messages(raws.iter().map(|raw| decode_raw(raw))),
+        });
     }
-    Some((values.join(", "), values.len()))
+    decode_raw(&params.get("raw")?)
+}
+
+/// The message of an upload to `/upload/gmail/…/send`. A `multipart/related` body is
+/// JSON metadata followed by the message; `message/rfc822` (any `message/` type) is the
+/// message itself; JSON or a form carries it in `raw` as the plain endpoint does; and
+/// anything else is what Gmail will read as the message, so it is summarised as one.
+fn uploaded_message(request: &Request<'_>, repeats: &mut Vec<Repeated>) -> Option<Vec<u8>> {
+    let content_type = request.content_type();
+    let lower = content_type.trim_start().to_ascii_lowercase();
+    if lower.starts_with("multipart/") {
+        return multipart_message(&content_type, request.body, repeats);
+    }
+    if lower.starts_with("message/") {
+        return Some(request.body.to_vec());
+    }
+    raw_message(&request.params(), repeats).or_else(|| Some(request.body.to_vec()))
+}
+
+/// The message of a multipart upload: the last part that is not JSON metadata, else
+/// the metadata's `raw`. When the upload carries more than one message (two media
+/// parts, or a `raw` in the metadata besides the media) all are described in a warning,
+/// since which one Gmail sends is not for the card to guess.
+fn multipart_message(
+    content_type: &str,
+    body: &[u8],
+    repeats: &mut Vec<Repeated>,
+) -> Option<Vec<u8>> {
+    let mut messages: Vec<Vec<u8>> = Vec::new();
+    let mut from_metadata: Vec<Vec<u8>> = Vec::new();
+    for part in mail::multipart_parts(content_type, body) {
+        let (mime, _) = part.content_type();
+        if mime.contains("json") {
+            let metadata = Params::from_body("application/json", &part.decoded_body());
+            from_metadata.extend(
+                metadata
+                    .values("raw")
+                    .iter()
+                    .filter_map(|raw| decode_raw(raw)),
+            );
+        } else {
+            messages.push(part.decoded_body());
+        }
+    }
+    let mut all = from_metadata;
+    all.extend(messages);
+    let mut distinct: Vec<Vec<u8>> = Vec::new();
+    for message in all {
+        if !distinct.contains(&message) {
+            distinct.push(message);
+        }
+    }
+    if distinct.len() > 1 {
+        repeats.push(Repeated {
+            name: String::from("message (upload parts)"),
+            values: describe_messages(distinct.iter().map(|m| Some(m.clone()))),
+        });
+    }
+    distinct.pop()
 }
 
 fn decode_raw(raw: &str) -> Option<Vec<u8>> {
@@ -142,15 +191,16 @@ fn decode_raw(raw: &str) -> Option<Vec<u8>> {
     mail::decode_base64_lenient(&raw[..raw.len().min(RAW_MAIL_BYTES)])
 }
 
-/// `To …, Subject …` of each message (the last [`MAX_RAW_MESSAGES`] of them).
-fn describe_messages(raws: &[String]) -> Vec<String> {
-    let skipped = raws.len().saturating_sub(MAX_RAW_MESSAGES);
+/// `To …, Subject …` of each message (the last [`MAX_RAW_MESSAGES`] of them); `None`
+/// for one that could not be decoded.
+fn describe_messages(messages: impl ExactSizeIterator<Item = Option<Vec<u8>>>) -> Vec<String> {
+    let skipped = messages.len().saturating_sub(MAX_RAW_MESSAGES);
     let mut described = Vec::new();
     if skipped > 0 {
         described.push(format!("({skipped} earlier messages not described)"));
     }
-    for raw in &raws[skipped..] {
-        described.push(match decode_raw(raw) {
+    for message in messages.skip(skipped) {
+        described.push(match message {
             Some(bytes) => {
                 let message = mail::Part::parse(&bytes);
                 let to = message.header_values("to").join(", ");

@@ -79,7 +79,9 @@ impl<'a> Part<'a> {
             .collect()
     }
 
-    fn content_type(&self) -> (String, String) {
+    /// The MIME type (lower case, `text/plain` when none is given) and the whole
+    /// `Content-Type` value with its parameters.
+    pub(crate) fn content_type(&self) -> (String, String) {
         let raw = self.header("content-type").unwrap_or_default();
         let mime = raw
             .split(';')
@@ -93,6 +95,34 @@ impl<'a> Part<'a> {
             mime
         };
         (mime, raw)
+    }
+}
+
+impl Part<'_> {
+    /// The body with its `Content-Transfer-Encoding` (base64, quoted-printable) undone.
+    pub(crate) fn decoded_body(&self) -> Vec<u8> {
+        let encoding = self
+            .header("content-transfer-encoding")
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        match encoding.as_str() {
+            "base64" => decode_base64_lenient(self.body).unwrap_or_default(),
+            "quoted-printable" => decode_quoted_printable(self.body),
+            _ => self.body.to_vec(),
+        }
+    }
+}
+
+/// The parts of a multipart body (an HTTP upload's, or a message's) whose
+/// `Content-Type` value, parameters included, is `content_type`; none without a boundary.
+pub(crate) fn multipart_parts<'a>(content_type: &str, body: &'a [u8]) -> Vec<Part<'a>> {
+    match parameter(content_type, "boundary") {
+        Some(boundary) if !boundary.is_empty() => split_multipart(body, boundary.as_bytes())
+            .into_iter()
+            .map(Part::parse)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -160,16 +190,7 @@ impl Walker {
             _ => return,
         };
         if slot.is_none() {
-            let encoding = part
-                .header("content-transfer-encoding")
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
-            let bytes = match encoding.as_str() {
-                "base64" => decode_base64_lenient(part.body).unwrap_or_default(),
-                "quoted-printable" => decode_quoted_printable(part.body),
-                _ => part.body.to_vec(),
-            };
+            let bytes = part.decoded_body();
             let charset = parameter(&raw_type, "charset").unwrap_or_default();
             *slot = Some(decode_charset(&bytes, &charset));
         }

