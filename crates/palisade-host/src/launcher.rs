@@ -163,11 +163,50 @@ impl RunnerLauncher for SandboxLauncher {
     }
 }
 
+/// Bytes of a runner's output line logged; the rest of the line is skipped unread
+/// into memory.
+const MAX_LOGGED_LINE: usize = 2000;
+
+/// Logs what a runner writes, line by line: each line cut at [`MAX_LOGGED_LINE`] bytes
+/// (see [`read_line_capped`]), at most a burst of 200 lines then 20 a second (the count
+/// of lines left out goes on the next one logged).
 async fn log_lines(agent: AgentName, stream: impl tokio::io::AsyncRead + Unpin) {
-    let mut lines = tokio::io::BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let line: String = line.chars().take(2000).collect();
-        tracing::info!(agent = %agent, "runner: {line}");
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut budget = palisade_policy::budget::Bucket::full(200.0);
+    let mut line = Vec::with_capacity(256);
+    while read_line_capped(&mut reader, &mut line, MAX_LOGGED_LINE).await {
+        if let Some(lines_left_out) = budget.take(200.0, 20.0) {
+            let text = String::from_utf8_lossy(&line);
+            tracing::info!(agent = %agent, lines_left_out, "runner: {text}");
+        }
+    }
+}
+
+/// Reads the next line of `reader` into `line` (cleared first, without its newline),
+/// keeping at most `max` bytes of it: the rest of the line is read and dropped, so
+/// output without newlines never grows memory. `false` at the end (a last line without
+/// a newline is dropped with it).
+async fn read_line_capped(
+    reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+    max: usize,
+) -> bool {
+    line.clear();
+    loop {
+        let (used, ended) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => return false,
+            Ok(buffer) => {
+                let end = buffer.iter().position(|b| *b == b'\n');
+                let text = &buffer[..end.unwrap_or(buffer.len())];
+                let room = max.saturating_sub(line.len());
+                line.extend_from_slice(&text[..text.len().min(room)]);
+                (end.map_or(buffer.len(), |end| end + 1), end.is_some())
+            }
+        };
+        reader.consume(used);
+        if ended {
+            return true;
+        }
     }
 }
 
@@ -202,5 +241,24 @@ impl Drop for SandboxRunner {
         if let Some(kill) = self.kill.take() {
             let _ = kill.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_runners_lines_are_cut_and_never_held_whole() {
+        let mut output = "a".repeat(100_000).into_bytes();
+        output.extend_from_slice(b"\nshort\nunfinished");
+        let mut reader = tokio::io::BufReader::with_capacity(1024, output.as_slice());
+        let mut line = Vec::new();
+        assert!(read_line_capped(&mut reader, &mut line, 2000).await);
+        assert_eq!(line, "a".repeat(2000).into_bytes());
+        assert!(line.capacity() < 8192, "{}", line.capacity());
+        assert!(read_line_capped(&mut reader, &mut line, 2000).await);
+        assert_eq!(line, b"short");
+        assert!(!read_line_capped(&mut reader, &mut line, 2000).await);
     }
 }

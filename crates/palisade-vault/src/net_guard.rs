@@ -112,23 +112,36 @@ fn is_local_v4(ip: Ipv4Addr) -> bool {
         || o[0] >= 240 // reserved
 }
 
-/// The IPv4 address an IPv6 address embeds: IPv4-mapped (`::ffff:a.b.c.d`), NAT64
-/// (`64:ff9b::/96`) and the deprecated IPv4-compatible form (`::a.b.c.d`, except `::`
-/// and `::1`).
+/// The IPv4 address an IPv6 address embeds: IPv4-mapped (`::ffff:a.b.c.d`), SIIT's
+/// IPv4-translated (`::ffff:0:a.b.c.d`), NAT64 (`64:ff9b::/96` and the local-use
+/// `64:ff9b:1::/48`), 6to4 (`2002:aabb:ccdd::/48`), Teredo's client (`2001:0::/32`, the
+/// last 32 bits inverted) and the deprecated IPv4-compatible form (`::a.b.c.d`, except
+/// `::` and `::1`). Each is a way some network on the path may reach that IPv4 host.
 pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return Some(v4);
     }
     let s = ip.segments();
-    if (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0])
+    let of = |high: u16, low: u16| {
+        Some(Ipv4Addr::new(
+            (high >> 8) as u8,
+            high as u8,
+            (low >> 8) as u8,
+            low as u8,
+        ))
+    };
+    let nat64 = s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0, 0, 0, 0] || s[2] == 1);
+    if nat64
+        || (s[0..6] == [0, 0, 0, 0, 0xffff, 0])
         || (s[0..6] == [0, 0, 0, 0, 0, 0] && (s[6] != 0 || s[7] > 1))
     {
-        return Some(Ipv4Addr::new(
-            (s[6] >> 8) as u8,
-            s[6] as u8,
-            (s[7] >> 8) as u8,
-            s[7] as u8,
-        ));
+        return of(s[6], s[7]);
+    }
+    if s[0] == 0x2002 {
+        return of(s[1], s[2]);
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        return of(!s[6], !s[7]);
     }
     None
 }
@@ -233,6 +246,11 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::7f00:1",
+            "64:ff9b:1::7f00:1",
+            "::ffff:0:7f00:1",
+            "2002:7f00:1::",
+            "2002:a00:1::1",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
             "::127.0.0.1",
         ] {
             assert!(is_local(ip.parse().unwrap()), "{ip} should be local");
@@ -244,6 +262,8 @@ mod tests {
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:1.1.1.1",
+            "2002:101:101::",
+            "2001:0:4136:e378:8000:63bf:fefe:fefe",
         ] {
             assert!(!is_local(ip.parse().unwrap()), "{ip} should be public");
         }

@@ -236,11 +236,13 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 }
 
 /// Logs go to stderr so stdout stays clean for tables, JSON and tokens. `-v` flags win
-/// over RUST_LOG; without either only warnings and errors are shown.
+/// over RUST_LOG; without either only warnings and errors are shown, and of the h2
+/// crate only errors: it warns once per stream an agent resets past its limit, which
+/// one agent's loop turned into a thousand lines in 15 s that no budget of ours bounds.
 fn init_tracing(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let filter = match verbose {
-        0 => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        0 => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,h2=error")),
         1 => EnvFilter::new("info"),
         2 => EnvFilter::new("debug"),
         _ => EnvFilter::new("trace"),
