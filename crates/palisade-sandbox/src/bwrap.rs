@@ -333,6 +333,12 @@ impl Gate {
             options.extend([
                 "--userns-block-fd".into(),
                 read.as_raw_fd().to_string(),
+                // bwrap may run as the namespace's owner (see namespace_owner_for),
+                // whose id is not mapped: the shim starts as uid 0 all the same.
+                "--uid".into(),
+                "0".into(),
+                "--gid".into(),
+                "0".into(),
                 "--cap-add".into(),
                 "CAP_SETUID".into(),
                 "--cap-add".into(),
@@ -350,7 +356,11 @@ impl Gate {
 
     /// Reads the child's pid; as root writes its maps (`agent` for [`AGENT_ID`]);
     /// bounds its kernel pools; then lets the shim start.
-    fn open(self, agent: crate::ownership::Owner) -> Result<(), SandboxError> {
+    fn open(
+        self,
+        agent: crate::ownership::Owner,
+        owner: Option<crate::ownership::Owner>,
+    ) -> Result<(), SandboxError> {
         let Gate {
             info_read,
             info_write,
@@ -379,8 +389,9 @@ impl Gate {
                     SandboxError::io(format!("cannot write the sandbox's {file} ({path})"), e)
                 })
             };
-            write("uid_map", format!("0 0 1\n{AGENT_ID} {} 1\n", agent.uid))?;
-            write("gid_map", format!("0 0 1\n{AGENT_ID} {} 1\n", agent.gid))?;
+            let (uid_map, gid_map) = root_maps(agent, owner);
+            write("uid_map", uid_map)?;
+            write("gid_map", gid_map)?;
             userns
                 .write_all(b"1")
                 .map_err(|e| SandboxError::io("cannot let the sandbox start", e))?;
@@ -389,6 +400,58 @@ impl Gate {
         block_write
             .write_all(b"1")
             .map_err(|e| SandboxError::io("cannot let the sandbox's command start", e))
+    }
+}
+
+/// The id bwrap runs as inside the namespace while it builds the sandbox, when it runs
+/// as the namespace's owner: that id must be mapped for it to create anything, and the
+/// agent (1000, without capabilities) cannot become it.
+const OWNER_IN_NAMESPACE: u32 = 65_533;
+
+/// The user namespace's uid and gid maps of a sandbox root starts: 0 stays the host's
+/// root (bwrap builds the sandbox from root's files), [`AGENT_ID`] is `agent`, and the
+/// namespace's `owner`, if it is not root, is [`OWNER_IN_NAMESPACE`].
+fn root_maps(
+    agent: crate::ownership::Owner,
+    owner: Option<crate::ownership::Owner>,
+) -> (String, String) {
+    let mut uid_map = format!("0 0 1\n{AGENT_ID} {} 1\n", agent.uid);
+    let mut gid_map = format!("0 0 1\n{AGENT_ID} {} 1\n", agent.gid);
+    if let Some(owner) = owner {
+        uid_map.push_str(&format!("{OWNER_IN_NAMESPACE} {} 1\n", owner.uid));
+        gid_map.push_str(&format!("{OWNER_IN_NAMESPACE} {} 1\n", owner.gid));
+    }
+    (uid_map, gid_map)
+}
+
+/// Who runs bwrap, and so owns the user namespace it creates, when root starts a
+/// sandbox for `agent`: the agent's own id ([`crate::oci::namespace_owner`]), so what
+/// the sandbox holds of the kernel's per-user pools is not root's. `None` (root owns
+/// it, as before) where this host lets no one but root create a user namespace.
+fn namespace_owner_for(agent: &str) -> Option<crate::ownership::Owner> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|text| text.trim().to_string())
+    };
+    let blocked = read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0")
+        || read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1");
+    (!blocked).then(|| crate::oci::namespace_owner(agent))
+}
+
+/// In the forked child, before bwrap: becomes `owner` for good (root's capabilities go
+/// with the change of ids). The parent, still root, writes the maps (see [`Gate`]).
+fn become_owner(owner: crate::ownership::Owner) -> std::io::Result<()> {
+    use nix::libc;
+    // SAFETY: plain system calls with integer arguments.
+    let failed = unsafe {
+        libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(owner.gid, owner.gid, owner.gid) != 0
+            || libc::setresuid(owner.uid, owner.uid, owner.uid) != 0
+    };
+    match failed {
+        true => Err(std::io::Error::last_os_error()),
+        false => Ok(()),
     }
 }
 
@@ -495,6 +558,7 @@ impl Runtime for Bubblewrap {
             crate::ownership::hand_over(&spec.workspace, root, crate::oci::rootful_agent_owner())?;
         }
         let gate = Gate::new(root)?;
+        let owner = root.then(|| namespace_owner_for(&spec.agent)).flatten();
         let (uid, gid) = match root {
             true => (AGENT_ID, AGENT_ID),
             false => (
@@ -545,14 +609,18 @@ impl Runtime for Bubblewrap {
         inherited.push(sandbox_end.as_raw_fd());
         inherited.extend(gate.child_fds());
         inherited.extend(sources.fds.iter().map(|fd| fd.as_raw_fd()));
-        // SAFETY: only async-signal-safe calls (fcntl, keyctl, and enter_from_child's
-        // open/write/close on prepared paths) run between fork and exec.
+        // SAFETY: only async-signal-safe calls (fcntl, keyctl, enter_from_child's
+        // open/write/close on prepared paths, setgroups, setresgid, setresuid) run
+        // between fork and exec.
         unsafe {
             command.pre_exec(move || {
                 inherit(&inherited)?;
                 join_new_session_keyring();
-                match &procs {
-                    Some(procs) => enter_from_child(procs),
+                if let Some(procs) = &procs {
+                    enter_from_child(procs)?;
+                }
+                match owner {
+                    Some(owner) => become_owner(owner),
                     None => Ok(()),
                 }
             });
@@ -565,7 +633,7 @@ impl Runtime for Bubblewrap {
         drop(sandbox_end);
         drop(sources);
         // On failure the child is killed when dropped (kill_on_drop).
-        gate.open(crate::oci::rootful_agent_owner())?;
+        gate.open(crate::oci::rootful_agent_owner(), owner)?;
         let broker = crate::broker::serve(control, crate::runtime::broker_targets(spec))
             .map_err(|e| SandboxError::io("cannot serve the sandbox's control channel", e))?;
         Ok(Sandbox {

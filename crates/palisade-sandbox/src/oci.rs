@@ -487,6 +487,30 @@ pub fn rootful_agent_owner() -> crate::ownership::Owner {
     crate::ownership::Owner { uid: id, gid: id }
 }
 
+/// The first of the ids (in the rootful range) that own root's bubblewrap sandboxes'
+/// user namespaces, and how many there are: [`namespace_owner`].
+const OWNER_FIRST: u32 = 2000;
+const OWNER_SLOTS: u32 = 60_000;
+
+/// The host user that owns the user namespace of `agent`'s bubblewrap sandboxes when
+/// root starts them: one id of the rootful range per agent name (by hash, so two agents
+/// may rarely share one, which only makes them share what is described below).
+///
+/// What a sandbox's processes hold of the kernel's per-user pools (inotify instances
+/// and watches, fanotify groups, queued signals, message queue bytes) is counted
+/// against the owner of each user namespace above them. Owned by root, every agent's
+/// sandboxes drew on root's own pools (128 inotify instances for systemd and every
+/// other root program, then none). Owned by an id of its own, an agent draws on its
+/// own pools only; nothing runs as that id but bwrap's own monitor process.
+pub fn namespace_owner(agent: &str) -> crate::ownership::Owner {
+    // FNV-1a: stable across versions and platforms, unlike the standard hasher.
+    let hash = agent.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    let id = rootful_id_base().0 + OWNER_FIRST + hash % OWNER_SLOTS;
+    crate::ownership::Owner { uid: id, gid: id }
+}
+
 /// Makes `fd` available as descriptor `target` across exec (in the child).
 fn place_at(fd: std::os::fd::RawFd, target: std::os::fd::RawFd) -> std::io::Result<()> {
     use nix::libc;

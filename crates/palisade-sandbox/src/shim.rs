@@ -255,18 +255,34 @@ pub fn run(options: ShimOptions) -> i32 {
 }
 
 /// Becomes `uid`:`gid` with no supplementary groups, for good: real, effective and
-/// saved ids all change, which clears the permitted, effective and ambient
-/// capabilities (the process holds no `SECBIT_KEEP_CAPS`) and makes it undumpable, so
-/// the command it starts cannot read or write its memory through `/proc`; then the
-/// inheritable set is emptied too. (The bounding set keeps `CAP_SETUID` and
-/// `CAP_SETGID`, which only `CAP_SETPCAP` could drop; with no-new-privileges and
-/// `nosuid` mounts nothing can raise them again.) Checked afterwards, not assumed.
+/// saved ids all change, which makes it undumpable, so the command it starts cannot
+/// read or write its memory through `/proc`; then the ambient, effective, permitted
+/// and inheritable capabilities are emptied (a change of ids from 0 clears most of
+/// them, but the shim starts as the namespace's owner when root's sandbox runs bwrap
+/// as that id, and keeps them through a change between two other ids). (The bounding
+/// set keeps `CAP_SETUID` and `CAP_SETGID`, which only `CAP_SETPCAP` could drop; with
+/// no-new-privileges and `nosuid` mounts nothing can raise them again.) Checked
+/// afterwards, not assumed: the ids, and that uid 0 is out of reach.
 fn become_user(uid: u32, gid: u32) -> nix::Result<()> {
     use nix::unistd::{getresgid, getresuid, setgroups, setresgid, setresuid, Gid, Uid};
     let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
     setgroups(&[])?;
     setresgid(gid, gid, gid)?;
     setresuid(uid, uid, uid)?;
+    // Started as the namespace's owner (not 0), the change of ids leaves the capabilities
+    // (bwrap hands them over as ambient ones): they go now, before the check.
+    // SAFETY: prctl with integer arguments.
+    let cleared = unsafe {
+        nix::libc::prctl(
+            nix::libc::PR_CAP_AMBIENT,
+            nix::libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    nix::errno::Errno::result(cleared)?;
+    clear_capabilities()?;
     let users = getresuid()?;
     let groups = getresgid()?;
     let same = [users.real, users.effective, users.saved] == [uid; 3]
@@ -274,7 +290,7 @@ fn become_user(uid: u32, gid: u32) -> nix::Result<()> {
     if !same || setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok() {
         return Err(nix::Error::EPERM);
     }
-    clear_capabilities()
+    Ok(())
 }
 
 /// Empties the effective, permitted and inheritable capability sets (`capset(2)`,

@@ -1490,3 +1490,77 @@ fn one_sandbox_cannot_take_a_users_kernel_pools_from_the_next() {
         }
     });
 }
+
+/// The owner of a user namespace, by `NS_GET_OWNER_UID` on `/proc/PID/ns/user`.
+fn namespace_owner_of(pid: u32) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    const NS_GET_OWNER_UID: u64 = 0xb704;
+    let namespace = std::fs::File::open(format!("/proc/{pid}/ns/user")).ok()?;
+    let mut uid: u32 = u32::MAX;
+    // SAFETY: the ioctl writes one uid_t to the pointer given.
+    let result = unsafe {
+        nix::libc::ioctl(
+            namespace.as_raw_fd(),
+            NS_GET_OWNER_UID as _,
+            &mut uid as *mut u32,
+        )
+    };
+    (result == 0).then_some(uid)
+}
+
+/// Root's bubblewrap sandboxes do not draw on root's own per-user kernel pools: their
+/// user namespace belongs to an id of the agent's (so what its processes hold is
+/// counted there), while the agent itself still runs as the agent's subordinate uid.
+/// Before, every one was root's, and root's 128 inotify instances were shared with
+/// systemd and every other root program.
+#[test]
+fn roots_sandboxes_are_not_counted_against_root() {
+    let Some(world) = world(As::Root) else { return };
+    let marker = "31.4159";
+    let script = format!("touch /workspace/owner-ready; sleep {marker}");
+    let ready = world.home.join("agents/a/workspace/owner-ready");
+    let _ = std::fs::remove_file(&ready);
+    std::thread::scope(|scope| {
+        let sandbox = scope.spawn(|| world.sandbox("bwrap", &["--timeout", "60s"], &script));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready.exists() && Instant::now() < deadline && !sandbox.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The sleeping command, found by its argument among this machine's processes.
+        let sleeper = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|line| line == format!("sleep\0{marker}\0").as_bytes())
+            });
+        let found = sleeper.map(|pid| {
+            let owner = namespace_owner_of(pid);
+            let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:").map(str::to_string));
+            (owner, uid)
+        });
+        if let Some(pid) = sleeper {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let out = sandbox.join().unwrap();
+        let (owner, uid) = found.unwrap_or_else(|| panic!("no sandbox process: {}", text(&out)));
+        let owner = owner.expect("the sandbox's user namespace");
+        assert_ne!(owner, 0, "root owns the sandbox's user namespace");
+        assert_eq!(owner, palisade_sandbox::oci::namespace_owner("a").uid);
+        assert_ne!(owner, palisade_sandbox::oci::namespace_owner("b").uid);
+        let agent = palisade_sandbox::oci::rootful_agent_owner().uid;
+        let uid = uid.unwrap_or_default();
+        assert!(
+            uid.split_whitespace().all(|id| id == agent.to_string()),
+            "the command runs as {uid}, not the agent's {agent}"
+        );
+    });
+    let _ = std::fs::remove_file(&ready);
+}
