@@ -64,7 +64,9 @@ impl Request<'_> {
             .into_iter()
             .map(|mut field| {
                 if is_secret_name(&field.name) {
-                    field.values.fill(String::from("[redacted]"));
+                    for value in &mut field.values {
+                        *value = super::redacted(value.chars().count());
+                    }
                 }
                 field
             })
@@ -136,7 +138,9 @@ fn mask_json(body: &[u8]) -> Vec<u8> {
             }
             end
         };
-        out.extend_from_slice(b"\"[redacted]\"");
+        let value = String::from_utf8_lossy(&body[index..value_end]);
+        let chars = value.trim_matches('"').chars().count();
+        out.extend_from_slice(format!("\"{}\"", super::redacted(chars)).as_bytes());
         index = value_end;
     }
     out
@@ -171,7 +175,8 @@ fn mask_form(body: &[u8]) -> Vec<u8> {
         .map(|pair| match pair.iter().position(|b| *b == b'=') {
             Some(at) if is_secret_name(&String::from_utf8_lossy(&pair[..at])) => {
                 let mut masked = pair[..=at].to_vec();
-                masked.extend_from_slice(b"[redacted]");
+                let chars = String::from_utf8_lossy(&pair[at + 1..]).chars().count();
+                masked.extend_from_slice(super::redacted(chars).as_bytes());
                 masked
             }
             _ => pair.to_vec(),
@@ -205,6 +210,29 @@ mod tests {
         assert_eq!(
             shown(r#"{"note":"my password"}"#),
             r#"{"note":"my password"}"#
+        );
+    }
+
+    /// A field named like a credential can carry anything: a long value is still
+    /// hidden, but how long it is is told.
+    #[test]
+    fn a_long_hidden_value_says_how_long_it_is() {
+        let dump = "row;".repeat(1500);
+        assert_eq!(
+            shown(&format!(r#"{{"token":"{dump}","to":"x"}}"#)),
+            r#"{"token":"[redacted: 6000 characters]","to":"x"}"#
+        );
+        assert_eq!(
+            shown(&format!("password={dump}&x=1")),
+            "password=[redacted: 6000 characters]&x=1"
+        );
+        assert_eq!(
+            crate::summary::redacted_query(&format!("a=1&api_key={dump}")),
+            "a=1&api_key=[redacted: 6000 characters]"
+        );
+        assert_eq!(
+            shown(r#"{"token":"sk-live-0123456789"}"#),
+            r#"{"token":"[redacted]"}"#
         );
     }
 

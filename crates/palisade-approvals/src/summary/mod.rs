@@ -180,7 +180,7 @@ impl Request<'_> {
         let mut detail = format!("{} {}", self.method, one_line(&self.url(scheme), 2000));
         for (name, value) in self.headers.iter().take(MAX_DETAIL_HEADERS) {
             let shown = if is_secret_name(name.as_str()) {
-                String::from("[redacted]")
+                redacted(String::from_utf8_lossy(value.as_bytes()).chars().count())
             } else {
                 one_line(
                     &String::from_utf8_lossy(value.as_bytes()),
@@ -255,12 +255,29 @@ fn split_target(target: &str) -> (&str, &str, &str) {
     (scheme, if path.is_empty() { "/" } else { path }, query)
 }
 
-/// `query` with the values of credential-like parameters replaced by `[redacted]`.
+/// Longest hidden value shown as just `[redacted]`: longer than a credential usually
+/// is, so a length is told, since a field named like a credential can carry anything.
+const PLAIN_REDACTION_CHARS: usize = 64;
+
+/// What a person sees for a hidden value `chars` characters long: `[redacted]`, or for
+/// a long one `[redacted: N characters]`, so an agent that names a field `token` to
+/// send something else (a document, a database dump) under it cannot hide how much
+/// goes out.
+pub fn redacted(chars: usize) -> String {
+    match chars <= PLAIN_REDACTION_CHARS {
+        true => String::from("[redacted]"),
+        false => format!("[redacted: {chars} characters]"),
+    }
+}
+
+/// `query` with the values of credential-like parameters replaced by [`redacted`].
 pub fn redacted_query(query: &str) -> String {
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if is_secret_name(name) => format!("{name}=[redacted]"),
+            Some((name, value)) if is_secret_name(name) => {
+                format!("{name}={}", redacted(value.chars().count()))
+            }
             _ => pair.to_string(),
         })
         .collect::<Vec<_>>()

@@ -367,7 +367,9 @@ pub fn redacted_headers(headers: &http::HeaderMap) -> serde_json::Map<String, se
     let mut map = serde_json::Map::new();
     for (name, value) in headers {
         let shown = if palisade_approvals::summary::is_secret_name(name.as_str()) {
-            "[redacted]".to_string()
+            palisade_approvals::summary::redacted(
+                String::from_utf8_lossy(value.as_bytes()).chars().count(),
+            )
         } else {
             String::from_utf8_lossy(value.as_bytes())
                 .chars()
