@@ -194,6 +194,7 @@ pub(crate) async fn deliver(
     let mut approvals_open = true;
     let turn_deadline = tokio::time::sleep(turn_timeout);
     tokio::pin!(turn_deadline);
+    let mut streamed = 0usize;
     loop {
         let Some(conn) = runner.conn.as_mut() else {
             return Outcome::RunnerFailed("no runner connected".into());
@@ -252,8 +253,26 @@ pub(crate) async fn deliver(
         };
         match frame {
             RunnerFrame::Event { message_id, event } if message_id == message.id => {
-                if let Some(event) = stream_event(&event) {
-                    inner.publish(message.id, event);
+                match stream_event(&event) {
+                    Some(StreamEvent::TextDelta { text }) => {
+                        let before = streamed;
+                        streamed = streamed.saturating_add(text.len());
+                        if streamed <= MAX_STREAMED_TEXT {
+                            inner.publish(message.id, StreamEvent::TextDelta { text });
+                        } else if before <= MAX_STREAMED_TEXT {
+                            inner.publish(
+                                message.id,
+                                StreamEvent::Status {
+                                    message: format!(
+                                        "the agent has streamed more than {} MiB of text in this turn; the rest is not shown until its answer",
+                                        MAX_STREAMED_TEXT >> 20
+                                    ),
+                                },
+                            );
+                        }
+                    }
+                    Some(event) => inner.publish(message.id, event),
+                    None => {}
                 }
             }
             RunnerFrame::ToolCall {
@@ -373,6 +392,12 @@ fn approval_status(event: &palisade_approvals::Event, agent: &AgentName) -> Opti
         _ => format!("{id}: {}", palisade_approvals::outcome_line(approval)),
     })
 }
+
+/// Most text a turn's deltas may stream to whoever watches (`palisade send`, the web
+/// UI's chat, a channel): each delta is bounded, and without this their number was
+/// not (a runner streamed 612 MB to a client in 35 s). Far more than any answer; the
+/// answer itself is stored and shown whole either way.
+const MAX_STREAMED_TEXT: usize = 4 << 20;
 
 /// Maps a runner's event to what channels see (unknown kinds are dropped).
 fn stream_event(event: &serde_json::Value) -> Option<StreamEvent> {

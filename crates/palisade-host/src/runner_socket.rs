@@ -57,10 +57,14 @@ pub(crate) fn slot_socket_path(socket_dir: &Path, agent: &AgentName, slot: usize
 }
 
 /// Accepts connections, handshakes them, and passes good ones to the worker.
+/// `connected`: whether the slot has a runner connected now; another connection is
+/// then refused (a tool command in the sandbox may connect too, and must not wait in
+/// line to become the next runner).
 pub(crate) async fn accept_loop(
     listener: UnixListener,
     agent: AgentName,
     connections: mpsc::Sender<Conn>,
+    connected: Arc<std::sync::atomic::AtomicBool>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -82,14 +86,20 @@ pub(crate) async fn accept_loop(
         };
         let agent = agent.clone();
         let connections = connections.clone();
+        let connected = Arc::clone(&connected);
         tokio::spawn(async move {
             let _permit = permit;
             let mut conn = Conn::new(stream);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut conn, &agent)).await {
                 Ok(Ok(())) => {
-                    if let Err(mpsc::error::TrySendError::Full(mut conn)) =
-                        connections.try_send(conn)
-                    {
+                    let refused = match connected.load(std::sync::atomic::Ordering::SeqCst) {
+                        true => Some(conn),
+                        false => match connections.try_send(conn) {
+                            Err(mpsc::error::TrySendError::Full(conn)) => Some(conn),
+                            _ => None,
+                        },
+                    };
+                    if let Some(mut conn) = refused {
                         let _ = conn
                             .send(&HostFrame::Error {
                                 message: "a runner is already connected for this agent".into(),

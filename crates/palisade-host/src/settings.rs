@@ -191,11 +191,24 @@ pub fn read_agent_file(path: &std::path::Path, limit: usize) -> Result<String, H
 }
 
 /// Appends a note to the agent's memory file (0600), keeping it under the cap.
+/// A note as it is kept: control characters other than line breaks and tabs (terminal
+/// escapes, NUL) and characters that render as nothing or reorder the text (bidi
+/// overrides) removed. The notes go back to the agent in every delivery and are read
+/// by people (`cat memory.md`, the web UI), and nothing an agent writes there needs
+/// them.
+fn printable_note(note: &str) -> String {
+    note.chars()
+        .filter(|c| matches!(c, '\n' | '\t') || !c.is_control())
+        .filter(|c| !palisade_approvals::summary::is_invisible(*c))
+        .collect()
+}
+
 pub fn append_memory(home: &Home, agent: &str, note: &str) -> Result<(), HostError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = memory_path(home, agent);
     let current = read_agent_file(&path, usize::MAX)?;
+    let note = printable_note(note);
     let note = note.trim_end();
     if note.is_empty() {
         return Err(HostError::Invalid("the note is empty".into()));
@@ -293,5 +306,17 @@ mod tests {
         assert_eq!(text, "first\nsecond\n");
         assert!(append_memory(&home, "a", &"x".repeat(MAX_MEMORY_BYTES)).is_err());
         assert!(append_memory(&home, "a", "  ").is_err());
+    }
+
+    /// What an agent writes to its memory comes back in every delivery and is read by
+    /// people: terminal escapes, NUL and bidi overrides do not get in.
+    #[test]
+    fn a_note_keeps_no_control_or_invisible_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        append_memory(&home, "a", "evil\0\x1b[31mred\u{202e}txt.exe\tok\nline two").unwrap();
+        let text = read_agent_file(&memory_path(&home, "a"), MAX_MEMORY_BYTES).unwrap();
+        assert_eq!(text, "evil[31mredtxt.exe\tok\nline two\n");
+        assert!(append_memory(&home, "a", "\u{200b}\x07").is_err());
     }
 }

@@ -254,16 +254,19 @@ async fn run_slot(mut slot: Slot, listener: UnixListener) -> usize {
     let inner = Arc::clone(&slot.inner);
     let agent = slot.agent.clone();
     let (conn_tx, mut conn_rx) = mpsc::channel::<Conn>(1);
+    let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let accept = tokio::spawn(accept_loop(
         listener,
         agent.clone(),
         conn_tx,
+        Arc::clone(&connected),
         inner.shutdown.clone(),
     ));
     let mut shutdown = inner.shutdown.clone();
     let mut runner = Runner::default();
     let mut failures: u32 = 0;
     loop {
+        connected.store(runner.conn.is_some(), Ordering::SeqCst);
         inner.set_warm(
             &agent,
             &slot.socket,
@@ -304,6 +307,7 @@ async fn run_slot(mut slot: Slot, listener: UnixListener) -> usize {
             &message,
             &mut runner,
             &mut conn_rx,
+            &connected,
             &mut failures,
             &mut shutdown,
         )
@@ -331,6 +335,7 @@ async fn handle(
     message: &InboundMessage,
     runner: &mut Runner,
     conn_rx: &mut mpsc::Receiver<Conn>,
+    connected: &std::sync::atomic::AtomicBool,
     failures: &mut u32,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
@@ -360,6 +365,7 @@ async fn handle(
         }
         inner.set_warm(agent, socket, true);
     }
+    connected.store(runner.conn.is_some(), Ordering::SeqCst);
     match deliver(inner, agent, message, runner).await {
         Outcome::Answered => {
             *failures = 0;
@@ -463,8 +469,11 @@ async fn connect(
     runner: &mut Runner,
     conn_rx: &mut mpsc::Receiver<Conn>,
 ) -> Result<(), HostError> {
-    // A connection may already be waiting (a runner that reconnected).
-    if let Ok(conn) = conn_rx.try_recv() {
+    if runner.process.is_none() {
+        // What waits is not this runner's: a new runner is about to start.
+        while conn_rx.try_recv().is_ok() {}
+    } else if let Ok(conn) = conn_rx.try_recv() {
+        // The running runner's connection, made again.
         runner.conn = Some(conn);
         return Ok(());
     }

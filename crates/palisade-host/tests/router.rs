@@ -101,6 +101,17 @@ async fn fake_runner(
                     event: serde_json::json!({"kind": "text_delta", "text": "echo: "}),
                 })
                 .await?;
+                if delivery.text.starts_with("flood") {
+                    // 100 deltas of 64 KiB each: 6.25 MiB of text in one turn.
+                    let chunk = "y".repeat(64 * 1024);
+                    for _ in 0..100 {
+                        conn.send(&RunnerFrame::Event {
+                            message_id: delivery.message_id,
+                            event: serde_json::json!({"kind": "text_delta", "text": chunk}),
+                        })
+                        .await?;
+                    }
+                }
                 conn.send(&RunnerFrame::ToolCall {
                     call_id: "c1".into(),
                     message_id: delivery.message_id,
@@ -244,6 +255,36 @@ async fn message_is_delivered_streamed_answered_and_runner_stays_warm() {
     assert_eq!(mode, 0o600);
     f.host.shutdown().await;
     assert!(!socket.exists(), "socket removed on shutdown");
+}
+
+/// A runner may stream any number of bounded deltas: whoever watches gets at most
+/// 4 MiB of them in a turn, then one line saying the rest waits for the answer, which
+/// still comes whole.
+#[tokio::test]
+async fn a_turns_streamed_text_is_bounded() {
+    let f = fixture(Behaviour::Echo, |_| {}).await;
+    let (_, mut events) = f
+        .host
+        .submit(&f.agent, "cli", "cli", "flood please")
+        .await
+        .unwrap();
+    let (seen, text, is_error) = reply_of(&mut events).await;
+    assert_eq!(text, "echo: flood please");
+    assert!(!is_error);
+    let streamed: usize = seen
+        .iter()
+        .map(|event| match event {
+            StreamEvent::TextDelta { text } => text.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(streamed <= 4 << 20, "{streamed} bytes streamed");
+    assert!(streamed >= 3 << 20, "{streamed} bytes streamed");
+    let said = seen.iter().any(|event| {
+        matches!(event, StreamEvent::Status { message } if message.contains("more than 4 MiB"))
+    });
+    assert!(said, "nothing said the rest is not shown");
+    f.host.shutdown().await;
 }
 
 #[tokio::test]

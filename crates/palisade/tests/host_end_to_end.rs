@@ -10,13 +10,42 @@ use host_fixture::*;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+/// A tool command that connects to the host socket as a second runner: it gets the
+/// host's hello, then is told a runner is already connected (before, it was kept
+/// waiting to become the next runner).
+const SECOND_RUNNER: &str = r#"
+import json, socket, struct
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect("\0palisade-host")
+hello = json.dumps({"type": "hello", "version": 1}).encode()
+s.sendall(struct.pack(">I", len(hello)) + hello)
+def frame():
+    head = b""
+    while len(head) < 4:
+        chunk = s.recv(4 - len(head))
+        if not chunk:
+            return None
+        head += chunk
+    (length,) = struct.unpack(">I", head)
+    body = b""
+    while len(body) < length:
+        body += s.recv(length - len(body))
+    return json.loads(body)
+try:
+    print(frame())
+    print(frame())
+except socket.timeout:
+    print("no answer")
+"#;
+
 #[test]
 fn a_message_wakes_a_sandboxed_runner_that_uses_the_model_through_the_vault() {
     let world = world();
     world.upstream.script_anthropic(vec![
         ScriptedTurn::tool_use(
             "bash",
-            serde_json::json!({"command": "echo from-the-agent > note.txt; env > env.txt; cat /proc/self/environ > environ.bin; cat /proc/self/mountinfo > mounts.txt"}),
+            serde_json::json!({"command": format!("echo from-the-agent > note.txt; env > env.txt; cat /proc/self/environ > environ.bin; cat /proc/self/mountinfo > mounts.txt; runner=$(for p in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" in '/run/palisade/palisade runner '*) echo ${{p#/proc/}};; esac; done | head -1); if (exec 3< /proc/$runner/mem) 2>/dev/null; then echo mem-open:$runner; else echo mem-denied:$runner; fi > runner.txt; python3 - > second-runner.txt 2>&1 <<'PY'\n{SECOND_RUNNER}\nPY\n")}),
         ),
         ScriptedTurn::text("done: the note is written"),
     ]);
@@ -48,6 +77,17 @@ fn a_message_wakes_a_sandboxed_runner_that_uses_the_model_through_the_vault() {
     );
     let environ = std::fs::read(workspace.join("environ.bin")).unwrap();
     assert!(!String::from_utf8_lossy(&environ).contains(KEY));
+    let second = std::fs::read_to_string(workspace.join("second-runner.txt")).unwrap();
+    assert!(
+        second.contains("a runner is already connected"),
+        "a second runner connection was not refused: {second}"
+    );
+    // The runner's memory, which holds the conversation, is out of the command's reach.
+    let runner = std::fs::read_to_string(workspace.join("runner.txt")).expect("runner.txt");
+    assert!(
+        runner.starts_with("mem-denied:") && runner.trim().len() > "mem-denied:".len(),
+        "{runner}"
+    );
     // No socket is mounted into the runner's sandbox (host and vault are reached through
     // its parent), and the home shows only as the workspace's source.
     let mounts = std::fs::read_to_string(workspace.join("mounts.txt")).expect("mounts.txt");

@@ -30,6 +30,10 @@ const OUTBOUND_COLUMNS: &str = "o.id, o.inbound_id, o.text, o.created_at_ms, o.d
 /// runaway loop is stopped here, not by whoever reads the chat.
 pub const MAX_OUTBOUND_PER_MESSAGE: i64 = 100;
 
+/// Most bytes of text those messages may hold together: each may be as large as a
+/// message, but 100 of those would put 25 MiB in the database per message handled.
+pub const MAX_OUTBOUND_BYTES_PER_MESSAGE: i64 = 1 << 20;
+
 fn outbound_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboundMessage> {
     Ok(OutboundMessage {
         id: row.get(0)?,
@@ -448,14 +452,23 @@ impl Store {
             if let Some(existing) = existing {
                 return Ok((existing, false));
             }
-            let count: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM outbound_messages WHERE inbound_id = ?1",
+            let (count, bytes): (i64, i64) = tx.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(text AS BLOB))), 0)
+                 FROM outbound_messages WHERE inbound_id = ?1",
                 [message_id],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )?;
             if count >= MAX_OUTBOUND_PER_MESSAGE {
                 return Err(StoreError::Invalid(format!(
                     "at most {MAX_OUTBOUND_PER_MESSAGE} messages may be sent while handling one message"
+                )));
+            }
+            let adding = i64::try_from(text.len()).unwrap_or(i64::MAX);
+            if bytes.saturating_add(adding) > MAX_OUTBOUND_BYTES_PER_MESSAGE {
+                return Err(StoreError::Invalid(format!(
+                    "the messages sent while handling one message may hold at most {} KiB of text together; {} KiB are sent already",
+                    MAX_OUTBOUND_BYTES_PER_MESSAGE / 1024,
+                    bytes / 1024
                 )));
             }
             tx.execute(
@@ -859,6 +872,26 @@ mod tests {
             store.store_outbound_message(accepted.message_id, "late"),
             Err(StoreError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn messages_sent_while_handling_one_are_bounded_in_bytes() {
+        let (_dir, store, agent) = store_with_agent("helper");
+        let accepted = store.accept_message(&agent, "c", "cli", "go").unwrap();
+        let big = "x".repeat(200 * 1024);
+        for n in 0..5 {
+            store
+                .store_outbound_message(accepted.message_id, &format!("{n}{big}"))
+                .unwrap();
+        }
+        let refused = store.store_outbound_message(accepted.message_id, &format!("5{big}"));
+        assert!(
+            matches!(refused, Err(StoreError::Invalid(_))),
+            "{refused:?}"
+        );
+        store
+            .store_outbound_message(accepted.message_id, "a short one still fits")
+            .unwrap();
     }
 
     #[test]

@@ -61,6 +61,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 pub fn run(args: RunnerArgs) -> anyhow::Result<()> {
+    // The model's tool commands run as the same user in the same sandbox: without this
+    // they could read and write the runner's memory through /proc/PID/mem (ptrace is
+    // denied, that file is not) and change the conversation it holds. A command's own
+    // exec makes it dumpable again, for its own processes.
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        nix::libc::prctl(nix::libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
