@@ -54,6 +54,16 @@ pub fn model_host(settings: &AgentSettings) -> Option<String> {
     })
 }
 
+/// The paths the model key is sent on: those under the base URL's path (`/v1/*` for
+/// `http://127.0.0.1:8080/v1`), none for a base URL without one. The key goes to its
+/// host on every port, so a key for a local provider (`127.0.0.1`) would otherwise go
+/// with any request an agent's tool makes to any local service.
+pub fn model_key_paths(settings: &AgentSettings) -> Option<String> {
+    let uri: http::Uri = settings.effective_base_url().parse().ok()?;
+    let path = uri.path().trim_end_matches('/');
+    (!path.is_empty()).then(|| format!("{path}/*"))
+}
+
 /// The secret granted to `agent` that the vault would inject into its model API
 /// requests, if there is one.
 pub fn model_key_secret<'a>(
@@ -131,7 +141,7 @@ pub fn store_model_key(store: &Store, form: ModelKey) -> Result<AgentRecord, Hos
             let checked = SecretDraft {
                 name: secret_name(&provider).to_string(),
                 host_pattern: host,
-                path_pattern: None,
+                path_pattern: model_key_paths(&planned),
                 inject: if provider == "openai" {
                     "bearer"
                 } else {
@@ -163,7 +173,8 @@ pub fn store_model_key(store: &Store, form: ModelKey) -> Result<AgentRecord, Hos
     if let (Some(secret), Some(key)) = (secret, form.key) {
         store.create_secret(secret.with_value(key))?;
     }
-    agents::edit(store, name.as_str(), &draft)
+    // The model, when none was given, is picked from the provider's list right after.
+    agents::edit_as_is(store, name.as_str(), &draft)
 }
 
 #[cfg(test)]
@@ -205,5 +216,33 @@ mod tests {
         )
         .unwrap();
         assert!(needs_model_key(&store).unwrap());
+    }
+
+    /// A key for a provider at `http://127.0.0.1:8080/v1` is sent on `/v1/…` only, not
+    /// with a request to any other service of that host.
+    #[test]
+    fn a_model_key_is_sent_on_its_base_urls_paths_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&palisade_store::Home::at(dir.path().join("home"))).unwrap();
+        assert!(ensure_default_agent(&store).unwrap());
+        store_model_key(
+            &store,
+            ModelKey {
+                agent: DEFAULT_AGENT.into(),
+                provider: "openai".into(),
+                base_url: Some("http://127.0.0.1:8080/v1/".into()),
+                key: Some(SecretValue::new("sk-local".to_string())),
+                model: Some("llama".into()),
+            },
+        )
+        .unwrap();
+        let secret = store.get_secret("openai").unwrap();
+        assert_eq!(secret.host_pattern, "127.0.0.1");
+        assert_eq!(secret.path_pattern.as_deref(), Some("/v1/*"));
+        let bare = AgentSettings {
+            base_url: Some("https://localhost:9".into()),
+            ..AgentSettings::default()
+        };
+        assert_eq!(model_key_paths(&bare), None);
     }
 }

@@ -40,6 +40,11 @@ impl ModelLists {
         entries.insert(key, (until, list));
     }
 
+    /// Forgets every list (a key's value changed, which may be any agent's).
+    pub(crate) fn forget_all(&self) {
+        self.lock().clear();
+    }
+
     /// Forgets every list of `agent` (its key or settings changed, or it was deleted).
     pub(crate) fn forget_agent(&self, agent: &str) {
         let prefix = format!("{agent}\n");

@@ -557,6 +557,16 @@ async fn agents_are_created_changed_and_deleted_with_the_clis_checks() {
                 ..Default::default()
             },
         ),
+        // A new provider without a model (the form's model left empty), as the CLI
+        // refuses it: the default model is Claude's.
+        (
+            vec![("name", "x"), ("provider", "openai"), ("model", "")],
+            palisade_host::agents::AgentDraft {
+                provider: Some("openai".into()),
+                model: Some(String::new()),
+                ..Default::default()
+            },
+        ),
         (
             vec![("name", "x"), ("concurrency", "9")],
             palisade_host::agents::AgentDraft {
@@ -887,6 +897,15 @@ async fn rules_are_previewed_created_edited_disabled_and_deleted() {
             })
             .unwrap();
     }
+    // The new rule's method and priority start empty, as their hints say: a box
+    // prefilled with "*" became "*POST" when someone typed into it.
+    let blank = web.page("/vault/rules/new").await;
+    for field in ["method", "priority"] {
+        assert!(
+            blank.contains(&format!("name=\"{field}\" value=\"\"")),
+            "{field} is prefilled: {blank}"
+        );
+    }
     let form = [
         ("name", "ask-before-send"),
         ("host_pattern", "gmail.googleapis.com"),
@@ -1184,6 +1203,38 @@ async fn first_run_stores_the_key_in_the_vault_and_picks_the_newest_model() {
         })
         .unwrap();
     assert_eq!(rows[0].entry.actor.as_deref(), Some("web:admin"));
+    web.stop().await;
+}
+
+/// A key the provider refuses (401 on its model list) is not kept: the form comes back
+/// saying so, nothing is in the vault, and the right key is then taken. (Before, the
+/// wrong key was stored and the card said the agent was ready.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_run_does_not_keep_a_key_the_provider_refuses() {
+    let web = Web::start(true).await;
+    let (_, upstream, _) = web.vault.as_ref().unwrap();
+    upstream.accept_only_key(MODEL_KEY);
+    let base_url = upstream.base_url();
+    let form = |key| {
+        [
+            ("agent", "helper"),
+            ("provider", "anthropic"),
+            ("base_url", base_url.as_str()),
+            ("key", key),
+            ("model", ""),
+        ]
+    };
+    let refused = web
+        .post_refused("/setup/model-key", &form("sk-wrong-key"))
+        .await;
+    assert!(
+        refused.contains("The provider refused this key (401"),
+        "{refused}"
+    );
+    assert!(web.store.list_secrets().unwrap().is_empty());
+    let to = web.post_ok("/setup/model-key", &form(MODEL_KEY)).await;
+    assert_eq!(to, "/?ready=helper");
+    assert_eq!(web.store.list_secrets().unwrap().len(), 1);
     web.stop().await;
 }
 

@@ -1370,10 +1370,12 @@ fn one_agent_cannot_flood_the_audit_log() {
     assert_eq!(rows.len(), written + 1);
     let newest = &rows[0];
     assert_eq!(newest["path"], "/admin/after", "{newest}");
+    // The count rides on the first row after a gap: this one, unless the budget
+    // refilled just in time for the burst's last refusal (a slow machine), which then
+    // carried it.
     assert!(
-        newest["detail"]["similar_rows_suppressed"]
-            .as_u64()
-            .is_some(),
+        rows.iter()
+            .any(|row| row["detail"]["similar_rows_suppressed"].as_u64().is_some()),
         "no count of the rows left out: {newest}"
     );
     let suppressed: u64 = rows

@@ -135,6 +135,12 @@ impl Hub {
             .await;
 
         let edits = finish.into_iter().filter_map(|card| {
+            let wait = lock(&self.inner.failed_posts)
+                .get(&card.id)
+                .is_some_and(|not_before| Instant::now() < *not_before);
+            if wait {
+                return None;
+            }
             let channel = channels.get(&card.channel).cloned()?;
             let hub = self.clone();
             Some(async move { hub.finish(channel, card).await })
@@ -180,12 +186,16 @@ impl Hub {
             let content = Card::new(&approval, &card.token);
             if let Err(error) = channel.update_card(&reference, &content).await {
                 if error.is_transient() {
-                    tracing::warn!(channel = channel.name(), approval = %approval.id, %error, "could not edit a card; retrying");
+                    // Like a post: not again before the platform's rate limit ends.
+                    let wait = repost_after(&error);
+                    lock(&self.inner.failed_posts).insert(card.id, Instant::now() + wait);
+                    tracing::warn!(channel = channel.name(), approval = %approval.id, %error, retry_in = ?wait, "could not edit a card; retrying later");
                     return;
                 }
                 tracing::warn!(channel = channel.name(), approval = %approval.id, %error, "could not edit a card; giving up on it");
             }
         }
+        lock(&self.inner.failed_posts).remove(&card.id);
         let store = self.inner.store.clone();
         let _ = blocking(move || store.finish_card(card.id, &state)).await;
     }

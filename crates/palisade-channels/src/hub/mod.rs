@@ -121,8 +121,8 @@ struct HubInner {
     handlers: Arc<Semaphore>,
     message_handlers: Arc<Semaphore>,
     waiting_replies: Arc<Semaphore>,
-    /// Cards whose post failed, and when they may be tried again (so they are
-    /// retried, but not in a loop, nor before a rate limit ends).
+    /// Cards whose post or final edit failed, and when they may be tried again (so
+    /// they are retried, but not in a loop, nor before a rate limit ends).
     failed_posts: Mutex<HashMap<i64, Instant>>,
     notices: Mutex<HashMap<String, Instant>>,
     /// Messages whose reply a live handler is waiting for (the others' replies are

@@ -81,6 +81,23 @@ impl AgentDraft {
             .transpose()
     }
 
+    /// Refuses a new provider without a model: the agent's model (Claude's by default)
+    /// belongs to the provider it had, and would be sent to the new one as it is.
+    pub fn provider_has_its_model(&self, current: &AgentSettings) -> Result<(), HostError> {
+        let model_given = self.model.as_deref().is_some_and(|m| !m.trim().is_empty());
+        match &self.provider {
+            Some(provider) if provider.trim() != current.provider && !model_given => {
+                Err(invalid(format!(
+                    "provider {} needs a model too: the agent's model {} is {}'s",
+                    clean(provider.trim()),
+                    current.model,
+                    current.provider
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// `settings` with this draft's fields applied and validated.
     fn apply(&self, mut settings: AgentSettings) -> Result<AgentSettings, HostError> {
         if let Some(provider) = &self.provider {
@@ -187,6 +204,7 @@ fn write_instructions(store: &Store, name: &AgentName, text: &str) -> Result<(),
 /// Creates agent `name` (profile `research` unless the draft says otherwise) with the
 /// draft's settings and instructions, or the starting template.
 pub fn create(store: &Store, name: &str, draft: &AgentDraft) -> Result<AgentRecord, HostError> {
+    draft.provider_has_its_model(&AgentSettings::default())?;
     create_checked(store, name, draft, true)
 }
 
@@ -227,6 +245,18 @@ pub(crate) fn create_checked(
 /// Changes agent `name`: the draft's fields replace the agent's, the rest stay.
 /// Nothing is written unless all of it is valid; only what changed is written.
 pub fn edit(store: &Store, name: &str, draft: &AgentDraft) -> Result<AgentRecord, HostError> {
+    let agent = store.get_agent(&AgentName::new(name).map_err(|e| invalid(e.to_string()))?)?;
+    draft.provider_has_its_model(&AgentSettings::from_json(&agent.settings).unwrap_or_default())?;
+    edit_as_is(store, name, draft)
+}
+
+/// [`edit`] without the check that a new provider comes with a model: for a key's
+/// first run, which picks the model from the provider's list right after.
+pub(crate) fn edit_as_is(
+    store: &Store,
+    name: &str,
+    draft: &AgentDraft,
+) -> Result<AgentRecord, HostError> {
     let name = AgentName::new(name).map_err(|e| invalid(e.to_string()))?;
     let profile = draft.profile()?;
     let instructions = draft.instructions()?;
@@ -423,9 +453,17 @@ mod tests {
             (
                 AgentDraft {
                     provider: Some("openai".into()),
+                    model: Some("m".into()),
                     ..AgentDraft::default()
                 },
                 "base URL",
+            ),
+            (
+                AgentDraft {
+                    provider: Some("openai".into()),
+                    ..AgentDraft::default()
+                },
+                "needs a model too",
             ),
             (
                 AgentDraft {

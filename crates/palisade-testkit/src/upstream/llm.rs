@@ -521,7 +521,7 @@ pub(crate) fn models(
 ) -> Response<Body> {
     let headers = request.headers();
     let anthropic = headers.contains_key("anthropic-version") || headers.contains_key("x-api-key");
-    if key_header(request) == "none" {
+    if key_header(request) == "none" || shared.wrong_key(request) {
         let error = if anthropic {
             json!({"type": "error", "error": {"type": "authentication_error", "message": "x-api-key header is required"}})
         } else {

@@ -122,6 +122,8 @@ pub(crate) struct Shared {
     models: Mutex<Vec<(String, String)>>,
     /// Models the model endpoints answer "not found" for.
     retired: Mutex<Vec<String>>,
+    /// The only key `/v1/models` takes, when set ([`Upstream::accept_only_key`]).
+    valid_key: Mutex<Option<String>>,
     /// Connections accepted so far, and those still open.
     accepted: AtomicU64,
     open: AtomicUsize,
@@ -143,6 +145,7 @@ impl Default for Shared {
                     .collect(),
             ),
             retired: Mutex::default(),
+            valid_key: Mutex::default(),
             accepted: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             max_streams: None,
@@ -151,6 +154,26 @@ impl Default for Shared {
 }
 
 impl Shared {
+    /// Whether only one key is accepted and `request` carries another.
+    pub(crate) fn wrong_key(&self, request: &http::Request<()>) -> bool {
+        let Some(valid) = lock(&self.valid_key).clone() else {
+            return false;
+        };
+        let headers = request.headers();
+        let given = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::to_string)
+            });
+        given.is_some_and(|given| given != valid)
+    }
+
     fn record(&self, request: RecordedRequest) {
         lock(&self.requests).push(request);
         self.arrived.notify_all();
@@ -494,6 +517,12 @@ impl Upstream {
     /// the queue is empty the endpoint echoes again.
     pub fn script_anthropic(&self, turns: Vec<ScriptedTurn>) {
         lock(&self.shared.anthropic_script).extend(turns);
+    }
+
+    /// From now on `/v1/models` answers 401 to any key but `key` (`x-api-key`, or a
+    /// bearer `Authorization`), as the real APIs answer a wrong key.
+    pub fn accept_only_key(&self, key: &str) {
+        *lock(&self.shared.valid_key) = Some(key.to_string());
     }
 
     /// Replaces what `/v1/models` lists: `(id, created_at)` pairs (RFC 3339).

@@ -251,10 +251,10 @@ fn edit_page(rule: &RuleRecord) -> Page<'static> {
 
 pub(crate) async fn new_form(State(state): State<WebState>) -> PageResult {
     let agents = agent_names(&state).await?;
+    // Method and priority start empty, as their hints say (any method, priority 0): a
+    // prefilled "*" became "*POST" when someone typed into the box.
     let form = RuleForm {
-        method: "*".into(),
         action: "block".into(),
-        priority: "0".into(),
         scope: "user".into(),
         ..RuleForm::default()
     };

@@ -326,7 +326,7 @@ pub(crate) async fn rotate(
     let value = field(&pairs, "value").to_string();
     let confirmed = field(&pairs, "confirm") == "yes";
     let secret = name.clone();
-    change(&state, name, "rotated", move |store| {
+    let changed = change(&state, name, "rotated", move |store| {
         store.get_secret(&secret)?;
         // Replacing a value is not undone: the form's box must say so was understood.
         if !confirmed {
@@ -338,7 +338,10 @@ pub(crate) async fn rotate(
         store.rotate_secret(&secret, &value)?;
         Ok(())
     })
-    .await
+    .await;
+    // A list read (or refused) with the old value is not what the new one gets.
+    state.model_lists.forget_all();
+    changed
 }
 
 pub(crate) async fn grant(

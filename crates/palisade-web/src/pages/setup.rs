@@ -97,6 +97,7 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
         model: field(&pairs, "model").trim().into(),
     };
     let typed_key = field(&pairs, "key").trim().to_string();
+    let new_key = !typed_key.is_empty();
     let store = state.store.clone();
     let request = ModelKey {
         agent: form.agent.clone(),
@@ -116,25 +117,51 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
     };
     state.model_lists.forget_agent(agent.name.as_str());
     let mut target = format!("/?ready={}", agent.name);
-    if form.model.is_empty() {
-        let socket = state.host.vault_socket(&agent.name);
-        match palisade_host::models::choose_for(&state.store, &socket, &agent.name, LIST_TIMEOUT)
+    // The provider's model list, read with the new key: it picks the model when none
+    // was given, and tells whether the provider takes the key at all.
+    let socket = state.host.vault_socket(&agent.name);
+    let listing = match form.model.is_empty() {
+        true => palisade_host::models::choose_for(&state.store, &socket, &agent.name, LIST_TIMEOUT)
             .await
-        {
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(agent = %agent.name, %error, "could not list the provider's models after storing a key");
-                let local = matches!(
-                    &error,
-                    palisade_host::models::ModelsError::Refused { kind, .. }
-                        if kind == "local_upstream_refused"
-                );
-                target.push_str(if local {
-                    "&models=local"
-                } else {
-                    "&models=unlisted"
-                });
-            }
+            .map(drop),
+        false => match palisade_host::settings::AgentSettings::from_json(&agent.settings) {
+            Ok(settings) => palisade_host::models::list(&socket, &settings, LIST_TIMEOUT)
+                .await
+                .map(drop),
+            Err(_) => Ok(()),
+        },
+    };
+    match listing {
+        Ok(()) => {}
+        // 401 is the provider's: the vault answers 407 and 403 for its own refusals.
+        Err(palisade_host::models::ModelsError::Refused {
+            status: status @ 401,
+            message,
+            ..
+        }) if new_key => {
+            // A key the provider refuses is not kept: the form comes back to fix it.
+            let store = state.store.clone();
+            let name = palisade_host::setup::secret_name(&form.provider).to_string();
+            let _ = blocking(move || store.delete_secret(&name).map_err(PageError::from)).await;
+            state.model_lists.forget_agent(agent.name.as_str());
+            let said: String = message.chars().take(200).collect();
+            let refused = format!(
+                "The provider refused this key ({status}: {said}). It was not kept: check the key and paste it again."
+            );
+            return dashboard::render(&state, Some((&form, &refused)), None).await;
+        }
+        Err(error) => {
+            tracing::warn!(agent = %agent.name, %error, "could not list the provider's models after storing a key");
+            let local = matches!(
+                &error,
+                palisade_host::models::ModelsError::Refused { kind, .. }
+                    if kind == "local_upstream_refused"
+            );
+            target.push_str(if local {
+                "&models=local"
+            } else {
+                "&models=unlisted"
+            });
         }
     }
     Ok(Redirect::to(&target).into_response())
