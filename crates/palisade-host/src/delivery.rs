@@ -195,6 +195,9 @@ pub(crate) async fn deliver(
     let turn_deadline = tokio::time::sleep(turn_timeout);
     tokio::pin!(turn_deadline);
     let mut streamed = 0usize;
+    // Approval lines already told in this turn: the vault's engine and the host's may
+    // both announce the same decision.
+    let mut told = std::collections::HashSet::new();
     loop {
         let Some(conn) = runner.conn.as_mut() else {
             return Outcome::RunnerFailed("no runner connected".into());
@@ -222,7 +225,9 @@ pub(crate) async fn deliver(
                 match event {
                     Ok(event) => {
                         if let Some(text) = approval_status(&event, agent) {
-                            inner.publish(message.id, StreamEvent::Status { message: text });
+                            if told.len() < 1000 && told.insert(text.clone()) {
+                                inner.publish(message.id, StreamEvent::Status { message: text });
+                            }
                         }
                     }
                     Err(RecvError::Lagged(_)) => {}

@@ -496,6 +496,48 @@ async fn pending_approval(store: &Store) -> palisade_store::Approval {
     panic!("no approval was asked for within 5 s");
 }
 
+/// The vault's engine and the host's may both announce the same approval: the person
+/// waiting is told each line once (`palisade send` printed "Approved by …" twice).
+#[tokio::test]
+async fn each_approval_line_is_told_once() {
+    let f = fixture(Behaviour::Echo, |_| {}).await;
+    let (_, mut events) = f
+        .host
+        .submit(&f.agent, "a", "cli", "approve:wire 20 EUR")
+        .await
+        .unwrap();
+    let approval = pending_approval(&f.store).await;
+    for _ in 0..2 {
+        f.host
+            .config()
+            .approval_events
+            .publish(palisade_approvals::Event::Created(approval.clone()));
+    }
+    let decided = f
+        .host
+        .engine()
+        .decide(
+            &approval.id,
+            &palisade_approvals::ApproverIdentity::cli("ana"),
+            palisade_approvals::Choice::Once,
+            None,
+        )
+        .unwrap();
+    f.host
+        .config()
+        .approval_events
+        .publish(palisade_approvals::Event::Closed(decided));
+    let (seen, _, _) = reply_of(&mut events).await;
+    let told = |needle: &str| {
+        seen.iter()
+            .filter(|event| matches!(event, StreamEvent::Status { message } if message.contains(needle)))
+            .count()
+    };
+    assert_eq!(told("waiting for a person to approve"), 1, "{seen:?}");
+    assert_eq!(told("Approved by cli:ana"), 1, "{seen:?}");
+    f.host.shutdown().await;
+}
+
 #[tokio::test]
 async fn request_approval_waits_for_a_person_and_tells_the_agent_who_decided() {
     let f = fixture(Behaviour::Echo, |_| {}).await;

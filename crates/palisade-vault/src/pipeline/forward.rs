@@ -22,6 +22,27 @@ use hyper_util::rt::TokioIo;
 use palisade_policy::{AgentName, ErrorBody, GatewayErrorKind};
 use std::sync::Arc;
 
+/// What the agent is told when `target` could not be reached: the address with its
+/// port, and what to check for the common causes (nothing listening, a name that does
+/// not resolve) rather than the HTTP client's error chain alone.
+fn unreachable(target: &Target, error: &(dyn std::error::Error + 'static), cause: &str) -> String {
+    let address = format!("{}:{}", target.host, target.port);
+    let io = crate::find_cause::<std::io::Error>(error).map(std::io::Error::kind);
+    match io {
+        Some(std::io::ErrorKind::ConnectionRefused) => format!(
+            "Nothing answered at {address} (connection refused): is the server running, and on that port?"
+        ),
+        Some(std::io::ErrorKind::ConnectionReset) => format!(
+            "{address} closed the connection before answering; retry later."
+        ),
+        _ if cause.contains("dns error") || cause.contains("failed to lookup") => format!(
+            "The name {} does not resolve; check the host name.",
+            target.host
+        ),
+        _ => format!("Could not reach {address}: {cause}. Check the address, or retry later."),
+    }
+}
+
 pub(super) async fn forward(
     shared: &Shared,
     agent: &AgentName,
@@ -131,9 +152,8 @@ pub(super) async fn forward(
             tracing::debug!(host, error = %cause, "upstream request failed");
             return Err(Refusal::new(
                 Decision::UpstreamUnreachable,
-                ErrorBody::new(GatewayErrorKind::UpstreamUnreachable, host).with_message(format!(
-                    "Could not reach {host}: {cause}. Check the host name, or retry later."
-                )),
+                ErrorBody::new(GatewayErrorKind::UpstreamUnreachable, host)
+                    .with_message(unreachable(target, &*e, &cause)),
             ));
         }
         Ok(Ok(response)) => response,
