@@ -496,17 +496,30 @@ async fn pending_approval(store: &Store) -> palisade_store::Approval {
     panic!("no approval was asked for within 5 s");
 }
 
+/// Sends `text` (`approve:ACTION`) in `conversation`; the stream of its events and the
+/// approval its turn asked for.
+async fn ask(
+    f: &Fixture,
+    conversation: &str,
+    text: &str,
+) -> (
+    tokio::sync::broadcast::Receiver<StreamEvent>,
+    palisade_store::Approval,
+) {
+    let (_, events) = f
+        .host
+        .submit(&f.agent, conversation, "cli", text)
+        .await
+        .unwrap();
+    (events, pending_approval(&f.store).await)
+}
+
 /// The vault's engine and the host's may both announce the same approval: the person
 /// waiting is told each line once (`palisade send` printed "Approved by …" twice).
 #[tokio::test]
 async fn each_approval_line_is_told_once() {
     let f = fixture(Behaviour::Echo, |_| {}).await;
-    let (_, mut events) = f
-        .host
-        .submit(&f.agent, "a", "cli", "approve:wire 20 EUR")
-        .await
-        .unwrap();
-    let approval = pending_approval(&f.store).await;
+    let (mut events, approval) = ask(&f, "a", "approve:wire 20 EUR").await;
     for _ in 0..2 {
         f.host
             .config()
@@ -541,12 +554,7 @@ async fn each_approval_line_is_told_once() {
 #[tokio::test]
 async fn request_approval_waits_for_a_person_and_tells_the_agent_who_decided() {
     let f = fixture(Behaviour::Echo, |_| {}).await;
-    let (_, mut events) = f
-        .host
-        .submit(&f.agent, "a", "cli", "approve:wire 20 EUR")
-        .await
-        .unwrap();
-    let approval = pending_approval(&f.store).await;
+    let (mut events, approval) = ask(&f, "a", "approve:wire 20 EUR").await;
     assert_eq!(approval.kind, "tool_action");
     assert_eq!(approval.title, "helper asks: wire 20 EUR");
     assert_eq!(approval.lines, vec!["because"]);
@@ -564,12 +572,7 @@ async fn request_approval_waits_for_a_person_and_tells_the_agent_who_decided() {
     assert_eq!(text, "approved by cli:ana; go ahead");
 
     // A denial with a comment, made in this process, reaches the agent at once.
-    let (_, mut events) = f
-        .host
-        .submit(&f.agent, "b", "cli", "approve:delete the backups")
-        .await
-        .unwrap();
-    let approval = pending_approval(&f.store).await;
+    let (mut events, approval) = ask(&f, "b", "approve:delete the backups").await;
     f.host
         .engine()
         .decide(
