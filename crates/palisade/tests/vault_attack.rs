@@ -574,7 +574,7 @@ fn a_held_request_is_judged_again_when_approved() {
     let upstream = &attack.setup.upstream;
     // Holds one POST, runs `meanwhile` once it is pending, approves it, and returns
     // what the agent got.
-    let held_then_approved = |path: &str, meanwhile: &dyn Fn()| -> CurlReply {
+    let held_then_approved = |path: &str, secret_line: &str, meanwhile: &dyn Fn()| -> CurlReply {
         std::thread::scope(|scope| {
             let url = attack.url(path);
             let (attack, token) = (&attack, &token);
@@ -588,13 +588,16 @@ fn a_held_request_is_judged_again_when_approved() {
                 }),
                 "the request was never held"
             );
+            // The card says which secret approving lets out with the request.
+            let lines = pending[0]["lines"].to_string();
+            assert!(lines.contains(secret_line), "{lines}");
             meanwhile();
             attack.cli(&["approvals", "approve", pending[0]["id"].as_str().unwrap()]);
             waiting.join().expect("the client thread")
         })
     };
 
-    let reply = held_then_approved("/pay/1", &|| {
+    let reply = held_then_approved("/pay/1", "With the secret pay-key", &|| {
         attack.cli(&["secrets", "revoke", "pay-key", "--agent", "payer"]);
     });
     assert_eq!(reply.status, 200, "{}", reply.raw);
@@ -607,7 +610,7 @@ fn a_held_request_is_judged_again_when_approved() {
     );
 
     let before = upstream.count();
-    let reply = held_then_approved("/pay/2", &|| {
+    let reply = held_then_approved("/pay/2", "No secret is added", &|| {
         attack.rule(
             "stop-pay",
             &[

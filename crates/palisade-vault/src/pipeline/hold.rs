@@ -247,6 +247,15 @@ fn approval_for(
         &parts.headers,
         view,
     );
+    // What approving lets out besides the request: the approver should not have to
+    // open the context to see which key goes with it.
+    summary.lines.push(match held.secret {
+        Some(secret) => format!(
+            "With the secret {} (added by the vault if approved)",
+            secret.name
+        ),
+        None => "No secret is added: the request goes as the agent wrote it".into(),
+    });
     let digest = hex::encode(Sha256::digest(data));
     if !data.is_empty() {
         summary.lines.push(format!(
