@@ -15,6 +15,16 @@
     return node;
   }
 
+  // An error reply: Palisade's words without the "palisade: " that marks them in chat
+  // apps, `backticked` commands as code (as the server renders them, chat.rs).
+  function fillError(node, text) {
+    node.textContent = "";
+    const shown = text.startsWith("palisade: ") ? text.slice("palisade: ".length) : text;
+    shown.split("`").forEach(function (part, index) {
+      node.appendChild(index % 2 === 1 ? el("code", null, part) : document.createTextNode(part));
+    });
+  }
+
   // ---------- Chat ----------
   const composer = document.getElementById("composer");
   const messages = document.getElementById("messages");
@@ -145,7 +155,10 @@
               gotReply = true;
               reply.body.textContent = event.text;
               reply.wrap.classList.remove("streaming");
-              if (event.is_error) reply.wrap.classList.add("error");
+              if (event.is_error) {
+                reply.wrap.classList.add("error");
+                fillError(reply.body, event.text);
+              }
               reply.wrap.appendChild(el("div", "meta", agent + " · just now"));
               status.textContent = "";
               if (messageId !== null) acknowledge(messageId);

@@ -1320,3 +1320,31 @@ async fn idle_connections_are_bounded_and_closed() {
     assert_eq!(web.get("/").await.status(), StatusCode::OK);
     web.stop().await;
 }
+
+/// An error reply reads as Palisade's notice, not as CLI output: no `palisade: `
+/// prefix, and the commands it names as code; what it holds stays escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_reply_shows_its_commands_as_code() {
+    let web = Web::start().await;
+    web.login().await;
+    let agent = AgentName::new("helper").unwrap();
+    let accepted = web
+        .store
+        .accept_message(&agent, "web", "web", "hello")
+        .unwrap();
+    web.store
+        .store_reply(
+            accepted.message_id,
+            "palisade: this message was not answered: raise it with `palisade agents edit helper --turn-timeout 20m` <b>now</b>",
+            None,
+            true,
+        )
+        .unwrap();
+    let page = web.get_text("/chat?agent=helper").await;
+    assert!(
+        page.contains("this message was not answered: raise it with <code>palisade agents edit helper --turn-timeout 20m</code> &lt;b&gt;now&lt;/b&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("palisade: this message"), "{page}");
+    web.stop().await;
+}

@@ -32,6 +32,18 @@ pub(crate) struct ChatQuery {
     agent: Option<String>,
 }
 
+/// An error reply as the page shows it: Palisade's own words (the `palisade: ` that
+/// tells them apart from the agent's in a chat app is the bubble's colour here), with
+/// `backticked` commands as code. The script renders streamed ones the same way.
+fn error_markup(text: &str) -> Markup {
+    let text = text.strip_prefix("palisade: ").unwrap_or(text);
+    html! {
+        @for (index, part) in text.split('`').enumerate() {
+            @if index % 2 == 1 { code { (part) } } @else { (part) }
+        }
+    }
+}
+
 pub(crate) fn message_markup(message: &InboundMessage, reply: Option<&ReplyRecord>) -> Markup {
     html! {
         div.msg.user {
@@ -41,7 +53,11 @@ pub(crate) fn message_markup(message: &InboundMessage, reply: Option<&ReplyRecor
         @match reply {
             Some(reply) => {
                 div.msg.agent.error[reply.is_error] data-ack=[(!reply.delivered).then_some(message.id)] {
-                    div.bubble { (reply.text) }
+                    @if reply.is_error {
+                        div.bubble { (error_markup(&reply.text)) }
+                    } @else {
+                        div.bubble { (reply.text) }
+                    }
                     div.meta { (message.agent) " · " (super::when(reply.created_at_ms)) }
                 }
             }
