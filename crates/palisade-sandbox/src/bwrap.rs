@@ -436,7 +436,39 @@ fn namespace_owner_for(agent: &str) -> Option<crate::ownership::Owner> {
     };
     let blocked = read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0")
         || read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1");
-    (!blocked).then(|| crate::oci::namespace_owner(agent))
+    let owner = crate::oci::namespace_owner(agent);
+    // The owner holds every capability in the sandbox's namespace, where 0 is the
+    // host's root: an id anyone else may hold (a user, or another user's subordinate
+    // range) must not own one.
+    let taken = ["/etc/passwd", "/etc/subuid", "/etc/subgid"]
+        .iter()
+        .any(|file| {
+            id_held_by_another(
+                &read(file).unwrap_or_default(),
+                owner.uid,
+                file.ends_with("passwd"),
+            )
+        });
+    (!blocked && !taken).then_some(owner)
+}
+
+/// Whether `id` is a user's in `/etc/passwd` text (`users`), or falls in the range of
+/// anyone but root in `/etc/subuid` or `/etc/subgid` text.
+fn id_held_by_another(text: &str, id: u32, users: bool) -> bool {
+    text.lines().any(|line| {
+        let fields: Vec<&str> = line.trim().split(':').collect();
+        let number = |index: usize| fields.get(index).and_then(|f| f.parse::<u64>().ok());
+        if users {
+            return number(2) == Some(u64::from(id));
+        }
+        let root = matches!(fields.first(), Some(&"root") | Some(&"0"));
+        match (number(1), number(2)) {
+            (Some(start), Some(count)) if !root => {
+                (start..start.saturating_add(count)).contains(&u64::from(id))
+            }
+            _ => false,
+        }
+    })
 }
 
 /// In the forked child, before bwrap: becomes `owner` for good (root's capabilities go
@@ -775,4 +807,19 @@ pub(crate) fn check_spec(spec: &SandboxSpec) -> Result<(), SandboxError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod owner_tests {
+    #[test]
+    fn an_owner_id_another_user_may_hold_is_not_used() {
+        let passwd = "root:x:0:0::/root:/bin/sh\nana:x:1879050000:1000::/home/ana:/bin/sh\n";
+        assert!(super::id_held_by_another(passwd, 1879050000, true));
+        assert!(!super::id_held_by_another(passwd, 1879050001, true));
+        let subuid = "root:1879048192:65536\nana:1879050000:100\n";
+        assert!(super::id_held_by_another(subuid, 1879050050, false));
+        assert!(!super::id_held_by_another(subuid, 1879050100, false));
+        // Root's own range is where the owners come from.
+        assert!(!super::id_held_by_another(subuid, 1879049000, false));
+    }
 }
