@@ -98,4 +98,15 @@ fn writing_past_the_quota_fails_inside_while_other_agents_are_served() {
     // Stopped, Palisade leaves no workspace mounted (so the home can be removed).
     let mounted = palisade_sandbox::volume::mounts_under(world.palisade.home());
     assert!(mounted.is_empty(), "still mounted after down: {mounted:?}");
+    // A standalone sandbox mounts the workspace too; `down` with no host running
+    // unmounts it as well.
+    ok(world
+        .palisade
+        .run(&["sandbox", "run", "--agent", "filler", "--", "true"]));
+    ok(world.palisade.run(&["down"]));
+    let mounted = palisade_sandbox::volume::mounts_under(world.palisade.home());
+    assert!(
+        mounted.is_empty(),
+        "still mounted after a sandbox run and down: {mounted:?}"
+    );
 }

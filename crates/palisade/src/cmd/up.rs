@@ -532,6 +532,9 @@ pub fn down(ctx: &Context) -> anyhow::Result<()> {
             match from_file {
                 Some(pid) => pid,
                 None => {
+                    // Standalone `sandbox run`s mount workspaces too: a stopped
+                    // Palisade leaves none behind either way.
+                    release_workspaces(ctx);
                     println!("palisade is not running");
                     return Ok(());
                 }
