@@ -154,6 +154,7 @@ Exits 1 when something must be fixed (a FAIL line); warnings alone exit 0.
         after_help = "Example:\n  palisade completions bash > ~/.local/share/bash-completion/completions/palisade"
     )]
     Completions {
+        /// The shell to print the script for.
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
@@ -263,6 +264,33 @@ mod tests {
     #[test]
     fn command_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `--help` explains every argument: one without a line is a name the user must
+    /// guess the meaning of (`<NAME>`: of what?).
+    #[test]
+    fn every_argument_says_what_it_is() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for argument in command.get_arguments() {
+                let id = argument.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                let said = argument
+                    .get_help()
+                    .or(argument.get_long_help())
+                    .is_some_and(|help| !help.to_string().trim().is_empty());
+                if !said {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "palisade", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
     }
 
     #[test]

@@ -29,7 +29,11 @@ pub enum AgentsCommand {
         after_help = "Examples:\n  palisade agents edit helper --model claude-opus-4-1\n  palisade agents edit helper --instructions-file notes.md\n  palisade agents edit helper --workspace-quota 10G\n\nThe instructions are also a plain file: $PALISADE_HOME/agents/NAME/instructions.md."
     )]
     Edit {
+        /// The agent to change.
         name: String,
+        /// Default egress, as for `agents create`: `research` (any host, no sensitive
+        /// secrets) or `action` (only hosts named by a rule or a granted secret);
+        /// unchanged if not given.
         #[arg(long, value_name = "research|action")]
         profile: Option<String>,
         #[command(flatten)]
@@ -38,10 +42,14 @@ pub enum AgentsCommand {
     /// List agents.
     List,
     /// Show one agent with the secrets granted to it and the rules bound to it.
-    Show { name: String },
+    Show {
+        /// The agent to show.
+        name: String,
+    },
     /// Delete an agent, its token, its secret grants and the rules bound to it.
     #[command(after_help = "Asks for confirmation on a terminal; scripts pass --yes.")]
     Delete {
+        /// The agent to delete.
         name: String,
         /// Do not ask for confirmation (required when stdin is not a terminal).
         #[arg(short, long)]
@@ -64,7 +72,9 @@ pub enum AgentsCommand {
     /// Stop agent FROM messaging agent TO.
     #[command(after_help = "Example:\n  palisade agents disallow research --to mailer")]
     Disallow {
+        /// The sending agent.
         from: String,
+        /// The receiving agent.
         #[arg(long, value_name = "AGENT")]
         to: String,
     },
@@ -74,6 +84,7 @@ pub enum AgentsCommand {
         after_help = "Examples:\n  palisade agents dial mailer --preset strict\n  palisade agents dial mailer --approvals first-use\n  palisade agents dial scout --sanitize strict\n\nPresets: strict = every credentialed request approved, strict sanitizing;\nbalanced = credentialed writes approved, balanced sanitizing; relaxed = only rules ask,\nrelaxed sanitizing. Without a dial an agent is asked only where rules say, balanced."
     )]
     Dial {
+        /// The agent whose dial to explain or turn.
         name: String,
         /// Set every knob from a preset: strict, balanced or relaxed.
         #[arg(long, value_name = "PRESET")]
@@ -86,13 +97,17 @@ pub enum AgentsCommand {
         sanitize: Option<String>,
     },
     /// The agent-to-agent allow-list (entries from or to NAME, or all).
-    Links { name: Option<String> },
+    Links {
+        /// Only entries from or to this agent (default: all).
+        name: Option<String>,
+    },
     /// Print the agent's token for the standalone TCP listener (nothing else, so scripts can capture it).
     #[command(
         long_about = "Print the agent's token for the standalone TCP listener.\n\nAn agent outside a sandbox authenticates to `palisade vault serve` with\n`Proxy-Authorization: Basic base64(\"x:\" + TOKEN)`, i.e. a proxy URL of the form\nhttp://x:TOKEN@127.0.0.1:10255. The same token is printed every time until --rotate\nissues a new one; the old one stops working at once.",
         after_help = "Examples:\n  TOKEN=$(palisade agents token mailer)\n  palisade agents token mailer --rotate"
     )]
     Token {
+        /// The agent whose token to print.
         name: String,
         /// Issue a new token; the previous one stops working.
         #[arg(long)]

@@ -28,12 +28,16 @@ pub enum ApprovalsCommand {
         limit: usize,
     },
     /// Show one approval in full: the summary, the request detail and its context.
-    Show { id: String },
+    Show {
+        /// The approval's id, as `palisade approvals list` shows it (apr_…).
+        id: String,
+    },
     /// Approve a pending action; the held request goes ahead.
     #[command(
         after_help = "Examples:\n  palisade approvals approve apr_k3j5m2n4p6q7 --comment 'ok this once'\n  palisade approvals approve apr_k3j5m2n4p6q7 --for-1h\n  palisade approvals approve apr_k3j5m2n4p6q7 --always\n\n--for-1h and --always create a rule for this agent and exactly this request's host,\nmethod and path (see `palisade rules list`; delete it to revoke). They apply to\nrequests held at the vault only."
     )]
     Approve {
+        /// The approval's id, as `palisade approvals list` shows it (apr_…).
         id: String,
         /// A note recorded with the decision.
         #[arg(long, value_name = "TEXT")]
@@ -66,6 +70,7 @@ pub enum ApprovalsCommand {
         after_help = "Example:\n  palisade approvals deny apr_k3j5m2n4p6q7 --comment 'not to that list; use the team one'"
     )]
     Deny {
+        /// The approval's id, as `palisade approvals list` shows it (apr_…).
         id: String,
         /// Returned to the agent so it can adjust.
         #[arg(long, value_name = "TEXT")]

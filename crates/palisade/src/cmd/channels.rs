@@ -25,7 +25,9 @@ pub enum ChannelsCommand {
         after_help = "Examples:\n  palisade channels link tg --agent assistant --chat 123456789\n  palisade channels link team --agent mailer --chat C0123ABCD\n\nOnly the agent's approvers on this channel are heard; others are ignored.\nFor a direct chat, link the chat's id (on Telegram, the user's id)."
     )]
     Link {
+        /// The channel the chat is on (see `palisade channels list`).
         name: String,
+        /// The agent the chat's messages go to.
         #[arg(long)]
         agent: String,
         /// Telegram group ids are negative (`--chat -1001234`).
@@ -34,6 +36,7 @@ pub enum ChannelsCommand {
     },
     /// Unlink a chat.
     Unlink {
+        /// The channel the chat is on.
         name: String,
         /// Telegram group ids are negative (`--chat -1001234`).
         #[arg(long, value_name = "CHAT_ID", allow_hyphen_values = true)]
@@ -44,20 +47,26 @@ pub enum ChannelsCommand {
         after_help = "Example:\n  palisade channels allow tg --agent assistant --user 123456789 --display-name Sam\n\nAn approved access request (--unknown-senders ask) does the same."
     )]
     Allow {
+        /// The channel the person writes on (see `palisade channels list`).
         name: String,
+        /// The agent they may talk to.
         #[arg(long)]
         agent: String,
         /// The platform's user id.
         #[arg(long, value_name = "PLATFORM_USER_ID")]
         user: String,
+        /// The name `channels list` shows for them (default: the user id).
         #[arg(long, value_name = "TEXT")]
         display_name: Option<String>,
     },
     /// Take back `channels allow` (or an approved access request).
     Disallow {
+        /// The channel the person writes on.
         name: String,
+        /// The agent they may no longer talk to.
         #[arg(long)]
         agent: String,
+        /// The platform's user id.
         #[arg(long, value_name = "PLATFORM_USER_ID")]
         user: String,
     },
@@ -67,7 +76,11 @@ pub enum ChannelsCommand {
         after_help = "Examples:\n  palisade channels set tg --unknown-senders ask\n  palisade channels set tg --unknown-senders ask --access-agent assistant\n\nWith ask, a stranger's message is not delivered; the agent's approvers get an\naccess request card, and once it is approved the person may write to the agent."
     )]
     Set {
+        /// The channel to change.
         name: String,
+        /// A message from someone not allowed to talk to the linked agent is dropped, or
+        /// dropped and the agent's approvers asked whether that person may talk to it;
+        /// unchanged if not given.
         #[arg(long, value_name = "drop|ask")]
         unknown_senders: Option<UnknownSenders>,
         /// The agent a stranger's direct message in an unlinked chat asks to talk to.
@@ -80,9 +93,15 @@ pub enum ChannelsCommand {
     /// List channels with their state, linked chats, approvers and allowed senders.
     List,
     /// Check a channel's credentials with its platform.
-    Test { name: String },
+    Test {
+        /// The channel to check.
+        name: String,
+    },
     /// Remove a channel with its links and approvers.
-    Remove { name: String },
+    Remove {
+        /// The channel to remove.
+        name: String,
+    },
 }
 
 /// What a new channel does with strangers (every platform).
@@ -105,6 +124,8 @@ pub enum AddCommand {
         after_help = "Example:\n  palisade channels add telegram tg --token-file ~/.config/tg-token"
     )]
     Telegram {
+        /// A name for the channel: 1-64 letters, digits, '-', '_' or '.' (not telegram,
+        /// slack, discord, web, cli or api).
         name: String,
         /// File holding the bot token (`-` for stdin).
         #[arg(long, value_name = "FILE")]
@@ -121,6 +142,8 @@ pub enum AddCommand {
         after_help = "Examples:\n  palisade channels add slack team --bot-token-file bot.txt --app-token-file app.txt\n  palisade channels add slack team --bot-token-file bot.txt --signing-secret-file secret.txt\n\nWith a signing secret, point the app's Event Subscriptions and Interactivity\nRequest URL at https://YOUR-HOST/channels/slack/NAME/events (a proxy in front of\npalisade up). Socket Mode needs no public URL."
     )]
     Slack {
+        /// A name for the channel: 1-64 letters, digits, '-', '_' or '.' (not telegram,
+        /// slack, discord, web, cli or api).
         name: String,
         /// File holding the bot token (xoxb-…).
         #[arg(long, value_name = "FILE")]
@@ -142,6 +165,8 @@ pub enum AddCommand {
         after_help = "Examples:\n  palisade channels add discord ops --token-file discord-token.txt\n  palisade channels add discord ops --token-file discord-token.txt --public-key HEX\n\nEnable the Message Content intent for the bot. With --public-key, the\nInteractions Endpoint URL may be https://YOUR-HOST/channels/discord/NAME/interactions;\nwithout it, button presses arrive through the gateway."
     )]
     Discord {
+        /// A name for the channel: 1-64 letters, digits, '-', '_' or '.' (not telegram,
+        /// slack, discord, web, cli or api).
         name: String,
         /// File holding the bot token.
         #[arg(long, value_name = "FILE")]
@@ -167,8 +192,10 @@ pub enum ApproversCommand {
         after_help = "Example:\n  palisade approvers add --agent mailer --channel team --user U0123ABCD --display-name Ana"
     )]
     Add {
+        /// The agent whose approvals the person decides.
         #[arg(long)]
         agent: String,
+        /// The channel they decide on (see `palisade channels list`).
         #[arg(long)]
         channel: String,
         /// The platform's user id.
@@ -180,15 +207,19 @@ pub enum ApproversCommand {
     },
     /// List approvers (of one agent).
     List {
+        /// Only this agent's approvers (default: every agent's).
         #[arg(long)]
         agent: Option<String>,
     },
     /// Remove an approver.
     Remove {
+        /// The agent whose approvals they decide.
         #[arg(long)]
         agent: String,
+        /// The channel they decide on.
         #[arg(long)]
         channel: String,
+        /// The platform's user id.
         #[arg(long, value_name = "PLATFORM_USER_ID")]
         user: String,
     },

@@ -19,6 +19,8 @@ pub enum FoldersCommand {
         after_help = "Examples:\n  palisade folders add notes --path ~/notes\n  palisade folders add finance --path /srv/finance --sensitive\n\nThe folder appears as /mnt/NAME in the sandbox of every agent it is mounted for.\nSensitive folders hold data worth stealing: research agents may not mount them."
     )]
     Add {
+        /// 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit;
+        /// the folder appears as /mnt/NAME in sandboxes.
         name: String,
         /// The host directory (absolute; resolved once, symbolic links followed).
         #[arg(long)]
@@ -32,22 +34,31 @@ pub enum FoldersCommand {
     /// Mark a folder sensitive or not.
     #[command(after_help = "Example:\n  palisade folders edit finance --sensitive")]
     Edit {
+        /// The folder to change (see `palisade folders list`).
         name: String,
+        /// Research agents may not mount it (refused while one mounts it, or a folder
+        /// inside or around it).
         #[arg(
             long,
             conflicts_with = "not_sensitive",
             required_unless_present = "not_sensitive"
         )]
         sensitive: bool,
+        /// No longer sensitive: research agents may mount it.
         #[arg(long)]
         not_sensitive: bool,
     },
     /// Forget a folder and every agent's mount of it (its files stay where they are).
-    Remove { name: String },
+    Remove {
+        /// The folder to forget (see `palisade folders list`).
+        name: String,
+    },
     /// Mount a folder in an agent's sandbox at /mnt/NAME (read-only unless --writable).
     #[command(after_help = "Example:\n  palisade folders mount notes --agent coder --writable")]
     Mount {
+        /// The folder to mount (see `palisade folders list`).
         name: String,
+        /// The agent whose sandbox gets it.
         #[arg(long)]
         agent: String,
         /// The agent may change the folder's files.
@@ -57,7 +68,9 @@ pub enum FoldersCommand {
     /// Take a folder away from an agent's sandbox (a running one is restarted without it).
     #[command(after_help = "Example:\n  palisade folders unmount notes --agent coder")]
     Unmount {
+        /// The folder to take away.
         name: String,
+        /// The agent whose sandbox loses it.
         #[arg(long)]
         agent: String,
     },

@@ -37,12 +37,14 @@ pub enum RulesCommand {
     /// Switch a rule off: it is kept (and listed) but the vault ignores it.
     #[command(after_help = "Example:\n  palisade rules disable ask-before-send")]
     Disable {
+        /// The rule to switch off: its name, or its id as `palisade rules list` shows it.
         #[arg(value_name = "NAME_OR_ID")]
         name_or_id: String,
     },
     /// Switch a disabled rule on again.
     #[command(after_help = "Example:\n  palisade rules enable ask-before-send")]
     Enable {
+        /// The rule to switch on: its name, or its id as `palisade rules list` shows it.
         #[arg(value_name = "NAME_OR_ID")]
         name_or_id: String,
     },
@@ -50,6 +52,7 @@ pub enum RulesCommand {
     List,
     /// Delete a rule by name or id.
     Delete {
+        /// The rule to delete: its name, or its id as `palisade rules list` shows it.
         #[arg(value_name = "NAME_OR_ID")]
         name_or_id: String,
     },
@@ -107,22 +110,28 @@ pub struct EditArgs {
     /// A new name.
     #[arg(long)]
     name: Option<String>,
+    /// Host: exact (`api.example.com`), `*.example.com`, or `*` for every host.
     #[arg(long, value_name = "PATTERN")]
     host_pattern: Option<String>,
     /// A path pattern, or `any` to match every path.
     #[arg(long, value_name = "PATTERN")]
     path_pattern: Option<String>,
+    /// HTTP method to match (GET, POST, …), or `any` for every method.
     #[arg(long)]
     method: Option<String>,
+    /// What to do with a matching request.
     #[arg(long, value_name = "allow|block|rate_limit|require_approval")]
     action: Option<String>,
+    /// For rate_limit: requests admitted per window.
     #[arg(long, value_name = "N")]
     rate_limit: Option<u32>,
+    /// For rate_limit: the sliding window (30s, 1m, 1h, 1d, or minute|hour|day).
     #[arg(long, value_name = "WINDOW", visible_alias = "rate-limit-window")]
     rate_window: Option<String>,
     /// Bind to this agent, or `any` for every agent.
     #[arg(long)]
     agent: Option<String>,
+    /// Higher is evaluated first.
     #[arg(long, allow_negative_numbers = true)]
     priority: Option<i64>,
     /// A duration, an RFC 3339 UTC time, or `never`.
@@ -131,6 +140,7 @@ pub struct EditArgs {
     /// Text the body must contain, or an empty string to drop the condition.
     #[arg(long, value_name = "TEXT")]
     body_contains: Option<String>,
+    /// `org` (outer boundary, set by an admin) or `user` (grants within it).
     #[arg(long, value_name = "org|user")]
     scope: Option<String>,
     /// For require_approval: how long a held request waits, or `default`.

@@ -32,24 +32,33 @@ pub enum SecretsCommand {
         after_help = "Examples:\n  palisade secrets rotate gmail < new-token.txt\n  palisade secrets rotate claude --value-file new-key.txt\n\nThe value is read as for `secrets create`; the vault injects the new one from the next request."
     )]
     Rotate {
+        /// The secret to give a new value (see `palisade secrets list`).
         name: String,
         /// Read the value from FILE (`-` for stdin) instead of stdin.
         #[arg(long, value_name = "FILE")]
         value_file: Option<PathBuf>,
     },
     /// Delete a secret; the vault stops injecting it on the next request.
-    Delete { name: String },
+    Delete {
+        /// The secret to delete (see `palisade secrets list`).
+        name: String,
+    },
     /// Let an agent have a secret injected.
     #[command(after_help = "Example:\n  palisade secrets grant gmail --agent mailer")]
     Grant {
+        /// The secret to grant (see `palisade secrets list`).
         name: String,
+        /// The agent to inject it for (a sensitive secret is never granted to a
+        /// research agent).
         #[arg(long)]
         agent: String,
     },
     /// Stop injecting a secret for an agent.
     #[command(after_help = "Example:\n  palisade secrets revoke gmail --agent mailer")]
     Revoke {
+        /// The secret to revoke (see `palisade secrets list`).
         name: String,
+        /// The agent to stop injecting it for.
         #[arg(long)]
         agent: String,
     },

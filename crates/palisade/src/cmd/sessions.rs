@@ -14,9 +14,15 @@ pub enum SessionsCommand {
         agent: Option<String>,
     },
     /// Show a session's messages and replies.
-    Show { id: i64 },
+    Show {
+        /// The session's id, as `palisade sessions list` shows it.
+        id: i64,
+    },
     /// Forget a session's history (the agent starts the conversation afresh; messages stay on record).
-    Reset { id: i64 },
+    Reset {
+        /// The session's id, as `palisade sessions list` shows it.
+        id: i64,
+    },
 }
 
 pub fn run(command: SessionsCommand, ctx: &Context) -> anyhow::Result<()> {
