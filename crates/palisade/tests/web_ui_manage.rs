@@ -212,13 +212,23 @@ async fn first_run_to_first_answer_and_managing_everything_in_chromium() {
         .await
         .unwrap();
     click(&client, "#send").await;
+    // The page shows the command as code, without the backticks.
+    let shown = line.replace('`', "");
     wait_for_text(
         &client,
         ".msg.agent.error .bubble",
         "the one-line error",
-        |t| t.contains(&line),
+        |t| t.contains(&shown),
     )
     .await;
+    let command = client
+        .find(Locator::Css(".msg.agent.error .bubble code"))
+        .await
+        .expect("the command is shown as code")
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(command, "palisade agents edit assistant --model M");
     save_screenshot(&client, "model-not-available.png").await;
     let sent = palisade.run(&["send", "--agent", "assistant", "are you there?"]);
     assert!(cli_error(sent).contains(&line));
