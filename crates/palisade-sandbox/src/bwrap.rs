@@ -177,8 +177,8 @@ impl Bubblewrap {
         for (name, value) in crate::env::sandbox_env() {
             push(&["--setenv", &name, &value]);
         }
-        // As root, bwrap (host uid 0 without capabilities) may not enter the agent's
-        // workspace; the shim changes into it once it is the agent.
+        // As root, bwrap (the namespace's owner, or root without capabilities) may not
+        // enter the agent's workspace; the shim changes into it once it is the agent.
         if !gate.root() {
             push(&["--chdir", paths::WORKSPACE]);
         }
@@ -278,9 +278,11 @@ const USERNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// shared folder, setuid bits on them). So for root, uid and gid 0 stay the host's
 /// root, which bwrap needs while it builds the sandbox from root's files, and
 /// [`AGENT_ID`] is the agent's subordinate host id
-/// ([`crate::oci::rootful_agent_owner`]). bwrap keeps only `CAP_SETUID` and
-/// `CAP_SETGID` for the shim, whose first act is to become [`AGENT_ID`] for good
-/// (losing both), before the command or anything else of the sandbox runs.
+/// ([`crate::oci::rootful_agent_owner`]); when bwrap runs as the namespace's owner
+/// ([`namespace_owner_for`]), that id is mapped too (see [`root_maps`]). bwrap keeps
+/// only `CAP_SETUID` and `CAP_SETGID` for the shim, whose first act is to become
+/// [`AGENT_ID`] for good (losing both), before the command or anything else of the
+/// sandbox runs.
 pub(crate) struct Gate {
     /// bwrap writes `{"child-pid": N, …}` here, then closes it.
     info_read: std::fs::File,
