@@ -276,9 +276,11 @@ async fn authenticate(
             "Proxy authentication required: send Proxy-Authorization: Basic base64(\"x:\" + TOKEN) with the agent's token (`palisade agents token NAME`).",
         ));
     };
-    let digest = || Some(Arc::from(crate::state::token_digest(&token)));
-    if let Some(agent) = shared.snapshot.load().agent_for_token(&token) {
-        return Ok((agent.clone(), digest()));
+    // Hashed once: the snapshot and the store know tokens by digest, and a tunnel keeps
+    // it to notice a rotation.
+    let digest: Arc<str> = Arc::from(crate::state::token_digest(&token));
+    if let Some(agent) = shared.snapshot.load().agent_of_token_digest(&digest) {
+        return Ok((agent.clone(), Some(digest)));
     }
     let unknown = || {
         unauthorized(
@@ -288,16 +290,16 @@ async fn authenticate(
     let Ok(_permit) = shared.token_lookups.try_acquire() else {
         return Err(unknown());
     };
-    let hash = crate::state::token_digest(&token);
     let store = shared.store.clone();
+    let hash = Arc::clone(&digest);
     let known = tokio::task::spawn_blocking(move || store.token_hash_known(&hash))
         .await
         .ok()
         .and_then(Result::ok)
         .unwrap_or(false);
     if known && shared.reload_snapshot().await.is_ok() {
-        if let Some(agent) = shared.snapshot.load().agent_for_token(&token) {
-            return Ok((agent.clone(), digest()));
+        if let Some(agent) = shared.snapshot.load().agent_of_token_digest(&digest) {
+            return Ok((agent.clone(), Some(digest)));
         }
     }
     Err(unknown())

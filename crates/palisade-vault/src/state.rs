@@ -132,13 +132,14 @@ impl Snapshot {
         Some(reflection)
     }
 
-    pub fn agent_for_token(&self, token: &str) -> Option<&AgentName> {
-        self.tokens.get(&token_digest(token))
+    /// The agent whose token has this digest ([`token_digest`]).
+    pub fn agent_of_token_digest(&self, digest: &str) -> Option<&AgentName> {
+        self.tokens.get(digest)
     }
 
     /// Whether the token with this digest is still `agent`'s.
     pub fn token_is_agents(&self, digest: &str, agent: &AgentName) -> bool {
-        self.tokens.get(digest) == Some(agent)
+        self.agent_of_token_digest(digest) == Some(agent)
     }
 
     /// Compares digests so the time taken does not reveal how much of a guess matched.
