@@ -77,13 +77,10 @@ impl Scrubber {
     }
 }
 
-/// Control characters and the invisible ones that reorder or hide text in a terminal.
+/// Control characters, and those that render as nothing or reorder text (the list the
+/// approval cards use).
 fn is_unprintable(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
-        )
+    c.is_control() || palisade_approvals::summary::is_invisible(c)
 }
 
 /// Words that look like a Slack token (`xoxb-…`, `xapp-…`) or a Telegram bot token
