@@ -221,7 +221,7 @@ pub fn label(origin: &str, sanitized: &str) -> String {
 /// soft hyphen, Arabic and Syriac marks, zero-width spaces and joiners, bidi controls,
 /// word joiner and invisible operators, BOM, interlinear annotations, shorthand and
 /// musical format controls, tags), variation selectors, and invisible fillers.
-fn is_invisible(c: char) -> bool {
+pub fn is_invisible(c: char) -> bool {
     matches!(c as u32,
         0x00AD | 0x034F | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890 | 0x0891
         | 0x08E2 | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F | 0x200B..=0x200F

@@ -6,21 +6,10 @@
 //! that pushes the important part off the card. These helpers remove the invisible,
 //! replace the unprintable and cap every length.
 
-/// Characters that render as nothing or reorder what follows. Removed outright, since
-/// showing a replacement for each would let an attacker flood the card with marks.
-pub fn is_invisible(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
-        | '\u{180B}'..='\u{180F}'
-        | '\u{200B}'..='\u{200F}'
-        | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{206F}'
-        | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}'
-        | '\u{FE00}'..='\u{FE0F}'
-        | '\u{FFF0}'..='\u{FFF8}'
-        | '\u{1D173}'..='\u{1D17A}'
-        | '\u{E0000}'..='\u{E0FFF}')
-}
+/// Characters that render as nothing or reorder what follows: the sanitizer's list.
+/// Removed outright, since showing a replacement for each would let an attacker flood
+/// the card with marks.
+pub use palisade_policy::sanitize::is_invisible;
 
 const ELLIPSIS: char = '…';
 
