@@ -174,20 +174,42 @@ pub fn memory_path(home: &Home, agent: &str) -> PathBuf {
 }
 
 /// Reads a text file of the agent's folder, empty if missing, refusing one over `limit`.
+///
+/// At most `limit + 1` bytes are read, whatever the file's size, and only from a
+/// regular file (opened without blocking, so a FIFO put in its place cannot hang the
+/// host).
 pub fn read_agent_file(path: &std::path::Path, limit: usize) -> Result<String, HostError> {
-    match std::fs::read(path) {
-        Ok(bytes) if bytes.len() > limit => Err(HostError::Invalid(format!(
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot =
+        |error: std::io::Error| HostError::Io(format!("cannot read {}: {error}", path.display()));
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(error) => return Err(cannot(error)),
+    };
+    if !file.metadata().map_err(cannot)?.is_file() {
+        return Err(HostError::Invalid(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() > limit {
+        return Err(HostError::Invalid(format!(
             "{} is larger than {} KiB; shorten it",
             path.display(),
             limit / 1024
-        ))),
-        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(error) => Err(HostError::Io(format!(
-            "cannot read {}: {error}",
-            path.display()
-        ))),
+        )));
     }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Appends a note to the agent's memory file (0600), keeping it under the cap.
@@ -207,7 +229,7 @@ pub fn append_memory(home: &Home, agent: &str, note: &str) -> Result<(), HostErr
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = memory_path(home, agent);
-    let current = read_agent_file(&path, usize::MAX)?;
+    let current = read_agent_file(&path, MAX_MEMORY_BYTES)?;
     let note = printable_note(note);
     let note = note.trim_end();
     if note.is_empty() {
@@ -318,5 +340,30 @@ mod tests {
         let text = read_agent_file(&memory_path(&home, "a"), MAX_MEMORY_BYTES).unwrap();
         assert_eq!(text, "evil[31mredtxt.exe\tok\nline two\n");
         assert!(append_memory(&home, "a", "\u{200b}\x07").is_err());
+    }
+
+    /// An agent file is read up to its cap and no further, and something other than a
+    /// regular file in its place (a FIFO, which would block a plain read forever) is
+    /// refused at once.
+    #[test]
+    fn an_agent_file_is_read_within_its_cap_and_only_if_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let path = memory_path(&home, "a");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        let reader = path.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(read_agent_file(&reader, MAX_MEMORY_BYTES).is_err());
+        });
+        let refused = finished.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(refused, Ok(true), "a FIFO was read as an agent file");
+        std::fs::remove_file(&path).unwrap();
+        let large = std::fs::File::create(&path).unwrap();
+        large.set_len(1 << 30).unwrap();
+        let error = read_agent_file(&path, MAX_MEMORY_BYTES).unwrap_err();
+        assert!(error.to_string().contains("larger than 64 KiB"), "{error}");
+        assert!(append_memory(&home, "a", "note").is_err());
     }
 }

@@ -398,6 +398,7 @@ impl Gate {
                 .write_all(b"1")
                 .map_err(|e| SandboxError::io("cannot let the sandbox start", e))?;
         }
+        wait_until_built(pid, USERNS_TIMEOUT)?;
         crate::pools::bound(pid)?;
         block_write
             .write_all(b"1")
@@ -486,6 +487,43 @@ fn become_owner(owner: crate::ownership::Owner) -> std::io::Result<()> {
     match failed {
         true => Err(std::io::Error::last_os_error()),
         false => Ok(()),
+    }
+}
+
+/// Waits until bwrap's child `pid` has built the sandbox: its mounts, its root and (for
+/// `--disable-userns`) its nested user namespace. bwrap says which process is the
+/// sandbox's as soon as it exists, long before that; it drops its last capability to
+/// mount (`CAP_SYS_ADMIN`, which no sandbox keeps) only after all of it, just before it
+/// waits on `--block-fd`. Before then the sandbox's `/dev/pts` may not be where the
+/// sandbox will see it, nor its user namespace the one the command will run in.
+fn wait_until_built(pid: i32, timeout: std::time::Duration) -> Result<(), SandboxError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let deadline = std::time::Instant::now() + timeout;
+    let path = format!("/proc/{pid}/status");
+    loop {
+        let status = std::fs::read_to_string(&path)
+            .map_err(|e| SandboxError::io("bwrap's child ended while it built the sandbox", e))?;
+        let effective = status
+            .lines()
+            .find_map(|line| line.strip_prefix("CapEff:"))
+            .and_then(|bits| u64::from_str_radix(bits.trim(), 16).ok())
+            .ok_or_else(|| {
+                SandboxError::Start(format!("cannot read the capabilities in {path}"))
+            })?;
+        if effective & (1 << CAP_SYS_ADMIN) == 0 {
+            return Ok(());
+        }
+        if status.lines().any(|line| line.starts_with("State:\tZ")) {
+            return Err(SandboxError::Start(
+                "bwrap's child ended while it built the sandbox".into(),
+            ));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(SandboxError::Start(format!(
+                "bwrap did not finish building the sandbox within {timeout:?}"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 

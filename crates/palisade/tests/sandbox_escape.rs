@@ -1434,7 +1434,7 @@ fn one_sandbox_cannot_take_a_users_kernel_pools_from_the_next() {
         // Takes inotify instances and queues real-time signals until refused, says so
         // in the workspace, and holds both until the test is done with the second
         // sandbox (30 s at most).
-        let greedy = "python3 - <<'PY'\nimport ctypes, os, signal, time\nlibc = ctypes.CDLL(None, use_errno=True)\nheld = []\nwhile len(held) < 1000:\n    fd = libc.inotify_init1(0)\n    if fd < 0:\n        break\n    held.append(fd)\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])\nqueued = 0\nwhile queued < 200000 and libc.sigqueue(os.getpid(), int(signal.SIGRTMIN), ctypes.c_void_p(0)) == 0:\n    queued += 1\nopen('/workspace/pool-held', 'w').write(f'{len(held)} {queued}')\nfor _ in range(300):\n    if os.path.exists('/workspace/pool-done'):\n        break\n    time.sleep(0.1)\nPY";
+        let greedy = "python3 - <<'PY'\nimport ctypes, os, signal, time\nlibc = ctypes.CDLL(None, use_errno=True)\nheld = []\nwhile len(held) < 1000:\n    fd = libc.inotify_init1(0)\n    if fd < 0:\n        break\n    held.append(fd)\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])\nqueued = 0\nwhile queued < 200000 and libc.sigqueue(os.getpid(), int(signal.SIGRTMIN), ctypes.c_void_p(0)) == 0:\n    queued += 1\nptys = []\nwhile len(ptys) < 5000:\n    try:\n        ptys.append(os.open('/dev/ptmx', os.O_RDWR | os.O_NOCTTY))\n    except OSError:\n        break\ntaken = len(ptys)\nfor fd in ptys[-8:]:\n    os.close(fd)\nopen('/workspace/pool-held', 'w').write(f'{len(held)} {queued} {taken}')\nfor _ in range(300):\n    if os.path.exists('/workspace/pool-done'):\n        break\n    time.sleep(0.1)\nPY";
         std::thread::scope(|scope| {
             let first = scope.spawn(|| w.sandbox(rt, &[], greedy));
             let held = workspace.join("pool-held");
@@ -1443,7 +1443,7 @@ fn one_sandbox_cannot_take_a_users_kernel_pools_from_the_next() {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let first_counts = std::fs::read_to_string(&held).unwrap_or_default();
-            let probe = "python3 - <<'PY'\nimport ctypes, os, resource, signal\nlibc = ctypes.CDLL(None, use_errno=True)\nprint('inotify', 'ok' if libc.inotify_init1(0) >= 0 else 'refused')\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])\nprint('signal', 'ok' if libc.sigqueue(os.getpid(), int(signal.SIGRTMIN), ctypes.c_void_p(0)) == 0 else 'refused')\nprint('nofile', resource.getrlimit(resource.RLIMIT_NOFILE)[1])\nprint('msgqueue', resource.getrlimit(resource.RLIMIT_MSGQUEUE)[1])\ntry:\n    resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20, 1 << 20))\n    print('NOFILE-RAISED')\nexcept (ValueError, OSError):\n    pass\nPY\nhead -c 100M /dev/zero > /dev/shm/big 2>/dev/null || echo shm-bounded $(du -m /dev/shm/big | cut -f1)\nrm -f /dev/shm/big\necho x > /dev/planted 2>/dev/null && echo DEV-WRITABLE\necho ok > /dev/null && echo devices-work";
+            let probe = "python3 - <<'PY'\nimport ctypes, os, resource, signal\nlibc = ctypes.CDLL(None, use_errno=True)\nprint('inotify', 'ok' if libc.inotify_init1(0) >= 0 else 'refused')\nleader, follower = os.openpty()\nos.write(leader, b'x\\n')\nprint('pty', 'ok' if os.read(follower, 2) == b'x\\n' else 'broken')\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])\nprint('signal', 'ok' if libc.sigqueue(os.getpid(), int(signal.SIGRTMIN), ctypes.c_void_p(0)) == 0 else 'refused')\nprint('nofile', resource.getrlimit(resource.RLIMIT_NOFILE)[1])\nprint('msgqueue', resource.getrlimit(resource.RLIMIT_MSGQUEUE)[1])\ntry:\n    resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20, 1 << 20))\n    print('NOFILE-RAISED')\nexcept (ValueError, OSError):\n    pass\nPY\nhead -c 100M /dev/zero > /dev/shm/big 2>/dev/null || echo shm-bounded $(du -m /dev/shm/big | cut -f1)\nrm -f /dev/shm/big\necho x > /dev/planted 2>/dev/null && echo DEV-WRITABLE\necho ok > /dev/null && echo devices-work";
             let second = w.sandbox(rt, &[], probe);
             let _ = std::fs::write(workspace.join("pool-done"), "");
             let first = first.join().unwrap();
@@ -1452,7 +1452,7 @@ fn one_sandbox_cannot_take_a_users_kernel_pools_from_the_next() {
                 .split_whitespace()
                 .filter_map(|n| n.parse().ok())
                 .collect();
-            let [instances, signals] = counts[..] else {
+            let [instances, signals, ptys] = counts[..] else {
                 panic!("{:?}: the first sandbox said nothing: {all}", w.who)
             };
             assert!(
@@ -1465,8 +1465,19 @@ fn one_sandbox_cannot_take_a_users_kernel_pools_from_the_next() {
                 "{:?}: one sandbox queued {signals} signals: {all}",
                 w.who
             );
+            assert!(
+                (1..=64).contains(&ptys),
+                "{:?}: one sandbox took {ptys} pseudo-terminals: {all}",
+                w.who
+            );
             let second = text(&second);
-            for expected in ["inotify ok", "signal ok", "msgqueue 102400", "devices-work"] {
+            for expected in [
+                "pty ok",
+                "inotify ok",
+                "signal ok",
+                "msgqueue 102400",
+                "devices-work",
+            ] {
                 assert!(second.contains(expected), "{:?}: {expected}: {all}", w.who);
             }
             let nofile: u64 = second

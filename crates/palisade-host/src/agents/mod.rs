@@ -283,7 +283,8 @@ pub(crate) fn edit_as_is(
     }
     if let Some(text) = instructions {
         let path = settings::instructions_path(store.home(), name.as_str());
-        let old = settings::read_agent_file(&path, usize::MAX).unwrap_or_default();
+        let old =
+            settings::read_agent_file(&path, settings::MAX_INSTRUCTIONS_BYTES).unwrap_or_default();
         if old != text {
             write_instructions(store, &name, &text)?;
         }
