@@ -21,7 +21,7 @@
 use crate::host::{HostInner, StreamEvent};
 use palisade_approvals::{ApprovalKind, NewRequest, Outcome};
 use palisade_policy::sanitize::{self, Options, Strictness};
-use palisade_policy::AgentName;
+use palisade_policy::{AgentName, Profile};
 use palisade_store::{AuditEntry, InboundMessage, MessageOrigin, RateOutcome};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -136,25 +136,22 @@ async fn try_send(
     let digest = hex::encode(&Sha256::digest(text.as_bytes())[..16]);
     let key = format!("a2a:{from}:{}:{to}:{digest}", message.id);
 
-    // A person, where the allow-list asks for one.
-    for (wanted, inbound) in [(link.approve_outbound, false), (link.approve_inbound, true)] {
+    // A person, where the allow-list asks for one, and always for what leaves an
+    // action agent's compartment for a research agent.
+    let leaves_compartment = crosses_compartment(inner, &from, &to).await;
+    let outbound = link.approve_outbound || leaves_compartment;
+    for (wanted, inbound) in [(outbound, false), (link.approve_inbound, true)] {
         if !wanted {
             continue;
         }
         let owner = if inbound { to.clone() } else { from.clone() };
-        let Ok(mut slot) = inner.holds.reserve(&owner) else {
-            return Err(format!(
-                "{owner} already waits for {} approvals; wait for those first",
-                crate::approvals::MAX_WAITING_PER_AGENT
-            ));
-        };
-        let request = NewRequest {
+        let ask = Ask {
+            owner: owner.clone(),
             kind: if inbound {
                 ApprovalKind::AgentMessageIn
             } else {
                 ApprovalKind::AgentMessageOut
             },
-            agent: owner.clone(),
             summary: palisade_approvals::summary::agent_message(
                 from.as_str(),
                 to.as_str(),
@@ -167,23 +164,18 @@ async fn try_send(
                 "message_id": message.id,
                 "chain": chain.iter().map(AgentName::as_str).collect::<Vec<_>>(),
             }),
-            timeout: crate::approvals::agent_timeout(inner, &owner).await,
-            holder: None,
-            request_key: Some(format!("{key}:{}", if inbound { "in" } else { "out" })),
+            request_key: format!("{key}:{}", if inbound { "in" } else { "out" }),
         };
-        match crate::approvals::ask_person(inner, &mut slot, request).await? {
-            Outcome::Approved { .. } => {}
-            Outcome::Denied { approver, comment } => {
+        match person_decides(inner, ask).await? {
+            None => {}
+            Some(Refused::Denied { approver, comment }) => {
                 audit(inner, &from, &to, "denied", None).await;
                 return Ok(format!(
-                    "not sent: {} denied the message to {to}{}.",
-                    approver.as_deref().unwrap_or("a person"),
-                    comment
-                        .map(|c| format!(", saying: {c}"))
-                        .unwrap_or_default()
+                    "not sent: {approver} denied the message to {to}{}.",
+                    said(inner, &from, comment).await
                 ));
             }
-            Outcome::TimedOut | Outcome::Cancelled => {
+            Some(Refused::TimedOut) => {
                 audit(inner, &from, &to, "timed_out", None).await;
                 return Ok(format!(
                     "not sent: nobody approved the message to {to} in time."
@@ -237,6 +229,41 @@ async fn try_send(
         },
     )
     .text;
+    // What an action agent answers a research agent leaves its compartment: a person
+    // sees it first, an error as much as an answer.
+    if crosses_compartment(inner, &to, &from).await {
+        let ask = Ask {
+            owner: to.clone(),
+            kind: ApprovalKind::AgentMessageOut,
+            summary: palisade_approvals::summary::agent_answer(
+                to.as_str(),
+                from.as_str(),
+                &clean_answer,
+            ),
+            context: serde_json::json!({
+                "from": to.as_str(),
+                "to": from.as_str(),
+                "answer_to": accepted.message_id,
+            }),
+            request_key: format!("{key}:answer"),
+        };
+        match person_decides(inner, ask).await? {
+            None => {}
+            Some(Refused::Denied { approver, comment }) => {
+                audit(inner, &to, &from, "denied", None).await;
+                return Err(format!(
+                    "{to} answered, but {approver} did not let its answer out of {to}'s compartment{}. Go on without it.",
+                    said(inner, &from, comment).await
+                ));
+            }
+            Some(Refused::TimedOut) => {
+                audit(inner, &to, &from, "timed_out", None).await;
+                return Err(format!(
+                    "{to} answered, but nobody let its answer out of {to}'s compartment in time. Go on without it."
+                ));
+            }
+        }
+    }
     if is_error {
         return Err(format!(
             "{to} could not answer. {}",
@@ -279,6 +306,90 @@ async fn wait_for_reply(
 }
 
 /// The agent's sanitizing strictness (its dial; balanced by default).
+/// A request to a person about text crossing between agents.
+struct Ask {
+    /// The agent whose approvals it counts against and whose approvers decide.
+    owner: AgentName,
+    kind: ApprovalKind,
+    summary: palisade_approvals::summary::Summary,
+    context: serde_json::Value,
+    request_key: String,
+}
+
+/// Why a person did not let text cross.
+enum Refused {
+    Denied {
+        approver: String,
+        comment: Option<String>,
+    },
+    TimedOut,
+}
+
+/// Asks a person through the approval engine: `None` when approved.
+async fn person_decides(inner: &Arc<HostInner>, ask: Ask) -> Result<Option<Refused>, String> {
+    let Ok(mut slot) = inner.holds.reserve(&ask.owner) else {
+        return Err(format!(
+            "{} already waits for {} approvals; wait for those first",
+            ask.owner,
+            crate::approvals::MAX_WAITING_PER_AGENT
+        ));
+    };
+    let request = NewRequest {
+        kind: ask.kind,
+        agent: ask.owner.clone(),
+        summary: ask.summary,
+        context: ask.context,
+        timeout: crate::approvals::agent_timeout(inner, &ask.owner).await,
+        holder: None,
+        request_key: Some(ask.request_key),
+    };
+    Ok(
+        match crate::approvals::ask_person(inner, &mut slot, request).await? {
+            Outcome::Approved { .. } => None,
+            Outcome::Denied { approver, comment } => Some(Refused::Denied {
+                approver: approver.unwrap_or_else(|| "a person".into()),
+                comment,
+            }),
+            Outcome::TimedOut | Outcome::Cancelled => Some(Refused::TimedOut),
+        },
+    )
+}
+
+/// A person's comment on a denial as the agent `reader` is told it: cleaned at its
+/// strictness like everything else its model reads, `, saying: …`.
+async fn said(inner: &HostInner, reader: &AgentName, comment: Option<String>) -> String {
+    let Some(comment) = comment else {
+        return String::new();
+    };
+    let options = Options {
+        strictness: strictness(inner, reader).await,
+        max_chars: 1000,
+    };
+    format!(", saying: {}", sanitize::sanitize(&comment, &options).text)
+}
+
+/// Whether text from agent `sender` to agent `receiver` leaves an action agent's
+/// compartment for a research agent's: a research agent holds no sensitive data, and
+/// what an action agent says may carry what its credentials fetched. An agent whose
+/// record cannot be read counts as crossing.
+async fn crosses_compartment(inner: &HostInner, sender: &AgentName, receiver: &AgentName) -> bool {
+    let profile = |name: &AgentName| {
+        let store = inner.store.clone();
+        let name = name.clone();
+        async move {
+            blocking(move || store.get_agent(&name))
+                .await
+                .ok()
+                .map(|record| record.profile)
+        }
+    };
+    let profiles = (profile(sender).await, profile(receiver).await);
+    !matches!(
+        profiles,
+        (Some(Profile::Research), _) | (_, Some(Profile::Action))
+    )
+}
+
 async fn strictness(inner: &HostInner, agent: &AgentName) -> Strictness {
     let store = inner.store.clone();
     let name = agent.clone();

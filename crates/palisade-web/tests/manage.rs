@@ -1537,8 +1537,9 @@ async fn the_allow_list_is_changed_on_the_agent_page_and_disallowing_asks_first(
     );
     assert!(element(&page, "ul", "messaged-by").contains(">mailer<"));
     let plain = element(&page, "section", "plain-words");
-    assert!(plain.contains("helper may message mailer, approved before each message is delivered."));
-    assert!(plain.contains("mailer may message helper."));
+    // Mailer acts, helper researches: what crosses from mailer is approved anyway.
+    assert!(plain.contains("helper may message mailer, approved before each message is delivered (each answer approved before helper gets it: mailer is an action agent"), "{plain}");
+    assert!(plain.contains("mailer may message helper (each message approved before it leaves: mailer is an action agent, helper a research agent)."), "{plain}");
     // The other agent's page shows the same entries the other way round.
     let other = web.page("/agents/mailer").await;
     assert!(element(&other, "ul", "may-message").contains(">helper<"));

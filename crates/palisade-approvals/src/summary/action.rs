@@ -41,18 +41,34 @@ fn detail_text(text: &str) -> String {
 /// as the receiving agent would get it (already sanitized by the host).
 pub fn agent_message(from: &str, to: &str, sanitized: &str, inbound: bool) -> Summary {
     let title = if inbound {
-        one_line(&format!("Message for {to} from agent {from}"), TITLE_CHARS)
+        format!("Message for {to} from agent {from}")
     } else {
-        one_line(&format!("Agent {from} wants to message {to}"), TITLE_CHARS)
+        format!("Agent {from} wants to message {to}")
     };
-    let lines = card_lines(sanitized, MAX_LINES);
-    let mut detail = format!(
-        "From agent {from} to agent {to}; the text as {to} would receive it (sanitized):\n\n"
+    let intro =
+        format!("From agent {from} to agent {to}; the text as {to} would receive it (sanitized):");
+    crossing(&title, &intro, sanitized)
+}
+
+/// An action agent's answer to a research agent that asked it, waiting for a person:
+/// what the action agent holds leaves its compartment only past one.
+pub fn agent_answer(from: &str, to: &str, sanitized: &str) -> Summary {
+    let title = format!("Agent {from}'s answer to research agent {to}");
+    let intro = format!(
+        "Agent {from} answered research agent {to}, which asked it. {from} holds \
+         credentials {to} may not use; approving lets this text out of {from}'s \
+         compartment. The text as {to} would receive it (sanitized):"
     );
+    crossing(&title, &intro, sanitized)
+}
+
+/// Text crossing between agents: `title`, then the text under `intro`.
+fn crossing(title: &str, intro: &str, sanitized: &str) -> Summary {
+    let mut detail = format!("{intro}\n\n");
     detail.push_str(&detail_text(sanitized));
     Summary {
-        title,
-        lines,
+        title: one_line(title, TITLE_CHARS),
+        lines: card_lines(sanitized, MAX_LINES),
         detail,
     }
 }

@@ -41,7 +41,7 @@ mod stripe;
 #[cfg(test)]
 mod tests;
 
-pub use action::{access_request, action, agent_message};
+pub use action::{access_request, action, agent_answer, agent_message};
 use clean::{body_text, text_lines, truncate_chars};
 pub use clean::{is_invisible, one_line};
 pub use credential_names::is_secret_name;

@@ -49,14 +49,24 @@ pub fn plain_words(store: &Store, agent: &AgentRecord) -> Result<Vec<String>, Ho
     if to.is_empty() {
         lines.push(format!("{name} may message no other agent."));
     }
+    let crossing = |link| {
+        super::links::compartment_words(store, link)
+            .map(|words| words.map(|words| format!(" ({words})")).unwrap_or_default())
+    };
     for link in to {
-        lines.push(format!("{name} may message {}{}.", link.to, approval(link)));
+        lines.push(format!(
+            "{name} may message {}{}{}.",
+            link.to,
+            approval(link),
+            crossing(link)?
+        ));
     }
     for link in from {
         lines.push(format!(
-            "{} may message {name}{}.",
+            "{} may message {name}{}{}.",
             link.from,
-            approval(link)
+            approval(link),
+            crossing(link)?
         ));
     }
     let rules: Vec<String> = store

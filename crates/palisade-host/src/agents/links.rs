@@ -4,7 +4,7 @@
 //! list for every message between agents, so a change is in force for the next one.
 
 use crate::HostError;
-use palisade_policy::AgentName;
+use palisade_policy::{AgentName, Profile};
 use palisade_store::input::clean;
 use palisade_store::{AgentLink, Store};
 
@@ -56,10 +56,28 @@ pub fn approval_words(link: &AgentLink) -> Option<&'static str> {
     }
 }
 
+/// What a person approves on `link` because it crosses between compartments (an
+/// action agent's text reaching a research agent), in words; `None` when it does not.
+/// This holds whatever the entry's `--approve` says (see `a2a.rs`).
+pub fn compartment_words(store: &Store, link: &AgentLink) -> Result<Option<String>, HostError> {
+    let from = store.get_agent(&link.from)?.profile;
+    let to = store.get_agent(&link.to)?.profile;
+    Ok(match (from, to) {
+        (Profile::Action, Profile::Research) => Some(format!(
+            "each message approved before it leaves: {} is an action agent, {} a research agent",
+            link.from, link.to
+        )),
+        (Profile::Research, Profile::Action) => Some(format!(
+            "each answer approved before {} gets it: {} is an action agent, {} a research agent",
+            link.from, link.to, link.from
+        )),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_policy::Profile;
 
     #[test]
     fn allow_replace_and_disallow_with_one_line_refusals() {

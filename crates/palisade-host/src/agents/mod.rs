@@ -23,7 +23,7 @@ mod links;
 
 pub use dial::{dial, DialDraft};
 pub use explain::plain_words;
-pub use links::{allow, approval_words, disallow};
+pub use links::{allow, approval_words, compartment_words, disallow};
 
 use crate::settings::{self, AgentSettings, MAX_INSTRUCTIONS_BYTES};
 use crate::HostError;

@@ -57,7 +57,7 @@ pub enum AgentsCommand {
     },
     /// Let agent FROM message agent TO (its `ask_agent` and `tell_agent` tools).
     #[command(
-        after_help = "Examples:\n  palisade agents allow research --to mailer\n  palisade agents allow research --to mailer --approve inbound\n\nNothing is allowed by default. Messages are sanitized at the receiver's strictness\nand labelled with their origin; --approve puts a person before a direction\n(outbound: before FROM's message leaves; inbound: before TO receives it)."
+        after_help = "Examples:\n  palisade agents allow research --to mailer\n  palisade agents allow research --to mailer --approve inbound\n\nNothing is allowed by default. Messages are sanitized at the receiver's strictness\nand labelled with their origin; --approve puts a person before a direction\n(outbound: before FROM's message leaves; inbound: before TO receives it).\nWhat an action agent says reaches a research agent only once a person approved it:\nits messages to one, and its answers when a research agent asks it."
     )]
     Allow {
         /// The sending agent.
@@ -236,8 +236,11 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
                 return output::print_json(&link);
             }
             let to = &link.to;
+            let crossing = palisade_host::agents::compartment_words(&store, &link)?
+                .map(|words| format!("\n{words}"))
+                .unwrap_or_default();
             output::print(&format!(
-                "agent {} may now message agent {to}{}\n",
+                "agent {} may now message agent {to}{}{crossing}\n",
                 link.from,
                 match (link.approve_outbound, link.approve_inbound) {
                     (false, false) => String::new(),

@@ -202,6 +202,31 @@ impl World {
         }
     }
 
+    /// The first pending approval (`approvals list --json`) that `wanted` accepts,
+    /// waiting for one as long as a host takes to start.
+    pub fn wait_for_approval(
+        &self,
+        host: &ChildGuard,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let output = ok(self.palisade.run(&["approvals", "list", "--json"]));
+            let list: serde_json::Value =
+                serde_json::from_slice(&output.stdout).expect("approvals JSON");
+            let pending = list.as_array().cloned().unwrap_or_default();
+            if let Some(found) = pending.into_iter().find(|approval| wanted(approval)) {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such approval appeared: {list}\nhost: {}",
+                host.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The id of the only session.
     pub fn only_session(&self) -> i64 {
         let sessions = self.sessions();
