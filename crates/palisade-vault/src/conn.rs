@@ -20,6 +20,7 @@ use crate::body::ProxyBody;
 use http_body::{Body, Frame, SizeHint};
 use palisade_policy::AgentName;
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -28,6 +29,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The gateway-wide and per-agent connection caps.
 pub struct ConnectionLimits {
@@ -244,6 +246,7 @@ impl Activity {
         InFlight {
             activity: Arc::clone(self),
             place: None,
+            revoked: None,
         }
     }
 
@@ -291,6 +294,10 @@ pub struct ClientConnection {
     /// that token is no longer its agent's (rotated). `None` on an agent's socket, and
     /// for requests on the TCP listener, which each show their token.
     pub token: Option<Arc<str>>,
+    /// Cancelled when the credential the request came with no longer holds (its token
+    /// rotated, its agent deleted; see `revocation.rs`): the request, and a WebSocket
+    /// it opens, end then.
+    pub revoked: CancellationToken,
 }
 
 /// A request in flight on a connection, and its place under its agent's share of
@@ -298,9 +305,17 @@ pub struct ClientConnection {
 pub struct InFlight {
     activity: Arc<Activity>,
     place: Option<OwnedSemaphorePermit>,
+    /// Ends the response early (see [`InFlight::end_when`]).
+    revoked: Option<CancellationToken>,
 }
 
 impl InFlight {
+    /// Cuts the response's body when `revoked` is cancelled: a stream on the TCP
+    /// listener, whose connection outlives the token each request shows.
+    pub fn end_when(&mut self, revoked: CancellationToken) {
+        self.revoked = Some(revoked);
+    }
+
     /// Takes a place for this request from its agent's share (`requests`), held until
     /// the response has ended; false if the share is used up.
     pub fn hold_place(&mut self, requests: &Arc<Semaphore>) -> bool {
@@ -316,20 +331,31 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted in flight until it ends.
+/// A response body that keeps its request counted in flight until it ends, and is cut
+/// if the credential it was sent under is revoked meanwhile.
 pub struct Tracked {
     inner: ProxyBody,
+    revoked: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     _in_flight: InFlight,
 }
 
 impl Tracked {
-    pub fn new(inner: ProxyBody, in_flight: InFlight) -> Self {
+    pub fn new(inner: ProxyBody, mut in_flight: InFlight) -> Self {
         Tracked {
             inner,
+            revoked: in_flight
+                .revoked
+                .take()
+                .map(|token| Box::pin(token.cancelled_owned())),
             _in_flight: in_flight,
         }
     }
 }
+
+/// Why a response was cut before its end.
+#[derive(Debug, thiserror::Error)]
+#[error("the credential this response was sent under was revoked (token rotated or agent deleted); the response was cut")]
+pub struct Revoked;
 
 impl Body for Tracked {
     type Data = bytes::Bytes;
@@ -339,7 +365,16 @@ impl Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        if let Some(revoked) = &mut this.revoked {
+            if revoked.as_mut().poll(cx).is_ready() {
+                this.revoked = None;
+                this.inner = ProxyBody::empty();
+                tracing::debug!("cutting a response: its credential was revoked");
+                return Poll::Ready(Some(Err(Revoked.into())));
+            }
+        }
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()

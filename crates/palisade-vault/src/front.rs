@@ -20,6 +20,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
 
 /// Which listener a connection came in on; an agent socket is its own identity.
 #[derive(Clone, Debug)]
@@ -40,6 +41,10 @@ struct Connection {
     entry: Entry,
     permits: Arc<ConnectionPermits>,
     activity: Arc<Activity>,
+    /// On an agent's socket: cancelled when the agent is deleted, which ends the
+    /// connection (its tunnels and WebSockets watch it too). On the TCP listener each
+    /// request brings its own, that of the token it shows.
+    socket_revoked: Option<CancellationToken>,
 }
 
 pub async fn serve_connection<I>(
@@ -52,11 +57,26 @@ pub async fn serve_connection<I>(
 {
     let mut shutdown = shared.shutdown.clone();
     let activity = Activity::new();
+    let socket_revoked = match &entry {
+        // An agent this snapshot does not know (gone before its socket was removed):
+        // its requests are refused in the admit phase.
+        Entry::Agent(agent) => Some(
+            shared
+                .snapshot
+                .load()
+                .revocations
+                .of_agent(agent)
+                .unwrap_or_default(),
+        ),
+        Entry::Tcp => None,
+    };
+    let revoked = socket_revoked.clone().unwrap_or_default();
     let connection = Connection {
         shared: shared.clone(),
         entry,
         permits,
         activity: activity.clone(),
+        socket_revoked,
     };
     let service = service_fn(move |req: Request<Incoming>| {
         let connection = connection.clone();
@@ -85,6 +105,9 @@ pub async fn serve_connection<I>(
         _ = activity.idle(HEADER_READ_TIMEOUT.min(idle), idle) => {
             tracing::debug!("closing an idle client connection");
         }
+        _ = revoked.cancelled() => {
+            tracing::debug!("closing an agent socket's connection: the agent was deleted");
+        }
         _ = crate::stopped(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
@@ -104,16 +127,15 @@ async fn front(
             .authority()
             .map(|a| a.as_str().to_string())
             .unwrap_or_default();
-        let (agent, token) =
-            match admit(&connection, request.headers(), "CONNECT", &authority, "").await {
-                Ok(caller) => caller,
-                Err(response) => return response,
-            };
+        let caller = match admit(&connection, request.headers(), "CONNECT", &authority, "").await {
+            Ok(caller) => caller,
+            Err(response) => return response,
+        };
         let Some(target) = Target::parse_authority(&authority, Scheme::Https) else {
             let body = ErrorBody::new(GatewayErrorKind::BadRequest, "")
                 .with_message("CONNECT needs a target of the form host:port (a DNS name or an IP address in its usual form)");
             let response = refusal(&body);
-            let record = Record::about(Some(&agent), "CONNECT", &authority, "");
+            let record = Record::about(Some(&caller.agent), "CONNECT", &authority, "");
             refused_at_front(
                 shared,
                 record,
@@ -137,7 +159,6 @@ async fn front(
         tracker.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let caller = tunnel::Caller { agent, token };
                     tunnel::run(shared, caller, target, upgraded, permits, activity).await
                 }
                 Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
@@ -154,10 +175,11 @@ async fn front(
         let method = request.method().to_string();
         let path = request.uri().path().to_string();
         // Each request on this listener carries its token, checked here.
-        let agent = match admit(&connection, request.headers(), &method, &authority, &path).await {
-            Ok((agent, _)) => agent,
-            Err(response) => return response,
-        };
+        let tunnel::Caller { agent, revoked, .. } =
+            match admit(&connection, request.headers(), &method, &authority, &path).await {
+                Ok(caller) => caller,
+                Err(response) => return response,
+            };
         let Some(target) = Target::from_uri(request.uri()) else {
             let body = ErrorBody::new(GatewayErrorKind::BadRequest, "")
                 .with_message("only http:// and https:// URLs with a valid host are proxied");
@@ -177,8 +199,11 @@ async fn front(
             permits: connection.permits.clone(),
             upstream: None,
             token: None,
+            revoked: revoked.clone(),
         };
         let placed = in_flight.hold_place(&shared.limits.requests_of(&agent));
+        // A stream outlives the check of its token: it is cut if the token is revoked.
+        in_flight.end_when(revoked);
         let Ok(response) = pipeline::handle(
             shared.clone(),
             agent,
@@ -198,18 +223,18 @@ async fn front(
     }
 }
 
-/// The agent behind a request and the digest of the token it showed (none on an agent's
-/// socket), counted against its share of connections; otherwise the refusal (407
-/// without a known token, 503 beyond the agent's share), audited.
+/// The agent behind a request, the digest of the token it showed (none on an agent's
+/// socket) and what revokes it, counted against its share of connections; otherwise the
+/// refusal (407 without a known token, 503 beyond the agent's share), audited.
 async fn admit(
     connection: &Connection,
     headers: &http::HeaderMap,
     method: &str,
     authority: &str,
     path: &str,
-) -> Result<(AgentName, Option<Arc<str>>), Response<crate::body::ProxyBody>> {
+) -> Result<tunnel::Caller, Response<crate::body::ProxyBody>> {
     let shared = &connection.shared;
-    let (agent, token) = match authenticate(shared, &connection.entry, headers).await {
+    let caller = match authenticate(connection, headers).await {
         Ok(caller) => caller,
         Err(body) => {
             // And the connection ends: one that never authenticates may not stay open
@@ -230,7 +255,8 @@ async fn admit(
             return Err(response);
         }
     };
-    if !connection.permits.ensure_agent(&shared.limits, &agent) {
+    let agent = &caller.agent;
+    if !connection.permits.ensure_agent(&shared.limits, agent) {
         let body = ErrorBody::new(GatewayErrorKind::TooManyConnections, "").with_message(format!(
             "Agent {agent} has {} connections open through the gateway, the most it may have. Close idle connections or reuse them, then retry.",
             shared.limits.per_agent_max()
@@ -240,7 +266,7 @@ async fn admit(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),
         );
-        let record = Record::about(Some(&agent), method, authority, path);
+        let record = Record::about(Some(agent), method, authority, path);
         refused_at_front(
             shared,
             record,
@@ -250,19 +276,25 @@ async fn admit(
         .await;
         return Err(response);
     }
-    Ok((agent, token))
+    Ok(caller)
 }
 
 /// The agent behind a request: the socket's owner, or the token in `Proxy-Authorization`.
 /// A token the snapshot does not know is looked up in the store once (it may belong to
 /// an agent created a moment ago) before the request is refused.
 async fn authenticate(
-    shared: &Shared,
-    entry: &Entry,
+    connection: &Connection,
     headers: &http::HeaderMap,
-) -> Result<(AgentName, Option<Arc<str>>), ErrorBody> {
-    let token = match entry {
-        Entry::Agent(name) => return Ok((name.clone(), None)),
+) -> Result<tunnel::Caller, ErrorBody> {
+    let shared = &connection.shared;
+    let token = match &connection.entry {
+        Entry::Agent(name) => {
+            return Ok(tunnel::Caller {
+                agent: name.clone(),
+                token: None,
+                revoked: connection.socket_revoked.clone().unwrap_or_default(),
+            })
+        }
         Entry::Tcp => headers
             .get(http::header::PROXY_AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -279,8 +311,8 @@ async fn authenticate(
     // Hashed once: the snapshot and the store know tokens by digest, and a tunnel keeps
     // it to notice a rotation.
     let digest: Arc<str> = Arc::from(crate::state::token_digest(&token));
-    if let Some(agent) = shared.snapshot.load().agent_of_token_digest(&digest) {
-        return Ok((agent.clone(), Some(digest)));
+    if let Some(caller) = caller_of_token(shared, digest.clone()) {
+        return Ok(caller);
     }
     let unknown = || {
         unauthorized(
@@ -298,11 +330,24 @@ async fn authenticate(
         .and_then(Result::ok)
         .unwrap_or(false);
     if known && shared.reload_snapshot().await.is_ok() {
-        if let Some(agent) = shared.snapshot.load().agent_of_token_digest(&digest) {
-            return Ok((agent.clone(), Some(digest)));
+        if let Some(caller) = caller_of_token(shared, digest) {
+            return Ok(caller);
         }
     }
     Err(unknown())
+}
+
+/// The agent whose token has `digest` and what revokes that token, read from one
+/// snapshot (so a rotation that snapshot predates still reaches the caller).
+fn caller_of_token(shared: &Shared, digest: Arc<str>) -> Option<tunnel::Caller> {
+    let snapshot = shared.snapshot.load();
+    let agent = snapshot.agent_of_token_digest(&digest)?;
+    let revoked = snapshot.revocations.of_token(agent, &digest)?;
+    Some(tunnel::Caller {
+        agent: agent.clone(),
+        token: Some(digest),
+        revoked,
+    })
 }
 
 /// The password of a `Basic` credential (`x:TOKEN` → `TOKEN`).

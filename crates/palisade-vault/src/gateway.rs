@@ -100,7 +100,9 @@ impl Refresher {
         let store = self.shared.store.clone();
         match tokio::task::spawn_blocking(move || Snapshot::load(&store)).await {
             Ok(Ok(snapshot)) => {
-                self.shared.snapshot.store(Arc::new(snapshot));
+                // Not put in force when a newer one already is (a token look-up's
+                // reload); what is in force is at least as new as `version` either way.
+                self.shared.install(snapshot);
                 *loaded = Some(version);
                 if self.shared.config.sockets_for_every_agent {
                     sync_sockets(&self.shared, &self.dir, &self.sockets);
@@ -246,6 +248,7 @@ pub async fn start(
         shutdown: shutdown_rx,
         tcp_addr,
         tasks: tokio_util::task::TaskTracker::new(),
+        installing: std::sync::Mutex::new(()),
     });
     let mut background = Vec::new();
     if let Some(listener) = listener {

@@ -22,6 +22,7 @@ mod peer;
 mod pipeline;
 mod reflect;
 mod respond;
+mod revocation;
 mod state;
 mod tls;
 mod tunnel;

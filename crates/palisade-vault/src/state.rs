@@ -11,6 +11,7 @@ use crate::conn::ConnectionLimits;
 use crate::net_guard::NetGuard;
 use crate::pipeline::audit::RowBudgets;
 use crate::reflect::Reflection;
+use crate::revocation::Revocations;
 use crate::upstream::UpstreamClient;
 use crate::VaultConfig;
 use arc_swap::ArcSwap;
@@ -42,6 +43,11 @@ pub struct Snapshot {
     /// The spellings of several secrets sent to the same host, by their ids (built on
     /// first use, see [`Snapshot::masking_for`]).
     combined: Mutex<HashMap<Vec<i64>, Arc<Reflection>>>,
+    /// What ends the connections admitted under each agent and each of its tokens.
+    pub revocations: Revocations,
+    /// The configuration version read before the rest: the snapshot is at least as
+    /// new as this.
+    pub version: i64,
 }
 
 /// Most sets of secrets whose spellings are kept ready; past it they are built again.
@@ -49,6 +55,7 @@ const REFLECTIONS_KEPT: usize = 256;
 
 impl Snapshot {
     pub fn load(store: &Store) -> Result<Snapshot, palisade_store::StoreError> {
+        let version = store.config_version()?;
         let policy = store.load_policy()?;
         let records = store.list_agents()?;
         let approval_timeouts = records
@@ -74,11 +81,15 @@ impl Snapshot {
                 Some((a.name.clone(), api))
             })
             .collect();
-        let agents = records.into_iter().map(|a| (a.name, a.profile)).collect();
         let tokens = store
             .agent_token_hashes()?
             .into_iter()
             .collect::<HashMap<_, _>>();
+        let revocations = Revocations::new(
+            records.iter().map(|a| (a.name.clone(), a.created_at_ms)),
+            &tokens,
+        );
+        let agents = records.into_iter().map(|a| (a.name, a.profile)).collect();
         let admin_key = store.admin_key(false)?;
         let admin_key_digest = Sha256::digest(admin_key.expose().as_bytes()).into();
         let reflections = policy
@@ -98,6 +109,8 @@ impl Snapshot {
             approval_timeouts,
             dials,
             model_apis,
+            revocations,
+            version,
         })
     }
 
@@ -187,6 +200,9 @@ pub struct Shared {
     pub tcp_addr: Option<SocketAddr>,
     /// Every connection and tunnel task, so shutdown can wait for them.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Taken to put a new snapshot in force (rare), so two reloads cannot both carry
+    /// over from the same previous snapshot and lose a revocation.
+    pub installing: Mutex<()>,
 }
 
 impl Shared {
@@ -236,7 +252,26 @@ impl Shared {
         let snapshot = tokio::task::spawn_blocking(move || Snapshot::load(&store))
             .await
             .map_err(|e| palisade_store::StoreError::Io(e.to_string()))??;
-        self.snapshot.store(Arc::new(snapshot));
+        self.install(snapshot);
         Ok(())
+    }
+
+    /// Puts `snapshot` in force unless a newer one already is, then ends what was
+    /// admitted under a credential that no longer holds (see `revocation.rs`): after
+    /// the swap, so a connection admitted by the previous snapshot a moment later gets
+    /// a token already cancelled. Whether it was put in force.
+    pub fn install(&self, mut snapshot: Snapshot) -> bool {
+        let _installing = self.installing.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.snapshot.load_full();
+        if snapshot.version < previous.version {
+            return false;
+        }
+        let ended = snapshot.revocations.carry_over(&previous.revocations);
+        self.snapshot.store(Arc::new(snapshot));
+        for (whose, token) in ended {
+            whose.log();
+            token.cancel();
+        }
+        true
     }
 }

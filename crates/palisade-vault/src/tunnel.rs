@@ -15,6 +15,7 @@ use palisade_policy::{AgentName, ErrorBody, GatewayErrorKind};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a tunnel keeps its upstream connection with no request in flight.
@@ -27,11 +28,13 @@ const UPSTREAM_QUIET: Duration = Duration::from_secs(2);
 /// microseconds and the window does not set their speed.
 const AGENT_H2_WINDOW: u32 = 256 * 1024;
 
-/// Who opened a tunnel: the agent, and the digest of the token it showed (none on its
-/// socket).
+/// Who opened a tunnel: the agent, the digest of the token it showed (none on its
+/// socket), and what ends the tunnel when that credential no longer holds (the token
+/// rotated, the agent deleted).
 pub struct Caller {
     pub agent: AgentName,
     pub token: Option<Arc<str>>,
+    pub revoked: CancellationToken,
 }
 
 pub async fn run(
@@ -42,7 +45,11 @@ pub async fn run(
     permits: Arc<ConnectionPermits>,
     activity: Arc<Activity>,
 ) {
-    let Caller { agent, token } = caller;
+    let Caller {
+        agent,
+        token,
+        revoked,
+    } = caller;
     // `permits` is held until the tunnel ends, and by a WebSocket upgraded inside it
     // until that ends: the tunnel and the WebSocket are the same client connection.
     let io = TokioIo::new(upgraded);
@@ -98,6 +105,7 @@ pub async fn run(
         let upstream = upstream.clone();
         let activity = activity.clone();
         let permits = permits.clone();
+        let revoked = revoked.clone();
         // The agent's share of requests in flight, looked up once per tunnel.
         let requests = shared.limits.requests_of(&agent);
 
@@ -118,6 +126,7 @@ pub async fn run(
                     permits: permits.clone(),
                     upstream: Some(upstream.clone()),
                     token: token.clone(),
+                    revoked: revoked.clone(),
                 },
                 placed,
             ));
@@ -151,6 +160,10 @@ pub async fn run(
             tracing::debug!(host = %host, "closing an idle tunnel");
         }
         _ = release_when_quiet(&activity, &upstream) => {}
+        _ = revoked.cancelled() => {
+            // Dropping the connection ends every stream in it, idle or not.
+            tracing::debug!(host = %host, "closing a tunnel: the credential it was opened with was revoked");
+        }
         _ = crate::stopped(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;

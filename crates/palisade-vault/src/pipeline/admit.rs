@@ -41,3 +41,24 @@ pub(super) fn admit(
     }
     Ok((snapshot, profile))
 }
+
+/// The refusal for a request whose credential was revoked while it was under way (the
+/// snapshot that revoked it is already in force).
+pub(super) fn revoked(
+    shared: &Shared,
+    agent: &AgentName,
+    host: &str,
+    token: Option<&str>,
+) -> Refusal {
+    match admit(shared, agent, host, token) {
+        Err(refusal) => refusal,
+        // The agent was deleted and created again under its name: still not the agent
+        // the request came from.
+        Ok(_) => Refusal::new(
+            Decision::AgentGone,
+            ErrorBody::new(GatewayErrorKind::BlockedByPolicy, host).with_message(format!(
+                "agent {agent} was deleted while this request was under way; nothing more is forwarded"
+            )),
+        ),
+    }
+}

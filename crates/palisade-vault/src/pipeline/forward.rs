@@ -265,7 +265,8 @@ fn searched(
 /// Relays a connection upgraded on both sides (a WebSocket) until either side ends it.
 /// It is still the client connection it was upgraded from: it keeps that connection's
 /// places under the gateway's and its agent's caps, and is closed once no byte has
-/// moved either way for the client idle timeout, or when the gateway stops. When its
+/// moved either way for the client idle timeout, when the credential it was opened with
+/// is revoked (`revocation.rs`), or when the gateway stops. When its
 /// host is one the gateway sends credentials to, the upstream's frames are searched for
 /// them as they
 /// stream ([`relay_masked`]); else both ways are copied byte for byte.
@@ -278,6 +279,7 @@ fn relay_upgraded(
 ) {
     let permits = Arc::clone(&client.permits);
     let activity = Arc::clone(&client.activity);
+    let revoked = client.revoked.clone();
     let idle = shared.config.client_idle_timeout;
     let mut shutdown = shared.shutdown.clone();
     shared.tasks.spawn(async move {
@@ -301,6 +303,9 @@ fn relay_upgraded(
             _ = relay => {}
             _ = activity.idle(idle, idle) => {
                 tracing::debug!("closing an idle upgraded connection");
+            }
+            _ = revoked.cancelled() => {
+                tracing::debug!("closing a WebSocket: the credential it was opened with was revoked");
             }
             _ = crate::stopped(&mut shutdown) => {}
         }

@@ -66,10 +66,17 @@ pub async fn handle(
     let head_request = parts.method == http::Method::HEAD;
     // Phase 0: the request has a place under its agent's share of requests in flight.
     let outcome = if placed {
-        run(
+        let ran = run(
             &shared, &agent, &target, &client, parts, &mut body, &mut audit,
-        )
-        .await
+        );
+        // A request still being judged, held or waiting for its answer when its
+        // credential is revoked ends then, with the refusal the next one would get.
+        tokio::select! {
+            outcome = ran => outcome,
+            _ = client.revoked.cancelled() => {
+                Err(admit::revoked(&shared, &agent, &target.host, client.token.as_deref()))
+            }
+        }
     } else {
         Err(Refusal::of(
             Decision::TooManyRequestsInFlight,
