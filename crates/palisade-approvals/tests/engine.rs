@@ -99,6 +99,7 @@ fn verdict(world: &World, path: &str, at_ms: i64) -> &'static str {
         agent: &name,
         profile: Profile::Research,
         method: &http::Method::POST,
+        opens_stream: false,
         host: "gmail.googleapis.com",
         path: &path,
         body: None,

@@ -38,16 +38,24 @@ impl ApprovalFrequency {
         }
     }
 
-    /// Whether a request with `method` that would carry a credential must be held.
-    /// `FirstUse` says yes here; the vault then skips the hold when a person approved
-    /// a request of this agent to the same host within the last hour.
-    pub fn holds(self, method: &http::Method) -> bool {
+    /// Whether a request with `method` that would carry a credential must be held;
+    /// `opens_stream` when it asks to become a WebSocket. `FirstUse` says yes here;
+    /// the vault then skips the hold when a person approved a request of this agent
+    /// to the same host within the last hour.
+    ///
+    /// A WebSocket handshake is a GET, but what passes over the WebSocket after it is
+    /// never judged (see docs/vault.md): it counts as a write, or `Writes` would let
+    /// every credentialed write through a WebSocket unasked.
+    pub fn holds(self, method: &http::Method, opens_stream: bool) -> bool {
         match self {
             ApprovalFrequency::Every | ApprovalFrequency::FirstUse => true,
-            ApprovalFrequency::Writes => !matches!(
-                *method,
-                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-            ),
+            ApprovalFrequency::Writes => {
+                opens_stream
+                    || !matches!(
+                        *method,
+                        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+                    )
+            }
             ApprovalFrequency::Never => false,
         }
     }
@@ -56,7 +64,7 @@ impl ApprovalFrequency {
         match self {
             ApprovalFrequency::Every => "a person approves every request that carries one of its credentials",
             ApprovalFrequency::FirstUse => "a person approves the first request to each host that carries one of its credentials; after an approval, requests to that host go ahead for an hour",
-            ApprovalFrequency::Writes => "a person approves every request that carries one of its credentials and may change something (not GET, HEAD or OPTIONS)",
+            ApprovalFrequency::Writes => "a person approves every request that carries one of its credentials and may change something (not GET, HEAD or OPTIONS; a WebSocket counts as a write)",
             ApprovalFrequency::Never => "a person is asked only where a require_approval rule says so",
         }
     }
@@ -244,14 +252,18 @@ mod tests {
         assert_eq!(dial.sanitize, Strictness::Strict);
     }
 
+    /// Writes are held, reads are not, and a WebSocket is a write: its handshake is a
+    /// GET, but the frames after it (an e-mail sent, a payment made) are never judged.
     #[test]
     fn writes_hold_everything_but_reads() {
         let writes = ApprovalFrequency::Writes;
-        assert!(!writes.holds(&http::Method::GET));
-        assert!(!writes.holds(&http::Method::HEAD));
-        assert!(writes.holds(&http::Method::POST));
-        assert!(writes.holds(&http::Method::DELETE));
-        assert!(ApprovalFrequency::Every.holds(&http::Method::GET));
-        assert!(!ApprovalFrequency::Never.holds(&http::Method::POST));
+        assert!(!writes.holds(&http::Method::GET, false));
+        assert!(!writes.holds(&http::Method::HEAD, false));
+        assert!(writes.holds(&http::Method::POST, false));
+        assert!(writes.holds(&http::Method::DELETE, false));
+        assert!(writes.holds(&http::Method::GET, true));
+        assert!(ApprovalFrequency::Every.holds(&http::Method::GET, false));
+        assert!(!ApprovalFrequency::Never.holds(&http::Method::POST, false));
+        assert!(!ApprovalFrequency::Never.holds(&http::Method::GET, true));
     }
 }

@@ -35,6 +35,8 @@ pub struct RequestFacts<'a> {
     pub agent: &'a AgentName,
     pub profile: Profile,
     pub method: &'a http::Method,
+    /// Whether the request asks to become a WebSocket (whose frames are never judged).
+    pub opens_stream: bool,
     /// Lower-case host without port; IPv6 without brackets.
     pub host: &'a str,
     /// Path without query, canonical (every pattern compares with this one form).
@@ -187,7 +189,7 @@ impl PolicySet {
             Some(rule) => Verdict::RequireApproval { rule },
             None if secret.is_some()
                 && !facts.model_call
-                && facts.approvals.holds(facts.method) =>
+                && facts.approvals.holds(facts.method, facts.opens_stream) =>
             {
                 Verdict::DialApproval {
                     frequency: facts.approvals,
@@ -344,6 +346,7 @@ mod tests {
         body: Option<&'static [u8]>,
         approvals: ApprovalFrequency,
         model_call: bool,
+        opens_stream: bool,
     }
 
     impl Request {
@@ -357,6 +360,7 @@ mod tests {
                 body: None,
                 approvals: ApprovalFrequency::Never,
                 model_call: false,
+                opens_stream: false,
             }
         }
         fn action(mut self) -> Self {
@@ -377,6 +381,7 @@ mod tests {
                 agent: &self.agent,
                 profile: self.profile,
                 method: &self.method,
+                opens_stream: self.opens_stream,
                 host: self.host,
                 path: &self.path,
                 body: self.body,

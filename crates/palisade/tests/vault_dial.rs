@@ -19,14 +19,15 @@ fn pending(setup: &Setup) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Sends `method path` (with `body`, if any) in the background; returns the thread with
-/// curl's status.
+/// Sends `method path` (with `body`, if any, and `headers`) over HTTP/1.1 in the
+/// background; returns the thread with curl's status.
 fn send(
     setup: &Setup,
     token: &str,
     method: &str,
     path: &str,
     body: Option<&str>,
+    headers: &[&str],
 ) -> std::thread::JoinHandle<u16> {
     let mut args: Vec<String> = vec![
         "-sS".into(),
@@ -41,6 +42,10 @@ fn send(
     ];
     if let Some(body) = body {
         args.extend(["--data".into(), body.into()]);
+    }
+    args.push("--http1.1".into());
+    for header in headers {
+        args.extend(["-H".into(), header.to_string()]);
     }
     args.extend(setup.proxy_args(token));
     args.push(setup.upstream.url(path));
@@ -64,7 +69,7 @@ fn held_then_approved_with(
     body: Option<&str>,
 ) -> bool {
     let before = setup.upstream.count();
-    let request = send(setup, token, method, path, body);
+    let request = send(setup, token, method, path, body, &[]);
     let mut found = Vec::new();
     let held = wait_until(Duration::from_secs(3), || {
         found = pending(setup);
@@ -110,6 +115,38 @@ fn the_dial_holds_credentialed_requests_as_set() {
         "DELETE",
         "/writes/delete"
     ));
+
+    // A WebSocket is a write: its handshake is a GET, but the frames after it are never
+    // judged. (Before, `writes` let a credentialed WebSocket through unasked.)
+    let before = setup.upstream.count();
+    let handshake = send(
+        &setup,
+        &token,
+        "GET",
+        "/ws",
+        None,
+        &[
+            "Connection: Upgrade",
+            "Upgrade: websocket",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        ],
+    );
+    let mut found = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            found = pending(&setup);
+            !found.is_empty()
+        }),
+        "the WebSocket handshake was not held"
+    );
+    assert_eq!(
+        setup.upstream.count(),
+        before,
+        "the WebSocket went upstream"
+    );
+    setup.cli(&["approvals", "deny", found[0]["id"].as_str().unwrap()]);
+    assert_eq!(handshake.join().unwrap(), 403);
 
     setup.cli(&["agents", "dial", "mailer", "--preset", "strict"]);
     assert!(held_then_approved(&setup, &token, "GET", "/every/read"));

@@ -121,7 +121,7 @@ async fn run(
     let evaluation = policy::judge(
         shared,
         &snapshot.policy,
-        facts(agent, profile, &snapshot, &parts.method, target, &path),
+        facts(agent, profile, &snapshot, &parts, target, &path),
         &parts.headers,
         body,
     )
@@ -179,7 +179,7 @@ async fn run(
         let now = policy::judge(
             shared,
             &current.policy,
-            facts(agent, profile, &current, &parts.method, target, &path),
+            facts(agent, profile, &current, &parts, target, &path),
             &parts.headers,
             body,
         )
@@ -218,10 +218,11 @@ fn facts<'a>(
     agent: &'a AgentName,
     profile: palisade_policy::Profile,
     snapshot: &'a Snapshot,
-    method: &'a http::Method,
+    parts: &'a http::request::Parts,
     target: &'a Target,
     path: &'a palisade_policy::CanonicalPath,
 ) -> RequestFacts<'a> {
+    let method = &parts.method;
     let approvals = snapshot
         .dials
         .get(agent)
@@ -242,6 +243,8 @@ fn facts<'a>(
         agent,
         profile,
         method,
+        opens_stream: parts.version == http::Version::HTTP_11
+            && crate::respond::is_websocket_upgrade(&parts.headers),
         host: &target.host,
         path,
         body: None,
