@@ -24,6 +24,7 @@ use palisade_policy::sanitize::{self, Options, Strictness};
 use palisade_policy::{AgentName, Profile};
 use palisade_store::{AuditEntry, InboundMessage, MessageOrigin, RateOutcome};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +107,26 @@ async fn try_send(
         audit(inner, &from, &to, decision, Some(path)).await;
         return Err(stop.to_string());
     }
+    // Waits across conversations: agents that ask each other in a ring (A asks B, B
+    // asks C, C asks A, each in a conversation of its own) would each wait the whole
+    // ask timeout, their slots taken and their own people waiting behind them.
+    let _waiting = match wait {
+        Wait::ForReply => match inner.waits.begin(&from, &to) {
+            Ok(waiting) => Some(waiting),
+            Err(ring) => {
+                let path = ring
+                    .iter()
+                    .map(AgentName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" → ");
+                audit(inner, &from, &to, "deadlock", Some(path.clone())).await;
+                return Err(format!(
+                    "not sent: {to} is itself waiting for an answer that waits on you ({path}), so you would both wait until the ask times out. Answer with what you have, or use tell_agent."
+                ));
+            }
+        },
+        Wait::No => None,
+    };
     let store = inner.store.clone();
     let key = format!("a2a:{from}:{to}");
     let limited = blocking(move || {
@@ -465,6 +486,80 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Which agents wait for which others' answers right now: one edge per `ask_agent` in
+/// progress (an agent may wait on several at once, one per slot).
+#[derive(Default)]
+pub(crate) struct Waits(std::sync::Mutex<Vec<(AgentName, AgentName)>>);
+
+/// `from` waits for `to` while this lives.
+pub(crate) struct Waiting<'a> {
+    waits: &'a Waits,
+    edge: (AgentName, AgentName),
+}
+
+impl Waits {
+    fn edges(&self) -> std::sync::MutexGuard<'_, Vec<(AgentName, AgentName)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records that `from` waits for `to`, unless `to` already waits, directly or
+    /// through others, for `from`: then the ring (`from`, `to`, …, `from`).
+    fn begin(&self, from: &AgentName, to: &AgentName) -> Result<Waiting<'_>, Vec<AgentName>> {
+        let mut edges = self.edges();
+        if let Some(path) = waits_for(&edges, to, from) {
+            let mut ring = vec![from.clone()];
+            ring.extend(path);
+            return Err(ring);
+        }
+        edges.push((from.clone(), to.clone()));
+        Ok(Waiting {
+            waits: self,
+            edge: (from.clone(), to.clone()),
+        })
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut edges = self.waits.edges();
+        if let Some(index) = edges.iter().position(|edge| *edge == self.edge) {
+            edges.swap_remove(index);
+        }
+    }
+}
+
+/// The agents from `start` to `goal` (both included) along `edges`, if `start` waits
+/// for `goal` through them. Breadth first, each agent visited once.
+fn waits_for(
+    edges: &[(AgentName, AgentName)],
+    start: &AgentName,
+    goal: &AgentName,
+) -> Option<Vec<AgentName>> {
+    let mut came_from: HashMap<&AgentName, &AgentName> = HashMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(agent) = queue.pop_front() {
+        if agent == goal {
+            let mut path = vec![agent.clone()];
+            let mut at = agent;
+            while let Some(previous) = came_from.get(at) {
+                path.push((*previous).clone());
+                at = previous;
+            }
+            path.reverse();
+            return Some(path);
+        }
+        for (_, next) in edges.iter().filter(|(waiter, _)| waiter == agent) {
+            if next != start && !came_from.contains_key(next) {
+                came_from.insert(next, agent);
+                queue.push_back(next);
+            }
+        }
+    }
+    None
+}
+
 /// Why a chain of agent messages stops before reaching the next agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ChainStop {
@@ -539,6 +634,31 @@ mod tests {
             assert_eq!(row_allowed(&budget, &looping, decision), Some(0));
         }
         assert_eq!(row_allowed(&budget, &other, "cycle"), Some(0));
+    }
+
+    /// Agents asking each other in a ring, each in a conversation of its own, would
+    /// all wait the whole ask timeout: the ask that closes the ring is refused with the
+    /// ring named, and an ask ended lets the next one through.
+    #[test]
+    fn an_ask_that_closes_a_ring_of_waiting_agents_is_refused() {
+        let [res, act, c, d] = ["res", "act", "c", "d"].map(|n| n.parse::<AgentName>().unwrap());
+        let waits = Waits::default();
+        let first = waits.begin(&res, &act).unwrap();
+        let second = waits.begin(&act, &c).unwrap();
+        // Waiting for one agent twice, or two agents for one, is no ring.
+        let also = waits.begin(&res, &act).unwrap();
+        let other = waits.begin(&d, &act).unwrap();
+        let ring = waits.begin(&c, &res).err().expect("a ring");
+        assert_eq!(ring, names(&["c", "res", "act", "c"]));
+        assert_eq!(
+            waits.begin(&act, &res).err(),
+            Some(names(&["act", "res", "act"]))
+        );
+        drop(second);
+        // act no longer waits for c: c may ask res.
+        let closing = waits.begin(&c, &res).unwrap();
+        drop((first, also, other, closing));
+        assert!(waits.edges().is_empty());
     }
 
     #[test]

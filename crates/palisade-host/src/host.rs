@@ -125,6 +125,8 @@ pub(crate) struct HostInner {
     launched: Mutex<HashMap<PathBuf, (AgentName, String)>>,
     /// Each agent's budget for audit rows of its refused messages to other agents.
     pub(crate) message_refusals: palisade_policy::budget::AgentBuckets,
+    /// Which agents wait for which others' answers (`ask_agent`), to refuse a ring.
+    pub(crate) waits: crate::a2a::Waits,
 }
 
 /// The running host. Cheap to clone.
@@ -161,6 +163,7 @@ impl Host {
                 launcher,
                 agents: Mutex::new(HashMap::new()),
                 message_refusals: crate::a2a::refusal_budget(),
+                waits: Default::default(),
                 warm: Mutex::new(Default::default()),
                 streams: Mutex::new(HashMap::new()),
                 sandbox_changes: watch::channel(0).0,

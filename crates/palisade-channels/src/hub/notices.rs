@@ -99,11 +99,15 @@ impl Hub {
     }
 
     /// Tells an agent's owners that a chain of agent-to-agent messages was stopped
-    /// (a loop, or too many hops), once per agent and path every 10 minutes.
+    /// (a loop, too many hops, or a ring of agents waiting for each other), once per
+    /// agent and path every 10 minutes.
     pub(super) async fn notice_stopped_loop(&self, entry: &palisade_store::AuditEntry) {
         let why = match entry.decision.as_deref() {
             Some("cycle") => "would have looped back, so it was stopped",
             Some("hop_limit") => "passed through too many agents, so it was stopped",
+            Some("deadlock") => {
+                "would have left these agents each waiting for the next's answer, so it was stopped"
+            }
             _ => return,
         };
         let Some(agent) = entry.agent.clone() else {
