@@ -168,6 +168,7 @@ async fn try_send(
         let owner = if inbound { to.clone() } else { from.clone() };
         let ask = Ask {
             owner: owner.clone(),
+            waiting: from.clone(),
             kind: if inbound {
                 ApprovalKind::AgentMessageIn
             } else {
@@ -255,6 +256,7 @@ async fn try_send(
     if crosses_compartment(inner, &to, &from).await {
         let ask = Ask {
             owner: to.clone(),
+            waiting: from.clone(),
             kind: ApprovalKind::AgentMessageOut,
             summary: palisade_approvals::summary::agent_answer(
                 to.as_str(),
@@ -329,8 +331,11 @@ async fn wait_for_reply(
 /// The agent's sanitizing strictness (its dial; balanced by default).
 /// A request to a person about text crossing between agents.
 struct Ask {
-    /// The agent whose approvals it counts against and whose approvers decide.
+    /// The agent whose approvers decide.
     owner: AgentName,
+    /// The agent whose turn waits meanwhile: the sender, whose share of waiting
+    /// approvals it takes (never the receiver's, which a sender could fill).
+    waiting: AgentName,
     kind: ApprovalKind,
     summary: palisade_approvals::summary::Summary,
     context: serde_json::Value,
@@ -348,10 +353,10 @@ enum Refused {
 
 /// Asks a person through the approval engine: `None` when approved.
 async fn person_decides(inner: &Arc<HostInner>, ask: Ask) -> Result<Option<Refused>, String> {
-    let Ok(mut slot) = inner.holds.reserve(&ask.owner) else {
+    let Ok(mut slot) = inner.holds.reserve(&ask.waiting) else {
         return Err(format!(
             "{} already waits for {} approvals; wait for those first",
-            ask.owner,
+            ask.waiting,
             crate::approvals::MAX_WAITING_PER_AGENT
         ));
     };
