@@ -3,11 +3,16 @@
 //! A card has room for some 2 000 characters in all on the smallest platform, and an
 //! agent decides how many addresses a message has. Cutting a long list with "…" let
 //! `attacker@evil.com` sit past the cut behind 45 colleagues. So no address is ever
-//! dropped silently: a field whose whole list does not fit is shown by domain instead
-//! (`45 at example.com, attacker@evil.com`), where a domain with only a few addresses
-//! has them listed in full, since the odd one out is the one that matters. Only when
-//! even one entry per domain does not fit are domains left out, and then the title says
-//! so.
+//! dropped silently: a field whose whole list does not fit is shown without display
+//! names, and if that does not fit either, by domain (`45 at example.com,
+//! attacker@evil.com`), where a domain with only a few addresses has them listed in
+//! full, since the odd one out is the one that matters. Only when even one entry per
+//! domain does not fit are domains left out, and then the title says so.
+//!
+//! A domain anyone can get an address at (`gmail.com`) says nothing about who is
+//! behind it: a personal user's friends and the attacker all write from there. Such a
+//! domain's count is marked (`12 at gmail.com (public mail: 12 different people)`), and
+//! the bare list is tried before any grouping, since it is what shows them apart.
 
 use super::clean::one_line;
 use super::LINE_CHARS;
@@ -21,6 +26,37 @@ const LISTED_PER_DOMAIN: usize = 3;
 const ENTRY_CHARS: usize = 160;
 /// A display name shortened so its entry's address stays in view.
 const NAME_CHARS: usize = 40;
+/// Domains where anyone can open an address: grouping by them tells nothing of who
+/// the recipients are.
+const PUBLIC_MAIL_DOMAINS: [&str; 27] = [
+    "gmail.com",
+    "googlemail.com",
+    "outlook.com",
+    "hotmail.com",
+    "live.com",
+    "msn.com",
+    "yahoo.com",
+    "ymail.com",
+    "icloud.com",
+    "me.com",
+    "mac.com",
+    "aol.com",
+    "proton.me",
+    "protonmail.com",
+    "pm.me",
+    "gmx.com",
+    "gmx.de",
+    "gmx.net",
+    "web.de",
+    "mail.com",
+    "yandex.com",
+    "yandex.ru",
+    "mail.ru",
+    "zoho.com",
+    "fastmail.com",
+    "qq.com",
+    "163.com",
+];
 /// An address is shortened past this, keeping its domain.
 const ADDRESS_CHARS: usize = 100;
 /// The end of a domain is kept when it is longer: `evil.com` is at its end.
@@ -99,15 +135,19 @@ impl AddressField {
                 self.header_lines_note()
             )
         };
+        let every = || match (self.label, self.header_lines) {
+            ("To", _) => format!("To (all {count}):"),
+            (label, 1) => format!("{label}:"),
+            (label, lines) => format!("{label} ({lines} header lines):"),
+        };
         match detail {
             Detail::Full => {
-                let label = match (self.label, self.header_lines) {
-                    ("To", _) => format!("To (all {count}):"),
-                    (label, 1) => format!("{label}:"),
-                    (label, lines) => format!("{label} ({lines} header lines):"),
-                };
                 let entries = self.mailboxes.iter().map(|m| m.written.clone()).collect();
-                (label, entries)
+                (every(), entries)
+            }
+            Detail::Addresses => {
+                let entries = self.mailboxes.iter().map(|m| m.address.clone()).collect();
+                (every(), entries)
             }
             Detail::ByDomain => {
                 let entries = self
@@ -165,6 +205,8 @@ impl AddressField {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Detail {
     Full,
+    /// Every address, without display names.
+    Addresses,
     ByDomain,
     Counts,
     Cut,
@@ -173,7 +215,8 @@ enum Detail {
 impl Detail {
     fn less(self) -> Detail {
         match self {
-            Detail::Full => Detail::ByDomain,
+            Detail::Full => Detail::Addresses,
+            Detail::Addresses => Detail::ByDomain,
             Detail::ByDomain => Detail::Counts,
             Detail::Counts | Detail::Cut => Detail::Cut,
         }
@@ -255,6 +298,8 @@ fn wrapped(label: &str, name: &str, entries: &[String]) -> Vec<String> {
 fn count_at(count: usize, domain: &str) -> String {
     if domain.is_empty() {
         format!("{count} without a domain")
+    } else if PUBLIC_MAIL_DOMAINS.contains(&domain) {
+        format!("{count} at {domain} (public mail: {count} different people)")
     } else {
         format!("{count} at {domain}")
     }
@@ -432,6 +477,32 @@ mod tests {
         assert!(shown.domain.ends_with(".evil.com"), "{shown:?}");
         assert!(shown.address.ends_with(".evil.com"), "{shown:?}");
         assert!(shown.written.chars().count() < 200, "{shown:?}");
+    }
+
+    /// A personal user's friends write from gmail.com, and so can an attacker: a list
+    /// that fits without its display names is shown address by address, and a domain
+    /// anyone can get an address at is marked when its addresses are counted.
+    #[test]
+    fn a_public_mail_domain_does_not_hide_an_outsider_among_friends() {
+        let mut friends: Vec<String> = (0..40)
+            .map(|i| format!("Friend Number {i:02} <friend{i:02}@gmail.com>"))
+            .collect();
+        friends.push("\"Friend Number 07\" <attacker@gmail.com>".into());
+        let (shown, cut) = lines(&[AddressField::new("To", &[friends.join(", ")])]);
+        let text = shown.join("\n");
+        assert!(!cut);
+        assert!(
+            text.starts_with("To (all 41): friend00@gmail.com"),
+            "{text}"
+        );
+        assert!(text.contains("attacker@gmail.com"), "{text}");
+        assert!(!text.contains("Friend Number"), "{text}");
+        let many: Vec<String> = (0..90).map(|i| format!("friend{i:02}@gmail.com")).collect();
+        let (shown, _) = lines(&[AddressField::new("Cc", &[many.join(", ")])]);
+        assert_eq!(
+            shown,
+            ["Cc (90 addresses at 1 domain): 90 at gmail.com (public mail: 90 different people)"]
+        );
     }
 
     #[test]
