@@ -357,9 +357,13 @@ impl Gate {
     }
 
     /// Reads the child's pid; as root writes its maps (`agent` for [`AGENT_ID`]);
-    /// bounds its kernel pools; then lets the shim start.
+    /// bounds its kernel pools; then lets the shim start. `monitor` is bwrap's own
+    /// process, this process's child, whose child the sandbox's must be: a pid is
+    /// trusted only while that holds (a pid freed by a child that died could be another
+    /// process's by the time it is used).
     fn open(
         self,
+        monitor: u32,
         agent: crate::ownership::Owner,
         owner: Option<crate::ownership::Owner>,
     ) -> Result<(), SandboxError> {
@@ -384,6 +388,9 @@ impl Gate {
                 String::from_utf8_lossy(&info[..info.len().min(200)])
             ))
         })?;
+        if !crate::pools::child_of(pid, monitor) {
+            return Err(ended_while_building());
+        }
         if let Some(mut userns) = userns {
             let write = |file: &str, text: String| {
                 let path = format!("/proc/{pid}/{file}");
@@ -398,8 +405,8 @@ impl Gate {
                 .write_all(b"1")
                 .map_err(|e| SandboxError::io("cannot let the sandbox start", e))?;
         }
-        wait_until_built(pid, USERNS_TIMEOUT)?;
-        crate::pools::bound(pid)?;
+        wait_until_built(pid, monitor, USERNS_TIMEOUT)?;
+        crate::pools::bound(pid, monitor)?;
         block_write
             .write_all(b"1")
             .map_err(|e| SandboxError::io("cannot let the sandbox's command start", e))
@@ -496,13 +503,19 @@ fn become_owner(owner: crate::ownership::Owner) -> std::io::Result<()> {
 /// mount (`CAP_SYS_ADMIN`, which no sandbox keeps) only after all of it, just before it
 /// waits on `--block-fd`. Before then the sandbox's `/dev/pts` may not be where the
 /// sandbox will see it, nor its user namespace the one the command will run in.
-fn wait_until_built(pid: i32, timeout: std::time::Duration) -> Result<(), SandboxError> {
+fn wait_until_built(
+    pid: i32,
+    monitor: u32,
+    timeout: std::time::Duration,
+) -> Result<(), SandboxError> {
     const CAP_SYS_ADMIN: u32 = 21;
     let deadline = std::time::Instant::now() + timeout;
     let path = format!("/proc/{pid}/status");
     loop {
-        let status = std::fs::read_to_string(&path)
-            .map_err(|e| SandboxError::io("bwrap's child ended while it built the sandbox", e))?;
+        let status = std::fs::read_to_string(&path).map_err(|_| ended_while_building())?;
+        if crate::pools::parent_in(&status) != Some(monitor) {
+            return Err(ended_while_building());
+        }
         let effective = status
             .lines()
             .find_map(|line| line.strip_prefix("CapEff:"))
@@ -514,9 +527,7 @@ fn wait_until_built(pid: i32, timeout: std::time::Duration) -> Result<(), Sandbo
             return Ok(());
         }
         if status.lines().any(|line| line.starts_with("State:\tZ")) {
-            return Err(SandboxError::Start(
-                "bwrap's child ended while it built the sandbox".into(),
-            ));
+            return Err(ended_while_building());
         }
         if std::time::Instant::now() >= deadline {
             return Err(SandboxError::Start(format!(
@@ -525,6 +536,10 @@ fn wait_until_built(pid: i32, timeout: std::time::Duration) -> Result<(), Sandbo
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+}
+
+fn ended_while_building() -> SandboxError {
+    SandboxError::Start("bwrap's child ended while it built the sandbox".into())
 }
 
 /// Everything `file` gives until its writers close it, within `timeout`.
@@ -705,7 +720,10 @@ impl Runtime for Bubblewrap {
         drop(sandbox_end);
         drop(sources);
         // On failure the child is killed when dropped (kill_on_drop).
-        gate.open(crate::oci::rootful_agent_owner(), owner)?;
+        let monitor = child
+            .id()
+            .ok_or_else(|| SandboxError::Start("bwrap ended at once".into()))?;
+        gate.open(monitor, crate::oci::rootful_agent_owner(), owner)?;
         let broker = crate::broker::serve(control, crate::runtime::broker_targets(spec))
             .map_err(|e| SandboxError::io("cannot serve the sandbox's control channel", e))?;
         Ok(Sandbox {

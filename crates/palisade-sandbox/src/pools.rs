@@ -67,11 +67,19 @@ fn devpts_options() -> [(CString, CString); 3] {
 /// Two children do it: the sandbox's process may be in a user namespace nested in the
 /// one that owns its mounts (bwrap's `--disable-userns`), and a process that joined the
 /// inner one holds no capability over the outer one's mounts.
-pub(crate) fn bound(pid: i32) -> Result<(), SandboxError> {
+///
+/// `pid` must be a child of `parent` (bwrap's own process) once its namespaces are
+/// open, so they are the sandbox's even if that process died and its pid was reused.
+pub(crate) fn bound(pid: i32, parent: u32) -> Result<(), SandboxError> {
     let namespace = std::fs::File::open(format!("/proc/{pid}/ns/user"))
         .map_err(|e| SandboxError::io("cannot open the sandbox's user namespace", e))?;
     let mounts = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
         .map_err(|e| SandboxError::io("cannot open the sandbox's mount namespace", e))?;
+    if !child_of(pid, parent) {
+        return Err(SandboxError::Start(
+            "the sandbox's process ended before its kernel pools were bounded".into(),
+        ));
+    }
     let mounts_owner = owner_of(&mounts)?;
     let settings: Vec<(&str, CString, String)> = PER_SANDBOX
         .iter()
@@ -111,6 +119,22 @@ pub(crate) fn bound(pid: i32) -> Result<(), SandboxError> {
              (step {code})"
         ))),
     }
+}
+
+/// Whether process `pid` is (still) a child of `parent`.
+pub(crate) fn child_of(pid: i32, parent: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| parent_in(&status))
+        == Some(parent)
+}
+
+/// The parent's pid in the text of a `/proc/PID/status`.
+pub(crate) fn parent_in(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 /// The user namespace that owns the namespace `namespace` (`NS_GET_USERNS`).
