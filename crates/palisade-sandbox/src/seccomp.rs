@@ -21,9 +21,10 @@
 //!   and the create mode of `open`, `openat`, `creat`, `mknod`, `mknodat`): allowed
 //!   when both bits are clear, `EPERM` when either is set.
 //!
-//! Every other rule is kept as podman ships it; `socket(AF_VSOCK)`, which bubblewrap
-//! sandboxes are denied, is left to podman's own `socket` rules (they already hold
-//! argument conditions, and one rule may compare an argument only once). Written here with serde_json over the
+//! Every other rule is kept as podman ships it; `socket(AF_VSOCK)` cannot be added to
+//! podman's own `socket` rules (they already hold argument conditions, and one rule
+//! may compare an argument only once), so the shim loads it as a filter of its own
+//! (`syscall_filter::argument_denials`). Written here with serde_json over the
 //! profile's JSON: no crate models the containers seccomp format.
 
 use crate::syscall_filter::{always_denied, When, CLONE_NEWUSER, DENIED, EPERM};

@@ -227,6 +227,16 @@ pub fn run(options: ShimOptions) -> i32 {
             return SHIM_FAILURE;
         }
     }
+    // What podman's seccomp profile cannot carry (a denial by argument value) is loaded
+    // here, on the shim and so on everything it starts; see syscall_filter.rs.
+    let loaded = crate::syscall_filter::argument_denials().and_then(|filter| {
+        seccompiler::apply_filter_all_threads(&filter)
+            .map_err(|e| crate::SandboxError::Start(format!("cannot load the seccomp filter: {e}")))
+    });
+    if let Err(e) = loaded {
+        eprintln!("palisade shim: {e}; not starting");
+        return SHIM_FAILURE;
+    }
     // Nothing the parent handed over may reach the command: the control channel (and
     // any other inherited descriptor) is closed on exec from here on.
     keep_from_command(match options.control {

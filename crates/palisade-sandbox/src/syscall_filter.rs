@@ -20,8 +20,9 @@
 //!   `clone`), exactly as podman sandboxes (see [`crate::seccomp`]);
 //! - `socket(AF_VSOCK)`: virtual machine sockets are not confined by the network
 //!   namespace, so on a virtual machine with a vsock service (the hypervisor's, a
-//!   guest agent's) a sandbox could reach it past the vault (bubblewrap only: podman's
-//!   own profile already has conditional `socket` rules this cannot be merged with);
+//!   guest agent's) a sandbox could reach it past the vault (podman's own profile
+//!   already has conditional `socket` rules this cannot be merged with, so the shim
+//!   loads it itself in every runtime: [`argument_denials`]);
 //! - setting the setuid or setgid bit (`chmod`, `fchmod`, `fchmodat`, and the create
 //!   mode of `open`, `openat`, `creat`, `mknod`, `mknodat`; `fchmodat2` and `openat2`,
 //!   whose modes seccomp cannot always read, answer `ENOSYS` so the C library falls
@@ -300,66 +301,86 @@ fn target_arch() -> Result<TargetArch, SandboxError> {
 /// The compiled filters for a bubblewrap sandbox, as the bytes `bwrap --add-seccomp-fd`
 /// reads (an array of `struct sock_filter`, native byte order).
 pub fn bwrap_filters() -> Result<Vec<Vec<u8>>, SandboxError> {
+    [Answer::Unavailable, Answer::Refused]
+        .into_iter()
+        .map(|answer| compile(DENIED.iter(), answer).map(|program| to_bytes(&program)))
+        .collect()
+}
+
+/// The denials by argument value (`socket(AF_VSOCK)`), compiled for the shim to load
+/// on itself before the command starts, in every runtime: podman's own profile cannot
+/// carry them (see [`crate::seccomp`]), and seccomp filters stack, a call being refused
+/// if any filter refuses it. (In a bubblewrap sandbox they repeat what its filters
+/// already deny.)
+pub fn argument_denials() -> Result<BpfProgram, SandboxError> {
+    compile(
+        DENIED
+            .iter()
+            .filter(|d| matches!(d.when, When::Equals { .. })),
+        Answer::Refused,
+    )
+}
+
+/// One filter answering `answer` for those of `denials` answered so.
+fn compile<'a>(
+    denials: impl Iterator<Item = &'a Denial>,
+    answer: Answer,
+) -> Result<BpfProgram, SandboxError> {
     let arch = target_arch()?;
     let failed = |e: &dyn std::fmt::Display| {
         SandboxError::Start(format!("cannot build the sandbox's seccomp filter: {e}"))
     };
-    let mut programs = Vec::new();
-    for answer in [Answer::Unavailable, Answer::Refused] {
-        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-        for denial in DENIED.iter().filter(|d| d.answer == answer) {
-            // A call this architecture lacks cannot be made.
-            let Some(native) = number(denial.syscall) else {
-                continue;
-            };
-            let conditions = match denial.when {
-                When::Always => Vec::new(),
-                When::FlagSet { arg, flag } => vec![SeccompRule::new(vec![SeccompCondition::new(
-                    arg,
-                    SeccompCmpArgLen::Qword,
-                    SeccompCmpOp::MaskedEq(flag),
-                    flag,
-                )
-                .map_err(|e| failed(&e))?])
-                .map_err(|e| failed(&e))?],
-                When::Equals { arg, value } => vec![SeccompRule::new(vec![SeccompCondition::new(
-                    arg,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::Eq,
-                    value,
-                )
-                .map_err(|e| failed(&e))?])
-                .map_err(|e| failed(&e))?],
-                // Either bit: one rule each (a call matching any rule is denied).
-                When::SetIdMode { arg } => SET_ID_BITS
-                    .iter()
-                    .map(|&bit| {
-                        SeccompRule::new(vec![SeccompCondition::new(
-                            arg,
-                            SeccompCmpArgLen::Dword,
-                            SeccompCmpOp::MaskedEq(bit),
-                            bit,
-                        )
-                        .map_err(|e| failed(&e))?])
-                        .map_err(|e| failed(&e))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            };
-            for number in std::iter::once(native).chain(x32_numbers(denial.syscall, native)) {
-                rules.insert(number, conditions.clone());
-            }
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for denial in denials.filter(|d| d.answer == answer) {
+        // A call this architecture lacks cannot be made.
+        let Some(native) = number(denial.syscall) else {
+            continue;
+        };
+        let conditions = match denial.when {
+            When::Always => Vec::new(),
+            When::FlagSet { arg, flag } => vec![SeccompRule::new(vec![SeccompCondition::new(
+                arg,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )
+            .map_err(|e| failed(&e))?])
+            .map_err(|e| failed(&e))?],
+            When::Equals { arg, value } => vec![SeccompRule::new(vec![SeccompCondition::new(
+                arg,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                value,
+            )
+            .map_err(|e| failed(&e))?])
+            .map_err(|e| failed(&e))?],
+            // Either bit: one rule each (a call matching any rule is denied).
+            When::SetIdMode { arg } => SET_ID_BITS
+                .iter()
+                .map(|&bit| {
+                    SeccompRule::new(vec![SeccompCondition::new(
+                        arg,
+                        SeccompCmpArgLen::Dword,
+                        SeccompCmpOp::MaskedEq(bit),
+                        bit,
+                    )
+                    .map_err(|e| failed(&e))?])
+                    .map_err(|e| failed(&e))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        for number in std::iter::once(native).chain(x32_numbers(denial.syscall, native)) {
+            rules.insert(number, conditions.clone());
         }
-        let filter = SeccompFilter::new(
-            rules,
-            SeccompAction::Allow,
-            SeccompAction::Errno(answer.errno()),
-            arch,
-        )
-        .map_err(|e| failed(&e))?;
-        let program: BpfProgram = filter.try_into().map_err(|e| failed(&e))?;
-        programs.push(to_bytes(&program));
     }
-    Ok(programs)
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(answer.errno()),
+        arch,
+    )
+    .map_err(|e| failed(&e))?;
+    filter.try_into().map_err(|e| failed(&e))
 }
 
 fn to_bytes(program: &BpfProgram) -> Vec<u8> {
