@@ -206,6 +206,25 @@
     });
   }
 
+  // ---------- Buttons that decide ----------
+  // A button that decides something (Approve, Deny, a confirmation page's button) comes
+  // disabled and works only once it has been on screen for ARM_MS. Another page on the
+  // same site could open this one under the pointer between the two clicks of a
+  // double-click it asked for; the second click must land on nothing.
+  const ARM_MS = 1000;
+
+  function arm(root) {
+    root.querySelectorAll("button[data-arm]").forEach(function (button) {
+      if (button.dataset.armed) return;
+      button.dataset.armed = "soon";
+      setTimeout(function () {
+        button.dataset.armed = "yes";
+        if (!button.closest("article.closed")) button.disabled = false;
+      }, ARM_MS);
+    });
+  }
+  arm(document);
+
   // ---------- Approvals ----------
   const live = document.getElementById("approvals-live");
   const badge = document.getElementById("approvals-badge");
@@ -243,34 +262,39 @@
     }
     if (fresh.dataset.ids === current.dataset.ids) return;
     const freshCards = fresh.querySelectorAll("article[data-id]");
-    if (freshCards.length === 0) {
-      // Nothing is waiting: no card is left that a click could land on.
-      current.replaceWith(document.importNode(fresh, true));
-      return;
-    }
     // Cards never move under the pointer: a click aimed at one card must not land on
-    // the next because the one above it was decided elsewhere or timed out. A card no
-    // longer waiting stays where it is, greyed and without buttons; new ones are added
-    // at the end (the list is oldest first).
+    // the next because the one above it was decided or timed out. A card no longer
+    // waiting stays where it is, greyed and without buttons; new ones are added at the
+    // end (the list is oldest first), never where a closed one's buttons were.
     const shown = new Set();
     current.querySelectorAll("article[data-id]").forEach(function (card) {
       shown.add(card.dataset.id);
       const still = fresh.querySelector('article[data-id="' + CSS.escape(card.dataset.id) + '"]');
-      if (still || card.classList.contains("closed")) return;
-      card.classList.add("closed");
-      card.querySelectorAll("button, textarea").forEach(function (control) { control.disabled = true; });
-      const note = document.createElement("p");
-      note.className = "muted small closed-note";
-      note.textContent = "No longer waiting: decided elsewhere, timed out or withdrawn (see the decisions below).";
-      card.appendChild(note);
+      if (!still) closeCard(card, "No longer waiting: decided elsewhere, timed out or withdrawn (see the decisions below).");
     });
     const empty = current.querySelector(".empty-state");
     if (empty) empty.remove();
     freshCards.forEach(function (card) {
-      if (!shown.has(card.dataset.id)) current.appendChild(document.importNode(card, true));
+      if (shown.has(card.dataset.id)) return;
+      const added = document.importNode(card, true);
+      current.appendChild(added);
+      arm(added);
     });
+    const freshEmpty = fresh.querySelector(".empty-state");
+    if (freshEmpty) current.appendChild(document.importNode(freshEmpty, true));
     current.dataset.ids = fresh.dataset.ids;
     current.dataset.count = fresh.dataset.count;
+  }
+
+  // Greys `card` where it is, its controls disabled for good, with `why` under it.
+  function closeCard(card, why) {
+    if (card.classList.contains("closed")) return;
+    card.classList.add("closed");
+    card.querySelectorAll("button, textarea").forEach(function (control) { control.disabled = true; });
+    const note = document.createElement("p");
+    note.className = "muted small closed-note";
+    note.textContent = why;
+    card.appendChild(note);
   }
 
   if (live) {
@@ -305,9 +329,11 @@
         let body = {};
         try { body = await response.json(); } catch (_) { /* not JSON */ }
         showFlash(body.message || ("the host answered " + response.status), !response.ok);
-        // The card the person just decided goes (their click has landed).
+        // The card the person just decided closes where it is: removed, the card below
+        // would move up under the pointer, and the second click of a double-click
+        // would decide it.
         const card = form.closest("article[data-id]");
-        if (response.ok && card) card.remove();
+        if (response.ok && card) closeCard(card, "Decided here: " + (body.message || body.status || "done") + ".");
       } catch (error) {
         showFlash("Could not reach palisade: " + error.message, true);
       }

@@ -504,6 +504,35 @@ async fn every_page_answers_401_with_a_hint_without_the_cookie() {
     web.stop().await;
 }
 
+/// Buttons that decide come disabled, for the page's script to arm a second after they
+/// are shown. A page on another port of 127.0.0.1 is the same site to the browser (the
+/// session cookie goes along): it could open the approvals page or a confirmation page
+/// under the pointer between the two clicks of a double-click it asked for, and the
+/// second click approved a held request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buttons_that_decide_come_disarmed() {
+    let web = Web::start().await;
+    let id = web.pending_approval("send the report");
+    let page = web.get_text("/approvals").await;
+    let start = page.find(&format!("data-id=\"{id}\"")).expect("the card");
+    let card = &page[start..start + page[start..].find("</article>").expect("its end")];
+    for decision in ["approve", "deny"] {
+        let button = format!("name=\"decision\" value=\"{decision}\" disabled data-arm>");
+        assert!(
+            card.contains(&button),
+            "{decision} is armed at once: {card}"
+        );
+    }
+    let confirm = web.get_text("/agents/helper/delete").await;
+    assert!(
+        confirm.contains("id=\"confirm\" type=\"submit\" disabled data-arm>"),
+        "{confirm}"
+    );
+    let script = web.get_text("/assets/app.js").await;
+    assert!(script.contains("button[data-arm]") && script.contains("ARM_MS = 1000"));
+    web.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_without_a_valid_csrf_token_and_origin_are_refused_and_change_nothing() {
     let web = Web::start().await;

@@ -14,8 +14,8 @@ mod browser;
 mod host_fixture;
 
 use browser::{
-    browser, save_screenshot, screenshot_dir, start_chromedriver, start_palisade, wait_for_text,
-    WAIT,
+    browser, click, save_screenshot, screenshot_dir, start_chromedriver, start_palisade,
+    wait_for_text, WAIT,
 };
 use fantoccini::Locator;
 use host_fixture::{ok, world_with_secret_path, KEY};
@@ -223,13 +223,7 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
     assert_eq!(held_requests(upstream), 0, "Enter sent the held request");
     comment.clear().await.unwrap();
 
-    client
-        .find(Locator::Css("article.approval button[value=approve]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "article.approval button[value=approve]").await;
     wait_for_text(&client, "#approval-flash", "the decision", |t| {
         t.starts_with("approved")
     })

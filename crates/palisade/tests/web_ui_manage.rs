@@ -838,7 +838,8 @@ async fn approval_cards_never_move_under_the_pointer() {
     assert!(top_of(&client, &third).await > second_top);
     assert_eq!(top_of(&client, &second).await, second_top);
 
-    // The card decided here goes.
+    // The card decided here closes where it is (removed, the one below would move up
+    // under the pointer for the second click of a double-click).
     click(
         &client,
         &format!("article[data-id=\"{second}\"] button[value=deny]"),
@@ -848,15 +849,48 @@ async fn approval_cards_never_move_under_the_pointer() {
         t.starts_with("denied")
     })
     .await;
-    let deadline = Instant::now() + WAIT;
-    while client
-        .find(Locator::Css(&format!("article[data-id=\"{second}\"]")))
+    let closed = format!("article[data-id=\"{second}\"] .closed-note");
+    wait_for_text(&client, &closed, "the decided card's note", |t| {
+        t.contains("Decided here")
+    })
+    .await;
+    assert!(
+        top_of(&client, &third).await > second_top,
+        "the card below the decided one moved up"
+    );
+
+    // A card that arrives comes with its buttons disabled (seen by an observer as it is
+    // inserted), and they are armed afterwards.
+    client
+        .execute(
+            "window.insertedDisabled = []; new MutationObserver(function (changes) { changes.forEach(function (change) { change.addedNodes.forEach(function (node) { if (node.querySelectorAll) node.querySelectorAll('button').forEach(function (b) { window.insertedDisabled.push(b.disabled); }); }); }); }).observe(document.getElementById('pending'), { childList: true });",
+            vec![],
+        )
         .await
-        .is_ok()
-    {
-        assert!(Instant::now() < deadline, "the decided card stayed");
+        .unwrap();
+    let fourth = hold(&palisade, "fourth");
+    let fourth_approve = format!("article[data-id=\"{fourth}\"] button[value=approve]");
+    let deadline = Instant::now() + WAIT;
+    let button = loop {
+        if let Ok(button) = client.find(Locator::Css(&fourth_approve)).await {
+            break button;
+        }
+        assert!(Instant::now() < deadline, "the fourth card never came");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    while !button.is_enabled().await.unwrap() {
+        assert!(Instant::now() < deadline, "the new card was never armed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let inserted = client
+        .execute("return window.insertedDisabled;", vec![])
+        .await
+        .unwrap();
+    let inserted = inserted.as_array().cloned().unwrap_or_default();
+    assert!(
+        !inserted.is_empty() && inserted.iter().all(|d| d == true),
+        "a new card's buttons worked as it came: {inserted:?}"
+    );
 
     client.close().await.expect("end the WebDriver session");
     let _ = driver.terminate();

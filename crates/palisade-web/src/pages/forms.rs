@@ -110,7 +110,9 @@ pub(crate) async fn confirm(
                 div.form-actions {
                     a.button href=(cancel) { "Cancel" }
                     " "
-                    button.danger #confirm type="submit" { (button) }
+                    // Armed by the script a second after it is shown (app.js).
+                    button.danger #confirm type="submit" disabled data-arm { (button) }
+                    noscript { p.muted.small { "Confirming needs JavaScript." } }
                 }
             }
         }

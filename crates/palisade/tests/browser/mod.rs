@@ -187,11 +187,23 @@ pub async fn choose(client: &Client, form: &str, name: &str, value: &str) {
 }
 
 /// Clicks the element `css`.
+///
+/// A button that decides something comes disabled and is armed a second after it is
+/// shown (app.js): this waits (bounded) until it is enabled, as a person would.
 pub async fn click(client: &Client, css: &str) {
-    client
+    let element = client
         .find(Locator::Css(css))
         .await
-        .unwrap_or_else(|e| panic!("nothing to click at {css}: {e}"))
+        .unwrap_or_else(|e| panic!("nothing to click at {css}: {e}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !element.is_enabled().await.unwrap_or(false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{css} stayed disabled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    element
         .click()
         .await
         .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
