@@ -186,9 +186,10 @@ pub fn sanitize(input: &str, options: &Options) -> Sanitized {
     // Very long input is cut before the work, generously, so the cost is bounded. It is
     // cut once normalised (one character can expand to eighteen), and what is left
     // unread is counted in the same characters for the note.
-    let mut normalised = input.nfkc();
+    let (read, beyond) = split_at_char(input, work_bound(max_chars));
+    let mut normalised = read.nfkc();
     let head: String = normalised.by_ref().take(work_bound(max_chars)).collect();
-    let unread = normalised.filter(|&c| is_shown(c)).count();
+    let unread = normalised.filter(|&c| is_shown(c)).count() + normalised_length(beyond);
     let mut text = normalise(&head, &mut counts);
     let mut settled = false;
     for _ in 0..MAX_ROUNDS {
@@ -263,6 +264,32 @@ pub fn is_invisible(c: char) -> bool {
         | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0
         | 0xFFF0..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
         | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
+}
+
+/// `text` split after `at` characters, or a little later: before an ASCII character
+/// (which nothing before it composes with), so each side normalises as it would whole.
+fn split_at_char(text: &str, at: usize) -> (&str, &str) {
+    let Some((first, _)) = text.char_indices().nth(at) else {
+        return (text, "");
+    };
+    let split = text[first..]
+        .char_indices()
+        .take(64)
+        .find(|(_, c)| c.is_ascii())
+        .map_or(first, |(offset, _)| first + offset);
+    text.split_at(split)
+}
+
+/// How many characters `text` has once normalised, invisible and control characters
+/// left out. Linear; text already in NFKC (most of it) is only counted.
+fn normalised_length(text: &str) -> usize {
+    if unicode_normalization::is_nfkc_quick(text.chars())
+        == unicode_normalization::IsNormalized::Yes
+    {
+        text.chars().filter(|&c| is_shown(c)).count()
+    } else {
+        text.nfkc().filter(|&c| is_shown(c)).count()
+    }
 }
 
 /// Invisible and control characters removed, then NFKC, until neither changes the

@@ -57,6 +57,18 @@ pub(super) fn replace_folded(
     pattern: &Regex,
     with: &dyn Fn(&str) -> String,
 ) -> (String, usize) {
+    if text
+        .bytes()
+        .all(|b| b.is_ascii() && !is_emphasis(b as char))
+    {
+        // Nothing to fold: the common case, matched as it is.
+        let mut found = 0;
+        let replaced = pattern.replace_all(text, |caps: &regex::Captures| {
+            found += 1;
+            with(&caps[0])
+        });
+        return (replaced.into_owned(), found);
+    }
     let folded = fold(text);
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
