@@ -17,6 +17,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const ANA: i64 = 111_111;
 const MALLORY: i64 = 333_333;
 const EVE: i64 = 444_444;
+const BOB: i64 = 555_555;
 const GROUP: i64 = -100_777;
 
 fn never_reached_model(world: &World, text: &str) -> bool {
@@ -46,6 +47,12 @@ fn strangers_ask_for_access_and_blocked_requests_are_told_once() {
         "--display-name", "Ana",
     ]));
     ok(palisade.run(&["channels", "link", "tg", "--agent", "helper", "--chat", &GROUP.to_string()]));
+    // Bob approves another agent's requests on the same channel, not helper's.
+    world.create_agent("other", "research");
+    ok(palisade.run(&[
+        "approvers", "add", "--agent", "other", "--channel", "tg", "--user", &BOB.to_string(),
+        "--display-name", "Bob",
+    ]));
     ok(palisade.run(&[
         "rules", "create", "--name", "no-blocked", "--host-pattern", "localhost",
         "--path-pattern", "/blocked/*", "--action", "block",
@@ -85,6 +92,26 @@ fn strangers_ask_for_access_and_blocked_requests_are_told_once() {
     assert_eq!(String::from_utf8_lossy(&refused.stdout).trim(), "[]", "a stranger's command reached the engine");
     let status = ok(palisade.run(&["approvals", "show", &request, "--json"]));
     assert!(String::from_utf8_lossy(&status.stdout).contains("\"pending\""));
+    // An approver of another agent learns nothing from a typed command: helper's real
+    // id is answered exactly as an id that does not exist, naming no agent, and nothing
+    // is decided (the attempt is audited).
+    telegram.user_writes(BOB, "Bob", &format!("/approve {request} once"));
+    let real = telegram
+        .wait_for_message(BOB, WAIT, |m| m.text.contains("nothing was decided"))
+        .unwrap_or_else(|| panic!("Bob's command was not answered: {}", host.stderr()));
+    telegram.user_writes(BOB, "Bob", "/approve apr_zzzzzzzzzzzz once");
+    let deadline = Instant::now() + WAIT;
+    while telegram.messages_to(BOB).len() < 2 {
+        assert!(Instant::now() < deadline, "Bob's second command was not answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let made_up = telegram.messages_to(BOB)[1].clone();
+    assert_eq!(real.text, made_up.text, "a real id of another agent is told apart");
+    assert!(!real.text.contains("helper") && !real.text.contains(&request), "{}", real.text);
+    let status = ok(palisade.run(&["approvals", "show", &request, "--json"]));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("\"pending\""));
+    let refused = ok(palisade.run(&["audit", "list", "--json", "--event", "approval.refused"]));
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("not an approver of this agent"));
     // Writing again asks nobody again.
     telegram.user_writes_in(GROUP, MALLORY, "Mallory", "hello??");
     std::thread::sleep(Duration::from_millis(1500));
@@ -98,7 +125,7 @@ fn strangers_ask_for_access_and_blocked_requests_are_told_once() {
     let listed = ok(palisade.run(&["channels", "list", "--json"]));
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed[0]["senders"][0]["user_id"], MALLORY.to_string(), "{listed}");
-    assert!(listed[0]["approvers"].as_array().unwrap().len() == 1);
+    assert_eq!(listed[0]["approvers"].as_array().unwrap().len(), 2, "Ana and Bob");
     telegram.user_writes_in(GROUP, MALLORY, "Mallory", "thanks, what can you do?");
     telegram
         .wait_for_message(GROUP, WAIT, |m| m.text == "Hello Mallory.")
