@@ -640,11 +640,24 @@ async fn agents_are_created_changed_and_deleted_with_the_clis_checks() {
         .store
         .get_agent(&AgentName::new("mailer").unwrap())
         .is_ok());
-    assert_eq!(web.post_ok("/agents/mailer/delete", &[]).await, "/agents");
+    assert_eq!(
+        web.post_ok("/agents/mailer/delete", &[]).await,
+        "/agents?deleted=mailer"
+    );
     assert!(web
         .store
         .get_agent(&AgentName::new("mailer").unwrap())
         .is_err());
+    // The list says what happened, and where the workspace stays.
+    let list = web.page("/agents?deleted=mailer").await;
+    let flash = element(&list, "p", "deleted");
+    assert!(
+        flash.contains("mailer") && flash.contains("agents/mailer/workspace"),
+        "{flash}"
+    );
+    // A name that is not one is not shown back.
+    let list = web.page("/agents?deleted=%3Cb%3Ex").await;
+    assert!(!list.contains("id=\"deleted\""));
 
     common::assert_audited_as_admin(
         &web.store,

@@ -31,7 +31,28 @@ const MODELS_FAILED_FRESH: Duration = Duration::from_secs(60);
 /// How long the agent page waits for the model list.
 const MODELS_TIMEOUT: Duration = Duration::from_secs(8);
 
-pub(crate) async fn list(State(state): State<WebState>) -> PageResult {
+/// `/agents?deleted=NAME`, after an agent was deleted.
+#[derive(serde::Deserialize, Default)]
+pub(crate) struct ListQuery {
+    deleted: Option<String>,
+}
+
+pub(crate) async fn list(
+    State(state): State<WebState>,
+    Query(query): Query<ListQuery>,
+) -> PageResult {
+    // Only a valid agent name is shown back (the query is anyone's to write).
+    let deleted = query
+        .deleted
+        .and_then(|name| AgentName::new(&name).ok())
+        .map(|name| {
+            let workspace = state
+                .store
+                .home()
+                .agent_dir(name.as_str())
+                .join("workspace");
+            (name, workspace)
+        });
     let store = state.store.clone();
     let (agents, sessions) =
         blocking(move || Ok((store.list_agents()?, store.list_sessions(None)?))).await?;
@@ -43,6 +64,12 @@ pub(crate) async fn list(State(state): State<WebState>) -> PageResult {
                 p.muted { "Each agent has its own sandbox, workspace, vault identity and grants." }
             }
             a.button.primary #new-agent href="/agents/new" { "New agent" }
+        }
+        @if let Some((name, workspace)) = &deleted {
+            p.flash #deleted {
+                "Agent " strong { (name) } " deleted, with its gateway token, grants and rules. "
+                "Its sessions stay on record, and its workspace on disk: " code { (workspace.display()) } "."
+            }
         }
         section.card {
             @if agents.is_empty() {
@@ -655,7 +682,7 @@ pub(crate) async fn delete(State(state): State<WebState>, Path(name): Path<Strin
     blocking(move || palisade_host::agents::delete(&store, &agent).map_err(PageError::from))
         .await?;
     state.model_lists.forget_agent(name.as_str());
-    Ok(Redirect::to("/agents").into_response())
+    Ok(Redirect::to(&format!("/agents?deleted={name}")).into_response())
 }
 
 #[cfg(test)]
