@@ -601,6 +601,49 @@ mod tests {
         assert!(!other.ensure_agent(&limits, &a), "a second connection of a");
     }
 
+    /// A held request sees its client leave without anything reading the connection
+    /// (hyper does not, mid-request on a connection that may be half-closed): not while
+    /// the client is there, even with bytes of a next request waiting; at once when it
+    /// shuts down writing, closes or resets.
+    #[tokio::test]
+    async fn gone_is_seen_on_the_socket_without_reading_it() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let soon = Duration::from_secs(3);
+        for case in ["half-close", "close", "reset"] {
+            let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            let activity = Activity::new();
+            let _io = Watched::new(accepted, activity.clone());
+            client.write_all(b"GET /next HTTP/1.1\r\n").await.unwrap();
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), activity.gone())
+                    .await
+                    .is_err(),
+                "{case}: gone while the client is there"
+            );
+            match case {
+                "half-close" => client.shutdown().await.unwrap(),
+                "close" => drop(client),
+                _ => {
+                    client.set_zero_linger().unwrap();
+                    drop(client);
+                }
+            }
+            assert!(
+                tokio::time::timeout(soon, activity.gone()).await.is_ok(),
+                "{case}: not seen"
+            );
+        }
+        // A connection that ended is gone for whatever still waits on it.
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let activity = Activity::new();
+        drop(Watched::new(accepted, activity.clone()));
+        assert!(tokio::time::timeout(soon, activity.gone()).await.is_ok());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_waits_for_requests_in_flight() {
         let activity = Activity::new();
