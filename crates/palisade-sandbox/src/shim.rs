@@ -592,6 +592,74 @@ mod tests {
         assert_eq!(ShimOptions::from_args(&options.to_args()).unwrap(), options);
     }
 
+    /// What the vault's hold phase relies on: a client's close, reset or half-close
+    /// reaches the vault's side at once (not when the next byte would flow), the relay
+    /// then ends and frees its place, and the vault's close reaches the client.
+    #[tokio::test]
+    async fn closes_pass_through_the_relay_both_ways() {
+        use std::os::fd::IntoRawFd;
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vault.sock");
+        let vault = tokio::net::UnixListener::bind(&socket).unwrap();
+        let (parent, sandbox) = crate::broker::channel().unwrap();
+        let targets = crate::broker::Targets {
+            vault: socket,
+            host: None,
+        };
+        let _server = crate::broker::serve(parent, targets).unwrap();
+        // SAFETY: the test owns the sandbox's end and hands it over.
+        let dialer = unsafe { ParentDialer::from_inherited(sandbox.into_raw_fd()) }.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let soon = Duration::from_secs(3);
+        for case in ["half-close", "close", "reset", "vault closes"] {
+            let mut client = TcpStream::connect(address).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            let relayed = tokio::spawn({
+                let dialer = dialer.clone();
+                async move { relay(accepted, &dialer).await }
+            });
+            let (mut at_vault, _) = vault.accept().await.unwrap();
+            client.write_all(b"POST").await.unwrap();
+            let mut head = [0u8; 4];
+            at_vault.read_exact(&mut head).await.unwrap();
+            match case {
+                "half-close" => client.shutdown().await.unwrap(),
+                "close" => drop(client),
+                "reset" => {
+                    client.set_zero_linger().unwrap();
+                    drop(client);
+                }
+                _ => {
+                    drop(at_vault);
+                    let mut rest = [0u8; 8];
+                    let read = tokio::time::timeout(soon, client.read(&mut rest)).await;
+                    assert!(matches!(read, Ok(Ok(0))), "{case}: {read:?}");
+                    drop(client);
+                    tokio::time::timeout(soon, relayed)
+                        .await
+                        .expect(case)
+                        .unwrap();
+                    continue;
+                }
+            }
+            let mut rest = [0u8; 8];
+            let read = tokio::time::timeout(soon, at_vault.read(&mut rest)).await;
+            assert!(
+                matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                "{case}: the vault did not see it: {read:?}"
+            );
+            // The vault answers and closes (as it does for a client gone while held).
+            let _ = at_vault.write_all(b"HTTP/1.1 503 \r\n\r\n").await;
+            drop(at_vault);
+            tokio::time::timeout(soon, relayed)
+                .await
+                .expect(case)
+                .unwrap();
+        }
+    }
+
     #[test]
     fn bad_arguments_are_refused() {
         for args in [

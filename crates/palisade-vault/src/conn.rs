@@ -14,19 +14,24 @@
 //! sent a request), so idle tunnels do not pile up.
 //!
 //! Written by hand: hyper offers a header-read timeout but no idle timeout that knows
-//! whether a request (a held one, a long stream) is still in flight.
+//! whether a request (a held one, a long stream) is still in flight. Nor does it say
+//! when a client leaves while its request is in flight: the front door lets clients
+//! half-close after a request (so hyper reads nothing more until the answer is sent),
+//! so a held request watches the client's socket itself (see [`Activity::gone`]).
 
 use crate::body::ProxyBody;
 use http_body::{Body, Frame, SizeHint};
 use palisade_policy::AgentName;
 use std::collections::HashMap;
 use std::future::Future;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -205,6 +210,9 @@ pub struct Activity {
     used: AtomicBool,
     gone: AtomicBool,
     gone_notify: tokio::sync::Notify,
+    /// The client's socket while its connection is open ([`Watched`] records it and
+    /// forgets it before the socket closes), for [`Activity::gone`] to watch.
+    socket: Mutex<Option<RawFd>>,
 }
 
 impl Activity {
@@ -224,16 +232,70 @@ impl Activity {
         }
     }
 
-    /// Resolves once the client has closed its side of the connection or it failed. A
-    /// client that only half-closes (shuts down writing and waits for the answer) looks
-    /// the same; the gateway treats it as gone where that matters, for a held request.
+    /// Resolves once the client has closed its side of the connection, reset it, or it
+    /// failed. A client that only half-closes (shuts down writing and waits for the
+    /// answer) looks the same; the gateway treats it as gone where that matters, for a
+    /// held request.
+    ///
+    /// Seen either way: when hyper reads the end of input ([`Watched`]), or on the
+    /// socket itself. hyper reads nothing from an HTTP/1.1 connection that allows
+    /// half-close while its request is in flight, so a client that gave up on a held
+    /// request (closed or reset) would otherwise go unnoticed until the approval's
+    /// timeout, its slot taken and its card approvable.
     pub async fn gone(&self) {
+        tokio::select! {
+            _ = self.marked_gone() => {}
+            _ = self.peer_left() => {}
+        }
+    }
+
+    async fn marked_gone(&self) {
         loop {
             let notified = self.gone_notify.notified();
             if self.gone.load(Ordering::Relaxed) {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Resolves once the client's socket shows that its peer shut down writing, closed
+    /// or reset it, without reading from it (bytes of a next request stay for hyper).
+    /// Watches a duplicate of the descriptor, registered on its own, so the connection's
+    /// own registration is untouched; one descriptor more per held request, which the
+    /// hold table bounds. Never resolves when there is no socket to watch.
+    async fn peer_left(&self) {
+        let duplicate = {
+            let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
+            // SAFETY: a recorded descriptor is open: `Watched` forgets it, under this
+            // lock, before the socket it owns closes.
+            socket.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned())
+        };
+        let watched = match duplicate {
+            // SAFETY: the `AsyncFd` owns the duplicate, open until it is dropped.
+            Some(Ok(fd)) => unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(std::io::Error::from),
+            Some(Err(e)) => Err(e),
+            None => return std::future::pending().await,
+        };
+        let watched = match watched {
+            Ok(watched) => watched,
+            Err(e) => {
+                // Out of descriptors: the client is then seen leaving only if hyper reads.
+                tracing::debug!(error = %e, "cannot watch a held request's client socket");
+                return std::future::pending().await;
+            }
+        };
+        loop {
+            let Ok(mut ready) = watched.readable().await else {
+                return std::future::pending().await;
+            };
+            if ready.ready().is_read_closed() || ready.ready().is_error() {
+                return;
+            }
+            // Bytes waiting (a pipelined request), the client still there: wait for the
+            // next change.
+            ready.clear_ready();
         }
     }
 
@@ -384,15 +446,58 @@ impl Body for Tracked {
     }
 }
 
-/// An I/O stream that records when it last moved a byte.
+/// A client's connection as the gateway accepts it: a byte stream with a socket
+/// descriptor, which a held request watches for the client leaving.
+pub trait ClientSocket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn descriptor(&self) -> RawFd;
+}
+
+impl ClientSocket for tokio::net::TcpStream {
+    fn descriptor(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
+
+impl ClientSocket for tokio::net::UnixStream {
+    fn descriptor(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
+
+impl<L: ClientSocket, R: ClientSocket> ClientSocket for tokio_util::either::Either<L, R> {
+    fn descriptor(&self) -> RawFd {
+        match self {
+            tokio_util::either::Either::Left(left) => left.descriptor(),
+            tokio_util::either::Either::Right(right) => right.descriptor(),
+        }
+    }
+}
+
+/// An I/O stream that records when it last moved a byte, and lends its socket to
+/// [`Activity::gone`] for as long as it is open.
 pub struct Watched<I> {
     io: I,
     activity: Arc<Activity>,
 }
 
-impl<I> Watched<I> {
+impl<I: ClientSocket> Watched<I> {
     pub fn new(io: I, activity: Arc<Activity>) -> Self {
+        *activity.socket.lock().unwrap_or_else(|p| p.into_inner()) = Some(io.descriptor());
         Watched { io, activity }
+    }
+}
+
+impl<I> Drop for Watched<I> {
+    /// Runs before the socket closes: its descriptor number may be reused from then on.
+    /// The connection is over, so whatever still waits on it (an HTTP/2 stream's task
+    /// may outlive it) sees its client gone.
+    fn drop(&mut self) {
+        self.activity
+            .socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.activity.mark_gone();
     }
 }
 
@@ -494,6 +599,49 @@ mod tests {
         );
         let other = ConnectionPermits::default();
         assert!(!other.ensure_agent(&limits, &a), "a second connection of a");
+    }
+
+    /// A held request sees its client leave without anything reading the connection
+    /// (hyper does not, mid-request on a connection that may be half-closed): not while
+    /// the client is there, even with bytes of a next request waiting; at once when it
+    /// shuts down writing, closes or resets.
+    #[tokio::test]
+    async fn gone_is_seen_on_the_socket_without_reading_it() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let soon = Duration::from_secs(3);
+        for case in ["half-close", "close", "reset"] {
+            let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            let activity = Activity::new();
+            let _io = Watched::new(accepted, activity.clone());
+            client.write_all(b"GET /next HTTP/1.1\r\n").await.unwrap();
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), activity.gone())
+                    .await
+                    .is_err(),
+                "{case}: gone while the client is there"
+            );
+            match case {
+                "half-close" => client.shutdown().await.unwrap(),
+                "close" => drop(client),
+                _ => {
+                    client.set_zero_linger().unwrap();
+                    drop(client);
+                }
+            }
+            assert!(
+                tokio::time::timeout(soon, activity.gone()).await.is_ok(),
+                "{case}: not seen"
+            );
+        }
+        // A connection that ended is gone for whatever still waits on it.
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let activity = Activity::new();
+        drop(Watched::new(accepted, activity.clone()));
+        assert!(tokio::time::timeout(soon, activity.gone()).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,7 +4,9 @@
 //! the identity; on TCP the token in `Proxy-Authorization`), and so does the agent's
 //! share of connections on the TCP listener.
 
-use crate::conn::{Activity, ClientConnection, ConnectionPermits, InFlight, Tracked, Watched};
+use crate::conn::{
+    Activity, ClientConnection, ClientSocket, ConnectionPermits, InFlight, Tracked, Watched,
+};
 use crate::pipeline::audit::{refused_at_front, Record};
 use crate::pipeline::{self, Decision, Scheme, Target};
 use crate::respond::refusal;
@@ -19,7 +21,6 @@ use palisade_policy::{AgentName, ErrorBody, GatewayErrorKind};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 /// Which listener a connection came in on; an agent socket is its own identity.
@@ -53,7 +54,7 @@ pub async fn serve_connection<I>(
     entry: Entry,
     permits: Arc<ConnectionPermits>,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: ClientSocket,
 {
     let mut shutdown = shared.shutdown.clone();
     let activity = Activity::new();
