@@ -492,12 +492,49 @@ impl<I> Drop for Watched<I> {
     /// The connection is over, so whatever still waits on it (an HTTP/2 stream's task
     /// may outlive it) sees its client gone.
     fn drop(&mut self) {
-        self.activity
+        let socket = self
+            .activity
             .socket
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        if let Some(fd) = socket {
+            linger(fd);
+        }
         self.activity.mark_gone();
+    }
+}
+
+/// Most bytes a closing connection reads away ([`linger`]).
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// A lingering close, as far as it goes without waiting: the write side is shut first
+/// (so a FIN follows what was sent), then what the client sent that nobody read (a
+/// request head past its bound, a body a refusal did not need) is read away, at most
+/// [`LINGER_BYTES`], before the socket closes. Closed with unread bytes, the socket
+/// would answer with a reset, which makes the client's system throw away the answer
+/// (a 431, a 413) before the client reads it: curl said "Send failure: Broken pipe"
+/// instead of the refusal.
+fn linger(fd: RawFd) {
+    use nix::libc;
+    let mut scratch = [0u8; 16 * 1024];
+    // SAFETY: `fd` is this connection's socket, still open (its owner is being dropped
+    // right after this); shutdown and non-blocking reads into a local buffer.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_WR);
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            let read = libc::recv(
+                fd,
+                scratch.as_mut_ptr().cast(),
+                scratch.len(),
+                libc::MSG_DONTWAIT,
+            );
+            if read <= 0 {
+                break;
+            }
+            drained += read as usize;
+        }
     }
 }
 
