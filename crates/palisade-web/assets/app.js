@@ -207,13 +207,23 @@
   }
 
   // ---------- Buttons that decide ----------
-  // A button that decides something (Approve, Deny, a confirmation page's button) comes
-  // disabled and works only once it has been on screen for ARM_MS. Another page on the
-  // same site could open this one under the pointer between the two clicks of a
-  // double-click it asked for; the second click must land on nothing.
+  // A button that decides something (Approve, Deny, a confirmation page's button, one
+  // that turns a rule or the dial's approvals off) comes disabled and works only once
+  // it has been on screen for ARM_MS. Another page on the same site could open this one
+  // under the pointer between the two clicks of a double-click it asked for; the second
+  // click must land on nothing. A page opened in the background is armed from when it
+  // is first seen, not from when it loaded.
   const ARM_MS = 1000;
 
   function arm(root) {
+    if (document.hidden) {
+      document.addEventListener("visibilitychange", function seen() {
+        if (document.hidden) return;
+        document.removeEventListener("visibilitychange", seen);
+        arm(root);
+      });
+      return;
+    }
     root.querySelectorAll("button[data-arm]").forEach(function (button) {
       if (button.dataset.armed) return;
       button.dataset.armed = "soon";

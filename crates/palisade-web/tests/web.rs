@@ -528,6 +528,13 @@ async fn buttons_that_decide_come_disarmed() {
         confirm.contains("id=\"confirm\" type=\"submit\" disabled data-arm>"),
         "{confirm}"
     );
+    // One click could turn approvals off: the dial's buttons are armed the same way.
+    let agent = web.get_text("/agents/helper").await;
+    for id in ["apply-preset", "save-dial"] {
+        let start = agent.find(&format!("id=\"{id}\"")).expect(id);
+        let tag = &agent[start..start + agent[start..].find('>').unwrap()];
+        assert!(tag.contains("disabled data-arm"), "{id}: {tag}");
+    }
     let script = web.get_text("/assets/app.js").await;
     assert!(script.contains("button[data-arm]") && script.contains("ARM_MS = 1000"));
     web.stop().await;

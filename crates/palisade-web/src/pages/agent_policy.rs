@@ -135,7 +135,8 @@ pub(crate) fn dial_section(state: &WebState, agent: &AgentRecord, error: Option<
                     }
                     span.hint { "sets both knobs" }
                 }
-                button #apply-preset type="submit" { "Apply preset" }
+                // One click could turn approvals off: armed like a decision (app.js).
+                button #apply-preset type="submit" disabled data-arm { "Apply preset" }
             }
             form #dial-knobs-form method="post" action=(action) {
                 (layout::csrf_field(state))
@@ -143,7 +144,7 @@ pub(crate) fn dial_section(state: &WebState, agent: &AgentRecord, error: Option<
                     (forms::select("Approvals", "approvals", &approval_options(), dial.approvals.as_str(), "when a person approves a request carrying one of its credentials"))
                     (forms::select("Sanitizing", "sanitize", &sanitize_options(), dial.sanitize.as_str(), "how strictly messages from other agents are cleaned"))
                 }
-                div.form-actions { button.primary #save-dial type="submit" { "Save the knobs" } }
+                div.form-actions { button.primary #save-dial type="submit" disabled data-arm { "Save the knobs" } }
             }
         }
     }

@@ -75,7 +75,9 @@ fn suggestion_markup(state: &WebState, window: &Window, suggestion: &Suggestion)
                     input type="hidden" name="rule" value=(suggestion.rule_name);
                     input type="hidden" name="since" value=(window.since_text);
                     input type="hidden" name="min" value=(window.min_text);
-                    button.primary type="submit" { "Accept" }
+                    // Creates an allow rule in one click: armed a second after it is
+                    // shown, like a decision (app.js).
+                    button.primary type="submit" disabled data-arm { "Accept" }
                 }
             }
             p.explain { (suggestion.explain()) }

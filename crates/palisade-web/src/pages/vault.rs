@@ -113,7 +113,7 @@ pub(crate) async fn page(
                                         form.inline method="post" action={ "/vault/rules/" (rule.id) "/enabled" } {
                                             (layout::csrf_field(&state))
                                             input type="hidden" name="enabled" value=(if rule.enabled { "false" } else { "true" });
-                                            button.small type="submit" { @if rule.enabled { "Disable" } @else { "Enable" } }
+                                            button.small type="submit" disabled data-arm { @if rule.enabled { "Disable" } @else { "Enable" } }
                                         }
                                         " "
                                         a.button.small.danger href={ "/vault/rules/" (rule.id) "/delete" } { "Delete…" }
