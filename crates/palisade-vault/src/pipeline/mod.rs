@@ -243,6 +243,7 @@ fn facts<'a>(
         profile,
         method,
         host: &target.host,
+        port: target.port,
         path,
         body: None,
         now_ms: palisade_store::now_ms(),
