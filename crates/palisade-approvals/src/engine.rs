@@ -310,8 +310,9 @@ impl Engine {
         }
     }
 
-    /// The rule a "for 1 h" or "always" choice creates: this agent, this exact host,
-    /// method and path, allowed, just above the rule that held the request, in its
+    /// The rule a "for 1 h" or "always" choice creates: this agent, this exact host
+    /// and port (when the approval recorded it; older ones did not, and their grant
+    /// names every port as it always did), method and path, allowed, just above the rule that held the request, in its
     /// layer. Refused when the request cannot be written that narrowly.
     fn grant_for(&self, approval: &Approval, choice: Choice) -> Result<NewRule, ApprovalError> {
         let not_offered = |why: &str| ApprovalError::ChoiceNotOffered {
@@ -339,6 +340,12 @@ impl Engine {
         if host.contains('*') || path.contains('*') {
             return Err(not_offered("its host or path contains `*`"));
         }
+        let host = match approval.context.get("port").map(|port| port.as_u64()) {
+            None => host,
+            Some(Some(port)) if host.contains(':') => format!("[{host}]:{port}"),
+            Some(Some(port)) => format!("{host}:{port}"),
+            Some(None) => return Err(not_offered("its recorded port is not a number")),
+        };
         let host =
             HostPattern::parse(&host).map_err(|_| not_offered("its host is not a plain name"))?;
         let path = PathPattern::parse(&path)

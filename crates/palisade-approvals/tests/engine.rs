@@ -92,6 +92,10 @@ fn held_send(world: &World, path: &str) -> String {
 }
 
 fn verdict(world: &World, path: &str, at_ms: i64) -> &'static str {
+    verdict_on(world, path, 443, at_ms)
+}
+
+fn verdict_on(world: &World, path: &str, port: u16, at_ms: i64) -> &'static str {
     let policy = world.store.load_policy().unwrap();
     let path = CanonicalPath::parse(path).unwrap();
     let name = agent("mailer");
@@ -101,6 +105,7 @@ fn verdict(world: &World, path: &str, at_ms: i64) -> &'static str {
         method: &http::Method::POST,
         opens_stream: false,
         host: "gmail.googleapis.com",
+        port,
         path: &path,
         body: None,
         now_ms: at_ms,
@@ -195,6 +200,51 @@ fn the_first_of_many_racing_decisions_wins() {
         .filter(|won| *won)
         .count();
     assert_eq!(wins, 1);
+}
+
+/// A request held on one port of a host is granted on that port only: another port
+/// is another service, which nobody approved.
+#[test]
+fn always_allowing_a_request_to_one_port_allows_that_port_only() {
+    let w = world();
+    let sent = "/gmail/v1/users/me/messages/send";
+    let id = w
+        .engine
+        .request(NewRequest {
+            kind: ApprovalKind::CredentialUse,
+            agent: agent("mailer"),
+            summary: Summary {
+                title: "Send e-mail".into(),
+                lines: vec![],
+                detail: String::new(),
+            },
+            context: serde_json::json!({
+                "method": "POST", "host": "gmail.googleapis.com", "port": 8443,
+                "path": sent, "rule": "ask-gmail",
+            }),
+            timeout: Duration::from_secs(600),
+            holder: Some(Holder::this_process()),
+            request_key: None,
+        })
+        .unwrap()
+        .id;
+    let decided = w.engine.decide(&id, &ana(), Choice::Always, None).unwrap();
+    let rule = decided.granted_rule.clone().expect("a grant rule");
+    let record = w
+        .store
+        .list_rules()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.name == rule)
+        .unwrap();
+    assert_eq!(record.host_pattern, "gmail.googleapis.com:8443");
+    let now = w.clock.now_ms();
+    assert_eq!(verdict_on(&w, sent, 8443, now), "allow");
+    assert_eq!(
+        verdict_on(&w, sent, 443, now),
+        "ask",
+        "another port still asks"
+    );
 }
 
 #[test]

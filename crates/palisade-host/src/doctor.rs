@@ -469,7 +469,8 @@ fn model_findings(store: &Store) -> Vec<Finding> {
                     )
                 }
             };
-            let host = crate::setup::model_host(&settings).unwrap_or_default();
+            // With the port when the base URL names one, as the first run stores it.
+            let host = crate::setup::model_key_host_pattern(&settings).unwrap_or_default();
             match crate::setup::model_key_secret(agent, &secrets) {
                 Some(secret) => finding(
                     "model",

@@ -3,11 +3,12 @@
 //! `palisade up` (from `ANTHROPIC_API_KEY`, `--anthropic-key-file` or a hidden prompt)
 //! and the web UI's first-run form store a key the same way, here: the key goes
 //! straight into the vault's sealed store as a secret for the host of the agent's
-//! model API, granted to that agent, and the agent's provider and base URL are set to
-//! match. Nothing else ever holds the key; it is never shown again.
+//! model API (with the port, when the base URL names one) and the paths under its base
+//! URL, granted to that agent, and the agent's provider and base URL are set to match.
+//! Nothing else ever holds the key; it is never shown again.
 //!
 //! Which agents can think is decided the way the vault decides: an agent has a model
-//! key when a secret granted to it names the host of its model API.
+//! key when a secret granted to it names the host and port of its model API.
 
 use crate::agents::{self, AgentDraft};
 use crate::settings::AgentSettings;
@@ -54,10 +55,48 @@ pub fn model_host(settings: &AgentSettings) -> Option<String> {
     })
 }
 
+/// The host pattern the model key is stored with: the base URL's host, and its port
+/// whenever the base URL names one (`127.0.0.1:8080` for `http://127.0.0.1:8080/v1`,
+/// `[::1]:8080`), local or not, so a key for a local provider goes to that server and
+/// not to every service of the machine. A base URL without a port gives the host
+/// alone (`api.anthropic.com`, every port), as a secret created by hand would. The
+/// port is taken as written, so one out of range is refused by the pattern's parser
+/// rather than dropped.
+pub fn model_key_host_pattern(settings: &AgentSettings) -> Option<String> {
+    let uri: http::Uri = settings.effective_base_url().parse().ok()?;
+    let authority = uri.authority()?.as_str();
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest);
+    // What follows the host: nothing or ":PORT" (an IPv6 address's colons are inside
+    // its brackets).
+    let after_host = match authority.rfind(']') {
+        Some(end) => &authority[end + 1..],
+        None => authority.find(':').map_or("", |colon| &authority[colon..]),
+    };
+    let host = model_host(settings)?;
+    Some(match after_host.strip_prefix(':') {
+        None => host,
+        Some(port) if host.contains(':') => format!("[{host}]:{port}"),
+        Some(port) => format!("{host}:{port}"),
+    })
+}
+
+/// The port the agent's model requests go to: the base URL's, or its scheme's default.
+pub fn model_port(settings: &AgentSettings) -> Option<u16> {
+    let uri: http::Uri = settings.effective_base_url().parse().ok()?;
+    uri.port_u16().or(match uri.scheme_str()? {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    })
+}
+
 /// The paths the model key is sent on: those under the base URL's path (`/v1/*` for
-/// `http://127.0.0.1:8080/v1`), none for a base URL without one. The key goes to its
-/// host on every port, so a key for a local provider (`127.0.0.1`) would otherwise go
-/// with any request an agent's tool makes to any local service.
+/// `http://127.0.0.1:8080/v1`), none for a base URL without one. A base URL without a
+/// port gives a key for its host on every port, so a key for a local provider
+/// (`http://127.0.0.1/v1`) would otherwise go with any request an agent's tool makes
+/// to any local service.
 pub fn model_key_paths(settings: &AgentSettings) -> Option<String> {
     let uri: http::Uri = settings.effective_base_url().parse().ok()?;
     let path = uri.path().trim_end_matches('/');
@@ -72,9 +111,11 @@ pub fn model_key_secret<'a>(
 ) -> Option<&'a SecretRecord> {
     let settings = AgentSettings::from_json(&agent.settings).ok()?;
     let host = model_host(&settings)?;
+    let port = model_port(&settings)?;
     secrets.iter().find(|secret| {
         secret.agents.contains(&agent.name)
-            && HostPattern::parse(&secret.host_pattern).is_ok_and(|pattern| pattern.matches(&host))
+            && HostPattern::parse(&secret.host_pattern)
+                .is_ok_and(|pattern| pattern.matches(&host, port))
     })
 }
 
@@ -131,7 +172,7 @@ pub fn store_model_key(store: &Store, form: ModelKey) -> Result<AgentRecord, Hos
         planned.model = model.trim().to_string();
     }
     planned.validate()?;
-    let host = model_host(&planned).ok_or_else(|| {
+    let host = model_key_host_pattern(&planned).ok_or_else(|| {
         HostError::Invalid(
             "the base URL has no host; give a URL such as https://api.anthropic.com".into(),
         )
@@ -200,7 +241,7 @@ mod tests {
             store_model_key(&store, form(Some("sk-1"), Some("https://localhost:9/"))).unwrap();
         assert_eq!(agent.settings["base_url"], "https://localhost:9");
         let secret = store.get_secret("anthropic").unwrap();
-        assert_eq!(secret.host_pattern, "localhost");
+        assert_eq!(secret.host_pattern, "localhost:9");
         assert_eq!(secret.injection, "anthropic");
         assert!(!needs_model_key(&store).unwrap());
         let again = store_model_key(&store, form(Some("sk-2"), None)).unwrap_err();
@@ -218,10 +259,10 @@ mod tests {
         assert!(needs_model_key(&store).unwrap());
     }
 
-    /// A key for a provider at `http://127.0.0.1:8080/v1` is sent on `/v1/…` only, not
-    /// with a request to any other service of that host.
+    /// A key for a provider at `http://127.0.0.1:8080/v1` is sent to port 8080 on
+    /// `/v1/…` only, not with a request to any other service of that host.
     #[test]
-    fn a_model_key_is_sent_on_its_base_urls_paths_only() {
+    fn a_model_key_is_sent_on_its_base_urls_port_and_paths_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&palisade_store::Home::at(dir.path().join("home"))).unwrap();
         assert!(ensure_default_agent(&store).unwrap());
@@ -237,12 +278,103 @@ mod tests {
         )
         .unwrap();
         let secret = store.get_secret("openai").unwrap();
-        assert_eq!(secret.host_pattern, "127.0.0.1");
+        assert_eq!(secret.host_pattern, "127.0.0.1:8080");
         assert_eq!(secret.path_pattern.as_deref(), Some("/v1/*"));
+        let pattern = HostPattern::parse(&secret.host_pattern).unwrap();
+        assert!(pattern.matches("127.0.0.1", 8080));
+        assert!(!pattern.matches("127.0.0.1", 8081));
+        assert!(!pattern.matches("127.0.0.1", 80));
+        let agent = store
+            .get_agent(&AgentName::new(DEFAULT_AGENT).unwrap())
+            .unwrap();
+        let secrets = store.list_secrets().unwrap();
+        assert!(model_key_secret(&agent, &secrets).is_some());
+        // The same key does not count as the model key of a server on another port.
+        agents::edit(
+            &store,
+            DEFAULT_AGENT,
+            &AgentDraft {
+                base_url: Some("http://127.0.0.1:9090/v1".into()),
+                ..AgentDraft::default()
+            },
+        )
+        .unwrap();
+        let agent = store
+            .get_agent(&AgentName::new(DEFAULT_AGENT).unwrap())
+            .unwrap();
+        assert!(model_key_secret(&agent, &secrets).is_none());
         let bare = AgentSettings {
             base_url: Some("https://localhost:9".into()),
             ..AgentSettings::default()
         };
         assert_eq!(model_key_paths(&bare), None);
+    }
+
+    /// The pattern the key gets for each shape of base URL: the port whenever the URL
+    /// names one (IPv6 in brackets), the host alone when it names none.
+    #[test]
+    fn the_model_keys_host_pattern_carries_the_base_urls_port() {
+        let pattern = |url: &str| {
+            model_key_host_pattern(&AgentSettings {
+                base_url: Some(url.into()),
+                ..AgentSettings::default()
+            })
+        };
+        let port = |url: &str| {
+            model_port(&AgentSettings {
+                base_url: Some(url.into()),
+                ..AgentSettings::default()
+            })
+        };
+        assert_eq!(
+            pattern("http://127.0.0.1:8080/v1").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            pattern("http://[::1]:8080/v1").as_deref(),
+            Some("[::1]:8080")
+        );
+        assert_eq!(
+            pattern("https://LLM.example.com:8443").as_deref(),
+            Some("llm.example.com:8443")
+        );
+        assert_eq!(
+            pattern("https://api.anthropic.com").as_deref(),
+            Some("api.anthropic.com")
+        );
+        assert_eq!(pattern("http://localhost/v1").as_deref(), Some("localhost"));
+        assert_eq!(port("http://localhost/v1"), Some(80));
+        assert_eq!(port("https://api.anthropic.com"), Some(443));
+        assert_eq!(port("http://[::1]:8080/v1"), Some(8080));
+        assert_eq!(
+            model_key_host_pattern(&AgentSettings::default()).as_deref(),
+            Some("api.anthropic.com")
+        );
+        // A port the key cannot be scoped to is refused, never dropped (which would
+        // send the key to every port).
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&palisade_store::Home::at(dir.path().join("home"))).unwrap();
+        assert!(ensure_default_agent(&store).unwrap());
+        for (url, why) in [
+            ("http://127.0.0.1:99999/v1", "above 65535"),
+            ("http://127.0.0.1:0/v1", "port 0"),
+        ] {
+            let refused = store_model_key(
+                &store,
+                ModelKey {
+                    agent: DEFAULT_AGENT.into(),
+                    provider: "openai".into(),
+                    base_url: Some(url.into()),
+                    key: Some(SecretValue::new("sk-local".to_string())),
+                    model: Some("llama".into()),
+                },
+            )
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+            assert!(refused.contains(why), "{url}: {refused}");
+            assert!(!refused.contains('\n'), "{url}: {refused}");
+        }
+        assert!(store.list_secrets().unwrap().is_empty());
     }
 }

@@ -9,8 +9,10 @@
 //! and every matched rate limit is reported so the gateway counts each of them.
 //! With no blocking rule, an `Action`-profile agent is refused (`DefaultDeny`) when no
 //! applicable, unexpired, non-block rule in either layer and no secret granted to it
-//! names the host (host match only; path and method are not considered for naming).
-//! The secret to inject is the one granted to the agent whose host and path match,
+//! names the host (host and port match only; path and method are not considered for
+//! naming). A host pattern with a port (`127.0.0.1:8080`) matches only requests to that
+//! port (`RequestFacts::port`), for rules and secrets alike; one without matches every
+//! port. The secret to inject is the one granted to the agent whose host and path match,
 //! choosing the most specific path (a secret without path pattern is least specific),
 //! then higher priority, then more specific host, then lower id.
 
@@ -39,6 +41,10 @@ pub struct RequestFacts<'a> {
     pub opens_stream: bool,
     /// Lower-case host without port; IPv6 without brackets.
     pub host: &'a str,
+    /// The port the request goes to: the one it names, or its scheme's default (443
+    /// for https and CONNECT tunnels, 80 for http). A host pattern with a port matches
+    /// only this port.
+    pub port: u16,
     /// Path without query, canonical (every pattern compares with this one form).
     pub path: &'a CanonicalPath,
     /// The body read for rules with `body_contains`, if it was read.
@@ -134,7 +140,7 @@ impl PolicySet {
             let layer = layer_index(rule.scope);
             if (first_match[layer].is_some() && host_named)
                 || !rule_applies(rule, facts)
-                || !rule.host.matches(facts.host)
+                || !rule.host.matches(facts.host, facts.port)
             {
                 continue;
             }
@@ -162,7 +168,9 @@ impl PolicySet {
         let mut secret = None;
         let mut secret_names_host = false;
         for candidate in &self.secrets {
-            if !candidate.host.matches(facts.host) || !candidate.agents.contains(facts.agent) {
+            if !candidate.host.matches(facts.host, facts.port)
+                || !candidate.agents.contains(facts.agent)
+            {
                 continue;
             }
             // Compartments, checked again at run time: a research agent reads the
@@ -255,7 +263,7 @@ fn rule_applies(rule: &RulePolicy, facts: &RequestFacts<'_>) -> bool {
 
 /// Host, path and method; everything but the body.
 fn rule_matches_head(rule: &RulePolicy, facts: &RequestFacts<'_>) -> bool {
-    rule.host.matches(facts.host)
+    rule.host.matches(facts.host, facts.port)
         && rule.method.matches(facts.method)
         && rule.path.as_ref().is_none_or(|p| p.matches(facts.path))
 }
@@ -342,6 +350,7 @@ mod tests {
         profile: Profile,
         method: http::Method,
         host: &'static str,
+        port: u16,
         path: CanonicalPath,
         body: Option<&'static [u8]>,
         approvals: ApprovalFrequency,
@@ -356,6 +365,7 @@ mod tests {
                 profile: Profile::Research,
                 method: http::Method::GET,
                 host,
+                port: 443,
                 path: CanonicalPath::parse(path).unwrap(),
                 body: None,
                 approvals: ApprovalFrequency::Never,
@@ -376,6 +386,10 @@ mod tests {
             self.agent = agent(name);
             self
         }
+        fn port(mut self, port: u16) -> Self {
+            self.port = port;
+            self
+        }
         fn facts(&self) -> RequestFacts<'_> {
             RequestFacts {
                 agent: &self.agent,
@@ -383,6 +397,7 @@ mod tests {
                 method: &self.method,
                 opens_stream: self.opens_stream,
                 host: self.host,
+                port: self.port,
                 path: &self.path,
                 body: self.body,
                 now_ms: NOW,
@@ -404,6 +419,57 @@ mod tests {
 
     fn rules(rules: Vec<RulePolicy>) -> PolicySet {
         PolicySet::new(Vec::new(), rules)
+    }
+
+    /// On one address, different ports are different services: a secret for one port
+    /// goes to that port only; one without a port goes to every port.
+    #[test]
+    fn a_secret_with_a_port_is_injected_on_that_port_only() {
+        let set = PolicySet::new(
+            vec![
+                secret(1, "127.0.0.1:8080", None, &["bot"]),
+                secret(2, "127.0.0.1", Some("/v1/*"), &["bot"]),
+            ],
+            Vec::new(),
+        );
+        let injected = |port: u16, path: &'static str| {
+            set.evaluate(&Request::to("127.0.0.1", path).port(port).facts())
+                .secret
+                .map(|s| s.id)
+        };
+        assert_eq!(injected(8080, "/x"), Some(1));
+        assert_eq!(injected(9090, "/x"), None);
+        assert_eq!(injected(80, "/x"), None);
+        assert_eq!(injected(9090, "/v1/x"), Some(2));
+        // The port makes secret 1 more specific than secret 2 on their shared host,
+        // but path specificity comes first.
+        assert_eq!(injected(8080, "/v1/x"), Some(2));
+    }
+
+    #[test]
+    fn a_rule_with_a_port_matches_that_port_only_and_names_the_host_only_there() {
+        let set = rules(vec![
+            rule(1, "db.internal:5984", RuleAction::Block),
+            rule(2, "api.example.com:8443", RuleAction::Allow),
+        ]);
+        assert_eq!(
+            verdict_of(&set, &Request::to("db.internal", "/").port(5984)).0,
+            "block"
+        );
+        assert_eq!(
+            verdict_of(&set, &Request::to("db.internal", "/").port(443)).0,
+            "allow"
+        );
+        let action = |port| Request::to("api.example.com", "/").action().port(port);
+        assert_eq!(verdict_of(&set, &action(8443)).0, "allow");
+        assert_eq!(verdict_of(&set, &action(443)).0, "default_deny");
+        // A secret with a port names its host for an action agent on that port only.
+        let set = PolicySet::new(
+            vec![secret(1, "api.example.com:443", None, &["bot"])],
+            Vec::new(),
+        );
+        assert_eq!(verdict_of(&set, &action(443)).0, "allow");
+        assert_eq!(verdict_of(&set, &action(8443)).0, "default_deny");
     }
 
     #[test]

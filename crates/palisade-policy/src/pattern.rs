@@ -1,8 +1,15 @@
 //! Host, path and method patterns used by secrets and rules.
 //!
-//! Host: exact (`api.example.com`, case-insensitive, port ignored, IPv6 literal allowed
-//! with or without brackets) or with one `*` label prefix: `*.example.com` matches
-//! `a.example.com` and `a.b.example.com` but not `example.com`. A bare `*` matches any host.
+//! Host: exact (`api.example.com`, case-insensitive, IPv6 literal allowed with or
+//! without brackets) or with one `*` label prefix: `*.example.com` matches
+//! `a.example.com` and `a.b.example.com` but not `example.com`. A bare `*` matches any
+//! host. Either may name a port (`127.0.0.1:8080`, `[::1]:8080`, `*.example.com:8443`,
+//! `api.example.com:443`): then it matches only requests to that port, the port a
+//! request names or its scheme's default (443 for https and CONNECT, 80 for http). On
+//! one address different ports are different services (a model server, a database's
+//! web console), so a credential for one must not go to the others. A pattern without
+//! a port matches every port, as it always has. An IPv6 address takes a port only in
+//! brackets, and the bare `*` takes none (it is every host on every port).
 //! Path: exact (`/v1/messages`) or ending in `/*`: `/v1/*` matches `/v1`, `/v1/` and
 //! everything below, but not `/v1beta`. A `*` inside a segment (`/users/*/messages/send`)
 //! matches exactly one non-empty segment. The query string is never part of the match.
@@ -34,9 +41,14 @@ const MAX_PATH_PATTERN_LEN: usize = 2048;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostPattern {
-    /// Canonical spelling: lower-case, IPv6 without brackets.
+    /// Canonical spelling, as stored and shown: lower-case, IPv6 without brackets
+    /// unless a port follows (`[::1]:8080`).
     raw: String,
+    /// The host part of `raw`: lower-case, IPv6 without brackets, no port.
+    host: String,
     kind: HostKind,
+    /// The one port matched; `None` matches every port.
+    port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,32 +85,59 @@ impl HostPattern {
         if pattern == "*" {
             return Ok(HostPattern {
                 raw: String::from("*"),
+                host: String::from("*"),
                 kind: HostKind::Any,
+                port: None,
             });
         }
+        if pattern.starts_with("*:") {
+            return fail("the bare * matches every host on every port and takes no port; name a host before the port (*.example.com:8443)");
+        }
         if let Some(inner) = pattern.strip_prefix('[') {
-            let Some(address) = inner.strip_suffix(']') else {
-                return fail("remove the port; a host pattern matches every port");
+            let Some((address, after)) = inner.split_once(']') else {
+                return fail(
+                    "the '[' has no closing ']'; write an IPv6 address as [::1] or [::1]:8080",
+                );
+            };
+            let port = match after {
+                "" => None,
+                _ => match after.strip_prefix(':') {
+                    Some(digits) => Some(parse_port(pattern, digits)?),
+                    None => return fail("only a ':' and a port may follow the ']' ([::1]:8080)"),
+                },
             };
             return match address.parse::<Ipv6Addr>() {
-                Ok(ip) => Ok(Self::ipv6(ip)),
+                Ok(ip) => Ok(Self::ipv6(ip).with_port(port)),
                 Err(_) => fail("the bracketed part is not an IPv6 address"),
             };
         }
         if pattern.contains(':') {
-            return match pattern.parse::<Ipv6Addr>() {
-                Ok(ip) => Ok(Self::ipv6(ip)),
-                Err(_) if pattern.matches(':').count() == 1 => {
-                    fail("remove the port; a host pattern matches every port")
+            if let Ok(ip) = pattern.parse::<Ipv6Addr>() {
+                return Ok(Self::ipv6(ip));
+            }
+            return match pattern.split_once(':') {
+                Some((name, digits)) if !digits.contains(':') => {
+                    let port = parse_port(pattern, digits)?;
+                    Self::parse_name(pattern, name).map(|host| host.with_port(Some(port)))
                 }
-                Err(_) => fail("it is neither a host name nor an IPv6 address"),
+                _ => fail("it is neither a host name nor an IPv6 address (an IPv6 address takes a port only in brackets: [::1]:8080)"),
             };
         }
-        let (wildcard, name) = match pattern.strip_prefix("*.") {
+        Self::parse_name(pattern, pattern)
+    }
+
+    /// A name, IPv4 literal or `*.suffix` without port; `pattern` is the whole input,
+    /// named in errors.
+    fn parse_name(pattern: &str, name: &str) -> Result<Self, PatternError> {
+        let fail = |why: &'static str| Err(PatternError::Host(pattern.to_string(), why));
+        if name.is_empty() {
+            return fail("there is no host before the port; write it as api.example.com:8443");
+        }
+        let (wildcard, name) = match name.strip_prefix("*.") {
             Some(rest) => (true, rest),
-            None => (false, pattern),
+            None => (false, name),
         };
-        if name.contains('*') || (!wildcard && pattern.starts_with('*')) {
+        if name.contains('*') || (!wildcard && name.starts_with('*')) {
             return fail(
                 "'*' is allowed only alone (*) or as the whole first label (*.example.com)",
             );
@@ -121,14 +160,19 @@ impl HostPattern {
         let name = name.to_ascii_lowercase();
         if wildcard {
             let labels = name.split('.').count();
+            let host = format!("*.{name}");
             Ok(HostPattern {
-                raw: format!("*.{name}"),
+                raw: host.clone(),
+                host,
                 kind: HostKind::Suffix { labels },
+                port: None,
             })
         } else {
             Ok(HostPattern {
-                raw: name,
+                raw: name.clone(),
+                host: name,
                 kind: HostKind::Exact,
+                port: None,
             })
         }
     }
@@ -136,21 +180,43 @@ impl HostPattern {
     fn ipv6(ip: Ipv6Addr) -> Self {
         HostPattern {
             raw: ip.to_string(),
+            host: ip.to_string(),
             kind: HostKind::Ipv6(ip),
+            port: None,
         }
     }
 
-    /// `host` as the request names it (no port); compared case-insensitively.
-    pub fn matches(&self, host: &str) -> bool {
+    fn with_port(mut self, port: Option<u16>) -> Self {
+        self.port = port;
+        self.raw = match (port, &self.kind) {
+            (None, _) => self.host.clone(),
+            (Some(port), HostKind::Ipv6(_)) => format!("[{}]:{port}", self.host),
+            (Some(port), _) => format!("{}:{port}", self.host),
+        };
+        self
+    }
+
+    /// Whether a request to `host` (as the request names it, no port; compared
+    /// case-insensitively) on `port` (the one it names, or its scheme's default: 443
+    /// for https and CONNECT, 80 for http) is covered.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        self.port.is_none_or(|own| own == port) && self.matches_host_on_any_port(host)
+    }
+
+    /// Whether `host` is covered on some port: the host part alone, the pattern's port
+    /// ignored. Only for questions about the host as a whole (which responses are
+    /// searched for credentials sent back, which names may resolve to local
+    /// addresses), never to decide what a request to one port gets.
+    pub fn matches_host_on_any_port(&self, host: &str) -> bool {
         let host = bare_host(host);
         match &self.kind {
             HostKind::Any => !host.is_empty(),
-            HostKind::Exact => host.eq_ignore_ascii_case(&self.raw),
+            HostKind::Exact => host.eq_ignore_ascii_case(&self.host),
             HostKind::Ipv6(ip) => host.parse::<Ipv6Addr>().is_ok_and(|h| h == *ip),
             HostKind::Suffix { .. } => {
-                // raw is "*.suffix"; compare against ".suffix" so "example.com" itself
+                // host is "*.suffix"; compare against ".suffix" so "example.com" itself
                 // and "badexample.com" stay outside.
-                let dotted = &self.raw.as_bytes()[1..];
+                let dotted = &self.host.as_bytes()[1..];
                 let host = host.as_bytes();
                 host.len() > dotted.len()
                     && host[host.len() - dotted.len()..].eq_ignore_ascii_case(dotted)
@@ -158,19 +224,31 @@ impl HostPattern {
         }
     }
 
-    /// Larger is more specific: exact beats wildcard, longer suffix beats shorter.
+    /// Larger is more specific: exact beats wildcard, longer suffix beats shorter, and
+    /// among patterns for the same host, one with a port beats one without.
     pub fn specificity(&self) -> usize {
-        match self.kind {
+        let host = match self.kind {
             HostKind::Any => 0,
             // A label count dominates, then the character count breaks ties.
-            HostKind::Suffix { labels } => 1 + labels * 256 + self.raw.len(),
+            HostKind::Suffix { labels } => 1 + labels * 256 + self.host.len(),
             HostKind::Exact | HostKind::Ipv6(_) => 1 << 20,
-        }
+        };
+        host * 2 + usize::from(self.port.is_some())
     }
 
     /// Whether this is the bare `*`.
     pub fn is_any(&self) -> bool {
         self.kind == HostKind::Any
+    }
+
+    /// The one port this pattern matches, if it names one.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// The host part without the port: lower-case, IPv6 without brackets.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     pub fn as_str(&self) -> &str {
@@ -180,6 +258,28 @@ impl HostPattern {
 impl fmt::Display for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.raw)
+    }
+}
+
+/// A pattern's port: digits only, 1 to 65535 (`pattern` is the whole input, named in
+/// the error).
+fn parse_port(pattern: &str, digits: &str) -> Result<u16, PatternError> {
+    let fail = |why: &'static str| Err(PatternError::Host(pattern.to_string(), why));
+    if digits.is_empty() {
+        return fail(
+            "the port after ':' is empty; give a port from 1 to 65535 or leave out the ':'",
+        );
+    }
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return fail("the port must be digits only, from 1 to 65535");
+    }
+    match digits.parse::<u32>() {
+        Ok(0) => fail("port 0 is no port a request can go to; give a port from 1 to 65535"),
+        Ok(port) => match u16::try_from(port) {
+            Ok(port) => Ok(port),
+            Err(_) => fail("the port is above 65535; give a port from 1 to 65535"),
+        },
+        Err(_) => fail("the port is above 65535; give a port from 1 to 65535"),
     }
 }
 
@@ -428,38 +528,38 @@ mod tests {
     fn exact_host_is_case_insensitive() {
         let p = host("API.Example.com");
         assert_eq!(p.as_str(), "api.example.com");
-        assert!(p.matches("api.example.com"));
-        assert!(p.matches("API.EXAMPLE.COM"));
-        assert!(!p.matches("example.com"));
-        assert!(!p.matches("xapi.example.com"));
-        assert!(!p.matches("api.example.com.evil"));
+        assert!(p.matches("api.example.com", 443));
+        assert!(p.matches("API.EXAMPLE.COM", 443));
+        assert!(!p.matches("example.com", 443));
+        assert!(!p.matches("xapi.example.com", 443));
+        assert!(!p.matches("api.example.com.evil", 443));
     }
 
     #[test]
     fn host_matching_tolerates_port_and_root_dot() {
         let p = host("api.example.com");
-        assert!(p.matches("api.example.com:443"));
-        assert!(p.matches("api.example.com."));
+        assert!(p.matches("api.example.com:443", 443));
+        assert!(p.matches("api.example.com.", 443));
     }
 
     #[test]
     fn wildcard_host_needs_a_label_before_the_suffix() {
         let p = host("*.example.com");
-        assert!(p.matches("a.example.com"));
-        assert!(p.matches("a.b.EXAMPLE.com"));
-        assert!(!p.matches("example.com"));
-        assert!(!p.matches("badexample.com"));
-        assert!(!p.matches(".example.com"));
-        assert!(!p.matches("example.com.evil.org"));
+        assert!(p.matches("a.example.com", 443));
+        assert!(p.matches("a.b.EXAMPLE.com", 443));
+        assert!(!p.matches("example.com", 443));
+        assert!(!p.matches("badexample.com", 443));
+        assert!(!p.matches(".example.com", 443));
+        assert!(!p.matches("example.com.evil.org", 443));
     }
 
     #[test]
     fn bare_star_matches_every_host() {
         let p = host("*");
         assert!(p.is_any());
-        assert!(p.matches("anything.example"));
-        assert!(p.matches("::1"));
-        assert!(p.matches("10.0.0.1"));
+        assert!(p.matches("anything.example", 443));
+        assert!(p.matches("::1", 8080));
+        assert!(p.matches("10.0.0.1", 80));
     }
 
     #[test]
@@ -467,24 +567,234 @@ mod tests {
         for spelling in ["::1", "[::1]", "0:0:0:0:0:0:0:1", "[0::1]"] {
             let p = host(spelling);
             assert_eq!(p.as_str(), "::1");
-            assert!(p.matches("::1"), "{spelling}");
-            assert!(p.matches("[::1]"), "{spelling}");
-            assert!(p.matches("0::0:1"), "{spelling}");
-            assert!(!p.matches("::2"), "{spelling}");
-            assert!(!p.matches("localhost"), "{spelling}");
+            assert!(p.matches("::1", 443), "{spelling}");
+            assert!(p.matches("[::1]", 443), "{spelling}");
+            assert!(p.matches("0::0:1", 443), "{spelling}");
+            assert!(!p.matches("::2", 443), "{spelling}");
+            assert!(!p.matches("localhost", 443), "{spelling}");
         }
         let p = host("[2001:DB8::A]");
         assert_eq!(p.as_str(), "2001:db8::a");
-        assert!(p.matches("2001:db8::a"));
-        assert!(p.matches("[2001:db8::a]:8443"));
+        assert!(p.matches("2001:db8::a", 443));
+        assert!(p.matches("[2001:db8::a]:8443", 8443));
     }
 
     #[test]
     fn ipv4_is_exact() {
         let p = host("127.0.0.1");
-        assert!(p.matches("127.0.0.1"));
-        assert!(p.matches("127.0.0.1:8080"));
-        assert!(!p.matches("127.0.0.10"));
+        assert!(p.matches("127.0.0.1", 80));
+        assert!(p.matches("127.0.0.1:8080", 8080));
+        assert!(!p.matches("127.0.0.10", 80));
+    }
+
+    /// The port a request goes to: the one it names, or its scheme's default.
+    const HTTPS_DEFAULT: u16 = 443;
+    const HTTP_DEFAULT: u16 = 80;
+
+    /// (pattern, canonical spelling, host, port, matches) — one table for every shape
+    /// a pattern with a port takes, and the patterns without one for comparison.
+    #[test]
+    fn host_patterns_with_a_port_match_that_port_only() {
+        let cases: &[(&str, &str, &str, u16, bool)] = &[
+            ("127.0.0.1:8080", "127.0.0.1:8080", "127.0.0.1", 8080, true),
+            ("127.0.0.1:8080", "127.0.0.1:8080", "127.0.0.1", 8081, false),
+            (
+                "127.0.0.1:8080",
+                "127.0.0.1:8080",
+                "127.0.0.1",
+                HTTP_DEFAULT,
+                false,
+            ),
+            ("127.0.0.1:8080", "127.0.0.1:8080", "127.0.0.2", 8080, false),
+            ("[::1]:8080", "[::1]:8080", "::1", 8080, true),
+            ("[::1]:8080", "[::1]:8080", "[::1]", 8080, true),
+            ("[0:0::1]:8080", "[::1]:8080", "0::1", 8080, true),
+            ("[::1]:8080", "[::1]:8080", "::1", 8443, false),
+            ("[::1]:8080", "[::1]:8080", "::2", 8080, false),
+            (
+                "*.Example.com:8443",
+                "*.example.com:8443",
+                "a.example.com",
+                8443,
+                true,
+            ),
+            (
+                "*.example.com:8443",
+                "*.example.com:8443",
+                "a.b.example.com",
+                8443,
+                true,
+            ),
+            (
+                "*.example.com:8443",
+                "*.example.com:8443",
+                "a.example.com",
+                HTTPS_DEFAULT,
+                false,
+            ),
+            (
+                "*.example.com:8443",
+                "*.example.com:8443",
+                "example.com",
+                8443,
+                false,
+            ),
+            // An https request that names no port goes to 443, an http one to 80.
+            (
+                "api.example.com:443",
+                "api.example.com:443",
+                "api.example.com",
+                HTTPS_DEFAULT,
+                true,
+            ),
+            (
+                "api.example.com:443",
+                "api.example.com:443",
+                "api.example.com",
+                HTTP_DEFAULT,
+                false,
+            ),
+            (
+                "api.example.com:80",
+                "api.example.com:80",
+                "api.example.com",
+                HTTP_DEFAULT,
+                true,
+            ),
+            (
+                "api.example.com:80",
+                "api.example.com:80",
+                "api.example.com",
+                HTTPS_DEFAULT,
+                false,
+            ),
+            (
+                "api.example.com:443",
+                "api.example.com:443",
+                "api.example.com",
+                8443,
+                false,
+            ),
+            // Leading zeros are the same number.
+            ("localhost:08080", "localhost:8080", "localhost", 8080, true),
+            (
+                "localhost:65535",
+                "localhost:65535",
+                "localhost",
+                65535,
+                true,
+            ),
+            ("localhost:1", "localhost:1", "localhost", 1, true),
+            // Without a port: every port, as before.
+            ("127.0.0.1", "127.0.0.1", "127.0.0.1", 8080, true),
+            ("127.0.0.1", "127.0.0.1", "127.0.0.1", 9, true),
+            ("[::1]", "::1", "::1", 8080, true),
+            (
+                "*.example.com",
+                "*.example.com",
+                "a.example.com",
+                8443,
+                true,
+            ),
+            ("*", "*", "anything.example", 1, true),
+        ];
+        for &(pattern, canonical, request_host, port, expected) in cases {
+            let p = host(pattern);
+            assert_eq!(p.as_str(), canonical, "{pattern}");
+            assert_eq!(
+                p.matches(request_host, port),
+                expected,
+                "{pattern} against {request_host} port {port}"
+            );
+            if expected {
+                assert!(p.matches_host_on_any_port(request_host), "{pattern}");
+            }
+        }
+        assert_eq!(host("[::1]:8080").port(), Some(8080));
+        assert_eq!(host("[::1]:8080").host(), "::1");
+        assert_eq!(host("::1").port(), None);
+        // An IPv6 address without brackets has no port: the last group is the address.
+        assert_eq!(host("::1:8080").port(), None);
+        assert!(host("::1:8080").matches("::1:8080", 443));
+    }
+
+    proptest::proptest! {
+        /// Every host shape with every port: the pattern reads back as written, matches
+        /// its own port on its host and no other port, and without the port matches all.
+        #[test]
+        fn a_port_matches_itself_only(
+            port in 1u16..=65535,
+            other in 1u16..=65535,
+            shape in 0usize..4,
+        ) {
+            let (pattern, request_host) = match shape {
+                0 => (format!("127.0.0.1:{port}"), "127.0.0.1"),
+                1 => (format!("[::1]:{port}"), "::1"),
+                2 => (format!("*.example.com:{port}"), "a.example.com"),
+                _ => (format!("api.example.com:{port}"), "api.example.com"),
+            };
+            let p = HostPattern::parse(&pattern).unwrap();
+            proptest::prop_assert_eq!(p.as_str(), pattern.as_str());
+            proptest::prop_assert_eq!(&HostPattern::parse(&p.to_string()).unwrap(), &p);
+            proptest::prop_assert!(p.matches(request_host, port));
+            proptest::prop_assert_eq!(p.matches(request_host, other), other == port);
+            let any_port = HostPattern::parse(p.host()).unwrap();
+            proptest::prop_assert!(any_port.matches(request_host, other));
+        }
+    }
+
+    #[test]
+    fn a_pattern_with_a_port_is_more_specific_than_without() {
+        for (with, without) in [
+            ("127.0.0.1:8080", "127.0.0.1"),
+            ("[::1]:8080", "::1"),
+            ("*.example.com:8443", "*.example.com"),
+        ] {
+            assert!(
+                host(with).specificity() > host(without).specificity(),
+                "{with}"
+            );
+        }
+        // The port breaks ties only: a longer suffix still beats a shorter one with a port.
+        assert!(host("*.eu.example.com").specificity() > host("*.example.com:8443").specificity());
+        assert!(host("api.example.com").specificity() > host("*.example.com:443").specificity());
+    }
+
+    #[test]
+    fn bad_ports_are_refused_naming_the_input() {
+        let cases = [
+            ("127.0.0.1:0", "port 0"),
+            ("[::1]:0", "port 0"),
+            ("127.0.0.1:65536", "above 65535"),
+            ("127.0.0.1:99999999999999999999", "above 65535"),
+            ("127.0.0.1:80a", "digits only"),
+            ("127.0.0.1:+80", "digits only"),
+            ("127.0.0.1:-1", "digits only"),
+            ("127.0.0.1:", "empty"),
+            ("[::1]:", "empty"),
+            ("[::1]:http", "digits only"),
+            ("[::1]x", "only a ':' and a port"),
+            ("[::1", "no closing ']'"),
+            ("*:8080", "takes no port"),
+            ("*:", "takes no port"),
+            (":8080", "no host before the port"),
+            ("a.example.com:80:90", "brackets"),
+            ("[::1]:80:90", "digits only"),
+            ("*.example.com:0", "port 0"),
+            ("a.*.com:80", "'*'"),
+            ("bücher.de:80", "punycode"),
+        ];
+        for (input, hint) in cases {
+            match HostPattern::parse(input) {
+                Err(err @ PatternError::Host(..)) => {
+                    let text = err.to_string();
+                    assert!(text.contains(hint), "{input:?}: {text}");
+                    assert!(text.contains(&format!("{input:?}")), "{input:?}: {text}");
+                    assert!(!text.contains('\n'), "{input:?}: one line: {text}");
+                }
+                other => panic!("{input:?} gave {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -495,8 +805,6 @@ mod tests {
             ("api .example.com", "whitespace"),
             ("https://api.example.com", "scheme"),
             ("api.example.com/v1", "path"),
-            ("api.example.com:443", "port"),
-            ("[::1]:443", "port"),
             ("api.*.com", "'*'"),
             ("*example.com", "'*'"),
             ("*.*.example.com", "'*'"),
@@ -533,7 +841,17 @@ mod tests {
 
     #[test]
     fn host_round_trips_through_display() {
-        for p in ["*", "*.example.com", "api.example.com", "::1", "10.1.2.3"] {
+        for p in [
+            "*",
+            "*.example.com",
+            "api.example.com",
+            "::1",
+            "10.1.2.3",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "*.example.com:8443",
+            "api.example.com:443",
+        ] {
             assert_eq!(host(&host(p).to_string()), host(p));
         }
     }

@@ -423,7 +423,9 @@ pub fn parse_action(
 /// Whether a request the audit log recorded (agent, method, host, path) would match
 /// `rule` by its host, path, method and agent binding. Bodies are not kept, so a
 /// `body_contains` condition is not checked; expiry is not either (the preview asks
-/// what the rule would have matched).
+/// what the rule would have matched). Nor are ports: a row names the host without
+/// the port, so a rule for one port (`127.0.0.1:8080`) is previewed against the
+/// requests to every port of its host, more than it will match.
 pub fn rule_would_match(rule: &NewRule, row: &AuditRecord) -> bool {
     let entry = &row.entry;
     let (Some(host), Some(path), Some(method)) = (&entry.host, &entry.path, &entry.method) else {
@@ -440,7 +442,7 @@ pub fn rule_would_match(rule: &NewRule, row: &AuditRecord) -> bool {
         Some(agent) => entry.agent.as_deref() == Some(agent.as_str()),
     };
     agent_fits
-        && rule.host.matches(host)
+        && rule.host.matches_host_on_any_port(host)
         && rule.method.matches(&method)
         && rule
             .path

@@ -177,7 +177,17 @@ pub async fn start(
         .allow_local_upstream
         .iter()
         .map(|p| {
-            HostPattern::parse(p).map_err(|e| VaultError::AllowPattern(p.clone(), e.to_string()))
+            let pattern = HostPattern::parse(p)
+                .map_err(|e| VaultError::AllowPattern(p.clone(), e.to_string()))?;
+            // The addresses a name resolves to are checked without the port the
+            // request goes to, so a port here would read as a narrowing it is not.
+            if pattern.port().is_some() {
+                return Err(VaultError::AllowPattern(
+                    p.clone(),
+                    "it names a port, but local upstreams are allowed by host, on every port; remove the port".into(),
+                ));
+            }
+            Ok(pattern)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let guard = Arc::new(NetGuard::new(allowed).with_fixed_addresses(&config.upstream_resolve));

@@ -71,7 +71,11 @@ impl NetGuard {
 
     /// Whether `host` (as the request names it) may resolve to local addresses.
     pub fn host_allowed_local(&self, host: &str) -> bool {
-        self.allowed.iter().any(|p| p.matches(host))
+        // The patterns name no port (the gateway refuses one at start): the resolver
+        // that asks is not told the port.
+        self.allowed
+            .iter()
+            .any(|p| p.matches_host_on_any_port(host))
     }
 
     /// Whether `ip` (in any spelling) is one of this machine's interface addresses.

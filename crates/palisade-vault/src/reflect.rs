@@ -10,6 +10,14 @@
 //! frames of a WebSocket to such a host; the first occurrence in a response writes a
 //! `secret.reflected` audit row naming the secret.
 //!
+//! Which responses are searched is decided by host alone, not by port, although a
+//! secret whose host pattern names a port (`127.0.0.1:8080`) is injected on that port
+//! only. The services on the other ports of a host are often the same application's
+//! (its admin console, its log viewer, a debugging proxy in front of it) and may show
+//! what the service on the secret's port received; searching their responses too
+//! costs an `Accept-Encoding: identity` and a search, and masks nothing but the
+//! secret's own spellings, while narrowing by port would pass such an echo on.
+//!
 //! The body is searched as it streams: a chunk that ends with the start of a spelling
 //! keeps those bytes back until the next chunk shows whether the spelling completes
 //! (or the body ends). The search itself is aho-corasick's; the streaming around it is

@@ -115,16 +115,16 @@ impl Snapshot {
     }
 
     /// What to search responses from `host` for: every secret the gateway sends to that
-    /// host, whichever agent and path it is granted for, whether or not this request
-    /// carried one. (An upstream may keep what one request carried and show it to a
-    /// later one that carried nothing: a request bin, a log viewer, a path outside the
-    /// secret's path pattern, or another agent.)
+    /// host, on any of its ports, whichever agent and path it is granted for, whether
+    /// or not this request carried one. (An upstream may keep what one request carried
+    /// and show it to a later one that carried nothing: a request bin, a log viewer, a
+    /// path outside the secret's path pattern, or another agent.) The port is left out
+    /// on purpose, see [`crate::reflect`]: a secret for `127.0.0.1:8080` is searched
+    /// for in responses from `127.0.0.1:9090` too.
     pub fn masking_for(&self, host: &str) -> Option<Arc<Reflection>> {
-        let mut sent = self
-            .policy
-            .secrets()
-            .iter()
-            .filter(|s| self.reflections.contains_key(&s.id) && s.host.matches(host));
+        let mut sent = self.policy.secrets().iter().filter(|s| {
+            self.reflections.contains_key(&s.id) && s.host.matches_host_on_any_port(host)
+        });
         let first = sent.next()?;
         let Some(second) = sent.next() else {
             // The common case: one secret for the host, its spellings ready.

@@ -672,6 +672,78 @@ async fn agents_are_created_changed_and_deleted_with_the_clis_checks() {
     web.stop().await;
 }
 
+/// The secret and rule forms take a host pattern with a port, keep it, and show it;
+/// a bad port gets the shared code's one line naming what was typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_and_rule_forms_take_a_port() {
+    let web = Web::start(false).await;
+    let to = web
+        .post_ok(
+            "/vault/secrets",
+            &[
+                ("name", "local-llm"),
+                ("host_pattern", "[::1]:8080"),
+                ("inject", "bearer"),
+                ("agent", "helper"),
+                ("value", VALUE),
+            ],
+        )
+        .await;
+    assert_eq!(to, "/vault/secrets/local-llm?saved=created");
+    assert_eq!(
+        web.store.get_secret("local-llm").unwrap().host_pattern,
+        "[::1]:8080"
+    );
+    assert!(web
+        .page("/vault/secrets/local-llm")
+        .await
+        .contains("[::1]:8080"));
+    assert!(web.page("/vault").await.contains("[::1]:8080"));
+    let refused = web
+        .post_refused(
+            "/vault/secrets",
+            &[
+                ("name", "x"),
+                ("host_pattern", "127.0.0.1:0"),
+                ("inject", "bearer"),
+                ("value", VALUE),
+            ],
+        )
+        .await;
+    assert!(
+        refused.contains("127.0.0.1:0") && refused.contains("port 0"),
+        "{refused}"
+    );
+
+    web.post_ok(
+        "/vault/rules",
+        &[
+            ("name", "no-console"),
+            ("host_pattern", "*.example.com:8443"),
+            ("action", "block"),
+            ("intent", "save"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        web.store.get_rule("no-console").unwrap().host_pattern,
+        "*.example.com:8443"
+    );
+    let refused = web
+        .post_refused(
+            "/vault/rules",
+            &[
+                ("name", "other"),
+                ("host_pattern", "*:8443"),
+                ("action", "block"),
+                ("intent", "save"),
+            ],
+        )
+        .await;
+    assert!(refused.contains("takes no port"), "{refused}");
+    assert_eq!(web.store.list_rules().unwrap().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_written_only_never_shown_and_changes_ask_first() {
     let web = Web::start(false).await;
@@ -1153,7 +1225,11 @@ async fn first_run_stores_the_key_in_the_vault_and_picks_the_newest_model() {
         "the newest of the family, not the newest model"
     );
     let secret = web.store.get_secret("anthropic").unwrap();
-    assert_eq!(secret.host_pattern, "localhost");
+    // With the base URL's port: the key goes to that server, not every local service.
+    assert_eq!(
+        secret.host_pattern,
+        format!("localhost:{}", upstream.port())
+    );
     assert_eq!(secret.agents, vec![AgentName::new("helper").unwrap()]);
     // The list was asked through the vault, which injected the key.
     let listed: Vec<_> = upstream

@@ -641,7 +641,8 @@ fn random_input_never_panics() {
         let text = String::from_utf8_lossy(&body);
         let _ = mail::decode_encoded_words(&text);
         if let Ok(pattern) = palisade_policy::pattern::HostPattern::parse(&junk_path) {
-            let _ = pattern.matches(&text);
+            let _ = pattern.matches(&text, u16::try_from(body.len()).unwrap_or(443));
+            let _ = pattern.matches_host_on_any_port(&text);
         }
         if let (Ok(pattern), Ok(path)) = (
             palisade_policy::pattern::PathPattern::parse(&junk_path),

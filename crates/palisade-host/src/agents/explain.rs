@@ -6,8 +6,22 @@
 use super::links::approval_words;
 use crate::HostError;
 use palisade_policy::dial::Dial;
-use palisade_policy::Profile;
+use palisade_policy::{HostPattern, Profile};
 use palisade_store::{AgentRecord, Store};
+
+/// The host of a secret's pattern without its port (said apart, [`port_words`]).
+fn host_words(pattern: &str) -> String {
+    HostPattern::parse(pattern).map_or_else(|_| pattern.to_string(), |p| p.host().to_string())
+}
+
+/// Which ports of its host a secret goes to, in words: on one address different ports
+/// are different services, so a person reading this should see which.
+fn port_words(pattern: &str) -> String {
+    match HostPattern::parse(pattern).ok().and_then(|p| p.port()) {
+        Some(port) => format!("on port {port} only"),
+        None => "on every port".to_string(),
+    }
+}
 
 /// The lines, in the order a person would ask about them.
 pub fn plain_words(store: &Store, agent: &AgentRecord) -> Result<Vec<String>, HostError> {
@@ -30,11 +44,12 @@ pub fn plain_words(store: &Store, agent: &AgentRecord) -> Result<Vec<String>, Ho
     }
     for secret in &granted {
         lines.push(format!(
-            "The vault injects {}{} for {}{} ({}).",
+            "The vault injects {}{} for {}{} {} ({}).",
             secret.name,
             if secret.sensitive { " (sensitive)" } else { "" },
-            secret.host_pattern,
+            host_words(&secret.host_pattern),
             secret.path_pattern.as_deref().unwrap_or(""),
+            port_words(&secret.host_pattern),
             secret.injection
         ));
     }

@@ -280,6 +280,8 @@ fn approval_for(
         "method": parts.method.as_str(),
         "url": url,
         "host": target.host,
+        // An "always" grant names this port only (another port is another service).
+        "port": target.port,
         "path": held.path.as_str(),
         "headers": redacted_headers(&parts.headers),
         "bodyPreview": String::from_utf8_lossy(view).chars().take(BODY_PREVIEW_CHARS).collect::<String>(),

@@ -246,6 +246,7 @@ fn facts<'a>(
         opens_stream: parts.version == http::Version::HTTP_11
             && crate::respond::is_websocket_upgrade(&parts.headers),
         host: &target.host,
+        port: target.port,
         path,
         body: None,
         now_ms: palisade_store::now_ms(),

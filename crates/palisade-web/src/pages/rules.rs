@@ -196,7 +196,7 @@ fn form_body(
                 div.form-grid {
                     (forms::text("Name", "name", &form.name, "e.g. ask-before-send (not all digits)"))
                     (forms::select("Action", "action", &action_options, if form.action.is_empty() { "block" } else { &form.action }, ""))
-                    (forms::text("Host", "host_pattern", &form.host_pattern, "exact, *.example.com, or * for every host"))
+                    (forms::text("Host", "host_pattern", &form.host_pattern, "exact, *.example.com, or * for every host; add :PORT (127.0.0.1:8080) for that port only"))
                     (forms::text("Path", "path_pattern", &form.path_pattern, "empty: every path; /v1/messages, /v1/*, /users/*/send"))
                     (forms::text("Method", "method", &form.method, "GET, POST, … (empty: any)"))
                     (forms::select("Agent", "agent", &agent_options, &form.agent, ""))

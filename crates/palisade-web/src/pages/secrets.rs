@@ -121,7 +121,7 @@ fn new_body(
                 (layout::csrf_field(state))
                 div.form-grid {
                     (forms::text("Name", "name", &form.name, "e.g. github-token (letters, digits, '-', '_', '.')"))
-                    (forms::text("Host", "host_pattern", &form.host_pattern, "exact (api.example.com) or *.example.com"))
+                    (forms::text("Host", "host_pattern", &form.host_pattern, "exact (api.example.com) or *.example.com; add :PORT (127.0.0.1:8080) to send it on that port only"))
                     (forms::text("Path", "path_pattern", &form.path_pattern, "empty: every path; exact (/v1/messages) or a prefix (/v1/*)"))
                     label.field {
                         span.label { "Injection" }

@@ -13,6 +13,11 @@ Examples:
   palisade rules create --name ask-before-send --host-pattern gmail.googleapis.com --method POST --action require_approval
   palisade rules create --name no-pastebin --host-pattern '*.pastebin.com' --action block --scope org
   palisade rules create --name github-today --host-pattern api.github.com --action allow --agent mailer --expires 8h
+  palisade rules create --name no-db-console --host-pattern 127.0.0.1:5984 --action block
+
+A host pattern with a port (127.0.0.1:5984, [::1]:8080, *.example.com:8443) matches
+requests to that port only (a request that names no port goes to 443 for https, 80 for
+http); one without a port matches every port of its host.
 
 Rules are evaluated highest --priority first; the first match decides. Org-scoped rules
 are the outer boundary: a user rule can never allow what an org rule blocks.";
@@ -63,7 +68,8 @@ pub struct CreateArgs {
     /// A unique name for the rule (not all digits).
     #[arg(long)]
     name: String,
-    /// Host: exact (`api.example.com`), `*.example.com`, or `*` for every host.
+    /// Host: exact (`api.example.com`), `*.example.com`, or `*` for every host; with a
+    /// port (`127.0.0.1:8080`, `[::1]:8080`) only requests to that port match.
     #[arg(long, value_name = "PATTERN")]
     host_pattern: String,
     /// Path: exact (`/v1/messages`), a prefix (`/v1/*`), `*` matching one segment inside.
@@ -110,7 +116,8 @@ pub struct EditArgs {
     /// A new name.
     #[arg(long)]
     name: Option<String>,
-    /// Host: exact (`api.example.com`), `*.example.com`, or `*` for every host.
+    /// Host: exact (`api.example.com`), `*.example.com`, or `*` for every host; with a
+    /// port (`127.0.0.1:8080`, `[::1]:8080`) only requests to that port match.
     #[arg(long, value_name = "PATTERN")]
     host_pattern: Option<String>,
     /// A path pattern, or `any` to match every path.

@@ -16,6 +16,12 @@ Examples:
   palisade secrets create --name claude --host-pattern api.anthropic.com --inject anthropic --agent mailer --value-file key.txt
   palisade secrets create --name gh --host-pattern api.github.com --inject 'header:Authorization:token {value}' --agent coder
   palisade secrets create --name tg --host-pattern api.telegram.org --inject 'path-template:/bot{value}/' --agent notifier
+  palisade secrets create --name local-llm --host-pattern 127.0.0.1:8080 --path-pattern '/v1/*' --inject bearer --agent coder < key.txt
+
+A host pattern with a port (127.0.0.1:8080, [::1]:8080, *.example.com:8443) is sent on
+that port only (a request that names no port goes to 443 for https, 80 for http); one
+without a port is sent on every port of its host. On 127.0.0.1 every port is another
+service: give the port.
 
 The value is read from --value-file, or else from stdin (prompted without echo on a
 terminal). One trailing newline is removed. Values are never accepted as arguments.";
@@ -69,7 +75,9 @@ pub struct CreateArgs {
     /// A unique name for the secret.
     #[arg(long)]
     name: String,
-    /// Host the secret is sent to: exact (`api.example.com`) or `*.example.com`.
+    /// Host the secret is sent to: exact (`api.example.com`) or `*.example.com`, with a
+    /// port to send it on that port only (`127.0.0.1:8080`, `[::1]:8080`); without one,
+    /// on every port.
     #[arg(long, value_name = "PATTERN")]
     host_pattern: String,
     /// Only inject on these paths: exact (`/v1/messages`) or a prefix (`/v1/*`).
