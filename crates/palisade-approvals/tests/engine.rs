@@ -70,6 +70,17 @@ fn world() -> World {
 }
 
 fn held_send(world: &World, path: &str) -> String {
+    held_send_on(world, path, None)
+}
+
+/// A held Gmail send, its context naming `port` if given.
+fn held_send_on(world: &World, path: &str, port: Option<u16>) -> String {
+    let mut context = serde_json::json!({
+        "method": "POST", "host": "gmail.googleapis.com", "path": path, "rule": "ask-gmail",
+    });
+    if let Some(port) = port {
+        context["port"] = port.into();
+    }
     world
         .engine
         .request(NewRequest {
@@ -80,15 +91,31 @@ fn held_send(world: &World, path: &str) -> String {
                 lines: vec![],
                 detail: String::new(),
             },
-            context: serde_json::json!({
-                "method": "POST", "host": "gmail.googleapis.com", "path": path, "rule": "ask-gmail",
-            }),
+            context,
             timeout: Duration::from_secs(600),
             holder: Some(Holder::this_process()),
             request_key: None,
         })
         .unwrap()
         .id
+}
+
+/// Ana decides `id` with `choice`, which grants a rule: the decision and the rule.
+fn granted(
+    world: &World,
+    id: &str,
+    choice: Choice,
+) -> (palisade_store::Approval, palisade_store::RuleRecord) {
+    let decided = world.engine.decide(id, &ana(), choice, None).unwrap();
+    let rule = decided.granted_rule.clone().expect("a grant rule");
+    let record = world
+        .store
+        .list_rules()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.name == rule)
+        .unwrap();
+    (decided, record)
 }
 
 fn verdict(world: &World, path: &str, at_ms: i64) -> &'static str {
@@ -208,35 +235,8 @@ fn the_first_of_many_racing_decisions_wins() {
 fn always_allowing_a_request_to_one_port_allows_that_port_only() {
     let w = world();
     let sent = "/gmail/v1/users/me/messages/send";
-    let id = w
-        .engine
-        .request(NewRequest {
-            kind: ApprovalKind::CredentialUse,
-            agent: agent("mailer"),
-            summary: Summary {
-                title: "Send e-mail".into(),
-                lines: vec![],
-                detail: String::new(),
-            },
-            context: serde_json::json!({
-                "method": "POST", "host": "gmail.googleapis.com", "port": 8443,
-                "path": sent, "rule": "ask-gmail",
-            }),
-            timeout: Duration::from_secs(600),
-            holder: Some(Holder::this_process()),
-            request_key: None,
-        })
-        .unwrap()
-        .id;
-    let decided = w.engine.decide(&id, &ana(), Choice::Always, None).unwrap();
-    let rule = decided.granted_rule.clone().expect("a grant rule");
-    let record = w
-        .store
-        .list_rules()
-        .unwrap()
-        .into_iter()
-        .find(|r| r.name == rule)
-        .unwrap();
+    let id = held_send_on(&w, sent, Some(8443));
+    let (_, record) = granted(&w, &id, Choice::Always);
     assert_eq!(record.host_pattern, "gmail.googleapis.com:8443");
     let now = w.clock.now_ms();
     assert_eq!(verdict_on(&w, sent, 8443, now), "allow");
@@ -255,15 +255,7 @@ fn approve_for_an_hour_grants_exactly_that_request_until_the_hour_is_over() {
     let start = w.clock.now_ms();
     assert_eq!(verdict(&w, sent, start), "ask");
     let id = held_send(&w, sent);
-    let decided = w.engine.decide(&id, &ana(), Choice::ForHour, None).unwrap();
-    let rule = decided.granted_rule.clone().expect("a grant rule");
-    let record = w
-        .store
-        .list_rules()
-        .unwrap()
-        .into_iter()
-        .find(|r| r.name == rule)
-        .unwrap();
+    let (decided, record) = granted(&w, &id, Choice::ForHour);
     assert_eq!(record.action, "allow");
     assert_eq!(record.host_pattern, "gmail.googleapis.com");
     assert_eq!(record.path_pattern.as_deref(), Some(sent));

@@ -1695,6 +1695,14 @@ fn assert_all_ended(client: &mut Interactive, kinds: &[&str]) {
     }
 }
 
+/// What [`LONG_CONNECTIONS_CLIENT`] opens for the revocation tests.
+const LONG_CONNECTION_KINDS: [&str; 4] = [
+    "websocket",
+    "tunnel-stream",
+    "listener-stream",
+    "idle-tunnel",
+];
+
 /// A rotated token ends at once whatever was opened with it and sends no next request:
 /// a WebSocket after its handshake, a stream in a tunnel or asked for on the TCP
 /// listener, an idle HTTP/1.1 tunnel. Another agent's WebSocket stays open, and the new
@@ -1706,12 +1714,7 @@ fn a_rotated_token_ends_the_websockets_streams_and_tunnels_opened_with_it() {
     let attack = Attack::start(&["-v"]);
     let token = attack.setup.agent("probe");
     let bystander = attack.setup.agent("bystander");
-    let kinds = [
-        "websocket",
-        "tunnel-stream",
-        "listener-stream",
-        "idle-tunnel",
-    ];
+    let kinds = LONG_CONNECTION_KINDS;
     let open = kinds.join(",");
     let mut client = Interactive::start(
         &attack,
@@ -1772,12 +1775,7 @@ fn a_deleted_agent_loses_its_open_websockets_streams_and_tunnels() {
     let socket = attack.setup.palisade.home().join("run/agents/probe.sock");
     wait_until(Duration::from_secs(10), || socket.exists());
     let socket = socket.to_str().expect("UTF-8 path").to_string();
-    let kinds = [
-        "websocket",
-        "tunnel-stream",
-        "listener-stream",
-        "idle-tunnel",
-    ];
+    let kinds = LONG_CONNECTION_KINDS;
     let open = kinds.join(",");
     let mut by_socket = Interactive::start(
         &attack,
