@@ -255,7 +255,7 @@ fn approve_for_an_hour_grants_exactly_that_request_until_the_hour_is_over() {
     let start = w.clock.now_ms();
     assert_eq!(verdict(&w, sent, start), "ask");
     let id = held_send(&w, sent);
-    let (decided, record) = granted(&w, &id, Choice::ForHour);
+    let (_, record) = granted(&w, &id, Choice::ForHour);
     assert_eq!(record.action, "allow");
     assert_eq!(record.host_pattern, "gmail.googleapis.com");
     assert_eq!(record.path_pattern.as_deref(), Some(sent));
