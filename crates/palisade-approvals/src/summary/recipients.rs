@@ -28,35 +28,69 @@ const ENTRY_CHARS: usize = 160;
 const NAME_CHARS: usize = 40;
 /// Domains where anyone can open an address: grouping by them tells nothing of who
 /// the recipients are.
-const PUBLIC_MAIL_DOMAINS: [&str; 27] = [
-    "gmail.com",
-    "googlemail.com",
-    "outlook.com",
-    "hotmail.com",
-    "live.com",
-    "msn.com",
-    "yahoo.com",
-    "ymail.com",
-    "icloud.com",
+const PUBLIC_MAIL_DOMAINS: [&str; 20] = [
     "me.com",
     "mac.com",
-    "aol.com",
-    "proton.me",
-    "protonmail.com",
     "pm.me",
-    "gmx.com",
-    "gmx.de",
-    "gmx.net",
-    "web.de",
+    "proton.me",
     "mail.com",
-    "yandex.com",
-    "yandex.ru",
-    "mail.ru",
     "zoho.com",
     "fastmail.com",
     "qq.com",
     "163.com",
+    "126.com",
+    "naver.com",
+    "posteo.de",
+    "mailbox.org",
+    "tutanota.com",
+    "t-online.de",
+    "orange.fr",
+    "libero.it",
+    "seznam.cz",
+    "comcast.net",
+    "mail.ru",
 ];
+/// Providers whose public mail lives under many country domains (`yahoo.co.uk`,
+/// `hotmail.fr`, `gmx.at`): a domain whose name before its public suffix is one of
+/// these counts as public mail.
+const PUBLIC_MAIL_PROVIDERS: [&str; 15] = [
+    "gmail",
+    "googlemail",
+    "outlook",
+    "hotmail",
+    "live",
+    "msn",
+    "yahoo",
+    "ymail",
+    "icloud",
+    "aol",
+    "protonmail",
+    "gmx",
+    "web",
+    "yandex",
+    "rambler",
+];
+
+/// Whether anyone can get an address at `domain` (lower case).
+fn public_mail(domain: &str) -> bool {
+    if PUBLIC_MAIL_DOMAINS.contains(&domain) {
+        return true;
+    }
+    // The provider's name, then a country or generic suffix of one or two short labels
+    // (`com`, `de`, `co.uk`, `com.br`).
+    let labels: Vec<&str> = domain.split('.').collect();
+    let provider_at = |index: usize| {
+        labels
+            .get(index)
+            .is_some_and(|label| PUBLIC_MAIL_PROVIDERS.contains(label))
+    };
+    let short = |label: &&str| (2..=3).contains(&label.len());
+    match labels.len() {
+        2 => provider_at(0) && short(&labels[1]),
+        3 => provider_at(0) && labels[1..].iter().all(short),
+        _ => false,
+    }
+}
 /// An address is shortened past this, keeping its domain.
 const ADDRESS_CHARS: usize = 100;
 /// The end of a domain is kept when it is longer: `evil.com` is at its end.
@@ -298,7 +332,7 @@ fn wrapped(label: &str, name: &str, entries: &[String]) -> Vec<String> {
 fn count_at(count: usize, domain: &str) -> String {
     if domain.is_empty() {
         format!("{count} without a domain")
-    } else if PUBLIC_MAIL_DOMAINS.contains(&domain) {
+    } else if public_mail(domain) {
         format!("{count} at {domain} (public mail: {count} different people)")
     } else {
         format!("{count} at {domain}")
@@ -503,6 +537,24 @@ mod tests {
             shown,
             ["Cc (90 addresses at 1 domain): 90 at gmail.com (public mail: 90 different people)"]
         );
+        // The same providers under country domains, and others; not a look-alike.
+        for domain in [
+            "yahoo.co.uk",
+            "hotmail.fr",
+            "gmx.at",
+            "posteo.de",
+            "outlook.com.br",
+        ] {
+            assert!(public_mail(domain), "{domain}");
+        }
+        for domain in [
+            "example.com",
+            "gmail.evil.example",
+            "live.example.org",
+            "webshop.de",
+        ] {
+            assert!(!public_mail(domain), "{domain}");
+        }
     }
 
     #[test]
