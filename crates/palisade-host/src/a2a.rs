@@ -22,7 +22,7 @@ use crate::host::{HostInner, StreamEvent};
 use palisade_approvals::{ApprovalKind, NewRequest, Outcome};
 use palisade_policy::sanitize::{self, Options, Strictness};
 use palisade_policy::{AgentName, Profile};
-use palisade_store::{AuditEntry, InboundMessage, MessageOrigin, RateOutcome};
+use palisade_store::{AgentRecord, AuditEntry, InboundMessage, MessageOrigin, RateOutcome};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -141,8 +141,11 @@ async fn try_send(
         ));
     }
 
+    // Both agents as they are now: the receiver's strictness, and whether the message
+    // leaves an action agent's compartment for a research agent's.
+    let (sender, receiver) = (record(inner, &from).await, record(inner, &to).await);
     // Cleaned at the receiver's strictness, labelled with its origin.
-    let receiver_strictness = strictness(inner, &to).await;
+    let receiver_strictness = strictness(receiver.as_ref());
     let clean = sanitize::sanitize(
         text,
         &Options {
@@ -159,7 +162,7 @@ async fn try_send(
 
     // A person, where the allow-list asks for one, and always for what leaves an
     // action agent's compartment for a research agent.
-    let leaves_compartment = crosses_compartment(inner, &from, &to).await;
+    let leaves_compartment = crosses_compartment(sender.as_ref(), receiver.as_ref());
     let outbound = link.approve_outbound || leaves_compartment;
     for (wanted, inbound) in [(outbound, false), (link.approve_inbound, true)] {
         if !wanted {
@@ -240,9 +243,12 @@ async fn try_send(
             ASK_TIMEOUT.as_secs() / 60
         ));
     };
+    // Both agents read again: the wait may have lasted minutes, and what is in force
+    // now decides.
+    let (asker, asked) = (record(inner, &from).await, record(inner, &to).await);
     // Cleaned at the asking agent's strictness and labelled, an error as much as an
     // answer: its text comes from the other agent's model or model server.
-    let asker_strictness = strictness(inner, &from).await;
+    let asker_strictness = strictness(asker.as_ref());
     let clean_answer = sanitize::sanitize(
         &answer,
         &Options {
@@ -253,7 +259,7 @@ async fn try_send(
     .text;
     // What an action agent answers a research agent leaves its compartment: a person
     // sees it first, an error as much as an answer.
-    if crosses_compartment(inner, &to, &from).await {
+    if crosses_compartment(asked.as_ref(), asker.as_ref()) {
         let ask = Ask {
             owner: to.clone(),
             waiting: from.clone(),
@@ -388,7 +394,7 @@ async fn said(inner: &HostInner, reader: &AgentName, comment: Option<String>) ->
         return String::new();
     };
     let options = Options {
-        strictness: strictness(inner, reader).await,
+        strictness: strictness(record(inner, reader).await.as_ref()),
         max_chars: 1000,
     };
     format!(", saying: {}", sanitize::sanitize(&comment, &options).text)
@@ -398,30 +404,23 @@ async fn said(inner: &HostInner, reader: &AgentName, comment: Option<String>) ->
 /// compartment for a research agent's: a research agent holds no sensitive data, and
 /// what an action agent says may carry what its credentials fetched. An agent whose
 /// record cannot be read counts as crossing.
-async fn crosses_compartment(inner: &HostInner, sender: &AgentName, receiver: &AgentName) -> bool {
-    let profile = |name: &AgentName| {
-        let store = inner.store.clone();
-        let name = name.clone();
-        async move {
-            blocking(move || store.get_agent(&name))
-                .await
-                .ok()
-                .map(|record| record.profile)
-        }
-    };
-    let profiles = (profile(sender).await, profile(receiver).await);
+fn crosses_compartment(sender: Option<&AgentRecord>, receiver: Option<&AgentRecord>) -> bool {
     !matches!(
-        profiles,
+        (sender.map(|r| r.profile), receiver.map(|r| r.profile)),
         (Some(Profile::Research), _) | (_, Some(Profile::Action))
     )
 }
 
-async fn strictness(inner: &HostInner, agent: &AgentName) -> Strictness {
+/// An agent's record as stored now; `None` if it cannot be read.
+async fn record(inner: &HostInner, agent: &AgentName) -> Option<AgentRecord> {
     let store = inner.store.clone();
     let name = agent.clone();
-    blocking(move || store.get_agent(&name))
-        .await
-        .ok()
+    blocking(move || store.get_agent(&name)).await.ok()
+}
+
+/// How strictly messages for the agent of `record` are cleaned: its dial's setting.
+fn strictness(record: Option<&AgentRecord>) -> Strictness {
+    record
         .map(|record| palisade_policy::dial::Dial::from_settings(&record.settings).sanitize)
         // An agent that cannot be read is cleaned for most strictly.
         .unwrap_or(Strictness::Strict)
