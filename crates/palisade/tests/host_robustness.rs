@@ -9,7 +9,7 @@ mod host_fixture;
 use host_fixture::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn curl(args: &[&str]) -> std::process::Output {
     palisade_testkit::curl(args, Duration::from_secs(60))
@@ -164,7 +164,25 @@ fn malformed_frames_from_a_runner_end_it_and_the_message_is_retried_and_answered
         let mut sender = world
             .palisade
             .spawn(&["send", "--agent", "helper", &message]);
-        let deliver = read_frame(&mut runner);
+        // The idle runner is still being stopped just after that line, and while a
+        // runner is connected another is refused: connect again until its place is free.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let deliver = loop {
+            let frame = read_frame(&mut runner);
+            let refused = frame["type"] == "error"
+                && frame["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("already connected"));
+            if !refused {
+                break frame;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stopped runner's place stayed taken"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            runner = fake_runner(&world);
+        };
         assert_eq!(deliver["type"], "deliver", "{deliver}");
         assert_eq!(deliver["text"], message.as_str());
         let message_id = deliver["message_id"].as_i64().unwrap();
