@@ -7,7 +7,7 @@
 mod host_fixture;
 
 use host_fixture::*;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -92,6 +92,53 @@ fn read_frame(stream: &mut UnixStream) -> serde_json::Value {
     serde_json::from_slice(&payload).expect("frame JSON")
 }
 
+/// Whether `frame` is the host refusing a second runner for the agent.
+fn is_refusal(frame: &serde_json::Value) -> bool {
+    frame["type"] == "error"
+        && frame["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already connected"))
+}
+
+/// Connects a fake runner once the agent's place is free. While a runner is connected
+/// (or still being stopped) the host refuses another right after the hello; a runner
+/// it keeps hears nothing until there is work.
+fn fake_runner_when_free(world: &World) -> UnixStream {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut runner = fake_runner(world);
+        runner
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut length = [0u8; 4];
+        match runner.read(&mut length[..1]) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                runner
+                    .set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap();
+                return runner;
+            }
+            Ok(1) => {
+                runner
+                    .set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap();
+                runner.read_exact(&mut length[1..]).expect("frame length");
+                let mut payload = vec![0u8; u32::from_be_bytes(length) as usize];
+                runner.read_exact(&mut payload).expect("frame payload");
+                let frame: serde_json::Value =
+                    serde_json::from_slice(&payload).expect("frame JSON");
+                assert!(is_refusal(&frame), "{frame}");
+            }
+            other => panic!("the host closed the fake runner: {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stopped runner's place stayed taken"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Connects to the agent's host socket as a runner and says hello.
 fn fake_runner(world: &World) -> UnixStream {
     let socket = world.palisade.home().join("run/hosts/helper.sock");
@@ -156,32 +203,33 @@ fn malformed_frames_from_a_runner_end_it_and_the_message_is_retried_and_answered
             }),
         ),
     ];
-    for (round, (name, frame)) in cases.iter().enumerate() {
-        // The previous real runner went idle and was stopped.
-        wait_for_log(&host, "runner idle; stopping it", round + 1);
-        let mut runner = fake_runner(&world);
-        let message = format!("round {name}");
-        let mut sender = world
-            .palisade
-            .spawn(&["send", "--agent", "helper", &message]);
-        // The idle runner is still being stopped just after that line, and while a
-        // runner is connected another is refused: connect again until its place is free.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let deliver = loop {
+    for (name, frame) in &cases {
+        // The fake runner must be the one the message is delivered to. On a loaded
+        // machine the host can stop it as idle before `send` has queued the message (a
+        // real runner then answers that one), or refuse it while the previous runner is
+        // still being stopped: then the round starts again with a new message.
+        let mut attempt = 0;
+        let (mut runner, mut sender, deliver, message) = loop {
+            attempt += 1;
+            assert!(attempt <= 5, "{name}: the fake runner never got a message");
+            let mut runner = fake_runner_when_free(&world);
+            let message = format!("round {name} ({attempt})");
+            let mut sender = world
+                .palisade
+                .spawn(&["send", "--agent", "helper", &message]);
             let frame = read_frame(&mut runner);
-            let refused = frame["type"] == "error"
-                && frame["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("already connected"));
-            if !refused {
-                break frame;
+            if frame["type"] == "deliver" {
+                break (runner, sender, frame, message);
             }
             assert!(
-                Instant::now() < deadline,
-                "the stopped runner's place stayed taken"
+                frame["type"] == "shutdown" || is_refusal(&frame),
+                "{name}: {frame}"
             );
-            std::thread::sleep(Duration::from_millis(100));
-            runner = fake_runner(&world);
+            let status = sender
+                .wait_timeout(Duration::from_secs(120))
+                .unwrap()
+                .expect("send finished");
+            assert!(status.success(), "{name}: {}", sender.stderr());
         };
         assert_eq!(deliver["type"], "deliver", "{deliver}");
         assert_eq!(deliver["text"], message.as_str());
