@@ -340,12 +340,8 @@ impl Engine {
         if host.contains('*') || path.contains('*') {
             return Err(not_offered("its host or path contains `*`"));
         }
-        let host = match approval.context.get("port").map(|port| port.as_u64()) {
-            None => host,
-            Some(Some(port)) if host.contains(':') => format!("[{host}]:{port}"),
-            Some(Some(port)) => format!("{host}:{port}"),
-            Some(None) => return Err(not_offered("its recorded port is not a number")),
-        };
+        let host = host_with_port(&host, approval.context.get("port"))
+            .ok_or_else(|| not_offered("its recorded port is not a number"))?;
         let host =
             HostPattern::parse(&host).map_err(|_| not_offered("its host is not a plain name"))?;
         let path = PathPattern::parse(&path)
@@ -423,6 +419,19 @@ impl Engine {
             }
         }
         Ok(cancelled)
+    }
+}
+
+/// The host a rule for exactly one held request names: with the port the request went
+/// to, when the vault recorded one (another port of a host is another service), written
+/// as [`HostPattern`] reads it (`[::1]:8080`). None when the recorded port is not a
+/// number.
+pub(crate) fn host_with_port(host: &str, port: Option<&serde_json::Value>) -> Option<String> {
+    match port.map(serde_json::Value::as_u64) {
+        None => Some(host.to_string()),
+        Some(Some(port)) if host.contains(':') => Some(format!("[{host}]:{port}")),
+        Some(Some(port)) => Some(format!("{host}:{port}")),
+        Some(None) => None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Approval fatigue: from the approval history, the narrowest rules that would have
 //! spared a person the same approval again and again.
 //!
-//! A suggestion is made for a request (agent, method, host, path, as the vault
+//! A suggestion is made for a request (agent, method, host and port, path, as the vault
 //! recorded it) that people approved at least `min_approvals` times in the window and
 //! never denied: an `allow` rule for exactly that agent, method, host and path, one
 //! priority above the rule that held it, in that rule's layer — the same rule an
@@ -166,10 +166,14 @@ pub fn suggest(
         else {
             continue;
         };
+        // Approvals of the same path on another port were for another service.
+        let Some(host) = crate::engine::host_with_port(host, approval.context.get("port")) else {
+            continue;
+        };
         let key = (
             approval.agent.clone(),
             method.to_string(),
-            host.to_string(),
+            host,
             path.to_string(),
             rule.to_string(),
         );
@@ -423,6 +427,37 @@ mod tests {
         }
         let suggestions = suggest(&week, &[holding_rule()], NOW - 7 * DAY, 3);
         assert!(suggestions.is_empty(), "{suggestions:#?}");
+    }
+
+    #[test]
+    fn approvals_on_another_port_are_another_service() {
+        let mut week = Vec::new();
+        for (port, times) in [(8080u16, 4), (9090, 3)] {
+            for day in 0..times {
+                let mut approved = approval(
+                    week.len(),
+                    "mailer",
+                    "POST",
+                    "/send",
+                    ApprovalStatus::Approved,
+                    "Ana",
+                    day,
+                );
+                approved.context["host"] = "127.0.0.1".into();
+                approved.context["port"] = port.into();
+                week.push(approved);
+            }
+        }
+        let suggestions = suggest(&week, &[holding_rule()], NOW - 7 * DAY, 3);
+        let hosts: Vec<(&str, usize)> = suggestions
+            .iter()
+            .map(|s| (s.host.as_str(), s.approvals))
+            .collect();
+        assert_eq!(hosts, [("127.0.0.1:8080", 4), ("127.0.0.1:9090", 3)]);
+        assert_ne!(suggestions[0].rule_name, suggestions[1].rule_name);
+        let rule = suggestions[0].rule().unwrap();
+        assert!(rule.host.matches("127.0.0.1", 8080));
+        assert!(!rule.host.matches("127.0.0.1", 9090));
     }
 
     #[test]
