@@ -44,6 +44,58 @@ const CONTROL_SOCKET: &str = "control.sock";
 const CONTROL_SOCKET_INSIDE: &str = "/run/palisade/control.sock";
 /// The podman sandbox's seccomp profile, in the run directory.
 const SECCOMP_FILE: &str = "seccomp.json";
+/// The run directory's folder of OCI hooks (podman's `--hooks-dir`).
+const HOOKS_DIR: &str = "hooks";
+/// The shim's sole argument when podman runs it as the hook that bounds a container's
+/// kernel pools (see [`pools_hook`]).
+pub const POOLS_HOOK_FLAG: &str = "--oci-pools-hook";
+/// The most bytes of runtime state a hook reads.
+const MAX_HOOK_STATE: u64 = 1 << 16;
+
+/// The hook podman runs for every sandbox before its first process starts (the
+/// `createRuntime` stage: as the caller, in the engine's namespaces, with the
+/// container's mounts made): it gives the container's `/dev/pts` a maximum and its
+/// user namespace the same kernel-pool maxima as a bubblewrap sandbox (see pools.rs),
+/// which podman's own options cannot. Reads the runtime's state from stdin; a failure
+/// stops the container from starting. `name` starts the error line.
+pub fn pools_hook(name: &str) -> i32 {
+    use std::io::Read;
+    let mut state = String::new();
+    let bounded = std::io::stdin()
+        .take(MAX_HOOK_STATE)
+        .read_to_string(&mut state)
+        .map_err(|e| SandboxError::io("cannot read the runtime's state", e))
+        .and_then(|_| crate::pools::bound_oci_container(&state));
+    match bounded {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            1
+        }
+    }
+}
+
+/// Writes the hook definition that makes podman run [`pools_hook`] for this sandbox.
+fn write_pools_hook(workdir: &Workdir, spec: &SandboxSpec) -> Result<(), SandboxError> {
+    let dir = workdir.path(HOOKS_DIR);
+    std::fs::create_dir(&dir)
+        .map_err(|e| SandboxError::io(format!("cannot create {}", dir.display()), e))?;
+    let binary =
+        std::path::absolute(&spec.palisade_binary).unwrap_or_else(|_| spec.palisade_binary.clone());
+    let mut args = vec![binary.to_string_lossy().into_owned()];
+    args.extend(spec.shim_subcommand.iter().cloned());
+    args.push(POOLS_HOOK_FLAG.into());
+    let hook = serde_json::json!({
+        "version": "1.0.0",
+        "hook": {"path": binary, "args": args, "timeout": 30},
+        "when": {"always": true},
+        "stages": ["createRuntime"],
+    });
+    workdir.write(
+        &format!("{HOOKS_DIR}/palisade-pools.json"),
+        &hook.to_string(),
+    )
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OciTool {
@@ -196,6 +248,9 @@ impl Oci {
     ) -> Vec<String> {
         let mut args: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
+        if self.tool == OciTool::Podman {
+            push(&["--hooks-dir", &workdir.path(HOOKS_DIR).to_string_lossy()]);
+        }
         push(&["run", "--rm", "-i", "--name", name]);
         push(&["--label", &format!("{SANDBOX_LABEL}={}", spec.agent)]);
         push(&[
@@ -380,6 +435,7 @@ impl Runtime for Oci {
         let workdir = Workdir::create(&spec.ca_bundle)?;
         if self.tool == OciTool::Podman {
             workdir.write(SECCOMP_FILE, &crate::seccomp::podman_profile()?)?;
+            write_pools_hook(&workdir, spec)?;
             if nix::unistd::geteuid().is_root() {
                 let root = crate::ownership::Owner { uid: 0, gid: 0 };
                 crate::ownership::hand_over(&spec.workspace, root, rootful_agent_owner())?;

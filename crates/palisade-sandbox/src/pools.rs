@@ -19,7 +19,10 @@
 //! one) that only a process with `CAP_SYS_RESOURCE` in it may set. The parent owns
 //! the sandbox's namespace, so it sets them from a short-lived child that joins the
 //! namespace (`setns`), while bwrap's child waits to start the shim (see
-//! `bwrap.rs`'s `Gate`). Nothing in the sandbox holds a capability to raise them.
+//! `bwrap.rs`'s `Gate`). For podman, whose devpts options have no `ptmxmode`, a
+//! `createRuntime` hook does the same before the container's first process starts
+//! (see [`bound_oci_container`] and oci.rs). Nothing in the sandbox holds a capability
+//! to raise them.
 //!
 //! Hand-written: no crate sets another namespace's sysctls or reconfigures another
 //! namespace's mount, and this is two `setns`, an `open` and a `write` per file, and an
@@ -44,21 +47,26 @@ pub(crate) const PER_SANDBOX: [(&str, u64); 4] = [
 /// `script` sessions, a fiftieth of the machine's shared pool by default.
 pub(crate) const PTYS_PER_SANDBOX: u32 = 64;
 
+/// The group podman gives the terminals of a container's `/dev/pts` (`tty`).
+const OCI_TERMINAL_GROUP: u32 = 5;
+
 /// The options the sandbox's `/dev/pts` is reconfigured with. A reconfiguration sets
-/// every option anew, so these repeat what bwrap mounts it with (`mode=620`,
-/// `ptmxmode=0666`) beside the maximum.
-fn devpts_options() -> [(CString, CString); 3] {
+/// every option anew, so these repeat what the runtime mounts it with (`mode=620`,
+/// `ptmxmode=0666`, and podman's `gid`) beside the maximum.
+fn devpts_options(gid: Option<u32>) -> Vec<(CString, CString)> {
     let option = |key: &str, value: String| {
         (
             CString::new(key).expect("no NUL in a constant"),
             CString::new(value).expect("no NUL in a number"),
         )
     };
-    [
+    let mut options = vec![
         option("mode", "620".into()),
         option("ptmxmode", "666".into()),
         option("max", PTYS_PER_SANDBOX.to_string()),
-    ]
+    ];
+    options.extend(gid.map(|gid| option("gid", gid.to_string())));
+    options
 }
 
 /// Sets [`PER_SANDBOX`] in the user namespace of process `pid` (skipping maxima this
@@ -71,53 +79,114 @@ fn devpts_options() -> [(CString, CString); 3] {
 /// `pid` must be a child of `parent` (bwrap's own process) once its namespaces are
 /// open, so they are the sandbox's even if that process died and its pid was reused.
 pub(crate) fn bound(pid: i32, parent: u32) -> Result<(), SandboxError> {
-    let namespace = std::fs::File::open(format!("/proc/{pid}/ns/user"))
-        .map_err(|e| SandboxError::io("cannot open the sandbox's user namespace", e))?;
-    let mounts = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
-        .map_err(|e| SandboxError::io("cannot open the sandbox's mount namespace", e))?;
+    let namespaces = Namespaces::of(pid)?;
     if !child_of(pid, parent) {
         return Err(SandboxError::Start(
             "the sandbox's process ended before its kernel pools were bounded".into(),
         ));
     }
-    let mounts_owner = owner_of(&mounts)?;
-    let settings: Vec<(&str, CString, String)> = PER_SANDBOX
-        .iter()
-        .map(|(name, value)| (*name, format!("/proc/sys/user/{name}"), value.to_string()))
-        .filter(|(_, path, _)| std::path::Path::new(path).exists())
-        .filter_map(|(name, path, value)| Some((name, CString::new(path).ok()?, value)))
-        .collect();
-    let fd = namespace.as_raw_fd();
-    // SAFETY: the child makes only system calls (setns, open, write, close).
-    match in_child(|| unsafe { set_maxima(fd, &settings) })? {
-        0 => {}
-        1 => {
-            return Err(SandboxError::Start(
+    // Joining a mount namespace moves a process to its root: bwrap's is the sandbox's.
+    namespaces.bound(c"/dev/pts", &devpts_options(None))
+}
+
+/// What an OCI runtime tells a hook about the container (its state, on stdin).
+#[derive(serde::Deserialize)]
+struct ContainerState {
+    pid: i32,
+    bundle: std::path::PathBuf,
+}
+
+/// As [`bound`], for a podman container, from a `createRuntime` hook: podman's devpts
+/// takes no maximum and no `ptmxmode` (and the agent is not root in it), and the hook
+/// runs as the caller, in the engine's namespaces, while the container's first process
+/// waits with its mounts made and its root not yet switched (so its `/dev/pts` is
+/// under the bundle's root path). `state` is the runtime's state JSON.
+pub fn bound_oci_container(state: &str) -> Result<(), SandboxError> {
+    let bad_state = |what: String| SandboxError::Start(format!("the runtime's state: {what}"));
+    let state: ContainerState =
+        serde_json::from_str(state).map_err(|e| bad_state(format!("unreadable ({e})")))?;
+    let config = std::fs::read_to_string(state.bundle.join("config.json"))
+        .map_err(|e| SandboxError::io("cannot read the container's config.json", e))?;
+    let root = serde_json::from_str::<serde_json::Value>(&config)
+        .ok()
+        .and_then(|config| {
+            config["root"]["path"]
+                .as_str()
+                .map(std::path::PathBuf::from)
+        })
+        .ok_or_else(|| bad_state("config.json names no root path".into()))?;
+    let devpts = CString::new(
+        state
+            .bundle
+            .join(root)
+            .join("dev/pts")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .map_err(|_| bad_state("the root path holds a NUL".into()))?;
+    Namespaces::of(state.pid)?.bound(&devpts, &devpts_options(Some(OCI_TERMINAL_GROUP)))
+}
+
+/// A sandbox's user and mount namespaces, opened.
+struct Namespaces {
+    user: std::fs::File,
+    mounts: std::fs::File,
+}
+
+impl Namespaces {
+    fn of(pid: i32) -> Result<Namespaces, SandboxError> {
+        Ok(Namespaces {
+            user: std::fs::File::open(format!("/proc/{pid}/ns/user"))
+                .map_err(|e| SandboxError::io("cannot open the sandbox's user namespace", e))?,
+            mounts: std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
+                .map_err(|e| SandboxError::io("cannot open the sandbox's mount namespace", e))?,
+        })
+    }
+
+    /// Sets [`PER_SANDBOX`] in the user namespace, and `devpts` on the terminals'
+    /// filesystem mounted at `pts` (a path in the mount namespace).
+    fn bound(
+        &self,
+        pts: &std::ffi::CStr,
+        devpts: &[(CString, CString)],
+    ) -> Result<(), SandboxError> {
+        let (namespace, mounts) = (&self.user, &self.mounts);
+        let mounts_owner = owner_of(mounts)?;
+        let settings: Vec<(&str, CString, String)> = PER_SANDBOX
+            .iter()
+            .map(|(name, value)| (*name, format!("/proc/sys/user/{name}"), value.to_string()))
+            .filter(|(_, path, _)| std::path::Path::new(path).exists())
+            .filter_map(|(name, path, value)| Some((name, CString::new(path).ok()?, value)))
+            .collect();
+        let fd = namespace.as_raw_fd();
+        // SAFETY: the child makes only system calls (setns, open, write, close).
+        match in_child(|| unsafe { set_maxima(fd, &settings) })? {
+            0 => {}
+            1 => return Err(SandboxError::Start(
                 "cannot join the sandbox's user namespace to bound its inotify and fanotify pools"
                     .into(),
-            ))
+            )),
+            code => {
+                let name = settings
+                    .get(usize::try_from(code % 100).unwrap_or(usize::MAX))
+                    .map_or("?", |(name, _, _)| *name);
+                return Err(SandboxError::Start(format!(
+                    "cannot set user.{name} in the sandbox's user namespace"
+                )));
+            }
         }
-        code => {
-            let name = settings
-                .get(usize::try_from(code % 100).unwrap_or(usize::MAX))
-                .map_or("?", |(name, _, _)| *name);
-            return Err(SandboxError::Start(format!(
-                "cannot set user.{name} in the sandbox's user namespace"
-            )));
-        }
-    }
-    let devpts = devpts_options();
-    let (owner_fd, mounts_fd) = (mounts_owner.as_raw_fd(), mounts.as_raw_fd());
-    // SAFETY: the child makes only system calls (setns, fspick, fsconfig, close).
-    match in_child(|| unsafe { bound_terminals(owner_fd, mounts_fd, &devpts) })? {
-        0 => Ok(()),
-        1 | 2 => Err(SandboxError::Start(
-            "cannot join the sandbox's mount namespace to bound its pseudo-terminals".into(),
-        )),
-        code => Err(SandboxError::Start(format!(
-            "cannot give the sandbox's /dev/pts a maximum of {PTYS_PER_SANDBOX} terminals \
+        let (owner_fd, mounts_fd) = (mounts_owner.as_raw_fd(), mounts.as_raw_fd());
+        // SAFETY: the child makes only system calls (setns, fspick, fsconfig, close).
+        match in_child(|| unsafe { bound_terminals(owner_fd, mounts_fd, pts, devpts) })? {
+            0 => Ok(()),
+            1 | 2 => Err(SandboxError::Start(
+                "cannot join the sandbox's mount namespace to bound its pseudo-terminals".into(),
+            )),
+            code => Err(SandboxError::Start(format!(
+                "cannot give the sandbox's /dev/pts a maximum of {PTYS_PER_SANDBOX} terminals \
              (step {code})"
-        ))),
+            ))),
+        }
     }
 }
 
@@ -216,16 +285,22 @@ const FSCONFIG_CMD_RECONFIGURE: nix::libc::c_uint = 7;
 const FSPICK_CLOEXEC: nix::libc::c_uint = 1;
 
 /// In a forked child: joins the user namespace `owner` that owns the mount namespace
-/// `mounts`, then `mounts`, and reconfigures its `/dev/pts` with `devpts`. Exit codes:
+/// `mounts`, then `mounts`, and reconfigures the terminals' filesystem at `pts` with
+/// `devpts`. Exit codes:
 /// 0 done, 1 or 2 a `setns` failed, 3 `fspick` failed, 4 + i the i-th option was
 /// refused, 8 the reconfiguration failed.
 ///
 /// Only the superblock's options change (`fspick`, not `mount(MS_REMOUNT)`): the
-/// mount's own flags (`nosuid`, `noexec`) stay as bwrap set them.
+/// mount's own flags (`nosuid`, `noexec`) stay as the runtime set them.
 ///
 /// # Safety
 /// Only in a child just forked; makes system calls only.
-unsafe fn bound_terminals(owner: i32, mounts: i32, devpts: &[(CString, CString)]) -> i32 {
+unsafe fn bound_terminals(
+    owner: i32,
+    mounts: i32,
+    pts: &std::ffi::CStr,
+    devpts: &[(CString, CString)],
+) -> i32 {
     use nix::libc;
     if libc::setns(owner, libc::CLONE_NEWUSER) != 0 {
         return 1;
@@ -233,11 +308,10 @@ unsafe fn bound_terminals(owner: i32, mounts: i32, devpts: &[(CString, CString)]
     if libc::setns(mounts, libc::CLONE_NEWNS) != 0 {
         return 2;
     }
-    // Joining a mount namespace moves this process to its root: the sandbox's.
     let context = libc::syscall(
         libc::SYS_fspick,
         libc::AT_FDCWD,
-        c"/dev/pts".as_ptr(),
+        pts.as_ptr(),
         FSPICK_CLOEXEC,
     );
     if context < 0 {

@@ -211,6 +211,24 @@ impl ShimOptions {
 }
 
 /// Runs the shim to completion and returns the exit code for the process.
+/// Runs the shim's command line (what follows `shim`): the shim's options, or
+/// [`crate::oci::POOLS_HOOK_FLAG`] alone when podman runs this binary as the hook that
+/// bounds a container's kernel pools. `name` starts an error line.
+pub fn run_args(args: &[String], name: &str) -> i32 {
+    if let [only] = args {
+        if only == crate::oci::POOLS_HOOK_FLAG {
+            return crate::oci::pools_hook(name);
+        }
+    }
+    match ShimOptions::from_args(args) {
+        Ok(options) => run(options),
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            SHIM_FAILURE
+        }
+    }
+}
+
 pub fn run(options: ShimOptions) -> i32 {
     // Before anything else: nothing of the sandbox may run as the uid it started as.
     if let Some((uid, gid)) = options.user {

@@ -1424,9 +1424,6 @@ fn interrupting_podman_while_it_creates_the_container_leaves_nothing() {
 #[test]
 fn one_sandbox_cannot_take_a_users_kernel_pools_from_the_next() {
     each(|w, rt| {
-        if rt != "bwrap" {
-            return;
-        }
         let workspace = w.home.join("agents/a/workspace");
         for name in ["pool-held", "pool-done"] {
             let _ = std::fs::remove_file(workspace.join(name));

@@ -6,11 +6,5 @@ fn main() {
         Some("shim") => &args[1..],
         _ => &args[..],
     };
-    match palisade_sandbox::shim::ShimOptions::from_args(args) {
-        Ok(options) => std::process::exit(palisade_sandbox::shim::run(options)),
-        Err(e) => {
-            eprintln!("palisade shim: {e}");
-            std::process::exit(palisade_sandbox::shim::SHIM_FAILURE);
-        }
-    }
+    std::process::exit(palisade_sandbox::shim::run_args(args, "palisade shim"))
 }

@@ -446,11 +446,5 @@ pub fn run_shim(args: ShimArgs) -> anyhow::Result<()> {
 
 /// Runs the shim with its own arguments (what follows `shim`) and exits.
 pub fn run_shim_args(args: Vec<String>) -> ! {
-    match palisade_sandbox::shim::ShimOptions::from_args(&args) {
-        Ok(options) => std::process::exit(palisade_sandbox::shim::run(options)),
-        Err(e) => {
-            eprintln!("error: shim: {e}");
-            std::process::exit(palisade_sandbox::shim::SHIM_FAILURE)
-        }
-    }
+    std::process::exit(palisade_sandbox::shim::run_args(&args, "error: shim"))
 }
