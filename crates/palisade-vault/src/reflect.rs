@@ -3,11 +3,13 @@
 //! gateway injected, and one that keeps what a request carried (a request bin, a log
 //! viewer) could show it to a later request that carried nothing. So every response
 //! from a host the gateway sends secrets to is searched for every spelling under which
-//! the gateway sends each of them ([`palisade_policy::injection::sent_forms`], and the
-//! value as a JSON string escapes it), whichever agent and path they are granted for,
-//! and each occurrence is overwritten with `*`, byte for byte, so lengths and framing
-//! stay as the upstream sent them. Headers, body and trailers are searched, and the
-//! frames of a WebSocket to such a host; the first occurrence in a response writes a
+//! the gateway sends each of them ([`palisade_policy::injection::sent_forms`]) and
+//! those an echo commonly gives back (see [`echo_forms`]: escaped as JSON, HTML or a
+//! URL does it, in either case, in hex, in base64 at any alignment), whichever agent
+//! and path they are granted for, and each occurrence is overwritten with `*`, byte
+//! for byte, so lengths and framing stay as the upstream sent them. The status line's
+//! reason phrase, headers, body and trailers are searched, and the frames of a
+//! WebSocket to such a host; the first occurrence in a response writes a
 //! `secret.reflected` audit row naming the secret.
 //!
 //! Which responses are searched is decided by host alone, not by port, although a
@@ -26,8 +28,9 @@
 //! Limits (docs/vault.md): secrets shorter than [`MIN_MASKED`] bytes are not searched
 //! for (masking every occurrence of a short string would corrupt ordinary responses); a
 //! response compressed although the request asked for `identity` is decoded first
-//! ([`crate::decoded`]), or refused if it cannot be; an upstream that transforms what it echoes (byte
-//! ranges, base64) can still be made to return a secret in a form not searched for;
+//! ([`crate::decoded`]), or refused if it cannot be; an upstream that transforms what it
+//! echoes otherwise (byte ranges, reversed, spaced out, HTML entities for every
+//! character, UTF-16) can still be made to return a secret in a form not searched for;
 //! and bytes kept back at the end of a chunk tell a client that controls an echo's
 //! chunking, and times the bytes, that its text begins a spelling.
 
@@ -144,6 +147,24 @@ impl Reflection {
         0
     }
 
+    /// Masks the reason phrase of an HTTP/1.1 status line (`200 OK <text>`: hyper keeps
+    /// a non-standard one in the response's extensions and sends it on as it came); the
+    /// secret it held, if any. One that no longer reads as a reason phrase is dropped,
+    /// so the standard one is sent.
+    pub fn mask_reason(&self, extensions: &mut http::Extensions) -> Option<i64> {
+        let reason = extensions.get::<hyper::ext::ReasonPhrase>()?;
+        if !self.finder.is_match(reason.as_bytes()) {
+            return None;
+        }
+        let mut bytes = reason.as_bytes().to_vec();
+        let owner = self.mask(&mut bytes);
+        match hyper::ext::ReasonPhrase::try_from(bytes) {
+            Ok(masked) => extensions.insert(masked),
+            Err(_) => extensions.remove::<hyper::ext::ReasonPhrase>(),
+        };
+        owner
+    }
+
     /// Masks every header value that holds a form; the secret of the first found.
     pub fn mask_headers(&self, headers: &mut HeaderMap) -> Option<i64> {
         let mut found = None;
@@ -176,8 +197,9 @@ impl Reflection {
 /// sends it in: as a JSON string (with `/` escaped by some encoders, `<`, `>` and `&` as
 /// `\u00XX` by Go's, everything beyond ASCII as `\u` escapes by Python's), HTML-escaped,
 /// form-encoded (`+` for a space, as Python's `urlencode` and browsers write it),
-/// percent-encoded with lower-case hex digits, and all in lower case (header names come
-/// back lower-cased; masking more than the secret is harmless).
+/// percent-encoded with lower-case hex digits, all in lower case (header names come
+/// back lower-cased; masking more than the secret is harmless) or upper case, in hex,
+/// and in base64 (see [`base64_cores`]).
 fn echo_forms(value: &str) -> Vec<String> {
     let mut forms = Vec::new();
     if let Ok(json) = serde_json::to_string(value) {
@@ -222,7 +244,37 @@ fn echo_forms(value: &str) -> Vec<String> {
         forms.push(percent);
     }
     forms.push(value.to_ascii_lowercase());
+    forms.push(value.to_ascii_uppercase());
+    forms.push(hex::encode(value));
+    forms.push(hex::encode_upper(value));
+    forms.extend(base64_cores(value.as_bytes()));
     forms
+}
+
+/// What base64 (standard and URL-safe) of any text holding `value` must contain,
+/// wherever `value` starts in it: for each of the three alignments, the characters
+/// that only `value`'s bytes determine (the first and last may mix in a neighbour's
+/// bits, so they are left out). So an upstream that echoes a header or a JSON body
+/// base64-encoded is masked too (the characters around stay).
+fn base64_cores(value: &[u8]) -> Vec<String> {
+    use base64::Engine;
+    let mut cores = Vec::new();
+    for offset in 0..3usize {
+        let mut aligned = vec![0u8; offset];
+        aligned.extend_from_slice(value);
+        let first = (8 * offset).div_ceil(6);
+        let end = 8 * (offset + value.len()) / 6;
+        for engine in [
+            base64::engine::general_purpose::STANDARD_NO_PAD,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ] {
+            let encoded = engine.encode(&aligned);
+            if let Some(core) = encoded.get(first..end) {
+                cores.push(core.to_string());
+            }
+        }
+    }
+    cores
 }
 
 /// `text` with the hex digits of its `%XX` escapes in lower case.
@@ -503,6 +555,41 @@ mod tests {
             .unwrap()
             .to_bytes()
             .to_vec()
+    }
+
+    /// An echo in base64 (at any alignment in a longer text, either alphabet), hex or
+    /// upper case is masked, and what is masked is only the secret's own share of it.
+    #[test]
+    fn base64_hex_and_upper_case_echoes_are_masked() {
+        use base64::Engine;
+        let reflection = Reflection::of(SECRET).unwrap();
+        let mut echoes = vec![
+            hex::encode(SECRET),
+            hex::encode_upper(SECRET),
+            SECRET.to_ascii_uppercase(),
+        ];
+        for prefix in ["", "a", "ab", "Authorization: Bearer "] {
+            let text = format!("{prefix}{SECRET}\n(end)");
+            for engine in [
+                base64::engine::general_purpose::STANDARD,
+                base64::engine::general_purpose::URL_SAFE,
+            ] {
+                echoes.push(engine.encode(text.as_bytes()));
+            }
+        }
+        for echo in echoes {
+            let mut bytes = echo.clone().into_bytes();
+            assert_eq!(reflection.mask(&mut bytes), Some(0), "{echo}");
+            let shown = String::from_utf8(bytes).unwrap();
+            let masked = shown.bytes().filter(|b| *b == MASK).count();
+            assert!(masked >= SECRET.len(), "{echo} -> {shown}");
+            assert!(masked <= 2 * SECRET.len() + 2, "{echo} -> {shown}");
+        }
+        // Text around a secret that is not there is left alone.
+        let mut other = base64::engine::general_purpose::STANDARD
+            .encode("sk-live/abc\"deX123 and more")
+            .into_bytes();
+        assert_eq!(reflection.mask(&mut other), None);
     }
 
     #[test]

@@ -15,7 +15,8 @@ use std::process::Command;
 use palisade_testkit::{output_text, run_with_timeout, Upstream};
 use serde_json::Value;
 use vault_fixture::{
-    base64, header_values, last_json_line, masked, python_ok, raw_exchange, Setup, CLIENT_TIMEOUT,
+    base64, header_values, last_json_line, masked, ok, python_ok, raw_exchange, Setup,
+    CLIENT_TIMEOUT,
 };
 
 /// A CLI change is in force when the command returns: the condition must hold on the
@@ -373,6 +374,55 @@ fn a_credential_sent_back_is_masked_and_audited() {
         assert_eq!(row["decision"], "masked");
         assert!(!row.to_string().contains(secret), "{row}");
     }
+}
+
+/// A credential in the reason phrase of the status line (`HTTP/1.1 401 Invalid token
+/// <it>`) is masked too, over a TLS tunnel and absolute-form plain HTTP, and audited;
+/// the rest of the phrase passes as the upstream sent it.
+#[test]
+fn a_credential_in_the_status_lines_reason_is_masked() {
+    let secret = "sk-reason-5e1d0b";
+    let mut setup = Setup::with_upstream(Upstream::builder().plain_http());
+    let token = setup.agent("reflector");
+    setup.secret(
+        "echoed",
+        "localhost",
+        None,
+        "bearer",
+        &["reflector"],
+        secret,
+    );
+    setup.start_vault(&[]);
+    let path = format!("/page?text=x&reason=Bad%20token%20{secret}%20here");
+    let https = setup.upstream.url(&path);
+    let plain = setup
+        .upstream
+        .http_base_url()
+        .expect("plain listener")
+        .replacen("127.0.0.1", "localhost", 1)
+        + &path;
+    for url in [https, plain] {
+        let output = ok(&setup.curl(&token, &["-si", "--http1.1", &url]));
+        let head = String::from_utf8_lossy(&output.stdout);
+        // The last status line: over a tunnel, the proxy's own `200` to CONNECT is first.
+        let status_line = head
+            .lines()
+            .rfind(|line| line.starts_with("HTTP/"))
+            .unwrap_or_default();
+        assert_eq!(
+            status_line.trim_end(),
+            format!("HTTP/1.1 200 Bad token {} here", masked(secret)),
+            "{url}: {head}"
+        );
+    }
+    assert_eq!(
+        setup.sent_header("authorization"),
+        vec![format!("Bearer {secret}")]
+    );
+    assert!(palisade_testkit::wait_until(
+        std::time::Duration::from_secs(5),
+        || reflected_rows(&setup).len() == 2
+    ));
 }
 
 /// An upstream may keep what one request carried and show it to a later request that

@@ -10,7 +10,7 @@
 //! | `/bytes?n=N` | N bytes of body, streamed in chunks |
 //! | `/slow?ms=N` | the echo, after holding the response headers back N ms |
 //! | `/close` | the connection is dropped without any response |
-//! | `/page?text=T[&encoding=E]` | T as plain text; compressed with E (`gzip`, `deflate`, `br`, `zstd`) whatever the client asked, another E named in `Content-Encoding` but not applied; `&transfer=E` instead: compressed as a transfer coding (`Transfer-Encoding: E, chunked`) |
+//! | `/page?text=T[&encoding=E]` | T as plain text; compressed with E (`gzip`, `deflate`, `br`, `zstd`) whatever the client asked, another E named in `Content-Encoding` but not applied; `&transfer=E` instead: compressed as a transfer coding (`Transfer-Encoding: E, chunked`); `&reason=R`: R as the status line's reason phrase (HTTP/1.1) |
 //! | `/v1/messages` | fake Anthropic Messages API ([`super::llm`]) |
 //! | `/v1/models` | fake model list, Anthropic's shape (paged) or OpenAI's ([`super::llm`]) |
 //! | `/v1/chat/completions` | fake OpenAI-compatible chat API ([`super::llm`]) |
@@ -98,6 +98,22 @@ pub(crate) async fn handle(
         // A page whose text the test chooses (`?text=`), served as plain text; with
         // `&encoding=`, compressed that way whatever the client asked for (as some
         // servers do), an unknown encoding named but the text sent as it is.
+        "/page" if params.text("reason").is_some() => {
+            let text = params.text("text").unwrap_or_default().to_string();
+            let reason = params
+                .text("reason")
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec();
+            let mut response = Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(full(text))
+                .unwrap_or_else(|_| internal_error());
+            if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason) {
+                response.extensions_mut().insert(reason);
+            }
+            response
+        }
         "/page" => {
             let text = params.text("text").unwrap_or_default().to_string();
             // `&transfer=`: compressed as a transfer coding instead (HTTP/1.1 only).

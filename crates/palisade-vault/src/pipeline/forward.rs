@@ -166,6 +166,11 @@ pub(super) async fn forward(
                 report.send("headers", owner);
             }
         }
+        if let Some(owner) = reflection.mask_reason(response.extensions_mut()) {
+            if let Some(report) = report.take() {
+                report.send("status line", owner);
+            }
+        }
     }
     if switching {
         if let Some(client_upgrade) = client_upgrade {
