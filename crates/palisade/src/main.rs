@@ -161,6 +161,8 @@ Exits 1 when something must be fixed (a FAIL line); warnings alone exit 0.
 }
 
 fn main() {
+    // Before any thread exists: the model key leaves the environment at once.
+    cmd::up::take_environment_key();
     // The shim starts every sandbox: it skips building the whole CLI (its own
     // arguments are parsed by palisade_sandbox::shim).
     let argv: Vec<String> = std::env::args_os()

@@ -5,7 +5,7 @@
 
 mod host_fixture;
 
-use host_fixture::{ok, text, world};
+use host_fixture::{ok, text, world, World};
 
 /// Stops the detached host whatever happens to the test.
 struct Detached<'a>(&'a palisade_testkit::Palisade);
@@ -89,4 +89,24 @@ fn a_failed_detached_start_says_why() {
         .find(|line| line.contains("the host exited during startup"))
         .unwrap_or_else(|| panic!("{}", text(&failed)));
     assert!(cause.contains("no-such-ca.pem"), "{}", text(&failed));
+}
+
+/// A model key given as `ANTHROPIC_API_KEY` is not kept in the host's environment,
+/// where `/proc/PID/environ` would show it for the host's whole life and every program
+/// it starts (mkfs, mount, podman) would inherit it.
+#[test]
+fn a_model_key_in_the_environment_leaves_the_hosts_environment() {
+    const KEY_IN_ENV: &str = "sk-ant-env-3b9e51-NEVER-IN-ENVIRON";
+    let world = world();
+    let world = World {
+        palisade: world.palisade.env("ANTHROPIC_API_KEY", KEY_IN_ENV),
+        ..world
+    };
+    let host = world.up();
+    let environ = std::fs::read(format!("/proc/{}/environ", host.id())).expect("environ");
+    let found = environ
+        .split(|b| *b == 0)
+        .any(|entry| String::from_utf8_lossy(entry).contains(KEY_IN_ENV));
+    world.down(host);
+    assert!(!found, "the host's environment kept the model key");
 }

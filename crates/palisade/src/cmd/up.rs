@@ -348,6 +348,46 @@ async fn adopt_newest_model(host: Host) {
     }
 }
 
+/// `ANTHROPIC_API_KEY` as the process was started with it, taken out of the
+/// environment by [`take_environment_key`]: the host runs for days and starts programs
+/// (mkfs, mount, podman and the like) that would inherit it, and its own
+/// `/proc/PID/environ` would keep it, while it is needed once, to be stored sealed.
+static ENVIRONMENT_KEY: std::sync::Mutex<Option<SecretValue>> = std::sync::Mutex::new(None);
+
+/// Takes `ANTHROPIC_API_KEY` out of the process's environment. Called first thing in
+/// `main`, while no other thread exists (the only time the environment may change).
+///
+/// Removing the variable is not enough: `/proc/PID/environ` shows the block the kernel
+/// wrote at `exec`, which `unsetenv` leaves as it was, so the value is overwritten
+/// there first, through the C library's `environ` (which points into that block until
+/// the environment is first changed).
+pub fn take_environment_key() {
+    const NAME: &[u8] = b"ANTHROPIC_API_KEY=";
+    let Some(key) = std::env::var_os("ANTHROPIC_API_KEY") else {
+        return;
+    };
+    extern "C" {
+        static mut environ: *mut *mut nix::libc::c_char;
+    }
+    // SAFETY: no other thread exists yet; `environ` is the C library's NULL-ended array
+    // of NUL-ended strings, and only the bytes of a value, before its NUL, are written.
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let text = std::ffi::CStr::from_ptr(*entry).to_bytes();
+            if text.starts_with(NAME) {
+                std::ptr::write_bytes((*entry).add(NAME.len()), b'x', text.len() - NAME.len());
+            }
+            entry = entry.add(1);
+        }
+    }
+    std::env::remove_var("ANTHROPIC_API_KEY");
+    let key = key.to_string_lossy().trim().to_string();
+    if !key.is_empty() {
+        *ENVIRONMENT_KEY.lock().unwrap_or_else(|p| p.into_inner()) = Some(SecretValue::new(key));
+    }
+}
+
 fn anthropic_key(args: &UpArgs) -> anyhow::Result<Option<SecretValue>> {
     if let Some(file) = &args.anthropic_key_file {
         return Ok(Some(crate::input::read_secret_value_from(
@@ -356,11 +396,12 @@ fn anthropic_key(args: &UpArgs) -> anyhow::Result<Option<SecretValue>> {
             ANTHROPIC_SECRET,
         )?));
     }
-    if let Ok(key) = std::env::var("ANTHROPIC_API_KEY") {
-        let key = key.trim().to_string();
-        if !key.is_empty() {
-            return Ok(Some(SecretValue::new(key)));
-        }
+    if let Some(key) = ENVIRONMENT_KEY
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        return Ok(Some(key));
     }
     if !args.detach && std::io::stdin().is_terminal() {
         let typed = rpassword::prompt_password("Anthropic API key (input hidden; empty to skip): ")
@@ -396,8 +437,6 @@ fn detach(home: &Home, listen: SocketAddr, new_key: bool) -> anyhow::Result<()> 
         .env("PALISADE_HOME", home.root())
         .env(LOGIN_TOKEN_ENV, &token)
         .env_remove(NEW_KEY_ENV)
-        // The key, if it came from the environment, is stored already.
-        .env_remove("ANTHROPIC_API_KEY")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
