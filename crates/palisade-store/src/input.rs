@@ -94,6 +94,19 @@ pub fn secret_value(mut text: String) -> Result<SecretValue> {
     Ok(value)
 }
 
+/// Refuses a secret value no injection can send whole: each puts it in a header, a
+/// query or a path, where a line break, tab or other control character either cannot
+/// go or changes what the upstream reads. (A pasted value with a line break inside
+/// was stored, and then failed on every use.) Says nothing of the value itself.
+pub fn check_sendable(value: &SecretValue) -> Result<()> {
+    if value.expose().chars().any(char::is_control) {
+        return Err(refuse(
+            "the secret value holds a line break, tab or other control character inside it; a credential is one line: check what was pasted",
+        ));
+    }
+    Ok(())
+}
+
 /// A point in time written as a duration from now (`2h`, `7d`) or an RFC 3339 UTC time
 /// (`2026-12-01T00:00:00Z`). `future` says which side of now a duration counts toward
 /// (and refuses a date already past); `what` names the field in errors.

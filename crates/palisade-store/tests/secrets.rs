@@ -32,6 +32,37 @@ fn create_list_get_without_values() {
     assert!(matches!(dup, StoreError::Duplicate { what: "secret", .. }));
 }
 
+/// A value with a line break, tab or NUL inside could never be sent in a header: it
+/// is refused on create and on rotate (without quoting it), and nothing is written.
+#[test]
+fn a_value_with_a_control_character_inside_is_refused() {
+    let t = common::store();
+    common::add_agent(&t.store, "alpha");
+    t.store
+        .create_secret(common::new_secret("kept", "good-value-1", &["alpha"]))
+        .unwrap();
+    let audit_before = common::audit_events(&t.store).len();
+    for value in [
+        "ab\ncd-secret",
+        "ab\r\ncd-secret",
+        "ab\tcd-secret",
+        "ab\0cd-secret",
+    ] {
+        let error = t
+            .store
+            .create_secret(common::new_secret("pasted", value, &["alpha"]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("control character"), "{error}");
+        assert!(!error.contains("cd-secret"), "{error}");
+        let value = palisade_policy::SecretValue::new(value.to_string());
+        let error = t.store.rotate_secret("kept", &value).unwrap_err();
+        assert!(matches!(error, StoreError::Input(_)), "{error}");
+    }
+    assert_eq!(t.store.list_secrets().unwrap().len(), 1);
+    assert_eq!(common::audit_events(&t.store).len(), audit_before);
+}
+
 #[test]
 fn unknown_agent_writes_nothing() {
     let t = common::store();

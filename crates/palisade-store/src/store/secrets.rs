@@ -118,6 +118,7 @@ fn get_secret_in(tx: &Transaction<'_>, name: &str) -> Result<SecretRecord> {
 impl Store {
     pub fn create_secret(&self, secret: NewSecret) -> Result<SecretRecord> {
         validate_name("secret", &secret.name)?;
+        crate::input::check_sendable(&secret.value)?;
         // Sealing needs no database state, so do it before taking the write lock.
         let sealed = self.key().seal(&secret.name, &secret.value)?;
         let injection = secret.injection.to_string();
@@ -202,6 +203,7 @@ impl Store {
     /// Replaces a secret's value (a new key from the provider); everything else stays.
     /// In force in every running gateway when this returns.
     pub fn rotate_secret(&self, name: &str, value: &SecretValue) -> Result<SecretRecord> {
+        crate::input::check_sendable(value)?;
         let sealed = self.key().seal(name, value)?;
         self.write(|tx| {
             let id = secret_id(tx, name)?;
