@@ -314,6 +314,14 @@ fn oci(tool: OciTool) -> RuntimeReport {
                     "--userns=keep-id: the agent is your own uid, not root in the container (flags, not probed)".to_string()
                 };
                 report.checks.push(check("user", true, detail));
+                report.checks.push(check(
+                    "kernel pools",
+                    true,
+                    format!(
+                        "a createRuntime hook gives /dev/pts a maximum of {} terminals and the user namespace palisade's inotify and fanotify maxima; a failure stops the sandbox (not probed)",
+                        crate::pools::PTYS_PER_SANDBOX
+                    ),
+                ));
             }
             report.checks.push(check(
                 "sockets",
