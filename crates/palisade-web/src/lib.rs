@@ -127,6 +127,7 @@ pub fn app(
         )
         .route("/agents/{name}/dial", post(pages::agent_policy::save_dial))
         .route("/agents/{name}/links", post(pages::agent_policy::allow))
+        .route("/agents/{name}/grant", post(pages::agent_policy::grant))
         .route(
             "/agents/{name}/links/remove",
             get(pages::agent_policy::confirm_disallow).post(pages::agent_policy::disallow),

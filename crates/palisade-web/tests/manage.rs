@@ -309,6 +309,69 @@ fn create_secret(store: &Store, name: &str, value: &str) {
         .unwrap();
 }
 
+/// A secret is granted from the agent's page: its form offers the secrets the agent
+/// lacks (never a sensitive one to a research agent), the grant is in force when the
+/// answer comes, and a refused grant says why on the page and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_is_granted_from_the_agents_page() {
+    let web = Web::start(false).await;
+    let mailer = AgentName::new("mailer").unwrap();
+    web.store.create_agent(&mailer, Profile::Action).unwrap();
+    create_secret(&web.store, "gh", VALUE);
+    let bank = palisade_store::input::SecretDraft {
+        name: "bank".into(),
+        host_pattern: "bank.example".into(),
+        inject: "bearer".into(),
+        sensitive: true,
+        ..Default::default()
+    }
+    .check()
+    .unwrap();
+    web.store
+        .create_secret(bank.with_value(palisade_policy::SecretValue::new(VALUE.into())))
+        .unwrap();
+
+    // helper (research) has gh already and may not have bank: nothing to offer.
+    let helper_page = web.page("/agents/helper").await;
+    assert!(!helper_page.contains("agent-grant-form"), "{helper_page}");
+    let mailer_page = web.page("/agents/mailer").await;
+    let form = mailer_page
+        .split("id=\"agent-grant-form\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</form>").next())
+        .expect("a grant form on mailer's page");
+    assert!(
+        form.contains("value=\"gh\"") && form.contains("value=\"bank\""),
+        "{form}"
+    );
+
+    assert_eq!(
+        web.post_ok("/agents/mailer/grant", &[("secret", "bank")])
+            .await,
+        "/agents/mailer?saved=granted"
+    );
+    let policy = web.store.load_policy().unwrap();
+    assert!(policy
+        .secrets()
+        .iter()
+        .any(|s| s.name == "bank" && s.agents.contains(&mailer)));
+    let page = web.page("/agents/mailer?saved=granted").await;
+    assert!(page.contains("Granted: the vault injects it"), "{page}");
+
+    let before = snapshot(&web.store);
+    let refused = web
+        .post_refused("/agents/helper/grant", &[("secret", "bank")])
+        .await;
+    assert!(refused.contains("research"), "{refused}");
+    let refused = web
+        .post_refused("/agents/mailer/grant", &[("secret", "nosuch")])
+        .await;
+    assert!(refused.contains("nosuch"), "{refused}");
+    assert_eq!(snapshot(&web.store), before);
+    common::assert_audited_as_admin(&web.store, None, &["secret.grant"]);
+    web.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_new_form_is_refused_without_the_csrf_token_or_from_another_origin() {
     let web = Web::start(false).await;
@@ -398,6 +461,7 @@ async fn every_new_form_is_refused_without_the_csrf_token_or_from_another_origin
             vec![("value", "PWNED"), ("confirm", "yes")],
         ),
         ("/vault/secrets/gh/grant".into(), vec![("agent", "helper")]),
+        ("/agents/mailer/grant".into(), vec![("secret", "gh")]),
         ("/vault/secrets/gh/revoke?agent=helper".into(), vec![]),
         ("/vault/secrets/gh/delete".into(), vec![]),
         (

@@ -260,6 +260,7 @@ pub(crate) struct DialForm {
 enum Section {
     Dial,
     Links,
+    Grants,
 }
 
 /// Answers a change: back to the agent page with its flash, or the page again with the
@@ -278,10 +279,66 @@ async fn answer(
             let refusal = match section {
                 Section::Dial => Refusal::of_dial(&message),
                 Section::Links => Refusal::of_links(&message),
+                Section::Grants => Refusal::of_grants(&message),
             };
             agent_page(state, name, None, refusal).await
         }
     }
+}
+
+/// The agent page's grant form: the secrets the agent has not been granted and may be
+/// (a research agent is never offered a sensitive one; the store refuses it anyway).
+pub(crate) fn grant_form(agent: &AgentRecord, secrets: &[palisade_store::SecretRecord]) -> Markup {
+    let research = agent.profile == palisade_policy::Profile::Research;
+    let offered: Vec<(String, String)> = secrets
+        .iter()
+        .filter(|s| !s.agents.contains(&agent.name))
+        .filter(|s| !research || !s.sensitive)
+        .map(|s| {
+            let target = format!(
+                "{}{}",
+                s.host_pattern,
+                s.path_pattern.as_deref().unwrap_or("")
+            );
+            (s.name.clone(), format!("{} → {target}", s.name))
+        })
+        .collect();
+    html! {
+        @if offered.is_empty() {
+            p.muted.small { "No other secret to grant. Add one on the " a href="/vault/secrets/new" { "vault" } " page." }
+        } @else {
+            form #agent-grant-form.inline method="post" action={ "/agents/" (agent.name) "/grant" } {
+                (forms::select("Grant a secret", "secret", &offered, "", "the vault injects it for this agent from the next request"))
+                button #agent-grant type="submit" { "Grant" }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct GrantForm {
+    #[serde(default)]
+    secret: String,
+}
+
+/// Grants a secret to the agent from its page (as the secret's page and `palisade
+/// secrets grant` do, through the same store call and its compartment check).
+pub(crate) async fn grant(
+    State(state): State<WebState>,
+    Path(name): Path<String>,
+    Form(form): Form<GrantForm>,
+) -> PageResult {
+    let name = AgentName::new(&name)?;
+    let secret = form.secret.trim().to_string();
+    let agent = name.clone();
+    state.model_lists.forget_agent(name.as_str());
+    let store = state.store.clone();
+    let result = blocking(move || {
+        store.grant_secret(&secret, &agent)?;
+        Ok(())
+    })
+    .await;
+    answer(&state, name, "granted", result, Section::Grants).await
 }
 
 pub(crate) async fn save_dial(

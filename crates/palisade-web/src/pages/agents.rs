@@ -346,6 +346,8 @@ pub(crate) struct Refusal<'a> {
     dial: Option<&'a str>,
     /// The allow-list section's error line.
     links: Option<&'a str>,
+    /// The grant form's error line.
+    grants: Option<&'a str>,
 }
 
 impl<'a> Refusal<'a> {
@@ -365,11 +367,20 @@ impl<'a> Refusal<'a> {
         }
     }
 
+    /// The grant form was refused with `message`.
+    pub(crate) fn of_grants(message: &'a str) -> Refusal<'a> {
+        Refusal {
+            grants: Some(message),
+            ..Refusal::default()
+        }
+    }
+
     fn any(&self) -> bool {
         self.settings.is_some()
             || self.instructions.is_some()
             || self.dial.is_some()
             || self.links.is_some()
+            || self.grants.is_some()
     }
 }
 
@@ -447,7 +458,7 @@ pub(crate) async fn agent_page(
             }
         }
         @if let Some(saved) = saved {
-            p.flash #saved { @match saved { "created" => { "Agent created." } "settings" => { "Settings saved." } "dial" => { "Dial saved; in force from the next request." } "allowed" => { "Allowed." } "disallowed" => { "Disallowed." } _ => { "Saved." } } }
+            p.flash #saved { @match saved { "created" => { "Agent created." } "settings" => { "Settings saved." } "dial" => { "Dial saved; in force from the next request." } "allowed" => { "Allowed." } "disallowed" => { "Disallowed." } "granted" => { "Granted: the vault injects it for this agent from the next request." } _ => { "Saved." } } }
         }
         section.card {
             h2 { "Last 24 hours" }
@@ -484,15 +495,17 @@ pub(crate) async fn agent_page(
             section.card {
                 h2 { "Grants" }
                 h3 { "Secrets injected for this agent" }
+                (forms::error_box(refusal.grants))
                 @if secrets.is_empty() {
-                    p.muted { "None. Grant one on its " a href="/vault" { "vault" } " page." }
+                    p.muted #agent-grants { "None yet." }
                 } @else {
-                    ul.plain {
+                    ul.plain #agent-grants {
                         @for secret in &secrets {
                             li { a href={ "/vault/secrets/" (secret.name) } { strong { (secret.name) } } " → " code { (secret.host_pattern) (secret.path_pattern.as_deref().unwrap_or("")) } " as " code { (secret.injection) } }
                         }
                     }
                 }
+                (agent_policy::grant_form(&agent, &all_secrets))
                 h3 { "Rules that apply to it" }
                 @if rules.is_empty() {
                     p.muted { "None: the " (agent.profile.as_str()) " profile's default egress applies." }
