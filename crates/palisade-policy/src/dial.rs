@@ -195,8 +195,8 @@ impl Dial {
     /// The knobs in plain words.
     pub fn explain(&self) -> Vec<String> {
         let sanitize = match self.sanitize {
-            Strictness::Strict => "messages from other agents reach it as plain text with links reduced to their text, URLs to their host, and instruction-like text removed",
-            Strictness::Balanced => "messages from other agents reach it as plain text with images and markup removed and instruction-like text removed",
+            Strictness::Strict => "messages from other agents reach it as plain text with links reduced to their text, URLs (with or without a scheme) to the domain of their host, script and file links removed, and instruction-like text removed",
+            Strictness::Balanced => "messages from other agents reach it as plain text with images and markup removed, script and file links removed, and instruction-like text removed",
             Strictness::Relaxed => "messages from other agents reach it as plain text with markup removed, quoted and labelled",
         };
         let model = if self.approvals == ApprovalFrequency::Never {

@@ -3,13 +3,27 @@
 //! The injection and role-marker patterns are easy to step around if they read the text
 //! as it is: a combining mark (`ignore\u{301}`, which NFKC composes into `ignoré`),
 //! markdown emphasis (`**Human**:`, `ignore **previous** instructions`) or a backtick
-//! changes nothing a model reads but breaks a literal match. So the patterns read a
-//! folded copy — letters decomposed and their marks dropped, emphasis and code marks
-//! dropped — and each match is mapped back to the span of the original it came from,
-//! which is what gets replaced. The folded copy is never shown: removing marks from
-//! what people read would damage every script that writes with them.
+//! changes nothing a model reads but breaks a literal match, and so does a letter
+//! from another script drawn like a Latin one (`іgnore` with a Cyrillic `і`, `Ηuman:`
+//! with a Greek `Η`). So the patterns read a folded copy — letters decomposed and their
+//! marks dropped, look-alike letters replaced by the ASCII letter they are drawn like,
+//! emphasis and code marks dropped — and each match is mapped back to the span of the
+//! original it came from, which is what gets replaced. The folded copy is never shown:
+//! removing marks or changing letters in what people read would damage every script
+//! that writes with them.
+//!
+//! Look-alikes are those of Unicode's confusables data (UTS #39), through the
+//! `unicode-security` crate's skeleton, the same data and code rustc uses to warn of
+//! confusable identifiers: a table written here would miss most of the few thousand
+//! look-alikes and fall behind new Unicode versions. Only letters outside ASCII are
+//! folded so, and only to an ASCII letter; ASCII is read as written (`0` for `o` is
+//! not a look-alike, it is a different character to a reader and a model). The cost
+//! is one table look-up per letter outside ASCII, on text already cut to the working
+//! length.
 
 use regex::Regex;
+use std::collections::HashMap;
+use std::sync::OnceLock;
 use unicode_normalization::char::{decompose_canonical, is_combining_mark};
 
 /// Characters the folded copy leaves out besides marks: markdown emphasis,
@@ -36,6 +50,7 @@ fn fold(text: &str) -> Folded {
         }
         decompose_canonical(c, |part| {
             if !is_combining_mark(part) {
+                let part = ascii_look_alike(part).unwrap_or(part);
                 folded.text.push(part);
                 folded
                     .origin
@@ -45,6 +60,47 @@ fn fold(text: &str) -> Folded {
     }
     folded.origin.push(text.len());
     folded
+}
+
+/// The ASCII letter `c`, a letter outside ASCII, is drawn like, if any: the letter
+/// whose confusables skeleton is the same. Case is kept where it can be (`І` reads as
+/// `I`, not as the `l` that the skeletons of both are), since the role-line pattern
+/// tells `H:` from `h:`.
+fn ascii_look_alike(c: char) -> Option<char> {
+    if c.is_ascii() {
+        return None;
+    }
+    let letters = ascii_letters_by_skeleton();
+    let mut lower = c.to_lowercase();
+    if let (Some(lower), None) = (lower.next(), lower.next()) {
+        if let Some(&letter) = letters.get(&skeleton(lower)) {
+            if letter.is_ascii_lowercase() {
+                return Some(if c.is_uppercase() {
+                    letter.to_ascii_uppercase()
+                } else {
+                    letter
+                });
+            }
+        }
+    }
+    letters.get(&skeleton(c)).copied()
+}
+
+fn skeleton(c: char) -> String {
+    unicode_security::skeleton(c.encode_utf8(&mut [0; 4])).collect()
+}
+
+/// Each ASCII letter by its skeleton (`m`'s is `rn`); where two share one (`l` and
+/// `I`), the lower-case letter.
+fn ascii_letters_by_skeleton() -> &'static HashMap<String, char> {
+    static LETTERS: OnceLock<HashMap<String, char>> = OnceLock::new();
+    LETTERS.get_or_init(|| {
+        let mut letters = HashMap::new();
+        for letter in ('a'..='z').chain('A'..='Z') {
+            letters.entry(skeleton(letter)).or_insert(letter);
+        }
+        letters
+    })
 }
 
 /// Replaces every match of `pattern` in the folded copy of `text`, by `with` of the
@@ -114,5 +170,33 @@ mod tests {
         assert_eq!(replace("a **ignore** previous** b"), ("a **X b".into(), 1));
         assert_eq!(replace("ignore\u{301} previous\u{301}"), ("X".into(), 1));
         assert_eq!(replace("nothing here"), ("nothing here".into(), 0));
+        // Look-alike letters are read as the letter they are drawn like, and the
+        // original is what is replaced.
+        assert_eq!(replace("a \u{456}gnore previous b"), ("a X b".into(), 1));
+        assert_eq!(
+            replace("\u{406}GN\u{41E}RE PREVIOUS"),
+            ("X".into(), 1),
+            "upper-case Cyrillic"
+        );
+    }
+
+    #[test]
+    fn look_alikes_fold_to_the_ascii_letter_they_are_drawn_like() {
+        for (look_alike, letter) in [
+            ('\u{456}', 'i'), // Cyrillic і
+            ('\u{406}', 'I'), // Cyrillic І
+            ('\u{43E}', 'o'), // Cyrillic о
+            ('\u{3BF}', 'o'), // Greek ο
+            ('\u{41D}', 'H'), // Cyrillic Н
+            ('\u{391}', 'A'), // Greek Α
+            ('\u{455}', 's'), // Cyrillic ѕ
+            ('\u{501}', 'd'), // Cyrillic ԁ
+        ] {
+            assert_eq!(ascii_look_alike(look_alike), Some(letter), "{look_alike}");
+        }
+        // Letters drawn like no ASCII letter, and ASCII itself, stay.
+        for other in ['\u{436}', '\u{3BB}', '\u{5FD7}', 'x', '0'] {
+            assert_eq!(ascii_look_alike(other), None, "{other}");
+        }
     }
 }

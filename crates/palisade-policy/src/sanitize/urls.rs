@@ -1,0 +1,272 @@
+//! What is left of a URL once the sanitizer is done with it.
+//!
+//! Two threats: a URL that does something when opened (`javascript:`, `vbscript:`,
+//! `data:` and `file:` run code or read the reader's own files), and a URL that
+//! carries data to whoever runs its host (exfiltration: `evil.example/x?d=SECRET`, or
+//! `s3cr3t.evil.example`). The first kind is removed at `strict` and `balanced`
+//! (see [`dangerous`]). At `strict` every URL form is reduced to a note naming only
+//! the registrable domain of its host (see [`host_note`]), including the forms with
+//! no `scheme://` that a browser or a model still reads as a link (see
+//! [`scheme_less`]).
+//!
+//! The registrable domain is the public suffix plus one label (`evil.example` for
+//! `s3cr3t.evil.example`, `evil.co.uk` for `a.b.evil.co.uk`): the part a person has
+//! to register, so it cannot vary with the data it would carry. Public suffixes come
+//! from the `psl` crate, which compiles Mozilla's Public Suffix List into the binary
+//! (no file and no network at build or run time) and is republished as the list
+//! changes; a suffix list written here would be wrong within weeks. Its private
+//! section counts too (`github.io`), since each name under it has its own owner.
+
+use regex::{Captures, Regex};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
+use unicode_normalization::char::is_combining_mark;
+
+/// The schemes that run code or read local files when a renderer or browser opens
+/// them, whether or not `//` follows.
+const DANGEROUS_SCHEMES: [&str; 4] = ["javascript", "vbscript", "data", "file"];
+
+/// A URL of a dangerous scheme, alone or as an autolink (`<javascript:…>`, whose angle
+/// brackets go with it). The scheme is matched in any case (the regex is
+/// case-insensitive) and spelled with HTML character references too (`&#106;`,
+/// `&colon;`, a `&Tab;` between letters), since a renderer decodes those in a link
+/// destination; invisible characters and fullwidth forms are gone before this runs.
+/// Prose stays: `data:` must be followed by a media type, `,` or `;`, `file:` by a
+/// slash or a drive letter, and `javascript:` and `vbscript:` by something other than
+/// a space (`JavaScript: the good parts`).
+pub(super) fn dangerous() -> &'static Regex {
+    static PATTERN: OnceLock<Regex> = OnceLock::new();
+    PATTERN.get_or_init(|| {
+        let colon = r"(?::|&colon;|&#0*58;?|&#x0*3a;?)";
+        // What follows the colon, up to a space, a quote or an angle bracket, with
+        // balanced parentheses (`javascript:f(1)`), so a link around it keeps its own.
+        let body = r#"(?:[^\s'"<>()]|\([^\s'"<>()]*\))*"#;
+        let schemes = DANGEROUS_SCHEMES.map(|scheme| {
+            let after = match scheme {
+                "data" => r"(?:[a-z0-9.+-]+/[a-z0-9.+-]+|[;,])",
+                "file" => r#"(?:[/\\]|[a-z]:)"#,
+                _ => r#"[^\s'"<>]"#,
+            };
+            format!(
+                "(?P<{scheme}>{}{BETWEEN_LETTERS}{colon}{after}{body})",
+                spelled(scheme)
+            )
+        });
+        let any = schemes.join("|");
+        Regex::new(&format!("(?i)<(?:{any})>|{}", any.replace("?P<", "?P<_")))
+            .expect("the dangerous-scheme pattern is valid")
+    })
+}
+
+/// Tabs and line breaks written as character references, which a URL parser drops
+/// wherever they stand in a scheme.
+const BETWEEN_LETTERS: &str = r"(?:&tab;|&newline;|&#0*(?:9|10|13);?|&#x0*(?:9|a|d);?)*";
+
+/// `word` as a pattern matching each letter as itself or as a numeric character
+/// reference, with [`BETWEEN_LETTERS`] between them.
+fn spelled(word: &str) -> String {
+    word.chars()
+        .map(|letter| {
+            let code = letter as u32;
+            format!("(?:{letter}|&#0*{code};?|&#x0*{code:x};?)")
+        })
+        .collect::<Vec<_>>()
+        .join(BETWEEN_LETTERS)
+}
+
+/// The note a dangerous URL matched by [`dangerous`] is replaced by: the scheme's name,
+/// without its colon, so the note is not one itself.
+pub(super) fn dangerous_note(caps: &Captures) -> String {
+    let scheme = DANGEROUS_SCHEMES
+        .into_iter()
+        .find(|scheme| caps.name(scheme).is_some() || caps.name(&format!("_{scheme}")).is_some())
+        .unwrap_or("unsafe");
+    format!("({scheme} link removed)")
+}
+
+/// A URL written without `scheme://`, which a browser, a lenient renderer or a model
+/// still takes for one. Decided as follows (the regex finds candidates,
+/// [`scheme_less_note`] keeps only those that are URLs):
+///
+/// - a host is a domain-like name — labels of letters, digits and hyphens joined by
+///   dots, ending in an alphabetic top-level label of two letters or more (or a
+///   punycode one, `xn--…`), a trailing dot allowed — or a dotted IPv4 address, or an
+///   IPv6 address in brackets; a `user@` may come before it, a `:port` after it;
+/// - after `//` or `\\` (`//evil.example`, a UNC path), or after a web scheme whose
+///   slashes are missing or are backslashes (`http:evil.example`,
+///   `https:/evil.example`, `https:\\evil.example`, which browsers mend), a host is a
+///   URL whatever follows;
+/// - otherwise only when a path (`/`, or `\` which browsers read alike), a query (`?`
+///   and something) or a fragment (`#` and something) follows the host or its port,
+///   and the host does not continue a word, a number or a path: it must not follow a
+///   letter, digit, `-`, `/` or `\`, nor a `.` that does (so `src/main.rs/x`,
+///   `./run.sh` and `C:\notes.md\x` are paths, `1.2.3.4.5/x` is no address, and
+///   `a-b.example/x` is one host; `...evil.example/x` is a URL);
+/// - an IPv4 address followed by `/` and one or two digits alone is a network prefix
+///   (`10.0.0.0/8`), not a URL.
+///
+/// So a bare `evil.example`, `notes.txt?` ending a question, `main.rs:42`, `e.g.`,
+/// `v1.2.3`, `1.5/2` and `10:30` stay; `README.md#install` is reduced (a fragment can
+/// carry data to a page's script), and so is `Node.js/Deno` (nothing tells it from
+/// `evil.example/x`).
+pub(super) fn scheme_less() -> &'static Regex {
+    static PATTERN: OnceLock<Regex> = OnceLock::new();
+    PATTERN.get_or_init(|| {
+        // A user, a host and a port, their groups named with `suffix` (a name may be
+        // used once in a regex).
+        let authority = |suffix: &str| {
+            format!(
+                r#"(?:[^\s/?\#<>'"\[\]]+@)?
+                (?P<host{suffix}>
+                    (?:[\p{{L}}\p{{M}}\p{{N}}-]+\.)+ (?:xn--[a-z0-9-]+|\p{{L}}[\p{{L}}\p{{M}}]+) \.?
+                  | [0-9]{{1,3}}(?:\.[0-9]{{1,3}}){{3}}
+                  | \[ [0-9a-f.]*:[0-9a-f.]*:[0-9a-f:.]* (?:%[\w.~-]+)? \]
+                )
+                (?P<port{suffix}> :[0-9]{{1,5}} )?"#
+            )
+        };
+        let path = r#"(?: [/\\][^\s'"]* | [?\#][^\s'"]+ )"#;
+        Regex::new(&format!(
+            r#"(?xim)
+            (?: (?:https?|wss?|ftp):[/\\]{{0,2}} | [/\\]{{2}} ) {} {path}?
+          | (?P<lead> ^ | [^\p{{L}}\p{{M}}\p{{N}}\-/\\.] | (?:^|[^\p{{L}}\p{{M}}\p{{N}}])\. )
+            {} (?P<path>{path})"#,
+            authority(""),
+            authority("_after_lead"),
+        ))
+        .expect("the scheme-less URL pattern is valid")
+    })
+}
+
+/// What a [`scheme_less`] match becomes: the host note, after what stood before the
+/// URL (which is not part of it), or `None` when the match is no URL (see there).
+pub(super) fn scheme_less_note(caps: &Captures) -> Option<String> {
+    let Some(lead) = caps.name("lead") else {
+        // After `//` or a scheme, which go with the URL.
+        return Some(note_for_host(caps.name("host").map_or("", |m| m.as_str())));
+    };
+    let host = caps.name("host_after_lead").map_or("", |m| m.as_str());
+    let path = caps.name("path").map_or("", |m| m.as_str());
+    let prefix_length = path
+        .strip_prefix('/')
+        .map(|rest| rest.trim_end_matches(['.', ',', ';', ':', '!', '?', ')']));
+    let is_network = prefix_length.is_some_and(|digits| {
+        (1..=2).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+    }) && caps.name("port_after_lead").is_none()
+        && host.parse::<Ipv4Addr>().is_ok();
+    if is_network {
+        return None;
+    }
+    Some(format!("{}{}", lead.as_str(), note_for_host(host)))
+}
+
+/// `(link to DOMAIN removed)`: where a URL pointed, without anything it could carry.
+/// The host is the authority's (after any `user:password@`, before the port), or a
+/// mail address's domain.
+pub(super) fn host_note(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (scheme, rest),
+        None => url.split_once(':').unwrap_or(("", url)),
+    };
+    let authority = if ["mailto", "xmpp"]
+        .iter()
+        .any(|mail| scheme.eq_ignore_ascii_case(mail))
+    {
+        // The first address, without its query.
+        rest.split(['?', ',', '#', '/']).next().unwrap_or_default()
+    } else {
+        rest.split(['/', '?', '#', '\\']).next().unwrap_or_default()
+    };
+    note_for_host(authority.rsplit('@').next().unwrap_or_default())
+}
+
+/// The note for `host` (with or without its port): a name reduced to its registrable
+/// domain, an address as it is. What cannot be a host gives `(link removed)`: keeping
+/// its letters would keep what it carries.
+fn note_for_host(host: &str) -> String {
+    match shown_host(host) {
+        Some(host) => format!("(link to {host} removed)"),
+        None => "(link removed)".to_string(),
+    }
+}
+
+/// The host as the note shows it, if it is one. An IPv6 address loses its brackets
+/// (the note holds none) and its zone; punctuation around a name (`evil.example)` at
+/// the end of a sentence) is not part of it; `www.` is left out, so the note never
+/// reads as a link (`www.com` is a registrable domain).
+fn shown_host(host: &str) -> Option<String> {
+    if let Some(inside) = host.strip_prefix('[') {
+        let address = inside.split([']', '%']).next().unwrap_or_default();
+        return address
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(|address| address.to_string());
+    }
+    let is_name_part = |c: char| c.is_alphanumeric() || is_combining_mark(c);
+    let name = host
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim_matches(|c: char| !is_name_part(c));
+    let is_name = name.chars().count() <= 253
+        && name
+            .chars()
+            .all(|c| is_name_part(c) || matches!(c, '.' | '-' | '_'));
+    if !is_name {
+        return None;
+    }
+    let name = name.to_lowercase();
+    let last_label = name.rsplit('.').next().unwrap_or_default();
+    if last_label.bytes().all(|b| b.is_ascii_digit()) {
+        // An address, or nothing a browser would go to.
+        return name
+            .parse::<Ipv4Addr>()
+            .ok()
+            .map(|address| address.to_string());
+    }
+    let mut shown = psl::domain_str(&name).unwrap_or(&name).to_string();
+    // Taking one out can make another (`wwwww.w.`), hence the loop.
+    while let Some(at) = shown.find("www.") {
+        shown.replace_range(at..at + 4, "");
+    }
+    (!shown.is_empty()).then_some(shown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_reduced_to_their_registrable_domain() {
+        for (host, expected) in [
+            ("s3cr3t-data.evil.example", "evil.example"),
+            ("a.b.evil.co.uk", "evil.co.uk"),
+            ("SECRET.Evil.Example.", "evil.example"),
+            ("data.owner.github.io", "owner.github.io"),
+            ("evil.example", "evil.example"),
+            ("co.uk", "co.uk"),
+            ("localhost", "localhost"),
+            ("10.0.0.1", "10.0.0.1"),
+            ("evil.example).", "evil.example"),
+        ] {
+            assert_eq!(
+                note_for_host(host),
+                format!("(link to {expected} removed)"),
+                "{host}"
+            );
+        }
+        assert_eq!(note_for_host("[::1]:8080"), "(link to ::1 removed)");
+        assert_eq!(note_for_host("[fe80::1%eth0]"), "(link to fe80::1 removed)");
+        assert_eq!(note_for_host("www.com"), "(link to com removed)");
+        // What is no host keeps none of its letters.
+        for garbage in [
+            "S3CR3T.evil.example)10.0.0.1",
+            "s3cr3t.evil.10.0.0.1",
+            "1.2.3.999",
+            "[s3cr3t::1]",
+            "evil example",
+        ] {
+            assert_eq!(note_for_host(garbage), "(link removed)", "{garbage}");
+        }
+    }
+}
