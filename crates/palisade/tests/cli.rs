@@ -488,13 +488,15 @@ fn secrets_create_list_grant_revoke_delete() {
         .refused("not found");
 }
 
+/// A value file's one trailing line break goes (files end with one); a second one is
+/// a line break inside the value, which no injection could send, so it is refused.
 #[test]
 fn secret_value_file_strips_one_newline() {
     let palisade = Palisade::new();
     palisade.create_agent("mailer");
     let file = palisade.dir.path().join("key.txt");
     std::fs::write(&file, "key-with-newline\n\n").expect("write key file");
-    palisade
+    let refused = palisade
         .run(&[
             "secrets",
             "create",
@@ -509,7 +511,12 @@ fn secret_value_file_strips_one_newline() {
             "--value-file",
             file.to_str().expect("utf-8 path"),
         ])
-        .ok();
+        .refused("control character");
+    assert!(
+        !refused.stderr.contains("key-with-newline"),
+        "{}",
+        refused.stderr
+    );
     palisade.create_secret("crlf", "mailer", "crlf-value\r\n");
     let policy = palisade.store().load_policy().expect("load policy");
     let value = |name: &str| {
@@ -519,7 +526,7 @@ fn secret_value_file_strips_one_newline() {
             .find(|s| s.name == name)
             .map(|s| s.value.expose().to_string())
     };
-    assert_eq!(value("claude").as_deref(), Some("key-with-newline\n"));
+    assert_eq!(value("claude"), None);
     assert_eq!(value("crlf").as_deref(), Some("crlf-value"));
 }
 
