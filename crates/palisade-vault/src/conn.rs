@@ -9,7 +9,9 @@
 //! authenticates, a connection on the TCP listener also holds a place among the
 //! anonymous ones (a quarter of the cap, at most 1,024), so connections that never
 //! authenticate (any local process may open them) cannot take the places of the
-//! agents' sockets. A connection with no request
+//! agents' sockets. When those places are full, a new connection pushes out the oldest
+//! one still waiting (see [`AnonymousPlace`]), so such a flood cannot keep out the
+//! token-holding clients of the TCP listener either. A connection with no request
 //! in flight is closed once it has been silent for the idle timeout (sooner if it never
 //! sent a request), so idle tunnels do not pile up.
 //!
@@ -48,7 +50,43 @@ pub struct ConnectionLimits {
     requests: Mutex<HashMap<AgentName, Arc<Semaphore>>>,
     requests_max: usize,
     /// TCP connections that have not authenticated yet.
-    anonymous: Arc<Semaphore>,
+    anonymous: Arc<Mutex<Anonymous>>,
+}
+
+/// The TCP connections that have not authenticated yet, oldest first.
+struct Anonymous {
+    max: usize,
+    next: u64,
+    waiting: std::collections::VecDeque<(u64, CancellationToken)>,
+}
+
+/// A place among the connections that have not authenticated yet. When they are as
+/// many as may wait, a new one pushes out the oldest (its `evicted` is cancelled and
+/// its connection closed): a client that means to authenticate does so with its first
+/// request, moments after it connects, so a flood of connections that never do would
+/// have to open the whole pool's worth in those moments to keep it out; refusing the
+/// newest instead let a flood hold every place for as long as a head may take. Given
+/// back when the connection authenticates or ends.
+pub struct AnonymousPlace {
+    id: u64,
+    pool: Arc<Mutex<Anonymous>>,
+    evicted: CancellationToken,
+}
+
+impl AnonymousPlace {
+    /// Cancelled if a newer connection pushed this one out before it authenticated.
+    pub fn evicted(&self) -> CancellationToken {
+        self.evicted.clone()
+    }
+}
+
+impl Drop for AnonymousPlace {
+    fn drop(&mut self) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(index) = pool.waiting.iter().position(|(id, _)| *id == self.id) {
+            pool.waiting.remove(index);
+        }
+    }
 }
 
 /// The most connections that have not authenticated yet, of a gateway-wide cap.
@@ -66,13 +104,32 @@ impl ConnectionLimits {
             per_agent_max: per_agent.max(1),
             requests: Mutex::new(HashMap::new()),
             requests_max: requests_per_agent.max(1),
-            anonymous: Arc::new(Semaphore::new(anonymous_max(global.max(1)))),
+            anonymous: Arc::new(Mutex::new(Anonymous {
+                max: anonymous_max(global.max(1)),
+                next: 0,
+                waiting: std::collections::VecDeque::new(),
+            })),
         }
     }
 
-    /// A place among the connections that have not authenticated yet, if one is free.
-    pub fn admit_anonymous(&self) -> Option<OwnedSemaphorePermit> {
-        self.anonymous.clone().try_acquire_owned().ok()
+    /// A place among the connections that have not authenticated yet; when they are
+    /// full, the oldest of them is pushed out to make room (see [`AnonymousPlace`]).
+    pub fn admit_anonymous(&self) -> AnonymousPlace {
+        let mut pool = self.anonymous.lock().unwrap_or_else(|p| p.into_inner());
+        while pool.waiting.len() >= pool.max {
+            if let Some((_, oldest)) = pool.waiting.pop_front() {
+                oldest.cancel();
+            }
+        }
+        let id = pool.next;
+        pool.next += 1;
+        let evicted = CancellationToken::new();
+        pool.waiting.push_back((id, evicted.clone()));
+        AnonymousPlace {
+            id,
+            pool: Arc::clone(&self.anonymous),
+            evicted,
+        }
     }
 
     pub fn per_agent_max(&self) -> usize {
@@ -149,7 +206,7 @@ fn share_of(
 pub struct ConnectionPermits {
     held: Mutex<Vec<(Option<AgentName>, OwnedSemaphorePermit)>>,
     /// Given back at the first request that authenticates.
-    anonymous: Mutex<Option<OwnedSemaphorePermit>>,
+    anonymous: Mutex<Option<AnonymousPlace>>,
 }
 
 impl ConnectionPermits {
@@ -161,9 +218,20 @@ impl ConnectionPermits {
     }
 
     /// Also holds a place among the connections not yet authenticated.
-    pub fn with_anonymous(self: Arc<Self>, permit: OwnedSemaphorePermit) -> Arc<Self> {
-        *self.anonymous.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
+    pub fn with_anonymous(self: Arc<Self>, place: AnonymousPlace) -> Arc<Self> {
+        *self.anonymous.lock().unwrap_or_else(|p| p.into_inner()) = Some(place);
         self
+    }
+
+    /// Cancelled if the connection was pushed out before it authenticated (never, for
+    /// one that holds no such place).
+    pub fn evicted(&self) -> CancellationToken {
+        self.anonymous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(AnonymousPlace::evicted)
+            .unwrap_or_default()
     }
 
     pub fn hold(&self, agent: AgentName, permit: OwnedSemaphorePermit) {

@@ -72,6 +72,7 @@ pub async fn serve_connection<I>(
         Entry::Tcp => None,
     };
     let revoked = socket_revoked.clone().unwrap_or_default();
+    let evicted = permits.evicted();
     let connection = Connection {
         shared: shared.clone(),
         entry,
@@ -108,6 +109,9 @@ pub async fn serve_connection<I>(
         }
         _ = revoked.cancelled() => {
             tracing::debug!("closing an agent socket's connection: the agent was deleted");
+        }
+        _ = evicted.cancelled() => {
+            tracing::debug!("closing a connection that never authenticated: newer ones pushed it out");
         }
         _ = crate::stopped(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();

@@ -460,7 +460,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener, entry: Entry) {
 
 /// The places a new connection on `entry` holds: one under the gateway-wide cap, and
 /// one of its agent's share (agent socket) or one of those kept for connections not yet
-/// authenticated (TCP); or why there is none, and whose share is full.
+/// authenticated (TCP; the oldest of those is pushed out when they are full); or why
+/// there is none, and whose share is full.
 fn places_for(
     limits: &crate::conn::ConnectionLimits,
     entry: &Entry,
@@ -473,14 +474,7 @@ fn places_for(
     })?;
     let permits = ConnectionPermits::with_global(global);
     match entry {
-        Entry::Tcp => match limits.admit_anonymous() {
-            Some(anonymous) => Ok(permits.with_anonymous(anonymous)),
-            None => Err((
-                "as many connections as may wait to authenticate are open; refusing one"
-                    .to_string(),
-                None,
-            )),
-        },
+        Entry::Tcp => Ok(permits.with_anonymous(limits.admit_anonymous())),
         Entry::Agent(agent) => match limits.admit_agent(agent) {
             Some(permit) => {
                 permits.hold(agent.clone(), permit);

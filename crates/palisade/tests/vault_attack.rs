@@ -1477,23 +1477,33 @@ fn one_agent_cannot_exhaust_the_gateways_connections() {
 
 /// Connections that never authenticate have places of their own (a quarter of the
 /// gateway's cap), so a flood of them, which any local process may open on the TCP
-/// listener, leaves the agents' sockets served; and a 407 ends its connection, so none
-/// stays open unauthenticated by sending a request now and then. (Before, 60 idle TCP
-/// connections took all 40 places and every agent got 503, and a connection answered
-/// 407 every 25 s stayed open for good.)
+/// listener, leaves the agents' sockets served; when those places are full a new one
+/// pushes out the oldest, so a client with a token on the same listener is served too;
+/// and a 407 ends its connection, so none stays open unauthenticated by sending a
+/// request now and then. (Before, 60 idle TCP connections took all 40 places and every
+/// agent got 503; later they took the 10 anonymous places and every token-holding TCP
+/// client got 503; and a connection answered 407 every 25 s stayed open for good.)
 #[test]
 fn connections_that_never_authenticate_cannot_crowd_out_the_agents() {
     let attack = Attack::start(&["--max-connections", "40"]);
-    attack.setup.agent("worker");
+    let token = attack.setup.agent("worker");
     let socket = attack.setup.palisade.home().join("run/agents/worker.sock");
     assert!(wait_until(Duration::from_secs(5), || socket.exists()));
     let mut idle: Vec<std::net::TcpStream> = (0..60)
         .filter_map(|_| std::net::TcpStream::connect(attack.setup.addr()).ok())
         .collect();
     assert_eq!(idle.len(), 60);
-    // The last one is past any cap: once it is refused, the gateway has taken them all.
-    let (_, refused) = read_some(idle.last_mut().unwrap(), Duration::from_secs(10));
-    assert!(refused, "the 60th idle connection was never refused");
+    // The oldest were pushed out as newer ones came.
+    let (_, closed) = read_some(&mut idle[0], Duration::from_secs(10));
+    assert!(closed, "the oldest idle connection was never pushed out");
+    for _ in 0..3 {
+        let (status, body) = attack
+            .setup
+            .fetch(&token, &["--http1.1", &attack.url("/echo")]);
+        assert_eq!(status, 200, "a client with a token was refused: {body}");
+        // More idle ones keep coming between its requests.
+        idle.extend((0..20).filter_map(|_| std::net::TcpStream::connect(attack.setup.addr()).ok()));
+    }
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         attack.url("/echo").replace("https", "http")
