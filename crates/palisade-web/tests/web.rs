@@ -956,6 +956,45 @@ async fn script_from_instructions_messages_and_approvals_renders_inert() {
     web.stop().await;
 }
 
+/// A hidden character in what an agent asks for reaches the page marked where it is,
+/// with the summary's warning, never as the character itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_characters_on_the_approvals_page_are_marked() {
+    let web = Web::start().await;
+    let summary = palisade_approvals::summary::action(
+        "helper",
+        "mail al\u{202E}ice@example.com",
+        "<b\u{200B}ob@example.com>",
+    );
+    web.store
+        .create_approval(NewApproval {
+            kind: "tool_action".into(),
+            agent: AgentName::new("helper").unwrap(),
+            title: summary.title,
+            lines: summary.lines,
+            detail: summary.detail,
+            context: serde_json::json!({}),
+            expires_at_ms: palisade_store::now_ms() + 600_000,
+            holder: None,
+            request_key: None,
+        })
+        .unwrap();
+    for path in ["/approvals", "/approvals/pending"] {
+        let body = web.get_text(path).await;
+        assert!(body.contains("al⟨U+202E⟩ice@example.com"), "{path}: {body}");
+        assert!(body.contains("&lt;b⟨U+200B⟩ob@example.com&gt;"), "{path}");
+        assert!(
+            body.contains(palisade_approvals::summary::HIDDEN_CHARACTERS_NOTICE),
+            "{path}"
+        );
+        assert!(
+            !body.contains('\u{202E}') && !body.contains('\u{200B}'),
+            "{path}"
+        );
+    }
+    web.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_sends_stream_the_reply_and_errors_come_back_as_json() {
     let web = Web::start().await;
