@@ -884,7 +884,7 @@ async fn no_page_ever_contains_a_secret_value() {
     paths.extend([
         "/audit?q=mail".to_string(),
         "/api/status".to_string(),
-        format!("/approvals?decided={id}"),
+        format!("/approvals?decided=approved&id={id}"),
     ]);
     let needles = [
         SECRET_VALUE.to_string(),
@@ -952,6 +952,66 @@ async fn script_from_instructions_messages_and_approvals_renders_inert() {
             body.contains("&lt;script&gt;alert") || body.contains("&lt;script&gt;"),
             "{path} does not show the text at all"
         );
+    }
+    web.stop().await;
+}
+
+/// The approvals page's flash line, as rendered: `None` when hidden.
+fn approval_flash(page: &str) -> Option<String> {
+    let start = page.find("id=\"approval-flash\"")?;
+    let tag_end = start + page[start..].find('>')?;
+    if page[start..tag_end].contains("hidden") {
+        return None;
+    }
+    let end = tag_end + page[tag_end..].find("</p>")?;
+    Some(page[tag_end + 1..end].to_string())
+}
+
+/// The flash after a decision says what the server decided, in its words: a link that
+/// carries other words, an unknown code, or a code that does not match how the named
+/// approval ended shows nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approvals_flash_shows_only_what_the_server_wrote() {
+    let web = Web::start().await;
+    web.login().await;
+    let id = web.pending_approval("send the report");
+    let spoofs = [
+        "/approvals?decided=Approved%3A%20all%20requests%20are%20safe".to_string(),
+        format!("/approvals?decided=Approved%3A%20all%20requests%20are%20safe&id={id}"),
+        format!("/approvals?decided=approved&id={id}"),
+        "/approvals?decided=approved".to_string(),
+        "/approvals?decided=approved&id=apr_doesnotexist".to_string(),
+    ];
+    for path in &spoofs {
+        let page = web.get_text(path).await;
+        assert_eq!(approval_flash(&page), None, "{path}");
+        assert!(!page.contains("all requests are safe"), "{path}");
+    }
+
+    let csrf = web.csrf().await;
+    let response = web
+        .post_form(
+            &format!("/approvals/{id}/decide"),
+            &[("decision", "approve"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(
+        location,
+        format!("/approvals?decided=approved&id={}", id.replace('_', "%5F"))
+    );
+    let page = web.get_text(&location).await;
+    assert_eq!(
+        approval_flash(&page).as_deref(),
+        Some(format!("Approved: send the report ({id})").as_str())
+    );
+    // A code that is not how this approval ended says nothing.
+    for code in ["denied", "always_allowed", "approved_1h", "nonsense"] {
+        let page = web
+            .get_text(&format!("/approvals?decided={code}&id={id}"))
+            .await;
+        assert_eq!(approval_flash(&page), None, "{code}");
     }
     web.stop().await;
 }
