@@ -28,7 +28,7 @@ const PENDING_LIMIT: usize = 100;
 /// Longest comment accepted.
 const MAX_COMMENT_BYTES: usize = 2000;
 
-fn pending_markup(state: &WebState, pending: &[Approval]) -> Markup {
+fn pending_markup(pending: &[Approval]) -> Markup {
     let ids: Vec<&str> = pending.iter().map(|a| a.id.as_str()).collect();
     html! {
         div #pending data-count=(pending.len()) data-ids=(ids.join(",")) {
@@ -65,7 +65,7 @@ fn pending_markup(state: &WebState, pending: &[Approval]) -> Markup {
                         }
                     }
                     form.decide method="post" action={ "/approvals/" (approval.id) "/decide" } {
-                        (layout::csrf_field(state))
+                        (layout::csrf_field())
                         // A text area, not a one-line input: Enter in a one-line input
                         // submits the form with its first button, Approve, so a person
                         // typing the reason for a denial would approve.
@@ -245,7 +245,7 @@ pub(crate) async fn page(
         }
         p #approval-flash.flash hidden[flash.is_empty()] { (flash) }
         section #approvals-live data-poll="/approvals/pending" {
-            (pending_markup(&state, &pending))
+            (pending_markup(&pending))
         }
         section.card {
             h2 { "Recently decided" }
@@ -259,7 +259,7 @@ pub(crate) async fn page(
 pub(crate) async fn pending_fragment(State(state): State<WebState>) -> PageResult {
     let (pending, decided) = load(&state).await?;
     let fragment = html! {
-        (pending_markup(&state, &pending))
+        (pending_markup(&pending))
         div #decided { (decided_markup(&decided)) }
     };
     Ok((
