@@ -3,11 +3,16 @@
 //! that says how it ended ("Approved by Ana (Slack, team) at 14:05", "Expired, denied").
 //! Platform modules only render this; they never decide what a card says.
 //!
+//! The summary marks hidden characters where they are (`al⟨U+202E⟩ice@example.com`) and
+//! says so in its first line; a card lifts that line out of the summary's lines into
+//! [`Card::warning`], which is always shown, so no platform's length limit drops it.
+//!
 //! Buttons carry [`CallbackData`]: a version, the card's opaque token and the button's
 //! one-letter code (`v1:TOKEN:o`, 20 bytes, under Telegram's 64-byte limit). The token
 //! names one card this host posted; the approval id alone would let a click made on
 //! one platform be replayed on another.
 
+use palisade_approvals::summary::HIDDEN_CHARACTERS_NOTICE;
 pub use palisade_approvals::{clock_time, outcome_line};
 use palisade_approvals::{Approval, ApprovalKind, ApprovalStatus, Button};
 use rand::Rng;
@@ -24,6 +29,9 @@ pub struct Card {
     pub token: String,
     pub heading: String,
     pub title: String,
+    /// That the request carries hidden characters (marked where they are), when it does:
+    /// shown under the title on every platform, whatever else is left out.
+    pub warning: Option<String>,
     /// The summary's lines: built from what the agent sent, so as long as it likes.
     pub lines: Vec<String>,
     /// What "Always allow" and "Approve for 1 h" would let through, when offered. Not
@@ -66,12 +74,17 @@ impl Card {
                 ));
             }
         }
+        let (notices, lines): (Vec<&String>, Vec<&String>) = approval
+            .lines
+            .iter()
+            .partition(|line| line.as_str() == HIDDEN_CHARACTERS_NOTICE);
         Card {
             approval_id: approval.id.clone(),
             token: token.to_string(),
             heading,
             title: cut(&approval.title, CARD_TITLE_CHARS),
-            lines: approval.lines.clone(),
+            warning: (!notices.is_empty()).then(|| HIDDEN_CHARACTERS_NOTICE.to_string()),
+            lines: lines.into_iter().cloned().collect(),
             scope,
             detail: approval.detail.chars().take(CARD_DETAIL_CHARS).collect(),
             buttons,
@@ -86,8 +99,9 @@ impl Card {
     }
 
     /// The card as plain text in at most `max` characters as `measure` counts them
-    /// (a platform's escaping can lengthen text). The heading, the title, what a
-    /// lasting choice lets through and the expiry or outcome are always there; the
+    /// (a platform's escaping can lengthen text). The heading, the title, the warning
+    /// about hidden characters, what a lasting choice lets through and the expiry or
+    /// outcome are always there; the
     /// summary's lines, which the agent's request decides, fill what is left, and those
     /// left out are counted on the card (see [`fit_lines`]), so no line the agent
     /// made long can push the rest off a card unseen.
@@ -103,6 +117,10 @@ impl Card {
             ),
         };
         let mut head = format!("{}\n{}", self.heading, self.title);
+        if let Some(warning) = &self.warning {
+            head.push('\n');
+            head.push_str(warning);
+        }
         if let Some(scope) = &self.scope {
             head.push('\n');
             head.push_str(scope);
@@ -207,9 +225,76 @@ impl CallbackData {
     }
 }
 
+/// Approvals for the renderers' tests: a pending one with `summary` as its text.
+#[cfg(test)]
+pub(crate) fn pending_approval(summary: palisade_approvals::Summary) -> Approval {
+    Approval {
+        id: "apr_abcdefghijkl".into(),
+        kind: "credential_use".into(),
+        agent: "mailer".parse().expect("a valid agent name"),
+        status: ApprovalStatus::Pending,
+        title: summary.title,
+        lines: summary.lines,
+        detail: summary.detail,
+        context: serde_json::json!({
+            "method": "POST", "host": "gmail.googleapis.com",
+            "path": "/gmail/v1/users/me/messages/send", "rule": "ask",
+        }),
+        created_at_ms: 0,
+        expires_at_ms: 0,
+        decided_at_ms: None,
+        approver: None,
+        comment: None,
+        choice: None,
+        approver_channel: None,
+        approver_user: None,
+        approver_name: None,
+        granted_rule: None,
+        holder: None,
+        request_key: None,
+    }
+}
+
+/// A summary whose title and lines hide a right-to-left override in an address.
+#[cfg(test)]
+pub(crate) fn hidden_character_summary() -> palisade_approvals::Summary {
+    palisade_approvals::summary::action(
+        "mailer",
+        "send the invoice to al\u{202E}ice_ops@example.com",
+        "Cc: <b\u{200B}ob@example.com> *now*",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The warning is lifted out of the lines, shown once under the title, and kept
+    /// when the agent's lines fill the card.
+    #[test]
+    fn a_card_keeps_the_hidden_characters_warning_whatever_else_is_cut() {
+        let mut summary = hidden_character_summary();
+        let card = Card::new(&pending_approval(summary.clone()), &new_token());
+        assert_eq!(card.warning.as_deref(), Some(HIDDEN_CHARACTERS_NOTICE));
+        assert!(!card.lines.iter().any(|l| l == HIDDEN_CHARACTERS_NOTICE));
+        let text = card.text();
+        assert_eq!(text.matches(HIDDEN_CHARACTERS_NOTICE).count(), 1, "{text}");
+        assert!(text.contains("al⟨U+202E⟩ice_ops@example.com"), "{text}");
+
+        summary
+            .lines
+            .extend((0..40).map(|n| format!("{n}: {}", "x".repeat(280))));
+        let card = Card::new(&pending_approval(summary), &new_token());
+        let text = card.text_within(1000, &|t| t.chars().count());
+        assert!(text.chars().count() <= 1000);
+        assert!(text.contains(HIDDEN_CHARACTERS_NOTICE), "{text}");
+        assert!(text.contains("not shown here"), "{text}");
+
+        // No warning on a card with nothing hidden.
+        let plain = palisade_approvals::summary::action("mailer", "send it", "to alice");
+        let card = Card::new(&pending_approval(plain), &new_token());
+        assert_eq!(card.warning, None);
+    }
 
     #[test]
     fn callback_data_round_trips_and_refuses_anything_else() {

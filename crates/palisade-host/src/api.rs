@@ -2,13 +2,15 @@
 //! (palisade-web) wraps this router and serves its pages beside it.
 //!
 //! Who may call it: the CLI with the token written to `run/host.json` (mode 0600, in
-//! the 0700 home), or the admin's browser with the session cookie the web UI hands out
-//! at `/login?token=…` (`HttpOnly`, `SameSite=Strict`), which is good for reading only
+//! the 0700 home), or the admin's browser with a session cookie the web UI hands out
+//! at `/login?token=…` (`HttpOnly`, `SameSite=Strict`; one session per login, see
+//! [`crate::admin_sessions`]), which is good for reading only
 //! here: every state-changing call needs the bearer token, so a page on another site
 //! cannot make the browser post for the admin (the web UI's own writes pass its CSRF
 //! check first). Sandboxes never reach it: they have no network and the vault refuses
 //! local upstreams.
 
+use crate::admin_sessions::AdminSessions;
 use crate::host::{Host, StreamEvent, MAX_MESSAGE_BYTES};
 use crate::HostError;
 use axum::body::Body;
@@ -33,10 +35,10 @@ pub const COOKIE: &str = "palisade_admin";
 pub struct ApiTokens {
     /// The login token `palisade up` prints once; like every login token it works once.
     pub admin_login: String,
-    /// What the CLI sends as a bearer token.
+    /// What the CLI sends as a bearer token; good for the whole run, sessions aside.
     pub cli: String,
-    /// The cookie value handed out at login.
-    pub session: String,
+    /// The web admin's sessions, one per login; a cookie's value names one.
+    pub sessions: Arc<AdminSessions>,
     /// Login tokens not used yet (the printed one and those `palisade login` asked for).
     pub logins: Arc<LoginTokens>,
 }
@@ -54,7 +56,7 @@ impl ApiTokens {
         ApiTokens {
             admin_login,
             cli: random_token(),
-            session: random_token(),
+            sessions: Arc::default(),
             logins: Arc::new(logins),
         }
     }
@@ -194,8 +196,9 @@ fn error_response(status: StatusCode, code: &str, cause: HostError) -> Response 
     error(status, code, cause.to_string())
 }
 
-/// The CLI's bearer token for anything; the cookie for reads. Login tokens are not
-/// API credentials: they are good for one login only.
+/// The CLI's bearer token for anything; a live session's cookie for reads (the web UI
+/// has refused it before here when it came from another user than the one who logged
+/// in). Login tokens are not API credentials: they are good for one login only.
 fn authorized(state: &ApiState, headers: &HeaderMap, read_only: bool) -> bool {
     if let Some(value) = headers
         .get(header::AUTHORIZATION)
@@ -212,7 +215,7 @@ fn authorized(state: &ApiState, headers: &HeaderMap, read_only: bool) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().strip_prefix(&format!("{COOKIE}=")))
-            .any(|value| same(value, &state.tokens.session))
+            .any(|value| state.tokens.sessions.check(value, |_| true))
 }
 
 /// A new one-time login link for the web UI (`palisade login`); CLI token only, so a

@@ -15,8 +15,11 @@
 //! - [`doctor`]: what `palisade doctor` and the web UI's Health page check.
 //! - [`folders`]: host folders shared with agents, checked when named and at launch.
 //! - [`api`]: the local JSON API `palisade up` serves on 127.0.0.1.
+//! - [`admin_sessions`]: the web admin's sessions, one per login, with idle and
+//!   absolute expiry.
 
 mod a2a;
+pub mod admin_sessions;
 pub mod agents;
 pub mod api;
 mod approvals;

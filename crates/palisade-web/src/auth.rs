@@ -1,22 +1,34 @@
-//! Who may use the web UI: the admin who holds the login token `palisade up` printed.
+//! Who may use the web UI: the admin who holds a login token `palisade up` or
+//! `palisade login` printed, through a session that login started.
 //!
 //! - `/login?token=…` exchanges a one-time login token (the one printed at start, or
-//!   one from `palisade login`) for the session cookie (`HttpOnly`,
-//!   `SameSite=Strict`, `Path=/`) and redirects to the dashboard, so the token leaves
-//!   the address bar (and, with `Referrer-Policy: no-referrer`, is never sent on).
-//! - Every page needs the cookie; without it the answer is 401 with a hint. The cookie
-//!   is good only on connections of the local user whose browser logged in (when the
-//!   login came from this machine): browsers send it to every port of 127.0.0.1, so
-//!   another user's server there could otherwise take it and replay it ([`peer`]).
+//!   one from `palisade login`) for a session of its own: a new random token in the
+//!   session cookie (`HttpOnly`, `SameSite=Strict`, `Path=/`), and a redirect to the
+//!   dashboard, so the login token leaves the address bar (and, with
+//!   `Referrer-Policy: no-referrer`, is never sent on). Two logins are two sessions
+//!   with two cookies; a stolen cookie is worth only as long as its session lives.
+//! - A session ends at "Log out" (`POST /logout`, which passes the CSRF check like
+//!   every other write and ends only the session that sent it), after 12 hours without
+//!   a request, 7 days after its login, when 16 newer sessions have started, or when
+//!   the host stops ([`palisade_host::admin_sessions`]).
+//! - Every page needs a live session's cookie; without it the answer is 401 with a
+//!   hint. A session is good only on connections of the local user whose browser
+//!   logged in (when the login came from this machine): browsers send the cookie to
+//!   every port of 127.0.0.1, so another user's server there could otherwise take it
+//!   and replay it ([`peer`]).
 //! - Every state-changing request (anything but GET/HEAD) additionally needs the CSRF
-//!   token of the session (header `X-CSRF-Token` from the script, or form field
+//!   token of its session (header `X-CSRF-Token` from the script, or form field
 //!   `csrf`) and an `Origin` (or, failing that, `Referer`) naming this server. The
 //!   check runs in [`require_admin`] before any handler, so no handler can forget it,
 //!   and a refused request changes nothing.
+//! - The CLI's bearer token (`run/host.json`) is no session and is untouched by all
+//!   this: it works for the JSON API for the whole run.
 //!
 //! The CSRF token is derived from the session token (SHA-256 with a purpose label), so
 //! it is tied to the session, needs no storage, and cannot be computed by a page that
-//! cannot read the `HttpOnly` cookie.
+//! cannot read the `HttpOnly` cookie. [`require_admin`] runs each page's handler with
+//! its session's CSRF token at hand ([`current_csrf`]), so every form on a page carries
+//! the token of the session that asked for it.
 
 use crate::guard::Guard;
 use crate::pages::layout;
@@ -30,6 +42,7 @@ use axum::response::{IntoResponse, Response};
 use palisade_host::api::{same, COOKIE};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// Form field and header carrying the CSRF token.
 pub const CSRF_FIELD: &str = "csrf";
@@ -43,7 +56,24 @@ pub fn csrf_token(session: &str) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// The value of cookie `name`, if the request has one.
+tokio::task_local! {
+    /// The CSRF token of the session whose request is being handled: set by
+    /// [`require_admin`] around the handler, read by the layout for every form.
+    static CURRENT_CSRF: Arc<str>;
+}
+
+/// The CSRF token of the session being served; empty outside a page handler, so a form
+/// rendered there is refused rather than given another session's token.
+pub(crate) fn current_csrf() -> Arc<str> {
+    CURRENT_CSRF
+        .try_with(Arc::clone)
+        .unwrap_or_else(|_| Arc::from(""))
+}
+
+/// What ends a session in the browser: an empty cookie that expired long ago.
+const CLEARED_COOKIE: &str = "=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0";
+
+/// The values of cookie `name` the request carries.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
     headers
         .get_all(header::COOKIE)
@@ -64,27 +94,24 @@ fn peer_address(extensions: &axum::http::Extensions) -> Option<std::net::SocketA
         .map(|info| info.0)
 }
 
-/// Whether the request carries the admin's session cookie, on a connection of the
-/// user who logged in.
-pub(crate) fn has_session(
+/// The token of the live session the request's cookie names, when the request comes
+/// on a connection of the user who logged in to it; that session counts as used.
+pub(crate) fn session_of(
     state: &WebState,
     headers: &HeaderMap,
     extensions: &axum::http::Extensions,
-) -> bool {
-    let cookie_ok = cookie(headers, COOKIE)
+) -> Option<String> {
+    let peer_uid =
+        || peer_address(extensions).and_then(|address| peer::uid_of(address, state.listen.port()));
+    cookie(headers, COOKIE)
         .into_iter()
-        .any(|value| same(value, &state.tokens.session));
-    if !cookie_ok {
-        return false;
-    }
-    let bound = *state.session_uid.lock().unwrap_or_else(|e| e.into_inner());
-    match bound {
-        None => true,
-        Some(uid) => {
-            peer_address(extensions).and_then(|address| peer::uid_of(address, state.listen.port()))
-                == Some(uid)
-        }
-    }
+        .find(|value| {
+            state.tokens.sessions.check(value, |bound| match bound {
+                None => true,
+                Some(uid) => peer_uid() == Some(uid),
+            })
+        })
+        .map(str::to_string)
 }
 
 #[derive(Deserialize)]
@@ -113,15 +140,12 @@ fn login_answer(
 ) -> Response {
     match query.token {
         Some(token) if state.tokens.logins.consume(&token) => {
-            // From now on the cookie is good on this user's connections only (on
-            // anyone's when the browser is on another machine).
+            // The new session is good on this user's connections only (on anyone's
+            // when the browser is on another machine).
             let uid = peer_address(extensions)
                 .and_then(|address| peer::uid_of(address, state.listen.port()));
-            *state.session_uid.lock().unwrap_or_else(|e| e.into_inner()) = uid;
-            let cookie = format!(
-                "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-                state.tokens.session
-            );
+            let session = state.tokens.sessions.start(uid);
+            let cookie = format!("{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/");
             (
                 StatusCode::SEE_OTHER,
                 [(header::SET_COOKIE, cookie), (header::LOCATION, "/".into())],
@@ -145,22 +169,47 @@ fn login_answer(
     }
 }
 
-/// For the JSON API, which accepts the session cookie for reads: a request that
-/// carries it on a connection of another user than the one who logged in gets 401, as
-/// a page would, whatever else it carries (the API falls back to the cookie after an
-/// `Authorization` that is not its bearer token; the CLI sends no cookie).
+/// Ends the session that sent it (only that one: the admin's other browsers stay
+/// logged in) and clears its cookie. A write, so [`require_admin`] has checked its
+/// session, CSRF token and origin before it runs.
+pub(crate) async fn logout(State(state): State<WebState>, headers: HeaderMap) -> Response {
+    let csrf = current_csrf();
+    // The cookie whose session the CSRF check accepted: a request may carry others.
+    for value in cookie(&headers, COOKIE) {
+        if !csrf.is_empty() && same(&csrf_token(value), &csrf) {
+            state.tokens.sessions.end(value);
+        }
+    }
+    let mut response = layout::bare_page(
+        StatusCode::OK,
+        "Logged out",
+        "This browser's session has ended. Run `palisade login` on this machine for a new \
+         login link.",
+    );
+    if let Ok(value) = axum::http::HeaderValue::from_str(&format!("{COOKIE}{CLEARED_COOKIE}")) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// For the JSON API, which accepts a session cookie for reads: a request that carries
+/// one that names no live session, or one on a connection of another user than the
+/// one who logged in, gets 401, as a page would, whatever else it carries (the API
+/// falls back to the cookie after an `Authorization` that is not its bearer token; the
+/// CLI sends no cookie).
 pub(crate) async fn bound_cookie(
     State(state): State<WebState>,
     request: Request,
     next: Next,
 ) -> Response {
     let with_cookie = !cookie(request.headers(), COOKIE).is_empty();
-    if with_cookie && !has_session(&state, request.headers(), request.extensions()) {
+    if with_cookie && session_of(&state, request.headers(), request.extensions()).is_none() {
         return refuse(
             false,
             StatusCode::UNAUTHORIZED,
             "Log in first",
-            "This session belongs to another user of this machine.",
+            "This session has ended or belongs to another user of this machine; run \
+             `palisade login` for a new login link.",
         );
     }
     next.run(request).await
@@ -213,18 +262,20 @@ pub(crate) async fn require_admin(
     next: Next,
 ) -> Response {
     let html = wants_html(&request);
-    if !has_session(&gate.state, request.headers(), request.extensions()) {
+    let Some(session) = session_of(&gate.state, request.headers(), request.extensions()) else {
         return refuse(
             html,
             StatusCode::UNAUTHORIZED,
             "Log in first",
             "You are not logged in. Run `palisade login` on this machine and open the link it \
              prints (each link works once; the one `palisade up` printed at its start may be \
-             used already).",
+             used already; a session ends after 12 hours unused, 7 days after its login, or \
+             at Log out).",
         );
-    }
+    };
+    let csrf: Arc<str> = Arc::from(csrf_token(&session));
     if matches!(*request.method(), Method::GET | Method::HEAD) {
-        return next.run(request).await;
+        return CURRENT_CSRF.scope(csrf, next.run(request)).await;
     }
     let forbidden = |message: &str| refuse(true, StatusCode::FORBIDDEN, "Request refused", message);
     match request_origin(request.headers()) {
@@ -267,7 +318,9 @@ pub(crate) async fn require_admin(
         (request, None)
     };
     match header_token.or(form_token) {
-        Some(token) if same(&token, &gate.state.csrf) => next.run(request).await,
+        Some(token) if same(&token, &csrf) => {
+            CURRENT_CSRF.scope(csrf.clone(), next.run(request)).await
+        }
         _ => forbidden(
             "This change carried no valid CSRF token for your session, so nothing was \
              changed. Reload the page and try again.",

@@ -20,8 +20,9 @@
 //! - [`guard`]: every response carries a strict Content-Security-Policy and the other
 //!   security headers, and a request whose `Host` is not the listen address or a
 //!   loopback name is refused (DNS rebinding).
-//! - [`auth`]: the login exchange, the session cookie (bound to the local user who
-//!   logged in, [`peer`]), and the CSRF check (session cookie + per-session token +
+//! - [`auth`]: the login exchange (one session per login, each with its own cookie,
+//!   idle and absolute expiry, Log out), the session's binding to the local user who
+//!   logged in ([`peer`]), and the CSRF check (session cookie + per-session token +
 //!   same-origin `Origin`/`Referer`) that every state-changing browser request passes
 //!   before any handler runs.
 //!
@@ -63,8 +64,6 @@ pub(crate) struct WebState {
     /// in this process at once).
     pub(crate) engine: palisade_approvals::Engine,
     pub(crate) tokens: Arc<ApiTokens>,
-    /// The CSRF token of the one admin session (derived from the session token).
-    pub(crate) csrf: Arc<str>,
     /// The JSON API, to which the chat page's sends are handed after the CSRF check,
     /// so the browser gets exactly the stream the CLI gets.
     pub(crate) api: Router,
@@ -73,9 +72,6 @@ pub(crate) struct WebState {
     pub(crate) model_lists: Arc<model_lists::ModelLists>,
     /// The address this server listens on.
     pub(crate) listen: SocketAddr,
-    /// The local user whose browser last logged in, when it was one of this machine
-    /// ([`peer`]): the session cookie is good only on that user's connections.
-    pub(crate) session_uid: Arc<std::sync::Mutex<Option<u32>>>,
 }
 
 /// The web UI and the JSON API on one router, behind the Host check and security
@@ -91,13 +87,11 @@ pub fn app(
         store: host.store().with_actor(WEB_ACTOR),
         engine: host.engine().clone(),
         host,
-        csrf: Arc::from(auth::csrf_token(&tokens.session)),
         tokens: Arc::new(tokens),
         api: api.clone(),
         started_at_ms: palisade_store::now_ms(),
         model_lists: Arc::default(),
         listen,
-        session_uid: Arc::default(),
     };
     let guard = guard::Guard::new(listen);
 
@@ -205,6 +199,7 @@ pub fn app(
         )
         .route("/health", get(pages::health::page))
         .route("/health/online", post(pages::health::online))
+        .route("/logout", post(auth::logout))
         .route_layer(axum::middleware::from_fn_with_state(
             auth::Gate {
                 state: state.clone(),

@@ -23,7 +23,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-const COOKIE_NAME: &str = "palisade_admin";
 const VALUE: &str = "ghp_Web-Form-Value-9c1d-NEVER-SHOWN";
 const ROTATED: &str = "ghp_Rotated-Value-7e2a-NEVER-SHOWN";
 const MODEL_KEY: &str = "sk-ant-first-run-3f9b-NEVER-SHOWN";
@@ -46,7 +45,8 @@ struct Web {
     _dir: tempfile::TempDir,
     home: Home,
     store: Store,
-    tokens: ApiTokens,
+    /// The cookie of the session [`Web::start`] logged in with.
+    session: String,
     addr: SocketAddr,
     client: reqwest::Client,
     stop: tokio::sync::watch::Sender<bool>,
@@ -95,11 +95,14 @@ impl Web {
             .no_proxy()
             .build()
             .unwrap();
+        // With a link of its own: the printed one is left for the tests of logging in.
+        let session =
+            common::log_in(&client, &format!("http://{addr}"), &tokens.logins.issue()).await;
         Web {
             _dir: dir,
             home,
             store,
-            tokens,
+            session,
             addr,
             client,
             stop,
@@ -113,7 +116,7 @@ impl Web {
     }
 
     fn cookie(&self) -> String {
-        format!("{COOKIE_NAME}={}", self.tokens.session)
+        self.session.clone()
     }
 
     fn origin(&self) -> String {

@@ -104,6 +104,8 @@ struct Web {
     home: Home,
     store: Store,
     tokens: ApiTokens,
+    /// The cookie of the session [`Web::start`] logged in with.
+    session: String,
     addr: SocketAddr,
     client: reqwest::Client,
     stop: tokio::sync::watch::Sender<bool>,
@@ -135,11 +137,15 @@ impl Web {
             .no_proxy()
             .build()
             .unwrap();
+        // With a link of its own: the printed one is left for the tests of logging in.
+        let session =
+            common::log_in(&client, &format!("http://{addr}"), &tokens.logins.issue()).await;
         Web {
             _dir: dir,
             home,
             store,
             tokens,
+            session,
             addr,
             client,
             stop,
@@ -165,7 +171,7 @@ impl Web {
     }
 
     fn cookie(&self) -> String {
-        format!("{COOKIE_NAME}={}", self.tokens.session)
+        self.session.clone()
     }
 
     /// The CSRF token, read from a page as the browser's script does.
@@ -251,7 +257,12 @@ async fn login_exchanges_the_token_for_a_strict_http_only_cookie() {
         .unwrap()
         .to_string();
     let parts: Vec<&str> = cookie.split(';').map(str::trim).collect();
-    assert_eq!(parts[0], web.cookie());
+    assert!(parts[0].starts_with(&format!("{COOKIE_NAME}=")), "{cookie}");
+    assert_ne!(
+        parts[0],
+        web.cookie(),
+        "a login starts a session of its own"
+    );
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(parts.contains(&attribute), "{attribute} missing: {cookie}");
     }
@@ -347,11 +358,11 @@ async fn the_session_cookie_is_good_only_for_the_user_who_logged_in() {
         assert!(made.success(), "scripts/test-user.sh failed");
     }
     let web = Web::start().await;
-    let cookie = web.cookie();
     let url = web.url("/");
-    // Before a login nothing is bound; the login binds the cookie to this user.
+    // The login binds its session to this user.
     let response = web.login().await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let cookie = common::session_cookie(&response).expect("a session cookie");
     assert_eq!(curl_status(None, &cookie, &url).await, "200");
     assert_eq!(
         curl_status(Some(TEST_USER), &cookie, &url).await,
@@ -383,6 +394,178 @@ async fn the_session_cookie_is_good_only_for_the_user_who_logged_in() {
             "{path}"
         );
     }
+    web.stop().await;
+}
+
+/// The CSRF token a page served with `cookie` carries.
+async fn csrf_of(web: &Web, cookie: &str) -> String {
+    let page = web
+        .client
+        .get(web.url("/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let marker = "name=\"csrf-token\" content=\"";
+    let start = page.find(marker).expect("csrf meta") + marker.len();
+    page[start..start + 64].to_string()
+}
+
+/// `GET path` with `cookie`: its status.
+async fn status_with(web: &Web, path: &str, cookie: &str) -> StatusCode {
+    web.client
+        .get(web.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// `POST /logout` as a page of this server sends it, with `cookie` and `csrf`.
+async fn log_out(web: &Web, cookie: &str, csrf: &str) -> reqwest::Response {
+    web.client
+        .post(web.url("/logout"))
+        .header("cookie", cookie)
+        .header("origin", web.origin())
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Each login is a session of its own, with its own cookie and CSRF token; Log out ends
+/// only the session that asks, and only with that session's CSRF token and our origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_login_is_its_own_session_and_log_out_ends_only_it() {
+    let web = Web::start().await;
+    let base = web.origin();
+    let first = common::log_in(&web.client, &base, &web.tokens.logins.issue()).await;
+    let second = common::log_in(&web.client, &base, &web.tokens.logins.issue()).await;
+    assert_ne!(first, second);
+    for cookie in [&first, &second] {
+        assert_eq!(status_with(&web, "/", cookie).await, StatusCode::OK);
+        assert_eq!(
+            status_with(&web, "/api/status", cookie).await,
+            StatusCode::OK
+        );
+    }
+    let (first_csrf, second_csrf) = (csrf_of(&web, &first).await, csrf_of(&web, &second).await);
+    assert_ne!(first_csrf, second_csrf, "the CSRF token is the session's");
+    assert!(
+        web.get_text("/").await.contains("action=\"/logout\""),
+        "every page offers Log out"
+    );
+
+    // Another session's CSRF token, none, or another origin: refused, nothing ends.
+    assert_eq!(
+        log_out(&web, &first, &second_csrf).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let no_origin = web
+        .client
+        .post(web.url("/logout"))
+        .header("cookie", &first)
+        .form(&[("csrf", first_csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_origin.status(), StatusCode::FORBIDDEN);
+    assert_eq!(status_with(&web, "/", &first).await, StatusCode::OK);
+
+    let response = log_out(&web, &first, &first_csrf).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let cleared = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cleared.starts_with(&format!("{COOKIE_NAME}=;")) && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    assert!(response.text().await.unwrap().contains("palisade login"));
+    for path in ["/", "/approvals", "/api/status"] {
+        assert_eq!(
+            status_with(&web, path, &first).await,
+            StatusCode::UNAUTHORIZED,
+            "{path} after logout"
+        );
+        assert_eq!(
+            status_with(&web, path, &second).await,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    // A write with the ended session's cookie and token changes nothing either.
+    assert_eq!(
+        log_out(&web, &first, &first_csrf).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    web.stop().await;
+}
+
+/// A session unused for longer than its idle expiry is refused, pages and the JSON
+/// API alike; the CLI's bearer token is no session and goes on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_refused_and_the_cli_token_still_works() {
+    use palisade_host::admin_sessions::{ABSOLUTE_EXPIRY, IDLE_EXPIRY};
+    let web = Web::start().await;
+    let clock = web.tokens.sessions.clock().clone();
+    let cookie = web.cookie();
+    assert_eq!(status_with(&web, "/", &cookie).await, StatusCode::OK);
+    clock.advance(IDLE_EXPIRY - Duration::from_secs(60));
+    assert_eq!(status_with(&web, "/", &cookie).await, StatusCode::OK);
+    clock.advance(IDLE_EXPIRY - Duration::from_secs(60));
+    assert_eq!(
+        status_with(&web, "/", &cookie).await,
+        StatusCode::OK,
+        "used within the idle expiry, it lives on"
+    );
+    clock.advance(IDLE_EXPIRY + Duration::from_secs(60));
+    for path in ["/", "/api/status"] {
+        let response = web
+            .client
+            .get(web.url(path))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert!(
+            response.text().await.unwrap().contains("palisade login"),
+            "{path}"
+        );
+    }
+    // However busy, a session ends at its absolute expiry.
+    let busy = common::log_in(&web.client, &web.origin(), &web.tokens.logins.issue()).await;
+    let mut age = Duration::ZERO;
+    while age + Duration::from_secs(11 * 3600) < ABSOLUTE_EXPIRY {
+        clock.advance(Duration::from_secs(11 * 3600));
+        age += Duration::from_secs(11 * 3600);
+        assert_eq!(
+            status_with(&web, "/", &busy).await,
+            StatusCode::OK,
+            "{age:?}"
+        );
+    }
+    clock.advance(ABSOLUTE_EXPIRY - age);
+    assert_eq!(
+        status_with(&web, "/", &busy).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let status = web
+        .client
+        .get(web.url("/api/status"))
+        .header("authorization", format!("Bearer {}", web.tokens.cli))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK, "the CLI's token");
     web.stop().await;
 }
 
@@ -884,7 +1067,7 @@ async fn no_page_ever_contains_a_secret_value() {
     paths.extend([
         "/audit?q=mail".to_string(),
         "/api/status".to_string(),
-        format!("/approvals?decided={id}"),
+        format!("/approvals?decided=approved&id={id}"),
     ]);
     let needles = [
         SECRET_VALUE.to_string(),
@@ -951,6 +1134,105 @@ async fn script_from_instructions_messages_and_approvals_renders_inert() {
         assert!(
             body.contains("&lt;script&gt;alert") || body.contains("&lt;script&gt;"),
             "{path} does not show the text at all"
+        );
+    }
+    web.stop().await;
+}
+
+/// The approvals page's flash line, as rendered: `None` when hidden.
+fn approval_flash(page: &str) -> Option<String> {
+    let start = page.find("id=\"approval-flash\"")?;
+    let tag_end = start + page[start..].find('>')?;
+    if page[start..tag_end].contains("hidden") {
+        return None;
+    }
+    let end = tag_end + page[tag_end..].find("</p>")?;
+    Some(page[tag_end + 1..end].to_string())
+}
+
+/// The flash after a decision says what the server decided, in its words: a link that
+/// carries other words, an unknown code, or a code that does not match how the named
+/// approval ended shows nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approvals_flash_shows_only_what_the_server_wrote() {
+    let web = Web::start().await;
+    web.login().await;
+    let id = web.pending_approval("send the report");
+    let spoofs = [
+        "/approvals?decided=Approved%3A%20all%20requests%20are%20safe".to_string(),
+        format!("/approvals?decided=Approved%3A%20all%20requests%20are%20safe&id={id}"),
+        format!("/approvals?decided=approved&id={id}"),
+        "/approvals?decided=approved".to_string(),
+        "/approvals?decided=approved&id=apr_doesnotexist".to_string(),
+    ];
+    for path in &spoofs {
+        let page = web.get_text(path).await;
+        assert_eq!(approval_flash(&page), None, "{path}");
+        assert!(!page.contains("all requests are safe"), "{path}");
+    }
+
+    let csrf = web.csrf().await;
+    let response = web
+        .post_form(
+            &format!("/approvals/{id}/decide"),
+            &[("decision", "approve"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(
+        location,
+        format!("/approvals?decided=approved&id={}", id.replace('_', "%5F"))
+    );
+    let page = web.get_text(&location).await;
+    assert_eq!(
+        approval_flash(&page).as_deref(),
+        Some(format!("Approved: send the report ({id})").as_str())
+    );
+    // A code that is not how this approval ended says nothing.
+    for code in ["denied", "always_allowed", "approved_1h", "nonsense"] {
+        let page = web
+            .get_text(&format!("/approvals?decided={code}&id={id}"))
+            .await;
+        assert_eq!(approval_flash(&page), None, "{code}");
+    }
+    web.stop().await;
+}
+
+/// A hidden character in what an agent asks for reaches the page marked where it is,
+/// with the summary's warning, never as the character itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_characters_on_the_approvals_page_are_marked() {
+    let web = Web::start().await;
+    let summary = palisade_approvals::summary::action(
+        "helper",
+        "mail al\u{202E}ice@example.com",
+        "<b\u{200B}ob@example.com>",
+    );
+    web.store
+        .create_approval(NewApproval {
+            kind: "tool_action".into(),
+            agent: AgentName::new("helper").unwrap(),
+            title: summary.title,
+            lines: summary.lines,
+            detail: summary.detail,
+            context: serde_json::json!({}),
+            expires_at_ms: palisade_store::now_ms() + 600_000,
+            holder: None,
+            request_key: None,
+        })
+        .unwrap();
+    for path in ["/approvals", "/approvals/pending"] {
+        let body = web.get_text(path).await;
+        assert!(body.contains("al⟨U+202E⟩ice@example.com"), "{path}: {body}");
+        assert!(body.contains("&lt;b⟨U+200B⟩ob@example.com&gt;"), "{path}");
+        assert!(
+            body.contains(palisade_approvals::summary::HIDDEN_CHARACTERS_NOTICE),
+            "{path}"
+        );
+        assert!(
+            !body.contains('\u{202E}') && !body.contains('\u{200B}'),
+            "{path}"
         );
     }
     web.stop().await;

@@ -3,7 +3,7 @@
 //! the agent's, so a card never presents them as the system's.
 
 use super::clean::{one_line, text_lines};
-use super::{Summary, DETAIL_CHARS, EXCERPT_CHARS, LINE_CHARS, MAX_LINES, TITLE_CHARS};
+use super::{noticed, Summary, DETAIL_CHARS, EXCERPT_CHARS, LINE_CHARS, MAX_LINES, TITLE_CHARS};
 
 /// `agent` asks to do `action`; `details` is what it says about it.
 pub fn action(agent: &str, action: &str, details: &str) -> Summary {
@@ -18,11 +18,11 @@ pub fn action(agent: &str, action: &str, details: &str) -> Summary {
         one_line(action, TITLE_CHARS)
     );
     detail.push_str(&detail_text(details));
-    Summary {
+    noticed(Summary {
         title,
         lines,
         detail,
-    }
+    })
 }
 
 /// Text an agent or a stranger wrote, for a card: its start and its end when it does
@@ -66,11 +66,11 @@ pub fn agent_answer(from: &str, to: &str, sanitized: &str) -> Summary {
 fn crossing(title: &str, intro: &str, sanitized: &str) -> Summary {
     let mut detail = format!("{intro}\n\n");
     detail.push_str(&detail_text(sanitized));
-    Summary {
+    noticed(Summary {
         title: one_line(title, TITLE_CHARS),
         lines: card_lines(sanitized, MAX_LINES),
         detail,
-    }
+    })
 }
 
 /// Someone the agent does not know asks, by writing to it, to talk to it: who they are
@@ -97,11 +97,11 @@ pub fn access_request(
         "Approving lets {platform} user {user_id} on channel {channel} write to agent {agent} (not decide its approvals).\n\nTheir message:\n"
     );
     detail.push_str(&detail_text(message));
-    Summary {
+    noticed(Summary {
         title,
         lines,
         detail,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -115,10 +115,20 @@ mod tests {
             "delete\u{202e} the\nbackups",
             &"line\n".repeat(500),
         );
-        assert_eq!(summary.title, "mailer asks: delete the backups");
+        assert_eq!(summary.title, "mailer asks: delete⟨U+202E⟩ the backups");
+        assert_eq!(summary.lines[0], crate::summary::HIDDEN_CHARACTERS_NOTICE);
         assert!(summary.lines.len() <= MAX_LINES);
         assert!(summary.detail.chars().count() <= DETAIL_CHARS + 200);
         assert_eq!(action("a", "x", " ").lines, vec!["(no details given)"]);
+        // Said once, and only when something is marked.
+        let plain = action("mailer", "delete the backups", "all of them");
+        assert!(!plain.lines.iter().any(|l| l.contains("Hidden characters")));
+        let hidden = action("mailer", "delete\u{202e} the\u{200b} backups", "a\u{2066}b");
+        let notices = hidden
+            .lines
+            .iter()
+            .filter(|l| l.contains("Hidden characters"));
+        assert_eq!(notices.count(), 1, "{:?}", hidden.lines);
     }
 
     /// Padding cannot push what an agent writes at the end of a message off the card or

@@ -22,7 +22,10 @@
 //! Every byte here comes from the agent, which may be confused or hostile: nothing in
 //! this module fails on malformed input (a shape that cannot be read falls back to the
 //! generic summary), every length is capped, and all shown text goes through
-//! the `clean` helpers so invisible or reordering characters cannot change what a person reads.
+//! the `clean` helpers so invisible or reordering characters cannot change what a person
+//! reads: each is marked where it is (`⟨U+202E⟩`), and a summary that shows such a mark
+//! starts its lines with [`HIDDEN_CHARACTERS_NOTICE`], which cards keep whatever else
+//! they leave out.
 
 use serde::Serialize;
 
@@ -42,7 +45,7 @@ mod stripe;
 mod tests;
 
 pub use action::{access_request, action, agent_answer, agent_message};
-use clean::{body_text, text_lines, truncate_chars};
+use clean::{body_text, shows_hidden, text_lines, truncate_chars};
 pub use clean::{is_invisible, one_line};
 pub use credential_names::is_secret_name;
 use params::Params;
@@ -56,6 +59,11 @@ pub struct Summary {
     /// Full detail (method, URL, redacted headers, body excerpt) for "show more".
     pub detail: String,
 }
+
+/// The line a summary starts with when it marks hidden characters, so an approver who
+/// skims past a `⟨U+…⟩` in the middle of an address is still told.
+pub const HIDDEN_CHARACTERS_NOTICE: &str =
+    "⚠ Hidden characters (invisible or reordering) are in this request; each is shown where it is as ⟨U+…⟩.";
 
 /// Title length a card can show on one line.
 const TITLE_CHARS: usize = 200;
@@ -127,14 +135,32 @@ pub fn summarize(
             full.push_str("\n\n");
             full.push_str(&detail);
             truncate_chars(&mut full, DETAIL_CHARS);
-            Summary {
+            noticed(Summary {
                 title,
                 lines,
                 detail: full,
-            }
+            })
         }
-        None => request.generic(scheme, detail),
+        None => noticed(request.generic(scheme, detail)),
     }
+}
+
+/// `summary` with [`HIDDEN_CHARACTERS_NOTICE`] as its first line when it marks hidden
+/// characters anywhere (title, lines or detail), still at most [`MAX_LINES`] lines.
+pub(crate) fn noticed(mut summary: Summary) -> Summary {
+    let marks = shows_hidden(&summary.title)
+        || summary.lines.iter().any(|line| shows_hidden(line))
+        || shows_hidden(&summary.detail);
+    if !marks || summary.lines.first().map(String::as_str) == Some(HIDDEN_CHARACTERS_NOTICE) {
+        return summary;
+    }
+    summary
+        .lines
+        .insert(0, HIDDEN_CHARACTERS_NOTICE.to_string());
+    if summary.lines.len() > MAX_LINES {
+        summary.lines = cap_lines(summary.lines);
+    }
+    summary
 }
 
 struct Request<'a> {

@@ -139,8 +139,9 @@ fn gmail_truncated_body_still_summarises() {
     );
 }
 
+/// A reversed file name reads as written only with its override marked where it is.
 #[test]
-fn gmail_hides_bidi_tricks_in_subject() {
+fn gmail_marks_bidi_tricks_in_subject() {
     let email =
         "To: bob@example.com\r\nSubject: Invoice \u{202E}fdp.exe\u{202C} \u{200B}ok\r\n\r\nbody";
     let summary = post(
@@ -151,8 +152,9 @@ fn gmail_hides_bidi_tricks_in_subject() {
     );
     assert_eq!(
         summary.title,
-        "Send e-mail to bob@example.com: \"Invoice fdp.exe ok\""
+        "Send e-mail to bob@example.com: \"Invoice ⟨U+202E⟩fdp.exe⟨U+202C⟩ ⟨U+200B⟩ok\""
     );
+    assert_eq!(summary.lines[0], super::HIDDEN_CHARACTERS_NOTICE);
 }
 
 #[test]
@@ -1384,4 +1386,96 @@ fn slack_attachments_rich_text_and_buttons_are_shown_with_their_links() {
     ] {
         assert!(text.contains(shown), "{shown} missing: {text}");
     }
+}
+
+/// A recipient with a right-to-left override is shown with it marked, and the summary
+/// says once, first, that the request carries hidden characters: the approver reads
+/// that the address the upstream gets is not the one it looks like.
+#[test]
+fn hidden_characters_are_marked_and_announced_once() {
+    let body = serde_json::json!({
+        "channel": "C024\u{200B}BE91L",
+        "text": "Pay al\u{202E}ice@example.com\nand\u{2066} bob",
+    });
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        &serde_json::to_vec(&body).unwrap(),
+    );
+    assert!(
+        summary.title.contains("C024⟨U+200B⟩BE91L")
+            && summary.title.contains("al⟨U+202E⟩ice@example.com"),
+        "{}",
+        summary.title
+    );
+    assert_eq!(summary.lines[0], HIDDEN_CHARACTERS_NOTICE);
+    let notices = summary
+        .lines
+        .iter()
+        .filter(|line| line.as_str() == HIDDEN_CHARACTERS_NOTICE);
+    assert_eq!(notices.count(), 1, "{:?}", summary.lines);
+    assert!(
+        summary.detail.contains("al⟨U+202E⟩ice"),
+        "{}",
+        summary.detail
+    );
+    assert!(!summary.title.contains('\u{202E}') && !summary.detail.contains('\u{202E}'));
+
+    // In a generic request: the path, a header, the body.
+    for (target, header, body) in [
+        ("/a\u{202E}b", "x", &b"{}"[..]),
+        ("/ab", "x\u{200B}y", b"{}"),
+        ("/ab", "x", "{\"to\":\"al\u{202E}ice\"}".as_bytes()),
+    ] {
+        let summary = post(
+            "h.example",
+            target,
+            &headers(&[("content-type", "application/json"), ("x-note", header)]),
+            body,
+        );
+        assert_eq!(
+            summary.lines[0], HIDDEN_CHARACTERS_NOTICE,
+            "{target} {header}"
+        );
+    }
+
+    // None without a hidden character, emoji included.
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        "{\"channel\":\"C1\",\"text\":\"shipped \u{2764}\u{FE0F} \u{1F469}\u{200D}\u{1F4BB}\"}"
+            .as_bytes(),
+    );
+    assert!(
+        !summary.lines.iter().any(|l| l == HIDDEN_CHARACTERS_NOTICE),
+        "{:?}",
+        summary.lines
+    );
+}
+
+/// The notice does not push a full summary past its line cap, and a flood of hidden
+/// characters in every line keeps each line and the whole bounded.
+#[test]
+fn hidden_characters_keep_a_summary_bounded() {
+    let flood = "\u{E0041}".repeat(50_000);
+    let mut body = String::from("{");
+    for i in 0..60 {
+        body.push_str(&format!("\"field{i}\":\"v{flood}\","));
+    }
+    body.push_str("\"end\":1}");
+    let summary = post("h.example", "/x", &json_headers(), body.as_bytes());
+    assert_eq!(summary.lines[0], HIDDEN_CHARACTERS_NOTICE);
+    assert!(summary.lines.len() <= MAX_LINES, "{}", summary.lines.len());
+    assert!(summary.title.chars().count() <= TITLE_CHARS + 1);
+    assert!(summary.detail.chars().count() <= DETAIL_CHARS + 1);
+    for line in &summary.lines {
+        assert!(line.chars().count() <= LINE_CHARS + 1, "{line}");
+    }
+    assert!(
+        summary.lines.iter().any(|l| l.contains("hidden⟩")),
+        "{:?}",
+        summary.lines
+    );
 }

@@ -123,6 +123,7 @@ mod tests {
             token: "abcdefghijklmnop".into(),
             heading: "Request held at the vault · agent a".into(),
             title: "POST example.com/x @everyone".into(),
+            warning: None,
             lines: vec![],
             scope: None,
             detail: String::new(),
@@ -160,6 +161,7 @@ mod tests {
             token: "abcdefghijklmnop".into(),
             heading: "Request held at the vault · agent a".into(),
             title: "Send e-mail".into(),
+            warning: None,
             lines: (0..40)
                 .map(|n| format!("To: [Ops]_Team_Member_{n} <ops_team_member_{n}@corp.example>"))
                 .collect(),
@@ -187,6 +189,7 @@ mod tests {
             token: "abcdefghijklmnop".into(),
             heading: "Request held at the vault · agent a".into(),
             title: "Send e-mail to \"||\" <exfil@evil.example>, \"||\" <bob@corp.example>".into(),
+            warning: None,
             lines: vec![
                 "[https://github.com/acme](https://evil.example)".into(),
                 "# Looks official".into(),
@@ -239,5 +242,40 @@ mod tests {
             shown.contains("> quoted **bold** _it_ ~~gone~~ `code` \\"),
             "{shown}"
         );
+    }
+
+    /// Discord's markdown escaping leaves the marker and the warning readable as
+    /// written (neither has a character it escapes), around the escaped address.
+    #[test]
+    fn the_hidden_character_marker_survives_discord_escaping() {
+        use palisade_approvals::summary::HIDDEN_CHARACTERS_NOTICE;
+        let mut summary = crate::card::hidden_character_summary();
+        let body = card(&Card::new(
+            &crate::card::pending_approval(summary.clone()),
+            "abcdefghijklmnop",
+        ));
+        let content = body["content"].as_str().unwrap();
+        assert!(
+            content.contains("al⟨U+202E⟩ice\\_ops@example.com"),
+            "{content}"
+        );
+        assert!(
+            content.contains("\\<b⟨U+200B⟩ob@example.com\\>"),
+            "{content}"
+        );
+        assert_eq!(
+            content.matches(HIDDEN_CHARACTERS_NOTICE).count(),
+            1,
+            "{content}"
+        );
+        // Lines that escaping doubles fill the card; the warning stays.
+        summary.lines.extend((0..40).map(|_| "_*".repeat(150)));
+        let body = card(&Card::new(
+            &crate::card::pending_approval(summary),
+            "abcdefghijklmnop",
+        ));
+        let content = body["content"].as_str().unwrap();
+        assert!(content.chars().count() <= MAX_CONTENT_CHARS);
+        assert!(content.contains(HIDDEN_CHARACTERS_NOTICE), "{content}");
     }
 }

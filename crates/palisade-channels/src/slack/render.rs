@@ -1,4 +1,5 @@
-//! A card in Block Kit: a header, the title and summary lines as `plain_text` (so
+//! A card in Block Kit: a header, the title, the warning about hidden characters and
+//! the summary lines as `plain_text` (so
 //! nothing an agent wrote is read as mrkdwn: no links, no `@channel`), the expiry or
 //! the outcome, and an actions block with one button per choice, each carrying the
 //! card's [`CallbackData`] as its `value`. The "deny with comment" modal is here too.
@@ -30,6 +31,9 @@ pub(super) fn card(card: &Card) -> (String, Value) {
         json!({"type": "header", "text": plain(&card.heading, HEADER_CHARS)}),
         json!({"type": "section", "text": plain(&card.title, SECTION_CHARS)}),
     ];
+    if let Some(warning) = &card.warning {
+        blocks.push(json!({"type": "section", "text": plain(warning, SECTION_CHARS)}));
+    }
     if !card.lines.is_empty() {
         let lines = crate::card::fit_lines(&card.lines, SECTION_CHARS, &|t| t.chars().count());
         blocks.push(json!({"type": "section", "text": plain(&lines.join("\n"), SECTION_CHARS)}));
@@ -129,6 +133,7 @@ mod tests {
             token: "abcdefghijklmnop".into(),
             heading: "Request held at the vault · agent mailer".into(),
             title: "Send an e-mail to <!channel>".into(),
+            warning: None,
             lines: vec!["To: ana@example.com".into()],
             scope: None,
             detail: String::new(),
@@ -177,5 +182,40 @@ mod tests {
         assert!(blocks
             .iter()
             .any(|b| b.pointer("/text/text") == Some(&json!("✅ Approved by Ana"))));
+    }
+
+    /// A hidden character is marked in Block Kit's plain text and in the escaped
+    /// fallback alike, and the card says the request carries one.
+    #[test]
+    fn the_hidden_character_marker_survives_slack_escaping() {
+        use palisade_approvals::summary::HIDDEN_CHARACTERS_NOTICE;
+        let approval = crate::card::pending_approval(crate::card::hidden_character_summary());
+        let (text, blocks) = card(&Card::new(&approval, "abcdefghijklmnop"));
+        assert!(text.contains("al⟨U+202E⟩ice_ops@example.com"), "{text}");
+        assert!(text.contains("&lt;b⟨U+200B⟩ob@example.com&gt;"), "{text}");
+        assert_eq!(text.matches(HIDDEN_CHARACTERS_NOTICE).count(), 1, "{text}");
+        let shown: Vec<&str> = blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|block| block.pointer("/text/text").and_then(Value::as_str))
+            .collect();
+        assert!(
+            shown
+                .iter()
+                .any(|t| t.contains("al⟨U+202E⟩ice_ops@example.com")),
+            "{shown:?}"
+        );
+        assert!(shown
+            .iter()
+            .any(|t| t.contains("<b⟨U+200B⟩ob@example.com>")));
+        assert_eq!(
+            shown
+                .iter()
+                .filter(|t| t.contains(HIDDEN_CHARACTERS_NOTICE))
+                .count(),
+            1,
+            "{shown:?}"
+        );
     }
 }

@@ -41,6 +41,7 @@ mod tests {
             token: "abcdefghijklmnop".into(),
             heading: "Request held at the vault · agent a".into(),
             title: "Post \u{1F680}".into(),
+            warning: None,
             lines: (0..60).map(|_| "\u{1F600}".repeat(60)).collect(),
             scope: None,
             detail: String::new(),
@@ -52,5 +53,29 @@ mod tests {
         assert!(text.encode_utf16().count() <= super::super::MAX_TEXT_UNITS);
         assert!(text.contains("ID apr_abcdefghijkl"), "cut short");
         assert!(text.contains("more line(s) not shown here"));
+    }
+
+    /// Telegram's plain text keeps the marker and the warning as written, and a card of
+    /// long lines still fits its UTF-16 limit with both.
+    #[test]
+    fn the_hidden_character_marker_survives_telegram_text() {
+        use palisade_approvals::summary::HIDDEN_CHARACTERS_NOTICE;
+        let mut summary = crate::card::hidden_character_summary();
+        let (text, _) = card(&Card::new(
+            &crate::card::pending_approval(summary.clone()),
+            "abcdefghijklmnop",
+        ));
+        assert!(text.contains("al⟨U+202E⟩ice_ops@example.com"), "{text}");
+        assert!(text.contains("<b⟨U+200B⟩ob@example.com> *now*"), "{text}");
+        assert_eq!(text.matches(HIDDEN_CHARACTERS_NOTICE).count(), 1, "{text}");
+        summary
+            .lines
+            .extend((0..60).map(|_| "\u{1F600}".repeat(60)));
+        let (text, _) = card(&Card::new(
+            &crate::card::pending_approval(summary),
+            "abcdefghijklmnop",
+        ));
+        assert!(text.encode_utf16().count() <= super::super::MAX_TEXT_UNITS);
+        assert!(text.contains(HIDDEN_CHARACTERS_NOTICE), "{text}");
     }
 }

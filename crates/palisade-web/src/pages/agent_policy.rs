@@ -105,7 +105,7 @@ fn sanitize_options() -> Vec<(String, String)> {
 }
 
 /// The dial: what it is, in words, and the two forms that change it.
-pub(crate) fn dial_section(state: &WebState, agent: &AgentRecord, error: Option<&str>) -> Markup {
+pub(crate) fn dial_section(agent: &AgentRecord, error: Option<&str>) -> Markup {
     let dial = Dial::from_settings(&agent.settings);
     let action = format!("/agents/{}/dial", agent.name);
     html! {
@@ -120,7 +120,7 @@ pub(crate) fn dial_section(state: &WebState, agent: &AgentRecord, error: Option<
             }
             (forms::error_box(error))
             form #dial-preset-form.inline-form method="post" action=(action) {
-                (layout::csrf_field(state))
+                (layout::csrf_field())
                 label.field {
                     span.label { "Preset" }
                     // A custom dial is no preset: none is shown as chosen, and one must be
@@ -139,7 +139,7 @@ pub(crate) fn dial_section(state: &WebState, agent: &AgentRecord, error: Option<
                 button #apply-preset type="submit" disabled data-arm { "Apply preset" }
             }
             form #dial-knobs-form method="post" action=(action) {
-                (layout::csrf_field(state))
+                (layout::csrf_field())
                 div.form-grid {
                     (forms::select("Approvals", "approvals", &approval_options(), dial.approvals.as_str(), "when a person approves a request carrying one of its credentials"))
                     (forms::select("Sanitizing", "sanitize", &sanitize_options(), dial.sanitize.as_str(), "how strictly messages from other agents are cleaned"))
@@ -167,12 +167,7 @@ fn link_item(agent: &AgentName, link: &AgentLink, other: &AgentName) -> Markup {
 }
 
 /// Whom the agent may message and who may message it, and the form to allow another.
-pub(crate) fn links_section(
-    state: &WebState,
-    agent: &AgentRecord,
-    view: &PolicyView,
-    error: Option<&str>,
-) -> Markup {
+pub(crate) fn links_section(agent: &AgentRecord, view: &PolicyView, error: Option<&str>) -> Markup {
     let name = &agent.name;
     let (outgoing, incoming): (Vec<&AgentLink>, Vec<&AgentLink>) =
         view.links.iter().partition(|link| &link.from == name);
@@ -220,7 +215,7 @@ pub(crate) fn links_section(
             }
             @if !others.is_empty() {
                 form #allow-form method="post" action={ "/agents/" (name) "/links" } {
-                    (layout::csrf_field(state))
+                    (layout::csrf_field())
                     div.form-grid {
                         (forms::select("Direction", "direction", &directions, "to", ""))
                         (forms::select("Agent", "agent", &others, "", ""))

@@ -238,7 +238,7 @@ fn settings_fields(form: &AgentForm, models: Option<&[ListedModel]>) -> Markup {
     }
 }
 
-fn new_agent_body(state: &WebState, form: &AgentForm, error: Option<&str>) -> Markup {
+fn new_agent_body(form: &AgentForm, error: Option<&str>) -> Markup {
     html! {
         div.page-head {
             h1 { "New agent" }
@@ -247,7 +247,7 @@ fn new_agent_body(state: &WebState, form: &AgentForm, error: Option<&str>) -> Ma
         section.card {
             (forms::error_box(error))
             form #agent-form method="post" action="/agents" {
-                (layout::csrf_field(state))
+                (layout::csrf_field())
                 (forms::text("Name", "name", &form.name, "1-63 lowercase letters, digits, '-' or '_'"))
                 (settings_fields(form, None))
                 label.field {
@@ -270,7 +270,7 @@ pub(crate) async fn new_form(State(state): State<WebState>) -> PageResult {
         model: DEFAULT_MODEL.into(),
         ..AgentForm::default()
     };
-    let body = new_agent_body(&state, &form, None);
+    let body = new_agent_body(&form, None);
     Ok(layout::render(&state, Nav::Agents, "New agent", body).await)
 }
 
@@ -291,7 +291,7 @@ pub(crate) async fn create(
         }
         Err(error) => {
             let message = error.for_form()?;
-            let body = new_agent_body(&state, &form, Some(&message));
+            let body = new_agent_body(&form, Some(&message));
             Ok(forms::refused(&state, Nav::Agents, "New agent", body).await)
         }
     }
@@ -471,7 +471,7 @@ pub(crate) async fn agent_page(
                 @if let Some(form) = settings_form {
                     (forms::error_box(settings_error))
                     form #settings-form method="post" action={ "/agents/" (agent.name) "/settings" } {
-                        (layout::csrf_field(state))
+                        (layout::csrf_field())
                         @match &models {
                             Some(Ok(list)) => { (settings_fields(form, Some(list))) }
                             Some(Err(error)) => {
@@ -525,8 +525,8 @@ pub(crate) async fn agent_page(
         }
         (agent_policy::plain_words_section(&policy))
         div.columns {
-            (agent_policy::dial_section(state, &agent, refusal.dial))
-            (agent_policy::links_section(state, &agent, &policy, refusal.links))
+            (agent_policy::dial_section(&agent, refusal.dial))
+            (agent_policy::links_section(&agent, &policy, refusal.links))
         }
         section.card {
             div.row-between {
@@ -543,7 +543,7 @@ pub(crate) async fn agent_page(
             @match shown {
                 Ok(text) => {
                     form method="post" action={ "/agents/" (agent.name) "/instructions" } {
-                        (layout::csrf_field(state))
+                        (layout::csrf_field())
                         textarea.code name="instructions" rows="12" maxlength=(MAX_INSTRUCTIONS_BYTES) { (text) }
                         div.form-actions { button.primary type="submit" { "Save instructions" } }
                     }

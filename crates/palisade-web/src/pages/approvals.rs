@@ -5,6 +5,11 @@
 //! approver. The pending list is also served as a fragment the script polls (every
 //! 2 s, at most 100 approvals), so it updates without a reload. Rules suggested from
 //! the approvals people keep giving are on their own page, [`super::suggestions`].
+//!
+//! A decision made without the script redirects back here naming what it came to as a
+//! fixed code and the approval's id (`?decided=approved&id=apr_…`), never as text: the
+//! page writes the line itself, and only for an approval that really ended that way
+//! ([`Flash`]), so a link cannot put words of its choosing on the page.
 
 use super::layout::{self, Nav};
 use super::{blocking, PageError, PageResult};
@@ -14,6 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use palisade_approvals::{ApprovalError, ApprovalKind, ApproverIdentity, Choice};
+use palisade_store::StoreError;
 use palisade_store::{Approval, ApprovalStatus};
 use serde::Deserialize;
 
@@ -22,7 +28,7 @@ const PENDING_LIMIT: usize = 100;
 /// Longest comment accepted.
 const MAX_COMMENT_BYTES: usize = 2000;
 
-fn pending_markup(state: &WebState, pending: &[Approval]) -> Markup {
+fn pending_markup(pending: &[Approval]) -> Markup {
     let ids: Vec<&str> = pending.iter().map(|a| a.id.as_str()).collect();
     html! {
         div #pending data-count=(pending.len()) data-ids=(ids.join(",")) {
@@ -59,7 +65,7 @@ fn pending_markup(state: &WebState, pending: &[Approval]) -> Markup {
                         }
                     }
                     form.decide method="post" action={ "/approvals/" (approval.id) "/decide" } {
-                        (layout::csrf_field(state))
+                        (layout::csrf_field())
                         // A text area, not a one-line input: Enter in a one-line input
                         // submits the form with its first button, Approve, so a person
                         // typing the reason for a denial would approve.
@@ -136,7 +142,91 @@ async fn load(state: &WebState) -> Result<(Vec<Approval>, Vec<Approval>), PageEr
 
 #[derive(Deserialize)]
 pub(crate) struct PageQuery {
+    /// A [`Flash`] code.
     decided: Option<String>,
+    /// The approval the code is about.
+    id: Option<String>,
+}
+
+/// What a decision made on this page came to, as the redirect after it names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flash {
+    Approved,
+    ApprovedForHour,
+    AlwaysAllowed,
+    Denied,
+}
+
+impl Flash {
+    const ALL: [Flash; 4] = [
+        Flash::Approved,
+        Flash::ApprovedForHour,
+        Flash::AlwaysAllowed,
+        Flash::Denied,
+    ];
+
+    fn of(choice: Choice) -> Flash {
+        match choice {
+            Choice::Once => Flash::Approved,
+            Choice::ForHour => Flash::ApprovedForHour,
+            Choice::Always => Flash::AlwaysAllowed,
+            Choice::Deny => Flash::Denied,
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Flash::Approved => "approved",
+            Flash::ApprovedForHour => "approved_1h",
+            Flash::AlwaysAllowed => "always_allowed",
+            Flash::Denied => "denied",
+        }
+    }
+
+    /// `None` for any code this page did not write.
+    fn from_code(code: &str) -> Option<Flash> {
+        Flash::ALL.into_iter().find(|flash| flash.code() == code)
+    }
+
+    /// The line the page shows for `approval`, when it was decided as this code says;
+    /// `None` otherwise (pending, decided another way, timed out), so a link cannot
+    /// claim an outcome that did not happen.
+    fn message(self, approval: &Approval) -> Option<String> {
+        let choice = approval.choice.as_deref()?.parse::<Choice>().ok()?;
+        let status = match choice.approves() {
+            true => ApprovalStatus::Approved,
+            false => ApprovalStatus::Denied,
+        };
+        (Flash::of(choice) == self && approval.status == status).then(|| {
+            format!(
+                "{}: {} ({})",
+                choice.past_tense(),
+                approval.title,
+                approval.id
+            )
+        })
+    }
+}
+
+/// The flash line for `query`: empty unless it names a known code and an approval that
+/// was decided so.
+async fn flash_message(state: &WebState, query: &PageQuery) -> Result<String, PageError> {
+    let (Some(flash), Some(id)) = (
+        query.decided.as_deref().and_then(Flash::from_code),
+        query.id.clone(),
+    ) else {
+        return Ok(String::new());
+    };
+    let store = state.store.clone();
+    let approval = blocking(move || match store.get_approval(&id) {
+        Ok(approval) => Ok(Some(approval)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(error) => Err(error.into()),
+    })
+    .await?;
+    Ok(approval
+        .and_then(|approval| flash.message(&approval))
+        .unwrap_or_default())
 }
 
 pub(crate) async fn page(
@@ -144,6 +234,7 @@ pub(crate) async fn page(
     Query(query): Query<PageQuery>,
 ) -> PageResult {
     let (pending, decided) = load(&state).await?;
+    let flash = flash_message(&state, &query).await?;
     let body = html! {
         div.page-head.row-between {
             div {
@@ -152,9 +243,9 @@ pub(crate) async fn page(
             }
             a.button #suggested-rules href="/approvals/suggest" title="Rules that would have spared the approvals people keep giving" { "Suggested rules" }
         }
-        p #approval-flash.flash hidden[query.decided.is_none()] { (query.decided.as_deref().unwrap_or("")) }
+        p #approval-flash.flash hidden[flash.is_empty()] { (flash) }
         section #approvals-live data-poll="/approvals/pending" {
-            (pending_markup(&state, &pending))
+            (pending_markup(&pending))
         }
         section.card {
             h2 { "Recently decided" }
@@ -168,7 +259,7 @@ pub(crate) async fn page(
 pub(crate) async fn pending_fragment(State(state): State<WebState>) -> PageResult {
     let (pending, decided) = load(&state).await?;
     let fragment = html! {
-        (pending_markup(&state, &pending))
+        (pending_markup(&pending))
         div #decided { (decided_markup(&decided)) }
     };
     Ok((
@@ -259,8 +350,9 @@ pub(crate) async fn decide(
                 .into_response()
             } else {
                 Redirect::to(&format!(
-                    "/approvals?decided={}",
-                    super::query_value(&message)
+                    "/approvals?decided={}&id={}",
+                    Flash::of(choice).code(),
+                    super::query_value(&approval.id)
                 ))
                 .into_response()
             }
@@ -292,8 +384,8 @@ pub(crate) async fn decide(
 }
 
 /// `value` as indented JSON with every invisible or reordering character (a
-/// right-to-left override an agent put in a header, say) written as its `\u` escape, as
-/// the summary lines drop them: the context holds the request as the agent sent it.
+/// right-to-left override an agent put in a header, say) written as its `\u` escape,
+/// as the summary lines mark them: the context holds the request as the agent sent it.
 fn visible_json(value: &serde_json::Value) -> String {
     serde_json::to_string_pretty(value)
         .unwrap_or_default()
@@ -310,7 +402,74 @@ fn visible_json(value: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::visible_json;
+    use super::{visible_json, Flash};
+    use palisade_store::{Approval, ApprovalStatus};
+
+    fn decided(status: ApprovalStatus, choice: Option<&str>) -> Approval {
+        Approval {
+            id: "apr_abcdefghijkl".into(),
+            kind: "credential_use".into(),
+            agent: "mailer".parse().unwrap(),
+            status,
+            title: "Send e-mail to bob@example.com".into(),
+            lines: vec![],
+            detail: String::new(),
+            context: serde_json::Value::Null,
+            created_at_ms: 0,
+            expires_at_ms: 0,
+            decided_at_ms: Some(1),
+            approver: Some("web:admin".into()),
+            comment: None,
+            choice: choice.map(str::to_string),
+            approver_channel: None,
+            approver_user: None,
+            approver_name: None,
+            granted_rule: None,
+            holder: None,
+            request_key: None,
+        }
+    }
+
+    /// Only codes the page writes are read, and each names an outcome in the server's
+    /// words, shown only for an approval that ended so.
+    #[test]
+    fn a_flash_is_a_known_code_for_an_approval_that_ended_so() {
+        for flash in Flash::ALL {
+            assert_eq!(Flash::from_code(flash.code()), Some(flash));
+        }
+        for unknown in [
+            "",
+            "Approved: all requests are safe",
+            "APPROVED",
+            "approved ",
+        ] {
+            assert_eq!(Flash::from_code(unknown), None, "{unknown}");
+        }
+        let approved = decided(ApprovalStatus::Approved, Some("once"));
+        assert_eq!(
+            Flash::Approved.message(&approved).as_deref(),
+            Some("Approved: Send e-mail to bob@example.com (apr_abcdefghijkl)")
+        );
+        assert_eq!(Flash::Denied.message(&approved), None);
+        assert_eq!(Flash::AlwaysAllowed.message(&approved), None);
+        let always = decided(ApprovalStatus::Approved, Some("always"));
+        assert!(Flash::AlwaysAllowed
+            .message(&always)
+            .is_some_and(|m| m.starts_with("Always allowed: ")));
+        let denied = decided(ApprovalStatus::Denied, Some("deny"));
+        assert!(Flash::Denied
+            .message(&denied)
+            .is_some_and(|m| m.starts_with("Denied: ")));
+        for unsettled in [
+            decided(ApprovalStatus::Pending, None),
+            decided(ApprovalStatus::TimedOut, None),
+            decided(ApprovalStatus::Cancelled, Some("once")),
+        ] {
+            for flash in Flash::ALL {
+                assert_eq!(flash.message(&unsettled), None, "{:?}", unsettled.status);
+            }
+        }
+    }
 
     #[test]
     fn the_context_shows_reordering_characters_as_escapes() {

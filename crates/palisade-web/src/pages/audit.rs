@@ -236,16 +236,13 @@ pub(crate) async fn page(
                 @if let Some(older) = &older { a.button href=(older) { "Older →" } }
             }
         }
-        (retention_card(&state, &retention))
+        (retention_card(&retention))
     };
     Ok(layout::render(&state, Nav::Audit, "Audit log", body).await)
 }
 
 /// How long rows are kept, and the form that changes it.
-fn retention_card(
-    state: &WebState,
-    retention: &Result<Option<std::time::Duration>, String>,
-) -> Markup {
+fn retention_card(retention: &Result<Option<std::time::Duration>, String>) -> Markup {
     html! {
         section.card #retention {
             h2 { "Retention" }
@@ -258,13 +255,13 @@ fn retention_card(
                 Err(error) => p.error-box #retention-now role="alert" { (error) },
             }
             form.inline-form method="post" action="/audit/retention" {
-                (layout::csrf_field(state))
+                (layout::csrf_field())
                 label { "Keep rows for " input #retention-keep type="text" name="keep" size="8" placeholder="90d" required; }
                 button.primary #save-retention type="submit" { "Save and prune" }
             }
             @if !matches!(retention, Ok(None)) {
                 form.inline-form method="post" action="/audit/retention" {
-                    (layout::csrf_field(state))
+                    (layout::csrf_field())
                     input type="hidden" name="off" value="true";
                     button #keep-every-row type="submit" { "Keep every row" }
                 }

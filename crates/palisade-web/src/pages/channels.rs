@@ -84,7 +84,7 @@ pub(crate) async fn page(
                         li {
                             code { (link.chat) } " → " strong { (link.agent) } " "
                             form.inline method="post" action={ "/channels/" (name) "/unlink" } {
-                                (layout::csrf_field(&state))
+                                (layout::csrf_field())
                                 input type="hidden" name="chat" value=(link.chat);
                                 button.small type="submit" { "Unlink" }
                             }
@@ -92,7 +92,7 @@ pub(crate) async fn page(
                     }
                 }
                 form.inline-form method="post" action={ "/channels/" (name) "/link" } {
-                    (layout::csrf_field(&state))
+                    (layout::csrf_field())
                     select name="agent" required { (agent_options) }
                     input type="text" name="chat" placeholder="chat id" required maxlength="128";
                     button.small type="submit" { "Link chat" }
@@ -104,7 +104,7 @@ pub(crate) async fn page(
                         li {
                             strong { (approver.display_name) } " " code { (approver.user_id) } " for " (approver.agent) " "
                             form.inline method="post" action={ "/channels/" (name) "/approvers/remove" } {
-                                (layout::csrf_field(&state))
+                                (layout::csrf_field())
                                 input type="hidden" name="agent" value=(approver.agent);
                                 input type="hidden" name="user" value=(approver.user_id);
                                 button.small type="submit" { "Remove" }
@@ -113,7 +113,7 @@ pub(crate) async fn page(
                     }
                 }
                 form.inline-form method="post" action={ "/channels/" (name) "/approvers" } {
-                    (layout::csrf_field(&state))
+                    (layout::csrf_field())
                     select name="agent" required { (agent_options) }
                     input type="text" name="user" placeholder="platform user id" required maxlength="128";
                     input type="text" name="display_name" placeholder="name shown" maxlength="128";
@@ -126,7 +126,7 @@ pub(crate) async fn page(
                         li {
                             strong { (sender.display_name) } " " code { (sender.user_id) } " → " (sender.agent) " "
                             form.inline method="post" action={ "/channels/" (name) "/senders/remove" } {
-                                (layout::csrf_field(&state))
+                                (layout::csrf_field())
                                 input type="hidden" name="agent" value=(sender.agent);
                                 input type="hidden" name="user" value=(sender.user_id);
                                 button.small type="submit" { "Remove" }
@@ -137,7 +137,7 @@ pub(crate) async fn page(
                 h3 { "Strangers" }
                 @let ask = channel.record.settings["unknown_senders"] == "ask";
                 form.inline-form method="post" action={ "/channels/" (name) "/access" } {
-                    (layout::csrf_field(&state))
+                    (layout::csrf_field())
                     select name="unknown_senders" {
                         option value="drop" selected[!ask] { "drop their messages" }
                         option value="ask" selected[ask] { "drop, and ask the approvers to let them in" }
@@ -156,7 +156,7 @@ pub(crate) async fn page(
             h2 { "Add a channel" }
             p.muted.small { "Tokens are sealed in the store and never shown again. Telegram and Discord take one bot token; Slack a bot token (xoxb-…) with an app-level token (xapp-…, Socket Mode) or a signing secret (Events API), or both." }
             form.stacked method="post" action="/channels" autocomplete="off" {
-                (layout::csrf_field(&state))
+                (layout::csrf_field())
                 label { "Name " input type="text" name="name" required maxlength="64" pattern="[A-Za-z0-9._-]+"; }
                 label { "Platform "
                     select name="platform" {
@@ -269,7 +269,7 @@ async fn confirm(
             h1 { (heading) }
             p { (text) }
             form method="post" action=(action) {
-                (layout::csrf_field(state))
+                (layout::csrf_field())
                 @for (field, value) in fields {
                     input type="hidden" name=(field) value=(value);
                 }

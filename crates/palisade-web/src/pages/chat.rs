@@ -163,7 +163,7 @@ pub(crate) async fn page(
                         }
                         p #chat-error.error-box hidden {}
                         form #composer.composer method="post" action={ "/chat/" (agent.name) "/send" } data-agent=(agent.name) {
-                            (layout::csrf_field(&state))
+                            (layout::csrf_field())
                             textarea #message name="text" rows="3" placeholder={ "Message " (agent.name) "…  (Enter to send, Shift+Enter for a new line)" } {}
                             div.composer-actions {
                                 span #chat-status.muted.small {}

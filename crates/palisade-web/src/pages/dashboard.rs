@@ -77,7 +77,7 @@ pub(crate) async fn render(
         }
         @if let Some(ready) = ready { (ready) }
         @if needs_key || refused.is_some() {
-            (setup::card(state, &names, refused.map(|(form, _)| form), refused.map(|(_, error)| error)))
+            (setup::card(&names, refused.map(|(form, _)| form), refused.map(|(_, error)| error)))
         }
         div.stats {
             a.stat href="/agents" {

@@ -106,7 +106,7 @@ pub(crate) async fn confirm(
             h1 { (title) }
             (explanation)
             form method="post" action=(action) {
-                (layout::csrf_field(state))
+                (layout::csrf_field())
                 div.form-actions {
                     a.button href=(cancel) { "Cancel" }
                     " "

@@ -30,7 +30,7 @@ async fn render(state: &WebState, report: Report, online: bool) -> PageResult {
                 p.muted { "What Palisade needs on this machine, and how to fix what is missing. The same as " code { "palisade doctor" } "." }
             }
             form method="post" action="/health/online" {
-                (layout::csrf_field(state))
+                (layout::csrf_field())
                 button #online type="submit" title="one tiny request per agent with a key, through the vault" { "Ask each model" }
             }
         }

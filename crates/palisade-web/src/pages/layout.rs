@@ -1,5 +1,6 @@
 //! The frame every page shares: head (stylesheet, script, CSRF meta), the navigation
-//! with the pending-approvals badge, and the bare page used for errors and login.
+//! with the pending-approvals badge and Log out, and the bare page used for errors and
+//! login.
 
 use crate::WebState;
 use axum::http::{header, StatusCode};
@@ -80,7 +81,7 @@ pub(crate) async fn render_status(
     .and_then(Result::ok)
     .unwrap_or(0);
     let markup = html! {
-        (head(title, Some(&state.csrf)))
+        (head(title, Some(&crate::auth::current_csrf())))
         body {
             header.topbar {
                 a.brand href="/" { span.mark { "◆" } " Palisade" }
@@ -93,6 +94,11 @@ pub(crate) async fn render_status(
                             }
                         }
                     }
+                }
+                // Ends this browser's session only; a write like any other (CSRF).
+                form.logout method="post" action="/logout" {
+                    (csrf_field())
+                    button.secondary type="submit" { "Log out" }
                 }
             }
             main { (body) }
@@ -121,9 +127,9 @@ pub(crate) fn bare_page(status: StatusCode, title: &str, message: &str) -> Respo
     html_response(status, markup)
 }
 
-/// A hidden CSRF field for a form.
-pub(crate) fn csrf_field(state: &WebState) -> Markup {
-    html! { input type="hidden" name=(crate::auth::CSRF_FIELD) value=(&*state.csrf); }
+/// A hidden CSRF field for a form: the token of the session the page is served to.
+pub(crate) fn csrf_field() -> Markup {
+    html! { input type="hidden" name=(crate::auth::CSRF_FIELD) value=(&*crate::auth::current_csrf()); }
 }
 
 /// A small status pill.

@@ -167,7 +167,6 @@ struct Page<'a> {
 }
 
 fn form_body(
-    state: &WebState,
     page: &Page<'_>,
     form: &RuleForm,
     agents: &[String],
@@ -192,7 +191,7 @@ fn form_body(
         section.card {
             (forms::error_box(error))
             form #rule-form method="post" action=(page.action) {
-                (layout::csrf_field(state))
+                (layout::csrf_field())
                 div.form-grid {
                     (forms::text("Name", "name", &form.name, "e.g. ask-before-send (not all digits)"))
                     (forms::select("Action", "action", &action_options, if form.action.is_empty() { "block" } else { &form.action }, ""))
@@ -258,7 +257,7 @@ pub(crate) async fn new_form(State(state): State<WebState>) -> PageResult {
         scope: "user".into(),
         ..RuleForm::default()
     };
-    let body = form_body(&state, &new_page(), &form, &agents, None, None);
+    let body = form_body(&new_page(), &form, &agents, None, None);
     Ok(layout::render(&state, Nav::Vault, "New rule", body).await)
 }
 
@@ -266,14 +265,7 @@ pub(crate) async fn edit_form(State(state): State<WebState>, Path(id): Path<i64>
     let store = state.store.clone();
     let rule = blocking(move || Ok(store.get_rule(&id.to_string())?)).await?;
     let agents = agent_names(&state).await?;
-    let body = form_body(
-        &state,
-        &edit_page(&rule),
-        &RuleForm::of(&rule),
-        &agents,
-        None,
-        None,
-    );
+    let body = form_body(&edit_page(&rule), &RuleForm::of(&rule), &agents, None, None);
     Ok(layout::render(&state, Nav::Vault, "Edit rule", body).await)
 }
 
@@ -320,12 +312,12 @@ async fn submit(
     match outcome {
         Ok(Err(_saved)) => Ok(Redirect::to("/vault?saved=rule").into_response()),
         Ok(Ok(preview)) => {
-            let body = form_body(state, &page, &form, &agents, None, Some(&preview));
+            let body = form_body(&page, &form, &agents, None, Some(&preview));
             Ok(layout::render(state, Nav::Vault, title, body).await)
         }
         Err(error) => {
             let message = error.for_form()?;
-            let body = form_body(state, &page, &form, &agents, Some(&message), None);
+            let body = form_body(&page, &form, &agents, Some(&message), None);
             Ok(forms::refused(state, Nav::Vault, title, body).await)
         }
     }

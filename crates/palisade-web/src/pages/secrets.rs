@@ -104,12 +104,7 @@ fn agent_boxes(agents: &[AgentName], checked: &[String]) -> Markup {
     }
 }
 
-fn new_body(
-    state: &WebState,
-    form: &SecretForm,
-    agents: &[AgentName],
-    error: Option<&str>,
-) -> Markup {
+fn new_body(form: &SecretForm, agents: &[AgentName], error: Option<&str>) -> Markup {
     html! {
         div.page-head {
             h1 { "New secret" }
@@ -118,7 +113,7 @@ fn new_body(
         section.card {
             (forms::error_box(error))
             form #secret-form method="post" action="/vault/secrets" autocomplete="off" {
-                (layout::csrf_field(state))
+                (layout::csrf_field())
                 div.form-grid {
                     (forms::text("Name", "name", &form.name, "e.g. github-token (letters, digits, '-', '_', '.')"))
                     (forms::text("Host", "host_pattern", &form.host_pattern, "exact (api.example.com) or *.example.com; add :PORT (127.0.0.1:8080) to send it on that port only"))
@@ -157,7 +152,7 @@ pub(crate) async fn new_form(State(state): State<WebState>) -> PageResult {
         inject: "bearer".into(),
         ..SecretForm::default()
     };
-    let body = new_body(&state, &form, &agents, None);
+    let body = new_body(&form, &agents, None);
     Ok(layout::render(&state, Nav::Vault, "New secret", body).await)
 }
 
@@ -188,7 +183,7 @@ pub(crate) async fn create(State(state): State<WebState>, body: Bytes) -> PageRe
         Err(error) => {
             let message = error.for_form()?;
             let agents = agent_names(&state).await?;
-            let body = new_body(&state, &form, &agents, Some(&message));
+            let body = new_body(&form, &agents, Some(&message));
             Ok(forms::refused(&state, Nav::Vault, "New secret", body).await)
         }
     }
@@ -234,7 +229,7 @@ async fn secret_page(
                 }
                 h3 { "Rotate the value" }
                 form #rotate-form method="post" action={ "/vault/secrets/" (secret.name) "/rotate" } autocomplete="off" {
-                    (layout::csrf_field(state))
+                    (layout::csrf_field())
                     (forms::password("New value", "value", "replaces the stored value; hosts, injection and grants stay"))
                     label.check {
                         input type="checkbox" name="confirm" value="yes" required;
@@ -259,7 +254,7 @@ async fn secret_page(
                 }
                 @if !ungranted.is_empty() {
                     form #grant-form.inline method="post" action={ "/vault/secrets/" (secret.name) "/grant" } {
-                        (layout::csrf_field(state))
+                        (layout::csrf_field())
                         (forms::select("Grant to", "agent", &ungranted, "", ""))
                         button #grant type="submit" { "Grant" }
                     }

@@ -142,7 +142,7 @@ pub(crate) async fn confirm_reset(
                 "The messages and replies stay on record."
             }
             form method="post" action={ "/sessions/" (session.id) "/reset" } {
-                (layout::csrf_field(&state))
+                (layout::csrf_field())
                 div.form-actions {
                     a.button href={ "/sessions/" (session.id) } { "Cancel" }
                     " "

@@ -32,12 +32,7 @@ pub(crate) struct KeyForm {
 }
 
 /// The first-run card: why nothing works yet, and the form that fixes it.
-pub(crate) fn card(
-    state: &WebState,
-    agents: &[AgentName],
-    form: Option<&KeyForm>,
-    error: Option<&str>,
-) -> Markup {
+pub(crate) fn card(agents: &[AgentName], form: Option<&KeyForm>, error: Option<&str>) -> Markup {
     let default = KeyForm {
         agent: if agents.iter().any(|a| a.as_str() == DEFAULT_AGENT) {
             DEFAULT_AGENT.into()
@@ -72,7 +67,7 @@ pub(crate) fn card(
             } @else {
                 (forms::error_box(error))
                 form #key-form method="post" action="/setup/model-key" autocomplete="off" {
-                    (layout::csrf_field(state))
+                    (layout::csrf_field())
                     div.form-grid {
                         (forms::select("Provider", "provider", &providers, &form.provider, ""))
                         (forms::select("Agent", "agent", &agent_options, &form.agent, "the agent that gets the key"))

@@ -64,13 +64,13 @@ impl WindowForm {
     }
 }
 
-fn suggestion_markup(state: &WebState, window: &Window, suggestion: &Suggestion) -> Markup {
+fn suggestion_markup(window: &Window, suggestion: &Suggestion) -> Markup {
     html! {
         article.card.suggestion data-number=(suggestion.number) data-rule=(suggestion.rule_name) {
             div.row-between {
                 h3 { (suggestion.number) ". allow " (suggestion.agent) " " code { (suggestion.method) " " (suggestion.host) (suggestion.path) } }
                 form.inline method="post" action="/approvals/suggest/accept" {
-                    (layout::csrf_field(state))
+                    (layout::csrf_field())
                     input type="hidden" name="number" value=(suggestion.number);
                     input type="hidden" name="rule" value=(suggestion.rule_name);
                     input type="hidden" name="since" value=(window.since_text);
@@ -129,7 +129,7 @@ async fn suggestions_page(
             @if suggestions.is_empty() {
                 p.muted.empty-state { "Nothing to suggest: no request was approved often enough without a denial." }
             }
-            @for suggestion in &suggestions { (suggestion_markup(state, &window, suggestion)) }
+            @for suggestion in &suggestions { (suggestion_markup(&window, suggestion)) }
         }
         p { a href="/approvals" { "← Approvals" } }
     };

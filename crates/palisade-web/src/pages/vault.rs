@@ -111,7 +111,7 @@ pub(crate) async fn page(
                                         a.button.small href={ "/vault/rules/" (rule.id) "/edit" } { "Edit" }
                                         " "
                                         form.inline method="post" action={ "/vault/rules/" (rule.id) "/enabled" } {
-                                            (layout::csrf_field(&state))
+                                            (layout::csrf_field())
                                             input type="hidden" name="enabled" value=(if rule.enabled { "false" } else { "true" });
                                             button.small type="submit" disabled data-arm { @if rule.enabled { "Disable" } @else { "Enable" } }
                                         }

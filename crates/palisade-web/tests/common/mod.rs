@@ -21,3 +21,21 @@ pub fn assert_audited_as_admin(store: &Store, agent: Option<&str>, events: &[&st
         );
     }
 }
+
+/// Logs in at `base` with the one-time login token `token`, as a browser's first visit
+/// does; the session's `name=value` cookie pair.
+pub async fn log_in(client: &reqwest::Client, base: &str, token: &str) -> String {
+    let response = client
+        .get(format!("{base}/login?token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::SEE_OTHER, "login");
+    session_cookie(&response).expect("a session cookie")
+}
+
+/// The `name=value` pair of the cookie a response sets, if it sets one.
+pub fn session_cookie(response: &reqwest::Response) -> Option<String> {
+    let set = response.headers().get("set-cookie")?.to_str().ok()?;
+    Some(set.split(';').next()?.trim().to_string())
+}
