@@ -105,6 +105,16 @@ pub fn bound_oci_container(state: &str) -> Result<(), SandboxError> {
     let bad_state = |what: String| SandboxError::Start(format!("the runtime's state: {what}"));
     let state: ContainerState =
         serde_json::from_str(state).map_err(|e| bad_state(format!("unreadable ({e})")))?;
+    // The runtime runs this hook from the process that started the container's first
+    // process, so that process is a sibling: anything else named on stdin (by someone
+    // running the hook by hand, as root perhaps) is not a container being started here.
+    let namespaces = Namespaces::of(state.pid)?;
+    if !child_of(state.pid, nix::unistd::getppid().as_raw() as u32) {
+        return Err(bad_state(format!(
+            "process {} was not started by the runtime that runs this hook",
+            state.pid
+        )));
+    }
     let config = std::fs::read_to_string(state.bundle.join("config.json"))
         .map_err(|e| SandboxError::io("cannot read the container's config.json", e))?;
     let root = serde_json::from_str::<serde_json::Value>(&config)
@@ -124,7 +134,7 @@ pub fn bound_oci_container(state: &str) -> Result<(), SandboxError> {
             .into_encoded_bytes(),
     )
     .map_err(|_| bad_state("the root path holds a NUL".into()))?;
-    Namespaces::of(state.pid)?.bound(&devpts, &devpts_options(Some(OCI_TERMINAL_GROUP)))
+    namespaces.bound(&devpts, &devpts_options(Some(OCI_TERMINAL_GROUP)))
 }
 
 /// A sandbox's user and mount namespaces, opened.
