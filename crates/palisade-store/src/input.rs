@@ -99,10 +99,24 @@ pub fn secret_value(mut text: String) -> Result<SecretValue> {
 /// go or changes what the upstream reads. (A pasted value with a line break inside
 /// was stored, and then failed on every use.) Says nothing of the value itself.
 pub fn check_sendable(value: &SecretValue) -> Result<()> {
-    if value.expose().chars().any(char::is_control) {
-        return Err(refuse(
-            "the secret value holds a line break, tab or other control character inside it; a credential is one line: check what was pasted",
-        ));
+    check_one_line("the secret value", value.expose())
+}
+
+/// Refuses `what` (a secret value, a chat platform's token) if it holds a character a
+/// credential never has and a paste often brings: a control character (line break,
+/// tab, NUL), whitespace other than a plain space (Unicode line and paragraph
+/// separators, a no-break space) or an invisible one (a zero-width space, a byte order
+/// mark). Says nothing of the text itself.
+pub fn check_one_line(what: &str, text: &str) -> Result<()> {
+    let odd = |c: char| {
+        c.is_control()
+            || (c.is_whitespace() && c != ' ')
+            || palisade_policy::sanitize::is_invisible(c)
+    };
+    if text.chars().any(odd) {
+        return Err(refuse(format!(
+            "{what} holds a line break, tab, invisible or other control character inside it; a credential is one line of visible text: check what was pasted"
+        )));
     }
     Ok(())
 }

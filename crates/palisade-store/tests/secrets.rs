@@ -47,6 +47,10 @@ fn a_value_with_a_control_character_inside_is_refused() {
         "ab\r\ncd-secret",
         "ab\tcd-secret",
         "ab\0cd-secret",
+        "ab\u{2028}cd-secret",
+        "ab\u{a0}cd-secret",
+        "ab\u{200b}cd-secret",
+        "\u{feff}abcd-secret",
     ] {
         let error = t
             .store
@@ -61,6 +65,28 @@ fn a_value_with_a_control_character_inside_is_refused() {
     }
     assert_eq!(t.store.list_secrets().unwrap().len(), 1);
     assert_eq!(common::audit_events(&t.store).len(), audit_before);
+}
+
+/// A chat platform's token with a line break, tab or invisible character inside is
+/// refused too (it was stored, and the channel then failed as "malformed").
+#[test]
+fn a_channel_token_with_a_control_character_inside_is_refused() {
+    let t = common::store();
+    for token in ["123456:ABC\tdef", "xoxb-1\r\n2", "tok\u{2028}en"] {
+        let credentials = serde_json::json!({"bot_token": "xoxb-good", "app_token": token});
+        let error = t
+            .store
+            .create_channel(palisade_store::NewChannel {
+                name: "team".into(),
+                platform: "slack".into(),
+                settings: serde_json::json!({}),
+                credentials: palisade_policy::SecretValue::new(credentials.to_string()),
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("the channel's app token holds"), "{error}");
+    }
+    assert!(t.store.list_channels().unwrap().is_empty());
 }
 
 #[test]

@@ -30,7 +30,10 @@
 //! response compressed although the request asked for `identity` is decoded first
 //! ([`crate::decoded`]), or refused if it cannot be; an upstream that transforms what it
 //! echoes otherwise (byte ranges, reversed, spaced out, HTML entities for every
-//! character, UTF-16) can still be made to return a secret in a form not searched for;
+//! character, UTF-16, base64 broken into lines) or splits it between places (the
+//! status line and a header) can still be made to return a secret in a form not
+//! searched for: masking is for an echo, not for an upstream that means to hand the
+//! credential on (it has it, and could send it anywhere);
 //! and bytes kept back at the end of a chunk tell a client that controls an echo's
 //! chunking, and times the bytes, that its text begins a spelling.
 

@@ -129,6 +129,16 @@ impl Store {
                 channel.platform
             )));
         }
+        if let Ok(serde_json::Value::Object(fields)) =
+            serde_json::from_str::<serde_json::Value>(channel.credentials.expose())
+        {
+            for (field, value) in &fields {
+                if let Some(text) = value.as_str() {
+                    let what = format!("the channel's {}", field.replace('_', " "));
+                    crate::input::check_one_line(&what, text)?;
+                }
+            }
+        }
         let sealed = self
             .key()
             .seal(&associated(&channel.name), &channel.credentials)?;
