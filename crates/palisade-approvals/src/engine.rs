@@ -340,7 +340,7 @@ impl Engine {
         if host.contains('*') || path.contains('*') {
             return Err(not_offered("its host or path contains `*`"));
         }
-        let host = host_with_port(&host, approval.context.get("port"))
+        let host = host_with_port(&host, &approval.context)
             .ok_or_else(|| not_offered("its recorded port is not a number"))?;
         let host =
             HostPattern::parse(&host).map_err(|_| not_offered("its host is not a plain name"))?;
@@ -422,17 +422,28 @@ impl Engine {
     }
 }
 
-/// The host a rule for exactly one held request names: with the port the request went
-/// to, when the vault recorded one (another port of a host is another service), written
-/// as [`HostPattern`] reads it (`[::1]:8080`). None when the recorded port is not a
-/// number.
-pub(crate) fn host_with_port(host: &str, port: Option<&serde_json::Value>) -> Option<String> {
-    match port.map(serde_json::Value::as_u64) {
-        None => Some(host.to_string()),
-        Some(Some(port)) if host.contains(':') => Some(format!("[{host}]:{port}")),
-        Some(Some(port)) => Some(format!("{host}:{port}")),
-        Some(None) => None,
-    }
+/// The host a rule for exactly one held request names, from the request's recorded
+/// `context`: with the port the request went to (another port of a host is another
+/// service), written as [`HostPattern`] reads it (`[::1]:8080`). The port is the one
+/// the vault recorded, or, for an approval recorded before it did, the one of its URL
+/// (the scheme's when the URL names none). None when there is no readable port.
+pub(crate) fn host_with_port(host: &str, context: &serde_json::Value) -> Option<String> {
+    let port = match context.get("port") {
+        Some(port) => u16::try_from(port.as_u64()?).ok()?,
+        None => {
+            let url: http::Uri = context.get("url")?.as_str()?.parse().ok()?;
+            match (url.port_u16(), url.scheme_str()) {
+                (Some(port), _) => port,
+                (None, Some("https")) => 443,
+                (None, Some("http")) => 80,
+                _ => return None,
+            }
+        }
+    };
+    Some(match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    })
 }
 
 fn already_decided(approval: Approval) -> ApprovalError {

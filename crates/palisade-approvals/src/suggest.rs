@@ -167,7 +167,7 @@ pub fn suggest(
             continue;
         };
         // Approvals of the same path on another port were for another service.
-        let Some(host) = crate::engine::host_with_port(host, approval.context.get("port")) else {
+        let Some(host) = crate::engine::host_with_port(host, &approval.context) else {
             continue;
         };
         let key = (
@@ -278,8 +278,10 @@ mod tests {
             title: String::new(),
             lines: Vec::new(),
             detail: String::new(),
+            // As an approval recorded before the vault wrote the port: its URL has it.
             context: serde_json::json!({
                 "method": method, "host": "gmail.googleapis.com", "path": path, "rule": "ask-mail",
+                "url": format!("https://gmail.googleapis.com{path}"),
             }),
             created_at_ms: NOW - days_ago * DAY,
             expires_at_ms: NOW,
@@ -400,6 +402,8 @@ mod tests {
         assert_eq!(rule.action, RuleAction::Allow);
         assert_eq!(rule.agent.as_ref().map(AgentName::as_str), Some("mailer"));
         assert_eq!(rule.priority, 6, "one above the holding rule");
+        // The port came from the URL (none named: https's).
+        assert_eq!(rule.host.as_str(), "gmail.googleapis.com:443");
         assert_eq!(
             rule.path.as_ref().map(PathPattern::as_str),
             Some("/gmail/v1/users/me/labels")

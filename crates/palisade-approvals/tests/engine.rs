@@ -69,8 +69,9 @@ fn world() -> World {
     }
 }
 
+/// A held Gmail send, as the vault records one: on port 443.
 fn held_send(world: &World, path: &str) -> String {
-    held_send_on(world, path, None)
+    held_send_on(world, path, Some(443))
 }
 
 /// A held Gmail send, its context naming `port` if given.
@@ -81,6 +82,11 @@ fn held_send_on(world: &World, path: &str, port: Option<u16>) -> String {
     if let Some(port) = port {
         context["port"] = port.into();
     }
+    held_send_with(world, context)
+}
+
+/// A held Gmail send whose recorded facts are `context`.
+fn held_send_with(world: &World, context: serde_json::Value) -> String {
     world
         .engine
         .request(NewRequest {
@@ -247,6 +253,33 @@ fn always_allowing_a_request_to_one_port_allows_that_port_only() {
     );
 }
 
+/// An approval recorded before the vault wrote the port is granted on its URL's port;
+/// one whose port cannot be known is granted once only, never for every port.
+#[test]
+fn a_grant_without_a_recorded_port_takes_its_urls_or_none() {
+    let w = world();
+    let sent = "/gmail/v1/users/me/messages/send";
+    let with_url = held_send_with(
+        &w,
+        serde_json::json!({
+            "method": "POST", "host": "gmail.googleapis.com", "path": sent, "rule": "ask-gmail",
+            "url": format!("https://gmail.googleapis.com:8443{sent}"),
+        }),
+    );
+    let (_, record) = granted(&w, &with_url, Choice::Always);
+    assert_eq!(record.host_pattern, "gmail.googleapis.com:8443");
+
+    let without = held_send_on(&w, "/gmail/v1/users/me/drafts", None);
+    let refused = w.engine.decide(&without, &ana(), Choice::Always, None);
+    assert!(
+        matches!(
+            refused,
+            Err(palisade_approvals::engine::ApprovalError::ChoiceNotOffered { .. })
+        ),
+        "{refused:?}"
+    );
+}
+
 #[test]
 fn approve_for_an_hour_grants_exactly_that_request_until_the_hour_is_over() {
     let w = world();
@@ -257,7 +290,7 @@ fn approve_for_an_hour_grants_exactly_that_request_until_the_hour_is_over() {
     let id = held_send(&w, sent);
     let (_, record) = granted(&w, &id, Choice::ForHour);
     assert_eq!(record.action, "allow");
-    assert_eq!(record.host_pattern, "gmail.googleapis.com");
+    assert_eq!(record.host_pattern, "gmail.googleapis.com:443");
     assert_eq!(record.path_pattern.as_deref(), Some(sent));
     assert_eq!(record.method, "POST");
     assert_eq!(record.agent, Some(agent("mailer")));
