@@ -107,6 +107,14 @@ fn a_model_key_in_the_environment_leaves_the_hosts_environment() {
     let found = environ
         .split(|b| *b == 0)
         .any(|entry| String::from_utf8_lossy(entry).contains(KEY_IN_ENV));
-    world.down(host);
+    let mut host = host;
+    world.stop(&mut host);
     assert!(!found, "the host's environment kept the model key");
+    // A model key is stored already (the world's): the one given is not used, and the
+    // host says so instead of leaving the user to think it replaced the stored one.
+    assert!(
+        host.stderr().contains("ANTHROPIC_API_KEY was not used"),
+        "{}",
+        host.stderr()
+    );
 }

@@ -302,6 +302,17 @@ fn first_start(store: &palisade_store::Store, args: &UpArgs) -> anyhow::Result<b
     }
     if !setup::needs_model_key(store)? || store.get_agent(&AgentName::new(DEFAULT_AGENT)?).is_err()
     {
+        let given = ENVIRONMENT_KEY
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some();
+        if given {
+            eprintln!(
+                "palisade: ANTHROPIC_API_KEY was not used: a model key is stored already. To replace it: \
+                 palisade secrets rotate NAME --value-file KEYFILE (see palisade secrets list)"
+            );
+        }
         return Ok(false);
     }
     let Some(key) = anthropic_key(args)? else {
