@@ -253,7 +253,7 @@ fn record_approvals(store: &Store, method: &str, path: &str, approve: bool, coun
                 lines: vec![],
                 detail: String::new(),
                 context: serde_json::json!({
-                    "method": method, "host": "api.example.com", "path": path, "rule": "ask-posts",
+                    "method": method, "host": "api.example.com", "port": 443, "path": path, "rule": "ask-posts",
                 }),
                 expires_at_ms: palisade_store::now_ms() + 600_000,
                 holder: None,
@@ -1822,7 +1822,7 @@ async fn suggested_rules_are_shown_and_created_only_when_accepted() {
         listed.contains("spared 3 approvals (by Ana ×3)"),
         "{listed}"
     );
-    assert!(listed.contains("api.example.com/labels"));
+    assert!(listed.contains("api.example.com:443/labels"));
     assert!(!listed.contains("/send"), "a denied request was suggested");
     assert!(!listed.contains("/drafts"));
     // A lower threshold brings the twice-approved one, never the denied one.
@@ -1890,7 +1890,7 @@ async fn suggested_rules_are_shown_and_created_only_when_accepted() {
         Some("helper")
     );
     assert_eq!(created.method, "POST");
-    assert_eq!(created.host_pattern, "api.example.com");
+    assert_eq!(created.host_pattern, "api.example.com:443");
     assert_eq!(created.path_pattern.as_deref(), Some("/labels"));
     assert_eq!(created.priority, holding.priority + 1);
     let page = web.page(&to).await;
