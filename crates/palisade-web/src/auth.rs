@@ -94,6 +94,15 @@ fn peer_address(extensions: &axum::http::Extensions) -> Option<std::net::SocketA
         .map(|info| info.0)
 }
 
+/// The local user whose process is the client of this request's connection, if the
+/// client is on this machine (see [`peer`]).
+fn peer_uid(state: &WebState, extensions: &axum::http::Extensions) -> Option<u32> {
+    let server = extensions
+        .get::<crate::listener::ServerAddress>()
+        .map_or(state.listen, |address| address.0);
+    peer::uid_of(peer_address(extensions)?, server)
+}
+
 /// The token of the live session the request's cookie names, when the request comes
 /// on a connection of the user who logged in to it; that session counts as used.
 pub(crate) fn session_of(
@@ -101,8 +110,7 @@ pub(crate) fn session_of(
     headers: &HeaderMap,
     extensions: &axum::http::Extensions,
 ) -> Option<String> {
-    let peer_uid =
-        || peer_address(extensions).and_then(|address| peer::uid_of(address, state.listen.port()));
+    let peer_uid = || peer_uid(state, extensions);
     cookie(headers, COOKIE)
         .into_iter()
         .find(|value| {
@@ -142,8 +150,7 @@ fn login_answer(
         Some(token) if state.tokens.logins.consume(&token) => {
             // The new session is good on this user's connections only (on anyone's
             // when the browser is on another machine).
-            let uid = peer_address(extensions)
-                .and_then(|address| peer::uid_of(address, state.listen.port()));
+            let uid = peer_uid(state, extensions);
             let session = state.tokens.sessions.start(uid);
             let cookie = format!("{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/");
             (

@@ -26,8 +26,12 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a stop waits for the requests under way.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// The local address a connection came in on, in each request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerAddress(pub std::net::SocketAddr);
+
 /// Serves `app` on `listener` until `stop` turns true, with each connection's peer
-/// address as [`ConnectInfo`].
+/// address as [`ConnectInfo`] and its own as [`ServerAddress`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -53,6 +57,11 @@ pub async fn serve(
             tracing::debug!(%peer, "web server full: connection closed");
             continue;
         };
+        // The address the connection came in on (the listener's, or, bound to every
+        // address, the one the client chose): the peer check needs the whole pair.
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let app = app.clone();
         let mut stop = stop.clone();
         connections.spawn(async move {
@@ -60,6 +69,7 @@ pub async fn serve(
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
+                    request.extensions_mut().insert(ServerAddress(local));
                     let mut app = app.clone();
                     async move { app.call(request).await }
                 });
