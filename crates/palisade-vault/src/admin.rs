@@ -26,7 +26,13 @@ pub const PLACEHOLDER_KEY: &str = "palisade-placeholder-the-vault-injects-the-re
 const LONG_POLL: Duration = Duration::from_secs(30);
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
-pub async fn route(shared: Arc<Shared>, request: Request<Incoming>) -> Response<ProxyBody> {
+/// Answers an admin API request on the TCP listener; a request with the admin key
+/// marks its connection `permits` as authenticated.
+pub async fn route(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    permits: &crate::conn::ConnectionPermits,
+) -> Response<ProxyBody> {
     let path = request.uri().path().to_string();
     if path == "/healthz" || path == "/health" {
         return json(StatusCode::OK, &json!({"status": "ok"}));
@@ -38,6 +44,7 @@ pub async fn route(shared: Arc<Shared>, request: Request<Incoming>) -> Response<
             "send Authorization: Bearer ADMIN_KEY (print it with `palisade vault admin-key`)",
         );
     }
+    permits.authenticated();
     let method = request.method().clone();
     let query = request.uri().query().unwrap_or("").to_string();
     let host = request

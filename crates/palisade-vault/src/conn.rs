@@ -234,6 +234,16 @@ impl ConnectionPermits {
             .unwrap_or_default()
     }
 
+    /// The connection authenticated otherwise than as an agent (the admin API's key):
+    /// it leaves the places of connections not yet authenticated, so no flood of those
+    /// pushes it out.
+    pub fn authenticated(&self) {
+        self.anonymous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
     pub fn hold(&self, agent: AgentName, permit: OwnedSemaphorePermit) {
         self.lock().push((Some(agent), permit));
     }

@@ -221,7 +221,7 @@ async fn front(
         return response;
     }
     match &connection.entry {
-        Entry::Tcp => crate::admin::route(shared.clone(), request).await,
+        Entry::Tcp => crate::admin::route(shared.clone(), request, &connection.permits).await,
         Entry::Agent(_) => refusal(&ErrorBody::new(GatewayErrorKind::BadRequest, "").with_message(
             "this socket is an HTTP proxy: send CONNECT host:port or an absolute http(s):// URL",
         )),

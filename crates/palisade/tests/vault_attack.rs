@@ -1489,6 +1489,15 @@ fn connections_that_never_authenticate_cannot_crowd_out_the_agents() {
     let token = attack.setup.agent("worker");
     let socket = attack.setup.palisade.home().join("run/agents/worker.sock");
     assert!(wait_until(Duration::from_secs(5), || socket.exists()));
+    // A client of the admin API, on a kept-alive connection.
+    let admin_key = attack.setup.cli(&["vault", "admin-key"]).trim().to_string();
+    let admin_request = format!(
+        "GET /v1/gateway-url HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {admin_key}\r\n\r\n"
+    );
+    let mut admin = std::net::TcpStream::connect(attack.setup.addr()).unwrap();
+    admin.write_all(admin_request.as_bytes()).unwrap();
+    let (text, _) = read_some(&mut admin, Duration::from_secs(2));
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let mut idle: Vec<std::net::TcpStream> = (0..60)
         .filter_map(|_| std::net::TcpStream::connect(attack.setup.addr()).ok())
         .collect();
@@ -1496,6 +1505,13 @@ fn connections_that_never_authenticate_cannot_crowd_out_the_agents() {
     // The oldest were pushed out as newer ones came.
     let (_, closed) = read_some(&mut idle[0], Duration::from_secs(10));
     assert!(closed, "the oldest idle connection was never pushed out");
+    // The admin's connection, older still, had authenticated: it was not.
+    admin.write_all(admin_request.as_bytes()).unwrap();
+    let (text, _) = read_some(&mut admin, Duration::from_secs(2));
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "the admin's connection was cut: {text}"
+    );
     for _ in 0..3 {
         let (status, body) = attack
             .setup
