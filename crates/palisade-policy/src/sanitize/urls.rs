@@ -33,19 +33,25 @@ const DANGEROUS_SCHEMES: [&str; 4] = ["javascript", "vbscript", "data", "file"];
 /// destination; invisible characters and fullwidth forms are gone before this runs.
 /// Prose stays: `data:` must be followed by a media type, `,` or `;`, `file:` by a
 /// slash or a drive letter, and `javascript:` and `vbscript:` by something other than
-/// a space (`JavaScript: the good parts`).
+/// a space (`JavaScript: the good parts`) or a quote that opens no string.
 pub(super) fn dangerous() -> &'static Regex {
     static PATTERN: OnceLock<Regex> = OnceLock::new();
     PATTERN.get_or_init(|| {
         let colon = r"(?::|&colon;|&#0*58;?|&#x0*3a;?)";
-        // What follows the colon, up to a space, a quote or an angle bracket, with
-        // balanced parentheses (`javascript:f(1)`), so a link around it keeps its own.
-        let body = r#"(?:[^\s'"<>()]|\([^\s'"<>()]*\))*"#;
+        // A quoted string with no space in it: `javascript:'<svg onload=…>'` runs the
+        // string as the page, so a quote does not end the URL when it opens one. One
+        // that opens nothing ends it, as the end of an HTML attribute
+        // (`href='javascript:f()'>`) or of a quotation.
+        let quoted = r#"'[^'\s<>]*'|"[^"\s<>]*""#;
+        // What follows the colon, up to a space, a quote that opens no string or an
+        // angle bracket, with balanced parentheses (`javascript:f(1)`), so a link around
+        // it keeps its own.
+        let body = format!(r#"(?:[^\s'"<>()]|\([^\s'"<>()]*\)|{quoted})*"#);
         let schemes = DANGEROUS_SCHEMES.map(|scheme| {
             let after = match scheme {
-                "data" => r"(?:[a-z0-9.+-]+/[a-z0-9.+-]+|[;,])",
-                "file" => r#"(?:[/\\]|[a-z]:)"#,
-                _ => r#"[^\s'"<>]"#,
+                "data" => r"(?:[a-z0-9.+-]+/[a-z0-9.+-]+|[;,])".to_string(),
+                "file" => r#"(?:[/\\]|[a-z]:)"#.to_string(),
+                _ => format!(r#"(?:[^\s'"<>]|{quoted})"#),
             };
             format!(
                 "(?P<{scheme}>{}{BETWEEN_LETTERS}{colon}{after}{body})",
