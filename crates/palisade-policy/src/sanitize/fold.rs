@@ -30,7 +30,7 @@ use unicode_normalization::char::{decompose_canonical, is_combining_mark};
 
 /// Characters the folded copy leaves out besides marks: markdown emphasis,
 /// strikethrough and code spans, which a renderer hides and a model reads past.
-fn is_emphasis(c: char) -> bool {
+pub(super) fn is_emphasis(c: char) -> bool {
     matches!(c, '*' | '_' | '~' | '`')
 }
 
