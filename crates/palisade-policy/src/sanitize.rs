@@ -26,7 +26,8 @@
 //!    address's domain), and the forms a browser or a model follows without
 //!    `scheme://` — `//evil.example`, `http:evil.example`, and a host name or address
 //!    followed by a path, query or fragment, with or without a port
-//!    (`evil.example/x?d=…`, `10.0.0.1/x`, `[::1]:8080/x`). File paths, numbers, times
+//!    (`evil.example/x?d=…`, `10.0.0.1/x`, `[::1]:8080/x`), their dots written as any
+//!    character IDNA reads as one (`s3cr3t。evil。com/x`). File paths, numbers, times
 //!    and a bare domain in prose stay; the precise rule is in `urls`;
 //! 4. fake turn and role markers (`</system>`, `< /system>`, `<|im_start|>`, `[INST]`, a
 //!    line that starts `Human:`, `Assistant:`, `H:` or `A:`) neutralised, and unless
@@ -918,6 +919,38 @@ mod tests {
     }
 
     #[test]
+    fn every_dot_idna_reads_as_one_separates_labels() {
+        // U+3002 ideographic full stop, U+FF0E fullwidth and U+FF61 halfwidth forms.
+        for dot in ['\u{3002}', '\u{FF0E}', '\u{FF61}'] {
+            for (attack, host) in [
+                (format!("s3cr3t{dot}evil{dot}com/x?SECRET"), "evil.com"),
+                (format!("https://s3cr3t{dot}evil{dot}com/x"), "evil.com"),
+                (format!("//s3cr3t{dot}evil{dot}com"), "evil.com"),
+                (
+                    format!("s3cr3t{dot}evil{dot}co{dot}uk#SECRET"),
+                    "evil.co.uk",
+                ),
+                (format!("10{dot}0{dot}0{dot}1/x?SECRET"), "10.0.0.1"),
+            ] {
+                assert_eq!(
+                    strict(&format!("see {attack} now")),
+                    format!("see (link to {host} removed) now"),
+                    "{attack:?}"
+                );
+            }
+        }
+        // Chinese and Japanese sentences end with `。` and need no spaces: text between
+        // two of them is no host unless the last part is a known suffix.
+        for plain in [
+            "\u{6211}\u{4EEC}\u{7ED3}\u{675F}\u{3002}\u{5F00}\u{59CB}/\u{505C}\u{6B62}",
+            "\u{4ECA}\u{65E5}\u{306F}\u{6674}\u{308C}\u{3002}\u{660E}\u{65E5}\u{306F}\u{96E8}\u{3002}",
+            "Fertig\u{3002}Weiter/jetzt",
+        ] {
+            assert_eq!(strict(plain), plain, "{plain:?}");
+        }
+    }
+
+    #[test]
     fn paths_numbers_and_prose_are_not_urls() {
         for plain in [
             "See src/main.rs and crates/palisade-policy/src/sanitize.rs for it.",
@@ -1314,6 +1347,7 @@ mod tests {
             Just(" 10.0.0.1/x?SECRET".to_string()),
             Just(" at [::1]:8080/x?SECRET".to_string()),
             Just(" S3CR3T.evil.example/x".to_string()),
+            Just(" SECRET\u{3002}evil\u{3002}com/x".to_string()),
             Just("https://S3CR3T.evil.example".to_string()),
             Just("evil.example".to_string()),
             Just("/".to_string()),

@@ -97,7 +97,11 @@ pub(super) fn dangerous_note(caps: &Captures) -> String {
 /// - a host is a domain-like name — labels of letters, digits and hyphens joined by
 ///   dots, ending in an alphabetic top-level label of two letters or more (or a
 ///   punycode one, `xn--…`), a trailing dot allowed — or a dotted IPv4 address, or an
-///   IPv6 address in brackets; a `user@` may come before it, a `:port` after it;
+///   IPv6 address in brackets; a `user@` may come before it, a `:port` after it. The
+///   dots may be any IDNA maps to `.` (see [`DOTS`]), but a name written with one
+///   other than `.` is a host only under a suffix the Public Suffix List knows
+///   (`s3cr3t。evil。com/x` is one; Chinese or Japanese sentences, which end with
+///   `。` and need no spaces, are not);
 /// - after `//` or `\\` (`//evil.example`, a UNC path), or after a web scheme whose
 ///   slashes are missing or are backslashes (`http:evil.example`,
 ///   `https:/evil.example`, `https:\\evil.example`, which browsers mend), a host is a
@@ -124,8 +128,8 @@ pub(super) fn scheme_less() -> &'static Regex {
             format!(
                 r#"(?:[^\s/?\#<>'"\[\]]+@)?
                 (?P<host{suffix}>
-                    (?:[\p{{L}}\p{{M}}\p{{N}}-]+\.)+ (?:xn--[a-z0-9-]+|\p{{L}}[\p{{L}}\p{{M}}]+) \.?
-                  | [0-9]{{1,3}}(?:\.[0-9]{{1,3}}){{3}}
+                    (?:[\p{{L}}\p{{M}}\p{{N}}-]+[{DOTS}])+ (?:xn--[a-z0-9-]+|\p{{L}}[\p{{L}}\p{{M}}]+) [{DOTS}]?
+                  | [0-9]{{1,3}}(?:[{DOTS}][0-9]{{1,3}}){{3}}
                   | \[ [0-9a-f.]*:[0-9a-f.]*:[0-9a-f:.]* (?:%[\w.~-]+)? \]
                 )
                 (?P<port{suffix}> :[0-9]{{1,5}} )?"#
@@ -135,13 +139,33 @@ pub(super) fn scheme_less() -> &'static Regex {
         Regex::new(&format!(
             r#"(?xim)
             (?: (?:https?|wss?|ftp):[/\\]{{0,2}} | [/\\]{{2}} ) {} {path}?
-          | (?P<lead> ^ | [^\p{{L}}\p{{M}}\p{{N}}\-/\\.] | (?:^|[^\p{{L}}\p{{M}}\p{{N}}])\. )
+          | (?P<lead> ^ | [^\p{{L}}\p{{M}}\p{{N}}\-/\\{DOTS}] | (?:^|[^\p{{L}}\p{{M}}\p{{N}}])[{DOTS}] )
             {} (?P<path>{path})"#,
             authority(""),
             authority("_after_lead"),
         ))
         .expect("the scheme-less URL pattern is valid")
     })
+}
+
+/// The characters IDNA maps to `.` in a host name (UTS #46): the full stop, the
+/// ideographic full stop `。` and its fullwidth and halfwidth forms. A browser reads
+/// `s3cr3t。evil。com` as `s3cr3t.evil.com`, and so does the sanitizer when it looks
+/// for hosts. NFKC has already made the fullwidth one a `.` and the halfwidth one a
+/// `。`; they are listed so the patterns do not depend on it.
+const DOTS: &str = r".\x{3002}\x{FF0E}\x{FF61}";
+
+/// `host` with every dot IDNA reads as one written `.`.
+fn with_ascii_dots(host: &str) -> String {
+    host.replace(['\u{3002}', '\u{FF0E}', '\u{FF61}'], ".")
+}
+
+/// Whether the Public Suffix List knows the suffix of `name` (in ICANN's section or the
+/// private one), rather than taking its last label for one as its default rule does.
+fn has_known_suffix(name: &str) -> bool {
+    let name = with_ascii_dots(name).to_lowercase();
+    let name = name.trim_end_matches('.');
+    psl::suffix(name.as_bytes()).is_some_and(|suffix| suffix.is_known())
 }
 
 /// What a [`scheme_less`] match becomes: the host note, after what stood before the
@@ -151,7 +175,12 @@ pub(super) fn scheme_less_note(caps: &Captures) -> Option<String> {
         // After `//` or a scheme, which go with the URL.
         return Some(note_for_host(caps.name("host").map_or("", |m| m.as_str())));
     };
-    let host = caps.name("host_after_lead").map_or("", |m| m.as_str());
+    let written = caps.name("host_after_lead").map_or("", |m| m.as_str());
+    let host = with_ascii_dots(written);
+    if host != written && !has_known_suffix(&host) && host.parse::<Ipv4Addr>().is_err() {
+        // Written with other dots: a host only under a known suffix (see `scheme_less`).
+        return None;
+    }
     let path = caps.name("path").map_or("", |m| m.as_str());
     let prefix_length = path
         .strip_prefix('/')
@@ -163,7 +192,7 @@ pub(super) fn scheme_less_note(caps: &Captures) -> Option<String> {
     if is_network {
         return None;
     }
-    Some(format!("{}{}", lead.as_str(), note_for_host(host)))
+    Some(format!("{}{}", lead.as_str(), note_for_host(&host)))
 }
 
 /// `(link to DOMAIN removed)`: where a URL pointed, without anything it could carry.
@@ -209,6 +238,7 @@ fn shown_host(host: &str) -> Option<String> {
             .map(|address| address.to_string());
     }
     let is_name_part = |c: char| c.is_alphanumeric() || is_combining_mark(c);
+    let host = with_ascii_dots(host);
     let name = host
         .split(':')
         .next()
