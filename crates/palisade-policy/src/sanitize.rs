@@ -27,8 +27,13 @@
 //!    `scheme://` — `//evil.example`, `http:evil.example`, and a host name or address
 //!    followed by a path, query or fragment, with or without a port
 //!    (`evil.example/x?d=…`, `10.0.0.1/x`, `[::1]:8080/x`), their dots written as any
-//!    character IDNA reads as one (`s3cr3t。evil。com/x`). File paths, numbers, times
-//!    and a bare domain in prose stay; the precise rule is in `urls`;
+//!    character IDNA reads as one (`s3cr3t。evil。com/x`). So are the bare hosts chat
+//!    apps make links of and fetch a preview from: a host name under a known public
+//!    suffix with labels beyond its registrable domain (`s3cr3t.evil.com`, with or
+//!    without a port), and any host after a `user@` (`user:s3cr3t@evil.com`, and
+//!    e-mail addresses, whose local part can carry data as well). File paths, numbers,
+//!    times, a bare registrable domain in prose and dotted names whose last label is no
+//!    known suffix (`archive.tar.gz`) stay; the precise rule is in `urls`;
 //! 4. fake turn and role markers (`</system>`, `< /system>`, `<|im_start|>`, `[INST]`, a
 //!    line that starts `Human:`, `Assistant:`, `H:` or `A:`) neutralised, and unless
 //!    relaxed, known prompt-injection phrasings ("ignore previous instructions",
@@ -62,7 +67,8 @@ use unicode_normalization::UnicodeNormalization;
 /// How much the sanitizer removes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Strictness {
-    /// Links reduced to their text, URLs (with or without a scheme) to the registrable
+    /// Links reduced to their text, URLs (with or without a scheme), host names with
+    /// labels beyond their registrable domain and e-mail addresses to the registrable
     /// domain of their host, script and file URLs removed, images and HTML removed,
     /// injection phrasings and role markers neutralised.
     Strict,
@@ -172,7 +178,7 @@ impl Removed {
             Removed::Images => "a rendered image fetches its URL, which can carry stolen data",
             Removed::Links => "a link's text can hide where it points",
             Removed::LinkDefinitions => "link definitions only serve links",
-            Removed::BareUrls => "at strict, URLs (with or without a scheme) are reduced to the registrable domain of their host",
+            Removed::BareUrls => "at strict, URLs (with or without a scheme), host names with labels beyond their registrable domain and e-mail addresses are reduced to the registrable domain of their host, which cannot vary with the data they would carry",
             Removed::DangerousUrls => "javascript:, vbscript:, data: and file: URLs run code or read local files when opened",
             Removed::CodeFences => "fences are flattened to plain text",
             Removed::RoleMarkers => "fake turn or role markers try to pass text off as the system or another speaker",
@@ -503,28 +509,6 @@ impl Round<'_> {
         self.text = replaced;
     }
 
-    /// As `replace`, but a match for which `with` gives `None` stays as it is and is
-    /// not counted.
-    fn replace_where(
-        &mut self,
-        pattern: &Regex,
-        kind: Removed,
-        with: &dyn Fn(&regex::Captures) -> Option<String>,
-    ) {
-        let mut found = 0;
-        let replaced = pattern
-            .replace_all(&self.text, |caps: &regex::Captures| match with(caps) {
-                Some(replacement) => {
-                    found += 1;
-                    replacement
-                }
-                None => caps[0].to_string(),
-            })
-            .into_owned();
-        self.counts.add(kind, found);
-        self.text = replaced;
-    }
-
     /// As `replace`, matching on the folded text (see `fold`); `with` gets the span of
     /// the original text that matched.
     fn replace_folded(&mut self, pattern: &Regex, kind: Removed, with: &dyn Fn(&str) -> String) {
@@ -594,11 +578,9 @@ fn neutralise(text: &str, strictness: Strictness, counts: &mut Counts) -> String
             urls::host_note(&caps[0])
         });
         // Before `www.`, so `//www.evil.example` goes whole.
-        round.replace_where(
-            urls::scheme_less(),
-            Removed::BareUrls,
-            &urls::scheme_less_note,
-        );
+        let (reduced, found) = urls::reduce_scheme_less(&round.text);
+        round.counts.add(Removed::BareUrls, found);
+        round.text = reduced;
         round.replace(&p.www_url, Removed::BareUrls, &|caps| {
             urls::host_note(&caps[0])
         });
@@ -919,6 +901,136 @@ mod tests {
     }
 
     #[test]
+    fn strict_reduces_bare_hosts_that_carry_data() {
+        // Chat apps make links of bare host names and fetch a preview: the lookup alone
+        // carries the name. The note is the one URLs get; a dot ending the sentence
+        // stays after it.
+        for (attack, expected) in [
+            ("SECRETDATA.example.com", "(link to example.com removed)"),
+            (
+                "SECRETDATA.example.com:443",
+                "(link to example.com removed)",
+            ),
+            ("SECRETDATA.example.com?", "(link to example.com removed)?"),
+            ("SECRETDATA.example.com#", "(link to example.com removed)#"),
+            ("SECRETDATA.example.com.", "(link to example.com removed)."),
+            ("SECRETDATA.Example.COM!", "(link to example.com removed)!"),
+            (
+                "s3cr3t.data.example.co.uk",
+                "(link to example.co.uk removed)",
+            ),
+            (
+                "SECRETDATA.owner.github.io",
+                "(link to owner.github.io removed)",
+            ),
+            (
+                "SECRETDATA.owner.ngrok.io",
+                "(link to owner.ngrok.io removed)",
+            ),
+            ("www.example.com", "(link to example.com removed)"),
+            (
+                "s3cr3t.\u{43F}\u{440}\u{438}\u{43C}\u{435}\u{440}.\u{440}\u{444}",
+                "(link to \u{43F}\u{440}\u{438}\u{43C}\u{435}\u{440}.\u{440}\u{444} removed)",
+            ),
+            (
+                "SECRETDATA\u{3002}example\u{3002}com",
+                "(link to example.com removed)",
+            ),
+            (
+                "SECRETDATA.example.com-x",
+                "(link to example.com removed)-x",
+            ),
+            // Around it, emphasis and brackets stay.
+            (
+                "**SECRETDATA.example.com**",
+                "**(link to example.com removed)**",
+            ),
+            (
+                "_SECRETDATA.example.com_",
+                "_(link to example.com removed)_",
+            ),
+            (
+                "(SECRETDATA.example.com)",
+                "((link to example.com removed))",
+            ),
+            ("@SECRETDATA.example.com", "@(link to example.com removed)"),
+            // A user (and password) goes, whatever the host.
+            (
+                "user:SECRETDATA@example.com",
+                "(link to example.com removed)",
+            ),
+            (
+                "user:SECRETDATA@example.com:8080",
+                "(link to example.com removed)",
+            ),
+            ("user:SECRETDATA@10.0.0.1", "(link to 10.0.0.1 removed)"),
+            // Decided: an e-mail address is a `mailto:` link in every chat app, and
+            // its local part reaches the mailbox; at strict it goes like `mailto:`.
+            ("a@s3cr3t.evil.example", "(link to evil.example removed)"),
+            ("ana@example.com", "(link to example.com removed)"),
+            (
+                "first.last+SECRET@example.com.",
+                "(link to example.com removed).",
+            ),
+            (
+                "**SECRET@example.com**",
+                "**(link to example.com removed)**",
+            ),
+        ] {
+            let text = format!("see {attack} now");
+            let result = sanitize(
+                &text,
+                &Options {
+                    strictness: Strictness::Strict,
+                    max_chars: DEFAULT_MAX_CHARS,
+                },
+            );
+            assert_eq!(result.text, format!("see {expected} now"), "{attack:?}");
+            assert_eq!(result.removed, vec![(Removed::BareUrls, 1)], "{attack:?}");
+            // Balanced leaves them as they are.
+            assert_eq!(balanced(&text), text, "{attack:?}");
+        }
+    }
+
+    #[test]
+    fn bare_names_that_are_no_links_stay_at_strict() {
+        for plain in [
+            "Use e.g. and i.e. sparingly; U.S. spelling, a Ph.D. at 9 a.m.",
+            "See file.txt, main.rs, lib.rs:7:13, v1.2.3, 3.14 and Node.js.",
+            // A registrable domain carries only what its owner registered.
+            "Hosted at example.com, owner.github.io and example.co.uk.",
+            // Decided: the one label under a private suffix is its owner's name (see
+            // `urls`).
+            "A tunnel at SECRETDATA.ngrok.io.",
+            // A suffix alone is no host.
+            "Pages live under github.io and co.uk.",
+            // The last label is no known suffix: no chat app links these.
+            "Unpack archive.tar.gz, edit config.local.json, load jquery.min.js, see index.d.ts.",
+            "Call os.path.join, read docker-compose.override.yml and data.tar.xz.",
+            "Intranet names like build.corp.internal and printer.office.local stay.",
+            // Addresses without a user stay as they are.
+            "Allow 10.0.0.1, 127.0.0.1:8080 and [::1].",
+        ] {
+            assert_eq!(strict(plain), plain);
+        }
+        // Borderline, decided: dotted names of three parts or more that end in a
+        // top-level domain cannot be told from hosts, and chat apps link them; at strict
+        // they are reduced like hosts.
+        for (name, domain) in [
+            ("config.h.in", "h.in"),
+            ("notes.v2.md", "v2.md"),
+            ("org.apache.commons.io", "commons.io"),
+            ("user.profile.name", "profile.name"),
+        ] {
+            assert_eq!(
+                strict(&format!("edit {name} now")),
+                format!("edit (link to {domain} removed) now"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn every_dot_idna_reads_as_one_separates_labels() {
         // U+3002 ideographic full stop, U+FF0E fullwidth and U+FF61 halfwidth forms.
         for dot in ['\u{3002}', '\u{FF0E}', '\u{FF61}'] {
@@ -948,6 +1060,11 @@ mod tests {
         ] {
             assert_eq!(strict(plain), plain, "{plain:?}");
         }
+        // What such a sentence runs into is still looked at.
+        assert_eq!(
+            strict("notes\u{3002}txt//evil.example/x?SECRET"),
+            "notes\u{3002}txt(link to evil.example removed)"
+        );
     }
 
     #[test]
@@ -962,7 +1079,7 @@ mod tests {
             "/usr/bin/env bash, ./run.sh, ../lib/mod.rs and ~/notes.md",
             "C:\\Users\\ana\\notes.md\\x",
             "The error is at main.rs:42 and lib.rs:7:13.",
-            "Did you read notes.txt? And evil.example? Mail ana@example.com.",
+            "Did you read notes.txt? And evil.example? Or example.com.",
             "A bare example.com in prose, and Node.js, stay.",
             "Block 10.0.0.0/8 and 192.168.1.0/24, allow 10.0.0.1 and 127.0.0.1:8080.",
             "JavaScript: the good parts. Input data: three files. file: report.pdf",
@@ -1348,6 +1465,12 @@ mod tests {
             Just(" at [::1]:8080/x?SECRET".to_string()),
             Just(" S3CR3T.evil.example/x".to_string()),
             Just(" SECRET\u{3002}evil\u{3002}com/x".to_string()),
+            Just(" SECRET.example.com ".to_string()),
+            Just(" user:SECRET@example.com ".to_string()),
+            Just(" SECRET@s3cr3t.evil.example ".to_string()),
+            Just(" SECRET\u{3002}example\u{3002}com ".to_string()),
+            Just("@".to_string()),
+            Just("\u{3002}".to_string()),
             Just("https://S3CR3T.evil.example".to_string()),
             Just("evil.example".to_string()),
             Just("/".to_string()),

@@ -6,8 +6,8 @@
 //! `s3cr3t.evil.example`). The first kind is removed at `strict` and `balanced`
 //! (see [`dangerous`]). At `strict` every URL form is reduced to a note naming only
 //! the registrable domain of its host (see [`host_note`]), including the forms with
-//! no `scheme://` that a browser or a model still reads as a link (see
-//! [`scheme_less`]).
+//! no `scheme://` that a browser or a model still reads as a link, and the bare host
+//! names and e-mail addresses that chat apps turn into links (see [`scheme_less`]).
 //!
 //! The registrable domain is the public suffix plus one label (`evil.example` for
 //! `s3cr3t.evil.example`, `evil.co.uk` for `a.b.evil.co.uk`): the part a person has
@@ -15,7 +15,13 @@
 //! from the `psl` crate, which compiles Mozilla's Public Suffix List into the binary
 //! (no file and no network at build or run time) and is republished as the list
 //! changes; a suffix list written here would be wrong within weeks. Its private
-//! section counts too (`github.io`), since each name under it has its own owner.
+//! section counts too (`github.io`, `ngrok.io`), since each name under it has its own
+//! owner: `s3cr3t.owner.ngrok.io` names `owner.ngrok.io`, and `s3cr3t.ngrok.io` stays
+//! whole. A lookup of that name reaches only whoever runs `ngrok.io`, which answers for
+//! every name right under it, and leads to no one unless the name was registered
+//! before the data was known. The price is trusting the list's private section: a
+//! suffix's owner sees every lookup under it, and owners ask for their suffixes to be
+//! listed (the list's maintainers review each request).
 
 use regex::{Captures, Regex};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -113,20 +119,40 @@ pub(super) fn dangerous_note(caps: &Captures) -> String {
 ///   `./run.sh` and `C:\notes.md\x` are paths, `1.2.3.4.5/x` is no address, and
 ///   `a-b.example/x` is one host; `...evil.example/x` is a URL);
 /// - an IPv4 address followed by `/` and one or two digits alone is a network prefix
-///   (`10.0.0.0/8`), not a URL.
+///   (`10.0.0.0/8`), not a URL;
+/// - a host with nothing of that after it (a bare host), placed as above and not
+///   followed by a letter or digit, is a link when a chat app would fetch something
+///   that carries data from it: Slack, Telegram and Discord turn bare host names into
+///   links and fetch a preview, and the lookup of the name alone carries what it
+///   holds. That is a host with a `user@` (`user:s3cr3t@evil.com`, or an e-mail
+///   address, `s3cr3t@evil.com`: data in its local part reaches the mailbox, and
+///   every chat app makes a `mailto:` link of it), or a name under a suffix the Public
+///   Suffix List knows with labels beyond its registrable domain (`s3cr3t.evil.com`).
+///   Its note takes its place and any trailing dot stays after the note, since it more
+///   often ends a sentence than roots a name.
 ///
 /// So a bare `evil.example`, `notes.txt?` ending a question, `main.rs:42`, `e.g.`,
 /// `v1.2.3`, `1.5/2` and `10:30` stay; `README.md#install` is reduced (a fragment can
 /// carry data to a page's script), and so is `Node.js/Deno` (nothing tells it from
-/// `evil.example/x`).
+/// `evil.example/x`). A bare name whose last label is no known suffix stays
+/// (`archive.tar.gz`, `config.local.json`, `jquery.min.js`, `os.path.join`): a chat app
+/// links only known top-level domains. So does one with no label beyond its
+/// registrable domain (`example.com`, `main.rs`, `owner.github.io`), which carries only
+/// what its owner registered. The price is the few dotted names of three parts or more
+/// that end in a top-level domain though they name a file or a field (`config.h.in`,
+/// `notes.v2.md`, `org.apache.commons.io`, `user.profile.name`): they are reduced too.
+/// Leaving out names that end like file names would leave the channel open to anyone
+/// registering under `.in`, `.io`, `.md`, `.py`, `.rs`, `.sh` or `.zip`, all of which
+/// chat apps link.
 pub(super) fn scheme_less() -> &'static Regex {
     static PATTERN: OnceLock<Regex> = OnceLock::new();
     PATTERN.get_or_init(|| {
         // A user, a host and a port, their groups named with `suffix` (a name may be
-        // used once in a regex).
+        // used once in a regex). The user does not start with emphasis or an opening
+        // parenthesis, which stay before the note (`**s3cr3t@evil.com**`).
         let authority = |suffix: &str| {
             format!(
-                r#"(?:[^\s/?\#<>'"\[\]]+@)?
+                r#"(?P<user{suffix}> [^\s/?\#<>'"\[\]()*_~`@] [^\s/?\#<>'"\[\]]* @ )?
                 (?P<host{suffix}>
                     (?:[\p{{L}}\p{{M}}\p{{N}}-]+[{DOTS}])+ (?:xn--[a-z0-9-]+|\p{{L}}[\p{{L}}\p{{M}}]+) [{DOTS}]?
                   | [0-9]{{1,3}}(?:[{DOTS}][0-9]{{1,3}}){{3}}
@@ -140,7 +166,7 @@ pub(super) fn scheme_less() -> &'static Regex {
             r#"(?xim)
             (?: (?:https?|wss?|ftp):[/\\]{{0,2}} | [/\\]{{2}} ) {} {path}?
           | (?P<lead> ^ | [^\p{{L}}\p{{M}}\p{{N}}\-/\\{DOTS}] | (?:^|[^\p{{L}}\p{{M}}\p{{N}}])[{DOTS}] )
-            {} (?P<path>{path})"#,
+            {} (?P<path>{path})? (?P<tail>[\p{{L}}\p{{M}}\p{{N}}])?"#,
             authority(""),
             authority("_after_lead"),
         ))
@@ -154,10 +180,11 @@ pub(super) fn scheme_less() -> &'static Regex {
 /// for hosts. NFKC has already made the fullwidth one a `.` and the halfwidth one a
 /// `。`; they are listed so the patterns do not depend on it.
 const DOTS: &str = r".\x{3002}\x{FF0E}\x{FF61}";
+const OTHER_DOTS: [char; 3] = ['\u{3002}', '\u{FF0E}', '\u{FF61}'];
 
 /// `host` with every dot IDNA reads as one written `.`.
 fn with_ascii_dots(host: &str) -> String {
-    host.replace(['\u{3002}', '\u{FF0E}', '\u{FF61}'], ".")
+    host.replace(OTHER_DOTS, ".")
 }
 
 /// Whether the Public Suffix List knows the suffix of `name` (in ICANN's section or the
@@ -168,9 +195,48 @@ fn has_known_suffix(name: &str) -> bool {
     psl::suffix(name.as_bytes()).is_some_and(|suffix| suffix.is_known())
 }
 
+/// Whether `name` is under a suffix the Public Suffix List knows and has labels before
+/// its registrable domain (`s3cr3t.evil.com`, not `evil.com` nor `co.uk`).
+fn has_labels_beyond_its_domain(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_lowercase();
+    psl::domain(name.as_bytes())
+        .is_some_and(|domain| domain.suffix().is_known() && domain.as_bytes().len() < name.len())
+}
+
+/// `text` with every [`scheme_less`] URL replaced by its note, and how many there were.
+/// A match that is no URL stays, and the search goes on after it, except after a name
+/// written with other dots that is no host (see [`scheme_less`]): the search goes on
+/// right after the name, since what the match took along as its path may hold a URL
+/// (`notes。txt//evil.example/x`).
+pub(super) fn reduce_scheme_less(text: &str) -> (String, usize) {
+    let pattern = scheme_less();
+    let mut out = String::with_capacity(text.len());
+    let (mut copied, mut from, mut found) = (0, 0, 0);
+    while let Some(caps) = pattern.captures_at(text, from) {
+        let Some(whole) = caps.get(0) else { break };
+        match scheme_less_note(&caps) {
+            Some(note) => {
+                out.push_str(&text[copied..whole.start()]);
+                out.push_str(&note);
+                (copied, from) = (whole.end(), whole.end());
+                found += 1;
+            }
+            None => {
+                // A host is never empty, so the search moves on either way.
+                from = match caps.name("host_after_lead") {
+                    Some(host) if host.as_str().contains(OTHER_DOTS) => host.end(),
+                    _ => whole.end(),
+                };
+            }
+        }
+    }
+    out.push_str(&text[copied..]);
+    (out, found)
+}
+
 /// What a [`scheme_less`] match becomes: the host note, after what stood before the
 /// URL (which is not part of it), or `None` when the match is no URL (see there).
-pub(super) fn scheme_less_note(caps: &Captures) -> Option<String> {
+fn scheme_less_note(caps: &Captures) -> Option<String> {
     let Some(lead) = caps.name("lead") else {
         // After `//` or a scheme, which go with the URL.
         return Some(note_for_host(caps.name("host").map_or("", |m| m.as_str())));
@@ -181,13 +247,35 @@ pub(super) fn scheme_less_note(caps: &Captures) -> Option<String> {
         // Written with other dots: a host only under a known suffix (see `scheme_less`).
         return None;
     }
-    let path = caps.name("path").map_or("", |m| m.as_str());
+    let port = caps.name("port_after_lead");
+    let Some(path) = caps.name("path").map(|m| m.as_str()) else {
+        // A bare host (see `scheme_less`).
+        let continues_a_word = caps.name("tail").is_some() && port.is_none();
+        let carries_data =
+            caps.name("user_after_lead").is_some() || has_labels_beyond_its_domain(&host);
+        if continues_a_word || !carries_data {
+            return None;
+        }
+        let trailing_dot = match port {
+            None => {
+                &written[written
+                    .trim_end_matches(|c| c == '.' || OTHER_DOTS.contains(&c))
+                    .len()..]
+            }
+            Some(_) => "",
+        };
+        return Some(format!(
+            "{}{}{trailing_dot}",
+            lead.as_str(),
+            note_for_host(&host)
+        ));
+    };
     let prefix_length = path
         .strip_prefix('/')
         .map(|rest| rest.trim_end_matches(['.', ',', ';', ':', '!', '?', ')']));
     let is_network = prefix_length.is_some_and(|digits| {
         (1..=2).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
-    }) && caps.name("port_after_lead").is_none()
+    }) && port.is_none()
         && host.parse::<Ipv4Addr>().is_ok();
     if is_network {
         return None;
