@@ -15,7 +15,9 @@
 //! Look-alikes are those of Unicode's confusables data (UTS #39), through the
 //! `unicode-security` crate's skeleton, the same data and code rustc uses to warn of
 //! confusable identifiers: a table written here would miss most of the few thousand
-//! look-alikes and fall behind new Unicode versions. Only letters outside ASCII are
+//! look-alikes and fall behind new Unicode versions. The one table here holds what
+//! that data leaves out by design, the Latin small capitals (`ɪɢɴᴏʀᴇ`) and the
+//! negative circled and squared capitals (see [`letter_like`]). Only letters outside ASCII are
 //! folded so, and only to an ASCII letter; ASCII is read as written (`0` for `o` is
 //! not a look-alike, it is a different character to a reader and a model). The cost
 //! is one table look-up per letter outside ASCII, on text already cut to the working
@@ -28,7 +30,7 @@ use unicode_normalization::char::{decompose_canonical, is_combining_mark};
 
 /// Characters the folded copy leaves out besides marks: markdown emphasis,
 /// strikethrough and code spans, which a renderer hides and a model reads past.
-fn is_emphasis(c: char) -> bool {
+pub(super) fn is_emphasis(c: char) -> bool {
     matches!(c, '*' | '_' | '~' | '`')
 }
 
@@ -50,7 +52,9 @@ fn fold(text: &str) -> Folded {
         }
         decompose_canonical(c, |part| {
             if !is_combining_mark(part) {
-                let part = ascii_look_alike(part).unwrap_or(part);
+                let part = letter_like(part)
+                    .or_else(|| ascii_look_alike(part))
+                    .unwrap_or(part);
                 folded.text.push(part);
                 folded
                     .origin
@@ -60,6 +64,56 @@ fn fold(text: &str) -> Folded {
     }
     folded.origin.push(text.len());
     folded
+}
+
+/// The ASCII letter of the few letter forms that Unicode's confusables data does not
+/// map to one, though fancy-text generators offer them as fonts for Latin text:
+///
+/// - the Latin small capitals (`ɪɢɴᴏʀᴇ`): the data lists only those drawn exactly like
+///   a small letter (`ᴏ`, `ᴄ`, `ꜱ`, `ɪ`), not those drawn like a capital shrunk to
+///   the height of a small letter (`ᴀ`, `ʀ`, `ᴛ`, `ɢ`), since at the same size they
+///   differ; a reader and a model still read them as the letter. They are small
+///   letters to Unicode, so they fold to small ASCII letters (`ʜ:` is not the turn
+///   marker `H:`). The modifier small capitals (`ᶦ`) arrive here as these, by NFKC;
+/// - the negative circled and squared capitals (`🅘`, `🅸`), which NFKC leaves alone,
+///   unlike the circled and squared ones.
+///
+/// Written here, as the one exception to the confusables data: it is short and
+/// complete (every basic Latin letter but X has a small capital), and a crate that
+/// cures fancy text would bring a second, far larger look-alike table for it.
+fn letter_like(c: char) -> Option<char> {
+    let from_range = |first: char| (b'A' + (c as u32 - first as u32) as u8) as char;
+    Some(match c {
+        '\u{1D00}' => 'a',
+        '\u{0299}' => 'b',
+        '\u{1D04}' => 'c',
+        '\u{1D05}' => 'd',
+        '\u{1D07}' => 'e',
+        '\u{A730}' => 'f',
+        '\u{0262}' => 'g',
+        '\u{029C}' => 'h',
+        '\u{026A}' => 'i',
+        '\u{A7AE}' => 'I', // the capital of the small capital I
+        '\u{1D0A}' => 'j',
+        '\u{1D0B}' => 'k',
+        '\u{029F}' => 'l',
+        '\u{1D0D}' => 'm',
+        '\u{0274}' => 'n',
+        '\u{1D0F}' => 'o',
+        '\u{1D18}' => 'p',
+        '\u{A7AF}' => 'q',
+        '\u{0280}' => 'r',
+        '\u{A731}' => 's',
+        '\u{1D1B}' => 't',
+        '\u{1D1C}' => 'u',
+        '\u{1D20}' => 'v',
+        '\u{1D21}' => 'w',
+        '\u{028F}' => 'y',
+        '\u{1D22}' => 'z',
+        '\u{1F150}'..='\u{1F169}' => from_range('\u{1F150}'),
+        '\u{1F170}'..='\u{1F189}' => from_range('\u{1F170}'),
+        _ => return None,
+    })
 }
 
 /// The ASCII letter `c`, a letter outside ASCII, is drawn like, if any: the letter
@@ -194,6 +248,18 @@ mod tests {
         ] {
             assert_eq!(ascii_look_alike(look_alike), Some(letter), "{look_alike}");
         }
+        // Small capitals and negative circled and squared capitals, which the
+        // confusables data leaves, are folded by the table.
+        let fold_all = |text: &str| fold(text).text;
+        assert_eq!(
+            fold_all("\u{26A}\u{262}\u{274}\u{1D0F}\u{280}\u{1D07} \u{1D00}\u{29F}\u{29F}"),
+            "ignore all"
+        );
+        assert_eq!(
+            fold_all("\u{1D00}\u{299}\u{1D04}\u{1D05}\u{1D07}\u{A730}\u{262}\u{29C}\u{26A}\u{1D0A}\u{1D0B}\u{29F}\u{1D0D}\u{274}\u{1D0F}\u{1D18}\u{A7AF}\u{280}\u{A731}\u{1D1B}\u{1D1C}\u{1D20}\u{1D21}x\u{28F}\u{1D22}"),
+            "abcdefghijklmnopqrstuvwxyz"
+        );
+        assert_eq!(fold_all("\u{1F158}\u{1F176}\u{1F169}\u{1F189}"), "IGZZ");
         // Letters drawn like no ASCII letter, and ASCII itself, stay.
         for other in ['\u{436}', '\u{3BB}', '\u{5FD7}', 'x', '0'] {
             assert_eq!(ascii_look_alike(other), None, "{other}");

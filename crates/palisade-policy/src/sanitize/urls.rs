@@ -6,8 +6,8 @@
 //! `s3cr3t.evil.example`). The first kind is removed at `strict` and `balanced`
 //! (see [`dangerous`]). At `strict` every URL form is reduced to a note naming only
 //! the registrable domain of its host (see [`host_note`]), including the forms with
-//! no `scheme://` that a browser or a model still reads as a link (see
-//! [`scheme_less`]).
+//! no `scheme://` that a browser or a model still reads as a link, and the bare host
+//! names and e-mail addresses that chat apps turn into links (see [`scheme_less`]).
 //!
 //! The registrable domain is the public suffix plus one label (`evil.example` for
 //! `s3cr3t.evil.example`, `evil.co.uk` for `a.b.evil.co.uk`): the part a person has
@@ -15,7 +15,13 @@
 //! from the `psl` crate, which compiles Mozilla's Public Suffix List into the binary
 //! (no file and no network at build or run time) and is republished as the list
 //! changes; a suffix list written here would be wrong within weeks. Its private
-//! section counts too (`github.io`), since each name under it has its own owner.
+//! section counts too (`github.io`, `ngrok.io`), since each name under it has its own
+//! owner: `s3cr3t.owner.ngrok.io` names `owner.ngrok.io`, and `s3cr3t.ngrok.io` stays
+//! whole. A lookup of that name reaches only whoever runs `ngrok.io`, which answers for
+//! every name right under it, and leads to no one unless the name was registered
+//! before the data was known. The price is trusting the list's private section: a
+//! suffix's owner sees every lookup under it, and owners ask for their suffixes to be
+//! listed (the list's maintainers review each request).
 
 use regex::{Captures, Regex};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -33,19 +39,25 @@ const DANGEROUS_SCHEMES: [&str; 4] = ["javascript", "vbscript", "data", "file"];
 /// destination; invisible characters and fullwidth forms are gone before this runs.
 /// Prose stays: `data:` must be followed by a media type, `,` or `;`, `file:` by a
 /// slash or a drive letter, and `javascript:` and `vbscript:` by something other than
-/// a space (`JavaScript: the good parts`).
+/// a space (`JavaScript: the good parts`) or a quote that opens no string.
 pub(super) fn dangerous() -> &'static Regex {
     static PATTERN: OnceLock<Regex> = OnceLock::new();
     PATTERN.get_or_init(|| {
         let colon = r"(?::|&colon;|&#0*58;?|&#x0*3a;?)";
-        // What follows the colon, up to a space, a quote or an angle bracket, with
-        // balanced parentheses (`javascript:f(1)`), so a link around it keeps its own.
-        let body = r#"(?:[^\s'"<>()]|\([^\s'"<>()]*\))*"#;
+        // A quoted string with no space in it: `javascript:'<svg onload=…>'` runs the
+        // string as the page, so a quote does not end the URL when it opens one. One
+        // that opens nothing ends it, as the end of an HTML attribute
+        // (`href='javascript:f()'>`) or of a quotation.
+        let quoted = r#"'[^'\s<>]*'|"[^"\s<>]*""#;
+        // What follows the colon, up to a space, a quote that opens no string or an
+        // angle bracket, with balanced parentheses (`javascript:f(1)`), so a link around
+        // it keeps its own.
+        let body = format!(r#"(?:[^\s'"<>()]|\([^\s'"<>()]*\)|{quoted})*"#);
         let schemes = DANGEROUS_SCHEMES.map(|scheme| {
             let after = match scheme {
-                "data" => r"(?:[a-z0-9.+-]+/[a-z0-9.+-]+|[;,])",
-                "file" => r#"(?:[/\\]|[a-z]:)"#,
-                _ => r#"[^\s'"<>]"#,
+                "data" => r"(?:[a-z0-9.+-]+/[a-z0-9.+-]+|[;,])".to_string(),
+                "file" => r#"(?:[/\\]|[a-z]:)"#.to_string(),
+                _ => format!(r#"(?:[^\s'"<>]|{quoted})"#),
             };
             format!(
                 "(?P<{scheme}>{}{BETWEEN_LETTERS}{colon}{after}{body})",
@@ -91,7 +103,11 @@ pub(super) fn dangerous_note(caps: &Captures) -> String {
 /// - a host is a domain-like name — labels of letters, digits and hyphens joined by
 ///   dots, ending in an alphabetic top-level label of two letters or more (or a
 ///   punycode one, `xn--…`), a trailing dot allowed — or a dotted IPv4 address, or an
-///   IPv6 address in brackets; a `user@` may come before it, a `:port` after it;
+///   IPv6 address in brackets; a `user@` may come before it, a `:port` after it. The
+///   dots may be any IDNA maps to `.` (see [`DOTS`]), but a name written with one
+///   other than `.` is a host only under a suffix the Public Suffix List knows
+///   (`s3cr3t。evil。com/x` is one; Chinese or Japanese sentences, which end with
+///   `。` and need no spaces, are not);
 /// - after `//` or `\\` (`//evil.example`, a UNC path), or after a web scheme whose
 ///   slashes are missing or are backslashes (`http:evil.example`,
 ///   `https:/evil.example`, `https:\\evil.example`, which browsers mend), a host is a
@@ -103,23 +119,43 @@ pub(super) fn dangerous_note(caps: &Captures) -> String {
 ///   `./run.sh` and `C:\notes.md\x` are paths, `1.2.3.4.5/x` is no address, and
 ///   `a-b.example/x` is one host; `...evil.example/x` is a URL);
 /// - an IPv4 address followed by `/` and one or two digits alone is a network prefix
-///   (`10.0.0.0/8`), not a URL.
+///   (`10.0.0.0/8`), not a URL;
+/// - a host with nothing of that after it (a bare host), placed as above and not
+///   followed by a letter or digit, is a link when a chat app would fetch something
+///   that carries data from it: Slack, Telegram and Discord turn bare host names into
+///   links and fetch a preview, and the lookup of the name alone carries what it
+///   holds. That is a host with a `user@` (`user:s3cr3t@evil.com`, or an e-mail
+///   address, `s3cr3t@evil.com`: data in its local part reaches the mailbox, and
+///   every chat app makes a `mailto:` link of it), or a name under a suffix the Public
+///   Suffix List knows with labels beyond its registrable domain (`s3cr3t.evil.com`).
+///   Its note takes its place and any trailing dot stays after the note, since it more
+///   often ends a sentence than roots a name.
 ///
 /// So a bare `evil.example`, `notes.txt?` ending a question, `main.rs:42`, `e.g.`,
 /// `v1.2.3`, `1.5/2` and `10:30` stay; `README.md#install` is reduced (a fragment can
 /// carry data to a page's script), and so is `Node.js/Deno` (nothing tells it from
-/// `evil.example/x`).
+/// `evil.example/x`). A bare name whose last label is no known suffix stays
+/// (`archive.tar.gz`, `config.local.json`, `jquery.min.js`, `os.path.join`): a chat app
+/// links only known top-level domains. So does one with no label beyond its
+/// registrable domain (`example.com`, `main.rs`, `owner.github.io`), which carries only
+/// what its owner registered. The price is the few dotted names of three parts or more
+/// that end in a top-level domain though they name a file or a field (`config.h.in`,
+/// `notes.v2.md`, `org.apache.commons.io`, `user.profile.name`): they are reduced too.
+/// Leaving out names that end like file names would leave the channel open to anyone
+/// registering under `.in`, `.io`, `.md`, `.py`, `.rs`, `.sh` or `.zip`, all of which
+/// chat apps link.
 pub(super) fn scheme_less() -> &'static Regex {
     static PATTERN: OnceLock<Regex> = OnceLock::new();
     PATTERN.get_or_init(|| {
         // A user, a host and a port, their groups named with `suffix` (a name may be
-        // used once in a regex).
+        // used once in a regex). The user does not start with emphasis or an opening
+        // parenthesis, which stay before the note (`**s3cr3t@evil.com**`).
         let authority = |suffix: &str| {
             format!(
-                r#"(?:[^\s/?\#<>'"\[\]]+@)?
+                r#"(?P<user{suffix}> [^\s/?\#<>'"\[\]()*_~`@] [^\s/?\#<>'"\[\]]* @ )?
                 (?P<host{suffix}>
-                    (?:[\p{{L}}\p{{M}}\p{{N}}-]+\.)+ (?:xn--[a-z0-9-]+|\p{{L}}[\p{{L}}\p{{M}}]+) \.?
-                  | [0-9]{{1,3}}(?:\.[0-9]{{1,3}}){{3}}
+                    (?:[\p{{L}}\p{{M}}\p{{N}}-]+[{DOTS}])+ (?:xn--[a-z0-9-]+|\p{{L}}[\p{{L}}\p{{M}}]+) [{DOTS}]?
+                  | [0-9]{{1,3}}(?:[{DOTS}][0-9]{{1,3}}){{3}}
                   | \[ [0-9a-f.]*:[0-9a-f.]*:[0-9a-f:.]* (?:%[\w.~-]+)? \]
                 )
                 (?P<port{suffix}> :[0-9]{{1,5}} )?"#
@@ -129,8 +165,8 @@ pub(super) fn scheme_less() -> &'static Regex {
         Regex::new(&format!(
             r#"(?xim)
             (?: (?:https?|wss?|ftp):[/\\]{{0,2}} | [/\\]{{2}} ) {} {path}?
-          | (?P<lead> ^ | [^\p{{L}}\p{{M}}\p{{N}}\-/\\.] | (?:^|[^\p{{L}}\p{{M}}\p{{N}}])\. )
-            {} (?P<path>{path})"#,
+          | (?P<lead> ^ | [^\p{{L}}\p{{M}}\p{{N}}\-/\\{DOTS}] | (?:^|[^\p{{L}}\p{{M}}\p{{N}}])[{DOTS}] )
+            {} (?P<path>{path})? (?P<tail>[\p{{L}}\p{{M}}\p{{N}}])?"#,
             authority(""),
             authority("_after_lead"),
         ))
@@ -138,26 +174,113 @@ pub(super) fn scheme_less() -> &'static Regex {
     })
 }
 
+/// The characters IDNA maps to `.` in a host name (UTS #46): the full stop, the
+/// ideographic full stop `。` and its fullwidth and halfwidth forms. A browser reads
+/// `s3cr3t。evil。com` as `s3cr3t.evil.com`, and so does the sanitizer when it looks
+/// for hosts. NFKC has already made the fullwidth one a `.` and the halfwidth one a
+/// `。`; they are listed so the patterns do not depend on it.
+const DOTS: &str = r".\x{3002}\x{FF0E}\x{FF61}";
+const OTHER_DOTS: [char; 3] = ['\u{3002}', '\u{FF0E}', '\u{FF61}'];
+
+/// `host` with every dot IDNA reads as one written `.`.
+fn with_ascii_dots(host: &str) -> String {
+    host.replace(OTHER_DOTS, ".")
+}
+
+/// Whether the Public Suffix List knows the suffix of `name` (in ICANN's section or the
+/// private one), rather than taking its last label for one as its default rule does.
+fn has_known_suffix(name: &str) -> bool {
+    let name = with_ascii_dots(name).to_lowercase();
+    let name = name.trim_end_matches('.');
+    psl::suffix(name.as_bytes()).is_some_and(|suffix| suffix.is_known())
+}
+
+/// Whether `name` is under a suffix the Public Suffix List knows and has labels before
+/// its registrable domain (`s3cr3t.evil.com`, not `evil.com` nor `co.uk`).
+fn has_labels_beyond_its_domain(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_lowercase();
+    psl::domain(name.as_bytes())
+        .is_some_and(|domain| domain.suffix().is_known() && domain.as_bytes().len() < name.len())
+}
+
+/// `text` with every [`scheme_less`] URL replaced by its note, and how many there were.
+/// A match that is no URL stays, and the search goes on after it, except after a name
+/// written with other dots that is no host (see [`scheme_less`]): the search goes on
+/// right after the name, since what the match took along as its path may hold a URL
+/// (`notes。txt//evil.example/x`).
+pub(super) fn reduce_scheme_less(text: &str) -> (String, usize) {
+    let pattern = scheme_less();
+    let mut out = String::with_capacity(text.len());
+    let (mut copied, mut from, mut found) = (0, 0, 0);
+    while let Some(caps) = pattern.captures_at(text, from) {
+        let Some(whole) = caps.get(0) else { break };
+        match scheme_less_note(&caps) {
+            Some(note) => {
+                out.push_str(&text[copied..whole.start()]);
+                out.push_str(&note);
+                (copied, from) = (whole.end(), whole.end());
+                found += 1;
+            }
+            None => {
+                // A host is never empty, so the search moves on either way.
+                from = match caps.name("host_after_lead") {
+                    Some(host) if host.as_str().contains(OTHER_DOTS) => host.end(),
+                    _ => whole.end(),
+                };
+            }
+        }
+    }
+    out.push_str(&text[copied..]);
+    (out, found)
+}
+
 /// What a [`scheme_less`] match becomes: the host note, after what stood before the
 /// URL (which is not part of it), or `None` when the match is no URL (see there).
-pub(super) fn scheme_less_note(caps: &Captures) -> Option<String> {
+fn scheme_less_note(caps: &Captures) -> Option<String> {
     let Some(lead) = caps.name("lead") else {
         // After `//` or a scheme, which go with the URL.
         return Some(note_for_host(caps.name("host").map_or("", |m| m.as_str())));
     };
-    let host = caps.name("host_after_lead").map_or("", |m| m.as_str());
-    let path = caps.name("path").map_or("", |m| m.as_str());
+    let written = caps.name("host_after_lead").map_or("", |m| m.as_str());
+    let host = with_ascii_dots(written);
+    if host != written && !has_known_suffix(&host) && host.parse::<Ipv4Addr>().is_err() {
+        // Written with other dots: a host only under a known suffix (see `scheme_less`).
+        return None;
+    }
+    let port = caps.name("port_after_lead");
+    let Some(path) = caps.name("path").map(|m| m.as_str()) else {
+        // A bare host (see `scheme_less`).
+        let continues_a_word = caps.name("tail").is_some() && port.is_none();
+        let carries_data =
+            caps.name("user_after_lead").is_some() || has_labels_beyond_its_domain(&host);
+        if continues_a_word || !carries_data {
+            return None;
+        }
+        let trailing_dot = match port {
+            None => {
+                &written[written
+                    .trim_end_matches(|c| c == '.' || OTHER_DOTS.contains(&c))
+                    .len()..]
+            }
+            Some(_) => "",
+        };
+        return Some(format!(
+            "{}{}{trailing_dot}",
+            lead.as_str(),
+            note_for_host(&host)
+        ));
+    };
     let prefix_length = path
         .strip_prefix('/')
         .map(|rest| rest.trim_end_matches(['.', ',', ';', ':', '!', '?', ')']));
     let is_network = prefix_length.is_some_and(|digits| {
         (1..=2).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
-    }) && caps.name("port_after_lead").is_none()
+    }) && port.is_none()
         && host.parse::<Ipv4Addr>().is_ok();
     if is_network {
         return None;
     }
-    Some(format!("{}{}", lead.as_str(), note_for_host(host)))
+    Some(format!("{}{}", lead.as_str(), note_for_host(&host)))
 }
 
 /// `(link to DOMAIN removed)`: where a URL pointed, without anything it could carry.
@@ -203,6 +326,7 @@ fn shown_host(host: &str) -> Option<String> {
             .map(|address| address.to_string());
     }
     let is_name_part = |c: char| c.is_alphanumeric() || is_combining_mark(c);
+    let host = with_ascii_dots(host);
     let name = host
         .split(':')
         .next()
