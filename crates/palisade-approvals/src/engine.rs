@@ -427,7 +427,7 @@ impl Engine {
 /// service), written as [`HostPattern`] reads it (`[::1]:8080`). The port is the one
 /// the vault recorded, or, for an approval recorded before it did, the one of its URL
 /// (the scheme's when the URL names none). None when there is no readable port.
-pub(crate) fn host_with_port(host: &str, context: &serde_json::Value) -> Option<String> {
+pub fn host_with_port(host: &str, context: &serde_json::Value) -> Option<String> {
     let port = match context.get("port") {
         Some(port) => u16::try_from(port.as_u64()?).ok()?,
         None => {

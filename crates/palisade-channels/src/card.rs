@@ -12,7 +12,7 @@
 //! names one card this host posted; the approval id alone would let a click made on
 //! one platform be replayed on another.
 
-use palisade_approvals::summary::HIDDEN_CHARACTERS_NOTICE;
+use palisade_approvals::summary::{HIDDEN_CHARACTERS_NOTICE, LOOK_ALIKE_NOTICE};
 pub use palisade_approvals::{clock_time, outcome_line};
 use palisade_approvals::{Approval, ApprovalKind, ApprovalStatus, Button};
 use rand::Rng;
@@ -65,26 +65,34 @@ impl Card {
         let mut scope = None;
         if buttons.contains(&Button::Always) {
             let field = |name: &str| approval.context.get(name).and_then(|v| v.as_str());
-            if let (Some(method), Some(host), Some(path)) =
-                (field("method"), field("host"), field("path"))
-            {
+            let host = field("host").and_then(|host| {
+                palisade_approvals::engine::host_with_port(host, &approval.context)
+            });
+            if let (Some(method), Some(host), Some(path)) = (field("method"), host, field("path")) {
                 scope = Some(format!(
-                    "\"Always allow\" and \"Approve for 1 h\" let {method} {host}{path} through for agent {} without asking (any query string, any port); `palisade rules list` shows the rule.",
+                    "\"Always allow\" and \"Approve for 1 h\" let {method} {host}{path} through for agent {} without asking (any query string, that port only); `palisade rules list` shows the rule.",
                     approval.agent
                 ));
             }
         }
-        let (notices, lines): (Vec<&String>, Vec<&String>) = approval
+        // The summary's notices lead its lines (at most two: hidden characters, then
+        // look-alike names); they become the warning, which no length limit drops.
+        let notice =
+            |line: &String| line == HIDDEN_CHARACTERS_NOTICE || line.starts_with(LOOK_ALIKE_NOTICE);
+        let leading = approval
             .lines
             .iter()
-            .partition(|line| line.as_str() == HIDDEN_CHARACTERS_NOTICE);
+            .take(2)
+            .take_while(|l| notice(l))
+            .count();
+        let (notices, lines) = approval.lines.split_at(leading);
         Card {
             approval_id: approval.id.clone(),
             token: token.to_string(),
             heading,
             title: cut(&approval.title, CARD_TITLE_CHARS),
-            warning: (!notices.is_empty()).then(|| HIDDEN_CHARACTERS_NOTICE.to_string()),
-            lines: lines.into_iter().cloned().collect(),
+            warning: (!notices.is_empty()).then(|| notices.join("\n")),
+            lines: lines.to_vec(),
             scope,
             detail: approval.detail.chars().take(CARD_DETAIL_CHARS).collect(),
             buttons,
@@ -237,7 +245,7 @@ pub(crate) fn pending_approval(summary: palisade_approvals::Summary) -> Approval
         lines: summary.lines,
         detail: summary.detail,
         context: serde_json::json!({
-            "method": "POST", "host": "gmail.googleapis.com",
+            "method": "POST", "host": "gmail.googleapis.com", "port": 443,
             "path": "/gmail/v1/users/me/messages/send", "rule": "ask",
         }),
         created_at_ms: 0,
@@ -268,6 +276,23 @@ pub(crate) fn hidden_character_summary() -> palisade_approvals::Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A look-alike name's line joins the warning too, under the hidden characters'
+    /// one, and is not left among the lines.
+    #[test]
+    fn a_card_warns_of_look_alike_names_too() {
+        let summary = palisade_approvals::summary::action(
+            "mailer",
+            "send the invoice to al\u{202E}ice@gm\u{0430}il.com",
+            "now",
+        );
+        let card = Card::new(&pending_approval(summary), &new_token());
+        let warning = card.warning.clone().unwrap_or_default();
+        assert!(warning.starts_with(HIDDEN_CHARACTERS_NOTICE), "{warning}");
+        assert!(warning.contains("xn--gmil-63d.com"), "{warning}");
+        assert!(!card.lines.iter().any(|l| l.starts_with(LOOK_ALIKE_NOTICE)));
+        assert_eq!(card.text().matches(LOOK_ALIKE_NOTICE).count(), 1);
+    }
 
     /// The warning is lifted out of the lines, shown once under the title, and kept
     /// when the agent's lines fill the card.
@@ -334,7 +359,7 @@ mod tests {
             lines: vec!["To: bob@example.com".into()],
             detail: String::new(),
             context: serde_json::json!({
-                "method": "POST", "host": "gmail.googleapis.com",
+                "method": "POST", "host": "gmail.googleapis.com", "port": 443,
                 "path": "/gmail/v1/users/me/messages/send", "rule": "ask",
             }),
             created_at_ms: 0,
@@ -354,8 +379,8 @@ mod tests {
         assert!(card.buttons.contains(&Button::Always));
         let said = card.text();
         assert!(
-            said.contains("POST gmail.googleapis.com/gmail/v1/users/me/messages/send through for agent mailer")
-                && said.contains("any query string"),
+            said.contains("POST gmail.googleapis.com:443/gmail/v1/users/me/messages/send through for agent mailer")
+                && said.contains("any query string, that port only"),
             "{said}"
         );
         // An action an agent asks about has no lasting choice, and says none.

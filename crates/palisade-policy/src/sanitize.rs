@@ -312,14 +312,22 @@ fn is_word(c: char) -> bool {
 /// Characters no person sees, or that reorder what they see: format characters (Cf:
 /// soft hyphen, Arabic and Syriac marks, zero-width spaces and joiners, bidi controls,
 /// word joiner and invisible operators, BOM, interlinear annotations, shorthand and
-/// musical format controls, tags), variation selectors, and invisible fillers.
+/// musical format controls, tags), variation selectors, and invisible fillers (the
+/// Hangul ones and the blank braille pattern, which look like a space).
 pub fn is_invisible(c: char) -> bool {
     matches!(c as u32,
         0x00AD | 0x034F | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890 | 0x0891
         | 0x08E2 | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F | 0x200B..=0x200F
+        | 0x2800
         | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0
         | 0xFFF0..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
         | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
+}
+
+/// Whether `c`, a letter outside ASCII, is drawn like an ASCII letter (Cyrillic `а`
+/// like `a`, a small capital `ᴀ`): what a look-alike spelling of a name is made of.
+pub fn looks_like_ascii(c: char) -> bool {
+    !c.is_ascii() && (fold::letter_like(c).is_some() || fold::ascii_look_alike(c).is_some())
 }
 
 /// `text` split after `at` characters, or a little later: before an ASCII character

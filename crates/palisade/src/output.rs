@@ -23,23 +23,19 @@ pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     print(&text)
 }
 
-/// Replaces control characters (escape sequences, newlines, bidi overrides) with visible
-/// escapes so one value stays on one line and cannot restyle the terminal.
+/// Replaces control characters (escape sequences, newlines) and invisible ones (bidi
+/// overrides, tag characters, fillers: the sanitizer's list) with visible escapes, so
+/// one value stays on one line, cannot restyle the terminal and hides nothing.
 pub fn clean(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() || is_invisible_format(c) {
+        if c.is_control() || palisade_policy::sanitize::is_invisible(c) {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);
         }
     }
     out
-}
-
-/// Bidirectional controls and zero-width characters that can reorder or hide text.
-fn is_invisible_format(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
 /// The widest a table cell is shown: longer values (a 2,000-character path an agent
@@ -230,6 +226,10 @@ mod tests {
     fn control_characters_are_escaped() {
         assert_eq!(clean("a\nb\u{1b}[31m"), "a\\u{a}b\\u{1b}[31m");
         assert_eq!(clean("x\u{202e}y"), "x\\u{202e}y");
+        // Tag characters (text no one sees), Hangul fillers and the blank braille
+        // pattern are shown too, as the approval cards' marks show them.
+        assert_eq!(clean("e\u{e0041}v"), "e\\u{e0041}v");
+        assert_eq!(clean("x\u{3164}\u{2800}y"), "x\\u{3164}\\u{2800}y");
     }
 
     #[test]

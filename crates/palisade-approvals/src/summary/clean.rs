@@ -44,6 +44,40 @@ pub fn one_line(text: &str, max_chars: usize) -> String {
 
 /// Whether `text` shows a marker for hidden characters (or quotes one: an agent that
 /// writes `⟨U+` itself only earns its request a warning it did not need).
+/// Names of hosts or mail domains in `text` that mix Latin letters with letters of
+/// another script drawn like Latin ones (`gmаil.com`, its `а` Cyrillic): each as written
+/// and in the ASCII form the request really names (`xn--gmil-63d.com`), at most `max`.
+/// A name all in another script (`пример.рф`) is not one: nothing Latin to pass for.
+/// Written here: finding the names is a split on what a host name may hold; the ASCII
+/// form is the `idna` crate's.
+pub(crate) fn look_alike_domains(text: &str, max: usize) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    if max == 0 {
+        return found;
+    }
+    let words = text.split(|c: char| !(c.is_alphanumeric() || matches!(c, '.' | '-' | '@')));
+    for word in words {
+        let domain = word
+            .rsplit('@')
+            .next()
+            .unwrap_or(word)
+            .trim_matches(|c| c == '.' || c == '-');
+        let latin = domain.chars().any(|c| c.is_ascii_alphabetic());
+        let alike = domain
+            .chars()
+            .any(palisade_policy::sanitize::looks_like_ascii);
+        if !domain.contains('.') || !latin || !alike || found.iter().any(|(d, _)| d == domain) {
+            continue;
+        }
+        let ascii = idna::domain_to_ascii(domain).unwrap_or_else(|_| "not a valid name".into());
+        found.push((domain.to_string(), ascii));
+        if found.len() == max {
+            break;
+        }
+    }
+    found
+}
+
 pub(crate) fn shows_hidden(text: &str) -> bool {
     text.contains(MARKER_START)
 }

@@ -65,6 +65,9 @@ pub struct Summary {
 pub const HIDDEN_CHARACTERS_NOTICE: &str =
     "⚠ Hidden characters (invisible or reordering) are in this request; each is shown where it is as ⟨U+…⟩.";
 
+/// How the line that names look-alike domains starts (see [`noticed`]).
+pub const LOOK_ALIKE_NOTICE: &str = "⚠ Look-alike letters of another script are in";
+
 /// Title length a card can show on one line.
 const TITLE_CHARS: usize = 200;
 /// Longest single line under the title.
@@ -146,17 +149,44 @@ pub fn summarize(
 }
 
 /// `summary` with [`HIDDEN_CHARACTERS_NOTICE`] as its first line when it marks hidden
-/// characters anywhere (title, lines or detail), still at most [`MAX_LINES`] lines.
+/// characters anywhere (title, lines or detail), and a line naming the host and mail
+/// domains written with look-alike letters of another script (`gmаil.com` is not
+/// `gmail.com`: the line shows the name the request really has, `xn--gmil-63d.com`),
+/// still at most [`MAX_LINES`] lines.
 pub(crate) fn noticed(mut summary: Summary) -> Summary {
     let marks = shows_hidden(&summary.title)
         || summary.lines.iter().any(|line| shows_hidden(line))
         || shows_hidden(&summary.detail);
-    if !marks || summary.lines.first().map(String::as_str) == Some(HIDDEN_CHARACTERS_NOTICE) {
+    let noticed_before = |summary: &Summary, notice: &str| {
+        summary
+            .lines
+            .iter()
+            .take(2)
+            .any(|line| line.starts_with(notice))
+    };
+    let mut notices = Vec::new();
+    if marks && !noticed_before(&summary, HIDDEN_CHARACTERS_NOTICE) {
+        notices.push(HIDDEN_CHARACTERS_NOTICE.to_string());
+    }
+    if !noticed_before(&summary, LOOK_ALIKE_NOTICE) {
+        let everything = format!(
+            "{}\n{}\n{}",
+            summary.title,
+            summary.lines.join("\n"),
+            summary.detail
+        );
+        let named: Vec<String> = clean::look_alike_domains(&everything, 3)
+            .into_iter()
+            .map(|(written, ascii)| format!("{written} (really {ascii})"))
+            .collect();
+        if !named.is_empty() {
+            notices.push(format!("{LOOK_ALIKE_NOTICE}: {}", named.join(", ")));
+        }
+    }
+    if notices.is_empty() {
         return summary;
     }
-    summary
-        .lines
-        .insert(0, HIDDEN_CHARACTERS_NOTICE.to_string());
+    summary.lines.splice(0..0, notices);
     if summary.lines.len() > MAX_LINES {
         summary.lines = cap_lines(summary.lines);
     }

@@ -1479,3 +1479,49 @@ fn hidden_characters_keep_a_summary_bounded() {
         summary.lines
     );
 }
+
+/// A name written with letters of another script that pass for Latin ones is named on
+/// a line of its own, with the name the request really has; the same names in plain
+/// ASCII, or all in another script, are not.
+#[test]
+fn look_alike_letters_in_a_domain_are_named_with_the_real_name() {
+    // "gmаil.com" with a Cyrillic а, in a JSON body and in the host itself.
+    let body = "{\"to\": \"alice@gm\u{0430}il.com\", \"amount\": \"10\"}";
+    let spoofed = post(
+        "api.example.com",
+        "/v1/send",
+        &json_headers(),
+        body.as_bytes(),
+    );
+    let notice = spoofed
+        .lines
+        .iter()
+        .find(|line| line.starts_with(LOOK_ALIKE_NOTICE))
+        .unwrap_or_else(|| panic!("no look-alike line: {spoofed:#?}"));
+    assert!(
+        notice.contains("gm\u{0430}il.com (really xn--gmil-63d.com)"),
+        "{notice}"
+    );
+    assert_eq!(spoofed.lines[0], *notice, "the notice leads the lines");
+    let host = post("p\u{0430}ypal.com", "/send", &json_headers(), b"{}");
+    assert!(
+        host.lines.iter().any(|l| l.contains("xn--pypal-4ve.com")),
+        "{host:#?}"
+    );
+
+    for plain in [
+        &br#"{"to": "alice@gmail.com"}"#[..],
+        "{\"to\": \"ivan@\u{043f}\u{0440}\u{0438}\u{043c}\u{0435}\u{0440}.\u{0440}\u{0444}\"}"
+            .as_bytes(),
+        "{\"note\": \"caf\u{e9} r\u{e9}sum\u{e9}.\"}".as_bytes(),
+    ] {
+        let summary = post("api.example.com", "/v1/send", &json_headers(), plain);
+        assert!(
+            !summary
+                .lines
+                .iter()
+                .any(|l| l.starts_with(LOOK_ALIKE_NOTICE)),
+            "{summary:#?}"
+        );
+    }
+}

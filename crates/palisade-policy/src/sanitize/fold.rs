@@ -81,7 +81,7 @@ fn fold(text: &str) -> Folded {
 /// Written here, as the one exception to the confusables data: it is short and
 /// complete (every basic Latin letter but X has a small capital), and a crate that
 /// cures fancy text would bring a second, far larger look-alike table for it.
-fn letter_like(c: char) -> Option<char> {
+pub(super) fn letter_like(c: char) -> Option<char> {
     let from_range = |first: char| (b'A' + (c as u32 - first as u32) as u8) as char;
     Some(match c {
         '\u{1D00}' => 'a',
@@ -120,7 +120,7 @@ fn letter_like(c: char) -> Option<char> {
 /// whose confusables skeleton is the same. Case is kept where it can be (`І` reads as
 /// `I`, not as the `l` that the skeletons of both are), since the role-line pattern
 /// tells `H:` from `h:`.
-fn ascii_look_alike(c: char) -> Option<char> {
+pub(super) fn ascii_look_alike(c: char) -> Option<char> {
     if c.is_ascii() {
         return None;
     }
