@@ -210,7 +210,6 @@ impl ShimOptions {
     }
 }
 
-/// Runs the shim to completion and returns the exit code for the process.
 /// Runs the shim's command line (what follows `shim`): the shim's options, or
 /// [`crate::oci::POOLS_HOOK_FLAG`] alone when podman runs this binary as the hook that
 /// bounds a container's kernel pools. `name` starts an error line.
@@ -229,6 +228,7 @@ pub fn run_args(args: &[String], name: &str) -> i32 {
     }
 }
 
+/// Runs the shim to completion and returns the exit code for the process.
 pub fn run(options: ShimOptions) -> i32 {
     // Before anything else: nothing of the sandbox may run as the uid it started as.
     if let Some((uid, gid)) = options.user {
