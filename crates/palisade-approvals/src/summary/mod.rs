@@ -68,6 +68,10 @@ pub const HIDDEN_CHARACTERS_NOTICE: &str =
 /// How the line that names look-alike domains starts (see [`noticed`]).
 pub const LOOK_ALIKE_NOTICE: &str = "⚠ Look-alike letters of another script are in";
 
+/// Longest look-alike name the warning line shows (as written, and as the request has
+/// it), so the line a card never cuts stays short.
+const NAME_CHARS: usize = 80;
+
 /// Title length a card can show on one line.
 const TITLE_CHARS: usize = 200;
 /// Longest single line under the title.
@@ -175,12 +179,21 @@ pub(crate) fn noticed(mut summary: Summary) -> Summary {
             summary.lines.join("\n"),
             summary.detail
         );
-        let named: Vec<String> = clean::look_alike_domains(&everything, 3)
-            .into_iter()
-            .map(|(written, ascii)| format!("{written} (really {ascii})"))
-            .collect();
+        // The warning is kept whatever else is cut: each name, and the line, short.
+        let mut named: Vec<String> = Vec::new();
+        for (written, ascii) in clean::look_alike_domains(&everything, 3) {
+            let name = format!(
+                "{} (really {})",
+                one_line(&written, NAME_CHARS),
+                one_line(&ascii, NAME_CHARS)
+            );
+            if !named.contains(&name) {
+                named.push(name);
+            }
+        }
         if !named.is_empty() {
-            notices.push(format!("{LOOK_ALIKE_NOTICE}: {}", named.join(", ")));
+            let line = format!("{LOOK_ALIKE_NOTICE}: {}", named.join(", "));
+            notices.push(one_line(&line, LINE_CHARS));
         }
     }
     if notices.is_empty() {

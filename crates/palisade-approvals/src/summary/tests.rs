@@ -1509,6 +1509,21 @@ fn look_alike_letters_in_a_domain_are_named_with_the_real_name() {
         "{host:#?}"
     );
 
+    // However long the name, the line stays short (cards never cut it).
+    let long = format!("{{\"to\": \"a@gm\u{0430}il.{}com\"}}", "x.".repeat(2500));
+    let long = post(
+        "api.example.com",
+        "/v1/send",
+        &json_headers(),
+        long.as_bytes(),
+    );
+    let line = long
+        .lines
+        .iter()
+        .find(|line| line.starts_with(LOOK_ALIKE_NOTICE))
+        .expect("a look-alike line");
+    assert!(line.chars().count() <= 300, "{line}");
+
     for plain in [
         &br#"{"to": "alice@gmail.com"}"#[..],
         "{\"to\": \"ivan@\u{043f}\u{0440}\u{0438}\u{043c}\u{0435}\u{0440}.\u{0440}\u{0444}\"}"
