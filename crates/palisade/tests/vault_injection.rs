@@ -321,7 +321,11 @@ fn reflector_with(secret: &str) -> (Setup, String) {
 
 /// [`reflector_with`], the gateway started with `options`.
 fn reflector_with_options(secret: &str, options: &[&str]) -> (Setup, String) {
-    let mut setup = Setup::new();
+    reflector_on(Setup::new(), secret, options)
+}
+
+/// [`reflector_with_options`] on `setup`'s upstream.
+fn reflector_on(mut setup: Setup, secret: &str, options: &[&str]) -> (Setup, String) {
     let token = setup.agent("reflector");
     setup.secret(
         "echoed",
@@ -382,17 +386,11 @@ fn a_credential_sent_back_is_masked_and_audited() {
 #[test]
 fn a_credential_in_the_status_lines_reason_is_masked() {
     let secret = "sk-reason-5e1d0b";
-    let mut setup = Setup::with_upstream(Upstream::builder().plain_http());
-    let token = setup.agent("reflector");
-    setup.secret(
-        "echoed",
-        "localhost",
-        None,
-        "bearer",
-        &["reflector"],
+    let (setup, token) = reflector_on(
+        Setup::with_upstream(Upstream::builder().plain_http()),
         secret,
+        &[],
     );
-    setup.start_vault(&[]);
     let path = format!("/page?text=x&reason=Bad%20token%20{secret}%20here");
     let https = setup.upstream.url(&path);
     let plain = setup
