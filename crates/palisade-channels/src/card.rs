@@ -350,31 +350,11 @@ mod tests {
 
     #[test]
     fn a_card_offering_a_lasting_choice_says_what_it_would_let_through() {
-        let approval = Approval {
-            id: "apr_abcdefghijkl".into(),
-            kind: "credential_use".into(),
-            agent: "mailer".parse().unwrap(),
-            status: ApprovalStatus::Pending,
+        let approval = pending_approval(palisade_approvals::Summary {
             title: "Send e-mail".into(),
             lines: vec!["To: bob@example.com".into()],
             detail: String::new(),
-            context: serde_json::json!({
-                "method": "POST", "host": "gmail.googleapis.com", "port": 443,
-                "path": "/gmail/v1/users/me/messages/send", "rule": "ask",
-            }),
-            created_at_ms: 0,
-            expires_at_ms: 0,
-            decided_at_ms: None,
-            approver: None,
-            comment: None,
-            choice: None,
-            approver_channel: None,
-            approver_user: None,
-            approver_name: None,
-            granted_rule: None,
-            holder: None,
-            request_key: None,
-        };
+        });
         let card = Card::new(&approval, &new_token());
         assert!(card.buttons.contains(&Button::Always));
         let said = card.text();

@@ -234,8 +234,8 @@ impl ConnectionPermits {
             .unwrap_or_default()
     }
 
-    /// The connection authenticated otherwise than as an agent (the admin API's key):
-    /// it leaves the places of connections not yet authenticated, so no flood of those
+    /// The connection authenticated (as an agent, or with the admin API's key): it
+    /// leaves the places of connections not yet authenticated, so no flood of those
     /// pushes it out.
     pub fn authenticated(&self) {
         self.anonymous
@@ -257,10 +257,7 @@ impl ConnectionPermits {
         match limits.admit_agent(agent) {
             Some(permit) => {
                 held.push((Some(agent.clone()), permit));
-                self.anonymous
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
+                self.authenticated();
                 true
             }
             None => false,
