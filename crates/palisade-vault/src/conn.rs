@@ -553,12 +553,25 @@ impl<L: ClientSocket, R: ClientSocket> ClientSocket for tokio_util::either::Eith
 pub struct Watched<I> {
     io: I,
     activity: Arc<Activity>,
+    /// The connection's places, kept by its lingering close (see [`linger`]).
+    permits: Option<Arc<ConnectionPermits>>,
 }
 
 impl<I: ClientSocket> Watched<I> {
     pub fn new(io: I, activity: Arc<Activity>) -> Self {
         *activity.socket.lock().unwrap_or_else(|p| p.into_inner()) = Some(io.descriptor());
-        Watched { io, activity }
+        Watched {
+            io,
+            activity,
+            permits: None,
+        }
+    }
+
+    /// A socket that lingers after its connection ends still holds these places, so
+    /// an agent's lingering sockets count against its own share.
+    pub fn holding(mut self, permits: Arc<ConnectionPermits>) -> Self {
+        self.permits = Some(permits);
+        self
     }
 }
 
@@ -574,43 +587,135 @@ impl<I> Drop for Watched<I> {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(fd) = socket {
-            linger(fd);
+            linger(fd, self.permits.take());
         }
         self.activity.mark_gone();
     }
 }
 
-/// Most bytes a closing connection reads away ([`linger`]).
-const LINGER_BYTES: usize = 256 * 1024;
+/// How long a lingering close goes on reading in all ([`linger`]).
+const LINGER_FOR: Duration = Duration::from_secs(5);
+/// A lingering close ends once the client has sent nothing for this long.
+const LINGER_QUIET: Duration = Duration::from_secs(2);
+/// Most bytes a lingering close reads away.
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+/// Most sockets lingering at once, over every agent; beyond it a socket closes as soon
+/// as what has arrived is read away.
+const MAX_LINGERING: usize = 256;
 
-/// A lingering close, as far as it goes without waiting: the write side is shut first
-/// (so a FIN follows what was sent), then what the client sent that nobody read (a
-/// request head past its bound, a body a refusal did not need) is read away, at most
-/// [`LINGER_BYTES`], before the socket closes. Closed with unread bytes, the socket
-/// would answer with a reset, which makes the client's system throw away the answer
-/// (a 431, a 413) before the client reads it: curl said "Send failure: Broken pipe"
-/// instead of the refusal.
-fn linger(fd: RawFd) {
-    use nix::libc;
+/// What reading away a closing socket's unread bytes found.
+#[derive(Debug, PartialEq)]
+enum Drained {
+    /// The client closed its side, the socket failed, or the bound was reached.
+    Done,
+    /// Nothing was waiting, and the client has not closed its side.
+    Quiet,
+    /// Bytes were waiting, and the client has not closed its side: it is sending.
+    Sending,
+}
+
+/// Reads away (without waiting) what the client sent that nobody read, at most
+/// `room` bytes.
+fn drain_now(fd: RawFd, room: usize) -> (Drained, usize) {
     let mut scratch = [0u8; 16 * 1024];
-    // SAFETY: `fd` is this connection's socket, still open (its owner is being dropped
-    // right after this); shutdown and non-blocking reads into a local buffer.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_WR);
-        let mut drained = 0;
-        while drained < LINGER_BYTES {
-            let read = libc::recv(
+    let mut drained = 0;
+    while drained < room {
+        // SAFETY: `fd` is open for as long as this runs (the caller owns it or a
+        // duplicate of it); a non-blocking read into a local buffer.
+        let read = unsafe {
+            nix::libc::recv(
                 fd,
                 scratch.as_mut_ptr().cast(),
-                scratch.len(),
-                libc::MSG_DONTWAIT,
-            );
-            if read <= 0 {
-                break;
+                scratch.len().min(room - drained),
+                nix::libc::MSG_DONTWAIT,
+            )
+        };
+        match read {
+            0 => return (Drained::Done, drained),
+            n if n > 0 => drained += n as usize,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
+                let now = if drained > 0 {
+                    Drained::Sending
+                } else {
+                    Drained::Quiet
+                };
+                return (now, drained);
             }
-            drained += read as usize;
+            _ => return (Drained::Done, drained),
         }
     }
+    (Drained::Done, drained)
+}
+
+/// A lingering close: the write side is shut first (so a FIN follows what was sent),
+/// then what the client sent that nobody read (a request head past its bound, a body a
+/// refusal did not need) is read away before the socket closes. Closed with unread
+/// bytes, or meeting bytes after it closed, the socket would answer with a reset, and
+/// a reset makes the client's system throw away the answer (a 431, a 503) before the
+/// client reads it, and fail the client's next write: curl said "Send failure: Broken
+/// pipe" instead of the refusal.
+///
+/// A client found still sending (bytes were waiting) is read on, in a task of its own,
+/// until it closes its side, goes quiet for [`LINGER_QUIET`], or [`LINGER_FOR`] or
+/// [`LINGER_BYTES`] is reached. The socket keeps its connection's places meanwhile
+/// (`permits`), so an agent's lingering sockets count against its share, and at most
+/// [`MAX_LINGERING`] sockets linger at once. A client that closed its side first (the
+/// usual end of a connection) or sends nothing (an idle connection closed) closes at
+/// once, as does any when no task can be started; so does a client caught between two
+/// writes, a narrow window left open (lingering after every close would keep an idle
+/// connection's place for [`LINGER_QUIET`] more).
+///
+/// Written by hand: hyper closes a connection by dropping its I/O, and neither hyper nor
+/// tokio offers a lingering close.
+pub(crate) fn linger(fd: RawFd, permits: Option<Arc<ConnectionPermits>>) {
+    static LINGERING: Semaphore = Semaphore::const_new(MAX_LINGERING);
+    // SAFETY: `fd` is this connection's socket, still open (its owner is being dropped
+    // right after this).
+    unsafe {
+        nix::libc::shutdown(fd, nix::libc::SHUT_WR);
+    }
+    let (now, drained) = drain_now(fd, LINGER_BYTES);
+    if now != Drained::Sending {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Ok(place) = LINGERING.try_acquire() else {
+        return;
+    };
+    // SAFETY: as above; the duplicate is a descriptor of its own, owned from here.
+    let Ok(duplicate) = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let _place = place;
+        let _permits = permits;
+        // SAFETY: the `AsyncFd` owns the duplicate, open until it is dropped.
+        let Ok(socket) =
+            (unsafe { AsyncFd::register_with_interest(duplicate, Interest::READABLE) })
+        else {
+            return;
+        };
+        let deadline = Instant::now() + LINGER_FOR;
+        let mut room = LINGER_BYTES - drained;
+        while room > 0 {
+            let Ok(Ok(mut ready)) = tokio::time::timeout_at(
+                deadline.min(Instant::now() + LINGER_QUIET),
+                socket.readable(),
+            )
+            .await
+            else {
+                return;
+            };
+            let (now, read) = drain_now(socket.as_raw_fd(), room);
+            room -= read;
+            if now == Drained::Done {
+                return;
+            }
+            ready.clear_ready();
+        }
+    });
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
@@ -754,6 +859,67 @@ mod tests {
         let activity = Activity::new();
         drop(Watched::new(accepted, activity.clone()));
         assert!(tokio::time::timeout(soon, activity.gone()).await.is_ok());
+    }
+
+    /// A socket closed while its client is still sending is read on, so the client's
+    /// writes do not meet a reset, and it keeps its connection's place until the client
+    /// closes its side; a client that never stops sending is cut off all the same once
+    /// the lingering time is over.
+    #[tokio::test]
+    async fn a_closing_socket_lingers_while_its_client_sends_and_no_longer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = ConnectionLimits::new(10, 2, 4);
+        let closing = |client_first: &[u8]| {
+            let permits = ConnectionPermits::with_global(limits.admit().unwrap());
+            let first = client_first.to_vec();
+            let listener = &listener;
+            async move {
+                let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+                let (accepted, _) = listener.accept().await.unwrap();
+                let io = Watched::new(accepted, Activity::new()).holding(permits);
+                client.write_all(&first).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(io);
+                let mut end = [0u8; 16];
+                assert_eq!(client.read(&mut end).await.unwrap(), 0, "no FIN");
+                client
+            }
+        };
+
+        let mut client = closing(&[b'a'; 4096]).await;
+        for piece in 0..10 {
+            client
+                .write_all(&[b'a'; 4096])
+                .await
+                .unwrap_or_else(|e| panic!("piece {piece} after the close: {e}"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(limits.live(), 1, "a lingering socket keeps its place");
+        client.shutdown().await.unwrap();
+        let released = async {
+            while limits.live() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), released)
+            .await
+            .expect("the place is given back once the client closes its side");
+
+        let mut client = closing(&[b'a'; 4096]).await;
+        let sending = async {
+            loop {
+                if client.write_all(&[b'a'; 1024]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(LINGER_FOR + Duration::from_secs(5), sending)
+            .await
+            .expect("a client that never stops is cut off");
+        assert_eq!(limits.live(), 0);
     }
 
     #[tokio::test(start_paused = true)]

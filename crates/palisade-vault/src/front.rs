@@ -73,6 +73,7 @@ pub async fn serve_connection<I>(
     };
     let revoked = socket_revoked.clone().unwrap_or_default();
     let evicted = permits.evicted();
+    let io = Watched::new(io, activity.clone()).holding(permits.clone());
     let connection = Connection {
         shared: shared.clone(),
         entry,
@@ -98,7 +99,6 @@ pub async fn serve_connection<I>(
         .half_close(true)
         .max_buf_size(MAX_HEAD_BYTES);
     let builder = builder.http1_only();
-    let io = Watched::new(io, activity.clone());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let idle = shared.config.client_idle_timeout;

@@ -4,7 +4,7 @@
 
 use crate::audit_log;
 use crate::ca::CertificateAuthority;
-use crate::conn::{ConnectionLimits, ConnectionPermits};
+use crate::conn::{ClientSocket, ConnectionLimits, ConnectionPermits};
 use crate::front::{serve_connection, Entry};
 use crate::net_guard::NetGuard;
 use crate::state::{Shared, Snapshot};
@@ -517,9 +517,13 @@ fn refuse_connection(shared: &Arc<Shared>, mut stream: Stream, agent: Option<Age
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
         })
         .await;
+        // What the client sent (its CONNECT) is read away before the socket closes:
+        // closed with it unread, the socket would answer with a reset, which can throw
+        // the 503 away before the client reads it.
+        crate::conn::linger(stream.descriptor(), None);
+        drop(stream);
         let record = crate::pipeline::audit::Record::about(agent.as_ref(), "CONNECT", "", "");
         crate::pipeline::audit::refused_at_front(
             &shared,

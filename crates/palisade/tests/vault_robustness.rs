@@ -231,6 +231,40 @@ fn oversized_headers_are_refused_cleanly() {
     fx.assert_serving();
 }
 
+/// A client the gateway refuses while it is still sending (a head past the bound, sent
+/// in pieces as a slow client or a loaded machine sends it) keeps being read for a
+/// little while after the answer, so its next writes do not meet a reset, which would
+/// make its system throw the answer away unread; it reads its 431. (Before, the socket
+/// closed with whatever arrived after the answer unread, and the client's writes failed
+/// with a reset.)
+#[test]
+fn a_client_still_sending_when_refused_reads_its_refusal() {
+    let fx = Fixture::start();
+    let mut stream = fx.connect();
+    let head = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nX-Huge: {}",
+        fx.upstream.url("/huge"),
+        "a".repeat(100 * 1024)
+    );
+    stream
+        .write_all(head.as_bytes())
+        .expect("write the first part");
+    // The gateway answers and closes meanwhile; the client goes on sending.
+    std::thread::sleep(Duration::from_millis(400));
+    for piece in 0..5 {
+        stream
+            .write_all(&[b'a'; 32 * 1024])
+            .unwrap_or_else(|e| panic!("piece {piece} of the head after the answer: {e}"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    match read_answer(&mut stream) {
+        Answer::Response(text) => assert_eq!(status_of(&text), 431, "{text}"),
+        Answer::Closed => panic!("the 431 was lost"),
+    }
+    assert_eq!(fx.upstream.count(), 0);
+    fx.assert_serving();
+}
+
 #[test]
 fn bad_connect_targets_get_400() {
     let fx = Fixture::start();
