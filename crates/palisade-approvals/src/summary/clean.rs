@@ -17,6 +17,7 @@
 
 /// Characters that render as nothing or reorder what follows: the sanitizer's list.
 pub use palisade_policy::sanitize::is_invisible;
+use unicode_normalization::char::is_combining_mark;
 
 const ELLIPSIS: char = '…';
 /// How a marker starts: what [`shows_hidden`] looks for.
@@ -47,7 +48,8 @@ pub fn one_line(text: &str, max_chars: usize) -> String {
 /// Names of hosts or mail domains in `text` that mix Latin letters with letters of
 /// another script drawn like Latin ones (`gmаil.com`, its `а` Cyrillic): each as written
 /// and in the ASCII form the request really names (`xn--gmil-63d.com`), at most `max`.
-/// A name all in another script (`пример.рф`) is not one: nothing Latin to pass for.
+/// So is a name with a label all of whose letters pass for Latin ones (`аррӏе.рф`, all
+/// Cyrillic); a name in another script that does not read as Latin (`пример.рф`) is not.
 /// Written here: finding the names is a split on what a host name may hold; the ASCII
 /// form is the `idna` crate's.
 pub(crate) fn look_alike_domains(text: &str, max: usize) -> Vec<(String, String)> {
@@ -66,7 +68,20 @@ pub(crate) fn look_alike_domains(text: &str, max: usize) -> Vec<(String, String)
         let alike = domain
             .chars()
             .any(palisade_policy::sanitize::looks_like_ascii);
-        if !domain.contains('.') || !latin || !alike || found.iter().any(|(d, _)| d == domain) {
+        // A label all of whose letters pass for Latin ones (`аррӏе` in `аррӏе.рф`,
+        // every letter Cyrillic) reads as a Latin word whatever script the rest is in.
+        let passes_for_latin = domain.split('.').any(|label| {
+            !label.is_ascii()
+                && label.chars().all(|c| {
+                    c.is_ascii_alphanumeric()
+                        || c == '-'
+                        || palisade_policy::sanitize::looks_like_ascii(c)
+                })
+        });
+        if !domain.contains('.')
+            || !(latin && alike || passes_for_latin)
+            || found.iter().any(|(d, _)| d == domain)
+        {
             continue;
         }
         let ascii = idna::domain_to_ascii(domain).unwrap_or_else(|_| "not a valid name".into());
@@ -139,6 +154,20 @@ fn is_pictograph(c: char) -> bool {
         | 0x3030 | 0x303D | 0x3297 | 0x3299 | 0x1F000..=0x1FAFF)
 }
 
+/// Most combining marks shown on one letter (Vietnamese stacks two: `ệ` written as `e`,
+/// a circumflex and a dot below); more are marked as hidden.
+const MAX_MARKS: usize = 2;
+
+/// Whether combining mark `c`, after `marks` shown on a base that is a letter or not,
+/// is marked as hidden instead: a mark on anything but a letter (a digit, a space, a
+/// sign: `10̸0` passes for `1Ø0`, an overlay or a stack can blot a digit out), a mark
+/// that overlays or encloses what it is on, and any beyond [`MAX_MARKS`] on a letter
+/// (a stack drawn over the lines around it).
+fn hides_as_mark(c: char, letter_base: bool, marks: usize) -> bool {
+    let overlay = matches!(c as u32, 0x0334..=0x0338 | 0x20D2..=0x20D3 | 0x20D8..=0x20DA | 0x20DD..=0x20E4 | 0x20E5..=0x20E6 | 0x20EA..=0x20EB);
+    !letter_base || overlay || marks >= MAX_MARKS
+}
+
 /// [`one_line`] as pieces, and whether it was cut at `max_chars`.
 fn shown_line(text: &str, max_chars: usize) -> (Vec<Piece>, bool) {
     let mut pieces = Vec::new();
@@ -161,18 +190,32 @@ fn shown_line(text: &str, max_chars: usize) -> (Vec<Piece>, bool) {
         pieces.push(piece);
         true
     };
+    // Combining marks shown on the last base character, and whether that base is a
+    // letter (marks on anything else are hidden, see [`hides_as_mark`]).
+    let mut marks = 0;
+    let mut letter_base = false;
+    let mut after_presentation = false;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         let next = chars.peek().copied();
         let part_of_emoji = match c {
             EMOJI_PRESENTATION => in_emoji || next == Some(COMBINING_KEYCAP),
             ZERO_WIDTH_JOINER => in_emoji && next.is_some_and(is_pictograph),
+            COMBINING_KEYCAP => after_presentation,
             _ => false,
         };
-        if is_invisible(c) && !part_of_emoji {
+        after_presentation = c == EMOJI_PRESENTATION && part_of_emoji;
+        let mark = is_combining_mark(c) && !part_of_emoji;
+        if (is_invisible(c) && !part_of_emoji) || (mark && hides_as_mark(c, letter_base, marks)) {
             run.add(c);
             in_emoji = false;
             continue;
+        }
+        if mark {
+            marks += 1;
+        } else if !part_of_emoji {
+            marks = 0;
+            letter_base = c.is_alphabetic();
         }
         if run.count > 0 {
             let marker = Piece::Marker(run.marker());
@@ -435,6 +478,38 @@ mod tests {
             one_line("\u{1F600}\u{200D}b", 100),
             "\u{1F600}⟨U+200D⟩b",
             "a joiner after an emoji but before a letter"
+        );
+    }
+
+    /// Combining marks where no writing puts them (on a digit, a space, a sign), marks
+    /// that overlay or enclose, and stacks beyond two are marked; accents on letters,
+    /// composed or not, and Vietnamese's two marks on one letter are not.
+    #[test]
+    fn combining_marks_that_blot_or_stack_are_marked() {
+        for plain in [
+            "caf\u{e9} cafe\u{301}",
+            "Vie\u{0323}\u{0302}t Nam",
+            "\u{0928}\u{093F}\u{0932}",
+            "1\u{FE0F}\u{20E3} done",
+        ] {
+            assert_eq!(one_line(plain, 100), plain);
+        }
+        assert_eq!(one_line("10\u{338}0", 100), "10⟨U+0338⟩0");
+        assert_eq!(
+            one_line("1 0\u{336}\u{336}\u{336}0", 100),
+            "1 0⟨U+0336 U+0336 U+0336⟩0"
+        );
+        assert_eq!(one_line("x \u{301}y", 100), "x ⟨U+0301⟩y");
+        assert_eq!(
+            one_line("e\u{301}\u{302}\u{303}\u{304}", 100),
+            "e\u{301}\u{302}⟨U+0303 U+0304⟩"
+        );
+        assert_eq!(one_line("a\u{20DD}", 100), "a⟨U+20DD⟩");
+        assert!(shows_hidden(&one_line("10\u{338}0", 100)));
+        let zalgo = format!("a{}b", "\u{300}".repeat(10_000));
+        assert_eq!(
+            one_line(&zalgo, 100),
+            "a\u{300}\u{300}⟨U+0300 U+0300 U+0300 … 9998 hidden⟩b"
         );
     }
 

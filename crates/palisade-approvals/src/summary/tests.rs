@@ -1508,6 +1508,21 @@ fn look_alike_letters_in_a_domain_are_named_with_the_real_name() {
         host.lines.iter().any(|l| l.contains("xn--pypal-4ve.com")),
         "{host:#?}"
     );
+    // All in Cyrillic, the top-level domain too: "аррӏе.рф" still reads "apple".
+    let whole = post(
+        "\u{0430}\u{0440}\u{0440}\u{04cf}\u{0435}.\u{0440}\u{0444}",
+        "/send",
+        &json_headers(),
+        b"{}",
+    );
+    assert!(
+        whole.lines.iter().any(|l| l.starts_with(LOOK_ALIKE_NOTICE)
+            && l.contains(
+                &idna::domain_to_ascii("\u{0430}\u{0440}\u{0440}\u{04cf}\u{0435}.\u{0440}\u{0444}")
+                    .unwrap()
+            )),
+        "{whole:#?}"
+    );
 
     // However long the name, the line stays short (cards never cut it).
     let long = format!("{{\"to\": \"a@gm\u{0430}il.{}com\"}}", "x.".repeat(2500));
