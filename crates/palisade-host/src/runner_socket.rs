@@ -68,12 +68,17 @@ pub(crate) async fn accept_loop(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    // What goes wrong on this socket is the sandbox's doing, as often as it likes: one
+    // line a second at most, counting those left out (see `log_budget`).
+    let log = Arc::new(palisade_policy::log_budget::LogBudget::new());
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(error) => {
-                    tracing::warn!(agent = %agent, %error, "host socket accept failed");
+                    if let Some(similar_lines_suppressed) = log.take() {
+                        tracing::warn!(agent = %agent, %error, similar_lines_suppressed, "host socket accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -81,10 +86,13 @@ pub(crate) async fn accept_loop(
             _ = crate::host::stopped(&mut shutdown) => return,
         };
         let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
-            tracing::warn!(agent = %agent, "too many connections handshaking; dropping one");
+            if let Some(similar_lines_suppressed) = log.take() {
+                tracing::warn!(agent = %agent, similar_lines_suppressed, "too many connections handshaking; dropping one");
+            }
             continue;
         };
         let agent = agent.clone();
+        let log = Arc::clone(&log);
         let connections = connections.clone();
         let connected = Arc::clone(&connected);
         tokio::spawn(async move {
@@ -108,7 +116,9 @@ pub(crate) async fn accept_loop(
                     }
                 }
                 Ok(Err(error)) => {
-                    tracing::warn!(agent = %agent, %error, "refused a connection on the host socket");
+                    if let Some(similar_lines_suppressed) = log.take() {
+                        tracing::warn!(agent = %agent, %error, similar_lines_suppressed, "refused a connection on the host socket");
+                    }
                     let _ = conn
                         .send(&HostFrame::Error {
                             message: error.to_string(),
@@ -116,7 +126,9 @@ pub(crate) async fn accept_loop(
                         .await;
                 }
                 Err(_) => {
-                    tracing::warn!(agent = %agent, "a connection on the host socket sent no hello in time")
+                    if let Some(similar_lines_suppressed) = log.take() {
+                        tracing::warn!(agent = %agent, similar_lines_suppressed, "a connection on the host socket sent no hello in time");
+                    }
                 }
             }
         });

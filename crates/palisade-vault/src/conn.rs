@@ -264,6 +264,11 @@ impl ConnectionPermits {
         }
     }
 
+    /// The agent this connection counts against, once known.
+    pub fn agent(&self) -> Option<AgentName> {
+        self.lock().iter().find_map(|(agent, _)| agent.clone())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Option<AgentName>, OwnedSemaphorePermit)>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -602,6 +607,44 @@ const LINGER_BYTES: usize = 16 * 1024 * 1024;
 /// Most sockets lingering at once, over every agent; beyond it a socket closes as soon
 /// as what has arrived is read away.
 const MAX_LINGERING: usize = 256;
+/// Most sockets of one agent (or of connections not yet authenticated, together)
+/// lingering at once, so one agent cannot take every place of [`MAX_LINGERING`].
+const MAX_LINGERING_PER_AGENT: usize = 32;
+
+/// A lingering socket's place among those of its agent (`None`: not authenticated).
+struct LingerPlace(Option<AgentName>);
+
+impl LingerPlace {
+    fn lingering() -> std::sync::MutexGuard<'static, HashMap<Option<AgentName>, usize>> {
+        static LINGERING: OnceLock<Mutex<HashMap<Option<AgentName>, usize>>> = OnceLock::new();
+        LINGERING
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(agent: Option<AgentName>) -> Option<LingerPlace> {
+        let mut lingering = Self::lingering();
+        let count = lingering.entry(agent.clone()).or_default();
+        if *count >= MAX_LINGERING_PER_AGENT {
+            return None;
+        }
+        *count += 1;
+        Some(LingerPlace(agent))
+    }
+}
+
+impl Drop for LingerPlace {
+    fn drop(&mut self) {
+        let mut lingering = Self::lingering();
+        if let Some(count) = lingering.get_mut(&self.0) {
+            *count -= 1;
+            if *count == 0 {
+                lingering.remove(&self.0);
+            }
+        }
+    }
+}
 
 /// What reading away a closing socket's unread bytes found.
 #[derive(Debug, PartialEq)]
@@ -658,8 +701,9 @@ fn drain_now(fd: RawFd, room: usize) -> (Drained, usize) {
 /// A client found still sending (bytes were waiting) is read on, in a task of its own,
 /// until it closes its side, goes quiet for [`LINGER_QUIET`], or [`LINGER_FOR`] or
 /// [`LINGER_BYTES`] is reached. The socket keeps its connection's places meanwhile
-/// (`permits`), so an agent's lingering sockets count against its share, and at most
-/// [`MAX_LINGERING`] sockets linger at once. A client that closed its side first (the
+/// (`permits`), so an agent's lingering sockets count against its share; at most
+/// [`MAX_LINGERING`] sockets linger at once, [`MAX_LINGERING_PER_AGENT`] of one agent.
+/// A client that closed its side first (the
 /// usual end of a connection) or sends nothing (an idle connection closed) closes at
 /// once, as does any when no task can be started; so does a client caught between two
 /// writes, a narrow window left open (lingering after every close would keep an idle
@@ -681,7 +725,8 @@ pub(crate) fn linger(fd: RawFd, permits: Option<Arc<ConnectionPermits>>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let Ok(place) = LINGERING.try_acquire() else {
+    let agent = permits.as_ref().and_then(|permits| permits.agent());
+    let (Ok(place), Some(agent_place)) = (LINGERING.try_acquire(), LingerPlace::take(agent)) else {
         return;
     };
     // SAFETY: as above; the duplicate is a descriptor of its own, owned from here.
@@ -689,8 +734,7 @@ pub(crate) fn linger(fd: RawFd, permits: Option<Arc<ConnectionPermits>>) {
         return;
     };
     runtime.spawn(async move {
-        let _place = place;
-        let _permits = permits;
+        let _places = (place, agent_place, permits);
         // SAFETY: the `AsyncFd` owns the duplicate, open until it is dropped.
         let Ok(socket) =
             (unsafe { AsyncFd::register_with_interest(duplicate, Interest::READABLE) })
@@ -920,6 +964,24 @@ mod tests {
             .await
             .expect("a client that never stops is cut off");
         assert_eq!(limits.live(), 0);
+    }
+
+    /// One agent's lingering sockets have a share of their own: past it its sockets
+    /// close at once, while another agent's still linger.
+    #[test]
+    fn one_agent_cannot_take_every_lingering_place() {
+        let greedy: AgentName = "linger-greedy".parse().unwrap();
+        let other: AgentName = "linger-other".parse().unwrap();
+        let mut held: Vec<LingerPlace> = (0..MAX_LINGERING_PER_AGENT)
+            .map(|_| LingerPlace::take(Some(greedy.clone())).expect("within the share"))
+            .collect();
+        assert!(LingerPlace::take(Some(greedy.clone())).is_none());
+        assert!(LingerPlace::take(Some(other.clone())).is_some());
+        held.pop();
+        assert!(
+            LingerPlace::take(Some(greedy)).is_some(),
+            "given back on drop"
+        );
     }
 
     #[tokio::test(start_paused = true)]

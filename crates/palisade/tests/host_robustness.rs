@@ -153,6 +153,50 @@ fn fake_runner(world: &World) -> UnixStream {
     stream
 }
 
+/// A sandbox that connects to its host socket and hangs up in a loop (100,000 times in
+/// 10 s from inside one) does not write a log line each time: `palisade up --detach`
+/// appends the log to a file on the store's disk, never rotated. One line a second at
+/// most, counting those left out; the socket still takes a runner afterwards.
+#[test]
+fn a_flood_of_connections_on_the_host_socket_writes_a_line_a_second_at_most() {
+    let world = world();
+    // Short idle time: the real runner stops after, so a fake one can take its place.
+    let host = world.up_with(&["--idle-timeout", "3s"]);
+    // The agent's first message opens its host socket.
+    ok(world.send("helper", "warm up"));
+    let socket = world.palisade.home().join("run/hosts/helper.sock");
+    let started = Instant::now();
+    let mut made = 0;
+    let mut last_error = None;
+    while made < 3000 && started.elapsed() < Duration::from_secs(20) {
+        match UnixStream::connect(&socket) {
+            Ok(stream) => {
+                drop(stream);
+                made += 1;
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    assert_eq!(made, 3000, "connections made in 20 s: {last_error:?}");
+    let seconds = started.elapsed().as_secs() + 2;
+    // Let the last handshakes end, and a line counting them be written.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = UnixStream::connect(&socket);
+    wait_for_log(&host, "similar_lines_suppressed", 1);
+    let lines = count_in(&host, "on the host socket");
+    assert!(
+        lines <= seconds as usize + 2,
+        "{lines} lines in about {seconds} s: {}",
+        host.stderr()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(fake_runner_when_free(&world));
+}
+
 #[test]
 fn malformed_frames_from_a_runner_end_it_and_the_message_is_retried_and_answered() {
     let world = world();
