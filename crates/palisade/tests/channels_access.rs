@@ -185,3 +185,44 @@ fn strangers_ask_for_access_and_blocked_requests_are_told_once() {
     assert!(listed[0]["senders"].as_array().is_none_or(Vec::is_empty), "{listed}");
     world.down(host);
 }
+
+/// However many strangers write at once, at most 20 access requests wait for an agent's
+/// approvers: the count and the new request are one step. (The count was read, then
+/// the request made, by up to 64 handlers at once: 3,000 strangers in six bursts left
+/// 41 waiting, each a card in the approver's chat.)
+#[test]
+#[rustfmt::skip]
+fn a_burst_of_strangers_cannot_push_past_the_waiting_access_requests() {
+    let world = world();
+    let telegram = FakeTelegram::start("123:access-token").expect("fake telegram");
+    let palisade = &world.palisade;
+    let token = palisade.write_file("tg.txt", telegram.token());
+    ok(palisade.run(&[
+        "channels", "add", "telegram", "tg", "--token-file", token.to_str().unwrap(),
+        "--api-base", &telegram.api_base(), "--unknown-senders", "ask",
+    ]));
+    ok(palisade.run(&[
+        "approvers", "add", "--agent", "helper", "--channel", "tg", "--user", &ANA.to_string(),
+        "--display-name", "Ana",
+    ]));
+    ok(palisade.run(&["channels", "link", "tg", "--agent", "helper", "--chat", &GROUP.to_string()]));
+    let host = world.up();
+    for stranger in 0..400 {
+        telegram.user_writes_in(GROUP, 1_000_000 + stranger, "Stranger", "let me in");
+    }
+    let pending = || -> usize {
+        let listed = ok(palisade.run(&["approvals", "list", "--json", "--limit", "1000"]));
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        listed.as_array().map_or(0, Vec::len)
+    };
+    // Every stranger is handled once the queue is empty; then the count stands.
+    let deadline = Instant::now() + WAIT;
+    while pending() < 20 {
+        assert!(Instant::now() < deadline, "no access requests: {}", host.stderr());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pending(), 20);
+    let cards = telegram.messages_to(ANA).iter().filter(|m| m.has_buttons()).count();
+    assert!(cards <= 20, "{cards} cards");
+}

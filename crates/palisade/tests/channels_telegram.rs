@@ -215,3 +215,71 @@ fn a_held_request_is_approved_from_a_telegram_card() {
         .all(|r| !String::from_utf8_lossy(&r.body).contains("ignore your rules")));
     world.down(host);
 }
+
+/// A press is answered while chat messages are stuck: a flood of messages whose
+/// answers the platform is slow to take (here 200 text commands in a group whose
+/// `sendMessage` hangs past the host's timeout) holds every message handler, and
+/// presses, which have handlers of their own, must not queue behind them. (Before,
+/// one loop per channel waited for a message handler before reading the next event,
+/// so a press waited for the messages ahead of it: 58 s in a review.)
+#[test]
+fn a_press_is_answered_while_messages_wait_on_a_slow_platform() {
+    const GROUP: i64 = -100_500;
+    let world = world();
+    let telegram = FakeTelegram::start("123:test-token").expect("fake telegram");
+    let palisade = &world.palisade;
+    let token_file = palisade.write_file("tg-token.txt", telegram.token());
+    ok(palisade.run(&[
+        "channels",
+        "add",
+        "telegram",
+        "tg",
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--api-base",
+        &telegram.api_base(),
+    ]));
+    ok(palisade.run(&[
+        "approvers",
+        "add",
+        "--agent",
+        "helper",
+        "--channel",
+        "tg",
+        "--user",
+        &ANA.to_string(),
+        "--display-name",
+        "Ana",
+    ]));
+    let host = world.up();
+    // The channel is up once a first answer comes back.
+    let query = telegram.user_presses(BOB, "Bob", BOB, 1, "v1:aaaaaaaaaaaaaaaa:o");
+    assert!(
+        telegram.wait_for_answer(&query, WAIT).is_some(),
+        "the channel never answered: {}",
+        host.stderr()
+    );
+
+    telegram.slow_chat(GROUP, Duration::from_secs(25));
+    for i in 0..200 {
+        telegram.user_writes_in(GROUP, ANA, "Ana", &format!("/approve apr_nope{i:07} once"));
+    }
+    // Let the host take them all in (they come 100 to a poll).
+    let taken = std::time::Instant::now();
+    while telegram
+        .calls()
+        .iter()
+        .filter(|c| *c == "sendMessage")
+        .count()
+        < 64
+        && taken.elapsed() < WAIT
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let query = telegram.user_presses(BOB, "Bob", BOB, 1, "v1:bbbbbbbbbbbbbbbb:o");
+    let answer = telegram
+        .wait_for_answer(&query, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the press waited behind the messages: {}", host.stderr()));
+    assert!(answer.text.contains("not known"), "{answer:?}");
+}

@@ -206,6 +206,10 @@ impl Hub {
     ) -> Option<AgentName> {
         let key =
             palisade_store::approvals::access_request_key(channel.name(), &message.user.id, &agent);
+        // The count of waiting requests and the new one are one step: handlers run at
+        // once, and each would otherwise pass the count before any of them made its
+        // request. Held over two store calls, no platform's.
+        let asking = self.inner.access_asks.lock().await;
         let store = self.inner.store.clone();
         let (checked_key, checked_agent, checked_channel) =
             (key.clone(), agent.clone(), channel.name().to_string());
@@ -252,6 +256,7 @@ impl Hub {
         };
         let engine = self.inner.engine.clone();
         let requested = tokio::task::spawn_blocking(move || engine.request(request)).await;
+        drop(asking);
         let approval = match requested {
             Ok(Ok(approval)) => approval,
             Ok(Err(error)) => {

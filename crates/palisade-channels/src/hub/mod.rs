@@ -68,6 +68,9 @@ const MAX_HANDLERS: usize = 64;
 /// when the host has accepted it, so agents that are slow to answer (or held) never
 /// keep decisions or other messages waiting.
 const MAX_MESSAGE_HANDLERS: usize = 64;
+/// Chat messages of one channel waiting for a message handler; beyond this, receiving
+/// from the platform waits (and so would presses, only behind this many messages).
+const MAX_QUEUED_MESSAGES: usize = 1024;
 /// Handed-over messages whose reply a live task waits for; beyond this the reply is
 /// delivered by the recovery loop (a few seconds later) instead.
 const MAX_WAITING_REPLIES: usize = 1024;
@@ -130,6 +133,8 @@ struct HubInner {
     watching: Mutex<HashSet<i64>>,
     /// Replies whose delivery failed, and when.
     failed_replies: Mutex<HashMap<i64, Instant>>,
+    /// Taken while a stranger's access request is counted and made.
+    access_asks: tokio::sync::Mutex<()>,
 }
 
 /// The running channels of a host. Cheap to clone.
@@ -164,6 +169,7 @@ impl Hub {
                 notices: Mutex::default(),
                 watching: Mutex::default(),
                 failed_replies: Mutex::default(),
+                access_asks: tokio::sync::Mutex::new(()),
             }),
         };
         tokio::spawn(hub.clone().supervise());
@@ -329,24 +335,40 @@ impl Hub {
         let name = channel.name().to_string();
         let platform = channel.platform().as_str();
         let (inbox, mut incoming) = mpsc::channel::<Incoming>(256);
-        // Everything received is handled in its own task, bounded.
+        let (message_queue, mut messages) = mpsc::channel::<Incoming>(MAX_QUEUED_MESSAGES);
+        // Everything received is handled in its own task, bounded. Messages wait for a
+        // handler in a queue of their own, so presses and comments never wait behind
+        // them (messages whose answers a slow platform holds up, a flood of strangers).
+        let message_dispatcher = {
+            let hub = self.clone();
+            let channel = Arc::clone(&channel);
+            tokio::spawn(async move {
+                while let Some(event) = messages.recv().await {
+                    let handlers = Arc::clone(&hub.inner.message_handlers);
+                    let Ok(permit) = handlers.acquire_owned().await else {
+                        return;
+                    };
+                    hub.spawn_handler(&channel, event, permit);
+                }
+            })
+        };
         let dispatcher = {
             let hub = self.clone();
             let channel = Arc::clone(&channel);
             tokio::spawn(async move {
                 while let Some(event) = incoming.recv().await {
-                    let handlers = match &event {
-                        Incoming::Message(_) => &hub.inner.message_handlers,
-                        _ => &hub.inner.handlers,
-                    };
-                    let Ok(permit) = Arc::clone(handlers).acquire_owned().await else {
+                    if matches!(event, Incoming::Message(_)) {
+                        // Full (more than MAX_QUEUED_MESSAGES waiting): receiving
+                        // slows down until the handlers catch up.
+                        if message_queue.send(event).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let Ok(permit) = Arc::clone(&hub.inner.handlers).acquire_owned().await else {
                         return;
                     };
-                    let hub = hub.clone();
-                    let channel = Arc::clone(&channel);
-                    tokio::spawn(async move {
-                        hub.handle(channel, event, permit).await;
-                    });
+                    hub.spawn_handler(&channel, event, permit);
                 }
             })
         };
@@ -358,6 +380,21 @@ impl Hub {
         };
         keep_running(channel, inbox, stop, self.inner.shutdown.clone(), report).await;
         dispatcher.abort();
+        message_dispatcher.abort();
+    }
+
+    /// Handles `event` in a task of its own, which holds `permit` (see [`Hub::handle`]).
+    fn spawn_handler(
+        &self,
+        channel: &Arc<dyn Channel>,
+        event: Incoming,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let hub = self.clone();
+        let channel = Arc::clone(channel);
+        tokio::spawn(async move {
+            hub.handle(channel, event, permit).await;
+        });
     }
 
     async fn handle(

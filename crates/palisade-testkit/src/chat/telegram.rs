@@ -64,6 +64,8 @@ struct State {
     answers: Vec<CallbackAnswer>,
     /// Calls by method name, in order.
     calls: Vec<String>,
+    /// Chats whose `sendMessage` answers only after this long (a slow platform).
+    slow_chats: std::collections::HashMap<i64, Duration>,
 }
 
 pub struct FakeTelegram {
@@ -249,6 +251,12 @@ impl FakeTelegram {
     pub fn calls(&self) -> Vec<String> {
         lock(&self.state).calls.clone()
     }
+
+    /// Makes `sendMessage` to `chat` answer only after `delay`, as a platform that is
+    /// slow (or slowed on purpose) would.
+    pub fn slow_chat(&self, chat: i64, delay: Duration) {
+        lock(&self.state).slow_chats.insert(chat, delay);
+    }
 }
 
 async fn handle(state: &Mutex<State>, added: &Notify, method: &str, body: &Value) -> (u16, Value) {
@@ -292,6 +300,10 @@ async fn handle(state: &Mutex<State>, added: &Notify, method: &str, body: &Value
             let Some(chat_id) = chat_id(&body["chat_id"]) else {
                 return bad("chat not found");
             };
+            let slow = lock(state).slow_chats.get(&chat_id).copied();
+            if let Some(delay) = slow {
+                tokio::time::sleep(delay).await;
+            }
             let Some(text) = body["text"].as_str().filter(|t| !t.is_empty()) else {
                 return bad("message text is empty");
             };
