@@ -237,6 +237,42 @@ pub fn unlink(store: &Store, name: &str, chat: &str) -> Result<(), ManageError> 
     Ok(store.unlink_chat(name, chat.trim())?)
 }
 
+/// Refuses a user id that `channel`'s platform never gives a user: it would never match
+/// anyone, while whoever added it believes someone was added. Telegram: a positive
+/// number (`123456789`); Slack: `U` or `W` and upper-case letters and digits
+/// (`U0123ABCD`); Discord: a snowflake, 17 to 20 digits. Written the platform's way
+/// only: no sign, leading zero, space inside, or digits of another script.
+fn check_user_id(store: &Store, channel: &str, user: &str) -> Result<(), ManageError> {
+    let platform = store.get_channel(channel)?.platform;
+    let digits = |min: usize, max: usize| {
+        (min..=max).contains(&user.len())
+            && user.bytes().all(|b| b.is_ascii_digit())
+            && !user.starts_with('0')
+    };
+    let (valid, shape) = match platform.as_str() {
+        "telegram" => (digits(1, 16), "a Telegram user id is a number, like 123456789"),
+        "slack" => (
+            (3..=24).contains(&user.len())
+                && matches!(user.as_bytes()[0], b'U' | b'W')
+                && user
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()),
+            "a Slack user id is U or W and capital letters and digits, like U0123ABCD (in Slack: the person's profile, More, Copy member ID)",
+        ),
+        "discord" => (
+            digits(17, 20),
+            "a Discord user id is a number of 17 to 20 digits (in Discord: Developer Mode, then the person's profile, Copy User ID)",
+        ),
+        _ => (true, ""),
+    };
+    match valid {
+        true => Ok(()),
+        false => Err(ManageError::Invalid(format!(
+            "{user:?} is not a user id on channel {channel}: {shape}"
+        ))),
+    }
+}
+
 pub fn add_approver(
     store: &Store,
     agent: &AgentName,
@@ -245,6 +281,7 @@ pub fn add_approver(
     display_name: Option<&str>,
 ) -> Result<ApproverRecord, ManageError> {
     let user = user.trim();
+    check_user_id(store, channel, user)?;
     let name = display_name
         .map(str::trim)
         .filter(|n| !n.is_empty())
@@ -269,6 +306,7 @@ pub fn allow_sender(
     display_name: Option<&str>,
 ) -> Result<SenderRecord, ManageError> {
     let user = user.trim();
+    check_user_id(store, channel, user)?;
     let name = display_name
         .map(str::trim)
         .filter(|n| !n.is_empty())

@@ -1532,6 +1532,93 @@ fn agents_allow_disallow_and_links() {
         .refused("not found");
 }
 
+/// An approver or allowed sender whose id the channel's platform never gives a user
+/// (a sign, a leading zero, digits of another script, a space or an invisible
+/// character inside, another platform's id) is refused with the shape the platform
+/// uses: added, it would match nobody while the owner believes it was added.
+#[test]
+fn approver_and_sender_ids_are_checked_against_the_platform() {
+    let palisade = Palisade::new();
+    palisade.run(&["agents", "create", "helper"]).ok();
+    let token = palisade.dir.path().join("token.txt");
+    std::fs::write(&token, "123:abc").unwrap();
+    let token = token.to_str().unwrap();
+    for (platform, name, flag) in [
+        ("telegram", "tg", "--token-file"),
+        ("slack", "team", "--bot-token-file"),
+        ("discord", "dc", "--token-file"),
+    ] {
+        let mut args = vec![
+            "channels",
+            "add",
+            platform,
+            name,
+            flag,
+            token,
+            "--api-base",
+            "http://127.0.0.1:9",
+        ];
+        if platform == "slack" {
+            args.extend(["--app-token-file", token]);
+        }
+        palisade.run(&args).ok();
+    }
+    let add = |channel: &str, user: &str| {
+        palisade.run(&[
+            "approvers",
+            "add",
+            "--agent",
+            "helper",
+            "--channel",
+            channel,
+            "--user",
+            user,
+        ])
+    };
+    let allow = |channel: &str, user: &str| {
+        palisade.run(&[
+            "channels", "allow", channel, "--agent", "helper", "--user", user,
+        ])
+    };
+    for (channel, user) in [
+        ("tg", "0111"),
+        ("tg", "+111"),
+        ("tg", "\u{ff11}\u{ff11}\u{ff11}"),
+        ("tg", "111\u{200b}"),
+        ("tg", "111:x"),
+        ("tg", "U0123ABCD"),
+        ("team", "u0123abcd"),
+        ("team", "111"),
+        ("team", "U_ANA"),
+        ("dc", "12345"),
+        ("dc", "030000000000000003"),
+    ] {
+        add(channel, user).refused("is not a user id on channel");
+        allow(channel, user).refused("is not a user id on channel");
+    }
+    for (channel, user) in [
+        ("tg", "111"),
+        ("team", "U0123ABCD"),
+        ("team", "W0ABC"),
+        ("dc", "300000000000000003"),
+    ] {
+        add(channel, user).ok();
+        allow(channel, user).ok();
+    }
+    // Spaces around an id are not part of it.
+    add("tg", " 222 ").ok();
+    let listed = palisade.run(&["channels", "list", "--json"]).ok().json();
+    let approvers: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["approvers"].as_array().unwrap())
+        .map(|a| a["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(approvers.len(), 5, "{listed}");
+    assert!(approvers.contains(&"222"), "{listed}");
+}
+
 /// Folders: checked against the mount policy when named, sensitive ones kept from
 /// research agents whichever change would bring them together, each refusal one line
 /// and nothing written.
