@@ -42,6 +42,6 @@ pub use events::{Event, Events};
 pub use holder::Holder;
 pub use holds::{Holds, HoldsFull, Slot};
 pub use kind::ApprovalKind;
-pub use outcome::{clock_time, outcome_line};
+pub use outcome::{clock_time, expiry_time, outcome_line};
 pub use palisade_store::{Approval, ApprovalStatus};
 pub use summary::{summarize, Summary};

@@ -42,9 +42,37 @@ pub fn clock_time(ms: i64) -> String {
     format!("{:02}:{:02}", seconds / 3600, (seconds % 3600) / 60)
 }
 
+/// When an approval ends, as a card says it: `HH:MM` when that is within the next 20
+/// hours of `now_ms` (a person reads it as today's or tonight's), else with the date,
+/// `2026-12-04 19:01` (an access request waits a day: 19:01 alone, read at 19:05,
+/// looked already past). UTC.
+pub fn expiry_time(ms: i64, now_ms: i64) -> String {
+    if (0..20 * 3_600_000).contains(&(ms - now_ms)) {
+        return clock_time(ms);
+    }
+    match time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)) {
+        Ok(at) => format!(
+            "{}-{:02}-{:02} {}",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            clock_time(ms)
+        ),
+        Err(_) => clock_time(ms),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expiry_more_than_20_hours_away_has_its_date() {
+        let now = 1_796_324_460_000; // 2026-12-03 19:01 UTC
+        assert_eq!(expiry_time(now + 3_600_000, now), "20:01");
+        assert_eq!(expiry_time(now + 24 * 3_600_000, now), "2026-12-04 19:01");
+        assert_eq!(expiry_time(now - 60_000, now), "2026-12-03 19:00");
+    }
 
     #[test]
     fn clock_time_is_utc_hours_and_minutes() {

@@ -13,7 +13,7 @@
 //! one platform be replayed on another.
 
 use palisade_approvals::summary::{HIDDEN_CHARACTERS_NOTICE, LOOK_ALIKE_NOTICE};
-pub use palisade_approvals::{clock_time, outcome_line};
+pub use palisade_approvals::{clock_time, expiry_time, outcome_line};
 use palisade_approvals::{Approval, ApprovalKind, ApprovalStatus, Button};
 use rand::Rng;
 
@@ -101,6 +101,39 @@ impl Card {
         }
     }
 
+    /// `Expires 19:01 UTC, then denied. ID apr_…`, with the date when the expiry is not
+    /// within the next 20 hours.
+    pub fn expiry_line(&self) -> String {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        format!(
+            "Expires {} UTC, then denied. ID {}",
+            expiry_time(self.expires_at_ms, now_ms),
+            self.approval_id
+        )
+    }
+
+    /// The typed commands that decide this card, its choices only:
+    /// `Or reply /approve ID once|1h|always, /deny ID [comment]`.
+    pub fn commands_line(&self) -> String {
+        let id = &self.approval_id;
+        let approvals: Vec<&str> = self
+            .buttons
+            .iter()
+            .filter(|button| button.approves())
+            .map(|button| button.choice().as_str())
+            .collect();
+        let deny = match self.buttons.contains(&Button::DenyWithComment) {
+            true => format!("/deny {id} [comment]"),
+            false => format!("/deny {id}"),
+        };
+        match approvals.is_empty() {
+            true => format!("Or reply {deny}"),
+            false => format!("Or reply /approve {id} {}, {deny}", approvals.join("|")),
+        }
+    }
+
     /// The card as plain text (fallbacks, notifications), whole.
     pub fn text(&self) -> String {
         self.text_within(usize::MAX, &|text| text.chars().count())
@@ -116,13 +149,7 @@ impl Card {
     pub fn text_within(&self, max: usize, measure: &dyn Fn(&str) -> usize) -> String {
         let footer = match &self.outcome {
             Some(outcome) => outcome.clone(),
-            None => format!(
-                "Expires {} UTC, then denied. ID {}\nOr reply /approve {} once|1h|always, /deny {} [comment]",
-                clock_time(self.expires_at_ms),
-                self.approval_id,
-                self.approval_id,
-                self.approval_id
-            ),
+            None => format!("{}\n{}", self.expiry_line(), self.commands_line()),
         };
         let mut head = format!("{}\n{}", self.heading, self.title);
         if let Some(warning) = &self.warning {
@@ -387,5 +414,44 @@ mod tests {
         // Nothing is left out when it fits.
         assert!(card.text().contains("Bcc: exfil@evil.example"));
         assert!(!card.text().contains("not shown here"));
+    }
+
+    /// A card names only the typed commands its own choices allow, and an expiry a day
+    /// away with its date (an access request's 24 h read as already past).
+    #[test]
+    fn a_card_offers_its_own_choices_and_dates_a_far_expiry() {
+        let summary = || palisade_approvals::Summary {
+            title: "Access".into(),
+            lines: Vec::new(),
+            detail: String::new(),
+        };
+        let card = Card::new(&pending_approval(summary()), &new_token());
+        assert!(
+            card.text()
+                .contains("Or reply /approve apr_abcdefghijkl once|1h|always, /deny apr_abcdefghijkl [comment]"),
+            "{}",
+            card.text()
+        );
+        let mut access = pending_approval(summary());
+        access.kind = "access_request".into();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        access.expires_at_ms = now + 24 * 3_600_000;
+        let card = Card::new(&access, &new_token());
+        let text = card.text();
+        assert!(
+            text.contains("/approve apr_abcdefghijkl once, /deny"),
+            "{text}"
+        );
+        assert!(!text.contains("1h") && !text.contains("always"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "Expires {} UTC",
+                expiry_time(access.expires_at_ms, now)
+            )) && expiry_time(access.expires_at_ms, now).len() == "2026-12-04 19:01".len(),
+            "{text}"
+        );
     }
 }

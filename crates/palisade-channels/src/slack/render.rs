@@ -47,11 +47,7 @@ pub(super) fn card(card: &Card) -> (String, Value) {
         }
         None => {
             blocks.push(json!({"type": "context", "elements": [plain(
-                &format!(
-                    "Expires {} UTC, then denied. ID {}",
-                    crate::card::clock_time(card.expires_at_ms),
-                    card.approval_id
-                ),
+                &card.expiry_line(),
                 SECTION_CHARS,
             )]}));
             let buttons: Vec<Value> = card
