@@ -100,12 +100,20 @@ pub(crate) async fn ask_person(
         Ok(Err(error)) => return Err(format!("the approval could not be asked for: {error}")),
         Err(error) => return Err(format!("the approval task failed: {error}")),
     };
+    // Whoever waits may go (the turn's timeout ends a tool call that waits): the card
+    // then asks about nothing, so it is cancelled, unless the wait ended here.
+    let mut unwaited = CancelUnwaited {
+        engine: Some(inner.engine.clone()),
+        id: approval.id.clone(),
+        shutdown: inner.shutdown.clone(),
+    };
     let mut decided = slot.wait_for(&approval.id);
     // Decided before we started waiting (a repeated call after a restart).
     let engine = inner.engine.clone();
     let id = approval.id.clone();
     if let Ok(Ok(now)) = tokio::task::spawn_blocking(move || engine.get(&id)).await {
         if let Some(outcome) = Outcome::of(&now) {
+            unwaited.disarm();
             return Ok(outcome);
         }
     }
@@ -115,7 +123,7 @@ pub(crate) async fn ask_person(
         .saturating_sub(inner.engine.now_ms())
         .max(0);
     let mut shutdown = inner.shutdown.clone();
-    tokio::select! {
+    let waited = tokio::select! {
         outcome = &mut decided => Ok(outcome.unwrap_or(Outcome::Cancelled)),
         _ = tokio::time::sleep(Duration::from_millis(remaining.unsigned_abs())) => {
             let engine = inner.engine.clone();
@@ -129,6 +137,42 @@ pub(crate) async fn ask_person(
         // The approval stays pending: the message is delivered again after the restart
         // and the same call finds it.
         _ = crate::host::stopped(&mut shutdown) => Err("the host is restarting; ask again".into()),
+    };
+    unwaited.disarm();
+    waited
+}
+
+/// Cancels a pending approval when dropped still armed: its waiter went away. Not
+/// when the host is stopping: the message is delivered again after the restart, and
+/// the same call finds the approval still pending.
+struct CancelUnwaited {
+    engine: Option<palisade_approvals::Engine>,
+    id: String,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl CancelUnwaited {
+    fn disarm(&mut self) {
+        self.engine = None;
+    }
+}
+
+impl Drop for CancelUnwaited {
+    fn drop(&mut self) {
+        let Some(engine) = self.engine.take() else {
+            return;
+        };
+        if *self.shutdown.borrow() {
+            return;
+        }
+        let id = std::mem::take(&mut self.id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || {
+                if let Err(error) = engine.close(&id, ApprovalStatus::Cancelled) {
+                    tracing::debug!(approval = %id, %error, "could not cancel an approval nobody waits for");
+                }
+            });
+        }
     }
 }
 

@@ -24,6 +24,28 @@ pub(crate) enum Outcome {
     Shutdown,
 }
 
+/// The turn went past its timeout: the message is answered with why (a turn this slow
+/// would likely be as slow again, so it is not retried) and the runner is stopped.
+async fn turn_timed_out(
+    inner: &HostInner,
+    message: &InboundMessage,
+    turn_timeout: Duration,
+) -> Outcome {
+    let agent = &message.agent;
+    let limit = humantime::format_duration(turn_timeout);
+    tracing::warn!(agent = %agent, message_id = message.id, %limit, "turn timeout; stopping the runner");
+    give_up(
+        inner,
+        message,
+        &format!(
+            "the agent did not finish within the turn timeout ({limit}), so its runner was stopped; \
+             ask again, or raise the limit with `palisade agents edit {agent} --turn-timeout DURATION`"
+        ),
+    )
+    .await;
+    Outcome::TimedOut
+}
+
 pub(crate) async fn give_up(inner: &HostInner, message: &InboundMessage, reason: &str) {
     let text = format!("palisade: this message was not answered: {reason}");
     store_reply(inner, message.id, &text, None, true).await;
@@ -204,21 +226,7 @@ pub(crate) async fn deliver(
         };
         let frame = tokio::select! {
             frame = conn.recv() => frame,
-            _ = &mut turn_deadline => {
-                // A turn this slow would likely be as slow again: answer instead of retrying.
-                let limit = humantime::format_duration(turn_timeout);
-                tracing::warn!(agent = %agent, message_id = message.id, %limit, "turn timeout; stopping the runner");
-                give_up(
-                    inner,
-                    &message,
-                    &format!(
-                        "the agent did not finish within the turn timeout ({limit}), so its runner was stopped; \
-                         ask again, or raise the limit with `palisade agents edit {agent} --turn-timeout DURATION`"
-                    ),
-                )
-                .await;
-                return Outcome::TimedOut;
-            }
+            _ = &mut turn_deadline => return turn_timed_out(inner, &message, turn_timeout).await,
             _ = crate::host::stopped(&mut shutdown) => return Outcome::Shutdown,
             event = approvals.recv(), if approvals_open => {
                 use tokio::sync::broadcast::error::RecvError;
@@ -286,8 +294,14 @@ pub(crate) async fn deliver(
                 name,
                 input,
             } if message_id == message.id => {
+                // A host tool may wait (a person's approval, another agent's answer):
+                // the turn's deadline and a shutdown still end it.
                 let (ok, content) = match HostCall::parse(&name, &input) {
-                    Ok(call) => crate::tools::run(inner, &message, call).await,
+                    Ok(call) => tokio::select! {
+                        done = crate::tools::run(inner, &message, call) => done,
+                        _ = &mut turn_deadline => return turn_timed_out(inner, &message, turn_timeout).await,
+                        _ = crate::host::stopped(&mut shutdown) => return Outcome::Shutdown,
+                    },
                     Err(reason) => (false, reason),
                 };
                 let result = HostFrame::ToolResult {

@@ -320,6 +320,41 @@ fn malformed_frames_from_a_runner_end_it_and_the_message_is_retried_and_answered
     world.down(host);
 }
 
+/// The turn timeout holds while a host tool waits: an agent that asks a person and
+/// waits (up to the approval's own timeout, 10 min by default) is stopped at its turn
+/// timeout like any other, and the card it left, which now asks about nothing, is
+/// cancelled. (Before, the wait ran past the turn timeout, one tool call at a time.)
+#[test]
+fn the_turn_timeout_ends_a_turn_that_waits_on_a_host_tool() {
+    let world = world();
+    world.upstream.script_anthropic(vec![ScriptedTurn::tool_use(
+        "request_approval",
+        serde_json::json!({"action": "delete the old backups"}),
+    )]);
+    let _host = world.up_with(&["--turn-timeout", "4s"]);
+    let output = world.send("helper", "clean up");
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("turn timeout (4s)"),
+        "{}",
+        text(&output)
+    );
+    let cancelled = || {
+        let listed = ok(world
+            .palisade
+            .run(&["approvals", "list", "--all", "--json"]));
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        listed
+            .as_array()
+            .is_some_and(|all| all.len() == 1 && all[0]["status"] == "cancelled")
+    };
+    assert!(
+        palisade_testkit::wait_until(Duration::from_secs(10), cancelled),
+        "the card was not cancelled: {}",
+        String::from_utf8_lossy(&world.palisade.run(&["approvals", "list", "--all"]).stdout)
+    );
+}
+
 #[test]
 fn a_runner_that_never_answers_is_stopped_at_the_turn_timeout_with_an_error_reply() {
     let world = world();
