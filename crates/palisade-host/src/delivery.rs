@@ -266,26 +266,22 @@ pub(crate) async fn deliver(
         };
         match frame {
             RunnerFrame::Event { message_id, event } if message_id == message.id => {
-                match stream_event(&event) {
-                    Some(StreamEvent::TextDelta { text }) => {
-                        let before = streamed;
-                        streamed = streamed.saturating_add(text.len());
-                        if streamed <= MAX_STREAMED_TEXT {
-                            inner.publish(message.id, StreamEvent::TextDelta { text });
-                        } else if before <= MAX_STREAMED_TEXT {
-                            inner.publish(
-                                message.id,
-                                StreamEvent::Status {
-                                    message: format!(
-                                        "the agent has streamed more than {} MiB of text in this turn; the rest is not shown until its answer",
-                                        MAX_STREAMED_TEXT >> 20
-                                    ),
-                                },
-                            );
-                        }
+                if let Some(event) = stream_event(&event) {
+                    let before = streamed;
+                    streamed = streamed.saturating_add(streamed_size(&event));
+                    if streamed <= MAX_STREAMED {
+                        inner.publish(message.id, event);
+                    } else if before <= MAX_STREAMED {
+                        inner.publish(
+                            message.id,
+                            StreamEvent::Status {
+                                message: format!(
+                                    "the agent has streamed more than {} MiB of text and progress in this turn; the rest is not shown until its answer",
+                                    MAX_STREAMED >> 20
+                                ),
+                            },
+                        );
                     }
-                    Some(event) => inner.publish(message.id, event),
-                    None => {}
                 }
             }
             RunnerFrame::ToolCall {
@@ -412,11 +408,24 @@ fn approval_status(event: &palisade_approvals::Event, agent: &AgentName) -> Opti
     })
 }
 
-/// Most text a turn's deltas may stream to whoever watches (`palisade send`, the web
-/// UI's chat, a channel): each delta is bounded, and without this their number was
-/// not (a runner streamed 612 MB to a client in 35 s). Far more than any answer; the
-/// answer itself is stored and shown whole either way.
-const MAX_STREAMED_TEXT: usize = 4 << 20;
+/// Most a turn's events may stream to whoever watches (`palisade send`, the web UI's
+/// chat, a channel), text deltas and progress (status lines, tool names) together:
+/// each event is bounded, and without this their number was not (a runner streamed
+/// 612 MB of text to a client in 35 s, and 180 MB of status lines in 3 s). Far more
+/// than any answer; the answer itself is stored and shown whole either way.
+const MAX_STREAMED: usize = 4 << 20;
+
+/// What an event counts against [`MAX_STREAMED`]: its text, and a little for the event.
+fn streamed_size(event: &StreamEvent) -> usize {
+    const EVENT: usize = 16;
+    EVENT
+        + match event {
+            StreamEvent::TextDelta { text } => text.len(),
+            StreamEvent::ToolCall { name } | StreamEvent::ToolResult { name, .. } => name.len(),
+            StreamEvent::Status { message } => message.len(),
+            _ => 0,
+        }
+}
 
 /// Maps a runner's event to what channels see (unknown kinds are dropped).
 fn stream_event(event: &serde_json::Value) -> Option<StreamEvent> {

@@ -139,6 +139,39 @@ fn fake_runner_when_free(world: &World) -> UnixStream {
     }
 }
 
+/// Sends a message (`round`, numbered) with `palisade send` and takes its delivery as
+/// a fake runner: the runner, the sender, the `deliver` frame and the message's text.
+/// The fake runner must be the one the message is delivered to. On a loaded machine
+/// the host can stop it as idle before `send` has queued the message (a real runner
+/// then answers that one), or refuse it while the previous runner is still being
+/// stopped: then it starts again with a new message.
+fn message_to_fake_runner(
+    world: &World,
+    round: &str,
+) -> (UnixStream, ChildGuard, serde_json::Value, String) {
+    for attempt in 1..=5 {
+        let mut runner = fake_runner_when_free(world);
+        let message = format!("{round} ({attempt})");
+        let mut sender = world
+            .palisade
+            .spawn(&["send", "--agent", "helper", &message]);
+        let frame = read_frame(&mut runner);
+        if frame["type"] == "deliver" {
+            return (runner, sender, frame, message);
+        }
+        assert!(
+            frame["type"] == "shutdown" || is_refusal(&frame),
+            "{round}: {frame}"
+        );
+        let status = sender
+            .wait_timeout(Duration::from_secs(120))
+            .unwrap()
+            .expect("send finished");
+        assert!(status.success(), "{round}: {}", sender.stderr());
+    }
+    panic!("{round}: the fake runner never got a message");
+}
+
 /// Connects to the agent's host socket as a runner and says hello.
 fn fake_runner(world: &World) -> UnixStream {
     let socket = world.palisade.home().join("run/hosts/helper.sock");
@@ -248,33 +281,8 @@ fn malformed_frames_from_a_runner_end_it_and_the_message_is_retried_and_answered
         ),
     ];
     for (name, frame) in &cases {
-        // The fake runner must be the one the message is delivered to. On a loaded
-        // machine the host can stop it as idle before `send` has queued the message (a
-        // real runner then answers that one), or refuse it while the previous runner is
-        // still being stopped: then the round starts again with a new message.
-        let mut attempt = 0;
-        let (mut runner, mut sender, deliver, message) = loop {
-            attempt += 1;
-            assert!(attempt <= 5, "{name}: the fake runner never got a message");
-            let mut runner = fake_runner_when_free(&world);
-            let message = format!("round {name} ({attempt})");
-            let mut sender = world
-                .palisade
-                .spawn(&["send", "--agent", "helper", &message]);
-            let frame = read_frame(&mut runner);
-            if frame["type"] == "deliver" {
-                break (runner, sender, frame, message);
-            }
-            assert!(
-                frame["type"] == "shutdown" || is_refusal(&frame),
-                "{name}: {frame}"
-            );
-            let status = sender
-                .wait_timeout(Duration::from_secs(120))
-                .unwrap()
-                .expect("send finished");
-            assert!(status.success(), "{name}: {}", sender.stderr());
-        };
+        let (mut runner, mut sender, deliver, message) =
+            message_to_fake_runner(&world, &format!("round {name}"));
         assert_eq!(deliver["type"], "deliver", "{deliver}");
         assert_eq!(deliver["text"], message.as_str());
         let message_id = deliver["message_id"].as_i64().unwrap();
@@ -352,6 +360,51 @@ fn the_turn_timeout_ends_a_turn_that_waits_on_a_host_tool() {
         palisade_testkit::wait_until(Duration::from_secs(10), cancelled),
         "the card was not cancelled: {}",
         String::from_utf8_lossy(&world.palisade.run(&["approvals", "list", "--all"]).stdout)
+    );
+}
+
+/// Whatever a runner streams in a turn, text and progress events alike (status lines,
+/// tool names: up to 64 KiB each), at most 4 MiB of it reaches the people watching,
+/// then one line says the rest waits for the answer. (Status events were not counted:
+/// a fake runner sent 180 MB of them in 3 s to every client of the conversation.)
+#[test]
+fn a_runner_cannot_flood_the_conversations_watchers_with_progress() {
+    let world = world();
+    let host = world.up_with(&["--idle-timeout", "3s"]);
+    ok(world.send("helper", "warm up"));
+    let (mut runner, mut sender, deliver, _) = message_to_fake_runner(&world, "flood");
+    let message_id = deliver["message_id"].as_i64().unwrap();
+    let session_id = deliver["session_id"].as_i64().unwrap();
+    let line = "s".repeat(60 * 1024);
+    for _ in 0..120 {
+        let frame = serde_json::json!({
+            "type": "event", "message_id": message_id,
+            "event": {"kind": "status", "message": line},
+        });
+        write_frame(&mut runner, frame.to_string().as_bytes());
+    }
+    let reply = serde_json::json!({
+        "type": "reply", "message_id": message_id, "session_id": session_id,
+        "text": "done flooding", "history": [],
+    });
+    write_frame(&mut runner, reply.to_string().as_bytes());
+    let status = sender
+        .wait_timeout(Duration::from_secs(120))
+        .unwrap()
+        .expect("send finished");
+    assert!(
+        status.success(),
+        "{}\nhost: {}",
+        sender.stderr(),
+        host.stderr()
+    );
+    assert!(sender.stdout().contains("done flooding"));
+    let shown = sender.stderr();
+    assert!(shown.contains("the rest is not shown"), "no notice");
+    assert!(
+        shown.len() < (4 << 20) + (256 << 10),
+        "{} bytes of progress shown",
+        shown.len()
     );
 }
 
