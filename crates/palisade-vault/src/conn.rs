@@ -703,11 +703,10 @@ fn drain_now(fd: RawFd, room: usize) -> (Drained, usize) {
 /// [`LINGER_BYTES`] is reached. The socket keeps its connection's places meanwhile
 /// (`permits`), so an agent's lingering sockets count against its share; at most
 /// [`MAX_LINGERING`] sockets linger at once, [`MAX_LINGERING_PER_AGENT`] of one agent.
-/// A client that closed its side first (the
-/// usual end of a connection) or sends nothing (an idle connection closed) closes at
-/// once, as does any when no task can be started; so does a client caught between two
-/// writes, a narrow window left open (lingering after every close would keep an idle
-/// connection's place for [`LINGER_QUIET`] more).
+/// A client that closed its side first (the usual end of a connection) or sends nothing
+/// (an idle connection closed) closes at once, as does any when no task can be started;
+/// so does a client caught between two writes, a narrow window left open (lingering
+/// after every close would keep an idle connection's place for [`LINGER_QUIET`] more).
 ///
 /// Written by hand: hyper closes a connection by dropping its I/O, and neither hyper nor
 /// tokio offers a lingering close.
