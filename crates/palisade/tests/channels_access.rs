@@ -37,22 +37,12 @@ fn strangers_ask_for_access_and_blocked_requests_are_told_once() {
     let world = world();
     let telegram = FakeTelegram::start("123:access-token").expect("fake telegram");
     let palisade = &world.palisade;
-    let token = palisade.write_file("tg.txt", telegram.token());
-    ok(palisade.run(&[
-        "channels", "add", "telegram", "tg", "--token-file", token.to_str().unwrap(),
-        "--api-base", &telegram.api_base(), "--unknown-senders", "ask",
-    ]));
-    ok(palisade.run(&[
-        "approvers", "add", "--agent", "helper", "--channel", "tg", "--user", &ANA.to_string(),
-        "--display-name", "Ana",
-    ]));
+    world.add_telegram(&telegram, &["--unknown-senders", "ask"]);
+    world.add_approver("helper", "tg", &ANA.to_string(), "Ana");
     ok(palisade.run(&["channels", "link", "tg", "--agent", "helper", "--chat", &GROUP.to_string()]));
     // Bob approves another agent's requests on the same channel, not helper's.
     world.create_agent("other", "research");
-    ok(palisade.run(&[
-        "approvers", "add", "--agent", "other", "--channel", "tg", "--user", &BOB.to_string(),
-        "--display-name", "Bob",
-    ]));
+    world.add_approver("other", "tg", &BOB.to_string(), "Bob");
     ok(palisade.run(&[
         "rules", "create", "--name", "no-blocked", "--host-pattern", "localhost",
         "--path-pattern", "/blocked/*", "--action", "block",
@@ -196,15 +186,8 @@ fn a_burst_of_strangers_cannot_push_past_the_waiting_access_requests() {
     let world = world();
     let telegram = FakeTelegram::start("123:access-token").expect("fake telegram");
     let palisade = &world.palisade;
-    let token = palisade.write_file("tg.txt", telegram.token());
-    ok(palisade.run(&[
-        "channels", "add", "telegram", "tg", "--token-file", token.to_str().unwrap(),
-        "--api-base", &telegram.api_base(), "--unknown-senders", "ask",
-    ]));
-    ok(palisade.run(&[
-        "approvers", "add", "--agent", "helper", "--channel", "tg", "--user", &ANA.to_string(),
-        "--display-name", "Ana",
-    ]));
+    world.add_telegram(&telegram, &["--unknown-senders", "ask"]);
+    world.add_approver("helper", "tg", &ANA.to_string(), "Ana");
     ok(palisade.run(&["channels", "link", "tg", "--agent", "helper", "--chat", &GROUP.to_string()]));
     let host = world.up();
     for stranger in 0..400 {

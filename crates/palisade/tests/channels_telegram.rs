@@ -33,33 +33,12 @@ fn a_held_request_is_approved_from_a_telegram_card() {
     let world = world();
     let telegram = FakeTelegram::start("123:test-token").expect("fake telegram");
     let palisade = &world.palisade;
-    let token_file = palisade.write_file("tg-token.txt", telegram.token());
-    ok(palisade.run(&[
-        "channels",
-        "add",
-        "telegram",
-        "tg",
-        "--token-file",
-        token_file.to_str().unwrap(),
-        "--api-base",
-        &telegram.api_base(),
-    ]));
+    world.add_telegram(&telegram, &[]);
     // The token is sealed: it is not in the database file in clear.
     let database = std::fs::read(palisade.home().join("palisade.db")).unwrap_or_default();
     assert!(!String::from_utf8_lossy(&database).contains("test-token"));
     for (user, name) in [(ANA, "Ana"), (BOB, "Bob")] {
-        ok(palisade.run(&[
-            "approvers",
-            "add",
-            "--agent",
-            "helper",
-            "--channel",
-            "tg",
-            "--user",
-            &user.to_string(),
-            "--display-name",
-            name,
-        ]));
+        world.add_approver("helper", "tg", &user.to_string(), name);
     }
     ok(palisade.run(&[
         "channels",
@@ -227,30 +206,8 @@ fn a_press_is_answered_while_messages_wait_on_a_slow_platform() {
     const GROUP: i64 = -100_500;
     let world = world();
     let telegram = FakeTelegram::start("123:test-token").expect("fake telegram");
-    let palisade = &world.palisade;
-    let token_file = palisade.write_file("tg-token.txt", telegram.token());
-    ok(palisade.run(&[
-        "channels",
-        "add",
-        "telegram",
-        "tg",
-        "--token-file",
-        token_file.to_str().unwrap(),
-        "--api-base",
-        &telegram.api_base(),
-    ]));
-    ok(palisade.run(&[
-        "approvers",
-        "add",
-        "--agent",
-        "helper",
-        "--channel",
-        "tg",
-        "--user",
-        &ANA.to_string(),
-        "--display-name",
-        "Ana",
-    ]));
+    world.add_telegram(&telegram, &[]);
+    world.add_approver("helper", "tg", &ANA.to_string(), "Ana");
     let host = world.up();
     // The channel is up once a first answer comes back.
     let query = telegram.user_presses(BOB, "Bob", BOB, 1, "v1:aaaaaaaaaaaaaaaa:o");

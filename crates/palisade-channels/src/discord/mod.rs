@@ -237,7 +237,11 @@ impl Discord {
                         .is_some_and(|at| at.elapsed() < PROMPT_LIFETIME)
                 };
                 if !opened {
-                    tracing::warn!(channel = %self.name, user = %user.id, "a comment from a modal this host did not open for that user; refused");
+                    static LOG: palisade_policy::log_budget::LogBudget =
+                        palisade_policy::log_budget::LogBudget::new();
+                    if let Some(similar_lines_suppressed) = LOG.take() {
+                        tracing::warn!(channel = %self.name, user = %user.id, similar_lines_suppressed, "a comment from a modal this host did not open for that user; refused");
+                    }
                     return refuse(
                         reply,
                         "This form was not opened for you; nothing was decided.",

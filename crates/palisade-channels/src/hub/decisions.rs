@@ -16,6 +16,11 @@ pub(super) const NO_SUCH_APPROVAL: &str =
 /// A press on a card by someone not listed (the card already says whose it is).
 const NOT_AN_APPROVER: &str = "You are not an approver of this agent; nothing was decided.";
 
+/// Warnings about presses anyone on a platform can send in a loop (forged, replayed,
+/// from another channel): one line a second at most (see `palisade_policy::log_budget`).
+static REFUSED_PRESSES: palisade_policy::log_budget::LogBudget =
+    palisade_policy::log_budget::LogBudget::new();
+
 impl Hub {
     /// Who is deciding, for the engine. Named by the platform's user id (labelled):
     /// a refused attempt is logged and audited under it, never under a display name
@@ -84,16 +89,21 @@ impl Hub {
         match blocking(move || store.card_by_token(&owned)).await {
             Ok(Some((card, approval))) if card.channel == channel.name() => Ok((card, approval)),
             Ok(Some((card, _))) => {
-                tracing::warn!(channel = channel.name(), card_channel = %card.channel, "a card's button came back on another channel; refused");
+                if let Some(similar_lines_suppressed) = REFUSED_PRESSES.take() {
+                    tracing::warn!(channel = channel.name(), card_channel = %card.channel, similar_lines_suppressed, "a card's button came back on another channel; refused");
+                }
                 Err(ClickAnswer::Refused(
                     "This button does not belong here; nothing was decided.".into(),
                 ))
             }
             Ok(None) => {
-                tracing::warn!(
-                    channel = channel.name(),
-                    "a button press named no card this host posted; refused"
-                );
+                if let Some(similar_lines_suppressed) = REFUSED_PRESSES.take() {
+                    tracing::warn!(
+                        channel = channel.name(),
+                        similar_lines_suppressed,
+                        "a button press named no card this host posted; refused"
+                    );
+                }
                 Err(ClickAnswer::Refused(
                     "This card is not known here; nothing was decided.".into(),
                 ))
@@ -111,7 +121,9 @@ impl Hub {
         user: &PlatformUser,
     ) -> ClickAnswer {
         let Some(data) = CallbackData::decode(data) else {
-            tracing::warn!(channel = channel.name(), user = %user.id, "a button press with unknown data; refused");
+            if let Some(similar_lines_suppressed) = REFUSED_PRESSES.take() {
+                tracing::warn!(channel = channel.name(), user = %user.id, similar_lines_suppressed, "a button press with unknown data; refused");
+            }
             return ClickAnswer::Refused(
                 "This button is not one of Palisade's; nothing was decided.".into(),
             );

@@ -259,7 +259,11 @@ impl Slack {
                         .get(&view_id)
                         .is_some_and(|p| p.user == user.id && p.at.elapsed() < PROMPT_LIFETIME);
                     if !matches {
-                        tracing::warn!(channel = %self.name, user = %user.id, "a comment from a modal this host did not open for that user; ignored");
+                        static LOG: palisade_policy::log_budget::LogBudget =
+                            palisade_policy::log_budget::LogBudget::new();
+                        if let Some(similar_lines_suppressed) = LOG.take() {
+                            tracing::warn!(channel = %self.name, user = %user.id, similar_lines_suppressed, "a comment from a modal this host did not open for that user; ignored");
+                        }
                         return None;
                     }
                     prompts.remove(&view_id)?

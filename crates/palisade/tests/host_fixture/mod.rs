@@ -150,6 +150,41 @@ impl World {
         create_agent(&self.palisade, &self.upstream, name, profile);
     }
 
+    /// Adds the fake Telegram `telegram` as channel `tg`, with `extra` options (such
+    /// as `--unknown-senders ask`).
+    pub fn add_telegram(&self, telegram: &palisade_testkit::FakeTelegram, extra: &[&str]) {
+        let token = self.palisade.write_file("tg-token.txt", telegram.token());
+        let api_base = telegram.api_base();
+        let mut args = vec![
+            "channels",
+            "add",
+            "telegram",
+            "tg",
+            "--token-file",
+            token.to_str().unwrap(),
+            "--api-base",
+            &api_base,
+        ];
+        args.extend_from_slice(extra);
+        ok(self.palisade.run(&args));
+    }
+
+    /// Makes `user` (shown as `name`) an approver of `agent` on `channel`.
+    pub fn add_approver(&self, agent: &str, channel: &str, user: &str, name: &str) {
+        ok(self.palisade.run(&[
+            "approvers",
+            "add",
+            "--agent",
+            agent,
+            "--channel",
+            channel,
+            "--user",
+            user,
+            "--display-name",
+            name,
+        ]));
+    }
+
     pub fn send(&self, agent: &str, message: &str) -> Output {
         self.palisade.run(&["send", "--agent", agent, message])
     }
