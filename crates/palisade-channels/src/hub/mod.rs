@@ -64,12 +64,12 @@ const NOTICE_INTERVAL: Duration = Duration::from_secs(2);
 const NOTICE_DEBOUNCE: Duration = Duration::from_secs(600);
 /// Presses, comments (decisions) handled at once.
 const MAX_HANDLERS: usize = 64;
-/// Chat messages being routed and handed to the host at once. A message's permit ends
-/// when the host has accepted it, so agents that are slow to answer (or held) never
-/// keep decisions or other messages waiting.
+/// Chat messages of one channel being routed and handed to the host at once. A
+/// message's permit ends when the host has accepted it, so agents that are slow to
+/// answer (or held) never keep decisions or other messages waiting.
 const MAX_MESSAGE_HANDLERS: usize = 64;
-/// Chat messages of one channel waiting for a message handler; beyond this, receiving
-/// from the platform waits (and so would presses, only behind this many messages).
+/// Chat messages of one channel waiting for a message handler; beyond this, a message
+/// is dropped (logged), so the presses received after it are never kept waiting.
 const MAX_QUEUED_MESSAGES: usize = 1024;
 /// Handed-over messages whose reply a live task waits for; beyond this the reply is
 /// delivered by the recovery loop (a few seconds later) instead.
@@ -122,7 +122,6 @@ struct HubInner {
     wake: Notify,
     shutdown: watch::Receiver<bool>,
     handlers: Arc<Semaphore>,
-    message_handlers: Arc<Semaphore>,
     waiting_replies: Arc<Semaphore>,
     /// Cards whose post or final edit failed, and when they may be tried again (so
     /// they are retried, but not in a loop, nor before a rate limit ends).
@@ -163,7 +162,6 @@ impl Hub {
                 wake: Notify::new(),
                 shutdown,
                 handlers: Arc::new(Semaphore::new(MAX_HANDLERS)),
-                message_handlers: Arc::new(Semaphore::new(MAX_MESSAGE_HANDLERS)),
                 waiting_replies: Arc::new(Semaphore::new(MAX_WAITING_REPLIES)),
                 failed_posts: Mutex::default(),
                 notices: Mutex::default(),
@@ -336,16 +334,17 @@ impl Hub {
         let platform = channel.platform().as_str();
         let (inbox, mut incoming) = mpsc::channel::<Incoming>(256);
         let (message_queue, mut messages) = mpsc::channel::<Incoming>(MAX_QUEUED_MESSAGES);
-        // Everything received is handled in its own task, bounded. Messages wait for a
-        // handler in a queue of their own, so presses and comments never wait behind
-        // them (messages whose answers a slow platform holds up, a flood of strangers).
+        // Everything received is handled in its own task, bounded. Messages wait for one
+        // of this channel's handlers in a queue of their own, so presses and comments
+        // never wait behind them (messages whose answers a slow platform holds up, a
+        // flood of strangers), nor do another channel's messages.
         let message_dispatcher = {
             let hub = self.clone();
             let channel = Arc::clone(&channel);
+            let handlers = Arc::new(Semaphore::new(MAX_MESSAGE_HANDLERS));
             tokio::spawn(async move {
                 while let Some(event) = messages.recv().await {
-                    let handlers = Arc::clone(&hub.inner.message_handlers);
-                    let Ok(permit) = handlers.acquire_owned().await else {
+                    let Ok(permit) = Arc::clone(&handlers).acquire_owned().await else {
                         return;
                     };
                     hub.spawn_handler(&channel, event, permit);
@@ -358,10 +357,19 @@ impl Hub {
             tokio::spawn(async move {
                 while let Some(event) = incoming.recv().await {
                     if matches!(event, Incoming::Message(_)) {
-                        // Full (more than MAX_QUEUED_MESSAGES waiting): receiving
-                        // slows down until the handlers catch up.
-                        if message_queue.send(event).await.is_err() {
-                            return;
+                        // Full: MAX_QUEUED_MESSAGES wait already, behind every handler
+                        // busy. Waiting for room would keep the presses behind this
+                        // message waiting too, so it is dropped (and said in the log).
+                        match message_queue.try_send(event) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                static LOG: palisade_policy::log_budget::LogBudget =
+                                    palisade_policy::log_budget::LogBudget::new();
+                                if let Some(similar_lines_suppressed) = LOG.take() {
+                                    tracing::warn!(channel = channel.name(), similar_lines_suppressed, "{MAX_QUEUED_MESSAGES} chat messages already wait for a handler; one more was dropped");
+                                }
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
                         }
                         continue;
                     }
