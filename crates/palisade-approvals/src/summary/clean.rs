@@ -45,41 +45,37 @@ pub fn one_line(text: &str, max_chars: usize) -> String {
 
 /// Whether `text` shows a marker for hidden characters (or quotes one: an agent that
 /// writes `⟨U+` itself only earns its request a warning it did not need).
-/// Names of hosts or mail domains in `text` that mix Latin letters with letters of
-/// another script drawn like Latin ones (`gmаil.com`, its `а` Cyrillic): each as written
-/// and in the ASCII form the request really names (`xn--gmil-63d.com`), at most `max`.
-/// So is a name with a label all of whose letters pass for Latin ones (`аррӏе.рф`, all
-/// Cyrillic); a name in another script that does not read as Latin (`пример.рф`) is not.
-/// Written here: finding the names is a split on what a host name may hold; the ASCII
-/// form is the `idna` crate's.
+/// Names of hosts or mail domains in `text` with a part that passes for Latin while it
+/// is not (see [`passes_for_latin`]: `gmаil.com`, its `а` Cyrillic; `аррӏе.рф`, all
+/// Cyrillic): each as written and in the ASCII form the request really names
+/// (`xn--gmil-63d.com`), at most `max`. A name in another script that does not read as
+/// Latin (`пример.рф`, `Ελληνικά.gr`) is not one. The full stops IDNA reads as dots
+/// (ideographic, fullwidth, halfwidth) count as dots, and combining marks stay inside
+/// the name they are on. Written here: finding the names is a split on what a host
+/// name may hold; the ASCII form is the `idna` crate's.
 pub(crate) fn look_alike_domains(text: &str, max: usize) -> Vec<(String, String)> {
     let mut found: Vec<(String, String)> = Vec::new();
     if max == 0 {
         return found;
     }
-    let words = text.split(|c: char| !(c.is_alphanumeric() || matches!(c, '.' | '-' | '@')));
+    let text: String = text
+        .chars()
+        .map(|c| match c {
+            '\u{3002}' | '\u{FF0E}' | '\u{FF61}' => '.',
+            other => other,
+        })
+        .collect();
+    let words = text.split(|c: char| {
+        !(c.is_alphanumeric() || is_combining_mark(c) || matches!(c, '.' | '-' | '@'))
+    });
     for word in words {
         let domain = word
             .rsplit('@')
             .next()
             .unwrap_or(word)
             .trim_matches(|c| c == '.' || c == '-');
-        let latin = domain.chars().any(|c| c.is_ascii_alphabetic());
-        let alike = domain
-            .chars()
-            .any(palisade_policy::sanitize::looks_like_ascii);
-        // A label all of whose letters pass for Latin ones (`аррӏе` in `аррӏе.рф`,
-        // every letter Cyrillic) reads as a Latin word whatever script the rest is in.
-        let passes_for_latin = domain.split('.').any(|label| {
-            !label.is_ascii()
-                && label.chars().all(|c| {
-                    c.is_ascii_alphanumeric()
-                        || c == '-'
-                        || palisade_policy::sanitize::looks_like_ascii(c)
-                })
-        });
         if !domain.contains('.')
-            || !(latin && alike || passes_for_latin)
+            || !domain.split('.').any(passes_for_latin)
             || found.iter().any(|(d, _)| d == domain)
         {
             continue;
@@ -91,6 +87,19 @@ pub(crate) fn look_alike_domains(text: &str, max: usize) -> Vec<(String, String)
         }
     }
     found
+}
+
+/// Whether a part of a name reads as Latin while it is not: it has letters of another
+/// script drawn like Latin ones, beside Latin letters (`gmаil`) or making up every
+/// letter it has (`аррӏе`). A part in another script with letters unlike any Latin one
+/// (`Ελληνικά`, `рф`) does not.
+fn passes_for_latin(label: &str) -> bool {
+    use palisade_policy::sanitize::looks_like_ascii;
+    label.chars().any(looks_like_ascii)
+        && (label.chars().any(|c| c.is_ascii_alphabetic())
+            || label
+                .chars()
+                .all(|c| c.is_ascii() || looks_like_ascii(c) || is_combining_mark(c)))
 }
 
 pub(crate) fn shows_hidden(text: &str) -> bool {
@@ -511,6 +520,47 @@ mod tests {
             one_line(&zalgo, 100),
             "a\u{300}\u{300}⟨U+0300 U+0300 U+0300 … 9998 hidden⟩b"
         );
+    }
+
+    /// A look-alike name is found whatever full stop it is written with and with a
+    /// combining mark inside it, judged part by part: ordinary names in other scripts,
+    /// and a Latin name under another script's top-level domain, are not flagged.
+    #[test]
+    fn look_alike_names_are_found_part_by_part() {
+        let names = |text: &str| -> Vec<String> {
+            look_alike_domains(text, 5)
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect()
+        };
+        for spoof in [
+            "p\u{0430}ypal\u{3002}com",
+            "p\u{0430}ypal\u{FF0E}com",
+            "\u{0430}\u{0440}\u{0440}\u{04CF}\u{0435}\u{FF61}com",
+            "gm\u{0430}i\u{0307}l.com",
+            "\u{0430}\u{0440}\u{0440}\u{04CF}\u{0435}\u{0307}.com",
+            "\u{0430}\u{0440}\u{0440}\u{04CF}\u{0435}.\u{0440}\u{0444}",
+        ] {
+            assert_eq!(names(&format!("to {spoof} now")).len(), 1, "{spoof}");
+        }
+        // A mark inside the top-level domain stays in the name: the real one is named.
+        let found = look_alike_domains("p\u{0430}ypal.co\u{0323}m", 5);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].1,
+            idna::domain_to_ascii("p\u{0430}ypal.co\u{0323}m").unwrap()
+        );
+        for plain in [
+            "\u{0395}\u{03BB}\u{03BB}\u{03B7}\u{03BD}\u{03B9}\u{03BA}\u{03AC}.gr",
+            "\u{03B4}\u{03BF}\u{03BA}\u{03B9}\u{03BC}\u{03AE}.gr",
+            "coordination.\u{0440}\u{0444}",
+            "\u{043F}\u{0440}\u{0438}\u{043C}\u{0435}\u{0440}.\u{0440}\u{0444}",
+            "caf\u{E9}.fr",
+            "m\u{FC}nchen.de",
+            "paypal.com",
+        ] {
+            assert!(names(plain).is_empty(), "{plain}: {:?}", names(plain));
+        }
     }
 
     #[test]
