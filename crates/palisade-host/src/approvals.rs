@@ -93,19 +93,28 @@ pub(crate) async fn ask_person(
     request: NewRequest,
 ) -> Result<Outcome, String> {
     let agent = request.agent.clone();
+    // Whoever waits may go (the turn's timeout ends a tool call that waits), even while
+    // the approval is being made: the card then asks about nothing, so it is cancelled
+    // once made, unless the wait ended here.
+    let (made, made_id) = tokio::sync::oneshot::channel();
+    let mut unwaited = CancelUnwaited {
+        engine: Some(inner.engine.clone()),
+        made: Some(made_id),
+        shutdown: inner.shutdown.clone(),
+    };
     let engine = inner.engine.clone();
-    let asked = tokio::task::spawn_blocking(move || engine.request(request)).await;
+    let asked = tokio::task::spawn_blocking(move || {
+        let asked = engine.request(request);
+        if let Ok(approval) = &asked {
+            let _ = made.send(approval.id.clone());
+        }
+        asked
+    })
+    .await;
     let approval = match asked {
         Ok(Ok(approval)) => approval,
         Ok(Err(error)) => return Err(format!("the approval could not be asked for: {error}")),
         Err(error) => return Err(format!("the approval task failed: {error}")),
-    };
-    // Whoever waits may go (the turn's timeout ends a tool call that waits): the card
-    // then asks about nothing, so it is cancelled, unless the wait ended here.
-    let mut unwaited = CancelUnwaited {
-        engine: Some(inner.engine.clone()),
-        id: approval.id.clone(),
-        shutdown: inner.shutdown.clone(),
     };
     let mut decided = slot.wait_for(&approval.id);
     // Decided before we started waiting (a repeated call after a restart).
@@ -147,7 +156,8 @@ pub(crate) async fn ask_person(
 /// the same call finds the approval still pending.
 struct CancelUnwaited {
     engine: Option<palisade_approvals::Engine>,
-    id: String,
+    /// The approval's id, once the engine has made it.
+    made: Option<tokio::sync::oneshot::Receiver<String>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -165,14 +175,22 @@ impl Drop for CancelUnwaited {
         if *self.shutdown.borrow() {
             return;
         }
-        let id = std::mem::take(&mut self.id);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn_blocking(move || {
+        let (Some(made), Ok(runtime)) = (self.made.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            // Not made (the engine refused): nothing to cancel.
+            let Ok(id) = made.await else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || {
                 if let Err(error) = engine.close(&id, ApprovalStatus::Cancelled) {
                     tracing::debug!(approval = %id, %error, "could not cancel an approval nobody waits for");
                 }
-            });
-        }
+            })
+            .await;
+        });
     }
 }
 

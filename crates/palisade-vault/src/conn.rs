@@ -592,7 +592,9 @@ impl<I> Drop for Watched<I> {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(fd) = socket {
-            linger(fd, self.permits.take());
+            let permits = self.permits.take();
+            let agent = permits.as_ref().and_then(|permits| permits.agent());
+            linger(fd, agent, permits);
         }
         self.activity.mark_gone();
     }
@@ -702,7 +704,8 @@ fn drain_now(fd: RawFd, room: usize) -> (Drained, usize) {
 /// until it closes its side, goes quiet for [`LINGER_QUIET`], or [`LINGER_FOR`] or
 /// [`LINGER_BYTES`] is reached. The socket keeps its connection's places meanwhile
 /// (`permits`), so an agent's lingering sockets count against its share; at most
-/// [`MAX_LINGERING`] sockets linger at once, [`MAX_LINGERING_PER_AGENT`] of one agent.
+/// [`MAX_LINGERING`] sockets linger at once, [`MAX_LINGERING_PER_AGENT`] of `agent`'s
+/// (`None`: of connections not yet authenticated, together).
 /// A client that closed its side first (the usual end of a connection) or sends nothing
 /// (an idle connection closed) closes at once, as does any when no task can be started;
 /// so does a client caught between two writes, a narrow window left open (lingering
@@ -710,7 +713,7 @@ fn drain_now(fd: RawFd, room: usize) -> (Drained, usize) {
 ///
 /// Written by hand: hyper closes a connection by dropping its I/O, and neither hyper nor
 /// tokio offers a lingering close.
-pub(crate) fn linger(fd: RawFd, permits: Option<Arc<ConnectionPermits>>) {
+pub(crate) fn linger(fd: RawFd, agent: Option<AgentName>, permits: Option<Arc<ConnectionPermits>>) {
     static LINGERING: Semaphore = Semaphore::const_new(MAX_LINGERING);
     // SAFETY: `fd` is this connection's socket, still open (its owner is being dropped
     // right after this).
@@ -724,7 +727,6 @@ pub(crate) fn linger(fd: RawFd, permits: Option<Arc<ConnectionPermits>>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let agent = permits.as_ref().and_then(|permits| permits.agent());
     let (Ok(place), Some(agent_place)) = (LINGERING.try_acquire(), LingerPlace::take(agent)) else {
         return;
     };

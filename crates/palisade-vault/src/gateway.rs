@@ -522,7 +522,7 @@ fn refuse_connection(shared: &Arc<Shared>, mut stream: Stream, agent: Option<Age
         // What the client sent (its CONNECT) is read away before the socket closes:
         // closed with it unread, the socket would answer with a reset, which can throw
         // the 503 away before the client reads it.
-        crate::conn::linger(stream.descriptor(), None);
+        crate::conn::linger(stream.descriptor(), agent.clone(), None);
         drop(stream);
         let record = crate::pipeline::audit::Record::about(agent.as_ref(), "CONNECT", "", "");
         crate::pipeline::audit::refused_at_front(
