@@ -302,9 +302,24 @@ async fn serve(
                     }
                     _ => None,
                 };
+                // Bounded: reading the gateway must go on (Discord asks for heartbeats
+                // on it), so an event the host cannot take in time is dropped, logged.
                 if let Some(incoming) = incoming {
-                    if inbox.send(incoming).await.is_err() {
-                        return Ok(End::Shutdown);
+                    match inbox.send_timeout(incoming, super::INBOX_WAIT).await {
+                        Ok(()) => {}
+                        Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                            static LOG: palisade_policy::log_budget::LogBudget =
+                                palisade_policy::log_budget::LogBudget::new();
+                            if let Some(similar_lines_suppressed) = LOG.take() {
+                                tracing::warn!(
+                                    similar_lines_suppressed,
+                                    "the host is too busy to take a Discord gateway event; dropped"
+                                );
+                            }
+                        }
+                        Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => {
+                            return Ok(End::Shutdown)
+                        }
                     }
                 }
             }

@@ -48,7 +48,7 @@ const MAX_PROMPTS: usize = 256;
 const MAX_DM_CHANNELS: usize = 1024;
 /// Discord wants an interaction answered within 3 s.
 const HTTP_ANSWER_WAIT: Duration = Duration::from_millis(2500);
-const INBOX_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const INBOX_WAIT: Duration = Duration::from_secs(2);
 /// Interaction response types.
 const PONG: u64 = 1;
 const CHANNEL_MESSAGE: u64 = 4;
