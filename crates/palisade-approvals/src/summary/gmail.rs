@@ -17,10 +17,11 @@ const MAX_RAW_MESSAGES: usize = 8;
 
 pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
     let mut repeats = Vec::new();
+    let params = request.params();
     let message_bytes = if upload {
-        uploaded_message(request, &mut repeats)?
+        uploaded_message(request, &params, &mut repeats)?
     } else {
-        raw_message(&request.params(), &mut repeats)?
+        raw_message(&params, &mut repeats)?
     };
     let message = mail::Part::parse(&message_bytes);
     let to_values = message.header_values("to");
@@ -98,7 +99,8 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
         }
         None => lines.push(String::from("(no readable text body)")),
     }
-    let (mut title, mut lines) = repeated::flag(title, lines, &repeats);
+    let (title, lines) = repeated::flag(title, lines, &repeats);
+    let (mut title, mut lines) = params.flag_readings(title, lines);
     if domains_left_out {
         title = format!("⚠ Recipients at more domains than a card can list. {title}");
     }
@@ -132,7 +134,11 @@ fn raw_message(params: &Params, repeats: &mut Vec<Repeated>) -> Option<Vec<u8>> 
 /// JSON metadata followed by the message; `message/rfc822` (any `message/` type) is the
 /// message itself; JSON or a form carries it in `raw` as the plain endpoint does; and
 /// anything else is what Gmail will read as the message, so it is summarised as one.
-fn uploaded_message(request: &Request<'_>, repeats: &mut Vec<Repeated>) -> Option<Vec<u8>> {
+fn uploaded_message(
+    request: &Request<'_>,
+    params: &Params,
+    repeats: &mut Vec<Repeated>,
+) -> Option<Vec<u8>> {
     let content_type = request.content_type();
     let lower = content_type.trim_start().to_ascii_lowercase();
     if lower.starts_with("multipart/") {
@@ -141,7 +147,7 @@ fn uploaded_message(request: &Request<'_>, repeats: &mut Vec<Repeated>) -> Optio
     if lower.starts_with("message/") {
         return Some(request.body.to_vec());
     }
-    raw_message(&request.params(), repeats).or_else(|| Some(request.body.to_vec()))
+    raw_message(params, repeats).or_else(|| Some(request.body.to_vec()))
 }
 
 /// The message of a multipart upload: the last part that is not JSON metadata, else

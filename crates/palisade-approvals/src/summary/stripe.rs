@@ -2,7 +2,7 @@
 //! units, currency and payee.
 
 use super::clean::one_line;
-use super::{repeated, Recognised, Request};
+use super::{Recognised, Request};
 
 pub(super) fn money(request: &Request<'_>, object: &str) -> Option<Recognised> {
     let label = match object {
@@ -51,7 +51,7 @@ pub(super) fn money(request: &Request<'_>, object: &str) -> Option<Recognised> {
             lines.push(format!("{label}: {value}"));
         }
     }
-    Some(repeated::flag(title, lines, &params.repeated()))
+    Some(params.flag(title, lines))
 }
 
 /// Stripe amounts are integers in the currency's smallest unit; most currencies have

@@ -1555,3 +1555,87 @@ fn look_alike_letters_in_a_domain_are_named_with_the_real_name() {
         );
     }
 }
+
+/// A JSON object whose strings carry form pairs reads as another request to a form
+/// reader; with no Content-Type, or one that is neither JSON nor a form, the card does
+/// not show the JSON reading as what the service will act on.
+#[test]
+fn an_unlabelled_body_that_reads_otherwise_as_a_form_is_flagged() {
+    let stripe_body = br#"{"amount":"100","currency":"usd","description":"coffee","a":"=1&amount=9999999&currency=usd&destination=acct_EVIL&z="}"#;
+    let slack_body =
+        br#"{"channel":"C0FRIENDS","text":"lunch?","a":"=1&channel=C0EXTERNAL&text=the+keys&z="}"#;
+    for (labels, read_as_form) in [
+        (
+            vec![("content-type", "application/x-www-form-urlencoded; x=json")],
+            true,
+        ),
+        (
+            vec![(
+                "content-type",
+                "Application/X-WWW-Form-Urlencoded ; charset=utf-8",
+            )],
+            true,
+        ),
+        (vec![], false),
+        (vec![("content-type", "text/plain")], false),
+    ] {
+        let labels = headers(&labels);
+        let stripe = post("api.stripe.com", "/v1/transfers", &labels, stripe_body);
+        let slack = post("slack.com", "/api/chat.postMessage", &labels, slack_body);
+        for (summary, shown) in [(&stripe, "acct_EVIL"), (&slack, "C0EXTERNAL")] {
+            let card = card_text(summary);
+            assert!(card.contains(shown), "{card}");
+            // A form is read as one; anything else is flagged.
+            assert_eq!(summary.title.starts_with('⚠'), !read_as_form, "{card}");
+            assert!(summary.title.contains(shown), "{card}");
+        }
+    }
+    // Labelled a form, it is read as one: the pairs a form reader finds are shown.
+    let form = post(
+        "api.stripe.com",
+        "/v1/transfers",
+        &headers(&[("content-type", "application/x-www-form-urlencoded; x=json")]),
+        stripe_body,
+    );
+    assert!(
+        form.title
+            .contains("Pay 99,999.99 USD to acct_EVIL (Stripe transfer)"),
+        "{}",
+        form.title
+    );
+    // Without a label, both readings are named field by field.
+    let unlabelled = post(
+        "api.stripe.com",
+        "/v1/transfers",
+        &http::HeaderMap::new(),
+        stripe_body,
+    );
+    assert!(
+        unlabelled.title.starts_with(
+            "⚠ Body with no Content-Type reads otherwise as a form: amount \"9999999\""
+        ),
+        "{}",
+        unlabelled.title
+    );
+    assert!(
+        unlabelled
+            .lines
+            .contains(&"destination: as JSON (not given), as a form \"acct_EVIL\"".to_string()),
+        "{:?}",
+        unlabelled.lines
+    );
+    // A `+json` type is JSON, and unlabelled JSON that a form reader finds nothing in
+    // is shown as it is, without a warning.
+    for labels in [
+        headers(&[("content-type", "application/vnd.api+json")]),
+        http::HeaderMap::new(),
+    ] {
+        let plain = post(
+            "slack.com",
+            "/api/chat.postMessage",
+            &labels,
+            br#"{"channel":"C1","text":"a=b & c"}"#,
+        );
+        assert_eq!(plain.title, "Post to Slack in C1: \"a=b & c\"");
+    }
+}
