@@ -2,7 +2,8 @@
 //! message itself (`uploadType=media` with a `message/rfc822` body, `multipart` with JSON
 //! metadata and then the message, or the data of a resumable upload). The card shows
 //! recipients (every address, or every domain when they do not all fit, see
-//! `recipients.rs`), subject, attachment names and a text excerpt.
+//! `recipients.rs`), subject, attachment names and a text excerpt: the plain text, and
+//! the HTML's text before it when the two say different things (see `mail.rs`).
 
 use super::clean::{one_line, text_lines};
 use super::params::Params;
@@ -87,8 +88,31 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
             .collect();
         lines.push(format!("Attachments: {}", names.join(", ")));
     }
-    match content.text {
-        Some(text) => {
+    match (content.text, content.html_text) {
+        (Some(plain), Some(html)) => {
+            // The HTML first: it is what most recipients see, and padding in the plain
+            // text must not push it past the lines a card keeps.
+            lines.push(String::new());
+            lines.push(String::from(
+                "⚠ The message's HTML (what most mail clients show) and plain text say different things. HTML:",
+            ));
+            let room = MAX_LINES.saturating_sub(lines.len() + 1);
+            let html_room = room.div_ceil(2).max(1);
+            lines.extend(text_lines(
+                html.trim(),
+                html_room,
+                LINE_CHARS,
+                EXCERPT_CHARS / 2,
+            ));
+            lines.push(String::from("Plain text (what text-only clients show):"));
+            lines.extend(text_lines(
+                plain.trim(),
+                room.saturating_sub(html_room).max(1),
+                LINE_CHARS,
+                EXCERPT_CHARS / 2,
+            ));
+        }
+        (Some(text), _) => {
             lines.push(String::new());
             lines.extend(text_lines(
                 &text,
@@ -97,7 +121,7 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
                 EXCERPT_CHARS,
             ));
         }
-        None => lines.push(String::from("(no readable text body)")),
+        (None, _) => lines.push(String::from("(no readable text body)")),
     }
     let (title, lines) = repeated::flag(title, lines, &repeats);
     let (mut title, mut lines) = params.flag_readings(title, lines);

@@ -1639,3 +1639,31 @@ fn an_unlabelled_body_that_reads_otherwise_as_a_form_is_flagged() {
         assert_eq!(plain.title, "Post to Slack in C1: \"a=b & c\"");
     }
 }
+
+/// Mail clients show the HTML of a `multipart/alternative` message: when it says
+/// something else than the plain text, the card shows it first.
+#[test]
+fn gmail_shows_an_html_alternative_that_says_something_else() {
+    let email = concat!(
+        "To: team@example.com\r\n",
+        "Subject: Lunch\r\n",
+        "Content-Type: multipart/alternative; boundary=\"alt\"\r\n",
+        "\r\n",
+        "--alt\r\n",
+        "Content-Type: text/plain; charset=utf-8\r\n",
+        "\r\n",
+        "Lunch is at noon, see you there.\r\n",
+        "--alt\r\n",
+        "Content-Type: text/html; charset=utf-8\r\n",
+        "\r\n",
+        "<p>Please wire $50,000 today to IBAN GB00EVIL0000 - CEO</p>\r\n",
+        "--alt--\r\n",
+    );
+    let summary = gmail_send_of(email);
+    let card = card_text(&summary);
+    let html = card.find("Please wire $50,000 today to IBAN GB00EVIL0000 - CEO");
+    let plain = card.find("Lunch is at noon, see you there.");
+    assert!(html.is_some() && plain.is_some(), "{card}");
+    assert!(html < plain, "{card}");
+    assert!(card.contains("⚠ The message's HTML"), "{card}");
+}
