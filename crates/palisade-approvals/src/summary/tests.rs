@@ -1667,3 +1667,21 @@ fn gmail_shows_an_html_alternative_that_says_something_else() {
     assert!(html < plain, "{card}");
     assert!(card.contains("⚠ The message's HTML"), "{card}");
 }
+
+/// A `Stripe-Account` header moves a connected account's money, not the platform's.
+#[test]
+fn stripe_names_the_connected_account_a_call_acts_on() {
+    let transfer = post(
+        "api.stripe.com",
+        "/v1/payouts",
+        &headers(&[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("stripe-account", "acct_1CUSTOMER"),
+        ]),
+        b"amount=1250&currency=usd",
+    );
+    assert_eq!(
+        transfer.title,
+        "Pay out 12.50 USD to the default external account (Stripe payout) on connected account acct_1CUSTOMER"
+    );
+}
