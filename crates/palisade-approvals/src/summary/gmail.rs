@@ -39,9 +39,13 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
     // A long To list must not hide a recipient past the title's cut: the lines below
     // show every address (or every domain), and the title says how many there are.
     let to = AddressField::new("To", &to_values);
-    let to_whole = one_line(&to_values.join(", "), usize::MAX);
+    // As the lines show them: a display name that looks like an address is marked. A
+    // long name is shortened there, so the header as written also counts as cut.
+    let to_whole = one_line(&to.written(), usize::MAX);
     let to_text = one_line(&to_whole, TITLE_TO_CHARS);
-    let title_cut = to_text.chars().count() < to_whole.chars().count();
+    let shown_chars = to_text.chars().count();
+    let title_cut = shown_chars < to_whole.chars().count()
+        || shown_chars < one_line(&to_values.join(", "), usize::MAX).chars().count();
     let to_text = if to_values.is_empty() {
         String::from("(no recipient in To)")
     } else if title_cut && to.domain_count() > 1 {

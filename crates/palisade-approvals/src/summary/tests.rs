@@ -1685,3 +1685,22 @@ fn stripe_names_the_connected_account_a_call_acts_on() {
         "Pay out 12.50 USD to the default external account (Stripe payout) on connected account acct_1CUSTOMER"
     );
 }
+
+/// A display name that looks like an address is not shown as the recipient.
+#[test]
+fn gmail_a_display_name_that_looks_like_an_address_is_marked() {
+    let summary = gmail_send_of(concat!(
+        "To: =?utf-8?B?Ym9iQGNvcnAuZXhhbXBsZQ==?= <mallory@evil.example>\r\n",
+        "Cc: Carol <carol@corp.example>\r\n",
+        "Subject: Figures\r\n",
+        "\r\n",
+        "Attached.\r\n",
+    ));
+    assert_eq!(
+        summary.title,
+        "Send e-mail to mallory@evil.example (named \"bob@corp.example\"): \"Figures\""
+    );
+    let card = card_text(&summary);
+    assert!(!card.contains("bob@corp.example <"), "{card}");
+    assert!(card.contains("Cc: Carol <carol@corp.example>"), "{card}");
+}
