@@ -5,6 +5,7 @@
 //! the second copy.
 
 use super::clean::{body_text, is_binary, one_line, text_lines};
+use super::params::MediaType;
 use super::repeated::{self, Repeated};
 use super::{
     cap_lines, is_secret_name, Request, Summary, EXCERPT_CHARS, LINE_CHARS, MAX_LINES, TITLE_CHARS,
@@ -51,11 +52,7 @@ impl Request<'_> {
     fn repeated_body_fields(&self) -> Vec<Repeated> {
         let params = self.params();
         if params.is_form()
-            && (is_binary(self.body)
-                || !self
-                    .content_type()
-                    .to_ascii_lowercase()
-                    .contains("form-urlencoded"))
+            && (is_binary(self.body) || MediaType::of(&self.content_type()) != MediaType::Form)
         {
             return Vec::new();
         }

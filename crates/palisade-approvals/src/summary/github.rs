@@ -1,7 +1,7 @@
 //! GitHub issue and pull-request creation and comments: repository, title, branches.
 
 use super::clean::{one_line, text_lines};
-use super::{repeated, Recognised, Request, EXCERPT_CHARS, LINE_CHARS, MAX_LINES};
+use super::{Recognised, Request, EXCERPT_CHARS, LINE_CHARS, MAX_LINES};
 
 pub(super) fn create(
     request: &Request<'_>,
@@ -47,7 +47,7 @@ pub(super) fn create(
             EXCERPT_CHARS,
         ));
     }
-    Some(repeated::flag(title, lines, &params.repeated()))
+    Some(params.flag(title, lines))
 }
 
 pub(super) fn comment(
@@ -62,9 +62,5 @@ pub(super) fn comment(
     if let Some(body) = params.get("body") {
         lines.extend(text_lines(&body, MAX_LINES, LINE_CHARS, EXCERPT_CHARS));
     }
-    Some(repeated::flag(
-        format!("Comment on GitHub {target}"),
-        lines,
-        &params.repeated(),
-    ))
+    Some(params.flag(format!("Comment on GitHub {target}"), lines))
 }

@@ -2,7 +2,8 @@
 //! message itself (`uploadType=media` with a `message/rfc822` body, `multipart` with JSON
 //! metadata and then the message, or the data of a resumable upload). The card shows
 //! recipients (every address, or every domain when they do not all fit, see
-//! `recipients.rs`), subject, attachment names and a text excerpt.
+//! `recipients.rs`), subject, attachment names and a text excerpt: the plain text, and
+//! the HTML's text before it when the two say different things (see `mail.rs`).
 
 use super::clean::{one_line, text_lines};
 use super::params::Params;
@@ -17,10 +18,11 @@ const MAX_RAW_MESSAGES: usize = 8;
 
 pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
     let mut repeats = Vec::new();
+    let params = request.params();
     let message_bytes = if upload {
-        uploaded_message(request, &mut repeats)?
+        uploaded_message(request, &params, &mut repeats)?
     } else {
-        raw_message(&request.params(), &mut repeats)?
+        raw_message(&params, &mut repeats)?
     };
     let message = mail::Part::parse(&message_bytes);
     let to_values = message.header_values("to");
@@ -37,9 +39,13 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
     // A long To list must not hide a recipient past the title's cut: the lines below
     // show every address (or every domain), and the title says how many there are.
     let to = AddressField::new("To", &to_values);
-    let to_whole = one_line(&to_values.join(", "), usize::MAX);
+    // As the lines show them: a display name that looks like an address is marked. A
+    // long name is shortened there, so the header as written also counts as cut.
+    let to_whole = one_line(&to.written(), usize::MAX);
     let to_text = one_line(&to_whole, TITLE_TO_CHARS);
-    let title_cut = to_text.chars().count() < to_whole.chars().count();
+    let shown_chars = to_text.chars().count();
+    let title_cut = shown_chars < to_whole.chars().count()
+        || shown_chars < one_line(&to_values.join(", "), usize::MAX).chars().count();
     let to_text = if to_values.is_empty() {
         String::from("(no recipient in To)")
     } else if title_cut && to.domain_count() > 1 {
@@ -86,8 +92,31 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
             .collect();
         lines.push(format!("Attachments: {}", names.join(", ")));
     }
-    match content.text {
-        Some(text) => {
+    match (content.text, content.html_text) {
+        (Some(plain), Some(html)) => {
+            // The HTML first: it is what most recipients see, and padding in the plain
+            // text must not push it past the lines a card keeps.
+            lines.push(String::new());
+            lines.push(String::from(
+                "⚠ The message's HTML (what most mail clients show) and plain text say different things. HTML:",
+            ));
+            let room = MAX_LINES.saturating_sub(lines.len() + 1);
+            let html_room = room.div_ceil(2).max(1);
+            lines.extend(text_lines(
+                html.trim(),
+                html_room,
+                LINE_CHARS,
+                EXCERPT_CHARS / 2,
+            ));
+            lines.push(String::from("Plain text (what text-only clients show):"));
+            lines.extend(text_lines(
+                plain.trim(),
+                room.saturating_sub(html_room).max(1),
+                LINE_CHARS,
+                EXCERPT_CHARS / 2,
+            ));
+        }
+        (Some(text), _) => {
             lines.push(String::new());
             lines.extend(text_lines(
                 &text,
@@ -96,9 +125,10 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
                 EXCERPT_CHARS,
             ));
         }
-        None => lines.push(String::from("(no readable text body)")),
+        (None, _) => lines.push(String::from("(no readable text body)")),
     }
-    let (mut title, mut lines) = repeated::flag(title, lines, &repeats);
+    let (title, lines) = repeated::flag(title, lines, &repeats);
+    let (mut title, mut lines) = params.flag_readings(title, lines);
     if domains_left_out {
         title = format!("⚠ Recipients at more domains than a card can list. {title}");
     }
@@ -132,7 +162,11 @@ fn raw_message(params: &Params, repeats: &mut Vec<Repeated>) -> Option<Vec<u8>> 
 /// JSON metadata followed by the message; `message/rfc822` (any `message/` type) is the
 /// message itself; JSON or a form carries it in `raw` as the plain endpoint does; and
 /// anything else is what Gmail will read as the message, so it is summarised as one.
-fn uploaded_message(request: &Request<'_>, repeats: &mut Vec<Repeated>) -> Option<Vec<u8>> {
+fn uploaded_message(
+    request: &Request<'_>,
+    params: &Params,
+    repeats: &mut Vec<Repeated>,
+) -> Option<Vec<u8>> {
     let content_type = request.content_type();
     let lower = content_type.trim_start().to_ascii_lowercase();
     if lower.starts_with("multipart/") {
@@ -141,7 +175,7 @@ fn uploaded_message(request: &Request<'_>, repeats: &mut Vec<Repeated>) -> Optio
     if lower.starts_with("message/") {
         return Some(request.body.to_vec());
     }
-    raw_message(&request.params(), repeats).or_else(|| Some(request.body.to_vec()))
+    raw_message(params, repeats).or_else(|| Some(request.body.to_vec()))
 }
 
 /// The message of a multipart upload: the last part that is not JSON metadata, else

@@ -2,8 +2,13 @@
 //!
 //! Written by hand because the summary needs a best-effort, never-failing reader of a
 //! possibly truncated message, bounded in work, not a conforming parser; mail crates
-//! either reject malformed input or pull in far more than the five headers, one text
-//! part and attachment names a card shows.
+//! either reject malformed input or pull in far more than the five headers, the text
+//! parts and attachment names a card shows.
+//!
+//! A `multipart/alternative` message carries the same text twice, as plain text and as
+//! HTML, and most mail clients show the HTML. Nothing makes the two agree: a message
+//! can say "Lunch is at noon" in plain text and ask for a wire transfer in HTML. So
+//! when both are there and their words differ, the HTML's text is given too.
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
@@ -130,18 +135,41 @@ pub(crate) fn multipart_parts<'a>(content_type: &str, body: &'a [u8]) -> Vec<Par
 #[derive(Default)]
 pub(crate) struct MailContent {
     pub text: Option<String>,
+    /// The text of the HTML part, when the message has a plain part (in `text`) whose
+    /// words differ from it: the HTML is what most recipients see.
+    pub html_text: Option<String>,
     pub attachments: Vec<String>,
 }
 
 /// Walks the MIME tree for the first text/plain part (falling back to text/html with
-/// tags removed) and the names of attachments.
+/// tags removed), the first text/html part's text when it says something else, and the
+/// names of attachments.
 pub(crate) fn content(message: &Part<'_>) -> MailContent {
     let mut walker = Walker::default();
     walker.walk(message, 0);
-    MailContent {
-        text: walker.plain.or(walker.html.map(|html| strip_tags(&html))),
-        attachments: walker.attachments,
+    let html_text = walker.html.map(|html| strip_tags(&html));
+    match walker.plain {
+        Some(plain) => {
+            let differs = html_text
+                .as_deref()
+                .is_some_and(|html| !same_words(html, &plain));
+            MailContent {
+                html_text: html_text.filter(|_| differs),
+                text: Some(plain),
+                attachments: walker.attachments,
+            }
+        }
+        None => MailContent {
+            text: html_text,
+            html_text: None,
+            attachments: walker.attachments,
+        },
     }
+}
+
+/// Whether two texts have the same words in the same order, however spaced.
+fn same_words(one: &str, other: &str) -> bool {
+    one.split_whitespace().eq(other.split_whitespace())
 }
 
 #[derive(Default)]
@@ -485,12 +513,71 @@ fn strip_tags(html: &str) -> String {
         }
     }
     out.push_str(rest);
-    out.replace("&nbsp;", " ")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
+    decode_entities(&out)
+}
+
+/// Longest entity read, `&#x10FFFF;` or a name such as `&hellip;`.
+const ENTITY_CHARS: usize = 10;
+
+/// The common named entities and every numeric one (`&#36;`, `&#x24;`) decoded, in one
+/// pass so `&amp;lt;` reads `&lt;` as a browser shows it; others left as written.
+fn decode_entities(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let entity = after
+            .char_indices()
+            .take(ENTITY_CHARS + 1)
+            .find(|(_, c)| *c == ';')
+            .map(|(end, _)| &after[..end]);
+        match entity.and_then(entity_char) {
+            Some(decoded) => {
+                out.push(decoded);
+                rest = &after[entity.map_or(0, str::len) + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The character an entity's name (between `&` and `;`) stands for.
+fn entity_char(name: &str) -> Option<char> {
+    if let Some(number) = name.strip_prefix('#') {
+        let value = match number.strip_prefix(['x', 'X']) {
+            Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+            None => number.parse().ok()?,
+        };
+        return Some(char::from_u32(value).unwrap_or('\u{FFFD}'));
+    }
+    Some(match name {
+        "nbsp" => ' ',
+        "lt" => '<',
+        "gt" => '>',
+        "quot" => '"',
+        "apos" => '\'',
+        "amp" => '&',
+        "euro" => '€',
+        "pound" => '£',
+        "yen" => '¥',
+        "cent" => '¢',
+        "copy" => '©',
+        "reg" => '®',
+        "hellip" => '…',
+        "ndash" => '–',
+        "mdash" => '—',
+        "lsquo" => '‘',
+        "rsquo" => '’',
+        "ldquo" => '“',
+        "rdquo" => '”',
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -567,6 +654,43 @@ mod tests {
         let content = content(&part);
         assert_eq!(content.text.as_deref(), Some("Plain café"));
         assert_eq!(content.attachments, ["q3.pdf"]);
+    }
+
+    /// Mail clients show the HTML of an alternative; its words are given when they are
+    /// not the plain part's.
+    #[test]
+    fn an_html_alternative_that_says_something_else_is_given_too() {
+        let message = |html: &str| {
+            format!(
+                "Content-Type: multipart/alternative; boundary=b\r\n\r\n\
+                 --b\r\nContent-Type: text/plain\r\n\r\nLunch is at noon, see you there.\r\n\
+                 --b\r\nContent-Type: text/html\r\n\r\n{html}\r\n--b--\r\n"
+            )
+        };
+        let wire = message("<p>Please wire &#36;50,000 today to IBAN GB00EVIL0000 &ndash; CEO</p>");
+        let content = content(&Part::parse(wire.as_bytes()));
+        assert_eq!(
+            content.text.as_deref(),
+            Some("Lunch is at noon, see you there.")
+        );
+        assert_eq!(
+            content.html_text.as_deref().map(str::trim),
+            Some("Please wire $50,000 today to IBAN GB00EVIL0000 – CEO")
+        );
+        let same = message("<div>Lunch is at <b>noon</b>,\r\n see you there.</div>");
+        assert_eq!(content_of(&same).html_text, None);
+    }
+
+    fn content_of(message: &str) -> MailContent {
+        content(&Part::parse(message.as_bytes()))
+    }
+
+    #[test]
+    fn entities_are_decoded_once() {
+        assert_eq!(
+            decode_entities("&amp;lt; &#x41;&#66; &euro;5 &bogus; & &;"),
+            "&lt; AB €5 &bogus; & &;"
+        );
     }
 
     #[test]

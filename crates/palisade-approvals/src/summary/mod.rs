@@ -18,6 +18,8 @@
 //! A field a summary shows that the request gives more than once with different values
 //! (`channel=C1&channel=C2`, a repeated JSON member, a second `Subject:`) is not shown
 //! as one value: the title starts with a warning naming every value (`repeated.rs`).
+//! Likewise a body whose media type is neither JSON nor a form (or missing) and that a
+//! form reader would read otherwise than the JSON shown (`ambiguous.rs`).
 //!
 //! Every byte here comes from the agent, which may be confused or hostile: nothing in
 //! this module fails on malformed input (a shape that cannot be read falls back to the
@@ -30,6 +32,7 @@
 use serde::Serialize;
 
 mod action;
+mod ambiguous;
 mod clean;
 mod credential_names;
 mod generic;

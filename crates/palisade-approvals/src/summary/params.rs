@@ -10,8 +10,19 @@
 //! JSON that does not parse (cut short or malformed) would lose the summary, so string
 //! fields are then scanned for loosely; the result is only ever shown to a person, never
 //! acted on.
+//!
+//! How the body is read follows its media type exactly, as servers do: `application/json`
+//! or a `+json` type is JSON, `application/x-www-form-urlencoded` a form, whatever the
+//! parameters after `;` say. Any other label, or none, leaves the reading to the server
+//! (Rack reads an unlabelled POST as a form, GitHub reads JSON), and a JSON object can
+//! carry `&amount=…&` inside a string for a form reader to find. Such a body that looks
+//! like JSON is read both ways: fields come from the JSON reading, and every field read
+//! is compared with the form reading, so the summary can warn when they differ (see
+//! `ambiguous.rs`) instead of showing one reading as what the server will act on.
 
-use super::repeated::Repeated;
+use super::ambiguous::{self, Differing};
+use super::repeated::{self, Repeated};
+use super::Recognised;
 use percent_encoding::percent_decode_str;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
@@ -31,6 +42,46 @@ pub(crate) struct Params {
     body: Body,
     /// Fields read so far that have more than one distinct value.
     repeated: RefCell<Vec<Repeated>>,
+    /// The body read as a form too, when its media type leaves the reading open and it
+    /// was read as JSON; query arguments first, as in `fields`.
+    form_reading: Option<Vec<(String, Value)>>,
+    /// How the body is labelled (`no Content-Type`, `Content-Type text/plain`), when the
+    /// label leaves the reading open.
+    unlabelled: Option<String>,
+    /// Fields read so far, each as JSON and as a form, when the body is read both ways.
+    readings: RefCell<Vec<Differing>>,
+}
+
+/// What a body's media type says about reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MediaType {
+    Json,
+    Form,
+    /// Any other type, or none: the server decides.
+    Other,
+}
+
+impl MediaType {
+    /// By the media type alone (before any `;`, trimmed, any case): a parameter such as
+    /// `; x=json` changes nothing, as it changes nothing for a server.
+    pub(crate) fn of(content_type: &str) -> MediaType {
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let structured_json = media
+            .split_once('/')
+            .is_some_and(|(kind, subtype)| !kind.is_empty() && subtype.ends_with("+json"));
+        if media == "application/json" || structured_json {
+            MediaType::Json
+        } else if media == "application/x-www-form-urlencoded" {
+            MediaType::Form
+        } else {
+            MediaType::Other
+        }
+    }
 }
 
 enum Body {
@@ -41,13 +92,18 @@ enum Body {
 }
 
 impl Params {
-    /// Chooses by content type, falling back to the body's first byte.
+    /// Reads the body as its media type says; a body with another label or none is
+    /// read as JSON when it starts with `{` (and then as a form as well), else as a form.
     pub(crate) fn from_body(content_type: &str, body: &[u8]) -> Params {
-        let content_type = content_type.to_ascii_lowercase();
+        let media_type = MediaType::of(content_type);
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        let looks_json = content_type.contains("json")
-            || (!content_type.contains("form-urlencoded") && first == Some(&b'{'));
-        let (fields, body) = if looks_json {
+        let as_json = match media_type {
+            MediaType::Json => true,
+            MediaType::Form => false,
+            MediaType::Other => first == Some(&b'{'),
+        };
+        let form_fields = || text_pairs(&String::from_utf8_lossy(body));
+        let (fields, parsed) = if as_json {
             match serde_json::from_slice::<Members>(body) {
                 Ok(Members(members)) => (members, Body::Json),
                 Err(_) => (
@@ -56,12 +112,24 @@ impl Params {
                 ),
             }
         } else {
-            (text_pairs(&String::from_utf8_lossy(body)), Body::Form)
+            (form_fields(), Body::Form)
         };
+        let open = media_type == MediaType::Other && as_json;
+        let unlabelled = open.then(|| {
+            let written = content_type.trim();
+            if written.is_empty() {
+                String::from("no Content-Type")
+            } else {
+                format!("Content-Type {}", super::clean::one_line(written, 60))
+            }
+        });
         Params {
             fields,
-            body,
+            body: parsed,
             repeated: RefCell::new(Vec::new()),
+            form_reading: open.then(form_fields),
+            unlabelled,
+            readings: RefCell::new(Vec::new()),
         }
     }
 
@@ -70,6 +138,7 @@ impl Params {
     pub(crate) fn get(&self, key: &str) -> Option<String> {
         let found = self.occurrences(key);
         self.note_repeats(key, &found);
+        self.note_readings(key, &found);
         match found.last()?.as_ref() {
             Value::String(text) => Some(text.clone()),
             Value::Number(number) => Some(number.to_string()),
@@ -82,6 +151,7 @@ impl Params {
     pub(crate) fn get_json(&self, key: &str) -> Option<Value> {
         let found = self.occurrences(key);
         self.note_repeats(key, &found);
+        self.note_readings(key, &found);
         match found.into_iter().next_back()? {
             Cow::Borrowed(Value::String(text)) => serde_json::from_str(text).ok(),
             Cow::Owned(Value::String(text)) => serde_json::from_str(&text).ok(),
@@ -92,6 +162,7 @@ impl Params {
     /// Repeated `key[]` form fields, or the string items of an array field (JSON).
     pub(crate) fn get_list(&self, key: &str) -> Vec<String> {
         let bracketed = format!("{key}[]");
+        self.note_readings(&bracketed, &self.occurrences(&bracketed));
         let listed: Vec<String> = self
             .fields
             .iter()
@@ -103,6 +174,7 @@ impl Params {
         }
         let found = self.occurrences(key);
         self.note_repeats(key, &found);
+        self.note_readings(key, &found);
         found
             .last()
             .and_then(|value| value.as_array())
@@ -125,6 +197,24 @@ impl Params {
     /// more than one distinct value, in the order first read.
     pub(crate) fn repeated(&self) -> Vec<Repeated> {
         self.repeated.borrow().clone()
+    }
+
+    /// The title and lines with a warning in front for every field read that was given
+    /// several values (`repeated.rs`), and for fields that a form reader would read
+    /// otherwise than the JSON reading shown (`ambiguous.rs`).
+    pub(crate) fn flag(&self, title: String, lines: Vec<String>) -> Recognised {
+        let (title, lines) = repeated::flag(title, lines, &self.repeated());
+        self.flag_readings(title, lines)
+    }
+
+    /// The title and lines with a warning in front when fields read differ between the
+    /// JSON and the form reading of a body whose media type leaves the reading open.
+    pub(crate) fn flag_readings(&self, title: String, lines: Vec<String>) -> Recognised {
+        let readings = self.readings.borrow();
+        match &self.unlabelled {
+            Some(label) => ambiguous::flag(title, lines, label, &readings),
+            None => (title, lines),
+        }
     }
 
     /// Every field of a JSON or form body with more than one distinct value, read or
@@ -170,6 +260,11 @@ impl Params {
     pub(crate) fn with_query(mut self, query: &str) -> Params {
         let mut fields = text_pairs(query);
         if !fields.is_empty() {
+            if let Some(form) = &mut self.form_reading {
+                let mut with_query = fields.clone();
+                with_query.append(form);
+                *form = with_query;
+            }
             fields.append(&mut self.fields);
             self.fields = fields;
         }
@@ -194,6 +289,27 @@ impl Params {
         found
     }
 
+    /// Remembers the field as this reading has it (`found`) and as the form reading
+    /// has it, when the body is read both ways.
+    fn note_readings(&self, key: &str, found: &[Cow<'_, Value>]) {
+        let Some(form) = &self.form_reading else {
+            return;
+        };
+        let mut readings = self.readings.borrow_mut();
+        if readings.iter().any(|field| field.name == key) {
+            return;
+        }
+        let as_form = form
+            .iter()
+            .rfind(|(name, _)| name == key)
+            .map(|(_, value)| text(value));
+        readings.push(Differing {
+            name: key.to_string(),
+            as_json: found.last().map(|value| text(value)),
+            as_form,
+        });
+    }
+
     fn note_repeats(&self, key: &str, found: &[Cow<'_, Value>]) {
         if found.len() < 2 {
             return;
@@ -216,12 +332,17 @@ impl Params {
 fn distinct<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<String> {
     let mut seen = HashSet::new();
     values
-        .map(|value| match value {
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
-        })
+        .map(text)
         .filter(|text| seen.insert(text.clone()))
         .collect()
+}
+
+/// A string as it is, anything else as JSON.
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The members of a JSON object in the order written, repeated names included:

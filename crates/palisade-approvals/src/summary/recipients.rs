@@ -13,6 +13,11 @@
 //! behind it: a personal user's friends and the attacker all write from there. Such a
 //! domain's count is marked (`12 at gmail.com (public mail: 12 different people)`), and
 //! the bare list is tried before any grouping, since it is what shows them apart.
+//!
+//! A display name can look like an address (`=?utf-8?B?…?= <mallory@evil.example>`
+//! decodes to `bob@corp.example <mallory@evil.example>`). A name with an `@` that is not
+//! the address itself is shown after the address, marked as a name:
+//! `mallory@evil.example (named "bob@corp.example")`.
 
 use super::clean::one_line;
 use super::LINE_CHARS;
@@ -126,6 +131,12 @@ impl AddressField {
 
     pub(super) fn count(&self) -> usize {
         self.mailboxes.len()
+    }
+
+    /// Every entry as a card shows it in a full list, joined by `, `.
+    pub(super) fn written(&self) -> String {
+        let entries: Vec<&str> = self.mailboxes.iter().map(|m| m.written.as_str()).collect();
+        entries.join(", ")
     }
 
     pub(super) fn domain_count(&self) -> usize {
@@ -393,9 +404,19 @@ fn mailbox(written: &str, name: Option<&str>, address: &str) -> Mailbox {
         }
         _ => address.clone(),
     };
+    let name = name
+        .map(|name| name.trim().trim_matches('"').trim())
+        .filter(|name| !name.is_empty());
+    if let Some(name) = name.filter(|name| looks_like_another_address(name, &address)) {
+        return Mailbox {
+            written: format!("{shown_address} (named \"{}\")", one_line(name, NAME_CHARS)),
+            address: shown_address,
+            domain,
+        };
+    }
     let mut written = one_line(written, usize::MAX);
     if written.chars().count() > ENTRY_CHARS {
-        written = match name.map(str::trim).filter(|name| !name.is_empty()) {
+        written = match name {
             Some(name) => format!("{} <{shown_address}>", one_line(name, NAME_CHARS)),
             None => shown_address.clone(),
         };
@@ -405,6 +426,12 @@ fn mailbox(written: &str, name: Option<&str>, address: &str) -> Mailbox {
         address: shown_address,
         domain,
     }
+}
+
+/// Whether a display name has an `@`, so a person could take it for an address, and is
+/// not the address itself.
+fn looks_like_another_address(name: &str, address: &str) -> bool {
+    name.contains('@') && !name.eq_ignore_ascii_case(address)
 }
 
 /// The last `max_chars` characters, with `…` in front when cut.
@@ -481,13 +508,17 @@ mod tests {
             addresses(r#""Doe, John" <john@example.com>, bob@example.com (Bob, B.)"#),
             ["john@example.com", "bob@example.com"]
         );
-        // The display name may look like an address; the address in brackets counts.
+        // The display name may look like an address; the address in brackets counts,
+        // and is shown first, the name marked as one.
         let tricky = mailboxes(r#""bob@example.com" <attacker@evil.com>"#);
         assert_eq!(tricky[0].domain, "evil.com");
         assert_eq!(
             tricky[0].written,
-            r#""bob@example.com" <attacker@evil.com>"#
+            r#"attacker@evil.com (named "bob@example.com")"#
         );
+        // A name that is the address itself is left as written.
+        let same = mailboxes(r#""Bob@Example.com" <bob@example.com>"#);
+        assert_eq!(same[0].written, r#""Bob@Example.com" <bob@example.com>"#);
         // Groups, and a missing comma, hide nothing.
         assert_eq!(
             addresses("Team: a@x.example, b@y.example; c@z.example d@evil.example"),

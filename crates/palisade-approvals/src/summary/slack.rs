@@ -9,7 +9,7 @@
 //! and the fallback text as well when it says something else.
 
 use super::clean::{one_line, text_lines};
-use super::{repeated, Recognised, Request, EXCERPT_CHARS, LINE_CHARS, MAX_LINES};
+use super::{Recognised, Request, EXCERPT_CHARS, LINE_CHARS, MAX_LINES};
 use serde_json::Value;
 
 /// Lines of the notification text when blocks are what the message shows.
@@ -97,7 +97,7 @@ pub(super) fn post(request: &Request<'_>, api_method: &str) -> Option<Recognised
             EXCERPT_CHARS,
         ));
     }
-    Some(repeated::flag(title, lines, &params.repeated()))
+    Some(params.flag(title, lines))
 }
 
 /// Keys under which Block Kit and attachments carry text a person sees.

@@ -1,8 +1,9 @@
 //! Stripe charges, payment intents, transfers and payouts: amount in the currency's
-//! units, currency and payee.
+//! units, currency and payee, and the connected account a `Stripe-Account` header makes
+//! the call act on (its money, not the platform's).
 
 use super::clean::one_line;
-use super::{repeated, Recognised, Request};
+use super::{Recognised, Request};
 
 pub(super) fn money(request: &Request<'_>, object: &str) -> Option<Recognised> {
     let label = match object {
@@ -35,6 +36,11 @@ pub(super) fn money(request: &Request<'_>, object: &str) -> Option<Recognised> {
             None => format!("Charge {amount} ({label})"),
         },
     };
+    let connected = connected_accounts(request);
+    let title = match connected.as_slice() {
+        [] => title,
+        accounts => format!("{title} on connected account {}", accounts.join(" and ")),
+    };
     let mut lines = Vec::new();
     for (key, label) in [
         ("description", "Description"),
@@ -51,7 +57,19 @@ pub(super) fn money(request: &Request<'_>, object: &str) -> Option<Recognised> {
             lines.push(format!("{label}: {value}"));
         }
     }
-    Some(repeated::flag(title, lines, &params.repeated()))
+    Some(params.flag(title, lines))
+}
+
+/// Every distinct `Stripe-Account` header value, in the order sent.
+fn connected_accounts(request: &Request<'_>) -> Vec<String> {
+    let mut accounts: Vec<String> = Vec::new();
+    for value in request.headers.get_all("stripe-account").iter().take(10) {
+        let account = one_line(&String::from_utf8_lossy(value.as_bytes()), 100);
+        if !accounts.contains(&account) {
+            accounts.push(account);
+        }
+    }
+    accounts
 }
 
 /// Stripe amounts are integers in the currency's smallest unit; most currencies have

@@ -1555,3 +1555,152 @@ fn look_alike_letters_in_a_domain_are_named_with_the_real_name() {
         );
     }
 }
+
+/// A JSON object whose strings carry form pairs reads as another request to a form
+/// reader; with no Content-Type, or one that is neither JSON nor a form, the card does
+/// not show the JSON reading as what the service will act on.
+#[test]
+fn an_unlabelled_body_that_reads_otherwise_as_a_form_is_flagged() {
+    let stripe_body = br#"{"amount":"100","currency":"usd","description":"coffee","a":"=1&amount=9999999&currency=usd&destination=acct_EVIL&z="}"#;
+    let slack_body =
+        br#"{"channel":"C0FRIENDS","text":"lunch?","a":"=1&channel=C0EXTERNAL&text=the+keys&z="}"#;
+    for (labels, read_as_form) in [
+        (
+            vec![("content-type", "application/x-www-form-urlencoded; x=json")],
+            true,
+        ),
+        (
+            vec![(
+                "content-type",
+                "Application/X-WWW-Form-Urlencoded ; charset=utf-8",
+            )],
+            true,
+        ),
+        (vec![], false),
+        (vec![("content-type", "text/plain")], false),
+    ] {
+        let labels = headers(&labels);
+        let stripe = post("api.stripe.com", "/v1/transfers", &labels, stripe_body);
+        let slack = post("slack.com", "/api/chat.postMessage", &labels, slack_body);
+        for (summary, shown) in [(&stripe, "acct_EVIL"), (&slack, "C0EXTERNAL")] {
+            let card = card_text(summary);
+            assert!(card.contains(shown), "{card}");
+            // A form is read as one; anything else is flagged.
+            assert_eq!(summary.title.starts_with('⚠'), !read_as_form, "{card}");
+            assert!(summary.title.contains(shown), "{card}");
+        }
+    }
+    // Labelled a form, it is read as one: the pairs a form reader finds are shown.
+    let form = post(
+        "api.stripe.com",
+        "/v1/transfers",
+        &headers(&[("content-type", "application/x-www-form-urlencoded; x=json")]),
+        stripe_body,
+    );
+    assert!(
+        form.title
+            .contains("Pay 99,999.99 USD to acct_EVIL (Stripe transfer)"),
+        "{}",
+        form.title
+    );
+    // Without a label, both readings are named field by field.
+    let unlabelled = post(
+        "api.stripe.com",
+        "/v1/transfers",
+        &http::HeaderMap::new(),
+        stripe_body,
+    );
+    assert!(
+        unlabelled.title.starts_with(
+            "⚠ Body with no Content-Type reads otherwise as a form: amount \"9999999\""
+        ),
+        "{}",
+        unlabelled.title
+    );
+    assert!(
+        unlabelled
+            .lines
+            .contains(&"destination: as JSON (not given), as a form \"acct_EVIL\"".to_string()),
+        "{:?}",
+        unlabelled.lines
+    );
+    // A `+json` type is JSON, and unlabelled JSON that a form reader finds nothing in
+    // is shown as it is, without a warning.
+    for labels in [
+        headers(&[("content-type", "application/vnd.api+json")]),
+        http::HeaderMap::new(),
+    ] {
+        let plain = post(
+            "slack.com",
+            "/api/chat.postMessage",
+            &labels,
+            br#"{"channel":"C1","text":"a=b & c"}"#,
+        );
+        assert_eq!(plain.title, "Post to Slack in C1: \"a=b & c\"");
+    }
+}
+
+/// Mail clients show the HTML of a `multipart/alternative` message: when it says
+/// something else than the plain text, the card shows it first.
+#[test]
+fn gmail_shows_an_html_alternative_that_says_something_else() {
+    let email = concat!(
+        "To: team@example.com\r\n",
+        "Subject: Lunch\r\n",
+        "Content-Type: multipart/alternative; boundary=\"alt\"\r\n",
+        "\r\n",
+        "--alt\r\n",
+        "Content-Type: text/plain; charset=utf-8\r\n",
+        "\r\n",
+        "Lunch is at noon, see you there.\r\n",
+        "--alt\r\n",
+        "Content-Type: text/html; charset=utf-8\r\n",
+        "\r\n",
+        "<p>Please wire $50,000 today to IBAN GB00EVIL0000 - CEO</p>\r\n",
+        "--alt--\r\n",
+    );
+    let summary = gmail_send_of(email);
+    let card = card_text(&summary);
+    let html = card.find("Please wire $50,000 today to IBAN GB00EVIL0000 - CEO");
+    let plain = card.find("Lunch is at noon, see you there.");
+    assert!(html.is_some() && plain.is_some(), "{card}");
+    assert!(html < plain, "{card}");
+    assert!(card.contains("⚠ The message's HTML"), "{card}");
+}
+
+/// A `Stripe-Account` header moves a connected account's money, not the platform's.
+#[test]
+fn stripe_names_the_connected_account_a_call_acts_on() {
+    let transfer = post(
+        "api.stripe.com",
+        "/v1/payouts",
+        &headers(&[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("stripe-account", "acct_1CUSTOMER"),
+        ]),
+        b"amount=1250&currency=usd",
+    );
+    assert_eq!(
+        transfer.title,
+        "Pay out 12.50 USD to the default external account (Stripe payout) on connected account acct_1CUSTOMER"
+    );
+}
+
+/// A display name that looks like an address is not shown as the recipient.
+#[test]
+fn gmail_a_display_name_that_looks_like_an_address_is_marked() {
+    let summary = gmail_send_of(concat!(
+        "To: =?utf-8?B?Ym9iQGNvcnAuZXhhbXBsZQ==?= <mallory@evil.example>\r\n",
+        "Cc: Carol <carol@corp.example>\r\n",
+        "Subject: Figures\r\n",
+        "\r\n",
+        "Attached.\r\n",
+    ));
+    assert_eq!(
+        summary.title,
+        "Send e-mail to mallory@evil.example (named \"bob@corp.example\"): \"Figures\""
+    );
+    let card = card_text(&summary);
+    assert!(!card.contains("bob@corp.example <"), "{card}");
+    assert!(card.contains("Cc: Carol <carol@corp.example>"), "{card}");
+}
