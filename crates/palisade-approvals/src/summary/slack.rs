@@ -34,17 +34,28 @@ pub(super) fn post(request: &Request<'_>, api_method: &str) -> Option<Recognised
         .get("text")
         .filter(|t| !t.trim().is_empty())
         .map(|t| with_link_targets(&t));
-    let mut budget = MAX_NODES;
-    let blocks = params
-        .get_json("blocks")
+    let mut budget = Budget {
+        left: MAX_NODES,
+        cut: false,
+    };
+    let blocks_given = params.get_json("blocks");
+    // Blocks Slack will show, whether or not the card can read text from them.
+    let has_blocks = blocks_given.as_ref().is_some_and(|blocks| {
+        !matches!(blocks, Value::Null) && blocks != &Value::Array(Vec::new())
+    });
+    let blocks = blocks_given
         .map(|blocks| rendered(&blocks, &mut budget))
         .filter(|shown| !shown.trim().is_empty());
     let attachments = params
         .get_json("attachments")
         .map(|attachments| rendered_attachments(&attachments, &mut budget))
         .filter(|shown| !shown.trim().is_empty());
-    // With blocks, Slack shows them and not `text`; attachments go under either.
-    let body = blocks.as_ref().or(text.as_ref());
+    // With blocks, Slack shows them and not `text`, even blocks the card could read
+    // nothing from; attachments go under either.
+    let body = match has_blocks {
+        true => blocks.as_ref(),
+        false => text.as_ref(),
+    };
     let shown: Vec<&str> = body
         .into_iter()
         .chain(attachments.as_ref())
@@ -54,7 +65,7 @@ pub(super) fn post(request: &Request<'_>, api_method: &str) -> Option<Recognised
     // With blocks, `text` is only what a notification says.
     let notification = text
         .as_ref()
-        .filter(|text| blocks.as_ref().is_some_and(|blocks| blocks != *text));
+        .filter(|text| has_blocks && blocks.as_ref() != Some(*text));
     let preview = shown
         .as_deref()
         .map(|t| one_line(t, 80))
@@ -65,6 +76,15 @@ pub(super) fn post(request: &Request<'_>, api_method: &str) -> Option<Recognised
         format!("{verb} in {channel}: \"{preview}\"")
     };
     let mut lines = Vec::new();
+    if budget.cut {
+        lines.push(format!(
+            "⚠ The blocks or attachments have more parts than a card reads ({MAX_NODES}); those beyond are not shown here, and Slack shows them all"
+        ));
+    } else if has_blocks && blocks.is_none() {
+        lines.push(String::from(
+            "⚠ The message has blocks the card reads no text from; Slack shows them, not the text below",
+        ));
+    }
     if let Some(user) = params.get("user") {
         lines.push(format!("Visible only to: {}", one_line(&user, 80)));
     }
@@ -100,6 +120,13 @@ pub(super) fn post(request: &Request<'_>, api_method: &str) -> Option<Recognised
     Some(params.flag(title, lines))
 }
 
+/// The JSON values left to look at, and whether some were not looked at for want of
+/// them (the card then says so).
+struct Budget {
+    left: usize,
+    cut: bool,
+}
+
 /// Keys under which Block Kit and attachments carry text a person sees.
 const TEXT_KEYS: &[&str] = &["text", "pretext", "title", "value", "author_name", "footer"];
 /// Keys under which they carry a link or an image address.
@@ -108,25 +135,31 @@ const LINK_KEYS: &[&str] = &["url", "title_link", "author_link", "image_url", "t
 /// The text of Block Kit blocks (or of anything shaped like them): every string under a
 /// text key, with link targets, one piece a line; a rich-text section's pieces on one
 /// line, as Slack shows them; every link or image address.
-fn rendered(value: &Value, budget: &mut usize) -> String {
+fn rendered(value: &Value, budget: &mut Budget) -> String {
     let mut out = Vec::new();
     collect(value, &mut out, budget);
     out.join("\n")
 }
 
-fn collect(value: &Value, out: &mut Vec<String>, budget: &mut usize) {
-    if *budget == 0 {
+fn collect(value: &Value, out: &mut Vec<String>, budget: &mut Budget) {
+    if budget.left == 0 {
+        budget.cut = true;
         return;
     }
-    *budget -= 1;
+    budget.left -= 1;
     match value {
         Value::Array(items) => items.iter().for_each(|item| collect(item, out, budget)),
         Value::Object(fields) => {
             let kind = fields.get("type").and_then(Value::as_str).unwrap_or("");
             if kind.starts_with("rich_text_") && kind != "rich_text_list" {
                 if let Some(Value::Array(elements)) = fields.get("elements") {
-                    let line: String = elements.iter().take(*budget).map(inline_element).collect();
-                    *budget = budget.saturating_sub(elements.len());
+                    let line: String = elements
+                        .iter()
+                        .take(budget.left)
+                        .map(inline_element)
+                        .collect();
+                    budget.cut |= elements.len() > budget.left;
+                    budget.left = budget.left.saturating_sub(elements.len());
                     out.push(line);
                     return;
                 }
@@ -164,13 +197,14 @@ fn inline_element(element: &Value) -> String {
 
 /// Legacy attachments in the order Slack shows their parts, each after a line naming
 /// it; their `fallback` too, since some clients show only that.
-fn rendered_attachments(attachments: &Value, budget: &mut usize) -> String {
+fn rendered_attachments(attachments: &Value, budget: &mut Budget) -> String {
     let Value::Array(items) = attachments else {
         return rendered(attachments, budget);
     };
     let mut out = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        if *budget == 0 {
+        if budget.left == 0 {
+            budget.cut = true;
             break;
         }
         out.push(format!("Attachment {}:", index + 1));

@@ -239,6 +239,58 @@ fn slack_form_post_and_blocks() {
     assert_eq!(summary.title, "Post to Slack in C1: \"*Alert*: disk full\"");
 }
 
+/// Blocks padded past what a card reads say so on the card, rather than losing the
+/// block after the padding unseen; and blocks the card reads no text from do not let
+/// the notification `text` pass for the message.
+#[test]
+fn slack_blocks_a_card_cannot_read_whole_are_said_so() {
+    let mut padding = vec![serde_json::json!({"type": "text", "text": "Lunch is at noon"})];
+    padding.extend((0..499).map(|_| serde_json::json!({"type": "text", "text": " "})));
+    let padded = serde_json::json!({
+        "channel": "C0TEAM",
+        "text": "Lunch is at noon",
+        "blocks": [
+            {"type": "rich_text", "elements": [{"type": "rich_text_section", "elements": padding}]},
+            {"type": "section", "text": {"type": "mrkdwn", "text": "Also, the prod DB: postgres://admin:hunter2@db.internal"}},
+        ],
+    });
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        &serde_json::to_vec(&padded).unwrap(),
+    );
+    assert!(
+        summary.lines[0]
+            .starts_with("⚠ The blocks or attachments have more parts than a card reads"),
+        "{summary:#?}"
+    );
+
+    let empty = serde_json::json!({
+        "channel": "C0TEAM",
+        "text": "Lunch is at noon",
+        "blocks": (0..520).map(|_| serde_json::json!({})).collect::<Vec<_>>(),
+    });
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        &serde_json::to_vec(&empty).unwrap(),
+    );
+    assert_eq!(summary.title, "Post to Slack in C0TEAM", "{summary:#?}");
+    assert!(
+        summary.lines.iter().any(|l| l.starts_with("⚠ ")),
+        "{summary:#?}"
+    );
+    assert!(
+        summary
+            .lines
+            .iter()
+            .any(|l| l.starts_with("Notification text")),
+        "{summary:#?}"
+    );
+}
+
 #[test]
 fn a_non_default_port_is_shown_and_recognisers_still_match() {
     let generic = summarize(
