@@ -12,7 +12,6 @@
 //! names one card this host posted; the approval id alone would let a click made on
 //! one platform be replayed on another.
 
-use palisade_approvals::summary::{HIDDEN_CHARACTERS_NOTICE, LOOK_ALIKE_NOTICE};
 pub use palisade_approvals::{clock_time, expiry_time, outcome_line};
 use palisade_approvals::{Approval, ApprovalKind, ApprovalStatus, Button};
 use rand::Rng;
@@ -22,6 +21,8 @@ const CARD_DETAIL_CHARS: usize = 1500;
 /// Characters of the title a card shows (the summary's title is already bounded; this
 /// leaves room for the rest on every platform).
 const CARD_TITLE_CHARS: usize = 500;
+/// Most characters of a request's path in what a lasting choice lets through.
+const SCOPE_PATH_CHARS: usize = 200;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Card {
@@ -69,6 +70,8 @@ impl Card {
                 palisade_approvals::engine::host_with_port(host, &approval.context)
             });
             if let (Some(method), Some(host), Some(path)) = (field("method"), host, field("path")) {
+                // The path is the agent's: a long one would crowd out the card.
+                let path = cut(path, SCOPE_PATH_CHARS);
                 scope = Some(format!(
                     "\"Always allow\" and \"Approve for 1 h\" let {method} {host}{path} through for agent {} without asking (any query string, that port only); `palisade rules list` shows the rule.",
                     approval.agent
@@ -77,14 +80,7 @@ impl Card {
         }
         // The summary's notices lead its lines (at most two: hidden characters, then
         // look-alike names); they become the warning, which no length limit drops.
-        let notice =
-            |line: &String| line == HIDDEN_CHARACTERS_NOTICE || line.starts_with(LOOK_ALIKE_NOTICE);
-        let leading = approval
-            .lines
-            .iter()
-            .take(2)
-            .take_while(|l| notice(l))
-            .count();
+        let leading = palisade_approvals::summary::leading_notices(&approval.lines);
         let (notices, lines) = approval.lines.split_at(leading);
         Card {
             approval_id: approval.id.clone(),
@@ -160,6 +156,16 @@ impl Card {
             head.push('\n');
             head.push_str(scope);
         }
+        // The footer (expiry, id, commands, or the outcome) is never cut; a head that
+        // leaves it no room (a platform's escaping doubles what the agent wrote) is.
+        let notice_room = match self.lines.is_empty() {
+            true => 0,
+            false => measure(&lines_notice(self.lines.len())) + 1,
+        };
+        let head_room = max.saturating_sub(measure(&footer) + 2 + notice_room);
+        if measure(&head) > head_room {
+            head = fit_chars(&head, head_room, measure);
+        }
         let fixed = measure(&head) + measure(&footer) + 2;
         let lines = fit_lines(&self.lines, max.saturating_sub(fixed), measure);
         let mut text = head;
@@ -181,9 +187,7 @@ pub fn fit_lines(lines: &[String], budget: usize, measure: &dyn Fn(&str) -> usiz
     if total <= budget {
         return lines.to_vec();
     }
-    let notice = |left: usize| {
-        format!("… {left} more line(s) not shown here: the web UI's Approvals page shows them all")
-    };
+    let notice = lines_notice;
     let room = budget.saturating_sub(measure(&notice(lines.len())) + 1);
     let mut kept = Vec::new();
     let mut used = 0;
@@ -198,6 +202,24 @@ pub fn fit_lines(lines: &[String], budget: usize, measure: &dyn Fn(&str) -> usiz
     let left = lines.len() - kept.len();
     kept.push(notice(left));
     kept
+}
+
+/// The line that says how many of a card's lines it leaves out, and where they are.
+fn lines_notice(left: usize) -> String {
+    format!("… {left} more line(s) not shown here: the web UI's Approvals page shows them all")
+}
+
+/// The longest cut of `text` (see [`cut`]) that `measure` finds within `max`.
+fn fit_chars(text: &str, max: usize, measure: &dyn Fn(&str) -> usize) -> String {
+    let (mut fits, mut over) = (0, text.chars().count());
+    while over - fits > 1 {
+        let middle = (fits + over) / 2;
+        match measure(&cut(text, middle)) <= max {
+            true => fits = middle,
+            false => over = middle,
+        }
+    }
+    cut(text, fits)
 }
 
 /// `text` cut to `chars` characters, with `…` when cut.
@@ -303,6 +325,7 @@ pub(crate) fn hidden_character_summary() -> palisade_approvals::Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_approvals::summary::{HIDDEN_CHARACTERS_NOTICE, LOOK_ALIKE_NOTICE};
 
     /// A look-alike name's line joins the warning too, under the hidden characters'
     /// one, and is not left among the lines.
@@ -414,6 +437,31 @@ mod tests {
         // Nothing is left out when it fits.
         assert!(card.text().contains("Bcc: exfil@evil.example"));
         assert!(!card.text().contains("not shown here"));
+    }
+
+    /// However long the agent made the path and however a platform's escaping
+    /// lengthens it, the card keeps its expiry, id and commands: the path is cut in
+    /// what a lasting choice lets through, and a head still too long is cut, never
+    /// the footer. (A 1,200-underscore path, doubled by Discord's escaping, cut the
+    /// whole card down to underscores.)
+    #[test]
+    fn a_long_path_never_pushes_the_footer_off_a_card() {
+        let mut approval = pending_approval(palisade_approvals::Summary {
+            title: "Send".into(),
+            lines: vec!["To: mallory@evil.example".into()],
+            detail: String::new(),
+        });
+        approval.context["path"] = format!("/{}", "_".repeat(1200)).into();
+        let card = Card::new(&approval, &new_token());
+        let scope = card.scope.clone().unwrap_or_default();
+        assert!(scope.chars().count() < 500, "{scope}");
+        let doubled = |text: &str| text.chars().count() + text.matches('_').count();
+        approval.title = "_".repeat(500);
+        let card = Card::new(&approval, &new_token());
+        let text = card.text_within(1000, &doubled);
+        assert!(doubled(&text) <= 1000, "{}", doubled(&text));
+        assert!(text.contains("ID apr_abcdefghijkl"), "{text}");
+        assert!(text.contains("Or reply /approve"), "{text}");
     }
 
     /// A card names only the typed commands its own choices allow, and an expiry a day

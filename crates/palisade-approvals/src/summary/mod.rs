@@ -63,6 +63,27 @@ pub struct Summary {
     pub detail: String,
 }
 
+/// How many of a summary's `lines` are the notices it leads with (hidden characters,
+/// then look-alike names; at most two), which cards lift out as their warning.
+pub fn leading_notices(lines: &[String]) -> usize {
+    lines
+        .iter()
+        .take(2)
+        .take_while(|line| {
+            line.as_str() == HIDDEN_CHARACTERS_NOTICE || line.starts_with(LOOK_ALIKE_NOTICE)
+        })
+        .count()
+}
+
+impl Summary {
+    /// Puts `lines` right after the notices, before the lines the request decided, so
+    /// a card that leaves lines out for room keeps these.
+    pub fn add_after_notices(&mut self, lines: impl IntoIterator<Item = String>) {
+        let at = leading_notices(&self.lines);
+        self.lines.splice(at..at, lines);
+    }
+}
+
 /// The line a summary starts with when it marks hidden characters, so an approver who
 /// skims past a `⟨U+…⟩` in the middle of an address is still told.
 pub const HIDDEN_CHARACTERS_NOTICE: &str =

@@ -248,17 +248,18 @@ fn approval_for(
         view,
     );
     // What approving lets out besides the request: the approver should not have to
-    // open the context to see which key goes with it.
-    summary.lines.push(match held.secret {
+    // open the context to see which key goes with it. First among the lines (after the
+    // warnings), so lines the agent made many or long cannot push them off a card.
+    let mut facts = vec![match held.secret {
         Some(secret) => format!(
             "With the secret {} (added by the vault if approved)",
             secret.name
         ),
         None => "No secret is added: the request goes as the agent wrote it".into(),
-    });
+    }];
     let digest = hex::encode(Sha256::digest(data));
     if !data.is_empty() {
-        summary.lines.push(format!(
+        facts.push(format!(
             "Body: {} bytes, SHA-256 {}…",
             data.len(),
             &digest[..16]
@@ -268,6 +269,7 @@ fn approval_for(
             data.len()
         ));
     }
+    summary.add_after_notices(facts);
     let url = match target.uri("/") {
         Some(base) => format!(
             "{}{}",
