@@ -6,7 +6,9 @@
 //! whose strings carry form pairs (`{"amount":"100","a":"=1&amount=9999999&z="}`): a
 //! card that showed only the JSON would show 1.00 while a form reader pays 99,999.99.
 //!
-//! So such a body that looks like JSON is read both ways (`params.rs`). When the form
+//! So such a body that looks like JSON is read both ways (`params.rs`), and so is one
+//! labelled a form that looks like JSON (`curl -d '{…}'` labels it so, and GitHub reads
+//! it as JSON, a form reader as a form). When the form
 //! reading gives any field the summary reads, every field where the two readings differ
 //! is shown both ways, and the title starts with the form reading's values: neither
 //! reading is presented as what the server will act on. When the form reading gives

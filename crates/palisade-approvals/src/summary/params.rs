@@ -92,15 +92,16 @@ enum Body {
 }
 
 impl Params {
-    /// Reads the body as its media type says; a body with another label or none is
-    /// read as JSON when it starts with `{` (and then as a form as well), else as a form.
+    /// Reads the body as its media type says; a body with another label or none, or
+    /// labelled a form, is read as JSON when it starts with `{` (and then as a form as
+    /// well), else as a form. (`curl -d '{…}'` labels JSON a form, and GitHub reads it
+    /// as JSON; a form reader reads it as a form.)
     pub(crate) fn from_body(content_type: &str, body: &[u8]) -> Params {
         let media_type = MediaType::of(content_type);
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         let as_json = match media_type {
             MediaType::Json => true,
-            MediaType::Form => false,
-            MediaType::Other => first == Some(&b'{'),
+            MediaType::Form | MediaType::Other => first == Some(&b'{'),
         };
         let form_fields = || text_pairs(&String::from_utf8_lossy(body));
         let (fields, parsed) = if as_json {
@@ -114,7 +115,7 @@ impl Params {
         } else {
             (form_fields(), Body::Form)
         };
-        let open = media_type == MediaType::Other && as_json;
+        let open = media_type != MediaType::Json && as_json;
         let unlabelled = open.then(|| {
             let written = content_type.trim();
             if written.is_empty() {

@@ -358,6 +358,14 @@ fn github_issue_and_pull_request() {
     );
     assert!(summary.lines.contains(&"Labels: bug, p1".to_string()));
     assert!(summary.lines.contains(&"2. boom".to_string()));
+    // `curl -d '{…}'` labels JSON a form; GitHub reads it as JSON, and so does the card.
+    let curl_default = post(
+        "api.github.com",
+        "/repos/octo-org/widgets/issues",
+        &form_headers(),
+        &serde_json::to_vec(&issue).unwrap(),
+    );
+    assert_eq!(curl_default.title, summary.title);
 
     let pull = serde_json::json!({"title": "Add retries", "head": "feature/retries", "base": "main", "draft": true});
     let summary = post(
@@ -1609,27 +1617,23 @@ fn look_alike_letters_in_a_domain_are_named_with_the_real_name() {
 }
 
 /// A JSON object whose strings carry form pairs reads as another request to a form
-/// reader; with no Content-Type, or one that is neither JSON nor a form, the card does
-/// not show the JSON reading as what the service will act on.
+/// reader; with no Content-Type, one that is neither JSON nor a form, or a form's (which
+/// `curl -d` gives JSON, and which some services read as JSON all the same), the card
+/// does not show either reading as what the service will act on, and its title leads
+/// with the form reading's values.
 #[test]
 fn an_unlabelled_body_that_reads_otherwise_as_a_form_is_flagged() {
     let stripe_body = br#"{"amount":"100","currency":"usd","description":"coffee","a":"=1&amount=9999999&currency=usd&destination=acct_EVIL&z="}"#;
     let slack_body =
         br#"{"channel":"C0FRIENDS","text":"lunch?","a":"=1&channel=C0EXTERNAL&text=the+keys&z="}"#;
-    for (labels, read_as_form) in [
-        (
-            vec![("content-type", "application/x-www-form-urlencoded; x=json")],
-            true,
-        ),
-        (
-            vec![(
-                "content-type",
-                "Application/X-WWW-Form-Urlencoded ; charset=utf-8",
-            )],
-            true,
-        ),
-        (vec![], false),
-        (vec![("content-type", "text/plain")], false),
+    for labels in [
+        vec![("content-type", "application/x-www-form-urlencoded; x=json")],
+        vec![(
+            "content-type",
+            "Application/X-WWW-Form-Urlencoded ; charset=utf-8",
+        )],
+        vec![],
+        vec![("content-type", "text/plain")],
     ] {
         let labels = headers(&labels);
         let stripe = post("api.stripe.com", "/v1/transfers", &labels, stripe_body);
@@ -1637,17 +1641,16 @@ fn an_unlabelled_body_that_reads_otherwise_as_a_form_is_flagged() {
         for (summary, shown) in [(&stripe, "acct_EVIL"), (&slack, "C0EXTERNAL")] {
             let card = card_text(summary);
             assert!(card.contains(shown), "{card}");
-            // A form is read as one; anything else is flagged.
-            assert_eq!(summary.title.starts_with('⚠'), !read_as_form, "{card}");
+            assert!(summary.title.starts_with('⚠'), "{card}");
             assert!(summary.title.contains(shown), "{card}");
         }
     }
-    // Labelled a form, it is read as one: the pairs a form reader finds are shown.
+    // A body that does not look like JSON, labelled a form, is read as one.
     let form = post(
         "api.stripe.com",
         "/v1/transfers",
-        &headers(&[("content-type", "application/x-www-form-urlencoded; x=json")]),
-        stripe_body,
+        &form_headers(),
+        b"amount=9999999&currency=usd&destination=acct_EVIL",
     );
     assert!(
         form.title
