@@ -39,6 +39,7 @@ mod generic;
 mod github;
 mod gmail;
 mod mail;
+mod nested;
 mod params;
 mod recipients;
 mod repeated;
@@ -166,14 +167,45 @@ pub fn summarize(
             full.push_str("\n\n");
             full.push_str(&detail);
             truncate_chars(&mut full, DETAIL_CHARS);
-            noticed(Summary {
-                title,
-                lines,
-                detail: full,
-            })
+            noticed(with_nested_repeats(
+                Summary {
+                    title,
+                    lines,
+                    detail: full,
+                },
+                body,
+            ))
         }
-        None => noticed(request.generic(scheme, detail)),
+        None => noticed(with_nested_repeats(request.generic(scheme, detail), body)),
     }
+}
+
+/// Paths of nested repeated keys named on the warning line at most.
+const NESTED_REPEATS_SHOWN: usize = 5;
+
+/// `summary` with a warning first when the body's JSON repeats a key inside a nested
+/// object (see `nested.rs`), still at most [`MAX_LINES`] lines.
+fn with_nested_repeats(mut summary: Summary, body: &[u8]) -> Summary {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if !matches!(first, Some(b'{' | b'[')) {
+        return summary;
+    }
+    let repeated = nested::repeated_keys(body, NESTED_REPEATS_SHOWN);
+    if repeated.is_empty() {
+        return summary;
+    }
+    summary.lines.insert(
+        0,
+        one_line(
+            &format!(
+                "⚠ Keys given twice inside the JSON (servers differ on which copy they use; an excerpt may show either): {}",
+                repeated.join(", ")
+            ),
+            LINE_CHARS,
+        ),
+    );
+    summary.lines.truncate(MAX_LINES);
+    summary
 }
 
 /// `summary` with [`HIDDEN_CHARACTERS_NOTICE`] as its first line when it marks hidden

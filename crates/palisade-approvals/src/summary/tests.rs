@@ -1759,3 +1759,36 @@ fn gmail_a_display_name_that_looks_like_an_address_is_marked() {
     assert!(!card.contains("bob@corp.example <"), "{card}");
     assert!(card.contains("Cc: Carol <carol@corp.example>"), "{card}");
 }
+
+/// A key given twice inside a nested JSON object is warned of first on the card: an
+/// excerpt cut in the middle showed the first recipient and hid the second, which a
+/// server keeping the last copy sends to.
+#[test]
+fn a_key_repeated_inside_nested_json_is_warned_of() {
+    let body = format!(
+        r#"{{"msg":{{"to":"alice@corp.example","note":"{}","to":"mallory@evil.example","pad":"{}"}}}}"#,
+        "x".repeat(600),
+        "y".repeat(600)
+    );
+    let summary = post(
+        "api.example.com",
+        "/v1/send",
+        &json_headers(),
+        body.as_bytes(),
+    );
+    assert!(
+        summary.lines[0].starts_with("⚠ Keys given twice inside the JSON")
+            && summary.lines[0].ends_with("msg.to"),
+        "{summary:#?}"
+    );
+    let plain = post(
+        "api.example.com",
+        "/v1/send",
+        &json_headers(),
+        br#"{"msg":{"to":"alice@corp.example"}}"#,
+    );
+    assert!(
+        !plain.lines.iter().any(|l| l.starts_with("⚠")),
+        "{plain:#?}"
+    );
+}
