@@ -242,3 +242,32 @@ fn a_press_is_answered_while_messages_wait_on_a_slow_platform() {
         .unwrap_or_else(|| panic!("the press waited behind the messages: {}", host.stderr()));
     assert!(answer.text.contains("not known"), "{answer:?}");
 }
+
+/// Anyone can press forged buttons in a loop (a press with data no card has, or with
+/// no data of Palisade's): each is refused to the presser, and the log says so once a
+/// second at most, counting those left out, instead of a line each.
+#[test]
+fn forged_presses_in_a_loop_write_a_line_a_second_at_most() {
+    let world = world();
+    let telegram = FakeTelegram::start("123:test-token").expect("fake telegram");
+    world.add_telegram(&telegram, &[]);
+    let host = world.up();
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    for i in 0..300 {
+        let data = match i % 2 {
+            0 => format!("v1:{:a>16}:o", ""),
+            _ => format!("not-ours-{i}"),
+        };
+        last = telegram.user_presses(BOB, "Bob", BOB, 1, &data);
+    }
+    let answer = telegram
+        .wait_for_answer(&last, WAIT)
+        .unwrap_or_else(|| panic!("no answer to the last press: {}", host.stderr()));
+    assert!(answer.show_alert, "{answer:?}");
+    let seconds = started.elapsed().as_secs() as usize + 2;
+    let lines = host_fixture::count_in(&host, "a button press named no card")
+        + host_fixture::count_in(&host, "a button press with unknown data");
+    assert!(lines <= seconds, "{lines} lines in about {seconds} s");
+    assert!(host.stderr().contains("similar_lines_suppressed="));
+}
