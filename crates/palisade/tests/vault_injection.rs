@@ -569,14 +569,22 @@ fn a_credential_sent_back_compressed_is_masked_too() {
     assert!(!answer.contains(secret), "{answer}");
     let refusal: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(refusal["error"], "unreadable_response", "{answer}");
-    let rows = setup.cli(&[
-        "--json",
-        "audit",
-        "list",
-        "--decision",
-        "unreadable_response",
-    ]);
-    let rows: Value = serde_json::from_str(&rows).unwrap();
+    // The row is written by the audit writer, a moment after the answer.
+    let rows = || -> Value {
+        let listed = setup.cli(&[
+            "--json",
+            "audit",
+            "list",
+            "--decision",
+            "unreadable_response",
+        ]);
+        serde_json::from_str(&listed).unwrap()
+    };
+    assert!(palisade_testkit::wait_until(
+        std::time::Duration::from_secs(5),
+        || rows().as_array().is_some_and(|rows| !rows.is_empty())
+    ));
+    let rows = rows();
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
     assert_eq!(rows[0]["path"], "/page", "{rows}");
 }

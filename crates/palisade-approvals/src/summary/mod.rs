@@ -39,6 +39,7 @@ mod generic;
 mod github;
 mod gmail;
 mod mail;
+mod multipart;
 mod nested;
 mod params;
 mod recipients;
@@ -283,7 +284,13 @@ impl Request<'_> {
     }
 
     fn params(&self) -> Params {
-        Params::from_body(&self.content_type(), self.body)
+        let content_types: Vec<String> = self
+            .headers
+            .get_all(http::header::CONTENT_TYPE)
+            .iter()
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .collect();
+        Params::from_request(&content_types, self.body)
     }
 
     /// Path segments after the leading `/`, empty ones dropped.

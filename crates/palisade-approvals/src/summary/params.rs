@@ -21,6 +21,7 @@
 //! `ambiguous.rs`) instead of showing one reading as what the server will act on.
 
 use super::ambiguous::{self, Differing};
+use super::multipart;
 use super::repeated::{self, Repeated};
 use super::Recognised;
 use percent_encoding::percent_decode_str;
@@ -50,6 +51,15 @@ pub(crate) struct Params {
     unlabelled: Option<String>,
     /// Fields read so far, each as JSON and as a form, when the body is read both ways.
     readings: RefCell<Vec<Differing>>,
+    /// Why the fields shown may not be what the service reads (JSON that does not
+    /// parse, two Content-Types): warning lines.
+    cautions: Vec<String>,
+    /// The warning for a body read as a form only by guess (its media type is another
+    /// one), given when a field the summary reads comes from it.
+    guessed: Option<String>,
+    guess_used: std::cell::Cell<bool>,
+    /// Where the body's fields start in `fields` (query arguments come first).
+    body_from: usize,
 }
 
 /// What a body's media type says about reading it.
@@ -103,35 +113,93 @@ impl Params {
             MediaType::Json => true,
             MediaType::Form | MediaType::Other => first == Some(&b'{'),
         };
-        let form_fields = || text_pairs(&String::from_utf8_lossy(body));
-        let (fields, parsed) = if as_json {
-            match serde_json::from_slice::<Members>(body) {
-                Ok(Members(members)) => (members, Body::Json),
-                Err(_) => (
-                    Vec::new(),
-                    Body::Loose(String::from_utf8_lossy(body).into_owned()),
-                ),
-            }
-        } else {
-            (form_fields(), Body::Form)
-        };
-        let open = media_type != MediaType::Json && as_json;
-        let unlabelled = open.then(|| {
+        let label = || {
             let written = content_type.trim();
             if written.is_empty() {
                 String::from("no Content-Type")
             } else {
                 format!("Content-Type {}", super::clean::one_line(written, 60))
             }
-        });
+        };
+        let mut cautions = Vec::new();
+        let mut guessed = None;
+        let form_fields = || text_pairs(&String::from_utf8_lossy(body));
+        let (fields, parsed) = if as_json {
+            match serde_json::from_slice::<Members>(body) {
+                Ok(Members(members)) => (members, Body::Json),
+                Err(error) => {
+                    // Cut short is the usual case (a summary may see only the start of
+                    // a large body), and no server reads a cut JSON body either; other
+                    // errors (a number out of range, nesting past serde's limit) are
+                    // ones some servers read past.
+                    if error.classify() != serde_json::error::Category::Eof {
+                        cautions.push(String::from(
+                            "⚠ The body does not parse as JSON here (a number or a depth some parsers refuse and others read); the fields shown are picked out of its text and may not be what the service reads",
+                        ));
+                    }
+                    (
+                        Vec::new(),
+                        Body::Loose(String::from_utf8_lossy(body).into_owned()),
+                    )
+                }
+            }
+        } else if let Some(parts) = multipart::form_fields(content_type, body, MAX_FORM_PAIRS) {
+            (parts, Body::Form)
+        } else if media_type == MediaType::Other && !body.is_empty() {
+            guessed = Some(format!(
+                "⚠ The body has {}, which the card reads as a URL-encoded form; the service may read it otherwise",
+                label()
+            ));
+            (form_fields(), Body::Form)
+        } else {
+            (form_fields(), Body::Form)
+        };
+        let open = media_type != MediaType::Json && as_json;
         Params {
             fields,
             body: parsed,
             repeated: RefCell::new(Vec::new()),
             form_reading: open.then(form_fields),
-            unlabelled,
+            unlabelled: open.then(label),
             readings: RefCell::new(Vec::new()),
+            cautions,
+            guessed,
+            guess_used: std::cell::Cell::new(false),
+            body_from: 0,
         }
+    }
+
+    /// As [`Params::from_body`], for a request that gives `content_types` (every
+    /// Content-Type header, in order): the first is read, as most servers do, and the
+    /// card warns when another says something else, since some servers use the last.
+    pub(crate) fn from_request(content_types: &[String], body: &[u8]) -> Params {
+        let first = content_types.first().map(String::as_str).unwrap_or("");
+        let mut params = Params::from_body(first, body);
+        let distinct: Vec<String> = content_types
+            .iter()
+            .map(|value| value.trim().to_ascii_lowercase())
+            .fold(Vec::new(), |mut seen, value| {
+                if !seen.contains(&value) {
+                    seen.push(value);
+                }
+                seen
+            });
+        if distinct.len() > 1 {
+            let shown: Vec<String> = content_types
+                .iter()
+                .take(4)
+                .map(|value| super::clean::one_line(value, 60))
+                .collect();
+            params.cautions.insert(
+                0,
+                format!(
+                    "⚠ The request gives {} Content-Types ({}); the card reads the body as the first says, and some servers use another",
+                    content_types.len(),
+                    shown.join("; ")
+                ),
+            );
+        }
+        params
     }
 
     /// The field as text: strings as they are, numbers and booleans spelled out. The
@@ -212,9 +280,23 @@ impl Params {
     /// JSON and the form reading of a body whose media type leaves the reading open.
     pub(crate) fn flag_readings(&self, title: String, lines: Vec<String>) -> Recognised {
         let readings = self.readings.borrow();
-        match &self.unlabelled {
+        let (title, mut lines) = match &self.unlabelled {
             Some(label) => ambiguous::flag(title, lines, label, &readings),
             None => (title, lines),
+        };
+        let guess = self
+            .guess_used
+            .get()
+            .then_some(self.guessed.as_ref())
+            .flatten();
+        let cautions: Vec<String> = self.cautions.iter().chain(guess).cloned().collect();
+        if cautions.is_empty() {
+            return (title, lines);
+        }
+        lines.splice(0..0, cautions);
+        match title.starts_with('⚠') {
+            true => (title, lines),
+            false => (format!("⚠ Read with caution (see below). {title}"), lines),
         }
     }
 
@@ -266,6 +348,7 @@ impl Params {
                 with_query.append(form);
                 *form = with_query;
             }
+            self.body_from = fields.len();
             fields.append(&mut self.fields);
             self.fields = fields;
         }
@@ -274,12 +357,15 @@ impl Params {
 
     /// Every copy of the field, in the order sent.
     fn occurrences(&self, key: &str) -> Vec<Cow<'_, Value>> {
-        let mut found: Vec<Cow<'_, Value>> = self
-            .fields
-            .iter()
-            .filter(|(name, _)| name == key)
-            .map(|(_, value)| Cow::Borrowed(value))
-            .collect();
+        let mut found: Vec<Cow<'_, Value>> = Vec::new();
+        for (index, (name, value)) in self.fields.iter().enumerate() {
+            if name == key {
+                if index >= self.body_from && self.guessed.is_some() {
+                    self.guess_used.set(true);
+                }
+                found.push(Cow::Borrowed(value));
+            }
+        }
         if let Body::Loose(text) = &self.body {
             found.extend(
                 loose_json_strings(text, key, LOOSE_VALUE_CHARS)

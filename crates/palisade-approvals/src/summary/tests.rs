@@ -1792,3 +1792,62 @@ fn a_key_repeated_inside_nested_json_is_warned_of() {
         "{plain:#?}"
     );
 }
+
+/// A multipart form is read part by part, as Slack and Stripe read it: a part whose
+/// text carries `&channel=…&` does not pass for the channel. A body read as a form only
+/// by guess (its Content-Type another), JSON that some parsers read past and this one
+/// refuses, and two Content-Types that disagree each put a warning first.
+#[test]
+fn bodies_the_card_cannot_read_as_the_service_does_are_said_so() {
+    let multipart = b"--XyZ\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n&channel=C_GENERAL&text=Lunch+is+at+noon&\r\n--XyZ\r\nContent-Disposition: form-data; name=\"channel\"\r\n\r\nC_EVIL\r\n--XyZ\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\nPlease wire 50k to IBAN GB00EVIL\r\n--XyZ--\r\n";
+    let summary = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &headers(&[("content-type", "multipart/form-data; boundary=XyZ")]),
+        multipart,
+    );
+    assert_eq!(
+        summary.title,
+        "Post to Slack in C_EVIL: \"Please wire 50k to IBAN GB00EVIL\""
+    );
+
+    let plain = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &headers(&[("content-type", "text/plain")]),
+        b"channel=C_GENERAL&text=hello",
+    );
+    assert!(plain.title.starts_with('⚠'), "{plain:#?}");
+    assert!(
+        plain.lines[0].contains("reads as a URL-encoded form"),
+        "{plain:#?}"
+    );
+
+    let past_the_parser = br#"{"n":1e400,"metadata":{"event_payload":{"channel":"C_GENERAL","text":"Lunch is at noon"}},"chan\u006eel":"C_EVIL","te\u0078t":"Please wire 50k"}"#;
+    let loose = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &json_headers(),
+        past_the_parser,
+    );
+    assert!(loose.title.starts_with('⚠'), "{loose:#?}");
+    assert!(
+        loose.lines[0].contains("does not parse as JSON"),
+        "{loose:#?}"
+    );
+
+    let mut two = http::HeaderMap::new();
+    two.append("content-type", "application/json".parse().unwrap());
+    two.append(
+        "content-type",
+        "application/x-www-form-urlencoded".parse().unwrap(),
+    );
+    let twice = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &two,
+        br#"{"channel":"C_GENERAL","text":"Lunch is at noon","x":"&channel=C_EVIL&"}"#,
+    );
+    assert!(twice.title.starts_with('⚠'), "{twice:#?}");
+    assert!(twice.lines[0].contains("2 Content-Types"), "{twice:#?}");
+}
