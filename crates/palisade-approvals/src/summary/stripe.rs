@@ -24,7 +24,9 @@ pub(super) fn money(request: &Request<'_>, object: &str) -> Option<Recognised> {
             .map(|v| one_line(&v, 100))
             .filter(|v| !v.is_empty())
     };
-    let destination = shown("destination").or_else(|| shown("transfer_data[destination]"));
+    let destination = shown("destination")
+        .or_else(|| shown("destination[account]"))
+        .or_else(|| shown("transfer_data[destination]"));
     let customer = shown("customer");
     let title = match (object, &destination) {
         ("payouts", Some(destination)) => format!("Pay out {amount} to {destination} ({label})"),
@@ -55,6 +57,20 @@ pub(super) fn money(request: &Request<'_>, object: &str) -> Option<Recognised> {
     ] {
         if let Some(value) = shown(key) {
             lines.push(format!("{label}: {value}"));
+        }
+    }
+    // Money that goes elsewhere than the title says: the part a connected account
+    // gets, and the platform's fee.
+    let currency = params.get("currency");
+    for (key, label) in [
+        ("destination[amount]", "Of which to the destination"),
+        ("transfer_data[amount]", "Of which to the destination"),
+        ("application_fee_amount", "Application fee"),
+        ("application_fee", "Application fee"),
+    ] {
+        if let Some(value) = params.get(key) {
+            let amount = stripe_amount(Some(&value), currency.as_deref());
+            lines.push(format!("{label}: {amount}"));
         }
     }
     Some(params.flag(title, lines))

@@ -1851,3 +1851,32 @@ fn bodies_the_card_cannot_read_as_the_service_does_are_said_so() {
     assert!(twice.title.starts_with('⚠'), "{twice:#?}");
     assert!(twice.lines[0].contains("2 Content-Types"), "{twice:#?}");
 }
+
+/// Where a Stripe charge's money goes besides the title's payee is on the card: the
+/// legacy `destination[account]` and the parts a connected account and the platform's
+/// fee take.
+#[test]
+fn stripe_shows_where_a_charges_money_goes() {
+    let summary = post(
+        "api.stripe.com",
+        "/v1/charges",
+        &form_headers(),
+        b"amount=5000&currency=usd&customer=cus_OURS&destination[account]=acct_EVIL&destination[amount]=4000&application_fee_amount=1000",
+    );
+    assert_eq!(
+        summary.title, "Pay 50.00 USD to acct_EVIL (Stripe charge)",
+        "{summary:#?}"
+    );
+    assert!(
+        summary
+            .lines
+            .contains(&"Of which to the destination: 40.00 USD".to_string()),
+        "{summary:#?}"
+    );
+    assert!(
+        summary
+            .lines
+            .contains(&"Application fee: 10.00 USD".to_string()),
+        "{summary:#?}"
+    );
+}
