@@ -1608,6 +1608,72 @@ fn a_rotated_token_ends_the_tunnels_opened_with_it() {
     assert_eq!(reply.status, 200, "{}", reply.raw);
 }
 
+/// Sends a WebSocket handshake for `PATH` in a TLS tunnel and prints the status line;
+/// on a 101, sends `GET /admin/smuggled` on the same connection and prints `sent`.
+const HANDSHAKE_CLIENT: &str = r#"
+import base64, os, socket, ssl
+upstream = "localhost:" + os.environ["UPSTREAM_PORT"]
+context = ssl.create_default_context(cafile=os.environ["VAULT_CA"])
+auth = base64.b64encode(("x:" + os.environ["TOKEN"]).encode()).decode()
+host, port = os.environ["PROXY"].rsplit(":", 1)
+sock = socket.create_connection((host, int(port)), timeout=20)
+sock.sendall(f"CONNECT {upstream} HTTP/1.1\r\nHost: {upstream}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
+answer = b""
+while b"\r\n\r\n" not in answer:
+    answer += sock.recv(4096)
+tls = context.wrap_socket(sock, server_hostname="localhost")
+key = base64.b64encode(os.urandom(16)).decode()
+tls.sendall(f"GET {os.environ['WS_PATH']} HTTP/1.1\r\nHost: {upstream}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+answer = b""
+while b"\r\n\r\n" not in answer:
+    chunk = tls.recv(4096)
+    if not chunk:
+        break
+    answer += chunk
+status = answer.split(b"\r\n")[0].decode()
+print(status, flush=True)
+if " 101" in status:
+    tls.sendall(f"GET /admin/smuggled HTTP/1.1\r\nHost: {upstream}\r\n\r\n".encode())
+    print("sent", flush=True)
+print("done", flush=True)
+"#;
+
+/// A WebSocket is relayed unjudged once the upstream accepts it, so a 101 that accepts
+/// nothing (no `Sec-WebSocket-Accept` for the agent's key; a front end passing on a
+/// backend's status sends one) is refused, 502, and the connection closed: the agent's
+/// next bytes would otherwise reach the upstream as requests no rule judged (`GET
+/// /admin/smuggled` past a block rule on `/admin/*`). A real WebSocket still works.
+#[test]
+fn a_switch_of_protocols_that_accepts_no_websocket_is_refused() {
+    let attack = Attack::start(&[]);
+    let agent = attack.setup.agent("sender");
+    attack.rule(
+        "no-admin",
+        &["--path-pattern", "/admin/*", "--action", "block"],
+    );
+    let mut client = Interactive::start(
+        &attack,
+        HANDSHAKE_CLIENT,
+        &agent,
+        &[("WS_PATH", "/ws-unaccepted")],
+    );
+    let status = client.line();
+    assert!(status.starts_with("HTTP/1.1 502"), "{status}");
+    assert_eq!(client.line(), "done");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !attack
+            .setup
+            .upstream
+            .requests()
+            .iter()
+            .any(|r| r.path() == "/admin/smuggled"),
+        "a request went upstream unjudged"
+    );
+    let mut client = Interactive::start(&attack, HANDSHAKE_CLIENT, &agent, &[("WS_PATH", "/ws")]);
+    assert_eq!(client.line(), "HTTP/1.1 101 Switching Protocols");
+}
+
 /// Opens, through the gateway (the TCP listener with `TOKEN`, or the agent's socket
 /// `SOCKET` if set), each of the comma-separated `OPEN`: `websocket` (a WebSocket to
 /// the upstream's `/ws` in a TLS tunnel), `tunnel-stream` (a slow event stream in a

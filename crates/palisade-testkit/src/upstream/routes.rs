@@ -67,6 +67,32 @@ pub(crate) async fn handle(
         shared.record(recorded(&request, 0, tls, connection));
         return Ok(websocket(&mut request));
     }
+    // A 101 that accepts nothing (no Sec-WebSocket-Accept), as a front end passing on a
+    // backend's status would send, after which the connection goes on reading HTTP:
+    // each request that comes after it is recorded.
+    if path == "/ws-unaccepted" {
+        shared.record(recorded(&request, 0, tls, connection));
+        let upgrade = hyper::upgrade::on(&mut request);
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |next: Request<Incoming>| {
+                shared.record(recorded(&next, 0, tls, connection));
+                async { Ok::<_, std::convert::Infallible>(Response::new(full(Bytes::new()))) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(upgraded, service)
+                .await;
+        });
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(full(Bytes::new()))
+            .unwrap_or_else(|_| internal_error()));
+    }
 
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {

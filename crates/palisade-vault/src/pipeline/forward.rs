@@ -61,6 +61,22 @@ pub(super) async fn forward(
     } else {
         None
     };
+    // A WebSocket is relayed unjudged once the upstream accepts it, so the handshake
+    // must be one: the agent's key, and the upstream's answer to it (see below).
+    let websocket_key = match websocket {
+        true => match websocket_key(&parts.headers) {
+            Some(key) => Some(key),
+            None => {
+                return Err(Refusal::new(
+                    Decision::BadRequest,
+                    ErrorBody::new(GatewayErrorKind::BadRequest, host).with_message(
+                        "A WebSocket handshake needs one Sec-WebSocket-Key (16 bytes in base64) and Sec-WebSocket-Version: 13.",
+                    ),
+                ))
+            }
+        },
+        false => None,
+    };
     // An HTTP/1.1 agent's request goes upstream over HTTP/1.1 with the target's own
     // `Host`. An HTTP/2 agent's request carries the target in the URI's authority, and
     // the client writes `Host` from it if the upstream turns out to speak HTTP/1.1.
@@ -159,6 +175,21 @@ pub(super) async fn forward(
         Ok(Ok(response)) => response,
     };
     let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    // Only a WebSocket the upstream accepted by the handshake's rules is relayed: a 101
+    // without its accept (a front end passing on a backend's status, say) would make
+    // the agent's next bytes go upstream as requests nobody judged.
+    if switching
+        && !websocket_key
+            .as_deref()
+            .is_some_and(|key| accepts_websocket(response.headers(), key))
+    {
+        return Err(Refusal::new(
+            Decision::UnreadableResponse,
+            ErrorBody::new(GatewayErrorKind::UnreadableResponse, host).with_message(format!(
+                "{host} switched protocols without accepting a WebSocket handshake (no valid Sec-WebSocket-Accept); the connection was not passed on."
+            )),
+        ));
+    }
     let mut masking = masking.map(|(reflection, report)| (reflection, Some(report)));
     if let Some((reflection, report)) = &mut masking {
         if let Some(owner) = reflection.mask_headers(response.headers_mut()) {
@@ -267,6 +298,40 @@ fn searched(
     ))))
 }
 
+/// The agent's `Sec-WebSocket-Key`, if its handshake has one key of 16 bytes in base64
+/// and version 13 (RFC 6455, section 4.1).
+fn websocket_key(headers: &http::HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let mut keys = headers.get_all(http::header::SEC_WEBSOCKET_KEY).iter();
+    let (Some(key), None) = (keys.next(), keys.next()) else {
+        return None;
+    };
+    let key = key.to_str().ok()?.trim();
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key).ok()?;
+    let version = headers.get(http::header::SEC_WEBSOCKET_VERSION)?;
+    (decoded.len() == 16 && version.as_bytes() == b"13").then(|| key.to_string())
+}
+
+/// Whether the upstream's 101 accepts a WebSocket handshake with `key`: `Upgrade:
+/// websocket` and the `Sec-WebSocket-Accept` only a WebSocket server computes from it.
+fn accepts_websocket(headers: &http::HeaderMap, key: &str) -> bool {
+    use base64::Engine;
+    use sha1::{Digest, Sha1};
+    const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let upgrade = headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let expected = base64::engine::general_purpose::STANDARD
+        .encode(Sha1::new().chain_update(key).chain_update(GUID).finalize());
+    let mut accepts = headers.get_all(http::header::SEC_WEBSOCKET_ACCEPT).iter();
+    let accepted = matches!(
+        (accepts.next(), accepts.next()),
+        (Some(accept), None) if accept.as_bytes() == expected.as_bytes()
+    );
+    upgrade && accepted
+}
+
 /// Relays a connection upgraded on both sides (a WebSocket) until either side ends it.
 /// It is still the client connection it was upgraded from: it keeps that connection's
 /// places under the gateway's and its agent's caps, and is closed once no byte has
@@ -359,4 +424,34 @@ fn is_close_delimited<B>(response: &Response<B>) -> bool {
         && !response
             .headers()
             .contains_key(http::header::TRANSFER_ENCODING)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 6455's own example, and what is not a handshake.
+    #[test]
+    fn a_websocket_is_accepted_only_by_the_answer_to_its_key() {
+        let mut request = http::HeaderMap::new();
+        request.insert(
+            "sec-websocket-key",
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
+        assert_eq!(websocket_key(&request), None, "no version");
+        request.insert("sec-websocket-version", "13".parse().unwrap());
+        let key = websocket_key(&request).expect("a key");
+        let mut answer = http::HeaderMap::new();
+        answer.insert("upgrade", "websocket".parse().unwrap());
+        assert!(!accepts_websocket(&answer, &key), "no accept");
+        answer.insert(
+            "sec-websocket-accept",
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
+        );
+        assert!(accepts_websocket(&answer, &key));
+        answer.insert("upgrade", "h2c".parse().unwrap());
+        assert!(!accepts_websocket(&answer, &key), "another protocol");
+        request.insert("sec-websocket-key", "c2hvcnQ=".parse().unwrap());
+        assert_eq!(websocket_key(&request), None, "not 16 bytes");
+    }
 }
