@@ -95,6 +95,31 @@ impl ForwardBody {
     }
 }
 
+/// Trailer fields a request may not carry upstream: those the gateway refuses or sets
+/// in a request's head (a method override names another method than the one judged;
+/// framing, routing and the proxy's own credential), which some servers merge from
+/// trailers into the head (Apache's `MergeTrailers`).
+const DROPPED_TRAILERS: [&str; 8] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "proxy-authorization",
+    "forwarded",
+];
+
+/// Removes from an agent's request trailers what its head could not carry either.
+pub(crate) fn clean_trailers(trailers: &mut http::HeaderMap) {
+    for name in DROPPED_TRAILERS
+        .iter()
+        .chain(crate::pipeline::canonical::METHOD_OVERRIDES.iter())
+    {
+        trailers.remove(*name);
+    }
+}
+
 impl Body for ForwardBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -104,12 +129,26 @@ impl Body for ForwardBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ForwardBody::Streaming(incoming) => Pin::new(incoming).poll_frame(cx),
+            ForwardBody::Streaming(incoming) => match Pin::new(incoming).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    Poll::Ready(Some(Ok(match frame.into_trailers() {
+                        Ok(mut trailers) => {
+                            clean_trailers(&mut trailers);
+                            Frame::trailers(trailers)
+                        }
+                        Err(frame) => frame,
+                    })))
+                }
+                other => other,
+            },
             ForwardBody::Buffered { data, trailers, .. } => {
                 if let Some(data) = data.take().filter(|d| !d.is_empty()) {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|mut t| {
+                    clean_trailers(&mut t);
+                    Ok(Frame::trailers(t))
+                }))
             }
         }
     }
@@ -249,5 +288,30 @@ impl Body for ProxyBody {
             ProxyBody::Decoded(decoded) => decoded.size_hint(),
             ProxyBody::Upstream { inner, .. } => inner.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod trailer_tests {
+    use super::*;
+
+    /// A trailer cannot carry what the head may not: a method override, framing, the
+    /// host, the proxy's credential. Others pass (a checksum, a timing).
+    #[test]
+    fn request_trailers_lose_what_their_head_could_not_carry() {
+        let mut trailers = http::HeaderMap::new();
+        for (name, value) in [
+            ("x-http-method-override", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("host", "evil.example"),
+            ("content-length", "0"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("x-checksum", "abc"),
+        ] {
+            trailers.insert(name, value.parse().unwrap());
+        }
+        clean_trailers(&mut trailers);
+        let left: Vec<&str> = trailers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-checksum"]);
     }
 }

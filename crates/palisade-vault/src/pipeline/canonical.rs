@@ -18,7 +18,7 @@ use palisade_policy::{CanonicalPath, ErrorBody, GatewayErrorKind};
 
 /// Headers through which some frameworks let a request claim another method than the
 /// one it was sent with (Google APIs, Rails, Laravel, ASP.NET).
-const METHOD_OVERRIDES: [&str; 3] = [
+pub(crate) const METHOD_OVERRIDES: [&str; 3] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",

@@ -15,7 +15,7 @@
 
 mod admit;
 pub(crate) mod audit;
-mod canonical;
+pub(crate) mod canonical;
 mod forward;
 mod hold;
 mod inject;
