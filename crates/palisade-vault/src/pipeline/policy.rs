@@ -121,7 +121,19 @@ pub(super) fn decoded_view<'b>(
         [one] if one == "gzip" || one == "x-gzip" => {
             read_limited(flate2::read::MultiGzDecoder::new(data), limit)
         }
-        [one] if one == "deflate" => read_limited(flate2::read::ZlibDecoder::new(data), limit),
+        [one] if one == "deflate" => {
+            // One zlib stream and nothing after it: decoders differ on what follows
+            // (most stop at the first stream's end), so a second stream a rule never
+            // saw could be read by the upstream. gzip's members are all read instead.
+            let mut decoder = flate2::bufread::ZlibDecoder::new(data);
+            match read_limited(&mut decoder, limit) {
+                Some(Ok(_)) if !decoder.get_ref().is_empty() => Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "data after the deflate stream",
+                ))),
+                read => read,
+            }
+        }
         _ => return Err(unsupported(host)),
     };
     match decoded {
@@ -215,6 +227,20 @@ mod tests {
         }
         let broken = decoded_view(&headers("gzip"), b"not gzip", 1024, "h").unwrap_err();
         assert_eq!(broken.decision, Decision::BodyUnreadable);
+        // A second zlib stream after the first, which a rule would not see.
+        let zlib = |data: &[u8]| {
+            let mut encoder =
+                flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(data).unwrap();
+            encoder.finish().unwrap()
+        };
+        let one = zlib(b"{\"q\":\"ok\"}");
+        let view = decoded_view(&headers("deflate"), &one, 1024, "h").unwrap();
+        assert_eq!(&view[..], b"{\"q\":\"ok\"}");
+        let mut two = one.clone();
+        two.extend(zlib(b"{\"q\":\"DROPTABLE\"}"));
+        let refused = decoded_view(&headers("deflate"), &two, 1024, "h").unwrap_err();
+        assert_eq!(refused.decision, Decision::BodyUnreadable);
         // A small body that decodes past the limit (a zip bomb) is refused, not read.
         let bomb = gzip(&vec![b'a'; 1 << 20]);
         assert!(bomb.len() < 4096);
