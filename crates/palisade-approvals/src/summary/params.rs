@@ -19,6 +19,13 @@
 //! like JSON is read both ways: fields come from the JSON reading, and every field read
 //! is compared with the form reading, so the summary can warn when they differ (see
 //! `ambiguous.rs`) instead of showing one reading as what the server will act on.
+//!
+//! A `multipart/form-data` body is read part by part (`multipart.rs`). What is read only
+//! by guess puts a warning first (see [`Params::flag_readings`]): a body of another
+//! media type read as a URL-encoded form (when a field shown comes from it), JSON that
+//! serde refuses but other parsers read (a number out of range, deep nesting; a body
+//! merely cut short is not warned of, since no server reads it either), and two
+//! Content-Type headers that disagree.
 
 use super::ambiguous::{self, Differing};
 use super::multipart;
