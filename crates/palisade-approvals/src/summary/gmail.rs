@@ -3,7 +3,8 @@
 //! metadata and then the message, or the data of a resumable upload). The card shows
 //! recipients (every address, or every domain when they do not all fit, see
 //! `recipients.rs`), subject, attachment names and a text excerpt: the plain text, and
-//! the HTML's text before it when the two say different things (see `mail.rs`).
+//! the HTML's text before it when the two say different things (see `mail.rs`, which
+//! also says which versions and parts of a message a mail client shows).
 
 use super::clean::{one_line, text_lines};
 use super::params::Params;
@@ -92,6 +93,15 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
             .collect();
         lines.push(format!("Attachments: {}", names.join(", ")));
     }
+    if content.other_versions > 0 {
+        let count = content.other_versions;
+        lines.push(format!(
+            "⚠ {count} other version{} of the message (multipart/alternative) say{} something else; a client that cannot display the one shown here shows {}.",
+            if count == 1 { "" } else { "s" },
+            if count == 1 { "s" } else { "" },
+            if count == 1 { "it" } else { "one of them" },
+        ));
+    }
     match (content.text, content.html_text) {
         (Some(plain), Some(html)) => {
             // The HTML first: it is what most recipients see, and padding in the plain
@@ -131,6 +141,15 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
     let (mut title, mut lines) = params.flag_readings(title, lines);
     if domains_left_out {
         title = format!("⚠ Recipients at more domains than a card can list. {title}");
+    }
+    if content.parts_not_read {
+        title = format!("⚠ Message parts not read (too many or nested too deep). {title}");
+        lines.insert(
+            0,
+            String::from(
+                "⚠ The message has more parts, or deeper nesting, than a card reads: text may be missing.",
+            ),
+        );
     }
     if message.headers_cut {
         title = format!("⚠ Header lines not read (too many or too long). {title}");

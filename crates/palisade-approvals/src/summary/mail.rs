@@ -8,7 +8,9 @@
 //! A `multipart/alternative` message carries the same text twice, as plain text and as
 //! HTML, and most mail clients show the HTML. Nothing makes the two agree: a message
 //! can say "Lunch is at noon" in plain text and ask for a wire transfer in HTML. So
-//! when both are there and their words differ, the HTML's text is given too.
+//! when both are there and their words differ, the HTML's text is given too. Which
+//! version a client shows, and which parts of a multipart it shows at all, is in
+//! [`View`].
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
@@ -134,36 +136,41 @@ pub(crate) fn multipart_parts<'a>(content_type: &str, body: &'a [u8]) -> Vec<Par
 /// What a person needs from a message body.
 #[derive(Default)]
 pub(crate) struct MailContent {
+    /// What a text-only client shows (or, for a message with only HTML, the HTML's text).
     pub text: Option<String>,
-    /// The text of the HTML part, when the message has a plain part (in `text`) whose
-    /// words differ from it: the HTML is what most recipients see.
+    /// What a client that displays HTML shows, when its words differ from `text`: it is
+    /// what most recipients see.
     pub html_text: Option<String>,
     pub attachments: Vec<String>,
+    /// Versions of a `multipart/alternative` whose words are in neither `text` nor
+    /// `html_text`: a client that cannot display the last version shows one of them.
+    pub other_versions: usize,
+    /// Parts past [`MAX_PARTS`] or nested deeper than [`MAX_DEPTH`] were not read: text
+    /// may be among them.
+    pub parts_not_read: bool,
 }
 
-/// Walks the MIME tree for the first text/plain part (falling back to text/html with
-/// tags removed), the first text/html part's text when it says something else, and the
-/// names of attachments.
+/// Walks the MIME tree as a mail client does (see [`View`]) for what an HTML client
+/// shows and what a text-only client shows, and the names of attachments.
 pub(crate) fn content(message: &Part<'_>) -> MailContent {
     let mut walker = Walker::default();
-    walker.walk(message, 0);
-    let html_text = walker.html.map(|html| strip_tags(&html));
-    match walker.plain {
+    let view = walker.walk(message, 0);
+    let (text, html_text) = match view.plain {
         Some(plain) => {
-            let differs = html_text
+            let differs = view
+                .shown
                 .as_deref()
-                .is_some_and(|html| !same_words(html, &plain));
-            MailContent {
-                html_text: html_text.filter(|_| differs),
-                text: Some(plain),
-                attachments: walker.attachments,
-            }
+                .is_some_and(|shown| !same_words(shown, &plain));
+            (Some(plain), view.shown.filter(|_| differs))
         }
-        None => MailContent {
-            text: html_text,
-            html_text: None,
-            attachments: walker.attachments,
-        },
+        None => (view.shown, None),
+    };
+    MailContent {
+        text,
+        html_text,
+        attachments: walker.attachments,
+        other_versions: walker.other_versions,
+        parts_not_read: walker.parts_not_read,
     }
 }
 
@@ -172,19 +179,56 @@ fn same_words(one: &str, other: &str) -> bool {
     one.split_whitespace().eq(other.split_whitespace())
 }
 
+/// What one part, or a multipart with everything in it, shows.
+///
+/// Of a `multipart/alternative` a client shows one version: the last it can display
+/// (RFC 2046), where a client that displays HTML prefers a version with HTML in it.
+/// Of any other multipart (`mixed`, `related`, …) it shows every inline text part in
+/// order. Keeping only the first text part let a second one (`P.S. please wire …`), or a
+/// last HTML version, go unseen on the card.
+#[derive(Default)]
+struct View {
+    /// What a client that displays HTML shows.
+    shown: Option<String>,
+    /// What a text-only client shows; `None` where there is only HTML, which such a
+    /// client shows as `shown` (converted to text).
+    plain: Option<String>,
+    /// Whether HTML is part of `shown`.
+    html: bool,
+}
+
+impl View {
+    fn text(text: String) -> View {
+        View {
+            shown: Some(text.clone()),
+            plain: Some(text),
+            html: false,
+        }
+    }
+
+    fn html(text: String) -> View {
+        View {
+            shown: Some(text),
+            plain: None,
+            html: true,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Walker {
-    plain: Option<String>,
-    html: Option<String>,
     attachments: Vec<String>,
     parts_seen: usize,
+    other_versions: usize,
+    parts_not_read: bool,
 }
 
 impl Walker {
-    fn walk(&mut self, part: &Part<'_>, depth: usize) {
+    fn walk(&mut self, part: &Part<'_>, depth: usize) -> View {
         self.parts_seen += 1;
         if self.parts_seen > MAX_PARTS {
-            return;
+            self.parts_not_read = true;
+            return View::default();
         }
         let (mime, raw_type) = part.content_type();
         let disposition = part.header("content-disposition").unwrap_or_default();
@@ -198,30 +242,97 @@ impl Walker {
         {
             self.attachments
                 .push(file_name.unwrap_or_else(|| String::from("(unnamed)")));
-            return;
+            return View::default();
         }
         if mime.starts_with("multipart/") {
             if depth >= MAX_DEPTH {
-                return;
+                self.parts_not_read = true;
+                return View::default();
             }
             let Some(boundary) = parameter(&raw_type, "boundary") else {
-                return;
+                return View::default();
             };
-            for body in split_multipart(part.body, boundary.as_bytes()) {
-                self.walk(&Part::parse(body), depth + 1);
-            }
-            return;
+            let children: Vec<View> = split_multipart(part.body, boundary.as_bytes())
+                .into_iter()
+                .map(|body| self.walk(&Part::parse(body), depth + 1))
+                .collect();
+            return if mime == "multipart/alternative" {
+                self.one_version(children)
+            } else {
+                all_in_order(children)
+            };
         }
-        let slot = match mime.as_str() {
-            "text/plain" => &mut self.plain,
-            "text/html" => &mut self.html,
-            _ => return,
-        };
-        if slot.is_none() {
-            let bytes = part.decoded_body();
+        let decode = || {
             let charset = parameter(&raw_type, "charset").unwrap_or_default();
-            *slot = Some(decode_charset(&bytes, &charset));
+            decode_charset(&part.decoded_body(), &charset)
+        };
+        match mime.as_str() {
+            "text/plain" => View::text(decode()),
+            "text/html" => View::html(strip_tags(&decode())),
+            _ => View::default(),
         }
+    }
+
+    /// The version of an alternative a client shows, counting the versions that say
+    /// something else than what either kind of client shows.
+    fn one_version(&mut self, versions: Vec<View>) -> View {
+        let readable: Vec<View> = versions
+            .into_iter()
+            .filter(|version| version.shown.is_some())
+            .collect();
+        let Some(chosen) = readable
+            .iter()
+            .rposition(|version| version.html)
+            .or(readable.len().checked_sub(1))
+        else {
+            return View::default();
+        };
+        let plain = readable
+            .iter()
+            .rev()
+            .find_map(|version| version.plain.clone());
+        let shown = readable[chosen].shown.clone();
+        let on_card = |text: &str| {
+            [shown.as_deref(), plain.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|card| same_words(card, text))
+        };
+        self.other_versions += readable
+            .iter()
+            .filter_map(|version| version.shown.as_deref())
+            .filter(|text| !on_card(text))
+            .count();
+        View {
+            shown,
+            plain,
+            html: readable[chosen].html,
+        }
+    }
+}
+
+/// Every part of a `mixed` (or `related`, or unknown) multipart, one after the other.
+fn all_in_order(parts: Vec<View>) -> View {
+    let join = |texts: Vec<&str>| {
+        let texts: Vec<&str> = texts.into_iter().map(str::trim_end).collect();
+        texts.join("\n\n")
+    };
+    let shown: Vec<&str> = parts.iter().filter_map(|p| p.shown.as_deref()).collect();
+    if shown.is_empty() {
+        return View::default();
+    }
+    let plain = parts.iter().any(|p| p.plain.is_some()).then(|| {
+        join(
+            parts
+                .iter()
+                .filter_map(|p| p.plain.as_deref().or(p.shown.as_deref()))
+                .collect(),
+        )
+    });
+    View {
+        shown: Some(join(shown)),
+        plain,
+        html: parts.iter().any(|p| p.html),
     }
 }
 
@@ -679,6 +790,59 @@ mod tests {
         );
         let same = message("<div>Lunch is at <b>noon</b>,\r\n see you there.</div>");
         assert_eq!(content_of(&same).html_text, None);
+    }
+
+    /// A client shows the last version of an alternative it can display, not the first.
+    #[test]
+    fn the_last_html_version_of_an_alternative_is_the_one_shown() {
+        let message = concat!(
+            "Content-Type: multipart/alternative; boundary=b\r\n\r\n",
+            "--b\r\nContent-Type: text/plain\r\n\r\nLunch is at noon.\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n<p>Lunch is at noon.</p>\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n",
+            "<p>Please wire $48,000 to IBAN GB00 EVIL 0000 today.</p>\r\n",
+            "--b--\r\n",
+        );
+        let content = content_of(message);
+        assert_eq!(content.text.as_deref(), Some("Lunch is at noon."));
+        assert_eq!(
+            content.html_text.as_deref().map(str::trim),
+            Some("Please wire $48,000 to IBAN GB00 EVIL 0000 today.")
+        );
+        assert_eq!(content.other_versions, 0);
+        // A version neither kind of client shows, yet one that cannot display the last
+        // one would, is counted.
+        let message = concat!(
+            "Content-Type: multipart/alternative; boundary=b\r\n\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n<p>Please wire $48,000.</p>\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n<p>Lunch is at noon.</p>\r\n",
+            "--b--\r\n",
+        );
+        let content = content_of(message);
+        assert_eq!(
+            content.text.as_deref().map(str::trim),
+            Some("Lunch is at noon.")
+        );
+        assert_eq!(content.other_versions, 1);
+    }
+
+    /// Clients show every inline text part of a `multipart/mixed`, one after the other.
+    #[test]
+    fn every_inline_text_part_of_a_mixed_message_is_shown() {
+        let message = concat!(
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n",
+            "--b\r\nContent-Type: text/plain\r\n\r\nLunch is at noon.\r\n",
+            "--b\r\nContent-Type: text/plain\r\nContent-Disposition: inline\r\n\r\n",
+            "P.S. Please wire $48,000 to IBAN GB00 EVIL 0000 today.\r\n",
+            "--b--\r\n",
+        );
+        let content = content_of(message);
+        assert_eq!(
+            content.text.as_deref(),
+            Some("Lunch is at noon.\n\nP.S. Please wire $48,000 to IBAN GB00 EVIL 0000 today.")
+        );
+        assert_eq!(content.html_text, None);
+        assert!(!content.parts_not_read);
     }
 
     fn content_of(message: &str) -> MailContent {
