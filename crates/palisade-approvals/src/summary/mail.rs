@@ -591,40 +591,112 @@ fn charset_len(inner: &str) -> usize {
     inner.find('?').unwrap_or(inner.len())
 }
 
+/// Elements whose content a browser does not render: skipped.
+const HIDDEN_ELEMENTS: [&str; 2] = ["script", "style"];
+/// Elements whose content a browser reads as text up to their end tag, not as markup
+/// (`<textarea><style></textarea>` shows `<style>`, and hides nothing after it): given
+/// as written.
+const RAW_TEXT_ELEMENTS: [&str; 6] = ["textarea", "title", "xmp", "iframe", "noembed", "noframes"];
+
 /// Text of an HTML part: tags removed, common entities decoded, scripts and styles
 /// skipped; good enough to show what a message says.
+///
+/// It reads tags as a browser does where getting it wrong would hide text a recipient
+/// sees: a `<` starts a tag only before a letter, `/`, `!` or `?` (`a < b` is text); an
+/// element is known by its whole name (`<styles>` is an ordinary element, not a style
+/// sheet); and a style or script never closed is shown, marked, rather than dropping the
+/// rest of the message.
 fn strip_tags(html: &str) -> String {
     let mut out = String::with_capacity(html.len().min(64 * 1024));
     let mut rest = html;
+    // Elements whose end tag is known not to come: looking again would make a message
+    // of many `<style>`s quadratic.
+    let mut never_closed: Vec<&str> = Vec::new();
     while let Some(open) = rest.find('<') {
         out.push_str(&rest[..open]);
         let tag_and_after = &rest[open + 1..];
+        if !tag_and_after.starts_with(|c: char| c.is_ascii_alphabetic() || "/!?".contains(c)) {
+            out.push('<');
+            rest = tag_and_after;
+            continue;
+        }
         let (tag, after) = match tag_and_after.find('>') {
             Some(close) => (&tag_and_after[..close], &tag_and_after[close + 1..]),
             None => (tag_and_after, ""),
         };
-        let tag = tag.to_ascii_lowercase();
         rest = after;
-        for hidden in ["script", "style"] {
-            if tag.starts_with(hidden) {
-                let closing = format!("</{hidden}");
-                let lower = rest.to_ascii_lowercase();
-                rest = match lower.find(&closing) {
-                    Some(at) => &rest[at..],
-                    None => "",
-                };
+        let (closing, name) = tag_name(tag);
+        if !closing {
+            let hidden = HIDDEN_ELEMENTS.iter().find(|hidden| **hidden == name);
+            let raw = RAW_TEXT_ELEMENTS.iter().find(|raw| **raw == name);
+            let element = hidden
+                .or(raw)
+                .filter(|element| !never_closed.contains(element));
+            if let Some(element) = element {
+                match find_end_tag(rest, element) {
+                    Some(end) if hidden.is_some() => rest = &rest[end..],
+                    Some(end) => {
+                        out.push_str(&rest[..end]);
+                        rest = &rest[end..];
+                    }
+                    None => {
+                        never_closed.push(element);
+                        if hidden.is_some() {
+                            out.push_str(&format!(
+                                "[<{element}> never closed; a mail client may not show what follows:] "
+                            ));
+                        }
+                    }
+                }
+            } else if name == "plaintext" {
+                // Everything after it is text, tags included.
+                out.push_str(rest);
+                rest = "";
             }
         }
-        if tag.starts_with("br")
-            || tag.starts_with("/p")
-            || tag.starts_with("/div")
-            || tag.starts_with("/li")
-        {
+        if (!closing && name == "br") || (closing && ["p", "div", "li"].contains(&name.as_str())) {
             out.push('\n');
         }
     }
     out.push_str(rest);
     decode_entities(&out)
+}
+
+/// Whether a tag (what is between `<` and `>`) closes an element, and the element's
+/// name in lower case.
+fn tag_name(tag: &str) -> (bool, String) {
+    let (closing, tag) = match tag.strip_prefix('/') {
+        Some(rest) => (true, rest),
+        None => (false, tag),
+    };
+    let end = tag
+        .find(|c: char| c.is_ascii_whitespace() || c == '/')
+        .unwrap_or(tag.len());
+    (closing, tag[..end].to_ascii_lowercase())
+}
+
+/// Where the first end tag of `name` is in `html`: `</name` in any case, followed by
+/// whitespace, `/`, `>` or the end of the text, as a browser ends a style or script.
+fn find_end_tag(html: &str, name: &str) -> Option<usize> {
+    let bytes = html.as_bytes();
+    let mut from = 0;
+    while let Some(offset) = html[from..].find("</") {
+        let at = from + offset;
+        let name_at = at + 2;
+        let name_end = name_at + name.len();
+        let same_name = bytes
+            .get(name_at..name_end)
+            .is_some_and(|candidate| candidate.eq_ignore_ascii_case(name.as_bytes()));
+        let name_ends = match bytes.get(name_end) {
+            None => true,
+            Some(byte) => byte.is_ascii_whitespace() || *byte == b'/' || *byte == b'>',
+        };
+        if same_name && name_ends {
+            return Some(at);
+        }
+        from = name_at;
+    }
+    None
 }
 
 /// Longest entity read, `&#x10FFFF;` or a name such as `&hellip;`.
@@ -862,6 +934,37 @@ mod tests {
         let message = "Content-Type: text/html\n\n<html><style>p{}</style><p>Hi &amp; bye</p><script>x()</script>done</html>";
         let content = content(&Part::parse(message.as_bytes()));
         assert_eq!(content.text.as_deref(), Some("Hi & bye\ndone"));
+    }
+
+    /// Only a style or script element's content is hidden, as in a browser; text the
+    /// recipient sees is never dropped.
+    #[test]
+    fn only_what_a_browser_hides_is_hidden() {
+        let shown = |html: &str| strip_tags(html);
+        let wire = "Please wire $48,000 to IBAN GB00 EVIL 0000 today.";
+        // An element whose name only starts with `style` is an ordinary element.
+        let text = shown(&format!("<p>Lunch is at noon.</p><styles>{wire}</styles>"));
+        assert!(text.contains(wire), "{text}");
+        let text = shown(&format!("<p>Lunch.</p><scripted class=x>{wire}</scripted>"));
+        assert!(text.contains(wire), "{text}");
+        // A style never closed hides the rest in a browser; the card shows it, marked.
+        let text = shown(&format!("<p>Lunch.</p><style>{wire}"));
+        assert!(
+            text.contains("never closed") && text.contains(wire),
+            "{text}"
+        );
+        // A style ends only at its own end tag, in any case; `<STYLE/>` is a style.
+        assert_eq!(shown("a<STYLE/>x</styles>y</Style >b"), "ab");
+        assert_eq!(shown("a<style\ttype=text/css>x</style\n>b"), "ab");
+        // A `<` before anything but a letter is text, however far off the next `>`.
+        let text = shown(&format!("<p>Total < 5 items. {wire}</p>"));
+        assert!(text.contains(&format!("Total < 5 items. {wire}")), "{text}");
+        // A textarea or title shows a `<style>` inside it as text, hiding nothing.
+        let text = shown(&format!("<textarea><style></textarea>{wire}</style>"));
+        assert!(text.contains(&format!("<style>{wire}")), "{text}");
+        // Many unclosed styles take linear time, not quadratic.
+        let many = "<style>".repeat(100_000);
+        assert!(shown(&many).len() < 200);
     }
 
     #[test]
