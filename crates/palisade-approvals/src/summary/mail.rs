@@ -16,6 +16,8 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
 
+use super::clean::one_line;
+
 /// Header lines read from one message or part.
 const MAX_HEADERS: usize = 200;
 /// Bytes of one header's value read, folded lines included.
@@ -598,8 +600,14 @@ const HIDDEN_ELEMENTS: [&str; 2] = ["script", "style"];
 /// as written.
 const RAW_TEXT_ELEMENTS: [&str; 6] = ["textarea", "title", "xmp", "iframe", "noembed", "noframes"];
 
+/// Characters of a link's target or an image's address shown.
+const URL_CHARS: usize = 200;
+
 /// Text of an HTML part: tags removed, common entities decoded, scripts and styles
-/// skipped; good enough to show what a message says.
+/// skipped; good enough to show what a message says. A link whose target is not its
+/// text reads `text (target)`, and an image `[image: address]`: a link reading
+/// `https://bank.example/login` may lead elsewhere, and an image can carry the words
+/// (wire instructions) a recipient reads.
 ///
 /// It reads tags as a browser does where getting it wrong would hide text a recipient
 /// sees: a `<` starts a tag only before a letter, `/`, `!` or `?` (`a < b` is text); an
@@ -612,6 +620,8 @@ fn strip_tags(html: &str) -> String {
     // Elements whose end tag is known not to come: looking again would make a message
     // of many `<style>`s quadratic.
     let mut never_closed: Vec<&str> = Vec::new();
+    // The link being read: its target, and where its text starts in `out`.
+    let mut link: Option<(&str, usize)> = None;
     while let Some(open) = rest.find('<') {
         out.push_str(&rest[..open]);
         let tag_and_after = &rest[open + 1..];
@@ -626,6 +636,18 @@ fn strip_tags(html: &str) -> String {
         };
         rest = after;
         let (closing, name) = tag_name(tag);
+        if name == "a" {
+            // A link ends at its end tag or at the next link, as a browser nests none.
+            if let Some((target, start)) = link.take() {
+                out.push_str(&link_target(&out[start..], target));
+            }
+            if !closing {
+                link = attribute(tag, "href").map(|target| (target, out.len()));
+            }
+        }
+        if !closing && (name == "img" || name == "image") {
+            out.push_str(&image(tag));
+        }
         if !closing {
             let hidden = HIDDEN_ELEMENTS.iter().find(|hidden| **hidden == name);
             let raw = RAW_TEXT_ELEMENTS.iter().find(|raw| **raw == name);
@@ -659,7 +681,74 @@ fn strip_tags(html: &str) -> String {
         }
     }
     out.push_str(rest);
+    if let Some((target, start)) = link {
+        out.push_str(&link_target(&out[start..], target));
+    }
     decode_entities(&out)
+}
+
+/// ` (target)` after a link's text, or nothing when the text is the target.
+fn link_target(text: &str, target: &str) -> String {
+    let text = decode_entities(text);
+    let text: Vec<&str> = text.split_whitespace().collect();
+    let decoded = decode_entities(target.trim());
+    let address = decoded.strip_prefix("mailto:");
+    if text.join(" ") == decoded || address.is_some_and(|address| text.join(" ") == address) {
+        return String::new();
+    }
+    // Entities are decoded with the rest of the text.
+    format!(" ({})", one_line(target, URL_CHARS))
+}
+
+/// `[image: address]` for an `<img>` tag, with the `srcset` a browser may load instead.
+fn image(tag: &str) -> String {
+    let source = attribute(tag, "src").unwrap_or("");
+    let mut shown = format!("[image: {}", one_line(source, URL_CHARS));
+    if let Some(set) = attribute(tag, "srcset") {
+        shown.push_str(&format!(", or {}", one_line(set, URL_CHARS)));
+    }
+    shown.push(']');
+    shown
+}
+
+/// The value of attribute `name` in a tag (what is between `<` and `>`), quoted or not;
+/// the first when it is given twice, as a browser reads it.
+fn attribute<'t>(tag: &'t str, name: &str) -> Option<&'t str> {
+    let is_space = |c: char| c.is_ascii_whitespace();
+    let tag = tag.trim_start_matches('/');
+    let mut rest = &tag[tag
+        .find(|c: char| is_space(c) || c == '/')
+        .unwrap_or(tag.len())..];
+    loop {
+        rest = rest.trim_start_matches(|c: char| is_space(c) || c == '/');
+        if rest.is_empty() {
+            return None;
+        }
+        // A name may start with `=`; it ends at a space, `/` or a later `=`.
+        let name_end = rest
+            .char_indices()
+            .find(|(index, c)| is_space(*c) || *c == '/' || (*c == '=' && *index > 0))
+            .map_or(rest.len(), |(index, _)| index);
+        let attribute_name = &rest[..name_end];
+        rest = rest[name_end..].trim_start_matches(is_space);
+        let mut value = "";
+        if let Some(after) = rest.strip_prefix('=') {
+            let after = after.trim_start_matches(is_space);
+            (value, rest) = match after.chars().next() {
+                Some(quote @ ('"' | '\'')) => {
+                    let inner = &after[1..];
+                    match inner.find(quote) {
+                        Some(end) => (&inner[..end], &inner[end + 1..]),
+                        None => (inner, ""),
+                    }
+                }
+                _ => after.split_at(after.find(is_space).unwrap_or(after.len())),
+            };
+        }
+        if attribute_name.eq_ignore_ascii_case(name) {
+            return Some(value);
+        }
+    }
 }
 
 /// Whether a tag (what is between `<` and `>`) closes an element, and the element's
@@ -965,6 +1054,53 @@ mod tests {
         // Many unclosed styles take linear time, not quadratic.
         let many = "<style>".repeat(100_000);
         assert!(shown(&many).len() < 200);
+    }
+
+    /// A link shows its target when that is not its text; an image shows its address.
+    #[test]
+    fn links_and_images_show_where_they_lead() {
+        assert_eq!(
+            strip_tags(
+                r#"Log in: <a href="https://evil.example/phish">https://bank.example/login</a>."#
+            ),
+            "Log in: https://bank.example/login (https://evil.example/phish)."
+        );
+        assert_eq!(
+            strip_tags("<A class=x HREF=https://bank.example/login>https://bank.example/login</A>"),
+            "https://bank.example/login"
+        );
+        assert_eq!(
+            strip_tags(
+                r#"<a href='mailto:bob@example.com'>bob@example.com</a>, <a href="/x?a=1&amp;b=2">here</a>"#
+            ),
+            "bob@example.com, here (/x?a=1&b=2)"
+        );
+        // A link not closed ends at the next one, or at the end.
+        assert_eq!(
+            strip_tags(r#"<a href="https://a.example">one <a href="https://b.example">two"#),
+            "one  (https://a.example)two (https://b.example)"
+        );
+        assert_eq!(
+            strip_tags(
+                r#"Instructions: <img alt="logo" src="https://evil.example/wire-instructions.png">"#
+            ),
+            "Instructions: [image: https://evil.example/wire-instructions.png]"
+        );
+        let long = format!(
+            r#"<img src="data:image/png;base64,{}">"#,
+            "A".repeat(100_000)
+        );
+        assert!(strip_tags(&long).chars().count() < URL_CHARS + 20);
+        // The plain text does not say where the HTML's link leads: the HTML is given.
+        let message = concat!(
+            "Content-Type: multipart/alternative; boundary=b\r\n\r\n",
+            "--b\r\nContent-Type: text/plain\r\n\r\nLog in at https://bank.example/login\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n",
+            "Log in at <a href=\"https://evil.example/phish\">https://bank.example/login</a>\r\n",
+            "--b--\r\n",
+        );
+        let html = content_of(message).html_text.unwrap_or_default();
+        assert!(html.contains("(https://evil.example/phish)"), "{html}");
     }
 
     #[test]
