@@ -26,7 +26,7 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
         raw_message(&params, &mut repeats)?
     };
     let message = mail::Part::parse(&message_bytes);
-    let to_values = message.header_values("to");
+    let to_values = message.raw_header_values("to");
     let mut subjects = message.header_values("subject");
     let mut seen = std::collections::HashSet::new();
     subjects.retain(|subject| seen.insert(subject.clone()));
@@ -46,7 +46,10 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
     let to_text = one_line(&to_whole, TITLE_TO_CHARS);
     let shown_chars = to_text.chars().count();
     let title_cut = shown_chars < to_whole.chars().count()
-        || shown_chars < one_line(&to_values.join(", "), usize::MAX).chars().count();
+        || shown_chars
+            < one_line(&message.header_values("to").join(", "), usize::MAX)
+                .chars()
+                .count();
     let to_text = if to_values.is_empty() {
         String::from("(no recipient in To)")
     } else if title_cut && to.domain_count() > 1 {
@@ -80,7 +83,7 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
         ("bcc", "Bcc"),
         ("reply-to", "Reply-To"),
     ] {
-        fields.push(AddressField::new(label, &message.header_values(name)));
+        fields.push(AddressField::new(label, &message.raw_header_values(name)));
     }
     let (mut lines, domains_left_out) = recipients::lines(&fields);
     let content = mail::content(&message);
@@ -256,7 +259,7 @@ fn describe_messages(messages: impl ExactSizeIterator<Item = Option<Vec<u8>>>) -
         described.push(match message {
             Some(bytes) => {
                 let message = mail::Part::parse(&bytes);
-                let to = message.header_values("to").join(", ");
+                let to = AddressField::new("To", &message.raw_header_values("to")).written();
                 let subject = message.header_values("subject").join(" / ");
                 format!("To {to}, Subject {subject}")
             }

@@ -88,6 +88,17 @@ impl<'a> Part<'a> {
             .collect()
     }
 
+    /// Every header of that name, in order, as written (encoded words left encoded).
+    /// An address list is split on these, and only then are display names decoded: a
+    /// name can encode `, <bob@corp.example>` and must not read as a second address.
+    pub(crate) fn raw_header_values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, value)| value.clone())
+            .collect()
+    }
+
     /// The MIME type (lower case, `text/plain` when none is given) and the whole
     /// `Content-Type` value with its parameters.
     pub(crate) fn content_type(&self) -> (String, String) {

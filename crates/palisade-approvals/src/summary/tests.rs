@@ -1766,6 +1766,22 @@ fn gmail_shows_the_last_alternative_and_every_inline_part() {
     );
 }
 
+/// A display name that encodes `bob@corp.example <bob@corp.example>,` is the name of
+/// the one address after it, not a second recipient.
+#[test]
+fn gmail_an_encoded_name_does_not_make_a_second_recipient() {
+    let summary = gmail_send_of(concat!(
+        "To: =?utf-8?Q?bob=40corp.example_=3Cbob=40corp.example=3E=2C?= <mallory@evil.example>\r\n",
+        "Subject: Figures\r\n",
+        "\r\n",
+        "See attached.\r\n",
+    ));
+    assert_eq!(
+        summary.title,
+        "Send e-mail to mallory@evil.example (named \"bob@corp.example <bob@corp.example>,\"): \"Figures\""
+    );
+}
+
 /// A `Stripe-Account` header moves a connected account's money, not the platform's.
 #[test]
 fn stripe_names_the_connected_account_a_call_acts_on() {
