@@ -3,7 +3,8 @@
 //! metadata and then the message, or the data of a resumable upload). The card shows
 //! recipients (every address, or every domain when they do not all fit, see
 //! `recipients.rs`), subject, attachment names and a text excerpt: the plain text, and
-//! the HTML's text before it when the two say different things (see `mail.rs`).
+//! the HTML's text before it when the two say different things (see `mail.rs`, which
+//! also says which versions and parts of a message a mail client shows).
 
 use super::clean::{one_line, text_lines};
 use super::params::Params;
@@ -25,7 +26,7 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
         raw_message(&params, &mut repeats)?
     };
     let message = mail::Part::parse(&message_bytes);
-    let to_values = message.header_values("to");
+    let to_values = message.raw_header_values("to");
     let mut subjects = message.header_values("subject");
     let mut seen = std::collections::HashSet::new();
     subjects.retain(|subject| seen.insert(subject.clone()));
@@ -45,7 +46,10 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
     let to_text = one_line(&to_whole, TITLE_TO_CHARS);
     let shown_chars = to_text.chars().count();
     let title_cut = shown_chars < to_whole.chars().count()
-        || shown_chars < one_line(&to_values.join(", "), usize::MAX).chars().count();
+        || shown_chars
+            < one_line(&message.header_values("to").join(", "), usize::MAX)
+                .chars()
+                .count();
     let to_text = if to_values.is_empty() {
         String::from("(no recipient in To)")
     } else if title_cut && to.domain_count() > 1 {
@@ -79,7 +83,7 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
         ("bcc", "Bcc"),
         ("reply-to", "Reply-To"),
     ] {
-        fields.push(AddressField::new(label, &message.header_values(name)));
+        fields.push(AddressField::new(label, &message.raw_header_values(name)));
     }
     let (mut lines, domains_left_out) = recipients::lines(&fields);
     let content = mail::content(&message);
@@ -91,6 +95,15 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
             .map(|name| one_line(name, 80))
             .collect();
         lines.push(format!("Attachments: {}", names.join(", ")));
+    }
+    if content.other_versions > 0 {
+        let count = content.other_versions;
+        lines.push(format!(
+            "⚠ {count} other version{} of the message (multipart/alternative) say{} something else; a client that cannot display the one shown here shows {}.",
+            if count == 1 { "" } else { "s" },
+            if count == 1 { "s" } else { "" },
+            if count == 1 { "it" } else { "one of them" },
+        ));
     }
     match (content.text, content.html_text) {
         (Some(plain), Some(html)) => {
@@ -131,6 +144,15 @@ pub(super) fn send(request: &Request<'_>, upload: bool) -> Option<Recognised> {
     let (mut title, mut lines) = params.flag_readings(title, lines);
     if domains_left_out {
         title = format!("⚠ Recipients at more domains than a card can list. {title}");
+    }
+    if content.parts_not_read {
+        title = format!("⚠ Message parts not read (too many or nested too deep). {title}");
+        lines.insert(
+            0,
+            String::from(
+                "⚠ The message has more parts, or deeper nesting, than a card reads: text may be missing.",
+            ),
+        );
     }
     if message.headers_cut {
         title = format!("⚠ Header lines not read (too many or too long). {title}");
@@ -237,7 +259,7 @@ fn describe_messages(messages: impl ExactSizeIterator<Item = Option<Vec<u8>>>) -
         described.push(match message {
             Some(bytes) => {
                 let message = mail::Part::parse(&bytes);
-                let to = message.header_values("to").join(", ");
+                let to = AddressField::new("To", &message.raw_header_values("to")).written();
                 let subject = message.header_values("subject").join(" / ");
                 format!("To {to}, Subject {subject}")
             }

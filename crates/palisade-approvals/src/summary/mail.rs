@@ -8,11 +8,15 @@
 //! A `multipart/alternative` message carries the same text twice, as plain text and as
 //! HTML, and most mail clients show the HTML. Nothing makes the two agree: a message
 //! can say "Lunch is at noon" in plain text and ask for a wire transfer in HTML. So
-//! when both are there and their words differ, the HTML's text is given too.
+//! when both are there and their words differ, the HTML's text is given too. Which
+//! version a client shows, and which parts of a multipart it shows at all, is in
+//! [`View`].
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
+
+use super::clean::one_line;
 
 /// Header lines read from one message or part.
 const MAX_HEADERS: usize = 200;
@@ -84,6 +88,17 @@ impl<'a> Part<'a> {
             .collect()
     }
 
+    /// Every header of that name, in order, as written (encoded words left encoded).
+    /// An address list is split on these, and only then are display names decoded: a
+    /// name can encode `, <bob@corp.example>` and must not read as a second address.
+    pub(crate) fn raw_header_values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, value)| value.clone())
+            .collect()
+    }
+
     /// The MIME type (lower case, `text/plain` when none is given) and the whole
     /// `Content-Type` value with its parameters.
     pub(crate) fn content_type(&self) -> (String, String) {
@@ -134,36 +149,41 @@ pub(crate) fn multipart_parts<'a>(content_type: &str, body: &'a [u8]) -> Vec<Par
 /// What a person needs from a message body.
 #[derive(Default)]
 pub(crate) struct MailContent {
+    /// What a text-only client shows (or, for a message with only HTML, the HTML's text).
     pub text: Option<String>,
-    /// The text of the HTML part, when the message has a plain part (in `text`) whose
-    /// words differ from it: the HTML is what most recipients see.
+    /// What a client that displays HTML shows, when its words differ from `text`: it is
+    /// what most recipients see.
     pub html_text: Option<String>,
     pub attachments: Vec<String>,
+    /// Versions of a `multipart/alternative` whose words are in neither `text` nor
+    /// `html_text`: a client that cannot display the last version shows one of them.
+    pub other_versions: usize,
+    /// Parts past [`MAX_PARTS`] or nested deeper than [`MAX_DEPTH`] were not read: text
+    /// may be among them.
+    pub parts_not_read: bool,
 }
 
-/// Walks the MIME tree for the first text/plain part (falling back to text/html with
-/// tags removed), the first text/html part's text when it says something else, and the
-/// names of attachments.
+/// Walks the MIME tree as a mail client does (see [`View`]) for what an HTML client
+/// shows and what a text-only client shows, and the names of attachments.
 pub(crate) fn content(message: &Part<'_>) -> MailContent {
     let mut walker = Walker::default();
-    walker.walk(message, 0);
-    let html_text = walker.html.map(|html| strip_tags(&html));
-    match walker.plain {
+    let view = walker.walk(message, 0);
+    let (text, html_text) = match view.plain {
         Some(plain) => {
-            let differs = html_text
+            let differs = view
+                .shown
                 .as_deref()
-                .is_some_and(|html| !same_words(html, &plain));
-            MailContent {
-                html_text: html_text.filter(|_| differs),
-                text: Some(plain),
-                attachments: walker.attachments,
-            }
+                .is_some_and(|shown| !same_words(shown, &plain));
+            (Some(plain), view.shown.filter(|_| differs))
         }
-        None => MailContent {
-            text: html_text,
-            html_text: None,
-            attachments: walker.attachments,
-        },
+        None => (view.shown, None),
+    };
+    MailContent {
+        text,
+        html_text,
+        attachments: walker.attachments,
+        other_versions: walker.other_versions,
+        parts_not_read: walker.parts_not_read,
     }
 }
 
@@ -172,19 +192,56 @@ fn same_words(one: &str, other: &str) -> bool {
     one.split_whitespace().eq(other.split_whitespace())
 }
 
+/// What one part, or a multipart with everything in it, shows.
+///
+/// Of a `multipart/alternative` a client shows one version: the last it can display
+/// (RFC 2046), where a client that displays HTML prefers a version with HTML in it.
+/// Of any other multipart (`mixed`, `related`, …) it shows every inline text part in
+/// order. Keeping only the first text part let a second one (`P.S. please wire …`), or a
+/// last HTML version, go unseen on the card.
+#[derive(Default)]
+struct View {
+    /// What a client that displays HTML shows.
+    shown: Option<String>,
+    /// What a text-only client shows; `None` where there is only HTML, which such a
+    /// client shows as `shown` (converted to text).
+    plain: Option<String>,
+    /// Whether HTML is part of `shown`.
+    html: bool,
+}
+
+impl View {
+    fn text(text: String) -> View {
+        View {
+            shown: Some(text.clone()),
+            plain: Some(text),
+            html: false,
+        }
+    }
+
+    fn html(text: String) -> View {
+        View {
+            shown: Some(text),
+            plain: None,
+            html: true,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Walker {
-    plain: Option<String>,
-    html: Option<String>,
     attachments: Vec<String>,
     parts_seen: usize,
+    other_versions: usize,
+    parts_not_read: bool,
 }
 
 impl Walker {
-    fn walk(&mut self, part: &Part<'_>, depth: usize) {
+    fn walk(&mut self, part: &Part<'_>, depth: usize) -> View {
         self.parts_seen += 1;
         if self.parts_seen > MAX_PARTS {
-            return;
+            self.parts_not_read = true;
+            return View::default();
         }
         let (mime, raw_type) = part.content_type();
         let disposition = part.header("content-disposition").unwrap_or_default();
@@ -198,30 +255,97 @@ impl Walker {
         {
             self.attachments
                 .push(file_name.unwrap_or_else(|| String::from("(unnamed)")));
-            return;
+            return View::default();
         }
         if mime.starts_with("multipart/") {
             if depth >= MAX_DEPTH {
-                return;
+                self.parts_not_read = true;
+                return View::default();
             }
             let Some(boundary) = parameter(&raw_type, "boundary") else {
-                return;
+                return View::default();
             };
-            for body in split_multipart(part.body, boundary.as_bytes()) {
-                self.walk(&Part::parse(body), depth + 1);
-            }
-            return;
+            let children: Vec<View> = split_multipart(part.body, boundary.as_bytes())
+                .into_iter()
+                .map(|body| self.walk(&Part::parse(body), depth + 1))
+                .collect();
+            return if mime == "multipart/alternative" {
+                self.one_version(children)
+            } else {
+                all_in_order(children)
+            };
         }
-        let slot = match mime.as_str() {
-            "text/plain" => &mut self.plain,
-            "text/html" => &mut self.html,
-            _ => return,
-        };
-        if slot.is_none() {
-            let bytes = part.decoded_body();
+        let decode = || {
             let charset = parameter(&raw_type, "charset").unwrap_or_default();
-            *slot = Some(decode_charset(&bytes, &charset));
+            decode_charset(&part.decoded_body(), &charset)
+        };
+        match mime.as_str() {
+            "text/plain" => View::text(decode()),
+            "text/html" => View::html(strip_tags(&decode())),
+            _ => View::default(),
         }
+    }
+
+    /// The version of an alternative a client shows, counting the versions that say
+    /// something else than what either kind of client shows.
+    fn one_version(&mut self, versions: Vec<View>) -> View {
+        let readable: Vec<View> = versions
+            .into_iter()
+            .filter(|version| version.shown.is_some())
+            .collect();
+        let Some(chosen) = readable
+            .iter()
+            .rposition(|version| version.html)
+            .or(readable.len().checked_sub(1))
+        else {
+            return View::default();
+        };
+        let plain = readable
+            .iter()
+            .rev()
+            .find_map(|version| version.plain.clone());
+        let shown = readable[chosen].shown.clone();
+        let on_card = |text: &str| {
+            [shown.as_deref(), plain.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|card| same_words(card, text))
+        };
+        self.other_versions += readable
+            .iter()
+            .filter_map(|version| version.shown.as_deref())
+            .filter(|text| !on_card(text))
+            .count();
+        View {
+            shown,
+            plain,
+            html: readable[chosen].html,
+        }
+    }
+}
+
+/// Every part of a `mixed` (or `related`, or unknown) multipart, one after the other.
+fn all_in_order(parts: Vec<View>) -> View {
+    let join = |texts: Vec<&str>| {
+        let texts: Vec<&str> = texts.into_iter().map(str::trim_end).collect();
+        texts.join("\n\n")
+    };
+    let shown: Vec<&str> = parts.iter().filter_map(|p| p.shown.as_deref()).collect();
+    if shown.is_empty() {
+        return View::default();
+    }
+    let plain = parts.iter().any(|p| p.plain.is_some()).then(|| {
+        join(
+            parts
+                .iter()
+                .filter_map(|p| p.plain.as_deref().or(p.shown.as_deref()))
+                .collect(),
+        )
+    });
+    View {
+        shown: Some(join(shown)),
+        plain,
+        html: parts.iter().any(|p| p.html),
     }
 }
 
@@ -480,40 +604,199 @@ fn charset_len(inner: &str) -> usize {
     inner.find('?').unwrap_or(inner.len())
 }
 
+/// Elements whose content a browser does not render: skipped.
+const HIDDEN_ELEMENTS: [&str; 2] = ["script", "style"];
+/// Elements whose content a browser reads as text up to their end tag, not as markup
+/// (`<textarea><style></textarea>` shows `<style>`, and hides nothing after it): given
+/// as written.
+const RAW_TEXT_ELEMENTS: [&str; 6] = ["textarea", "title", "xmp", "iframe", "noembed", "noframes"];
+
+/// Characters of a link's target or an image's address shown.
+const URL_CHARS: usize = 200;
+
 /// Text of an HTML part: tags removed, common entities decoded, scripts and styles
-/// skipped; good enough to show what a message says.
+/// skipped; good enough to show what a message says. A link whose target is not its
+/// text reads `text (target)`, and an image `[image: address]`: a link reading
+/// `https://bank.example/login` may lead elsewhere, and an image can carry the words
+/// (wire instructions) a recipient reads.
+///
+/// It reads tags as a browser does where getting it wrong would hide text a recipient
+/// sees: a `<` starts a tag only before a letter, `/`, `!` or `?` (`a < b` is text); an
+/// element is known by its whole name (`<styles>` is an ordinary element, not a style
+/// sheet); and a style or script never closed is shown, marked, rather than dropping the
+/// rest of the message.
 fn strip_tags(html: &str) -> String {
     let mut out = String::with_capacity(html.len().min(64 * 1024));
     let mut rest = html;
+    // Elements whose end tag is known not to come: looking again would make a message
+    // of many `<style>`s quadratic.
+    let mut never_closed: Vec<&str> = Vec::new();
+    // The link being read: its target, and where its text starts in `out`.
+    let mut link: Option<(&str, usize)> = None;
     while let Some(open) = rest.find('<') {
         out.push_str(&rest[..open]);
         let tag_and_after = &rest[open + 1..];
+        if !tag_and_after.starts_with(|c: char| c.is_ascii_alphabetic() || "/!?".contains(c)) {
+            out.push('<');
+            rest = tag_and_after;
+            continue;
+        }
         let (tag, after) = match tag_and_after.find('>') {
             Some(close) => (&tag_and_after[..close], &tag_and_after[close + 1..]),
             None => (tag_and_after, ""),
         };
-        let tag = tag.to_ascii_lowercase();
         rest = after;
-        for hidden in ["script", "style"] {
-            if tag.starts_with(hidden) {
-                let closing = format!("</{hidden}");
-                let lower = rest.to_ascii_lowercase();
-                rest = match lower.find(&closing) {
-                    Some(at) => &rest[at..],
-                    None => "",
-                };
+        let (closing, name) = tag_name(tag);
+        if name == "a" {
+            // A link ends at its end tag or at the next link, as a browser nests none.
+            if let Some((target, start)) = link.take() {
+                out.push_str(&link_target(&out[start..], target));
+            }
+            if !closing {
+                link = attribute(tag, "href").map(|target| (target, out.len()));
             }
         }
-        if tag.starts_with("br")
-            || tag.starts_with("/p")
-            || tag.starts_with("/div")
-            || tag.starts_with("/li")
-        {
+        if !closing && (name == "img" || name == "image") {
+            out.push_str(&image(tag));
+        }
+        if !closing {
+            let hidden = HIDDEN_ELEMENTS.iter().find(|hidden| **hidden == name);
+            let raw = RAW_TEXT_ELEMENTS.iter().find(|raw| **raw == name);
+            let element = hidden
+                .or(raw)
+                .filter(|element| !never_closed.contains(element));
+            if let Some(element) = element {
+                match find_end_tag(rest, element) {
+                    Some(end) if hidden.is_some() => rest = &rest[end..],
+                    Some(end) => {
+                        out.push_str(&rest[..end]);
+                        rest = &rest[end..];
+                    }
+                    None => {
+                        never_closed.push(element);
+                        if hidden.is_some() {
+                            out.push_str(&format!(
+                                "[<{element}> never closed; a mail client may not show what follows:] "
+                            ));
+                        }
+                    }
+                }
+            } else if name == "plaintext" {
+                // Everything after it is text, tags included.
+                out.push_str(rest);
+                rest = "";
+            }
+        }
+        if (!closing && name == "br") || (closing && ["p", "div", "li"].contains(&name.as_str())) {
             out.push('\n');
         }
     }
     out.push_str(rest);
+    if let Some((target, start)) = link {
+        out.push_str(&link_target(&out[start..], target));
+    }
     decode_entities(&out)
+}
+
+/// ` (target)` after a link's text, or nothing when the text is the target.
+fn link_target(text: &str, target: &str) -> String {
+    let text = decode_entities(text);
+    let text: Vec<&str> = text.split_whitespace().collect();
+    let decoded = decode_entities(target.trim());
+    let address = decoded.strip_prefix("mailto:");
+    if text.join(" ") == decoded || address.is_some_and(|address| text.join(" ") == address) {
+        return String::new();
+    }
+    // Entities are decoded with the rest of the text.
+    format!(" ({})", one_line(target, URL_CHARS))
+}
+
+/// `[image: address]` for an `<img>` tag, with the `srcset` a browser may load instead.
+fn image(tag: &str) -> String {
+    let source = attribute(tag, "src").unwrap_or("");
+    let mut shown = format!("[image: {}", one_line(source, URL_CHARS));
+    if let Some(set) = attribute(tag, "srcset") {
+        shown.push_str(&format!(", or {}", one_line(set, URL_CHARS)));
+    }
+    shown.push(']');
+    shown
+}
+
+/// The value of attribute `name` in a tag (what is between `<` and `>`), quoted or not;
+/// the first when it is given twice, as a browser reads it.
+fn attribute<'t>(tag: &'t str, name: &str) -> Option<&'t str> {
+    let is_space = |c: char| c.is_ascii_whitespace();
+    let tag = tag.trim_start_matches('/');
+    let mut rest = &tag[tag
+        .find(|c: char| is_space(c) || c == '/')
+        .unwrap_or(tag.len())..];
+    loop {
+        rest = rest.trim_start_matches(|c: char| is_space(c) || c == '/');
+        if rest.is_empty() {
+            return None;
+        }
+        // A name may start with `=`; it ends at a space, `/` or a later `=`.
+        let name_end = rest
+            .char_indices()
+            .find(|(index, c)| is_space(*c) || *c == '/' || (*c == '=' && *index > 0))
+            .map_or(rest.len(), |(index, _)| index);
+        let attribute_name = &rest[..name_end];
+        rest = rest[name_end..].trim_start_matches(is_space);
+        let mut value = "";
+        if let Some(after) = rest.strip_prefix('=') {
+            let after = after.trim_start_matches(is_space);
+            (value, rest) = match after.chars().next() {
+                Some(quote @ ('"' | '\'')) => {
+                    let inner = &after[1..];
+                    match inner.find(quote) {
+                        Some(end) => (&inner[..end], &inner[end + 1..]),
+                        None => (inner, ""),
+                    }
+                }
+                _ => after.split_at(after.find(is_space).unwrap_or(after.len())),
+            };
+        }
+        if attribute_name.eq_ignore_ascii_case(name) {
+            return Some(value);
+        }
+    }
+}
+
+/// Whether a tag (what is between `<` and `>`) closes an element, and the element's
+/// name in lower case.
+fn tag_name(tag: &str) -> (bool, String) {
+    let (closing, tag) = match tag.strip_prefix('/') {
+        Some(rest) => (true, rest),
+        None => (false, tag),
+    };
+    let end = tag
+        .find(|c: char| c.is_ascii_whitespace() || c == '/')
+        .unwrap_or(tag.len());
+    (closing, tag[..end].to_ascii_lowercase())
+}
+
+/// Where the first end tag of `name` is in `html`: `</name` in any case, followed by
+/// whitespace, `/`, `>` or the end of the text, as a browser ends a style or script.
+fn find_end_tag(html: &str, name: &str) -> Option<usize> {
+    let bytes = html.as_bytes();
+    let mut from = 0;
+    while let Some(offset) = html[from..].find("</") {
+        let at = from + offset;
+        let name_at = at + 2;
+        let name_end = name_at + name.len();
+        let same_name = bytes
+            .get(name_at..name_end)
+            .is_some_and(|candidate| candidate.eq_ignore_ascii_case(name.as_bytes()));
+        let name_ends = match bytes.get(name_end) {
+            None => true,
+            Some(byte) => byte.is_ascii_whitespace() || *byte == b'/' || *byte == b'>',
+        };
+        if same_name && name_ends {
+            return Some(at);
+        }
+        from = name_at;
+    }
+    None
 }
 
 /// Longest entity read, `&#x10FFFF;` or a name such as `&hellip;`.
@@ -681,6 +964,59 @@ mod tests {
         assert_eq!(content_of(&same).html_text, None);
     }
 
+    /// A client shows the last version of an alternative it can display, not the first.
+    #[test]
+    fn the_last_html_version_of_an_alternative_is_the_one_shown() {
+        let message = concat!(
+            "Content-Type: multipart/alternative; boundary=b\r\n\r\n",
+            "--b\r\nContent-Type: text/plain\r\n\r\nLunch is at noon.\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n<p>Lunch is at noon.</p>\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n",
+            "<p>Please wire $48,000 to IBAN GB00 EVIL 0000 today.</p>\r\n",
+            "--b--\r\n",
+        );
+        let content = content_of(message);
+        assert_eq!(content.text.as_deref(), Some("Lunch is at noon."));
+        assert_eq!(
+            content.html_text.as_deref().map(str::trim),
+            Some("Please wire $48,000 to IBAN GB00 EVIL 0000 today.")
+        );
+        assert_eq!(content.other_versions, 0);
+        // A version neither kind of client shows, yet one that cannot display the last
+        // one would, is counted.
+        let message = concat!(
+            "Content-Type: multipart/alternative; boundary=b\r\n\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n<p>Please wire $48,000.</p>\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n<p>Lunch is at noon.</p>\r\n",
+            "--b--\r\n",
+        );
+        let content = content_of(message);
+        assert_eq!(
+            content.text.as_deref().map(str::trim),
+            Some("Lunch is at noon.")
+        );
+        assert_eq!(content.other_versions, 1);
+    }
+
+    /// Clients show every inline text part of a `multipart/mixed`, one after the other.
+    #[test]
+    fn every_inline_text_part_of_a_mixed_message_is_shown() {
+        let message = concat!(
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n",
+            "--b\r\nContent-Type: text/plain\r\n\r\nLunch is at noon.\r\n",
+            "--b\r\nContent-Type: text/plain\r\nContent-Disposition: inline\r\n\r\n",
+            "P.S. Please wire $48,000 to IBAN GB00 EVIL 0000 today.\r\n",
+            "--b--\r\n",
+        );
+        let content = content_of(message);
+        assert_eq!(
+            content.text.as_deref(),
+            Some("Lunch is at noon.\n\nP.S. Please wire $48,000 to IBAN GB00 EVIL 0000 today.")
+        );
+        assert_eq!(content.html_text, None);
+        assert!(!content.parts_not_read);
+    }
+
     fn content_of(message: &str) -> MailContent {
         content(&Part::parse(message.as_bytes()))
     }
@@ -698,6 +1034,84 @@ mod tests {
         let message = "Content-Type: text/html\n\n<html><style>p{}</style><p>Hi &amp; bye</p><script>x()</script>done</html>";
         let content = content(&Part::parse(message.as_bytes()));
         assert_eq!(content.text.as_deref(), Some("Hi & bye\ndone"));
+    }
+
+    /// Only a style or script element's content is hidden, as in a browser; text the
+    /// recipient sees is never dropped.
+    #[test]
+    fn only_what_a_browser_hides_is_hidden() {
+        let shown = |html: &str| strip_tags(html);
+        let wire = "Please wire $48,000 to IBAN GB00 EVIL 0000 today.";
+        // An element whose name only starts with `style` is an ordinary element.
+        let text = shown(&format!("<p>Lunch is at noon.</p><styles>{wire}</styles>"));
+        assert!(text.contains(wire), "{text}");
+        let text = shown(&format!("<p>Lunch.</p><scripted class=x>{wire}</scripted>"));
+        assert!(text.contains(wire), "{text}");
+        // A style never closed hides the rest in a browser; the card shows it, marked.
+        let text = shown(&format!("<p>Lunch.</p><style>{wire}"));
+        assert!(
+            text.contains("never closed") && text.contains(wire),
+            "{text}"
+        );
+        // A style ends only at its own end tag, in any case; `<STYLE/>` is a style.
+        assert_eq!(shown("a<STYLE/>x</styles>y</Style >b"), "ab");
+        assert_eq!(shown("a<style\ttype=text/css>x</style\n>b"), "ab");
+        // A `<` before anything but a letter is text, however far off the next `>`.
+        let text = shown(&format!("<p>Total < 5 items. {wire}</p>"));
+        assert!(text.contains(&format!("Total < 5 items. {wire}")), "{text}");
+        // A textarea or title shows a `<style>` inside it as text, hiding nothing.
+        let text = shown(&format!("<textarea><style></textarea>{wire}</style>"));
+        assert!(text.contains(&format!("<style>{wire}")), "{text}");
+        // Many unclosed styles take linear time, not quadratic.
+        let many = "<style>".repeat(100_000);
+        assert!(shown(&many).len() < 200);
+    }
+
+    /// A link shows its target when that is not its text; an image shows its address.
+    #[test]
+    fn links_and_images_show_where_they_lead() {
+        assert_eq!(
+            strip_tags(
+                r#"Log in: <a href="https://evil.example/phish">https://bank.example/login</a>."#
+            ),
+            "Log in: https://bank.example/login (https://evil.example/phish)."
+        );
+        assert_eq!(
+            strip_tags("<A class=x HREF=https://bank.example/login>https://bank.example/login</A>"),
+            "https://bank.example/login"
+        );
+        assert_eq!(
+            strip_tags(
+                r#"<a href='mailto:bob@example.com'>bob@example.com</a>, <a href="/x?a=1&amp;b=2">here</a>"#
+            ),
+            "bob@example.com, here (/x?a=1&b=2)"
+        );
+        // A link not closed ends at the next one, or at the end.
+        assert_eq!(
+            strip_tags(r#"<a href="https://a.example">one <a href="https://b.example">two"#),
+            "one  (https://a.example)two (https://b.example)"
+        );
+        assert_eq!(
+            strip_tags(
+                r#"Instructions: <img alt="logo" src="https://evil.example/wire-instructions.png">"#
+            ),
+            "Instructions: [image: https://evil.example/wire-instructions.png]"
+        );
+        let long = format!(
+            r#"<img src="data:image/png;base64,{}">"#,
+            "A".repeat(100_000)
+        );
+        assert!(strip_tags(&long).chars().count() < URL_CHARS + 20);
+        // The plain text does not say where the HTML's link leads: the HTML is given.
+        let message = concat!(
+            "Content-Type: multipart/alternative; boundary=b\r\n\r\n",
+            "--b\r\nContent-Type: text/plain\r\n\r\nLog in at https://bank.example/login\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n",
+            "Log in at <a href=\"https://evil.example/phish\">https://bank.example/login</a>\r\n",
+            "--b--\r\n",
+        );
+        let html = content_of(message).html_text.unwrap_or_default();
+        assert!(html.contains("(https://evil.example/phish)"), "{html}");
     }
 
     #[test]

@@ -17,9 +17,13 @@
 //! A display name can look like an address (`=?utf-8?B?…?= <mallory@evil.example>`
 //! decodes to `bob@corp.example <mallory@evil.example>`). A name with an `@` that is not
 //! the address itself is shown after the address, marked as a name:
-//! `mallory@evil.example (named "bob@corp.example")`.
+//! `mallory@evil.example (named "bob@corp.example")`. A list is split into addresses as
+//! written, and only then is each name decoded, since a name may encode a comma and a
+//! whole second entry. Commas are split on even inside an encoded word, where RFC 2047
+//! allows none: a parser that does so sends to every address that shows.
 
 use super::clean::one_line;
+use super::mail::decode_encoded_words;
 use super::LINE_CHARS;
 
 /// Characters all address lines of one message may take together, labels included.
@@ -120,7 +124,8 @@ pub(super) struct AddressField {
 }
 
 impl AddressField {
-    /// `values` are the header's lines (a message may repeat `Bcc:`).
+    /// `values` are the header's lines (a message may repeat `Bcc:`), as written, with
+    /// encoded words not decoded.
     pub(super) fn new(label: &'static str, values: &[String]) -> AddressField {
         AddressField {
             label,
@@ -358,8 +363,9 @@ fn plural(count: usize, ending: &str) -> &str {
     }
 }
 
-/// The addresses of one header value. Entries are split at commas and semicolons
-/// outside quotes, angle brackets and comments. An entry with `<…>` is one address;
+/// The addresses of one header value as written. Entries are split at commas and
+/// semicolons outside quotes, angle brackets and comments; then a display name's
+/// encoded words are decoded. An entry with `<…>` is one address;
 /// one without counts every word with an `@` in it as an address, so a group
 /// (`Team: a@x, b@y;`) or a missing comma cannot hide one.
 fn mailboxes(value: &str) -> Vec<Mailbox> {
@@ -372,7 +378,9 @@ fn mailboxes(value: &str) -> Vec<Mailbox> {
         if let Some(open) = outside_quotes(entry, '<') {
             let inner = &entry[open + 1..];
             let address = inner.split('>').next().unwrap_or(inner);
-            found.push(mailbox(entry, Some(&entry[..open]), address));
+            let name = decode_encoded_words(&entry[..open]);
+            let written = format!("{name}{}", &entry[open..]);
+            found.push(mailbox(&written, Some(&name), address));
             continue;
         }
         let words: Vec<&str> = entry
@@ -530,6 +538,24 @@ mod tests {
             ]
         );
         assert_eq!(addresses("undisclosed-recipients:;"), Vec::<String>::new());
+    }
+
+    /// A name that encodes a comma and a second entry is one name of one address.
+    #[test]
+    fn an_encoded_name_is_decoded_after_the_list_is_split() {
+        let value =
+            "=?utf-8?Q?bob=40corp.example_=3Cbob=40corp.example=3E=2C?= <mallory@evil.example>";
+        let found = mailboxes(value);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].address, "mallory@evil.example");
+        assert_eq!(
+            found[0].written,
+            r#"mallory@evil.example (named "bob@corp.example <bob@corp.example>,")"#
+        );
+        // A plain encoded name is still decoded for the card.
+        let found = mailboxes("=?utf-8?B?SsO8cmdlbg==?= <j@example.com>, b@example.com");
+        assert_eq!(found[0].written, "Jürgen <j@example.com>");
+        assert_eq!(found[1].address, "b@example.com");
     }
 
     #[test]

@@ -1723,6 +1723,65 @@ fn gmail_shows_an_html_alternative_that_says_something_else() {
     assert!(card.contains("⚠ The message's HTML"), "{card}");
 }
 
+/// A client shows the last version of an alternative it can display, and every inline
+/// text part of a mixed message: the card shows what the recipient reads.
+#[test]
+fn gmail_shows_the_last_alternative_and_every_inline_part() {
+    let email = concat!(
+        "To: team@example.com\r\n",
+        "Subject: Lunch\r\n",
+        "Content-Type: multipart/mixed; boundary=\"mix\"\r\n",
+        "\r\n",
+        "--mix\r\n",
+        "Content-Type: multipart/alternative; boundary=\"alt\"\r\n",
+        "\r\n",
+        "--alt\r\n",
+        "Content-Type: text/plain; charset=utf-8\r\n",
+        "\r\n",
+        "Lunch is at noon.\r\n",
+        "--alt\r\n",
+        "Content-Type: text/html; charset=utf-8\r\n",
+        "\r\n",
+        "<p>Lunch is at noon.</p>\r\n",
+        "--alt\r\n",
+        "Content-Type: text/html; charset=utf-8\r\n",
+        "\r\n",
+        "<p>Please wire $48,000 to IBAN GB00 EVIL 0000 today.</p>\r\n",
+        "--alt--\r\n",
+        "--mix\r\n",
+        "Content-Type: text/plain; charset=utf-8\r\n",
+        "\r\n",
+        "P.S. Also send the payroll file.\r\n",
+        "--mix--\r\n",
+    );
+    let card = card_text(&gmail_send_of(email));
+    assert!(card.contains("⚠ The message's HTML"), "{card}");
+    let wire = card.find("Please wire $48,000 to IBAN GB00 EVIL 0000 today.");
+    let lunch = card.find("Lunch is at noon.");
+    assert!(wire.is_some() && lunch.is_some() && wire < lunch, "{card}");
+    assert_eq!(
+        card.matches("P.S. Also send the payroll file.").count(),
+        2,
+        "{card}"
+    );
+}
+
+/// A display name that encodes `bob@corp.example <bob@corp.example>,` is the name of
+/// the one address after it, not a second recipient.
+#[test]
+fn gmail_an_encoded_name_does_not_make_a_second_recipient() {
+    let summary = gmail_send_of(concat!(
+        "To: =?utf-8?Q?bob=40corp.example_=3Cbob=40corp.example=3E=2C?= <mallory@evil.example>\r\n",
+        "Subject: Figures\r\n",
+        "\r\n",
+        "See attached.\r\n",
+    ));
+    assert_eq!(
+        summary.title,
+        "Send e-mail to mallory@evil.example (named \"bob@corp.example <bob@corp.example>,\"): \"Figures\""
+    );
+}
+
 /// A `Stripe-Account` header moves a connected account's money, not the platform's.
 #[test]
 fn stripe_names_the_connected_account_a_call_acts_on() {
