@@ -95,28 +95,30 @@ impl ForwardBody {
     }
 }
 
-/// Trailer fields a request may not carry upstream: those the gateway refuses or sets
-/// in a request's head (a method override names another method than the one judged;
-/// framing, routing and the proxy's own credential), which some servers merge from
-/// trailers into the head (Apache's `MergeTrailers`).
-const DROPPED_TRAILERS: [&str; 8] = [
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "te",
-    "upgrade",
-    "proxy-authorization",
-    "forwarded",
-];
+/// Whether a request trailer field may go upstream: only those that carry a checksum
+/// or a timing of the body (`content-digest`, `repr-digest`, `content-md5`,
+/// `x-amz-checksum-crc32`, `server-timing`). Some servers merge trailers into the head
+/// (Apache's `MergeTrailers`), and a field there is judged nowhere: a method override,
+/// a routing field (`x-original-url`, `x-forwarded-host`), a credential (`authorization`,
+/// a secret's own header name), framing. Few clients send request trailers at all.
+fn trailer_passes(name: &http::HeaderName) -> bool {
+    let name = name.as_str();
+    name.contains("checksum")
+        || name.ends_with("digest")
+        || name == "content-md5"
+        || name == "server-timing"
+}
 
-/// Removes from an agent's request trailers what its head could not carry either.
+/// Removes from an agent's request trailers every field that may not go upstream
+/// ([`trailer_passes`]).
 pub(crate) fn clean_trailers(trailers: &mut http::HeaderMap) {
-    for name in DROPPED_TRAILERS
-        .iter()
-        .chain(crate::pipeline::canonical::METHOD_OVERRIDES.iter())
-    {
-        trailers.remove(*name);
+    let dropped: Vec<http::HeaderName> = trailers
+        .keys()
+        .filter(|name| !trailer_passes(name))
+        .cloned()
+        .collect();
+    for name in dropped {
+        trailers.remove(name);
     }
 }
 
@@ -295,10 +297,10 @@ impl Body for ProxyBody {
 mod trailer_tests {
     use super::*;
 
-    /// A trailer cannot carry what the head may not: a method override, framing, the
-    /// host, the proxy's credential. Others pass (a checksum, a timing).
+    /// A request trailer passes only when it carries a checksum or a timing: not a
+    /// method override, a routing field, a credential, framing or the host.
     #[test]
-    fn request_trailers_lose_what_their_head_could_not_carry() {
+    fn request_trailers_keep_only_checksums_and_timings() {
         let mut trailers = http::HeaderMap::new();
         for (name, value) in [
             ("x-http-method-override", "DELETE"),
@@ -306,12 +308,19 @@ mod trailer_tests {
             ("host", "evil.example"),
             ("content-length", "0"),
             ("proxy-authorization", "Basic eDp5"),
-            ("x-checksum", "abc"),
+            ("authorization", "Bearer mine"),
+            ("x-api-key", "mine"),
+            ("x-original-url", "/admin/x"),
+            ("x-forwarded-host", "evil.example"),
+            ("cookie", "a=b"),
+            ("x-amz-checksum-crc32", "abc"),
+            ("content-digest", "sha-256=:x:"),
         ] {
             trailers.insert(name, value.parse().unwrap());
         }
         clean_trailers(&mut trailers);
-        let left: Vec<&str> = trailers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-checksum"]);
+        let mut left: Vec<&str> = trailers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-digest", "x-amz-checksum-crc32"]);
     }
 }

@@ -2,7 +2,8 @@
 //! first matching rule by priority, the stricter layer winning. When a rule that looks
 //! inside bodies (`--body-contains`) may decide, the whole body is read first (up to
 //! `--max-judged-body`; larger is refused, never judged on a part), and a gzip or
-//! deflate body is judged decoded, so compression cannot hide what a rule looks for.
+//! deflate body is judged decoded and as sent, so compression cannot hide what a rule
+//! looks for from an upstream that decodes, nor one that does not.
 
 use super::{Decision, Refusal, RequestBody};
 use crate::body::ReadError;
@@ -33,7 +34,7 @@ pub(super) async fn judge<'p>(
             GatewayErrorKind::RequestTooLargeToInspect,
         )
     })?;
-    let view = decoded_view(headers, data, limit, facts.host)?;
+    let view = judged_view(headers, data, limit, facts.host)?;
     let judged = RequestFacts {
         body: Some(&view),
         ..facts
@@ -94,6 +95,26 @@ pub(super) fn read_refusal(
                 .with_message(format!("could not read the request body: {other}")),
         ),
     }
+}
+
+/// What a body rule looks in: the body, and for a compressed one its decoded bytes
+/// followed by the bytes as sent (after a NUL). An upstream that does not decode
+/// request bodies (most do not) reads the bytes as they are, and a gzip header carries
+/// text that decoding drops (its file name and comment fields).
+fn judged_view<'b>(
+    headers: &http::HeaderMap,
+    data: &'b [u8],
+    limit: usize,
+    host: &str,
+) -> Result<Cow<'b, [u8]>, Refusal> {
+    Ok(match decoded_view(headers, data, limit, host)? {
+        Cow::Owned(mut decoded) => {
+            decoded.push(0);
+            decoded.extend_from_slice(data);
+            Cow::Owned(decoded)
+        }
+        sent => sent,
+    })
 }
 
 /// The body as the upstream will understand it: decoded when it is sent compressed
@@ -212,6 +233,22 @@ mod tests {
         assert_eq!(&view[..], plain);
         let view = decoded_view(&headers("identity"), plain, 1024, "h").unwrap();
         assert_eq!(&view[..], plain);
+    }
+
+    /// Text a gzip header carries (a comment here) is judged too: an upstream that
+    /// does not decode request bodies reads it as it was sent.
+    #[test]
+    fn a_compressed_body_is_judged_as_sent_too() {
+        let mut with_comment = vec![0x1f, 0x8b, 8, 0x10, 0, 0, 0, 0, 0, 0xff];
+        with_comment.extend_from_slice(b"&action=EVILNEEDLE&x=\0");
+        let plain = gzip(b"action=harmless");
+        with_comment.extend_from_slice(&plain[10..]);
+        let view = judged_view(&headers("gzip"), &with_comment, 1024, "h").unwrap();
+        let contains = |needle: &[u8]| view.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(b"action=harmless"), "decoded");
+        assert!(contains(b"EVILNEEDLE"), "as sent");
+        let plain_view = judged_view(&http::HeaderMap::new(), b"x=1", 1024, "h").unwrap();
+        assert_eq!(&plain_view[..], b"x=1");
     }
 
     #[test]
