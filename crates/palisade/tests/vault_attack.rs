@@ -1608,6 +1608,35 @@ fn a_rotated_token_ends_the_tunnels_opened_with_it() {
     assert_eq!(reply.status, 200, "{}", reply.raw);
 }
 
+/// A header through which some servers act on another path than the one sent to
+/// (`X-Original-URL` on IIS, Symfony) is refused with 400 `ambiguous_path`, over both
+/// HTTP versions: a block rule on `/admin/*` passed `GET /public` carrying
+/// `X-Original-URL: /admin/users`. A request without one is served.
+#[test]
+fn a_path_override_header_is_refused() {
+    let attack = Attack::start(&[]);
+    let token = attack.setup.agent("mover");
+    attack.rule(
+        "no-admin",
+        &["--path-pattern", "/admin/*", "--action", "block"],
+    );
+    let upstream = &attack.setup.upstream;
+    for version in ["--http1.1", "--http2"] {
+        for header in [
+            "X-Original-URL: /admin/users",
+            "X-Rewrite-URL: /admin/users",
+            "x-original-uri: /admin/users",
+        ] {
+            let before = upstream.count();
+            let reply = attack.curl(&token, &[version, "-H", header, &attack.url("/public")]);
+            refused(&reply, 400, "ambiguous_path");
+            assert_eq!(upstream.count(), before, "{version} {header} was sent");
+        }
+        let reply = attack.curl(&token, &[version, &attack.url("/public")]);
+        assert_eq!(reply.status, 200, "{}", reply.raw);
+    }
+}
+
 /// Sends a WebSocket handshake for `PATH` in a TLS tunnel and prints the status line;
 /// on a 101, sends `GET /admin/smuggled` on the same connection and prints `sent`.
 const HANDSHAKE_CLIENT: &str = r#"

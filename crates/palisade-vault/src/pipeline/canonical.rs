@@ -7,7 +7,8 @@
 //!   because servers that ignore case (Flask, Django) would run the POST a `POST` rule
 //!   exists to hold. A method-override header naming another method is refused for the
 //!   same reason, and so is a `_method` query parameter (Symfony and Laravel read it
-//!   from the query of a POST).
+//!   from the query of a POST). A path-override header (`X-Original-URL`,
+//!   `X-Rewrite-URL`) is refused: some servers route by it instead of the path judged.
 //! - Hop-by-hop headers, and every header the agent names in `Connection`, are removed
 //!   here, before judging: removed later, they could take away the injected credential
 //!   or a header the approver saw.
@@ -24,11 +25,16 @@ pub(crate) const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
+/// Headers through which some servers let a request claim another path than the one
+/// it was sent to (IIS's URL Rewrite, Symfony behind a proxy it trusts).
+const PATH_OVERRIDES: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-original-uri"];
+
 pub(super) fn canonicalize(
     parts: &mut http::request::Parts,
     target: &Target,
 ) -> Result<CanonicalPath, Refusal> {
     check_method(parts, target)?;
+    check_path_overrides(parts, target)?;
     let websocket = parts.version == http::Version::HTTP_11 && is_websocket_upgrade(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, websocket);
     canonical_path(parts, target)
@@ -68,6 +74,25 @@ fn check_method(parts: &http::request::Parts, target: &Target) -> Result<(), Ref
         }
     }
     Ok(())
+}
+
+/// Refuses a request with a path-override header: the rules judge the path it was
+/// sent to, and such a server would act on the path the header names (a block rule on
+/// `/admin/*` passed `GET /public` with `X-Original-URL: /admin/users`).
+fn check_path_overrides(parts: &http::request::Parts, target: &Target) -> Result<(), Refusal> {
+    let Some(name) = PATH_OVERRIDES
+        .into_iter()
+        .find(|name| parts.headers.contains_key(*name))
+    else {
+        return Ok(());
+    };
+    Err(Refusal::new(
+        Decision::AmbiguousPath,
+        ErrorBody::new(GatewayErrorKind::AmbiguousPath, &target.host).with_message(format!(
+            "The path of this request to {} was refused: it carries a {name} header, through which some servers act on another path than the one judged. Send the request to the path itself, without that header.",
+            target.host
+        )),
+    ))
 }
 
 /// Whether a (decoded) query parameter name is `_method` as PHP reads names (Symfony
