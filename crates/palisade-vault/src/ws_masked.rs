@@ -6,7 +6,8 @@
 //! overwrites them in place where they spell the credential, so every frame keeps its
 //! length and nothing is held beyond a credential's length. WebSocket crates read
 //! whole messages, which would hold up to a message's size per connection. The
-//! agent's direction is copied byte for byte.
+//! agent's direction, for every WebSocket, is copied as it comes once each frame's
+//! header shows it is a client's frame ([`relay_from_agent`]).
 //!
 //! A form split across the fragments of one message is found: bytes kept back at the
 //! end of a fragment complete their frame only once the next fragment's first bytes
@@ -99,6 +100,67 @@ where
     }
 }
 
+/// Copies the agent's frames to the upstream as they are, each checked to be a
+/// client's WebSocket frame (RFC 6455, 5.2): masked, a known opcode, a control frame
+/// short and whole, reserved bits only those an extension the upstream accepted uses
+/// (`reserved`: the bits allowed, `0x40` with compression). Anything else ends the
+/// WebSocket with an error: nothing judges what the agent sends once the upstream
+/// accepted it, so it must at least be frames, not requests for an upstream that goes
+/// on reading HTTP. When the agent closes, the upstream's writing side is shut.
+pub async fn relay_from_agent<R, W>(mut from: R, mut to: W, reserved: u8) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let invalid = |what: &str| Error::new(ErrorKind::InvalidData, what.to_string());
+    loop {
+        let mut head = [0u8; 14];
+        if from.read(&mut head[..1]).await? == 0 {
+            to.shutdown().await?;
+            return Ok(());
+        }
+        from.read_exact(&mut head[1..2]).await?;
+        let opcode = head[0] & 0x0f;
+        if head[0] & 0x70 & !reserved != 0 {
+            return Err(invalid("an agent's frame with reserved bits set"));
+        }
+        if !matches!(opcode, 0 | 1 | 2 | 8 | 9 | 10) {
+            return Err(invalid("an agent's frame with an unknown opcode"));
+        }
+        if head[1] & 0x80 == 0 {
+            return Err(invalid("an unmasked frame from the agent"));
+        }
+        let (extended, payload) = match head[1] & 0x7f {
+            126 => {
+                from.read_exact(&mut head[2..4]).await?;
+                (2, u64::from(u16::from_be_bytes([head[2], head[3]])))
+            }
+            127 => {
+                from.read_exact(&mut head[2..10]).await?;
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&head[2..10]);
+                (8, u64::from_be_bytes(len))
+            }
+            short => (0, u64::from(short)),
+        };
+        if payload >> 63 != 0 {
+            return Err(invalid("a frame length with its top bit set"));
+        }
+        let control = opcode & 0x08 != 0;
+        if control && (payload > 125 || head[0] & 0x80 == 0) {
+            return Err(invalid("a control frame that is long or fragmented"));
+        }
+        let end = 2 + extended + 4;
+        from.read_exact(&mut head[2 + extended..end]).await?;
+        to.write_all(&head[..end]).await?;
+        let copied = tokio::io::copy(&mut (&mut from).take(payload), &mut to).await?;
+        if copied != payload {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        to.flush().await?;
+    }
+}
+
 /// What has gone to the agent: payload bytes written so far, and frame headers still
 /// to write, each once the payload bytes before it (counted from the start) have gone.
 struct Out {
@@ -187,6 +249,53 @@ async fn read_head<R: AsyncRead + Unpin>(from: &mut R) -> std::io::Result<Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `relay_from_agent` passes on of `sent` (allowing `reserved` bits), and
+    /// whether it ended cleanly.
+    async fn from_agent(sent: &[u8], reserved: u8) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        let ended = relay_from_agent(sent, &mut out, reserved).await;
+        (out, ended.is_ok())
+    }
+
+    /// A masked frame of `opcode` (first byte, FIN and reserved bits included).
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [1u8, 2, 3, 4];
+        let mut frame = vec![first, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        frame
+    }
+
+    /// Only a client's frames go upstream: HTTP sent after the handshake (for an
+    /// upstream that reads on as HTTP), an unmasked frame, an unknown opcode and a
+    /// reserved bit no extension uses end the WebSocket before anything of them goes.
+    #[tokio::test]
+    async fn the_agents_bytes_go_upstream_only_as_frames() {
+        let mut frames = masked(0x81, b"hello");
+        frames.extend(masked(0x89, b"ping"));
+        frames.extend(masked(0x88, b""));
+        assert_eq!(from_agent(&frames, 0).await, (frames.clone(), true));
+        let compressed = masked(0xc1, b"x");
+        assert_eq!(
+            from_agent(&compressed, 0x40).await,
+            (compressed.clone(), true)
+        );
+
+        for bad in [
+            b"GET /admin/smuggled HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            vec![0x81, 0x05, b'h', b'e', b'l', b'l', b'o'],
+            masked(0x83, b"x"),
+            masked(0xc1, b"x"),
+            masked(0x09, b"fragmented ping"),
+        ] {
+            let mut sent = frames.clone();
+            sent.extend_from_slice(&bad);
+            let (passed, clean) = from_agent(&sent, 0).await;
+            assert!(!clean, "{bad:?}");
+            assert_eq!(passed, frames, "{bad:?}");
+        }
+    }
     use crate::reflect::Reflection;
 
     const SECRET: &str = "sk-frames-0123456789";

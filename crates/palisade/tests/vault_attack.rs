@@ -1671,7 +1671,8 @@ print("done", flush=True)
 /// nothing (no `Sec-WebSocket-Accept` for the agent's key; a front end passing on a
 /// backend's status sends one) is refused, 502, and the connection closed: the agent's
 /// next bytes would otherwise reach the upstream as requests no rule judged (`GET
-/// /admin/smuggled` past a block rule on `/admin/*`). A real WebSocket still works.
+/// /admin/smuggled` past a block rule on `/admin/*`). After a real accept, only
+/// WebSocket frames go upstream. A real WebSocket still works.
 #[test]
 fn a_switch_of_protocols_that_accepts_no_websocket_is_refused() {
     let attack = Attack::start(&[]);
@@ -1698,6 +1699,27 @@ fn a_switch_of_protocols_that_accepts_no_websocket_is_refused() {
             .iter()
             .any(|r| r.path() == "/admin/smuggled"),
         "a request went upstream unjudged"
+    );
+    // An upstream that accepts the key and then reads on as HTTP gets nothing that is
+    // not a WebSocket frame: the agent's HTTP ends the WebSocket.
+    let mut client = Interactive::start(
+        &attack,
+        HANDSHAKE_CLIENT,
+        &agent,
+        &[("WS_PATH", "/ws-accepted-then-http")],
+    );
+    assert_eq!(client.line(), "HTTP/1.1 101 Switching Protocols");
+    assert_eq!(client.line(), "sent");
+    assert_eq!(client.line(), "done");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !attack
+            .setup
+            .upstream
+            .requests()
+            .iter()
+            .any(|r| r.path() == "/admin/smuggled"),
+        "the agent's HTTP went upstream past the accepted WebSocket"
     );
     let mut client = Interactive::start(&attack, HANDSHAKE_CLIENT, &agent, &[("WS_PATH", "/ws")]);
     assert_eq!(client.line(), "HTTP/1.1 101 Switching Protocols");

@@ -67,11 +67,16 @@ pub(crate) async fn handle(
         shared.record(recorded(&request, 0, tls, connection));
         return Ok(websocket(&mut request));
     }
-    // A 101 that accepts nothing (no Sec-WebSocket-Accept), as a front end passing on a
-    // backend's status would send, after which the connection goes on reading HTTP:
-    // each request that comes after it is recorded.
-    if path == "/ws-unaccepted" {
+    // A 101 after which the connection goes on reading HTTP, each request that comes
+    // after it recorded: one that accepts nothing (no Sec-WebSocket-Accept), as a
+    // front end passing on a backend's status would send, or one that accepts the key.
+    if path == "/ws-unaccepted" || path == "/ws-accepted-then-http" {
         shared.record(recorded(&request, 0, tls, connection));
+        let accept = request
+            .headers()
+            .get(header::SEC_WEBSOCKET_KEY)
+            .filter(|_| path == "/ws-accepted-then-http")
+            .map(|key| derive_accept_key(key.as_bytes()));
         let upgrade = hyper::upgrade::on(&mut request);
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -86,10 +91,14 @@ pub(crate) async fn handle(
                 .serve_connection(upgraded, service)
                 .await;
         });
-        return Ok(Response::builder()
+        let mut response = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, "websocket")
+            .header(header::UPGRADE, "websocket");
+        if let Some(accept) = accept {
+            response = response.header(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        return Ok(response
             .body(full(Bytes::new()))
             .unwrap_or_else(|_| internal_error()));
     }

@@ -205,6 +205,17 @@ pub(super) async fn forward(
     }
     if switching {
         if let Some(client_upgrade) = client_upgrade {
+            // Compression, if the upstream accepted it, sets the first reserved bit.
+            let compressed = response
+                .headers()
+                .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .any(|value| {
+                    value
+                        .to_str()
+                        .is_ok_and(|v| v.to_ascii_lowercase().contains("permessage-deflate"))
+                });
+            let reserved = if compressed { 0x40 } else { 0 };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             relay_upgraded(
                 shared,
@@ -212,6 +223,7 @@ pub(super) async fn forward(
                 client_upgrade,
                 upstream_upgrade,
                 masking.take(),
+                reserved,
             );
         }
     }
@@ -346,6 +358,7 @@ fn relay_upgraded(
     client_upgrade: OnUpgrade,
     upstream_upgrade: OnUpgrade,
     masking: Option<(Arc<Reflection>, Option<Report>)>,
+    reserved: u8,
 ) {
     let permits = Arc::clone(&client.permits);
     let activity = Arc::clone(&client.activity);
@@ -356,17 +369,13 @@ fn relay_upgraded(
         let _permits = permits;
         let relay = async {
             if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
-                let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
-                match masking {
-                    Some((reflection, report)) => {
-                        let scanner = Scanner::new(reflection, report, "websocket");
-                        relay_masked(client, upstream, scanner).await
-                    }
-                    None => {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                }
+                let client = TokioIo::new(client);
+                let upstream = TokioIo::new(upstream);
+                let scanner = masking.map(|(reflection, report)| {
+                    Scanner::new(reflection, report, "websocket")
+                });
+                relay_websocket(client, upstream, scanner, reserved).await
+
             }
         };
         tokio::select! {
@@ -382,30 +391,46 @@ fn relay_upgraded(
     });
 }
 
-/// Relays a WebSocket to a host the gateway sends credentials to: the upstream's frames
-/// searched for it ([`crate::ws_masked`]), the agent's copied as they are. It ends when
-/// the upstream's side ends (or fails the search); the agent's end only shuts the
-/// upstream's writing side.
-async fn relay_masked<C, U>(client: C, upstream: U, mut scanner: Scanner)
+/// Relays a WebSocket: the agent's frames checked to be a client's frames and copied
+/// ([`crate::ws_masked::relay_from_agent`]; anything else ends it), the upstream's
+/// copied, or to a host the gateway sends credentials to searched for them
+/// ([`crate::ws_masked::relay_from_upstream`], with `scanner`). It ends when the
+/// upstream's side ends (or fails a check); the agent's end only shuts the upstream's
+/// writing side.
+async fn relay_websocket<C, U>(client: C, upstream: U, scanner: Option<Scanner>, reserved: u8)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt;
-    let (mut client_read, client_write) = tokio::io::split(client);
-    let (upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let (client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, upstream_write) = tokio::io::split(upstream);
     let outbound = async {
-        let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
-        let _ = upstream_write.shutdown().await;
-        std::future::pending::<()>().await
-    };
-    let inbound = crate::ws_masked::relay_from_upstream(upstream_read, client_write, &mut scanner);
-    tokio::select! {
-        ended = inbound => {
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "a WebSocket carrying a credential ended");
+        match crate::ws_masked::relay_from_agent(client_read, upstream_write, reserved).await {
+            Ok(()) => std::future::pending::<()>().await,
+            Err(e) => {
+                tracing::debug!(error = %e, "a WebSocket ended: the agent sent what is not a frame")
             }
         }
+    };
+    let inbound = async {
+        match scanner {
+            Some(mut scanner) => {
+                if let Err(e) =
+                    crate::ws_masked::relay_from_upstream(upstream_read, client_write, &mut scanner)
+                        .await
+                {
+                    tracing::debug!(error = %e, "a WebSocket carrying a credential ended");
+                }
+            }
+            None => {
+                let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+                let _ = client_write.shutdown().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = inbound => {}
         _ = outbound => {}
     }
 }
