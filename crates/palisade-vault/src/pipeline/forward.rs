@@ -348,10 +348,10 @@ fn accepts_websocket(headers: &http::HeaderMap, key: &str) -> bool {
 /// It is still the client connection it was upgraded from: it keeps that connection's
 /// places under the gateway's and its agent's caps, and is closed once no byte has
 /// moved either way for the client idle timeout, when the credential it was opened with
-/// is revoked (`revocation.rs`), or when the gateway stops. When its
-/// host is one the gateway sends credentials to, the upstream's frames are searched for
-/// them as they
-/// stream ([`relay_masked`]); else both ways are copied byte for byte.
+/// is revoked (`revocation.rs`), or when the gateway stops. The agent's frames are
+/// checked to be a client's frames; when its host is one the gateway sends credentials
+/// to, the upstream's frames are searched for them as they stream (see
+/// [`relay_websocket`]). `reserved`: the frame bits the accepted compression uses.
 fn relay_upgraded(
     shared: &Shared,
     client: &ClientConnection,
