@@ -52,7 +52,7 @@ fn check_method(parts: &http::request::Parts, target: &Target) -> Result<(), Ref
         ));
     }
     for name in METHOD_OVERRIDES {
-        for value in parts.headers.get_all(name) {
+        for value in spelled_as(&parts.headers, name) {
             let same = value
                 .to_str()
                 .is_ok_and(|claimed| claimed.trim().eq_ignore_ascii_case(method));
@@ -76,13 +76,31 @@ fn check_method(parts: &http::request::Parts, target: &Target) -> Result<(), Ref
     Ok(())
 }
 
+/// The values of every header named `name` (lower case, with `-`) as a CGI-style server
+/// reads names: `X_HTTP_Method_Override` is `HTTP_X_HTTP_METHOD_OVERRIDE` to PHP as
+/// `X-HTTP-Method-Override` is, so `_` counts as `-`.
+fn spelled_as<'h>(
+    headers: &'h http::HeaderMap,
+    name: &'h str,
+) -> impl Iterator<Item = &'h http::HeaderValue> + 'h {
+    headers.iter().filter_map(move |(header, value)| {
+        let header = header.as_str();
+        let same = header.len() == name.len()
+            && header
+                .bytes()
+                .zip(name.bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'));
+        same.then_some(value)
+    })
+}
+
 /// Refuses a request with a path-override header: the rules judge the path it was
 /// sent to, and such a server would act on the path the header names (a block rule on
 /// `/admin/*` passed `GET /public` with `X-Original-URL: /admin/users`).
 fn check_path_overrides(parts: &http::request::Parts, target: &Target) -> Result<(), Refusal> {
     let Some(name) = PATH_OVERRIDES
         .into_iter()
-        .find(|name| parts.headers.contains_key(*name))
+        .find(|name| spelled_as(&parts.headers, name).next().is_some())
     else {
         return Ok(());
     };
