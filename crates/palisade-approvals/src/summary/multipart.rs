@@ -17,6 +17,14 @@ use serde_json::Value;
 /// Longest boundary RFC 2046 allows.
 const MAX_BOUNDARY: usize = 70;
 
+/// Whether `content_type` is `multipart/form-data`, whatever its parameters.
+pub(crate) fn is_form_data(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("multipart/form-data"))
+}
+
 /// The fields of `body`, if `content_type` is `multipart/form-data` with a boundary and
 /// the body reads as such; at most `max_parts`.
 pub(crate) fn form_fields(
@@ -42,12 +50,17 @@ pub(crate) fn form_fields(
         if fields.len() == max_parts {
             return Some(fields);
         }
-        if let Some((name, file)) = disposition(&headers) {
-            let value = match file {
-                Some(file) => format!("[file {file}]"),
-                None => String::from_utf8_lossy(content).into_owned(),
-            };
-            fields.push((name, Value::String(value)));
+        match disposition(&headers) {
+            Disposition::Field(name, file) => {
+                let value = match file {
+                    Some(file) => format!("[file {file}]"),
+                    None => String::from_utf8_lossy(content).into_owned(),
+                };
+                fields.push((name, Value::String(value)));
+            }
+            Disposition::None => {}
+            // Readers differ on which name counts: the body is not read as one.
+            Disposition::Ambiguous => return None,
         }
         at = next.at;
     }
@@ -55,12 +68,10 @@ pub(crate) fn form_fields(
 
 /// The `boundary` parameter of a `multipart/form-data` Content-Type.
 fn boundary(content_type: &str) -> Option<String> {
-    let mut parts = content_type.split(';');
-    let media = parts.next()?.trim();
-    if !media.eq_ignore_ascii_case("multipart/form-data") {
+    if !is_form_data(content_type) {
         return None;
     }
-    parts.find_map(|parameter| {
+    content_type.split(';').skip(1).find_map(|parameter| {
         let (name, value) = parameter.split_once('=')?;
         if !name.trim().eq_ignore_ascii_case("boundary") {
             return None;
@@ -141,20 +152,40 @@ fn find_delimiter(body: &[u8], delimiter: &[u8], from: usize) -> Option<Next> {
     }
 }
 
-/// The field name of a `Content-Disposition: form-data; name="…"` header, and the file
-/// name when the part is a file.
-fn disposition(headers: &[String]) -> Option<(String, Option<String>)> {
-    let header = headers.iter().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("content-disposition")
-            .then_some(value)
-    })?;
+/// What a part's `Content-Disposition` says it is.
+enum Disposition {
+    /// A form field: its name, and the file name when the part is a file.
+    Field(String, Option<String>),
+    /// Not a form field (no `form-data` disposition, or no name).
+    None,
+    /// Two dispositions, or two names (`name` twice, `name*`): readers differ on which
+    /// counts.
+    Ambiguous,
+}
+
+fn disposition(headers: &[String]) -> Disposition {
+    let dispositions: Vec<&str> = headers
+        .iter()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-disposition")
+                .then_some(value)
+        })
+        .collect();
+    let header = match dispositions.as_slice() {
+        [] => return Disposition::None,
+        [one] => *one,
+        _ => return Disposition::Ambiguous,
+    };
     let mut parts = header.split(';');
-    if !parts.next()?.trim().eq_ignore_ascii_case("form-data") {
-        return None;
+    if !parts
+        .next()
+        .is_some_and(|kind| kind.trim().eq_ignore_ascii_case("form-data"))
+    {
+        return Disposition::None;
     }
-    let mut name = None;
+    let mut names = Vec::new();
     let mut file = None;
     for parameter in parts {
         let Some((key, value)) = parameter.split_once('=') else {
@@ -162,12 +193,16 @@ fn disposition(headers: &[String]) -> Option<(String, Option<String>)> {
         };
         let value = value.trim().trim_matches('"').to_string();
         match key.trim().to_ascii_lowercase().as_str() {
-            "name" => name = Some(value),
+            "name" | "name*" => names.push(value),
             "filename" => file = Some(value),
             _ => {}
         }
     }
-    Some((name?, file))
+    match names.len() {
+        0 => Disposition::None,
+        1 => Disposition::Field(names.remove(0), file),
+        _ => Disposition::Ambiguous,
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +222,18 @@ mod tests {
             Some(1)
         );
         assert!(form_fields("multipart/form-data; boundary=Other", body, 100).is_none());
+        // Two names for one part, or two dispositions: which one a reader takes differs.
+        for twice in [
+            &b"--XyZ\r\nContent-Disposition: form-data; name=\"x\"; name=\"channel\"\r\n\r\nC_EVIL\r\n--XyZ--\r\n"[..],
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"x\"; name*=utf-8''channel\r\n\r\nC_EVIL\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"x\"\r\nContent-Disposition: form-data; name=\"channel\"\r\n\r\nC_EVIL\r\n--XyZ--\r\n",
+        ] {
+            assert!(
+                form_fields("multipart/form-data; boundary=XyZ", twice, 100).is_none(),
+                "{}",
+                String::from_utf8_lossy(twice)
+            );
+        }
         assert!(form_fields("multipart/form-data", body, 100).is_none());
         assert!(form_fields("text/plain", body, 100).is_none());
     }

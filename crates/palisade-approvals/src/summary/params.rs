@@ -152,6 +152,11 @@ impl Params {
             }
         } else if let Some(parts) = multipart::form_fields(content_type, body, MAX_FORM_PAIRS) {
             (parts, Body::Form)
+        } else if multipart::is_form_data(content_type) && !body.is_empty() {
+            cautions.push(String::from(
+                "⚠ The body is labelled multipart/form-data but does not read as one here (no boundary, a part with two names, or malformed); the card shows none of its fields",
+            ));
+            (Vec::new(), Body::Form)
         } else if media_type == MediaType::Other && !body.is_empty() {
             guessed = Some(format!(
                 "⚠ The body has {}, which the card reads as a URL-encoded form; the service may read it otherwise",

@@ -1869,6 +1869,20 @@ fn bodies_the_card_cannot_read_as_the_service_does_are_said_so() {
         summary.title,
         "Post to Slack in C_EVIL: \"Please wire 50k to IBAN GB00EVIL\""
     );
+    // A part with two names is read by no one the same way: no field is shown from
+    // it, and the card says so first.
+    let two_names = b"--XyZ\r\nContent-Disposition: form-data; name=\"x\"; name=\"channel\"\r\n\r\nC_EVIL\r\n--XyZ--\r\n";
+    let unread = post(
+        "slack.com",
+        "/api/chat.postMessage",
+        &headers(&[("content-type", "multipart/form-data; boundary=XyZ")]),
+        two_names,
+    );
+    assert!(unread.title.starts_with('⚠'), "{unread:#?}");
+    assert!(
+        unread.lines[0].contains("does not read as one"),
+        "{unread:#?}"
+    );
 
     let plain = post(
         "slack.com",
