@@ -27,6 +27,24 @@ fn never_reached_model(world: &World, text: &str) -> bool {
         .all(|r| !String::from_utf8_lossy(&r.body).contains(text))
 }
 
+/// The fake Telegram as channel `tg`, which asks helper's approver (Ana) about
+/// strangers, with [`GROUP`] linked to helper.
+fn strangers_ask(world: &World) -> FakeTelegram {
+    let telegram = FakeTelegram::start("123:access-token").expect("fake telegram");
+    world.add_telegram(&telegram, &["--unknown-senders", "ask"]);
+    world.add_approver("helper", "tg", &ANA.to_string(), "Ana");
+    ok(world.palisade.run(&[
+        "channels",
+        "link",
+        "tg",
+        "--agent",
+        "helper",
+        "--chat",
+        &GROUP.to_string(),
+    ]));
+    telegram
+}
+
 fn curl(url: &str) -> serde_json::Value {
     serde_json::json!({ "command": format!("env -u NO_PROXY -u no_proxy curl -sS --max-time 30 {url}") })
 }
@@ -35,11 +53,8 @@ fn curl(url: &str) -> serde_json::Value {
 #[rustfmt::skip]
 fn strangers_ask_for_access_and_blocked_requests_are_told_once() {
     let world = world();
-    let telegram = FakeTelegram::start("123:access-token").expect("fake telegram");
+    let telegram = strangers_ask(&world);
     let palisade = &world.palisade;
-    world.add_telegram(&telegram, &["--unknown-senders", "ask"]);
-    world.add_approver("helper", "tg", &ANA.to_string(), "Ana");
-    ok(palisade.run(&["channels", "link", "tg", "--agent", "helper", "--chat", &GROUP.to_string()]));
     // Bob approves another agent's requests on the same channel, not helper's.
     world.create_agent("other", "research");
     world.add_approver("other", "tg", &BOB.to_string(), "Bob");
@@ -184,11 +199,8 @@ fn strangers_ask_for_access_and_blocked_requests_are_told_once() {
 #[rustfmt::skip]
 fn a_burst_of_strangers_cannot_push_past_the_waiting_access_requests() {
     let world = world();
-    let telegram = FakeTelegram::start("123:access-token").expect("fake telegram");
+    let telegram = strangers_ask(&world);
     let palisade = &world.palisade;
-    world.add_telegram(&telegram, &["--unknown-senders", "ask"]);
-    world.add_approver("helper", "tg", &ANA.to_string(), "Ana");
-    ok(palisade.run(&["channels", "link", "tg", "--agent", "helper", "--chat", &GROUP.to_string()]));
     let host = world.up();
     for stranger in 0..400 {
         telegram.user_writes_in(GROUP, 1_000_000 + stranger, "Stranger", "let me in");

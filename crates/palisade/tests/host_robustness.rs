@@ -163,13 +163,24 @@ fn message_to_fake_runner(
             frame["type"] == "shutdown" || is_refusal(&frame),
             "{round}: {frame}"
         );
-        let status = sender
-            .wait_timeout(Duration::from_secs(120))
-            .unwrap()
-            .expect("send finished");
-        assert!(status.success(), "{round}: {}", sender.stderr());
+        sent_ok(&mut sender, Duration::from_secs(120), round);
     }
     panic!("{round}: the fake runner never got a message");
+}
+
+/// Waits (at most `wait`) for a `palisade send` to finish, and asserts it succeeded;
+/// `context` says which, and is shown with its output when it did not.
+fn sent_ok(sender: &mut ChildGuard, wait: Duration, context: &str) {
+    let status = sender
+        .wait_timeout(wait)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{context}: send did not finish in {wait:?}"));
+    assert!(
+        status.success(),
+        "{context}: {}\n{}",
+        sender.stdout(),
+        sender.stderr()
+    );
 }
 
 /// Connects to the agent's host socket as a runner and says hello.
@@ -294,16 +305,10 @@ fn malformed_frames_from_a_runner_end_it_and_the_message_is_retried_and_answered
         let mut rest = Vec::new();
         let _ = runner.read_to_end(&mut rest);
 
-        let status = sender
-            .wait_timeout(Duration::from_secs(120))
-            .unwrap()
-            .expect("send finished");
-        assert!(
-            status.success(),
-            "{name}: {}\n{}\nhost: {}",
-            sender.stdout(),
-            sender.stderr(),
-            host.stderr()
+        sent_ok(
+            &mut sender,
+            Duration::from_secs(120),
+            &format!("{name}; host: {}", host.stderr()),
         );
         assert!(
             sender.stdout().contains(&format!("echo: {message}")),
@@ -388,15 +393,10 @@ fn a_runner_cannot_flood_the_conversations_watchers_with_progress() {
         "text": "done flooding", "history": [],
     });
     write_frame(&mut runner, reply.to_string().as_bytes());
-    let status = sender
-        .wait_timeout(Duration::from_secs(120))
-        .unwrap()
-        .expect("send finished");
-    assert!(
-        status.success(),
-        "{}\nhost: {}",
-        sender.stderr(),
-        host.stderr()
+    sent_ok(
+        &mut sender,
+        Duration::from_secs(120),
+        &format!("host: {}", host.stderr()),
     );
     assert!(sender.stdout().contains("done flooding"));
     let shown = sender.stderr();
@@ -724,11 +724,7 @@ fn an_agent_with_concurrency_two_answers_another_conversation_while_one_is_busy(
         "the second slot's runner"
     );
 
-    let status = first
-        .wait_timeout(Duration::from_secs(60))
-        .unwrap()
-        .expect("the slow send finished");
-    assert!(status.success(), "{}", first.stderr());
+    sent_ok(&mut first, Duration::from_secs(60), "the slow send");
     let a = world.wait_answered(session_a, 2, &host);
     let replies: Vec<i64> = a["messages"]
         .as_array()

@@ -298,29 +298,8 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
     assert_eq!(rows[0]["decision"], "approved", "{rows}");
 
     // A channel whose platform cannot be reached, for the Channels page to show failing.
-    let token = palisade.write_file("tg-token.txt", "123:web-ui-test-token");
-    ok(palisade.run(&[
-        "channels",
-        "add",
-        "telegram",
-        "tg",
-        "--token-file",
-        token.to_str().unwrap(),
-        "--api-base",
-        "http://127.0.0.1:9",
-    ]));
-    ok(palisade.run(&[
-        "approvers",
-        "add",
-        "--agent",
-        "helper",
-        "--channel",
-        "tg",
-        "--user",
-        "111",
-        "--display-name",
-        "Ana",
-    ]));
+    world.add_telegram_at("123:web-ui-test-token", "http://127.0.0.1:9", &[]);
+    world.add_approver("helper", "tg", "111", "Ana");
     ok(palisade.run(&[
         "channels", "link", "tg", "--agent", "helper", "--chat", "111",
     ]));

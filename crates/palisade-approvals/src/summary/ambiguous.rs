@@ -17,10 +17,9 @@
 //! warned about every unlabelled JSON body.
 
 use super::clean::one_line;
+use super::repeated::TITLE_VALUE_CHARS;
 use super::{Recognised, LINE_CHARS};
 
-/// Characters of one value in the title's warning.
-const TITLE_VALUE_CHARS: usize = 40;
 /// Fields named in the title; the lines list more.
 const TITLE_FIELDS: usize = 4;
 /// Fields listed, one per line.

@@ -10,8 +10,8 @@
 use super::clean::one_line;
 use super::{Recognised, LINE_CHARS};
 
-/// Characters of one value in the title's warning.
-const TITLE_VALUE_CHARS: usize = 40;
+/// Characters of one value in a title's warning (here and in `ambiguous.rs`).
+pub(super) const TITLE_VALUE_CHARS: usize = 40;
 /// Values named in the title per field; the lines list more.
 const TITLE_VALUES: usize = 4;
 /// Values listed, one per line, per field.

@@ -153,8 +153,12 @@ impl World {
     /// Adds the fake Telegram `telegram` as channel `tg`, with `extra` options (such
     /// as `--unknown-senders ask`).
     pub fn add_telegram(&self, telegram: &palisade_testkit::FakeTelegram, extra: &[&str]) {
-        let token = self.palisade.write_file("tg-token.txt", telegram.token());
-        let api_base = telegram.api_base();
+        self.add_telegram_at(telegram.token(), &telegram.api_base(), extra);
+    }
+
+    /// Adds a Telegram bot with `token` at `api_base` as channel `tg`.
+    pub fn add_telegram_at(&self, token: &str, api_base: &str, extra: &[&str]) {
+        let token = self.palisade.write_file("tg-token.txt", token);
         let mut args = vec![
             "channels",
             "add",
@@ -163,7 +167,7 @@ impl World {
             "--token-file",
             token.to_str().unwrap(),
             "--api-base",
-            &api_base,
+            api_base,
         ];
         args.extend_from_slice(extra);
         ok(self.palisade.run(&args));
