@@ -244,3 +244,31 @@ impl ClickAnswer {
 pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
+
+/// Hands `incoming` to the host within `wait`, or drops it, logged at most once a
+/// second: a reader of a platform's socket (Slack's Socket Mode, Discord's gateway)
+/// must go on reading, to answer its acks, pings and heartbeats, even when the host is
+/// too busy to take events. `false` once the host has stopped taking any.
+pub(crate) async fn hand_over(
+    inbox: &mpsc::Sender<Incoming>,
+    incoming: Incoming,
+    wait: std::time::Duration,
+    channel: &str,
+) -> bool {
+    match inbox.send_timeout(incoming, wait).await {
+        Ok(()) => true,
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+            static LOG: palisade_policy::log_budget::LogBudget =
+                palisade_policy::log_budget::LogBudget::new();
+            if let Some(similar_lines_suppressed) = LOG.take() {
+                tracing::warn!(
+                    channel,
+                    similar_lines_suppressed,
+                    "the host is too busy to take an event from the platform's socket; dropped"
+                );
+            }
+            true
+        }
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+    }
+}

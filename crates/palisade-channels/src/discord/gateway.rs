@@ -305,21 +305,10 @@ async fn serve(
                 // Bounded: reading the gateway must go on (Discord asks for heartbeats
                 // on it), so an event the host cannot take in time is dropped, logged.
                 if let Some(incoming) = incoming {
-                    match inbox.send_timeout(incoming, super::INBOX_WAIT).await {
-                        Ok(()) => {}
-                        Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
-                            static LOG: palisade_policy::log_budget::LogBudget =
-                                palisade_policy::log_budget::LogBudget::new();
-                            if let Some(similar_lines_suppressed) = LOG.take() {
-                                tracing::warn!(
-                                    similar_lines_suppressed,
-                                    "the host is too busy to take a Discord gateway event; dropped"
-                                );
-                            }
-                        }
-                        Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => {
-                            return Ok(End::Shutdown)
-                        }
+                    if !crate::channel::hand_over(inbox, incoming, super::INBOX_WAIT, &discord.name)
+                        .await
+                    {
+                        return Ok(End::Shutdown);
                     }
                 }
             }

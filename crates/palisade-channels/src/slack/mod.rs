@@ -446,18 +446,8 @@ impl Slack {
             // wants every envelope acknowledged, and pings answered), so an event
             // the host cannot take within INBOX_WAIT is dropped and logged.
             if let Some(incoming) = incoming {
-                match inbox.send_timeout(incoming, INBOX_WAIT).await {
-                    Ok(()) => {}
-                    Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
-                        static LOG: palisade_policy::log_budget::LogBudget =
-                            palisade_policy::log_budget::LogBudget::new();
-                        if let Some(similar_lines_suppressed) = LOG.take() {
-                            tracing::warn!(channel = %self.name, similar_lines_suppressed, "the host is too busy to take a Socket Mode event; dropped");
-                        }
-                    }
-                    Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => {
-                        return Ok(SocketEnd::Shutdown)
-                    }
+                if !crate::channel::hand_over(inbox, incoming, INBOX_WAIT, &self.name).await {
+                    return Ok(SocketEnd::Shutdown);
                 }
             }
         }
