@@ -6,7 +6,8 @@
 //! 2. loops and storms: the message carries the chain of agents it passed through; a
 //!    chain that would visit an agent twice (A → B → A) is a cycle and is stopped (the
 //!    owners are told), a chain longer than [`HOP_LIMIT`] is stopped, and each pair may
-//!    exchange at most [`PAIR_LIMIT`] messages an hour;
+//!    exchange at most [`PAIR_LIMIT`] messages an hour, and each agent send at most
+//!    [`SENDER_LIMIT`] in all (an allow-list of many agents is no multiplier);
 //! 3. the sanitizer (`palisade_policy::sanitize`, at the receiving agent's strictness):
 //!    plain, inert text, labelled with its origin, never passed off as the user's words;
 //! 4. a person, if the allow-list entry asks for it in either direction, through the
@@ -22,7 +23,7 @@ use crate::host::{HostInner, StreamEvent};
 use palisade_approvals::{ApprovalKind, NewRequest, Outcome};
 use palisade_policy::sanitize::{self, Options, Strictness};
 use palisade_policy::{AgentName, Profile};
-use palisade_store::{AgentRecord, AuditEntry, InboundMessage, MessageOrigin, RateOutcome};
+use palisade_store::{AgentRecord, AuditEntry, InboundMessage, MessageOrigin};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ use std::time::Duration;
 pub const HOP_LIMIT: usize = 4;
 /// Messages one agent may send another per hour.
 pub const PAIR_LIMIT: u32 = 30;
+/// Messages one agent may send all others together per hour.
+pub const SENDER_LIMIT: u32 = 60;
 const PAIR_WINDOW: Duration = Duration::from_secs(3600);
 /// How long `ask_agent` waits for the answer.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(300);
@@ -128,17 +131,11 @@ async fn try_send(
         Wait::No => None,
     };
     let store = inner.store.clone();
-    let key = format!("a2a:{from}:{to}");
-    let limited = blocking(move || {
-        store.rate_acquire(&key, PAIR_LIMIT, PAIR_WINDOW, palisade_store::now_ms())
-    })
-    .await?;
-    if let RateOutcome::Limited { retry_after } = limited {
+    let (f, t) = (from.clone(), to.clone());
+    let counted = blocking(move || send_place(&store, &f, &t, palisade_store::now_ms())).await?;
+    if let Err(over) = counted {
         audit(inner, &from, &to, "rate_limited", None).await;
-        return Err(format!(
-            "not sent: {from} sent {to} {PAIR_LIMIT} messages in the last hour, the most allowed; retry in {} minutes.",
-            retry_after.as_secs().div_ceil(60)
-        ));
+        return Err(over);
     }
 
     // Both agents as they are now: the receiver's strictness, and whether the message
@@ -398,6 +395,35 @@ async fn said(inner: &HostInner, reader: &AgentName, comment: Option<String>) ->
         max_chars: 1000,
     };
     format!(", saying: {}", sanitize::sanitize(&comment, &options).text)
+}
+
+/// Counts a message from `from` to `to` against both of its hourly limits, the pair's
+/// and the sender's, or against neither: `Err` is what the sending agent is told.
+fn send_place(
+    store: &palisade_store::Store,
+    from: &AgentName,
+    to: &AgentName,
+    now_ms: i64,
+) -> Result<Result<(), String>, palisade_store::StoreError> {
+    let (sender, pair) = (format!("a2a-from:{from}"), format!("a2a:{from}:{to}"));
+    let limits = [(sender.as_str(), SENDER_LIMIT), (pair.as_str(), PAIR_LIMIT)];
+    Ok(
+        match store.rate_acquire_all(&limits, PAIR_WINDOW, now_ms)? {
+            Ok(_) => Ok(()),
+            Err((index, retry_after)) => {
+                let minutes = retry_after.as_secs().div_ceil(60);
+                Err(if index == 0 {
+                    format!(
+                    "not sent: {from} sent {SENDER_LIMIT} messages to other agents in the last hour, the most allowed; retry in {minutes} minutes."
+                )
+                } else {
+                    format!(
+                    "not sent: {from} sent {to} {PAIR_LIMIT} messages in the last hour, the most allowed; retry in {minutes} minutes."
+                )
+                })
+            }
+        },
+    )
 }
 
 /// Whether text from agent `sender` to agent `receiver` leaves an action agent's
@@ -663,6 +689,39 @@ mod tests {
         let closing = waits.begin(&c, &res).unwrap();
         drop((first, also, other, closing));
         assert!(waits.edges().is_empty());
+    }
+
+    /// A sender allowed to message many agents is held to one total an hour, not the
+    /// pair's limit once per agent; a pair is held to its own limit below that.
+    #[test]
+    fn a_sender_is_limited_in_all_as_well_as_per_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = palisade_store::Store::open(&palisade_store::Home::at(dir.path().join("home")))
+            .unwrap();
+        let [sender, other] = ["sender", "other"].map(|n| n.parse::<AgentName>().unwrap());
+        let receivers: Vec<AgentName> = (0..4).map(|i| format!("to{i}").parse().unwrap()).collect();
+        let now = 1_800_000_000_000;
+        let send = |from: &AgentName, to: &AgentName| send_place(&store, from, to, now).unwrap();
+        for _ in 0..PAIR_LIMIT {
+            send(&sender, &receivers[0]).unwrap();
+        }
+        let pair_full = send(&sender, &receivers[0]).unwrap_err();
+        assert!(pair_full.contains("sent to0 30 messages"), "{pair_full}");
+        let mut sent = PAIR_LIMIT;
+        for to in receivers[1..].iter().cycle() {
+            if send(&sender, to).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        assert_eq!(sent, SENDER_LIMIT);
+        let sender_full = send(&sender, &receivers[3]).unwrap_err();
+        assert!(
+            sender_full.contains("60 messages to other agents in the last hour"),
+            "{sender_full}"
+        );
+        // Another sender is not held by this one's total.
+        send(&other, &receivers[0]).unwrap();
     }
 
     #[test]

@@ -60,6 +60,45 @@ fn sliding_window() {
     );
 }
 
+/// Counters taken together are all or none: a call refused by one counter leaves the
+/// others as they were, and says which counter refused it.
+#[test]
+fn counters_taken_together_count_only_what_all_admit() {
+    let t = common::store();
+    let s = &t.store;
+    // The pair's counter has room for 3, the sender's for 5.
+    for i in 0..3 {
+        assert_eq!(
+            s.rate_acquire_all(&[("sender", 5), ("pair-a", 3)], MINUTE, NOW + i)
+                .unwrap(),
+            Ok(2 - u32::try_from(i).unwrap())
+        );
+    }
+    // The pair is full: refused by counter 1, and the sender's counter is not charged.
+    assert_eq!(
+        s.rate_acquire_all(&[("sender", 5), ("pair-a", 3)], MINUTE, NOW + 10)
+            .unwrap(),
+        Err((1, Duration::from_millis(59_990)))
+    );
+    // Another pair still has the sender's two places left, then the sender is full.
+    for _ in 0..2 {
+        assert!(s
+            .rate_acquire_all(&[("sender", 5), ("pair-b", 3)], MINUTE, NOW + 20)
+            .unwrap()
+            .is_ok());
+    }
+    assert_eq!(
+        s.rate_acquire_all(&[("sender", 5), ("pair-b", 3)], MINUTE, NOW + 30)
+            .unwrap(),
+        Err((0, Duration::from_millis(59_970)))
+    );
+    // Neither refusal was counted against the pair it named.
+    assert_eq!(
+        s.rate_acquire("pair-b", 3, MINUTE, NOW + 40).unwrap(),
+        RateOutcome::Admitted { remaining: 0 }
+    );
+}
+
 #[test]
 fn stale_events_are_pruned() {
     let t = common::store();
