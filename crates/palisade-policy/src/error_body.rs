@@ -34,6 +34,8 @@ pub enum GatewayErrorKind {
     AmbiguousPath,
     /// 400 `ambiguous_method`
     AmbiguousMethod,
+    /// 400 `ambiguous_host`
+    AmbiguousHost,
     /// 413 `request_too_large_for_approval`
     RequestTooLargeForApproval,
     /// 413 `request_too_large_to_inspect`
@@ -72,7 +74,8 @@ impl GatewayErrorKind {
             | GatewayErrorKind::StoreDiskLow => 503,
             GatewayErrorKind::BadRequest
             | GatewayErrorKind::AmbiguousPath
-            | GatewayErrorKind::AmbiguousMethod => 400,
+            | GatewayErrorKind::AmbiguousMethod
+            | GatewayErrorKind::AmbiguousHost => 400,
             GatewayErrorKind::RequestTooLargeForApproval
             | GatewayErrorKind::RequestTooLargeToInspect => 413,
             GatewayErrorKind::UnsupportedContentEncoding => 415,
@@ -94,6 +97,7 @@ impl GatewayErrorKind {
             GatewayErrorKind::BadRequest => "bad_request",
             GatewayErrorKind::AmbiguousPath => "ambiguous_path",
             GatewayErrorKind::AmbiguousMethod => "ambiguous_method",
+            GatewayErrorKind::AmbiguousHost => "ambiguous_host",
             GatewayErrorKind::RequestTooLargeForApproval => "request_too_large_for_approval",
             GatewayErrorKind::RequestTooLargeToInspect => "request_too_large_to_inspect",
             GatewayErrorKind::UnsupportedContentEncoding => "unsupported_content_encoding",
@@ -121,7 +125,7 @@ impl GatewayErrorKind {
         )
     }
     /// Every kind, for tests and documentation.
-    pub const ALL: [GatewayErrorKind; 22] = [
+    pub const ALL: [GatewayErrorKind; 23] = [
         GatewayErrorKind::ProxyAuthRequired,
         GatewayErrorKind::BlockedByPolicy,
         GatewayErrorKind::BlockedByDefaultPolicy,
@@ -135,6 +139,7 @@ impl GatewayErrorKind {
         GatewayErrorKind::BadRequest,
         GatewayErrorKind::AmbiguousPath,
         GatewayErrorKind::AmbiguousMethod,
+        GatewayErrorKind::AmbiguousHost,
         GatewayErrorKind::RequestTooLargeForApproval,
         GatewayErrorKind::RequestTooLargeToInspect,
         GatewayErrorKind::UnsupportedContentEncoding,
@@ -216,6 +221,9 @@ impl ErrorBody {
             ),
             GatewayErrorKind::AmbiguousMethod => format!(
                 "The method of this request to {host} is spelled in a form that servers read in different ways (lower-case letters, or a method-override header naming another method), so it was refused. Send the method itself, in capitals."
+            ),
+            GatewayErrorKind::AmbiguousHost => format!(
+                "This request to {host} carries a header naming another host (X-Forwarded-Host, X-Host or Forwarded: host=), which servers that trust it act on instead of {host}, so it was refused. Send the request without that header."
             ),
             GatewayErrorKind::RequestTooLargeForApproval => format!(
                 "This request to {host} needs a person's approval, and its body is larger than the gateway reads for an approval, so it was not sent. Send a smaller request, or ask the owner to raise the limit (--max-judged-body)."
@@ -337,6 +345,7 @@ mod tests {
             (BadRequest, 400, "bad_request", false),
             (AmbiguousPath, 400, "ambiguous_path", false),
             (AmbiguousMethod, 400, "ambiguous_method", false),
+            (AmbiguousHost, 400, "ambiguous_host", false),
             (
                 RequestTooLargeForApproval,
                 413,

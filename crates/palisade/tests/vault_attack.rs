@@ -1645,6 +1645,41 @@ fn a_path_override_header_is_refused() {
     }
 }
 
+/// A header naming another host than the one judged is refused: a server behind a
+/// proxy it trusts (Django, Rails, Express, Traefik) routes by `X-Forwarded-Host` or
+/// `Forwarded: host=`, or builds the links it sends out from it, while the rules and
+/// secrets judged the host the request was sent to. One naming that host itself passes.
+#[test]
+fn a_host_override_header_is_refused() {
+    let attack = Attack::start(&[]);
+    let token = attack.setup.agent("mover");
+    let upstream = &attack.setup.upstream;
+    let own = format!("localhost:{}", upstream.port());
+    for version in ["--http1.1", "--http2"] {
+        for header in [
+            "X-Forwarded-Host: admin.internal.example",
+            "X-Forwarded-Host: localhost, admin.internal.example",
+            "X-Host: admin.internal.example",
+            "X_Forwarded_Host: admin.internal.example",
+            "Forwarded: for=192.0.2.1;Host=\"admin.internal.example\"",
+            "Forwarded: for=192.0.2.1, host=admin.internal.example",
+        ] {
+            let before = upstream.count();
+            let reply = attack.curl(&token, &[version, "-H", header, &attack.url("/public")]);
+            refused(&reply, 400, "ambiguous_host");
+            assert_eq!(upstream.count(), before, "{version} {header} was sent");
+        }
+        for header in [
+            format!("X-Forwarded-Host: {own}"),
+            "X-Forwarded-Host: LOCALHOST".to_string(),
+            "Forwarded: for=192.0.2.1;proto=https".to_string(),
+        ] {
+            let reply = attack.curl(&token, &[version, "-H", &header, &attack.url("/public")]);
+            assert_eq!(reply.status, 200, "{header}: {}", reply.raw);
+        }
+    }
+}
+
 /// Sends a WebSocket handshake for `PATH` in a TLS tunnel and prints the status line;
 /// on a 101, sends `GET /admin/smuggled` on the same connection and prints `sent`.
 const HANDSHAKE_CLIENT: &str = r#"

@@ -9,6 +9,9 @@
 //!   same reason, and so is a `_method` query parameter (Symfony and Laravel read it
 //!   from the query of a POST). A path-override header (`X-Original-URL`,
 //!   `X-Rewrite-URL`) is refused: some servers route by it instead of the path judged.
+//!   So is a header naming another host than the one judged (`X-Forwarded-Host`,
+//!   `X-Host`, `Forwarded: host=`): frameworks behind a proxy they trust route by it or
+//!   build links from it.
 //! - Hop-by-hop headers, and every header the agent names in `Connection`, are removed
 //!   here, before judging: removed later, they could take away the injected credential
 //!   or a header the approver saw.
@@ -29,12 +32,23 @@ pub(crate) const METHOD_OVERRIDES: [&str; 3] = [
 /// it was sent to (IIS's URL Rewrite, Symfony behind a proxy it trusts).
 const PATH_OVERRIDES: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-original-uri"];
 
+/// Headers through which some servers let a request claim another host than the one it
+/// was sent to (Django, Rails, Express and Traefik behind a proxy they trust; `Forwarded`
+/// is read for its `host=` parameter).
+const HOST_OVERRIDES: [&str; 4] = [
+    "x-forwarded-host",
+    "x-host",
+    "x-forwarded-server",
+    "x-http-host-override",
+];
+
 pub(super) fn canonicalize(
     parts: &mut http::request::Parts,
     target: &Target,
 ) -> Result<CanonicalPath, Refusal> {
     check_method(parts, target)?;
     check_path_overrides(parts, target)?;
+    check_host_overrides(parts, target)?;
     let websocket = parts.version == http::Version::HTTP_11 && is_websocket_upgrade(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, websocket);
     canonical_path(parts, target)
@@ -113,6 +127,70 @@ fn check_path_overrides(parts: &http::request::Parts, target: &Target) -> Result
     ))
 }
 
+/// Refuses a request with a header that names another host than the one it is sent to:
+/// the rules and secrets judge that host, and a server that trusts the header would act
+/// for the host it names (route to it, or put it in the links it sends out). A header
+/// naming the judged host itself, as `Host` does, is left alone.
+fn check_host_overrides(parts: &http::request::Parts, target: &Target) -> Result<(), Refusal> {
+    let named = HOST_OVERRIDES
+        .into_iter()
+        .flat_map(|name| {
+            spelled_as(&parts.headers, name).flat_map(move |value| {
+                value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .map(move |item| (name, item.to_vec()))
+            })
+        })
+        .chain(
+            spelled_as(&parts.headers, "forwarded")
+                .flat_map(|value| forwarded_hosts(value.as_bytes()))
+                .map(|host| ("forwarded", host)),
+        )
+        .find(|(_, claimed)| !names_target(claimed, target));
+    let Some((name, _)) = named else {
+        return Ok(());
+    };
+    Err(Refusal::new(
+        Decision::AmbiguousHost,
+        ErrorBody::new(GatewayErrorKind::AmbiguousHost, &target.host).with_message(format!(
+            "This request to {} was refused: its {name} header names another host, and servers that trust that header act for the host it names instead of the one judged. Send the request to that host itself, without the header.",
+            target.host
+        )),
+    ))
+}
+
+/// The `host=` parameters of a `Forwarded` header (RFC 7239), unquoted: every element,
+/// every pair, the name in any case.
+fn forwarded_hosts(value: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    value.split(|&b| b == b',' || b == b';').filter_map(|pair| {
+        let at = pair.iter().position(|&b| b == b'=')?;
+        let (name, value) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
+        name.eq_ignore_ascii_case(b"host").then(|| {
+            let unquoted = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value);
+            unquoted.to_vec()
+        })
+    })
+}
+
+/// Whether `claimed` (a header's host, with or without a port) names the judged host:
+/// the host alone in any case, or with the judged port.
+fn names_target(claimed: &[u8], target: &Target) -> bool {
+    let Ok(claimed) = std::str::from_utf8(claimed.trim_ascii()) else {
+        return false;
+    };
+    let claimed = claimed.to_ascii_lowercase();
+    let bracketed = if target.host.contains(':') {
+        format!("[{}]", target.host)
+    } else {
+        target.host.clone()
+    };
+    claimed == bracketed || claimed == format!("{bracketed}:{}", target.port)
+}
+
 /// Whether a (decoded) query parameter name is `_method` as PHP reads names (Symfony
 /// and Laravel run on PHP): a space or a dot becomes an underscore there, so
 /// `.method` and `+method` are `_method` too.
@@ -171,7 +249,16 @@ fn canonical_path(
 
 #[cfg(test)]
 mod tests {
-    use super::is_method_parameter;
+    use super::{forwarded_hosts, is_method_parameter};
+
+    #[test]
+    fn forwarded_hosts_are_read_from_every_element_and_pair() {
+        let hosts: Vec<Vec<u8>> =
+            forwarded_hosts(b"for=192.0.2.60;proto=http, by=x;Host=\"admin.example\" ,host=b")
+                .collect();
+        assert_eq!(hosts, [b"admin.example".to_vec(), b"b".to_vec()]);
+        assert_eq!(forwarded_hosts(b"for=1.2.3.4;hostname=x").count(), 0);
+    }
 
     #[test]
     fn method_parameters_are_named_as_php_names_them() {

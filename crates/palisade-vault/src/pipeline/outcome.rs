@@ -23,6 +23,8 @@ pub enum Decision {
     BadRequest,
     /// A path spelled in a form upstreams read differently (see `palisade_policy::canonical`).
     AmbiguousPath,
+    /// A header naming another host than the one judged (`X-Forwarded-Host`, `Forwarded: host=`).
+    AmbiguousHost,
     /// A method spelt in a form upstreams read differently (lower case, or an override
     /// header naming another method).
     AmbiguousMethod,
@@ -90,6 +92,7 @@ impl Decision {
             Decision::ProxyAuthRequired => "proxy_auth_required",
             Decision::BadRequest => "bad_request",
             Decision::AmbiguousPath => "ambiguous_path",
+            Decision::AmbiguousHost => "ambiguous_host",
             Decision::AmbiguousMethod => "ambiguous_method",
             Decision::AgentGone => "agent_gone",
             Decision::GatewayRestarting => "gateway_restarting",
@@ -134,6 +137,7 @@ impl Decision {
             | Decision::LocalRefused
             | Decision::PlaintextRefused
             | Decision::AmbiguousPath
+            | Decision::AmbiguousHost
             | Decision::AmbiguousMethod => Outcome::Blocked,
             Decision::RateLimited
             | Decision::TooManyConnections
