@@ -1681,6 +1681,23 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
     palisade
         .run(&["folders", "mount", "finance", "--agent", "scout"])
         .refused("research agents read the internet and may not mount sensitive folders");
+    // Nor by its path, for one command: the folder, or one inside it.
+    let inner = format!("{shared}/inner");
+    std::fs::create_dir(&inner).unwrap();
+    for source in [shared, inner.as_str()] {
+        palisade
+            .run(&[
+                "sandbox",
+                "run",
+                "--agent",
+                "scout",
+                "--mount",
+                &format!("{source}:/mnt/x"),
+                "--",
+                "true",
+            ])
+            .refused("overlaps the sensitive folder finance, and scout is a research agent");
+    }
     let mounted = palisade
         .run(&[
             "folders",

@@ -363,6 +363,12 @@ impl Store {
         })
     }
 
+    /// The sensitive folder `path` (canonical) is, lies in or holds, if any: what a
+    /// research agent may never mount, by a folder's name or by its path.
+    pub fn sensitive_folder_around(&self, path: &Path) -> Result<Option<String>> {
+        self.read(|tx| sensitive_overlap(tx, path))
+    }
+
     /// The folders `agent` mounts, by name, with whether each is writable.
     pub fn agent_folders(&self, agent: &AgentName) -> Result<Vec<(FolderRecord, bool)>> {
         self.read(|tx| {

@@ -49,7 +49,8 @@ pub struct RunArgs {
     runtime: String,
     /// Extra mount, read-only unless `:rw`; DST under /mnt or /data. Refused
     /// as SRC: the palisade home and what holds it, /tmp and /var/tmp themselves, /run,
-    /// secret folders (~/.ssh, …) and /etc.
+    /// secret folders (~/.ssh, …) and /etc; for a research agent, what is, lies in or
+    /// holds a sensitive folder (`palisade folders add --sensitive`).
     #[arg(long = "mount", value_name = "SRC:DST[:rw]")]
     mounts: Vec<String>,
     /// Memory limit (e.g. 512M, 2G), or `none`.
@@ -164,6 +165,17 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
         ),
         Err(error) => return Err(error.into()),
     };
+    // A research agent holds nothing sensitive, whichever way a folder would reach it.
+    if record.profile == palisade_policy::Profile::Research {
+        for mount in &mounts {
+            if let Some(folder) = store.sensitive_folder_around(&mount.source)? {
+                anyhow::bail!(
+                    "{} is or overlaps the sensitive folder {folder}, and {agent} is a research agent, which never mounts one; use an action agent",
+                    mount.source.display()
+                );
+            }
+        }
+    }
     drop(store);
     let mut limits = limits;
     // The agent's own quota (a malformed setting is reported by `agents show`; the
