@@ -18,16 +18,17 @@ pub fn destination(name: &str) -> PathBuf {
     Path::new("/mnt").join(name)
 }
 
-/// Why an agent of root's sandboxes (a subordinate uid of its own, not root) could not
-/// use `path` as mounted, from its mode bits: `None` when it can, or when this process
-/// is not root (the agent is then this user). ACLs are not read, so a folder opened up
-/// by one is named here too.
-pub fn agent_cannot_use(path: &Path, writable: bool) -> Option<String> {
+/// Why `agent` in root's bubblewrap sandboxes (a subordinate uid of its own, not root)
+/// could not use `path` as mounted, from its mode bits: `None` when it can, or when
+/// this process is not root (the agent is then this user). ACLs are not read, so a
+/// folder opened up by one is named here too.
+pub fn agent_cannot_use(path: &Path, writable: bool, agent: &AgentName) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
-    let agent = palisade_sandbox::oci::rootful_agent_owner();
+    let name = agent;
+    let agent = palisade_sandbox::oci::agent_owner(name.as_str());
     let meta = std::fs::metadata(path).ok()?;
     let bits = if meta.uid() == agent.uid {
         meta.mode() >> 6
@@ -39,7 +40,7 @@ pub fn agent_cannot_use(path: &Path, writable: bool) -> Option<String> {
     let needed = if writable { 0o7 } else { 0o5 };
     (bits & needed != needed).then(|| {
         format!(
-            "root's agents run as uid {}, which may not {} {} (mode {:o}); give it access, e.g. `setfacl -m u:{}:{} {}`",
+            "root's agent {name} runs as uid {}, which may not {} {} (mode {:o}); give it access, e.g. `setfacl -m u:{}:{} {}`",
             agent.uid,
             if writable { "write to" } else { "read" },
             path.display(),

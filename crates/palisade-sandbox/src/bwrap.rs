@@ -277,8 +277,8 @@ const USERNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// grants uid 0 itself (the `/proc/sys` files, the owner of files it writes to a
 /// shared folder, setuid bits on them). So for root, uid and gid 0 stay the host's
 /// root, which bwrap needs while it builds the sandbox from root's files, and
-/// [`AGENT_ID`] is the agent's subordinate host id
-/// ([`crate::oci::rootful_agent_owner`]); when bwrap runs as the namespace's owner
+/// [`AGENT_ID`] is the agent's own subordinate host id
+/// ([`crate::oci::agent_owner`]); when bwrap runs as the namespace's owner
 /// ([`namespace_owner_for`]), that id is mapped too (see [`root_maps`]). bwrap keeps
 /// only `CAP_SETUID` and `CAP_SETGID` for the shim, whose first act is to become
 /// [`AGENT_ID`] for good (losing both), before the command or anything else of the
@@ -638,11 +638,15 @@ impl Runtime for Bubblewrap {
         check_spec(spec)?;
         let root = nix::unistd::geteuid().is_root();
         if root {
-            // Root's agents run as the agent's subordinate host uid, as in rootful
-            // podman; a workspace an older version's sandbox left to root is handed
-            // over (see ownership.rs).
+            // Root's agents run as a subordinate host uid of the agent's own; a
+            // workspace an older version's sandbox left to root, or a podman sandbox
+            // to the id its agents share, is handed over (see ownership.rs).
             let root = crate::ownership::Owner { uid: 0, gid: 0 };
-            crate::ownership::hand_over(&spec.workspace, root, crate::oci::rootful_agent_owner())?;
+            crate::ownership::hand_over(
+                &spec.workspace,
+                &[root, crate::oci::rootful_agent_owner()],
+                crate::oci::agent_owner(&spec.agent),
+            )?;
         }
         let gate = Gate::new(root)?;
         let owner = root.then(|| namespace_owner_for(&spec.agent)).flatten();
@@ -723,7 +727,7 @@ impl Runtime for Bubblewrap {
         let monitor = child
             .id()
             .ok_or_else(|| SandboxError::Start("bwrap ended at once".into()))?;
-        gate.open(monitor, crate::oci::rootful_agent_owner(), owner)?;
+        gate.open(monitor, crate::oci::agent_owner(&spec.agent), owner)?;
         let broker = crate::broker::serve(control, crate::runtime::broker_targets(spec))
             .map_err(|e| SandboxError::io("cannot serve the sandbox's control channel", e))?;
         Ok(Sandbox {

@@ -437,8 +437,14 @@ impl Runtime for Oci {
             workdir.write(SECCOMP_FILE, &crate::seccomp::podman_profile()?)?;
             write_pools_hook(&workdir, spec)?;
             if nix::unistd::geteuid().is_root() {
+                // A workspace root's bubblewrap sandboxes (or an older version) used is
+                // handed over to the id podman's agents share.
                 let root = crate::ownership::Owner { uid: 0, gid: 0 };
-                crate::ownership::hand_over(&spec.workspace, root, rootful_agent_owner())?;
+                crate::ownership::hand_over(
+                    &spec.workspace,
+                    &[root, agent_owner(&spec.agent)],
+                    rootful_agent_owner(),
+                )?;
             }
         }
         let reports = self.reports(spec);
@@ -537,33 +543,52 @@ fn root_range(text: &str) -> Option<u32> {
     })
 }
 
-/// The host user and group a rootful podman sandbox's agent runs as.
+/// The host user and group a rootful podman sandbox's agent runs as: one id for every
+/// agent, since podman maps the container's ids as one range.
 pub fn rootful_agent_owner() -> crate::ownership::Owner {
     let id = rootful_id_base().0 + AGENT_ID_IN_CONTAINER;
     crate::ownership::Owner { uid: id, gid: id }
 }
 
-/// The first of the ids (in the rootful range) that own root's bubblewrap sandboxes'
-/// user namespaces, and how many there are: [`namespace_owner`].
+/// Where, in the rootful range, the ids that own root's bubblewrap sandboxes' user
+/// namespaces start ([`namespace_owner`]), where the ids its agents run as start
+/// ([`agent_owner`]), and how many of each there are.
 const OWNER_FIRST: u32 = 2000;
-const OWNER_SLOTS: u32 = 60_000;
+const AGENT_FIRST: u32 = OWNER_FIRST + ID_SLOTS;
+const ID_SLOTS: u32 = 30_000;
 
-/// The host user that owns the user namespace of `agent`'s bubblewrap sandboxes when
-/// root starts them: one id of the rootful range per agent name (by hash, so two agents
-/// may rarely share one, which only makes them share what is described below).
-///
-/// What a sandbox's processes hold of the kernel's per-user pools (inotify instances
-/// and watches, fanotify groups, queued signals, message queue bytes) is counted
-/// against the owner of each user namespace above them. Owned by root, every agent's
-/// sandboxes drew on root's own pools (128 inotify instances for systemd and every
-/// other root program, then none). Owned by an id of its own, an agent draws on its
-/// own pools only; nothing runs as that id but bwrap's own monitor process.
-pub fn namespace_owner(agent: &str) -> crate::ownership::Owner {
-    // FNV-1a: stable across versions and platforms, unlike the standard hasher.
+/// One of [`ID_SLOTS`] for `agent`'s name, by FNV-1a: stable across versions and
+/// platforms, unlike the standard hasher. Two agents may rarely share one, which only
+/// makes them share what the ids below keep apart.
+fn agent_slot(agent: &str) -> u32 {
     let hash = agent.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
         (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
     });
-    let id = rootful_id_base().0 + OWNER_FIRST + hash % OWNER_SLOTS;
+    hash % ID_SLOTS
+}
+
+/// The host user that owns the user namespace of `agent`'s bubblewrap sandboxes when
+/// root starts them: one id of the rootful range per agent name.
+///
+/// What a sandbox's processes hold of the kernel's per-namespace-owner pools (inotify
+/// instances and watches, fanotify groups, queued signals, message queue bytes) is
+/// counted against the owner of each user namespace above them. Owned by root, every
+/// agent's sandboxes drew on root's own pools (128 inotify instances for systemd and
+/// every other root program, then none). Owned by an id of its own, an agent draws on
+/// its own pools only; nothing runs as that id but bwrap's own monitor process.
+pub fn namespace_owner(agent: &str) -> crate::ownership::Owner {
+    let id = rootful_id_base().0 + OWNER_FIRST + agent_slot(agent);
+    crate::ownership::Owner { uid: id, gid: id }
+}
+
+/// The host user and group `agent`'s processes run as in the bubblewrap sandboxes root
+/// starts: one id of the rootful range per agent name, not the one all podman agents
+/// share. The kernel counts some pools by the user a process runs as, whatever its
+/// namespaces (epoll watches, pipe buffer pages, open `mqueue` bytes): with one id for
+/// every agent, one agent's 5 million epoll watches left no other agent's sandbox able
+/// to start.
+pub fn agent_owner(agent: &str) -> crate::ownership::Owner {
+    let id = rootful_id_base().0 + AGENT_FIRST + agent_slot(agent);
     crate::ownership::Owner { uid: id, gid: id }
 }
 

@@ -1,11 +1,13 @@
 //! Who owns an agent's workspace on the host, when palisade runs as root.
 //!
-//! Both kinds of sandbox run root's agents as an unprivileged subordinate host uid
-//! ([`crate::oci::rootful_agent_owner`]), so their files belong to it. Earlier versions
-//! ran a bubblewrap agent as the host's uid 0, so a workspace may still belong to root:
-//! its files are then handed over when a sandbox starts: every entry owned by the
-//! previous owner is re-owned to the new one (user and group). Entries owned by anyone
-//! else are left alone.
+//! Both kinds of sandbox run root's agents as an unprivileged subordinate host uid, so
+//! their files belong to it: bubblewrap an id of each agent's own
+//! ([`crate::oci::agent_owner`]), podman one id all its agents share
+//! ([`crate::oci::rootful_agent_owner`]). Earlier versions ran a bubblewrap agent as the
+//! host's uid 0, then as podman's shared id, so a workspace may belong to either: its
+//! files are then handed over when a sandbox starts: every entry owned by the previous
+//! owner is re-owned to the new one (user and group). Entries owned by anyone else are
+//! left alone.
 //!
 //! The walk never follows a symbolic link and never leaves the workspace's filesystem
 //! (descends with `openat(O_NOFOLLOW | O_DIRECTORY)`, changes with
@@ -30,12 +32,14 @@ pub struct Owner {
     pub gid: u32,
 }
 
-/// Makes `workspace` belong to `to` if its top directory belongs to `from` (else
-/// nothing is done: the workspace is already `to`'s, or someone else's to sort out).
-pub(crate) fn hand_over(workspace: &Path, from: Owner, to: Owner) -> Result<(), SandboxError> {
-    if from == to {
-        return Ok(());
-    }
+/// Makes `workspace` belong to `to` if its top directory belongs to one of `earlier`
+/// (else nothing is done: the workspace is already `to`'s, or someone else's to sort
+/// out); what that earlier owner owns in it is handed over.
+pub(crate) fn hand_over(
+    workspace: &Path,
+    earlier: &[Owner],
+    to: Owner,
+) -> Result<(), SandboxError> {
     let failed = |e: nix::Error| {
         SandboxError::io(format!("cannot hand the workspace {} over to uid {} (it was used by another kind of sandbox)", workspace.display(), to.uid), e.into())
     };
@@ -46,9 +50,12 @@ pub(crate) fn hand_over(workspace: &Path, from: Owner, to: Owner) -> Result<(), 
     )
     .map_err(failed)?;
     let stat = fstat(&top).map_err(failed)?;
-    if stat.st_uid != from.uid {
+    let Some(&from) = earlier
+        .iter()
+        .find(|owner| owner.uid == stat.st_uid && **owner != to)
+    else {
         return Ok(());
-    }
+    };
     walk(top, stat.st_dev, from, to).map_err(failed)?;
     fchownat(
         nix::fcntl::AT_FDCWD,
@@ -138,7 +145,7 @@ mod tests {
             uid: 1_879_049_192,
             gid: 1_879_049_192,
         };
-        hand_over(&workspace, root, agent).unwrap();
+        hand_over(&workspace, &[root], agent).unwrap();
         for path in ["", "a", "a/b", "a/b/file"] {
             let meta = std::fs::symlink_metadata(workspace.join(path)).unwrap();
             assert_eq!((meta.uid(), meta.gid()), (agent.uid, agent.gid), "{path}");
@@ -158,14 +165,22 @@ mod tests {
                 .uid(),
             4242
         );
+        // To another agent's id, from whichever earlier owner holds it.
+        let other = Owner {
+            uid: agent.uid + 1,
+            gid: agent.gid + 1,
+        };
+        hand_over(&workspace, &[root, agent], other).unwrap();
+        let meta = std::fs::metadata(workspace.join("a/b/file")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (other.uid, other.gid));
         // And back.
-        hand_over(&workspace, agent, root).unwrap();
+        hand_over(&workspace, &[other], root).unwrap();
         assert_eq!(
             std::fs::metadata(workspace.join("a/b/file")).unwrap().uid(),
             0
         );
         // A workspace that is neither's is left alone.
-        hand_over(&workspace, agent, root).unwrap();
+        hand_over(&workspace, &[agent], root).unwrap();
         assert_eq!(
             std::fs::metadata(workspace.join("someone-elses"))
                 .unwrap()

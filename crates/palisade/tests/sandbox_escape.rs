@@ -1180,7 +1180,8 @@ fn another_agents_vault_socket_is_out_of_reach() {
 
 /// podman runs the agent as a non-root user in a user namespace: `id -u` is not 0, a
 /// root-only host file mounted in stays unreadable, and the workspace is writable. As
-/// root, a bubblewrap sandbox runs the agent as the same subordinate host uid, so the
+/// root, a bubblewrap sandbox runs the agent as a subordinate host uid of the agent's
+/// own, not podman's shared one, and the workspace is handed over each way, so the
 /// agent goes on with its files from one kind of sandbox to the other.
 #[test]
 fn podman_runs_the_agent_as_a_user_that_is_not_root() {
@@ -1224,7 +1225,16 @@ fn podman_runs_the_agent_as_a_user_that_is_not_root() {
             );
             assert!(text(&out).contains("bwrap-writes"), "{}", text(&out));
             let made = w.home.join("agents/a/workspace/made-in-bwrap");
-            assert_eq!(std::fs::metadata(&made).unwrap().uid(), agent);
+            let own = palisade_sandbox::oci::agent_owner("a").uid;
+            assert_eq!(std::fs::metadata(&made).unwrap().uid(), own);
+            assert_ne!(own, agent);
+            // And back to podman, which gets the workspace again.
+            let out = w.sandbox(
+                rt,
+                &[],
+                "rm /workspace/made-in-bwrap && echo podman-writes-again",
+            );
+            assert!(text(&out).contains("podman-writes-again"), "{}", text(&out));
         }
     });
 }
@@ -1516,9 +1526,10 @@ fn namespace_owner_of(pid: u32) -> Option<u32> {
     (result == 0).then_some(uid)
 }
 
-/// Root's bubblewrap sandboxes do not draw on root's own per-user kernel pools: their
-/// user namespace belongs to an id of the agent's (so what its processes hold is
-/// counted there), while the agent itself still runs as the agent's subordinate uid.
+/// Root's bubblewrap sandboxes do not draw on root's own per-user kernel pools, nor on
+/// one pool every agent shares: their user namespace belongs to an id of the agent's
+/// (so what its processes hold is counted there), and the agent itself runs as another
+/// id of its own.
 /// Before, every one was root's, and root's 128 inotify instances were shared with
 /// systemd and every other root program.
 #[test]
@@ -1563,7 +1574,12 @@ fn roots_sandboxes_are_not_counted_against_root() {
         assert_ne!(owner, 0, "root owns the sandbox's user namespace");
         assert_eq!(owner, palisade_sandbox::oci::namespace_owner("a").uid);
         assert_ne!(owner, palisade_sandbox::oci::namespace_owner("b").uid);
-        let agent = palisade_sandbox::oci::rootful_agent_owner().uid;
+        // The agent runs as an id of its own, not one every agent shares: the kernel
+        // counts epoll watches and pipe pages by the user a process runs as.
+        let agent = palisade_sandbox::oci::agent_owner("a").uid;
+        assert_ne!(agent, palisade_sandbox::oci::agent_owner("b").uid);
+        assert_ne!(agent, palisade_sandbox::oci::rootful_agent_owner().uid);
+        assert_ne!(agent, owner);
         let uid = uid.unwrap_or_default();
         assert!(
             uid.split_whitespace().all(|id| id == agent.to_string()),

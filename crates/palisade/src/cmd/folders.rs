@@ -180,7 +180,8 @@ pub fn run(command: FoldersCommand, ctx: &Context) -> anyhow::Result<()> {
             store.mount_folder(&name, &agent, writable)?;
             tell_host(ctx)?;
             let folder = store.get_folder(&name)?;
-            if let Some(problem) = palisade_host::folders::agent_cannot_use(&folder.path, writable)
+            if let Some(problem) =
+                palisade_host::folders::agent_cannot_use(&folder.path, writable, &agent)
             {
                 eprintln!("palisade: warning: {problem}");
             }
