@@ -69,13 +69,19 @@ impl NetGuard {
         }
     }
 
-    /// Whether `host` (as the request names it) may resolve to local addresses.
+    /// Whether `host` (as the request names it) may resolve to local addresses on every
+    /// port: the resolver that asks is not told the port, so only patterns without one
+    /// count (those with one name an address, which is never resolved).
     pub fn host_allowed_local(&self, host: &str) -> bool {
-        // The patterns name no port (the gateway refuses one at start): the resolver
-        // that asks is not told the port.
         self.allowed
             .iter()
-            .any(|p| p.matches_host_on_any_port(host))
+            .any(|p| p.port().is_none() && p.matches_host_on_any_port(host))
+    }
+
+    /// Whether `host` may be a local address at `port`: a pattern naming that port
+    /// (`127.0.0.1:8080`), or one naming none.
+    pub fn host_allowed_local_at(&self, host: &str, port: u16) -> bool {
+        self.allowed.iter().any(|p| p.matches(host, port))
     }
 
     /// Whether `ip` (in any spelling) is one of this machine's interface addresses.
@@ -83,12 +89,16 @@ impl NetGuard {
         self.own_addresses.contains(&ip) || self.own_addresses.contains(&unwrap_ipv4(ip))
     }
 
-    /// Whether `ip` may be reached by an upstream request for `host`.
-    pub fn permits(&self, host: &str, ip: IpAddr) -> bool {
+    /// Whether `ip` may be reached by an upstream request for `host` at `port` (`None`:
+    /// the resolver's question, on every port).
+    pub fn permits(&self, host: &str, port: Option<u16>, ip: IpAddr) -> bool {
         if !is_local(ip) && !self.is_own_address(ip) {
             return true;
         }
-        self.host_allowed_local(host)
+        match port {
+            Some(port) => self.host_allowed_local_at(host, port),
+            None => self.host_allowed_local(host),
+        }
     }
 }
 
@@ -206,7 +216,7 @@ impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for 
             let total = resolved.len();
             let permitted: Vec<SocketAddr> = resolved
                 .into_iter()
-                .filter(|addr| guard.permits(&host, addr.ip()))
+                .filter(|addr| guard.permits(&host, None, addr.ip()))
                 .collect();
             if permitted.is_empty() && total > 0 {
                 return Err(std::io::Error::new(
@@ -277,8 +287,22 @@ mod tests {
     fn allow_patterns_open_local_addresses_for_named_hosts_only() {
         let guard = NetGuard::new(vec![HostPattern::parse("localhost").unwrap()]);
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(guard.permits("localhost", lo));
-        assert!(!guard.permits("evil.example", lo));
-        assert!(guard.permits("evil.example", "1.1.1.1".parse().unwrap()));
+        assert!(guard.permits("localhost", None, lo));
+        assert!(guard.permits("localhost", Some(22), lo));
+        assert!(!guard.permits("evil.example", None, lo));
+        assert!(guard.permits("evil.example", Some(22), "1.1.1.1".parse().unwrap()));
+    }
+
+    /// An address allowed with a port is that port only, and never a resolved name's
+    /// (the resolver does not know the port).
+    #[test]
+    fn an_address_allowed_with_a_port_is_allowed_on_that_port_only() {
+        let guard = NetGuard::new(vec![HostPattern::parse("127.0.0.1:8080").unwrap()]);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(guard.permits("127.0.0.1", Some(8080), lo));
+        assert!(!guard.permits("127.0.0.1", Some(22), lo));
+        assert!(!guard.permits("127.0.0.1", None, lo));
+        assert!(guard.host_allowed_local_at("127.0.0.1", 8080));
+        assert!(!guard.host_allowed_local_at("127.0.0.1", 8081));
     }
 }

@@ -1417,10 +1417,12 @@ async fn first_run_names_the_option_a_local_model_server_needs() {
     assert_eq!(to, "/?ready=helper&models=local");
     let ready = web.page(&to).await;
     let card = element(&ready, "p", "local-refused");
-    assert!(
-        card.contains("palisade up --allow-local-upstream 127.0.0.1"),
-        "{card}"
+    // The address with the server's port: that port only, not every service there.
+    let allowance = format!(
+        "palisade up --allow-local-upstream 127.0.0.1:{}",
+        upstream.port()
     );
+    assert!(card.contains(&allowance), "{card}");
     // The host named is the agent's, whatever a link says.
     assert!(!web
         .page("/?ready=helper&models=local&host=evil")

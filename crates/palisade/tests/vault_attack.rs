@@ -2778,6 +2778,46 @@ fn the_gateways_own_listener_is_refused_in_every_spelling() {
     }
 }
 
+/// A local address allowed with a port (a model server on `127.0.0.1:8080`) is that
+/// port only: an agent cannot reach every other service listening on the address. A
+/// name with a port is refused at start, since a name's addresses are checked without
+/// the port.
+#[test]
+fn a_local_address_allowed_with_a_port_opens_that_port_only() {
+    let mut setup = Setup::new();
+    let allowed = format!("127.0.0.1:{}", setup.upstream.port());
+    setup.start_vault_exactly(&["--allow-local-upstream", &allowed]);
+    let attack = Attack { setup };
+    let token = attack.setup.agent("probe");
+    let reply = attack.curl(&token, &[&format!("https://{allowed}/public")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    // Another service on the same address: never connected to.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    other.set_nonblocking(true).unwrap();
+    let port = other.local_addr().unwrap().port();
+    for scheme in ["http", "https"] {
+        let reply = attack.curl(&token, &[&format!("{scheme}://127.0.0.1:{port}/")]);
+        refused(&reply, 403, "local_upstream_refused");
+    }
+    assert!(
+        matches!(other.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the gateway connected to another local port"
+    );
+    let started = attack.setup.palisade.run(&[
+        "vault",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-local-upstream",
+        "localhost:8080",
+    ]);
+    let said = output_text(&started);
+    assert!(
+        !started.status.success() && said.contains("name the address with its port"),
+        "{said}"
+    );
+}
+
 /// Deleting the newest audit rows and moving the head back leaves a chain that is
 /// consistent inside the database; `palisade audit verify` still finds the cut, because
 /// the chain is anchored in a signed file outside it.

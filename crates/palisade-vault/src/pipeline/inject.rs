@@ -13,7 +13,7 @@ pub(super) fn inject(
     parts: &mut http::request::Parts,
 ) -> Result<(), Refusal> {
     let host = target.host.as_str();
-    if target.scheme == Scheme::Http && !shared.guard.host_allowed_local(host) {
+    if target.scheme == Scheme::Http && !shared.guard.host_allowed_local_at(host, target.port) {
         return Err(Refusal::new(
             Decision::PlaintextRefused,
             ErrorBody::new(GatewayErrorKind::BlockedByPolicy, host).with_message(format!(

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 pub(super) fn refuse_local(shared: &Shared, target: &Target) -> Result<(), Refusal> {
     let host = target.host.as_str();
     if let Ok(ip) = host.parse::<IpAddr>() {
-        if !shared.guard.permits(host, ip) {
+        if !shared.guard.permits(host, Some(target.port), ip) {
             return Err(Refusal::of(
                 Decision::LocalRefused,
                 GatewayErrorKind::LocalUpstreamRefused,

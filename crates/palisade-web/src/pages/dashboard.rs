@@ -62,7 +62,7 @@ pub(crate) async fn render(
                     .effective_base_url()
                     .parse::<axum::http::Uri>()
                     .ok()
-                    .and_then(|uri| uri.host().map(str::to_string))
+                    .and_then(|uri| setup::local_allowance(&uri))
                     .unwrap_or_else(|| "HOST".into()),
             },
             Some(_) => setup::Listing::Unlisted,

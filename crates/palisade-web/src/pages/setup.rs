@@ -174,6 +174,21 @@ pub(crate) enum Listing {
     },
 }
 
+/// What `--allow-local-upstream` must name for a model server at `uri`: an address with
+/// its port when the URL names one (that port only), else the host.
+pub(crate) fn local_allowance(uri: &axum::http::Uri) -> Option<String> {
+    let host = uri.host()?;
+    let address = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok();
+    Some(match (address, uri.port_u16()) {
+        (true, Some(port)) => format!("{host}:{port}"),
+        _ => host.to_string(),
+    })
+}
+
 /// The card after a key was stored: which model the agent uses, and a first message.
 pub(crate) fn ready_card(agent: &str, model: &str, listing: &Listing) -> Markup {
     let listed = matches!(listing, Listing::Listed);

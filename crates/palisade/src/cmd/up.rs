@@ -41,7 +41,8 @@ pub struct UpArgs {
     /// Extra CA (PEM) the vault trusts for upstream TLS.
     #[arg(long, value_name = "FILE")]
     upstream_ca: Vec<PathBuf>,
-    /// Host pattern the vault may reach at a local address (tests, local model servers).
+    /// Host pattern the vault may reach at a local address (tests, local model servers);
+    /// an address may name a port, allowed alone (127.0.0.1:8080).
     #[arg(long, value_name = "PATTERN")]
     allow_local_upstream: Vec<String>,
     /// Resolve NAME to IP instead of asking DNS (tests, development); a local IP also

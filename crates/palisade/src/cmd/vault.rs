@@ -57,7 +57,8 @@ pub struct GatewayArgs {
     /// Extra CA certificates (PEM) to trust for upstream TLS, beside the system roots.
     #[arg(long = "upstream-ca", value_name = "FILE")]
     pub upstream_ca: Vec<PathBuf>,
-    /// Let hosts matching PATTERN reach loopback/private addresses (tests, local services).
+    /// Let hosts matching PATTERN reach loopback/private addresses (tests, local
+    /// services); an address may name a port, allowed alone (127.0.0.1:8080).
     #[arg(long = "allow-local-upstream", value_name = "PATTERN")]
     pub allow_local_upstream: Vec<String>,
     /// Resolve NAME to IP instead of asking DNS (tests, development); a local IP also
