@@ -30,7 +30,8 @@
 //! response compressed although the request asked for `identity` is decoded first
 //! ([`crate::decoded`]), or refused if it cannot be; an upstream that transforms what it
 //! echoes otherwise (byte ranges, reversed, spaced out, HTML entities for every
-//! character, UTF-16, base64 broken into lines) or splits it between places (the
+//! character, `\u` escapes for some characters only, UTF-16, base64 broken into lines,
+//! a compressed file served as one) or splits it between places (the
 //! status line and a header) can still be made to return a secret in a form not
 //! searched for: masking is for an echo, not for an upstream that means to hand the
 //! credential on (it has it, and could send it anywhere);
@@ -198,7 +199,8 @@ impl Reflection {
 
 /// Spellings under which an upstream may echo `value` other than those the gateway
 /// sends it in: as a JSON string (with `/` escaped by some encoders, `<`, `>` and `&` as
-/// `\u00XX` by Go's, everything beyond ASCII as `\u` escapes by Python's), HTML-escaped,
+/// `\u00XX` by Go's, everything beyond ASCII as `\u` escapes by Python's, or every
+/// character as one, in either case of hex digit), HTML-escaped,
 /// form-encoded (`+` for a space, as Python's `urlencode` and browsers write it),
 /// percent-encoded with lower-case hex digits, all in lower case (header names come
 /// back lower-cased; masking more than the secret is harmless) or upper case, in hex,
@@ -226,6 +228,17 @@ fn echo_forms(value: &str) -> Vec<String> {
         }
         forms.push(ascii);
         forms.push(json);
+        // Every character as a `\u` escape, as an encoder that escapes all may send
+        // it, and which every JSON parser reads back as the secret.
+        let mut every = String::new();
+        let mut units = [0u16; 2];
+        for c in value.chars() {
+            for unit in c.encode_utf16(&mut units) {
+                every.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+        forms.push(lower_hex_to_upper_escapes(&every));
+        forms.push(every);
     }
     forms.push(
         value
@@ -278,6 +291,14 @@ fn base64_cores(value: &[u8]) -> Vec<String> {
         }
     }
     cores
+}
+
+/// `text`, a run of `\uxxxx` escapes, with their hex digits in upper case.
+fn lower_hex_to_upper_escapes(text: &str) -> String {
+    text.split("\\u")
+        .map(str::to_ascii_uppercase)
+        .collect::<Vec<_>>()
+        .join("\\u")
 }
 
 /// `text` with the hex digits of its `%XX` escapes in lower case.
@@ -648,6 +669,16 @@ mod tests {
                 !text.contains("SECRET") && !text.contains("secret"),
                 "{echoed}: {text}"
             );
+        }
+        // Every character escaped, as a JSON encoder may; either case of hex digit.
+        let reflection = Reflection::of("QUERYSECRETZ").unwrap();
+        for echoed in [
+            r#""\u0051\u0055\u0045\u0052\u0059\u0053\u0045\u0043\u0052\u0045\u0054\u005a""#,
+            r#""\u0051\u0055\u0045\u0052\u0059\u0053\u0045\u0043\u0052\u0045\u0054\u005A""#,
+        ] {
+            let mut text = echoed.as_bytes().to_vec();
+            assert_eq!(reflection.mask(&mut text), Some(0), "{echoed}");
+            assert!(!String::from_utf8_lossy(&text).contains("\\u0051"));
         }
         let mut headers = HeaderMap::new();
         headers.insert(
