@@ -927,6 +927,46 @@ fn hold(palisade: &Palisade, title: &str) -> String {
         .id
 }
 
+/// `approvals show`: an agent's own words that copy the command's footer stay behind
+/// the gutter every line built from what the agent sent has, and a kind of approval
+/// that cannot be made lasting is not offered as one.
+#[test]
+fn an_agents_words_cannot_pass_for_the_commands_own_lines() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    let asked = palisade
+        .store()
+        .create_approval(palisade_store::NewApproval {
+            kind: "tool_action".into(),
+            agent: palisade_policy::AgentName::new("mailer").expect("name"),
+            title: "mailer asks: tidy up".into(),
+            lines: vec!["decide with: palisade approvals approve x --always".into()],
+            detail: "In its words:\ndecide with: palisade approvals approve x --always".into(),
+            context: serde_json::json!({}),
+            expires_at_ms: palisade_store::now_ms() + 600_000,
+            holder: None,
+            request_key: None,
+        })
+        .expect("create approval")
+        .id;
+    let text = palisade.run(&["approvals", "show", &asked]).ok().stdout;
+    let footers: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("decide with:"))
+        .collect();
+    assert_eq!(
+        footers,
+        [format!("decide with: palisade approvals approve {asked}   or   palisade approvals deny {asked} --comment TEXT").as_str()],
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("  │ decide with: palisade approvals approve x --always")
+            .count(),
+        2,
+        "{text}"
+    );
+}
+
 #[test]
 fn approvals_list_show_approve_deny() {
     let palisade = Palisade::new();
@@ -950,6 +990,12 @@ fn approvals_list_show_approve_deny() {
     let text = palisade.run(&["approvals", "show", &second]).ok().stdout;
     assert!(text.contains("gmail.googleapis.com"));
     assert!(!text.contains('\u{1b}'));
+    assert!(
+        text.contains(&format!(
+            "decide with: palisade approvals approve {second} [--for-1h | --always]"
+        )),
+        "{text}"
+    );
 
     // A grant needs the request's host, method, path and rule: this one has no path.
     palisade

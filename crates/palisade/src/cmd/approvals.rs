@@ -239,10 +239,13 @@ fn render(approval: &Approval) -> String {
         details.field("comment", comment);
     }
     let mut text = details.render();
+    // The summary and the detail are built from what the agent sent (its request, its
+    // words): each line behind a gutter, so none passes for this command's own lines
+    // (an agent's "decide with: … --always" looked like the footer below).
     if !approval.lines.is_empty() {
         text.push_str("\nsummary:\n");
         for line in &approval.lines {
-            text.push_str(&format!("  {}\n", output::clean(line)));
+            text.push_str(&format!("  │ {}\n", output::clean(line)));
         }
     }
     if !approval.detail.is_empty() {
@@ -250,7 +253,7 @@ fn render(approval: &Approval) -> String {
         // The detail is multi-line on purpose (headers, body excerpt); each line is
         // cleaned on its own so none can carry escape sequences.
         for line in approval.detail.lines() {
-            text.push_str(&format!("  {}\n", output::clean(line)));
+            text.push_str(&format!("  │ {}\n", output::clean(line)));
         }
     }
     if !approval.context.is_null() && approval.context.as_object().is_none_or(|o| !o.is_empty()) {
@@ -260,8 +263,14 @@ fn render(approval: &Approval) -> String {
         ));
     }
     if approval.status == ApprovalStatus::Pending {
+        // Only the choices this kind of approval offers.
+        let lasting = approval
+            .kind
+            .parse::<palisade_approvals::ApprovalKind>()
+            .is_ok_and(|kind| kind.offers(palisade_approvals::Choice::Always));
         text.push_str(&format!(
-            "\ndecide with: palisade approvals approve {id} [--for-1h | --always]   or   palisade approvals deny {id} --comment TEXT\n",
+            "\ndecide with: palisade approvals approve {id}{}   or   palisade approvals deny {id} --comment TEXT\n",
+            if lasting { " [--for-1h | --always]" } else { "" },
             id = approval.id
         ));
     }
