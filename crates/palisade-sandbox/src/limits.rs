@@ -40,10 +40,12 @@ impl Limits {
 
 /// The most open files (`RLIMIT_NOFILE`) each process of a sandbox may hold: 1,024
 /// (the usual soft limit), lowered so that a sandbox full of processes (`pids`) holds
-/// at most an eighth of the host's open-file table (`fs.file-max`). The table is one
+/// at most a sixteenth of the host's open-file table (`fs.file-max`). The table is one
 /// for the whole machine and no cgroup bounds it; without this, a sandbox inherited
 /// the gateway's raised limit and one agent could fill the table, after which no
-/// process of the host but root's could open a file. Never below 64.
+/// process of the host but root's could open a file. With an eighth, the eight
+/// sandboxes `palisade up --concurrency 8` runs at once could fill it together; with a
+/// sixteenth they hold half. Never below 64.
 pub fn open_files_per_process(pids: Option<u64>) -> u64 {
     let file_max = std::fs::read_to_string("/proc/sys/fs/file-max")
         .ok()
@@ -54,7 +56,7 @@ pub fn open_files_per_process(pids: Option<u64>) -> u64 {
 fn open_files_within(file_max: Option<u64>, pids: Option<u64>) -> u64 {
     const USUAL: u64 = 1024;
     match (file_max, pids) {
-        (Some(file_max), Some(pids)) if pids > 0 => (file_max / 8 / pids).clamp(64, USUAL),
+        (Some(file_max), Some(pids)) if pids > 0 => (file_max / 16 / pids).clamp(64, USUAL),
         _ => USUAL,
     }
 }
@@ -233,11 +235,12 @@ mod tests {
     }
 
     #[test]
-    fn a_full_sandbox_holds_at_most_an_eighth_of_the_file_table() {
-        // This machine's table, the default 512 processes: 602 each, 308,224 in all.
+    fn a_full_sandbox_holds_at_most_a_sixteenth_of_the_file_table() {
+        // This machine's table, the default 512 processes: 301 each, 154,112 in all,
+        // so eight full sandboxes at once hold half the table.
         let each = open_files_within(Some(2_466_097), Some(512));
-        assert_eq!(each, 602);
-        assert!(each * 512 <= 2_466_097 / 8);
+        assert_eq!(each, 301);
+        assert!(8 * each * 512 <= 2_466_097 / 2);
         // A few processes keep the usual limit; many never go below 64.
         assert_eq!(open_files_within(Some(2_466_097), Some(48)), 1024);
         assert_eq!(open_files_within(Some(100_000), Some(100_000)), 64);
