@@ -40,7 +40,9 @@ pub mod peer;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-pub use listener::{serve, HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
+pub use listener::{
+    serve, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_CONNECTIONS, OTHERS_MAX_CONNECTIONS,
+};
 use palisade_host::api::ApiTokens;
 use palisade_host::Host;
 use palisade_store::Store;

@@ -1639,6 +1639,128 @@ async fn idle_connections_are_bounded_and_closed() {
     web.stop().await;
 }
 
+/// A request whose body comes a byte at a time is cut off once
+/// [`palisade_web::BODY_READ_TIMEOUT`] has passed, with or without credentials: the
+/// head's deadline alone let such a sender hold its connection for as long as it
+/// liked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_a_byte_at_a_time_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let web = Web::start().await;
+    let host = web.addr;
+    let heads = [
+        format!("POST /api/agents/helper/messages HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"),
+        format!("POST /api/agents/helper/messages HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n", web.tokens.cli),
+    ];
+    let trickles = heads.map(|head| {
+        let addr = web.addr;
+        tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let started = std::time::Instant::now();
+            let limit = palisade_web::BODY_READ_TIMEOUT + Duration::from_secs(20);
+            let mut buffer = [0u8; 4096];
+            while started.elapsed() < limit {
+                if stream.write_all(b" ").await.is_err() {
+                    return true;
+                }
+                // An answer (a 401, or a 400 for the body that never came) and then the
+                // end, or the end at once.
+                match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buffer)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return true,
+                    Ok(Ok(_)) | Err(_) => {}
+                }
+            }
+            false
+        })
+    });
+    for (trickle, with) in trickles
+        .into_iter()
+        .zip(["no credentials", "the CLI's token"])
+    {
+        assert!(
+            trickle.await.unwrap(),
+            "a body sent a byte at a time with {with} held its connection"
+        );
+    }
+    web.stop().await;
+}
+
+/// Another user of this machine who opens every connection it can leaves the owner's
+/// own served: connections from anyone but the user running the host share
+/// [`palisade_web::OTHERS_MAX_CONNECTIONS`] of the places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_cannot_take_every_connection() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPING: acting as another user needs root");
+        return;
+    }
+    let web = Web::start().await;
+    // The other user's script says it holds its connections by creating a file in a
+    // folder it may write to.
+    let signal = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        signal.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let ready = signal.path().join("ready");
+    let script = format!(
+        "import socket, sys\nheld = []\nfor _ in range({}):\n    try:\n        held.append(socket.create_connection(('127.0.0.1', {}), timeout=5))\n    except OSError:\n        pass\nopen({:?}, 'w').write(str(len(held)))\nsys.stdin.read()\n",
+        palisade_web::MAX_CONNECTIONS + 20,
+        web.addr.port(),
+        ready.to_str().unwrap()
+    );
+    let other = palisade_testkit::ChildGuard::spawn(
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                &script,
+            ])
+            .stdin(std::process::Stdio::piped()),
+    )
+    .expect("setpriv");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ready.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ready.exists(),
+        "the other user's script did not get to hold its connections"
+    );
+    // What the server took of them: those past the others' share were closed at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The owner's browser is served on a new connection, though the other user holds
+    // what it may.
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let page = fresh
+        .get(web.url("/"))
+        .header("cookie", web.cookie())
+        .send()
+        .await
+        .expect("the owner's page");
+    assert_eq!(page.status(), StatusCode::OK);
+    let status = fresh
+        .get(web.url("/api/status"))
+        .bearer_auth(&web.tokens.cli)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    drop(other);
+    web.stop().await;
+}
+
 /// An error reply reads as Palisade's notice, not as CLI output: no `palisade: `
 /// prefix, and the commands it names as code; what it holds stays escaped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
