@@ -129,11 +129,18 @@ pub(crate) struct LoginQuery {
 
 pub(crate) async fn login(
     State(state): State<WebState>,
+    method: axum::http::Method,
     Query(query): Query<LoginQuery>,
     extensions: axum::http::Extensions,
 ) -> Response {
+    // A HEAD (a link previewer's, a prefetcher's) uses nothing up and starts nothing:
+    // only a visit spends the link and gets the session.
+    let mut response = if method == axum::http::Method::HEAD {
+        StatusCode::OK.into_response()
+    } else {
+        login_answer(&state, query, &extensions)
+    };
     // The URL carries a token: no referrer from this page, not even to this server.
-    let mut response = login_answer(&state, query, &extensions);
     response.headers_mut().insert(
         header::REFERRER_POLICY,
         axum::http::HeaderValue::from_static("no-referrer"),

@@ -81,19 +81,31 @@ impl Guard {
     }
 }
 
-fn host_header(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::HOST).and_then(|v| v.to_str().ok())
+/// Whether every host `request` names is this server: its one `Host` header and the
+/// authority of an absolute-form target (`GET http://other/ HTTP/1.1`), each if there,
+/// and at least one. Two `Host` headers, or a target naming another host than the
+/// header, are refused: readers differ on which one counts.
+fn names_only_this_server(guard: &Guard, request: &Request) -> bool {
+    let headers: Vec<&HeaderValue> = request.headers().get_all(header::HOST).iter().collect();
+    if headers.len() > 1 {
+        return false;
+    }
+    let header = headers.first().map(|value| value.to_str());
+    let authority = request.uri().authority().map(|a| a.as_str());
+    let named: Vec<&str> = match (header, authority) {
+        (Some(Err(_)), _) | (None, None) => return false,
+        (Some(Ok(header)), authority) => std::iter::once(header).chain(authority).collect(),
+        (None, Some(authority)) => vec![authority],
+    };
+    named.into_iter().all(|host| guard.host_allowed(host))
 }
 
 /// Refuses a foreign `Host`, then adds the security headers to whatever is answered.
 pub async fn protect(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     // HTTP/1.1 requires Host; an absolute-form request target carries it in the URI.
-    let host = host_header(request.headers())
-        .map(str::to_string)
-        .or_else(|| request.uri().authority().map(|a| a.to_string()));
-    let mut response = match host {
-        Some(host) if guard.host_allowed(&host) => next.run(request).await,
-        _ => (
+    let mut response = match names_only_this_server(&guard, &request) {
+        true => next.run(request).await,
+        false => (
             StatusCode::MISDIRECTED_REQUEST,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             Body::from(format!(

@@ -634,6 +634,9 @@ async fn login_tokens_work_once_and_only_the_cli_can_ask_for_more() {
         .expect("a login link")
         .to_string();
     assert_ne!(token, web.tokens.admin_login);
+    // A HEAD (a link previewer's) spends nothing and gets no session.
+    let head = web.client.head(web.url(&path)).send().await.unwrap();
+    assert!(head.headers().get("set-cookie").is_none(), "{head:?}");
     assert_eq!(login(token.clone()).await.status(), StatusCode::SEE_OTHER);
     assert_eq!(login(token).await.status(), StatusCode::UNAUTHORIZED);
     web.stop().await;
@@ -994,6 +997,28 @@ async fn a_foreign_host_header_is_refused_everywhere() {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "Host {host}");
+    }
+    // Sent raw, as no browser would: a target naming another host than the header, and
+    // two Host headers, are refused whichever comes first.
+    async fn status_of(addr: std::net::SocketAddr, head: String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        answer.lines().next().unwrap_or_default().to_string()
+    }
+    let own = format!("127.0.0.1:{port}");
+    for (head, expected) in [
+        (format!("GET http://evil.example/healthz HTTP/1.1\r\nHost: {own}\r\nConnection: close\r\n\r\n"), "421"),
+        (format!("GET /healthz HTTP/1.1\r\nHost: {own}\r\nHost: evil.example\r\nConnection: close\r\n\r\n"), "421"),
+        (format!("GET /healthz HTTP/1.1\r\nHost: evil.example\r\nHost: {own}\r\nConnection: close\r\n\r\n"), "421"),
+        (format!("GET http://{own}/healthz HTTP/1.1\r\nHost: {own}\r\nConnection: close\r\n\r\n"), "200"),
+    ] {
+        let status = status_of(web.addr, head.clone()).await;
+        assert!(status.contains(&format!(" {expected} ")), "{head:?}: {status}");
     }
     web.stop().await;
 }
