@@ -8,10 +8,18 @@
   const csrfMeta = document.querySelector('meta[name="csrf-token"]');
   const csrf = csrfMeta ? csrfMeta.content : "";
 
+  // Characters that reorder what follows them on screen (bidi controls) shown as
+  // markers, ⟨U+202E⟩, as the server shows them (pages/mod.rs, shown).
+  function shown(text) {
+    return String(text).replace(/[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g, function (c) {
+      return "⟨U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + "⟩";
+    });
+  }
+
   function el(tag, className, text) {
     const node = document.createElement(tag);
     if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
+    if (text !== undefined) node.textContent = shown(text);
     return node;
   }
 
@@ -19,8 +27,8 @@
   // apps, `backticked` commands as code (as the server renders them, chat.rs).
   function fillError(node, text) {
     node.textContent = "";
-    const shown = text.startsWith("palisade: ") ? text.slice("palisade: ".length) : text;
-    shown.split("`").forEach(function (part, index) {
+    const plain = shown(text.startsWith("palisade: ") ? text.slice("palisade: ".length) : text);
+    plain.split("`").forEach(function (part, index) {
       node.appendChild(index % 2 === 1 ? el("code", null, part) : document.createTextNode(part));
     });
   }
@@ -121,7 +129,7 @@
               status.textContent = agent + " is working on it…";
               break;
             case "text_delta":
-              reply.body.textContent += event.text;
+              reply.body.textContent += shown(event.text);
               reply.wrap.dataset.deltas = String(Number(reply.wrap.dataset.deltas || 0) + 1);
               status.textContent = agent + " is answering…";
               break;
@@ -153,7 +161,7 @@
             }
             case "reply":
               gotReply = true;
-              reply.body.textContent = event.text;
+              reply.body.textContent = shown(event.text);
               reply.wrap.classList.remove("streaming");
               if (event.is_error) {
                 reply.wrap.classList.add("error");

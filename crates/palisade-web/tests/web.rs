@@ -1813,3 +1813,34 @@ async fn an_error_reply_shows_its_commands_as_code() {
     assert!(!page.contains("palisade: this message"), "{page}");
     web.stop().await;
 }
+
+/// A bidi control in a reply, a message or a conversation key (`U+202E` shows
+/// `gpj.exe` as `exe.jpg`) is shown as a marker on every page that shows them, as the
+/// approval cards show it, never raw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn characters_that_reorder_text_are_shown_as_markers() {
+    let web = Web::start().await;
+    let agent = AgentName::new("helper").unwrap();
+    let accepted = web
+        .store
+        .accept_message(&agent, "key\u{202E}cba", "web", "open invoice\u{2067}.pdf")
+        .unwrap();
+    web.store
+        .store_reply(accepted.message_id, "saved to gpj\u{202E}.exe", None, false)
+        .unwrap();
+    let session = web.store.list_sessions(Some(&agent)).unwrap()[0].id;
+    for path in [
+        format!("/sessions/{session}"),
+        "/sessions?agent=helper".to_string(),
+    ] {
+        let page = web.get_text(&path).await;
+        assert!(page.contains("key⟨U+202E⟩cba"), "{path}: {page}");
+        for raw in ['\u{202E}', '\u{2067}'] {
+            assert!(!page.contains(raw), "{path} shows {raw:?} raw");
+        }
+    }
+    let page = web.get_text(&format!("/sessions/{session}")).await;
+    assert!(page.contains("gpj⟨U+202E⟩.exe"), "{page}");
+    assert!(page.contains("invoice⟨U+2067⟩.pdf"), "{page}");
+    web.stop().await;
+}

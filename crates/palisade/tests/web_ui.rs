@@ -62,7 +62,8 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
          env -u NO_PROXY -u no_proxy curl -sS --max-time 100 {held_url}"
     );
     upstream.script_anthropic(vec![
-        ScriptedTurn::text("Hello from the sandbox, streamed to your browser."),
+        // With a bidi override, which the page shows as a marker, not raw.
+        ScriptedTurn::text("Hello from the sandbox, streamed to your browser. gpj\u{202E}.exe"),
         ScriptedTurn::tool_use("bash", serde_json::json!({ "command": command })),
         ScriptedTurn::text("The held request went through after your approval."),
     ]);
@@ -123,7 +124,11 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
         &client,
         ".msg.agent:not(.streaming) .bubble",
         "the reply",
-        |t| t.contains("Hello from the sandbox, streamed to your browser."),
+        |t| {
+            t.contains("Hello from the sandbox, streamed to your browser.")
+                && t.contains("gpj⟨U+202E⟩.exe")
+                && !t.contains('\u{202E}')
+        },
     )
     .await;
     // It came as text deltas (the script counts them), not only as the final reply.

@@ -476,7 +476,7 @@ pub(crate) async fn agent_page(
                             Some(Ok(list)) => { (settings_fields(form, Some(list))) }
                             Some(Err(error)) => {
                                 (settings_fields(form, None))
-                                p.muted.small #models-error { "The provider's models could not be listed: " (error) }
+                                p.muted.small #models-error { "The provider's models could not be listed: " (super::shown(error)) }
                             }
                             None => {
                                 (settings_fields(form, None))

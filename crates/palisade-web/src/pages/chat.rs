@@ -37,6 +37,7 @@ pub(crate) struct ChatQuery {
 /// `backticked` commands as code. The script renders streamed ones the same way.
 fn error_markup(text: &str) -> Markup {
     let text = text.strip_prefix("palisade: ").unwrap_or(text);
+    let text = super::shown(text);
     html! {
         @for (index, part) in text.split('`').enumerate() {
             @if index % 2 == 1 { code { (part) } } @else { (part) }
@@ -47,7 +48,7 @@ fn error_markup(text: &str) -> Markup {
 pub(crate) fn message_markup(message: &InboundMessage, reply: Option<&ReplyRecord>) -> Markup {
     html! {
         div.msg.user {
-            div.bubble { (message.text) }
+            div.bubble { (super::shown(&message.text)) }
             div.meta { "you · " (super::when(message.created_at_ms)) }
         }
         @match reply {
@@ -56,7 +57,7 @@ pub(crate) fn message_markup(message: &InboundMessage, reply: Option<&ReplyRecor
                     @if reply.is_error {
                         div.bubble { (error_markup(&reply.text)) }
                     } @else {
-                        div.bubble { (reply.text) }
+                        div.bubble { (super::shown(&reply.text)) }
                     }
                     div.meta { (message.agent) " · " (super::when(reply.created_at_ms)) }
                 }

@@ -124,6 +124,28 @@ pub(crate) async fn not_found() -> Response {
     )
 }
 
+/// Text from an agent, a model or a chat (a reply, a conversation key, an upstream's
+/// error) with each character that reorders what follows it on screen (the bidi
+/// controls: `U+202E` shows `gpj.exe` as `exe.jpg`) shown as a marker, `⟨U+202E⟩`, as
+/// the approval cards show them. `app.js` does the same for streamed text.
+pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    fn reorders(c: char) -> bool {
+        matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(reorders) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if reorders(c) {
+            out.push_str(&format!("⟨U+{:04X}⟩", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// `2026-11-23 14:05:09 UTC`
 pub(crate) fn when(ms: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {

@@ -68,7 +68,7 @@ pub(crate) async fn list(
                             tr {
                                 td { a href={ "/sessions/" (session.id) } { "#" (session.id) } }
                                 td { a href={ "/agents/" (session.agent) } { (session.agent) } }
-                                td { code { (session.conversation) } }
+                                td { code { (super::shown(&session.conversation)) } }
                                 td { (session.messages) }
                                 td { (session.history.as_array().map(Vec::len).unwrap_or(0)) }
                                 td.muted { (super::relative(session.updated_at_ms)) }
@@ -103,7 +103,7 @@ pub(crate) async fn show(
                 h1 { "Session #" (session.id) }
                 p.muted {
                     a href={ "/agents/" (session.agent) } { (session.agent) }
-                    " · conversation " code { (session.conversation) }
+                    " · conversation " code { (super::shown(&session.conversation)) }
                     " · started " (super::when(session.created_at_ms))
                     " · active " (super::relative(session.updated_at_ms))
                 }
@@ -138,7 +138,7 @@ pub(crate) async fn confirm_reset(
         section.card.narrow {
             h1 { "Reset session #" (session.id) "?" }
             p {
-                (session.agent) " will forget this conversation (" code { (session.conversation) } ") and start it afresh. "
+                (session.agent) " will forget this conversation (" code { (super::shown(&session.conversation)) } ") and start it afresh. "
                 "The messages and replies stay on record."
             }
             form method="post" action={ "/sessions/" (session.id) "/reset" } {
