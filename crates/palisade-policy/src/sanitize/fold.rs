@@ -7,7 +7,9 @@
 //! from another script drawn like a Latin one (`іgnore` with a Cyrillic `і`, `Ηuman:`
 //! with a Greek `Η`). So the patterns read a folded copy — letters decomposed and their
 //! marks dropped, look-alike letters replaced by the ASCII letter they are drawn like,
-//! emphasis and code marks dropped — and each match is mapped back to the span of the
+//! emphasis and code marks dropped, HTML character references read as their
+//! characters (`i&#103;nore`), the spaces of a word spelled out letter by letter left
+//! out (`I g n o r e`) — and each match is mapped back to the span of the
 //! original it came from, which is what gets replaced. The folded copy is never shown:
 //! removing marks or changing letters in what people read would damage every script
 //! that writes with them.
@@ -46,10 +48,28 @@ fn fold(text: &str) -> Folded {
         text: String::with_capacity(text.len()),
         origin: Vec::with_capacity(text.len() + 1),
     };
-    for (offset, c) in text.char_indices() {
-        if is_emphasis(c) {
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let mut index = 0;
+    while index < chars.len() {
+        let (offset, c) = chars[index];
+        index += 1;
+        if is_emphasis(c) || (c == ' ' && between_lone_letters(&chars, index - 1)) {
             continue;
         }
+        // A character reference reads as its character to a model as to a browser
+        // (`i&#103;nore`); it is read so here, and replaced whole.
+        let c = match (c == '&')
+            .then(|| character_reference(&text[offset..]))
+            .flatten()
+        {
+            Some((decoded, length)) => {
+                while index < chars.len() && chars[index].0 < offset + length {
+                    index += 1;
+                }
+                decoded
+            }
+            None => c,
+        };
         decompose_canonical(c, |part| {
             if !is_combining_mark(part) {
                 let part = letter_like(part)
@@ -64,6 +84,87 @@ fn fold(text: &str) -> Folded {
     }
     folded.origin.push(text.len());
     folded
+}
+
+/// Whether the space at `chars[at]` stands between two letters that are each a word of
+/// their own (`I g n o r e`): a word spelled out letter by letter reads as the word to a
+/// model, so the folded copy leaves such spaces out (`Ignore`). A space before or after
+/// a longer word stays (`e previous`).
+fn between_lone_letters(chars: &[(usize, char)], at: usize) -> bool {
+    let letter = |i: Option<usize>| {
+        i.and_then(|i| chars.get(i))
+            .is_some_and(|(_, c)| c.is_alphabetic())
+    };
+    let word_char = |i: Option<usize>| {
+        i.and_then(|i| chars.get(i))
+            .is_some_and(|(_, c)| c.is_alphanumeric())
+    };
+    let before = at.checked_sub(1);
+    let after = at + 1;
+    letter(before)
+        && !word_char(before.and_then(|b| b.checked_sub(1)))
+        && letter(Some(after))
+        && !word_char(Some(after + 1))
+}
+
+/// The character an HTML character reference at the start of `text` stands for, and the
+/// reference's length: `&#103;`, `&#x67;` (the `;` optional, as browsers read them) and
+/// the few names text uses for markup's own characters and spaces.
+fn character_reference(text: &str) -> Option<(char, usize)> {
+    let rest = text.strip_prefix('&')?;
+    if let Some(number) = rest.strip_prefix('#') {
+        let (digits, radix, skip) = match number.strip_prefix(['x', 'X']) {
+            Some(hex) => (hex, 16, 2),
+            None => (number, 10, 1),
+        };
+        let length = digits
+            .bytes()
+            .take(8)
+            .take_while(|b| (*b as char).is_digit(radix))
+            .count();
+        if length == 0 {
+            return None;
+        }
+        let code = u32::from_str_radix(&digits[..length], radix).ok()?;
+        let decoded = char::from_u32(code)?;
+        let end = 1 + skip + length + usize::from(digits[length..].starts_with(';'));
+        return Some((decoded, end));
+    }
+    const NAMED: [(&str, char); 7] = [
+        ("amp;", '&'),
+        ("lt;", '<'),
+        ("gt;", '>'),
+        ("quot;", '"'),
+        ("apos;", '\''),
+        ("nbsp;", ' '),
+        ("colon;", ':'),
+    ];
+    NAMED.iter().find_map(|(name, c)| {
+        rest.get(..name.len())
+            .filter(|head| head.eq_ignore_ascii_case(name))
+            .map(|_| (*c, 1 + name.len()))
+    })
+}
+
+/// Whether `text` holds anything [`fold`] reads differently from the text itself.
+fn needs_folding(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let letter = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_alphabetic);
+    let word = |i: Option<usize>| {
+        i.and_then(|i| bytes.get(i))
+            .is_some_and(u8::is_ascii_alphanumeric)
+    };
+    bytes.iter().enumerate().any(|(i, &b)| {
+        !b.is_ascii()
+            || is_emphasis(b as char)
+            || b == b'&'
+            || (b == b' '
+                && i > 0
+                && letter(i - 1)
+                && !word(i.checked_sub(2))
+                && letter(i + 1)
+                && !word(Some(i + 2)))
+    })
 }
 
 /// The ASCII letter of the few letter forms that Unicode's confusables data does not
@@ -167,10 +268,7 @@ pub(super) fn replace_folded(
     pattern: &Regex,
     with: &dyn Fn(&str) -> String,
 ) -> (String, usize) {
-    if text
-        .bytes()
-        .all(|b| b.is_ascii() && !is_emphasis(b as char))
-    {
+    if !needs_folding(text) {
         // Nothing to fold: the common case, matched as it is.
         let mut found = 0;
         let replaced = pattern.replace_all(text, |caps: &regex::Captures| {
@@ -232,6 +330,28 @@ mod tests {
             ("X".into(), 1),
             "upper-case Cyrillic"
         );
+    }
+
+    /// A word spelled out letter by letter, or with character references, reads as the
+    /// word; a space next to a longer word stays, and so does ordinary text.
+    #[test]
+    fn spaced_letters_and_character_references_read_as_the_word() {
+        let pattern = Regex::new("(?i)ignore previous").unwrap();
+        let replace = |text: &str| replace_folded(text, &pattern, &|_| "X".into());
+        assert_eq!(replace("a I g n o r e previous b"), ("a X b".into(), 1));
+        assert_eq!(replace("i&#103;nore previous"), ("X".into(), 1));
+        assert_eq!(replace("&#x69;&#X67;nore&nbsp;previous"), ("X".into(), 1));
+        assert_eq!(replace("ign&#111re previous"), ("X".into(), 1));
+        for kept in [
+            "a b c",
+            "I ignore x previous",
+            "fish &amp; chips",
+            "&#xZZ; &#;",
+        ] {
+            assert_eq!(replace(kept), (kept.to_string(), 0), "{kept}");
+        }
+        assert_eq!(fold("xy I g n o r e yz").text, "xy Ignore yz");
+        assert_eq!(fold("Q & A &lt;b&gt;").text, "Q & A <b>");
     }
 
     #[test]
