@@ -22,21 +22,27 @@ pub(super) use crate::card::cut;
 /// stranger wrote must read on the card exactly as written, never as spoilers hiding
 /// a recipient (`||…||`), a masked link (`[shown](elsewhere)`), a heading or small
 /// print. Escapes backslash, `*`, `_`, `~`, `|`, backtick, `[`, `]`, `<` and `>`
-/// everywhere and `#`, `-`, `+` at the start of a line (headings, subtext, lists);
-/// Discord shows an escaped character as itself and the backslash as nothing.
+/// everywhere, `#`, `-`, `+` at the start of a line (headings, subtext, lists) and the
+/// `.` or `)` after a number that starts a line (an ordered list, which Discord numbers
+/// again: `1. ten` then `9999. to acct_X` showed as `1.` and `2.`); Discord shows an
+/// escaped character as itself and the backslash as nothing.
 pub(super) fn escape_markdown(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 8);
     for line in text.split_inclusive('\n') {
         let mut at_start = true;
+        // Whether everything since the line's leading blanks is digits (and some).
+        let mut number = false;
         for c in line.chars() {
             let special = matches!(
                 c,
                 '\\' | '*' | '_' | '~' | '|' | '`' | '[' | ']' | '<' | '>'
-            ) || (at_start && matches!(c, '#' | '-' | '+'));
+            ) || (at_start && matches!(c, '#' | '-' | '+'))
+                || (number && matches!(c, '.' | ')'));
             if special {
                 out.push('\\');
             }
             out.push(c);
+            number = (at_start || number) && c.is_ascii_digit();
             if !c.is_whitespace() {
                 at_start = false;
             }
@@ -197,6 +203,9 @@ mod tests {
                 "> quoted **bold** _it_ ~~gone~~ `code` \\".into(),
                 "   ## indented heading".into(),
                 "\u{a0}-# small print after a no-break space".into(),
+                "1. ten USD".into(),
+                "9999) to acct_X".into(),
+                "  12. indented, and 3.50 in the middle".into(),
             ],
             scope: None,
             detail: String::new(),
@@ -223,6 +232,14 @@ mod tests {
         assert!(content.contains("\\# Looks official") && content.contains("\\-# small print"));
         // Another spelling of the start of a line: spaces, a no-break space.
         assert!(content.contains("   \\## indented heading"), "{content}");
+        // No ordered list, which Discord numbers again: the number's mark is escaped,
+        // and only there.
+        assert!(content.contains("\n1\\. ten USD"), "{content}");
+        assert!(content.contains("\n9999\\) to acct\\_X"), "{content}");
+        assert!(
+            content.contains("\n  12\\. indented, and 3.50 in the middle"),
+            "{content}"
+        );
         // Shown without the backslashes, it is the text written.
         let shown: String = {
             let mut out = String::new();
