@@ -558,9 +558,10 @@ const AGENT_FIRST: u32 = OWNER_FIRST + ID_SLOTS;
 const ID_SLOTS: u32 = 30_000;
 
 /// One of [`ID_SLOTS`] for `agent`'s name, by FNV-1a: stable across versions and
-/// platforms, unlike the standard hasher. Two agents may rarely share one, which only
-/// makes them share what the ids below keep apart.
-fn agent_slot(agent: &str) -> u32 {
+/// platforms, unlike the standard hasher. Two names may share one (`agent8` and
+/// `agent260`), and would then share what the ids below keep apart, so an agent whose
+/// name shares another's slot is not created (`palisade_host::agents::create`).
+pub fn agent_slot(agent: &str) -> u32 {
     let hash = agent.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
         (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
     });

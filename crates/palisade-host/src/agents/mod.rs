@@ -231,6 +231,17 @@ pub(crate) fn create_checked(
             )));
         }
     }
+    // Root's sandboxes run each agent as a host id chosen by its name: two agents on
+    // one id would share the kernel's per-user pools and each other's files.
+    let slot = palisade_sandbox::oci::agent_slot(name.as_str());
+    if let Some(other) = store.list_agents()?.into_iter().find(|other| {
+        other.name != name && palisade_sandbox::oci::agent_slot(other.name.as_str()) == slot
+    }) {
+        return Err(invalid(format!(
+            "agent {name} would run as the same sandbox user id as agent {}, which would let each use up the other's share of the kernel; pick another name",
+            other.name
+        )));
+    }
     store.create_agent(&name, profile)?;
     store.update_agent_settings(&name, &merged(&serde_json::json!({}), &settings))?;
     match instructions {
