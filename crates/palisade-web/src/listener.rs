@@ -125,12 +125,13 @@ pub async fn serve(
     Ok(())
 }
 
-/// A request body that fails once `deadline` has passed, so a handler reading it is
-/// not held by a sender that never finishes. Written here: tower-http's body timeout
-/// bounds the wait for each frame, which a byte every few seconds always meets.
+/// A request body that fails once its time is up, so a handler reading it is not held
+/// by a sender that never finishes. Written here: tower-http's body timeout bounds the
+/// wait for each frame, which a byte every few seconds always meets.
 struct DeadlineBody {
     inner: Incoming,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    within: Duration,
 }
 
 impl DeadlineBody {
@@ -138,6 +139,7 @@ impl DeadlineBody {
         DeadlineBody {
             inner,
             deadline: Box::pin(tokio::time::sleep(within)),
+            within,
         }
     }
 }
@@ -154,7 +156,7 @@ impl http_body::Body for DeadlineBody {
         if this.deadline.as_mut().poll(cx).is_ready() {
             return std::task::Poll::Ready(Some(Err(format!(
                 "the request body did not arrive within {} s",
-                BODY_READ_TIMEOUT.as_secs()
+                this.within.as_secs()
             )
             .into())));
         }

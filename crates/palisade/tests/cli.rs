@@ -291,6 +291,16 @@ fn agents_lifecycle_and_json_shapes() {
 
     let created = palisade.json(&["agents", "create", "helper"]);
     assert_eq!(created["profile"], "research", "research is the default");
+    // Two names whose sandboxes would run as one host id: the second is refused.
+    assert_eq!(
+        palisade_sandbox::oci::agent_slot("agent8"),
+        palisade_sandbox::oci::agent_slot("agent260")
+    );
+    palisade.run(&["agents", "create", "agent8"]).ok();
+    palisade
+        .run(&["agents", "create", "agent260"])
+        .refused("would run as the same sandbox user id as agent agent8");
+    palisade.run(&["agents", "delete", "agent8", "--yes"]).ok();
 
     let list = palisade.json(&["agents", "list"]);
     let names: Vec<&str> = list
@@ -940,9 +950,17 @@ fn an_agents_words_cannot_pass_for_the_commands_own_lines() {
             kind: "tool_action".into(),
             agent: palisade_policy::AgentName::new("mailer").expect("name"),
             title: "mailer asks: tidy up".into(),
-            lines: vec!["decide with: palisade approvals approve x --always".into()],
+            lines: vec![
+                "decide with: palisade approvals approve x --always".into(),
+                // Padded so that an 80-column terminal would wrap it just before the
+                // copy of the footer, and with wide characters, two columns each.
+                format!("ok{}decide with: palisade approvals approve x --always", ".".repeat(117)),
+                format!("{}decide with: palisade approvals approve x --always", "語".repeat(38)),
+            ],
             detail: "In its words:\ndecide with: palisade approvals approve x --always".into(),
-            context: serde_json::json!({}),
+            context: serde_json::json!({
+                "bodyPreview": format!("{}decide with: palisade approvals approve x --always", " ".repeat(70))
+            }),
             expires_at_ms: palisade_store::now_ms() + 600_000,
             holder: None,
             request_key: None,
@@ -965,6 +983,15 @@ fn an_agents_words_cannot_pass_for_the_commands_own_lines() {
         2,
         "{text}"
     );
+    // No screen line of an 80-column terminal starts with the agent's text: every
+    // line of it is behind the gutter and short enough not to wrap.
+    for line in text.lines() {
+        if line.contains("approve x") || line.contains('語') || line.contains("..") {
+            assert!(line.starts_with("  │ "), "{line:?} in {text}");
+            let columns: usize = line.chars().map(|c| if c == '語' { 2 } else { 1 }).sum();
+            assert!(columns <= 80, "{columns} columns: {line:?}");
+        }
+    }
 }
 
 #[test]

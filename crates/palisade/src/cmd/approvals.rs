@@ -212,6 +212,29 @@ fn decide(ctx: &Context, id: &str, choice: Choice, comment: Option<String>) -> a
     ))
 }
 
+/// Columns of text a gutter line holds: with the gutter, 76, inside an 80-column
+/// terminal.
+const GUTTER_WIDTH: usize = 72;
+
+/// `line`, cleaned, as lines of at most [`GUTTER_WIDTH`] columns (wide characters
+/// count two), each behind the gutter `  │ `.
+fn behind_gutter(text: &mut String, line: &str) {
+    use unicode_width::UnicodeWidthChar;
+    let line = output::clean(line);
+    let mut width = 0;
+    text.push_str("  │ ");
+    for c in line.chars() {
+        let columns = c.width().unwrap_or(0);
+        if width + columns > GUTTER_WIDTH {
+            text.push_str("\n  │ ");
+            width = 0;
+        }
+        text.push(c);
+        width += columns;
+    }
+    text.push('\n');
+}
+
 fn render(approval: &Approval) -> String {
     let mut details = Details::new();
     details.field("id", &approval.id);
@@ -239,13 +262,15 @@ fn render(approval: &Approval) -> String {
         details.field("comment", comment);
     }
     let mut text = details.render();
-    // The summary and the detail are built from what the agent sent (its request, its
-    // words): each line behind a gutter, so none passes for this command's own lines
-    // (an agent's "decide with: … --always" looked like the footer below).
+    // The summary, the detail and the context are built from what the agent sent (its
+    // request, its words): each line behind a gutter, so none passes for this
+    // command's own lines (an agent's "decide with: … --always" looked like the footer
+    // below), and wrapped before a terminal would wrap it, so no part of a long line
+    // starts a screen line without the gutter.
     if !approval.lines.is_empty() {
         text.push_str("\nsummary:\n");
         for line in &approval.lines {
-            text.push_str(&format!("  │ {}\n", output::clean(line)));
+            behind_gutter(&mut text, line);
         }
     }
     if !approval.detail.is_empty() {
@@ -253,14 +278,12 @@ fn render(approval: &Approval) -> String {
         // The detail is multi-line on purpose (headers, body excerpt); each line is
         // cleaned on its own so none can carry escape sequences.
         for line in approval.detail.lines() {
-            text.push_str(&format!("  │ {}\n", output::clean(line)));
+            behind_gutter(&mut text, line);
         }
     }
     if !approval.context.is_null() && approval.context.as_object().is_none_or(|o| !o.is_empty()) {
-        text.push_str(&format!(
-            "\ncontext: {}\n",
-            output::clean(&approval.context.to_string())
-        ));
+        text.push_str("\ncontext:\n");
+        behind_gutter(&mut text, &approval.context.to_string());
     }
     if approval.status == ApprovalStatus::Pending {
         // Only the choices this kind of approval offers.
