@@ -66,36 +66,32 @@ pub async fn serve(
             },
             _ = async { let _ = stop.wait_for(|stop| *stop).await; } => break,
         };
-        let Ok(place) = places.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "web server full: connection closed");
-            continue;
-        };
         // The address the connection came in on (the listener's, or, bound to every
         // address, the one the client chose): the peer check needs the whole pair.
         let Ok(local) = stream.local_addr() else {
             continue;
         };
+        // Whose connection this is, asked of the kernel for this one socket (a netlink
+        // round trip) before it takes a place: asked afterwards, a flood of another
+        // user's connections held the places while their owners were looked up.
+        let others_place = match crate::peer::uid_of(peer, local) == Some(owner) {
+            true => None,
+            false => match others.clone().try_acquire_owned() {
+                Ok(place) => Some(place),
+                Err(_) => {
+                    tracing::debug!(%peer, "web server: others' share full, connection closed");
+                    continue;
+                }
+            },
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "web server full: connection closed");
+            continue;
+        };
         let app = app.clone();
         let mut stop = stop.clone();
-        let others = others.clone();
         connections.spawn(async move {
-            let _place = place;
-            // Whose connection this is, from the kernel's socket table (a read of
-            // /proc, so not on the accept loop).
-            let uid = tokio::task::spawn_blocking(move || crate::peer::uid_of(peer, local))
-                .await
-                .ok()
-                .flatten();
-            let _others_place = match uid == Some(owner) {
-                true => None,
-                false => match others.try_acquire_owned() {
-                    Ok(place) => Some(place),
-                    Err(_) => {
-                        tracing::debug!(%peer, "web server: others' share full, connection closed");
-                        return;
-                    }
-                },
-            };
+            let _places = (place, others_place);
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
