@@ -200,7 +200,7 @@ impl Reflection {
 /// Spellings under which an upstream may echo `value` other than those the gateway
 /// sends it in: as a JSON string (with `/` escaped by some encoders, `<`, `>` and `&` as
 /// `\u00XX` by Go's, everything beyond ASCII as `\u` escapes by Python's, or every
-/// character as one, in either case of hex digit), HTML-escaped,
+/// character as one, in either case of hex digit), every byte percent-encoded, HTML-escaped,
 /// form-encoded (`+` for a space, as Python's `urlencode` and browsers write it),
 /// percent-encoded with lower-case hex digits, all in lower case (header names come
 /// back lower-cased; masking more than the secret is harmless) or upper case, in hex,
@@ -240,6 +240,10 @@ fn echo_forms(value: &str) -> Vec<String> {
         forms.push(lower_hex_to_upper_escapes(&every));
         forms.push(every);
     }
+    // Every byte percent-encoded, as an encoder that escapes all may send it.
+    let every_byte: String = value.bytes().map(|b| format!("%{b:02X}")).collect();
+    forms.push(every_byte.to_ascii_lowercase());
+    forms.push(every_byte);
     forms.push(
         value
             .replace('&', "&amp;")
@@ -679,6 +683,15 @@ mod tests {
             let mut text = echoed.as_bytes().to_vec();
             assert_eq!(reflection.mask(&mut text), Some(0), "{echoed}");
             assert!(!String::from_utf8_lossy(&text).contains("\\u0051"));
+        }
+        // Every byte percent-encoded, in either case.
+        for echoed in [
+            "q=%51%55%45%52%59%53%45%43%52%45%54%5A&x",
+            "q=%51%55%45%52%59%53%45%43%52%45%54%5a&x",
+        ] {
+            let mut text = echoed.as_bytes().to_vec();
+            assert_eq!(reflection.mask(&mut text), Some(0), "{echoed}");
+            assert!(!String::from_utf8_lossy(&text).contains("%51"));
         }
         let mut headers = HeaderMap::new();
         headers.insert(

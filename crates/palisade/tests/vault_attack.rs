@@ -1661,6 +1661,8 @@ fn a_host_override_header_is_refused() {
             "X-Forwarded-Host: localhost, admin.internal.example",
             "X-Host: admin.internal.example",
             "X_Forwarded_Host: admin.internal.example",
+            "X-Original-Host: admin.internal.example",
+            "X-Backend-Host: admin.internal.example",
             "Forwarded: for=192.0.2.1;Host=\"admin.internal.example\"",
             "Forwarded: for=192.0.2.1, host=admin.internal.example",
         ] {

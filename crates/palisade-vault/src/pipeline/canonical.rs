@@ -35,11 +35,16 @@ const PATH_OVERRIDES: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-origina
 /// Headers through which some servers let a request claim another host than the one it
 /// was sent to (Django, Rails, Express and Traefik behind a proxy they trust; `Forwarded`
 /// is read for its `host=` parameter).
-const HOST_OVERRIDES: [&str; 4] = [
+const HOST_OVERRIDES: [&str; 9] = [
     "x-forwarded-host",
     "x-host",
     "x-forwarded-server",
     "x-http-host-override",
+    "x-original-host",
+    "x-original-forwarded-host",
+    "x-forwarded-hostname",
+    "x-backend-host",
+    "x-proxy-host",
 ];
 
 pub(super) fn canonicalize(
