@@ -1771,6 +1771,40 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
             ])
             .refused("overlaps the sensitive folder finance, and scout is a research agent");
     }
+    // Nor by another path to the same directory: a bind mount of it.
+    if nix::unistd::geteuid().is_root() {
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let alias = palisade.dir.path().join("alias");
+        std::fs::create_dir(&alias).unwrap();
+        nix::mount::mount(
+            Some(std::path::Path::new(shared)),
+            &alias,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind mount");
+        let _unmount = Unmount(alias.clone());
+        for source in [alias.clone(), alias.join("inner")] {
+            palisade
+                .run(&[
+                    "sandbox",
+                    "run",
+                    "--agent",
+                    "scout",
+                    "--mount",
+                    &format!("{}:/mnt/x", source.display()),
+                    "--",
+                    "true",
+                ])
+                .refused("overlaps the sensitive folder finance, and scout is a research agent");
+        }
+    }
     let mounted = palisade
         .run(&[
             "folders",
