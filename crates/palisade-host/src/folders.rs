@@ -67,6 +67,29 @@ pub fn add(
     Ok(store.add_folder(name, &canonical, sensitive)?)
 }
 
+/// Whether `one` is, lies in or holds `other` as directories, not as paths: one of
+/// them is the other or among its parents, by device and inode. A bind mount shows a
+/// directory under a second path with the same device and inode, so a sensitive folder
+/// bound elsewhere is still found. (A hard link to one of its files is not: a file has
+/// no parent to follow.)
+pub fn same_directory_around(one: &std::path::Path, other: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let identity = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()))
+    };
+    let within = |inner: &std::path::Path, outer: &std::path::Path| {
+        let Some(outer) = identity(outer) else {
+            return false;
+        };
+        inner
+            .ancestors()
+            .any(|ancestor| identity(ancestor) == Some(outer))
+    };
+    within(one, other) || within(other, one)
+}
+
 /// The mounts `agent`'s sandbox gets now, and a reason for each folder it does not.
 pub fn mounts_for(
     store: &Store,
@@ -77,9 +100,25 @@ pub fn mounts_for(
     let policy = MountPolicy::for_host(home.root());
     let mut mounts = Vec::new();
     let mut refused = Vec::new();
+    let sensitive: Vec<FolderRecord> = match profile {
+        Profile::Research => store
+            .list_folders()?
+            .into_iter()
+            .filter(|folder| folder.sensitive)
+            .collect(),
+        _ => Vec::new(),
+    };
     for (folder, writable) in store.agent_folders(agent)? {
         if profile == Profile::Research {
-            if let Some(sensitive) = store.folder_sensitive_overlap(&folder.name)? {
+            // By path, or as the same directory under another path (a bind mount).
+            let overlap = match store.folder_sensitive_overlap(&folder.name)? {
+                Some(name) => Some(name),
+                None => sensitive
+                    .iter()
+                    .find(|s| same_directory_around(&folder.path, &s.path))
+                    .map(|s| s.name.clone()),
+            };
+            if let Some(sensitive) = overlap {
                 refused.push(format!(
                     "folder {} is or overlaps the sensitive folder {sensitive} and {agent} is a research agent",
                     folder.name

@@ -1804,6 +1804,14 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
                 ])
                 .refused("overlaps the sensitive folder finance, and scout is a research agent");
         }
+        // Named as a folder of its own, it is still the sensitive one's directory.
+        palisade
+            .run(&["folders", "add", "alias", "--path", alias.to_str().unwrap()])
+            .ok();
+        palisade
+            .run(&["folders", "mount", "alias", "--agent", "scout"])
+            .refused("the same directory as, or overlaps, the sensitive folder finance");
+        palisade.run(&["folders", "remove", "alias"]).ok();
     }
     let mounted = palisade
         .run(&[

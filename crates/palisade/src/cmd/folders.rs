@@ -177,6 +177,21 @@ pub fn run(command: FoldersCommand, ctx: &Context) -> anyhow::Result<()> {
         } => {
             let agent = AgentName::new(&agent)?;
             let store = ctx.open_store()?;
+            // The store compares paths; the same directory under another path (a bind
+            // mount of a sensitive folder) is found here, and again at every launch.
+            if store.get_agent(&agent)?.profile == palisade_policy::Profile::Research {
+                let folder = store.get_folder(&name)?;
+                if let Some(sensitive) = store.list_folders()?.into_iter().find(|other| {
+                    other.sensitive
+                        && other.name != folder.name
+                        && palisade_host::folders::same_directory_around(&folder.path, &other.path)
+                }) {
+                    anyhow::bail!(
+                        "folder {name} is the same directory as, or overlaps, the sensitive folder {} under another path, and agent {agent} has the research profile: research agents read the internet and may not mount sensitive folders",
+                        sensitive.name
+                    );
+                }
+            }
             store.mount_folder(&name, &agent, writable)?;
             tell_host(ctx)?;
             let folder = store.get_folder(&name)?;

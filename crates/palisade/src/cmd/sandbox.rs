@@ -137,29 +137,6 @@ fn optional<T>(
     }
 }
 
-/// Whether `one` is, lies in or holds `other` as directories, not as paths: one of
-/// them is the other or among its parents, by device and inode. A bind mount shows a
-/// directory under a second path with the same device and inode, so a sensitive folder
-/// bound elsewhere is still found. (A hard link to one of its files is not: a file has
-/// no parent to follow.)
-fn same_directory_around(one: &std::path::Path, other: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let identity = |path: &std::path::Path| {
-        std::fs::metadata(path)
-            .ok()
-            .map(|meta| (meta.dev(), meta.ino()))
-    };
-    let within = |inner: &std::path::Path, outer: &std::path::Path| {
-        let Some(outer) = identity(outer) else {
-            return false;
-        };
-        inner
-            .ancestors()
-            .any(|ancestor| identity(ancestor) == Some(outer))
-    };
-    within(one, other) || within(other, one)
-}
-
 fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
     // Everything that can be checked is checked before anything starts.
     let kind: RuntimeKind = args.runtime.parse()?;
@@ -201,7 +178,9 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
             let by_directory = || {
                 sensitive
                     .iter()
-                    .find(|folder| same_directory_around(&mount.source, &folder.path))
+                    .find(|folder| {
+                        palisade_host::folders::same_directory_around(&mount.source, &folder.path)
+                    })
                     .map(|folder| folder.name.clone())
             };
             if let Some(folder) = by_path.or_else(by_directory) {
