@@ -217,22 +217,43 @@ fn decide(ctx: &Context, id: &str, choice: Choice, comment: Option<String>) -> a
 const GUTTER_WIDTH: usize = 72;
 
 /// `line`, cleaned, as lines of at most [`GUTTER_WIDTH`] columns (wide characters
-/// count two), each behind the gutter `  │ `.
+/// count two), each behind the gutter `  │ `. Lines break between words where they can,
+/// so a digest or an address stays whole to copy; a word longer than a line is cut.
 fn behind_gutter(text: &mut String, line: &str) {
-    use unicode_width::UnicodeWidthChar;
+    use unicode_width::UnicodeWidthStr;
     let line = output::clean(line);
-    let mut width = 0;
-    text.push_str("  │ ");
-    for c in line.chars() {
-        let columns = c.width().unwrap_or(0);
-        if width + columns > GUTTER_WIDTH {
-            text.push_str("\n  │ ");
-            width = 0;
+    let mut lines: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut started = false;
+    for word in line.split(' ') {
+        let width = word.width();
+        if started && current.width() + 1 + width <= GUTTER_WIDTH {
+            current.push(' ');
+            current.push_str(word);
+            continue;
         }
-        text.push(c);
-        width += columns;
+        if started {
+            lines.push(std::mem::take(&mut current));
+        }
+        started = true;
+        // A word longer than a line: cut where the columns run out.
+        let mut columns = 0;
+        for c in word.chars() {
+            let wide = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+            if columns + wide > GUTTER_WIDTH {
+                lines.push(std::mem::take(&mut current));
+                columns = 0;
+            }
+            current.push(c);
+            columns += wide;
+        }
     }
-    text.push('\n');
+    lines.push(current);
+    for piece in lines {
+        text.push_str("  │ ");
+        text.push_str(&piece);
+        text.push('\n');
+    }
 }
 
 fn render(approval: &Approval) -> String {
