@@ -13,16 +13,57 @@ struct Detached<'a>(&'a palisade_testkit::Palisade);
 impl Drop for Detached<'_> {
     fn drop(&mut self) {
         let _ = self.0.run(&["down"]);
-        let pid = std::fs::read_to_string(self.0.home().join("run/host.pid"))
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok());
-        if let Some(pid) = pid {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        for file in ["run/host.pid", "host.lock"] {
+            let pid = std::fs::read_to_string(self.0.home().join(file))
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok());
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
+}
+
+/// One host per home: a host whose run folder was removed (its address and token gone)
+/// still holds the home, so a second `up` on another port is refused, naming it;
+/// `status` still finds it and `down` still stops it. (Before, the second host started
+/// on the same database, and the first one, stopped later, deleted the second's run
+/// files.)
+#[test]
+fn a_second_host_cannot_start_on_a_home_whose_run_folder_is_gone() {
+    let world = world();
+    let listen = world.listen.to_string();
+    let _stop = Detached(&world.palisade);
+    ok(world.palisade.run(&["up", "--detach", "--listen", &listen]));
+    let pid = std::fs::read_to_string(world.palisade.home().join("run/host.pid"))
+        .unwrap()
+        .trim()
+        .to_string();
+    std::fs::remove_dir_all(world.palisade.home().join("run")).unwrap();
+    let status = ok(world.palisade.run(&["status"]));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(&format!("running (pid {pid})")),
+        "{}",
+        text(&status)
+    );
+    let other = format!("127.0.0.1:{}", palisade_testkit::free_port());
+    let second = world.palisade.run(&["up", "--detach", "--listen", &other]);
+    assert!(
+        !second.status.success()
+            && String::from_utf8_lossy(&second.stderr)
+                .contains(&format!("already running for this home (pid {pid})")),
+        "{}",
+        text(&second)
+    );
+    let stopped = ok(world.palisade.run(&["down"]));
+    assert!(
+        String::from_utf8_lossy(&stopped.stdout).contains(&format!("stopped (pid {pid})")),
+        "{}",
+        text(&stopped)
+    );
 }
 
 #[test]

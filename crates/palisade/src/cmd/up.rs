@@ -90,6 +90,68 @@ fn pid_path(home: &Home) -> PathBuf {
     home.run_dir().join("host.pid")
 }
 
+/// The home's lock: held (`flock`, exclusive) by a running host for its whole life, with
+/// its pid written in it. It lies in the home itself, not in `run/`, so a removed run
+/// folder does not let a second host start on the same database; and the kernel lets
+/// it go when the host ends, however it ends.
+fn lock_path(home: &Home) -> PathBuf {
+    home.root().join("host.lock")
+}
+
+fn open_lock(home: &Home) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = lock_path(home);
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Takes the home's lock for this process, or says which host holds it.
+fn lock_home(home: &Home) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::{Seek, Write};
+    match Flock::lock(open_lock(home)?, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            lock.rewind()?;
+            writeln!(lock, "{}", std::process::id())?;
+            Ok(lock)
+        }
+        Err((file, nix::errno::Errno::EWOULDBLOCK)) => bail!(
+            "palisade is already running for this home (pid {}); stop it with `palisade down`",
+            lock_pid(&file).map_or_else(|| "unknown".to_string(), |pid| pid.to_string())
+        ),
+        Err((_, error)) => Err(anyhow::anyhow!(
+            "cannot lock {}: {error}",
+            lock_path(home).display()
+        )),
+    }
+}
+
+fn lock_pid(file: &std::fs::File) -> Option<u32> {
+    use std::io::Read;
+    let mut text = String::new();
+    file.take(32).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+/// The pid of the host holding the home's lock, if one does (whether or not its
+/// `run/host.json` is still there).
+fn lock_holder(home: &Home) -> Option<u32> {
+    use nix::fcntl::{Flock, FlockArg};
+    let file = std::fs::File::open(lock_path(home)).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        // Free: nobody holds it (dropping the lock lets it go again).
+        Ok(_) => None,
+        Err((file, _)) => lock_pid(&file).filter(|pid| alive(*pid)),
+    }
+}
+
 fn alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
@@ -156,6 +218,18 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
             info.listen
         );
     }
+    // One host per home, for its whole life (a detached start's host takes it itself).
+    let _home_lock = match args.detach {
+        true => {
+            if let Some(pid) = lock_holder(&ctx.home) {
+                bail!(
+                    "palisade is already running for this home (pid {pid}); stop it with `palisade down`"
+                );
+            }
+            None
+        }
+        false => Some(lock_home(&ctx.home)?),
+    };
     let store = ctx.open_store()?.with_actor("host");
     let new_key = first_start(&store, &args)? || std::env::var_os(NEW_KEY_ENV).is_some();
     if args.detach {
@@ -576,10 +650,12 @@ pub fn down(ctx: &Context) -> anyhow::Result<()> {
     let pid = match running_host(&ctx.home) {
         Some(info) => info.pid,
         None => {
+            // A host whose run folder is gone still holds the home's lock.
             let from_file = std::fs::read_to_string(pid_path(&ctx.home))
                 .ok()
                 .and_then(|t| t.trim().parse::<u32>().ok())
-                .filter(|pid| alive(*pid));
+                .filter(|pid| alive(*pid))
+                .or_else(|| lock_holder(&ctx.home));
             match from_file {
                 Some(pid) => pid,
                 None => {
@@ -612,6 +688,19 @@ pub fn down(ctx: &Context) -> anyhow::Result<()> {
 
 pub fn status(ctx: &Context) -> anyhow::Result<()> {
     let Some(info) = running_host(&ctx.home) else {
+        if let Some(pid) = lock_holder(&ctx.home) {
+            // Running, but its run/host.json (address, token) is gone.
+            if ctx.json {
+                crate::output::print_json(&serde_json::json!({
+                    "running": true, "pid": pid, "responding": false
+                }))?;
+            } else {
+                crate::output::print(&format!(
+                    "palisade is running (pid {pid}), but its run/host.json is gone, so nothing can talk to it; restart it with `palisade down` and `palisade up`\n"
+                ))?;
+            }
+            return Ok(());
+        }
         if ctx.json {
             crate::output::print_json(&serde_json::json!({ "running": false }))?;
         } else {
