@@ -162,13 +162,13 @@ async fn run_turns(
         let message_id = delivery.message_id;
         host.message_id.store(message_id, Ordering::SeqCst);
         let frame = match turn(&delivery, &out, &host, &http, &workspace).await {
-            Ok((text, history, is_error)) => RunnerFrame::Reply {
+            Ok((text, history, is_error)) => fitted_reply(RunnerFrame::Reply {
                 message_id,
                 session_id: delivery.session_id,
                 text,
                 history,
                 is_error,
-            },
+            }),
             Err(error) => RunnerFrame::Error {
                 message_id: Some(message_id),
                 message: format!("{error:#}"),
@@ -177,6 +177,75 @@ async fn run_turns(
         if out.send(frame).await.is_err() {
             return;
         }
+    }
+}
+
+/// Most of one answer kept when a reply would not fit in a frame.
+const REPLY_TEXT_KEPT: usize = 256 * 1024;
+/// Most of any one text of the history kept then.
+const HISTORY_TEXT_KEPT: usize = 64 * 1024;
+
+/// A reply that fits in one frame of the host protocol: one that would not (an answer
+/// of 700 KB, with the history that holds it again) failed to send, the host took the
+/// runner for dead and delivered the message again, three times, each a paid model
+/// call, and the answer was lost. Then the answer is cut to [`REPLY_TEXT_KEPT`] and
+/// every text of the history to [`HISTORY_TEXT_KEPT`], each saying so; and if that
+/// is still too much, the history is left out (the conversation goes on without it).
+fn fitted_reply(frame: RunnerFrame) -> RunnerFrame {
+    let fits = |frame: &RunnerFrame| palisade_host::protocol::encode_body(frame).is_ok();
+    if fits(&frame) {
+        return frame;
+    }
+    let RunnerFrame::Reply {
+        message_id,
+        session_id,
+        mut text,
+        mut history,
+        is_error,
+    } = frame
+    else {
+        return frame;
+    };
+    cut_text(&mut text, REPLY_TEXT_KEPT);
+    cut_strings(&mut history, HISTORY_TEXT_KEPT);
+    let mut frame = RunnerFrame::Reply {
+        message_id,
+        session_id,
+        text,
+        history,
+        is_error,
+    };
+    if !fits(&frame) {
+        if let RunnerFrame::Reply { history, .. } = &mut frame {
+            *history = serde_json::Value::Array(Vec::new());
+        }
+    }
+    frame
+}
+
+/// `text` cut to at most `limit` bytes (at a character's start), saying how much went.
+fn cut_text(text: &mut String, limit: usize) {
+    if text.len() <= limit {
+        return;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!(
+        "\n\n[Palisade cut this answer here: {cut} more bytes than one reply may hold]"
+    ));
+}
+
+/// Every string in `value` cut as [`cut_text`] cuts it.
+fn cut_strings(value: &mut serde_json::Value, limit: usize) {
+    match value {
+        serde_json::Value::String(text) => cut_text(text, limit),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| cut_strings(v, limit)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| cut_strings(v, limit)),
+        _ => {}
     }
 }
 
@@ -403,5 +472,51 @@ impl HostTools for SocketHost {
                 })
                 .collect())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(text: &str, history: serde_json::Value) -> RunnerFrame {
+        RunnerFrame::Reply {
+            message_id: 7,
+            session_id: 3,
+            text: text.to_string(),
+            history,
+            is_error: false,
+        }
+    }
+
+    /// A 700 KB answer, held again by the history, is cut to fit one frame, saying so;
+    /// a reply that fits is sent as it is.
+    #[test]
+    fn a_reply_too_large_for_a_frame_is_cut_to_fit() {
+        let answer = "é".repeat(350_000);
+        let history = serde_json::json!([
+            {"role": "user", "content": [{"type": "text", "text": "write a lot"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ]);
+        let big = reply(&answer, history.clone());
+        assert!(palisade_host::protocol::encode_body(&big).is_err());
+        let fitted = fitted_reply(big);
+        assert!(palisade_host::protocol::encode_body(&fitted).is_ok());
+        let RunnerFrame::Reply { text, history, .. } = fitted else {
+            panic!("not a reply");
+        };
+        assert!(text.starts_with(&answer[..1000]));
+        assert!(
+            text.ends_with("more bytes than one reply may hold]"),
+            "{}",
+            &text[text.len() - 200..]
+        );
+        assert!(text.len() < REPLY_TEXT_KEPT + 200);
+        assert_eq!(history[0]["content"][0]["text"], "write a lot");
+        let kept = history[1]["content"][0]["text"].as_str().unwrap();
+        assert!(kept.len() < HISTORY_TEXT_KEPT + 200 && kept.ends_with("reply may hold]"));
+
+        let small = reply("short", history.clone());
+        assert_eq!(fitted_reply(small.clone()), small);
     }
 }
