@@ -137,7 +137,7 @@ Exits 1 when something must be fixed (a FAIL line); warnings alone exit 0.
     Down,
     /// Whether the host is running, where, and which agents are active.
     Status,
-    /// Send a message to an agent and print its reply as it streams.
+    /// Send a message to an agent and print its reply as it streams (piped: once, whole).
     Send(cmd::send::SendArgs),
     /// Chat with an agent in the terminal: replies stream, the session's history continues.
     Chat(cmd::chat::ChatArgs),

@@ -239,6 +239,11 @@ pub(crate) async fn stream_reply(
     let mut stdout = std::io::stdout();
     let mut buffer: Vec<u8> = Vec::new();
     let mut streamed_text = false;
+    // The answer streams to a terminal; to a file or a pipe it is written once, whole,
+    // when it is done: a turn that starts again (its runner restarted) streams its
+    // answer again from the start, which a terminal can be told about but a captured
+    // output would hold twice.
+    let live = std::io::IsTerminal::is_terminal(&stdout);
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(frame) => frame,
@@ -274,11 +279,19 @@ pub(crate) async fn stream_reply(
                 continue;
             }
             match event["type"].as_str() {
-                Some("text_delta") => {
+                Some("text_delta") if live => {
                     let text = event["text"].as_str().unwrap_or_default();
                     write!(stdout, "{}", clean_text(text))?;
                     stdout.flush()?;
                     streamed_text = true;
+                }
+                Some("started") if streamed_text => {
+                    writeln!(stdout)?;
+                    stdout.flush()?;
+                    eprintln!(
+                        "palisade: the turn started again; its answer follows from the start"
+                    );
+                    streamed_text = false;
                 }
                 Some("message") => {
                     let text = event["text"].as_str().unwrap_or_default();
