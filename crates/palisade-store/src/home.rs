@@ -62,6 +62,20 @@ impl Home {
     /// Creates the root and standard subdirectories (0700) if missing.
     pub fn ensure(&self) -> crate::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
+        // A new home is made only inside a folder that exists: a mistyped `--home
+        // /srv/palisde/home` would otherwise make a fresh, empty home there, and its
+        // user would think every agent and secret gone.
+        if !self.root.exists() {
+            if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if !parent.is_dir() {
+                    return Err(StoreError::Io(format!(
+                        "there is no home at {} and no folder {} to make one in; check --home or PALISADE_HOME",
+                        self.root.display(),
+                        parent.display()
+                    )));
+                }
+            }
+        }
         let dirs = [
             self.root.clone(),
             self.run_dir(),
@@ -147,6 +161,15 @@ mod tests {
 
         let err = Home::resolve_from(None, None, None).unwrap_err();
         assert!(err.to_string().contains("PALISADE_HOME"), "{err}");
+    }
+
+    #[test]
+    fn a_home_is_made_only_inside_a_folder_that_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("no-such-folder/home"));
+        let error = home.ensure().unwrap_err().to_string();
+        assert!(error.contains("no folder"), "{error}");
+        assert!(!dir.path().join("no-such-folder").exists());
     }
 
     #[test]
