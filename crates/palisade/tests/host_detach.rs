@@ -37,11 +37,16 @@ fn a_second_host_cannot_start_on_a_home_whose_run_folder_is_gone() {
     let world = world();
     let listen = world.listen.to_string();
     let _stop = Detached(&world.palisade);
-    ok(world.palisade.run(&["up", "--detach", "--listen", &listen]));
-    let pid = std::fs::read_to_string(world.palisade.home().join("run/host.pid"))
+    // With --json, what scripts want: the pid and the login link.
+    let started = ok(world
+        .palisade
+        .run(&["--json", "up", "--detach", "--listen", &listen]));
+    let started: serde_json::Value = serde_json::from_slice(&started.stdout).unwrap();
+    let pid = started["pid"].as_u64().expect("a pid").to_string();
+    assert!(started["login_url"]
+        .as_str()
         .unwrap()
-        .trim()
-        .to_string();
+        .starts_with(&format!("http://{listen}/login?token=")));
     std::fs::remove_dir_all(world.palisade.home().join("run")).unwrap();
     let status = ok(world.palisade.run(&["status"]));
     assert!(
@@ -58,12 +63,12 @@ fn a_second_host_cannot_start_on_a_home_whose_run_folder_is_gone() {
         "{}",
         text(&second)
     );
-    let stopped = ok(world.palisade.run(&["down"]));
-    assert!(
-        String::from_utf8_lossy(&stopped.stdout).contains(&format!("stopped (pid {pid})")),
-        "{}",
-        text(&stopped)
-    );
+    let stopped = ok(world.palisade.run(&["--json", "down"]));
+    let stopped: serde_json::Value = serde_json::from_slice(&stopped.stdout).unwrap();
+    assert_eq!(stopped["pid"].to_string(), pid, "{stopped}");
+    let again = ok(world.palisade.run(&["--json", "down"]));
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["running"], false);
 }
 
 #[test]

@@ -233,7 +233,7 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
     let store = ctx.open_store()?.with_actor("host");
     let new_key = first_start(&store, &args)? || std::env::var_os(NEW_KEY_ENV).is_some();
     if args.detach {
-        return detach(&ctx.home, args.listen, new_key);
+        return detach(&ctx.home, args.listen, new_key, ctx.json);
     }
     let login_token = std::env::var(LOGIN_TOKEN_ENV)
         .ok()
@@ -502,7 +502,7 @@ fn anthropic_key(args: &UpArgs) -> anyhow::Result<Option<SecretValue>> {
 
 /// Starts `palisade up` again in its own session with output to the log, waits until
 /// it is serving, and prints the login URL.
-fn detach(home: &Home, listen: SocketAddr, new_key: bool) -> anyhow::Result<()> {
+fn detach(home: &Home, listen: SocketAddr, new_key: bool, json: bool) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let log_path = home.logs_dir().join("host.log");
     let log = std::fs::OpenOptions::new()
@@ -544,11 +544,22 @@ fn detach(home: &Home, listen: SocketAddr, new_key: bool) -> anyhow::Result<()> 
     loop {
         if let Some(info) = running_host(home) {
             if info.pid == child.id() {
-                println!(
-                    "palisade is up (pid {}): http://{}/login?token={token}",
-                    info.pid, info.listen
-                );
-                println!("logs: {}", log_path.display());
+                // The host is up whatever happens to this output: a closed pipe
+                // (`| head -0`) is no failure of the start.
+                let url = format!("http://{}/login?token={token}", info.listen);
+                let _ = match json {
+                    true => crate::output::print_json(&serde_json::json!({
+                        "running": true,
+                        "pid": info.pid,
+                        "login_url": url,
+                        "log": log_path,
+                    })),
+                    false => crate::output::print(&format!(
+                        "palisade is up (pid {}): {url}\nlogs: {}\n",
+                        info.pid,
+                        log_path.display()
+                    )),
+                };
                 return Ok(());
             }
         }
@@ -662,8 +673,10 @@ pub fn down(ctx: &Context) -> anyhow::Result<()> {
                     // Standalone `sandbox run`s mount workspaces too: a stopped
                     // Palisade leaves none behind either way.
                     release_workspaces(ctx);
-                    println!("palisade is not running");
-                    return Ok(());
+                    return match ctx.json {
+                        true => crate::output::print_json(&serde_json::json!({ "running": false })),
+                        false => crate::output::print("palisade is not running\n"),
+                    };
                 }
             }
         }
@@ -682,7 +695,10 @@ pub fn down(ctx: &Context) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(info_path(&ctx.home));
     let _ = std::fs::remove_file(pid_path(&ctx.home));
     release_workspaces(ctx);
-    println!("palisade stopped (pid {pid})");
+    match ctx.json {
+        true => crate::output::print_json(&serde_json::json!({ "stopped": true, "pid": pid }))?,
+        false => crate::output::print(&format!("palisade stopped (pid {pid})\n"))?,
+    }
     Ok(())
 }
 
