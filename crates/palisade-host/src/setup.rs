@@ -177,6 +177,7 @@ pub fn store_model_key(store: &Store, form: ModelKey) -> Result<AgentRecord, Hos
             "the base URL has no host; give a URL such as https://api.anthropic.com".into(),
         )
     })?;
+    let mut replacing: Option<String> = None;
     let secret = match &form.key {
         Some(_) => {
             let checked = SecretDraft {
@@ -197,9 +198,25 @@ pub fn store_model_key(store: &Store, form: ModelKey) -> Result<AgentRecord, Hos
             .check()?;
             match store.check_new_secret(&checked) {
                 Err(StoreError::Duplicate { name, .. }) => {
-                    return Err(HostError::Invalid(format!(
-                        "a secret named {name} exists already; rotate its value on the Vault page (or `palisade secrets rotate {name}`) instead"
-                    )))
+                    let existing = store.get_secret(&name)?;
+                    // This agent's own model key, stored for a server the agent no
+                    // longer uses (a mistyped port in an earlier form, the base URL
+                    // since corrected on the agent page): the form replaces it, since
+                    // rotating keeps the host. A key that works, or that other agents
+                    // hold, is left alone.
+                    let needs_key = model_key_secret(&agent, &store.list_secrets()?).is_none();
+                    if !needs_key || existing.agents != [agent.name.clone()] {
+                        return Err(HostError::Invalid(format!(
+                            "a secret named {name} exists already, for {} and granted to {}; rotate its value on the Vault page (or `palisade secrets rotate {name}`), or delete it first (`palisade secrets delete {name}`) to store one for another server",
+                            existing.host_pattern,
+                            if existing.agents.is_empty() {
+                                "no agent".to_string()
+                            } else {
+                                existing.agents.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+                            }
+                        )));
+                    }
+                    replacing = Some(name);
                 }
                 other => other?,
             }
@@ -212,6 +229,9 @@ pub fn store_model_key(store: &Store, form: ModelKey) -> Result<AgentRecord, Hos
         }
     };
     if let (Some(secret), Some(key)) = (secret, form.key) {
+        if let Some(old) = &replacing {
+            store.delete_secret(old)?;
+        }
         store.create_secret(secret.with_value(key))?;
     }
     // The model, when none was given, is picked from the provider's list right after.
@@ -244,8 +264,52 @@ mod tests {
         assert_eq!(secret.host_pattern, "localhost:9");
         assert_eq!(secret.injection, "anthropic");
         assert!(!needs_model_key(&store).unwrap());
+        // A key that works is not replaced by the form.
         let again = store_model_key(&store, form(Some("sk-2"), None)).unwrap_err();
         assert!(again.to_string().contains("rotate"), "{again}");
+        // The first had a mistyped port, corrected on the agent page: the form again,
+        // for that server, replaces this agent's own key, host and value.
+        agents::edit(
+            &store,
+            DEFAULT_AGENT,
+            &AgentDraft {
+                base_url: Some("https://localhost:10".into()),
+                ..AgentDraft::default()
+            },
+        )
+        .unwrap();
+        assert!(needs_model_key(&store).unwrap());
+        store_model_key(&store, form(Some("sk-2"), Some("https://localhost:10/"))).unwrap();
+        let secret = store.get_secret("anthropic").unwrap();
+        assert_eq!(secret.host_pattern, "localhost:10");
+        assert_eq!(store.list_secrets().unwrap().len(), 1);
+        // A key another agent holds too is not replaced.
+        agents::create(&store, "other", &AgentDraft::default()).unwrap();
+        store
+            .grant_secret("anthropic", &AgentName::new("other").unwrap())
+            .unwrap();
+        agents::edit(
+            &store,
+            DEFAULT_AGENT,
+            &AgentDraft {
+                base_url: Some("https://localhost:11".into()),
+                ..AgentDraft::default()
+            },
+        )
+        .unwrap();
+        let again =
+            store_model_key(&store, form(Some("sk-3"), Some("https://localhost:11"))).unwrap_err();
+        assert!(
+            again.to_string().contains("granted to assistant, other"),
+            "{again}"
+        );
+        assert_eq!(
+            store.get_secret("anthropic").unwrap().host_pattern,
+            "localhost:10"
+        );
+        store
+            .revoke_secret("anthropic", &AgentName::new("other").unwrap())
+            .unwrap();
         // Pointing the agent elsewhere leaves it without a key for that host.
         agents::edit(
             &store,
