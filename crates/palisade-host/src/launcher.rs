@@ -22,6 +22,11 @@ pub trait RunnerProcess: Send {
     fn exited(&mut self) -> BoxFuture<'_, ()>;
     /// Ends the runner and waits (bounded) until it is gone.
     fn kill(&mut self) -> BoxFuture<'_, ()>;
+    /// Why it ended, when that is known (its workspace's disk full, the last line it
+    /// wrote to stderr): for the person waiting on it, not only for the log.
+    fn why_exited(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Starts runners.
@@ -130,22 +135,31 @@ impl RunnerLauncher for SandboxLauncher {
         drop(child.stdin.take());
         // The runner's output is logged line by line (capped), never kept whole.
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(log_lines(agent.clone(), stdout));
+            tokio::spawn(log_lines(agent.clone(), stdout, None));
         }
+        let last_words = Arc::new(std::sync::Mutex::new(None::<String>));
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(log_lines(agent.clone(), stderr));
+            tokio::spawn(log_lines(agent.clone(), stderr, Some(last_words.clone())));
         }
         let (kill_tx, kill_rx) = oneshot::channel::<()>();
         let (exited_tx, exited_rx) = watch::channel(false);
         let name = agent.clone();
+        let why = last_words.clone();
         tokio::spawn(async move {
             tokio::select! {
                 outcome = sandbox.wait() => match outcome {
-                    Ok(outcome) if outcome.workspace_full.is_some() => tracing::warn!(
-                        agent = %name,
-                        reason = %outcome.workspace_full.map(|full| full.to_string()).unwrap_or_default(),
-                        "runner stopped: its workspace is full; free space in it or raise the quota with `palisade agents edit {name} --workspace-quota SIZE`"
-                    ),
+                    Ok(outcome) if outcome.workspace_full.is_some() => {
+                        let full = outcome.workspace_full.expect("checked");
+                        let advice = match full {
+                            palisade_sandbox::WorkspaceFull::Quota { .. } => format!(
+                                "free space in it or raise the quota with `palisade agents edit {name} --workspace-quota SIZE`"
+                            ),
+                            _ => "free space on that disk".to_string(),
+                        };
+                        let reason = format!("{full}; {advice}");
+                        tracing::warn!(agent = %name, %reason, "runner stopped");
+                        *lock(&why) = Some(reason);
+                    }
                     Ok(outcome) => tracing::info!(agent = %name, code = outcome.code, "runner exited"),
                     Err(error) => tracing::warn!(agent = %name, %error, "lost the runner"),
                 },
@@ -159,6 +173,7 @@ impl RunnerLauncher for SandboxLauncher {
         Ok(Box::new(SandboxRunner {
             kill: Some(kill_tx),
             exited: exited_rx,
+            why: last_words,
         }))
     }
 }
@@ -170,13 +185,24 @@ const MAX_LOGGED_LINE: usize = 2000;
 /// Logs what a runner writes, line by line: each line cut at [`MAX_LOGGED_LINE`] bytes
 /// (see [`read_line_capped`]), at most a burst of 200 lines then 20 a second (the count
 /// of lines left out goes on the next one logged).
-async fn log_lines(agent: AgentName, stream: impl tokio::io::AsyncRead + Unpin) {
+/// With `last`, the last non-empty line (its first 300 characters) is kept there,
+/// unless a reason is there already.
+async fn log_lines(
+    agent: AgentName,
+    stream: impl tokio::io::AsyncRead + Unpin,
+    last: Option<Arc<std::sync::Mutex<Option<String>>>>,
+) {
     let mut reader = tokio::io::BufReader::new(stream);
     let mut budget = palisade_policy::budget::Bucket::full(200.0);
     let mut line = Vec::with_capacity(256);
     while read_line_capped(&mut reader, &mut line, MAX_LOGGED_LINE).await {
+        let text = String::from_utf8_lossy(&line);
+        if let Some(last) = &last {
+            if !text.trim().is_empty() {
+                *lock(last) = Some(text.trim().chars().take(300).collect());
+            }
+        }
         if let Some(lines_left_out) = budget.take(200.0, 20.0) {
-            let text = String::from_utf8_lossy(&line);
             tracing::info!(agent = %agent, lines_left_out, "runner: {text}");
         }
     }
@@ -213,9 +239,21 @@ async fn read_line_capped(
 struct SandboxRunner {
     kill: Option<oneshot::Sender<()>>,
     exited: watch::Receiver<bool>,
+    /// Why it stopped (a full disk), else the last line it wrote to stderr.
+    why: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl RunnerProcess for SandboxRunner {
+    fn why_exited(&self) -> Option<String> {
+        lock(&self.why).clone()
+    }
+
     fn exited(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = self.exited.wait_for(|done| *done).await;

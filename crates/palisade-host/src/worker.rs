@@ -496,7 +496,12 @@ async fn connect(
             }
             None => Err(HostError::ShuttingDown),
         },
-        _ = process_exited(&mut runner.process) => Err(HostError::Runner("the runner exited before connecting".into())),
+        _ = process_exited(&mut runner.process) => Err(HostError::Runner(
+            match runner.process.as_ref().and_then(|process| process.why_exited()) {
+                Some(why) => format!("the runner exited before connecting: {why}"),
+                None => "the runner exited before connecting".into(),
+            },
+        )),
         _ = &mut deadline => Err(HostError::Runner(format!(
             "the runner did not connect within {} s",
             inner.config.start_timeout.as_secs()

@@ -23,6 +23,8 @@ enum Behaviour {
     CrashFirst(usize),
     /// Replies with another session id.
     WrongSession,
+    /// Exits before connecting, saying why (as a sandbox whose disk is full does).
+    ExitAtOnce,
 }
 
 struct FakeLauncher {
@@ -32,9 +34,12 @@ struct FakeLauncher {
     gate: Arc<tokio::sync::Semaphore>,
 }
 
-struct FakeProcess(Option<tokio::task::JoinHandle<()>>);
+struct FakeProcess(Option<tokio::task::JoinHandle<()>>, Option<String>);
 
 impl RunnerProcess for FakeProcess {
+    fn why_exited(&self) -> Option<String> {
+        self.1.clone()
+    }
     fn exited(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if let Some(handle) = &mut self.0 {
@@ -66,11 +71,20 @@ impl RunnerLauncher for FakeLauncher {
             Behaviour::CrashFirst(n) if launch >= n => Behaviour::Echo,
             other => other,
         };
+        if matches!(behaviour, Behaviour::ExitAtOnce) {
+            return Ok(Box::new(FakeProcess(
+                Some(tokio::spawn(async {})),
+                Some("the disk holding the workspace is nearly full (17.2M free)".into()),
+            )));
+        }
         let socket = host_socket.to_path_buf();
         let gate = Arc::clone(&self.gate);
-        Ok(Box::new(FakeProcess(Some(tokio::spawn(async move {
-            let _ = fake_runner(&socket, behaviour, gate).await;
-        })))))
+        Ok(Box::new(FakeProcess(
+            Some(tokio::spawn(async move {
+                let _ = fake_runner(&socket, behaviour, gate).await;
+            })),
+            None,
+        )))
     }
 }
 
@@ -341,6 +355,18 @@ async fn a_message_that_keeps_crashing_runners_gets_an_error_reply() {
         f.store.get_message(accepted.message_id).unwrap().status,
         MessageStatus::Answered
     );
+    f.host.shutdown().await;
+}
+
+/// A runner that cannot start says why to the person waiting, not only in the log:
+/// a sandbox whose disk is nearly full.
+#[tokio::test]
+async fn a_runner_that_cannot_start_says_why_in_the_reply() {
+    let f = fixture(Behaviour::ExitAtOnce, |config| config.max_attempts = 1).await;
+    let (_, mut events) = f.host.submit(&f.agent, "c", "cli", "hi").await.unwrap();
+    let (_, text, is_error) = reply_of(&mut events).await;
+    assert!(is_error, "{text}");
+    assert!(text.contains("nearly full (17.2M free)"), "{text}");
     f.host.shutdown().await;
 }
 
