@@ -2800,6 +2800,14 @@ fn a_local_address_allowed_with_a_port_opens_that_port_only() {
     for scheme in ["http", "https"] {
         let reply = attack.curl(&token, &[&format!("{scheme}://127.0.0.1:{port}/")]);
         refused(&reply, 403, "local_upstream_refused");
+        // The way to allow it names that port alone.
+        assert!(
+            reply
+                .raw
+                .contains(&format!("--allow-local-upstream 127.0.0.1:{port} ")),
+            "{}",
+            reply.raw
+        );
     }
     assert!(
         matches!(other.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),

@@ -100,9 +100,9 @@ pub trait ModelProvider: Send + Sync {
 /// Why a model call failed (after any retries).
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("could not reach the model API: {0}")]
+    #[error("the model API could not be reached, or stopped answering: {0}")]
     Unreachable(String),
-    #[error("the model request was refused ({status} {kind}): {message}")]
+    #[error("the model request was refused ({status} {kind}): {message}{}", wait_note(*.retry_after))]
     Refused {
         status: u16,
         /// The machine-readable error: `blocked_by_policy`, `overloaded_error`, …
@@ -116,6 +116,18 @@ pub enum ModelError {
     Stream { kind: String, message: String },
     #[error("the model API sent something unexpected: {0}")]
     Protocol(String),
+}
+
+/// What a refusal that asked for a wait says of it: a wait longer than a retry sleeps
+/// through is the person's to know.
+fn wait_note(retry_after: Option<Duration>) -> String {
+    match retry_after {
+        Some(wait) if wait >= Duration::from_secs(60) => format!(
+            " (the API asks to wait {} min before trying again)",
+            wait.as_secs().div_ceil(60)
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Refusals that waiting will not change: a person or a rule decided.
@@ -536,6 +548,18 @@ mod tests {
                 "http://127.0.0.1:8080"
             );
         }
+    }
+
+    /// A refusal that asks for a long wait, which is not slept through, says how long.
+    #[test]
+    fn a_long_wait_asked_for_is_told() {
+        let long = refused(429, "rate_limit_error", Some(600), None).to_string();
+        assert!(
+            long.ends_with("(the API asks to wait 10 min before trying again)"),
+            "{long}"
+        );
+        let short = refused(429, "rate_limit_error", Some(5), None).to_string();
+        assert!(!short.contains("asks to wait"), "{short}");
     }
 
     #[test]

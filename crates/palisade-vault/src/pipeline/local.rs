@@ -13,10 +13,17 @@ pub(super) fn refuse_local(shared: &Shared, target: &Target) -> Result<(), Refus
     let host = target.host.as_str();
     if let Ok(ip) = host.parse::<IpAddr>() {
         if !shared.guard.permits(host, Some(target.port), ip) {
-            return Err(Refusal::of(
+            // The option that allows this address names its port too, so that one
+            // service on the address is allowed, not all of them.
+            let allowance = match ip {
+                IpAddr::V6(_) => format!("[{host}]:{}", target.port),
+                IpAddr::V4(_) => format!("{host}:{}", target.port),
+            };
+            return Err(Refusal::new(
                 Decision::LocalRefused,
-                GatewayErrorKind::LocalUpstreamRefused,
-                host,
+                ErrorBody::new(GatewayErrorKind::LocalUpstreamRefused, host).with_message(format!(
+                    "{host} is a loopback, private or link-local address, which agents may not reach. Do not retry; use a public address, or ask the owner to start the gateway with --allow-local-upstream {allowance} if this is intended."
+                )),
             ));
         }
     }
