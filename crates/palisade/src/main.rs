@@ -219,14 +219,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The error and its causes on one line, joined with ": ".
+/// The error and its causes on one line, joined with ": ", each cause once: an error
+/// that quotes its source (`database error: malformed`) is not followed by it again.
 fn one_line(error: &anyhow::Error) -> String {
-    let text = format!("{error:#}");
-    text.split(['\n', '\r'])
-        .map(str::trim)
-        .filter(|part| !part.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        let cause = cause
+            .split(['\n', '\r'])
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if cause.is_empty() || text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 /// `palisade audit list | head` closing the pipe early is not an error.
@@ -299,5 +312,37 @@ mod tests {
     fn errors_are_one_line() {
         let error = anyhow::anyhow!("inner\nproblem").context("outer");
         assert_eq!(one_line(&error), "outer: inner problem");
+    }
+
+    #[derive(Debug)]
+    struct Sqlite;
+    impl std::fmt::Display for Sqlite {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("database disk image is malformed")
+        }
+    }
+    impl std::error::Error for Sqlite {}
+
+    #[derive(Debug)]
+    struct Store(Sqlite);
+    impl std::fmt::Display for Store {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "database error: {}", self.0)
+        }
+    }
+    impl std::error::Error for Store {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// Each cause once: a store error quoting SQLite's is not followed by SQLite's again.
+    #[test]
+    fn each_cause_is_said_once() {
+        let error = anyhow::Error::new(Store(Sqlite)).context("cannot list agents");
+        assert_eq!(
+            one_line(&error),
+            "cannot list agents: database error: database disk image is malformed"
+        );
     }
 }
