@@ -1423,6 +1423,10 @@ async fn first_run_names_the_option_a_local_model_server_needs() {
         upstream.port()
     );
     assert!(card.contains(&allowance), "{card}");
+    // No model of the OpenAI-compatible server could be chosen: not "ready" with a
+    // Claude model, but a model still to choose.
+    assert!(ready.contains("helper needs a model"), "{ready}");
+    assert!(!ready.contains("id=\"ready-model\""), "{ready}");
     // The host named is the agent's, whatever a link says.
     assert!(!web
         .page("/?ready=helper&models=local&host=evil")

@@ -67,7 +67,11 @@ pub(crate) async fn render(
             },
             Some(_) => setup::Listing::Unlisted,
         };
-        Some(setup::ready_card(name, &settings.model, &listing))
+        // An OpenAI-compatible provider with the default Claude model: no model yet.
+        let model = (settings.provider == "anthropic"
+            || settings.model != palisade_host::settings::DEFAULT_MODEL)
+            .then_some(settings.model.as_str());
+        Some(setup::ready_card(name, model, &listing))
     });
     let traffic = charts::all_agents(state).await?;
     let body = html! {

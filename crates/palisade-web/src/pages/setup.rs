@@ -190,14 +190,27 @@ pub(crate) fn local_allowance(uri: &axum::http::Uri) -> Option<String> {
 }
 
 /// The card after a key was stored: which model the agent uses, and a first message.
-pub(crate) fn ready_card(agent: &str, model: &str, listing: &Listing) -> Markup {
+/// `model` is `None` when the agent has none of its provider's yet (an OpenAI-compatible
+/// server whose list could not be read leaves the default Claude model in place).
+pub(crate) fn ready_card(agent: &str, model: Option<&str>, listing: &Listing) -> Markup {
     let listed = matches!(listing, Listing::Listed);
     html! {
         section.card.first-run.ready #ready {
-            h2 { (agent) " is ready" }
-            p {
-                "The key is in the vault. " (agent) " thinks with " code #ready-model { (model) }
-                @if listed { ", the newest of its family the provider lists." } @else { "." }
+            @match model {
+                Some(model) => {
+                    h2 { (agent) " is ready" }
+                    p {
+                        "The key is in the vault. " (agent) " thinks with " code #ready-model { (model) }
+                        @if listed { ", the newest of its family the provider lists." } @else { "." }
+                    }
+                }
+                None => {
+                    h2 { (agent) " needs a model" }
+                    p #no-model {
+                        "The key is in the vault, but " (agent) " has no model of its provider yet: its model list could not be read. Once it can be, choose one on "
+                        a href={ "/agents/" (agent) } { "the agent page" } "."
+                    }
+                }
             }
             @match listing {
                 Listing::Listed => {}
