@@ -106,7 +106,7 @@ enum Command {
     #[command(after_help = "Examples:
   palisade up
   ANTHROPIC_API_KEY=... palisade up --detach
-  palisade up --listen 127.0.0.1:8080 --idle-timeout 30m --turn-timeout 1h
+  palisade up --listen 127.0.0.1:10260 --idle-timeout 30m --turn-timeout 1h
   palisade up --vault-listen 127.0.0.1:10255   # also serve agents outside a sandbox
 
 The web UI (chat, agents, sessions, approvals, audit log, vault, health) is at the
