@@ -30,7 +30,14 @@ impl AgentName {
         if well_formed {
             Ok(AgentName(name.to_string()))
         } else {
-            Err(NameError::Invalid(name.to_string()))
+            // Quoted in the error, so at most a line of it: a 5,000-character name
+            // typed by mistake (or pasted) is not echoed whole.
+            let shown: String = name.chars().take(80).collect();
+            let shown = match shown.len() < name.len() {
+                true => format!("{shown}…"),
+                false => shown,
+            };
+            Err(NameError::Invalid(shown))
         }
     }
     pub fn as_str(&self) -> &str {
@@ -122,6 +129,11 @@ mod tests {
                 Err(NameError::Invalid(bad.to_string()))
             );
         }
+        // A long one is quoted in part.
+        assert_eq!(
+            AgentName::new(&"y".repeat(5000)),
+            Err(NameError::Invalid(format!("{}…", "y".repeat(80))))
+        );
     }
 
     #[test]
