@@ -63,6 +63,19 @@ fn a_second_host_cannot_start_on_a_home_whose_run_folder_is_gone() {
         "{}",
         text(&second)
     );
+    // The lock is the home folder itself: removing the pid file beside it frees
+    // nothing (a foreground start, which takes the lock itself, is refused too).
+    let pid_file = world.palisade.home().join("host.lock");
+    let written = std::fs::read_to_string(&pid_file).unwrap();
+    std::fs::remove_file(&pid_file).unwrap();
+    let third = world.palisade.run(&["up", "--listen", &other]);
+    assert!(
+        !third.status.success()
+            && String::from_utf8_lossy(&third.stderr).contains("already running for this home"),
+        "{}",
+        text(&third)
+    );
+    std::fs::write(&pid_file, written).unwrap();
     let stopped = ok(world.palisade.run(&["--json", "down"]));
     let stopped: serde_json::Value = serde_json::from_slice(&stopped.stdout).unwrap();
     assert_eq!(stopped["pid"].to_string(), pid, "{stopped}");
@@ -162,5 +175,62 @@ fn a_model_key_in_the_environment_leaves_the_hosts_environment() {
         host.stderr().contains("ANTHROPIC_API_KEY was not used"),
         "{}",
         host.stderr()
+    );
+}
+
+/// A host killed with -9 leaves its run/host.json behind, and the pid in it may be
+/// another process's by now: no host holds the home's lock, so `status` says nothing
+/// runs and `down` signals nobody. (Before, `down` sent that process SIGTERM.)
+#[test]
+fn a_dead_hosts_leftover_pid_is_nobodys_to_signal() {
+    let world = world();
+    let listen = world.listen.to_string();
+    let _stop = Detached(&world.palisade);
+    ok(world.palisade.run(&["up", "--detach", "--listen", &listen]));
+    let info_path = world.palisade.home().join("run/host.json");
+    let pid: i32 = std::fs::read_to_string(world.palisade.home().join("run/host.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        palisade_testkit::wait_until(std::time::Duration::from_secs(10), || {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+        }),
+        "the host did not die"
+    );
+    // The pid in the leftover file is now an unrelated process's.
+    let mut bystander =
+        palisade_testkit::ChildGuard::spawn(std::process::Command::new("sleep").arg("300"))
+            .unwrap();
+    let mut info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
+    info["pid"] = bystander.id().into();
+    std::fs::write(&info_path, info.to_string()).unwrap();
+    std::fs::write(
+        world.palisade.home().join("run/host.pid"),
+        bystander.id().to_string(),
+    )
+    .unwrap();
+    let status = world.palisade.run(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("not running"),
+        "{}",
+        text(&status)
+    );
+    let down = ok(world.palisade.run(&["down"]));
+    assert!(
+        String::from_utf8_lossy(&down.stdout).contains("not running"),
+        "{}",
+        text(&down)
+    );
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "down signalled an unrelated process"
     );
 }

@@ -90,66 +90,97 @@ fn pid_path(home: &Home) -> PathBuf {
     home.run_dir().join("host.pid")
 }
 
-/// The home's lock: held (`flock`, exclusive) by a running host for its whole life, with
-/// its pid written in it. It lies in the home itself, not in `run/`, so a removed run
-/// folder does not let a second host start on the same database; and the kernel lets
-/// it go when the host ends, however it ends.
+/// The home's lock: the home folder itself, held (`flock`, exclusive) by a running host
+/// for its whole life; the kernel lets it go when the host ends, however it ends. A
+/// folder that must be there for the host to run cannot be removed from under it, as a
+/// lock file or `run/` could (either let a second host start on the same database).
+/// Its pid is written beside it, in `host.lock`, for `status` and `down`.
+struct HomeLock {
+    _held: nix::fcntl::Flock<std::fs::File>,
+}
+
 fn lock_path(home: &Home) -> PathBuf {
     home.root().join("host.lock")
 }
 
-fn open_lock(home: &Home) -> anyhow::Result<std::fs::File> {
+fn open_home(home: &Home) -> anyhow::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = lock_path(home);
     std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))
+        .custom_flags(nix::libc::O_DIRECTORY)
+        .open(home.root())
+        .with_context(|| format!("cannot open the home {}", home.root().display()))
 }
 
-/// Takes the home's lock for this process, or says which host holds it.
-fn lock_home(home: &Home) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+/// Takes the home's lock for this process, or says which host holds it. A lock held a
+/// moment by `status` asking whether a host runs is waited out (briefly).
+fn lock_home(home: &Home) -> anyhow::Result<HomeLock> {
     use nix::fcntl::{Flock, FlockArg};
-    use std::io::{Seek, Write};
-    match Flock::lock(open_lock(home)?, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0)?;
-            lock.rewind()?;
-            writeln!(lock, "{}", std::process::id())?;
-            Ok(lock)
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut folder = open_home(home)?;
+    for attempt in 0..10 {
+        match Flock::lock(folder, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => {
+                // The pid, for status and down; written without following a link.
+                let path = lock_path(home);
+                let _ = std::fs::remove_file(&path);
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                std::io::Write::write_all(
+                    &mut file,
+                    format!("{}\n", std::process::id()).as_bytes(),
+                )?;
+                return Ok(HomeLock { _held: held });
+            }
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) if attempt < 9 => {
+                folder = back;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
+                "palisade is already running for this home (pid {}); stop it with `palisade down`",
+                lock_pid(home).map_or_else(|| "unknown".to_string(), |pid| pid.to_string())
+            ),
+            Err((_, error)) => bail!("cannot lock the home {}: {error}", home.root().display()),
         }
-        Err((file, nix::errno::Errno::EWOULDBLOCK)) => bail!(
-            "palisade is already running for this home (pid {}); stop it with `palisade down`",
-            lock_pid(&file).map_or_else(|| "unknown".to_string(), |pid| pid.to_string())
-        ),
-        Err((_, error)) => Err(anyhow::anyhow!(
-            "cannot lock {}: {error}",
-            lock_path(home).display()
-        )),
     }
+    unreachable!("the last attempt returns")
 }
 
-fn lock_pid(file: &std::fs::File) -> Option<u32> {
+/// The pid `host.lock` names, if it names a live process.
+fn lock_pid(home: &Home) -> Option<u32> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut text = String::new();
-    file.take(32).read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(lock_path(home))
+        .ok()?
+        .take(32)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.trim().parse().ok().filter(|pid| alive(*pid))
 }
 
-/// The pid of the host holding the home's lock, if one does (whether or not its
-/// `run/host.json` is still there).
-fn lock_holder(home: &Home) -> Option<u32> {
+/// Whether a host holds the home's lock now.
+fn home_locked(home: &Home) -> bool {
     use nix::fcntl::{Flock, FlockArg};
-    let file = std::fs::File::open(lock_path(home)).ok()?;
-    match Flock::lock(file, FlockArg::LockSharedNonblock) {
-        // Free: nobody holds it (dropping the lock lets it go again).
-        Ok(_) => None,
-        Err((file, _)) => lock_pid(&file).filter(|pid| alive(*pid)),
-    }
+    let Ok(folder) = open_home(home) else {
+        return false;
+    };
+    // Free: nobody holds it (dropping the shared lock lets it go again).
+    Flock::lock(folder, FlockArg::LockSharedNonblock).is_err()
+}
+
+/// The pid of the host holding the home's lock, if one does and its pid is known
+/// (whether or not its `run/host.json` is still there).
+fn lock_holder(home: &Home) -> Option<u32> {
+    home_locked(home).then(|| lock_pid(home)).flatten()
 }
 
 fn alive(pid: u32) -> bool {
@@ -167,11 +198,19 @@ fn alive(pid: u32) -> bool {
     state != Some("Z")
 }
 
-/// The running host of `home`, if its process is alive.
+/// The running host of `home`: what its `run/host.json` says, when a host holds the
+/// home's lock and it is that host (a host killed with -9 leaves the file behind, and
+/// its pid may be another process's by now).
 pub fn running_host(home: &Home) -> Option<HostInfo> {
     let text = std::fs::read_to_string(info_path(home)).ok()?;
     let info: HostInfo = serde_json::from_str(&text).ok()?;
-    alive(info.pid).then_some(info)
+    let holder = home_locked(home).then(|| lock_pid(home));
+    match holder {
+        Some(Some(pid)) => (pid == info.pid).then_some(info),
+        // Locked, its pid file gone: the file names the host that wrote it last.
+        Some(None) => alive(info.pid).then_some(info),
+        None => None,
+    }
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -661,12 +700,9 @@ pub fn down(ctx: &Context) -> anyhow::Result<()> {
     let pid = match running_host(&ctx.home) {
         Some(info) => info.pid,
         None => {
-            // A host whose run folder is gone still holds the home's lock.
-            let from_file = std::fs::read_to_string(pid_path(&ctx.home))
-                .ok()
-                .and_then(|t| t.trim().parse::<u32>().ok())
-                .filter(|pid| alive(*pid))
-                .or_else(|| lock_holder(&ctx.home));
+            // A host whose run folder is gone still holds the home's lock; a pid in a
+            // file no host holds the lock for is nobody's to signal.
+            let from_file = lock_holder(&ctx.home);
             match from_file {
                 Some(pid) => pid,
                 None => {
