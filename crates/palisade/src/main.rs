@@ -219,16 +219,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The error and its causes on one line, joined with ": ", each cause once: an error
-/// that quotes its source (`database error: malformed`) is not followed by it again.
+/// The error and its causes on one line, joined with ": ", each cause once (an error
+/// that quotes its source, `database error: malformed`, is not followed by it again),
+/// control characters escaped.
 fn one_line(error: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in error.chain() {
         let cause = cause.to_string();
+        // Causes quote what others wrote (a model server's error, a runner's last
+        // words): escape sequences are shown, never sent to the terminal.
         let cause = cause
             .split(['\n', '\r'])
             .map(str::trim)
             .filter(|part| !part.is_empty())
+            .map(output::clean)
             .collect::<Vec<_>>()
             .join(" ");
         if cause.is_empty() || text.contains(&cause) {
@@ -312,6 +316,17 @@ mod tests {
     fn errors_are_one_line() {
         let error = anyhow::anyhow!("inner\nproblem").context("outer");
         assert_eq!(one_line(&error), "outer: inner problem");
+        // A model server's words with escape sequences: shown, not obeyed.
+        let error = anyhow::anyhow!("bad\u{1b}]0;TITLE\u{7}\u{1b}[2K palisade: approved");
+        let line = one_line(&error);
+        assert!(
+            !line.contains('\u{1b}') && !line.contains('\u{7}'),
+            "{line:?}"
+        );
+        assert!(
+            line.contains("TITLE") && line.contains("palisade: approved"),
+            "{line}"
+        );
     }
 
     #[derive(Debug)]
