@@ -177,61 +177,61 @@ pub fn store_model_key(store: &Store, form: ModelKey) -> Result<AgentRecord, Hos
             "the base URL has no host; give a URL such as https://api.anthropic.com".into(),
         )
     })?;
-    let mut replacing: Option<String> = None;
-    let secret = match &form.key {
-        Some(_) => {
-            let checked = SecretDraft {
-                name: secret_name(&provider).to_string(),
-                host_pattern: host,
-                path_pattern: model_key_paths(&planned),
-                inject: if provider == "openai" {
-                    "bearer"
-                } else {
-                    "anthropic"
-                }
-                .into(),
-                agents: vec![name.to_string()],
-                priority: 0,
-                // The model key: every agent, research ones too, needs it to think.
-                sensitive: false,
+    if form.key.is_none() {
+        return Err(HostError::Invalid(
+            "the API key is empty; paste the key from your provider's console".into(),
+        ));
+    }
+    // The secret's name: the provider's, or, when a secret has that name and this agent
+    // has no key for its model API (a mistyped port in an earlier form, the base URL
+    // since corrected on the agent page), the provider's and the agent's. No secret is
+    // ever replaced or deleted here; a key that works is kept, and the form says how
+    // to rotate it.
+    let needs_key = model_key_secret(&agent, &store.list_secrets()?).is_none();
+    let base = secret_name(&provider);
+    let names = std::iter::once(base.to_string())
+        .chain(std::iter::once(format!("{base}-{name}")))
+        .chain((2..10).map(|n| format!("{base}-{name}-{n}")));
+    let mut chosen = None;
+    for candidate in names {
+        let checked = SecretDraft {
+            name: candidate.clone(),
+            host_pattern: host.clone(),
+            path_pattern: model_key_paths(&planned),
+            inject: if provider == "openai" {
+                "bearer"
+            } else {
+                "anthropic"
             }
-            .check()?;
-            match store.check_new_secret(&checked) {
-                Err(StoreError::Duplicate { name, .. }) => {
-                    let existing = store.get_secret(&name)?;
-                    // This agent's own model key, stored for a server the agent no
-                    // longer uses (a mistyped port in an earlier form, the base URL
-                    // since corrected on the agent page): the form replaces it, since
-                    // rotating keeps the host. A key that works, or that other agents
-                    // hold, is left alone.
-                    let needs_key = model_key_secret(&agent, &store.list_secrets()?).is_none();
-                    if !needs_key || existing.agents != [agent.name.clone()] {
-                        return Err(HostError::Invalid(format!(
-                            "a secret named {name} exists already, for {} and granted to {}; rotate its value on the Vault page (or `palisade secrets rotate {name}`), or delete it first (`palisade secrets delete {name}`) to store one for another server",
-                            existing.host_pattern,
-                            if existing.agents.is_empty() {
-                                "no agent".to_string()
-                            } else {
-                                existing.agents.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
-                            }
-                        )));
-                    }
-                    replacing = Some(name);
-                }
-                other => other?,
+            .into(),
+            agents: vec![name.to_string()],
+            priority: 0,
+            // The model key: every agent, research ones too, needs it to think.
+            sensitive: false,
+        }
+        .check()?;
+        match store.check_new_secret(&checked) {
+            Ok(()) => {
+                chosen = Some(checked);
+                break;
             }
-            Some(checked)
+            Err(StoreError::Duplicate { .. }) if needs_key => continue,
+            Err(StoreError::Duplicate { .. }) => {
+                let existing = store.get_secret(base)?;
+                return Err(HostError::Invalid(format!(
+                    "{name} has a model key already (secret {base}, for {}); rotate its value on the Vault page (or `palisade secrets rotate {base}`) instead",
+                    existing.host_pattern
+                )));
+            }
+            Err(other) => return Err(other.into()),
         }
-        None => {
-            return Err(HostError::Invalid(
-                "the API key is empty; paste the key from your provider's console".into(),
-            ))
-        }
-    };
+    }
+    let secret = Some(chosen.ok_or_else(|| {
+        HostError::Invalid(format!(
+            "secrets {base} and {base}-{name} to {base}-{name}-9 exist already; delete one that is not used on the Vault page"
+        ))
+    })?);
     if let (Some(secret), Some(key)) = (secret, form.key) {
-        if let Some(old) = &replacing {
-            store.delete_secret(old)?;
-        }
         store.create_secret(secret.with_value(key))?;
     }
     // The model, when none was given, is picked from the provider's list right after.
@@ -268,7 +268,8 @@ mod tests {
         let again = store_model_key(&store, form(Some("sk-2"), None)).unwrap_err();
         assert!(again.to_string().contains("rotate"), "{again}");
         // The first had a mistyped port, corrected on the agent page: the form again,
-        // for that server, replaces this agent's own key, host and value.
+        // for that server, stores a key of the agent's own beside the first (which is
+        // never deleted here).
         agents::edit(
             &store,
             DEFAULT_AGENT,
@@ -280,36 +281,13 @@ mod tests {
         .unwrap();
         assert!(needs_model_key(&store).unwrap());
         store_model_key(&store, form(Some("sk-2"), Some("https://localhost:10/"))).unwrap();
-        let secret = store.get_secret("anthropic").unwrap();
-        assert_eq!(secret.host_pattern, "localhost:10");
-        assert_eq!(store.list_secrets().unwrap().len(), 1);
-        // A key another agent holds too is not replaced.
-        agents::create(&store, "other", &AgentDraft::default()).unwrap();
-        store
-            .grant_secret("anthropic", &AgentName::new("other").unwrap())
-            .unwrap();
-        agents::edit(
-            &store,
-            DEFAULT_AGENT,
-            &AgentDraft {
-                base_url: Some("https://localhost:11".into()),
-                ..AgentDraft::default()
-            },
-        )
-        .unwrap();
-        let again =
-            store_model_key(&store, form(Some("sk-3"), Some("https://localhost:11"))).unwrap_err();
-        assert!(
-            again.to_string().contains("granted to assistant, other"),
-            "{again}"
-        );
         assert_eq!(
             store.get_secret("anthropic").unwrap().host_pattern,
-            "localhost:10"
+            "localhost:9"
         );
-        store
-            .revoke_secret("anthropic", &AgentName::new("other").unwrap())
-            .unwrap();
+        let second = store.get_secret("anthropic-assistant").unwrap();
+        assert_eq!(second.host_pattern, "localhost:10");
+        assert!(!needs_model_key(&store).unwrap());
         // Pointing the agent elsewhere leaves it without a key for that host.
         agents::edit(
             &store,
