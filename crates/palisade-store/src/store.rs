@@ -99,6 +99,7 @@ impl Store {
         loop {
             let attempt = configure(&conn)
                 .and_then(|()| crate::migrations::migrate(&mut conn))
+                .and_then(|()| check_master_key(&conn, &key))
                 .and_then(|()| purge_stale_rate_events(&conn));
             match attempt {
                 Err(StoreError::Sql(rusqlite::Error::SqliteFailure(error, _)))
@@ -396,6 +397,66 @@ fn restrict_permissions(path: &Path) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The settings row holding a value sealed with this home's master key.
+const KEY_CHECK: &str = "master_key_check";
+
+/// Refuses a master key that is not the one this home's values are sealed with (a
+/// `PALISADE_MASTER_KEY` of another home, a replaced `master.key`): used anyway, it
+/// sealed new secrets the running gateway could not open, which froze its whole policy
+/// (no token rotation, no new block rule took effect) while every command said it was
+/// done. A home made before this check is checked against one of its sealed secrets,
+/// then given the check value.
+fn check_master_key(conn: &Connection, key: &MasterKey) -> Result<()> {
+    let mismatch = || {
+        StoreError::MasterKey(format!(
+            "this is not the key this home's values are sealed with: check {} (unset it to use the home's master.key) or the home's master.key",
+            crate::crypto::MASTER_KEY_ENV
+        ))
+    };
+    let stored: Option<String> = conn
+        .query_row(
+            "SELECT value FROM settings WHERE key = ?1",
+            [KEY_CHECK],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(sealed) = stored {
+        return key
+            .open(KEY_CHECK, &sealed)
+            .map(|_| ())
+            .map_err(|_| mismatch());
+    }
+    // One value of each kind sealed before, with what it was sealed for.
+    let samples = [
+        "SELECT name, sealed FROM secrets LIMIT 1",
+        "SELECT 'admin-key', value FROM settings WHERE key = 'admin_key'",
+        "SELECT 'agent-token:' || a.name, t.sealed FROM agent_tokens t JOIN agents a ON a.id = t.agent_id LIMIT 1",
+        "SELECT 'channel:' || name, sealed FROM channels LIMIT 1",
+    ];
+    for query in samples {
+        let sample: Option<(String, String)> = conn
+            .query_row(query, [], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        if let Some((associated, sealed)) = sample {
+            key.open(&associated, &sealed).map_err(|_| mismatch())?;
+        }
+    }
+    let sealed = key.seal(KEY_CHECK, &SecretValue::new("palisade".to_string()))?;
+    conn.execute(
+        "INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)",
+        (KEY_CHECK, &sealed),
+    )?;
+    // Another process may have written its own first: whichever is there decides.
+    let stored: String = conn.query_row(
+        "SELECT value FROM settings WHERE key = ?1",
+        [KEY_CHECK],
+        |row| row.get(0),
+    )?;
+    key.open(KEY_CHECK, &stored)
+        .map(|_| ())
+        .map_err(|_| mismatch())
 }
 
 /// Deletes rate events too old for any window. Checked with a read first so that an

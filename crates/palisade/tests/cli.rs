@@ -1883,3 +1883,40 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
         .run(&["folders", "unmount", "finance", "--agent", "scout"])
         .refused("finance");
 }
+
+/// A master key that is not the home's (another home's `PALISADE_MASTER_KEY`) is
+/// refused before anything is written: a secret sealed with it could not be opened by
+/// the gateway, whose policy then stopped changing at all.
+#[test]
+fn a_master_key_that_is_not_the_homes_is_refused() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
+    command
+        .args([
+            "secrets",
+            "create",
+            "--name",
+            "sc",
+            "--host-pattern",
+            "api.example.com",
+            "--inject",
+            "bearer",
+            "--agent",
+            "mailer",
+            "--value-file",
+            "/dev/null",
+        ])
+        .env("PALISADE_HOME", palisade.home())
+        .env("PALISADE_MASTER_KEY", "07".repeat(32))
+        .stdin(Stdio::null());
+    let output = command.output().expect("run palisade");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("not the key this home's values are sealed with")
+            && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+    assert_eq!(palisade.count(&["secrets", "list"]), 0);
+}

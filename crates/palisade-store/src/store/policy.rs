@@ -52,26 +52,21 @@ impl Store {
 
         let mut secrets = Vec::with_capacity(raw_secrets.len());
         for raw in raw_secrets {
-            let what = |field: &str| format!("{field} of secret {:?}", raw.name);
-            secrets.push(SecretPolicy {
-                id: raw.id,
-                host: HostPattern::parse(&raw.host).map_err(|e| corrupt(&what("host"), e))?,
-                path: raw
-                    .path
-                    .as_deref()
-                    .map(PathPattern::parse)
-                    .transpose()
-                    .map_err(|e| corrupt(&what("path"), e))?,
-                injection: raw
-                    .injection
-                    .parse::<Injection>()
-                    .map_err(|e| corrupt(&what("injection"), e))?,
-                value: self.key().open(&raw.name, &raw.sealed)?,
-                agents: grants.remove(&raw.id).unwrap_or_default(),
-                priority: raw.priority,
-                sensitive: raw.sensitive,
-                name: raw.name,
-            });
+            // A secret that cannot be read (its sealed value edited in the database, or
+            // sealed with another key) is left out, and so never injected; the rest of
+            // the policy still loads. Failing the whole load froze the gateway on its
+            // previous policy: no token rotation, no agent deletion, no new block rule
+            // took effect. (A rule that cannot be read still fails the load: leaving
+            // out a block rule would let through what it blocks.)
+            let name = raw.name.clone();
+            match secret_policy(self, raw, &mut grants) {
+                Ok(secret) => secrets.push(secret),
+                Err(error) => tracing::error!(
+                    secret = %name,
+                    %error,
+                    "secret left out of the policy: it cannot be read; it is not injected until it is created again"
+                ),
+            }
         }
         let rules = rules
             .into_iter()
@@ -80,6 +75,33 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         Ok(PolicySet::new(secrets, rules))
     }
+}
+
+fn secret_policy(
+    store: &Store,
+    raw: RawSecret,
+    grants: &mut std::collections::HashMap<i64, Vec<palisade_policy::AgentName>>,
+) -> Result<SecretPolicy> {
+    let what = |field: &str| format!("{field} of secret {:?}", raw.name);
+    Ok(SecretPolicy {
+        id: raw.id,
+        host: HostPattern::parse(&raw.host).map_err(|e| corrupt(&what("host"), e))?,
+        path: raw
+            .path
+            .as_deref()
+            .map(PathPattern::parse)
+            .transpose()
+            .map_err(|e| corrupt(&what("path"), e))?,
+        injection: raw
+            .injection
+            .parse::<Injection>()
+            .map_err(|e| corrupt(&what("injection"), e))?,
+        value: store.key().open(&raw.name, &raw.sealed)?,
+        agents: grants.remove(&raw.id).unwrap_or_default(),
+        priority: raw.priority,
+        sensitive: raw.sensitive,
+        name: raw.name,
+    })
 }
 
 fn rule_policy(record: RuleRecord) -> Result<RulePolicy> {
