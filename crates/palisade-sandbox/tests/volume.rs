@@ -43,8 +43,19 @@ fn size_of_filesystem(path: &Path) -> u64 {
     stat.blocks() as u64 * stat.fragment_size() as u64
 }
 
+/// Unmounts `path` as a reboot would, within a bounded wait: another test of this
+/// process forking to run mkfs or mount holds copies of this test's descriptors until
+/// its child execs, and the unmount meanwhile is EBUSY (seen once in CI).
 fn unmount(path: &Path) {
-    nix::mount::umount2(path, nix::mount::MntFlags::empty()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match nix::mount::umount2(path, nix::mount::MntFlags::empty()) {
+            Err(nix::errno::Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
 }
 
 /// Writes 1 MiB chunks to `path` until `limit` bytes or an error; returns what was
