@@ -73,7 +73,7 @@ impl Card {
                 // The path is the agent's: a long one would crowd out the card.
                 let path = cut(path, SCOPE_PATH_CHARS);
                 scope = Some(format!(
-                    "\"Always allow\" and \"Approve for 1 h\" let {method} {host}{path} through for agent {} without asking (any query string, that port only); `palisade rules list` shows the rule.",
+                    "\"Always allow\" and \"Approve for 1 h\" let {method} {host}{path} through for agent {} without asking (any query string and any body, that port only); `palisade rules list` shows the rule.",
                     approval.agent
                 ));
             }
@@ -410,7 +410,7 @@ mod tests {
         let said = card.text();
         assert!(
             said.contains("POST gmail.googleapis.com:443/gmail/v1/users/me/messages/send through for agent mailer")
-                && said.contains("any query string, that port only"),
+                && said.contains("any query string and any body, that port only"),
             "{said}"
         );
         // An action an agent asks about has no lasting choice, and says none.

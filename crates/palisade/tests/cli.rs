@@ -1920,3 +1920,50 @@ fn a_master_key_that_is_not_the_homes_is_refused() {
     );
     assert_eq!(palisade.count(&["secrets", "list"]), 0);
 }
+
+/// "Always" says what the rule it creates lets through from now on: that method and
+/// path for that agent, with any query and any body, not only the request approved.
+#[test]
+fn a_lasting_grant_says_what_it_lets_through() {
+    let palisade = Palisade::new();
+    palisade.create_agent("mailer");
+    palisade
+        .run(&[
+            "rules",
+            "create",
+            "--name",
+            "ask",
+            "--host-pattern",
+            "api.example.com",
+            "--action",
+            "require_approval",
+        ])
+        .ok();
+    let id = palisade
+        .store()
+        .create_approval(palisade_store::NewApproval {
+            kind: "credential_use".into(),
+            agent: palisade_policy::AgentName::new("mailer").expect("name"),
+            title: "POST https://api.example.com/v1/send?to=alice".into(),
+            lines: vec![],
+            detail: String::new(),
+            context: serde_json::json!({
+                "method": "POST", "host": "api.example.com", "port": 443,
+                "path": "/v1/send", "rule": "ask",
+            }),
+            expires_at_ms: palisade_store::now_ms() + 600_000,
+            holder: None,
+            request_key: None,
+        })
+        .expect("create approval")
+        .id;
+    let approved = palisade
+        .run(&["approvals", "approve", &id, "--always"])
+        .ok()
+        .stdout;
+    assert!(
+        approved.contains("it allows POST api.example.com")
+            && approved.contains("/v1/send for agent mailer, with any query and any body"),
+        "{approved}"
+    );
+}

@@ -191,16 +191,39 @@ pub fn run(command: ApprovalsCommand, ctx: &Context) -> anyhow::Result<()> {
 
 fn decide(ctx: &Context, id: &str, choice: Choice, comment: Option<String>) -> anyhow::Result<()> {
     let store = ctx.open_store()?;
-    let engine = Engine::new(store, Events::new());
+    let engine = Engine::new(store.clone(), Events::new());
     let approver = ApproverIdentity::cli(&input::local_user());
     let approval = engine.decide(id, &approver, choice, comment.as_deref())?;
     if ctx.json {
         return output::print_json(&approval);
     }
+    // What a lasting grant lets through from now on, said plainly: any query and any
+    // body of that method and path, not only the request approved.
     let granted = approval
         .granted_rule
         .as_deref()
-        .map(|rule| format!("; rule {rule} created (`palisade rules delete {rule}` revokes it)"))
+        .map(|rule| {
+            let covers = store
+                .get_rule(rule)
+                .map(|record| {
+                    format!(
+                        ": it allows {} {}{} for {}, with any query and any body{}",
+                        record.method,
+                        record.host_pattern,
+                        record.path_pattern.as_deref().unwrap_or("/*"),
+                        record
+                            .agent
+                            .as_ref()
+                            .map_or_else(|| "every agent".to_string(), |a| format!("agent {a}")),
+                        record
+                            .expires_at_ms
+                            .map(|_| ", for an hour")
+                            .unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            format!("; rule {rule} created{covers} (`palisade rules delete {rule}` revokes it)")
+        })
         .unwrap_or_default();
     output::print(&format!(
         "{} {}: {} (as {}){}\n",
