@@ -27,12 +27,11 @@ pub fn agent_cannot_use(path: &Path, writable: bool, agent: &AgentName) -> Optio
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
-    let name = agent;
-    let agent = palisade_sandbox::oci::agent_owner(name.as_str());
+    let owner = palisade_sandbox::oci::agent_owner(agent.as_str());
     let meta = std::fs::metadata(path).ok()?;
-    let bits = if meta.uid() == agent.uid {
+    let bits = if meta.uid() == owner.uid {
         meta.mode() >> 6
-    } else if meta.gid() == agent.gid {
+    } else if meta.gid() == owner.gid {
         meta.mode() >> 3
     } else {
         meta.mode()
@@ -40,12 +39,12 @@ pub fn agent_cannot_use(path: &Path, writable: bool, agent: &AgentName) -> Optio
     let needed = if writable { 0o7 } else { 0o5 };
     (bits & needed != needed).then(|| {
         format!(
-            "root's agent {name} runs as uid {}, which may not {} {} (mode {:o}); give it access, e.g. `setfacl -m u:{}:{} {}`",
-            agent.uid,
+            "root's agent {agent} runs as uid {}, which may not {} {} (mode {:o}); give it access, e.g. `setfacl -m u:{}:{} {}`",
+            owner.uid,
             if writable { "write to" } else { "read" },
             path.display(),
             meta.mode() & 0o7777,
-            agent.uid,
+            owner.uid,
             if writable { "rwx" } else { "rx" },
             path.display()
         )
@@ -72,14 +71,14 @@ pub fn add(
 /// directory under a second path with the same device and inode, so a sensitive folder
 /// bound elsewhere is still found. (A hard link to one of its files is not: a file has
 /// no parent to follow.)
-pub fn same_directory_around(one: &std::path::Path, other: &std::path::Path) -> bool {
+pub fn same_directory_around(one: &Path, other: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let identity = |path: &std::path::Path| {
+    let identity = |path: &Path| {
         std::fs::metadata(path)
             .ok()
             .map(|meta| (meta.dev(), meta.ino()))
     };
-    let within = |inner: &std::path::Path, outer: &std::path::Path| {
+    let within = |inner: &Path, outer: &Path| {
         let Some(outer) = identity(outer) else {
             return false;
         };

@@ -242,6 +242,19 @@ pub fn store_model_key(store: &Store, form: ModelKey) -> Result<AgentRecord, Hos
 mod tests {
     use super::*;
 
+    /// Points the default agent at `base_url` (empty: Anthropic's own API).
+    fn point_at(store: &Store, base_url: &str) {
+        agents::edit(
+            store,
+            DEFAULT_AGENT,
+            &AgentDraft {
+                base_url: Some(base_url.to_string()),
+                ..AgentDraft::default()
+            },
+        )
+        .unwrap();
+    }
+
     #[test]
     fn a_stored_key_is_the_agents_model_key_and_a_second_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -270,15 +283,7 @@ mod tests {
         // The first had a mistyped port, corrected on the agent page: the form again,
         // for that server, stores a key of the agent's own beside the first (which is
         // never deleted here).
-        agents::edit(
-            &store,
-            DEFAULT_AGENT,
-            &AgentDraft {
-                base_url: Some("https://localhost:10".into()),
-                ..AgentDraft::default()
-            },
-        )
-        .unwrap();
+        point_at(&store, "https://localhost:10");
         assert!(needs_model_key(&store).unwrap());
         store_model_key(&store, form(Some("sk-2"), Some("https://localhost:10/"))).unwrap();
         assert_eq!(
@@ -289,15 +294,7 @@ mod tests {
         assert_eq!(second.host_pattern, "localhost:10");
         assert!(!needs_model_key(&store).unwrap());
         // Pointing the agent elsewhere leaves it without a key for that host.
-        agents::edit(
-            &store,
-            DEFAULT_AGENT,
-            &AgentDraft {
-                base_url: Some(String::new()),
-                ..AgentDraft::default()
-            },
-        )
-        .unwrap();
+        point_at(&store, "");
         assert!(needs_model_key(&store).unwrap());
     }
 
@@ -332,15 +329,7 @@ mod tests {
         let secrets = store.list_secrets().unwrap();
         assert!(model_key_secret(&agent, &secrets).is_some());
         // The same key does not count as the model key of a server on another port.
-        agents::edit(
-            &store,
-            DEFAULT_AGENT,
-            &AgentDraft {
-                base_url: Some("http://127.0.0.1:9090/v1".into()),
-                ..AgentDraft::default()
-            },
-        )
-        .unwrap();
+        point_at(&store, "http://127.0.0.1:9090/v1");
         let agent = store
             .get_agent(&AgentName::new(DEFAULT_AGENT).unwrap())
             .unwrap();

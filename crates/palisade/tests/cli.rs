@@ -1757,7 +1757,7 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
     // Nor by its path, for one command: the folder, or one inside it.
     let inner = format!("{shared}/inner");
     std::fs::create_dir(&inner).unwrap();
-    for source in [shared, inner.as_str()] {
+    let scout_may_not_mount = |source: &str| {
         palisade
             .run(&[
                 "sandbox",
@@ -1770,6 +1770,9 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
                 "true",
             ])
             .refused("overlaps the sensitive folder finance, and scout is a research agent");
+    };
+    for source in [shared, inner.as_str()] {
+        scout_may_not_mount(source);
     }
     // Nor by another path to the same directory: a bind mount of it.
     if nix::unistd::geteuid().is_root() {
@@ -1791,18 +1794,7 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
         .expect("bind mount");
         let _unmount = Unmount(alias.clone());
         for source in [alias.clone(), alias.join("inner")] {
-            palisade
-                .run(&[
-                    "sandbox",
-                    "run",
-                    "--agent",
-                    "scout",
-                    "--mount",
-                    &format!("{}:/mnt/x", source.display()),
-                    "--",
-                    "true",
-                ])
-                .refused("overlaps the sensitive folder finance, and scout is a research agent");
+            scout_may_not_mount(source.to_str().unwrap());
         }
         // Named as a folder of its own, it is still the sensitive one's directory.
         palisade

@@ -260,9 +260,10 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
     // One host per home, for its whole life (a detached start's host takes it itself).
     let _home_lock = match args.detach {
         true => {
-            if let Some(pid) = lock_holder(&ctx.home) {
+            if home_locked(&ctx.home) {
                 bail!(
-                    "palisade is already running for this home (pid {pid}); stop it with `palisade down`"
+                    "palisade is already running for this home (pid {}); stop it with `palisade down`",
+                    lock_pid(&ctx.home).map_or_else(|| "unknown".to_string(), |pid| pid.to_string())
                 );
             }
             None
