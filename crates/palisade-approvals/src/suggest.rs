@@ -133,7 +133,7 @@ impl Suggestion {
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "allow {} {} {}{} without asking: it would have spared {} approvals (by {approvers}); held by rule {}",
+            "allow {} {} {}{} (with any query and any body) without asking: it would have spared {} approvals (by {approvers}); held by rule {}",
             self.agent, self.method, self.host, self.path, self.approvals, self.held_by
         )
     }

@@ -289,6 +289,12 @@ fn approvals_suggest_proposes_what_people_keep_approving() {
     assert_eq!(list.len(), 1, "{suggestions}");
     assert_eq!(list[0]["path"], "/labels");
     assert_eq!(list[0]["approvals"], 3);
+    // It says the rule would let any query and any body of that path through.
+    let said = setup.cli(&["approvals", "suggest"]);
+    assert!(
+        said.contains("/labels (with any query and any body) without asking"),
+        "{said}"
+    );
     // Suggesting changed nothing: the same request is still held.
     assert!(held_then_approved(&setup, &token, "POST", "/labels"));
     let created: Value =

@@ -49,8 +49,9 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         always: bool,
     },
-    /// Propose the narrowest rules that would have spared repeated identical approvals;
-    /// nothing is applied until you accept one.
+    /// Propose the narrowest rules that would have spared approvals of the same agent,
+    /// method, host and path (whatever their query or body); nothing is applied until
+    /// you accept one.
     #[command(
         after_help = "Examples:\n  palisade approvals suggest\n  palisade approvals suggest --since 30d --min 5\n  palisade approvals suggest --accept 1\n\nA suggestion is an allow rule for exactly one agent, method, host and path that\npeople approved at least --min times in the window and never denied, placed just\nabove the rule that held it. Accepted rules are ordinary rules (`rules list`,\n`rules delete`)."
     )]
