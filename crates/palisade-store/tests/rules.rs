@@ -76,6 +76,17 @@ fn delete_by_name_or_id() {
         t.store.delete_rule("12345"),
         Err(StoreError::NotFound { .. })
     ));
+    // A deleted rule's id is never given again: `rules delete 2` typed from an older
+    // list must not delete the rule made since.
+    let c = t
+        .store
+        .create_rule(common::new_rule("c", RuleAction::Allow, None))
+        .unwrap();
+    assert_eq!(c.id, 3);
+    assert!(matches!(
+        t.store.delete_rule("2"),
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 #[test]

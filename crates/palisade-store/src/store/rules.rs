@@ -280,11 +280,24 @@ impl Store {
                 Some(agent) => Some(agent_id(tx, agent)?),
                 None => None,
             };
+            // Ids are never given twice: SQLite gives a deleted rule's id to the next
+            // when it was the highest, so `rules delete 3`, typed from an older list,
+            // deleted the rule made since.
+            const HIGHEST_ID: &str = "rule_id_highest";
+            let highest: i64 = super::read_setting(tx, HIGHEST_ID)?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let in_table: i64 =
+                tx.query_row("SELECT COALESCE(MAX(id), 0) FROM rules", [], |row| {
+                    row.get(0)
+                })?;
+            let id = highest.max(in_table) + 1;
+            super::write_setting(tx, HIGHEST_ID, &id.to_string())?;
             tx.execute(
-                "INSERT INTO rules (name, host_pattern, path_pattern, method, action, rate_limit,
+                "INSERT INTO rules (id, name, host_pattern, path_pattern, method, action, rate_limit,
                      rate_window, agent_id, priority, expires_at_ms, body_contains, scope, created_at_ms,
                      approval_timeout_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 VALUES (?15, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 rusqlite::params![
                     &rule.name,
                     rule.host.as_str(),
@@ -300,9 +313,9 @@ impl Store {
                     rule.scope.as_str(),
                     crate::now_ms(),
                     rule.approval_timeout_ms,
+                    id,
                 ],
             )?;
-            let id = tx.last_insert_rowid();
             let mut entry = self.audit_entry("rule.create");
             if let Some(actor) = actor {
                 entry.actor = Some(actor.to_string());
