@@ -76,6 +76,33 @@ fn a_ten_megabyte_message_is_refused_with_one_line_and_nothing_is_stored() {
     world.down(host);
 }
 
+/// An answer too large for one frame of the host protocol (700 KB, which the history
+/// holds again) is cut to fit and stored, saying so, after one model call. (Before, the
+/// runner could not send it, the host took it for dead, called the model three more
+/// times and lost the answer.)
+#[test]
+fn an_answer_too_large_for_a_frame_is_cut_and_kept() {
+    let world = world();
+    world
+        .upstream
+        .script_anthropic(vec![ScriptedTurn::text(&"long answer ".repeat(60_000))]);
+    let host = world.up();
+    let output = world.send("helper", "write a lot");
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .ends_with("more bytes than one reply may hold]"),
+        "the answer as stored was not the cut one"
+    );
+    assert_eq!(
+        world.model_requests().len(),
+        1,
+        "the model was called again"
+    );
+    world.down(host);
+}
+
 /// Writes one frame: 4-byte big-endian length, then the bytes.
 fn write_frame(stream: &mut UnixStream, payload: &[u8]) {
     stream

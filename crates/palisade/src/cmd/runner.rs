@@ -141,7 +141,14 @@ async fn serve(args: RunnerArgs) -> anyhow::Result<()> {
                 Err(error) => break Err(error.into()),
             },
             frame = out_rx.recv() => match frame {
-                Some(frame) => conn.send(&frame).await?,
+                // A reply too large for a frame is cut to fit, on that failure only:
+                // encoding every reply twice to check first would cost each turn.
+                Some(frame) => match conn.send(&frame).await {
+                    Err(palisade_host::protocol::ProtocolError::TooLarge(_)) => {
+                        conn.send(&fitted_reply(frame)).await?
+                    }
+                    sent => sent?,
+                },
                 None => break Ok(()),
             },
         }
@@ -162,13 +169,13 @@ async fn run_turns(
         let message_id = delivery.message_id;
         host.message_id.store(message_id, Ordering::SeqCst);
         let frame = match turn(&delivery, &out, &host, &http, &workspace).await {
-            Ok((text, history, is_error)) => fitted_reply(RunnerFrame::Reply {
+            Ok((text, history, is_error)) => RunnerFrame::Reply {
                 message_id,
                 session_id: delivery.session_id,
                 text,
                 history,
                 is_error,
-            }),
+            },
             Err(error) => RunnerFrame::Error {
                 message_id: Some(message_id),
                 message: format!("{error:#}"),
