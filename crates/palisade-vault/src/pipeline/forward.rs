@@ -375,7 +375,6 @@ fn relay_upgraded(
                     Scanner::new(reflection, report, "websocket")
                 });
                 relay_websocket(client, upstream, scanner, reserved).await
-
             }
         };
         tokio::select! {
