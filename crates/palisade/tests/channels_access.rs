@@ -33,15 +33,7 @@ fn strangers_ask(world: &World) -> FakeTelegram {
     let telegram = FakeTelegram::start("123:access-token").expect("fake telegram");
     world.add_telegram(&telegram, &["--unknown-senders", "ask"]);
     world.add_approver("helper", "tg", &ANA.to_string(), "Ana");
-    ok(world.palisade.run(&[
-        "channels",
-        "link",
-        "tg",
-        "--agent",
-        "helper",
-        "--chat",
-        &GROUP.to_string(),
-    ]));
+    world.link("tg", "helper", &GROUP.to_string());
     telegram
 }
 

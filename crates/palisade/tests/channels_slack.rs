@@ -106,17 +106,7 @@ fn now_seconds() -> i64 {
 /// `helper`, Bob's direct conversation with the Slack bot linked to it.
 fn channels(world: &World, telegram: &FakeTelegram, slack: &FakeSlack) {
     let palisade = &world.palisade;
-    let tg_token = palisade.write_file("tg-token.txt", telegram.token());
-    ok(palisade.run(&[
-        "channels",
-        "add",
-        "telegram",
-        "tg",
-        "--token-file",
-        tg_token.to_str().unwrap(),
-        "--api-base",
-        &telegram.api_base(),
-    ]));
+    world.add_telegram(telegram, &[]);
     let bot = palisade.write_file("slack-bot.txt", slack.bot_token());
     let app = palisade.write_file("slack-app.txt", slack.app_token());
     let signing = palisade.write_file("slack-signing.txt", SIGNING_SECRET);
@@ -142,39 +132,9 @@ fn channels(world: &World, telegram: &FakeTelegram, slack: &FakeSlack) {
             "a Slack credential is in the database in clear"
         );
     }
-    ok(palisade.run(&[
-        "approvers",
-        "add",
-        "--agent",
-        "helper",
-        "--channel",
-        "tg",
-        "--user",
-        &ANA.to_string(),
-        "--display-name",
-        "Ana",
-    ]));
-    ok(palisade.run(&[
-        "approvers",
-        "add",
-        "--agent",
-        "helper",
-        "--channel",
-        "team",
-        "--user",
-        BOB,
-        "--display-name",
-        "Bob",
-    ]));
-    ok(palisade.run(&[
-        "channels",
-        "link",
-        "team",
-        "--agent",
-        "helper",
-        "--chat",
-        &slack_dm(BOB),
-    ]));
+    world.add_approver("helper", "tg", &ANA.to_string(), "Ana");
+    world.add_approver("helper", "team", BOB, "Bob");
+    world.link("team", "helper", &slack_dm(BOB));
 }
 
 fn curl(url: &str) -> serde_json::Value {

@@ -40,15 +40,7 @@ fn a_held_request_is_approved_from_a_telegram_card() {
     for (user, name) in [(ANA, "Ana"), (BOB, "Bob")] {
         world.add_approver("helper", "tg", &user.to_string(), name);
     }
-    ok(palisade.run(&[
-        "channels",
-        "link",
-        "tg",
-        "--agent",
-        "helper",
-        "--chat",
-        &ANA.to_string(),
-    ]));
+    world.link("tg", "helper", &ANA.to_string());
     ok(palisade.run(&[
         "rules",
         "create",

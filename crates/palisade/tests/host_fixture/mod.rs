@@ -189,6 +189,13 @@ impl World {
         ]));
     }
 
+    /// Links `chat` of `channel` to `agent`.
+    pub fn link(&self, channel: &str, agent: &str, chat: &str) {
+        ok(self.palisade.run(&[
+            "channels", "link", channel, "--agent", agent, "--chat", chat,
+        ]));
+    }
+
     pub fn send(&self, agent: &str, message: &str) -> Output {
         self.palisade.run(&["send", "--agent", agent, message])
     }
