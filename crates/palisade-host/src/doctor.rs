@@ -214,11 +214,63 @@ pub fn offline(home: &Home, host: HostState) -> Report {
     }
     findings.push(ca_finding(home));
     if let Some(store) = &store {
+        findings.extend(gateway_findings(home, store));
         findings.extend(model_findings(store));
     }
     findings.push(disk_finding(home.root()));
     findings.push(host_finding(host));
     Report { findings, sandbox }
+}
+
+/// Whether every running gateway of the home enforces the configuration in the
+/// database: one that cannot load it keeps an older one, whatever commands changed.
+fn gateway_findings(home: &Home, store: &Store) -> Vec<Finding> {
+    let Ok(version) = store.config_version() else {
+        return Vec::new();
+    };
+    let synced = palisade_store::gateways::sync_gateways(home, version);
+    let mut findings: Vec<Finding> = synced
+        .unconfirmed
+        .iter()
+        .map(|gateway| {
+            let which = match gateway.pid() {
+                Some(pid) => format!("the gateway (pid {pid})"),
+                None => "a gateway".to_string(),
+            };
+            if gateway.refused {
+                finding(
+                    "vault",
+                    Status::Fail,
+                    format!(
+                        "{which} cannot load the configuration and enforces an older one: {}",
+                        gateway.reason
+                    ),
+                    Some("fix or delete what it names (`palisade rules list`, `palisade rules delete ID`); it loads the change at once".into()),
+                )
+            } else {
+                finding(
+                    "vault",
+                    Status::Warn,
+                    format!("{which} did not confirm the configuration: {}", gateway.reason),
+                    Some("if it stays so, restart the host (`palisade down`, then `palisade up`)".into()),
+                )
+            }
+        })
+        .collect();
+    let confirmed = synced.confirmed;
+    if findings.is_empty() && confirmed > 0 {
+        findings.push(finding(
+            "vault",
+            Status::Ok,
+            format!(
+                "{confirmed} running gateway{} enforce{} the current configuration (version {version})",
+                if confirmed == 1 { "" } else { "s" },
+                if confirmed == 1 { "s" } else { "" },
+            ),
+            None,
+        ));
+    }
+    findings
 }
 
 fn host_finding(host: HostState) -> Finding {

@@ -258,12 +258,16 @@ impl Store {
             audit::write_anchor(&self.inner.home, &self.inner.key, &head);
         }
         if let (Some(version), true) = (version, self.sync_gateways) {
-            for gateway in crate::gateways::sync_gateways(&self.inner.home, version) {
-                tracing::warn!(
-                    gateway = %gateway.gateway,
-                    reason = %gateway.reason,
-                    "a running gateway did not confirm the change; it applies it within 200 ms"
-                );
+            for gateway in crate::gateways::sync_gateways(&self.inner.home, version).unconfirmed {
+                if gateway.refused {
+                    crate::gateways::record_refused(&gateway);
+                } else {
+                    tracing::warn!(
+                        gateway = %gateway.gateway,
+                        reason = %gateway.reason,
+                        "a running gateway did not confirm the change; it applies it within 200 ms"
+                    );
+                }
             }
         }
         Ok(out)

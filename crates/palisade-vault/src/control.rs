@@ -4,7 +4,8 @@
 //! Each gateway listens on `run/gateways/<pid>-<n>.sock` (mode 0600 in a 0700
 //! folder, never mounted into a sandbox). A process that committed a configuration
 //! change connects, writes `sync VERSION`, and the gateway reloads its policy, agent
-//! sockets and held approvals before it answers `ok VERSION` (see
+//! sockets and held approvals before it answers `ok VERSION`, or `error REASON` when
+//! the configuration cannot be loaded and the previous one stays in force (see
 //! `palisade_store::gateways` for the client side). The 200 ms poll of the database
 //! stays as the fallback for writers that do not sync.
 
@@ -50,6 +51,20 @@ pub(crate) fn bind(home: &palisade_store::Home) -> Option<(UnixListener, PathBuf
     }
 }
 
+/// Longest reason sent back for a configuration that cannot be loaded.
+const MAX_REASON: usize = 300;
+
+/// `reason` as one line of at most [`MAX_REASON`] characters, without control
+/// characters: the client shows it to a person.
+fn one_line(reason: &str) -> String {
+    let line: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_REASON)
+        .collect();
+    line.trim().to_string()
+}
+
 /// Answers `sync` requests until shutdown.
 pub(crate) async fn serve(
     listener: UnixListener,
@@ -75,8 +90,8 @@ pub(crate) async fn serve(
                 return;
             }
             let answer = match refresher.refresh().await {
-                Some(version) => format!("ok {version}\n"),
-                None => "error could not reload\n".to_string(),
+                Ok(version) => format!("ok {version}\n"),
+                Err(reason) => format!("error {}\n", one_line(&reason)),
             };
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(answer.as_bytes())).await;
         });

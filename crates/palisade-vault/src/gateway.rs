@@ -62,11 +62,33 @@ pub(crate) struct Refresher {
     sockets: Sockets,
     /// The configuration version loaded (serialises refreshes too).
     loaded: tokio::sync::Mutex<Option<i64>>,
+    /// Why the last reload failed, while it keeps failing: logged once per cause, not
+    /// on every poll.
+    failing: std::sync::Mutex<Option<String>>,
 }
 
 impl Refresher {
-    /// Reloads what changed; the version now in force, or `None` if the store failed.
-    pub(crate) async fn refresh(&self) -> Option<i64> {
+    /// Reloads what changed; the version now in force, or why the configuration could
+    /// not be loaded (the previous one stays in force).
+    pub(crate) async fn refresh(&self) -> Result<i64, String> {
+        let result = self.reload().await;
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(_) => {
+                if failing.take().is_some() {
+                    tracing::warn!("the configuration loads again");
+                }
+            }
+            Err(reason) if failing.as_ref() != Some(reason) => {
+                tracing::error!(error = %reason, "could not reload the configuration; keeping the previous one");
+                *failing = Some(reason.clone());
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn reload(&self) -> Result<i64, String> {
         let mut loaded = self.loaded.lock().await;
         let store = self.shared.store.clone();
         let held = self.shared.holds.held_ids();
@@ -80,8 +102,10 @@ impl Refresher {
             Ok::<_, palisade_store::StoreError>((version, decided))
         })
         .await;
-        let Ok(Ok((version, decided))) = result else {
-            return None;
+        let (version, decided) = match result {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(e) => return Err(e.to_string()),
         };
         for approval in decided {
             // Decided by another process (`palisade approvals approve`): announced here
@@ -95,7 +119,7 @@ impl Refresher {
             }
         }
         if *loaded == Some(version) {
-            return Some(version);
+            return Ok(version);
         }
         let store = self.shared.store.clone();
         match tokio::task::spawn_blocking(move || Snapshot::load(&store)).await {
@@ -114,13 +138,10 @@ impl Refresher {
                 self.shared
                     .upstream
                     .retain_agents(|agent| snapshot.agents.contains_key(agent));
-                Some(version)
+                Ok(version)
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "could not reload policy; keeping the previous one");
-                None
-            }
-            Err(_) => None,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
@@ -291,6 +312,7 @@ pub async fn start(
         dir: socket_dir.clone(),
         sockets: sockets.clone(),
         loaded: tokio::sync::Mutex::new(None),
+        failing: std::sync::Mutex::new(None),
     });
     background.push(tokio::spawn(watch_changes(refresher.clone())));
     background.push(tokio::spawn(sweep_expired_approvals(shared.clone())));
@@ -594,7 +616,7 @@ async fn watch_changes(refresher: Arc<Refresher>) {
             _ = tokio::time::sleep(WATCH_INTERVAL) => {}
             _ = crate::stopped(&mut shutdown) => return,
         }
-        refresher.refresh().await;
+        let _ = refresher.refresh().await;
     }
 }
 

@@ -176,7 +176,17 @@ fn main() {
     }
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    let long_lived = matches!(cli.command, Command::Up(_));
     let code = match run(cli) {
+        // What this command changed is saved, but a running gateway could not load the
+        // configuration: it still enforces the previous one, so the command failed.
+        Ok(()) if !long_lived => match not_in_force(&palisade_store::gateways::take_refused()) {
+            Some(message) => {
+                eprintln!("error: {}", output::clean(&message));
+                1
+            }
+            None => 0,
+        },
         Ok(()) => 0,
         Err(error) if is_broken_pipe(&error) => 0,
         Err(error) => {
@@ -244,6 +254,21 @@ fn one_line(error: &anyhow::Error) -> String {
         text.push_str(&cause);
     }
     text
+}
+
+/// What to say when running gateways refused the change just made (`None` when none
+/// did).
+fn not_in_force(refused: &[palisade_store::gateways::Unconfirmed]) -> Option<String> {
+    let first = refused.first()?;
+    let which = match first.pid() {
+        Some(pid) => format!("the running gateway (pid {pid})"),
+        None => "a running gateway".to_string(),
+    };
+    Some(format!(
+        "saved, but {which} cannot load the configuration and still enforces the previous one: {}; \
+         fix or delete what it names (`palisade doctor` checks it again) and the change takes effect at once",
+        first.reason
+    ))
 }
 
 /// `palisade audit list | head` closing the pipe early is not an error.

@@ -2920,6 +2920,101 @@ fn changes_apply_to_the_very_next_request() {
     }
 }
 
+/// A change the running gateway cannot put in force is not reported as done: with a
+/// rule in the database the gateway cannot read, it keeps its previous configuration,
+/// so a command's change (here a new block rule) fails with the gateway's reason, and
+/// `palisade doctor` names it. Once the broken rule is deleted, the block is in force.
+#[test]
+fn a_change_the_gateway_cannot_load_is_reported() {
+    let attack = Attack::start(&[]);
+    let token = attack.setup.agent("probe");
+    attack.rule(
+        "broken",
+        &["--path-pattern", "/broken", "--action", "block"],
+    );
+    let database = attack.setup.palisade.home().join("palisade.db");
+    let connection = rusqlite::Connection::open(&database).expect("open the database");
+    connection
+        .execute(
+            "UPDATE rules SET host_pattern = 'not a host' WHERE name = 'broken'",
+            [],
+        )
+        .expect("break the rule");
+    drop(connection);
+
+    let output = attack.setup.palisade.run(&[
+        "rules",
+        "create",
+        "--name",
+        "later",
+        "--host-pattern",
+        "localhost",
+        "--path-pattern",
+        "/later",
+        "--action",
+        "block",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("cannot load the configuration")
+            && stderr.contains("rule \"broken\"")
+            && stderr.trim().lines().count() == 1,
+        "{}",
+        output_text(&output)
+    );
+    // Not in force, as the command said.
+    let reply = attack.curl(&token, &[&attack.url("/later")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+
+    let doctor = attack.setup.palisade.run(&["doctor", "--json"]);
+    let report: Value = serde_json::from_slice(&doctor.stdout).expect("doctor --json");
+    let vault: Vec<&Value> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["area"] == "vault" && f["status"] == "fail")
+        .collect();
+    assert!(
+        vault.len() == 1
+            && vault[0]["what"]
+                .as_str()
+                .is_some_and(|w| w.contains("rule \"broken\"")),
+        "{}",
+        output_text(&doctor)
+    );
+
+    let broken = attack
+        .cli(&["rules", "list", "--json"])
+        .parse::<Value>()
+        .expect("rules JSON");
+    let id = broken
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["name"] == "broken")
+        .and_then(|r| r["id"].as_i64())
+        .expect("the broken rule is listed");
+    attack.cli(&["rules", "delete", &id.to_string()]);
+    let reply = attack.curl(&token, &[&attack.url("/later")]);
+    refused(&reply, 403, "blocked_by_policy");
+    let doctor = attack.setup.palisade.run(&["doctor", "--json"]);
+    let report: Value = serde_json::from_slice(&doctor.stdout).expect("doctor --json");
+    assert!(
+        report["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .any(|f| f["area"] == "vault"
+                && f["status"] == "ok"
+                && f["what"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("1 running gateway enforces"))),
+        "{}",
+        output_text(&doctor)
+    );
+}
+
 /// Every way a request can end, refusals above all, leaves exactly one audit row with
 /// its decision: the gateway writes the row in one place, whatever ended the request.
 #[test]
