@@ -38,11 +38,23 @@ pub async fn route(
         return json(StatusCode::OK, &json!({"status": "ok"}));
     }
     if !authorized(&shared, request.headers()) {
-        return error(
+        let response = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "send Authorization: Bearer ADMIN_KEY (print it with `palisade vault admin-key`)",
         );
+        // On record (the front door's budget bounds a guesser's rows): a process that
+        // tries the admin API without its key is worth knowing about.
+        let record =
+            crate::pipeline::audit::Record::about(None, request.method().as_str(), "", &path);
+        crate::pipeline::audit::refused_at_front(
+            &shared,
+            record,
+            crate::pipeline::Decision::AdminUnauthorized,
+            response.status().as_u16(),
+        )
+        .await;
+        return response;
     }
     permits.authenticated();
     let method = request.method().clone();

@@ -7,7 +7,7 @@
 use crate::conn::{
     Activity, ClientConnection, ClientSocket, ConnectionPermits, InFlight, Tracked, Watched,
 };
-use crate::pipeline::audit::{refused_at_front, Record};
+use crate::pipeline::audit::{refused_at_front, refused_head, Record};
 use crate::pipeline::{self, Decision, Scheme, Target};
 use crate::respond::refusal;
 use crate::state::Shared;
@@ -72,6 +72,10 @@ pub async fn serve_connection<I>(
         Entry::Tcp => None,
     };
     let revoked = socket_revoked.clone().unwrap_or_default();
+    let entry_agent = match &entry {
+        Entry::Agent(agent) => Some(agent.clone()),
+        Entry::Tcp => None,
+    };
     let evicted = permits.evicted();
     let io = Watched::new(io, activity.clone()).holding(permits.clone());
     let connection = Connection {
@@ -103,7 +107,11 @@ pub async fn serve_connection<I>(
     tokio::pin!(conn);
     let idle = shared.config.client_idle_timeout;
     tokio::select! {
-        _ = conn.as_mut() => {}
+        served = conn.as_mut() => {
+            if let Err(error) = served {
+                refused_head(&shared, entry_agent.as_ref(), "", error.as_ref()).await;
+            }
+        }
         _ = activity.idle(HEADER_READ_TIMEOUT.min(idle), idle) => {
             tracing::debug!("closing an idle client connection");
         }

@@ -98,6 +98,7 @@ pub async fn run(
         Err(_) => return,
     };
     let host = target.host.clone();
+    let tunnel_agent = agent.clone();
     let target = Arc::new(target);
     let upstream = Arc::new(shared.upstream.owned_by(&agent));
     let service = {
@@ -155,7 +156,11 @@ pub async fn run(
     tokio::pin!(conn);
     let idle = shared.config.client_idle_timeout;
     tokio::select! {
-        _ = conn.as_mut() => {}
+        served = conn.as_mut() => {
+            if let Err(error) = served {
+                crate::pipeline::audit::refused_head(&shared, Some(&tunnel_agent), &host, error.as_ref()).await;
+            }
+        }
         _ = activity.idle(idle, idle) => {
             tracing::debug!(host = %host, "closing an idle tunnel");
         }

@@ -298,7 +298,25 @@ fn init_tracing(verbose: u8) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .with_target(false)
+        .fmt_fields(escaped_fields())
         .try_init();
+}
+
+/// How log fields are written: each value with its control and invisible characters
+/// escaped (`\u{1b}`, `\u{a}`). Fields carry what others wrote (a runner's malformed
+/// frame quoted in a parse error, a runner's stderr, an upstream's error): written raw,
+/// they could set the terminal's title, clear it, or start a forged log line.
+fn escaped_fields() -> impl for<'writer> tracing_subscriber::fmt::FormatFields<'writer> {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = output::clean(&format!("{value:?}"));
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
 }
 
 #[cfg(test)]

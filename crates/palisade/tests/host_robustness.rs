@@ -268,6 +268,38 @@ fn a_flood_of_connections_on_the_host_socket_writes_a_line_a_second_at_most() {
     drop(fake_runner_when_free(&world));
 }
 
+/// What a sandbox sends is not trusted in the host's log either: a malformed frame
+/// whose type carries terminal escapes and a newline (quoted back by the parse error
+/// the host logs) is written with them escaped, so it can neither set the title of
+/// the terminal `palisade up` runs in nor start a forged log line.
+#[test]
+fn a_frame_with_terminal_escapes_is_logged_escaped() {
+    let world = world();
+    let host = world.up();
+    // The agent's first message opens its host socket.
+    ok(world.send("helper", "warm up"));
+    let socket = world.palisade.home().join("run/hosts/helper.sock");
+    let mut stream = UnixStream::connect(&socket).expect("connect to the host socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write_frame(
+        &mut stream,
+        br#"{"type":"\u001b]0;PWNED\u0007\nFORGED  INFO line"}"#,
+    );
+    let answer = read_frame(&mut stream);
+    assert_eq!(answer["type"], "error", "{answer}");
+    wait_for_log(&host, "PWNED", 1);
+    let log = host.stderr();
+    assert!(
+        !log.contains('\u{1b}')
+            && !log.contains('\u{7}')
+            && !log.lines().any(|line| line.starts_with("FORGED")),
+        "{log}"
+    );
+    world.down(host);
+}
+
 #[test]
 fn malformed_frames_from_a_runner_end_it_and_the_message_is_retried_and_answered() {
     let world = world();

@@ -3015,6 +3015,57 @@ fn a_change_the_gateway_cannot_load_is_reported() {
     );
 }
 
+/// A head the HTTP server refuses before any phase sees it (a target that is no URI,
+/// a head over the size limit) leaves an audit row too, with the agent when the socket
+/// names it, and so does a guess at the admin key: a process probing the parser or the
+/// admin API is on record.
+#[test]
+fn a_head_the_server_cannot_parse_and_an_admin_guess_leave_audit_rows() {
+    let attack = Attack::start(&[]);
+    attack.setup.agent("probe");
+    let socket = attack.setup.palisade.home().join("run/agents/probe.sock");
+    let mut stream = UnixStream::connect(&socket).expect("connect to the agent socket");
+    stream
+        .write_all(b"GET http://[unclosed/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send the head");
+    let (text, _) = read_some(&mut stream, Duration::from_secs(3));
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+
+    let huge = format!(
+        "GET http://localhost/ HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let reply = vault_fixture::raw_exchange(attack.setup.addr(), &huge);
+    assert_eq!(reply.status, 431, "{}", reply.body);
+
+    let guess = vault_fixture::raw_exchange(
+        attack.setup.addr(),
+        "GET /v1/agents HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer guess\r\n\r\n",
+    );
+    assert_eq!(guess.status, 401, "{}", guess.body);
+    let guesses = attack.rows("admin_unauthorized", 1);
+    assert!(
+        guesses.as_array().is_some_and(|rows| rows.len() == 1
+            && rows[0]["path"] == "/v1/agents"
+            && rows[0]["status"] == 401),
+        "{guesses:?}"
+    );
+
+    let rows = attack.rows("bad_request", 2);
+    let rows = rows.as_array().expect("rows");
+    let of = |status: i64| {
+        rows.iter()
+            .filter(|row| row["status"].as_i64() == Some(status))
+            .collect::<Vec<_>>()
+    };
+    let unparsable = of(400);
+    assert!(
+        unparsable.len() == 1 && unparsable[0]["agent"] == "probe",
+        "{rows:?}"
+    );
+    assert_eq!(of(431).len(), 1, "{rows:?}");
+}
+
 /// Every way a request can end, refusals above all, leaves exactly one audit row with
 /// its decision: the gateway writes the row in one place, whatever ended the request.
 #[test]

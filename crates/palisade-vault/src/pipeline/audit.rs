@@ -4,7 +4,8 @@
 //! the request's future is dropped first (the client went away while it was held or in
 //! flight), its `Drop` records `client_gone` for any request that had reached a hold or
 //! a credential. Refusals at the front door (407 without a valid token, a malformed
-//! CONNECT target) come through [`refused_at_front`]; rows from clients that never
+//! CONNECT target, a head the HTTP server could not parse) come through
+//! [`refused_at_front`]; rows from clients that never
 //! authenticated are rate-limited so nobody can fill the log without a token, and so
 //! are an agent's refusals that involve neither a credential nor a person (each agent
 //! its own budget): the count of rows left out goes on the next row written, and the
@@ -230,7 +231,13 @@ pub(crate) async fn refused_at_front(
     status: u16,
 ) {
     record.count(shared, decision);
-    let Some(suppressed) = shared.row_budgets.front_door() else {
+    // A known agent's refusals spend its own budget, not the one shared by every
+    // client that never authenticated.
+    let budget = match &record.agent {
+        Some(agent) => shared.row_budgets.agent(agent),
+        None => shared.row_budgets.front_door(),
+    };
+    let Some(suppressed) = budget else {
         return;
     };
     note_suppressed(&mut record, suppressed);
@@ -238,6 +245,31 @@ pub(crate) async fn refused_at_front(
         .audit
         .record(record.entry(decision, Some(status)))
         .await;
+}
+
+/// Records a request head the HTTP server refused before any phase saw it (hyper
+/// answered `400` to an unparsable head or target, `431` to one over the size limit),
+/// told by the error that ended the connection; other errors (a client that went away,
+/// a timeout) are no refusal and leave no row. `host` is the tunnel's, if any.
+pub(crate) async fn refused_head(
+    shared: &Shared,
+    agent: Option<&AgentName>,
+    host: &str,
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+) {
+    let Some(error) = error.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    let status = if error.is_parse_too_large() {
+        431
+    } else if error.is_parse() {
+        400
+    } else {
+        return;
+    };
+    let mut record = Record::about(agent, "", host, "");
+    record.detail = Some(serde_json::json!({ "reason": error.to_string() }));
+    refused_at_front(shared, record, Decision::BadRequest, status).await;
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub enum Decision {
     Approved,
     /// No or unknown proxy token (TCP listener).
     ProxyAuthRequired,
+    /// An admin API request without the admin key (TCP listener).
+    AdminUnauthorized,
     /// A request the gateway cannot parse (bad CONNECT target, missing host).
     BadRequest,
     /// A path spelled in a form upstreams read differently (see `palisade_policy::canonical`).
@@ -90,6 +92,7 @@ impl Decision {
             Decision::Injected => "injected",
             Decision::Approved => "approved",
             Decision::ProxyAuthRequired => "proxy_auth_required",
+            Decision::AdminUnauthorized => "admin_unauthorized",
             Decision::BadRequest => "bad_request",
             Decision::AmbiguousPath => "ambiguous_path",
             Decision::AmbiguousHost => "ambiguous_host",
@@ -145,6 +148,7 @@ impl Decision {
             | Decision::TooManyBufferedBodies
             | Decision::TooManyPendingApprovals => Outcome::RateLimited,
             Decision::ProxyAuthRequired
+            | Decision::AdminUnauthorized
             | Decision::BadRequest
             | Decision::AgentGone
             | Decision::GatewayRestarting
