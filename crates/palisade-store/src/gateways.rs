@@ -43,20 +43,26 @@ impl Unconfirmed {
 /// them keeps only the latest).
 const REFUSED_KEPT: usize = 8;
 
-static REFUSED: Mutex<Vec<Unconfirmed>> = Mutex::new(Vec::new());
+/// Refusals by home: a process (a test, the host) may hold stores of several homes.
+static REFUSED: Mutex<Vec<(PathBuf, Unconfirmed)>> = Mutex::new(Vec::new());
 
-/// The gateways that refused a change made by this process since the last call.
-pub fn take_refused() -> Vec<Unconfirmed> {
-    std::mem::take(&mut *REFUSED.lock().unwrap_or_else(|p| p.into_inner()))
+/// The gateways of `home` that refused a change this process made since the last call.
+pub fn take_refused(home: &Home) -> Vec<Unconfirmed> {
+    let mut refused = REFUSED.lock().unwrap_or_else(|p| p.into_inner());
+    let (taken, kept) = std::mem::take(&mut *refused)
+        .into_iter()
+        .partition::<Vec<_>, _>(|(root, _)| root == home.root());
+    *refused = kept;
+    taken.into_iter().map(|(_, gateway)| gateway).collect()
 }
 
 /// Remembers a refusal for [`take_refused`].
-pub(crate) fn record_refused(gateway: &Unconfirmed) {
+pub(crate) fn record_refused(home: &Home, gateway: &Unconfirmed) {
     let mut refused = REFUSED.lock().unwrap_or_else(|p| p.into_inner());
     if refused.len() >= REFUSED_KEPT {
         refused.remove(0);
     }
-    refused.push(gateway.clone());
+    refused.push((home.root().to_path_buf(), gateway.clone()));
 }
 
 /// The control sockets in the home's folder (some may be left over from gateways that

@@ -260,7 +260,7 @@ impl Store {
         if let (Some(version), true) = (version, self.sync_gateways) {
             for gateway in crate::gateways::sync_gateways(&self.inner.home, version).unconfirmed {
                 if gateway.refused {
-                    crate::gateways::record_refused(&gateway);
+                    crate::gateways::record_refused(&self.inner.home, &gateway);
                 } else {
                     tracing::warn!(
                         gateway = %gateway.gateway,

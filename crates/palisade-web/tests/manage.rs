@@ -1175,6 +1175,47 @@ async fn rules_are_previewed_created_edited_disabled_and_deleted() {
     web.stop().await;
 }
 
+/// A change the running gateway cannot load (a rule in the database it cannot read)
+/// is not shown as done: the page after the form says the gateway still enforces the
+/// previous configuration, and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_gateway_cannot_load_is_shown_as_not_in_force() {
+    let web = Web::start(true).await;
+    let rule = |name: &'static str| {
+        [
+            ("name", name),
+            ("host_pattern", "api.example.com"),
+            ("path_pattern", "/x"),
+            ("method", ""),
+            ("action", "block"),
+            ("agent", ""),
+            ("priority", ""),
+            ("scope", "user"),
+            ("intent", "save"),
+        ]
+    };
+    let location = web.post_ok("/vault/rules", &rule("broken")).await;
+    let page = web.page(&location).await;
+    assert!(!page.contains("id=\"not-in-force\""), "{page}");
+
+    let database = rusqlite::Connection::open(web.home.database()).unwrap();
+    database
+        .execute(
+            "UPDATE rules SET host_pattern = 'not a host' WHERE name = 'broken'",
+            [],
+        )
+        .unwrap();
+    drop(database);
+    let location = web.post_ok("/vault/rules", &rule("later")).await;
+    let page = web.page(&location).await;
+    let banner = element(&page, "p", "not-in-force");
+    assert!(
+        banner.contains("still enforces the previous one") && banner.contains("broken"),
+        "{page}"
+    );
+    web.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charts_show_a_days_traffic_and_how_long_decisions_took() {
     let web = Web::start(false).await;

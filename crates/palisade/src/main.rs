@@ -177,10 +177,14 @@ fn main() {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let long_lived = matches!(cli.command, Command::Up(_));
+    let home = palisade_store::Home::resolve(cli.home.as_deref()).ok();
     let code = match run(cli) {
         // What this command changed is saved, but a running gateway could not load the
         // configuration: it still enforces the previous one, so the command failed.
-        Ok(()) if !long_lived => match not_in_force(&palisade_store::gateways::take_refused()) {
+        Ok(()) if !long_lived => match home
+            .as_ref()
+            .and_then(|home| not_in_force(&palisade_store::gateways::take_refused(home)))
+        {
             Some(message) => {
                 eprintln!("error: {}", output::clean(&message));
                 1

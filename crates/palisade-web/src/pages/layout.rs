@@ -80,6 +80,9 @@ pub(crate) async fn render_status(
     .ok()
     .and_then(Result::ok)
     .unwrap_or(0);
+    // A change just made here (or by the JSON API) that a running gateway could not
+    // load: the page after the form says so instead of letting its flash claim it.
+    let not_in_force = palisade_store::gateways::take_refused(state.store.home());
     let markup = html! {
         (head(title, Some(&crate::auth::current_csrf())))
         body {
@@ -101,7 +104,18 @@ pub(crate) async fn render_status(
                     button.secondary type="submit" { "Log out" }
                 }
             }
-            main { (body) }
+            main {
+                @if let Some(gateway) = not_in_force.first() {
+                    p #not-in-force.error-box role="alert" {
+                        "Saved, but the running gateway cannot load the configuration and still enforces the previous one: "
+                        (super::shown(&gateway.reason))
+                        ". Fix or delete what it names; "
+                        a href="/health" { "Health" }
+                        " shows whether it loads."
+                    }
+                }
+                (body)
+            }
             footer {
                 "Palisade host, pid " (std::process::id()) ", up since " (super::when(state.started_at_ms))
             }
