@@ -258,15 +258,11 @@ pub(crate) async fn hand_over(
     match inbox.send_timeout(incoming, wait).await {
         Ok(()) => true,
         Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-            static LOG: palisade_policy::log_budget::LogBudget =
-                palisade_policy::log_budget::LogBudget::new();
-            if let Some(similar_lines_suppressed) = LOG.take() {
-                tracing::warn!(
-                    channel,
-                    similar_lines_suppressed,
-                    "the host is too busy to take an event from the platform's socket; dropped"
-                );
-            }
+            palisade_policy::budgeted!(
+                warn,
+                channel,
+                "the host is too busy to take an event from the platform's socket; dropped"
+            );
             true
         }
         Err(mpsc::error::SendTimeoutError::Closed(_)) => false,

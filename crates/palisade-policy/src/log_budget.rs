@@ -7,8 +7,8 @@
 //! would so write the log at full speed: `palisade up --detach` appends it to
 //! `logs/host.log` in the home, the disk the store needs, past the vault's disk
 //! reserve (`palisade-vault/src/disk.rs`), which counts only what the store writes. So
-//! each such place keeps a [`LogBudget`]: one line a second, with the number of lines
-//! left out since the last one on the next.
+//! each such place keeps a [`LogBudget`] (most through [`budgeted!`]): one line a
+//! second, with the number of lines left out since the last one on the next.
 //!
 //! Hand-written: a compare-and-swap on a timestamp and a counter; the tracing crates'
 //! filters see a callsite, not a count to put on the next line.
@@ -57,6 +57,20 @@ impl LogBudget {
         }
         Some(self.suppressed.swap(0, Ordering::Relaxed))
     }
+}
+
+/// A `tracing` event at `level` (`warn`, `error`...) written at most once a second from
+/// this place, with `similar_lines_suppressed` (the lines left out since the last)
+/// added to its fields: `budgeted!(warn, host = %host, "an upstream closed early")`.
+/// The calling crate depends on `tracing`.
+#[macro_export]
+macro_rules! budgeted {
+    ($level:ident, $($arg:tt)+) => {{
+        static BUDGET: $crate::log_budget::LogBudget = $crate::log_budget::LogBudget::new();
+        if let Some(similar_lines_suppressed) = BUDGET.take() {
+            ::tracing::$level!(similar_lines_suppressed, $($arg)+);
+        }
+    }};
 }
 
 #[cfg(test)]

@@ -88,15 +88,11 @@ impl AuditSender {
             .try_send(Item::Row(palisade_store::now_ms(), entry))
             .is_err()
         {
-            static LOG: palisade_policy::log_budget::LogBudget =
-                palisade_policy::log_budget::LogBudget::new();
-            if let Some(similar_lines_suppressed) = LOG.take() {
-                tracing::warn!(
-                    event,
-                    similar_lines_suppressed,
-                    "the audit queue is full; one row was not written"
-                );
-            }
+            palisade_policy::budgeted!(
+                warn,
+                event,
+                "the audit queue is full; one row was not written"
+            );
         }
     }
 
@@ -170,15 +166,11 @@ fn append(store: &Store, batch: &[(i64, AuditEntry)]) {
         match store.append_audit_batch(batch) {
             Ok(()) => return,
             Err(e) if e.is_busy() && retries < BUSY_RETRIES => {
-                static LOG: palisade_policy::log_budget::LogBudget =
-                    palisade_policy::log_budget::LogBudget::new();
-                if let Some(similar_lines_suppressed) = LOG.take() {
-                    tracing::warn!(
-                        rows = batch.len(),
-                        similar_lines_suppressed,
-                        "the database is busy; audit rows wait and are tried again"
-                    );
-                }
+                palisade_policy::budgeted!(
+                    warn,
+                    rows = batch.len(),
+                    "the database is busy; audit rows wait and are tried again"
+                );
                 retries += 1;
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(BUSY_PAUSE_MAX);

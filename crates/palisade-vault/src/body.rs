@@ -247,14 +247,7 @@ impl Body for ProxyBody {
                 close_delimited,
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) if *close_delimited && is_unclean_close(&e) => {
-                    static LOG: palisade_policy::log_budget::LogBudget =
-                        palisade_policy::log_budget::LogBudget::new();
-                    if let Some(similar_lines_suppressed) = LOG.take() {
-                        tracing::warn!(
-                            similar_lines_suppressed,
-                            "the upstream ended a close-delimited response without a TLS close_notify; passed on as the end of the body"
-                        );
-                    }
+                    palisade_policy::budgeted!(warn, "the upstream ended a close-delimited response without a TLS close_notify; passed on as the end of the body");
                     Poll::Ready(None)
                 }
                 Poll::Ready(frame) => {

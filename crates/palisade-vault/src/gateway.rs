@@ -436,11 +436,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener, entry: Entry) {
     let mut shutdown = shared.shutdown.clone();
     let warn = |what: &str, entry: &Entry| {
         // At most one line a second, so a flood does not become a flood of logs.
-        static LOG: palisade_policy::log_budget::LogBudget =
-            palisade_policy::log_budget::LogBudget::new();
-        if let Some(similar_lines_suppressed) = LOG.take() {
-            tracing::warn!(entry = ?entry, similar_lines_suppressed, "{what}");
-        }
+        palisade_policy::budgeted!(warn, entry = ?entry, "{what}");
     };
     loop {
         let accepted = tokio::select! {

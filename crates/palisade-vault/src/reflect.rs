@@ -370,18 +370,11 @@ impl Report {
             .find(|s| s.id == secret_id)
             .map(|s| s.name.clone());
         // The audit row is the record; the log line at most once a second.
-        static LOG: palisade_policy::log_budget::LogBudget =
-            palisade_policy::log_budget::LogBudget::new();
-        if let Some(similar_lines_suppressed) = LOG.take() {
-            tracing::warn!(
-                agent = %self.agent,
+        palisade_policy::budgeted!(warn, agent = %self.agent,
                 host = %self.target.host,
                 secret = secret.as_deref().unwrap_or_default(),
                 place,
-                similar_lines_suppressed,
-                "the upstream sent back a credential the gateway sends it; it was masked"
-            );
-        }
+                "the upstream sent back a credential the gateway sends it; it was masked");
         self.shared.audit.try_record(AuditEntry {
             event: "secret.reflected".into(),
             agent: Some(self.agent.to_string()),

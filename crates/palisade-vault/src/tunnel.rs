@@ -81,11 +81,7 @@ pub async fn run(
     let config = match shared.ca.server_config(&target.host) {
         Ok(config) => config,
         Err(e) => {
-            static LOG: palisade_policy::log_budget::LogBudget =
-                palisade_policy::log_budget::LogBudget::new();
-            if let Some(similar_lines_suppressed) = LOG.take() {
-                tracing::warn!(host = %target.host, error = %e, similar_lines_suppressed, "cannot mint a leaf certificate");
-            }
+            palisade_policy::budgeted!(warn, host = %target.host, error = %e, "cannot mint a leaf certificate");
             return;
         }
     };

@@ -237,11 +237,7 @@ impl Discord {
                         .is_some_and(|at| at.elapsed() < PROMPT_LIFETIME)
                 };
                 if !opened {
-                    static LOG: palisade_policy::log_budget::LogBudget =
-                        palisade_policy::log_budget::LogBudget::new();
-                    if let Some(similar_lines_suppressed) = LOG.take() {
-                        tracing::warn!(channel = %self.name, user = %user.id, similar_lines_suppressed, "a comment from a modal this host did not open for that user; refused");
-                    }
+                    palisade_policy::budgeted!(warn, channel = %self.name, user = %user.id, "a comment from a modal this host did not open for that user; refused");
                     return refuse(
                         reply,
                         "This form was not opened for you; nothing was decided.",
@@ -341,11 +337,7 @@ impl Discord {
             }
         });
         if let Err(error) = checked {
-            static LOG: palisade_policy::log_budget::LogBudget =
-                palisade_policy::log_budget::LogBudget::new();
-            if let Some(similar_lines_suppressed) = LOG.take() {
-                tracing::warn!(channel = %self.name, %error, similar_lines_suppressed, "refused a request to the Discord endpoint");
-            }
+            palisade_policy::budgeted!(warn, channel = %self.name, %error, "refused a request to the Discord endpoint");
             return WebhookReply::text(401, &format!("refused: {error}"));
         }
         let Ok(interaction) = serde_json::from_slice::<Value>(body) else {

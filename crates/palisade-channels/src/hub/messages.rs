@@ -224,11 +224,7 @@ impl Hub {
         .await
         .unwrap_or(false);
         if !allowed {
-            static LOG: palisade_policy::log_budget::LogBudget =
-                palisade_policy::log_budget::LogBudget::new();
-            if let Some(similar_lines_suppressed) = LOG.take() {
-                tracing::warn!(channel = channel.name(), user = %message.user.id, %agent, similar_lines_suppressed, "too many strangers wait for access to this agent; this one is dropped unasked");
-            }
+            palisade_policy::budgeted!(warn, channel = channel.name(), user = %message.user.id, %agent, "too many strangers wait for access to this agent; this one is dropped unasked");
             return None;
         }
         let summary = palisade_approvals::summary::access_request(

@@ -363,11 +363,7 @@ impl Hub {
                         match message_queue.try_send(event) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(_)) => {
-                                static LOG: palisade_policy::log_budget::LogBudget =
-                                    palisade_policy::log_budget::LogBudget::new();
-                                if let Some(similar_lines_suppressed) = LOG.take() {
-                                    tracing::warn!(channel = channel.name(), similar_lines_suppressed, "{MAX_QUEUED_MESSAGES} chat messages already wait for a handler; one more was dropped");
-                                }
+                                palisade_policy::budgeted!(warn, channel = channel.name(), "{MAX_QUEUED_MESSAGES} chat messages already wait for a handler; one more was dropped");
                             }
                             Err(mpsc::error::TrySendError::Closed(_)) => return,
                         }

@@ -259,11 +259,7 @@ impl Slack {
                         .get(&view_id)
                         .is_some_and(|p| p.user == user.id && p.at.elapsed() < PROMPT_LIFETIME);
                     if !matches {
-                        static LOG: palisade_policy::log_budget::LogBudget =
-                            palisade_policy::log_budget::LogBudget::new();
-                        if let Some(similar_lines_suppressed) = LOG.take() {
-                            tracing::warn!(channel = %self.name, user = %user.id, similar_lines_suppressed, "a comment from a modal this host did not open for that user; ignored");
-                        }
+                        palisade_policy::budgeted!(warn, channel = %self.name, user = %user.id, "a comment from a modal this host did not open for that user; ignored");
                         return None;
                     }
                     prompts.remove(&view_id)?
@@ -479,11 +475,7 @@ impl Slack {
                     }
                 });
         if let Err(error) = checked {
-            static LOG: palisade_policy::log_budget::LogBudget =
-                palisade_policy::log_budget::LogBudget::new();
-            if let Some(similar_lines_suppressed) = LOG.take() {
-                tracing::warn!(channel = %self.name, %error, similar_lines_suppressed, "refused a request to the Slack endpoint");
-            }
+            palisade_policy::budgeted!(warn, channel = %self.name, %error, "refused a request to the Slack endpoint");
             return WebhookReply::text(401, &format!("refused: {error}"));
         }
         let incoming = if body.first() == Some(&b'{') {

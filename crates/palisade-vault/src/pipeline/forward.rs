@@ -288,16 +288,9 @@ fn searched(
             body = decoded::decoded(body, &codings, reserved);
         }
         Err(coding) => {
-            static LOG: palisade_policy::log_budget::LogBudget =
-                palisade_policy::log_budget::LogBudget::new();
-            if let Some(similar_lines_suppressed) = LOG.take() {
-                tracing::warn!(
-                    host,
+            palisade_policy::budgeted!(warn, host,
                     coding,
-                    similar_lines_suppressed,
-                    "an answer from a host the gateway sends credentials to came in an encoding the gateway cannot read; refused"
-                );
-            }
+                    "an answer from a host the gateway sends credentials to came in an encoding the gateway cannot read; refused");
             return Err(Refusal::of(
                 Decision::UnreadableResponse,
                 GatewayErrorKind::UnreadableResponse,
