@@ -441,6 +441,16 @@ impl Scanner {
         buf.freeze()
     }
 
+    /// `data`, a piece complete in itself (a WebSocket control frame's payload),
+    /// masked on its own: what is kept back of the stream around it is left alone.
+    pub fn mask_whole(&mut self, data: &[u8]) -> Bytes {
+        let mut buf = BytesMut::from(data);
+        if let Some(owner) = self.reflection.mask(&mut buf) {
+            self.found(self.place, owner);
+        }
+        buf.freeze()
+    }
+
     /// The bytes kept back, at the stream's end (the start of a form that never
     /// completed, so nothing to mask).
     pub fn flush(&mut self) -> Bytes {

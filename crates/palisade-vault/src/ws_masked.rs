@@ -9,13 +9,15 @@
 //! agent's direction, for every WebSocket, is copied as it comes once each frame's
 //! header shows it is a client's frame ([`relay_from_agent`]).
 //!
-//! A form split across the fragments of one message is found: bytes kept back at the
-//! end of a fragment complete their frame only once the next fragment's first bytes
-//! show whether the form goes on (so a fragment's last few bytes may wait for the next
-//! one). At the end of a message, and before a control frame, they go as they are. A
-//! frame the gateway could not search ends the WebSocket: a masked one (servers never
-//! mask), or one with reserved bits set (an extension, such as compression, that the
-//! gateway did not offer).
+//! A form split across the fragments of one message is found, even with control
+//! frames (a ping) between them: bytes kept back at the end of a fragment complete
+//! their frame only once the next fragment's first bytes show whether the form goes on
+//! (so a fragment's last few bytes may wait for the next one, and a control frame
+//! after it waits with them). At the end of a message they go as they are. A control
+//! frame's payload (125 bytes at most, whole) is searched on its own. A frame the
+//! gateway could not search ends the WebSocket: a masked one (servers never mask), or
+//! one with reserved bits set (an extension, such as compression, that the gateway did
+//! not offer).
 
 use crate::reflect::Scanner;
 use bytes::{Buf, Bytes, BytesMut};
@@ -25,8 +27,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Most payload bytes read at once.
 const CHUNK: usize = 16 * 1024;
-/// Most frame headers waiting behind bytes kept back (a run of empty fragments);
-/// beyond it the WebSocket ends.
+/// Most frame headers waiting behind bytes kept back (a run of empty fragments or
+/// control frames); beyond it the WebSocket ends.
 const MAX_OWED: usize = 64;
 
 /// A frame's header as read, and what the relay needs of it.
@@ -61,17 +63,24 @@ where
             to.shutdown().await?;
             return Ok(());
         };
-        if head.control || !head.continuation {
-            // The frame before must be complete before this one starts.
+        if head.control {
+            // Whole and short: searched on its own, and written as one piece after the
+            // data bytes before it (which may wait for the next fragment). A message's
+            // carry-over is not cut by it: upstreams send pings between fragments.
+            let mut payload = vec![0u8; head.payload as usize];
+            from.read_exact(&mut payload).await?;
+            let mut whole = BytesMut::from(&head.raw[..]);
+            whole.extend_from_slice(&scanner.mask_whole(&payload));
+            out.owe(scanned, whole.freeze())?;
+            out.emit(&mut to, Bytes::new()).await?;
+            to.flush().await?;
+            continue;
+        }
+        if !head.continuation {
+            // The message before must be complete before this one starts.
             out.emit(&mut to, scanner.flush()).await?;
         }
-        out.owed.push_back((scanned, head.raw));
-        if out.owed.len() > MAX_OWED {
-            return Err(Error::new(
-                ErrorKind::InvalidData,
-                "too many empty fragments behind a partial credential",
-            ));
-        }
+        out.owe(scanned, head.raw)?;
         let mut remaining = head.payload;
         while remaining > 0 {
             // Read straight into a buffer the scanner can keep a part of, reclaimed for
@@ -89,8 +98,7 @@ where
             let masked = scanner.scan(buf.split().freeze());
             out.emit(&mut to, masked).await?;
         }
-        let ends_message = head.fin || head.control;
-        let kept = if ends_message {
+        let kept = if head.fin {
             scanner.flush()
         } else {
             Bytes::new()
@@ -169,6 +177,19 @@ struct Out {
 }
 
 impl Out {
+    /// Queues `head` (a frame header, or a whole control frame) to go once `at` payload
+    /// bytes have.
+    fn owe(&mut self, at: u64, head: Bytes) -> std::io::Result<()> {
+        self.owed.push_back((at, head));
+        if self.owed.len() > MAX_OWED {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                "too many frames behind a partial credential",
+            ));
+        }
+        Ok(())
+    }
+
     async fn emit<W: AsyncWrite + Unpin>(
         &mut self,
         to: &mut W,
@@ -356,8 +377,21 @@ mod tests {
         expected.extend(frame(true, 0, format!("{} y", stars(c)).as_bytes()));
         assert_eq!(relayed(&upstream).await.unwrap(), expected);
 
-        // A partial spelling at the end of a message, or before a control frame, goes
-        // as it is, with its frame whole.
+        // Control frames between the fragments do not cut the search, and are
+        // searched themselves.
+        let (head, tail) = SECRET.split_at(9);
+        let mut upstream = frame(false, 1, format!("AUTH:{head}").as_bytes());
+        upstream.extend(frame(true, 9, b"ping"));
+        upstream.extend(frame(true, 10, SECRET.as_bytes()));
+        upstream.extend(frame(true, 0, format!("{tail}!").as_bytes()));
+        let mut expected = frame(false, 1, format!("AUTH:{}", stars(head)).as_bytes());
+        expected.extend(frame(true, 9, b"ping"));
+        expected.extend(frame(true, 10, stars(SECRET).as_bytes()));
+        expected.extend(frame(true, 0, format!("{}!", stars(tail)).as_bytes()));
+        assert_eq!(relayed(&upstream).await.unwrap(), expected);
+
+        // A partial spelling at the end of a message goes as it is, with its frame
+        // whole, and so does one the next fragment does not complete.
         let mut upstream = frame(false, 1, a.as_bytes());
         upstream.extend(frame(true, 10, b"pong"));
         upstream.extend(frame(true, 0, b"rest"));
