@@ -95,6 +95,9 @@ pub struct Suggestion {
     pub held_by: String,
     /// How many approvals it would have spared.
     pub approvals: usize,
+    /// Of how many different requests (query and body): the rule lets through any, so
+    /// a person should know whether they approved one request again and again or many.
+    pub different_requests: usize,
     /// Who approved them, with how many each.
     pub approvers: BTreeMap<String, usize>,
     pub first_at_ms: i64,
@@ -132,16 +135,27 @@ impl Suggestion {
             .map(|(who, count)| format!("{who} ×{count}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let of = match self.different_requests {
+            1 => "all of the same query and body".to_string(),
+            n if n >= MAX_VARIANTS => format!("of {n} or more different queries or bodies"),
+            n => format!("of {n} different queries or bodies"),
+        };
         format!(
-            "allow {} {} {}{} (with any query and any body) without asking: it would have spared {} approvals (by {approvers}); held by rule {}",
+            "allow {} {} {}{} (with any query and any body) without asking: it would have spared {} approvals, {of} (by {approvers}); held by rule {}",
             self.agent, self.method, self.host, self.path, self.approvals, self.held_by
         )
     }
 }
 
+/// Most different requests told apart in one group.
+const MAX_VARIANTS: usize = 1000;
+
 #[derive(Default)]
 struct Group {
     approved: usize,
+    /// The approved requests' query and body digest, each once (at most
+    /// [`MAX_VARIANTS`]).
+    variants: std::collections::BTreeSet<(String, String)>,
     denied: usize,
     approvers: BTreeMap<String, usize>,
     first_at_ms: i64,
@@ -182,6 +196,14 @@ pub fn suggest(
         match approval.status {
             ApprovalStatus::Approved => {
                 group.approved += 1;
+                if group.variants.len() < MAX_VARIANTS {
+                    let query = field("url")
+                        .and_then(|url| url.split_once('?'))
+                        .map(|(_, query)| query.to_string())
+                        .unwrap_or_default();
+                    let body = field("bodySha256").unwrap_or_default().to_string();
+                    group.variants.insert((query, body));
+                }
                 let who = approval
                     .approver_name
                     .clone()
@@ -236,6 +258,7 @@ pub fn suggest(
                 path,
                 held_by,
                 approvals: group.approved,
+                different_requests: group.variants.len(),
                 approvers: group.approvers,
                 first_at_ms: group.first_at_ms,
                 last_at_ms: group.last_at_ms,
@@ -410,7 +433,42 @@ mod tests {
         );
         assert!(only
             .explain()
-            .contains("spared 7 approvals (by Ana ×4, Bo ×3)"));
+            .contains("spared 7 approvals, all of the same query and body (by Ana ×4, Bo ×3)"));
+    }
+
+    /// The rule lets any query and body through: the suggestion says whether the
+    /// approvals were of one request again and again or of different ones.
+    #[test]
+    fn a_suggestion_counts_the_different_requests_approved() {
+        let mut week = Vec::new();
+        for (day, (query, body)) in [("to=a", "1"), ("to=b", "1"), ("to=a", "2"), ("to=a", "1")]
+            .into_iter()
+            .enumerate()
+        {
+            let mut approved = approval(
+                day,
+                "mailer",
+                "POST",
+                "/send",
+                ApprovalStatus::Approved,
+                "Ana",
+                day as i64,
+            );
+            approved.context["url"] = format!("https://gmail.googleapis.com/send?{query}").into();
+            approved.context["bodySha256"] = body.into();
+            week.push(approved);
+        }
+        let suggestions = suggest(&week, &[holding_rule()], NOW - 7 * DAY, 3);
+        assert_eq!(suggestions.len(), 1, "{suggestions:#?}");
+        assert_eq!(suggestions[0].approvals, 4);
+        assert_eq!(suggestions[0].different_requests, 3);
+        assert!(
+            suggestions[0]
+                .explain()
+                .contains("spared 4 approvals, of 3 different queries or bodies"),
+            "{}",
+            suggestions[0].explain()
+        );
     }
 
     #[test]

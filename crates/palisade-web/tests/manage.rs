@@ -1866,7 +1866,7 @@ async fn suggested_rules_are_shown_and_created_only_when_accepted() {
     );
     assert!(listed.contains(&expected[0].explain()), "{listed}");
     assert!(
-        listed.contains("spared 3 approvals (by Ana ×3)"),
+        listed.contains("spared 3 approvals, all of the same query and body (by Ana ×3)"),
         "{listed}"
     );
     assert!(listed.contains("api.example.com:443/labels"));
