@@ -985,12 +985,31 @@ fn an_agents_words_cannot_pass_for_the_commands_own_lines() {
     );
     // No screen line of an 80-column terminal starts with the agent's text: every
     // line of it is behind the gutter and short enough not to wrap.
+    let columns =
+        |line: &str| -> usize { line.chars().map(|c| if c == '語' { 2 } else { 1 }).sum() };
     for line in text.lines() {
         if line.contains("approve x") || line.contains('語') || line.contains("..") {
             assert!(line.starts_with("  │ "), "{line:?} in {text}");
-            let columns: usize = line.chars().map(|c| if c == '語' { 2 } else { 1 }).sum();
-            assert!(columns <= 80, "{columns} columns: {line:?}");
+            assert!(columns(line) <= 80, "{} columns: {line:?}", columns(line));
         }
+    }
+    // Nor of a 50-column one: the lines behind the gutter fit the terminal's width.
+    let command = format!(
+        "stty rows 40 cols 50; {} approvals show {asked}",
+        env!("CARGO_BIN_EXE_palisade")
+    );
+    let narrow = palisade_testkit::run_with_timeout(
+        Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("PALISADE_HOME", palisade.home()),
+        None,
+        std::time::Duration::from_secs(60),
+    );
+    let narrow = String::from_utf8_lossy(&narrow.stdout).replace('\r', "");
+    let behind: Vec<&str> = narrow.lines().filter(|l| l.starts_with("  │ ")).collect();
+    assert!(behind.len() > 8, "{narrow}");
+    for line in behind {
+        assert!(columns(line) <= 50, "{} columns: {line:?}", columns(line));
     }
 }
 

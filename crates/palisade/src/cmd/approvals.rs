@@ -237,21 +237,37 @@ fn decide(ctx: &Context, id: &str, choice: Choice, comment: Option<String>) -> a
 }
 
 /// Columns of text a gutter line holds: with the gutter, 76, inside an 80-column
-/// terminal.
+/// terminal; fewer in a narrower one.
 const GUTTER_WIDTH: usize = 72;
+/// The gutter itself, `  │ `.
+const GUTTER_COLUMNS: usize = 4;
+/// Fewest columns a gutter line holds, however narrow the terminal.
+const GUTTER_MIN: usize = 16;
 
-/// `line`, cleaned, as lines of at most [`GUTTER_WIDTH`] columns (wide characters
-/// count two), each behind the gutter `  │ `. Lines break between words where they can,
-/// so a digest or an address stays whole to copy; a word longer than a line is cut.
-fn behind_gutter(text: &mut String, line: &str) {
+/// Columns of text a gutter line holds on this stdout: [`GUTTER_WIDTH`], or what fits
+/// beside the gutter in a narrower terminal (which would otherwise wrap a line, and
+/// its next screen line would start without the gutter).
+fn gutter_width() -> usize {
+    match terminal_size::terminal_size_of(std::io::stdout()) {
+        Some((terminal_size::Width(columns), _)) => usize::from(columns)
+            .saturating_sub(GUTTER_COLUMNS)
+            .clamp(GUTTER_MIN, GUTTER_WIDTH),
+        None => GUTTER_WIDTH,
+    }
+}
+
+/// `line`, cleaned, as lines of at most `width` columns (wide characters count two),
+/// each behind the gutter `  │ `. Lines break between words where they can, so a
+/// digest or an address stays whole to copy; a word longer than a line is cut.
+fn behind_gutter(text: &mut String, line: &str, width: usize) {
     use unicode_width::UnicodeWidthStr;
     let line = output::clean(line);
     let mut lines: Vec<String> = Vec::new();
     let mut current = String::new();
     let mut started = false;
     for word in line.split(' ') {
-        let width = word.width();
-        if started && current.width() + 1 + width <= GUTTER_WIDTH {
+        let word_width = word.width();
+        if started && current.width() + 1 + word_width <= width {
             current.push(' ');
             current.push_str(word);
             continue;
@@ -264,7 +280,7 @@ fn behind_gutter(text: &mut String, line: &str) {
         let mut columns = 0;
         for c in word.chars() {
             let wide = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
-            if columns + wide > GUTTER_WIDTH {
+            if columns + wide > width {
                 lines.push(std::mem::take(&mut current));
                 columns = 0;
             }
@@ -307,6 +323,7 @@ fn render(approval: &Approval) -> String {
         details.field("comment", comment);
     }
     let mut text = details.render();
+    let width = gutter_width();
     // The summary, the detail and the context are built from what the agent sent (its
     // request, its words): each line behind a gutter, so none passes for this
     // command's own lines (an agent's "decide with: … --always" looked like the footer
@@ -315,7 +332,7 @@ fn render(approval: &Approval) -> String {
     if !approval.lines.is_empty() {
         text.push_str("\nsummary:\n");
         for line in &approval.lines {
-            behind_gutter(&mut text, line);
+            behind_gutter(&mut text, line, width);
         }
     }
     if !approval.detail.is_empty() {
@@ -323,12 +340,12 @@ fn render(approval: &Approval) -> String {
         // The detail is multi-line on purpose (headers, body excerpt); each line is
         // cleaned on its own so none can carry escape sequences.
         for line in approval.detail.lines() {
-            behind_gutter(&mut text, line);
+            behind_gutter(&mut text, line, width);
         }
     }
     if !approval.context.is_null() && approval.context.as_object().is_none_or(|o| !o.is_empty()) {
         text.push_str("\ncontext:\n");
-        behind_gutter(&mut text, &approval.context.to_string());
+        behind_gutter(&mut text, &approval.context.to_string(), width);
     }
     if approval.status == ApprovalStatus::Pending {
         // Only the choices this kind of approval offers.
