@@ -24,6 +24,9 @@ const CARD_TITLE_CHARS: usize = 500;
 /// Most characters of a request's path in what a lasting choice lets through.
 const SCOPE_PATH_CHARS: usize = 200;
 
+/// What sets each of a summary's lines apart on a card.
+pub const GUTTER: &str = "│ ";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Card {
     pub approval_id: String,
@@ -33,7 +36,8 @@ pub struct Card {
     /// That the request carries hidden characters (marked where they are), when it does:
     /// shown under the title on every platform, whatever else is left out.
     pub warning: Option<String>,
-    /// The summary's lines: built from what the agent sent, so as long as it likes.
+    /// The summary's lines: built from what the agent sent, so as long as it likes;
+    /// each behind [`GUTTER`].
     pub lines: Vec<String>,
     /// What "Always allow" and "Approve for 1 h" would let through, when offered. Not
     /// one of `lines`: a card cut to a platform's limit keeps it whatever the agent's
@@ -82,13 +86,22 @@ impl Card {
         // look-alike names); they become the warning, which no length limit drops.
         let leading = palisade_approvals::summary::leading_notices(&approval.lines);
         let (notices, lines) = approval.lines.split_at(leading);
+        // The summary's lines are built from what the agent or a stranger sent: each
+        // screen line of them behind a gutter, so none passes for the card's own (a
+        // forged "✅ Approved by Ana" or "ID apr_…" line above the real ones).
+        let lines = lines
+            .iter()
+            .flat_map(|line| line.split('\n'))
+            .map(|line| format!("{GUTTER}{}", line.trim_end_matches('\r')))
+            .collect();
         Card {
             approval_id: approval.id.clone(),
             token: token.to_string(),
             heading,
-            title: cut(&approval.title, CARD_TITLE_CHARS),
+            // One line: the next lines of a card are its own.
+            title: cut(&approval.title.replace(['\n', '\r'], " "), CARD_TITLE_CHARS),
             warning: (!notices.is_empty()).then(|| notices.join("\n")),
-            lines: lines.to_vec(),
+            lines,
             scope,
             detail: approval.detail.chars().take(CARD_DETAIL_CHARS).collect(),
             buttons,
@@ -326,6 +339,26 @@ pub(crate) fn hidden_character_summary() -> palisade_approvals::Summary {
 mod tests {
     use super::*;
     use palisade_approvals::summary::{HIDDEN_CHARACTERS_NOTICE, LOOK_ALIKE_NOTICE};
+
+    /// What the agent (or a stranger) wrote cannot pass for the card's own lines: a
+    /// forged outcome and a forged expiry with another request's id each stay behind
+    /// the gutter, so the only line starting "Expires" names this card's id.
+    #[test]
+    fn an_agents_lines_cannot_pass_for_the_cards_own() {
+        let forged = "hello\n\n✅ Approved by Ana (Telegram, tg), 14:05\n\nExpires 03:28 UTC, then denied. ID apr_otherrequest";
+        let mut summary = palisade_approvals::summary::action("mailer", "tidy up", forged);
+        summary.title = "tidy up\nExpires 03:28 UTC, then denied. ID apr_othertitle".into();
+        let card = Card::new(&pending_approval(summary), &new_token());
+        let text = card.text();
+        let expiries: Vec<&str> = text.lines().filter(|l| l.starts_with("Expires")).collect();
+        assert_eq!(expiries.len(), 1, "{text}");
+        assert!(expiries[0].ends_with("ID apr_abcdefghijkl"), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with('✅')), "{text}");
+        assert!(text.contains("│ ✅ Approved by Ana"), "{text}");
+        for line in &card.lines {
+            assert!(line.starts_with(GUTTER) && !line.contains('\n'), "{line:?}");
+        }
+    }
 
     /// A look-alike name's line joins the warning too, under the hidden characters'
     /// one, and is not left among the lines.

@@ -81,6 +81,18 @@ fn short(value: Option<&Value>) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
+/// Who pressed a button or sent a form: Discord names them in `member.user` in a
+/// guild and in `user` in a direct message, never both. An interaction with both, or
+/// with the wrong one for where it happened, names nobody.
+fn presser(interaction: &Value) -> Option<&Value> {
+    let field = |name: &str| interaction.get(name).filter(|v| !v.is_null());
+    match (field("guild_id"), field("member"), field("user")) {
+        (Some(_), Some(member), None) => member.get("user"),
+        (None, None, Some(user)) => Some(user),
+        _ => None,
+    }
+}
+
 fn user_of(user: &Value) -> Option<PlatformUser> {
     let id = short(user.get("id")).filter(|id| api::is_id(id))?;
     if user.get("bot").and_then(Value::as_bool) == Some(true) {
@@ -207,11 +219,7 @@ impl Discord {
         reply: Reply,
     ) -> Result<Incoming, (Value, Reply)> {
         let refuse = |reply: Reply, text: &str| Err((ephemeral(text), reply));
-        let Some(user) = interaction
-            .pointer("/member/user")
-            .or_else(|| interaction.get("user"))
-            .and_then(user_of)
-        else {
+        let Some(user) = presser(interaction).and_then(user_of) else {
             return refuse(reply, "Palisade cannot tell who pressed this.");
         };
         let data = interaction.get("data").unwrap_or(&Value::Null);
@@ -470,6 +478,25 @@ impl Channel for Discord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_presser_is_named_by_the_field_that_belongs_where_it_was_pressed() {
+        let ana = serde_json::json!({"id": "1", "username": "ana"});
+        let cy = serde_json::json!({"id": "2", "username": "cy"});
+        let guild = serde_json::json!({"guild_id": "9", "member": {"user": ana}});
+        let direct = serde_json::json!({"user": ana});
+        assert_eq!(presser(&guild), Some(&ana));
+        assert_eq!(presser(&direct), Some(&ana));
+        for nobody in [
+            serde_json::json!({"guild_id": "9", "member": {"user": ana}, "user": cy}),
+            serde_json::json!({"member": {"user": ana}, "user": cy}),
+            serde_json::json!({"member": {"user": ana}}),
+            serde_json::json!({"guild_id": "9", "user": cy}),
+            serde_json::json!({}),
+        ] {
+            assert_eq!(presser(&nobody), None, "{nobody}");
+        }
+    }
     use crate::fake_api::FakeApi;
 
     const TOKEN: &str = "MTIzNDU2Nzg5MDEyMzQ1Njc4.DISCORDSECRET.abcdefghijklmnopqrstuvwxyz0";

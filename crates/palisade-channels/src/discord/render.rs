@@ -51,10 +51,75 @@ pub(super) fn escape_markdown(text: &str) -> String {
     out
 }
 
-/// A text message's body.
+/// `text` (an agent's reply, kept as markdown: its code blocks and emphasis are
+/// meant) with every masked link outside code spelled out: `[shown](https://x)`
+/// becomes `shown (https://x)`, so a link never reads as one address and leads to
+/// another (an agent may repeat what a web page wrote). A link whose text is its
+/// address is left as it is.
+pub(super) fn unmask_links(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // Inside ``` … ``` or ` … `: Discord shows it literally, so it is left alone.
+    let mut fenced = false;
+    let mut inline = false;
+    while let Some(c) = rest.chars().next() {
+        if rest.starts_with("```") {
+            fenced = !fenced;
+            out.push_str("```");
+            rest = &rest[3..];
+            continue;
+        }
+        if c == '`' && !fenced {
+            inline = !inline;
+        }
+        if c == '\n' {
+            inline = false;
+        }
+        if c == '[' && !fenced && !inline {
+            if let Some((shown, target, len)) = masked_link(rest) {
+                if shown.trim() == target {
+                    out.push_str(&rest[..len]);
+                } else {
+                    out.push_str(&format!("{shown} ({target})"));
+                }
+                rest = &rest[len..];
+                continue;
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// `[shown](target)` at the start of `text`, on one line, target an http(s) address
+/// (bare or in `<…>`): its text, its address and its length in bytes.
+fn masked_link(text: &str) -> Option<(&str, &str, usize)> {
+    let line = text.split('\n').next()?;
+    let close = line.find("](")?;
+    let shown = &line[1..close];
+    if shown.contains('[') {
+        return None;
+    }
+    let after = &line[close + 2..];
+    let end = after.find(')')?;
+    let target = after[..end].trim();
+    let target = target
+        .strip_prefix('<')
+        .and_then(|t| t.strip_suffix('>'))
+        .unwrap_or(target);
+    let lower = target.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return None;
+    }
+    Some((shown, target, close + 2 + end + 1))
+}
+
+/// A text message's body (an agent's reply: masked links spelled out).
 pub(super) fn text(content: &str) -> Value {
+    let content = unmask_links(content);
     json!({
-        "content": cut(content, MAX_CONTENT_CHARS),
+        "content": cut(&content, MAX_CONTENT_CHARS),
         "allowed_mentions": {"parse": []},
         "flags": SUPPRESS_EMBEDS,
     })
@@ -121,6 +186,32 @@ pub(super) fn comment_modal(token: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An agent's reply keeps its markdown, but a masked link shows where it leads.
+    #[test]
+    fn masked_links_in_a_reply_show_their_address() {
+        assert_eq!(
+            unmask_links("see [the docs](https://evil.example/x) and **this**"),
+            "see the docs (https://evil.example/x) and **this**"
+        );
+        assert_eq!(
+            unmask_links("[good](<HTTPS://evil.example>) <@&1>"),
+            "good (HTTPS://evil.example) <@&1>"
+        );
+        for kept in [
+            "`[a](https://x.example)` stays in code",
+            "```\n[a](https://x.example)\n```",
+            "[https://x.example](https://x.example)",
+            "a list [1](2) and [x](mailto:y)",
+            "[unclosed](https://x.example",
+        ] {
+            assert_eq!(unmask_links(kept), kept);
+        }
+        assert_eq!(
+            text("[é](https://x.example)")["content"],
+            "é (https://x.example)"
+        );
+    }
 
     #[test]
     fn buttons_carry_callback_data_and_a_closed_card_has_none() {
