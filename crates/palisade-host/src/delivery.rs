@@ -266,23 +266,7 @@ pub(crate) async fn deliver(
         };
         match frame {
             RunnerFrame::Event { message_id, event } if message_id == message.id => {
-                if let Some(event) = stream_event(&event) {
-                    let before = streamed;
-                    streamed = streamed.saturating_add(streamed_size(&event));
-                    if streamed <= MAX_STREAMED {
-                        inner.publish(message.id, event);
-                    } else if before <= MAX_STREAMED {
-                        inner.publish(
-                            message.id,
-                            StreamEvent::Status {
-                                message: format!(
-                                    "the agent has streamed more than {} MiB of text and progress in this turn; the rest is not shown until its answer",
-                                    MAX_STREAMED >> 20
-                                ),
-                            },
-                        );
-                    }
-                }
+                publish_progress(inner, message.id, &event, &mut streamed);
             }
             RunnerFrame::ToolCall {
                 call_id,
@@ -291,13 +275,35 @@ pub(crate) async fn deliver(
                 input,
             } if message_id == message.id => {
                 // A host tool may wait (a person's approval, another agent's answer):
-                // the turn's deadline and a shutdown still end it.
+                // the turn's deadline and a shutdown still end it, and so does the
+                // runner going away (its card, if any, is then cancelled: the tool's
+                // future is dropped), instead of the wait going on for a dead turn.
                 let (ok, content) = match HostCall::parse(&name, &input) {
-                    Ok(call) => tokio::select! {
-                        done = crate::tools::run(inner, &message, call) => done,
-                        _ = &mut turn_deadline => return turn_timed_out(inner, &message, turn_timeout).await,
-                        _ = crate::host::stopped(&mut shutdown) => return Outcome::Shutdown,
-                    },
+                    Ok(call) => {
+                        let tool = crate::tools::run(inner, &message, call);
+                        tokio::pin!(tool);
+                        loop {
+                            tokio::select! {
+                                done = &mut tool => break done,
+                                _ = &mut turn_deadline => return turn_timed_out(inner, &message, turn_timeout).await,
+                                _ = crate::host::stopped(&mut shutdown) => return Outcome::Shutdown,
+                                frame = conn.recv() => match frame {
+                                    Ok(Some(RunnerFrame::Event { message_id, event })) if message_id == message.id => {
+                                        publish_progress(inner, message.id, &event, &mut streamed);
+                                    }
+                                    Ok(None) | Err(_) => {
+                                        return Outcome::RunnerFailed("the runner went away while a host tool waited".into())
+                                    }
+                                    Ok(Some(other)) => {
+                                        return Outcome::RunnerFailed(format!(
+                                            "the runner sent an unexpected {} frame while a host tool waited",
+                                            other.kind()
+                                        ))
+                                    }
+                                },
+                            }
+                        }
+                    }
                     Err(reason) => (false, reason),
                 };
                 let result = HostFrame::ToolResult {
@@ -357,6 +363,35 @@ pub(crate) async fn deliver(
                 ));
             }
         }
+    }
+}
+
+/// Passes a runner's progress event on to the message's watchers, until the turn has
+/// streamed [`MAX_STREAMED`] bytes of it (then one line says the rest waits for the
+/// answer).
+fn publish_progress(
+    inner: &HostInner,
+    message_id: i64,
+    event: &serde_json::Value,
+    streamed: &mut usize,
+) {
+    let Some(event) = stream_event(event) else {
+        return;
+    };
+    let before = *streamed;
+    *streamed = streamed.saturating_add(streamed_size(&event));
+    if *streamed <= MAX_STREAMED {
+        inner.publish(message_id, event);
+    } else if before <= MAX_STREAMED {
+        inner.publish(
+            message_id,
+            StreamEvent::Status {
+                message: format!(
+                    "the agent has streamed more than {} MiB of text and progress in this turn; the rest is not shown until its answer",
+                    MAX_STREAMED >> 20
+                ),
+            },
+        );
     }
 }
 

@@ -141,6 +141,14 @@ impl ImageBuild {
                 }
             }
         }
+        // No program in the image may change who runs it (`su`, `mount`, `passwd`…):
+        // no-new-privileges already makes the bits void, and without them nothing
+        // depends on that.
+        let cleared = drop_set_id_bits(&rootfs)
+            .map_err(|e| SandboxError::io("cannot clear set-id bits in the root filesystem", e))?;
+        progress(&format!(
+            "cleared the set-user-id and set-group-id bits of {cleared} programs"
+        ));
         let tar = match &self.save_rootfs {
             Some(path) => path.clone(),
             None => scratch.path().join("rootfs.tar"),
@@ -207,6 +215,29 @@ impl ImageBuild {
 }
 
 /// The host's Debian codename, from /etc/os-release.
+/// Clears the set-user-id and set-group-id bits of every regular file under `root`
+/// (links are not followed); returns how many files had one.
+pub fn drop_set_id_bits(root: &Path) -> std::io::Result<usize> {
+    use std::os::unix::fs::PermissionsExt;
+    const SET_ID: u32 = 0o6000;
+    let mut cleared = 0;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() && meta.permissions().mode() & SET_ID != 0 {
+                let mode = meta.permissions().mode() & !SET_ID;
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
+                cleared += 1;
+            }
+        }
+    }
+    Ok(cleared)
+}
+
 pub fn host_suite() -> Option<String> {
     let text = std::fs::read_to_string("/etc/os-release").ok()?;
     let is_debian = text.lines().any(|l| l == "ID=debian");
@@ -305,6 +336,25 @@ fn run_with_progress(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn set_id_bits_are_cleared_and_links_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        let su = root.join("usr/bin/su");
+        std::fs::write(&su, b"").unwrap();
+        std::fs::set_permissions(&su, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o2755)).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("usr/bin/link")).unwrap();
+        assert_eq!(drop_set_id_bits(&root).unwrap(), 1);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&su), 0o755);
+        assert_eq!(mode(&outside), 0o2755, "a link was followed");
+    }
     use super::*;
 
     #[test]

@@ -10,8 +10,52 @@
 //! `/mnt` or `/data`, so a mount can never shadow a system directory or
 //! `/run/palisade`.
 
+//!
+//! A runtime that takes only paths (podman, docker) resolves a source again when it
+//! mounts it, after these checks: an agent that can write a parent of the source could
+//! swap it for a link in between. So the source's device and inode are read at launch,
+//! walking its path without following any link ([`identity`]), and the shim inside the
+//! sandbox refuses to start the command unless what is mounted at each destination is
+//! that same directory (`--expect-mount`).
+
 use crate::SandboxError;
 use std::path::{Component, Path, PathBuf};
+
+/// The device and inode of `path` (absolute, canonical), reached without following a
+/// link in any of its components: a link there now (the source was swapped since it
+/// was checked) is an error.
+pub fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    use std::os::fd::{AsFd, OwnedFd};
+    let mut current: OwnedFd = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let components: Vec<&std::ffi::OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(Ok(name)),
+            Component::RootDir => None,
+            _ => Some(Err(())),
+        })
+        .collect::<Result<_, ()>>()
+        .map_err(|()| std::io::Error::other("the path is not canonical"))?;
+    for (index, name) in components.iter().enumerate() {
+        let last = index + 1 == components.len();
+        let mut flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        if !last {
+            flags |= OFlag::O_DIRECTORY;
+        }
+        current = openat(current.as_fd(), *name, flags, Mode::empty())?;
+    }
+    let stat = nix::sys::stat::fstat(current.as_fd())?;
+    if stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK {
+        return Err(std::io::Error::other("it is a link"));
+    }
+    Ok((stat.st_dev, stat.st_ino))
+}
 
 /// One validated extra mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -343,6 +387,28 @@ fn normalise_destination(destination: &str) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A source's identity is read without following links: a link anywhere in its
+    /// path now (the source swapped since it was checked) is refused, and a directory
+    /// reached without one gives its device and inode.
+    #[test]
+    fn identity_refuses_a_path_through_a_link() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let real = root.join("real");
+        std::fs::create_dir_all(real.join("inner")).unwrap();
+        let meta = std::fs::metadata(real.join("inner")).unwrap();
+        assert_eq!(
+            identity(&real.join("inner")).unwrap(),
+            (meta.dev(), meta.ino())
+        );
+        std::os::unix::fs::symlink(&real, root.join("link")).unwrap();
+        std::os::unix::fs::symlink(real.join("inner"), root.join("last")).unwrap();
+        assert!(identity(&root.join("link").join("inner")).is_err());
+        assert!(identity(&root.join("last")).is_err());
+        assert!(identity(&root.join("real/../real/inner")).is_err());
+    }
     use super::*;
 
     fn policy(home: &Path, allowed: &Path) -> MountPolicy {

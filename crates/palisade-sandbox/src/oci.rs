@@ -14,7 +14,7 @@ use crate::bwrap::check_spec;
 use crate::cgroup::HostCgroups;
 use crate::limits::{LimitMechanism, LimitReport};
 use crate::runtime::{
-    shim_argv, wall_time_report, which, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode,
+    wall_time_report, which, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode,
 };
 use crate::workdir::Workdir;
 use crate::{paths, SandboxError};
@@ -245,6 +245,7 @@ impl Oci {
         workdir: &Workdir,
         name: &str,
         reports: &[LimitReport],
+        expect_mounts: Vec<(std::path::PathBuf, (u64, u64))>,
     ) -> Vec<String> {
         let mut args: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
@@ -370,7 +371,10 @@ impl Oci {
             OciTool::Podman => crate::shim::Control::Inherited(CONTROL_FD),
             OciTool::Docker => crate::shim::Control::Socket(CONTROL_SOCKET_INSIDE.into()),
         };
-        args.extend(shim_argv(spec, reports, control, None).into_iter().skip(1));
+        let mut shim = crate::runtime::shim_options(spec, reports, control);
+        shim.expect_mounts = expect_mounts;
+        args.extend(spec.shim_subcommand.iter().cloned());
+        args.extend(shim.to_args());
         args
     }
 }
@@ -454,7 +458,21 @@ impl Runtime for Oci {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let args = self.args(spec, &workdir, &name, &reports);
+        // The engine resolves each source again: what it must find is what is there
+        // now, reached without a link (the shim compares before the command starts).
+        let identities = spec
+            .mounts
+            .iter()
+            .map(|mount| {
+                crate::mounts::identity(&mount.source)
+                    .map(|identity| (mount.destination.clone(), identity))
+                    .map_err(|e| SandboxError::RefusedMount {
+                        path: mount.source.clone(),
+                        reason: format!("it changed since it was checked ({e})"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let args = self.args(spec, &workdir, &name, &reports, identities);
         let mut command = tokio::process::Command::from(self.tool.command());
         // Its own process group: a Ctrl-C meant for palisade must not reach the engine's
         // client in the middle of creating the container (it dies half-way and leaves

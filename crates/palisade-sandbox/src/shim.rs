@@ -14,6 +14,7 @@
 use crate::broker::ParentDialer;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,9 @@ pub struct ShimOptions {
     /// else, when it starts as uid 0 of its user namespace: a bubblewrap sandbox started
     /// by root, whose uid 0 is the host's root (see `bwrap.rs`).
     pub user: Option<(u32, u32)>,
+    /// Device and inode each extra mount's destination must have: what was checked at
+    /// launch ([`crate::mounts::identity`]), for runtimes that mount by path.
+    pub expect_mounts: Vec<(PathBuf, (u64, u64))>,
     pub command: Vec<String>,
 }
 
@@ -74,6 +78,7 @@ impl ShimOptions {
             host_listen: None,
             max_connections: 256,
             user: None,
+            expect_mounts: Vec::new(),
             command,
         }
     }
@@ -109,6 +114,12 @@ impl ShimOptions {
         }
         if let Some((uid, gid)) = self.user {
             args.extend(["--user".into(), format!("{uid}:{gid}")]);
+        }
+        for (destination, (device, inode)) in &self.expect_mounts {
+            args.extend([
+                "--expect-mount".into(),
+                format!("{device}:{inode}:{}", destination.display()),
+            ]);
         }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
@@ -178,6 +189,21 @@ impl ShimOptions {
                     )
                 }
                 "--host-listen" => options.host_listen = Some(value("--host-listen")?),
+                "--expect-mount" => {
+                    let text = value("--expect-mount")?;
+                    let mut parts = text.splitn(3, ':');
+                    let parsed = (|| {
+                        let device = parts.next()?.parse().ok()?;
+                        let inode = parts.next()?.parse().ok()?;
+                        let destination = PathBuf::from(parts.next()?);
+                        destination
+                            .is_absolute()
+                            .then_some((destination, (device, inode)))
+                    })();
+                    options.expect_mounts.push(parsed.ok_or_else(|| {
+                        "--expect-mount needs DEVICE:INODE:/absolute/destination".to_string()
+                    })?);
+                }
                 "--user" => {
                     let text = value("--user")?;
                     options.user = text
@@ -228,8 +254,32 @@ pub fn run_args(args: &[String], name: &str) -> i32 {
     }
 }
 
+/// Whether each extra mount is the directory checked at launch; the first that is
+/// not, said as the reason.
+fn mounts_as_checked(expected: &[(PathBuf, (u64, u64))]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for (destination, identity) in expected {
+        let found = std::fs::symlink_metadata(destination)
+            .map(|meta| (meta.dev(), meta.ino()))
+            .map_err(|e| format!("cannot read {}: {e}", destination.display()))?;
+        if found != *identity {
+            return Err(format!(
+                "what is mounted at {} is not the folder that was checked (it was replaced while the sandbox started)",
+                destination.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the shim to completion and returns the exit code for the process.
 pub fn run(options: ShimOptions) -> i32 {
+    // A runtime that mounts by path resolved each source again: the command starts
+    // only if that found what was checked.
+    if let Err(why) = mounts_as_checked(&options.expect_mounts) {
+        eprintln!("palisade shim: {why}; not starting");
+        return SHIM_FAILURE;
+    }
     // Before anything else: nothing of the sandbox may run as the uid it started as.
     if let Some((uid, gid)) = options.user {
         if let Err(e) = become_user(uid, gid) {
@@ -591,6 +641,29 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 
 #[cfg(test)]
 mod tests {
+
+    /// The shim starts the command only if each extra mount is the directory checked
+    /// at launch, and the expectations survive the trip through its arguments.
+    #[test]
+    fn a_mount_that_is_not_the_one_checked_stops_the_shim() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let checked = dir.path().join("checked");
+        let other = dir.path().join("other");
+        std::fs::create_dir(&checked).unwrap();
+        std::fs::create_dir(&other).unwrap();
+        let meta = std::fs::metadata(&checked).unwrap();
+        let expected = vec![(checked.clone(), (meta.dev(), meta.ino()))];
+        assert_eq!(mounts_as_checked(&expected), Ok(()));
+        let swapped = vec![(other.clone(), (meta.dev(), meta.ino()))];
+        let why = mounts_as_checked(&swapped).unwrap_err();
+        assert!(why.contains("not the folder that was checked"), "{why}");
+
+        let mut options = ShimOptions::new(Control::Inherited(3), vec!["true".into()]);
+        options.expect_mounts = expected.clone();
+        let parsed = ShimOptions::from_args(&options.to_args()).unwrap();
+        assert_eq!(parsed.expect_mounts, expected);
+    }
     use super::*;
 
     #[test]

@@ -300,6 +300,49 @@ fn a_frame_with_terminal_escapes_is_logged_escaped() {
     world.down(host);
 }
 
+/// A runner that goes away while a host tool waits for a person is noticed at once:
+/// the approval card it asked for is cancelled (it asked for nothing anyone waits on)
+/// instead of staying pending until its expiry, and the message is delivered again.
+#[test]
+fn a_runner_gone_while_an_approval_waits_cancels_the_card() {
+    let world = world();
+    let host = world.up_with(&["--idle-timeout", "3s"]);
+    ok(world.send("helper", "warm up"));
+    let (mut runner, mut sender, deliver, _) = message_to_fake_runner(&world, "ask");
+    let call = serde_json::json!({
+        "type": "tool_call", "call_id": "c1", "message_id": deliver["message_id"],
+        "name": "request_approval", "input": {"action": "delete the old backups"},
+    });
+    write_frame(&mut runner, call.to_string().as_bytes());
+    let statuses = || -> Vec<String> {
+        let listed = ok(world
+            .palisade
+            .run(&["approvals", "list", "--all", "--json"]));
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        listed
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .map(|a| a["status"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        palisade_testkit::wait_until(Duration::from_secs(20), || statuses() == ["pending"]),
+        "no card: {:?}",
+        statuses()
+    );
+    drop(runner);
+    assert!(
+        palisade_testkit::wait_until(Duration::from_secs(10), || statuses() == ["cancelled"]),
+        "the card of a runner that went away stayed: {:?}",
+        statuses()
+    );
+    sent_ok(&mut sender, Duration::from_secs(120), "ask");
+    world.down(host);
+}
+
 #[test]
 fn malformed_frames_from_a_runner_end_it_and_the_message_is_retried_and_answered() {
     let world = world();
