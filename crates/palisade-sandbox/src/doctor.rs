@@ -314,11 +314,22 @@ fn oci(tool: OciTool) -> RuntimeReport {
                     "--userns=keep-id: the agent is your own uid, not root in the container (flags, not probed)".to_string()
                 };
                 report.checks.push(check("user", true, detail));
+                // runc makes the user namespace as root: what a sandbox holds is counted
+                // against root on the host too (docs/sandbox.md).
+                let shared_with_root = match nix::unistd::geteuid().is_root() {
+                    true => format!(
+                        "; as root, each sandbox's inotify instances also count against root's own (fs.inotify.max_user_instances = {}): raise it where several podman sandboxes run, or use bubblewrap",
+                        std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+                            .map(|text| text.trim().to_string())
+                            .unwrap_or_else(|_| "unknown".into())
+                    ),
+                    false => String::new(),
+                };
                 report.checks.push(check(
                     "kernel pools",
                     true,
                     format!(
-                        "a createRuntime hook gives /dev/pts a maximum of {} terminals and the user namespace palisade's inotify and fanotify maxima; a failure stops the sandbox (not probed)",
+                        "a createRuntime hook gives /dev/pts a maximum of {} terminals and the user namespace palisade's inotify and fanotify maxima; a failure stops the sandbox (not probed){shared_with_root}",
                         crate::pools::PTYS_PER_SANDBOX
                     ),
                 ));
