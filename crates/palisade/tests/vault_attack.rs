@@ -2920,6 +2920,140 @@ fn changes_apply_to_the_very_next_request() {
     }
 }
 
+/// An upstream that leaves a body unread (many skip a GET's, some answer a request
+/// that expects `100-continue` without reading it) must not read that body as its next
+/// request: that request was never judged, and would carry the agent's credential.
+const CARELESS_UPSTREAM: &str = r#"
+import socket, sys, threading
+port, log = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
+def serve(c):
+    buf = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            log.write(lines[0] + "\n")
+            h = {l.split(":", 1)[0].strip().lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+            n = int(h.get("content-length", "0") or 0)
+            if not lines[0].startswith("GET ") and "expect" not in h:
+                while len(buf) < n:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                buf = buf[n:]
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            if h.get("connection", "").lower() == "close":
+                c.close()
+                return
+    except OSError:
+        pass
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Sends `request` to the gateway on a connection of its own; what came back once the
+/// answer's `ok` arrived (or after 10 s).
+fn exchange_until_ok(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the gateway");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    stream.write_all(request).expect("send");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+        if got.ends_with(b"\r\n\r\nok") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn a_body_the_upstream_leaves_unread_is_not_read_as_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("python3");
+    server
+        .arg("-c")
+        .arg(CARELESS_UPSTREAM)
+        .arg(port.to_string())
+        .arg(&log)
+        .stdin(Stdio::null());
+    let _upstream = palisade_testkit::ChildGuard::spawn(&mut server).unwrap();
+    assert!(palisade_testkit::wait_for_tcp(
+        ("127.0.0.1", port),
+        Duration::from_secs(10)
+    ));
+    let attack = Attack::start(&[]);
+    let token = attack.setup.agent("probe");
+    attack.cli(&[
+        "rules",
+        "create",
+        "--name",
+        "no-admin",
+        "--host-pattern",
+        "127.0.0.1",
+        "--path-pattern",
+        "/admin/*",
+        "--action",
+        "block",
+    ]);
+    let auth = vault_fixture::base64(format!("x:{token}").as_bytes());
+    let head = |method: &str, path: &str, extra: &str| {
+        format!(
+            "{method} http://127.0.0.1:{port}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nProxy-Authorization: Basic {auth}\r\n{extra}\r\n"
+        )
+    };
+    let smuggled = "DELETE /admin/everything HTTP/1.1\r\nX-Ignore: ";
+    let innocent = head("GET", "/innocent", "");
+    for (method, extra) in [("GET", ""), ("POST", "Expect: 100-continue\r\n")] {
+        let request = format!(
+            "{}{smuggled}",
+            head(
+                method,
+                "/ok",
+                &format!("{extra}Content-Length: {}\r\n", smuggled.len())
+            )
+        );
+        let answer = exchange_until_ok(attack.setup.addr(), request.as_bytes());
+        assert!(answer.contains("200 OK"), "{method}: {answer}");
+        let answer = exchange_until_ok(attack.setup.addr(), innocent.as_bytes());
+        assert!(answer.contains("200 OK"), "{method} then GET: {answer}");
+    }
+    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        seen.lines().filter(|l| l.contains("/innocent")).count() == 2,
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("/admin"),
+        "the upstream ran a request nobody judged:\n{seen}"
+    );
+}
+
 /// A change the running gateway cannot put in force is not reported as done: with a
 /// rule in the database the gateway cannot read, it keeps its previous configuration,
 /// so a command's change (here a new block rule) fails with the gateway's reason, and

@@ -111,6 +111,7 @@ pub(super) async fn forward(
         // Messages are searched for the credential: they must come uncompressed.
         parts.headers.remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
     }
+    guard_against_desync(&mut parts, &body);
     parts.version = http::Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     let request = Request::from_parts(parts, body);
@@ -441,6 +442,44 @@ fn is_close_delimited<B>(response: &Response<B>) -> bool {
         && !response
             .headers()
             .contains_key(http::header::TRANSFER_ENCODING)
+}
+
+/// Keeps a body the upstream may leave unread from becoming its next request, which
+/// nobody judged and which would carry the credential (a request desync):
+///
+/// - `Expect: 100-continue` is not passed on: the gateway sends the body anyway, and an
+///   upstream that answers such a request at once without reading the body would read
+///   it as the next request on the connection.
+/// - A body on a method that usually has none (GET, HEAD, OPTIONS, DELETE, TRACE: many
+///   servers skip it) goes with `Connection: close`, so the upstream connection ends
+///   with its answer and nothing sent after it is read as another request.
+/// - `Content-Length` is written as the number it is (`05` → `5`), as every server reads
+///   it.
+fn guard_against_desync(parts: &mut http::request::Parts, body: &ForwardBody) {
+    parts.headers.remove(http::header::EXPECT);
+    let length = body.size_hint().exact();
+    if let Some(length) = length {
+        if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+            parts.headers.insert(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from(length),
+            );
+        }
+    }
+    let usually_bodiless = matches!(
+        parts.method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::DELETE
+            | http::Method::TRACE
+    );
+    if usually_bodiless && length != Some(0) && !body.is_end_stream() {
+        parts.headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
 }
 
 #[cfg(test)]
