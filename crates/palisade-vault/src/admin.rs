@@ -100,6 +100,38 @@ fn authorized(shared: &Shared, headers: &http::HeaderMap) -> bool {
     scheme.eq_ignore_ascii_case("bearer") && shared.snapshot.load().is_admin_key(key.trim())
 }
 
+/// Whether every running gateway of the home (this one included) enforces the
+/// configuration now in the store; else the `503 not_in_force` a change made here is
+/// answered with: saved, but not in force (a rule in the database that cannot be read).
+/// The gateway's own store handle does not sync (it loads its changes itself), so
+/// this asks every gateway, through its control socket, as the CLI's handle does.
+async fn in_force(shared: &Shared) -> Result<(), Response<ProxyBody>> {
+    let store = shared.store.clone();
+    let synced = blocking(move || {
+        let version = store.config_version()?;
+        Ok(palisade_store::gateways::sync_gateways(
+            store.home(),
+            version,
+        ))
+    })
+    .await;
+    let refused = match synced {
+        Ok(synced) => synced.unconfirmed.into_iter().find(|g| g.refused),
+        Err(e) => return Err(store_error(e)),
+    };
+    match refused {
+        None => Ok(()),
+        Some(gateway) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_in_force",
+            &format!(
+                "saved, but a running gateway cannot load the configuration and still enforces the previous one: {}; see `palisade doctor`",
+                gateway.reason
+            ),
+        )),
+    }
+}
+
 fn error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     json(status, &json!({"error": code, "message": message}))
 }
@@ -232,6 +264,10 @@ async fn container_config(
         Ok(token) => token,
         Err(e) => return store_error(e),
     };
+    // A token issued just now works only once every gateway has loaded it.
+    if let Err(response) = in_force(shared).await {
+        return response;
+    }
     let proxy = format!(
         "http://x:{}@{}",
         token.expose(),
@@ -308,7 +344,13 @@ async fn create_agent(shared: &Arc<Shared>, request: Request<Incoming>) -> Respo
         .unwrap_or(&identifier)
         .to_string();
     let store = shared.store.clone();
-    match blocking(move || store.create_agent(&name, Profile::Research)).await {
+    let created = blocking(move || store.create_agent(&name, Profile::Research)).await;
+    if created.is_ok() {
+        if let Err(response) = in_force(shared).await {
+            return response;
+        }
+    }
+    match created {
         Ok(agent) => json(
             StatusCode::CREATED,
             &json!({

@@ -3100,6 +3100,24 @@ fn a_change_the_gateway_cannot_load_is_reported() {
     // Not in force, as the command said.
     let reply = attack.curl(&token, &[&attack.url("/later")]);
     assert_eq!(reply.status, 200, "{}", reply.raw);
+    // Nor does the admin API call an agent it created there ready to use.
+    let admin_key = attack.cli(&["vault", "admin-key"]).trim().to_string();
+    let body = r#"{"name":"viaapi","identifier":"viaapi"}"#;
+    let created = vault_fixture::raw_exchange(
+        attack.setup.addr(),
+        &format!(
+            "POST /v1/agents HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {admin_key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(
+        created.status == 503
+            && created.body.contains("not_in_force")
+            && created.body.contains("broken"),
+        "{} {}",
+        created.status,
+        created.body
+    );
 
     let doctor = attack.setup.palisade.run(&["doctor", "--json"]);
     let report: Value = serde_json::from_slice(&doctor.stdout).expect("doctor --json");
