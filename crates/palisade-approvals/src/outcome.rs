@@ -10,7 +10,9 @@ pub fn outcome_line(approval: &Approval) -> String {
         .decided_at_ms
         .map(|ms| format!(", {} UTC", clock_time(ms)))
         .unwrap_or_default();
-    let by = approval.approver.as_deref().unwrap_or("someone");
+    // One line whatever an approver wrote: a comment's line break must not start a
+    // line that passes for the card's own ("✅ Approved by …").
+    let by = crate::summary::one_line(approval.approver.as_deref().unwrap_or("someone"), 200);
     match approval.status {
         ApprovalStatus::Pending => String::from("Waiting for a decision"),
         ApprovalStatus::Approved => {
@@ -22,7 +24,10 @@ pub fn outcome_line(approval: &Approval) -> String {
             format!("✅ {how} by {by}{at}")
         }
         ApprovalStatus::Denied => match approval.comment.as_deref() {
-            Some(comment) => format!("❌ Denied by {by}{at}: \"{comment}\""),
+            Some(comment) => format!(
+                "❌ Denied by {by}{at}: \"{}\"",
+                crate::summary::one_line(comment, 1000)
+            ),
             None => format!("❌ Denied by {by}{at}"),
         },
         ApprovalStatus::TimedOut => format!("⌛ Expired, denied{at}"),
@@ -65,6 +70,35 @@ pub fn expiry_time(ms: i64, now_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outcome_is_one_line_whatever_the_comment() {
+        let approval = Approval {
+            id: "apr_abcdefghijkl".into(),
+            kind: "tool_action".into(),
+            agent: "mailer".parse().unwrap(),
+            status: ApprovalStatus::Denied,
+            title: String::new(),
+            lines: Vec::new(),
+            detail: String::new(),
+            context: serde_json::Value::Null,
+            created_at_ms: 0,
+            expires_at_ms: 0,
+            decided_at_ms: Some(0),
+            approver: Some("Bo\nAdmin".into()),
+            comment: Some("no\n✅ Approved by Ana\u{2028}x".into()),
+            choice: None,
+            approver_channel: None,
+            approver_user: None,
+            approver_name: None,
+            granted_rule: None,
+            holder: None,
+            request_key: None,
+        };
+        let line = outcome_line(&approval);
+        assert!(!line.contains(['\n', '\u{2028}']), "{line:?}");
+        assert!(line.starts_with("❌ Denied by Bo Admin"), "{line:?}");
+    }
 
     #[test]
     fn an_expiry_more_than_20_hours_away_has_its_date() {

@@ -55,27 +55,25 @@ pub(super) fn escape_markdown(text: &str) -> String {
 /// meant) with every masked link outside code spelled out: `[shown](https://x)`
 /// becomes `shown (https://x)`, so a link never reads as one address and leads to
 /// another (an agent may repeat what a web page wrote). A link whose text is its
-/// address is left as it is.
+/// address is left as it is. Code is only what Discord shows as code: a run of
+/// backticks closed by as many on the same line, or a fence (```) closed by another;
+/// an unclosed one is plain text, and links after it are spelled out.
 pub(super) fn unmask_links(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    // Inside ``` … ``` or ` … `: Discord shows it literally, so it is left alone.
-    let mut fenced = false;
-    let mut inline = false;
     while let Some(c) = rest.chars().next() {
-        if rest.starts_with("```") {
-            fenced = !fenced;
-            out.push_str("```");
-            rest = &rest[3..];
+        if c == '`' {
+            if let Some(code) = closed_code(rest) {
+                out.push_str(&rest[..code]);
+                rest = &rest[code..];
+                continue;
+            }
+            // Unclosed: plain text, each backtick on its own.
+            out.push('`');
+            rest = &rest[1..];
             continue;
         }
-        if c == '`' && !fenced {
-            inline = !inline;
-        }
-        if c == '\n' {
-            inline = false;
-        }
-        if c == '[' && !fenced && !inline {
+        if c == '[' {
             if let Some((shown, target, len)) = masked_link(rest) {
                 if shown.trim() == target {
                     out.push_str(&rest[..len]);
@@ -92,22 +90,46 @@ pub(super) fn unmask_links(text: &str) -> String {
     out
 }
 
-/// `[shown](target)` at the start of `text`, on one line, target an http(s) address
-/// (bare or in `<…>`): its text, its address and its length in bytes.
+/// The length in bytes of the code span or block starting `text` (a run of backticks),
+/// when it is closed: a fence (three or more) by a run as long anywhere after it, a
+/// shorter run by one exactly as long on the same line.
+fn closed_code(text: &str) -> Option<usize> {
+    let run = text.bytes().take_while(|b| *b == b'`').count();
+    let after = &text[run..];
+    let fence = &text[..run];
+    let within = if run >= 3 {
+        after
+    } else {
+        after.split('\n').next().unwrap_or("")
+    };
+    let mut from = 0;
+    while let Some(at) = within[from..].find(fence) {
+        let at = from + at;
+        let longer = within[at + run..].starts_with('`');
+        if !longer {
+            return Some(run + at + run);
+        }
+        from = at + within[at..].bytes().take_while(|b| *b == b'`').count();
+    }
+    None
+}
+
+/// `[shown](target)` at the start of `text`: `shown` on one line, then the target, an
+/// http(s) address (bare or in `<…>`, after any blanks, a title after it allowed): its
+/// text, its address and its length in bytes.
 fn masked_link(text: &str) -> Option<(&str, &str, usize)> {
-    let line = text.split('\n').next()?;
-    let close = line.find("](")?;
-    let shown = &line[1..close];
-    if shown.contains('[') {
+    let close = text.find("](")?;
+    let shown = &text[1..close];
+    if shown.contains(['[', '\n']) {
         return None;
     }
-    let after = &line[close + 2..];
+    let after = &text[close + 2..];
     let end = after.find(')')?;
-    let target = after[..end].trim();
-    let target = target
-        .strip_prefix('<')
-        .and_then(|t| t.strip_suffix('>'))
-        .unwrap_or(target);
+    let inside = after[..end].trim_start();
+    let target = match inside.strip_prefix('<') {
+        Some(bracketed) => &bracketed[..bracketed.find('>')?],
+        None => inside.split_whitespace().next()?,
+    };
     let lower = target.to_ascii_lowercase();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
         return None;
@@ -200,6 +222,7 @@ mod tests {
         );
         for kept in [
             "`[a](https://x.example)` stays in code",
+            "``[a](https://x.example)`` too",
             "```\n[a](https://x.example)\n```",
             "[https://x.example](https://x.example)",
             "a list [1](2) and [x](mailto:y)",
@@ -207,6 +230,30 @@ mod tests {
         ] {
             assert_eq!(unmask_links(kept), kept);
         }
+        // Code is what Discord shows as code: an unclosed backtick or fence is text.
+        assert_eq!(
+            unmask_links(
+                "`Save 5` off: [docs](https://evil.example) and ` alone [a](https://e.example)"
+            ),
+            "`Save 5` off: docs (https://evil.example) and ` alone a (https://e.example)"
+        );
+        assert_eq!(
+            unmask_links("```\n[bank](https://evil.example)"),
+            "```\nbank (https://evil.example)"
+        );
+        assert_eq!(
+            unmask_links("`a\n[x](https://e.example)`"),
+            "`a\nx (https://e.example)`"
+        );
+        // A title after the address, and blanks before it.
+        assert_eq!(
+            unmask_links("[x](<https://evil.example> \"hover\")"),
+            "x (https://evil.example)"
+        );
+        assert_eq!(
+            unmask_links("[x](\n https://evil.example \"t\")"),
+            "x (https://evil.example)"
+        );
         assert_eq!(
             text("[é](https://x.example)")["content"],
             "é (https://x.example)"
