@@ -484,6 +484,38 @@ fn guard_against_desync(parts: &mut http::request::Parts, body: &ForwardBody) {
 
 #[cfg(test)]
 mod tests {
+
+    /// What goes upstream of a request's head: no `Expect`, `Content-Length` as its
+    /// number, and `Connection: close` only for a body on a method that has none.
+    #[test]
+    fn heads_are_shaped_so_no_unread_body_becomes_a_request() {
+        let shaped = |method: &str, body: &'static [u8], headers: &[(&str, &str)]| {
+            let mut builder = http::Request::builder().method(method).uri("/x");
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            let (mut parts, ()) = builder.body(()).unwrap().into_parts();
+            let body = ForwardBody::Buffered {
+                data: Some(bytes::Bytes::from_static(body)),
+                trailers: None,
+                reserved: None,
+            };
+            guard_against_desync(&mut parts, &body);
+            parts.headers
+        };
+        let get = shaped(
+            "GET",
+            b"hello",
+            &[("content-length", "05"), ("expect", "100-continue")],
+        );
+        assert_eq!(get["content-length"], "5");
+        assert_eq!(get["connection"], "close");
+        assert!(get.get("expect").is_none());
+        let post = shaped("POST", b"hello", &[("content-length", "5")]);
+        assert!(post.get("connection").is_none());
+        let empty = shaped("GET", b"", &[]);
+        assert!(empty.get("connection").is_none() && empty.get("content-length").is_none());
+    }
     use super::*;
 
     /// RFC 6455's own example, and what is not a handshake.
