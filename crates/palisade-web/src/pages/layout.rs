@@ -80,7 +80,7 @@ pub(crate) async fn render_status(
     .ok()
     .and_then(Result::ok)
     .unwrap_or(0);
-    // A change just made here (or by the JSON API) that a running gateway could not
+    // A change just made here (a form of this UI) that a running gateway could not
     // load: the page after the form says so instead of letting its flash claim it.
     let not_in_force = palisade_store::gateways::take_refused(state.store.home());
     let markup = html! {
