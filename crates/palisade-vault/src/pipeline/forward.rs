@@ -445,14 +445,16 @@ fn is_close_delimited<B>(response: &Response<B>) -> bool {
 }
 
 /// Keeps a body the upstream may leave unread from becoming its next request, which
-/// nobody judged and which would carry the credential (a request desync):
+/// nobody judged and which would carry the credential of the request after it (a
+/// request desync):
 ///
-/// - `Expect: 100-continue` is not passed on: the gateway sends the body anyway, and an
-///   upstream that answers such a request at once without reading the body would read
-///   it as the next request on the connection.
-/// - A body on a method that usually has none (GET, HEAD, OPTIONS, DELETE, TRACE: many
-///   servers skip it) goes with `Connection: close`, so the upstream connection ends
-///   with its answer and nothing sent after it is read as another request.
+/// - A request with a body goes with `Connection: close`, so an HTTP/1.1 upstream
+///   connection ends with its answer and nothing sent after it is read as another
+///   request. Whether an upstream read the body cannot be told from outside: a server
+///   may skip a GET's body, or answer a POST (a 401, or a handler that never reads)
+///   without reading it, and the gateway has sent it all by then. An HTTP/2 upstream
+///   frames every body and keeps its connection (the client drops the header there).
+/// - `Expect: 100-continue` is not passed on: the gateway sends the body anyway.
 /// - `Content-Length` is written as the number it is (`05` → `5`), as every server reads
 ///   it.
 fn guard_against_desync(parts: &mut http::request::Parts, body: &ForwardBody) {
@@ -466,15 +468,7 @@ fn guard_against_desync(parts: &mut http::request::Parts, body: &ForwardBody) {
             );
         }
     }
-    let usually_bodiless = matches!(
-        parts.method,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::DELETE
-            | http::Method::TRACE
-    );
-    if usually_bodiless && length != Some(0) && !body.is_end_stream() {
+    if length != Some(0) && !body.is_end_stream() {
         parts.headers.insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),
@@ -486,9 +480,9 @@ fn guard_against_desync(parts: &mut http::request::Parts, body: &ForwardBody) {
 mod tests {
 
     /// What goes upstream of a request's head: no `Expect`, `Content-Length` as its
-    /// number, and `Connection: close` only for a body on a method that has none.
+    /// number, and `Connection: close` for a request with a body, whatever its method.
     #[test]
-    fn heads_are_shaped_so_no_unread_body_becomes_a_request() {
+    fn heads_are_shaped_so_no_unread_body_becomes_a_request_whatever_the_method() {
         let shaped = |method: &str, body: &'static [u8], headers: &[(&str, &str)]| {
             let mut builder = http::Request::builder().method(method).uri("/x");
             for (name, value) in headers {
@@ -511,8 +505,10 @@ mod tests {
         assert_eq!(get["content-length"], "5");
         assert_eq!(get["connection"], "close");
         assert!(get.get("expect").is_none());
-        let post = shaped("POST", b"hello", &[("content-length", "5")]);
-        assert!(post.get("connection").is_none());
+        for method in ["POST", "PROPFIND", "FOO"] {
+            let other = shaped(method, b"hello", &[("content-length", "5")]);
+            assert_eq!(other["connection"], "close", "{method}");
+        }
         let empty = shaped("GET", b"", &[]);
         assert!(empty.get("connection").is_none() && empty.get("content-length").is_none());
     }
