@@ -6,7 +6,8 @@
 //! `http` to the proxy in absolute form, and trusts the roots of that bundle on top of
 //! (or instead of) the system's.
 //!
-//! hyper-util's legacy client does the HTTP; the connector here is written by hand
+//! hyper-util's legacy client does the HTTP (HTTP/2 where the tunnel's TLS offers it,
+//! else HTTP/1.1); the connector here is written by hand
 //! because it owns both proxy shapes (CONNECT for https, absolute form for http) with
 //! one connect timeout and a bounded proxy reply, which hyper-util's `Tunnel` alone
 //! does not cover. Every wait is bounded: connect (TCP plus CONNECT), response headers
@@ -135,6 +136,10 @@ impl HttpClient {
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
+            // HTTP/2 where the vault's tunnel offers it (ALPN): model calls then share
+            // the vault's pooled HTTP/2 upstream connection, which it keeps after a
+            // request with a body (over HTTP/1.1 it closes that, see docs/vault.md).
+            .enable_http2()
             .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))

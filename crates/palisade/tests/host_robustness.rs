@@ -636,6 +636,10 @@ fn an_openai_compatible_agent_streams_and_round_trips_a_tool_call_through_the_va
         .collect();
     assert_eq!(requests.len(), 2, "tool call, then the answer");
     for request in &requests {
+        // The runner speaks HTTP/2 where the tunnel offers it, so its model calls go
+        // over the vault's pooled HTTP/2 connection, kept after a request with a body
+        // (an HTTP/1.1 one is closed after each, against request desync).
+        assert_eq!(request.version, "HTTP/2", "the runner's model call");
         assert_eq!(
             request.header("authorization"),
             Some(format!("Bearer {OPENAI_KEY}").as_str()),
