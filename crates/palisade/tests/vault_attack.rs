@@ -2992,23 +2992,7 @@ fn exchange_until_ok(addr: std::net::SocketAddr, request: &[u8]) -> String {
 fn a_body_the_upstream_leaves_unread_is_not_read_as_a_request() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("requests.log");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new("python3");
-    server
-        .arg("-c")
-        .arg(CARELESS_UPSTREAM)
-        .arg(port.to_string())
-        .arg(&log)
-        .stdin(Stdio::null());
-    let _upstream = palisade_testkit::ChildGuard::spawn(&mut server).unwrap();
-    assert!(palisade_testkit::wait_for_tcp(
-        ("127.0.0.1", port),
-        Duration::from_secs(10)
-    ));
+    let (_upstream, port) = vault_fixture::python_server(CARELESS_UPSTREAM, &[log.as_os_str()]);
     let attack = Attack::start(&[]);
     let token = attack.setup.agent("probe");
     attack.cli(&[

@@ -10,11 +10,8 @@
 
 mod vault_fixture;
 
-use palisade_testkit::{curl, output_text, ChildGuard, TestCa};
-use std::net::TcpListener;
+use palisade_testkit::{curl, output_text, TestCa};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 use vault_fixture::{Setup, CLIENT_TIMEOUT};
 
 const UPSTREAM: &str = r#"
@@ -226,24 +223,8 @@ fn what_a_client_sees_direct_it_sees_through_the_vault() {
     let key = dir.path().join("server.key");
     std::fs::write(&cert, &identity.cert_pem).unwrap();
     std::fs::write(&key, &identity.key_pem).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new("python3");
-    server
-        .arg("-c")
-        .arg(UPSTREAM)
-        .arg(port.to_string())
-        .arg(&cert)
-        .arg(&key)
-        .stdin(Stdio::null());
-    let _upstream = ChildGuard::spawn(&mut server).unwrap();
-    assert!(palisade_testkit::wait_for_tcp(
-        ("127.0.0.1", port),
-        Duration::from_secs(10)
-    ));
+    let (_upstream, port) =
+        vault_fixture::python_server(UPSTREAM, &[cert.as_os_str(), key.as_os_str()]);
 
     let mut setup = Setup::new();
     let addr = setup.start_vault(&["--upstream-ca", ca.pem_path().to_str().unwrap()]);

@@ -504,3 +504,25 @@ fn base64_matches_the_standard_alphabet() {
     assert_eq!(base64(b"x:ab"), "eDphYg==");
     assert_eq!(base64(b"x:abc"), "eDphYmM=");
 }
+
+/// Starts `python3 -c SCRIPT PORT ARGS…` as a server on a free loopback port and waits
+/// (10 s at most) until it accepts connections; the guard stops it.
+pub fn python_server(script: &str, args: &[&std::ffi::OsStr]) -> (ChildGuard, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let mut server = std::process::Command::new("python3");
+    server
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    let guard = ChildGuard::spawn(&mut server).expect("start the Python server");
+    assert!(
+        palisade_testkit::wait_for_tcp(("127.0.0.1", port), Duration::from_secs(10)),
+        "the Python server did not start listening"
+    );
+    (guard, port)
+}
