@@ -198,40 +198,26 @@ impl Bubblewrap {
 /// Empty when this bubblewrap has no `--bind-fd` (before 0.10, unless its distribution
 /// added it): the mounts then go by path, as before.
 pub(crate) struct MountSources {
+    /// For `--bind-fd`; empty when this bubblewrap has none.
     fds: Vec<OwnedFd>,
+    /// Each mount's destination and what the shim must find there.
+    expected: Vec<(std::path::PathBuf, (u64, u64))>,
 }
 
 impl MountSources {
     fn open(mounts: &[crate::Mount]) -> Result<Self, SandboxError> {
-        if mounts.is_empty() || !bind_fd_supported() {
-            return Ok(MountSources { fds: Vec::new() });
-        }
         let mut fds = Vec::with_capacity(mounts.len());
+        let mut expected = Vec::with_capacity(mounts.len());
         for mount in mounts {
-            let fd = nix::fcntl::open(
-                &mount.source,
-                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )
-            .map_err(|e| {
-                SandboxError::io(
-                    format!("cannot open {} to mount it", mount.source.display()),
-                    e.into(),
-                )
-            })?;
-            // What was opened, named by the kernel now: it must be what was checked.
-            let opened = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-                .map_err(|e| SandboxError::io("cannot tell what was opened", e))?;
-            if opened != mount.source {
-                return Err(SandboxError::Start(format!(
-                    "{} changed while the sandbox was starting (it now leads to {}); not mounted",
-                    mount.source.display(),
-                    opened.display()
-                )));
-            }
-            fds.push(fd);
+            let opened = crate::mounts::open_as_checked(mount)?;
+            expected.push((mount.destination.clone(), opened.identity));
+            fds.push(opened.fd);
         }
-        Ok(MountSources { fds })
+        if !mounts.is_empty() && !bind_fd_supported() {
+            // Mounted by path: the shim's check alone stands between a swap and it.
+            fds.clear();
+        }
+        Ok(MountSources { fds, expected })
     }
 }
 
@@ -673,13 +659,14 @@ impl Runtime for Bubblewrap {
             &spec.limits,
             crate::volume::is_mount_point(&spec.workspace),
         ));
+        let sources = MountSources::open(&spec.mounts)?;
         let shim = shim_argv(
             spec,
             &reports,
             crate::shim::Control::Inherited(sandbox_end.as_raw_fd()),
             root.then_some((AGENT_ID, AGENT_ID)),
+            sources.expected.clone(),
         );
-        let sources = MountSources::open(&spec.mounts)?;
         let (options, shim) = self.args(spec, &workdir, etc.path(), shim, &gate, &sources);
         let mut handoff = Handoff::default();
         let options_fd = handoff.with_filters_and_options(options)?;

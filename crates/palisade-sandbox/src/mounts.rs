@@ -13,48 +13,55 @@
 //!
 //! A runtime that takes only paths (podman, docker) resolves a source again when it
 //! mounts it, after these checks: an agent that can write a parent of the source could
-//! swap it for a link in between. So the source's device and inode are read at launch,
-//! walking its path without following any link ([`identity`]), and the shim inside the
-//! sandbox refuses to start the command unless what is mounted at each destination is
-//! that same directory (`--expect-mount`).
+//! swap it for a link in between. So every runtime's sources are opened at launch and
+//! checked to be what was checked ([`open_as_checked`]): bubblewrap mounts the
+//! descriptor (`--bind-fd`), and for every runtime the shim inside the sandbox refuses
+//! to start the command unless what is mounted at each destination has the opened
+//! source's device and inode (`--expect-mount`).
 
 use crate::SandboxError;
 use std::path::{Component, Path, PathBuf};
 
-/// The device and inode of `path` (absolute, canonical), reached without following a
-/// link in any of its components: a link there now (the source was swapped since it
-/// was checked) is an error.
-pub fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
-    use nix::fcntl::{openat, OFlag};
-    use nix::sys::stat::Mode;
-    use std::os::fd::{AsFd, OwnedFd};
-    let mut current: OwnedFd = nix::fcntl::open(
-        "/",
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    let components: Vec<&std::ffi::OsStr> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(name) => Some(Ok(name)),
-            Component::RootDir => None,
-            _ => Some(Err(())),
-        })
-        .collect::<Result<_, ()>>()
-        .map_err(|()| std::io::Error::other("the path is not canonical"))?;
-    for (index, name) in components.iter().enumerate() {
-        let last = index + 1 == components.len();
-        let mut flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        if !last {
-            flags |= OFlag::O_DIRECTORY;
-        }
-        current = openat(current.as_fd(), *name, flags, Mode::empty())?;
+/// An extra mount's source, opened by the parent and checked to be the very folder
+/// that was checked: its descriptor (for bubblewrap's `--bind-fd`) and its device and
+/// inode (for the shim's `--expect-mount`).
+pub struct OpenedSource {
+    pub fd: std::os::fd::OwnedFd,
+    pub identity: (u64, u64),
+}
+
+/// Opens `mount`'s source and checks that the kernel names what it opened by the very
+/// path that was checked: a link swapped into its path since (by an agent that can
+/// write a part of it) leads elsewhere, and is refused.
+pub fn open_as_checked(mount: &Mount) -> Result<OpenedSource, SandboxError> {
+    use std::os::fd::AsRawFd;
+    let fd = nix::fcntl::open(
+        &mount.source,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| {
+        SandboxError::io(
+            format!("cannot open {} to mount it", mount.source.display()),
+            e.into(),
+        )
+    })?;
+    // What was opened, named by the kernel now: it must be what was checked.
+    let opened = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|e| SandboxError::io("cannot tell what was opened", e))?;
+    if opened != mount.source {
+        return Err(SandboxError::Start(format!(
+            "{} changed while the sandbox was starting (it now leads to {}); not mounted",
+            mount.source.display(),
+            opened.display()
+        )));
     }
-    let stat = nix::sys::stat::fstat(current.as_fd())?;
-    if stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK {
-        return Err(std::io::Error::other("it is a link"));
-    }
-    Ok((stat.st_dev, stat.st_ino))
+    let stat = nix::sys::stat::fstat(&fd)
+        .map_err(|e| SandboxError::io("cannot read what was opened", e.into()))?;
+    Ok(OpenedSource {
+        fd,
+        identity: (stat.st_dev, stat.st_ino),
+    })
 }
 
 /// One validated extra mount.
@@ -388,26 +395,29 @@ fn normalise_destination(destination: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
 
-    /// A source's identity is read without following links: a link anywhere in its
-    /// path now (the source swapped since it was checked) is refused, and a directory
-    /// reached without one gives its device and inode.
+    /// A source is what was checked or nothing: one reached through a link swapped into
+    /// its path, or named by a path the kernel spells otherwise, is refused; the
+    /// folder itself gives its device and inode.
     #[test]
-    fn identity_refuses_a_path_through_a_link() {
+    fn a_source_is_opened_only_as_it_was_checked() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(dir.path()).unwrap();
         let real = root.join("real");
         std::fs::create_dir_all(real.join("inner")).unwrap();
+        let mount = |source: PathBuf| Mount {
+            source,
+            destination: PathBuf::from("/mnt/x"),
+            writable: false,
+        };
         let meta = std::fs::metadata(real.join("inner")).unwrap();
-        assert_eq!(
-            identity(&real.join("inner")).unwrap(),
-            (meta.dev(), meta.ino())
-        );
+        let opened = open_as_checked(&mount(real.join("inner"))).unwrap();
+        assert_eq!(opened.identity, (meta.dev(), meta.ino()));
         std::os::unix::fs::symlink(&real, root.join("link")).unwrap();
         std::os::unix::fs::symlink(real.join("inner"), root.join("last")).unwrap();
-        assert!(identity(&root.join("link").join("inner")).is_err());
-        assert!(identity(&root.join("last")).is_err());
-        assert!(identity(&root.join("real/../real/inner")).is_err());
+        assert!(open_as_checked(&mount(root.join("link").join("inner"))).is_err());
+        assert!(open_as_checked(&mount(root.join("last"))).is_err());
+        assert!(open_as_checked(&mount(root.join("real/../real/inner"))).is_err());
     }
     use super::*;
 

@@ -14,7 +14,7 @@ use crate::bwrap::check_spec;
 use crate::cgroup::HostCgroups;
 use crate::limits::{LimitMechanism, LimitReport};
 use crate::runtime::{
-    wall_time_report, which, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode,
+    shim_argv, wall_time_report, which, Runtime, RuntimeKind, Sandbox, SandboxSpec, StdioMode,
 };
 use crate::workdir::Workdir;
 use crate::{paths, SandboxError};
@@ -371,10 +371,11 @@ impl Oci {
             OciTool::Podman => crate::shim::Control::Inherited(CONTROL_FD),
             OciTool::Docker => crate::shim::Control::Socket(CONTROL_SOCKET_INSIDE.into()),
         };
-        let mut shim = crate::runtime::shim_options(spec, reports, control);
-        shim.expect_mounts = expect_mounts;
-        args.extend(spec.shim_subcommand.iter().cloned());
-        args.extend(shim.to_args());
+        args.extend(
+            shim_argv(spec, reports, control, None, expect_mounts)
+                .into_iter()
+                .skip(1),
+        );
         args
     }
 }
@@ -459,17 +460,13 @@ impl Runtime for Oci {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         // The engine resolves each source again: what it must find is what is there
-        // now, reached without a link (the shim compares before the command starts).
+        // now, opened as checked (the shim compares before the command starts).
         let identities = spec
             .mounts
             .iter()
             .map(|mount| {
-                crate::mounts::identity(&mount.source)
-                    .map(|identity| (mount.destination.clone(), identity))
-                    .map_err(|e| SandboxError::RefusedMount {
-                        path: mount.source.clone(),
-                        reason: format!("it changed since it was checked ({e})"),
-                    })
+                crate::mounts::open_as_checked(mount)
+                    .map(|opened| (mount.destination.clone(), opened.identity))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let args = self.args(spec, &workdir, &name, &reports, identities);

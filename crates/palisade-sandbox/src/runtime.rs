@@ -271,16 +271,20 @@ pub(crate) fn shim_options(
 
 /// The shim's full argv inside the sandbox.
 /// `user`: the ids (inside the sandbox) the shim becomes first, when it starts as uid 0.
+/// `expect_mounts`: each extra mount's destination and the device and inode of its
+/// source, opened as checked ([`crate::mounts::open_as_checked`]).
 pub(crate) fn shim_argv(
     spec: &SandboxSpec,
     reports: &[LimitReport],
     control: crate::shim::Control,
     user: Option<(u32, u32)>,
+    expect_mounts: Vec<(PathBuf, (u64, u64))>,
 ) -> Vec<String> {
     let mut argv = vec![paths::PALISADE_BINARY.to_string()];
     argv.extend(spec.shim_subcommand.iter().cloned());
     let mut options = shim_options(spec, reports, control);
     options.user = user;
+    options.expect_mounts = expect_mounts;
     argv.extend(options.to_args());
     argv
 }
