@@ -233,25 +233,18 @@ fn gateway_findings(home: &Home, store: &Store) -> Vec<Finding> {
         .unconfirmed
         .iter()
         .map(|gateway| {
-            let which = match gateway.pid() {
-                Some(pid) => format!("the gateway (pid {pid})"),
-                None => "a gateway".to_string(),
-            };
             if gateway.refused {
                 finding(
                     "vault",
                     Status::Fail,
-                    format!(
-                        "{which} cannot load the configuration and enforces an older one: {}",
-                        gateway.reason
-                    ),
+                    gateway.describe(),
                     Some("fix or delete what it names (`palisade rules list`, `palisade rules delete ID`); it loads the change at once".into()),
                 )
             } else {
                 finding(
                     "vault",
                     Status::Warn,
-                    format!("{which} did not confirm the configuration: {}", gateway.reason),
+                    gateway.describe(),
                     Some("if it stays so, restart the host (`palisade down`, then `palisade up`)".into()),
                 )
             }

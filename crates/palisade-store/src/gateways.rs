@@ -37,6 +37,23 @@ impl Unconfirmed {
     pub fn pid(&self) -> Option<u32> {
         self.gateway.split('-').next()?.parse().ok()
     }
+
+    /// What a person reads of it, the same on every surface: "the running gateway (pid
+    /// N) cannot load the configuration and still enforces the previous one: REASON",
+    /// or "… did not confirm the configuration: REASON".
+    pub fn describe(&self) -> String {
+        let which = match self.pid() {
+            Some(pid) => format!("the running gateway (pid {pid})"),
+            None => "a running gateway".to_string(),
+        };
+        match self.refused {
+            true => format!(
+                "{which} cannot load the configuration and still enforces the previous one: {}",
+                self.reason
+            ),
+            false => format!("{which} did not confirm the configuration: {}", self.reason),
+        }
+    }
 }
 
 /// Most refusals kept for [`take_refused`] (a long-lived process that never takes

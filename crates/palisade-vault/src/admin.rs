@@ -124,10 +124,7 @@ async fn in_force(shared: &Shared) -> Result<(), Response<ProxyBody>> {
         Some(gateway) => Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_in_force",
-            &format!(
-                "saved, but a running gateway cannot load the configuration and still enforces the previous one: {}; see `palisade doctor`",
-                gateway.reason
-            ),
+            &format!("saved, but {}; see `palisade doctor`", gateway.describe()),
         )),
     }
 }
@@ -255,19 +252,23 @@ async fn container_config(
     };
     let store = shared.store.clone();
     let name = agent.clone();
-    let token = match blocking(move || {
+    let issued = blocking(move || {
         store.get_agent(&name)?;
-        store.agent_token(&name, false)
+        let before = store.config_version()?;
+        let token = store.agent_token(&name, false)?;
+        Ok((token, store.config_version()? != before))
     })
-    .await
-    {
-        Ok(token) => token,
+    .await;
+    let token = match issued {
+        // A token issued just now (the configuration changed) works only once every
+        // gateway has loaded it; one issued before needs no asking.
+        Ok((token, true)) => match in_force(shared).await {
+            Ok(()) => token,
+            Err(response) => return response,
+        },
+        Ok((token, false)) => token,
         Err(e) => return store_error(e),
     };
-    // A token issued just now works only once every gateway has loaded it.
-    if let Err(response) = in_force(shared).await {
-        return response;
-    }
     let proxy = format!(
         "http://x:{}@{}",
         token.expose(),

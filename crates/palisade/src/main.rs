@@ -264,14 +264,9 @@ fn one_line(error: &anyhow::Error) -> String {
 /// did).
 fn not_in_force(refused: &[palisade_store::gateways::Unconfirmed]) -> Option<String> {
     let first = refused.first()?;
-    let which = match first.pid() {
-        Some(pid) => format!("the running gateway (pid {pid})"),
-        None => "a running gateway".to_string(),
-    };
     Some(format!(
-        "saved, but {which} cannot load the configuration and still enforces the previous one: {}; \
-         fix or delete what it names (`palisade doctor` checks it again) and the change takes effect at once",
-        first.reason
+        "saved, but {}; fix or delete what it names (`palisade doctor` checks it again) and the change takes effect at once",
+        first.describe()
     ))
 }
 

@@ -107,8 +107,7 @@ pub(crate) async fn render_status(
             main {
                 @if let Some(gateway) = not_in_force.first() {
                     p #not-in-force.error-box role="alert" {
-                        "Saved, but the running gateway cannot load the configuration and still enforces the previous one: "
-                        (super::shown(&gateway.reason))
+                        "Saved, but " (super::shown(&gateway.describe()))
                         ". Fix or delete what it names; "
                         a href="/health" { "Health" }
                         " shows whether it loads."
