@@ -210,6 +210,14 @@ fn sent_ok(sender: &mut ChildGuard, wait: Duration, context: &str) {
     );
 }
 
+/// A host whose runners stop after 3 s idle (so a fake runner can take the agent's
+/// place), with the agent's host socket opened by a first message.
+fn host_with_fake_runner_room(world: &World) -> ChildGuard {
+    let host = world.up_with(&["--idle-timeout", "3s"]);
+    ok(world.send("helper", "warm up"));
+    host
+}
+
 /// Connects to the agent's host socket as a runner and says hello.
 fn fake_runner(world: &World) -> UnixStream {
     let socket = world.palisade.home().join("run/hosts/helper.sock");
@@ -231,10 +239,7 @@ fn fake_runner(world: &World) -> UnixStream {
 #[test]
 fn a_flood_of_connections_on_the_host_socket_writes_a_line_a_second_at_most() {
     let world = world();
-    // Short idle time: the real runner stops after, so a fake one can take its place.
-    let host = world.up_with(&["--idle-timeout", "3s"]);
-    // The agent's first message opens its host socket.
-    ok(world.send("helper", "warm up"));
+    let host = host_with_fake_runner_room(&world);
     let socket = world.palisade.home().join("run/hosts/helper.sock");
     let started = Instant::now();
     let mut made = 0;
@@ -306,8 +311,7 @@ fn a_frame_with_terminal_escapes_is_logged_escaped() {
 #[test]
 fn a_runner_gone_while_an_approval_waits_cancels_the_card() {
     let world = world();
-    let host = world.up_with(&["--idle-timeout", "3s"]);
-    ok(world.send("helper", "warm up"));
+    let host = host_with_fake_runner_room(&world);
     let (mut runner, mut sender, deliver, _) = message_to_fake_runner(&world, "ask");
     let call = serde_json::json!({
         "type": "tool_call", "call_id": "c1", "message_id": deliver["message_id"],
@@ -346,9 +350,8 @@ fn a_runner_gone_while_an_approval_waits_cancels_the_card() {
 #[test]
 fn malformed_frames_from_a_runner_end_it_and_the_message_is_retried_and_answered() {
     let world = world();
-    // Short idle time: the real runner stops between rounds so the fake one is taken.
-    let host = world.up_with(&["--idle-timeout", "3s"]);
-    ok(world.send("helper", "warm up"));
+    // The real runner stops between rounds so the fake one is taken.
+    let host = host_with_fake_runner_room(&world);
     // Each case: a name and the bad bytes to send, given (message id, session id).
     type BadFrame = Box<dyn Fn(i64, i64) -> Vec<u8>>;
     let cases: Vec<(&str, BadFrame)> = vec![
@@ -484,8 +487,7 @@ fn the_turn_timeout_ends_a_turn_that_waits_on_a_host_tool() {
 #[test]
 fn a_runner_cannot_flood_the_conversations_watchers_with_progress() {
     let world = world();
-    let host = world.up_with(&["--idle-timeout", "3s"]);
-    ok(world.send("helper", "warm up"));
+    let host = host_with_fake_runner_room(&world);
     let (mut runner, mut sender, deliver, _) = message_to_fake_runner(&world, "flood");
     let message_id = deliver["message_id"].as_i64().unwrap();
     let session_id = deliver["session_id"].as_i64().unwrap();
