@@ -323,17 +323,30 @@ fn carried_over(store: &Store, name: &AgentName, sessions: bool) -> Vec<&'static
         left.push("memory (memory.md)");
     }
     let workspace = store.home().agent_workspace(name.as_str());
+    // An image holds its files whether or not it is mounted at this moment (it is not
+    // while the host is down), so it counts whatever the folder shows.
+    let image = palisade_sandbox::volume::image_path(&workspace);
+    if std::fs::symlink_metadata(&image).is_ok() {
+        left.push("a workspace image (workspace.img)");
+    }
+    // An empty `lost+found` is the filesystem's own; anything in one was put there.
     let has_files = std::fs::read_dir(&workspace)
         .map(|entries| {
             entries
                 .flatten()
-                .any(|entry| entry.file_name() != "lost+found")
+                .any(|entry| entry.file_name() != "lost+found" || !is_empty_dir(&entry.path()))
         })
         .unwrap_or(false);
     if has_files {
         left.push("workspace files");
     }
     left
+}
+
+/// Whether `path` is a directory with nothing in it (not a link to one).
+fn is_empty_dir(path: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir())
+        && std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 /// Deletes agent `name` with its token, grants and bound rules (its folder with the
@@ -402,9 +415,23 @@ mod tests {
         let error = create(&store, "mailer", &research).unwrap_err().to_string();
         assert!(error.contains("earlier agent of that name"), "{error}");
         assert!(store.get_agent(&name).is_err(), "nothing was created");
-        // Once they are moved away (or as an action agent) it may be made.
+        // Files kept where the folder shows nothing: an image not mounted now (the
+        // host is down), and a `lost+found` an agent filled.
         std::fs::remove_file(&memory).unwrap();
         std::fs::remove_file(workspace.join("inbox.txt")).unwrap();
+        let image = palisade_sandbox::volume::image_path(&workspace);
+        std::fs::write(&image, "ext4 image").unwrap();
+        let error = create(&store, "mailer", &research).unwrap_err().to_string();
+        assert!(error.contains("workspace image (workspace.img)"), "{error}");
+        std::fs::remove_file(&image).unwrap();
+        let found = workspace.join("lost+found");
+        std::fs::create_dir(&found).unwrap();
+        std::fs::write(found.join("notes.txt"), "CARD-4111").unwrap();
+        let error = create(&store, "mailer", &research).unwrap_err().to_string();
+        assert!(error.contains("workspace files"), "{error}");
+        // Once they are moved away (or as an action agent) it may be made; the
+        // filesystem's own empty `lost+found` is no earlier agent's.
+        std::fs::remove_file(found.join("notes.txt")).unwrap();
         create(&store, "mailer", &research).unwrap();
         // An action agent with nothing gathered may still become a research one.
         create(&store, "fresh", &action).unwrap();
