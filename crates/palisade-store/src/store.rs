@@ -88,6 +88,10 @@ impl Store {
     pub fn open_with_key(home: &Home, key: MasterKey) -> Result<Self> {
         home.ensure()?;
         let path = home.database();
+        // A new log is anchored at once (at row 0): an anchor is never created later
+        // by a write, so a deleted one stays reported instead of coming back signed
+        // over whatever the log had become.
+        let new_log = std::fs::symlink_metadata(&path).is_err();
         create_private_file(&path)?;
         let mut conn = Connection::open(&path)?;
         // Processes opening a fresh home at once (the CLI while `palisade up` starts)
@@ -115,6 +119,11 @@ impl Store {
         }
         for side in ["palisade.db-wal", "palisade.db-shm"] {
             restrict_permissions(&home.root().join(side))?;
+        }
+        if new_log {
+            if let Some(head) = audit::read_head(&conn)? {
+                audit::replace_anchor(home, &key, &head, true)?;
+            }
         }
         Ok(Store {
             inner: Arc::new(Inner {
@@ -235,7 +244,7 @@ impl Store {
     /// head if rows were appended, and a configuration change is pushed to every
     /// running gateway before this returns.
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let (out, version, head) = {
+        let (out, version) = {
             let mut conn = self.conn();
             self.inner.config_changed.store(false, Ordering::Relaxed);
             self.inner.audited.store(false, Ordering::Relaxed);
@@ -252,11 +261,11 @@ impl Store {
                 None
             };
             tx.commit()?;
-            (out, version, head)
+            if let Some(head) = head {
+                audit::write_anchor(&self.inner.home, &self.inner.key, &head, &conn);
+            }
+            (out, version)
         };
-        if let Some(head) = head {
-            audit::write_anchor(&self.inner.home, &self.inner.key, &head);
-        }
         if let (Some(version), true) = (version, self.sync_gateways) {
             for gateway in crate::gateways::sync_gateways(&self.inner.home, version).unconfirmed {
                 if gateway.refused {

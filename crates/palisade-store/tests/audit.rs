@@ -289,7 +289,9 @@ fn tail_deleted_with_the_head_rewritten_is_detected() {
 fn concurrent_writers_leave_one_whole_anchor_at_the_end() {
     let t = common::store();
     let anchor = t.home.audit_anchor();
-    std::fs::write(&anchor, format!("{:1000}", "")).unwrap();
+    // A valid anchor longer than a record (as another version might write it).
+    let first = std::fs::read_to_string(&anchor).unwrap();
+    std::fs::write(&anchor, format!("{:1000}", first.trim_end())).unwrap();
     let writers: Vec<_> = (0..3)
         .map(|writer| {
             let home = t.home.clone();
@@ -338,13 +340,140 @@ fn an_edited_or_missing_anchor_is_detected() {
     std::fs::write(&anchor, value.to_string()).unwrap();
     let (_, problem) = verify_problem(&t.store);
     assert!(problem.contains("signature"), "{problem}");
-    std::fs::remove_file(&anchor).unwrap();
-    let (_, problem) = verify_problem(&t.store);
-    assert!(problem.contains("missing"), "{problem}");
-    // The next write anchors the log again.
+    // Writes do not move an anchor that lost its signature: it stays the evidence.
     t.store
         .append_audit(&request("odd", "h", "allowed"))
         .unwrap();
+    let (_, problem) = verify_problem(&t.store);
+    assert!(problem.contains("signature"), "{problem}");
+    std::fs::remove_file(&anchor).unwrap();
+    let (_, problem) = verify_problem(&t.store);
+    assert!(problem.contains("missing"), "{problem}");
+    // Nor do they make a new one: a deleted anchor would come back signed over
+    // whatever the log had become.
+    t.store
+        .append_audit(&request("odd", "h", "allowed"))
+        .unwrap();
+    let (_, problem) = verify_problem(&t.store);
+    assert!(problem.contains("palisade audit anchor"), "{problem}");
+    // A person signs the log as it is now.
+    let report = t.store.reanchor_audit().unwrap();
+    assert!(report.ok && report.rows == 7, "{report:?}");
+    assert!(t.store.verify_audit().unwrap().ok);
+    t.store
+        .append_audit(&request("odd", "h", "allowed"))
+        .unwrap();
+    assert!(t.store.verify_audit().unwrap().ok);
+}
+
+/// Rows deleted from the end with the head moved back stay detected however much is
+/// written afterwards: the anchor is moved on only from a row the log still has with
+/// the hash it signed, so the next writes do not sign the cut log (they did, once the
+/// log grew past the row the anchor named).
+#[test]
+fn a_cut_log_stays_detected_after_more_writes() {
+    let t = with_rows(10);
+    let conn = common::raw(&t.home);
+    conn.execute("DELETE FROM audit WHERE id >= 6", []).unwrap();
+    conn.execute(
+        "UPDATE audit_head SET last_id = 5, last_hash = (SELECT hash FROM audit WHERE id = 5)",
+        [],
+    )
+    .unwrap();
+    for _ in 0..8 {
+        t.store
+            .append_audit(&request("odd", "h", "allowed"))
+            .unwrap();
+    }
+    let (id, problem) = verify_problem(&t.store);
+    assert_eq!(id, Some(10), "{problem}");
+    assert!(problem.contains("does not have the hash"), "{problem}");
+}
+
+/// The same rows written into two logs, one with row 2 changed: a log whose rows are
+/// replaced by the other's from row 2 on is a consistent chain that someone without
+/// the key re-chained; its anchor no longer matches, and later writes keep it so.
+#[test]
+fn a_rechained_log_stays_detected_after_more_writes() {
+    let batch = |changed: bool| -> Vec<(i64, AuditEntry)> {
+        (1..=4)
+            .map(|i| {
+                let decision = if changed && i == 2 {
+                    "blocked"
+                } else {
+                    "injected"
+                };
+                (i * 1000, request("odd", "api.example.com", decision))
+            })
+            .collect()
+    };
+    let t = common::store();
+    t.store.append_audit_batch(&batch(false)).unwrap();
+    let forged = common::store();
+    forged.store.append_audit_batch(&batch(true)).unwrap();
+    let conn = common::raw(&t.home);
+    conn.execute(
+        &format!(
+            "ATTACH DATABASE '{}' AS forged",
+            forged.home.database().display()
+        ),
+        [],
+    )
+    .unwrap();
+    conn.execute_batch(
+        "DELETE FROM audit WHERE id >= 2;
+         INSERT INTO audit SELECT * FROM forged.audit WHERE id >= 2;
+         UPDATE audit_head SET last_hash = (SELECT last_hash FROM forged.audit_head);",
+    )
+    .unwrap();
+    let (_, problem) = verify_problem(&t.store);
+    assert!(problem.contains("does not have the hash"), "{problem}");
+    t.store
+        .append_audit(&request("odd", "h", "allowed"))
+        .unwrap();
+    let (_, problem) = verify_problem(&t.store);
+    assert!(problem.contains("does not have the hash"), "{problem}");
+}
+
+/// An anchor saved before a pruning and put back afterwards names a row before the
+/// log's start: it cannot say where the log ended, so it is reported, not trusted.
+#[test]
+fn an_anchor_older_than_the_logs_start_is_reported() {
+    let t = with_rows(3);
+    let old = std::fs::read(t.home.audit_anchor()).unwrap();
+    let later: Vec<_> = (4..=10)
+        .map(|i| (i * 1000, request("odd", "h", "allowed")))
+        .collect();
+    t.store.append_audit_batch(&later).unwrap();
+    let pruned = t.store.prune_audit(7000).unwrap();
+    assert_eq!(pruned.first_id, 7);
+    assert!(t.store.verify_audit().unwrap().ok);
+    std::fs::write(t.home.audit_anchor(), old).unwrap();
+    let (_, problem) = verify_problem(&t.store);
+    assert!(problem.contains("before the log's start"), "{problem}");
+}
+
+/// The anchor is never written through a link: a link planted in its place is left
+/// pointing at a file that stays as it was (here a copy of the anchor itself, which a
+/// write through the link would have moved on).
+#[test]
+fn the_anchor_is_not_written_through_a_link() {
+    let t = with_rows(2);
+    let anchor = t.home.audit_anchor();
+    let victim = t.dir.path().join("victim.txt");
+    let before = std::fs::read_to_string(&anchor).unwrap();
+    std::fs::write(&victim, &before).unwrap();
+    std::fs::remove_file(&anchor).unwrap();
+    std::os::unix::fs::symlink(&victim, &anchor).unwrap();
+    t.store
+        .append_audit(&request("odd", "h", "allowed"))
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), before);
+    assert!(!t.store.verify_audit().unwrap().ok);
+    // Signing anew replaces the link, not what it points at.
+    assert!(t.store.reanchor_audit().unwrap().ok);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), before);
+    assert!(!std::fs::symlink_metadata(&anchor).unwrap().is_symlink());
     assert!(t.store.verify_audit().unwrap().ok);
 }
 
@@ -389,6 +518,10 @@ fn empty_log_verifies() {
     let report = t.store.verify_audit().unwrap();
     assert!(report.ok);
     assert_eq!(report.rows, 0);
+    // A new home is anchored from the start, so a log emptied later is not taken
+    // for a new one.
+    let anchor = std::fs::read_to_string(t.home.audit_anchor()).unwrap();
+    assert!(anchor.contains("\"last_id\":0"), "{anchor}");
 }
 
 #[test]

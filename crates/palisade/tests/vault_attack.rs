@@ -2860,6 +2860,29 @@ fn deleting_the_audit_tail_is_detected() {
         "{}",
         output_text(&verified)
     );
+    // Later changes do not sign the cut log: it stays reported past the row the
+    // anchor named.
+    for name in ["e", "f", "g", "h"] {
+        attack.cli(&["agents", "create", name]);
+    }
+    let verified = attack.setup.palisade.run(&["audit", "verify"]);
+    assert!(
+        !verified.status.success() && output_text(&verified).contains("palisade audit anchor"),
+        "{}",
+        output_text(&verified)
+    );
+    // A person signs it, explicitly; the signing is in the log.
+    let unasked = attack.setup.palisade.run(&["audit", "anchor"]);
+    assert!(
+        !unasked.status.success() && output_text(&unasked).contains("--yes"),
+        "{}",
+        output_text(&unasked)
+    );
+    attack.cli(&["audit", "anchor", "--yes"]);
+    let verified = attack.setup.palisade.run(&["audit", "verify"]);
+    assert!(verified.status.success(), "{}", output_text(&verified));
+    let rows = attack.cli(&["audit", "list", "--event", "audit.anchor", "--json"]);
+    assert!(rows.contains("verify_said"), "{rows}");
 }
 
 /// A change made with the CLI is in force when the command returns: a new agent's

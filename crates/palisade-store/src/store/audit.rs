@@ -126,7 +126,7 @@ pub(super) fn head(tx: &Transaction<'_>) -> Result<Option<(i64, String)>> {
     read_head(tx)
 }
 
-fn read_head(tx: &Transaction<'_>) -> Result<Option<(i64, String)>> {
+pub(super) fn read_head(tx: &rusqlite::Connection) -> Result<Option<(i64, String)>> {
     use rusqlite::OptionalExtension;
     Ok(tx
         .prepare_cached("SELECT last_id, last_hash FROM audit_head WHERE id = 1")?
@@ -176,7 +176,7 @@ fn start_mac(key: &MasterKey, first_id: i64, prev_hash: &str) -> String {
     hex::encode(key.mac(START_PURPOSE, format!("{first_id}:{prev_hash}").as_bytes()))
 }
 
-fn read_start(tx: &Transaction<'_>) -> Result<Option<Start>> {
+fn read_start(tx: &rusqlite::Connection) -> Result<Option<Start>> {
     use rusqlite::OptionalExtension;
     Ok(tx
         .query_row(
@@ -376,6 +376,11 @@ fn insert_row(
     Ok(())
 }
 
+/// A report with no verified end, for [`Store::verify_chain`].
+fn no_end(report: VerifyReport) -> (VerifyReport, Option<(i64, String)>) {
+    (report, None)
+}
+
 fn bad_row(rows: u64, id: i64, problem: impl Into<String>) -> VerifyReport {
     VerifyReport {
         rows,
@@ -402,11 +407,27 @@ fn anchor_mac(key: &MasterKey, id: i64, hash: &str) -> String {
 }
 
 /// Moves the anchor to `head` unless it already records a later row (processes commit
-/// and anchor in either order). Failures are logged: the row is committed either way,
-/// and `audit verify` reports an anchor that fell behind only if rows were then removed.
-pub(super) fn write_anchor(home: &Home, key: &MasterKey, head: &(i64, String)) {
-    if let Err(e) = try_write_anchor(home, key, head) {
-        tracing::warn!(error = %e, "could not move the audit anchor");
+/// and anchor in either order), and only from an anchor that still holds: signed, and
+/// naming a row the log still has with the hash it signed (`conn` reads the log as
+/// committed). An anchor that is missing, unsigned or no longer matches stays as it
+/// is, so `audit verify` keeps reporting it: moving it on would sign whatever the log
+/// had become (rows deleted from the end, or re-chained, by someone without the key).
+/// Only [`Store::reanchor_audit`], a person's decision, replaces such an anchor.
+/// Failures are logged: the rows are committed either way.
+pub(super) fn write_anchor(
+    home: &Home,
+    key: &MasterKey,
+    head: &(i64, String),
+    conn: &rusqlite::Connection,
+) {
+    match try_write_anchor(home, key, head, conn) {
+        Ok(None) => {}
+        Ok(Some(kept)) => palisade_policy::budgeted!(
+            warn,
+            anchor = %home.audit_anchor().display(),
+            "the audit anchor was not moved: {kept}; `palisade audit verify` says more"
+        ),
+        Err(e) => palisade_policy::budgeted!(warn, error = %e, "could not move the audit anchor"),
     }
 }
 
@@ -419,29 +440,46 @@ const ANCHOR_RECORD: usize = 512;
 /// a new file renamed over the old: the gateway moves the anchor with every batch of
 /// rows, and creating, renaming and freeing a file each time (ext4 also flushes the
 /// data of a file renamed over another) was a quarter of the audit writer's work.
-fn try_write_anchor(home: &Home, key: &MasterKey, head: &(i64, String)) -> std::io::Result<()> {
+/// The file is never created here, and never opened through a link. `Ok(Some(why))`:
+/// the anchor was left as it was, for that reason.
+fn try_write_anchor(
+    home: &Home,
+    key: &MasterKey,
+    head: &(i64, String),
+    conn: &rusqlite::Connection,
+) -> std::io::Result<Option<&'static str>> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
+    let opened = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .mode(0o600)
-        .open(home.audit_anchor())?;
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(home.audit_anchor());
+    let mut file = match opened {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some("it is missing")),
+        other => other?,
+    };
     file.lock()?;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut file, &mut text)?;
-    if let Ok(current) = serde_json::from_str::<Anchor>(&text) {
-        if current.last_id >= head.0 {
-            return Ok(());
-        }
-    }
-    let anchor = Anchor {
-        last_id: head.0,
-        last_hash: head.1.clone(),
-        mac: anchor_mac(key, head.0, &head.1),
+    let Ok(current) = serde_json::from_str::<Anchor>(&text) else {
+        return Ok(Some("it cannot be read"));
     };
-    let mut record = serde_json::to_vec(&anchor).map_err(std::io::Error::other)?;
+    if current.mac != anchor_mac(key, current.last_id, &current.last_hash) {
+        return Ok(Some("it does not carry a valid signature"));
+    }
+    if current.last_id >= head.0 {
+        return Ok(None);
+    }
+    match anchored_row_holds(conn, &current) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Ok(Some(
+                "the log no longer has the row it names with that hash",
+            ))
+        }
+        Err(e) => return Err(std::io::Error::other(e.to_string())),
+    }
+    let mut record = anchor_record(key, head)?;
     if record.len() < ANCHOR_RECORD {
         record.resize(ANCHOR_RECORD - 1, b' ');
         record.push(b'\n');
@@ -450,11 +488,91 @@ fn try_write_anchor(home: &Home, key: &MasterKey, head: &(i64, String)) -> std::
     if (text.len() as u64) > record.len() as u64 {
         file.set_len(record.len() as u64)?;
     }
+    Ok(None)
+}
+
+/// The signed anchor of `head`, as JSON.
+fn anchor_record(key: &MasterKey, head: &(i64, String)) -> std::io::Result<Vec<u8>> {
+    let anchor = Anchor {
+        last_id: head.0,
+        last_hash: head.1.clone(),
+        mac: anchor_mac(key, head.0, &head.1),
+    };
+    serde_json::to_vec(&anchor).map_err(std::io::Error::other)
+}
+
+/// Whether the row `anchor` names is still in the log with the hash it signed, or is
+/// the row just before the log's start (pruned) with that hash.
+fn anchored_row_holds(conn: &rusqlite::Connection, anchor: &Anchor) -> Result<bool> {
+    use rusqlite::OptionalExtension;
+    let hash: Option<String> = conn
+        .prepare_cached("SELECT hash FROM audit WHERE id = ?1")?
+        .query_row([anchor.last_id], |row| row.get(0))
+        .optional()?;
+    Ok(match hash {
+        Some(hash) => hash == anchor.last_hash,
+        None => read_start(conn)?.is_some_and(|start| {
+            start.first_id - 1 == anchor.last_id && start.prev_hash == anchor.last_hash
+        }),
+    })
+}
+
+/// Writes the anchor of `head` whatever was there (a link included: the new file is
+/// renamed over it), for a new log and for [`Store::reanchor_audit`]. `new_only`: only
+/// if there is no anchor yet.
+pub(super) fn replace_anchor(
+    home: &Home,
+    key: &MasterKey,
+    head: &(i64, String),
+    new_only: bool,
+) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = home.audit_anchor();
+    let fail = |e: std::io::Error| {
+        StoreError::Io(format!(
+            "cannot write the audit anchor {}: {e}",
+            path.display()
+        ))
+    };
+    let record = anchor_record(key, head).map_err(fail)?;
+    if new_only {
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        return match created {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(fail(e)),
+            Ok(mut file) => file.write_all(&record).map_err(fail),
+        };
+    }
+    let fresh = path.with_extension(format!("new-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&fresh)
+        .map_err(fail)?;
+    let written = file
+        .write_all(&record)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&fresh, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&fresh);
+        return Err(fail(e));
+    }
     Ok(())
 }
 
 fn read_anchor(path: &std::path::Path) -> Option<Anchor> {
-    let mut file = std::fs::File::open(path).ok()?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
     file.lock_shared().ok()?;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut file, &mut text).ok()?;
@@ -482,7 +600,7 @@ fn check_anchor(
             rows,
             last_id.max(1),
             format!(
-                "the anchor {} is missing or unreadable, so deleted rows at the end cannot be ruled out (a home last written by an older palisade gets its anchor with the next change)",
+                "the anchor {} is missing or unreadable, so deleted rows at the end cannot be ruled out; once you are sure nothing was removed (a home last written by a palisade without anchors, or one restored from a copy), `palisade audit anchor` signs the log's end as it is now",
                 path.display()
             ),
         )));
@@ -507,10 +625,23 @@ fn check_anchor(
             ),
         )));
     }
-    if anchor.last_id < first_id {
-        // An anchor that fell behind a pruning: of the rows it could name, only the one
-        // before the start is still known (by its hash).
-        if anchor.last_id == first_id - 1 && anchor.last_hash != first_prev {
+    if anchor.last_id < first_id - 1 {
+        // A pruning writes its own row first, which moves the anchor past every row it
+        // removes: an anchor before the start was put back from an older copy (or fell
+        // behind when it could not be written), and says nothing about the log's end.
+        return Ok(Some(bad_row(
+            rows,
+            first_id,
+            format!(
+                "the anchor {} records row {}, before the log's start at row {first_id}: an older anchor was put back, so deleted rows at the end cannot be ruled out",
+                path.display(),
+                anchor.last_id
+            ),
+        )));
+    }
+    if anchor.last_id == first_id - 1 {
+        // Of the rows before the start, only that one is still known (by its hash).
+        if anchor.last_hash != first_prev {
             return Ok(Some(bad_row(
                 rows,
                 first_id,
@@ -639,28 +770,58 @@ impl Store {
     /// Recomputes the chain from the first row and compares the end with the head record.
     /// Reads one snapshot, so appends running meanwhile neither break nor extend it.
     pub fn verify_audit(&self) -> Result<VerifyReport> {
+        Ok(self.verify_chain(true)?.0)
+    }
+
+    /// Signs the log's end as its anchor, whatever the anchor said: after a restore,
+    /// for a home written by a palisade without anchors, or once a person has looked
+    /// into a reported mismatch. Refused (the report says why) unless the rows in the
+    /// database form an intact chain; rows deleted from the end before this can no
+    /// longer be detected.
+    /// The signing is recorded as an `audit.anchor` row naming the row signed and what
+    /// `audit verify` said before.
+    pub fn reanchor_audit(&self) -> Result<VerifyReport> {
+        let before = self.verify_audit()?;
+        let (report, end) = self.verify_chain(false)?;
+        if let (true, Some(end)) = (report.ok, end) {
+            replace_anchor(self.home(), self.key(), &end, false)?;
+            self.append_audit(&AuditEntry {
+                event: "audit.anchor".into(),
+                detail: Some(serde_json::json!({
+                    "signed_row": end.0,
+                    "verify_said": before.problem,
+                })),
+                ..AuditEntry::default()
+            })?;
+        }
+        Ok(report)
+    }
+
+    /// [`Store::verify_audit`], comparing with the anchor when `anchored`; with an
+    /// intact chain, the id and hash it ends at.
+    fn verify_chain(&self, anchored: bool) -> Result<(VerifyReport, Option<(i64, String)>)> {
         // Before the read transaction's first statement, which takes its snapshot.
         let anchor_path = self.home().audit_anchor();
         let anchor = read_anchor(&anchor_path);
         self.read(|tx| {
             let Some((head_id, head_hash)) = read_head(tx)? else {
-                return Ok(bad_row(
+                return Ok(no_end(bad_row(
                     0,
                     1,
                     "the audit head record is missing, so truncation cannot be ruled out",
-                ));
+                )));
             };
             // The same record as the head just read, so it is there.
             let start = require_start(tx)?;
             if !start.is_genuine(self.key()) {
-                return Ok(bad_row(
+                return Ok(no_end(bad_row(
                     0,
                     start.first_id,
                     format!(
                         "the log's start was moved to row {} without a valid signature; rows were deleted from the beginning",
                         start.first_id
                     ),
-                ));
+                )));
             }
             let mut stmt = tx.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"))?;
             let mut rows = stmt.query([])?;
@@ -671,68 +832,68 @@ impl Store {
                 count += 1;
                 let id: i64 = row.get(0)?;
                 if id != expected_id {
-                    return Ok(bad_row(
+                    return Ok(no_end(bad_row(
                         count,
                         id,
                         format!(
                             "rows {expected_id} to {} are missing (deleted) before row {id}",
                             id - 1
                         ),
-                    ));
+                    )));
                 }
                 let raw = match raw_from_row(row) {
                     Ok(raw) => raw,
                     Err(_) => {
-                        return Ok(bad_row(
+                        return Ok(no_end(bad_row(
                             count,
                             id,
                             "the row's fields have been altered (unexpected value types)",
-                        ))
+                        )))
                     }
                 };
                 if raw.prev_hash != expected_prev {
-                    return Ok(bad_row(
+                    return Ok(no_end(bad_row(
                         count,
                         id,
                         "the link to the previous row is broken (its hash does not match); a row was changed or removed",
-                    ));
+                    )));
                 }
                 let computed = raw.canonical().chain_hash(&expected_prev)?;
                 if computed != raw.hash {
-                    return Ok(bad_row(
+                    return Ok(no_end(bad_row(
                         count,
                         id,
                         "the row's content does not match its hash; the row was edited",
-                    ));
+                    )));
                 }
                 expected_prev = raw.hash;
                 expected_id = id + 1;
             }
             let last_id = expected_id - 1;
             if head_id > last_id {
-                return Ok(bad_row(
+                return Ok(no_end(bad_row(
                     count,
                     last_id + 1,
                     format!(
                         "the log ends at row {last_id} but the head records row {head_id}; rows were removed from the end"
                     ),
-                ));
+                )));
             }
             if head_id < last_id {
-                return Ok(bad_row(
+                return Ok(no_end(bad_row(
                     count,
                     head_id + 1,
                     format!(
                         "rows after {head_id} were added without moving the head; they were not written by palisade"
                     ),
-                ));
+                )));
             }
             if head_hash != expected_prev {
-                return Ok(bad_row(
+                return Ok(no_end(bad_row(
                     count,
                     last_id.max(1),
                     "the head's hash does not match the last row; the end of the log was rewritten",
-                ));
+                )));
             }
             let hash_of = |id: i64| -> Result<Option<String>> {
                 use rusqlite::OptionalExtension;
@@ -741,18 +902,28 @@ impl Store {
                     .optional()?)
             };
             let first = (start.first_id, start.prev_hash.as_str());
-            if let Some(report) =
-                check_anchor(&anchor_path, anchor, self.key(), count, first, last_id, hash_of)?
-            {
-                return Ok(report);
+            if anchored {
+                if let Some(mut report) =
+                    check_anchor(&anchor_path, anchor, self.key(), count, first, last_id, hash_of)?
+                {
+                    if let Some(problem) = &mut report.problem {
+                        if !problem.contains("palisade audit anchor") {
+                            problem.push_str(
+                                "; once you know why, `palisade audit anchor` signs the log's end as it is now",
+                            );
+                        }
+                    }
+                    return Ok((report, None));
+                }
             }
-            Ok(VerifyReport {
+            let report = VerifyReport {
                 rows: count,
                 ok: true,
                 first_bad_id: None,
                 problem: None,
                 starts_at: start.moved().then_some(start.first_id),
-            })
+            };
+            Ok((report, Some((last_id, expected_prev))))
         })
     }
 

@@ -41,6 +41,18 @@ pub enum AuditCommand {
         after_help = "Prints `audit chain intact: N rows` and exits 0, or exits 1 with\n`audit chain broken at row ID: PROBLEM`."
     )]
     Verify,
+    /// Sign the log's end as it is now as its anchor, after `audit verify` reported the
+    /// anchor (missing, unreadable, older than the log, or not matching its end) and you
+    /// know why: a restore from a copy, a home last written by a palisade without
+    /// anchors. Refused unless the rows form an intact chain. Rows deleted from the end
+    /// before now can no longer be detected; the signing is recorded as an
+    /// `audit.anchor` row.
+    #[command(after_help = "Asks for confirmation on a terminal; scripts pass --yes.")]
+    Anchor {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Delete the rows older than a time from the beginning of the log (retention). The
     /// chain keeps verifying from its new start, which is signed with the master key;
     /// the pruning itself is recorded as an `audit.prune` row. A log that fails
@@ -183,6 +195,51 @@ pub fn run(command: AuditCommand, ctx: &Context) -> anyhow::Result<()> {
             }
         }
         AuditCommand::Retention { keep, off } => retention(ctx, keep, off),
+        AuditCommand::Anchor { yes } => {
+            let store = ctx.open_store()?;
+            let before = store.verify_audit()?;
+            if before.ok {
+                if ctx.json {
+                    return output::print_json(&before);
+                }
+                return output::print(&format!(
+                    "the anchor already matches the log ({} rows); nothing to sign\n",
+                    before.rows
+                ));
+            }
+            let problem = before.problem.as_deref().unwrap_or("unknown problem");
+            if !yes
+                && !crate::input::confirm(
+                    &format!(
+                        "audit verify says: {}\nsign the log's end as it is now, so rows deleted from it before now can no longer be detected?",
+                        output::clean(problem)
+                    ),
+                    "sign the audit log's end",
+                    "--yes",
+                )?
+            {
+                bail!("not signed: the anchor was left as it was");
+            }
+            let report = store.reanchor_audit()?;
+            if ctx.json {
+                output::print_json(&report)?;
+            }
+            if !report.ok {
+                let problem = report.problem.as_deref().unwrap_or("unknown problem");
+                bail!(
+                    "not signed: the chain itself is broken at row {}: {}",
+                    report.first_bad_id.unwrap_or(0),
+                    output::clean(problem)
+                );
+            }
+            if ctx.json {
+                return Ok(());
+            }
+            output::print(&format!(
+                "signed the audit log's end ({} rows) as its anchor; `audit verify` checks against it from now on\n",
+                report.rows
+            ))
+        }
         AuditCommand::Verify => {
             let store = ctx.open_store()?;
             let report = store.verify_audit()?;
