@@ -154,6 +154,9 @@ impl RunnerLauncher for SandboxLauncher {
                             palisade_sandbox::WorkspaceFull::Quota { .. } => format!(
                                 "free space in it or raise the quota with `palisade agents edit {name} --workspace-quota SIZE`"
                             ),
+                            palisade_sandbox::WorkspaceFull::Nesting => {
+                                "remove the deeply nested folders from it".to_string()
+                            }
                             _ => "free space on that disk".to_string(),
                         };
                         let reason = format!("{full}; {advice}");

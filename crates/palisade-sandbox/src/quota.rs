@@ -25,7 +25,7 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -54,6 +54,9 @@ pub enum WorkspaceFull {
     Disk { free: u64 },
     /// The filesystem holding the workspace had only `free` of its `total` inodes left.
     Inodes { free: u64, total: u64 },
+    /// Folders in the workspace were nested deeper than [`MAX_DEPTH`] levels, below
+    /// which the watcher does not measure.
+    Nesting,
 }
 
 impl std::fmt::Display for WorkspaceFull {
@@ -77,6 +80,10 @@ impl std::fmt::Display for WorkspaceFull {
                 format_bytes(*free),
                 format_bytes(DISK_RESERVE)
             ),
+            WorkspaceFull::Nesting => write!(
+                f,
+                "the workspace has folders nested more than {MAX_DEPTH} levels deep, which its quota cannot measure"
+            ),
             WorkspaceFull::Inodes { free, total } => write!(
                 f,
                 "the disk holding the workspace is nearly out of inodes (files): {free} of {total} free; palisade keeps {} for the store",
@@ -93,7 +100,7 @@ pub(crate) async fn watch(workspace: PathBuf, limit: u64) -> WorkspaceFull {
         let path = workspace.clone();
         let measured = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let used = usage(&path);
+            let used = measure(&path);
             // The disk that holds the workspace folder's parent: the store's, also
             // when the workspace is an image mounted there (whose own free space is
             // the image's, bounded by its size).
@@ -105,8 +112,14 @@ pub(crate) async fn watch(workspace: PathBuf, limit: u64) -> WorkspaceFull {
             return std::future::pending().await;
         };
         if let Some(used) = used {
-            if used >= limit {
-                return WorkspaceFull::Quota { used, limit };
+            if used.bytes >= limit {
+                return WorkspaceFull::Quota {
+                    used: used.bytes,
+                    limit,
+                };
+            }
+            if used.too_deep {
+                return WorkspaceFull::Nesting;
             }
         }
         if let Some(space) = free {
@@ -131,69 +144,123 @@ pub(crate) async fn watch(workspace: PathBuf, limit: u64) -> WorkspaceFull {
 /// has open, so an agent swapping a folder for a link while it is measured cannot send
 /// it (possibly running as root) anywhere outside the workspace.
 pub fn usage(root: &Path) -> Option<u64> {
+    measure(root).map(|measured| measured.bytes)
+}
+
+/// What one walk of a workspace found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Measured {
+    /// Bytes allocated to what the walk reached.
+    bytes: u64,
+    /// Folders were nested deeper than [`MAX_DEPTH`], and what is in them was not
+    /// measured.
+    too_deep: bool,
+}
+
+/// [`usage`], also saying whether the workspace was nested too deeply to measure whole.
+pub(crate) fn measure(root: &Path) -> Option<Measured> {
     let top = open_directory(None, root).ok()?;
     let stat = fstat(&top).ok()?;
     let mut walk = Walk {
         device: stat.st_dev,
         total: allocated(&stat),
         seen: HashSet::new(),
+        too_deep: false,
     };
-    walk.directory(top);
-    Some(walk.total)
+    walk.tree(top);
+    Some(Measured {
+        bytes: walk.total,
+        too_deep: walk.too_deep,
+    })
 }
+
+/// The deepest folder level the walk opens (the workspace itself is level 1). The walk
+/// holds open the folders on the path to the one it reads, so this bounds the
+/// descriptors one walk holds in the process that runs it (the host, for every agent);
+/// a tree nested deeper is reported, and the watcher stops its sandbox.
+pub const MAX_DEPTH: usize = 128;
 
 struct Walk {
     device: u64,
     total: u64,
     /// Inodes with more than one link, counted once.
     seen: HashSet<u64>,
+    too_deep: bool,
+}
+
+/// A folder being walked: open, with the names of the folders in it still to visit.
+struct Frame {
+    dir: Dir,
+    folders: Vec<std::ffi::CString>,
 }
 
 impl Walk {
-    fn directory(&mut self, dir: Dir) {
-        let mut pending = vec![dir];
-        while let Some(mut dir) = pending.pop() {
-            let Ok(fd) = dir.as_fd().try_clone_to_owned() else {
+    /// Depth first: a folder is opened when it is visited and closed once everything
+    /// under it has been, so a workspace of many folders side by side costs one
+    /// descriptor per level, not one per folder (opening them all at once let an agent
+    /// with 30 000 empty folders use up every descriptor of the host process).
+    fn tree(&mut self, top: Dir) {
+        let mut stack = vec![self.read(top)];
+        loop {
+            let depth = stack.len();
+            let Some(frame) = stack.last_mut() else {
+                break;
+            };
+            let Some(name) = frame.folders.pop() else {
+                stack.pop();
                 continue;
             };
-            let names: Vec<std::ffi::CString> = dir
-                .iter()
-                .flatten()
-                .map(|entry| entry.file_name().to_owned())
-                .filter(|name| name.as_bytes() != b"." && name.as_bytes() != b"..")
-                .collect();
-            for name in names {
-                let Ok(stat) = fstatat(&fd, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
-                    continue;
-                };
-                if stat.st_dev != self.device {
-                    continue;
-                }
-                let is_dir = stat.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits();
-                if stat.st_nlink > 1 && !is_dir && !self.seen.insert(stat.st_ino) {
-                    continue;
-                }
-                self.total += allocated(&stat);
-                if is_dir {
-                    match open_directory(Some(&fd), Path::new(OsStr::from_bytes(name.as_bytes()))) {
-                        Ok(child) => pending.push(child),
-                        Err(nix::Error::EACCES) => {
-                            // A folder the agent made unreadable still counts: it is
-                            // this user's, so open it up for its owner and retry.
-                            if make_readable(&fd, &name).is_ok() {
-                                if let Ok(child) = open_directory(
-                                    Some(&fd),
-                                    Path::new(OsStr::from_bytes(name.as_bytes())),
-                                ) {
-                                    pending.push(child);
-                                }
-                            }
-                        }
-                        Err(_) => {}
-                    }
-                }
+            if depth >= MAX_DEPTH {
+                self.too_deep = true;
+                continue;
+            }
+            if let Some(child) = open_child(&frame.dir, &name) {
+                let child = self.read(child);
+                stack.push(child);
             }
         }
+    }
+
+    /// Counts what is in `dir` (each entry, not following links, not leaving the
+    /// filesystem, inodes with several links once) and lists the folders in it.
+    fn read(&mut self, mut dir: Dir) -> Frame {
+        let names: Vec<std::ffi::CString> = dir
+            .iter()
+            .flatten()
+            .map(|entry| entry.file_name().to_owned())
+            .filter(|name| name.as_bytes() != b"." && name.as_bytes() != b"..")
+            .collect();
+        let mut folders = Vec::new();
+        for name in names {
+            let Ok(stat) = fstatat(&dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            if stat.st_dev != self.device {
+                continue;
+            }
+            let is_dir = stat.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits();
+            if stat.st_nlink > 1 && !is_dir && !self.seen.insert(stat.st_ino) {
+                continue;
+            }
+            self.total += allocated(&stat);
+            if is_dir {
+                folders.push(name);
+            }
+        }
+        Frame { dir, folders }
+    }
+}
+
+/// Opens the folder `name` in `parent`; one the agent made unreadable is opened up for
+/// its owner first (it is this user's, and still counts).
+fn open_child(parent: &Dir, name: &std::ffi::CStr) -> Option<Dir> {
+    let path = Path::new(OsStr::from_bytes(name.to_bytes()));
+    match open_directory(Some(parent), path) {
+        Ok(child) => Some(child),
+        Err(nix::Error::EACCES) if make_readable(parent, name).is_ok() => {
+            open_directory(Some(parent), path).ok()
+        }
+        Err(_) => None,
     }
 }
 
@@ -202,7 +269,7 @@ fn allocated(stat: &nix::sys::stat::FileStat) -> u64 {
 }
 
 /// Opens a directory without following a link, relative to `parent` if given.
-fn open_directory(parent: Option<&OwnedFd>, path: &Path) -> nix::Result<Dir> {
+fn open_directory(parent: Option<&Dir>, path: &Path) -> nix::Result<Dir> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     match parent {
         Some(parent) => Dir::openat(parent, path, flags, Mode::empty()),
@@ -212,7 +279,7 @@ fn open_directory(parent: Option<&OwnedFd>, path: &Path) -> nix::Result<Dir> {
 
 /// Adds `u+rx` to the folder `name` in `parent`, if it is one (not a link) and this
 /// process owns it; the change goes through a descriptor of exactly that folder.
-fn make_readable(parent: &OwnedFd, name: &std::ffi::CStr) -> nix::Result<()> {
+fn make_readable(parent: &Dir, name: &std::ffi::CStr) -> nix::Result<()> {
     let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = nix::fcntl::openat(parent, name, flags, Mode::empty())?;
     let stat = fstat(&fd)?;
@@ -278,6 +345,73 @@ mod tests {
         std::os::unix::fs::symlink(dir.path(), root.join("dirlink")).unwrap();
         let used = usage(&root).unwrap() - empty;
         assert!((1 << 20..(1 << 20) + (64 << 10)).contains(&used), "{used}");
+    }
+
+    /// Set in the child process [`many_folders_side_by_side_need_few_descriptors`]
+    /// starts: the folder to measure.
+    const WIDE_FOLDER: &str = "PALISADE_TEST_WIDE_FOLDER";
+
+    /// 600 folders side by side, each with a file, measured whole by a process allowed
+    /// 64 open files: the walk holds one folder open per level, not every folder it
+    /// has yet to visit (it did, and an agent's 30 000 empty folders used up the
+    /// descriptors of the host process that measures every agent).
+    #[test]
+    fn many_folders_side_by_side_need_few_descriptors() {
+        if let Some(root) = std::env::var_os(WIDE_FOLDER) {
+            let measured = measure(Path::new(&root)).unwrap();
+            let whole: u64 = std::env::var("PALISADE_TEST_WIDE_BYTES")
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(measured.bytes, whole, "{measured:?}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..600 {
+            let folder = dir.path().join(format!("f{i}"));
+            std::fs::create_dir(&folder).unwrap();
+            std::fs::write(folder.join("data"), [1u8; 100]).unwrap();
+        }
+        // Measured here, with descriptors to spare, and compared in the child.
+        let whole = measure(dir.path()).unwrap();
+        assert!(whole.bytes >= 1200 * 4096 && !whole.too_deep, "{whole:?}");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "--exact",
+                "quota::tests::many_folders_side_by_side_need_few_descriptors",
+            ])
+            .env(WIDE_FOLDER, dir.path())
+            .env("PALISADE_TEST_WIDE_BYTES", whole.bytes.to_string());
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut child, || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 64, 64)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let output = child.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// A tree nested deeper than the walk opens is reported, not measured in part.
+    #[test]
+    fn folders_nested_too_deep_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut path = dir.path().to_path_buf();
+        for _ in 0..MAX_DEPTH - 1 {
+            path.push("d");
+        }
+        std::fs::create_dir_all(&path).unwrap();
+        assert!(!measure(dir.path()).unwrap().too_deep);
+        std::fs::create_dir(path.join("d")).unwrap();
+        assert!(measure(dir.path()).unwrap().too_deep);
+        assert!(WorkspaceFull::Nesting.to_string().contains("128 levels"));
     }
 
     #[test]
