@@ -56,7 +56,7 @@ pub(crate) fn hand_over(
     else {
         return Ok(());
     };
-    walk(top, stat.st_dev, from, to).map_err(failed)?;
+    walk(top, stat.st_dev, from, to, 1).map_err(failed)?;
     fchownat(
         nix::fcntl::AT_FDCWD,
         workspace,
@@ -67,8 +67,11 @@ pub(crate) fn hand_over(
     .map_err(failed)
 }
 
-/// Re-owns the entries of `dir` (not `dir` itself), depth first.
-fn walk(mut dir: Dir, device: u64, from: Owner, to: Owner) -> nix::Result<()> {
+/// Re-owns the entries of `dir` (not `dir` itself), depth first, down to the quota
+/// walk's [`crate::quota::MAX_DEPTH`] (`depth`: `dir`'s level): each level holds two
+/// descriptors and a stack frame of the process, and a tree nested deeper than that is
+/// an agent's doing, not a workspace to hand over.
+fn walk(mut dir: Dir, device: u64, from: Owner, to: Owner, depth: usize) -> nix::Result<()> {
     let mut subdirectories = Vec::new();
     let fd = dir
         .as_fd()
@@ -90,7 +93,7 @@ fn walk(mut dir: Dir, device: u64, from: Owner, to: Owner) -> nix::Result<()> {
             continue;
         }
         let kind = SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits());
-        if kind == SFlag::S_IFDIR {
+        if kind == SFlag::S_IFDIR && depth < crate::quota::MAX_DEPTH {
             subdirectories.push(name.to_owned());
         }
         let uid = (stat.st_uid == from.uid).then(|| Uid::from_raw(to.uid));
@@ -114,7 +117,7 @@ fn walk(mut dir: Dir, device: u64, from: Owner, to: Owner) -> nix::Result<()> {
             Err(nix::Error::ENOENT | nix::Error::ELOOP | nix::Error::ENOTDIR) => continue,
             Err(e) => return Err(e),
         };
-        walk(child, device, from, to)?;
+        walk(child, device, from, to, depth + 1)?;
     }
     Ok(())
 }

@@ -115,8 +115,10 @@ fn research_agents_never_mount_sensitive_folders() {
     assert!(refusal.contains("finance"), "{refusal}");
     assert_eq!(t.store.get_agent(&doer).unwrap().profile, Profile::Action);
 
-    // Unmarked, the same folder may be shared with anyone.
+    // Unmarked, the same folder may be shared with anyone (read-only across the
+    // compartments: see below).
     t.store.set_folder_sensitive("finance", false).unwrap();
+    t.store.mount_folder("finance", &doer, false).unwrap();
     t.store.mount_folder("finance", &reader, false).unwrap();
 }
 
@@ -181,4 +183,56 @@ fn folders_around_or_inside_a_sensitive_one_stay_out_of_research_agents() {
         "{refusal}"
     );
     assert!(!t.store.get_folder("keys").unwrap().sensitive);
+}
+
+/// A folder a research agent and an action agent both mount is read-only for both:
+/// what one wrote there the other would read past the approval and the sanitizer that
+/// messages between the two compartments go through. Whichever change would bring a
+/// writable share about (a mount, a remount writable, a folder inside another, a
+/// change of profile) is refused and leaves nothing written.
+#[test]
+fn a_folder_shared_across_compartments_is_read_only_for_both() {
+    let t = store();
+    let mailer = add_agent(&t.store, "mailer");
+    let reader = agent("reader");
+    t.store.create_agent(&reader, Profile::Research).unwrap();
+    t.store
+        .add_folder("pub", Path::new("/srv/pub"), false)
+        .unwrap();
+    t.store
+        .add_folder("inner", Path::new("/srv/pub/inner"), false)
+        .unwrap();
+    t.store.mount_folder("pub", &mailer, true).unwrap();
+
+    // The research agent may not mount what the action agent writes, even read-only,
+    // nor a folder inside it.
+    let refused = invalid(t.store.mount_folder("pub", &reader, false));
+    assert!(
+        refused.contains("agent reader (research) and agent mailer (action)")
+            && refused.contains("mailer may write to pub"),
+        "{refused}"
+    );
+    let refused = invalid(t.store.mount_folder("inner", &reader, false));
+    assert!(refused.contains("overlaps folder pub"), "{refused}");
+    assert!(t.store.agent_folders(&reader).unwrap().is_empty());
+
+    // Read-only for both is allowed; making either side writable again is not.
+    t.store.mount_folder("pub", &mailer, false).unwrap();
+    t.store.mount_folder("pub", &reader, false).unwrap();
+    invalid(t.store.mount_folder("pub", &mailer, true));
+    invalid(t.store.mount_folder("pub", &reader, true));
+    assert!(
+        !t.store.agent_folders(&mailer).unwrap()[0].1,
+        "still read-only"
+    );
+
+    // Two action agents may share a writable folder; one of them turning research
+    // would carry it across.
+    let sender = add_agent(&t.store, "sender");
+    t.store.unmount_folder("pub", &reader).unwrap();
+    t.store.mount_folder("pub", &mailer, true).unwrap();
+    t.store.mount_folder("pub", &sender, false).unwrap();
+    let refused = invalid(t.store.set_agent_profile(&sender, Profile::Research));
+    assert!(refused.contains("would share folder pub"), "{refused}");
+    assert_eq!(t.store.get_agent(&sender).unwrap().profile, Profile::Action);
 }

@@ -1850,6 +1850,13 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
     palisade
         .run(&["folders", "edit", "finance", "--not-sensitive"])
         .ok();
+    // Across the compartments a shared folder is read-only for both.
+    palisade
+        .run(&["folders", "mount", "finance", "--agent", "scout"])
+        .refused("would share folder finance, and mailer may write to finance");
+    palisade
+        .run(&["folders", "mount", "finance", "--agent", "mailer"])
+        .ok();
     palisade
         .run(&["folders", "mount", "finance", "--agent", "scout"])
         .ok();
@@ -1861,7 +1868,7 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
     assert_eq!(list[0]["sensitive"], false);
     assert_eq!(
         list[0]["mounts"],
-        serde_json::json!([{"agent": "mailer", "writable": true}, {"agent": "scout", "writable": false}])
+        serde_json::json!([{"agent": "mailer", "writable": false}, {"agent": "scout", "writable": false}])
     );
     let mailer = palisade
         .run(&["--json", "agents", "show", "mailer"])
@@ -1869,10 +1876,23 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
         .json();
     assert_eq!(
         mailer["folders"],
-        serde_json::json!(["finance at /mnt/finance (read-write)"])
+        serde_json::json!(["finance at /mnt/finance"])
     );
-    // Shared with a second agent while one may write: said, since text then passes
+    // Shared by two action agents while one may write: said, since text then passes
     // between them unsanitized.
+    palisade
+        .run(&["folders", "unmount", "finance", "--agent", "scout"])
+        .ok();
+    palisade
+        .run(&[
+            "folders",
+            "mount",
+            "finance",
+            "--agent",
+            "mailer",
+            "--writable",
+        ])
+        .ok();
     palisade
         .run(&["agents", "create", "clerk", "--profile", "action"])
         .ok();
@@ -1882,7 +1902,7 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
     assert!(
         shared_mount
             .stderr
-            .contains("warning: agent(s) mailer, scout also mount folder finance")
+            .contains("warning: agent(s) mailer also mount folder finance")
             && shared_mount
                 .stderr
                 .contains("without the allow-list, the sanitizer"),
@@ -1891,7 +1911,7 @@ fn folders_are_checked_and_sensitive_ones_stay_out_of_research_agents() {
     );
     palisade.run(&["folders", "remove", "finance"]).ok();
     palisade
-        .run(&["folders", "unmount", "finance", "--agent", "scout"])
+        .run(&["folders", "unmount", "finance", "--agent", "clerk"])
         .refused("finance");
 }
 

@@ -214,6 +214,9 @@ impl Store {
                 "UPDATE agents SET profile = ?1 WHERE id = ?2",
                 (profile.as_str(), id),
             )?;
+            if let Some(problem) = super::folders::compartment_share(tx, id)? {
+                return Err(StoreError::Invalid(problem));
+            }
             let mut entry = self.audit_entry("agent.update");
             entry.agent = Some(name.to_string());
             entry.decision = Some("updated".into());

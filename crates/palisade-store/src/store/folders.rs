@@ -115,6 +115,55 @@ fn research_mount_around(tx: &Transaction<'_>, path: &Path) -> Result<Option<(St
         .map(|(folder, _, agent)| (folder, agent)))
 }
 
+/// Why a mount of `agent_id` would carry text between compartments, if one would: a
+/// folder it mounts is, lies in or holds a folder an agent of the other profile mounts,
+/// and either of them may write there. What an action agent writes there a research
+/// agent would read past the approval every action → research message waits for, and
+/// what a research agent writes there an action agent would read past the sanitizer;
+/// read-only for both, the folder is the person's, shown to both.
+pub(super) fn compartment_share(tx: &Transaction<'_>, agent_id: i64) -> Result<Option<String>> {
+    let mut stmt = tx.prepare(
+        "SELECT a.id, a.name, a.profile, f.name, f.path, m.writable FROM agent_folders m
+         JOIN folders f ON f.id = m.folder_id JOIN agents a ON a.id = m.agent_id
+         ORDER BY a.name, f.name",
+    )?;
+    let mounts = stmt
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, bool>(5)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (_, name, profile, folder, path, writable) in mounts.iter().filter(|m| m.0 == agent_id) {
+        for (_, other, other_profile, other_folder, other_path, other_writable) in
+            mounts.iter().filter(|m| m.0 != agent_id && m.2 != *profile)
+        {
+            if !(*writable || *other_writable) || !nested(Path::new(path), Path::new(other_path)) {
+                continue;
+            }
+            let (writer, writer_folder) = if *writable {
+                (name, folder)
+            } else {
+                (other, other_folder)
+            };
+            let shared = if folder == other_folder {
+                format!("folder {folder}")
+            } else {
+                format!("folder {folder} (which overlaps folder {other_folder})")
+            };
+            return Ok(Some(format!(
+                "agent {name} ({profile}) and agent {other} ({other_profile}) would share {shared}, and {writer} may write to {writer_folder}: what one writes there the other would read past the approval and the sanitizer that messages between research and action agents go through; mount it read-only for both (`palisade folders mount {writer_folder} --agent {writer}` without --writable) or for one of them only"
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// A folder `agent_id` mounts that is, lies in or holds a sensitive folder, if any.
 pub(super) fn sensitive_mount(tx: &Transaction<'_>, agent_id: i64) -> Result<Option<String>> {
     let mounted = names_and_paths(
@@ -323,6 +372,10 @@ impl Store {
                  ON CONFLICT(agent_id, folder_id) DO UPDATE SET writable = excluded.writable",
                 (agent_row, folder, writable),
             )?;
+            // Checked with the mount in place; refused, the transaction is not committed.
+            if let Some(problem) = compartment_share(tx, agent_row)? {
+                return Err(StoreError::Invalid(problem));
+            }
             let mut entry = self.audit_entry("folder.mount");
             entry.agent = Some(agent.to_string());
             entry.decision = Some("mounted".into());
