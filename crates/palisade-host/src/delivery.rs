@@ -139,13 +139,15 @@ async fn prepare(
                 tools: settings.tools,
                 max_tool_iterations: settings.max_tool_iterations,
                 max_output_tokens: settings.max_output_tokens,
-                // Only a dial someone turned changes what web pages look like to it.
-                sanitize_web: record.settings.get("sanitize").map(|_| {
+                // What the dial says, turned or not: a dial never turned is balanced,
+                // as `agents dial` shows it (web pages went to the model raw until
+                // someone turned it, research agents' included).
+                sanitize_web: Some(
                     palisade_policy::dial::Dial::from_settings(&record.settings)
                         .sanitize
                         .as_str()
-                        .to_string()
-                }),
+                        .to_string(),
+                ),
             },
         };
         Ok((delivery, turn_timeout))

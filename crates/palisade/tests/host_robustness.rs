@@ -401,6 +401,8 @@ fn malformed_frames_from_a_runner_end_it_and_the_message_is_retried_and_answered
             message_to_fake_runner(&world, &format!("round {name}"));
         assert_eq!(deliver["type"], "deliver", "{deliver}");
         assert_eq!(deliver["text"], message.as_str());
+        // A dial never turned is balanced, for web pages too.
+        assert_eq!(deliver["agent"]["sanitize_web"], "balanced", "{deliver}");
         let message_id = deliver["message_id"].as_i64().unwrap();
         let session_id = deliver["session_id"].as_i64().unwrap();
         // Half an answer streams first; the turn then starts again from the start.
