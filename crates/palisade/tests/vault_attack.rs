@@ -3069,6 +3069,50 @@ fn a_body_the_upstream_leaves_unread_is_not_read_as_a_request() {
     );
 }
 
+/// An upstream answer with both `Content-Length` and `Transfer-Encoding: chunked` has
+/// the chunked body (RFC 9112, 6.3); a proxy passes it on without the length, which is
+/// not the body's. With it, an HTTP/1.1 client read three bytes of sixteen and an
+/// HTTP/2 client reset the stream.
+const LENGTH_AND_CHUNKED_UPSTREAM: &str = r#"
+import socket, sys, threading
+port = int(sys.argv[1])
+def serve(c):
+    buf = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            _, buf = buf.split(b"\r\n\r\n", 1)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n")
+    except OSError:
+        pass
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[test]
+fn a_length_beside_chunked_coding_is_not_passed_on() {
+    let (_upstream, port) = vault_fixture::python_server(LENGTH_AND_CHUNKED_UPSTREAM, &[]);
+    let attack = Attack::start(&[]);
+    let token = attack.setup.agent("probe");
+    let reply = attack.curl(&token, &[&format!("http://127.0.0.1:{port}/both")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    assert_eq!(reply.body, "0123456789abcdef", "{}", reply.raw);
+    assert!(
+        !reply.raw.to_ascii_lowercase().contains("content-length: 3"),
+        "{}",
+        reply.raw
+    );
+}
+
 /// A change the running gateway cannot put in force is not reported as done: with a
 /// rule in the database the gateway cannot read, it keeps its previous configuration,
 /// so a command's change (here a new block rule) fails with the gateway's reason, and

@@ -230,6 +230,12 @@ pub(super) async fn forward(
     }
     let close_delimited = !head_request && is_close_delimited(&response);
     let (mut head, incoming) = response.into_parts();
+    // A length beside `Transfer-Encoding` is not the body's: the coding frames it, and
+    // a proxy removes the length (RFC 9112, 6.3). Passed on, an HTTP/1.1 client read
+    // that many bytes of the body and an HTTP/2 client reset the stream.
+    if head.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        head.headers.remove(http::header::CONTENT_LENGTH);
+    }
     transfer_codings_to_content(&mut head.headers);
     strip_hop_by_hop(&mut head.headers, switching);
     // The answer to a HEAD ends with its head, whatever length it announces (an HTTP/2
@@ -478,6 +484,7 @@ fn guard_against_desync(parts: &mut http::request::Parts, body: &ForwardBody) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// What goes upstream of a request's head: no `Expect`, `Content-Length` as its
     /// number, and `Connection: close` for a request with a body, whatever its method.
@@ -512,7 +519,6 @@ mod tests {
         let empty = shaped("GET", b"", &[]);
         assert!(empty.get("connection").is_none() && empty.get("content-length").is_none());
     }
-    use super::*;
 
     /// RFC 6455's own example, and what is not a handshake.
     #[test]
