@@ -174,8 +174,11 @@ impl PolicySet {
                 continue;
             }
             // Compartments, checked again at run time: a research agent reads the
-            // internet and never gets a sensitive credential, granted or not.
-            if candidate.sensitive && facts.profile == Profile::Research {
+            // internet and never gets a sensitive credential, granted or not, nor one
+            // for every host (every site it visits would receive it).
+            if (candidate.sensitive || candidate.host.is_any())
+                && facts.profile == Profile::Research
+            {
                 continue;
             }
             secret_names_host = true;
@@ -849,6 +852,16 @@ mod tests {
         let research = Request::to("gmail.googleapis.com", "/send");
         assert!(set.evaluate(&research.facts()).secret.is_none());
         let action = Request::to("gmail.googleapis.com", "/send").action();
+        assert_eq!(set.evaluate(&action.facts()).secret.map(|s| s.id), Some(1));
+    }
+
+    #[test]
+    fn a_secret_for_every_host_is_never_injected_for_a_research_agent() {
+        let everywhere = secret(1, "*", None, &["bot"]);
+        let set = PolicySet::new(vec![everywhere], Vec::new());
+        let research = Request::to("any.page.example", "/");
+        assert!(set.evaluate(&research.facts()).secret.is_none());
+        let action = Request::to("any.page.example", "/").action();
         assert_eq!(set.evaluate(&action.facts()).secret.map(|s| s.id), Some(1));
     }
 

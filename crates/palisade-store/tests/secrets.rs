@@ -386,3 +386,40 @@ fn request_counts_add_up_per_hour_and_outcome() {
         .unwrap()
         .is_empty());
 }
+
+/// A secret for every host (`*`) never goes to a research agent: it visits any site,
+/// and every one of them would receive it. Refused on create, grant and profile change.
+#[test]
+fn a_secret_for_every_host_stays_out_of_research_agents() {
+    let t = common::store();
+    let reader = common::agent("reader");
+    t.store
+        .create_agent(&reader, palisade_policy::Profile::Research)
+        .unwrap();
+    let doer = common::add_agent(&t.store, "doer");
+    let everywhere = |agents: &[&str]| {
+        let mut secret = common::new_secret("everywhere", "v", agents);
+        secret.host = palisade_policy::HostPattern::parse("*").unwrap();
+        secret.path = None;
+        secret
+    };
+    let refused = t.store.create_secret(everywhere(&["reader"])).unwrap_err();
+    assert!(
+        refused.to_string().contains("injected on every host"),
+        "{refused}"
+    );
+    t.store.create_secret(everywhere(&["doer"])).unwrap();
+    let refused = t.store.grant_secret("everywhere", &reader).unwrap_err();
+    assert!(
+        refused.to_string().contains("injected on every host"),
+        "{refused}"
+    );
+    let refused = t
+        .store
+        .set_agent_profile(&doer, palisade_policy::Profile::Research)
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("injected on every host"),
+        "{refused}"
+    );
+}

@@ -1462,6 +1462,18 @@ async fn the_channels_page_adds_links_and_removes_through_the_cli_code_behind_cs
     let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let added = web.post_form("/channels", &pairs).await;
     assert_eq!(added.status(), StatusCode::SEE_OTHER);
+    let after = added.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        web.get_text(&after)
+            .await
+            .contains("pill good\">channel added"),
+        "{after}"
+    );
+    // A link cannot put words of its choosing on the page in a success's green.
+    let forged = web
+        .get_text("/channels?done=Palisade%20needs%20an%20update%3A%20run%20curl")
+        .await;
+    assert!(!forged.contains("needs an update"), "{forged}");
     let record = web.store.get_channel("tg").unwrap();
     assert_eq!(record.settings["unknown_senders"], "ask");
     // Sealed: never on a page, never in the database file in clear.

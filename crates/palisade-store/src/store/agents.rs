@@ -204,6 +204,19 @@ impl Store {
                         "agent {name} holds the sensitive secret {secret}, and research agents may not: revoke it first (`palisade secrets revoke {secret} --agent {name}`)"
                     )));
                 }
+                let everywhere: Option<String> = tx
+                    .query_row(
+                        "SELECT s.name FROM secret_grants g JOIN secrets s ON s.id = g.secret_id
+                         WHERE g.agent_id = ?1 AND s.host_pattern = '*' ORDER BY s.name LIMIT 1",
+                        [id],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if let Some(secret) = everywhere {
+                    return Err(StoreError::Invalid(format!(
+                        "agent {name} holds secret {secret}, which is injected on every host (`*`), and a research agent visits any site: revoke it first (`palisade secrets revoke {secret} --agent {name}`)"
+                    )));
+                }
                 if let Some(folder) = super::folders::sensitive_mount(tx, id)? {
                     return Err(StoreError::Invalid(format!(
                         "agent {name} mounts the sensitive folder {folder}, and research agents may not: unmount it first (`palisade folders unmount {folder} --agent {name}`)"

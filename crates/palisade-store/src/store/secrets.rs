@@ -28,14 +28,17 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRecord> {
 }
 
 /// Refuses a grant of a sensitive secret to a research-profile agent: research agents
-/// read the internet, so they hold nothing worth stealing.
+/// read the internet, so they hold nothing worth stealing. Nor a secret injected on
+/// every host (`any_host`: the bare `*`): a research agent visits any site, and every
+/// one of them would receive it.
 pub(super) fn check_compartment(
     tx: &Transaction<'_>,
     secret: &str,
     sensitive: bool,
+    any_host: bool,
     agent: &AgentName,
 ) -> Result<()> {
-    if !sensitive {
+    if !sensitive && !any_host {
         return Ok(());
     }
     let profile: String = tx
@@ -49,12 +52,17 @@ pub(super) fn check_compartment(
             what: "agent",
             name: agent.to_string(),
         })?;
-    if profile == palisade_policy::Profile::Research.as_str() {
+    if profile != palisade_policy::Profile::Research.as_str() {
+        return Ok(());
+    }
+    if sensitive {
         return Err(StoreError::Invalid(format!(
             "secret {secret} is sensitive and agent {agent} has the research profile: research agents read the internet and may not hold sensitive credentials; grant it to an action agent, or make {agent} one with `palisade agents edit {agent} --profile action`"
         )));
     }
-    Ok(())
+    Err(StoreError::Invalid(format!(
+        "secret {secret} is injected on every host (`*`) and agent {agent} has the research profile: a research agent visits any site, and every one of them would receive it; give the secret the host it is for (a new secret with `--host-pattern`)"
+    )))
 }
 
 /// Granted agents of every secret, keyed by secret id, each list sorted by name.
@@ -139,7 +147,13 @@ impl Store {
                 .agents
                 .iter()
                 .map(|agent| {
-                    check_compartment(tx, &secret.name, secret.sensitive, agent)?;
+                    check_compartment(
+                        tx,
+                        &secret.name,
+                        secret.sensitive,
+                        secret.host.is_any(),
+                        agent,
+                    )?;
                     agent_id(tx, agent)
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -187,7 +201,13 @@ impl Store {
         self.read(|tx| {
             for agent in &secret.agents {
                 agent_id(tx, agent)?;
-                check_compartment(tx, &secret.name, secret.sensitive, agent)?;
+                check_compartment(
+                    tx,
+                    &secret.name,
+                    secret.sensitive,
+                    secret.host.is_any(),
+                    agent,
+                )?;
             }
             match secret_id(tx, &secret.name) {
                 Ok(_) => Err(StoreError::Duplicate {
@@ -255,12 +275,12 @@ impl Store {
     pub fn grant_secret(&self, name: &str, agent: &AgentName) -> Result<()> {
         self.write(|tx| {
             let secret = secret_id(tx, name)?;
-            let sensitive: bool = tx.query_row(
-                "SELECT sensitive FROM secrets WHERE id = ?1",
+            let (sensitive, host): (bool, String) = tx.query_row(
+                "SELECT sensitive, host_pattern FROM secrets WHERE id = ?1",
                 [secret],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )?;
-            check_compartment(tx, name, sensitive, agent)?;
+            check_compartment(tx, name, sensitive, host == "*", agent)?;
             let agent_row = agent_id(tx, agent)?;
             let added = tx.execute(
                 "INSERT OR IGNORE INTO secret_grants (secret_id, agent_id) VALUES (?1, ?2)",

@@ -62,7 +62,7 @@ pub(crate) async fn page(
                 h1 { "Channels" }
                 p.muted { "Slack, Telegram and Discord: where people talk to agents and decide approvals. The same as " code { "palisade channels" } " and " code { "palisade approvers" } "." }
             }
-            @if let Some(done) = &query.done { span.pill.good { (done) } }
+            @if let Some(done) = query.done.as_deref().and_then(done_words) { span.pill.good { (done) } }
         }
         @if channels.is_empty() {
             section.card { p.muted { "No channels yet. Add one below." } }
@@ -223,12 +223,34 @@ pub(crate) async fn add(State(state): State<WebState>, Form(form): Form<AddForm>
         access_agent: None,
     };
     let store = state.store.clone();
-    let record = blocking(move || Ok(manage::add_channel(&store, add)?)).await?;
-    Ok(done(&format!("added {}", record.name)))
+    blocking(move || Ok(manage::add_channel(&store, add)?)).await?;
+    Ok(done("added"))
 }
 
-fn done(what: &str) -> axum::response::Response {
-    Redirect::to(&format!("/channels?done={}", super::query_value(what))).into_response()
+/// What the page says after a change: one of these codes in `?done=`, each shown as
+/// its own fixed words, so a link cannot put words of its choosing on the page (it
+/// showed whatever `done` held, in the green of a success).
+const DONE: [(&str, &str); 8] = [
+    ("added", "channel added"),
+    ("linked", "linked"),
+    ("unlinked", "unlinked"),
+    ("approver-added", "approver added"),
+    ("approver-removed", "approver removed"),
+    ("sender-removed", "sender removed"),
+    ("saved", "saved"),
+    ("removed", "channel removed"),
+];
+
+fn done(code: &str) -> axum::response::Response {
+    debug_assert!(DONE.iter().any(|(known, _)| *known == code));
+    Redirect::to(&format!("/channels?done={code}")).into_response()
+}
+
+/// The words for a `?done=` code; nothing for one this page did not send.
+fn done_words(code: &str) -> Option<&'static str> {
+    DONE.iter()
+        .find(|(known, _)| *known == code)
+        .map(|(_, words)| *words)
 }
 
 #[derive(Deserialize)]
@@ -332,7 +354,7 @@ pub(crate) async fn add_approver(
         )?)
     })
     .await?;
-    Ok(done("approver added"))
+    Ok(done("approver-added"))
 }
 
 pub(crate) async fn remove_approver(
@@ -354,7 +376,7 @@ pub(crate) async fn remove_approver(
     }
     let store = state.store.clone();
     blocking(move || Ok(manage::remove_approver(&store, &agent, &name, &form.user)?)).await?;
-    Ok(done("approver removed"))
+    Ok(done("approver-removed"))
 }
 
 pub(crate) async fn remove_sender(
@@ -376,7 +398,7 @@ pub(crate) async fn remove_sender(
     }
     let store = state.store.clone();
     blocking(move || Ok(manage::disallow_sender(&store, &agent, &name, &form.user)?)).await?;
-    Ok(done("sender removed"))
+    Ok(done("sender-removed"))
 }
 
 #[derive(Deserialize)]
@@ -423,7 +445,6 @@ pub(crate) async fn confirm_remove(
 
 pub(crate) async fn remove(State(state): State<WebState>, Path(name): Path<String>) -> PageResult {
     let store = state.store.clone();
-    let removed = name.clone();
-    blocking(move || Ok(manage::remove_channel(&store, &removed)?)).await?;
-    Ok(done(&format!("removed {name}")))
+    blocking(move || Ok(manage::remove_channel(&store, &name)?)).await?;
+    Ok(done("removed"))
 }
