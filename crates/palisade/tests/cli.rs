@@ -1998,3 +1998,39 @@ fn a_lasting_grant_says_what_it_lets_through() {
         "{approved}"
     );
 }
+
+/// A sandbox run from a terminal gets that terminal, and what its command changes in
+/// it (echo and line editing off, output stopped) is put back when it ends: it stayed
+/// changed in the person's shell.
+#[test]
+fn a_sandbox_leaves_the_terminal_as_it_found_it() {
+    let palisade = Palisade::new();
+    palisade.create_agent("tty");
+    let command = format!(
+        "stty echo icanon; {} sandbox run --agent tty -- sh -c 'stty -echo -icanon && echo ran-$((6*7))'; stty -a",
+        env!("CARGO_BIN_EXE_palisade")
+    );
+    let output = palisade_testkit::run_with_timeout(
+        Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("PALISADE_HOME", palisade.home()),
+        None,
+        Duration::from_secs(120),
+    );
+    let text = String::from_utf8_lossy(&output.stdout).replace('\r', "");
+    assert!(
+        text.contains("ran-42"),
+        "the sandbox did not run: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let settings: Vec<&str> = text.split_whitespace().collect();
+    assert!(
+        settings.contains(&"icanon") && settings.contains(&"echo"),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !settings.contains(&"-icanon") && !settings.contains(&"-echo"),
+        "{text}"
+    );
+}

@@ -216,6 +216,8 @@ fn run_sandbox(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Put back as they were when the sandbox ends, whatever the command did to them.
+    let _terminal = TerminalGuard::save();
     let code = tokio.block_on(async {
         // The CA first: the in-process gateway loads the same one, and creating it
         // twice at once could leave two.
@@ -474,4 +476,43 @@ pub fn run_shim(args: ShimArgs) -> anyhow::Result<()> {
 /// Runs the shim with its own arguments (what follows `shim`) and exits.
 pub fn run_shim_args(args: Vec<String>) -> ! {
     std::process::exit(palisade_sandbox::shim::run_args(&args, "error: shim"))
+}
+
+/// The settings of the terminal a sandbox is given (its stdin, stdout or stderr), put
+/// back when the sandbox ends. The command gets the terminal itself: it cannot push
+/// keystrokes into it (`TIOCSTI` needs the controlling terminal, which `--new-session`
+/// takes away), but it can turn echo and line editing off, stop the terminal's output
+/// (`tcflow`) or make it exclusive (`TIOCEXCL`), and those outlived the sandbox in the
+/// shell the person ran it from.
+struct TerminalGuard {
+    fd: std::os::fd::OwnedFd,
+    saved: nix::sys::termios::Termios,
+}
+
+impl TerminalGuard {
+    fn save() -> Option<TerminalGuard> {
+        use std::os::fd::{AsFd, BorrowedFd};
+        // SAFETY: the standard descriptors stay open for the life of the process.
+        let standard = [0, 1, 2].map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+        let terminal = standard
+            .into_iter()
+            .find(|fd| nix::unistd::isatty(fd.as_fd()).unwrap_or(false))?;
+        let fd = terminal.try_clone_to_owned().ok()?;
+        let saved = nix::sys::termios::tcgetattr(&fd).ok()?;
+        Some(TerminalGuard { fd, saved })
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        use nix::sys::termios::{tcflow, tcsetattr, FlowArg, SetArg};
+        use std::os::fd::AsRawFd;
+        let _ = tcsetattr(&self.fd, SetArg::TCSANOW, &self.saved);
+        let _ = tcflow(&self.fd, FlowArg::TCOON);
+        // SAFETY: TIOCNXCL takes no argument and only clears the terminal's exclusive
+        // mode; the descriptor is a terminal this process holds open.
+        unsafe {
+            nix::libc::ioctl(self.fd.as_raw_fd(), nix::libc::TIOCNXCL);
+        }
+    }
 }
