@@ -110,6 +110,11 @@ impl Bubblewrap {
         // The allow-listed /etc with synthetic passwd, group and hosts: one mount.
         push(&["--ro-bind", &etc.to_string_lossy(), "/etc"]);
         push(&["--proc", "/proc", "--dev", "/dev"]);
+        for file in crate::runtime::HIDDEN_PROC_FILES {
+            if Path::new(file).exists() {
+                push(&["--ro-bind", "/dev/null", file]);
+            }
+        }
         // Writable by whichever uid the agent is, and bounded: a RAM filesystem's pages
         // count against no rlimit, so without a size one sandbox could fill half the
         // host's memory in each.

@@ -296,7 +296,13 @@ impl Oci {
         // (/sys/block/loopN/loop/backing_file and the links to it): the host path of
         // each agent's workspace image, so of the home and of the other agents.
         match self.tool {
-            OciTool::Podman => push(&["--security-opt", &format!("mask={BLOCK_DEVICES_IN_SYS}")]),
+            OciTool::Podman => push(&[
+                "--security-opt",
+                &format!(
+                    "mask={BLOCK_DEVICES_IN_SYS}:{}",
+                    crate::runtime::HIDDEN_PROC_FILES.join(":")
+                ),
+            ]),
             OciTool::Docker => push(&[
                 "--tmpfs",
                 &format!("{BLOCK_DEVICES_IN_SYS}:ro,nosuid,nodev,noexec,size=4k"),

@@ -273,6 +273,13 @@ pub(crate) fn shim_options(
 /// `user`: the ids (inside the sandbox) the shim becomes first, when it starts as uid 0.
 /// `expect_mounts`: each extra mount's destination and the device and inode of its
 /// source, opened as checked ([`crate::mounts::open_as_checked`]).
+/// Files of `/proc` about the whole host that a sandbox sees empty (or cannot read):
+/// every block device with its size and live read and write counts (each agent's
+/// workspace image is one: another agent's disk activity and quota), and how many
+/// kernel keys each host user holds.
+pub(crate) const HIDDEN_PROC_FILES: [&str; 3] =
+    ["/proc/partitions", "/proc/diskstats", "/proc/key-users"];
+
 pub(crate) fn shim_argv(
     spec: &SandboxSpec,
     reports: &[LimitReport],

@@ -524,6 +524,8 @@ test $(ls -d /proc/[0-9]* | wc -l) -le 6 || echo ESCAPE-processes\n\
 for d in / /usr /etc /run/palisade /var; do touch $d/x 2>/dev/null && echo ESCAPE-write $d; done\n\
 grep -q 'CapEff:.0000000000000000' /proc/self/status || echo ESCAPE-capability\n\
 unshare -U true 2>/dev/null && echo ESCAPE-nested-userns\n\
+for f in /proc/partitions /proc/diskstats /proc/key-users; do [ -n \"$(cat $f 2>/dev/null)\" ] && echo ESCAPE-host-wide $f; done\n\
+test \"$(cat /proc/self/oom_score_adj)\" = 1000 || echo ESCAPE-oom-killer-prefers-the-shim\n\
 touch /workspace/mine /tmp/mine && echo writable-ok\n",
             up = w.port,
         );
