@@ -339,6 +339,11 @@ fn sandbox_findings(report: &DoctorReport) -> Vec<Finding> {
                 Some((cause, fix)) if fix.starts_with("to enforce it") => {
                     (cause.to_string(), fix.to_string())
                 }
+                // Already root: the runtime has nothing stronger for this limit.
+                _ if nix::unistd::geteuid().is_root() => (
+                    note.clone(),
+                    "this runtime has no stronger way to apply it, even as root; see docs/sandbox.md, or use another --runtime".to_string(),
+                ),
                 _ => (
                     note.clone(),
                     "to enforce it, run palisade as root, or on a cgroup v2 host that delegates cgroup controllers to this user (systemd: Delegate=yes)".to_string(),

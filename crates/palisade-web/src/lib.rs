@@ -72,6 +72,11 @@ pub(crate) struct WebState {
     pub(crate) started_at_ms: i64,
     /// The providers' model lists the agent pages offer, remembered for a while.
     pub(crate) model_lists: Arc<model_lists::ModelLists>,
+    /// What the last key stored on the first-run form found, per agent: what its ready
+    /// card says (never rebuilt from the link, which anyone can write and which goes
+    /// stale once another key or provider is stored).
+    pub(crate) key_checks:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, pages::setup::Listing>>>,
     /// The address this server listens on.
     pub(crate) listen: SocketAddr,
 }
@@ -93,6 +98,7 @@ pub fn app(
         api: api.clone(),
         started_at_ms: palisade_store::now_ms(),
         model_lists: Arc::default(),
+        key_checks: Arc::default(),
         listen,
     };
     let guard = guard::Guard::new(listen);

@@ -1455,8 +1455,13 @@ async fn first_run_names_the_option_a_local_model_server_needs() {
             ],
         )
         .await;
-    assert_eq!(to, "/?ready=helper&models=local");
+    assert_eq!(to, "/?ready=helper");
     let ready = web.page(&to).await;
+    assert!(
+        ready.contains("helper cannot reach its model yet")
+            || ready.contains("helper needs a model"),
+        "{ready}"
+    );
     let card = element(&ready, "p", "local-refused");
     // The address with the server's port: that port only, not every service there.
     let allowance = format!(
@@ -1468,11 +1473,20 @@ async fn first_run_names_the_option_a_local_model_server_needs() {
     // Claude model, but a model still to choose.
     assert!(ready.contains("helper needs a model"), "{ready}");
     assert!(!ready.contains("id=\"ready-model\""), "{ready}");
-    // The host named is the agent's, whatever a link says.
+    // The card is what this server found, whatever a link says: the host named is the
+    // agent's, and an agent no key was stored for here gets no card.
     assert!(!web
         .page("/?ready=helper&models=local&host=evil")
         .await
         .contains("evil"));
+    web.store
+        .create_agent(
+            &AgentName::new("other").unwrap(),
+            palisade_policy::Profile::Research,
+        )
+        .unwrap();
+    let forged = web.page("/?ready=other&models=local").await;
+    assert!(!forged.contains("id=\"ready\""), "{forged}");
     assert!(!ready.contains(MODEL_KEY));
     web.stop().await;
 }

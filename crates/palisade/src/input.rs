@@ -57,8 +57,7 @@ pub fn read_secret_value_from(
     let bytes = match file {
         Some(path) if path != Path::new("-") => {
             let source = format!("{flag} {}", path.display());
-            let handle =
-                std::fs::File::open(path).with_context(|| format!("cannot read {source}"))?;
+            let handle = open_value_file(path, flag)?;
             let bytes = read_limited(handle, &source)?;
             if String::from_utf8_lossy(&bytes).trim().is_empty() {
                 bail!("{source} is empty: it should hold the value of secret {secret_name}");
@@ -88,8 +87,7 @@ pub fn read_credential(file: &Path, flag: &str) -> anyhow::Result<SecretValue> {
     let bytes = if file == Path::new("-") {
         read_limited(std::io::stdin().lock(), "stdin")?
     } else {
-        let handle = std::fs::File::open(file)
-            .with_context(|| format!("cannot read {flag} {}", file.display()))?;
+        let handle = open_value_file(file, flag)?;
         read_limited(handle, &format!("{flag} {}", file.display()))?
     };
     let text = String::from_utf8(bytes)
@@ -99,6 +97,18 @@ pub fn read_credential(file: &Path, flag: &str) -> anyhow::Result<SecretValue> {
         bail!("{flag}: the file is empty");
     }
     Ok(value)
+}
+
+/// Opens the file a secret's value is read from. A name that is no file is not
+/// repeated in the error: it may be the value itself, typed where the file's name goes.
+fn open_value_file(path: &Path, flag: &str) -> anyhow::Result<std::fs::File> {
+    match std::fs::File::open(path) {
+        Ok(file) => Ok(file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "cannot read {flag}: there is no such file (its name is not repeated here, in case it was the value itself; then rotate that value, it is in your shell's history)"
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot read {flag} {}", path.display())),
+    }
 }
 
 fn read_limited(reader: impl Read, source: &str) -> anyhow::Result<Vec<u8>> {

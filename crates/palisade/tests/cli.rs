@@ -2034,3 +2034,25 @@ fn a_sandbox_leaves_the_terminal_as_it_found_it() {
         "{text}"
     );
 }
+
+/// A value typed where its file's name goes (`--value-file sk-live-…`) is not written
+/// back in the error, where it would reach a terminal's scrollback and logs.
+#[test]
+fn a_value_given_as_its_file_name_is_not_repeated() {
+    let palisade = Palisade::new();
+    let refused = palisade.run(&[
+        "secrets",
+        "create",
+        "--name",
+        "pasted",
+        "--host-pattern",
+        "api.example.com",
+        "--inject",
+        "bearer",
+        "--value-file",
+        "sk-live-PASTED0123456789",
+    ]);
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(!said.contains("PASTED0123456789"), "{said}");
+    refused.refused("no such file");
+}

@@ -170,7 +170,21 @@ impl ModelError {
     /// A sentence to show the person waiting for an answer.
     pub fn user_message(&self) -> String {
         // The error's own text starts in lower case, to follow a colon.
-        format!("I could not get an answer from the model: {self}")
+        let mut text = format!("I could not get an answer from the model: {self}");
+        if self.is_key_refused() {
+            // The key lives in the vault, out of the agent's reach: the person fixes it.
+            text.push_str(
+                ". The model's API did not accept the key the vault sent: replace it (`palisade secrets list` names the secret for that API; `palisade secrets rotate NAME`, or on the web UI: Vault, that secret, Rotate), then send the message again",
+            );
+        }
+        text
+    }
+
+    /// Whether the API refused the credential itself (401, or an authentication error
+    /// by name), not the request.
+    pub fn is_key_refused(&self) -> bool {
+        matches!(self, ModelError::Refused { status: 401, .. })
+            || matches!(self, ModelError::Refused { kind, .. } | ModelError::Stream { kind, .. } if kind == "authentication_error")
     }
 
     fn retryable(&self) -> bool {
@@ -532,6 +546,24 @@ mod tests {
             message: String::new(),
             retry_after: retry_after.map(Duration::from_secs),
             should_retry: should,
+        }
+    }
+
+    /// A key the API refused is the person's to replace: the message says where.
+    #[test]
+    fn a_refused_key_says_how_to_replace_it() {
+        for error in [
+            refused(401, "invalid_request_error", None, None),
+            refused(403, "authentication_error", None, None),
+        ] {
+            let text = error.user_message();
+            assert!(text.contains("palisade secrets rotate NAME"), "{text}");
+        }
+        for error in [
+            refused(403, "permission_error", None, None),
+            refused(429, "rate_limit_error", None, None),
+        ] {
+            assert!(!error.user_message().contains("rotate"), "{error}");
         }
     }
 

@@ -15,11 +15,9 @@ use serde::Deserialize;
 
 #[derive(Default, Deserialize)]
 pub(crate) struct DashboardQuery {
-    /// An agent that just got its model key.
+    /// An agent that just got its model key (what the key's check found is the web
+    /// server's own record, [`crate::WebState::key_checks`]).
     ready: Option<String>,
-    /// `unlisted`: the provider's models could not be read after the key was stored;
-    /// `local`: the vault refused the base URL's host as a local address.
-    models: Option<String>,
 }
 
 pub(crate) async fn page(
@@ -54,19 +52,14 @@ pub(crate) async fn render(
     let ready = query.ready.as_deref().and_then(|name| {
         let agent = agents.iter().find(|a| a.name.as_str() == name)?;
         let settings = AgentSettings::from_json(&agent.settings).ok()?;
-        // The host named comes from the agent's settings, never from the query.
-        let listing = match query.models.as_deref() {
-            None => setup::Listing::Listed,
-            Some("local") => setup::Listing::LocalRefused {
-                host: settings
-                    .effective_base_url()
-                    .parse::<axum::http::Uri>()
-                    .ok()
-                    .and_then(|uri| setup::local_allowance(&uri))
-                    .unwrap_or_else(|| "HOST".into()),
-            },
-            Some(_) => setup::Listing::Unlisted,
-        };
+        // What this server found when the key was stored; nothing for a link to an
+        // agent no key was stored for here.
+        let listing = state
+            .key_checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(name)
+            .cloned()?;
         // An OpenAI-compatible provider with the default Claude model: no model yet.
         let model = (settings.provider == "anthropic"
             || settings.model != palisade_host::settings::DEFAULT_MODEL)

@@ -111,7 +111,7 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
         }
     };
     state.model_lists.forget_agent(agent.name.as_str());
-    let mut target = format!("/?ready={}", agent.name);
+    let target = format!("/?ready={}", agent.name);
     // The provider's model list, read with the new key: it picks the model when none
     // was given, and tells whether the provider takes the key at all.
     let socket = state.host.vault_socket(&agent.name);
@@ -126,8 +126,8 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
             Err(_) => Ok(()),
         },
     };
-    match listing {
-        Ok(()) => {}
+    let checked = match listing {
+        Ok(()) => Listing::Listed,
         // 401 is the provider's: the vault answers 407 and 403 for its own refusals.
         Err(palisade_host::models::ModelsError::Refused {
             status: status @ 401,
@@ -152,17 +152,31 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
                 palisade_host::models::ModelsError::Refused { kind, .. }
                     if kind == "local_upstream_refused"
             );
-            target.push_str(if local {
-                "&models=local"
-            } else {
-                "&models=unlisted"
-            });
+            let host = palisade_host::settings::AgentSettings::from_json(&agent.settings)
+                .ok()
+                .and_then(|settings| {
+                    settings
+                        .effective_base_url()
+                        .parse::<axum::http::Uri>()
+                        .ok()
+                })
+                .and_then(|uri| local_allowance(&uri));
+            match (local, host) {
+                (true, Some(host)) => Listing::LocalRefused { host },
+                _ => Listing::Unlisted,
+            }
         }
-    }
+    };
+    state
+        .key_checks
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(agent.name.to_string(), checked);
     Ok(Redirect::to(&target).into_response())
 }
 
 /// Whether the provider's model list was read after a key was stored.
+#[derive(Clone)]
 pub(crate) enum Listing {
     Listed,
     /// It could not be read (the reason is in the host's log).
@@ -198,7 +212,11 @@ pub(crate) fn ready_card(agent: &str, model: Option<&str>, listing: &Listing) ->
         section.card.first-run.ready #ready {
             @match model {
                 Some(model) => {
-                    h2 { (agent) " is ready" }
+                    @match listing {
+                        Listing::Listed => { h2 { (agent) " is ready" } }
+                        Listing::Unlisted => { h2 { (agent) " has its key; its model is not checked yet" } }
+                        Listing::LocalRefused { .. } => { h2 { (agent) " cannot reach its model yet" } }
+                    }
                     p {
                         "The key is in the vault. " (agent) " thinks with " code #ready-model { (model) }
                         @if listed { ", the newest of its family the provider lists." } @else { "." }
