@@ -1,6 +1,8 @@
 //! The gateway's audit writer: a bounded queue drained by one thread that appends
 //! batches to the hash chain, so request handling never waits on SQLite commits.
-//! The queue applies back-pressure when full rather than dropping rows.
+//! The queue applies back-pressure when full rather than dropping rows; the few rows
+//! queued without waiting (from `Drop`) that find it full are counted and written as
+//! `audit.dropped` rows with the next batch.
 //!
 //! The same thread writes the per-agent, per-hour counts of request outcomes the web
 //! UI charts (plain allowed traffic has no audit row). Counting is an in-memory
@@ -38,14 +40,25 @@ type Counts = HashMap<(String, i64), HashMap<Outcome, u64>>;
 /// (with a warning) rather than memory grown.
 const MAX_COUNTED: usize = 4096;
 
+/// Rows [`AuditSender::try_record`] could not queue, by (event, agent).
+type Dropped = HashMap<(String, Option<String>), u64>;
+
+/// Most distinct (event, agent) pairs of dropped rows kept; beyond it they are counted
+/// under no agent.
+const MAX_DROPPED_KEYS: usize = 256;
+
 #[derive(Clone)]
 pub struct AuditSender {
     queue: mpsc::Sender<Item>,
     counts: Arc<Mutex<Counts>>,
+    /// What could not be queued, written as `audit.dropped` rows with the next batch:
+    /// a row lost to a full queue (an agent abandoning credentialed requests faster
+    /// than they are written) still leaves its trace in the log.
+    dropped: Arc<Mutex<Dropped>>,
 }
 
-fn lock(counts: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
-    counts
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -82,7 +95,7 @@ impl AuditSender {
     /// Queues a row without waiting (from `Drop`, or from a response body as it
     /// streams); dropped with a warning when the queue is full.
     pub fn try_record(&self, entry: AuditEntry) {
-        let event = entry.event.clone();
+        let (event, agent) = (entry.event.clone(), entry.agent.clone());
         if self
             .queue
             .try_send(Item::Row(palisade_store::now_ms(), entry))
@@ -91,8 +104,14 @@ impl AuditSender {
             palisade_policy::budgeted!(
                 warn,
                 event,
-                "the audit queue is full; one row was not written"
+                "the audit queue is full; one row was not written (counted in an audit.dropped row)"
             );
+            let mut dropped = lock(&self.dropped);
+            let key = match dropped.len() < MAX_DROPPED_KEYS {
+                true => (event, agent),
+                false => (event, None),
+            };
+            *dropped.entry(key).or_default() += 1;
         }
     }
 
@@ -111,6 +130,8 @@ pub fn start(home: &Home) -> Result<(AuditSender, std::thread::JoinHandle<()>), 
     let (tx, mut rx) = mpsc::channel::<Item>(QUEUE);
     let counts: Arc<Mutex<Counts>> = Arc::default();
     let gathered = counts.clone();
+    let dropped: Arc<Mutex<Dropped>> = Arc::default();
+    let lost = dropped.clone();
     let handle = std::thread::Builder::new()
         .name("palisade-audit".into())
         .spawn(move || {
@@ -136,6 +157,7 @@ pub fn start(home: &Home) -> Result<(AuditSender, std::thread::JoinHandle<()>), 
                         }
                     }
                 }
+                batch.extend(dropped_rows(&lost));
                 if !batch.is_empty() {
                     append(&store, &batch);
                     batch.clear();
@@ -148,7 +170,34 @@ pub fn start(home: &Home) -> Result<(AuditSender, std::thread::JoinHandle<()>), 
             }
         })
         .map_err(|e| crate::VaultError::Io(format!("cannot start the audit writer: {e}")))?;
-    Ok((AuditSender { queue: tx, counts }, handle))
+    Ok((
+        AuditSender {
+            queue: tx,
+            counts,
+            dropped,
+        },
+        handle,
+    ))
+}
+
+/// One `audit.dropped` row per (event, agent) of the rows that could not be queued
+/// since the last batch, with how many.
+fn dropped_rows(dropped: &Mutex<Dropped>) -> Vec<(i64, AuditEntry)> {
+    let taken = std::mem::take(&mut *lock(dropped));
+    let now = palisade_store::now_ms();
+    taken
+        .into_iter()
+        .map(|((event, agent), rows)| {
+            let entry = AuditEntry {
+                event: "audit.dropped".into(),
+                agent,
+                decision: Some("dropped".into()),
+                detail: Some(serde_json::json!({ "event": event, "rows": rows })),
+                ..AuditEntry::default()
+            };
+            (now, entry)
+        })
+        .collect()
 }
 
 /// How often a batch is tried again while another process holds the database's write
@@ -200,5 +249,38 @@ fn write_counts(store: &Store, counts: &Mutex<Counts>) {
         .collect();
     if let Err(e) = store.add_request_counts(&rows) {
         tracing::warn!(error = %e, "could not store request counts");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row that finds the queue full is counted, and the count becomes an
+    /// `audit.dropped` row naming its event and agent; counted once.
+    #[test]
+    fn a_row_the_full_queue_refuses_leaves_an_audit_dropped_row() {
+        let (queue, _receiver) = mpsc::channel::<Item>(1);
+        let sender = AuditSender {
+            queue,
+            counts: Arc::default(),
+            dropped: Arc::default(),
+        };
+        let gone = || AuditEntry {
+            event: "request".into(),
+            agent: Some("greedy".into()),
+            decision: Some("client_gone".into()),
+            ..AuditEntry::default()
+        };
+        for _ in 0..3 {
+            sender.try_record(gone());
+        }
+        let rows = dropped_rows(&sender.dropped);
+        assert_eq!(rows.len(), 1, "one queued, two counted under one key");
+        let row = &rows[0].1;
+        assert_eq!(row.event, "audit.dropped");
+        assert_eq!(row.agent.as_deref(), Some("greedy"));
+        assert_eq!(row.detail.as_ref().unwrap()["rows"], 2);
+        assert!(dropped_rows(&sender.dropped).is_empty());
     }
 }

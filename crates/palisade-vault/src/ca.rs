@@ -17,7 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::io::Write;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,6 +69,20 @@ impl CertificateAuthority {
             VaultError::Io(format!("cannot {what} {}: {e}", path.display()))
         };
         let (ca_pem, key) = if key_path.exists() && cert_path.exists() {
+            // Whoever reads the CA key can make certificates every agent trusts: one
+            // others could read is refused, as the master key is (`chmod 600` fixes it).
+            let mode = std::fs::metadata(&key_path)
+                .map_err(|e| io("read", &key_path, e))?
+                .permissions()
+                .mode()
+                & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(VaultError::Io(format!(
+                    "the CA key {} is readable by other users (mode {mode:04o}); run `chmod 600 {}` and try again",
+                    key_path.display(),
+                    key_path.display()
+                )));
+            }
             let key_pem =
                 std::fs::read_to_string(&key_path).map_err(|e| io("read", &key_path, e))?;
             let key = KeyPair::from_pem(&key_pem).map_err(|e| {
@@ -177,5 +191,27 @@ impl CertificateAuthority {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.session_storage = rustls::server::ServerSessionMemoryCache::new(256);
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA key others can read is refused (whoever reads it can make certificates
+    /// every agent trusts); made private again, it loads.
+    #[test]
+    fn a_ca_key_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        CertificateAuthority::load_or_create(&ca).unwrap();
+        let key = ca.join("ca.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let Err(refused) = CertificateAuthority::load_or_create(&ca) else {
+            panic!("a world-readable CA key was used");
+        };
+        assert!(refused.to_string().contains("chmod 600"), "{refused}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        CertificateAuthority::load_or_create(&ca).unwrap();
     }
 }
