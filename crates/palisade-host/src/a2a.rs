@@ -74,22 +74,44 @@ async fn try_send(
         Wait::No => "tell_agent",
     };
     let from = message.agent.clone();
-    let to: AgentName = to
-        .parse()
-        .map_err(|_| format!("{tool} needs \"agent\": the name of another agent"))?;
+    let to: AgentName = match to.parse() {
+        Ok(to) => to,
+        Err(_) => {
+            // The name as given, escaped and cut: it is the agent's text.
+            let given = palisade_store::input::clean(to);
+            audit(
+                inner,
+                &from,
+                "bad_recipient",
+                serde_json::json!({ "to": given, "message_id": message.id }),
+            )
+            .await;
+            return Err(format!("{tool} needs \"agent\": the name of another agent"));
+        }
+    };
     if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES {
         return Err(format!(
             "{tool} needs a \"text\" of 1 to {MAX_TEXT_BYTES} bytes"
         ));
     }
+    // What every row of this message names: the receiver and the sender's message.
+    let about = serde_json::json!({ "to": to.as_str(), "message_id": message.id });
+    let with = |extra: serde_json::Value| {
+        let mut detail = about.clone();
+        if let (Some(detail), serde_json::Value::Object(extra)) = (detail.as_object_mut(), extra) {
+            detail.extend(extra);
+        }
+        detail
+    };
     if to == from {
+        audit(inner, &from, "to_itself", about.clone()).await;
         return Err("an agent cannot message itself".into());
     }
     let store = inner.store.clone();
     let (f, t) = (from.clone(), to.clone());
     let link = blocking(move || store.agent_link(&f, &t)).await?;
     let Some(link) = link else {
-        audit(inner, &from, &to, "not_allowed", None).await;
+        audit(inner, &from, "not_allowed", about.clone()).await;
         return Err(format!(
             "agent {from} may not message agent {to}: it is not on {from}'s allow-list. Tell the user; the owner can allow it with `palisade agents allow {from} --to {to}`."
         ));
@@ -107,7 +129,13 @@ async fn try_send(
             ChainStop::Cycle { path, .. } => ("cycle", path.clone()),
             ChainStop::HopLimit { path, .. } => ("hop_limit", path.clone()),
         };
-        audit(inner, &from, &to, decision, Some(path)).await;
+        audit(
+            inner,
+            &from,
+            decision,
+            with(serde_json::json!({ "path": path })),
+        )
+        .await;
         return Err(stop.to_string());
     }
     // Waits across conversations: agents that ask each other in a ring (A asks B, B
@@ -122,7 +150,13 @@ async fn try_send(
                     .map(AgentName::as_str)
                     .collect::<Vec<_>>()
                     .join(" → ");
-                audit(inner, &from, &to, "deadlock", Some(path.clone())).await;
+                audit(
+                    inner,
+                    &from,
+                    "deadlock",
+                    with(serde_json::json!({ "path": path })),
+                )
+                .await;
                 return Err(format!(
                     "not sent: {to} is itself waiting for an answer that waits on you ({path}), so you would both wait until the ask times out. Answer with what you have, or use tell_agent."
                 ));
@@ -134,7 +168,7 @@ async fn try_send(
     let (f, t) = (from.clone(), to.clone());
     let counted = blocking(move || send_place(&store, &f, &t, palisade_store::now_ms())).await?;
     if let Err(over) = counted {
-        audit(inner, &from, &to, "rate_limited", None).await;
+        audit(inner, &from, "rate_limited", about.clone()).await;
         return Err(over);
     }
 
@@ -156,6 +190,9 @@ async fn try_send(
     }
     let digest = hex::encode(&Sha256::digest(text.as_bytes())[..16]);
     let key = format!("a2a:{from}:{}:{to}:{digest}", message.id);
+    // From here on rows name the message's key: the digest of its text, and the key
+    // its approvals carry (`KEY:out`, `KEY:in`, `KEY:answer`).
+    let keyed = with(serde_json::json!({ "key": key }));
 
     // A person, where the allow-list asks for one, and always for what leaves an
     // action agent's compartment for a research agent.
@@ -191,14 +228,14 @@ async fn try_send(
         match person_decides(inner, ask).await? {
             None => {}
             Some(Refused::Denied { approver, comment }) => {
-                audit(inner, &from, &to, "denied", None).await;
+                audit(inner, &from, "denied", keyed.clone()).await;
                 return Ok(format!(
                     "not sent: {approver} denied the message to {to}{}.",
                     said(inner, &from, comment).await
                 ));
             }
             Some(Refused::TimedOut) => {
-                audit(inner, &from, &to, "timed_out", None).await;
+                audit(inner, &from, "timed_out", keyed.clone()).await;
                 return Ok(format!(
                     "not sent: nobody approved the message to {to} in time."
                 ));
@@ -220,7 +257,9 @@ async fn try_send(
     // Subscribed before the wake, so the answer cannot slip past.
     let mut events = inner.subscribe(accepted.message_id);
     if new {
-        audit(inner, &from, &to, "sent", None).await;
+        let mut sent = keyed.clone();
+        sent["delivered_as"] = accepted.message_id.into();
+        audit(inner, &from, "sent", sent).await;
     }
     inner
         .wake(&to)
@@ -276,14 +315,26 @@ async fn try_send(
         match person_decides(inner, ask).await? {
             None => {}
             Some(Refused::Denied { approver, comment }) => {
-                audit(inner, &to, &from, "denied", None).await;
+                audit(
+                    inner,
+                    &to,
+                    "answer_denied",
+                    serde_json::json!({ "to": from.as_str(), "key": key, "answer_to": accepted.message_id }),
+                )
+                .await;
                 return Err(format!(
                     "{to} answered, but {approver} did not let its answer out of {to}'s compartment{}. Go on without it.",
                     said(inner, &from, comment).await
                 ));
             }
             Some(Refused::TimedOut) => {
-                audit(inner, &to, &from, "timed_out", None).await;
+                audit(
+                    inner,
+                    &to,
+                    "answer_timed_out",
+                    serde_json::json!({ "to": from.as_str(), "key": key, "answer_to": accepted.message_id }),
+                )
+                .await;
                 return Err(format!(
                     "{to} answered, but nobody let its answer out of {to}'s compartment in time. Go on without it."
                 ));
@@ -473,19 +524,14 @@ fn row_allowed(
     decision: &str,
 ) -> Option<u64> {
     match decision {
-        "not_allowed" | "cycle" | "hop_limit" | "rate_limited" => budget.take(from.as_str()),
+        "not_allowed" | "cycle" | "hop_limit" | "rate_limited" | "bad_recipient" | "to_itself" => {
+            budget.take(from.as_str())
+        }
         _ => Some(0),
     }
 }
 
-async fn audit(
-    inner: &HostInner,
-    from: &AgentName,
-    to: &AgentName,
-    decision: &str,
-    path: Option<String>,
-) {
-    let mut detail = serde_json::json!({ "to": to.as_str(), "path": path });
+async fn audit(inner: &HostInner, from: &AgentName, decision: &str, mut detail: serde_json::Value) {
     let Some(left_out) = row_allowed(&inner.message_refusals, from, decision) else {
         return;
     };

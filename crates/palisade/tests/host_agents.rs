@@ -168,6 +168,26 @@ fn a_message_between_agents_arrives_sanitized_and_labelled_and_the_answer_return
         "{sessions}"
     );
     assert_eq!(audit_decisions(&world), vec!["sent".to_string()]);
+    // The row ties the message to what was said and to its approvals: the sending
+    // message, the key (the text's digest; its approvals carry `KEY:…`), the message
+    // it was delivered as.
+    let rows: Value = serde_json::from_slice(
+        &ok(world
+            .palisade
+            .run(&["audit", "list", "--event", "agent.message", "--json"]))
+        .stdout,
+    )
+    .unwrap();
+    let detail = &rows[0]["detail"];
+    assert_eq!(detail["to"], "mailer", "{detail}");
+    assert!(detail["message_id"].as_i64().is_some(), "{detail}");
+    assert!(detail["delivered_as"].as_i64().is_some(), "{detail}");
+    assert!(
+        detail["key"]
+            .as_str()
+            .is_some_and(|key| key.starts_with("a2a:helper:")),
+        "{detail}"
+    );
     world.down(host);
 }
 
@@ -201,8 +221,13 @@ fn an_agent_reaches_only_agents_on_its_allow_list_and_loops_are_stopped() {
         "--display-name",
         "Owner",
     ]));
-    // Not allowed: the tool fails and mailer's model is never called.
+    // A name that is no agent's, then one not allowed: each tool call fails, each
+    // leaves a row, and mailer's model is never called.
     world.upstream.script_anthropic(vec![
+        ScriptedTurn::tool_use(
+            "tell_agent",
+            serde_json::json!({"agent": "Mailer\u{202e} ", "text": "hello"}),
+        ),
         ScriptedTurn::tool_use(
             "tell_agent",
             serde_json::json!({"agent": "mailer", "text": "hello"}),
@@ -217,12 +242,12 @@ fn an_agent_reaches_only_agents_on_its_allow_list_and_loops_are_stopped() {
         text(&output),
         host.stderr()
     );
-    let refused = shown(&world, 1);
+    let refused = shown(&world, 2);
     assert!(
         refused.contains("may not message agent mailer"),
         "{refused}"
     );
-    assert_eq!(world.model_requests().len(), 2, "mailer was reached");
+    assert_eq!(world.model_requests().len(), 3, "mailer was reached");
 
     // Both directions allowed: helper asks mailer, mailer asks helper back — a loop.
     ok(world
@@ -252,14 +277,14 @@ fn an_agent_reaches_only_agents_on_its_allow_list_and_loops_are_stopped() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("helper: done"));
     // Mailer's call back to helper was refused as a loop, naming the path.
-    let looped = shown(&world, 4);
+    let looped = shown(&world, 5);
     assert!(
         looped.contains("helper → mailer → helper") && looped.contains("would loop"),
         "{looped}"
     );
-    assert_eq!(world.model_requests().len(), 6, "the loop went on");
+    assert_eq!(world.model_requests().len(), 7, "the loop went on");
     let decisions = audit_decisions(&world);
-    for expected in ["not_allowed", "sent", "cycle"] {
+    for expected in ["bad_recipient", "not_allowed", "sent", "cycle"] {
         assert!(
             decisions.iter().any(|d| d == expected),
             "{expected}: {decisions:?}"
