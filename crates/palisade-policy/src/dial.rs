@@ -63,7 +63,7 @@ impl ApprovalFrequency {
     fn explain(self) -> &'static str {
         match self {
             ApprovalFrequency::Every => "a person approves every request that carries one of its credentials",
-            ApprovalFrequency::FirstUse => "a person approves the first request to each host that carries one of its credentials; after an approval, requests to that host go ahead for an hour",
+            ApprovalFrequency::FirstUse => "a person approves the first request to each host and port with each of its credentials; after an approval, requests there with that credential go ahead for an hour",
             ApprovalFrequency::Writes => "a person approves every request that carries one of its credentials and may change something (not GET, HEAD or OPTIONS; a WebSocket counts as a write)",
             ApprovalFrequency::Never => "a person is asked only where a require_approval rule says so",
         }

@@ -9,7 +9,7 @@
 //! The method bodies live in one file per concept under `store/`.
 
 mod agents;
-mod approvals;
+pub(crate) mod approvals;
 mod audit;
 pub use audit::MIN_AUDIT_RETENTION;
 mod channels;

@@ -157,6 +157,20 @@ fn the_dial_holds_credentialed_requests_as_set() {
         !held_then_approved(&setup, &token, "POST", "/first/two"),
         "approved once, the host is open for the hour"
     );
+    // For that credential: another secret of the same host is another credential the
+    // person never saw on a card, and is held the first time too.
+    setup.secret(
+        "admin-key",
+        "localhost",
+        Some("/admin/*"),
+        "bearer",
+        &["mailer"],
+        "tok-admin",
+    );
+    assert!(
+        held_then_approved(&setup, &token, "DELETE", "/admin/everything"),
+        "an approval of one secret's use opened another's"
+    );
 
     // Requests that carry no credential are never held by a dial.
     setup.cli(&["agents", "dial", "plain", "--preset", "strict"]);

@@ -451,22 +451,39 @@ impl Store {
 impl Store {
     /// Whether a person approved a request of `agent` to `host` held by `rule` (its
     /// recorded context) at or after `since_ms`.
-    pub fn approved_since(
-        &self,
-        agent: &palisade_policy::AgentName,
-        host: &str,
-        rule: &str,
-        since_ms: i64,
-    ) -> Result<bool> {
+    pub fn approved_since(&self, approved: &ApprovedUse<'_>, since_ms: i64) -> Result<bool> {
         self.read(|tx| {
             Ok(tx
                 .prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM approvals
                      WHERE agent = ?1 AND status = 'approved' AND decided_at_ms >= ?2
                        AND json_extract(context, '$.host') = ?3
-                       AND json_extract(context, '$.rule') = ?4)",
+                       AND json_extract(context, '$.port') = ?4
+                       AND json_extract(context, '$.secret') IS ?5
+                       AND json_extract(context, '$.rule') = ?6)",
                 )?
-                .query_row((agent.as_str(), since_ms, host, rule), |row| row.get(0))?)
+                .query_row(
+                    (
+                        approved.agent.as_str(),
+                        since_ms,
+                        approved.host,
+                        approved.port,
+                        approved.secret,
+                        approved.rule,
+                    ),
+                    |row| row.get(0),
+                )?)
         })
     }
+}
+
+/// What a person approved, for [`Store::approved_since`]: a request of `agent` to
+/// `host` and `port` with the secret `secret` (its name), held by `rule`. Another port
+/// is another service, and another secret another credential the person never saw.
+pub struct ApprovedUse<'a> {
+    pub agent: &'a palisade_policy::AgentName,
+    pub host: &'a str,
+    pub port: u16,
+    pub secret: Option<&'a str>,
+    pub rule: &'a str,
 }

@@ -71,25 +71,38 @@ const DIAL_PREFIX: &str = "dial:";
 const FIRST_USE_WINDOW_MS: i64 = 60 * 60 * 1000;
 
 /// Whether a `first-use` dial's hold can be skipped: a person approved a request of
-/// this agent to this host, held by the same dial, within the last hour.
+/// this agent to this host and port with this secret, held by the same dial, within the
+/// last hour. (Keyed on the host alone, one approved GET to one port let a DELETE with
+/// another credential through to another service of the same address.)
 pub(super) async fn approved_recently(
     shared: &Shared,
     agent: &AgentName,
-    host: &str,
+    target: &Target,
+    secret: Option<&str>,
     frequency: ApprovalFrequency,
 ) -> bool {
     if frequency != ApprovalFrequency::FirstUse {
         return false;
     }
     let store = shared.store.clone();
-    let (agent, host) = (agent.clone(), host.to_string());
+    let (agent, host, port) = (agent.clone(), target.host.clone(), target.port);
+    let secret = secret.map(str::to_string);
     let rule = format!("{DIAL_PREFIX}{frequency}");
     let since = palisade_store::now_ms() - FIRST_USE_WINDOW_MS;
-    tokio::task::spawn_blocking(move || store.approved_since(&agent, &host, &rule, since))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(false)
+    tokio::task::spawn_blocking(move || {
+        let approved = palisade_store::ApprovedUse {
+            agent: &agent,
+            host: &host,
+            port,
+            secret: secret.as_deref(),
+            rule: &rule,
+        };
+        store.approved_since(&approved, since)
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or(false)
 }
 
 pub(super) async fn hold(

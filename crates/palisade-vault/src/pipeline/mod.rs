@@ -142,7 +142,8 @@ async fn run(
     let reason = match evaluation.verdict {
         Verdict::RequireApproval { rule } => Some(hold::HoldReason::Rule(rule)),
         Verdict::DialApproval { frequency } => {
-            if hold::approved_recently(shared, agent, &target.host, frequency).await {
+            let secret = evaluation.secret.map(|s| s.name.as_str());
+            if hold::approved_recently(shared, agent, target, secret, frequency).await {
                 None
             } else {
                 Some(hold::HoldReason::Dial(frequency))
