@@ -348,10 +348,9 @@ impl Engine {
             .map_err(|_| not_offered("its path cannot be written as an exact pattern"))?;
         let method = MethodPattern::exact(&method)
             .map_err(|_| not_offered("its method is not one of the standard ones"))?;
-        let holding = self
-            .store
-            .list_rules()?
-            .into_iter()
+        let rules = self.store.list_rules()?;
+        let holding = rules
+            .iter()
             .find(|rule| rule.name == rule_name)
             .ok_or_else(|| not_offered("the rule that held it no longer exists"))?;
         let scope: Scope = holding
@@ -366,7 +365,7 @@ impl Engine {
             ),
             _ => None,
         };
-        Ok(NewRule {
+        let grant = NewRule {
             name: format!(
                 "{}-{}",
                 if choice == Choice::ForHour {
@@ -386,7 +385,11 @@ impl Engine {
             body_contains: None,
             scope,
             approval_timeout_ms: None,
-        })
+        };
+        if let Some(block) = crate::grant::block_passed_by(&grant, &rules, self.clock.now_ms()) {
+            return Err(not_offered(&crate::suggest::passes_block(&block)));
+        }
+        Ok(grant)
     }
 
     /// Closes a pending approval nobody decided; a decision that raced in first stands.

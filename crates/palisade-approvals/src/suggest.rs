@@ -79,7 +79,23 @@ pub fn accept(
         });
     }
     let rule = suggestion.rule().map_err(AcceptError::Rule)?;
+    // Checked again against the rules as they are now.
+    if let Some(block) =
+        crate::grant::block_passed_by(&rule, &store.list_rules()?, palisade_store::now_ms())
+    {
+        return Err(AcceptError::Rule(format!(
+            "{}; approve such requests one at a time, or change {block}",
+            passes_block(&block)
+        )));
+    }
     Ok(store.create_rule(rule)?)
+}
+
+/// Why a rule that would pass block rule `block` is not made.
+pub(crate) fn passes_block(block: &str) -> String {
+    format!(
+        "the block rule {block} also covers this request, and an allow rule for it would be evaluated before that block, letting through what it stops"
+    )
 }
 
 /// One proposed rule and what it would have allowed.
@@ -247,7 +263,7 @@ pub fn suggest(
                     .finalize();
                 hex::encode(&hash[..4])
             };
-            Some(Suggestion {
+            let suggestion = Suggestion {
                 number: 0,
                 rule_name: format!("suggested-{agent}-{digest}"),
                 priority: holding.priority.saturating_add(1),
@@ -262,7 +278,14 @@ pub fn suggest(
                 approvers: group.approvers,
                 first_at_ms: group.first_at_ms,
                 last_at_ms: group.last_at_ms,
-            })
+            };
+            // Not suggested: it would pass a block rule (a rule expired before the
+            // window counts as in force here; `accept` checks against now).
+            let rule = suggestion.rule().ok()?;
+            if crate::grant::block_passed_by(&rule, rules, since_ms).is_some() {
+                return None;
+            }
+            Some(suggestion)
         })
         .collect();
     suggestions.sort_by(|a, b| {
@@ -406,6 +429,43 @@ mod tests {
             ));
         }
         week
+    }
+
+    /// A suggestion whose rule would sit above a block rule covering the same requests
+    /// (in its layer, at or below its priority) is not made: accepting it would let
+    /// through what the block stops.
+    #[test]
+    fn no_suggestion_passes_a_block_rule() {
+        let block = RuleRecord {
+            id: 2,
+            name: "no-label-spam".into(),
+            path_pattern: Some("/gmail/v1/users/*/labels".into()),
+            method: "POST".into(),
+            action: "block".into(),
+            body_contains: Some("spam".into()),
+            ..holding_rule()
+        };
+        let suggestions = suggest(
+            &recorded_week(),
+            &[holding_rule(), block.clone()],
+            NOW - 7 * DAY,
+            3,
+        );
+        assert!(suggestions.is_empty(), "{suggestions:#?}");
+        // In the other layer, or above the rule it would make, it changes nothing.
+        for other in [
+            RuleRecord {
+                scope: "org".into(),
+                ..block.clone()
+            },
+            RuleRecord {
+                priority: 7,
+                ..block
+            },
+        ] {
+            let suggestions = suggest(&recorded_week(), &[holding_rule(), other], NOW - 7 * DAY, 3);
+            assert_eq!(suggestions.len(), 1, "{suggestions:#?}");
+        }
     }
 
     #[test]

@@ -530,3 +530,56 @@ fn requests_whose_holder_died_are_cancelled() {
         ApprovalStatus::Pending
     );
 }
+
+/// "Always" and "for 1 h" make an allow rule one above the holding rule in its layer,
+/// where the first matching rule wins: over a block rule of that layer that also covers
+/// the request (here one that stops some of its bodies) it would have been evaluated
+/// first, disabling that block for the agent with one click. Such a grant is not made
+/// (the request can still be approved once), nor suggested from a history of such
+/// approvals; a block that sits above the grant changes nothing.
+#[test]
+fn a_grant_never_passes_a_block_rule() {
+    let w = world();
+    let sent = "/gmail/v1/users/me/messages/send";
+    let block = |name: &str, priority: i64| NewRule {
+        name: name.into(),
+        host: HostPattern::parse("gmail.googleapis.com").unwrap(),
+        path: Some(PathPattern::parse("/gmail/v1/users/*/messages/send").unwrap()),
+        method: MethodPattern::parse("POST").unwrap(),
+        action: RuleAction::Block,
+        agent: None,
+        priority,
+        expires_at_ms: None,
+        body_contains: Some("attacker@evil.example".into()),
+        scope: Scope::User,
+        approval_timeout_ms: None,
+    };
+    w.store
+        .create_rule(block("no-mail-to-attacker", 3))
+        .unwrap();
+    let id = held_send(&w, sent);
+    for choice in [Choice::Always, Choice::ForHour] {
+        let refused = w.engine.decide(&id, &ana(), choice, None);
+        match refused {
+            Err(palisade_approvals::engine::ApprovalError::ChoiceNotOffered { reason }) => {
+                assert!(reason.contains("no-mail-to-attacker"), "{reason}")
+            }
+            other => panic!("{choice:?}: expected no grant, got {other:?}"),
+        }
+    }
+    assert!(
+        !w.store
+            .list_rules()
+            .unwrap()
+            .iter()
+            .any(|r| r.action == "allow"),
+        "no allow rule was made"
+    );
+    // Once is still offered.
+    w.engine.decide(&id, &ana(), Choice::Once, None).unwrap();
+    // With the block above where the grant would go, the grant is made.
+    w.store.delete_rule("no-mail-to-attacker").unwrap();
+    w.store.create_rule(block("above", 10)).unwrap();
+    let again = held_send(&w, sent);
+    granted(&w, &again, Choice::Always);
+}
