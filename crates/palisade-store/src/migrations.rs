@@ -322,13 +322,26 @@ ALTER TABLE audit_head ADD COLUMN first_prev_hash TEXT NOT NULL
 ALTER TABLE audit_head ADD COLUMN start_mac TEXT;
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
+/// The audit log's end signed: `head_mac` is an HMAC of the head (last id and hash)
+/// under a key derived from the master key, written with every head, so rows appended
+/// (and the head moved over them) by someone who can write the database but has no key
+/// are told apart from the gateway's. A database migrated to this version has its head
+/// signed once, at that open ([`crate::Store::open`]).
+const V10: &str = r#"
+ALTER TABLE audit_head ADD COLUMN head_mac TEXT;
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
+
+/// The version that added `audit_head.head_mac`.
+pub(crate) const SIGNED_HEAD: i64 = 10;
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
 
-/// Brings the schema to [`LATEST`], or refuses a newer one.
-pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+/// Brings the schema to [`LATEST`], or refuses a newer one; the version it found
+/// (what this call migrated from; [`LATEST`] when there was nothing to do).
+pub(crate) fn migrate(conn: &mut Connection) -> Result<i64> {
     // Cheap check outside a write transaction so a read-only look at a newer database
     // fails with the clear error instead of waiting for a write lock.
     let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -339,7 +352,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
         });
     }
     if found == LATEST {
-        return Ok(());
+        return Ok(found);
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -361,5 +374,5 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     // PRAGMA does not take bound parameters; LATEST is a compile-time integer.
     tx.execute_batch(&format!("PRAGMA user_version = {LATEST}"))?;
     tx.commit()?;
-    Ok(())
+    Ok(found)
 }

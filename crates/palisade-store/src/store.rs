@@ -103,6 +103,15 @@ impl Store {
         loop {
             let attempt = configure(&conn)
                 .and_then(|()| crate::migrations::migrate(&mut conn))
+                .and_then(|from| {
+                    // The head of a log written before heads were signed is signed
+                    // once, by the open that migrated it (never later: an unsigned head
+                    // then is rows someone added without the key).
+                    if from < crate::migrations::SIGNED_HEAD {
+                        audit::sign_unsigned_head(&conn, &key)?;
+                    }
+                    Ok(())
+                })
                 .and_then(|()| check_master_key(&conn, &key))
                 .and_then(|()| purge_stale_rate_events(&conn));
             match attempt {
@@ -315,7 +324,7 @@ impl Store {
              ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
             [],
         )?;
-        audit::append_in(tx, crate::now_ms(), entry)
+        audit::append_in(tx, &self.inner.key, crate::now_ms(), entry)
     }
 }
 

@@ -268,17 +268,98 @@ fn truncated_tail_is_detected() {
 /// how far the log went.
 #[test]
 fn tail_deleted_with_the_head_rewritten_is_detected() {
-    let t = with_rows(10);
+    let t = with_rows(7);
+    // The head record as it was at row 7, signature included, kept by the attacker.
     let conn = common::raw(&t.home);
+    let (hash, mac): (String, String) = conn
+        .query_row(
+            "SELECT last_hash, head_mac FROM audit_head WHERE id = 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    let later: Vec<_> = (8..=10)
+        .map(|i| (i * 1000, request("odd", "h", "allowed")))
+        .collect();
+    t.store.append_audit_batch(&later).unwrap();
     conn.execute("DELETE FROM audit WHERE id >= 8", []).unwrap();
-    conn.execute(
-        "UPDATE audit_head SET last_id = 7, last_hash = (SELECT hash FROM audit WHERE id = 7)",
-        [],
-    )
-    .unwrap();
+    // Moved back without the signature: the end is not signed.
+    conn.execute("UPDATE audit_head SET last_id = 7, last_hash = ?1", [&hash])
+        .unwrap();
+    let (_, problem) = verify_problem(&t.store);
+    assert!(
+        problem.contains("does not carry this home's signature"),
+        "{problem}"
+    );
+    // Moved back with the old signature: the anchor knows how far the log went.
+    conn.execute("UPDATE audit_head SET head_mac = ?1", [&mac])
+        .unwrap();
     let (id, problem) = verify_problem(&t.store);
     assert_eq!(id, Some(8));
     assert!(problem.contains("anchor records row 10"), "{problem}");
+}
+
+/// Rows added at the end with their hashes computed as palisade does (the chain's
+/// hash is unkeyed) and the head moved over them are not palisade's: the head's
+/// signature says so, and later writes do not sign them over (they did: the next row
+/// extended the forged end and signed it, and the anchor moved on).
+#[test]
+fn rows_added_at_the_end_without_the_key_are_detected() {
+    let t = with_rows(4);
+    let forged = common::store();
+    // The same four rows, then a forged approval, in a home of its own.
+    let same: Vec<_> = (1..=4)
+        .map(|i| {
+            let agent = if i % 2 == 0 { "even" } else { "odd" };
+            let decision = if i % 3 == 0 { "blocked" } else { "allowed" };
+            (
+                i * 1000,
+                request(agent, &format!("h{}.example.com", i % 4), decision),
+            )
+        })
+        .collect();
+    forged.store.append_audit_batch(&same).unwrap();
+    forged
+        .store
+        .append_audit_batch(&[(
+            5000,
+            AuditEntry {
+                event: "approval.decide".into(),
+                actor: Some("cli:alice".into()),
+                decision: Some("approved".into()),
+                ..AuditEntry::default()
+            },
+        )])
+        .unwrap();
+    let conn = common::raw(&t.home);
+    conn.execute(
+        &format!(
+            "ATTACH DATABASE '{}' AS forged",
+            forged.home.database().display()
+        ),
+        [],
+    )
+    .unwrap();
+    conn.execute_batch(
+        "INSERT INTO audit SELECT * FROM forged.audit WHERE id = 5;
+         UPDATE audit_head SET last_id = 5, last_hash = (SELECT last_hash FROM forged.audit_head);",
+    )
+    .unwrap();
+    let (_, problem) = verify_problem(&t.store);
+    assert!(
+        problem.contains("does not carry this home's signature"),
+        "{problem}"
+    );
+    for _ in 0..3 {
+        t.store
+            .append_audit(&request("odd", "h", "allowed"))
+            .unwrap();
+    }
+    let (_, problem) = verify_problem(&t.store);
+    assert!(
+        problem.contains("does not carry this home's signature"),
+        "{problem}"
+    );
 }
 
 /// Writers in several handles (processes, in production) move the one anchor file in
@@ -372,12 +453,24 @@ fn an_edited_or_missing_anchor_is_detected() {
 /// log grew past the row the anchor named).
 #[test]
 fn a_cut_log_stays_detected_after_more_writes() {
-    let t = with_rows(10);
+    let t = with_rows(5);
+    // The signed head record at row 5, kept by the attacker and put back after the cut.
     let conn = common::raw(&t.home);
+    let (hash, mac): (String, String) = conn
+        .query_row(
+            "SELECT last_hash, head_mac FROM audit_head WHERE id = 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    let later: Vec<_> = (6..=10)
+        .map(|i| (i * 1000, request("odd", "h", "allowed")))
+        .collect();
+    t.store.append_audit_batch(&later).unwrap();
     conn.execute("DELETE FROM audit WHERE id >= 6", []).unwrap();
     conn.execute(
-        "UPDATE audit_head SET last_id = 5, last_hash = (SELECT hash FROM audit WHERE id = 5)",
-        [],
+        "UPDATE audit_head SET last_id = 5, last_hash = ?1, head_mac = ?2",
+        [&hash, &mac],
     )
     .unwrap();
     for _ in 0..8 {
@@ -426,13 +519,19 @@ fn a_rechained_log_stays_detected_after_more_writes() {
          UPDATE audit_head SET last_hash = (SELECT last_hash FROM forged.audit_head);",
     )
     .unwrap();
-    let (_, problem) = verify_problem(&t.store);
-    assert!(problem.contains("does not have the hash"), "{problem}");
-    t.store
-        .append_audit(&request("odd", "h", "allowed"))
-        .unwrap();
-    let (_, problem) = verify_problem(&t.store);
-    assert!(problem.contains("does not have the hash"), "{problem}");
+    // The end is not signed (the head was moved without the key) and the anchored row
+    // no longer has its hash; either is reported, and stays so after more writes.
+    for round in 0..2 {
+        let (_, problem) = verify_problem(&t.store);
+        assert!(
+            problem.contains("does not carry this home's signature")
+                || problem.contains("does not have the hash"),
+            "round {round}: {problem}"
+        );
+        t.store
+            .append_audit(&request("odd", "h", "allowed"))
+            .unwrap();
+    }
 }
 
 /// An anchor saved before a pruning and put back afterwards names a row before the
@@ -814,4 +913,28 @@ fn verifying_beside_a_writer_finds_no_tampering() {
     for report in reports {
         assert!(report.ok, "{:?}", report.problem);
     }
+}
+
+/// A log written before heads were signed gets its head signed by the open that
+/// migrates it; an unsigned head found later is reported, not signed (it would be the
+/// end someone without the key made).
+#[test]
+fn a_head_is_signed_by_the_migration_only() {
+    let t = with_rows(3);
+    let conn = common::raw(&t.home);
+    conn.execute_batch("ALTER TABLE audit_head DROP COLUMN head_mac; PRAGMA user_version = 9;")
+        .unwrap();
+    drop(conn);
+    let reopened = Store::open(&t.home).unwrap();
+    assert!(reopened.verify_audit().unwrap().ok);
+
+    common::raw(&t.home)
+        .execute("UPDATE audit_head SET head_mac = NULL", [])
+        .unwrap();
+    let reopened = Store::open(&t.home).unwrap();
+    let (_, problem) = verify_problem(&reopened);
+    assert!(
+        problem.contains("does not carry this home's signature"),
+        "{problem}"
+    );
 }

@@ -143,9 +143,44 @@ fn require_head(tx: &Transaction<'_>) -> Result<(i64, String)> {
     })
 }
 
-fn write_head(tx: &Transaction<'_>, head: &(i64, String)) -> Result<()> {
-    tx.prepare_cached("UPDATE audit_head SET last_id = ?1, last_hash = ?2 WHERE id = 1")?
-        .execute((head.0, &head.1))?;
+/// Moves the head from `before` to `head`, signing it ([`head_mac`]) only if `before`
+/// was signed: rows appended after an end someone without the key made would otherwise
+/// sign that end over (the next write "confirming" forged rows), so then the signature
+/// is left as it was and `audit verify` keeps reporting it.
+fn write_head(
+    tx: &Transaction<'_>,
+    key: &MasterKey,
+    before: &(i64, String),
+    head: &(i64, String),
+) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE audit_head SET last_id = ?1, last_hash = ?2,
+             head_mac = CASE WHEN head_mac = ?4 THEN ?3 ELSE head_mac END
+         WHERE id = 1",
+    )?
+    .execute((head.0, &head.1, head_mac(key, head), head_mac(key, before)))?;
+    Ok(())
+}
+
+const HEAD_PURPOSE: &str = "palisade audit head v1";
+
+/// The signature of the log's end: the row hashes are a plain SHA-256 chain, which
+/// anyone who can write the database could extend with rows of their own and move the
+/// head over; they cannot sign the new head without the master key.
+fn head_mac(key: &MasterKey, head: &(i64, String)) -> String {
+    hex::encode(key.mac(HEAD_PURPOSE, format!("{}:{}", head.0, head.1).as_bytes()))
+}
+
+/// Signs the head if it carries no signature (the one open that migrates a database
+/// to signed heads).
+pub(super) fn sign_unsigned_head(conn: &rusqlite::Connection, key: &MasterKey) -> Result<()> {
+    if let Some(head) = read_head(conn)? {
+        conn.execute(
+            "UPDATE audit_head SET head_mac = ?1
+             WHERE id = 1 AND head_mac IS NULL AND last_id = ?2 AND last_hash = ?3",
+            (head_mac(key, &head), head.0, &head.1),
+        )?;
+    }
     Ok(())
 }
 
@@ -302,15 +337,21 @@ const INSERT_ROW: &str = "INSERT INTO audit (id, at_ms, event, agent, method, ho
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 
 /// Appends one row inside `tx` (which must be a write transaction) and returns its id.
-pub(super) fn append_in(tx: &Transaction<'_>, at_ms: i64, entry: &AuditEntry) -> Result<i64> {
-    let mut head = require_head(tx)?;
+pub(super) fn append_in(
+    tx: &Transaction<'_>,
+    key: &MasterKey,
+    at_ms: i64,
+    entry: &AuditEntry,
+) -> Result<i64> {
+    let before = require_head(tx)?;
+    let mut head = before.clone();
     insert_row(
         &mut *tx.prepare_cached(INSERT_ROW)?,
         &mut head,
         at_ms,
         entry,
     )?;
-    write_head(tx, &head)?;
+    write_head(tx, key, &before, &head)?;
     Ok(head.0)
 }
 
@@ -668,7 +709,7 @@ impl Store {
     pub fn append_audit(&self, entry: &AuditEntry) -> Result<i64> {
         self.write(|tx| {
             self.mark_audited();
-            append_in(tx, crate::now_ms(), entry)
+            append_in(tx, self.key(), crate::now_ms(), entry)
         })
     }
 
@@ -682,7 +723,8 @@ impl Store {
         // writer's instructions per row (callgrind, 40-row batches, hashing excluded).
         self.write(|tx| {
             self.mark_audited();
-            let mut head = require_head(tx)?;
+            let before = require_head(tx)?;
+            let mut head = before.clone();
             // One prepared statement for the batch (a cached statement per row cost a
             // formatted SQL string and a cache lookup each; re-parsing it per row was
             // half of the audit writer's CPU in bench/vault.sh).
@@ -691,7 +733,7 @@ impl Store {
                 insert_row(&mut insert, &mut head, *at_ms, entry)?;
             }
             drop(insert);
-            write_head(tx, &head)
+            write_head(tx, self.key(), &before, &head)
         })
     }
 
@@ -784,6 +826,15 @@ impl Store {
         let before = self.verify_audit()?;
         let (report, end) = self.verify_chain(false)?;
         if let (true, Some(end)) = (report.ok, end) {
+            // The head signed as it is (if it still is the end just verified), then the
+            // anchor; the row recording it moves both on.
+            self.write(|tx| {
+                tx.execute(
+                    "UPDATE audit_head SET head_mac = ?1 WHERE id = 1 AND last_id = ?2 AND last_hash = ?3",
+                    (head_mac(self.key(), &end), end.0, &end.1),
+                )?;
+                Ok(())
+            })?;
             replace_anchor(self.home(), self.key(), &end, false)?;
             self.append_audit(&AuditEntry {
                 event: "audit.anchor".into(),
@@ -903,9 +954,24 @@ impl Store {
             };
             let first = (start.first_id, start.prev_hash.as_str());
             if anchored {
-                if let Some(mut report) =
+                let signed: Option<String> =
+                    tx.query_row("SELECT head_mac FROM audit_head WHERE id = 1", [], |row| {
+                        row.get(0)
+                    })?;
+                let head = (head_id, head_hash.clone());
+                let unsigned = signed.as_deref() != Some(head_mac(self.key(), &head).as_str());
+                let anchor_report = if unsigned {
+                    Some(bad_row(
+                        count,
+                        last_id.max(1),
+                        format!(
+                            "the log's end (row {last_id}) does not carry this home's signature: rows were added at the end, or the end rewritten, by someone without the master key"
+                        ),
+                    ))
+                } else {
                     check_anchor(&anchor_path, anchor, self.key(), count, first, last_id, hash_of)?
-                {
+                };
+                if let Some(mut report) = anchor_report {
                     if let Some(problem) = &mut report.problem {
                         if !problem.contains("palisade audit anchor") {
                             problem.push_str(
@@ -1033,7 +1099,10 @@ impl Store {
                 detail: Some(detail),
                 ..AuditEntry::default()
             };
-            Ok(Ok((keep_from, append_in(tx, crate::now_ms(), &entry)?)))
+            Ok(Ok((
+                keep_from,
+                append_in(tx, self.key(), crate::now_ms(), &entry)?,
+            )))
         })?;
         let (keep_from, recorded_as) = match planned {
             Ok(planned) => planned,
