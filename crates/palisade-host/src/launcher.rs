@@ -157,6 +157,9 @@ impl RunnerLauncher for SandboxLauncher {
                             palisade_sandbox::WorkspaceFull::Nesting => {
                                 "remove the deeply nested folders from it".to_string()
                             }
+                            palisade_sandbox::WorkspaceFull::Unreadable => format!(
+                                "give its owner read access again (`chmod u+rx` on agents/{name}/workspace)"
+                            ),
                             _ => "free space on that disk".to_string(),
                         };
                         let reason = format!("{full}; {advice}");

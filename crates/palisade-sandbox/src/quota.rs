@@ -57,7 +57,12 @@ pub enum WorkspaceFull {
     /// Folders in the workspace were nested deeper than [`MAX_DEPTH`] levels, below
     /// which the watcher does not measure.
     Nesting,
+    /// The workspace itself could not be read [`UNMEASURED_LIMIT`] times in a row.
+    Unreadable,
 }
+
+/// Measurements in a row that may fail before the sandbox is stopped.
+pub const UNMEASURED_LIMIT: u32 = 3;
 
 impl std::fmt::Display for WorkspaceFull {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,6 +85,10 @@ impl std::fmt::Display for WorkspaceFull {
                 format_bytes(*free),
                 format_bytes(DISK_RESERVE)
             ),
+            WorkspaceFull::Unreadable => write!(
+                f,
+                "the workspace cannot be read, so its quota cannot be measured"
+            ),
             WorkspaceFull::Nesting => write!(
                 f,
                 "the workspace has folders nested more than {MAX_DEPTH} levels deep, which its quota cannot measure"
@@ -96,6 +105,7 @@ impl std::fmt::Display for WorkspaceFull {
 /// Resolves when `workspace` reaches `limit` bytes or its disk runs low; never if it
 /// does neither.
 pub(crate) async fn watch(workspace: PathBuf, limit: u64) -> WorkspaceFull {
+    let mut unmeasured = 0;
     loop {
         let path = workspace.clone();
         let measured = tokio::task::spawn_blocking(move || {
@@ -111,6 +121,15 @@ pub(crate) async fn watch(workspace: PathBuf, limit: u64) -> WorkspaceFull {
         let Ok((used, free, took)) = measured else {
             return std::future::pending().await;
         };
+        // A workspace that cannot be measured at all, time after time, is stopped: its
+        // agent could otherwise write past any quota.
+        unmeasured = match used {
+            Some(_) => 0,
+            None => unmeasured + 1,
+        };
+        if unmeasured >= UNMEASURED_LIMIT {
+            return WorkspaceFull::Unreadable;
+        }
         if let Some(used) = used {
             if used.bytes >= limit {
                 return WorkspaceFull::Quota {
@@ -159,7 +178,19 @@ pub(crate) struct Measured {
 
 /// [`usage`], also saying whether the workspace was nested too deeply to measure whole.
 pub(crate) fn measure(root: &Path) -> Option<Measured> {
-    let top = open_directory(None, root).ok()?;
+    let top = match open_directory(None, root) {
+        Ok(top) => top,
+        // The agent owns its workspace where no root starts sandboxes, and may take
+        // its own read permission away (mode 300): opened up for its owner, as a
+        // folder inside it is.
+        Err(nix::Error::EACCES) => {
+            let parent = open_directory(None, root.parent()?).ok()?;
+            let name = std::ffi::CString::new(root.file_name()?.as_bytes()).ok()?;
+            make_readable(&parent, &name).ok()?;
+            open_directory(None, root).ok()?
+        }
+        Err(_) => return None,
+    };
     let stat = fstat(&top).ok()?;
     let mut walk = Walk {
         device: stat.st_dev,
@@ -389,6 +420,64 @@ mod tests {
                 nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 64, 64)
                     .map_err(std::io::Error::from)
             });
+        }
+        let output = child.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// A workspace whose owner took its read permission away is opened up and
+    /// measured (it was not measured at all, and its agent wrote past the quota).
+    /// Measured by a process that is not root (whom modes do not stop): as root, the
+    /// test runs itself again as `nobody`, owner of the workspace.
+    #[test]
+    fn a_workspace_made_unreadable_is_still_measured() {
+        use std::os::unix::fs::PermissionsExt;
+        const ROOT: &str = "PALISADE_TEST_UNREADABLE_WORKSPACE";
+        if let Some(root) = std::env::var_os(ROOT) {
+            let measured = measure(Path::new(&root)).expect("measured");
+            assert!(measured.bytes >= 1 << 20, "{measured:?}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = dir.path().join("workspace");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("data"), vec![1u8; 1 << 20]).unwrap();
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        let as_root = nix::unistd::geteuid().is_root();
+        if as_root {
+            for path in [&root, &root.join("data")] {
+                nix::unistd::chown(path, Some(nobody), None).unwrap();
+            }
+        }
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o300)).unwrap();
+        // A copy of this test binary `nobody` may run (the build folder may be private).
+        let binary = dir.path().join("test-binary");
+        std::fs::copy(std::env::current_exe().unwrap(), &binary).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut child = std::process::Command::new(&binary);
+        child
+            .args([
+                "--exact",
+                "quota::tests::a_workspace_made_unreadable_is_still_measured",
+            ])
+            .current_dir(dir.path())
+            .env(ROOT, &root);
+        if as_root {
+            // SAFETY: setgid and setuid are async-signal-safe; nothing else runs.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut child, move || {
+                    nix::unistd::setgroups(&[]).map_err(std::io::Error::from)?;
+                    nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))
+                        .map_err(std::io::Error::from)?;
+                    nix::unistd::setuid(nobody).map_err(std::io::Error::from)
+                });
+            }
         }
         let output = child.output().unwrap();
         assert!(

@@ -329,14 +329,15 @@ fn carried_over(store: &Store, name: &AgentName, sessions: bool) -> Vec<&'static
     if std::fs::symlink_metadata(&image).is_ok() {
         left.push("a workspace image (workspace.img)");
     }
-    // An empty `lost+found` is the filesystem's own; anything in one was put there.
-    let has_files = std::fs::read_dir(&workspace)
-        .map(|entries| {
-            entries
-                .flatten()
-                .any(|entry| entry.file_name() != "lost+found" || !is_empty_dir(&entry.path()))
-        })
-        .unwrap_or(false);
+    // An empty `lost+found` is the filesystem's own; anything in one was put there. A
+    // workspace that cannot be read counts as holding files: its agent may have made it
+    // so (mode 300 on a host where agents own their workspace).
+    let has_files = match std::fs::read_dir(&workspace) {
+        Ok(entries) => entries
+            .flatten()
+            .any(|entry| entry.file_name() != "lost+found" || !is_empty_dir(&entry.path())),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    };
     if has_files {
         left.push("workspace files");
     }
@@ -432,6 +433,14 @@ mod tests {
         // Once they are moved away (or as an action agent) it may be made; the
         // filesystem's own empty `lost+found` is no earlier agent's.
         std::fs::remove_file(found.join("notes.txt")).unwrap();
+        // A workspace that cannot be listed counts as holding files (an agent's mode
+        // 300 does that where it owns it; for root, whom modes do not stop, something
+        // that is no folder stands in).
+        std::fs::remove_dir_all(&workspace).unwrap();
+        std::fs::write(&workspace, "not a folder").unwrap();
+        let error = create(&store, "mailer", &research).unwrap_err().to_string();
+        assert!(error.contains("workspace files"), "{error}");
+        std::fs::remove_file(&workspace).unwrap();
         create(&store, "mailer", &research).unwrap();
         // An action agent with nothing gathered may still become a research one.
         create(&store, "fresh", &action).unwrap();
