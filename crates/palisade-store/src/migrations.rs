@@ -331,7 +331,13 @@ const V10: &str = r#"
 ALTER TABLE audit_head ADD COLUMN head_mac TEXT;
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
+/// When a session was last reset: a turn that began before it (its message older than
+/// the reset) does not write its history back over the reset.
+const V11: &str = r#"
+ALTER TABLE sessions ADD COLUMN reset_at_ms INTEGER;
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11];
 
 /// The version that added `audit_head.head_mac`.
 pub(crate) const SIGNED_HEAD: i64 = 10;

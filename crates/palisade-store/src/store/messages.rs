@@ -403,9 +403,16 @@ impl Store {
                 [message_id],
             )?;
             match &history {
+                // Not over a reset made after the message came in: that turn began with
+                // the history the person had just thrown away (a poisoned conversation
+                // came back whole once the running turn answered).
                 Some(history) => tx.execute(
-                    "UPDATE sessions SET history = ?1, updated_at_ms = ?2 WHERE id = ?3",
-                    (history, now, message.session_id),
+                    "UPDATE sessions SET history = CASE
+                         WHEN reset_at_ms IS NOT NULL AND reset_at_ms >= ?4 THEN history
+                         ELSE ?1 END,
+                         updated_at_ms = ?2
+                     WHERE id = ?3",
+                    (history, now, message.session_id, message.created_at_ms),
                 )?,
                 None => tx.execute(
                     "UPDATE sessions SET updated_at_ms = ?1 WHERE id = ?2",
@@ -637,7 +644,8 @@ impl Store {
     pub fn reset_session(&self, session_id: i64) -> Result<()> {
         self.write(|tx| {
             let changed = tx.execute(
-                "UPDATE sessions SET history = '[]', updated_at_ms = ?1 WHERE id = ?2",
+                "UPDATE sessions SET history = '[]', updated_at_ms = ?1, reset_at_ms = ?1
+                 WHERE id = ?2",
                 (crate::now_ms(), session_id),
             )?;
             if changed == 0 {
@@ -684,6 +692,39 @@ mod tests {
         assert!(!store
             .session_belongs_to(first.session_id, &stranger)
             .unwrap());
+    }
+
+    /// A reset while a turn runs stands: the turn's answer is kept, but the history it
+    /// carries (begun before the reset) does not replace the empty one. A message that
+    /// came in after the reset writes its history as usual.
+    #[test]
+    fn a_reset_during_a_turn_is_not_undone_by_its_answer() {
+        let (_dir, store, agent) = store_with_agent("helper");
+        let running = store.accept_message(&agent, "cli", "cli", "hello").unwrap();
+        let poisoned = serde_json::json!([{"role": "user", "content": "POISON"}]);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        store.reset_session(running.session_id).unwrap();
+        store
+            .store_reply(running.message_id, "hi", Some(&poisoned), false)
+            .unwrap();
+        let session = store.get_session(running.session_id).unwrap();
+        assert_eq!(
+            session.history,
+            serde_json::json!([]),
+            "the reset was undone"
+        );
+        assert_eq!(
+            store.get_reply(running.message_id).unwrap().unwrap().text,
+            "hi"
+        );
+
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let next = store.accept_message(&agent, "cli", "cli", "again").unwrap();
+        let fresh = serde_json::json!([{"role": "user", "content": "again"}]);
+        store
+            .store_reply(next.message_id, "hello again", Some(&fresh), false)
+            .unwrap();
+        assert_eq!(store.get_session(next.session_id).unwrap().history, fresh);
     }
 
     #[test]
