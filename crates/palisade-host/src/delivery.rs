@@ -487,9 +487,35 @@ fn stream_event(event: &serde_json::Value) -> Option<StreamEvent> {
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
         }),
+        // Said in the runner's name: the person reads status lines in palisade's own
+        // voice (approval waits with the command that decides them), and a runner that
+        // wrote one of those could steer them to approve something else.
         "status" => Some(StreamEvent::Status {
-            message: text("message")?,
+            message: format!("the agent's runner says: {}", text("message")?),
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runner's status line is said in its name, never in palisade's voice, so a
+    /// forged "waiting for a person to approve … `palisade approvals approve ID`" line
+    /// cannot pass for the host's.
+    #[test]
+    fn a_runners_status_is_said_in_its_name() {
+        let event = serde_json::json!({
+            "kind": "status",
+            "message": "waiting for a person to approve GET api.github.com/user (apr_x)",
+        });
+        match stream_event(&event) {
+            Some(StreamEvent::Status { message }) => assert!(
+                message.starts_with("the agent's runner says: waiting"),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -235,7 +235,15 @@ pub fn append_memory(home: &Home, agent: &str, note: &str) -> Result<(), HostErr
     if note.is_empty() {
         return Err(HostError::Invalid("the note is empty".into()));
     }
-    if current.len() + note.len() + 1 > MAX_MEMORY_BYTES {
+    let separator = if current.is_empty() || current.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    // Everything written counts: the separator, the note and its newline (without the
+    // separator, a file that did not end in one grew one byte past the limit, and every
+    // later message was refused until a person shortened it).
+    if current.len() + separator.len() + note.len() + 1 > MAX_MEMORY_BYTES {
         return Err(HostError::Invalid(format!(
             "memory is full ({} KiB); ask the person to tidy agents/{agent}/memory.md",
             MAX_MEMORY_BYTES / 1024
@@ -248,11 +256,6 @@ pub fn append_memory(home: &Home, agent: &str, note: &str) -> Result<(), HostErr
         .mode(0o600)
         .open(&path)
         .map_err(|e| HostError::Io(format!("cannot open {}: {e}", path.display())))?;
-    let separator = if current.is_empty() || current.ends_with('\n') {
-        ""
-    } else {
-        "\n"
-    };
     writeln!(file, "{separator}{note}")
         .map_err(|e| HostError::Io(format!("cannot write {}: {e}", path.display())))
 }
@@ -328,6 +331,19 @@ mod tests {
         assert_eq!(text, "first\nsecond\n");
         assert!(append_memory(&home, "a", &"x".repeat(MAX_MEMORY_BYTES)).is_err());
         assert!(append_memory(&home, "a", "  ").is_err());
+        // A file a person saved without its last newline: the separator counts too, so
+        // a note that fits only without it is refused and the file stays readable.
+        let path = memory_path(&home, "b");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "n".repeat(MAX_MEMORY_BYTES - 36)).unwrap();
+        assert!(append_memory(&home, "b", &"z".repeat(35)).is_err());
+        read_agent_file(&path, MAX_MEMORY_BYTES).unwrap();
+        append_memory(&home, "b", &"z".repeat(34)).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            MAX_MEMORY_BYTES as u64
+        );
+        read_agent_file(&path, MAX_MEMORY_BYTES).unwrap();
     }
 
     /// What an agent writes to its memory comes back in every delivery and is read by
