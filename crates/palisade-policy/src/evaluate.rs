@@ -175,8 +175,9 @@ impl PolicySet {
             }
             // Compartments, checked again at run time: a research agent reads the
             // internet and never gets a sensitive credential, granted or not, nor one
-            // for every host (every site it visits would receive it).
-            if (candidate.sensitive || candidate.host.is_any())
+            // for hosts of many owners (`*`, `*.com`: every site it visits would
+            // receive it).
+            if (candidate.sensitive || candidate.host.spans_owners())
                 && facts.profile == Profile::Research
             {
                 continue;
@@ -857,12 +858,14 @@ mod tests {
 
     #[test]
     fn a_secret_for_every_host_is_never_injected_for_a_research_agent() {
-        let everywhere = secret(1, "*", None, &["bot"]);
-        let set = PolicySet::new(vec![everywhere], Vec::new());
-        let research = Request::to("any.page.example", "/");
-        assert!(set.evaluate(&research.facts()).secret.is_none());
-        let action = Request::to("any.page.example", "/").action();
-        assert_eq!(set.evaluate(&action.facts()).secret.map(|s| s.id), Some(1));
+        for wide in ["*", "*.example"] {
+            let everywhere = secret(1, wide, None, &["bot"]);
+            let set = PolicySet::new(vec![everywhere], Vec::new());
+            let research = Request::to("any.page.example", "/");
+            assert!(set.evaluate(&research.facts()).secret.is_none(), "{wide}");
+            let action = Request::to("any.page.example", "/").action();
+            assert_eq!(set.evaluate(&action.facts()).secret.map(|s| s.id), Some(1));
+        }
     }
 
     #[test]

@@ -241,6 +241,22 @@ impl HostPattern {
         self.kind == HostKind::Any
     }
 
+    /// Whether the pattern takes in hosts of many owners: the bare `*`, or a wildcard
+    /// over a public suffix (`*.com`, `*.co.uk`, `*.github.io`), over a name no list
+    /// knows (`*.localhost`) or over numbers (`*.0.0.1`). A credential for such a
+    /// pattern goes to sites anyone can run.
+    pub fn spans_owners(&self) -> bool {
+        match self.kind {
+            HostKind::Any => true,
+            HostKind::Suffix { .. } => {
+                let suffix = self.host.trim_start_matches("*.");
+                suffix.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                    || psl::domain(suffix.as_bytes()).is_none()
+            }
+            HostKind::Exact | HostKind::Ipv6(_) => false,
+        }
+    }
+
     /// The one port this pattern matches, if it names one.
     pub fn port(&self) -> Option<u16> {
         self.port
@@ -557,6 +573,29 @@ mod tests {
     fn bare_star_matches_every_host() {
         let p = host("*");
         assert!(p.is_any());
+        for wide in [
+            "*",
+            "*.com",
+            "*.COM",
+            "*.com:443",
+            "*.co.uk",
+            "*.github.io",
+            "*.0.0.1",
+            "*.1",
+            "*.localhost",
+        ] {
+            assert!(host(wide).spans_owners(), "{wide}");
+        }
+        for narrow in [
+            "*.example.com",
+            "*.api.example.co.uk",
+            "api.example.com",
+            "127.0.0.1",
+            "[::1]",
+            "localhost",
+        ] {
+            assert!(!host(narrow).spans_owners(), "{narrow}");
+        }
         assert!(p.matches("anything.example", 443));
         assert!(p.matches("::1", 8080));
         assert!(p.matches("10.0.0.1", 80));

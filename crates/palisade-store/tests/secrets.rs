@@ -397,21 +397,35 @@ fn a_secret_for_every_host_stays_out_of_research_agents() {
         .create_agent(&reader, palisade_policy::Profile::Research)
         .unwrap();
     let doer = common::add_agent(&t.store, "doer");
-    let everywhere = |agents: &[&str]| {
-        let mut secret = common::new_secret("everywhere", "v", agents);
-        secret.host = palisade_policy::HostPattern::parse("*").unwrap();
+    let wide = |name: &str, host: &str, agents: &[&str]| {
+        let mut secret = common::new_secret(name, "v", agents);
+        secret.host = palisade_policy::HostPattern::parse(host).unwrap();
         secret.path = None;
         secret
     };
-    let refused = t.store.create_secret(everywhere(&["reader"])).unwrap_err();
-    assert!(
-        refused.to_string().contains("injected on every host"),
-        "{refused}"
-    );
+    let everywhere = |agents: &[&str]| wide("everywhere", "*", agents);
+    for (name, host) in [
+        ("all", "*"),
+        ("com", "*.com"),
+        ("pages", "*.github.io"),
+        ("nums", "*.0.0.1"),
+    ] {
+        let refused = t
+            .store
+            .create_secret(wide(name, host, &["reader"]))
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("hosts of many owners"),
+            "{host}: {refused}"
+        );
+    }
+    t.store
+        .create_secret(wide("own", "*.example.com", &["reader"]))
+        .unwrap();
     t.store.create_secret(everywhere(&["doer"])).unwrap();
     let refused = t.store.grant_secret("everywhere", &reader).unwrap_err();
     assert!(
-        refused.to_string().contains("injected on every host"),
+        refused.to_string().contains("hosts of many owners"),
         "{refused}"
     );
     let refused = t
@@ -419,7 +433,7 @@ fn a_secret_for_every_host_stays_out_of_research_agents() {
         .set_agent_profile(&doer, palisade_policy::Profile::Research)
         .unwrap_err();
     assert!(
-        refused.to_string().contains("injected on every host"),
+        refused.to_string().contains("hosts of many owners"),
         "{refused}"
     );
 }

@@ -204,17 +204,20 @@ impl Store {
                         "agent {name} holds the sensitive secret {secret}, and research agents may not: revoke it first (`palisade secrets revoke {secret} --agent {name}`)"
                     )));
                 }
-                let everywhere: Option<String> = tx
-                    .query_row(
-                        "SELECT s.name FROM secret_grants g JOIN secrets s ON s.id = g.secret_id
-                         WHERE g.agent_id = ?1 AND s.host_pattern = '*' ORDER BY s.name LIMIT 1",
-                        [id],
-                        |row| row.get(0),
-                    )
-                    .optional()?;
-                if let Some(secret) = everywhere {
+                let granted: Vec<(String, String)> = tx
+                    .prepare(
+                        "SELECT s.name, s.host_pattern FROM secret_grants g
+                         JOIN secrets s ON s.id = g.secret_id
+                         WHERE g.agent_id = ?1 ORDER BY s.name",
+                    )?
+                    .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let everywhere = granted.into_iter().find(|(_, host)| {
+                    palisade_policy::HostPattern::parse(host).map_or(true, |h| h.spans_owners())
+                });
+                if let Some((secret, host)) = everywhere {
                     return Err(StoreError::Invalid(format!(
-                        "agent {name} holds secret {secret}, which is injected on every host (`*`), and a research agent visits any site: revoke it first (`palisade secrets revoke {secret} --agent {name}`)"
+                        "agent {name} holds secret {secret}, which is injected on hosts of many owners (`{host}`), and a research agent visits any site: revoke it first (`palisade secrets revoke {secret} --agent {name}`)"
                     )));
                 }
                 if let Some(folder) = super::folders::sensitive_mount(tx, id)? {

@@ -29,8 +29,9 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRecord> {
 
 /// Refuses a grant of a sensitive secret to a research-profile agent: research agents
 /// read the internet, so they hold nothing worth stealing. Nor a secret injected on
-/// every host (`any_host`: the bare `*`): a research agent visits any site, and every
-/// one of them would receive it.
+/// hosts of many owners (`any_host`: `*`, `*.com`, … see
+/// [`palisade_policy::HostPattern::spans_owners`]): a research agent visits any site,
+/// and every one of them would receive it.
 pub(super) fn check_compartment(
     tx: &Transaction<'_>,
     secret: &str,
@@ -61,7 +62,7 @@ pub(super) fn check_compartment(
         )));
     }
     Err(StoreError::Invalid(format!(
-        "secret {secret} is injected on every host (`*`) and agent {agent} has the research profile: a research agent visits any site, and every one of them would receive it; give the secret the host it is for (a new secret with `--host-pattern`)"
+        "secret {secret} is injected on hosts of many owners (every host, or a wildcard over a public suffix such as `*.com`) and agent {agent} has the research profile: a research agent visits any site, and every one of them would receive it; give the secret the host it is for (a new secret with `--host-pattern`)"
     )))
 }
 
@@ -151,7 +152,7 @@ impl Store {
                         tx,
                         &secret.name,
                         secret.sensitive,
-                        secret.host.is_any(),
+                        secret.host.spans_owners(),
                         agent,
                     )?;
                     agent_id(tx, agent)
@@ -205,7 +206,7 @@ impl Store {
                     tx,
                     &secret.name,
                     secret.sensitive,
-                    secret.host.is_any(),
+                    secret.host.spans_owners(),
                     agent,
                 )?;
             }
@@ -280,7 +281,9 @@ impl Store {
                 [secret],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )?;
-            check_compartment(tx, name, sensitive, host == "*", agent)?;
+            let wide =
+                palisade_policy::HostPattern::parse(&host).map_or(true, |h| h.spans_owners());
+            check_compartment(tx, name, sensitive, wide, agent)?;
             let agent_row = agent_id(tx, agent)?;
             let added = tx.execute(
                 "INSERT OR IGNORE INTO secret_grants (secret_id, agent_id) VALUES (?1, ?2)",
