@@ -873,6 +873,43 @@ fn a_retention_not_written_by_palisade_prunes_nothing() {
     refused(store);
 }
 
+/// The row of the retention in force is never pruned away: a pruning that reaches it
+/// writes it again (the setting signed for the new row), so an earlier setting written
+/// back is still told apart once the later one's first row is gone (it was accepted
+/// then, and the gateway would have pruned by the shorter retention).
+#[test]
+fn an_earlier_retention_is_refused_after_the_later_ones_row_was_pruned() {
+    let t = with_rows(3);
+    let store = &t.store;
+    let day = std::time::Duration::from_secs(24 * 3600);
+    store.set_audit_retention(Some(day)).unwrap();
+    let conn = common::raw(&t.home);
+    let earlier: String = conn
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'audit_retention'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    store.set_audit_retention(Some(day * 400)).unwrap();
+    // As if 400 days had passed: everything written so far is pruned.
+    store
+        .prune_audit(palisade_store::now_ms() + 60_000)
+        .unwrap();
+    assert!(store.verify_audit().unwrap().ok);
+    assert_eq!(store.audit_retention().unwrap(), Some(day * 400));
+    conn.execute(
+        "UPDATE settings SET value = ?1 WHERE key = 'audit_retention'",
+        [&earlier],
+    )
+    .unwrap();
+    let error = store
+        .prune_expired_audit(palisade_store::now_ms())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not written by palisade"), "{error}");
+}
+
 /// A large pruning goes in several transactions (so a gateway writing rows meanwhile
 /// never waits long for the lock), each leaving a chain that verifies.
 #[test]

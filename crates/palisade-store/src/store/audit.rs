@@ -255,6 +255,12 @@ fn retention_mac(key: &MasterKey, keep_ms: i64, row: i64) -> String {
 /// `audit.retention` row, so writing back an earlier, shorter setting (with its valid
 /// signature) after a later change is refused too while that later change's row is in
 /// the log.
+/// The row the retention setting names, if one is set and readable.
+fn retention_row(tx: &Transaction<'_>) -> Result<Option<i64>> {
+    Ok(super::read_setting(tx, RETENTION_SETTING)?
+        .and_then(|value| value.split(':').nth(1).and_then(|row| row.parse().ok())))
+}
+
 fn read_retention(tx: &Transaction<'_>, key: &MasterKey) -> Result<Option<i64>> {
     let Some(value) = super::read_setting(tx, RETENTION_SETTING)? else {
         return Ok(None);
@@ -1099,10 +1105,29 @@ impl Store {
                 detail: Some(detail),
                 ..AuditEntry::default()
             };
-            Ok(Ok((
-                keep_from,
-                append_in(tx, self.key(), crate::now_ms(), &entry)?,
-            )))
+            let recorded_as = append_in(tx, self.key(), crate::now_ms(), &entry)?;
+            // The row of the retention in force would go with this pruning: it is
+            // written again, and the setting signed for the new row, so the latest
+            // `audit.retention` row is always in the log (an older signed setting put
+            // back was accepted once the row of the one after it had been pruned).
+            if let Ok(Some(keep)) = read_retention(tx, self.key()) {
+                let row = retention_row(tx)?;
+                if row.is_some_and(|row| row < keep_from) {
+                    let mut carried = self.audit_entry("audit.retention");
+                    carried.detail =
+                        Some(serde_json::json!({ "keep_ms": keep, "carried_from": row }));
+                    let new_row = append_in(tx, self.key(), crate::now_ms(), &carried)?;
+                    super::write_setting(
+                        tx,
+                        RETENTION_SETTING,
+                        &format!(
+                            "{keep}:{new_row}:{}",
+                            retention_mac(self.key(), keep, new_row)
+                        ),
+                    )?;
+                }
+            }
+            Ok(Ok((keep_from, recorded_as)))
         })?;
         let (keep_from, recorded_as) = match planned {
             Ok(planned) => planned,
