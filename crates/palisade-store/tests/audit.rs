@@ -959,8 +959,11 @@ fn verifying_beside_a_writer_finds_no_tampering() {
 fn a_head_is_signed_by_the_migration_only() {
     let t = with_rows(3);
     let conn = common::raw(&t.home);
-    conn.execute_batch("ALTER TABLE audit_head DROP COLUMN head_mac; PRAGMA user_version = 9;")
-        .unwrap();
+    conn.execute_batch(
+        "ALTER TABLE audit_head DROP COLUMN head_mac; ALTER TABLE sessions DROP COLUMN reset_at_ms;
+         PRAGMA user_version = 9;",
+    )
+    .unwrap();
     drop(conn);
     let reopened = Store::open(&t.home).unwrap();
     assert!(reopened.verify_audit().unwrap().ok);
