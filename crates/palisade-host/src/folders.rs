@@ -89,6 +89,43 @@ pub fn same_directory_around(one: &Path, other: &Path) -> bool {
     within(one, other) || within(other, one)
 }
 
+/// The agent of the other compartment (research or action) that mounts the directory
+/// at `path` of a folder `agent` would mount (`writable` or not), or one inside or
+/// around it, under any path (a bind mount included: compared as directories), when
+/// either may write there: what one wrote the other would read past the approval and
+/// the sanitizer that messages between the compartments go through. The store refuses
+/// such a mount by path; this finds it under other paths too, at mount and at launch.
+pub fn shared_across(
+    store: &Store,
+    agent: &AgentName,
+    path: &Path,
+    writable: bool,
+) -> Result<Option<AgentName>, HostError> {
+    let agents = store.list_agents()?;
+    let Some(profile) = agents.iter().find(|a| &a.name == agent).map(|a| a.profile) else {
+        return Ok(None);
+    };
+    let across = |name: &AgentName| {
+        agents
+            .iter()
+            .any(|a| &a.name == name && a.profile != profile)
+    };
+    for folder in store.list_folders()? {
+        for mount in &folder.mounts {
+            if &mount.agent != agent
+                && across(&mount.agent)
+                && (writable || mount.writable)
+                && (path.starts_with(&folder.path)
+                    || folder.path.starts_with(path)
+                    || same_directory_around(path, &folder.path))
+            {
+                return Ok(Some(mount.agent.clone()));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// The mounts `agent`'s sandbox gets now, and a reason for each folder it does not.
 pub fn mounts_for(
     store: &Store,
@@ -124,6 +161,13 @@ pub fn mounts_for(
                 ));
                 continue;
             }
+        }
+        if let Some(other) = shared_across(store, agent, &folder.path, writable)? {
+            refused.push(format!(
+                "folder {} is, holds or lies in a directory agent {other} of the other compartment mounts, and one of them may write there",
+                folder.name
+            ));
+            continue;
         }
         match policy.check_folder(&folder.path) {
             Ok(canonical) if canonical == folder.path => mounts.push(Mount {

@@ -2056,3 +2056,60 @@ fn a_value_given_as_its_file_name_is_not_repeated() {
     assert!(!said.contains("PASTED0123456789"), "{said}");
     refused.refused("no such file");
 }
+
+/// Unmounts a bind mount when the test ends, however it ends.
+struct BindMount(PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A folder shared across the compartments is read-only for both, whatever path names
+/// it: a bind mount shows one directory under a second path, which the store (comparing
+/// paths) took for another folder; the mount compares directories too.
+#[test]
+fn a_bind_mount_does_not_carry_a_writable_folder_across_the_compartments() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPING: a bind mount needs root");
+        return;
+    }
+    let palisade = Palisade::new();
+    let data = palisade.dir.path().join("data");
+    let alias = palisade.dir.path().join("alias");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&alias).unwrap();
+    let bound = Command::new("mount")
+        .arg("--bind")
+        .arg(&data)
+        .arg(&alias)
+        .status()
+        .unwrap();
+    assert!(bound.success());
+    let _unmount = BindMount(alias.clone());
+    palisade
+        .run(&["agents", "create", "doer", "--profile", "action"])
+        .ok();
+    palisade
+        .run(&["agents", "create", "reader", "--profile", "research"])
+        .ok();
+    for (name, path) in [("data", &data), ("alias", &alias)] {
+        palisade
+            .run(&["folders", "add", name, "--path", path.to_str().unwrap()])
+            .ok();
+    }
+    palisade
+        .run(&["folders", "mount", "data", "--agent", "doer", "--writable"])
+        .ok();
+    palisade
+        .run(&["folders", "mount", "alias", "--agent", "reader"])
+        .refused("agent doer of the other compartment");
+    // Read-only for both, it may be shared.
+    palisade
+        .run(&["folders", "mount", "data", "--agent", "doer"])
+        .ok();
+    palisade
+        .run(&["folders", "mount", "alias", "--agent", "reader"])
+        .ok();
+}
