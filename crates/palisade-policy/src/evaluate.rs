@@ -81,6 +81,9 @@ pub struct Evaluation<'a> {
     pub rate_limits: Vec<&'a RulePolicy>,
     /// The secret to inject, if any (only when the verdict is not a refusal).
     pub secret: Option<&'a SecretPolicy>,
+    /// The allow rule that decided an `Allow` (an approval's grant among them), for the
+    /// audit row to name.
+    pub allowed_by: Option<&'a RulePolicy>,
 }
 
 impl PolicySet {
@@ -212,10 +215,15 @@ impl PolicySet {
         let rate_limits = matched()
             .filter(|rule| matches!(rule.action, RuleAction::RateLimit { .. }))
             .collect();
+        let allowed_by = match verdict {
+            Verdict::Allow => matched().find(|rule| rule.action == RuleAction::Allow),
+            _ => None,
+        };
         Evaluation {
             verdict,
             rate_limits,
             secret,
+            allowed_by,
         }
     }
     /// Secrets granted to `agent` (for `vault env`, listings and the runner's grant tool).
@@ -237,6 +245,7 @@ impl<'a> Evaluation<'a> {
             verdict,
             rate_limits: Vec::new(),
             secret: None,
+            allowed_by: None,
         }
     }
     /// Whether the request must not be forwarded at all.
@@ -843,6 +852,26 @@ mod tests {
             verdict_of(&set, &Request::to("api.example.com", "/").post(None)).0,
             "block"
         );
+    }
+
+    /// An allow that a rule decided names that rule (an approval's grant among them),
+    /// so the audit row can say what let the request through; nothing else does.
+    #[test]
+    fn an_allow_names_the_rule_that_decided_it() {
+        let set = rules(vec![rule(7, "api.example.com", RuleAction::Allow)]);
+        let request = Request::to("api.example.com", "/x");
+        assert_eq!(
+            set.evaluate(&request.facts()).allowed_by.map(|r| r.id),
+            Some(7)
+        );
+        let elsewhere = Request::to("other.example.com", "/x");
+        assert!(set.evaluate(&elsewhere.facts()).allowed_by.is_none());
+        let asked = rules(vec![rule(
+            8,
+            "api.example.com",
+            RuleAction::RequireApproval,
+        )]);
+        assert!(asked.evaluate(&request.facts()).allowed_by.is_none());
     }
 
     #[test]

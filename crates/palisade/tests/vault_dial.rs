@@ -157,6 +157,23 @@ fn the_dial_holds_credentialed_requests_as_set() {
         !held_then_approved(&setup, &token, "POST", "/first/two"),
         "approved once, the host is open for the hour"
     );
+    // Its row names the dial and the approval it went through on.
+    let rows: Value =
+        serde_json::from_str(&setup.cli(&["--json", "audit", "list", "--event", "request"]))
+            .unwrap();
+    let passed = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["path"] == "/first/two")
+        .expect("a row for /first/two");
+    assert_eq!(passed["rule"], "dial:first-use", "{passed}");
+    assert!(
+        passed["detail"]["approved_by"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("apr_")),
+        "{passed}"
+    );
     // For that credential: another secret of the same host is another credential the
     // person never saw on a card, and is held the first time too.
     setup.secret(

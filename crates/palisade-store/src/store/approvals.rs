@@ -451,16 +451,22 @@ impl Store {
 impl Store {
     /// Whether a person approved a request of `agent` to `host` held by `rule` (its
     /// recorded context) at or after `since_ms`.
-    pub fn approved_since(&self, approved: &ApprovedUse<'_>, since_ms: i64) -> Result<bool> {
+    /// The id of the latest such approval, if there is one.
+    pub fn approved_since(
+        &self,
+        approved: &ApprovedUse<'_>,
+        since_ms: i64,
+    ) -> Result<Option<String>> {
         self.read(|tx| {
             Ok(tx
                 .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM approvals
+                    "SELECT id FROM approvals
                      WHERE agent = ?1 AND status = 'approved' AND decided_at_ms >= ?2
                        AND json_extract(context, '$.host') = ?3
                        AND json_extract(context, '$.port') = ?4
                        AND json_extract(context, '$.secret') IS ?5
-                       AND json_extract(context, '$.rule') = ?6)",
+                       AND json_extract(context, '$.rule') = ?6
+                     ORDER BY decided_at_ms DESC LIMIT 1",
                 )?
                 .query_row(
                     (
@@ -472,7 +478,8 @@ impl Store {
                         approved.rule,
                     ),
                     |row| row.get(0),
-                )?)
+                )
+                .optional()?)
         })
     }
 }

@@ -73,16 +73,17 @@ const FIRST_USE_WINDOW_MS: i64 = 60 * 60 * 1000;
 /// Whether a `first-use` dial's hold can be skipped: a person approved a request of
 /// this agent to this host and port with this secret, held by the same dial, within the
 /// last hour. (Keyed on the host alone, one approved GET to one port let a DELETE with
-/// another credential through to another service of the same address.)
+/// another credential through to another service of the same address.) The approval's
+/// id, for the audit row of the request it lets through.
 pub(super) async fn approved_recently(
     shared: &Shared,
     agent: &AgentName,
     target: &Target,
     secret: Option<&str>,
     frequency: ApprovalFrequency,
-) -> bool {
+) -> Option<String> {
     if frequency != ApprovalFrequency::FirstUse {
-        return false;
+        return None;
     }
     let store = shared.store.clone();
     let (agent, host, port) = (agent.clone(), target.host.clone(), target.port);
@@ -102,7 +103,7 @@ pub(super) async fn approved_recently(
     .await
     .ok()
     .and_then(Result::ok)
-    .unwrap_or(false)
+    .flatten()
 }
 
 pub(super) async fn hold(

@@ -143,14 +143,25 @@ async fn run(
         Verdict::RequireApproval { rule } => Some(hold::HoldReason::Rule(rule)),
         Verdict::DialApproval { frequency } => {
             let secret = evaluation.secret.map(|s| s.name.as_str());
-            if hold::approved_recently(shared, agent, target, secret, frequency).await {
-                None
-            } else {
-                Some(hold::HoldReason::Dial(frequency))
+            match hold::approved_recently(shared, agent, target, secret, frequency).await {
+                // Let through on the strength of that approval: the row says which.
+                Some(approval) => {
+                    let record = audit.record();
+                    record.rule = Some(hold::HoldReason::Dial(frequency).name());
+                    // In the detail, not `approval_id`: this request was not held.
+                    record.detail = Some(serde_json::json!({ "approved_by": approval }));
+                    None
+                }
+                None => Some(hold::HoldReason::Dial(frequency)),
             }
         }
         _ => None,
     };
+    // An allow rule that decided (an approval's "always" or "1 h" grant among them) is
+    // named on the row, so what let a request through is in the log.
+    if let (None, Some(rule)) = (&reason, evaluation.allowed_by) {
+        audit.record().rule.get_or_insert_with(|| rule.name.clone());
+    }
     let mut secret = evaluation.secret;
     // The policy the secret was chosen under (its spellings to mask come from it too).
     let mut granted_by = &snapshot;

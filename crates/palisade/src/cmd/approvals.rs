@@ -42,10 +42,10 @@ pub enum ApprovalsCommand {
         /// A note recorded with the decision.
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
-        /// Also allow the same request (host, method, path) from this agent for 1 hour.
+        /// Also allow the same request (host and port, method, path) from this agent for 1 hour, with any query and any body (refused where a block rule would be passed).
         #[arg(long = "for-1h", conflicts_with = "always")]
         for_hour: bool,
-        /// Always allow the same request (host, method, path) from this agent.
+        /// Always allow the same request (host and port, method, path) from this agent, with any query and any body (refused where a block rule would be passed).
         #[arg(long)]
         always: bool,
     },
