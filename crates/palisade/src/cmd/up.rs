@@ -425,7 +425,7 @@ fn first_start(store: &palisade_store::Store, args: &UpArgs) -> anyhow::Result<b
         if given {
             eprintln!(
                 "palisade: ANTHROPIC_API_KEY was not used: a model key is stored already. To replace it: \
-                 palisade secrets rotate NAME --value-file KEYFILE (see palisade secrets list)"
+                 palisade secrets rotate NAME < KEYFILE (see palisade secrets list)"
             );
         }
         return Ok(false);
@@ -433,8 +433,8 @@ fn first_start(store: &palisade_store::Store, args: &UpArgs) -> anyhow::Result<b
     let Some(key) = anthropic_key(args)? else {
         eprintln!(
             "palisade: no model key is stored, so agents cannot think yet. Add one on the web UI's \
-             dashboard (the login link below), or with:\n  \
-             palisade secrets create --name anthropic --host-pattern api.anthropic.com --inject anthropic --agent {DEFAULT_AGENT} --value-file KEYFILE"
+             dashboard (`palisade login` prints a link to it), or with:\n  \
+             palisade secrets create --name anthropic --host-pattern api.anthropic.com --inject anthropic --agent {DEFAULT_AGENT} < KEYFILE"
         );
         return Ok(false);
     };
