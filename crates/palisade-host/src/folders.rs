@@ -95,11 +95,14 @@ pub fn same_directory_around(one: &Path, other: &Path) -> bool {
 /// either may write there: what one wrote the other would read past the approval and
 /// the sanitizer that messages between the compartments go through. The store refuses
 /// such a mount by path; this finds it under other paths too, at mount and at launch.
+/// `by_path`: also report a folder whose path is, holds or lies in `path` (the store
+/// refuses those at mount, with its own words; at launch everything counts).
 pub fn shared_across(
     store: &Store,
     agent: &AgentName,
     path: &Path,
     writable: bool,
+    by_path: bool,
 ) -> Result<Option<AgentName>, HostError> {
     let agents = store.list_agents()?;
     let Some(profile) = agents.iter().find(|a| &a.name == agent).map(|a| a.profile) else {
@@ -112,12 +115,15 @@ pub fn shared_across(
     };
     for folder in store.list_folders()? {
         for mount in &folder.mounts {
+            let nested_paths = path.starts_with(&folder.path) || folder.path.starts_with(path);
             if &mount.agent != agent
                 && across(&mount.agent)
                 && (writable || mount.writable)
-                && (path.starts_with(&folder.path)
-                    || folder.path.starts_with(path)
-                    || same_directory_around(path, &folder.path))
+                && (if nested_paths {
+                    by_path
+                } else {
+                    same_directory_around(path, &folder.path)
+                })
             {
                 return Ok(Some(mount.agent.clone()));
             }
@@ -162,7 +168,7 @@ pub fn mounts_for(
                 continue;
             }
         }
-        if let Some(other) = shared_across(store, agent, &folder.path, writable)? {
+        if let Some(other) = shared_across(store, agent, &folder.path, writable, true)? {
             refused.push(format!(
                 "folder {} is, holds or lies in a directory agent {other} of the other compartment mounts, and one of them may write there",
                 folder.name

@@ -195,9 +195,13 @@ pub fn run(command: FoldersCommand, ctx: &Context) -> anyhow::Result<()> {
             // The store compares paths; the same directory under another path (a bind
             // mount) is found here, and again at every launch.
             let folder = store.get_folder(&name)?;
-            if let Some(other) =
-                palisade_host::folders::shared_across(&store, &agent, &folder.path, writable)?
-            {
+            if let Some(other) = palisade_host::folders::shared_across(
+                &store,
+                &agent,
+                &folder.path,
+                writable,
+                false,
+            )? {
                 anyhow::bail!(
                     "folder {name} is, holds or lies in a directory agent {other} of the other compartment mounts (under another path), and one of them may write there: what one writes the other would read past the approval and the sanitizer; mount it read-only for both, or for one of them only"
                 );
