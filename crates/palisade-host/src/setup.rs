@@ -172,6 +172,20 @@ pub fn store_model_key(store: &Store, form: ModelKey) -> Result<AgentRecord, Hos
         planned.model = model.trim().to_string();
     }
     planned.validate()?;
+    // An agent that has a key for the model API it uses is not moved to another by the
+    // first-run form (a second tab, an old page): that is a change of the agent's, made
+    // on its page, which says so.
+    let has_key = model_key_secret(&agent, &store.list_secrets()?).is_some();
+    if has_key
+        && (planned.provider != current.provider
+            || planned.effective_base_url() != current.effective_base_url())
+    {
+        return Err(HostError::Invalid(format!(
+            "agent {name} already has a key for its model API ({} at {}); to move it to another, change its provider on its page or with `palisade agents edit {name} --provider …`, then add that API's key",
+            current.provider,
+            current.effective_base_url()
+        )));
+    }
     let host = model_key_host_pattern(&planned).ok_or_else(|| {
         HostError::Invalid(
             "the base URL has no host; give a URL such as https://api.anthropic.com".into(),
@@ -278,8 +292,21 @@ mod tests {
         assert_eq!(secret.injection, "anthropic");
         assert!(!needs_model_key(&store).unwrap());
         // A key that works is not replaced by the form.
-        let again = store_model_key(&store, form(Some("sk-2"), None)).unwrap_err();
+        let again =
+            store_model_key(&store, form(Some("sk-2"), Some("https://localhost:9/"))).unwrap_err();
         assert!(again.to_string().contains("rotate"), "{again}");
+        // Nor is the agent moved to another API by it (a second tab, an old page).
+        let moved = store_model_key(&store, form(Some("sk-2"), None)).unwrap_err();
+        assert!(
+            moved
+                .to_string()
+                .contains("already has a key for its model API"),
+            "{moved}"
+        );
+        let unchanged = store
+            .get_agent(&AgentName::new(DEFAULT_AGENT).unwrap())
+            .unwrap();
+        assert_eq!(unchanged.settings["base_url"], "https://localhost:9");
         // The first had a mistyped port, corrected on the agent page: the form again,
         // for that server, stores a key of the agent's own beside the first (which is
         // never deleted here).
