@@ -11,9 +11,19 @@
 use palisade_policy::{CanonicalPath, HostPattern, MethodPattern, PathPattern};
 use palisade_store::{NewRule, RuleRecord};
 
-/// The name of the block rule `grant` would be evaluated before, if any, among
-/// `rules` (enabled, in force at `now_ms`).
-pub fn block_passed_by(grant: &NewRule, rules: &[RuleRecord], now_ms: i64) -> Option<String> {
+/// The name of the block rule `grant` (made over `holding`, the rule that held the
+/// request) would take decisions from, if any, among `rules` (enabled, in force at
+/// `now_ms`): one that covers the request, sits at or below the grant's priority (so
+/// the grant comes first), and could decide some of these requests now, being at or
+/// above the holding rule (ties counted, their order being by specificity and age) or
+/// behind a holding rule that holds only some bodies. A block below a holding rule that
+/// holds every such request never decided them, and the grant takes nothing from it.
+pub fn block_passed_by(
+    grant: &NewRule,
+    holding: &RuleRecord,
+    rules: &[RuleRecord],
+    now_ms: i64,
+) -> Option<String> {
     let method: http::Method = grant.method.to_string().parse().ok()?;
     let path = grant
         .path
@@ -45,6 +55,7 @@ pub fn block_passed_by(grant: &NewRule, rules: &[RuleRecord], now_ms: i64) -> Op
                 && rule.action == "block"
                 && rule.scope == grant.scope.as_str()
                 && rule.priority <= grant.priority
+                && (rule.priority >= holding.priority || holding.body_contains.is_some())
                 && rule.expires_at_ms.is_none_or(|at| now_ms < at)
                 && rule
                     .agent

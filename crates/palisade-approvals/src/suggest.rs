@@ -80,8 +80,15 @@ pub fn accept(
     }
     let rule = suggestion.rule().map_err(AcceptError::Rule)?;
     // Checked again against the rules as they are now.
+    let rules = store.list_rules()?;
+    let Some(holding) = rules.iter().find(|r| r.name == suggestion.held_by) else {
+        return Err(AcceptError::Rule(format!(
+            "the rule that held these requests, {}, no longer exists: look at the suggestions again",
+            suggestion.held_by
+        )));
+    };
     if let Some(block) =
-        crate::grant::block_passed_by(&rule, &store.list_rules()?, palisade_store::now_ms())
+        crate::grant::block_passed_by(&rule, holding, &rules, palisade_store::now_ms())
     {
         return Err(AcceptError::Rule(format!(
             "{}; approve such requests one at a time, or change {block}",
@@ -282,7 +289,7 @@ pub fn suggest(
             // Not suggested: it would pass a block rule (a rule expired before the
             // window counts as in force here; `accept` checks against now).
             let rule = suggestion.rule().ok()?;
-            if crate::grant::block_passed_by(&rule, rules, since_ms).is_some() {
+            if crate::grant::block_passed_by(&rule, holding, rules, since_ms).is_some() {
                 return None;
             }
             Some(suggestion)
@@ -452,7 +459,8 @@ mod tests {
             3,
         );
         assert!(suggestions.is_empty(), "{suggestions:#?}");
-        // In the other layer, or above the rule it would make, it changes nothing.
+        // In the other layer, above the rule it would make, or below a holding rule
+        // that holds every such request, it changes nothing.
         for other in [
             RuleRecord {
                 scope: "org".into(),
@@ -460,6 +468,12 @@ mod tests {
             },
             RuleRecord {
                 priority: 7,
+                ..block.clone()
+            },
+            // Below a holding rule that holds every such request: it never decided
+            // them, and the rule takes nothing from it.
+            RuleRecord {
+                priority: 4,
                 ..block
             },
         ] {
@@ -611,6 +625,22 @@ mod tests {
         store
             .create_agent(&"mailer".parse().unwrap(), palisade_policy::Profile::Action)
             .unwrap();
+        // The rule that held them, as the store has it.
+        store
+            .create_rule(NewRule {
+                name: "ask-mail".into(),
+                host: HostPattern::parse("gmail.googleapis.com").unwrap(),
+                path: None,
+                method: MethodPattern::Any,
+                action: RuleAction::RequireApproval,
+                agent: None,
+                priority: 5,
+                expires_at_ms: None,
+                body_contains: None,
+                scope: Scope::User,
+                approval_timeout_ms: None,
+            })
+            .unwrap();
         let suggestions = suggest(&recorded_week(), &[holding_rule()], NOW - 7 * DAY, 3);
         let shown = suggestions[0].rule_name.clone();
         assert_eq!(
@@ -623,7 +653,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(changed.starts_with("suggestion 1 is no longer rule suggested-mailer-0000"));
-        assert!(store.list_rules().unwrap().is_empty(), "nothing created");
+        assert_eq!(store.list_rules().unwrap().len(), 1, "nothing created");
         let rule = accept(&store, &suggestions, 1, Some(&shown)).unwrap();
         assert_eq!(rule.name, shown);
         assert_eq!(rule.action, "allow");

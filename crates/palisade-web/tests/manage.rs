@@ -1387,11 +1387,27 @@ async fn first_run_stores_the_key_in_the_vault_and_picks_the_newest_model() {
             &[
                 ("agent", "helper"),
                 ("provider", "anthropic"),
+                ("base_url", &upstream.base_url()),
                 ("key", "another"),
             ],
         )
         .await;
     assert!(again.contains("rotate"), "{again}");
+    // Nor does an old page move the agent to another API (here Anthropic's own).
+    let moved = web
+        .post_refused(
+            "/setup/model-key",
+            &[
+                ("agent", "helper"),
+                ("provider", "anthropic"),
+                ("key", "another"),
+            ],
+        )
+        .await;
+    assert!(
+        moved.contains("already has a key for its model API"),
+        "{moved}"
+    );
     let rows = web
         .store
         .list_audit(&AuditFilter {
