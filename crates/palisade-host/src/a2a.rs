@@ -312,29 +312,19 @@ async fn try_send(
             }),
             request_key: format!("{key}:answer"),
         };
+        // The answer's rows are the asked agent's, about the asking one.
+        let answer_row = serde_json::json!({ "to": from.as_str(), "key": key, "answer_to": accepted.message_id });
         match person_decides(inner, ask).await? {
             None => {}
             Some(Refused::Denied { approver, comment }) => {
-                audit(
-                    inner,
-                    &to,
-                    "answer_denied",
-                    serde_json::json!({ "to": from.as_str(), "key": key, "answer_to": accepted.message_id }),
-                )
-                .await;
+                audit(inner, &to, "answer_denied", answer_row).await;
                 return Err(format!(
                     "{to} answered, but {approver} did not let its answer out of {to}'s compartment{}. Go on without it.",
                     said(inner, &from, comment).await
                 ));
             }
             Some(Refused::TimedOut) => {
-                audit(
-                    inner,
-                    &to,
-                    "answer_timed_out",
-                    serde_json::json!({ "to": from.as_str(), "key": key, "answer_to": accepted.message_id }),
-                )
-                .await;
+                audit(inner, &to, "answer_timed_out", answer_row).await;
                 return Err(format!(
                     "{to} answered, but nobody let its answer out of {to}'s compartment in time. Go on without it."
                 ));

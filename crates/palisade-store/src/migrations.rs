@@ -331,10 +331,11 @@ const V10: &str = r#"
 ALTER TABLE audit_head ADD COLUMN head_mac TEXT;
 "#;
 
-/// When a session was last reset: a turn that began before it (its message older than
-/// the reset) does not write its history back over the reset.
+/// Where a session was last reset: the newest message id when it was. A turn of a
+/// message that came in before (an id at most that) does not write its history back
+/// over the reset.
 const V11: &str = r#"
-ALTER TABLE sessions ADD COLUMN reset_at_ms INTEGER;
+ALTER TABLE sessions ADD COLUMN reset_after_message INTEGER;
 "#;
 
 const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11];

@@ -263,26 +263,34 @@ fn truncated_tail_is_detected() {
     assert!(!t.store.verify_audit().unwrap().ok);
 }
 
-/// Deleting the newest rows and moving the head back to the new last row leaves a
-/// chain that is consistent in itself; the anchor outside the database still knows
-/// how far the log went.
-#[test]
-fn tail_deleted_with_the_head_rewritten_is_detected() {
-    let t = with_rows(7);
-    // The head record as it was at row 7, signature included, kept by the attacker.
+/// A log of 10 rows cut back to its first `kept`, as an attacker who kept the head
+/// record (hash and signature) from when the log ended there would leave it, the head
+/// record not yet put back: the store, a raw connection, and that hash and signature.
+fn cut_after_signed_head(kept: i64) -> (common::TestStore, rusqlite::Connection, (String, String)) {
+    let t = with_rows(kept);
     let conn = common::raw(&t.home);
-    let (hash, mac): (String, String) = conn
+    let signed: (String, String) = conn
         .query_row(
             "SELECT last_hash, head_mac FROM audit_head WHERE id = 1",
             [],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .unwrap();
-    let later: Vec<_> = (8..=10)
+    let later: Vec<_> = (kept + 1..=10)
         .map(|i| (i * 1000, request("odd", "h", "allowed")))
         .collect();
     t.store.append_audit_batch(&later).unwrap();
-    conn.execute("DELETE FROM audit WHERE id >= 8", []).unwrap();
+    conn.execute("DELETE FROM audit WHERE id > ?1", [kept])
+        .unwrap();
+    (t, conn, signed)
+}
+
+/// Deleting the newest rows and moving the head back to the new last row leaves a
+/// chain that is consistent in itself; the anchor outside the database still knows
+/// how far the log went.
+#[test]
+fn tail_deleted_with_the_head_rewritten_is_detected() {
+    let (t, conn, (hash, mac)) = cut_after_signed_head(7);
     // Moved back without the signature: the end is not signed.
     conn.execute("UPDATE audit_head SET last_id = 7, last_hash = ?1", [&hash])
         .unwrap();
@@ -453,21 +461,7 @@ fn an_edited_or_missing_anchor_is_detected() {
 /// log grew past the row the anchor named).
 #[test]
 fn a_cut_log_stays_detected_after_more_writes() {
-    let t = with_rows(5);
-    // The signed head record at row 5, kept by the attacker and put back after the cut.
-    let conn = common::raw(&t.home);
-    let (hash, mac): (String, String) = conn
-        .query_row(
-            "SELECT last_hash, head_mac FROM audit_head WHERE id = 1",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .unwrap();
-    let later: Vec<_> = (6..=10)
-        .map(|i| (i * 1000, request("odd", "h", "allowed")))
-        .collect();
-    t.store.append_audit_batch(&later).unwrap();
-    conn.execute("DELETE FROM audit WHERE id >= 6", []).unwrap();
+    let (t, conn, (hash, mac)) = cut_after_signed_head(5);
     conn.execute(
         "UPDATE audit_head SET last_id = 5, last_hash = ?1, head_mac = ?2",
         [&hash, &mac],
@@ -960,7 +954,7 @@ fn a_head_is_signed_by_the_migration_only() {
     let t = with_rows(3);
     let conn = common::raw(&t.home);
     conn.execute_batch(
-        "ALTER TABLE audit_head DROP COLUMN head_mac; ALTER TABLE sessions DROP COLUMN reset_at_ms;
+        "ALTER TABLE audit_head DROP COLUMN head_mac; ALTER TABLE sessions DROP COLUMN reset_after_message;
          PRAGMA user_version = 9;",
     )
     .unwrap();

@@ -408,11 +408,11 @@ impl Store {
                 // came back whole once the running turn answered).
                 Some(history) => tx.execute(
                     "UPDATE sessions SET history = CASE
-                         WHEN reset_at_ms IS NOT NULL AND reset_at_ms >= ?4 THEN history
+                         WHEN reset_after_message >= ?4 THEN history
                          ELSE ?1 END,
                          updated_at_ms = ?2
                      WHERE id = ?3",
-                    (history, now, message.session_id, message.created_at_ms),
+                    (history, now, message.session_id, message.id),
                 )?,
                 None => tx.execute(
                     "UPDATE sessions SET updated_at_ms = ?1 WHERE id = ?2",
@@ -644,7 +644,8 @@ impl Store {
     pub fn reset_session(&self, session_id: i64) -> Result<()> {
         self.write(|tx| {
             let changed = tx.execute(
-                "UPDATE sessions SET history = '[]', updated_at_ms = ?1, reset_at_ms = ?1
+                "UPDATE sessions SET history = '[]', updated_at_ms = ?1,
+                     reset_after_message = (SELECT COALESCE(MAX(id), 0) FROM inbound_messages)
                  WHERE id = ?2",
                 (crate::now_ms(), session_id),
             )?;
@@ -702,7 +703,6 @@ mod tests {
         let (_dir, store, agent) = store_with_agent("helper");
         let running = store.accept_message(&agent, "cli", "cli", "hello").unwrap();
         let poisoned = serde_json::json!([{"role": "user", "content": "POISON"}]);
-        std::thread::sleep(std::time::Duration::from_millis(2));
         store.reset_session(running.session_id).unwrap();
         store
             .store_reply(running.message_id, "hi", Some(&poisoned), false)
@@ -718,7 +718,7 @@ mod tests {
             "hi"
         );
 
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        // At once (the same millisecond, as `palisade chat`'s `/reset` and its next line).
         let next = store.accept_message(&agent, "cli", "cli", "again").unwrap();
         let fresh = serde_json::json!([{"role": "user", "content": "again"}]);
         store
