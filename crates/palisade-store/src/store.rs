@@ -108,7 +108,7 @@ impl Store {
                     // once, by the open that migrated it (never later: an unsigned head
                     // then is rows someone added without the key).
                     if from < crate::migrations::SIGNED_HEAD {
-                        audit::sign_unsigned_head(&conn, &key)?;
+                        audit::sign_unsigned_head(&conn, &key, home, new_log)?;
                     }
                     Ok(())
                 })

@@ -456,9 +456,9 @@ fn an_edited_or_missing_anchor_is_detected() {
 }
 
 /// Rows deleted from the end with the head moved back stay detected however much is
-/// written afterwards: the anchor is moved on only from a row the log still has with
-/// the hash it signed, so the next writes do not sign the cut log (they did, once the
-/// log grew past the row the anchor named).
+/// written afterwards: the next write finds the row the anchor named gone and marks it
+/// on the anchor for good, so it does not sign the cut log (it did, once the log grew
+/// past the row the anchor named).
 #[test]
 fn a_cut_log_stays_detected_after_more_writes() {
     let (t, conn, (hash, mac)) = cut_after_signed_head(5);
@@ -474,7 +474,50 @@ fn a_cut_log_stays_detected_after_more_writes() {
     }
     let (id, problem) = verify_problem(&t.store);
     assert_eq!(id, Some(10), "{problem}");
-    assert!(problem.contains("does not have the hash"), "{problem}");
+    assert!(
+        problem.contains("row 10 was found changed or gone"),
+        "{problem}"
+    );
+}
+
+/// The anchor cannot be held back by breaking the row it names for a while: the next
+/// write marks that row on the anchor and moves on, so rows written meanwhile that are
+/// then cut, with the row mended and an old signed head put back, are still found.
+#[test]
+fn an_anchor_held_back_by_a_broken_row_still_sees_the_cut() {
+    let t = with_rows(5);
+    let conn = common::raw(&t.home);
+    let (hash, head_hash, mac): (String, String, String) = conn
+        .query_row(
+            "SELECT a.hash, h.last_hash, h.head_mac FROM audit a, audit_head h WHERE a.id = 5",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .unwrap();
+    conn.execute("UPDATE audit SET hash = 'x' WHERE id = 5", [])
+        .unwrap();
+    for _ in 0..2 {
+        t.store
+            .append_audit(&request("odd", "h", "allowed"))
+            .unwrap();
+    }
+    conn.execute_batch("DELETE FROM audit WHERE id > 5")
+        .unwrap();
+    conn.execute("UPDATE audit SET hash = ?1 WHERE id = 5", [&hash])
+        .unwrap();
+    conn.execute(
+        "UPDATE audit_head SET last_id = 5, last_hash = ?1, head_mac = ?2",
+        [&head_hash, &mac],
+    )
+    .unwrap();
+    let (_, problem) = verify_problem(&t.store);
+    assert!(
+        problem.contains("row 5 was found changed or gone"),
+        "{problem}"
+    );
+    // A person signs the log anew; the mark goes with it.
+    assert!(t.store.reanchor_audit().unwrap().ok);
+    assert!(t.store.verify_audit().unwrap().ok);
 }
 
 /// The same rows written into two logs, one with row 2 changed: a log whose rows are
@@ -519,7 +562,8 @@ fn a_rechained_log_stays_detected_after_more_writes() {
         let (_, problem) = verify_problem(&t.store);
         assert!(
             problem.contains("does not carry this home's signature")
-                || problem.contains("does not have the hash"),
+                || problem.contains("does not have the hash")
+                || problem.contains("was found changed or gone"),
             "round {round}: {problem}"
         );
         t.store
@@ -965,6 +1009,51 @@ fn a_head_is_signed_by_the_migration_only() {
     common::raw(&t.home)
         .execute("UPDATE audit_head SET head_mac = NULL", [])
         .unwrap();
+    let reopened = Store::open(&t.home).unwrap();
+    let (_, problem) = verify_problem(&reopened);
+    assert!(
+        problem.contains("does not carry this home's signature"),
+        "{problem}"
+    );
+
+    // The "migration" asked for again by someone who can write the database (the column
+    // dropped, the version set back) after appending a row of their own: the end is
+    // not the one the anchor vouches for, so it is not signed.
+    let t = with_rows(3);
+    let forged = common::store();
+    let same: Vec<_> = (1..=3)
+        .map(|i| {
+            let agent = if i % 2 == 0 { "even" } else { "odd" };
+            let decision = if i % 3 == 0 { "blocked" } else { "allowed" };
+            (
+                i * 1000,
+                request(agent, &format!("h{}.example.com", i % 4), decision),
+            )
+        })
+        .collect();
+    forged.store.append_audit_batch(&same).unwrap();
+    forged
+        .store
+        .append_audit_batch(&[(4000, request("odd", "forged.example", "allowed"))])
+        .unwrap();
+    let conn = common::raw(&t.home);
+    conn.execute(
+        &format!(
+            "ATTACH DATABASE '{}' AS forged",
+            forged.home.database().display()
+        ),
+        [],
+    )
+    .unwrap();
+    conn.execute_batch(
+        "INSERT INTO audit SELECT * FROM forged.audit WHERE id = 4;
+         UPDATE audit_head SET last_id = 4, last_hash = (SELECT last_hash FROM forged.audit_head);
+         ALTER TABLE audit_head DROP COLUMN head_mac;
+         ALTER TABLE sessions DROP COLUMN reset_after_message;
+         PRAGMA user_version = 9;",
+    )
+    .unwrap();
+    drop(conn);
     let reopened = Store::open(&t.home).unwrap();
     let (_, problem) = verify_problem(&reopened);
     assert!(

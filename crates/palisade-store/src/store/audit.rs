@@ -171,10 +171,33 @@ fn head_mac(key: &MasterKey, head: &(i64, String)) -> String {
     hex::encode(key.mac(HEAD_PURPOSE, format!("{}:{}", head.0, head.1).as_bytes()))
 }
 
-/// Signs the head if it carries no signature (the one open that migrates a database
-/// to signed heads).
-pub(super) fn sign_unsigned_head(conn: &rusqlite::Connection, key: &MasterKey) -> Result<()> {
+/// Signs the head if it carries no signature, for the one open that migrates a
+/// database to signed heads: a new log's (`new_log`), or one whose signed anchor names
+/// exactly its head. The schema version is the database's own, so anyone who can write
+/// it can ask for this "migration" again (dropping the column, setting the version
+/// back); signing only an end the anchor outside the database already vouches for
+/// keeps that from signing rows they appended. Otherwise the head stays unsigned and
+/// `audit verify` says so, until a person runs `palisade audit anchor`.
+pub(super) fn sign_unsigned_head(
+    conn: &rusqlite::Connection,
+    key: &MasterKey,
+    home: &Home,
+    new_log: bool,
+) -> Result<()> {
     if let Some(head) = read_head(conn)? {
+        let vouched = new_log
+            || read_anchor(&home.audit_anchor()).is_some_and(|anchor| {
+                anchor.is_genuine(key)
+                    && anchor.changed_at.is_none()
+                    && anchor.last_id == head.0
+                    && anchor.last_hash == head.1
+            });
+        if !vouched {
+            tracing::warn!(
+                "the audit log's end is not signed and its anchor does not name it; `palisade audit verify` says more"
+            );
+            return Ok(());
+        }
         conn.execute(
             "UPDATE audit_head SET head_mac = ?1
              WHERE id = 1 AND head_mac IS NULL AND last_id = ?2 AND last_hash = ?3",
@@ -443,14 +466,38 @@ fn bad_row(rows: u64, id: i64, problem: impl Into<String>) -> VerifyReport {
 struct Anchor {
     last_id: i64,
     last_hash: String,
-    /// HMAC-SHA256 (hex) of `last_id:last_hash` under a key derived from the master key.
+    /// Set once a writer found the row the anchor named changed or gone: that row, kept
+    /// on every later anchor until a person signs the log anew (`audit anchor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    changed_at: Option<i64>,
+    /// HMAC-SHA256 (hex) of `last_id:last_hash` (and `:changed:N` when marked) under a
+    /// key derived from the master key.
     mac: String,
+}
+
+impl Anchor {
+    fn signed(key: &MasterKey, head: &(i64, String), changed_at: Option<i64>) -> Anchor {
+        Anchor {
+            last_id: head.0,
+            last_hash: head.1.clone(),
+            changed_at,
+            mac: anchor_mac(key, head.0, &head.1, changed_at),
+        }
+    }
+
+    fn is_genuine(&self, key: &MasterKey) -> bool {
+        self.mac == anchor_mac(key, self.last_id, &self.last_hash, self.changed_at)
+    }
 }
 
 const ANCHOR_PURPOSE: &str = "palisade audit anchor v1";
 
-fn anchor_mac(key: &MasterKey, id: i64, hash: &str) -> String {
-    hex::encode(key.mac(ANCHOR_PURPOSE, format!("{id}:{hash}").as_bytes()))
+fn anchor_mac(key: &MasterKey, id: i64, hash: &str, changed_at: Option<i64>) -> String {
+    let signed = match changed_at {
+        None => format!("{id}:{hash}"),
+        Some(row) => format!("{id}:{hash}:changed:{row}"),
+    };
+    hex::encode(key.mac(ANCHOR_PURPOSE, signed.as_bytes()))
 }
 
 /// Moves the anchor to `head` unless it already records a later row (processes commit
@@ -511,22 +558,29 @@ fn try_write_anchor(
     let Ok(current) = serde_json::from_str::<Anchor>(&text) else {
         return Ok(Some("it cannot be read"));
     };
-    if current.mac != anchor_mac(key, current.last_id, &current.last_hash) {
+    if !current.is_genuine(key) {
         return Ok(Some("it does not carry a valid signature"));
     }
     if current.last_id >= head.0 {
         return Ok(None);
     }
-    match anchored_row_holds(conn, &current) {
-        Ok(true) => {}
-        Ok(false) => {
-            return Ok(Some(
-                "the log no longer has the row it names with that hash",
-            ))
-        }
-        Err(e) => return Err(std::io::Error::other(e.to_string())),
-    }
-    let mut record = anchor_record(key, head)?;
+    // A row the anchor named that is changed or gone is marked on the anchor, which
+    // moves on all the same: left behind, it was "frozen" there by anyone who broke
+    // that row for a while, and the rows written meanwhile could be cut and the row
+    // mended unseen. The mark stays on every later anchor.
+    let (changed_at, said) = match current.changed_at {
+        Some(row) => (Some(row), None),
+        None => match anchored_row_holds(conn, &current) {
+            Ok(true) => (None, None),
+            Ok(false) => (
+                Some(current.last_id),
+                Some("the log no longer had the row it named with that hash; the anchor records that and moves on"),
+            ),
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        },
+    };
+    let anchor = Anchor::signed(key, head, changed_at);
+    let mut record = serde_json::to_vec(&anchor).map_err(std::io::Error::other)?;
     if record.len() < ANCHOR_RECORD {
         record.resize(ANCHOR_RECORD - 1, b' ');
         record.push(b'\n');
@@ -535,17 +589,12 @@ fn try_write_anchor(
     if (text.len() as u64) > record.len() as u64 {
         file.set_len(record.len() as u64)?;
     }
-    Ok(None)
+    Ok(said)
 }
 
-/// The signed anchor of `head`, as JSON.
+/// The signed anchor of `head`, unmarked, as JSON.
 fn anchor_record(key: &MasterKey, head: &(i64, String)) -> std::io::Result<Vec<u8>> {
-    let anchor = Anchor {
-        last_id: head.0,
-        last_hash: head.1.clone(),
-        mac: anchor_mac(key, head.0, &head.1),
-    };
-    serde_json::to_vec(&anchor).map_err(std::io::Error::other)
+    serde_json::to_vec(&Anchor::signed(key, head, None)).map_err(std::io::Error::other)
 }
 
 /// Whether the row `anchor` names is still in the log with the hash it signed, or is
@@ -652,13 +701,22 @@ fn check_anchor(
             ),
         )));
     };
-    if anchor.mac != anchor_mac(key, anchor.last_id, &anchor.last_hash) {
+    if !anchor.is_genuine(key) {
         return Ok(Some(bad_row(
             rows,
             anchor.last_id.max(1),
             format!(
                 "the anchor {} does not carry a valid signature; it was edited or written with another master key",
                 path.display()
+            ),
+        )));
+    }
+    if let Some(row) = anchor.changed_at {
+        return Ok(Some(bad_row(
+            rows,
+            row.max(1),
+            format!(
+                "row {row} was found changed or gone by a palisade writing after it (the anchor records it); the log was altered there, whatever it looks like now"
             ),
         )));
     }
