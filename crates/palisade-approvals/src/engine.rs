@@ -386,11 +386,6 @@ impl Engine {
             scope,
             approval_timeout_ms: None,
         };
-        if let Some(block) =
-            crate::grant::block_passed_by(&grant, holding, &rules, self.clock.now_ms())
-        {
-            return Err(not_offered(&crate::suggest::passes_block(&block)));
-        }
         Ok(grant)
     }
 

@@ -27,7 +27,6 @@ pub mod choice;
 pub mod clock;
 pub mod engine;
 pub mod events;
-pub mod grant;
 pub mod holder;
 pub mod holds;
 pub mod kind;

@@ -79,30 +79,18 @@ pub fn accept(
         });
     }
     let rule = suggestion.rule().map_err(AcceptError::Rule)?;
-    // Checked again against the rules as they are now.
-    let rules = store.list_rules()?;
-    let Some(holding) = rules.iter().find(|r| r.name == suggestion.held_by) else {
+    // The rule only answers the hold of the rule that held these requests.
+    if !store
+        .list_rules()?
+        .iter()
+        .any(|r| r.name == suggestion.held_by)
+    {
         return Err(AcceptError::Rule(format!(
             "the rule that held these requests, {}, no longer exists: look at the suggestions again",
             suggestion.held_by
         )));
-    };
-    if let Some(block) =
-        crate::grant::block_passed_by(&rule, holding, &rules, palisade_store::now_ms())
-    {
-        return Err(AcceptError::Rule(format!(
-            "{}; approve such requests one at a time, or change {block}",
-            passes_block(&block)
-        )));
     }
     Ok(store.create_rule(rule)?)
-}
-
-/// Why a rule that would pass block rule `block` is not made.
-pub(crate) fn passes_block(block: &str) -> String {
-    format!(
-        "the block rule {block} also covers this request, and an allow rule for it would be evaluated before that block, letting through what it stops"
-    )
 }
 
 /// One proposed rule and what it would have allowed.
@@ -286,12 +274,6 @@ pub fn suggest(
                 first_at_ms: group.first_at_ms,
                 last_at_ms: group.last_at_ms,
             };
-            // Not suggested: it would pass a block rule (a rule expired before the
-            // window counts as in force here; `accept` checks against now).
-            let rule = suggestion.rule().ok()?;
-            if crate::grant::block_passed_by(&rule, holding, rules, since_ms).is_some() {
-                return None;
-            }
             Some(suggestion)
         })
         .collect();
@@ -436,50 +418,6 @@ mod tests {
             ));
         }
         week
-    }
-
-    /// A suggestion whose rule would sit above a block rule covering the same requests
-    /// (in its layer, at or below its priority) is not made: accepting it would let
-    /// through what the block stops.
-    #[test]
-    fn no_suggestion_passes_a_block_rule() {
-        let block = RuleRecord {
-            id: 2,
-            name: "no-label-spam".into(),
-            path_pattern: Some("/gmail/v1/users/*/labels".into()),
-            method: "POST".into(),
-            action: "block".into(),
-            body_contains: Some("spam".into()),
-            ..holding_rule()
-        };
-        let suggestions = suggest(
-            &recorded_week(),
-            &[holding_rule(), block.clone()],
-            NOW - 7 * DAY,
-            3,
-        );
-        assert!(suggestions.is_empty(), "{suggestions:#?}");
-        // In the other layer, above the rule it would make, or below a holding rule
-        // that holds every such request, it changes nothing.
-        for other in [
-            RuleRecord {
-                scope: "org".into(),
-                ..block.clone()
-            },
-            RuleRecord {
-                priority: 7,
-                ..block.clone()
-            },
-            // Below a holding rule that holds every such request: it never decided
-            // them, and the rule takes nothing from it.
-            RuleRecord {
-                priority: 4,
-                ..block
-            },
-        ] {
-            let suggestions = suggest(&recorded_week(), &[holding_rule(), other], NOW - 7 * DAY, 3);
-            assert_eq!(suggestions.len(), 1, "{suggestions:#?}");
-        }
     }
 
     #[test]

@@ -531,55 +531,63 @@ fn requests_whose_holder_died_are_cancelled() {
     );
 }
 
-/// "Always" and "for 1 h" make an allow rule one above the holding rule in its layer,
-/// where the first matching rule wins: over a block rule of that layer that also covers
-/// the request (here one that stops some of its bodies) it would have been evaluated
-/// first, disabling that block for the agent with one click. Such a grant is not made
-/// (the request can still be approved once), nor suggested from a history of such
-/// approvals; a block that sits above the grant changes nothing.
+/// "Always" and "for 1 h" answer the hold of the request they name, and nothing else:
+/// a block rule of the same layer that stops some of its bodies still stops them after
+/// the grant (as an ordinary allow rule one above the holding rule, the grant was
+/// evaluated before that block and disabled it with one click).
 #[test]
-fn a_grant_never_passes_a_block_rule() {
+fn a_grant_answers_a_hold_and_never_passes_a_block() {
     let w = world();
     let sent = "/gmail/v1/users/me/messages/send";
-    let block = |name: &str, priority: i64| NewRule {
-        name: name.into(),
-        host: HostPattern::parse("gmail.googleapis.com").unwrap(),
-        path: Some(PathPattern::parse("/gmail/v1/users/*/messages/send").unwrap()),
-        method: MethodPattern::parse("POST").unwrap(),
-        action: RuleAction::Block,
-        agent: None,
-        priority,
-        expires_at_ms: None,
-        body_contains: Some("attacker@evil.example".into()),
-        scope: Scope::User,
-        approval_timeout_ms: None,
-    };
     w.store
-        .create_rule(block("no-mail-to-attacker", 3))
+        .create_rule(NewRule {
+            name: "no-mail-to-attacker".into(),
+            host: HostPattern::parse("gmail.googleapis.com").unwrap(),
+            path: Some(PathPattern::parse("/gmail/v1/users/*/messages/send").unwrap()),
+            method: MethodPattern::parse("POST").unwrap(),
+            action: RuleAction::Block,
+            agent: None,
+            priority: 3,
+            expires_at_ms: None,
+            body_contains: Some("attacker@evil.example".into()),
+            scope: Scope::User,
+            approval_timeout_ms: None,
+        })
         .unwrap();
     let id = held_send(&w, sent);
-    for choice in [Choice::Always, Choice::ForHour] {
-        let refused = w.engine.decide(&id, &ana(), choice, None);
-        match refused {
-            Err(palisade_approvals::engine::ApprovalError::ChoiceNotOffered { reason }) => {
-                assert!(reason.contains("no-mail-to-attacker"), "{reason}")
-            }
-            other => panic!("{choice:?}: expected no grant, got {other:?}"),
+    granted(&w, &id, Choice::Always);
+    let now = w.clock.now_ms();
+    let with_body = |body: &[u8]| {
+        let policy = w.store.load_policy().unwrap();
+        let path = CanonicalPath::parse(sent).unwrap();
+        let name = agent("mailer");
+        let facts = RequestFacts {
+            agent: &name,
+            profile: Profile::Research,
+            method: &http::Method::POST,
+            opens_stream: false,
+            host: "gmail.googleapis.com",
+            port: 443,
+            path: &path,
+            body: Some(body),
+            now_ms: now,
+            approvals: palisade_policy::dial::ApprovalFrequency::Never,
+            model_call: false,
+        };
+        match policy.evaluate(&facts).verdict {
+            Verdict::Allow => "allow",
+            Verdict::Block { .. } => "block",
+            _ => "other",
         }
-    }
-    assert!(
-        !w.store
-            .list_rules()
-            .unwrap()
-            .iter()
-            .any(|r| r.action == "allow"),
-        "no allow rule was made"
+    };
+    assert_eq!(
+        with_body(b"to=bob@example.com"),
+        "allow",
+        "the grant answers"
     );
-    // Once is still offered.
-    w.engine.decide(&id, &ana(), Choice::Once, None).unwrap();
-    // With the block above where the grant would go, the grant is made.
-    w.store.delete_rule("no-mail-to-attacker").unwrap();
-    w.store.create_rule(block("above", 10)).unwrap();
-    let again = held_send(&w, sent);
-    granted(&w, &again, Choice::Always);
+    assert_eq!(
+        with_body(b"to=attacker@evil.example"),
+        "block",
+        "the block still stops what it stopped"
+    );
 }

@@ -141,7 +141,9 @@ impl PolicySet {
         let mut host_named = false;
         for rule in &self.rules {
             let layer = layer_index(rule.scope);
-            if (first_match[layer].is_some() && host_named)
+            // A person's grant only answers a hold (below); it never decides in a layer.
+            if rule.is_grant()
+                || (first_match[layer].is_some() && host_named)
                 || !rule_applies(rule, facts)
                 || !rule.host.matches(facts.host, facts.port)
             {
@@ -200,7 +202,31 @@ impl PolicySet {
             return Evaluation::refused(Verdict::DefaultDeny);
         }
 
-        let verdict = match matched().find(|rule| rule.action == RuleAction::RequireApproval) {
+        // A hold a person already answered for good: a grant of theirs (for this agent,
+        // host, port, method and path, in force) in the layer of every rule that holds
+        // the request. Anything a layer would otherwise decide (a block, a rate limit,
+        // another rule for other bodies) it decides as before the grant.
+        let holding: Vec<&RulePolicy> = matched()
+            .filter(|rule| rule.action == RuleAction::RequireApproval)
+            .collect();
+        let granted = |holding: &RulePolicy| {
+            self.rules.iter().find(|grant| {
+                grant.is_grant()
+                    && grant.scope == holding.scope
+                    && rule_applies(grant, facts)
+                    && rule_matches_head(grant, facts)
+            })
+        };
+        let grant = match holding.as_slice() {
+            [] => None,
+            all => all
+                .iter()
+                .map(|rule| granted(rule))
+                .collect::<Option<Vec<_>>>()
+                .and_then(|grants| grants.first().copied()),
+        };
+        let verdict = match holding.first() {
+            Some(_) if grant.is_some() => Verdict::Allow,
             Some(rule) => Verdict::RequireApproval { rule },
             None if secret.is_some()
                 && !facts.model_call
@@ -216,7 +242,9 @@ impl PolicySet {
             .filter(|rule| matches!(rule.action, RuleAction::RateLimit { .. }))
             .collect();
         let allowed_by = match verdict {
-            Verdict::Allow => matched().find(|rule| rule.action == RuleAction::Allow),
+            Verdict::Allow => {
+                grant.or_else(|| matched().find(|rule| rule.action == RuleAction::Allow))
+            }
             _ => None,
         };
         Evaluation {
@@ -852,6 +880,56 @@ mod tests {
             verdict_of(&set, &Request::to("api.example.com", "/").post(None)).0,
             "block"
         );
+    }
+
+    /// A person's grant (`always-allowed-…`) answers the hold of the request it names
+    /// and decides nothing else: once the holding rule no longer holds (expired here),
+    /// a block below it decides again; for bodies a body-conditional hold does not
+    /// hold, the rate limit below it still counts. (As an ordinary allow rule above the
+    /// holding rule, it passed both.)
+    #[test]
+    fn a_grant_only_answers_a_hold() {
+        let grant = |id: i64| {
+            let mut grant = rule(id, "api.example.com", RuleAction::Allow);
+            grant.name = format!("always-allowed-apr_{id}");
+            grant.priority = 11;
+            grant
+        };
+        let mut block = rule(1, "api.example.com", RuleAction::Block);
+        block.priority = 0;
+        let mut hold = rule(2, "api.example.com", RuleAction::RequireApproval);
+        hold.priority = 10;
+        hold.expires_at_ms = Some(NOW + 1);
+        let set = rules(vec![block.clone(), hold.clone(), grant(3)]);
+        let request = Request::to("api.example.com", "/x").post(Some(b"hi"));
+        assert_eq!(verdict_of(&set, &request).0, "allow");
+        assert_eq!(
+            set.evaluate(&request.facts()).allowed_by.map(|r| r.id),
+            Some(3)
+        );
+        hold.expires_at_ms = Some(NOW - 1);
+        let expired = rules(vec![block, hold, grant(3)]);
+        assert_eq!(verdict_of(&expired, &request).0, "block");
+
+        let mut only_exfil = rule(4, "api.example.com", RuleAction::RequireApproval);
+        only_exfil.priority = 10;
+        only_exfil.body_contains = Some("EXFIL".into());
+        let mut limit = rule(
+            5,
+            "api.example.com",
+            RuleAction::RateLimit {
+                limit: 1,
+                window: "1h".parse().unwrap(),
+            },
+        );
+        limit.priority = 5;
+        let set = rules(vec![only_exfil, limit, grant(6)]);
+        let normal = Request::to("api.example.com", "/x").post(Some(b"normal"));
+        assert_eq!(set.evaluate(&normal.facts()).rate_limits.len(), 1);
+        let exfil = Request::to("api.example.com", "/x").post(Some(b"EXFIL one"));
+        let answered = set.evaluate(&exfil.facts());
+        assert!(matches!(answered.verdict, Verdict::Allow));
+        assert_eq!(answered.allowed_by.map(|r| r.id), Some(6));
     }
 
     /// An allow that a rule decided names that rule (an approval's grant among them),

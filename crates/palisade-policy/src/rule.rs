@@ -153,6 +153,24 @@ pub struct RulePolicy {
     pub approval_timeout_ms: Option<i64>,
 }
 
+/// How the allow rules a person's approval makes are named: "approve for 1 h",
+/// "always allow", and an accepted suggestion. Names with these beginnings are kept
+/// for them (the store refuses them for other rules).
+pub const GRANT_PREFIXES: [&str; 3] = ["approved-1h-", "always-allowed-", "suggested-"];
+
+impl RulePolicy {
+    /// Whether this is a person's grant: an allow rule that only answers a hold of the
+    /// request it names, never a block, a rate limit or a default deny (evaluated above
+    /// them, as an ordinary allow rule it let through what a block below the holding
+    /// rule stopped, or what a body-conditional hold let reach other rules).
+    pub fn is_grant(&self) -> bool {
+        self.action == RuleAction::Allow
+            && GRANT_PREFIXES
+                .iter()
+                .any(|prefix| self.name.starts_with(prefix))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

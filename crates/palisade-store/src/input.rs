@@ -332,6 +332,14 @@ impl RuleDraft {
     /// expiry counts from.
     pub fn check(&self, now_ms: i64) -> Result<NewRule> {
         let name = check_name(&self.name, "rule")?;
+        if let Some(prefix) = palisade_policy::rule::GRANT_PREFIXES
+            .iter()
+            .find(|prefix| name.starts_with(*prefix))
+        {
+            return Err(refuse(format!(
+                "rule names starting with {prefix} are kept for the rules a person's approval makes; pick another name"
+            )));
+        }
         let host = HostPattern::parse(&self.host_pattern).map_err(|e| refuse(e.to_string()))?;
         let path = self
             .path_pattern

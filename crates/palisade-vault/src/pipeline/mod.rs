@@ -142,8 +142,8 @@ async fn run(
     let reason = match evaluation.verdict {
         Verdict::RequireApproval { rule } => Some(hold::HoldReason::Rule(rule)),
         Verdict::DialApproval { frequency } => {
-            let secret = evaluation.secret.map(|s| s.name.as_str());
-            match hold::approved_recently(shared, agent, target, secret, frequency).await {
+            match hold::approved_recently(shared, agent, target, evaluation.secret, frequency).await
+            {
                 // Let through on the strength of that approval: the row says which.
                 Some(approval) => {
                     let record = audit.record();
@@ -161,6 +161,9 @@ async fn run(
     // named on the row, so what let a request through is in the log.
     if let (None, Some(rule)) = (&reason, evaluation.allowed_by) {
         audit.record().rule.get_or_insert_with(|| rule.name.clone());
+        if rule.is_grant() {
+            decision = Decision::Granted;
+        }
     }
     let mut secret = evaluation.secret;
     // The policy the secret was chosen under (its spellings to mask come from it too).

@@ -17,6 +17,10 @@ pub enum Decision {
     Injected,
     /// Forwarded after a person approved it.
     Approved,
+    /// Forwarded on a person's earlier grant ("always", "1 h", an accepted suggestion)
+    /// in place of a hold: written, credential or not, so what a grant lets through is
+    /// in the log.
+    Granted,
     /// No or unknown proxy token (TCP listener).
     ProxyAuthRequired,
     /// An admin API request without the admin key (TCP listener).
@@ -91,6 +95,7 @@ impl Decision {
             Decision::Allowed => "allowed",
             Decision::Injected => "injected",
             Decision::Approved => "approved",
+            Decision::Granted => "granted",
             Decision::ProxyAuthRequired => "proxy_auth_required",
             Decision::AdminUnauthorized => "admin_unauthorized",
             Decision::BadRequest => "bad_request",
@@ -129,7 +134,7 @@ impl Decision {
         use palisade_store::Outcome;
         match self {
             Decision::Allowed => Outcome::Allowed,
-            Decision::Injected => Outcome::Injected,
+            Decision::Injected | Decision::Granted => Outcome::Injected,
             Decision::Approved
             | Decision::Denied
             | Decision::TimedOut
