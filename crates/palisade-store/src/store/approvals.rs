@@ -465,6 +465,7 @@ impl Store {
                        AND json_extract(context, '$.host') = ?3
                        AND json_extract(context, '$.port') = ?4
                        AND json_extract(context, '$.secret') IS ?5
+                       AND json_extract(context, '$.secret_id') IS ?7
                        AND json_extract(context, '$.rule') = ?6
                      ORDER BY decided_at_ms DESC LIMIT 1",
                 )?
@@ -476,6 +477,7 @@ impl Store {
                         approved.port,
                         approved.secret,
                         approved.rule,
+                        approved.secret_id,
                     ),
                     |row| row.get(0),
                 )
@@ -485,12 +487,14 @@ impl Store {
 }
 
 /// What a person approved, for [`Store::approved_since`]: a request of `agent` to
-/// `host` and `port` with the secret `secret` (its name), held by `rule`. Another port
+/// `host` and `port` with the secret `secret` (its name, and its id: a secret deleted
+/// and made again under that name holds another value), held by `rule`. Another port
 /// is another service, and another secret another credential the person never saw.
 pub struct ApprovedUse<'a> {
     pub agent: &'a palisade_policy::AgentName,
     pub host: &'a str,
     pub port: u16,
     pub secret: Option<&'a str>,
+    pub secret_id: Option<i64>,
     pub rule: &'a str,
 }

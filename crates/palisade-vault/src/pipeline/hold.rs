@@ -79,7 +79,7 @@ pub(super) async fn approved_recently(
     shared: &Shared,
     agent: &AgentName,
     target: &Target,
-    secret: Option<&str>,
+    secret: Option<&SecretPolicy>,
     frequency: ApprovalFrequency,
 ) -> Option<String> {
     if frequency != ApprovalFrequency::FirstUse {
@@ -87,7 +87,8 @@ pub(super) async fn approved_recently(
     }
     let store = shared.store.clone();
     let (agent, host, port) = (agent.clone(), target.host.clone(), target.port);
-    let secret = secret.map(str::to_string);
+    let secret_id = secret.map(|s| s.id);
+    let secret = secret.map(|s| s.name.clone());
     let rule = format!("{DIAL_PREFIX}{frequency}");
     let since = palisade_store::now_ms() - FIRST_USE_WINDOW_MS;
     tokio::task::spawn_blocking(move || {
@@ -96,6 +97,7 @@ pub(super) async fn approved_recently(
             host: &host,
             port,
             secret: secret.as_deref(),
+            secret_id,
             rule: &rule,
         };
         store.approved_since(&approved, since)
@@ -305,6 +307,7 @@ fn approval_for(
         "bodySha256": digest,
         "rule": held.reason.name(),
         "secret": held.secret.map(|s| s.name.clone()),
+        "secret_id": held.secret.map(|s| s.id),
     });
     NewRequest {
         kind: ApprovalKind::CredentialUse,
