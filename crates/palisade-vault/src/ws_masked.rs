@@ -57,6 +57,11 @@ where
     };
     let mut scanned: u64 = 0;
     let mut buf = BytesMut::new();
+    // Whether a message is open (its last fragment not yet seen). The search is cut at
+    // each message's end, so a continuation with no message open (a lenient client
+    // appends it to the last message) or a new message inside one would carry a
+    // credential split across them past it: either ends the WebSocket.
+    let mut open = false;
     loop {
         let Some(head) = read_head(&mut from).await? else {
             out.emit(&mut to, scanner.flush()).await?;
@@ -76,6 +81,13 @@ where
             to.flush().await?;
             continue;
         }
+        if head.continuation != open {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                "a continuation frame with no message open, or a message started inside another",
+            ));
+        }
+        open = !head.fin;
         if !head.continuation {
             // The message before must be complete before this one starts.
             out.emit(&mut to, scanner.flush()).await?;
@@ -253,6 +265,9 @@ async fn read_head<R: AsyncRead + Unpin>(from: &mut R) -> std::io::Result<Option
         short => u64::from(short),
     };
     let opcode = first[0] & 0x0f;
+    if !matches!(opcode, 0 | 1 | 2 | 8 | 9 | 10) {
+        return Err(invalid("a frame with an opcode RFC 6455 does not define"));
+    }
     let fin = first[0] & 0x80 != 0;
     let control = opcode & 0x08 != 0;
     if control && (payload > 125 || !fin) {
@@ -410,6 +425,18 @@ mod tests {
         let cut = &frame(true, 1, b"abcdef")[..5];
         for bad in [&compressed[..], &masked[..], &long_ping[..], cut] {
             assert!(relayed(bad).await.is_err(), "{bad:?}");
+        }
+        // A credential split by a continuation after a message's end (which a lenient
+        // client appends to that message), and frames of undefined opcodes.
+        let (head, tail) = SECRET.split_at(9);
+        let mut orphan = frame(true, 1, head.as_bytes());
+        orphan.extend(frame(true, 0, tail.as_bytes()));
+        let mut nested = frame(false, 1, head.as_bytes());
+        nested.extend(frame(true, 1, tail.as_bytes()));
+        let undefined = frame(true, 3, b"abc");
+        for bad in [&orphan[..], &nested[..], &undefined[..]] {
+            let relayed = relayed(bad).await;
+            assert!(relayed.is_err(), "{bad:?}: {relayed:?}");
         }
     }
 }

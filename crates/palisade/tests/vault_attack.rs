@@ -3612,3 +3612,35 @@ fn every_outcome_leaves_exactly_one_audit_row() {
     counts.remove("allowed");
     assert_eq!(counts, wanted, "one row per outcome");
 }
+
+/// A WebSocket handshake has no body: one that carries a body (here the text of another
+/// request) is refused, since the body would go upstream as the handshake's and a
+/// server that upgrades anyway would read it as frames the agent-side check never saw.
+#[test]
+fn a_websocket_handshake_with_a_body_is_refused() {
+    let attack = Attack::start(&[]);
+    let token = attack.setup.agent("probe");
+    let before = attack.setup.upstream.count();
+    let reply = attack.curl(
+        &token,
+        &[
+            "--http1.1",
+            "-X",
+            "GET",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "--data",
+            "GET /admin/x HTTP/1.1",
+            &attack.url("/ws"),
+        ],
+    );
+    assert_eq!(reply.status, 400, "{}", reply.raw);
+    assert!(reply.body.contains("carries a body"), "{}", reply.raw);
+    assert_eq!(attack.setup.upstream.count(), before, "it went upstream");
+}

@@ -55,8 +55,28 @@ pub(super) fn canonicalize(
     check_path_overrides(parts, target)?;
     check_host_overrides(parts, target)?;
     let websocket = parts.version == http::Version::HTTP_11 && is_websocket_upgrade(&parts.headers);
+    if websocket && declares_a_body(&parts.headers) {
+        // The body goes upstream as the handshake's, and a server that upgrades anyway
+        // reads it as frames the agent-side check never saw.
+        return Err(Refusal::new(
+            Decision::BadRequest,
+            ErrorBody::new(GatewayErrorKind::BadRequest, &target.host).with_message(format!(
+                "This WebSocket handshake to {} carries a body, which a handshake has none of; send it without one.",
+                target.host
+            )),
+        ));
+    }
     strip_hop_by_hop(&mut parts.headers, websocket);
     canonical_path(parts, target)
+}
+
+/// Whether the head announces a body: a length other than 0, or a transfer coding.
+fn declares_a_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|length| length.to_str().map_or(true, |n| n.trim() != "0"))
 }
 
 fn check_method(parts: &http::request::Parts, target: &Target) -> Result<(), Refusal> {

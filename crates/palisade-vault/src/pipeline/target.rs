@@ -41,7 +41,14 @@ impl Target {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
-        if host.is_empty() || host.len() > 253 {
+        // A name's one trailing dot (its fully qualified spelling) is dropped: what
+        // was judged is then what the upstream's Host, the connection pool and the
+        // audit row name (they kept `a.test.` apart from `a.test`).
+        let host = match host.strip_suffix('.') {
+            Some(name) if !name.contains(':') => name.to_string(),
+            _ => host,
+        };
+        if host.is_empty() || host.len() > 253 || host.ends_with('.') {
             return None;
         }
         let valid = host.parse::<IpAddr>().is_ok()
@@ -162,6 +169,12 @@ mod tests {
         assert_eq!(t.host_header(), "[::1]");
         let t = Target::parse_authority("example.com:80", Scheme::Http).unwrap();
         assert_eq!(t.uri("/a").unwrap().to_string(), "http://example.com/a");
+        // The fully qualified spelling is the same host, named one way.
+        let t = Target::parse_authority("A.TEST.:8443", Scheme::Https).unwrap();
+        assert_eq!(t.host, "a.test");
+        assert_eq!(t.host_header(), "a.test:8443");
+        assert!(Target::parse_authority("a.test..:443", Scheme::Https).is_none());
+        assert!(Target::parse_authority(".:443", Scheme::Https).is_none());
         for fine in [
             "10.0.0.1:443",
             "a1.example:443",
