@@ -347,6 +347,9 @@ async fn a_secret_is_granted_from_the_agents_page() {
         form.contains("value=\"gh\"") && form.contains("value=\"bank\""),
         "{form}"
     );
+    // The form carries its CSRF token, as a browser sends it (it had none: every
+    // press of Grant was refused).
+    assert!(form.contains("name=\"csrf\""), "{form}");
 
     assert_eq!(
         web.post_ok("/agents/mailer/grant", &[("secret", "bank")])

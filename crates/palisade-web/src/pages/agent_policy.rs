@@ -303,6 +303,7 @@ pub(crate) fn grant_form(agent: &AgentRecord, secrets: &[palisade_store::SecretR
             p.muted.small { "No other secret to grant. Add one on the " a href="/vault/secrets/new" { "vault" } " page." }
         } @else {
             form #agent-grant-form.inline method="post" action={ "/agents/" (agent.name) "/grant" } {
+                (layout::csrf_field())
                 (forms::select("Grant a secret", "secret", &offered, "", "the vault injects it for this agent from the next request"))
                 button #agent-grant type="submit" { "Grant" }
             }

@@ -653,9 +653,14 @@ fn last_log_line(path: &Path, from: u64) -> Option<String> {
     file.take(4096).read_to_end(&mut tail).ok()?;
     let text = String::from_utf8_lossy(&tail);
     let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    Some(crate::output::clean(
-        &line.chars().take(160).collect::<String>(),
-    ))
+    // Whole up to a long line's worth: the cause's end is often the fix (cut at 160,
+    // "name the address with its port (…)" lost what to name).
+    const KEPT: usize = 600;
+    let mut kept: String = line.chars().take(KEPT).collect();
+    if line.chars().count() > KEPT {
+        kept.push('…');
+    }
+    Some(crate::output::clean(&kept))
 }
 
 /// Unmounts the agents' workspace images that nothing uses any more, so a stopped
