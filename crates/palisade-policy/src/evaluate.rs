@@ -123,7 +123,13 @@ impl PolicySet {
         let mut settled = [false, false];
         for rule in &self.rules {
             let layer = layer_index(rule.scope);
-            if settled[layer] || !rule_applies(rule, facts) || !rule_matches_head(rule, facts) {
+            // A grant decides nothing in a layer (see `evaluate`), so it settles none:
+            // counted, it hid a body block below it, judged then without the body.
+            if rule.is_grant()
+                || settled[layer]
+                || !rule_applies(rule, facts)
+                || !rule_matches_head(rule, facts)
+            {
                 continue;
             }
             if rule.body_contains.is_some() {
@@ -923,13 +929,26 @@ mod tests {
             },
         );
         limit.priority = 5;
-        let set = rules(vec![only_exfil, limit, grant(6)]);
+        let set = rules(vec![only_exfil.clone(), limit, grant(6)]);
         let normal = Request::to("api.example.com", "/x").post(Some(b"normal"));
         assert_eq!(set.evaluate(&normal.facts()).rate_limits.len(), 1);
         let exfil = Request::to("api.example.com", "/x").post(Some(b"EXFIL one"));
         let answered = set.evaluate(&exfil.facts());
         assert!(matches!(answered.verdict, Verdict::Allow));
         assert_eq!(answered.allowed_by.map(|r| r.id), Some(6));
+
+        // A body block beside the hold (same priority, sorted before it), below the
+        // grant, still gets the body read (a grant that settled its layer hid it, and
+        // the block was judged without the body).
+        let mut body_block = rule(7, "api.example.com", RuleAction::Block);
+        body_block.priority = 10;
+        body_block.body_contains = Some("attacker".into());
+        let mut plain_hold = rule(8, "api.example.com", RuleAction::RequireApproval);
+        plain_hold.priority = 10;
+        let set = rules(vec![body_block, plain_hold, grant(9)]);
+        let request = Request::to("api.example.com", "/x").post(Some(b"to attacker"));
+        assert!(set.needs_body(&request.facts()));
+        assert_eq!(verdict_of(&set, &request).0, "block");
     }
 
     /// An allow that a rule decided names that rule (an approval's grant among them),

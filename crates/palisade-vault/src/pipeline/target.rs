@@ -44,8 +44,12 @@ impl Target {
         // A name's one trailing dot (its fully qualified spelling) is dropped: what
         // was judged is then what the upstream's Host, the connection pool and the
         // audit row name (they kept `a.test.` apart from `a.test`).
+        // (A numeric spelling with a dot, `127.0.0.1.`, stays refused below: it is no
+        // name, and resolvers differ on it.)
         let host = match host.strip_suffix('.') {
-            Some(name) if !name.contains(':') => name.to_string(),
+            Some(name) if !name.contains(':') && !is_ambiguous_numeric_host(&host) => {
+                name.to_string()
+            }
             _ => host,
         };
         if host.is_empty() || host.len() > 253 || host.ends_with('.') {
