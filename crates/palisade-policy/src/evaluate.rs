@@ -215,10 +215,13 @@ impl PolicySet {
         let holding: Vec<&RulePolicy> = matched()
             .filter(|rule| rule.action == RuleAction::RequireApproval)
             .collect();
+        // Above the holding rule, as it was made (one above the rule it answered): a
+        // hold added later above it is not answered by it.
         let granted = |holding: &RulePolicy| {
             self.rules.iter().find(|grant| {
                 grant.is_grant()
                     && grant.scope == holding.scope
+                    && grant.priority > holding.priority
                     && rule_applies(grant, facts)
                     && rule_matches_head(grant, facts)
             })
@@ -895,10 +898,13 @@ mod tests {
     /// holding rule, it passed both.)
     #[test]
     fn a_grant_only_answers_a_hold() {
+        // As the engine makes one: this agent, host and port, method, exact path.
         let grant = |id: i64| {
-            let mut grant = rule(id, "api.example.com", RuleAction::Allow);
+            let mut grant = with_path(rule(id, "api.example.com:443", RuleAction::Allow), "/x");
             grant.name = format!("always-allowed-apr_{id}");
             grant.priority = 11;
+            grant.agent = Some(agent("bot"));
+            grant.method = MethodPattern::parse("POST").unwrap();
             grant
         };
         let mut block = rule(1, "api.example.com", RuleAction::Block);
@@ -949,6 +955,28 @@ mod tests {
         let request = Request::to("api.example.com", "/x").post(Some(b"to attacker"));
         assert!(set.needs_body(&request.facts()));
         assert_eq!(verdict_of(&set, &request).0, "block");
+
+        // A hold added later above the grant is not answered by it.
+        let mut hold = rule(10, "api.example.com", RuleAction::RequireApproval);
+        hold.priority = 10;
+        let mut strict = rule(11, "*", RuleAction::RequireApproval);
+        strict.priority = 500;
+        let set = rules(vec![hold, strict, grant(12)]);
+        let request = Request::to("api.example.com", "/x").post(Some(b"hi"));
+        assert_eq!(verdict_of(&set, &request).0, "approval");
+
+        // A wide rule of a grant's name is an ordinary allow rule, as it was: below a
+        // hold it answers nothing.
+        let mut wide = rule(13, "*", RuleAction::Allow);
+        wide.name = "suggested-legacy".into();
+        wide.priority = 1000;
+        assert!(!wide.is_grant() && grant(14).is_grant());
+        let mut hold = rule(15, "api.example.com", RuleAction::RequireApproval);
+        hold.priority = 10;
+        let mut low_wide = wide.clone();
+        low_wide.priority = -100;
+        let set = rules(vec![hold, low_wide]);
+        assert_eq!(verdict_of(&set, &request).0, "approval");
     }
 
     /// An allow that a rule decided names that rule (an approval's grant among them),

@@ -241,6 +241,11 @@ impl HostPattern {
         self.kind == HostKind::Any
     }
 
+    /// Whether the pattern names one host (no wildcard) on one port.
+    pub fn is_one_host_and_port(&self) -> bool {
+        matches!(self.kind, HostKind::Exact | HostKind::Ipv6(_)) && self.port.is_some()
+    }
+
     /// Whether the pattern takes in hosts of many owners: the bare `*`, or a wildcard
     /// over a public suffix (`*.com`, `*.co.uk`, `*.github.io`), over a name no list
     /// knows (`*.localhost`) or over numbers (`*.0.0.1`). A credential for such a
@@ -406,6 +411,11 @@ impl PathPattern {
             raw: pattern.to_string(),
             kind: PathKind::Segments { segments, prefix },
         })
+    }
+
+    /// Whether the pattern names one path (no `*`).
+    pub fn is_exact(&self) -> bool {
+        matches!(self.kind, PathKind::Exact(_))
     }
 
     /// Whether a request's canonical path matches (compared in match form: decoded,

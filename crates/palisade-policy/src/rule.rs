@@ -163,11 +163,21 @@ impl RulePolicy {
     /// request it names, never a block, a rate limit or a default deny (evaluated above
     /// them, as an ordinary allow rule it let through what a block below the holding
     /// rule stopped, or what a body-conditional hold let reach other rules).
+    ///
+    /// Only a rule as narrow as a grant is made counts: one agent, one host and port,
+    /// one method, one exact path. A wider rule of such a name (written before these
+    /// names were kept, or by hand in the database) is an ordinary allow rule, as it was:
+    /// a grant answers holds past the first match, and a wide one would answer them for
+    /// everything it covers.
     pub fn is_grant(&self) -> bool {
         self.action == RuleAction::Allow
             && GRANT_PREFIXES
                 .iter()
                 .any(|prefix| self.name.starts_with(prefix))
+            && self.agent.is_some()
+            && self.host.is_one_host_and_port()
+            && matches!(self.method, MethodPattern::One(_))
+            && self.path.as_ref().is_some_and(|path| path.is_exact())
     }
 }
 

@@ -203,3 +203,23 @@ fn edit_disable_and_enable_keep_the_rule_and_are_audited() {
         ]
     );
 }
+
+/// A person's grant keeps its name: renamed, it would be an ordinary allow rule that
+/// decides before the rules below it (its name is what keeps it to answering its hold).
+#[test]
+fn a_grant_keeps_its_name() {
+    let t = common::store();
+    common::add_agent(&t.store, "bot");
+    let mut grant = common::new_rule("always-allowed-apr_x", RuleAction::Allow, Some("bot"));
+    t.store.create_rule(grant.clone()).unwrap();
+    grant.name = "plain-allow".into();
+    let refused = t
+        .store
+        .update_rule("always-allowed-apr_x", grant)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("keeps its name"), "{refused}");
+    assert!(t.store.list_rules().unwrap()[0]
+        .name
+        .starts_with("always-allowed-"));
+}

@@ -568,8 +568,25 @@ fn try_write_anchor(
     // moves on all the same: left behind, it was "frozen" there by anyone who broke
     // that row for a while, and the rows written meanwhile could be cut and the row
     // mended unseen. The mark stays on every later anchor.
+    // So is an end that is not signed (rows appended without the key, which the writer
+    // then extended without signing): moved on unmarked, the anchor would come to name
+    // that end, and vouch for it.
+    // The end as it is now (another process may have written past `head` since), and
+    // whether it is signed.
+    let (end, signed): ((i64, String), Option<String>) = conn
+        .query_row(
+            "SELECT last_id, last_hash, head_mac FROM audit_head WHERE id = 1",
+            [],
+            |row| Ok(((row.get(0)?, row.get(1)?), row.get(2)?)),
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let end_signed = signed.as_deref() == Some(head_mac(key, &end).as_str());
     let (changed_at, said) = match current.changed_at {
         Some(row) => (Some(row), None),
+        None if !end_signed => (
+            Some(current.last_id + 1),
+            Some("the log's end is not signed; the anchor records that and moves on"),
+        ),
         None => match anchored_row_holds(conn, &current) {
             Ok(true) => (None, None),
             Ok(false) => (
@@ -716,7 +733,7 @@ fn check_anchor(
             rows,
             row.max(1),
             format!(
-                "row {row} was found changed or gone by a palisade writing after it (the anchor records it); the log was altered there, whatever it looks like now"
+                "the log was found altered at row {row} (a row changed or gone, or rows added without the key) by a palisade writing after it, and the anchor records it; whatever the log looks like now"
             ),
         )));
     }

@@ -143,6 +143,17 @@ impl Store {
         let (rate_limit, rate_window, path, method) = rule_columns(&rule);
         self.write(|tx| {
             let (id, old_name) = find_rule(tx, name_or_id)?;
+            // A grant's name is what keeps it to answering its hold: renamed, it would
+            // be an ordinary allow rule above the rules below it.
+            if rule.name != old_name
+                && palisade_policy::rule::GRANT_PREFIXES
+                    .iter()
+                    .any(|prefix| old_name.starts_with(prefix))
+            {
+                return Err(StoreError::Invalid(format!(
+                    "rule {old_name} is a person's grant and keeps its name (renamed, it would allow past the rules below it); disable or delete it, and create a rule of your own"
+                )));
+            }
             if rule.name != old_name {
                 let taken: bool = tx.query_row(
                     "SELECT EXISTS (SELECT 1 FROM rules WHERE name = ?1)",
