@@ -19,10 +19,9 @@ fn request(agent: &str, host: &str, decision: &str) -> AuditEntry {
     }
 }
 
-/// A store with `n` request rows appended at t = 1000, 2000, ...
-fn with_rows(n: i64) -> common::TestStore {
-    let t = common::store();
-    let entries: Vec<(i64, AuditEntry)> = (1..=n)
+/// `n` request rows at t = 1000, 2000, ...
+fn rows(n: i64) -> Vec<(i64, AuditEntry)> {
+    (1..=n)
         .map(|i| {
             let agent = if i % 2 == 0 { "even" } else { "odd" };
             let decision = if i % 3 == 0 { "blocked" } else { "allowed" };
@@ -31,9 +30,48 @@ fn with_rows(n: i64) -> common::TestStore {
                 request(agent, &format!("h{}.example.com", i % 4), decision),
             )
         })
-        .collect();
-    t.store.append_audit_batch(&entries).unwrap();
+        .collect()
+}
+
+/// A store with the `n` [`rows`] appended.
+fn with_rows(n: i64) -> common::TestStore {
+    let t = common::store();
+    t.store.append_audit_batch(&rows(n)).unwrap();
     t
+}
+
+/// [`with_rows`]`(n)`, then `extra` appended as someone without the key would: its hash
+/// computed as palisade does (in a home of its own, over the same rows) and the head
+/// moved over it, its signature left as it was. The store, and a raw connection to it.
+fn with_forged_end(n: i64, extra: AuditEntry) -> (common::TestStore, rusqlite::Connection) {
+    let t = with_rows(n);
+    let forged = common::store();
+    forged.store.append_audit_batch(&rows(n)).unwrap();
+    forged
+        .store
+        .append_audit_batch(&[((n + 1) * 1000, extra)])
+        .unwrap();
+    let conn = common::raw(&t.home);
+    conn.execute(
+        &format!(
+            "ATTACH DATABASE '{}' AS forged",
+            forged.home.database().display()
+        ),
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO audit SELECT * FROM forged.audit WHERE id = ?1",
+        [n + 1],
+    )
+    .unwrap();
+    conn.execute_batch(
+        "UPDATE audit_head SET last_id = (SELECT last_id FROM forged.audit_head),
+             last_hash = (SELECT last_hash FROM forged.audit_head);
+         DETACH DATABASE forged;",
+    )
+    .unwrap();
+    (t, conn)
 }
 
 fn verify_problem(store: &Store) -> (Option<i64>, String) {
@@ -313,46 +351,13 @@ fn tail_deleted_with_the_head_rewritten_is_detected() {
 /// extended the forged end and signed it, and the anchor moved on).
 #[test]
 fn rows_added_at_the_end_without_the_key_are_detected() {
-    let t = with_rows(4);
-    let forged = common::store();
-    // The same four rows, then a forged approval, in a home of its own.
-    let same: Vec<_> = (1..=4)
-        .map(|i| {
-            let agent = if i % 2 == 0 { "even" } else { "odd" };
-            let decision = if i % 3 == 0 { "blocked" } else { "allowed" };
-            (
-                i * 1000,
-                request(agent, &format!("h{}.example.com", i % 4), decision),
-            )
-        })
-        .collect();
-    forged.store.append_audit_batch(&same).unwrap();
-    forged
-        .store
-        .append_audit_batch(&[(
-            5000,
-            AuditEntry {
-                event: "approval.decide".into(),
-                actor: Some("cli:alice".into()),
-                decision: Some("approved".into()),
-                ..AuditEntry::default()
-            },
-        )])
-        .unwrap();
-    let conn = common::raw(&t.home);
-    conn.execute(
-        &format!(
-            "ATTACH DATABASE '{}' AS forged",
-            forged.home.database().display()
-        ),
-        [],
-    )
-    .unwrap();
-    conn.execute_batch(
-        "INSERT INTO audit SELECT * FROM forged.audit WHERE id = 5;
-         UPDATE audit_head SET last_id = 5, last_hash = (SELECT last_hash FROM forged.audit_head);",
-    )
-    .unwrap();
+    let forged_approval = AuditEntry {
+        event: "approval.decide".into(),
+        actor: Some("cli:alice".into()),
+        decision: Some("approved".into()),
+        ..AuditEntry::default()
+    };
+    let (t, conn) = with_forged_end(4, forged_approval);
     let (_, problem) = verify_problem(&t.store);
     assert!(
         problem.contains("does not carry this home's signature"),
@@ -1026,36 +1031,9 @@ fn a_head_is_signed_by_the_migration_only() {
     // The "migration" asked for again by someone who can write the database (the column
     // dropped, the version set back) after appending a row of their own: the end is
     // not the one the anchor vouches for, so it is not signed.
-    let t = with_rows(3);
-    let forged = common::store();
-    let same: Vec<_> = (1..=3)
-        .map(|i| {
-            let agent = if i % 2 == 0 { "even" } else { "odd" };
-            let decision = if i % 3 == 0 { "blocked" } else { "allowed" };
-            (
-                i * 1000,
-                request(agent, &format!("h{}.example.com", i % 4), decision),
-            )
-        })
-        .collect();
-    forged.store.append_audit_batch(&same).unwrap();
-    forged
-        .store
-        .append_audit_batch(&[(4000, request("odd", "forged.example", "allowed"))])
-        .unwrap();
-    let conn = common::raw(&t.home);
-    conn.execute(
-        &format!(
-            "ATTACH DATABASE '{}' AS forged",
-            forged.home.database().display()
-        ),
-        [],
-    )
-    .unwrap();
+    let (t, conn) = with_forged_end(3, request("odd", "forged.example", "allowed"));
     conn.execute_batch(
-        "INSERT INTO audit SELECT * FROM forged.audit WHERE id = 4;
-         UPDATE audit_head SET last_id = 4, last_hash = (SELECT last_hash FROM forged.audit_head);
-         ALTER TABLE audit_head DROP COLUMN head_mac;
+        "ALTER TABLE audit_head DROP COLUMN head_mac;
          ALTER TABLE sessions DROP COLUMN reset_after_message;
          PRAGMA user_version = 9;",
     )
