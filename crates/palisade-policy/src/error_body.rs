@@ -189,9 +189,16 @@ impl ErrorBody {
             GatewayErrorKind::BlockedByPolicy => format!(
                 "A policy rule blocks this request to {host}. Do not retry it; tell the user what you were trying to do so the owner can change the rule (palisade rules list) if it should be allowed."
             ),
-            GatewayErrorKind::BlockedByDefaultPolicy => format!(
-                "{host} is not on this agent's allow-list, so the request was refused. Do not retry; ask the owner to allow it if it is needed: palisade rules create --host-pattern {host} --action allow --agent {agent}"
-            ),
+            GatewayErrorKind::BlockedByDefaultPolicy => {
+                // A rule name the CLI takes (it requires one): letters, digits, dashes.
+                let slug: String = host
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+                    .collect();
+                format!(
+                    "{host} is not on this agent's allow-list, so the request was refused. Do not retry; ask the owner to grant this agent a secret for {host} if the request needs one, or else to allow it: palisade rules create --name allow-{agent}-{slug} --host-pattern {host} --action allow --agent {agent} (with the port in the host pattern, that port only)"
+                )
+            }
             GatewayErrorKind::RateLimited => format!(
                 "Too many requests to {host}: a rate limit rule was reached. Wait and retry after the number of seconds in the Retry-After header; do not retry sooner."
             ),
@@ -404,8 +411,9 @@ mod tests {
         );
         assert!(body.message.contains("not on this agent's allow-list"));
         assert!(body.message.contains(
-            "palisade rules create --host-pattern api.example.com --action allow --agent mailer"
+            "palisade rules create --name allow-mailer-api-example-com --host-pattern api.example.com --action allow --agent mailer"
         ));
+        assert!(body.message.contains("grant this agent a secret"));
         let rate = ErrorBody::new(GatewayErrorKind::RateLimited, "api.example.com");
         assert!(rate.message.contains("Retry-After"));
         let timeout = ErrorBody::new(GatewayErrorKind::ApprovalTimedOut, "h.example");
