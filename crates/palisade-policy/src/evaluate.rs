@@ -7,6 +7,10 @@
 //! (a rule with `body_contains` never matches when `body` is `None`).
 //! The two layers combine by strictness: block > require_approval > rate_limit > allow,
 //! and every matched rate limit is reported so the gateway counts each of them.
+//! A person's grant (`RulePolicy::is_grant`: the narrow allow rule an approval's
+//! "always" or "1 h" makes) takes no part in that: it only turns a `require_approval`
+//! into an allow when it names the request, sits above the holding rule and is in the
+//! layer of every rule holding it.
 //! With no blocking rule, an `Action`-profile agent is refused (`DefaultDeny`) when no
 //! applicable, unexpired, non-block rule in either layer and no secret granted to it
 //! names the host (host and port match only; path and method are not considered for
