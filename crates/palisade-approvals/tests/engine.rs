@@ -129,6 +129,17 @@ fn verdict(world: &World, path: &str, at_ms: i64) -> &'static str {
 }
 
 fn verdict_on(world: &World, path: &str, port: u16, at_ms: i64) -> &'static str {
+    verdict_of_send(world, path, port, at_ms, None)
+}
+
+/// What the policy now says of mailer's POST to Gmail at `path` on `port`, with `body`.
+fn verdict_of_send(
+    world: &World,
+    path: &str,
+    port: u16,
+    at_ms: i64,
+    body: Option<&[u8]>,
+) -> &'static str {
     let policy = world.store.load_policy().unwrap();
     let path = CanonicalPath::parse(path).unwrap();
     let name = agent("mailer");
@@ -140,7 +151,7 @@ fn verdict_on(world: &World, path: &str, port: u16, at_ms: i64) -> &'static str 
         host: "gmail.googleapis.com",
         port,
         path: &path,
-        body: None,
+        body,
         now_ms: at_ms,
         approvals: palisade_policy::dial::ApprovalFrequency::Never,
         model_call: false,
@@ -557,29 +568,7 @@ fn a_grant_answers_a_hold_and_never_passes_a_block() {
     let id = held_send(&w, sent);
     granted(&w, &id, Choice::Always);
     let now = w.clock.now_ms();
-    let with_body = |body: &[u8]| {
-        let policy = w.store.load_policy().unwrap();
-        let path = CanonicalPath::parse(sent).unwrap();
-        let name = agent("mailer");
-        let facts = RequestFacts {
-            agent: &name,
-            profile: Profile::Research,
-            method: &http::Method::POST,
-            opens_stream: false,
-            host: "gmail.googleapis.com",
-            port: 443,
-            path: &path,
-            body: Some(body),
-            now_ms: now,
-            approvals: palisade_policy::dial::ApprovalFrequency::Never,
-            model_call: false,
-        };
-        match policy.evaluate(&facts).verdict {
-            Verdict::Allow => "allow",
-            Verdict::Block { .. } => "block",
-            _ => "other",
-        }
-    };
+    let with_body = |body: &[u8]| verdict_of_send(&w, sent, 443, now, Some(body));
     assert_eq!(
         with_body(b"to=bob@example.com"),
         "allow",

@@ -114,19 +114,19 @@ pub fn shared_across(
             .any(|a| &a.name == name && a.profile != profile)
     };
     for folder in store.list_folders()? {
-        for mount in &folder.mounts {
-            let nested_paths = path.starts_with(&folder.path) || folder.path.starts_with(path);
-            if &mount.agent != agent
-                && across(&mount.agent)
-                && (writable || mount.writable)
-                && (if nested_paths {
-                    by_path
-                } else {
-                    same_directory_around(path, &folder.path)
-                })
-            {
-                return Ok(Some(mount.agent.clone()));
-            }
+        let Some(mount) = folder.mounts.iter().find(|mount| {
+            &mount.agent != agent && across(&mount.agent) && (writable || mount.writable)
+        }) else {
+            continue;
+        };
+        // Once per folder, and only for one another compartment's agent mounts: the
+        // directory comparison reads every ancestor's metadata.
+        let overlaps = match path.starts_with(&folder.path) || folder.path.starts_with(path) {
+            true => by_path,
+            false => same_directory_around(path, &folder.path),
+        };
+        if overlaps {
+            return Ok(Some(mount.agent.clone()));
         }
     }
     Ok(None)

@@ -265,7 +265,7 @@ impl Store {
                 None
             };
             let head = if self.inner.audited.swap(false, Ordering::Relaxed) {
-                audit::head(&tx)?
+                audit::read_head(&tx)?
             } else {
                 None
             };

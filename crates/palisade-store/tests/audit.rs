@@ -867,6 +867,25 @@ fn a_retention_prunes_what_is_older_than_it() {
     assert_eq!(store.verify_audit().unwrap().starts_at, Some(7));
 }
 
+/// The retention setting as the database holds it.
+fn retention_setting(conn: &rusqlite::Connection) -> String {
+    conn.query_row(
+        "SELECT value FROM settings WHERE key = 'audit_retention'",
+        [],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+/// Writes `value` over the retention setting, as someone with the database could.
+fn write_retention_setting(conn: &rusqlite::Connection, value: &str) {
+    conn.execute(
+        "UPDATE settings SET value = ?1 WHERE key = 'audit_retention'",
+        [value],
+    )
+    .unwrap();
+}
+
 /// The retention decides what is deleted, so it is used only as palisade wrote it:
 /// a value edited in the database, or an earlier setting written back after a later
 /// change (its signature was valid once), prunes nothing and says why.
@@ -877,13 +896,7 @@ fn a_retention_not_written_by_palisade_prunes_nothing() {
     let day = std::time::Duration::from_secs(24 * 3600);
     store.set_audit_retention(Some(day)).unwrap();
     let conn = common::raw(&t.home);
-    let genuine: String = conn
-        .query_row(
-            "SELECT value FROM settings WHERE key = 'audit_retention'",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
+    let genuine = retention_setting(&conn);
     let refused = |store: &Store| {
         let rows = store.verify_audit().unwrap().rows;
         let error = store
@@ -898,20 +911,12 @@ fn a_retention_not_written_by_palisade_prunes_nothing() {
     // The same signature over a shorter time.
     let edited = genuine.replacen(&format!("{}:", day.as_millis()), "1:", 1);
     assert_ne!(edited, genuine);
-    conn.execute(
-        "UPDATE settings SET value = ?1 WHERE key = 'audit_retention'",
-        [&edited],
-    )
-    .unwrap();
+    write_retention_setting(&conn, &edited);
     refused(store);
 
     // A longer retention set later, then the first one written back.
     store.set_audit_retention(Some(day * 365)).unwrap();
-    conn.execute(
-        "UPDATE settings SET value = ?1 WHERE key = 'audit_retention'",
-        [&genuine],
-    )
-    .unwrap();
+    write_retention_setting(&conn, &genuine);
     refused(store);
     // Turned off, then written back: refused too.
     store.set_audit_retention(None).unwrap();
@@ -934,13 +939,7 @@ fn an_earlier_retention_is_refused_after_the_later_ones_row_was_pruned() {
     let day = std::time::Duration::from_secs(24 * 3600);
     store.set_audit_retention(Some(day)).unwrap();
     let conn = common::raw(&t.home);
-    let earlier: String = conn
-        .query_row(
-            "SELECT value FROM settings WHERE key = 'audit_retention'",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
+    let earlier = retention_setting(&conn);
     store.set_audit_retention(Some(day * 400)).unwrap();
     // As if 400 days had passed: everything written so far is pruned.
     store
@@ -948,11 +947,7 @@ fn an_earlier_retention_is_refused_after_the_later_ones_row_was_pruned() {
         .unwrap();
     assert!(store.verify_audit().unwrap().ok);
     assert_eq!(store.audit_retention().unwrap(), Some(day * 400));
-    conn.execute(
-        "UPDATE settings SET value = ?1 WHERE key = 'audit_retention'",
-        [&earlier],
-    )
-    .unwrap();
+    write_retention_setting(&conn, &earlier);
     let error = store
         .prune_expired_audit(palisade_store::now_ms())
         .unwrap_err()

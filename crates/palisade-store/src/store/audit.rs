@@ -122,10 +122,6 @@ impl RawAudit {
 }
 
 /// The last row's id and hash, as the head record has them.
-pub(super) fn head(tx: &Transaction<'_>) -> Result<Option<(i64, String)>> {
-    read_head(tx)
-}
-
 pub(super) fn read_head(tx: &rusqlite::Connection) -> Result<Option<(i64, String)>> {
     use rusqlite::OptionalExtension;
     Ok(tx
