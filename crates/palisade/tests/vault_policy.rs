@@ -141,11 +141,19 @@ impl Fixture {
         found.remove(0)
     }
 
-    fn audit(&self) -> Vec<Value> {
-        self.json(&["audit", "list", "--limit", "1000"])
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+    /// The audit rows once `done` holds of them (or after 10 s, whatever is there): the
+    /// gateway writes its rows in batches after it has answered.
+    fn audit_until(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let mut rows = Vec::new();
+        wait_until(Duration::from_secs(10), || {
+            rows = self
+                .json(&["audit", "list", "--limit", "1000"])
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            done(&rows)
+        });
+        rows
     }
 }
 
@@ -268,7 +276,11 @@ fn block_rule_and_default_deny_answer_before_any_upstream_byte() {
     assert_eq!(allowed.status, 200, "{}", allowed.raw);
     assert_eq!(fx.upstream.count(), 1);
 
-    let audit = fx.audit();
+    let audit = fx.audit_until(|rows| {
+        ["blocked", "default_denied"]
+            .iter()
+            .all(|decision| rows.iter().any(|row| row["decision"] == *decision))
+    });
     for decision in ["blocked", "default_denied"] {
         assert!(
             audit.iter().any(|row| row["decision"] == decision),
@@ -648,7 +660,12 @@ fn held_request_waits_for_a_person_then_is_approved_or_denied() {
     let reply = fx.get(&token, &fx.upstream.url("/read"));
     assert_eq!(reply.status, 200, "{}", reply.raw);
 
-    let audit = fx.audit();
+    let audit = fx.audit_until(|rows| {
+        ["approved", "denied"].iter().all(|decision| {
+            rows.iter()
+                .any(|r| r["event"] == "request" && r["decision"] == *decision)
+        })
+    });
     let row = |decision: &str| {
         audit
             .iter()
@@ -696,10 +713,11 @@ fn unanswered_approval_times_out() {
     assert_eq!(fx.upstream.count(), 0);
     let all = fx.json(&["approvals", "list", "--all"]);
     assert_eq!(all[0]["status"], "timed_out", "{all}");
+    let timed_out = |r: &Value| r["decision"] == "timed_out" && r["status"] == 504;
     assert!(fx
-        .audit()
+        .audit_until(|rows| rows.iter().any(timed_out))
         .iter()
-        .any(|r| r["decision"] == "timed_out" && r["status"] == 504));
+        .any(timed_out));
     ok(&fx.palisade.run(&["audit", "verify"]));
 }
 
@@ -820,8 +838,9 @@ fn local_upstreams_are_refused_unless_allowed() {
             .refused(403, "local_upstream_refused", false);
     }
     assert_eq!(strict.upstream.count(), 0);
+    let local_refused = |r: &Value| r["decision"] == "local_refused";
     assert!(strict
-        .audit()
+        .audit_until(|rows| rows.iter().any(local_refused))
         .iter()
-        .any(|r| r["decision"] == "local_refused"));
+        .any(local_refused));
 }
