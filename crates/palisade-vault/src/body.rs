@@ -184,6 +184,9 @@ pub enum ProxyBody {
         /// upstream closes, so an unclean close (no TLS `close_notify`) is its end, not
         /// an error.
         close_delimited: bool,
+        /// Whether the response's `Content-Length` (if any) is owed: not for a 204 or
+        /// 304 answer, whose length names a representation not sent.
+        length_owed: bool,
     },
     Full(Option<Bytes>),
     /// A response from a host the gateway sends secrets to, with them masked wherever
@@ -194,12 +197,18 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
-    pub fn upstream(inner: Incoming, idle_timeout: Duration, close_delimited: bool) -> Self {
+    pub fn upstream(
+        inner: Incoming,
+        idle_timeout: Duration,
+        close_delimited: bool,
+        length_owed: bool,
+    ) -> Self {
         ProxyBody::Upstream {
             inner,
             idle_timeout,
             idle: None,
             close_delimited,
+            length_owed,
         }
     }
     pub fn full(bytes: impl Into<Bytes>) -> Self {
@@ -213,6 +222,14 @@ impl ProxyBody {
 #[derive(Debug, thiserror::Error)]
 #[error("the upstream sent nothing for {0:?}; the response was cut")]
 pub struct IdleTimeout(Duration);
+
+/// An upstream body that ended before the length its head announced: hyper reads an
+/// HTTP/2 `RST_STREAM` (or `GOAWAY`) of reason `NO_ERROR` before the stream's end as
+/// the body's end, and passed on as one, the client took a cut response for a whole
+/// one (and the bytes kept back for masking went out as its last).
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream ended the response {0} bytes short of its Content-Length")]
+pub struct ShortBody(u64);
 
 /// Whether an upstream body error is the connection ending without a clean TLS close.
 fn is_unclean_close(error: &hyper::Error) -> bool {
@@ -245,10 +262,19 @@ impl Body for ProxyBody {
                 idle_timeout,
                 idle,
                 close_delimited,
-            } => match Pin::new(inner).poll_frame(cx) {
+                length_owed,
+            } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) if *close_delimited && is_unclean_close(&e) => {
                     palisade_policy::budgeted!(warn, "the upstream ended a close-delimited response without a TLS close_notify; passed on as the end of the body");
                     Poll::Ready(None)
+                }
+                Poll::Ready(None) if *length_owed && inner.size_hint().lower() > 0 => {
+                    let short = inner.size_hint().lower();
+                    palisade_policy::budgeted!(
+                        warn,
+                        "the upstream ended a response {short} bytes short of its Content-Length; the client's response is cut, not ended"
+                    );
+                    Poll::Ready(Some(Err(ShortBody(short).into())))
                 }
                 Poll::Ready(frame) => {
                     *idle = None;
@@ -271,7 +297,11 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Masked(masked) => masked.is_end_stream(),
             ProxyBody::Decoded(decoded) => decoded.is_end_stream(),
-            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            // A stream reset short of its length reads as ended too: not ended here,
+            // so the next poll finds it short.
+            ProxyBody::Upstream {
+                inner, length_owed, ..
+            } => inner.is_end_stream() && !(*length_owed && inner.size_hint().lower() > 0),
         }
     }
 

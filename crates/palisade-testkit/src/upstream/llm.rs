@@ -11,7 +11,6 @@
 //! ([`super::Upstream::retire_model`]) is answered 404 as the real APIs answer an
 //! unknown or retired model, and the model list can be replaced.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -193,7 +192,7 @@ fn spaced(events: Vec<String>) -> Body {
                 tokio::time::sleep(EVENT_GAP).await;
             }
             Some((
-                Ok::<_, Infallible>(Frame::data(Bytes::from(event))),
+                Ok::<_, super::routes::BodyError>(Frame::data(Bytes::from(event))),
                 (events, false),
             ))
         },

@@ -8,6 +8,7 @@
 //! | `/status/{code}` | that status, small JSON body |
 //! | `/redirect` | 302 to `/echo` (a proxy must pass it on, not follow it) |
 //! | `/bytes?n=N` | N bytes of body, streamed in chunks |
+//! | `/cut?length=L&text=T` | `Content-Length: L` but only T, then the stream is reset (HTTP/2 `RST_STREAM` `NO_ERROR`) or the connection closed |
 //! | `/slow?ms=N` | the echo, after holding the response headers back N ms |
 //! | `/close` | the connection is dropped without any response |
 //! | `/page?text=T[&encoding=E]` | T as plain text; compressed with E (`gzip`, `deflate`, `br`, `zstd`) whatever the client asked, another E named in `Content-Encoding` but not applied; `&transfer=E` instead: compressed as a transfer coding (`Transfer-Encoding: E, chunked`); `&reason=R`: R as the status line's reason phrase (HTTP/1.1) |
@@ -35,7 +36,10 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::{header_pairs, llm, version_name, RecordedRequest, Shared};
 
-pub(crate) type Body = BoxBody<Bytes, Infallible>;
+/// A body error: `/cut` ends its stream with one (an HTTP/2 `RST_STREAM` whose reason
+/// it names), every other body never fails.
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = BoxBody<Bytes, BodyError>;
 
 /// Returned by the service to make hyper drop the connection (used by `/close`).
 #[derive(Debug)]
@@ -130,6 +134,10 @@ pub(crate) async fn handle(
             .body(full(r#"{"redirect":"/echo"}"#))
             .unwrap_or_else(|_| internal_error()),
         "/bytes" => bytes_body(params.number("n").unwrap_or(1024).min(MAX_BYTES)),
+        "/cut" => cut_body(
+            params.number("length").unwrap_or(2048).min(MAX_BYTES),
+            params.text("text").unwrap_or_default().to_string(),
+        ),
         // A page whose text the test chooses (`?text=`), served as plain text; with
         // `&encoding=`, compressed that way whatever the client asked for (as some
         // servers do), an unknown encoding named but the text sent as it is.
@@ -237,7 +245,9 @@ async fn encoded(data: &[u8], encoding: &str) -> Vec<u8> {
 }
 
 pub(crate) fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).boxed()
+    Full::new(body.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -314,7 +324,7 @@ fn sse(count: u64, interval_ms: u64) -> Response<Body> {
             tokio::time::sleep(Duration::from_millis(interval_ms)).await;
         }
         let frame = Frame::data(Bytes::from(format!("data: event-{i}\n\n")));
-        Some((Ok::<_, Infallible>(frame), i + 1))
+        Some((Ok::<_, BodyError>(frame), i + 1))
     });
     event_stream(BodyExt::boxed(StreamBody::new(events)))
 }
@@ -338,7 +348,7 @@ fn bytes_body(total: u64) -> Response<Body> {
         }
         let size = CHUNK.min(total - sent);
         let chunk = Bytes::from(vec![b'x'; size as usize]);
-        Some((Ok::<_, Infallible>(Frame::data(chunk)), sent + size))
+        Some((Ok::<_, BodyError>(Frame::data(chunk)), sent + size))
     });
     let mut response = Response::new(BodyExt::boxed(StreamBody::new(chunks)));
     let headers = response.headers_mut();
@@ -347,6 +357,28 @@ fn bytes_body(total: u64) -> Response<Body> {
         HeaderValue::from_static("application/octet-stream"),
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    response
+}
+
+/// `Content-Length: length`, then only `text`, then the stream ends in error: over
+/// HTTP/2 a `RST_STREAM` with reason `NO_ERROR` (which some clients read as a clean
+/// end), over HTTP/1.1 the connection closes.
+fn cut_body(length: u64, text: String) -> Response<Body> {
+    // The error waits a moment, so the head and the text are on their way first.
+    let frames = futures_util::stream::unfold(Some(Some(text)), |step| async move {
+        match step? {
+            Some(text) => Some((Ok(Frame::data(Bytes::from(text))), Some(None))),
+            None => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let reset: BodyError = Box::new(h2::Error::from(h2::Reason::NO_ERROR));
+                Some((Err(reset), None))
+            }
+        }
+    });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     response
 }
 

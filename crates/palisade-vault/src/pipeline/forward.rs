@@ -243,7 +243,16 @@ pub(super) async fn forward(
     let mut body = if switching || head_request {
         ProxyBody::empty()
     } else {
-        ProxyBody::upstream(incoming, shared.upstream.idle_timeout, close_delimited)
+        let status = head.status;
+        let length_owed = !(status.is_informational()
+            || status == http::StatusCode::NO_CONTENT
+            || status == http::StatusCode::NOT_MODIFIED);
+        ProxyBody::upstream(
+            incoming,
+            shared.upstream.idle_timeout,
+            close_delimited,
+            length_owed,
+        )
     };
     if let Some((reflection, report)) = masking {
         body = searched(

@@ -67,7 +67,14 @@ impl Target {
         let after_host = &authority.as_str()[authority.host().len()..];
         let port = match after_host.strip_prefix(':') {
             None if after_host.is_empty() => default_port,
-            Some(digits) => digits.parse::<u16>().ok().filter(|p| *p != 0)?,
+            // One spelling per port: `+443` and `0443` parse to 443 too, and other
+            // readers of the same authority (a log, a rule's author) may not.
+            Some(digits)
+                if digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0') =>
+            {
+                digits.parse::<u16>().ok()?
+            }
+            Some(_) => return None,
             None => return None,
         };
         let mut target = Target {
@@ -209,6 +216,10 @@ mod tests {
             "0177.0.0.1:443",
             "127.0.0.1.:443",
             "1.2.3.04:443",
+            "host:+443",
+            "host:0443",
+            "host:0",
+            "host:",
         ] {
             assert!(
                 Target::parse_authority(bad, Scheme::Https).is_none(),
