@@ -23,6 +23,13 @@
 //! more requests match a pattern, never fewer, so a block, approval or rate-limit rule
 //! cannot be sidestepped by a spelling the upstream treats as the same path.
 //!
+//! What lets a request through (an allow rule, a person's grant, a secret's path) is
+//! compared with the *strict form* instead: the match form with the `;parameters` kept.
+//! Tomcat reads `/send;x` as `/send`, but nginx and most servers read it as another
+//! path, and the path forwarded is `/send;x`: an allow for `/send` (or a card a person
+//! approved for it) does not reach it, and it meets the rules below as any other path
+//! would.
+//!
 //! Written by hand: URL crates normalise for building URLs (and the `url` crate keeps
 //! `%2e%2e` as a segment); none refuses the ambiguous forms a gateway must refuse.
 
@@ -59,6 +66,9 @@ pub enum PathRefusal {
 pub struct CanonicalPath {
     canonical: String,
     match_form: String,
+    /// The strict form where it differs from the match form (a segment has
+    /// `;parameters`), else `None`.
+    strict_form: Option<String>,
 }
 
 impl CanonicalPath {
@@ -118,10 +128,15 @@ impl CanonicalPath {
         if trailing_slash || segments.is_empty() {
             canonical.push('/');
         }
-        let match_form = match_form(&segments);
+        let strict_form = segments
+            .iter()
+            .any(|segment| decode_all(segment).contains(';'))
+            .then(|| match_form(&segments, true));
+        let match_form = match_form(&segments, false);
         Ok(CanonicalPath {
             canonical,
             match_form,
+            strict_form,
         })
     }
 
@@ -133,6 +148,12 @@ impl CanonicalPath {
     /// The form patterns are compared with (see the module documentation).
     pub fn match_form(&self) -> &str {
         &self.match_form
+    }
+
+    /// The form patterns that let a request through are compared with: the match form
+    /// with `;parameters` kept (see the module documentation).
+    pub fn strict_form(&self) -> &str {
+        self.strict_form.as_deref().unwrap_or(&self.match_form)
     }
 }
 
@@ -223,17 +244,22 @@ fn utf8_width(first: u8) -> usize {
     }
 }
 
-/// The match form of canonical segments (see the module documentation).
-fn match_form(segments: &[String]) -> String {
+/// The match form of canonical segments (see the module documentation), or with
+/// `keep_parameters` the strict form.
+fn match_form(segments: &[String], keep_parameters: bool) -> String {
     let mut out = String::new();
     for segment in segments {
         let decoded = decode_all(segment);
-        let without_parameters = decoded.split(';').next().unwrap_or_default();
-        if without_parameters.is_empty() {
+        let kept = if keep_parameters {
+            decoded.as_str()
+        } else {
+            decoded.split(';').next().unwrap_or_default()
+        };
+        if kept.is_empty() {
             continue;
         }
         out.push('/');
-        out.push_str(without_parameters);
+        out.push_str(kept);
     }
     if out.is_empty() {
         out.push('/');
@@ -368,6 +394,11 @@ mod tests {
         assert_eq!(matched("/admin/x/"), "/admin/x");
         assert_eq!(matched("/"), "/");
         assert_eq!(matched("/a%20b"), "/a b");
+        // The strict form keeps the parameters (and is the match form without any).
+        let strict = |raw: &str| CanonicalPath::parse(raw).unwrap().strict_form().to_string();
+        assert_eq!(strict("/admin;jsessionid=1/x/"), "/admin;jsessionid=1/x");
+        assert_eq!(strict("/admin%3Bx/y"), "/admin;x/y");
+        assert_eq!(strict("/%61dmin//x/"), "/admin/x");
     }
 
     #[test]

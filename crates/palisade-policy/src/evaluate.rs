@@ -201,7 +201,7 @@ impl PolicySet {
             if candidate
                 .path
                 .as_ref()
-                .is_none_or(|p| p.matches(facts.path))
+                .is_none_or(|p| p.matches_strictly(facts.path))
             {
                 secret = Some(candidate);
                 break;
@@ -315,11 +315,19 @@ fn rule_applies(rule: &RulePolicy, facts: &RequestFacts<'_>) -> bool {
             .is_none_or(|expiry| facts.now_ms < expiry)
 }
 
-/// Host, path and method; everything but the body.
+/// Host, path and method; everything but the body. A rule that lets a request through
+/// (an allow, a grant) compares the path strictly, `;parameters` kept; the others in
+/// match form (see `crate::canonical`).
 fn rule_matches_head(rule: &RulePolicy, facts: &RequestFacts<'_>) -> bool {
     rule.host.matches(facts.host, facts.port)
         && rule.method.matches(facts.method)
-        && rule.path.as_ref().is_none_or(|p| p.matches(facts.path))
+        && rule.path.as_ref().is_none_or(|p| {
+            if rule.action == RuleAction::Allow {
+                p.matches_strictly(facts.path)
+            } else {
+                p.matches(facts.path)
+            }
+        })
 }
 
 fn body_condition_holds(rule: &RulePolicy, body: Option<&[u8]>) -> bool {
@@ -819,6 +827,65 @@ mod tests {
                 .collect::<Vec<_>>(),
             [3]
         );
+    }
+
+    /// `/send;x` is `/send` to Tomcat and another path to nginx, and `/send;x` is what
+    /// goes upstream: what holds, limits or blocks `/send` catches it, but an allow,
+    /// a person's grant or a secret scoped to `/send` does not let it through.
+    #[test]
+    fn path_parameters_pass_no_allow_grant_or_secret_scope_but_meet_every_hold() {
+        let mut allow = with_path(rule(1, "api.example.com", RuleAction::Allow), "/send");
+        allow.priority = 20;
+        let mut hold = rule(2, "api.example.com", RuleAction::RequireApproval);
+        hold.priority = 10;
+        let set = rules(vec![allow, hold]);
+        let verdict = |set: &PolicySet, path: &'static str| {
+            verdict_of(set, &Request::to("api.example.com", path).post(None)).0
+        };
+        assert_eq!(verdict(&set, "/send"), "allow");
+        assert_eq!(verdict(&set, "/send/"), "allow");
+        assert_eq!(verdict(&set, "/send;x"), "approval");
+        assert_eq!(verdict(&set, "/%73end;jsessionid=1"), "approval");
+
+        // A grant a person made for `/send` answers `/send` only.
+        let mut hold = with_path(
+            rule(3, "api.example.com", RuleAction::RequireApproval),
+            "/send",
+        );
+        hold.priority = 10;
+        let mut grant = with_path(rule(4, "api.example.com:443", RuleAction::Allow), "/send");
+        grant.name = "always-allowed-apr_4".into();
+        grant.priority = 11;
+        grant.agent = Some(agent("bot"));
+        grant.method = MethodPattern::parse("POST").unwrap();
+        let set = rules(vec![hold, grant]);
+        assert_eq!(verdict(&set, "/send"), "allow");
+        assert_eq!(verdict(&set, "/send;x"), "approval");
+
+        // Blocks and rate limits still see `/admin;x` as `/admin`.
+        let block = with_path(rule(5, "api.example.com", RuleAction::Block), "/admin/*");
+        let mut limited = with_path(rule(6, "api.example.com", limit(1)), "/rl/*");
+        limited.priority = 5;
+        let set = rules(vec![block, limited]);
+        assert_eq!(verdict(&set, "/admin;x/users"), "block");
+        let request = Request::to("api.example.com", "/rl;x/a");
+        assert_eq!(set.evaluate(&request.facts()).rate_limits.len(), 1);
+
+        // A secret scoped to `/v1/*` goes to `/v1/x` only; the host's own goes elsewhere.
+        let set = PolicySet::new(
+            vec![
+                secret(7, "api.example.com", Some("/v1/*"), &["bot"]),
+                secret(8, "api.example.com", None, &["bot"]),
+            ],
+            Vec::new(),
+        );
+        let pick = |path: &'static str| {
+            set.evaluate(&Request::to("api.example.com", path).facts())
+                .secret
+                .map(|s| s.id)
+        };
+        assert_eq!(pick("/v1/x"), Some(7));
+        assert_eq!(pick("/v1;a/x"), Some(8));
     }
 
     #[test]

@@ -419,9 +419,20 @@ impl PathPattern {
     }
 
     /// Whether a request's canonical path matches (compared in match form: decoded,
-    /// parameters and a trailing '/' ignored; see `crate::canonical`).
+    /// parameters and a trailing '/' ignored; see `crate::canonical`). For what holds,
+    /// limits or refuses a request.
     pub fn matches(&self, path: &CanonicalPath) -> bool {
-        let path = path.match_form();
+        self.matches_form(path.match_form())
+    }
+
+    /// Whether a request's canonical path matches in strict form (as [`Self::matches`]
+    /// but `;parameters` kept, so `/send;x` is not `/send`). For what lets a request
+    /// through: an allow, a grant, a secret's path.
+    pub fn matches_strictly(&self, path: &CanonicalPath) -> bool {
+        self.matches_form(path.strict_form())
+    }
+
+    fn matches_form(&self, path: &str) -> bool {
         match &self.kind {
             PathKind::Exact(exact) => path == exact,
             PathKind::Segments { segments, prefix } => {

@@ -479,10 +479,14 @@ pub fn rule_would_match(rule: &NewRule, row: &AuditRecord) -> bool {
     agent_fits
         && rule.host.matches_host_on_any_port(host)
         && rule.method.matches(&method)
-        && rule
-            .path
-            .as_ref()
-            .is_none_or(|pattern| pattern.matches(&path))
+        && rule.path.as_ref().is_none_or(|pattern| {
+            // As the gateway compares: an allow strictly (`;parameters` kept).
+            if rule.action == RuleAction::Allow {
+                pattern.matches_strictly(&path)
+            } else {
+                pattern.matches(&path)
+            }
+        })
 }
 
 #[cfg(test)]
