@@ -401,21 +401,20 @@ fn publish_progress(
 /// out with none (a local server may need none, so it is a note, not the verdict).
 async fn with_key_hint(inner: &HostInner, agent: &AgentName, text: String) -> String {
     let (store, name) = (inner.store.clone(), agent.clone());
-    let missing = tokio::task::spawn_blocking(move || {
+    let advice = tokio::task::spawn_blocking(move || {
         let record = store.get_agent(&name).ok()?;
         let secrets = store.list_secrets().ok()?;
-        Some(crate::setup::model_key_secret(&record, &secrets).is_none())
+        crate::setup::model_key_advice(&record, &secrets)
     })
     .await
     .ok()
-    .flatten()
-    .unwrap_or(false);
-    if !missing {
-        return text;
+    .flatten();
+    match advice {
+        None => text,
+        Some(advice) => format!(
+            "{text} (agent {agent} has no key for its model API; if it needs one, {advice})"
+        ),
     }
-    format!(
-        "{text} (agent {agent} has no key for its model API; if it needs one, add it on the web UI's dashboard or with `palisade secrets create --name NAME --host-pattern HOST --inject anthropic|bearer --agent {agent} --value-file FILE`)"
-    )
 }
 
 /// What the person waiting for a message sees while a request of its agent waits for

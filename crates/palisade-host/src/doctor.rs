@@ -7,7 +7,7 @@
 //! free disk under the home, and whether the host runs. [`online`] adds, only when
 //! asked, one tiny request per agent to its model through the vault.
 
-use crate::settings::AgentSettings;
+use crate::settings::{AgentSettings, DEFAULT_MODEL};
 use palisade_sandbox::doctor::DoctorReport;
 use palisade_sandbox::LimitMechanism;
 use palisade_store::{Home, Store};
@@ -522,6 +522,22 @@ fn model_findings(store: &Store) -> Vec<Finding> {
             // With the port when the base URL names one, as the first run stores it.
             let host = crate::setup::model_key_host_pattern(&settings).unwrap_or_default();
             match crate::setup::model_key_secret(agent, &secrets) {
+                // Anthropic's default model asked of an OpenAI-compatible server: what a
+                // first run leaves when the server's model list could not be read.
+                Some(_) if settings.provider == "openai" && settings.model == DEFAULT_MODEL => {
+                    finding(
+                        "model",
+                        Status::Warn,
+                        format!(
+                            "agent {}: the OpenAI-compatible server at {host} is asked for model {}, the default for Anthropic's API",
+                            agent.name, settings.model
+                        ),
+                        Some(format!(
+                            "choose a model that server serves on the agent's page or with `palisade agents edit {} --model M`",
+                            agent.name
+                        )),
+                    )
+                }
                 Some(secret) => finding(
                     "model",
                     Status::Ok,
@@ -535,12 +551,7 @@ fn model_findings(store: &Store) -> Vec<Finding> {
                     "model",
                     Status::Warn,
                     format!("agent {}: no model key is granted to it for {host}", agent.name),
-                    Some(format!(
-                        "add one on the web UI's dashboard, or `palisade secrets create --name {} --host-pattern {host} --inject {} --agent {} --value-file KEYFILE`",
-                        crate::setup::secret_name(&settings.provider),
-                        if settings.provider == "openai" { "bearer" } else { "anthropic" },
-                        agent.name
-                    )),
+                    crate::setup::model_key_advice(agent, &secrets),
                 ),
             }
         })
@@ -652,6 +663,47 @@ pub async fn online(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A first run that stored a key for an OpenAI-compatible server whose model list
+    /// could not be read leaves Anthropic's default model asked of it: named, with the
+    /// way out (it said ok). With a model of that server's, ok again.
+    #[test]
+    fn anthropics_default_model_at_an_openai_server_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Home::at(dir.path().join("home"))).unwrap();
+        crate::setup::ensure_default_agent(&store).unwrap();
+        let first = crate::setup::ModelKey {
+            agent: crate::setup::DEFAULT_AGENT.into(),
+            provider: "openai".into(),
+            base_url: Some("http://127.0.0.1:8080/v1".into()),
+            key: Some(palisade_policy::SecretValue::new("sk-local".to_string())),
+            model: None,
+        };
+        crate::setup::store_model_key(&store, first).unwrap();
+        let findings = model_findings(&store);
+        assert_eq!(findings.len(), 1);
+        assert!(matches!(findings[0].status, Status::Warn), "{findings:?}");
+        assert!(
+            findings[0].what.contains("is asked for model claude-"),
+            "{findings:?}"
+        );
+        assert!(findings[0]
+            .fix
+            .as_deref()
+            .is_some_and(|fix| fix.contains("palisade agents edit assistant --model M")));
+
+        crate::agents::edit(
+            &store,
+            crate::setup::DEFAULT_AGENT,
+            &crate::agents::AgentDraft {
+                model: Some("llama".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let findings = model_findings(&store);
+        assert!(matches!(findings[0].status, Status::Ok), "{findings:?}");
+    }
 
     #[test]
     fn fixes_for_runtimes() {

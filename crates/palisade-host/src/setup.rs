@@ -119,6 +119,41 @@ pub fn model_key_secret<'a>(
     })
 }
 
+/// What to run so `agent` gets a key for its model API, or `None` when it has one: a
+/// secret another agent already has for that server is named to be granted; else the
+/// command to create one, with the host, paths and injection the setup form would use.
+pub fn model_key_advice(agent: &AgentRecord, secrets: &[SecretRecord]) -> Option<String> {
+    if model_key_secret(agent, secrets).is_some() {
+        return None;
+    }
+    let settings = AgentSettings::from_json(&agent.settings).ok()?;
+    let (host, port) = (model_host(&settings)?, model_port(&settings)?);
+    let name = &agent.name;
+    let existing = secrets.iter().find(|secret| {
+        HostPattern::parse(&secret.host_pattern).is_ok_and(|pattern| pattern.matches(&host, port))
+    });
+    if let Some(secret) = existing {
+        return Some(format!(
+            "secret {secret} (for {pattern}) is that server's key: grant it with `palisade secrets grant {secret} --agent {name}`",
+            secret = secret.name,
+            pattern = secret.host_pattern,
+        ));
+    }
+    let pattern = model_key_host_pattern(&settings)?;
+    let paths = model_key_paths(&settings)
+        .map(|paths| format!(" --path-pattern '{paths}'"))
+        .unwrap_or_default();
+    let inject = if settings.provider == "openai" {
+        "bearer"
+    } else {
+        "anthropic"
+    };
+    Some(format!(
+        "add one on the web UI's dashboard or with `palisade secrets create --name {secret} --host-pattern {pattern}{paths} --inject {inject} --agent {name} --value-file FILE`",
+        secret = secret_name(&settings.provider),
+    ))
+}
+
 /// Whether no agent at all has a model key (the dashboard's first-run case).
 pub fn needs_model_key(store: &Store) -> Result<bool, HostError> {
     let secrets = store.list_secrets()?;
@@ -361,6 +396,17 @@ mod tests {
             .get_agent(&AgentName::new(DEFAULT_AGENT).unwrap())
             .unwrap();
         assert!(model_key_secret(&agent, &secrets).is_none());
+        // The advice for it: no secret is that server's, so the one to create, with
+        // the host, port, paths and injection the form would have used.
+        assert_eq!(
+            model_key_advice(&agent, &secrets).unwrap(),
+            "add one on the web UI's dashboard or with `palisade secrets create --name openai --host-pattern 127.0.0.1:9090 --path-pattern '/v1/*' --inject bearer --agent assistant --value-file FILE`"
+        );
+        point_at(&store, "http://127.0.0.1:8080/v1");
+        let agent = store
+            .get_agent(&AgentName::new(DEFAULT_AGENT).unwrap())
+            .unwrap();
+        assert_eq!(model_key_advice(&agent, &secrets), None);
         let bare = AgentSettings {
             base_url: Some("https://localhost:9".into()),
             ..AgentSettings::default()

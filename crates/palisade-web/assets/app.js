@@ -262,12 +262,39 @@
     badge.hidden = count === 0;
   }
 
+  // Whether the flash shows why the list could not be refreshed (cleared once it can).
+  let pollTrouble = false;
+
+  function showPollTrouble(text) {
+    pollTrouble = true;
+    showFlash(text, true);
+  }
+
   async function refreshApprovals() {
-    const response = await fetch(live.dataset.poll, {
-      credentials: "same-origin",
-      headers: { Accept: "text/html" },
-    });
-    if (!response.ok) return;
+    let response;
+    try {
+      response = await fetch(live.dataset.poll, {
+        credentials: "same-origin",
+        headers: { Accept: "text/html" },
+      });
+    } catch (_) {
+      showPollTrouble("The host is not answering, so this list may be out of date; still trying.");
+      return;
+    }
+    if (response.status === 401 || response.status === 403) {
+      // A restarted host forgets its sessions: without this, the page went on saying
+      // nothing waits while requests waited.
+      showPollTrouble("You are logged out (the host may have restarted), so this list is no longer updated: run `palisade login` on the host for a new login link.");
+      return;
+    }
+    if (!response.ok) {
+      showPollTrouble("This list could not be refreshed: the host answered " + response.status + ". Still trying.");
+      return;
+    }
+    if (pollTrouble) {
+      pollTrouble = false;
+      showFlash("", false);
+    }
     const doc = new DOMParser().parseFromString(await response.text(), "text/html");
     const fresh = doc.getElementById("pending");
     const current = document.getElementById("pending");

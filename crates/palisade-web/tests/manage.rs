@@ -334,7 +334,32 @@ async fn a_secret_is_granted_from_the_agents_page() {
         .create_secret(bank.with_value(palisade_policy::SecretValue::new(VALUE.into())))
         .unwrap();
 
-    // helper (research) has gh already and may not have bank: nothing to offer.
+    // Nor one for hosts of many owners (every site a research agent visits would get it).
+    let everywhere = palisade_store::input::SecretDraft {
+        name: "everywhere".into(),
+        host_pattern: "*.com".into(),
+        inject: "bearer".into(),
+        ..Default::default()
+    }
+    .check()
+    .unwrap();
+    web.store
+        .create_secret(everywhere.with_value(palisade_policy::SecretValue::new(VALUE.into())))
+        .unwrap();
+    // The secret's own page offers bank to mailer, not to helper.
+    let bank_page = web.page("/vault/secrets/bank").await;
+    let form = bank_page
+        .split("id=\"grant-form\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</form>").next())
+        .expect("a grant form on bank's page");
+    assert!(
+        form.contains("value=\"mailer\"") && !form.contains("value=\"helper\""),
+        "{form}"
+    );
+
+    // helper (research) has gh already and may not have bank or everywhere: nothing to
+    // offer.
     let helper_page = web.page("/agents/helper").await;
     assert!(!helper_page.contains("agent-grant-form"), "{helper_page}");
     let mailer_page = web.page("/agents/mailer").await;
@@ -369,6 +394,14 @@ async fn a_secret_is_granted_from_the_agents_page() {
         .post_refused("/agents/helper/grant", &[("secret", "bank")])
         .await;
     assert!(refused.contains("research"), "{refused}");
+    assert!(!refused.contains("invalid value"), "{refused}");
+    let refused = web
+        .post_refused("/vault/secrets/bank/grant", &[("agent", "helper")])
+        .await;
+    assert!(
+        refused.contains("research") && !refused.contains("invalid value"),
+        "{refused}"
+    );
     let refused = web
         .post_refused("/agents/mailer/grant", &[("secret", "nosuch")])
         .await;

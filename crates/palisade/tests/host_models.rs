@@ -97,7 +97,9 @@ fn a_refused_model_call_is_an_error_reply_not_an_answer() {
 }
 
 /// An agent with no key for its model API whose call is refused is told so, with how to
-/// add one. (Before: only the provider's 401.)
+/// get one: here another agent's key for that server, named with the command that
+/// grants it, and the command works (the next message is answered). (Before: only the
+/// provider's 401; then a `secrets create` with NAME and HOST left for the person.)
 #[test]
 fn an_agent_without_a_model_key_is_told_it_has_none() {
     let world = world();
@@ -115,8 +117,21 @@ fn an_agent_without_a_model_key_is_told_it_has_none() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         stderr.contains("agent keyless has no key for its model API")
-            && stderr.contains("palisade secrets create"),
+            && stderr.contains("`palisade secrets grant claude --agent keyless`"),
         "{stderr}"
+    );
+    ok(world
+        .palisade
+        .run(&["secrets", "grant", "claude", "--agent", "keyless"]));
+    let answered = ok(world.send("keyless", "and now?"));
+    assert!(
+        !String::from_utf8_lossy(&answered.stdout).trim().is_empty(),
+        "{}",
+        text(&answered)
+    );
+    assert_eq!(
+        world.upstream.last_request().unwrap().header("x-api-key"),
+        Some(KEY)
     );
     world.down(host);
 }

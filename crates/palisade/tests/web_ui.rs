@@ -344,6 +344,20 @@ async fn log_in_chat_with_a_streamed_reply_and_approve_a_held_request_in_chromiu
         "the Channels page shows a token"
     );
 
+    // A session the host no longer knows (it restarted, or the browser lost its
+    // cookie): the approvals page says it is logged out instead of going on showing a
+    // list that no longer updates.
+    client
+        .goto(&format!("http://{listen}/approvals"))
+        .await
+        .unwrap();
+    wait_for_text(&client, "h1", "Approvals", |t| t.starts_with("Approvals")).await;
+    client.delete_all_cookies().await.unwrap();
+    wait_for_text(&client, "#approval-flash", "the logged-out notice", |t| {
+        t.contains("You are logged out") && t.contains("palisade login")
+    })
+    .await;
+
     client.close().await.expect("end the WebDriver session");
     let _ = driver.terminate();
     ok(palisade.run(&["down"]));

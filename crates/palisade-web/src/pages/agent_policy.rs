@@ -24,6 +24,7 @@ use palisade_host::agents::{approval_words, DialDraft};
 use palisade_policy::dial::{ApprovalFrequency, Dial, Preset};
 use palisade_policy::sanitize::Strictness;
 use palisade_policy::AgentName;
+use palisade_policy::Profile;
 use palisade_store::{AgentLink, AgentRecord, StoreError};
 use serde::Deserialize;
 
@@ -283,12 +284,21 @@ async fn answer(
 
 /// The agent page's grant form: the secrets the agent has not been granted and may be
 /// (a research agent is never offered a sensitive one; the store refuses it anyway).
+/// Whether the store lets `secret` be granted to an agent of `profile`: a sensitive
+/// secret, or one for hosts of many owners (`*`, `*.com`), is never a research agent's.
+/// Forms offer only what it would take.
+pub(crate) fn grantable(secret: &palisade_store::SecretRecord, profile: Profile) -> bool {
+    profile != Profile::Research
+        || !(secret.sensitive
+            || palisade_policy::HostPattern::parse(&secret.host_pattern)
+                .is_ok_and(|pattern| pattern.spans_owners()))
+}
+
 pub(crate) fn grant_form(agent: &AgentRecord, secrets: &[palisade_store::SecretRecord]) -> Markup {
-    let research = agent.profile == palisade_policy::Profile::Research;
     let offered: Vec<(String, String)> = secrets
         .iter()
         .filter(|s| !s.agents.contains(&agent.name))
-        .filter(|s| !research || !s.sensitive)
+        .filter(|s| grantable(s, agent.profile))
         .map(|s| {
             let target = format!(
                 "{}{}",

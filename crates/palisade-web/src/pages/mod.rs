@@ -46,10 +46,11 @@ impl From<StoreError> for PageError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound { .. } => PageError::NotFound(error.to_string()),
-            StoreError::Invalid(_)
-            | StoreError::Input(_)
-            | StoreError::AlreadyDecided(_)
-            | StoreError::Duplicate { .. } => PageError::BadRequest(error.to_string()),
+            // Said on the form it refuses, as a sentence (not "invalid value: …").
+            StoreError::Invalid(message) => PageError::BadRequest(message),
+            StoreError::Input(_) | StoreError::AlreadyDecided(_) | StoreError::Duplicate { .. } => {
+                PageError::BadRequest(error.to_string())
+            }
             other => PageError::Internal(other.to_string()),
         }
     }

@@ -206,6 +206,7 @@ async fn secret_page(
     let ungranted: Vec<(String, String)> = agents
         .iter()
         .filter(|a| !secret.agents.contains(&a.name))
+        .filter(|a| super::agent_policy::grantable(&secret, a.profile))
         .map(|a| (a.name.to_string(), a.name.to_string()))
         .collect();
     let body = html! {

@@ -73,7 +73,7 @@ pub(crate) fn card(agents: &[AgentName], form: Option<&KeyForm>, error: Option<&
                         (forms::select("Agent", "agent", &agent_options, &form.agent, "the agent that gets the key"))
                         (forms::password("API key", "key", "from your provider's console (a local server without keys: any text)"))
                         (forms::text("Base URL", "base_url", &form.base_url, "empty: https://api.anthropic.com; for an OpenAI-compatible server its URL, e.g. http://127.0.0.1:8080/v1"))
-                        (forms::text("Model", "model", &form.model, "empty: the newest Claude Sonnet the provider lists"))
+                        (forms::text("Model", "model", &form.model, "empty: picked from the provider's list (the newest Claude Sonnet from Anthropic, the newest model from an OpenAI-compatible server)"))
                     }
                     div.form-actions { button.primary #store-key type="submit" { "Store the key" } }
                 }

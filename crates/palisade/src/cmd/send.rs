@@ -334,10 +334,12 @@ pub(crate) async fn stream_reply(
     streamed.lost("the host closed the stream before the reply")
 }
 
-/// Agent text keeps its lines and tabs; other control characters (escape sequences)
-/// are shown escaped so a reply cannot restyle the terminal.
+/// Agent text keeps its lines (ended by `\n` or `\r\n`) and tabs; other control
+/// characters (escape sequences, a lone `\r` that would return over a line's start)
+/// are shown escaped so a reply cannot restyle the terminal or hide what it wrote.
 pub(crate) fn clean_text(text: &str) -> String {
     text.split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line))
         .map(|line| {
             line.split('\t')
                 .map(crate::output::clean)
@@ -346,4 +348,19 @@ pub(crate) fn clean_text(text: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_text;
+
+    #[test]
+    fn agent_text_keeps_its_lines_and_shows_other_controls_escaped() {
+        // Windows line ends are line ends (they showed as `\u{d}` on every line).
+        assert_eq!(clean_text("one\r\ntwo\r\n"), "one\ntwo\n");
+        assert_eq!(clean_text("a\tb\nc"), "a\tb\nc");
+        // A lone carriage return would write the rest over the line's start.
+        assert_eq!(clean_text("paid\rnot paid"), "paid\\u{d}not paid");
+        assert_eq!(clean_text("\u{1b}[2Jx"), "\\u{1b}[2Jx");
+    }
 }
