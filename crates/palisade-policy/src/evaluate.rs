@@ -219,13 +219,15 @@ impl PolicySet {
         let holding: Vec<&RulePolicy> = matched()
             .filter(|rule| rule.action == RuleAction::RequireApproval)
             .collect();
-        // Above the holding rule, as it was made (one above the rule it answered): a
-        // hold added later above it is not answered by it.
+        // Above the holding rule, as it was made (one above the rule it answered), and
+        // made after it (a later rule has a larger id): a hold added later, above or
+        // below it, is not answered by it.
         let granted = |holding: &RulePolicy| {
             self.rules.iter().find(|grant| {
                 grant.is_grant()
                     && grant.scope == holding.scope
                     && grant.priority > holding.priority
+                    && grant.id > holding.id
                     && rule_applies(grant, facts)
                     && rule_matches_head(grant, facts)
             })
@@ -238,18 +240,18 @@ impl PolicySet {
                 .collect::<Option<Vec<_>>>()
                 .and_then(|grants| grants.first().copied()),
         };
+        // The dial holds a credentialed request whatever a grant answered: a grant is a
+        // person's answer to a rule's hold, made on a card that may have shown no
+        // credential (the secret can be newer than the grant).
+        let dial_holds = secret.is_some()
+            && !facts.model_call
+            && facts.approvals.holds(facts.method, facts.opens_stream);
         let verdict = match holding.first() {
-            Some(_) if grant.is_some() => Verdict::Allow,
-            Some(rule) => Verdict::RequireApproval { rule },
-            None if secret.is_some()
-                && !facts.model_call
-                && facts.approvals.holds(facts.method, facts.opens_stream) =>
-            {
-                Verdict::DialApproval {
-                    frequency: facts.approvals,
-                }
-            }
-            None => Verdict::Allow,
+            Some(rule) if grant.is_none() => Verdict::RequireApproval { rule },
+            _ if dial_holds => Verdict::DialApproval {
+                frequency: facts.approvals,
+            },
+            _ => Verdict::Allow,
         };
         let rate_limits = matched()
             .filter(|rule| matches!(rule.action, RuleAction::RateLimit { .. }))
@@ -1048,6 +1050,34 @@ mod tests {
         low_wide.priority = -100;
         let set = rules(vec![hold, low_wide]);
         assert_eq!(verdict_of(&set, &request).0, "approval");
+
+        // Nor is a hold added later below it, at the answered rule's priority but more
+        // specific, so matched first (a later rule has a larger id): the person
+        // answered the rules that held the request then, not one written since.
+        let mut old_hold = rule(16, "api.example.com", RuleAction::RequireApproval);
+        old_hold.priority = 10;
+        let mut later_hold = with_path(
+            rule(18, "api.example.com", RuleAction::RequireApproval),
+            "/x",
+        );
+        later_hold.priority = 10;
+        later_hold.body_contains = Some("wire".into());
+        let set = rules(vec![old_hold.clone(), grant(17)]);
+        let wire = Request::to("api.example.com", "/x").post(Some(b"wire it"));
+        assert_eq!(verdict_of(&set, &wire).0, "allow");
+        let set = rules(vec![old_hold.clone(), later_hold, grant(17)]);
+        assert_eq!(verdict_of(&set, &wire), ("approval".into(), Some(18)));
+
+        // A grant answers the rule's hold, not the dial: a credential (perhaps added
+        // since the card, which showed none) is held as the dial says.
+        let set = PolicySet::new(
+            vec![secret(19, "api.example.com", None, &["bot"])],
+            vec![old_hold, grant(17)],
+        );
+        let mut dialed = Request::to("api.example.com", "/x").post(Some(b"hi"));
+        assert_eq!(verdict_of(&set, &dialed).0, "allow");
+        dialed.approvals = ApprovalFrequency::Every;
+        assert_eq!(verdict_of(&set, &dialed).0, "dial");
     }
 
     /// An allow that a rule decided names that rule (an approval's grant among them),

@@ -353,8 +353,13 @@ impl PathPattern {
         if pattern.contains(['?', '#']) {
             return fail("the query string is never matched; remove '?' and what follows");
         }
-        if pattern.contains(';') {
-            return fail("it contains ';': path parameters are ignored when paths are matched, so a pattern cannot name them");
+        // Raw or escaped (`%3B`): an escaped one is decoded in the match form, where a
+        // pattern `/x%3By` became `/x` and, as an allow or a grant, let `/x` through.
+        if pattern
+            .split('/')
+            .any(|segment| crate::canonical::decode_all(segment).contains(';'))
+        {
+            return fail("it contains ';' (raw or as %3B): path parameters are ignored when paths are matched, so a pattern cannot name them");
         }
         let inner = pattern[1..].strip_suffix('/').unwrap_or(&pattern[1..]);
         if !inner.is_empty() && inner.split('/').any(|segment| segment.is_empty()) {
@@ -1005,6 +1010,8 @@ mod tests {
             ("/v1/*beta", "whole segment"),
             ("/**", "whole segment"),
             ("/a;b", "';'"),
+            ("/a%3Bb", "';'"),
+            ("/v1/transfer%3bdryrun=true", "';'"),
             ("/a//b", "empty segment"),
             ("/a/../b", "'..'"),
             ("/a/%2e/b", "'..'"),

@@ -146,7 +146,7 @@ async fn front(
         };
         let Some(target) = Target::parse_authority(&authority, Scheme::Https) else {
             let body = ErrorBody::new(GatewayErrorKind::BadRequest, "")
-                .with_message("CONNECT needs a target of the form host:port (a DNS name or an IP address in its usual form)");
+                .with_message("CONNECT needs a target of the form host:port: a DNS name or an IP address in its one usual form (dotted IPv4; an IPv6 address that spells no IPv4 one, such as ::ffff:a.b.c.d), a port in decimal digits");
             let response = refusal(&body);
             let record = Record::about(Some(&caller.agent), "CONNECT", &authority, "");
             refused_at_front(

@@ -59,7 +59,7 @@ impl Target {
             || host
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
-        if !valid || is_ambiguous_numeric_host(&host) {
+        if !valid || is_ambiguous_numeric_host(&host) || embeds_ipv4(&host) {
             return None;
         }
         // `Authority` accepts an out-of-range port and then reports none; refuse it
@@ -140,6 +140,15 @@ impl Target {
     }
 }
 
+/// An IPv6 address that spells an IPv4 one (`::ffff:127.0.0.1`, NAT64 `64:ff9b::…`,
+/// 6to4, Teredo, `::a.b.c.d`): a rule naming the IPv4 address would not match it, while
+/// the connection (or a translating network) reaches that address. Every IPv4 host has
+/// one form, its dotted one.
+fn embeds_ipv4(host: &str) -> bool {
+    host.parse::<std::net::Ipv6Addr>()
+        .is_ok_and(|v6| crate::net_guard::embedded_ipv4(v6).is_some())
+}
+
 /// A name whose last label is numeric (`127.1`, `2130706433`, `0x7f.0.0.1`,
 /// `0177.0.0.1`) is no DNS name (no top-level domain is numeric), but resolvers read it
 /// as an IPv4 address in some legacy spelling: a rule naming `127.0.0.1` would not match
@@ -216,6 +225,11 @@ mod tests {
             "0177.0.0.1:443",
             "127.0.0.1.:443",
             "1.2.3.04:443",
+            "[::ffff:127.0.0.1]:443",
+            "[::ffff:7f00:1]:443",
+            "[64:ff9b::7f00:1]:443",
+            "[2002:7f00:1::]:443",
+            "[::127.0.0.1]:443",
             "host:+443",
             "host:0443",
             "host:0",
