@@ -323,6 +323,10 @@ pub struct PathPattern {
     /// As written (shown back to people, stored).
     raw: String,
     kind: PathKind,
+    /// A stored pattern of an older version that names `;parameters` as `%3B` (new
+    /// ones are refused): it matches in match form as it always did, and never in
+    /// strict form, so as an allow, a grant or a secret's path it lets nothing through.
+    names_parameters: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -340,6 +344,18 @@ enum PathKind {
 
 impl PathPattern {
     pub fn parse(pattern: &str) -> Result<Self, PatternError> {
+        Self::parse_with(pattern, false)
+    }
+
+    /// A pattern read back from the store: as [`Self::parse`], but one naming
+    /// `;parameters` as `%3B`, which older versions accepted, still loads (see
+    /// `names_parameters`): refusing it would fail the whole policy's load and freeze
+    /// the gateway on its last one.
+    pub fn parse_stored(pattern: &str) -> Result<Self, PatternError> {
+        Self::parse_with(pattern, true)
+    }
+
+    fn parse_with(pattern: &str, stored: bool) -> Result<Self, PatternError> {
         let fail = |why: &'static str| Err(PatternError::Path(pattern.to_string(), why));
         if !pattern.starts_with('/') {
             return fail("it must start with '/'");
@@ -353,13 +369,16 @@ impl PathPattern {
         if pattern.contains(['?', '#']) {
             return fail("the query string is never matched; remove '?' and what follows");
         }
-        // Raw or escaped (`%3B`): an escaped one is decoded in the match form, where a
-        // pattern `/x%3By` became `/x` and, as an allow or a grant, let `/x` through.
-        if pattern
+        if pattern.contains(';') {
+            return fail("it contains ';': path parameters are ignored when paths are matched, so a pattern cannot name them");
+        }
+        // Escaped, `%3B`: decoded in the match form, where a pattern `/x%3By` became
+        // `/x` and, as an allow or a grant, let `/x` through.
+        let names_parameters = pattern
             .split('/')
-            .any(|segment| crate::canonical::decode_all(segment).contains(';'))
-        {
-            return fail("it contains ';' (raw or as %3B): path parameters are ignored when paths are matched, so a pattern cannot name them");
+            .any(|segment| crate::canonical::decode_all(segment).contains(';'));
+        if names_parameters && !stored {
+            return fail("it contains ';' (as %3B): path parameters are ignored when paths are matched, so a pattern cannot name them");
         }
         let inner = pattern[1..].strip_suffix('/').unwrap_or(&pattern[1..]);
         if !inner.is_empty() && inner.split('/').any(|segment| segment.is_empty()) {
@@ -392,6 +411,7 @@ impl PathPattern {
             return Ok(PathPattern {
                 raw: pattern.to_string(),
                 kind: PathKind::Exact(match_form),
+                names_parameters,
             });
         }
         let mut segments: Vec<Option<String>> = match_form
@@ -415,6 +435,7 @@ impl PathPattern {
         Ok(PathPattern {
             raw: pattern.to_string(),
             kind: PathKind::Segments { segments, prefix },
+            names_parameters,
         })
     }
 
@@ -434,7 +455,7 @@ impl PathPattern {
     /// but `;parameters` kept, so `/send;x` is not `/send`). For what lets a request
     /// through: an allow, a grant, a secret's path.
     pub fn matches_strictly(&self, path: &CanonicalPath) -> bool {
-        self.matches_form(path.strict_form())
+        !self.names_parameters && self.matches_form(path.strict_form())
     }
 
     fn matches_form(&self, path: &str) -> bool {
@@ -1010,8 +1031,8 @@ mod tests {
             ("/v1/*beta", "whole segment"),
             ("/**", "whole segment"),
             ("/a;b", "';'"),
-            ("/a%3Bb", "';'"),
-            ("/v1/transfer%3bdryrun=true", "';'"),
+            ("/a%3Bb", "';' (as %3B)"),
+            ("/v1/transfer%3bdryrun=true", "';' (as %3B)"),
             ("/a//b", "empty segment"),
             ("/a/../b", "'..'"),
             ("/a/%2e/b", "'..'"),
@@ -1023,6 +1044,22 @@ mod tests {
             let err = PathPattern::parse(input).unwrap_err();
             assert!(err.to_string().contains(hint), "{input:?}: {err}");
         }
+    }
+
+    /// A `%3B` pattern an older version stored still loads (a rule that cannot be read
+    /// fails the policy's load): it holds, limits or blocks what it did, and lets
+    /// nothing through as an allow, a grant or a secret's path.
+    #[test]
+    fn a_stored_pattern_naming_parameters_loads_and_allows_nothing() {
+        let stored = PathPattern::parse_stored("/v1/transfer%3Bdryrun=true").unwrap();
+        let request = |raw: &str| CanonicalPath::parse(raw).unwrap();
+        assert!(stored.matches(&request("/v1/transfer")));
+        assert!(stored.matches(&request("/v1/transfer;dryrun=true")));
+        assert!(!stored.matches_strictly(&request("/v1/transfer")));
+        assert!(!stored.matches_strictly(&request("/v1/transfer;dryrun=true")));
+        let plain = PathPattern::parse_stored("/v1/transfer").unwrap();
+        assert!(plain.matches_strictly(&request("/v1/transfer")));
+        assert!(PathPattern::parse_stored("/a;b").is_err());
     }
 
     #[test]

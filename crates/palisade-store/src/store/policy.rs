@@ -89,7 +89,7 @@ fn secret_policy(
         path: raw
             .path
             .as_deref()
-            .map(PathPattern::parse)
+            .map(PathPattern::parse_stored)
             .transpose()
             .map_err(|e| corrupt(&what("path"), e))?,
         injection: raw
@@ -133,7 +133,7 @@ fn rule_policy(record: RuleRecord) -> Result<RulePolicy> {
         path: record
             .path_pattern
             .as_deref()
-            .map(PathPattern::parse)
+            .map(PathPattern::parse_stored)
             .transpose()
             .map_err(|e| corrupt(&what("path"), e))?,
         method: MethodPattern::parse(&record.method).map_err(|e| corrupt(&what("method"), e))?,
