@@ -144,7 +144,14 @@ async fn front(
             Ok(caller) => caller,
             Err(response) => return response,
         };
-        let Some(target) = Target::parse_authority(&authority, Scheme::Https) else {
+        // Authority form only (`host:port`): a CONNECT to `http://host:port` has one
+        // too, and one target has one spelling.
+        let authority_form =
+            request.uri().scheme().is_none() && request.uri().path_and_query().is_none();
+        let parsed = authority_form
+            .then(|| Target::parse_authority(&authority, Scheme::Https))
+            .flatten();
+        let Some(target) = parsed else {
             let body = ErrorBody::new(GatewayErrorKind::BadRequest, "")
                 .with_message("CONNECT needs a target of the form host:port: a DNS name or an IP address in its one usual form (dotted IPv4; an IPv6 address that spells no IPv4 one, such as ::ffff:a.b.c.d), a port in decimal digits");
             let response = refusal(&body);

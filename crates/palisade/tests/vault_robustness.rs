@@ -269,12 +269,18 @@ fn a_client_still_sending_when_refused_reads_its_refusal() {
 fn bad_connect_targets_get_400() {
     let fx = Fixture::start();
     let auth = fx.basic();
+    let upstream = format!("localhost:{}", fx.upstream.port());
     for target in [
         ":443",
         "localhost:99999",
         "a b c",
         "user@localhost:443",
         "localhost:0",
+        "localhost:+443",
+        "localhost:0443",
+        // A target has one spelling: not a URL (it was taken as its authority).
+        &format!("http://{upstream}"),
+        &format!("https://{upstream}/"),
     ] {
         let mut stream = fx.connect();
         let request = format!(

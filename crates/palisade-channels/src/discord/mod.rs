@@ -72,13 +72,11 @@ pub struct Discord {
 }
 
 fn short(value: Option<&Value>) -> Option<String> {
-    let text: String = value?
-        .as_str()?
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(100)
-        .collect();
-    (!text.is_empty()).then_some(text)
+    // Refused, not cleaned: an id cleaned of a control character (`U0BOB\u{0}`) was
+    // compared with the approvers' ids as the listed one.
+    let text = value?.as_str()?;
+    (!text.is_empty() && text.chars().count() <= 100 && !text.chars().any(char::is_control))
+        .then(|| text.to_string())
 }
 
 /// Who pressed a button or sent a form: Discord names them in `member.user` in a
@@ -478,6 +476,20 @@ impl Channel for Discord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An id with a control character is nobody's, never cleaned into a listed
+    /// approver's id.
+    #[test]
+    fn an_id_is_taken_as_sent_or_not_at_all() {
+        assert_eq!(
+            short(Some(&serde_json::json!("2000000000000000001"))).as_deref(),
+            Some("2000000000000000001")
+        );
+        for bad in ["2000000000000000001\u{0}", "20000\u{7}00000000000001", ""] {
+            assert_eq!(short(Some(&serde_json::json!(bad))), None, "{bad:?}");
+        }
+        assert_eq!(short(Some(&serde_json::json!("1".repeat(101)))), None);
+    }
 
     #[test]
     fn the_presser_is_named_by_the_field_that_belongs_where_it_was_pressed() {

@@ -83,13 +83,11 @@ pub struct Slack {
 
 /// A Slack id or name as kept: bounded, no control characters.
 fn short(value: Option<&Value>) -> Option<String> {
-    let text: String = value?
-        .as_str()?
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect();
-    (!text.is_empty()).then_some(text)
+    // Refused, not cleaned: an id cleaned of a control character (`U0BOB\u{0}`) was
+    // compared with the approvers' ids as the listed one.
+    let text = value?.as_str()?;
+    (!text.is_empty() && text.chars().count() <= 64 && !text.chars().any(char::is_control))
+        .then(|| text.to_string())
 }
 
 fn user_of(user: &Value) -> Option<PlatformUser> {
@@ -648,6 +646,26 @@ mod tests {
             Some(SecretValue::new(SIGNING.into())),
         )
         .unwrap()
+    }
+
+    /// An id with a control character or too long is nobody's, never cleaned into a
+    /// listed approver's id (`U0BOB\u{0}` read as `U0BOB`).
+    #[test]
+    fn an_id_is_taken_as_sent_or_not_at_all() {
+        assert_eq!(short(Some(&json!("U0BOB"))), Some("U0BOB".to_string()));
+        for bad in [
+            json!("U0BOB\u{0}"),
+            json!("U0\nBOB"),
+            json!(""),
+            json!("U".repeat(65)),
+            json!(7),
+        ] {
+            assert_eq!(short(Some(&bad)), None, "{bad}");
+        }
+        assert_eq!(
+            user_of(&json!({"id": "U0BOB\u{0}", "username": "bob"})).map(|u| u.id),
+            None
+        );
     }
 
     /// Slack's `error` (as a fake answered the outside review: the token echoed) goes

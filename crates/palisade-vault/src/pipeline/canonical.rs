@@ -67,7 +67,28 @@ pub(super) fn canonicalize(
         ));
     }
     strip_hop_by_hop(&mut parts.headers, websocket);
+    join_cookies(&mut parts.headers);
     canonical_path(parts, target)
+}
+
+/// Several `cookie` fields (HTTP/2 clients send one per cookie) become one, joined with
+/// `; ` as RFC 9113 (8.2.3) asks before an HTTP/1.1 hop: passed on as several `Cookie`
+/// lines, servers that read only the first saw other cookies than the client sent.
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut cookies = headers.get_all(http::header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = http::HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, value);
+    }
 }
 
 /// Whether the head announces a body: a length other than 0, or a transfer coding.
@@ -274,6 +295,20 @@ fn canonical_path(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cookie_fields_become_one() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(http::header::COOKIE, "a=1".parse().unwrap());
+        headers.append(http::header::COOKIE, "b=2".parse().unwrap());
+        super::join_cookies(&mut headers);
+        let cookies: Vec<_> = headers.get_all(http::header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
+        let mut one = http::HeaderMap::new();
+        one.append(http::header::COOKIE, "a=1".parse().unwrap());
+        super::join_cookies(&mut one);
+        assert_eq!(one.get_all(http::header::COOKIE).iter().count(), 1);
+    }
+
     use super::{forwarded_hosts, is_method_parameter};
 
     #[test]
