@@ -5,7 +5,7 @@
 //! upper-case hex, or with spaces around it, verifies too and must count as the same.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// Signatures remembered at most (the oldest go first beyond this).
 const MAX_REMEMBERED: usize = 10_000;
@@ -15,12 +15,37 @@ pub struct SeenRequests {
     seen: Mutex<HashMap<String, i64>>,
 }
 
+/// The caches of the channels alive, by a digest of what verifies their requests.
+type Registry = Mutex<HashMap<[u8; 32], Weak<SeenRequests>>>;
+
 impl SeenRequests {
     pub fn new(window_seconds: i64) -> SeenRequests {
         SeenRequests {
             window_seconds,
             seen: Mutex::default(),
         }
+    }
+
+    /// The cache every channel verified by `verifier` (a Slack signing secret, a
+    /// Discord public key) shares: one app added as two channels gets each signed
+    /// request once, not once per channel (a captured one was replayed to the other
+    /// channel's address and taken there).
+    pub fn shared(platform: &str, verifier: &[u8], window_seconds: i64) -> Arc<SeenRequests> {
+        use sha2::Digest;
+        static REGISTRY: OnceLock<Registry> = OnceLock::new();
+        let mut digest = sha2::Sha256::new();
+        digest.update(platform.as_bytes());
+        digest.update([0]);
+        digest.update(verifier);
+        let key: [u8; 32] = digest.finalize().into();
+        let mut registry = crate::lock(REGISTRY.get_or_init(Registry::default));
+        if let Some(alive) = registry.get(&key).and_then(Weak::upgrade) {
+            return alive;
+        }
+        registry.retain(|_, cache| cache.strong_count() > 0);
+        let cache = Arc::new(SeenRequests::new(window_seconds));
+        registry.insert(key, Arc::downgrade(&cache));
+        cache
     }
 
     /// Records the request signed over `timestamp` (the header as sent) and `body`,
@@ -56,6 +81,18 @@ impl SeenRequests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channels_verified_alike_share_what_they_took() {
+        let team = SeenRequests::shared("slack", b"secret-a", 300);
+        let team2 = SeenRequests::shared("slack", b"secret-a", 300);
+        let other = SeenRequests::shared("slack", b"secret-b", 300);
+        let discord = SeenRequests::shared("discord", b"secret-a", 300);
+        assert!(team.first_time("1700000000", b"payload=x", 1_700_000_010));
+        assert!(!team2.first_time("1700000000", b"payload=x", 1_700_000_010));
+        assert!(other.first_time("1700000000", b"payload=x", 1_700_000_010));
+        assert!(discord.first_time("1700000000", b"payload=x", 1_700_000_010));
+    }
 
     #[test]
     fn the_same_signed_content_is_taken_once_however_it_is_spelt() {

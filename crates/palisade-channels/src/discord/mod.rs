@@ -68,7 +68,8 @@ pub struct Discord {
     /// (card token, user id) → when the comment modal was opened for them.
     prompts: Arc<Mutex<HashMap<(String, String), Instant>>>,
     inbox: Mutex<Option<mpsc::Sender<Incoming>>>,
-    seen_requests: crate::replay::SeenRequests,
+    /// Shared with every channel of the same public key.
+    seen_requests: Arc<crate::replay::SeenRequests>,
 }
 
 fn short(value: Option<&Value>) -> Option<String> {
@@ -177,6 +178,12 @@ impl Discord {
                     .scrubbing(Scrubber::new([&token])),
                 token,
             },
+            seen_requests: match &public_key {
+                Some(key) => {
+                    crate::replay::SeenRequests::shared("discord", key, signature::WINDOW_SECONDS)
+                }
+                None => Arc::new(crate::replay::SeenRequests::new(signature::WINDOW_SECONDS)),
+            },
             public_key,
             gateway_url: gateway_url.map(str::to_string),
             bot_user: Arc::default(),
@@ -184,7 +191,6 @@ impl Discord {
             dm_channels: Mutex::default(),
             prompts: Arc::default(),
             inbox: Mutex::default(),
-            seen_requests: crate::replay::SeenRequests::new(signature::WINDOW_SECONDS),
         })
     }
 

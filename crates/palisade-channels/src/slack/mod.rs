@@ -78,7 +78,8 @@ pub struct Slack {
     /// View id → the card and user a comment modal asks.
     prompts: Arc<Mutex<HashMap<String, Prompt>>>,
     seen_events: Mutex<VecDeque<String>>,
-    seen_requests: crate::replay::SeenRequests,
+    /// Shared with every channel of the same signing secret.
+    seen_requests: Arc<crate::replay::SeenRequests>,
 }
 
 /// A Slack id or name as kept: bounded, no control characters.
@@ -141,13 +142,20 @@ impl Slack {
                 bot: bot_token,
                 app: app_token,
             },
-            signing_secret,
             bot_user: Mutex::default(),
             team: Mutex::default(),
             inbox: Mutex::default(),
             prompts: Arc::default(),
             seen_events: Mutex::default(),
-            seen_requests: crate::replay::SeenRequests::new(signature::WINDOW_SECONDS),
+            seen_requests: match &signing_secret {
+                Some(secret) => crate::replay::SeenRequests::shared(
+                    "slack",
+                    secret.expose().as_bytes(),
+                    signature::WINDOW_SECONDS,
+                ),
+                None => Arc::new(crate::replay::SeenRequests::new(signature::WINDOW_SECONDS)),
+            },
+            signing_secret,
         })
     }
 
