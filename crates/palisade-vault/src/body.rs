@@ -225,8 +225,9 @@ pub struct IdleTimeout(Duration);
 
 /// An upstream body that ended before the length its head announced: hyper reads an
 /// HTTP/2 `RST_STREAM` (or `GOAWAY`) of reason `NO_ERROR` before the stream's end as
-/// the body's end, and passed on as one, the client took a cut response for a whole
-/// one (and the bytes kept back for masking went out as its last).
+/// the body's end. Passed on as one, only hyper's server refusing a body shorter than
+/// its `Content-Length` kept the client from taking it whole, after the bytes kept back
+/// for masking had been handed to it; ended here, in error, they never are.
 #[derive(Debug, thiserror::Error)]
 #[error("the upstream ended the response {0} bytes short of its Content-Length")]
 pub struct ShortBody(u64);
