@@ -411,8 +411,11 @@ async fn with_key_hint(inner: &HostInner, agent: &AgentName, text: String) -> St
     .flatten();
     match advice {
         None => text,
+        // No key was sent, so none is to be replaced: the runner's advice to rotate it
+        // goes, and what to grant or create is said instead.
         Some(advice) => format!(
-            "{text} (agent {agent} has no key for its model API; if it needs one, {advice})"
+            "{} (agent {agent} has no key for its model API; if it needs one, {advice})",
+            text.replace(palisade_policy::models::KEY_REFUSED_ADVICE, "")
         ),
     }
 }

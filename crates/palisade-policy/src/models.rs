@@ -17,6 +17,11 @@ pub const DEFAULT_FAMILY: &str = "claude-sonnet";
 /// another base URL.
 pub const DEFAULT_ANTHROPIC_URL: &str = "https://api.anthropic.com";
 
+/// What the runner adds to a turn's error when the model's API refused the key (401):
+/// the host takes it off again when the agent has no key for that API at all, and says
+/// which to grant instead.
+pub const KEY_REFUSED_ADVICE: &str = ". The model's API did not accept the key the vault sent: replace it (`palisade secrets list` names the secret for that API; `palisade secrets rotate NAME`, or on the web UI: Vault, that secret, Rotate), then send the message again";
+
 /// The calls an agent makes to its own model's API, as its settings (`provider`,
 /// `base_url`) name it: the model call the runner makes every step (`POST
 /// /v1/messages`, or `/v1/chat/completions` for OpenAI-compatible servers) and the

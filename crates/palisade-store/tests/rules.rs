@@ -223,3 +223,50 @@ fn a_grant_keeps_its_name() {
         .name
         .starts_with("always-allowed-"));
 }
+
+/// A hold edited, or enabled again, after a person's grant was made is newer than the
+/// grant (it takes the next id, as a new rule would), so the grant does not answer it:
+/// a grant answers only holds older than itself. (Kept its id, an old hold edited into
+/// a new approval gate was answered by an earlier grant.) Other rules keep their id.
+#[test]
+fn a_hold_edited_or_enabled_again_is_newer_than_every_grant() {
+    let t = common::store();
+    common::add_agent(&t.store, "bot");
+    let hold = t
+        .store
+        .create_rule(common::new_rule("ask", RuleAction::RequireApproval, None))
+        .unwrap();
+    t.store.set_rule_enabled("ask", false).unwrap();
+    let grant = t
+        .store
+        .create_rule(common::new_rule(
+            "always-allowed-apr_x",
+            RuleAction::Allow,
+            Some("bot"),
+        ))
+        .unwrap();
+    assert!(grant.id > hold.id);
+    let enabled = t.store.set_rule_enabled("ask", true).unwrap();
+    assert!(enabled.id > grant.id, "{} <= {}", enabled.id, grant.id);
+    let mut edited = common::new_rule("ask", RuleAction::RequireApproval, None);
+    edited.body_contains = Some("wire".into());
+    let newer = t
+        .store
+        .create_rule(common::new_rule(
+            "always-allowed-apr_y",
+            RuleAction::Allow,
+            Some("bot"),
+        ))
+        .unwrap();
+    let updated = t.store.update_rule("ask", edited).unwrap();
+    assert!(updated.id > newer.id, "{} <= {}", updated.id, newer.id);
+    assert_eq!(updated.body_contains.as_deref(), Some("wire"));
+    // A rate limit keeps its id (its counts are kept by it).
+    let limit = t
+        .store
+        .create_rule(common::new_rule("limit", hourly(5), None))
+        .unwrap();
+    let mut changed = common::new_rule("limit", hourly(7), None);
+    changed.priority = 3;
+    assert_eq!(t.store.update_rule("limit", changed).unwrap().id, limit.id);
+}

@@ -234,3 +234,41 @@ fn a_dead_hosts_leftover_pid_is_nobodys_to_signal() {
         "down signalled an unrelated process"
     );
 }
+
+/// An agent whose model server is at a local address this start does not allow would
+/// have every message refused: `up` says so, with the flag that allows it, and says
+/// nothing once it is given. (Before, a start without the flag a working setup had
+/// broke it without a word.)
+#[test]
+fn a_start_that_does_not_allow_an_agents_local_model_server_says_so() {
+    let world = world();
+    ok(world.palisade.run(&[
+        "agents",
+        "edit",
+        "helper",
+        "--base-url",
+        "https://127.0.0.1:9",
+    ]));
+    let listen = world.listen.to_string();
+    let _stop = Detached(&world.palisade);
+    let started = ok(world.palisade.run(&["up", "--detach", "--listen", &listen]));
+    let stderr = String::from_utf8_lossy(&started.stderr).into_owned();
+    assert!(
+        stderr.contains("agent helper's model server 127.0.0.1 (port 9) is a local address")
+            && stderr.contains("`--allow-local-upstream 127.0.0.1:9`"),
+        "{stderr}"
+    );
+    ok(world.palisade.run(&["down"]));
+    let listen = format!("127.0.0.1:{}", palisade_testkit::free_port());
+    let allowed = ok(world.palisade.run(&[
+        "up",
+        "--detach",
+        "--listen",
+        &listen,
+        "--allow-local-upstream",
+        "127.0.0.1:9",
+    ]));
+    let stderr = String::from_utf8_lossy(&allowed.stderr).into_owned();
+    assert!(!stderr.contains("model server"), "{stderr}");
+    ok(world.palisade.run(&["down"]));
+}

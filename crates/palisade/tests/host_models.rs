@@ -120,6 +120,8 @@ fn an_agent_without_a_model_key_is_told_it_has_none() {
             && stderr.contains("`palisade secrets grant claude --agent keyless`"),
         "{stderr}"
     );
+    // No key was sent, so there is none to replace.
+    assert!(!stderr.contains("secrets rotate"), "{stderr}");
     ok(world
         .palisade
         .run(&["secrets", "grant", "claude", "--agent", "keyless"]));

@@ -173,9 +173,7 @@ impl ModelError {
         let mut text = format!("I could not get an answer from the model: {self}");
         if self.is_key_refused() {
             // The key lives in the vault, out of the agent's reach: the person fixes it.
-            text.push_str(
-                ". The model's API did not accept the key the vault sent: replace it (`palisade secrets list` names the secret for that API; `palisade secrets rotate NAME`, or on the web UI: Vault, that secret, Rotate), then send the message again",
-            );
+            text.push_str(palisade_policy::models::KEY_REFUSED_ADVICE);
         }
         text
     }

@@ -136,8 +136,9 @@ impl Store {
     }
 
     /// Replaces every field of rule `name_or_id` with `rule` (a rename included); it
-    /// keeps its id, creation time and whether it is enabled. Rate counts of the old
-    /// form are kept (they are per rule and agent).
+    /// keeps its creation time and whether it is enabled, and its id unless it is now a
+    /// hold (which takes the next id: see [`renumber`]). Rate counts of the old form are
+    /// kept (they are per rule and agent).
     pub fn update_rule(&self, name_or_id: &str, rule: NewRule) -> Result<RuleRecord> {
         check_rule(&rule)?;
         let (rate_limit, rate_window, path, method) = rule_columns(&rule);
@@ -194,6 +195,12 @@ impl Store {
                     id,
                 ],
             )?;
+            let previous_id = id;
+            let id = if rule.action == RuleAction::RequireApproval {
+                renumber(tx, id)?
+            } else {
+                id
+            };
             let mut entry = self.audit_entry("rule.update");
             entry.rule = Some(rule.name.clone());
             entry.agent = rule.agent.as_ref().map(ToString::to_string);
@@ -203,6 +210,7 @@ impl Store {
             entry.decision = Some("updated".into());
             entry.detail = Some(serde_json::json!({
                 "id": id,
+                "previous_id": (previous_id != id).then_some(previous_id),
                 "previous_name": (old_name != rule.name).then_some(&old_name),
                 "action": rule.action.kind(),
                 "rate_limit": rate_limit,
@@ -226,6 +234,16 @@ impl Store {
                 "UPDATE rules SET enabled = ?1 WHERE id = ?2 AND enabled != ?1",
                 (enabled, id),
             )?;
+            let holds: bool = tx.query_row(
+                "SELECT action = 'require_approval' FROM rules WHERE id = ?1",
+                [id],
+                |row| row.get(0),
+            )?;
+            let id = if changed > 0 && enabled && holds {
+                renumber(tx, id)?
+            } else {
+                id
+            };
             if changed > 0 {
                 let event = if enabled {
                     "rule.enable"
@@ -350,4 +368,14 @@ impl Store {
             get_rule_by_id(tx, id)
         }
     }
+}
+
+/// Gives rule `id` the next id, as a new rule would get: a person's grant answers only
+/// holds older than itself (`palisade_policy::evaluate`), so a hold edited or enabled
+/// again after a grant was made is not answered by it (it kept its id, and was).
+/// Only holds move: a rate limit's counts are kept by its id.
+fn renumber(tx: &Transaction<'_>, id: i64) -> Result<i64> {
+    let next: i64 = tx.query_row("SELECT MAX(id) + 1 FROM rules", [], |row| row.get(0))?;
+    tx.execute("UPDATE rules SET id = ?1 WHERE id = ?2", (next, id))?;
+    Ok(next)
 }

@@ -272,6 +272,9 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
     };
     let store = ctx.open_store()?.with_actor("host");
     let new_key = first_start(&store, &args)? || std::env::var_os(NEW_KEY_ENV).is_some();
+    if palisade_vault::running_gateway(&ctx.home).is_none() {
+        warn_local_model_servers(&store, &args.allow_local_upstream);
+    }
     if args.detach {
         return detach(&ctx.home, args.listen, new_key, ctx.json);
     }
@@ -411,6 +414,48 @@ async fn wait_for_signal() {
 /// given and no agent has a model key yet. The key goes only into the vault's sealed
 /// store (`palisade_host::setup`, as the web UI's first-run form does).
 /// Returns whether it stored a key.
+/// Says which agents' model servers are at a local address this start does not allow:
+/// every message of theirs would be refused (`local_upstream_refused`), and the gateway
+/// reads `--allow-local-upstream` at start only, so a start without the flag a working
+/// setup had broke it without a word.
+fn warn_local_model_servers(store: &palisade_store::Store, allowed: &[String]) {
+    let patterns: Vec<palisade_policy::HostPattern> = allowed
+        .iter()
+        .filter_map(|pattern| palisade_policy::HostPattern::parse(pattern).ok())
+        .collect();
+    let Ok(agents) = store.list_agents() else {
+        return;
+    };
+    for agent in agents {
+        let Ok(settings) = palisade_host::settings::AgentSettings::from_json(&agent.settings)
+        else {
+            continue;
+        };
+        let (Some(host), Some(port)) = (setup::model_host(&settings), setup::model_port(&settings))
+        else {
+            continue;
+        };
+        let address = host.parse::<std::net::IpAddr>().ok();
+        let local = match address {
+            Some(ip) => palisade_vault::net_guard::is_local(ip),
+            None => host == "localhost" || host.ends_with(".localhost"),
+        };
+        if !local || patterns.iter().any(|pattern| pattern.matches(&host, port)) {
+            continue;
+        }
+        // An address is allowed with its port, a name without (as the gateway takes them).
+        let allowance = match address {
+            Some(std::net::IpAddr::V6(_)) => format!("[{host}]:{port}"),
+            Some(_) => format!("{host}:{port}"),
+            None => host.clone(),
+        };
+        eprintln!(
+            "palisade: warning: agent {}'s model server {host} (port {port}) is a local address this start does not allow, so its messages will be refused; start with `--allow-local-upstream {allowance}` (it is not remembered between starts)",
+            agent.name
+        );
+    }
+}
+
 fn first_start(store: &palisade_store::Store, args: &UpArgs) -> anyhow::Result<bool> {
     if setup::ensure_default_agent(store)? {
         eprintln!("palisade: created the default agent `{DEFAULT_AGENT}` (research profile)");
