@@ -348,6 +348,75 @@ pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the schema to [`LATEST`], or refuses a newer one; the version it found
 /// (what this call migrated from; [`LATEST`] when there was nothing to do).
+/// Refuses a database with objects palisade never creates: a trigger or a view, an
+/// index of another name than the migrations', or an audit table without its primary
+/// key. Someone who can write the database but not read the master key could use one
+/// to make palisade's own reads and writes differ from what it checked (a trigger that
+/// drops its inserts, two head rows that two queries read differently), and so have
+/// palisade sign a log it never wrote.
+pub(crate) fn check_schema(conn: &Connection) -> Result<()> {
+    // The migrations' indexes, by name, as they create them (SQLite keeps the statement's
+    // text): one of their names over other columns is foreign too.
+    let own: std::collections::HashMap<&str, &str> = MIGRATIONS
+        .iter()
+        .flat_map(|sql| sql.split(';'))
+        .map(str::trim)
+        .filter(|statement| {
+            statement.starts_with("CREATE INDEX ") || statement.starts_with("CREATE UNIQUE INDEX ")
+        })
+        .filter_map(|statement| {
+            let name = statement
+                .split("INDEX ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?;
+            Some((name, statement))
+        })
+        .collect();
+    let mut objects = conn.prepare("SELECT type, name, sql FROM sqlite_master")?;
+    let objects = objects
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<String>>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (kind, name, sql) in objects {
+        let foreign = match kind.as_str() {
+            "trigger" | "view" => true,
+            // SQLite's own indexes (of a primary key or UNIQUE column) have no text.
+            "index" if name.starts_with("sqlite_autoindex_") => sql.is_some(),
+            "index" => own.get(name.as_str()).copied() != sql.as_deref().map(str::trim),
+            _ => false,
+        };
+        if foreign {
+            return Err(StoreError::Invalid(format!(
+                "the database has a {kind} palisade never creates ({name:?}): someone changed it outside palisade, which refuses to use it; inspect it, and remove the {kind} (`DROP {} \"{name}\"` in sqlite3) if you made it",
+                kind.to_ascii_uppercase()
+            )));
+        }
+    }
+    for table in ["audit", "audit_head"] {
+        // (A new database has no tables yet.)
+        let keyed: bool = conn.query_row(
+            &format!(
+                "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{table}')
+                     OR EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = 'id' AND pk = 1)"
+            ),
+            [],
+            |row| row.get(0),
+        )?;
+        if !keyed {
+            return Err(StoreError::Invalid(format!(
+                "the database's {table} table lost its primary key: someone changed it outside palisade, which refuses to use it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn migrate(conn: &mut Connection) -> Result<i64> {
     // Cheap check outside a write transaction so a read-only look at a newer database
     // fails with the clear error instead of waiting for a write lock.

@@ -102,6 +102,7 @@ impl Store {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let attempt = configure(&conn)
+                .and_then(|()| crate::migrations::check_schema(&conn))
                 .and_then(|()| crate::migrations::migrate(&mut conn))
                 .and_then(|from| {
                     // The head of a log written before heads were signed is signed

@@ -115,3 +115,49 @@ fn data_version_moves_when_another_connection_commits() {
     common::add_agent(&other, "alpha");
     assert_ne!(t.store.data_version().unwrap(), before);
 }
+
+/// A database with objects palisade never creates is refused, naming them: a trigger,
+/// a view, an index of another name or one of palisade's names over other columns, an
+/// audit head table without its primary key. (An outside review had palisade sign a
+/// forged log end: a trigger dropped its inserts, and two head rows were read
+/// differently by two queries through an added index.)
+#[test]
+fn a_database_changed_outside_palisade_is_refused() {
+    for (change, named) in [
+        (
+            "CREATE TRIGGER t BEFORE INSERT ON audit BEGIN SELECT RAISE(IGNORE); END;",
+            "trigger",
+        ),
+        ("CREATE VIEW v AS SELECT * FROM audit;", "view"),
+        ("CREATE INDEX ah ON audit_head(last_id DESC, last_hash, id);", "index"),
+        (
+            "DROP INDEX audit_at; CREATE INDEX audit_at ON audit(hash);",
+            "index",
+        ),
+        (
+            "CREATE TABLE h2 (id INTEGER, last_id INTEGER NOT NULL, last_hash TEXT NOT NULL, head_mac TEXT);
+             INSERT INTO h2 SELECT id, last_id, last_hash, head_mac FROM audit_head;
+             DROP TABLE audit_head; ALTER TABLE h2 RENAME TO audit_head;",
+            "primary key",
+        ),
+    ] {
+        let t = common::store();
+        common::add_agent(&t.store, "alpha");
+        let home = t.home.clone();
+        drop(t.store);
+        common::raw(&home).execute_batch(change).unwrap();
+        let refused = match Store::open(&home) {
+            Ok(_) => panic!("opened after {change}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            refused.contains(named) && refused.contains("outside palisade"),
+            "{change}: {refused}"
+        );
+    }
+    // Untouched, it opens again (palisade's own indexes are its own).
+    let t = common::store();
+    let home = t.home.clone();
+    drop(t.store);
+    Store::open(&home).unwrap();
+}

@@ -576,6 +576,13 @@ fn try_write_anchor(
             |row| Ok(((row.get(0)?, row.get(1)?), row.get(2)?)),
         )
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    // The anchor names the end whose signature was checked here, not the head the
+    // writer read before its commit: two reads of the head that differ (an outside
+    // review made them differ through the schema) must not sign one while checking the
+    // other.
+    if current.last_id >= end.0 {
+        return Ok(None);
+    }
     let end_signed = signed.as_deref() == Some(head_mac(key, &end).as_str());
     let (changed_at, said) = match current.changed_at {
         Some(row) => (Some(row), None),
@@ -592,7 +599,7 @@ fn try_write_anchor(
             Err(e) => return Err(std::io::Error::other(e.to_string())),
         },
     };
-    let anchor = Anchor::signed(key, head, changed_at);
+    let anchor = Anchor::signed(key, &end, changed_at);
     let mut record = serde_json::to_vec(&anchor).map_err(std::io::Error::other)?;
     if record.len() < ANCHOR_RECORD {
         record.resize(ANCHOR_RECORD - 1, b' ');

@@ -240,7 +240,7 @@ fn names_target(claimed: &[u8], target: &Target) -> bool {
 /// Whether a (decoded) query parameter name is `_method` as PHP reads names (Symfony
 /// and Laravel run on PHP): a space or a dot becomes an underscore there, so
 /// `.method` and `+method` are `_method` too.
-fn is_method_parameter(key: &str) -> bool {
+pub(super) fn is_method_parameter(key: &str) -> bool {
     key.strip_prefix(['_', ' ', '.']) == Some("method")
 }
 

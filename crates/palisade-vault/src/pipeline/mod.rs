@@ -165,6 +165,7 @@ async fn run(
             decision = Decision::Granted;
         }
     }
+    policy::check_form(shared, agent, &parts, &target.host, body, reason.is_some()).await?;
     let mut secret = evaluation.secret;
     // The policy the secret was chosen under (its spellings to mask come from it too).
     let mut granted_by = &snapshot;

@@ -42,6 +42,82 @@ pub(super) async fn judge<'p>(
     Ok(policy.evaluate(&judged))
 }
 
+/// A POST of a URL-encoded form: Rails (Rack::MethodOverride), Symfony and Laravel take
+/// a `_method` field in its body for the method, as they take the query parameter the
+/// canonical phase refuses. Such a body is read whole (as for a body rule, or for the
+/// approval of a held request: `held` says which, and so which refusal a body too large
+/// to read gets) and a `_method` field in it naming another method is refused.
+pub(super) async fn check_form(
+    shared: &Shared,
+    agent: &AgentName,
+    parts: &http::request::Parts,
+    host: &str,
+    body: &mut RequestBody,
+    held: bool,
+) -> Result<(), Refusal> {
+    if !is_form_post(&parts.method, &parts.headers) {
+        return Ok(());
+    }
+    let (decision, kind) = if held {
+        (
+            Decision::TooLargeForApproval,
+            GatewayErrorKind::RequestTooLargeForApproval,
+        )
+    } else {
+        (
+            Decision::TooLargeToInspect,
+            GatewayErrorKind::RequestTooLargeToInspect,
+        )
+    };
+    let limit = shared.config.max_judged_body;
+    let data = body
+        .read(shared, agent, limit)
+        .await
+        .map_err(|e| read_refusal(e, host, decision, kind))?;
+    check_form_method(&parts.headers, data, limit, &parts.method, host)
+}
+
+fn is_form_post(method: &http::Method, headers: &http::HeaderMap) -> bool {
+    method == http::Method::POST
+        && headers
+            .get_all(http::header::CONTENT_TYPE)
+            .iter()
+            .any(|value| {
+                value.to_str().is_ok_and(|text| {
+                    text.split(';').next().is_some_and(|kind| {
+                        kind.trim()
+                            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                    })
+                })
+            })
+}
+
+/// Refuses a form body with a `_method` field (as PHP reads names: `.method`, `+method`)
+/// naming another method than the one sent: a rule judged the request as a POST, and
+/// the server would run it as that method (a DELETE a rule blocks).
+fn check_form_method(
+    headers: &http::HeaderMap,
+    data: &[u8],
+    limit: usize,
+    method: &http::Method,
+    host: &str,
+) -> Result<(), Refusal> {
+    let decoded = decoded_view(headers, data, limit, host)?;
+    for (name, value) in form_urlencoded::parse(&decoded) {
+        if super::canonical::is_method_parameter(&name)
+            && !value.trim().eq_ignore_ascii_case(method.as_str())
+        {
+            return Err(Refusal::new(
+                Decision::AmbiguousMethod,
+                ErrorBody::new(GatewayErrorKind::AmbiguousMethod, host).with_message(format!(
+                    "The method of this request to {host} was refused: it is sent as {method} with a form field _method naming another method, which some servers run instead. The gateway judges a request by its method, so send the method itself."
+                )),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn blocked(host: &str, rule: &RulePolicy) -> Refusal {
     Refusal::new(
         Decision::Blocked,
