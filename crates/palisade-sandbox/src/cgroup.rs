@@ -504,10 +504,17 @@ fn create_v1_leaf(
                 // Without swap accounting the limit could be dodged by swapping.
                 let memsw = leaf.join("memory.memsw.limit_in_bytes");
                 if memsw.exists() {
-                    write(&memsw, &memory)
-                } else {
-                    Ok(())
+                    write(&memsw, &memory)?;
                 }
+                // v1 counts TCP buffer memory apart, and only once it has a limit:
+                // without one, a sandbox's unread loopback sockets held gigabytes of
+                // kernel memory past its limit and pushed the host's TCP to its
+                // pressure limit for everyone. (v2 counts it in `memory.max`.)
+                let tcp = leaf.join("memory.kmem.tcp.limit_in_bytes");
+                if tcp.exists() {
+                    write(&tcp, &memory)?;
+                }
+                Ok(())
             })
         }
         "pids" => write(
@@ -720,6 +727,38 @@ mod tests {
         assert_eq!(leaf_owner("palisade-1234"), None);
         assert_eq!(leaf_owner("palisade"), None);
         assert_eq!(leaf_owner("other-1-2"), None);
+    }
+
+    /// A v1 memory leaf limits TCP buffer memory too (to the sandbox's memory limit), on
+    /// a host with a writable v1 memory hierarchy (this one, as root).
+    #[test]
+    fn a_v1_memory_leaf_limits_tcp_buffers_too() {
+        let Some(memory) = HostCgroups::detect()
+            .v1
+            .into_iter()
+            .find(|h| h.controller == "memory")
+        else {
+            eprintln!("SKIPPING: no cgroup v1 memory hierarchy on this host");
+            return;
+        };
+        let limits = Limits {
+            memory: Some(64 << 20),
+            ..Limits::default()
+        };
+        let name = format!("palisade-test-tcp-{}", std::process::id());
+        let leaf = match create_v1_leaf(&memory.mount, &name, "memory", &limits) {
+            Ok(leaf) => leaf,
+            Err(reason) => {
+                eprintln!("SKIPPING: cannot create a v1 memory cgroup here: {reason}");
+                return;
+            }
+        };
+        let read = |file: &str| std::fs::read_to_string(leaf.join(file)).unwrap_or_default();
+        let tcp = read("memory.kmem.tcp.limit_in_bytes");
+        let memory_limit = read("memory.limit_in_bytes");
+        remove_leaf(&leaf);
+        assert_eq!(memory_limit.trim(), (64u64 << 20).to_string());
+        assert_eq!(tcp.trim(), (64u64 << 20).to_string());
     }
 
     #[test]

@@ -186,6 +186,7 @@ mod tests {
             ("keyctl", EPERM),
             ("ptrace", EPERM),
             ("io_uring_setup", ENOSYS),
+            ("io_setup", ENOSYS),
         ] {
             let rules = rules_for(&profile, name);
             assert_eq!(rules.len(), 1, "{name}");

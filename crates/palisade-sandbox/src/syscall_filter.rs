@@ -12,6 +12,9 @@
 //!   same uid access);
 //! - `io_uring_*`: a second system call interface with a long record of kernel bugs
 //!   (answered `ENOSYS`, so libraries fall back to plain system calls);
+//! - `io_setup` (Linux AIO, answered `ENOSYS`): its events come from one pool for the
+//!   whole machine (`fs.aio-max-nr`), which one sandbox filled in 16 calls, and then
+//!   no process of the host could set up AIO;
 //! - `ptrace`, `process_vm_readv`/`writev`, `pidfd_getfd`: reading or steering other
 //!   processes of the sandbox, the shim among them;
 //! - `bpf`, `perf_event_open`, `userfaultfd`: attack surface, no use in a sandbox;
@@ -128,6 +131,7 @@ pub const DENIED: &[Denial] = &[
     always("io_uring_setup", Answer::Unavailable),
     always("io_uring_enter", Answer::Unavailable),
     always("io_uring_register", Answer::Unavailable),
+    always("io_setup", Answer::Unavailable),
     always("ptrace", Answer::Refused),
     always("process_vm_readv", Answer::Refused),
     always("process_vm_writev", Answer::Refused),
@@ -210,6 +214,7 @@ fn number(name: &str) -> Option<i64> {
         "io_uring_setup" => libc::SYS_io_uring_setup,
         "io_uring_enter" => libc::SYS_io_uring_enter,
         "io_uring_register" => libc::SYS_io_uring_register,
+        "io_setup" => libc::SYS_io_setup,
         "ptrace" => libc::SYS_ptrace,
         "process_vm_readv" => libc::SYS_process_vm_readv,
         "process_vm_writev" => libc::SYS_process_vm_writev,

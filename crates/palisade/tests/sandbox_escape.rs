@@ -887,8 +887,8 @@ import ctypes, errno, os, platform, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 NR = {
-    'x86_64': dict(io_uring_setup=425, keyctl=250, add_key=248, ptrace=101, bpf=321, userfaultfd=323, perf_event_open=298),
-    'aarch64': dict(io_uring_setup=425, keyctl=219, add_key=217, ptrace=117, bpf=280, userfaultfd=282, perf_event_open=241),
+    'x86_64': dict(io_uring_setup=425, io_setup=206, keyctl=250, add_key=248, ptrace=101, bpf=321, userfaultfd=323, perf_event_open=298),
+    'aarch64': dict(io_uring_setup=425, io_setup=0, keyctl=219, add_key=217, ptrace=117, bpf=280, userfaultfd=282, perf_event_open=241),
 }[platform.machine()]
 def call(name, *args):
     args = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
@@ -898,8 +898,9 @@ def call(name, *args):
     return result
 "#;
 
-/// bubblewrap sandboxes load palisade's seccomp filter: io_uring is unavailable, and the
-/// keyrings, ptrace (even of the sandbox's own processes), bpf, userfaultfd and
+/// bubblewrap sandboxes load palisade's seccomp filter: io_uring and Linux AIO (one
+/// machine-wide pool of events a sandbox could fill for every process) are unavailable,
+/// and the keyrings, ptrace (even of the sandbox's own processes), bpf, userfaultfd and
 /// perf_event_open are refused.
 #[test]
 fn bubblewrap_sandboxes_deny_io_uring_keyrings_ptrace_and_bpf() {
@@ -911,6 +912,7 @@ fn bubblewrap_sandboxes_deny_io_uring_keyrings_ptrace_and_bpf() {
             "python3 - <<'PY'\n{SYSCALL_PROBE}\n{}\nPY\ngrep -E '^Seccomp(_filters)?:' /proc/self/status",
             r#"
 call('io_uring_setup', 4, ctypes.create_string_buffer(120))
+call('io_setup', 4096, ctypes.byref(ctypes.c_ulong(0)))
 call('keyctl', 0, -3, 0)
 call('add_key', b'user', b'planted', b'x', 1, -3)
 child = os.fork()
@@ -931,6 +933,7 @@ print('probe-done')
         assert!(all.contains("probe-done"), "{:?}: {all}", w.who);
         for expected in [
             "io_uring_setup ENOSYS",
+            "io_setup ENOSYS",
             "keyctl EPERM",
             "add_key EPERM",
             "ptrace EPERM",
