@@ -80,12 +80,33 @@ impl Store {
     /// Ensures the home, loads/creates the master key, opens the database and runs migrations.
     pub fn open(home: &Home) -> Result<Self> {
         home.ensure()?;
+        // Made now, or a moment ago by another process opening the same new home (the
+        // CLI while `palisade up` starts): its file's time says so (renaming the file
+        // keeps it, and setting it takes the file's owner).
+        let home_is_new = match std::fs::symlink_metadata(home.master_key()) {
+            Err(_) => true,
+            Ok(meta) => meta
+                .modified()
+                .ok()
+                .and_then(|made| made.elapsed().ok())
+                .is_some_and(|age| age < Duration::from_secs(60)),
+        };
         let key = MasterKey::load_or_create(home)?;
-        Self::open_with_key(home, key)
+        Self::open_in(home, key, home_is_new)
     }
 
     /// Like [`Store::open`] with a key the caller already has (tests, key rotation tools).
     pub fn open_with_key(home: &Home, key: MasterKey) -> Result<Self> {
+        Self::open_in(home, key, true)
+    }
+
+    /// `home_is_new`: the master key was made by this open (or within the last minute).
+    /// A database missing from a
+    /// home that had its key starts a log whose anchor is marked (row 0): deleting the
+    /// database and the anchor, letting a new log be anchored, then putting back an
+    /// older copy cut to a head signed earlier, passed `audit verify` (the new anchor fit
+    /// any log from its start). A key given from outside the home cannot tell.
+    fn open_in(home: &Home, key: MasterKey, home_is_new: bool) -> Result<Self> {
         home.ensure()?;
         let path = home.database();
         // A new log is anchored at once (at row 0): an anchor is never created later
@@ -132,7 +153,8 @@ impl Store {
         }
         if new_log {
             if let Some(head) = audit::read_head(&conn)? {
-                audit::replace_anchor(home, &key, &head, true)?;
+                let restarted = (!home_is_new).then_some(0);
+                audit::replace_anchor(home, &key, &head, true, restarted)?;
             }
         }
         Ok(Store {

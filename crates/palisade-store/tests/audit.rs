@@ -1041,3 +1041,48 @@ fn a_head_is_signed_by_the_migration_only() {
         "{problem}"
     );
 }
+
+/// A database deleted together with its anchor, from a home that keeps its master key,
+/// starts a log whose anchor is marked: an older copy of the database put back then
+/// (cut to a head signed earlier) does not pass `audit verify` (the new log's anchor at
+/// row 0 fitted any log from its start), nor does the new log itself until a person
+/// signs it. A brand-new home is not marked.
+#[test]
+fn a_log_started_again_in_a_home_that_had_one_is_reported() {
+    let t = with_rows(5);
+    assert!(t.store.verify_audit().unwrap().ok);
+    let home = t.home.clone();
+    drop(t.store);
+    // The home is older than a minute (a key made moments ago is a new home's).
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(home.master_key())
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let kept = t.dir.path().join("kept.db");
+    std::fs::copy(home.database(), &kept).unwrap();
+    for side in [
+        "palisade.db",
+        "palisade.db-wal",
+        "palisade.db-shm",
+        "audit.anchor",
+    ] {
+        let _ = std::fs::remove_file(home.root().join(side));
+    }
+    let again = Store::open(&home).unwrap();
+    let (_, problem) = verify_problem(&again);
+    assert!(problem.contains("started again"), "{problem}");
+    drop(again);
+    for side in ["palisade.db-wal", "palisade.db-shm"] {
+        let _ = std::fs::remove_file(home.root().join(side));
+    }
+    std::fs::copy(&kept, home.database()).unwrap();
+    let restored = Store::open(&home).unwrap();
+    let (_, problem) = verify_problem(&restored);
+    assert!(problem.contains("started again"), "{problem}");
+    // The person who removed it says so, and the log is vouched for from then on.
+    assert!(restored.reanchor_audit().unwrap().ok);
+    assert!(restored.verify_audit().unwrap().ok);
+}

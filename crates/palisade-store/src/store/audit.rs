@@ -613,8 +613,12 @@ fn try_write_anchor(
 }
 
 /// The signed anchor of `head`, unmarked, as JSON.
-fn anchor_record(key: &MasterKey, head: &(i64, String)) -> std::io::Result<Vec<u8>> {
-    serde_json::to_vec(&Anchor::signed(key, head, None)).map_err(std::io::Error::other)
+fn anchor_record(
+    key: &MasterKey,
+    head: &(i64, String),
+    changed_at: Option<i64>,
+) -> std::io::Result<Vec<u8>> {
+    serde_json::to_vec(&Anchor::signed(key, head, changed_at)).map_err(std::io::Error::other)
 }
 
 /// Whether the row `anchor` names is still in the log with the hash it signed, or is
@@ -635,12 +639,13 @@ fn anchored_row_holds(conn: &rusqlite::Connection, anchor: &Anchor) -> Result<bo
 
 /// Writes the anchor of `head` whatever was there (a link included: the new file is
 /// renamed over it), for a new log and for [`Store::reanchor_audit`]. `new_only`: only
-/// if there is no anchor yet.
+/// if there is no anchor yet. `changed_at`: the anchor is marked (see [`Anchor`]).
 pub(super) fn replace_anchor(
     home: &Home,
     key: &MasterKey,
     head: &(i64, String),
     new_only: bool,
+    changed_at: Option<i64>,
 ) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -651,7 +656,7 @@ pub(super) fn replace_anchor(
             path.display()
         ))
     };
-    let record = anchor_record(key, head).map_err(fail)?;
+    let record = anchor_record(key, head, changed_at).map_err(fail)?;
     if new_only {
         let created = std::fs::OpenOptions::new()
             .write(true)
@@ -729,6 +734,13 @@ fn check_anchor(
                 "the anchor {} does not carry a valid signature; it was edited or written with another master key",
                 path.display()
             ),
+        )));
+    }
+    if anchor.changed_at == Some(0) {
+        return Ok(Some(bad_row(
+            rows,
+            1,
+            "the log was started again in a home that had one (its database was missing while its master key was there), so what it held before is not vouched for: if you removed the database yourself, run `palisade audit anchor`; if not, a copy of an older database may have been put back".to_string(),
         )));
     }
     if let Some(row) = anchor.changed_at {
@@ -919,7 +931,7 @@ impl Store {
                 )?;
                 Ok(())
             })?;
-            replace_anchor(self.home(), self.key(), &end, false)?;
+            replace_anchor(self.home(), self.key(), &end, false, None)?;
             self.append_audit(&AuditEntry {
                 event: "audit.anchor".into(),
                 detail: Some(serde_json::json!({
