@@ -880,7 +880,7 @@ fn retention_setting(conn: &rusqlite::Connection) -> String {
 /// Writes `value` over the retention setting, as someone with the database could.
 fn write_retention_setting(conn: &rusqlite::Connection, value: &str) {
     conn.execute(
-        "UPDATE settings SET value = ?1 WHERE key = 'audit_retention'",
+        "INSERT OR REPLACE INTO settings (key, value) VALUES ('audit_retention', ?1)",
         [value],
     )
     .unwrap();
@@ -952,6 +952,28 @@ fn an_earlier_retention_is_refused_after_the_later_ones_row_was_pruned() {
         .prune_expired_audit(palisade_store::now_ms())
         .unwrap_err()
         .to_string();
+    assert!(error.contains("not written by palisade"), "{error}");
+}
+
+/// Likewise when the later setting was "off" (no setting left, only its row): a pruning
+/// that removes that row writes it again, so an older, shorter setting put back after
+/// it is refused (it was accepted: no row was left to contradict it).
+#[test]
+fn an_earlier_retention_is_refused_after_it_was_turned_off_and_pruned() {
+    let t = with_rows(3);
+    let store = &t.store;
+    let day = std::time::Duration::from_secs(24 * 3600);
+    store.set_audit_retention(Some(day)).unwrap();
+    let conn = common::raw(&t.home);
+    let earlier = retention_setting(&conn);
+    store.set_audit_retention(None).unwrap();
+    store
+        .prune_audit(palisade_store::now_ms() + 60_000)
+        .unwrap();
+    assert!(store.verify_audit().unwrap().ok);
+    assert_eq!(store.audit_retention().unwrap(), None);
+    write_retention_setting(&conn, &earlier);
+    let error = store.audit_retention().unwrap_err().to_string();
     assert!(error.contains("not written by palisade"), "{error}");
 }
 

@@ -1200,6 +1200,22 @@ impl Store {
             // written again, and the setting signed for the new row, so the latest
             // `audit.retention` row is always in the log (an older signed setting put
             // back was accepted once the row of the one after it had been pruned).
+            // So is a retention turned off (no setting left to carry): otherwise an
+            // older signed setting put back after the pruning found no later row to
+            // contradict it.
+            if let Ok(None) = read_retention(tx, self.key()) {
+                let latest: Option<i64> = tx.query_row(
+                    "SELECT max(id) FROM audit WHERE event = 'audit.retention'",
+                    [],
+                    |row| row.get(0),
+                )?;
+                if latest.is_some_and(|row| row < keep_from) {
+                    let mut carried = self.audit_entry("audit.retention");
+                    carried.detail =
+                        Some(serde_json::json!({ "keep_ms": null, "carried_from": latest }));
+                    append_in(tx, self.key(), crate::now_ms(), &carried)?;
+                }
+            }
             if let Ok(Some(keep)) = read_retention(tx, self.key()) {
                 let row = retention_row(tx)?;
                 if row.is_some_and(|row| row < keep_from) {
