@@ -647,6 +647,39 @@ pub async fn online(
                 format!("agent {}: {error}", agent.name),
                 Some("start the host (`palisade up`) or the vault (`palisade vault serve`), then ask again".into()),
             ),
+            // The vault's own refusals say what is wrong; the key is not the cause.
+            Err(ref error @ crate::models::ModelsError::Refused { ref kind, .. })
+                if kind == "local_upstream_refused" =>
+            {
+                let host = crate::setup::model_host(&settings).unwrap_or_default();
+                let allowance = match (host.parse::<std::net::IpAddr>(), crate::setup::model_port(&settings)) {
+                    (Ok(std::net::IpAddr::V6(_)), Some(port)) => format!("[{host}]:{port}"),
+                    (Ok(_), Some(port)) => format!("{host}:{port}"),
+                    _ => host,
+                };
+                finding(
+                    "model",
+                    Status::Fail,
+                    format!("agent {}: the model did not answer: {error}", agent.name),
+                    Some(format!(
+                        "its model server is at a local address the running host does not allow: stop it (`palisade down`) and start it again with `--allow-local-upstream {allowance}`"
+                    )),
+                )
+            }
+            Err(ref error @ crate::models::ModelsError::Refused { ref kind, .. })
+                if kind == "upstream_unreachable" || kind == "upstream_timeout" =>
+            {
+                finding(
+                    "model",
+                    Status::Fail,
+                    format!("agent {}: the model did not answer: {error}", agent.name),
+                    Some(format!(
+                        "nothing answered at its base URL {}: is the model server running, and on that port? (`palisade agents show {}`)",
+                        settings.effective_base_url(),
+                        agent.name
+                    )),
+                )
+            }
             Err(error) => finding(
                 "model",
                 Status::Fail,

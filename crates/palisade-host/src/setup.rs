@@ -148,9 +148,16 @@ pub fn model_key_advice(agent: &AgentRecord, secrets: &[SecretRecord]) -> Option
     } else {
         "anthropic"
     };
+    // A name no secret has yet (the command said `--name openai` beside an `openai`
+    // secret for another server, and failed), as the first-run form picks one.
+    let base = secret_name(&settings.provider);
+    let taken = |candidate: &str| secrets.iter().any(|secret| secret.name == candidate);
+    let secret = std::iter::once(base.to_string())
+        .chain(std::iter::once(format!("{base}-{name}")))
+        .chain((2..100).map(|n| format!("{base}-{name}-{n}")))
+        .find(|candidate| !taken(candidate))?;
     Some(format!(
-        "add one on the web UI's dashboard or with `palisade secrets create --name {secret} --host-pattern {pattern}{paths} --inject {inject} --agent {name} --value-file FILE`",
-        secret = secret_name(&settings.provider),
+        "add one on the web UI (the dashboard's first-run form, or Vault, Add a secret) or with `palisade secrets create --name {secret} --host-pattern {pattern}{paths} --inject {inject} --agent {name} --value-file FILE`"
     ))
 }
 
@@ -397,10 +404,11 @@ mod tests {
             .unwrap();
         assert!(model_key_secret(&agent, &secrets).is_none());
         // The advice for it: no secret is that server's, so the one to create, with
-        // the host, port, paths and injection the form would have used.
+        // the host, port, paths and injection the form would have used, under a name
+        // no secret has (`openai` is the other server's).
         assert_eq!(
             model_key_advice(&agent, &secrets).unwrap(),
-            "add one on the web UI's dashboard or with `palisade secrets create --name openai --host-pattern 127.0.0.1:9090 --path-pattern '/v1/*' --inject bearer --agent assistant --value-file FILE`"
+            "add one on the web UI (the dashboard's first-run form, or Vault, Add a secret) or with `palisade secrets create --name openai-assistant --host-pattern 127.0.0.1:9090 --path-pattern '/v1/*' --inject bearer --agent assistant --value-file FILE`"
         );
         point_at(&store, "http://127.0.0.1:8080/v1");
         let agent = store

@@ -23,7 +23,7 @@
 use crate::canonical::CanonicalPath;
 use crate::dial::ApprovalFrequency;
 use crate::names::{AgentName, Profile};
-use crate::pattern::PathPattern;
+use crate::pattern::{MethodPattern, PathPattern};
 use crate::rule::{RuleAction, RulePolicy, Scope};
 use crate::secret::SecretPolicy;
 use std::cmp::Reverse;
@@ -269,6 +269,15 @@ impl PolicySet {
             allowed_by,
         }
     }
+    /// Whether a rule for `host` at `port` names a method (not `*`): only then can a
+    /// method override carried in a body change what the rules decide, so only then is
+    /// a form body read to look for one.
+    pub fn rules_name_a_method(&self, host: &str, port: u16) -> bool {
+        self.rules
+            .iter()
+            .any(|rule| rule.method != MethodPattern::Any && rule.host.matches(host, port))
+    }
+
     /// Secrets granted to `agent` (for `vault env`, listings and the runner's grant tool).
     pub fn granted_to<'a>(
         &'a self,
@@ -351,7 +360,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::injection::Injection;
-    use crate::pattern::{HostPattern, MethodPattern};
+    use crate::pattern::HostPattern;
     use crate::rule::RateWindow;
     use crate::secret::SecretValue;
 

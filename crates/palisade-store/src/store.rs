@@ -83,7 +83,8 @@ impl Store {
         // Made now, or a moment ago by another process opening the same new home (the
         // CLI while `palisade up` starts): its file's time says so (renaming the file
         // keeps it, and setting it takes the file's owner).
-        let home_is_new = match std::fs::symlink_metadata(home.master_key()) {
+        // The file the key is read from: a link's own time said "new" for an old key.
+        let home_is_new = match std::fs::metadata(home.master_key()) {
             Err(_) => true,
             Ok(meta) => meta
                 .modified()

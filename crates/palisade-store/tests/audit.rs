@@ -1108,3 +1108,91 @@ fn a_log_started_again_in_a_home_that_had_one_is_reported() {
     assert!(restored.reanchor_audit().unwrap().ok);
     assert!(restored.verify_audit().unwrap().ok);
 }
+
+/// An index whose contents were rewritten (its text put back, so the schema check finds
+/// palisade's own) cannot show `audit verify` an edited row as it was: the chain, the
+/// rows pruned and the latest retention row are read from the table itself. (An outside
+/// review edited rows' agents and rebuilt `audit_agent` over an expression giving the
+/// old ones; verify read them from the index and said intact.)
+#[test]
+fn an_index_rewritten_to_hide_an_edit_does_not_fool_verify() {
+    let t = with_rows(8);
+    let home = t.home.clone();
+    drop(t.store);
+    let conn = common::raw(&home);
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'audit_agent'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    conn.execute_batch(&format!(
+        "DROP INDEX audit_agent;
+         UPDATE audit SET agent = 'forged' WHERE id = 5;
+         CREATE INDEX audit_agent ON audit(CASE id WHEN 5 THEN 'odd' ELSE agent END, id);
+         PRAGMA writable_schema = ON;
+         UPDATE sqlite_master SET sql = '{}' WHERE name = 'audit_agent';
+         PRAGMA writable_schema = OFF;
+         ANALYZE sqlite_master;
+         DELETE FROM sqlite_stat1;
+         INSERT INTO sqlite_stat1 VALUES ('audit', 'audit_agent', '100 1 1');",
+        sql.replace('\'', "''")
+    ))
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&home).unwrap();
+    let (bad, problem) = verify_problem(&store);
+    assert_eq!(bad, Some(5), "{problem}");
+}
+
+/// The key's age is its file's, through a link: an old key behind a new link made the
+/// home look new, and a log started again then went unmarked.
+#[test]
+fn an_old_key_behind_a_new_link_is_an_old_home() {
+    let t = with_rows(3);
+    let home = t.home.clone();
+    drop(t.store);
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(home.master_key())
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let moved = home.root().join("moved.key");
+    std::fs::rename(home.master_key(), &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, home.master_key()).unwrap();
+    for side in [
+        "palisade.db",
+        "palisade.db-wal",
+        "palisade.db-shm",
+        "audit.anchor",
+    ] {
+        let _ = std::fs::remove_file(home.root().join(side));
+    }
+    let again = Store::open(&home).unwrap();
+    let (_, problem) = verify_problem(&again);
+    assert!(problem.contains("started again"), "{problem}");
+}
+
+/// A FIFO in the anchor's place neither hangs `audit verify` nor a write: it is no
+/// anchor, and said so.
+#[test]
+fn a_fifo_for_an_anchor_hangs_nothing() {
+    let t = with_rows(3);
+    let anchor = t.home.audit_anchor();
+    std::fs::remove_file(&anchor).unwrap();
+    nix::unistd::mkfifo(&anchor, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let home = t.home.clone();
+    std::thread::spawn(move || {
+        let store = Store::open(&home).unwrap();
+        store.append_audit(&request("odd", "h", "allowed")).unwrap();
+        let _ = done.send(store.verify_audit().unwrap());
+    });
+    let report = finished
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("a write or `audit verify` hung on a FIFO anchor");
+    assert!(!report.ok, "{report:?}");
+}

@@ -249,6 +249,23 @@ fn a_start_that_does_not_allow_an_agents_local_model_server_says_so() {
         "--base-url",
         "https://127.0.0.1:9",
     ]));
+    let key = world
+        .palisade
+        .write_file("local-key.txt", "sk-local-doctor");
+    ok(world.palisade.run(&[
+        "secrets",
+        "create",
+        "--name",
+        "local",
+        "--host-pattern",
+        "127.0.0.1:9",
+        "--inject",
+        "anthropic",
+        "--agent",
+        "helper",
+        "--value-file",
+        key.to_str().unwrap(),
+    ]));
     let listen = world.listen.to_string();
     let _stop = Detached(&world.palisade);
     let started = ok(world.palisade.run(&["up", "--detach", "--listen", &listen]));
@@ -257,6 +274,14 @@ fn a_start_that_does_not_allow_an_agents_local_model_server_says_so() {
         stderr.contains("agent helper's model server 127.0.0.1 (port 9) is a local address")
             && stderr.contains("`--allow-local-upstream 127.0.0.1:9`"),
         "{stderr}"
+    );
+    // `doctor --online` says the same, not to check the key.
+    let doctor = world.palisade.run(&["doctor", "--online"]);
+    let report = String::from_utf8_lossy(&doctor.stdout).into_owned();
+    assert!(
+        report.contains("start it again with `--allow-local-upstream 127.0.0.1:9`")
+            && !report.contains("rotate"),
+        "{report}"
     );
     ok(world.palisade.run(&["down"]));
     let listen = format!("127.0.0.1:{}", palisade_testkit::free_port());
@@ -270,5 +295,13 @@ fn a_start_that_does_not_allow_an_agents_local_model_server_says_so() {
     ]));
     let stderr = String::from_utf8_lossy(&allowed.stderr).into_owned();
     assert!(!stderr.contains("model server"), "{stderr}");
+    // Allowed, but nothing listens there: doctor says so.
+    let doctor = world.palisade.run(&["doctor", "--online"]);
+    let report = String::from_utf8_lossy(&doctor.stdout).into_owned();
+    assert!(
+        report.contains("nothing answered at its base URL https://127.0.0.1:9")
+            && !report.contains("rotate"),
+        "{report}"
+    );
     ok(world.palisade.run(&["down"]));
 }

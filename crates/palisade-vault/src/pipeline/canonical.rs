@@ -237,11 +237,18 @@ fn names_target(claimed: &[u8], target: &Target) -> bool {
     claimed == bracketed || claimed == format!("{bracketed}:{}", target.port)
 }
 
-/// Whether a (decoded) query parameter name is `_method` as PHP reads names (Symfony
-/// and Laravel run on PHP): a space or a dot becomes an underscore there, so
-/// `.method` and `+method` are `_method` too.
+/// Whether a (decoded) query or form field name is `_method` as some server reads it:
+/// PHP (Symfony, Laravel) turns a space or a dot into an underscore and ends a name at
+/// a NUL, so `.method`, `+method` and `_method%00x` are `_method`; Slim reads
+/// `_METHOD`; Express's extended parser reads `[_method]` as `_method`.
 pub(super) fn is_method_parameter(key: &str) -> bool {
-    key.strip_prefix(['_', ' ', '.']) == Some("method")
+    let key = key.split('\0').next().unwrap_or_default();
+    let key = key
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(key);
+    key.strip_prefix(['_', ' ', '.'])
+        .is_some_and(|name| name.eq_ignore_ascii_case("method"))
 }
 
 fn ambiguous_method(target: &Target, reason: String) -> Refusal {
@@ -325,7 +332,10 @@ mod tests {
         for name in ["_method", " method", ".method"] {
             assert!(is_method_parameter(name), "{name:?}");
         }
-        for name in ["method", "__method", "_Method", "_method_", "x_method", ""] {
+        for name in ["_METHOD", "_method\0x", "[_method]"] {
+            assert!(is_method_parameter(name), "{name:?}");
+        }
+        for name in ["method", "__method", "_method_", "x_method", "", "[method]"] {
             assert!(!is_method_parameter(name), "{name:?}");
         }
     }

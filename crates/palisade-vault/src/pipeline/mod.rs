@@ -165,7 +165,16 @@ async fn run(
             decision = Decision::Granted;
         }
     }
-    policy::check_form(shared, agent, &parts, &target.host, body, reason.is_some()).await?;
+    policy::check_form(
+        shared,
+        &snapshot.policy,
+        agent,
+        &parts,
+        target,
+        body,
+        reason.is_some(),
+    )
+    .await?;
     let mut secret = evaluation.secret;
     // The policy the secret was chosen under (its spellings to mask come from it too).
     let mut granted_by = &snapshot;

@@ -47,15 +47,21 @@ pub(super) async fn judge<'p>(
 /// canonical phase refuses. Such a body is read whole (as for a body rule, or for the
 /// approval of a held request: `held` says which, and so which refusal a body too large
 /// to read gets) and a `_method` field in it naming another method is refused.
+/// Only where a rule for the host names a method: elsewhere no rule decides by it, and
+/// an upload (`curl --data-binary` says it is a form) streams as before.
 pub(super) async fn check_form(
     shared: &Shared,
+    policy: &PolicySet,
     agent: &AgentName,
     parts: &http::request::Parts,
-    host: &str,
+    target: &super::Target,
     body: &mut RequestBody,
     held: bool,
 ) -> Result<(), Refusal> {
-    if !is_form_post(&parts.method, &parts.headers) {
+    let host = target.host.as_str();
+    if !is_form_post(&parts.method, &parts.headers)
+        || !policy.rules_name_a_method(host, target.port)
+    {
         return Ok(());
     }
     let (decision, kind) = if held {
@@ -77,19 +83,26 @@ pub(super) async fn check_form(
     check_form_method(&parts.headers, data, limit, &parts.method, host)
 }
 
+/// A POST Rack or PHP would parse as a URL-encoded form: one that says so (the media
+/// type cut at `;`, `,` or white space, as PHP cuts it), or one that names no type at
+/// all (Rack takes a POST without `Content-Type` for a form).
 fn is_form_post(method: &http::Method, headers: &http::HeaderMap) -> bool {
-    method == http::Method::POST
-        && headers
-            .get_all(http::header::CONTENT_TYPE)
-            .iter()
-            .any(|value| {
-                value.to_str().is_ok_and(|text| {
-                    text.split(';').next().is_some_and(|kind| {
-                        kind.trim()
-                            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-                    })
-                })
-            })
+    if method != http::Method::POST {
+        return false;
+    }
+    let mut types = headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .peekable();
+    if types.peek().is_none() {
+        return true;
+    }
+    types.any(|value| {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        text.split([';', ',', ' ', '\t'])
+            .find(|part| !part.is_empty())
+            .is_some_and(|kind| kind.eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    })
 }
 
 /// Refuses a form body with a `_method` field (as PHP reads names: `.method`, `+method`)
