@@ -651,12 +651,8 @@ pub async fn online(
             Err(ref error @ crate::models::ModelsError::Refused { ref kind, .. })
                 if kind == "local_upstream_refused" =>
             {
-                let host = crate::setup::model_host(&settings).unwrap_or_default();
-                let allowance = match (host.parse::<std::net::IpAddr>(), crate::setup::model_port(&settings)) {
-                    (Ok(std::net::IpAddr::V6(_)), Some(port)) => format!("[{host}]:{port}"),
-                    (Ok(_), Some(port)) => format!("{host}:{port}"),
-                    _ => host,
-                };
+                let allowance =
+                    crate::setup::model_server_allowance(&settings).unwrap_or_default();
                 finding(
                     "model",
                     Status::Fail,

@@ -82,6 +82,19 @@ pub fn model_key_host_pattern(settings: &AgentSettings) -> Option<String> {
     })
 }
 
+/// What `--allow-local-upstream` must name for the agent's model server to be reached
+/// at a local address: an address with its port (that port only), a name alone (as the
+/// gateway takes them).
+pub fn model_server_allowance(settings: &AgentSettings) -> Option<String> {
+    let host = model_host(settings)?;
+    let port = model_port(settings)?;
+    Some(match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(_)) => format!("[{host}]:{port}"),
+        Ok(_) => format!("{host}:{port}"),
+        Err(_) => host,
+    })
+}
+
 /// The port the agent's model requests go to: the base URL's, or its scheme's default.
 pub fn model_port(settings: &AgentSettings) -> Option<u16> {
     let uri: http::Uri = settings.effective_base_url().parse().ok()?;

@@ -128,9 +128,11 @@ impl CanonicalPath {
         if trailing_slash || segments.is_empty() {
             canonical.push('/');
         }
+        // Canonical segments write an escaped `;` as `%3B` (escapes upper-cased), so no
+        // decoding is needed to see one.
         let strict_form = segments
             .iter()
-            .any(|segment| decode_all(segment).contains(';'))
+            .any(|segment| segment.contains(';') || segment.contains("%3B"))
             .then(|| match_form(&segments, true));
         let match_form = match_form(&segments, false);
         Ok(CanonicalPath {
@@ -398,6 +400,7 @@ mod tests {
         let strict = |raw: &str| CanonicalPath::parse(raw).unwrap().strict_form().to_string();
         assert_eq!(strict("/admin;jsessionid=1/x/"), "/admin;jsessionid=1/x");
         assert_eq!(strict("/admin%3Bx/y"), "/admin;x/y");
+        assert_eq!(strict("/admin%3bx/y"), "/admin;x/y");
         assert_eq!(strict("/%61dmin//x/"), "/admin/x");
     }
 

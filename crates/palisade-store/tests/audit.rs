@@ -1076,23 +1076,10 @@ fn a_log_started_again_in_a_home_that_had_one_is_reported() {
     let home = t.home.clone();
     drop(t.store);
     // The home is older than a minute (a key made moments ago is a new home's).
-    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    std::fs::File::options()
-        .write(true)
-        .open(home.master_key())
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    age_the_key(&home);
     let kept = t.dir.path().join("kept.db");
     std::fs::copy(home.database(), &kept).unwrap();
-    for side in [
-        "palisade.db",
-        "palisade.db-wal",
-        "palisade.db-shm",
-        "audit.anchor",
-    ] {
-        let _ = std::fs::remove_file(home.root().join(side));
-    }
+    remove_the_log(&home);
     let again = Store::open(&home).unwrap();
     let (_, problem) = verify_problem(&again);
     assert!(problem.contains("started again"), "{problem}");
@@ -1153,24 +1140,11 @@ fn an_old_key_behind_a_new_link_is_an_old_home() {
     let t = with_rows(3);
     let home = t.home.clone();
     drop(t.store);
-    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    std::fs::File::options()
-        .write(true)
-        .open(home.master_key())
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    age_the_key(&home);
     let moved = home.root().join("moved.key");
     std::fs::rename(home.master_key(), &moved).unwrap();
     std::os::unix::fs::symlink(&moved, home.master_key()).unwrap();
-    for side in [
-        "palisade.db",
-        "palisade.db-wal",
-        "palisade.db-shm",
-        "audit.anchor",
-    ] {
-        let _ = std::fs::remove_file(home.root().join(side));
-    }
+    remove_the_log(&home);
     let again = Store::open(&home).unwrap();
     let (_, problem) = verify_problem(&again);
     assert!(problem.contains("started again"), "{problem}");
@@ -1195,4 +1169,27 @@ fn a_fifo_for_an_anchor_hangs_nothing() {
         .recv_timeout(std::time::Duration::from_secs(20))
         .expect("a write or `audit verify` hung on a FIFO anchor");
     assert!(!report.ok, "{report:?}");
+}
+
+/// Makes the home's master key an hour old (a key made moments ago is a new home's).
+fn age_the_key(home: &palisade_store::Home) {
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(home.master_key())
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+/// Deletes the database (with its write-ahead log) and the anchor, as an attacker could.
+fn remove_the_log(home: &palisade_store::Home) {
+    for side in [
+        "palisade.db",
+        "palisade.db-wal",
+        "palisade.db-shm",
+        "audit.anchor",
+    ] {
+        let _ = std::fs::remove_file(home.root().join(side));
+    }
 }

@@ -1322,6 +1322,42 @@ async fn charts_show_a_days_traffic_and_how_long_decisions_took() {
     web.stop().await;
 }
 
+/// A first run against a model server where nothing answers says why on the card (the
+/// vault's words), not only that the list "could not be read".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_run_whose_server_does_not_answer_says_why() {
+    let web = Web::start(true).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let base_url = format!("https://localhost:{closed}/v1");
+    let to = web
+        .post_ok(
+            "/setup/model-key",
+            &[
+                ("agent", "helper"),
+                ("provider", "openai"),
+                ("base_url", &base_url),
+                ("key", MODEL_KEY),
+                ("model", "local-model"),
+            ],
+        )
+        .await;
+    let ready = web.page(&to).await;
+    let said = ready
+        .split("id=\"unlisted\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</p>").next())
+        .unwrap_or_else(|| panic!("no reason on the card: {ready}"));
+    assert!(
+        said.contains("upstream_unreachable") && said.contains(&format!("localhost:{closed}")),
+        "{said}"
+    );
+    assert!(!ready.contains(MODEL_KEY));
+    web.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_run_stores_the_key_in_the_vault_and_picks_the_newest_model() {
     let web = Web::start(true).await;

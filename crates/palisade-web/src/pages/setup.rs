@@ -163,7 +163,11 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
                 .and_then(|uri| local_allowance(&uri));
             match (local, host) {
                 (true, Some(host)) => Listing::LocalRefused { host },
-                _ => Listing::Unlisted,
+                // What the vault or the provider said (nothing answered, a timeout), on
+                // the card: "could not be read" alone left the person guessing.
+                _ => Listing::Unlisted {
+                    reason: error.to_string().chars().take(300).collect(),
+                },
             }
         }
     };
@@ -179,8 +183,10 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
 #[derive(Clone)]
 pub(crate) enum Listing {
     Listed,
-    /// It could not be read (the reason is in the host's log).
-    Unlisted,
+    /// It could not be read, for `reason`.
+    Unlisted {
+        reason: String,
+    },
     /// The vault refused to reach `host`: a local address, which agents reach only when
     /// `palisade up` allows it.
     LocalRefused {
@@ -214,7 +220,7 @@ pub(crate) fn ready_card(agent: &str, model: Option<&str>, listing: &Listing) ->
                 Some(model) => {
                     @match listing {
                         Listing::Listed => { h2 { (agent) " is ready" } }
-                        Listing::Unlisted => { h2 { (agent) " has its key; its model is not checked yet" } }
+                        Listing::Unlisted { .. } => { h2 { (agent) " has its key; its model is not checked yet" } }
                         Listing::LocalRefused { .. } => { h2 { (agent) " cannot reach its model yet" } }
                     }
                     p {
@@ -232,12 +238,12 @@ pub(crate) fn ready_card(agent: &str, model: Option<&str>, listing: &Listing) ->
             }
             @match listing {
                 Listing::Listed => {}
-                Listing::Unlisted => {
-                    p.error-box { "The provider's model list could not be read through the vault, so the model was not checked. If the first message fails, check the key and the model on the agent page." }
+                Listing::Unlisted { reason } => {
+                    p.error-box #unlisted { "The provider's model list could not be read through the vault (" (reason) "), so the model was not checked. If the first message fails, check that the model server runs, the key and the model on the agent page." }
                 }
                 Listing::LocalRefused { host } => {
                     p.error-box #local-refused {
-                        "The vault refused to reach " code { (host) } ": it is a local address, and agents reach local addresses only when " code { "palisade up" } " allows them. Stop Palisade (" code { "palisade down" } ") and start it again with " code { "palisade up --allow-local-upstream " (host) } "; the model was not checked, so check it on the agent page then."
+                        "The vault refused to reach " code { (host) } ": it is a local address, and agents reach local addresses only when " code { "palisade up" } " allows them. Stop Palisade (" code { "palisade down" } ") and start it again with " code { "palisade up --allow-local-upstream " (host) } " (and " code { "--detach" } " if you started it so); the model was not checked, so check it on the agent page then."
                     }
                 }
             }

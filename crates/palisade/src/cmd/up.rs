@@ -443,12 +443,7 @@ fn warn_local_model_servers(store: &palisade_store::Store, allowed: &[String]) {
         if !local || patterns.iter().any(|pattern| pattern.matches(&host, port)) {
             continue;
         }
-        // An address is allowed with its port, a name without (as the gateway takes them).
-        let allowance = match address {
-            Some(std::net::IpAddr::V6(_)) => format!("[{host}]:{port}"),
-            Some(_) => format!("{host}:{port}"),
-            None => host.clone(),
-        };
+        let allowance = setup::model_server_allowance(&settings).unwrap_or_default();
         eprintln!(
             "palisade: warning: agent {}'s model server {host} (port {port}) is a local address this start does not allow, so its messages will be refused; start with `--allow-local-upstream {allowance}` (it is not remembered between starts)",
             agent.name
