@@ -62,6 +62,12 @@ impl Target {
         if !valid || is_ambiguous_numeric_host(&host) || embeds_ipv4(&host) {
             return None;
         }
+        // One spelling per IPv6 address (`0:0::1` is `::1`), so the upstream's Host, the
+        // connection pool, the audit row and the dial's first-use window name it alike.
+        let host = match host.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => v6.to_string(),
+            Err(_) => host,
+        };
         // `Authority` accepts an out-of-range port and then reports none; refuse it
         // rather than silently connecting to the default port.
         let after_host = &authority.as_str()[authority.host().len()..];
@@ -184,6 +190,9 @@ mod tests {
         assert_eq!(t.host_header(), "api.example.com:8443");
         let t = Target::parse_authority("[::1]:443", Scheme::Https).unwrap();
         assert_eq!(t.host, "::1");
+        let spelled = Target::parse_authority("[0:0:0::0:1]:8443", Scheme::Https).unwrap();
+        assert_eq!(spelled.host, "::1");
+        assert_eq!(spelled.host_header(), "[::1]:8443");
         assert_eq!(t.authority(), "[::1]");
         assert_eq!(t.uri("/").unwrap().to_string(), "https://[::1]/");
         assert_eq!(t.host_header(), "[::1]");
