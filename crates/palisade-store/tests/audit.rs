@@ -931,50 +931,39 @@ fn a_retention_not_written_by_palisade_prunes_nothing() {
 /// The row of the retention in force is never pruned away: a pruning that reaches it
 /// writes it again (the setting signed for the new row), so an earlier setting written
 /// back is still told apart once the later one's first row is gone (it was accepted
-/// then, and the gateway would have pruned by the shorter retention).
+/// then, and the gateway would have pruned by the shorter retention). Likewise when the
+/// later setting was "off" (no setting left, only its row, which was not carried).
 #[test]
 fn an_earlier_retention_is_refused_after_the_later_ones_row_was_pruned() {
-    let t = with_rows(3);
-    let store = &t.store;
     let day = std::time::Duration::from_secs(24 * 3600);
-    store.set_audit_retention(Some(day)).unwrap();
-    let conn = common::raw(&t.home);
-    let earlier = retention_setting(&conn);
-    store.set_audit_retention(Some(day * 400)).unwrap();
-    // As if 400 days had passed: everything written so far is pruned.
-    store
-        .prune_audit(palisade_store::now_ms() + 60_000)
-        .unwrap();
-    assert!(store.verify_audit().unwrap().ok);
-    assert_eq!(store.audit_retention().unwrap(), Some(day * 400));
-    write_retention_setting(&conn, &earlier);
-    let error = store
-        .prune_expired_audit(palisade_store::now_ms())
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("not written by palisade"), "{error}");
-}
-
-/// Likewise when the later setting was "off" (no setting left, only its row): a pruning
-/// that removes that row writes it again, so an older, shorter setting put back after
-/// it is refused (it was accepted: no row was left to contradict it).
-#[test]
-fn an_earlier_retention_is_refused_after_it_was_turned_off_and_pruned() {
-    let t = with_rows(3);
-    let store = &t.store;
-    let day = std::time::Duration::from_secs(24 * 3600);
-    store.set_audit_retention(Some(day)).unwrap();
-    let conn = common::raw(&t.home);
-    let earlier = retention_setting(&conn);
-    store.set_audit_retention(None).unwrap();
-    store
-        .prune_audit(palisade_store::now_ms() + 60_000)
-        .unwrap();
-    assert!(store.verify_audit().unwrap().ok);
-    assert_eq!(store.audit_retention().unwrap(), None);
-    write_retention_setting(&conn, &earlier);
-    let error = store.audit_retention().unwrap_err().to_string();
-    assert!(error.contains("not written by palisade"), "{error}");
+    for later in [Some(day * 400), None] {
+        let t = with_rows(3);
+        let store = &t.store;
+        store.set_audit_retention(Some(day)).unwrap();
+        let conn = common::raw(&t.home);
+        let earlier = retention_setting(&conn);
+        store.set_audit_retention(later).unwrap();
+        // As if 400 days had passed: everything written so far is pruned.
+        store
+            .prune_audit(palisade_store::now_ms() + 60_000)
+            .unwrap();
+        assert!(store.verify_audit().unwrap().ok);
+        assert_eq!(store.audit_retention().unwrap(), later);
+        write_retention_setting(&conn, &earlier);
+        let error = store.audit_retention().unwrap_err().to_string();
+        assert!(
+            error.contains("not written by palisade"),
+            "{later:?}: {error}"
+        );
+        let error = store
+            .prune_expired_audit(palisade_store::now_ms())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("not written by palisade"),
+            "{later:?}: {error}"
+        );
+    }
 }
 
 /// A large pruning goes in several transactions (so a gateway writing rows meanwhile

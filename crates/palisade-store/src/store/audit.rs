@@ -288,11 +288,7 @@ fn read_retention(tx: &Transaction<'_>, key: &MasterKey) -> Result<Option<i64>> 
     let Some(value) = super::read_setting(tx, RETENTION_SETTING)? else {
         return Ok(None);
     };
-    let latest: Option<i64> = tx.query_row(
-        "SELECT max(id) FROM audit NOT INDEXED WHERE event = 'audit.retention'",
-        [],
-        |row| row.get(0),
-    )?;
+    let latest = latest_retention_row(tx)?;
     let refused = || {
         StoreError::Invalid(
             "the audit retention setting was not written by palisade (its signature does not match, or a later change was undone); nothing is pruned until it is set again with `palisade audit retention`"
@@ -310,6 +306,15 @@ fn read_retention(tx: &Transaction<'_>, key: &MasterKey) -> Result<Option<i64>> 
         return Err(refused());
     }
     Ok(Some(keep_ms))
+}
+
+/// The log's latest `audit.retention` row, read from the table itself.
+fn latest_retention_row(tx: &Transaction<'_>) -> Result<Option<i64>> {
+    Ok(tx.query_row(
+        "SELECT max(id) FROM audit NOT INDEXED WHERE event = 'audit.retention'",
+        [],
+        |row| row.get(0),
+    )?)
 }
 
 /// Deletes up to [`PRUNE_CHUNK`] rows from the start of the log, stopping before
@@ -1212,38 +1217,27 @@ impl Store {
             // The row of the retention in force would go with this pruning: it is
             // written again, and the setting signed for the new row, so the latest
             // `audit.retention` row is always in the log (an older signed setting put
-            // back was accepted once the row of the one after it had been pruned).
-            // So is a retention turned off (no setting left to carry): otherwise an
+            // back was accepted once the row of the one after it had been pruned). So
+            // is the row of a retention turned off (no setting to sign): otherwise an
             // older signed setting put back after the pruning found no later row to
             // contradict it.
-            if let Ok(None) = read_retention(tx, self.key()) {
-                let latest: Option<i64> = tx.query_row(
-                    "SELECT max(id) FROM audit NOT INDEXED WHERE event = 'audit.retention'",
-                    [],
-                    |row| row.get(0),
-                )?;
-                if latest.is_some_and(|row| row < keep_from) {
-                    let mut carried = self.audit_entry("audit.retention");
-                    carried.detail =
-                        Some(serde_json::json!({ "keep_ms": null, "carried_from": latest }));
-                    append_in(tx, self.key(), crate::now_ms(), &carried)?;
-                }
-            }
-            if let Ok(Some(keep)) = read_retention(tx, self.key()) {
-                let row = retention_row(tx)?;
-                if row.is_some_and(|row| row < keep_from) {
+            if let Ok(keep) = read_retention(tx, self.key()) {
+                let row = latest_retention_row(tx)?.or(retention_row(tx)?);
+                if let Some(row) = row.filter(|row| *row < keep_from) {
                     let mut carried = self.audit_entry("audit.retention");
                     carried.detail =
                         Some(serde_json::json!({ "keep_ms": keep, "carried_from": row }));
                     let new_row = append_in(tx, self.key(), crate::now_ms(), &carried)?;
-                    super::write_setting(
-                        tx,
-                        RETENTION_SETTING,
-                        &format!(
-                            "{keep}:{new_row}:{}",
-                            retention_mac(self.key(), keep, new_row)
-                        ),
-                    )?;
+                    if let Some(keep) = keep {
+                        super::write_setting(
+                            tx,
+                            RETENTION_SETTING,
+                            &format!(
+                                "{keep}:{new_row}:{}",
+                                retention_mac(self.key(), keep, new_row)
+                            ),
+                        )?;
+                    }
                 }
             }
             Ok(Ok((keep_from, recorded_as)))
