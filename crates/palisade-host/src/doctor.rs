@@ -647,45 +647,40 @@ pub async fn online(
                 format!("agent {}: {error}", agent.name),
                 Some("start the host (`palisade up`) or the vault (`palisade vault serve`), then ask again".into()),
             ),
-            // The vault's own refusals say what is wrong; the key is not the cause.
-            Err(ref error @ crate::models::ModelsError::Refused { ref kind, .. })
-                if kind == "local_upstream_refused" =>
-            {
-                let allowance =
-                    crate::setup::model_server_allowance(&settings).unwrap_or_default();
-                finding(
-                    "model",
-                    Status::Fail,
-                    format!("agent {}: the model did not answer: {error}", agent.name),
-                    Some(format!(
-                        "its model server is at a local address the running host does not allow: stop it (`palisade down`) and start it again with `--allow-local-upstream {allowance}`"
-                    )),
-                )
-            }
-            Err(ref error @ crate::models::ModelsError::Refused { ref kind, .. })
-                if kind == "upstream_unreachable" || kind == "upstream_timeout" =>
-            {
-                finding(
-                    "model",
-                    Status::Fail,
-                    format!("agent {}: the model did not answer: {error}", agent.name),
-                    Some(format!(
-                        "nothing answered at its base URL {}: is the model server running, and on that port? (`palisade agents show {}`)",
-                        settings.effective_base_url(),
-                        agent.name
-                    )),
-                )
-            }
             Err(error) => finding(
                 "model",
                 Status::Fail,
                 format!("agent {}: the model did not answer: {error}", agent.name),
-                Some(format!(
-                    "check the key (rotate it on the web UI's Vault page or `palisade secrets rotate`) and the agent's model and base URL (`palisade agents show {}`)",
-                    agent.name
-                )),
+                Some(unanswered_fix(&error, &settings, agent.name.as_str())),
             ),
         });
+    }
+}
+
+/// What to do about a model that did not answer: the vault's own refusals say what is
+/// wrong (a local address not allowed, nothing answering), and then the key is not the
+/// cause; otherwise it may be.
+fn unanswered_fix(
+    error: &crate::models::ModelsError,
+    settings: &AgentSettings,
+    agent: &str,
+) -> String {
+    let kind = match error {
+        crate::models::ModelsError::Refused { kind, .. } => kind.as_str(),
+        _ => "",
+    };
+    match kind {
+        "local_upstream_refused" => format!(
+            "its model server is at a local address the running host does not allow: stop it (`palisade down`) and start it again with `--allow-local-upstream {}`",
+            crate::setup::model_server_allowance(settings).unwrap_or_default()
+        ),
+        "upstream_unreachable" | "upstream_timeout" => format!(
+            "nothing answered at its base URL {}: is the model server running, and on that port? (`palisade agents show {agent}`)",
+            settings.effective_base_url()
+        ),
+        _ => format!(
+            "check the key (rotate it on the web UI's Vault page or `palisade secrets rotate`) and the agent's model and base URL (`palisade agents show {agent}`)"
+        ),
     }
 }
 
