@@ -658,6 +658,8 @@ impl Runtime for Bubblewrap {
         let (control, sandbox_end) = crate::broker::channel()
             .map_err(|e| SandboxError::io("cannot create the sandbox's control channel", e))?;
         let (cgroup, mut reports) = Cgroup::create(&spec.limits);
+        let (file_table, table_report) = crate::limits::claim_file_table(&spec.limits, &reports);
+        reports.push(table_report);
         reports.extend(wall_time_report(&spec.limits));
         reports.push(crate::limits::open_files_report(&spec.limits));
         reports.extend(crate::runtime::workspace_report(
@@ -732,6 +734,7 @@ impl Runtime for Bubblewrap {
             workdir: Some(workdir),
             etc: Some(etc),
             reports,
+            file_table,
             finished: false,
         })
     }

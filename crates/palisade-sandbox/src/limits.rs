@@ -7,6 +7,7 @@
 
 use crate::SandboxError;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Requested limits; `None` = not limited.
@@ -58,6 +59,174 @@ fn open_files_within(file_max: Option<u64>, pids: Option<u64>) -> u64 {
     match (file_max, pids) {
         (Some(file_max), Some(pids)) if pids > 0 => (file_max / 16 / pids).clamp(64, USUAL),
         _ => USUAL,
+    }
+}
+
+/// The least kernel memory one open file costs the sandbox holding it: a `struct file`
+/// from an accounted slab (a mapping that keeps it open costs more). A sandbox whose
+/// memory a cgroup counts can keep at most its memory limit over this many files open.
+const LEAST_BYTES_PER_FILE: u64 = 256;
+
+/// Entries of the host's open-file table left for the host's own programs beyond what
+/// the sandboxes may hold.
+const HOST_SHARE_OF_FILE_TABLE: u64 = 1 << 20;
+
+/// Files the running sandboxes of this process may hold in all (see
+/// [`claim_file_table`]).
+static FILES_CLAIMED: AtomicU64 = AtomicU64::new(0);
+
+/// A running sandbox's claim on the host's open-file table; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct FileTableClaim(u64);
+
+impl FileTableClaim {
+    /// Gives the claim back (once; dropping it does too).
+    pub(crate) fn release(&mut self) {
+        FILES_CLAIMED.fetch_sub(std::mem::take(&mut self.0), Ordering::Relaxed);
+    }
+}
+
+impl Drop for FileTableClaim {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Makes room in the host's open-file table (`fs.file-max`) for every file a sandbox
+/// can keep open. `RLIMIT_NOFILE` counts descriptors only: a file mapped and then
+/// closed stays open and counts against nothing but the sandbox's memory (one review
+/// kept half the table of this host open from one default sandbox, and could have
+/// kept all of it, after which no process of the host but root's could open a file).
+/// Where a cgroup counts the sandbox's memory, the files it can keep open are bounded
+/// by that limit ([`LEAST_BYTES_PER_FILE`]); the table must hold those of every
+/// running sandbox of this process, the files open now and [`HOST_SHARE_OF_FILE_TABLE`]
+/// more. If it does not, root raises `fs.file-max` to that (systemd raises it to its
+/// maximum at boot on most hosts, leaving memory limits to bound the files); anyone
+/// else gets a report saying what to run. `reports` are the sandbox's other limits,
+/// to tell whether its memory is counted.
+pub(crate) fn claim_file_table(
+    limits: &Limits,
+    reports: &[LimitReport],
+) -> (FileTableClaim, LimitReport) {
+    let counted = reports.iter().any(|report| {
+        report.limit == "memory"
+            && matches!(
+                report.mechanism,
+                LimitMechanism::CgroupV1 | LimitMechanism::CgroupV2 | LimitMechanism::OciRuntime
+            )
+    });
+    let report = |mechanism, value: String, note: String| LimitReport {
+        limit: "file-table",
+        value,
+        mechanism,
+        note: Some(note),
+    };
+    let memory = limits.memory.filter(|_| counted);
+    let Some(memory) = memory else {
+        return (
+            FileTableClaim(0),
+            report(
+                LimitMechanism::NotApplied,
+                "not bounded".into(),
+                "no cgroup counts the sandbox's memory, so nothing bounds the files it keeps open by mapping them (fs.file-max is shared with the host)".into(),
+            ),
+        );
+    };
+    let own = memory / LEAST_BYTES_PER_FILE;
+    let claimed = FILES_CLAIMED.fetch_add(own, Ordering::Relaxed) + own;
+    let claim = FileTableClaim(own);
+    let value = format!("at most {own} open files (memory limit / {LEAST_BYTES_PER_FILE})");
+    let table = FileTable::read();
+    let Some(table) = table else {
+        return (
+            claim,
+            report(
+                LimitMechanism::NotApplied,
+                value,
+                "cannot read fs.file-max and fs.file-nr to make room for them".into(),
+            ),
+        );
+    };
+    let needed = table.needed(claimed);
+    let counted_by = reports
+        .iter()
+        .find(|report| report.limit == "memory")
+        .map_or(LimitMechanism::NotApplied, |report| report.mechanism);
+    if table.max >= needed {
+        return (
+            claim,
+            report(
+                counted_by,
+                value,
+                format!(
+                    "counted in the memory limit; the host's open-file table ({}) holds them with room to spare",
+                    table.max
+                ),
+            ),
+        );
+    }
+    match std::fs::write("/proc/sys/fs/file-max", needed.to_string()) {
+        Ok(()) => {
+            tracing::warn!(
+                from = table.max,
+                to = needed,
+                "raised fs.file-max so that sandboxes' memory limits, not the host's open-file table, bound the files they keep open"
+            );
+            (
+                claim,
+                report(
+                    counted_by,
+                    value,
+                    format!(
+                        "counted in the memory limit; raised the host's open-file table (fs.file-max) from {} to {needed} to hold them",
+                        table.max
+                    ),
+                ),
+            )
+        }
+        Err(e) => (
+            claim,
+            report(
+                LimitMechanism::NotApplied,
+                value,
+                format!(
+                    "the host's open-file table (fs.file-max {}) cannot hold them and raising it failed ({e}); as root run `sysctl -w fs.file-max={needed}`",
+                    table.max
+                ),
+            ),
+        ),
+    }
+}
+
+/// The host's open-file table: its size and how many entries are in use.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct FileTable {
+    max: u64,
+    used: u64,
+}
+
+impl FileTable {
+    fn read() -> Option<FileTable> {
+        let number = |path: &str| -> Option<u64> {
+            std::fs::read_to_string(path)
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        Some(FileTable {
+            max: number("/proc/sys/fs/file-max")?,
+            used: number("/proc/sys/fs/file-nr")?,
+        })
+    }
+
+    /// The size that holds what is open now, `claimed` more for sandboxes and the
+    /// host's share.
+    fn needed(&self, claimed: u64) -> u64 {
+        self.used
+            .saturating_add(claimed)
+            .saturating_add(HOST_SHARE_OF_FILE_TABLE)
     }
 }
 

@@ -458,7 +458,9 @@ impl Runtime for Oci {
                 )?;
             }
         }
-        let reports = self.reports(spec);
+        let mut reports = self.reports(spec);
+        let (file_table, table_report) = crate::limits::claim_file_table(&spec.limits, &reports);
+        reports.push(table_report);
         let name = format!(
             "palisade-{}-{}-{}",
             spec.agent,
@@ -531,6 +533,7 @@ impl Runtime for Oci {
             workdir: Some(workdir),
             etc: None,
             reports,
+            file_table,
             finished: false,
         })
     }

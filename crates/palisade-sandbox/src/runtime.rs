@@ -124,6 +124,8 @@ pub struct Sandbox {
     /// The bubblewrap sandbox's `/etc`, share-locked while the sandbox runs.
     pub(crate) etc: Option<crate::etc_tree::EtcTree>,
     pub(crate) reports: Vec<LimitReport>,
+    /// This sandbox's share of the host's open-file table, given back at its end.
+    pub(crate) file_table: crate::limits::FileTableClaim,
     pub(crate) finished: bool,
 }
 
@@ -239,6 +241,7 @@ impl Drop for Sandbox {
         }
         // The cgroup's own Drop kills what is left and removes the leaves.
         self.cgroup.take();
+        self.file_table.release();
         self.workdir.take();
         self.etc.take();
     }
