@@ -461,6 +461,68 @@ fn method_spellings_cannot_sidestep_rules() {
                 "{version} POST {form} ({content_type:?}) was sent"
             );
         }
+        // The field in a JSON object (Laravel reads it) and in a multipart form (Rails,
+        // Symfony and Laravel do). (Before, each passed the block on DELETE.)
+        let multipart = "--b\r\nContent-Disposition: form-data; name*=utf-8''%5Fmethod\r\n\r\nDELETE\r\n--b--\r\n";
+        for extra in [
+            vec![
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                r#"{"_method":"DELETE"}"#,
+            ],
+            vec![
+                "-H",
+                "Content-Type: application/vnd.api+json",
+                "--data",
+                r#"{"a":1,"_method":["PUT"]}"#,
+            ],
+            vec![
+                "-H",
+                "Content-Type: application/json; charset=utf-8",
+                "--data",
+                r#"{"_method":"POST","_method":"DELETE"}"#,
+            ],
+            vec!["-F", "_method=DELETE"],
+            vec!["-F", "a=1", "-F", "_METHOD=delete"],
+            vec![
+                "-H",
+                "Content-Type: multipart/form-data; boundary=b",
+                "--data-binary",
+                multipart,
+            ],
+        ] {
+            let before = upstream.count();
+            let url = attack.url("/item/7");
+            let mut args = vec![version, "-X", "POST"];
+            args.extend(&extra);
+            args.push(&url);
+            let reply = attack.curl(&token, &args);
+            refused(&reply, 400, "ambiguous_method");
+            assert_eq!(
+                upstream.count(),
+                before,
+                "{version} POST {extra:?} was sent"
+            );
+        }
+        // Fields of another name, and the method itself, pass.
+        for extra in [
+            vec![
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                r#"{"method":"DELETE","_method":"post"}"#,
+            ],
+            vec!["-F", "note=DELETE", "-F", "method=DELETE"],
+        ] {
+            let url = attack.url("/item/7");
+            let mut args = vec![version, "-X", "POST"];
+            args.extend(&extra);
+            args.push(&url);
+            let reply = attack.curl(&token, &args);
+            assert_eq!(reply.status, 200, "{extra:?}: {}", reply.raw);
+            assert_eq!(upstream.last_request().unwrap().method, "POST");
+        }
         // HEAD is covered by the GET rule (no body to read on a HEAD answer).
         let before = upstream.count();
         let reply = attack.curl(&token, &[version, "--head", &attack.url("/item/9")]);
@@ -487,10 +549,10 @@ fn method_spellings_cannot_sidestep_rules() {
         assert_eq!(reply.status, 200, "{}", reply.raw);
         assert_eq!(upstream.last_request().unwrap().method, "HEAD");
     }
-    let refusals = attack.rows("ambiguous_method", 40);
+    let refusals = attack.rows("ambiguous_method", 52);
     assert_eq!(
         refusals.as_array().map(Vec::len),
-        Some(40),
+        Some(52),
         "one row per refused spelling: {refusals}"
     );
 }

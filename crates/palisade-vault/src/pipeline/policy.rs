@@ -42,11 +42,12 @@ pub(super) async fn judge<'p>(
     Ok(policy.evaluate(&judged))
 }
 
-/// A POST of a URL-encoded form: Rails (Rack::MethodOverride), Symfony and Laravel take
-/// a `_method` field in its body for the method, as they take the query parameter the
-/// canonical phase refuses. Such a body is read whole (as for a body rule, or for the
-/// approval of a held request: `held` says which, and so which refusal a body too large
-/// to read gets) and a `_method` field in it naming another method is refused.
+/// A POST whose body carries a `_method` field: Rails (Rack::MethodOverride), Symfony
+/// and Laravel take one from a URL-encoded form or a multipart form for the method, as
+/// they take the query parameter the canonical phase refuses, and Laravel from a JSON
+/// object too. Such a body is read whole (as for a body rule, or for the approval of a
+/// held request: `held` says which, and so which refusal a body too large to read gets)
+/// and a `_method` field in it naming another method is refused.
 /// Only where a rule for the host names a method: elsewhere no rule decides by it, and
 /// an upload (`curl --data-binary` says it is a form) streams as before.
 pub(super) async fn check_form(
@@ -59,9 +60,8 @@ pub(super) async fn check_form(
     held: bool,
 ) -> Result<(), Refusal> {
     let host = target.host.as_str();
-    if !is_form_post(&parts.method, &parts.headers)
-        || !policy.rules_name_a_method(host, target.port)
-    {
+    let kinds = form_kinds(&parts.method, &parts.headers);
+    if kinds.is_empty() || !policy.rules_name_a_method(host, target.port) {
         return Ok(());
     }
     let (decision, kind) = if held {
@@ -80,55 +80,128 @@ pub(super) async fn check_form(
         .read(shared, agent, limit)
         .await
         .map_err(|e| read_refusal(e, host, decision, kind))?;
-    check_form_method(&parts.headers, data, limit, &parts.method, host)
+    let decoded = decoded_view(&parts.headers, data, limit, host)?;
+    let method = parts.method.as_str();
+    let overridden = kinds.iter().any(|kind| match kind {
+        FormKind::UrlEncoded => form_names_another_method(&decoded, method),
+        FormKind::Json => json_names_another_method(&decoded, method),
+        FormKind::Multipart => multipart_names_a_method(&decoded),
+    });
+    match overridden {
+        false => Ok(()),
+        true => Err(Refusal::new(
+            Decision::AmbiguousMethod,
+            ErrorBody::new(GatewayErrorKind::AmbiguousMethod, host).with_message(format!(
+                "The method of this request to {host} was refused: it is sent as {method} with a form field _method naming another method, which some servers run instead. The gateway judges a request by its method, so send the method itself."
+            )),
+        )),
+    }
 }
 
-/// A POST Rack or PHP would parse as a URL-encoded form: one that says so (the media
-/// type cut at `;`, `,` or white space, as PHP cuts it), or one that names no type at
-/// all (Rack takes a POST without `Content-Type` for a form).
-fn is_form_post(method: &http::Method, headers: &http::HeaderMap) -> bool {
+/// How a server may read a POST's body for its fields.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum FormKind {
+    UrlEncoded,
+    Json,
+    Multipart,
+}
+
+/// Each way a server may read a POST's body for a `_method` field: as a URL-encoded
+/// form when a `Content-Type` says so (the media type cut at `;`, `,` or white space,
+/// as PHP cuts it) or when there is none (Rack takes a POST without one for a form); as
+/// JSON when a type has `/json` or `+json` in it, as Laravel decides; as a multipart
+/// form when a type starts `multipart/` (Rack parses `form-data`, `mixed` and
+/// `related`). Nothing for other methods: the servers take the field from a POST only.
+fn form_kinds(method: &http::Method, headers: &http::HeaderMap) -> Vec<FormKind> {
     if method != http::Method::POST {
-        return false;
+        return Vec::new();
     }
-    let mut types = headers
+    let types: Vec<String> = headers
         .get_all(http::header::CONTENT_TYPE)
         .iter()
-        .peekable();
-    if types.peek().is_none() {
-        return true;
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase())
+        .collect();
+    if types.is_empty() {
+        return vec![FormKind::UrlEncoded];
     }
-    types.any(|value| {
-        let text = String::from_utf8_lossy(value.as_bytes());
-        text.split([';', ',', ' ', '\t'])
+    let mut kinds = Vec::new();
+    let mut add = |kind| {
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    };
+    for text in &types {
+        let media = text
+            .split([';', ',', ' ', '\t'])
             .find(|part| !part.is_empty())
-            .is_some_and(|kind| kind.eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+            .unwrap_or_default();
+        if media == "application/x-www-form-urlencoded" {
+            add(FormKind::UrlEncoded);
+        }
+        if text.contains("/json") || text.contains("+json") {
+            add(FormKind::Json);
+        }
+        if text.trim_start().starts_with("multipart/") {
+            add(FormKind::Multipart);
+        }
+    }
+    kinds
+}
+
+/// Whether a URL-encoded form has a `_method` field (as PHP reads names: `.method`,
+/// `+method`) naming another method than the one sent: a rule judged the request as a
+/// POST, and the server would run it as that method (a DELETE a rule blocks).
+fn form_names_another_method(body: &[u8], method: &str) -> bool {
+    form_urlencoded::parse(body).any(|(name, value)| {
+        super::canonical::is_method_parameter(&name) && !value.trim().eq_ignore_ascii_case(method)
     })
 }
 
-/// Refuses a form body with a `_method` field (as PHP reads names: `.method`, `+method`)
-/// naming another method than the one sent: a rule judged the request as a POST, and
-/// the server would run it as that method (a DELETE a rule blocks).
-fn check_form_method(
-    headers: &http::HeaderMap,
-    data: &[u8],
-    limit: usize,
-    method: &http::Method,
-    host: &str,
-) -> Result<(), Refusal> {
-    let decoded = decoded_view(headers, data, limit, host)?;
-    for (name, value) in form_urlencoded::parse(&decoded) {
-        if super::canonical::is_method_parameter(&name)
-            && !value.trim().eq_ignore_ascii_case(method.as_str())
-        {
-            return Err(Refusal::new(
-                Decision::AmbiguousMethod,
-                ErrorBody::new(GatewayErrorKind::AmbiguousMethod, host).with_message(format!(
-                    "The method of this request to {host} was refused: it is sent as {method} with a form field _method naming another method, which some servers run instead. The gateway judges a request by its method, so send the method itself."
-                )),
-            ));
-        }
-    }
-    Ok(())
+/// Whether a JSON object has a `_method` member naming another method (anything but a
+/// string naming the one sent). Of members named alike the last counts, as in PHP's
+/// and JavaScript's parsers; a body that is not a JSON object has no fields to read.
+fn json_names_another_method(body: &[u8], method: &str) -> bool {
+    let Ok(object) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+    else {
+        return false;
+    };
+    object.iter().any(|(name, value)| {
+        super::canonical::is_method_parameter(name)
+            && !value
+                .as_str()
+                .is_some_and(|claimed| claimed.trim().eq_ignore_ascii_case(method))
+    })
+}
+
+/// Whether a multipart body has a part named `_method` (whatever it says). Hand-written
+/// as a scan, not a parse: every line of the body that reads as a part's
+/// `Content-Disposition` header is looked at, wherever a boundary is, so no spelling of
+/// the boundary that a server reads otherwise than a parser here can hide a part. A
+/// file that holds such a line is refused too; the message says why.
+fn multipart_names_a_method(body: &[u8]) -> bool {
+    body.split(|&byte| byte == b'\n').any(|line| {
+        let line = String::from_utf8_lossy(line);
+        let Some((header, value)) = line.split_once(':') else {
+            return false;
+        };
+        header.trim().eq_ignore_ascii_case("content-disposition")
+            && value.split(';').skip(1).any(|parameter| {
+                let Some((key, name)) = parameter.split_once('=') else {
+                    return false;
+                };
+                let key = key.trim().to_ascii_lowercase();
+                let name = name.trim().trim_matches('"').replace('\\', "");
+                // RFC 2231 `name*=utf-8''_method`.
+                let name = match key.as_str() {
+                    "name" => name,
+                    "name*" => name.rsplit('\'').next().unwrap_or_default().to_string(),
+                    _ => return false,
+                };
+                let decoded = percent_encoding::percent_decode_str(&name).decode_utf8_lossy();
+                super::canonical::is_method_parameter(&name)
+                    || super::canonical::is_method_parameter(&decoded)
+            })
+    })
 }
 
 pub(super) fn blocked(host: &str, rule: &RulePolicy) -> Refusal {
@@ -296,6 +369,66 @@ fn size(bytes: usize) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn bodies_are_read_for_fields_as_each_server_would() {
+        let typed = |types: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for kind in types {
+                headers.append(http::header::CONTENT_TYPE, kind.parse().unwrap());
+            }
+            form_kinds(&http::Method::POST, &headers)
+        };
+        assert_eq!(typed(&[]), [FormKind::UrlEncoded]);
+        assert_eq!(
+            typed(&["Application/JSON; charset=utf-8"]),
+            [FormKind::Json]
+        );
+        assert_eq!(typed(&["text/plain+json"]), [FormKind::Json]);
+        assert_eq!(
+            typed(&["multipart/mixed; boundary=x"]),
+            [FormKind::Multipart]
+        );
+        assert_eq!(
+            typed(&["application/x-www-form-urlencoded", "application/json"]),
+            [FormKind::UrlEncoded, FormKind::Json]
+        );
+        assert!(typed(&["application/octet-stream"]).is_empty());
+        let headers = http::HeaderMap::new();
+        assert!(form_kinds(&http::Method::PUT, &headers).is_empty());
+        // JSON: the last member of a name counts; only a string naming the method passes.
+        assert!(json_names_another_method(
+            br#"{"_method":"POST","_method":"PUT"}"#,
+            "POST"
+        ));
+        assert!(!json_names_another_method(
+            br#"{"_method":"PUT","_method":" post"}"#,
+            "POST"
+        ));
+        assert!(json_names_another_method(br#"{"_method":null}"#, "POST"));
+        assert!(!json_names_another_method(
+            br#"[{"_method":"PUT"}]"#,
+            "POST"
+        ));
+        assert!(!json_names_another_method(b"not json", "POST"));
+        // Multipart: any part header naming the field, however the lines end or the
+        // name is quoted.
+        for body in [
+            "--x\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nPUT\r\n--x--",
+            "--x\ncontent-disposition:form-data;name=_method\n\nPUT\n--x--",
+            "--x\r\nContent-Disposition: form-data; filename=a; name=\".method\"\r\n",
+            "--x\r\nContent-Disposition: form-data; name=\"_\\method\"\r\n",
+            "--x\r\nContent-Disposition: form-data; name*=UTF-8''%5Fmethod\r\n",
+        ] {
+            assert!(multipart_names_a_method(body.as_bytes()), "{body:?}");
+        }
+        for body in [
+            "--x\r\nContent-Disposition: form-data; name=\"method\"\r\n\r\n_method\r\n--x--",
+            "--x\r\nContent-Disposition: form-data; filename=\"_method\"\r\n",
+        ] {
+            assert!(!multipart_names_a_method(body.as_bytes()), "{body:?}");
+        }
+    }
 
     fn headers(encoding: &str) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();
