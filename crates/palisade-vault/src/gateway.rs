@@ -198,18 +198,8 @@ pub async fn start(
         .allow_local_upstream
         .iter()
         .map(|p| {
-            let pattern = HostPattern::parse(p)
-                .map_err(|e| VaultError::AllowPattern(p.clone(), e.to_string()))?;
-            // The addresses a name resolves to are checked without the port the
-            // request goes to, so a port on a name would read as a narrowing it is
-            // not; an address is checked with the request's port.
-            if pattern.port().is_some() && !names_an_address(p) {
-                return Err(VaultError::AllowPattern(
-                    p.clone(),
-                    "it names a port, but a name's addresses are checked without the port; name the address with its port (127.0.0.1:8080), or the name without one".into(),
-                ));
-            }
-            Ok(pattern)
+            HostPattern::parse_local_allowance(p)
+                .map_err(|reason| VaultError::AllowPattern(p.clone(), reason))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let guard = Arc::new(NetGuard::new(allowed).with_fixed_addresses(&config.upstream_resolve));
@@ -779,19 +769,6 @@ pub fn running_gateway(home: &Home) -> Option<RunningInfo> {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(info.pid).ok()?);
     nix::sys::signal::kill(pid, None).ok()?;
     Some(info)
-}
-
-/// Whether an `--allow-local-upstream` pattern's host is an IP address (`127.0.0.1:8080`,
-/// `[::1]:8080`), which the local phase checks with the request's port.
-fn names_an_address(pattern: &str) -> bool {
-    let host = match pattern.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => pattern,
-    };
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .is_ok()
 }
 
 #[cfg(test)]
