@@ -54,6 +54,8 @@ pub enum GatewayErrorKind {
     UnreadableResponse,
     /// 503 `store_disk_low`
     StoreDiskLow,
+    /// 503 `audit_unavailable`
+    AuditUnavailable,
 }
 
 impl GatewayErrorKind {
@@ -71,7 +73,8 @@ impl GatewayErrorKind {
             | GatewayErrorKind::TooManyConnections
             | GatewayErrorKind::TooManyBufferedBodies
             | GatewayErrorKind::TooManyRequestsInFlight
-            | GatewayErrorKind::StoreDiskLow => 503,
+            | GatewayErrorKind::StoreDiskLow
+            | GatewayErrorKind::AuditUnavailable => 503,
             GatewayErrorKind::BadRequest
             | GatewayErrorKind::AmbiguousPath
             | GatewayErrorKind::AmbiguousMethod
@@ -107,6 +110,7 @@ impl GatewayErrorKind {
             GatewayErrorKind::TooManyRequestsInFlight => "too_many_requests_in_flight",
             GatewayErrorKind::UnreadableResponse => "unreadable_response",
             GatewayErrorKind::StoreDiskLow => "store_disk_low",
+            GatewayErrorKind::AuditUnavailable => "audit_unavailable",
         }
     }
     /// Whether the same request may succeed later without anyone changing the policy.
@@ -125,7 +129,7 @@ impl GatewayErrorKind {
         )
     }
     /// Every kind, for tests and documentation.
-    pub const ALL: [GatewayErrorKind; 23] = [
+    pub const ALL: [GatewayErrorKind; 24] = [
         GatewayErrorKind::ProxyAuthRequired,
         GatewayErrorKind::BlockedByPolicy,
         GatewayErrorKind::BlockedByDefaultPolicy,
@@ -149,6 +153,7 @@ impl GatewayErrorKind {
         GatewayErrorKind::TooManyRequestsInFlight,
         GatewayErrorKind::UnreadableResponse,
         GatewayErrorKind::StoreDiskLow,
+        GatewayErrorKind::AuditUnavailable,
     ];
 }
 
@@ -258,6 +263,9 @@ impl ErrorBody {
             ),
             GatewayErrorKind::StoreDiskLow => format!(
                 "The gateway's disk is nearly full, so it does not send credentials or hold requests it could not record; this request to {host} was not sent. Tell the user; it works again once space is freed."
+            ),
+            GatewayErrorKind::AuditUnavailable => format!(
+                "The gateway cannot write its audit log, so it does not send credentials or hold requests it could not record; this request to {host} was not sent. Tell the user: `palisade audit verify` and the gateway's log say why."
             ),
         };
         ErrorBody {
@@ -388,6 +396,8 @@ mod tests {
             (UnreadableResponse, 502, "unreadable_response", false),
             // Someone must free space first: an SDK must not retry in a loop.
             (StoreDiskLow, 503, "store_disk_low", false),
+            // Someone must look at the log first.
+            (AuditUnavailable, 503, "audit_unavailable", false),
         ];
         assert_eq!(expected.len(), GatewayErrorKind::ALL.len());
         for (kind, status, code, retry) in expected {

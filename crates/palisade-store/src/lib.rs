@@ -69,6 +69,11 @@ pub enum StoreError {
     Expired(String),
     #[error("the database schema version {found} is newer than this palisade understands ({known}); upgrade palisade")]
     SchemaTooNew { found: i64, known: i64 },
+    /// The database was changed outside palisade in a way that could make its writes
+    /// differ from what it checked (a trigger, a foreign index, a constraint, a row in
+    /// the way of the audit log's next row): nothing is written.
+    #[error("{0}")]
+    Tampered(String),
 }
 
 impl StoreError {
@@ -84,6 +89,14 @@ impl StoreError {
                     rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
                 )
         )
+    }
+}
+
+impl StoreError {
+    /// Whether the database was found changed outside palisade (see
+    /// [`StoreError::Tampered`]).
+    pub fn is_tampering(&self) -> bool {
+        matches!(self, StoreError::Tampered(_))
     }
 }
 

@@ -392,7 +392,7 @@ pub(crate) fn check_schema(conn: &Connection) -> Result<()> {
             _ => false,
         };
         if foreign {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Tampered(format!(
                 "the database has a {kind} palisade never creates ({name:?}): someone changed it outside palisade, which refuses to use it; inspect it, and remove the {kind} (`DROP {} \"{name}\"` in sqlite3) if you made it",
                 kind.to_ascii_uppercase()
             )));
@@ -409,12 +409,46 @@ pub(crate) fn check_schema(conn: &Connection) -> Result<()> {
             |row| row.get(0),
         )?;
         if !keyed {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Tampered(format!(
                 "the database's {table} table lost its primary key: someone changed it outside palisade, which refuses to use it"
             )));
         }
     }
+    check_audit_tables(conn)
+}
+
+/// Refuses audit tables whose definition is not the migrations': a `CHECK` or a
+/// collation put in through `writable_schema` makes palisade's own inserts fail or
+/// compare otherwise than it checked. Compared with the tables a fresh database gets
+/// from the same migrations, once the database is at the latest version (before its
+/// migration, an older one is compared after).
+fn check_audit_tables(conn: &Connection) -> Result<()> {
+    static FRESH: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version != LATEST {
+        return Ok(());
+    }
+    let fresh = FRESH.get_or_init(|| {
+        let mut fresh = Connection::open_in_memory().expect("an in-memory database");
+        migrate(&mut fresh).expect("the migrations apply to an empty database");
+        audit_table_texts(&fresh).expect("the fresh tables are readable")
+    });
+    if audit_table_texts(conn)? != *fresh {
+        return Err(StoreError::Tampered(
+            "the database's audit tables are not defined as palisade defines them (a constraint or a column was changed): someone changed them outside palisade, which refuses to use the database".into(),
+        ));
+    }
     Ok(())
+}
+
+fn audit_table_texts(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut statement = conn.prepare(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name IN ('audit', 'audit_head') ORDER BY name",
+    )?;
+    let texts = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(texts)
 }
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<i64> {

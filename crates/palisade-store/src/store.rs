@@ -32,7 +32,7 @@ use palisade_policy::SecretValue;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -62,6 +62,13 @@ struct Inner {
     /// configuration version or appended audit rows: what to do once it committed.
     config_changed: AtomicBool,
     audited: AtomicBool,
+    /// The schema version (`PRAGMA schema_version`, raised by every change to the
+    /// schema) last found sound by [`crate::migrations::check_schema`]; -1 before the
+    /// first write.
+    schema_checked: AtomicI64,
+    /// The newest end this handle committed but could not anchor (another process held
+    /// the anchor's lock), checked once it can.
+    owed_anchor: Mutex<Option<(i64, String)>>,
 }
 
 /// Result of a rate-limit check.
@@ -126,6 +133,7 @@ impl Store {
             let attempt = configure(&conn)
                 .and_then(|()| crate::migrations::check_schema(&conn))
                 .and_then(|()| crate::migrations::migrate(&mut conn))
+                .and_then(|from| crate::migrations::check_schema(&conn).map(|()| from))
                 .and_then(|from| {
                     // The head of a log written before heads were signed is signed
                     // once, by the open that migrated it (never later: an unsigned head
@@ -165,6 +173,8 @@ impl Store {
                 home: home.clone(),
                 config_changed: AtomicBool::new(false),
                 audited: AtomicBool::new(false),
+                schema_checked: AtomicI64::new(-1),
+                owed_anchor: Mutex::default(),
             }),
             actor: Arc::from(DEFAULT_ACTOR),
             sync_gateways: true,
@@ -282,6 +292,7 @@ impl Store {
             self.inner.config_changed.store(false, Ordering::Relaxed);
             self.inner.audited.store(false, Ordering::Relaxed);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            self.check_schema_unchanged(&tx)?;
             let out = f(&tx)?;
             let version = if self.inner.config_changed.swap(false, Ordering::Relaxed) {
                 Some(read_config_version(&tx)?)
@@ -295,7 +306,13 @@ impl Store {
             };
             tx.commit()?;
             if let Some(head) = head {
-                audit::write_anchor(&self.inner.home, &self.inner.key, &head, &conn);
+                audit::write_anchor(
+                    &self.inner.home,
+                    &self.inner.key,
+                    &head,
+                    &conn,
+                    &self.inner.owed_anchor,
+                );
             }
             (out, version)
         };
@@ -313,6 +330,20 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Checks the schema again if it changed since it was last checked (at open, and
+    /// by every write since): a trigger or a constraint added while palisade runs
+    /// would make this write differ from what it checked, as one there at open would.
+    /// Inside the write transaction, so the schema cannot change before it commits.
+    fn check_schema_unchanged(&self, tx: &Transaction<'_>) -> Result<()> {
+        let version: i64 = tx.query_row("PRAGMA schema_version", [], |row| row.get(0))?;
+        if self.inner.schema_checked.load(Ordering::Relaxed) == version {
+            return Ok(());
+        }
+        crate::migrations::check_schema(tx)?;
+        self.inner.schema_checked.store(version, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Marks the running write transaction as having appended audit rows.

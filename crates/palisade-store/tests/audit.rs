@@ -1120,6 +1120,14 @@ fn an_index_rewritten_to_hide_an_edit_does_not_fool_verify() {
     let store = Store::open(&home).unwrap();
     let (bad, problem) = verify_problem(&store);
     assert_eq!(bad, Some(5), "{problem}");
+    // Listing reads the rows, not the index: the edited row is the forged agent's.
+    let forged = store
+        .list_audit(&AuditFilter {
+            agent: Some("forged".into()),
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(forged.iter().map(|r| r.id).collect::<Vec<_>>(), [5]);
 }
 
 /// The key's age is its file's, through a link: an old key behind a new link made the
@@ -1181,4 +1189,145 @@ fn remove_the_log(home: &palisade_store::Home) {
     ] {
         let _ = std::fs::remove_file(home.root().join(side));
     }
+}
+
+/// The schema is checked again by the first write after it changed: a trigger or a
+/// constraint added while palisade runs (the gateway keeps its database open for
+/// weeks) made its own inserts vanish or fail, as one there at open would have.
+#[test]
+fn a_schema_changed_while_palisade_runs_is_refused_at_the_next_write() {
+    let audit_sql = |conn: &rusqlite::Connection| -> String {
+        conn.query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'audit'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    for change in [
+        "CREATE TRIGGER t BEFORE INSERT ON audit WHEN NEW.agent = 'odd' BEGIN SELECT RAISE(IGNORE); END;",
+        "CREATE INDEX sly ON audit(agent);",
+        // A constraint written into the table's definition.
+        "WITH-CHECK",
+    ] {
+        let t = with_rows(3);
+        let conn = common::raw(&t.home);
+        if change == "WITH-CHECK" {
+            let sql = audit_sql(&conn).replace(
+                "hash        TEXT NOT NULL",
+                "hash        TEXT NOT NULL CHECK (agent IS NOT 'odd')",
+            );
+            assert_ne!(sql, audit_sql(&conn), "the definition was not changed");
+            // With the schema's version moved on, as connections then read it anew.
+            let version: i64 = conn
+                .query_row("PRAGMA schema_version", [], |row| row.get(0))
+                .unwrap();
+            conn.execute_batch(&format!(
+                "PRAGMA writable_schema = ON;
+                 UPDATE sqlite_master SET sql = '{}' WHERE name = 'audit';
+                 PRAGMA writable_schema = OFF;
+                 PRAGMA schema_version = {};",
+                sql.replace('\'', "''"),
+                version + 1
+            ))
+            .unwrap();
+        } else {
+            conn.execute_batch(change).unwrap();
+        }
+        let refused = t
+            .store
+            .append_audit(&request("odd", "h", "allowed"))
+            .expect_err(change);
+        assert!(refused.is_tampering(), "{change}: {refused}");
+        assert!(refused.to_string().contains("outside palisade"), "{refused}");
+        let last: i64 = conn
+            .query_row("SELECT max(id) FROM audit", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(last, 3, "{change}: a row was written");
+    }
+}
+
+/// A row put where the log's next row goes makes the write fail as tampering (the
+/// gateway then keeps its rows and marks the anchor), not as an error like any other.
+#[test]
+fn a_row_in_the_way_of_the_next_is_tampering_and_marks_the_anchor() {
+    let t = with_rows(3);
+    let conn = common::raw(&t.home);
+    conn.execute(
+        "INSERT INTO audit (id, at_ms, event, prev_hash, hash) VALUES (4, 0, 'x', '', '')",
+        [],
+    )
+    .unwrap();
+    let refused = t
+        .store
+        .append_audit(&request("odd", "h", "allowed"))
+        .unwrap_err();
+    assert!(refused.is_tampering(), "{refused}");
+    t.store.mark_audit_altered().unwrap();
+    // The row taken away again, the log looks whole; the anchor still says.
+    conn.execute("DELETE FROM audit WHERE id = 4", []).unwrap();
+    t.store
+        .append_audit(&request("odd", "h", "allowed"))
+        .unwrap();
+    let (bad, problem) = verify_problem(&t.store);
+    assert_eq!(bad, Some(4), "{problem}");
+    assert!(problem.contains("altered at row 4"), "{problem}");
+}
+
+/// Another process holding the anchor's lock (a shared lock needs only read access)
+/// hangs neither a write nor `audit verify`; and rows written meanwhile, then cut with
+/// the head put back, are found once the anchor can move again.
+#[test]
+fn an_anchor_held_locked_neither_hangs_nor_hides_a_cut() {
+    let t = with_rows(5);
+    let conn = common::raw(&t.home);
+    let signed: (String, String) = conn
+        .query_row(
+            "SELECT last_hash, head_mac FROM audit_head WHERE id = 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    let holder = std::fs::File::open(t.home.audit_anchor()).unwrap();
+    holder.lock_shared().unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let home = t.home.clone();
+    std::thread::spawn(move || {
+        let store = Store::open(&home).unwrap();
+        store
+            .append_audit(&request("odd", "cut", "injected"))
+            .unwrap();
+        let _ = done.send(store);
+    });
+    let writer = finished
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("a write hung on a locked anchor");
+    // Row 6 cut, and the head put back as it was signed at row 5.
+    conn.execute("DELETE FROM audit WHERE id > 5", []).unwrap();
+    conn.execute(
+        "UPDATE audit_head SET last_id = 5, last_hash = ?1, head_mac = ?2 WHERE id = 1",
+        (&signed.0, &signed.1),
+    )
+    .unwrap();
+    drop(holder);
+    writer
+        .append_audit(&request("odd", "h", "allowed"))
+        .unwrap();
+    let (bad, problem) = verify_problem(&t.store);
+    assert_eq!(bad, Some(6), "{problem}");
+    // Held exclusively, verify says so instead of waiting.
+    let holder = std::fs::File::open(t.home.audit_anchor()).unwrap();
+    holder.lock().unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let home = t.home.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(Store::open(&home).unwrap().verify_audit().unwrap());
+    });
+    let report = finished
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("`audit verify` hung on a locked anchor");
+    assert!(
+        report.problem.unwrap_or_default().contains("locked"),
+        "verify did not say the anchor is locked"
+    );
 }

@@ -4,13 +4,25 @@
 //! queued without waiting (from `Drop`) that find it full are counted and written as
 //! `audit.dropped` rows with the next batch.
 //!
+//! A batch that cannot be written is kept and tried again, never given up: rows are
+//! queued after the request they record went out, so a batch lost was a request sent
+//! without a trace (someone who could write the database put a row in the way of the
+//! next one, or held its lock for minutes, and the gateway dropped its own rows). While
+//! a batch waits, [`AuditHealth`] says so and the pipeline refuses what would leave a
+//! row about a credential or a person (`503 audit_unavailable`); the database found
+//! changed outside palisade is marked on the audit anchor, so `audit verify` reports
+//! it; and once the batch is in, an `audit.delayed` row says how long it waited and why.
+//!
 //! The same thread writes the per-agent, per-hour counts of request outcomes the web
 //! UI charts (plain allowed traffic has no audit row). Counting is an in-memory
 //! increment; the counts go to the store with the next batch of rows or on the
 //! gateway's periodic [`AuditSender::write_counts`], whichever comes first.
 
+use crate::pipeline::{Decision, Refusal};
+use palisade_policy::{ErrorBody, GatewayErrorKind};
 use palisade_store::{AuditEntry, Home, Outcome, Store};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
@@ -47,9 +59,33 @@ type Dropped = HashMap<(String, Option<String>), u64>;
 /// under no agent.
 const MAX_DROPPED_KEYS: usize = 256;
 
+/// Whether the writer can write the log.
+#[derive(Default)]
+pub struct AuditHealth {
+    failing: AtomicBool,
+}
+
+impl AuditHealth {
+    /// `Err` (503 `audit_unavailable`) while a batch of rows cannot be written.
+    pub(crate) fn room_for_rows(&self, host: &str) -> Result<(), Refusal> {
+        match self.failing.load(Ordering::Relaxed) {
+            false => Ok(()),
+            true => Err(Refusal::new(
+                Decision::AuditUnavailable,
+                ErrorBody::new(GatewayErrorKind::AuditUnavailable, host),
+            )),
+        }
+    }
+
+    fn set(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+}
+
 #[derive(Clone)]
 pub struct AuditSender {
     queue: mpsc::Sender<Item>,
+    pub health: Arc<AuditHealth>,
     counts: Arc<Mutex<Counts>>,
     /// What could not be queued, written as `audit.dropped` rows with the next batch:
     /// a row lost to a full queue (an agent abandoning credentialed requests faster
@@ -64,7 +100,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AuditSender {
+    /// Queues a row, waiting for room; while the log cannot be written, without
+    /// waiting (a full queue then counts the row in an `audit.dropped` row instead of
+    /// keeping the client from its answer).
     pub async fn record(&self, entry: AuditEntry) {
+        if self.health.failing.load(Ordering::Relaxed) {
+            self.try_record(entry);
+            return;
+        }
         let _ = self
             .queue
             .send(Item::Row(palisade_store::now_ms(), entry))
@@ -132,6 +175,8 @@ pub fn start(home: &Home) -> Result<(AuditSender, std::thread::JoinHandle<()>), 
     let gathered = counts.clone();
     let dropped: Arc<Mutex<Dropped>> = Arc::default();
     let lost = dropped.clone();
+    let health: Arc<AuditHealth> = Arc::default();
+    let writer_health = health.clone();
     let handle = std::thread::Builder::new()
         .name("palisade-audit".into())
         .spawn(move || {
@@ -159,7 +204,7 @@ pub fn start(home: &Home) -> Result<(AuditSender, std::thread::JoinHandle<()>), 
                 }
                 batch.extend(dropped_rows(&lost));
                 if !batch.is_empty() {
-                    append(&store, &batch);
+                    append(&store, &batch, &writer_health, || rx.is_closed());
                     batch.clear();
                     last_commit = Some(std::time::Instant::now());
                 }
@@ -173,6 +218,7 @@ pub fn start(home: &Home) -> Result<(AuditSender, std::thread::JoinHandle<()>), 
     Ok((
         AuditSender {
             queue: tx,
+            health,
             counts,
             dropped,
         },
@@ -200,35 +246,83 @@ fn dropped_rows(dropped: &Mutex<Dropped>) -> Vec<(i64, AuditEntry)> {
         .collect()
 }
 
-/// How often a batch is tried again while another process holds the database's write
-/// lock past the busy timeout (a long `audit prune`, a backup), and the longest pause
-/// between tries: about two minutes in all, while the queue fills and requests wait.
-const BUSY_RETRIES: u32 = 16;
-const BUSY_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long another process may hold the database's write lock past the busy timeout
+/// (a long `audit prune`, a backup) before the log counts as unwritable, and the
+/// longest pause between tries.
+const BUSY_BEFORE_FAILING: std::time::Duration = std::time::Duration::from_secs(10);
+const PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Appends `batch`, trying again while the database is busy; any other failure (or a
-/// lock held past every retry) is logged and the batch lost.
-fn append(store: &Store, batch: &[(i64, AuditEntry)]) {
+/// Appends `batch`, trying again until it is written (see the module's doc), or until
+/// the gateway stops (`stopping`), which is the only way rows are given up.
+fn append(
+    store: &Store,
+    batch: &[(i64, AuditEntry)],
+    health: &AuditHealth,
+    stopping: impl Fn() -> bool,
+) {
+    let started = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(100);
-    let mut retries = 0;
+    let mut failure: Option<String> = None;
+    let mut marked = false;
     loop {
-        match store.append_audit_batch(batch) {
-            Ok(()) => return,
-            Err(e) if e.is_busy() && retries < BUSY_RETRIES => {
-                palisade_policy::budgeted!(
-                    warn,
-                    rows = batch.len(),
-                    "the database is busy; audit rows wait and are tried again"
-                );
-                retries += 1;
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(BUSY_PAUSE_MAX);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, rows = batch.len(), "could not append audit rows");
-                return;
+        let error = match store.append_audit_batch(batch) {
+            Ok(()) => break,
+            Err(e) => e,
+        };
+        if error.is_tampering() && !marked {
+            marked = true;
+            if let Err(e) = store.mark_audit_altered() {
+                tracing::error!(error = %e, "could not mark the audit anchor");
             }
         }
+        let failing = !error.is_busy() || started.elapsed() >= BUSY_BEFORE_FAILING;
+        if failing && failure.is_none() {
+            tracing::error!(
+                error = %error,
+                rows = batch.len(),
+                "the audit log cannot be written: its rows wait, and requests that would send a credential or wait for a person are refused until they are written"
+            );
+            health.set(true);
+            failure = Some(error.to_string());
+        } else if !failing {
+            palisade_policy::budgeted!(
+                warn,
+                rows = batch.len(),
+                "the database is busy; audit rows wait and are tried again"
+            );
+        }
+        if stopping() {
+            tracing::error!(
+                rows = batch.len(),
+                "the gateway stops with audit rows it could not write"
+            );
+            return;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(PAUSE_MAX);
+    }
+    let Some(cause) = failure else {
+        return;
+    };
+    health.set(false);
+    let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::warn!(
+        rows = batch.len(),
+        waited_ms,
+        "the audit log can be written again; credentialed and held requests are served"
+    );
+    let delayed = AuditEntry {
+        event: "audit.delayed".into(),
+        decision: Some("delayed".into()),
+        detail: Some(serde_json::json!({
+            "rows": batch.len(),
+            "waited_ms": waited_ms,
+            "cause": cause,
+        })),
+        ..AuditEntry::default()
+    };
+    if let Err(e) = store.append_audit_batch(&[(palisade_store::now_ms(), delayed)]) {
+        tracing::error!(error = %e, "could not record how long audit rows waited");
     }
 }
 
@@ -263,6 +357,7 @@ mod tests {
         let (queue, _receiver) = mpsc::channel::<Item>(1);
         let sender = AuditSender {
             queue,
+            health: Arc::default(),
             counts: Arc::default(),
             dropped: Arc::default(),
         };

@@ -2646,6 +2646,104 @@ fn audit_rows_wait_out_a_locked_database() {
     ok_verify(&attack);
 }
 
+/// A row put where the log's next row goes (by someone who can write the database,
+/// without the key) no longer makes the gateway drop its own rows: they wait, while
+/// they do credentialed requests are refused with `503 audit_unavailable` and never
+/// sent, the anchor records the log was altered, and once the row is gone the rows
+/// are written with an `audit.delayed` row. (Before, the batch was logged and lost, and
+/// `audit verify` said the log was intact without the credentialed requests.)
+#[test]
+fn a_row_in_the_way_of_the_log_stops_credentials_not_their_rows() {
+    let attack = Attack::start(&[]);
+    let token = attack.probe_with_v1_key("in-the-way-value-1234");
+    let reply = attack.curl(&token, &[&attack.url("/v1/before")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    attack.rows("injected", 1);
+    let database = attack.setup.palisade.home().join("palisade.db");
+    let raw = rusqlite::Connection::open(&database).unwrap();
+    raw.busy_timeout(Duration::from_secs(5)).unwrap();
+    let next: i64 = raw
+        .query_row("SELECT last_id + 1 FROM audit_head", [], |row| row.get(0))
+        .unwrap();
+    raw.execute(
+        "INSERT INTO audit (id, at_ms, event, prev_hash, hash) VALUES (?1, 0, 'x', '', '')",
+        [next],
+    )
+    .unwrap();
+    // The request whose row finds the way blocked has gone out; the next ones do not.
+    let mut sent = Vec::new();
+    let refused_at = (0..50).find_map(|i| {
+        let path = format!("/v1/while-blocked-{i}");
+        let reply = attack.curl(&token, &[&attack.url(&path)]);
+        match reply.status {
+            200 => {
+                sent.push(path);
+                std::thread::sleep(Duration::from_millis(200));
+                None
+            }
+            _ => Some(reply),
+        }
+    });
+    let reply =
+        refused_at.expect("credentialed requests went on while their rows could not be written");
+    refused(&reply, 503, "audit_unavailable");
+    assert!(
+        !sent.is_empty(),
+        "no request went out before the log was found blocked"
+    );
+    let before = attack.setup.upstream.count();
+    let reply = attack.curl(&token, &[&attack.url("/v1/refused")]);
+    refused(&reply, 503, "audit_unavailable");
+    assert_eq!(
+        attack.setup.upstream.count(),
+        before,
+        "a credential went out unrecorded"
+    );
+    // Requests without a credential leave no row and go on.
+    let reply = attack.curl(&token, &[&attack.url("/open")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    raw.execute("DELETE FROM audit WHERE id = ?1", [next])
+        .unwrap();
+    drop(raw);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            attack.curl(&token, &[&attack.url("/v1/after")]).status == 200
+        }),
+        "credentialed requests stayed refused once the log could be written\n{}",
+        attack.setup.vault_output()
+    );
+    let rows = attack.rows("injected", 2 + sent.len());
+    let paths: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|row| row["path"].as_str())
+        .collect();
+    for path in &sent {
+        assert!(
+            paths.contains(&path.as_str()),
+            "no row for {path}: {paths:?}"
+        );
+    }
+    let delayed = attack.json(&["audit", "list", "--event", "audit.delayed"]);
+    assert_eq!(delayed.as_array().map(Vec::len), Some(1), "{delayed}");
+    assert!(
+        delayed[0]["detail"]["cause"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("outside palisade"),
+        "{delayed}"
+    );
+    // The row taken away, the log looks whole; the anchor still says it was altered.
+    let verified = attack.setup.palisade.run(&["audit", "verify"]);
+    assert!(!verified.status.success(), "{}", output_text(&verified));
+    assert!(
+        output_text(&verified).contains(&format!("altered at row {next}")),
+        "{}",
+        output_text(&verified)
+    );
+}
+
 /// A gateway applies the audit retention on its own: rows older than it are pruned
 /// when it starts (and hourly after), recorded as an `audit.prune` row with the
 /// retention, and the chain still verifies; rows younger than the retention stay.

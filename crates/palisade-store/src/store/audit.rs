@@ -428,7 +428,7 @@ fn insert_row(
         detail: detail.as_deref(),
     };
     let hash = canonical.chain_hash(prev_hash)?;
-    insert.execute(rusqlite::params![
+    let inserted = insert.execute(rusqlite::params![
         id,
         at_ms,
         canonical.event,
@@ -446,9 +446,24 @@ fn insert_row(
         canonical.detail,
         prev_hash,
         &hash,
-    ])?;
-    *head = (id, hash);
-    Ok(())
+    ]);
+    match inserted {
+        Ok(_) => {
+            *head = (id, hash);
+            Ok(())
+        }
+        // Every column is given and the id is the head's next: only a row put in the
+        // way (or a constraint the schema check has not seen) fails it.
+        Err(rusqlite::Error::SqliteFailure(failure, detail))
+            if failure.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::Tampered(format!(
+                "the audit log's next row ({id}) cannot be written ({}): a row was put in its way outside palisade",
+                detail.unwrap_or_else(|| failure.to_string())
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A report with no verified end, for [`Store::verify_chain`].
@@ -518,8 +533,10 @@ pub(super) fn write_anchor(
     key: &MasterKey,
     head: &(i64, String),
     conn: &rusqlite::Connection,
+    owed: &std::sync::Mutex<Option<(i64, String)>>,
 ) {
-    match try_write_anchor(home, key, head, conn) {
+    let mut owed = owed.lock().unwrap_or_else(|p| p.into_inner());
+    match try_write_anchor(home, key, head, conn, &mut owed) {
         Ok(None) => {}
         Ok(Some(kept)) => palisade_policy::budgeted!(
             warn,
@@ -541,27 +558,42 @@ const ANCHOR_RECORD: usize = 512;
 /// data of a file renamed over another) was a quarter of the audit writer's work.
 /// The file is never created here, and never opened through a link. `Ok(Some(why))`:
 /// the anchor was left as it was, for that reason.
+///
+/// The lock is waited for a bounded time ([`ANCHOR_LOCK_WAIT`]): another process holding
+/// it (a shared lock needs only read access) froze the anchor while rows were written,
+/// cut and mended unseen, and hung every write. The end this process could not anchor
+/// is `owed`; once the anchor can be moved again, an owed end the log no longer has
+/// (with its hash) is marked on the anchor, as a changed anchored row is. While one is
+/// owed the lock is only tried, not waited for.
 fn try_write_anchor(
     home: &Home,
     key: &MasterKey,
     head: &(i64, String),
     conn: &rusqlite::Connection,
+    owed: &mut Option<(i64, String)>,
 ) -> std::io::Result<Option<&'static str>> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(home.audit_anchor());
-    let mut file = match opened {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some("it is missing")),
-        other => other?,
+    let mut file = match open_anchor(home)? {
+        Ok(file) => file,
+        Err(why) => return Ok(Some(why)),
     };
-    // A FIFO there made every write wait for ever on its read.
-    if !file.metadata()?.is_file() {
-        return Ok(Some("it is not a regular file"));
+    let wait = match owed {
+        Some(_) => std::time::Duration::ZERO,
+        None => ANCHOR_LOCK_WAIT,
+    };
+    if !lock_within(&file, true, wait)? {
+        if owed.as_ref().is_none_or(|(id, _)| *id < head.0) {
+            *owed = Some(head.clone());
+        }
+        return Ok(Some("another process holds it locked"));
     }
-    file.lock()?;
+    let owed_broken = match owed.take() {
+        Some((id, hash)) => {
+            let holds = anchored_row_holds(conn, id, &hash)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            (!holds).then_some(id)
+        }
+        None => None,
+    };
     let mut text = String::new();
     std::io::Read::read_to_string(&mut file, &mut text)?;
     let Ok(current) = serde_json::from_str::<Anchor>(&text) else {
@@ -599,11 +631,15 @@ fn try_write_anchor(
     let end_signed = signed.as_deref() == Some(head_mac(key, &end).as_str());
     let (changed_at, said) = match current.changed_at {
         Some(row) => (Some(row), None),
+        None if owed_broken.is_some() => (
+            owed_broken,
+            Some("rows written while another process held the anchor locked were changed or cut; the anchor records that and moves on"),
+        ),
         None if !end_signed => (
             Some(current.last_id + 1),
             Some("the log's end is not signed; the anchor records that and moves on"),
         ),
-        None => match anchored_row_holds(conn, &current) {
+        None => match anchored_row_holds(conn, current.last_id, &current.last_hash) {
             Ok(true) => (None, None),
             Ok(false) => (
                 Some(current.last_id),
@@ -612,17 +648,71 @@ fn try_write_anchor(
             Err(e) => return Err(std::io::Error::other(e.to_string())),
         },
     };
-    let anchor = Anchor::signed(key, &end, changed_at);
-    let mut record = serde_json::to_vec(&anchor).map_err(std::io::Error::other)?;
+    overwrite_anchor(&file, &Anchor::signed(key, &end, changed_at), text.len())?;
+    Ok(said)
+}
+
+/// The anchor opened to be rewritten in place: never through a link, never created,
+/// and only a regular file (a FIFO there made every write wait for ever on its read).
+/// `Ok(Err(why))`: there is none to rewrite.
+fn open_anchor(home: &Home) -> std::io::Result<Result<std::fs::File, &'static str>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(home.audit_anchor());
+    let file = match opened {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Err("it is missing")),
+        other => other?,
+    };
+    if !file.metadata()?.is_file() {
+        return Ok(Err("it is not a regular file"));
+    }
+    Ok(Ok(file))
+}
+
+/// Writes `anchor` over the locked anchor file, whose text was `old_len` bytes long.
+fn overwrite_anchor(file: &std::fs::File, anchor: &Anchor, old_len: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut record = serde_json::to_vec(anchor).map_err(std::io::Error::other)?;
     if record.len() < ANCHOR_RECORD {
         record.resize(ANCHOR_RECORD - 1, b' ');
         record.push(b'\n');
     }
     file.write_all_at(&record, 0)?;
-    if (text.len() as u64) > record.len() as u64 {
+    if old_len > record.len() {
         file.set_len(record.len() as u64)?;
     }
-    Ok(said)
+    Ok(())
+}
+
+/// Marks the anchor (if it holds and is not marked yet) as having found the log
+/// changed just after the row it names: the next row could not be written, because
+/// the database was changed outside palisade (see [`crate::StoreError::Tampered`]).
+/// `audit verify` then reports it until a person signs the log anew.
+pub(super) fn mark_anchor(home: &Home, key: &MasterKey) -> Result<()> {
+    let fail = |e: std::io::Error| StoreError::Io(format!("cannot mark the audit anchor: {e}"));
+    let mut file = match open_anchor(home).map_err(fail)? {
+        Ok(file) => file,
+        Err(_) => return Ok(()),
+    };
+    if !lock_within(&file, true, ANCHOR_LOCK_WAIT).map_err(fail)? {
+        return Err(fail(std::io::Error::other(
+            "another process holds it locked",
+        )));
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(fail)?;
+    let Ok(current) = serde_json::from_str::<Anchor>(&text) else {
+        return Ok(());
+    };
+    if !current.is_genuine(key) || current.changed_at.is_some() {
+        return Ok(());
+    }
+    let head = (current.last_id, current.last_hash.clone());
+    let marked = Anchor::signed(key, &head, Some(current.last_id + 1));
+    overwrite_anchor(&file, &marked, text.len()).map_err(fail)
 }
 
 /// The signed anchor of `head`, unmarked, as JSON.
@@ -634,20 +724,46 @@ fn anchor_record(
     serde_json::to_vec(&Anchor::signed(key, head, changed_at)).map_err(std::io::Error::other)
 }
 
-/// Whether the row `anchor` names is still in the log with the hash it signed, or is
-/// the row just before the log's start (pruned) with that hash.
-fn anchored_row_holds(conn: &rusqlite::Connection, anchor: &Anchor) -> Result<bool> {
+/// Whether the row `id` is still in the log with the hash `hash` (as an anchor signed
+/// it), or is the row just before the log's start (pruned) with that hash, or before
+/// that (pruned: the start's own hash vouches for it).
+fn anchored_row_holds(conn: &rusqlite::Connection, id: i64, hash: &str) -> Result<bool> {
     use rusqlite::OptionalExtension;
-    let hash: Option<String> = conn
+    let found: Option<String> = conn
         .prepare_cached("SELECT hash FROM audit NOT INDEXED WHERE id = ?1")?
-        .query_row([anchor.last_id], |row| row.get(0))
+        .query_row([id], |row| row.get(0))
         .optional()?;
-    Ok(match hash {
-        Some(hash) => hash == anchor.last_hash,
-        None => read_start(conn)?.is_some_and(|start| {
-            start.first_id - 1 == anchor.last_id && start.prev_hash == anchor.last_hash
-        }),
+    Ok(match found {
+        Some(found) => found == hash,
+        None => read_start(conn)?
+            .is_some_and(|start| start.first_id - 1 == id && start.prev_hash == hash),
     })
+}
+
+/// How long a writer or reader of the anchor waits for its lock.
+const ANCHOR_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Takes the anchor's lock (exclusive or shared) within `wait`; whether it did.
+fn lock_within(
+    file: &std::fs::File,
+    exclusive: bool,
+    wait: std::time::Duration,
+) -> std::io::Result<bool> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let tried = match exclusive {
+            true => file.try_lock(),
+            false => file.try_lock_shared(),
+        };
+        match tried {
+            Ok(()) => return Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
 }
 
 /// Writes the anchor of `head` whatever was there (a link included: the new file is
@@ -712,7 +828,9 @@ fn read_anchor(path: &std::path::Path) -> Option<Anchor> {
     if !file.metadata().ok()?.is_file() {
         return None;
     }
-    file.lock_shared().ok()?;
+    if !lock_within(&file, false, ANCHOR_LOCK_WAIT).ok()? {
+        return None;
+    }
     let mut text = String::new();
     std::io::Read::read_to_string(&mut file, &mut text).ok()?;
     serde_json::from_str(&text).ok()
@@ -739,7 +857,7 @@ fn check_anchor(
             rows,
             last_id.max(1),
             format!(
-                "the anchor {} is missing or unreadable, so deleted rows at the end cannot be ruled out; once you are sure nothing was removed (a home last written by a palisade without anchors, or one restored from a copy), `palisade audit anchor` signs the log's end as it is now",
+                "the anchor {} is missing, unreadable or held locked by another process, so deleted rows at the end cannot be ruled out; once you are sure nothing was removed (a home last written by a palisade without anchors, or one restored from a copy), `palisade audit anchor` signs the log's end as it is now",
                 path.display()
             ),
         )));
@@ -851,6 +969,13 @@ impl Store {
         })
     }
 
+    /// Marks the audit anchor as having found the log changed outside palisade (the
+    /// gateway's writer, when its rows cannot be written: see
+    /// [`crate::StoreError::Tampered`]).
+    pub fn mark_audit_altered(&self) -> Result<()> {
+        mark_anchor(self.home(), self.key())
+    }
+
     pub fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
         let mut conditions: Vec<&str> = Vec::new();
         let mut params: Vec<Value> = Vec::new();
@@ -913,7 +1038,9 @@ impl Store {
             format!("WHERE {}", conditions.join(" AND "))
         };
         let sql =
-            format!("SELECT {AUDIT_COLUMNS} FROM audit {where_clause} ORDER BY id DESC LIMIT ?");
+            // Not through an index, as verify reads: an index rebuilt outside palisade
+            // under its own text hid an agent's rows from `audit list --agent`.
+            format!("SELECT {AUDIT_COLUMNS} FROM audit NOT INDEXED {where_clause} ORDER BY id DESC LIMIT ?");
         self.read(|tx| {
             let mut stmt = tx.prepare(&sql)?;
             let raw = stmt

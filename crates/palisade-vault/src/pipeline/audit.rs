@@ -19,6 +19,11 @@ use palisade_store::AuditEntry;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// Most bytes of a path an audit row keeps: a request's head may be 64 KiB, and an
+/// agent's refusals, each with a path that long, filled the home's disk at 2 GB an
+/// hour within their row budget.
+const MAX_PATH: usize = 2048;
+
 /// What a request's audit row records, filled in as the phases learn it.
 pub(crate) struct Record {
     pub agent: Option<String>,
@@ -50,7 +55,7 @@ impl Record {
             agent: agent.map(AgentName::to_string),
             method: at_most(method, 32).to_string(),
             host: at_most(host, 255).to_string(),
-            path: at_most(path, 2048).to_string(),
+            path: at_most(path, MAX_PATH).to_string(),
             rule: None,
             secret: None,
             approval_id: None,
@@ -58,6 +63,11 @@ impl Record {
             detail: None,
             started: Instant::now(),
         }
+    }
+
+    /// Records the canonical path, cut to [`MAX_PATH`] bytes as the path sent was.
+    pub fn set_path(&mut self, path: &str) {
+        self.path = at_most(path, MAX_PATH).to_string();
     }
 
     /// Counts the request for the traffic charts: held if a person was asked,

@@ -115,7 +115,7 @@ async fn run(
 ) -> Result<(Decision, Response<ProxyBody>), Refusal> {
     let (snapshot, profile) = admit::admit(shared, agent, &target.host, client.token.as_deref())?;
     let path = canonical::canonicalize(&mut parts, target)?;
-    audit.record().path = path.as_str().to_string();
+    audit.record().set_path(path.as_str());
     local::refuse_local(shared, target)?;
 
     let evaluation = policy::judge(
@@ -133,8 +133,10 @@ async fn run(
             Verdict::RequireApproval { .. } | Verdict::DialApproval { .. }
         )
     {
-        // It would leave a row the agent does not pay for: only while there is room.
+        // It would leave a row the agent does not pay for: only while there is room,
+        // and while the log can be written.
         shared.disk.room_for_rows(agent.as_str(), &target.host)?;
+        shared.audit.health.room_for_rows(&target.host)?;
     }
     rate::count(shared, agent, &evaluation.rate_limits, &target.host, audit).await?;
 

@@ -86,6 +86,9 @@ pub enum Decision {
     /// The home's disk is below the gateway's reserve, so a request that would leave a
     /// row (a credential, a hold) was not sent.
     StoreDiskLow,
+    /// The audit log cannot be written, so a request that would leave a row (a
+    /// credential, a hold) was not sent.
+    AuditUnavailable,
 }
 
 impl Decision {
@@ -126,6 +129,7 @@ impl Decision {
             Decision::UpstreamUnreachable => "upstream_unreachable",
             Decision::UnreadableResponse => "unreadable_response",
             Decision::StoreDiskLow => "store_disk_low",
+            Decision::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -165,7 +169,8 @@ impl Decision {
             | Decision::UpstreamTimeout
             | Decision::UpstreamUnreachable
             | Decision::UnreadableResponse
-            | Decision::StoreDiskLow => Outcome::Failed,
+            | Decision::StoreDiskLow
+            | Decision::AuditUnavailable => Outcome::Failed,
         }
     }
 
