@@ -238,17 +238,19 @@ fn names_target(claimed: &[u8], target: &Target) -> bool {
 }
 
 /// Whether a (decoded) query or form field name is `_method` as some server reads it:
-/// PHP (Symfony, Laravel) turns a space or a dot into an underscore and ends a name at
-/// a NUL, so `.method`, `+method` and `_method%00x` are `_method`; Slim reads
-/// `_METHOD`; Express's extended parser reads `[_method]` as `_method`.
+/// `method` with any of the marks servers drop or turn into `_` around it. PHP
+/// (Symfony, Laravel) drops leading spaces, turns a space, a dot or an unclosed `[`
+/// into `_` and ends a name at a NUL (` _method`, `.method`, `[method`,
+/// `_method%00x`); Rack drops leading brackets and a trailing one (`]_method`,
+/// `_method]`); Slim reads `_METHOD`; Express's extended parser reads `[_method]`. So
+/// the name counts when, cut at a NUL and without every `_`, `.`, `[`, `]` and white
+/// space, it is `method` in any case, and it had at least one such mark (a field named
+/// plainly `method` is no framework's override).
 pub(super) fn is_method_parameter(key: &str) -> bool {
     let key = key.split('\0').next().unwrap_or_default();
-    let key = key
-        .strip_prefix('[')
-        .and_then(|inner| inner.strip_suffix(']'))
-        .unwrap_or(key);
-    key.strip_prefix(['_', ' ', '.'])
-        .is_some_and(|name| name.eq_ignore_ascii_case("method"))
+    let marks = |c: char| matches!(c, '_' | '.' | '[' | ']') || c.is_whitespace();
+    let core: String = key.chars().filter(|&c| !marks(c)).collect();
+    core.eq_ignore_ascii_case("method") && key.chars().any(marks)
 }
 
 fn ambiguous_method(target: &Target, reason: String) -> Refusal {
@@ -328,14 +330,38 @@ mod tests {
     }
 
     #[test]
-    fn method_parameters_are_named_as_php_names_them() {
-        for name in ["_method", " method", ".method"] {
+    fn method_parameters_are_named_as_servers_name_them() {
+        // PHP: a space or a dot becomes `_`, leading spaces go, a NUL ends the name, an
+        // unclosed `[` becomes `_`; Slim: capitals; Express: `[_method]`; Rack: leading
+        // brackets and a trailing one go.
+        for name in [
+            "_method",
+            " method",
+            ".method",
+            " _method",
+            " .method",
+            "[method",
+            "_METHOD",
+            "_method\0x",
+            "[_method]",
+            "]_method",
+            "[_method",
+            "_method]",
+            "\t_method",
+            "__method",
+            "[method]",
+        ] {
             assert!(is_method_parameter(name), "{name:?}");
         }
-        for name in ["_METHOD", "_method\0x", "[_method]"] {
-            assert!(is_method_parameter(name), "{name:?}");
-        }
-        for name in ["method", "__method", "_method_", "x_method", "", "[method]"] {
+        for name in [
+            "method",
+            "METHOD",
+            "x_method",
+            "",
+            "methods",
+            "payment_method",
+            "_meth",
+        ] {
             assert!(!is_method_parameter(name), "{name:?}");
         }
     }

@@ -108,10 +108,12 @@ enum FormKind {
 
 /// Each way a server may read a POST's body for a `_method` field: as a URL-encoded
 /// form when a `Content-Type` says so (the media type cut at `;`, `,` or white space,
-/// as PHP cuts it) or when there is none (Rack takes a POST without one for a form); as
-/// JSON when a type has `/json` or `+json` in it, as Laravel decides; as a multipart
-/// form when a type starts `multipart/` (Rack parses `form-data`, `mixed` and
-/// `related`). Nothing for other methods: the servers take the field from a POST only.
+/// as PHP cuts it) or when there is none or an empty one (Rack takes such a POST for a
+/// form); as JSON when a type has `/json` or `+json` in it, as Laravel decides; as a
+/// multipart form when a type starts `multipart/` (Rack parses `form-data`, `mixed`
+/// and `related`), and then as a URL-encoded form too (Rack falls back to that when
+/// the body has no part of the boundary it names). Nothing for other methods: the
+/// servers take the field from a POST only.
 fn form_kinds(method: &http::Method, headers: &http::HeaderMap) -> Vec<FormKind> {
     if method != http::Method::POST {
         return Vec::new();
@@ -120,6 +122,7 @@ fn form_kinds(method: &http::Method, headers: &http::HeaderMap) -> Vec<FormKind>
         .get_all(http::header::CONTENT_TYPE)
         .iter()
         .map(|value| String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase())
+        .filter(|text| !text.trim().is_empty())
         .collect();
     if types.is_empty() {
         return vec![FormKind::UrlEncoded];
@@ -141,8 +144,9 @@ fn form_kinds(method: &http::Method, headers: &http::HeaderMap) -> Vec<FormKind>
         if text.contains("/json") || text.contains("+json") {
             add(FormKind::Json);
         }
-        if text.trim_start().starts_with("multipart/") {
+        if media.starts_with("multipart/") {
             add(FormKind::Multipart);
+            add(FormKind::UrlEncoded);
         }
     }
     kinds
@@ -159,28 +163,42 @@ fn form_names_another_method(body: &[u8], method: &str) -> bool {
 
 /// Whether a JSON object has a `_method` member naming another method (anything but a
 /// string naming the one sent). Of members named alike the last counts, as in PHP's
-/// and JavaScript's parsers; a body that is not a JSON object has no fields to read.
+/// and JavaScript's parsers. A body that is no JSON object to serde_json may still be
+/// one to another parser (PHP and JavaScript nest deeper, PHP reads `1e999`), so one
+/// that names `method` anywhere, or has an escape that could spell it, counts too.
 fn json_names_another_method(body: &[u8], method: &str) -> bool {
-    let Ok(object) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
-    else {
-        return false;
-    };
-    object.iter().any(|(name, value)| {
-        super::canonical::is_method_parameter(name)
-            && !value
-                .as_str()
-                .is_some_and(|claimed| claimed.trim().eq_ignore_ascii_case(method))
-    })
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(object)) => object.iter().any(|(name, value)| {
+            super::canonical::is_method_parameter(name)
+                && !value
+                    .as_str()
+                    .is_some_and(|claimed| claimed.trim().eq_ignore_ascii_case(method))
+        }),
+        Ok(_) => false,
+        Err(_) => {
+            let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+            text.contains("method") || text.contains("\\u")
+        }
+    }
 }
 
 /// Whether a multipart body has a part named `_method` (whatever it says). Hand-written
 /// as a scan, not a parse: every line of the body that reads as a part's
-/// `Content-Disposition` header is looked at, wherever a boundary is, so no spelling of
-/// the boundary that a server reads otherwise than a parser here can hide a part. A
-/// file that holds such a line is refused too; the message says why.
+/// `Content-Disposition` header (with the lines folded into it, which Rack joins) is
+/// looked at, wherever a boundary is, so no spelling of the boundary that a server
+/// reads otherwise than a parser here can hide a part. A file that holds such a line
+/// is refused too; the message says why.
 fn multipart_names_a_method(body: &[u8]) -> bool {
-    body.split(|&byte| byte == b'\n').any(|line| {
-        let line = String::from_utf8_lossy(line);
+    let text = String::from_utf8_lossy(body);
+    let mut headers: Vec<String> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        match (line.starts_with([' ', '\t']), headers.last_mut()) {
+            (true, Some(header)) => header.push_str(line),
+            _ => headers.push(line.to_string()),
+        }
+    }
+    headers.iter().any(|line| {
         let Some((header, value)) = line.split_once(':') else {
             return false;
         };
@@ -387,13 +405,18 @@ mod tests {
         assert_eq!(typed(&["text/plain+json"]), [FormKind::Json]);
         assert_eq!(
             typed(&["multipart/mixed; boundary=x"]),
-            [FormKind::Multipart]
+            [FormKind::Multipart, FormKind::UrlEncoded]
         );
         assert_eq!(
             typed(&["application/x-www-form-urlencoded", "application/json"]),
             [FormKind::UrlEncoded, FormKind::Json]
         );
         assert!(typed(&["application/octet-stream"]).is_empty());
+        assert_eq!(typed(&[" "]), [FormKind::UrlEncoded]);
+        assert_eq!(
+            typed(&["multipart/related"]),
+            [FormKind::Multipart, FormKind::UrlEncoded]
+        );
         let headers = http::HeaderMap::new();
         assert!(form_kinds(&http::Method::PUT, &headers).is_empty());
         // JSON: the last member of a name counts; only a string naming the method passes.
@@ -419,6 +442,8 @@ mod tests {
             "--x\r\nContent-Disposition: form-data; filename=a; name=\".method\"\r\n",
             "--x\r\nContent-Disposition: form-data; name=\"_\\method\"\r\n",
             "--x\r\nContent-Disposition: form-data; name*=UTF-8''%5Fmethod\r\n",
+            "--x\r\nContent-Disposition: form-data;\r\n name=\"_method\"\r\n\r\nPUT",
+            "--x\r\nContent-Disposition: form-data; name=\" _method\"\r\n",
         ] {
             assert!(multipart_names_a_method(body.as_bytes()), "{body:?}");
         }
