@@ -26,6 +26,15 @@
 //!   guest agent's) a sandbox could reach it past the vault (podman's own profile
 //!   already has conditional `socket` rules this cannot be merged with, so the shim
 //!   loads it itself in every runtime: [`argument_denials`]);
+//! - `socket(AF_NETLINK)`: what a netlink socket has queued to read is charged to no
+//!   cgroup. `NETLINK_USERSOCK` lets one unprivileged socket queue messages on another
+//!   (one review held 1 GB of the host's kernel memory from a sandbox limited to
+//!   256 MiB, and could have held all of it), and `NETLINK_ROUTE` queues an answer for
+//!   every request left unread (50 sockets held 290 MB). The C library's address
+//!   lookup falls back without it (it then assumes both IPv4 and IPv6); listing
+//!   interfaces (`getifaddrs`, Node's `os.networkInterfaces()`) fails, and in a
+//!   sandbox whose one interface is loopback there is nothing to list (loaded by the
+//!   shim too, as above);
 //! - setting the setuid or setgid bit (`chmod`, `fchmod`, `fchmodat`, and the create
 //!   mode of `open`, `openat`, `creat`, `mknod`, `mknodat`; `fchmodat2` and `openat2`,
 //!   whose modes seccomp cannot always read, answer `ENOSYS` so the C library falls
@@ -106,6 +115,8 @@ const fn set_id_mode(syscall: &'static str, arg: u8) -> Denial {
 
 /// `AF_VSOCK` from `<linux/socket.h>`.
 pub(crate) const AF_VSOCK: u64 = 40;
+/// `AF_NETLINK` from `<linux/socket.h>`.
+pub(crate) const AF_NETLINK: u64 = 16;
 
 /// One denied system call.
 #[derive(Clone, Copy, Debug)]
@@ -162,6 +173,14 @@ pub const DENIED: &[Denial] = &[
         when: When::Equals {
             arg: 0,
             value: AF_VSOCK,
+        },
+    },
+    Denial {
+        syscall: "socket",
+        answer: Answer::Refused,
+        when: When::Equals {
+            arg: 0,
+            value: AF_NETLINK,
         },
     },
     set_id_mode("chmod", 1),
@@ -374,8 +393,15 @@ fn compile<'a>(
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
+        // Several denials of one call (`socket` of two families) are several rules,
+        // any of which denies it; an unconditional one (no rules) stays unconditional.
         for number in std::iter::once(native).chain(x32_numbers(denial.syscall, native)) {
-            rules.insert(number, conditions.clone());
+            let rules = rules.entry(number).or_default();
+            if conditions.is_empty() {
+                rules.clear();
+            } else {
+                rules.extend(conditions.iter().cloned());
+            }
         }
     }
     let filter = SeccompFilter::new(
@@ -408,6 +434,15 @@ pub fn summary() -> String {
             When::FlagSet { .. } | When::Equals { .. } => match d.syscall {
                 "clone" => "clone(CLONE_NEWUSER)",
                 "unshare" => "unshare(CLONE_NEWUSER)",
+                "socket"
+                    if d.when
+                        == (When::Equals {
+                            arg: 0,
+                            value: AF_NETLINK,
+                        }) =>
+                {
+                    "socket(AF_NETLINK)"
+                }
                 "socket" => "socket(AF_VSOCK)",
                 other => other,
             },

@@ -405,9 +405,13 @@ fn mount_over(workspace: &Path, image: &Path, has_files: bool) -> Result<(), Str
     Ok(())
 }
 
+/// Mounts `image` on `at`. With `discard`, blocks a file frees are punched out of the
+/// image (the loop device turns the discard into a hole in its file): without it the
+/// image kept on the host's disk the most its workspace ever held (one review wrote
+/// and deleted 1 GiB, and the host had 1 GB less until the image was trimmed).
 fn mount(image: &Path, at: &Path) -> Result<(), String> {
     run(Command::new("mount")
-        .args(["-t", "ext4", "-o", "loop,nosuid,nodev", "--"])
+        .args(["-t", "ext4", "-o", "loop,nosuid,nodev,discard", "--"])
         .arg(image)
         .arg(at))
 }

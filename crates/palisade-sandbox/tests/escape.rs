@@ -205,6 +205,8 @@ try:\n    socket.getaddrinfo('example.com', 443); print('DNS-RESOLVED')\n\
 except OSError as e: print('dns failed', e)\n\
 try:\n    socket.socket(40, socket.SOCK_STREAM); print('VSOCK-OPENED')\n\
 except OSError as e: print('vsock refused', e)\n\
+for protocol in (0, 2, 4, 15, 16):\n    try:\n        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol); print('NETLINK-OPENED', protocol)\n    except OSError as e: print('netlink refused', protocol, e.errno)\n\
+print('addresses', len(socket.getaddrinfo('localhost', 80)))\n\
 EOF\n\
 curl -sS --noproxy '*' --max-time 3 http://127.0.0.1:{port}/ && echo CURL-CONNECTED\n\
 echo interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1)\n"
@@ -228,6 +230,17 @@ echo interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1)\n"
             "{kind}: {}",
             ran.stdout
         );
+        // No netlink: what its sockets queue is charged to no cgroup. Address lookup
+        // works without it.
+        for protocol in [0, 2, 4, 15, 16] {
+            assert!(
+                ran.stdout
+                    .contains(&format!("netlink refused {protocol} 1\n")),
+                "{kind}: {}",
+                ran.stdout
+            );
+        }
+        assert!(ran.stdout.contains("addresses "), "{kind}: {}", ran.stdout);
         assert!(
             ran.stdout.contains("interfaces: lo\n"),
             "{kind}: {}",

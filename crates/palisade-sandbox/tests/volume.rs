@@ -205,6 +205,39 @@ fn the_image_is_a_hard_limit_and_grows_with_the_quota() {
     assert_eq!((written, error), (80 << 20, None));
 }
 
+/// What a workspace frees goes back to the host's disk: the image does not keep the
+/// most its workspace ever held (it kept 1 GiB written and deleted until trimmed).
+#[test]
+fn a_file_deleted_in_the_workspace_frees_the_hosts_disk() {
+    if !root() {
+        return;
+    }
+    let agent = AgentDir::new();
+    let workspace = agent.workspace();
+    let running = volume::prepare(&workspace, 96 << 20).unwrap();
+    let WorkspaceStorage::Image { image, .. } = running.storage.clone() else {
+        panic!("root with loop devices got {}", running.storage);
+    };
+    let on_disk = || std::fs::metadata(&image).unwrap().blocks() * 512;
+    let empty = on_disk();
+    let (written, error) = fill(&workspace.join("big"), 64 << 20);
+    assert_eq!((written, error), (64 << 20, None));
+    assert!(on_disk() >= empty + (60 << 20), "{empty} -> {}", on_disk());
+    std::fs::remove_file(workspace.join("big")).unwrap();
+    nix::unistd::sync();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while on_disk() > empty + (8 << 20) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the image still holds {} bytes on disk after its file was deleted ({empty} empty)",
+            on_disk()
+        );
+        nix::unistd::sync();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(running);
+}
+
 /// `release` unmounts an image nothing uses, and only then: not while a sandbox holds its
 /// claim, not while a file in it is open. Its files are there at the next mount.
 #[test]

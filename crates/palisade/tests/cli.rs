@@ -57,6 +57,14 @@ struct Palisade {
     dir: tempfile::TempDir,
 }
 
+/// A sandbox run as root mounts its agent's workspace image in the home: unmounted
+/// when the test ends, however it ends (31 were left mounted before).
+impl Drop for Palisade {
+    fn drop(&mut self) {
+        palisade_testkit::unmount_under(self.dir.path());
+    }
+}
+
 impl Palisade {
     fn new() -> Self {
         Palisade {
