@@ -146,14 +146,16 @@ pub fn newest_of_family(listed: &[ListedModel], family_name: &str) -> Option<Str
 }
 
 /// Whether a model API's refusal says the requested model does not exist or was
-/// retired: Anthropic's `not_found_error`, OpenAI's `model_not_found`, and the
-/// `404 … model …` of other OpenAI-compatible servers. Such a refusal will not change
-/// on a retry; the person has to choose another model.
+/// retired: OpenAI's `model_not_found`, and a `not_found_error` (Anthropic's) or a
+/// 404 (other OpenAI-compatible servers) that names the model. Such a refusal will not
+/// change on a retry; the person has to choose another model. A 404 that does not
+/// name it is a path the server does not have (a base URL that is wrong), which no
+/// other model would mend.
 pub fn is_model_unavailable(status: u16, kind: &str, message: &str) -> bool {
-    matches!(
-        kind,
-        "not_found_error" | "model_not_found" | "NotFoundError"
-    ) || (status == 404 && message.to_ascii_lowercase().contains("model"))
+    let names_a_model = message.to_ascii_lowercase().contains("model");
+    kind == "model_not_found"
+        || (matches!(kind, "not_found_error" | "NotFoundError") && names_a_model)
+        || (status == 404 && names_a_model)
 }
 
 /// The one line a person sees when `model` is not available to `agent`.
@@ -264,6 +266,8 @@ mod tests {
             "The model `x` does not exist"
         ));
         assert!(!is_model_unavailable(404, "error", "no such route"));
+        // Anthropic's answer to a path it does not have (a base URL that is wrong).
+        assert!(!is_model_unavailable(404, "not_found_error", "Not Found"));
         assert!(!is_model_unavailable(403, "blocked_by_policy", "model"));
         assert!(!model_unavailable_message("m", "a").contains('\n'));
     }

@@ -1500,24 +1500,30 @@ async fn first_run_does_not_keep_a_key_the_provider_refuses() {
     let (_, upstream, _) = web.vault.as_ref().unwrap();
     upstream.accept_only_key(MODEL_KEY);
     let base_url = upstream.base_url();
-    let form = |key| {
+    let form = |key, model| {
         [
             ("agent", "helper"),
             ("provider", "anthropic"),
             ("base_url", base_url.as_str()),
             ("key", key),
-            ("model", ""),
+            ("model", model),
         ]
     };
+    let helper = palisade_policy::AgentName::new("helper").unwrap();
+    let before = web.store.get_agent(&helper).unwrap().settings;
     let refused = web
-        .post_refused("/setup/model-key", &form("sk-wrong-key"))
+        .post_refused("/setup/model-key", &form("sk-wrong-key", "claude-typed"))
         .await;
     assert!(
         refused.contains("The provider refused this key (401"),
         "{refused}"
     );
     assert!(web.store.list_secrets().unwrap().is_empty());
-    let to = web.post_ok("/setup/model-key", &form(MODEL_KEY)).await;
+    // The agent is as it was (it kept the typed model and URL), and the person is told
+    // what else a refused key can mean at a server that is not Anthropic's.
+    assert_eq!(web.store.get_agent(&helper).unwrap().settings, before);
+    assert!(refused.contains("OpenAI-compatible"), "{refused}");
+    let to = web.post_ok("/setup/model-key", &form(MODEL_KEY, "")).await;
     assert_eq!(to, "/?ready=helper");
     assert_eq!(web.store.list_secrets().unwrap().len(), 1);
     web.stop().await;

@@ -137,3 +137,32 @@ fn an_agent_without_a_model_key_is_told_it_has_none() {
     );
     world.down(host);
 }
+
+/// A base URL ending in `/v1` (as the first-run form's hint writes them, and as the
+/// model list and `doctor` already read them) reaches the same Messages endpoint: the
+/// runner sent `/v1/v1/messages`, and every message failed as "model not available"
+/// while the dashboard said the agent was ready.
+#[test]
+fn an_anthropic_base_url_ending_in_v1_is_the_same_server() {
+    let world = world();
+    let base = format!("{}/v1/", world.upstream.base_url());
+    ok(world
+        .palisade
+        .run(&["agents", "edit", "helper", "--base-url", &base]));
+    let host = world.up();
+    let answered = ok(world.send("helper", "through v1?"));
+    assert!(
+        String::from_utf8_lossy(&answered.stdout).contains("echo: through v1?"),
+        "{}",
+        text(&answered)
+    );
+    let paths: Vec<String> = world
+        .upstream
+        .requests()
+        .iter()
+        .map(|r| r.path().to_string())
+        .collect();
+    assert!(paths.iter().any(|p| p == "/v1/messages"), "{paths:?}");
+    assert!(!paths.iter().any(|p| p.contains("/v1/v1")), "{paths:?}");
+    world.down(host);
+}

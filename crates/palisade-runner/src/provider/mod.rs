@@ -272,7 +272,7 @@ pub enum ProviderKind {
 #[derive(Clone, Debug)]
 pub struct ProviderConfig {
     pub kind: ProviderKind,
-    /// `https://api.anthropic.com`, without a trailing `/v1` (stripped for OpenAI).
+    /// `https://api.anthropic.com`, without a trailing `/v1` (the endpoints add it).
     pub base_url: String,
     pub model: String,
     /// Sent as `x-api-key` or `Authorization: Bearer`; a placeholder in a sandbox.
@@ -281,11 +281,16 @@ pub struct ProviderConfig {
 }
 
 impl ProviderConfig {
-    /// The Anthropic Messages API at `base_url` with the default model.
+    /// The Anthropic Messages API at `base_url` with the default model. A base URL
+    /// ending in `/v1` (as the model list and `doctor` take it, and as OpenAI-style
+    /// URLs are written) is the same server: the endpoint adds the `/v1` (it was added
+    /// twice, `…/v1/v1/messages`, and every message failed).
     pub fn anthropic(base_url: &str) -> ProviderConfig {
+        let base_url = base_url.trim_end_matches('/');
+        let base_url = base_url.strip_suffix("/v1").unwrap_or(base_url);
         ProviderConfig {
             kind: ProviderKind::Anthropic,
-            base_url: base_url.trim_end_matches('/').to_string(),
+            base_url: base_url.to_string(),
             model: DEFAULT_MODEL.to_string(),
             api_key: PLACEHOLDER_API_KEY.to_string(),
             retry: RetryPolicy::default(),
@@ -296,8 +301,6 @@ impl ProviderConfig {
     /// base URLs usually end in `/v1` (`https://api.openai.com/v1`,
     /// `http://127.0.0.1:8080/v1`); both that and the bare server URL work.
     pub fn openai(base_url: &str, model: &str) -> ProviderConfig {
-        let base_url = base_url.trim_end_matches('/');
-        let base_url = base_url.strip_suffix("/v1").unwrap_or(base_url);
         ProviderConfig {
             kind: ProviderKind::OpenAi,
             model: model.to_string(),
@@ -566,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn openai_base_urls_with_or_without_v1_reach_the_same_endpoint() {
+    fn base_urls_with_or_without_v1_reach_the_same_endpoint() {
         for url in [
             "http://127.0.0.1:8080",
             "http://127.0.0.1:8080/",
@@ -575,6 +578,10 @@ mod tests {
         ] {
             assert_eq!(
                 ProviderConfig::openai(url, "m").base_url,
+                "http://127.0.0.1:8080"
+            );
+            assert_eq!(
+                ProviderConfig::anthropic(url).base_url,
                 "http://127.0.0.1:8080"
             );
         }

@@ -93,6 +93,19 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
     };
     let typed_key = field(&pairs, "key").trim().to_string();
     let new_key = !typed_key.is_empty();
+    // The agent's settings before the form, put back if the provider refuses the key:
+    // a refused form changes nothing (it left the agent on the typed model and URL).
+    let before = {
+        let store = state.store.clone();
+        let agent = form.agent.clone();
+        blocking(move || {
+            Ok(AgentName::new(&agent)
+                .ok()
+                .and_then(|name| store.get_agent(&name).ok())
+                .map(|record| (record.name, record.settings)))
+        })
+        .await?
+    };
     let store = state.store.clone();
     let request = ModelKey {
         agent: form.agent.clone(),
@@ -137,12 +150,27 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
             // A key the provider refuses is not kept: the form comes back to fix it.
             let store = state.store.clone();
             let name = palisade_host::setup::secret_name(&form.provider).to_string();
-            let _ = blocking(move || store.delete_secret(&name).map_err(PageError::from)).await;
+            let _ = blocking(move || {
+                store.delete_secret(&name)?;
+                if let Some((agent, settings)) = before {
+                    store.update_agent_settings(&agent, &settings)?;
+                }
+                Ok(())
+            })
+            .await;
             state.model_lists.forget_agent(agent.name.as_str());
             let said: String = message.chars().take(200).collect();
-            let refused = format!(
-                "The provider refused this key ({status}: {said}). It was not kept: check the key and paste it again."
+            let mut refused = format!(
+                "The provider refused this key ({status}: {said}). It was not kept, and the agent was left as it was: check the key and paste it again."
             );
+            // Anthropic's key header means nothing to an OpenAI-compatible server,
+            // which then refuses a key that is right.
+            let anthropic_elsewhere = form.provider == "anthropic"
+                && !form.base_url.is_empty()
+                && !form.base_url.contains("api.anthropic.com");
+            if anthropic_elsewhere {
+                refused.push_str(" If this server speaks the OpenAI API (its models are at /v1/models and it answers /v1/chat/completions), choose the provider \"OpenAI-compatible\": the key is then sent as a bearer token.");
+            }
             return dashboard::render(&state, Some((&form, &refused)), None).await;
         }
         Err(error) => {
