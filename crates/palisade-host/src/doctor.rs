@@ -671,7 +671,7 @@ fn unanswered_fix(
     };
     match kind {
         "local_upstream_refused" => format!(
-            "its model server is at a local address the running host does not allow: stop it (`palisade down`) and start it again with `--allow-local-upstream {}`",
+            "its model server is at a local address agents may not reach: allow it with `palisade vault local allow {}` (in force at once, and remembered)",
             crate::setup::model_server_allowance(settings).unwrap_or_default()
         ),
         "upstream_unreachable" | "upstream_timeout" => format!(

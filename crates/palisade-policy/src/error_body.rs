@@ -223,7 +223,7 @@ impl ErrorBody {
                 "The gateway is restarting. Retry in a few seconds.",
             ),
             GatewayErrorKind::LocalUpstreamRefused => format!(
-                "{host} resolves to a loopback, private or link-local address, which agents may not reach. Do not retry; use a public address, or ask the owner to start the gateway with --allow-local-upstream {host} if this is intended."
+                "{host} resolves to a loopback, private or link-local address, which agents may not reach. Do not retry; use a public address, or, if this is intended, the person who runs Palisade can allow it with `palisade vault local allow {host}` (in force at once)."
             ),
             GatewayErrorKind::BadRequest => format!(
                 "The gateway could not understand this request to {host}. Check the URL, method and headers, then retry with a corrected request."

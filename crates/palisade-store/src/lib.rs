@@ -37,6 +37,7 @@ pub use records::{
     AgentLink, AgentRecord, FolderMount, FolderRecord, NewRule, NewSecret, RuleRecord, SecretRecord,
 };
 pub use store::approvals::ApprovedUse;
+pub use store::local::LocalUpstreams;
 pub use store::traffic;
 pub use store::traffic::{Outcome, RequestCount};
 pub use store::validate_folder_name;

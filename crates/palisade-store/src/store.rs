@@ -15,6 +15,7 @@ pub use audit::MIN_AUDIT_RETENTION;
 mod channels;
 mod folders;
 mod links;
+pub mod local;
 mod messages;
 mod policy;
 mod rate;

@@ -212,6 +212,7 @@ pub async fn start(
     let upstream = UpstreamClient::new(&config, guard.clone(), limits.places())?;
     let (audit, _audit_thread) = audit_log::start(&home)?;
     let snapshot = Snapshot::load(&store)?;
+    guard.remember(snapshot.local_upstreams.clone());
 
     let listener = match config.listen {
         Some(addr) => Some(

@@ -18,7 +18,11 @@ use std::task::{Context, Poll};
 /// Shared view of what is local and what is allowed anyway.
 #[derive(Debug)]
 pub struct NetGuard {
+    /// Given at start (`--allow-local-upstream`).
     allowed: Vec<HostPattern>,
+    /// Remembered in the home (`palisade vault local allow`), as of the policy
+    /// snapshot in force.
+    remembered: arc_swap::ArcSwap<Vec<HostPattern>>,
     own_addresses: HashSet<IpAddr>,
     /// Names with a fixed address (`--upstream-resolve`), lowercase.
     fixed: std::collections::HashMap<String, IpAddr>,
@@ -64,24 +68,33 @@ impl NetGuard {
         }
         NetGuard {
             allowed,
+            remembered: arc_swap::ArcSwap::default(),
             own_addresses,
             fixed: std::collections::HashMap::new(),
         }
+    }
+
+    /// Puts the remembered allowances of a new policy snapshot in force.
+    pub fn remember(&self, patterns: Vec<HostPattern>) {
+        self.remembered.store(std::sync::Arc::new(patterns));
+    }
+
+    /// Whether any allowance, given or remembered, passes `test`.
+    fn any_allowance(&self, test: impl Fn(&HostPattern) -> bool) -> bool {
+        self.allowed.iter().any(&test) || self.remembered.load().iter().any(&test)
     }
 
     /// Whether `host` (as the request names it) may resolve to local addresses on every
     /// port: the resolver that asks is not told the port, so only patterns without one
     /// count (those with one name an address, which is never resolved).
     pub fn host_allowed_local(&self, host: &str) -> bool {
-        self.allowed
-            .iter()
-            .any(|p| p.port().is_none() && p.matches_host_on_any_port(host))
+        self.any_allowance(|p| p.port().is_none() && p.matches_host_on_any_port(host))
     }
 
     /// Whether `host` may be a local address at `port`: a pattern naming that port
     /// (`127.0.0.1:8080`), or one naming none.
     pub fn host_allowed_local_at(&self, host: &str, port: u16) -> bool {
-        self.allowed.iter().any(|p| p.matches(host, port))
+        self.any_allowance(|p| p.matches(host, port))
     }
 
     /// Whether `ip` (in any spelling) is one of this machine's interface addresses.

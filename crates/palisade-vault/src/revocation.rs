@@ -37,6 +37,8 @@ pub enum Ended {
     Agent(AgentName),
     /// A proxy token of the agent was replaced or revoked.
     Token(AgentName),
+    /// A local address the agent's connections may have reached is no longer allowed.
+    LocalAllowance(AgentName),
 }
 
 impl Ended {
@@ -50,6 +52,10 @@ impl Ended {
             Ended::Token(agent) => tracing::info!(
                 agent = %agent,
                 "agent {agent}'s proxy token changed: ending the connections, tunnels, WebSockets and streams opened with the previous one"
+            ),
+            Ended::LocalAllowance(agent) => tracing::info!(
+                agent = %agent,
+                "a local address is no longer allowed: ending agent {agent}'s tunnels, WebSockets and streams, which may have reached it"
             ),
         }
     }
@@ -98,6 +104,20 @@ impl Revocations {
     /// token no longer being `agent`'s, or the agent's deletion.
     pub fn of_token(&self, agent: &AgentName, digest: &str) -> Option<CancellationToken> {
         self.agents.get(agent)?.tokens.get(digest).cloned()
+    }
+
+    /// Gives every proxy token a new cancellation token and returns the previous ones,
+    /// to be cancelled once this set is in force: whatever was opened with any token
+    /// ends (agents' sockets stay up, and their clients connect again).
+    pub fn renew_tokens(&mut self) -> Vec<(Ended, CancellationToken)> {
+        let mut ended = Vec::new();
+        for (agent, credentials) in self.agents.iter_mut() {
+            for token in credentials.tokens.values_mut() {
+                let old = std::mem::replace(token, credentials.alive.child_token());
+                ended.push((Ended::LocalAllowance(agent.clone()), old));
+            }
+        }
+        ended
     }
 
     /// Keeps the tokens of `previous` whose credential still holds here, and returns

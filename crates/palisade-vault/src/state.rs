@@ -37,6 +37,9 @@ pub struct Snapshot {
     pub dials: HashMap<AgentName, palisade_policy::dial::Dial>,
     /// Each agent's model API, whose calls its dial never holds.
     pub model_apis: HashMap<AgentName, palisade_policy::models::ModelApi>,
+    /// Local addresses remembered in the home that agents may reach
+    /// (`palisade vault local allow`).
+    pub local_upstreams: Vec<palisade_policy::HostPattern>,
     /// Each secret's spellings to mask in responses, by secret id (none for secrets too
     /// short to search for).
     reflections: HashMap<i64, Arc<Reflection>>,
@@ -90,6 +93,17 @@ impl Snapshot {
             &tokens,
         );
         let agents = records.into_iter().map(|a| (a.name, a.profile)).collect();
+        let remembered = store.local_upstreams()?;
+        if remembered.unsigned {
+            tracing::warn!(
+                "the local addresses remembered in the database do not carry this home's signature (written outside palisade?); none is allowed. `palisade vault local list` says more"
+            );
+        }
+        let local_upstreams = remembered
+            .patterns
+            .iter()
+            .filter_map(|pattern| palisade_policy::HostPattern::parse_local_allowance(pattern).ok())
+            .collect();
         let admin_key = store.admin_key(false)?;
         let admin_key_digest = Sha256::digest(admin_key.expose().as_bytes()).into();
         let reflections = policy
@@ -109,6 +123,7 @@ impl Snapshot {
             approval_timeouts,
             dials,
             model_apis,
+            local_upstreams,
             revocations,
             version,
         })
@@ -266,8 +281,21 @@ impl Shared {
         if snapshot.version < previous.version {
             return false;
         }
-        let ended = snapshot.revocations.carry_over(&previous.revocations);
+        let mut ended = snapshot.revocations.carry_over(&previous.revocations);
+        // A local address no longer allowed: what reached it (a pooled connection, a
+        // tunnel holding one, a stream) ends too, as what a withdrawn token opened.
+        let narrowed = previous
+            .local_upstreams
+            .iter()
+            .any(|old| !snapshot.local_upstreams.contains(old));
+        if narrowed {
+            ended.extend(snapshot.revocations.renew_tokens());
+        }
+        self.guard.remember(snapshot.local_upstreams.clone());
         self.snapshot.store(Arc::new(snapshot));
+        if narrowed {
+            self.upstream.retain_agents(|_| false);
+        }
         for (whose, token) in ended {
             whose.log();
             token.cancel();

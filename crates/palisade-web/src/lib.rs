@@ -113,6 +113,7 @@ pub fn app(
             post(pages::chat::acknowledge),
         )
         .route("/setup/model-key", post(pages::setup::store_key))
+        .route("/setup/allow-local", post(pages::setup::allow_local))
         .route(
             "/agents",
             get(pages::agents::list).post(pages::agents::create),

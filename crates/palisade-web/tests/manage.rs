@@ -1556,13 +1556,13 @@ async fn first_run_names_the_option_a_local_model_server_needs() {
             || ready.contains("helper needs a model"),
         "{ready}"
     );
-    let card = element(&ready, "p", "local-refused");
+    let card = element(&ready, "div", "local-refused");
     // The address with the server's port: that port only, not every service there.
-    let allowance = format!(
-        "palisade up --allow-local-upstream 127.0.0.1:{}",
-        upstream.port()
+    let allowance = format!("127.0.0.1:{}", upstream.port());
+    assert!(
+        card.contains(&format!("palisade vault local allow {allowance}")),
+        "{card}"
     );
-    assert!(card.contains(&allowance), "{card}");
     // No model of the OpenAI-compatible server could be chosen: not "ready" with a
     // Claude model, but a model still to choose.
     assert!(ready.contains("helper needs a model"), "{ready}");
@@ -1582,6 +1582,27 @@ async fn first_run_names_the_option_a_local_model_server_needs() {
     let forged = web.page("/?ready=other&models=local").await;
     assert!(!forged.contains("id=\"ready\""), "{forged}");
     assert!(!ready.contains(MODEL_KEY));
+    // The card's button allows the address (in force at once, remembered) and reads
+    // the list again: the agent gets the server's model and is ready, no restart.
+    upstream.set_models(&[
+        ("llama-3-8b", "2025-01-01T00:00:00Z"),
+        ("qwen-2-7b", "2025-06-01T00:00:00Z"),
+    ]);
+    let to = web
+        .post_ok(
+            "/setup/allow-local",
+            &[("agent", "helper"), ("pattern", allowance.as_str())],
+        )
+        .await;
+    assert_eq!(to, "/?ready=helper");
+    assert_eq!(
+        web.store.local_upstreams().unwrap().patterns,
+        std::slice::from_ref(&allowance)
+    );
+    let ready = web.page(&to).await;
+    assert!(ready.contains("helper is ready"), "{ready}");
+    let model = element(&ready, "code", "ready-model");
+    assert!(model.contains("qwen-2-7b"), "{model}");
     web.stop().await;
 }
 

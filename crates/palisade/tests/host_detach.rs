@@ -235,10 +235,11 @@ fn a_dead_hosts_leftover_pid_is_nobodys_to_signal() {
     );
 }
 
-/// An agent whose model server is at a local address this start does not allow would
-/// have every message refused: `up` says so, with the flag that allows it, and says
-/// nothing once it is given. (Before, a start without the flag a working setup had
-/// broke it without a word.)
+/// An agent whose model server is at a local address agents may not reach would have
+/// every message refused: `up` and `doctor --online` say so, with the command that
+/// allows it, which is in force at once (no restart) and remembered, so the next start
+/// says nothing. (Before, a start without the flag a working setup had broke it
+/// without a word, and the only cure was a restart with the flag.)
 #[test]
 fn a_start_that_does_not_allow_an_agents_local_model_server_says_so() {
     let world = world();
@@ -272,30 +273,22 @@ fn a_start_that_does_not_allow_an_agents_local_model_server_says_so() {
     let stderr = String::from_utf8_lossy(&started.stderr).into_owned();
     assert!(
         stderr.contains("agent helper's model server 127.0.0.1 (port 9) is a local address")
-            && stderr.contains("`--allow-local-upstream 127.0.0.1:9`"),
+            && stderr.contains("`palisade vault local allow 127.0.0.1:9`"),
         "{stderr}"
     );
     // `doctor --online` says the same, not to check the key.
     let doctor = world.palisade.run(&["doctor", "--online"]);
     let report = String::from_utf8_lossy(&doctor.stdout).into_owned();
     assert!(
-        report.contains("start it again with `--allow-local-upstream 127.0.0.1:9`")
+        report.contains("allow it with `palisade vault local allow 127.0.0.1:9`")
             && !report.contains("rotate"),
         "{report}"
     );
-    ok(world.palisade.run(&["down"]));
-    let listen = format!("127.0.0.1:{}", palisade_testkit::free_port());
-    let allowed = ok(world.palisade.run(&[
-        "up",
-        "--detach",
-        "--listen",
-        &listen,
-        "--allow-local-upstream",
-        "127.0.0.1:9",
-    ]));
-    let stderr = String::from_utf8_lossy(&allowed.stderr).into_owned();
-    assert!(!stderr.contains("model server"), "{stderr}");
-    // Allowed, but nothing listens there: doctor says so.
+    // Allowed while the host runs: in force at once. Nothing listens there, and doctor
+    // now says that.
+    ok(world
+        .palisade
+        .run(&["vault", "local", "allow", "127.0.0.1:9"]));
     let doctor = world.palisade.run(&["doctor", "--online"]);
     let report = String::from_utf8_lossy(&doctor.stdout).into_owned();
     assert!(
@@ -303,5 +296,11 @@ fn a_start_that_does_not_allow_an_agents_local_model_server_says_so() {
             && !report.contains("rotate"),
         "{report}"
     );
+    // Remembered: the next start has nothing to warn about.
+    ok(world.palisade.run(&["down"]));
+    let listen = format!("127.0.0.1:{}", palisade_testkit::free_port());
+    let again = ok(world.palisade.run(&["up", "--detach", "--listen", &listen]));
+    let stderr = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(!stderr.contains("model server"), "{stderr}");
     ok(world.palisade.run(&["down"]));
 }

@@ -1697,6 +1697,53 @@ for step in ("before", "after"):
     print(step, response.status, flush=True)
 "#;
 
+/// A local address remembered in the home (`palisade vault local allow`) is reached on
+/// the very next request and after a restart without any flag; forgotten, the next
+/// request is refused and a tunnel that reached it is ended. Each change is a row.
+/// (`--allow-local-upstream` was not remembered: a restart without it broke a working
+/// setup, and the only way to allow a model server was to restart.)
+#[test]
+fn local_addresses_remembered_in_the_home_are_in_force_at_once_and_after_restarts() {
+    let mut setup = Setup::new();
+    setup.start_vault_exactly(&[]);
+    let mut attack = Attack { setup };
+    let token = attack.setup.agent("probe");
+    let reply = attack.curl(&token, &[&attack.url("/v1/x")]);
+    refused(&reply, 403, "local_upstream_refused");
+    assert!(
+        reply.raw.contains("palisade vault local allow localhost"),
+        "{}",
+        reply.raw
+    );
+    attack.cli(&["vault", "local", "allow", "localhost"]);
+    let reply = attack.curl(&token, &[&attack.url("/v1/x")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+
+    attack.setup.stop_vault();
+    attack.setup.start_vault_exactly(&[]);
+    let mut client = Interactive::start(&attack, TWO_REQUESTS_CLIENT, &token, &[]);
+    assert_eq!(client.line(), "before 200");
+    let served = attack.setup.upstream.count();
+    attack.cli(&["vault", "local", "forget", "localhost"]);
+    client.send("go");
+    let after = client.line();
+    assert!(after == "after closed" || after == "after 403", "{after}");
+    assert_eq!(
+        attack.setup.upstream.count(),
+        served,
+        "reached after it was forgotten"
+    );
+    let reply = attack.curl(&token, &[&attack.url("/v1/x")]);
+    refused(&reply, 403, "local_upstream_refused");
+    let listed = attack.json(&["vault", "local", "list"]);
+    assert_eq!(listed["patterns"], serde_json::json!([]), "{listed}");
+    for event in ["local_upstream.allow", "local_upstream.forget"] {
+        let rows = attack.json(&["audit", "list", "--event", event]);
+        assert_eq!(rows.as_array().map(Vec::len), Some(1), "{event}: {rows}");
+        assert_eq!(rows[0]["host"], "localhost", "{rows}");
+    }
+}
+
 /// A token rotated while a tunnel opened with it is still up ends that tunnel's use:
 /// the tunnel is closed (a request that arrives before it is gets 407) and nothing
 /// reaches the upstream, with or without the agent's credential. (Only new connections

@@ -1,5 +1,6 @@
 //! Phase 3, local: no loopback, private, link-local or own address is an upstream
-//! unless `--allow-local-upstream` names the host, and the gateway's own listener and
+//! unless `--allow-local-upstream` or an address remembered in the home (`palisade
+//! vault local allow`) names the host, and the gateway's own listener and
 //! the host's control plane never are, in any spelling of their address. IP literals
 //! are checked here; names are checked again on their resolved addresses by the
 //! connector's resolver (`crate::net_guard`).
@@ -22,7 +23,7 @@ pub(super) fn refuse_local(shared: &Shared, target: &Target) -> Result<(), Refus
             return Err(Refusal::new(
                 Decision::LocalRefused,
                 ErrorBody::new(GatewayErrorKind::LocalUpstreamRefused, host).with_message(format!(
-                    "{host} is a loopback, private or link-local address, which agents may not reach. Do not retry; use a public address, or ask the owner to start the gateway with --allow-local-upstream {allowance} if this is intended."
+                    "{host} is a loopback, private or link-local address, which agents may not reach. Do not retry; use a public address, or, if this is intended, the person who runs Palisade can allow it with `palisade vault local allow {allowance}` (in force at once)."
                 )),
             ));
         }

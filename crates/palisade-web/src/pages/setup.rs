@@ -207,6 +207,54 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
     Ok(Redirect::to(&target).into_response())
 }
 
+/// `POST /setup/allow-local`: the first-run card's button for a local model server the
+/// vault refused. The address is remembered in the home (in force at once, as `palisade
+/// vault local allow` does), then the model list is read again; the agent gets the
+/// newest model when its own is not listed (an OpenAI-compatible agent still on the
+/// default Claude model).
+pub(crate) async fn allow_local(State(state): State<WebState>, body: Bytes) -> PageResult {
+    let pairs = pairs(&body);
+    let agent = field(&pairs, "agent").trim().to_string();
+    let pattern = field(&pairs, "pattern").trim().to_string();
+    let name = AgentName::new(&agent).map_err(|e| PageError::BadRequest(e.to_string()))?;
+    let record = {
+        let (store, name, pattern) = (state.store.clone(), name.clone(), pattern.clone());
+        blocking(move || {
+            let record = store.get_agent(&name)?;
+            store.allow_local_upstream(&pattern)?;
+            Ok(record)
+        })
+        .await?
+    };
+    state.model_lists.forget_agent(name.as_str());
+    let socket = state.host.vault_socket(&name);
+    let settings = palisade_host::settings::AgentSettings::from_json(&record.settings)
+        .map_err(|e| PageError::BadRequest(e.to_string()))?;
+    let listed = palisade_host::models::list(&socket, &settings, LIST_TIMEOUT).await;
+    let checked = match listed {
+        Ok(models) if models.iter().any(|m| m.id == settings.model) => Listing::Listed,
+        Ok(_) => {
+            match palisade_host::models::choose_for(&state.store, &socket, &name, LIST_TIMEOUT)
+                .await
+            {
+                Ok(_) => Listing::Listed,
+                Err(error) => Listing::Unlisted {
+                    reason: error.to_string().chars().take(300).collect(),
+                },
+            }
+        }
+        Err(error) => Listing::Unlisted {
+            reason: error.to_string().chars().take(300).collect(),
+        },
+    };
+    state
+        .key_checks
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(name.to_string(), checked);
+    Ok(Redirect::to(&format!("/?ready={name}")).into_response())
+}
+
 /// Whether the provider's model list was read after a key was stored.
 #[derive(Clone)]
 pub(crate) enum Listing {
@@ -270,8 +318,16 @@ pub(crate) fn ready_card(agent: &str, model: Option<&str>, listing: &Listing) ->
                     p.error-box #unlisted { "The provider's model list could not be read through the vault (" (reason) "), so the model was not checked. If the first message fails, check that the model server runs, the key and the model on the agent page." }
                 }
                 Listing::LocalRefused { host } => {
-                    p.error-box #local-refused {
-                        "The vault refused to reach " code { (host) } ": it is a local address, and agents reach local addresses only when " code { "palisade up" } " allows them. Stop Palisade (" code { "palisade down" } ") and start it again with " code { "palisade up --allow-local-upstream " (host) } " (and " code { "--detach" } " if you started it so); the model was not checked, so check it on the agent page then."
+                    div.error-box #local-refused {
+                        p {
+                            "The vault refused to reach " code { (host) } ": it is a local address (this machine or your network), which agents reach only once you allow it. Allow it if the model server there is yours; it is in force at once and remembered (" code { "palisade vault local allow " (host) } " does the same, " code { "palisade vault local forget " (host) } " undoes it)."
+                        }
+                        form method="post" action="/setup/allow-local" {
+                            (layout::csrf_field())
+                            input type="hidden" name="agent" value=(agent);
+                            input type="hidden" name="pattern" value=(host);
+                            button.primary #allow-local type="submit" { "Let agents reach " (host) }
+                        }
                     }
                 }
             }

@@ -42,7 +42,9 @@ pub struct UpArgs {
     #[arg(long, value_name = "FILE")]
     upstream_ca: Vec<PathBuf>,
     /// Host pattern the vault may reach at a local address (tests, local model servers);
-    /// an address may name a port, allowed alone (127.0.0.1:8080).
+    /// an address may name a port, allowed alone (127.0.0.1:8080). Remembered in the
+    /// home, as `palisade vault local allow` does: later starts allow it too, until
+    /// `palisade vault local forget PATTERN`.
     #[arg(long, value_name = "PATTERN")]
     allow_local_upstream: Vec<String>,
     /// Resolve NAME to IP instead of asking DNS (tests, development); a local IP also
@@ -271,9 +273,19 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
         false => Some(lock_home(&ctx.home)?),
     };
     let store = ctx.open_store()?.with_actor("host");
+    for pattern in &args.allow_local_upstream {
+        if store.allow_local_upstream(pattern)? {
+            eprintln!(
+                "palisade: agents may reach {} through the vault, from now on (remembered; `palisade vault local forget {}` stops it)",
+                pattern.trim(),
+                pattern.trim()
+            );
+        }
+    }
     let new_key = first_start(&store, &args)? || std::env::var_os(NEW_KEY_ENV).is_some();
+    // (A gateway already running may allow more by its own start flags.)
     if palisade_vault::running_gateway(&ctx.home).is_none() {
-        warn_local_model_servers(&store, &args.allow_local_upstream);
+        warn_local_model_servers(&store);
     }
     if args.detach {
         return detach(&ctx.home, args.listen, new_key, ctx.json);
@@ -318,7 +330,8 @@ pub fn up(args: UpArgs, ctx: &Context) -> anyhow::Result<()> {
             None => {
                 let mut config = palisade_vault::VaultConfig::new(ctx.home.clone());
                 config.upstream_ca = args.upstream_ca.clone();
-                config.allow_local_upstream = args.allow_local_upstream.clone();
+                // Local addresses are remembered in the home (above), where forgetting
+                // one is in force at once; a start flag would hold until the next start.
                 config.upstream_resolve = args.upstream_resolve.clone();
                 // Agents never reach the web UI, even with --allow-local-upstream localhost.
                 config.protected = vec![listen];
@@ -410,16 +423,13 @@ async fn wait_for_signal() {
     }
 }
 
-/// Creates the default agent on first start and stores the Anthropic key if one is
-/// given and no agent has a model key yet. The key goes only into the vault's sealed
-/// store (`palisade_host::setup`, as the web UI's first-run form does).
-/// Returns whether it stored a key.
-/// Says which agents' model servers are at a local address this start does not allow:
-/// every message of theirs would be refused (`local_upstream_refused`), and the gateway
-/// reads `--allow-local-upstream` at start only, so a start without the flag a working
-/// setup had broke it without a word.
-fn warn_local_model_servers(store: &palisade_store::Store, allowed: &[String]) {
-    let patterns: Vec<palisade_policy::HostPattern> = allowed
+/// Warns about each agent whose model server is at a local address no allowance
+/// remembered in the home names: every message of theirs would be refused
+/// (`local_upstream_refused`), and the person would learn it only from the first one.
+fn warn_local_model_servers(store: &palisade_store::Store) {
+    let remembered = store.local_upstreams().unwrap_or_default();
+    let patterns: Vec<palisade_policy::HostPattern> = remembered
+        .patterns
         .iter()
         .filter_map(|pattern| palisade_policy::HostPattern::parse(pattern).ok())
         .collect();
@@ -445,7 +455,7 @@ fn warn_local_model_servers(store: &palisade_store::Store, allowed: &[String]) {
         }
         let allowance = setup::model_server_allowance(&settings).unwrap_or_default();
         eprintln!(
-            "palisade: warning: agent {}'s model server {host} (port {port}) is a local address this start does not allow, so its messages will be refused; start with `--allow-local-upstream {allowance}` (it is not remembered between starts)",
+            "palisade: warning: agent {}'s model server {host} (port {port}) is a local address agents may not reach, so its messages will be refused; allow it with `palisade vault local allow {allowance}` (in force at once, and remembered)",
             agent.name
         );
     }

@@ -1,4 +1,5 @@
-//! `palisade vault serve|ca-cert|env|admin-key`: the gateway on its own.
+//! `palisade vault serve|ca-cert|env|admin-key|local`: the gateway on its own, and the
+//! local addresses it lets agents reach.
 
 use crate::context::Context;
 use anyhow::Context as _;
@@ -30,6 +31,30 @@ pub enum VaultCommand {
         /// Replace the key; the old one stops working within a second.
         #[arg(long)]
         rotate: bool,
+    },
+    /// Local addresses agents may reach (a model server on this machine or the LAN),
+    /// remembered in the home: list, allow, forget. In force when the command returns.
+    #[command(subcommand)]
+    Local(LocalCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum LocalCommand {
+    /// The local addresses remembered in the home.
+    List,
+    /// Let agents reach a local address through the vault, from now on and after
+    /// restarts. An address may name its port (that port alone); a name may not.
+    #[command(
+        after_help = "Examples:\n  palisade vault local allow 127.0.0.1:8080   # a model server on this machine\n  palisade vault local allow 192.168.1.20:11434\n  palisade vault local allow localhost        # every port of localhost"
+    )]
+    Allow {
+        /// `ADDRESS[:PORT]` or a host name (`*.lan` for all under it).
+        pattern: String,
+    },
+    /// Stop letting agents reach a remembered local address; what reaches it now ends.
+    Forget {
+        /// As `list` shows it.
+        pattern: String,
     },
 }
 
@@ -209,7 +234,66 @@ pub fn run(command: VaultCommand, ctx: &Context) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        VaultCommand::Local(command) => local(command, ctx),
     }
+}
+
+fn local(command: LocalCommand, ctx: &Context) -> anyhow::Result<()> {
+    let store = ctx.open_store()?;
+    match command {
+        LocalCommand::List => {
+            let remembered = store.local_upstreams()?;
+            if ctx.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "patterns": remembered.patterns,
+                        "unsigned": remembered.unsigned,
+                    })
+                );
+            } else if remembered.unsigned {
+                println!(
+                    "The list of local addresses in the database does not carry this home's signature (it was written outside palisade), so none is allowed. `palisade vault local allow PATTERN` writes a new one."
+                );
+            } else if remembered.patterns.is_empty() {
+                println!(
+                    "No local address is remembered; agents reach none (add one with `palisade vault local allow 127.0.0.1:PORT`)."
+                );
+            } else {
+                for pattern in &remembered.patterns {
+                    println!("{pattern}");
+                }
+            }
+        }
+        LocalCommand::Allow { pattern } => {
+            let added = store.allow_local_upstream(&pattern)?;
+            let pattern = pattern.trim();
+            match (ctx.json, added) {
+                (true, _) => println!("{}", serde_json::json!({ "allowed": pattern, "added": added })),
+                (false, true) => println!(
+                    "Agents may reach {pattern} through the vault now and after restarts (`palisade vault local forget {pattern}` stops it)."
+                ),
+                (false, false) => println!("{pattern} was allowed already."),
+            }
+        }
+        LocalCommand::Forget { pattern } => {
+            if !store.forget_local_upstream(&pattern)? {
+                anyhow::bail!(
+                    "{:?} is not remembered (`palisade vault local list` shows what is)",
+                    palisade_store::input::clean(pattern.trim())
+                );
+            }
+            if ctx.json {
+                println!("{}", serde_json::json!({ "forgotten": pattern.trim() }));
+            } else {
+                println!(
+                    "Agents no longer reach {}; what reached it through the vault was ended.",
+                    pattern.trim()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs, ctx: &Context) -> anyhow::Result<()> {
