@@ -237,12 +237,48 @@ pub(crate) struct Gate {
 }
 
 fn wants_html(request: &Request) -> bool {
-    request.method() == Method::GET
-        && request
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|accept| accept.contains("text/html") || accept.contains("*/*"))
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    match *request.method() {
+        Method::GET => {
+            accept.is_none_or(|accept| accept.contains("text/html") || accept.contains("*/*"))
+        }
+        // A browser's own form submission (the page's script asks for JSON).
+        Method::POST => {
+            is_form(request) && accept.is_some_and(|accept| accept.contains("text/html"))
+        }
+        _ => false,
+    }
+}
+
+fn is_form(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+/// The fields of the web UI's forms a person types into, by form name and label.
+const TYPED_FIELDS: [(&str, &str); 3] = [
+    ("text", "Message"),
+    ("instructions", "Instructions"),
+    ("comment", "Comment"),
+];
+
+/// What a person typed into a form that arrived without a session, to give back.
+async fn typed_fields(request: Request) -> Vec<(&'static str, String)> {
+    let Ok(bytes) = axum::body::to_bytes(request.into_body(), crate::MAX_FORM_BYTES).await else {
+        return Vec::new();
+    };
+    url::form_urlencoded::parse(&bytes)
+        .filter_map(|(name, value)| {
+            let label = TYPED_FIELDS.iter().find(|(field, _)| *field == name)?.1;
+            (!value.trim().is_empty()).then(|| (label, value.into_owned()))
+        })
+        .collect()
 }
 
 fn refuse(html: bool, status: StatusCode, title: &str, message: &str) -> Response {
@@ -277,15 +313,14 @@ pub(crate) async fn require_admin(
 ) -> Response {
     let html = wants_html(&request);
     let Some(session) = session_of(&gate.state, request.headers(), request.extensions()) else {
-        return refuse(
-            html,
-            StatusCode::UNAUTHORIZED,
-            "Log in first",
-            "You are not logged in. Run `palisade login` on this machine and open the link it \
-             prints (each link works once; the one `palisade up` printed at its start may be \
-             used already; a session ends after 12 hours unused, 7 days after its login, or \
-             at Log out).",
-        );
+        const LOGGED_OUT: &str = "You are not logged in. Run `palisade login` on this machine \
+             and open the link it prints (each link works once; the one `palisade up` printed \
+             at its start may be used already). A session ends when Palisade stops or \
+             restarts, after 12 hours unused, 7 days after its login, or at Log out.";
+        if html && request.method() == Method::POST {
+            return layout::logged_out_page(LOGGED_OUT, &typed_fields(request).await);
+        }
+        return refuse(html, StatusCode::UNAUTHORIZED, "Log in first", LOGGED_OUT);
     };
     let csrf: Arc<str> = Arc::from(csrf_token(&session));
     if matches!(*request.method(), Method::GET | Method::HEAD) {
@@ -306,12 +341,7 @@ pub(crate) async fn require_admin(
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let is_form = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let (request, form_token) = if header_token.is_none() && is_form {
+    let (request, form_token) = if header_token.is_none() && is_form(&request) {
         let (parts, body) = request.into_parts();
         let bytes = match axum::body::to_bytes(body, crate::MAX_FORM_BYTES).await {
             Ok(bytes) => bytes,

@@ -2099,3 +2099,51 @@ async fn suggested_rules_are_shown_and_created_only_when_accepted() {
     assert_eq!(created_by, vec!["web:admin".to_string()]);
     web.stop().await;
 }
+
+/// A form a browser sends without a live session (Palisade restarted since the page was
+/// loaded) gets a page, not raw JSON, saying why and how to log in again, with what was
+/// typed given back to copy; the page's own script, which asks for JSON, still gets
+/// JSON. (Before: `{"error":"unauthorized",…}`, and the message typed was gone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_sent_after_the_session_ended_gets_a_page_with_what_was_typed() {
+    let web = Web::start(false).await;
+    let typed = "Please summarise <b>yesterday's</b> notes";
+    let stale = "palisade_admin=0000000000000000000000000000000000000000000000000000000000000000";
+    let response = web
+        .client
+        .post(web.url("/chat/helper/send"))
+        .header("cookie", stale)
+        .header("origin", web.origin())
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .form(&[("text", typed), ("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap().starts_with("text/html")));
+    let page = response.text().await.unwrap();
+    assert!(page.contains("palisade login"), "{page}");
+    assert!(page.contains("restarts"), "{page}");
+    let kept = element(&page, "div", "logged-out");
+    assert!(
+        kept.contains(typed) && !page.contains("<b>yesterday"),
+        "{kept}"
+    );
+    let scripted = web
+        .client
+        .post(web.url("/chat/helper/send"))
+        .header("cookie", stale)
+        .header("origin", web.origin())
+        .header("accept", "application/json")
+        .form(&[("text", typed)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scripted.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = scripted.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized", "{body}");
+    web.stop().await;
+}

@@ -34,6 +34,18 @@ fn a_retired_model_is_one_line_and_changing_it_fixes_the_next_message() {
         1,
         "a model that does not exist is not asked again"
     );
+    // For a script too: `--json` prints the error reply and exits 1 (it exited 0).
+    let scripted = world
+        .palisade
+        .run(&["--json", "send", "--agent", "helper", "hello again?"]);
+    assert_eq!(scripted.status.code(), Some(1), "{}", text(&scripted));
+    let stdout = String::from_utf8_lossy(&scripted.stdout).into_owned();
+    let reply: serde_json::Value = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["type"] == "reply")
+        .unwrap_or_else(|| panic!("no reply event: {stdout}"));
+    assert_eq!(reply["is_error"], true, "{reply}");
 
     ok(world
         .palisade

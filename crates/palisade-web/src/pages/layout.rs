@@ -140,6 +140,33 @@ pub(crate) fn bare_page(status: StatusCode, title: &str, message: &str) -> Respo
     html_response(status, markup)
 }
 
+/// The page a browser gets for a form it sent without a live session (Palisade was
+/// restarted, the session timed out): how to log in again, and what was typed in the
+/// form (`kept`: label and text), which was not sent, to copy. No link back: every
+/// page would answer the same until the person logs in.
+pub(crate) fn logged_out_page(message: &str, kept: &[(&str, String)]) -> Response {
+    let markup = html! {
+        (head("Log in first", None))
+        body.bare {
+            main.narrow {
+                div.card #logged-out {
+                    h1 { "Log in first" }
+                    p { (message) }
+                    @if !kept.is_empty() {
+                        p { "What you typed was not sent. Here it is, to copy before you log in again:" }
+                        @for (label, text) in kept {
+                            label { (label)
+                                textarea.kept readonly rows="6" { (text) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    html_response(StatusCode::UNAUTHORIZED, markup)
+}
+
 /// A hidden CSRF field for a form: the token of the session the page is served to.
 pub(crate) fn csrf_field() -> Markup {
     html! { input type="hidden" name=(crate::auth::CSRF_FIELD) value=(&*crate::auth::current_csrf()); }

@@ -274,6 +274,12 @@ pub(crate) async fn stream_reply(
                 stdout.flush()?;
                 if event["type"] == "reply" {
                     streamed.answered = true;
+                    // An error reply is a failure for a script too (it exited 0).
+                    if event["is_error"].as_bool() == Some(true) {
+                        let text = event["text"].as_str().unwrap_or_default();
+                        let text = text.strip_prefix("palisade: ").unwrap_or(text);
+                        streamed.error = Some(text.to_string());
+                    }
                     return Ok(streamed);
                 }
                 continue;
