@@ -355,6 +355,20 @@ pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
 /// drops its inserts, two head rows that two queries read differently), and so have
 /// palisade sign a log it never wrote.
 pub(crate) fn check_schema(conn: &Connection) -> Result<()> {
+    check_objects(conn)?;
+    check_audit_tables(conn, false)
+}
+
+/// [`check_schema`] for a database already migrated (after the migrations at open,
+/// and by every write after the schema changed): its version must be the latest, as
+/// the migrations left it. (Set back by someone, it switched the comparison of the
+/// audit tables off while a `CHECK` went in.)
+pub(crate) fn check_migrated_schema(conn: &Connection) -> Result<()> {
+    check_objects(conn)?;
+    check_audit_tables(conn, true)
+}
+
+fn check_objects(conn: &Connection) -> Result<()> {
     // The migrations' indexes, by name, as they create them (SQLite keeps the statement's
     // text): one of their names over other columns is foreign too.
     let own: std::collections::HashMap<&str, &str> = MIGRATIONS
@@ -414,19 +428,24 @@ pub(crate) fn check_schema(conn: &Connection) -> Result<()> {
             )));
         }
     }
-    check_audit_tables(conn)
+    Ok(())
 }
 
 /// Refuses audit tables whose definition is not the migrations': a `CHECK` or a
 /// collation put in through `writable_schema` makes palisade's own inserts fail or
 /// compare otherwise than it checked. Compared with the tables a fresh database gets
 /// from the same migrations, once the database is at the latest version (before its
-/// migration, an older one is compared after).
-fn check_audit_tables(conn: &Connection) -> Result<()> {
+/// migration, an older one is compared after); `migrated`: it must be at the latest.
+fn check_audit_tables(conn: &Connection, migrated: bool) -> Result<()> {
     static FRESH: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version != LATEST {
-        return Ok(());
+        return match migrated {
+            true => Err(StoreError::Tampered(format!(
+                "the database's schema version was set to {version} outside palisade (it is {LATEST}), which refuses to use it"
+            ))),
+            false => Ok(()),
+        };
     }
     let fresh = FRESH.get_or_init(|| {
         let mut fresh = Connection::open_in_memory().expect("an in-memory database");

@@ -70,6 +70,9 @@ struct Inner {
     /// The newest end this handle committed but could not anchor (another process held
     /// the anchor's lock), checked once it can.
     owed_anchor: Mutex<Option<(i64, String)>>,
+    /// For the local-upstreams list signed for a row: that row, and how far this
+    /// process has read the log after it without finding a later change.
+    local_scanned: Mutex<(i64, i64)>,
 }
 
 /// Result of a rate-limit check.
@@ -134,7 +137,7 @@ impl Store {
             let attempt = configure(&conn)
                 .and_then(|()| crate::migrations::check_schema(&conn))
                 .and_then(|()| crate::migrations::migrate(&mut conn))
-                .and_then(|from| crate::migrations::check_schema(&conn).map(|()| from))
+                .and_then(|from| crate::migrations::check_migrated_schema(&conn).map(|()| from))
                 .and_then(|from| {
                     // The head of a log written before heads were signed is signed
                     // once, by the open that migrated it (never later: an unsigned head
@@ -176,6 +179,7 @@ impl Store {
                 audited: AtomicBool::new(false),
                 schema_checked: AtomicI64::new(-1),
                 owed_anchor: Mutex::default(),
+                local_scanned: Mutex::new((-1, 0)),
             }),
             actor: Arc::from(DEFAULT_ACTOR),
             sync_gateways: true,
@@ -342,7 +346,7 @@ impl Store {
         if self.inner.schema_checked.load(Ordering::Relaxed) == version {
             return Ok(());
         }
-        crate::migrations::check_schema(tx)?;
+        crate::migrations::check_migrated_schema(tx)?;
         self.inner.schema_checked.store(version, Ordering::Relaxed);
         Ok(())
     }

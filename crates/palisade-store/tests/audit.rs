@@ -1207,16 +1207,29 @@ fn a_schema_changed_while_palisade_runs_is_refused_at_the_next_write() {
     for change in [
         "CREATE TRIGGER t BEFORE INSERT ON audit WHEN NEW.agent = 'odd' BEGIN SELECT RAISE(IGNORE); END;",
         "CREATE INDEX sly ON audit(agent);",
-        // A constraint written into the table's definition.
+        // A constraint written into the table's definition, with the database's
+        // version set back too (which switched the comparison off).
         "WITH-CHECK",
+        "WITH-CHECK-OLD-VERSION",
     ] {
         let t = with_rows(3);
         let conn = common::raw(&t.home);
-        if change == "WITH-CHECK" {
-            let sql = audit_sql(&conn).replace(
-                "hash        TEXT NOT NULL",
-                "hash        TEXT NOT NULL CHECK (agent IS NOT 'odd')",
-            );
+        if change.starts_with("WITH-CHECK") {
+            if change.ends_with("OLD-VERSION") {
+                conn.execute_batch("PRAGMA user_version = 10").unwrap();
+            }
+            // A CHECK fails the insert; a NOT NULL that ignores its conflicts drops it
+            // without a word, as the trigger did.
+            let sql = match change.ends_with("OLD-VERSION") {
+                false => audit_sql(&conn).replace(
+                    "hash        TEXT NOT NULL",
+                    "hash        TEXT NOT NULL CHECK (agent IS NOT 'odd')",
+                ),
+                true => audit_sql(&conn).replace(
+                    "rule        TEXT,",
+                    "rule        TEXT NOT NULL ON CONFLICT IGNORE,",
+                ),
+            };
             assert_ne!(sql, audit_sql(&conn), "the definition was not changed");
             // With the schema's version moved on, as connections then read it anew.
             let version: i64 = conn
@@ -1330,4 +1343,70 @@ fn an_anchor_held_locked_neither_hangs_nor_hides_a_cut() {
         report.problem.unwrap_or_default().contains("locked"),
         "verify did not say the anchor is locked"
     );
+}
+
+/// Whatever keeps the anchor from moving (moved aside, unreadable, locked), the end
+/// the writer could not anchor is owed, and once the anchor can move again an owed end
+/// the log no longer has is marked: an anchor put aside while rows were written and
+/// cut, then put back, passed verify; so did one locked, then garbled, then put back.
+#[test]
+fn rows_cut_while_the_anchor_could_not_move_are_found_when_it_can() {
+    for garbled in [false, true] {
+        let t = with_rows(5);
+        let conn = common::raw(&t.home);
+        let signed: (String, String) = conn
+            .query_row(
+                "SELECT last_hash, head_mac FROM audit_head WHERE id = 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        let anchor = t.home.audit_anchor();
+        let aside = t.home.root().join("anchor.aside");
+        let holder = std::fs::File::open(&anchor).unwrap();
+        if garbled {
+            holder.lock_shared().unwrap();
+        } else {
+            std::fs::rename(&anchor, &aside).unwrap();
+        }
+        let writer = Store::open(&t.home).unwrap();
+        writer
+            .append_audit_batch(&[
+                (6000, request("odd", "exfil-1", "injected")),
+                (7000, request("odd", "exfil-2", "injected")),
+            ])
+            .unwrap();
+        // Rows 6 and 7 cut, and the head put back as it was signed at row 5.
+        conn.execute("DELETE FROM audit WHERE id > 5", []).unwrap();
+        conn.execute(
+            "UPDATE audit_head SET last_id = 5, last_hash = ?1, head_mac = ?2 WHERE id = 1",
+            (&signed.0, &signed.1),
+        )
+        .unwrap();
+        if garbled {
+            // The lock let go with garbage in the anchor's place for one write.
+            std::fs::rename(&anchor, &aside).unwrap();
+            std::fs::write(&anchor, "garbage").unwrap();
+            drop(holder);
+            writer
+                .append_audit(&request("odd", "h", "allowed"))
+                .unwrap();
+            conn.execute("DELETE FROM audit WHERE id > 5", []).unwrap();
+            conn.execute(
+                "UPDATE audit_head SET last_id = 5, last_hash = ?1, head_mac = ?2 WHERE id = 1",
+                (&signed.0, &signed.1),
+            )
+            .unwrap();
+        }
+        std::fs::rename(&aside, &anchor).unwrap();
+        writer
+            .append_audit(&request("odd", "h", "allowed"))
+            .unwrap();
+        let (bad, problem) = verify_problem(&t.store);
+        assert!(
+            bad.is_some_and(|row| row >= 6),
+            "garbled {garbled}: {problem}"
+        );
+        assert!(problem.contains("altered"), "garbled {garbled}: {problem}");
+    }
 }

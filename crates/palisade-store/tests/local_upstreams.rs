@@ -85,3 +85,51 @@ fn a_list_not_signed_with_the_homes_key_allows_nothing() {
         }
     );
 }
+
+fn stored_value(conn: &rusqlite::Connection) -> String {
+    conn.query_row(
+        "SELECT value FROM settings WHERE key = 'local_upstreams'",
+        [],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+fn put_back(conn: &rusqlite::Connection, value: &str) {
+    conn.execute(
+        "UPDATE settings SET value = ?1 WHERE key = 'local_upstreams'",
+        [value],
+    )
+    .unwrap();
+}
+
+/// An older signed list put back (an address allowed, then forgotten, then the list
+/// from before written back by someone who can write the database) allows nothing:
+/// its row is not the log's latest change. Also after a pruning removed both rows,
+/// since the pruning records the latest change again.
+#[test]
+fn an_older_signed_list_put_back_allows_nothing() {
+    for pruned in [false, true] {
+        let t = common::store();
+        let conn = common::raw(&t.home);
+        t.store.allow_local_upstream("127.0.0.1:8080").unwrap();
+        let older = stored_value(&conn);
+        t.store.forget_local_upstream("127.0.0.1:8080").unwrap();
+        if pruned {
+            let report = t.store.prune_audit(palisade_store::now_ms() + 1).unwrap();
+            assert!(report.removed >= 2, "{report:?}");
+            // The latest change is still the list in force.
+            assert_eq!(
+                t.store.local_upstreams().unwrap(),
+                LocalUpstreams::default()
+            );
+        }
+        put_back(&conn, &older);
+        let read = t.store.local_upstreams().unwrap();
+        assert!(
+            read.unsigned && read.patterns.is_empty(),
+            "pruned {pruned}: {read:?}"
+        );
+        assert!(t.store.verify_audit().unwrap().ok || !pruned);
+    }
+}

@@ -1582,6 +1582,13 @@ async fn first_run_names_the_option_a_local_model_server_needs() {
     let forged = web.page("/?ready=other&models=local").await;
     assert!(!forged.contains("id=\"ready\""), "{forged}");
     assert!(!ready.contains(MODEL_KEY));
+    // The plain dashboard (a reload, a restart: the card is gone) still says the agent
+    // has no model of its server.
+    let dashboard = web.page("/").await;
+    assert!(
+        dashboard.contains("choose a model") && dashboard.contains("no-model"),
+        "{dashboard}"
+    );
     // The card's button allows the address (in force at once, remembered) and reads
     // the list again: the agent gets the server's model and is ready, no restart.
     upstream.set_models(&[
@@ -1603,6 +1610,7 @@ async fn first_run_names_the_option_a_local_model_server_needs() {
     assert!(ready.contains("helper is ready"), "{ready}");
     let model = element(&ready, "code", "ready-model");
     assert!(model.contains("qwen-2-7b"), "{model}");
+    assert!(!web.page("/").await.contains("choose a model"));
     web.stop().await;
 }
 

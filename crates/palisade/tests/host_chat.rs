@@ -148,7 +148,7 @@ fn chat_through_a_pipe_continues_the_session_resets_and_exits() {
         .run_stdin(&["chat", "--agent", "helper"], b"");
     assert!(
         String::from_utf8_lossy(&output.stderr).contains(&format!(
-            "session {session}, reset: the agent remembers none of its 4 earlier message(s)"
+            "session {session}, 4 earlier message(s), none of which the agent remembers (the session was reset, or they were not answered)"
         )),
         "{}",
         text(&output)

@@ -572,48 +572,83 @@ fn try_write_anchor(
     conn: &rusqlite::Connection,
     owed: &mut Option<(i64, String)>,
 ) -> std::io::Result<Option<&'static str>> {
+    let moved = move_anchor(home, key, conn, owed.as_ref());
+    match moved {
+        // The anchor now vouches for every row this process committed, or records
+        // that one of them was lost: nothing is owed any more.
+        Ok(Moved::Yes(said)) => {
+            *owed = None;
+            Ok(said)
+        }
+        // Whatever kept it (missing for a while, locked, unreadable, unsigned, a full
+        // disk), this process's end is owed, and checked once the anchor can move
+        // again: an anchor put aside, rows written and cut meanwhile and the anchor
+        // put back passed verify.
+        Ok(Moved::No(why)) => {
+            owe(owed, head);
+            Ok(Some(why))
+        }
+        Err(e) => {
+            owe(owed, head);
+            Err(e)
+        }
+    }
+}
+
+/// Keeps the newest end this process committed and could not anchor.
+fn owe(owed: &mut Option<(i64, String)>, head: &(i64, String)) {
+    if owed.as_ref().is_none_or(|(id, _)| *id < head.0) {
+        *owed = Some(head.clone());
+    }
+}
+
+/// What [`move_anchor`] did.
+enum Moved {
+    /// The anchor is at the log's end or past it (marked, if it found rows lost),
+    /// with what to warn about.
+    Yes(Option<&'static str>),
+    /// It was left as it was, for this reason.
+    No(&'static str),
+}
+
+/// Moves the anchor to the log's end (see [`try_write_anchor`]), checking `owed` (an
+/// end this process committed earlier and could not anchor) once the anchor is read
+/// and found genuine: one the log no longer has is marked on the anchor.
+fn move_anchor(
+    home: &Home,
+    key: &MasterKey,
+    conn: &rusqlite::Connection,
+    owed: Option<&(i64, String)>,
+) -> std::io::Result<Moved> {
+    let failed = |e: crate::StoreError| std::io::Error::other(e.to_string());
     let mut file = match open_anchor(home)? {
         Ok(file) => file,
-        Err(why) => return Ok(Some(why)),
+        Err(why) => return Ok(Moved::No(why)),
     };
     let wait = match owed {
         Some(_) => std::time::Duration::ZERO,
         None => ANCHOR_LOCK_WAIT,
     };
     if !lock_within(&file, true, wait)? {
-        if owed.as_ref().is_none_or(|(id, _)| *id < head.0) {
-            *owed = Some(head.clone());
-        }
-        return Ok(Some("another process holds it locked"));
+        return Ok(Moved::No("another process holds it locked"));
     }
-    let owed_broken = match owed.take() {
-        Some((id, hash)) => {
-            let holds = anchored_row_holds(conn, id, &hash)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            (!holds).then_some(id)
-        }
-        None => None,
-    };
     let mut text = String::new();
     std::io::Read::read_to_string(&mut file, &mut text)?;
     let Ok(current) = serde_json::from_str::<Anchor>(&text) else {
-        return Ok(Some("it cannot be read"));
+        return Ok(Moved::No("it cannot be read"));
     };
     if !current.is_genuine(key) {
-        return Ok(Some("it does not carry a valid signature"));
+        return Ok(Moved::No("it does not carry a valid signature"));
     }
-    if current.last_id >= head.0 {
-        return Ok(None);
-    }
-    // A row the anchor named that is changed or gone is marked on the anchor, which
-    // moves on all the same: left behind, it was "frozen" there by anyone who broke
-    // that row for a while, and the rows written meanwhile could be cut and the row
-    // mended unseen. The mark stays on every later anchor.
-    // So is an end that is not signed (rows appended without the key, which the writer
-    // then extended without signing): moved on unmarked, the anchor would come to name
-    // that end, and vouch for it.
-    // The end as it is now (another process may have written past `head` since), and
-    // whether it is signed.
+    let owed_lost = match owed {
+        Some((id, hash)) => (!anchored_row_holds(conn, *id, hash).map_err(failed)?).then_some(*id),
+        None => None,
+    };
+    // The end as it is now (another process may have written past this one's head
+    // since), and whether it is signed. The anchor names the end whose signature was
+    // checked here, not the head the writer read before its commit: two reads of the
+    // head that differ (an outside review made them differ through the schema) must
+    // not sign one while checking the other.
     let (end, signed): ((i64, String), Option<String>) = conn
         .query_row(
             "SELECT last_id, last_hash, head_mac FROM audit_head WHERE id = 1",
@@ -621,19 +656,24 @@ fn try_write_anchor(
             |row| Ok(((row.get(0)?, row.get(1)?), row.get(2)?)),
         )
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    // The anchor names the end whose signature was checked here, not the head the
-    // writer read before its commit: two reads of the head that differ (an outside
-    // review made them differ through the schema) must not sign one while checking the
-    // other.
-    if current.last_id >= end.0 {
-        return Ok(None);
+    let behind = current.last_id < end.0;
+    let lost_unmarked = owed_lost.is_some() && current.changed_at.is_none();
+    if !behind && !lost_unmarked {
+        return Ok(Moved::Yes(None));
     }
+    // A row the anchor named that is changed or gone is marked on the anchor, which
+    // moves on all the same: left behind, it was "frozen" there by anyone who broke
+    // that row for a while, and the rows written meanwhile could be cut and the row
+    // mended unseen. The mark stays on every later anchor.
+    // So is an end that is not signed (rows appended without the key, which the writer
+    // then extended without signing): moved on unmarked, the anchor would come to name
+    // that end, and vouch for it. And so is an end this process owed that is gone.
     let end_signed = signed.as_deref() == Some(head_mac(key, &end).as_str());
     let (changed_at, said) = match current.changed_at {
         Some(row) => (Some(row), None),
-        None if owed_broken.is_some() => (
-            owed_broken,
-            Some("rows written while another process held the anchor locked were changed or cut; the anchor records that and moves on"),
+        None if owed_lost.is_some() => (
+            owed_lost,
+            Some("rows written while the anchor could not be moved were changed or cut; the anchor records that"),
         ),
         None if !end_signed => (
             Some(current.last_id + 1),
@@ -645,11 +685,16 @@ fn try_write_anchor(
                 Some(current.last_id),
                 Some("the log no longer had the row it named with that hash; the anchor records that and moves on"),
             ),
-            Err(e) => return Err(std::io::Error::other(e.to_string())),
+            Err(e) => return Err(failed(e)),
         },
     };
-    overwrite_anchor(&file, &Anchor::signed(key, &end, changed_at), text.len())?;
-    Ok(said)
+    // Marked without moving (the end is not past the anchor): the anchor keeps its row.
+    let at = match behind && (end_signed || changed_at.is_some()) {
+        true => end,
+        false => (current.last_id, current.last_hash.clone()),
+    };
+    overwrite_anchor(&file, &Anchor::signed(key, &at, changed_at), text.len())?;
+    Ok(Moved::Yes(said))
 }
 
 /// The anchor opened to be rewritten in place: never through a link, never created,
@@ -1367,6 +1412,11 @@ impl Store {
                     }
                 }
             }
+            super::local::carry_over_pruning(tx, self.key(), keep_from, |entry| {
+                let mut entry = entry.clone();
+                entry.actor = Some(self.actor().to_string());
+                append_in(tx, self.key(), crate::now_ms(), &entry)
+            })?;
             Ok(Ok((keep_from, recorded_as)))
         })?;
         let (keep_from, recorded_as) = match planned {

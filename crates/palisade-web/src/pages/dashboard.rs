@@ -64,7 +64,8 @@ pub(crate) async fn render(
         let model = (settings.provider == "anthropic"
             || settings.model != palisade_host::settings::DEFAULT_MODEL)
             .then_some(settings.model.as_str());
-        Some(setup::ready_card(name, model, &listing))
+        let anthropic = settings.provider == "anthropic";
+        Some(setup::ready_card(name, model, anthropic, &listing))
     });
     let traffic = charts::all_agents(state).await?;
     let body = html! {
@@ -113,6 +114,10 @@ pub(crate) async fn render(
                                     (layout::pill(agent.profile.as_str(), "neutral"))
                                     " "
                                     @if warm.contains(&agent.name) { (layout::pill("warm", "good")) } @else { (layout::pill("idle", "neutral")) }
+                                    @if lacks_a_model(agent) {
+                                        " "
+                                        a.pill.warn.no-model href={ "/agents/" (agent.name) } title="An OpenAI-compatible server does not serve Anthropic's default model: choose one of its models on the agent page" { "choose a model" }
+                                    }
                                 }
                                 a.button.small href={ "/chat?agent=" (agent.name) } { "Chat" }
                             }
@@ -154,4 +159,13 @@ pub(crate) async fn render(
         StatusCode::OK
     };
     Ok(layout::render_status(state, status, Nav::Dashboard, "Dashboard", body).await)
+}
+
+/// Whether `agent` talks to an OpenAI-compatible server with Anthropic's default model,
+/// which no such server serves (the first run leaves it so when the server's model list
+/// could not be read): every message would fail until a model is chosen.
+fn lacks_a_model(agent: &palisade_store::AgentRecord) -> bool {
+    palisade_host::settings::AgentSettings::from_json(&agent.settings).is_ok_and(|settings| {
+        settings.provider == "openai" && settings.model == palisade_host::settings::DEFAULT_MODEL
+    })
 }

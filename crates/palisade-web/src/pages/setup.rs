@@ -288,7 +288,13 @@ pub(crate) fn local_allowance(uri: &axum::http::Uri) -> Option<String> {
 /// The card after a key was stored: which model the agent uses, and a first message.
 /// `model` is `None` when the agent has none of its provider's yet (an OpenAI-compatible
 /// server whose list could not be read leaves the default Claude model in place).
-pub(crate) fn ready_card(agent: &str, model: Option<&str>, listing: &Listing) -> Markup {
+/// `anthropic`: the provider is Anthropic's API (whose list has model families).
+pub(crate) fn ready_card(
+    agent: &str,
+    model: Option<&str>,
+    anthropic: bool,
+    listing: &Listing,
+) -> Markup {
     let listed = matches!(listing, Listing::Listed);
     html! {
         section.card.first-run.ready #ready {
@@ -301,7 +307,9 @@ pub(crate) fn ready_card(agent: &str, model: Option<&str>, listing: &Listing) ->
                     }
                     p {
                         "The key is in the vault. " (agent) " thinks with " code #ready-model { (model) }
-                        @if listed { ", the newest of its family the provider lists." } @else { "." }
+                        @if listed && anthropic { ", the newest of its family the provider lists." }
+                        @else if listed { ", a model the server lists." }
+                        @else { "." }
                     }
                 }
                 None => {

@@ -159,7 +159,7 @@ pub fn run(args: ChatArgs, ctx: &Context) -> anyhow::Result<()> {
         crate::output::clean(&conversation),
         match session_id {
             Some(id) if forgotten && earlier > 0 => format!(
-                ", session {id}, reset: the agent remembers none of its {earlier} earlier message(s)"
+                ", session {id}, {earlier} earlier message(s), none of which the agent remembers (the session was reset, or they were not answered)"
             ),
             Some(id) => format!(", session {id}, {earlier} earlier message(s)"),
             None => ", new session".to_string(),
