@@ -417,6 +417,8 @@ fn method_spellings_cannot_sidestep_rules() {
             // PHP drops leading spaces before it turns the rest into `_`.
             "+_method=DELETE",
             "%20.method=DELETE",
+            // ASP.NET MVC reads the override header's name from the query too.
+            "X-HTTP-Method-Override=DELETE",
         ] {
             let before = upstream.count();
             let reply = attack.curl(
@@ -451,6 +453,12 @@ fn method_spellings_cannot_sidestep_rules() {
             ("%5B_method=DELETE", None),
             // A multipart type over a form body: Rack reads it as a form.
             ("_method=DELETE", Some("Content-Type: multipart/related")),
+            ("x_http_method_override=DELETE", None),
+            // The field in UTF-16, which Tomcat and ASP.NET decode as declared.
+            (
+                "%00_%00m%00e%00t%00h%00o%00d=%00D%00E%00L%00E%00T%00E",
+                Some("Content-Type: application/x-www-form-urlencoded; charset=UTF-16BE"),
+            ),
             (
                 "_method=DELETE",
                 Some("Content-Type: application/x-www-form-urlencoded, text/plain"),
@@ -474,8 +482,16 @@ fn method_spellings_cannot_sidestep_rules() {
         // The field in a JSON object (Laravel reads it) and in a multipart form (Rails,
         // Symfony and Laravel do). (Before, each passed the block on DELETE.)
         let multipart = "--b\r\nContent-Disposition: form-data; name*=utf-8''%5Fmethod\r\n\r\nDELETE\r\n--b--\r\n";
-        // A header folded onto a second line, which Rack joins.
+        // A header folded onto a second line, which Rack joins; a line without a colon,
+        // which PHP joins to the one before; the name without `form-data`, or in
+        // single quotes (PHP); in `Content-ID` (Rack).
         let folded = "--b\r\nContent-Disposition: form-data;\r\n name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n";
+        let odd_heads = [
+            "--b\r\nContent-Disposition: form-data; x=1;\r\nname=_method\r\n\r\nDELETE\r\n--b--\r\n",
+            "--b\r\nContent-Disposition: name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n",
+            "--b\r\nContent-Disposition: form-data; name='_method'\r\n\r\nDELETE\r\n--b--\r\n",
+            "--b\r\nContent-ID: _method\r\n\r\nDELETE\r\n--b--\r\n",
+        ];
         for extra in [
             vec![
                 "-H",
@@ -508,6 +524,30 @@ fn method_spellings_cannot_sidestep_rules() {
                 "Content-Type: multipart/form-data; boundary=b",
                 "--data-binary",
                 folded,
+            ],
+            vec![
+                "-H",
+                "Content-Type: multipart/form-data; boundary=b",
+                "--data-binary",
+                odd_heads[0],
+            ],
+            vec![
+                "-H",
+                "Content-Type: multipart/form-data; boundary=b",
+                "--data-binary",
+                odd_heads[1],
+            ],
+            vec![
+                "-H",
+                "Content-Type: multipart/form-data; boundary=b",
+                "--data-binary",
+                odd_heads[2],
+            ],
+            vec![
+                "-H",
+                "Content-Type: multipart/form-data; boundary=b",
+                "--data-binary",
+                odd_heads[3],
             ],
         ] {
             let before = upstream.count();
@@ -567,10 +607,10 @@ fn method_spellings_cannot_sidestep_rules() {
         assert_eq!(reply.status, 200, "{}", reply.raw);
         assert_eq!(upstream.last_request().unwrap().method, "HEAD");
     }
-    let refusals = attack.rows("ambiguous_method", 68);
+    let refusals = attack.rows("ambiguous_method", 82);
     assert_eq!(
         refusals.as_array().map(Vec::len),
-        Some(68),
+        Some(82),
         "one row per refused spelling: {refusals}"
     );
 }

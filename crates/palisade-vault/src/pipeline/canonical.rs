@@ -246,11 +246,18 @@ fn names_target(claimed: &[u8], target: &Target) -> bool {
 /// the name counts when, cut at a NUL and without every `_`, `.`, `[`, `]` and white
 /// space, it is `method` in any case, and it had at least one such mark (a field named
 /// plainly `method` is no framework's override).
+/// The names of the override headers count as field names too (ASP.NET MVC reads
+/// `X-HTTP-Method-Override` from the form and the query as well), and so does any name
+/// with a NUL in it, which no form of a person's has (a body in UTF-16 read as UTF-8).
 pub(super) fn is_method_parameter(key: &str) -> bool {
-    let key = key.split('\0').next().unwrap_or_default();
+    if key.contains('\0') {
+        return true;
+    }
     let marks = |c: char| matches!(c, '_' | '.' | '[' | ']') || c.is_whitespace();
     let core: String = key.chars().filter(|&c| !marks(c)).collect();
-    core.eq_ignore_ascii_case("method") && key.chars().any(marks)
+    let header = key.trim().to_ascii_lowercase().replace('_', "-");
+    (core.eq_ignore_ascii_case("method") && key.chars().any(marks))
+        || METHOD_OVERRIDES.contains(&header.as_str())
 }
 
 fn ambiguous_method(target: &Target, reason: String) -> Refusal {

@@ -82,11 +82,13 @@ pub(super) async fn check_form(
         .map_err(|e| read_refusal(e, host, decision, kind))?;
     let decoded = decoded_view(&parts.headers, data, limit, host)?;
     let method = parts.method.as_str();
-    let overridden = kinds.iter().any(|kind| match kind {
-        FormKind::UrlEncoded => form_names_another_method(&decoded, method),
-        FormKind::Json => json_names_another_method(&decoded, method),
-        FormKind::Multipart => multipart_names_a_method(&decoded),
-    });
+    let types = content_types(&parts.headers);
+    let overridden = !charsets_read_alike(&types)
+        || kinds.iter().any(|kind| match kind {
+            FormKind::UrlEncoded => form_names_another_method(&decoded, method),
+            FormKind::Json => json_names_another_method(&decoded, method),
+            FormKind::Multipart => multipart_names_a_method(&decoded, &types),
+        });
     match overridden {
         false => Ok(()),
         true => Err(Refusal::new(
@@ -182,44 +184,117 @@ fn json_names_another_method(body: &[u8], method: &str) -> bool {
     }
 }
 
-/// Whether a multipart body has a part named `_method` (whatever it says). Hand-written
-/// as a scan, not a parse: every line of the body that reads as a part's
-/// `Content-Disposition` header (with the lines folded into it, which Rack joins) is
-/// looked at, wherever a boundary is, so no spelling of the boundary that a server
-/// reads otherwise than a parser here can hide a part. A file that holds such a line
-/// is refused too; the message says why.
-fn multipart_names_a_method(body: &[u8]) -> bool {
+/// The request's `Content-Type` values, lower case.
+fn content_types(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase())
+        .collect()
+}
+
+/// Whether every charset the body is said to be in reads the field names as UTF-8
+/// does: a form in UTF-16 or EBCDIC (`charset=IBM037`), which Tomcat and ASP.NET
+/// decode as declared, spells `_method` in bytes no check here reads as that name.
+fn charsets_read_alike(types: &[String]) -> bool {
+    types.iter().all(|text| {
+        text.split(';').skip(1).all(|parameter| {
+            let Some((name, value)) = parameter.split_once('=') else {
+                return true;
+            };
+            name.trim() != "charset"
+                || matches!(
+                    value.trim().trim_matches('"'),
+                    "utf-8" | "utf8" | "us-ascii" | "ascii" | "iso-8859-1" | "latin1"
+                )
+        })
+    })
+}
+
+/// Whether a multipart body may carry a `_method` part, as a server could read it.
+/// Hand-written as a scan, not a parse, and strict: the boundary must be named once;
+/// every part's head (between a line with the boundary and the first empty line) must
+/// be plain `Name: value` lines, none folded, none without a colon (PHP joins a line
+/// without one to the one before, Rack folds); and no head line may name `method`
+/// override anywhere once white space, quotes, backslashes and escapes are gone (PHP reads
+/// `name=` in any place and in single quotes, Rack takes a name from `Content-ID`,
+/// and its pattern for `Content-Disposition` matches inside any head line). Anywhere
+/// in the body, a line naming `Content-Disposition` or `Content-ID` and `method` is
+/// refused too, whichever boundary a server takes. A file holding such a line is
+/// refused as well; the message says why.
+fn multipart_names_a_method(body: &[u8], types: &[String]) -> bool {
+    let boundaries: Vec<String> = types
+        .iter()
+        .flat_map(|text| text.split(';').skip(1))
+        .filter_map(|parameter| {
+            let (name, value) = parameter.split_once('=')?;
+            (name.trim() == "boundary").then(|| value.trim().trim_matches('"').to_string())
+        })
+        .collect();
+    let [boundary] = boundaries.as_slice() else {
+        return true;
+    };
+    if boundary.is_empty() {
+        return true;
+    }
+    let delimiter = format!("--{boundary}");
     let text = String::from_utf8_lossy(body);
-    let mut headers: Vec<String> = Vec::new();
+    let normalized = |line: &str| -> String {
+        let plain: String = line
+            .chars()
+            .filter(|c| !c.is_whitespace() && !matches!(c, '"' | '\\'))
+            .collect();
+        percent_encoding::percent_decode_str(&plain)
+            .decode_utf8_lossy()
+            .to_ascii_lowercase()
+    };
+    let mut in_head = false;
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
-        match (line.starts_with([' ', '\t']), headers.last_mut()) {
-            (true, Some(header)) => header.push_str(line),
-            _ => headers.push(line.to_string()),
+        let plain = normalized(line);
+        let names_one = names_an_override(&plain);
+        if names_one && (plain.contains("content-disposition") || plain.contains("content-id")) {
+            return true;
+        }
+        if line.to_ascii_lowercase().contains(&delimiter) {
+            in_head = true;
+            continue;
+        }
+        if !in_head {
+            continue;
+        }
+        if line.is_empty() {
+            in_head = false;
+            continue;
+        }
+        if line.starts_with([' ', '\t']) || !line.contains(':') || names_one {
+            return true;
         }
     }
-    headers.iter().any(|line| {
-        let Some((header, value)) = line.split_once(':') else {
-            return false;
-        };
-        header.trim().eq_ignore_ascii_case("content-disposition")
-            && value.split(';').skip(1).any(|parameter| {
-                let Some((key, name)) = parameter.split_once('=') else {
-                    return false;
-                };
-                let key = key.trim().to_ascii_lowercase();
-                let name = name.trim().trim_matches('"').replace('\\', "");
-                // RFC 2231 `name*=utf-8''_method`.
-                let name = match key.as_str() {
-                    "name" => name,
-                    "name*" => name.rsplit('\'').next().unwrap_or_default().to_string(),
-                    _ => return false,
-                };
-                let decoded = percent_encoding::percent_decode_str(&name).decode_utf8_lossy();
-                super::canonical::is_method_parameter(&name)
-                    || super::canonical::is_method_parameter(&decoded)
-            })
-    })
+    false
+}
+
+/// Whether a part's head line (lower case, without white space, double quotes,
+/// backslashes and escapes) names an override field where a value starts (after `=`,
+/// `:`, `;`, `,`, a single quote (PHP's quoting, RFC 2231's `utf-8''`) or at the
+/// start): `method` with any of the marks servers drop or turn into `_`
+/// before it (`=_method`, `=.method`, `:[_method]`), or an override header's name; a
+/// field such as `payment_method` or plainly `method` is none.
+fn names_an_override(plain: &str) -> bool {
+    let starts_a_value =
+        |before: &str| before.is_empty() || before.ends_with(['=', ':', ';', ',', '\'']);
+    let decorated = plain.match_indices("method").any(|(at, _)| {
+        let before = &plain[..at];
+        let bare = before.trim_end_matches(['_', '.', '[', ']']);
+        bare.len() < before.len() && starts_a_value(bare)
+    });
+    let dashed = plain.replace('_', "-");
+    decorated
+        || super::canonical::METHOD_OVERRIDES.iter().any(|name| {
+            dashed
+                .match_indices(name)
+                .any(|(at, _)| starts_a_value(&dashed[..at]))
+        })
 }
 
 pub(super) fn blocked(host: &str, rule: &RulePolicy) -> Refusal {
@@ -434,8 +509,9 @@ mod tests {
             "POST"
         ));
         assert!(!json_names_another_method(b"not json", "POST"));
-        // Multipart: any part header naming the field, however the lines end or the
-        // name is quoted.
+        // Multipart: any part head naming the field, however the lines end, the name
+        // is quoted or placed, or the head is folded; a boundary named twice.
+        let types = |boundary: &str| vec![format!("multipart/form-data; boundary={boundary}")];
         for body in [
             "--x\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nPUT\r\n--x--",
             "--x\ncontent-disposition:form-data;name=_method\n\nPUT\n--x--",
@@ -444,15 +520,44 @@ mod tests {
             "--x\r\nContent-Disposition: form-data; name*=UTF-8''%5Fmethod\r\n",
             "--x\r\nContent-Disposition: form-data;\r\n name=\"_method\"\r\n\r\nPUT",
             "--x\r\nContent-Disposition: form-data; name=\" _method\"\r\n",
+            "--x\r\nContent-Disposition: name=\"_method\"\r\n\r\nDELETE",
+            "--x\r\nContent-Disposition: form-data; name='_method'\r\n\r\nDELETE",
+            "--x\r\nContent-Disposition: form-data; x=1;\r\nname=_method\r\n\r\nDELETE",
+            "--x\r\nContent-Disposition: form-data; name=\"_me\r\nthod\"\r\n\r\nDELETE",
+            "--x\r\nContent-ID: _method\r\n\r\nDELETE",
+            "--x\r\nX-A: Content-Disposition: x; name=_method\r\n\r\nDELETE",
         ] {
-            assert!(multipart_names_a_method(body.as_bytes()), "{body:?}");
+            assert!(
+                multipart_names_a_method(body.as_bytes(), &types("x")),
+                "{body:?}"
+            );
         }
         for body in [
-            "--x\r\nContent-Disposition: form-data; name=\"method\"\r\n\r\n_method\r\n--x--",
-            "--x\r\nContent-Disposition: form-data; filename=\"_method\"\r\n",
+            "--x\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nthe method we use\r\n--x--",
+            "--x\r\nContent-Disposition: form-data; name=\"method\"\r\n\r\nDELETE\r\n--x--",
+            "--x\r\nContent-Disposition: form-data; name=\"payment_method\"\r\n\r\ncard\r\n--x--",
+            "--x\r\nContent-Disposition: form-data; filename=\"a.txt\"\r\n\r\nfn method() {}\r\n--x--",
         ] {
-            assert!(!multipart_names_a_method(body.as_bytes()), "{body:?}");
+            assert!(!multipart_names_a_method(body.as_bytes(), &types("x")), "{body:?}");
         }
+        let twice = vec!["multipart/form-data; boundary=x; boundary=y".to_string()];
+        assert!(multipart_names_a_method(b"--x\r\n\r\n--x--", &twice));
+        assert!(multipart_names_a_method(
+            b"--x--",
+            &["multipart/form-data".to_string()]
+        ));
+        // Charsets: UTF-8 and its subsets only.
+        let typed = |text: &str| vec![text.to_string()];
+        assert!(charsets_read_alike(&typed(
+            "application/x-www-form-urlencoded; charset=utf-8"
+        )));
+        assert!(charsets_read_alike(&typed("application/json")));
+        assert!(!charsets_read_alike(&typed(
+            "application/x-www-form-urlencoded; charset=utf-16be"
+        )));
+        assert!(!charsets_read_alike(&typed(
+            "application/json; charset=\"ibm037\""
+        )));
     }
 
     fn headers(encoding: &str) -> http::HeaderMap {

@@ -215,21 +215,30 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
 pub(crate) async fn allow_local(State(state): State<WebState>, body: Bytes) -> PageResult {
     let pairs = pairs(&body);
     let agent = field(&pairs, "agent").trim().to_string();
-    let pattern = field(&pairs, "pattern").trim().to_string();
     let name = AgentName::new(&agent).map_err(|e| PageError::BadRequest(e.to_string()))?;
-    let record = {
-        let (store, name, pattern) = (state.store.clone(), name.clone(), pattern.clone());
+    // What is allowed is worked out here from the agent's own model server, never taken
+    // from the form (a forged one could ask for `*`).
+    let settings = {
+        let (store, name) = (state.store.clone(), name.clone());
         blocking(move || {
             let record = store.get_agent(&name)?;
-            store.allow_local_upstream(&pattern)?;
-            Ok(record)
+            palisade_host::settings::AgentSettings::from_json(&record.settings)
+                .map_err(|e| PageError::BadRequest(e.to_string()))
         })
         .await?
     };
+    let pattern = settings
+        .effective_base_url()
+        .parse::<axum::http::Uri>()
+        .ok()
+        .and_then(|uri| local_allowance(&uri))
+        .ok_or_else(|| PageError::BadRequest("the agent's base URL names no host".into()))?;
+    {
+        let store = state.store.clone();
+        blocking(move || Ok(store.allow_local_upstream(&pattern)?)).await?;
+    }
     state.model_lists.forget_agent(name.as_str());
     let socket = state.host.vault_socket(&name);
-    let settings = palisade_host::settings::AgentSettings::from_json(&record.settings)
-        .map_err(|e| PageError::BadRequest(e.to_string()))?;
     let listed = palisade_host::models::list(&socket, &settings, LIST_TIMEOUT).await;
     let checked = match listed {
         Ok(models) if models.iter().any(|m| m.id == settings.model) => Listing::Listed,
@@ -333,7 +342,6 @@ pub(crate) fn ready_card(
                         form method="post" action="/setup/allow-local" {
                             (layout::csrf_field())
                             input type="hidden" name="agent" value=(agent);
-                            input type="hidden" name="pattern" value=(host);
                             button.primary #allow-local type="submit" { "Let agents reach " (host) }
                         }
                     }
