@@ -488,6 +488,15 @@ fn create_v1_leaf_in_any(
     Err(first)
 }
 
+/// Most TCP buffer memory a sandbox may hold on cgroup v1: an eighth of its memory
+/// limit, at most 64 MiB (plenty for its loopback connections to the shim); eight
+/// sandboxes at once then hold 512 MiB at most, under this host's TCP pressure
+/// threshold (1.1 GB).
+pub(crate) fn tcp_share(memory: Option<u64>) -> u64 {
+    const MOST: u64 = 64 << 20;
+    memory.map_or(MOST, |memory| (memory / 8).min(MOST))
+}
+
 fn create_v1_leaf(
     parent: &Path,
     name: &str,
@@ -509,10 +518,13 @@ fn create_v1_leaf(
                 // v1 counts TCP buffer memory apart, and only once it has a limit:
                 // without one, a sandbox's unread loopback sockets held gigabytes of
                 // kernel memory past its limit and pushed the host's TCP to its
-                // pressure limit for everyone. (v2 counts it in `memory.max`.)
+                // pressure limit for everyone. Apart means on top of the memory
+                // limit, and the host's TCP memory (`net.ipv4.tcp_mem`) is one pool:
+                // at the memory limit, three default sandboxes could fill it. So the
+                // share is small (v2 counts it in `memory.max`).
                 let tcp = leaf.join("memory.kmem.tcp.limit_in_bytes");
                 if tcp.exists() {
-                    write(&tcp, &memory)?;
+                    write(&tcp, &tcp_share(limits.memory).to_string())?;
                 }
                 Ok(())
             })
@@ -546,6 +558,12 @@ fn read_pids(leaf: &Path) -> Vec<i32> {
 
 /// Removes a leaf, retrying while its last processes finish exiting (up to 2 s).
 fn remove_leaf(leaf: &Path) {
+    // v1: the page cache still charged to a removed memory cgroup keeps it alive in the
+    // kernel (a "dying" cgroup, ten more after ten short runs); emptied first, it goes.
+    let force_empty = leaf.join("memory.force_empty");
+    if force_empty.exists() {
+        let _ = std::fs::write(&force_empty, "0");
+    }
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         match std::fs::remove_dir(leaf) {
@@ -758,7 +776,10 @@ mod tests {
         let memory_limit = read("memory.limit_in_bytes");
         remove_leaf(&leaf);
         assert_eq!(memory_limit.trim(), (64u64 << 20).to_string());
-        assert_eq!(tcp.trim(), (64u64 << 20).to_string());
+        // An eighth of the limit, on top of it: not the limit again.
+        assert_eq!(tcp.trim(), (8u64 << 20).to_string());
+        assert_eq!(tcp_share(Some(1 << 30)), 64 << 20);
+        assert_eq!(tcp_share(None), 64 << 20);
     }
 
     #[test]

@@ -18,6 +18,9 @@
 //! - `ptrace`, `process_vm_readv`/`writev`, `pidfd_getfd`: reading or steering other
 //!   processes of the sandbox, the shim among them;
 //! - `bpf`, `perf_event_open`, `userfaultfd`: attack surface, no use in a sandbox;
+//! - `memfd_secret` (answered `ENOSYS`): its pages are taken out of the kernel's direct
+//!   map, which splits the host's huge pages for good (one review's 20 processes split
+//!   seven 1 GB pages, a lasting slowdown for the whole machine until reboot);
 //! - nested user namespaces (`clone`/`unshare` with `CLONE_NEWUSER`; `clone3`, whose
 //!   flags seccomp cannot read, answers `ENOSYS` so the C library falls back to
 //!   `clone`), exactly as podman sandboxes (see [`crate::seccomp`]);
@@ -150,6 +153,7 @@ pub const DENIED: &[Denial] = &[
     always("bpf", Answer::Refused),
     always("perf_event_open", Answer::Refused),
     always("userfaultfd", Answer::Refused),
+    always("memfd_secret", Answer::Unavailable),
     always("clone3", Answer::Unavailable),
     Denial {
         syscall: "clone",
@@ -241,6 +245,7 @@ fn number(name: &str) -> Option<i64> {
         "bpf" => libc::SYS_bpf,
         "perf_event_open" => libc::SYS_perf_event_open,
         "userfaultfd" => libc::SYS_userfaultfd,
+        "memfd_secret" => libc::SYS_memfd_secret,
         "clone3" => libc::SYS_clone3,
         "clone" => libc::SYS_clone,
         "unshare" => libc::SYS_unshare,

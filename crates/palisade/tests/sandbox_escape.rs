@@ -887,8 +887,8 @@ import ctypes, errno, os, platform, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 NR = {
-    'x86_64': dict(io_uring_setup=425, io_setup=206, keyctl=250, add_key=248, ptrace=101, bpf=321, userfaultfd=323, perf_event_open=298),
-    'aarch64': dict(io_uring_setup=425, io_setup=0, keyctl=219, add_key=217, ptrace=117, bpf=280, userfaultfd=282, perf_event_open=241),
+    'x86_64': dict(io_uring_setup=425, io_setup=206, keyctl=250, add_key=248, ptrace=101, bpf=321, userfaultfd=323, perf_event_open=298, memfd_secret=447),
+    'aarch64': dict(io_uring_setup=425, io_setup=0, keyctl=219, add_key=217, ptrace=117, bpf=280, userfaultfd=282, perf_event_open=241, memfd_secret=447),
 }[platform.machine()]
 def call(name, *args):
     args = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
@@ -901,7 +901,7 @@ def call(name, *args):
 /// bubblewrap sandboxes load palisade's seccomp filter: io_uring and Linux AIO (one
 /// machine-wide pool of events a sandbox could fill for every process) are unavailable,
 /// and the keyrings, ptrace (even of the sandbox's own processes), bpf, userfaultfd and
-/// perf_event_open are refused.
+/// perf_event_open are refused; memfd_secret is unavailable.
 #[test]
 fn bubblewrap_sandboxes_deny_io_uring_keyrings_ptrace_and_bpf() {
     each(|w, rt| {
@@ -925,6 +925,7 @@ os.waitpid(child, 0)
 call('bpf', 0, ctypes.create_string_buffer(128), 128)
 call('userfaultfd', 0)
 call('perf_event_open', ctypes.create_string_buffer(128), 0, -1, -1, 0)
+call('memfd_secret', 0)
 print('probe-done')
 "#
         );
@@ -940,6 +941,8 @@ print('probe-done')
             "bpf EPERM",
             "userfaultfd EPERM",
             "perf_event_open EPERM",
+            // Its pages leave the kernel's direct map, splitting the host's huge pages.
+            "memfd_secret ENOSYS",
         ] {
             assert!(all.contains(expected), "{:?}: {expected}: {all}", w.who);
         }
