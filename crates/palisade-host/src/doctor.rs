@@ -669,6 +669,17 @@ fn unanswered_fix(
         crate::models::ModelsError::Refused { kind, .. } => kind.as_str(),
         _ => "",
     };
+    if matches!(
+        error,
+        crate::models::ModelsError::Refused { status: 404, .. }
+    ) && !error.is_model_not_found()
+    {
+        return format!(
+            "the server has no such endpoint: check the agent's provider ({}; most local servers are OpenAI-compatible: `palisade agents edit {agent} --provider openai`) and its base URL {}",
+            settings.provider,
+            settings.effective_base_url()
+        );
+    }
     match kind {
         "local_upstream_refused" => format!(
             "its model server is at a local address agents may not reach: allow it with `palisade vault local allow {}` (in force at once, and remembered)",

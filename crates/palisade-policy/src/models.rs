@@ -158,6 +158,10 @@ pub fn is_model_unavailable(status: u16, kind: &str, message: &str) -> bool {
         || (status == 404 && names_a_model)
 }
 
+/// What a person is told when the model server answers 404 for its endpoint without
+/// naming the model: the server does not speak that API, or not at that URL.
+pub const NO_SUCH_ENDPOINT_ADVICE: &str = ". The server has no such endpoint: check the agent's provider (Anthropic, or OpenAI-compatible for most local servers) and its base URL, on the agent page or with `palisade agents show`";
+
 /// The one line a person sees when `model` is not available to `agent`.
 pub fn model_unavailable_message(model: &str, agent: &str) -> String {
     format!(

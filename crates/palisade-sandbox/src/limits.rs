@@ -121,17 +121,28 @@ pub(crate) fn claim_file_table(
         mechanism,
         note: Some(note),
     };
-    let memory = limits.memory.filter(|_| counted);
-    let Some(memory) = memory else {
+    let Some(memory) = limits.memory else {
+        // No memory limit was asked for: nothing bounds the sandbox's memory, and so
+        // nothing its files, as the person chose.
+        return (
+            FileTableClaim(0),
+            report(
+                LimitMechanism::Rlimit,
+                "bounded by open descriptors only".into(),
+                "no memory limit, so files kept open by a mapping are not bounded (fs.file-max is shared with the host)".into(),
+            ),
+        );
+    };
+    if !counted {
         return (
             FileTableClaim(0),
             report(
                 LimitMechanism::NotApplied,
-                "not bounded".into(),
+                "on files kept open by a mapping".into(),
                 "no cgroup counts the sandbox's memory, so nothing bounds the files it keeps open by mapping them (fs.file-max is shared with the host)".into(),
             ),
         );
-    };
+    }
     let own = memory / LEAST_BYTES_PER_FILE;
     let claimed = FILES_CLAIMED.fetch_add(own, Ordering::Relaxed) + own;
     let claim = FileTableClaim(own);

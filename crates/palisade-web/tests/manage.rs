@@ -1523,6 +1523,20 @@ async fn first_run_does_not_keep_a_key_the_provider_refuses() {
     // what else a refused key can mean at a server that is not Anthropic's.
     assert_eq!(web.store.get_agent(&helper).unwrap().settings, before);
     assert!(refused.contains("OpenAI-compatible"), "{refused}");
+    // A model typed that the server does not list is not "ready": the card names the
+    // ones it lists. (It said the agent was ready, and the first message failed.)
+    let to = web
+        .post_ok("/setup/model-key", &form(MODEL_KEY, "claude-sonet-4-6"))
+        .await;
+    assert_eq!(to, "/?ready=helper");
+    let card = web.page(&to).await;
+    assert!(!card.contains("helper is ready"), "{card}");
+    let box_ = element(&card, "p", "not-listed");
+    assert!(
+        box_.contains("claude-sonet-4-6") && box_.contains("claude-sonnet-4-6"),
+        "{box_}"
+    );
+    web.store.delete_secret("anthropic").unwrap();
     let to = web.post_ok("/setup/model-key", &form(MODEL_KEY, "")).await;
     assert_eq!(to, "/?ready=helper");
     assert_eq!(web.store.list_secrets().unwrap().len(), 1);

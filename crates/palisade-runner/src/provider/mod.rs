@@ -175,6 +175,9 @@ impl ModelError {
             // The key lives in the vault, out of the agent's reach: the person fixes it.
             text.push_str(palisade_policy::models::KEY_REFUSED_ADVICE);
         }
+        if matches!(self, ModelError::Refused { status: 404, .. }) && !self.is_model_unavailable() {
+            text.push_str(palisade_policy::models::NO_SUCH_ENDPOINT_ADVICE);
+        }
         text
     }
 
@@ -548,6 +551,34 @@ mod tests {
             retry_after: retry_after.map(Duration::from_secs),
             should_retry: should,
         }
+    }
+
+    /// A 404 that names no model is an endpoint the server does not have (a provider or
+    /// base URL that is wrong): the message says what to check, not to pick a model.
+    #[test]
+    fn a_missing_endpoint_points_at_the_provider_and_base_url() {
+        let missing = ModelError::Refused {
+            status: 404,
+            kind: "error".into(),
+            message: "not found /v1/messages".into(),
+            retry_after: None,
+            should_retry: None,
+        };
+        assert!(!missing.is_model_unavailable());
+        assert!(
+            missing.user_message().contains("no such endpoint"),
+            "{}",
+            missing.user_message()
+        );
+        let retired = ModelError::Refused {
+            status: 404,
+            kind: "not_found_error".into(),
+            message: "model: claude-x".into(),
+            retry_after: None,
+            should_retry: None,
+        };
+        assert!(retired.is_model_unavailable());
+        assert!(!retired.user_message().contains("no such endpoint"));
     }
 
     /// A key the API refused is the person's to replace: the message says where.

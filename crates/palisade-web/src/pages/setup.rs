@@ -128,19 +128,24 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
     // The provider's model list, read with the new key: it picks the model when none
     // was given, and tells whether the provider takes the key at all.
     let socket = state.host.vault_socket(&agent.name);
+    // `Some(listed)`: the model typed is not among them.
     let listing = match form.model.is_empty() {
         true => palisade_host::models::choose_for(&state.store, &socket, &agent.name, LIST_TIMEOUT)
             .await
-            .map(drop),
+            .map(|_| None),
         false => match palisade_host::settings::AgentSettings::from_json(&agent.settings) {
             Ok(settings) => palisade_host::models::list(&socket, &settings, LIST_TIMEOUT)
                 .await
-                .map(drop),
-            Err(_) => Ok(()),
+                .map(|listed| {
+                    (!listed.iter().any(|m| m.id == settings.model))
+                        .then(|| listed.into_iter().map(|m| m.id).collect::<Vec<_>>())
+                }),
+            Err(_) => Ok(None),
         },
     };
     let checked = match listing {
-        Ok(()) => Listing::Listed,
+        Ok(None) => Listing::Listed,
+        Ok(Some(listed)) => Listing::NotListed { listed },
         // 401 is the provider's: the vault answers 407 and 403 for its own refusals.
         Err(palisade_host::models::ModelsError::Refused {
             status: status @ 401,
@@ -241,6 +246,13 @@ pub(crate) async fn allow_local(State(state): State<WebState>, body: Bytes) -> P
     let socket = state.host.vault_socket(&name);
     let listed = palisade_host::models::list(&socket, &settings, LIST_TIMEOUT).await;
     let checked = match listed {
+        Err(palisade_host::models::ModelsError::Refused {
+            status: 401,
+            message,
+            ..
+        }) => Listing::KeyRefused {
+            said: message.chars().take(200).collect(),
+        },
         Ok(models) if models.iter().any(|m| m.id == settings.model) => Listing::Listed,
         Ok(_) => {
             match palisade_host::models::choose_for(&state.store, &socket, &name, LIST_TIMEOUT)
@@ -268,6 +280,15 @@ pub(crate) async fn allow_local(State(state): State<WebState>, body: Bytes) -> P
 #[derive(Clone)]
 pub(crate) enum Listing {
     Listed,
+    /// It was read, and the model given is not among `listed`.
+    NotListed {
+        listed: Vec<String>,
+    },
+    /// The provider refused the key stored (once the vault could reach it), saying
+    /// `said`.
+    KeyRefused {
+        said: String,
+    },
     /// It could not be read, for `reason`.
     Unlisted {
         reason: String,
@@ -313,6 +334,8 @@ pub(crate) fn ready_card(
                         Listing::Listed => { h2 { (agent) " is ready" } }
                         Listing::Unlisted { .. } => { h2 { (agent) " has its key; its model is not checked yet" } }
                         Listing::LocalRefused { .. } => { h2 { (agent) " cannot reach its model yet" } }
+                        Listing::NotListed { .. } => { h2 { (agent) "'s model is not one the server lists" } }
+                        Listing::KeyRefused { .. } => { h2 { "The provider refused " (agent) "'s key" } }
                     }
                     p {
                         "The key is in the vault. " (agent) " thinks with " code #ready-model { (model) }
@@ -331,6 +354,23 @@ pub(crate) fn ready_card(
             }
             @match listing {
                 Listing::Listed => {}
+                Listing::NotListed { listed } => {
+                    p.error-box #not-listed {
+                        "The server lists " (listed.len()) " model(s), and " code { (model.unwrap_or_default()) } " is not one of them"
+                        @if !listed.is_empty() {
+                            " (" (listed.iter().take(8).cloned().collect::<Vec<_>>().join(", ")) @if listed.len() > 8 { ", …" } ")"
+                        }
+                        ": a message to it would fail. Choose one on "
+                        a href={ "/agents/" (agent) } { "the agent page" } "."
+                    }
+                }
+                Listing::KeyRefused { said } => {
+                    p.error-box #key-refused {
+                        "Now that the vault reaches the server, it refuses the key stored (" (said) "). Replace it: on "
+                        a href="/vault" { "the Vault page" } ", Rotate the agent's model key, then come back to choose a model on "
+                        a href={ "/agents/" (agent) } { "the agent page" } "."
+                    }
+                }
                 Listing::Unlisted { reason } => {
                     p.error-box #unlisted { "The provider's model list could not be read through the vault (" (reason) "), so the model was not checked. If the first message fails, check that the model server runs, the key and the model on the agent page." }
                 }
