@@ -162,7 +162,8 @@ fn an_anthropic_base_url_ending_in_v1_is_the_same_server() {
         .palisade
         .run(&["agents", "edit", "helper", "--base-url", &base]));
     let host = world.up();
-    let answered = ok(world.send("helper", "through v1?"));
+    // The home's only agent needs no --agent.
+    let answered = ok(world.palisade.run(&["send", "through v1?"]));
     assert!(
         String::from_utf8_lossy(&answered.stdout).contains("echo: through v1?"),
         "{}",
@@ -176,5 +177,14 @@ fn an_anthropic_base_url_ending_in_v1_is_the_same_server() {
         .collect();
     assert!(paths.iter().any(|p| p == "/v1/messages"), "{paths:?}");
     assert!(!paths.iter().any(|p| p.contains("/v1/v1")), "{paths:?}");
+    // With a choice, the error names the agents.
+    ok(world.palisade.run(&["agents", "create", "other"]));
+    let refused = world.palisade.run(&["send", "which one?"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("helper, other"),
+        "{}",
+        text(&refused)
+    );
     world.down(host);
 }

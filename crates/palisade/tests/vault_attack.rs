@@ -3104,7 +3104,7 @@ fn a_local_address_allowed_with_a_port_opens_that_port_only() {
         assert!(
             reply
                 .raw
-                .contains(&format!("--allow-local-upstream 127.0.0.1:{port} ")),
+                .contains(&format!("palisade vault local allow 127.0.0.1:{port}`")),
             "{}",
             reply.raw
         );

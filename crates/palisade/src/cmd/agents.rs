@@ -392,7 +392,20 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             details.field("folders", folders.join(", "));
             if let Ok(settings) = AgentSettings::from_json(&agent.settings) {
                 details.field("provider", &settings.provider);
-                details.field("model", &settings.model);
+                if settings.provider == "openai"
+                    && settings.model == palisade_host::settings::DEFAULT_MODEL
+                {
+                    // As the dashboard says: no OpenAI-compatible server serves it.
+                    details.field(
+                        "model",
+                        format!(
+                            "{} (Anthropic's default, which an OpenAI-compatible server does not serve: choose one of its models with `palisade agents edit {} --model M`)",
+                            settings.model, agent.name
+                        ),
+                    );
+                } else {
+                    details.field("model", &settings.model);
+                }
                 details.field("base url", settings.effective_base_url());
                 if let Some(secs) = settings.idle_timeout_secs {
                     details.field(

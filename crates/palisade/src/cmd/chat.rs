@@ -26,9 +26,9 @@ Examples:
   palisade chat --agent helper --session 12
   printf 'hello\\n/reset\\nhello again\\n' | palisade chat --agent helper")]
 pub struct ChatArgs {
-    /// The agent to talk to.
+    /// The agent to talk to (may be left out when there is only one).
     #[arg(long, value_name = "NAME")]
-    agent: String,
+    agent: Option<String>,
     /// Conversation key; the same key continues the same session (`palisade send` uses `cli` too).
     #[arg(
         long,
@@ -116,7 +116,7 @@ fn read_line(
 }
 
 pub fn run(args: ChatArgs, ctx: &Context) -> anyhow::Result<()> {
-    let agent = AgentName::new(&args.agent)?;
+    let agent = super::send::agent_or_only_one(args.agent.as_deref(), ctx)?;
     if running_host(&ctx.home).is_none() {
         bail!("palisade is not running for this home; start it with `palisade up` (or `palisade up --detach`)");
     }

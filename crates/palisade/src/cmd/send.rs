@@ -17,9 +17,9 @@ use std::time::Duration;
   palisade send --agent helper --conversation project-x \"summarise notes.md\"
   echo \"long text\" | palisade send --agent helper -")]
 pub struct SendArgs {
-    /// The agent to talk to.
+    /// The agent to talk to (may be left out when there is only one).
     #[arg(long, value_name = "NAME")]
-    agent: String,
+    agent: Option<String>,
     /// Conversation (session) key; the same key continues the same conversation.
     #[arg(long, default_value = "cli", value_name = "KEY")]
     conversation: String,
@@ -30,8 +30,28 @@ pub struct SendArgs {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The agent named, or the home's only agent when none is: `--agent` is needed only
+/// where there is a choice (and the error then lists the agents).
+pub(crate) fn agent_or_only_one(named: Option<&str>, ctx: &Context) -> anyhow::Result<AgentName> {
+    if let Some(name) = named {
+        return Ok(AgentName::new(name)?);
+    }
+    let agents = ctx.open_store()?.list_agents()?;
+    match agents.as_slice() {
+        [only] => Ok(only.name.clone()),
+        [] => bail!("this home has no agent yet; create one with `palisade agents create NAME`"),
+        many => bail!(
+            "give the agent with --agent NAME; this home has {}",
+            many.iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 pub fn run(args: SendArgs, ctx: &Context) -> anyhow::Result<()> {
-    let agent = AgentName::new(&args.agent)?;
+    let agent = agent_or_only_one(args.agent.as_deref(), ctx)?;
     let text = if args.text == "-" {
         let mut text = String::new();
         std::io::stdin()
