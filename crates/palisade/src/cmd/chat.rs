@@ -11,7 +11,6 @@ use super::send::{acknowledge, check_text, clean_text, stream_reply};
 use super::up::running_host;
 use crate::context::Context;
 use anyhow::{bail, Context as _};
-use palisade_policy::AgentName;
 use std::io::{BufRead, IsTerminal, Write};
 
 #[derive(Debug, clap::Args)]
