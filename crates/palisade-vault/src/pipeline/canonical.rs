@@ -247,12 +247,11 @@ fn names_target(claimed: &[u8], target: &Target) -> bool {
 /// space, it is `method` in any case, and it had at least one such mark (a field named
 /// plainly `method` is no framework's override).
 /// The names of the override headers count as field names too (ASP.NET MVC reads
-/// `X-HTTP-Method-Override` from the form and the query as well), and so does any name
-/// with a NUL in it, which no form of a person's has (a body in UTF-16 read as UTF-8).
+/// `X-HTTP-Method-Override` from the form and the query as well). A name ends at a NUL,
+/// as PHP reads it. (A form in UTF-16, whose names are full of NULs, is refused for its
+/// declared charset; an upload `curl --data-binary` calls a form has NULs of its own.)
 pub(super) fn is_method_parameter(key: &str) -> bool {
-    if key.contains('\0') {
-        return true;
-    }
+    let key = key.split('\0').next().unwrap_or_default();
     let marks = |c: char| matches!(c, '_' | '.' | '[' | ']') || c.is_whitespace();
     let core: String = key.chars().filter(|&c| !marks(c)).collect();
     let header = key.trim().to_ascii_lowercase().replace('_', "-");
@@ -357,6 +356,10 @@ mod tests {
             "\t_method",
             "__method",
             "[method]",
+            // ASP.NET MVC reads the override header's name as a field too.
+            "X-HTTP-Method-Override",
+            "x_http_method",
+            "X-Method-Override",
         ] {
             assert!(is_method_parameter(name), "{name:?}");
         }
@@ -368,6 +371,7 @@ mod tests {
             "methods",
             "payment_method",
             "_meth",
+            "\0_method",
         ] {
             assert!(!is_method_parameter(name), "{name:?}");
         }
