@@ -133,3 +133,19 @@ fn an_older_signed_list_put_back_allows_nothing() {
         assert!(t.store.verify_audit().unwrap().ok || !pruned);
     }
 }
+
+/// A pruning carries only the list in force: an older signed list put back before it
+/// (its row earlier than the forget's) is not signed anew for the carry row, which
+/// would have allowed the forgotten address again with the log intact.
+#[test]
+fn a_pruning_does_not_carry_an_older_list_put_back() {
+    let t = common::store();
+    let conn = common::raw(&t.home);
+    t.store.allow_local_upstream("127.0.0.1:8080").unwrap();
+    let older = stored_value(&conn);
+    t.store.forget_local_upstream("127.0.0.1:8080").unwrap();
+    put_back(&conn, &older);
+    t.store.prune_audit(palisade_store::now_ms() + 1).unwrap();
+    assert!(t.store.local_upstreams().unwrap().patterns.is_empty());
+    assert!(t.store.verify_audit().unwrap().ok);
+}

@@ -1755,6 +1755,24 @@ fn local_addresses_remembered_in_the_home_are_in_force_at_once_and_after_restart
         "{}",
         reply.raw
     );
+    // With a credential for it over plain HTTP (a local model server has no HTTPS),
+    // the cause named is the local address, not the missing HTTPS.
+    attack.setup.secret(
+        "local-key",
+        "localhost",
+        None,
+        "bearer",
+        &["probe"],
+        "tok-local-value",
+    );
+    let plain = format!("http://localhost:{}/v1/x", attack.setup.upstream.port());
+    let reply = attack.curl(&token, &[&plain]);
+    refused(&reply, 403, "local_upstream_refused");
+    assert!(
+        reply.raw.contains("palisade vault local allow localhost`"),
+        "{}",
+        reply.raw
+    );
     attack.cli(&["vault", "local", "allow", "localhost"]);
     let reply = attack.curl(&token, &[&attack.url("/v1/x")]);
     assert_eq!(reply.status, 200, "{}", reply.raw);

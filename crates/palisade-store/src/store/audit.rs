@@ -1415,7 +1415,7 @@ impl Store {
             super::local::carry_over_pruning(tx, self.key(), keep_from, |entry| {
                 let mut entry = entry.clone();
                 entry.actor = Some(self.actor().to_string());
-                append_in(tx, self.key(), crate::now_ms(), &entry)
+                self.append_in(tx, &entry)
             })?;
             Ok(Ok((keep_from, recorded_as)))
         })?;

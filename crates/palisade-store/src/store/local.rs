@@ -128,7 +128,8 @@ fn store(
 /// For a pruning that removes the rows before `keep_from`: a list whose row would go is
 /// recorded again (`local_upstream.carry`) and signed for the new row, so the latest
 /// change is always in the log and an older signed list put back is always
-/// contradicted by a later row. `append` writes a row and gives its id.
+/// contradicted by a later row. `append` writes a row (raising the configuration
+/// version, so gateways reload) and gives its id.
 pub(super) fn carry_over_pruning(
     tx: &rusqlite::Transaction<'_>,
     key: &MasterKey,
@@ -141,16 +142,32 @@ pub(super) fn carry_over_pruning(
     if stored.row >= keep_from {
         return Ok(());
     }
+    // Only the list in force is carried: an older signed one put back (its row is not
+    // the latest change) would otherwise be signed anew for the carry row, and the
+    // address a person forgot allowed again. Then nothing is carried but the fact:
+    // an empty list, which allows nothing.
+    let later: bool = tx.query_row(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM audit NOT INDEXED WHERE id > ?1 AND event IN ({EVENTS}))"
+        ),
+        [stored.row],
+        |r| r.get(0),
+    )?;
+    let patterns = match later {
+        false => stored.patterns,
+        true => Vec::new(),
+    };
     let entry = crate::AuditEntry {
         event: "local_upstream.carry".into(),
         detail: Some(serde_json::json!({
-            "patterns": stored.patterns,
+            "patterns": patterns,
             "carried_from": stored.row,
+            "put_back": later,
         })),
         ..crate::AuditEntry::default()
     };
     let row = append(&entry)?;
-    store(tx, key, stored.patterns, row)
+    store(tx, key, patterns, row)
 }
 
 impl Store {

@@ -13,7 +13,14 @@ pub(super) fn inject(
     parts: &mut http::request::Parts,
 ) -> Result<(), Refusal> {
     let host = target.host.as_str();
-    if target.scheme == Scheme::Http && !shared.guard.host_allowed_local_at(host, target.port) {
+    let allowed_local = shared.guard.host_allowed_local_at(host, target.port);
+    // `localhost` is this machine whatever it resolves to (RFC 6761): not allowed, that
+    // is the cause to name, not the missing HTTPS a local server does not have.
+    let lower = host.to_ascii_lowercase();
+    if !allowed_local && (lower == "localhost" || lower.ends_with(".localhost")) {
+        return Err(super::local::refused(host, host));
+    }
+    if target.scheme == Scheme::Http && !allowed_local {
         return Err(Refusal::new(
             Decision::PlaintextRefused,
             ErrorBody::new(GatewayErrorKind::BlockedByPolicy, host).with_message(format!(

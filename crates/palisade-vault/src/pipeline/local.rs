@@ -20,12 +20,7 @@ pub(super) fn refuse_local(shared: &Shared, target: &Target) -> Result<(), Refus
                 IpAddr::V6(_) => format!("[{host}]:{}", target.port),
                 IpAddr::V4(_) => format!("{host}:{}", target.port),
             };
-            return Err(Refusal::new(
-                Decision::LocalRefused,
-                ErrorBody::new(GatewayErrorKind::LocalUpstreamRefused, host).with_message(format!(
-                    "{host} is a loopback, private or link-local address, which agents may not reach. Do not retry; use a public address, or, if this is intended, the person who runs Palisade can allow it with `palisade vault local allow {allowance}` (in force at once)."
-                )),
-            ));
+            return Err(refused(host, &allowance));
         }
     }
     if shared.is_own_listener(host, target.port) {
@@ -37,4 +32,14 @@ pub(super) fn refuse_local(shared: &Shared, target: &Target) -> Result<(), Refus
         ));
     }
     Ok(())
+}
+
+/// The refusal of `host`, a local address not allowed, naming what allows it.
+pub(super) fn refused(host: &str, allowance: &str) -> Refusal {
+    Refusal::new(
+        Decision::LocalRefused,
+        ErrorBody::new(GatewayErrorKind::LocalUpstreamRefused, host).with_message(format!(
+            "{host} is a loopback, private or link-local address, which agents may not reach. Do not retry; use a public address, or, if this is intended, the person who runs Palisade can allow it with `palisade vault local allow {allowance}` (in force at once)."
+        )),
+    )
 }

@@ -245,6 +245,11 @@ pub(crate) async fn allow_local(State(state): State<WebState>, body: Bytes) -> P
     state.model_lists.forget_agent(name.as_str());
     let socket = state.host.vault_socket(&name);
     let listed = palisade_host::models::list(&socket, &settings, LIST_TIMEOUT).await;
+    // Anthropic's default on an OpenAI-compatible server was never chosen: it is
+    // replaced by the server's newest. A model the person typed is not: the card says
+    // it is not listed, and which are.
+    let defaulted =
+        settings.provider == "openai" && settings.model == palisade_host::settings::DEFAULT_MODEL;
     let checked = match listed {
         Err(palisade_host::models::ModelsError::Refused {
             status: 401,
@@ -254,6 +259,9 @@ pub(crate) async fn allow_local(State(state): State<WebState>, body: Bytes) -> P
             said: message.chars().take(200).collect(),
         },
         Ok(models) if models.iter().any(|m| m.id == settings.model) => Listing::Listed,
+        Ok(models) if !defaulted => Listing::NotListed {
+            listed: models.into_iter().map(|m| m.id).collect(),
+        },
         Ok(_) => {
             match palisade_host::models::choose_for(&state.store, &socket, &name, LIST_TIMEOUT)
                 .await
