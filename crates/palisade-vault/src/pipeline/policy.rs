@@ -83,11 +83,19 @@ pub(super) async fn check_form(
     let decoded = decoded_view(&parts.headers, data, limit, host)?;
     let method = parts.method.as_str();
     let types = content_types(&parts.headers);
+    // As decoded, and as sent: PHP, Rack and Tomcat parse the bytes as they come, and
+    // a gzip body's header (its comment field) holds text its decoding never shows.
+    let views: &[&[u8]] = match &decoded {
+        std::borrow::Cow::Borrowed(_) => &[data],
+        std::borrow::Cow::Owned(decoded) => &[decoded.as_slice(), data],
+    };
     let overridden = !charsets_read_alike(&types)
-        || kinds.iter().any(|kind| match kind {
-            FormKind::UrlEncoded => form_names_another_method(&decoded, method),
-            FormKind::Json => json_names_another_method(&decoded, method),
-            FormKind::Multipart => multipart_names_a_method(&decoded, &types),
+        || views.iter().any(|view| {
+            kinds.iter().any(|kind| match kind {
+                FormKind::UrlEncoded => form_names_another_method(view, method),
+                FormKind::Json => json_names_another_method(view, method),
+                FormKind::Multipart => multipart_names_a_method(view, &types),
+            })
         });
     match overridden {
         false => Ok(()),
@@ -177,11 +185,40 @@ fn json_names_another_method(body: &[u8], method: &str) -> bool {
                     .is_some_and(|claimed| claimed.trim().eq_ignore_ascii_case(method))
         }),
         Ok(_) => false,
+        // Read as text, its `\u` escapes decoded, quotes and white space gone: an
+        // override name where a key starts counts (`"http.request.method"` does not).
         Err(_) => {
-            let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-            text.contains("method") || text.contains("\\u")
+            let text = String::from_utf8_lossy(body);
+            let plain: String = unescape_json(&text)
+                .chars()
+                .filter(|c| !c.is_whitespace() && *c != '"')
+                .collect();
+            names_an_override(&plain.to_ascii_lowercase())
         }
     }
+}
+
+/// `text` with its `\uXXXX` escapes decoded (others kept), for a body serde_json
+/// cannot read.
+fn unescape_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\\u") {
+        out.push_str(&rest[..at]);
+        let hex = rest.get(at + 2..at + 6).unwrap_or_default();
+        match u32::from_str_radix(hex, 16).ok().and_then(char::from_u32) {
+            Some(c) if hex.len() == 4 => {
+                out.push(c);
+                rest = &rest[at + 6..];
+            }
+            _ => {
+                out.push_str("\\u");
+                rest = &rest[at + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The request's `Content-Type` values, lower case.
@@ -197,17 +234,47 @@ fn content_types(headers: &http::HeaderMap) -> Vec<String> {
 /// does: a form in UTF-16 or EBCDIC (`charset=IBM037`), which Tomcat and ASP.NET
 /// decode as declared, spells `_method` in bytes no check here reads as that name.
 fn charsets_read_alike(types: &[String]) -> bool {
+    // Every `charset=` in the header, as a parameter of its own or not (Tomcat finds
+    // the first such text anywhere, `xcharset=` included).
     types.iter().all(|text| {
-        text.split(';').skip(1).all(|parameter| {
-            let Some((name, value)) = parameter.split_once('=') else {
-                return true;
-            };
-            name.trim() != "charset"
-                || matches!(
-                    value.trim().trim_matches('"'),
-                    "utf-8" | "utf8" | "us-ascii" | "ascii" | "iso-8859-1" | "latin1"
-                )
+        text.match_indices("charset=").all(|(at, found)| {
+            let value = text[at + found.len()..]
+                .split([';', ','])
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .trim_matches('"');
+            ascii_compatible(value)
         })
+    })
+}
+
+/// Whether a charset reads ASCII's bytes as ASCII (so `_method` is spelled the same):
+/// UTF-8 and the single- and multi-byte charsets built on ASCII; not UTF-16 or -32,
+/// UTF-7, EBCDIC, or one not known here.
+fn ascii_compatible(charset: &str) -> bool {
+    matches!(
+        charset,
+        "utf-8"
+            | "utf8"
+            | "us-ascii"
+            | "ascii"
+            | "latin1"
+            | "shift_jis"
+            | "sjis"
+            | "gbk"
+            | "gb2312"
+            | "gb18030"
+            | "big5"
+            | "euc-jp"
+            | "euc-kr"
+            | "euc-cn"
+            | "koi8-r"
+            | "koi8-u"
+    ) || ["iso-8859-", "windows-125", "cp125"].iter().any(|prefix| {
+        charset
+            .strip_prefix(prefix)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     })
 }
 
@@ -223,20 +290,9 @@ fn charsets_read_alike(types: &[String]) -> bool {
 /// refused too, whichever boundary a server takes. A file holding such a line is
 /// refused as well; the message says why.
 fn multipart_names_a_method(body: &[u8], types: &[String]) -> bool {
-    let boundaries: Vec<String> = types
-        .iter()
-        .flat_map(|text| text.split(';').skip(1))
-        .filter_map(|parameter| {
-            let (name, value) = parameter.split_once('=')?;
-            (name.trim() == "boundary").then(|| value.trim().trim_matches('"').to_string())
-        })
-        .collect();
-    let [boundary] = boundaries.as_slice() else {
+    let Some(boundary) = boundary_of(types) else {
         return true;
     };
-    if boundary.is_empty() {
-        return true;
-    }
     let delimiter = format!("--{boundary}");
     let text = String::from_utf8_lossy(body);
     let normalized = |line: &str| -> String {
@@ -244,34 +300,87 @@ fn multipart_names_a_method(body: &[u8], types: &[String]) -> bool {
             .chars()
             .filter(|c| !c.is_whitespace() && !matches!(c, '"' | '\\'))
             .collect();
-        percent_encoding::percent_decode_str(&plain)
+        let plain = percent_encoding::percent_decode_str(&plain)
             .decode_utf8_lossy()
-            .to_ascii_lowercase()
+            .to_ascii_lowercase();
+        // A file's name is no field's (`-F f=@_method.rb`).
+        plain
+            .split(';')
+            .filter(|parameter| !parameter.starts_with("filename"))
+            .collect::<Vec<_>>()
+            .join(";")
     };
     let mut in_head = false;
     for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
+        let (line, crlf) = match line.strip_suffix('\r') {
+            Some(line) => (line, true),
+            None => (line, false),
+        };
         let plain = normalized(line);
         let names_one = names_an_override(&plain);
         if names_one && (plain.contains("content-disposition") || plain.contains("content-id")) {
             return true;
         }
-        if line.to_ascii_lowercase().contains(&delimiter) {
-            in_head = true;
+        let lower = line.to_ascii_lowercase();
+        if lower.contains(&delimiter) {
+            // The closing delimiter (`--b--`) starts no part.
+            in_head = !lower.contains(&format!("{delimiter}--"));
             continue;
         }
         if !in_head {
             continue;
         }
+        // A head ends at CRLF CRLF for Rack, whose pattern for the name then runs on
+        // across lines a bare LF ends: only CRLF heads are read alike.
+        if !crlf {
+            return true;
+        }
         if line.is_empty() {
             in_head = false;
             continue;
         }
-        if line.starts_with([' ', '\t']) || !line.contains(':') || names_one {
+        // RFC 2231 continuations (`name*0=`), which Werkzeug joins.
+        let continued = plain
+            .match_indices("name*")
+            .any(|(at, found)| plain[at + found.len()..].starts_with(|c: char| c.is_ascii_digit()));
+        if line.starts_with([' ', '\t']) || !line.contains(':') || names_one || continued {
             return true;
         }
     }
     false
+}
+
+/// The boundary of a multipart body, when the headers name it plainly and once: one
+/// `boundary=` in all of them, as a parameter of its own, a token or a quoted string
+/// that ends the parameter, no comma in the type. Otherwise servers cut it differently
+/// (PHP at a comma or the closing quote, and at the first `boundary=` anywhere; Rack at
+/// `"`, `;` or `,`), and a body whose parts the check here cannot find is refused.
+fn boundary_of(types: &[String]) -> Option<String> {
+    let mentions: usize = types.iter().map(|t| t.matches("boundary=").count()).sum();
+    if mentions != 1 {
+        return None;
+    }
+    let text = types.iter().find(|t| t.contains("boundary="))?;
+    if text.contains(',') {
+        return None;
+    }
+    let parameter = text
+        .split(';')
+        .skip(1)
+        .map(str::trim)
+        .find(|parameter| parameter.starts_with("boundary="))?;
+    let value = &parameter["boundary=".len()..];
+    let boundary = match value.strip_prefix('"') {
+        Some(quoted) => quoted
+            .strip_suffix('"')
+            .filter(|inner| !inner.contains('"'))?,
+        None => value,
+    };
+    let plain = !boundary.is_empty()
+        && boundary.len() <= 70
+        && !boundary.contains(['"', '\\'])
+        && (value.starts_with('"') || !boundary.contains(char::is_whitespace));
+    plain.then(|| boundary.to_string())
 }
 
 /// Whether a part's head line (lower case, without white space, double quotes,
@@ -282,7 +391,7 @@ fn multipart_names_a_method(body: &[u8], types: &[String]) -> bool {
 /// field such as `payment_method` or plainly `method` is none.
 fn names_an_override(plain: &str) -> bool {
     let starts_a_value =
-        |before: &str| before.is_empty() || before.ends_with(['=', ':', ';', ',', '\'']);
+        |before: &str| before.is_empty() || before.ends_with(['=', ':', ';', ',', '\'', '{']);
     let decorated = plain.match_indices("method").any(|(at, _)| {
         let before = &plain[..at];
         let bare = before.trim_end_matches(['_', '.', '[', ']']);
@@ -545,6 +654,42 @@ mod tests {
         assert!(multipart_names_a_method(
             b"--x--",
             &["multipart/form-data".to_string()]
+        ));
+        // Round four: a head ended by a bare LF (Rack reads on to CRLF CRLF), RFC 2231
+        // continuations (Werkzeug joins them); a file's name is no field's.
+        for body in [
+            "--x\r\nContent-Disposition: form-data\n\n; name=_method\r\n\r\nDELETE\r\n--x--",
+            "--x\r\nContent-Disposition: form-data; name*0=\"_me\"; name*1=\"thod\"\r\n\r\nDELETE",
+        ] {
+            assert!(
+                multipart_names_a_method(body.as_bytes(), &types("x")),
+                "{body:?}"
+            );
+        }
+        let file = "--x\r\nContent-Disposition: form-data; name=\"f\"; filename=\"_method.rb\"\r\n\r\nputs 1\r\n--x--\r\n";
+        assert!(!multipart_names_a_method(file.as_bytes(), &types("x")));
+        // A boundary servers would cut otherwise than here.
+        for header in [
+            "multipart/form-data; boundary=aaa,x",
+            "multipart/form-data; boundary=\"aaa\"x",
+            "multipart/form-data; x=boundary=aaa; boundary=bbb",
+            "multipart/form-data; x=boundary=aaa",
+        ] {
+            assert_eq!(boundary_of(&[header.to_string()]), None, "{header}");
+        }
+        assert_eq!(
+            boundary_of(&["multipart/form-data; boundary=\"a b\"".to_string()]).as_deref(),
+            Some("a b")
+        );
+        // JSON serde_json cannot read: an override name where a key starts counts, the
+        // word elsewhere does not.
+        assert!(!json_names_another_method(
+            b"{\"http.request.method\":\"GET\"}\n{\"x\":1}\n",
+            "POST"
+        ));
+        assert!(json_names_another_method(
+            b"{\"a\":1}\n{\"\\u005fmethod\":\"DELETE\"}\n",
+            "POST"
         ));
         // Charsets: UTF-8 and its subsets only.
         let typed = |text: &str| vec![text.to_string()];
