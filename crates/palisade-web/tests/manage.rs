@@ -1603,6 +1603,9 @@ async fn first_run_names_the_option_a_local_model_server_needs() {
         dashboard.contains("choose a model") && dashboard.contains("no-model"),
         "{dashboard}"
     );
+    // And it keeps the card with its button until the server is allowed (it was only
+    // at `/?ready=`).
+    assert!(dashboard.contains("id=\"allow-local\""), "{dashboard}");
     // The card's button allows the address (in force at once, remembered) and reads
     // the list again: the agent gets the server's model and is ready, no restart.
     upstream.set_models(&[
@@ -1625,7 +1628,9 @@ async fn first_run_names_the_option_a_local_model_server_needs() {
     assert!(ready.contains("helper is ready"), "{ready}");
     let model = element(&ready, "code", "ready-model");
     assert!(model.contains("qwen-2-7b"), "{model}");
-    assert!(!web.page("/").await.contains("choose a model"));
+    let dashboard = web.page("/").await;
+    assert!(!dashboard.contains("choose a model"), "{dashboard}");
+    assert!(!dashboard.contains("allow-local"), "{dashboard}");
     web.stop().await;
 }
 

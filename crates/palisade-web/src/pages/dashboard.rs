@@ -35,8 +35,9 @@ pub(crate) async fn render(
 ) -> PageResult {
     let query = query.unwrap_or_default();
     let store = state.store.clone();
-    let (agents, pending, sessions, recent, needs_key) = blocking(move || {
+    let (agents, pending, sessions, recent, needs_key, remembered) = blocking(move || {
         let agents = store.list_agents()?;
+        let remembered = store.local_upstreams()?.patterns;
         let pending = store.list_approvals(Some(ApprovalStatus::Pending), 100)?;
         let sessions = store.list_sessions(None)?;
         let recent = store.list_audit(&AuditFilter {
@@ -44,12 +45,30 @@ pub(crate) async fn render(
             ..Default::default()
         })?;
         let needs_key = palisade_host::setup::needs_model_key(&store)?;
-        Ok((agents, pending, sessions, recent, needs_key))
+        Ok((agents, pending, sessions, recent, needs_key, remembered))
     })
     .await?;
     let warm = state.host.warm_agents();
     let names: Vec<_> = agents.iter().map(|a| a.name.clone()).collect();
-    let ready = query.ready.as_deref().and_then(|name| {
+    // The card asked for, else one that still waits for the person: a local model
+    // server the vault was refused and nobody has allowed since (a reload, a new login
+    // link, the nav's Dashboard: the card and its button stay until it is allowed).
+    let waiting = || {
+        let checks = state
+            .key_checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        agents
+            .iter()
+            .find_map(|agent| match checks.get(agent.name.as_str()) {
+                Some(setup::Listing::LocalRefused { host }) if !remembered.contains(host) => {
+                    Some(agent.name.to_string())
+                }
+                _ => None,
+            })
+    };
+    let shown = query.ready.clone().or_else(waiting);
+    let ready = shown.as_deref().and_then(|name| {
         let agent = agents.iter().find(|a| a.name.as_str() == name)?;
         let settings = AgentSettings::from_json(&agent.settings).ok()?;
         // What this server found when the key was stored; nothing for a link to an
