@@ -2175,3 +2175,39 @@ async fn a_form_sent_after_the_session_ended_gets_a_page_with_what_was_typed() {
     assert_eq!(body["error"], "unauthorized", "{body}");
     web.stop().await;
 }
+
+/// A wrong key stored for a local server the vault could not reach yet is checked
+/// when the card's button allows the server: refused, it is not kept and the form
+/// comes back, as when the key is checked at once. (It was kept, and the card sent the
+/// person to rotate it on another page.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_found_when_the_local_server_is_allowed_is_not_kept() {
+    let web = Web::start(true).await;
+    let (_, upstream, _) = web.vault.as_ref().unwrap();
+    upstream.accept_only_key(MODEL_KEY);
+    upstream.set_models(&[("llama-3-8b", "2025-01-01T00:00:00Z")]);
+    let local = upstream.base_url().replace("localhost", "127.0.0.1");
+    let base_url = format!("{local}/v1");
+    let form = |key| {
+        [
+            ("agent", "helper"),
+            ("provider", "openai"),
+            ("base_url", base_url.as_str()),
+            ("key", key),
+            ("model", ""),
+        ]
+    };
+    let to = web.post_ok("/setup/model-key", &form("sk-wrong-key")).await;
+    assert_eq!(to, "/?ready=helper");
+    assert_eq!(web.store.list_secrets().unwrap().len(), 1);
+    let response = web.post("/setup/allow-local", &[("agent", "helper")]).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let refused = form_error(&response.text().await.unwrap());
+    assert!(refused.contains("refused the key stored"), "{refused}");
+    assert!(web.store.list_secrets().unwrap().is_empty());
+    // The address stays allowed: the right key is checked at once and taken.
+    let to = web.post_ok("/setup/model-key", &form(MODEL_KEY)).await;
+    assert_eq!(to, "/?ready=helper");
+    assert!(web.page(&to).await.contains("helper is ready"));
+    web.stop().await;
+}

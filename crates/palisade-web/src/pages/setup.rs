@@ -250,6 +250,54 @@ pub(crate) async fn allow_local(State(state): State<WebState>, body: Bytes) -> P
     // it is not listed, and which are.
     let defaulted =
         settings.provider == "openai" && settings.model == palisade_host::settings::DEFAULT_MODEL;
+    // The key the first-run form stored moments ago was never checked (the vault could
+    // not reach the server): refused now, it is not kept, as the form does when it can
+    // check at once, and the form comes back to paste the right one.
+    let unchecked_key = matches!(
+        state
+            .key_checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(name.as_str()),
+        Some(Listing::LocalRefused { .. })
+    );
+    if let (
+        Err(palisade_host::models::ModelsError::Refused {
+            status: 401,
+            message,
+            ..
+        }),
+        true,
+    ) = (&listed, unchecked_key)
+    {
+        let (store, agent) = (state.store.clone(), name.clone());
+        let _ = blocking(move || {
+            let record = store.get_agent(&agent)?;
+            let secrets = store.list_secrets()?;
+            if let Some(secret) = setup::model_key_secret(&record, &secrets) {
+                store.delete_secret(&secret.name)?;
+            }
+            Ok(())
+        })
+        .await;
+        state.model_lists.forget_agent(name.as_str());
+        state
+            .key_checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(name.as_str());
+        let said: String = message.chars().take(200).collect();
+        let refused = format!(
+            "The address is allowed now, and the server refused the key stored ({said}). It was not kept: paste the right key."
+        );
+        let form = KeyForm {
+            agent: name.to_string(),
+            provider: settings.provider.clone(),
+            base_url: settings.base_url.clone().unwrap_or_default(),
+            model: String::new(),
+        };
+        return dashboard::render(&state, Some((&form, &refused)), None).await;
+    }
     let checked = match listed {
         Err(palisade_host::models::ModelsError::Refused {
             status: 401,
