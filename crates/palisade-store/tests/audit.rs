@@ -1294,13 +1294,7 @@ fn a_row_in_the_way_of_the_next_is_tampering_and_marks_the_anchor() {
 fn an_anchor_held_locked_neither_hangs_nor_hides_a_cut() {
     let t = with_rows(5);
     let conn = common::raw(&t.home);
-    let signed: (String, String) = conn
-        .query_row(
-            "SELECT last_hash, head_mac FROM audit_head WHERE id = 1",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .unwrap();
+    let signed = signed_head(&conn);
     let holder = std::fs::File::open(t.home.audit_anchor()).unwrap();
     holder.lock_shared().unwrap();
     let (done, finished) = std::sync::mpsc::channel();
@@ -1316,12 +1310,7 @@ fn an_anchor_held_locked_neither_hangs_nor_hides_a_cut() {
         .recv_timeout(std::time::Duration::from_secs(20))
         .expect("a write hung on a locked anchor");
     // Row 6 cut, and the head put back as it was signed at row 5.
-    conn.execute("DELETE FROM audit WHERE id > 5", []).unwrap();
-    conn.execute(
-        "UPDATE audit_head SET last_id = 5, last_hash = ?1, head_mac = ?2 WHERE id = 1",
-        (&signed.0, &signed.1),
-    )
-    .unwrap();
+    cut_back_to_row_5(&conn, &signed);
     drop(holder);
     writer
         .append_audit(&request("odd", "h", "allowed"))
@@ -1354,13 +1343,7 @@ fn rows_cut_while_the_anchor_could_not_move_are_found_when_it_can() {
     for garbled in [false, true] {
         let t = with_rows(5);
         let conn = common::raw(&t.home);
-        let signed: (String, String) = conn
-            .query_row(
-                "SELECT last_hash, head_mac FROM audit_head WHERE id = 1",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .unwrap();
+        let signed = signed_head(&conn);
         let anchor = t.home.audit_anchor();
         let aside = t.home.root().join("anchor.aside");
         let holder = std::fs::File::open(&anchor).unwrap();
@@ -1377,12 +1360,7 @@ fn rows_cut_while_the_anchor_could_not_move_are_found_when_it_can() {
             ])
             .unwrap();
         // Rows 6 and 7 cut, and the head put back as it was signed at row 5.
-        conn.execute("DELETE FROM audit WHERE id > 5", []).unwrap();
-        conn.execute(
-            "UPDATE audit_head SET last_id = 5, last_hash = ?1, head_mac = ?2 WHERE id = 1",
-            (&signed.0, &signed.1),
-        )
-        .unwrap();
+        cut_back_to_row_5(&conn, &signed);
         if garbled {
             // The lock let go with garbage in the anchor's place for one write.
             std::fs::rename(&anchor, &aside).unwrap();
@@ -1391,12 +1369,7 @@ fn rows_cut_while_the_anchor_could_not_move_are_found_when_it_can() {
             writer
                 .append_audit(&request("odd", "h", "allowed"))
                 .unwrap();
-            conn.execute("DELETE FROM audit WHERE id > 5", []).unwrap();
-            conn.execute(
-                "UPDATE audit_head SET last_id = 5, last_hash = ?1, head_mac = ?2 WHERE id = 1",
-                (&signed.0, &signed.1),
-            )
-            .unwrap();
+            cut_back_to_row_5(&conn, &signed);
         }
         std::fs::rename(&aside, &anchor).unwrap();
         writer
@@ -1409,4 +1382,25 @@ fn rows_cut_while_the_anchor_could_not_move_are_found_when_it_can() {
         );
         assert!(problem.contains("altered"), "garbled {garbled}: {problem}");
     }
+}
+
+/// The log's head hash and signature as they are now.
+fn signed_head(conn: &rusqlite::Connection) -> (String, String) {
+    conn.query_row(
+        "SELECT last_hash, head_mac FROM audit_head WHERE id = 1",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .unwrap()
+}
+
+/// Cuts the log after row 5 and puts back the head `signed` at row 5, as someone
+/// without the key who kept that signed head would.
+fn cut_back_to_row_5(conn: &rusqlite::Connection, signed: &(String, String)) {
+    conn.execute("DELETE FROM audit WHERE id > 5", []).unwrap();
+    conn.execute(
+        "UPDATE audit_head SET last_id = 5, last_hash = ?1, head_mac = ?2 WHERE id = 1",
+        (&signed.0, &signed.1),
+    )
+    .unwrap();
 }
