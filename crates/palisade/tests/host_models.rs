@@ -29,6 +29,11 @@ fn a_retired_model_is_one_line_and_changing_it_fixes_the_next_message() {
             ),
         "{stderr}"
     );
+    // With the models the server serves, to choose from.
+    assert!(
+        lines[0].contains("(the server lists ") && lines[0].contains("claude-sonnet-4-6"),
+        "{stderr}"
+    );
     assert_eq!(
         world.model_requests().len(),
         1,

@@ -271,6 +271,46 @@ pub enum ProviderKind {
     OpenAi,
 }
 
+/// The ids of the models the API at `config` lists (`GET /v1/models`, Anthropic's and
+/// OpenAI's shape alike), at most 20, for the line that says a model is not available;
+/// empty when the list cannot be read within 5 s.
+pub async fn listed_models(config: &ProviderConfig, http: &HttpClient) -> Vec<String> {
+    let url = format!("{}/v1/models?limit=100", config.base_url);
+    let mut builder = Request::get(&url).header(ACCEPT, "application/json");
+    builder = match config.kind {
+        ProviderKind::Anthropic => builder
+            .header("x-api-key", &config.api_key)
+            .header("anthropic-version", anthropic::API_VERSION),
+        ProviderKind::OpenAi => {
+            builder.header("authorization", format!("Bearer {}", config.api_key))
+        }
+    };
+    let Ok(request) = builder.body(Full::new(Bytes::new())) else {
+        return Vec::new();
+    };
+    let read = async {
+        let response = http.send(request).await.ok()?;
+        if !response.status.is_success() {
+            return None;
+        }
+        let (body, _) = response.read_limited(256 * 1024).await.ok()?;
+        let list: Value = serde_json::from_slice(&body).ok()?;
+        Some(
+            list["data"]
+                .as_array()?
+                .iter()
+                .filter_map(|model| model["id"].as_str().map(str::to_string))
+                .take(20)
+                .collect::<Vec<_>>(),
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// Everything a provider needs apart from the HTTP client.
 #[derive(Clone, Debug)]
 pub struct ProviderConfig {

@@ -264,12 +264,12 @@ async fn turn(
     workspace: &std::path::Path,
 ) -> anyhow::Result<(String, serde_json::Value, bool)> {
     let agent = &delivery.agent;
-    let provider = match agent.provider.as_str() {
+    let provider_config = match agent.provider.as_str() {
         "anthropic" => ProviderConfig::anthropic(&agent.base_url).with_model(&agent.model),
         "openai" => ProviderConfig::openai(&agent.base_url, &agent.model),
         other => anyhow::bail!("provider {other:?} is not supported"),
-    }
-    .build(http.clone());
+    };
+    let provider = provider_config.clone().build(http.clone());
     let mut config = AgentConfig::default();
     if !agent.instructions.trim().is_empty() {
         config.instructions = agent.instructions.clone();
@@ -316,10 +316,14 @@ async fn turn(
     // keeps the tools it ran) and a reply marked as an error.
     let failed = match &outcome.stop {
         palisade_runner::TurnStop::ModelError(error) if error.is_model_unavailable() => {
-            anyhow::bail!(palisade_policy::models::model_unavailable_message(
-                &agent.model,
-                &agent.name
-            ));
+            // With the models the server does serve, to choose from.
+            let listed = palisade_runner::provider::listed_models(&provider_config, http).await;
+            let mut line =
+                palisade_policy::models::model_unavailable_message(&agent.model, &agent.name);
+            if !listed.is_empty() {
+                line.push_str(&format!(" (the server lists {})", listed.join(", ")));
+            }
+            anyhow::bail!(line);
         }
         palisade_runner::TurnStop::ModelError(_) => true,
         _ => false,
