@@ -2121,3 +2121,20 @@ fn a_bind_mount_does_not_carry_a_writable_folder_across_the_compartments() {
         .run(&["folders", "mount", "alias", "--agent", "reader"])
         .ok();
 }
+
+/// `send` and `chat` without `--agent` do not make a home by asking which agents it
+/// has: on a machine without one they say so, and nothing is created.
+#[test]
+fn sending_without_an_agent_creates_no_home() {
+    let palisade = Palisade::new();
+    for args in [vec!["send", "hi"], vec!["chat"]] {
+        let output = palisade.run(&args);
+        assert_eq!(output.code, 1, "{args:?}");
+        assert!(
+            output.stderr.contains("start with `palisade up`"),
+            "{}",
+            output.stderr
+        );
+        assert!(!palisade.home().exists(), "{args:?} created the home");
+    }
+}

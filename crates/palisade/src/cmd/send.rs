@@ -36,6 +36,13 @@ pub(crate) fn agent_or_only_one(named: Option<&str>, ctx: &Context) -> anyhow::R
     if let Some(name) = named {
         return Ok(AgentName::new(name)?);
     }
+    // Not a home made by asking (opening the store would create one).
+    if !ctx.home.database().exists() {
+        bail!(
+            "there is no Palisade home at {} yet; start with `palisade up`",
+            ctx.home.root().display()
+        );
+    }
     let agents = ctx.open_store()?.list_agents()?;
     match agents.as_slice() {
         [only] => Ok(only.name.clone()),
