@@ -1606,6 +1606,10 @@ async fn first_run_names_the_option_a_local_model_server_needs() {
     // And it keeps the card with its button until the server is allowed (it was only
     // at `/?ready=`).
     assert!(dashboard.contains("id=\"allow-local\""), "{dashboard}");
+    // So does the agent page, in words for the person, not for the agent.
+    let page = web.page("/agents/helper").await;
+    assert!(page.contains("id=\"allow-local\""), "{page}");
+    assert!(!page.contains("Do not retry"), "{page}");
     // The card's button allows the address (in force at once, remembered) and reads
     // the list again: the agent gets the server's model and is ready, no restart.
     upstream.set_models(&[

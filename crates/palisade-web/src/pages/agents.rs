@@ -437,6 +437,9 @@ pub(crate) async fn agent_page(
         Ok(settings) => available_models(state, &agent, settings, key.is_some()).await,
         Err(_) => None,
     };
+    // The vault refused the model server as a local address: the person allows it here.
+    let local_refused =
+        matches!(&models, Some(Err(error)) if error.contains("local_upstream_refused"));
     let traffic = charts::agent_traffic(state, Some(&agent.name)).await?;
     let warm = state.host.warm_agents().contains(&name);
     let current_form = parsed.as_ref().ok().map(|s| AgentForm::of(&agent, s));
@@ -474,6 +477,10 @@ pub(crate) async fn agent_page(
                         (layout::csrf_field())
                         @match &models {
                             Some(Ok(list)) => { (settings_fields(form, Some(list))) }
+                            Some(Err(error)) if local_refused => {
+                                (settings_fields(form, None))
+                                p.muted.small #models-error { "The vault may not reach this model server: it is a local address (this machine or your network), which agents reach only once it is allowed. Allow it below if the server is yours." }
+                            }
                             Some(Err(error)) => {
                                 (settings_fields(form, None))
                                 p.muted.small #models-error { "The provider's models could not be listed: " (super::shown(error)) }
@@ -484,6 +491,14 @@ pub(crate) async fn agent_page(
                             }
                         }
                         div.form-actions { button.primary #save-settings type="submit" { "Save settings" } }
+                    }
+                    // Its own form: forms do not nest. The same as the dashboard's.
+                    @if local_refused {
+                        form method="post" action="/setup/allow-local" {
+                            (layout::csrf_field())
+                            input type="hidden" name="agent" value=(agent.name);
+                            button.primary #allow-local type="submit" { "Let agents reach its model server" }
+                        }
                     }
                 }
                 dl.fields {
