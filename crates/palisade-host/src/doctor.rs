@@ -7,7 +7,7 @@
 //! free disk under the home, and whether the host runs. [`online`] adds, only when
 //! asked, one tiny request per agent to its model through the vault.
 
-use crate::settings::{AgentSettings, DEFAULT_MODEL};
+use crate::settings::AgentSettings;
 use palisade_sandbox::doctor::DoctorReport;
 use palisade_sandbox::LimitMechanism;
 use palisade_store::{Home, Store};
@@ -524,7 +524,7 @@ fn model_findings(store: &Store) -> Vec<Finding> {
             match crate::setup::model_key_secret(agent, &secrets) {
                 // Anthropic's default model asked of an OpenAI-compatible server: what a
                 // first run leaves when the server's model list could not be read.
-                Some(_) if settings.provider == "openai" && settings.model == DEFAULT_MODEL => {
+                Some(_) if settings.has_anthropics_default_at_openai() => {
                     finding(
                         "model",
                         Status::Warn,

@@ -157,6 +157,13 @@ impl AgentSettings {
             .unwrap_or(palisade_sandbox::quota::DEFAULT_WORKSPACE_QUOTA)
     }
 
+    /// Whether the agent asks an OpenAI-compatible server for Anthropic's default model,
+    /// which no such server serves: what a first run leaves when the server's model
+    /// list could not be read. Every message fails until a model is chosen.
+    pub fn has_anthropics_default_at_openai(&self) -> bool {
+        self.provider == "openai" && self.model == DEFAULT_MODEL
+    }
+
     /// The base URL the runner calls.
     pub fn effective_base_url(&self) -> String {
         self.base_url

@@ -108,13 +108,15 @@ pub(crate) fn claim_file_table(
     limits: &Limits,
     reports: &[LimitReport],
 ) -> (FileTableClaim, LimitReport) {
-    let counted = reports.iter().any(|report| {
-        report.limit == "memory"
-            && matches!(
-                report.mechanism,
-                LimitMechanism::CgroupV1 | LimitMechanism::CgroupV2 | LimitMechanism::OciRuntime
-            )
-    });
+    // What enforces the memory limit, and whether it counts kernel memory (a cgroup).
+    let counted_by = reports
+        .iter()
+        .find(|report| report.limit == "memory")
+        .map_or(LimitMechanism::NotApplied, |report| report.mechanism);
+    let counted = matches!(
+        counted_by,
+        LimitMechanism::CgroupV1 | LimitMechanism::CgroupV2 | LimitMechanism::OciRuntime
+    );
     let report = |mechanism, value: String, note: String| LimitReport {
         limit: "file-table",
         value,
@@ -159,10 +161,6 @@ pub(crate) fn claim_file_table(
         );
     };
     let needed = table.needed(claimed);
-    let counted_by = reports
-        .iter()
-        .find(|report| report.limit == "memory")
-        .map_or(LimitMechanism::NotApplied, |report| report.mechanism);
     if table.max >= needed {
         return (
             claim,

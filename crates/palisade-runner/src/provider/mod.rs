@@ -276,15 +276,7 @@ pub enum ProviderKind {
 /// empty when the list cannot be read within 5 s.
 pub async fn listed_models(config: &ProviderConfig, http: &HttpClient) -> Vec<String> {
     let url = format!("{}/v1/models?limit=100", config.base_url);
-    let mut builder = Request::get(&url).header(ACCEPT, "application/json");
-    builder = match config.kind {
-        ProviderKind::Anthropic => builder
-            .header("x-api-key", &config.api_key)
-            .header("anthropic-version", anthropic::API_VERSION),
-        ProviderKind::OpenAi => {
-            builder.header("authorization", format!("Bearer {}", config.api_key))
-        }
-    };
+    let builder = config.authorized(Request::get(&url).header(ACCEPT, "application/json"));
     let Ok(request) = builder.body(Full::new(Bytes::new())) else {
         return Vec::new();
     };
@@ -348,6 +340,19 @@ impl ProviderConfig {
             kind: ProviderKind::OpenAi,
             model: model.to_string(),
             ..ProviderConfig::anthropic(base_url)
+        }
+    }
+
+    /// `builder` with the API's key (a placeholder the vault replaces) and, for
+    /// Anthropic's API, its version.
+    fn authorized(&self, builder: http::request::Builder) -> http::request::Builder {
+        match self.kind {
+            ProviderKind::Anthropic => builder
+                .header("x-api-key", &self.api_key)
+                .header("anthropic-version", anthropic::API_VERSION),
+            ProviderKind::OpenAi => {
+                builder.header("authorization", format!("Bearer {}", self.api_key))
+            }
         }
     }
 
@@ -446,17 +451,11 @@ impl HttpProvider {
             ProviderKind::OpenAi => ("/v1/chat/completions", Box::<openai::Stream>::default()),
         };
         let url = format!("{}{path}", self.config.base_url);
-        let mut builder = Request::post(&url)
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "text/event-stream");
-        builder = match self.config.kind {
-            ProviderKind::Anthropic => builder
-                .header("x-api-key", &self.config.api_key)
-                .header("anthropic-version", anthropic::API_VERSION),
-            ProviderKind::OpenAi => {
-                builder.header("authorization", format!("Bearer {}", self.config.api_key))
-            }
-        };
+        let builder = self.config.authorized(
+            Request::post(&url)
+                .header(CONTENT_TYPE, "application/json")
+                .header(ACCEPT, "text/event-stream"),
+        );
         let request = builder
             .body(Full::new(body))
             .map_err(|error| ModelError::Protocol(format!("cannot build request: {error}")))?;

@@ -62,8 +62,7 @@ fn signed(tx: &rusqlite::Transaction<'_>, key: &MasterKey) -> Result<Option<Opti
     })
 }
 
-/// Whether the log has a row changing the list after `row`, read from the table
-/// itself (`NOT INDEXED`, as verify reads: an index can be made to hide a row). Only
+/// Whether the log has a row changing the list after `row` ([`changed_between`]). Only
 /// the rows after what this process last scanned for the same `row` are read again.
 fn later_change(
     tx: &rusqlite::Transaction<'_>,
@@ -76,17 +75,23 @@ fn later_change(
         _ => row,
     };
     let end: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM audit", [], |r| r.get(0))?;
-    let later: bool = tx.query_row(
-        &format!(
-            "SELECT EXISTS (SELECT 1 FROM audit NOT INDEXED WHERE id > ?1 AND id <= ?2 AND event IN ({EVENTS}))"
-        ),
-        [from, end],
-        |r| r.get(0),
-    )?;
+    let later = changed_between(tx, from, end)?;
     if !later {
         *scanned = (row, end);
     }
     Ok(later)
+}
+
+/// Whether a row changing the list lies after `from` and up to `to`, read from the
+/// table itself (`NOT INDEXED`, as verify reads: an index can be made to hide a row).
+fn changed_between(tx: &rusqlite::Transaction<'_>, from: i64, to: i64) -> Result<bool> {
+    Ok(tx.query_row(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM audit NOT INDEXED WHERE id > ?1 AND id <= ?2 AND event IN ({EVENTS}))"
+        ),
+        [from, to],
+        |r| r.get(0),
+    )?)
 }
 
 fn read(
@@ -146,13 +151,7 @@ pub(super) fn carry_over_pruning(
     // the latest change) would otherwise be signed anew for the carry row, and the
     // address a person forgot allowed again. Then nothing is carried but the fact:
     // an empty list, which allows nothing.
-    let later: bool = tx.query_row(
-        &format!(
-            "SELECT EXISTS (SELECT 1 FROM audit NOT INDEXED WHERE id > ?1 AND event IN ({EVENTS}))"
-        ),
-        [stored.row],
-        |r| r.get(0),
-    )?;
+    let later = changed_between(tx, stored.row, i64::MAX)?;
     let patterns = match later {
         false => stored.patterns,
         true => Vec::new(),

@@ -80,9 +80,8 @@ pub(crate) async fn render(
             .get(name)
             .cloned()?;
         // An OpenAI-compatible provider with the default Claude model: no model yet.
-        let model = (settings.provider == "anthropic"
-            || settings.model != palisade_host::settings::DEFAULT_MODEL)
-            .then_some(settings.model.as_str());
+        let model =
+            (!settings.has_anthropics_default_at_openai()).then_some(settings.model.as_str());
         let anthropic = settings.provider == "anthropic";
         Some(setup::ready_card(name, model, anthropic, &listing))
     });
@@ -180,11 +179,9 @@ pub(crate) async fn render(
     Ok(layout::render_status(state, status, Nav::Dashboard, "Dashboard", body).await)
 }
 
-/// Whether `agent` talks to an OpenAI-compatible server with Anthropic's default model,
-/// which no such server serves (the first run leaves it so when the server's model list
-/// could not be read): every message would fail until a model is chosen.
+/// Whether `agent` asks its OpenAI-compatible server for Anthropic's default model
+/// (see `AgentSettings::has_anthropics_default_at_openai`).
 fn lacks_a_model(agent: &palisade_store::AgentRecord) -> bool {
-    palisade_host::settings::AgentSettings::from_json(&agent.settings).is_ok_and(|settings| {
-        settings.provider == "openai" && settings.model == palisade_host::settings::DEFAULT_MODEL
-    })
+    palisade_host::settings::AgentSettings::from_json(&agent.settings)
+        .is_ok_and(|settings| settings.has_anthropics_default_at_openai())
 }

@@ -187,13 +187,7 @@ pub(crate) async fn store_key(State(state): State<WebState>, body: Bytes) -> Pag
             );
             let host = palisade_host::settings::AgentSettings::from_json(&agent.settings)
                 .ok()
-                .and_then(|settings| {
-                    settings
-                        .effective_base_url()
-                        .parse::<axum::http::Uri>()
-                        .ok()
-                })
-                .and_then(|uri| local_allowance(&uri));
+                .and_then(|settings| setup::model_server_allowance(&settings));
             match (local, host) {
                 (true, Some(host)) => Listing::LocalRefused { host },
                 // What the vault or the provider said (nothing answered, a timeout), on
@@ -232,11 +226,7 @@ pub(crate) async fn allow_local(State(state): State<WebState>, body: Bytes) -> P
         })
         .await?
     };
-    let pattern = settings
-        .effective_base_url()
-        .parse::<axum::http::Uri>()
-        .ok()
-        .and_then(|uri| local_allowance(&uri))
+    let pattern = setup::model_server_allowance(&settings)
         .ok_or_else(|| PageError::BadRequest("the agent's base URL names no host".into()))?;
     {
         let store = state.store.clone();
@@ -248,8 +238,7 @@ pub(crate) async fn allow_local(State(state): State<WebState>, body: Bytes) -> P
     // Anthropic's default on an OpenAI-compatible server was never chosen: it is
     // replaced by the server's newest. A model the person typed is not: the card says
     // it is not listed, and which are.
-    let defaulted =
-        settings.provider == "openai" && settings.model == palisade_host::settings::DEFAULT_MODEL;
+    let defaulted = settings.has_anthropics_default_at_openai();
     // The key the first-run form stored moments ago was never checked (the vault could
     // not reach the server): refused now, it is not kept, as the form does when it can
     // check at once, and the form comes back to paste the right one.
@@ -354,21 +343,6 @@ pub(crate) enum Listing {
     LocalRefused {
         host: String,
     },
-}
-
-/// What `--allow-local-upstream` must name for a model server at `uri`: an address with
-/// its port when the URL names one (that port only), else the host.
-pub(crate) fn local_allowance(uri: &axum::http::Uri) -> Option<String> {
-    let host = uri.host()?;
-    let address = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .is_ok();
-    Some(match (address, uri.port_u16()) {
-        (true, Some(port)) => format!("{host}:{port}"),
-        _ => host.to_string(),
-    })
 }
 
 /// The card after a key was stored: which model the agent uses, and a first message.

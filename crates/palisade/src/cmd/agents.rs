@@ -392,9 +392,7 @@ pub fn run(command: AgentsCommand, ctx: &Context) -> anyhow::Result<()> {
             details.field("folders", folders.join(", "));
             if let Ok(settings) = AgentSettings::from_json(&agent.settings) {
                 details.field("provider", &settings.provider);
-                if settings.provider == "openai"
-                    && settings.model == palisade_host::settings::DEFAULT_MODEL
-                {
+                if settings.has_anthropics_default_at_openai() {
                     // As the dashboard says: no OpenAI-compatible server serves it.
                     details.field(
                         "model",
