@@ -73,6 +73,56 @@ struct Inner {
     /// For the local-upstreams list signed for a row: that row, and how far this
     /// process has read the log after it without finding a later change.
     local_scanned: Mutex<(i64, i64)>,
+    /// The database's files as this connection opened them (see [`OpenFiles`]).
+    files: Mutex<OpenFiles>,
+}
+
+/// Device and inode of the database file, its write-ahead log and its shared-memory
+/// index as this connection has them open. SQLite keeps writing through the
+/// descriptors it holds: a log moved aside or deleted while palisade ran took every row
+/// written after it into a file no other process reads (the gateway went on sending
+/// credentials, their rows visible to nobody, until `audit verify` found the cut).
+/// Every write checks, under the write lock, that the names still lead to the files
+/// this connection writes. Hand-written: SQLite's own check
+/// (`SQLITE_FCNTL_HAS_MOVED`) covers only the main file, and rusqlite does not expose it.
+struct OpenFiles {
+    /// `None` for a file that did not exist yet (recorded when it first does).
+    ids: [Option<(u64, u64)>; 3],
+}
+
+const DATABASE_FILES: [&str; 3] = ["palisade.db", "palisade.db-wal", "palisade.db-shm"];
+
+impl OpenFiles {
+    fn file_id(home: &Home, name: &str) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(home.root().join(name))
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()))
+    }
+
+    fn found(home: &Home) -> OpenFiles {
+        OpenFiles {
+            ids: DATABASE_FILES.map(|name| Self::file_id(home, name)),
+        }
+    }
+
+    /// Whether every file is still the one this connection has open; a file SQLite
+    /// made since is recorded.
+    fn check(&mut self, home: &Home) -> Result<()> {
+        for (name, id) in DATABASE_FILES.iter().zip(self.ids.iter_mut()) {
+            let now = Self::file_id(home, name);
+            match (*id, now) {
+                (None, found) => *id = found,
+                (Some(had), Some(found)) if had == found => {}
+                (Some(_), _) => {
+                    return Err(StoreError::Tampered(format!(
+                        "{name} was moved, deleted or replaced while palisade had it open:                          what this process writes would reach no other reader; nothing more                          is written until palisade is restarted (`palisade audit verify`                          says what was lost)"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Result of a rate-limit check.
@@ -180,6 +230,7 @@ impl Store {
                 schema_checked: AtomicI64::new(-1),
                 owed_anchor: Mutex::default(),
                 local_scanned: Mutex::new((-1, 0)),
+                files: Mutex::new(OpenFiles::found(home)),
             }),
             actor: Arc::from(DEFAULT_ACTOR),
             sync_gateways: true,
@@ -297,6 +348,11 @@ impl Store {
             self.inner.config_changed.store(false, Ordering::Relaxed);
             self.inner.audited.store(false, Ordering::Relaxed);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            self.inner
+                .files
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .check(&self.inner.home)?;
             self.check_schema_unchanged(&tx)?;
             let out = f(&tx)?;
             let version = if self.inner.config_changed.swap(false, Ordering::Relaxed) {

@@ -1404,3 +1404,36 @@ fn cut_back_to_row_5(conn: &rusqlite::Connection, signed: &(String, String)) {
     )
     .unwrap();
 }
+
+/// A write-ahead log deleted, or moved aside and copied back, while a store has it open:
+/// SQLite would go on writing through its descriptor into a file nobody else reads.
+/// The next write is refused as tampering instead, and so is every one after it.
+#[test]
+fn a_log_file_taken_away_while_open_stops_writes() {
+    for (file, how) in [
+        ("palisade.db-wal", "deleted"),
+        ("palisade.db-wal", "copied back"),
+        ("palisade.db-shm", "deleted"),
+        ("palisade.db", "copied back"),
+    ] {
+        let t = with_rows(5);
+        let path = t.home.root().join(file);
+        assert!(path.exists(), "{file} is not there while the store is open");
+        match how {
+            "deleted" => std::fs::remove_file(&path).unwrap(),
+            _ => {
+                let aside = t.home.root().join("aside");
+                std::fs::rename(&path, &aside).unwrap();
+                std::fs::copy(&aside, &path).unwrap();
+            }
+        }
+        for _ in 0..2 {
+            let error = t
+                .store
+                .append_audit(&request("odd", "h", "allowed"))
+                .expect_err(&format!("a row was written with {file} {how}"));
+            assert!(error.is_tampering(), "{file} {how}: {error}");
+            assert!(error.to_string().contains(file), "{error}");
+        }
+    }
+}

@@ -2928,6 +2928,50 @@ fn a_row_in_the_way_of_the_log_stops_credentials_not_their_rows() {
     );
 }
 
+/// The database's write-ahead log deleted while the gateway runs (review round seven):
+/// its writer went on writing rows into the deleted file, which no other process reads,
+/// and credentials went on going out. Now the first batch that finds the file gone is
+/// refused as tampering, and requests that would send a credential are refused too.
+#[test]
+fn a_log_deleted_under_the_gateway_stops_credentials() {
+    let attack = Attack::start(&[]);
+    let token = attack.probe_with_v1_key("wal-deleted-value-1234");
+    let reply = attack.curl(&token, &[&attack.url("/v1/before")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    attack.rows("injected", 1);
+    let wal = attack.setup.palisade.home().join("palisade.db-wal");
+    std::fs::remove_file(&wal).unwrap();
+    let refused_at = (0..50).find_map(|i| {
+        let reply = attack.curl(&token, &[&attack.url(&format!("/v1/after-{i}"))]);
+        match reply.status {
+            200 => {
+                std::thread::sleep(Duration::from_millis(200));
+                None
+            }
+            _ => Some(reply),
+        }
+    });
+    let reply = refused_at
+        .expect("credentialed requests went on while their rows went into a deleted file");
+    refused(&reply, 503, "audit_unavailable");
+    let before = attack.setup.upstream.count();
+    let reply = attack.curl(&token, &[&attack.url("/v1/refused")]);
+    refused(&reply, 503, "audit_unavailable");
+    assert_eq!(
+        attack.setup.upstream.count(),
+        before,
+        "a credential went out unrecorded"
+    );
+    assert!(
+        attack
+            .setup
+            .vault_output()
+            .contains("palisade.db-wal was moved, deleted or replaced"),
+        "{}",
+        attack.setup.vault_output()
+    );
+}
+
 /// A gateway applies the audit retention on its own: rows older than it are pruned
 /// when it starts (and hourly after), recorded as an `audit.prune` row with the
 /// retention, and the chain still verifies; rows younger than the retention stay.
