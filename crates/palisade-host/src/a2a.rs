@@ -265,10 +265,9 @@ async fn try_send(
         .wake(&to)
         .map_err(|e| format!("the message to {to} is stored but {to} could not be woken: {e}"))?;
     if wait == Wait::No {
-        return Ok(format!(
-            "delivered to {to} (message {}); it answers in its own time.",
-            accepted.message_id
-        ));
+        // No id: the store's count every agent's messages, and the gap between two
+        // told a research agent how many messages others had sent meanwhile.
+        return Ok(format!("delivered to {to}; it answers in its own time."));
     }
 
     // The answer, cleaned at the asking agent's strictness.

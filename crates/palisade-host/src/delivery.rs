@@ -125,8 +125,8 @@ async fn prepare(
             None => instructions,
         };
         let delivery = Delivery {
-            message_id: message.id,
-            session_id: message.session_id,
+            message_id: shown_id(),
+            session_id: shown_id(),
             text: message.text.clone(),
             history: session.history,
             agent: AgentFrame {
@@ -154,6 +154,15 @@ async fn prepare(
     })
     .await
     .map_err(|e| HostError::Io(format!("prepare task failed: {e}")))?
+}
+
+/// An id for a runner to name the message (or session) in flight by, drawn for this
+/// delivery. The store's ids are counters every agent moves: a research agent that saw
+/// them could count the messages other agents sent between two of its own, a channel
+/// an action agent could signal through, one bit a message, without a person asked.
+/// 53 bits, so JSON readers that take numbers as doubles read them exactly.
+fn shown_id() -> i64 {
+    i64::try_from(rand::random::<u64>() >> 11).unwrap_or(1)
 }
 
 pub(crate) async fn deliver(
@@ -198,6 +207,8 @@ pub(crate) async fn deliver(
     let Some(conn) = runner.conn.as_mut() else {
         return Outcome::RunnerFailed("no runner connected".into());
     };
+    // What the runner names this message and its session by.
+    let (shown_message, shown_session) = (delivery.message_id, delivery.session_id);
     match conn.send(&HostFrame::Deliver(Box::new(delivery))).await {
         Ok(()) => {}
         Err(ProtocolError::TooLarge(size)) => {
@@ -267,7 +278,7 @@ pub(crate) async fn deliver(
             }
         };
         match frame {
-            RunnerFrame::Event { message_id, event } if message_id == message.id => {
+            RunnerFrame::Event { message_id, event } if message_id == shown_message => {
                 publish_progress(inner, message.id, &event, &mut streamed);
             }
             RunnerFrame::ToolCall {
@@ -275,7 +286,7 @@ pub(crate) async fn deliver(
                 message_id,
                 name,
                 input,
-            } if message_id == message.id => {
+            } if message_id == shown_message => {
                 // A host tool may wait (a person's approval, another agent's answer):
                 // the turn's deadline and a shutdown still end it, and so does the
                 // runner going away (its card, if any, is then cancelled: the tool's
@@ -290,7 +301,7 @@ pub(crate) async fn deliver(
                                 _ = &mut turn_deadline => return turn_timed_out(inner, &message, turn_timeout).await,
                                 _ = crate::host::stopped(&mut shutdown) => return Outcome::Shutdown,
                                 frame = conn.recv() => match frame {
-                                    Ok(Some(RunnerFrame::Event { message_id, event })) if message_id == message.id => {
+                                    Ok(Some(RunnerFrame::Event { message_id, event })) if message_id == shown_message => {
                                         publish_progress(inner, message.id, &event, &mut streamed);
                                     }
                                     Ok(None) | Err(_) => {
@@ -323,7 +334,7 @@ pub(crate) async fn deliver(
                 text,
                 history,
                 is_error,
-            } if message_id == message.id && session_id == message.session_id => {
+            } if message_id == shown_message && session_id == shown_session => {
                 if !history.is_array() {
                     return Outcome::RunnerFailed("the reply's history is not a JSON array".into());
                 }
@@ -340,7 +351,7 @@ pub(crate) async fn deliver(
             RunnerFrame::Error {
                 message_id,
                 message: reason,
-            } if message_id == Some(message.id) => {
+            } if message_id == Some(shown_message) => {
                 // The runner could not handle this message (not a crash): answer with it.
                 let reason: String = reason.chars().take(2000).collect();
                 give_up(inner, &message, &reason).await;
@@ -352,10 +363,8 @@ pub(crate) async fn deliver(
                 let _ = conn
                     .send(&HostFrame::Error {
                         message: format!(
-                            "unexpected {} frame: only message {} of session {} is in flight",
+                            "unexpected {} frame: only message {shown_message} of session {shown_session} is in flight",
                             other.kind(),
-                            message.id,
-                            message.session_id
                         ),
                     })
                     .await;

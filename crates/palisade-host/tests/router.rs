@@ -141,6 +141,9 @@ async fn fake_runner(
                     gate.acquire().await?.forget();
                 }
                 let mut answer = format!("echo: {}", delivery.text);
+                if delivery.text == "ids" {
+                    answer = format!("{} {}", delivery.message_id, delivery.session_id);
+                }
                 if let Some(action) = delivery.text.strip_prefix("approve:") {
                     conn.send(&RunnerFrame::ToolCall {
                         call_id: "c2".into(),
@@ -367,6 +370,50 @@ async fn a_runner_that_cannot_start_says_why_in_the_reply() {
     let (_, text, is_error) = reply_of(&mut events).await;
     assert!(is_error, "{text}");
     assert!(text.contains("nearly full (17.2M free)"), "{text}");
+    f.host.shutdown().await;
+}
+
+/// The ids a runner is given say nothing of other conversations or agents: the
+/// store's are counters every agent's messages move, and the gap between two of an
+/// agent's own told it how many messages others had sent meanwhile (review: an action
+/// agent signalled a research agent that way, one bit a message, no person asked).
+#[tokio::test]
+async fn the_ids_a_runner_sees_do_not_count_other_messages() {
+    let f = fixture(Behaviour::Echo, |_| {}).await;
+    let seen = |text: String| -> (i64, i64) {
+        let mut parts = text.split(' ').map(|n| n.parse::<i64>().unwrap());
+        (parts.next().unwrap(), parts.next().unwrap())
+    };
+    let (first, mut events) = f.host.submit(&f.agent, "x", "cli", "ids").await.unwrap();
+    let (first_seen, first_session) = seen(reply_of(&mut events).await.1);
+    for i in 0..3 {
+        let (_, mut events) = f
+            .host
+            .submit(&f.agent, "y", "cli", &format!("m{i}"))
+            .await
+            .unwrap();
+        reply_of(&mut events).await;
+    }
+    let (second, mut events) = f.host.submit(&f.agent, "x", "cli", "ids").await.unwrap();
+    let (second_seen, _) = seen(reply_of(&mut events).await.1);
+    assert_eq!(
+        second.message_id - first.message_id,
+        4,
+        "the store's ids moved"
+    );
+    assert_ne!(
+        first_seen, first.message_id,
+        "the runner saw the store's message id"
+    );
+    assert_ne!(
+        first_session, first.session_id,
+        "the runner saw the store's session id"
+    );
+    assert_ne!(
+        second_seen - first_seen,
+        4,
+        "the runner can count the messages sent between its own"
+    );
     f.host.shutdown().await;
 }
 

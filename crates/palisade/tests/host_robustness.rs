@@ -429,14 +429,26 @@ fn malformed_frames_from_a_runner_end_it_and_the_message_is_retried_and_answered
             format!("echo: {message}"),
             "{name}"
         );
-        let record = world.session(session_id);
-        let stored = record["messages"]
+        // The ids the runner was given are its own, not the store's: the message is
+        // found by its text.
+        let stored = world
+            .sessions()
             .as_array()
             .unwrap()
             .iter()
-            .find(|m| m["message"]["id"] == message_id)
-            .cloned()
-            .unwrap();
+            .filter_map(|session| session["id"].as_i64())
+            .flat_map(|id| {
+                world.session(id)["messages"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .find(|m| m["message"]["text"] == message.as_str())
+            .unwrap_or_else(|| panic!("{name}: the message is not stored"));
+        assert_ne!(
+            stored["message"]["id"], message_id,
+            "{name}: the store's id was shown"
+        );
         assert_eq!(stored["message"]["attempts"], 2, "{name}: {stored}");
         assert_eq!(stored["reply"]["text"], format!("echo: {message}"));
     }
