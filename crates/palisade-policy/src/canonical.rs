@@ -23,6 +23,15 @@
 //! more requests match a pattern, never fewer, so a block, approval or rate-limit rule
 //! cannot be sidestepped by a spelling the upstream treats as the same path.
 //!
+//! What holds, limits or refuses a request is compared more loosely still, in the
+//! *loose form*: the match form with each segment's letters folded to one case
+//! (Express, ASP.NET and IIS route `/API/Send` as `/api/send`; a fold through upper
+//! then lower case, since .NET compares upper-cased text and reads `ſ` as `s` and `ı`
+//! as `i`), and trailing dots and spaces dropped from each segment (IIS reads
+//! `/send.` and `/send%20` as `/send`). A rule also meets the loose form with the last
+//! segment's extension cut off (`/send.json` is `/send` with the format `json` to
+//! Rails, and to Spring's suffix matching), so `/send` holds `/send.json` too.
+//!
 //! What lets a request through (an allow rule, a person's grant, a secret's path) is
 //! compared with the *strict form* instead: the match form with the `;parameters` kept.
 //! Tomcat reads `/send;x` as `/send`, but nginx and most servers read it as another
@@ -69,6 +78,10 @@ pub struct CanonicalPath {
     /// The strict form where it differs from the match form (a segment has
     /// `;parameters`), else `None`.
     strict_form: Option<String>,
+    /// The loose form (see the module documentation).
+    loose_form: String,
+    /// The loose form with the last segment's extension cut off, where it has one.
+    loose_stem: Option<String>,
 }
 
 impl CanonicalPath {
@@ -135,10 +148,14 @@ impl CanonicalPath {
             .any(|segment| segment.contains(';') || segment.contains("%3B"))
             .then(|| match_form(&segments, true));
         let match_form = match_form(&segments, false);
+        let loose_form = loose_form(&match_form);
+        let loose_stem = loose_stem(&loose_form);
         Ok(CanonicalPath {
             canonical,
             match_form,
             strict_form,
+            loose_form,
+            loose_stem,
         })
     }
 
@@ -157,6 +174,54 @@ impl CanonicalPath {
     pub fn strict_form(&self) -> &str {
         self.strict_form.as_deref().unwrap_or(&self.match_form)
     }
+
+    /// The forms patterns that hold, limit or refuse a request are compared with: the
+    /// loose form, and it without the last segment's extension where it has one (see
+    /// the module documentation).
+    pub fn loose_forms(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.loose_form.as_str()).chain(self.loose_stem.as_deref())
+    }
+}
+
+/// The loose form of a match form (or of a pattern's): each segment folded by
+/// [`loose_segment`].
+pub(crate) fn loose_form(match_form: &str) -> String {
+    let mut out = String::with_capacity(match_form.len());
+    for (index, segment) in match_form.split('/').enumerate() {
+        if index > 0 {
+            out.push('/');
+        }
+        out.push_str(&loose_segment(segment));
+    }
+    out
+}
+
+/// One segment as servers that route without regard to case, or that drop trailing
+/// dots and spaces, read it: letters folded through upper then lower case, trailing
+/// dots and spaces dropped (unless nothing would be left).
+pub(crate) fn loose_segment(segment: &str) -> String {
+    let folded: String = if segment.is_ascii() {
+        segment.to_ascii_lowercase()
+    } else {
+        segment
+            .chars()
+            .flat_map(char::to_uppercase)
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    match folded.trim_end_matches(['.', ' ']) {
+        "" => folded,
+        trimmed if trimmed.len() < folded.len() => trimmed.to_string(),
+        _ => folded,
+    }
+}
+
+/// A loose form without its last segment's extension (from the segment's first dot
+/// that does not start it), if it has one.
+fn loose_stem(loose: &str) -> Option<String> {
+    let last = loose.rfind('/')? + 1;
+    let dot = loose[last..].find('.').filter(|&at| at > 0)?;
+    Some(loose[..last + dot].to_string())
 }
 
 impl fmt::Display for CanonicalPath {

@@ -343,6 +343,9 @@ pub struct PathPattern {
     /// As written (shown back to people, stored).
     raw: String,
     kind: PathKind,
+    /// The same in loose form (see `crate::canonical`), for what holds, limits or
+    /// refuses a request.
+    loose: PathKind,
     /// A stored pattern of an older version that names `;parameters` as `%3B` (new
     /// ones are refused): it matches in match form as it always did, and never in
     /// strict form, so as an allow, a grant or a secret's path it lets nothing through.
@@ -360,6 +363,25 @@ enum PathKind {
         segments: Vec<Option<String>>,
         prefix: bool,
     },
+}
+
+impl PathKind {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathKind::Exact(exact) => path == exact,
+            PathKind::Segments { segments, prefix } => {
+                let mut parts = path.split('/');
+                for expected in segments {
+                    match (expected, parts.next()) {
+                        (None, Some(part)) if !part.is_empty() => {}
+                        (Some(literal), Some(part)) if literal == part => {}
+                        _ => return false,
+                    }
+                }
+                *prefix || parts.next().is_none()
+            }
+        }
+    }
 }
 
 impl PathPattern {
@@ -430,6 +452,7 @@ impl PathPattern {
         if !pattern.contains('*') {
             return Ok(PathPattern {
                 raw: pattern.to_string(),
+                loose: PathKind::Exact(crate::canonical::loose_form(&match_form)),
                 kind: PathKind::Exact(match_form),
                 names_parameters,
             });
@@ -452,9 +475,17 @@ impl PathPattern {
         if prefix {
             segments.pop();
         }
+        let loose = PathKind::Segments {
+            segments: segments
+                .iter()
+                .map(|literal| literal.as_deref().map(crate::canonical::loose_segment))
+                .collect(),
+            prefix,
+        };
         Ok(PathPattern {
             raw: pattern.to_string(),
             kind: PathKind::Segments { segments, prefix },
+            loose,
             names_parameters,
         })
     }
@@ -464,35 +495,19 @@ impl PathPattern {
         matches!(self.kind, PathKind::Exact(_))
     }
 
-    /// Whether a request's canonical path matches (compared in match form: decoded,
-    /// parameters and a trailing '/' ignored; see `crate::canonical`). For what holds,
-    /// limits or refuses a request.
+    /// Whether a request's canonical path matches (compared in loose form: decoded,
+    /// parameters and a trailing '/' ignored, letters of either case, trailing dots and
+    /// spaces of segments and the last segment's extension ignored; see
+    /// `crate::canonical`). For what holds, limits or refuses a request.
     pub fn matches(&self, path: &CanonicalPath) -> bool {
-        self.matches_form(path.match_form())
+        path.loose_forms().any(|form| self.loose.matches(form))
     }
 
     /// Whether a request's canonical path matches in strict form (as [`Self::matches`]
     /// but `;parameters` kept, so `/send;x` is not `/send`). For what lets a request
     /// through: an allow, a grant, a secret's path.
     pub fn matches_strictly(&self, path: &CanonicalPath) -> bool {
-        !self.names_parameters && self.matches_form(path.strict_form())
-    }
-
-    fn matches_form(&self, path: &str) -> bool {
-        match &self.kind {
-            PathKind::Exact(exact) => path == exact,
-            PathKind::Segments { segments, prefix } => {
-                let mut parts = path.split('/');
-                for expected in segments {
-                    match (expected, parts.next()) {
-                        (None, Some(part)) if !part.is_empty() => {}
-                        (Some(literal), Some(part)) if literal == part => {}
-                        _ => return false,
-                    }
-                }
-                *prefix || parts.next().is_none()
-            }
-        }
+        !self.names_parameters && self.kind.matches(path.strict_form())
     }
 
     /// Larger is more specific (exact beats prefix; longer literal beats shorter).
@@ -992,7 +1007,62 @@ mod tests {
         // A trailing '/' is the same resource to many servers, so it matches too.
         assert!(hits(&p, "/v1/messages/"));
         assert!(!hits(&p, "/v1/messages/x"));
-        assert!(!hits(&p, "/V1/messages"));
+        // Another case is the same path to servers that route without regard to it:
+        // it is held or refused as this one, and let through only as written.
+        assert!(hits(&p, "/V1/messages"));
+        assert!(!p.matches_strictly(&CanonicalPath::parse("/V1/messages").unwrap()));
+    }
+
+    /// Spellings servers that route loosely read as the ruled path (review: each
+    /// passed a block, an approval and a rate limit with the credential injected):
+    /// case (Express, ASP.NET, IIS; .NET upper-cases, so `ſ` is `s` and `ı` is `i`),
+    /// trailing dots and spaces (IIS), a format extension (Rails, Spring).
+    #[test]
+    fn loosely_routed_spellings_meet_what_holds_or_refuses() {
+        let send = path("/api/send");
+        let admin = path("/api/admin/*");
+        let any_user = path("/users/*/delete");
+        for (pattern, spelling) in [
+            (&send, "/api/Send"),
+            (&send, "/API/SEND/"),
+            (&send, "/api/send."),
+            (&send, "/api/send%20"),
+            (&send, "/api/send.%20."),
+            (&send, "/api/send.json"),
+            (&send, "/api/SEND.JSON"),
+            (&send, "/api/%C5%BFend"),
+            (&admin, "/api/ADMIN/x"),
+            (&admin, "/API/Admin./x"),
+            (&admin, "/api/adm%C4%B1n/x"),
+            (&any_user, "/users/Bob/DELETE"),
+            (&any_user, "/users/bob/delete.xml"),
+        ] {
+            assert!(hits(pattern, spelling), "{} {spelling}", pattern.as_str());
+            assert!(
+                !pattern.matches_strictly(&CanonicalPath::parse(spelling).unwrap()),
+                "{spelling} is let through by {}",
+                pattern.as_str()
+            );
+        }
+        // Other paths stay other paths.
+        for (pattern, other) in [
+            (&send, "/api/sender"),
+            (&send, "/api/send/x"),
+            (&send, "/api/.send"),
+            (&send, "/api/sen"),
+            (&admin, "/api/administrator/x"),
+            (&admin, "/api/x.admin/y"),
+            (&any_user, "/users/bob/deleted"),
+        ] {
+            assert!(!hits(pattern, other), "{} {other}", pattern.as_str());
+        }
+        // A pattern with an extension holds only that extension; one in capitals
+        // holds every case.
+        let export = path("/api/export.csv");
+        assert!(hits(&export, "/api/EXPORT.CSV"));
+        assert!(!hits(&export, "/api/export"));
+        assert!(!hits(&export, "/api/export.json"));
+        assert!(hits(&path("/API/Send"), "/api/send"));
     }
 
     #[test]

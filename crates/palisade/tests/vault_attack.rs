@@ -229,6 +229,11 @@ fn path_spellings_cannot_sidestep_rules_or_secrets() {
             "/admin/x/",
             "/admin;jsessionid=1/x",
             "/v1/%2e%2e/admin/x",
+            // Servers that route loosely (Express, ASP.NET, IIS) read these as /admin.
+            "/ADMIN/x",
+            "/Admin./x",
+            "/admin%20/x",
+            "/adm%C4%B1n/x",
         ] {
             let before = upstream.count();
             let reply = attack.curl(&token, &[version, &attack.url(spelling)]);
@@ -245,6 +250,12 @@ fn path_spellings_cannot_sidestep_rules_or_secrets() {
             "/v1/send/",
             "/v2/../v1/send",
             "/v1/./send",
+            "/v1/Send",
+            "/V1/SEND/",
+            "/v1/send.",
+            "/v1/send%20",
+            "/v1/send.json",
+            "/v1/%C5%BFend",
         ] {
             let before = upstream.count();
             let reply = attack.curl(
@@ -314,6 +325,8 @@ fn path_spellings_cannot_sidestep_rules_or_secrets() {
         ("--http2", "/rl/./a"),
         ("--http2", "/%72l/a"),
         ("--http1.1", "/rl/a/"),
+        ("--http2", "/RL/a"),
+        ("--http1.1", "/rl./a"),
     ]
     .into_iter()
     .enumerate()
