@@ -67,6 +67,10 @@ pub struct Inbound {
     pub text: String,
     /// Whether the chat is a one-to-one conversation with the bot.
     pub direct: bool,
+    /// Whether its text may be read as a typed command (`/approve …`): the sender's
+    /// own words (not a message forwarded from someone else, not an inline bot's) and,
+    /// where a command can name a bot (`/approve@name`), naming this one.
+    pub may_command: bool,
 }
 
 /// How a click is answered, privately to the person who clicked.

@@ -212,6 +212,8 @@ impl Discord {
             user,
             text,
             direct: message.get("guild_id").is_none(),
+            // A forwarded message's text is in its snapshots, never in `content`.
+            may_command: true,
         }))
     }
 

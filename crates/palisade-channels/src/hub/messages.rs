@@ -25,7 +25,10 @@ impl Hub {
         // Text commands are for approvers; anyone else's `/approve …` is a message like
         // any other (so a stranger cannot make the engine audit their attempts at will).
         let command = match text_command(text) {
-            Some(command) if self.is_approver_here(&channel, &message.user.id).await => {
+            Some(command)
+                if message.may_command
+                    && self.is_approver_here(&channel, &message.user.id).await =>
+            {
                 Some(command)
             }
             _ => None,

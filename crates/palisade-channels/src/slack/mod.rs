@@ -201,6 +201,8 @@ impl Slack {
             },
             text,
             direct,
+            // A shared message's text is in its attachments, never in `text`.
+            may_command: true,
         }))
     }
 

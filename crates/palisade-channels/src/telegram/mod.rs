@@ -63,6 +63,9 @@ pub struct Telegram {
     offset: Mutex<Option<i64>>,
     /// The last update skipped for its id, so one that comes back is logged once.
     skipped: Mutex<Option<String>>,
+    /// The bot's username (`getMe`, asked when polling starts): a command naming
+    /// another bot (`/approve@other_bot …`, typed in a group for that bot) is not one.
+    username: Mutex<Option<String>>,
 }
 
 impl Telegram {
@@ -86,6 +89,7 @@ impl Telegram {
             prompts: Arc::default(),
             offset: Mutex::default(),
             skipped: Mutex::default(),
+            username: Mutex::default(),
         })
     }
 
@@ -172,7 +176,9 @@ impl Telegram {
                 });
             }
         }
+        let may_command = self.may_command(message, &text);
         Some(Incoming::Message(Inbound {
+            may_command,
             thread: message
                 .get("message_thread_id")
                 .map(id_text)
@@ -182,6 +188,36 @@ impl Telegram {
             text,
             direct,
         }))
+    }
+
+    /// Whether a message's text may be read as a typed command: not forwarded (an
+    /// approver who forwards someone's `/approve ID always` to the bot has not typed
+    /// it), not sent through an inline bot, and a command that names a bot names this
+    /// one (Telegram appends `@name` in groups with several bots).
+    fn may_command(&self, message: &Value, text: &str) -> bool {
+        const NOT_TYPED: [&str; 7] = [
+            "forward_origin",
+            "forward_from",
+            "forward_from_chat",
+            "forward_sender_name",
+            "forward_date",
+            "is_automatic_forward",
+            "via_bot",
+        ];
+        if NOT_TYPED.iter().any(|key| message.get(key).is_some()) {
+            return false;
+        }
+        let command = text
+            .trim_start()
+            .split(char::is_whitespace)
+            .next()
+            .unwrap_or("");
+        match command.split_once('@') {
+            None => true,
+            Some((_, named)) => lock(&self.username)
+                .as_deref()
+                .is_some_and(|own| own.eq_ignore_ascii_case(named)),
+        }
     }
 
     /// Answers a button press: always `answerCallbackQuery` (so the client stops
@@ -281,6 +317,22 @@ impl Channel for Telegram {
     ) -> BoxFuture<'_, Result<(), ChannelError>> {
         Box::pin(async move {
             let client = self.client();
+            // Without its name, a command naming a bot is taken for none.
+            let me = tokio::select! {
+                me = client.me() => me,
+                _ = crate::channel::stopped(&mut shutdown) => return Ok(()),
+            };
+            match me.map(|me| {
+                me.get("username")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }) {
+                Ok(Some(name)) => *lock(&self.username) = Some(name),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(channel = %self.name, %error, "could not ask Telegram for the bot's name; commands naming a bot are not taken")
+                }
+            }
             loop {
                 let offset = *lock(&self.offset);
                 let updates = tokio::select! {
@@ -394,10 +446,12 @@ mod tests {
     /// the offset moves past them, and polling goes on.
     #[tokio::test]
     async fn an_impossible_update_id_is_skipped_and_polling_goes_on() {
+        // Calls before: getMe, then the polls.
         let fake = FakeApi::start(|_, _, before| {
             let result = match before {
-                0 => json!([message(i64::MAX, "boom"), message(5, "first")]),
-                1 => json!([message(6, "second"), message(-3, "boom"), {"update_id": 1.5}]),
+                0 => json!({"id": 1, "is_bot": true, "username": "palisade_bot"}),
+                1 => json!([message(i64::MAX, "boom"), message(5, "first")]),
+                2 => json!([message(6, "second"), message(-3, "boom"), {"update_id": 1.5}]),
                 _ => json!([message(i64::MAX, "boom")]),
             };
             (200, vec![], json!({"ok": true, "result": result}))
@@ -416,7 +470,7 @@ mod tests {
         }
         // A batch of nothing to take is polled again, after a pause.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while fake.calls().len() < 4 {
+        while fake.calls().len() < 5 {
             assert!(Instant::now() < deadline, "polling stopped");
             assert!(!running.is_finished(), "the channel ended: {running:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -424,6 +478,7 @@ mod tests {
         let offsets: Vec<Value> = fake
             .calls()
             .iter()
+            .skip(1)
             .take(4)
             .map(|(_, body)| body["offset"].clone())
             .collect();
@@ -438,6 +493,53 @@ mod tests {
             .expect("stops when asked")
             .expect("never panics");
         assert!(ended.is_ok());
+    }
+
+    /// A typed command is one only when the approver typed it for this bot: a message
+    /// forwarded from someone else (or sent through an inline bot) and a command naming
+    /// another bot (`/approve@other_bot`, typed in a group for that bot) are messages
+    /// like any other (review: each decided an approval as the forwarder's or the
+    /// typist's decision, in any chat).
+    #[test]
+    fn only_commands_typed_for_this_bot_are_commands() {
+        let telegram =
+            Telegram::new("tg", "http://127.0.0.1:9", SecretValue::new(TOKEN.into())).unwrap();
+        let may_command = |extra: Value, text: &str| {
+            let mut update = message(7, text);
+            for (key, value) in extra.as_object().unwrap() {
+                update["message"][key] = value.clone();
+            }
+            match telegram.handle_update(&update) {
+                Some(Incoming::Message(message)) => message.may_command,
+                other => panic!("not a message: {other:?}"),
+            }
+        };
+        let forwarded = [
+            json!({"forward_origin": {"type": "user", "date": 1, "sender_user": {"id": 333, "is_bot": false, "first_name": "M"}}}),
+            json!({"forward_date": 1, "forward_from": {"id": 333, "is_bot": false, "first_name": "M"}}),
+            json!({"forward_sender_name": "M", "forward_date": 1}),
+            json!({"is_automatic_forward": true}),
+            json!({"via_bot": {"id": 9, "is_bot": true, "first_name": "B"}}),
+        ];
+        for extra in forwarded {
+            assert!(
+                !may_command(extra.clone(), "/approve apr_x once"),
+                "{extra}"
+            );
+        }
+        // Before the bot's name is known, no named command is taken.
+        assert!(!may_command(json!({}), "/approve@palisade_bot apr_x"));
+        *lock(&telegram.username) = Some("palisade_bot".into());
+        assert!(may_command(json!({}), "/approve apr_x once"));
+        assert!(may_command(json!({}), "/approve@palisade_bot apr_x once"));
+        assert!(may_command(json!({}), "/deny@Palisade_Bot apr_x no"));
+        for other in [
+            "/approve@other_bot apr_x once",
+            "/approve@ apr_x",
+            "/approve@palisade_bot2 apr_x",
+        ] {
+            assert!(!may_command(json!({}), other), "{other}");
+        }
     }
 
     /// What Telegram says goes into errors and the log without the bot token, and a
