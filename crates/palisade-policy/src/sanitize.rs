@@ -27,7 +27,8 @@
 //!    `scheme://` — `//evil.example`, `http:evil.example`, and a host name or address
 //!    followed by a path, query or fragment, with or without a port
 //!    (`evil.example/x?d=…`, `10.0.0.1/x`, `[::1]:8080/x`), their dots written as any
-//!    character IDNA reads as one (`s3cr3t。evil。com/x`). So are the bare hosts chat
+//!    character IDNA reads as one (`s3cr3t。evil。com/x`) or as security write-ups
+//!    defang them (`hxxps[:]//s3cr3t[.]evil(dot)com/x`). So are the bare hosts chat
 //!    apps make links of and fetch a preview from: a host name under a known public
 //!    suffix with labels beyond its registrable domain (`s3cr3t.evil.com`, with or
 //!    without a port), and any host after a `user@` (`user:s3cr3t@evil.com`, and
@@ -883,6 +884,45 @@ mod tests {
             },
         );
         assert_eq!(result.removed, vec![(Removed::BareUrls, 3)]);
+    }
+
+    /// Hosts written the way security write-ups defang them, which a model mends at
+    /// once (review: each passed `strict` whole), are hosts.
+    #[test]
+    fn strict_reads_defanged_hosts_as_hosts() {
+        for attack in [
+            "hxxps[:]//s3cr3t[.]evil[.]com/x",
+            "hXXp://s3cr3t[.]evil[.]com",
+            "hxxps[://]s3cr3t.evil.com/x",
+            "s3cr3t . evil . com/x",
+            "s3cr3t(dot)evil(dot)com/x",
+            "s3cr3t [dot] evil [dot] com",
+            "s3cr3t{.}evil{.}com/x",
+            "s3cr3t DOT evil DOT com/x",
+            "s3cr3t%2eevil%2ecom/x",
+            "s3cr3t\u{B7}evil\u{B7}com/x",
+            "s3cr3t\u{2022}evil\u{2022}com",
+            "s3cr3t\u{30FB}evil\u{30FB}com/x",
+        ] {
+            let out = strict(&format!("see {attack} now"));
+            assert_eq!(out, "see (link to evil.com removed) now", "{attack:?}");
+            assert!(!out.contains("s3cr3t"), "{attack:?}");
+            assert_eq!(strict(&out), out, "not idempotent: {attack:?}");
+        }
+        assert_eq!(
+            strict("at 10[.]0[.]0[.]1/x?d=s3cr3t"),
+            "at (link to 10.0.0.1 removed)"
+        );
+        // Prose with the same marks stays: no known suffix, or nothing carried.
+        for plain in [
+            "a polka dot dress, the dot com bubble",
+            "el col\u{B7}legi i la pl\u{B7}a",
+            "Step 1 . Step 2 . done",
+            "list [.] item (.) and {.}",
+            "evil[.]com is the domain",
+        ] {
+            assert_eq!(strict(plain), plain, "{plain:?}");
+        }
     }
 
     #[test]
