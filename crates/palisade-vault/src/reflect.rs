@@ -5,7 +5,8 @@
 //! from a host the gateway sends secrets to is searched for every spelling under which
 //! the gateway sends each of them ([`palisade_policy::injection::sent_forms`]) and
 //! those an echo commonly gives back (see [`echo_forms`]: escaped as JSON, HTML or a
-//! URL does it, in either case, in hex, in base64 at any alignment), whichever agent
+//! URL does it, in either case, in hex, in base64 at any alignment; what is sent also
+//! as UTF-16 in either byte order), whichever agent
 //! and path they are granted for, and each occurrence is overwritten with `*`, byte
 //! for byte, so lengths and framing stay as the upstream sent them. The status line's
 //! reason phrase, headers, body and trailers are searched, and the frames of a
@@ -30,7 +31,7 @@
 //! response compressed although the request asked for `identity` is decoded first
 //! ([`crate::decoded`]), or refused if it cannot be; an upstream that transforms what it
 //! echoes otherwise (byte ranges, reversed, spaced out, HTML entities for every
-//! character, `\u` escapes for some characters only, UTF-16, base64 broken into lines,
+//! character, `\u` escapes for some characters only, base64 broken into lines,
 //! a compressed file served as one) or splits it between places (the
 //! status line and a header) can still be made to return a secret in a form not
 //! searched for: masking is for an echo, not for an upstream that means to hand the
@@ -85,17 +86,21 @@ impl Reflection {
             if value.len() < MIN_MASKED {
                 continue;
             }
-            let mut add = |form: String| {
-                if !form.is_empty() && !forms.iter().any(|f| f == form.as_bytes()) {
-                    forms.push(form.into_bytes());
+            let mut add = |form: Vec<u8>| {
+                if !form.is_empty() && !forms.contains(&form) {
+                    forms.push(form);
                     owners.push(id);
                 }
             };
             for form in palisade_policy::injection::sent_forms(value) {
-                add(form);
+                // As UTF-16 too, in either byte order (review: a JSON echo served as
+                // UTF-16 showed the agent its bearer token).
+                add(form.encode_utf16().flat_map(u16::to_le_bytes).collect());
+                add(form.encode_utf16().flat_map(u16::to_be_bytes).collect());
+                add(form.into_bytes());
             }
             for form in echo_forms(value) {
-                add(form);
+                add(form.into_bytes());
             }
         }
         if forms.is_empty() {
@@ -586,6 +591,37 @@ mod tests {
             .unwrap()
             .to_bytes()
             .to_vec()
+    }
+
+    /// An echo served as UTF-16 (a JSON body in `charset=utf-16`), either byte order,
+    /// is masked: its bytes are the secret's with a zero byte beside each.
+    #[test]
+    fn utf16_echoes_are_masked() {
+        for little_endian in [true, false] {
+            let text = format!("{{\"auth\":\"Bearer {SECRET}\"}}");
+            let encode = |text: &str| -> Vec<u8> {
+                text.encode_utf16()
+                    .flat_map(|unit| match little_endian {
+                        true => unit.to_le_bytes(),
+                        false => unit.to_be_bytes(),
+                    })
+                    .collect()
+            };
+            let body = encode(&text);
+            let masked = masked_stream(&[&body[..7], &body[7..33], &body[33..]]);
+            assert_eq!(masked.len(), body.len());
+            let decoded = String::from_utf16_lossy(
+                &masked
+                    .chunks(2)
+                    .map(|pair| match little_endian {
+                        true => u16::from_le_bytes([pair[0], pair[1]]),
+                        false => u16::from_be_bytes([pair[0], pair[1]]),
+                    })
+                    .collect::<Vec<u16>>(),
+            );
+            assert!(!decoded.contains(SECRET), "{decoded}");
+            assert!(decoded.starts_with("{\"auth\":\"Bearer"), "{decoded}");
+        }
     }
 
     /// An echo in base64 (at any alignment in a longer text, either alphabet), hex or
