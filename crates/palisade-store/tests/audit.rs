@@ -1334,6 +1334,45 @@ fn an_anchor_held_locked_neither_hangs_nor_hides_a_cut() {
     );
 }
 
+/// Rows cut while the writer waits for the anchor's lock (held a moment, under the
+/// second it waits), with the head put back as it was signed before them: the anchor,
+/// once the lock is let go, finds the log's end no further than itself, and was left
+/// unmarked (review round eight: credentialed requests went out with no row and verify
+/// said intact). The writer checks its own end under the lock, and marks it gone.
+#[test]
+fn rows_cut_while_the_writer_waits_for_the_anchor_are_found() {
+    let t = with_rows(5);
+    let conn = common::raw(&t.home);
+    let signed = signed_head(&conn);
+    let holder = std::fs::File::open(t.home.audit_anchor()).unwrap();
+    holder.lock_shared().unwrap();
+    let home = t.home.clone();
+    let writing = std::thread::spawn(move || {
+        Store::open(&home)
+            .unwrap()
+            .append_audit(&request("odd", "exfil", "injected"))
+            .unwrap();
+    });
+    // Row 6 committed; the writer now waits for the lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while conn
+        .query_row("SELECT last_id FROM audit_head", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .unwrap()
+        < 6
+    {
+        assert!(std::time::Instant::now() < deadline, "row 6 never came");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    cut_back_to_row_5(&conn, &signed);
+    drop(holder);
+    writing.join().unwrap();
+    let (bad, problem) = verify_problem(&t.store);
+    assert_eq!(bad, Some(6), "{problem}");
+    assert!(problem.contains("altered at row 6"), "{problem}");
+}
+
 /// Whatever keeps the anchor from moving (moved aside, unreadable, locked), the end
 /// the writer could not anchor is owed, and once the anchor can move again an owed end
 /// the log no longer has is marked: an anchor put aside while rows were written and

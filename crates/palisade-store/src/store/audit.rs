@@ -572,7 +572,7 @@ fn try_write_anchor(
     conn: &rusqlite::Connection,
     owed: &mut Option<(i64, String)>,
 ) -> std::io::Result<Option<&'static str>> {
-    let moved = move_anchor(home, key, conn, owed.as_ref());
+    let moved = move_anchor(home, key, conn, head, owed.as_ref());
     match moved {
         // The anchor now vouches for every row this process committed, or records
         // that one of them was lost: nothing is owed any more.
@@ -611,13 +611,20 @@ enum Moved {
     No(&'static str),
 }
 
-/// Moves the anchor to the log's end (see [`try_write_anchor`]), checking `owed` (an
-/// end this process committed earlier and could not anchor) once the anchor is read
-/// and found genuine: one the log no longer has is marked on the anchor.
+/// Moves the anchor to the log's end (see [`try_write_anchor`]), checking `head` (the
+/// end this process just committed) and `owed` (an end it committed earlier and could
+/// not anchor) once the anchor is read and found genuine: one the log no longer has is
+/// marked on the anchor. Checked under the anchor's lock, since the end read below is
+/// the log's as it is now: a process holding the lock for a moment (a shared lock needs
+/// only read access) let rows just committed be cut and the head put back before this
+/// read it, and the anchor, finding the end no further than itself, stayed unmarked
+/// (review round eight: five credentialed requests went out with no row and verify said
+/// intact).
 fn move_anchor(
     home: &Home,
     key: &MasterKey,
     conn: &rusqlite::Connection,
+    head: &(i64, String),
     owed: Option<&(i64, String)>,
 ) -> std::io::Result<Moved> {
     let failed = |e: crate::StoreError| std::io::Error::other(e.to_string());
@@ -640,10 +647,13 @@ fn move_anchor(
     if !current.is_genuine(key) {
         return Ok(Moved::No("it does not carry a valid signature"));
     }
-    let owed_lost = match owed {
-        Some((id, hash)) => (!anchored_row_holds(conn, *id, hash).map_err(failed)?).then_some(*id),
-        None => None,
-    };
+    let mut owed_lost = None;
+    for (id, hash) in owed.into_iter().chain([head]) {
+        if !anchored_row_holds(conn, *id, hash).map_err(failed)? {
+            owed_lost = Some(*id);
+            break;
+        }
+    }
     // The end as it is now (another process may have written past this one's head
     // since), and whether it is signed. The anchor names the end whose signature was
     // checked here, not the head the writer read before its commit: two reads of the
@@ -673,7 +683,7 @@ fn move_anchor(
         Some(row) => (Some(row), None),
         None if owed_lost.is_some() => (
             owed_lost,
-            Some("rows written while the anchor could not be moved were changed or cut; the anchor records that"),
+            Some("rows this process wrote were changed or cut before the anchor could record them; the anchor records that"),
         ),
         None if !end_signed => (
             Some(current.last_id + 1),
