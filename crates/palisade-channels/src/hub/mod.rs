@@ -436,6 +436,12 @@ impl Hub {
 /// Back-off after the first failure in a row; it doubles up to [`MAX_BACK_OFF`].
 const FIRST_BACK_OFF: Duration = Duration::from_secs(1);
 const MAX_BACK_OFF: Duration = Duration::from_secs(60);
+/// A run that lasted this long counts as the channel working: the failures before it
+/// are forgotten, and the next one waits [`FIRST_BACK_OFF`] again. A token check that
+/// passes does not count (review: a Discord gateway that ended every session at once
+/// behind a working REST API was identified to every second, and Discord allows 1,000
+/// identifications a day per bot).
+const STEADY: Duration = Duration::from_secs(60);
 
 /// Runs `channel` until `stop` or `shutdown`: checks it, receives until it fails,
 /// backs off (1 s doubling to 1 min, or longer when the platform asked for it with a
@@ -459,13 +465,17 @@ async fn keep_running(
         }
         let outcome = match unwinding(channel.check()).await {
             Ok(who) => {
-                failures = 0;
                 report(ChannelState::Connected, Some(who));
                 let mut shutdown = shutdown.clone();
-                tokio::select! {
+                let started = tokio::time::Instant::now();
+                let outcome = tokio::select! {
                     outcome = unwinding(channel.run(inbox.clone(), stop.clone())) => outcome,
                     _ = crate::channel::stopped(&mut shutdown) => Ok(()),
+                };
+                if started.elapsed() >= STEADY {
+                    failures = 0;
                 }
+                outcome
             }
             Err(error) => Err(error),
         };
@@ -575,6 +585,92 @@ mod tests {
         fn check(&self) -> BoxFuture<'_, Result<String, ChannelError>> {
             Box::pin(async { Ok("the fake bot".into()) })
         }
+    }
+
+    /// A channel whose token check passes and whose receive loop fails at once, every
+    /// time but the sixth, which lasts 61 s (in tokio's paused time).
+    struct Flapping {
+        starts: Mutex<Vec<tokio::time::Instant>>,
+    }
+
+    impl Channel for Flapping {
+        fn name(&self) -> &str {
+            "flapping"
+        }
+        fn platform(&self) -> Platform {
+            Platform::Discord
+        }
+        fn run(
+            &self,
+            _inbox: mpsc::Sender<Incoming>,
+            _shutdown: watch::Receiver<bool>,
+        ) -> BoxFuture<'_, Result<(), ChannelError>> {
+            Box::pin(async move {
+                let run = {
+                    let mut starts = lock(&self.starts);
+                    starts.push(tokio::time::Instant::now());
+                    starts.len()
+                };
+                if run == 6 {
+                    tokio::time::sleep(Duration::from_secs(61)).await;
+                }
+                Err(ChannelError::Platform("the session ended at once".into()))
+            })
+        }
+        fn send_message<'a>(
+            &'a self,
+            _: &'a str,
+            _: Option<&'a str>,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<(), ChannelError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn post_card<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a Card,
+        ) -> BoxFuture<'a, Result<CardRef, ChannelError>> {
+            Box::pin(async { Err(ChannelError::Stopped) })
+        }
+        fn update_card<'a>(
+            &'a self,
+            _: &'a CardRef,
+            _: &'a Card,
+        ) -> BoxFuture<'a, Result<(), ChannelError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn check(&self) -> BoxFuture<'_, Result<String, ChannelError>> {
+            Box::pin(async { Ok("the fake bot".into()) })
+        }
+    }
+
+    /// The back-off grows while runs keep failing at once, though the token check
+    /// before each passes, and starts again from a second after a run that lasted.
+    #[tokio::test(start_paused = true)]
+    async fn the_back_off_grows_until_a_run_lasts() {
+        let channel = Arc::new(Flapping {
+            starts: Mutex::default(),
+        });
+        let (inbox, _incoming) = mpsc::channel(8);
+        let (stop, stopped) = watch::channel(false);
+        let (_shutdown, shutdown) = watch::channel(false);
+        let running = {
+            let channel: Arc<dyn Channel> = channel.clone();
+            tokio::spawn(keep_running(channel, inbox, stopped, shutdown, |_, _| {}))
+        };
+        while lock(&channel.starts).len() < 8 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.send(true).unwrap();
+        running.await.unwrap();
+        let starts = lock(&channel.starts).clone();
+        let gaps: Vec<u64> = starts
+            .windows(2)
+            .map(|pair| (pair[1] - pair[0]).as_secs())
+            .collect();
+        // 1, 2, 4, 8, 16 s; the sixth run lasts 61 s and ends with a failure after
+        // which the wait is 1 s again.
+        assert_eq!(gaps, [1, 2, 4, 8, 16, 62, 2], "{gaps:?}");
     }
 
     #[tokio::test]
