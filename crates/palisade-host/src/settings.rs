@@ -106,6 +106,19 @@ impl AgentSettings {
                     "base URL {url:?} is invalid: give an http:// or https:// URL"
                 )));
             }
+            // One server: a host that is a pattern names none, and the web UI's button
+            // that lets agents reach their model server would allow the pattern (a
+            // review allowed `*` that way).
+            let host = url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|uri| uri.host().map(str::to_string))
+                .unwrap_or_default();
+            if host.is_empty() || host.contains('*') {
+                return Err(HostError::Invalid(format!(
+                    "base URL {url:?} names no one server: give the server's address, such as http://127.0.0.1:8080/v1"
+                )));
+            }
             // The runner appends the endpoint; one already there would be called twice
             // over (`…/chat/completions/v1/chat/completions`).
             let path = url.trim_end_matches('/');
@@ -312,6 +325,17 @@ mod tests {
         assert!(AgentSettings::from_json(&serde_json::json!({"provider": "x"})).is_err());
         assert!(AgentSettings::from_json(&serde_json::json!({"provider": "openai"})).is_err());
         assert!(AgentSettings::from_json(&serde_json::json!({"base_url": "ftp://x"})).is_err());
+        for pattern in [
+            "http://*/v1",
+            "http://*.com/v1",
+            "https://a.*/v1",
+            "http:///v1",
+        ] {
+            let error = AgentSettings::from_json(&serde_json::json!({"base_url": pattern}))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("names no one server"), "{pattern}: {error}");
+        }
         for endpoint in ["/v1/chat/completions", "/v1/messages/"] {
             let url = format!("http://127.0.0.1:8080{endpoint}");
             let error = AgentSettings::from_json(

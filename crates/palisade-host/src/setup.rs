@@ -83,15 +83,18 @@ pub fn model_key_host_pattern(settings: &AgentSettings) -> Option<String> {
 }
 
 /// What `--allow-local-upstream` must name for the agent's model server to be reached
-/// at a local address: an address with its port (that port only), a name alone (as the
-/// gateway takes them).
+/// at a local address: its host with its port, that port only (review: a name alone
+/// opened every service on `localhost` to every agent); `None` for a host that is a
+/// pattern (`*`), which names no one server.
 pub fn model_server_allowance(settings: &AgentSettings) -> Option<String> {
     let host = model_host(settings)?;
     let port = model_port(settings)?;
+    if host.contains('*') {
+        return None;
+    }
     Some(match host.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V6(_)) => format!("[{host}]:{port}"),
-        Ok(_) => format!("{host}:{port}"),
-        Err(_) => host,
+        _ => format!("{host}:{port}"),
     })
 }
 
@@ -322,6 +325,31 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    /// What lets agents reach a model server names its port, a name's too (review: the
+    /// web UI's button allowed `localhost`, every service of the machine, for a server
+    /// at `localhost:PORT`).
+    #[test]
+    fn the_allowance_for_a_model_server_names_its_port() {
+        for (base_url, allowance) in [
+            ("http://localhost:11434/v1", "localhost:11434"),
+            ("http://127.0.0.1:8080/v1", "127.0.0.1:8080"),
+            ("http://127.0.0.1/v1", "127.0.0.1:80"),
+            ("https://models.lan/v1", "models.lan:443"),
+            ("http://[::1]:8080", "[::1]:8080"),
+        ] {
+            let settings = AgentSettings {
+                provider: "openai".into(),
+                base_url: Some(base_url.into()),
+                ..AgentSettings::default()
+            };
+            assert_eq!(
+                model_server_allowance(&settings).as_deref(),
+                Some(allowance),
+                "{base_url}"
+            );
+        }
     }
 
     #[test]

@@ -278,21 +278,14 @@ impl HostPattern {
 }
 impl HostPattern {
     /// A pattern of hosts agents may reach at local addresses (`--allow-local-upstream`,
-    /// `palisade vault local allow`): a name with no port, or an address with or
-    /// without one. The addresses a name resolves to are checked without the port the
-    /// request goes to, so a port on a name would read as a narrowing it is not; an
-    /// address is checked with the request's port. The error says why it is not one.
+    /// `palisade vault local allow`): a name or an address, with a port (that port
+    /// only: the addresses a name resolves to are checked with the port the request
+    /// goes to) or without (every port). The error says why it is not one.
     pub fn parse_local_allowance(text: &str) -> Result<HostPattern, String> {
-        let pattern = HostPattern::parse(text).map_err(|e| match e {
+        HostPattern::parse(text).map_err(|e| match e {
             PatternError::Host(_, why) => why.to_string(),
             other => other.to_string(),
-        })?;
-        let host = pattern.host();
-        let names_an_address = host.parse::<std::net::IpAddr>().is_ok();
-        if pattern.port().is_some() && !names_an_address {
-            return Err("it names a port, but a name's addresses are checked without the port; name the address with its port (127.0.0.1:8080), or the name without one".into());
-        }
-        Ok(pattern)
+        })
     }
 }
 

@@ -85,8 +85,7 @@ impl NetGuard {
     }
 
     /// Whether `host` (as the request names it) may resolve to local addresses on every
-    /// port: the resolver that asks is not told the port, so only patterns without one
-    /// count (those with one name an address, which is never resolved).
+    /// port: only patterns without one count.
     pub fn host_allowed_local(&self, host: &str) -> bool {
         self.any_allowance(|p| p.port().is_none() && p.matches_host_on_any_port(host))
     }
@@ -103,7 +102,7 @@ impl NetGuard {
     }
 
     /// Whether `ip` may be reached by an upstream request for `host` at `port` (`None`:
-    /// the resolver's question, on every port).
+    /// on every port).
     pub fn permits(&self, host: &str, port: Option<u16>, ip: IpAddr) -> bool {
         if !is_local(ip) && !self.is_own_address(ip) {
             return true;
@@ -194,6 +193,16 @@ fn is_local_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10
 }
 
+tokio::task_local! {
+    /// The port the connection being made goes to, set around the connector's future
+    /// by [`crate::upstream::Counted`]: hyper-util's connector asks its resolver with
+    /// the name alone, and without the port an allowance such as `localhost:11434`
+    /// (one model server) could not be told from `localhost` (every service on the
+    /// machine). A resolver asked outside it checks with no port (only allowances
+    /// without one count).
+    pub static CONNECTING_PORT: u16;
+}
+
 /// A resolver for hyper-util's `HttpConnector` that drops refused addresses.
 #[derive(Clone, Debug)]
 pub struct GuardedResolver {
@@ -220,6 +229,7 @@ impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for 
 
     fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
         let guard = self.guard.clone();
+        let port = CONNECTING_PORT.try_with(|port| *port).ok();
         Box::pin(async move {
             let host = name.as_str().to_string();
             let resolved: Vec<SocketAddr> = match guard.fixed_address(&host) {
@@ -229,7 +239,7 @@ impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for 
             let total = resolved.len();
             let permitted: Vec<SocketAddr> = resolved
                 .into_iter()
-                .filter(|addr| guard.permits(&host, None, addr.ip()))
+                .filter(|addr| guard.permits(&host, port, addr.ip()))
                 .collect();
             if permitted.is_empty() && total > 0 {
                 return Err(std::io::Error::new(

@@ -254,9 +254,10 @@ impl Shared {
                     || ip.is_unspecified()
                     || self.guard.is_own_address(ip)
             }
-            // A name allowed to reach local addresses may resolve to this listener
-            // (any other name is refused local and own addresses by the resolver).
-            Err(_) => self.guard.host_allowed_local(host),
+            // A name allowed to reach local addresses on this port may resolve to this
+            // listener (any other name is refused local and own addresses by the
+            // resolver).
+            Err(_) => self.guard.host_allowed_local_at(host, port),
         }
     }
 

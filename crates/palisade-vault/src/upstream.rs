@@ -194,7 +194,12 @@ impl tower_service::Service<http::Uri> for Counted {
         let Ok(place) = Arc::clone(&self.places).try_acquire_owned() else {
             return Box::pin(async { Err(NoRoomUpstream.into()) });
         };
-        let connecting = self.inner.call(uri);
+        // The resolver checks a local address with the port it is for.
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("http") => 80,
+            _ => 443,
+        });
+        let connecting = crate::net_guard::CONNECTING_PORT.scope(port, self.inner.call(uri));
         Box::pin(async move {
             let stream = connecting.await?;
             Ok(CountedStream {

@@ -147,10 +147,10 @@ pub(super) async fn forward(
                 ));
             }
             if find_local_refused(&*e).is_some() {
-                return Err(Refusal::of(
-                    Decision::LocalRefused,
-                    GatewayErrorKind::LocalUpstreamRefused,
+                // The allowance that would let it through names this port alone.
+                return Err(super::local::refused(
                     host,
+                    &format!("{host}:{}", target.port),
                 ));
             }
             if crate::find_cause::<hyper::Error>(&*e).is_some_and(hyper::Error::is_parse_too_large)

@@ -18,7 +18,10 @@ pub(super) fn inject(
     // is the cause to name, not the missing HTTPS a local server does not have.
     let lower = host.to_ascii_lowercase();
     if !allowed_local && (lower == "localhost" || lower.ends_with(".localhost")) {
-        return Err(super::local::refused(host, host));
+        return Err(super::local::refused(
+            host,
+            &format!("{host}:{}", target.port),
+        ));
     }
     if target.scheme == Scheme::Http && !allowed_local {
         return Err(Refusal::new(

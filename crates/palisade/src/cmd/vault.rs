@@ -269,10 +269,22 @@ fn local(command: LocalCommand, ctx: &Context) -> anyhow::Result<()> {
             let added = store.allow_local_upstream(&pattern)?;
             let pattern = pattern.trim();
             match (ctx.json, added) {
-                (true, _) => println!("{}", serde_json::json!({ "allowed": pattern, "added": added })),
-                (false, true) => println!(
-                    "Agents may reach {pattern} through the vault now and after restarts (`palisade vault local forget {pattern}` stops it)."
+                (true, _) => println!(
+                    "{}",
+                    serde_json::json!({ "allowed": pattern, "added": added })
                 ),
+                (false, true) => {
+                    println!(
+                        "Agents may reach {pattern} through the vault now and after restarts (`palisade vault local forget {pattern}` stops it)."
+                    );
+                    // A pattern that opens more than one server says so.
+                    if pattern.contains('*') || !pattern.contains(':') || pattern.ends_with(']') {
+                        eprintln!(
+                            "warning: {pattern} opens every port{} to every agent, this machine's and the local network's other services too; a model server needs only its address and port (such as 127.0.0.1:8080)",
+                            if pattern.contains('*') { " of every address it matches" } else { "" }
+                        );
+                    }
+                }
                 (false, false) => println!("{pattern} was allowed already."),
             }
         }
