@@ -317,7 +317,12 @@ pub(crate) async fn require_admin(
              and open the link it prints (each link works once; the one `palisade up` printed \
              at its start may be used already). A session ends when Palisade stops or \
              restarts, after 12 hours unused, 7 days after its login, or at Log out.";
-        if html && request.method() == Method::POST {
+        // What was typed is given back only to a page of this server (an old tab whose
+        // session ended): another site could post text of its own and have this origin
+        // show it to a person as theirs to paste (review).
+        let ours = request_origin(request.headers())
+            .is_some_and(|origin| gate.guard.origin_allowed(&origin));
+        if html && request.method() == Method::POST && ours {
             return layout::logged_out_page(LOGGED_OUT, &typed_fields(request).await);
         }
         return refuse(html, StatusCode::UNAUTHORIZED, "Log in first", LOGGED_OUT);

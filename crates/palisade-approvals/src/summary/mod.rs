@@ -53,6 +53,9 @@ pub use action::{access_request, action, agent_answer, agent_message};
 use clean::{body_text, shows_hidden, text_lines, truncate_chars};
 pub use clean::{is_invisible, one_line};
 pub use credential_names::is_secret_name;
+/// A body with the values of credential-like fields shown as `[redacted]`, as cards show
+/// it (for the context a web page shows beside the card).
+pub use generic::masked as redacted_body;
 use params::Params;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

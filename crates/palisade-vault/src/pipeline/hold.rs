@@ -302,7 +302,12 @@ fn approval_for(
         "port": target.port,
         "path": held.path.as_str(),
         "headers": redacted_headers(&parts.headers),
-        "bodyPreview": String::from_utf8_lossy(view).chars().take(BODY_PREVIEW_CHARS).collect::<String>(),
+        // Redacted as the card's summary is (review: the web page's context showed an
+        // `api_key` the card hid).
+        "bodyPreview": String::from_utf8_lossy(&palisade_approvals::summary::redacted_body(view))
+            .chars()
+            .take(BODY_PREVIEW_CHARS)
+            .collect::<String>(),
         "bodyBytes": data.len(),
         "bodySha256": digest,
         "rule": held.reason.name(),
