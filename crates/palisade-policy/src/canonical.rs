@@ -80,8 +80,8 @@ pub struct CanonicalPath {
     strict_form: Option<String>,
     /// The loose form (see the module documentation).
     loose_form: String,
-    /// The loose form with the last segment's extension cut off, where it has one.
-    loose_stem: Option<String>,
+    /// The loose form with the last segment's extension cut off (see [`loose_stems`]).
+    loose_stems: Vec<String>,
 }
 
 impl CanonicalPath {
@@ -149,13 +149,13 @@ impl CanonicalPath {
             .then(|| match_form(&segments, true));
         let match_form = match_form(&segments, false);
         let loose_form = loose_form(&match_form);
-        let loose_stem = loose_stem(&loose_form);
+        let loose_stems = loose_stems(&loose_form);
         Ok(CanonicalPath {
             canonical,
             match_form,
             strict_form,
             loose_form,
-            loose_stem,
+            loose_stems,
         })
     }
 
@@ -179,7 +179,7 @@ impl CanonicalPath {
     /// loose form, and it without the last segment's extension where it has one (see
     /// the module documentation).
     pub fn loose_forms(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.loose_form.as_str()).chain(self.loose_stem.as_deref())
+        std::iter::once(self.loose_form.as_str()).chain(self.loose_stems.iter().map(String::as_str))
     }
 }
 
@@ -198,16 +198,28 @@ pub(crate) fn loose_form(match_form: &str) -> String {
 
 /// One segment as servers that route without regard to case, or that drop trailing
 /// dots and spaces, read it: letters folded through upper then lower case, trailing
-/// dots and spaces dropped (unless nothing would be left).
+/// dots and spaces dropped (unless nothing would be left). The fold is made to agree
+/// with routers that map one character at a time as well (Java's `equalsIgnoreCase`,
+/// Python's and Java's case-insensitive regexes read `İ` as `i` and `ẞ` as `ß`, which
+/// full mappings make `i̇` and leave apart from `ss`; review): the combining dot above
+/// that lower-casing `İ` leaves is dropped, and `ß` is `ss`.
 pub(crate) fn loose_segment(segment: &str) -> String {
     let folded: String = if segment.is_ascii() {
         segment.to_ascii_lowercase()
     } else {
-        segment
+        let mut folded = String::with_capacity(segment.len());
+        for lower in segment
             .chars()
             .flat_map(char::to_uppercase)
             .flat_map(char::to_lowercase)
-            .collect()
+        {
+            match lower {
+                '\u{307}' => {}
+                'ß' => folded.push_str("ss"),
+                other => folded.push(other),
+            }
+        }
+        folded
     };
     match folded.trim_end_matches(['.', ' ']) {
         "" => folded,
@@ -216,12 +228,26 @@ pub(crate) fn loose_segment(segment: &str) -> String {
     }
 }
 
-/// A loose form without its last segment's extension (from the segment's first dot
-/// that does not start it), if it has one.
-fn loose_stem(loose: &str) -> Option<String> {
-    let last = loose.rfind('/')? + 1;
-    let dot = loose[last..].find('.').filter(|&at| at > 0)?;
-    Some(loose[..last + dot].to_string())
+/// A loose form without its last segment's extension, if it has one: from the
+/// segment's first dot that does not start it (Spring's suffix matching read
+/// `/send.a.b` as `/send`), and from its last (Rails reads `/a.b.c` as `/a.b` in the
+/// format `c`, and a dynamic segment stops at a dot, so `/models/gpt-4.1` is
+/// `/models/gpt-4`), where that is another.
+fn loose_stems(loose: &str) -> Vec<String> {
+    let Some(last) = loose.rfind('/').map(|at| at + 1) else {
+        return Vec::new();
+    };
+    let segment = &loose[last..];
+    let mut stems = Vec::new();
+    for dot in [segment.find('.'), segment.rfind('.')]
+        .into_iter()
+        .flatten()
+    {
+        if dot > 0 && !stems.contains(&loose[..last + dot].to_string()) {
+            stems.push(loose[..last + dot].to_string());
+        }
+    }
+    stems
 }
 
 impl fmt::Display for CanonicalPath {

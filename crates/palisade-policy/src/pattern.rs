@@ -1029,6 +1029,16 @@ mod tests {
             (&admin, "/api/adm%C4%B1n/x"),
             (&any_user, "/users/Bob/DELETE"),
             (&any_user, "/users/bob/delete.xml"),
+            // Routers that map one character at a time read `İ` as `i`, `ẞ` as `ß`.
+            (&admin, "/api/adm%C4%B0n/x"),
+            (&admin, "/API/ADM%C4%B0N/x"),
+            (&path("/v1/inbox"), "/v1/%C4%B0nbox"),
+            (&path("/v1/straße"), "/v1/stra%E1%BA%9Ee"),
+            (&path("/v1/straße"), "/v1/STRASSE"),
+            (&path("/v1/strasse"), "/v1/stra%C3%9Fe"),
+            // Rails: the last extension is the format, a dynamic segment stops at a dot.
+            (&path("/x/a.b"), "/x/a.b.c"),
+            (&path("/models/gpt-4"), "/models/gpt-4.1"),
         ] {
             assert!(hits(pattern, spelling), "{} {spelling}", pattern.as_str());
             assert!(

@@ -234,6 +234,7 @@ fn path_spellings_cannot_sidestep_rules_or_secrets() {
             "/Admin./x",
             "/admin%20/x",
             "/adm%C4%B1n/x",
+            "/ADM%C4%B0N/x",
         ] {
             let before = upstream.count();
             let reply = attack.curl(&token, &[version, &attack.url(spelling)]);
@@ -255,6 +256,7 @@ fn path_spellings_cannot_sidestep_rules_or_secrets() {
             "/v1/send.",
             "/v1/send%20",
             "/v1/send.json",
+            "/v1/send.x.json",
             "/v1/%C5%BFend",
         ] {
             let before = upstream.count();
