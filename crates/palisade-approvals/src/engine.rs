@@ -329,25 +329,10 @@ impl Engine {
                 .and_then(|v| v.as_str())
                 .map(str::to_string)
         };
-        let (Some(host), Some(path), Some(method), Some(rule_name)) =
-            (field("host"), field("path"), field("method"), field("rule"))
-        else {
-            return Err(not_offered(
-                "the request's host, path, method or rule is not recorded",
-            ));
+        let (host, path, method) = exact_patterns(approval).map_err(&not_offered)?;
+        let Some(rule_name) = field("rule") else {
+            return Err(not_offered("the rule that held it is not recorded"));
         };
-        // A `*` in the host or path would make the pattern wider than the request.
-        if host.contains('*') || path.contains('*') {
-            return Err(not_offered("its host or path contains `*`"));
-        }
-        let host = host_with_port(&host, &approval.context)
-            .ok_or_else(|| not_offered("its recorded port is not a number"))?;
-        let host =
-            HostPattern::parse(&host).map_err(|_| not_offered("its host is not a plain name"))?;
-        let path = PathPattern::parse(&path)
-            .map_err(|_| not_offered("its path cannot be written as an exact pattern"))?;
-        let method = MethodPattern::exact(&method)
-            .map_err(|_| not_offered("its method is not one of the standard ones"))?;
         let rules = self.store.list_rules()?;
         let holding = rules
             .iter()
@@ -427,6 +412,32 @@ impl Engine {
 /// service), written as [`HostPattern`] reads it (`[::1]:8080`). The port is the one
 /// the vault recorded, or, for an approval recorded before it did, the one of its URL
 /// (the scheme's when the URL names none). None when there is no readable port.
+/// The exact host (with its port), path and method a lasting choice ("for 1 h",
+/// "always") would allow for a held request, or why it cannot be written that narrowly
+/// (then only "once" is offered: cards leave the lasting buttons out, and the engine
+/// refuses them).
+pub fn exact_patterns(
+    approval: &Approval,
+) -> Result<(HostPattern, PathPattern, MethodPattern), &'static str> {
+    let field = |name: &str| approval.context.get(name).and_then(|v| v.as_str());
+    let (Some(host), Some(path), Some(method)) = (field("host"), field("path"), field("method"))
+    else {
+        return Err("the request's host, path or method is not recorded");
+    };
+    // A `*` in the host or path would make the pattern wider than the request.
+    if host.contains('*') || path.contains('*') {
+        return Err("its host or path contains `*`");
+    }
+    let host =
+        host_with_port(host, &approval.context).ok_or("its recorded port is not a number")?;
+    let host = HostPattern::parse(&host).map_err(|_| "its host is not a plain name")?;
+    let path =
+        PathPattern::parse(path).map_err(|_| "its path cannot be written as an exact pattern")?;
+    let method =
+        MethodPattern::exact(method).map_err(|_| "its method is not one of the standard ones")?;
+    Ok((host, path, method))
+}
+
 pub fn host_with_port(host: &str, context: &serde_json::Value) -> Option<String> {
     let port = match context.get("port") {
         Some(port) => u16::try_from(port.as_u64()?).ok()?,

@@ -61,11 +61,19 @@ impl Card {
             approval.agent
         );
         let pending = approval.status == ApprovalStatus::Pending;
-        let buttons = match (pending, kind) {
+        let mut buttons = match (pending, kind) {
             (true, Some(kind)) => Button::for_kind(kind),
             (true, None) => vec![Button::Once, Button::Deny, Button::DenyWithComment],
             (false, _) => Vec::new(),
         };
+        // A request that cannot be written as exact patterns (a path with
+        // `;parameters`) is offered "once" only: the engine refuses the lasting
+        // choices, and a card must not offer what it cannot do (review).
+        if buttons.contains(&Button::Always)
+            && palisade_approvals::engine::exact_patterns(approval).is_err()
+        {
+            buttons.retain(|button| !matches!(button, Button::Always | Button::ForHour));
+        }
         // What a lasting choice would let through, before anyone presses it.
         let mut scope = None;
         if buttons.contains(&Button::Always) {
@@ -513,6 +521,23 @@ mod tests {
             "{}",
             card.text()
         );
+        // A path no exact pattern can name (`;parameters`) is approved once only: the
+        // card offers no lasting choice the engine would refuse (review).
+        let mut with_parameters = pending_approval(summary());
+        with_parameters.context["path"] = "/b;p=1".into();
+        let card = Card::new(&with_parameters, &new_token());
+        assert!(
+            !card.buttons.contains(&Button::Always) && !card.buttons.contains(&Button::ForHour),
+            "{:?}",
+            card.buttons
+        );
+        assert!(card.buttons.contains(&Button::Once), "{:?}", card.buttons);
+        let text = card.text();
+        assert!(
+            text.contains("/approve apr_abcdefghijkl once, /deny"),
+            "{text}"
+        );
+        assert!(!text.contains("Always allow"), "{text}");
         let mut access = pending_approval(summary());
         access.kind = "access_request".into();
         let now = std::time::SystemTime::now()

@@ -179,7 +179,9 @@ impl ApiClient {
             Method::POST,
             path,
             headers,
-            Some(("application/json", bytes)),
+            // With its charset, as Slack asks; one header, never a second beside it
+            // (a strict server refuses a request with two).
+            Some(("application/json; charset=utf-8", bytes)),
             timeout,
         )
         .await

@@ -16,7 +16,17 @@ fn allowances_are_remembered_audited_and_forgotten() {
     assert!(t.store.allow_local_upstream("127.0.0.1:8080").unwrap());
     assert!(t.store.allow_local_upstream(" localhost ").unwrap());
     assert!(!t.store.allow_local_upstream("127.0.0.1:8080").unwrap());
-    for bad in ["localhost:8080", "http://127.0.0.1", "", "a b"] {
+    // A name with a port is that port only (checked with the port a connection goes
+    // to), and allowed like an address with one.
+    assert!(t.store.allow_local_upstream("localhost:8080").unwrap());
+    assert!(t.store.forget_local_upstream("localhost:8080").unwrap());
+    for bad in [
+        "http://127.0.0.1",
+        "",
+        "a b",
+        "localhost:0",
+        "localhost:99999",
+    ] {
         let refused = t.store.allow_local_upstream(bad).unwrap_err().to_string();
         assert!(refused.contains("cannot be allowed"), "{bad:?}: {refused}");
     }
@@ -47,6 +57,11 @@ fn allowances_are_remembered_audited_and_forgotten() {
         [
             ("local_upstream.allow".into(), Some("127.0.0.1:8080".into())),
             ("local_upstream.allow".into(), Some("localhost".into())),
+            ("local_upstream.allow".into(), Some("localhost:8080".into())),
+            (
+                "local_upstream.forget".into(),
+                Some("localhost:8080".into())
+            ),
             ("local_upstream.forget".into(), Some("LOCALHOST".into())),
         ]
     );

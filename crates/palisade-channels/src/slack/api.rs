@@ -49,10 +49,7 @@ impl Client {
             .post_json(
                 &what,
                 method,
-                &[
-                    ("authorization", &authorization),
-                    ("content-type", "application/json; charset=utf-8"),
-                ],
+                &[("authorization", &authorization)],
                 &body,
                 None,
             )

@@ -63,6 +63,14 @@ impl Server {
                                 let handler = Arc::clone(&handler);
                                 async move {
                                     let (parts, body) = request.into_parts();
+                                    // As strict servers (aiohttp) answer: a request
+                                    // with two Content-Type headers is refused.
+                                    if parts.headers.get_all("content-type").iter().count() > 1 {
+                                        return Ok::<_, std::convert::Infallible>(json(
+                                            400,
+                                            &serde_json::json!({"ok": false, "error": "duplicate Content-Type header"}),
+                                        ));
+                                    }
                                     let body = Limited::new(body, 8 * 1024 * 1024)
                                         .collect()
                                         .await

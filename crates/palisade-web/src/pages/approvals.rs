@@ -71,14 +71,17 @@ fn pending_markup(pending: &[Approval]) -> Markup {
                         // typing the reason for a denial would approve.
                         textarea name="comment" rows="2" maxlength=(MAX_COMMENT_BYTES) placeholder="Comment (optional; a denial's comment is returned to the agent)" {}
                         @let kind = approval.kind.parse::<ApprovalKind>().ok();
+                        // A request no exact pattern can name (a path with
+                        // `;parameters`) is approved once only, as on chat cards.
+                        @let exact = palisade_approvals::engine::exact_patterns(approval).is_ok();
                         // Disabled until the script arms them, a second after they
                         // are shown (see app.js: a double-click another page asked for
                         // must not land on them).
                         button.primary type="submit" name="decision" value="approve" disabled data-arm { "Approve" }
-                        @if kind.is_some_and(|k| k.offers(Choice::ForHour)) {
+                        @if exact && kind.is_some_and(|k| k.offers(Choice::ForHour)) {
                             button.secondary type="submit" name="decision" value="1h" disabled data-arm title="Also allow this agent the same host, method and path for one hour" { "Approve for 1 h" }
                         }
-                        @if kind.is_some_and(|k| k.offers(Choice::Always)) {
+                        @if exact && kind.is_some_and(|k| k.offers(Choice::Always)) {
                             button.secondary type="submit" name="decision" value="always" disabled data-arm title="Create a rule allowing this agent the same host, method and path (revoke it on the Vault page or with palisade rules delete)" { "Always allow" }
                         }
                         button.danger type="submit" name="decision" value="deny" disabled data-arm { "Deny" }
