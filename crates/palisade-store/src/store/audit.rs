@@ -321,8 +321,17 @@ fn latest_retention_row(tx: &Transaction<'_>) -> Result<Option<i64>> {
 /// `keep_from`, and moves the signed start after them; `None` once the start is there.
 /// The rows it deletes are checked again inside its own transaction (their ids, links
 /// and hashes from the signed start), so a row edited after the pruning's verification
-/// and before its deletion stops the pruning instead of going unnoticed.
-fn prune_chunk(tx: &Transaction<'_>, key: &MasterKey, keep_from: i64) -> Result<Option<u64>> {
+/// and before its deletion stops the pruning instead of going unnoticed; and each must
+/// be older than `before_ms`, the time the pruning was asked for: `keep_from` was
+/// worked out from the rows' times in another transaction, and times set back there and
+/// put back before the deletion (review round nine) made a pruning of rows older than
+/// 30 days delete the whole log, each row checked and found whole.
+fn prune_chunk(
+    tx: &Transaction<'_>,
+    key: &MasterKey,
+    keep_from: i64,
+    before_ms: i64,
+) -> Result<Option<u64>> {
     let start = require_start(tx)?;
     if start.first_id >= keep_from {
         return Ok(None);
@@ -348,6 +357,12 @@ fn prune_chunk(tx: &Transaction<'_>, key: &MasterKey, keep_from: i64) -> Result<
             || raw.canonical().chain_hash(&before_start)? != raw.hash
         {
             return Err(changed(expected_id));
+        }
+        if raw.at_ms >= before_ms {
+            return Err(StoreError::Invalid(format!(
+                "audit row {} is not older than the pruning's time, though the pruning was planned to remove it: the log's times changed while it was being pruned; pruning stopped there — run `palisade audit verify`",
+                raw.id
+            )));
         }
         before_start = raw.hash;
         expected_id += 1;
@@ -1440,7 +1455,9 @@ impl Store {
             }
         };
         let mut removed = 0;
-        while let Some(chunk) = self.write(|tx| prune_chunk(tx, self.key(), keep_from))? {
+        while let Some(chunk) =
+            self.write(|tx| prune_chunk(tx, self.key(), keep_from, before_ms))?
+        {
             removed += chunk;
         }
         Ok(PruneReport {
@@ -1475,7 +1492,7 @@ mod tests {
         store.append_audit_batch(&rows).unwrap();
         let edited = store.write(|tx| {
             tx.execute("UPDATE audit SET decision = 'blocked' WHERE id = 3", [])?;
-            prune_chunk(tx, store.key(), 6)
+            prune_chunk(tx, store.key(), 6, i64::MAX)
         });
         let error = edited.unwrap_err().to_string();
         assert!(error.contains("audit row 3 changed"), "{error}");
@@ -1487,11 +1504,44 @@ mod tests {
 
         // Unchanged, the same chunk goes and the chain verifies from its new start.
         assert_eq!(
-            store.write(|tx| prune_chunk(tx, store.key(), 6)).unwrap(),
+            store
+                .write(|tx| prune_chunk(tx, store.key(), 6, i64::MAX))
+                .unwrap(),
             Some(5)
         );
         let report = store.verify_audit().unwrap();
         assert!(report.ok, "{:?}", report.problem);
         assert_eq!(report.starts_at, Some(6));
+    }
+
+    /// A pruning planned from times set back (every row made to look old while the
+    /// plan was made, the times put back before the deletion, review round nine) stops
+    /// at the first row that is not older than the time it was asked for: each row it
+    /// deletes is whole, so only its time tells.
+    #[test]
+    fn a_pruning_deletes_no_row_younger_than_its_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("home"));
+        let store = Store::open(&home).unwrap();
+        let rows: Vec<(i64, AuditEntry)> = (1..=10)
+            .map(|i| {
+                let entry = AuditEntry {
+                    event: "request".into(),
+                    ..AuditEntry::default()
+                };
+                (i * 1000, entry)
+            })
+            .collect();
+        store.append_audit_batch(&rows).unwrap();
+        // Planned to keep from row 9, though only rows 1 to 3 are older than 4000.
+        let error = store
+            .write(|tx| prune_chunk(tx, store.key(), 9, 4000))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("audit row 4 is not older"), "{error}");
+        let report = store.verify_audit().unwrap();
+        assert!(report.ok, "{:?}", report.problem);
+        assert_eq!(report.rows, 10, "rows were deleted");
+        assert_eq!(report.starts_at, None);
     }
 }
