@@ -84,9 +84,9 @@ pub fn hardened(mut profile: Value) -> Result<Value, String> {
     // A denial by argument value (`socket(AF_VSOCK)`) is not applied here: the
     // profile's own conditional `socket` rules cannot be merged with it safely.
     let rewritten = |name: &str| {
-        DENIED
-            .iter()
-            .any(|d| d.syscall == name && !matches!(d.when, When::Equals { .. }))
+        DENIED.iter().any(|d| {
+            d.syscall == name && !matches!(d.when, When::Equals { .. } | When::Datagram { .. })
+        })
     };
     syscalls.retain_mut(|rule| {
         let Some(rule) = rule.as_object_mut() else {
