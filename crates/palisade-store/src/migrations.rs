@@ -338,10 +338,18 @@ const V11: &str = r#"
 ALTER TABLE sessions ADD COLUMN reset_after_message INTEGER;
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11];
+/// Secrets' sealed values bound to where they are sent (their host, path, injection
+/// and sensitivity, not only their name): no schema change; the open that migrates to
+/// it seals every secret again (see `store::secrets::bind_destinations`).
+const V12: &str = "-- secrets sealed for their destination";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12];
 
 /// The version that added `audit_head.head_mac`.
 pub(crate) const SIGNED_HEAD: i64 = 10;
+
+/// The version from which secrets are sealed for their destination.
+pub(crate) const SEALED_DESTINATIONS: i64 = 12;
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;

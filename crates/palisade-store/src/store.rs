@@ -195,6 +195,9 @@ impl Store {
                     if from < crate::migrations::SIGNED_HEAD {
                         audit::sign_unsigned_head(&conn, &key, home, new_log)?;
                     }
+                    if from < crate::migrations::SEALED_DESTINATIONS {
+                        secrets::bind_destinations(&conn, &key)?;
+                    }
                     Ok(())
                 })
                 .and_then(|()| check_master_key(&conn, &key))
@@ -566,9 +569,16 @@ fn check_master_key(conn: &Connection, key: &MasterKey) -> Result<()> {
             .map(|_| ())
             .map_err(|_| mismatch());
     }
-    // One value of each kind sealed before, with what it was sealed for.
+    // One value of each kind sealed before, with what it was sealed for: a secret for
+    // its destination (or, not yet bound, its name).
+    if let Some(secret) = secrets::SealedSecret::read(conn, 1)?.first() {
+        if key.open(&secret.destination(), &secret.sealed).is_err()
+            && key.open(&secret.name, &secret.sealed).is_err()
+        {
+            return Err(mismatch());
+        }
+    }
     let samples = [
-        "SELECT name, sealed FROM secrets LIMIT 1",
         "SELECT 'admin-key', value FROM settings WHERE key = 'admin_key'",
         "SELECT 'agent-token:' || a.name, t.sealed FROM agent_tokens t JOIN agents a ON a.id = t.agent_id LIMIT 1",
         "SELECT 'channel:' || name, sealed FROM channels LIMIT 1",

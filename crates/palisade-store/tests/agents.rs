@@ -79,6 +79,41 @@ fn tokens_are_shown_again_until_rotated() {
     assert_eq!(events, ["agent.create", "agent.token", "agent.token"]);
 }
 
+/// A token row someone wrote into the database without the master key (the hash of a
+/// token of their own, for a made-up agent or an existing one), or an agent's sealed
+/// token moved to another agent's row, is not accepted: only tokens this home issued
+/// count (review, audit round ten: a forged row's token got a secret injected).
+#[test]
+fn tokens_written_into_the_database_are_not_accepted() {
+    let t = common::store();
+    let alpha = common::add_agent(&t.store, "alpha");
+    let beta = common::add_agent(&t.store, "beta");
+    let issued = t.store.agent_token(&alpha, false).unwrap();
+    let raw = common::raw(&t.home);
+    raw.execute(
+        "INSERT INTO agents (name, profile, settings, created_at_ms) VALUES ('ghost', 'action', '{}', 0)",
+        [],
+    )
+    .unwrap();
+    raw.execute(
+        "INSERT INTO agent_tokens (agent_id, token_hash, sealed, created_at_ms)
+         SELECT id, ?1, 'x', 0 FROM agents WHERE name = 'ghost'",
+        [token_hash("attacker-token")],
+    )
+    .unwrap();
+    // Alpha's sealed token (and its hash) copied to beta's row.
+    raw.execute(
+        "INSERT INTO agent_tokens (agent_id, token_hash, sealed, created_at_ms)
+         SELECT (SELECT id FROM agents WHERE name = 'beta'), ?1, sealed, 0 FROM agent_tokens
+         WHERE agent_id = (SELECT id FROM agents WHERE name = 'alpha')",
+        [token_hash("beta-stolen")],
+    )
+    .unwrap();
+    let hashes = t.store.agent_token_hashes().unwrap();
+    assert_eq!(hashes, vec![(token_hash(issued.expose()), alpha.clone())]);
+    let _ = beta;
+}
+
 #[test]
 fn delete_removes_token_grants_and_bound_rules() {
     let t = common::store();

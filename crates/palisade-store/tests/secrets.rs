@@ -245,6 +245,73 @@ fn sealed_value_cannot_be_moved_to_another_secret() {
     assert_eq!(names, ["a"]);
 }
 
+/// Where a secret is sent is sealed with its value: a host, path, injection or
+/// sensitivity changed in the database (by someone who cannot read the master key)
+/// leaves the secret out of the policy, never sent there (review, audit round ten: the
+/// gateway sent the credential to the host written in). Rotating keeps it whole.
+#[test]
+fn a_secrets_destination_changed_in_the_database_is_never_used() {
+    for change in [
+        "host_pattern = 'evil.example'",
+        "path_pattern = '/*'",
+        "path_pattern = NULL",
+        "injection = 'header:X-Leak'",
+        "sensitive = 1",
+    ] {
+        let t = common::store();
+        t.store
+            .create_secret(common::new_secret("api", "value-api-123", &[]))
+            .unwrap();
+        t.store
+            .rotate_secret(
+                "api",
+                &palisade_policy::SecretValue::new("value-api-456".into()),
+            )
+            .unwrap();
+        let loaded = t.store.load_policy().unwrap();
+        assert_eq!(loaded.secrets()[0].value.expose(), "value-api-456");
+        common::raw(&t.home)
+            .execute(
+                &format!("UPDATE secrets SET {change} WHERE name = 'api'"),
+                [],
+            )
+            .unwrap();
+        let policy = t.store.load_policy().unwrap();
+        assert!(policy.secrets().is_empty(), "{change}: the secret was kept");
+    }
+}
+
+/// A home whose secrets were sealed for their names alone (schema version 11) has them
+/// sealed for their destination by the open that migrates it, and they load.
+#[test]
+fn secrets_sealed_for_their_name_are_bound_when_the_home_is_migrated() {
+    let t = common::store();
+    t.store
+        .create_secret(common::new_secret("api", "value-api-123", &[]))
+        .unwrap();
+    let key = MasterKey::load_or_create(&t.home).unwrap();
+    let legacy = key
+        .seal(
+            "api",
+            &palisade_policy::SecretValue::new("value-api-123".into()),
+        )
+        .unwrap();
+    let raw = common::raw(&t.home);
+    raw.execute("UPDATE secrets SET sealed = ?1", [&legacy])
+        .unwrap();
+    raw.execute_batch("PRAGMA user_version = 11").unwrap();
+    drop(raw);
+    drop(t.store);
+    let store = Store::open(&t.home).unwrap();
+    let policy = store.load_policy().unwrap();
+    assert_eq!(policy.secrets().len(), 1);
+    assert_eq!(policy.secrets()[0].value.expose(), "value-api-123");
+    let sealed: String = common::raw(&t.home)
+        .query_row("SELECT sealed FROM secrets", [], |row| row.get(0))
+        .unwrap();
+    assert_ne!(sealed, legacy, "not sealed again");
+}
+
 #[test]
 fn corrupt_rows_are_errors_not_panics() {
     let t = common::store();

@@ -294,20 +294,47 @@ impl Store {
         })
     }
 
+    ///
+    /// Only tokens this home issued count: each row's sealed token must open (under the
+    /// master key, for that agent's name) to the token its hash names. The hash alone
+    /// is a plain SHA-256, so someone who could write the database but not read the key
+    /// put in a row for a token of their own, for a made-up agent with a secret granted,
+    /// and the gateway sent the credential on its requests (review, audit round ten).
+    /// Such a row is left out (logged), and its token gets `407`.
     pub fn agent_token_hashes(&self) -> Result<Vec<(String, AgentName)>> {
-        self.read(|tx| {
+        let rows = self.read(|tx| {
             let mut stmt = tx.prepare(
-                "SELECT t.token_hash, a.name FROM agent_tokens t
+                "SELECT t.token_hash, t.sealed, a.name FROM agent_tokens t
                  JOIN agents a ON a.id = t.agent_id ORDER BY a.name",
             )?;
             let raw = stmt
                 .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            raw.into_iter()
-                .map(|(hash, name)| Ok((hash, parse_agent_name(&name)?)))
-                .collect()
-        })
+            Ok(raw)
+        })?;
+        let mut tokens = Vec::with_capacity(rows.len());
+        for (hash, sealed, name) in rows {
+            let name = parse_agent_name(&name)?;
+            let issued = self
+                .key()
+                .open(&token_associated(&name), &sealed)
+                .is_ok_and(|token| token_hash(token.expose()) == hash);
+            if issued {
+                tokens.push((hash, name));
+            } else {
+                palisade_policy::budgeted!(
+                    error,
+                    agent = %name,
+                    "an agent token in the database was not issued by this home (its sealed value does not open to it); it is not accepted. `palisade agents token NAME --rotate` issues a new one"
+                );
+            }
+        }
+        Ok(tokens)
     }
 }

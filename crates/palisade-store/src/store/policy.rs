@@ -96,7 +96,16 @@ fn secret_policy(
             .injection
             .parse::<Injection>()
             .map_err(|e| corrupt(&what("injection"), e))?,
-        value: store.key().open(&raw.name, &raw.sealed)?,
+        value: store.key().open(
+            &super::secrets::destination(
+                &raw.name,
+                &raw.host,
+                raw.path.as_deref(),
+                &raw.injection,
+                raw.sensitive,
+            ),
+            &raw.sealed,
+        )?,
         agents: grants.remove(&raw.id).unwrap_or_default(),
         priority: raw.priority,
         sensitive: raw.sensitive,

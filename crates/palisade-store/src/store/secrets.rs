@@ -124,14 +124,109 @@ fn get_secret_in(tx: &Transaction<'_>, name: &str) -> Result<SecretRecord> {
     Ok(record)
 }
 
+/// What a secret's sealed value is bound to (its AES-GCM associated data): its name and
+/// where and how it is sent (host pattern, path pattern, injection, sensitivity). The
+/// secrets table is not otherwise signed: with only the name bound, someone who could
+/// write the database but not read the master key changed a secret's host in place and
+/// the gateway sent the credential there (review, audit round ten). Changed so, the
+/// value no longer opens, and the secret is left out of the policy (logged).
+pub(crate) fn destination(
+    name: &str,
+    host: &str,
+    path: Option<&str>,
+    injection: &str,
+    sensitive: bool,
+) -> String {
+    format!(
+        "secret-for:{}",
+        serde_json::json!([name, host, path, injection, sensitive])
+    )
+}
+
+/// A secret's row as sealed: what its value is bound to, and the value.
+pub(super) struct SealedSecret {
+    pub id: i64,
+    pub name: String,
+    host: String,
+    path: Option<String>,
+    injection: String,
+    sensitive: bool,
+    pub sealed: String,
+}
+
+impl SealedSecret {
+    /// Every secret's row (at most `limit`).
+    pub fn read(conn: &rusqlite::Connection, limit: i64) -> Result<Vec<SealedSecret>> {
+        let rows = conn
+            .prepare(
+                "SELECT id, name, host_pattern, path_pattern, injection, sensitive, sealed
+                 FROM secrets ORDER BY id LIMIT ?1",
+            )?
+            .query_map([limit], |row| {
+                Ok(SealedSecret {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                    host: row.get(2)?,
+                    path: row.get(3)?,
+                    injection: row.get(4)?,
+                    sensitive: row.get(5)?,
+                    sealed: row.get(6)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// What its value is sealed for (see [`destination`]).
+    pub fn destination(&self) -> String {
+        destination(
+            &self.name,
+            &self.host,
+            self.path.as_deref(),
+            &self.injection,
+            self.sensitive,
+        )
+    }
+}
+
+/// Seals every secret sealed for its name alone (before schema version
+/// [`crate::migrations::SEALED_DESTINATIONS`]) for its destination; run once, by the
+/// open that migrates to that version. A value that does not open with its name is left
+/// as it is (and will not be injected).
+pub(super) fn bind_destinations(
+    conn: &rusqlite::Connection,
+    key: &crate::crypto::MasterKey,
+) -> Result<()> {
+    for secret in SealedSecret::read(conn, i64::MAX)? {
+        let Ok(value) = key.open(&secret.name, &secret.sealed) else {
+            continue;
+        };
+        let bound = key.seal(&secret.destination(), &value)?;
+        conn.execute(
+            "UPDATE secrets SET sealed = ?1 WHERE id = ?2",
+            (&bound, secret.id),
+        )?;
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn create_secret(&self, secret: NewSecret) -> Result<SecretRecord> {
         validate_name("secret", &secret.name)?;
         crate::input::check_sendable(&secret.value)?;
-        // Sealing needs no database state, so do it before taking the write lock.
-        let sealed = self.key().seal(&secret.name, &secret.value)?;
         let injection = secret.injection.to_string();
         let path = secret.path.as_ref().map(|p| p.as_str().to_string());
+        // Sealing needs no database state, so do it before taking the write lock.
+        let sealed = self.key().seal(
+            &destination(
+                &secret.name,
+                secret.host.as_str(),
+                path.as_deref(),
+                &injection,
+                secret.sensitive,
+            ),
+            &secret.value,
+        )?;
         self.write(|tx| {
             let exists: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM secrets WHERE name = ?1)",
@@ -225,9 +320,18 @@ impl Store {
     /// In force in every running gateway when this returns.
     pub fn rotate_secret(&self, name: &str, value: &SecretValue) -> Result<SecretRecord> {
         crate::input::check_sendable(value)?;
-        let sealed = self.key().seal(name, value)?;
         self.write(|tx| {
             let id = secret_id(tx, name)?;
+            let (host, path, injection, sensitive): (String, Option<String>, String, bool) = tx
+                .query_row(
+                    "SELECT host_pattern, path_pattern, injection, sensitive FROM secrets WHERE id = ?1",
+                    [id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                )?;
+            let sealed = self.key().seal(
+                &destination(name, &host, path.as_deref(), &injection, sensitive),
+                value,
+            )?;
             tx.execute(
                 "UPDATE secrets SET sealed = ?1 WHERE id = ?2",
                 (&sealed, id),
