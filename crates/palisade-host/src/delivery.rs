@@ -410,16 +410,30 @@ fn publish_progress(
 /// out with none (a local server may need none, so it is a note, not the verdict).
 async fn with_key_hint(inner: &HostInner, agent: &AgentName, text: String) -> String {
     let (store, name) = (inner.store.clone(), agent.clone());
-    let advice = tokio::task::spawn_blocking(move || {
+    let found = tokio::task::spawn_blocking(move || {
         let record = store.get_agent(&name).ok()?;
         let secrets = store.list_secrets().ok()?;
-        crate::setup::model_key_advice(&record, &secrets)
+        let sent = crate::setup::model_key_secret(&record, &secrets).map(|s| s.name.clone());
+        Some((crate::setup::model_key_advice(&record, &secrets), sent))
     })
     .await
     .ok()
     .flatten();
+    let (advice, sent) = found.unwrap_or((None, None));
     match advice {
-        None => text,
+        // The key refused is the one the vault sent: named, so the person rotates that
+        // one and not another key for an earlier address (review: a new user rotated
+        // the key stored for a mistyped port, and the next message failed again).
+        None => match sent {
+            Some(secret) if text.contains(palisade_policy::models::KEY_REFUSED_ADVICE) => text
+                .replace(
+                    palisade_policy::models::KEY_REFUSED_ADVICE,
+                    &format!(
+                        ". The model's API did not accept the key the vault sent, the secret {secret}: replace it (`palisade secrets rotate {secret}`, or on the web UI: Vault, {secret}, Rotate), then send the message again"
+                    ),
+                ),
+            _ => text,
+        },
         // No key was sent, so none is to be replaced: the runner's advice to rotate it
         // goes, and what to grant or create is said instead.
         Some(advice) => format!(

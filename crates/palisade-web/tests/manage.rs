@@ -2238,3 +2238,32 @@ async fn a_wrong_key_found_when_the_local_server_is_allowed_is_not_kept() {
     assert!(web.page(&to).await.contains("helper is ready"));
     web.stop().await;
 }
+
+/// The first-run key form starts from the agent as it is set up: an agent just pointed
+/// at a local OpenAI-compatible server is not shown (and stored back) as Anthropic's
+/// (review: a new user pasted the key into the blank form and the agent went back to
+/// Anthropic with the local model name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_form_starts_from_the_agents_settings() {
+    let web = Web::start(false).await;
+    palisade_host::agents::edit(
+        &web.store,
+        "helper",
+        &palisade_host::agents::AgentDraft {
+            provider: Some("openai".into()),
+            base_url: Some("http://localhost:11434/v1".into()),
+            model: Some("tiny-model".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dashboard = web.page("/").await;
+    let form = element(&dashboard, "form", "key-form");
+    assert!(
+        form.contains("value=\"http://localhost:11434/v1\""),
+        "{form}"
+    );
+    assert!(form.contains("value=\"tiny-model\""), "{form}");
+    assert!(form.contains("value=\"openai\" selected"), "{form}");
+    web.stop().await;
+}

@@ -96,6 +96,12 @@ fn a_refused_model_call_is_an_error_reply_not_an_answer() {
     );
     // helper has a key, so no word about a missing one.
     assert!(!stderr.contains("has no key"), "{stderr}");
+    // The key refused is named: the one the vault sent (a person with an older key
+    // for a mistyped address rotated that one instead).
+    assert!(
+        stderr.contains("the secret claude") && stderr.contains("palisade secrets rotate claude"),
+        "{stderr}"
+    );
     let session = world.session(world.only_session());
     let reply = &session["messages"][0]["reply"];
     assert_eq!(reply["is_error"], true, "{session}");

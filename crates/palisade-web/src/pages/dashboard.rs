@@ -85,6 +85,12 @@ pub(crate) async fn render(
         let anthropic = settings.provider == "anthropic";
         Some(setup::ready_card(name, model, anthropic, &listing))
     });
+    // The form starts from the default agent as it is set up (the one it picks).
+    let prefilled = agents
+        .iter()
+        .find(|a| a.name.as_str() == palisade_host::setup::DEFAULT_AGENT)
+        .or(agents.first())
+        .and_then(KeyForm::of_agent);
     let traffic = charts::all_agents(state).await?;
     let body = html! {
         div.page-head {
@@ -93,7 +99,7 @@ pub(crate) async fn render(
         }
         @if let Some(ready) = ready { (ready) }
         @if needs_key || refused.is_some() {
-            (setup::card(&names, refused.map(|(form, _)| form), refused.map(|(_, error)| error)))
+            (setup::card(&names, refused.map(|(form, _)| form).or(prefilled.as_ref()), refused.map(|(_, error)| error)))
         }
         div.stats {
             a.stat href="/agents" {

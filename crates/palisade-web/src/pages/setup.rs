@@ -31,6 +31,28 @@ pub(crate) struct KeyForm {
     model: String,
 }
 
+impl KeyForm {
+    /// The form as the agent it names is set up now: its provider, base URL and model
+    /// (a model only where one was chosen: Anthropic's default, or an OpenAI-compatible
+    /// agent still on it, is left for the provider's list to pick). Drawn blank, the
+    /// form said Anthropic for an agent just set up for a local server, and storing the
+    /// key with it put the agent back on Anthropic (review, a new user).
+    pub(crate) fn of_agent(agent: &palisade_store::AgentRecord) -> Option<KeyForm> {
+        let settings = palisade_host::AgentSettings::from_json(&agent.settings).ok()?;
+        let chosen = settings.provider == "openai" && !settings.has_anthropics_default_at_openai();
+        Some(KeyForm {
+            agent: agent.name.to_string(),
+            provider: settings.provider.clone(),
+            base_url: settings.base_url.clone().unwrap_or_default(),
+            model: if chosen {
+                settings.model.clone()
+            } else {
+                String::new()
+            },
+        })
+    }
+}
+
 /// The first-run card: why nothing works yet, and the form that fixes it.
 pub(crate) fn card(agents: &[AgentName], form: Option<&KeyForm>, error: Option<&str>) -> Markup {
     let default = KeyForm {
