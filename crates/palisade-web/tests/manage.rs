@@ -2265,5 +2265,9 @@ async fn the_key_form_starts_from_the_agents_settings() {
     );
     assert!(form.contains("value=\"tiny-model\""), "{form}");
     assert!(form.contains("value=\"openai\" selected"), "{form}");
+    // A new agent's form fills in no model: Anthropic's default, shown for an
+    // OpenAI-compatible agent, was stored for it unseen.
+    let new_agent = element(&web.page("/agents/new").await, "form", "agent-form");
+    assert!(!new_agent.contains("value=\"claude"), "{new_agent}");
     web.stop().await;
 }

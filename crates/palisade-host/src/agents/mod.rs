@@ -204,6 +204,14 @@ fn write_instructions(store: &Store, name: &AgentName, text: &str) -> Result<(),
 /// Creates agent `name` (profile `research` unless the draft says otherwise) with the
 /// draft's settings and instructions, or the starting template.
 pub fn create(store: &Store, name: &str, draft: &AgentDraft) -> Result<AgentRecord, HostError> {
+    // A new agent has no model of its own yet: an OpenAI-compatible one is told to name
+    // its server's (Anthropic's default would be sent to a server that does not serve it).
+    let model_given = draft.model.as_deref().is_some_and(|m| !m.trim().is_empty());
+    if draft.provider.as_deref().map(str::trim) == Some("openai") && !model_given {
+        return Err(invalid(
+            "an OpenAI-compatible agent needs a model: the name its server lists (its /v1/models), such as llama3".into(),
+        ));
+    }
     draft.provider_has_its_model(&AgentSettings::default())?;
     create_checked(store, name, draft, true)
 }
@@ -511,7 +519,7 @@ mod tests {
                     provider: Some("openai".into()),
                     ..AgentDraft::default()
                 },
-                "needs a model too",
+                "needs a model: the name its server lists",
             ),
             (
                 AgentDraft {

@@ -226,7 +226,7 @@ fn settings_fields(form: &AgentForm, models: Option<&[ListedModel]>) -> Markup {
                     (forms::select("Model", "model", &model_choices(models, &form.model), &form.model, "the models the provider lists for this agent's key"))
                 }
                 _ => {
-                    (forms::text("Model", "model", &form.model, &format!("e.g. {DEFAULT_MODEL}")))
+                    (forms::text("Model", "model", &form.model, &format!("Anthropic: empty for {DEFAULT_MODEL}; OpenAI-compatible: the name your server lists, e.g. llama3")))
                 }
             }
             (forms::text("Base URL", "base_url", &form.base_url, "empty: https://api.anthropic.com; an OpenAI-compatible server's URL, e.g. http://127.0.0.1:8080/v1"))
@@ -266,10 +266,10 @@ fn new_agent_body(form: &AgentForm, error: Option<&str>) -> Markup {
 }
 
 pub(crate) async fn new_form(State(state): State<WebState>) -> PageResult {
-    let form = AgentForm {
-        model: DEFAULT_MODEL.into(),
-        ..AgentForm::default()
-    };
+    // No model filled in: Anthropic's default, shown for an OpenAI-compatible agent,
+    // was stored for it unseen (review, a new user). Empty is Anthropic's default for
+    // an Anthropic agent, and an OpenAI-compatible one is asked for its server's.
+    let form = AgentForm::default();
     let body = new_agent_body(&form, None);
     Ok(layout::render(&state, Nav::Agents, "New agent", body).await)
 }
