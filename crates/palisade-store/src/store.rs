@@ -346,6 +346,13 @@ impl Store {
     /// head if rows were appended, and a configuration change is pushed to every
     /// running gateway before this returns.
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        // A process that may end right after this write (the CLI, the web UI) holds the
+        // anchor locked across it (see `audit::hold_anchor`); a gateway keeps what it
+        // could not anchor and checks it later.
+        let held = match self.sync_gateways {
+            true => audit::hold_anchor(&self.inner.home)?,
+            false => None,
+        };
         let (out, version) = {
             let mut conn = self.conn();
             self.inner.config_changed.store(false, Ordering::Relaxed);
@@ -376,10 +383,13 @@ impl Store {
                     &head,
                     &conn,
                     &self.inner.owed_anchor,
+                    held.as_ref(),
                 );
             }
             (out, version)
         };
+        // Let go before waiting for gateways, which move the anchor themselves.
+        drop(held);
         if let (Some(version), true) = (version, self.sync_gateways) {
             for gateway in crate::gateways::sync_gateways(&self.inner.home, version).unconfirmed {
                 if gateway.refused {

@@ -1300,7 +1300,9 @@ fn an_anchor_held_locked_neither_hangs_nor_hides_a_cut() {
     let (done, finished) = std::sync::mpsc::channel();
     let home = t.home.clone();
     std::thread::spawn(move || {
-        let store = Store::open(&home).unwrap();
+        // A gateway's handle: it keeps what it could not anchor (a CLI's refuses to
+        // write, below).
+        let store = Store::open(&home).unwrap().without_gateway_sync();
         store
             .append_audit(&request("odd", "cut", "injected"))
             .unwrap();
@@ -1334,6 +1336,33 @@ fn an_anchor_held_locked_neither_hangs_nor_hides_a_cut() {
     );
 }
 
+/// A process that may end right after its write (the CLI, the web UI) writes nothing
+/// while another process holds the anchor locked past the second it waits: a row it
+/// committed then, cut with the head put back, went unseen for good, since it ended
+/// before it could check what it owed (review, audit round ten).
+#[test]
+fn a_cli_write_waits_for_the_anchor_or_writes_nothing() {
+    let t = with_rows(5);
+    let holder = std::fs::File::open(t.home.audit_anchor()).unwrap();
+    holder.lock_shared().unwrap();
+    let refused = t
+        .store
+        .append_audit(&request("odd", "cli", "created"))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("holds the audit anchor"), "{refused}");
+    drop(holder);
+    let report = t.store.verify_audit().unwrap();
+    assert!(report.ok, "{:?}", report.problem);
+    assert_eq!(report.rows, 5, "a row was written");
+    // Let go, the write goes through and is anchored.
+    t.store
+        .append_audit(&request("odd", "cli", "created"))
+        .unwrap();
+    let report = t.store.verify_audit().unwrap();
+    assert!(report.ok && report.rows == 6, "{:?}", report.problem);
+}
+
 /// Rows cut while the writer waits for the anchor's lock (held a moment, under the
 /// second it waits), with the head put back as it was signed before them: the anchor,
 /// once the lock is let go, finds the log's end no further than itself, and was left
@@ -1350,6 +1379,7 @@ fn rows_cut_while_the_writer_waits_for_the_anchor_are_found() {
     let writing = std::thread::spawn(move || {
         Store::open(&home)
             .unwrap()
+            .without_gateway_sync()
             .append_audit(&request("odd", "exfil", "injected"))
             .unwrap();
     });
@@ -1391,7 +1421,7 @@ fn rows_cut_while_the_anchor_could_not_move_are_found_when_it_can() {
         } else {
             std::fs::rename(&anchor, &aside).unwrap();
         }
-        let writer = Store::open(&t.home).unwrap();
+        let writer = Store::open(&t.home).unwrap().without_gateway_sync();
         writer
             .append_audit_batch(&[
                 (6000, request("odd", "exfil-1", "injected")),

@@ -549,9 +549,10 @@ pub(super) fn write_anchor(
     head: &(i64, String),
     conn: &rusqlite::Connection,
     owed: &std::sync::Mutex<Option<(i64, String)>>,
+    held: Option<&std::fs::File>,
 ) {
     let mut owed = owed.lock().unwrap_or_else(|p| p.into_inner());
-    match try_write_anchor(home, key, head, conn, &mut owed) {
+    match try_write_anchor(home, key, head, conn, &mut owed, held) {
         Ok(None) => {}
         Ok(Some(kept)) => palisade_policy::budgeted!(
             warn,
@@ -586,8 +587,9 @@ fn try_write_anchor(
     head: &(i64, String),
     conn: &rusqlite::Connection,
     owed: &mut Option<(i64, String)>,
+    held: Option<&std::fs::File>,
 ) -> std::io::Result<Option<&'static str>> {
-    let moved = move_anchor(home, key, conn, head, owed.as_ref());
+    let moved = move_anchor(home, key, conn, head, owed.as_ref(), held);
     match moved {
         // The anchor now vouches for every row this process committed, or records
         // that one of them was lost: nothing is owed any more.
@@ -641,21 +643,36 @@ fn move_anchor(
     conn: &rusqlite::Connection,
     head: &(i64, String),
     owed: Option<&(i64, String)>,
+    held: Option<&std::fs::File>,
 ) -> std::io::Result<Moved> {
     let failed = |e: crate::StoreError| std::io::Error::other(e.to_string());
-    let mut file = match open_anchor(home)? {
-        Ok(file) => file,
-        Err(why) => return Ok(Moved::No(why)),
+    // The anchor this write already holds locked (see [`hold_anchor`]), or opened and
+    // locked now.
+    let opened;
+    let file = match held {
+        Some(file) => file,
+        None => {
+            opened = match open_anchor(home)? {
+                Ok(file) => file,
+                Err(why) => return Ok(Moved::No(why)),
+            };
+            let wait = match owed {
+                Some(_) => std::time::Duration::ZERO,
+                None => ANCHOR_LOCK_WAIT,
+            };
+            if !lock_within(&opened, true, wait)? {
+                return Ok(Moved::No("another process holds it locked"));
+            }
+            &opened
+        }
     };
-    let wait = match owed {
-        Some(_) => std::time::Duration::ZERO,
-        None => ANCHOR_LOCK_WAIT,
-    };
-    if !lock_within(&file, true, wait)? {
-        return Ok(Moved::No("another process holds it locked"));
-    }
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut file, &mut text)?;
+    {
+        use std::io::{Read, Seek};
+        let mut reading = file;
+        reading.seek(std::io::SeekFrom::Start(0))?;
+        reading.read_to_string(&mut text)?;
+    }
     let Ok(current) = serde_json::from_str::<Anchor>(&text) else {
         return Ok(Moved::No("it cannot be read"));
     };
@@ -718,7 +735,7 @@ fn move_anchor(
         true => end,
         false => (current.last_id, current.last_hash.clone()),
     };
-    overwrite_anchor(&file, &Anchor::signed(key, &at, changed_at), text.len())?;
+    overwrite_anchor(file, &Anchor::signed(key, &at, changed_at), text.len())?;
     Ok(Moved::Yes(said))
 }
 
@@ -808,6 +825,29 @@ fn anchored_row_holds(conn: &rusqlite::Connection, id: i64, hash: &str) -> Resul
         None => read_start(conn)?
             .is_some_and(|start| start.first_id - 1 == id && start.prev_hash == hash),
     })
+}
+
+/// The anchor locked for a whole write by a process that may end right after it (the
+/// CLI; the web UI too): such a writer keeps no owed end for long, so a row it
+/// committed while another process held the anchor's lock (a shared lock needs only
+/// read access), then cut with the head put back, went unseen for good (review, audit
+/// round ten). It takes the lock first, waiting [`ANCHOR_LOCK_WAIT`], and writes nothing
+/// if it cannot. `Ok(None)`: there is no anchor to lock (missing, or not a file), which
+/// the anchor's own checks report.
+pub(super) fn hold_anchor(home: &Home) -> Result<Option<std::fs::File>> {
+    // An anchor that cannot be opened (a link, a directory, gone) is reported by the
+    // anchor's own checks after the write, as before.
+    let Ok(Ok(file)) = open_anchor(home) else {
+        return Ok(None);
+    };
+    if !lock_within(&file, true, ANCHOR_LOCK_WAIT).unwrap_or(true) {
+        return Err(StoreError::Invalid(format!(
+            "another process holds the audit anchor ({}) locked, so nothing was changed: a change made now could be recorded and its row cut unseen. Try again; if it stays locked, find the process (`fuser {}`) and run `palisade audit verify`",
+            home.audit_anchor().display(),
+            home.audit_anchor().display()
+        )));
+    }
+    Ok(Some(file))
 }
 
 /// How long a writer or reader of the anchor waits for its lock.
