@@ -2854,6 +2854,26 @@ fn audit_rows_wait_out_a_locked_database() {
 /// sent, the anchor records the log was altered, and once the row is gone the rows
 /// are written with an `audit.delayed` row. (Before, the batch was logged and lost, and
 /// `audit verify` said the log was intact without the credentialed requests.)
+/// Credentialed requests to `prefix-N`, one every 200 ms, until one is not answered
+/// 200 (at most 50): the paths that went out, and the first answer that was not.
+fn sent_until_refused(
+    attack: &Attack,
+    token: &str,
+    prefix: &str,
+) -> Option<(Vec<String>, CurlReply)> {
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        let path = format!("{prefix}-{i}");
+        let reply = attack.curl(token, &[&attack.url(&path)]);
+        if reply.status != 200 {
+            return Some((sent, reply));
+        }
+        sent.push(path);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
 #[test]
 fn a_row_in_the_way_of_the_log_stops_credentials_not_their_rows() {
     let attack = Attack::start(&[]);
@@ -2873,21 +2893,8 @@ fn a_row_in_the_way_of_the_log_stops_credentials_not_their_rows() {
     )
     .unwrap();
     // The request whose row finds the way blocked has gone out; the next ones do not.
-    let mut sent = Vec::new();
-    let refused_at = (0..50).find_map(|i| {
-        let path = format!("/v1/while-blocked-{i}");
-        let reply = attack.curl(&token, &[&attack.url(&path)]);
-        match reply.status {
-            200 => {
-                sent.push(path);
-                std::thread::sleep(Duration::from_millis(200));
-                None
-            }
-            _ => Some(reply),
-        }
-    });
-    let reply =
-        refused_at.expect("credentialed requests went on while their rows could not be written");
+    let (sent, reply) = sent_until_refused(&attack, &token, "/v1/while-blocked")
+        .expect("credentialed requests went on while their rows could not be written");
     refused(&reply, 503, "audit_unavailable");
     assert!(
         !sent.is_empty(),
@@ -2959,17 +2966,7 @@ fn a_log_deleted_under_the_gateway_stops_credentials() {
     attack.rows("injected", 1);
     let wal = attack.setup.palisade.home().join("palisade.db-wal");
     std::fs::remove_file(&wal).unwrap();
-    let refused_at = (0..50).find_map(|i| {
-        let reply = attack.curl(&token, &[&attack.url(&format!("/v1/after-{i}"))]);
-        match reply.status {
-            200 => {
-                std::thread::sleep(Duration::from_millis(200));
-                None
-            }
-            _ => Some(reply),
-        }
-    });
-    let reply = refused_at
+    let (_, reply) = sent_until_refused(&attack, &token, "/v1/after")
         .expect("credentialed requests went on while their rows went into a deleted file");
     refused(&reply, 503, "audit_unavailable");
     let before = attack.setup.upstream.count();

@@ -525,17 +525,38 @@ mod tests {
     use crate::card::Card;
     use crate::channel::CardRef;
     use palisade_approvals::Platform;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A channel whose receive loop panics the first time, returns unasked the second,
-    /// and runs until stopped the third.
-    struct Faulty {
-        runs: AtomicUsize,
+    /// What a test channel's receive loop does on its run number `run` (from 1).
+    enum RunEnd {
+        Panic,
+        EndUnasked,
+        UntilStopped,
+        FailAfter(Duration),
     }
 
-    impl Channel for Faulty {
+    /// A channel whose token check always passes and whose receive loop does what
+    /// `script` says for each run; the start of each run is kept.
+    struct Scripted {
+        script: fn(usize) -> RunEnd,
+        starts: Mutex<Vec<tokio::time::Instant>>,
+    }
+
+    impl Scripted {
+        fn new(script: fn(usize) -> RunEnd) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                script,
+                starts: Mutex::default(),
+            })
+        }
+
+        fn runs(&self) -> usize {
+            lock(&self.starts).len()
+        }
+    }
+
+    impl Channel for Scripted {
         fn name(&self) -> &str {
-            "faulty"
+            "scripted"
         }
         fn platform(&self) -> Platform {
             Platform::Telegram
@@ -546,75 +567,27 @@ mod tests {
             mut shutdown: watch::Receiver<bool>,
         ) -> BoxFuture<'_, Result<(), ChannelError>> {
             Box::pin(async move {
-                match self.runs.fetch_add(1, Ordering::SeqCst) {
-                    0 => {
-                        let id = i64::MAX;
-                        let next = id.checked_add(1);
-                        panic!("attempt to add with overflow ({next:?})")
-                    }
-                    1 => Ok(()),
-                    _ => {
-                        crate::channel::stopped(&mut shutdown).await;
-                        Ok(())
-                    }
-                }
-            })
-        }
-        fn send_message<'a>(
-            &'a self,
-            _: &'a str,
-            _: Option<&'a str>,
-            _: &'a str,
-        ) -> BoxFuture<'a, Result<(), ChannelError>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn post_card<'a>(
-            &'a self,
-            _: &'a str,
-            _: &'a Card,
-        ) -> BoxFuture<'a, Result<CardRef, ChannelError>> {
-            Box::pin(async { Err(ChannelError::Stopped) })
-        }
-        fn update_card<'a>(
-            &'a self,
-            _: &'a CardRef,
-            _: &'a Card,
-        ) -> BoxFuture<'a, Result<(), ChannelError>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn check(&self) -> BoxFuture<'_, Result<String, ChannelError>> {
-            Box::pin(async { Ok("the fake bot".into()) })
-        }
-    }
-
-    /// A channel whose token check passes and whose receive loop fails at once, every
-    /// time but the sixth, which lasts 61 s (in tokio's paused time).
-    struct Flapping {
-        starts: Mutex<Vec<tokio::time::Instant>>,
-    }
-
-    impl Channel for Flapping {
-        fn name(&self) -> &str {
-            "flapping"
-        }
-        fn platform(&self) -> Platform {
-            Platform::Discord
-        }
-        fn run(
-            &self,
-            _inbox: mpsc::Sender<Incoming>,
-            _shutdown: watch::Receiver<bool>,
-        ) -> BoxFuture<'_, Result<(), ChannelError>> {
-            Box::pin(async move {
                 let run = {
                     let mut starts = lock(&self.starts);
                     starts.push(tokio::time::Instant::now());
                     starts.len()
                 };
-                if run == 6 {
-                    tokio::time::sleep(Duration::from_secs(61)).await;
+                match (self.script)(run) {
+                    RunEnd::Panic => {
+                        let id = i64::MAX;
+                        let next = id.checked_add(1);
+                        panic!("attempt to add with overflow ({next:?})")
+                    }
+                    RunEnd::EndUnasked => Ok(()),
+                    RunEnd::UntilStopped => {
+                        crate::channel::stopped(&mut shutdown).await;
+                        Ok(())
+                    }
+                    RunEnd::FailAfter(after) => {
+                        tokio::time::sleep(after).await;
+                        Err(ChannelError::Platform("the session ended at once".into()))
+                    }
                 }
-                Err(ChannelError::Platform("the session ended at once".into()))
             })
         }
         fn send_message<'a>(
@@ -648,8 +621,10 @@ mod tests {
     /// before each passes, and starts again from a second after a run that lasted.
     #[tokio::test(start_paused = true)]
     async fn the_back_off_grows_until_a_run_lasts() {
-        let channel = Arc::new(Flapping {
-            starts: Mutex::default(),
+        // Every run fails at once but the sixth, which lasts 61 s (paused time).
+        let channel = Scripted::new(|run| match run {
+            6 => RunEnd::FailAfter(Duration::from_secs(61)),
+            _ => RunEnd::FailAfter(Duration::ZERO),
         });
         let (inbox, _incoming) = mpsc::channel(8);
         let (stop, stopped) = watch::channel(false);
@@ -658,7 +633,7 @@ mod tests {
             let channel: Arc<dyn Channel> = channel.clone();
             tokio::spawn(keep_running(channel, inbox, stopped, shutdown, |_, _| {}))
         };
-        while lock(&channel.starts).len() < 8 {
+        while channel.runs() < 8 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         stop.send(true).unwrap();
@@ -675,8 +650,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_channel_that_panics_or_ends_is_reported_failing_and_started_again() {
-        let channel = Arc::new(Faulty {
-            runs: AtomicUsize::new(0),
+        // A panic, then an end nobody asked for, then a run that lasts.
+        let channel = Scripted::new(|run| match run {
+            1 => RunEnd::Panic,
+            2 => RunEnd::EndUnasked,
+            _ => RunEnd::UntilStopped,
         });
         type Reports = Vec<(ChannelState, Option<String>)>;
         let reports: Arc<Mutex<Reports>> = Arc::default();
@@ -696,7 +674,7 @@ mod tests {
         };
         // Back-offs of 1 s and 2 s, then the third run lasts.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while channel.runs.load(Ordering::SeqCst) < 3 {
+        while channel.runs() < 3 {
             assert!(
                 Instant::now() < deadline,
                 "not started again: {:?}",
@@ -730,6 +708,6 @@ mod tests {
             .await
             .expect("stops when asked")
             .expect("never panics itself");
-        assert_eq!(channel.runs.load(Ordering::SeqCst), 3);
+        assert_eq!(channel.runs(), 3);
     }
 }

@@ -1512,13 +1512,11 @@ impl Store {
 mod tests {
     use super::*;
 
-    /// A row edited after the pruning's verification and before its chunk is deleted
-    /// stops the pruning there, and the row stays.
-    #[test]
-    fn a_row_changed_before_its_chunk_is_deleted_stops_the_pruning() {
+    /// A store in a new home (kept by the returned directory) with ten `request` rows
+    /// at 1000, 2000, … 10000 ms.
+    fn with_ten_rows() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path().join("home"));
-        let store = Store::open(&home).unwrap();
+        let store = Store::open(&Home::at(dir.path().join("home"))).unwrap();
         let rows: Vec<(i64, AuditEntry)> = (1..=10)
             .map(|i| {
                 let entry = AuditEntry {
@@ -1530,6 +1528,14 @@ mod tests {
             })
             .collect();
         store.append_audit_batch(&rows).unwrap();
+        (dir, store)
+    }
+
+    /// A row edited after the pruning's verification and before its chunk is deleted
+    /// stops the pruning there, and the row stays.
+    #[test]
+    fn a_row_changed_before_its_chunk_is_deleted_stops_the_pruning() {
+        let (_dir, store) = with_ten_rows();
         let edited = store.write(|tx| {
             tx.execute("UPDATE audit SET decision = 'blocked' WHERE id = 3", [])?;
             prune_chunk(tx, store.key(), 6, i64::MAX)
@@ -1560,19 +1566,7 @@ mod tests {
     /// deletes is whole, so only its time tells.
     #[test]
     fn a_pruning_deletes_no_row_younger_than_its_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path().join("home"));
-        let store = Store::open(&home).unwrap();
-        let rows: Vec<(i64, AuditEntry)> = (1..=10)
-            .map(|i| {
-                let entry = AuditEntry {
-                    event: "request".into(),
-                    ..AuditEntry::default()
-                };
-                (i * 1000, entry)
-            })
-            .collect();
-        store.append_audit_batch(&rows).unwrap();
+        let (_dir, store) = with_ten_rows();
         // Planned to keep from row 9, though only rows 1 to 3 are older than 4000.
         let error = store
             .write(|tx| prune_chunk(tx, store.key(), 9, 4000))
