@@ -2854,6 +2854,30 @@ fn audit_rows_wait_out_a_locked_database() {
 /// sent, the anchor records the log was altered, and once the row is gone the rows
 /// are written with an `audit.delayed` row. (Before, the batch was logged and lost, and
 /// `audit verify` said the log was intact without the credentialed requests.)
+/// A gateway whose probe agent has a `/v1` key, `value`, and has sent one request with
+/// it (its row written); the probe's token.
+fn with_one_credentialed_row(value: &str) -> (Attack, String) {
+    let attack = Attack::start(&[]);
+    let token = attack.probe_with_v1_key(value);
+    let reply = attack.curl(&token, &[&attack.url("/v1/before")]);
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    attack.rows("injected", 1);
+    (attack, token)
+}
+
+/// A credentialed request is refused with `503 audit_unavailable` and never reaches
+/// the upstream.
+fn a_credential_stays_home(attack: &Attack, token: &str) {
+    let before = attack.setup.upstream.count();
+    let reply = attack.curl(token, &[&attack.url("/v1/refused")]);
+    refused(&reply, 503, "audit_unavailable");
+    assert_eq!(
+        attack.setup.upstream.count(),
+        before,
+        "a credential went out unrecorded"
+    );
+}
+
 /// Credentialed requests to `prefix-N`, one every 200 ms, until one is not answered
 /// 200 (at most 50): the paths that went out, and the first answer that was not.
 fn sent_until_refused(
@@ -2876,11 +2900,7 @@ fn sent_until_refused(
 
 #[test]
 fn a_row_in_the_way_of_the_log_stops_credentials_not_their_rows() {
-    let attack = Attack::start(&[]);
-    let token = attack.probe_with_v1_key("in-the-way-value-1234");
-    let reply = attack.curl(&token, &[&attack.url("/v1/before")]);
-    assert_eq!(reply.status, 200, "{}", reply.raw);
-    attack.rows("injected", 1);
+    let (attack, token) = with_one_credentialed_row("in-the-way-value-1234");
     let database = attack.setup.palisade.home().join("palisade.db");
     let raw = rusqlite::Connection::open(&database).unwrap();
     raw.busy_timeout(Duration::from_secs(5)).unwrap();
@@ -2900,14 +2920,7 @@ fn a_row_in_the_way_of_the_log_stops_credentials_not_their_rows() {
         !sent.is_empty(),
         "no request went out before the log was found blocked"
     );
-    let before = attack.setup.upstream.count();
-    let reply = attack.curl(&token, &[&attack.url("/v1/refused")]);
-    refused(&reply, 503, "audit_unavailable");
-    assert_eq!(
-        attack.setup.upstream.count(),
-        before,
-        "a credential went out unrecorded"
-    );
+    a_credential_stays_home(&attack, &token);
     // Requests without a credential leave no row and go on.
     let reply = attack.curl(&token, &[&attack.url("/open")]);
     assert_eq!(reply.status, 200, "{}", reply.raw);
@@ -2959,24 +2972,13 @@ fn a_row_in_the_way_of_the_log_stops_credentials_not_their_rows() {
 /// refused as tampering, and requests that would send a credential are refused too.
 #[test]
 fn a_log_deleted_under_the_gateway_stops_credentials() {
-    let attack = Attack::start(&[]);
-    let token = attack.probe_with_v1_key("wal-deleted-value-1234");
-    let reply = attack.curl(&token, &[&attack.url("/v1/before")]);
-    assert_eq!(reply.status, 200, "{}", reply.raw);
-    attack.rows("injected", 1);
+    let (attack, token) = with_one_credentialed_row("wal-deleted-value-1234");
     let wal = attack.setup.palisade.home().join("palisade.db-wal");
     std::fs::remove_file(&wal).unwrap();
     let (_, reply) = sent_until_refused(&attack, &token, "/v1/after")
         .expect("credentialed requests went on while their rows went into a deleted file");
     refused(&reply, 503, "audit_unavailable");
-    let before = attack.setup.upstream.count();
-    let reply = attack.curl(&token, &[&attack.url("/v1/refused")]);
-    refused(&reply, 503, "audit_unavailable");
-    assert_eq!(
-        attack.setup.upstream.count(),
-        before,
-        "a credential went out unrecorded"
-    );
+    a_credential_stays_home(&attack, &token);
     assert!(
         attack
             .setup
