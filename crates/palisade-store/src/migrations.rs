@@ -343,13 +343,22 @@ ALTER TABLE sessions ADD COLUMN reset_after_message INTEGER;
 /// it seals every secret again (see `store::secrets::bind_destinations`).
 const V12: &str = "-- secrets sealed for their destination";
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12];
+/// Grants signed: an HMAC of the secret's and the agent's names under a key derived from
+/// the master key, written with each grant (the open that migrates signs those there).
+const V13: &str = r#"
+ALTER TABLE secret_grants ADD COLUMN mac TEXT;
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13];
 
 /// The version that added `audit_head.head_mac`.
 pub(crate) const SIGNED_HEAD: i64 = 10;
 
 /// The version from which secrets are sealed for their destination.
 pub(crate) const SEALED_DESTINATIONS: i64 = 12;
+
+/// The version from which grants are signed.
+pub(crate) const SIGNED_GRANTS: i64 = 13;
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -198,6 +198,9 @@ impl Store {
                     if from < crate::migrations::SEALED_DESTINATIONS {
                         secrets::bind_destinations(&conn, &key)?;
                     }
+                    if from < crate::migrations::SIGNED_GRANTS {
+                        secrets::sign_grants(&conn, &key)?;
+                    }
                     Ok(())
                 })
                 .and_then(|()| check_master_key(&conn, &key))

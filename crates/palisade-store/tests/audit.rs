@@ -377,7 +377,7 @@ fn rows_added_at_the_end_without_the_key_are_detected() {
     // the signing migration again signs nothing: the anchor no longer vouches.
     conn.execute_batch(
         "ALTER TABLE audit_head DROP COLUMN head_mac;
-         ALTER TABLE sessions DROP COLUMN reset_after_message;
+         ALTER TABLE sessions DROP COLUMN reset_after_message; ALTER TABLE secret_grants DROP COLUMN mac;
          PRAGMA user_version = 9;",
     )
     .unwrap();
@@ -1016,7 +1016,7 @@ fn a_head_is_signed_by_the_migration_only() {
     let t = with_rows(3);
     let conn = common::raw(&t.home);
     conn.execute_batch(
-        "ALTER TABLE audit_head DROP COLUMN head_mac; ALTER TABLE sessions DROP COLUMN reset_after_message;
+        "ALTER TABLE audit_head DROP COLUMN head_mac; ALTER TABLE sessions DROP COLUMN reset_after_message; ALTER TABLE secret_grants DROP COLUMN mac;
          PRAGMA user_version = 9;",
     )
     .unwrap();
@@ -1040,7 +1040,7 @@ fn a_head_is_signed_by_the_migration_only() {
     let (t, conn) = with_forged_end(3, request("odd", "forged.example", "allowed"));
     conn.execute_batch(
         "ALTER TABLE audit_head DROP COLUMN head_mac;
-         ALTER TABLE sessions DROP COLUMN reset_after_message;
+         ALTER TABLE sessions DROP COLUMN reset_after_message; ALTER TABLE secret_grants DROP COLUMN mac;
          PRAGMA user_version = 9;",
     )
     .unwrap();

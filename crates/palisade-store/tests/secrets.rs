@@ -299,7 +299,8 @@ fn secrets_sealed_for_their_name_are_bound_when_the_home_is_migrated() {
     let raw = common::raw(&t.home);
     raw.execute("UPDATE secrets SET sealed = ?1", [&legacy])
         .unwrap();
-    raw.execute_batch("PRAGMA user_version = 11").unwrap();
+    raw.execute_batch("ALTER TABLE secret_grants DROP COLUMN mac; PRAGMA user_version = 11")
+        .unwrap();
     drop(raw);
     drop(t.store);
     let store = Store::open(&t.home).unwrap();
@@ -310,6 +311,62 @@ fn secrets_sealed_for_their_name_are_bound_when_the_home_is_migrated() {
         .query_row("SELECT sealed FROM secrets", [], |row| row.get(0))
         .unwrap();
     assert_ne!(sealed, legacy, "not sealed again");
+}
+
+/// A grant written into the database without the master key (a row of its own, or a
+/// signed row moved to another agent) grants nothing: grants carry a signature of the
+/// secret's and the agent's names (review, audit round ten). Grants made through
+/// palisade, and those of a home migrated from before signatures, do.
+#[test]
+fn grants_written_into_the_database_grant_nothing() {
+    let t = common::store();
+    common::add_agent(&t.store, "alpha");
+    common::add_agent(&t.store, "beta");
+    common::add_agent(&t.store, "gamma");
+    t.store
+        .create_secret(common::new_secret("api", "value-api-123", &["alpha"]))
+        .unwrap();
+    t.store
+        .grant_secret("api", &common::agent("gamma"))
+        .unwrap();
+    let raw = common::raw(&t.home);
+    raw.execute(
+        "INSERT INTO secret_grants (secret_id, agent_id) SELECT s.id, a.id FROM secrets s, agents a WHERE a.name = 'beta'",
+        [],
+    )
+    .unwrap();
+    let granted = |store: &Store| -> Vec<String> {
+        store.load_policy().unwrap().secrets()[0]
+            .agents
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(granted(&t.store), ["alpha", "gamma"]);
+    // alpha's signed grant moved to beta: its signature names alpha.
+    raw.execute(
+        "DELETE FROM secret_grants WHERE agent_id = (SELECT id FROM agents WHERE name = 'beta')",
+        [],
+    )
+    .unwrap();
+    raw.execute(
+        "UPDATE secret_grants SET agent_id = (SELECT id FROM agents WHERE name = 'beta')
+         WHERE agent_id = (SELECT id FROM agents WHERE name = 'alpha')",
+        [],
+    )
+    .unwrap();
+    assert_eq!(granted(&t.store), ["gamma"]);
+    assert_eq!(t.store.list_secrets().unwrap()[0].agents.len(), 1);
+    // A home from before signed grants has its grants signed when it is migrated.
+    raw.execute("UPDATE secret_grants SET mac = NULL", [])
+        .unwrap();
+    assert!(granted(&t.store).is_empty());
+    raw.execute_batch("ALTER TABLE secret_grants DROP COLUMN mac; PRAGMA user_version = 12")
+        .unwrap();
+    drop(raw);
+    drop(t.store);
+    let store = Store::open(&t.home).unwrap();
+    assert_eq!(granted(&store), ["beta", "gamma"]);
 }
 
 #[test]

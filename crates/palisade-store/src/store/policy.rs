@@ -47,7 +47,7 @@ impl Store {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok((raw, grants_by_secret(tx)?, all_rules(tx)?))
+            Ok((raw, grants_by_secret(tx, self.key())?, all_rules(tx)?))
         })?;
 
         let mut secrets = Vec::with_capacity(raw_secrets.len());

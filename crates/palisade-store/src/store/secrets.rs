@@ -66,19 +66,72 @@ pub(super) fn check_compartment(
     )))
 }
 
-/// Granted agents of every secret, keyed by secret id, each list sorted by name.
-pub(super) fn grants_by_secret(tx: &Transaction<'_>) -> Result<HashMap<i64, Vec<AgentName>>> {
+/// The signature of a grant of secret `secret` to agent `agent` (by name; a grant row
+/// written into the database without the key carries none that holds, and grants
+/// nothing: review, audit round ten, where such a row and a token of the attacker's
+/// had a credential injected).
+pub(super) fn grant_mac(key: &crate::crypto::MasterKey, secret: &str, agent: &str) -> String {
+    hex::encode(key.mac(
+        "palisade secret grant v1",
+        serde_json::json!([secret, agent]).to_string().as_bytes(),
+    ))
+}
+
+/// Signs every grant (the open that migrates to [`crate::migrations::SIGNED_GRANTS`]).
+pub(super) fn sign_grants(
+    conn: &rusqlite::Connection,
+    key: &crate::crypto::MasterKey,
+) -> Result<()> {
+    let rows: Vec<(i64, i64, String, String)> = conn
+        .prepare(
+            "SELECT g.secret_id, g.agent_id, s.name, a.name FROM secret_grants g
+             JOIN secrets s ON s.id = g.secret_id JOIN agents a ON a.id = g.agent_id",
+        )?
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (secret_id, agent_id, secret, agent) in rows {
+        conn.execute(
+            "UPDATE secret_grants SET mac = ?1 WHERE secret_id = ?2 AND agent_id = ?3",
+            (grant_mac(key, &secret, &agent), secret_id, agent_id),
+        )?;
+    }
+    Ok(())
+}
+
+/// Granted agents of every secret, keyed by secret id, each list sorted by name: only
+/// grants signed with `key` (see [`grant_mac`]); one that is not is left out and logged.
+pub(super) fn grants_by_secret(
+    tx: &Transaction<'_>,
+    key: &crate::crypto::MasterKey,
+) -> Result<HashMap<i64, Vec<AgentName>>> {
     let mut stmt = tx.prepare(
-        "SELECT g.secret_id, a.name FROM secret_grants g
-         JOIN agents a ON a.id = g.agent_id ORDER BY a.name",
+        "SELECT g.secret_id, s.name, a.name, g.mac FROM secret_grants g
+         JOIN agents a ON a.id = g.agent_id JOIN secrets s ON s.id = g.secret_id
+         ORDER BY a.name",
     )?;
     let rows = stmt
         .query_map([], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut grants: HashMap<i64, Vec<AgentName>> = HashMap::new();
-    for (secret_id, name) in rows {
+    for (secret_id, secret, name, mac) in rows {
+        if mac.as_deref() != Some(grant_mac(key, &secret, &name).as_str()) {
+            palisade_policy::budgeted!(
+                error,
+                secret = %secret,
+                agent = %name,
+                "a grant in the database does not carry this home's signature (written outside palisade?); it grants nothing. `palisade secrets grant` makes a new one"
+            );
+            continue;
+        }
         grants
             .entry(secret_id)
             .or_default()
@@ -268,10 +321,10 @@ impl Store {
                 ),
             )?;
             let id = tx.last_insert_rowid();
-            for agent in agent_ids {
+            for (agent, agent_row) in secret.agents.iter().zip(agent_ids) {
                 tx.execute(
-                    "INSERT OR IGNORE INTO secret_grants (secret_id, agent_id) VALUES (?1, ?2)",
-                    (id, agent),
+                    "INSERT OR IGNORE INTO secret_grants (secret_id, agent_id, mac) VALUES (?1, ?2, ?3)",
+                    (id, agent_row, grant_mac(self.key(), &secret.name, agent.as_str())),
                 )?;
             }
             let mut entry = self.audit_entry("secret.create");
@@ -352,7 +405,7 @@ impl Store {
             let mut records = stmt
                 .query_map([], record_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut grants = grants_by_secret(tx)?;
+            let mut grants = grants_by_secret(tx, self.key())?;
             for record in &mut records {
                 record.agents = grants.remove(&record.id).unwrap_or_default();
             }
@@ -390,8 +443,8 @@ impl Store {
             check_compartment(tx, name, sensitive, wide, agent)?;
             let agent_row = agent_id(tx, agent)?;
             let added = tx.execute(
-                "INSERT OR IGNORE INTO secret_grants (secret_id, agent_id) VALUES (?1, ?2)",
-                (secret, agent_row),
+                "INSERT OR IGNORE INTO secret_grants (secret_id, agent_id, mac) VALUES (?1, ?2, ?3)",
+                (secret, agent_row, grant_mac(self.key(), name, agent.as_str())),
             )?;
             if added > 0 {
                 let mut entry = self.audit_entry("secret.grant");
