@@ -357,7 +357,8 @@ fn grants_written_into_the_database_grant_nothing() {
     .unwrap();
     assert_eq!(granted(&t.store), ["gamma"]);
     assert_eq!(t.store.list_secrets().unwrap()[0].agents.len(), 1);
-    // A home from before signed grants has its grants signed when it is migrated.
+    // A home from before signed grants has its grants signed when it is migrated, those
+    // the audit log records.
     raw.execute("UPDATE secret_grants SET mac = NULL", [])
         .unwrap();
     assert!(granted(&t.store).is_empty());
@@ -365,8 +366,53 @@ fn grants_written_into_the_database_grant_nothing() {
         .unwrap();
     drop(raw);
     drop(t.store);
+    // Only grants the audit log records are signed: gamma's; not the one moved to
+    // beta, which the log never granted (asking for the migration again cannot sign a
+    // grant someone wrote in).
     let store = Store::open(&t.home).unwrap();
-    assert_eq!(granted(&store), ["beta", "gamma"]);
+    assert_eq!(granted(&store), ["gamma"]);
+}
+
+/// Migrating a home from before signed grants signs what the log records: a grant made
+/// with the secret, one made later, not one revoked since, nor one written in.
+#[test]
+fn the_migration_signs_the_grants_the_log_records() {
+    let t = common::store();
+    for name in ["alpha", "beta", "gamma", "delta"] {
+        common::add_agent(&t.store, name);
+    }
+    t.store
+        .create_secret(common::new_secret(
+            "api",
+            "value-api-123",
+            &["alpha", "delta"],
+        ))
+        .unwrap();
+    t.store
+        .grant_secret("api", &common::agent("gamma"))
+        .unwrap();
+    t.store
+        .revoke_secret("api", &common::agent("delta"))
+        .unwrap();
+    let raw = common::raw(&t.home);
+    for forged in ["beta", "delta"] {
+        raw.execute(
+            "INSERT INTO secret_grants (secret_id, agent_id) SELECT s.id, a.id FROM secrets s, agents a WHERE a.name = ?1",
+            [forged],
+        )
+        .unwrap();
+    }
+    raw.execute_batch("ALTER TABLE secret_grants DROP COLUMN mac; PRAGMA user_version = 12")
+        .unwrap();
+    drop(raw);
+    drop(t.store);
+    let store = Store::open(&t.home).unwrap();
+    let granted: Vec<String> = store.load_policy().unwrap().secrets()[0]
+        .agents
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(granted, ["alpha", "gamma"]);
 }
 
 #[test]

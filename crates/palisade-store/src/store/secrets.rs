@@ -77,7 +77,53 @@ pub(super) fn grant_mac(key: &crate::crypto::MasterKey, secret: &str, agent: &st
     ))
 }
 
-/// Signs every grant (the open that migrates to [`crate::migrations::SIGNED_GRANTS`]).
+/// Whether the audit log records `secret` as granted to `agent` now: its latest
+/// creation (naming the agent), grant, revocation or deletion, after the agent's latest
+/// creation or deletion. Read from the table itself (`NOT INDEXED`), whose rows
+/// `audit verify` vouches for.
+fn grant_recorded(conn: &rusqlite::Connection, secret: &str, agent: &str) -> Result<bool> {
+    let mut rows = conn.prepare(
+        "SELECT event, agent, detail FROM audit NOT INDEXED
+         WHERE (secret = ?1 AND event IN ('secret.create', 'secret.delete', 'secret.grant', 'secret.revoke'))
+            OR (agent = ?2 AND event IN ('agent.create', 'agent.delete'))
+         ORDER BY id",
+    )?;
+    let rows = rows
+        .query_map((secret, agent), |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, Option<String>>(1)?,
+                row.get::<_, Option<String>>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut granted = false;
+    for (event, named, detail) in rows {
+        let this_agent = named.as_deref() == Some(agent);
+        granted = match event.as_str() {
+            "secret.create" => detail
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+                .is_some_and(|d| {
+                    d["agents"]
+                        .as_array()
+                        .is_some_and(|agents| agents.iter().any(|a| a.as_str() == Some(agent)))
+                }),
+            "secret.grant" if this_agent => true,
+            "secret.revoke" if this_agent => false,
+            "secret.delete" | "agent.create" | "agent.delete" => false,
+            _ => granted,
+        };
+    }
+    Ok(granted)
+}
+
+/// Signs the grants the audit log records (the open that migrates to
+/// [`crate::migrations::SIGNED_GRANTS`]). A grant the log does not record is left
+/// unsigned, granting nothing: the schema version is the database's own, so whoever
+/// writes the database can ask for this migration again after writing grants of their
+/// own, and only the log, which `audit verify` vouches for, tells palisade's from
+/// theirs. (A grant whose rows a pruning removed is left unsigned too; `palisade
+/// secrets grant` signs it again.)
 pub(super) fn sign_grants(
     conn: &rusqlite::Connection,
     key: &crate::crypto::MasterKey,
@@ -92,6 +138,14 @@ pub(super) fn sign_grants(
         })?
         .collect::<rusqlite::Result<_>>()?;
     for (secret_id, agent_id, secret, agent) in rows {
+        if !grant_recorded(conn, &secret, &agent)? {
+            tracing::warn!(
+                secret = %secret,
+                agent = %agent,
+                "a grant the audit log does not record was not signed; it grants nothing (`palisade secrets grant` makes it again)"
+            );
+            continue;
+        }
         conn.execute(
             "UPDATE secret_grants SET mac = ?1 WHERE secret_id = ?2 AND agent_id = ?3",
             (grant_mac(key, &secret, &agent), secret_id, agent_id),
