@@ -296,19 +296,45 @@ fn secrets_sealed_for_their_name_are_bound_when_the_home_is_migrated() {
             &palisade_policy::SecretValue::new("value-api-123".into()),
         )
         .unwrap();
-    let raw = common::raw(&t.home);
-    raw.execute("UPDATE secrets SET sealed = ?1", [&legacy])
+    // Another secret's value sealed for its name alone, put back under another host:
+    // not sealed again for that host.
+    t.store
+        .create_secret(common::new_secret("moved", "value-moved-123", &[]))
         .unwrap();
+    let moved = key
+        .seal(
+            "moved",
+            &palisade_policy::SecretValue::new("value-moved-123".into()),
+        )
+        .unwrap();
+    let raw = common::raw(&t.home);
+    raw.execute(
+        "UPDATE secrets SET sealed = ?1, host_pattern = 'evil.example' WHERE name = 'moved'",
+        [&moved],
+    )
+    .unwrap();
+    raw.execute(
+        "UPDATE secrets SET sealed = ?1 WHERE name = 'api'",
+        [&legacy],
+    )
+    .unwrap();
     raw.execute_batch("ALTER TABLE secret_grants DROP COLUMN mac; PRAGMA user_version = 11")
         .unwrap();
     drop(raw);
     drop(t.store);
     let store = Store::open(&t.home).unwrap();
     let policy = store.load_policy().unwrap();
-    assert_eq!(policy.secrets().len(), 1);
+    let names: Vec<&str> = policy.secrets().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["api"],
+        "the secret moved to another host was sealed for it"
+    );
     assert_eq!(policy.secrets()[0].value.expose(), "value-api-123");
     let sealed: String = common::raw(&t.home)
-        .query_row("SELECT sealed FROM secrets", [], |row| row.get(0))
+        .query_row("SELECT sealed FROM secrets WHERE name = 'api'", [], |row| {
+            row.get(0)
+        })
         .unwrap();
     assert_ne!(sealed, legacy, "not sealed again");
 }

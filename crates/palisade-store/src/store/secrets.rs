@@ -284,6 +284,29 @@ impl SealedSecret {
         Ok(rows)
     }
 
+    /// Whether its host, path, injection and sensitivity are those its latest
+    /// `secret.create` audit row recorded (read from the table itself).
+    fn destination_recorded(&self, conn: &rusqlite::Connection) -> Result<bool> {
+        let recorded: Option<(Option<String>, Option<String>, Option<String>)> = conn
+            .query_row(
+                "SELECT host, path, detail FROM audit NOT INDEXED
+                 WHERE event = 'secret.create' AND secret = ?1 ORDER BY id DESC LIMIT 1",
+                [&self.name],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()?;
+        let Some((host, path, detail)) = recorded else {
+            return Ok(false);
+        };
+        let detail: serde_json::Value = detail
+            .and_then(|d| serde_json::from_str(&d).ok())
+            .unwrap_or_default();
+        Ok(host.as_deref() == Some(self.host.as_str())
+            && path == self.path
+            && detail["injection"].as_str() == Some(self.injection.as_str())
+            && detail["sensitive"].as_bool().unwrap_or(false) == self.sensitive)
+    }
+
     /// What its value is sealed for (see [`destination`]).
     pub fn destination(&self) -> String {
         destination(
@@ -308,6 +331,17 @@ pub(super) fn bind_destinations(
         let Ok(value) = key.open(&secret.name, &secret.sealed) else {
             continue;
         };
+        // Only for the destination the log recorded at its creation: the schema version
+        // is the database's own, and a value sealed for its name alone (an older copy)
+        // put back under another host, with the version set back, would otherwise be
+        // sealed for that host.
+        if !secret.destination_recorded(conn)? {
+            tracing::warn!(
+                secret = %secret.name,
+                "a secret whose host, path or injection is not the one its creation recorded was not sealed again; it is not injected until it is created again"
+            );
+            continue;
+        }
         let bound = key.seal(&secret.destination(), &value)?;
         conn.execute(
             "UPDATE secrets SET sealed = ?1 WHERE id = ?2",
