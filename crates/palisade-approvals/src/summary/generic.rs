@@ -12,6 +12,9 @@ use super::{
 };
 use std::borrow::Cow;
 
+/// Characters of the query a card shows (its start and its end when longer).
+const QUERY_CHARS: usize = 600;
+
 impl Request<'_> {
     pub(super) fn generic(&self, scheme: &str, detail: String) -> Summary {
         let title = one_line(
@@ -19,6 +22,19 @@ impl Request<'_> {
             TITLE_CHARS,
         );
         let mut lines = Vec::new();
+        // The query whole, or its start and its end: the title is cut, and a card that
+        // showed only the start let parameters after a long harmless one go unseen
+        // (review: `?a=AAA…&to=attacker@evil.com`).
+        if !self.query.is_empty() {
+            let shown = super::redacted_query(self.query);
+            lines.push(format!("Query ({} characters):", shown.chars().count()));
+            lines.extend(text_lines(
+                &body_text(shown.as_bytes(), QUERY_CHARS),
+                4,
+                LINE_CHARS,
+                QUERY_CHARS + 60,
+            ));
+        }
         if self.body.is_empty() {
             lines.push(String::from("No request body."));
         } else {
@@ -45,17 +61,20 @@ impl Request<'_> {
         }
     }
 
-    /// Fields of a JSON or form body given different values, credential-like ones with
-    /// every value shown as `[redacted]`. Other bodies are not read as fields: a stray
-    /// `&` in text or binary data is not a form, even labelled as one (curl labels any
-    /// `--data-binary` upload so).
+    /// Fields of the query and of a JSON or form body given different values (within
+    /// either, or between them: PHP, Rack and Flask's `request.values` merge the two),
+    /// credential-like ones with every value shown as `[redacted]`. Other bodies are not
+    /// read as fields: a stray `&` in text or binary data is not a form, even labelled
+    /// as one (curl labels any `--data-binary` upload so).
     fn repeated_body_fields(&self) -> Vec<Repeated> {
         let params = self.params();
-        if params.is_form()
-            && (is_binary(self.body) || MediaType::of(&self.content_type()) != MediaType::Form)
-        {
-            return Vec::new();
+        let body_unread = params.is_form()
+            && (is_binary(self.body) || MediaType::of(&self.content_type()) != MediaType::Form);
+        let params = match body_unread {
+            true => super::params::Params::from_request(&[], &[]),
+            false => params,
         }
+        .with_query(self.query);
         params
             .all_repeated()
             .into_iter()

@@ -508,9 +508,65 @@ fn generic_redacts_and_excerpts() {
         );
     }
     assert!(summary.detail.contains("accept: application/json"));
-    assert!(summary.lines[0].starts_with("Body ("));
-    let excerpt: usize = summary.lines[1..].iter().map(|l| l.chars().count()).sum();
+    // The query first, redacted as in the title, then the body.
+    assert_eq!(summary.lines[0], "Query (49 characters):");
+    assert_eq!(
+        summary.lines[1],
+        "api_key=[redacted]&page=2&access_token=[redacted]"
+    );
+    assert!(summary.lines[2].starts_with("Body ("));
+    let excerpt: usize = summary.lines[3..].iter().map(|l| l.chars().count()).sum();
     assert!(excerpt <= EXCERPT_CHARS + 1, "{excerpt}");
+}
+
+/// A long query keeps its end on the card (the title is cut), and a field the query and
+/// the body give different values is flagged (review: `?a=AAA…&to=attacker@evil.com`
+/// with a body naming `bob`, which servers that merge both can read as the attacker).
+#[test]
+fn generic_shows_the_end_of_a_long_query_and_flags_it_against_the_body() {
+    let query = format!("a={}&to=attacker@evil.com", "A".repeat(3000));
+    let path = format!("/send?{query}");
+    let summary = summarize(
+        &http::Method::POST,
+        "up.test",
+        &path,
+        &headers(&[("content-type", "application/json")]),
+        br#"{"to":"bob","msg":"hi"}"#,
+    );
+    let shown = format!("{} {}", summary.title, summary.lines.join("\n"));
+    assert!(shown.contains("to=attacker@evil.com"), "{shown}");
+    assert!(shown.contains("characters not shown"), "{shown}");
+    assert!(summary.title.starts_with('⚠'), "{}", summary.title);
+    assert!(
+        summary.title.contains("2 values for to") && summary.title.contains("attacker@evil.com"),
+        "{}",
+        summary.title
+    );
+    // A short one too, and within the query itself.
+    let summary = summarize(
+        &http::Method::POST,
+        "up.test",
+        "/send?to=attacker@evil.com",
+        &headers(&[("content-type", "application/x-www-form-urlencoded")]),
+        b"to=bob",
+    );
+    assert!(
+        summary.title.contains("2 values for to"),
+        "{}",
+        summary.title
+    );
+    let summary = summarize(
+        &http::Method::GET,
+        "up.test",
+        "/send?to=bob&to=attacker@evil.com",
+        &http::HeaderMap::new(),
+        b"",
+    );
+    assert!(
+        summary.title.contains("2 values for to"),
+        "{}",
+        summary.title
+    );
 }
 
 #[test]
