@@ -328,6 +328,12 @@ pub(super) fn bind_destinations(
     key: &crate::crypto::MasterKey,
 ) -> Result<()> {
     for secret in SealedSecret::read(conn, i64::MAX)? {
+        // A name palisade never gives a secret (`agent-token:NAME`, the context of
+        // another kind of sealed value) is not opened as one (review, audit round 11:
+        // a row so named carried an agent's sealed token into a secret).
+        if validate_name("secret", &secret.name).is_err() {
+            continue;
+        }
         let Ok(value) = key.open(&secret.name, &secret.sealed) else {
             continue;
         };
