@@ -331,7 +331,12 @@ pub(super) fn bind_destinations(
         // A name palisade never gives a secret (`agent-token:NAME`, the context of
         // another kind of sealed value) is not opened as one (review, audit round 11:
         // a row so named carried an agent's sealed token into a secret).
-        if validate_name("secret", &secret.name).is_err() {
+        // Nor one named as the admin key's or the key check's context, which secrets
+        // sealed for their name alone shared.
+        const OTHER_CONTEXTS: [&str; 2] = ["admin-key", "master_key_check"];
+        if validate_name("secret", &secret.name).is_err()
+            || OTHER_CONTEXTS.contains(&secret.name.as_str())
+        {
             continue;
         }
         let Ok(value) = key.open(&secret.name, &secret.sealed) else {
