@@ -116,7 +116,10 @@ impl OpenFiles {
                 (Some(had), Some(found)) if had == found => {}
                 (Some(_), _) => {
                     return Err(StoreError::Tampered(format!(
-                        "{name} was moved, deleted or replaced while palisade had it open:                          what this process writes would reach no other reader; nothing more                          is written until palisade is restarted (`palisade audit verify`                          says what was lost)"
+                        "{name} was moved, deleted or replaced while palisade had it open: \
+                         what this process writes would reach no other reader; nothing more \
+                         is written until palisade is restarted (`palisade audit verify` \
+                         says what was lost)"
                     )))
                 }
             }
