@@ -182,6 +182,7 @@ pub fn app(
         .route("/audit", get(pages::audit::page))
         .route("/audit/retention", post(pages::audit::set_retention))
         .route("/vault", get(pages::vault::page))
+        .route("/vault/local/forget", post(pages::vault::forget_local))
         .route("/vault/secrets", post(pages::secrets::create))
         .route("/vault/secrets/new", get(pages::secrets::new_form))
         .route("/vault/secrets/{name}", get(pages::secrets::show))

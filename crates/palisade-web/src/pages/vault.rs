@@ -1,11 +1,15 @@
 //! The vault's configuration: secrets (name, host and path patterns, injection, the
-//! agents granted; never a value — the store does not even return one here) and rules
-//! with all their fields, with the ways to change them (`secrets.rs`, `rules.rs`).
+//! agents granted; never a value — the store does not even return one here), rules
+//! with all their fields, and the local addresses agents may reach, with the ways to
+//! change them (`secrets.rs`, `rules.rs`, [`forget_local`] here).
 
 use super::layout::{self, Nav};
-use super::{blocking, PageResult};
+use super::secrets::{field, pairs};
+use super::{blocking, PageError, PageResult};
 use crate::WebState;
+use axum::body::Bytes;
 use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Redirect};
 use maud::html;
 use palisade_policy::AgentName;
 use serde::Deserialize;
@@ -20,8 +24,14 @@ pub(crate) async fn page(
     Query(query): Query<VaultQuery>,
 ) -> PageResult {
     let store = state.store.clone();
-    let (secrets, rules) =
-        blocking(move || Ok((store.list_secrets()?, store.list_rules()?))).await?;
+    let (secrets, rules, local) = blocking(move || {
+        Ok((
+            store.list_secrets()?,
+            store.list_rules()?,
+            store.local_upstreams()?,
+        ))
+    })
+    .await?;
     let now = palisade_store::now_ms();
     let body = html! {
         div.page-head {
@@ -29,7 +39,7 @@ pub(crate) async fn page(
             p.muted { "Credentials the gateway injects into agents' outbound requests, and the rules it applies. Values are sealed in the store and never shown. Every change here is audited and in force when the page answers." }
         }
         @if let Some(saved) = &query.saved {
-            p.flash #saved { @match saved.as_str() { "rule" => { "Rule saved." } "deleted" => { "Deleted." } _ => { "Saved." } } }
+            p.flash #saved { @match saved.as_str() { "rule" => { "Rule saved." } "deleted" => { "Deleted." } "forgotten" => { "Forgotten: agents no longer reach it, and what reached it was ended." } _ => { "Saved." } } }
         }
         section.card {
             div.row-between {
@@ -57,6 +67,37 @@ pub(crate) async fn page(
                                 }
                                 td { (secret.priority) }
                                 td.muted { (super::relative(secret.created_at_ms)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // What an earlier setup allowed stays until forgotten (review: a mistyped port's
+        // allowance stayed, and no page showed it).
+        section.card #local-upstreams {
+            h2 { "Local addresses agents may reach" }
+            p.muted.small { "Addresses on this machine or the local network (a model server) that the vault lets agents reach; any other local address is refused. " code { "palisade vault local allow HOST:PORT" } " adds one." }
+            @if local.unsigned {
+                p.error-text { "The list in the database does not carry this home's signature (written outside palisade?), so none is allowed. " code { "palisade vault local allow" } " writes a new one." }
+            } @else if local.patterns.is_empty() {
+                p.muted { "None: agents reach no local address." }
+            } @else {
+                table #local-list {
+                    thead { tr { th { "Address" } th { "Ports" } th {} } }
+                    tbody {
+                        @for pattern in &local.patterns {
+                            @let one_port = pattern.rsplit_once(':').is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+                            tr {
+                                td { code { (pattern) } }
+                                td { @if one_port { (layout::pill("that port only", "good")) } @else { (layout::pill("every port", "warn")) } }
+                                td.actions {
+                                    form.inline method="post" action="/vault/local/forget" {
+                                        (layout::csrf_field())
+                                        input type="hidden" name="pattern" value=(pattern);
+                                        button.small.danger type="submit" disabled data-arm { "Forget" }
+                                    }
+                                }
                             }
                         }
                     }
@@ -127,4 +168,23 @@ pub(crate) async fn page(
         }
     };
     Ok(layout::render(&state, Nav::Vault, "Vault", body).await)
+}
+
+/// Forgets a local address agents may reach, as `palisade vault local forget` does: in
+/// force when this answers, and what reached it through the vault is ended.
+pub(crate) async fn forget_local(State(state): State<WebState>, body: Bytes) -> PageResult {
+    let pairs = pairs(&body);
+    let pattern = field(&pairs, "pattern").trim().to_string();
+    let store = state.store.clone();
+    let forgotten = {
+        let pattern = pattern.clone();
+        blocking(move || Ok(store.forget_local_upstream(&pattern)?)).await?
+    };
+    if !forgotten {
+        return Err(PageError::BadRequest(format!(
+            "{:?} is not among the local addresses agents may reach",
+            palisade_store::input::clean(&pattern)
+        )));
+    }
+    Ok(Redirect::to("/vault?saved=forgotten").into_response())
 }
