@@ -204,7 +204,7 @@ pub(crate) fn loose_form(match_form: &str) -> String {
 /// full mappings make `i̇` and leave apart from `ss`; review): the combining dot above
 /// that lower-casing `İ` leaves is dropped, and `ß` is `ss`.
 pub(crate) fn loose_segment(segment: &str) -> String {
-    let folded: String = if segment.is_ascii() {
+    let mut folded: String = if segment.is_ascii() {
         segment.to_ascii_lowercase()
     } else {
         let mut folded = String::with_capacity(segment.len());
@@ -221,11 +221,11 @@ pub(crate) fn loose_segment(segment: &str) -> String {
         }
         folded
     };
-    match folded.trim_end_matches(['.', ' ']) {
-        "" => folded,
-        trimmed if trimmed.len() < folded.len() => trimmed.to_string(),
-        _ => folded,
+    let kept = folded.trim_end_matches(['.', ' ']).len();
+    if kept > 0 {
+        folded.truncate(kept);
     }
+    folded
 }
 
 /// A loose form without its last segment's extension, if it has one: from the
@@ -238,13 +238,14 @@ fn loose_stems(loose: &str) -> Vec<String> {
         return Vec::new();
     };
     let segment = &loose[last..];
-    let mut stems = Vec::new();
+    let mut stems: Vec<String> = Vec::new();
     for dot in [segment.find('.'), segment.rfind('.')]
         .into_iter()
         .flatten()
     {
-        if dot > 0 && !stems.contains(&loose[..last + dot].to_string()) {
-            stems.push(loose[..last + dot].to_string());
+        let stem = &loose[..last + dot];
+        if dot > 0 && !stems.iter().any(|kept| kept == stem) {
+            stems.push(stem.to_string());
         }
     }
     stems

@@ -5,7 +5,7 @@
 //! palisade) fails the load with its name instead of being silently skipped.
 
 use super::rules::all_rules;
-use super::secrets::grants_by_secret;
+use super::secrets::{grants_by_secret, SealedSecret};
 use super::{corrupt, Store};
 use crate::records::RuleRecord;
 use crate::Result;
@@ -14,40 +14,15 @@ use palisade_policy::{
     RulePolicy, Scope, SecretPolicy,
 };
 
-struct RawSecret {
-    id: i64,
-    name: String,
-    host: String,
-    path: Option<String>,
-    injection: String,
-    sealed: String,
-    priority: i64,
-    sensitive: bool,
-}
-
 impl Store {
     /// Everything the gateway evaluates, secrets decrypted.
     pub fn load_policy(&self) -> Result<PolicySet> {
         let (raw_secrets, mut grants, rules) = self.read(|tx| {
-            let mut stmt = tx.prepare(
-                "SELECT id, name, host_pattern, path_pattern, injection, sealed, priority, sensitive
-                 FROM secrets ORDER BY id",
-            )?;
-            let raw = stmt
-                .query_map([], |row| {
-                    Ok(RawSecret {
-                        id: row.get(0)?,
-                        name: row.get(1)?,
-                        host: row.get(2)?,
-                        path: row.get(3)?,
-                        injection: row.get(4)?,
-                        sealed: row.get(5)?,
-                        priority: row.get(6)?,
-                        sensitive: row.get(7)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok((raw, grants_by_secret(tx, self.key())?, all_rules(tx)?))
+            Ok((
+                SealedSecret::read(tx, i64::MAX)?,
+                grants_by_secret(tx, self.key())?,
+                all_rules(tx)?,
+            ))
         })?;
 
         let mut secrets = Vec::with_capacity(raw_secrets.len());
@@ -79,7 +54,7 @@ impl Store {
 
 fn secret_policy(
     store: &Store,
-    raw: RawSecret,
+    raw: SealedSecret,
     grants: &mut std::collections::HashMap<i64, Vec<palisade_policy::AgentName>>,
 ) -> Result<SecretPolicy> {
     let what = |field: &str| format!("{field} of secret {:?}", raw.name);
@@ -96,16 +71,7 @@ fn secret_policy(
             .injection
             .parse::<Injection>()
             .map_err(|e| corrupt(&what("injection"), e))?,
-        value: store.key().open(
-            &super::secrets::destination(
-                &raw.name,
-                &raw.host,
-                raw.path.as_deref(),
-                &raw.injection,
-                raw.sensitive,
-            ),
-            &raw.sealed,
-        )?,
+        value: store.key().open(&raw.destination(), &raw.sealed)?,
         agents: grants.remove(&raw.id).unwrap_or_default(),
         priority: raw.priority,
         sensitive: raw.sensitive,

@@ -8,7 +8,7 @@ use crate::{Result, StoreError};
 use palisade_policy::AgentName;
 use palisade_policy::SecretValue;
 use rusqlite::{OptionalExtension, Transaction};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const SECRET_COLUMNS: &str =
     "id, name, host_pattern, path_pattern, injection, priority, created_at_ms, sensitive";
@@ -77,42 +77,52 @@ pub(super) fn grant_mac(key: &crate::crypto::MasterKey, secret: &str, agent: &st
     ))
 }
 
-/// Whether the audit log records `secret` as granted to `agent` now: its latest
-/// creation (naming the agent), grant, revocation or deletion, after the agent's latest
-/// creation or deletion. Read from the table itself (`NOT INDEXED`), whose rows
-/// `audit verify` vouches for.
-fn grant_recorded(conn: &rusqlite::Connection, secret: &str, agent: &str) -> Result<bool> {
+/// The grants the audit log records as in force, as (secret, agent) names: each
+/// secret's creation (with the agents it names), grants, revocations and deletion, and
+/// each agent's creation and deletion, in the log's order, in one pass. Read from the
+/// table itself (`NOT INDEXED`), whose rows `audit verify` vouches for.
+fn recorded_grants(conn: &rusqlite::Connection) -> Result<HashSet<(String, String)>> {
     let mut rows = conn.prepare(
-        "SELECT event, agent, detail FROM audit NOT INDEXED
-         WHERE (secret = ?1 AND event IN ('secret.create', 'secret.delete', 'secret.grant', 'secret.revoke'))
-            OR (agent = ?2 AND event IN ('agent.create', 'agent.delete'))
+        "SELECT event, secret, agent, detail FROM audit NOT INDEXED
+         WHERE event IN ('secret.create', 'secret.delete', 'secret.grant', 'secret.revoke',
+                         'agent.create', 'agent.delete')
          ORDER BY id",
     )?;
     let rows = rows
-        .query_map((secret, agent), |row| {
+        .query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, Option<String>>(1)?,
                 row.get::<_, Option<String>>(2)?,
+                row.get::<_, Option<String>>(3)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut granted = false;
-    for (event, named, detail) in rows {
-        let this_agent = named.as_deref() == Some(agent);
-        granted = match event.as_str() {
-            "secret.create" => detail
-                .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
-                .is_some_and(|d| {
-                    d["agents"]
-                        .as_array()
-                        .is_some_and(|agents| agents.iter().any(|a| a.as_str() == Some(agent)))
-                }),
-            "secret.grant" if this_agent => true,
-            "secret.revoke" if this_agent => false,
-            "secret.delete" | "agent.create" | "agent.delete" => false,
-            _ => granted,
-        };
+    let mut granted: HashSet<(String, String)> = HashSet::new();
+    for (event, secret, agent, detail) in rows {
+        match (event.as_str(), secret, agent) {
+            ("secret.create", Some(secret), _) => {
+                granted.retain(|(s, _)| *s != secret);
+                let named = detail
+                    .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+                    .and_then(|d| d["agents"].as_array().cloned())
+                    .unwrap_or_default();
+                for agent in named.iter().filter_map(serde_json::Value::as_str) {
+                    granted.insert((secret.clone(), agent.to_string()));
+                }
+            }
+            ("secret.delete", Some(secret), _) => granted.retain(|(s, _)| *s != secret),
+            ("secret.grant", Some(secret), Some(agent)) => {
+                granted.insert((secret, agent));
+            }
+            ("secret.revoke", Some(secret), Some(agent)) => {
+                granted.remove(&(secret, agent));
+            }
+            ("agent.create" | "agent.delete", _, Some(agent)) => {
+                granted.retain(|(_, a)| *a != agent)
+            }
+            _ => {}
+        }
     }
     Ok(granted)
 }
@@ -137,8 +147,9 @@ pub(super) fn sign_grants(
             Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
+    let recorded = recorded_grants(conn)?;
     for (secret_id, agent_id, secret, agent) in rows {
-        if !grant_recorded(conn, &secret, &agent)? {
+        if !recorded.contains(&(secret.clone(), agent.clone())) {
             tracing::warn!(
                 secret = %secret,
                 agent = %agent,
@@ -250,38 +261,54 @@ pub(crate) fn destination(
     )
 }
 
-/// A secret's row as sealed: what its value is bound to, and the value.
+/// A secret's row as stored: what its value is sealed for, the sealed value, and its
+/// priority (for the gateway's policy, the migration and rotation alike).
 pub(super) struct SealedSecret {
     pub id: i64,
     pub name: String,
-    host: String,
-    path: Option<String>,
-    injection: String,
-    sensitive: bool,
+    pub host: String,
+    pub path: Option<String>,
+    pub injection: String,
+    pub sensitive: bool,
+    pub priority: i64,
     pub sealed: String,
 }
 
+const SEALED_COLUMNS: &str =
+    "id, name, host_pattern, path_pattern, injection, sensitive, priority, sealed";
+
 impl SealedSecret {
-    /// Every secret's row (at most `limit`).
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SealedSecret> {
+        Ok(SealedSecret {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            host: row.get(2)?,
+            path: row.get(3)?,
+            injection: row.get(4)?,
+            sensitive: row.get(5)?,
+            priority: row.get(6)?,
+            sealed: row.get(7)?,
+        })
+    }
+
+    /// Every secret's row by id (at most `limit`).
     pub fn read(conn: &rusqlite::Connection, limit: i64) -> Result<Vec<SealedSecret>> {
         let rows = conn
-            .prepare(
-                "SELECT id, name, host_pattern, path_pattern, injection, sensitive, sealed
-                 FROM secrets ORDER BY id LIMIT ?1",
-            )?
-            .query_map([limit], |row| {
-                Ok(SealedSecret {
-                    id: row.get(0)?,
-                    name: row.get(1)?,
-                    host: row.get(2)?,
-                    path: row.get(3)?,
-                    injection: row.get(4)?,
-                    sensitive: row.get(5)?,
-                    sealed: row.get(6)?,
-                })
-            })?
+            .prepare(&format!(
+                "SELECT {SEALED_COLUMNS} FROM secrets ORDER BY id LIMIT ?1"
+            ))?
+            .query_map([limit], Self::from_row)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+
+    /// The row of secret `id`.
+    fn by_id(conn: &rusqlite::Connection, id: i64) -> Result<SealedSecret> {
+        Ok(conn.query_row(
+            &format!("SELECT {SEALED_COLUMNS} FROM secrets WHERE id = ?1"),
+            [id],
+            Self::from_row,
+        )?)
     }
 
     /// Whether its host, path, injection and sensitivity are those its latest
@@ -474,16 +501,9 @@ impl Store {
         crate::input::check_sendable(value)?;
         self.write(|tx| {
             let id = secret_id(tx, name)?;
-            let (host, path, injection, sensitive): (String, Option<String>, String, bool) = tx
-                .query_row(
-                    "SELECT host_pattern, path_pattern, injection, sensitive FROM secrets WHERE id = ?1",
-                    [id],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-                )?;
-            let sealed = self.key().seal(
-                &destination(name, &host, path.as_deref(), &injection, sensitive),
-                value,
-            )?;
+            let sealed = self
+                .key()
+                .seal(&SealedSecret::by_id(tx, id)?.destination(), value)?;
             tx.execute(
                 "UPDATE secrets SET sealed = ?1 WHERE id = ?2",
                 (&sealed, id),
